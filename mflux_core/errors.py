@@ -1,0 +1,17 @@
+"""User-facing errors: each carries one clear sentence that the CLI and the page show as is."""
+
+
+class StudioError(Exception):
+    """Base class for every error caused by user input, files or settings (never a bug)."""
+
+
+class InvalidRequest(StudioError):
+    """A setting or input a user gave cannot be used (size, steps, image, mask...)."""
+
+
+class ModelLoadError(StudioError):
+    """A model folder, file or repo is missing, incomplete, corrupt or of the wrong kind."""
+
+
+class Cancelled(StudioError):
+    """The user stopped a generation."""

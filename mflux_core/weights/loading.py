@@ -1,0 +1,52 @@
+"""Build a model from a component folder (config.json + safetensors) with strict name checking."""
+
+from pathlib import Path
+from typing import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from mflux_core.errors import ModelLoadError
+from mflux_core.weights.safetensors_io import load_folder_weights, read_json
+
+
+def load_weights_strict(model: nn.Module, weights: dict[str, mx.array], what: str) -> None:
+    """Load weights into `model`; a missing, unexpected or wrong-shaped tensor is an error naming it."""
+    expected = dict(tree_flatten(model.parameters()))
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (first: {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first: {', '.join(unexpected[:3])})")
+        raise ModelLoadError(f"{what}: the checkpoint does not fit this model: {'; '.join(parts)}.")
+    for name, value in weights.items():
+        if value.shape != expected[name].shape:
+            raise ModelLoadError(
+                f"{what}: tensor {name} has shape {tuple(value.shape)}, expected {tuple(expected[name].shape)}."
+            )
+    model.load_weights(list(weights.items()), strict=True)
+
+
+def cast_floats(weights: dict[str, mx.array], dtype: mx.Dtype) -> dict[str, mx.array]:
+    return {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
+
+
+def load_component(
+    folder: Path,
+    build: Callable[[dict], nn.Module],
+    sanitize: Callable[[dict[str, mx.array]], dict[str, mx.array]],
+    dtype: mx.Dtype = mx.float32,
+) -> nn.Module:
+    """config.json -> build(config) -> sanitize(checkpoint weights) -> strict load, cast to dtype."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelLoadError(f"Missing model component folder {folder}.")
+    model = build(read_json(folder / "config.json"))
+    weights = cast_floats(sanitize(load_folder_weights(folder)), dtype)
+    load_weights_strict(model, weights, str(folder))
+    mx.eval(model.parameters())
+    return model

@@ -1,0 +1,52 @@
+"""Reading checkpoint folders: single or sharded safetensors (with an index JSON) and config.json."""
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+
+from mflux_core.errors import ModelLoadError
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"Missing file {path}.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelLoadError(f"{path} is not valid JSON ({error}).") from None
+
+
+def load_safetensors(path: Path) -> dict[str, mx.array]:
+    """Load one .safetensors file; a truncated or corrupt file raises ModelLoadError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"Missing weights file {path}.")
+    try:
+        return mx.load(str(path), format="safetensors")
+    except Exception as error:  # MLX raises plain RuntimeError/ValueError for bad files
+        raise ModelLoadError(f"{path} is not a readable safetensors file ({error}).") from None
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a component folder, following an index JSON when there is one."""
+    folder = Path(folder)
+    indexes = sorted(folder.glob("*.safetensors.index.json"))
+    if indexes:
+        index = read_json(indexes[0])
+        try:
+            names = sorted(set(index["weight_map"].values()))
+        except (KeyError, AttributeError):
+            raise ModelLoadError(f"{indexes[0]} has no weight_map.") from None
+        return [folder / name for name in names]
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"No .safetensors weights in {folder}.")
+    return files
+
+
+def load_folder_weights(folder: Path) -> dict[str, mx.array]:
+    weights: dict[str, mx.array] = {}
+    for path in weight_files(folder):
+        weights.update(load_safetensors(path))
+    return weights
