@@ -1,0 +1,171 @@
+"""`mflux-studio <tool> ...`: the engine from the command line, with mflux's flag names."""
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+from mflux_core.errors import StudioError
+from mflux_core.request import GenerationRequest
+
+# Flags whose value may come from --config-from-metadata when not given on the command line.
+REQUEST_FLAGS = {
+    "model": "model", "base_model": "base_model", "prompt": "prompt", "steps": "steps", "height": "height",
+    "width": "width", "guidance": "guidance", "image_path": "image_path", "image_strength": "image_strength",
+    "lora_paths": "lora_paths", "lora_scales": "lora_scales", "quantize": "quantize", "dtype": "dtype",
+    "init_noise": "init_noise_path", "max_sequence_length": "max_sequence_length",
+}
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", "-m", help="alias (schnell, dev, krea-dev, ...) or Hugging Face repo id")
+    group.add_argument("--path", help="local model folder (diffusers layout) or single .safetensors file")
+    group.add_argument("--base-model", help="schnell, dev or a base model folder: supplies what a derivative or a "
+                       "single-file checkpoint lacks (VAE, text encoders, scheduler)")
+    group.add_argument("--quantize", "-q", type=int, choices=(3, 4, 5, 6, 8), help="quantize weights to N bits")
+    group.add_argument("--lora-paths", nargs="+", help="LoRA files (or names found in LORA_LIBRARY_PATH)")
+    group.add_argument("--lora-scales", nargs="+", type=float, help="one scale per LoRA")
+    group.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                       help="compute dtype (default: float32 on CPU, bfloat16 on Metal/CUDA)")
+    group.add_argument("--low-ram", action="store_true", help="free the text encoders after encoding")
+
+
+def add_generation_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("generation")
+    group.add_argument("--prompt", "-p", help="the prompt; '-' reads it from standard input")
+    group.add_argument("--prompt-file", help="read the prompt from this file, again before each image")
+    group.add_argument("--seed", type=int, nargs="+", help="one or more seeds (one image each)")
+    group.add_argument("--auto-seeds", type=int, help="make N images with random seeds")
+    group.add_argument("--steps", type=int, help="denoising steps (default: 4 for schnell, 14 otherwise)")
+    group.add_argument("--height", type=int, help="image height in pixels, a multiple of 16 (default 1024)")
+    group.add_argument("--width", type=int, help="image width in pixels, a multiple of 16 (default 1024)")
+    group.add_argument("--guidance", type=float, help="guidance scale of guidance-distilled models")
+    group.add_argument("--max-sequence-length", type=int, help="T5 tokens (default 512, as diffusers)")
+    group.add_argument("--init-noise", help="initial latent noise (.npy, float32, shape (1, C, H/8, W/8))")
+    group.add_argument("--output", default="image.png", help="output PNG; a {seed} placeholder is filled in")
+    group.add_argument("--metadata", action="store_true", help="also write the settings as a JSON sidecar")
+    group.add_argument("--config-from-metadata", help="start from the settings in a PNG or JSON made by us")
+    group.add_argument("--stepwise-image-output-dir", help="save the decoded image after every step here")
+    group.add_argument("--vae-tiling", action="store_true", help="decode in tiles to save memory")
+    group.add_argument("--verbose", "-v", action="store_true", help="print timings and memory")
+
+
+def add_image_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image-path", help="input image for image-to-image")
+    parser.add_argument("--image-strength", type=float,
+                        help="how much of the input image is kept, 0 to below 1 (default 0.4)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mflux-studio", description="FLUX.1 on MLX: generate and edit images.")
+    tools = parser.add_subparsers(dest="tool", required=True, metavar="TOOL")
+    generate = tools.add_parser("generate", help="text-to-image, or image-to-image with --image-path")
+    add_model_flags(generate)
+    add_generation_flags(generate)
+    add_image_flags(generate)
+    return parser
+
+
+def read_prompt(args: argparse.Namespace, fallback: str | None) -> str:
+    if args.prompt_file:
+        try:
+            return Path(args.prompt_file).read_text().strip()
+        except OSError as error:
+            raise StudioError(f"Cannot read the prompt file {args.prompt_file} ({error.strerror}).") from None
+    if args.prompt == "-":
+        return sys.stdin.read().strip()
+    if args.prompt is not None:
+        return args.prompt
+    if fallback is not None:
+        return fallback
+    raise StudioError("No prompt given: pass --prompt, --prompt-file or --config-from-metadata.")
+
+
+def base_request(args: argparse.Namespace) -> GenerationRequest:
+    """Settings from --config-from-metadata, overridden by every flag given on the command line."""
+    from mflux_core.metadata import read_metadata_file, request_from_metadata
+
+    request = GenerationRequest(tool=args.tool)
+    if args.config_from_metadata:
+        request = request_from_metadata(read_metadata_file(Path(args.config_from_metadata))).with_(tool=args.tool)
+    changes = {}
+    for flag, field_name in REQUEST_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            changes[field_name] = tuple(value) if isinstance(value, list) else value
+    if args.path:
+        changes["model"] = args.path
+    return request.with_(**changes)
+
+
+def seeds_to_run(args: argparse.Namespace, metadata_seed: int) -> list[int]:
+    if args.auto_seeds:
+        rng = random.SystemRandom()
+        return [rng.randrange(2**32) for _ in range(args.auto_seeds)]
+    if args.seed:
+        return list(args.seed)
+    return [metadata_seed]
+
+
+def output_path(template: str, seed: int, several: bool) -> Path:
+    if "{seed}" in template:
+        return Path(template.replace("{seed}", str(seed)))
+    path = Path(template)
+    return path.with_name(f"{path.stem}_seed_{seed}{path.suffix or '.png'}") if several else path
+
+
+def run(args: argparse.Namespace) -> list[Path]:
+    from mflux_core.backend import resolve_dtype
+    from mflux_core.images.io import save_png_atomic
+    from mflux_core.loader import load_flux_model
+    from mflux_core.metadata import png_text_chunks, request_metadata
+    from mflux_core.stepwise import StepwiseWriter
+    from mflux_core.generation import run_tool
+    from mflux_core.tools import TOOL_MODULES
+    from mflux_core.weights.resolve import resolve_model
+
+    request = base_request(args)
+    request = request.with_(prompt=read_prompt(args, request.prompt if args.config_from_metadata else None))
+    request.validated()
+    started = time.perf_counter()
+    source = resolve_model(request.model if not args.path else None, args.path, args.base_model)
+    model = load_flux_model(source, resolve_dtype(request.dtype), name=request.model or "")
+    if args.verbose:
+        print(f"Loaded {source.folder or source.transformer_file} in {time.perf_counter() - started:.2f} s")
+    tool = TOOL_MODULES[args.tool]
+    seeds = seeds_to_run(args, request.seed)
+    written = []
+    for seed in seeds:
+        seeded = request.with_(seed=seed, prompt=read_prompt(args, request.prompt)).validated()
+        inputs = tool.build_inputs(model, seeded)
+        on_step = StepwiseWriter(model, Path(args.stepwise_image_output_dir), seed) \
+            if args.stepwise_image_output_dir else None
+        step_started = time.perf_counter()
+        image = run_tool(model, seeded, inputs, on_step=on_step, vae_tiling=args.vae_tiling)
+        extras = {"steps": seeded.steps or model.default_steps, "guidance": inputs.conditioning.guidance}
+        path = save_png_atomic(image, output_path(args.output, seed, len(seeds) > 1),
+                               png_text_chunks(seeded, extras), overwrite=True)
+        if args.metadata:
+            path.with_suffix(".json").write_text(json.dumps(request_metadata(seeded, extras), indent=2))
+        if args.verbose:
+            print(f"seed {seed}: {time.perf_counter() - step_started:.2f} s")
+        print(f"Saved {path}")
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except StudioError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""A loaded FLUX.1 model: the transformer of one variant plus the shared VAE and text encoders."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+
+from mflux_core.models.text_encoders import TextEncoders
+from mflux_core.models.transformer import FluxTransformer
+from mflux_core.models.vae import AutoencoderKL
+
+
+@dataclass
+class FluxModel:
+    transformer: FluxTransformer
+    vae: AutoencoderKL
+    text_encoders: TextEncoders
+    scheduler_config: dict
+    name: str = ""
+    folder: Path | None = None
+
+    @property
+    def config(self):
+        return self.transformer.config
+
+    @property
+    def has_guidance(self) -> bool:
+        return self.transformer.config.guidance_embeds
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.vae.scale_factor
+
+    @property
+    def dtype(self) -> mx.Dtype:
+        return self.transformer.x_embedder.weight.dtype
+
+    @property
+    def vae_dtype(self) -> mx.Dtype:
+        return self.vae.decoder.conv_in.weight.dtype
+
+    @property
+    def default_steps(self) -> int:
+        """mflux's defaults: 4 for schnell-style (distilled, no guidance embedding), 14 otherwise."""
+        return 14 if self.has_guidance else 4

@@ -1,0 +1,74 @@
+"""Run one request through the shared loop: noise, schedule, img2img start, denoise, decode."""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import mlx.core as mx
+import numpy as np
+from PIL import Image
+
+from mflux_core.errors import Cancelled, InvalidRequest
+from mflux_core.flux_model import FluxModel
+from mflux_core.images.io import pixels_to_pil
+from mflux_core.request import GenerationRequest
+from mflux_core.sampling.conditioning import Conditioning
+from mflux_core.sampling.latents import (
+    image_position_ids, latent_grid, load_init_noise, pack_latents, seeded_noise, unpack_latents,
+)
+from mflux_core.sampling.loop import denoise
+from mflux_core.sampling.schedule import flux_sigmas, img2img_start_step
+
+# on_step(step done (1-based), total steps, packed latents after the step, latent grid (h, w))
+StepCallback = Callable[[int, int, mx.array, tuple[int, int]], None]
+
+
+@dataclass
+class ToolInputs:
+    """What a tool module builds for the runner."""
+
+    conditioning: Conditioning
+    start_image_latents: mx.array | None = None  # packed latents of the img2img input
+    image_strength: float | None = None  # mflux meaning: how much of the start image is kept
+    finish: Callable[[Image.Image], Image.Image] | None = None  # e.g. Fill's keep-unmasked paste
+
+
+def initial_noise(model: FluxModel, request: GenerationRequest, h: int, w: int) -> mx.array:
+    shape = (1, model.latent_channels, h, w)
+    if request.init_noise_path:
+        return load_init_noise(Path(request.init_noise_path), shape)
+    return seeded_noise(request.seed, shape)
+
+
+def run_tool(
+    model: FluxModel,
+    request: GenerationRequest,
+    inputs: ToolInputs,
+    on_step: StepCallback | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    vae_tiling: bool = False,
+) -> Image.Image:
+    h, w = latent_grid(request.height, request.width, model.vae_scale_factor)
+    steps = request.steps or model.default_steps
+    latents = pack_latents(initial_noise(model, request, h, w))
+    sigmas = flux_sigmas(steps, latents.shape[1], model.scheduler_config)
+    start = 0
+    if inputs.start_image_latents is not None:
+        start = img2img_start_step(steps, inputs.image_strength or 0.0)
+        if start >= steps:
+            raise InvalidRequest(
+                f"With image strength {inputs.image_strength} and {steps} steps no step is left to run; "
+                "lower the image strength or raise the steps."
+            )
+        sigma = float(np.float32(sigmas[start]))
+        latents = sigma * latents + (1.0 - sigma) * inputs.start_image_latents
+    image_ids = image_position_ids(h, w)
+    for i, latents in denoise(model.transformer, latents, sigmas, inputs.conditioning, image_ids, start):
+        mx.eval(latents)
+        if cancelled is not None and cancelled():
+            raise Cancelled(f"Stopped after step {i + 1} of {steps}.")
+        if on_step is not None:
+            on_step(i + 1, steps, latents, (h, w))
+    pixels = model.vae.decode(unpack_latents(latents, h, w).astype(model.vae_dtype), tiled=vae_tiling)
+    image = pixels_to_pil(np.array(pixels.astype(mx.float32)))
+    return inputs.finish(image) if inputs.finish else image

@@ -1,0 +1,40 @@
+"""Load the parts of a FLUX.1 model from a resolved source. The manager caches what these return."""
+
+import mlx.core as mx
+
+from mflux_core.flux_model import FluxModel
+from mflux_core.models.text_encoders import TextEncoders
+from mflux_core.models.transformer import FluxTransformer, load_transformer
+from mflux_core.models.vae import AutoencoderKL, load_vae
+from mflux_core.weights.bfl import load_bfl_transformer
+from mflux_core.weights.resolve import ModelSource
+from mflux_core.weights.safetensors_io import read_json
+
+
+def load_source_transformer(source: ModelSource, dtype: mx.Dtype) -> FluxTransformer:
+    if source.transformer_file is not None:
+        return load_bfl_transformer(source.transformer_file, dtype)
+    return load_transformer(source.folder / "transformer", dtype)
+
+
+def load_source_vae(source: ModelSource, dtype: mx.Dtype) -> AutoencoderKL:
+    return load_vae(source.component("vae"), dtype)
+
+
+def load_source_text_encoders(source: ModelSource, dtype: mx.Dtype) -> TextEncoders:
+    return TextEncoders.from_folder(source.component("text_encoder").parent, dtype)
+
+
+def load_scheduler_config(source: ModelSource) -> dict:
+    return read_json(source.component("scheduler") / "scheduler_config.json")
+
+
+def load_flux_model(source: ModelSource, dtype: mx.Dtype = mx.float32, name: str = "") -> FluxModel:
+    return FluxModel(
+        transformer=load_source_transformer(source, dtype),
+        vae=load_source_vae(source, dtype),
+        text_encoders=load_source_text_encoders(source, dtype),
+        scheduler_config=load_scheduler_config(source),
+        name=name,
+        folder=source.folder,
+    )

@@ -1,0 +1,81 @@
+"""Settings stored in PNG text chunks: our JSON (exact, restorable) and an A1111-style `parameters` line."""
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from mflux_core.errors import InvalidRequest
+from mflux_core.request import GenerationRequest
+
+JSON_KEY = "mflux_studio"
+A1111_KEY = "parameters"
+FORMAT_VERSION = 1
+MAX_METADATA_CHARS = 200_000
+
+
+def request_metadata(request: GenerationRequest, extras: dict | None = None) -> dict:
+    """Everything needed to reproduce the image (inputs by path), plus what the run decided."""
+    return {"format": FORMAT_VERSION, "request": request.to_dict(), **(extras or {})}
+
+
+def a1111_parameters(request: GenerationRequest, extras: dict | None = None) -> str:
+    extras = extras or {}
+    items = [
+        ("Steps", extras.get("steps", request.steps)),
+        ("Sampler", "Euler"),
+        ("Schedule type", "Simple"),
+        ("CFG scale", 1),
+        ("Distilled CFG Scale", extras.get("guidance", request.guidance)),
+        ("Seed", request.seed),
+        ("Size", f"{request.width}x{request.height}"),
+        ("Model", request.model),
+        ("Denoising strength", None if request.image_strength is None else round(1 - request.image_strength, 4)),
+        ("Tool", request.tool),
+        ("Version", "mflux-studio"),
+    ]
+    line = ", ".join(f"{k}: {v}" for k, v in items if v is not None)
+    return f"{request.prompt}\n{line}"
+
+
+def png_text_chunks(request: GenerationRequest, extras: dict | None = None) -> dict[str, str]:
+    return {
+        JSON_KEY: json.dumps(request_metadata(request, extras), sort_keys=True),
+        A1111_KEY: a1111_parameters(request, extras),
+    }
+
+
+def request_from_metadata(metadata: dict) -> GenerationRequest:
+    """Rebuild a request from our JSON; unknown keys and bad values are refused, never guessed."""
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("request"), dict):
+        raise InvalidRequest("The metadata has no 'request' section written by mflux-studio.")
+    values = metadata["request"]
+    unknown = sorted(set(values) - set(GenerationRequest.field_names()))
+    if unknown:
+        raise InvalidRequest(f"The metadata has unknown settings: {', '.join(map(str, unknown[:5]))}.")
+    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return GenerationRequest(**converted).validated()
+    except TypeError as error:
+        raise InvalidRequest(f"The metadata settings are malformed ({error}).") from None
+
+
+def read_metadata_file(path: Path) -> dict:
+    """Our JSON from a PNG's text chunk or from a JSON sidecar file."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        text = path.read_text(errors="replace")
+    else:
+        try:
+            with Image.open(path) as image:
+                text = image.info.get(JSON_KEY)
+        except (OSError, ValueError) as error:
+            raise InvalidRequest(f"Cannot read {path} as an image ({error}).") from None
+        if not text:
+            raise InvalidRequest(f"{path.name} carries no mflux-studio settings.")
+    if len(text) > MAX_METADATA_CHARS:
+        raise InvalidRequest(f"The settings in {path.name} are too large to be ours.")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidRequest(f"The settings in {path.name} are not valid JSON ({error.msg}).") from None

@@ -1,0 +1,119 @@
+"""GenerationRequest: every setting of one image, validated once, shared by the CLI, the UI and presets."""
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from mflux_core.errors import InvalidRequest
+
+TOOLS = ("generate", "fill", "depth", "kontext", "controlnet", "upscale", "redux")
+MAX_SIDE = 4096
+MAX_STEPS = 500
+MAX_PROMPT_CHARS = 20_000
+MAX_SEED = 2**32 - 1
+DTYPES = ("float32", "bfloat16", "float16")
+QUANTIZE_BITS = (3, 4, 5, 6, 8)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    tool: str = "generate"
+    model: str | None = None  # alias, repo id or local folder
+    base_model: str | None = None  # for third-party derivatives: "schnell" or "dev"
+    prompt: str = ""
+    seed: int = 0
+    steps: int | None = None  # None: the model's default (schnell 4, otherwise 25)
+    width: int = 1024
+    height: int = 1024
+    guidance: float | None = None  # None: the tool's default
+    image_path: str | None = None
+    image_strength: float | None = None
+    masked_image_path: str | None = None
+    keep_unmasked: bool = False
+    outpaint_padding: str | None = None
+    depth_image_path: str | None = None
+    controlnet_image_path: str | None = None
+    controlnet_strength: float = 0.4
+    redux_image_paths: tuple[str, ...] = ()
+    redux_image_strengths: tuple[float, ...] = ()
+    lora_paths: tuple[str, ...] = ()
+    lora_scales: tuple[float, ...] = ()
+    quantize: int | None = None
+    dtype: str | None = None  # None: float32 on the CPU backend, bfloat16 on a GPU
+    init_noise_path: str | None = None
+    max_sequence_length: int = 512
+    extra: dict = field(default_factory=dict)  # tool-specific settings (canny thresholds, ...)
+
+    def validated(self) -> "GenerationRequest":
+        """Return this request if every value is usable; otherwise raise InvalidRequest naming the value."""
+        if self.tool not in TOOLS:
+            raise InvalidRequest(f"Unknown tool {self.tool!r}; choose one of {', '.join(TOOLS)}.")
+        _check_prompt(self.prompt)
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise InvalidRequest(f"{name.capitalize()} must be a whole number of pixels, not {value!r}.")
+            if not 16 <= value <= MAX_SIDE:
+                raise InvalidRequest(f"{name.capitalize()} {value} is out of range: use 16 to {MAX_SIDE} pixels.")
+            if value % 16:
+                raise InvalidRequest(
+                    f"{name.capitalize()} {value} is not a multiple of 16; try {max(16, round(value / 16) * 16)}."
+                )
+        if self.steps is not None and not (isinstance(self.steps, int) and 1 <= self.steps <= MAX_STEPS):
+            raise InvalidRequest(f"Steps must be a whole number from 1 to {MAX_STEPS}, not {self.steps!r}.")
+        if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise InvalidRequest(f"Seed must be a whole number from 0 to {MAX_SEED}, not {self.seed!r}.")
+        if self.guidance is not None and not 0 <= self.guidance <= 100:
+            raise InvalidRequest(f"Guidance {self.guidance} is out of range: use 0 to 100.")
+        if self.image_strength is not None and not 0 <= self.image_strength < 1:
+            raise InvalidRequest(
+                f"Image strength {self.image_strength} is out of range: use 0 (ignore the image) up to below 1."
+            )
+        if not 0 <= self.controlnet_strength <= 2:
+            raise InvalidRequest(f"ControlNet strength {self.controlnet_strength} is out of range: use 0 to 2.")
+        if self.lora_scales and len(self.lora_scales) != len(self.lora_paths):
+            raise InvalidRequest(
+                f"{len(self.lora_paths)} LoRA paths but {len(self.lora_scales)} scales: give one scale per LoRA."
+            )
+        if self.redux_image_strengths and len(self.redux_image_strengths) != len(self.redux_image_paths):
+            raise InvalidRequest(
+                f"{len(self.redux_image_paths)} Redux images but {len(self.redux_image_strengths)} strengths: "
+                "give one strength per image."
+            )
+        if self.quantize is not None and self.quantize not in QUANTIZE_BITS:
+            raise InvalidRequest(f"Quantize must be one of {', '.join(map(str, QUANTIZE_BITS))} bits, not {self.quantize}.")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise InvalidRequest(f"Dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}.")
+        if not 1 <= self.max_sequence_length <= 512:
+            raise InvalidRequest("The T5 sequence length must be from 1 to 512 tokens.")
+        return self
+
+    def with_(self, **changes) -> "GenerationRequest":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+def _check_prompt(prompt: str) -> None:
+    if not isinstance(prompt, str):
+        raise InvalidRequest("The prompt must be text.")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(f"The prompt is {len(prompt):,} characters long; the limit is {MAX_PROMPT_CHARS:,}.")
+
+
+def clean_prompt(prompt: str) -> str:
+    """Drop control characters (except newlines and tabs) that tokenizers would choke on or hide."""
+    return "".join(ch for ch in prompt if ch in "\n\t" or ch.isprintable())
+
+
+def existing_file(path: str | None, what: str) -> Path | None:
+    if path is None:
+        return None
+    resolved = Path(path).expanduser()
+    if not resolved.is_file():
+        raise InvalidRequest(f"The {what} {path} does not exist or is not a file.")
+    return resolved

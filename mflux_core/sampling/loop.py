@@ -1,0 +1,59 @@
+"""The one denoise loop. Every tool runs through it; tools differ only in their Conditioning.
+
+The loop is a generator: it yields after each Euler step, so the caller owns evaluation,
+progress, previews and cancellation (see `ModelManager`).
+"""
+
+from typing import Iterator
+
+import mlx.core as mx
+import numpy as np
+
+from mflux_core.sampling.conditioning import Conditioning
+from mflux_core.sampling.latents import text_position_ids
+
+
+def model_timestep(sigma: float) -> mx.array:
+    """The timestep the transformer sees: diffusers forms t = sigma * 1000 and divides by 1000 again,
+    both in float32; doing the same keeps the last bit identical."""
+    t = np.float32(np.float32(sigma) * np.float32(1000.0)) / np.float32(1000.0)
+    return mx.array([t], dtype=mx.float32)
+
+
+def denoise(
+    transformer,
+    latents: mx.array,
+    sigmas: np.ndarray,
+    conditioning: Conditioning,
+    image_ids: mx.array,
+    start_step: int = 0,
+) -> Iterator[tuple[int, mx.array]]:
+    """Euler flow-matching steps from `start_step`; yields (step index, packed latents) after each."""
+    num_image_tokens = latents.shape[1]
+    text_ids = text_position_ids(conditioning.text.shape[1])
+    ids = image_ids
+    if conditioning.reference_tokens is not None:
+        ids = mx.concatenate([image_ids, conditioning.reference_ids], axis=0)
+    rope = transformer.rope_for(text_ids, ids)
+    guidance = None if conditioning.guidance is None else mx.array([conditioning.guidance], dtype=mx.float32)
+    dtype = conditioning.text.dtype
+
+    for i in range(start_step, len(sigmas) - 1):
+        timestep = model_timestep(sigmas[i])
+        model_input = latents
+        if conditioning.extra_channels is not None:
+            model_input = mx.concatenate([model_input, conditioning.extra_channels], axis=-1)
+        if conditioning.reference_tokens is not None:
+            model_input = mx.concatenate([model_input, conditioning.reference_tokens], axis=1)
+        blocks, singles = (None, None)
+        if conditioning.control is not None:
+            blocks, singles = conditioning.control(latents, timestep, guidance)
+        velocity = transformer(
+            model_input.astype(dtype), conditioning.text, conditioning.pooled, timestep, ids, text_ids,
+            guidance=guidance, controlnet_block_samples=blocks, controlnet_single_block_samples=singles, rope=rope,
+        )
+        if conditioning.reference_tokens is not None:
+            velocity = velocity[:, :num_image_tokens]
+        step = float(np.float32(sigmas[i + 1]) - np.float32(sigmas[i]))
+        latents = latents + step * velocity.astype(mx.float32)
+        yield i, latents

@@ -1,0 +1,50 @@
+"""The flow-matching sigma schedule of FLUX.1, computed as diffusers' FlowMatchEulerDiscreteScheduler does.
+
+Sigmas start from `linspace(1, 1/N, N)`; dev-style models shift them by `mu`, interpolated from the
+image token count between (base_image_seq_len, base_shift) and (max_image_seq_len, max_shift);
+schnell-style models use a fixed `shift` (1.0: no shift). A final 0 is appended. The arithmetic is
+done in float32 like the reference, so the schedules match to the last bit.
+"""
+
+import math
+
+import numpy as np
+
+
+def resolution_shift_mu(image_seq_len: int, scheduler_config: dict) -> float:
+    base_len = scheduler_config.get("base_image_seq_len", 256)
+    max_len = scheduler_config.get("max_image_seq_len", 4096)
+    base_shift = scheduler_config.get("base_shift", 0.5)
+    max_shift = scheduler_config.get("max_shift", 1.15)
+    slope = (max_shift - base_shift) / (max_len - base_len)
+    return image_seq_len * slope + (base_shift - slope * base_len)
+
+
+def flux_sigmas(num_steps: int, image_seq_len: int, scheduler_config: dict) -> np.ndarray:
+    """num_steps + 1 float32 sigmas from 1 down to 0."""
+    sigmas = np.linspace(1.0, 1.0 / num_steps, num_steps).astype(np.float32)
+    if scheduler_config.get("use_dynamic_shifting", False):
+        mu = resolution_shift_mu(image_seq_len, scheduler_config)
+        if scheduler_config.get("time_shift_type", "exponential") == "linear":
+            sigmas = mu / (mu + (1 / sigmas - 1))
+        else:
+            sigmas = math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1))
+    else:
+        shift = scheduler_config.get("shift", 1.0)
+        sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    terminal = scheduler_config.get("shift_terminal")
+    if terminal:
+        one_minus = 1 - sigmas
+        sigmas = 1 - one_minus / (one_minus[-1] / (1 - terminal))
+    return np.concatenate([sigmas.astype(np.float32), np.zeros(1, np.float32)])
+
+
+def img2img_start_step(num_steps: int, image_strength: float) -> int:
+    """First step to run when keeping `image_strength` of the input image (mflux's meaning).
+
+    diffusers' img2img runs `strength = 1 - image_strength` of the schedule:
+    init = min(N * strength, N); start = int(max(N - init, 0)).
+    """
+    strength = 1.0 - image_strength
+    init_steps = min(num_steps * strength, num_steps)
+    return int(max(num_steps - init_steps, 0))
