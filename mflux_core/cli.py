@@ -4,7 +4,6 @@ import argparse
 import json
 import random
 import sys
-import time
 from pathlib import Path
 
 from mflux_core.errors import StudioError
@@ -117,41 +116,38 @@ def output_path(template: str, seed: int, several: bool) -> Path:
     return path.with_name(f"{path.stem}_seed_{seed}{path.suffix or '.png'}") if several else path
 
 
+def stepwise_saver(folder: Path, seed: int):
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def save(step: int, total: int, preview) -> None:
+        preview.save(folder / f"seed_{seed}_step_{step}of{total}.png")
+
+    return save
+
+
 def run(args: argparse.Namespace) -> list[Path]:
-    from mflux_core.backend import resolve_dtype
     from mflux_core.images.io import save_png_atomic
-    from mflux_core.loader import load_flux_model
-    from mflux_core.metadata import png_text_chunks, request_metadata
-    from mflux_core.stepwise import StepwiseWriter
-    from mflux_core.generation import run_tool
-    from mflux_core.tools import TOOL_MODULES
-    from mflux_core.weights.resolve import resolve_model
+    from mflux_core.manager import ModelManager
 
     request = base_request(args)
     request = request.with_(prompt=read_prompt(args, request.prompt if args.config_from_metadata else None))
     request.validated()
-    started = time.perf_counter()
-    source = resolve_model(request.model if not args.path else None, args.path, args.base_model)
-    model = load_flux_model(source, resolve_dtype(request.dtype), name=request.model or "")
-    if args.verbose:
-        print(f"Loaded {source.folder or source.transformer_file} in {time.perf_counter() - started:.2f} s")
-    tool = TOOL_MODULES[args.tool]
+    stepwise = Path(args.stepwise_image_output_dir) if args.stepwise_image_output_dir else None
+    manager = ModelManager(low_ram=args.low_ram, full_preview_every=1 if stepwise else 0)
     seeds = seeds_to_run(args, request.seed)
     written = []
     for seed in seeds:
         seeded = request.with_(seed=seed, prompt=read_prompt(args, request.prompt)).validated()
-        inputs = tool.build_inputs(model, seeded)
-        on_step = StepwiseWriter(model, Path(args.stepwise_image_output_dir), seed) \
-            if args.stepwise_image_output_dir else None
-        step_started = time.perf_counter()
-        image = run_tool(model, seeded, inputs, on_step=on_step, vae_tiling=args.vae_tiling)
-        extras = {"steps": seeded.steps or model.default_steps, "guidance": inputs.conditioning.guidance}
-        path = save_png_atomic(image, output_path(args.output, seed, len(seeds) > 1),
-                               png_text_chunks(seeded, extras), overwrite=True)
+        result = manager.generate(seeded, on_step=stepwise_saver(stepwise, seed) if stepwise else None,
+                                  vae_tiling=args.vae_tiling)
+        path = save_png_atomic(result.image, output_path(args.output, seed, len(seeds) > 1),
+                               result.text_chunks, overwrite=True)
         if args.metadata:
-            path.with_suffix(".json").write_text(json.dumps(request_metadata(seeded, extras), indent=2))
+            path.with_suffix(".json").write_text(json.dumps(result.metadata, indent=2))
         if args.verbose:
-            print(f"seed {seed}: {time.perf_counter() - step_started:.2f} s")
+            status = manager.status()
+            print(f"seed {seed}: {result.seconds:.2f} s; resident {status['resident_bytes'] / 1e6:.1f} MB; "
+                  f"loads {status['loads']}")
         print(f"Saved {path}")
         written.append(path)
     return written

@@ -69,6 +69,10 @@ def run_tool(
             raise Cancelled(f"Stopped after step {i + 1} of {steps}.")
         if on_step is not None:
             on_step(i + 1, steps, latents, (h, w))
-    pixels = model.vae.decode(unpack_latents(latents, h, w).astype(model.vae_dtype), tiled=vae_tiling)
-    image = pixels_to_pil(np.array(pixels.astype(mx.float32)))
+    image = decode_latents(model, latents, (h, w), tiled=vae_tiling)
     return inputs.finish(image) if inputs.finish else image
+
+
+def decode_latents(model: FluxModel, packed: mx.array, grid: tuple[int, int], tiled: bool = False) -> Image.Image:
+    pixels = model.vae.decode(unpack_latents(packed, *grid).astype(model.vae_dtype), tiled=tiled)
+    return pixels_to_pil(np.array(pixels.astype(mx.float32)))

@@ -1,5 +1,13 @@
-"""One small module per tool; each exposes build_inputs(model, request) -> ToolInputs."""
+"""One small module per tool; each exposes build_inputs(model, request, manager) -> ToolInputs."""
 
 from mflux_core.tools import generate
 
 TOOL_MODULES = {"generate": generate}
+
+# The model a tool uses when the request names none.
+DEFAULT_MODELS = {"generate": "schnell", "fill": "fill", "depth": "depth", "kontext": "kontext",
+                  "controlnet": "dev", "upscale": "dev", "redux": "dev"}
+
+
+def default_model_for(tool: str) -> str:
+    return DEFAULT_MODELS[tool]

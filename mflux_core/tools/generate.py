@@ -7,7 +7,7 @@ from mflux_core.request import GenerationRequest, existing_file
 from mflux_core.tools.common import encode_image, prompt_conditioning
 
 
-def build_inputs(model: FluxModel, request: GenerationRequest) -> ToolInputs:
+def build_inputs(model: FluxModel, request: GenerationRequest, manager=None) -> ToolInputs:
     conditioning = prompt_conditioning(model, request)
     image_path = existing_file(request.image_path, "input image")
     if image_path is None:

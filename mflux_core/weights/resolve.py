@@ -69,11 +69,13 @@ def repo_folder(repo_id: str, on_progress=None) -> Path:
         ) from None
 
 
-def resolve_name(name: str) -> Path:
-    """An alias, a repo id or a local path -> a folder or file on disk."""
+def resolve_name(name: str, models_dir: Path | None = None) -> Path:
+    """A local path, a name in the models folder, an alias or a repo id -> a folder or file on disk."""
     candidate = Path(name).expanduser()
     if candidate.exists():
         return candidate
+    if models_dir is not None and "/" not in name and (Path(models_dir) / name).exists():
+        return Path(models_dir) / name
     repo_id = ALIASES.get(name, name)
     if repo_id.count("/") != 1 or candidate.is_absolute() or name.startswith("."):
         raise ModelLoadError(
@@ -90,16 +92,18 @@ def check_flux_folder(folder: Path) -> None:
         )
 
 
-def resolve_model(model: str | None = None, path: str | None = None, base_model: str | None = None) -> ModelSource:
+def resolve_model(
+    model: str | None = None, path: str | None = None, base_model: str | None = None, models_dir: Path | None = None
+) -> ModelSource:
     """Resolve mflux's `--model` / `--path` / `--base-model` triple into files on disk."""
     target = Path(path).expanduser() if path else None
     if target is None:
         if not model:
             raise ModelLoadError("No model given: pass --model (an alias or repo id) or --path (a local folder).")
-        target = resolve_name(model)
+        target = resolve_name(model, models_dir)
     if not target.exists():
         raise ModelLoadError(f"The model path {target} does not exist.")
-    base = resolve_name(base_model) if base_model else None
+    base = resolve_name(base_model, models_dir) if base_model else None
     if target.is_file():
         if target.suffix != ".safetensors":
             raise ModelLoadError(f"{target} is not a model folder or a .safetensors checkpoint.")

@@ -1,0 +1,55 @@
+"""A small bounded least-recently-used mapping; nothing in the studio grows without limit."""
+
+from collections import OrderedDict
+from typing import Callable, Generic, Hashable, TypeVar
+
+V = TypeVar("V")
+
+
+class LRU(Generic[V]):
+    def __init__(self, capacity: int, on_evict: Callable[[Hashable, V], None] | None = None):
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self.on_evict = on_evict
+        self._items: OrderedDict[Hashable, V] = OrderedDict()
+
+    def get(self, key: Hashable) -> V | None:
+        if key not in self._items:
+            return None
+        self._items.move_to_end(key)
+        return self._items[key]
+
+    def put(self, key: Hashable, value: V) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self.pop_oldest()
+
+    def pop_oldest(self) -> None:
+        old_key, old_value = self._items.popitem(last=False)
+        if self.on_evict is not None:
+            self.on_evict(old_key, old_value)
+
+    def get_or_create(self, key: Hashable, create: Callable[[], V]) -> V:
+        value = self.get(key)
+        if value is None:
+            value = create()
+            self.put(key, value)
+        return value
+
+    def clear(self) -> None:
+        while self._items:
+            self.pop_oldest()
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def keys(self) -> list:
+        return list(self._items)
+
+    def values(self) -> list[V]:
+        return list(self._items.values())

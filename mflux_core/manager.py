@@ -1,0 +1,208 @@
+"""ModelManager: one resident set of models shared by every tool, swapped as little as possible.
+
+All FLUX.1 variants (dev, Fill, Depth, Kontext, ...) share the VAE and text encoders, so switching
+tools swaps only the transformer. Sameness is decided from the files (weights/fingerprint.py).
+One generation runs at a time; a cancel callable is checked after every step.
+"""
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import mlx.core as mx
+from PIL import Image
+
+from mflux_core import loader
+from mflux_core.backend import backend_name, resolve_dtype
+from mflux_core.errors import Cancelled, ModelLoadError, StudioError
+from mflux_core.flux_model import FluxModel
+from mflux_core.generation import decode_latents, run_tool
+from mflux_core.lru import LRU
+from mflux_core.metadata import png_text_chunks, request_metadata
+from mflux_core.models.text_encoders import PromptEmbeddings, TextEncoders
+from mflux_core.request import GenerationRequest
+from mflux_core.sampling.previews import LatentPreviewer
+from mflux_core.tools import TOOL_MODULES, default_model_for
+from mflux_core.weights.fingerprint import fingerprint
+from mflux_core.weights.resolve import ModelSource, resolve_model
+
+# on_step(step done, total, preview image or None)
+ProgressCallback = Callable[[int, int, Image.Image | None], None]
+
+
+@dataclass
+class GenerationResult:
+    image: Image.Image
+    request: GenerationRequest
+    metadata: dict
+    text_chunks: dict[str, str]
+    seconds: float
+
+
+@dataclass
+class LoadEvent:
+    what: str
+    seconds: float
+    when: float = field(default_factory=time.time)
+
+
+def parameter_bytes(module) -> int:
+    from mlx.utils import tree_flatten
+
+    return sum(v.nbytes for _, v in tree_flatten(module.parameters()))
+
+
+class CachedTextEncoders:
+    """TextEncoders with an LRU of prompt embeddings, keyed by the encoders' fingerprint."""
+
+    def __init__(self, encoders: TextEncoders, key: str, cache: LRU, low_ram: bool):
+        self.encoders = encoders
+        self.key = key
+        self.cache = cache
+        self.low_ram = low_ram
+
+    def encode(self, prompt: str, max_sequence_length: int = 512) -> PromptEmbeddings:
+        cache_key = (self.key, prompt, max_sequence_length)
+        cached = self.cache.get(cache_key)
+        if cached is None:
+            cached = self.encoders.encode(prompt, max_sequence_length)
+            mx.eval(cached.t5, cached.pooled)
+            self.cache.put(cache_key, cached)
+            if self.low_ram:
+                self.encoders.release()
+        return cached
+
+
+class ModelManager:
+    def __init__(
+        self,
+        models_dir: Path | None = None,
+        max_resident_transformers: int = 1,
+        low_ram: bool = False,
+        dtype: str | None = None,
+        prompt_cache_size: int = 64,
+        full_preview_every: int = 0,
+    ):
+        self.models_dir = Path(models_dir) if models_dir else Path("models")
+        self.low_ram = low_ram
+        self.dtype_name = dtype
+        self.full_preview_every = full_preview_every
+        self._lock = threading.Lock()
+        self._transformers: LRU = LRU(max_resident_transformers, on_evict=lambda *_: mx.clear_cache())
+        self._vaes: LRU = LRU(2, on_evict=lambda *_: mx.clear_cache())
+        self._text_encoders: LRU = LRU(2, on_evict=lambda *_: mx.clear_cache())
+        self._prompts: LRU = LRU(prompt_cache_size)
+        self._previewers: dict[str, LatentPreviewer] = {}
+        self.auxiliary = LRU(4, on_evict=lambda *_: mx.clear_cache())  # ControlNet, Redux, depth estimator
+        self.load_counts: dict[str, int] = {"transformer": 0, "vae": 0, "text_encoders": 0}
+        self.events: list[LoadEvent] = []
+
+    # ----- loading -------------------------------------------------------------------------
+
+    def _timed_load(self, kind: str, what: str, load: Callable):
+        started = time.perf_counter()
+        value = load()
+        self.load_counts[kind] = self.load_counts.get(kind, 0) + 1
+        self.events = (self.events + [LoadEvent(what, time.perf_counter() - started)])[-20:]
+        return value
+
+    def resolve(self, request: GenerationRequest) -> ModelSource:
+        name = request.model or default_model_for(request.tool)
+        return resolve_model(model=name, base_model=request.base_model, models_dir=self.models_dir)
+
+    def model_for(self, source: ModelSource, dtype: mx.Dtype, name: str = "") -> FluxModel:
+        """The FluxModel for a source, reusing every resident component whose files are the same."""
+        dtype_key = str(dtype)
+        transformer_files = source.transformer_file or source.folder / "transformer"
+        transformer_key = (fingerprint(transformer_files), dtype_key)
+        vae_folder = source.component("vae")
+        vae_key = (fingerprint(vae_folder), dtype_key)
+        text_folders = [source.component(n) for n in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")]
+        text_key = (fingerprint(*text_folders), dtype_key)
+
+        transformer = self._transformers.get_or_create(transformer_key, lambda: self._timed_load(
+            "transformer", f"transformer {transformer_files}", lambda: loader.load_source_transformer(source, dtype)))
+        vae = self._vaes.get_or_create(vae_key, lambda: self._timed_load(
+            "vae", f"VAE {vae_folder}", lambda: loader.load_source_vae(source, dtype)))
+        encoders = self._text_encoders.get_or_create(text_key, lambda: self._timed_load(
+            "text_encoders", f"text encoders {text_folders[0].parent}",
+            lambda: loader.load_source_text_encoders(source, dtype)))
+        return FluxModel(
+            transformer=transformer,
+            vae=vae,
+            text_encoders=CachedTextEncoders(encoders, str(text_key), self._prompts, self.low_ram),
+            scheduler_config=loader.load_scheduler_config(source),
+            name=name,
+            folder=source.folder,
+        )
+
+    def previewer(self, model: FluxModel) -> LatentPreviewer:
+        key = str(id(model.vae))
+        if key not in self._previewers:
+            self._previewers = {key: LatentPreviewer(model.vae)}
+        return self._previewers[key]
+
+    # ----- generating ----------------------------------------------------------------------
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_step: ProgressCallback | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        vae_tiling: bool = False,
+    ) -> GenerationResult:
+        """Generate one image; raises StudioError subclasses for anything the user can fix."""
+        request = request.validated()
+        with self._lock:
+            started = time.perf_counter()
+            if cancelled is not None and cancelled():
+                raise Cancelled("Stopped before the model was loaded.")
+            source = self.resolve(request)
+            model = self.model_for(source, resolve_dtype(request.dtype or self.dtype_name),
+                                   name=request.model or default_model_for(request.tool))
+            tool = TOOL_MODULES[request.tool]
+            inputs = tool.build_inputs(model, request, self)
+            step_callback = self._step_callback(model, on_step) if on_step else None
+            image = run_tool(model, request, inputs, on_step=step_callback, cancelled=cancelled,
+                             vae_tiling=vae_tiling)
+            extras = {"steps": request.steps or model.default_steps, "guidance": inputs.conditioning.guidance}
+            return GenerationResult(
+                image=image,
+                request=request,
+                metadata=request_metadata(request, extras),
+                text_chunks=png_text_chunks(request, extras),
+                seconds=time.perf_counter() - started,
+            )
+
+    def _step_callback(self, model: FluxModel, on_step: ProgressCallback):
+        """Previews for the UI: the cheap linear one, or a full VAE decode every `full_preview_every` steps."""
+        previewer = self.previewer(model)
+
+        def callback(step: int, total: int, latents: mx.array, grid: tuple[int, int]) -> None:
+            if self.full_preview_every and step % self.full_preview_every == 0:
+                on_step(step, total, decode_latents(model, latents, grid))
+            else:
+                on_step(step, total, previewer(latents, grid))
+
+        return callback
+
+    # ----- status ----------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        resident = []
+        for kind, cache in (("transformer", self._transformers), ("vae", self._vaes),
+                            ("text encoders", self._text_encoders), ("auxiliary", self.auxiliary)):
+            for value in cache.values():
+                module = value.encoders if isinstance(value, CachedTextEncoders) else value
+                resident.append({"kind": kind, "bytes": parameter_bytes(module) if hasattr(module, "parameters") else 0})
+        return {
+            "backend": backend_name(),
+            "resident": resident,
+            "resident_bytes": sum(r["bytes"] for r in resident),
+            "loads": dict(self.load_counts),
+            "last_load": None if not self.events else {"what": self.events[-1].what,
+                                                       "seconds": round(self.events[-1].seconds, 3)},
+            "busy": self._lock.locked(),
+        }

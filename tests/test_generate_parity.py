@@ -1,0 +1,74 @@
+"""Whole images from `mflux-studio generate` equal diffusers' FluxPipeline / FluxImg2ImgPipeline (float32)."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.fixtures.tiny_flux import load_diffusers_pipeline
+from tests.parity import UINT8_TOLERANCE, deterministic_diffusers, make_noise, max_uint8_diff, pack, run_cli
+
+LATENT_CHANNELS = 4
+VAE_SCALE = 8
+
+
+def noise_for(tmp_path, height, width, seed):
+    return make_noise(tmp_path, (1, LATENT_CHANNELS, height // VAE_SCALE, width // VAE_SCALE), seed)
+
+
+@pytest.mark.parametrize(
+    "variant, height, width, steps, guidance",
+    [("dev", 64, 64, 4, 3.5), ("dev", 48, 80, 3, 5.0), ("schnell", 64, 32, 2, None), ("schnell", 32, 96, 4, None)],
+)
+def test_text_to_image_matches_diffusers(request, tmp_path, variant, height, width, steps, guidance):
+    folder = request.getfixturevalue(f"tiny_{variant}")
+    noise_path = noise_for(tmp_path, height, width, seed=steps)
+    prompt = "a red circle in the top left on a blue background"
+    args = ["generate", "--path", folder, "--prompt", prompt, "--steps", steps, "--height", height,
+            "--width", width, "--init-noise", noise_path, "--dtype", "float32", "--output", tmp_path / "ours.png"]
+    if guidance is not None:
+        args += ["--guidance", guidance]
+    ours = run_cli(*args)
+
+    pipe = load_diffusers_pipeline(folder)
+    reference = pipe(
+        prompt, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance or 3.5,
+        latents=pack(np.load(noise_path)), output_type="pil",
+    ).images[0]
+    assert max_uint8_diff(ours, reference) <= UINT8_TOLERANCE
+
+
+@pytest.mark.parametrize("image_strength, steps", [(0.4, 4), (0.75, 6)])
+def test_image_to_image_matches_diffusers(tiny_dev, tmp_path, image_strength, steps):
+    import diffusers
+    from diffusers.pipelines.flux import pipeline_flux_img2img
+
+    height, width = 64, 48
+    rng = np.random.default_rng(0)
+    init = Image.fromarray(rng.integers(0, 256, (80, 56, 3), dtype=np.uint8))  # resized by both sides
+    init_path = tmp_path / "init.png"
+    init.save(init_path)
+    noise_path = noise_for(tmp_path, height, width, seed=7)
+    prompt = "a green star on the right"
+    ours = run_cli(
+        "generate", "--path", tiny_dev, "--prompt", prompt, "--steps", steps, "--height", height, "--width", width,
+        "--image-path", init_path, "--image-strength", image_strength, "--init-noise", noise_path,
+        "--guidance", 4.0, "--output", tmp_path / "ours.png",
+    )
+
+    pipe = diffusers.FluxImg2ImgPipeline.from_pretrained(tiny_dev, torch_dtype=torch.float32, local_files_only=True)
+    with deterministic_diffusers(pipeline_flux_img2img, np.load(noise_path)):
+        reference = pipe(
+            prompt, image=init, height=height, width=width, strength=1 - image_strength, num_inference_steps=steps,
+            guidance_scale=4.0, output_type="pil",
+        ).images[0]
+    assert max_uint8_diff(ours, reference) <= UINT8_TOLERANCE
+
+
+def test_seeded_runs_are_deterministic_and_seed_dependent(tiny_schnell, tmp_path):
+    common = ["generate", "--path", tiny_schnell, "--prompt", "a cat", "--steps", 2, "--height", 32, "--width", 32]
+    first = run_cli(*common, "--seed", 5, "--output", tmp_path / "a.png")
+    again = run_cli(*common, "--seed", 5, "--output", tmp_path / "b.png")
+    other = run_cli(*common, "--seed", 6, "--output", tmp_path / "c.png")
+    assert max_uint8_diff(first, again) == 0
+    assert max_uint8_diff(first, other) > 10
