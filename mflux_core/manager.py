@@ -22,6 +22,7 @@ from mflux_core.generation import decode_latents, run_tool
 from mflux_core.lru import LRU
 from mflux_core.metadata import png_text_chunks, request_metadata
 from mflux_core.models.text_encoders import PromptEmbeddings, TextEncoders
+from mflux_core.registry import ModelEntry, list_models
 from mflux_core.request import GenerationRequest
 from mflux_core.sampling.previews import LatentPreviewer
 from mflux_core.tools import TOOL_MODULES, default_model_for
@@ -143,6 +144,9 @@ class ModelManager:
         if key not in self._previewers:
             self._previewers = {key: LatentPreviewer(model.vae)}
         return self._previewers[key]
+
+    def list_models(self) -> list[ModelEntry]:
+        return list_models(self.models_dir)
 
     # ----- generating ----------------------------------------------------------------------
 

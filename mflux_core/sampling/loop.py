@@ -34,7 +34,7 @@ def denoise(
     ids = image_ids
     if conditioning.reference_tokens is not None:
         ids = mx.concatenate([image_ids, conditioning.reference_ids], axis=0)
-    rope = transformer.rope_for(text_ids, ids)
+    rope = transformer.rope_tables(ids, text_ids)
     guidance = None if conditioning.guidance is None else mx.array([conditioning.guidance], dtype=mx.float32)
     dtype = conditioning.text.dtype
 

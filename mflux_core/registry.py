@@ -1,0 +1,85 @@
+"""The models a user can pick: aliases, folders in the models directory, repos in the HF cache.
+
+Listing only looks at folder names and small JSON files; it never loads weights.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mflux_core.weights.resolve import ALIASES, hf_cache_dir
+
+FLUX_PIPELINE_KINDS = {
+    "FluxPipeline": "base", "FluxFillPipeline": "fill", "FluxControlPipeline": "depth",
+    "FluxKontextPipeline": "kontext", "FluxPriorReduxPipeline": "redux",
+}
+ALIAS_KINDS = {"schnell": "base", "dev": "base", "krea-dev": "base", "fill": "fill", "depth": "depth",
+               "kontext": "kontext", "canny": "controlnet", "upscaler": "controlnet", "redux": "redux",
+               "depth-estimator": "depth-estimator"}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str  # what to put in GenerationRequest.model
+    kind: str  # base, fill, depth, kontext, controlnet, redux, depth-estimator, single-file
+    where: str  # "alias", "models folder" or "HF cache"
+    available: bool  # files are on disk (no download needed)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}" + ("" if self.available else " (not downloaded)")
+
+
+def folder_kind(folder: Path) -> str | None:
+    """What a folder holds, from its model_index.json or config.json; None if not a model we know."""
+    index = folder / "model_index.json"
+    if index.is_file():
+        try:
+            class_name = json.loads(index.read_text()).get("_class_name", "")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return FLUX_PIPELINE_KINDS.get(class_name, "base" if (folder / "transformer").is_dir() else None)
+    config = folder / "config.json"
+    if config.is_file():
+        try:
+            text = config.read_text()
+        except OSError:
+            return None
+        if "FluxControlNetModel" in text:
+            return "controlnet"
+        if "DepthAnything" in text:
+            return "depth-estimator"
+    if (folder / "transformer").is_dir():
+        return "base"
+    return None
+
+
+def cached_repos() -> dict[str, Path]:
+    """repo id -> newest snapshot folder, for every repo in the Hugging Face cache."""
+    root = hf_cache_dir()
+    repos = {}
+    if not root.is_dir():
+        return repos
+    for repo_dir in root.glob("models--*"):
+        snapshots = sorted((repo_dir / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime)
+        if snapshots:
+            repos[repo_dir.name[len("models--"):].replace("--", "/")] = snapshots[-1]
+    return repos
+
+
+def list_models(models_dir: Path | None) -> list[ModelEntry]:
+    entries = []
+    cached = cached_repos()
+    for alias, repo in ALIASES.items():
+        entries.append(ModelEntry(alias, ALIAS_KINDS[alias], "alias", repo in cached))
+    if models_dir is not None and Path(models_dir).is_dir():
+        for path in sorted(Path(models_dir).iterdir()):
+            if path.is_file() and path.suffix == ".safetensors":
+                entries.append(ModelEntry(path.name, "single-file", "models folder", True))
+            elif path.is_dir() and (kind := folder_kind(path)):
+                entries.append(ModelEntry(path.name, kind, "models folder", True))
+    known = set(ALIASES.values())
+    for repo, snapshot in sorted(cached.items()):
+        if repo not in known and (kind := folder_kind(snapshot)):
+            entries.append(ModelEntry(repo, kind, "HF cache", True))
+    return entries
