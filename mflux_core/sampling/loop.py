@@ -17,7 +17,7 @@ def model_timestep(sigma: float) -> mx.array:
     """The timestep the transformer sees: diffusers forms t = sigma * 1000 and divides by 1000 again,
     both in float32; doing the same keeps the last bit identical."""
     t = np.float32(np.float32(sigma) * np.float32(1000.0)) / np.float32(1000.0)
-    return mx.array([t], dtype=mx.float32)
+    return mx.array([float(t)], dtype=mx.float32)  # mlx 0.32.4 refuses numpy scalars in lists
 
 
 def denoise(
