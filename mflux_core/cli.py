@@ -15,7 +15,11 @@ REQUEST_FLAGS = {
     "width": "width", "guidance": "guidance", "image_path": "image_path", "image_strength": "image_strength",
     "lora_paths": "lora_paths", "lora_scales": "lora_scales", "quantize": "quantize", "dtype": "dtype",
     "init_noise": "init_noise_path", "max_sequence_length": "max_sequence_length",
+    "masked_image_path": "masked_image_path", "outpaint_padding": "outpaint_padding",
+    "depth_image_path": "depth_image_path",
 }
+# Tool-specific switches stored in GenerationRequest.extra.
+EXTRA_FLAGS = ("kontext_auto_resize",)
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -58,13 +62,41 @@ def add_image_flags(parser: argparse.ArgumentParser) -> None:
                         help="how much of the input image is kept, 0 to below 1 (default 0.4)")
 
 
+def add_tool_parser(tools, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser = tools.add_parser(name, help=help_text, description=help_text)
+    add_model_flags(parser)
+    add_generation_flags(parser)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mflux-studio", description="FLUX.1 on MLX: generate and edit images.")
     tools = parser.add_subparsers(dest="tool", required=True, metavar="TOOL")
-    generate = tools.add_parser("generate", help="text-to-image, or image-to-image with --image-path")
-    add_model_flags(generate)
-    add_generation_flags(generate)
-    add_image_flags(generate)
+    add_image_flags(add_tool_parser(tools, "generate", "text-to-image, or image-to-image with --image-path"))
+
+    fill = add_tool_parser(tools, "fill", "inpaint inside a mask or outpaint a padded canvas (FLUX.1-Fill)")
+    fill.add_argument("--image-path", help="the image to fill")
+    fill.add_argument("--image-strength", type=float,
+                      help="start from the image instead of pure noise, keeping this much of it (default: off)")
+    fill.add_argument("--masked-image-path", help="mask image: white = regenerate")
+    fill.add_argument("--outpaint-padding", help="outpaint: padding top,right,bottom,left in px or %% ('0,30%%,20%%,0')")
+    fill.add_argument("--keep-unmasked", action="store_true",
+                      help="paste the original back outside a feathered mask (off: the image equals diffusers')")
+
+    depth = add_tool_parser(tools, "depth", "restyle with the layout of a depth map (FLUX.1-Depth)")
+    depth.add_argument("--depth-image-path", help="the depth map (near = bright)")
+    depth.add_argument("--image-path", help="a photo to estimate the depth map from")
+
+    kontext = add_tool_parser(tools, "kontext", "edit a reference image by instruction (FLUX.1-Kontext)")
+    kontext.add_argument("--image-path", help="the reference image")
+    kontext.add_argument("--kontext-auto-resize", action="store_true",
+                         help="resize the reference to the closest resolution Kontext was trained on")
+
+    save_depth = tools.add_parser("save-depth", help="estimate a depth map from a photo and save it")
+    save_depth.add_argument("--image-path", required=True, help="the photo")
+    save_depth.add_argument("--depth-model", default="depth-estimator",
+                            help="depth estimator: alias, repo id or folder (Depth Anything format)")
+    save_depth.add_argument("--output", default="depth.png", help="where to write the depth map")
     return parser
 
 
@@ -95,6 +127,11 @@ def base_request(args: argparse.Namespace) -> GenerationRequest:
         value = getattr(args, flag, None)
         if value is not None:
             changes[field_name] = tuple(value) if isinstance(value, list) else value
+    if getattr(args, "keep_unmasked", False):
+        changes["keep_unmasked"] = True
+    extra = {name: True for name in EXTRA_FLAGS if getattr(args, name, False)}
+    if extra:
+        changes["extra"] = {**request.extra, **extra}
     if args.path:
         changes["model"] = args.path
     return request.with_(**changes)
@@ -153,10 +190,20 @@ def run(args: argparse.Namespace) -> list[Path]:
     return written
 
 
+def save_depth(args: argparse.Namespace) -> Path:
+    from mflux_core.images.io import load_image, save_png_atomic
+    from mflux_core.manager import ModelManager
+
+    depth = ModelManager().estimate_depth(load_image(Path(args.image_path)), name=args.depth_model)
+    path = save_png_atomic(depth, Path(args.output), overwrite=True)
+    print(f"Saved {path}")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        run(args)
+        save_depth(args) if args.tool == "save-depth" else run(args)
     except StudioError as error:
         print(f"Error: {error}", file=sys.stderr)
         return 1

@@ -27,6 +27,7 @@ StepCallback = Callable[[int, int, mx.array, tuple[int, int]], None]
 class ToolInputs:
     """What a tool module builds for the runner."""
 
+    request: GenerationRequest  # the request with everything the tool decided filled in (size, guidance)
     conditioning: Conditioning
     start_image_latents: mx.array | None = None  # packed latents of the img2img input
     image_strength: float | None = None  # mflux meaning: how much of the start image is kept
@@ -42,12 +43,12 @@ def initial_noise(model: FluxModel, request: GenerationRequest, h: int, w: int) 
 
 def run_tool(
     model: FluxModel,
-    request: GenerationRequest,
     inputs: ToolInputs,
     on_step: StepCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
     vae_tiling: bool = False,
 ) -> Image.Image:
+    request = inputs.request
     h, w = latent_grid(request.height, request.width, model.vae_scale_factor)
     steps = request.steps or model.default_steps
     latents = pack_latents(initial_noise(model, request, h, w))

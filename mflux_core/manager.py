@@ -27,7 +27,7 @@ from mflux_core.request import GenerationRequest
 from mflux_core.sampling.previews import LatentPreviewer
 from mflux_core.tools import TOOL_MODULES, default_model_for
 from mflux_core.weights.fingerprint import fingerprint
-from mflux_core.weights.resolve import ModelSource, resolve_model
+from mflux_core.weights.resolve import ModelSource, resolve_model, resolve_name
 
 # on_step(step done, total, preview image or None)
 ProgressCallback = Callable[[int, int, Image.Image | None], None]
@@ -139,6 +139,19 @@ class ModelManager:
             folder=source.folder,
         )
 
+    def auxiliary_model(self, name: str, load: Callable[[Path], object]):
+        """A side model (depth estimator, ControlNet, Redux encoder) by alias, repo or path, kept in a small LRU."""
+        folder = resolve_name(name, self.models_dir)
+        key = fingerprint(folder)
+        return self.auxiliary.get_or_create(key, lambda: self._timed_load("auxiliary", f"{name} ({folder})",
+                                                                          lambda: load(folder)))
+
+    def estimate_depth(self, photo: Image.Image, name: str = "depth-estimator") -> Image.Image:
+        from mflux_core.models.depth import DepthEstimator, depth_to_image
+
+        estimator = self.auxiliary_model(name, lambda folder: DepthEstimator.from_folder(folder))
+        return depth_to_image(estimator.estimate(photo))
+
     def previewer(self, model: FluxModel) -> LatentPreviewer:
         key = str(id(model.vae))
         if key not in self._previewers:
@@ -169,8 +182,8 @@ class ModelManager:
             tool = TOOL_MODULES[request.tool]
             inputs = tool.build_inputs(model, request, self)
             step_callback = self._step_callback(model, on_step) if on_step else None
-            image = run_tool(model, request, inputs, on_step=step_callback, cancelled=cancelled,
-                             vae_tiling=vae_tiling)
+            image = run_tool(model, inputs, on_step=step_callback, cancelled=cancelled, vae_tiling=vae_tiling)
+            request = inputs.request
             extras = {"steps": request.steps or model.default_steps, "guidance": inputs.conditioning.guidance}
             return GenerationResult(
                 image=image,

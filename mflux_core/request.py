@@ -22,8 +22,8 @@ class GenerationRequest:
     prompt: str = ""
     seed: int = 0
     steps: int | None = None  # None: the model's default (schnell 4, otherwise 25)
-    width: int = 1024
-    height: int = 1024
+    width: int | None = None  # None: 1024 for text-to-image, the input image's size for image tools
+    height: int | None = None
     guidance: float | None = None  # None: the tool's default
     image_path: str | None = None
     image_strength: float | None = None
@@ -50,6 +50,8 @@ class GenerationRequest:
         _check_prompt(self.prompt)
         for name in ("width", "height"):
             value = getattr(self, name)
+            if value is None:
+                continue
             if not isinstance(value, int) or isinstance(value, bool):
                 raise InvalidRequest(f"{name.capitalize()} must be a whole number of pixels, not {value!r}.")
             if not 16 <= value <= MAX_SIDE:
@@ -96,6 +98,10 @@ class GenerationRequest:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+
+def snap_to_16(value: int) -> int:
+    return max(16, min(MAX_SIDE, value // 16 * 16))
 
 
 def _check_prompt(prompt: str) -> None:

@@ -1,8 +1,8 @@
 """One small module per tool; each exposes build_inputs(model, request, manager) -> ToolInputs."""
 
-from mflux_core.tools import generate
+from mflux_core.tools import depth, fill, generate, kontext
 
-TOOL_MODULES = {"generate": generate}
+TOOL_MODULES = {"generate": generate, "fill": fill, "depth": depth, "kontext": kontext}
 
 # The model a tool uses when the request names none.
 DEFAULT_MODELS = {"generate": "schnell", "fill": "fill", "depth": "depth", "kontext": "kontext",

@@ -1,26 +1,66 @@
-"""Pieces every tool uses: prompt conditioning, default guidance, encoding an input image."""
+"""Pieces every tool uses: sizes, prompt conditioning, loading and encoding input images."""
 
 import mlx.core as mx
 from PIL import Image
 
+from mflux_core.errors import InvalidRequest
 from mflux_core.flux_model import FluxModel
-from mflux_core.images.io import pil_to_pixels
-from mflux_core.request import GenerationRequest, clean_prompt
+from mflux_core.images.io import load_image, pil_to_pixels
+from mflux_core.request import GenerationRequest, clean_prompt, existing_file, snap_to_16
 from mflux_core.sampling.conditioning import Conditioning
 from mflux_core.sampling.latents import pack_latents
 
+DEFAULT_SIZE = 1024
 
-def prompt_conditioning(model: FluxModel, request: GenerationRequest, default_guidance: float = 3.5) -> Conditioning:
+
+def with_size(request: GenerationRequest, image: Image.Image | None = None) -> GenerationRequest:
+    """Fill in a missing width/height: the input image's size (snapped to 16) or 1024."""
+    if request.width is not None and request.height is not None:
+        return request
+    width, height = (snap_to_16(image.width), snap_to_16(image.height)) if image else (DEFAULT_SIZE, DEFAULT_SIZE)
+    return request.with_(width=request.width or width, height=request.height or height)
+
+
+def with_guidance(model: FluxModel, request: GenerationRequest, default: float) -> GenerationRequest:
+    """The tool's default guidance unless the request sets one; None for models without guidance."""
+    if not model.has_guidance:
+        return request.with_(guidance=None)
+    return request if request.guidance is not None else request.with_(guidance=default)
+
+
+def prompt_conditioning(model: FluxModel, request: GenerationRequest) -> Conditioning:
     embeddings = model.text_encoders.encode(clean_prompt(request.prompt), request.max_sequence_length)
-    guidance = None
-    if model.has_guidance:
-        guidance = default_guidance if request.guidance is None else request.guidance
     return Conditioning(
-        text=embeddings.t5.astype(model.dtype), pooled=embeddings.pooled.astype(model.dtype), guidance=guidance
+        text=embeddings.t5.astype(model.dtype), pooled=embeddings.pooled.astype(model.dtype), guidance=request.guidance
     )
 
 
+def required_image(path: str | None, what: str, flag: str) -> Image.Image:
+    if not path:
+        raise InvalidRequest(f"This tool needs {what}: pass {flag}.")
+    return load_image(existing_file(path, what))
+
+
+def encode_pixels(model: FluxModel, pixels) -> mx.array:
+    """(1, H, W, 3) pixels in [-1, 1] -> packed latents (posterior mean, normalised), float32."""
+    latents = model.vae.encode(mx.array(pixels).astype(model.vae_dtype))
+    return pack_latents(latents.astype(mx.float32))
+
+
 def encode_image(model: FluxModel, image: Image.Image, width: int, height: int) -> mx.array:
-    """An RGB image resized like diffusers' VaeImageProcessor, VAE-encoded (posterior mean) and packed."""
-    pixels = mx.array(pil_to_pixels(image, width, height)).astype(model.vae_dtype)
-    return pack_latents(model.vae.encode(pixels).astype(mx.float32))
+    """An RGB image resized like diffusers' VaeImageProcessor, VAE-encoded and packed."""
+    return encode_pixels(model, pil_to_pixels(image, width, height))
+
+
+def packed_channels(model: FluxModel) -> int:
+    """Channels of one packed latent token (64 for FLUX.1's 16-channel VAE)."""
+    return 4 * model.latent_channels
+
+
+def check_in_channels(model: FluxModel, expected: int, tool: str, model_kind: str) -> None:
+    """Refuse a transformer that was not trained for this tool (e.g. Fill weights asked to do text-to-image)."""
+    if model.config.in_channels != expected:
+        raise InvalidRequest(
+            f"The model {model.name or model.folder} takes {model.config.in_channels} input channels per token; "
+            f"{tool} needs a {model_kind} model ({expected} channels)."
+        )

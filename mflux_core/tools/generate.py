@@ -2,17 +2,25 @@
 
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
-from mflux_core.images.io import load_image
-from mflux_core.request import GenerationRequest, existing_file
-from mflux_core.tools.common import encode_image, prompt_conditioning
+from mflux_core.request import GenerationRequest
+from mflux_core.tools.common import (
+    check_in_channels, packed_channels, encode_image, prompt_conditioning, required_image, with_guidance, with_size,
+)
+
+DEFAULT_GUIDANCE = 3.5
+DEFAULT_IMAGE_STRENGTH = 0.4
 
 
 def build_inputs(model: FluxModel, request: GenerationRequest, manager=None) -> ToolInputs:
-    conditioning = prompt_conditioning(model, request)
-    image_path = existing_file(request.image_path, "input image")
-    if image_path is None:
-        return ToolInputs(conditioning)
-    image = load_image(image_path)
-    strength = 0.4 if request.image_strength is None else request.image_strength
+    check_in_channels(model, packed_channels(model), "text-to-image", "base (dev, schnell or Kontext)")
+    request = with_guidance(model, request, DEFAULT_GUIDANCE)
+    if not request.image_path:
+        request = with_size(request)
+        return ToolInputs(request, prompt_conditioning(model, request))
+    image = required_image(request.image_path, "an input image", "--image-path")
+    request = with_size(request, image)
+    if request.image_strength is None:
+        request = request.with_(image_strength=DEFAULT_IMAGE_STRENGTH)
     latents = encode_image(model, image, request.width, request.height)
-    return ToolInputs(conditioning, start_image_latents=latents, image_strength=strength)
+    return ToolInputs(request, prompt_conditioning(model, request), start_image_latents=latents,
+                      image_strength=request.image_strength)

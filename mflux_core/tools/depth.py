@@ -1,0 +1,33 @@
+"""Depth (FLUX.1-Depth-dev): a depth map steers the layout; 128 channels per token at full size
+(noisy latents + the depth map's latents). The map is given, or estimated from a photo."""
+
+from PIL import Image
+
+from mflux_core.errors import InvalidRequest
+from mflux_core.flux_model import FluxModel
+from mflux_core.generation import ToolInputs
+from mflux_core.request import GenerationRequest
+from mflux_core.tools.common import (
+    check_in_channels, packed_channels, encode_image, prompt_conditioning, required_image, with_guidance, with_size,
+)
+
+DEFAULT_GUIDANCE = 10.0
+
+
+def depth_map(request: GenerationRequest, manager) -> Image.Image:
+    """The user's depth map, or one estimated from --image-path by the depth estimator."""
+    if request.depth_image_path:
+        return required_image(request.depth_image_path, "a depth map", "--depth-image-path")
+    if not request.image_path:
+        raise InvalidRequest("Depth needs a depth map (--depth-image-path) or a photo to estimate one from (--image-path).")
+    photo = required_image(request.image_path, "a photo", "--image-path")
+    return manager.estimate_depth(photo)
+
+
+def build_inputs(model: FluxModel, request: GenerationRequest, manager=None) -> ToolInputs:
+    check_in_channels(model, 2 * packed_channels(model), "Depth", "FLUX.1-Depth")
+    control = depth_map(request, manager)
+    request = with_guidance(model, with_size(request, control), DEFAULT_GUIDANCE)
+    conditioning = prompt_conditioning(model, request)
+    conditioning.extra_channels = encode_image(model, control, request.width, request.height).astype(model.dtype)
+    return ToolInputs(request, conditioning)

@@ -1,0 +1,84 @@
+"""Fill (FLUX.1-Fill-dev): inpaint inside a mask, or outpaint onto a padded canvas.
+
+The transformer sees 384 channels per token at full size: 64 noisy latents, 64 latents of the
+image with the masked area blanked, and 256 for the mask itself (the pixel mask unshuffled by the
+VAE factor, 8x8, then packed 2x2), mask and image processed exactly as diffusers does.
+"""
+
+import mlx.core as mx
+import numpy as np
+from PIL import Image
+
+from mflux_core.errors import InvalidRequest
+from mflux_core.flux_model import FluxModel
+from mflux_core.generation import ToolInputs
+from mflux_core.images.io import load_mask, pil_to_pixels
+from mflux_core.images.masks import binarize_mask, describe_mask_problem, feathered_paste
+from mflux_core.images.outpaint import outpaint_canvas, parse_padding
+from mflux_core.request import GenerationRequest, existing_file
+from mflux_core.sampling.latents import pack_latents
+from mflux_core.tools.common import (
+    check_in_channels, packed_channels, encode_pixels, prompt_conditioning, required_image, with_guidance, with_size,
+)
+
+DEFAULT_GUIDANCE = 30.0
+
+
+def fill_channels(model: FluxModel) -> int:
+    """Noisy latents + masked-image latents + the packed pixel mask (64 + 64 + 256 = 384 at full size)."""
+    return 2 * packed_channels(model) + 4 * model.vae_scale_factor**2
+
+
+def mask_at_size(mask: Image.Image, width: int, height: int) -> np.ndarray:
+    """Grayscale, resized (Lanczos) to the output size, thresholded at 50%: diffusers' mask processing."""
+    gray = mask.convert("L")
+    if gray.size != (width, height):
+        gray = gray.resize((width, height), Image.Resampling.LANCZOS)
+    return binarize_mask(gray)
+
+
+def packed_mask(mask: np.ndarray, scale: int) -> mx.array:
+    """(H, W) bool -> (1, tokens, scale*scale*4): each latent pixel carries its scale x scale pixel block."""
+    height, width = mask.shape
+    h, w = height // scale, width // scale
+    blocks = mask.astype(np.float32).reshape(h, scale, w, scale).transpose(1, 3, 0, 2)
+    return pack_latents(mx.array(blocks.reshape(1, scale * scale, h, w)))
+
+
+def fill_canvas(request: GenerationRequest) -> tuple[GenerationRequest, Image.Image, Image.Image]:
+    """The image and mask to fill: the user's pair, or an outpaint canvas built from the padding."""
+    image = required_image(request.image_path, "an image to fill", "--image-path")
+    if request.outpaint_padding:
+        padding = parse_padding(request.outpaint_padding, image.width, image.height)
+        canvas, mask = outpaint_canvas(image, padding)
+        return request.with_(width=canvas.width, height=canvas.height), canvas, mask
+    if not request.masked_image_path:
+        raise InvalidRequest("Fill needs a mask (white = regenerate): pass --masked-image-path or --outpaint-padding.")
+    mask = load_mask(existing_file(request.masked_image_path, "mask image"))
+    return with_size(request, image), image, mask
+
+
+def build_inputs(model: FluxModel, request: GenerationRequest, manager=None) -> ToolInputs:
+    check_in_channels(model, fill_channels(model), "Fill", "FLUX.1-Fill")
+    request, image, mask_image = fill_canvas(request)
+    request = with_guidance(model, request, DEFAULT_GUIDANCE)
+    mask = mask_at_size(mask_image, request.width, request.height)
+    problem = describe_mask_problem(mask)
+    if problem:
+        raise InvalidRequest(problem)
+    pixels = pil_to_pixels(image, request.width, request.height)
+    masked_latents = encode_pixels(model, pixels * (1.0 - mask[None, :, :, None]))
+    extra = mx.concatenate([masked_latents, packed_mask(mask, model.vae_scale_factor)], axis=-1)
+    conditioning = prompt_conditioning(model, request)
+    conditioning.extra_channels = extra.astype(model.dtype)
+    finish = None
+    if request.keep_unmasked:
+        original = image.resize((request.width, request.height), Image.Resampling.LANCZOS) \
+            if image.size != (request.width, request.height) else image
+        feather = max(4, min(request.width, request.height) // 64)
+        finish = lambda generated: feathered_paste(original, generated, mask, feather)  # noqa: E731
+    start = None
+    if request.image_strength is not None:
+        start = encode_pixels(model, pixels)
+    return ToolInputs(request, conditioning, start_image_latents=start, image_strength=request.image_strength,
+                      finish=finish)

@@ -1,0 +1,47 @@
+"""Kontext (FLUX.1-Kontext-dev): edit a reference image by instruction.
+
+The reference image's latent tokens are appended after the image tokens with position ids whose
+first coordinate is 1; the transformer's output for them is cut off. As in diffusers, the
+reference keeps its own size (floored to a multiple of 16) unless `--kontext-auto-resize` picks
+the preferred Kontext resolution closest to its aspect ratio.
+"""
+
+from PIL import Image
+
+from mflux_core.flux_model import FluxModel
+from mflux_core.generation import ToolInputs
+from mflux_core.request import GenerationRequest
+from mflux_core.sampling.latents import image_position_ids
+from mflux_core.tools.common import (
+    check_in_channels, packed_channels, encode_image, prompt_conditioning, required_image, with_guidance, with_size,
+)
+
+DEFAULT_GUIDANCE = 2.5
+PREFERRED_RESOLUTIONS = [  # (width, height) Kontext was trained on
+    (672, 1568), (688, 1504), (720, 1456), (752, 1392), (800, 1328), (832, 1248), (880, 1184), (944, 1104),
+    (1024, 1024), (1104, 944), (1184, 880), (1248, 832), (1328, 800), (1392, 752), (1456, 720), (1504, 688),
+    (1568, 672),
+]
+
+
+def reference_size(image: Image.Image, auto_resize: bool, multiple: int) -> tuple[int, int]:
+    width, height = image.size
+    if auto_resize:
+        aspect = width / height
+        _, width, height = min((abs(aspect - w / h), w, h) for w, h in PREFERRED_RESOLUTIONS)
+    return width // multiple * multiple, height // multiple * multiple
+
+
+def build_inputs(model: FluxModel, request: GenerationRequest, manager=None) -> ToolInputs:
+    check_in_channels(model, packed_channels(model), "Kontext", "FLUX.1-Kontext")
+    reference = required_image(request.image_path, "a reference image", "--image-path")
+    request = with_guidance(model, with_size(request, reference), DEFAULT_GUIDANCE)
+    multiple = 2 * model.vae_scale_factor
+    width, height = reference_size(reference, bool(request.extra.get("kontext_auto_resize")), multiple)
+    if (width, height) != reference.size:
+        reference = reference.resize((width, height), Image.Resampling.LANCZOS)
+    conditioning = prompt_conditioning(model, request)
+    conditioning.reference_tokens = encode_image(model, reference, width, height).astype(model.dtype)
+    grid = (2 * (height // multiple), 2 * (width // multiple))
+    conditioning.reference_ids = image_position_ids(*grid, first=1.0)
+    return ToolInputs(request, conditioning)
