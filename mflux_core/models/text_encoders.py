@@ -1,0 +1,97 @@
+"""FLUX.1 prompt encoding: CLIP's pooled vector and T5's token embeddings, as diffusers' FluxPipeline makes them."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+
+from mflux_core.errors import ModelLoadError
+from mflux_core.models.clip import CLIPTextModel, load_clip_text_model
+from mflux_core.models.t5 import T5Encoder, load_t5_encoder
+
+# Either file set is a complete tokenizer (the published FLUX repos ship both kinds of folders).
+CLIP_TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+T5_TOKENIZER_FILES = (("tokenizer.json",), ("spiece.model",))
+
+
+@dataclass(frozen=True)
+class PromptEmbeddings:
+    t5: mx.array  # (1, max_sequence_length, t5 d_model): the transformer's text tokens
+    pooled: mx.array  # (1, clip hidden size): the transformer's pooled text vector
+
+
+def load_tokenizer(tokenizer_class, folder: Path, required: tuple[tuple[str, ...], ...]):
+    """A transformers tokenizer from a local folder; transformers 5 would silently build an empty one."""
+    if not any(all((folder / name).is_file() for name in names) for names in required):
+        options = " or ".join(" + ".join(names) for names in required)
+        raise ModelLoadError(f"Tokenizer folder {folder} is missing or incomplete (needs {options}).")
+    try:
+        return tokenizer_class.from_pretrained(folder, local_files_only=True)
+    except Exception as error:  # transformers and tokenizers raise many kinds for a bad file
+        raise ModelLoadError(f"Cannot read the tokenizer in {folder} ({error}).") from None
+
+
+class TextEncoders:
+    """Tokenizers and encoders of one FLUX.1 folder. `release()` frees the encoder weights;
+    the next `encode` loads them again."""
+
+    def __init__(self, model_folder: Path, clip_tokenizer, t5_tokenizer, dtype: mx.Dtype = mx.float32):
+        self.model_folder = Path(model_folder)
+        self.clip_tokenizer = clip_tokenizer
+        self.t5_tokenizer = t5_tokenizer
+        self.dtype = dtype
+        self._clip: CLIPTextModel | None = None
+        self._t5: T5Encoder | None = None
+
+    @classmethod
+    def from_folder(cls, model_folder: Path, dtype: mx.Dtype = mx.float32) -> "TextEncoders":
+        from transformers import CLIPTokenizer, T5TokenizerFast
+
+        model_folder = Path(model_folder)
+        encoders = cls(
+            model_folder,
+            load_tokenizer(CLIPTokenizer, model_folder / "tokenizer", CLIP_TOKENIZER_FILES),
+            load_tokenizer(T5TokenizerFast, model_folder / "tokenizer_2", T5_TOKENIZER_FILES),
+            dtype,
+        )
+        encoders.load()
+        return encoders
+
+    def load(self) -> None:
+        """Load whichever encoder is not resident."""
+        if self._clip is None:
+            self._clip = load_clip_text_model(self.model_folder / "text_encoder", self.dtype)
+        if self._t5 is None:
+            self._t5 = load_t5_encoder(self.model_folder / "text_encoder_2", self.dtype)
+
+    def release(self) -> None:
+        """Drop both encoders' weights (the tokenizers stay)."""
+        self._clip = None
+        self._t5 = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._clip is not None and self._t5 is not None
+
+    def clip_token_ids(self, prompt: str) -> mx.array:
+        """(1, 77): padded to the tokenizer's model_max_length and truncated, as diffusers does."""
+        tokens = self.clip_tokenizer(
+            [prompt], padding="max_length", max_length=self.clip_tokenizer.model_max_length,
+            truncation=True, return_tensors="np",
+        )
+        return mx.array(tokens.input_ids, dtype=mx.int32)
+
+    def t5_token_ids(self, prompt: str, max_sequence_length: int) -> mx.array:
+        """(1, max_sequence_length): padded and truncated, as diffusers does."""
+        tokens = self.t5_tokenizer(
+            [prompt], padding="max_length", max_length=max_sequence_length, truncation=True, return_tensors="np"
+        )
+        return mx.array(tokens.input_ids, dtype=mx.int32)
+
+    def encode(self, prompt: str, max_sequence_length: int = 512) -> PromptEmbeddings:
+        """Both embeddings, evaluated (so the encoders can be released right after)."""
+        self.load()
+        _, pooled = self._clip(self.clip_token_ids(prompt))
+        t5 = self._t5(self.t5_token_ids(prompt, max_sequence_length))
+        mx.eval(t5, pooled)
+        return PromptEmbeddings(t5=t5, pooled=pooled)
