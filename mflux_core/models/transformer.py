@@ -1,0 +1,397 @@
+"""The FLUX.1 transformer (diffusers' FluxTransformer2DModel) in MLX.
+
+Module names follow diffusers' checkpoint keys, so a diffusers `transformer/` folder loads 1:1.
+Image and text tokens run through double-stream blocks (separate weights per stream, joint
+attention over [text; image]), then single-stream blocks over the concatenated sequence.
+Every block is modulated by one conditioning vector built from the timestep, the guidance
+scale (dev) and the pooled CLIP embedding.
+"""
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from mflux_core.errors import ModelLoadError
+from mflux_core.models.rope import apply_rope, rope_tables
+from mflux_core.weights.loading import load_component
+
+NORM_EPS = 1e-6
+TIMESTEP_CHANNELS = 256
+MLP_RATIO = 4
+
+
+@dataclass(frozen=True)
+class FluxTransformerConfig:
+    in_channels: int
+    out_channels: int
+    num_layers: int
+    num_single_layers: int
+    attention_head_dim: int
+    num_attention_heads: int
+    joint_attention_dim: int
+    pooled_projection_dim: int
+    guidance_embeds: bool
+    axes_dims_rope: tuple[int, ...]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @classmethod
+    def from_dict(cls, config_json: dict) -> "FluxTransformerConfig":
+        """Read a diffusers transformer config.json; absent keys take diffusers' defaults."""
+        if config_json.get("patch_size", 1) != 1:
+            raise ModelLoadError(f"Unsupported transformer patch_size {config_json['patch_size']} (FLUX.1 uses 1).")
+        in_channels = config_json.get("in_channels", 64)
+        config = cls(
+            in_channels=in_channels,
+            out_channels=config_json.get("out_channels") or in_channels,
+            num_layers=config_json.get("num_layers", 19),
+            num_single_layers=config_json.get("num_single_layers", 38),
+            attention_head_dim=config_json.get("attention_head_dim", 128),
+            num_attention_heads=config_json.get("num_attention_heads", 24),
+            joint_attention_dim=config_json.get("joint_attention_dim", 4096),
+            pooled_projection_dim=config_json.get("pooled_projection_dim", 768),
+            guidance_embeds=bool(config_json.get("guidance_embeds", False)),
+            axes_dims_rope=tuple(config_json.get("axes_dims_rope", (16, 56, 56))),
+        )
+        if sum(config.axes_dims_rope) != config.attention_head_dim:
+            raise ModelLoadError(
+                f"Transformer config: axes_dims_rope {config.axes_dims_rope} must add up to "
+                f"attention_head_dim {config.attention_head_dim}."
+            )
+        return config
+
+
+# --- conditioning embedders -------------------------------------------------------------------
+
+
+def timestep_embedding(values: mx.array, channels: int = TIMESTEP_CHANNELS) -> mx.array:
+    """Sinusoidal embedding (B,) -> (B, channels), [cos | sin] (diffusers: flip_sin_to_cos, shift 0)."""
+    half = channels // 2
+    exponents = np.arange(half, dtype=np.float32) * np.float32(-math.log(10000.0)) / np.float32(half)
+    # exp in float64 rounds to the float32 values torch gets; MLX's float32 exp is off by an ulp or
+    # more in most entries, which timesteps near 1000 magnify to ~6e-5 in the embedding.
+    frequencies = mx.array(np.exp(exponents.astype(np.float64)).astype(np.float32))
+    angles = values.astype(mx.float32)[:, None] * frequencies[None, :]
+    return mx.concatenate([mx.cos(angles), mx.sin(angles)], axis=-1)
+
+
+class MLPEmbedder(nn.Module):
+    """linear_1 -> SiLU -> linear_2 (diffusers' TimestepEmbedding and PixArtAlphaTextProjection)."""
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.linear_2(nn.silu(self.linear_1(x)))
+
+
+class TimeTextEmbedding(nn.Module):
+    """The conditioning vector: timestep (+ guidance) embeddings plus the projected pooled text."""
+
+    def __init__(self, dim: int, pooled_dim: int, guidance_embeds: bool):
+        super().__init__()
+        self.timestep_embedder = MLPEmbedder(TIMESTEP_CHANNELS, dim)
+        if guidance_embeds:
+            self.guidance_embedder = MLPEmbedder(TIMESTEP_CHANNELS, dim)
+        self.text_embedder = MLPEmbedder(pooled_dim, dim)
+
+    @property
+    def guidance_embeds(self) -> bool:
+        return "guidance_embedder" in self
+
+    def __call__(self, timestep: mx.array, pooled: mx.array, guidance: mx.array | None) -> mx.array:
+        """timestep: sigma in [0, 1] and guidance: the scale, each (B,); both are scaled by 1000 here."""
+        if self.guidance_embeds != (guidance is not None):
+            needs = "needs a guidance value" if self.guidance_embeds else "takes no guidance value"
+            raise ValueError(f"This transformer {needs} (config guidance_embeds={self.guidance_embeds}).")
+        dtype = self.text_embedder.linear_1.weight.dtype
+        embedding = self.timestep_embedder(timestep_embedding(timestep.astype(dtype) * 1000).astype(dtype))
+        if guidance is not None:
+            guidance_proj = timestep_embedding(guidance.astype(dtype) * 1000).astype(dtype)
+            embedding = embedding + self.guidance_embedder(guidance_proj)
+        return embedding + self.text_embedder(pooled)
+
+
+# --- modulation -------------------------------------------------------------------------------
+
+
+class Modulation(NamedTuple):
+    shift: mx.array  # (B, dim)
+    scale: mx.array
+    gate: mx.array
+
+
+def modulated_layer_norm(x: mx.array, shift: mx.array, scale: mx.array) -> mx.array:
+    """LayerNorm without affine (eps 1e-6) of x (B, S, dim), then * (1 + scale) + shift per batch row."""
+    if x.shape[0] == 1:  # one image: the modulation rides in the norm kernel as its weight and bias
+        return mx.fast.layer_norm(x, 1 + scale[0], shift[0], NORM_EPS)
+    return mx.fast.layer_norm(x, None, None, NORM_EPS) * (1 + scale[:, None]) + shift[:, None]
+
+
+def gated(x: mx.array, gate: mx.array, update: mx.array) -> mx.array:
+    """Gated residual x + gate * update, the gate (B, dim) broadcast over tokens."""
+    return x + gate[:, None] * update
+
+
+class AdaLNZero(nn.Module):
+    """diffusers' AdaLayerNormZero(Single): SiLU(conditioning) -> `count` (shift, scale, gate) triples.
+
+    Only the projection lives here; the norm is applied by `modulated_layer_norm`.
+    """
+
+    def __init__(self, dim: int, count: int):
+        super().__init__()
+        self.count = count
+        self.linear = nn.Linear(dim, 3 * count * dim)
+
+    def __call__(self, temb: mx.array) -> list[Modulation]:
+        chunks = mx.split(self.linear(nn.silu(temb)), 3 * self.count, axis=-1)
+        return [Modulation(*chunks[i : i + 3]) for i in range(0, 3 * self.count, 3)]
+
+
+class AdaLayerNormContinuous(nn.Module):
+    """The final norm: SiLU(conditioning) -> (scale, shift), in that order (diffusers' norm_out)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, 2 * dim)
+
+    def __call__(self, x: mx.array, temb: mx.array) -> mx.array:
+        scale, shift = mx.split(self.linear(nn.silu(temb)), 2, axis=-1)
+        return modulated_layer_norm(x, shift, scale)
+
+
+# --- attention --------------------------------------------------------------------------------
+
+
+def query_or_key_heads(x: mx.array, norm: nn.RMSNorm, heads: int) -> mx.array:
+    """(B, S, heads * d) -> RMS-normalised per head -> (B, heads, S, d) (a view; RoPE makes the copy)."""
+    batch, tokens, _ = x.shape
+    return norm(x.reshape(batch, tokens, heads, -1)).transpose(0, 2, 1, 3)
+
+
+def value_heads(x: mx.array, heads: int) -> mx.array:
+    batch, tokens, _ = x.shape
+    return x.reshape(batch, tokens, heads, -1).transpose(0, 2, 1, 3)
+
+
+def rope_attention(q: mx.array, k: mx.array, v: mx.array, rope: tuple[mx.array, mx.array]) -> mx.array:
+    """Attention over (B, heads, S, d) with RoPE on q and k -> (B, S, heads * d)."""
+    q = apply_rope(q, *rope)
+    k = apply_rope(k, *rope)
+    out = mx.fast.scaled_dot_product_attention(q, k, v, scale=q.shape[-1] ** -0.5)
+    batch, heads, tokens, head_dim = out.shape
+    return out.transpose(0, 2, 1, 3).reshape(batch, tokens, heads * head_dim)
+
+
+class JointAttention(nn.Module):
+    """Double-block attention: per-stream q/k/v and output projections, one attention over [text; image]."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, heads * head_dim)
+        self.to_k = nn.Linear(dim, heads * head_dim)
+        self.to_v = nn.Linear(dim, heads * head_dim)
+        self.norm_q = nn.RMSNorm(head_dim, eps=NORM_EPS)
+        self.norm_k = nn.RMSNorm(head_dim, eps=NORM_EPS)
+        self.to_out = [nn.Linear(heads * head_dim, dim)]
+        self.add_q_proj = nn.Linear(dim, heads * head_dim)
+        self.add_k_proj = nn.Linear(dim, heads * head_dim)
+        self.add_v_proj = nn.Linear(dim, heads * head_dim)
+        self.norm_added_q = nn.RMSNorm(head_dim, eps=NORM_EPS)
+        self.norm_added_k = nn.RMSNorm(head_dim, eps=NORM_EPS)
+        self.to_add_out = nn.Linear(heads * head_dim, dim)
+
+    def __call__(self, image: mx.array, text: mx.array, rope: tuple[mx.array, mx.array]) -> tuple[mx.array, mx.array]:
+        """-> (image output, text output)."""
+        h = self.heads
+        q = mx.concatenate(
+            [query_or_key_heads(self.add_q_proj(text), self.norm_added_q, h),
+             query_or_key_heads(self.to_q(image), self.norm_q, h)], axis=2)
+        k = mx.concatenate(
+            [query_or_key_heads(self.add_k_proj(text), self.norm_added_k, h),
+             query_or_key_heads(self.to_k(image), self.norm_k, h)], axis=2)
+        v = mx.concatenate([value_heads(self.add_v_proj(text), h), value_heads(self.to_v(image), h)], axis=2)
+        out = rope_attention(q, k, v, rope)
+        text_tokens = text.shape[1]
+        return self.to_out[0](out[:, text_tokens:]), self.to_add_out(out[:, :text_tokens])
+
+
+class SingleAttention(nn.Module):
+    """Single-block attention over the whole sequence; its output projection is the block's proj_out."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, heads * head_dim)
+        self.to_k = nn.Linear(dim, heads * head_dim)
+        self.to_v = nn.Linear(dim, heads * head_dim)
+        self.norm_q = nn.RMSNorm(head_dim, eps=NORM_EPS)
+        self.norm_k = nn.RMSNorm(head_dim, eps=NORM_EPS)
+
+    def __call__(self, x: mx.array, rope: tuple[mx.array, mx.array]) -> mx.array:
+        q = query_or_key_heads(self.to_q(x), self.norm_q, self.heads)
+        k = query_or_key_heads(self.to_k(x), self.norm_k, self.heads)
+        return rope_attention(q, k, value_heads(self.to_v(x), self.heads), rope)
+
+
+# --- blocks -----------------------------------------------------------------------------------
+
+
+class GeluProjection(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, out_dim)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return nn.gelu_approx(self.proj(x))  # the tanh approximation
+
+
+class FeedForward(nn.Module):
+    """dim -> mlp_dim -> GELU (tanh) -> dim. net.1 stands for diffusers' dropout (no weights)."""
+
+    def __init__(self, dim: int, mlp_dim: int):
+        super().__init__()
+        self.net = [GeluProjection(dim, mlp_dim), nn.Identity(), nn.Linear(mlp_dim, dim)]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.net[2](self.net[0](x))
+
+
+def residual_update(x: mx.array, attention: mx.array, attn_mod: Modulation, mlp_mod: Modulation, ff: FeedForward):
+    """One stream of a double block after attention: gated attention residual, then the gated MLP."""
+    x = gated(x, attn_mod.gate, attention)
+    return gated(x, mlp_mod.gate, ff(modulated_layer_norm(x, mlp_mod.shift, mlp_mod.scale)))
+
+
+class DoubleStreamBlock(nn.Module):
+    """diffusers' FluxTransformerBlock: image and text keep their own weights and share attention."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int):
+        super().__init__()
+        self.norm1 = AdaLNZero(dim, count=2)
+        self.norm1_context = AdaLNZero(dim, count=2)
+        self.attn = JointAttention(dim, heads, head_dim)
+        self.ff = FeedForward(dim, MLP_RATIO * dim)
+        self.ff_context = FeedForward(dim, MLP_RATIO * dim)
+
+    def __call__(self, image: mx.array, text: mx.array, temb: mx.array, rope: tuple[mx.array, mx.array]):
+        """-> (text, image), diffusers' order."""
+        image_attn_mod, image_mlp_mod = self.norm1(temb)
+        text_attn_mod, text_mlp_mod = self.norm1_context(temb)
+        image_attention, text_attention = self.attn(
+            modulated_layer_norm(image, image_attn_mod.shift, image_attn_mod.scale),
+            modulated_layer_norm(text, text_attn_mod.shift, text_attn_mod.scale),
+            rope,
+        )
+        image = residual_update(image, image_attention, image_attn_mod, image_mlp_mod, self.ff)
+        text = residual_update(text, text_attention, text_attn_mod, text_mlp_mod, self.ff_context)
+        return text, image
+
+
+class SingleStreamBlock(nn.Module):
+    """diffusers' FluxSingleTransformerBlock over [text; image]: attention and MLP side by side."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int):
+        super().__init__()
+        self.norm = AdaLNZero(dim, count=1)
+        self.attn = SingleAttention(dim, heads, head_dim)
+        self.proj_mlp = nn.Linear(dim, MLP_RATIO * dim)
+        self.proj_out = nn.Linear(dim + MLP_RATIO * dim, dim)
+
+    def __call__(self, x: mx.array, temb: mx.array, rope: tuple[mx.array, mx.array]) -> mx.array:
+        (mod,) = self.norm(temb)
+        normed = modulated_layer_norm(x, mod.shift, mod.scale)
+        mixed = mx.concatenate([self.attn(normed, rope), nn.gelu_approx(self.proj_mlp(normed))], axis=-1)
+        return gated(x, mod.gate, self.proj_out(mixed))
+
+
+def controlnet_residual(samples: list[mx.array], block_index: int, block_count: int) -> mx.array:
+    """The ControlNet sample added after main block `block_index`: each sample covers ceil(blocks / samples) blocks."""
+    return samples[block_index // math.ceil(block_count / len(samples))]
+
+
+# --- the model --------------------------------------------------------------------------------
+
+
+class FluxTransformer(nn.Module):
+    def __init__(self, config: FluxTransformerConfig):
+        super().__init__()
+        self.config = config
+        dim, heads, head_dim = config.hidden_size, config.num_attention_heads, config.attention_head_dim
+        self.x_embedder = nn.Linear(config.in_channels, dim)
+        self.context_embedder = nn.Linear(config.joint_attention_dim, dim)
+        self.time_text_embed = TimeTextEmbedding(dim, config.pooled_projection_dim, config.guidance_embeds)
+        self.transformer_blocks = [DoubleStreamBlock(dim, heads, head_dim) for _ in range(config.num_layers)]
+        self.single_transformer_blocks = [
+            SingleStreamBlock(dim, heads, head_dim) for _ in range(config.num_single_layers)
+        ]
+        self.norm_out = AdaLayerNormContinuous(dim)
+        self.proj_out = nn.Linear(dim, config.out_channels)
+
+    def rope_tables(self, img_ids, txt_ids) -> tuple[mx.array, mx.array]:
+        """RoPE tables for the sequence [text; image]; compute once per resolution and pass as `rope`."""
+        ids = np.concatenate([np.asarray(txt_ids, dtype=np.float64), np.asarray(img_ids, dtype=np.float64)])
+        return rope_tables(ids, self.config.axes_dims_rope)
+
+    def __call__(
+        self,
+        hidden_states: mx.array,
+        encoder_hidden_states: mx.array,
+        pooled_projections: mx.array,
+        timestep: mx.array,
+        img_ids: mx.array,
+        txt_ids: mx.array,
+        guidance: mx.array | None = None,
+        controlnet_block_samples: list | None = None,
+        controlnet_single_block_samples: list | None = None,
+        rope: tuple | None = None,
+    ) -> mx.array:
+        """Packed latents (B, N, in_channels) -> velocity (B, N, out_channels).
+
+        timestep is sigma in [0, 1] and guidance the guidance scale, each (B,); img_ids (N, 3) and
+        txt_ids (L, 3) are position ids. N may include extra tokens (Kontext's reference image).
+        ControlNet samples (B, N, dim) are added to the image tokens after the blocks they cover.
+        """
+        if rope is None:
+            rope = self.rope_tables(img_ids, txt_ids)
+        image = self.x_embedder(hidden_states)
+        text = self.context_embedder(encoder_hidden_states)
+        temb = self.time_text_embed(timestep, pooled_projections, guidance)
+
+        for i, block in enumerate(self.transformer_blocks):
+            text, image = block(image, text, temb, rope)
+            if controlnet_block_samples:
+                image = image + controlnet_residual(controlnet_block_samples, i, len(self.transformer_blocks))
+
+        text_tokens = text.shape[1]
+        x = mx.concatenate([text, image], axis=1)
+        for i, block in enumerate(self.single_transformer_blocks):
+            x = block(x, temb, rope)
+            if controlnet_single_block_samples:
+                residual = controlnet_residual(controlnet_single_block_samples, i, len(self.single_transformer_blocks))
+                x = mx.concatenate([x[:, :text_tokens], x[:, text_tokens:] + residual], axis=1)
+
+        return self.proj_out(self.norm_out(x[:, text_tokens:], temb))
+
+
+def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    """diffusers' transformer keys already match the module names one to one."""
+    return weights
+
+
+def load_transformer(folder: Path, dtype: mx.Dtype = mx.float32) -> FluxTransformer:
+    """Load a diffusers `transformer/` folder (config.json + sharded safetensors)."""
+    return load_component(
+        folder, build=lambda cfg: FluxTransformer(FluxTransformerConfig.from_dict(cfg)), sanitize=sanitize, dtype=dtype
+    )

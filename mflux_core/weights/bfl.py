@@ -1,0 +1,178 @@
+"""BFL single-file FLUX.1 transformer checkpoints (flux1-dev.safetensors and ComfyUI files).
+
+BFL's names differ from diffusers' and some tensors are fused: a double block's q, k, v are one
+`qkv` tensor per stream, a single block's `linear1` holds q, k, v and the MLP input projection,
+and the final modulation's halves are (shift, scale) where diffusers' norm_out has (scale, shift).
+There is no config.json: the dimensions are read from the tensor shapes.
+"""
+
+import re
+from pathlib import Path
+
+import mlx.core as mx
+
+from mflux_core.errors import ModelLoadError
+from mflux_core.models.transformer import FluxTransformer, FluxTransformerConfig
+from mflux_core.weights.loading import cast_floats, load_weights_strict
+from mflux_core.weights.safetensors_io import load_safetensors
+
+COMFY_PREFIX = "model.diffusion_model."
+FLUX1_AXES_DIMS_ROPE = (16, 56, 56)  # FLUX.1's head dim 128 split over (image index, row, column)
+
+GLOBAL_NAMES = {
+    "img_in": "x_embedder",
+    "txt_in": "context_embedder",
+    "time_in.in_layer": "time_text_embed.timestep_embedder.linear_1",
+    "time_in.out_layer": "time_text_embed.timestep_embedder.linear_2",
+    "guidance_in.in_layer": "time_text_embed.guidance_embedder.linear_1",
+    "guidance_in.out_layer": "time_text_embed.guidance_embedder.linear_2",
+    "vector_in.in_layer": "time_text_embed.text_embedder.linear_1",
+    "vector_in.out_layer": "time_text_embed.text_embedder.linear_2",
+    "final_layer.linear": "proj_out",
+    "final_layer.adaLN_modulation.1": "norm_out.linear",
+}
+DOUBLE_BLOCK_NAMES = {
+    "img_mod.lin": "norm1.linear",
+    "txt_mod.lin": "norm1_context.linear",
+    "img_attn.norm.query_norm": "attn.norm_q",
+    "img_attn.norm.key_norm": "attn.norm_k",
+    "txt_attn.norm.query_norm": "attn.norm_added_q",
+    "txt_attn.norm.key_norm": "attn.norm_added_k",
+    "img_attn.proj": "attn.to_out.0",
+    "txt_attn.proj": "attn.to_add_out",
+    "img_mlp.0": "ff.net.0.proj",
+    "img_mlp.2": "ff.net.2",
+    "txt_mlp.0": "ff_context.net.0.proj",
+    "txt_mlp.2": "ff_context.net.2",
+}
+DOUBLE_BLOCK_FUSED = {
+    "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+}
+SINGLE_BLOCK_NAMES = {
+    "modulation.lin": "norm.linear",
+    "norm.query_norm": "attn.norm_q",
+    "norm.key_norm": "attn.norm_k",
+    "linear2": "proj_out",
+}
+SINGLE_BLOCK_FUSED_QKV_MLP = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+
+BLOCK_KEY = re.compile(r"(double_blocks|single_blocks)\.(\d+)\.(.+)\.(weight|bias|scale)$")
+GLOBAL_KEY = re.compile(r"(.+)\.(weight|bias)$")
+
+
+def strip_comfy_prefix(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    """Keep the transformer of a ComfyUI file (keys under model.diffusion_model.), without the prefix."""
+    if not any(key.startswith(COMFY_PREFIX) for key in weights):
+        return weights
+    return {key[len(COMFY_PREFIX):]: value for key, value in weights.items() if key.startswith(COMFY_PREFIX)}
+
+
+def is_bfl_checkpoint(keys) -> bool:
+    keys = {key.removeprefix(COMFY_PREFIX) for key in keys}
+    return "img_in.weight" in keys and any(key.startswith(("double_blocks.", "single_blocks.")) for key in keys)
+
+
+def _swap_halves(value: mx.array) -> mx.array:
+    first, second = mx.split(value, 2, axis=0)
+    return mx.concatenate([second, first], axis=0)
+
+
+def bfl_to_diffusers(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    """BFL (or ComfyUI) transformer weights -> diffusers FluxTransformer2DModel names and layout."""
+    weights = strip_comfy_prefix(weights)
+    hidden_size = _require(weights, "img_in.weight").shape[0]
+    converted: dict[str, mx.array] = {}
+    for key, value in weights.items():
+        block = BLOCK_KEY.match(key)
+        if block:
+            kind, index, module, param = block.groups()
+            param = "weight" if param == "scale" else param
+            if kind == "double_blocks":
+                prefix, names = f"transformer_blocks.{index}.", DOUBLE_BLOCK_NAMES
+                if module in DOUBLE_BLOCK_FUSED:
+                    for name, part in zip(DOUBLE_BLOCK_FUSED[module], mx.split(value, 3, axis=0)):
+                        converted[f"{prefix}{name}.{param}"] = part
+                    continue
+            else:
+                prefix, names = f"single_transformer_blocks.{index}.", SINGLE_BLOCK_NAMES
+                if module == "linear1":  # rows: q, k, v (hidden_size each), then the MLP projection
+                    splits = [hidden_size, 2 * hidden_size, 3 * hidden_size]
+                    for name, part in zip(SINGLE_BLOCK_FUSED_QKV_MLP, mx.split(value, splits, axis=0)):
+                        converted[f"{prefix}{name}.{param}"] = part
+                    continue
+            if module not in names:
+                raise ModelLoadError(f"Unknown tensor {key} in the BFL FLUX.1 checkpoint.")
+            converted[f"{prefix}{names[module]}.{param}"] = value
+            continue
+        name = GLOBAL_KEY.match(key)
+        if not name or name.group(1) not in GLOBAL_NAMES:
+            raise ModelLoadError(f"Unknown tensor {key} in the BFL FLUX.1 checkpoint.")
+        module, param = name.groups()
+        if module == "final_layer.adaLN_modulation.1":  # BFL: (shift, scale); diffusers: (scale, shift)
+            value = _swap_halves(value)
+        converted[f"{GLOBAL_NAMES[module]}.{param}"] = value
+    return converted
+
+
+def _require(weights: dict[str, mx.array], key: str) -> mx.array:
+    if key not in weights:
+        raise ModelLoadError(f"The BFL FLUX.1 checkpoint has no tensor {key}.")
+    return weights[key]
+
+
+def _block_count(weights: dict[str, mx.array], kind: str) -> int:
+    indices = {int(key.split(".")[1]) for key in weights if key.startswith(f"{kind}.")}
+    if indices != set(range(len(indices))):
+        raise ModelLoadError(f"The BFL FLUX.1 checkpoint's {kind} are not numbered 0..{len(indices) - 1}.")
+    return len(indices)
+
+
+def infer_transformer_config(weights: dict[str, mx.array], axes_dims_rope: tuple[int, ...] | None = None) -> dict:
+    """A diffusers transformer config.json dict read from the BFL tensors' shapes.
+
+    The RoPE axes are not stored in the file: FLUX.1's (16, 56, 56) is used for head dim 128;
+    any other head dim needs `axes_dims_rope` from the caller.
+    """
+    weights = strip_comfy_prefix(weights)
+    hidden_size, in_channels = _require(weights, "img_in.weight").shape
+    num_layers = _block_count(weights, "double_blocks")
+    if num_layers:
+        head_dim = _require(weights, "double_blocks.0.img_attn.norm.query_norm.scale").shape[0]
+    else:
+        head_dim = _require(weights, "single_blocks.0.norm.query_norm.scale").shape[0]
+    if axes_dims_rope is None:
+        if head_dim != sum(FLUX1_AXES_DIMS_ROPE):
+            raise ModelLoadError(
+                f"This BFL checkpoint has attention head dim {head_dim}, not FLUX.1's 128, so its RoPE axes "
+                "are unknown: pass axes_dims_rope."
+            )
+        axes_dims_rope = FLUX1_AXES_DIMS_ROPE
+    out_channels = _require(weights, "final_layer.linear.weight").shape[0]
+    return {
+        "patch_size": 1,
+        "in_channels": in_channels,
+        "out_channels": None if out_channels == in_channels else out_channels,
+        "num_layers": num_layers,
+        "num_single_layers": _block_count(weights, "single_blocks"),
+        "attention_head_dim": head_dim,
+        "num_attention_heads": hidden_size // head_dim,
+        "joint_attention_dim": _require(weights, "txt_in.weight").shape[1],
+        "pooled_projection_dim": _require(weights, "vector_in.in_layer.weight").shape[1],
+        "guidance_embeds": "guidance_in.in_layer.weight" in weights,
+        "axes_dims_rope": list(axes_dims_rope),
+    }
+
+
+def load_bfl_transformer(
+    path: Path, dtype: mx.Dtype = mx.float32, axes_dims_rope: tuple[int, ...] | None = None
+) -> FluxTransformer:
+    """Build and load a FluxTransformer from one BFL (or ComfyUI) .safetensors file."""
+    weights = strip_comfy_prefix(load_safetensors(path))
+    if not is_bfl_checkpoint(weights):
+        raise ModelLoadError(f"{path} is not a BFL FLUX.1 transformer checkpoint.")
+    config = FluxTransformerConfig.from_dict(infer_transformer_config(weights, axes_dims_rope))
+    model = FluxTransformer(config)
+    load_weights_strict(model, cast_floats(bfl_to_diffusers(weights), dtype), str(path))
+    mx.eval(model.parameters())
+    return model
