@@ -23,3 +23,26 @@ def tiny_schnell(tmp_path_factory):
     """A schnell-style tiny FLUX.1 (no guidance embedding, no shift)."""
     spec = TinyFluxSpec(guidance_embeds=False, dynamic_shift=False, seed=1)
     return build_tiny_flux(tmp_path_factory.mktemp("tiny-schnell"), spec)
+
+
+# Tool variants share the dev fixture's seed, so their VAE and text encoder files are identical
+# (the manager must recognise that from the files).
+@pytest.fixture(scope="session")
+def tiny_fill(tmp_path_factory):
+    """FLUX.1-Fill-style: 2 x 16 latent channels + 8*8*4 mask channels in, 16 out."""
+    spec = TinyFluxSpec(in_channels=2 * 16 + 4 * 8 * 8, out_channels=16)
+    return build_tiny_flux(tmp_path_factory.mktemp("tiny-fill"), spec, "FluxFillPipeline")
+
+
+@pytest.fixture(scope="session")
+def tiny_depth(tmp_path_factory):
+    """FLUX.1-Depth-style (FluxControlPipeline): noisy + control latents in, 16 out."""
+    spec = TinyFluxSpec(in_channels=2 * 16, out_channels=16)
+    return build_tiny_flux(tmp_path_factory.mktemp("tiny-depth"), spec, "FluxControlPipeline")
+
+
+@pytest.fixture(scope="session")
+def tiny_kontext(tmp_path_factory):
+    """Kontext-style, with sharper attention so the reference image visibly steers the output."""
+    spec = TinyFluxSpec(attention_gain=10.0)
+    return build_tiny_flux(tmp_path_factory.mktemp("tiny-kontext"), spec, "FluxKontextPipeline")

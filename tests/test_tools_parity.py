@@ -1,0 +1,141 @@
+"""Fill, Depth and Kontext from the CLI equal diffusers' pipelines in float32 (uint8 max |diff| <= 2).
+
+Each test also checks that the tool's conditioning input moves the reference image far beyond
+the tolerance, so a tool that ignored it could not pass.
+"""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from tests.fixtures.tiny_flux import load_diffusers_pipeline
+from tests.parity import UINT8_TOLERANCE, deterministic_diffusers, make_noise, max_uint8_diff, pack, run_cli
+
+CONDITIONING_EFFECT = 3 * UINT8_TOLERANCE  # a changed conditioning input must move diffusers' image more
+
+
+def random_image(width, height, seed) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+    return Image.fromarray(base).resize((width, height), Image.Resampling.BILINEAR)
+
+
+def save(image: Image.Image, path):
+    image.save(path)
+    return path
+
+
+@pytest.fixture
+def posterior_mean(monkeypatch):
+    """diffusers samples the VAE posterior in some pipelines; our engine uses the mean."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean)
+
+
+@pytest.mark.parametrize("height, width, steps", [(64, 64, 3), (48, 80, 2)])
+def test_fill_matches_diffusers(tiny_fill, tmp_path, posterior_mean, height, width, steps):
+    image = random_image(width, height, seed=1)
+    mask = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(mask).rectangle((width // 4, height // 4, width // 2 + 5, height // 2 + 9), fill=255)
+    noise_path = make_noise(tmp_path, (1, 4, height // 8, width // 8), seed=3)
+    prompt = "a blue square"
+    ours = run_cli(
+        "fill", "--path", tiny_fill, "--prompt", prompt, "--image-path", save(image, tmp_path / "image.png"),
+        "--masked-image-path", save(mask, tmp_path / "mask.png"), "--steps", steps, "--height", height,
+        "--width", width, "--guidance", 30, "--init-noise", noise_path, "--output", tmp_path / "ours.png",
+    )
+    pipe = load_diffusers_pipeline(tiny_fill, "FluxFillPipeline")
+    latents = pack(np.load(noise_path))
+
+    def reference(mask_image):
+        return pipe(prompt, image=image, mask_image=mask_image, height=height, width=width, num_inference_steps=steps,
+                    guidance_scale=30, latents=latents, output_type="pil").images[0]
+
+    expected = reference(mask)
+    assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
+    assert max_uint8_diff(expected, reference(Image.new("L", (width, height), 255))) > CONDITIONING_EFFECT
+
+
+def test_fill_keep_unmasked_restores_pixels_far_from_the_mask(tiny_fill, tmp_path):
+    image = random_image(64, 64, seed=2)
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((8, 8, 23, 23), fill=255)
+    out = run_cli(
+        "fill", "--path", tiny_fill, "--prompt", "x", "--image-path", save(image, tmp_path / "i.png"),
+        "--masked-image-path", save(mask, tmp_path / "m.png"), "--steps", 2, "--keep-unmasked",
+        "--output", tmp_path / "o.png",
+    )
+    far = np.ones((64, 64), bool)
+    far[:40, :40] = False
+    assert np.array_equal(np.asarray(out)[far], np.asarray(image)[far])
+    assert max_uint8_diff(out, image) > CONDITIONING_EFFECT
+
+
+def test_outpaint_grows_the_canvas(tiny_fill, tmp_path):
+    image = random_image(32, 32, seed=4)
+    out = run_cli(
+        "fill", "--path", tiny_fill, "--prompt", "x", "--image-path", save(image, tmp_path / "i.png"),
+        "--outpaint-padding", "0,50%,16,0", "--steps", 2, "--output", tmp_path / "o.png",
+    )
+    assert out.size == (48, 48)
+
+
+@pytest.mark.parametrize("height, width", [(64, 64), (32, 96)])
+def test_depth_matches_diffusers(tiny_depth, tmp_path, posterior_mean, height, width):
+    depth = random_image(width, height, seed=5).convert("L").convert("RGB")
+    noise_path = make_noise(tmp_path, (1, 4, height // 8, width // 8), seed=6)
+    prompt = "a red house"
+    ours = run_cli(
+        "depth", "--path", tiny_depth, "--prompt", prompt, "--depth-image-path", save(depth, tmp_path / "d.png"),
+        "--steps", 3, "--height", height, "--width", width, "--guidance", 10, "--init-noise", noise_path,
+        "--output", tmp_path / "ours.png",
+    )
+    pipe = load_diffusers_pipeline(tiny_depth, "FluxControlPipeline")
+
+    def reference(control):
+        return pipe(prompt, control_image=control, height=height, width=width, num_inference_steps=3,
+                    guidance_scale=10, latents=pack(np.load(noise_path)), output_type="pil").images[0]
+
+    expected = reference(depth)
+    assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
+    assert max_uint8_diff(expected, reference(Image.new("RGB", (width, height), (255, 255, 255)))) > CONDITIONING_EFFECT
+
+
+@pytest.mark.parametrize("height, width, reference_size", [(64, 64, (64, 64)), (48, 64, (80, 40))])
+def test_kontext_matches_diffusers(tiny_kontext, tmp_path, height, width, reference_size):
+    reference_image = random_image(*reference_size, seed=8)
+    noise_path = make_noise(tmp_path, (1, 4, height // 8, width // 8), seed=9)
+    prompt = "make it green"
+    ours = run_cli(
+        "kontext", "--path", tiny_kontext, "--prompt", prompt, "--image-path", save(reference_image, tmp_path / "r.png"),
+        "--steps", 3, "--height", height, "--width", width, "--guidance", 2.5, "--init-noise", noise_path,
+        "--output", tmp_path / "ours.png",
+    )
+    import diffusers
+
+    pipe = diffusers.FluxKontextPipeline.from_pretrained(tiny_kontext, torch_dtype=torch.float32, local_files_only=True)
+
+    def reference(image):
+        return pipe(image=image, prompt=prompt, height=height, width=width, num_inference_steps=3, guidance_scale=2.5,
+                    latents=pack(np.load(noise_path)), max_area=height * width, _auto_resize=False,
+                    output_type="pil").images[0]
+
+    expected = reference(reference_image)
+    assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
+    assert max_uint8_diff(expected, reference(Image.new("RGB", reference_size, (255, 255, 255)))) > CONDITIONING_EFFECT
+
+
+def test_tool_refuses_a_model_of_the_wrong_kind(tiny_fill, tiny_dev, tmp_path, capsys):
+    from mflux_core.cli import main
+
+    assert main(["generate", "--path", str(tiny_fill), "--prompt", "x", "--steps", "1", "--height", "32",
+                 "--width", "32", "--output", str(tmp_path / "x.png")]) == 1
+    assert "Fill needs" not in capsys.readouterr().err
+    image = save(random_image(32, 32, 1), tmp_path / "i.png")
+    assert main(["fill", "--path", str(tiny_dev), "--prompt", "x", "--image-path", str(image), "--masked-image-path",
+                 str(image), "--steps", "1", "--output", str(tmp_path / "y.png")]) == 1
+    message = capsys.readouterr().err
+    assert "Fill needs a FLUX.1-Fill model" in message
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "y.png").exists()
