@@ -7,12 +7,9 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mflux_core.errors import ModelLoadError
+from mflux_core.models.encoder_layer import ACTIVATIONS, PreNormEncoderLayer
 from mflux_core.weights.loading import load_component
 
-ACTIVATIONS = {
-    "quick_gelu": nn.gelu_fast_approx,  # x * sigmoid(1.702 x), what the real checkpoints use
-    "gelu": nn.gelu,
-}
 
 # Configs written before transformers PR #24773 carry eos_token_id 2 (FLUX's does); for those the
 # pooled token is the one with the highest id, which is the end-of-text token in CLIP's vocabulary.
@@ -63,57 +60,14 @@ class CLIPEmbeddings(nn.Module):
         return self.token_embedding(input_ids) + self.position_embedding.weight[:length]
 
 
-class CLIPAttention(nn.Module):
-    def __init__(self, config: CLIPTextConfig):
-        super().__init__()
-        dims = config.hidden_size
-        self.num_heads = config.num_attention_heads
-        self.scale = (dims // self.num_heads) ** -0.5
-        self.q_proj = nn.Linear(dims, dims)
-        self.k_proj = nn.Linear(dims, dims)
-        self.v_proj = nn.Linear(dims, dims)
-        self.out_proj = nn.Linear(dims, dims)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        batch, length, dims = x.shape
-
-        def heads(t: mx.array) -> mx.array:
-            return t.reshape(batch, length, self.num_heads, -1).transpose(0, 2, 1, 3)
-
-        out = mx.fast.scaled_dot_product_attention(
-            heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x)), scale=self.scale, mask="causal"
-        )
-        return self.out_proj(out.transpose(0, 2, 1, 3).reshape(batch, length, dims))
-
-
-class CLIPMLP(nn.Module):
-    def __init__(self, config: CLIPTextConfig):
-        super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.activation = ACTIVATIONS[config.hidden_act]
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.fc2(self.activation(self.fc1(x)))
-
-
-class CLIPEncoderLayer(nn.Module):
-    def __init__(self, config: CLIPTextConfig):
-        super().__init__()
-        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.self_attn = CLIPAttention(config)
-        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = CLIPMLP(config)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        x = x + self.self_attn(self.layer_norm1(x))
-        return x + self.mlp(self.layer_norm2(x))
-
-
 class CLIPEncoder(nn.Module):
     def __init__(self, config: CLIPTextConfig):
         super().__init__()
-        self.layers = [CLIPEncoderLayer(config) for _ in range(config.num_hidden_layers)]
+        self.layers = [
+            PreNormEncoderLayer(config.hidden_size, config.num_attention_heads, config.intermediate_size,
+                                config.hidden_act, config.layer_norm_eps, causal=True)
+            for _ in range(config.num_hidden_layers)
+        ]
 
     def __call__(self, x: mx.array) -> mx.array:
         for layer in self.layers:

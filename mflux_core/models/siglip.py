@@ -12,12 +12,8 @@ import numpy as np
 from PIL import Image
 
 from mflux_core.errors import ModelLoadError
+from mflux_core.models.encoder_layer import ACTIVATIONS, PreNormEncoderLayer
 
-ACTIVATIONS = {
-    "gelu_pytorch_tanh": nn.gelu_approx,
-    "gelu_new": nn.gelu_approx,
-    "gelu": nn.gelu,
-}
 
 
 @dataclass(frozen=True)
@@ -63,57 +59,14 @@ class SiglipVisionEmbeddings(nn.Module):
         return patches.reshape(batch, -1, hidden) + self.position_embedding.weight
 
 
-class SiglipAttention(nn.Module):
-    def __init__(self, config: SiglipVisionConfig):
-        super().__init__()
-        dim = config.hidden_size
-        self.num_heads = config.num_attention_heads
-        self.scale = (dim // self.num_heads) ** -0.5
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.out_proj = nn.Linear(dim, dim)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        batch, tokens, dim = x.shape
-
-        def heads(projected: mx.array) -> mx.array:
-            return projected.reshape(batch, tokens, self.num_heads, -1).transpose(0, 2, 1, 3)
-
-        out = mx.fast.scaled_dot_product_attention(
-            heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x)), scale=self.scale
-        )
-        return self.out_proj(out.transpose(0, 2, 1, 3).reshape(batch, tokens, dim))
-
-
-class SiglipMLP(nn.Module):
-    def __init__(self, config: SiglipVisionConfig):
-        super().__init__()
-        self.activation = ACTIVATIONS[config.hidden_act]
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.fc2(self.activation(self.fc1(x)))
-
-
-class SiglipEncoderLayer(nn.Module):
-    def __init__(self, config: SiglipVisionConfig):
-        super().__init__()
-        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.self_attn = SiglipAttention(config)
-        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = SiglipMLP(config)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        x = x + self.self_attn(self.layer_norm1(x))
-        return x + self.mlp(self.layer_norm2(x))
-
-
 class SiglipEncoder(nn.Module):
     def __init__(self, config: SiglipVisionConfig):
         super().__init__()
-        self.layers = [SiglipEncoderLayer(config) for _ in range(config.num_hidden_layers)]
+        self.layers = [
+            PreNormEncoderLayer(config.hidden_size, config.num_attention_heads, config.intermediate_size,
+                                config.hidden_act, config.layer_norm_eps, causal=False)
+            for _ in range(config.num_hidden_layers)
+        ]
 
 
 class SiglipVisionTower(nn.Module):
