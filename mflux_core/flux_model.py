@@ -37,11 +37,7 @@ class FluxModel:
 
     @property
     def dtype(self) -> mx.Dtype:
-        return self.transformer.x_embedder.weight.dtype
-
-    @property
-    def vae_dtype(self) -> mx.Dtype:
-        return self.vae.decoder.conv_in.weight.dtype
+        return self.transformer.dtype
 
     @property
     def default_steps(self) -> int:

@@ -75,5 +75,5 @@ def run_tool(
 
 
 def decode_latents(model: FluxModel, packed: mx.array, grid: tuple[int, int], tiled: bool = False) -> Image.Image:
-    pixels = model.vae.decode(unpack_latents(packed, *grid).astype(model.vae_dtype), tiled=tiled)
+    pixels = model.vae.decode(unpack_latents(packed, *grid), tiled=tiled)
     return pixels_to_pil(np.array(pixels.astype(mx.float32)))

@@ -28,17 +28,13 @@ def fit_latent_to_rgb(vae) -> np.ndarray:
     scale = vae.scale_factor
     size = max(PROBE_SIZE, 4 * scale)
     pixels = _probe_images(size)
-    latents = np.array(vae.encode(mx.array(pixels).astype(vae_dtype(vae))).astype(mx.float32))  # (B, C, h, w)
+    latents = np.array(vae.encode(mx.array(pixels)).astype(mx.float32))  # (B, C, h, w)
     b, c, h, w = latents.shape
     targets = pixels.reshape(b, h, scale, w, scale, 3).mean(axis=(2, 4)).reshape(-1, 3)
     features = latents.transpose(0, 2, 3, 1).reshape(-1, c)
     features = np.concatenate([features, np.ones((features.shape[0], 1), np.float32)], axis=1)
     weights, *_ = np.linalg.lstsq(features, targets, rcond=None)
     return weights.astype(np.float32)
-
-
-def vae_dtype(vae) -> mx.Dtype:
-    return vae.decoder.conv_in.weight.dtype
 
 
 class LatentPreviewer:

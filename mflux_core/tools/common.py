@@ -43,7 +43,7 @@ def required_image(path: str | None, what: str, flag: str) -> Image.Image:
 
 def encode_pixels(model: FluxModel, pixels) -> mx.array:
     """(1, H, W, 3) pixels in [-1, 1] -> packed latents (posterior mean, normalised), float32."""
-    latents = model.vae.encode(mx.array(pixels).astype(model.vae_dtype))
+    latents = model.vae.encode(mx.array(pixels))
     return pack_latents(latents.astype(mx.float32))
 
 
