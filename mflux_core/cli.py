@@ -17,9 +17,10 @@ REQUEST_FLAGS = {
     "init_noise": "init_noise_path", "max_sequence_length": "max_sequence_length",
     "masked_image_path": "masked_image_path", "outpaint_padding": "outpaint_padding",
     "depth_image_path": "depth_image_path",
+    "redux_image_paths": "redux_image_paths", "redux_image_strengths": "redux_image_strengths",
 }
-# Tool-specific switches stored in GenerationRequest.extra.
-EXTRA_FLAGS = ("kontext_auto_resize",)
+# Tool-specific settings stored in GenerationRequest.extra: switches that are on, valued flags that are given.
+EXTRA_FLAGS = ("kontext_auto_resize", "redux_path")
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -92,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     kontext.add_argument("--kontext-auto-resize", action="store_true",
                          help="resize the reference to the closest resolution Kontext was trained on")
 
+    redux = add_tool_parser(tools, "redux", "variations of reference images, steered by the prompt (FLUX.1-Redux)")
+    redux.add_argument("--redux-image-paths", nargs="+", help="one or more reference images")
+    redux.add_argument("--redux-image-strengths", nargs="+", type=float,
+                       help="one weight per reference image for its tokens (default 1.0 each)")
+    redux.add_argument("--redux-path", help="the Redux weights: folder, alias or repo id (default: redux, "
+                       "black-forest-labs/FLUX.1-Redux-dev)")
+
     save_depth = tools.add_parser("save-depth", help="estimate a depth map from a photo and save it")
     save_depth.add_argument("--image-path", required=True, help="the photo")
     save_depth.add_argument("--depth-model", default="depth-estimator",
@@ -129,7 +137,8 @@ def base_request(args: argparse.Namespace) -> GenerationRequest:
             changes[field_name] = tuple(value) if isinstance(value, list) else value
     if getattr(args, "keep_unmasked", False):
         changes["keep_unmasked"] = True
-    extra = {name: True for name in EXTRA_FLAGS if getattr(args, name, False)}
+    given = {name: getattr(args, name, None) for name in EXTRA_FLAGS}
+    extra = {name: value for name, value in given.items() if value is not None and value is not False}
     if extra:
         changes["extra"] = {**request.extra, **extra}
     if args.path:
