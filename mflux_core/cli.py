@@ -105,7 +105,44 @@ def build_parser() -> argparse.ArgumentParser:
     save_depth.add_argument("--depth-model", default="depth-estimator",
                             help="depth estimator: alias, repo id or folder (Depth Anything format)")
     save_depth.add_argument("--output", default="depth.png", help="where to write the depth map")
+    add_save_parser(tools)
     return parser
+
+
+def add_save_parser(tools) -> None:
+    text = ("write a model folder (diffusers layout) that loads back with --path OUT: optionally quantized "
+            "(-q, recorded in the files, so no -q is needed when loading) and with LoRAs baked in")
+    save = tools.add_parser("save", help=text, description=text)
+    save.add_argument("--path", required=True, help="the folder to write (must not exist or be empty)")
+    source = save.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", "-m", help="the model to read: alias (schnell, dev, ...) or Hugging Face repo id")
+    source.add_argument("--model-path", help="the model to read: a local folder (diffusers layout) or a single "
+                        ".safetensors transformer file (with --base-model)")
+    save.add_argument("--base-model", help="supplies the VAE, text encoders and scheduler of a single-file model")
+    save.add_argument("--quantize", "-q", type=int, choices=(3, 4, 5, 6, 8),
+                      help="quantize the transformer's and T5's linear layers to N bits (groups of 64)")
+    save.add_argument("--lora-paths", nargs="+", default=[], help="LoRAs to bake into the transformer")
+    save.add_argument("--lora-scales", nargs="+", type=float, help="one scale per LoRA (default 1)")
+    save.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                      help="dtype of the written weights (default: float32 on CPU, bfloat16 on Metal/CUDA)")
+
+
+def save_model_folder(args: argparse.Namespace) -> Path:
+    from mflux_core.backend import resolve_dtype
+    from mflux_core.lora.resident import requested_loras
+    from mflux_core.weights.resolve import resolve_model
+    from mflux_core.weights.save import save_model
+
+    source = resolve_model(model=args.model, path=args.model_path, base_model=args.base_model,
+                           models_dir=Path("models"))
+    saved = save_model(Path(args.path), source, dtype=resolve_dtype(args.dtype), bits=args.quantize,
+                       loras=requested_loras(args.lora_paths, args.lora_scales or []))
+    for report in saved.loras:
+        print(report.summary())
+    bits = f"{saved.bits}-bit" if saved.bits else "not quantized"
+    print(f"Saved {saved.folder} ({bits}; transformer {saved.transformer_bytes / 1e6:.1f} MB, "
+          f"T5 {saved.t5_bytes / 1e6:.1f} MB)")
+    return saved.folder
 
 
 def read_prompt(args: argparse.Namespace, fallback: str | None) -> str:
@@ -194,6 +231,10 @@ def run(args: argparse.Namespace) -> list[Path]:
             status = manager.status()
             print(f"seed {seed}: {result.seconds:.2f} s; resident {status['resident_bytes'] / 1e6:.1f} MB; "
                   f"loads {status['loads']}")
+            by_kind = ", ".join(f"{r['kind']} {r['bytes'] / 1e6:.1f} MB" for r in status["resident"])
+            print(f"model memory ({f'{request.quantize}-bit' if request.quantize else 'not quantized'}): {by_kind}")
+            for line in status["loras"]:
+                print(line)
         print(f"Saved {path}")
         written.append(path)
     return written
@@ -212,7 +253,7 @@ def save_depth(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        save_depth(args) if args.tool == "save-depth" else run(args)
+        {"save-depth": save_depth, "save": save_model_folder}.get(args.tool, run)(args)
     except StudioError as error:
         print(f"Error: {error}", file=sys.stderr)
         return 1

@@ -26,7 +26,10 @@ from mflux_core.registry import ModelEntry, list_models
 from mflux_core.request import GenerationRequest
 from mflux_core.sampling.previews import LatentPreviewer
 from mflux_core.tools import TOOL_MODULES, default_model_for
+from mflux_core.lora.apply import LoraReport
+from mflux_core.lora.resident import ResidentLoras
 from mflux_core.weights.fingerprint import fingerprint
+from mflux_core.weights.quantize import quantize_model, quantize_text_encoders, text_encoder_bytes
 from mflux_core.weights.resolve import ModelSource, resolve_model, resolve_name
 
 # on_step(step done, total, preview image or None)
@@ -58,16 +61,20 @@ def parameter_bytes(module) -> int:
 class CachedTextEncoders:
     """TextEncoders with an LRU of prompt embeddings, keyed by the encoders' fingerprint."""
 
-    def __init__(self, encoders: TextEncoders, key: str, cache: LRU, low_ram: bool):
+    def __init__(self, encoders: TextEncoders, key: str, cache: LRU, low_ram: bool, quantize: int | None = None):
         self.encoders = encoders
         self.key = key
         self.cache = cache
         self.low_ram = low_ram
+        self.quantize = quantize
 
     def encode(self, prompt: str, max_sequence_length: int = 512) -> PromptEmbeddings:
         cache_key = (self.key, prompt, max_sequence_length)
         cached = self.cache.get(cache_key)
         if cached is None:
+            if not self.encoders.loaded:  # released after the last prompt (low_ram): reload as configured
+                self.encoders.load()
+                quantize_text_encoders(self.encoders, self.quantize)
             cached = self.encoders.encode(prompt, max_sequence_length)
             mx.eval(cached.t5, cached.pooled)
             self.cache.put(cache_key, cached)
@@ -99,6 +106,8 @@ class ModelManager:
         self.auxiliary = LRU(4, on_evict=lambda *_: mx.clear_cache())  # ControlNet, Redux, depth estimator
         self.load_counts: dict[str, int] = {"transformer": 0, "vae": 0, "text_encoders": 0}
         self.events: list[LoadEvent] = []
+        self.loras = ResidentLoras()  # LoRA files read once; applied to, rescaled on, removed from resident transformers
+        self.lora_reports: list[LoraReport] = []  # the last request's LoRAs: matched / total keys each
 
     # ----- loading -------------------------------------------------------------------------
 
@@ -113,27 +122,28 @@ class ModelManager:
         name = request.model or default_model_for(request.tool)
         return resolve_model(model=name, base_model=request.base_model, models_dir=self.models_dir)
 
-    def model_for(self, source: ModelSource, dtype: mx.Dtype, name: str = "") -> FluxModel:
-        """The FluxModel for a source, reusing every resident component whose files are the same."""
+    def model_for(self, source: ModelSource, dtype: mx.Dtype, name: str = "", quantize: int | None = None) -> FluxModel:
+        """The FluxModel for a source, reusing every resident component whose files and settings are the same."""
         dtype_key = str(dtype)
         transformer_files = source.transformer_file or source.folder / "transformer"
-        transformer_key = (fingerprint(transformer_files), dtype_key)
+        transformer_key = (fingerprint(transformer_files), dtype_key, quantize)
         vae_folder = source.component("vae")
         vae_key = (fingerprint(vae_folder), dtype_key)
         text_folders = [source.component(n) for n in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")]
-        text_key = (fingerprint(*text_folders), dtype_key)
+        text_key = (fingerprint(*text_folders), dtype_key, quantize)
 
         transformer = self._transformers.get_or_create(transformer_key, lambda: self._timed_load(
-            "transformer", f"transformer {transformer_files}", lambda: loader.load_source_transformer(source, dtype)))
+            "transformer", f"transformer {transformer_files}",
+            lambda: quantize_model(loader.load_source_transformer(source, dtype), quantize)))
         vae = self._vaes.get_or_create(vae_key, lambda: self._timed_load(
             "vae", f"VAE {vae_folder}", lambda: loader.load_source_vae(source, dtype)))
         encoders = self._text_encoders.get_or_create(text_key, lambda: self._timed_load(
             "text_encoders", f"text encoders {text_folders[0].parent}",
-            lambda: loader.load_source_text_encoders(source, dtype)))
+            lambda: quantize_text_encoders(loader.load_source_text_encoders(source, dtype), quantize)))
         return FluxModel(
             transformer=transformer,
             vae=vae,
-            text_encoders=CachedTextEncoders(encoders, str(text_key), self._prompts, self.low_ram),
+            text_encoders=CachedTextEncoders(encoders, str(text_key), self._prompts, self.low_ram, quantize),
             scheduler_config=loader.load_scheduler_config(source),
             name=name,
             folder=source.folder,
@@ -178,7 +188,8 @@ class ModelManager:
                 raise Cancelled("Stopped before the model was loaded.")
             source = self.resolve(request)
             model = self.model_for(source, resolve_dtype(request.dtype or self.dtype_name),
-                                   name=request.model or default_model_for(request.tool))
+                                   name=request.model or default_model_for(request.tool), quantize=request.quantize)
+            self.lora_reports = self.loras.sync(model.transformer, request.lora_paths, request.lora_scales)
             tool = TOOL_MODULES[request.tool]
             inputs = tool.build_inputs(model, request, self)
             step_callback = self._step_callback(model, on_step) if on_step else None
@@ -212,8 +223,10 @@ class ModelManager:
         for kind, cache in (("transformer", self._transformers), ("vae", self._vaes),
                             ("text encoders", self._text_encoders), ("auxiliary", self.auxiliary)):
             for value in cache.values():
-                module = value.encoders if isinstance(value, CachedTextEncoders) else value
-                resident.append({"kind": kind, "bytes": parameter_bytes(module) if hasattr(module, "parameters") else 0})
+                if isinstance(value, TextEncoders):
+                    resident.append({"kind": kind, "bytes": text_encoder_bytes(value)})
+                    continue
+                resident.append({"kind": kind, "bytes": parameter_bytes(value) if hasattr(value, "parameters") else 0})
         return {
             "backend": backend_name(),
             "resident": resident,
@@ -222,4 +235,5 @@ class ModelManager:
             "last_load": None if not self.events else {"what": self.events[-1].what,
                                                        "seconds": round(self.events[-1].seconds, 3)},
             "busy": self._lock.locked(),
+            "loras": [report.summary() for report in self.lora_reports],
         }

@@ -68,6 +68,13 @@ class FluxTransformerConfig:
         return config
 
 
+def linear_dtype(layer: nn.Module) -> mx.Dtype:
+    """Compute dtype of a linear layer, also when quantized (its scales) or wrapped by a LoRA (its base)."""
+    while "base" in layer:
+        layer = layer["base"]
+    return layer["scales"].dtype if "scales" in layer else layer["weight"].dtype
+
+
 # --- conditioning embedders -------------------------------------------------------------------
 
 
@@ -113,7 +120,7 @@ class TimeTextEmbedding(nn.Module):
         if self.guidance_embeds != (guidance is not None):
             needs = "needs a guidance value" if self.guidance_embeds else "takes no guidance value"
             raise ValueError(f"This transformer {needs} (config guidance_embeds={self.guidance_embeds}).")
-        dtype = self.text_embedder.linear_1.weight.dtype
+        dtype = linear_dtype(self.text_embedder.linear_1)
         embedding = self.timestep_embedder(timestep_embedding(timestep.astype(dtype) * 1000).astype(dtype))
         if guidance is not None:
             guidance_proj = timestep_embedding(guidance.astype(dtype) * 1000).astype(dtype)
@@ -338,6 +345,10 @@ class FluxTransformer(nn.Module):
         ]
         self.norm_out = AdaLayerNormContinuous(dim)
         self.proj_out = nn.Linear(dim, config.out_channels)
+
+    @property
+    def dtype(self) -> mx.Dtype:
+        return linear_dtype(self.x_embedder)
 
     def rope_tables(self, img_ids, txt_ids) -> tuple[mx.array, mx.array]:
         """RoPE tables for the sequence [text; image]; compute once per resolution and pass as `rope`."""

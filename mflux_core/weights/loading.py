@@ -8,6 +8,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from mflux_core.errors import ModelLoadError
+from mflux_core.weights.quantize import quantize_like_checkpoint
 from mflux_core.weights.safetensors_io import load_folder_weights, read_json
 
 
@@ -45,8 +46,10 @@ def load_component(
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelLoadError(f"Missing model component folder {folder}.")
-    model = build(read_json(folder / "config.json"))
+    config = read_json(folder / "config.json")
+    model = build(config)
     weights = cast_floats(sanitize(load_folder_weights(folder)), dtype)
+    quantize_like_checkpoint(model, config, weights)  # a model saved quantized (weights/save.py)
     load_weights_strict(model, weights, str(folder))
     mx.eval(model.parameters())
     return model

@@ -1,0 +1,183 @@
+"""Put LoRA files on a loaded transformer, change their scales, take them off, or bake them in.
+
+A file's adapters are checked against the model before anything changes: a file that names none
+of its layers, or whose matrices do not fit them, is refused; one that fits only some is applied
+and reported with counts and the first names it could not use.
+"""
+
+import logging
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from mflux_core.errors import ModelLoadError
+from mflux_core.lora.formats import LoraFile
+from mflux_core.lora.layers import LINEAR_TYPES, LoRALinear, linear_shape
+
+log = logging.getLogger(__name__)
+
+OTHER_ARCHITECTURES = {  # key fragments of LoRAs for other model families -> what to call them
+    "down_blocks": "a Stable Diffusion (1.5 / SDXL) UNet", "input_blocks": "a Stable Diffusion UNet",
+    "joint_blocks": "Stable Diffusion 3", "double_stream_modulation": "FLUX.2", "layers.": "a DiT model other than FLUX.1",
+}
+SHOWN_NAMES = 5
+
+
+@dataclass(frozen=True)
+class LoraReport:
+    name: str
+    format: str
+    scale: float
+    matched_keys: int
+    total_keys: int
+    layers: int  # linear layers that got an adapter
+    unmatched: tuple[str, ...]  # the first keys that were not used
+
+    @property
+    def complete(self) -> bool:
+        return self.matched_keys == self.total_keys
+
+    def summary(self) -> str:
+        text = (f"LoRA {self.name} ({self.format}, scale {self.scale:g}): {self.matched_keys}/{self.total_keys} "
+                f"keys matched, {self.layers} layers")
+        if not self.complete:
+            text += f"; not used: {', '.join(self.unmatched)}"
+            if self.total_keys - self.matched_keys > len(self.unmatched):
+                text += ", ..."
+        return text
+
+
+def get_module(root: nn.Module, path: str) -> nn.Module | None:
+    module = root
+    for part in path.split("."):
+        if isinstance(module, list):
+            module = module[int(part)] if part.isdigit() and int(part) < len(module) else None
+        elif isinstance(module, nn.Module) and part in module:
+            module = module[part]
+        else:
+            return None
+        if module is None:
+            return None
+    return module
+
+
+def set_module(root: nn.Module, path: str, value: nn.Module) -> None:
+    parent_path, _, last = path.rpartition(".")
+    parent = get_module(root, parent_path) if parent_path else root
+    if isinstance(parent, list):
+        parent[int(last)] = value
+    else:
+        setattr(parent, last, value)
+
+
+def lora_layers(transformer: nn.Module) -> dict[str, LoRALinear]:
+    return {path: m for path, m in transformer.named_modules() if isinstance(m, LoRALinear)}
+
+
+def applied_loras(transformer: nn.Module) -> dict[str, float]:
+    """Adapter name -> user scale, for every LoRA on the transformer."""
+    found: dict[str, float] = {}
+    for layer in lora_layers(transformer).values():
+        for name in layer.names:
+            found.setdefault(name, layer.scale_of(name))
+    return found
+
+
+def _guess_architecture(keys) -> str | None:
+    for fragment, family in OTHER_ARCHITECTURES.items():
+        if any(fragment in key for key in keys):
+            return family
+    return None
+
+
+def check_lora(transformer: nn.Module, lora: LoraFile, scale: float = 1.0) -> tuple[dict, LoraReport]:
+    """The adapters of `lora` that fit `transformer` (path -> weights) and the report; changes nothing.
+
+    Refuses a file that names none of the model's linear layers or whose matrices do not fit them.
+    """
+    fitting = {}
+    unused = set(lora.unreadable_keys)
+    for path, weights in lora.targets.items():
+        layer = get_module(transformer, path)
+        base = layer.base if isinstance(layer, LoRALinear) else layer
+        if not isinstance(base, LINEAR_TYPES):
+            unused.update(lora.source_keys[path])
+            continue
+        expected = linear_shape(base)
+        got = (weights.up.shape[0], weights.down.shape[1])
+        if got != expected:
+            raise ModelLoadError(
+                f"The LoRA {lora.name} does not fit this model: its {path} adapter is {got[0]}x{got[1]} but the layer "
+                f"is {expected[0]}x{expected[1]}. It was made for a model of another size or kind."
+            )
+        fitting[path] = weights
+    matched = {key for path in fitting for key in lora.source_keys[path]}
+    unused -= matched
+    if not fitting:
+        family = _guess_architecture(unused)
+        hint = f" It looks like a LoRA for {family}." if family else " It is probably for another model."
+        raise ModelLoadError(
+            f"The LoRA {lora.name} matches none of this FLUX.1 transformer's layers (0/{lora.total_keys} keys; "
+            f"first: {', '.join(sorted(unused)[:3])}).{hint}"
+        )
+    report = LoraReport(name=lora.name, format=lora.format, scale=scale, matched_keys=len(matched),
+                        total_keys=lora.total_keys, layers=len(fitting),
+                        unmatched=tuple(sorted(unused)[:SHOWN_NAMES]))
+    return fitting, report
+
+
+def add_lora(transformer: nn.Module, lora: LoraFile, name: str, scale: float = 1.0) -> LoraReport:
+    """Add one file's adapters under `name`; a partial match is logged as a warning and reported."""
+    fitting, report = check_lora(transformer, lora, scale)
+    for path, weights in fitting.items():
+        layer = get_module(transformer, path)
+        if not isinstance(layer, LoRALinear):
+            layer = LoRALinear(layer)
+            set_module(transformer, path, layer)
+        layer.add(name, weights, scale)
+    if not report.complete:
+        log.warning(report.summary())
+    return report
+
+
+def set_lora_scale(transformer: nn.Module, name: str, scale: float) -> None:
+    for layer in lora_layers(transformer).values():
+        if name in layer.names:
+            layer.set_scale(name, scale)
+
+
+def remove_lora(transformer: nn.Module, name: str) -> None:
+    """Take one LoRA off; a layer left with none gets its original module back."""
+    for path, layer in lora_layers(transformer).items():
+        if name in layer.names:
+            layer.remove(name)
+            if not layer.names:
+                set_module(transformer, path, layer.base)
+
+
+def remove_all_loras(transformer: nn.Module) -> None:
+    for path, layer in lora_layers(transformer).items():
+        set_module(transformer, path, layer.base)
+
+
+def fuse_loras(transformer: nn.Module) -> None:
+    """Bake every LoRA into its layer's weights and drop the wrappers (for saving a model).
+
+    A quantized layer is dequantized, changed and quantized again with the same settings.
+    """
+    for path, layer in lora_layers(transformer).items():
+        base = layer.base
+        delta = layer.delta()
+        if isinstance(base, nn.QuantizedLinear):
+            weight = mx.dequantize(base.weight, base.scales, base.biases, group_size=base.group_size, bits=base.bits)
+            fused = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in base)
+            fused.weight = (weight.astype(mx.float32) + delta).astype(weight.dtype)
+            if "bias" in base:
+                fused.bias = base.bias
+            fused = nn.QuantizedLinear.from_linear(fused, group_size=base.group_size, bits=base.bits)
+        else:
+            base.weight = (base.weight.astype(mx.float32) + delta).astype(base.weight.dtype)
+            fused = base
+        set_module(transformer, path, fused)
+    mx.eval(transformer.parameters())

@@ -1,0 +1,270 @@
+"""LoRA files in the formats people download, read into one form: {module path in FluxTransformer: LoraWeights}.
+
+Every format stores, per adapted layer, a down matrix (rank, in), an up matrix (out, rank) and
+sometimes an alpha; only the names differ:
+
+- diffusers / PEFT: `transformer.<diffusers module>.lora_A.weight` / `lora_B.weight` (the prefix is
+  optional; some files spell them `lora_down` / `lora_up`). Alpha from `<module>.alpha` keys, else
+  from PEFT's adapter metadata in the safetensors header, else alpha = rank.
+- Kohya / sd-scripts: `lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight` (BFL module names
+  with `_` for `.`), `.alpha` per module (default rank).
+- AI-toolkit / ComfyUI: `diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight` (BFL names),
+  either spelling, optional `.alpha`.
+- XLabs: `double_blocks.0.processor.qkv_lora1.down.weight`; no alpha (scale 1).
+
+BFL names fuse layers that diffusers keeps apart (q, k, v; a single block's q, k, v and MLP input).
+A fused LoRA becomes one adapter per part: the same down matrix, the up matrix's rows split.
+"""
+
+import json
+import re
+from dataclasses import dataclass, field
+from math import sqrt
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import mlx.core as mx
+
+from mflux_core.errors import ModelLoadError
+from mflux_core.models.transformer import MLP_RATIO
+from mflux_core.weights.bfl import (
+    DOUBLE_BLOCK_FUSED, DOUBLE_BLOCK_NAMES, GLOBAL_NAMES, SINGLE_BLOCK_FUSED_QKV_MLP, SINGLE_BLOCK_NAMES,
+)
+
+DOWN_SUFFIXES = (".lora_A.weight", ".lora_down.weight", ".down.weight")
+UP_SUFFIXES = (".lora_B.weight", ".lora_up.weight", ".up.weight")
+ALPHA_SUFFIX = ".alpha"
+PEFT_METADATA_KEY = "lora_adapter_metadata"
+BFL_FINAL_MODULATION = "final_layer.adaLN_modulation.1"  # (shift, scale) rows; diffusers' norm_out: (scale, shift)
+
+XLABS_DOUBLE = {
+    "qkv_lora1": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "qkv_lora2": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "proj_lora1": ("attn.to_out.0",),
+    "proj_lora2": ("attn.to_add_out",),
+}
+XLABS_SINGLE = {"qkv_lora": ("attn.to_q", "attn.to_k", "attn.to_v"), "proj_lora": ("proj_out",)}
+
+BLOCK_NAME = re.compile(r"(double_blocks|single_blocks)\.(\d+)\.(.+)$")
+KOHYA_BLOCK_NAME = re.compile(r"(double_blocks|single_blocks)_(\d+)_(.+)$")
+XLABS_NAME = re.compile(r"(double_blocks|single_blocks)\.(\d+)\.processor\.(\w+)$")
+
+
+class LoraWeights(NamedTuple):
+    """One adapter on one linear layer: y += scale * (x @ down.T) @ up.T."""
+
+    down: mx.array  # (rank, in)
+    up: mx.array  # (out, rank)
+    scale: float  # alpha / rank as the file's format defines it (1.0 when it has no alpha)
+
+
+@dataclass
+class LoraFile:
+    """A LoRA file read into our module paths, with what could not be read kept for the report."""
+
+    name: str
+    format: str
+    targets: dict[str, LoraWeights]
+    source_keys: dict[str, tuple[str, ...]]  # target path -> the file's keys that made it
+    total_keys: int
+    unreadable_keys: list[str] = field(default_factory=list)  # keys no format names a transformer layer with
+
+    @property
+    def nbytes(self) -> int:
+        return sum(w.down.nbytes + w.up.nbytes for w in self.targets.values())
+
+
+@dataclass
+class _Module:
+    """down/up/alpha of one adapted module as named in the file."""
+
+    keys: list[str] = field(default_factory=list)
+    down: mx.array | None = None
+    up: mx.array | None = None
+    alpha: float | None = None
+
+
+def split_key(key: str) -> tuple[str, str] | None:
+    """'x.lora_A.weight' -> ('x', 'down'); None for keys that are not down/up/alpha."""
+    for suffixes, kind in ((DOWN_SUFFIXES, "down"), (UP_SUFFIXES, "up"), ((ALPHA_SUFFIX,), "alpha")):
+        for suffix in suffixes:
+            if key.endswith(suffix):
+                return key[: -len(suffix)], kind
+    return None
+
+
+def _underscored(names) -> dict[str, str]:
+    return {name.replace(".", "_"): name for name in names}
+
+
+KOHYA_GLOBAL = _underscored(GLOBAL_NAMES)
+KOHYA_DOUBLE = _underscored([*DOUBLE_BLOCK_NAMES, *DOUBLE_BLOCK_FUSED])
+KOHYA_SINGLE = _underscored([*SINGLE_BLOCK_NAMES, "linear1"])
+
+
+def kohya_to_bfl(name: str) -> str | None:
+    """'double_blocks_0_img_attn_qkv' -> 'double_blocks.0.img_attn.qkv' (after the lora_unet_ prefix)."""
+    block = KOHYA_BLOCK_NAME.match(name)
+    if block:
+        kind, index, module = block.groups()
+        table = KOHYA_DOUBLE if kind == "double_blocks" else KOHYA_SINGLE
+        return f"{kind}.{index}.{table[module]}" if module in table else None
+    return KOHYA_GLOBAL.get(name)
+
+
+def classify(module: str) -> tuple[str, str] | None:
+    """A module name as the file spells it -> (format, name in that format's namespace)."""
+    if module.startswith("lora_unet_"):
+        bfl = kohya_to_bfl(module[len("lora_unet_"):])
+        return ("kohya", bfl) if bfl else None
+    for prefix in ("model.diffusion_model.", "diffusion_model."):
+        if module.startswith(prefix):
+            module = module[len(prefix):]
+            return ("xlabs", module) if ".processor." in module else ("ai-toolkit", module)
+    if ".processor." in module:
+        return "xlabs", module
+    if module.startswith(("double_blocks.", "single_blocks.")) or module in GLOBAL_NAMES:
+        return "ai-toolkit", module
+    if module.startswith("transformer."):
+        return "diffusers", module[len("transformer."):]
+    if module.startswith(("transformer_blocks.", "single_transformer_blocks.", "x_embedder", "context_embedder",
+                          "time_text_embed.", "norm_out.", "proj_out")):
+        return "diffusers", module
+    return None
+
+
+# --- names -> module paths with the rows each part takes ----------------------------------------
+
+
+def bfl_parts(name: str) -> list[str] | None:
+    """A BFL module name -> our module paths, in the order its rows are stacked (None if unknown)."""
+    block = BLOCK_NAME.match(name)
+    if not block:
+        return [GLOBAL_NAMES[name]] if name in GLOBAL_NAMES else None
+    kind, index, module = block.groups()
+    if kind == "double_blocks":
+        prefix = f"transformer_blocks.{index}."
+        parts = DOUBLE_BLOCK_FUSED.get(module) or ((DOUBLE_BLOCK_NAMES[module],) if module in DOUBLE_BLOCK_NAMES else None)
+    else:
+        prefix = f"single_transformer_blocks.{index}."
+        parts = SINGLE_BLOCK_FUSED_QKV_MLP if module == "linear1" else (
+            (SINGLE_BLOCK_NAMES[module],) if module in SINGLE_BLOCK_NAMES else None)
+    return [prefix + part for part in parts] if parts else None
+
+
+def xlabs_parts(name: str) -> list[str] | None:
+    match = XLABS_NAME.match(name)
+    if not match:
+        return None
+    kind, index, processor = match.groups()
+    table, prefix = (XLABS_DOUBLE, f"transformer_blocks.{index}.") if kind == "double_blocks" else (
+        XLABS_SINGLE, f"single_transformer_blocks.{index}.")
+    return [prefix + part for part in table[processor]] if processor in table else None
+
+
+def row_splits(paths: list[str], rows: int) -> list[int]:
+    """Row counts of a fused up matrix: q, k, v take equal shares; a single block's MLP input takes MLP_RATIO."""
+    if paths[-1].endswith("proj_mlp"):
+        hidden = rows // (3 + MLP_RATIO)
+        return [hidden, hidden, hidden, rows - 3 * hidden]
+    return [rows // len(paths)] * len(paths)
+
+
+# --- alpha -------------------------------------------------------------------------------------
+
+
+def peft_alpha(metadata: dict | None) -> Callable[[str, int], float] | None:
+    """PEFT's adapter config in the safetensors header -> alpha(module, rank), or None without it."""
+    raw = (metadata or {}).get(PEFT_METADATA_KEY)
+    if not raw:
+        return None
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    if any(key.startswith("transformer.") for key in config):  # saved through a pipeline: per-component prefixes
+        config = {key[len("transformer."):]: value for key, value in config.items() if key.startswith("transformer.")}
+    if "lora_alpha" not in config:
+        return None
+    patterns = config.get("alpha_pattern") or {}
+    rslora = bool(config.get("use_rslora"))
+
+    def scale(module: str, rank: int) -> float:
+        alpha = next((value for pattern, value in patterns.items()
+                      if re.match(rf"(.*\.)?({pattern})$", module)), config["lora_alpha"])
+        return alpha / (sqrt(rank) if rslora else rank)
+
+    return scale
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def read_lora(weights: dict[str, mx.array], metadata: dict | None = None, name: str = "LoRA") -> LoraFile:
+    """Any supported format -> LoraFile. Keys no format recognises are kept in `unreadable_keys`."""
+    modules: dict[tuple[str, str], _Module] = {}
+    unreadable = []
+    for key, value in weights.items():
+        parsed = split_key(key)
+        kind = classify(parsed[0]) if parsed else None
+        if kind is None:
+            unreadable.append(key)
+            continue
+        module = modules.setdefault(kind, _Module())
+        module.keys.append(key)
+        if parsed[1] == "alpha":
+            module.alpha = float(value.astype(mx.float32).item())
+        else:
+            setattr(module, parsed[1], value)
+
+    alpha_from_metadata = peft_alpha(metadata)
+    targets: dict[str, LoraWeights] = {}
+    sources: dict[str, tuple[str, ...]] = {}
+    formats = set()
+    for (fmt, module_name), module in modules.items():
+        paths = _paths(fmt, module_name)
+        if paths is None or module.down is None or module.up is None:
+            unreadable.extend(module.keys)
+            continue
+        formats.add(fmt)
+        rank = module.down.shape[0]
+        if module.alpha is not None:
+            scale = module.alpha / rank
+        elif fmt == "diffusers" and alpha_from_metadata is not None:
+            scale = alpha_from_metadata(module_name, rank)
+        else:
+            scale = 1.0
+        up = module.up
+        if fmt in ("kohya", "ai-toolkit") and module_name == BFL_FINAL_MODULATION:
+            first, second = mx.split(up, 2, axis=0)
+            up = mx.concatenate([second, first], axis=0)
+        if len(paths) == 1:
+            parts = [up]
+        else:
+            splits = row_splits(paths, up.shape[0])
+            parts = mx.split(up, [sum(splits[:i]) for i in range(1, len(splits))], axis=0)
+        for path, part in zip(paths, parts):
+            targets[path] = LoraWeights(module.down, part, scale)
+            sources[path] = tuple(module.keys)
+    return LoraFile(
+        name=name, format="+".join(sorted(formats)) or "unknown", targets=targets, source_keys=sources,
+        total_keys=len(weights), unreadable_keys=sorted(unreadable),
+    )
+
+
+def _paths(fmt: str, module_name: str) -> list[str] | None:
+    if fmt == "diffusers":
+        return [module_name]
+    if fmt == "xlabs":
+        return xlabs_parts(module_name)
+    return bfl_parts(module_name)
+
+
+def load_lora_file(path: Path) -> LoraFile:
+    """Read a .safetensors LoRA (weights and header metadata) into a LoraFile."""
+    path = Path(path)
+    try:
+        weights, metadata = mx.load(str(path), format="safetensors", return_metadata=True)
+    except Exception as error:  # MLX raises plain RuntimeError/ValueError for bad files
+        raise ModelLoadError(f"The LoRA {path} is not a readable safetensors file ({error}).") from None
+    return read_lora(weights, metadata, name=path.name)

@@ -1,0 +1,88 @@
+"""Find a LoRA file from what a user typed: a path, a name in LORA_LIBRARY_PATH, or a Hugging Face repo id.
+
+LORA_LIBRARY_PATH lists folders separated by ':'; each is searched recursively for .safetensors
+files, and a file can then be named by its file name with or without the extension. Earlier
+folders win when two hold the same name. A repo id ("owner/name", optionally followed by
+"/file.safetensors") is looked up in the Hugging Face cache, and downloaded when online.
+"""
+
+import os
+from pathlib import Path
+
+from mflux_core.errors import ModelLoadError
+from mflux_core.weights.resolve import is_offline
+
+LIBRARY_VARIABLE = "LORA_LIBRARY_PATH"
+
+
+def library_folders(value: str | None = None) -> list[Path]:
+    value = os.environ.get(LIBRARY_VARIABLE, "") if value is None else value
+    return [Path(part).expanduser() for part in value.split(":") if part.strip()]
+
+
+def find_in_library(name: str, folders: list[Path]) -> Path | None:
+    wanted = name if name.endswith(".safetensors") else f"{name}.safetensors"
+    for folder in folders:
+        if folder.is_dir():
+            found = sorted(folder.rglob(wanted))
+            if found:
+                return found[0]
+    return None
+
+
+def library_names(folders: list[Path] | None = None) -> dict[str, Path]:
+    """Every LoRA in the library by name (for a UI list); earlier folders win."""
+    names: dict[str, Path] = {}
+    for folder in folders if folders is not None else library_folders():
+        if folder.is_dir():
+            for path in sorted(folder.rglob("*.safetensors")):
+                names.setdefault(path.stem, path)
+    return names
+
+
+def find_in_hf_cache(name: str) -> Path | None:
+    parts = name.split("/")
+    if len(parts) < 2 or name.startswith((".", "/", "~")):
+        return None
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:]) or None
+    folder = _repo_snapshot(repo_id, filename)
+    if folder is None:
+        return None
+    if filename:
+        return folder / filename if (folder / filename).is_file() else None
+    files = sorted(folder.rglob("*.safetensors"))
+    if len(files) > 1:
+        listed = ", ".join(str(f.relative_to(folder)) for f in files[:5])
+        raise ModelLoadError(f"The repo {repo_id} holds several LoRA files ({listed}); name one as {repo_id}/FILE.")
+    return files[0] if files else None
+
+
+def _repo_snapshot(repo_id: str, filename: str | None) -> Path | None:
+    from huggingface_hub import snapshot_download
+
+    patterns = [filename] if filename else ["*.safetensors"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception:
+        pass
+    if is_offline():
+        return None
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception:
+        return None
+
+
+def resolve_lora_path(name: str) -> Path:
+    """A path, library name or repo id -> an existing .safetensors file, or a ModelLoadError saying where we looked."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path.resolve()
+    folders = library_folders()
+    found = find_in_library(name, folders) or find_in_hf_cache(name)
+    if found is not None:
+        return found.resolve()
+    where = f"in {LIBRARY_VARIABLE} ({':'.join(map(str, folders))})" if folders else f"in {LIBRARY_VARIABLE} (not set)"
+    raise ModelLoadError(
+        f"LoRA {name!r} not found: it is not a file, not a name {where}, and not a repo id in the Hugging Face cache."
+    )

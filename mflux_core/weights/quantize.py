@@ -1,0 +1,84 @@
+"""MLX affine quantization of the transformer's and T5's linear layers (3, 4, 5, 6 or 8 bits, groups of 64).
+
+A layer is quantized when its input width divides by the group size; the others (the tiny test
+models have some, the real ones few) stay in the compute dtype. A saved quantized model records
+the settings in its config.json ("quantization": {"bits", "group_size"}) and safetensors header;
+loading rebuilds exactly the layers whose `.scales` are in the file as QuantizedLinear.
+"""
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from mflux_core.errors import ModelLoadError
+
+GROUP_SIZE = 64
+BITS = (3, 4, 5, 6, 8)
+CONFIG_KEY = "quantization"
+
+
+def quantizable(_path: str, module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) and module.weight.shape[1] % GROUP_SIZE == 0
+
+
+def quantized_bits(model: nn.Module) -> int | None:
+    """The bit width of the model's quantized layers, or None if it has none."""
+    bits = {m.bits for _, m in model.named_modules() if isinstance(m, nn.QuantizedLinear)}
+    return min(bits) if bits else None
+
+
+def quantize_model(model: nn.Module, bits: int | None) -> nn.Module:
+    """Quantize the model's linear layers in place (None: leave it). A model already quantized to
+    `bits` is left as is; one quantized to another width is refused (re-quantizing loses quality)."""
+    if bits is None:
+        return model
+    if bits not in BITS:
+        raise ModelLoadError(f"Quantization to {bits} bits is not supported; choose one of {', '.join(map(str, BITS))}.")
+    existing = quantized_bits(model)
+    if existing is not None and existing != bits:
+        raise ModelLoadError(
+            f"This model was saved quantized to {existing} bits; load it without -q (or with -q {existing})."
+        )
+    nn.quantize(model, group_size=GROUP_SIZE, bits=bits, class_predicate=quantizable)
+    mx.eval(model.parameters())
+    return model
+
+
+def quantization_config(bits: int) -> dict:
+    return {"bits": bits, "group_size": GROUP_SIZE}
+
+
+def quantize_like_checkpoint(model: nn.Module, config_json: dict, weights: dict[str, mx.array]) -> None:
+    """Before loading a saved quantized checkpoint: turn the layers it stores quantized into QuantizedLinear."""
+    settings = config_json.get(CONFIG_KEY)
+    if not settings:
+        return
+    nn.quantize(model, group_size=settings["group_size"], bits=settings["bits"],
+                class_predicate=lambda path, module: f"{path}.scales" in weights)
+
+
+def parameter_bytes(module: nn.Module | None) -> int:
+    if module is None:
+        return 0
+    return sum(value.nbytes for _, value in tree_flatten(module.parameters()))
+
+
+def t5_encoder(text_encoders) -> nn.Module | None:
+    """The T5 module of a TextEncoders (None while released)."""
+    return text_encoders._t5  # TextEncoders keeps its encoders private; this is the one place that looks
+
+
+def clip_encoder(text_encoders) -> nn.Module | None:
+    return text_encoders._clip
+
+
+def quantize_text_encoders(text_encoders, bits: int | None):
+    """Quantize T5's linear layers (CLIP is small and stays as it is)."""
+    t5 = t5_encoder(text_encoders)
+    if t5 is not None:
+        quantize_model(t5, bits)
+    return text_encoders
+
+
+def text_encoder_bytes(text_encoders) -> int:
+    return parameter_bytes(clip_encoder(text_encoders)) + parameter_bytes(t5_encoder(text_encoders))

@@ -1,0 +1,106 @@
+"""Write a model folder in the diffusers layout, optionally quantized and with LoRAs baked in.
+
+The transformer and T5 are written from the loaded (LoRA-fused, quantized) modules; everything
+else (VAE, CLIP, tokenizers, scheduler, model_index.json) is copied. A quantized component records
+its settings in config.json and in the safetensors header, so `--path OUT` loads it back as saved.
+Unquantized output is plain diffusers: diffusers itself can load it.
+"""
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from mflux_core import loader
+from mflux_core.errors import ModelLoadError
+from mflux_core.lora.apply import LoraReport, add_lora, fuse_loras
+from mflux_core.lora.formats import load_lora_file
+from mflux_core.lora.library import resolve_lora_path
+from mflux_core.models.t5 import load_t5_encoder
+from mflux_core.weights.quantize import CONFIG_KEY, GROUP_SIZE, quantization_config, quantize_model, quantized_bits
+from mflux_core.weights.resolve import ModelSource
+from mflux_core.weights.safetensors_io import read_json
+
+COPIED_COMPONENTS = ("vae", "text_encoder", "tokenizer", "tokenizer_2", "scheduler")
+TRANSFORMER_FILE = "diffusion_pytorch_model.safetensors"
+T5_FILE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    folder: Path
+    bits: int | None
+    transformer_bytes: int  # parameter bytes as written
+    t5_bytes: int
+    loras: tuple[LoraReport, ...]
+
+
+def write_component(module: nn.Module, config: dict, folder: Path, filename: str) -> int:
+    """config.json plus the module's parameters under their checkpoint names, with the
+    quantization (if any) recorded in both; returns the parameter bytes written."""
+    bits = quantized_bits(module)
+    folder.mkdir(parents=True)
+    config = {k: v for k, v in config.items() if k != CONFIG_KEY}
+    metadata = {"format": "pt"}
+    if bits is not None:
+        config[CONFIG_KEY] = quantization_config(bits)
+        metadata = {"format": "mlx", "quantization_bits": str(bits), "quantization_group_size": str(GROUP_SIZE)}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    arrays = dict(tree_flatten(module.parameters()))
+    mx.save_safetensors(str(folder / filename), arrays, metadata=metadata)
+    return sum(a.nbytes for a in arrays.values())
+
+
+def transformer_config(source: ModelSource, transformer) -> dict:
+    if source.folder is not None and (source.folder / "transformer" / "config.json").is_file():
+        return read_json(source.folder / "transformer" / "config.json")
+    config = asdict(transformer.config)  # a BFL single file has no config.json: write diffusers' keys
+    config["axes_dims_rope"] = list(config["axes_dims_rope"])
+    return {"_class_name": "FluxTransformer2DModel", "patch_size": 1, **config}
+
+
+def model_index(source: ModelSource) -> Path:
+    for root in (source.folder, source.base_folder):
+        if root is not None and (root / "model_index.json").is_file():
+            return root / "model_index.json"
+    raise ModelLoadError("The model has no model_index.json to copy.")
+
+
+def save_model(
+    out: Path,
+    source: ModelSource,
+    dtype: mx.Dtype = mx.float32,
+    bits: int | None = None,
+    loras: Sequence[tuple[str, float]] = (),
+) -> SavedModel:
+    """Load `source`, bake in `loras` ((path or library name, scale) pairs), quantize to `bits`, write `out`."""
+    out = Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ModelLoadError(f"{out} already exists and is not an empty folder; choose a new --path.")
+    transformer = loader.load_source_transformer(source, dtype)
+    reports = []
+    for index, (name, scale) in enumerate(loras):
+        reports.append(add_lora(transformer, load_lora_file(resolve_lora_path(name)), f"lora-{index}", scale))
+    fuse_loras(transformer)
+    quantize_model(transformer, bits)
+    t5_folder = source.component("text_encoder_2")
+    t5 = quantize_model(load_t5_encoder(t5_folder, dtype), bits)
+
+    partial = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    transformer_bytes = write_component(
+        transformer, transformer_config(source, transformer), partial / "transformer", TRANSFORMER_FILE)
+    t5_bytes = write_component(t5, read_json(t5_folder / "config.json"), partial / "text_encoder_2", T5_FILE)
+    for name in COPIED_COMPONENTS:
+        shutil.copytree(source.component(name), partial / name)  # follows the HF cache's links
+    shutil.copyfile(model_index(source), partial / "model_index.json")
+    if out.exists():
+        out.rmdir()
+    partial.rename(out)
+    return SavedModel(out, quantized_bits(transformer), transformer_bytes, t5_bytes, tuple(reports))
