@@ -1,0 +1,1 @@
+"""The demo model family: procedural shapes data, tokenizers, training recipes and export."""

@@ -1,0 +1,161 @@
+"""The generic MLX training loop: any model, any loss, bounded runs that resume bit for bit.
+
+`train(model, loss_fn, batch_for_step, optimizer, steps, ...)` runs `loss_fn(model, batch)` under
+`nn.value_and_grad` for the parameters `trainable` selects, with the optimizer's update, until
+`steps` steps are done or `max_seconds` have passed. Batches come from `batch_for_step(step)`, a pure
+function of the step index that carries every random draw (noise, timesteps), so a run resumed
+from a checkpoint sees exactly what an uninterrupted run would have seen. A checkpoint holds the
+parameters, the optimizer state and the loss history; resuming restores all three, and the
+weights after resuming equal those of an uninterrupted run bit for bit.
+"""
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from mlx.utils import tree_flatten, tree_unflatten
+
+from mflux_core.training.plot import save_loss_curve
+
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+LOSS_CURVE_FILE = "loss.png"
+
+
+@dataclass
+class TrainResult:
+    step: int  # steps done in total, across resumes
+    losses: list[float]  # one per step, across resumes
+    finished: bool  # False when stopped by max_seconds before `steps`
+    seconds: float  # time spent in this call
+
+
+def select_trainable(model: nn.Module, trainable: Callable[[str], bool] | None) -> int:
+    """Freeze every parameter whose dotted name `trainable` rejects (None: train all); returns the count trained."""
+    model.unfreeze()
+    if trainable is not None:
+        model.freeze()
+        for prefix, module in model.named_modules():
+            keys = [key for key, _ in tree_flatten(module.parameters()) if "." not in key]
+            chosen = [key for key in keys if trainable(f"{prefix}.{key}" if prefix else key)]
+            if chosen:
+                module.unfreeze(recurse=False, keys=chosen)
+    return sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+
+
+def save_checkpoint(folder: Path, model: nn.Module, optimizer: optim.Optimizer, step: int, losses: list[float]) -> None:
+    """Write the three files under temporary names, then rename: a crash never leaves a torn checkpoint."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        MODEL_FILE: lambda path: mx.save_safetensors(path, dict(tree_flatten(model.parameters()))),
+        OPTIMIZER_FILE: lambda path: mx.save_safetensors(path, dict(tree_flatten(optimizer.state))),
+        STATE_FILE: lambda path: Path(path).write_text(json.dumps({"step": step, "losses": losses})),
+    }
+    for name, write in files.items():
+        temporary = folder / f".{name}.partial{Path(name).suffix}"
+        write(str(temporary))
+    # state.json goes last: it is what marks the checkpoint as complete.
+    for name in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE):
+        os.replace(folder / f".{name}.partial{Path(name).suffix}", folder / name)
+
+
+def load_checkpoint(folder: Path, model: nn.Module, optimizer: optim.Optimizer) -> tuple[int, list[float]]:
+    """Restore parameters and optimizer state; returns (step, losses). (0, []) if there is none."""
+    if not (folder / STATE_FILE).is_file():
+        return 0, []
+    state = json.loads((folder / STATE_FILE).read_text())
+    model.load_weights(list(mx.load(str(folder / MODEL_FILE)).items()), strict=True)
+    optimizer.state = tree_unflatten(list(mx.load(str(folder / OPTIMIZER_FILE)).items()))
+    mx.eval(model.parameters(), optimizer.state)
+    return int(state["step"]), [float(x) for x in state["losses"]]
+
+
+class ProgressBar:
+    """One status line on stderr: bar, step, smoothed loss, speed and time left."""
+
+    def __init__(self, total: int, first: int, enabled: bool):
+        self.total, self.first, self.enabled = total, first, enabled
+        self.started = time.perf_counter()
+        self.smoothed: float | None = None
+        self.interactive = sys.stderr.isatty()
+        self.last_print = 0.0
+
+    def update(self, step: int, loss: float) -> None:
+        self.smoothed = loss if self.smoothed is None else 0.95 * self.smoothed + 0.05 * loss
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if not self.interactive and now - self.last_print < 10 and step < self.total:
+            return
+        self.last_print = now
+        rate = (step - self.first) / max(now - self.started, 1e-9)
+        left = (self.total - step) / rate if rate > 0 else 0.0
+        filled = int(30 * step / max(self.total, 1))
+        line = (f"[{'#' * filled}{'.' * (30 - filled)}] {step}/{self.total} loss {self.smoothed:.4f} "
+                f"{rate:.2f} it/s {left / 60:.1f} min left")
+        sys.stderr.write(("\r" + line) if self.interactive else line + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.interactive:
+            sys.stderr.write("\n")
+
+
+def train(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Any], mx.array],
+    batch_for_step: Callable[[int], Any],
+    optimizer: optim.Optimizer,
+    steps: int,
+    trainable: Callable[[str], bool] | None = None,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 100,
+    max_seconds: float | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train until `steps` steps are done in total (resuming from `checkpoint_dir` when it holds a
+    checkpoint) or `max_seconds` have passed; a checkpoint and loss curve are written every
+    `checkpoint_every` steps and at the end."""
+    started = time.perf_counter()
+    select_trainable(model, trainable)
+    optimizer.init(model.trainable_parameters())
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+    step, losses = load_checkpoint(checkpoint_dir, model, optimizer) if checkpoint_dir else (0, [])
+
+    value_and_grad = nn.value_and_grad(model, loss_fn)
+
+    def update(batch):
+        loss, grads = value_and_grad(model, batch)
+        optimizer.update(model, grads)
+        return loss
+
+    def checkpoint():
+        if checkpoint_dir is not None:
+            save_checkpoint(checkpoint_dir, model, optimizer, step, losses)
+            save_loss_curve(losses, checkpoint_dir / LOSS_CURVE_FILE)
+
+    bar = ProgressBar(steps, step, progress)
+    saved_at = step
+    while step < steps:
+        if max_seconds is not None and time.perf_counter() - started > max_seconds:
+            break
+        loss = update(batch_for_step(step))
+        mx.eval(loss, model.parameters(), optimizer.state)
+        step += 1
+        losses.append(float(loss))
+        bar.update(step, losses[-1])
+        if step % checkpoint_every == 0:
+            checkpoint()
+            saved_at = step
+    bar.close()
+    if saved_at != step:
+        checkpoint()
+    return TrainResult(step, losses, step >= steps, time.perf_counter() - started)
