@@ -18,9 +18,11 @@ REQUEST_FLAGS = {
     "masked_image_path": "masked_image_path", "outpaint_padding": "outpaint_padding",
     "depth_image_path": "depth_image_path",
     "redux_image_paths": "redux_image_paths", "redux_image_strengths": "redux_image_strengths",
+    "controlnet_image_path": "controlnet_image_path", "controlnet_strength": "controlnet_strength",
 }
 # Tool-specific settings stored in GenerationRequest.extra: switches that are on, valued flags that are given.
-EXTRA_FLAGS = ("kontext_auto_resize", "redux_path")
+EXTRA_FLAGS = ("kontext_auto_resize", "redux_path", "controlnet_path", "controlnet_skip_canny", "canny_low",
+               "canny_high", "upscale_factor")
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -100,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     redux.add_argument("--redux-path", help="the Redux weights: folder, alias or repo id (default: redux, "
                        "black-forest-labs/FLUX.1-Redux-dev)")
 
+    add_controlnet_parsers(tools)
+
     save_depth = tools.add_parser("save-depth", help="estimate a depth map from a photo and save it")
     save_depth.add_argument("--image-path", required=True, help="the photo")
     save_depth.add_argument("--depth-model", default="depth-estimator",
@@ -107,6 +111,41 @@ def build_parser() -> argparse.ArgumentParser:
     save_depth.add_argument("--output", default="depth.png", help="where to write the depth map")
     add_save_parser(tools)
     return parser
+
+
+def add_controlnet_parsers(tools) -> None:
+    canny = add_tool_parser(tools, "controlnet", "follow the Canny edges of a control image (FLUX.1 ControlNet on "
+                            "dev or schnell)")
+    add_controlnet_flags(canny, "canny (InstantX/FLUX.1-dev-Controlnet-Canny)", 0.4)
+    canny.add_argument("--controlnet-image-path", help="the control image; its Canny edges steer the layout")
+    canny.add_argument("--controlnet-save-canny", action="store_true",
+                       help="also save the edges the ControlNet saw, as <output>_controlnet_canny.png")
+    canny.add_argument("--controlnet-skip-canny", action="store_true",
+                       help="hand the control image to the ControlNet as it is (e.g. an edge map made elsewhere)")
+    canny.add_argument("--canny-low", type=float, help="Canny low threshold, OpenCV's units (default 100)")
+    canny.add_argument("--canny-high", type=float, help="Canny high threshold, OpenCV's units (default 200)")
+
+    upscale = add_tool_parser(tools, "upscale", "regenerate an image at a larger size (FLUX.1 upscaler ControlNet)")
+    add_controlnet_flags(upscale, "upscaler (jasperai/Flux.1-dev-Controlnet-Upscaler)", 0.6)
+    upscale.add_argument("--image-path", help="the image to upscale (--controlnet-image-path works too)")
+    upscale.add_argument("--controlnet-image-path", help=argparse.SUPPRESS)
+    upscale.add_argument("--upscale-factor", type=float,
+                         help="without --width/--height: the output is the input's size times this (default 2)")
+
+
+def add_controlnet_flags(parser: argparse.ArgumentParser, default_name: str, default_strength: float) -> None:
+    parser.add_argument("--controlnet-path", help=f"the ControlNet: folder, alias or repo id (default: {default_name})")
+    parser.add_argument("--controlnet-strength", type=float,
+                        help=f"how strongly the ControlNet steers, 0 to 2 (default {default_strength})")
+
+
+def save_canny_edges(request: GenerationRequest, output: Path) -> Path:
+    """The edges the ControlNet saw for `request`, next to the output image."""
+    from mflux_core.images.io import save_png_atomic
+    from mflux_core.tools.controlnet import control_image
+
+    _, edges = control_image(request)
+    return save_png_atomic(edges, output.with_name(f"{output.stem}_controlnet_canny.png"), overwrite=True)
 
 
 def add_save_parser(tools) -> None:
@@ -227,6 +266,8 @@ def run(args: argparse.Namespace) -> list[Path]:
                                result.text_chunks, overwrite=True)
         if args.metadata:
             path.with_suffix(".json").write_text(json.dumps(result.metadata, indent=2))
+        if getattr(args, "controlnet_save_canny", False):
+            print(f"Saved {save_canny_edges(result.request, path)}")
         if args.verbose:
             status = manager.status()
             print(f"seed {seed}: {result.seconds:.2f} s; resident {status['resident_bytes'] / 1e6:.1f} MB; "

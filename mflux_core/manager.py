@@ -5,8 +5,10 @@ tools swaps only the transformer. Sameness is decided from the files (weights/fi
 One generation runs at a time; a cancel callable is checked after every step.
 """
 
+import hashlib
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,6 +28,7 @@ from mflux_core.registry import ModelEntry, list_models
 from mflux_core.request import GenerationRequest
 from mflux_core.sampling.previews import LatentPreviewer
 from mflux_core.tools import TOOL_MODULES, default_model_for
+from mflux_core.tools.common import encode_image
 from mflux_core.lora.apply import LoraReport
 from mflux_core.lora.resident import ResidentLoras
 from mflux_core.weights.fingerprint import fingerprint
@@ -104,6 +107,7 @@ class ModelManager:
         self._prompts: LRU = LRU(prompt_cache_size)
         self._previewers: dict[str, LatentPreviewer] = {}
         self.auxiliary = LRU(4, on_evict=lambda *_: mx.clear_cache())  # ControlNet, Redux, depth estimator
+        self._encoded_images: LRU = LRU(4)  # VAE latents of input images (ControlNet control images)
         self.load_counts: dict[str, int] = {"transformer": 0, "vae": 0, "text_encoders": 0}
         self.events: list[LoadEvent] = []
         self.loras = ResidentLoras()  # LoRA files read once; applied to, rescaled on, removed from resident transformers
@@ -149,12 +153,26 @@ class ModelManager:
             folder=source.folder,
         )
 
-    def auxiliary_model(self, name: str, load: Callable[[Path], object]):
-        """A side model (depth estimator, ControlNet, Redux encoder) by alias, repo or path, kept in a small LRU."""
+    def auxiliary_model(self, name: str, load: Callable[[Path], object], variant: str = ""):
+        """A side model (depth estimator, ControlNet, Redux encoder) by alias, repo or path, kept in a small LRU.
+
+        `variant` tells apart loads of the same files that differ (e.g. the dtype).
+        """
         folder = resolve_name(name, self.models_dir)
-        key = fingerprint(folder)
+        key = (fingerprint(folder), variant)
         return self.auxiliary.get_or_create(key, lambda: self._timed_load("auxiliary", f"{name} ({folder})",
                                                                           lambda: load(folder)))
+
+    def encoded_image(self, model: FluxModel, image: Image.Image, width: int, height: int) -> mx.array:
+        """Packed VAE latents of an input image at a size, reused while the same VAE and image come back."""
+        key = (id(model.vae), hashlib.sha256(image.tobytes()).hexdigest(), image.mode, image.size, width, height)
+        cached = self._encoded_images.get(key)
+        if cached is not None and cached[0]() is model.vae:  # the id alone could be a freed VAE's
+            return cached[1]
+        latents = encode_image(model, image, width, height)
+        mx.eval(latents)
+        self._encoded_images.put(key, (weakref.ref(model.vae), latents))
+        return latents
 
     def estimate_depth(self, photo: Image.Image, name: str = "depth-estimator") -> Image.Image:
         from mflux_core.models.depth import DepthEstimator, depth_to_image

@@ -32,7 +32,7 @@ class GenerationRequest:
     outpaint_padding: str | None = None
     depth_image_path: str | None = None
     controlnet_image_path: str | None = None
-    controlnet_strength: float = 0.4
+    controlnet_strength: float | None = None  # None: the tool's default (canny 0.4, upscaler 0.6)
     redux_image_paths: tuple[str, ...] = ()
     redux_image_strengths: tuple[float, ...] = ()
     lora_paths: tuple[str, ...] = ()
@@ -70,7 +70,7 @@ class GenerationRequest:
             raise InvalidRequest(
                 f"Image strength {self.image_strength} is out of range: use 0 (ignore the image) up to below 1."
             )
-        if not 0 <= self.controlnet_strength <= 2:
+        if self.controlnet_strength is not None and not 0 <= self.controlnet_strength <= 2:
             raise InvalidRequest(f"ControlNet strength {self.controlnet_strength} is out of range: use 0 to 2.")
         if self.lora_scales and len(self.lora_scales) != len(self.lora_paths):
             raise InvalidRequest(

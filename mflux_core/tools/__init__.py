@@ -1,8 +1,9 @@
 """One small module per tool; each exposes build_inputs(model, request, manager) -> ToolInputs."""
 
-from mflux_core.tools import depth, fill, generate, kontext, redux
+from mflux_core.tools import controlnet, depth, fill, generate, kontext, redux, upscale
 
-TOOL_MODULES = {"generate": generate, "fill": fill, "depth": depth, "kontext": kontext, "redux": redux}
+TOOL_MODULES = {"generate": generate, "fill": fill, "depth": depth, "kontext": kontext, "redux": redux,
+                "controlnet": controlnet, "upscale": upscale}
 
 # The model a tool uses when the request names none.
 DEFAULT_MODELS = {"generate": "schnell", "fill": "fill", "depth": "depth", "kontext": "kontext",

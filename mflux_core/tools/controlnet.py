@@ -1,0 +1,38 @@
+"""ControlNet (canny): the edges of a control image steer the layout, through InstantX's FLUX.1
+Canny ControlNet (or any FLUX ControlNet given with --controlnet-path) on a dev or schnell base.
+
+The control image is resized to the output size first and its Canny edges taken there, so the
+ControlNet sees one-pixel edges at the resolution it works in. `controlnet_skip_canny` hands the
+image over as it is (an edge map made elsewhere, or a ControlNet trained on other inputs).
+"""
+
+from PIL import Image
+
+from mflux_core.flux_model import FluxModel
+from mflux_core.generation import ToolInputs
+from mflux_core.images.canny import canny_edges
+from mflux_core.request import GenerationRequest
+from mflux_core.tools.common import required_image, with_size
+from mflux_core.tools.controlnet_conditioning import controlnet_inputs, extra_number
+
+DEFAULT_STRENGTH = 0.4  # mflux's default ControlNet strength
+CANNY_THRESHOLDS = {"canny_low": "low", "canny_high": "high"}  # request.extra key -> canny_edges argument
+
+
+def control_image(request: GenerationRequest) -> tuple[GenerationRequest, Image.Image]:
+    """The request with its size filled in, and the image the ControlNet sees (Canny edges at that size)."""
+    image = required_image(request.controlnet_image_path, "a control image", "--controlnet-image-path")
+    request = with_size(request, image)
+    if request.extra.get("controlnet_skip_canny"):
+        return request, image
+    if image.size != (request.width, request.height):
+        image = image.resize((request.width, request.height), Image.Resampling.LANCZOS)
+    thresholds = {arg: extra_number(request, key, None) for key, arg in CANNY_THRESHOLDS.items()
+                  if request.extra.get(key) is not None}
+    return request, canny_edges(image, **thresholds)
+
+
+def build_inputs(model: FluxModel, request: GenerationRequest, manager) -> ToolInputs:
+    request, control = control_image(request)
+    return controlnet_inputs(model, request, manager, control, tool="ControlNet", default_controlnet="canny",
+                             default_strength=DEFAULT_STRENGTH)

@@ -1,0 +1,82 @@
+"""What the ControlNet tools (canny, upscale) share: load the side network, encode the control
+image once, and hand the loop a closure that runs the ControlNet before every transformer call.
+
+The maths follows diffusers' FluxControlNetPipeline: the control image is resized like any VAE
+input, encoded (posterior mean), normalised and packed; each step the ControlNet sees the noisy
+latents, the control latents, the prompt, the timestep and, only if its own config has a guidance
+embedding, the guidance scale (even when the base model, e.g. schnell, has none).
+"""
+
+import mlx.core as mx
+from PIL import Image
+
+from mflux_core.errors import InvalidRequest
+from mflux_core.flux_model import FluxModel
+from mflux_core.generation import ToolInputs
+from mflux_core.models.controlnet import FluxControlNet, load_controlnet
+from mflux_core.request import GenerationRequest
+from mflux_core.sampling.conditioning import Conditioning, ControlResiduals
+from mflux_core.sampling.latents import image_position_ids, latent_grid, text_position_ids
+from mflux_core.tools.common import check_in_channels, packed_channels, prompt_conditioning, with_guidance
+
+DEFAULT_GUIDANCE = 3.5  # what InstantX and jasperai publish for their ControlNets on dev
+
+
+def extra_number(request: GenerationRequest, key: str, default: float | None) -> float | None:
+    """A numeric tool setting from request.extra (canny thresholds, upscale factor), or `default`."""
+    value = request.extra.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequest(f"The setting {key} must be a number, not {value!r}.")
+    return float(value)
+
+
+def resident_controlnet(model: FluxModel, request: GenerationRequest, manager, default_name: str) -> FluxControlNet:
+    """The ControlNet named by --controlnet-path (else `default_name`), loaded once in the model's dtype."""
+    name = request.extra.get("controlnet_path") or default_name
+    controlnet = manager.auxiliary_model(name, lambda folder: load_controlnet(folder, model.dtype),
+                                         variant=str(model.dtype))
+    made_for = (controlnet.config.hidden_size, controlnet.config.in_channels)
+    if made_for != (model.config.hidden_size, model.config.in_channels):
+        raise InvalidRequest(
+            f"The ControlNet {name} was made for a transformer of width {made_for[0]} with {made_for[1]} input "
+            f"channels; this model has width {model.config.hidden_size} and {model.config.in_channels} channels."
+        )
+    return controlnet
+
+
+def controlnet_residuals(controlnet: FluxControlNet, control_latents: mx.array, conditioning: Conditioning,
+                         image_ids: mx.array, strength: float, guidance: float) -> ControlResiduals:
+    """The loop's `Conditioning.control`: (latents, timestep, base guidance) -> scaled residuals."""
+    text_ids = text_position_ids(conditioning.text.shape[1])
+    rope = controlnet.rope_tables(image_ids, text_ids)
+    controlnet_guidance = mx.array([guidance], dtype=mx.float32) if controlnet.config.guidance_embeds else None
+    dtype = controlnet.x_embedder.weight.dtype
+    control_latents = control_latents.astype(dtype)
+
+    def residuals(latents: mx.array, timestep: mx.array, _base_guidance: mx.array | None):
+        return controlnet(
+            latents.astype(dtype), control_latents, conditioning.text, conditioning.pooled, timestep, image_ids,
+            text_ids, guidance=controlnet_guidance, conditioning_scale=strength, rope=rope,
+        )
+
+    return residuals
+
+
+def controlnet_inputs(model: FluxModel, request: GenerationRequest, manager, control_image: Image.Image, *,
+                      tool: str, default_controlnet: str, default_strength: float) -> ToolInputs:
+    """ToolInputs for a request whose size is set: the prompt plus ControlNet residuals from `control_image`."""
+    check_in_channels(model, packed_channels(model), tool, "base (dev or schnell)")
+    controlnet = resident_controlnet(model, request, manager, default_controlnet)
+    controlnet_guidance = DEFAULT_GUIDANCE if request.guidance is None else request.guidance
+    request = with_guidance(model, request, DEFAULT_GUIDANCE)
+    if request.controlnet_strength is None:
+        request = request.with_(controlnet_strength=default_strength)
+    conditioning = prompt_conditioning(model, request)
+    control_latents = manager.encoded_image(model, control_image, request.width, request.height)  # once per image
+    image_ids = image_position_ids(*latent_grid(request.height, request.width, model.vae_scale_factor))
+    conditioning.control = controlnet_residuals(
+        controlnet, control_latents, conditioning, image_ids, request.controlnet_strength, controlnet_guidance,
+    )
+    return ToolInputs(request, conditioning)
