@@ -203,3 +203,13 @@ def test_verbose_cli_reports_model_memory(wide, tmp_path, capsys):
         return float(line.split("transformer ")[1].split(" MB")[0])
 
     assert transformer_mb(lines[4]) < transformer_mb(lines[None]) / 3
+
+
+def test_low_ram_reloads_the_text_encoders_quantized(wide, tmp_path):
+    """With low_ram the encoders are freed after each prompt; the next prompt must reload them quantized."""
+    request = GenerationRequest(model=str(wide), prompt="first", steps=1, height=32, width=32, dtype="float32",
+                                quantize=4)
+    low_ram = ModelManager(low_ram=True)
+    low_ram.generate(request)
+    second = low_ram.generate(request.with_(prompt="a second prompt")).image
+    assert max_uint8_diff(second, ModelManager().generate(request.with_(prompt="a second prompt")).image) == 0

@@ -17,9 +17,9 @@ from mflux_core.lora.layers import LINEAR_TYPES, LoRALinear, linear_shape
 
 log = logging.getLogger(__name__)
 
-OTHER_ARCHITECTURES = {  # key fragments of LoRAs for other model families -> what to call them
+OTHER_ARCHITECTURES = {  # key fragments of LoRAs made for something else -> what to call it
     "down_blocks": "a Stable Diffusion (1.5 / SDXL) UNet", "input_blocks": "a Stable Diffusion UNet",
-    "joint_blocks": "Stable Diffusion 3", "double_stream_modulation": "FLUX.2", "layers.": "a DiT model other than FLUX.1",
+    "joint_blocks": "Stable Diffusion 3", "text_model": "a text encoder only", "lora_te": "a text encoder only",
 }
 SHOWN_NAMES = 5
 

@@ -69,10 +69,6 @@ class LoraFile:
     total_keys: int
     unreadable_keys: list[str] = field(default_factory=list)  # keys no format names a transformer layer with
 
-    @property
-    def nbytes(self) -> int:
-        return sum(w.down.nbytes + w.up.nbytes for w in self.targets.values())
-
 
 @dataclass
 class _Module:
