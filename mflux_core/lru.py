@@ -7,7 +7,10 @@ V = TypeVar("V")
 
 
 class LRU(Generic[V]):
-    def __init__(self, capacity: int, on_evict: Callable[[Hashable, V], None] | None = None):
+    """`on_evict(key)` runs after an evicted value is dropped, so `mx.clear_cache()` there can hand
+    its memory back (called while the value is still referenced, it would find nothing to free)."""
+
+    def __init__(self, capacity: int, on_evict: Callable[[Hashable], None] | None = None):
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
@@ -26,10 +29,13 @@ class LRU(Generic[V]):
         while len(self._items) > self.capacity:
             self.pop_oldest()
 
-    def pop_oldest(self) -> None:
-        old_key, old_value = self._items.popitem(last=False)
+    def pop_oldest(self) -> Hashable:
+        """Evict the least recently used entry; returns its key."""
+        old_key = next(iter(self._items))
+        del self._items[old_key]
         if self.on_evict is not None:
-            self.on_evict(old_key, old_value)
+            self.on_evict(old_key)
+        return old_key
 
     def get_or_create(self, key: Hashable, create: Callable[[], V]) -> V:
         value = self.get(key)
@@ -53,3 +59,6 @@ class LRU(Generic[V]):
 
     def values(self) -> list[V]:
         return list(self._items.values())
+
+    def items(self) -> list[tuple[Hashable, V]]:
+        return list(self._items.items())

@@ -6,6 +6,7 @@ One generation runs at a time; a cancel callable is checked after every step.
 """
 
 import hashlib
+import os
 import threading
 import time
 import weakref
@@ -33,9 +34,11 @@ from mflux_core.lora.apply import LoraReport
 from mflux_core.lora.resident import ResidentLoras
 from mflux_core.weights.fingerprint import fingerprint
 from mflux_core.weights.quantize import quantize_model, quantize_text_encoders, text_encoder_bytes
-from mflux_core.weights.resolve import ModelSource, resolve_model, resolve_name
+from mflux_core.weights.resolve import DownloadCallback, ModelSource, resident_bytes_of, resolve_model, resolve_name
+from mflux_core.weights.safetensors_io import weight_files
 
-# on_step(step done, total, preview image or None)
+# on_step(step done, total, preview image or None). While a missing model downloads, the same
+# callback gets (bytes written, bytes of the files started so far, None); status()["download"] says so.
 ProgressCallback = Callable[[int, int, Image.Image | None], None]
 
 
@@ -59,6 +62,41 @@ def parameter_bytes(module) -> int:
     from mlx.utils import tree_flatten
 
     return sum(v.nbytes for _, v in tree_flatten(module.parameters()))
+
+
+def component_bytes(component) -> int:
+    if isinstance(component, TextEncoders):
+        return text_encoder_bytes(component)
+    return parameter_bytes(component) if hasattr(component, "parameters") else 0
+
+
+def default_memory_budget() -> int:
+    """What fits: the GPU's recommended working set where MLX reports one, else the machine's memory."""
+    info = mx.device_info()
+    for key in ("max_recommended_working_set_size", "memory_size"):
+        if info.get(key):
+            return int(info[key])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def content_key(*paths: Path) -> str:
+    """fingerprint() of model files; files that vanished or cannot be read are a ModelLoadError."""
+    try:
+        return fingerprint(*paths)
+    except OSError as error:
+        raise ModelLoadError(
+            f"Cannot read the model files at {error.filename or paths[0]} ({error.strerror}); were they moved or deleted?"
+        ) from None
+
+
+def weights_on_disk(*paths: Path) -> list[Path]:
+    """The safetensors files of component folders (or single files)."""
+    return [file for path in paths for file in ([path] if Path(path).is_file() else weight_files(path))]
+
+
+def stop_if_cancelled(cancelled: Callable[[], bool] | None, when: str) -> None:
+    if cancelled is not None and cancelled():
+        raise Cancelled(f"Stopped {when}.")
 
 
 class CachedTextEncoders:
@@ -93,57 +131,105 @@ class ModelManager:
         max_resident_transformers: int = 1,
         low_ram: bool = False,
         dtype: str | None = None,
-        prompt_cache_size: int = 64,
+        prompt_cache_size: int = 16,
         full_preview_every: int = 0,
+        memory_budget_bytes: int | None = None,
     ):
         self.models_dir = Path(models_dir) if models_dir else Path("models")
         self.low_ram = low_ram
         self.dtype_name = dtype
         self.full_preview_every = full_preview_every
+        # Transformers are evicted (least recently used first) to stay within both limits.
+        self.memory_budget_bytes = memory_budget_bytes or default_memory_budget()
         self._lock = threading.Lock()
-        self._transformers: LRU = LRU(max_resident_transformers, on_evict=lambda *_: mx.clear_cache())
-        self._vaes: LRU = LRU(2, on_evict=lambda *_: mx.clear_cache())
-        self._text_encoders: LRU = LRU(2, on_evict=lambda *_: mx.clear_cache())
-        self._prompts: LRU = LRU(prompt_cache_size)
-        self._previewers: dict[str, LatentPreviewer] = {}
-        self.auxiliary = LRU(4, on_evict=lambda *_: mx.clear_cache())  # ControlNet, Redux, depth estimator
+        self._labels: dict[object, str] = {}  # cache key (content fingerprints) -> what was loaded, for status()
+        self._transformers: LRU = LRU(max_resident_transformers, on_evict=self._evicted)
+        self._vaes: LRU = LRU(2, on_evict=self._evicted)
+        self._text_encoders: LRU = LRU(2, on_evict=self._evicted)
+        self._prompts: LRU = LRU(prompt_cache_size)  # (encoders, prompt, length) -> embeddings (8 MB each at 512 x 4096)
+        self._previewer: LatentPreviewer | None = None
+        self.auxiliary = LRU(4, on_evict=self._evicted)  # ControlNet, Redux, depth estimator
         self._encoded_images: LRU = LRU(4)  # VAE latents of input images (ControlNet control images)
         self.load_counts: dict[str, int] = {"transformer": 0, "vae": 0, "text_encoders": 0}
         self.events: list[LoadEvent] = []
+        self.last_swap: dict | None = None  # the last transformer change: from, to, seconds
+        self.download: dict | None = None  # the download in progress: model, done_bytes, total_bytes
+        self._on_download: DownloadCallback | None = None  # set while a generation runs
         self.loras = ResidentLoras()  # LoRA files read once; applied to, rescaled on, removed from resident transformers
         self.lora_reports: list[LoraReport] = []  # the last request's LoRAs: matched / total keys each
 
     # ----- loading -------------------------------------------------------------------------
 
-    def _timed_load(self, kind: str, what: str, load: Callable):
+    def _timed_load(self, kind: str, what: str, load: Callable, key=None):
         started = time.perf_counter()
         value = load()
         self.load_counts[kind] = self.load_counts.get(kind, 0) + 1
         self.events = (self.events + [LoadEvent(what, time.perf_counter() - started)])[-20:]
+        if key is not None:
+            self._labels[key] = what
         return value
+
+    def _evicted(self, key) -> None:
+        self._labels.pop(key, None)
+        mx.clear_cache()  # the LRU has dropped the value by now: hand its buffers back
+
+    def _make_room(self, needed_bytes: int) -> None:
+        """Evict least recently used transformers until one more fits the count and the memory budget."""
+        transformers = self._transformers
+        while len(transformers) and (len(transformers) >= transformers.capacity
+                                     or self.resident_bytes() + needed_bytes > self.memory_budget_bytes):
+            transformers.pop_oldest()
+
+    def resident_bytes(self) -> int:
+        return sum(component_bytes(value) for _, cache in self._caches() for value in cache.values())
+
+    def _caches(self) -> tuple[tuple[str, LRU], ...]:
+        return (("transformer", self._transformers), ("vae", self._vaes), ("text encoders", self._text_encoders),
+                ("auxiliary", self.auxiliary))
 
     def resolve(self, request: GenerationRequest) -> ModelSource:
         name = request.model or default_model_for(request.tool)
-        return resolve_model(model=name, base_model=request.base_model, models_dir=self.models_dir)
+        try:
+            return resolve_model(model=name, base_model=request.base_model, models_dir=self.models_dir,
+                                 on_download=self._on_download)
+        finally:
+            self.download = None  # downloaded (or failed): what follows is not a download
 
-    def model_for(self, source: ModelSource, dtype: mx.Dtype, name: str = "", quantize: int | None = None) -> FluxModel:
-        """The FluxModel for a source, reusing every resident component whose files and settings are the same."""
+    def model_for(self, source: ModelSource, dtype: mx.Dtype, name: str = "", quantize: int | None = None,
+                  cancelled: Callable[[], bool] | None = None) -> FluxModel:
+        """The FluxModel for a source, reusing every resident component whose files and settings are the same.
+
+        Every weights file still to load is checked against its header first, so an incomplete file
+        fails before anything is evicted. A cancel is honoured between components; what finished
+        loading stays resident.
+        """
         dtype_key = str(dtype)
         transformer_files = source.transformer_file or source.folder / "transformer"
-        transformer_key = (fingerprint(transformer_files), dtype_key, quantize)
+        transformer_key = (content_key(transformer_files), dtype_key, quantize)
         vae_folder = source.component("vae")
-        vae_key = (fingerprint(vae_folder), dtype_key)
+        vae_key = (content_key(vae_folder), dtype_key)
         text_folders = [source.component(n) for n in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")]
-        text_key = (fingerprint(*text_folders), dtype_key, quantize)
+        text_key = (content_key(*text_folders), dtype_key, quantize)
 
-        transformer = self._transformers.get_or_create(transformer_key, lambda: self._timed_load(
-            "transformer", f"transformer {transformer_files}",
-            lambda: quantize_model(loader.load_source_transformer(source, dtype), quantize)))
+        transformer_bytes = 0
+        if transformer_key not in self._transformers:
+            transformer_bytes = resident_bytes_of(weights_on_disk(transformer_files), quantize / 8 if quantize else dtype.size)
+        if vae_key not in self._vaes:
+            resident_bytes_of(weights_on_disk(vae_folder), dtype.size)
+        if text_key not in self._text_encoders:
+            resident_bytes_of(weights_on_disk(*text_folders[:2]), dtype.size)
+
+        if transformer_key not in self._transformers:
+            self._swap_transformer(transformer_key, f"transformer {transformer_files}", transformer_bytes,
+                                   lambda: quantize_model(loader.load_source_transformer(source, dtype), quantize))
+        transformer = self._transformers.get(transformer_key)
+        stop_if_cancelled(cancelled, "while loading the model (the transformer is loaded)")
         vae = self._vaes.get_or_create(vae_key, lambda: self._timed_load(
-            "vae", f"VAE {vae_folder}", lambda: loader.load_source_vae(source, dtype)))
+            "vae", f"VAE {vae_folder}", lambda: loader.load_source_vae(source, dtype), vae_key))
+        stop_if_cancelled(cancelled, "while loading the model (transformer and VAE are loaded)")
         encoders = self._text_encoders.get_or_create(text_key, lambda: self._timed_load(
             "text_encoders", f"text encoders {text_folders[0].parent}",
-            lambda: quantize_text_encoders(loader.load_source_text_encoders(source, dtype), quantize)))
+            lambda: quantize_text_encoders(loader.load_source_text_encoders(source, dtype), quantize), text_key))
         return FluxModel(
             transformer=transformer,
             vae=vae,
@@ -153,15 +239,27 @@ class ModelManager:
             folder=source.folder,
         )
 
+    def _swap_transformer(self, key, what: str, needed_bytes: int, load: Callable) -> None:
+        previous = self._transformers.keys()[-1] if len(self._transformers) else None
+        previous_label = self._labels.get(previous)
+        started = time.perf_counter()
+        self._make_room(needed_bytes)
+        self._transformers.put(key, self._timed_load("transformer", what, load, key))
+        if previous_label is not None:
+            self.last_swap = {"from": previous_label, "to": what, "seconds": round(time.perf_counter() - started, 3)}
+
     def auxiliary_model(self, name: str, load: Callable[[Path], object], variant: str = ""):
         """A side model (depth estimator, ControlNet, Redux encoder) by alias, repo or path, kept in a small LRU.
 
         `variant` tells apart loads of the same files that differ (e.g. the dtype).
         """
-        folder = resolve_name(name, self.models_dir)
-        key = (fingerprint(folder), variant)
+        try:
+            folder = resolve_name(name, self.models_dir, self._on_download)
+        finally:
+            self.download = None
+        key = (content_key(folder), variant)
         return self.auxiliary.get_or_create(key, lambda: self._timed_load("auxiliary", f"{name} ({folder})",
-                                                                          lambda: load(folder)))
+                                                                          lambda: load(folder), key))
 
     def encoded_image(self, model: FluxModel, image: Image.Image, width: int, height: int) -> mx.array:
         """Packed VAE latents of an input image at a size, reused while the same VAE and image come back."""
@@ -181,10 +279,10 @@ class ModelManager:
         return depth_to_image(estimator.estimate(photo))
 
     def previewer(self, model: FluxModel) -> LatentPreviewer:
-        key = str(id(model.vae))
-        if key not in self._previewers:
-            self._previewers = {key: LatentPreviewer(model.vae)}
-        return self._previewers[key]
+        """The previewer of the model's VAE (refitted only when the VAE changes)."""
+        if self._previewer is None or self._previewer.vae is not model.vae:
+            self._previewer = LatentPreviewer(model.vae)
+        return self._previewer
 
     def list_models(self) -> list[ModelEntry]:
         return list_models(self.models_dir)
@@ -201,26 +299,43 @@ class ModelManager:
         """Generate one image; raises StudioError subclasses for anything the user can fix."""
         request = request.validated()
         with self._lock:
-            started = time.perf_counter()
-            if cancelled is not None and cancelled():
-                raise Cancelled("Stopped before the model was loaded.")
-            source = self.resolve(request)
-            model = self.model_for(source, resolve_dtype(request.dtype or self.dtype_name),
-                                   name=request.model or default_model_for(request.tool), quantize=request.quantize)
-            self.lora_reports = self.loras.sync(model.transformer, request.lora_paths, request.lora_scales)
-            tool = TOOL_MODULES[request.tool]
-            inputs = tool.build_inputs(model, request, self)
-            step_callback = self._step_callback(model, on_step) if on_step else None
-            image = run_tool(model, inputs, on_step=step_callback, cancelled=cancelled, vae_tiling=vae_tiling)
-            request = inputs.request
-            extras = {"steps": request.steps or model.default_steps, "guidance": inputs.conditioning.guidance}
-            return GenerationResult(
-                image=image,
-                request=request,
-                metadata=request_metadata(request, extras),
-                text_chunks=png_text_chunks(request, extras),
-                seconds=time.perf_counter() - started,
-            )
+            self._on_download = self._download_reporter(request.model or default_model_for(request.tool), on_step)
+            try:
+                return self._generate(request, on_step, cancelled, vae_tiling)
+            finally:
+                self._on_download = None
+                self.download = None
+
+    def _download_reporter(self, model: str, on_step: ProgressCallback | None) -> DownloadCallback:
+        def report(done_bytes: int, total_bytes: int) -> None:
+            self.download = {"model": model, "done_bytes": done_bytes, "total_bytes": total_bytes}
+            if on_step is not None:
+                on_step(done_bytes, total_bytes, None)
+
+        return report
+
+    def _generate(self, request: GenerationRequest, on_step: ProgressCallback | None,
+                  cancelled: Callable[[], bool] | None, vae_tiling: bool) -> GenerationResult:
+        started = time.perf_counter()
+        stop_if_cancelled(cancelled, "before the model was loaded")
+        source = self.resolve(request)
+        model = self.model_for(source, resolve_dtype(request.dtype or self.dtype_name),
+                               name=request.model or default_model_for(request.tool), quantize=request.quantize,
+                               cancelled=cancelled)
+        self.lora_reports = self.loras.sync(model.transformer, request.lora_paths, request.lora_scales)
+        tool = TOOL_MODULES[request.tool]
+        inputs = tool.build_inputs(model, request, self)
+        step_callback = self._step_callback(model, on_step) if on_step else None
+        image = run_tool(model, inputs, on_step=step_callback, cancelled=cancelled, vae_tiling=vae_tiling)
+        request = inputs.request
+        extras = {"steps": request.steps or model.default_steps, "guidance": inputs.conditioning.guidance}
+        return GenerationResult(
+            image=image,
+            request=request,
+            metadata=request_metadata(request, extras),
+            text_chunks=png_text_chunks(request, extras),
+            seconds=time.perf_counter() - started,
+        )
 
     def _step_callback(self, model: FluxModel, on_step: ProgressCallback):
         """Previews for the UI: the cheap linear one, or a full VAE decode every `full_preview_every` steps."""
@@ -237,21 +352,22 @@ class ModelManager:
     # ----- status ----------------------------------------------------------------------------
 
     def status(self) -> dict:
-        resident = []
-        for kind, cache in (("transformer", self._transformers), ("vae", self._vaes),
-                            ("text encoders", self._text_encoders), ("auxiliary", self.auxiliary)):
-            for value in cache.values():
-                if isinstance(value, TextEncoders):
-                    resident.append({"kind": kind, "bytes": text_encoder_bytes(value)})
-                    continue
-                resident.append({"kind": kind, "bytes": parameter_bytes(value) if hasattr(value, "parameters") else 0})
+        """For the UI: what is resident (least recently used first) and its memory, loads, the last
+        swap, a download in progress, and whether a generation is running."""
+        resident = [{"kind": kind, "name": self._labels.get(key, ""), "bytes": component_bytes(value)}
+                    for kind, cache in self._caches() for key, value in cache.items()]
         return {
             "backend": backend_name(),
             "resident": resident,
             "resident_bytes": sum(r["bytes"] for r in resident),
+            "memory_budget_bytes": self.memory_budget_bytes,
+            "max_resident_transformers": self._transformers.capacity,
             "loads": dict(self.load_counts),
             "last_load": None if not self.events else {"what": self.events[-1].what,
                                                        "seconds": round(self.events[-1].seconds, 3)},
+            "last_swap": self.last_swap,
+            "download": self.download,
+            "cached_prompts": len(self._prompts),
             "busy": self._lock.locked(),
             "loras": [report.summary() for report in self.lora_reports],
         }

@@ -55,23 +55,35 @@ def folder_kind(folder: Path) -> str | None:
 
 
 def cached_repos() -> dict[str, Path]:
-    """repo id -> newest snapshot folder, for every repo in the Hugging Face cache."""
+    """repo id -> snapshot folder (the one refs/main names, else the newest), for every model repo in
+    the Hugging Face cache."""
     root = hf_cache_dir()
     repos = {}
     if not root.is_dir():
         return repos
-    for repo_dir in root.glob("models--*"):
-        snapshots = sorted((repo_dir / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime)
-        if snapshots:
-            repos[repo_dir.name[len("models--"):].replace("--", "/")] = snapshots[-1]
+    for repo_dir in sorted(root.glob("models--*")):
+        snapshot = main_snapshot(repo_dir)
+        if snapshot is not None:
+            repos[repo_dir.name[len("models--"):].replace("--", "/")] = snapshot
     return repos
+
+
+def main_snapshot(repo_dir: Path) -> Path | None:
+    try:
+        commit = (repo_dir / "refs" / "main").read_text().strip()
+    except OSError:
+        commit = ""
+    if commit and (repo_dir / "snapshots" / commit).is_dir():
+        return repo_dir / "snapshots" / commit
+    snapshots = sorted((p for p in (repo_dir / "snapshots").glob("*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    return snapshots[-1] if snapshots else None
 
 
 def list_models(models_dir: Path | None) -> list[ModelEntry]:
     entries = []
     cached = cached_repos()
     for alias, repo in ALIASES.items():
-        entries.append(ModelEntry(alias, ALIAS_KINDS[alias], "alias", repo in cached))
+        entries.append(ModelEntry(alias, ALIAS_KINDS[alias], "alias", repo in cached and bool(folder_kind(cached[repo]))))
     if models_dir is not None and Path(models_dir).is_dir():
         for path in sorted(Path(models_dir).iterdir()):
             if path.is_file() and path.suffix == ".safetensors":

@@ -1,9 +1,14 @@
-"""Cheap live previews: latents -> RGB by a linear map fitted to the VAE, no decoder pass.
+"""Cheap live previews: latents -> RGB by a linear map fitted to the VAE, no decoder pass per step.
 
-The map (C latent channels -> RGB, with bias) is fitted once per VAE by least squares on the
-latents of a few synthetic colour images (solid colours and gradients), so it works for any
-latent width, tiny test VAEs included.
+The map (C latent channels -> RGB, with bias) is fitted once per VAE by least squares: inputs are
+the encoder's latents of a few synthetic colour images plus Gaussian noise (where sampling
+starts), targets are what the decoder makes of those latents, averaged over each latent pixel's
+block. Fitting to the decoder rather than to the encoder's input images keeps the preview faithful
+for any VAE: for a trained one the two agree (decode(encode(x)) ~ x), for a random test VAE only
+the decoder says what the final image will look like. It works for any latent width.
 """
+
+import weakref
 
 import mlx.core as mx
 import numpy as np
@@ -12,6 +17,7 @@ from PIL import Image
 from mflux_core.sampling.latents import unpack_latents
 
 PROBE_SIZE = 64
+NOISE_PROBES = 4
 
 
 def _probe_images(size: int) -> np.ndarray:
@@ -24,13 +30,16 @@ def _probe_images(size: int) -> np.ndarray:
 
 
 def fit_latent_to_rgb(vae) -> np.ndarray:
-    """(C + 1, 3) least-squares map from latent channels (plus bias) to RGB in [-1, 1]."""
+    """(C + 1, 3) least-squares map from latent channels (plus bias) to the decoder's RGB in [-1, 1]."""
     scale = vae.scale_factor
     size = max(PROBE_SIZE, 4 * scale)
-    pixels = _probe_images(size)
-    latents = np.array(vae.encode(mx.array(pixels)).astype(mx.float32))  # (B, C, h, w)
+    encoded = vae.encode(mx.array(_probe_images(size))).astype(mx.float32)  # (B, C, h, w)
+    noise = np.random.default_rng(0).standard_normal((NOISE_PROBES, *encoded.shape[1:])).astype(np.float32)
+    latents = mx.concatenate([encoded, mx.array(noise)], axis=0)
+    decoded = np.array(vae.decode(latents).astype(mx.float32))  # (B, H, W, 3)
+    latents = np.array(latents)
     b, c, h, w = latents.shape
-    targets = pixels.reshape(b, h, scale, w, scale, 3).mean(axis=(2, 4)).reshape(-1, 3)
+    targets = decoded.reshape(b, h, scale, w, scale, 3).mean(axis=(2, 4)).reshape(-1, 3)
     features = latents.transpose(0, 2, 3, 1).reshape(-1, c)
     features = np.concatenate([features, np.ones((features.shape[0], 1), np.float32)], axis=1)
     weights, *_ = np.linalg.lstsq(features, targets, rcond=None)
@@ -38,9 +47,17 @@ def fit_latent_to_rgb(vae) -> np.ndarray:
 
 
 class LatentPreviewer:
+    """Fits its map on first use. Holds the VAE weakly, so an evicted VAE is freed, not kept alive here."""
+
     def __init__(self, vae):
-        self.vae = vae
+        self._vae = weakref.ref(vae)
+        self.scale_factor = vae.scale_factor
         self._weights: np.ndarray | None = None
+
+    @property
+    def vae(self):
+        """The VAE this previewer was made for, or None once it is freed."""
+        return self._vae()
 
     def __call__(self, packed_latents: mx.array, grid: tuple[int, int]) -> Image.Image:
         if self._weights is None:
@@ -49,4 +66,4 @@ class LatentPreviewer:
         rgb = np.einsum("chw,cd->hwd", latents, self._weights[:-1]) + self._weights[-1]
         image = Image.fromarray(np.clip((rgb + 1) * 127.5, 0, 255).round().astype(np.uint8))
         h, w = grid
-        return image.resize((w * self.vae.scale_factor, h * self.vae.scale_factor), Image.Resampling.BILINEAR)
+        return image.resize((w * self.scale_factor, h * self.scale_factor), Image.Resampling.BILINEAR)

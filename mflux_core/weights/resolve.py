@@ -1,10 +1,17 @@
 """Where a model's files are: a local folder, a single BFL file, or a repo in the Hugging Face cache."""
 
+import json
+import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from mflux_core.errors import ModelLoadError
+
+# on_download(bytes written so far, bytes of the files started so far): the total grows as files start
+DownloadCallback = Callable[[int, int], None]
 
 # The published repos behind the names users type (mflux's aliases plus the tool models).
 ALIASES = {
@@ -47,41 +54,93 @@ def hf_cache_dir() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-def repo_folder(repo_id: str, on_progress=None) -> Path:
+def download_progress_class(on_download: DownloadCallback):
+    """A tqdm class for snapshot_download's `tqdm_class` hook that reports bytes instead of drawing bars.
+
+    huggingface_hub makes three bars from it: files fetched (unit "it"), bytes received from the
+    network ("Downloading bytes") and bytes written to disk; the last one is the download's progress
+    (the network count differs for Xet transfers). tests/test_manager.py runs a real download from a
+    local server, so a change in huggingface_hub's bars shows up there.
+    """
+    from tqdm.auto import tqdm
+
+    lock = threading.Lock()  # files download on several threads; reports stay in order
+
+    class DownloadProgress(tqdm):
+        def __init__(self, *args, **kwargs):
+            description = str(kwargs.get("desc") or "")
+            self.reports_bytes = kwargs.get("unit") == "B" and not description.startswith("Downloading bytes")
+            self.done = int(kwargs.get("initial") or 0)
+            super().__init__(*args, **{**kwargs, "disable": True})
+
+        def update(self, n=1):
+            with lock:
+                self.done += int(n or 0)
+                if self.reports_bytes:
+                    on_download(self.done, max(int(self.total or 0), self.done))
+            return super().update(n)
+
+    return DownloadProgress
+
+
+# BFL repos ship both a diffusers layout and single-file checkpoints; we read the diffusers layout.
+SKIPPED_DOWNLOADS = {"black-forest-labs/": ["flux1-*.safetensors", "ae.safetensors"]}
+
+
+def offline_message(repo_id: str) -> str:
+    cache = hf_cache_dir()
+    return (
+        f"The model {repo_id} is not in the Hugging Face cache ({cache}) and downloads are off (HF_HUB_OFFLINE). "
+        f"On a connected machine run `hf download {repo_id}` and copy its folder "
+        f"models--{repo_id.replace('/', '--')} into {cache}; or put the model folder (diffusers layout) into "
+        "the models folder (--models-dir) and pick it by its folder name; or pass the folder with --path."
+    )
+
+
+def repo_folder(repo_id: str, on_download: DownloadCallback | None = None) -> Path:
     """The snapshot folder of a repo: from the HF cache, downloading it when online."""
     from huggingface_hub import snapshot_download
 
+    ignore = next((patterns for prefix, patterns in SKIPPED_DOWNLOADS.items() if repo_id.startswith(prefix)), None)
+    options = {"cache_dir": hf_cache_dir(), "ignore_patterns": ignore}
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:
+        return Path(snapshot_download(repo_id, local_files_only=True, **options))
+    except Exception:  # not cached (or cached incompletely): download below when allowed
         pass
     if is_offline():
-        raise ModelLoadError(
-            f"{repo_id} is not in the Hugging Face cache ({hf_cache_dir()}) and downloads are off. "
-            f"Download it on a connected machine (huggingface-cli download {repo_id}) or pass its folder with --path."
-        )
+        raise ModelLoadError(offline_message(repo_id))
+    tqdm_class = download_progress_class(on_download) if on_download else None
     try:
-        return Path(snapshot_download(repo_id, tqdm_class=on_progress))
-    except Exception as error:
+        return Path(snapshot_download(repo_id, tqdm_class=tqdm_class, **options))
+    except Exception as error:  # network, authentication (gated repos), disk full: all end up here
         raise ModelLoadError(
             f"Could not download {repo_id} into {hf_cache_dir()} ({type(error).__name__}: {error}). "
             f"If you have the files, pass their folder with --path."
         ) from None
 
 
-def resolve_name(name: str, models_dir: Path | None = None) -> Path:
+def looks_like_path(name: str) -> bool:
+    """A name no alias or repo id can have ("owner/name" has one slash and starts with neither)."""
+    return name.startswith((".", "~", "/")) or name.count("/") > 1 or "\\" in name
+
+
+def resolve_name(name: str, models_dir: Path | None = None, on_download: DownloadCallback | None = None) -> Path:
     """A local path, a name in the models folder, an alias or a repo id -> a folder or file on disk."""
     candidate = Path(name).expanduser()
     if candidate.exists():
         return candidate
     if models_dir is not None and "/" not in name and (Path(models_dir) / name).exists():
         return Path(models_dir) / name
+    if looks_like_path(name):
+        raise ModelLoadError(f"The model folder or file {name} does not exist (was it moved or deleted?).")
     repo_id = ALIASES.get(name, name)
-    if repo_id.count("/") != 1 or candidate.is_absolute() or name.startswith("."):
+    if repo_id.count("/") != 1:
+        where = f" or a folder in {models_dir}" if models_dir is not None else ""
         raise ModelLoadError(
-            f"Unknown model {name!r}: not a local folder or file, an alias ({', '.join(ALIASES)}) or a repo id."
+            f"Unknown model {name!r}: not an alias ({', '.join(ALIASES)}), a repo id (owner/name){where}, "
+            "or an existing folder or file."
         )
-    return repo_folder(repo_id)
+    return repo_folder(repo_id, on_download)
 
 
 def check_flux_folder(folder: Path) -> None:
@@ -93,17 +152,18 @@ def check_flux_folder(folder: Path) -> None:
 
 
 def resolve_model(
-    model: str | None = None, path: str | None = None, base_model: str | None = None, models_dir: Path | None = None
+    model: str | None = None, path: str | None = None, base_model: str | None = None, models_dir: Path | None = None,
+    on_download: DownloadCallback | None = None,
 ) -> ModelSource:
     """Resolve mflux's `--model` / `--path` / `--base-model` triple into files on disk."""
     target = Path(path).expanduser() if path else None
     if target is None:
         if not model:
             raise ModelLoadError("No model given: pass --model (an alias or repo id) or --path (a local folder).")
-        target = resolve_name(model, models_dir)
+        target = resolve_name(model, models_dir, on_download)
     if not target.exists():
         raise ModelLoadError(f"The model path {target} does not exist.")
-    base = resolve_name(base_model, models_dir) if base_model else None
+    base = resolve_name(base_model, models_dir, on_download) if base_model else None
     if target.is_file():
         if target.suffix != ".safetensors":
             raise ModelLoadError(f"{target} is not a model folder or a .safetensors checkpoint.")
@@ -116,3 +176,38 @@ def resolve_model(
         return ModelSource(folder=None, transformer_file=target, base_folder=base)
     check_flux_folder(target)
     return ModelSource(folder=target, base_folder=base)
+
+
+SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U32": 4, "I16": 2,
+                           "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def resident_bytes_of(files: list[Path], float_bytes: int) -> int:
+    """Memory the tensors of safetensors files take once loaded with floats cast to `float_bytes` each,
+    read from the headers alone. A file shorter than its header says (an interrupted download or
+    copy) or without a readable header is a ModelLoadError naming it, found before anything loads."""
+    total = 0
+    for path in files:
+        try:
+            with open(path, "rb") as handle:
+                header_size = int.from_bytes(handle.read(8), "little")
+                header = json.loads(handle.read(header_size)) if 0 < header_size < 100_000_000 else None
+            file_size = Path(path).stat().st_size
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(f"Cannot read the weights file {path} ({error}).") from None
+        if not isinstance(header, dict):
+            raise ModelLoadError(f"{path} is not a safetensors file (no readable header).")
+        data_end = 0
+        for name, tensor in header.items():
+            if name == "__metadata__":
+                continue
+            data_end = max(data_end, tensor["data_offsets"][1])
+            elements = math.prod(tensor["shape"])
+            own = SAFETENSORS_DTYPE_BYTES.get(tensor["dtype"], 4)
+            total += elements * (float_bytes if tensor["dtype"].startswith(("F", "BF")) else own)
+        if 8 + header_size + data_end > file_size:
+            raise ModelLoadError(
+                f"The weights file {path} is incomplete: {file_size:,} bytes on disk, its header lists "
+                f"{8 + header_size + data_end:,} (an interrupted download or copy?)."
+            )
+    return total
