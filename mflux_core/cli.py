@@ -6,6 +6,7 @@ import random
 import sys
 from pathlib import Path
 
+from mflux_core.concept.command import add_concept_parsers, run_concept
 from mflux_core.errors import StudioError
 from mflux_core.request import GenerationRequest
 
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "black-forest-labs/FLUX.1-Redux-dev)")
 
     add_controlnet_parsers(tools)
+    add_concept_parsers(tools, add_tool_parser)
 
     save_depth = tools.add_parser("save-depth", help="estimate a depth map from a photo and save it")
     save_depth.add_argument("--image-path", required=True, help="the photo")
@@ -294,7 +296,8 @@ def save_depth(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"save-depth": save_depth, "save": save_model_folder}.get(args.tool, run)(args)
+        {"save-depth": save_depth, "save": save_model_folder, "concept": run_concept,
+         "concept-from-image": run_concept}.get(args.tool, run)(args)
     except StudioError as error:
         print(f"Error: {error}", file=sys.stderr)
         return 1
