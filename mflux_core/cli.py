@@ -20,10 +20,14 @@ REQUEST_FLAGS = {
     "depth_image_path": "depth_image_path",
     "redux_image_paths": "redux_image_paths", "redux_image_strengths": "redux_image_strengths",
     "controlnet_image_path": "controlnet_image_path", "controlnet_strength": "controlnet_strength",
+    "person_image": "image_path", "person_mask": "masked_image_path", "reference_image": "image_path",
 }
 # Tool-specific settings stored in GenerationRequest.extra: switches that are on, valued flags that are given.
 EXTRA_FLAGS = ("kontext_auto_resize", "redux_path", "controlnet_path", "controlnet_skip_canny", "canny_low",
-               "canny_high", "upscale_factor")
+               "canny_high", "upscale_factor", "save_full_image", "lora_style", "garment_image_path", "instruction",
+               "ic_edit_lora")
+# Tools that supply their own prompt when none is given (CatVTON's trained prompt, IC-Edit's --instruction).
+PROMPT_OPTIONAL_TOOLS = ("catvton", "ic-edit")
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -104,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "black-forest-labs/FLUX.1-Redux-dev)")
 
     add_controlnet_parsers(tools)
+    add_in_context_parsers(tools)
     add_concept_parsers(tools, add_tool_parser)
 
     save_depth = tools.add_parser("save-depth", help="estimate a depth map from a photo and save it")
@@ -133,6 +138,32 @@ def add_controlnet_parsers(tools) -> None:
     upscale.add_argument("--controlnet-image-path", help=argparse.SUPPRESS)
     upscale.add_argument("--upscale-factor", type=float,
                          help="without --width/--height: the output is the input's size times this (default 2)")
+
+
+def add_in_context_parsers(tools) -> None:
+    from mflux_core.tools.in_context_lora import LORA_STYLES
+
+    full = "keep the whole diptych (context left, result right) instead of only the right half"
+    in_context = add_tool_parser(tools, "in-context", "In-Context LoRA: the reference on the left, a related image "
+                                 "generated on the right (FLUX.1-Fill diptych)")
+    in_context.add_argument("--image-path", help="the reference image (left panel)")
+    in_context.add_argument("--lora-style", choices=tuple(LORA_STYLES),
+                            help="one of ali-vilab/In-Context-LoRA's LoRAs (from the Hugging Face cache or downloaded)")
+    in_context.add_argument("--save-full-image", action="store_true", help=full)
+
+    catvton = add_tool_parser(tools, "catvton", "virtual try-on: a garment (left) put on a person (right) inside the "
+                              "person mask (FLUX.1-Fill diptych)")
+    catvton.add_argument("--garment-image", dest="garment_image_path", help="the garment (left panel, kept as is)")
+    catvton.add_argument("--person-image", help="the person (right panel)")
+    catvton.add_argument("--person-mask", help="mask on the person image: white = where the garment goes")
+    catvton.add_argument("--save-full-image", action="store_true", help=full)
+
+    ic_edit = add_tool_parser(tools, "ic-edit", "IC-Edit: edit an image by instruction (RiverZ/normal-lora on "
+                              "FLUX.1-Fill, applied automatically)")
+    ic_edit.add_argument("--reference-image", help="the image to edit (left panel; resized to 512 px wide)")
+    ic_edit.add_argument("--instruction", help="the edit, e.g. 'make the sky pink' (wrapped in the diptych prompt)")
+    ic_edit.add_argument("--ic-edit-lora", help="another IC-Edit LoRA file or name (default RiverZ/normal-lora)")
+    ic_edit.add_argument("--save-full-image", action="store_true", help=full)
 
 
 def add_controlnet_flags(parser: argparse.ArgumentParser, default_name: str, default_strength: float) -> None:
@@ -254,7 +285,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     from mflux_core.manager import ModelManager
 
     request = base_request(args)
-    request = request.with_(prompt=read_prompt(args, request.prompt if args.config_from_metadata else None))
+    fallback = request.prompt if args.config_from_metadata else "" if args.tool in PROMPT_OPTIONAL_TOOLS else None
+    request = request.with_(prompt=read_prompt(args, fallback))
     request.validated()
     stepwise = Path(args.stepwise_image_output_dir) if args.stepwise_image_output_dir else None
     manager = ModelManager(low_ram=args.low_ram, full_preview_every=1 if stepwise else 0)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from mflux_core.errors import InvalidRequest
 
-TOOLS = ("generate", "fill", "depth", "kontext", "controlnet", "upscale", "redux")
+TOOLS = ("generate", "fill", "depth", "kontext", "controlnet", "upscale", "redux", "in-context", "catvton", "ic-edit")
 MAX_SIDE = 4096
 MAX_STEPS = 500
 MAX_PROMPT_CHARS = 20_000

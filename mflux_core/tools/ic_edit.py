@@ -1,0 +1,44 @@
+"""IC-Edit (`ic-edit`): instruction editing with the RiverZ/normal-lora LoRA on FLUX.1-Fill.
+
+The reference is the left panel, the right panel is generated whole. The instruction goes into the
+diptych template the LoRA was trained with (River-Zhang/ICEdit; mflux's generate_in_context_edit.py).
+"""
+
+from mflux_core.errors import InvalidRequest
+from mflux_core.flux_model import FluxModel
+from mflux_core.generation import ToolInputs
+from mflux_core.request import GenerationRequest
+from mflux_core.tools.common import required_image
+from mflux_core.tools.in_context import apply_request_loras, check_fill_model, in_context_inputs, with_lora
+
+LORA = "RiverZ/normal-lora/pytorch_lora_weights.safetensors"
+LORA_SCALE = 1.0
+PROMPT_TEMPLATE = ("A diptych with two side-by-side images of the same scene. "
+                   "On the right, the scene is exactly the same as on the left but {instruction}")
+TRAINED_WIDTH = 512  # the LoRA was trained on 512-pixel-wide panels; mflux resizes the reference to it
+
+
+def edit_prompt(request: GenerationRequest) -> str:
+    instruction = str(request.extra.get("instruction") or "").strip()
+    if instruction:
+        return PROMPT_TEMPLATE.format(instruction=instruction)
+    if request.prompt.strip():
+        return request.prompt
+    raise InvalidRequest("IC-Edit needs an instruction (--instruction 'make the sky pink') or a full --prompt.")
+
+
+def panel_size(width: int, height: int) -> tuple[int, int]:
+    """512 wide, the height keeping the aspect ratio, floored to a multiple of 16 (mflux floors to 8)."""
+    return TRAINED_WIDTH, max(16, round(TRAINED_WIDTH * height / width) // 16 * 16)
+
+
+def build_inputs(model: FluxModel, request: GenerationRequest, manager=None) -> ToolInputs:
+    check_fill_model(model, "IC-Edit")  # before its LoRA is applied
+    reference = required_image(request.image_path, "a reference image", "--reference-image")
+    request = request.with_(prompt=edit_prompt(request))
+    if request.width is None or request.height is None:
+        width, height = panel_size(*reference.size)
+        request = request.with_(width=request.width or width, height=request.height or height)
+    request = with_lora(request, request.extra.get("ic_edit_lora") or LORA, LORA_SCALE)
+    apply_request_loras(model, request, manager)
+    return in_context_inputs(model, request, reference, None, None, "IC-Edit")

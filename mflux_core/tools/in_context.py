@@ -1,0 +1,90 @@
+"""In-context generation on FLUX.1-Fill: a diptych canvas (context left, generation right) and its mask.
+
+In-Context LoRA, CatVTON and IC-Edit are all the same Fill call (mflux's FluxInContextFill): the
+left panel is read-only context (mask 0), the right panel is generated where its own mask is white
+(all of it when there is none). The image is twice the panel width; the result is cropped back to
+the right panel unless the full diptych is asked for. A tool may add its own LoRA to the request.
+"""
+
+import mlx.core as mx
+import numpy as np
+from PIL import Image
+
+from mflux_core.errors import InvalidRequest
+from mflux_core.flux_model import FluxModel
+from mflux_core.generation import ToolInputs
+from mflux_core.images.masks import binarize_mask
+from mflux_core.images.io import pil_to_pixels
+from mflux_core.request import GenerationRequest
+from mflux_core.tools.common import check_in_channels, encode_pixels, prompt_conditioning, with_guidance
+from mflux_core.tools.fill import DEFAULT_GUIDANCE, fill_channels, packed_mask
+
+
+def panel(image: Image.Image, width: int, height: int) -> Image.Image:
+    image = image.convert("RGB")
+    return image if image.size == (width, height) else image.resize((width, height), Image.Resampling.LANCZOS)
+
+
+def diptych_canvas(left: Image.Image, right: Image.Image | None, width: int, height: int) -> Image.Image:
+    """(2 * width, height): `left` and `right` each resized to one panel; a missing right panel is black."""
+    canvas = Image.new("RGB", (2 * width, height))
+    canvas.paste(panel(left, width, height), (0, 0))
+    if right is not None:
+        canvas.paste(panel(right, width, height), (width, 0))
+    return canvas
+
+
+def diptych_mask(right_mask: Image.Image | None, width: int, height: int) -> np.ndarray:
+    """(height, 2 * width) bool: the left panel never regenerates; the right one where `right_mask` is white.
+
+    The right mask is resized (Lanczos) to the panel and thresholded at 50%, as diffusers does for Fill.
+    """
+    mask = np.zeros((height, 2 * width), dtype=bool)
+    if right_mask is None:
+        mask[:, width:] = True
+        return mask
+    gray = right_mask.convert("L")
+    if gray.size != (width, height):
+        gray = gray.resize((width, height), Image.Resampling.LANCZOS)
+    mask[:, width:] = binarize_mask(gray)
+    if not mask.any():
+        raise InvalidRequest("The mask is empty: paint the area of the right image to regenerate.")
+    return mask
+
+
+def right_half(image: Image.Image) -> Image.Image:
+    return image.crop((image.width // 2, 0, image.width, image.height))
+
+
+def with_lora(request: GenerationRequest, path: str, scale: float = 1.0) -> GenerationRequest:
+    """The request with one more LoRA (every listed LoRA gets an explicit scale)."""
+    scales = request.lora_scales or (1.0,) * len(request.lora_paths)
+    return request.with_(lora_paths=(*request.lora_paths, path), lora_scales=(*scales, scale))
+
+
+def apply_request_loras(model: FluxModel, request: GenerationRequest, manager) -> None:
+    """Make the resident transformer carry the request's LoRAs, the tool's own included.
+
+    The manager applies the user's LoRAs before the tool runs; a tool that adds one re-syncs here.
+    """
+    manager.lora_reports = manager.loras.sync(model.transformer, request.lora_paths, request.lora_scales)
+
+
+def check_fill_model(model: FluxModel, tool: str) -> None:
+    check_in_channels(model, fill_channels(model), tool, "FLUX.1-Fill")
+
+
+def in_context_inputs(model: FluxModel, request: GenerationRequest, left: Image.Image, right: Image.Image | None,
+                      right_mask: Image.Image | None, tool: str) -> ToolInputs:
+    """Fill conditioning for the diptych; `request.width/height` are one panel's size (set by the caller)."""
+    check_fill_model(model, tool)
+    width, height = request.width, request.height
+    request = with_guidance(model, request, DEFAULT_GUIDANCE).with_(width=2 * width)
+    mask = diptych_mask(right_mask, width, height)
+    pixels = pil_to_pixels(diptych_canvas(left, right, width, height), 2 * width, height)
+    masked_latents = encode_pixels(model, pixels * (1.0 - mask[None, :, :, None]))
+    conditioning = prompt_conditioning(model, request)
+    extra = mx.concatenate([masked_latents, packed_mask(mask, model.vae_scale_factor)], axis=-1)
+    conditioning.extra_channels = extra.astype(model.dtype)
+    finish = None if request.extra.get("save_full_image") else right_half
+    return ToolInputs(request, conditioning, finish=finish)

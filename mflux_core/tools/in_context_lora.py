@@ -1,0 +1,50 @@
+"""In-Context LoRA (`in-context`): the reference image on the left, a related image generated on the right.
+
+`--lora-style` picks one of the ten LoRAs published in ali-vilab/In-Context-LoRA (file names as in
+that repo, and as mflux's in_context_loras.py maps them); without one the diptych prompt alone
+steers the Fill model. Prompts describe both panels, e.g. "[IMAGE1] ... [IMAGE2] ...".
+"""
+
+from mflux_core.errors import InvalidRequest
+from mflux_core.flux_model import FluxModel
+from mflux_core.generation import ToolInputs
+from mflux_core.request import GenerationRequest
+from mflux_core.tools.common import required_image, with_size
+from mflux_core.tools.in_context import apply_request_loras, check_fill_model, in_context_inputs, with_lora
+
+LORA_REPO = "ali-vilab/In-Context-LoRA"
+LORA_STYLES = {
+    "couple": "couple-profile.safetensors",
+    "storyboard": "film-storyboard.safetensors",
+    "font": "font-design.safetensors",
+    "home": "home-decoration.safetensors",
+    "illustration": "portrait-illustration.safetensors",
+    "portrait": "portrait-photography.safetensors",
+    "ppt": "ppt-templates.safetensors",
+    "sandstorm": "sandstorm-visual-effect.safetensors",
+    "sparklers": "sparklers-visual-effect.safetensors",
+    "identity": "visual-identity-design.safetensors",
+}
+# The panel markers the published LoRAs were captioned with; any pair names the left and right panel.
+PROMPT_MARKERS = (("[IMAGE1]", "[IMAGE2]"), ("[LEFT]", "[RIGHT]"), ("[TOP]", "[BOTTOM]"), ("[REFERENCE]", "[OUTPUT]"))
+
+
+def style_lora(style: str) -> str:
+    """The LoRA of a style as a Hugging Face name (found in the cache, downloaded when online)."""
+    if style not in LORA_STYLES:
+        raise InvalidRequest(f"Unknown In-Context LoRA style {style!r}; choose one of {', '.join(LORA_STYLES)}.")
+    return f"{LORA_REPO}/{LORA_STYLES[style]}"
+
+
+def build_inputs(model: FluxModel, request: GenerationRequest, manager=None) -> ToolInputs:
+    check_fill_model(model, "In-Context LoRA")  # before a style LoRA is applied
+    reference = required_image(request.image_path, "a reference image (left panel)", "--image-path")
+    if not request.prompt.strip():
+        raise InvalidRequest("In-context generation needs a prompt describing both panels, e.g. "
+                             "'[IMAGE1] a red mug; [IMAGE2] the same mug on a desk'.")
+    request = with_size(request, reference)
+    style = request.extra.get("lora_style")
+    if style:
+        request = with_lora(request, style_lora(style), float(request.extra.get("lora_style_scale", 1.0)))
+        apply_request_loras(model, request, manager)
+    return in_context_inputs(model, request, reference, None, None, "In-Context LoRA")
