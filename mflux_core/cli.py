@@ -42,6 +42,21 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                        help="compute dtype (default: float32 on CPU, bfloat16 on Metal/CUDA)")
     group.add_argument("--low-ram", action="store_true", help="free the text encoders after encoding")
+    add_models_dir_flag(group)
+    group.add_argument("--max-resident-transformers", type=at_least_one, default=1,
+                       help="transformers kept loaded at once; the least recently used is evicted (default 1)")
+
+
+def add_models_dir_flag(parser) -> None:
+    parser.add_argument("--models-dir", default="models",
+                        help="folder of local models, each picked by its folder name (default ./models)")
+
+
+def at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def add_generation_flags(parser: argparse.ArgumentParser) -> None:
@@ -116,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     save_depth.add_argument("--depth-model", default="depth-estimator",
                             help="depth estimator: alias, repo id or folder (Depth Anything format)")
     save_depth.add_argument("--output", default="depth.png", help="where to write the depth map")
+    add_models_dir_flag(save_depth)
     add_save_parser(tools)
     return parser
 
@@ -271,13 +287,19 @@ def output_path(template: str, seed: int, several: bool) -> Path:
     return path.with_name(f"{path.stem}_seed_{seed}{path.suffix or '.png'}") if several else path
 
 
-def stepwise_saver(folder: Path, seed: int):
-    folder.mkdir(parents=True, exist_ok=True)
+def step_reporter(manager, stepwise: Path, seed: int):
+    """on_step for --stepwise-image-output-dir: each step's image saved, download progress on stderr
+    (without an on_step the manager leaves downloads to huggingface_hub's own progress bars)."""
+    stepwise.mkdir(parents=True, exist_ok=True)
 
-    def save(step: int, total: int, preview) -> None:
-        preview.save(folder / f"seed_{seed}_step_{step}of{total}.png")
+    def on_step(done: int, total: int, preview) -> None:
+        if manager.download is not None:
+            print(f"\rDownloading {manager.download['model']}: {done / 1e6:,.0f} of {total / 1e6:,.0f} MB",
+                  end="", file=sys.stderr, flush=True)
+        else:
+            preview.save(stepwise / f"seed_{seed}_step_{done}of{total}.png")
 
-    return save
+    return on_step
 
 
 def run(args: argparse.Namespace) -> list[Path]:
@@ -289,12 +311,13 @@ def run(args: argparse.Namespace) -> list[Path]:
     request = request.with_(prompt=read_prompt(args, fallback))
     request.validated()
     stepwise = Path(args.stepwise_image_output_dir) if args.stepwise_image_output_dir else None
-    manager = ModelManager(low_ram=args.low_ram, full_preview_every=1 if stepwise else 0)
+    manager = ModelManager(models_dir=Path(args.models_dir), max_resident_transformers=args.max_resident_transformers,
+                           low_ram=args.low_ram, full_preview_every=1 if stepwise else 0)
     seeds = seeds_to_run(args, request.seed)
     written = []
     for seed in seeds:
         seeded = request.with_(seed=seed, prompt=read_prompt(args, request.prompt)).validated()
-        result = manager.generate(seeded, on_step=stepwise_saver(stepwise, seed) if stepwise else None,
+        result = manager.generate(seeded, on_step=step_reporter(manager, stepwise, seed) if stepwise else None,
                                   vae_tiling=args.vae_tiling)
         path = save_png_atomic(result.image, output_path(args.output, seed, len(seeds) > 1),
                                result.text_chunks, overwrite=True)
@@ -319,7 +342,8 @@ def save_depth(args: argparse.Namespace) -> Path:
     from mflux_core.images.io import load_image, save_png_atomic
     from mflux_core.manager import ModelManager
 
-    depth = ModelManager().estimate_depth(load_image(Path(args.image_path)), name=args.depth_model)
+    manager = ModelManager(models_dir=Path(args.models_dir))
+    depth = manager.estimate_depth(load_image(Path(args.image_path)), name=args.depth_model)
     path = save_png_atomic(depth, Path(args.output), overwrite=True)
     print(f"Saved {path}")
     return path

@@ -299,18 +299,18 @@ class ModelManager:
         """Generate one image; raises StudioError subclasses for anything the user can fix."""
         request = request.validated()
         with self._lock:
-            self._on_download = self._download_reporter(request.model or default_model_for(request.tool), on_step)
+            if on_step is not None:  # without one, huggingface_hub draws its own progress bars
+                self._on_download = self._download_reporter(request.model or default_model_for(request.tool), on_step)
             try:
                 return self._generate(request, on_step, cancelled, vae_tiling)
             finally:
                 self._on_download = None
                 self.download = None
 
-    def _download_reporter(self, model: str, on_step: ProgressCallback | None) -> DownloadCallback:
+    def _download_reporter(self, model: str, on_step: ProgressCallback) -> DownloadCallback:
         def report(done_bytes: int, total_bytes: int) -> None:
             self.download = {"model": model, "done_bytes": done_bytes, "total_bytes": total_bytes}
-            if on_step is not None:
-                on_step(done_bytes, total_bytes, None)
+            on_step(done_bytes, total_bytes, None)
 
         return report
 
