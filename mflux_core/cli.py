@@ -9,6 +9,7 @@ from pathlib import Path
 from mflux_core.concept.command import add_concept_parsers, run_concept
 from mflux_core.errors import StudioError
 from mflux_core.request import GenerationRequest
+from mflux_core.training.lora_command import add_train_parser, run_train
 
 # Flags whose value may come from --config-from-metadata when not given on the command line.
 REQUEST_FLAGS = {
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     save_depth.add_argument("--output", default="depth.png", help="where to write the depth map")
     add_models_dir_flag(save_depth)
     add_save_parser(tools)
+    add_train_parser(tools)
     return parser
 
 
@@ -353,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         {"save-depth": save_depth, "save": save_model_folder, "concept": run_concept,
-         "concept-from-image": run_concept}.get(args.tool, run)(args)
+         "concept-from-image": run_concept, "train": run_train}.get(args.tool, run)(args)
     except StudioError as error:
         print(f"Error: {error}", file=sys.stderr)
         return 1

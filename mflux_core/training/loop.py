@@ -120,10 +120,12 @@ def train(
     checkpoint_every: int = 100,
     max_seconds: float | None = None,
     progress: bool = True,
+    on_step: Callable[[int, float], bool | None] | None = None,
 ) -> TrainResult:
     """Train until `steps` steps are done in total (resuming from `checkpoint_dir` when it holds a
     checkpoint) or `max_seconds` have passed; a checkpoint and loss curve are written every
-    `checkpoint_every` steps and at the end."""
+    `checkpoint_every` steps and at the end. `on_step(step, loss)` runs after each step (and after
+    that step's checkpoint); returning True stops the run there, like `max_seconds`."""
     started = time.perf_counter()
     select_trainable(model, trainable)
     optimizer.init(model.trainable_parameters())
@@ -155,6 +157,8 @@ def train(
         if step % checkpoint_every == 0:
             checkpoint()
             saved_at = step
+        if on_step is not None and on_step(step, losses[-1]):
+            break
     bar.close()
     if saved_at != step:
         checkpoint()

@@ -1,0 +1,37 @@
+"""`mflux-studio train --train-config train.json [--train-checkpoint ckpt.zip]`: LoRA (DreamBooth) training."""
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_train_parser(tools) -> None:
+    text = ("train a LoRA on your own images (DreamBooth); every checkpoint zip resumes the run exactly "
+            "(--train-checkpoint alone uses the config inside it)")
+    train = tools.add_parser("train", help=text, description=text)
+    train.add_argument("--train-config", help="the training config (JSON); paths in it are relative to it")
+    train.add_argument("--train-checkpoint", help="a checkpoint zip to resume from")
+    train.add_argument("--models-dir", default="models", help="folder of local models (default ./models)")
+
+
+def print_progress(progress) -> None:
+    for what, path in (("checkpoint", progress.checkpoint), ("validation image", progress.validation_image)):
+        if path is not None:
+            print(f"step {progress.step}: saved {what} {path}", file=sys.stderr, flush=True)
+
+
+def run_train(args: argparse.Namespace):
+    from mflux_core.training.lora_config import TrainingConfig
+    from mflux_core.training.lora_training import train_lora
+
+    config = TrainingConfig.from_file(Path(args.train_config)) if args.train_config else None
+    checkpoint = Path(args.train_checkpoint) if args.train_checkpoint else None
+    outcome = train_lora(config, checkpoint, on_progress=print_progress, models_dir=Path(args.models_dir),
+                         progress_bar=True)
+    first, last = (outcome.losses[0], outcome.losses[-1]) if outcome.losses else (float("nan"),) * 2
+    print(f"{'Finished' if outcome.finished else 'Stopped'} at step {outcome.step} of {outcome.total} "
+          f"(loss {first:.4f} at the first step, {last:.4f} at the last)")
+    print(f"Saved {outcome.adapter} (use it with --lora-paths)")
+    print(f"Saved {outcome.checkpoint}")
+    print(f"Saved {outcome.loss_curve}")
+    return outcome

@@ -1,0 +1,234 @@
+"""LoRA training: it learns, resumes bit for bit, saves an adapter the LoRA loader uses, refuses bad input."""
+
+import json
+import zipfile
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from mflux_core.cli import main as cli_main
+from mflux_core.errors import InvalidRequest
+from mflux_core.lora.apply import add_lora
+from mflux_core.lora.formats import load_lora_file
+from mflux_core.training.flow_matching import flow_matching_loss
+from mflux_core.training.lora_config import TrainingConfig
+from mflux_core.training.lora_training import batch_maker, encode_examples, load_base_model, train_lora
+from tests.parity import max_uint8_diff, run_cli
+
+SIZE = 64
+PROMPTS = ["a red circle on a blue background", "a green square on a white background",
+           "a yellow triangle on a black background"]
+VALIDATION = {"validation_prompt": PROMPTS[0], "validation_steps": 3, "validation_seed": 5}
+
+
+def draw_examples(folder, size=(SIZE, SIZE)):
+    folder.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    shapes = [("blue", "red", "ellipse"), ("white", "green", "rectangle"), ("black", "yellow", "polygon")]
+    for index, (background, colour, shape) in enumerate(shapes):
+        image = Image.new("RGB", size, background)
+        draw = ImageDraw.Draw(image)
+        box = (w // 4, h // 4, 3 * w // 4, 3 * h // 4)
+        if shape == "polygon":
+            draw.polygon([(w // 2, h // 5), (w // 5, 4 * h // 5), (4 * w // 5, 4 * h // 5)], fill=colour)
+        else:
+            getattr(draw, shape)(box, fill=colour)
+        image.save(folder / f"example_{index}.png")
+
+
+def write_config(folder, model, **changes) -> TrainingConfig:
+    config = {
+        "model": str(model), "seed": 7, "width": SIZE, "height": SIZE, "guidance": 1.0, "max_sequence_length": 16,
+        "training_loop": {"steps": 6, "batch_size": 2},
+        "optimizer": {"name": "AdamW", "learning_rate": 5e-3, "weight_decay": 0.01},
+        "save": {"output_path": "out", "checkpoint_frequency": 4},
+        "lora_layers": {
+            "rank": 4, "alpha": 8,
+            "transformer_blocks": {"block_range": {"start": 0, "end": 2},
+                                   "layer_types": ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "ff.net.2"]},
+            "single_transformer_blocks": {"blocks": [1], "layer_types": ["attn.to_q", "proj_mlp", "proj_out"]},
+        },
+        "examples": {"path": "images", "images": [{"image": f"example_{i}.png", "prompt": p}
+                                                  for i, p in enumerate(PROMPTS)]},
+    }
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    if not (folder / "images").exists():
+        draw_examples(folder / "images")
+    path = folder / "train.json"
+    path.write_text(json.dumps(config, indent=2))
+    return TrainingConfig.from_file(path)
+
+
+def zip_arrays(path, member) -> dict[str, np.ndarray]:
+    with zipfile.ZipFile(path) as archive:
+        data = archive.read(member)
+    scratch = path.with_name(f"{path.stem}_{member.replace('/', '_')}")
+    scratch.write_bytes(data)
+    return {k: np.array(v) for k, v in mx.load(str(scratch)).items()}
+
+
+def test_training_lowers_the_loss_and_the_adapter_loads_through_the_lora_path(tiny_dev, tmp_path):
+    config = write_config(tmp_path, tiny_dev, training_loop={"steps": 40, "batch_size": 3},
+                          optimizer={"learning_rate": 1e-2})
+    outcome = train_lora(config)
+    assert outcome.finished and outcome.step == 40 and len(outcome.losses) == 40
+
+    # The same fixed batches (steps far past the run, so none was trained on as such) before and after.
+    model = load_base_model(config, tmp_path)
+    batches = batch_maker(model, config, encode_examples(model, config))
+    evaluation = [batches(10_000 + i) for i in range(8)]
+
+    def mean_loss():
+        return float(np.mean([float(flow_matching_loss(model.transformer, batch)) for batch in evaluation]))
+
+    before = mean_loss()
+    lora = load_lora_file(outcome.adapter)
+    report = add_lora(model.transformer, lora, "trained")
+    assert report.complete and report.format == "diffusers" and report.layers == 13
+    after = mean_loss()
+    print(f"held-out flow-matching loss: {before:.4f} before, {after:.4f} after 40 steps")
+    assert after < 0.8 * before
+
+    curve = Image.open(outcome.loss_curve)
+    assert curve.size == (640, 360) and len(set(curve.convert("RGB").getdata())) > 2
+
+
+def test_an_interrupted_run_resumed_from_its_checkpoint_equals_an_uninterrupted_one(tiny_dev, tmp_path):
+    straight = train_lora(write_config(tmp_path / "a", tiny_dev))
+    assert straight.checkpoint.name == "0000006_checkpoint.zip"
+
+    seen = []
+    stopped = train_lora(write_config(tmp_path / "b", tiny_dev), on_progress=lambda p: seen.append(p.step),
+                         cancelled=lambda: len(seen) >= 3)
+    assert (stopped.step, stopped.finished, stopped.checkpoint.name) == (3, False, "0000003_checkpoint.zip")
+    with zipfile.ZipFile(stopped.checkpoint) as archive:
+        meta = json.loads(archive.read("checkpoint.json"))
+    assert meta["step"] == 3 and meta["rng"] == {**meta["rng"], "seed": 7, "next_step": 3}
+
+    # Resume from the zip alone, through the CLI (the config inside it is used).
+    assert cli_main(["train", "--train-checkpoint", str(stopped.checkpoint)]) == 0
+    resumed = tmp_path / "b" / "out" / "checkpoints" / "0000006_checkpoint.zip"
+    for member in ("adapter.safetensors", "loop/model.safetensors", "loop/optimizer.safetensors"):
+        expected, actual = zip_arrays(straight.checkpoint, member), zip_arrays(resumed, member)
+        assert expected.keys() == actual.keys()
+        for name in expected:
+            assert np.array_equal(expected[name], actual[name]), (member, name)
+    with zipfile.ZipFile(resumed) as archive:
+        assert json.loads(archive.read("loop/state.json"))["losses"] == straight.losses
+    assert straight.losses[0] != straight.losses[-1]
+
+
+def test_the_adapter_changes_the_image_exactly_as_training_saw_it(tiny_dev, tmp_path):
+    config = write_config(tmp_path, tiny_dev, training_loop={"steps": 12, "batch_size": 3},
+                          optimizer={"learning_rate": 2e-2}, instrumentation=VALIDATION)
+    outcome = train_lora(config)
+    assert [p.name for p in outcome.validation_images] == ["0000012.png"]
+    args = ["generate", "--path", tiny_dev, "--prompt", PROMPTS[0], "--steps", 3, "--height", SIZE, "--width", SIZE,
+            "--seed", 5, "--guidance", 3.5, "--max-sequence-length", 16]
+    base = run_cli(*args, "--output", tmp_path / "base.png")
+    with_lora = run_cli(*args, "--lora-paths", outcome.adapter, "--output", tmp_path / "lora.png")
+    during_training = Image.open(outcome.validation_images[0]).convert("RGB")
+    print(f"adapter moves the image by {max_uint8_diff(with_lora, base)} levels; the loaded adapter's image differs "
+          f"from the training-time validation image by {max_uint8_diff(with_lora, during_training)}")
+    assert max_uint8_diff(with_lora, base) > 20
+    assert max_uint8_diff(with_lora, during_training) <= 1
+
+
+def test_diffusers_loads_the_adapter_and_draws_the_same_image(tiny_dev, tmp_path):
+    import torch
+
+    from tests.fixtures.tiny_flux import load_diffusers_pipeline
+    from tests.parity import UINT8_TOLERANCE, make_noise, pack
+
+    config = write_config(tmp_path, tiny_dev, training_loop={"steps": 8, "batch_size": 3},
+                          optimizer={"learning_rate": 2e-2})
+    adapter = train_lora(config).adapter
+    noise = make_noise(tmp_path, (1, 4, SIZE // 8, SIZE // 8), seed=3)
+    args = ["generate", "--path", tiny_dev, "--prompt", PROMPTS[1], "--steps", 3, "--height", SIZE, "--width", SIZE,
+            "--guidance", 3.5, "--init-noise", noise, "--max-sequence-length", 16]
+    ours = run_cli(*args, "--lora-paths", adapter, "--output", tmp_path / "ours.png")
+    assert max_uint8_diff(ours, run_cli(*args, "--output", tmp_path / "base.png")) > 20  # the LoRA matters here
+    pipe = load_diffusers_pipeline(tiny_dev)
+    pipe.load_lora_weights(str(adapter))
+    with torch.no_grad():
+        reference = pipe(PROMPTS[1], height=SIZE, width=SIZE, num_inference_steps=3, guidance_scale=3.5,
+                         latents=pack(np.load(noise)), max_sequence_length=16, output_type="pil").images[0]
+    assert max_uint8_diff(ours, reference) <= UINT8_TOLERANCE
+
+
+def test_a_quantized_base_trains(tiny_dev, tmp_path):
+    config = write_config(tmp_path, tiny_dev, quantize=8, training_loop={"steps": 3, "batch_size": 1})
+    model = load_base_model(config, tmp_path)
+    assert type(model.transformer.transformer_blocks[0].ff.net[2]).__name__ == "QuantizedLinear"
+    outcome = train_lora(config)
+    assert all(np.isfinite(outcome.losses))
+    weights = {k: np.array(v) for k, v in mx.load(str(outcome.adapter)).items()}
+    # lora_B starts at zero: every adapter (the one on a quantized layer, and those before it) has learned.
+    assert all(np.abs(v).max() > 0 for k, v in weights.items() if k.endswith("lora_B.weight"))
+
+
+# --- bad input -------------------------------------------------------------------------------------
+
+
+def test_missing_images_are_named(tiny_dev, tmp_path):
+    config = write_config(tmp_path, tiny_dev, examples={"path": "images", "images": [
+        {"image": "example_0.png", "prompt": "x"}, {"image": "nowhere.png", "prompt": "y"}]})
+    with pytest.raises(InvalidRequest, match=r"1 training image\(s\) do not exist: .*nowhere\.png"):
+        train_lora(config)
+
+
+def test_images_of_another_size_are_resized_or_refused_as_configured(tiny_dev, tmp_path):
+    draw_examples(tmp_path / "images")
+    Image.new("RGB", (96, 48), "red").save(tmp_path / "images" / "example_2.png")
+    refuse = write_config(tmp_path, tiny_dev, examples={"path": "images", "resize": False, "images": [
+        {"image": f"example_{i}.png", "prompt": p} for i, p in enumerate(PROMPTS)]})
+    with pytest.raises(InvalidRequest, match=r"not 64x64: example_2\.png \(96x48\).*examples\.resize"):
+        train_lora(refuse)
+    resize = write_config(tmp_path, tiny_dev, training_loop={"steps": 1})
+    outcome = train_lora(resize)
+    assert outcome.notes == ["Resized example_2.png from 96x48 to 64x64 (scaled to cover, centre-cropped)."]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"learning_rat": 1}, "unknown keys in the top level: learning_rat"),
+    ({"optimizer": {"lr": 1e-3}}, "unknown keys in optimizer: lr"),
+    ({"lora_layers": {"transformer_blocks": {"blocks": [0], "layer_types": ["attn.to_q"], "rank": 2}}},
+     "unknown keys in lora_layers.transformer_blocks: rank"),
+    ({"training_loop": {"steps": 3, "num_epochs": 2}}, "exactly one of steps or num_epochs"),
+    ({"width": 50}, "width 50 is not a multiple of 16"),
+])
+def test_config_mistakes_are_refused(tiny_dev, tmp_path, change, message):
+    with pytest.raises(InvalidRequest, match=message):
+        write_config(tmp_path, tiny_dev, **change)
+
+
+def test_layers_the_model_lacks_are_refused(tiny_dev, tmp_path):
+    wrong_type = write_config(tmp_path, tiny_dev, lora_layers={
+        "transformer_blocks": {"blocks": [0], "layer_types": ["attn.to_qkv"]}})
+    with pytest.raises(InvalidRequest, match="'attn.to_qkv'.*choose from .*attn.to_q"):
+        train_lora(wrong_type)
+    too_deep = write_config(tmp_path, tiny_dev, lora_layers={
+        "single_transformer_blocks": {"block_range": {"start": 0, "end": 5}, "layer_types": ["proj_out"]}})
+    with pytest.raises(InvalidRequest, match="names block 4, but this model has 2"):
+        train_lora(too_deep)
+
+
+def test_a_checkpoint_from_another_config_is_refused(tiny_dev, tmp_path):
+    first = train_lora(write_config(tmp_path / "a", tiny_dev, training_loop={"steps": 2}))
+    longer = write_config(tmp_path / "a", tiny_dev, training_loop={"steps": 3}, save={"output_path": "more"})
+    assert train_lora(longer, first.checkpoint).step == 3  # length and output may change
+    other = write_config(tmp_path / "a", tiny_dev, training_loop={"steps": 3}, optimizer={"learning_rate": 1e-3})
+    with pytest.raises(InvalidRequest, match="another training config: optimizer.learning_rate differ"):
+        train_lora(other, first.checkpoint)
+    Image.new("RGB", (SIZE, SIZE), "purple").save(tmp_path / "a" / "images" / "example_1.png")
+    with pytest.raises(InvalidRequest, match="images or prompts changed"):
+        train_lora(longer, first.checkpoint)
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    with pytest.raises(InvalidRequest, match="Cannot read the training checkpoint junk.zip"):
+        train_lora(longer, tmp_path / "junk.zip")
