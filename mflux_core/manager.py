@@ -300,15 +300,18 @@ class ModelManager:
         request = request.validated()
         with self._lock:
             if on_step is not None:  # without one, huggingface_hub draws its own progress bars
-                self._on_download = self._download_reporter(request.model or default_model_for(request.tool), on_step)
+                self._on_download = self._download_reporter(request.model or default_model_for(request.tool), on_step,
+                                                            cancelled)
             try:
                 return self._generate(request, on_step, cancelled, vae_tiling)
             finally:
                 self._on_download = None
                 self.download = None
 
-    def _download_reporter(self, model: str, on_step: ProgressCallback) -> DownloadCallback:
+    def _download_reporter(self, model: str, on_step: ProgressCallback,
+                           cancelled: Callable[[], bool] | None) -> DownloadCallback:
         def report(done_bytes: int, total_bytes: int) -> None:
+            stop_if_cancelled(cancelled, f"while downloading {model} (what arrived is kept; the next try resumes)")
             self.download = {"model": model, "done_bytes": done_bytes, "total_bytes": total_bytes}
             on_step(done_bytes, total_bytes, None)
 

@@ -3,6 +3,7 @@ serialised requests, previews, faults (deleted / truncated / broken files, unkno
 models), downloads with progress, and the registry. Outputs are compared exactly (uint8 arrays)
 against a fresh manager running the same request alone."""
 
+import itertools
 import shutil
 import threading
 from dataclasses import dataclass
@@ -56,6 +57,12 @@ def fresh_pixels(request: GenerationRequest) -> np.ndarray:
 
 def resident(manager: ModelManager, kind: str) -> list[dict]:
     return [r for r in manager.status()["resident"] if r["kind"] == kind]
+
+
+def cancelled_after(checks: int):
+    """A cancel flag that reads False for its first `checks` checks, then True."""
+    count = itertools.count(1)
+    return lambda: next(count) > checks
 
 
 def copy_model(folder: Path, destination: Path) -> Path:
@@ -149,14 +156,8 @@ def test_cancel_stops_within_one_step_and_leaves_the_models_usable(tiny_dev):
 
 def test_cancel_while_loading_keeps_what_was_loaded(tiny_dev):
     manager = ModelManager()
-    checks = []
-
-    def cancelled():  # False before loading, True once the transformer is in
-        checks.append(len(checks))
-        return len(checks) > 1
-
-    with pytest.raises(Cancelled, match="while loading"):
-        manager.generate(text_to_image(tiny_dev), cancelled=cancelled)
+    with pytest.raises(Cancelled, match="while loading"):  # checked before loading, then after the transformer
+        manager.generate(text_to_image(tiny_dev), cancelled=cancelled_after(1))
     assert manager.load_counts == {"transformer": 1, "vae": 0, "text_encoders": 0}
     assert not manager.status()["busy"]
     request = text_to_image(tiny_dev)
@@ -335,7 +336,7 @@ def test_offline_and_not_cached_names_the_repo_and_the_cache(tmp_path, monkeypat
 # ----- downloads and the registry --------------------------------------------------------------
 
 
-def test_a_missing_repo_downloads_with_progress_through_on_step(tiny_dev, tmp_path, monkeypatch):
+def test_a_missing_repo_downloads_with_progress_through_on_step_and_can_be_cancelled(tiny_dev, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
@@ -352,6 +353,9 @@ def test_a_missing_repo_downloads_with_progress_through_on_step(tiny_dev, tmp_pa
     with serve_repo("acme/tiny-flux", tiny_dev) as endpoint:
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)
         monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        with pytest.raises(Cancelled, match="while downloading acme/tiny-flux"):  # at the first download report
+            manager.generate(text_to_image("acme/tiny-flux"), on_step=lambda *_: None, cancelled=cancelled_after(1))
+        assert manager.download is None and not manager.status()["busy"]
         result = manager.generate(text_to_image("acme/tiny-flux"), on_step=on_step)
 
     download = [(done, total) for (done, total, preview), seen in zip(calls, downloads_seen) if seen is not None]

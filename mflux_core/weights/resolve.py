@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from mflux_core.errors import ModelLoadError
+from mflux_core.errors import ModelLoadError, StudioError
 
-# on_download(bytes written so far, bytes of the files started so far): the total grows as files start
+# on_download(bytes written so far, bytes of the files started so far): the total grows as files start.
+# A StudioError it raises (Cancelled) stops the download and reaches the caller as it is.
 DownloadCallback = Callable[[int, int], None]
 
 # The published repos behind the names users type (mflux's aliases plus the tool models).
@@ -112,6 +113,8 @@ def repo_folder(repo_id: str, on_download: DownloadCallback | None = None) -> Pa
     tqdm_class = download_progress_class(on_download) if on_download else None
     try:
         return Path(snapshot_download(repo_id, tqdm_class=tqdm_class, **options))
+    except StudioError:  # raised by on_download, e.g. Cancelled: the files so far stay for the next try
+        raise
     except Exception as error:  # network, authentication (gated repos), disk full: all end up here
         raise ModelLoadError(
             f"Could not download {repo_id} into {hf_cache_dir()} ({type(error).__name__}: {error}). "
