@@ -2,7 +2,10 @@
 
 All FLUX.1 variants (dev, Fill, Depth, Kontext, ...) share the VAE and text encoders, so switching
 tools swaps only the transformer. Sameness is decided from the files (weights/fingerprint.py).
-One generation runs at a time; a cancel callable is checked after every step.
+Transformers are kept in an LRU bounded by a count and a memory budget; one is evicted before the
+next loads, and a bad file is found from its header before anything is evicted. One generation
+runs at a time; a cancel callable is checked between component loads, during downloads and after
+every step. Every cache is bounded.
 """
 
 import hashlib
@@ -19,7 +22,7 @@ from PIL import Image
 
 from mflux_core import loader
 from mflux_core.backend import backend_name, resolve_dtype
-from mflux_core.errors import Cancelled, ModelLoadError, StudioError
+from mflux_core.errors import Cancelled, ModelLoadError
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import decode_latents, run_tool
 from mflux_core.lru import LRU
@@ -85,7 +88,8 @@ def content_key(*paths: Path) -> str:
         return fingerprint(*paths)
     except OSError as error:
         raise ModelLoadError(
-            f"Cannot read the model files at {error.filename or paths[0]} ({error.strerror}); were they moved or deleted?"
+            f"Cannot read the model files at {error.filename or paths[0]} ({error.strerror}); "
+            "were they moved or deleted?"
         ) from None
 
 
@@ -146,7 +150,7 @@ class ModelManager:
         self._transformers: LRU = LRU(max_resident_transformers, on_evict=self._evicted)
         self._vaes: LRU = LRU(2, on_evict=self._evicted)
         self._text_encoders: LRU = LRU(2, on_evict=self._evicted)
-        self._prompts: LRU = LRU(prompt_cache_size)  # (encoders, prompt, length) -> embeddings (8 MB each at 512 x 4096)
+        self._prompts: LRU = LRU(prompt_cache_size)  # (encoders, prompt, length) -> embeddings, 8 MB at full size
         self._previewer: LatentPreviewer | None = None
         self.auxiliary = LRU(4, on_evict=self._evicted)  # ControlNet, Redux, depth estimator
         self._encoded_images: LRU = LRU(4)  # VAE latents of input images (ControlNet control images)
@@ -211,16 +215,13 @@ class ModelManager:
         text_folders = [source.component(n) for n in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")]
         text_key = (content_key(*text_folders), dtype_key, quantize)
 
-        transformer_bytes = 0
+        pending = ((vae_key, self._vaes, [vae_folder]), (text_key, self._text_encoders, text_folders[:2]))
+        for key, cache, paths in pending:
+            if key not in cache:
+                resident_bytes_of(weights_on_disk(*paths), dtype.size)  # raises for an incomplete file
         if transformer_key not in self._transformers:
-            transformer_bytes = resident_bytes_of(weights_on_disk(transformer_files), quantize / 8 if quantize else dtype.size)
-        if vae_key not in self._vaes:
-            resident_bytes_of(weights_on_disk(vae_folder), dtype.size)
-        if text_key not in self._text_encoders:
-            resident_bytes_of(weights_on_disk(*text_folders[:2]), dtype.size)
-
-        if transformer_key not in self._transformers:
-            self._swap_transformer(transformer_key, f"transformer {transformer_files}", transformer_bytes,
+            needed = resident_bytes_of(weights_on_disk(transformer_files), quantize / 8 if quantize else dtype.size)
+            self._swap_transformer(transformer_key, f"transformer {transformer_files}", needed,
                                    lambda: quantize_model(loader.load_source_transformer(source, dtype), quantize))
         transformer = self._transformers.get(transformer_key)
         stop_if_cancelled(cancelled, "while loading the model (the transformer is loaded)")

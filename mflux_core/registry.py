@@ -83,7 +83,8 @@ def list_models(models_dir: Path | None) -> list[ModelEntry]:
     entries = []
     cached = cached_repos()
     for alias, repo in ALIASES.items():
-        entries.append(ModelEntry(alias, ALIAS_KINDS[alias], "alias", repo in cached and bool(folder_kind(cached[repo]))))
+        available = repo in cached and folder_kind(cached[repo]) is not None
+        entries.append(ModelEntry(alias, ALIAS_KINDS[alias], "alias", available))
     if models_dir is not None and Path(models_dir).is_dir():
         for path in sorted(Path(models_dir).iterdir()):
             if path.is_file() and path.suffix == ".safetensors":

@@ -352,7 +352,8 @@ def test_a_missing_repo_downloads_with_progress_through_on_step_and_can_be_cance
 
     with serve_repo("acme/tiny-flux", tiny_dev) as endpoint:
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        url_template = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url_template)
         with pytest.raises(Cancelled, match="while downloading acme/tiny-flux"):  # at the first download report
             manager.generate(text_to_image("acme/tiny-flux"), on_step=lambda *_: None, cancelled=cancelled_after(1))
         assert manager.download is None and not manager.status()["busy"]
