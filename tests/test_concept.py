@@ -1,5 +1,7 @@
 """Concept attention: the image is untouched, planted concepts are found, layers and steps are as asked."""
 
+from pathlib import Path
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -192,3 +194,46 @@ def test_concepts_from_an_image_run_only_the_chosen_steps(tiny_dev, tmp_path):
     for name in ("from.png", "from_heatmap_circle.png", "from_overlay_circle.png"):
         with Image.open(tmp_path / name) as picture:
             assert picture.size == (80, 64)
+
+
+# --- the web panel (its handler, on the real tiny model; no browser) ---------------------------------
+
+
+def test_the_concept_panel_parses_its_fields():
+    from webui.panels.concept import FROM_IMAGE, build_requests, concept_settings, parse_concepts, parse_indices
+
+    assert parse_concepts(" dragon, red castle\nsky ,, ") == ("dragon", "red castle", "sky")
+    assert parse_indices("15 16,17", "Layers") == (15, 16, 17) and parse_indices("", "Layers") == ()
+    with pytest.raises(InvalidRequest, match="Layers must be whole numbers"):
+        parse_indices("15, x", "Layers")
+    with pytest.raises(InvalidRequest, match="at least one concept"):
+        concept_settings({"concepts": " , "})
+    with pytest.raises(InvalidRequest, match="Upload the image"):
+        build_requests({"mode": FROM_IMAGE, "image": None}, None)
+
+
+def test_the_concept_panel_streams_progress_and_keeps_maps_beside_the_history(tiny_dev, tmp_path):
+    import gradio as gr
+
+    from webui.panels import result_column
+    from webui.panels.concept import GENERATE, run_concepts
+    from webui.studio import Studio, StudioFolders, StudioOutputs
+
+    with gr.Blocks():
+        view, _, _ = result_column("test-concept")
+        outputs = StudioOutputs(gr.Gallery(), gr.State([]), gr.Markdown())
+    studio = Studio(manager=ModelManager(models_dir=tiny_dev.parent), folders=StudioFolders.default(tmp_path))
+    studio.outputs = outputs
+    values = {"model": str(tiny_dev), "prompt": PROMPT, "seed": 3, "random_seed": False, "batch_count": 1,
+              "steps": "3", "guidance": "", "width": 48, "height": 64, "quantize": "off", "mode": GENERATE,
+              "concepts": "red circle, square", "layers": "", "timesteps": "0 2", "image": None,
+              **{f"lora_{i}": None for i in (1, 2, 3)}, **{f"lora_scale_{i}": 1.0 for i in (1, 2, 3)}}
+    updates = list(run_concepts(studio, view, values, "session"))
+    assert [u[view.status].count("<progress") for u in updates if view.status in u][1:4] == [1, 1, 1]
+    final = updates[-1]
+    assert "Done: red circle, square mapped over layers 1" in final[view.status]
+    saved = [Path(path) for path, _ in final[view.results]]
+    assert [p.name.split("_", 1)[-1] for p in saved[1:]] == [
+        "heatmap_red-circle.png", "overlay_red-circle.png", "heatmap_square.png", "overlay_square.png"]
+    assert [Path(path) for path, _ in studio.history()] == [saved[0]]  # the maps stay out of the history
+    assert all(p.is_file() and p.parent.parent.name == "concepts" for p in saved[1:])

@@ -232,3 +232,38 @@ def test_a_checkpoint_from_another_config_is_refused(tiny_dev, tmp_path):
     (tmp_path / "junk.zip").write_bytes(b"not a zip")
     with pytest.raises(InvalidRequest, match="Cannot read the training checkpoint junk.zip"):
         train_lora(longer, tmp_path / "junk.zip")
+
+
+# --- the web panel (its handler, on the real tiny model; no browser) ---------------------------------
+
+
+def test_the_train_panel_streams_loss_and_validation_and_stop_keeps_a_checkpoint(tiny_dev, tmp_path):
+    import gradio as gr
+
+    from mflux_core.manager import ModelManager
+    from webui.panels.train import run_training, training_inputs
+    from webui.studio import Studio, StudioFolders
+
+    with pytest.raises(InvalidRequest, match="path of a training config"):
+        training_inputs(" ", "")
+    config = write_config(tmp_path, tiny_dev, training_loop={"steps": 50, "batch_size": 1},
+                          save={"checkpoint_frequency": 2},
+                          instrumentation={**VALIDATION, "validation_frequency": 2})
+    with gr.Blocks():
+        outputs = {"status": gr.HTML(), "curve": gr.Image(type="pil"), "validation": gr.Gallery()}
+    studio = Studio(manager=ModelManager(models_dir=tmp_path), folders=StudioFolders.default(tmp_path / "studio"))
+    updates = []
+    for update in run_training(studio, outputs, {"config_path": str(tmp_path / "train.json")}, "session"):
+        updates.append(update)
+        if "step 3 of 50" in update.get(outputs["status"], ""):
+            studio.jobs.cancel("session")  # Stop: the run ends after the step under way
+    statuses = [u[outputs["status"]] for u in updates if outputs["status"] in u]
+    assert any("step 1 of 50 · loss " in s for s in statuses) and "s/step, about" in statuses[2]
+    assert "Stopped at step " in statuses[-1] and "adapter.safetensors" in statuses[-1]
+    stopped_at = int(statuses[-1].split("Stopped at step ")[1].split()[0])
+    assert 3 <= stopped_at <= 4
+    assert (config.output_path / "checkpoints" / f"{stopped_at:07d}_checkpoint.zip").is_file()
+    curves = [u[outputs["curve"]] for u in updates if outputs["curve"] in u]
+    assert curves and curves[-1].size == (640, 360)
+    gallery = [u[outputs["validation"]] for u in updates if outputs["validation"] in u][-1]
+    assert [caption for _, caption in gallery][0] == "step 2"

@@ -197,15 +197,16 @@ def concept_slug(concept: str, index: int) -> str:
     return slug or f"concept-{index + 1}"
 
 
-def save_concept_result(result: ConceptResult, output: Path) -> list[Path]:
-    """The image at `output`, then <stem>_heatmap_<concept>.png and <stem>_overlay_<concept>.png per concept."""
+def save_concept_result(result: ConceptResult, output: Path, maps_folder: Path | None = None) -> list[Path]:
+    """The image at `output`, then <stem>_heatmap_<concept>.png and <stem>_overlay_<concept>.png per concept
+    (beside it, or in `maps_folder`)."""
     output = Path(output)
     written = [save_png_atomic(result.image, output, result.text_chunks, overwrite=True)]
+    maps = Path(maps_folder) / output.name if maps_folder is not None else output
     slugs = [concept_slug(concept, index) for index, concept in enumerate(result.concepts)]
     for index, slug in enumerate(slugs):
         if slugs.count(slug) > 1:  # "Cat" and "cat": keep both files
             slug = f"{slug}-{index + 1}"
         for kind, picture in (("heatmap", result.heatmaps[index]), ("overlay", result.overlays[index])):
-            written.append(save_png_atomic(picture, output.with_name(f"{output.stem}_{kind}_{slug}.png"),
-                                           overwrite=True))
+            written.append(save_png_atomic(picture, maps.with_name(f"{maps.stem}_{kind}_{slug}.png"), overwrite=True))
     return written

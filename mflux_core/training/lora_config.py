@@ -50,8 +50,8 @@ def _number(section: dict, key: str, where: str, default=None, kind=float, low=N
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise InvalidRequest(f"The training config's {where}.{key} must be {'a whole number' if kind is int else 'a number'}, "
-                             f"not {value!r}.")
+        wanted = "a whole number" if kind is int else "a number"
+        raise InvalidRequest(f"The training config's {where}.{key} must be {wanted}, not {value!r}.")
     if (low is not None and value < low) or (high is not None and value > high):
         raise InvalidRequest(f"The training config's {where}.{key} is {value}; use {low} to {high}.")
     return kind(value)
@@ -165,7 +165,8 @@ class TrainingConfig:
         except (OSError, UnicodeDecodeError) as error:
             raise InvalidRequest(f"Cannot read the training config {path} ({error}).") from None
         except json.JSONDecodeError as error:
-            raise InvalidRequest(f"The training config {path} is not valid JSON ({error.msg}, line {error.lineno}).") from None
+            raise InvalidRequest(
+                f"The training config {path} is not valid JSON ({error.msg}, line {error.lineno}).") from None
         return cls.from_dict(raw, path.resolve().parent)
 
     @classmethod

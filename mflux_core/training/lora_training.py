@@ -183,7 +183,8 @@ def resolve_training_config(config: TrainingConfig | None, checkpoint: Checkpoin
     """The config to train with: the given one, the checkpoint's, or both when they agree."""
     if checkpoint is None:
         if config is None:
-            raise InvalidRequest("Give a training config (--train-config) or a checkpoint to resume (--train-checkpoint).")
+            raise InvalidRequest("Give a training config (--train-config) or a checkpoint to resume "
+                                 "(--train-checkpoint).")
         return config
     stored = TrainingConfig.from_dict(checkpoint.config, checkpoint.config_folder)
     if config is None:

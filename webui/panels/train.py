@@ -1,0 +1,131 @@
+"""Train: a LoRA from a training config on this machine, with the loss curve and validation images live.
+
+The config is a path (its example images are found relative to it); a checkpoint zip resumes a run
+exactly. Stop ends the run after the current step and writes a checkpoint there. Training loads its
+own copy of the model and holds the studio's queue until it ends.
+"""
+
+import queue
+import threading
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image
+
+from mflux_core.errors import InvalidRequest
+from mflux_core.training.lora_config import TrainingConfig
+from mflux_core.training.lora_training import TrainingProgress, train_lora
+from mflux_core.training.plot import save_loss_curve
+from webui.jobs import ENGINE_QUEUE, error_text, progress_html
+from webui.panels import Panel
+
+TOOL = "train"
+CURVE_FILE = "loss_live.png"
+
+
+def training_inputs(config_path: str | None, checkpoint_path: str | None) -> tuple[TrainingConfig | None, Path | None]:
+    config_path, checkpoint_path = (config_path or "").strip(), (checkpoint_path or "").strip()
+    if not config_path and not checkpoint_path:
+        raise InvalidRequest("Give the path of a training config, or of a checkpoint zip to resume.")
+    config = TrainingConfig.from_file(Path(config_path)) if config_path else None
+    return config, Path(checkpoint_path).expanduser() if checkpoint_path else None
+
+
+def duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+
+
+def progress_text(progress: TrainingProgress) -> str:
+    parts = [f"step {progress.step} of {progress.total}",
+             f"loss {progress.loss:.4f} (smoothed {progress.smoothed_loss:.4f})"]
+    if progress.seconds_per_step is not None:
+        parts.append(f"{progress.seconds_per_step:.2f} s/step, about {duration(progress.eta_seconds)} left")
+    return " · ".join(parts)
+
+
+def loss_curve_image(losses: list[float], folder: Path) -> Image.Image:
+    path = folder / CURVE_FILE
+    save_loss_curve(losses, path)
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def run_training(studio, outputs: dict, values: dict, session: str):
+    """Train on a worker thread; stream status, loss curve and validation images until it ends."""
+    status, curve, validation = outputs["status"], outputs["curve"], outputs["validation"]
+    cancel = studio.jobs.begin(session)
+    updates: queue.Queue = queue.Queue()
+    finished = False
+    try:
+        yield {status: progress_html("Loading the model and encoding the examples…")}
+        config, checkpoint = training_inputs(values.get("config_path"), values.get("checkpoint_path"))
+
+        def work() -> None:
+            try:
+                updates.put(("done", train_lora(config, checkpoint, on_progress=lambda p: updates.put(("step", p)),
+                                                cancelled=cancel.is_set, models_dir=studio.manager.models_dir)))
+            except BaseException as error:  # handed to the page's thread, which reports it
+                updates.put(("error", error))
+
+        threading.Thread(target=work, name="studio-train", daemon=True).start()
+        images: list[tuple[str, str]] = []
+        while True:
+            kind, payload = updates.get()
+            if kind == "error":
+                raise payload
+            if kind == "done":
+                break
+            changes = {status: progress_html(progress_text(payload), payload.step, payload.total)}
+            if payload.validation_image is not None:
+                images.append((str(payload.validation_image), f"step {payload.step}"))
+                changes[validation] = list(images)
+            if payload.checkpoint is not None or payload.validation_image is not None or updates.empty():
+                changes[curve] = loss_curve_image(payload.losses, studio.folders.outputs / "training")
+            yield changes
+        finished = True
+        outcome = payload
+        ended = "Finished" if outcome.finished else "Stopped"
+        message, kind = (f"{ended} at step {outcome.step} of {outcome.total}. Adapter: {outcome.adapter} "
+                         f"(use it as a LoRA); checkpoint: {outcome.checkpoint}. {' '.join(outcome.notes)}"), "done"
+        images = [(str(p), f"step {p.stem.lstrip('0') or '0'}") for p in outcome.validation_images]
+        yield {curve: loss_curve_image(outcome.losses, studio.folders.outputs / "training"), validation: images}
+    except Exception as error:  # the server must survive anything a user sends
+        message, kind = error_text(error), "error"
+        gr.Warning(message)
+    finally:
+        if not finished:
+            cancel.set()  # the page went away or the run failed: let the worker stop at its next step
+        studio.jobs.end(session, cancel)
+    yield {status: progress_html(message, kind=kind)}
+
+
+def render(studio) -> Panel:
+    with gr.Tab("Train", id=TOOL, elem_id="tab-train"):
+        with gr.Row():
+            with gr.Column(scale=4):
+                config_path = gr.Textbox(label="Training config (path of a train.json on this machine)",
+                                         placeholder="/path/to/train.json", elem_id="train-config")
+                checkpoint_path = gr.Textbox(label="Resume from a checkpoint zip (optional; alone, it uses the "
+                                             "config inside it)", elem_id="train-checkpoint")
+                gr.Markdown("The config format is described in `mflux_core/training/lora_config.py` and the README. "
+                            "Stop ends the run after the current step and writes a checkpoint there.")
+                with gr.Row():
+                    run = gr.Button("Train", variant="primary", elem_id="train-run", scale=3)
+                    stop = gr.Button("Stop", variant="stop", elem_id="train-stop", scale=1)
+                status = gr.HTML("", show_label=False, elem_id="train-status", elem_classes=["studio-status-box"])
+            with gr.Column(scale=5):
+                curve = gr.Image(label="Loss", type="pil", interactive=False, format="png", elem_id="train-loss")
+                validation = gr.Gallery(label="Validation images", columns=4, height=260, format="png",
+                                        interactive=False, elem_id="train-validation")
+    outputs = {"status": status, "curve": curve, "validation": validation}
+
+    def handler(request: gr.Request, **values):
+        yield from run_training(studio, outputs, values, request.session_hash if request else "")
+
+    run.click(handler, inputs_kwargs={"config_path": config_path, "checkpoint_path": checkpoint_path},
+              outputs=list(outputs.values()), api_name="train", concurrency_id=ENGINE_QUEUE, concurrency_limit=1,
+              show_progress="minimal", show_progress_on=[validation])
+    studio.wire_stop(stop)
+    return Panel(TOOL, (), {}, lambda values: {}, lambda settings: {})
