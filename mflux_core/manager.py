@@ -11,11 +11,12 @@ every step. Every cache is bounded.
 import hashlib
 import os
 import threading
+from contextlib import contextmanager
 import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import mlx.core as mx
 from PIL import Image
@@ -318,15 +319,26 @@ class ModelManager:
 
         return report
 
-    def _generate(self, request: GenerationRequest, on_step: ProgressCallback | None,
-                  cancelled: Callable[[], bool] | None, vae_tiling: bool) -> GenerationResult:
-        started = time.perf_counter()
+    @contextmanager
+    def session(self, request: GenerationRequest, cancelled: Callable[[], bool] | None = None) -> Iterator[FluxModel]:
+        """Exclusive use of the resident models, prepared for `request`: for jobs other than generate()
+        (concept maps, training previews) that must not run beside a generation."""
+        with self._lock:
+            yield self._prepared_model(request.validated(), cancelled)
+
+    def _prepared_model(self, request: GenerationRequest, cancelled: Callable[[], bool] | None) -> FluxModel:
+        """The request's model resident, with the request's LoRAs applied. Call with the lock held."""
         stop_if_cancelled(cancelled, "before the model was loaded")
-        source = self.resolve(request)
-        model = self.model_for(source, resolve_dtype(request.dtype or self.dtype_name),
+        model = self.model_for(self.resolve(request), resolve_dtype(request.dtype or self.dtype_name),
                                name=request.model or default_model_for(request.tool), quantize=request.quantize,
                                cancelled=cancelled)
         self.lora_reports = self.loras.sync(model.transformer, request.lora_paths, request.lora_scales)
+        return model
+
+    def _generate(self, request: GenerationRequest, on_step: ProgressCallback | None,
+                  cancelled: Callable[[], bool] | None, vae_tiling: bool) -> GenerationResult:
+        started = time.perf_counter()
+        model = self._prepared_model(request, cancelled)
         tool = TOOL_MODULES[request.tool]
         inputs = tool.build_inputs(model, request, self)
         step_callback = self._step_callback(model, on_step) if on_step else None

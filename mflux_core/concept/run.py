@@ -16,11 +16,9 @@ import mlx.core as mx
 import numpy as np
 from PIL import Image
 
-from mflux_core.backend import resolve_dtype
 from mflux_core.concept.attention import ConceptRecorder, ConceptTokens
 from mflux_core.concept.heatmap import concept_maps, heatmap_image, overlay
 from mflux_core.errors import Cancelled, InvalidRequest
-from mflux_core.flux_model import FluxModel
 from mflux_core.generation import initial_noise, run_tool
 from mflux_core.images.io import save_png_atomic
 from mflux_core.metadata import png_text_chunks
@@ -28,7 +26,6 @@ from mflux_core.request import GenerationRequest, clean_prompt
 from mflux_core.sampling.latents import image_position_ids, latent_grid, pack_latents
 from mflux_core.sampling.loop import denoise
 from mflux_core.sampling.schedule import flux_sigmas, img2img_start_step
-from mflux_core.tools import default_model_for
 from mflux_core.tools import generate as generate_tool
 from mflux_core.tools.common import (
     check_in_channels, packed_channels, prompt_conditioning, required_image, with_guidance, with_size,
@@ -104,14 +101,6 @@ def concept_tokens(text_encoders, concepts: Sequence[str], max_sequence_length: 
     return ConceptTokens(mx.concatenate(states, axis=1), tuple(spans))
 
 
-def _resident_model(manager, request: GenerationRequest) -> FluxModel:
-    """The request's model with its LoRAs, resident in the manager (what ModelManager.generate does first)."""
-    model = manager.model_for(manager.resolve(request), resolve_dtype(request.dtype or manager.dtype_name),
-                              name=request.model or default_model_for(request.tool), quantize=request.quantize)
-    manager.lora_reports = manager.loras.sync(model.transformer, request.lora_paths, request.lora_scales)
-    return model
-
-
 def _result(image, settings, recorder, grid, request, text_chunks, started) -> ConceptResult:
     maps = concept_maps([recorder.scores[key] for key in sorted(recorder.scores)], grid)
     heatmaps = [heatmap_image(token_map, image.size) for token_map in maps]
@@ -126,11 +115,8 @@ def generate_with_concepts(manager, request: GenerationRequest, settings: Concep
                            vae_tiling: bool = False) -> ConceptResult:
     """Generate like the `generate` tool (text-to-image, or image-to-image with image_path) and map the concepts."""
     request = request.with_(tool="generate").validated()
-    with manager._lock:  # one job at a time on the resident models, as ModelManager.generate
-        started = time.perf_counter()
-        if cancelled is not None and cancelled():
-            raise Cancelled("Stopped before the model was loaded.")
-        model = _resident_model(manager, request)
+    started = time.perf_counter()
+    with manager.session(request, cancelled) as model:
         inputs = generate_tool.build_inputs(model, request, manager)
         request = inputs.request
         steps = request.steps or model.default_steps
@@ -162,9 +148,8 @@ def concepts_from_image(manager, request: GenerationRequest, settings: ConceptSe
     """Map the concepts in the image at request.image_path (described by request.prompt)."""
     request = request.with_(tool="generate").validated()
     photo = required_image(request.image_path, "an image to map the concepts in", "--image-path")
-    with manager._lock:
-        started = time.perf_counter()
-        model = _resident_model(manager, request)
+    started = time.perf_counter()
+    with manager.session(request, cancelled) as model:
         check_in_channels(model, packed_channels(model), "concept attention", "base (dev or schnell)")
         request = with_guidance(model, with_size(request, photo), generate_tool.DEFAULT_GUIDANCE)
         steps = request.steps or model.default_steps
