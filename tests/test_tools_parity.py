@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from tests.fixtures.tiny_flux import load_diffusers_pipeline
-from tests.parity import UINT8_TOLERANCE, deterministic_diffusers, make_noise, max_uint8_diff, pack, run_cli
+from tests.parity import UINT8_TOLERANCE, make_noise, max_uint8_diff, pack, run_cli
 
 CONDITIONING_EFFECT = 3 * UINT8_TOLERANCE  # a changed conditioning input must move diffusers' image more
 
