@@ -1,0 +1,415 @@
+"""Presets: named settings that users save, load, share as JSON, and restore from PNGs.
+
+A preset's `settings` are GenerationRequest fields that are settings, never input images (no
+`image_path`, `masked_image_path`, ...), plus `batch_count` (images per run). `seed: null` means a
+random seed. LoRAs are named by their library name; models, and side models in `extra`
+(`controlnet_path`, `redux_path`), by alias, models-folder name or repo id: a preset never holds a
+path, and nothing in it is executed. Every file read is checked for size,
+nesting depth, unknown keys and bad values, and all problems are reported at once.
+
+Files: {"format": 1, "name": "...", "description": "...", "settings": {...}}
+"""
+
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from PIL import Image
+
+from mflux_core.errors import InvalidRequest
+from mflux_core.images.outpaint import parse_padding
+from mflux_core.metadata import A1111_KEY, JSON_KEY, MAX_METADATA_CHARS, request_from_metadata
+from mflux_core.request import (
+    DTYPES, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIDE, MAX_STEPS, QUANTIZE_BITS, TOOLS, GenerationRequest,
+)
+
+FORMAT_VERSION = 1
+MAX_PRESET_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 4  # preset -> settings -> extra -> a list value
+MAX_NAME_CHARS = 64
+MAX_DESCRIPTION_CHARS = 500
+MAX_LIST_ITEMS = 8
+MAX_EXTRA_KEYS = 32
+MAX_BATCH = 16
+
+INPUT_PATH_FIELDS = frozenset({
+    "image_path", "masked_image_path", "depth_image_path", "controlnet_image_path", "redux_image_paths",
+    "init_noise_path",
+})
+SETTING_FIELDS = tuple(f.name for f in fields(GenerationRequest) if f.name not in INPUT_PATH_FIELDS)
+UI_FIELDS = ("batch_count",)
+PRESET_KEYS = {"format", "name", "description", "settings"}
+
+# An alias, a models-folder name or a repo id ("owner/name"): never a path.
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+_LORA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]*$")
+_EXTRA_KEY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+class PresetError(InvalidRequest):
+    """A preset (or PNG settings) that cannot be used; the message lists every problem."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    settings: dict
+    description: str = ""
+    source: str = "user"  # "shipped" or "user"
+    path: Path | None = field(default=None, compare=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} (shipped)" if self.source == "shipped" else self.name
+
+    @property
+    def tool(self) -> str:
+        return self.settings.get("tool", "generate")
+
+
+# ----- validation ---------------------------------------------------------------------------
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _optional(check):
+    return lambda value: None if value is None else check(value)
+
+
+def _int_in(low: int, high: int):
+    def check(value):
+        if not _is_int(value) or not low <= value <= high:
+            return f"must be a whole number from {low} to {high}"
+    return check
+
+
+def _number_in(low: float, high: float, high_open: bool = False):
+    def check(value):
+        if not _is_number(value) or value < low or (value >= high if high_open else value > high):
+            return f"must be a number from {low} to {'below ' if high_open else ''}{high}"
+    return check
+
+
+def _check_side(value):
+    if not _is_int(value) or not 16 <= value <= MAX_SIDE or value % 16:
+        return f"must be a multiple of 16 from 16 to {MAX_SIDE}"
+
+
+def _check_model(value):
+    if not isinstance(value, str) or len(value) > 200 or not _MODEL_NAME.match(value) or ".." in value:
+        return "must be a model name (alias, models-folder name or owner/repo), not a path"
+
+
+def _check_prompt(value):
+    if not isinstance(value, str) or len(value) > MAX_PROMPT_CHARS:
+        return f"must be text of at most {MAX_PROMPT_CHARS:,} characters"
+
+
+def _check_padding(value):
+    if not isinstance(value, str) or len(value) > 100:
+        return "must be text such as 64 or 0,25%,0,25%"
+    try:
+        parse_padding(value, 1024, 1024)
+    except InvalidRequest:
+        return "must be pixels or percentages such as 64 or 0,25%,0,25%"
+
+
+def _list_of(check_item, what: str):
+    def check(value):
+        if not isinstance(value, (list, tuple)) or len(value) > MAX_LIST_ITEMS:
+            return f"must be a list of at most {MAX_LIST_ITEMS} {what}"
+        for item in value:
+            problem = check_item(item)
+            if problem:
+                return f"has an item that {problem}: {str(item)[:40]!r}"
+    return check
+
+
+def _check_lora_name(value):
+    if not isinstance(value, str) or len(value) > 120 or not _LORA_NAME.match(value) or ".." in value:
+        return "must be a LoRA library name, not a path"
+
+
+def _is_path_key(key: str) -> bool:
+    return key.endswith(("_path", "_paths"))
+
+
+def _check_extra(value):
+    if not isinstance(value, dict) or len(value) > MAX_EXTRA_KEYS:
+        return f"must be an object with at most {MAX_EXTRA_KEYS} keys"
+    for key, item in value.items():
+        if not _EXTRA_KEY.match(str(key)):
+            return f"has a bad key {str(key)[:40]!r} (lowercase letters, digits and _ only)"
+        if _is_path_key(key) and (not isinstance(item, str) or _check_model(item)):
+            return f"{key} must name a model (alias, models-folder name or owner/repo), not a file"
+        scalars = item if isinstance(item, list) else [item]
+        if isinstance(item, list) and len(item) > MAX_LIST_ITEMS:
+            return f"{key} has more than {MAX_LIST_ITEMS} items"
+        for scalar in scalars:
+            if not (scalar is None or isinstance(scalar, bool) or _is_number(scalar)
+                    or (isinstance(scalar, str) and len(scalar) <= 200)):
+                return f"{key} must be a number, true/false, short text or a list of those"
+
+
+def _check_choice(choices):
+    def check(value):
+        if isinstance(value, bool) or value not in choices:
+            return f"must be one of {', '.join(map(str, choices))}"
+    return check
+
+
+_CHECKS = {
+    "tool": _check_choice(TOOLS),
+    "model": _optional(_check_model),
+    "base_model": _optional(_check_choice(("schnell", "dev"))),
+    "prompt": _check_prompt,
+    "seed": _optional(_int_in(0, MAX_SEED)),
+    "steps": _optional(_int_in(1, MAX_STEPS)),
+    "width": _optional(_check_side),
+    "height": _optional(_check_side),
+    "guidance": _optional(_number_in(0, 100)),
+    "image_strength": _optional(_number_in(0, 1, high_open=True)),
+    "keep_unmasked": lambda v: None if isinstance(v, bool) else "must be true or false",
+    "outpaint_padding": _optional(_check_padding),
+    "controlnet_strength": _optional(_number_in(0, 2)),
+    "redux_image_strengths": _list_of(_number_in(0, 1), "strengths"),
+    "lora_paths": _list_of(_check_lora_name, "LoRA names"),
+    "lora_scales": _list_of(_number_in(-4, 4), "scales"),
+    "quantize": _optional(_check_choice(QUANTIZE_BITS)),
+    "dtype": _optional(_check_choice(DTYPES)),
+    "max_sequence_length": _int_in(1, 512),
+    "extra": _check_extra,
+    "batch_count": _int_in(1, MAX_BATCH),
+}
+assert set(_CHECKS) == set(SETTING_FIELDS) | set(UI_FIELDS), "every setting needs a check"
+
+
+def settings_problems(settings) -> list[str]:
+    """Every problem with a settings object, as short sentences; empty when it is usable."""
+    if not isinstance(settings, dict):
+        return ["'settings' must be an object"]
+    problems = []
+    for key in settings:
+        if key in INPUT_PATH_FIELDS:
+            problems.append(f"'{key}' is an input file path; presets hold settings only")
+        elif key not in _CHECKS:
+            problems.append(f"unknown setting '{str(key)[:40]}'")
+    for key, value in settings.items():
+        check = _CHECKS.get(key)
+        problem = check(value) if check else None
+        if problem:
+            problems.append(f"'{key}' {problem}")
+    loras, scales = settings.get("lora_paths") or [], settings.get("lora_scales") or []
+    if not problems and scales and len(scales) != len(loras):
+        problems.append(f"{len(loras)} LoRAs but {len(scales)} scales")
+    return problems
+
+
+def validate_settings(settings) -> dict:
+    """A clean copy of `settings` (lists, not tuples), or PresetError listing every problem."""
+    problems = settings_problems(settings)
+    if problems:
+        raise PresetError("The settings cannot be used: " + "; ".join(problems[:8]) + ".")
+    return {k: list(v) if isinstance(v, tuple) else (dict(v) if isinstance(v, dict) else v)
+            for k, v in settings.items()}
+
+
+def json_depth(text: str) -> int:
+    """How deeply arrays and objects nest in JSON text, found without parsing it."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _check_name(name) -> str:
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_CHARS or not name.isprintable():
+        raise PresetError(f"A preset name must be 1 to {MAX_NAME_CHARS} printable characters.")
+    return name.strip()
+
+
+def parse_preset(text: str, source: str = "user", path: Path | None = None) -> Preset:
+    """A Preset from JSON text someone gave us; PresetError says everything that is wrong."""
+    where = path.name if path else "The preset"
+    if len(text.encode("utf-8", errors="replace")) > MAX_PRESET_BYTES:
+        raise PresetError(f"{where} is larger than {MAX_PRESET_BYTES // 1024} KiB; presets are small settings files.")
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise PresetError(f"{where} nests deeper than {MAX_JSON_DEPTH} levels; it is not a preset.")
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise PresetError(f"{where} is not valid JSON ({getattr(error, 'msg', error)}).") from None
+    if not isinstance(data, dict):
+        raise PresetError(f"{where} must be a JSON object with 'name' and 'settings'.")
+    problems = [f"unknown key '{str(k)[:40]}'" for k in data if k not in PRESET_KEYS]
+    if data.get("format", FORMAT_VERSION) != FORMAT_VERSION:
+        problems.append(f"format {data.get('format')!r} is not {FORMAT_VERSION}")
+    description = data.get("description", "")
+    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION_CHARS:
+        problems.append(f"'description' must be text of at most {MAX_DESCRIPTION_CHARS} characters")
+    problems += settings_problems(data.get("settings"))
+    if problems:
+        raise PresetError(f"{where} cannot be used: " + "; ".join(problems[:8]) + ".")
+    return Preset(name=_check_name(data.get("name")), settings=validate_settings(data["settings"]),
+                  description=description, source=source, path=path)
+
+
+def preset_json(preset: Preset) -> str:
+    data = {"format": FORMAT_VERSION, "name": preset.name, "settings": preset.settings}
+    if preset.description:
+        data["description"] = preset.description
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+# ----- files --------------------------------------------------------------------------------
+
+
+def preset_file_name(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", _check_name(name).lower()).strip("-")[:60] or "preset"
+    return f"{slug}.json"
+
+
+def read_preset_file(path: Path, source: str = "user") -> Preset:
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_PRESET_BYTES:
+            raise PresetError(f"{path.name} is larger than {MAX_PRESET_BYTES // 1024} KiB; it is not a preset.")
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as error:
+        raise PresetError(f"Cannot read the preset {path.name} ({error.strerror or error}).") from None
+    return parse_preset(text, source=source, path=path)
+
+
+def list_presets(folders: list[tuple[Path, str]]) -> tuple[list[Preset], list[str]]:
+    """Presets in (folder, source) pairs, by name; later folders win on a name clash. Also the problems found."""
+    by_name: dict[str, Preset] = {}
+    problems = []
+    for folder, source in folders:
+        if not Path(folder).is_dir():
+            continue
+        for path in sorted(Path(folder).glob("*.json")):
+            try:
+                preset = read_preset_file(path, source)
+            except PresetError as error:
+                problems.append(str(error))
+                continue
+            by_name[preset.name] = preset
+    return sorted(by_name.values(), key=lambda p: (p.source != "user", p.name.lower())), problems
+
+
+def save_preset(folder: Path, preset: Preset) -> Path:
+    """Write (or replace) the preset's file in `folder` atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / preset_file_name(preset.name)
+    temp = folder / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        temp.write_text(preset_json(preset), encoding="utf-8")
+        os.replace(temp, path)
+    except OSError as error:
+        temp.unlink(missing_ok=True)
+        raise PresetError(f"Could not save the preset to {path} ({error.strerror or error}).") from None
+    return path
+
+
+def delete_preset(folder: Path, name: str) -> None:
+    path = Path(folder) / preset_file_name(name)
+    if not path.is_file():
+        raise PresetError(f"There is no user preset named {name!r} (shipped presets cannot be deleted).")
+    path.unlink()
+
+
+# ----- settings from requests and PNGs -------------------------------------------------------
+
+
+def settings_from_request(request: GenerationRequest) -> dict:
+    """The settings of a request (its input paths dropped, LoRA paths as library names)."""
+    values = request.to_dict()
+    settings = {k: values[k] for k in SETTING_FIELDS}
+    settings["lora_paths"] = [Path(p).stem if p.endswith(".safetensors") else p for p in settings["lora_paths"]]
+    settings["extra"] = {k: v for k, v in settings["extra"].items()  # side models by name stay; input files go
+                         if not (_is_path_key(k) and (not isinstance(v, str) or _check_model(v)))}
+    if settings["model"] and _check_model(settings["model"]):  # a folder path: keep its name, as in a models folder
+        name = Path(settings["model"]).name
+        settings["model"] = None if _check_model(name) else name
+    return settings
+
+
+_A1111_ITEM = re.compile(r'\s*([A-Za-z][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+def settings_from_a1111(text: str) -> dict:
+    """Prompt, steps, seed, size and guidance from an A1111 / Forge `parameters` text chunk."""
+    lines = text.strip().split("\n")
+    parameter_line = ""
+    if lines and re.match(r"^\s*Steps:", lines[-1]):
+        parameter_line = lines.pop()
+    prompt_lines = []
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            break
+        prompt_lines.append(line)
+    values = {key.strip(): value.strip().strip('"') for key, value in _A1111_ITEM.findall(parameter_line)}
+    settings: dict = {"prompt": "\n".join(prompt_lines).strip()}
+    if values.get("Steps", "").isdigit():
+        settings["steps"] = max(1, min(MAX_STEPS, int(values["Steps"])))
+    if values.get("Seed", "").isdigit() and int(values["Seed"]) <= MAX_SEED:
+        settings["seed"] = int(values["Seed"])
+    size = re.match(r"^(\d+)x(\d+)$", values.get("Size", ""))
+    if size:
+        settings["width"], settings["height"] = (max(16, min(MAX_SIDE, round(int(v) / 16) * 16)) for v in size.groups())
+    for key in ("Distilled CFG Scale", "Guidance", "CFG scale"):
+        try:
+            guidance = float(values[key])
+        except (KeyError, ValueError):
+            continue
+        if key == "CFG scale" and guidance == 1:  # Forge's FLUX runs keep real CFG at 1
+            continue
+        if 0 <= guidance <= 100:
+            settings["guidance"] = guidance
+            break
+    if values.get("Tool") in TOOLS:
+        settings["tool"] = values["Tool"]
+    return validate_settings(settings)
+
+
+def settings_from_png(path: Path) -> dict:
+    """Settings stored in a PNG: ours (exact) or an A1111 `parameters` chunk; PresetError when neither."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            chunks = dict(image.info)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise PresetError(f"{path.name} is not an image we can read ({error}).") from None
+    ours, theirs = chunks.get(JSON_KEY), chunks.get(A1111_KEY)
+    if isinstance(ours, str) and len(ours) <= MAX_METADATA_CHARS:
+        try:
+            return validate_settings(settings_from_request(request_from_metadata(json.loads(ours))))
+        except (json.JSONDecodeError, RecursionError):
+            raise PresetError(f"The settings in {path.name} are not valid JSON.") from None
+    if isinstance(theirs, str) and len(theirs) <= MAX_METADATA_CHARS:
+        return settings_from_a1111(theirs)
+    raise PresetError(f"{path.name} carries no settings (neither mflux-studio's nor an A1111 'parameters' chunk).")

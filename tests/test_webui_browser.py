@@ -1,0 +1,443 @@
+"""The studio in a real browser (Debian's Chromium driven by Playwright) against the real app serving tiny
+FLUX.1 models, plus the same server through gradio_client. One server and one browser for the module.
+
+Screenshots of every panel go to test-artifacts/ (git-ignored).
+"""
+
+import json
+import re
+import socket
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image, PngImagePlugin
+
+from mflux_core.manager import GenerationResult, ModelManager
+from mflux_core.metadata import JSON_KEY, png_text_chunks
+from mflux_core.request import GenerationRequest
+from mflux_core.tools import TOOL_MODULES
+from tests.fixtures.tiny_controlnet import build_tiny_controlnet, load_transformer
+from tests.fixtures.tiny_depth import build_tiny_depth_anything
+from tests.fixtures.tiny_redux import build_tiny_redux
+from webui.app import build_app, launch_kwargs
+from webui.gallery import save_result
+from webui.studio import StudioFolders
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT_MS = 60_000
+API_NAMES = {"/generate", "/fill", "/depth", "/kontext", "/controlnet", "/redux", "/in_context", "/catvton", "/ic_edit",
+             "/stop", "/status", "/history", "/estimate_depth", "/canny_preview", "/outpaint_preview"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def noise_image(path: Path, size=(64, 64), seed=0) -> Path:
+    pixels = (np.random.default_rng(seed).random((size[1], size[0], 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory, tiny_dev, tiny_schnell, tiny_fill, tiny_depth, tiny_kontext):
+    root = tmp_path_factory.mktemp("webui")
+    models = root / "models"
+    (models / "loras").mkdir(parents=True)
+    for name, folder in {"tiny-dev": tiny_dev, "tiny-schnell": tiny_schnell, "tiny-fill": tiny_fill,
+                         "tiny-depth": tiny_depth, "tiny-kontext": tiny_kontext}.items():
+        (models / name).symlink_to(folder)
+    build_tiny_depth_anything(models / "depth-estimator")
+    build_tiny_controlnet(models / "canny", load_transformer(tiny_dev), num_layers=1, num_single_layers=1)
+    (models / "upscaler").symlink_to(models / "canny")
+    build_tiny_redux(models / "redux", text_dim=32)
+    for lora in ("ink", "paper"):  # listed by name only; these tests never load them
+        (models / "loras" / f"{lora}.safetensors").write_bytes(b"{}")
+    folders = StudioFolders.default(root / "outputs", models_dir=models)
+    manager = ModelManager(models_dir=models)
+    app = build_app(manager, folders)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+               **launch_kwargs(folders))
+    inputs = root / "inputs"
+    inputs.mkdir()
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", folders=folders, models=models, manager=manager,
+                          photo=noise_image(inputs / "photo.png"), inputs=inputs)
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, studio):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(studio.url)
+    page.wait_for_selector("#generate-run")
+    yield page
+    context.close()
+
+
+# ----- page helpers -----------------------------------------------------------------------------
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def type_into(page, elem_id: str, text: str) -> None:
+    page.fill(f"#{elem_id} :is(input, textarea)", str(text))
+    page.keyboard.press("Tab")
+
+
+def set_slider(page, elem_id: str, value) -> None:
+    page.fill(f"#{elem_id} input[type=number]", str(value))
+    page.keyboard.press("Tab")
+
+
+def choose(page, elem_id: str, option: str) -> None:
+    page.click(f"#{elem_id} input")
+    page.locator("ul[role=listbox] li", has_text=option).first.click()
+
+
+def value_of(page, elem_id: str) -> str:
+    return page.input_value(f"#{elem_id} :is(input, textarea) >> nth=0")
+
+
+def wait_for_status(page, prefix: str, pattern: str) -> str:
+    page.wait_for_function(f"() => /{pattern}/.test(document.querySelector('#{prefix}-status').innerText)")
+    return page.inner_text(f"#{prefix}-status")
+
+
+def run_and_wait(page, prefix: str) -> str:
+    page.click(f"#{prefix}-run")
+    text = wait_for_status(page, prefix, "Done|rror|Stopped|not available|wrong")
+    assert text.startswith("Done"), text
+    return text
+
+
+def screenshot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True, animations="disabled")
+
+
+def result_pngs(studio) -> set[Path]:
+    return {p for p in studio.folders.outputs.glob("2*/*.png")}
+
+
+def request_in(path: Path) -> dict:
+    with Image.open(path) as image:
+        return json.loads(image.info[JSON_KEY])["request"]
+
+
+def draw_stroke(page, editor_id: str, points, image_size=(64, 64)) -> None:
+    """Drag the mouse through image-pixel points on the editor's canvas (the image is centred and zoomed)."""
+    zoom = float(page.inner_text(f"#{editor_id} .zoom-number").strip().rstrip("%")) / 100
+    box = page.locator(f"#{editor_id} div.pixi-target canvas").bounding_box()
+    centre_x, centre_y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+    def on_screen(x, y):
+        return centre_x + (x - image_size[0] / 2) * zoom, centre_y + (y - image_size[1] / 2) * zoom
+
+    page.mouse.move(*on_screen(*points[0]))
+    page.mouse.down()
+    for point in points[1:]:
+        page.mouse.move(*on_screen(*point), steps=4)
+    page.mouse.up()
+
+
+# ----- the tests ---------------------------------------------------------------------------------
+
+
+def test_generate_then_send_a_result_from_the_history(page, studio):
+    before = result_pngs(studio)
+    type_into(page, "generate-prompt", "a red fox in the snow")
+    for elem_id, value in (("generate-width", 64), ("generate-height", 48), ("generate-steps", 2)):
+        type_into(page, elem_id, value)
+    set_slider(page, "generate-batch", 2)
+    assert run_and_wait(page, "generate").startswith("Done: 2 images")
+    new = sorted(result_pngs(studio) - before, key=lambda p: request_in(p)["seed"])
+    assert [request_in(p)["seed"] for p in new] == [0, 1]
+    assert {(request_in(p)["tool"], request_in(p)["width"], request_in(p)["height"]) for p in new} == {
+        ("generate", 64, 48)}
+    assert page.locator("#generate-results img").count() == 2
+    assert "Resident" in page.inner_text("#status-strip") and "transformer" in page.inner_text("#status-strip")
+    screenshot(page, "generate")
+
+    open_tab(page, "History")
+    page.locator("#history-gallery button img").first.click()
+    page.click("#send-to-fill")
+    page.wait_for_selector("#fill-editor div.pixi-target canvas")
+    assert page.get_by_role("tab", name="Fill", exact=True).get_attribute("aria-selected") == "true"
+    open_tab(page, "History")
+    screenshot(page, "history")
+
+
+def test_fill_uses_the_stroke_as_mask_and_keeps_the_rest(page, studio):
+    open_tab(page, "Fill")
+    page.wait_for_selector("#fill-editor div.pixi-target canvas")
+    page.set_input_files("#fill-editor input[type=file]", str(studio.photo))
+    page.wait_for_selector("#fill-editor .zoom-number")
+    page.click("#fill-editor button[aria-label=Brush]")
+    draw_stroke(page, "fill-editor", [(16, 16), (48, 16)])
+    type_into(page, "fill-prompt", "a patch of moss")
+    type_into(page, "fill-steps", 2)
+    assert page.is_checked("#fill-keep-unmasked input")
+    before = result_pngs(studio)
+    run_and_wait(page, "fill")
+    [result] = result_pngs(studio) - before
+    request = request_in(result)
+    assert request["keep_unmasked"] is True and request["tool"] == "fill"
+    mask = np.asarray(Image.open(request["masked_image_path"]))
+    assert mask.shape == (64, 64)
+    assert mask[16, 20:44].min() == 255  # along the stroke
+    assert mask[48:, :].max() == 0 and mask[:, :2].max() == 0  # far from it
+    original = np.asarray(Image.open(studio.photo).convert("RGB"))
+    output = np.asarray(Image.open(result).convert("RGB"))
+    assert np.array_equal(output[44:], original[44:])  # well outside mask + feather: the input, exactly
+    assert np.abs(output[12:20, 20:44].astype(int) - original[12:20, 20:44]).mean() > 5  # the stroke was redrawn
+    screenshot(page, "fill")
+
+
+def test_depth_kontext_controlnet_and_redux_panels_run(page, studio):
+    assert {"depth", "kontext", "controlnet", "redux"} <= set(TOOL_MODULES)
+    open_tab(page, "Depth")
+    page.set_input_files("#depth-photo input[type=file]", str(studio.photo))
+    page.wait_for_selector("#depth-map img")  # estimated from the photo and shown
+    wait_for_status(page, "depth", "Depth map estimated")
+    type_into(page, "depth-prompt", "a stone wall")
+    type_into(page, "depth-steps", 2)
+    run_and_wait(page, "depth")
+    screenshot(page, "depth")
+
+    open_tab(page, "Kontext")
+    page.set_input_files("#kontext-reference input[type=file]", str(studio.photo))
+    page.wait_for_selector("#kontext-reference img")
+    type_into(page, "kontext-prompt", "make it blue")
+    type_into(page, "kontext-steps", 2)
+    run_and_wait(page, "kontext")
+    screenshot(page, "kontext")
+
+    open_tab(page, "ControlNet")
+    page.set_input_files("#controlnet-image input[type=file]", str(studio.photo))
+    page.wait_for_selector("#controlnet-edges img")  # the Canny edges the ControlNet will see
+    choose(page, "controlnet-model", "tiny-dev")
+    type_into(page, "controlnet-prompt", "a line drawing")
+    type_into(page, "controlnet-steps", 2)
+    run_and_wait(page, "controlnet")
+    screenshot(page, "controlnet")
+
+    open_tab(page, "Redux")
+    page.set_input_files("#redux-image-1 input[type=file]", str(studio.photo))
+    page.wait_for_selector("#redux-image-1 img")
+    choose(page, "redux-model", "tiny-dev")
+    for elem_id, value in (("redux-width", 64), ("redux-height", 64), ("redux-steps", 2)):
+        type_into(page, elem_id, value)
+    run_and_wait(page, "redux")
+    screenshot(page, "redux")
+    tools = {request_in(p)["tool"] for p in result_pngs(studio)}
+    assert {"depth", "kontext", "controlnet", "redux"} <= tools
+
+
+def test_in_context_panels(page, studio):
+    assert {"in-context", "catvton", "ic-edit"} <= set(TOOL_MODULES)
+    open_tab(page, "In-Context")
+    page.set_input_files("#in-context-reference input[type=file]", str(studio.photo))
+    page.wait_for_selector("#in-context-reference img")
+    type_into(page, "in-context-prompt", "[LEFT] a fox; [RIGHT] the same fox in winter")
+    type_into(page, "in-context-steps", 2)
+    run_and_wait(page, "in-context")
+    screenshot(page, "in-context")
+
+    open_tab(page, "IC-Edit")  # its LoRA is not in this offline cache: the page says so in a sentence
+    page.set_input_files("#ic-edit-reference input[type=file]", str(studio.photo))
+    page.wait_for_selector("#ic-edit-reference img")
+    type_into(page, "ic-edit-instruction", "make it blue")
+    page.click("#ic-edit-run")
+    text = wait_for_status(page, "ic-edit", "rror|not found|Done")
+    assert "LoRA" in text and "not found" in text and "Traceback" not in text
+    open_tab(page, "Try-on")
+    page.wait_for_selector("#catvton-editor div.pixi-target canvas")
+    screenshot(page, "try-on")
+
+
+def test_screenshots_of_the_other_panels(page):
+    """Panels added by other tools' authors get a screenshot too (their own tests run them)."""
+    names = [name.strip() for name in page.get_by_role("tab").all_inner_texts()]
+    done = {path.stem for path in ARTIFACTS.glob("*.png")}
+    for name in names:
+        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+        if slug not in done:
+            open_tab(page, name)
+            page.wait_for_timeout(300)
+            screenshot(page, slug)
+    assert {"generate", "fill", "depth", "kontext", "controlnet", "redux", "history"} <= {
+        path.stem for path in ARTIFACTS.glob("*.png")}
+
+
+def test_stop_ends_a_long_run_within_a_step(page, studio):
+    choose(page, "generate-model", "tiny-dev")
+    for elem_id, value in (("generate-width", 256), ("generate-height", 256), ("generate-steps", 300)):
+        type_into(page, elem_id, value)
+    before = result_pngs(studio)
+    page.click("#generate-run")
+    wait_for_status(page, "generate", "step [3-9] of 300")
+    asked = time.perf_counter()
+    page.click("#generate-stop")
+    text = wait_for_status(page, "generate", "Stopped")
+    assert time.perf_counter() - asked < 10
+    stopped_at = int(re.search(r"Stopped after step (\d+) of 300", text).group(1))
+    assert stopped_at < 30, text
+    assert result_pngs(studio) == before and not studio.manager.status()["busy"]
+
+
+def test_preset_export_then_import_restores_every_control(browser, page, studio):
+    wanted = {"generate-prompt": "a lighthouse\nat dusk", "generate-seed": "1234", "generate-steps": "3",
+              "generate-guidance": "2.5", "generate-width": "128", "generate-height": "96"}
+    choose(page, "generate-model", "tiny-schnell")
+    for elem_id, value in wanted.items():
+        type_into(page, elem_id, value)
+    set_slider(page, "generate-batch", 3)
+    page.click("text=LoRAs and quantization")
+    choose(page, "generate-lora-1", "paper")
+    set_slider(page, "generate-lora-scale-1", 0.35)
+    page.click("#generate-quantize label:has-text('8')")
+    page.click("#generate-img2img")
+    set_slider(page, "generate-image-strength", 0.65)
+    page.click("#generate-presets")
+    type_into(page, "generate-preset-name", "my look")
+    page.click("#generate-preset-export")
+    with page.expect_download() as download:
+        page.click("#generate-preset-exported a")
+    exported = studio.inputs / "my-look.json"
+    download.value.save_as(exported)
+    assert json.loads(exported.read_text())["settings"]["lora_paths"] == ["paper"]
+
+    page.reload()  # a fresh session with every control at its default
+    page.wait_for_selector("#generate-run")
+    assert value_of(page, "generate-prompt") == ""
+    page.click("#generate-presets")
+    page.click("text=LoRAs and quantization")
+    page.click("#generate-img2img")
+    page.set_input_files("#generate-preset-import input[type=file]", str(exported))
+    page.wait_for_function("() => /Imported/.test(document.querySelector('#generate-preset-message').innerText)")
+    for elem_id, value in wanted.items():
+        assert value_of(page, elem_id) == value, elem_id
+    assert value_of(page, "generate-model").startswith("tiny-schnell")
+    assert page.input_value("#generate-batch input[type=number]") == "3"
+    assert value_of(page, "generate-lora-1") == "paper" and value_of(page, "generate-lora-2") == ""
+    assert page.input_value("#generate-lora-scale-1 input[type=number]") == "0.35"
+    assert page.is_checked("#generate-quantize input[value='8']")
+    assert page.input_value("#generate-image-strength input[type=number]") == "0.65"
+    assert not page.is_checked("#generate-random-seed input")
+    screenshot(page, "presets")
+
+
+def test_dropping_a_png_restores_its_settings(page, studio):
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a castle on a hill\nNegative prompt: blur\nSteps: 17, Sampler: Euler, "
+                                "Distilled CFG Scale: 4.5, Seed: 987, Size: 512x768, Model: flux1-dev")
+    a1111 = studio.inputs / "a1111.png"
+    Image.new("RGB", (8, 8)).save(a1111, pnginfo=info)
+    page.click("#generate-presets")
+    page.set_input_files("#generate-restore-png input[type=file]", str(a1111))
+    page.wait_for_function("() => /Restored/.test(document.querySelector('#generate-preset-message').innerText)")
+    assert [value_of(page, f"generate-{k}") for k in ("prompt", "steps", "seed", "width", "height", "guidance")] == [
+        "a castle on a hill", "17", "987", "512", "768", "4.5"]
+
+    request = GenerationRequest(model="tiny-dev", prompt="ours", seed=77, steps=5, width=80, height=64,
+                                guidance=6.0, quantize=4)
+    ours = save_result(studio.inputs, GenerationResult(Image.new("RGB", (80, 64)), request, {},
+                                                       png_text_chunks(request), 0.1))
+    page.set_input_files("#generate-restore-png input[type=file]", str(ours))
+    page.wait_for_function("() => document.querySelector('#generate-prompt textarea').value === 'ours'")
+    assert [value_of(page, f"generate-{k}") for k in ("seed", "steps", "width", "height", "guidance")] == [
+        "77", "5", "80", "64", "6"]
+    assert value_of(page, "generate-model").startswith("tiny-dev")
+    page.click("text=LoRAs and quantization")
+    assert page.is_checked("#generate-quantize input[value='4']")
+
+
+def test_every_tool_is_reachable_from_gradio_client(studio):
+    from gradio_client import Client, handle_file
+
+    client = Client(studio.url, analytics_enabled=False, verbose=False)
+    assert API_NAMES <= set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    common = dict(model="tiny-schnell", seed=3, random_seed=False, batch_count=1, steps="2", guidance="", width=32,
+                  height=32, lora_1=None, lora_2=None, lora_3=None, quantize="off")
+    status, _, results, history, strip = client.predict(prompt="a boat", image_strength=0.4, init_image=None,
+                                                        api_name="/generate", **common)
+    assert "Done: 1 image" in status and len(results) == 1 and history and "Backend" in strip
+    status, *_ = client.predict(prompt="x", image_strength=0.4, init_image=None, api_name="/generate",
+                                **{**common, "width": 33})
+    assert "Width 33 is not a multiple of 16; try 32." in status and "Traceback" not in status
+    photo = handle_file(str(studio.photo))
+    stroke = np.zeros((64, 64, 4), np.uint8)
+    stroke[20:40, 20:40] = 255
+    Image.fromarray(stroke, "RGBA").save(studio.inputs / "stroke.png")
+    editor = {"background": photo, "layers": [handle_file(str(studio.inputs / "stroke.png"))], "composite": None}
+    for api_name, values in (("/fill", {"model": "tiny-fill", "mode": "Inpaint", "editor": editor}),
+                             ("/catvton", {"model": "tiny-fill", "garment": photo, "editor": editor})):
+        status, _, results, *_ = client.predict(api_name=api_name, **api_values(client, api_name, {
+            **common, "width": 0, "height": 0, "prompt": "a shirt", **values}))
+        assert "Done: 1 image" in status and len(results) == 1, (api_name, status)
+    canvas, mask, _ = client.predict(editor={"background": photo, "layers": [], "composite": None}, mode="Outpaint",
+                                     pad_top=0, pad_right=16, pad_bottom=0, pad_left=16, pad_unit="px",
+                                     api_name="/outpaint_preview")
+    assert Image.open(canvas).size == (96, 64) and Image.open(mask).size == (96, 64)
+    edges, _ = client.predict(image=photo, low=100, high=200, api_name="/canny_preview")
+    assert Image.open(edges).size == (64, 64)
+    depth_map, _ = client.predict(photo=photo, api_name="/estimate_depth")
+    assert Image.open(depth_map).size == (64, 64)
+    assert "Backend" in client.predict(api_name="/status")
+
+
+def test_only_the_studios_folders_are_served(studio):
+    request = GenerationRequest(prompt="served", width=16, height=16)
+    saved = save_result(studio.folders.outputs, GenerationResult(Image.new("RGB", (16, 16)), request, {},
+                                                                 png_text_chunks(request), 0.1))
+    served = httpx.get(f"{studio.url}gradio_api/file={saved}")
+    assert served.status_code == 200 and served.content[:8] == b"\x89PNG\r\n\x1a\n"
+    for outside in ("/etc/passwd", ROOT / "pyproject.toml", studio.models / "tiny-dev" / "model_index.json"):
+        assert httpx.get(f"{studio.url}gradio_api/file={outside}").status_code in (403, 404), outside
+
+    # A client that names a server file as its "upload" is refused before any handler sees it.
+    from gradio_client import Client
+
+    parameters = api_parameters(Client(studio.url, analytics_enabled=False, verbose=False), "/generate")
+    values = {"model": "tiny-schnell", "prompt": "x", "steps": "1", "width": 16, "height": 16, "quantize": "off",
+              "init_image": {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}}
+    data = [values.get(name, default) for name, default in parameters]
+    event = httpx.post(f"{studio.url}gradio_api/call/generate", json={"data": data}).json()["event_id"]
+    stream = httpx.get(f"{studio.url}gradio_api/call/generate/{event}", timeout=60).text
+    assert "event: error" in stream and "root:" not in stream
+    assert not any("passwd" in p.name for p in studio.folders.inputs.glob("*"))
+
+
+def api_parameters(client, api_name: str) -> list[tuple[str, object]]:
+    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"][api_name]
+    return [(p["parameter_name"], p["parameter_default"]) for p in info["parameters"]]
+
+
+def api_values(client, api_name: str, values: dict) -> dict:
+    """Keyword arguments for an endpoint: the given values it takes, its defaults for the rest."""
+    return {name: values.get(name, default) for name, default in api_parameters(client, api_name)}

@@ -1,0 +1,322 @@
+"""The page's logic without a browser: each panel's settings and requests, the shared widgets, the history
+gallery, the status strip, the job wrapper (on a real tiny model) and the app's wiring."""
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mflux_core.errors import Cancelled, InvalidRequest
+from mflux_core.manager import GenerationResult, ModelManager
+from mflux_core.metadata import png_text_chunks
+from mflux_core.presets import settings_from_png, settings_from_request, validate_settings
+from mflux_core.registry import ModelEntry
+from mflux_core.request import GenerationRequest
+from webui import gallery
+from webui.jobs import JobBoard, StepUpdate, run_with_progress, step_text
+from webui.panels import controlnet, depth, fill, generate, kontext, redux
+from webui.requests import InputStore, RequestContext, batch_seeds
+from webui.status import status_markdown
+from webui.widgets import aspect_size, default_model, model_choices, shared_values, snap_to_16
+
+PANELS = (generate, fill, depth, kontext, controlnet, redux)
+
+
+def shared(**overrides) -> dict:
+    """Values as the shared widgets hand them to a handler."""
+    values = {"model": "tiny", "prompt": "a fox", "seed": 5, "random_seed": False, "batch_count": 1, "steps": "",
+              "guidance": "", "width": 64, "height": 64, "quantize": "off"}
+    for i in (1, 2, 3):
+        values.update({f"lora_{i}": None, f"lora_scale_{i}": 1.0})
+    return {**values, **overrides}
+
+
+@pytest.fixture
+def context(tmp_path):
+    library = {"ink": tmp_path / "loras" / "ink.safetensors"}
+    return RequestContext(inputs=InputStore(tmp_path / "inputs"), loras=library, draw_seed=lambda: 1000)
+
+
+def picture(color=(200, 40, 10), size=(64, 48)) -> Image.Image:
+    pixels = np.zeros((size[1], size[0], 3), np.uint8)
+    pixels[...] = color
+    pixels[::7, ::5] = (0, 255, 0)
+    return Image.fromarray(pixels)
+
+
+def stroke_layer(size=(64, 48), box=(10, 10, 30, 20)) -> Image.Image:
+    layer = np.zeros((size[1], size[0], 4), np.uint8)
+    x0, y0, x1, y1 = box
+    layer[y0:y1, x0:x1] = (255, 255, 255, 255)
+    return Image.fromarray(layer, "RGBA")
+
+
+# ----- shared controls -------------------------------------------------------------------------
+
+
+def test_sizes_snap_to_multiples_of_16_and_aspects_keep_the_area():
+    assert [snap_to_16(v) for v in (None, 0, 1, 23, 24, 1000, 99999)] == [None, 0, 16, 16, 32, 1008, 4096]
+    assert aspect_size("1:1", 1024, 1024) == (1024, 1024)
+    assert aspect_size("16:9", 1024, 1024) == (1360, 768)
+    assert aspect_size("2:3", None, None) == (832, 1248)
+    assert all(side % 16 == 0 for ratio in ("4:3", "21:9", "9:16") for side in aspect_size(ratio, 700, 900))
+
+
+def test_model_picker_lists_downloaded_models_first_and_filters_by_tool():
+    entries = [ModelEntry("schnell", "base", "alias", False), ModelEntry("fill", "fill", "alias", False),
+               ModelEntry("my-flux", "base", "models folder", True), ModelEntry("org/flux", "base", "HF cache", True),
+               ModelEntry("my-fill", "fill", "models folder", True)]
+    assert [name for _, name in model_choices(entries, "generate")] == ["my-flux", "org/flux", "schnell"]
+    assert model_choices(entries, "generate")[-1][0] == "schnell  ·  not downloaded"
+    assert [name for _, name in model_choices(entries, "fill")] == ["my-fill", "fill"]
+    shadowing = [ModelEntry("canny", "controlnet", "alias", False),
+                 ModelEntry("canny", "controlnet", "models folder", True)]
+    assert model_choices(shadowing, kinds=("controlnet",)) == [("canny  ·  models folder", "canny")]
+    assert default_model(entries, "generate") == "my-flux"
+    assert default_model(entries[:2], "generate") == "schnell"  # nothing downloaded: the alias
+    assert default_model(entries, "kontext") == "kontext"
+
+
+def test_shared_settings_parse_text_boxes_and_refuse_garbage(context):
+    [request] = generate.build_requests(shared(steps=" 12 ", guidance="3.5", width=0, height=0), context)
+    assert (request.steps, request.guidance, request.width, request.height) == (12, 3.5, None, None)
+    [request] = generate.build_requests(shared(), context)
+    assert (request.steps, request.guidance) == (None, None)
+    with pytest.raises(InvalidRequest, match="Steps must be a number"):
+        generate.build_requests(shared(steps="many"), context)
+    with pytest.raises(InvalidRequest, match="Steps must be a whole number"):
+        generate.build_requests(shared(steps="2.5"), context)
+    with pytest.raises(InvalidRequest, match="not a multiple of 16; try 64"):
+        generate.build_requests(shared(width=65), context)
+
+
+def test_batches_use_consecutive_seeds_from_a_fixed_or_random_start(context):
+    assert [r.seed for r in generate.build_requests(shared(batch_count=3), context)] == [5, 6, 7]
+    assert [r.seed for r in generate.build_requests(shared(random_seed=True, batch_count=2), context)] == [1000, 1001]
+    assert batch_seeds(2**32 - 1, 2) == [2**32 - 1, 0]
+
+
+def test_loras_are_named_in_the_page_and_resolved_to_library_files(context):
+    [request] = generate.build_requests(shared(lora_2="ink", lora_scale_2=0.6), context)
+    assert request.lora_paths == (str(context.loras["ink"]),) and request.lora_scales == (0.6,)
+    with pytest.raises(InvalidRequest, match="'gone' is not in the LoRA library"):
+        generate.build_requests(shared(lora_1="gone"), context)
+
+
+def test_quantize_choice_becomes_bits(context):
+    assert generate.build_requests(shared(quantize="4"), context)[0].quantize == 4
+    assert generate.build_requests(shared(quantize="off"), context)[0].quantize is None
+
+
+# ----- each panel: settings <-> values, requests --------------------------------------------
+
+
+PANEL_VALUES = {
+    generate: {"image_strength": 0.55},
+    fill: {"mode": fill.OUTPAINT, "keep_unmasked": False, "mask_invert": True, "mask_grow_px": 3, "mask_blur_px": 2,
+           "pad_top": 0.0, "pad_right": 25.0, "pad_bottom": 10.0, "pad_left": 0.0, "pad_unit": "%"},
+    depth: {},
+    kontext: {"kontext_auto_resize": True},
+    controlnet: {"mode": controlnet.UPSCALE, "controlnet_strength": 0.7, "upscale_factor": 1.5,
+                 "controlnet_weights": "my-upscaler"},
+    redux: {"redux_strength_1": 0.3, "redux_strength_2": 0.9, "redux_strength_3": 1.0, "redux_strength_4": 0.5,
+            "redux_weights": ""},
+}
+
+
+@pytest.mark.parametrize("panel", PANELS, ids=lambda m: m.TOOL)
+def test_settings_and_values_round_trip_for_every_panel(panel):
+    values = shared(steps="7", guidance="2.5", lora_1="ink", lora_scale_1=0.25, quantize="8", batch_count=2,
+                    **PANEL_VALUES[panel])
+    settings = validate_settings(panel.settings_from_values(values))
+    restored = panel.values_from_settings(settings)
+    for name, value in restored.items():
+        assert values[name] == value, name
+    assert panel.settings_from_values({**values, **restored}) == settings
+
+
+def test_generate_text_to_image_and_image_to_image(context):
+    [text_only] = generate.build_requests(shared(image_strength=0.7), context)
+    assert (text_only.tool, text_only.image_path, text_only.image_strength) == ("generate", None, None)
+    image = picture()
+    [img2img] = generate.build_requests(shared(init_image=image, image_strength=0.7), context)
+    assert img2img.image_strength == 0.7
+    assert Path(img2img.image_path).parent == context.inputs.folder
+    assert np.array_equal(np.asarray(Image.open(img2img.image_path)), np.asarray(image))
+    [again] = generate.build_requests(shared(init_image=image.copy()), context)
+    assert again.image_path == img2img.image_path  # same content, same file, written once
+    assert len(list(context.inputs.folder.iterdir())) == 1
+
+
+def test_fill_inpaint_sends_the_painted_mask(context):
+    editor = {"background": picture().convert("RGBA"), "layers": [stroke_layer()], "composite": None}
+    [request] = fill.build_requests(shared(editor=editor, mode=fill.INPAINT, keep_unmasked=True), context)
+    assert request.tool == "fill" and request.keep_unmasked and request.outpaint_padding is None
+    mask = np.asarray(Image.open(request.masked_image_path))
+    expected = np.zeros((48, 64), np.uint8)
+    expected[10:20, 10:30] = 255
+    assert np.array_equal(mask, expected)
+    assert np.array_equal(np.asarray(Image.open(request.image_path)), np.asarray(picture()))
+    assert request.extra == {"mask_invert": False, "mask_grow_px": 0, "mask_blur_px": 0}
+
+
+def test_fill_mask_options_invert_grow_and_blur():
+    editor = {"background": picture(), "layers": [stroke_layer()]}
+    inverted = np.asarray(fill.editor_mask(editor, invert=True))
+    assert inverted[15, 20] == 0 and inverted[40, 60] == 255
+    grown = np.asarray(fill.editor_mask(editor, grow_px=4))
+    assert grown[7, 20] == 255 and grown[3, 20] == 0
+    blurred = np.asarray(fill.editor_mask(editor, blur_px=3))
+    assert 0 < blurred[9, 20] < blurred[15, 20] and blurred[15, 20] > 200 and blurred[40, 60] == 0
+    with pytest.raises(InvalidRequest, match="mask is empty"):
+        fill.editor_mask({"background": picture(), "layers": [stroke_layer(box=(0, 0, 0, 0))]})
+    with pytest.raises(InvalidRequest, match="Upload an image"):
+        fill.build_requests(shared(editor={"background": None, "layers": []}, mode=fill.INPAINT), RequestContext(
+            InputStore(Path("/nonexistent"))))
+
+
+def test_fill_outpaint_sends_padding_and_previews_the_engines_canvas(context):
+    values = shared(editor={"background": picture(), "layers": []}, mode=fill.OUTPAINT, pad_top=0, pad_right=16,
+                    pad_bottom=0, pad_left=8, pad_unit="px", keep_unmasked=True)
+    [request] = fill.build_requests(values, context)
+    assert request.outpaint_padding == "0px,16px,0px,8px" and request.masked_image_path is None
+    canvas, mask = fill.outpaint_preview(values)
+    assert canvas.size == (96, 48) and mask.size == (96, 48)  # 64 + 16 + 8 = 88, padded to a multiple of 16
+    assert fill.padding_values("10%") == {"mode": fill.OUTPAINT, "pad_unit": "%", "pad_top": 10.0,
+                                          "pad_right": 10.0, "pad_bottom": 10.0, "pad_left": 10.0}
+    assert fill.padding_values(None) == {"mode": fill.INPAINT}
+
+
+def test_depth_uses_the_shown_map_or_lets_the_engine_estimate_one(context):
+    photo, depth_map = picture(), picture((90, 90, 90))
+    [with_map] = depth.build_requests(shared(photo=photo, depth_map=depth_map), context)
+    assert with_map.depth_image_path and with_map.image_path is None
+    [estimated] = depth.build_requests(shared(photo=photo, depth_map=None), context)
+    assert estimated.depth_image_path is None and estimated.image_path
+    with pytest.raises(InvalidRequest, match="Upload a photo"):
+        depth.build_requests(shared(photo=None, depth_map=None), context)
+
+
+def test_kontext_needs_a_reference_and_an_instruction(context):
+    [request] = kontext.build_requests(shared(reference=picture(), kontext_auto_resize=True), context)
+    assert request.tool == "kontext" and request.image_path and request.extra == {"kontext_auto_resize": True}
+    with pytest.raises(InvalidRequest, match="instruction"):
+        kontext.build_requests(shared(reference=picture(), prompt="  "), context)
+    with pytest.raises(InvalidRequest, match="reference image"):
+        kontext.build_requests(shared(reference=None), context)
+
+
+def test_controlnet_canny_and_upscale(context):
+    canny = shared(control_image=picture(), mode=controlnet.CANNY, canny_low=50, canny_high=150,
+                   controlnet_strength=0.5)
+    [request] = controlnet.build_requests(canny, context)
+    assert (request.tool, request.controlnet_strength, request.extra) == (
+        "controlnet", 0.5, {"canny_low": 50, "canny_high": 150})
+    assert request.controlnet_image_path
+    upscale = shared(control_image=picture(), mode=controlnet.UPSCALE, upscale_factor=2, width=0, height=0,
+                     controlnet_strength=0.6, controlnet_weights="my-upscaler")
+    [request] = controlnet.build_requests(upscale, context)
+    assert (request.tool, request.width, request.height) == ("upscale", None, None)  # the engine sizes it
+    assert request.extra == {"upscale_factor": 2.0, "controlnet_path": "my-upscaler"}
+    edges = np.asarray(controlnet.edges_preview(picture(), 100, 200))
+    assert edges.shape == (48, 64, 3) and set(np.unique(edges)) == {0, 255}
+
+
+def test_redux_sends_filled_slots_with_their_strengths(context):
+    values = shared(redux_image_1=picture(), redux_image_2=None, redux_image_3=picture((0, 0, 200)),
+                    redux_image_4=None, redux_strength_1=0.2, redux_strength_2=0.4, redux_strength_3=0.8,
+                    redux_strength_4=1.0)
+    [request] = redux.build_requests(values, context)
+    assert len(request.redux_image_paths) == 2 and request.redux_image_strengths == (0.2, 0.8)
+    with pytest.raises(InvalidRequest, match="at least one image"):
+        redux.build_requests(shared(), context)
+
+
+def test_settings_restored_from_a_png_fill_the_panel(tmp_path):
+    request = GenerationRequest(tool="fill", model="tiny-fill", prompt="p", seed=9, steps=3, width=64, height=48,
+                                keep_unmasked=True, outpaint_padding="0px,16px,0px,16px", image_path="/x.png",
+                                extra={"mask_invert": False, "mask_grow_px": 2, "mask_blur_px": 0})
+    path = gallery.save_result(tmp_path, GenerationResult(picture(), request, {}, png_text_chunks(request), 0.1))
+    values = fill.values_from_settings(settings_from_png(path))
+    assert values["mode"] == fill.OUTPAINT and values["pad_right"] == 16 and values["mask_grow_px"] == 2
+    assert (values["seed"], values["steps"], values["width"], values["prompt"]) == (9, "3", 64, "p")
+    assert shared_values({"seed": None}) == {"random_seed": True}
+
+
+# ----- results on disk, history, status ------------------------------------------------------
+
+
+def test_results_are_saved_with_metadata_and_never_overwritten(tmp_path):
+    request = GenerationRequest(model="dev", prompt="a boat", seed=3, steps=2, width=64, height=48)
+    result = GenerationResult(picture(), request, {}, png_text_chunks(request), 0.5)
+    first = gallery.save_result(tmp_path, result)
+    second = gallery.save_result(tmp_path, result)
+    assert first != second and first.exists() and second.exists()
+    assert settings_from_png(second) == settings_from_request(request)
+
+
+def test_history_is_rebuilt_from_the_outputs_folder(tmp_path):
+    request = GenerationRequest(prompt="x" * 200, seed=11, width=64, height=48)
+    result = GenerationResult(picture(), request, {}, png_text_chunks(request), 0.5)
+    older = gallery.save_result(tmp_path, result)
+    newer = gallery.save_result(tmp_path, GenerationResult(picture(), request.with_(prompt="a hill", seed=12), {},
+                                                           png_text_chunks(request.with_(prompt="a hill", seed=12)), 1))
+    os.utime(older, (1_000_000_000, 1_000_000_000))
+    for ignored in (tmp_path / "inputs" / "img.png", tmp_path / "presets" / "x.png"):
+        ignored.parent.mkdir(parents=True)
+        picture().save(ignored)
+    items = gallery.history(tmp_path)  # what a restarted server shows
+    assert [Path(p) for p, _ in items] == [newer, older]
+    assert items[0][1] == "a hill · seed 12"
+    assert items[1][1].endswith("… · seed 11") and len(items[1][1]) < 100
+    assert gallery.history(tmp_path / "missing") == []
+
+
+def test_status_strip_names_backend_memory_swap_and_download():
+    resident = [{"kind": "transformer", "name": "transformer /m/models/dev/transformer", "bytes": 3 * 2**30},
+                {"kind": "vae", "name": "VAE /m/models/dev/vae", "bytes": 5 * 2**20},
+                {"kind": "auxiliary", "name": "canny (/m/models/canny)", "bytes": 2**20}]
+    text = status_markdown({"backend": "Metal", "resident": resident, "resident_bytes": 3 * 2**30 + 6 * 2**20,
+                            "busy": True, "last_load": {"what": "VAE /m/models/dev/vae", "seconds": 1.0},
+                            "last_swap": {"from": "transformer /m/models/schnell/transformer",
+                                          "to": "transformer /m/models/dev/transformer", "seconds": 12.5},
+                            "download": {"model": "fill", "done_bytes": 2**30, "total_bytes": 4 * 2**30}})
+    assert "**Backend** Metal" in text and "generating" in text
+    assert "transformer dev 3.00 GB, VAE dev 5.0 MB, side model canny 1.0 MB (total 3.01 GB)" in text
+    assert "**Last swap** transformer schnell → transformer dev in 12.50 s" in text
+    assert "**Downloading** fill: 1.00 GB of 4.00 GB" in text
+    idle = status_markdown({"backend": "CPU", "resident": [], "last_swap": None, "download": None,
+                            "last_load": {"what": "text encoders /m/models/dev", "seconds": 0.25}})
+    assert "none yet" in idle and "**Last load** text encoders dev in 0.25 s" in idle and "idle" in idle
+
+
+# ----- the job wrapper on a real tiny model ----------------------------------------------------
+
+
+def test_progress_streams_steps_and_stop_ends_within_one_step(tiny_schnell):
+    manager = ModelManager(models_dir=tiny_schnell.parent)
+    request = GenerationRequest(model=str(tiny_schnell), prompt="a fox", steps=3, width=32, height=32)
+    updates = list(run_with_progress(manager, request, threading.Event()))
+    steps, result = updates[:-1], updates[-1]
+    assert [u.step for u in steps] == [1, 2, 3] and all(isinstance(u, StepUpdate) for u in steps)
+    assert steps[-1].seconds_per_step > 0 and result.image.size == (32, 32)
+    assert "step 3 of 3" in step_text(steps[-1], 1, 1) and "Image 2 of 4" in step_text(steps[-1], 2, 4)
+
+    cancel = threading.Event()
+    seen = []
+    with pytest.raises(Cancelled, match="Stopped after step [12] of 8"):  # the step running when asked may finish
+        for update in run_with_progress(manager, request.with_(steps=8), cancel):
+            seen.append(update.step)
+            cancel.set()
+    assert seen[0] == 1 and len(seen) <= 2 and not manager.status()["busy"]
+
+
+def test_job_board_cancels_only_the_sessions_own_job():
+    board = JobBoard()
+    mine, theirs = board.begin("me"), board.begin("them")
+    assert board.cancel("me") and mine.is_set() and not theirs.is_set()
+    board.end("me", mine)
+    assert not board.cancel("me")

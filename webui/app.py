@@ -1,0 +1,158 @@
+"""The studio page: one tab per tool, a history of results, a status strip; `python -m webui.app` serves it."""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import mflux_core  # noqa: E402,F401  (loads OpenBLAS before anything imports mlx.core)
+import gradio as gr  # noqa: E402
+
+from mflux_core.errors import StudioError  # noqa: E402
+from mflux_core.presets import settings_from_png  # noqa: E402
+from webui.jobs import safe_action, message_markdown  # noqa: E402
+from webui.panels import controlnet, depth, fill, generate, in_context, kontext, redux  # noqa: E402
+from webui.panels import concept, train  # noqa: E402
+from webui.presets_ui import apply_settings  # noqa: E402
+from webui.studio import Studio, StudioFolders, StudioOutputs  # noqa: E402
+
+PANEL_MODULES = (generate, fill, depth, kontext, controlnet, redux, *in_context.PANELS, concept, train)
+MAX_QUEUE_SIZE = 16
+MAX_UPLOAD = "64mb"
+
+CSS = """
+.studio-status { display: flex; gap: 0.75em; align-items: center; min-height: 1.6em; }
+.studio-status progress { flex: 0 0 40%; height: 0.9em; }
+.studio-error { color: var(--error-text-color, #c00); }
+.studio-done { color: var(--color-accent, #0a0); }
+#status-strip { font-size: 0.85em; }
+"""
+
+
+def build_app(manager, folders: StudioFolders | None = None, max_queue_size: int = MAX_QUEUE_SIZE) -> gr.Blocks:
+    """The whole page for one ModelManager; launch it with `launch_kwargs(folders)`."""
+    folders = folders or StudioFolders.default(Path("outputs"), models_dir=manager.models_dir)
+    studio = Studio(manager=manager, folders=folders)
+    with gr.Blocks(title="mflux-studio") as app:
+        studio.outputs = StudioOutputs(
+            history=gr.Gallery(label="History (newest first)", columns=6, height=520, elem_id="history-gallery",
+                               interactive=False, render=False, format="png"),
+            history_paths=gr.State([]),
+            status_strip=gr.Markdown("", label="Engine status", elem_id="status-strip", render=False),
+        )
+        with gr.Row(equal_height=True):
+            with gr.Column(scale=1, min_width=150):
+                gr.Markdown("### mflux-studio", elem_id="studio-title")
+            with gr.Column(scale=8):
+                studio.outputs.status_strip.render()
+            refresh_status = gr.Button("↻ status", size="sm", scale=0, min_width=90, elem_id="status-refresh")
+        with gr.Tabs(elem_id="tool-tabs") as studio.tabs:
+            panels = studio.panels = {module.TOOL: module.render(studio) for module in PANEL_MODULES}
+            with gr.Tab("History", id="history", elem_id="tab-history"):
+                render_history(studio, panels)
+        refresh_status.click(studio.status_text, outputs=studio.outputs.status_strip, api_name="status",
+                             queue=False)
+        app.load(lambda: studio.after_job_updates(), outputs=list(studio.after_job_updates_outputs()),
+                 api_name="history", queue=False)
+        app.queue(max_size=max_queue_size, default_concurrency_limit=2)
+    app.studio = studio
+    return app
+
+
+def render_history(studio, panels: dict) -> None:
+    """The history gallery, 'send to' buttons, and restoring a result's settings into its tool's panel."""
+    outputs = studio.outputs
+    outputs.history.render()
+    selected = gr.State(None)
+    with gr.Row():
+        targets = {"generate": "→ Image to image", "fill": "→ Fill", "kontext": "→ Kontext", "redux": "→ Redux"}
+        send_buttons = {tool: gr.Button(label, elem_id=f"send-to-{tool}") for tool, label in targets.items()}
+        restore = gr.Button("Restore its settings", variant="primary", elem_id="history-restore")
+    message = gr.Markdown("Select an image, then send it to a tool or restore its settings.",
+                          elem_id="history-message")
+
+    def pick(paths, event: gr.SelectData):
+        index = event.index if isinstance(event.index, int) else None
+        return paths[index] if index is not None and 0 <= index < len(paths) else None
+
+    outputs.history.select(pick, outputs.history_paths, selected, queue=False, api_visibility="private")
+
+    def sender(tool):
+        def send(path):
+            if not path:
+                return {message: message_markdown("Select an image in the history first.")}
+            return {panels[tool].send_target: path, studio.tabs: gr.Tabs(selected=tool), message: ""}
+        return send
+
+    for tool, button in send_buttons.items():
+        button.click(sender(tool), selected, [panels[tool].send_target, studio.tabs, message],
+                     queue=False, api_visibility="private")
+
+    all_controls = [c for panel in panels.values() for c in panel.controls.values()]
+
+    def restore_settings(path):
+        if not path:
+            raise StudioError("Select an image in the history first.")
+        settings = settings_from_png(path)
+        tool = settings.get("tool", "generate")
+        panel = next(p for p in panels.values() if tool in p.tools)
+        updates, notes = apply_settings(studio, panel, settings)
+        return {**updates, studio.tabs: gr.Tabs(selected=panel.tab_id),
+                message: " ".join([f"Restored the settings into {panel.tab_id}."] + notes)}
+
+    restore.click(safe_action(message, restore_settings, message_markdown), selected,
+                  [*all_controls, studio.tabs, message], api_visibility="private")
+
+
+def launch_kwargs(folders: StudioFolders) -> dict:
+    return {"allowed_paths": folders.allowed_paths(), "max_file_size": MAX_UPLOAD, "css": CSS,
+            "footer_links": ["api"]}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m webui.app", description="Serve the mflux-studio page.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--models-dir", type=Path, default=Path("models"),
+                        help="folder of local models (default ./models)")
+    parser.add_argument("--outputs-dir", type=Path, default=Path("outputs"),
+                        help="where results, inputs and your presets go (default ./outputs)")
+    parser.add_argument("--presets-dir", type=Path, help="your presets (default <outputs-dir>/presets)")
+    parser.add_argument("--lora-dir", type=Path, action="append",
+                        help="a LoRA library folder (repeatable; default $LORA_LIBRARY_PATH and <models-dir>/loras)")
+    parser.add_argument("--listen", action="store_true", help="bind 0.0.0.0 so other machines can connect")
+    parser.add_argument("--auth", help="user:password required to open the page (only with --listen)")
+    parser.add_argument("--max-queue", type=int, default=MAX_QUEUE_SIZE, help="most jobs waiting at once")
+    parser.add_argument("--low-ram", action="store_true", help="free the text encoders after each prompt")
+    args = parser.parse_args(argv)
+    if args.auth is not None and ":" not in args.auth:
+        parser.error("--auth takes user:password")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from mflux_core.manager import ModelManager
+
+    folders = StudioFolders.default(args.outputs_dir, models_dir=args.models_dir, user_presets=args.presets_dir,
+                                    loras=args.lora_dir)
+    manager = ModelManager(models_dir=args.models_dir, low_ram=args.low_ram)
+    app = build_app(manager, folders, max_queue_size=args.max_queue)
+    host = "0.0.0.0" if args.listen else args.host
+    auth = None
+    if args.auth and args.listen:
+        auth = tuple(args.auth.split(":", 1))
+    elif args.auth:
+        print("Note: --auth only applies with --listen; the page is served to this machine only.", file=sys.stderr)
+    elif args.listen:
+        print("Warning: --listen without --auth lets anyone on your network use the studio.", file=sys.stderr)
+    print(f"mflux-studio: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{args.port}"
+          f"{' (listening on all interfaces)' if args.listen else ''}", flush=True)
+    app.launch(server_name=host, server_port=args.port, auth=auth, show_error=False, **launch_kwargs(folders))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

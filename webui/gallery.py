@@ -1,0 +1,57 @@
+"""Results on disk and the history gallery, rebuilt from the outputs folder (so it survives a restart).
+
+Layout: `<outputs>/<YYYY-MM-DD>/<HHMMSS>-<tool>-<seed>.png`. Only dated folders count as results;
+`inputs/` and `presets/` live beside them.
+"""
+
+import re
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from mflux_core.images.io import save_png_atomic
+from mflux_core.metadata import A1111_KEY
+from mflux_core.request import GenerationRequest
+
+DATE_FOLDER = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+HISTORY_LIMIT = 200
+CAPTION_CHARS = 80
+
+
+def result_path(outputs_dir: Path, request: GenerationRequest, when: float | None = None) -> Path:
+    moment = time.localtime(when if when is not None else time.time())
+    folder = Path(outputs_dir) / time.strftime("%Y-%m-%d", moment)
+    return folder / f"{time.strftime('%H%M%S', moment)}-{request.tool}-{request.seed}.png"
+
+
+def save_result(outputs_dir: Path, result) -> Path:
+    """Write a GenerationResult's image with its metadata; never replaces an existing file."""
+    return save_png_atomic(result.image, result_path(outputs_dir, result.request), result.text_chunks)
+
+
+def caption(path: Path) -> str:
+    """The prompt's start and the seed, from the A1111 `parameters` chunk we write."""
+    try:
+        with Image.open(path) as image:
+            text = image.info.get(A1111_KEY, "")
+    except (OSError, ValueError):
+        return path.name
+    if not isinstance(text, str) or not text:
+        return path.name
+    prompt, _, line = text.rpartition("\n")
+    seed = re.search(r"Seed: (\d+)", line)
+    prompt = prompt.strip().replace("\n", " ")
+    prompt = prompt if len(prompt) <= CAPTION_CHARS else prompt[: CAPTION_CHARS - 1] + "…"
+    return f"{prompt} · seed {seed.group(1)}" if seed else prompt
+
+
+def history(outputs_dir: Path, limit: int = HISTORY_LIMIT) -> list[tuple[str, str]]:
+    """(path, caption) of the newest results, newest first."""
+    root = Path(outputs_dir)
+    if not root.is_dir():
+        return []
+    paths = [p for folder in root.iterdir() if folder.is_dir() and DATE_FOLDER.match(folder.name)
+             for p in folder.glob("*.png")]
+    paths.sort(key=lambda p: (p.stat().st_mtime, p.name), reverse=True)
+    return [(str(p), caption(p)) for p in paths[:limit]]

@@ -1,0 +1,107 @@
+"""ControlNet: follow a picture's Canny edges, or upscale it with the upscaler ControlNet (on FLUX.1-dev)."""
+
+import gradio as gr
+
+from mflux_core.errors import InvalidRequest
+from mflux_core.images.canny import canny_edges
+from mflux_core.request import GenerationRequest
+from webui.jobs import safe_action
+from webui.panels import Panel, input_image, result_column
+from webui.presets_ui import render_presets
+from webui.requests import RequestContext, requests_from_settings
+from webui.widgets import TOOL_DEFAULT, build_shared_controls, shared_settings, shared_values, side_model_choices
+
+TOOL = "controlnet"
+CANNY, UPSCALE = "Canny edges", "Upscale"
+MODE_TOOLS = {CANNY: "controlnet", UPSCALE: "upscale"}
+DEFAULTS = {"controlnet_strength": 0.4, "canny_low": 100, "canny_high": 200, "upscale_factor": 2.0}
+MODE_STRENGTHS = {CANNY: 0.4, UPSCALE: 0.6}  # the engine's defaults for each ControlNet
+
+
+def settings_from_values(values: dict) -> dict:
+    """Canny thresholds or the upscale factor (the engine sizes the output from it) go in `extra`."""
+    mode = values.get("mode") or CANNY
+    if mode == UPSCALE:
+        extra = {"upscale_factor": float(values.get("upscale_factor") or DEFAULTS["upscale_factor"])}
+    else:
+        extra = {"canny_low": int(values.get("canny_low", DEFAULTS["canny_low"])),
+                 "canny_high": int(values.get("canny_high", DEFAULTS["canny_high"]))}
+    if values.get("controlnet_weights"):
+        extra["controlnet_path"] = values["controlnet_weights"]
+    return {"tool": MODE_TOOLS[mode], **shared_settings(values), "extra": extra,
+            "controlnet_strength": float(values.get("controlnet_strength", DEFAULTS["controlnet_strength"]))}
+
+
+def values_from_settings(settings: dict) -> dict:
+    values = shared_values(settings)
+    if settings.get("tool") in MODE_TOOLS.values():
+        values["mode"] = UPSCALE if settings["tool"] == "upscale" else CANNY
+    if settings.get("controlnet_strength") is not None:
+        values["controlnet_strength"] = settings["controlnet_strength"]
+    extra = settings.get("extra") or {}
+    values.update({key: extra[key] for key in ("canny_low", "canny_high", "upscale_factor") if key in extra})
+    if "extra" in settings:
+        values["controlnet_weights"] = extra.get("controlnet_path", TOOL_DEFAULT)
+    return values
+
+
+def build_requests(values: dict, context: RequestContext) -> list[GenerationRequest]:
+    image = values.get("control_image")
+    if image is None:
+        raise InvalidRequest("Upload the control image first.")
+    return requests_from_settings(settings_from_values(values), context,
+                                  controlnet_image_path=context.inputs.save(image, "control"))
+
+
+def edges_preview(image, low, high):
+    return None if image is None else canny_edges(image, float(low), float(high))
+
+
+def render(studio) -> Panel:
+    with gr.Tab("ControlNet", id=TOOL, elem_id="tab-controlnet"):
+        with gr.Row():
+            with gr.Column(scale=5):
+                mode = gr.Radio([CANNY, UPSCALE], value=CANNY, label="Mode", elem_id="controlnet-mode")
+                with gr.Row():
+                    control_image = input_image("Control image", "controlnet-image")
+                    edges = gr.Image(label="Canny edges (what the ControlNet sees)", interactive=False,
+                                     elem_id="controlnet-edges", height=320)
+                with gr.Row():
+                    canny_low = gr.Slider(0, 1020, DEFAULTS["canny_low"], step=1, label="Canny low threshold",
+                                          elem_id="controlnet-canny-low")
+                    canny_high = gr.Slider(0, 1020, DEFAULTS["canny_high"], step=1, label="Canny high threshold",
+                                           elem_id="controlnet-canny-high")
+                with gr.Row():
+                    strength = gr.Slider(0, 2, DEFAULTS["controlnet_strength"], step=0.05,
+                                         label="ControlNet strength", elem_id="controlnet-strength")
+                    upscale_factor = gr.Slider(1, 4, DEFAULTS["upscale_factor"], step=0.5,
+                                               label="Upscale factor (when width and height are 0)",
+                                               elem_id="controlnet-upscale-factor")
+                weights = gr.Dropdown(
+                    side_model_choices(studio.manager.list_models(), "controlnet",
+                                       "default: canny for Canny edges, upscaler for Upscale"),
+                    value=TOOL_DEFAULT, label="ControlNet weights", elem_id="controlnet-weights")
+                shared = build_shared_controls(studio, TOOL, TOOL, image_sized=True)
+                controls = {**shared.controls, "mode": mode, "controlnet_strength": strength, "canny_low": canny_low,
+                            "canny_high": canny_high, "upscale_factor": upscale_factor, "controlnet_weights": weights}
+                panel = Panel(TOOL, tuple(MODE_TOOLS.values()), controls, settings_from_values, values_from_settings,
+                              send_target=control_image)
+                render_presets(studio, panel)
+            with gr.Column(scale=4):
+                view, run, stop = result_column(TOOL)
+
+    def show_edges(image, low, high):
+        return {edges: edges_preview(image, low, high), view.status: ""}
+
+    preview = dict(fn=safe_action(view.status, show_edges),
+                   inputs_kwargs={"image": control_image, "low": canny_low, "high": canny_high},
+                   outputs=[edges, view.status], show_progress="hidden", trigger_mode="always_last")
+    control_image.change(**preview, api_name="canny_preview")
+    canny_low.release(**preview, api_name="canny_preview_low", api_visibility="private")
+    canny_high.release(**preview, api_name="canny_preview_high", api_visibility="private")
+    mode.input(MODE_STRENGTHS.get, mode, strength, queue=False, api_visibility="private")
+    panel.view, panel.run_handler = view, studio.job(view)(build_requests)
+    studio.wire_run(run, panel.run_handler, {**controls, "control_image": control_image}, view,
+                    api_name="controlnet")
+    studio.wire_stop(stop)
+    return panel

@@ -1,0 +1,172 @@
+"""Fill: inpaint inside a mask painted in the editor, or outpaint onto a padded canvas (FLUX.1-Fill)."""
+
+import re
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from mflux_core.errors import InvalidRequest
+from mflux_core.images.io import load_image
+from mflux_core.images.masks import blur_mask, grow_mask, invert_mask, mask_from_editor_layers, mask_to_pil
+from mflux_core.images.outpaint import outpaint_canvas, parse_padding
+from mflux_core.request import GenerationRequest
+from webui.jobs import progress_html, safe_action
+from webui.panels import Panel, result_column
+from webui.presets_ui import render_presets
+from webui.requests import RequestContext, requests_from_settings
+from webui.widgets import build_shared_controls, shared_settings, shared_values
+
+TOOL = "fill"
+INPAINT, OUTPAINT = "Inpaint", "Outpaint"
+SIDES = ("top", "right", "bottom", "left")
+UNITS = ("px", "%")
+BRUSH_SIZE = 12
+
+
+# ----- pure parts -----------------------------------------------------------------------------
+
+
+def padding_text(values: dict) -> str | None:
+    """"top,right,bottom,left" with the unit on each value (what parse_padding reads), or None when inpainting."""
+    if values.get("mode") != OUTPAINT:
+        return None
+    unit = values.get("pad_unit") or "px"
+    return ",".join(f"{_number(values.get(f'pad_{side}'))}{unit}" for side in SIDES)
+
+
+def _number(value) -> str:
+    value = float(value or 0)
+    return str(int(value)) if value.is_integer() else f"{value:g}"
+
+
+_SIDE_VALUE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(px|%)?\s*$", re.IGNORECASE)
+
+
+def padding_values(text: str | None) -> dict:
+    """The mode, per-side numbers and unit for a padding text (the unit of the first side with one)."""
+    if not text:
+        return {"mode": INPAINT}
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) == 3:
+        parts.append(parts[1])
+    parts = (parts * (4 // len(parts)))[:4] if len(parts) in (1, 2, 4) else ["0"] * 4  # CSS shorthand
+    matches = [_SIDE_VALUE.match(part) for part in parts]
+    units = [m.group(2).lower() for m in matches if m and m.group(2)]
+    values = {"mode": OUTPAINT, "pad_unit": units[0] if units else "px"}
+    for side, match in zip(SIDES, matches):
+        values[f"pad_{side}"] = float(match.group(1)) if match else 0.0
+    return values
+
+
+def editor_mask(editor: dict, invert: bool = False, grow_px: int = 0, blur_px: int = 0) -> Image.Image:
+    """The painted strokes as a mask ('L', white = regenerate), inverted, grown and blurred as asked."""
+    layers = [layer for layer in (editor or {}).get("layers") or [] if layer is not None]
+    mask = mask_from_editor_layers(layers)
+    if invert:
+        mask = invert_mask(mask)
+    if not mask.any():
+        raise InvalidRequest("The mask is empty: paint the area to regenerate.")
+    if grow_px:
+        mask = grow_mask(mask, int(grow_px))
+    if blur_px:
+        return Image.fromarray(np.round(blur_mask(mask, float(blur_px)) * 255).astype(np.uint8), "L")
+    return mask_to_pil(mask)
+
+
+def editor_image(editor: dict | None) -> Image.Image:
+    background = (editor or {}).get("background")
+    if background is None:
+        raise InvalidRequest("Upload an image to fill first.")
+    return load_image(background)
+
+
+def settings_from_values(values: dict) -> dict:
+    return {"tool": TOOL, **shared_settings(values), "keep_unmasked": bool(values.get("keep_unmasked")),
+            "outpaint_padding": padding_text(values),
+            "extra": {"mask_invert": bool(values.get("mask_invert")),
+                      "mask_grow_px": int(values.get("mask_grow_px") or 0),
+                      "mask_blur_px": int(values.get("mask_blur_px") or 0)}}
+
+
+def values_from_settings(settings: dict) -> dict:
+    values = shared_values(settings)
+    if "keep_unmasked" in settings:
+        values["keep_unmasked"] = settings["keep_unmasked"]
+    if "outpaint_padding" in settings:
+        values.update(padding_values(settings["outpaint_padding"]))
+    extra = settings.get("extra") or {}
+    for key in ("mask_invert", "mask_grow_px", "mask_blur_px"):
+        if key in extra:
+            values[key] = extra[key]
+    return values
+
+
+def build_requests(values: dict, context: RequestContext) -> list[GenerationRequest]:
+    settings = settings_from_values(values)
+    editor = values.get("editor")
+    inputs = {"image_path": context.inputs.save(editor_image(editor), "fill-image")}
+    if settings["outpaint_padding"] is None:
+        extra = settings["extra"]
+        mask = editor_mask(editor, extra["mask_invert"], extra["mask_grow_px"], extra["mask_blur_px"])
+        inputs["masked_image_path"] = context.inputs.save(mask, "fill-mask")
+    return requests_from_settings(settings, context, **inputs)
+
+
+def outpaint_preview(values: dict) -> tuple[Image.Image, Image.Image]:
+    """The canvas and mask the engine will build for these padding values."""
+    image = editor_image(values.get("editor"))
+    text = padding_text({**values, "mode": OUTPAINT})
+    return outpaint_canvas(image, parse_padding(text, image.width, image.height))
+
+
+# ----- the panel ------------------------------------------------------------------------------
+
+
+def render(studio) -> Panel:
+    with gr.Tab("Fill", id=TOOL, elem_id="tab-fill"):
+        with gr.Row():
+            with gr.Column(scale=5):
+                editor = gr.ImageEditor(
+                    label="Image and mask (paint the area to regenerate)", type="pil", image_mode="RGBA",
+                    format="png", sources=["upload", "clipboard"], transforms=(), layers=False, height=420,
+                    brush=gr.Brush(default_size=BRUSH_SIZE, colors=["#ffffff"], color_mode="fixed"),
+                    eraser=gr.Eraser(default_size=BRUSH_SIZE), elem_id="fill-editor")
+                mode = gr.Radio([INPAINT, OUTPAINT], value=INPAINT, label="Mode", elem_id="fill-mode")
+                with gr.Row():
+                    keep_unmasked = gr.Checkbox(True, label="Keep the unmasked area exactly",
+                                                elem_id="fill-keep-unmasked")
+                    mask_invert = gr.Checkbox(False, label="Invert mask", elem_id="fill-mask-invert")
+                    mask_grow_px = gr.Slider(-32, 64, 0, step=1, label="Grow mask (px)", elem_id="fill-mask-grow")
+                    mask_blur_px = gr.Slider(0, 32, 0, step=1, label="Blur mask (px)", elem_id="fill-mask-blur")
+                with gr.Accordion("Outpaint padding", open=False, elem_id="fill-outpaint"):
+                    with gr.Row():
+                        pads = {f"pad_{side}": gr.Number(0, label=side.capitalize(), minimum=0,
+                                                         elem_id=f"fill-pad-{side}") for side in SIDES}
+                        pad_unit = gr.Radio(list(UNITS), value="px", label="Unit", elem_id="fill-pad-unit")
+                    preview_canvas = gr.Button("Preview canvas and mask", elem_id="fill-outpaint-preview")
+                    with gr.Row():
+                        canvas_image = gr.Image(label="Canvas", interactive=False, elem_id="fill-canvas", height=200)
+                        mask_image = gr.Image(label="Mask", interactive=False, elem_id="fill-canvas-mask", height=200)
+                shared = build_shared_controls(studio, TOOL, TOOL, image_sized=True)
+                controls = {**shared.controls, "mode": mode, "keep_unmasked": keep_unmasked,
+                            "mask_invert": mask_invert, "mask_grow_px": mask_grow_px, "mask_blur_px": mask_blur_px,
+                            **pads, "pad_unit": pad_unit}
+                panel = Panel(TOOL, (TOOL,), controls, settings_from_values, values_from_settings,
+                              send_target=editor)
+                render_presets(studio, panel)
+            with gr.Column(scale=4):
+                view, run, stop = result_column(TOOL)
+
+    def show_canvas(**values):
+        canvas, mask = outpaint_preview(values)
+        return {canvas_image: canvas, mask_image: mask, view.status: progress_html(
+            f"Outpaint canvas {canvas.width}x{canvas.height}: white in the mask is generated.")}
+
+    preview_canvas.click(safe_action(view.status, show_canvas), inputs_kwargs={"editor": editor, "mode": mode, **pads,
+                                                                           "pad_unit": pad_unit},
+                         outputs=[canvas_image, mask_image, view.status], api_name="outpaint_preview")
+    panel.view, panel.run_handler = view, studio.job(view)(build_requests)
+    studio.wire_run(run, panel.run_handler, {**controls, "editor": editor}, view, api_name="fill")
+    studio.wire_stop(stop)
+    return panel

@@ -1,0 +1,54 @@
+"""Generate: text-to-image, and image-to-image when an input image is given."""
+
+import gradio as gr
+
+from mflux_core.request import GenerationRequest
+from webui.panels import Panel, input_image, result_column
+from webui.presets_ui import render_presets
+from webui.requests import RequestContext, requests_from_settings
+from webui.widgets import build_shared_controls, shared_settings, shared_values
+
+TOOL = "generate"
+DEFAULT_IMAGE_STRENGTH = 0.4
+
+
+def settings_from_values(values: dict) -> dict:
+    return {"tool": TOOL, **shared_settings(values),
+            "image_strength": float(values.get("image_strength", DEFAULT_IMAGE_STRENGTH))}
+
+
+def values_from_settings(settings: dict) -> dict:
+    values = shared_values(settings)
+    if settings.get("image_strength") is not None:
+        values["image_strength"] = settings["image_strength"]
+    return values
+
+
+def build_requests(values: dict, context: RequestContext) -> list[GenerationRequest]:
+    settings = settings_from_values(values)
+    image = values.get("init_image")
+    if image is None:
+        settings["image_strength"] = None
+    return requests_from_settings(settings, context, image_path=context.inputs.save(image, "img2img"))
+
+
+def render(studio) -> Panel:
+    with gr.Tab("Generate", id=TOOL, elem_id="tab-generate"):
+        with gr.Row():
+            with gr.Column(scale=5):
+                shared = build_shared_controls(studio, TOOL, TOOL)
+                with gr.Accordion("Image to image", open=False, elem_id="generate-img2img"):
+                    init_image = input_image("Input image (optional)", "generate-init-image")
+                    image_strength = gr.Slider(0, 0.99, DEFAULT_IMAGE_STRENGTH, step=0.01,
+                                               label="Image strength (how much of the input is kept)",
+                                               elem_id="generate-image-strength")
+                panel = Panel(TOOL, (TOOL,), {**shared.controls, "image_strength": image_strength},
+                              settings_from_values, values_from_settings, send_target=init_image)
+                render_presets(studio, panel)
+            with gr.Column(scale=4):
+                view, run, stop = result_column(TOOL)
+    panel.view, panel.run_handler = view, studio.job(view)(build_requests)
+    studio.wire_run(run, panel.run_handler, {**panel.controls, "init_image": init_image}, view,
+                    api_name="generate")
+    studio.wire_stop(stop, api_name="stop")
+    return panel

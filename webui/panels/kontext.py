@@ -1,0 +1,55 @@
+"""Kontext: edit a reference image by instruction (FLUX.1-Kontext)."""
+
+import gradio as gr
+
+from mflux_core.errors import InvalidRequest
+from mflux_core.request import GenerationRequest
+from webui.panels import Panel, input_image, result_column
+from webui.presets_ui import render_presets
+from webui.requests import RequestContext, requests_from_settings
+from webui.widgets import build_shared_controls, shared_settings, shared_values
+
+TOOL = "kontext"
+
+
+def settings_from_values(values: dict) -> dict:
+    return {"tool": TOOL, **shared_settings(values),
+            "extra": {"kontext_auto_resize": bool(values.get("kontext_auto_resize"))}}
+
+
+def values_from_settings(settings: dict) -> dict:
+    values = shared_values(settings)
+    extra = settings.get("extra") or {}
+    if "kontext_auto_resize" in extra:
+        values["kontext_auto_resize"] = bool(extra["kontext_auto_resize"])
+    return values
+
+
+def build_requests(values: dict, context: RequestContext) -> list[GenerationRequest]:
+    reference = values.get("reference")
+    if reference is None:
+        raise InvalidRequest("Upload the reference image to edit.")
+    if not (values.get("prompt") or "").strip():
+        raise InvalidRequest("Write the instruction: what should change in the image?")
+    return requests_from_settings(settings_from_values(values), context,
+                                  image_path=context.inputs.save(reference, "kontext-reference"))
+
+
+def render(studio) -> Panel:
+    with gr.Tab("Kontext", id=TOOL, elem_id="tab-kontext"):
+        with gr.Row():
+            with gr.Column(scale=5):
+                reference = input_image("Reference image", "kontext-reference")
+                auto_resize = gr.Checkbox(False, label="Resize the reference to Kontext's preferred resolution",
+                                          elem_id="kontext-auto-resize")
+                shared = build_shared_controls(studio, TOOL, TOOL, prompt_label="Instruction", image_sized=True)
+                panel = Panel(TOOL, (TOOL,), {**shared.controls, "kontext_auto_resize": auto_resize},
+                              settings_from_values, values_from_settings, send_target=reference)
+                render_presets(studio, panel)
+            with gr.Column(scale=4):
+                view, run, stop = result_column(TOOL)
+    panel.view, panel.run_handler = view, studio.job(view)(build_requests)
+    studio.wire_run(run, panel.run_handler, {**panel.controls, "reference": reference}, view,
+                    api_name="kontext")
+    studio.wire_stop(stop)
+    return panel

@@ -1,0 +1,138 @@
+"""Per-panel presets row: load / save / delete, export and import JSON, restore settings from a dropped PNG.
+
+User presets are files in the studio's user presets folder (default `<outputs>/presets`); shipped
+ones come from the project's `presets/` folder and cannot be deleted. Everything read from a
+file is validated by mflux_core.presets before it reaches a control.
+"""
+
+import gradio as gr
+
+from mflux_core.presets import (
+    Preset, PresetError, list_presets, read_preset_file, save_preset, delete_preset, settings_from_png,
+)
+from webui.jobs import safe_action, message_markdown
+from webui.widgets import MAX_LORAS
+
+USER, SHIPPED = "user", "shipped"
+
+
+def panel_presets(studio, panel) -> list[Preset]:
+    presets, _ = list_presets([(studio.folders.shipped_presets, SHIPPED), (studio.folders.user_presets, USER)])
+    return [p for p in presets if p.tool in panel.tools]
+
+
+def preset_key(preset: Preset) -> str:
+    return f"{preset.source}:{preset.name}"
+
+
+def preset_choices(studio, panel) -> list[tuple[str, str]]:
+    return [(p.label, preset_key(p)) for p in panel_presets(studio, panel)]
+
+
+def find_preset(studio, panel, key: str | None) -> Preset:
+    for preset in panel_presets(studio, panel):
+        if preset_key(preset) == key:
+            return preset
+    raise PresetError("Choose a preset first.")
+
+
+def apply_settings(studio, panel, settings: dict) -> tuple[dict, list[str]]:
+    """Control updates for the panel from validated settings, and notes on what could not be applied."""
+    values = panel.values_from_settings(settings)
+    notes = []
+    tool = settings.get("tool")
+    if tool and tool not in panel.tools:
+        notes.append(f"These settings were made for the {tool} tool; the ones this panel has were applied.")
+    model = values.get("model")
+    if model is None:
+        values.pop("model", None)
+    elif model not in studio.model_names():
+        notes.append(f"The model {model!r} is not known here, so the model was left unchanged.")
+        del values["model"]
+    library = studio.lora_library()
+    for i in range(1, MAX_LORAS + 1):
+        name = values.get(f"lora_{i}")
+        if name and name not in library:
+            notes.append(f"The LoRA {name!r} is not in the LoRA library; it was left out.")
+            values[f"lora_{i}"] = None
+    return {panel.controls[k]: v for k, v in values.items() if k in panel.controls}, notes
+
+
+def render_presets(studio, panel) -> None:
+    """The presets accordion of a panel (call inside the panel's layout)."""
+    prefix = panel.tab_id
+    with gr.Accordion("Presets and restore", open=False, elem_id=f"{prefix}-presets"):
+        with gr.Row():
+            chosen = gr.Dropdown(preset_choices(studio, panel), value=None, label="Preset",
+                                 elem_id=f"{prefix}-preset-choice", scale=3)
+            load = gr.Button("Load", elem_id=f"{prefix}-preset-load", scale=1, min_width=60)
+            delete = gr.Button("Delete", elem_id=f"{prefix}-preset-delete", scale=1, min_width=60)
+        with gr.Row():
+            name = gr.Textbox(label="Save current settings as", elem_id=f"{prefix}-preset-name", scale=3)
+            save = gr.Button("Save", elem_id=f"{prefix}-preset-save", scale=1, min_width=60)
+            export = gr.Button("Export JSON", elem_id=f"{prefix}-preset-export", scale=1, min_width=60)
+        with gr.Row():
+            exported = gr.File(label="Exported preset", interactive=False, elem_id=f"{prefix}-preset-exported")
+            imported = gr.File(label="Import a preset (.json)", file_types=[".json"], type="filepath",
+                               elem_id=f"{prefix}-preset-import")
+            png = gr.File(label="Drop a PNG to restore its settings", file_types=[".png"], type="filepath",
+                          elem_id=f"{prefix}-restore-png")
+        message = gr.Markdown("", elem_id=f"{prefix}-preset-message")
+
+    controls = panel.controls
+    refreshed = lambda: gr.Dropdown(choices=preset_choices(studio, panel))  # noqa: E731
+
+    def applied(settings: dict, what: str) -> dict:
+        updates, notes = apply_settings(studio, panel, settings)
+        return {**updates, message: " ".join([f"{what}."] + notes)}
+
+    def load_preset(key):
+        preset = find_preset(studio, panel, key)
+        return applied(preset.settings, f"Loaded the preset {preset.name!r}")
+
+    def save_current(preset_name, **values):
+        preset = Preset(name=preset_name or "", settings=panel.settings_from_values(values))
+        path = save_preset(studio.folders.user_presets, preset)
+        return {chosen: gr.Dropdown(choices=preset_choices(studio, panel), value=preset_key(read_preset_file(path))),
+                message: f"Saved the preset {preset.name!r} to {path}."}
+
+    def delete_chosen(key):
+        preset = find_preset(studio, panel, key)
+        if preset.source != USER:
+            raise PresetError(f"{preset.name!r} is a shipped preset; only your own presets can be deleted.")
+        delete_preset(studio.folders.user_presets, preset.name)
+        return {chosen: gr.Dropdown(choices=preset_choices(studio, panel), value=None),
+                message: f"Deleted the preset {preset.name!r}."}
+
+    def export_current(preset_name, **values):
+        preset = Preset(name=preset_name or f"{panel.tab_id} settings", settings=panel.settings_from_values(values))
+        path = save_preset(studio.folders.exports, preset)
+        return {exported: str(path), message: f"Exported to {path.name}: download it below."}
+
+    def import_file(path):
+        if not path:
+            return {}
+        preset = read_preset_file(path, USER)
+        saved = save_preset(studio.folders.user_presets, preset)
+        updates = applied(preset.settings, f"Imported and saved the preset {preset.name!r}")
+        return {**updates, imported: None, chosen: gr.Dropdown(choices=preset_choices(studio, panel),
+                                                               value=preset_key(read_preset_file(saved)))}
+
+    def restore_png(path):
+        if not path:
+            return {}
+        return {**applied(settings_from_png(path), "Restored the settings stored in the image"), png: None}
+
+    every = [chosen, message, exported, imported, png, *controls.values()]
+    private = {"outputs": every, "api_visibility": "private", "show_progress": "hidden"}
+
+    def action(run):
+        return safe_action(message, run, message_markdown)
+
+    load.click(action(load_preset), chosen, **private)
+    delete.click(action(delete_chosen), chosen, **private)
+    save.click(action(save_current), [name], inputs_kwargs=controls, **private)
+    export.click(action(export_current), [name], inputs_kwargs=controls, **private)
+    imported.upload(action(import_file), imported, **private)
+    png.upload(action(restore_png), png, **private)
+    chosen.focus(refreshed, outputs=chosen, queue=False, api_visibility="private")

@@ -1,0 +1,68 @@
+"""From panel settings to GenerationRequests: seeds for the batch, LoRA names to files, input images to files.
+
+Input images from the page are written into `<outputs>/inputs/` under a name made from their
+content, so a result's metadata points at the exact image it was made from and repeated runs on
+the same image write it once.
+"""
+
+import hashlib
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+from PIL import Image
+
+from mflux_core.errors import InvalidRequest
+from mflux_core.images.io import save_png_atomic
+from mflux_core.request import MAX_SEED, GenerationRequest
+
+
+class InputStore:
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def save(self, image: Image.Image | None, kind: str) -> str | None:
+        """The path of a PNG holding exactly `image` (written once per content); None for no image."""
+        if image is None:
+            return None
+        digest = hashlib.sha256(f"{image.mode} {image.size}".encode() + image.tobytes()).hexdigest()[:20]
+        path = self.folder / f"{kind}-{digest}.png"
+        if not path.is_file():
+            save_png_atomic(image, path)
+        return str(path)
+
+
+def random_seed() -> int:
+    return secrets.randbelow(MAX_SEED + 1)
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What turning settings into requests needs from the studio."""
+
+    inputs: InputStore
+    loras: Mapping[str, Path] = field(default_factory=dict)  # LoRA library name -> file
+    draw_seed: Callable[[], int] = random_seed
+
+
+def batch_seeds(seed: int | None, count: int, draw_seed: Callable[[], int] = random_seed) -> list[int]:
+    """`count` consecutive seeds from `seed` (a random start when None), wrapping at the largest seed."""
+    start = draw_seed() if seed is None else seed
+    return [(start + i) % (MAX_SEED + 1) for i in range(count)]
+
+
+def lora_files(names: list[str], library: Mapping[str, Path]) -> tuple[str, ...]:
+    missing = [name for name in names if name not in library]
+    if missing:
+        raise InvalidRequest(f"The LoRA {missing[0]!r} is not in the LoRA library (was it moved or renamed?).")
+    return tuple(str(library[name]) for name in names)
+
+
+def requests_from_settings(settings: dict, context: RequestContext, **inputs) -> list[GenerationRequest]:
+    """One validated request per seed of the batch; `inputs` are input-path fields (image_path=...)."""
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k != "batch_count"}
+    fields["lora_paths"] = lora_files(list(fields.get("lora_paths", ())), context.loras)
+    fields.update({k: tuple(v) if isinstance(v, list) else v for k, v in inputs.items()})
+    seeds = batch_seeds(settings.get("seed"), settings.get("batch_count", 1), context.draw_seed)
+    return [GenerationRequest(**fields).with_(seed=seed).validated() for seed in seeds]

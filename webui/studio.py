@@ -1,0 +1,114 @@
+"""What the panels share: the manager, the folders, the job board, and the studio-wide outputs.
+
+One Studio per app (built by build_app); nothing here is global, and nothing loads at import time.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+
+from mflux_core.lora.library import library_folders, library_names
+from webui import gallery
+from webui.jobs import ENGINE_QUEUE, JobBoard, JobView, stop_handler, studio_job
+from webui.requests import InputStore, RequestContext
+from webui.status import status_markdown
+
+SHIPPED_PRESETS = Path(__file__).resolve().parent.parent / "presets"
+
+
+@dataclass(frozen=True)
+class StudioFolders:
+    outputs: Path
+    user_presets: Path  # default: <outputs>/presets
+    shipped_presets: Path = SHIPPED_PRESETS
+    loras: tuple[Path, ...] = ()
+
+    @property
+    def inputs(self) -> Path:
+        return self.outputs / "inputs"
+
+    @property
+    def exports(self) -> Path:
+        return self.user_presets / "exports"
+
+    def allowed_paths(self) -> list[str]:
+        """What Gradio may serve: results, inputs, presets. Nothing else on disk is reachable from the page."""
+        return [str(p.resolve()) for p in (self.outputs, self.user_presets, self.shipped_presets)]
+
+    @classmethod
+    def default(cls, outputs: Path, models_dir: Path | None = None, user_presets: Path | None = None,
+                loras: list[Path] | None = None) -> "StudioFolders":
+        outputs = Path(outputs).resolve()
+        if loras is None:
+            loras = library_folders() + ([Path(models_dir) / "loras"] if models_dir else [])
+        return cls(outputs=outputs, user_presets=Path(user_presets or outputs / "presets").resolve(),
+                   loras=tuple(Path(p).resolve() for p in loras))
+
+
+@dataclass
+class StudioOutputs:
+    """Components every job updates; created unrendered and placed by the app."""
+
+    history: gr.Gallery
+    history_paths: gr.State
+    status_strip: gr.Markdown
+
+
+@dataclass
+class Studio:
+    manager: object  # ModelManager
+    folders: StudioFolders
+    jobs: JobBoard = field(default_factory=JobBoard)
+    outputs: StudioOutputs | None = None
+    tabs: gr.Tabs | None = None
+    panels: dict = field(default_factory=dict)  # tab id -> webui.panels.Panel
+
+    def lora_library(self) -> dict[str, Path]:
+        return library_names(list(self.folders.loras))
+
+    def request_context(self) -> RequestContext:
+        return RequestContext(inputs=InputStore(self.folders.inputs), loras=self.lora_library())
+
+    def available_tools(self) -> set[str]:
+        from mflux_core.tools import TOOL_MODULES
+
+        return set(TOOL_MODULES)
+
+    def model_names(self) -> set[str]:
+        return {entry.name for entry in self.manager.list_models()}
+
+    def history(self) -> list[tuple[str, str]]:
+        return gallery.history(self.folders.outputs)
+
+    def status_text(self) -> str:
+        return status_markdown(self.manager.status())
+
+    def after_job_updates_outputs(self) -> list:
+        return [self.outputs.history, self.outputs.history_paths, self.outputs.status_strip]
+
+    def after_job_updates(self) -> dict:
+        items = self.history()
+        return {self.outputs.history: items, self.outputs.history_paths: [path for path, _ in items],
+                self.outputs.status_strip: self.status_text()}
+
+    # ----- wiring -------------------------------------------------------------------------
+
+    def job(self, view: JobView):
+        return studio_job(self, view)
+
+    def job_outputs(self, view: JobView) -> list:
+        return [view.status, view.preview, view.results, self.outputs.history, self.outputs.history_paths,
+                self.outputs.status_strip]
+
+    def wire_run(self, trigger: gr.Button, handler, inputs: dict, view: JobView, api_name: str):
+        """A Run button: the shared engine queue (one job at a time), named inputs, our own progress display."""
+        return trigger.click(handler, inputs_kwargs=inputs, outputs=self.job_outputs(view), api_name=api_name,
+                             concurrency_id=ENGINE_QUEUE, concurrency_limit=1, show_progress="minimal",
+                             show_progress_on=[view.results])
+
+    def wire_stop(self, trigger: gr.Button, api_name: str | None = None):
+        """A Stop button; every panel's does the same (stops this session's job), so one is in the API."""
+        return trigger.click(stop_handler(self), api_name=api_name, concurrency_limit=None,
+                             concurrency_id="studio-stop", show_progress="hidden",
+                             api_visibility="public" if api_name else "private")

@@ -1,0 +1,206 @@
+"""The controls every panel shares: model, prompt, seed and batch, steps, guidance, size, LoRAs, quantization.
+
+Widget values travel as a dict keyed by control name; `shared_settings` turns them into preset
+settings (GenerationRequest field names) and `shared_values` turns settings back into values.
+"""
+
+import math
+from dataclasses import dataclass
+
+import gradio as gr
+
+from mflux_core.errors import InvalidRequest
+from mflux_core.registry import ModelEntry
+from mflux_core.request import MAX_SEED, MAX_SIDE, QUANTIZE_BITS
+from mflux_core.tools import default_model_for
+
+ASPECT_RATIOS = {"1:1": (1, 1), "4:3": (4, 3), "3:4": (3, 4), "3:2": (3, 2), "2:3": (2, 3), "16:9": (16, 9),
+                 "9:16": (9, 16), "21:9": (21, 9)}
+DEFAULT_SIDE = 1024
+MAX_LORAS = 3
+MAX_BATCH = 16
+QUANTIZE_OFF = "off"
+QUANTIZE_CHOICES = [QUANTIZE_OFF] + [str(bits) for bits in sorted(QUANTIZE_BITS, reverse=True)]
+
+# Which kinds of model (registry.ModelEntry.kind) each tool can run on; the default is the tool's own
+# (mflux_core.tools.default_model_for) when none of these is downloaded.
+BASE_KINDS = ("base", "single-file")
+TOOL_MODEL_KINDS = {
+    "generate": BASE_KINDS, "fill": ("fill",), "depth": ("depth",), "kontext": ("kontext",),
+    "controlnet": BASE_KINDS, "upscale": BASE_KINDS, "redux": BASE_KINDS,
+    "in-context": ("fill",), "catvton": ("fill",), "ic-edit": ("fill",),
+}
+TOOL_DEFAULT = ""  # a side-model picker's value for "the tool's default weights"
+
+
+# ----- pure helpers (tested without a browser) ---------------------------------------------
+
+
+def snap_to_16(value: float | None) -> int | None:
+    """The nearest multiple of 16 within the engine's limits; None and 0 (the tool decides) stay as they are."""
+    if not value:
+        return value
+    return int(max(16, min(MAX_SIDE, math.floor(float(value) / 16 + 0.5) * 16)))  # halves round up
+
+
+def aspect_size(ratio: str, width: int | None, height: int | None) -> tuple[int, int]:
+    """Width and height for an aspect ratio, keeping about the current area, snapped to 16."""
+    across, down = ASPECT_RATIOS[ratio]
+    area = (width or DEFAULT_SIDE) * (height or DEFAULT_SIDE)
+    unit = math.sqrt(area / (across * down))
+    return snap_to_16(across * unit), snap_to_16(down * unit)
+
+
+def model_choices(entries: list[ModelEntry], tool: str | None = None,
+                  kinds: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(label, name) for the models of the tool's kinds: downloaded ones first, then aliases to download."""
+    kinds = kinds or TOOL_MODEL_KINDS[tool]
+    usable = [e for e in entries if e.kind in kinds]
+    usable.sort(key=lambda e: (not e.available, e.where != "models folder", e.name.lower()))
+    choices, seen = [], set()
+    for e in usable:  # a models-folder copy named like an alias shadows the alias
+        if e.name not in seen:
+            seen.add(e.name)
+            choices.append((f"{e.name}  ·  {e.where}" if e.available else f"{e.name}  ·  not downloaded", e.name))
+    return choices
+
+
+def default_model(entries: list[ModelEntry], tool: str) -> str:
+    """The first downloaded model that fits the tool, else the tool's own default (downloaded on first use)."""
+    available = {e.name for e in entries if e.available}
+    for _, name in model_choices(entries, tool):
+        if name in available:
+            return name
+    return default_model_for(tool)
+
+
+def side_model_choices(entries: list[ModelEntry], kind: str, default_label: str) -> list[tuple[str, str]]:
+    """Choices for a side model (ControlNet or Redux weights), led by the tool's default."""
+    return [(default_label, TOOL_DEFAULT), *model_choices(entries, kinds=(kind,))]
+
+
+def _number_or_none(value, what: str) -> float | None:
+    """A number from a text box or number field; empty means None (the default)."""
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"{what} must be a number or empty (the default), not {str(value)[:40]!r}.") from None
+
+
+def _int_or_none(value, what: str) -> int | None:
+    number = _number_or_none(value, what)
+    if number is not None and not number.is_integer():
+        raise InvalidRequest(f"{what} must be a whole number or empty (the default), not {value!r}.")
+    return None if number is None else int(number)
+
+
+def _size_or_none(value, what: str) -> int | None:
+    return _int_or_none(value, what) or None  # 0: from the input image (or the tool's default)
+
+
+def shared_settings(values: dict) -> dict:
+    """Preset settings from the shared controls' values."""
+    loras = [(values.get(f"lora_{i}"), values.get(f"lora_scale_{i}", 1.0)) for i in range(1, MAX_LORAS + 1)]
+    loras = [(name, float(scale)) for name, scale in loras if name]
+    quantize = values.get("quantize") or QUANTIZE_OFF
+    return {
+        "model": values.get("model") or None,
+        "prompt": values.get("prompt") or "",
+        "seed": None if values.get("random_seed") else _int_or_none(values.get("seed"), "The seed") or 0,
+        "batch_count": max(1, min(MAX_BATCH, _int_or_none(values.get("batch_count"), "Images") or 1)),
+        "steps": _int_or_none(values.get("steps"), "Steps"),
+        "guidance": _number_or_none(values.get("guidance"), "Guidance"),
+        "width": _size_or_none(values.get("width"), "Width"),
+        "height": _size_or_none(values.get("height"), "Height"),
+        "lora_paths": [name for name, _ in loras],
+        "lora_scales": [scale for _, scale in loras],
+        "quantize": None if quantize == QUANTIZE_OFF else int(quantize),
+    }
+
+
+def shared_values(settings: dict) -> dict:
+    """Values for the shared controls from (possibly partial) settings; keys not in settings are left out."""
+    values = {}
+    for key in ("model", "prompt", "batch_count"):
+        if key in settings:
+            values[key] = settings[key]
+    for key in ("steps", "guidance"):  # text boxes: empty means the default
+        if key in settings:
+            values[key] = "" if settings[key] is None else f"{settings[key]:g}"
+    for key in ("width", "height"):
+        if key in settings:
+            values[key] = settings[key] or 0
+    if "seed" in settings:
+        values["random_seed"] = settings["seed"] is None
+        if settings["seed"] is not None:
+            values["seed"] = settings["seed"]
+    if "lora_paths" in settings:
+        scales = settings.get("lora_scales") or [1.0] * len(settings["lora_paths"])
+        for i in range(1, MAX_LORAS + 1):
+            present = i <= len(settings["lora_paths"])
+            values[f"lora_{i}"] = settings["lora_paths"][i - 1] if present else None
+            values[f"lora_scale_{i}"] = scales[i - 1] if present else 1.0
+    if "quantize" in settings:
+        values["quantize"] = QUANTIZE_OFF if settings["quantize"] is None else str(settings["quantize"])
+    return values
+
+
+# ----- the widgets --------------------------------------------------------------------------
+
+
+@dataclass
+class SharedControls:
+    controls: dict  # control name -> component; the names shared_settings reads
+    model_refresh: gr.Button
+
+
+def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "Prompt",
+                          image_sized: bool = False) -> SharedControls:
+    """Render the shared controls (call inside a Blocks context) and wire their small helpers.
+
+    `image_sized`: the tool takes its size from an input image, so width and height start at 0 (meaning: its size).
+    """
+    entries = studio.manager.list_models()
+    model_refresh = gr.Button("↻ rescan", elem_id=f"{prefix}-model-refresh", size="sm", render=False)
+    model = gr.Dropdown(model_choices(entries, tool), value=default_model(entries, tool), label="Model",
+                        info="Aliases download on first use; models folder and HF cache entries are on disk.",
+                        elem_id=f"{prefix}-model", buttons=[model_refresh])
+    prompt = gr.Textbox(label=prompt_label, lines=3, elem_id=f"{prefix}-prompt")
+    with gr.Row():
+        seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, elem_id=f"{prefix}-seed")
+        random_seed = gr.Checkbox(False, label="Random seed", elem_id=f"{prefix}-random-seed")
+        batch_count = gr.Slider(1, MAX_BATCH, 1, step=1, label="Images (seed, seed+1, ...)",
+                                elem_id=f"{prefix}-batch")
+    with gr.Row():
+        steps = gr.Textbox("", label="Steps", placeholder="model default", elem_id=f"{prefix}-steps")
+        guidance = gr.Textbox("", label="Guidance", placeholder="tool default", elem_id=f"{prefix}-guidance")
+    side = 0 if image_sized else DEFAULT_SIDE
+    size_info = "0: the input image's size" if image_sized else None
+    with gr.Row():
+        width = gr.Number(side, label="Width", precision=0, step=16, minimum=0, maximum=MAX_SIDE, info=size_info,
+                          elem_id=f"{prefix}-width")
+        height = gr.Number(side, label="Height", precision=0, step=16, minimum=0, maximum=MAX_SIDE, info=size_info,
+                           elem_id=f"{prefix}-height")
+        aspect = gr.Dropdown(list(ASPECT_RATIOS), value=None, label="Aspect", elem_id=f"{prefix}-aspect")
+    controls = {"model": model, "prompt": prompt, "seed": seed, "random_seed": random_seed,
+                "batch_count": batch_count, "steps": steps, "guidance": guidance, "width": width, "height": height}
+    with gr.Accordion("LoRAs and quantization", open=False):
+        names = sorted(studio.lora_library())
+        for i in range(1, MAX_LORAS + 1):
+            with gr.Row():
+                controls[f"lora_{i}"] = gr.Dropdown(names, value=None, label=f"LoRA {i}", elem_id=f"{prefix}-lora-{i}",
+                                                    scale=3)
+                controls[f"lora_scale_{i}"] = gr.Slider(-2, 2, 1.0, step=0.05, label="Scale",
+                                                        elem_id=f"{prefix}-lora-scale-{i}", scale=2)
+        controls["quantize"] = gr.Radio(QUANTIZE_CHOICES, value=QUANTIZE_OFF, label="Quantize (bits)",
+                                        elem_id=f"{prefix}-quantize")
+
+    aspect.input(lambda ratio, w, h: aspect_size(ratio, w, h) if ratio else (gr.skip(), gr.skip()),
+                 [aspect, width, height], [width, height], queue=False, api_visibility="private")
+    for box in (width, height):
+        box.blur(snap_to_16, box, box, queue=False, api_visibility="private")
+    model_refresh.click(lambda: gr.Dropdown(choices=model_choices(studio.manager.list_models(), tool)),
+                        outputs=model, queue=False, api_visibility="private")
+    return SharedControls(controls=controls, model_refresh=model_refresh)
