@@ -203,12 +203,15 @@ def main() -> None:
         start = time.perf_counter()
         results[name] = run_worker(name, args.size, args.steps)
         results[name]["wall"] = time.perf_counter() - start
-        print(f"{name}: done in {results[name]['wall']:.0f} s", flush=True)
-        if "error" in results[name]:
-            print(f"{name} failed:\n{results[name]['error']}", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        r = results[name]
+        if "error" in r:
+            print(f"{name} failed:\n{r['error']}", flush=True)
+        else:
+            print(f"{name}: {statistics.median(r['seconds']):.3f} s/step, peak {r['peak_bytes'] / 2**30:.1f} GiB, "
+                  f"first call {r['first_call']:.1f} s, wall {r['wall']:.0f} s", flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
 
     tokens = (args.size // 16) ** 2
     flops = step_flops(tokens)
