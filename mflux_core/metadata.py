@@ -79,3 +79,5 @@ def read_metadata_file(path: Path) -> dict:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise InvalidRequest(f"The settings in {path.name} are not valid JSON ({error.msg}).") from None
+    except RecursionError:
+        raise InvalidRequest(f"The settings in {path.name} nest too deeply to be ours.") from None

@@ -48,6 +48,7 @@ class GenerationRequest:
         if self.tool not in TOOLS:
             raise InvalidRequest(f"Unknown tool {self.tool!r}; choose one of {', '.join(TOOLS)}.")
         _check_prompt(self.prompt)
+        _check_types(self)
         for name in ("width", "height"):
             value = getattr(self, name)
             if value is None:
@@ -109,6 +110,39 @@ def _check_prompt(prompt: str) -> None:
         raise InvalidRequest("The prompt must be text.")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InvalidRequest(f"The prompt is {len(prompt):,} characters long; the limit is {MAX_PROMPT_CHARS:,}.")
+
+
+_TEXT_FIELDS = ("model", "base_model", "image_path", "masked_image_path", "outpaint_padding", "depth_image_path",
+                "controlnet_image_path", "init_noise_path", "dtype")
+_NUMBER_FIELDS = ("guidance", "image_strength", "controlnet_strength")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_types(request: GenerationRequest) -> None:
+    """Values from JSON (metadata, presets, API calls) can be of any type; later checks assume these."""
+    for name in _TEXT_FIELDS:
+        if not isinstance(getattr(request, name), (str, type(None))):
+            raise InvalidRequest(f"The setting {name} must be text, not {type(getattr(request, name)).__name__}.")
+    for name in _NUMBER_FIELDS:
+        if getattr(request, name) is not None and not _is_number(getattr(request, name)):
+            raise InvalidRequest(f"The setting {name} must be a number, not {getattr(request, name)!r:.40}.")
+    for name, is_item in (("lora_paths", lambda v: isinstance(v, str)), ("redux_image_paths", lambda v: isinstance(v, str)),
+                          ("lora_scales", _is_number), ("redux_image_strengths", _is_number)):
+        values = getattr(request, name)
+        if not isinstance(values, (tuple, list)) or not all(is_item(v) for v in values):
+            raise InvalidRequest(f"The setting {name} must be a list of {'paths' if 'paths' in name else 'numbers'}.")
+    if not isinstance(request.extra, dict):
+        raise InvalidRequest("The setting extra must be an object of tool settings.")
+    for name in ("keep_unmasked",):
+        if not isinstance(getattr(request, name), bool):
+            raise InvalidRequest(f"The setting {name} must be true or false.")
+    if not isinstance(request.max_sequence_length, int) or isinstance(request.max_sequence_length, bool):
+        raise InvalidRequest("The T5 sequence length must be a whole number of tokens.")
+    if request.quantize is not None and (not isinstance(request.quantize, int) or isinstance(request.quantize, bool)):
+        raise InvalidRequest(f"Quantize must be a whole number of bits, not {request.quantize!r:.40}.")
 
 
 def clean_prompt(prompt: str) -> str:

@@ -263,4 +263,8 @@ def load_lora_file(path: Path) -> LoraFile:
         weights, metadata = mx.load(str(path), format="safetensors", return_metadata=True)
     except Exception as error:  # MLX raises plain RuntimeError/ValueError for bad files
         raise ModelLoadError(f"The LoRA {path} is not a readable safetensors file ({error}).") from None
+    broken = next((key for key, value in weights.items()
+                   if mx.issubdtype(value.dtype, mx.floating) and not mx.all(mx.isfinite(value)).item()), None)
+    if broken is not None:  # a NaN would silently turn every image black
+        raise ModelLoadError(f"The LoRA {path} is damaged: its {broken} holds values that are not finite (NaN or inf).")
     return read_lora(weights, metadata, name=path.name)
