@@ -1,0 +1,136 @@
+"""Write MLX modules as FLUX.1 model folders in the real diffusers layout.
+
+Each component is written under the checkpoint names diffusers / transformers use (the inverse of
+each model's `sanitize`): VAE convolutions back to OIHW, CLIP under `text_model.`, T5 with its
+config's tie_word_embeddings false. diffusers' pipelines and our loader both read the result.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from mflux_core.demo.family import PIPELINE_CLASSES, SCHEDULER_CONFIG
+
+SHARED_COMPONENTS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+
+
+def checkpoint_arrays(module: nn.Module, dtype: mx.Dtype) -> dict[str, mx.array]:
+    return {name: value.astype(dtype) for name, value in tree_flatten(module.parameters())}
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def save_arrays(path: Path, arrays: dict[str, mx.array]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(path), dict(sorted(arrays.items())), metadata={"format": "pt"})
+
+
+def write_transformer(folder: Path, transformer: nn.Module, config: dict, dtype: mx.Dtype = mx.float16) -> None:
+    write_json(folder / "config.json", config)
+    save_arrays(folder / "diffusion_pytorch_model.safetensors", checkpoint_arrays(transformer, dtype))
+
+
+def write_vae(folder: Path, vae: nn.Module, config: dict, dtype: mx.Dtype = mx.float16) -> None:
+    """Conv weights OHWI -> OIHW (diffusers' layout); everything else as is."""
+    arrays = {name: value.transpose(0, 3, 1, 2) if value.ndim == 4 else value
+              for name, value in checkpoint_arrays(vae, dtype).items()}
+    write_json(folder / "config.json", config)
+    save_arrays(folder / "diffusion_pytorch_model.safetensors", arrays)
+
+
+def write_clip(folder: Path, clip: nn.Module, config: dict, dtype: mx.Dtype = mx.float16) -> None:
+    arrays = {f"text_model.{name}": value for name, value in checkpoint_arrays(clip, dtype).items()}
+    write_json(folder / "config.json", config)
+    save_arrays(folder / "model.safetensors", arrays)
+
+
+def write_t5(folder: Path, t5: nn.Module, config: dict, dtype: mx.Dtype = mx.float16) -> None:
+    write_json(folder / "config.json", config)
+    save_arrays(folder / "model.safetensors", checkpoint_arrays(t5, dtype))
+
+
+def write_model_index(folder: Path, tool: str) -> None:
+    write_json(folder / "model_index.json", {
+        "_class_name": PIPELINE_CLASSES[tool], "_diffusers_version": SCHEDULER_CONFIG["_diffusers_version"],
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "T5EncoderModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "tokenizer_2": ["transformers", "T5TokenizerFast"],
+        "transformer": ["diffusers", "FluxTransformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    })
+
+
+def write_scheduler(folder: Path) -> None:
+    write_json(folder / "scheduler_config.json", SCHEDULER_CONFIG)
+
+
+def write_model_folder(out: Path, tool: str, transformer: nn.Module, transformer_config: dict, shared: Path,
+                       dtype: mx.Dtype = mx.float16) -> Path:
+    """A complete FLUX.1 folder: this tool's transformer plus copies of the shared components."""
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    write_transformer(out / "transformer", transformer, transformer_config, dtype)
+    for name in SHARED_COMPONENTS:
+        shutil.copytree(Path(shared) / name, out / name)
+    write_model_index(out, tool)
+    return out
+
+
+DEMO_FOLDERS = {"base": "demo", "fill": "demo-fill", "depth": "demo-depth", "kontext": "demo-kontext"}
+
+
+def export_run(run: Path, out: Path, dtype: mx.Dtype = mx.float16) -> list[Path]:
+    """Write every finished stage of a training run (mflux_core.demo.train) as a model folder under `out`."""
+    from mflux_core.demo import family, train
+    from mflux_core.training.loop import MODEL_FILE
+
+    run, out = Path(run), Path(out)
+    shared = run / "export-shared"
+    if shared.exists():
+        shutil.rmtree(shared)
+    vae, vae_config = train.trained_vae(run, train.vae_sample(run, workers=1))
+    write_vae(shared / "vae", vae, vae_config, dtype)
+    base = train.base_transformer(run)
+    vocab = json.loads((train.shared_folder(run) / "vocab_sizes.json").read_text())
+    write_clip(shared / "text_encoder", base.clip, family.clip_config(vocab["clip"]), dtype)
+    write_t5(shared / "text_encoder_2", base.t5, family.t5_config(vocab["t5"]), dtype)
+    for name in ("tokenizer", "tokenizer_2"):
+        shutil.copytree(train.shared_folder(run) / name, shared / name)
+    write_scheduler(shared / "scheduler")
+    written = []
+    for tool, folder in DEMO_FOLDERS.items():
+        if not (run / tool / MODEL_FILE).is_file():
+            continue
+        config = family.transformer_config(tool)
+        model = train.TextConditionedFlux(family.build_transformer(config), base.clip, base.t5)
+        model.load_weights(str(run / tool / MODEL_FILE))
+        written.append(write_model_folder(out / folder, tool, model.transformer, config, shared, dtype))
+    shutil.rmtree(shared)
+    return written
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write a demo training run as diffusers-layout model folders.")
+    parser.add_argument("run", type=Path)
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args(argv)
+    for folder in export_run(args.run, args.out):
+        print(folder)
+
+
+if __name__ == "__main__":
+    import mflux_core  # noqa: F401  (OpenBLAS before mlx.core is used)
+
+    main()

@@ -1,0 +1,80 @@
+"""Demo model folders written by our own code load in diffusers and in our engine, with equal images."""
+
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import torch
+from mlx.utils import tree_flatten, tree_map
+
+from mflux_core.demo import export, family
+from mflux_core.demo.tokenizers import write_tokenizers
+from mflux_core.weights.safetensors_io import load_folder_weights
+from tests.fixtures.tiny_flux import load_diffusers_pipeline
+from tests.parity import UINT8_TOLERANCE, make_noise, max_uint8_diff, pack, run_cli
+
+
+def perturbed(module, seed: int):
+    """Random init plus noise on every tensor: norm weights of 1 and zero biases would hide a mis-mapped name."""
+    key = mx.random.key(seed)
+    params = tree_map(lambda p: p + 0.05 * mx.random.normal(p.shape, key=key), module.parameters())
+    module.update(params)
+    return module
+
+
+@pytest.fixture(scope="module")
+def demo_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo-export")
+    shared = root / "shared"
+    clip_vocab, t5_vocab = write_tokenizers(shared)
+    vae_config = family.vae_config(scaling_factor=0.7, shift_factor=0.1)
+    export.write_vae(shared / "vae", perturbed(family.seeded(1, family.build_vae, vae_config), 1), vae_config)
+    clip_config, t5_config = family.clip_config(clip_vocab), family.t5_config(t5_vocab)
+    export.write_clip(shared / "text_encoder", perturbed(family.seeded(2, family.build_clip, clip_config), 2),
+                      clip_config)
+    export.write_t5(shared / "text_encoder_2", perturbed(family.seeded(3, family.build_t5, t5_config), 3), t5_config)
+    export.write_scheduler(shared / "scheduler")
+    folders = {}
+    for tool in ("base", "fill"):
+        config = family.transformer_config(tool)
+        transformer = perturbed(family.seeded(4, family.build_transformer, config), 4)
+        folders[tool] = export.write_model_folder(root / tool, tool, transformer, config, shared)
+    return folders
+
+
+def test_components_are_written_under_the_published_names(demo_folders):
+    folder = demo_folders["base"]
+    assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "FluxPipeline"
+    clip = load_folder_weights(folder / "text_encoder")
+    assert all(name.startswith("text_model.") for name in clip)
+    vae = load_folder_weights(folder / "vae")
+    assert vae["encoder.conv_in.weight"].shape == (16, 3, 3, 3)  # OIHW, as torch stores it
+    assert "shared.weight" in load_folder_weights(folder / "text_encoder_2")
+    assert json.loads((folder / "text_encoder_2" / "config.json").read_text())["tie_word_embeddings"] is False
+    assert {p.name for p in (folder / "tokenizer").iterdir()} >= {"vocab.json", "merges.txt"}
+    assert (folder / "tokenizer_2" / "spiece.model").is_file()
+    fill_config = json.loads((demo_folders["fill"] / "transformer" / "config.json").read_text())
+    assert fill_config["in_channels"] == 384 and fill_config["out_channels"] == 64
+
+
+def test_a_demo_folder_generates_the_same_image_in_diffusers_and_in_our_engine(demo_folders, tmp_path):
+    folder = demo_folders["base"]
+    noise_path = make_noise(tmp_path, (1, family.LATENT_CHANNELS, 8, 8), seed=3)
+    prompt = "a red circle in the top left on a blue background"
+    ours = run_cli("generate", "--path", folder, "--prompt", prompt, "--steps", 3, "--height", 64, "--width", 64,
+                   "--guidance", 3.5, "--init-noise", noise_path, "--dtype", "float32",
+                   "--output", tmp_path / "ours.png")
+    pipe = load_diffusers_pipeline(folder)
+    reference = pipe(prompt, height=64, width=64, num_inference_steps=3, guidance_scale=3.5,
+                     latents=pack(np.load(noise_path)), output_type="pil").images[0]
+    assert max_uint8_diff(ours, reference) <= UINT8_TOLERANCE
+    assert np.asarray(reference).std() > 1  # not a blank image: the comparison means something
+
+
+def test_the_fill_folder_loads_in_diffusers_fill_pipeline(demo_folders):
+    pipe = load_diffusers_pipeline(demo_folders["fill"], "FluxFillPipeline")
+    assert pipe.transformer.config.in_channels == 384
+    weights = dict(tree_flatten(family.build_transformer(family.transformer_config("fill")).parameters()))
+    assert sum(p.numel() for p in pipe.transformer.parameters()) == sum(v.size for v in weights.values())
+    assert pipe.vae.dtype == torch.float32
