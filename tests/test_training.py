@@ -3,9 +3,11 @@
 import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
+import pytest
 from mlx.utils import tree_flatten
 from PIL import Image
 
+from mflux_core.models.rope import rope_tables
 from mflux_core.models.transformer import FluxTransformer, FluxTransformerConfig
 from mflux_core.sampling.latents import image_position_ids
 from mflux_core.training import select_trainable, train
@@ -33,11 +35,13 @@ def batch_for_step(step: int) -> FlowBatch:
     rng = np.random.default_rng([7, step])
     b, n, c = 3, 16, 16
     normal = lambda *shape: mx.array(rng.standard_normal(shape).astype(np.float32))  # noqa: E731
+    ids = image_position_ids(8, 8)
     return FlowBatch(
         latents=normal(b, n, c), noise=normal(b, n, c),
         sigmas=mx.array(shifted_sigmas(rng, b, n, SCHEDULER)),
-        text=normal(b, 5, 12), pooled=normal(b, 10), image_ids=image_position_ids(8, 8),
+        text=normal(b, 5, 12), pooled=normal(b, 10), image_ids=ids,
         guidance=mx.array(rng.uniform(1, 5, b).astype(np.float32)),
+        rope=rope_tables(np.concatenate([np.zeros((5, 3)), np.array(ids)]), (2, 2, 4)),
     )
 
 
@@ -45,18 +49,19 @@ def weights(model) -> dict[str, np.ndarray]:
     return {k: np.array(v) for k, v in tree_flatten(model.parameters())}
 
 
-def run(steps: int, checkpoint_dir=None, trainable=None):
+def run(steps: int, checkpoint_dir=None, trainable=None, compile=False):
     model = tiny_transformer()
     optimizer = optim.AdamW(learning_rate=optim.cosine_decay(1e-2, 8), weight_decay=0.01)
     result = train(model, flow_matching_loss, batch_for_step, optimizer, steps, trainable=trainable,
-                   checkpoint_dir=checkpoint_dir, checkpoint_every=2, progress=False)
+                   checkpoint_dir=checkpoint_dir, checkpoint_every=2, progress=False, compile=compile)
     return model, result
 
 
-def test_resume_from_a_checkpoint_reproduces_an_uninterrupted_run_bit_for_bit(tmp_path):
-    straight, straight_result = run(7)
-    run(3, checkpoint_dir=tmp_path / "ckpt")  # stops at step 3: a checkpoint between the periodic ones
-    resumed, resumed_result = run(7, checkpoint_dir=tmp_path / "ckpt")  # a fresh model and optimizer resume
+@pytest.mark.parametrize("compile", [False, True])
+def test_resume_from_a_checkpoint_reproduces_an_uninterrupted_run_bit_for_bit(tmp_path, compile):
+    straight, straight_result = run(7, compile=compile)
+    run(3, checkpoint_dir=tmp_path / "ckpt", compile=compile)  # stops at step 3, between periodic checkpoints
+    resumed, resumed_result = run(7, checkpoint_dir=tmp_path / "ckpt", compile=compile)  # fresh model and optimizer
 
     assert resumed_result.step == straight_result.step == 7
     assert resumed_result.losses == straight_result.losses
@@ -65,6 +70,14 @@ def test_resume_from_a_checkpoint_reproduces_an_uninterrupted_run_bit_for_bit(tm
     for name in expected:
         assert np.array_equal(expected[name], actual[name]), name
     assert straight_result.losses[-1] != straight_result.losses[0]  # the run did train
+
+
+def test_a_compiled_step_trains_like_the_plain_one():
+    plain, plain_result = run(4)
+    compiled, compiled_result = run(4, compile=True)
+    assert np.allclose(plain_result.losses, compiled_result.losses, rtol=1e-4, atol=1e-6)
+    for name, value in weights(plain).items():
+        assert np.allclose(value, weights(compiled)[name], rtol=1e-3, atol=1e-5), name
 
 
 def test_only_selected_parameters_change():

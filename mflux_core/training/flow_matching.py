@@ -28,6 +28,7 @@ class FlowBatch:
     extra_channels: mx.array | None = None  # (B, N, C') concatenated per token (Fill, Depth)
     reference_tokens: mx.array | None = None  # (B, M, C) appended after the image tokens (Kontext)
     reference_ids: mx.array | None = None  # (M, 3)
+    rope: tuple | None = None  # the transformer's RoPE tables for [text; image (; reference)]: needed under mx.compile
 
 
 def shifted_sigmas(rng: np.random.Generator, count: int, image_tokens: int, scheduler_config: dict) -> np.ndarray:
@@ -58,7 +59,7 @@ def predicted_velocity(transformer, batch: FlowBatch, text: mx.array | None = No
     text = batch.text if text is None else text
     pooled = batch.pooled if pooled is None else pooled
     text_ids = mx.zeros((text.shape[1], 3), dtype=mx.float32)
-    velocity = transformer(x, text, pooled, batch.sigmas, ids, text_ids, guidance=batch.guidance)
+    velocity = transformer(x, text, pooled, batch.sigmas, ids, text_ids, guidance=batch.guidance, rope=batch.rope)
     return velocity[:, : batch.latents.shape[1]]
 
 

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -78,6 +78,42 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: optim.Optimizer) 
     return int(state["step"]), [float(x) for x in state["losses"]]
 
 
+def split_batch(batch):
+    """A batch as (tree of arrays for mx.compile, skeleton that rebuilds its dataclasses)."""
+    if is_dataclass(batch):
+        names = [f.name for f in fields(batch)]
+        parts = [split_batch(getattr(batch, name)) for name in names]
+        return [tree for tree, _ in parts], (type(batch), names, [skeleton for _, skeleton in parts])
+    if isinstance(batch, (tuple, list)):
+        parts = [split_batch(value) for value in batch]
+        return [tree for tree, _ in parts], (type(batch), None, [skeleton for _, skeleton in parts])
+    return batch, None
+
+
+def join_batch(tree, skeleton):
+    if skeleton is None:
+        return tree
+    kind, names, children = skeleton
+    values = [join_batch(value, child) for value, child in zip(tree, children)]
+    return kind(**dict(zip(names, values))) if names is not None else kind(values)
+
+
+def compiled_update(update: Callable, state: list) -> Callable:
+    """mx.compile(update) for batches that may hold dataclasses (compile takes trees of arrays only)."""
+    skeleton = {}
+
+    def from_tree(tree):
+        return update(join_batch(tree, skeleton["current"]))
+
+    compiled = mx.compile(from_tree, inputs=state, outputs=state)
+
+    def run(batch):
+        tree, skeleton["current"] = split_batch(batch)
+        return compiled(tree)
+
+    return run
+
+
 class ProgressBar:
     """One status line on stderr: bar, step, smoothed loss, speed and time left."""
 
@@ -121,11 +157,15 @@ def train(
     max_seconds: float | None = None,
     progress: bool = True,
     on_step: Callable[[int, float], bool | None] | None = None,
+    compile: bool = False,
 ) -> TrainResult:
     """Train until `steps` steps are done in total (resuming from `checkpoint_dir` when it holds a
     checkpoint) or `max_seconds` have passed; a checkpoint and loss curve are written every
     `checkpoint_every` steps and at the end. `on_step(step, loss)` runs after each step (and after
-    that step's checkpoint); returning True stops the run there, like `max_seconds`."""
+    that step's checkpoint); returning True stops the run there, like `max_seconds`.
+
+    `compile=True` fuses each step with mx.compile (far fewer kernel launches on a GPU); a batch of
+    a new shape compiles anew, so keep the set of batch shapes small."""
     started = time.perf_counter()
     select_trainable(model, trainable)
     optimizer.init(model.trainable_parameters())
@@ -138,6 +178,9 @@ def train(
         loss, grads = value_and_grad(model, batch)
         optimizer.update(model, grads)
         return loss
+
+    if compile:
+        update = compiled_update(update, [model.state, optimizer.state])
 
     def checkpoint():
         if checkpoint_dir is not None:
