@@ -31,6 +31,18 @@ def training_inputs(config_path: str | None, checkpoint_path: str | None) -> tup
     return config, Path(checkpoint_path).expanduser() if checkpoint_path else None
 
 
+def check_inside_studio_folders(studio, path: str | None) -> None:
+    """The page (possibly served to the network) may read only the folders the studio was started with."""
+    if not (path or "").strip():
+        return
+    resolved = Path(path.strip()).expanduser().resolve()
+    roots = [studio.folders.outputs, studio.folders.user_presets, *studio.folders.loras]
+    if studio.manager.models_dir is not None:
+        roots.append(Path(studio.manager.models_dir).resolve())
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise InvalidRequest("Training files must be inside the studio's outputs, presets, models or LoRA folders.")
+
+
 def duration(seconds: float) -> str:
     minutes, seconds = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
@@ -60,6 +72,8 @@ def run_training(studio, outputs: dict, values: dict, session: str):
     finished = False
     try:
         yield {status: progress_html("Loading the model and encoding the examples…")}
+        for key in ("config_path", "checkpoint_path"):
+            check_inside_studio_folders(studio, values.get(key))
         config, checkpoint = training_inputs(values.get("config_path"), values.get("checkpoint_path"))
 
         def work() -> None:
