@@ -25,6 +25,7 @@ from mlx.utils import tree_flatten
 from mflux_core.demo import family
 from mflux_core.demo.pools import cached_pool
 from mflux_core.demo.tokenizers import write_tokenizers
+from mflux_core.models.rope import rope_tables
 from mflux_core.sampling.latents import image_position_ids, pack_latents
 from mflux_core.tools.fill import packed_mask
 from mflux_core.training import train
@@ -295,6 +296,14 @@ def flow_batches(data: dict[str, np.ndarray], settings: StageSettings, scheduler
     side = int(math.isqrt(tokens))
     image_ids = image_position_ids(2 * side, 2 * side)
     reference_ids = image_position_ids(2 * side, 2 * side, first=1.0)
+    all_ids = np.concatenate([np.array(image_ids)] + ([np.array(reference_ids)] if "reference" in data else []))
+    axes = tuple(family.transformer_config()["axes_dims_rope"])
+    ropes = {}  # per text length: [text; image (; reference)] tables, computed once (and outside mx.compile)
+
+    def rope_for(length: int):
+        if length not in ropes:
+            ropes[length] = rope_tables(np.concatenate([np.zeros((length, 3)), all_ids]), axes)
+        return ropes[length]
 
     def batch_for_step(step: int):
         rng = np.random.default_rng([settings.seed, step])
@@ -306,6 +315,7 @@ def flow_batches(data: dict[str, np.ndarray], settings: StageSettings, scheduler
             sigmas=mx.array(shifted_sigmas(rng, settings.batch, tokens, scheduler)),
             text=None, pooled=None, image_ids=image_ids,
             guidance=mx.array(rng.uniform(1.0, 35.0, settings.batch).astype(np.float32)),
+            rope=rope_for(length),
         )
         if "extra" in data:
             flow.extra_channels = mx.array(data["extra"][rows])
