@@ -2,45 +2,21 @@
 
 import json
 
-import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from mlx.utils import tree_flatten, tree_map
+from mlx.utils import tree_flatten
 
-from mflux_core.demo import export, family
-from mflux_core.demo.tokenizers import write_tokenizers
+from mflux_core.demo import family
 from mflux_core.weights.safetensors_io import load_folder_weights
+from tests.fixtures.demo_folders import write_random_demo_folders
 from tests.fixtures.tiny_flux import load_diffusers_pipeline
 from tests.parity import UINT8_TOLERANCE, make_noise, max_uint8_diff, pack, run_cli
 
 
-def perturbed(module, seed: int):
-    """Random init plus noise on every tensor: norm weights of 1 and zero biases would hide a mis-mapped name."""
-    key = mx.random.key(seed)
-    params = tree_map(lambda p: p + 0.05 * mx.random.normal(p.shape, key=key), module.parameters())
-    module.update(params)
-    return module
-
-
 @pytest.fixture(scope="module")
 def demo_folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo-export")
-    shared = root / "shared"
-    clip_vocab, t5_vocab = write_tokenizers(shared)
-    vae_config = family.vae_config(scaling_factor=0.7, shift_factor=0.1)
-    export.write_vae(shared / "vae", perturbed(family.seeded(1, family.build_vae, vae_config), 1), vae_config)
-    clip_config, t5_config = family.clip_config(clip_vocab), family.t5_config(t5_vocab)
-    export.write_clip(shared / "text_encoder", perturbed(family.seeded(2, family.build_clip, clip_config), 2),
-                      clip_config)
-    export.write_t5(shared / "text_encoder_2", perturbed(family.seeded(3, family.build_t5, t5_config), 3), t5_config)
-    export.write_scheduler(shared / "scheduler")
-    folders = {}
-    for tool in ("base", "fill"):
-        config = family.transformer_config(tool)
-        transformer = perturbed(family.seeded(4, family.build_transformer, config), 4)
-        folders[tool] = export.write_model_folder(root / tool, tool, transformer, config, shared)
-    return folders
+    return write_random_demo_folders(tmp_path_factory.mktemp("demo-export"))
 
 
 def test_components_are_written_under_the_published_names(demo_folders):

@@ -56,5 +56,3 @@ def test_shape_weights_mark_the_shape_and_its_rim():
     images[0, 6:9, 6:9] = 200
     weights = train.shape_weights(images)[0, ..., 0]
     assert weights[7, 7] == weights[5, 7] == 10.0 and weights[4, 7] == weights[0, 0] == 1.0
-    origins = train.crop_origins(np.zeros((1, 64, 64, 3), np.uint8) + images.repeat(4, 1).repeat(4, 2), 4)
-    assert origins.tolist() == [[2, 2]]  # latent rows and columns 2-5: pixels 16-47 hold the shape (23-36)

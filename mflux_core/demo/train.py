@@ -47,7 +47,7 @@ class StageSettings:
 
 STAGES = {
     "vae": StageSettings(steps=3000, batch=64, learning_rate=1e-3, pool=6000, seed=1),
-    "decoder": StageSettings(steps=1200, batch=24, learning_rate=5e-4, pool=0, seed=6),
+    "decoder": StageSettings(steps=800, batch=8, learning_rate=3e-4, pool=0, seed=6),
     "base": StageSettings(steps=8000, batch=128, learning_rate=5e-4, pool=30000, seed=2),
     "fill": StageSettings(steps=2000, batch=128, learning_rate=3e-4, pool=12000, seed=3),
     "depth": StageSettings(steps=2000, batch=128, learning_rate=3e-4, pool=12000, seed=4),
@@ -142,26 +142,13 @@ def decoder_loss(vae, batch) -> mx.array:
     return mx.sum(weights * (mx.abs(error) + mx.square(error))) / (3 * mx.sum(weights))
 
 
-DECODER_CROP = 4  # latent pixels per side of a training crop (32x32 image pixels)
-
-
-def crop_origins(images: np.ndarray, crop: int) -> np.ndarray:
-    """(N, 2) latent (row, col) of a crop around each image's shape (its non-background pixels' centroid)."""
-    grid = images.shape[1] // family.VAE_SCALE
-    differs = shape_weights(images)[..., 0] > 1
-    rows, cols = np.indices(differs.shape[1:])
-    count = np.maximum(differs.sum(axis=(1, 2)), 1)
-    centre = np.stack([(differs * rows).sum(axis=(1, 2)) / count, (differs * cols).sum(axis=(1, 2)) / count], 1)
-    centre = np.where(differs.any(axis=(1, 2))[:, None], centre, images.shape[1] / 2)
-    return np.clip(np.round(centre / family.VAE_SCALE - crop / 2), 0, grid - crop).astype(np.int64)
-
-
 def train_decoder(run: Path, settings: StageSettings, workers: int, max_seconds: float | None,
                   compile: bool = False) -> bool:
     """Sharpen the decoder with the encoder (and so every latent the transformers know) unchanged.
 
-    The decoder is convolutional, so it trains on 32x32 crops around the shapes, from latents
-    encoded once: a CPU can run this stage."""
+    Latents are encoded once, so a step is one decoder pass. (Crops would be cheaper but the
+    decoder's group norms and mid-block attention see the whole image: crop-trained decoders
+    get the backgrounds of whole images wrong.)"""
     images = vae_pool(run, STAGES["vae"], workers)
     vae = family.build_vae(family.vae_config())
     vae.load_weights(str(run / "vae" / MODEL_FILE))
@@ -170,17 +157,12 @@ def train_decoder(run: Path, settings: StageSettings, workers: int, max_seconds:
         parts = [np.array(vae_posterior_mean(vae, to_pixels(images[i : i + 64]))) for i in range(0, len(images), 64)]
         np.save(cache, np.concatenate(parts))
     latents = np.load(cache)
-    origins = crop_origins(images, DECODER_CROP)
-    crop, scale = DECODER_CROP, family.VAE_SCALE
 
     def batch_for_step(step: int):
         rng = np.random.default_rng([settings.seed, step])
         rows = rng.integers(0, len(images), settings.batch)
-        z = np.stack([latents[r, y : y + crop, x : x + crop] for r, (y, x) in zip(rows, origins[rows])])
-        pixels = np.stack([images[r, y * scale : (y + crop) * scale, x * scale : (x + crop) * scale]
-                           for r, (y, x) in zip(rows, origins[rows])])
-        noise = rng.standard_normal(z.shape).astype(np.float32)
-        return mx.array(z), mx.array(noise), to_pixels(pixels), mx.array(shape_weights(pixels))
+        noise = rng.standard_normal(latents[rows].shape).astype(np.float32)
+        return mx.array(latents[rows]), mx.array(noise), to_pixels(images[rows]), mx.array(shape_weights(images[rows]))
 
     result = train(vae, decoder_loss, batch_for_step, optimizer_for(settings), settings.steps,
                    trainable=lambda name: name.startswith("decoder."), checkpoint_dir=run / "decoder",

@@ -1,0 +1,99 @@
+"""The demo models' quality bar, measured through the real engine on held-out examples.
+
+Each function generates images with `ModelManager.generate` (as the studio does) and reads them
+with a `classify(image) -> reading` supplied by the caller (the tests bring their own, independent
+of the models), where a reading has `.background`, `.colour`, `.region` and a bool `.mask`.
+Every function returns the fraction of examples that meet its criterion.
+"""
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from mflux_core.demo import dataset
+from mflux_core.demo.shapes import caption, shape_mask
+from mflux_core.request import GenerationRequest
+
+EVALUATION_SEED = 100  # held-out examples are drawn with this dataset seed
+FILL_TOLERANCE = 10  # levels an unmasked pixel may move
+
+
+@dataclass(frozen=True)
+class PromptScores:
+    colour: float  # dominant shape colour = the caption's
+    region: float  # shape centroid in the caption's region
+    background: float
+
+
+def _generate(manager, model: str, tool: str, prompt: str, seed: int, max_sequence_length: int, **paths):
+    request = GenerationRequest(tool=tool, model=model, prompt=prompt, seed=seed, width=64, height=64,
+                                max_sequence_length=max_sequence_length, **paths)
+    return np.asarray(manager.generate(request).image.convert("RGB"))
+
+
+def _save(folder: Path, name: str, pixels: np.ndarray) -> str:
+    path = folder / f"{name}.png"
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def prompt_following(manager, model: str, classify: Callable, count: int = 50,
+                     max_sequence_length: int = 512) -> PromptScores:
+    hits = np.zeros(3)
+    for index in range(count):
+        scene = dataset.text_to_image_example(EVALUATION_SEED, index, held_out=True).scene
+        shape = scene.shapes[0]
+        reading = classify(_generate(manager, model, "generate", caption(scene), index, max_sequence_length))
+        hits += [reading.colour == shape.colour, reading.region == shape.region, reading.background == scene.background]
+    return PromptScores(*(hits / count))
+
+
+def fill_scores(manager, model: str, classify: Callable, count: int = 20,
+                max_sequence_length: int = 512) -> tuple[float, float]:
+    """(fraction whose masked region shows the prompted colour, mean fraction of unmasked pixels kept)."""
+    recoloured, kept = 0, []
+    with tempfile.TemporaryDirectory() as folder:
+        for index in range(count):
+            example = dataset.fill_example(EVALUATION_SEED, index, held_out=True)
+            paths = {"image_path": _save(Path(folder), f"source{index}", example.source),
+                     "masked_image_path": _save(Path(folder), f"mask{index}", example.mask.astype(np.uint8) * 255)}
+            image = _generate(manager, model, "fill", example.caption, index, max_sequence_length, **paths)
+            reading = classify(np.where(example.mask[..., None], image, example.source))  # the masked region only
+            recoloured += reading.colour == example.scene.shapes[0].colour
+            difference = np.abs(image.astype(int) - example.source.astype(int)).max(axis=-1)
+            kept.append(float((difference[~example.mask] <= FILL_TOLERANCE).mean()))
+    return recoloured / count, float(np.mean(kept))
+
+
+def depth_layout(manager, model: str, classify: Callable, count: int = 20, max_sequence_length: int = 512) -> float:
+    """Mean IoU of the generated shape with the depth map's shape."""
+    scores = []
+    with tempfile.TemporaryDirectory() as folder:
+        for index in range(count):
+            example = dataset.depth_example(EVALUATION_SEED, index, held_out=True)
+            path = _save(Path(folder), f"depth{index}", example.control)
+            image = _generate(manager, model, "depth", example.caption, index, max_sequence_length,
+                              depth_image_path=path)
+            target = shape_mask(example.scene.shapes[0], image.shape[0])
+            mask = classify(image).mask
+            scores.append(float(np.logical_and(mask, target).sum() / max(np.logical_or(mask, target).sum(), 1)))
+    return float(np.mean(scores))
+
+
+def kontext_applied(manager, model: str, classify: Callable, count: int = 30, max_sequence_length: int = 512) -> float:
+    applied = 0
+    with tempfile.TemporaryDirectory() as folder:
+        for index in range(count):
+            example = dataset.kontext_example(EVALUATION_SEED, index, held_out=True)
+            path = _save(Path(folder), f"before{index}", example.before)
+            reading = classify(_generate(manager, model, "kontext", example.instruction, index, max_sequence_length,
+                                         image_path=path))
+            after = example.after_scene
+            applied += {"colour": reading.colour == after.shapes[0].colour,
+                        "move": reading.region == after.shapes[0].region,
+                        "background": reading.background == after.background}[example.kind]
+    return applied / count
