@@ -54,3 +54,36 @@ def test_the_fill_folder_loads_in_diffusers_fill_pipeline(demo_folders):
     weights = dict(tree_flatten(family.build_transformer(family.transformer_config("fill")).parameters()))
     assert sum(p.numel() for p in pipe.transformer.parameters()) == sum(v.size for v in weights.values())
     assert pipe.vae.dtype == torch.float32
+
+
+def test_the_canny_controlnet_folder_matches_diffusers(tmp_path):
+    import mlx.core as mx
+    from diffusers import FluxControlNetModel
+
+    from mflux_core.demo import export
+    from mflux_core.models.controlnet import load_controlnet
+    from tests.fixtures.demo_folders import perturbed
+
+    config = family.controlnet_config()
+    folder = export.write_controlnet(tmp_path / "demo-canny",
+                                     perturbed(family.seeded(5, family.build_controlnet, config), 5), config)
+    ours = load_controlnet(folder)
+    reference = FluxControlNetModel.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    rng = np.random.default_rng(0)
+    x, control = (rng.standard_normal((1, 16, 64)).astype(np.float32) for _ in range(2))
+    text, pooled = rng.standard_normal((1, 7, 64)).astype(np.float32), rng.standard_normal((1, 64)).astype(np.float32)
+    img_ids = np.stack(np.meshgrid(np.zeros(1), np.arange(4), np.arange(4), indexing="ij"), -1).reshape(-1, 3)
+    txt_ids = np.zeros((7, 3), np.float32)
+    blocks, _ = ours(mx.array(x), mx.array(control), mx.array(text), mx.array(pooled), mx.array([0.6]),
+                     mx.array(img_ids.astype(np.float32)), mx.array(txt_ids), guidance=mx.array([3.5]),
+                     conditioning_scale=0.4)
+    with torch.no_grad():
+        expected = reference(hidden_states=torch.from_numpy(x), controlnet_cond=torch.from_numpy(control),
+                             conditioning_scale=0.4, encoder_hidden_states=torch.from_numpy(text),
+                             pooled_projections=torch.from_numpy(pooled), timestep=torch.tensor([0.6]),
+                             img_ids=torch.from_numpy(img_ids.astype(np.float32)), txt_ids=torch.from_numpy(txt_ids),
+                             guidance=torch.tensor([3.5]), return_dict=False)[0]
+    assert len(blocks) == len(expected) == 2
+    for got, want in zip(blocks, expected):
+        want = want.numpy()
+        assert np.abs(np.array(got) - want).max() <= 1e-4 * np.abs(want).max()

@@ -7,6 +7,7 @@ import pytest
 
 from mflux_core.demo import export, train
 from mflux_core.manager import ModelManager
+from mflux_core.models.controlnet import load_controlnet
 from mflux_core.request import GenerationRequest
 
 
@@ -15,14 +16,14 @@ def toy_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("demo-run")
     saved = dict(train.STAGES)
     try:
-        train.main([str(run), "--stages", "vae,base,fill", "--scale-steps", "0.0005", "--batch", "2"])
+        train.main([str(run), "--stages", "vae,base,fill,canny", "--scale-steps", "0.0005", "--batch", "2"])
     finally:
         train.STAGES.update(saved)  # main() scales the module's recipe in place
     return run
 
 
 def test_each_stage_leaves_a_checkpoint_and_a_loss_curve(toy_run):
-    for stage in ("vae", "base", "fill"):
+    for stage in ("vae", "base", "fill", "canny"):
         state = json.loads((toy_run / stage / "state.json").read_text())
         assert state["step"] >= 1 and all(np.isfinite(state["losses"]))
         assert (toy_run / stage / "loss.png").is_file()
@@ -41,7 +42,9 @@ def test_a_finished_run_is_skipped_on_the_next_call(toy_run):
 
 def test_the_exported_folders_generate_through_the_engine(toy_run, tmp_path):
     folders = export.export_run(toy_run, tmp_path / "models")
-    assert [f.name for f in folders] == ["demo", "demo-fill"]
+    assert [f.name for f in folders] == ["demo", "demo-fill", "demo-canny"]
+    controlnet = load_controlnet(folders[2])
+    assert np.abs(np.array(controlnet.controlnet_blocks[0].weight)).max() > 0  # trained away from its zero init
     vae_config = json.loads((folders[0] / "vae" / "config.json").read_text())
     assert vae_config["scaling_factor"] > 0 and vae_config["shift_factor"] != 0.0
     manager = ModelManager(models_dir=tmp_path / "models")

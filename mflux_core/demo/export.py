@@ -37,6 +37,12 @@ def write_transformer(folder: Path, transformer: nn.Module, config: dict, dtype:
     save_arrays(folder / "diffusion_pytorch_model.safetensors", checkpoint_arrays(transformer, dtype))
 
 
+def write_controlnet(folder: Path, controlnet: nn.Module, config: dict, dtype: mx.Dtype = mx.float16) -> Path:
+    """A ControlNet folder as InstantX publishes one: config.json + one safetensors file."""
+    write_transformer(folder, controlnet, config, dtype)
+    return folder
+
+
 def write_vae(folder: Path, vae: nn.Module, config: dict, dtype: mx.Dtype = mx.float16) -> None:
     """Conv weights OHWI -> OIHW (diffusers' layout); everything else as is."""
     arrays = {name: value.transpose(0, 3, 1, 2) if value.ndim == 4 else value
@@ -115,6 +121,10 @@ def export_run(run: Path, out: Path, dtype: mx.Dtype = mx.float16) -> list[Path]
         model = train.TextConditionedFlux(family.build_transformer(config), base.clip, base.t5)
         model.load_weights(str(run / tool / MODEL_FILE))
         written.append(write_model_folder(out / folder, tool, model.transformer, config, shared, dtype))
+    if (run / "canny" / MODEL_FILE).is_file():
+        model = train.controlled_model(run)
+        model.load_weights(str(run / "canny" / MODEL_FILE))
+        written.append(write_controlnet(out / "demo-canny", model.controlnet, family.controlnet_config(), dtype))
     shutil.rmtree(shared)
     return written
 

@@ -8,6 +8,7 @@ trained demo model and a downloaded FLUX.1 go through one code path.
 import mlx.core as mx
 
 from mflux_core.models.clip import CLIPTextConfig, CLIPTextModel
+from mflux_core.models.controlnet import FluxControlNet, FluxControlNetConfig
 from mflux_core.models.t5 import T5Config, T5Encoder
 from mflux_core.models.transformer import FluxTransformer, FluxTransformerConfig
 from mflux_core.models.vae import AutoencoderKL, VAEConfig
@@ -53,6 +54,21 @@ def transformer_config(tool: str = "base") -> dict:
     }
 
 
+CONTROLNET_STRENGTH = 0.4  # the ControlNet tool's default strength: the canny ControlNet trains at it
+
+
+def controlnet_config() -> dict:
+    """A canny ControlNet in InstantX's layout: the base's first double blocks, no single blocks."""
+    base = transformer_config("base")
+    return {
+        "_class_name": "FluxControlNetModel", "_diffusers_version": DIFFUSERS_VERSION, "patch_size": 1,
+        "in_channels": PACKED_CHANNELS, "num_layers": 2, "num_single_layers": 0,
+        **{key: base[key] for key in ("attention_head_dim", "num_attention_heads", "joint_attention_dim",
+                                      "pooled_projection_dim", "guidance_embeds", "axes_dims_rope")},
+        "num_mode": None, "conditioning_embedding_channels": None,
+    }
+
+
 def clip_config(vocab_size: int) -> dict:
     """Special ids as the FLUX.1 repo's text_encoder/config.json has them (eos 2: pool at the highest id)."""
     return {
@@ -90,6 +106,10 @@ def build_vae(config: dict) -> AutoencoderKL:
 
 def build_transformer(config: dict) -> FluxTransformer:
     return FluxTransformer(FluxTransformerConfig.from_dict(config))
+
+
+def build_controlnet(config: dict) -> FluxControlNet:
+    return FluxControlNet(FluxControlNetConfig.from_dict(config))
 
 
 def build_clip(config: dict) -> CLIPTextModel:

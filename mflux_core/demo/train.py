@@ -13,6 +13,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import mflux_core  # noqa: F401  (OpenBLAS before mlx.core)
@@ -29,7 +30,7 @@ from mflux_core.models.rope import rope_tables
 from mflux_core.sampling.latents import image_position_ids, pack_latents
 from mflux_core.tools.fill import packed_mask
 from mflux_core.training import train
-from mflux_core.training.flow_matching import FlowBatch, flow_matching_loss, shifted_sigmas
+from mflux_core.training.flow_matching import FlowBatch, flow_matching_loss, noisy_latents, shifted_sigmas
 from mflux_core.training.loop import MODEL_FILE, STATE_FILE
 
 MAX_TEXT_TOKENS = 512
@@ -52,6 +53,7 @@ STAGES = {
     "fill": StageSettings(steps=2000, batch=128, learning_rate=3e-4, pool=12000, seed=3),
     "depth": StageSettings(steps=2000, batch=128, learning_rate=3e-4, pool=12000, seed=4),
     "kontext": StageSettings(steps=2000, batch=128, learning_rate=3e-4, pool=12000, seed=5),
+    "canny": StageSettings(steps=2000, batch=128, learning_rate=3e-4, pool=12000, seed=7),
 }
 
 
@@ -262,7 +264,7 @@ def stage_data(run: Path, stage: str, settings: StageSettings, vae, workers: int
         masks = np.concatenate([np.array(packed_mask(m, family.VAE_SCALE)) for m in pool["mask"]])
         data = {"target": encode_images(vae, pool["target"]),
                 "extra": np.concatenate([encode_images(vae, masked_pixels), masks], axis=-1), "text": pool["caption"]}
-    elif stage == "depth":
+    elif stage in ("depth", "canny"):  # the control image's latents: Depth's extra channels, the ControlNet's input
         data = {"target": encode_images(vae, pool["image"]), "extra": encode_images(vae, pool["control"]),
                 "text": pool["caption"]}
     else:
@@ -335,6 +337,62 @@ def widened(base, tool: str):
     return transformer
 
 
+class ControlledFlux(nn.Module):
+    """The frozen base (transformer and text encoders) steered by a ControlNet."""
+
+    def __init__(self, transformer, controlnet, clip, t5):
+        super().__init__()
+        self.transformer = transformer
+        self.controlnet = controlnet
+        self.clip = clip
+        self.t5 = t5
+
+
+def controlled_loss(model: ControlledFlux, batch) -> mx.array:
+    """Flow matching through the base transformer, with the ControlNet's residuals at the tool's default strength."""
+    flow, clip_ids, t5_ids, control = batch
+    text, pooled = model.t5(t5_ids), model.clip(clip_ids)[1]
+    x = noisy_latents(flow.latents, flow.noise, flow.sigmas)
+    text_ids = mx.zeros((text.shape[1], 3), dtype=mx.float32)
+    blocks, singles = model.controlnet(x, control, text, pooled, flow.sigmas, flow.image_ids, text_ids,
+                                       guidance=flow.guidance, conditioning_scale=family.CONTROLNET_STRENGTH,
+                                       rope=flow.rope)
+    velocity = model.transformer(x, text, pooled, flow.sigmas, flow.image_ids, text_ids, guidance=flow.guidance,
+                                 controlnet_block_samples=blocks, controlnet_single_block_samples=singles,
+                                 rope=flow.rope)
+    return mx.mean(mx.square(velocity - (flow.noise - flow.latents)))
+
+
+def controlled_model(run: Path) -> ControlledFlux:
+    """The base with a ControlNet whose shared parts start as copies of the base's and whose
+    input and output projections start at zero (it changes nothing until trained)."""
+    base = base_transformer(run)
+    controlnet = family.build_controlnet(family.controlnet_config())
+    own = dict(tree_flatten(controlnet.parameters()))
+    copied = {name: value for name, value in tree_flatten(base.transformer.parameters()) if name in own}
+    zeros = {name: mx.zeros_like(value) for name, value in own.items()
+             if name.startswith(("controlnet_x_embedder.", "controlnet_blocks."))}
+    controlnet.load_weights(list({**own, **copied, **zeros}.items()))
+    return ControlledFlux(base.transformer, controlnet, base.clip, base.t5)
+
+
+def train_controlnet(run: Path, vae, workers: int, max_seconds: float | None, compile: bool = False) -> bool:
+    settings = STAGES["canny"]
+    data = stage_data(run, "canny", settings, vae, workers)
+    model = controlled_model(run)
+    flows = flow_batches({k: v for k, v in data.items() if k != "extra"}, settings, family.SCHEDULER_CONFIG)
+
+    def batch_for_step(step: int):
+        flow, clip_ids, t5_ids = flows(step)
+        rows = np.random.default_rng([settings.seed, step]).integers(0, len(data["target"]), settings.batch)
+        return flow, clip_ids, t5_ids, mx.array(data["extra"][rows])
+
+    result = train(model, controlled_loss, batch_for_step, optimizer_for(settings), settings.steps,
+                   trainable=lambda name: name.startswith("controlnet."), checkpoint_dir=run / "canny",
+                   max_seconds=max_seconds, compile=compile)
+    return result.finished
+
+
 def train_flow_stage(run: Path, stage: str, vae, workers: int, max_seconds: float | None,
                      compile: bool = False) -> bool:
     settings = STAGES[stage]
@@ -384,7 +442,7 @@ def vae_sample(run: Path, workers: int) -> np.ndarray:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="folder for pools, checkpoints and loss curves")
-    parser.add_argument("--stages", default="vae,base,fill,depth,kontext")
+    parser.add_argument("--stages", default="vae,base,fill,depth,kontext,canny")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this long")
     parser.add_argument("--workers", type=int, default=2, help="processes that render the example pools")
     parser.add_argument("--scale-steps", type=float, default=1.0,
@@ -412,7 +470,8 @@ def main(argv=None) -> None:
             finished = train_decoder(run, STAGES["decoder"], args.workers, left, args.compile)
         else:
             vae, _ = trained_vae(run, vae_sample(run, args.workers))
-            finished = train_flow_stage(run, stage, vae, args.workers, left, args.compile)
+            train_stage = train_controlnet if stage == "canny" else partial(train_flow_stage, stage=stage)
+            finished = train_stage(run, vae=vae, workers=args.workers, max_seconds=left, compile=args.compile)
         if not finished:
             break
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
