@@ -110,9 +110,25 @@ def type_into(page, elem_id: str, text: str) -> None:
     page.keyboard.press("Tab")
 
 
-def set_slider(page, elem_id: str, value) -> None:
-    page.fill(f"#{elem_id} input[type=number]", str(value))
-    page.keyboard.press("Tab")
+def set_slider(page, elem_id: str, value: float) -> None:
+    """Move the slider with the arrow keys, as a keyboard user would."""
+    slider = page.locator(f"#{elem_id} input[type=range]")
+    current, step = float(slider.input_value()), float(slider.get_attribute("step"))
+    presses = round((value - current) / step)
+    slider.focus()
+    for _ in range(abs(presses)):
+        page.keyboard.press("ArrowRight" if presses > 0 else "ArrowLeft")
+    shown = f"document.querySelector('#{elem_id} input[type=range]').value"
+    page.wait_for_function(f"() => Math.abs({shown} - {value}) < 1e-9")
+
+
+def open_accordions(page, *elem_ids: str) -> None:
+    """Open accordions and give their controls a moment to finish mounting (one that finishes late takes
+    back its initial value, whatever was typed into it meanwhile)."""
+    for elem_id in elem_ids:
+        page.locator(f"#{elem_id} button.label-wrap").first.click()
+        page.wait_for_selector(f"#{elem_id} :is(input:not([type=file]), textarea)")
+    page.wait_for_timeout(500)
 
 
 def choose(page, elem_id: str, option: str) -> None:
@@ -313,38 +329,35 @@ def test_stop_ends_a_long_run_within_a_step(page, studio):
 def test_preset_export_then_import_restores_every_control(browser, page, studio):
     wanted = {"generate-prompt": "a lighthouse\nat dusk", "generate-seed": "1234", "generate-steps": "3",
               "generate-guidance": "2.5", "generate-width": "128", "generate-height": "96"}
+    open_accordions(page, "generate-loras", "generate-img2img", "generate-presets")
     choose(page, "generate-model", "tiny-schnell")
     for elem_id, value in wanted.items():
         type_into(page, elem_id, value)
     set_slider(page, "generate-batch", 3)
-    page.click("text=LoRAs and quantization")
     choose(page, "generate-lora-1", "paper")
     set_slider(page, "generate-lora-scale-1", 0.35)
     page.click("#generate-quantize label:has-text('8')")
-    page.click("#generate-img2img")
     set_slider(page, "generate-image-strength", 0.65)
-    page.click("#generate-presets")
     type_into(page, "generate-preset-name", "my look")
     page.click("#generate-preset-export")
     with page.expect_download() as download:
         page.click("#generate-preset-exported a")
     exported = studio.inputs / "my-look.json"
     download.value.save_as(exported)
-    assert json.loads(exported.read_text())["settings"]["lora_paths"] == ["paper"]
+    exported_settings = json.loads(exported.read_text())["settings"]
+    assert exported_settings["lora_paths"] == ["paper"] and exported_settings["image_strength"] == 0.65
 
     page.reload()  # a fresh session with every control at its default
     page.wait_for_selector("#generate-run")
     assert value_of(page, "generate-prompt") == ""
-    page.click("#generate-presets")
-    page.click("text=LoRAs and quantization")
-    page.click("#generate-img2img")
+    open_accordions(page, "generate-loras", "generate-img2img", "generate-presets")
     page.set_input_files("#generate-preset-import input[type=file]", str(exported))
     page.wait_for_function("() => /Imported/.test(document.querySelector('#generate-preset-message').innerText)")
     for elem_id, value in wanted.items():
         assert value_of(page, elem_id) == value, elem_id
     assert value_of(page, "generate-model").startswith("tiny-schnell")
     assert page.input_value("#generate-batch input[type=number]") == "3"
-    assert value_of(page, "generate-lora-1") == "paper" and value_of(page, "generate-lora-2") == ""
+    assert value_of(page, "generate-lora-1") == "paper" and value_of(page, "generate-lora-2") == "none"
     assert page.input_value("#generate-lora-scale-1 input[type=number]") == "0.35"
     assert page.is_checked("#generate-quantize input[value='8']")
     assert page.input_value("#generate-image-strength input[type=number]") == "0.65"
@@ -358,7 +371,7 @@ def test_dropping_a_png_restores_its_settings(page, studio):
                                 "Distilled CFG Scale: 4.5, Seed: 987, Size: 512x768, Model: flux1-dev")
     a1111 = studio.inputs / "a1111.png"
     Image.new("RGB", (8, 8)).save(a1111, pnginfo=info)
-    page.click("#generate-presets")
+    open_accordions(page, "generate-presets")
     page.set_input_files("#generate-restore-png input[type=file]", str(a1111))
     page.wait_for_function("() => /Restored/.test(document.querySelector('#generate-preset-message').innerText)")
     assert [value_of(page, f"generate-{k}") for k in ("prompt", "steps", "seed", "width", "height", "guidance")] == [
@@ -373,7 +386,7 @@ def test_dropping_a_png_restores_its_settings(page, studio):
     assert [value_of(page, f"generate-{k}") for k in ("seed", "steps", "width", "height", "guidance")] == [
         "77", "5", "80", "64", "6"]
     assert value_of(page, "generate-model").startswith("tiny-dev")
-    page.click("text=LoRAs and quantization")
+    open_accordions(page, "generate-loras")
     assert page.is_checked("#generate-quantize input[value='4']")
 
 
@@ -382,8 +395,7 @@ def test_every_tool_is_reachable_from_gradio_client(studio):
 
     client = Client(studio.url, analytics_enabled=False, verbose=False)
     assert API_NAMES <= set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    common = dict(model="tiny-schnell", seed=3, random_seed=False, batch_count=1, steps="2", guidance="", width=32,
-                  height=32, lora_1=None, lora_2=None, lora_3=None, quantize="off")
+    common = dict(model="tiny-schnell", seed=3, steps="2", width=32, height=32)  # the rest: the page's defaults
     status, _, results, history, strip = client.predict(prompt="a boat", image_strength=0.4, init_image=None,
                                                         api_name="/generate", **common)
     assert "Done: 1 image" in status and len(results) == 1 and history and "Backend" in strip

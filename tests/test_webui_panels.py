@@ -30,7 +30,7 @@ def shared(**overrides) -> dict:
     values = {"model": "tiny", "prompt": "a fox", "seed": 5, "random_seed": False, "batch_count": 1, "steps": "",
               "guidance": "", "width": 64, "height": 64, "quantize": "off"}
     for i in (1, 2, 3):
-        values.update({f"lora_{i}": None, f"lora_scale_{i}": 1.0})
+        values.update({f"lora_{i}": "", f"lora_scale_{i}": 1.0})
     return {**values, **overrides}
 
 

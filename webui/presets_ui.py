@@ -11,7 +11,7 @@ from mflux_core.presets import (
     Preset, PresetError, list_presets, read_preset_file, save_preset, delete_preset, settings_from_png,
 )
 from webui.jobs import safe_action, message_markdown
-from webui.widgets import MAX_LORAS
+from webui.widgets import MAX_LORAS, NO_LORA
 
 USER, SHIPPED = "user", "shipped"
 
@@ -54,7 +54,7 @@ def apply_settings(studio, panel, settings: dict) -> tuple[dict, list[str]]:
         name = values.get(f"lora_{i}")
         if name and name not in library:
             notes.append(f"The LoRA {name!r} is not in the LoRA library; it was left out.")
-            values[f"lora_{i}"] = None
+            values[f"lora_{i}"] = NO_LORA
     return {panel.controls[k]: v for k, v in values.items() if k in panel.controls}, notes
 
 

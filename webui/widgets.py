@@ -31,6 +31,7 @@ TOOL_MODEL_KINDS = {
     "in-context": ("fill",), "catvton": ("fill",), "ic-edit": ("fill",),
 }
 TOOL_DEFAULT = ""  # a side-model picker's value for "the tool's default weights"
+NO_LORA = ""  # an empty LoRA slot
 
 
 # ----- pure helpers (tested without a browser) ---------------------------------------------
@@ -140,7 +141,7 @@ def shared_values(settings: dict) -> dict:
         scales = settings.get("lora_scales") or [1.0] * len(settings["lora_paths"])
         for i in range(1, MAX_LORAS + 1):
             present = i <= len(settings["lora_paths"])
-            values[f"lora_{i}"] = settings["lora_paths"][i - 1] if present else None
+            values[f"lora_{i}"] = settings["lora_paths"][i - 1] if present else NO_LORA
             values[f"lora_scale_{i}"] = scales[i - 1] if present else 1.0
     if "quantize" in settings:
         values["quantize"] = QUANTIZE_OFF if settings["quantize"] is None else str(settings["quantize"])
@@ -186,12 +187,12 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
         aspect = gr.Dropdown(list(ASPECT_RATIOS), value=None, label="Aspect", elem_id=f"{prefix}-aspect")
     controls = {"model": model, "prompt": prompt, "seed": seed, "random_seed": random_seed,
                 "batch_count": batch_count, "steps": steps, "guidance": guidance, "width": width, "height": height}
-    with gr.Accordion("LoRAs and quantization", open=False):
-        names = sorted(studio.lora_library())
+    with gr.Accordion("LoRAs and quantization", open=False, elem_id=f"{prefix}-loras"):
+        choices = [("none", NO_LORA), *((name, name) for name in sorted(studio.lora_library()))]
         for i in range(1, MAX_LORAS + 1):
             with gr.Row():
-                controls[f"lora_{i}"] = gr.Dropdown(names, value=None, label=f"LoRA {i}", elem_id=f"{prefix}-lora-{i}",
-                                                    scale=3)
+                controls[f"lora_{i}"] = gr.Dropdown(choices, value=NO_LORA, label=f"LoRA {i}",
+                                                    elem_id=f"{prefix}-lora-{i}", scale=3)
                 controls[f"lora_scale_{i}"] = gr.Slider(-2, 2, 1.0, step=0.05, label="Scale",
                                                         elem_id=f"{prefix}-lora-scale-{i}", scale=2)
         controls["quantize"] = gr.Radio(QUANTIZE_CHOICES, value=QUANTIZE_OFF, label="Quantize (bits)",
