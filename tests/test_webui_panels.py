@@ -320,3 +320,39 @@ def test_job_board_cancels_only_the_sessions_own_job():
     assert board.cancel("me") and mine.is_set() and not theirs.is_set()
     board.end("me", mine)
     assert not board.cancel("me")
+
+
+# ----- the app -----------------------------------------------------------------------------------
+
+
+def test_command_line_and_folders(tmp_path):
+    from webui.app import parse_args
+    from webui.studio import StudioFolders
+
+    args = parse_args([])
+    assert (args.host, args.port, args.listen, args.auth) == ("127.0.0.1", 7860, False, None)
+    args = parse_args(["--listen", "--auth", "me:s3:cret", "--port", "7000", "--models-dir", str(tmp_path)])
+    assert args.listen and args.auth == "me:s3:cret" and args.port == 7000
+    with pytest.raises(SystemExit):
+        parse_args(["--auth", "no-colon"])
+    folders = StudioFolders.default(tmp_path / "out", models_dir=tmp_path / "models", loras=[])
+    assert folders.user_presets == (tmp_path / "out" / "presets").resolve()
+    assert folders.inputs == folders.outputs / "inputs"
+    assert set(folders.allowed_paths()) == {str(folders.outputs), str(folders.user_presets),
+                                            str(folders.shipped_presets)}
+    assert str(tmp_path / "models") not in folders.allowed_paths()
+
+
+def test_every_run_button_shares_one_queue_of_one(tmp_path):
+    from webui.app import build_app
+    from webui.jobs import ENGINE_QUEUE
+    from webui.studio import StudioFolders
+
+    app = build_app(ModelManager(models_dir=tmp_path), StudioFolders.default(tmp_path / "out", loras=[]),
+                    max_queue_size=5)
+    runs = {fn.api_name: fn for fn in app.fns.values()
+            if fn.api_name in ("generate", "fill", "depth", "kontext", "controlnet", "redux", "estimate_depth")}
+    assert len(runs) == 7
+    assert {(fn.concurrency_id, fn.concurrency_limit) for fn in runs.values()} == {(ENGINE_QUEUE, 1)}
+    assert app._queue.max_size == 5
+    assert set(app.studio.panels) >= {"generate", "fill", "depth", "kontext", "controlnet", "redux"}
