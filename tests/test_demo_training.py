@@ -16,14 +16,14 @@ def toy_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("demo-run")
     saved = dict(train.STAGES)
     try:
-        train.main([str(run), "--stages", "vae,base,fill,canny", "--scale-steps", "0.0005", "--batch", "2"])
+        train.main([str(run), "--stages", "vae,decoder,base,fill,canny", "--scale-steps", "0.0005", "--batch", "2"])
     finally:
         train.STAGES.update(saved)  # main() scales the module's recipe in place
     return run
 
 
 def test_each_stage_leaves_a_checkpoint_and_a_loss_curve(toy_run):
-    for stage in ("vae", "base", "fill", "canny"):
+    for stage in ("vae", "decoder", "base", "fill", "canny"):
         state = json.loads((toy_run / stage / "state.json").read_text())
         assert state["step"] >= 1 and all(np.isfinite(state["losses"]))
         assert (toy_run / stage / "loss.png").is_file()
