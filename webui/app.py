@@ -54,8 +54,8 @@ def build_app(manager, folders: StudioFolders | None = None, max_queue_size: int
                 render_history(studio, panels)
         refresh_status.click(studio.status_text, outputs=studio.outputs.status_strip, api_name="status",
                              queue=False)
-        app.load(lambda: studio.after_job_updates(), outputs=list(studio.after_job_updates_outputs()),
-                 api_name="history", queue=False)
+        app.load(studio.after_job_updates, outputs=studio.after_job_updates_outputs(), api_name="history",
+                 queue=False)
         app.queue(max_size=max_queue_size, default_concurrency_limit=2)
     app.studio = studio
     return app
