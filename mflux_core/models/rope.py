@@ -9,6 +9,8 @@ and passes them to every step.
 import mlx.core as mx
 import numpy as np
 
+from mflux_core.models.kernels import fused
+
 ROPE_THETA = 10000.0
 
 
@@ -31,11 +33,12 @@ def rope_tables(ids, axes_dims: tuple[int, ...], theta: float = ROPE_THETA) -> t
     return mx.array(np.stack([cos, cos], axis=-1)), mx.array(np.stack([-sin, sin], axis=-1))
 
 
+@fused
 def apply_rope(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
     """Rotate each (real, imaginary) channel pair of x (..., S, head_dim) by its token's angles.
 
     (a, b) -> (a cos - b sin, b cos + a sin): the pairs times cos plus the swapped pairs times
-    the signed sin table. Computed in the tables' dtype and returned in x's.
+    the signed sin table. Computed in the tables' dtype and returned in x's, in one fused pass.
     """
     pairs = x.reshape(*x.shape[:-1], -1, 2)
     rotated = pairs * cos + pairs[..., ::-1] * sin

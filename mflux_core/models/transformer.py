@@ -17,6 +17,7 @@ import mlx.nn as nn
 import numpy as np
 
 from mflux_core.errors import ModelLoadError
+from mflux_core.models.kernels import attention, gated_residual, gelu_tanh
 from mflux_core.models.rope import apply_rope, rope_tables
 from mflux_core.weights.loading import load_component
 
@@ -144,11 +145,6 @@ def modulated_layer_norm(x: mx.array, shift: mx.array, scale: mx.array) -> mx.ar
     return mx.fast.layer_norm(x, None, None, NORM_EPS) * (1 + scale[:, None]) + shift[:, None]
 
 
-def gated(x: mx.array, gate: mx.array, update: mx.array) -> mx.array:
-    """Gated residual x + gate * update, the gate (B, dim) broadcast over tokens."""
-    return x + gate[:, None] * update
-
-
 class AdaLNZero(nn.Module):
     """diffusers' AdaLayerNormZero(Single): SiLU(conditioning) -> `count` (shift, scale, gate) triples.
 
@@ -193,11 +189,7 @@ def value_heads(x: mx.array, heads: int) -> mx.array:
 
 def rope_attention(q: mx.array, k: mx.array, v: mx.array, rope: tuple[mx.array, mx.array]) -> mx.array:
     """Attention over (B, heads, S, d) with RoPE on q and k -> (B, S, heads * d)."""
-    q = apply_rope(q, *rope)
-    k = apply_rope(k, *rope)
-    out = mx.fast.scaled_dot_product_attention(q, k, v, scale=q.shape[-1] ** -0.5)
-    batch, heads, tokens, head_dim = out.shape
-    return out.transpose(0, 2, 1, 3).reshape(batch, tokens, heads * head_dim)
+    return attention(apply_rope(q, *rope), apply_rope(k, *rope), v, scale=q.shape[-1] ** -0.5)
 
 
 class JointAttention(nn.Module):
@@ -261,7 +253,7 @@ class GeluProjection(nn.Module):
         self.proj = nn.Linear(in_dim, out_dim)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return nn.gelu_approx(self.proj(x))  # the tanh approximation
+        return gelu_tanh(self.proj(x))
 
 
 class FeedForward(nn.Module):
@@ -275,10 +267,10 @@ class FeedForward(nn.Module):
         return self.net[2](self.net[0](x))
 
 
-def residual_update(x: mx.array, attention: mx.array, attn_mod: Modulation, mlp_mod: Modulation, ff: FeedForward):
+def residual_update(x: mx.array, attended: mx.array, attn_mod: Modulation, mlp_mod: Modulation, ff: FeedForward):
     """One stream of a double block after attention: gated attention residual, then the gated MLP."""
-    x = gated(x, attn_mod.gate, attention)
-    return gated(x, mlp_mod.gate, ff(modulated_layer_norm(x, mlp_mod.shift, mlp_mod.scale)))
+    x = gated_residual(x, attn_mod.gate, attended)
+    return gated_residual(x, mlp_mod.gate, ff(modulated_layer_norm(x, mlp_mod.shift, mlp_mod.scale)))
 
 
 class DoubleStreamBlock(nn.Module):
@@ -319,8 +311,8 @@ class SingleStreamBlock(nn.Module):
     def __call__(self, x: mx.array, temb: mx.array, rope: tuple[mx.array, mx.array]) -> mx.array:
         (mod,) = self.norm(temb)
         normed = modulated_layer_norm(x, mod.shift, mod.scale)
-        mixed = mx.concatenate([self.attn(normed, rope), nn.gelu_approx(self.proj_mlp(normed))], axis=-1)
-        return gated(x, mod.gate, self.proj_out(mixed))
+        mixed = mx.concatenate([self.attn(normed, rope), gelu_tanh(self.proj_mlp(normed))], axis=-1)
+        return gated_residual(x, mod.gate, self.proj_out(mixed))
 
 
 def controlnet_residual(samples: list[mx.array], block_index: int, block_count: int) -> mx.array:
