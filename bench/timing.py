@@ -14,10 +14,13 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def alternate(contenders: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+def alternate(contenders: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+              cpu: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """Run every contender `warmup` times, then `repeats` rounds of each in turn; seconds per run.
 
-    Alternating within one process keeps both sides under the same machine load.
+    Alternating within one process keeps both sides under the same machine load. If `cpu` is given
+    it receives each run's CPU seconds (all threads of this process, or the `cpu` value of a dict a
+    contender returns for work done elsewhere): less sensitive than wall time to other processes.
     """
     for fn in contenders.values():
         for _ in range(warmup):
@@ -25,7 +28,12 @@ def alternate(contenders: dict[str, Callable[[], object]], repeats: int, warmup:
     seconds = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, fn in contenders.items():
-            seconds[name].append(timed(fn))
+            start, start_cpu = time.perf_counter(), time.process_time()
+            result = fn()
+            seconds[name].append(time.perf_counter() - start)
+            if cpu is not None:
+                used = result["cpu"] if isinstance(result, dict) and "cpu" in result else time.process_time() - start_cpu
+                cpu.setdefault(name, []).append(used)
     return seconds
 
 

@@ -5,7 +5,9 @@ double-stream and one single-stream block, at 512x512 (1024 image + 512 text tok
 1024x1024 (4096 + 512). The three contenders alternate within each round, so machine load
 hits them alike; each figure is the median over the rounds. The floor is the block's FLOPs over
 the best float32 GEMM rate measured here (MLX+OpenBLAS or torch). A full step is extrapolated as
-19 double + 38 single blocks.
+19 double + 38 single blocks. "peak GiB" is MLX's peak memory during the blocks above the weights
+and inputs (torch has no such counter on the CPU); "cpu s/block" is the CPU time used (all
+threads), which moves less than wall time when other processes load the machine.
 
 mflux runs in its own virtual environment as a worker process (it pins another MLX version);
 create it once as bench/README.md says, or pass --no-mflux.
@@ -77,9 +79,12 @@ def ours(size: int) -> dict:
     rope = model.rope_tables(image_ids, text_ids)
     joint = mx.concatenate([a["text"], a["image"]], axis=1)
     mx.eval(rope, joint)
+    resident = mx.get_active_memory()
+    mx.reset_peak_memory()
     return {
         "double": lambda: mx.eval(double(a["image"], a["text"], a["temb"], rope)),
         "single": lambda: mx.eval(single(joint, a["temb"], rope)),
+        "peak": lambda: mx.get_peak_memory() - resident,
     }
 
 
@@ -128,7 +133,8 @@ class MfluxWorker:
 
     def contender(self, size: int) -> dict:
         self.ask(f"setup {size}")
-        return {kind: (lambda kind=kind: self.ask(f"run {kind}")) for kind in ("double", "single")}
+        calls = {kind: (lambda kind=kind: self.ask(f"run {kind}")) for kind in ("double", "single")}
+        return dict(calls, peak=lambda: self.ask("peak"))
 
     def close(self):
         self.proc.stdin.close()
@@ -161,14 +167,18 @@ def mflux_worker() -> None:
             rope = EmbedND()(mx.array(np.concatenate([text_ids, image_ids])[None]))
             joint = mx.concatenate([a["text"], a["image"]], axis=1)
             mx.eval(rope, joint)
+            resident = mx.get_active_memory()
+            mx.reset_peak_memory()
             calls = {
                 "double": lambda: mx.eval(double(a["image"], a["text"], a["temb"], rope)),
                 "single": lambda: mx.eval(single(joint, a["temb"], rope)),
             }
+        elif request[0] == "peak":
+            reply = mx.get_peak_memory() - resident
         elif request[0] == "run":
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             calls[request[1]]()
-            reply = time.perf_counter() - start
+            reply = {"wall": time.perf_counter() - start, "cpu": time.process_time() - start_cpu}
         print(json.dumps(reply), flush=True)
 
 
@@ -241,8 +251,10 @@ def main() -> None:
             contenders["diffusers"] = diffusers(size)
         if worker:
             contenders["mflux"] = worker.contender(size)
-        calls = {f"{name} {kind}": fn for name, blocks in contenders.items() for kind, fn in blocks.items()}
-        seconds = alternate(calls, repeats=args.repeats)
+        calls = {f"{name} {kind}": blocks[kind] for name, blocks in contenders.items() for kind in ("double", "single")}
+        cpu = {}
+        seconds = alternate(calls, repeats=args.repeats, cpu=cpu)
+        peaks = {name: blocks["peak"]() / 2**30 for name, blocks in contenders.items() if "peak" in blocks}
         rates = gemm_rates(tokens)
         best_rate = max(rates["mlx"], rates["torch"])
         floor = block_flops(tokens) / (best_rate * 1e9)
@@ -254,14 +266,18 @@ def main() -> None:
             double, single = median(seconds[f"{name} double"]), median(seconds[f"{name} single"])
             per_block[name] = (double + single) / 2
             step = DOUBLE_BLOCKS * double + SINGLE_BLOCKS * single
+            peak = f"{peaks[name]:.2f}" if name in peaks else "n/a"
+            cpu_block = (median(cpu[f"{name} double"]) + median(cpu[f"{name} single"])) / 2
             rows.append([f"{size}", name, double, single, per_block[name], f"{100 * floor / per_block[name]:.0f}%",
-                         f"{step:.0f}", spread(seconds[f"{name} double"] + seconds[f"{name} single"])])
+                         f"{step:.0f}", f"{cpu_block:.2f}", peak,
+                         spread(seconds[f"{name} double"] + seconds[f"{name} single"])])
         for peer in ("diffusers", "mflux"):
             if peer in per_block:
                 ratio_parts.append(f"{size} ours/{peer} {per_block['ours'] / per_block[peer]:.2f}")
         ratio_parts.append(f"{size} ours/floor {floor / per_block['ours'] * 100:.0f}%")
     print()
-    print(table(["size", "contender", "double s", "single s", "per block s", "of floor", "step s (57)", "spread"], rows))
+    print(table(["size", "contender", "double s", "single s", "per block s", "of floor", "step s (57)", "cpu s/block", "peak GiB",
+                 "spread"], rows))
     print(load_line())
     if worker:
         worker.close()
