@@ -9,10 +9,11 @@ import mlx.nn as nn
 import numpy as np
 
 from mflux_core.errors import ModelLoadError
+from mflux_core.models.kernels import gelu_tanh
 from mflux_core.weights.loading import load_component
 
 ACTIVATIONS = {
-    "gelu_new": nn.gelu_approx,  # the tanh approximation, what the real checkpoints use
+    "gelu_new": gelu_tanh,  # the tanh approximation, what the real checkpoints use
     "gelu": nn.gelu,
 }
 
