@@ -70,7 +70,8 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--height", type=int, help="image height in pixels, a multiple of 16 (default 1024)")
     group.add_argument("--width", type=int, help="image width in pixels, a multiple of 16 (default 1024)")
     group.add_argument("--guidance", type=float, help="guidance scale of guidance-distilled models")
-    group.add_argument("--max-sequence-length", type=int, help="T5 tokens (default 512, as diffusers)")
+    group.add_argument("--max-sequence-length", type=int,
+                       help="T5 prompt tokens, 1 to 512 (default: the model's, its T5 tokenizer's limit: 512 for FLUX.1)")
     group.add_argument("--init-noise", help="initial latent noise (.npy, float32, shape (1, C, H/8, W/8))")
     group.add_argument("--output", default="image.png", help="output PNG; a {seed} placeholder is filled in")
     group.add_argument("--metadata", action="store_true", help="also write the settings as a JSON sidecar")

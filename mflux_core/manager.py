@@ -33,7 +33,7 @@ from mflux_core.registry import ModelEntry, list_models
 from mflux_core.request import GenerationRequest
 from mflux_core.sampling.previews import LatentPreviewer
 from mflux_core.tools import TOOL_MODULES, default_model_for
-from mflux_core.tools.common import encode_image
+from mflux_core.tools.common import encode_image, with_sequence_length
 from mflux_core.lora.apply import LoraReport
 from mflux_core.lora.resident import ResidentLoras
 from mflux_core.weights.fingerprint import fingerprint
@@ -114,7 +114,12 @@ class CachedTextEncoders:
         self.low_ram = low_ram
         self.quantize = quantize
 
-    def encode(self, prompt: str, max_sequence_length: int = 512) -> PromptEmbeddings:
+    @property
+    def default_sequence_length(self) -> int:
+        return self.encoders.default_sequence_length
+
+    def encode(self, prompt: str, max_sequence_length: int | None = None) -> PromptEmbeddings:
+        max_sequence_length = self.encoders.sequence_length(max_sequence_length)  # None and 512 share an entry
         cache_key = (self.key, prompt, max_sequence_length)
         cached = self.cache.get(cache_key)
         if cached is None:
@@ -340,7 +345,7 @@ class ModelManager:
         started = time.perf_counter()
         model = self._prepared_model(request, cancelled)
         tool = TOOL_MODULES[request.tool]
-        inputs = tool.build_inputs(model, request, self)
+        inputs = tool.build_inputs(model, with_sequence_length(model, request), self)
         step_callback = self._step_callback(model, on_step) if on_step else None
         image = run_tool(model, inputs, on_step=step_callback, cancelled=cancelled, vae_tiling=vae_tiling)
         request = inputs.request

@@ -23,7 +23,8 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.images.outpaint import parse_padding
 from mflux_core.metadata import A1111_KEY, JSON_KEY, MAX_METADATA_CHARS, request_from_metadata
 from mflux_core.request import (
-    DTYPES, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIDE, MAX_STEPS, QUANTIZE_BITS, TOOLS, GenerationRequest,
+    DTYPES, MAX_PROMPT_CHARS, MAX_SEED, MAX_SEQUENCE_LENGTH, MAX_SIDE, MAX_STEPS, QUANTIZE_BITS, TOOLS,
+    GenerationRequest,
 )
 
 FORMAT_VERSION = 1
@@ -186,7 +187,7 @@ _CHECKS = {
     "lora_scales": _list_of(_number_in(-4, 4), "scales"),
     "quantize": _optional(_check_choice(QUANTIZE_BITS)),
     "dtype": _optional(_check_choice(DTYPES)),
-    "max_sequence_length": _int_in(1, 512),
+    "max_sequence_length": _optional(_int_in(1, MAX_SEQUENCE_LENGTH)),
     "extra": _check_extra,
     "batch_count": _int_in(1, MAX_BATCH),
 }

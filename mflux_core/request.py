@@ -12,6 +12,7 @@ MAX_PROMPT_CHARS = 20_000
 MAX_SEED = 2**32 - 1
 DTYPES = ("float32", "bfloat16", "float16")
 QUANTIZE_BITS = (3, 4, 5, 6, 8)
+MAX_SEQUENCE_LENGTH = 512  # T5 tokens FLUX.1 was trained with
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class GenerationRequest:
     quantize: int | None = None
     dtype: str | None = None  # None: float32 on the CPU backend, bfloat16 on a GPU
     init_noise_path: str | None = None
-    max_sequence_length: int = 512
+    max_sequence_length: int | None = None  # T5 tokens; None: the model's (its T5 tokenizer's limit, at most 512)
     extra: dict = field(default_factory=dict)  # tool-specific settings (canny thresholds, ...)
 
     def validated(self) -> "GenerationRequest":
@@ -86,8 +87,8 @@ class GenerationRequest:
             raise InvalidRequest(f"Quantize must be one of {', '.join(map(str, QUANTIZE_BITS))} bits, not {self.quantize}.")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise InvalidRequest(f"Dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}.")
-        if not 1 <= self.max_sequence_length <= 512:
-            raise InvalidRequest("The T5 sequence length must be from 1 to 512 tokens.")
+        if self.max_sequence_length is not None and not 1 <= self.max_sequence_length <= MAX_SEQUENCE_LENGTH:
+            raise InvalidRequest(f"The T5 sequence length must be from 1 to {MAX_SEQUENCE_LENGTH} tokens.")
         return self
 
     def with_(self, **changes) -> "GenerationRequest":
@@ -139,7 +140,8 @@ def _check_types(request: GenerationRequest) -> None:
     for name in ("keep_unmasked",):
         if not isinstance(getattr(request, name), bool):
             raise InvalidRequest(f"The setting {name} must be true or false.")
-    if not isinstance(request.max_sequence_length, int) or isinstance(request.max_sequence_length, bool):
+    length = request.max_sequence_length
+    if length is not None and (not isinstance(length, int) or isinstance(length, bool)):
         raise InvalidRequest("The T5 sequence length must be a whole number of tokens.")
     if request.quantize is not None and (not isinstance(request.quantize, int) or isinstance(request.quantize, bool)):
         raise InvalidRequest(f"Quantize must be a whole number of bits, not {request.quantize!r:.40}.")

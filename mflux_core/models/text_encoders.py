@@ -8,6 +8,7 @@ import mlx.core as mx
 from mflux_core.errors import ModelLoadError
 from mflux_core.models.clip import CLIPTextModel, load_clip_text_model
 from mflux_core.models.t5 import T5Encoder, load_t5_encoder
+from mflux_core.request import MAX_SEQUENCE_LENGTH
 
 # Either file set is a complete tokenizer (the published FLUX repos ship both kinds of folders).
 CLIP_TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
@@ -16,7 +17,7 @@ T5_TOKENIZER_FILES = (("tokenizer.json",), ("spiece.model",))
 
 @dataclass(frozen=True)
 class PromptEmbeddings:
-    t5: mx.array  # (1, max_sequence_length, t5 d_model): the transformer's text tokens
+    t5: mx.array  # (1, sequence length, t5 d_model): the transformer's text tokens
     pooled: mx.array  # (1, clip hidden size): the transformer's pooled text vector
 
 
@@ -81,6 +82,16 @@ class TextEncoders:
         )
         return mx.array(tokens.input_ids, dtype=mx.int32)
 
+    @property
+    def default_sequence_length(self) -> int:
+        """T5 tokens when a request sets none: the T5 tokenizer's model_max_length (512 in FLUX.1's
+        folders; transformers reports a huge number when the config has none), at most 512."""
+        return max(1, min(MAX_SEQUENCE_LENGTH, int(self.t5_tokenizer.model_max_length)))
+
+    def sequence_length(self, max_sequence_length: int | None) -> int:
+        """The T5 token count an encode with this setting uses."""
+        return self.default_sequence_length if max_sequence_length is None else max_sequence_length
+
     def t5_token_ids(self, prompt: str, max_sequence_length: int) -> mx.array:
         """(1, max_sequence_length): padded and truncated, as diffusers does."""
         tokens = self.t5_tokenizer(
@@ -88,10 +99,10 @@ class TextEncoders:
         )
         return mx.array(tokens.input_ids, dtype=mx.int32)
 
-    def encode(self, prompt: str, max_sequence_length: int = 512) -> PromptEmbeddings:
-        """Both embeddings, evaluated (so the encoders can be released right after)."""
+    def encode(self, prompt: str, max_sequence_length: int | None = None) -> PromptEmbeddings:
+        """Both embeddings, evaluated (so the encoders can be released right after); None: the default length."""
         self.load()
         _, pooled = self._clip(self.clip_token_ids(prompt))
-        t5 = self._t5(self.t5_token_ids(prompt, max_sequence_length))
+        t5 = self._t5(self.t5_token_ids(prompt, self.sequence_length(max_sequence_length)))
         mx.eval(t5, pooled)
         return PromptEmbeddings(t5=t5, pooled=pooled)

@@ -28,6 +28,13 @@ def with_guidance(model: FluxModel, request: GenerationRequest, default: float) 
     return request if request.guidance is not None else request.with_(guidance=default)
 
 
+def with_sequence_length(model: FluxModel, request: GenerationRequest) -> GenerationRequest:
+    """The model's default T5 token count unless the request sets one, recorded so the request reproduces the image."""
+    if request.max_sequence_length is not None:
+        return request
+    return request.with_(max_sequence_length=model.text_encoders.default_sequence_length)
+
+
 def prompt_conditioning(model: FluxModel, request: GenerationRequest) -> Conditioning:
     embeddings = model.text_encoders.encode(clean_prompt(request.prompt), request.max_sequence_length)
     return Conditioning(
