@@ -1,4 +1,5 @@
-"""The models a user can pick: aliases, folders in the models directory, repos in the HF cache.
+"""The models a user can pick: aliases, the shipped demo models, folders in the models directory, repos in
+the HF cache.
 
 Listing only looks at folder names and small JSON files; it never loads weights.
 """
@@ -7,7 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from mflux_core.weights.resolve import ALIASES, hf_cache_dir
+from mflux_core.weights.resolve import ALIASES, DEMO_MODELS, demo_models_dir, hf_cache_dir
 
 FLUX_PIPELINE_KINDS = {
     "FluxPipeline": "base", "FluxFillPipeline": "fill", "FluxControlPipeline": "depth",
@@ -22,7 +23,7 @@ ALIAS_KINDS = {"schnell": "base", "dev": "base", "krea-dev": "base", "fill": "fi
 class ModelEntry:
     name: str  # what to put in GenerationRequest.model
     kind: str  # base, fill, depth, kontext, controlnet, redux, depth-estimator, single-file
-    where: str  # "alias", "models folder" or "HF cache"
+    where: str  # "alias", "built-in" (a demo model), "models folder" or "HF cache"
     available: bool  # files are on disk (no download needed)
 
     @property
@@ -68,6 +69,22 @@ def cached_repos() -> dict[str, Path]:
     return repos
 
 
+def cached_snapshot(repo_id: str) -> Path | None:
+    """The snapshot folder of one repo in the Hugging Face cache, or None."""
+    repo_dir = hf_cache_dir() / f"models--{repo_id.replace('/', '--')}"
+    return main_snapshot(repo_dir) if repo_dir.is_dir() else None
+
+
+def on_disk(name: str, models_dir: Path | None = None) -> bool:
+    """Whether the model `name` (an alias, demo model, repo id or models-folder name) needs no download."""
+    if models_dir is not None and "/" not in name and (Path(models_dir) / name).exists():
+        return True
+    if name in DEMO_MODELS:
+        return (demo_models_dir() / name).is_dir()
+    snapshot = cached_snapshot(ALIASES.get(name, name))
+    return snapshot is not None and folder_kind(snapshot) is not None
+
+
 def main_snapshot(repo_dir: Path) -> Path | None:
     try:
         commit = (repo_dir / "refs" / "main").read_text().strip()
@@ -85,6 +102,9 @@ def list_models(models_dir: Path | None) -> list[ModelEntry]:
     for alias, repo in ALIASES.items():
         available = repo in cached and folder_kind(cached[repo]) is not None
         entries.append(ModelEntry(alias, ALIAS_KINDS[alias], "alias", available))
+    for name in DEMO_MODELS:  # a missing demo folder is left out: there is nothing to download
+        if kind := folder_kind(demo_models_dir() / name):
+            entries.append(ModelEntry(name, kind, "built-in", True))
     if models_dir is not None and Path(models_dir).is_dir():
         for path in sorted(Path(models_dir).iterdir()):
             if path.is_file() and path.suffix == ".safetensors":

@@ -12,7 +12,7 @@ import gradio as gr
 from mflux_core.errors import InvalidRequest
 from mflux_core.registry import ModelEntry
 from mflux_core.request import MAX_SEED, MAX_SIDE, QUANTIZE_BITS
-from mflux_core.tools import default_model_for
+from mflux_core.tools import DEFAULT_MODELS, DEMO_DEFAULTS
 
 ASPECT_RATIOS = {"1:1": (1, 1), "4:3": (4, 3), "3:4": (3, 4), "3:2": (3, 2), "2:3": (2, 3), "16:9": (16, 9),
                  "9:16": (9, 16), "21:9": (21, 9)}
@@ -22,14 +22,14 @@ MAX_BATCH = 16
 QUANTIZE_OFF = "off"
 QUANTIZE_CHOICES = [QUANTIZE_OFF] + [str(bits) for bits in sorted(QUANTIZE_BITS, reverse=True)]
 
-# Which kinds of model (registry.ModelEntry.kind) each tool can run on; the default is the tool's own
-# (mflux_core.tools.default_model_for) when none of these is downloaded.
+# Which kinds of model (registry.ModelEntry.kind) each tool can run on (default_model picks among them).
 BASE_KINDS = ("base", "single-file")
 TOOL_MODEL_KINDS = {
     "generate": BASE_KINDS, "fill": ("fill",), "depth": ("depth",), "kontext": ("kontext",),
     "controlnet": BASE_KINDS, "upscale": BASE_KINDS, "redux": BASE_KINDS,
     "in-context": ("fill",), "catvton": ("fill",), "ic-edit": ("fill",),
 }
+CHOICE_ORDER = {"models folder": 0, "built-in": 2}  # downloaded models list the user's own first, demos last
 TOOL_DEFAULT = ""  # a side-model picker's value for "the tool's default weights"
 NO_LORA = ""  # an empty LoRA slot
 
@@ -57,7 +57,7 @@ def model_choices(entries: list[ModelEntry], tool: str | None = None,
     """(label, name) for the models of the tool's kinds: downloaded ones first, then aliases to download."""
     kinds = kinds or TOOL_MODEL_KINDS[tool]
     usable = [e for e in entries if e.kind in kinds]
-    usable.sort(key=lambda e: (not e.available, e.where != "models folder", e.name.lower()))
+    usable.sort(key=lambda e: (not e.available, CHOICE_ORDER.get(e.where, 1), e.name.lower()))
     choices, seen = [], set()
     for e in usable:  # a models-folder copy named like an alias shadows the alias
         if e.name not in seen:
@@ -67,12 +67,16 @@ def model_choices(entries: list[ModelEntry], tool: str | None = None,
 
 
 def default_model(entries: list[ModelEntry], tool: str) -> str:
-    """The first downloaded model that fits the tool, else the tool's own default (downloaded on first use)."""
-    available = {e.name for e in entries if e.available}
+    """The tool's FLUX.1 model if downloaded, else the first other downloaded model that fits the tool, else
+    the tool's demo model, else its FLUX.1 alias (downloaded on first use)."""
+    downloaded = {e.name for e in entries if e.available and e.where != "built-in"}
+    flux, demo = DEFAULT_MODELS[tool], DEMO_DEFAULTS.get(tool)
+    if flux in downloaded:
+        return flux
     for _, name in model_choices(entries, tool):
-        if name in available:
+        if name in downloaded:
             return name
-    return default_model_for(tool)
+    return demo if any(e.name == demo and e.available for e in entries) else flux
 
 
 def side_model_choices(entries: list[ModelEntry], kind: str, default_label: str) -> list[tuple[str, str]]:

@@ -1,5 +1,6 @@
 """ControlNet (canny): the edges of a control image steer the layout, through InstantX's FLUX.1
-Canny ControlNet (or any FLUX ControlNet given with --controlnet-path) on a dev or schnell base.
+Canny ControlNet (or any FLUX ControlNet given with --controlnet-path) on a dev or schnell base;
+on a demo base the default is demo-canny, the ControlNet trained with the demo models.
 
 The control image is resized to the output size first and its Canny edges taken there, so the
 ControlNet sees one-pixel edges at the resolution it works in. `controlnet_skip_canny` hands the
@@ -14,6 +15,7 @@ from mflux_core.images.canny import canny_edges
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.common import required_image, with_size
 from mflux_core.tools.controlnet_conditioning import controlnet_inputs, extra_number
+from mflux_core.weights.resolve import is_demo_folder
 
 DEFAULT_STRENGTH = 0.4  # mflux's default ControlNet strength
 CANNY_THRESHOLDS = {"canny_low": "low", "canny_high": "high"}  # request.extra key -> canny_edges argument
@@ -32,7 +34,12 @@ def control_image(request: GenerationRequest) -> tuple[GenerationRequest, Image.
     return request, canny_edges(image, **thresholds)
 
 
+def default_controlnet(model: FluxModel) -> str:
+    """A ControlNet only drives the transformer family it was trained with: demo-canny for the demo models."""
+    return "demo-canny" if is_demo_folder(model.folder) else "canny"
+
+
 def build_inputs(model: FluxModel, request: GenerationRequest, manager) -> ToolInputs:
     request, control = control_image(request)
-    return controlnet_inputs(model, request, manager, control, tool="ControlNet", default_controlnet="canny",
-                             default_strength=DEFAULT_STRENGTH)
+    return controlnet_inputs(model, request, manager, control, tool="ControlNet",
+                             default_controlnet=default_controlnet(model), default_strength=DEFAULT_STRENGTH)

@@ -18,6 +18,7 @@ from mflux_core.request import GenerationRequest
 from mflux_core.sampling.conditioning import Conditioning, ControlResiduals
 from mflux_core.sampling.latents import image_position_ids, latent_grid, text_position_ids
 from mflux_core.tools.common import check_in_channels, packed_channels, prompt_conditioning, with_guidance
+from mflux_core.weights.resolve import ALIASES, is_demo_folder
 
 DEFAULT_GUIDANCE = 3.5  # what InstantX and jasperai publish for their ControlNets on dev
 
@@ -35,6 +36,9 @@ def extra_number(request: GenerationRequest, key: str, default: float | None) ->
 def resident_controlnet(model: FluxModel, request: GenerationRequest, manager, default_name: str) -> FluxControlNet:
     """The ControlNet named by --controlnet-path (else `default_name`), loaded once in the model's dtype."""
     name = request.extra.get("controlnet_path") or default_name
+    if name in ALIASES and is_demo_folder(model.folder):  # refused before a multi-GB download
+        raise InvalidRequest(f"The ControlNet {name} is made for FLUX.1-dev and cannot drive the demo model "
+                             f"{model.folder.name}; pick demo-canny or a FLUX.1 base model.")
     controlnet = manager.auxiliary_model(name, lambda folder: load_controlnet(folder, model.dtype),
                                          variant=str(model.dtype))
     made_for = (controlnet.config.hidden_size, controlnet.config.in_channels)

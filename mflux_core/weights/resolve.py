@@ -28,6 +28,11 @@ ALIASES = {
     "depth-estimator": "depth-anything/Depth-Anything-V2-Small-hf",
 }
 
+# The demo family: tiny FLUX.1 models trained by mflux_core.demo and shipped in the repository's
+# demo_models/ folder (alias = folder name). They resolve to those folders and never download.
+DEMO_MODELS = ("demo", "demo-fill", "demo-depth", "demo-kontext", "demo-canny")
+DEMO_MODELS_ENV = "MFLUX_STUDIO_DEMO_MODELS"  # another folder holding the demo folders (tests, wheel installs)
+
 
 @dataclass(frozen=True)
 class ModelSource:
@@ -53,6 +58,30 @@ def hf_cache_dir() -> Path:
     from huggingface_hub import constants
 
     return Path(constants.HF_HUB_CACHE)
+
+
+def demo_models_dir() -> Path:
+    """The folder holding the demo models: $MFLUX_STUDIO_DEMO_MODELS, else demo_models/ at the repository
+    root, beside the package (launch.py installs the checkout editable, so the package is read in place).
+    A wheel does not carry the demo folders: point the variable at a copy of demo_models/."""
+    override = os.environ.get(DEMO_MODELS_ENV)
+    return Path(override).expanduser() if override else Path(__file__).resolve().parents[2] / "demo_models"
+
+
+def demo_folder(name: str) -> Path:
+    folder = demo_models_dir() / name
+    if not folder.is_dir():
+        raise ModelLoadError(
+            f"The demo model {name} is missing: its folder {folder} does not exist (demo models are never "
+            f"downloaded; restore the folder with `git checkout demo_models`, or set {DEMO_MODELS_ENV} to a "
+            "folder that holds it)."
+        )
+    return folder
+
+
+def is_demo_folder(folder: Path | None) -> bool:
+    """Whether a model folder is one of the demo models (found through their folder, links followed)."""
+    return folder is not None and Path(folder).resolve().parent == demo_models_dir().resolve()
 
 
 def download_progress_class(on_download: DownloadCallback):
@@ -134,13 +163,16 @@ def resolve_name(name: str, models_dir: Path | None = None, on_download: Downloa
         return candidate
     if models_dir is not None and "/" not in name and (Path(models_dir) / name).exists():
         return Path(models_dir) / name
+    if name in DEMO_MODELS:
+        return demo_folder(name)
     if looks_like_path(name):
         raise ModelLoadError(f"The model folder or file {name} does not exist (was it moved or deleted?).")
     repo_id = ALIASES.get(name, name)
     if repo_id.count("/") != 1:
         where = f" or a folder in {models_dir}" if models_dir is not None else ""
+        aliases = ", ".join([*ALIASES, *DEMO_MODELS])
         raise ModelLoadError(
-            f"Unknown model {name!r}: not an alias ({', '.join(ALIASES)}), a repo id (owner/name){where}, "
+            f"Unknown model {name!r}: not an alias ({aliases}), a repo id (owner/name){where}, "
             "or an existing folder or file."
         )
     return repo_folder(repo_id, on_download)

@@ -1,0 +1,133 @@
+"""The shipped demo family as first-class models: aliases, listing, per-tool defaults (engine, CLI, web UI)
+and the demo ControlNet, on a toy family trained with the real recipe and found through
+MFLUX_STUDIO_DEMO_MODELS, with an empty Hugging Face cache."""
+
+import numpy as np
+import pytest
+from huggingface_hub import constants
+from PIL import Image
+
+from mflux_core.demo import export, train
+from mflux_core.errors import InvalidRequest, ModelLoadError
+from mflux_core.manager import ModelManager
+from mflux_core.registry import list_models
+from mflux_core.request import GenerationRequest
+from mflux_core.tools import default_model_for
+from mflux_core.weights.resolve import DEMO_MODELS, DEMO_MODELS_ENV, resolve_name
+from tests.parity import run_cli
+
+DEMO_KINDS = {"demo": "base", "demo-fill": "fill", "demo-depth": "depth", "demo-kontext": "kontext",
+              "demo-canny": "controlnet"}
+TOOL_DEMOS = {"generate": "demo", "fill": "demo-fill", "depth": "demo-depth", "kontext": "demo-kontext",
+              "controlnet": "demo"}
+SMALL = {"width": 64, "height": 64, "steps": 1, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def demo_models(tmp_path_factory):
+    """The five demo folders, exported from a toy-scale run of the real training recipe."""
+    run = tmp_path_factory.mktemp("demo-run")
+    saved = dict(train.STAGES)
+    try:
+        train.main([str(run), "--stages", "vae,base,fill,depth,kontext,canny", "--scale-steps", "0.0005",
+                    "--batch", "2"])
+    finally:
+        train.STAGES.update(saved)  # main() scales the module's recipe in place
+    out = tmp_path_factory.mktemp("demo_models")
+    export.export_run(run, out)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def only_the_demo_models(demo_models, tmp_path, monkeypatch):
+    """Demo models from the toy family; an empty Hugging Face cache, so no FLUX.1 model is on disk."""
+    monkeypatch.setenv(DEMO_MODELS_ENV, str(demo_models))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # read once at import: patch it too
+    return tmp_path / "hub"
+
+
+def fake_cached_repo(cache, repo: str) -> None:
+    """A repo in the HF cache's layout with a model index and an empty transformer/ (enough to be listed)."""
+    snapshot = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / "abc123"
+    (snapshot / "transformer").mkdir(parents=True)
+    (snapshot / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
+    (cache / f"models--{repo.replace('/', '--')}" / "refs").mkdir()
+    (cache / f"models--{repo.replace('/', '--')}" / "refs" / "main").write_text("abc123")
+
+
+def control_picture(path) -> str:
+    pixels = np.zeros((64, 64, 3), np.uint8)
+    pixels[16:48, 20:44] = 255
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def test_the_demo_models_are_listed_as_built_in_and_available_with_their_kinds(demo_models):
+    entries = {entry.name: entry for entry in list_models(None)}
+    assert {name: entries[name].kind for name in DEMO_MODELS} == DEMO_KINDS
+    assert all(entries[name].available and entries[name].where == "built-in" for name in DEMO_MODELS)
+    assert not entries["schnell"].available
+    assert resolve_name("demo-kontext") == demo_models / "demo-kontext"
+
+
+def test_each_tool_defaults_to_its_demo_model_until_its_flux_model_is_on_disk(only_the_demo_models, tmp_path):
+    assert {tool: default_model_for(tool) for tool in TOOL_DEMOS} == TOOL_DEMOS
+    assert default_model_for("upscale") == "dev" and default_model_for("in-context") == "fill"  # no demo for these
+    fake_cached_repo(only_the_demo_models, "black-forest-labs/FLUX.1-schnell")
+    assert default_model_for("generate") == "schnell"
+    assert default_model_for("fill") == "demo-fill"
+    (tmp_path / "models" / "fill").mkdir(parents=True)  # a FLUX.1 Fill folder under the alias's name
+    assert default_model_for("fill", tmp_path / "models") == "fill"
+
+
+def test_the_cli_without_a_model_generates_through_demo(tmp_path):
+    common = ["--prompt", "a red circle on a blue background", "--steps", 2, "--height", 64, "--width", 64,
+              "--seed", 5, "--dtype", "float32"]
+    default = run_cli("generate", *common, "--output", tmp_path / "default.png")
+    named = run_cli("generate", *common, "--model", "demo", "--output", tmp_path / "demo.png")
+    assert default.size == (64, 64)
+    assert np.array_equal(np.asarray(default), np.asarray(named))
+
+
+def test_the_controlnet_tool_on_a_demo_base_uses_demo_canny(tmp_path):
+    manager = ModelManager(models_dir=tmp_path)
+    request = GenerationRequest(tool="controlnet", prompt="a green square", dtype="float32",
+                                controlnet_image_path=control_picture(tmp_path / "edges.png"), **SMALL)
+    result = manager.generate(request)
+    assert result.image.size == (64, 64)
+    side_models = [r["name"] for r in manager.status()["resident"] if r["kind"] == "auxiliary"]
+    assert len(side_models) == 1 and side_models[0].startswith("demo-canny (")
+    with pytest.raises(InvalidRequest, match="The ControlNet canny is made for FLUX.1-dev and cannot drive the demo"):
+        manager.generate(request.with_(extra={"controlnet_path": "canny"}))
+
+
+def test_demo_canny_on_a_flux_base_of_another_width_is_refused(tiny_dev, tmp_path):
+    request = GenerationRequest(tool="controlnet", model=str(tiny_dev), prompt="x",
+                                extra={"controlnet_path": "demo-canny"},
+                                controlnet_image_path=control_picture(tmp_path / "edges.png"), **SMALL)
+    with pytest.raises(InvalidRequest, match="The ControlNet demo-canny was made for a transformer of width 96"):
+        ModelManager(models_dir=tmp_path).generate(request)
+
+
+def test_a_missing_demo_folder_is_a_clear_error_and_never_a_download(tmp_path, monkeypatch):
+    empty = tmp_path / "no-demos"
+    empty.mkdir()
+    monkeypatch.setenv(DEMO_MODELS_ENV, str(empty))
+    with pytest.raises(ModelLoadError, match=f"The demo model demo is missing: its folder {empty / 'demo'} "):
+        ModelManager(models_dir=tmp_path).generate(GenerationRequest(model="demo", prompt="x", **SMALL))
+    assert not any(entry.name in DEMO_MODELS for entry in list_models(None))
+    assert default_model_for("generate") == "schnell"  # nothing shipped: the FLUX.1 alias, downloaded on first use
+
+
+def test_the_web_ui_lists_the_demo_models_as_on_disk_and_picks_them_on_an_empty_machine(only_the_demo_models):
+    from webui.widgets import default_model, model_choices
+
+    entries = list_models(None)
+    assert {tool: default_model(entries, tool) for tool in TOOL_DEMOS} == TOOL_DEMOS
+    assert default_model(entries, "in-context") == "fill"
+    assert model_choices(entries, "generate")[0] == ("demo  ·  built-in", "demo")
+    fake_cached_repo(only_the_demo_models, "black-forest-labs/FLUX.1-dev")
+    entries = list_models(None)
+    assert default_model(entries, "generate") == "dev"  # a downloaded FLUX.1 model goes before the demo
+    assert [name for _, name in model_choices(entries, "generate")][:2] == ["dev", "demo"]
