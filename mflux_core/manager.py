@@ -197,8 +197,13 @@ class ModelManager:
         return (("transformer", self._transformers), ("vae", self._vaes), ("text encoders", self._text_encoders),
                 ("auxiliary", self.auxiliary))
 
+    def with_model(self, request: GenerationRequest) -> GenerationRequest:
+        """The request with its model named: the tool's default (on disk first, then demo) when it names
+        none, so the metadata records which model made the image."""
+        return request if request.model else request.with_(model=default_model_for(request.tool, self.models_dir))
+
     def resolve(self, request: GenerationRequest) -> ModelSource:
-        name = request.model or default_model_for(request.tool)
+        name = self.with_model(request).model
         try:
             return resolve_model(model=name, base_model=request.base_model, models_dir=self.models_dir,
                                  on_download=self._on_download)
@@ -304,11 +309,10 @@ class ModelManager:
         vae_tiling: bool = False,
     ) -> GenerationResult:
         """Generate one image; raises StudioError subclasses for anything the user can fix."""
-        request = request.validated()
+        request = self.with_model(request.validated())
         with self._lock:
             if on_step is not None:  # without one, huggingface_hub draws its own progress bars
-                self._on_download = self._download_reporter(request.model or default_model_for(request.tool), on_step,
-                                                            cancelled)
+                self._on_download = self._download_reporter(request.model, on_step, cancelled)
             try:
                 return self._generate(request, on_step, cancelled, vae_tiling)
             finally:
@@ -329,13 +333,13 @@ class ModelManager:
         """Exclusive use of the resident models, prepared for `request`: for jobs other than generate()
         (concept maps, training previews) that must not run beside a generation."""
         with self._lock:
-            yield self._prepared_model(request.validated(), cancelled)
+            yield self._prepared_model(self.with_model(request.validated()), cancelled)
 
     def _prepared_model(self, request: GenerationRequest, cancelled: Callable[[], bool] | None) -> FluxModel:
         """The request's model resident, with the request's LoRAs applied. Call with the lock held."""
         stop_if_cancelled(cancelled, "before the model was loaded")
         model = self.model_for(self.resolve(request), resolve_dtype(request.dtype or self.dtype_name),
-                               name=request.model or default_model_for(request.tool), quantize=request.quantize,
+                               name=request.model, quantize=request.quantize,
                                cancelled=cancelled)
         self.lora_reports = self.loras.sync(model.transformer, request.lora_paths, request.lora_scales)
         return model
