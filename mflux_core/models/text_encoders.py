@@ -5,31 +5,18 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from mflux_core.errors import ModelLoadError
 from mflux_core.models.clip import CLIPTextModel, load_clip_text_model
+from mflux_core.models.prompt_tokenizers import (  # noqa: F401 (the files and load_tokenizer: tests import them here)
+    CLIP_TOKENIZER_FILES, T5_TOKENIZER_FILES, load_clip_tokenizer, load_t5_tokenizer, load_tokenizer,
+)
 from mflux_core.models.t5 import T5Encoder, load_t5_encoder
 from mflux_core.request import MAX_SEQUENCE_LENGTH
-
-# Either file set is a complete tokenizer (the published FLUX repos ship both kinds of folders).
-CLIP_TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
-T5_TOKENIZER_FILES = (("tokenizer.json",), ("spiece.model",))
 
 
 @dataclass(frozen=True)
 class PromptEmbeddings:
     t5: mx.array  # (1, sequence length, t5 d_model): the transformer's text tokens
     pooled: mx.array  # (1, clip hidden size): the transformer's pooled text vector
-
-
-def load_tokenizer(tokenizer_class, folder: Path, required: tuple[tuple[str, ...], ...]):
-    """A transformers tokenizer from a local folder; transformers 5 would silently build an empty one."""
-    if not any(all((folder / name).is_file() for name in names) for names in required):
-        options = " or ".join(" + ".join(names) for names in required)
-        raise ModelLoadError(f"Tokenizer folder {folder} is missing or incomplete (needs {options}).")
-    try:
-        return tokenizer_class.from_pretrained(folder, local_files_only=True)
-    except Exception as error:  # transformers and tokenizers raise many kinds for a bad file
-        raise ModelLoadError(f"Cannot read the tokenizer in {folder} ({error}).") from None
 
 
 class TextEncoders:
@@ -46,15 +33,9 @@ class TextEncoders:
 
     @classmethod
     def from_folder(cls, model_folder: Path, dtype: mx.Dtype = mx.float32) -> "TextEncoders":
-        from transformers import CLIPTokenizer, T5TokenizerFast
-
         model_folder = Path(model_folder)
-        encoders = cls(
-            model_folder,
-            load_tokenizer(CLIPTokenizer, model_folder / "tokenizer", CLIP_TOKENIZER_FILES),
-            load_tokenizer(T5TokenizerFast, model_folder / "tokenizer_2", T5_TOKENIZER_FILES),
-            dtype,
-        )
+        clip_tokenizer = load_clip_tokenizer(model_folder / "tokenizer")
+        encoders = cls(model_folder, clip_tokenizer, load_t5_tokenizer(model_folder / "tokenizer_2"), dtype)
         encoders.load()
         return encoders
 
