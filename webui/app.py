@@ -10,6 +10,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import mflux_core  # noqa: E402,F401  (loads OpenBLAS before anything imports mlx.core)
 import gradio as gr  # noqa: E402
 
+from mflux_core.demo.examples import write_examples  # noqa: E402
 from mflux_core.errors import StudioError  # noqa: E402
 from mflux_core.presets import settings_from_png  # noqa: E402
 from webui.jobs import safe_action, message_markdown  # noqa: E402
@@ -34,7 +35,7 @@ CSS = """
 def build_app(manager, folders: StudioFolders | None = None, max_queue_size: int = MAX_QUEUE_SIZE) -> gr.Blocks:
     """The whole page for one ModelManager; launch it with `launch_kwargs(folders)`."""
     folders = folders or StudioFolders.default(Path("outputs"), models_dir=manager.models_dir)
-    studio = Studio(manager=manager, folders=folders)
+    studio = Studio(manager=manager, folders=folders, examples=write_examples(folders.examples))
     with gr.Blocks(title="mflux-studio") as app:
         studio.outputs = StudioOutputs(
             history=gr.Gallery(label="History (newest first)", columns=6, height=520, elem_id="history-gallery",

@@ -29,6 +29,11 @@ class StudioFolders:
         return self.outputs / "inputs"
 
     @property
+    def examples(self) -> Path:
+        """The demo examples the app renders at start (webui.demo_examples), served like any output."""
+        return self.outputs / "examples"
+
+    @property
     def exports(self) -> Path:
         return self.user_presets / "exports"
 
@@ -63,6 +68,7 @@ class Studio:
     outputs: StudioOutputs | None = None
     tabs: gr.Tabs | None = None
     panels: dict = field(default_factory=dict)  # tab id -> webui.panels.Panel
+    examples: dict = field(default_factory=dict)  # tool -> its mflux_core.demo.examples.DemoExample list
 
     def lora_library(self) -> dict[str, Path]:
         return library_names(list(self.folders.loras))

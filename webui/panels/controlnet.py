@@ -5,6 +5,7 @@ import gradio as gr
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.canny import canny_edges
 from mflux_core.request import GenerationRequest
+from webui.demo_examples import render_demo_examples
 from webui.jobs import safe_action
 from webui.panels import Panel, input_image, result_column
 from webui.presets_ui import render_presets
@@ -82,6 +83,9 @@ def render(studio) -> Panel:
                                        "default: canny for Canny edges, upscaler for Upscale"),
                     value=TOOL_DEFAULT, label="ControlNet weights", elem_id="controlnet-weights")
                 shared = build_shared_controls(studio, TOOL, TOOL, image_sized=True)
+                render_demo_examples(studio, TOOL, shared.controls, {control_image: lambda e: str(e.images["image"])},
+                                     {mode: CANNY, weights: TOOL_DEFAULT, strength: DEFAULTS["controlnet_strength"],
+                                      canny_low: DEFAULTS["canny_low"], canny_high: DEFAULTS["canny_high"]})
                 controls = {**shared.controls, "mode": mode, "controlnet_strength": strength, "canny_low": canny_low,
                             "canny_high": canny_high, "upscale_factor": upscale_factor, "controlnet_weights": weights}
                 panel = Panel(TOOL, tuple(MODE_TOOLS.values()), controls, settings_from_values, values_from_settings,

@@ -1,10 +1,15 @@
 """Depth: keep a picture's layout through its depth map (FLUX.1-Depth). The map is estimated from a
 photo and shown; upload another map to use that instead."""
 
+from pathlib import Path
+
 import gradio as gr
 
 from mflux_core.errors import InvalidRequest
+from mflux_core.registry import on_disk
 from mflux_core.request import GenerationRequest
+from mflux_core.weights.resolve import ALIASES, is_offline
+from webui.demo_examples import render_demo_examples
 from webui.jobs import ENGINE_QUEUE, progress_html, safe_action
 from webui.panels import Panel, input_image, result_column
 from webui.presets_ui import render_presets
@@ -12,6 +17,7 @@ from webui.requests import RequestContext, requests_from_settings
 from webui.widgets import build_shared_controls, shared_settings, shared_values
 
 TOOL = "depth"
+ESTIMATOR = "depth-estimator"  # the manager's default depth estimator (an alias)
 
 
 def settings_from_values(values: dict) -> dict:
@@ -33,6 +39,17 @@ def build_requests(values: dict, context: RequestContext) -> list[GenerationRequ
     return requests_from_settings(settings_from_values(values), context, **inputs)
 
 
+def require_estimator(models_dir: Path | None) -> None:
+    """Refuse, with what to do instead, when a map would have to be estimated by an estimator that is not on disk
+    and cannot be downloaded (offline)."""
+    if is_offline() and not on_disk(ESTIMATOR, models_dir):
+        raise InvalidRequest(
+            f"There is no depth map, and the depth estimator ({ALIASES[ESTIMATOR]}) is not on this machine while "
+            "downloads are off: upload a depth map (nearer is brighter) or try a demo example. To estimate maps "
+            f"from photos, put the estimator's folder into the models folder as {ESTIMATOR}/ or into the Hugging Face "
+            "cache.")
+
+
 def render(studio) -> Panel:
     with gr.Tab("Depth", id=TOOL, elem_id="tab-depth"):
         with gr.Row():
@@ -42,6 +59,7 @@ def render(studio) -> Panel:
                     depth_map = input_image("Depth map (estimated; upload another to replace it)", "depth-map")
                 estimate = gr.Button("Estimate depth from the photo", elem_id="depth-estimate")
                 shared = build_shared_controls(studio, TOOL, TOOL, image_sized=True)
+                render_demo_examples(studio, TOOL, shared.controls, {depth_map: lambda e: str(e.images["depth_map"])})
                 panel = Panel(TOOL, (TOOL,), shared.controls, settings_from_values, values_from_settings,
                               send_target=photo)
                 render_presets(studio, panel)
@@ -51,6 +69,7 @@ def render(studio) -> Panel:
     def estimate_depth(photo):
         if photo is None:
             raise InvalidRequest("Upload a photo first.")
+        require_estimator(studio.manager.models_dir)
         return {depth_map: studio.manager.estimate_depth(photo),
                 view.status: progress_html("Depth map estimated: nearer is brighter. Upload another to replace it.")}
 
@@ -58,7 +77,13 @@ def render(studio) -> Panel:
                      outputs=[depth_map, view.status], concurrency_id=ENGINE_QUEUE, concurrency_limit=1)
     estimate.click(**estimated, api_name="estimate_depth")
     photo.upload(**estimated, api_name="estimate_depth_on_upload", api_visibility="private")
-    panel.view, panel.run_handler = view, studio.job(view)(build_requests)
+
+    def build_checked_requests(values: dict, context: RequestContext) -> list[GenerationRequest]:
+        if values.get("depth_map") is None and values.get("photo") is not None:
+            require_estimator(studio.manager.models_dir)
+        return build_requests(values, context)
+
+    panel.view, panel.run_handler = view, studio.job(view)(build_checked_requests)
     studio.wire_run(run, panel.run_handler, {**panel.controls, "photo": photo, "depth_map": depth_map},
                     view, api_name="depth")
     studio.wire_stop(stop)

@@ -7,10 +7,11 @@ import numpy as np
 from PIL import Image
 
 from mflux_core.errors import InvalidRequest
-from mflux_core.images.io import load_image
+from mflux_core.images.io import load_image, load_mask
 from mflux_core.images.masks import blur_mask, grow_mask, invert_mask, mask_from_editor_layers, mask_to_pil
 from mflux_core.images.outpaint import outpaint_canvas, parse_padding
 from mflux_core.request import GenerationRequest
+from webui.demo_examples import render_demo_examples
 from webui.jobs import progress_html, safe_action
 from webui.panels import Panel, result_column
 from webui.presets_ui import render_presets
@@ -113,6 +114,19 @@ def build_requests(values: dict, context: RequestContext) -> list[GenerationRequ
     return requests_from_settings(settings, context, **inputs)
 
 
+EXAMPLE_MASK_ALPHA = 150  # an example's mask is painted translucent, so the shape it recolours shows through
+
+
+def example_editor_value(example) -> dict:
+    """The editor holding a demo example's picture with its mask painted on (any alpha > 0 is masked)."""
+    image = load_image(example.images["image"]).convert("RGBA")
+    painted = np.asarray(load_mask(example.images["mask"])) > 127
+    layer = np.zeros((*painted.shape, 4), np.uint8)
+    layer[painted] = (255, 255, 255, EXAMPLE_MASK_ALPHA)
+    strokes = Image.fromarray(layer, "RGBA")
+    return {"background": image, "layers": [strokes], "composite": Image.alpha_composite(image, strokes)}
+
+
 def outpaint_preview(values: dict) -> tuple[Image.Image, Image.Image]:
     """The canvas and mask the engine will build for these padding values."""
     image = editor_image(values.get("editor"))
@@ -149,6 +163,8 @@ def render(studio) -> Panel:
                         canvas_image = gr.Image(label="Canvas", interactive=False, elem_id="fill-canvas", height=200)
                         mask_image = gr.Image(label="Mask", interactive=False, elem_id="fill-canvas-mask", height=200)
                 shared = build_shared_controls(studio, TOOL, TOOL, image_sized=True)
+                render_demo_examples(studio, TOOL, shared.controls, {editor: example_editor_value}, {
+                    mode: INPAINT, keep_unmasked: True, mask_invert: False, mask_grow_px: 0, mask_blur_px: 0})
                 controls = {**shared.controls, "mode": mode, "keep_unmasked": keep_unmasked,
                             "mask_invert": mask_invert, "mask_grow_px": mask_grow_px, "mask_blur_px": mask_blur_px,
                             **pads, "pad_unit": pad_unit}

@@ -4,6 +4,7 @@ import gradio as gr
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.request import GenerationRequest
+from webui.demo_examples import render_demo_examples
 from webui.panels import Panel, input_image, result_column
 from webui.presets_ui import render_presets
 from webui.requests import RequestContext, requests_from_settings
@@ -43,6 +44,8 @@ def render(studio) -> Panel:
                 auto_resize = gr.Checkbox(False, label="Resize the reference to Kontext's preferred resolution",
                                           elem_id="kontext-auto-resize")
                 shared = build_shared_controls(studio, TOOL, TOOL, prompt_label="Instruction", image_sized=True)
+                render_demo_examples(studio, TOOL, shared.controls, {reference: lambda e: str(e.images["image"])},
+                                     {auto_resize: False})
                 panel = Panel(TOOL, (TOOL,), {**shared.controls, "kontext_auto_resize": auto_resize},
                               settings_from_values, values_from_settings, send_target=reference)
                 render_presets(studio, panel)

@@ -1,0 +1,36 @@
+"""'Try a demo example' under a panel's controls: held-out inputs from the demo world (rendered at app start by
+mflux_core.demo.examples) that fill in the panel and pick the tool's demo model, shown only when that model is on disk.
+
+An example also resets what would spoil it: the size (the input's, or the demo's 64x64 for Generate), steps and
+guidance (the model's and tool's defaults, which the demo models were evaluated with).
+"""
+
+from typing import Callable
+
+import gradio as gr
+
+from mflux_core.demo.examples import DemoExample
+from mflux_core.demo.family import IMAGE_SIZE
+
+ExampleValue = Callable[[DemoExample], object]
+
+
+def render_demo_examples(studio, tool: str, controls: dict, shown: dict[gr.components.Component, ExampleValue],
+                         settings: dict[gr.components.Component, object] | None = None,
+                         image_sized: bool = True) -> None:
+    """Render the examples of `tool` (inside the panel's Blocks context).
+
+    `controls`: the panel's shared controls; `shown`: the tool's inputs shown in the table before the prompt
+    (component -> its value for an example); `settings`: controls every example sets (component -> value), unshown.
+    """
+    examples = studio.examples.get(tool) or []
+    if not examples or not any(entry.name == examples[0].model and entry.available
+                               for entry in studio.manager.list_models()):
+        return
+    size = 0 if image_sized else IMAGE_SIZE  # 0: the input image's size
+    fixed = {**(settings or {}), controls["width"]: size, controls["height"]: size, controls["steps"]: "",
+             controls["guidance"]: ""}
+    rows = [[*(value(e) for value in shown.values()), e.prompt, e.model, *fixed.values()] for e in examples]
+    gr.Examples(rows, [*shown, controls["prompt"], controls["model"], *fixed],
+                visible_columns=list(range(len(shown) + 1)), elem_id=f"{tool}-examples",
+                label=f"Try a demo example (runs on {examples[0].model})", api_visibility="private")
