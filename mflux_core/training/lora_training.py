@@ -245,7 +245,10 @@ def train_lora(
     validation = validation_inputs(model, config)
     model.text_encoders.release()  # everything they are needed for is encoded
     adapters = attach_lora(model.transformer, config.layers, config.rank, config.alpha, config.seed)
-    optimizer = optim.AdamW(learning_rate=config.learning_rate, weight_decay=config.weight_decay)
+    # bias_correction: torch's AdamW (what diffusers, kohya and ai-toolkit train with); MLX's default
+    # leaves it out, which stalls small models (the demo VAE stopped learning at 36 levels of error).
+    optimizer = optim.AdamW(learning_rate=config.learning_rate, weight_decay=config.weight_decay,
+                            bias_correction=True)
     output = config.output_path
     outcome = TrainingOutcome(step=0, total=total, finished=False, losses=[], adapter=output / ADAPTER_FILE,
                               checkpoint=output, loss_curve=output / LOSS_CURVE_FILE, notes=list(examples.notes))
