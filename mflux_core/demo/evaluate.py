@@ -19,7 +19,7 @@ from mflux_core.demo.shapes import caption, shape_mask
 from mflux_core.request import GenerationRequest
 
 EVALUATION_SEED = 100  # held-out examples are drawn with this dataset seed
-FILL_TOLERANCE = 10  # levels an unmasked pixel may move
+FILL_TOLERANCE = 10  # levels an unmasked pixel may move (Fill runs with keep-unmasked on, as the page's default)
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,8 @@ class PromptScores:
     background: float
 
 
-def _generate(manager, model: str, tool: str, prompt: str, seed: int, max_sequence_length: int, **paths):
+def _generate(manager, model: str, tool: str, prompt: str, seed: int, max_sequence_length: int | None,
+              **paths):
     request = GenerationRequest(tool=tool, model=model, prompt=prompt, seed=seed, width=64, height=64,
                                 max_sequence_length=max_sequence_length, **paths)
     return np.asarray(manager.generate(request).image.convert("RGB"))
@@ -42,7 +43,7 @@ def _save(folder: Path, name: str, pixels: np.ndarray) -> str:
 
 
 def prompt_following(manager, model: str, classify: Callable, count: int = 50,
-                     max_sequence_length: int = 512) -> PromptScores:
+                     max_sequence_length: int | None = None) -> PromptScores:
     hits = np.zeros(3)
     for index in range(count):
         scene = dataset.text_to_image_example(EVALUATION_SEED, index, held_out=True).scene
@@ -53,7 +54,7 @@ def prompt_following(manager, model: str, classify: Callable, count: int = 50,
 
 
 def fill_scores(manager, model: str, classify: Callable, count: int = 20,
-                max_sequence_length: int = 512) -> tuple[float, float]:
+                max_sequence_length: int | None = None) -> tuple[float, float]:
     """(fraction whose masked region shows the prompted colour, mean fraction of unmasked pixels kept)."""
     recoloured, kept = 0, []
     with tempfile.TemporaryDirectory() as folder:
@@ -61,7 +62,8 @@ def fill_scores(manager, model: str, classify: Callable, count: int = 20,
             example = dataset.fill_example(EVALUATION_SEED, index, held_out=True)
             paths = {"image_path": _save(Path(folder), f"source{index}", example.source),
                      "masked_image_path": _save(Path(folder), f"mask{index}", example.mask.astype(np.uint8) * 255)}
-            image = _generate(manager, model, "fill", example.caption, index, max_sequence_length, **paths)
+            image = _generate(manager, model, "fill", example.caption, index, max_sequence_length, keep_unmasked=True,
+                              **paths)
             reading = classify(np.where(example.mask[..., None], image, example.source))  # the masked region only
             recoloured += reading.colour == example.scene.shapes[0].colour
             difference = np.abs(image.astype(int) - example.source.astype(int)).max(axis=-1)
@@ -69,22 +71,38 @@ def fill_scores(manager, model: str, classify: Callable, count: int = 20,
     return recoloured / count, float(np.mean(kept))
 
 
-def depth_layout(manager, model: str, classify: Callable, count: int = 20, max_sequence_length: int = 512) -> float:
-    """Mean IoU of the generated shape with the depth map's shape."""
+def _layout_iou(manager, model: str, tool: str, example_for: Callable, control_for: Callable, path_field: str,
+                classify: Callable, count: int, max_sequence_length: int | None, **extra) -> float:
+    """Mean IoU of the generated shape with the shape of the scene the control image came from."""
     scores = []
     with tempfile.TemporaryDirectory() as folder:
         for index in range(count):
-            example = dataset.depth_example(EVALUATION_SEED, index, held_out=True)
-            path = _save(Path(folder), f"depth{index}", example.control)
-            image = _generate(manager, model, "depth", example.caption, index, max_sequence_length,
-                              depth_image_path=path)
+            example = example_for(EVALUATION_SEED, index, held_out=True)
+            path = _save(Path(folder), f"control{index}", control_for(example))
+            image = _generate(manager, model, tool, example.caption, index, max_sequence_length,
+                              **{path_field: path}, **extra)
             target = shape_mask(example.scene.shapes[0], image.shape[0])
             mask = classify(image).mask
             scores.append(float(np.logical_and(mask, target).sum() / max(np.logical_or(mask, target).sum(), 1)))
     return float(np.mean(scores))
 
 
-def kontext_applied(manager, model: str, classify: Callable, count: int = 30, max_sequence_length: int = 512) -> float:
+def depth_layout(manager, model: str, classify: Callable, count: int = 20,
+                 max_sequence_length: int | None = None) -> float:
+    """Mean IoU of the generated shape with the depth map's shape."""
+    return _layout_iou(manager, model, "depth", dataset.depth_example, lambda e: e.control, "depth_image_path",
+                       classify, count, max_sequence_length)
+
+
+def controlnet_layout(manager, model: str, controlnet: str, classify: Callable, count: int = 20,
+                      max_sequence_length: int | None = None) -> float:
+    """Mean IoU of the generated shape with the shape of the control picture, whose Canny edges the
+    ControlNet tool takes itself."""
+    return _layout_iou(manager, model, "controlnet", dataset.canny_example, lambda e: e.image,
+                       "controlnet_image_path", classify, count, max_sequence_length, extra={"controlnet_path": controlnet})
+
+
+def kontext_applied(manager, model: str, classify: Callable, count: int = 30, max_sequence_length: int | None = None) -> float:
     applied = 0
     with tempfile.TemporaryDirectory() as folder:
         for index in range(count):

@@ -106,10 +106,10 @@ def export_run(run: Path, out: Path, dtype: mx.Dtype = mx.float16) -> list[Path]
         shutil.rmtree(shared)
     vae, vae_config = train.trained_vae(run, train.vae_sample(run, workers=1))
     write_vae(shared / "vae", vae, vae_config, dtype)
-    base = train.base_transformer(run)
+    clip, t5 = train.text_encoders(run)
     vocab = json.loads((train.shared_folder(run) / "vocab_sizes.json").read_text())
-    write_clip(shared / "text_encoder", base.clip, family.clip_config(vocab["clip"]), dtype)
-    write_t5(shared / "text_encoder_2", base.t5, family.t5_config(vocab["t5"]), dtype)
+    write_clip(shared / "text_encoder", clip, family.clip_config(vocab["clip"]), dtype)
+    write_t5(shared / "text_encoder_2", t5, family.t5_config(vocab["t5"]), dtype)
     for name in ("tokenizer", "tokenizer_2"):
         shutil.copytree(train.shared_folder(run) / name, shared / name)
     write_scheduler(shared / "scheduler")
@@ -118,9 +118,9 @@ def export_run(run: Path, out: Path, dtype: mx.Dtype = mx.float16) -> list[Path]
         if not (run / tool / MODEL_FILE).is_file():
             continue
         config = family.transformer_config(tool)
-        model = train.TextConditionedFlux(family.build_transformer(config), base.clip, base.t5)
-        model.load_weights(str(run / tool / MODEL_FILE))
-        written.append(write_model_folder(out / folder, tool, model.transformer, config, shared, dtype))
+        transformer = family.build_transformer(config)
+        transformer.load_weights(str(run / tool / MODEL_FILE))
+        written.append(write_model_folder(out / folder, tool, transformer, config, shared, dtype))
     if (run / "canny" / MODEL_FILE).is_file():
         model = train.controlled_model(run)
         model.load_weights(str(run / "canny" / MODEL_FILE))

@@ -37,7 +37,7 @@ def vae_config(scaling_factor: float = 1.0, shift_factor: float = 0.0) -> dict:
         "_class_name": "AutoencoderKL", "_diffusers_version": DIFFUSERS_VERSION,
         "in_channels": 3, "out_channels": 3, "latent_channels": LATENT_CHANNELS,
         "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-        "block_out_channels": [16, 32, 64, 64], "layers_per_block": 1, "norm_num_groups": 8, "act_fn": "silu",
+        "block_out_channels": [8, 16, 32, 32], "layers_per_block": 1, "norm_num_groups": 1, "act_fn": "silu",
         "sample_size": IMAGE_SIZE, "scaling_factor": scaling_factor, "shift_factor": shift_factor,
         "use_quant_conv": False, "use_post_quant_conv": False, "mid_block_add_attention": True,
         "force_upcast": True,

@@ -14,6 +14,9 @@ from pathlib import Path
 from mflux_core.demo.shapes import COLOURS, REGION_NAMES, SHAPES, Scene, Shape, caption, region_centre
 
 CLIP_MAX_LENGTH = 77
+# The demo models are trained on this many T5 tokens: the tokenizer's model_max_length, which the
+# engine uses as the model's default --max-sequence-length (every caption fits in 22).
+T5_MAX_LENGTH = 32
 START, END = "<|startoftext|>", "<|endoftext|>"
 
 
@@ -103,7 +106,7 @@ def write_t5_tokenizer(folder: Path, corpus: list[str], pieces: int = 200) -> in
         num_threads=1, minloglevel=2, hard_vocab_limit=False, character_coverage=1.0,
     )
     (folder / "spiece.model").write_bytes(model.getvalue())
-    tokenizer = T5TokenizerFast.from_pretrained(folder, extra_ids=100, model_max_length=512)
+    tokenizer = T5TokenizerFast.from_pretrained(folder, extra_ids=100, model_max_length=T5_MAX_LENGTH)
     tokenizer.save_pretrained(folder)
     return len(tokenizer)
 

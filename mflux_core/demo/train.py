@@ -1,10 +1,11 @@
-"""Train the demo family: `python -m mflux_core.demo.train RUN_DIR [--stages vae,base,fill,depth,kontext]`.
+"""Train the demo family: `python -m mflux_core.demo.train RUN_DIR [--stages vae,decoder,base,fill,depth,kontext,canny]`.
 
 Stages run in order and each one resumes from its checkpoint in RUN_DIR/<stage>/ (a stage that
 is done is skipped), so a run cut short by --max-minutes continues where it stopped. The VAE is
-trained first (pixels only), then the base model with its CLIP and T5 text encoders from
-scratch, then Fill, Depth and Kontext fine-tuned from the base transformer with the text
-encoders frozen (the family shares one VAE and one pair of text encoders, as FLUX.1's does).
+trained first (pixels only), then the base transformer, then Fill, Depth, Kontext and the canny
+ControlNet fine-tuned from it. The CLIP and T5 encoders stay at their seeded random
+initialisation throughout (the family shares one VAE and one pair of text encoders, as FLUX.1's
+does), so every caption is encoded once per run.
 `python -m mflux_core.demo.export RUN_DIR demo_models` writes the model folders.
 """
 
@@ -25,7 +26,7 @@ from mlx.utils import tree_flatten
 
 from mflux_core.demo import dataset, family
 from mflux_core.demo.pools import cached_pool
-from mflux_core.demo.tokenizers import write_tokenizers
+from mflux_core.demo.tokenizers import T5_MAX_LENGTH, write_tokenizers
 from mflux_core.models.rope import rope_tables
 from mflux_core.sampling.latents import image_position_ids, pack_latents
 from mflux_core.tools.fill import packed_mask
@@ -33,7 +34,7 @@ from mflux_core.training import train
 from mflux_core.training.flow_matching import FlowBatch, flow_matching_loss, noisy_latents, shifted_sigmas
 from mflux_core.training.loop import MODEL_FILE, STATE_FILE
 
-MAX_TEXT_TOKENS = 512
+TEXT_ENCODER_SEED = 2
 LOGVAR_BIAS = -30.0  # the posterior's log-variance after training: std ~3e-7, so sampling == the mean
 
 
@@ -46,14 +47,14 @@ class StageSettings:
     seed: int
 
 
-STAGES = {
-    "vae": StageSettings(steps=6000, batch=64, learning_rate=1e-3, pool=6000, seed=1),
-    "decoder": StageSettings(steps=800, batch=8, learning_rate=3e-4, pool=0, seed=6),
-    "base": StageSettings(steps=8000, batch=128, learning_rate=5e-4, pool=30000, seed=2),
-    "fill": StageSettings(steps=2000, batch=128, learning_rate=3e-4, pool=12000, seed=3),
-    "depth": StageSettings(steps=2000, batch=128, learning_rate=3e-4, pool=12000, seed=4),
-    "kontext": StageSettings(steps=2000, batch=128, learning_rate=3e-4, pool=12000, seed=5),
-    "canny": StageSettings(steps=2000, batch=128, learning_rate=3e-4, pool=12000, seed=7),
+STAGES = {  # sized for a 2-core CPU: about 85 minutes in all (README's demo section has the timings)
+    "vae": StageSettings(steps=2500, batch=8, learning_rate=1e-3, pool=6000, seed=1),
+    "decoder": StageSettings(steps=1500, batch=8, learning_rate=5e-4, pool=0, seed=6),
+    "base": StageSettings(steps=2500, batch=64, learning_rate=1e-3, pool=15000, seed=2),
+    "fill": StageSettings(steps=800, batch=64, learning_rate=5e-4, pool=6000, seed=3),
+    "depth": StageSettings(steps=800, batch=64, learning_rate=5e-4, pool=6000, seed=4),
+    "kontext": StageSettings(steps=800, batch=64, learning_rate=5e-4, pool=6000, seed=5),
+    "canny": StageSettings(steps=800, batch=64, learning_rate=5e-4, pool=6000, seed=7),
 }
 
 
@@ -65,7 +66,7 @@ def optimizer_for(settings: StageSettings) -> optim.Optimizer:
          optim.cosine_decay(settings.learning_rate, max(1, settings.steps - warmup), settings.learning_rate * 0.1)],
         [warmup],
     )
-    return optim.AdamW(learning_rate=schedule, weight_decay=0.01)
+    return optim.AdamW(learning_rate=schedule, weight_decay=0.01, bias_correction=True)
 
 
 def to_pixels(images: np.ndarray) -> mx.array:
@@ -209,45 +210,32 @@ def shared_folder(run: Path) -> Path:
     return run / "shared"
 
 
-def tokenize(run: Path, texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(CLIP ids (N, 77), T5 ids (N, 512)), padded as the pipelines pad them."""
+def text_encoders(run: Path):
+    """CLIP and T5 frozen at their seeded random initialisation: the transformers learn to read
+    them (random embeddings keep every token distinct), and a frozen encoder lets each caption be
+    encoded once per run instead of once per step."""
+    vocab = json.loads((shared_folder(run) / "vocab_sizes.json").read_text())
+    clip = family.seeded(TEXT_ENCODER_SEED, family.build_clip, family.clip_config(vocab["clip"]))
+    t5 = family.seeded(TEXT_ENCODER_SEED + 1000, family.build_t5, family.t5_config(vocab["t5"]))
+    return clip, t5
+
+
+def encode_captions(run: Path, captions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(T5 states (N, T5_MAX_LENGTH, 64), CLIP pooled (N, 64)), tokenized as the pipelines tokenize."""
     from transformers import CLIPTokenizer, T5TokenizerFast
 
-    clip = CLIPTokenizer.from_pretrained(shared_folder(run) / "tokenizer")
-    t5 = T5TokenizerFast.from_pretrained(shared_folder(run) / "tokenizer_2")
-    unique, inverse = np.unique(texts, return_inverse=True)
-    clip_ids = clip(list(unique), padding="max_length", max_length=77, truncation=True, return_tensors="np").input_ids
-    t5_ids = t5(list(unique), padding="max_length", max_length=MAX_TEXT_TOKENS, truncation=True,
-                return_tensors="np").input_ids
-    return clip_ids[inverse].astype(np.int32), t5_ids[inverse].astype(np.int32)
-
-
-class TextConditionedFlux(nn.Module):
-    """The transformer with the two text encoders whose outputs condition it."""
-
-    def __init__(self, transformer, clip, t5):
-        super().__init__()
-        self.transformer = transformer
-        self.clip = clip
-        self.t5 = t5
-
-    def encode(self, clip_ids: mx.array, t5_ids: mx.array) -> tuple[mx.array, mx.array]:
-        return self.t5(t5_ids), self.clip(clip_ids)[1]
-
-
-def flux_loss(model: TextConditionedFlux, batch) -> mx.array:
-    flow, clip_ids, t5_ids = batch
-    text, pooled = model.encode(clip_ids, t5_ids)
-    return flow_matching_loss(model.transformer, flow, text, pooled)
-
-
-SHORTER_TEXT_LENGTHS = (32, 64, 128, 256)
-
-
-def text_length(rng: np.random.Generator) -> int:
-    """Half the steps see the pipelines' default 512 tokens, half a shorter padding, so the models
-    work at any --max-sequence-length; few distinct lengths keep compiled steps few."""
-    return MAX_TEXT_TOKENS if rng.random() < 0.5 else int(rng.choice(SHORTER_TEXT_LENGTHS))
+    clip_tokenizer = CLIPTokenizer.from_pretrained(shared_folder(run) / "tokenizer")
+    t5_tokenizer = T5TokenizerFast.from_pretrained(shared_folder(run) / "tokenizer_2")
+    clip, t5 = text_encoders(run)
+    states, pooled = [], []
+    for start in range(0, len(captions), 256):
+        chunk = list(captions[start : start + 256])
+        clip_ids = clip_tokenizer(chunk, padding="max_length", max_length=77, truncation=True, return_tensors="np")
+        t5_ids = t5_tokenizer(chunk, padding="max_length", max_length=T5_MAX_LENGTH, truncation=True,
+                              return_tensors="np")
+        states.append(np.array(t5(mx.array(t5_ids.input_ids.astype(np.int32)))))
+        pooled.append(np.array(clip(mx.array(clip_ids.input_ids.astype(np.int32)))[1]))
+    return np.concatenate(states), np.concatenate(pooled)
 
 
 # --- flow stages --------------------------------------------------------------------------------
@@ -261,7 +249,7 @@ def encode_images(vae, images: np.ndarray) -> np.ndarray:
 
 
 def stage_data(run: Path, stage: str, settings: StageSettings, vae, workers: int) -> dict[str, np.ndarray]:
-    """Latents, conditioning and token ids of every example of the stage's pool (cached in RUN_DIR)."""
+    """Latents, conditioning and caption embeddings of every example of the stage's pool (cached in RUN_DIR)."""
     path = run / f"data-{stage}-{settings.seed}-{settings.pool}.npz"
     if path.is_file():
         with np.load(path) as data:
@@ -282,60 +270,54 @@ def stage_data(run: Path, stage: str, settings: StageSettings, vae, workers: int
     else:
         data = {"target": encode_images(vae, pool["after"]), "reference": encode_images(vae, pool["before"]),
                 "text": pool["instruction"]}
-    data["clip_ids"], data["t5_ids"] = tokenize(run, data.pop("text"))
+    captions, data["caption_index"] = np.unique(data.pop("text"), return_inverse=True)
+    data["t5"], data["pooled"] = encode_captions(run, captions)
     np.savez(path, **data)
     return data
 
 
+def step_rows(settings: StageSettings, step: int, count: int) -> tuple[np.random.Generator, np.ndarray]:
+    """The step's generator and the pool rows it draws first (a stage adds its own inputs for the same rows)."""
+    rng = np.random.default_rng([settings.seed, step])
+    return rng, rng.integers(0, count, settings.batch)
+
+
 def flow_batches(data: dict[str, np.ndarray], settings: StageSettings, scheduler: dict):
+    """batch_for_step(step) -> FlowBatch of the rows step_rows draws."""
     tokens = data["target"].shape[1]
     side = int(math.isqrt(tokens))
     image_ids = image_position_ids(2 * side, 2 * side)
     reference_ids = image_position_ids(2 * side, 2 * side, first=1.0)
-    all_ids = np.concatenate([np.array(image_ids)] + ([np.array(reference_ids)] if "reference" in data else []))
-    axes = tuple(family.transformer_config()["axes_dims_rope"])
-    ropes = {}  # per text length: [text; image (; reference)] tables, computed once (and outside mx.compile)
-
-    def rope_for(length: int):
-        if length not in ropes:
-            ropes[length] = rope_tables(np.concatenate([np.zeros((length, 3)), all_ids]), axes)
-        return ropes[length]
+    all_ids = np.concatenate([np.zeros((T5_MAX_LENGTH, 3)), np.array(image_ids)]
+                             + ([np.array(reference_ids)] if "reference" in data else []))
+    rope = rope_tables(all_ids, tuple(family.transformer_config()["axes_dims_rope"]))  # outside mx.compile
 
     def batch_for_step(step: int):
-        rng = np.random.default_rng([settings.seed, step])
-        rows = rng.integers(0, len(data["target"]), settings.batch)
-        length = text_length(rng)
+        rng, rows = step_rows(settings, step, len(data["target"]))
+        captions = data["caption_index"][rows]
         flow = FlowBatch(
             latents=mx.array(data["target"][rows]),
             noise=mx.array(rng.standard_normal(data["target"][rows].shape).astype(np.float32)),
             sigmas=mx.array(shifted_sigmas(rng, settings.batch, tokens, scheduler)),
-            text=None, pooled=None, image_ids=image_ids,
+            text=mx.array(data["t5"][captions]), pooled=mx.array(data["pooled"][captions]), image_ids=image_ids,
             guidance=mx.array(rng.uniform(1.0, 35.0, settings.batch).astype(np.float32)),
-            rope=rope_for(length),
+            rope=rope,
         )
         if "extra" in data:
             flow.extra_channels = mx.array(data["extra"][rows])
         if "reference" in data:
             flow.reference_tokens = mx.array(data["reference"][rows])
             flow.reference_ids = reference_ids
-        return flow, mx.array(data["clip_ids"][rows]), mx.array(data["t5_ids"][rows, :length])
+        return flow
 
     return batch_for_step
 
 
-def text_encoders(run: Path, seed: int):
-    vocab = json.loads((shared_folder(run) / "vocab_sizes.json").read_text())
-    clip = family.seeded(seed, family.build_clip, family.clip_config(vocab["clip"]))
-    t5 = family.seeded(seed + 1000, family.build_t5, family.t5_config(vocab["t5"]))
-    return clip, t5
-
-
 def base_transformer(run: Path):
-    """The trained base model (transformer and text encoders) from its checkpoint."""
-    clip, t5 = text_encoders(run, STAGES["base"].seed)
-    model = TextConditionedFlux(family.build_transformer(family.transformer_config("base")), clip, t5)
-    model.load_weights(str(run / "base" / MODEL_FILE))
-    return model
+    """The trained base transformer from its checkpoint."""
+    transformer = family.build_transformer(family.transformer_config("base"))
+    transformer.load_weights(str(run / "base" / MODEL_FILE))
+    return transformer
 
 
 def widened(base, tool: str):
@@ -350,28 +332,25 @@ def widened(base, tool: str):
 
 
 class ControlledFlux(nn.Module):
-    """The frozen base (transformer and text encoders) steered by a ControlNet."""
+    """The frozen base transformer steered by a ControlNet."""
 
-    def __init__(self, transformer, controlnet, clip, t5):
+    def __init__(self, transformer, controlnet):
         super().__init__()
         self.transformer = transformer
         self.controlnet = controlnet
-        self.clip = clip
-        self.t5 = t5
 
 
 def controlled_loss(model: ControlledFlux, batch) -> mx.array:
     """Flow matching through the base transformer, with the ControlNet's residuals at the tool's default strength."""
-    flow, clip_ids, t5_ids, control = batch
-    text, pooled = model.t5(t5_ids), model.clip(clip_ids)[1]
+    flow, control = batch
     x = noisy_latents(flow.latents, flow.noise, flow.sigmas)
-    text_ids = mx.zeros((text.shape[1], 3), dtype=mx.float32)
-    blocks, singles = model.controlnet(x, control, text, pooled, flow.sigmas, flow.image_ids, text_ids,
+    text_ids = mx.zeros((flow.text.shape[1], 3), dtype=mx.float32)
+    blocks, singles = model.controlnet(x, control, flow.text, flow.pooled, flow.sigmas, flow.image_ids, text_ids,
                                        guidance=flow.guidance, conditioning_scale=family.CONTROLNET_STRENGTH,
                                        rope=flow.rope)
-    velocity = model.transformer(x, text, pooled, flow.sigmas, flow.image_ids, text_ids, guidance=flow.guidance,
-                                 controlnet_block_samples=blocks, controlnet_single_block_samples=singles,
-                                 rope=flow.rope)
+    velocity = model.transformer(x, flow.text, flow.pooled, flow.sigmas, flow.image_ids, text_ids,
+                                 guidance=flow.guidance, controlnet_block_samples=blocks,
+                                 controlnet_single_block_samples=singles, rope=flow.rope)
     return mx.mean(mx.square(velocity - (flow.noise - flow.latents)))
 
 
@@ -381,11 +360,11 @@ def controlled_model(run: Path) -> ControlledFlux:
     base = base_transformer(run)
     controlnet = family.build_controlnet(family.controlnet_config())
     own = dict(tree_flatten(controlnet.parameters()))
-    copied = {name: value for name, value in tree_flatten(base.transformer.parameters()) if name in own}
+    copied = {name: value for name, value in tree_flatten(base.parameters()) if name in own}
     zeros = {name: mx.zeros_like(value) for name, value in own.items()
              if name.startswith(("controlnet_x_embedder.", "controlnet_blocks."))}
     controlnet.load_weights(list({**own, **copied, **zeros}.items()))
-    return ControlledFlux(base.transformer, controlnet, base.clip, base.t5)
+    return ControlledFlux(base, controlnet)
 
 
 def train_controlnet(run: Path, vae, workers: int, max_seconds: float | None, compile: bool = False) -> bool:
@@ -395,9 +374,8 @@ def train_controlnet(run: Path, vae, workers: int, max_seconds: float | None, co
     flows = flow_batches({k: v for k, v in data.items() if k != "extra"}, settings, family.SCHEDULER_CONFIG)
 
     def batch_for_step(step: int):
-        flow, clip_ids, t5_ids = flows(step)
-        rows = np.random.default_rng([settings.seed, step]).integers(0, len(data["target"]), settings.batch)
-        return flow, clip_ids, t5_ids, mx.array(data["extra"][rows])
+        _, rows = step_rows(settings, step, len(data["target"]))
+        return flows(step), mx.array(data["extra"][rows])
 
     result = train(model, controlled_loss, batch_for_step, optimizer_for(settings), settings.steps,
                    trainable=lambda name: name.startswith("controlnet."), checkpoint_dir=run / "canny",
@@ -410,16 +388,11 @@ def train_flow_stage(run: Path, stage: str, vae, workers: int, max_seconds: floa
     settings = STAGES[stage]
     data = stage_data(run, stage, settings, vae, workers)
     if stage == "base":
-        clip, t5 = text_encoders(run, settings.seed)
-        model = TextConditionedFlux(family.seeded(settings.seed, family.build_transformer,
-                                                  family.transformer_config("base")), clip, t5)
-        trainable = None
+        transformer = family.seeded(settings.seed, family.build_transformer, family.transformer_config("base"))
     else:
-        base = base_transformer(run)
-        model = TextConditionedFlux(widened(base.transformer, stage), base.clip, base.t5)
-        trainable = lambda name: name.startswith("transformer.")  # noqa: E731
+        transformer = widened(base_transformer(run), stage)
     batches = flow_batches(data, settings, family.SCHEDULER_CONFIG)
-    result = train(model, flux_loss, batches, optimizer_for(settings), settings.steps, trainable=trainable,
+    result = train(transformer, flow_matching_loss, batches, optimizer_for(settings), settings.steps,
                    checkpoint_dir=run / stage, max_seconds=max_seconds, compile=compile)
     return result.finished
 
@@ -454,7 +427,7 @@ def vae_sample(run: Path, workers: int) -> np.ndarray:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="folder for pools, checkpoints and loss curves")
-    parser.add_argument("--stages", default="vae,base,fill,depth,kontext,canny")
+    parser.add_argument("--stages", default="vae,decoder,base,fill,depth,kontext,canny")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this long")
     parser.add_argument("--workers", type=int, default=2, help="processes that render the example pools")
     parser.add_argument("--scale-steps", type=float, default=1.0,
