@@ -25,7 +25,7 @@ def test_components_are_written_under_the_published_names(demo_folders):
     clip = load_folder_weights(folder / "text_encoder")
     assert all(name.startswith("text_model.") for name in clip)
     vae = load_folder_weights(folder / "vae")
-    assert vae["encoder.conv_in.weight"].shape == (16, 3, 3, 3)  # OIHW, as torch stores it
+    assert vae["encoder.conv_in.weight"].shape == (family.vae_config()["block_out_channels"][0], 3, 3, 3)  # OIHW
     assert "shared.weight" in load_folder_weights(folder / "text_encoder_2")
     assert json.loads((folder / "text_encoder_2" / "config.json").read_text())["tie_word_embeddings"] is False
     assert {p.name for p in (folder / "tokenizer").iterdir()} >= {"vocab.json", "merges.txt"}
