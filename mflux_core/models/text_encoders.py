@@ -6,9 +6,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from mflux_core.models.clip import CLIPTextModel, load_clip_text_model
-from mflux_core.models.prompt_tokenizers import (  # noqa: F401 (the files and load_tokenizer: tests import them here)
-    CLIP_TOKENIZER_FILES, T5_TOKENIZER_FILES, load_clip_tokenizer, load_t5_tokenizer, load_tokenizer,
-)
+from mflux_core.models.prompt_tokenizers import load_clip_tokenizer, load_t5_tokenizer
 from mflux_core.models.t5 import T5Encoder, load_t5_encoder
 from mflux_core.request import MAX_SEQUENCE_LENGTH
 
