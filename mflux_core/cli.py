@@ -67,8 +67,10 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, nargs="+", help="one or more seeds (one image each)")
     group.add_argument("--auto-seeds", type=int, help="make N images with random seeds")
     group.add_argument("--steps", type=int, help="denoising steps (default: 4 for schnell, 14 otherwise)")
-    group.add_argument("--height", type=int, help="image height in pixels, a multiple of 16 (default 1024)")
-    group.add_argument("--width", type=int, help="image width in pixels, a multiple of 16 (default 1024)")
+    group.add_argument("--height", type=int, help="image height in pixels, a multiple of 16 "
+                       "(default: the model's native size, 1024 for FLUX.1, 64 for the demo models)")
+    group.add_argument("--width", type=int, help="image width in pixels, a multiple of 16 "
+                       "(default: the model's native size, 1024 for FLUX.1, 64 for the demo models)")
     group.add_argument("--guidance", type=float, help="guidance scale of guidance-distilled models")
     group.add_argument("--max-sequence-length", type=int,
                        help="T5 prompt tokens, 1 to 512 (default: the model's, its T5 tokenizer's limit: 512 for FLUX.1)")

@@ -36,6 +36,10 @@ class FluxModel:
         return self.vae.scale_factor
 
     @property
+    def native_side(self) -> int:
+        return self.vae.config.native_side
+
+    @property
     def dtype(self) -> mx.Dtype:
         return self.transformer.dtype
 

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from mflux_core.models.vae import FLUX_SIDE, native_side
 from mflux_core.weights.resolve import ALIASES, DEMO_MODELS, demo_models_dir, hf_cache_dir
 
 FLUX_PIPELINE_KINDS = {
@@ -25,6 +26,7 @@ class ModelEntry:
     kind: str  # base, fill, depth, kontext, controlnet, redux, depth-estimator, single-file
     where: str  # "alias", "built-in" (a demo model), "models folder" or "HF cache"
     available: bool  # files are on disk (no download needed)
+    native_side: int = FLUX_SIDE  # the side a text-to-image request gets by default (64 for the demo models)
 
     @property
     def label(self) -> str:
@@ -53,6 +55,14 @@ def folder_kind(folder: Path) -> str | None:
     if (folder / "transformer").is_dir():
         return "base"
     return None
+
+
+def folder_native_side(folder: Path) -> int:
+    """The native image side of a diffusers folder, from its VAE's config.json (FLUX.1's 1024 if none)."""
+    try:
+        return native_side(json.loads((folder / "vae" / "config.json").read_text()))
+    except (OSError, ValueError):
+        return FLUX_SIDE
 
 
 def cached_repos() -> dict[str, Path]:
@@ -101,18 +111,19 @@ def list_models(models_dir: Path | None) -> list[ModelEntry]:
     cached = cached_repos()
     for alias, repo in ALIASES.items():
         available = repo in cached and folder_kind(cached[repo]) is not None
-        entries.append(ModelEntry(alias, ALIAS_KINDS[alias], "alias", available))
+        side = folder_native_side(cached[repo]) if available else FLUX_SIDE
+        entries.append(ModelEntry(alias, ALIAS_KINDS[alias], "alias", available, side))
     for name in DEMO_MODELS:  # a missing demo folder is left out: there is nothing to download
         if kind := folder_kind(demo_models_dir() / name):
-            entries.append(ModelEntry(name, kind, "built-in", True))
+            entries.append(ModelEntry(name, kind, "built-in", True, folder_native_side(demo_models_dir() / name)))
     if models_dir is not None and Path(models_dir).is_dir():
         for path in sorted(Path(models_dir).iterdir()):
             if path.is_file() and path.suffix == ".safetensors":
                 entries.append(ModelEntry(path.name, "single-file", "models folder", True))
             elif path.is_dir() and (kind := folder_kind(path)):
-                entries.append(ModelEntry(path.name, kind, "models folder", True))
+                entries.append(ModelEntry(path.name, kind, "models folder", True, folder_native_side(path)))
     known = set(ALIASES.values())
     for repo, snapshot in sorted(cached.items()):
         if repo not in known and (kind := folder_kind(snapshot)):
-            entries.append(ModelEntry(repo, kind, "HF cache", True))
+            entries.append(ModelEntry(repo, kind, "HF cache", True, folder_native_side(snapshot)))
     return entries

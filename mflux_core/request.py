@@ -23,7 +23,7 @@ class GenerationRequest:
     prompt: str = ""
     seed: int = 0
     steps: int | None = None  # None: the model's default (schnell 4, otherwise 25)
-    width: int | None = None  # None: 1024 for text-to-image, the input image's size for image tools
+    width: int | None = None  # None: the input image's size, or the model's native side (FLUX.1 1024, demo 64)
     height: int | None = None
     guidance: float | None = None  # None: the tool's default
     image_path: str | None = None

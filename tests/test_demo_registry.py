@@ -2,6 +2,8 @@
 and the demo ControlNet, on a toy family trained with the real recipe and found through
 MFLUX_STUDIO_DEMO_MODELS, with an empty Hugging Face cache."""
 
+import json
+
 import numpy as np
 import pytest
 from huggingface_hub import constants
@@ -10,6 +12,7 @@ from PIL import Image
 from mflux_core.demo import export, train
 from mflux_core.errors import InvalidRequest, ModelLoadError
 from mflux_core.manager import ModelManager
+from mflux_core.models.vae import VAEConfig, native_side
 from mflux_core.registry import list_models
 from mflux_core.request import GenerationRequest
 from mflux_core.tools import default_model_for
@@ -121,13 +124,25 @@ def test_a_missing_demo_folder_is_a_clear_error_and_never_a_download(tmp_path, m
 
 
 def test_the_web_ui_lists_the_demo_models_as_on_disk_and_picks_them_on_an_empty_machine(only_the_demo_models):
-    from webui.widgets import default_model, model_choices
+    from webui.widgets import default_model, model_choices, native_side_of
 
     entries = list_models(None)
     assert {tool: default_model(entries, tool) for tool in TOOL_DEMOS} == TOOL_DEMOS
     assert default_model(entries, "in-context") == "fill"
     assert model_choices(entries, "generate")[0] == ("demo  ·  built-in", "demo")
+    assert native_side_of(entries, "demo") == 64 and native_side_of(entries, "schnell") == 1024
     fake_cached_repo(only_the_demo_models, "black-forest-labs/FLUX.1-dev")
     entries = list_models(None)
     assert default_model(entries, "generate") == "dev"  # a downloaded FLUX.1 model goes before the demo
     assert [name for _, name in model_choices(entries, "generate")][:2] == ["dev", "demo"]
+
+
+def test_text_to_image_without_a_size_takes_the_models_native_side(tiny_dev, tmp_path):
+    manager = ModelManager(models_dir=tmp_path)
+    result = manager.generate(GenerationRequest(model="demo", prompt="a red circle", steps=1, dtype="float32"))
+    assert result.image.size == (64, 64) and (result.request.width, result.request.height) == (64, 64)
+    assert {entry.name: entry.native_side for entry in list_models(tmp_path)}["demo"] == 64
+    assert native_side({"sample_size": 1024}) == 1024 and native_side({"sample_size": 64}) == 64
+    assert native_side({"sample_size": 32}) == native_side({}) == 1024  # diffusers' unset default: FLUX.1's side
+    tiny_vae = json.loads((tiny_dev / "vae" / "config.json").read_text())
+    assert tiny_vae["sample_size"] == 32 and VAEConfig.from_dict(tiny_vae).native_side == 1024

@@ -94,9 +94,8 @@ def reading_text(reading) -> str:
 
 def test_generate_defaults_to_the_demo_model_and_places_the_caption(page):
     assert value_of(page, "generate-model").split()[0] == "demo"
+    assert [value_of(page, f"generate-{side}") for side in ("width", "height")] == [str(IMAGE_SIZE)] * 2  # its native size
     type_into(page, "generate-prompt", "a red circle in the top left on a blue background")
-    for elem_id in ("generate-width", "generate-height"):
-        type_into(page, elem_id, IMAGE_SIZE)
     run_and_wait(page, "generate")
     image = result_image(page, "generate")
     screenshot(page, "demo-generate")

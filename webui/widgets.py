@@ -10,13 +10,14 @@ from dataclasses import dataclass
 import gradio as gr
 
 from mflux_core.errors import InvalidRequest
+from mflux_core.models.vae import FLUX_SIDE
 from mflux_core.registry import ModelEntry
 from mflux_core.request import MAX_SEED, MAX_SIDE, QUANTIZE_BITS
 from mflux_core.tools import DEFAULT_MODELS, DEMO_DEFAULTS
 
 ASPECT_RATIOS = {"1:1": (1, 1), "4:3": (4, 3), "3:4": (3, 4), "3:2": (3, 2), "2:3": (2, 3), "16:9": (16, 9),
                  "9:16": (9, 16), "21:9": (21, 9)}
-DEFAULT_SIDE = 1024
+DEFAULT_SIDE = FLUX_SIDE  # for models the registry does not know
 MAX_LORAS = 3
 MAX_BATCH = 16
 QUANTIZE_OFF = "off"
@@ -77,6 +78,11 @@ def default_model(entries: list[ModelEntry], tool: str) -> str:
         if name in downloaded:
             return name
     return demo if any(e.name == demo and e.available for e in entries) else flux
+
+
+def native_side_of(entries: list[ModelEntry], name: str) -> int:
+    """The default image side for a model: its own (64 for the demo models), FLUX.1's 1024 if unknown."""
+    return next((e.native_side for e in entries if e.name == name), DEFAULT_SIDE)
 
 
 def side_model_choices(entries: list[ModelEntry], kind: str, default_label: str) -> list[tuple[str, str]]:
@@ -169,7 +175,8 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
     """
     entries = studio.manager.list_models()
     model_refresh = gr.Button("↻ rescan", elem_id=f"{prefix}-model-refresh", size="sm", render=False)
-    model = gr.Dropdown(model_choices(entries, tool), value=default_model(entries, tool), label="Model",
+    chosen = default_model(entries, tool)
+    model = gr.Dropdown(model_choices(entries, tool), value=chosen, label="Model",
                         info="Aliases download on first use; models folder and HF cache entries are on disk.",
                         elem_id=f"{prefix}-model", buttons=[model_refresh])
     prompt = gr.Textbox(label=prompt_label, lines=3, elem_id=f"{prefix}-prompt")
@@ -181,8 +188,8 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
     with gr.Row():
         steps = gr.Textbox("", label="Steps", placeholder="model default", elem_id=f"{prefix}-steps")
         guidance = gr.Textbox("", label="Guidance", placeholder="tool default", elem_id=f"{prefix}-guidance")
-    side = 0 if image_sized else DEFAULT_SIDE
-    size_info = "0: the input image's size" if image_sized else None
+    side = 0 if image_sized else native_side_of(entries, chosen)
+    size_info = "0: the input image's size" if image_sized else "Picking a model sets its native size."
     with gr.Row():
         width = gr.Number(side, label="Width", precision=0, step=16, minimum=0, maximum=MAX_SIDE, info=size_info,
                           elem_id=f"{prefix}-width")
@@ -206,6 +213,9 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
                  [aspect, width, height], [width, height], queue=False, api_visibility="private")
     for box in (width, height):
         box.blur(snap_to_16, box, box, queue=False, api_visibility="private")
+    if not image_sized:
+        model.input(lambda name: (native_side_of(studio.manager.list_models(), name),) * 2, model, [width, height],
+                    queue=False, api_visibility="private")
     model_refresh.click(lambda: gr.Dropdown(choices=model_choices(studio.manager.list_models(), tool)),
                         outputs=model, queue=False, api_visibility="private")
     return SharedControls(controls=controls, model_refresh=model_refresh)

@@ -33,6 +33,7 @@ class VAEConfig:
     use_quant_conv: bool
     use_post_quant_conv: bool
     mid_block_add_attention: bool
+    native_side: int  # the image side the model family was trained at: a text-to-image request's default
 
     @classmethod
     def from_dict(cls, config_json: dict) -> "VAEConfig":
@@ -58,7 +59,18 @@ class VAEConfig:
             use_quant_conv=bool(config_json.get("use_quant_conv", True)),
             use_post_quant_conv=bool(config_json.get("use_post_quant_conv", True)),
             mid_block_add_attention=bool(config_json.get("mid_block_add_attention", True)),
+            native_side=native_side(config_json),
         )
+
+
+FLUX_SIDE = 1024
+
+
+def native_side(config_json: dict) -> int:
+    """The config's sample_size (1024 in FLUX.1's VAE, 64 in the demo's), or FLUX.1's 1024 where it is
+    missing or is the 32 diffusers writes for a config that never set one."""
+    side = int(config_json.get("sample_size") or 0)
+    return side if side >= 64 and side % 16 == 0 else FLUX_SIDE
 
 
 class GroupNorm(nn.Module):

@@ -6,18 +6,18 @@ from PIL import Image
 from mflux_core.errors import InvalidRequest
 from mflux_core.flux_model import FluxModel
 from mflux_core.images.io import load_image, pil_to_pixels
+from mflux_core.models.vae import FLUX_SIDE
 from mflux_core.request import GenerationRequest, clean_prompt, existing_file, snap_to_16
 from mflux_core.sampling.conditioning import Conditioning
 from mflux_core.sampling.latents import pack_latents
 
-DEFAULT_SIZE = 1024
-
-
-def with_size(request: GenerationRequest, image: Image.Image | None = None) -> GenerationRequest:
-    """Fill in a missing width/height: the input image's size (snapped to 16) or 1024."""
+def with_size(request: GenerationRequest, image: Image.Image | None = None,
+              native_side: int = FLUX_SIDE) -> GenerationRequest:
+    """Fill in a missing width/height: the input image's size (snapped to 16), or else the model's
+    native side (FluxModel.native_side: 1024 for FLUX.1, 64 for the demo models)."""
     if request.width is not None and request.height is not None:
         return request
-    width, height = (snap_to_16(image.width), snap_to_16(image.height)) if image else (DEFAULT_SIZE, DEFAULT_SIZE)
+    width, height = (snap_to_16(image.width), snap_to_16(image.height)) if image else (native_side, native_side)
     return request.with_(width=request.width or width, height=request.height or height)
 
 

@@ -15,7 +15,7 @@ def build_inputs(model: FluxModel, request: GenerationRequest, manager=None) -> 
     check_in_channels(model, packed_channels(model), "text-to-image", "base (dev, schnell or Kontext)")
     request = with_guidance(model, request, DEFAULT_GUIDANCE)
     if not request.image_path:
-        request = with_size(request)
+        request = with_size(request, native_side=model.native_side)
         return ToolInputs(request, prompt_conditioning(model, request))
     image = required_image(request.image_path, "an input image", "--image-path")
     request = with_size(request, image)

@@ -64,7 +64,8 @@ def build_inputs(model: FluxModel, request: GenerationRequest, manager) -> ToolI
     check_in_channels(model, packed_channels(model), "Redux", "base (dev or schnell)")
     images = redux_images(request)
     strengths = request.redux_image_strengths or (DEFAULT_STRENGTH,) * len(images)
-    request = with_guidance(model, with_size(request), DEFAULT_GUIDANCE).with_(redux_image_strengths=strengths)
+    request = with_size(request, native_side=model.native_side)
+    request = with_guidance(model, request, DEFAULT_GUIDANCE).with_(redux_image_strengths=strengths)
     encoder = redux_encoder(model, request, manager)
     # The encoder may be cached from a request in another dtype: the tokens follow this model's.
     tokens = [encoder.encode_image(image).astype(model.dtype) for image in images]
