@@ -59,3 +59,16 @@ def test_shape_weights_mark_the_shape_and_its_rim():
     images[0, 6:9, 6:9] = 200
     weights = train.shape_weights(images)[0, ..., 0]
     assert weights[7, 7] == weights[5, 7] == 10.0 and weights[4, 7] == weights[0, 0] == 1.0
+
+
+def test_token_weights_follow_the_share_of_shape_pixels_in_each_token():
+    before = np.zeros((1, 64, 64, 3), np.uint8)
+    after = before.copy()
+    before[0, 1:7, 1:7] = 200  # 36 pixels and a rim of 24 (4-neighbours), all in the first 16x16 token
+    after[0, 36:44, 36:44] = 200  # 64 pixels and a rim of 32, all in token (2, 2)
+    hole = np.zeros((1, 64, 64), bool)
+    hole[0, :, 63] = True  # the last column: 16 pixels of each right-hand token
+    weights = train.token_weights(before, after, extra=hole)[0].reshape(4, 4)
+    assert weights[0, 0] == pytest.approx(1 + 9 * 60 / 256)
+    assert weights[2, 2] == pytest.approx(1 + 9 * 96 / 256)
+    assert weights[1, 3] == pytest.approx(1 + 9 * 16 / 256) and weights[1, 1] == 1.0

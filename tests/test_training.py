@@ -118,3 +118,16 @@ def test_flow_matching_loss_is_zero_for_the_true_velocity():
     sigmas = shifted_sigmas(np.random.default_rng(0), 1000, 16, SCHEDULER)
     assert 0 < sigmas.min() and sigmas.max() < 1
     assert np.median(sigmas) > 0.55  # shifted towards noise like the dev schedule (mu 0.459 at 16 tokens)
+
+
+def test_token_weights_average_the_loss_over_the_tokens_they_weigh():
+    batch = batch_for_step(0)
+    predictor = lambda x, *args, **kwargs: mx.zeros_like(batch.latents)  # noqa: E731
+    per_token = np.mean(np.square(np.array(batch.noise - batch.latents)), axis=-1)
+    weights = np.zeros(per_token.shape, np.float32)
+    weights[:, 0], weights[:, 1] = 3.0, 1.0
+    batch.token_weights = mx.array(weights)
+    expected = (3 * per_token[:, 0] + per_token[:, 1]).sum() / (4 * per_token.shape[0])
+    assert float(flow_matching_loss(predictor, batch)) == pytest.approx(expected, rel=1e-5)
+    batch.token_weights = mx.ones(per_token.shape)
+    assert float(flow_matching_loss(predictor, batch)) == pytest.approx(per_token.mean(), rel=1e-5)

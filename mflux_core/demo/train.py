@@ -31,7 +31,8 @@ from mflux_core.models.rope import rope_tables
 from mflux_core.sampling.latents import image_position_ids, pack_latents
 from mflux_core.tools.fill import packed_mask
 from mflux_core.training import train
-from mflux_core.training.flow_matching import FlowBatch, flow_matching_loss, noisy_latents, shifted_sigmas
+from mflux_core.training.flow_matching import (FlowBatch, flow_matching_loss, noisy_latents, shifted_sigmas,
+                                               velocity_loss)
 from mflux_core.training.loop import MODEL_FILE, STATE_FILE
 
 TEXT_ENCODER_SEED = 2
@@ -47,14 +48,14 @@ class StageSettings:
     seed: int
 
 
-STAGES = {  # sized for a 2-core CPU: about 85 minutes in all (README's demo section has the timings)
-    "vae": StageSettings(steps=2500, batch=8, learning_rate=1e-3, pool=6000, seed=1),
-    "decoder": StageSettings(steps=1500, batch=8, learning_rate=5e-4, pool=0, seed=6),
-    "base": StageSettings(steps=2500, batch=64, learning_rate=1e-3, pool=15000, seed=2),
-    "fill": StageSettings(steps=800, batch=64, learning_rate=5e-4, pool=6000, seed=3),
-    "depth": StageSettings(steps=800, batch=64, learning_rate=5e-4, pool=6000, seed=4),
-    "kontext": StageSettings(steps=800, batch=64, learning_rate=5e-4, pool=6000, seed=5),
-    "canny": StageSettings(steps=800, batch=64, learning_rate=5e-4, pool=6000, seed=7),
+STAGES = {  # sized for a 2-core CPU: about 110 minutes in all (README's demo section has the timings)
+    "vae": StageSettings(steps=4000, batch=8, learning_rate=1e-3, pool=6000, seed=1),
+    "decoder": StageSettings(steps=2500, batch=8, learning_rate=5e-4, pool=0, seed=6),
+    "base": StageSettings(steps=3500, batch=64, learning_rate=1e-3, pool=15000, seed=2),
+    "fill": StageSettings(steps=600, batch=64, learning_rate=5e-4, pool=6000, seed=3),
+    "depth": StageSettings(steps=700, batch=64, learning_rate=5e-4, pool=6000, seed=4),
+    "kontext": StageSettings(steps=1000, batch=64, learning_rate=5e-4, pool=6000, seed=5),
+    "canny": StageSettings(steps=1000, batch=64, learning_rate=5e-4, pool=6000, seed=7),
 }
 
 
@@ -137,6 +138,19 @@ def shape_weights(images: np.ndarray, weight: float = 10.0) -> np.ndarray:
     grown[:, :, 1:] |= differs[:, :, :-1]
     grown[:, :, :-1] |= differs[:, :, 1:]
     return np.where(grown, np.float32(weight), np.float32(1.0))[..., None]
+
+
+def token_weights(*images: np.ndarray, extra: np.ndarray | None = None, weight: float = 10.0) -> np.ndarray:
+    """(N, tokens) flow-loss weights: 1 + (weight - 1) x the share of a token's pixels that belong to a
+    shape (in any of `images`, or `extra`'s True pixels). Unweighted, the transformers learnt the
+    backgrounds and left the small shapes faint and of the wrong colour."""
+    salient = np.zeros(images[0].shape[:3], bool) if extra is None else extra.astype(bool)
+    for pictures in images:
+        salient |= shape_weights(pictures)[..., 0] > 1
+    patch = 2 * family.VAE_SCALE  # the pixels of one packed token
+    count, height, width = salient.shape
+    share = salient.reshape(count, height // patch, patch, width // patch, patch).mean(axis=(2, 4))
+    return (1 + (weight - 1) * share).reshape(count, -1).astype(np.float32)
 
 
 def decoder_loss(vae, batch) -> mx.array:
@@ -257,19 +271,21 @@ def stage_data(run: Path, stage: str, settings: StageSettings, vae, workers: int
     kind = {"base": "text_to_image"}.get(stage, stage)
     pool = cached_pool(run, kind, settings.seed, settings.pool, workers)
     if stage == "base":
-        data = {"target": encode_images(vae, pool["image"]), "text": pool["caption"]}
+        data = {"target": encode_images(vae, pool["image"]), "text": pool["caption"],
+                "token_weights": token_weights(pool["image"])}
     elif stage == "fill":
         # As the Fill pipeline builds it: pixels in [-1, 1] times (1 - mask), so the hole is 0 (grey).
         masked_pixels = (pool["source"].astype(np.float32) / 127.5 - 1.0) * (1 - pool["mask"][..., None])
         masks = np.concatenate([np.array(packed_mask(m, family.VAE_SCALE)) for m in pool["mask"]])
         data = {"target": encode_images(vae, pool["target"]),
-                "extra": np.concatenate([encode_images(vae, masked_pixels), masks], axis=-1), "text": pool["caption"]}
+                "extra": np.concatenate([encode_images(vae, masked_pixels), masks], axis=-1), "text": pool["caption"],
+                "token_weights": token_weights(pool["target"], extra=pool["mask"])}
     elif stage in ("depth", "canny"):  # the control image's latents: Depth's extra channels, the ControlNet's input
         data = {"target": encode_images(vae, pool["image"]), "extra": encode_images(vae, pool["control"]),
-                "text": pool["caption"]}
+                "text": pool["caption"], "token_weights": token_weights(pool["image"])}
     else:
         data = {"target": encode_images(vae, pool["after"]), "reference": encode_images(vae, pool["before"]),
-                "text": pool["instruction"]}
+                "text": pool["instruction"], "token_weights": token_weights(pool["after"], pool["before"])}
     captions, data["caption_index"] = np.unique(data.pop("text"), return_inverse=True)
     data["t5"], data["pooled"] = encode_captions(run, captions)
     np.savez(path, **data)
@@ -301,7 +317,7 @@ def flow_batches(data: dict[str, np.ndarray], settings: StageSettings, scheduler
             sigmas=mx.array(shifted_sigmas(rng, settings.batch, tokens, scheduler)),
             text=mx.array(data["t5"][captions]), pooled=mx.array(data["pooled"][captions]), image_ids=image_ids,
             guidance=mx.array(rng.uniform(1.0, 35.0, settings.batch).astype(np.float32)),
-            rope=rope,
+            rope=rope, token_weights=mx.array(data["token_weights"][rows]),
         )
         if "extra" in data:
             flow.extra_channels = mx.array(data["extra"][rows])
@@ -351,7 +367,7 @@ def controlled_loss(model: ControlledFlux, batch) -> mx.array:
     velocity = model.transformer(x, flow.text, flow.pooled, flow.sigmas, flow.image_ids, text_ids,
                                  guidance=flow.guidance, controlnet_block_samples=blocks,
                                  controlnet_single_block_samples=singles, rope=flow.rope)
-    return mx.mean(mx.square(velocity - (flow.noise - flow.latents)))
+    return velocity_loss(velocity, flow)
 
 
 def controlled_model(run: Path) -> ControlledFlux:

@@ -29,6 +29,7 @@ class FlowBatch:
     reference_tokens: mx.array | None = None  # (B, M, C) appended after the image tokens (Kontext)
     reference_ids: mx.array | None = None  # (M, 3)
     rope: tuple | None = None  # the transformer's RoPE tables for [text; image (; reference)]: needed under mx.compile
+    token_weights: mx.array | None = None  # (B, N) loss weight per image token; None weighs all alike
 
 
 def shifted_sigmas(rng: np.random.Generator, count: int, image_tokens: int, scheduler_config: dict) -> np.ndarray:
@@ -63,8 +64,15 @@ def predicted_velocity(transformer, batch: FlowBatch, text: mx.array | None = No
     return velocity[:, : batch.latents.shape[1]]
 
 
+def velocity_loss(velocity: mx.array, batch: FlowBatch) -> mx.array:
+    """Squared error between a predicted velocity and the true one (noise - clean latents), averaged
+    over tokens by the batch's token weights (plainly when it has none)."""
+    per_token = mx.mean(mx.square(velocity - (batch.noise - batch.latents)), axis=-1)
+    if batch.token_weights is None:
+        return mx.mean(per_token)
+    return mx.sum(batch.token_weights * per_token) / mx.sum(batch.token_weights)
+
+
 def flow_matching_loss(transformer, batch: FlowBatch, text: mx.array | None = None,
                        pooled: mx.array | None = None) -> mx.array:
-    """Mean squared error between predicted and true velocity (noise - clean latents)."""
-    target = batch.noise - batch.latents
-    return mx.mean(mx.square(predicted_velocity(transformer, batch, text, pooled) - target))
+    return velocity_loss(predicted_velocity(transformer, batch, text, pooled), batch)

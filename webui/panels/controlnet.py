@@ -80,7 +80,8 @@ def render(studio) -> Panel:
                                                elem_id="controlnet-upscale-factor")
                 weights = gr.Dropdown(
                     side_model_choices(studio.manager.list_models(), "controlnet",
-                                       "default: canny for Canny edges, upscaler for Upscale"),
+                                       "default: canny for Canny edges (demo-canny on a demo model), "
+                                       "upscaler for Upscale"),
                     value=TOOL_DEFAULT, label="ControlNet weights", elem_id="controlnet-weights")
                 shared = build_shared_controls(studio, TOOL, TOOL, image_sized=True)
                 render_demo_examples(studio, TOOL, shared.controls, {control_image: lambda e: str(e.images["image"])},
