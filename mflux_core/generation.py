@@ -32,6 +32,8 @@ class ToolInputs:
     start_image_latents: mx.array | None = None  # packed latents of the img2img input
     image_strength: float | None = None  # mflux meaning: how much of the start image is kept
     finish: Callable[[Image.Image], Image.Image] | None = None  # e.g. Fill's keep-unmasked paste
+    # (width, height) sampled and decoded when not the request's: an in-context diptych is two of its panels
+    canvas: tuple[int, int] | None = None
 
 
 def initial_noise(model: FluxModel, request: GenerationRequest, h: int, w: int) -> mx.array:
@@ -49,7 +51,8 @@ def run_tool(
     vae_tiling: bool = False,
 ) -> Image.Image:
     request = inputs.request
-    h, w = latent_grid(request.height, request.width, model.vae_scale_factor)
+    width, height = inputs.canvas or (request.width, request.height)
+    h, w = latent_grid(height, width, model.vae_scale_factor)
     steps = request.steps or model.default_steps
     latents = pack_latents(initial_noise(model, request, h, w))
     sigmas = flux_sigmas(steps, latents.shape[1], model.scheduler_config)

@@ -14,6 +14,7 @@ from mflux_core.tools.catvton import DEFAULT_PROMPT as CATVTON_PROMPT
 from mflux_core.tools.ic_edit import PROMPT_TEMPLATE, panel_size
 from mflux_core.tools.in_context import diptych_canvas, diptych_mask, right_half, with_lora
 from mflux_core.tools.in_context_lora import LORA_REPO, LORA_STYLES
+from mflux_core.manager import ModelManager
 from mflux_core.request import GenerationRequest
 from tests.fixtures import lora_files as lf
 from tests.fixtures.tiny_flux import load_diffusers_pipeline
@@ -177,3 +178,16 @@ def test_in_context_tools_refuse_a_model_without_fill_channels(tiny_dev, tmp_pat
                  str(tmp_path / "r.png"), "--person-mask", str(tmp_path / "r.png"), "--height", str(H), "--width",
                  str(W), "--steps", "1", "--output", str(tmp_path / "c.png")]) == 1
     assert "CatVTON needs a FLUX.1-Fill model" in capsys.readouterr().err
+
+
+def test_an_in_context_image_replays_from_its_recorded_request(tiny_fill, tmp_path):
+    """The request records one panel's size (the diptych is sampled at twice its width), so the
+    metadata, a preset or --config-from-metadata makes the same image again."""
+    reference = tmp_path / "reference.png"
+    random_image(W, H, 4).save(reference)
+    manager = ModelManager(models_dir=tmp_path)
+    first = manager.generate(GenerationRequest(tool="in-context", model=str(tiny_fill), prompt="[IMAGE1] a; [IMAGE2] b",
+                                               image_path=str(reference), steps=2, seed=3, dtype="float32"))
+    assert first.image.size == (W, H) and (first.request.width, first.request.height) == (W, H)
+    again = manager.generate(first.request)
+    assert np.array_equal(np.asarray(again.image), np.asarray(first.image))

@@ -79,7 +79,7 @@ def in_context_inputs(model: FluxModel, request: GenerationRequest, left: Image.
     """Fill conditioning for the diptych; `request.width/height` are one panel's size (set by the caller)."""
     check_fill_model(model, tool)
     width, height = request.width, request.height
-    request = with_guidance(model, request, DEFAULT_GUIDANCE).with_(width=2 * width)
+    request = with_guidance(model, request, DEFAULT_GUIDANCE)  # its width stays one panel's, so it replays
     mask = diptych_mask(right_mask, width, height)
     pixels = pil_to_pixels(diptych_canvas(left, right, width, height), 2 * width, height)
     masked_latents = encode_pixels(model, pixels * (1.0 - mask[None, :, :, None]))
@@ -87,4 +87,4 @@ def in_context_inputs(model: FluxModel, request: GenerationRequest, left: Image.
     extra = mx.concatenate([masked_latents, packed_mask(mask, model.vae_scale_factor)], axis=-1)
     conditioning.extra_channels = extra.astype(model.dtype)
     finish = None if request.extra.get("save_full_image") else right_half
-    return ToolInputs(request, conditioning, finish=finish)
+    return ToolInputs(request, conditioning, finish=finish, canvas=(2 * width, height))
