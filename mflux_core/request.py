@@ -83,6 +83,9 @@ class GenerationRequest:
                 f"{len(self.redux_image_paths)} Redux images but {len(self.redux_image_strengths)} strengths: "
                 "give one strength per image."
             )
+        for strength in self.redux_image_strengths:
+            if not 0 <= strength <= 1:
+                raise InvalidRequest(f"Redux image strength {strength} is out of range: use 0 (ignore the image) to 1.")
         if self.quantize is not None and self.quantize not in QUANTIZE_BITS:
             raise InvalidRequest(f"Quantize must be one of {', '.join(map(str, QUANTIZE_BITS))} bits, not {self.quantize}.")
         if self.dtype is not None and self.dtype not in DTYPES:

@@ -137,6 +137,7 @@ def wide_redux_folder(tmp_path_factory):
 @pytest.mark.parametrize("case, message", [
     ("no images", "Redux needs at least one reference image: pass --redux-image-paths."),
     ("one strength for two images", "2 Redux images but 1 strengths: give one strength per image."),
+    ("strength above 1", "Redux image strength 1.5 is out of range: use 0 (ignore the image) to 1."),
     ("missing image", "does not exist"),
     ("unreadable image", "is not an image, or not in a format Pillow can read."),
     ("weights for another model", "make 48-wide tokens but the model"),
@@ -149,6 +150,7 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tiny_dev, redux_folder, w
     redux_args = {
         "no images": [],
         "one strength for two images": ["--redux-image-paths", good, good, "--redux-image-strengths", 0.5],
+        "strength above 1": ["--redux-image-paths", good, "--redux-image-strengths", 1.5],
         "missing image": ["--redux-image-paths", tmp_path / "absent.png"],
         "unreadable image": ["--redux-image-paths", good, tmp_path / "bad.png"],
         "weights for another model": ["--redux-image-paths", good],
