@@ -3,11 +3,13 @@ defaults to the shipped demo models (demo_models/ at the repository root). In a 
 Playwright), the demo examples fill in the panels and the results, read back from the page's own file URLs,
 are checked with the independent shape classifier of tests/fixtures/shape_classifier.py.
 
-The shipped demo weights are below issue 8's bar (README, "Demo models"; tests/test_demo_models.py), so each
-test asserts what they do get right: the background and place of a typed caption (not yet the shape's colour),
-Fill's mask and kept pixels (not yet the hole's colour), the background Kontext example, one ControlNet example
-(IoU 0.79; the other two read 0.42 and 0.00) and the Depth example. Widen to every example and property when
-retrained weights reach the bar.
+The shipped demo weights place shapes as captioned but their colours are still below issue 8's bar
+(README, "Demo models"; tests/test_demo_models.py), so these tests assert what the weights get right:
+a typed caption's background and place (its red circle reads brown), every Fill example's mask,
+repainting and kept pixels (not the hole's colour: the three read pink for white, blue for cyan,
+grey for purple), the Kontext move and background examples (the colour example reads pink for white),
+and the ControlNet and Depth examples whose layout IoU reaches LAYOUT_IOU. Widen when retrained
+weights reach the colour bar.
 
 One server and one browser for the module; screenshots go to test-artifacts/ (git-ignored).
 """
@@ -101,12 +103,13 @@ def test_generate_defaults_to_the_demo_model_and_places_the_caption(page):
     screenshot(page, "demo-generate")
     reading = classify(image)
     assert image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
-    assert (reading.background, reading.region) == ("blue", "top left"), reading_text(reading)
+    assert (reading.background, reading.region) == ("blue", "top left"), reading_text(reading)  # colour: brown
 
 
-def test_a_fill_example_repaints_the_masked_region_and_keeps_the_rest(page, studio):
+@pytest.mark.parametrize("number", [0, 1, 2])
+def test_a_fill_example_repaints_the_masked_region_and_keeps_the_rest(page, studio, number):
     open_tab(page, "Fill")
-    example, _ = pick_example(page, studio, "fill", 0)
+    example, _ = pick_example(page, studio, "fill", number)
     page.wait_for_selector("#fill-editor div.pixi-target canvas")
     before = result_pngs(studio)
     run_and_wait(page, "fill")
@@ -115,13 +118,13 @@ def test_a_fill_example_repaints_the_masked_region_and_keeps_the_rest(page, stud
     (saved,) = result_pngs(studio) - before
     request = request_in(saved)
     assert request["keep_unmasked"] and np.array_equal(pixels(request["masked_image_path"]) > 127, mask)
-    screenshot(page, "demo-fill")
+    screenshot(page, f"demo-fill-{number}")
     assert np.abs(image.astype(int) - source.astype(int)).max(axis=-1)[mask].mean() > FILL_TOLERANCE  # repainted
     kept = np.abs(image.astype(int) - source.astype(int)).max(axis=-1)[~mask] <= FILL_TOLERANCE
     assert kept.mean() >= 0.98
 
 
-@pytest.mark.parametrize("number", [2])  # the background change; the colour and move examples erase the shape
+@pytest.mark.parametrize("number", [1, 2])  # the move and the background change (example 0's colour reads pink, not white)
 def test_a_kontext_example_applies_its_instruction(page, studio, number):
     open_tab(page, "Kontext")
     example, pair = pick_example(page, studio, "kontext", number)
@@ -134,7 +137,7 @@ def test_a_kontext_example_applies_its_instruction(page, studio, number):
     assert getattr(reading, expected[0]) == expected[1], f"{example.prompt!r}: {reading_text(reading)}"
 
 
-@pytest.mark.parametrize("number", [1])
+@pytest.mark.parametrize("number", [0, 1])  # example 2 is below LAYOUT_IOU
 def test_a_controlnet_example_keeps_the_control_pictures_layout(page, studio, number):
     open_tab(page, "ControlNet")
     example, control = pick_example(page, studio, "controlnet", number)
@@ -146,12 +149,13 @@ def test_a_controlnet_example_keeps_the_control_pictures_layout(page, studio, nu
     assert score >= LAYOUT_IOU, f"{example.prompt!r}: IoU {score:.2f}"
 
 
-def test_a_depth_example_keeps_the_depth_maps_layout(page, studio):
+@pytest.mark.parametrize("number", [0, 2])  # example 1 is below LAYOUT_IOU
+def test_a_depth_example_keeps_the_depth_maps_layout(page, studio, number):
     open_tab(page, "Depth")
-    example, control = pick_example(page, studio, "depth", 0)
+    example, control = pick_example(page, studio, "depth", number)
     run_and_wait(page, "depth")
     image = result_image(page, "depth")
-    screenshot(page, "demo-depth")
+    screenshot(page, f"demo-depth-{number}")
     score = iou(classify(image).mask, shape_mask(control.scene.shapes[0], IMAGE_SIZE))
     assert score >= LAYOUT_IOU, f"{example.prompt!r}: IoU {score:.2f}"
 
