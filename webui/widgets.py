@@ -17,7 +17,6 @@ from mflux_core.tools import DEFAULT_MODELS, DEMO_DEFAULTS
 
 ASPECT_RATIOS = {"1:1": (1, 1), "4:3": (4, 3), "3:4": (3, 4), "3:2": (3, 2), "2:3": (2, 3), "16:9": (16, 9),
                  "9:16": (9, 16), "21:9": (21, 9)}
-DEFAULT_SIDE = FLUX_SIDE  # for models the registry does not know
 MAX_LORAS = 3
 MAX_BATCH = 16
 QUANTIZE_OFF = "off"
@@ -48,7 +47,7 @@ def snap_to_16(value: float | None) -> int | None:
 def aspect_size(ratio: str, width: int | None, height: int | None) -> tuple[int, int]:
     """Width and height for an aspect ratio, keeping about the current area, snapped to 16."""
     across, down = ASPECT_RATIOS[ratio]
-    area = (width or DEFAULT_SIDE) * (height or DEFAULT_SIDE)
+    area = (width or FLUX_SIDE) * (height or FLUX_SIDE)
     unit = math.sqrt(area / (across * down))
     return snap_to_16(across * unit), snap_to_16(down * unit)
 
@@ -82,7 +81,7 @@ def default_model(entries: list[ModelEntry], tool: str) -> str:
 
 def native_side_of(entries: list[ModelEntry], name: str) -> int:
     """The default image side for a model: its own (64 for the demo models), FLUX.1's 1024 if unknown."""
-    return next((e.native_side for e in entries if e.name == name), DEFAULT_SIDE)
+    return next((e.native_side for e in entries if e.name == name), FLUX_SIDE)
 
 
 def side_model_choices(entries: list[ModelEntry], kind: str, default_label: str) -> list[tuple[str, str]]:

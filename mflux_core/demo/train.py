@@ -128,16 +128,21 @@ def train_vae(run: Path, settings: StageSettings, workers: int, max_seconds: flo
     return result.finished
 
 
-def shape_weights(images: np.ndarray, weight: float = 10.0) -> np.ndarray:
-    """(B, H, W, 1) loss weights: `weight` on pixels that differ from the background (the top-left
-    pixel) and their neighbours, 1 elsewhere, so small shapes count as much as the big background."""
+def shape_pixels(images: np.ndarray) -> np.ndarray:
+    """(B, H, W) bool: pixels that differ from the background (the top-left pixel), and their neighbours."""
     differs = np.abs(images.astype(np.int16) - images[:, :1, :1].astype(np.int16)).max(axis=-1) > 30
     grown = differs.copy()
     grown[:, 1:] |= differs[:, :-1]
     grown[:, :-1] |= differs[:, 1:]
     grown[:, :, 1:] |= differs[:, :, :-1]
     grown[:, :, :-1] |= differs[:, :, 1:]
-    return np.where(grown, np.float32(weight), np.float32(1.0))[..., None]
+    return grown
+
+
+def shape_weights(images: np.ndarray, weight: float = 10.0) -> np.ndarray:
+    """(B, H, W, 1) loss weights: `weight` on shape pixels, 1 elsewhere, so small shapes count as much
+    as the big background."""
+    return np.where(shape_pixels(images), np.float32(weight), np.float32(1.0))[..., None]
 
 
 def token_weights(*images: np.ndarray, extra: np.ndarray | None = None, weight: float = 10.0) -> np.ndarray:
@@ -146,7 +151,7 @@ def token_weights(*images: np.ndarray, extra: np.ndarray | None = None, weight: 
     backgrounds and left the small shapes faint and of the wrong colour."""
     salient = np.zeros(images[0].shape[:3], bool) if extra is None else extra.astype(bool)
     for pictures in images:
-        salient |= shape_weights(pictures)[..., 0] > 1
+        salient |= shape_pixels(pictures)
     patch = 2 * family.VAE_SCALE  # the pixels of one packed token
     count, height, width = salient.shape
     share = salient.reshape(count, height // patch, patch, width // patch, patch).mean(axis=(2, 4))
@@ -196,7 +201,7 @@ def shape_fidelity(vae, images: np.ndarray) -> float:
                for i in range(0, len(images), 64)]
     pixels = np.clip(np.round((np.concatenate(decoded) + 1) * 127.5), 0, 255)
     error = np.abs(pixels - images.astype(np.float32)).max(axis=-1)
-    return float((error[shape_weights(images)[..., 0] > 1] <= 20).mean())
+    return float((error[shape_pixels(images)] <= 20).mean())
 
 
 def trained_vae(run: Path, sample: np.ndarray):
