@@ -96,22 +96,26 @@ DEMO_FOLDERS = {"base": "demo", "fill": "demo-fill", "depth": "demo-depth", "kon
 
 
 def export_run(run: Path, out: Path, dtype: mx.Dtype = mx.float16) -> list[Path]:
-    """Write every finished stage of a training run (mflux_core.demo.train) as a model folder under `out`."""
-    from mflux_core.demo import family, train
+    """Write every finished stage of a training run (python -m mflux_core.demo.train) as a model folder under `out`."""
+    from mflux_core.demo import family
+    from mflux_core.demo.controlnet_stage import controlled_model
+    from mflux_core.demo.recipe import STAGES
+    from mflux_core.demo.text_encoders import shared_folder, text_encoders
+    from mflux_core.demo.vae_stages import trained_vae, vae_sample
     from mflux_core.training.loop import MODEL_FILE
 
     run, out = Path(run), Path(out)
     shared = run / "export-shared"
     if shared.exists():
         shutil.rmtree(shared)
-    vae, vae_config = train.trained_vae(run, train.vae_sample(run, workers=1))
+    vae, vae_config = trained_vae(run, vae_sample(run, STAGES["vae"], workers=1))
     write_vae(shared / "vae", vae, vae_config, dtype)
-    clip, t5 = train.text_encoders(run)
-    vocab = json.loads((train.shared_folder(run) / "vocab_sizes.json").read_text())
+    clip, t5 = text_encoders(run)
+    vocab = json.loads((shared_folder(run) / "vocab_sizes.json").read_text())
     write_clip(shared / "text_encoder", clip, family.clip_config(vocab["clip"]), dtype)
     write_t5(shared / "text_encoder_2", t5, family.t5_config(vocab["t5"]), dtype)
     for name in ("tokenizer", "tokenizer_2"):
-        shutil.copytree(train.shared_folder(run) / name, shared / name)
+        shutil.copytree(shared_folder(run) / name, shared / name)
     write_scheduler(shared / "scheduler")
     written = []
     for tool, folder in DEMO_FOLDERS.items():
@@ -122,7 +126,7 @@ def export_run(run: Path, out: Path, dtype: mx.Dtype = mx.float16) -> list[Path]
         transformer.load_weights(str(run / tool / MODEL_FILE))
         written.append(write_model_folder(out / folder, tool, transformer, config, shared, dtype))
     if (run / "canny" / MODEL_FILE).is_file():
-        model = train.controlled_model(run)
+        model = controlled_model(run)
         model.load_weights(str(run / "canny" / MODEL_FILE))
         written.append(write_controlnet(out / "demo-canny", model.controlnet, family.controlnet_config(), dtype))
     shutil.rmtree(shared)

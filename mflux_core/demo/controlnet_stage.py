@@ -1,0 +1,65 @@
+"""The demo's canny ControlNet stage: a ControlNet trained beside the frozen base transformer."""
+
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from mflux_core.demo import family
+from mflux_core.demo.flow_stages import base_transformer, flow_batches, stage_data, step_rows
+from mflux_core.demo.recipe import StageSettings, optimizer_for
+from mflux_core.training import train
+from mflux_core.training.flow_matching import noisy_latents, velocity_loss
+
+
+class ControlledFlux(nn.Module):
+    """The frozen base transformer steered by a ControlNet."""
+
+    def __init__(self, transformer, controlnet):
+        super().__init__()
+        self.transformer = transformer
+        self.controlnet = controlnet
+
+
+def controlled_loss(model: ControlledFlux, batch) -> mx.array:
+    """Flow matching through the base transformer, with the ControlNet's residuals at the tool's default strength."""
+    flow, control = batch
+    x = noisy_latents(flow.latents, flow.noise, flow.sigmas)
+    text_ids = mx.zeros((flow.text.shape[1], 3), dtype=mx.float32)
+    blocks, singles = model.controlnet(x, control, flow.text, flow.pooled, flow.sigmas, flow.image_ids, text_ids,
+                                       guidance=flow.guidance, conditioning_scale=family.CONTROLNET_STRENGTH,
+                                       rope=flow.rope)
+    velocity = model.transformer(x, flow.text, flow.pooled, flow.sigmas, flow.image_ids, text_ids,
+                                 guidance=flow.guidance, controlnet_block_samples=blocks,
+                                 controlnet_single_block_samples=singles, rope=flow.rope)
+    return velocity_loss(velocity, flow)
+
+
+def controlled_model(run: Path) -> ControlledFlux:
+    """The base with a ControlNet whose shared parts start as copies of the base's and whose
+    input and output projections start at zero (it changes nothing until trained)."""
+    base = base_transformer(run)
+    controlnet = family.build_controlnet(family.controlnet_config())
+    own = dict(tree_flatten(controlnet.parameters()))
+    copied = {name: value for name, value in tree_flatten(base.parameters()) if name in own}
+    zeros = {name: mx.zeros_like(value) for name, value in own.items()
+             if name.startswith(("controlnet_x_embedder.", "controlnet_blocks."))}
+    controlnet.load_weights(list({**own, **copied, **zeros}.items()))
+    return ControlledFlux(base, controlnet)
+
+
+def train_controlnet(run: Path, settings: StageSettings, vae, workers: int, max_seconds: float | None,
+                     compile: bool = False) -> bool:
+    data = stage_data(run, "canny", settings, vae, workers)
+    model = controlled_model(run)
+    flows = flow_batches({k: v for k, v in data.items() if k != "extra"}, settings, family.SCHEDULER_CONFIG)
+
+    def batch_for_step(step: int):
+        _, rows = step_rows(settings, step, len(data["target"]))
+        return flows(step), mx.array(data["extra"][rows])
+
+    result = train(model, controlled_loss, batch_for_step, optimizer_for(settings), settings.steps,
+                   trainable=lambda name: name.startswith("controlnet."), checkpoint_dir=run / "canny",
+                   max_seconds=max_seconds, compile=compile)
+    return result.finished

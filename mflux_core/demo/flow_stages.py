@@ -1,0 +1,127 @@
+"""The demo's flow-matching stages: the base transformer, then Fill, Depth and Kontext fine-tuned
+from it, each on latents and caption embeddings computed once per run."""
+
+import math
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten
+
+from mflux_core.demo import family
+from mflux_core.demo.loss_weights import token_weights
+from mflux_core.demo.pools import cached_pool
+from mflux_core.demo.recipe import StageSettings, optimizer_for
+from mflux_core.demo.text_encoders import encode_captions
+from mflux_core.demo.tokenizers import T5_MAX_LENGTH
+from mflux_core.models.rope import rope_tables
+from mflux_core.sampling.latents import image_position_ids, pack_latents
+from mflux_core.tools.fill import packed_mask
+from mflux_core.training import train
+from mflux_core.training.flow_matching import FlowBatch, flow_matching_loss, shifted_sigmas
+from mflux_core.training.loop import MODEL_FILE
+
+
+def encode_images(vae, images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8, or float pixels in [-1, 1] -> (N, tokens, 64) packed normalised latents."""
+    pixels = images if images.dtype == np.float32 else images.astype(np.float32) / 127.5 - 1.0
+    parts = [np.array(pack_latents(vae.encode(mx.array(pixels[i : i + 256])))) for i in range(0, len(pixels), 256)]
+    return np.concatenate(parts)
+
+
+def stage_data(run: Path, stage: str, settings: StageSettings, vae, workers: int) -> dict[str, np.ndarray]:
+    """Latents, conditioning and caption embeddings of every example of the stage's pool (cached in RUN_DIR)."""
+    path = run / f"data-{stage}-{settings.seed}-{settings.pool}.npz"
+    if path.is_file():
+        with np.load(path) as data:
+            return {name: data[name] for name in data.files}
+    kind = {"base": "text_to_image"}.get(stage, stage)
+    pool = cached_pool(run, kind, settings.seed, settings.pool, workers)
+    if stage == "base":
+        data = {"target": encode_images(vae, pool["image"]), "text": pool["caption"],
+                "token_weights": token_weights(pool["image"])}
+    elif stage == "fill":
+        # As the Fill pipeline builds it: pixels in [-1, 1] times (1 - mask), so the hole is 0 (grey).
+        masked_pixels = (pool["source"].astype(np.float32) / 127.5 - 1.0) * (1 - pool["mask"][..., None])
+        masks = np.concatenate([np.array(packed_mask(m, family.VAE_SCALE)) for m in pool["mask"]])
+        data = {"target": encode_images(vae, pool["target"]),
+                "extra": np.concatenate([encode_images(vae, masked_pixels), masks], axis=-1), "text": pool["caption"],
+                "token_weights": token_weights(pool["target"], extra=pool["mask"])}
+    elif stage in ("depth", "canny"):  # the control image's latents: Depth's extra channels, the ControlNet's input
+        data = {"target": encode_images(vae, pool["image"]), "extra": encode_images(vae, pool["control"]),
+                "text": pool["caption"], "token_weights": token_weights(pool["image"])}
+    else:
+        data = {"target": encode_images(vae, pool["after"]), "reference": encode_images(vae, pool["before"]),
+                "text": pool["instruction"], "token_weights": token_weights(pool["after"], pool["before"])}
+    captions, data["caption_index"] = np.unique(data.pop("text"), return_inverse=True)
+    data["t5"], data["pooled"] = encode_captions(run, captions)
+    np.savez(path, **data)
+    return data
+
+
+def step_rows(settings: StageSettings, step: int, count: int) -> tuple[np.random.Generator, np.ndarray]:
+    """The step's generator and the pool rows it draws first (a stage adds its own inputs for the same rows)."""
+    rng = np.random.default_rng([settings.seed, step])
+    return rng, rng.integers(0, count, settings.batch)
+
+
+def flow_batches(data: dict[str, np.ndarray], settings: StageSettings, scheduler: dict):
+    """batch_for_step(step) -> FlowBatch of the rows step_rows draws."""
+    tokens = data["target"].shape[1]
+    side = int(math.isqrt(tokens))
+    image_ids = image_position_ids(2 * side, 2 * side)
+    reference_ids = image_position_ids(2 * side, 2 * side, first=1.0)
+    all_ids = np.concatenate([np.zeros((T5_MAX_LENGTH, 3)), np.array(image_ids)]
+                             + ([np.array(reference_ids)] if "reference" in data else []))
+    rope = rope_tables(all_ids, tuple(family.transformer_config()["axes_dims_rope"]))  # outside mx.compile
+
+    def batch_for_step(step: int):
+        rng, rows = step_rows(settings, step, len(data["target"]))
+        captions = data["caption_index"][rows]
+        flow = FlowBatch(
+            latents=mx.array(data["target"][rows]),
+            noise=mx.array(rng.standard_normal(data["target"][rows].shape).astype(np.float32)),
+            sigmas=mx.array(shifted_sigmas(rng, settings.batch, tokens, scheduler)),
+            text=mx.array(data["t5"][captions]), pooled=mx.array(data["pooled"][captions]), image_ids=image_ids,
+            guidance=mx.array(rng.uniform(1.0, 35.0, settings.batch).astype(np.float32)),
+            rope=rope, token_weights=mx.array(data["token_weights"][rows]),
+        )
+        if "extra" in data:
+            flow.extra_channels = mx.array(data["extra"][rows])
+        if "reference" in data:
+            flow.reference_tokens = mx.array(data["reference"][rows])
+            flow.reference_ids = reference_ids
+        return flow
+
+    return batch_for_step
+
+
+def base_transformer(run: Path):
+    """The trained base transformer from its checkpoint."""
+    transformer = family.build_transformer(family.transformer_config("base"))
+    transformer.load_weights(str(run / "base" / MODEL_FILE))
+    return transformer
+
+
+def widened(base, tool: str):
+    """A tool transformer initialised from the base: extra input channels start at zero."""
+    transformer = family.build_transformer(family.transformer_config(tool))
+    weights = dict(tree_flatten(base.parameters()))
+    old = weights["x_embedder.weight"]
+    extra = transformer.x_embedder.weight.shape[1] - old.shape[1]
+    weights["x_embedder.weight"] = mx.concatenate([old, mx.zeros((old.shape[0], extra))], axis=1)
+    transformer.load_weights(list(weights.items()))
+    return transformer
+
+
+def train_flow_stage(run: Path, stage: str, settings: StageSettings, vae, workers: int, max_seconds: float | None,
+                     compile: bool = False) -> bool:
+    data = stage_data(run, stage, settings, vae, workers)
+    if stage == "base":
+        transformer = family.seeded(settings.seed, family.build_transformer, family.transformer_config("base"))
+    else:
+        transformer = widened(base_transformer(run), stage)
+    batches = flow_batches(data, settings, family.SCHEDULER_CONFIG)
+    result = train(transformer, flow_matching_loss, batches, optimizer_for(settings), settings.steps,
+                   checkpoint_dir=run / stage, max_seconds=max_seconds, compile=compile)
+    return result.finished

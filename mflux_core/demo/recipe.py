@@ -1,0 +1,44 @@
+"""The demo family's training recipe: each stage's steps, batch, learning rate, pool and seed."""
+
+from dataclasses import dataclass, replace
+
+import mlx.optimizers as optim
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    steps: int
+    batch: int
+    learning_rate: float
+    pool: int  # examples rendered for the stage
+    seed: int
+
+
+STAGES = {  # sized for a 2-core CPU: about 115 minutes in all (README's demo section has the timings)
+    "vae": StageSettings(steps=4000, batch=8, learning_rate=1e-3, pool=6000, seed=1),
+    "decoder": StageSettings(steps=2500, batch=8, learning_rate=5e-4, pool=0, seed=6),
+    "base": StageSettings(steps=3500, batch=64, learning_rate=1e-3, pool=15000, seed=2),
+    "fill": StageSettings(steps=600, batch=64, learning_rate=5e-4, pool=6000, seed=3),
+    "depth": StageSettings(steps=1400, batch=64, learning_rate=5e-4, pool=6000, seed=4),
+    "kontext": StageSettings(steps=1000, batch=64, learning_rate=5e-4, pool=6000, seed=5),
+    "canny": StageSettings(steps=2000, batch=64, learning_rate=5e-4, pool=6000, seed=7),
+}
+
+
+def optimizer_for(settings: StageSettings) -> optim.Optimizer:
+    """AdamW with a short linear warm-up into a cosine decay to a tenth of the rate."""
+    warmup = max(1, min(200, settings.steps // 10))
+    schedule = optim.join_schedules(
+        [optim.linear_schedule(settings.learning_rate * 0.01, settings.learning_rate, warmup),
+         optim.cosine_decay(settings.learning_rate, max(1, settings.steps - warmup), settings.learning_rate * 0.1)],
+        [warmup],
+    )
+    return optim.AdamW(learning_rate=schedule, weight_decay=0.01, bias_correction=True)
+
+
+def scaled(recipe: dict[str, StageSettings], factor: float, batch: int | None = None) -> dict[str, StageSettings]:
+    """The recipe with every stage's steps and pool multiplied by `factor` (and the batch replaced):
+    quick tries and tests, not the shipped weights."""
+    return {name: replace(s, steps=max(1, int(s.steps * factor)), batch=batch or s.batch,
+                          pool=max(8, int(s.pool * factor)))
+            for name, s in recipe.items()}
