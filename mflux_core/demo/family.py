@@ -8,7 +8,7 @@ trained demo model and a downloaded FLUX.1 go through one code path.
 import mlx.core as mx
 
 from mflux_core.models.clip import CLIPTextConfig, CLIPTextModel
-from mflux_core.models.controlnet import FluxControlNet, FluxControlNetConfig
+from mflux_core.models.controlnet import FluxControlNet, read_controlnet_config
 from mflux_core.models.t5 import T5Config, T5Encoder
 from mflux_core.models.transformer import FluxTransformer, FluxTransformerConfig
 from mflux_core.models.vae import AutoencoderKL, VAEConfig
@@ -109,7 +109,7 @@ def build_transformer(config: dict) -> FluxTransformer:
 
 
 def build_controlnet(config: dict) -> FluxControlNet:
-    return FluxControlNet(FluxControlNetConfig.from_dict(config))
+    return FluxControlNet(read_controlnet_config(config))
 
 
 def build_clip(config: dict) -> CLIPTextModel:

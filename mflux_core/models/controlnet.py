@@ -8,7 +8,6 @@ to its own image tokens (see `controlnet_residual` in transformer.py). The publi
 safetensors file whose keys match the module names here.
 """
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
@@ -17,61 +16,28 @@ import numpy as np
 
 from mflux_core.errors import ModelLoadError
 from mflux_core.models.rope import rope_tables
-from mflux_core.models.transformer import DoubleStreamBlock, SingleStreamBlock, TimeTextEmbedding
+from mflux_core.models.transformer import (DoubleStreamBlock, FluxTransformerConfig, SingleStreamBlock,
+                                           TimeTextEmbedding)
 from mflux_core.weights.loading import load_component
 from mflux_core.weights.safetensors_io import read_json
 
 CLASS_NAME = "FluxControlNetModel"
 
 
-@dataclass(frozen=True)
-class FluxControlNetConfig:
-    in_channels: int
-    num_layers: int
-    num_single_layers: int
-    attention_head_dim: int
-    num_attention_heads: int
-    joint_attention_dim: int
-    pooled_projection_dim: int
-    guidance_embeds: bool
-    axes_dims_rope: tuple[int, ...]
-
-    @property
-    def hidden_size(self) -> int:
-        return self.num_attention_heads * self.attention_head_dim
-
-    @classmethod
-    def from_dict(cls, config_json: dict) -> "FluxControlNetConfig":
-        """Read a diffusers ControlNet config.json; absent keys take diffusers' defaults."""
-        if config_json.get("num_mode") is not None:
-            raise ModelLoadError("Union ControlNets (several control modes, controlnet_mode_embedder) are not supported.")
-        if config_json.get("conditioning_embedding_channels") is not None:
-            raise ModelLoadError(
-                "ControlNets with a pixel-space input hint block (conditioning_embedding_channels) are not supported."
-            )
-        if config_json.get("patch_size", 1) != 1:
-            raise ModelLoadError(f"Unsupported ControlNet patch_size {config_json['patch_size']} (FLUX.1 uses 1).")
-        config = cls(
-            in_channels=config_json.get("in_channels", 64),
-            num_layers=config_json.get("num_layers", 19),
-            num_single_layers=config_json.get("num_single_layers", 38),
-            attention_head_dim=config_json.get("attention_head_dim", 128),
-            num_attention_heads=config_json.get("num_attention_heads", 24),
-            joint_attention_dim=config_json.get("joint_attention_dim", 4096),
-            pooled_projection_dim=config_json.get("pooled_projection_dim", 768),
-            guidance_embeds=bool(config_json.get("guidance_embeds", False)),
-            axes_dims_rope=tuple(config_json.get("axes_dims_rope", (16, 56, 56))),
+def read_controlnet_config(config_json: dict) -> FluxTransformerConfig:
+    """Read a diffusers ControlNet config.json: the transformer's keys and defaults (its out_channels
+    go unused), after refusing the variants this module does not implement."""
+    if config_json.get("num_mode") is not None:
+        raise ModelLoadError("Union ControlNets (several control modes, controlnet_mode_embedder) are not supported.")
+    if config_json.get("conditioning_embedding_channels") is not None:
+        raise ModelLoadError(
+            "ControlNets with a pixel-space input hint block (conditioning_embedding_channels) are not supported."
         )
-        if sum(config.axes_dims_rope) != config.attention_head_dim:
-            raise ModelLoadError(
-                f"ControlNet config: axes_dims_rope {config.axes_dims_rope} must add up to "
-                f"attention_head_dim {config.attention_head_dim}."
-            )
-        return config
+    return FluxTransformerConfig.from_dict(config_json)
 
 
 class FluxControlNet(nn.Module):
-    def __init__(self, config: FluxControlNetConfig):
+    def __init__(self, config: FluxTransformerConfig):
         super().__init__()
         self.config = config
         dim, heads, head_dim = config.hidden_size, config.num_attention_heads, config.attention_head_dim
@@ -156,5 +122,5 @@ def load_controlnet(folder: Path, dtype: mx.Dtype = mx.float32) -> FluxControlNe
         raise ModelLoadError(f"The ControlNet {folder} is not a folder.")
     check_is_controlnet(folder)
     return load_component(
-        folder, build=lambda cfg: FluxControlNet(FluxControlNetConfig.from_dict(cfg)), sanitize=sanitize, dtype=dtype
+        folder, build=lambda cfg: FluxControlNet(read_controlnet_config(cfg)), sanitize=sanitize, dtype=dtype
     )
