@@ -1,4 +1,4 @@
-"""Quantization (3-8 bits, MLX affine, groups of 64) at load and in saved model folders.
+"""Quantization (3-8 bits, MLX affine, groups of 64) at load (transformer, T5, ControlNet) and in saved folders.
 
 The shared tiny models are 32 wide, so almost none of their layers divide into groups of 64: these
 tests build their own tiny FLUX.1 that is 64 wide (transformer, T5 and CLIP), where most do.
@@ -13,6 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from PIL import Image
 
 from mflux_core.cli import main as cli_main
 from mflux_core.lora.formats import LoraWeights
@@ -23,6 +24,8 @@ from mflux_core.models.transformer import load_transformer
 from mflux_core.request import GenerationRequest
 from mflux_core.weights.quantize import GROUP_SIZE, parameter_bytes, quantize_model
 from tests.fixtures import lora_files as lf
+from tests.fixtures.tiny_controlnet import build_tiny_controlnet
+from tests.fixtures.tiny_controlnet import load_transformer as load_reference_transformer
 from tests.fixtures.tiny_flux import TinyFluxSpec, build_tiny_flux, load_diffusers_pipeline
 from tests.parity import UINT8_TOLERANCE, make_noise, max_uint8_diff, pack, run_cli
 
@@ -213,3 +216,22 @@ def test_low_ram_reloads_the_text_encoders_quantized(wide, tmp_path):
     low_ram.generate(request)
     second = low_ram.generate(request.with_(prompt="a second prompt")).image
     assert max_uint8_diff(second, ModelManager().generate(request.with_(prompt="a second prompt")).image) == 0
+
+
+def test_the_controlnet_is_quantized_with_the_transformer(wide, noise, float_image, tmp_path):
+    controlnet = build_tiny_controlnet(tmp_path / "controlnet", load_reference_transformer(wide), num_layers=1,
+                                       num_single_layers=1)
+    control = tmp_path / "control.png"
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)).save(control)
+    request = GenerationRequest(tool="controlnet", model=str(wide), prompt=PROMPT, steps=STEPS, height=HEIGHT,
+                                width=WIDTH, guidance=GUIDANCE, dtype="float32", init_noise_path=str(noise),
+                                controlnet_image_path=str(control), controlnet_strength=0.8,
+                                extra={"controlnet_path": str(controlnet)})
+    manager = ModelManager(max_resident_transformers=2)
+    images = {bits: manager.generate(request.with_(quantize=bits)).image for bits in (None, 8)}
+    float_net, quantized_net = manager.auxiliary.values()
+    assert not any(isinstance(m, nn.QuantizedLinear) for _, m in float_net.named_modules())
+    assert {m.bits for _, m in quantized_net.named_modules() if isinstance(m, nn.QuantizedLinear)} == {8}
+    assert parameter_bytes(quantized_net) < 0.7 * parameter_bytes(float_net)
+    assert psnr(images[8], images[None]) >= MIN_PSNR[8]
+    assert psnr(images[None], float_image) < MIN_PSNR[8]  # the ControlNet does steer the image

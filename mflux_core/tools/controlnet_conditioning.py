@@ -14,10 +14,12 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.models.controlnet import FluxControlNet, load_controlnet
+from mflux_core.models.transformer import linear_dtype
 from mflux_core.request import GenerationRequest
 from mflux_core.sampling.conditioning import Conditioning, ControlResiduals
 from mflux_core.sampling.latents import image_position_ids, latent_grid, text_position_ids
 from mflux_core.tools.common import check_in_channels, packed_channels, prompt_conditioning, with_guidance
+from mflux_core.weights.quantize import quantize_model
 from mflux_core.weights.resolve import ALIASES, is_demo_folder
 
 DEFAULT_GUIDANCE = 3.5  # what InstantX and jasperai publish for their ControlNets on dev
@@ -34,13 +36,15 @@ def extra_number(request: GenerationRequest, key: str, default: float | None) ->
 
 
 def resident_controlnet(model: FluxModel, request: GenerationRequest, manager, default_name: str) -> FluxControlNet:
-    """The ControlNet named by --controlnet-path (else `default_name`), loaded once in the model's dtype."""
+    """The ControlNet named by --controlnet-path (else `default_name`), loaded once in the model's dtype and
+    quantized as the request asks (as mflux does: a FLUX.1 ControlNet is gigabytes)."""
     name = request.extra.get("controlnet_path") or default_name
     if name in ALIASES and is_demo_folder(model.folder):  # refused before a multi-GB download
         raise InvalidRequest(f"The ControlNet {name} is made for FLUX.1-dev and cannot drive the demo model "
                              f"{model.folder.name}; pick demo-canny or a FLUX.1 base model.")
-    controlnet = manager.auxiliary_model(name, lambda folder: load_controlnet(folder, model.dtype),
-                                         variant=str(model.dtype))
+    controlnet = manager.auxiliary_model(name, lambda folder: quantize_model(load_controlnet(folder, model.dtype),
+                                                                             request.quantize),
+                                         variant=f"{model.dtype} {request.quantize}-bit")
     made_for = (controlnet.config.hidden_size, controlnet.config.in_channels)
     if made_for != (model.config.hidden_size, model.config.in_channels):
         raise InvalidRequest(
@@ -56,7 +60,7 @@ def controlnet_residuals(controlnet: FluxControlNet, control_latents: mx.array, 
     text_ids = text_position_ids(conditioning.text.shape[1])
     rope = controlnet.rope_tables(image_ids, text_ids)
     controlnet_guidance = mx.array([guidance], dtype=mx.float32) if controlnet.config.guidance_embeds else None
-    dtype = controlnet.x_embedder.weight.dtype
+    dtype = linear_dtype(controlnet.x_embedder)
     control_latents = control_latents.astype(dtype)
 
     def residuals(latents: mx.array, timestep: mx.array, _base_guidance: mx.array | None):
