@@ -3,12 +3,11 @@ defaults to the shipped demo models (demo_models/ at the repository root). In a 
 Playwright), the demo examples fill in the panels and the results, read back from the page's own file URLs,
 are checked with the independent shape classifier of tests/fixtures/shape_classifier.py.
 
-The shipped demo weights place shapes as captioned but their colours are still below issue 8's bar
-(README, "Demo models"; tests/test_demo_models.py), so these tests assert what the weights get right:
-a typed caption's background and place (its red circle reads brown), every Fill example's mask,
-repainting and kept pixels (not the hole's colour: the three read pink for white, blue for cyan,
-grey for purple), the Kontext move and background examples (the colour example reads pink for white),
-and the ControlNet and Depth examples whose layout IoU reaches LAYOUT_IOU. Widen when retrained
+The shipped demo weights meet issue 8's bar except for shape colour (72% of held-out captions against
+90%; README, "Demo models"; tests/test_demo_models.py), so these tests assert a typed caption's colour,
+background and place, every Fill example's mask, repainting and kept pixels and the hole's colour in two of
+them (the third's purple reads grey), every Kontext and ControlNet example, and the Depth examples whose
+layout IoU reaches LAYOUT_IOU (the black star on brown comes out without its star). Widen when retrained
 weights reach the colour bar.
 
 One server and one browser for the module; screenshots go to test-artifacts/ (git-ignored).
@@ -103,13 +102,13 @@ def test_generate_defaults_to_the_demo_model_and_places_the_caption(page):
     screenshot(page, "demo-generate")
     reading = classify(image)
     assert image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
-    assert (reading.background, reading.region) == ("blue", "top left"), reading_text(reading)  # colour: brown
+    assert (reading.background, reading.colour, reading.region) == ("blue", "red", "top left"), reading_text(reading)
 
 
-@pytest.mark.parametrize("number", [0, 1, 2])
-def test_a_fill_example_repaints_the_masked_region_and_keeps_the_rest(page, studio, number):
+@pytest.mark.parametrize("number, reads_the_colour", [(0, True), (1, True), (2, False)])  # 2's purple reads grey
+def test_a_fill_example_repaints_the_masked_region_and_keeps_the_rest(page, studio, number, reads_the_colour):
     open_tab(page, "Fill")
-    example, _ = pick_example(page, studio, "fill", number)
+    example, pair = pick_example(page, studio, "fill", number)
     page.wait_for_selector("#fill-editor div.pixi-target canvas")
     before = result_pngs(studio)
     run_and_wait(page, "fill")
@@ -122,9 +121,12 @@ def test_a_fill_example_repaints_the_masked_region_and_keeps_the_rest(page, stud
     assert np.abs(image.astype(int) - source.astype(int)).max(axis=-1)[mask].mean() > FILL_TOLERANCE  # repainted
     kept = np.abs(image.astype(int) - source.astype(int)).max(axis=-1)[~mask] <= FILL_TOLERANCE
     assert kept.mean() >= 0.98
+    if reads_the_colour:
+        hole = classify(np.where(mask[..., None], image, source))
+        assert hole.colour == pair.scene.shapes[0].colour, f"{example.prompt!r}: {reading_text(hole)}"
 
 
-@pytest.mark.parametrize("number", [1, 2])  # the move and the background change (example 0's colour reads pink, not white)
+@pytest.mark.parametrize("number", [0, 1, 2])
 def test_a_kontext_example_applies_its_instruction(page, studio, number):
     open_tab(page, "Kontext")
     example, pair = pick_example(page, studio, "kontext", number)
@@ -137,7 +139,7 @@ def test_a_kontext_example_applies_its_instruction(page, studio, number):
     assert getattr(reading, expected[0]) == expected[1], f"{example.prompt!r}: {reading_text(reading)}"
 
 
-@pytest.mark.parametrize("number", [0, 1])  # example 2, a star, reads IoU 0.43
+@pytest.mark.parametrize("number", [0, 1, 2])
 def test_a_controlnet_example_keeps_the_control_pictures_layout(page, studio, number):
     open_tab(page, "ControlNet")
     example, control = pick_example(page, studio, "controlnet", number)
@@ -149,7 +151,7 @@ def test_a_controlnet_example_keeps_the_control_pictures_layout(page, studio, nu
     assert score >= LAYOUT_IOU, f"{example.prompt!r}: IoU {score:.2f}"
 
 
-@pytest.mark.parametrize("number", [0, 2])  # example 1, a star, reads IoU 0.47
+@pytest.mark.parametrize("number", [0, 2])  # example 1, a black star on brown, comes out without its star
 def test_a_depth_example_keeps_the_depth_maps_layout(page, studio, number):
     open_tab(page, "Depth")
     example, control = pick_example(page, studio, "depth", number)
