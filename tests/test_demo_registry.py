@@ -9,7 +9,7 @@ import pytest
 from huggingface_hub import constants
 from PIL import Image
 
-from mflux_core.demo import export, train
+from mflux_core.demo import export, family, train
 from mflux_core.errors import InvalidRequest, ModelLoadError
 from mflux_core.manager import ModelManager
 from mflux_core.models.vae import VAEConfig, native_side
@@ -30,7 +30,7 @@ SMALL = {"width": 64, "height": 64, "steps": 1, "seed": 3}
 def demo_models(tmp_path_factory):
     """The five demo folders, exported from a toy-scale run of the real training recipe."""
     run = tmp_path_factory.mktemp("demo-run")
-    train.main([str(run), "--stages", "vae,base,fill,depth,kontext,canny", "--scale-steps", "0.0005", "--batch", "2"])
+    train.main([str(run), "--stages", "vae,base,teacher,guidance,fill,depth,kontext,canny", "--scale-steps", "0.0005", "--batch", "2"])
     out = tmp_path_factory.mktemp("demo_models")
     export.export_run(run, out)
     return out
@@ -104,7 +104,9 @@ def test_demo_canny_on_a_flux_base_of_another_width_is_refused(tiny_dev, tmp_pat
     request = GenerationRequest(tool="controlnet", model=str(tiny_dev), prompt="x",
                                 extra={"controlnet_path": "demo-canny"},
                                 controlnet_image_path=control_picture(tmp_path / "edges.png"), **SMALL)
-    with pytest.raises(InvalidRequest, match="The ControlNet demo-canny was made for a transformer of width 96"):
+    demo = family.transformer_config()
+    width = demo["num_attention_heads"] * demo["attention_head_dim"]
+    with pytest.raises(InvalidRequest, match=f"The ControlNet demo-canny was made for a transformer of width {width}"):
         ModelManager(models_dir=tmp_path).generate(request)
 
 

@@ -15,12 +15,13 @@ from mflux_core.request import GenerationRequest
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("demo-run")
-    train.main([str(run), "--stages", "vae,decoder,base,fill,canny", "--scale-steps", "0.0005", "--batch", "2"])
+    train.main([str(run), "--stages", "vae,decoder,base,teacher,guidance,fill,canny", "--scale-steps", "0.0005",
+                "--batch", "2"])
     return run
 
 
 def test_each_stage_leaves_a_checkpoint_and_a_loss_curve(toy_run):
-    for stage in ("vae", "decoder", "base", "fill", "canny"):
+    for stage in ("vae", "decoder", "base", "teacher", "guidance", "fill", "canny"):
         state = json.loads((toy_run / stage / "state.json").read_text())
         assert state["step"] >= 1 and all(np.isfinite(state["losses"]))
         assert (toy_run / stage / "loss.png").is_file()

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from mflux_core.demo import dataset
-from mflux_core.demo.shapes import caption, shape_mask
+from mflux_core.demo.shapes import COLOURS, caption, shape_mask
 from mflux_core.request import GenerationRequest
 
 EVALUATION_SEED = 100  # held-out examples are drawn with this dataset seed
@@ -51,6 +51,21 @@ def prompt_following(manager, model: str, classify: Callable, count: int = 50,
         reading = classify(_generate(manager, model, "generate", caption(scene), index, max_sequence_length))
         hits += [reading.colour == shape.colour, reading.region == shape.region, reading.background == scene.background]
     return PromptScores(*(hits / count))
+
+
+def colour_strength(manager, model: str, count: int = 20, guidance: float | None = None,
+                    max_sequence_length: int | None = None) -> float:
+    """How far generated shapes have moved from the background's colour to the caption's (0: not at all,
+    1: all the way), the median over held-out captions of the median pixel in each scene's true shape."""
+    strengths = []
+    for index in range(count):
+        scene = dataset.text_to_image_example(EVALUATION_SEED, index, held_out=True).scene
+        shape = scene.shapes[0]
+        image = _generate(manager, model, "generate", caption(scene), index, max_sequence_length, guidance=guidance)
+        painted = np.median(image[shape_mask(shape, image.shape[0])].astype(np.float32), axis=0)
+        background, wanted = (np.array(COLOURS[name], np.float32) for name in (scene.background, shape.colour))
+        strengths.append(float(np.dot(painted - background, wanted - background) / np.sum((wanted - background) ** 2)))
+    return float(np.median(strengths))
 
 
 def fill_scores(manager, model: str, classify: Callable, count: int = 20,
@@ -99,10 +114,12 @@ def controlnet_layout(manager, model: str, controlnet: str, classify: Callable, 
     """Mean IoU of the generated shape with the shape of the control picture, whose Canny edges the
     ControlNet tool takes itself."""
     return _layout_iou(manager, model, "controlnet", dataset.canny_example, lambda e: e.image,
-                       "controlnet_image_path", classify, count, max_sequence_length, extra={"controlnet_path": controlnet})
+                       "controlnet_image_path", classify, count, max_sequence_length,
+                       extra={"controlnet_path": controlnet})
 
 
-def kontext_applied(manager, model: str, classify: Callable, count: int = 30, max_sequence_length: int | None = None) -> float:
+def kontext_applied(manager, model: str, classify: Callable, count: int = 30,
+                    max_sequence_length: int | None = None) -> float:
     applied = 0
     with tempfile.TemporaryDirectory() as folder:
         for index in range(count):

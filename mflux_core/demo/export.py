@@ -92,7 +92,10 @@ def write_model_folder(out: Path, tool: str, transformer: nn.Module, transformer
     return out
 
 
-DEMO_FOLDERS = {"base": "demo", "fill": "demo-fill", "depth": "demo-depth", "kontext": "demo-kontext"}
+DEMO_FOLDERS = {  # checkpoint (training stage) -> (tool, model folder)
+    "guidance": ("base", "demo"), "fill": ("fill", "demo-fill"), "depth": ("depth", "demo-depth"),
+    "kontext": ("kontext", "demo-kontext"),
+}
 
 
 def export_run(run: Path, out: Path, dtype: mx.Dtype = mx.float16) -> list[Path]:
@@ -118,12 +121,12 @@ def export_run(run: Path, out: Path, dtype: mx.Dtype = mx.float16) -> list[Path]
         shutil.copytree(shared_folder(run) / name, shared / name)
     write_scheduler(shared / "scheduler")
     written = []
-    for tool, folder in DEMO_FOLDERS.items():
-        if not (run / tool / MODEL_FILE).is_file():
+    for stage, (tool, folder) in DEMO_FOLDERS.items():
+        if not (run / stage / MODEL_FILE).is_file():
             continue
         config = family.transformer_config(tool)
         transformer = family.build_transformer(config)
-        transformer.load_weights(str(run / tool / MODEL_FILE))
+        transformer.load_weights(str(run / stage / MODEL_FILE))
         written.append(write_model_folder(out / folder, tool, transformer, config, shared, dtype))
     if (run / "canny" / MODEL_FILE).is_file():
         model = controlled_model(run)

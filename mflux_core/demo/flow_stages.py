@@ -65,7 +65,12 @@ def step_rows(settings: StageSettings, step: int, count: int) -> tuple[np.random
     return rng, rng.integers(0, count, settings.batch)
 
 
-def flow_batches(data: dict[str, np.ndarray], settings: StageSettings, scheduler: dict):
+TOOL_GUIDANCE_RANGE = (1.0, 35.0)  # the undistilled transformers learn to ignore their guidance input at every
+# tool default (Kontext's 2.5 to Fill's 30); only the distilled base (guidance_stages.py) reads its own
+
+
+def flow_batches(data: dict[str, np.ndarray], settings: StageSettings, scheduler: dict,
+                 guidance_range: tuple[float, float] = TOOL_GUIDANCE_RANGE):
     """batch_for_step(step) -> FlowBatch of the rows step_rows draws."""
     tokens = data["target"].shape[1]
     side = int(math.isqrt(tokens))
@@ -83,7 +88,7 @@ def flow_batches(data: dict[str, np.ndarray], settings: StageSettings, scheduler
             noise=mx.array(rng.standard_normal(data["target"][rows].shape).astype(np.float32)),
             sigmas=mx.array(shifted_sigmas(rng, settings.batch, tokens, scheduler)),
             text=mx.array(data["t5"][captions]), pooled=mx.array(data["pooled"][captions]), image_ids=image_ids,
-            guidance=mx.array(rng.uniform(1.0, 35.0, settings.batch).astype(np.float32)),
+            guidance=mx.array(rng.uniform(*guidance_range, settings.batch).astype(np.float32)),
             rope=rope, token_weights=mx.array(data["token_weights"][rows]),
         )
         if "extra" in data:
@@ -96,10 +101,10 @@ def flow_batches(data: dict[str, np.ndarray], settings: StageSettings, scheduler
     return batch_for_step
 
 
-def base_transformer(run: Path):
-    """The trained base transformer from its checkpoint."""
+def base_transformer(run: Path, stage: str = "base"):
+    """A trained base transformer from its stage's checkpoint ("base", or a later stage that tuned it)."""
     transformer = family.build_transformer(family.transformer_config("base"))
-    transformer.load_weights(str(run / "base" / MODEL_FILE))
+    transformer.load_weights(str(run / stage / MODEL_FILE))
     return transformer
 
 

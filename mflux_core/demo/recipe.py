@@ -18,6 +18,8 @@ STAGES = {  # sized for a 2-core CPU: about two and a half hours in all (README'
     "vae": StageSettings(steps=4000, batch=8, learning_rate=1e-3, pool=6000, seed=1),
     "decoder": StageSettings(steps=10000, batch=8, learning_rate=5e-4, pool=0, seed=6),
     "base": StageSettings(steps=3500, batch=64, learning_rate=1e-3, pool=15000, seed=2),
+    "teacher": StageSettings(steps=1000, batch=64, learning_rate=3e-4, pool=0, seed=8),  # pool: the base's
+    "guidance": StageSettings(steps=1500, batch=64, learning_rate=3e-4, pool=0, seed=9),
     "fill": StageSettings(steps=600, batch=64, learning_rate=5e-4, pool=6000, seed=3),
     "depth": StageSettings(steps=1400, batch=64, learning_rate=5e-4, pool=6000, seed=4),
     "kontext": StageSettings(steps=2500, batch=64, learning_rate=5e-4, pool=6000, seed=5),

@@ -64,10 +64,11 @@ def predicted_velocity(transformer, batch: FlowBatch, text: mx.array | None = No
     return velocity[:, : batch.latents.shape[1]]
 
 
-def velocity_loss(velocity: mx.array, batch: FlowBatch) -> mx.array:
-    """Squared error between a predicted velocity and the true one (noise - clean latents), averaged
-    over tokens by the batch's token weights (plainly when it has none)."""
-    per_token = mx.mean(mx.square(velocity - (batch.noise - batch.latents)), axis=-1)
+def velocity_loss(velocity: mx.array, batch: FlowBatch, target: mx.array | None = None) -> mx.array:
+    """Squared error between a predicted velocity and the target (by default the true one, noise - clean
+    latents), averaged over tokens by the batch's token weights (plainly when it has none)."""
+    target = batch.noise - batch.latents if target is None else target
+    per_token = mx.mean(mx.square(velocity - target), axis=-1)
     if batch.token_weights is None:
         return mx.mean(per_token)
     return mx.sum(batch.token_weights * per_token) / mx.sum(batch.token_weights)
