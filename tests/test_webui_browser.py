@@ -201,6 +201,7 @@ def test_generate_then_send_a_result_from_the_history(page, studio):
 
     open_tab(page, "History")
     page.locator("#history-gallery button img").first.click()
+    page.wait_for_function("document.querySelector('#history-message').innerText.startsWith('Selected ')")
     page.click("#send-to-fill")
     page.wait_for_selector("#fill-editor div.pixi-target canvas")
     assert page.get_by_role("tab", name="Fill", exact=True).get_attribute("aria-selected") == "true"

@@ -76,9 +76,10 @@ def render_history(studio, panels: dict) -> None:
 
     def pick(paths, event: gr.SelectData):
         index = event.index if isinstance(event.index, int) else None
-        return paths[index] if index is not None and 0 <= index < len(paths) else None
+        path = paths[index] if index is not None and 0 <= index < len(paths) else None
+        return path, f"Selected {Path(path).name}: send it to a tool or restore its settings." if path else ""
 
-    outputs.history.select(pick, outputs.history_paths, selected, queue=False, api_visibility="private")
+    outputs.history.select(pick, outputs.history_paths, [selected, message], queue=False, api_visibility="private")
 
     def sender(tool):
         def send(path):
