@@ -30,7 +30,8 @@ SMALL = {"width": 64, "height": 64, "steps": 1, "seed": 3}
 def demo_models(tmp_path_factory):
     """The five demo folders, exported from a toy-scale run of the real training recipe."""
     run = tmp_path_factory.mktemp("demo-run")
-    train.main([str(run), "--stages", "vae,base,teacher,guidance,fill,depth,kontext,canny", "--scale-steps", "0.0005", "--batch", "2"])
+    train.main([str(run), "--stages", "vae,base,teacher,guidance,fill,depth,kontext,canny", "--scale-steps", "0.0005",
+                "--batch", "2"])
     out = tmp_path_factory.mktemp("demo_models")
     export.export_run(run, out)
     return out

@@ -14,7 +14,7 @@ class StageSettings:
     seed: int
 
 
-STAGES = {  # sized for a 2-core CPU: about two and a half hours in all (README's demo section has the timings)
+STAGES = {  # sized for a 2-core CPU: about three hours in all (README's demo section has the timings)
     "vae": StageSettings(steps=4000, batch=8, learning_rate=1e-3, pool=6000, seed=1),
     "decoder": StageSettings(steps=10000, batch=8, learning_rate=5e-4, pool=0, seed=6),
     "base": StageSettings(steps=3500, batch=64, learning_rate=1e-3, pool=15000, seed=2),

@@ -5,9 +5,9 @@ is done is skipped), so a run cut short by --max-minutes continues where it stop
 trained first (pixels only; vae_stages.py), then the base transformer, then Fill, Depth and Kontext
 fine-tuned from it (flow_stages.py) and the canny ControlNet beside it (controlnet_stage.py); the
 shipped base is then guidance-distilled from it as FLUX.1-dev was (teacher and guidance stages;
-guidance_stages.py). The CLIP and T5 encoders stay at their seeded random initialisation throughout (the
-family shares one VAE and one pair of text encoders, as FLUX.1's does), so every caption is encoded
-once per run. The stages' order, steps, batches and seeds are in recipe.py.
+guidance_stages.py). The CLIP and T5 encoders stay at their seeded random initialisation throughout
+(the family shares one VAE and one pair of text encoders, as FLUX.1's does), so every caption is
+encoded once per run. The stages' order, steps, batches and seeds are in recipe.py.
 `python -m mflux_core.demo.export RUN_DIR demo_models` writes the model folders.
 """
 
