@@ -2,11 +2,17 @@
 
 import json
 
+import mlx.core as mx
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 
 from mflux_core.demo import export, train
 from mflux_core.demo.loss_weights import shape_weights, token_weights
+from mflux_core.demo.recipe import STAGES
+from mflux_core.demo.text_encoders import caption_tokens, seeded_text_encoders, text_encoders
+from mflux_core.demo.tokenizers import T5_MAX_LENGTH
+from mflux_core.demo.vae_stages import trained_vae, vae_sample
 from mflux_core.manager import ModelManager
 from mflux_core.models.controlnet import load_controlnet
 from mflux_core.request import GenerationRequest
@@ -48,6 +54,26 @@ def test_the_exported_folders_generate_through_the_engine(toy_run, tmp_path):
     assert manager.load_counts["vae"] == 1
 
 
+def test_the_base_stage_trains_the_text_encoders_and_the_export_ships_them(toy_run, tmp_path):
+    (seeded_clip, seeded_t5), (clip, t5) = seeded_text_encoders(toy_run), text_encoders(toy_run)
+    for seeded, trained in ((seeded_clip, clip), (seeded_t5, t5)):
+        moved = [name for (name, a), (_, b) in zip(tree_flatten(seeded.parameters()), tree_flatten(trained.parameters()))
+                 if not np.array_equal(np.array(a), np.array(b))]
+        assert moved
+    folder = export.export_run(toy_run, tmp_path / "models")[0]
+    shipped = mx.load(str(folder / "text_encoder_2" / "model.safetensors"))
+    for name, value in tree_flatten(t5.parameters()):
+        np.testing.assert_allclose(np.array(shipped[name].astype(mx.float32)), np.array(value), rtol=1e-3, atol=1e-3)
+
+
+def test_the_transformers_learn_the_latents_of_the_vae_as_shipped(toy_run):
+    """trained_vae rounds the VAE to the shipped dtype, so the latents the stages train on are the ones
+    the exported float16 encoder gives the tools."""
+    vae, _ = trained_vae(toy_run, vae_sample(toy_run, STAGES["vae"], workers=1))
+    for _, value in tree_flatten(vae.parameters()):
+        assert mx.array_equal(value, value.astype(mx.float16).astype(mx.float32))
+
+
 def test_shape_weights_mark_the_shape_and_its_rim():
     images = np.zeros((1, 16, 16, 3), np.uint8)
     images[0, 6:9, 6:9] = 200
@@ -66,3 +92,13 @@ def test_token_weights_follow_the_share_of_shape_pixels_in_each_token():
     assert weights[0, 0] == pytest.approx(1 + 9 * 60 / 256)
     assert weights[2, 2] == pytest.approx(1 + 9 * 96 / 256)
     assert weights[1, 3] == pytest.approx(1 + 9 * 16 / 256) and weights[1, 1] == 1.0
+
+
+def test_caption_tokens_stop_after_the_eos_without_changing_the_pooled_output(toy_run):
+    captions = np.array(["a red circle in the top left on a blue background", "make the star green", ""])
+    t5_ids, clip_ids = caption_tokens(toy_run, captions)
+    clip, t5 = seeded_text_encoders(toy_run)
+    assert t5_ids.shape == (3, T5_MAX_LENGTH) and clip_ids.shape[1] < 77
+    padded = np.pad(clip_ids, ((0, 0), (0, 77 - clip_ids.shape[1])), constant_values=clip_ids.max())
+    np.testing.assert_allclose(np.array(clip(mx.array(clip_ids))[1]), np.array(clip(mx.array(padded))[1]),
+                               rtol=1e-5, atol=1e-6)

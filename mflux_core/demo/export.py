@@ -13,7 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from mflux_core.demo.family import PIPELINE_CLASSES, SCHEDULER_CONFIG
+from mflux_core.demo.family import PIPELINE_CLASSES, SCHEDULER_CONFIG, SHIPPED_DTYPE
 
 SHARED_COMPONENTS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
@@ -32,18 +32,18 @@ def save_arrays(path: Path, arrays: dict[str, mx.array]) -> None:
     mx.save_safetensors(str(path), dict(sorted(arrays.items())), metadata={"format": "pt"})
 
 
-def write_transformer(folder: Path, transformer: nn.Module, config: dict, dtype: mx.Dtype = mx.float16) -> None:
+def write_transformer(folder: Path, transformer: nn.Module, config: dict, dtype: mx.Dtype = SHIPPED_DTYPE) -> None:
     write_json(folder / "config.json", config)
     save_arrays(folder / "diffusion_pytorch_model.safetensors", checkpoint_arrays(transformer, dtype))
 
 
-def write_controlnet(folder: Path, controlnet: nn.Module, config: dict, dtype: mx.Dtype = mx.float16) -> Path:
+def write_controlnet(folder: Path, controlnet: nn.Module, config: dict, dtype: mx.Dtype = SHIPPED_DTYPE) -> Path:
     """A ControlNet folder as InstantX publishes one: config.json + one safetensors file."""
     write_transformer(folder, controlnet, config, dtype)
     return folder
 
 
-def write_vae(folder: Path, vae: nn.Module, config: dict, dtype: mx.Dtype = mx.float16) -> None:
+def write_vae(folder: Path, vae: nn.Module, config: dict, dtype: mx.Dtype = SHIPPED_DTYPE) -> None:
     """Conv weights OHWI -> OIHW (diffusers' layout); everything else as is."""
     arrays = {name: value.transpose(0, 3, 1, 2) if value.ndim == 4 else value
               for name, value in checkpoint_arrays(vae, dtype).items()}
@@ -51,13 +51,13 @@ def write_vae(folder: Path, vae: nn.Module, config: dict, dtype: mx.Dtype = mx.f
     save_arrays(folder / "diffusion_pytorch_model.safetensors", arrays)
 
 
-def write_clip(folder: Path, clip: nn.Module, config: dict, dtype: mx.Dtype = mx.float16) -> None:
+def write_clip(folder: Path, clip: nn.Module, config: dict, dtype: mx.Dtype = SHIPPED_DTYPE) -> None:
     arrays = {f"text_model.{name}": value for name, value in checkpoint_arrays(clip, dtype).items()}
     write_json(folder / "config.json", config)
     save_arrays(folder / "model.safetensors", arrays)
 
 
-def write_t5(folder: Path, t5: nn.Module, config: dict, dtype: mx.Dtype = mx.float16) -> None:
+def write_t5(folder: Path, t5: nn.Module, config: dict, dtype: mx.Dtype = SHIPPED_DTYPE) -> None:
     write_json(folder / "config.json", config)
     save_arrays(folder / "model.safetensors", checkpoint_arrays(t5, dtype))
 
@@ -80,7 +80,7 @@ def write_scheduler(folder: Path) -> None:
 
 
 def write_model_folder(out: Path, tool: str, transformer: nn.Module, transformer_config: dict, shared: Path,
-                       dtype: mx.Dtype = mx.float16) -> Path:
+                       dtype: mx.Dtype = SHIPPED_DTYPE) -> Path:
     """A complete FLUX.1 folder: this tool's transformer plus copies of the shared components."""
     out = Path(out)
     if out.exists():
@@ -98,7 +98,7 @@ DEMO_FOLDERS = {  # checkpoint (training stage) -> (tool, model folder)
 }
 
 
-def export_run(run: Path, out: Path, dtype: mx.Dtype = mx.float16) -> list[Path]:
+def export_run(run: Path, out: Path, dtype: mx.Dtype = SHIPPED_DTYPE) -> list[Path]:
     """Write every finished stage of a training run (python -m mflux_core.demo.train) as a model folder under `out`."""
     from mflux_core.demo import family
     from mflux_core.demo.controlnet_stage import controlled_model

@@ -20,6 +20,7 @@ PACKED_CHANNELS = 4 * LATENT_CHANNELS  # 64, as in FLUX.1
 TEXT_DIM = 64  # T5 d_model = the transformer's joint_attention_dim
 POOLED_DIM = 64  # CLIP hidden size = the transformer's pooled_projection_dim
 DIFFUSERS_VERSION = "0.42.1"
+SHIPPED_DTYPE = mx.float16  # the weights in demo_models/
 
 # Input channels per tool, as FLUX.1's own: base / Kontext 64, Depth 64 + 64, Fill 64 + 64 + 8*8*4.
 TOOL_IN_CHANNELS = {

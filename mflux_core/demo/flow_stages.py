@@ -1,5 +1,5 @@
-"""The demo's flow-matching stages: the base transformer, then Fill, Depth and Kontext fine-tuned
-from it, each on latents and caption embeddings computed once per run."""
+"""The demo's flow-matching stages: the base transformer (trained with the text encoders), then
+Fill, Depth and Kontext fine-tuned from it, each on latents computed once per run."""
 
 import math
 from pathlib import Path
@@ -12,7 +12,8 @@ from mflux_core.demo import family
 from mflux_core.demo.loss_weights import token_weights
 from mflux_core.demo.pools import cached_pool
 from mflux_core.demo.recipe import StageSettings, optimizer_for
-from mflux_core.demo.text_encoders import encode_captions
+from mflux_core.demo.text_encoders import (ENCODER_STAGE, CaptionedTransformer, caption_tokens, component_weights,
+                                           encode_captions, seeded_text_encoders)
 from mflux_core.demo.tokenizers import T5_MAX_LENGTH
 from mflux_core.models.rope import rope_tables
 from mflux_core.sampling.latents import image_position_ids, pack_latents
@@ -29,9 +30,10 @@ def encode_images(vae, images: np.ndarray) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def stage_data(run: Path, stage: str, settings: StageSettings, vae, workers: int) -> dict[str, np.ndarray]:
-    """Latents, conditioning and caption embeddings of every example of the stage's pool (cached in RUN_DIR)."""
-    path = run / f"data-{stage}-{settings.seed}-{settings.pool}.npz"
+def stage_examples(run: Path, stage: str, settings: StageSettings, vae, workers: int) -> dict[str, np.ndarray]:
+    """Latents and conditioning of every example of the stage's pool, with its captions (the unique
+    strings, and each example's index into them); cached in RUN_DIR."""
+    path = run / f"examples-{stage}-{settings.seed}-{settings.pool}.npz"
     if path.is_file():
         with np.load(path) as data:
             return {name: data[name] for name in data.files}
@@ -53,9 +55,16 @@ def stage_data(run: Path, stage: str, settings: StageSettings, vae, workers: int
     else:
         data = {"target": encode_images(vae, pool["after"]), "reference": encode_images(vae, pool["before"]),
                 "text": pool["instruction"], "token_weights": token_weights(pool["after"], pool["before"])}
-    captions, data["caption_index"] = np.unique(data.pop("text"), return_inverse=True)
-    data["t5"], data["pooled"] = encode_captions(run, captions)
+    data["captions"], data["caption_index"] = np.unique(data.pop("text"), return_inverse=True)
     np.savez(path, **data)
+    return data
+
+
+def stage_data(run: Path, stage: str, settings: StageSettings, vae, workers: int) -> dict[str, np.ndarray]:
+    """The stage's examples with each caption's T5 states ("t5") and CLIP pooled output ("pooled"),
+    encoded once by the trained (from here on frozen) encoders."""
+    data = stage_examples(run, stage, settings, vae, workers)
+    data["t5"], data["pooled"] = encode_captions(run, data["captions"])
     return data
 
 
@@ -101,10 +110,12 @@ def flow_batches(data: dict[str, np.ndarray], settings: StageSettings, scheduler
     return batch_for_step
 
 
-def base_transformer(run: Path, stage: str = "base"):
-    """A trained base transformer from its stage's checkpoint ("base", or a later stage that tuned it)."""
+def base_transformer(run: Path, stage: str = ENCODER_STAGE):
+    """A trained base transformer from its stage's checkpoint (the encoder stage's, or a later stage that tuned it)."""
     transformer = family.build_transformer(family.transformer_config("base"))
-    transformer.load_weights(str(run / stage / MODEL_FILE))
+    checkpoint = run / stage / MODEL_FILE
+    transformer.load_weights(component_weights(checkpoint, "transformer") if stage == ENCODER_STAGE
+                             else str(checkpoint))
     return transformer
 
 
@@ -119,13 +130,30 @@ def widened(base, tool: str):
     return transformer
 
 
+def captioned_flow_loss(model: CaptionedTransformer, flow: FlowBatch) -> mx.array:
+    """Flow matching with the captions embedded in the step: the batch's text and pooled hold T5 and CLIP token ids."""
+    text, pooled = model.embed(flow.text, flow.pooled)
+    return flow_matching_loss(model.transformer, flow, text, pooled)
+
+
+def train_base(run: Path, settings: StageSettings, vae, workers: int, max_seconds: float | None,
+               compile: bool = False) -> bool:
+    """The base transformer from its seed, trained together with the CLIP and T5 encoders."""
+    data = stage_examples(run, "base", settings, vae, workers)
+    data["t5"], data["pooled"] = caption_tokens(run, data["captions"])
+    transformer = family.seeded(settings.seed, family.build_transformer, family.transformer_config("base"))
+    model = CaptionedTransformer(transformer, *seeded_text_encoders(run))
+    batches = flow_batches(data, settings, family.SCHEDULER_CONFIG)
+    result = train(model, captioned_flow_loss, batches, optimizer_for(settings), settings.steps,
+                   checkpoint_dir=run / "base", max_seconds=max_seconds, compile=compile)
+    return result.finished
+
+
 def train_flow_stage(run: Path, stage: str, settings: StageSettings, vae, workers: int, max_seconds: float | None,
                      compile: bool = False) -> bool:
+    """Fill, Depth or Kontext, fine-tuned from the base with the encoders frozen."""
     data = stage_data(run, stage, settings, vae, workers)
-    if stage == "base":
-        transformer = family.seeded(settings.seed, family.build_transformer, family.transformer_config("base"))
-    else:
-        transformer = widened(base_transformer(run), stage)
+    transformer = widened(base_transformer(run), stage)
     batches = flow_batches(data, settings, family.SCHEDULER_CONFIG)
     result = train(transformer, flow_matching_loss, batches, optimizer_for(settings), settings.steps,
                    checkpoint_dir=run / stage, max_seconds=max_seconds, compile=compile)

@@ -2,12 +2,12 @@
 
 Stages run in order and each one resumes from its checkpoint in RUN_DIR/<stage>/ (a stage that
 is done is skipped), so a run cut short by --max-minutes continues where it stopped. The VAE is
-trained first (pixels only; vae_stages.py), then the base transformer, then Fill, Depth and Kontext
-fine-tuned from it (flow_stages.py) and the canny ControlNet beside it (controlnet_stage.py); the
-shipped base is then guidance-distilled from it as FLUX.1-dev was (teacher and guidance stages;
-guidance_stages.py). The CLIP and T5 encoders stay at their seeded random initialisation throughout
-(the family shares one VAE and one pair of text encoders, as FLUX.1's does), so every caption is
-encoded once per run. The stages' order, steps, batches and seeds are in recipe.py.
+trained first (pixels only; vae_stages.py), then the base transformer together with the CLIP and
+T5 encoders, then Fill, Depth and Kontext fine-tuned from it (flow_stages.py) and the canny
+ControlNet beside it (controlnet_stage.py); the shipped base is then guidance-distilled from it as
+FLUX.1-dev was (teacher and guidance stages; guidance_stages.py). After the base stage the encoders
+are frozen (the family shares one VAE and one pair of text encoders, as FLUX.1's does), so every
+later stage encodes its captions once. The stages' order, steps, batches and seeds are in recipe.py.
 `python -m mflux_core.demo.export RUN_DIR demo_models` writes the model folders.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import mflux_core  # noqa: F401  (OpenBLAS before mlx.core)
 from mflux_core.demo.controlnet_stage import train_controlnet
-from mflux_core.demo.flow_stages import train_flow_stage
+from mflux_core.demo.flow_stages import train_base, train_flow_stage
 from mflux_core.demo.guidance_stages import train_guidance, train_teacher
 from mflux_core.demo.recipe import STAGES, StageSettings, scaled
 from mflux_core.demo.text_encoders import prepare_shared
@@ -44,6 +44,8 @@ def train_stage(run: Path, stage: str, recipe: dict[str, StageSettings], workers
         return train_teacher(run, settings, recipe["base"], vae, workers, max_seconds, compile)
     if stage == "guidance":
         return train_guidance(run, settings, recipe["base"], vae, workers, max_seconds, compile)
+    if stage == "base":
+        return train_base(run, settings, vae, workers, max_seconds, compile)
     if stage == "canny":
         return train_controlnet(run, settings, vae, workers, max_seconds, compile)
     return train_flow_stage(run, stage, settings, vae, workers, max_seconds, compile)

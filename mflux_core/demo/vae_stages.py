@@ -5,6 +5,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
+from mlx.utils import tree_map
 
 from mflux_core.demo import dataset, family
 from mflux_core.demo.loss_weights import shape_pixels, shape_weights
@@ -119,15 +120,19 @@ def shape_fidelity(vae, images: np.ndarray) -> float:
 
 
 def trained_vae(run: Path, sample: np.ndarray):
-    """The trained VAE with its latent statistics in the config and the log-variance pinned low."""
-    raw = family.build_vae(family.vae_config())
-    raw.load_weights(str(run / "vae" / MODEL_FILE))
-    stats = [vae_posterior_mean(raw, to_pixels(sample[i : i + 256])) for i in range(0, len(sample), 256)]
+    """The VAE as the family ships it: the decoder stage's weights (the VAE stage's before it)
+    rounded to the shipped dtype, the latent statistics of that encoder in the config, and the
+    log-variance pinned low. The transformers learn the very latents the shipped encoder gives."""
+    trained = family.build_vae(family.vae_config())
+    decoder = run / "decoder" / MODEL_FILE
+    trained.load_weights(str(decoder if decoder.is_file() else run / "vae" / MODEL_FILE))
+    shipped = tree_map(lambda p: p.astype(family.SHIPPED_DTYPE).astype(mx.float32), trained.parameters())
+    trained.update(shipped)
+    stats = [vae_posterior_mean(trained, to_pixels(sample[i : i + 256])) for i in range(0, len(sample), 256)]
     latents = np.concatenate([np.array(s) for s in stats])
     config = family.vae_config(scaling_factor=float(1.0 / latents.std()), shift_factor=float(latents.mean()))
     vae = family.build_vae(config)
-    decoder = run / "decoder" / MODEL_FILE
-    vae.load_weights(str(decoder if decoder.is_file() else run / "vae" / MODEL_FILE))
+    vae.update(shipped)
     conv = vae.encoder.conv_out
     half = vae.config.latent_channels
     conv.weight = mx.concatenate([conv.weight[:half], mx.zeros_like(conv.weight[half:])])
