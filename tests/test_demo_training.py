@@ -57,8 +57,8 @@ def test_the_exported_folders_generate_through_the_engine(toy_run, tmp_path):
 def test_the_base_stage_trains_the_text_encoders_and_the_export_ships_them(toy_run, tmp_path):
     (seeded_clip, seeded_t5), (clip, t5) = seeded_text_encoders(toy_run), text_encoders(toy_run)
     for seeded, trained in ((seeded_clip, clip), (seeded_t5, t5)):
-        moved = [name for (name, a), (_, b) in zip(tree_flatten(seeded.parameters()), tree_flatten(trained.parameters()))
-                 if not np.array_equal(np.array(a), np.array(b))]
+        pairs = zip(tree_flatten(seeded.parameters()), tree_flatten(trained.parameters()))
+        moved = [name for (name, a), (_, b) in pairs if not np.array_equal(np.array(a), np.array(b))]
         assert moved
     folder = export.export_run(toy_run, tmp_path / "models")[0]
     shipped = mx.load(str(folder / "text_encoder_2" / "model.safetensors"))
