@@ -97,7 +97,7 @@ def test_token_weights_follow_the_share_of_shape_pixels_in_each_token():
 def test_caption_tokens_stop_after_the_eos_without_changing_the_pooled_output(toy_run):
     captions = np.array(["a red circle in the top left on a blue background", "make the star green", ""])
     t5_ids, clip_ids = caption_tokens(toy_run, captions)
-    clip, t5 = seeded_text_encoders(toy_run)
+    clip, _ = seeded_text_encoders(toy_run)
     assert t5_ids.shape == (3, T5_MAX_LENGTH) and clip_ids.shape[1] < 77
     padded = np.pad(clip_ids, ((0, 0), (0, 77 - clip_ids.shape[1])), constant_values=clip_ids.max())
     np.testing.assert_allclose(np.array(clip(mx.array(clip_ids))[1]), np.array(clip(mx.array(padded))[1]),

@@ -145,7 +145,7 @@ def train_base(run: Path, settings: StageSettings, vae, workers: int, max_second
     model = CaptionedTransformer(transformer, *seeded_text_encoders(run))
     batches = flow_batches(data, settings, family.SCHEDULER_CONFIG)
     result = train(model, captioned_flow_loss, batches, optimizer_for(settings), settings.steps,
-                   checkpoint_dir=run / "base", max_seconds=max_seconds, compile=compile)
+                   checkpoint_dir=run / ENCODER_STAGE, max_seconds=max_seconds, compile=compile)
     return result.finished
 
 

@@ -72,7 +72,6 @@ def train_vae(run: Path, settings: StageSettings, workers: int, max_seconds: flo
     return result.finished
 
 
-
 def decoder_loss(vae, batch) -> mx.array:
     """Shape-weighted reconstruction from the frozen encoder's (slightly noised) latents."""
     latents, noise, pixels, weights = batch
