@@ -22,20 +22,20 @@ def manager(tmp_path_factory):
 
 
 def test_generate_follows_the_prompt_background_and_place(manager):
-    scores = evaluate.prompt_following(manager, "demo", classify, count=50)  # measured 0.98 / 1.00 / 0.84
-    # (colour: 0.89 of 150 held-out captions)
+    scores = evaluate.prompt_following(manager, "demo", classify, count=50)  # measured 0.98 / 1.00 / 0.88
+    # (colour: 0.907 of 150 held-out captions)
     assert scores.background >= 0.9 and scores.region >= 0.8 and scores.colour >= 0.8, scores
 
 
 def test_guidance_deepens_the_caption_colour_as_on_flux_dev(manager):
     unguided = evaluate.colour_strength(manager, "demo", guidance=1.0)
     guided = evaluate.colour_strength(manager, "demo")  # the generate tool's default guidance, 3.5
-    # measured 0.88 / 0.95 (a VAE round trip alone reaches 0.95); the undistilled base, 0.85 / 0.89
+    # measured 0.87 / 0.95 (a VAE round trip alone reaches 0.95); the undistilled base, 0.85 / 0.89
     assert guided >= unguided + 0.05 and guided >= 0.9, (unguided, guided)
 
 
 def test_fill_recolours_the_hole_and_keeps_the_rest(manager):
-    recoloured, kept = evaluate.fill_scores(manager, "demo-fill", classify, count=20)  # measured 0.85 / 0.995
+    recoloured, kept = evaluate.fill_scores(manager, "demo-fill", classify, count=20)  # measured 0.80 / 0.995
     assert recoloured >= 0.7 and kept >= 0.98, (recoloured, kept)
 
 
@@ -45,7 +45,7 @@ def test_kontext_applies_the_instruction(manager):
 
 
 def test_depth_follows_the_depth_map_layout(manager):
-    score = evaluate.depth_layout(manager, "demo-depth", classify, count=20)  # measured IoU 0.68
+    score = evaluate.depth_layout(manager, "demo-depth", classify, count=20)  # measured IoU 0.69
     assert score >= 0.6, score
 
 

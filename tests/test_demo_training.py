@@ -21,13 +21,13 @@ from mflux_core.request import GenerationRequest
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("demo-run")
-    train.main([str(run), "--stages", "vae,decoder,base,teacher,guidance,fill,canny", "--scale-steps", "0.0005",
+    train.main([str(run), "--stages", "vae,decoder,sharpen,base,teacher,guidance,fill,canny", "--scale-steps", "0.0005",
                 "--batch", "2"])
     return run
 
 
 def test_each_stage_leaves_a_checkpoint_and_a_loss_curve(toy_run):
-    for stage in ("vae", "decoder", "base", "teacher", "guidance", "fill", "canny"):
+    for stage in ("vae", "decoder", "sharpen", "base", "teacher", "guidance", "fill", "canny"):
         state = json.loads((toy_run / stage / "state.json").read_text())
         assert state["step"] >= 1 and all(np.isfinite(state["losses"]))
         assert (toy_run / stage / "loss.png").is_file()
@@ -72,6 +72,20 @@ def test_the_transformers_learn_the_latents_of_the_vae_as_shipped(toy_run):
     vae, _ = trained_vae(toy_run, vae_sample(toy_run, STAGES["vae"], workers=1))
     for _, value in tree_flatten(vae.parameters()):
         assert mx.array_equal(value, value.astype(mx.float16).astype(mx.float32))
+
+
+def test_the_sharpen_stage_moves_the_decoder_alone_and_the_family_ships_it(toy_run):
+    """It starts from the decoder stage's weights rounded as shipped and leaves the encoder (and so
+    every latent the transformers learn) as the VAE stage made it."""
+    vae, _ = trained_vae(toy_run, vae_sample(toy_run, STAGES["vae"], workers=1))
+    shipped = dict(tree_flatten(vae.parameters()))
+    before = mx.load(str(toy_run / "decoder" / "model.safetensors"))
+    sharpened = mx.load(str(toy_run / "sharpen" / "model.safetensors"))
+    for name in ("encoder.conv_in.weight", "encoder.down_blocks.0.resnets.0.conv1.weight"):
+        assert mx.array_equal(sharpened[name], before[name].astype(mx.float16).astype(mx.float32))
+    name = "decoder.conv_out.weight"
+    assert not mx.array_equal(sharpened[name], before[name].astype(mx.float16).astype(mx.float32))
+    assert mx.array_equal(shipped[name], sharpened[name].astype(mx.float16).astype(mx.float32))
 
 
 def test_shape_weights_mark_the_shape_and_its_rim():

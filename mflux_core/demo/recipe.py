@@ -17,6 +17,7 @@ class StageSettings:
 STAGES = {  # sized for a 2-core CPU: about three hours in all (README's demo section has the timings)
     "vae": StageSettings(steps=4000, batch=8, learning_rate=1e-3, pool=6000, seed=1),
     "decoder": StageSettings(steps=10000, batch=8, learning_rate=5e-4, pool=0, seed=6),
+    "sharpen": StageSettings(steps=3000, batch=8, learning_rate=2.5e-4, pool=0, seed=10),
     "base": StageSettings(steps=3500, batch=64, learning_rate=1e-3, pool=15000, seed=2),
     "teacher": StageSettings(steps=1000, batch=64, learning_rate=3e-4, pool=0, seed=8),  # pool: the base's
     "guidance": StageSettings(steps=1500, batch=64, learning_rate=3e-4, pool=0, seed=9),

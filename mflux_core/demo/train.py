@@ -1,8 +1,9 @@
-"""Train the demo family: `python -m mflux_core.demo.train RUN_DIR [--stages vae,decoder,base,...]`.
+"""Train the demo family: `python -m mflux_core.demo.train RUN_DIR [--stages vae,decoder,sharpen,base,...]`.
 
 Stages run in order and each one resumes from its checkpoint in RUN_DIR/<stage>/ (a stage that
 is done is skipped), so a run cut short by --max-minutes continues where it stopped. The VAE is
-trained first (pixels only; vae_stages.py), then the base transformer together with the CLIP and
+trained first (pixels only; vae_stages.py), its decoder then sharpened twice with the encoder
+fixed (decoder and sharpen stages), then the base transformer together with the CLIP and
 T5 encoders, then Fill, Depth and Kontext fine-tuned from it (flow_stages.py) and the canny
 ControlNet beside it (controlnet_stage.py); the shipped base is then guidance-distilled from it as
 FLUX.1-dev was (teacher and guidance stages; guidance_stages.py). After the base stage the encoders
@@ -22,7 +23,7 @@ from mflux_core.demo.flow_stages import train_base, train_flow_stage
 from mflux_core.demo.guidance_stages import train_guidance, train_teacher
 from mflux_core.demo.recipe import STAGES, StageSettings, scaled
 from mflux_core.demo.text_encoders import prepare_shared
-from mflux_core.demo.vae_stages import train_decoder, train_vae, trained_vae, vae_sample
+from mflux_core.demo.vae_stages import train_decoder, train_sharpen, train_vae, trained_vae, vae_sample
 from mflux_core.training.loop import STATE_FILE
 
 
@@ -39,6 +40,8 @@ def train_stage(run: Path, stage: str, recipe: dict[str, StageSettings], workers
         return train_vae(run, settings, workers, max_seconds, compile)
     if stage == "decoder":
         return train_decoder(run, settings, recipe["vae"], workers, max_seconds, compile)
+    if stage == "sharpen":
+        return train_sharpen(run, settings, recipe["vae"], workers, max_seconds, compile)
     vae, _ = trained_vae(run, vae_sample(run, recipe["vae"], workers))
     if stage == "teacher":
         return train_teacher(run, settings, recipe["base"], vae, workers, max_seconds, compile)

@@ -1,5 +1,5 @@
-"""The demo VAE's two stages: the whole VAE, then the decoder alone with the encoder (and so every
-latent the transformers learn) fixed; and the trained VAE as the family ships it."""
+"""The demo VAE's stages: the whole VAE, then the decoder alone (twice, the second time slower) with the
+encoder (and so every latent the transformers learn) fixed; and the trained VAE as the family ships it."""
 
 from pathlib import Path
 
@@ -72,25 +72,26 @@ def train_vae(run: Path, settings: StageSettings, workers: int, max_seconds: flo
     return result.finished
 
 
+DECODER_NOISE = 0.1  # latent noise, as a fraction of the latents' spread, the decoder stages learn to forgive
+
+
 def decoder_loss(vae, batch) -> mx.array:
     """Shape-weighted reconstruction from the frozen encoder's (slightly noised) latents."""
     latents, noise, pixels, weights = batch
     spread = mx.sqrt(mx.mean(mx.square(latents)) + 1e-6)
-    error = vae.decoder(latents + 0.1 * spread * noise) - pixels
+    error = vae.decoder(latents + DECODER_NOISE * spread * noise) - pixels
     return mx.sum(weights * (mx.abs(error) + mx.square(error))) / (3 * mx.sum(weights))
 
 
-def train_decoder(run: Path, settings: StageSettings, vae_settings: StageSettings, workers: int,
-                  max_seconds: float | None, compile: bool = False) -> bool:
-    """Sharpen the decoder with the encoder (and so every latent the transformers know) unchanged.
+def _train_decoder_only(run: Path, stage: str, vae, settings: StageSettings, vae_settings: StageSettings,
+                        workers: int, max_seconds: float | None, compile: bool) -> bool:
+    """Train `vae`'s decoder on the latents its (fixed) encoder gives the VAE stage's pool.
 
     Latents are encoded once, so a step is one decoder pass. (Crops would be cheaper but the
     decoder's group norms and mid-block attention see the whole image: crop-trained decoders
     get the backgrounds of whole images wrong.)"""
     images = vae_pool(run, vae_settings, workers)
-    vae = family.build_vae(family.vae_config())
-    vae.load_weights(str(run / "vae" / MODEL_FILE))
-    cache = run / "decoder-latents.npy"
+    cache = run / f"{stage}-latents.npy"
     if not cache.is_file():
         parts = [np.array(vae_posterior_mean(vae, to_pixels(images[i : i + 64]))) for i in range(0, len(images), 64)]
         np.save(cache, np.concatenate(parts))
@@ -103,9 +104,34 @@ def train_decoder(run: Path, settings: StageSettings, vae_settings: StageSetting
         return mx.array(latents[rows]), mx.array(noise), to_pixels(images[rows]), mx.array(shape_weights(images[rows]))
 
     result = train(vae, decoder_loss, batch_for_step, optimizer_for(settings), settings.steps,
-                   trainable=lambda name: name.startswith("decoder."), checkpoint_dir=run / "decoder",
+                   trainable=lambda name: name.startswith("decoder."), checkpoint_dir=run / stage,
                    max_seconds=max_seconds, compile=compile)
     return result.finished
+
+
+def train_decoder(run: Path, settings: StageSettings, vae_settings: StageSettings, workers: int,
+                  max_seconds: float | None, compile: bool = False) -> bool:
+    """Sharpen the decoder with the encoder (and so every latent the transformers know) unchanged."""
+    vae = family.build_vae(family.vae_config())
+    vae.load_weights(str(run / "vae" / MODEL_FILE))
+    return _train_decoder_only(run, "decoder", vae, settings, vae_settings, workers, max_seconds, compile)
+
+
+def train_sharpen(run: Path, settings: StageSettings, vae_settings: StageSettings, workers: int,
+                  max_seconds: float | None, compile: bool = False) -> bool:
+    """Sharpen the decoder further, at a lower learning rate, on the latents of the encoder as it ships.
+
+    It starts from the decoder stage's weights rounded to the shipped dtype, so a run whose VAE and
+    decoder stages were restored from the shipped VAE continues exactly as one trained from scratch."""
+    vae = family.build_vae(family.vae_config())
+    vae.load_weights(str(run / "decoder" / MODEL_FILE))
+    vae.update(shipped_precision(vae.parameters()))
+    return _train_decoder_only(run, "sharpen", vae, settings, vae_settings, workers, max_seconds, compile)
+
+
+def shipped_precision(parameters: dict) -> dict:
+    """Parameters rounded to the dtype the family ships in (kept in float32)."""
+    return tree_map(lambda p: p.astype(family.SHIPPED_DTYPE).astype(mx.float32), parameters)
 
 
 def shape_fidelity(vae, images: np.ndarray) -> float:
@@ -119,13 +145,14 @@ def shape_fidelity(vae, images: np.ndarray) -> float:
 
 
 def trained_vae(run: Path, sample: np.ndarray):
-    """The VAE as the family ships it: the decoder stage's weights (the VAE stage's before it)
+    """The VAE as the family ships it: the latest of the sharpen, decoder and VAE stages' weights
     rounded to the shipped dtype, the latent statistics of that encoder in the config, and the
-    log-variance pinned low. The transformers learn the very latents the shipped encoder gives."""
+    log-variance pinned low. The transformers learn the very latents the shipped encoder gives
+    (the two decoder stages leave the encoder as the VAE stage made it)."""
     trained = family.build_vae(family.vae_config())
-    decoder = run / "decoder" / MODEL_FILE
-    trained.load_weights(str(decoder if decoder.is_file() else run / "vae" / MODEL_FILE))
-    shipped = tree_map(lambda p: p.astype(family.SHIPPED_DTYPE).astype(mx.float32), trained.parameters())
+    trained.load_weights(str(next(path for stage in ("sharpen", "decoder", "vae")
+                                  if (path := run / stage / MODEL_FILE).is_file())))
+    shipped = shipped_precision(trained.parameters())
     trained.update(shipped)
     stats = [vae_posterior_mean(trained, to_pixels(sample[i : i + 256])) for i in range(0, len(sample), 256)]
     latents = np.concatenate([np.array(s) for s in stats])
