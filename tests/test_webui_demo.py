@@ -3,12 +3,12 @@ defaults to the shipped demo models (demo_models/ at the repository root). In a 
 Playwright), the demo examples fill in the panels and the results, read back from the page's own file URLs,
 are checked with the independent shape classifier of tests/fixtures/shape_classifier.py.
 
-The shipped demo weights meet issue 8's bar except for shape colour (88% of the first 50 held-out
-captions against 90%, 90.7% of 150; README, "Demo models"; tests/test_demo_models.py), so these tests assert a typed caption's colour,
-background and place, every Fill example's mask, repainting and kept pixels and the hole's colour in two of
-them (the third's purple reads grey), every Kontext and ControlNet example, and the Depth examples whose
-layout IoU reaches LAYOUT_IOU (the black star on brown comes out without its star). Widen when retrained
-weights reach the colour bar.
+The shipped demo weights meet issue 8's bar except for shape colour (88% of the first 50 held-out captions
+against 90%, 90.7% of 150; README, "Demo models"; tests/test_demo_models.py), so these tests assert a typed
+caption's colour, background and place, every Fill example's mask, repainting and kept pixels and the hole's
+colour in two of them (the third's purple reads grey), every Kontext and ControlNet example, and the Depth
+examples whose layout IoU reaches LAYOUT_IOU (the black star on brown comes out without its star). Widen when
+retrained weights reach the colour bar.
 
 One server and one browser for the module; screenshots go to test-artifacts/ (git-ignored).
 """

@@ -111,7 +111,8 @@ def _train_decoder_only(run: Path, stage: str, vae, settings: StageSettings, vae
 
 def train_decoder(run: Path, settings: StageSettings, vae_settings: StageSettings, workers: int,
                   max_seconds: float | None, compile: bool = False) -> bool:
-    """Sharpen the decoder with the encoder (and so every latent the transformers know) unchanged."""
+    """Train the decoder alone after the VAE stage, the encoder (and so every latent the transformers
+    know) unchanged."""
     vae = family.build_vae(family.vae_config())
     vae.load_weights(str(run / "vae" / MODEL_FILE))
     return _train_decoder_only(run, "decoder", vae, settings, vae_settings, workers, max_seconds, compile)
