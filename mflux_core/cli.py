@@ -51,6 +51,30 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
 def add_models_dir_flag(parser) -> None:
     parser.add_argument("--models-dir", default="models",
                         help="folder of local models, each picked by its folder name (default ./models)")
+    add_memory_budget_flag(parser)
+
+
+def add_memory_budget_flag(parser) -> None:
+    parser.add_argument("--memory-budget", type=memory_budget_bytes, metavar="GB",
+                        help="memory the studio may use, in GB: larger requests are tiled or refused "
+                        "(default: the machine's memory less a margin; Metal: the recommended working set)")
+
+
+def memory_budget_bytes(text: str) -> int:
+    from mflux_core.memory import budget_from_gb
+
+    try:
+        return budget_from_gb(text)
+    except StudioError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def manager_from_args(args: argparse.Namespace, **settings):
+    """The ModelManager a command's flags ask for."""
+    from mflux_core.manager import ModelManager
+
+    return ModelManager(models_dir=Path(getattr(args, "models_dir", None) or "models"),
+                        low_ram=getattr(args, "low_ram", False), memory_budget_bytes=args.memory_budget, **settings)
 
 
 def at_least_one(text: str) -> int:
@@ -79,7 +103,8 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--metadata", action="store_true", help="also write the settings as a JSON sidecar")
     group.add_argument("--config-from-metadata", help="start from the settings in a PNG or JSON made by us")
     group.add_argument("--stepwise-image-output-dir", help="save the decoded image after every step here")
-    group.add_argument("--vae-tiling", action="store_true", help="decode in tiles to save memory")
+    group.add_argument("--vae-tiling", action="store_true", help="decode and encode in tiles even when the whole "
+                       "image fits the memory budget (beyond it they are tiled anyway)")
     group.add_argument("--verbose", "-v", action="store_true", help="print timings and memory")
 
 
@@ -137,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     save_depth.add_argument("--output", default="depth.png", help="where to write the depth map")
     add_models_dir_flag(save_depth)
     add_save_parser(tools)
-    add_train_parser(tools)
+    add_train_parser(tools, add_models_dir_flag)
     return parser
 
 
@@ -218,14 +243,17 @@ def add_save_parser(tools) -> None:
     save.add_argument("--lora-scales", nargs="+", type=float, help="one scale per LoRA (default 1)")
     save.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                       help="dtype of the written weights (default: float32 on CPU, bfloat16 on Metal/CUDA)")
+    add_memory_budget_flag(save)
 
 
 def save_model_folder(args: argparse.Namespace) -> Path:
     from mflux_core.backend import resolve_dtype
     from mflux_core.lora.resident import requested_loras
+    from mflux_core.memory import MemoryBudget
     from mflux_core.weights.resolve import resolve_model
     from mflux_core.weights.save import save_model
 
+    MemoryBudget(args.memory_budget)
     source = resolve_model(model=args.model, path=args.model_path, base_model=args.base_model,
                            models_dir=Path("models"))
     saved = save_model(Path(args.path), source, dtype=resolve_dtype(args.dtype), bits=args.quantize,
@@ -265,8 +293,9 @@ def base_request(args: argparse.Namespace) -> GenerationRequest:
         value = getattr(args, flag, None)
         if value is not None:
             changes[field_name] = tuple(value) if isinstance(value, list) else value
-    if getattr(args, "keep_unmasked", False):
-        changes["keep_unmasked"] = True
+    for switch in ("keep_unmasked", "vae_tiling"):
+        if getattr(args, switch, False):
+            changes[switch] = True
     given = {name: getattr(args, name, None) for name in EXTRA_FLAGS}
     extra = {name: value for name, value in given.items() if value is not None and value is not False}
     if extra:
@@ -309,21 +338,20 @@ def step_reporter(manager, stepwise: Path, seed: int):
 
 def run(args: argparse.Namespace) -> list[Path]:
     from mflux_core.images.io import save_png_atomic
-    from mflux_core.manager import ModelManager
+    from mflux_core.memory import gb_text
 
     request = base_request(args)
     fallback = request.prompt if args.config_from_metadata else "" if args.tool in PROMPT_OPTIONAL_TOOLS else None
     request = request.with_(prompt=read_prompt(args, fallback))
     request.validated()
     stepwise = Path(args.stepwise_image_output_dir) if args.stepwise_image_output_dir else None
-    manager = ModelManager(models_dir=Path(args.models_dir), max_resident_transformers=args.max_resident_transformers,
-                           low_ram=args.low_ram, full_preview_every=1 if stepwise else 0)
+    manager = manager_from_args(args, max_resident_transformers=args.max_resident_transformers,
+                                full_preview_every=1 if stepwise else 0)
     seeds = seeds_to_run(args, request.seed)
     written = []
     for seed in seeds:
         seeded = request.with_(seed=seed, prompt=read_prompt(args, request.prompt)).validated()
-        result = manager.generate(seeded, on_step=step_reporter(manager, stepwise, seed) if stepwise else None,
-                                  vae_tiling=args.vae_tiling)
+        result = manager.generate(seeded, on_step=step_reporter(manager, stepwise, seed) if stepwise else None)
         path = save_png_atomic(result.image, output_path(args.output, seed, len(seeds) > 1),
                                result.text_chunks, overwrite=True)
         if args.metadata:
@@ -338,6 +366,9 @@ def run(args: argparse.Namespace) -> list[Path]:
             print(f"model memory ({f'{request.quantize}-bit' if request.quantize else 'not quantized'}): {by_kind}")
             for line in status["loras"]:
                 print(line)
+            memory = status["last_memory"]
+            print(f"memory: {memory['plan']}; measured peak {gb_text(memory['measured_bytes'])} "
+                  f"(planned {gb_text(memory['planned_bytes'])}, budget {gb_text(status['memory_budget_bytes'])})")
         print(f"Saved {path}")
         written.append(path)
     return written
@@ -345,9 +376,8 @@ def run(args: argparse.Namespace) -> list[Path]:
 
 def save_depth(args: argparse.Namespace) -> Path:
     from mflux_core.images.io import load_image, save_png_atomic
-    from mflux_core.manager import ModelManager
 
-    manager = ModelManager(models_dir=Path(args.models_dir))
+    manager = manager_from_args(args)
     depth = manager.estimate_depth(load_image(Path(args.image_path)), name=args.depth_model)
     path = save_png_atomic(depth, Path(args.output), overwrite=True)
     print(f"Saved {path}")

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from mflux_core.memory import vae_tile
+
 from mflux_core.models.text_encoders import TextEncoders
 from mflux_core.models.transformer import FluxTransformer
 from mflux_core.models.vae import AutoencoderKL
@@ -18,6 +20,7 @@ class FluxModel:
     scheduler_config: dict
     name: str = ""
     folder: Path | None = None
+    memory_allowance: int | None = None  # bytes one VAE pass may use above the resident weights; None: no limit
 
     @property
     def config(self):
@@ -47,3 +50,7 @@ class FluxModel:
     def default_steps(self) -> int:
         """mflux's defaults: 4 for schnell-style (distilled, no guidance embedding), 14 otherwise."""
         return 14 if self.has_guidance else 4
+
+    def vae_tile(self, height: int, width: int, direction: str, forced: bool = False) -> int | None:
+        """The tile size in pixels for a VAE pass over a height x width image, or None to run it whole."""
+        return vae_tile(self.vae.config, height, width, self.vae.dtype.size, direction, self.memory_allowance, forced)

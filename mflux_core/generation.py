@@ -48,7 +48,6 @@ def run_tool(
     inputs: ToolInputs,
     on_step: StepCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
-    vae_tiling: bool = False,
 ) -> Image.Image:
     request = inputs.request
     width, height = inputs.canvas or (request.width, request.height)
@@ -73,10 +72,13 @@ def run_tool(
             raise Cancelled(f"Stopped after step {i + 1} of {steps}.")
         if on_step is not None:
             on_step(i + 1, steps, latents, (h, w))
-    image = decode_latents(model, latents, (h, w), tiled=vae_tiling)
+    image = decode_latents(model, latents, (h, w), forced_tiling=request.vae_tiling)
     return inputs.finish(image) if inputs.finish else image
 
 
-def decode_latents(model: FluxModel, packed: mx.array, grid: tuple[int, int], tiled: bool = False) -> Image.Image:
-    pixels = model.vae.decode(unpack_latents(packed, *grid), tiled=tiled)
+def decode_latents(model: FluxModel, packed: mx.array, grid: tuple[int, int], forced_tiling: bool = False) -> Image.Image:
+    """Packed latents -> image, decoded in tiles when the whole would not fit the model's memory allowance."""
+    f = model.vae_scale_factor
+    tile = model.vae_tile(grid[0] * f, grid[1] * f, "decode", forced_tiling)
+    pixels = model.vae.decode(unpack_latents(packed, *grid), tiled=tile is not None, tile_size=tile or 0)
     return pixels_to_pil(np.array(pixels.astype(mx.float32)))

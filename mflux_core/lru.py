@@ -32,10 +32,14 @@ class LRU(Generic[V]):
     def pop_oldest(self) -> Hashable:
         """Evict the least recently used entry; returns its key."""
         old_key = next(iter(self._items))
-        del self._items[old_key]
-        if self.on_evict is not None:
-            self.on_evict(old_key)
+        self.pop(old_key)
         return old_key
+
+    def pop(self, key: Hashable) -> None:
+        """Evict one entry."""
+        del self._items[key]
+        if self.on_evict is not None:
+            self.on_evict(key)
 
     def get_or_create(self, key: Hashable, create: Callable[[], V]) -> V:
         value = self.get(key)

@@ -9,7 +9,7 @@ every step. Every cache is bounded.
 """
 
 import hashlib
-import os
+import logging
 import threading
 from contextlib import contextmanager
 import time
@@ -23,12 +23,14 @@ from PIL import Image
 
 from mflux_core import loader
 from mflux_core.backend import backend_name, resolve_dtype
-from mflux_core.errors import Cancelled, ModelLoadError
+from mflux_core.errors import Cancelled, InvalidRequest, ModelLoadError
 from mflux_core.flux_model import FluxModel
-from mflux_core.generation import decode_latents, run_tool
+from mflux_core.generation import ToolInputs, decode_latents, run_tool
 from mflux_core.lru import LRU
+from mflux_core.memory import MemoryBudget, MemoryPlan, gb_text
 from mflux_core.metadata import png_text_chunks, request_metadata
 from mflux_core.models.text_encoders import PromptEmbeddings, TextEncoders
+from mflux_core.planning import plan_from_files, plan_tool_run
 from mflux_core.registry import ModelEntry, list_models
 from mflux_core.request import GenerationRequest
 from mflux_core.sampling.previews import LatentPreviewer
@@ -40,6 +42,8 @@ from mflux_core.weights.fingerprint import fingerprint
 from mflux_core.weights.quantize import quantize_model, quantize_text_encoders, text_encoder_bytes
 from mflux_core.weights.resolve import DownloadCallback, ModelSource, resident_bytes_of, resolve_model, resolve_name
 from mflux_core.weights.safetensors_io import weight_files
+
+log = logging.getLogger("mflux_studio.memory")
 
 # on_step(step done, total, preview image or None). While a missing model downloads, the same
 # callback gets (bytes written, bytes of the files started so far, None); status()["download"] says so.
@@ -74,15 +78,6 @@ def component_bytes(component) -> int:
     return parameter_bytes(component) if hasattr(component, "parameters") else 0
 
 
-def default_memory_budget() -> int:
-    """What fits: the GPU's recommended working set where MLX reports one, else the machine's memory."""
-    info = mx.device_info()
-    for key in ("max_recommended_working_set_size", "memory_size"):
-        if info.get(key):
-            return int(info[key])
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def content_key(*paths: Path) -> str:
     """fingerprint() of model files; files that vanished or cannot be read are a ModelLoadError."""
     try:
@@ -97,6 +92,15 @@ def content_key(*paths: Path) -> str:
 def weights_on_disk(*paths: Path) -> list[Path]:
     """The safetensors files of component folders (or single files)."""
     return [file for path in paths for file in ([path] if Path(path).is_file() else weight_files(path))]
+
+
+def model_weight_bytes(source: ModelSource, dtype: mx.Dtype, quantize: int | None) -> int:
+    """Memory a model's transformer, VAE and text encoders take once loaded, read from the file headers."""
+    transformer = source.transformer_file or source.folder / "transformer"
+    quantized = quantize / 8 if quantize else dtype.size
+    components = [source.component(name) for name in ("text_encoder", "text_encoder_2")]
+    return (resident_bytes_of(weights_on_disk(transformer, *components), quantized)
+            + resident_bytes_of(weights_on_disk(source.component("vae")), dtype.size))
 
 
 def stop_if_cancelled(cancelled: Callable[[], bool] | None, when: str) -> None:
@@ -150,7 +154,8 @@ class ModelManager:
         self.dtype_name = dtype
         self.full_preview_every = full_preview_every
         # Transformers are evicted (least recently used first) to stay within both limits.
-        self.memory_budget_bytes = memory_budget_bytes or default_memory_budget()
+        self.budget = MemoryBudget(memory_budget_bytes)
+        self.last_memory: dict | None = None  # the last request's plan and measured peak
         self._lock = threading.Lock()
         self._labels: dict[object, str] = {}  # cache key (content fingerprints) -> what was loaded, for status()
         self._transformers: LRU = LRU(max_resident_transformers, on_evict=self._evicted)
@@ -187,7 +192,7 @@ class ModelManager:
         """Evict least recently used transformers until one more fits the count and the memory budget."""
         transformers = self._transformers
         while len(transformers) and (len(transformers) >= transformers.capacity
-                                     or self.resident_bytes() + needed_bytes > self.memory_budget_bytes):
+                                     or self.resident_bytes() + needed_bytes > self.budget.bytes):
             transformers.pop_oldest()
 
     def resident_bytes(self) -> int:
@@ -249,6 +254,7 @@ class ModelManager:
             scheduler_config=loader.load_scheduler_config(source),
             name=name,
             folder=source.folder,
+            memory_allowance=self.budget.allowance(self.resident_bytes()),
         )
 
     def _swap_transformer(self, key, what: str, needed_bytes: int, load: Callable) -> None:
@@ -256,6 +262,12 @@ class ModelManager:
         previous_label = self._labels.get(previous)
         started = time.perf_counter()
         self._make_room(needed_bytes)
+        free = self.budget.allowance(self.resident_bytes())
+        if needed_bytes > free:
+            raise InvalidRequest(
+                f"The transformer's weights need {gb_text(needed_bytes)} of memory but the memory budget of "
+                f"{gb_text(self.budget.bytes)} leaves {gb_text(max(free, 0))} for them: quantize the model to 8 or "
+                "4 bits, or raise the memory budget.")
         self._transformers.put(key, self._timed_load("transformer", what, load, key))
         if previous_label is not None:
             self.last_swap = {"from": previous_label, "to": what, "seconds": round(time.perf_counter() - started, 3)}
@@ -306,7 +318,6 @@ class ModelManager:
         request: GenerationRequest,
         on_step: ProgressCallback | None = None,
         cancelled: Callable[[], bool] | None = None,
-        vae_tiling: bool = False,
     ) -> GenerationResult:
         """Generate one image; raises StudioError subclasses for anything the user can fix."""
         request = self.with_model(request.validated())
@@ -314,7 +325,7 @@ class ModelManager:
             if on_step is not None:  # without one, huggingface_hub draws its own progress bars
                 self._on_download = self._download_reporter(request.model, on_step, cancelled)
             try:
-                return self._generate(request, on_step, cancelled, vae_tiling)
+                return self._generate(request, on_step, cancelled)
             finally:
                 self._on_download = None
                 self.download = None
@@ -338,20 +349,44 @@ class ModelManager:
     def _prepared_model(self, request: GenerationRequest, cancelled: Callable[[], bool] | None) -> FluxModel:
         """The request's model resident, with the request's LoRAs applied. Call with the lock held."""
         stop_if_cancelled(cancelled, "before the model was loaded")
-        model = self.model_for(self.resolve(request), resolve_dtype(request.dtype or self.dtype_name),
-                               name=request.model, quantize=request.quantize,
-                               cancelled=cancelled)
+        source, dtype = self.resolve(request), resolve_dtype(request.dtype or self.dtype_name)
+        self._check_before_loading(source, request, dtype)
+        model = self.model_for(source, dtype, name=request.model, quantize=request.quantize, cancelled=cancelled)
         self.lora_reports = self.loras.sync(model.transformer, request.lora_paths, request.lora_scales)
         return model
 
+    def _check_before_loading(self, source: ModelSource, request: GenerationRequest, dtype: mx.Dtype) -> None:
+        """Refuse, before loading anything, a request whose model and size cannot fit the budget even
+        with nothing else resident."""
+        weights = model_weight_bytes(source, dtype, request.quantize)
+        plan = plan_from_files(source, request, dtype.size, weights, self.budget.reserved_bytes(),
+                               self.budget.allowance(weights))
+        if plan is not None:
+            self.budget.check(plan)
+
+    def _plan_run(self, model: FluxModel, inputs: ToolInputs) -> MemoryPlan:
+        """The run's plan against the budget, after evicting the transformers this run does not use if
+        that makes it fit; refuses (InvalidRequest) when even that is not enough."""
+        plan = plan_tool_run(model, inputs, self.resident_bytes(), self.budget.reserved_bytes())
+        if not plan.fits(self.budget.bytes):
+            for key, transformer in self._transformers.items():
+                if transformer is not model.transformer:
+                    self._transformers.pop(key)
+            model.memory_allowance = self.budget.allowance(self.resident_bytes())
+            plan = plan_tool_run(model, inputs, self.resident_bytes(), self.budget.reserved_bytes())
+        return self.budget.check(plan)
+
     def _generate(self, request: GenerationRequest, on_step: ProgressCallback | None,
-                  cancelled: Callable[[], bool] | None, vae_tiling: bool) -> GenerationResult:
+                  cancelled: Callable[[], bool] | None) -> GenerationResult:
         started = time.perf_counter()
+        mx.reset_peak_memory()
         model = self._prepared_model(request, cancelled)
         tool = TOOL_MODULES[request.tool]
         inputs = tool.build_inputs(model, with_sequence_length(model, request), self)
+        plan = self._plan_run(model, inputs)
         step_callback = self._step_callback(model, on_step) if on_step else None
-        image = run_tool(model, inputs, on_step=step_callback, cancelled=cancelled, vae_tiling=vae_tiling)
+        image = run_tool(model, inputs, on_step=step_callback, cancelled=cancelled)
+        self._record_memory(plan)
         request = inputs.request
         extras = {"steps": request.steps or model.default_steps, "guidance": inputs.conditioning.guidance}
         return GenerationResult(
@@ -361,6 +396,13 @@ class ModelManager:
             text_chunks=png_text_chunks(request, extras),
             seconds=time.perf_counter() - started,
         )
+
+    def _record_memory(self, plan: MemoryPlan) -> None:
+        """The plan next to what MLX measured (peak of active memory: weights and activations, not the cache)."""
+        self.last_memory = {"plan": plan.summary(), "planned_bytes": plan.peak_bytes - plan.reserved_bytes,
+                            "measured_bytes": mx.get_peak_memory()}
+        log.info("memory: planned %s, measured peak %s", gb_text(self.last_memory["planned_bytes"]),
+                 gb_text(self.last_memory["measured_bytes"]))
 
     def _step_callback(self, model: FluxModel, on_step: ProgressCallback):
         """Previews for the UI: the cheap linear one, or a full VAE decode every `full_preview_every` steps."""
@@ -385,7 +427,8 @@ class ModelManager:
             "backend": backend_name(),
             "resident": resident,
             "resident_bytes": sum(r["bytes"] for r in resident),
-            "memory_budget_bytes": self.memory_budget_bytes,
+            "memory_budget_bytes": self.budget.bytes,
+            "last_memory": self.last_memory,
             "max_resident_transformers": self._transformers.capacity,
             "loads": dict(self.load_counts),
             "last_load": None if not self.events else {"what": self.events[-1].what,

@@ -188,6 +188,7 @@ _CHECKS = {
     "quantize": _optional(_check_choice(QUANTIZE_BITS)),
     "dtype": _optional(_check_choice(DTYPES)),
     "max_sequence_length": _optional(_int_in(1, MAX_SEQUENCE_LENGTH)),
+    "vae_tiling": lambda v: None if isinstance(v, bool) else "must be true or false",
     "extra": _check_extra,
     "batch_count": _int_in(1, MAX_BATCH),
 }

@@ -42,6 +42,7 @@ class GenerationRequest:
     dtype: str | None = None  # None: float32 on the CPU backend, bfloat16 on a GPU
     init_noise_path: str | None = None
     max_sequence_length: int | None = None  # T5 tokens; None: the model's (its T5 tokenizer's limit, at most 512)
+    vae_tiling: bool = False  # decode and encode in tiles even when the whole image fits the memory budget
     extra: dict = field(default_factory=dict)  # tool-specific settings (canny thresholds, ...)
 
     def validated(self) -> "GenerationRequest":
@@ -140,7 +141,7 @@ def _check_types(request: GenerationRequest) -> None:
             raise InvalidRequest(f"The setting {name} must be a list of {'paths' if 'paths' in name else 'numbers'}.")
     if not isinstance(request.extra, dict):
         raise InvalidRequest("The setting extra must be an object of tool settings.")
-    for name in ("keep_unmasked",):
+    for name in ("keep_unmasked", "vae_tiling"):
         if not isinstance(getattr(request, name), bool):
             raise InvalidRequest(f"The setting {name} must be true or false.")
     length = request.max_sequence_length

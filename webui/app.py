@@ -10,6 +10,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import mflux_core  # noqa: E402,F401  (loads OpenBLAS before anything imports mlx.core)
 import gradio as gr  # noqa: E402
 
+from mflux_core.cli import add_memory_budget_flag  # noqa: E402
 from mflux_core.demo.examples import write_examples  # noqa: E402
 from mflux_core.errors import StudioError  # noqa: E402
 from mflux_core.presets import settings_from_png  # noqa: E402
@@ -128,6 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--auth", help="user:password required to open the page (only with --listen)")
     parser.add_argument("--max-queue", type=int, default=MAX_QUEUE_SIZE, help="most jobs waiting at once")
     parser.add_argument("--low-ram", action="store_true", help="free the text encoders after each prompt")
+    add_memory_budget_flag(parser)
     args = parser.parse_args(argv)
     if args.auth is not None and ":" not in args.auth:
         parser.error("--auth takes user:password")
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
     folders = StudioFolders.default(args.outputs_dir, models_dir=args.models_dir, user_presets=args.presets_dir,
                                     loras=args.lora_dir)
-    manager = ModelManager(models_dir=args.models_dir, low_ram=args.low_ram)
+    manager = ModelManager(models_dir=args.models_dir, low_ram=args.low_ram, memory_budget_bytes=args.memory_budget)
     app = build_app(manager, folders, max_queue_size=args.max_queue)
     host = "0.0.0.0" if args.listen else args.host
     auth = None

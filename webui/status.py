@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+from mflux_core.memory import gb_text
+
 KIND_LABELS = {"transformer": "transformer", "vae": "VAE", "text encoders": "text encoders", "auxiliary": "side model"}
 COMPONENT_FOLDERS = {"transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"}
 _PATH = re.compile(r"\(?(/[^\s()]+)\)?")
@@ -40,6 +42,8 @@ def status_markdown(status: dict) -> str:
     else:
         models = "none yet (the first run loads them)"
     parts = [f"**Backend** {status.get('backend', '?')}", f"**Resident** {models}"]
+    if status.get("memory_budget_bytes"):
+        parts.append(f"**Memory budget** {gb_text(status['memory_budget_bytes'])}")
     swap, last = status.get("last_swap"), status.get("last_load")
     if swap:
         before = short_label(swap.get("from") or "nothing")

@@ -1,4 +1,5 @@
-"""The controls every panel shares: model, prompt, seed and batch, steps, guidance, size, LoRAs, quantization.
+"""The controls every panel shares: model, prompt, seed and batch, steps, guidance, size, LoRAs, quantization,
+VAE tiling.
 
 Widget values travel as a dict keyed by control name; `shared_settings` turns them into preset
 settings (GenerationRequest field names) and `shared_values` turns settings back into values.
@@ -127,6 +128,7 @@ def shared_settings(values: dict) -> dict:
         "lora_paths": [name for name, _ in loras],
         "lora_scales": [scale for _, scale in loras],
         "quantize": None if quantize == QUANTIZE_OFF else int(quantize),
+        "vae_tiling": bool(values.get("vae_tiling")),
     }
 
 
@@ -154,6 +156,8 @@ def shared_values(settings: dict) -> dict:
             values[f"lora_scale_{i}"] = scales[i - 1] if present else 1.0
     if "quantize" in settings:
         values["quantize"] = QUANTIZE_OFF if settings["quantize"] is None else str(settings["quantize"])
+    if "vae_tiling" in settings:
+        values["vae_tiling"] = settings["vae_tiling"]
     return values
 
 
@@ -197,7 +201,7 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
         aspect = gr.Dropdown(list(ASPECT_RATIOS), value=None, label="Aspect", elem_id=f"{prefix}-aspect")
     controls = {"model": model, "prompt": prompt, "seed": seed, "random_seed": random_seed,
                 "batch_count": batch_count, "steps": steps, "guidance": guidance, "width": width, "height": height}
-    with gr.Accordion("LoRAs and quantization", open=False, elem_id=f"{prefix}-loras"):
+    with gr.Accordion("LoRAs, quantization and memory", open=False, elem_id=f"{prefix}-loras"):
         choices = [("none", NO_LORA), *((name, name) for name in sorted(studio.lora_library()))]
         for i in range(1, MAX_LORAS + 1):
             with gr.Row():
@@ -207,6 +211,9 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
                                                         elem_id=f"{prefix}-lora-scale-{i}", scale=2)
         controls["quantize"] = gr.Radio(QUANTIZE_CHOICES, value=QUANTIZE_OFF, label="Quantize (bits)",
                                         elem_id=f"{prefix}-quantize")
+        controls["vae_tiling"] = gr.Checkbox(False, label="VAE tiling", elem_id=f"{prefix}-vae-tiling",
+                                             info="Decode and encode in tiles to save memory (colours may shift "
+                                                  "slightly). Sizes beyond the memory budget are tiled anyway.")
 
     aspect.input(lambda ratio, w, h: aspect_size(ratio, w, h) if ratio else (gr.skip(), gr.skip()),
                  [aspect, width, height], [width, height], queue=False, api_visibility="private")

@@ -29,15 +29,14 @@ def add_concept_parsers(tools, add_tool_parser) -> None:
 
 
 def run_concept(args: argparse.Namespace) -> list[Path]:
-    from mflux_core.cli import base_request, output_path, read_prompt, seeds_to_run
+    from mflux_core.cli import base_request, manager_from_args, output_path, read_prompt, seeds_to_run
     from mflux_core.concept.run import ConceptSettings, concepts_from_image, generate_with_concepts, save_concept_result
-    from mflux_core.manager import ModelManager
 
     request = base_request(args).with_(tool="generate")
     request = request.with_(prompt=read_prompt(args, request.prompt if args.config_from_metadata else None))
     settings = ConceptSettings(tuple(args.concept), tuple(args.heatmap_layer_indices or ()),
                                tuple(args.heatmap_timesteps or ()))
-    manager = ModelManager(models_dir=Path(getattr(args, "models_dir", None) or "models"), low_ram=args.low_ram)
+    manager = manager_from_args(args)
     seeds = seeds_to_run(args, request.seed)
     written = []
     for seed in seeds:
@@ -45,7 +44,7 @@ def run_concept(args: argparse.Namespace) -> list[Path]:
         if args.tool == "concept-from-image":
             result = concepts_from_image(manager, seeded, settings)
         else:
-            result = generate_with_concepts(manager, seeded, settings, vae_tiling=args.vae_tiling)
+            result = generate_with_concepts(manager, seeded, settings)
         paths = save_concept_result(result, output_path(args.output, seed, len(seeds) > 1))
         layers = " ".join(map(str, result.layers))
         steps = " ".join(map(str, result.timesteps))

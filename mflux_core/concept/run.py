@@ -112,8 +112,7 @@ def _result(image, settings, recorder, grid, request, text_chunks, started) -> C
 
 
 def generate_with_concepts(manager, request: GenerationRequest, settings: ConceptSettings,
-                           on_step: ProgressCallback | None = None, cancelled: Callable[[], bool] | None = None,
-                           vae_tiling: bool = False) -> ConceptResult:
+                           on_step: ProgressCallback | None = None, cancelled: Callable[[], bool] | None = None) -> ConceptResult:
     """Generate like the `generate` tool (text-to-image, or image-to-image with image_path) and map the concepts."""
     request = request.with_(tool="generate").validated()
     started = time.perf_counter()
@@ -134,8 +133,7 @@ def generate_with_concepts(manager, request: GenerationRequest, settings: Concep
             if on_step is not None:
                 on_step(step, total, previewer(latents, grid))
 
-        image = run_tool(replace(model, transformer=recorder), inputs, on_step=step_done, cancelled=cancelled,
-                         vae_tiling=vae_tiling)
+        image = run_tool(replace(model, transformer=recorder), inputs, on_step=step_done, cancelled=cancelled)
         extras = {"steps": steps, "guidance": inputs.conditioning.guidance,
                   "concept_attention": {"concepts": list(settings.concepts), "layers": list(layers),
                                         "timesteps": list(timesteps)}}

@@ -49,8 +49,11 @@ def required_image(path: str | None, what: str, flag: str) -> Image.Image:
 
 
 def encode_pixels(model: FluxModel, pixels) -> mx.array:
-    """(1, H, W, 3) pixels in [-1, 1] -> packed latents (posterior mean, normalised), float32."""
-    latents = model.vae.encode(mx.array(pixels))
+    """(1, H, W, 3) pixels in [-1, 1] -> packed latents (posterior mean, normalised), float32; encoded in
+    tiles when the whole would not fit the model's memory allowance."""
+    _, height, width, _ = pixels.shape
+    tile = model.vae_tile(height, width, "encode")
+    latents = model.vae.encode(mx.array(pixels), tiled=tile is not None, tile_size=tile or 0)
     return pack_latents(latents.astype(mx.float32))
 
 

@@ -5,13 +5,13 @@ import sys
 from pathlib import Path
 
 
-def add_train_parser(tools) -> None:
+def add_train_parser(tools, add_models_dir_flag) -> None:
     text = ("train a LoRA on your own images (DreamBooth); every checkpoint zip resumes the run exactly "
             "(--train-checkpoint alone uses the config inside it)")
     train = tools.add_parser("train", help=text, description=text)
     train.add_argument("--train-config", help="the training config (JSON); paths in it are relative to it")
     train.add_argument("--train-checkpoint", help="a checkpoint zip to resume from")
-    train.add_argument("--models-dir", default="models", help="folder of local models (default ./models)")
+    add_models_dir_flag(train)
 
 
 def print_progress(progress) -> None:
@@ -21,9 +21,11 @@ def print_progress(progress) -> None:
 
 
 def run_train(args: argparse.Namespace):
+    from mflux_core.memory import MemoryBudget
     from mflux_core.training.lora_config import TrainingConfig
     from mflux_core.training.lora_training import train_lora
 
+    MemoryBudget(args.memory_budget)
     config = TrainingConfig.from_file(Path(args.train_config)) if args.train_config else None
     checkpoint = Path(args.train_checkpoint) if args.train_checkpoint else None
     outcome = train_lora(config, checkpoint, on_progress=print_progress, models_dir=Path(args.models_dir),

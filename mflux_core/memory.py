@@ -1,0 +1,155 @@
+"""The memory budget: every request is planned before its large allocations, and runs within the
+budget or is refused with one sentence.
+
+Planning is the only safe way: MLX's CPU backend ignores `mx.set_memory_limit` and the process
+dies (a signal, not an exception) on an allocation the system cannot satisfy, and on Metal an
+oversized request first pushes the whole machine into swap. So each phase of a request (one
+denoise step, a VAE decode or encode) is estimated from the model's config before it starts;
+VAE passes are tiled when they would not fit whole, attention is computed in chunks sized from
+the budget, and what still does not fit is refused.
+"""
+
+import logging
+import os
+from dataclasses import dataclass
+
+import mlx.core as mx
+import psutil
+
+from mflux_core.errors import InvalidRequest
+from mflux_core.models import kernels
+from mflux_core.models.transformer import MLP_RATIO, FluxTransformerConfig
+from mflux_core.models.vae import VAEConfig
+from mflux_core.models.vae_memory import choose_vae_tiling
+
+log = logging.getLogger("mflux_studio.memory")
+
+GB = 10**9
+CPU_MARGIN_FRACTION = 0.15  # of the machine's memory left to the OS and other programs...
+CPU_MARGIN_MIN = 2 * GB  # ...but never less than this
+CUDA_MARGIN_FRACTION = 0.05  # the CUDA context and the allocator's fragmentation
+SMALLEST_BUDGET = GB // 4
+# Attention's live scores get this share of the budget, within bounds: smaller chunks cost speed.
+ATTENTION_SHARE = 16
+MIN_ATTENTION_BYTES = 64 << 20
+MAX_ATTENTION_BYTES = 1 << 30
+DEFAULT_VAE_TILE = 512  # pixels, when tiling is asked for but the whole pass would fit
+# Bytes of one denoise step's activations per token and hidden unit, in units of the compute dtype's
+# size, beside attention's own scratch (kernels.attention_peak_bytes): a single-stream block keeps
+# x, its norm, q/k/v and their RoPE copies, the attention output, the MLP hidden state (4 dim) with
+# GELU's float32 argument, and the concatenation of attention and MLP (5 dim) alive at once.
+STEP_ACTIVATION_WIDTHS = 6 + 3 * MLP_RATIO
+
+
+def machine_memory_bytes() -> int:
+    """The memory of the device MLX computes on: unified memory on a Mac, the GPU's on CUDA, RAM on CPU."""
+    size = mx.device_info().get("memory_size")
+    return int(size) if size else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def default_budget_bytes() -> int:
+    """What the machine can give one studio: macOS's recommended GPU working set on Metal, the device
+    memory less a margin on CUDA, the RAM less a margin for everything else on the CPU."""
+    info = mx.device_info()
+    if info.get("max_recommended_working_set_size"):
+        return int(info["max_recommended_working_set_size"])
+    total = machine_memory_bytes()
+    if mx.default_device().type == mx.DeviceType.gpu:
+        return int(total * (1 - CUDA_MARGIN_FRACTION))
+    return total - max(CPU_MARGIN_MIN, int(total * CPU_MARGIN_FRACTION))
+
+
+def budget_from_gb(text: str | float) -> int:
+    """`--memory-budget GB` -> bytes; refuses what no model could run in."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"The memory budget must be a number of GB, not {text!r}.") from None
+    if not value * GB >= SMALLEST_BUDGET or value == float("inf"):
+        raise InvalidRequest(f"The memory budget must be at least {SMALLEST_BUDGET / GB:g} GB, not {text}.")
+    return int(value * GB)
+
+
+def gb_text(count: int) -> str:
+    return f"{count / GB:,.1f} GB" if count >= GB // 10 else f"{count / 2**20:,.0f} MB"
+
+
+def transformer_step_bytes(config: FluxTransformerConfig, image_tokens: int, text_tokens: int, itemsize: int,
+                           batch: int = 1) -> int:
+    """Peak bytes above the weights of one transformer call over [text; image] tokens: the activations
+    of the largest block plus attention's scratch. Independent of depth: the blocks run one after another."""
+    tokens = image_tokens + text_tokens
+    activations = STEP_ACTIVATION_WIDTHS * batch * tokens * config.hidden_size * itemsize
+    scratch = kernels.attention_peak_bytes(batch, config.num_attention_heads, tokens, tokens,
+                                           config.attention_head_dim, itemsize)
+    return activations + scratch
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What one request needs: weights resident during it, and the peak of each phase above them."""
+
+    what: str  # e.g. "a 2048x2048 image"
+    weights_bytes: int
+    phases: tuple[tuple[str, int], ...]  # (phase, bytes above the weights), e.g. ("denoising", 3.1e9)
+    reserved_bytes: int  # MLX's buffer cache and the process's memory outside MLX (Python, libraries, images)
+
+    @property
+    def largest_phase(self) -> tuple[str, int]:
+        return max(self.phases, key=lambda phase: phase[1], default=("nothing", 0))
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.weights_bytes + self.largest_phase[1] + self.reserved_bytes
+
+    def fits(self, budget_bytes: int) -> bool:
+        return self.peak_bytes <= budget_bytes
+
+    def summary(self) -> str:
+        phases = ", ".join(f"{name} {gb_text(size)}" for name, size in self.phases)
+        return (f"{self.what}: planned peak {gb_text(self.peak_bytes)} (weights {gb_text(self.weights_bytes)}, "
+                f"{phases}, cache and the rest of the process {gb_text(self.reserved_bytes)})")
+
+    def refusal(self, budget_bytes: int) -> str:
+        phase, size = self.largest_phase
+        return (f"{self.what[0].upper()}{self.what[1:]} needs about {gb_text(self.peak_bytes)} of memory (weights "
+                f"{gb_text(self.weights_bytes)} + {gb_text(size)} while {phase}), more than the memory budget of "
+                f"{gb_text(budget_bytes)}: choose a smaller size, quantize the model to 8 or 4 bits, or close "
+                "other tools.")
+
+
+class MemoryBudget:
+    """The process's budget: applied to MLX's limits, and what every plan is checked against."""
+
+    def __init__(self, budget_bytes: int | None = None):
+        self.bytes = budget_bytes or default_budget_bytes()
+        kernels.set_attention_memory(min(max(self.bytes // ATTENTION_SHARE, MIN_ATTENTION_BYTES), MAX_ATTENTION_BYTES))
+        mx.set_memory_limit(self.bytes)
+        self.cache_bytes = kernels.cpu_buffer_cache_bytes()
+        mx.set_cache_limit(self.cache_bytes)
+
+    def reserved_bytes(self) -> int:
+        """What the process holds beside MLX's weights and activations: the buffer cache MLX may keep, and
+        the memory outside MLX now (Python, libraries, the server, images)."""
+        outside_mlx = psutil.Process().memory_info().rss - mx.get_active_memory() - mx.get_cache_memory()
+        return self.cache_bytes + max(0, outside_mlx)
+
+    def allowance(self, weights_bytes: int) -> int:
+        """Bytes one phase may use above `weights_bytes` of resident weights."""
+        return self.bytes - weights_bytes - self.reserved_bytes()
+
+    def check(self, plan: MemoryPlan) -> MemoryPlan:
+        """The plan, logged; an InvalidRequest with the plan's sentence when it does not fit."""
+        log.info("%s; budget %s", plan.summary(), gb_text(self.bytes))
+        if not plan.fits(self.bytes):
+            raise InvalidRequest(plan.refusal(self.bytes))
+        return plan
+
+
+def vae_tile(config: VAEConfig, height: int, width: int, itemsize: int, direction: str, allowance: int | None,
+             forced: bool = False) -> int | None:
+    """The tile size for a VAE pass (None: whole): tiles only when the whole pass would not fit
+    `allowance` bytes, or when `forced`."""
+    tile = None if allowance is None else choose_vae_tiling(config, height, width, itemsize, direction, allowance,
+                                                            kernels.attention_memory())
+    return DEFAULT_VAE_TILE if tile is None and forced else tile

@@ -1,0 +1,66 @@
+"""The memory plan of one request: before loading (from the files' configs and headers) and before
+denoising (from the loaded model and what its tool built)."""
+
+from mflux_core.flux_model import FluxModel
+from mflux_core.generation import ToolInputs
+from mflux_core.memory import MemoryPlan, transformer_step_bytes, vae_tile
+from mflux_core.models.transformer import FluxTransformerConfig
+from mflux_core.models import kernels
+from mflux_core.models.vae import VAEConfig
+from mflux_core.models.vae_memory import vae_peak_bytes
+from mflux_core.request import MAX_SEQUENCE_LENGTH, GenerationRequest
+from mflux_core.sampling.latents import latent_grid
+from mflux_core.weights.resolve import ModelSource
+from mflux_core.weights.safetensors_io import read_json
+
+
+def image_plan(transformer: FluxTransformerConfig, vae: VAEConfig, width: int, height: int, *, extra_tokens: int,
+               text_tokens: int, itemsize: int, weights_bytes: int, reserved_bytes: int, decode_tile: int | None,
+               vae_itemsize: int) -> MemoryPlan:
+    """Denoising steps over the image's tokens (plus `extra_tokens`, e.g. a Kontext reference), then the decode."""
+    scale = 2 ** (len(vae.block_out_channels) - 1)
+    h, w = latent_grid(height, width, scale)
+    image_tokens = (h // 2) * (w // 2) + extra_tokens
+    decoding = "decoding" if decode_tile is None else f"decoding in {decode_tile} px tiles"
+    phases = (
+        ("denoising", transformer_step_bytes(transformer, image_tokens, text_tokens, itemsize)),
+        (decoding, vae_peak_bytes(vae, h * scale, w * scale, vae_itemsize, "decode", decode_tile,
+                                  kernels.attention_memory())),
+    )
+    return MemoryPlan(f"a {width}x{height} image", weights_bytes, phases, reserved_bytes)
+
+
+def plan_tool_run(model: FluxModel, inputs: ToolInputs, weights_bytes: int, reserved_bytes: int) -> MemoryPlan:
+    """The plan of running a tool's inputs through the loop and decoding the result."""
+    request, conditioning = inputs.request, inputs.conditioning
+    width, height = inputs.canvas or (request.width, request.height)
+    reference = conditioning.reference_tokens
+    f = model.vae_scale_factor
+    h, w = latent_grid(height, width, f)
+    return image_plan(
+        model.config, model.vae.config, width, height,
+        extra_tokens=0 if reference is None else reference.shape[1], text_tokens=conditioning.text.shape[1],
+        itemsize=model.dtype.size, weights_bytes=weights_bytes, reserved_bytes=reserved_bytes,
+        decode_tile=model.vae_tile(h * f, w * f, "decode", request.vae_tiling), vae_itemsize=model.vae.dtype.size,
+    )
+
+
+def plan_from_files(source: ModelSource, request: GenerationRequest, itemsize: int, weights_bytes: int,
+                    reserved_bytes: int, allowance: int) -> MemoryPlan | None:
+    """The plan of a request from its model's config files, before anything is loaded; None where the size
+    is only known once the tool has read its input image, or the transformer is a single file."""
+    if source.transformer_file is not None:
+        return None
+    vae = VAEConfig.from_dict(read_json(source.component("vae") / "config.json"))
+    width, height = request.width, request.height
+    if width is None or height is None:
+        if request.tool != "generate" or request.image_path:
+            return None
+        width, height = width or vae.native_side, height or vae.native_side
+    transformer = FluxTransformerConfig.from_dict(read_json(source.folder / "transformer" / "config.json"))
+    text_tokens = min(MAX_SEQUENCE_LENGTH, request.max_sequence_length or MAX_SEQUENCE_LENGTH)
+    return image_plan(
+        transformer, vae, width, height, extra_tokens=0, text_tokens=text_tokens, itemsize=itemsize,
+        weights_bytes=weights_bytes, reserved_bytes=reserved_bytes, vae_itemsize=itemsize,
+        decode_tile=vae_tile(vae, height, width, itemsize, "decode", allowance, request.vae_tiling),
+    )

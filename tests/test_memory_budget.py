@@ -1,0 +1,156 @@
+"""The memory budget: plans against measured peaks, large sizes under a small budget through the CLI
+and the server (peak RSS measured from outside), and refusals as one sentence after which the
+studio keeps working. Runs on the shipped demo models, the way a new user would."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mflux_core.errors import InvalidRequest
+from mflux_core.manager import ModelManager
+from mflux_core.memory import GB, budget_from_gb
+from mflux_core.request import GenerationRequest
+from tests.test_reliability_server import client_for, start_server, stop_server
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL_BUDGET_GB = 3
+PLAN_TOLERANCE = 0.25
+
+# The CLI's entry point, reporting the process's peak resident memory (VmHWM) on exit.
+CLI_WITH_PEAK = """
+import atexit, sys
+from pathlib import Path
+def report_peak():
+    peak = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM"))
+    print("peak-rss-kb", peak.split()[1], file=sys.stderr)
+atexit.register(report_peak)
+from mflux_core.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def peak_rss_bytes(pid: int | str) -> int:
+    """The high-water mark of a process's resident memory (Linux)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
+
+
+def run_cli(tmp_path: Path, *flags: str) -> tuple[int, str, int]:
+    """(exit code, stderr, peak RSS in bytes) of one `mflux-studio generate` on the demo model."""
+    command = [sys.executable, "-c", CLI_WITH_PEAK, "generate", "--model", "demo", "--prompt", "a red circle",
+               "--steps", "1", "--seed", "3", "--output", str(tmp_path / "out.png"),
+               "--memory-budget", str(SMALL_BUDGET_GB), *flags]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+    peak = int(re.search(r"peak-rss-kb (\d+)", done.stderr).group(1)) * 1024
+    return done.returncode, done.stderr, peak
+
+
+def demo_request(tool: str, model: str, size: int, **settings) -> GenerationRequest:
+    return GenerationRequest(tool=tool, model=model, prompt="a blue square", steps=1, seed=2, width=size,
+                             height=size, **settings)
+
+
+def write_image(path: Path, size: int, colour=(200, 40, 40)) -> str:
+    Image.new("RGB", (size, size), colour).save(path)
+    return str(path)
+
+
+# ----- the budget and the planner ------------------------------------------------------------
+
+
+def test_budget_flags_refuse_what_no_model_runs_in():
+    assert budget_from_gb("6") == 6 * GB
+    for bad in ("0", "-1", "nan", "inf", "lots"):
+        with pytest.raises(InvalidRequest, match="memory budget"):
+            budget_from_gb(bad)
+
+
+def plan_cases(tmp_path: Path):
+    image, mask = write_image(tmp_path / "photo.png", 512), tmp_path / "mask.png"
+    mask_image = Image.new("L", (512, 512), 0)
+    mask_image.paste(255, (128, 128, 384, 384))
+    mask_image.save(mask)
+    return {
+        "generate": lambda size: demo_request("generate", "demo", size),
+        "fill": lambda size: demo_request("fill", "demo-fill", size, image_path=image, masked_image_path=str(mask)),
+        "kontext": lambda size: demo_request("kontext", "demo-kontext", size, image_path=image),
+    }
+
+
+@pytest.mark.parametrize("tool, size", [("generate", 256), ("generate", 512), ("generate", 1024),
+                                        ("fill", 512), ("kontext", 512)])
+def test_the_plan_is_within_a_quarter_of_the_measured_peak(tool, size, tmp_path):
+    manager = ModelManager()
+    manager.generate(plan_cases(tmp_path)[tool](size))
+    memory = manager.last_memory
+    assert abs(memory["planned_bytes"] - memory["measured_bytes"]) <= PLAN_TOLERANCE * memory["measured_bytes"], memory
+
+
+def test_a_tight_budget_tiles_the_decode_and_the_plan_still_holds(tmp_path):
+    budget = ModelManager().budget
+    whole = ModelManager()
+    whole.generate(demo_request("generate", "demo", 1024))
+    manager = ModelManager(memory_budget_bytes=budget.reserved_bytes() + whole.last_memory["measured_bytes"] // 2)
+    manager.generate(demo_request("generate", "demo", 1024))
+    memory = manager.last_memory
+    assert "tile" in memory["plan"], memory
+    assert memory["measured_bytes"] < whole.last_memory["measured_bytes"] * 0.75
+    assert abs(memory["planned_bytes"] - memory["measured_bytes"]) <= PLAN_TOLERANCE * memory["measured_bytes"], memory
+
+
+def test_a_request_over_the_budget_is_refused_before_loading_and_the_next_one_runs():
+    manager = ModelManager(memory_budget_bytes=SMALL_BUDGET_GB * GB)
+    with pytest.raises(InvalidRequest, match=r"4096x4096 image needs about .* GB of memory .* memory budget of 3\.0 GB"):
+        manager.generate(demo_request("generate", "demo", 4096))
+    assert manager.load_counts["transformer"] == 0
+    result = manager.generate(demo_request("generate", "demo", 64))
+    assert result.image.size == (64, 64)
+
+
+# ----- large sizes through the CLI and the server -------------------------------------------
+
+
+@pytest.mark.parametrize("width, height", [(2048, 2048), (2048, 1024)])
+def test_large_sizes_complete_within_a_small_budget_through_the_cli(width, height, tmp_path):
+    code, stderr, peak = run_cli(tmp_path, "--width", str(width), "--height", str(height), "-v")
+    assert code == 0, stderr[-3000:]
+    assert Image.open(tmp_path / "out.png").size == (width, height)
+    assert peak <= SMALL_BUDGET_GB * GB, f"peak RSS {peak / GB:.2f} GB\n{stderr[-2000:]}"
+
+
+def test_the_largest_size_is_refused_in_one_sentence_through_the_cli(tmp_path):
+    code, stderr, peak = run_cli(tmp_path, "--width", "4096", "--height", "4096")
+    lines = [line for line in stderr.splitlines() if not line.startswith("peak-rss-kb")]
+    assert code == 1 and lines == [lines[0]] and "memory budget" in lines[0], stderr[-3000:]
+    assert "Traceback" not in stderr and not (tmp_path / "out.png").exists()
+
+
+@pytest.fixture(scope="module")
+def budget_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("budget-server")
+    (root / "models" / "loras").mkdir(parents=True)
+    server = start_server(root / "models", root / "outputs", root / "server.log",
+                          "--memory-budget", str(SMALL_BUDGET_GB))
+    yield server
+    stop_server(server)
+
+
+def test_the_server_keeps_large_sizes_within_its_budget_and_refuses_the_rest(budget_server):
+    client = client_for(budget_server)
+    fast = dict(model="demo", prompt="a red circle", steps="1", seed=1)
+    for width, height in ((2048, 2048), (2048, 1024)):
+        status, _, images, *_ = client.predict(**fast, width=width, height=height, api_name="/generate")
+        assert "Done: 1 image" in status, status
+        assert Image.open(images[0]["image"]).size == (width, height)
+        assert peak_rss_bytes(budget_server.process.pid) <= SMALL_BUDGET_GB * GB
+    status, *_ = client.predict(**fast, width=4096, height=4096, api_name="/generate")
+    assert "memory budget of 3.0 GB" in status and "Traceback" not in status, status
+    status, *_ = client.predict(**fast, width=64, height=64, api_name="/generate")
+    assert "Done: 1 image" in status, status
+    strip = client.predict(api_name="/status")
+    assert "**Memory budget** 3.0 GB" in strip, strip
