@@ -1,0 +1,94 @@
+"""One module per tool. Each exposes pure functions (tested without a browser) and `render(studio) -> Panel`:
+
+    settings_from_values(values: dict) -> dict     the panel's controls -> preset settings
+    values_from_settings(settings: dict) -> dict   preset settings -> control values (partial is fine)
+    build_requests(values: dict, context) -> list[GenerationRequest]
+
+`values` maps control names to widget values, input images included (an upload's path, an image or None;
+webui.requests.read_upload decodes them with our checks).
+"""
+
+from dataclasses import dataclass
+from typing import Callable
+
+import gradio as gr
+from gradio.data_classes import FileData
+
+from webui.jobs import JobView
+
+
+@dataclass
+class Panel:
+    tab_id: str
+    tools: tuple[str, ...]  # the request tools this panel runs (controlnet also runs upscale)
+    controls: dict  # setting control name -> component (what presets save and restore)
+    settings_from_values: Callable[[dict], dict]
+    values_from_settings: Callable[[dict], dict]
+    send_target: gr.components.Component | None = None  # where "send to" puts an image
+    view: JobView | None = None
+    run_handler: Callable | None = None  # the wrapped build_requests, as wired to the Run button
+
+
+def result_column(prefix: str) -> tuple[JobView, gr.Button, gr.Button]:
+    """Run / Stop buttons, the progress line, the live preview and this run's results."""
+    with gr.Row():
+        run = gr.Button("Run", variant="primary", elem_id=f"{prefix}-run", scale=3)
+        stop = gr.Button("Stop", variant="stop", elem_id=f"{prefix}-stop", scale=1)
+    status = gr.HTML("", label="Status", show_label=False, elem_id=f"{prefix}-status",
+                     elem_classes=["studio-status-box"])
+    preview = gr.Image(label="Preview", type="pil", interactive=False, format="png", elem_id=f"{prefix}-preview",
+                       height=384)
+    results = gr.Gallery(label="This run", columns=4, height=200, elem_id=f"{prefix}-results", format="png",
+                         interactive=False, fit_columns=False, object_fit="contain", preview=False)
+    return JobView(status=status, preview=preview, results=results), run, stop
+
+
+# Gradio's Image and ImageEditor open every upload with Pillow before a handler runs: a file that is not an
+# image would end the event with Gradio's "Could not preprocess input component", and its limits are not ours.
+# These two hand the handler the upload's path instead, for our own checked loader.
+
+from gradio.events import Dependency
+
+class UploadedImage(gr.Image):
+    """gr.Image (the same widget in the page) whose value in a handler is the upload's path, not yet opened."""
+
+    is_template = True  # rendered by gr.Image's frontend
+
+    def preprocess(self, payload):
+        if payload is not None and payload.path is not None and not (payload.url or "").startswith("data:"):
+            return payload.path
+        return super().preprocess(payload)
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+class UploadedImageEditor(gr.ImageEditor):
+    """gr.ImageEditor whose background and layers reach a handler as paths, not yet opened."""
+
+    is_template = True
+
+    def convert_and_format_image(self, file, flatten_on_white: bool = False):
+        if isinstance(file, FileData) and file.path is not None:
+            return file.path
+        return super().convert_and_format_image(file, flatten_on_white)
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def input_image(label: str, elem_id: str, **kwargs) -> gr.Image:
+    return UploadedImage(label=label, type="filepath", sources=["upload", "clipboard"], format="png",
+                         elem_id=elem_id, height=320, **kwargs)
+
+
+def mask_editor(label: str, elem_id: str, brush_size: int) -> gr.ImageEditor:
+    """An image with white strokes painted on it (the mask), kept RGBA so the strokes' alpha survives."""
+    return UploadedImageEditor(
+        label=label, type="pil", image_mode="RGBA", format="png", sources=["upload", "clipboard"], transforms=(),
+        layers=False, height=420, brush=gr.Brush(default_size=brush_size, colors=["#ffffff"], color_mode="fixed"),
+        eraser=gr.Eraser(default_size=brush_size), elem_id=elem_id)
