@@ -45,39 +45,45 @@ def result_column(prefix: str) -> tuple[JobView, gr.Button, gr.Button]:
 
 # Gradio's Image and ImageEditor open every upload with Pillow before a handler runs: a file that is not an
 # image would end the event with Gradio's "Could not preprocess input component", and its limits are not ours.
-# These two hand the handler the upload's path instead, for our own checked loader.
+# Our inputs hand the handler the upload's path instead, for our own checked loader (webui.requests.read_upload).
+# The methods are replaced on the instances: a subclass of a Gradio component makes Gradio write a .pyi stub
+# beside its module each time it is imported.
 
 
-class UploadedImage(gr.Image):
-    """gr.Image (the same widget in the page) whose value in a handler is the upload's path, not yet opened."""
+def _upload_paths(preprocess: Callable) -> Callable:
+    """gr.Image.preprocess that returns an uploaded file's path unopened (other payloads as Gradio does)."""
 
-    is_template = True  # rendered by gr.Image's frontend
-
-    def preprocess(self, payload):
+    def path_of_upload(payload):
         if payload is not None and payload.path is not None and not (payload.url or "").startswith("data:"):
             return payload.path
-        return super().preprocess(payload)
+        return preprocess(payload)
+
+    return path_of_upload
 
 
-class UploadedImageEditor(gr.ImageEditor):
-    """gr.ImageEditor whose background and layers reach a handler as paths, not yet opened."""
+def _editor_upload_paths(convert: Callable) -> Callable:
+    """gr.ImageEditor.convert_and_format_image that returns the background's and layers' paths unopened."""
 
-    is_template = True
-
-    def convert_and_format_image(self, file, flatten_on_white: bool = False):
+    def path_of_upload(file, flatten_on_white: bool = False):
         if isinstance(file, FileData) and file.path is not None:
             return file.path
-        return super().convert_and_format_image(file, flatten_on_white)
+        return convert(file, flatten_on_white)
+
+    return path_of_upload
 
 
 def input_image(label: str, elem_id: str, **kwargs) -> gr.Image:
-    return UploadedImage(label=label, type="filepath", sources=["upload", "clipboard"], format="png",
-                         elem_id=elem_id, height=320, **kwargs)
+    image = gr.Image(label=label, type="filepath", sources=["upload", "clipboard"], format="png", elem_id=elem_id,
+                     height=320, **kwargs)
+    image.preprocess = _upload_paths(image.preprocess)
+    return image
 
 
 def mask_editor(label: str, elem_id: str, brush_size: int) -> gr.ImageEditor:
     """An image with white strokes painted on it (the mask), kept RGBA so the strokes' alpha survives."""
-    return UploadedImageEditor(
+    editor = gr.ImageEditor(
         label=label, type="pil", image_mode="RGBA", format="png", sources=["upload", "clipboard"], transforms=(),
         layers=False, height=420, brush=gr.Brush(default_size=brush_size, colors=["#ffffff"], color_mode="fixed"),
         eraser=gr.Eraser(default_size=brush_size), elem_id=elem_id)
+    editor.convert_and_format_image = _editor_upload_paths(editor.convert_and_format_image)
+    return editor
