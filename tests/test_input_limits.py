@@ -23,7 +23,7 @@ from mflux_core.request import MAX_INPUT_PIXELS, GenerationRequest, check_finite
 from tests.fixtures.bad_inputs import write_images
 from tests.fixtures.lora_files import Dims, write_diffusers_lora
 from tests.test_images import png_claiming_size
-from tests.test_reliability_server import client_for, result_files, start_server, stop_server
+from tests.test_reliability_server import client_for, linked_models, result_files, start_server, stop_server
 from tests.test_webui_browser import api_parameters
 from webui.requests import InputStore
 
@@ -157,10 +157,7 @@ def test_a_refused_upload_is_never_copied_into_the_inputs_folder(images, tmp_pat
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_schnell, tiny_fill):
     root = tmp_path_factory.mktemp("limits-server")
-    models = root / "models"
-    (models / "loras").mkdir(parents=True)
-    (models / "tiny-schnell").symlink_to(tiny_schnell)
-    (models / "tiny-fill").symlink_to(tiny_fill)
+    models = linked_models(root / "models", {"tiny-schnell": tiny_schnell, "tiny-fill": tiny_fill})
     write_diffusers_lora(models / "loras" / "style.safetensors", Dims.of(tiny_schnell))
     outputs = root / "outputs"
     server = start_server(models, outputs, root / "server.log")
