@@ -88,7 +88,7 @@ class GenerationRequest:
                 f"{len(self.redux_image_paths)} Redux images but {len(self.redux_image_strengths)} strengths: "
                 "give one strength per image."
             )
-        for strength in self.redux_image_strengths:  # finite: checked with the types
+        for strength in self.redux_image_strengths:
             if not 0 <= strength <= 1:
                 raise InvalidRequest(f"Redux image strength {strength} is out of range: use 0 (ignore the image) to 1.")
         if self.quantize is not None and self.quantize not in QUANTIZE_BITS:
@@ -168,13 +168,11 @@ def _check_types(request: GenerationRequest) -> None:
             check_finite(getattr(request, name), label)
     for name in ("lora_paths", "redux_image_paths", *_NUMBER_LISTS):
         values = getattr(request, name)
-        if not isinstance(values, (tuple, list)):
+        if not isinstance(values, (tuple, list)) or ("paths" in name and not all(isinstance(v, str) for v in values)):
             raise InvalidRequest(f"The setting {name} must be a list of {'paths' if 'paths' in name else 'numbers'}.")
-        if name in _NUMBER_LISTS:
-            for value in values:
-                check_finite(value, _NUMBER_LISTS[name])
-        elif not all(isinstance(v, str) for v in values):
-            raise InvalidRequest(f"The setting {name} must be a list of paths.")
+    for name, label in _NUMBER_LISTS.items():
+        for value in getattr(request, name):
+            check_finite(value, label)
     if not isinstance(request.extra, dict):
         raise InvalidRequest("The setting extra must be an object of tool settings.")
     for key, value in request.extra.items():  # tool settings such as canny_low: numbers must be finite

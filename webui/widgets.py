@@ -103,7 +103,7 @@ def _number_or_none(value, what: str) -> float | None:
 def number_value(values: dict, key: str, default: float, what: str) -> float:
     """A slider's or number field's value (`default` when it is empty); NaN and infinities are refused by name."""
     value = values.get(key)
-    return default if value is None or value == "" else check_finite(value, what)
+    return float(default) if value is None or value == "" else check_finite(value, what)
 
 
 def _int_or_none(value, what: str) -> int | None:
