@@ -133,6 +133,18 @@ def test_an_over_limit_outpaint_is_refused_before_its_canvas_is_built(manager, t
     assert code == 1 and CANVAS_REFUSAL in capsys.readouterr().err and not output.exists()
 
 
+def test_images_used_at_their_own_size_are_held_to_the_canvas_limits(manager, tiny_kontext, tiny_fill, images):
+    kontext = GenerationRequest(tool="kontext", model=str(tiny_kontext), image_path=str(images["too-wide.png"]),
+                                **{**FAST, "prompt": "make it red"})
+    with pytest.raises(InvalidRequest, match=f"The reference image, which Kontext uses at its own size, would be "
+                                             f"4112x64 pixels, {CANVAS_REFUSAL}"):
+        manager.generate(kontext)
+    diptych = GenerationRequest(tool="in-context", model=str(tiny_fill), image_path=str(images["photo64.png"]),
+                                steps=1, width=4096, height=64, prompt="[IMAGE1] a mug; [IMAGE2] the same mug")
+    with pytest.raises(InvalidRequest, match=f"The diptych .* would be 8192x64 pixels, {CANVAS_REFUSAL}"):
+        manager.generate(diptych)
+
+
 def test_canny_edges_refuse_an_over_limit_image_and_bad_thresholds():
     with pytest.raises(InvalidRequest, match=f"4112x16 pixels, {CANVAS_REFUSAL}"):
         canny_edges(Image.new("RGB", (4112, 16)))
