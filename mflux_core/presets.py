@@ -24,7 +24,7 @@ from mflux_core.images.outpaint import parse_padding
 from mflux_core.metadata import A1111_KEY, JSON_KEY, MAX_METADATA_CHARS, request_from_metadata
 from mflux_core.request import (
     DTYPES, MAX_PROMPT_CHARS, MAX_SEED, MAX_SEQUENCE_LENGTH, MAX_SIDE, MAX_STEPS, QUANTIZE_BITS, TOOLS,
-    GenerationRequest,
+    GenerationRequest, is_finite_number,
 )
 
 FORMAT_VERSION = 1
@@ -74,10 +74,6 @@ class Preset:
 # ----- validation ---------------------------------------------------------------------------
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
-
-
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -95,7 +91,7 @@ def _int_in(low: int, high: int):
 
 def _number_in(low: float, high: float, high_open: bool = False):
     def check(value):
-        if not _is_number(value) or value < low or (value >= high if high_open else value > high):
+        if not is_finite_number(value) or value < low or (value >= high if high_open else value > high):
             return f"must be a number from {low} to {'below ' if high_open else ''}{high}"
     return check
 
@@ -156,7 +152,7 @@ def _check_extra(value):
         if isinstance(item, list) and len(item) > MAX_LIST_ITEMS:
             return f"{key} has more than {MAX_LIST_ITEMS} items"
         for scalar in scalars:
-            if not (scalar is None or isinstance(scalar, bool) or _is_number(scalar)
+            if not (scalar is None or isinstance(scalar, bool) or is_finite_number(scalar)
                     or (isinstance(scalar, str) and len(scalar) <= 200)):
                 return f"{key} must be a number, true/false, short text or a list of those"
 

@@ -1,12 +1,15 @@
 """GenerationRequest: every setting of one image, validated once, shared by the CLI, the UI and presets."""
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from mflux_core.errors import InvalidRequest
 
 TOOLS = ("generate", "fill", "depth", "kontext", "controlnet", "upscale", "redux", "in-context", "catvton", "ic-edit")
-MAX_SIDE = 4096
+MAX_SIDE = 4096  # pixels a side of any image the engine works on at full size (outputs, canvases, references)
+MAX_PIXELS = MAX_SIDE * MAX_SIDE  # pixels in all of such an image
+MAX_INPUT_PIXELS = 8192 * 8192  # an input image that is resized before use; a larger file is refused undecoded
 MAX_STEPS = 500
 MAX_PROMPT_CHARS = 20_000
 MAX_SEED = 2**32 - 1
@@ -63,6 +66,8 @@ class GenerationRequest:
                 raise InvalidRequest(
                     f"{name.capitalize()} {value} is not a multiple of 16; try {max(16, round(value / 16) * 16)}."
                 )
+        if self.width is not None and self.height is not None:
+            check_image_size(self.width, self.height, "The requested image")
         if self.steps is not None and not (isinstance(self.steps, int) and 1 <= self.steps <= MAX_STEPS):
             raise InvalidRequest(f"Steps must be a whole number from 1 to {MAX_STEPS}, not {self.steps!r}.")
         if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
@@ -106,6 +111,36 @@ class GenerationRequest:
         return tuple(f.name for f in fields(cls))
 
 
+def check_image_size(width: int, height: int, what: str, resized: bool = False) -> None:
+    """Refuse, before any work starts, an image past the studio's limits: at most MAX_SIDE a side and MAX_PIXELS
+    in all for what the engine works on at full size; MAX_INPUT_PIXELS for an input it resizes first (`resized`)."""
+    if resized:
+        if width * height > MAX_INPUT_PIXELS:
+            raise InvalidRequest(f"{what} is too large ({width}x{height} pixels; the limit is {MAX_INPUT_PIXELS:,} "
+                                 "pixels).")
+    elif max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
+        raise InvalidRequest(f"{what} would be {width}x{height} pixels, past the {MAX_SIDE}-pixel limit a side "
+                             f"({MAX_PIXELS:,} pixels in all).")
+
+
+def is_finite_number(value) -> bool:
+    """An int or float (not a bool) that is neither NaN nor infinite (an int too large for a float is infinite)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def check_finite(value, what: str) -> float:
+    """`value` as a float when it is a finite number; otherwise InvalidRequest naming the setting (`what`)."""
+    if not is_finite_number(value):
+        kind = "finite number" if isinstance(value, (int, float)) and not isinstance(value, bool) else "number"
+        raise InvalidRequest(f"{what} must be a {kind}, not {str(value)[:40]}.")
+    return float(value)
+
+
 def snap_to_16(value: int) -> int:
     return max(16, min(MAX_SIDE, value // 16 * 16))
 
@@ -119,11 +154,9 @@ def _check_prompt(prompt: str) -> None:
 
 _TEXT_FIELDS = ("model", "base_model", "image_path", "masked_image_path", "outpaint_padding", "depth_image_path",
                 "controlnet_image_path", "init_noise_path", "dtype")
-_NUMBER_FIELDS = ("guidance", "image_strength", "controlnet_strength")
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+_NUMBER_FIELDS = {"guidance": "Guidance", "image_strength": "Image strength",
+                  "controlnet_strength": "ControlNet strength"}
+_NUMBER_LISTS = {"lora_scales": "A LoRA scale", "redux_image_strengths": "A Redux image strength"}
 
 
 def _check_types(request: GenerationRequest) -> None:
@@ -131,16 +164,21 @@ def _check_types(request: GenerationRequest) -> None:
     for name in _TEXT_FIELDS:
         if not isinstance(getattr(request, name), (str, type(None))):
             raise InvalidRequest(f"The setting {name} must be text, not {type(getattr(request, name)).__name__}.")
-    for name in _NUMBER_FIELDS:
-        if getattr(request, name) is not None and not _is_number(getattr(request, name)):
-            raise InvalidRequest(f"The setting {name} must be a number, not {getattr(request, name)!r:.40}.")
-    for name, is_item in (("lora_paths", lambda v: isinstance(v, str)), ("redux_image_paths", lambda v: isinstance(v, str)),
-                          ("lora_scales", _is_number), ("redux_image_strengths", _is_number)):
+    for name, label in _NUMBER_FIELDS.items():
+        if getattr(request, name) is not None:
+            check_finite(getattr(request, name), label)
+    for name in ("lora_paths", "redux_image_paths", *_NUMBER_LISTS):
         values = getattr(request, name)
-        if not isinstance(values, (tuple, list)) or not all(is_item(v) for v in values):
+        if not isinstance(values, (tuple, list)) or ("paths" in name and not all(isinstance(v, str) for v in values)):
             raise InvalidRequest(f"The setting {name} must be a list of {'paths' if 'paths' in name else 'numbers'}.")
+    for name, label in _NUMBER_LISTS.items():
+        for value in getattr(request, name):
+            check_finite(value, label)
     if not isinstance(request.extra, dict):
         raise InvalidRequest("The setting extra must be an object of tool settings.")
+    for key, value in request.extra.items():  # tool settings such as canny_low: numbers must be finite
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            check_finite(value, f"The setting {key}")
     for name in ("keep_unmasked", "vae_tiling"):
         if not isinstance(getattr(request, name), bool):
             raise InvalidRequest(f"The setting {name} must be true or false.")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mflux_core.errors import ModelLoadError
+from mflux_core.errors import InvalidRequest, ModelLoadError
 from mflux_core.models.depth import (
     DepthAnythingConfig,
     DepthEstimator,
@@ -145,3 +145,9 @@ def test_metric_models_are_refused(tiny_depth):
     config = json.loads((tiny_depth / "config.json").read_text())
     with pytest.raises(ModelLoadError, match="relative"):
         DepthAnythingConfig.from_dict(dict(config, depth_estimation_type="metric", max_depth=20))
+
+
+def test_a_photo_past_the_size_limit_is_refused_before_estimating(estimator):
+    """The map comes out at the photo's own size, so the photo is held to the limits of a full-size image."""
+    with pytest.raises(InvalidRequest, match="4112x16 pixels, past the 4096-pixel limit a side"):
+        estimator.estimate(Image.new("RGB", (4112, 16)))

@@ -84,13 +84,18 @@ def result_files(outputs: Path) -> list[Path]:
     return sorted(p for p in outputs.glob("????-??-??/*") if p.is_file())
 
 
+def linked_models(folder: Path, models: dict[str, Path]) -> Path:
+    """A models folder, with an empty LoRA library in loras/, whose entries link to the given model folders."""
+    (folder / "loras").mkdir(parents=True)
+    for name, model in models.items():
+        (folder / name).symlink_to(model)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory, tiny_schnell, tiny_fill):
     root = tmp_path_factory.mktemp("reliability")
-    models = root / "models"
-    (models / "loras").mkdir(parents=True)
-    (models / "tiny-schnell").symlink_to(tiny_schnell)
-    (models / "tiny-fill").symlink_to(tiny_fill)
+    models = linked_models(root / "models", {"tiny-schnell": tiny_schnell, "tiny-fill": tiny_fill})
     return SimpleNamespace(path=root, models=models, outputs=root / "outputs", images=write_images(root / "images"))
 
 

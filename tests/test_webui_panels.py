@@ -93,6 +93,24 @@ def test_shared_settings_parse_text_boxes_and_refuse_garbage(context):
         generate.build_requests(shared(width=65), context)
 
 
+@pytest.mark.parametrize("panel, values, expected", [
+    (generate, {"lora_1": "ink", "lora_scale_1": float("nan")}, "The scale of LoRA 1 must be a finite number"),
+    (generate, {"guidance": "inf"}, "Guidance must be a finite number, not inf"),
+    (generate, {"image_strength": float("nan")}, "Image strength must be a finite number"),
+    (controlnet, {"control_image": picture(), "canny_low": float("nan")}, "The Canny low threshold must be a finite"),
+    (controlnet, {"control_image": picture(), "controlnet_strength": float("inf")}, "The ControlNet strength must"),
+    (redux, {"redux_image_1": picture(), "redux_strength_1": float("nan")}, "The strength of Redux image 1 must"),
+    (fill, {"editor": {"background": picture(), "layers": [stroke_layer()]}, "mask_grow_px": float("nan")},
+     "Grow mask must be a finite number"),
+    (fill, {"editor": {"background": picture(), "layers": []}, "mode": fill.OUTPAINT, "pad_left": float("inf")},
+     "The left padding must be a finite number"),
+], ids=["lora scale", "guidance", "image strength", "canny", "controlnet strength", "redux", "mask grow", "padding"])
+def test_panels_refuse_nan_and_infinities_by_name(context, panel, values, expected):
+    with pytest.raises(InvalidRequest, match=expected):
+        panel.build_requests(shared(**values), context)
+    assert not (context.inputs.folder).exists()  # refused before any input was copied
+
+
 def test_batches_use_consecutive_seeds_from_a_fixed_or_random_start(context):
     assert [r.seed for r in generate.build_requests(shared(batch_count=3), context)] == [5, 6, 7]
     assert [r.seed for r in generate.build_requests(shared(random_seed=True, batch_count=2), context)] == [1000, 1001]
@@ -356,3 +374,6 @@ def test_every_run_button_shares_one_queue_of_one(tmp_path):
     assert {(fn.concurrency_id, fn.concurrency_limit) for fn in runs.values()} == {(ENGINE_QUEUE, 1)}
     assert app._queue.max_size == 5
     assert set(app.studio.panels) >= {"generate", "fill", "depth", "kontext", "controlnet", "redux"}
+    history = {app.studio.outputs.history._id, app.studio.outputs.status_strip._id}
+    for fn in runs.values():  # a tool's API result is its own images; the history refreshes in a private event
+        assert not history & {block._id for block in fn.outputs}, fn.api_name

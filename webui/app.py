@@ -154,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         print("Warning: --listen without --auth lets anyone on your network use the studio.", file=sys.stderr)
     print(f"mflux-studio: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{args.port}"
           f"{' (listening on all interfaces)' if args.listen else ''}", flush=True)
-    # Our handlers turn every error into a status line; show_error lets Gradio's own refusals (an upload
-    # it cannot decode, a value out of a slider's range) reach the page as a sentence instead of "Error".
+    # Our handlers turn every error into a status line (a refused input also ends its event with the sentence);
+    # show_error lets Gradio's own refusals (a value out of a slider's range) reach the page as a sentence too.
     app.launch(server_name=host, server_port=args.port, auth=auth, show_error=True, **launch_kwargs(folders))
     return 0
 

@@ -4,7 +4,8 @@ It puts the job in the studio's single queue, turns the panel's values into requ
 through the ModelManager on a worker thread while streaming step count, time per step and a
 live preview to the page, saves every image with its metadata, and turns every failure into a
 readable message in the page: a StudioError's own sentence, or a one-line summary of a bug
-(its traceback goes to the server log, never to the page).
+(its traceback goes to the server log, never to the page). A refused input (InvalidRequest) also
+ends the event as an error, so a gradio_client call raises with the sentence.
 """
 
 import html
@@ -17,7 +18,7 @@ from typing import Callable, Iterator
 
 import gradio as gr
 
-from mflux_core.errors import Cancelled, StudioError
+from mflux_core.errors import Cancelled, InvalidRequest, StudioError
 from mflux_core.request import GenerationRequest
 from webui.gallery import save_result
 
@@ -167,6 +168,7 @@ def studio_job(studio, view: JobView):
 def run_job(studio, view: JobView, build: RequestBuilder, values: dict, session: str):
     cancel = studio.jobs.begin(session)
     saved: list[tuple[str, str]] = []
+    failure = None
     try:
         yield {view.status: progress_html("Preparing…")}
         requests = build(values, studio.request_context())
@@ -188,12 +190,12 @@ def run_job(studio, view: JobView, build: RequestBuilder, values: dict, session:
     except Cancelled as stopped:
         message, kind = f"{stopped} {_images(len(saved))} saved.", "stopped"
     except Exception as error:  # the server must survive anything a user sends
-        message, kind = error_text(error), "error"
-        gr.Warning(message)
+        failure, message, kind = error, error_text(error), "error"
     finally:
         studio.jobs.end(session, cancel)
     # The results once, at the end: what a gradio_client call gets back, next to the status.
-    yield {view.status: progress_html(message, kind=kind), view.results: saved, **studio.after_job_updates()}
+    yield {view.status: progress_html(message, kind=kind), view.results: saved}
+    report_failure(failure, message)
 
 
 def _images(count: int) -> str:
@@ -216,16 +218,25 @@ def message_markdown(text: str, kind: str = "error") -> str:
     return f"**{'Error' if kind == 'error' else 'Note'}:** {text}"
 
 
+def report_failure(failure: Exception | None, message: str) -> None:
+    """After the page shows `message`: a refused input ends the event as an error (gradio_client raises with the
+    sentence, the page shows it); any other failure is a warning beside the status line."""
+    if isinstance(failure, InvalidRequest):
+        raise gr.Error(message, print_exception=False)
+    if failure is not None:
+        gr.Warning(message)
+
+
 def safe_action(message_output, run: Callable, render: Callable[..., str] = progress_html) -> Callable:
     """Wrap a small panel action (estimate depth, preview edges, presets) so errors land in `message_output`."""
 
     def handler(*args, **kwargs):
         try:
-            return run(*args, **kwargs)
+            yield run(*args, **kwargs)
         except Exception as error:
             text = error_text(error)
-            gr.Warning(text)
-            return {message_output: render(text, kind="error")}
+            yield {message_output: render(text, kind="error")}
+            report_failure(error, text)
 
     handler.__name__ = getattr(run, "__name__", "action")
     return handler

@@ -14,16 +14,30 @@ from typing import Callable, Mapping
 from PIL import Image
 
 from mflux_core.errors import InvalidRequest
-from mflux_core.images.io import save_png_atomic
+from mflux_core.images.io import load_image, save_png_atomic
 from mflux_core.request import MAX_SEED, GenerationRequest
+
+
+def read_upload(value: str | Image.Image | None, loader: Callable = load_image) -> Image.Image | None:
+    """An input's value (an upload's path, or an image made in the studio) decoded by `loader` with its checks.
+
+    An upload is named by its file name in messages: the server's temporary path means nothing to its sender.
+    """
+    if value is None:
+        return None
+    return loader(value) if isinstance(value, Image.Image) else loader(value, name=Path(value).name)
 
 
 class InputStore:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
 
-    def save(self, image: Image.Image | None, kind: str) -> str | None:
-        """The path of a PNG holding exactly `image` (written once per content); None for no image."""
+    def save(self, upload: str | Image.Image | None, kind: str) -> str | None:
+        """The path of a PNG holding exactly the image (written once per content); None for no image.
+
+        An upload is decoded and checked first, so one that is refused is never copied here; an image made in
+        the studio (a painted mask) is written as it is."""
+        image = upload if isinstance(upload, Image.Image) else read_upload(upload)
         if image is None:
             return None
         digest = hashlib.sha256(f"{image.mode} {image.size}".encode() + image.tobytes()).hexdigest()[:20]

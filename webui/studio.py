@@ -3,6 +3,7 @@
 One Studio per app (built by build_app); nothing here is global, and nothing loads at import time.
 """
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,14 @@ from webui.requests import InputStore, RequestContext
 from webui.status import status_markdown
 
 SHIPPED_PRESETS = Path(__file__).resolve().parent.parent / "presets"
+
+
+def api_signature(inputs: dict) -> inspect.Signature:
+    """A Run handler's signature as Gradio reads it for the API: every named input optional. Gradio takes an
+    input's default from its component's value, or None where a parameter defaults to None (images: no image)."""
+    request = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)
+    return inspect.Signature([request, *(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
+                                         for name in inputs)])
 
 
 @dataclass(frozen=True)
@@ -104,14 +113,21 @@ class Studio:
         return studio_job(self, view)
 
     def job_outputs(self, view: JobView) -> list:
-        return [view.status, view.preview, view.results, self.outputs.history, self.outputs.history_paths,
-                self.outputs.status_strip]
+        """What a Run event (and so its API endpoint) returns: status, the last image, this run's images."""
+        return [view.status, view.preview, view.results]
 
     def wire_run(self, trigger: gr.Button, handler, inputs: dict, view: JobView, api_name: str):
-        """A Run button: the shared engine queue (one job at a time), named inputs, our own progress display."""
-        return trigger.click(handler, inputs_kwargs=inputs, outputs=self.job_outputs(view), api_name=api_name,
-                             concurrency_id=ENGINE_QUEUE, concurrency_limit=1, show_progress="minimal",
-                             show_progress_on=[view.results])
+        """A Run button: the shared engine queue (one job at a time), named inputs, our own progress display.
+
+        The page's history and status strip refresh in a chained event of their own, outside the API's result:
+        a gradio_client call would otherwise download every file of the history.
+        """
+        handler.__signature__ = api_signature(inputs)
+        run = trigger.click(handler, inputs_kwargs=inputs, outputs=self.job_outputs(view), api_name=api_name,
+                            concurrency_id=ENGINE_QUEUE, concurrency_limit=1, show_progress="minimal",
+                            show_progress_on=[view.results])
+        return run.then(self.after_job_updates, outputs=self.after_job_updates_outputs(), queue=False,
+                        show_progress="hidden", api_visibility="private")
 
     def wire_stop(self, trigger: gr.Button, api_name: str | None = None):
         """A Stop button; every panel's does the same (stops this session's job), so one is in the API."""

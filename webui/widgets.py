@@ -13,7 +13,7 @@ import gradio as gr
 from mflux_core.errors import InvalidRequest
 from mflux_core.models.vae import FLUX_SIDE
 from mflux_core.registry import ModelEntry
-from mflux_core.request import MAX_SEED, MAX_SIDE, QUANTIZE_BITS
+from mflux_core.request import MAX_SEED, MAX_SIDE, QUANTIZE_BITS, check_finite
 from mflux_core.tools import DEFAULT_MODELS, DEMO_DEFAULTS
 
 ASPECT_RATIOS = {"1:1": (1, 1), "4:3": (4, 3), "3:4": (3, 4), "3:2": (3, 2), "2:3": (2, 3), "16:9": (16, 9),
@@ -95,9 +95,16 @@ def _number_or_none(value, what: str) -> float | None:
     if value is None or str(value).strip() == "":
         return None
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise InvalidRequest(f"{what} must be a number or empty (the default), not {str(value)[:40]!r}.") from None
+    return check_finite(number, what)
+
+
+def number_value(values: dict, key: str, default: float, what: str) -> float:
+    """A slider's or number field's value (`default` when it is empty); NaN and infinities are refused by name."""
+    value = values.get(key)
+    return float(default) if value is None or value == "" else check_finite(value, what)
 
 
 def _int_or_none(value, what: str) -> int | None:
@@ -113,8 +120,9 @@ def _size_or_none(value, what: str) -> int | None:
 
 def shared_settings(values: dict) -> dict:
     """Preset settings from the shared controls' values."""
-    loras = [(values.get(f"lora_{i}"), values.get(f"lora_scale_{i}", 1.0)) for i in range(1, MAX_LORAS + 1)]
-    loras = [(name, float(scale)) for name, scale in loras if name]
+    loras = [(values.get(f"lora_{i}"), number_value(values, f"lora_scale_{i}", 1.0, f"The scale of LoRA {i}"))
+             for i in range(1, MAX_LORAS + 1)]
+    loras = [(name, scale) for name, scale in loras if name]
     quantize = values.get("quantize") or QUANTIZE_OFF
     return {
         "model": values.get("model") or None,

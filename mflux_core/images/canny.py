@@ -5,6 +5,7 @@ from PIL import Image
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.masks import gaussian_blur
+from mflux_core.request import check_finite, check_image_size
 
 # Offsets (dy, dx) of the neighbour along the gradient for each of the four direction sectors:
 # horizontal gradient, the 45 degree diagonal, vertical, the 135 degree diagonal.
@@ -116,10 +117,12 @@ def canny_edges(image: Image.Image, low: float = 100, high: float = 200, sigma: 
     100 / 200 behave like cv2.Canny(image, 100, 200), a little less eager on faint edges because
     of the blur (an edge needs a step of about 40 / 80 grey levels at sigma 1).
     """
+    low, high = check_finite(low, "The Canny low threshold"), check_finite(high, "The Canny high threshold")
     if low < 0 or high < 0:
         raise InvalidRequest(f"The Canny thresholds must not be negative (low {low}, high {high}).")
     if low > high:
         raise InvalidRequest(f"The Canny low threshold ({low}) must not exceed the high threshold ({high}).")
+    check_image_size(*image.size, "The image to find Canny edges in")
     magnitude, dx, dy = gradient(image, sigma)
     edges = hysteresis(thin_edges(magnitude, dx, dy), low, high)
     return Image.fromarray(np.repeat(np.where(edges, 255, 0).astype(np.uint8)[..., None], 3, axis=-1), "RGB")

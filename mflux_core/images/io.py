@@ -14,9 +14,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from mflux_core.errors import InvalidRequest, StudioError
-
-# Pillow's own default limit (about 9459 x 9459): larger files are refused before they are decoded.
-MAX_IMAGE_PIXELS = 89_478_485
+from mflux_core.request import MAX_INPUT_PIXELS, check_image_size
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 HIGH_DEPTH_MODES = (*SIXTEEN_BIT_MODES, "I", "F")
@@ -46,11 +44,8 @@ def _truncated_images_are_errors():
 
 
 def _check_pixel_count(image: Image.Image, label: str) -> None:
-    width, height = image.size
-    if width * height > MAX_IMAGE_PIXELS:
-        raise InvalidRequest(
-            f"The image {label} is too large ({width}x{height} pixels; the limit is {MAX_IMAGE_PIXELS:,} pixels)."
-        )
+    """Read from the file's header, before a decompression bomb could be decoded."""
+    check_image_size(*image.size, f"The image {label}", resized=True)
 
 
 def _upright(image: Image.Image) -> Image.Image:
@@ -61,38 +56,41 @@ def _upright(image: Image.Image) -> Image.Image:
         return image.copy()
 
 
-def _decode_file(path: Path) -> Image.Image:
+def _decode_file(path: Path, label: str) -> Image.Image:
     try:
         status = path.stat()
     except FileNotFoundError:
-        raise InvalidRequest(f"The file {path} does not exist.") from None
+        raise InvalidRequest(f"The file {label} does not exist.") from None
     except OSError as error:
-        raise InvalidRequest(f"The file {path} cannot be read: {error.strerror or error}.") from error
+        raise InvalidRequest(f"The file {label} cannot be read: {error.strerror or error}.") from error
     if stat.S_ISDIR(status.st_mode):
-        raise InvalidRequest(f"{path} is a folder, not an image file.")
+        raise InvalidRequest(f"{label} is a folder, not an image file.")
     if status.st_size == 0:
-        raise InvalidRequest(f"The file {path} is empty.")
+        raise InvalidRequest(f"The file {label} is empty.")
     try:
         with _truncated_images_are_errors(), Image.open(path) as image:
-            _check_pixel_count(image, str(path))
+            _check_pixel_count(image, label)
             image.load()  # the first frame only, for animated GIF / WebP
             return _upright(image)
     except Image.DecompressionBombError:
         raise InvalidRequest(
-            f"The image {path} is too large (over {MAX_IMAGE_PIXELS:,} pixels) to open safely."
+            f"The image {label} is too large (over {MAX_INPUT_PIXELS:,} pixels) to open safely."
         ) from None
     except UnidentifiedImageError:
-        raise InvalidRequest(f"The file {path} is not an image, or not in a format Pillow can read.") from None
+        raise InvalidRequest(f"The file {label} is not an image, or not in a format Pillow can read.") from None
     except PermissionError:
-        raise InvalidRequest(f"The file {path} cannot be read: permission denied.") from None
+        raise InvalidRequest(f"The file {label} cannot be read: permission denied.") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
-        raise InvalidRequest(f"The image {path} is truncated or damaged ({error}).") from error
+        raise InvalidRequest(f"The image {label} is truncated or damaged ({error}).") from error
 
 
-def _decode(source: ImageSource) -> Image.Image:
-    """A loaded, upright, detached copy of the source's first frame, in the mode it was stored in."""
+def _decode(source: ImageSource, name: str | None = None) -> Image.Image:
+    """A loaded, upright, detached copy of the source's first frame, in the mode it was stored in.
+
+    `name` replaces the file's path in messages (an upload's temporary path means nothing to its sender).
+    """
     if not isinstance(source, Image.Image):
-        return _decode_file(Path(source))
+        return _decode_file(Path(source), name or str(source))
     label = getattr(source, "filename", "") or "you gave"
     _check_pixel_count(source, label)
     try:
@@ -140,13 +138,19 @@ def _flatten_to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else _convert(image, "RGB")
 
 
-def load_image(source: ImageSource) -> Image.Image:
+def load_image(source: ImageSource, name: str | None = None) -> Image.Image:
     """Any image a user may drop, as an upright RGB image (transparency composited over white).
 
     Handles EXIF rotation, CMYK, palettes, 16-bit grayscale, animated files (first frame). An
-    empty, truncated, damaged, non-image or oversized file raises InvalidRequest naming the file.
+    empty, truncated, damaged, non-image or oversized file raises InvalidRequest naming the file
+    (as `name` when given).
     """
-    return _flatten_to_rgb(_decode(source))
+    return _flatten_to_rgb(_decode(source, name))
+
+
+def load_rgba(source: ImageSource, name: str | None = None) -> Image.Image:
+    """An image with its transparency kept (a painted editor layer), checked as load_image checks."""
+    return _convert(_decode(source, name), "RGBA")
 
 
 def load_mask(source: ImageSource) -> Image.Image:

@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from mflux_core.errors import InvalidRequest
+from mflux_core.request import check_image_size
 
 MAX_PADDING_PX = 4096
 OVERLAP_PX = 8
@@ -98,6 +99,7 @@ def outpaint_canvas(
     image = image.convert("RGB")
     width, height = image.size
     top, right, bottom, left = fit_padding_to_multiple(image.size, padding, multiple)
+    check_image_size(left + width + right, top + height + bottom, "The outpaint canvas")
     pixels = np.asarray(image)
     stretched = np.pad(pixels, ((top, bottom), (left, right), (0, 0)), mode="edge")
     blur_radius = max(4.0, max(top, right, bottom, left) / 4.0)

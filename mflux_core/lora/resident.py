@@ -12,13 +12,14 @@ from mflux_core.lora.apply import LoraReport, add_lora, applied_loras, check_lor
 from mflux_core.lora.formats import LoraFile, load_lora_file
 from mflux_core.lora.library import resolve_lora_path
 from mflux_core.lru import LRU
+from mflux_core.request import check_finite
 
 
 def requested_loras(paths: Sequence[str], scales: Sequence[float]) -> list[tuple[str, float]]:
     """(name as typed, scale) pairs; scales default to 1.0."""
     if scales and len(scales) != len(paths):
         raise InvalidRequest(f"{len(paths)} LoRA paths but {len(scales)} scales: give one scale per LoRA.")
-    return list(zip(paths, scales or [1.0] * len(paths)))
+    return list(zip(paths, [check_finite(scale, "A LoRA scale") for scale in scales] or [1.0] * len(paths)))
 
 
 class ResidentLoras:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from mflux_core.errors import ModelLoadError
 from mflux_core.models.dinov2 import Dinov2Backbone, Dinov2Config, resize_bicubic, resize_bilinear_align_corners
+from mflux_core.request import check_image_size
 from mflux_core.weights.loading import load_component
 from mflux_core.weights.safetensors_io import read_json
 
@@ -280,6 +281,7 @@ class DepthEstimator:
 
     def estimate(self, image: Image.Image) -> np.ndarray:
         """Relative inverse depth (larger = nearer), float32 (H, W) at the image's own size."""
+        check_image_size(*image.size, "The photo to estimate depth from")
         dtype = self.model.head.conv3.weight.dtype
         pixels = mx.array(preprocess(image, self.preprocess_config)).astype(dtype)
         depth = self.model(pixels).astype(mx.float32)

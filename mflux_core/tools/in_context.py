@@ -15,7 +15,7 @@ from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.images.masks import binarize_mask
 from mflux_core.images.io import pil_to_pixels
-from mflux_core.request import GenerationRequest
+from mflux_core.request import GenerationRequest, check_image_size
 from mflux_core.tools.common import check_in_channels, encode_pixels, prompt_conditioning, with_guidance
 from mflux_core.tools.fill import DEFAULT_GUIDANCE, fill_channels, packed_mask
 
@@ -79,6 +79,7 @@ def in_context_inputs(model: FluxModel, request: GenerationRequest, left: Image.
     """Fill conditioning for the diptych; `request.width/height` are one panel's size (set by the caller)."""
     check_fill_model(model, tool)
     width, height = request.width, request.height
+    check_image_size(2 * width, height, "The diptych (both panels side by side)")
     request = with_guidance(model, request, DEFAULT_GUIDANCE)  # its width stays one panel's, so it replays
     mask = diptych_mask(right_mask, width, height)
     pixels = pil_to_pixels(diptych_canvas(left, right, width, height), 2 * width, height)

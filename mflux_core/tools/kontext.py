@@ -10,7 +10,7 @@ from PIL import Image
 
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
-from mflux_core.request import GenerationRequest
+from mflux_core.request import GenerationRequest, check_image_size
 from mflux_core.sampling.latents import image_position_ids
 from mflux_core.tools.common import (
     check_in_channels, packed_channels, encode_image, prompt_conditioning, required_image, with_guidance, with_size,
@@ -38,6 +38,7 @@ def build_inputs(model: FluxModel, request: GenerationRequest, manager=None) -> 
     request = with_guidance(model, with_size(request, reference), DEFAULT_GUIDANCE)
     multiple = 2 * model.vae_scale_factor
     width, height = reference_size(reference, bool(request.extra.get("kontext_auto_resize")), multiple)
+    check_image_size(width, height, "The reference image, which Kontext uses at its own size,")
     if (width, height) != reference.size:
         reference = reference.resize((width, height), Image.Resampling.LANCZOS)
     conditioning = prompt_conditioning(model, request)

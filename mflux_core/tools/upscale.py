@@ -12,7 +12,7 @@ from PIL import Image
 from mflux_core.errors import InvalidRequest
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
-from mflux_core.request import MAX_SIDE, GenerationRequest, snap_to_16
+from mflux_core.request import GenerationRequest, check_image_size, snap_to_16
 from mflux_core.tools.common import required_image
 from mflux_core.tools.controlnet_conditioning import controlnet_inputs, extra_number
 
@@ -31,9 +31,7 @@ def upscaled_size(request: GenerationRequest, image: Image.Image) -> GenerationR
         if not 0 < factor <= MAX_FACTOR:
             raise InvalidRequest(f"Upscale factor {factor:g} is out of range: use more than 0 up to {MAX_FACTOR:g}.")
     width, height = round(image.width * factor), round(image.height * factor)
-    if max(width, height) > MAX_SIDE:
-        raise InvalidRequest(f"Upscaling {image.width}x{image.height} to {width}x{height} goes past the "
-                             f"{MAX_SIDE}-pixel limit; choose a smaller size or factor.")
+    check_image_size(width, height, f"The image upscaled from {image.width}x{image.height}")
     return request.with_(width=request.width or snap_to_16(width), height=request.height or snap_to_16(height))
 
 

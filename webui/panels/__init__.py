@@ -4,13 +4,15 @@
     values_from_settings(settings: dict) -> dict   preset settings -> control values (partial is fine)
     build_requests(values: dict, context) -> list[GenerationRequest]
 
-`values` maps control names to widget values, input images included (PIL images or None).
+`values` maps control names to widget values, input images included (an upload's path, an image or None;
+webui.requests.read_upload decodes them with our checks).
 """
 
 from dataclasses import dataclass
 from typing import Callable
 
 import gradio as gr
+from gradio.data_classes import FileData
 
 from webui.jobs import JobView
 
@@ -41,6 +43,47 @@ def result_column(prefix: str) -> tuple[JobView, gr.Button, gr.Button]:
     return JobView(status=status, preview=preview, results=results), run, stop
 
 
+# Gradio's Image and ImageEditor open every upload with Pillow before a handler runs: a file that is not an
+# image would end the event with Gradio's "Could not preprocess input component", and its limits are not ours.
+# Our inputs hand the handler the upload's path instead, for our own checked loader (webui.requests.read_upload).
+# The methods are replaced on the instances: a subclass of a Gradio component makes Gradio write a .pyi stub
+# beside its module each time it is imported.
+
+
+def _upload_paths(preprocess: Callable) -> Callable:
+    """gr.Image.preprocess that returns an uploaded file's path unopened (other payloads as Gradio does)."""
+
+    def path_of_upload(payload):
+        if payload is not None and payload.path is not None and not (payload.url or "").startswith("data:"):
+            return payload.path
+        return preprocess(payload)
+
+    return path_of_upload
+
+
+def _editor_upload_paths(convert: Callable) -> Callable:
+    """gr.ImageEditor.convert_and_format_image that returns the background's and layers' paths unopened."""
+
+    def path_of_upload(file, flatten_on_white: bool = False):
+        if isinstance(file, FileData) and file.path is not None:
+            return file.path
+        return convert(file, flatten_on_white)
+
+    return path_of_upload
+
+
 def input_image(label: str, elem_id: str, **kwargs) -> gr.Image:
-    return gr.Image(label=label, type="pil", sources=["upload", "clipboard"], format="png", elem_id=elem_id,
-                    height=320, **kwargs)
+    image = gr.Image(label=label, type="filepath", sources=["upload", "clipboard"], format="png", elem_id=elem_id,
+                     height=320, **kwargs)
+    image.preprocess = _upload_paths(image.preprocess)
+    return image
+
+
+def mask_editor(label: str, elem_id: str, brush_size: int) -> gr.ImageEditor:
+    """An image with white strokes painted on it (the mask), kept RGBA so the strokes' alpha survives."""
+    editor = gr.ImageEditor(
+        label=label, type="pil", image_mode="RGBA", format="png", sources=["upload", "clipboard"], transforms=(),
+        layers=False, height=420, brush=gr.Brush(default_size=brush_size, colors=["#ffffff"], color_mode="fixed"),
+        eraser=gr.Eraser(default_size=brush_size), elem_id=elem_id)
+    editor.convert_and_format_image = _editor_upload_paths(editor.convert_and_format_image)
+    return editor

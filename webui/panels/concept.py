@@ -15,7 +15,7 @@ from mflux_core.concept.run import (
 from mflux_core.errors import Cancelled, InvalidRequest
 from mflux_core.request import GenerationRequest
 from webui.gallery import result_path
-from webui.jobs import StepUpdate, error_text, progress_html, run_with_progress, step_text
+from webui.jobs import StepUpdate, error_text, progress_html, report_failure, run_with_progress, step_text
 from webui.panels import Panel, input_image, result_column
 from webui.requests import RequestContext, requests_from_settings
 from webui.widgets import build_shared_controls, shared_settings, shared_values
@@ -92,6 +92,7 @@ def run_concepts(studio, view, values: dict, session: str):
     """The Run handler: one result per seed, streamed like every studio job."""
     cancel = studio.jobs.begin(session)
     saved: list[tuple[str, str]] = []
+    failure = None
     try:
         yield {view.status: progress_html("Preparing…")}
         settings = concept_settings(values)
@@ -117,11 +118,11 @@ def run_concepts(studio, view, values: dict, session: str):
     except Cancelled as stopped:
         message, kind = str(stopped), "stopped"
     except Exception as error:  # the server must survive anything a user sends
-        message, kind = error_text(error), "error"
-        gr.Warning(message)
+        failure, message, kind = error, error_text(error), "error"
     finally:
         studio.jobs.end(session, cancel)
-    yield {view.status: progress_html(message, kind=kind), view.results: saved, **studio.after_job_updates()}
+    yield {view.status: progress_html(message, kind=kind), view.results: saved}
+    report_failure(failure, message)
 
 
 def render(studio) -> Panel:

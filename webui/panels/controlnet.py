@@ -9,13 +9,17 @@ from webui.demo_examples import render_demo_examples
 from webui.jobs import safe_action
 from webui.panels import Panel, input_image, result_column
 from webui.presets_ui import render_presets
-from webui.requests import RequestContext, requests_from_settings
-from webui.widgets import TOOL_DEFAULT, build_shared_controls, shared_settings, shared_values, side_model_choices
+from webui.requests import RequestContext, read_upload, requests_from_settings
+from webui.widgets import (
+    TOOL_DEFAULT, build_shared_controls, number_value, shared_settings, shared_values, side_model_choices,
+)
 
 TOOL = "controlnet"
 CANNY, UPSCALE = "Canny edges", "Upscale"
 MODE_TOOLS = {CANNY: "controlnet", UPSCALE: "upscale"}
 DEFAULTS = {"controlnet_strength": 0.4, "canny_low": 100, "canny_high": 200, "upscale_factor": 2.0}
+LABELS = {"controlnet_strength": "The ControlNet strength", "canny_low": "The Canny low threshold",
+          "canny_high": "The Canny high threshold", "upscale_factor": "The upscale factor"}
 MODE_STRENGTHS = {CANNY: 0.4, UPSCALE: 0.6}  # the engine's defaults for each ControlNet
 
 
@@ -23,14 +27,17 @@ def settings_from_values(values: dict) -> dict:
     """Canny thresholds or the upscale factor (the engine sizes the output from it) go in `extra`."""
     mode = values.get("mode") or CANNY
     if mode == UPSCALE:
-        extra = {"upscale_factor": float(values.get("upscale_factor") or DEFAULTS["upscale_factor"])}
+        extra = {"upscale_factor": setting(values, "upscale_factor") or DEFAULTS["upscale_factor"]}
     else:
-        extra = {"canny_low": int(values.get("canny_low", DEFAULTS["canny_low"])),
-                 "canny_high": int(values.get("canny_high", DEFAULTS["canny_high"]))}
+        extra = {"canny_low": int(setting(values, "canny_low")), "canny_high": int(setting(values, "canny_high"))}
     if values.get("controlnet_weights"):
         extra["controlnet_path"] = values["controlnet_weights"]
     return {"tool": MODE_TOOLS[mode], **shared_settings(values), "extra": extra,
-            "controlnet_strength": float(values.get("controlnet_strength", DEFAULTS["controlnet_strength"]))}
+            "controlnet_strength": setting(values, "controlnet_strength")}
+
+
+def setting(values: dict, key: str) -> float:
+    return number_value(values, key, DEFAULTS[key], LABELS[key])
 
 
 def values_from_settings(settings: dict) -> dict:
@@ -55,7 +62,8 @@ def build_requests(values: dict, context: RequestContext) -> list[GenerationRequ
 
 
 def edges_preview(image, low, high):
-    return None if image is None else canny_edges(image, float(low), float(high))
+    """The edges of an uploaded control image at its own size, as the page shows them."""
+    return None if image is None else canny_edges(read_upload(image), low, high)
 
 
 def render(studio) -> Panel:

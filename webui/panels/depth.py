@@ -13,7 +13,7 @@ from webui.demo_examples import render_demo_examples
 from webui.jobs import ENGINE_QUEUE, progress_html, safe_action
 from webui.panels import Panel, input_image, result_column
 from webui.presets_ui import render_presets
-from webui.requests import RequestContext, requests_from_settings
+from webui.requests import RequestContext, read_upload, requests_from_settings
 from webui.widgets import build_shared_controls, shared_settings, shared_values
 
 TOOL = "depth"
@@ -70,7 +70,7 @@ def render(studio) -> Panel:
         if photo is None:
             raise InvalidRequest("Upload a photo first.")
         require_estimator(studio.manager.models_dir)
-        return {depth_map: studio.manager.estimate_depth(photo),
+        return {depth_map: studio.manager.estimate_depth(read_upload(photo)),
                 view.status: progress_html("Depth map estimated: nearer is brighter. Upload another to replace it.")}
 
     estimated = dict(fn=safe_action(view.status, estimate_depth), inputs_kwargs={"photo": photo},

@@ -7,16 +7,16 @@ import numpy as np
 from PIL import Image
 
 from mflux_core.errors import InvalidRequest
-from mflux_core.images.io import load_image, load_mask
+from mflux_core.images.io import load_image, load_mask, load_rgba
 from mflux_core.images.masks import blur_mask, grow_mask, invert_mask, mask_from_editor_layers, mask_to_pil
 from mflux_core.images.outpaint import outpaint_canvas, parse_padding
 from mflux_core.request import GenerationRequest
 from webui.demo_examples import render_demo_examples
 from webui.jobs import progress_html, safe_action
-from webui.panels import Panel, result_column
+from webui.panels import Panel, mask_editor, result_column
 from webui.presets_ui import render_presets
-from webui.requests import RequestContext, requests_from_settings
-from webui.widgets import build_shared_controls, shared_settings, shared_values
+from webui.requests import RequestContext, read_upload, requests_from_settings
+from webui.widgets import build_shared_controls, number_value, shared_settings, shared_values
 
 TOOL = "fill"
 INPAINT, OUTPAINT = "Inpaint", "Outpaint"
@@ -33,11 +33,11 @@ def padding_text(values: dict) -> str | None:
     if values.get("mode") != OUTPAINT:
         return None
     unit = values.get("pad_unit") or "px"
-    return ",".join(f"{_number(values.get(f'pad_{side}'))}{unit}" for side in SIDES)
+    return ",".join(f"{_number(number_value(values, f'pad_{side}', 0, f'The {side} padding'))}{unit}"
+                    for side in SIDES)
 
 
-def _number(value) -> str:
-    value = float(value or 0)
+def _number(value: float) -> str:
     return str(int(value)) if value.is_integer() else f"{value:g}"
 
 
@@ -62,7 +62,7 @@ def padding_values(text: str | None) -> dict:
 
 def editor_mask(editor: dict, invert: bool = False, grow_px: int = 0, blur_px: int = 0) -> Image.Image:
     """The painted strokes as a mask ('L', white = regenerate), inverted, grown and blurred as asked."""
-    layers = [layer for layer in (editor or {}).get("layers") or [] if layer is not None]
+    layers = [read_upload(layer, load_rgba) for layer in (editor or {}).get("layers") or [] if layer is not None]
     mask = mask_from_editor_layers(layers)
     if invert:
         mask = invert_mask(mask)
@@ -79,15 +79,15 @@ def editor_image(editor: dict | None) -> Image.Image:
     background = (editor or {}).get("background")
     if background is None:
         raise InvalidRequest("Upload an image to fill first.")
-    return load_image(background)
+    return read_upload(background)
 
 
 def settings_from_values(values: dict) -> dict:
     return {"tool": TOOL, **shared_settings(values), "keep_unmasked": bool(values.get("keep_unmasked")),
             "outpaint_padding": padding_text(values),
             "extra": {"mask_invert": bool(values.get("mask_invert")),
-                      "mask_grow_px": int(values.get("mask_grow_px") or 0),
-                      "mask_blur_px": int(values.get("mask_blur_px") or 0)}}
+                      "mask_grow_px": int(number_value(values, "mask_grow_px", 0, "Grow mask")),
+                      "mask_blur_px": int(number_value(values, "mask_blur_px", 0, "Blur mask"))}}
 
 
 def values_from_settings(settings: dict) -> dict:
@@ -141,11 +141,7 @@ def render(studio) -> Panel:
     with gr.Tab("Fill", id=TOOL, elem_id="tab-fill"):
         with gr.Row():
             with gr.Column(scale=5):
-                editor = gr.ImageEditor(
-                    label="Image and mask (paint the area to regenerate)", type="pil", image_mode="RGBA",
-                    format="png", sources=["upload", "clipboard"], transforms=(), layers=False, height=420,
-                    brush=gr.Brush(default_size=BRUSH_SIZE, colors=["#ffffff"], color_mode="fixed"),
-                    eraser=gr.Eraser(default_size=BRUSH_SIZE), elem_id="fill-editor")
+                editor = mask_editor("Image and mask (paint the area to regenerate)", "fill-editor", BRUSH_SIZE)
                 mode = gr.Radio([INPAINT, OUTPAINT], value=INPAINT, label="Mode", elem_id="fill-mode")
                 with gr.Row():
                     keep_unmasked = gr.Checkbox(True, label="Keep the unmasked area exactly",

@@ -7,7 +7,7 @@ from webui.demo_examples import render_demo_examples
 from webui.panels import Panel, input_image, result_column
 from webui.presets_ui import render_presets
 from webui.requests import RequestContext, requests_from_settings
-from webui.widgets import build_shared_controls, shared_settings, shared_values
+from webui.widgets import build_shared_controls, number_value, shared_settings, shared_values
 
 TOOL = "generate"
 DEFAULT_IMAGE_STRENGTH = 0.4
@@ -15,7 +15,7 @@ DEFAULT_IMAGE_STRENGTH = 0.4
 
 def settings_from_values(values: dict) -> dict:
     return {"tool": TOOL, **shared_settings(values),
-            "image_strength": float(values.get("image_strength", DEFAULT_IMAGE_STRENGTH))}
+            "image_strength": number_value(values, "image_strength", DEFAULT_IMAGE_STRENGTH, "Image strength")}
 
 
 def values_from_settings(settings: dict) -> dict:

@@ -11,7 +11,7 @@ import gradio as gr
 from mflux_core.errors import InvalidRequest
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.in_context_lora import LORA_STYLES, PROMPT_MARKERS
-from webui.panels import Panel, input_image, result_column
+from webui.panels import Panel, input_image, mask_editor, result_column
 from webui.panels.fill import BRUSH_SIZE, editor_image, editor_mask
 from webui.presets_ui import render_presets
 from webui.requests import RequestContext, requests_from_settings
@@ -65,11 +65,8 @@ def _render(studio, tool: str, title: str) -> Panel:
                 inputs, own = {}, {}
                 if tool == "catvton":
                     inputs["garment"] = input_image("Garment (left panel)", "catvton-garment")
-                    inputs["editor"] = gr.ImageEditor(
-                        label="Person (paint where the garment goes)", type="pil", image_mode="RGBA", format="png",
-                        sources=["upload", "clipboard"], transforms=(), layers=False, height=420,
-                        brush=gr.Brush(default_size=BRUSH_SIZE, colors=["#ffffff"], color_mode="fixed"),
-                        eraser=gr.Eraser(default_size=BRUSH_SIZE), elem_id="catvton-editor")
+                    inputs["editor"] = mask_editor("Person (paint where the garment goes)", "catvton-editor",
+                                                   BRUSH_SIZE)
                 else:
                     inputs["reference"] = input_image("Reference (left panel)", f"{tool}-reference")
                 if tool == "in-context":

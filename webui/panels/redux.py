@@ -7,7 +7,9 @@ from mflux_core.request import GenerationRequest
 from webui.panels import Panel, input_image, result_column
 from webui.presets_ui import render_presets
 from webui.requests import RequestContext, requests_from_settings
-from webui.widgets import TOOL_DEFAULT, build_shared_controls, shared_settings, shared_values, side_model_choices
+from webui.widgets import (
+    TOOL_DEFAULT, build_shared_controls, number_value, shared_settings, shared_values, side_model_choices,
+)
 
 TOOL = "redux"
 SLOTS = 4
@@ -15,9 +17,13 @@ DEFAULT_STRENGTH = 1.0
 
 
 def settings_from_values(values: dict) -> dict:
-    strengths = [float(values.get(f"redux_strength_{i}", DEFAULT_STRENGTH)) for i in range(1, SLOTS + 1)]
+    strengths = [strength(values, i) for i in range(1, SLOTS + 1)]
     extra = {"redux_path": values["redux_weights"]} if values.get("redux_weights") else {}
     return {"tool": TOOL, **shared_settings(values), "redux_image_strengths": strengths, "extra": extra}
+
+
+def strength(values: dict, slot: int) -> float:
+    return number_value(values, f"redux_strength_{slot}", DEFAULT_STRENGTH, f"The strength of Redux image {slot}")
 
 
 def values_from_settings(settings: dict) -> dict:
@@ -31,8 +37,7 @@ def values_from_settings(settings: dict) -> dict:
 
 def build_requests(values: dict, context: RequestContext) -> list[GenerationRequest]:
     """One path and one strength per filled slot, in slot order."""
-    slots = [(values.get(f"redux_image_{i}"), float(values.get(f"redux_strength_{i}", DEFAULT_STRENGTH)))
-             for i in range(1, SLOTS + 1)]
+    slots = [(values.get(f"redux_image_{i}"), strength(values, i)) for i in range(1, SLOTS + 1)]
     slots = [(image, strength) for image, strength in slots if image is not None]
     if not slots:
         raise InvalidRequest("Upload at least one image for Redux.")
