@@ -156,11 +156,6 @@ def _chunk_score_limit() -> int:
     return _attention_memory // (CHUNKS_IN_FLIGHT * SCORE_BUFFERS_PER_CHUNK)
 
 
-@cache
-def _set_cache_limit(limit_bytes: int) -> None:
-    mx.set_cache_limit(limit_bytes)
-
-
 def _on_gpu(gpu: bool | None) -> bool:
     return mx.default_device().type == mx.DeviceType.gpu if gpu is None else gpu
 
@@ -218,7 +213,7 @@ def _cpu_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.ar
     """Chunks alternate between two CPU streams, so that the single-threaded elementwise work of one
     overlaps the next; the softmax is normalised after the product with V (the row sums come out of
     the same matmul as an extra column of ones in V)."""
-    _set_cache_limit(cpu_buffer_cache_bytes())
+    mx.set_cache_limit(cpu_buffer_cache_bytes())
     head_dim = q.shape[-1]
     streams = (mx.default_stream(mx.cpu), _second_cpu_stream())
     values = mx.concatenate([v, mx.ones((*v.shape[:-1], 1), dtype=v.dtype)], axis=-1)
