@@ -18,8 +18,6 @@ floor (the step's FLOPs over this GPU's measured bfloat16 GEMM rate), then a lin
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 
 FLUX_DEV = dict(
@@ -169,16 +167,6 @@ def worker_mlx(size: int, steps: int, compiled: bool) -> dict:
     }
 
 
-def run_worker(name: str, size: int, steps: int) -> dict:
-    command = [sys.executable, "-m", "bench.gpu_step", "--worker", name, "--size", str(size), "--steps", str(steps)]
-    proc = subprocess.run(command, capture_output=True, text=True)
-    results = [line[len("RESULT "):] for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not results:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
-        return {"error": "\n".join(tail)}
-    return json.loads(results[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=1024)
@@ -196,12 +184,12 @@ def main() -> None:
 
     import statistics
 
-    from bench.timing import table
+    from bench.timing import run_worker, table
 
     results = {}
     for name in args.only.split(","):
         start = time.perf_counter()
-        results[name] = run_worker(name, args.size, args.steps)
+        results[name] = run_worker("bench.gpu_step", "--worker", name, "--size", str(args.size), "--steps", str(args.steps))
         results[name]["wall"] = time.perf_counter() - start
         r = results[name]
         if "error" in r:

@@ -1,9 +1,11 @@
-"""Small helpers shared by the benchmarks: alternating timing, medians, tables, machine state."""
+"""Small helpers shared by the benchmarks: alternating timing, medians, tables, machine state, workers."""
 
+import json
 import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from typing import Callable
 
@@ -75,3 +77,14 @@ def git_revision() -> str:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
         return "?"
+
+
+def run_worker(module: str, *args: str) -> dict:
+    """Run `python -m module *args` in its own process (so its memory is its own) and return the JSON
+    it printed on its last `RESULT ` line, or {"error": the tail of its output}."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)
+    results = [line[len("RESULT "):] for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not results:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+        return {"error": "\n".join(tail)}
+    return json.loads(results[-1])

@@ -14,6 +14,7 @@ most of a block's time. Three things help there, and cost nothing on the GPU:
 import math
 import shutil
 from functools import cache, wraps
+from itertools import count
 
 import mlx.core as mx
 
@@ -25,7 +26,7 @@ TANH_NUMERATOR = (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-
                   -8.60467152213735e-11, 2.00018790482477e-13, -2.76076847742355e-16)
 TANH_DENOMINATOR = (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04, 1.19825839466702e-06)
 GELU_K = 0.7978845608028654  # sqrt(2 / pi)
-ATTENTION_HEAD_GROUP = 4  # heads per CPU attention chunk: (4, S, S) float32 scores stay ~100s of MB at 1024x1024
+ATTENTION_HEAD_GROUP = 4  # heads per CPU attention chunk where their scores fit (see _Chunks)
 
 
 def can_fuse() -> bool:
@@ -88,10 +89,11 @@ EXP_PADE = tuple(math.factorial(14 - j) * math.factorial(7) / (math.factorial(14
 
 
 @fused
-def _exp_root(shifted: mx.array, scale: float) -> mx.array:
-    """exp(shifted * scale / 8) for shifted <= 0; its own kernel: MLX fuses at most 11 ops deep."""
+def _exp_root(scores: mx.array, row_max: mx.array, scale: float) -> mx.array:
+    """exp((scores - row_max) * scale / 8); its own kernel (MLX fuses at most 11 ops deep), which takes
+    the scores' buffer for its result: the subtraction alone would need a second score-sized buffer."""
     c = EXP_PADE
-    y = mx.maximum(shifted * scale, EXP_CLAMP) * (0.5**EXP_SQUARINGS)
+    y = mx.maximum((scores - row_max) * scale, EXP_CLAMP) * (0.5**EXP_SQUARINGS)
     z = y * y
     z2 = z * z
     even = (c[0] + c[2] * z) + z2 * (c[4] + c[6] * z)
@@ -108,8 +110,7 @@ def _eighth_power(x: mx.array) -> mx.array:
 
 def _softmax_numerator(scores: mx.array, scale: float) -> mx.array:
     """exp((scores - row max) * scale) in three vectorised passes (MLX's own exp is scalar on the CPU)."""
-    shifted = scores - scores.max(axis=-1, keepdims=True)
-    return _eighth_power(_exp_root(shifted, scale))
+    return _eighth_power(_exp_root(scores, scores.max(axis=-1, keepdims=True), scale))
 
 
 @cache
@@ -117,43 +118,156 @@ def _second_cpu_stream() -> mx.Stream:
     return mx.new_stream(mx.cpu)
 
 
+# --- memory-bounded attention ---------------------------------------------------------------------
+# Attention runs in chunks of heads or query rows, at most CHUNKS_IN_FLIGHT dispatched at once, so
+# that the score buffers alive at any time stay within a byte limit: memory grows linearly with the
+# tokens. MLX allocates an op's output when it dispatches the op, not when it runs it, so one eval of
+# all chunks would allocate all their scores at once: the chunks are evaluated in turn instead.
+
+DEFAULT_ATTENTION_MEMORY = 512 << 20  # bytes of attention scores alive at once
+MAX_ARRAY_ELEMENTS = 2**31 - 1  # libmlx indexes with int32: a 2^32-entry score matrix died of SIGFPE
+CHUNKS_IN_FLIGHT = 2  # one per CPU stream; on the GPU the next chunk queues while one runs
+# Score-sized buffers per chunk: on the CPU the scores and their exp (which takes the scores' buffer
+# only if the row max has already been read when it is dispatched), on the GPU the fallback kernel's
+# scores and softmax (the fused kernels need none).
+SCORE_BUFFERS_PER_CHUNK = 2
+CACHE_CHUNK_SCORES = 8  # chunk score buffers MLX keeps for reuse on the CPU: fresh pages cost ~1 s per block
+
+_attention_memory = DEFAULT_ATTENTION_MEMORY
+
+
+def set_attention_memory(limit_bytes: int) -> None:
+    """Bound the bytes of attention scores alive at once (the memory planner derives it from its budget)."""
+    global _attention_memory
+    _attention_memory = max(1, int(limit_bytes))
+
+
+def attention_memory() -> int:
+    return _attention_memory
+
+
+def cpu_buffer_cache_bytes() -> int:
+    """Bytes of freed buffers MLX keeps for reuse once CPU attention has run, derived from the
+    attention limit and at most a quarter of MLX's memory limit; held between steps, on top of the peak."""
+    return min(CACHE_CHUNK_SCORES * _chunk_score_limit(), mx.get_memory_limit() // 4)
+
+
+def _chunk_score_limit() -> int:
+    return _attention_memory // (CHUNKS_IN_FLIGHT * SCORE_BUFFERS_PER_CHUNK)
+
+
+def _on_gpu(gpu: bool | None) -> bool:
+    return mx.default_device().type == mx.DeviceType.gpu if gpu is None else gpu
+
+
+class AttentionChunks:
+    """How attention over (batch, heads, q_tokens) x kv_tokens is cut under the current limit. On the
+    CPU: groups of ATTENTION_HEAD_GROUP heads over all query rows where such a group's scores fit a
+    chunk; on the GPU all heads whole where they fit; else as many heads as fit (all, unless the
+    tokens are in the millions) over blocks of query rows, split evenly."""
+
+    def __init__(self, batch: int, heads: int, q_tokens: int, kv_tokens: int, itemsize: int, gpu: bool | None = None):
+        most = min(_chunk_score_limit() // itemsize, MAX_ARRAY_ELEMENTS)
+        row = batch * kv_tokens
+        group = heads if _on_gpu(gpu) else min(ATTENTION_HEAD_GROUP, heads)
+        self.heads = group if group * q_tokens * row <= most else max(1, min(heads, most // row))
+        fitting_rows = max(1, min(q_tokens, most // (row * self.heads)))
+        self.row_chunks = -(-q_tokens // fitting_rows)
+        self.rows = -(-q_tokens // self.row_chunks)
+        self.head_chunks = -(-heads // self.heads)
+        self.count = self.row_chunks * self.head_chunks
+        self.score_elements = batch * self.heads * self.rows * kv_tokens
+        self.score_bytes = self.score_elements * itemsize
+        self.total_heads, self.q_tokens = heads, q_tokens
+
+    def grid(self) -> list[list[tuple[slice, slice]]]:
+        """(head slice, row slice) of every chunk, grouped by rows: the order the output is assembled in."""
+        return [[(slice(h, h + self.heads), slice(r, r + self.rows)) for h in range(0, self.total_heads, self.heads)]
+                for r in range(0, self.q_tokens, self.rows)]
+
+
 def attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
-    """softmax(q k^T * scale) v over (B, heads, S, d) -> (B, S, heads * d)."""
-    if mx.default_device().type == mx.DeviceType.gpu:
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
-        batch, heads, tokens, head_dim = out.shape
-        return out.transpose(0, 2, 1, 3).reshape(batch, tokens, heads * head_dim)
+    """softmax(q k^T * scale) v over (B, heads, S, d) -> (B, S, heads * d), in memory-bounded chunks."""
+    if _on_gpu(None):
+        return _fused_attention(q, k, v, scale)
     return _cpu_attention(q, k, v, scale)
 
 
-CPU_BUFFER_CACHE = 4 << 30  # bytes of freed buffers MLX may keep for reuse on the CPU (its default: 32 MiB)
+def _chunks_for(q: mx.array, k: mx.array, gpu: bool) -> AttentionChunks:
+    batch, heads, tokens, _ = q.shape
+    return AttentionChunks(batch, heads, tokens, k.shape[2], q.dtype.size, gpu=gpu)
 
 
-@cache
-def _keep_freed_cpu_buffers() -> None:
-    """Let MLX reuse freed buffers: at 1024x1024 the attention groups cycle through ~4 GiB of
-    score buffers per block, and fresh pages cost ~1 s of page faults per block (measured: attention
-    3.9 -> 3.2 s). Only ever raises the limit, to at most a quarter of MLX's memory limit."""
-    wanted = min(CPU_BUFFER_CACHE, mx.get_memory_limit() // 4)
-    previous = mx.set_cache_limit(wanted)
-    if previous > wanted:
-        mx.set_cache_limit(previous)
+def _fused_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
+    """mx.fast.scaled_dot_product_attention, whole when its scores would fit a chunk (the fused kernel
+    may need none), else over chunks of query rows."""
+
+    def chunk(head: slice, rows: slice) -> mx.array:
+        out = mx.fast.scaled_dot_product_attention(q[:, head, rows], k[:, head], v[:, head], scale=scale)
+        return _token_major(out)
+
+    return _assemble([[chunk(*where) for where in row] for row in _chunks_for(q, k, gpu=True).grid()])
 
 
 def _cpu_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
-    _keep_freed_cpu_buffers()
-    batch, heads, tokens, head_dim = q.shape
+    """Chunks alternate between two CPU streams, so that the single-threaded elementwise work of one
+    overlaps the next; the softmax is normalised after the product with V (the row sums come out of
+    the same matmul as an extra column of ones in V)."""
+    mx.set_cache_limit(cpu_buffer_cache_bytes())
+    head_dim = q.shape[-1]
     streams = (mx.default_stream(mx.cpu), _second_cpu_stream())
-    ones = mx.ones((batch, 1, k.shape[2], 1), dtype=v.dtype)
-    outputs = []
-    for i, first in enumerate(range(0, heads, ATTENTION_HEAD_GROUP)):
-        group = slice(first, first + ATTENTION_HEAD_GROUP)
-        with mx.stream(streams[i % 2]):
-            scores = q[:, group] @ k[:, group].swapaxes(-1, -2)
-            weights = _softmax_numerator(scores, scale)
-            values = v[:, group]
-            values = mx.concatenate([values, mx.broadcast_to(ones, (*values.shape[:-1], 1))], axis=-1)
-            out = (weights @ values).transpose(0, 2, 1, 3)  # (B, S, group, d + 1)
-            normalised = out[..., :head_dim] / out[..., head_dim:]
-            outputs.append(normalised.reshape(batch, tokens, -1))
-    return mx.concatenate(outputs, axis=-1)
+    values = mx.concatenate([v, mx.ones((*v.shape[:-1], 1), dtype=v.dtype)], axis=-1)
+    turn = count()
+
+    def chunk(head: slice, rows: slice) -> mx.array:
+        with mx.stream(streams[next(turn) % 2]):
+            scores = q[:, head, rows] @ k[:, head].swapaxes(-1, -2)
+            out = _token_major(_softmax_numerator(scores, scale) @ values[:, head])
+            return out[..., :head_dim] / out[..., head_dim:]
+
+    return _assemble([[chunk(*where) for where in row] for row in _chunks_for(q, k, gpu=False).grid()])
+
+
+def _token_major(out: mx.array) -> mx.array:
+    """(B, heads, S, d) -> (B, S, heads, d)."""
+    return out.transpose(0, 2, 1, 3)
+
+
+def _assemble(grid: list[list[mx.array]]) -> mx.array:
+    """Chunk outputs (B, rows, heads, d), grouped by rows, evaluated in turn, into (B, S, all heads * d)."""
+    _evaluate_in_turn([piece for row in grid for piece in row])
+    row_blocks = [_concatenate([p.reshape(*p.shape[:2], -1) for p in row], axis=-1) for row in grid]
+    return _concatenate(row_blocks, axis=1)
+
+
+def _evaluate_in_turn(pieces: list[mx.array]) -> None:
+    """Dispatch each piece once the one CHUNKS_IN_FLIGHT places before it is done. Under mx.compile or
+    grad MLX cannot evaluate: the pieces then stay one lazy graph (bounded elements, not bytes)."""
+    if len(pieces) <= CHUNKS_IN_FLIGHT:
+        return
+    for i, piece in enumerate(pieces):
+        if i >= CHUNKS_IN_FLIGHT:
+            mx.eval(pieces[i - CHUNKS_IN_FLIGHT])
+        try:
+            mx.async_eval(piece)
+        except ValueError:  # "[async_eval] Not allowed inside a graph transformation."
+            return
+
+
+def _concatenate(arrays: list[mx.array], axis: int) -> mx.array:
+    return arrays[0] if len(arrays) == 1 else mx.concatenate(arrays, axis=axis)
+
+
+def attention_peak_bytes(batch: int, heads: int, q_tokens: int, kv_tokens: int, head_dim: int, itemsize: int,
+                         gpu: bool | None = None) -> int:
+    """Bytes attention allocates beyond q, k, v and its output under the current limit (on the default
+    device unless `gpu` says): the score buffers of the chunks in flight and their products with the
+    values, the chunk outputs (and row blocks) awaiting assembly, and on the CPU the values with their
+    ones column. On the GPU an upper bound: it counts the fallback kernel's scores."""
+    chunks = AttentionChunks(batch, heads, q_tokens, kv_tokens, itemsize, gpu=gpu)
+    in_flight = min(chunks.count, CHUNKS_IN_FLIGHT)
+    output = batch * q_tokens * heads * head_dim * itemsize
+    product = batch * chunks.heads * chunks.rows * (head_dim + 1) * itemsize
+    awaiting = output * ((chunks.count > 1) + (chunks.row_chunks > 1 and chunks.head_chunks > 1))
+    values = 0 if _on_gpu(gpu) else batch * heads * kv_tokens * (head_dim + 2) * itemsize
+    return in_flight * (SCORE_BUFFERS_PER_CHUNK * chunks.score_bytes + product) + awaiting + values

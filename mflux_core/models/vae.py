@@ -15,6 +15,7 @@ import mlx.nn as nn
 import numpy as np
 
 from mflux_core.errors import InvalidRequest, ModelLoadError
+from mflux_core.models.kernels import attention
 from mflux_core.weights.loading import load_component
 
 GROUP_NORM_EPS = 1e-6
@@ -134,7 +135,7 @@ class SpatialSelfAttention(nn.Module):
         batch, height, width, channels = x.shape
         h = self.group_norm(x).reshape(batch, 1, height * width, channels)
         q, k, v = self.to_q(h), self.to_k(h), self.to_v(h)
-        h = mx.fast.scaled_dot_product_attention(q, k, v, scale=channels**-0.5)
+        h = attention(q, k, v, scale=channels**-0.5)  # in chunks: 2048 px has 65536 tokens
         return x + self.to_out[0](h).reshape(batch, height, width, channels)
 
 
