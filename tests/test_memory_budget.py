@@ -70,6 +70,49 @@ def test_budget_flags_refuse_what_no_model_runs_in():
             budget_from_gb(bad)
 
 
+def measured_step_bytes(config: dict, side: int, text_tokens: int) -> int:
+    """MLX's peak above the weights and inputs of one transformer call at a square size."""
+    import mlx.core as mx
+
+    from mflux_core.models.transformer import FluxTransformer, FluxTransformerConfig
+    from mflux_core.sampling.latents import image_position_ids, text_position_ids
+
+    model = FluxTransformer(FluxTransformerConfig.from_dict(config))
+    grid = side // 8
+    ids, text_ids = image_position_ids(grid, grid), text_position_ids(text_tokens)
+    inputs = (mx.random.normal((1, ids.shape[0], model.config.in_channels)),
+              mx.random.normal((1, text_tokens, model.config.joint_attention_dim)),
+              mx.random.normal((1, model.config.pooled_projection_dim)), mx.array([0.5]), ids, text_ids)
+    guidance = mx.array([3.5]) if model.config.guidance_embeds else None
+    rope = model.rope_tables(ids, text_ids)
+    mx.eval(model.parameters(), inputs, rope)
+    mx.clear_cache()
+    before = mx.get_active_memory()
+    mx.reset_peak_memory()
+    mx.eval(model(*inputs, guidance=guidance, rope=rope))
+    return mx.get_peak_memory() - before
+
+
+DEMO_TRANSFORMER = ROOT / "demo_models" / "demo" / "transformer" / "config.json"
+
+
+@pytest.mark.parametrize("side, width, text_tokens", [(256, 96, 32), (1024, 96, 32), (2048, 96, 32),
+                                                      (256, 512, 512), (512, 512, 512)])
+def test_the_step_estimate_is_within_a_quarter_of_the_measured_peak(side, width, text_tokens):
+    import json
+
+    from mflux_core.memory import transformer_step_bytes
+    from mflux_core.models.transformer import FluxTransformerConfig
+
+    config = json.loads(DEMO_TRANSFORMER.read_text())
+    if width != 96:  # wider heads, as FLUX.1's 128, over a deeper text side
+        config = dict(config, attention_head_dim=64, num_attention_heads=width // 64, axes_dims_rope=[8, 28, 28],
+                      joint_attention_dim=256)
+    measured = measured_step_bytes(config, side, text_tokens)
+    planned = transformer_step_bytes(FluxTransformerConfig.from_dict(config), (side // 16) ** 2, text_tokens, 4)
+    assert abs(planned - measured) <= PLAN_TOLERANCE * measured, (planned, measured)
+
+
 def plan_cases(tmp_path: Path):
     image, mask = write_image(tmp_path / "photo.png", 512), tmp_path / "mask.png"
     mask_image = Image.new("L", (512, 512), 0)
