@@ -73,12 +73,78 @@ def native_side(config_json: dict) -> int:
     return side if side >= 64 and side % 16 == 0 else FLUX_SIDE
 
 
+# The most bytes of unfolded input one band of a 3x3 convolution may take: MLX's CPU conv2d copies its
+# input 9x (im2col), 9.4 GB for a 256-channel 1024x1024 layer, so convolutions run a band of rows at a time.
+BAND_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class Rows:
+    """An NHWC image made a band of rows at a time, so that a layer's input needs no full-size copy."""
+
+    shape: tuple[int, int, int, int]
+    band: Callable[[int, int], mx.array]  # rows [start, stop) -> (B, stop - start, W, C)
+
+    @classmethod
+    def of(cls, x: mx.array) -> "Rows":
+        return cls(x.shape, lambda start, stop: x[:, start:stop])
+
+    def upsampled(self) -> "Rows":
+        """Nearest-neighbour 2x, each band broadcast from the source rows it covers."""
+        batch, height, width, channels = self.shape
+
+        def band(start: int, stop: int) -> mx.array:
+            first, last = start // 2, (stop + 1) // 2
+            x = self.band(first, last)[:, :, None, :, None, :]
+            x = mx.broadcast_to(x, (batch, last - first, 2, width, 2, channels))
+            x = x.reshape(batch, 2 * (last - first), 2 * width, channels)
+            return x[:, start - 2 * first : stop - 2 * first]
+
+        return Rows((batch, 2 * height, 2 * width, channels), band)
+
+
+def band_height(width: int, unfolded_channels: int, itemsize: int, band_bytes: int = BAND_BYTES) -> int:
+    """Output rows per band: as many as keep the band's unfolded input under `band_bytes`."""
+    return max(1, band_bytes // (width * unfolded_channels * itemsize))
+
+
+def conv_in_bands(conv: nn.Conv2d, rows: Rows, padding: tuple[int, int] = (1, 1), residual: Rows | None = None) -> mx.array:
+    """`conv` over `rows` padded by (before, after) on both axes, plus `residual`, one band of output rows
+    evaluated at a time into the output. Each output pixel sees the same inputs as one conv2d over the
+    whole image; only the GEMM's row count changes."""
+    batch, height, width, _ = rows.shape
+    out_channels, kernel, _, in_channels = conv.weight.shape
+    stride = conv.stride[0]
+    before, after = padding
+    out_height = (height + before + after - kernel) // stride + 1
+    out_width = (width + before + after - kernel) // stride + 1
+    step = band_height(out_width, kernel * kernel * in_channels, conv.weight.dtype.size)
+    out = None
+    for first in range(0, out_height, step):
+        last = min(first + step, out_height)
+        top, bottom = first * stride - before, (last - 1) * stride - before + kernel
+        x = rows.band(max(top, 0), min(bottom, height))
+        pad = ([max(-top, 0), before], [max(bottom - height, 0), after])
+        y = mx.conv_general(x, conv.weight, stride=stride, padding=pad) + conv.bias
+        if residual is not None:
+            y = y + residual.band(first, last)
+        if last - first == out_height:
+            out = y
+        else:
+            if out is None:
+                out = mx.zeros((batch, out_height, out_width, out_channels), dtype=y.dtype)
+            out[:, first:last] = y
+        mx.eval(out)  # a layer at a time: MLX would otherwise allocate ahead of the work it has queued
+    return out
+
+
 class GroupNorm(nn.Module):
     """torch's GroupNorm (contiguous channel groups) on NHWC input.
 
     Not nn.GroupNorm: its single layer_norm over each whole group (up to millions of values) was
     ~1e-3 off torch at 512x512 and 2-4x slower on CPU. Here the statistics come from per-channel
-    reductions over (H, W), which are contiguous in NHWC, with a second pass for the variance.
+    reductions over (H, W), which are contiguous in NHWC, with a second pass for the variance that
+    runs a band of rows at a time (no full-size temporary).
     """
 
     def __init__(self, channels: int, groups: int):
@@ -92,14 +158,30 @@ class GroupNorm(nn.Module):
         channels = self.weight.shape[0]
         return mx.broadcast_to(group_values, (batch, groups, channels // groups)).reshape(batch, 1, 1, channels)
 
+    def _group_mean(self, channel_values: mx.array) -> mx.array:
+        return self._per_channel(channel_values.reshape(channel_values.shape[0], self.groups, -1).mean(axis=2, keepdims=True))
+
+    def scale_and_shift(self, x: mx.array) -> tuple[mx.array, mx.array]:
+        """Per-channel (B, 1, 1, C) factors with norm(x) = x * scale + shift."""
+        batch, height, width, channels = x.shape
+        mean = self._group_mean(x.mean(axis=(1, 2)))
+        step = max(1, BAND_BYTES // (width * channels * x.itemsize))
+        squares = mx.zeros((batch, channels), dtype=x.dtype)
+        for first in range(0, height, step):
+            squares = squares + mx.square(x[:, first : first + step] - mean).sum(axis=(1, 2))
+            mx.eval(squares)
+        group_var = self._group_mean(squares / (height * width))
+        scale = mx.rsqrt(group_var + GROUP_NORM_EPS) * self.weight
+        return scale, self.bias - mean * scale
+
     def __call__(self, x: mx.array) -> mx.array:
-        batch = x.shape[0]
-        group_mean = x.mean(axis=(1, 2)).reshape(batch, self.groups, -1).mean(axis=2, keepdims=True)
-        mean = self._per_channel(group_mean)
-        channel_var = mx.square(x - mean).mean(axis=(1, 2))
-        group_var = channel_var.reshape(batch, self.groups, -1).mean(axis=2, keepdims=True)
-        scale = self._per_channel(mx.rsqrt(group_var + GROUP_NORM_EPS)) * self.weight
-        return x * scale + (self.bias - mean * scale)
+        scale, shift = self.scale_and_shift(x)
+        return x * scale + shift
+
+    def activated(self, x: mx.array) -> Rows:
+        """silu(norm(x)), made a band at a time."""
+        scale, shift = self.scale_and_shift(x)
+        return Rows(x.shape, lambda start, stop: nn.silu(x[:, start:stop] * scale + shift))
 
 
 class ResnetBlock(nn.Module):
@@ -112,11 +194,18 @@ class ResnetBlock(nn.Module):
         if in_channels != out_channels:
             self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1)
 
+    def _shortcut(self, x: mx.array) -> Rows:
+        if "conv_shortcut" not in self:
+            return Rows.of(x)
+        # a matmul, not conv2d: MLX's 1x1 conv2d copies its input first
+        out_channels, _, _, in_channels = self.conv_shortcut.weight.shape
+        weight = self.conv_shortcut.weight.reshape(out_channels, in_channels).T
+        return Rows((*x.shape[:3], out_channels),
+                    lambda start, stop: mx.addmm(self.conv_shortcut.bias, x[:, start:stop], weight))
+
     def __call__(self, x: mx.array) -> mx.array:
-        h = self.conv1(nn.silu(self.norm1(x)))
-        h = self.conv2(nn.silu(self.norm2(h)))
-        shortcut = self.conv_shortcut(x) if "conv_shortcut" in self else x
-        return shortcut + h
+        h = conv_in_bands(self.conv1, self.norm1.activated(x))
+        return conv_in_bands(self.conv2, self.norm2.activated(h), residual=self._shortcut(x))
 
 
 class SpatialSelfAttention(nn.Module):
@@ -159,20 +248,18 @@ class Downsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, stride=2)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.conv(mx.pad(x, [(0, 0), (0, 1), (0, 1), (0, 0)]))
+        return conv_in_bands(self.conv, Rows.of(x), padding=(0, 1))
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour 2x (a broadcast and a reshape, no gather), then a 3x3 conv."""
+    """Nearest-neighbour 2x, then a 3x3 conv: the upsampled image only ever exists a band at a time."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def __call__(self, x: mx.array) -> mx.array:
-        batch, height, width, channels = x.shape
-        x = mx.broadcast_to(x[:, :, None, :, None, :], (batch, height, 2, width, 2, channels))
-        return self.conv(x.reshape(batch, 2 * height, 2 * width, channels))
+        return conv_in_bands(self.conv, Rows.of(x).upsampled())
 
 
 class DownBlock(nn.Module):
@@ -221,11 +308,11 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(blocks[-1], 2 * config.latent_channels, 3, padding=1)
 
     def __call__(self, x: mx.array) -> mx.array:
-        x = self.conv_in(x)
+        x = conv_in_bands(self.conv_in, Rows.of(x))
         for block in self.down_blocks:
             x = block(x)
         x = self.mid_block(x)
-        return self.conv_out(nn.silu(self.conv_norm_out(x)))
+        return conv_in_bands(self.conv_out, self.conv_norm_out.activated(x))
 
 
 class Decoder(nn.Module):
@@ -247,10 +334,10 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(reversed_blocks[-1], config.out_channels, 3, padding=1)
 
     def __call__(self, x: mx.array) -> mx.array:
-        x = self.mid_block(self.conv_in(x))
+        x = self.mid_block(conv_in_bands(self.conv_in, Rows.of(x)))
         for block in self.up_blocks:
             x = block(x)
-        return self.conv_out(nn.silu(self.conv_norm_out(x)))
+        return conv_in_bands(self.conv_out, self.conv_norm_out.activated(x))
 
 
 class AutoencoderKL(nn.Module):
