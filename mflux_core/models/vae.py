@@ -345,8 +345,9 @@ class AutoencoderKL(nn.Module):
     decode: normalised latents (B, C, h, w) -> pixels (B, h*f, w*f, 3), unclamped.
 
     `tiled=True` processes overlapping tiles of `tile_size` pixels overlapping by `tile_overlap` pixels
-    and blends them linearly: memory stays bounded on big images; results differ slightly from untiled
-    because group norms and attention then see one tile at a time.
+    (default: a quarter of the tile) and blends them linearly: memory stays bounded on big images;
+    results differ from untiled because group norms, attention and the convolutions' reach then see
+    one tile at a time (see `vae_memory.choose_vae_tiling`: tile only what does not fit untiled).
     """
 
     def __init__(self, config: VAEConfig):
@@ -367,7 +368,8 @@ class AutoencoderKL(nn.Module):
     def dtype(self) -> mx.Dtype:
         return self.decoder.conv_in.weight.dtype
 
-    def encode(self, pixels: mx.array, tiled: bool = False, tile_size: int = 512, tile_overlap: int = 128) -> mx.array:
+    def encode(self, pixels: mx.array, tiled: bool = False, tile_size: int = 512,
+               tile_overlap: int | None = None) -> mx.array:
         pixels = pixels.astype(self.dtype)
         if tiled:
             tile, overlap = self._tile_in_latents(tile_size, tile_overlap)
@@ -377,7 +379,8 @@ class AutoencoderKL(nn.Module):
         latents = (mean - self.config.shift_factor) * self.config.scaling_factor
         return latents.transpose(0, 3, 1, 2)
 
-    def decode(self, latents: mx.array, tiled: bool = False, tile_size: int = 512, tile_overlap: int = 128) -> mx.array:
+    def decode(self, latents: mx.array, tiled: bool = False, tile_size: int = 512,
+               tile_overlap: int | None = None) -> mx.array:
         z = latents.astype(self.dtype).transpose(0, 2, 3, 1)
         z = z / self.config.scaling_factor + self.config.shift_factor
         if tiled:
@@ -396,8 +399,10 @@ class AutoencoderKL(nn.Module):
             z = self.post_quant_conv(z)
         return self.decoder(z)
 
-    def _tile_in_latents(self, tile_size: int, tile_overlap: int) -> tuple[int, int]:
+    def _tile_in_latents(self, tile_size: int, tile_overlap: int | None) -> tuple[int, int]:
         f = self.scale_factor
+        if tile_overlap is None:
+            tile_overlap = tile_size // 4 // f * f
         if tile_size % f or tile_overlap % f or not 0 <= tile_overlap < tile_size:
             raise InvalidRequest(
                 f"VAE tiles must be multiples of {f} pixels with an overlap smaller than the tile "

@@ -14,8 +14,7 @@ from typing import Literal
 from mflux_core.models.vae import BAND_BYTES, VAEConfig, band_height
 
 ATTENTION_LIMIT = 512 << 20  # bytes one chunk of the mid block's attention scores may take
-TILE_OVERLAP = 128  # pixels of tile overlap of the automatic tiling (the default of decode/encode)
-TILE_SIDES = (512, 384, 256, 128, 64)  # automatic tile sizes tried, largest first
+TILE_SIDES = (512, 384, 256, 128, 64)  # automatic tile sizes (pixels) tried, largest first
 
 # Copies of one band that are alive at once, fitted to mx.get_peak_memory: the conv input band
 # (activation, its padded copy), and the output band (the product, the bias and residual sums).
@@ -128,7 +127,8 @@ def encode_elements(config: VAEConfig, height: int, width: int, itemsize: int, a
 def vae_peak_bytes(config: VAEConfig, height: int, width: int, itemsize: int, direction: Direction,
                    tile_size: int | None, attention_limit: int = ATTENTION_LIMIT) -> int:
     """Peak bytes above the weights (and the input) of decoding or encoding one `height` x `width`
-    image, untiled (`tile_size` None) or in tiles of `tile_size` pixels overlapping by TILE_OVERLAP."""
+    image, untiled (`tile_size` None) or in tiles of `tile_size` pixels (one tile at a time, whatever
+    the overlap)."""
     elements = decode_elements if direction == "decode" else encode_elements
     if tile_size is None:
         return elements(config, height, width, itemsize, attention_limit) * itemsize
@@ -144,12 +144,13 @@ def vae_peak_bytes(config: VAEConfig, height: int, width: int, itemsize: int, di
 def choose_vae_tiling(config: VAEConfig, height: int, width: int, itemsize: int, direction: Direction,
                       allowance_bytes: int, attention_limit: int = ATTENTION_LIMIT) -> int | None:
     """None when the untiled run fits in `allowance_bytes`, else the largest tile size (pixels) whose
-    estimate fits, else the smallest tile size: the caller compares its estimate and refuses."""
+    estimate fits (multiples of 8 latent pixels), else the smallest tile size: the caller compares
+    its estimate and refuses."""
     def fits(tile_size: int | None) -> bool:
         return vae_peak_bytes(config, height, width, itemsize, direction, tile_size, attention_limit) <= allowance_bytes
 
     if fits(None):
         return None
     f = 2 ** (len(config.block_out_channels) - 1)
-    sides = [side for side in TILE_SIDES if side % f == 0 and side > TILE_OVERLAP]
+    sides = [side for side in TILE_SIDES if side % (8 * f) == 0] or [8 * f]
     return next((side for side in sides if fits(side)), sides[-1])
