@@ -108,7 +108,8 @@ def band_height(width: int, unfolded_channels: int, itemsize: int, band_bytes: i
     return max(1, band_bytes // (width * unfolded_channels * itemsize))
 
 
-def conv_in_bands(conv: nn.Conv2d, rows: Rows, padding: tuple[int, int] = (1, 1), residual: Rows | None = None) -> mx.array:
+def conv_in_bands(conv: nn.Conv2d, rows: Rows, padding: tuple[int, int] = (1, 1),
+                  residual: Rows | None = None) -> mx.array:
     """`conv` over `rows` padded by (before, after) on both axes, plus `residual`, one band of output rows
     evaluated at a time into the output. Each output pixel sees the same inputs as one conv2d over the
     whole image; only the GEMM's row count changes."""
@@ -159,13 +160,14 @@ class GroupNorm(nn.Module):
         return mx.broadcast_to(group_values, (batch, groups, channels // groups)).reshape(batch, 1, 1, channels)
 
     def _group_mean(self, channel_values: mx.array) -> mx.array:
-        return self._per_channel(channel_values.reshape(channel_values.shape[0], self.groups, -1).mean(axis=2, keepdims=True))
+        groups = channel_values.reshape(channel_values.shape[0], self.groups, -1)
+        return self._per_channel(groups.mean(axis=2, keepdims=True))
 
     def scale_and_shift(self, x: mx.array) -> tuple[mx.array, mx.array]:
         """Per-channel (B, 1, 1, C) factors with norm(x) = x * scale + shift."""
         batch, height, width, channels = x.shape
         mean = self._group_mean(x.mean(axis=(1, 2)))
-        step = max(1, BAND_BYTES // (width * channels * x.itemsize))
+        step = band_height(width, channels, x.itemsize)
         squares = mx.zeros((batch, channels), dtype=x.dtype)
         for first in range(0, height, step):
             squares = squares + mx.square(x[:, first : first + step] - mean).sum(axis=(1, 2))

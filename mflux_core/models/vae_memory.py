@@ -7,11 +7,10 @@ full-size tensors that step keeps alive, plus the temporaries of one band of row
 caller already holds, nor the weights.
 """
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
-from mflux_core.models.vae import BAND_BYTES, VAEConfig, band_height
+from mflux_core.models.vae import VAEConfig, band_height
 
 ATTENTION_LIMIT = 512 << 20  # bytes one chunk of the mid block's attention scores may take
 TILE_SIDES = (512, 384, 256, 128, 64)  # automatic tile sizes (pixels) tried, largest first
@@ -53,7 +52,7 @@ def conv_peak(source: Image, out_channels: int, itemsize: int, held: int, kernel
 
 def norm_peak(x: Image, itemsize: int, held: int) -> int:
     """The variance pass of GroupNorm: x minus its mean and squared, a band at a time."""
-    band = min(x.elements(), max(1, BAND_BYTES // (x.width * x.channels * itemsize)) * x.width * x.channels)
+    band = min(x.height, band_height(x.width, x.channels, itemsize)) * x.width * x.channels
     return held + x.elements() + 2 * band
 
 
