@@ -6,6 +6,8 @@ so `sanitize` only transposes convolutions and maps the older attention keys (`q
 """
 
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -78,6 +80,28 @@ def native_side(config_json: dict) -> int:
 BAND_BYTES = 64 << 20
 
 
+_inference = ContextVar("vae_inference", default=False)
+
+
+@contextmanager
+def inference():
+    """Within: `settle` evaluates. AutoencoderKL.encode/decode run in it; training calls the encoder and
+    decoder directly, where the graph must stay lazy (mx.compile cannot evaluate while it traces)."""
+    token = _inference.set(True)
+    try:
+        yield
+    finally:
+        _inference.reset(token)
+
+
+def settle(x: mx.array) -> mx.array:
+    """Evaluate `x` now when running for inference: memory is bounded only if one band or layer is
+    finished before the next starts (MLX otherwise allocates ahead of the work it has queued)."""
+    if _inference.get():
+        mx.eval(x)
+    return x
+
+
 @dataclass(frozen=True)
 class Rows:
     """An NHWC image made a band of rows at a time, so that a layer's input needs no full-size copy."""
@@ -130,12 +154,11 @@ def conv_in_bands(conv: nn.Conv2d, rows: Rows, padding: tuple[int, int] = (1, 1)
         if residual is not None:
             y = y + residual.band(first, last)
         if last - first == out_height:
-            out = y
-        else:
-            if out is None:
-                out = mx.zeros((batch, out_height, out_width, out_channels), dtype=y.dtype)
-            out[:, first:last] = y
-        mx.eval(out)  # a layer at a time: MLX would otherwise allocate ahead of the work it has queued
+            return settle(y)
+        if out is None:
+            out = mx.zeros((batch, out_height, out_width, out_channels), dtype=y.dtype)
+        out[:, first:last] = y
+        settle(out)
     return out
 
 
@@ -170,8 +193,7 @@ class GroupNorm(nn.Module):
         step = band_height(width, channels, x.itemsize)
         squares = mx.zeros((batch, channels), dtype=x.dtype)
         for first in range(0, height, step):
-            squares = squares + mx.square(x[:, first : first + step] - mean).sum(axis=(1, 2))
-            mx.eval(squares)
+            squares = settle(squares + mx.square(x[:, first : first + step] - mean).sum(axis=(1, 2)))
         group_var = self._group_mean(squares / (height * width))
         scale = mx.rsqrt(group_var + GROUP_NORM_EPS) * self.weight
         return scale, self.bias - mean * scale
@@ -235,11 +257,9 @@ class MidBlock(nn.Module):
         self.resnets = [ResnetBlock(channels, channels, groups), ResnetBlock(channels, channels, groups)]
         self.attentions = [SpatialSelfAttention(channels, groups)] if add_attention else []
 
-    def __call__(self, x: mx.array) -> mx.array:
-        x = self.resnets[0](x)
-        for attention in self.attentions:
-            x = attention(x)
-        return self.resnets[1](x)
+    @property
+    def layers(self) -> list[nn.Module]:
+        return [self.resnets[0], *self.attentions, self.resnets[1]]
 
 
 class Downsample(nn.Module):
@@ -273,10 +293,9 @@ class DownBlock(nn.Module):
         if downsample:
             self.downsamplers = [Downsample(out_channels)]
 
-    def __call__(self, x: mx.array) -> mx.array:
-        for resnet in self.resnets:
-            x = resnet(x)
-        return self.downsamplers[0](x) if "downsamplers" in self else x
+    @property
+    def layers(self) -> list[nn.Module]:
+        return [*self.resnets, *self.get("downsamplers", [])]
 
 
 class UpBlock(nn.Module):
@@ -288,10 +307,19 @@ class UpBlock(nn.Module):
         if upsample:
             self.upsamplers = [Upsample(out_channels)]
 
-    def __call__(self, x: mx.array) -> mx.array:
-        for resnet in self.resnets:
-            x = resnet(x)
-        return self.upsamplers[0](x) if "upsamplers" in self else x
+    @property
+    def layers(self) -> list[nn.Module]:
+        return [*self.resnets, *self.get("upsamplers", [])]
+
+
+def run_layers(coder: "Encoder | Decoder", layers: list[nn.Module], x: mx.array) -> mx.array:
+    """conv_in, `layers`, then norm, silu and conv_out, in one flat loop: no caller holds a block's
+    input while later layers run."""
+    steps = [lambda t: conv_in_bands(coder.conv_in, Rows.of(t)), *layers,
+             lambda t: conv_in_bands(coder.conv_out, coder.conv_norm_out.activated(t))]
+    for step in steps:
+        x = settle(step(x))
+    return x
 
 
 class Encoder(nn.Module):
@@ -310,11 +338,8 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(blocks[-1], 2 * config.latent_channels, 3, padding=1)
 
     def __call__(self, x: mx.array) -> mx.array:
-        x = conv_in_bands(self.conv_in, Rows.of(x))
-        for block in self.down_blocks:
-            x = block(x)
-        x = self.mid_block(x)
-        return conv_in_bands(self.conv_out, self.conv_norm_out.activated(x))
+        down = [layer for block in self.down_blocks for layer in block.layers]
+        return run_layers(self, down + self.mid_block.layers, x)
 
 
 class Decoder(nn.Module):
@@ -336,10 +361,8 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(reversed_blocks[-1], config.out_channels, 3, padding=1)
 
     def __call__(self, x: mx.array) -> mx.array:
-        x = self.mid_block(conv_in_bands(self.conv_in, Rows.of(x)))
-        for block in self.up_blocks:
-            x = block(x)
-        return conv_in_bands(self.conv_out, self.conv_norm_out.activated(x))
+        up = [layer for block in self.up_blocks for layer in block.layers]
+        return run_layers(self, self.mid_block.layers + up, x)
 
 
 class AutoencoderKL(nn.Module):
@@ -391,7 +414,8 @@ class AutoencoderKL(nn.Module):
         return self._decode_unscaled(z)
 
     def _posterior_mean(self, pixels: mx.array) -> mx.array:
-        moments = self.encoder(pixels)
+        with inference():
+            moments = self.encoder(pixels)
         if "quant_conv" in self:
             moments = self.quant_conv(moments)
         return moments[..., : self.config.latent_channels]
@@ -399,7 +423,8 @@ class AutoencoderKL(nn.Module):
     def _decode_unscaled(self, z: mx.array) -> mx.array:
         if "post_quant_conv" in self:
             z = self.post_quant_conv(z)
-        return self.decoder(z)
+        with inference():
+            return self.decoder(z)
 
     def _tile_in_latents(self, tile_size: int, tile_overlap: int | None) -> tuple[int, int]:
         f = self.scale_factor
