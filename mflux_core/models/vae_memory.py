@@ -37,8 +37,8 @@ class Image:
 
 def conv_peak(source: Image, out_channels: int, itemsize: int, held: int, kernel: int = 3, stride: int = 1,
               padding: int = 2, upsample: bool = False) -> tuple[int, Image]:
-    """Peak elements while `conv_in_bands` runs over `source` (optionally upsampled first) with `held`
-    elements of other tensors alive, and the output's size."""
+    """Peak elements while `conv_in_bands` runs over `source` (optionally upsampled first, `padding`
+    rows and columns added in all) with `held` elements of other tensors alive, and the output's size."""
     scale = 2 if upsample else 1
     height, width = source.height * scale, source.width * scale
     out = Image((height + padding - kernel) // stride + 1, (width + padding - kernel) // stride + 1, out_channels)
