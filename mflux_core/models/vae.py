@@ -75,8 +75,9 @@ def native_side(config_json: dict) -> int:
     return side if side >= 64 and side % 16 == 0 else FLUX_SIDE
 
 
-# The most bytes of unfolded input one band of a 3x3 convolution may take: MLX's CPU conv2d copies its
-# input 9x (im2col), 9.4 GB for a 256-channel 1024x1024 layer, so convolutions run a band of rows at a time.
+# The most bytes of unfolded input one band of a 3x3 convolution may take per image: MLX's CPU conv2d
+# copies its input 9x (im2col), 9.4 GB for a 256-channel 1024x1024 layer, so convolutions run a band of
+# rows at a time.
 BAND_BYTES = 64 << 20
 
 
@@ -127,9 +128,9 @@ class Rows:
         return Rows((batch, 2 * height, 2 * width, channels), band)
 
 
-def band_height(width: int, unfolded_channels: int, itemsize: int, band_bytes: int = BAND_BYTES) -> int:
-    """Output rows per band: as many as keep the band's unfolded input under `band_bytes`."""
-    return max(1, band_bytes // (width * unfolded_channels * itemsize))
+def band_height(width: int, unfolded_channels: int, itemsize: int) -> int:
+    """Output rows per band: as many as keep one image's unfolded band under BAND_BYTES."""
+    return max(1, BAND_BYTES // (width * unfolded_channels * itemsize))
 
 
 def conv_in_bands(conv: nn.Conv2d, rows: Rows, padding: tuple[int, int] = (1, 1),
