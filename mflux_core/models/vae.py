@@ -6,6 +6,8 @@ so `sanitize` only transposes convolutions and maps the older attention keys (`q
 """
 
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -74,12 +76,101 @@ def native_side(config_json: dict) -> int:
     return side if side >= 64 and side % 16 == 0 else FLUX_SIDE
 
 
+# The most bytes of unfolded input one band of a 3x3 convolution may take per image: MLX's CPU conv2d
+# copies its input 9x (im2col), 9.4 GB for a 256-channel 1024x1024 layer, so convolutions run a band of
+# rows at a time.
+BAND_BYTES = 64 << 20
+
+
+_inference = ContextVar("vae_inference", default=False)
+
+
+@contextmanager
+def inference():
+    """Within: `settle` evaluates. AutoencoderKL.encode/decode run in it; training calls the encoder and
+    decoder directly, where the graph must stay lazy (mx.compile cannot evaluate while it traces)."""
+    token = _inference.set(True)
+    try:
+        yield
+    finally:
+        _inference.reset(token)
+
+
+def settle(x: mx.array) -> mx.array:
+    """Evaluate `x` now when running for inference: memory is bounded only if one band or layer is
+    finished before the next starts (MLX otherwise allocates ahead of the work it has queued)."""
+    if _inference.get():
+        mx.eval(x)
+    return x
+
+
+@dataclass(frozen=True)
+class Rows:
+    """An NHWC image made a band of rows at a time, so that a layer's input needs no full-size copy."""
+
+    shape: tuple[int, int, int, int]
+    band: Callable[[int, int], mx.array]  # rows [start, stop) -> (B, stop - start, W, C)
+
+    @classmethod
+    def of(cls, x: mx.array) -> "Rows":
+        return cls(x.shape, lambda start, stop: x[:, start:stop])
+
+    def upsampled(self) -> "Rows":
+        """Nearest-neighbour 2x, each band broadcast from the source rows it covers."""
+        batch, height, width, channels = self.shape
+
+        def band(start: int, stop: int) -> mx.array:
+            first, last = start // 2, (stop + 1) // 2
+            x = self.band(first, last)[:, :, None, :, None, :]
+            x = mx.broadcast_to(x, (batch, last - first, 2, width, 2, channels))
+            x = x.reshape(batch, 2 * (last - first), 2 * width, channels)
+            return x[:, start - 2 * first : stop - 2 * first]
+
+        return Rows((batch, 2 * height, 2 * width, channels), band)
+
+
+def band_height(width: int, unfolded_channels: int, itemsize: int) -> int:
+    """Output rows per band: as many as keep one image's unfolded band under BAND_BYTES."""
+    return max(1, BAND_BYTES // (width * unfolded_channels * itemsize))
+
+
+def conv_in_bands(conv: nn.Conv2d, rows: Rows, padding: tuple[int, int] = (1, 1),
+                  residual: Rows | None = None) -> mx.array:
+    """`conv` over `rows` padded by (before, after) on both axes, plus `residual`, one band of output rows
+    evaluated at a time into the output. Each output pixel sees the same inputs as one conv2d over the
+    whole image; only the GEMM's row count changes."""
+    batch, height, width, _ = rows.shape
+    out_channels, kernel, _, in_channels = conv.weight.shape
+    stride = conv.stride[0]
+    before, after = padding
+    out_height = (height + before + after - kernel) // stride + 1
+    out_width = (width + before + after - kernel) // stride + 1
+    step = band_height(out_width, kernel * kernel * in_channels, conv.weight.dtype.size)
+    out = None
+    for first in range(0, out_height, step):
+        last = min(first + step, out_height)
+        top, bottom = first * stride - before, (last - 1) * stride - before + kernel
+        x = rows.band(max(top, 0), min(bottom, height))
+        pad = ([max(-top, 0), before], [max(bottom - height, 0), after])
+        y = mx.conv_general(x, conv.weight, stride=stride, padding=pad) + conv.bias
+        if residual is not None:
+            y = y + residual.band(first, last)
+        if last - first == out_height:
+            return settle(y)
+        if out is None:
+            out = mx.zeros((batch, out_height, out_width, out_channels), dtype=y.dtype)
+        out[:, first:last] = y
+        settle(out)
+    return out
+
+
 class GroupNorm(nn.Module):
     """torch's GroupNorm (contiguous channel groups) on NHWC input.
 
     Not nn.GroupNorm: its single layer_norm over each whole group (up to millions of values) was
     ~1e-3 off torch at 512x512 and 2-4x slower on CPU. Here the statistics come from per-channel
-    reductions over (H, W), which are contiguous in NHWC, with a second pass for the variance.
+    reductions over (H, W), which are contiguous in NHWC, with a second pass for the variance that
+    runs a band of rows at a time (no full-size temporary).
     """
 
     def __init__(self, channels: int, groups: int):
@@ -93,14 +184,30 @@ class GroupNorm(nn.Module):
         channels = self.weight.shape[0]
         return mx.broadcast_to(group_values, (batch, groups, channels // groups)).reshape(batch, 1, 1, channels)
 
+    def _group_mean(self, channel_values: mx.array) -> mx.array:
+        groups = channel_values.reshape(channel_values.shape[0], self.groups, -1)
+        return self._per_channel(groups.mean(axis=2, keepdims=True))
+
+    def scale_and_shift(self, x: mx.array) -> tuple[mx.array, mx.array]:
+        """Per-channel (B, 1, 1, C) factors with norm(x) = x * scale + shift."""
+        batch, height, width, channels = x.shape
+        mean = self._group_mean(x.mean(axis=(1, 2)))
+        step = band_height(width, channels, x.itemsize)
+        squares = mx.zeros((batch, channels), dtype=x.dtype)
+        for first in range(0, height, step):
+            squares = settle(squares + mx.square(x[:, first : first + step] - mean).sum(axis=(1, 2)))
+        group_var = self._group_mean(squares / (height * width))
+        scale = mx.rsqrt(group_var + GROUP_NORM_EPS) * self.weight
+        return scale, self.bias - mean * scale
+
     def __call__(self, x: mx.array) -> mx.array:
-        batch = x.shape[0]
-        group_mean = x.mean(axis=(1, 2)).reshape(batch, self.groups, -1).mean(axis=2, keepdims=True)
-        mean = self._per_channel(group_mean)
-        channel_var = mx.square(x - mean).mean(axis=(1, 2))
-        group_var = channel_var.reshape(batch, self.groups, -1).mean(axis=2, keepdims=True)
-        scale = self._per_channel(mx.rsqrt(group_var + GROUP_NORM_EPS)) * self.weight
-        return x * scale + (self.bias - mean * scale)
+        scale, shift = self.scale_and_shift(x)
+        return x * scale + shift
+
+    def activated(self, x: mx.array) -> Rows:
+        """silu(norm(x)), made a band at a time."""
+        scale, shift = self.scale_and_shift(x)
+        return Rows(x.shape, lambda start, stop: nn.silu(x[:, start:stop] * scale + shift))
 
 
 class ResnetBlock(nn.Module):
@@ -113,11 +220,18 @@ class ResnetBlock(nn.Module):
         if in_channels != out_channels:
             self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1)
 
+    def _shortcut(self, x: mx.array) -> Rows:
+        if "conv_shortcut" not in self:
+            return Rows.of(x)
+        # a matmul, not conv2d: MLX's 1x1 conv2d copies its input first
+        out_channels, _, _, in_channels = self.conv_shortcut.weight.shape
+        weight = self.conv_shortcut.weight.reshape(out_channels, in_channels).T
+        return Rows((*x.shape[:3], out_channels),
+                    lambda start, stop: mx.addmm(self.conv_shortcut.bias, x[:, start:stop], weight))
+
     def __call__(self, x: mx.array) -> mx.array:
-        h = self.conv1(nn.silu(self.norm1(x)))
-        h = self.conv2(nn.silu(self.norm2(h)))
-        shortcut = self.conv_shortcut(x) if "conv_shortcut" in self else x
-        return shortcut + h
+        h = conv_in_bands(self.conv1, self.norm1.activated(x))
+        return conv_in_bands(self.conv2, self.norm2.activated(h), residual=self._shortcut(x))
 
 
 class SpatialSelfAttention(nn.Module):
@@ -145,11 +259,9 @@ class MidBlock(nn.Module):
         self.resnets = [ResnetBlock(channels, channels, groups), ResnetBlock(channels, channels, groups)]
         self.attentions = [SpatialSelfAttention(channels, groups)] if add_attention else []
 
-    def __call__(self, x: mx.array) -> mx.array:
-        x = self.resnets[0](x)
-        for attention in self.attentions:
-            x = attention(x)
-        return self.resnets[1](x)
+    @property
+    def layers(self) -> list[nn.Module]:
+        return [self.resnets[0], *self.attentions, self.resnets[1]]
 
 
 class Downsample(nn.Module):
@@ -160,20 +272,18 @@ class Downsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, stride=2)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.conv(mx.pad(x, [(0, 0), (0, 1), (0, 1), (0, 0)]))
+        return conv_in_bands(self.conv, Rows.of(x), padding=(0, 1))
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour 2x (a broadcast and a reshape, no gather), then a 3x3 conv."""
+    """Nearest-neighbour 2x, then a 3x3 conv: the upsampled image only ever exists a band at a time."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def __call__(self, x: mx.array) -> mx.array:
-        batch, height, width, channels = x.shape
-        x = mx.broadcast_to(x[:, :, None, :, None, :], (batch, height, 2, width, 2, channels))
-        return self.conv(x.reshape(batch, 2 * height, 2 * width, channels))
+        return conv_in_bands(self.conv, Rows.of(x).upsampled())
 
 
 class DownBlock(nn.Module):
@@ -185,10 +295,9 @@ class DownBlock(nn.Module):
         if downsample:
             self.downsamplers = [Downsample(out_channels)]
 
-    def __call__(self, x: mx.array) -> mx.array:
-        for resnet in self.resnets:
-            x = resnet(x)
-        return self.downsamplers[0](x) if "downsamplers" in self else x
+    @property
+    def layers(self) -> list[nn.Module]:
+        return [*self.resnets, *self.get("downsamplers", [])]
 
 
 class UpBlock(nn.Module):
@@ -200,10 +309,19 @@ class UpBlock(nn.Module):
         if upsample:
             self.upsamplers = [Upsample(out_channels)]
 
-    def __call__(self, x: mx.array) -> mx.array:
-        for resnet in self.resnets:
-            x = resnet(x)
-        return self.upsamplers[0](x) if "upsamplers" in self else x
+    @property
+    def layers(self) -> list[nn.Module]:
+        return [*self.resnets, *self.get("upsamplers", [])]
+
+
+def run_layers(coder: "Encoder | Decoder", layers: list[nn.Module], x: mx.array) -> mx.array:
+    """conv_in, `layers`, then norm, silu and conv_out, in one flat loop: no caller holds a block's
+    input while later layers run."""
+    steps = [lambda t: conv_in_bands(coder.conv_in, Rows.of(t)), *layers,
+             lambda t: conv_in_bands(coder.conv_out, coder.conv_norm_out.activated(t))]
+    for step in steps:
+        x = settle(step(x))
+    return x
 
 
 class Encoder(nn.Module):
@@ -222,11 +340,8 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(blocks[-1], 2 * config.latent_channels, 3, padding=1)
 
     def __call__(self, x: mx.array) -> mx.array:
-        x = self.conv_in(x)
-        for block in self.down_blocks:
-            x = block(x)
-        x = self.mid_block(x)
-        return self.conv_out(nn.silu(self.conv_norm_out(x)))
+        down = [layer for block in self.down_blocks for layer in block.layers]
+        return run_layers(self, down + self.mid_block.layers, x)
 
 
 class Decoder(nn.Module):
@@ -248,10 +363,8 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(reversed_blocks[-1], config.out_channels, 3, padding=1)
 
     def __call__(self, x: mx.array) -> mx.array:
-        x = self.mid_block(self.conv_in(x))
-        for block in self.up_blocks:
-            x = block(x)
-        return self.conv_out(nn.silu(self.conv_norm_out(x)))
+        up = [layer for block in self.up_blocks for layer in block.layers]
+        return run_layers(self, self.mid_block.layers + up, x)
 
 
 class AutoencoderKL(nn.Module):
@@ -259,8 +372,9 @@ class AutoencoderKL(nn.Module):
     decode: normalised latents (B, C, h, w) -> pixels (B, h*f, w*f, 3), unclamped.
 
     `tiled=True` processes overlapping tiles of `tile_size` pixels overlapping by `tile_overlap` pixels
-    and blends them linearly: memory stays bounded on big images; results differ slightly from untiled
-    because group norms and attention then see one tile at a time.
+    (default: a quarter of the tile) and blends them linearly: memory stays bounded on big images;
+    results differ from untiled because group norms, attention and the convolutions' reach then see
+    one tile at a time (see `vae_memory.choose_vae_tiling`: tile only what does not fit untiled).
     """
 
     def __init__(self, config: VAEConfig):
@@ -281,7 +395,8 @@ class AutoencoderKL(nn.Module):
     def dtype(self) -> mx.Dtype:
         return self.decoder.conv_in.weight.dtype
 
-    def encode(self, pixels: mx.array, tiled: bool = False, tile_size: int = 512, tile_overlap: int = 128) -> mx.array:
+    def encode(self, pixels: mx.array, tiled: bool = False, tile_size: int = 512,
+               tile_overlap: int | None = None) -> mx.array:
         pixels = pixels.astype(self.dtype)
         if tiled:
             tile, overlap = self._tile_in_latents(tile_size, tile_overlap)
@@ -291,7 +406,8 @@ class AutoencoderKL(nn.Module):
         latents = (mean - self.config.shift_factor) * self.config.scaling_factor
         return latents.transpose(0, 3, 1, 2)
 
-    def decode(self, latents: mx.array, tiled: bool = False, tile_size: int = 512, tile_overlap: int = 128) -> mx.array:
+    def decode(self, latents: mx.array, tiled: bool = False, tile_size: int = 512,
+               tile_overlap: int | None = None) -> mx.array:
         z = latents.astype(self.dtype).transpose(0, 2, 3, 1)
         z = z / self.config.scaling_factor + self.config.shift_factor
         if tiled:
@@ -300,7 +416,8 @@ class AutoencoderKL(nn.Module):
         return self._decode_unscaled(z)
 
     def _posterior_mean(self, pixels: mx.array) -> mx.array:
-        moments = self.encoder(pixels)
+        with inference():
+            moments = self.encoder(pixels)
         if "quant_conv" in self:
             moments = self.quant_conv(moments)
         return moments[..., : self.config.latent_channels]
@@ -308,10 +425,13 @@ class AutoencoderKL(nn.Module):
     def _decode_unscaled(self, z: mx.array) -> mx.array:
         if "post_quant_conv" in self:
             z = self.post_quant_conv(z)
-        return self.decoder(z)
+        with inference():
+            return self.decoder(z)
 
-    def _tile_in_latents(self, tile_size: int, tile_overlap: int) -> tuple[int, int]:
+    def _tile_in_latents(self, tile_size: int, tile_overlap: int | None) -> tuple[int, int]:
         f = self.scale_factor
+        if tile_overlap is None:
+            tile_overlap = tile_size // 4 // f * f
         if tile_size % f or tile_overlap % f or not 0 <= tile_overlap < tile_size:
             raise InvalidRequest(
                 f"VAE tiles must be multiples of {f} pixels with an overlap smaller than the tile "

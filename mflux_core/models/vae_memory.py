@@ -1,0 +1,155 @@
+"""How many bytes the VAE needs, worked out from its configuration before anything is allocated.
+
+MLX's CPU backend cannot raise on an allocation it cannot satisfy (the process dies), so the memory
+planner asks here first. The estimate walks the layers as `vae.py` runs them: at each step the
+full-size tensors that step keeps alive, plus the temporaries of one band of rows (see
+`conv_in_bands`), plus the blending buffers when tiled. It counts the output but not the input the
+caller already holds, nor the weights.
+"""
+
+from dataclasses import dataclass
+from typing import Literal
+
+from mflux_core.models.vae import VAEConfig, band_height
+
+ATTENTION_LIMIT = 512 << 20  # bytes one chunk of the mid block's attention scores may take
+TILE_SIDES = (512, 384, 256, 128, 64)  # automatic tile sizes (pixels) tried, largest first
+
+# Copies of one band that are alive at once, fitted to mx.get_peak_memory: the conv input band
+# (activation, its padded copy), and the output band (the product, the bias and residual sums).
+INPUT_BAND_COPIES = 2
+OUTPUT_BAND_COPIES = 3
+
+Direction = Literal["decode", "encode"]
+
+
+@dataclass(frozen=True)
+class Image:
+    """One image's spatial size and channels at some layer."""
+
+    height: int
+    width: int
+    channels: int
+
+    def elements(self) -> int:
+        return self.height * self.width * self.channels
+
+
+def conv_peak(source: Image, out_channels: int, itemsize: int, held: int, kernel: int = 3, stride: int = 1,
+              padding: int = 2, upsample: bool = False) -> tuple[int, Image]:
+    """Peak elements while `conv_in_bands` runs over `source` (optionally upsampled first, `padding`
+    rows and columns added in all) with `held` elements of other tensors alive, and the output's size."""
+    scale = 2 if upsample else 1
+    height, width = source.height * scale, source.width * scale
+    out = Image((height + padding - kernel) // stride + 1, (width + padding - kernel) // stride + 1, out_channels)
+    rows = min(out.height, band_height(out.width, kernel * kernel * source.channels, itemsize))
+    in_band = ((rows - 1) * stride + kernel) * (width + padding) * source.channels
+    unfolded = rows * out.width * kernel * kernel * source.channels
+    band = unfolded + INPUT_BAND_COPIES * in_band + OUTPUT_BAND_COPIES * rows * out.width * out_channels
+    whole_output = out.elements() if rows < out.height else 0
+    return held + source.elements() + whole_output + band, out
+
+
+def norm_peak(x: Image, itemsize: int, held: int) -> int:
+    """The variance pass of GroupNorm: x minus its mean and squared, a band at a time."""
+    band = min(x.height, band_height(x.width, x.channels, itemsize)) * x.width * x.channels
+    return held + x.elements() + 2 * band
+
+
+def resnet_peak(x: Image, out_channels: int, itemsize: int) -> tuple[int, Image]:
+    peak, h = conv_peak(x, out_channels, itemsize, held=0)
+    second, out = conv_peak(h, out_channels, itemsize, held=x.elements())
+    return max(norm_peak(x, itemsize, 0), peak, norm_peak(h, itemsize, x.elements()), second), out
+
+
+def attention_peak(x: Image, itemsize: int, attention_limit: int) -> int:
+    """x, its normalised copy, q, k, v, the output and its projection, and two score chunks."""
+    tokens = x.height * x.width
+    scores = min(tokens * tokens, attention_limit // itemsize)
+    return 6 * x.elements() + 2 * scores
+
+
+class Walk:
+    """The running maximum of peak elements over the layers, and the current activation."""
+
+    def __init__(self, x: Image, itemsize: int):
+        self.x, self.itemsize, self.peak = x, itemsize, 0
+
+    def step(self, peak: int, out: Image) -> None:
+        self.peak, self.x = max(self.peak, peak), out
+
+    def conv(self, out_channels: int, **conv_args) -> None:
+        self.step(*conv_peak(self.x, out_channels, self.itemsize, held=0, **conv_args))
+
+    def resnets(self, out_channels: int, count: int) -> None:
+        for _ in range(count):
+            self.step(*resnet_peak(self.x, out_channels, self.itemsize))
+
+    def mid_block(self, config: VAEConfig, attention_limit: int) -> None:
+        self.resnets(self.x.channels, 1)
+        if config.mid_block_add_attention:
+            self.step(attention_peak(self.x, self.itemsize, attention_limit), self.x)
+        self.resnets(self.x.channels, 1)
+
+    def output(self, out_channels: int) -> None:
+        self.step(norm_peak(self.x, self.itemsize, 0), self.x)
+        self.conv(out_channels)
+
+
+def decode_elements(config: VAEConfig, height: int, width: int, itemsize: int, attention_limit: int) -> int:
+    f = 2 ** (len(config.block_out_channels) - 1)
+    channels = tuple(reversed(config.block_out_channels))
+    walk = Walk(Image(height // f, width // f, config.latent_channels), itemsize)
+    walk.conv(channels[0])
+    walk.mid_block(config, attention_limit)
+    for i, block_channels in enumerate(channels):
+        walk.resnets(block_channels, config.layers_per_block + 1)
+        if i < len(channels) - 1:
+            walk.conv(block_channels, upsample=True)
+    walk.output(config.out_channels)
+    return walk.peak
+
+
+def encode_elements(config: VAEConfig, height: int, width: int, itemsize: int, attention_limit: int) -> int:
+    channels = config.block_out_channels
+    walk = Walk(Image(height, width, config.in_channels), itemsize)
+    walk.conv(channels[0])
+    for i, block_channels in enumerate(channels):
+        walk.resnets(block_channels, config.layers_per_block)
+        if i < len(channels) - 1:
+            walk.conv(block_channels, stride=2, padding=1)
+    walk.mid_block(config, attention_limit)
+    walk.output(2 * config.latent_channels)
+    return walk.peak
+
+
+def vae_peak_bytes(config: VAEConfig, height: int, width: int, itemsize: int, direction: Direction,
+                   tile_size: int | None, attention_limit: int = ATTENTION_LIMIT) -> int:
+    """Peak bytes above the weights (and the input) of decoding or encoding one `height` x `width`
+    image, untiled (`tile_size` None) or in tiles of `tile_size` pixels (one tile at a time, whatever
+    the overlap)."""
+    elements = decode_elements if direction == "decode" else encode_elements
+    if tile_size is None:
+        return elements(config, height, width, itemsize, attention_limit) * itemsize
+    tile = elements(config, min(tile_size, height), min(tile_size, width), itemsize, attention_limit)
+    f = 2 ** (len(config.block_out_channels) - 1)
+    out = Image(height, width, config.out_channels) if direction == "decode" else \
+        Image(height // f, width // f, config.latent_channels)
+    # the blended output and its copy while a tile is added in; float32 blend weights (numpy) beside it
+    blending = 2 * out.elements() * itemsize + out.height * out.width * 4
+    return tile * itemsize + blending
+
+
+def choose_vae_tiling(config: VAEConfig, height: int, width: int, itemsize: int, direction: Direction,
+                      allowance_bytes: int, attention_limit: int = ATTENTION_LIMIT) -> int | None:
+    """None when the untiled run fits in `allowance_bytes`, else the largest tile size (pixels) whose
+    estimate fits (multiples of 8 latent pixels), else the smallest tile size: the caller compares
+    its estimate and refuses."""
+    def fits(tile_size: int | None) -> bool:
+        return vae_peak_bytes(config, height, width, itemsize, direction, tile_size, attention_limit) <= allowance_bytes
+
+    if fits(None):
+        return None
+    f = 2 ** (len(config.block_out_channels) - 1)
+    sides = [side for side in TILE_SIDES if side % (8 * f) == 0] or [8 * f]
+    return next((side for side in sides if fits(side)), sides[-1])
