@@ -151,6 +151,5 @@ def vae_tile(config: VAEConfig, height: int, width: int, itemsize: int, directio
              forced: bool = False) -> int | None:
     """The tile size for a VAE pass (None: whole): tiles only when the whole pass would not fit
     `allowance` bytes, or when `forced`."""
-    tile = None if allowance is None else choose_vae_tiling(config, height, width, itemsize, direction, allowance,
-                                                            kernels.attention_memory())
+    tile = None if allowance is None else choose_vae_tiling(config, height, width, itemsize, direction, allowance)
     return DEFAULT_VAE_TILE if tile is None and forced else tile

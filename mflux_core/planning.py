@@ -5,7 +5,6 @@ from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.memory import MemoryPlan, transformer_step_bytes, vae_tile
 from mflux_core.models.transformer import FluxTransformerConfig
-from mflux_core.models import kernels
 from mflux_core.models.vae import VAEConfig
 from mflux_core.models.vae_memory import vae_peak_bytes
 from mflux_core.request import MAX_SEQUENCE_LENGTH, GenerationRequest
@@ -24,8 +23,7 @@ def image_plan(transformer: FluxTransformerConfig, vae: VAEConfig, width: int, h
     decoding = "decoding" if decode_tile is None else f"decoding in {decode_tile} px tiles"
     phases = (
         ("denoising", transformer_step_bytes(transformer, image_tokens, text_tokens, itemsize)),
-        (decoding, vae_peak_bytes(vae, h * scale, w * scale, vae_itemsize, "decode", decode_tile,
-                                  kernels.attention_memory())),
+        (decoding, vae_peak_bytes(vae, h * scale, w * scale, vae_itemsize, "decode", decode_tile)),
     )
     return MemoryPlan(f"a {width}x{height} image", weights_bytes, phases, reserved_bytes)
 

@@ -10,9 +10,9 @@ caller already holds, nor the weights.
 from dataclasses import dataclass
 from typing import Literal
 
+from mflux_core.models.kernels import attention_peak_bytes
 from mflux_core.models.vae import VAEConfig, band_height
 
-ATTENTION_LIMIT = 512 << 20  # bytes one chunk of the mid block's attention scores may take
 TILE_SIDES = (512, 384, 256, 128, 64)  # automatic tile sizes (pixels) tried, largest first
 
 # Copies of one band that are alive at once, fitted to mx.get_peak_memory: the conv input band
@@ -62,11 +62,12 @@ def resnet_peak(x: Image, out_channels: int, itemsize: int) -> tuple[int, Image]
     return max(norm_peak(x, itemsize, 0), peak, norm_peak(h, itemsize, x.elements()), second), out
 
 
-def attention_peak(x: Image, itemsize: int, attention_limit: int) -> int:
-    """x, its normalised copy, q, k, v, the output and its projection, and two score chunks."""
+def attention_peak(x: Image, itemsize: int) -> int:
+    """x, its normalised copy, q, k, v, the output and its projection, and the chunked attention's scratch
+    under the current attention limit (kernels.set_attention_memory)."""
     tokens = x.height * x.width
-    scores = min(tokens * tokens, attention_limit // itemsize)
-    return 6 * x.elements() + 2 * scores
+    scratch = attention_peak_bytes(1, 1, tokens, tokens, x.channels, itemsize)
+    return 6 * x.elements() + -(-scratch // itemsize)
 
 
 class Walk:
@@ -85,10 +86,10 @@ class Walk:
         for _ in range(count):
             self.step(*resnet_peak(self.x, out_channels, self.itemsize))
 
-    def mid_block(self, config: VAEConfig, attention_limit: int) -> None:
+    def mid_block(self, config: VAEConfig) -> None:
         self.resnets(self.x.channels, 1)
         if config.mid_block_add_attention:
-            self.step(attention_peak(self.x, self.itemsize, attention_limit), self.x)
+            self.step(attention_peak(self.x, self.itemsize), self.x)
         self.resnets(self.x.channels, 1)
 
     def output(self, out_channels: int) -> None:
@@ -96,12 +97,12 @@ class Walk:
         self.conv(out_channels)
 
 
-def decode_elements(config: VAEConfig, height: int, width: int, itemsize: int, attention_limit: int) -> int:
+def decode_elements(config: VAEConfig, height: int, width: int, itemsize: int) -> int:
     f = 2 ** (len(config.block_out_channels) - 1)
     channels = tuple(reversed(config.block_out_channels))
     walk = Walk(Image(height // f, width // f, config.latent_channels), itemsize)
     walk.conv(channels[0])
-    walk.mid_block(config, attention_limit)
+    walk.mid_block(config)
     for i, block_channels in enumerate(channels):
         walk.resnets(block_channels, config.layers_per_block + 1)
         if i < len(channels) - 1:
@@ -110,7 +111,7 @@ def decode_elements(config: VAEConfig, height: int, width: int, itemsize: int, a
     return walk.peak
 
 
-def encode_elements(config: VAEConfig, height: int, width: int, itemsize: int, attention_limit: int) -> int:
+def encode_elements(config: VAEConfig, height: int, width: int, itemsize: int) -> int:
     channels = config.block_out_channels
     walk = Walk(Image(height, width, config.in_channels), itemsize)
     walk.conv(channels[0])
@@ -118,20 +119,20 @@ def encode_elements(config: VAEConfig, height: int, width: int, itemsize: int, a
         walk.resnets(block_channels, config.layers_per_block)
         if i < len(channels) - 1:
             walk.conv(block_channels, stride=2, padding=1)
-    walk.mid_block(config, attention_limit)
+    walk.mid_block(config)
     walk.output(2 * config.latent_channels)
     return walk.peak
 
 
 def vae_peak_bytes(config: VAEConfig, height: int, width: int, itemsize: int, direction: Direction,
-                   tile_size: int | None, attention_limit: int = ATTENTION_LIMIT) -> int:
+                   tile_size: int | None) -> int:
     """Peak bytes above the weights (and the input) of decoding or encoding one `height` x `width`
     image, untiled (`tile_size` None) or in tiles of `tile_size` pixels (one tile at a time, whatever
     the overlap)."""
     elements = decode_elements if direction == "decode" else encode_elements
     if tile_size is None:
-        return elements(config, height, width, itemsize, attention_limit) * itemsize
-    tile = elements(config, min(tile_size, height), min(tile_size, width), itemsize, attention_limit)
+        return elements(config, height, width, itemsize) * itemsize
+    tile = elements(config, min(tile_size, height), min(tile_size, width), itemsize)
     f = 2 ** (len(config.block_out_channels) - 1)
     out = Image(height, width, config.out_channels) if direction == "decode" else \
         Image(height // f, width // f, config.latent_channels)
@@ -141,12 +142,12 @@ def vae_peak_bytes(config: VAEConfig, height: int, width: int, itemsize: int, di
 
 
 def choose_vae_tiling(config: VAEConfig, height: int, width: int, itemsize: int, direction: Direction,
-                      allowance_bytes: int, attention_limit: int = ATTENTION_LIMIT) -> int | None:
+                      allowance_bytes: int) -> int | None:
     """None when the untiled run fits in `allowance_bytes`, else the largest tile size (pixels) whose
     estimate fits (multiples of 8 latent pixels), else the smallest tile size: the caller compares
     its estimate and refuses."""
     def fits(tile_size: int | None) -> bool:
-        return vae_peak_bytes(config, height, width, itemsize, direction, tile_size, attention_limit) <= allowance_bytes
+        return vae_peak_bytes(config, height, width, itemsize, direction, tile_size) <= allowance_bytes
 
     if fits(None):
         return None
