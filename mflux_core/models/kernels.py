@@ -124,7 +124,7 @@ def _second_cpu_stream() -> mx.Stream:
 # tokens. MLX allocates an op's output when it dispatches the op, not when it runs it, so one eval of
 # all chunks would allocate all their scores at once: the chunks are evaluated in turn instead.
 
-DEFAULT_ATTENTION_MEMORY = 512 << 20  # bytes of attention scores alive at once
+DEFAULT_ATTENTION_MEMORY = 256 << 20  # bytes of attention scores alive at once (1024 px: as fast as before, see bench)
 MAX_ARRAY_ELEMENTS = 2**31 - 1  # libmlx indexes with int32: a 2^32-entry score matrix died of SIGFPE
 CHUNKS_IN_FLIGHT = 2  # one per CPU stream; on the GPU the next chunk queues while one runs
 # Score-sized buffers per chunk: on the CPU the scores and their exp (which takes the scores' buffer
