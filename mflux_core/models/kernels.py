@@ -5,9 +5,10 @@ softmax are scalar polynomial code: at FLUX.1's sizes these, not the matmuls (Op
 most of a block's time. Three things help there, and cost nothing on the GPU:
 - `mx.compile` fuses a chain of elementwise ops into one loop that the C++ compiler vectorises
   when it holds only arithmetic (so GELU's tanh is a rational function here, not `mx.tanh`);
-- attention runs a few heads (or a block of query rows) at a time, its softmax normalised after the product with V (the
-  row sums come out of the same matmul as an extra column of ones in V), alternating two CPU
-  streams so that the single-threaded elementwise work of one group overlaps the next;
+- attention runs a few heads (or a block of query rows) at a time, its softmax normalised after
+  the product with V (the row sums come out of the same matmul as an extra column of ones in V),
+  alternating two CPU streams so that the single-threaded elementwise work of one chunk overlaps
+  the next;
 - the GPU keeps `mx.fast.scaled_dot_product_attention`, which is fused there.
 """
 
