@@ -5,9 +5,10 @@ softmax are scalar polynomial code: at FLUX.1's sizes these, not the matmuls (Op
 most of a block's time. Three things help there, and cost nothing on the GPU:
 - `mx.compile` fuses a chain of elementwise ops into one loop that the C++ compiler vectorises
   when it holds only arithmetic (so GELU's tanh is a rational function here, not `mx.tanh`);
-- attention runs a few heads at a time, its softmax normalised after the product with V (the
-  row sums come out of the same matmul as an extra column of ones in V), alternating two CPU
-  streams so that the single-threaded elementwise work of one group overlaps the next;
+- attention runs a few heads (or a block of query rows) at a time, its softmax normalised after
+  the product with V (the row sums come out of the same matmul as an extra column of ones in V),
+  alternating two CPU streams so that the single-threaded elementwise work of one chunk overlaps
+  the next;
 - the GPU keeps `mx.fast.scaled_dot_product_attention`, which is fused there.
 """
 
@@ -124,7 +125,7 @@ def _second_cpu_stream() -> mx.Stream:
 # tokens. MLX allocates an op's output when it dispatches the op, not when it runs it, so one eval of
 # all chunks would allocate all their scores at once: the chunks are evaluated in turn instead.
 
-DEFAULT_ATTENTION_MEMORY = 512 << 20  # bytes of attention scores alive at once
+DEFAULT_ATTENTION_MEMORY = 256 << 20  # bytes of attention scores alive at once (1024 px: as fast as before, see bench)
 MAX_ARRAY_ELEMENTS = 2**31 - 1  # libmlx indexes with int32: a 2^32-entry score matrix died of SIGFPE
 CHUNKS_IN_FLIGHT = 2  # one per CPU stream; on the GPU the next chunk queues while one runs
 # Score-sized buffers per chunk: on the CPU the scores and their exp (which takes the scores' buffer
