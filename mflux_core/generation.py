@@ -81,4 +81,4 @@ def decode_latents(model: FluxModel, packed: mx.array, grid: tuple[int, int], fo
     f = model.vae_scale_factor
     tile = model.vae_tile(grid[0] * f, grid[1] * f, "decode", forced_tiling)
     pixels = model.vae.decode(unpack_latents(packed, *grid), tiled=tile is not None, tile_size=tile or 0)
-    return pixels_to_pil(np.array(pixels.astype(mx.float32)))
+    return pixels_to_pil(pixels.astype(mx.float32))

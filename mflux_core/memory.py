@@ -30,6 +30,7 @@ CPU_MARGIN_MIN = 2 * GB  # ...but never less than this
 CUDA_MARGIN_FRACTION = 0.05  # the CUDA context and the allocator's fragmentation
 SMALLEST_BUDGET = GB // 4
 MIB = 1 << 20
+ESTIMATE_MARGIN = 1.25  # the phase estimates are within 25% of the measured peaks (tests): plan for the high side
 DEFAULT_VAE_TILE = 512  # pixels, when tiling is asked for but the whole pass would fit
 # Bytes of one denoise step's activations per token and hidden unit, in units of the compute dtype's
 # size, beside attention's own scratch (kernels.attention_peak_bytes): a single-stream block keeps
@@ -69,7 +70,7 @@ def budget_from_gb(text: str | float) -> int:
 
 
 def gb_text(count: int) -> str:
-    return f"{count / GB:,.1f} GB" if count >= GB // 10 else f"{count / 2**20:,.0f} MB"
+    return f"{count / GB:,.1f} GB" if count >= GB // 10 else f"{count / 10**6:,.0f} MB"
 
 
 def transformer_step_bytes(config: FluxTransformerConfig, image_tokens: int, text_tokens: int, itemsize: int,
@@ -110,8 +111,13 @@ class MemoryPlan:
     def peak_bytes(self) -> int:
         return self.weights_bytes + self.largest_phase[1] + self.reserved_bytes
 
+    @property
+    def needed_bytes(self) -> int:
+        """The peak with the largest phase's estimate raised by its error margin: what must fit the budget."""
+        return self.weights_bytes + int(ESTIMATE_MARGIN * self.largest_phase[1]) + self.reserved_bytes
+
     def fits(self, budget_bytes: int) -> bool:
-        return self.peak_bytes <= budget_bytes
+        return self.needed_bytes <= budget_bytes
 
     def summary(self) -> str:
         phases = ", ".join(f"{name} {gb_text(size)}" for name, size in self.phases)
@@ -120,8 +126,9 @@ class MemoryPlan:
 
     def refusal(self, budget_bytes: int) -> str:
         phase, size = self.largest_phase
-        return (f"{self.what[0].upper()}{self.what[1:]} needs about {gb_text(self.peak_bytes)} of memory (weights "
-                f"{gb_text(self.weights_bytes)} + {gb_text(size)} while {phase}), more than the memory budget of "
+        return (f"{self.what[0].upper()}{self.what[1:]} needs about {gb_text(self.needed_bytes)} of memory "
+                f"(weights {gb_text(self.weights_bytes)}, {gb_text(int(ESTIMATE_MARGIN * size))} while {phase}, "
+                f"{gb_text(self.reserved_bytes)} for the rest of the process), more than the memory budget of "
                 f"{gb_text(budget_bytes)}: choose a smaller size, quantize the model to 8 or 4 bits, or close "
                 "other tools.")
 
@@ -158,5 +165,6 @@ def vae_tile(config: VAEConfig, height: int, width: int, itemsize: int, directio
              forced: bool = False) -> int | None:
     """The tile size for a VAE pass (None: whole): tiles only when the whole pass would not fit
     `allowance` bytes, or when `forced`."""
-    tile = None if allowance is None else choose_vae_tiling(config, height, width, itemsize, direction, allowance)
+    tile = None if allowance is None else choose_vae_tiling(config, height, width, itemsize, direction,
+                                                            int(allowance / ESTIMATE_MARGIN))
     return DEFAULT_VAE_TILE if tile is None and forced else tile

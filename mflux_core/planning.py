@@ -12,6 +12,10 @@ from mflux_core.sampling.latents import latent_grid
 from mflux_core.weights.resolve import ModelSource
 from mflux_core.weights.safetensors_io import read_json
 
+# Copies of the decoded float32 pixels beside MLX's while they become an 8-bit image: numpy's one
+# (pixels_to_pil works in place) and the 8-bit image, a quarter of one.
+PIXEL_COPIES = 1.25
+
 
 def image_plan(transformer: FluxTransformerConfig, vae: VAEConfig, width: int, height: int, *, extra_tokens: int,
                text_tokens: int, itemsize: int, weights_bytes: int, reserved_bytes: int, decode_tile: int | None,
@@ -21,9 +25,12 @@ def image_plan(transformer: FluxTransformerConfig, vae: VAEConfig, width: int, h
     h, w = latent_grid(height, width, scale)
     image_tokens = (h // 2) * (w // 2) + extra_tokens
     decoding = "decoding" if decode_tile is None else f"decoding in {decode_tile} px tiles"
+    decode = vae_peak_bytes(vae, h * scale, w * scale, vae_itemsize, "decode", decode_tile)
+    pixels = h * scale * w * scale * 3 * 4
     phases = (
         ("denoising", transformer_step_bytes(transformer, image_tokens, text_tokens, itemsize)),
-        (decoding, vae_peak_bytes(vae, h * scale, w * scale, vae_itemsize, "decode", decode_tile)),
+        (decoding, decode),
+        ("saving the image", int((1 + PIXEL_COPIES) * pixels)),
     )
     return MemoryPlan(f"a {width}x{height} image", weights_bytes, phases, reserved_bytes)
 

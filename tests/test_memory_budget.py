@@ -17,7 +17,10 @@ from mflux_core.request import GenerationRequest
 from tests.test_reliability_server import client_for, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL_BUDGET_GB = 3
+# Budgets under which the demo model paints 2048x2048 but not 4096x4096 (which needs ~1.1 GB beside the
+# process's own memory: it runs, in minutes, above that).
+CLI_BUDGET_GB = 0.8
+SERVER_BUDGET_GB = 1.0
 PLAN_TOLERANCE = 0.25
 
 # The CLI's entry point, reporting the process's peak resident memory (VmHWM) on exit.
@@ -43,7 +46,7 @@ def run_cli(tmp_path: Path, *flags: str) -> tuple[int, str, int]:
     """(exit code, stderr, peak RSS in bytes) of one `mflux-studio generate` on the demo model."""
     command = [sys.executable, "-c", CLI_WITH_PEAK, "generate", "--model", "demo", "--prompt", "a red circle",
                "--steps", "1", "--seed", "3", "--output", str(tmp_path / "out.png"),
-               "--memory-budget", str(SMALL_BUDGET_GB), *flags]
+               "--memory-budget", str(CLI_BUDGET_GB), *flags]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900,
                           env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
     peak = int(re.search(r"peak-rss-kb (\d+)", done.stderr).group(1)) * 1024
@@ -150,14 +153,15 @@ def test_a_tight_budget_tiles_the_decode_and_the_plan_still_holds():
     manager = ModelManager(memory_budget_bytes=budget_leaving(200 * 10**6))
     manager.generate(demo_request("generate", "demo", 1024))
     memory = manager.last_memory
-    assert "decoding in 512 px tiles" in memory["plan"], memory
+    assert re.search(r"decoding in \d+ px tiles", memory["plan"]), memory
     assert abs(memory["planned_bytes"] - memory["measured_bytes"]) <= PLAN_TOLERANCE * memory["measured_bytes"], memory
 
 
 def test_a_request_over_the_budget_is_refused_before_loading_and_the_next_one_runs():
     manager = ModelManager(memory_budget_bytes=budget_leaving(500 * 10**6))  # the demo's step at 4096 px: 0.7 GB
     with pytest.raises(InvalidRequest, match=r"4096x4096 image needs about .* GB of memory \(weights .* while "
-                                             r"denoising\), more than the memory budget of"):
+                                             r"\w+.*, .* for the rest of the process\), more than the memory "
+                                             r"budget of"):
         manager.generate(demo_request("generate", "demo", 4096))
     assert manager.load_counts["transformer"] == 0
     result = manager.generate(demo_request("generate", "demo", 64))
@@ -172,7 +176,7 @@ def test_large_sizes_complete_within_a_small_budget_through_the_cli(width, heigh
     code, stderr, peak = run_cli(tmp_path, "--width", str(width), "--height", str(height), "-v")
     assert code == 0, stderr[-3000:]
     assert Image.open(tmp_path / "out.png").size == (width, height)
-    assert peak <= SMALL_BUDGET_GB * GB, f"peak RSS {peak / GB:.2f} GB\n{stderr[-2000:]}"
+    assert peak <= CLI_BUDGET_GB * GB, f"peak RSS {peak / GB:.2f} GB\n{stderr[-2000:]}"
 
 
 def test_the_largest_size_is_refused_in_one_sentence_through_the_cli(tmp_path):
@@ -187,22 +191,23 @@ def budget_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("budget-server")
     (root / "models" / "loras").mkdir(parents=True)
     server = start_server(root / "models", root / "outputs", root / "server.log",
-                          "--memory-budget", str(SMALL_BUDGET_GB))
+                          "--memory-budget", str(SERVER_BUDGET_GB))
     yield server
     stop_server(server)
 
 
 def test_the_server_keeps_large_sizes_within_its_budget_and_refuses_the_rest(budget_server):
+    from gradio_client.exceptions import AppError
+
     client = client_for(budget_server)
     fast = dict(model="demo", prompt="a red circle", steps="1", seed=1)
     for width, height in ((2048, 2048), (2048, 1024)):
-        status, _, images, *_ = client.predict(**fast, width=width, height=height, api_name="/generate")
+        status, _, images = client.predict(**fast, width=width, height=height, api_name="/generate")
         assert "Done: 1 image" in status, status
         assert Image.open(images[0]["image"]).size == (width, height)
-        assert peak_rss_bytes(budget_server.process.pid) <= SMALL_BUDGET_GB * GB
-    status, *_ = client.predict(**fast, width=4096, height=4096, api_name="/generate")
-    assert "memory budget of 3.0 GB" in status and "Traceback" not in status, status
-    status, *_ = client.predict(**fast, width=64, height=64, api_name="/generate")
+        assert peak_rss_bytes(budget_server.process.pid) <= SERVER_BUDGET_GB * GB
+    with pytest.raises(AppError, match=r"4096x4096 image needs about .* more than the memory budget of 1\.0 GB"):
+        client.predict(**fast, width=4096, height=4096, api_name="/generate")
+    status, _, images = client.predict(**fast, width=64, height=64, api_name="/generate")
     assert "Done: 1 image" in status, status
-    strip = client.predict(api_name="/status")
-    assert "**Memory budget** 3.0 GB" in strip, strip
+    assert "**Memory budget** 1.0 GB" in client.predict(api_name="/status")
