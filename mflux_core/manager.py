@@ -192,7 +192,7 @@ class ModelManager:
         """Evict least recently used transformers until one more fits the count and the memory budget."""
         transformers = self._transformers
         while len(transformers) and (len(transformers) >= transformers.capacity
-                                     or self.resident_bytes() + needed_bytes > self.budget.bytes):
+                                     or needed_bytes > self.budget.allowance(self.resident_bytes())):
             transformers.pop_oldest()
 
     def resident_bytes(self) -> int:

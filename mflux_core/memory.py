@@ -138,6 +138,7 @@ class MemoryBudget:
 
     def __init__(self, budget_bytes: int | None = None):
         self.bytes = budget_bytes or default_budget_bytes()
+        self.outside_mlx_bytes: int | None = None  # a fixed figure instead of measuring the process (tests)
         kernels.set_attention_memory(attention_memory_for(self.bytes))
         mx.set_memory_limit(self.bytes)
         self.cache_bytes = kernels.cpu_buffer_cache_bytes()
@@ -145,8 +146,10 @@ class MemoryBudget:
 
     def reserved_bytes(self) -> int:
         """What the process holds beside MLX's weights and activations: the buffer cache MLX may keep, and
-        the memory outside MLX now (Python, libraries, the server, images)."""
-        outside_mlx = psutil.Process().memory_info().rss - mx.get_active_memory() - mx.get_cache_memory()
+        the memory outside MLX (Python, libraries, the server, images): measured now unless fixed."""
+        outside_mlx = self.outside_mlx_bytes
+        if outside_mlx is None:
+            outside_mlx = psutil.Process().memory_info().rss - mx.get_active_memory() - mx.get_cache_memory()
         return self.cache_bytes + max(0, outside_mlx)
 
     def allowance(self, weights_bytes: int) -> int:
