@@ -192,8 +192,13 @@ class ModelManager:
         """Evict least recently used transformers until one more fits the count and the memory budget."""
         transformers = self._transformers
         while len(transformers) and (len(transformers) >= transformers.capacity
-                                     or needed_bytes > self.budget.allowance(self.resident_bytes())):
+                                     or needed_bytes > self.free_bytes()):
             transformers.pop_oldest()
+
+    def free_bytes(self) -> int:
+        """Bytes of the budget left for loading or computing beside what is resident."""
+        resident = self.resident_bytes()
+        return self.budget.allowance(resident, resident)
 
     def resident_bytes(self) -> int:
         return sum(component_bytes(value) for _, cache in self._caches() for value in cache.values())
@@ -254,7 +259,7 @@ class ModelManager:
             scheduler_config=loader.load_scheduler_config(source),
             name=name,
             folder=source.folder,
-            memory_allowance=self.budget.allowance(self.resident_bytes()),
+            memory_allowance=self.free_bytes(),
         )
 
     def _swap_transformer(self, key, what: str, needed_bytes: int, load: Callable) -> None:
@@ -262,7 +267,7 @@ class ModelManager:
         previous_label = self._labels.get(previous)
         started = time.perf_counter()
         self._make_room(needed_bytes)
-        free = self.budget.allowance(self.resident_bytes())
+        free = self.free_bytes()
         if needed_bytes > free:
             raise InvalidRequest(
                 f"The transformer's weights need {gb_text(needed_bytes)} of memory but the memory budget of "
@@ -359,34 +364,40 @@ class ModelManager:
         """Refuse, before loading anything, a request whose model and size cannot fit the budget even
         with nothing else resident."""
         weights = model_weight_bytes(source, dtype, request.quantize)
-        plan = plan_from_files(source, request, dtype.size, weights, self.budget.reserved_bytes(),
-                               self.budget.allowance(weights))
+        resident = self.resident_bytes()
+        plan = plan_from_files(source, request, dtype.size, weights, self.budget.reserved_bytes(resident),
+                               self.budget.allowance(weights, resident))
         if plan is not None:
             self.budget.check(plan)
 
     def _plan_run(self, model: FluxModel, inputs: ToolInputs) -> MemoryPlan:
         """The run's plan against the budget, after evicting the transformers this run does not use if
         that makes it fit; refuses (InvalidRequest) when even that is not enough."""
-        plan = plan_tool_run(model, inputs, self.resident_bytes(), self.budget.reserved_bytes())
+        plan = self._run_plan(model, inputs)
         if not plan.fits(self.budget.bytes):
             for key, transformer in self._transformers.items():
                 if transformer is not model.transformer:
                     self._transformers.pop(key)
-            model.memory_allowance = self.budget.allowance(self.resident_bytes())
-            plan = plan_tool_run(model, inputs, self.resident_bytes(), self.budget.reserved_bytes())
+            model.memory_allowance = self.free_bytes()
+            plan = self._run_plan(model, inputs)
         return self.budget.check(plan)
+
+    def _run_plan(self, model: FluxModel, inputs: ToolInputs) -> MemoryPlan:
+        resident = self.resident_bytes()
+        return plan_tool_run(model, inputs, resident, self.budget.reserved_bytes(resident))
 
     def _generate(self, request: GenerationRequest, on_step: ProgressCallback | None,
                   cancelled: Callable[[], bool] | None) -> GenerationResult:
         started = time.perf_counter()
         mx.reset_peak_memory()
+        others = mx.get_active_memory() - self.resident_bytes()  # MLX arrays outside the models, e.g. a caller's
         model = self._prepared_model(request, cancelled)
         tool = TOOL_MODULES[request.tool]
         inputs = tool.build_inputs(model, with_sequence_length(model, request), self)
         plan = self._plan_run(model, inputs)
         step_callback = self._step_callback(model, on_step) if on_step else None
         image = run_tool(model, inputs, on_step=step_callback, cancelled=cancelled)
-        self._record_memory(plan)
+        self._record_memory(plan, others)
         request = inputs.request
         extras = {"steps": request.steps or model.default_steps, "guidance": inputs.conditioning.guidance}
         return GenerationResult(
@@ -397,10 +408,11 @@ class ModelManager:
             seconds=time.perf_counter() - started,
         )
 
-    def _record_memory(self, plan: MemoryPlan) -> None:
-        """The plan next to what MLX measured (peak of active memory: weights and activations, not the cache)."""
+    def _record_memory(self, plan: MemoryPlan, others: int) -> None:
+        """The plan next to what MLX measured: its peak of active memory (weights and activations, not the
+        cache) less the `others` bytes of MLX arrays that were not the models'."""
         self.last_memory = {"plan": plan.summary(), "planned_bytes": plan.peak_bytes - plan.reserved_bytes,
-                            "measured_bytes": mx.get_peak_memory()}
+                            "measured_bytes": mx.get_peak_memory() - others}
         log.info("memory: planned %s, measured peak %s", gb_text(self.last_memory["planned_bytes"]),
                  gb_text(self.last_memory["measured_bytes"]))
 

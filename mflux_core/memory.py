@@ -101,7 +101,7 @@ class MemoryPlan:
     what: str  # e.g. "a 2048x2048 image"
     weights_bytes: int
     phases: tuple[tuple[str, int], ...]  # (phase, bytes above the weights), e.g. ("denoising", 3.1e9)
-    reserved_bytes: int  # MLX's buffer cache and the process's memory outside MLX (Python, libraries, images)
+    reserved_bytes: int  # MLX's buffer cache and the rest of the process (Python, libraries, images, other arrays)
 
     @property
     def largest_phase(self) -> tuple[str, int]:
@@ -138,23 +138,24 @@ class MemoryBudget:
 
     def __init__(self, budget_bytes: int | None = None):
         self.bytes = budget_bytes or default_budget_bytes()
-        self.outside_mlx_bytes: int | None = None  # a fixed figure instead of measuring the process (tests)
+        self.other_bytes: int | None = None  # a fixed figure for the process beside the weights, instead of measuring (tests)
         kernels.set_attention_memory(attention_memory_for(self.bytes))
         mx.set_memory_limit(self.bytes)
         self.cache_bytes = kernels.cpu_buffer_cache_bytes()
         mx.set_cache_limit(self.cache_bytes)
 
-    def reserved_bytes(self) -> int:
-        """What the process holds beside MLX's weights and activations: the buffer cache MLX may keep, and
-        the memory outside MLX (Python, libraries, the server, images): measured now unless fixed."""
-        outside_mlx = self.outside_mlx_bytes
-        if outside_mlx is None:
-            outside_mlx = psutil.Process().memory_info().rss - mx.get_active_memory() - mx.get_cache_memory()
-        return self.cache_bytes + max(0, outside_mlx)
+    def reserved_bytes(self, resident_bytes: int) -> int:
+        """What the process holds beside the `resident_bytes` of model weights and a request's activations:
+        the buffer cache MLX may keep, and everything else now (Python, libraries, the server, images, other
+        MLX arrays), measured unless fixed."""
+        others = self.other_bytes
+        if others is None:
+            others = psutil.Process().memory_info().rss - mx.get_cache_memory() - resident_bytes
+        return self.cache_bytes + max(0, others)
 
-    def allowance(self, weights_bytes: int) -> int:
-        """Bytes one phase may use above `weights_bytes` of resident weights."""
-        return self.bytes - weights_bytes - self.reserved_bytes()
+    def allowance(self, weights_bytes: int, resident_bytes: int) -> int:
+        """Bytes one phase may use beside `weights_bytes` of weights, `resident_bytes` of which are loaded now."""
+        return self.bytes - weights_bytes - self.reserved_bytes(resident_bytes)
 
     def check(self, plan: MemoryPlan) -> MemoryPlan:
         """The plan, logged; an InvalidRequest with the plan's sentence when it does not fit."""

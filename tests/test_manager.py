@@ -124,8 +124,8 @@ def test_memory_budget_evicts_before_the_count_does(tiny_dev, tiny_kontext):
     del model
     active_with_dev = mx.get_active_memory()
     # room for everything resident now plus half a transformer: kontext's transformer must replace dev's
-    # (the process's memory outside MLX fixed at none, so that the arithmetic is exact)
-    manager.budget.outside_mlx_bytes = 0
+    # (the process's memory beside the weights fixed at none, so that the arithmetic is exact)
+    manager.budget.other_bytes = 0
     manager.budget.bytes = manager.budget.cache_bytes + manager.resident_bytes() + transformer_bytes // 2
     model = manager.model_for(manager.resolve(text_to_image(tiny_kontext)), mx.float32)
     assert [r["name"] for r in resident(manager, "transformer")] == [f"transformer {tiny_kontext}/transformer"]

@@ -137,20 +137,20 @@ def test_the_plan_is_within_a_quarter_of_the_measured_peak(tool, size, tmp_path)
     assert abs(memory["planned_bytes"] - memory["measured_bytes"]) <= PLAN_TOLERANCE * memory["measured_bytes"], memory
 
 
-def budget_leaving(allowance: int) -> int:
-    """A budget that leaves about `allowance` bytes above the weights: the process's memory outside MLX
-    and the buffer cache (which grows with the budget) come on top."""
-    probe = MemoryBudget()
-    outside = probe.reserved_bytes() - probe.cache_bytes
-    budget = outside + allowance
+def budget_leaving(allowance: int, resident_bytes: int = 0) -> MemoryBudget:
+    """A budget that leaves about `allowance` bytes beside `resident_bytes` of weights: the rest of the
+    process as it is now and the buffer cache (which grows with the budget) come on top."""
+    budget = MemoryBudget()
     for _ in range(8):
-        budget = outside + allowance + MemoryBudget(budget).cache_bytes
+        budget = MemoryBudget(resident_bytes + allowance + budget.reserved_bytes(resident_bytes))
     return budget
 
 
 def test_a_tight_budget_tiles_the_decode_and_the_plan_still_holds():
+    manager = ModelManager()
+    manager.generate(demo_request("generate", "demo", 64))  # the demo resident, the process settled
     # at 1024 px the demo's step needs ~0.1 GB and its whole decode ~0.24 GB: 0.2 GB makes the decode tile
-    manager = ModelManager(memory_budget_bytes=budget_leaving(200 * 10**6))
+    manager.budget = budget_leaving(200 * 10**6, manager.resident_bytes())
     manager.generate(demo_request("generate", "demo", 1024))
     memory = manager.last_memory
     assert re.search(r"decoding in \d+ px tiles", memory["plan"]), memory
@@ -158,7 +158,7 @@ def test_a_tight_budget_tiles_the_decode_and_the_plan_still_holds():
 
 
 def test_a_request_over_the_budget_is_refused_before_loading_and_the_next_one_runs():
-    manager = ModelManager(memory_budget_bytes=budget_leaving(500 * 10**6))  # the demo's step at 4096 px: 0.7 GB
+    manager = ModelManager(memory_budget_bytes=budget_leaving(500 * 10**6).bytes)  # the demo's step at 4096 px: 0.7 GB
     with pytest.raises(InvalidRequest, match=r"4096x4096 image needs about .* GB of memory \(weights .* while "
                                              r"\w+.*, .* for the rest of the process\), more than the memory "
                                              r"budget of"):
