@@ -86,6 +86,30 @@ def test_chunked_equals_whole(batch, heads, q_tokens, kv_tokens, head_dim, eleme
     assert relative_error(chunked, whole_reference(q, k, v, scale)) <= REFERENCE_TOLERANCE
 
 
+def test_chunked_attention_runs_on_every_thread():
+    """The server runs each job on a thread of its own: the second CPU stream must work on each (a stream
+    made on one thread failed on the next, or aborted the process). A process of its own, for that abort."""
+    import subprocess
+    import sys
+
+    script = f"""
+import threading, mlx.core as mx, numpy as np
+from mflux_core.models import kernels
+kernels.set_attention_memory({limit_for(4 * 50 * 7)})
+q = mx.array(np.random.default_rng(0).standard_normal((1, 3, 50, 16), dtype=np.float32))
+assert kernels.AttentionChunks(1, 3, 50, 50, 4).count > 1
+def job():
+    mx.eval(kernels.attention(q, q, q, 0.25))
+    print("done")
+for _ in range(2):
+    thread = threading.Thread(target=job)
+    thread.start()
+    thread.join()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["done", "done"], done.stderr[-2000:]
+
+
 def test_heads_are_split_when_one_row_of_all_heads_is_over_the_limit():
     set_attention_memory(limit_for(4 * 64))
     chunks = AttentionChunks(1, 6, 41, 64, 4, gpu=False)

@@ -115,8 +115,9 @@ def _softmax_numerator(scores: mx.array, scale: float) -> mx.array:
 
 
 @cache
-def _second_cpu_stream() -> mx.Stream:
-    return mx.new_stream(mx.cpu)
+def _second_cpu_stream() -> mx.ThreadLocalStream:
+    """Thread-local: MLX streams belong to the thread that made them, and the server runs each job on a new one."""
+    return mx.new_thread_local_stream(mx.cpu)
 
 
 # --- memory-bounded attention ---------------------------------------------------------------------
