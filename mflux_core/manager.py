@@ -9,7 +9,6 @@ every step. Every cache is bounded.
 """
 
 import hashlib
-import logging
 import threading
 from contextlib import contextmanager
 import time
@@ -42,8 +41,6 @@ from mflux_core.weights.fingerprint import fingerprint
 from mflux_core.weights.quantize import quantize_model, quantize_text_encoders, text_encoder_bytes
 from mflux_core.weights.resolve import DownloadCallback, ModelSource, resident_bytes_of, resolve_model, resolve_name
 from mflux_core.weights.safetensors_io import weight_files
-
-log = logging.getLogger("mflux_studio.memory")
 
 # on_step(step done, total, preview image or None). While a missing model downloads, the same
 # callback gets (bytes written, bytes of the files started so far, None); status()["download"] says so.
@@ -411,10 +408,7 @@ class ModelManager:
     def _record_memory(self, plan: MemoryPlan, others: int) -> None:
         """The plan next to what MLX measured: its peak of active memory (weights and activations, not the
         cache) less the `others` bytes of MLX arrays that were not the models'."""
-        self.last_memory = {"plan": plan.summary(), "planned_bytes": plan.peak_bytes - plan.reserved_bytes,
-                            "measured_bytes": mx.get_peak_memory() - others}
-        log.info("memory: planned %s, measured peak %s", gb_text(self.last_memory["planned_bytes"]),
-                 gb_text(self.last_memory["measured_bytes"]))
+        self.last_memory = plan.against_measured(mx.get_peak_memory() - others)
 
     def _step_callback(self, model: FluxModel, on_step: ProgressCallback):
         """Previews for the UI: the cheap linear one, or a full VAE decode every `full_preview_every` steps."""

@@ -124,6 +124,12 @@ class MemoryPlan:
         return (f"{self.what}: planned peak {gb_text(self.peak_bytes)} (weights {gb_text(self.weights_bytes)}, "
                 f"{phases}, cache and the rest of the process {gb_text(self.reserved_bytes)})")
 
+    def against_measured(self, measured_bytes: int) -> dict:
+        """The plan's MLX part (weights and the largest phase) next to MLX's measured peak, logged."""
+        planned = self.peak_bytes - self.reserved_bytes
+        log.info("memory: planned %s, measured peak %s", gb_text(planned), gb_text(measured_bytes))
+        return {"plan": self.summary(), "planned_bytes": planned, "measured_bytes": measured_bytes}
+
     def refusal(self, budget_bytes: int) -> str:
         phase, size = self.largest_phase
         return (f"{self.what[0].upper()}{self.what[1:]} needs about {gb_text(self.needed_bytes)} of memory "
