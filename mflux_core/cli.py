@@ -9,26 +9,20 @@ from pathlib import Path
 from mflux_core.concept.command import add_concept_parsers, run_concept
 from mflux_core.errors import StudioError
 from mflux_core.request import GenerationRequest
+from mflux_core.tools.specs import EXTRA, REQUEST, TOOL_SPECS, ToolSpec, tool_spec
 from mflux_core.training.lora_command import add_train_parser, run_train
 
-# Flags whose value may come from --config-from-metadata when not given on the command line.
+# The shared flags whose value may come from --config-from-metadata when not given on the command line (the
+# tools' own flags are in their specs: mflux_core/tools/specs.py).
 REQUEST_FLAGS = {
     "model": "model", "base_model": "base_model", "prompt": "prompt", "steps": "steps", "height": "height",
-    "width": "width", "guidance": "guidance", "image_path": "image_path", "image_strength": "image_strength",
-    "lora_paths": "lora_paths", "lora_scales": "lora_scales", "quantize": "quantize", "dtype": "dtype",
-    "init_noise": "init_noise_path", "max_sequence_length": "max_sequence_length",
-    "masked_image_path": "masked_image_path", "outpaint_padding": "outpaint_padding",
-    "depth_image_path": "depth_image_path",
-    "redux_image_paths": "redux_image_paths", "redux_image_strengths": "redux_image_strengths",
-    "controlnet_image_path": "controlnet_image_path", "controlnet_strength": "controlnet_strength",
-    "person_image": "image_path", "person_mask": "masked_image_path", "reference_image": "image_path",
+    "width": "width", "guidance": "guidance", "lora_paths": "lora_paths", "lora_scales": "lora_scales",
+    "quantize": "quantize", "dtype": "dtype", "init_noise": "init_noise_path",
+    "max_sequence_length": "max_sequence_length",
 }
-# Tool-specific settings stored in GenerationRequest.extra: switches that are on, valued flags that are given.
-EXTRA_FLAGS = ("kontext_auto_resize", "redux_path", "controlnet_path", "controlnet_skip_canny", "canny_low",
-               "canny_high", "upscale_factor", "save_full_image", "lora_style", "garment_image_path", "instruction",
-               "ic_edit_lora")
-# Tools that supply their own prompt when none is given (CatVTON's trained prompt, IC-Edit's --instruction).
-PROMPT_OPTIONAL_TOOLS = ("catvton", "ic-edit")
+FLAG_TYPES = {"text": {}, "number": {"type": float}, "paths": {"nargs": "+"}, "numbers": {"nargs": "+", "type": float},
+              "switch": {"action": "store_true"}}
+TOOL_FLAGS = {flag.name: flag for spec in TOOL_SPECS.values() for flag in spec.flags}  # every tool's, by dest
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -108,12 +102,6 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--verbose", "-v", action="store_true", help="print timings and memory")
 
 
-def add_image_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image-path", help="input image for image-to-image")
-    parser.add_argument("--image-strength", type=float,
-                        help="how much of the input image is kept, 0 to below 1 (default 0.4)")
-
-
 def add_tool_parser(tools, name: str, help_text: str) -> argparse.ArgumentParser:
     parser = tools.add_parser(name, help=help_text, description=help_text)
     add_model_flags(parser)
@@ -121,38 +109,17 @@ def add_tool_parser(tools, name: str, help_text: str) -> argparse.ArgumentParser
     return parser
 
 
+def add_spec_flags(parser: argparse.ArgumentParser, spec: ToolSpec) -> None:
+    for flag in spec.flags:
+        options = {**FLAG_TYPES[flag.kind], **({"choices": flag.choices} if flag.choices else {})}
+        parser.add_argument(flag.flag, dest=flag.name, help=argparse.SUPPRESS if flag.hidden else flag.help, **options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mflux-studio", description="FLUX.1 on MLX: generate and edit images.")
     tools = parser.add_subparsers(dest="tool", required=True, metavar="TOOL")
-    add_image_flags(add_tool_parser(tools, "generate", "text-to-image, or image-to-image with --image-path"))
-
-    fill = add_tool_parser(tools, "fill", "inpaint inside a mask or outpaint a padded canvas (FLUX.1-Fill)")
-    fill.add_argument("--image-path", help="the image to fill")
-    fill.add_argument("--image-strength", type=float,
-                      help="start from the image instead of pure noise, keeping this much of it (default: off)")
-    fill.add_argument("--masked-image-path", help="mask image: white = regenerate")
-    fill.add_argument("--outpaint-padding", help="outpaint: padding top,right,bottom,left in px or %% ('0,30%%,20%%,0')")
-    fill.add_argument("--keep-unmasked", action="store_true",
-                      help="paste the original back outside a feathered mask (off: the image equals diffusers')")
-
-    depth = add_tool_parser(tools, "depth", "restyle with the layout of a depth map (FLUX.1-Depth)")
-    depth.add_argument("--depth-image-path", help="the depth map (near = bright)")
-    depth.add_argument("--image-path", help="a photo to estimate the depth map from")
-
-    kontext = add_tool_parser(tools, "kontext", "edit a reference image by instruction (FLUX.1-Kontext)")
-    kontext.add_argument("--image-path", help="the reference image")
-    kontext.add_argument("--kontext-auto-resize", action="store_true",
-                         help="resize the reference to the closest resolution Kontext was trained on")
-
-    redux = add_tool_parser(tools, "redux", "variations of reference images, steered by the prompt (FLUX.1-Redux)")
-    redux.add_argument("--redux-image-paths", nargs="+", help="one or more reference images")
-    redux.add_argument("--redux-image-strengths", nargs="+", type=float,
-                       help="one weight per reference image for its tokens (default 1.0 each)")
-    redux.add_argument("--redux-path", help="the Redux weights: folder, alias or repo id (default: redux, "
-                       "black-forest-labs/FLUX.1-Redux-dev)")
-
-    add_controlnet_parsers(tools)
-    add_in_context_parsers(tools)
+    for spec in TOOL_SPECS.values():
+        add_spec_flags(add_tool_parser(tools, spec.name, spec.summary), spec)
     add_concept_parsers(tools, add_tool_parser)
 
     save_depth = tools.add_parser("save-depth", help="estimate a depth map from a photo and save it")
@@ -164,58 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_save_parser(tools)
     add_train_parser(tools, add_models_dir_flag)
     return parser
-
-
-def add_controlnet_parsers(tools) -> None:
-    canny = add_tool_parser(tools, "controlnet", "follow the Canny edges of a control image (FLUX.1 ControlNet on "
-                            "dev or schnell)")
-    add_controlnet_flags(canny, "canny (InstantX/FLUX.1-dev-Controlnet-Canny)", 0.4)
-    canny.add_argument("--controlnet-image-path", help="the control image; its Canny edges steer the layout")
-    canny.add_argument("--controlnet-save-canny", action="store_true",
-                       help="also save the edges the ControlNet saw, as <output>_controlnet_canny.png")
-    canny.add_argument("--controlnet-skip-canny", action="store_true",
-                       help="hand the control image to the ControlNet as it is (e.g. an edge map made elsewhere)")
-    canny.add_argument("--canny-low", type=float, help="Canny low threshold, OpenCV's units (default 100)")
-    canny.add_argument("--canny-high", type=float, help="Canny high threshold, OpenCV's units (default 200)")
-
-    upscale = add_tool_parser(tools, "upscale", "regenerate an image at a larger size (FLUX.1 upscaler ControlNet)")
-    add_controlnet_flags(upscale, "upscaler (jasperai/Flux.1-dev-Controlnet-Upscaler)", 0.6)
-    upscale.add_argument("--image-path", help="the image to upscale (--controlnet-image-path works too)")
-    upscale.add_argument("--controlnet-image-path", help=argparse.SUPPRESS)
-    upscale.add_argument("--upscale-factor", type=float,
-                         help="without --width/--height: the output is the input's size times this (default 2)")
-
-
-def add_in_context_parsers(tools) -> None:
-    from mflux_core.tools.in_context_lora import LORA_STYLES
-
-    full = "keep the whole diptych (context left, result right) instead of only the right half"
-    in_context = add_tool_parser(tools, "in-context", "In-Context LoRA: the reference on the left, a related image "
-                                 "generated on the right (FLUX.1-Fill diptych)")
-    in_context.add_argument("--image-path", help="the reference image (left panel)")
-    in_context.add_argument("--lora-style", choices=tuple(LORA_STYLES),
-                            help="one of ali-vilab/In-Context-LoRA's LoRAs (from the Hugging Face cache or downloaded)")
-    in_context.add_argument("--save-full-image", action="store_true", help=full)
-
-    catvton = add_tool_parser(tools, "catvton", "virtual try-on: a garment (left) put on a person (right) inside the "
-                              "person mask (FLUX.1-Fill diptych)")
-    catvton.add_argument("--garment-image", dest="garment_image_path", help="the garment (left panel, kept as is)")
-    catvton.add_argument("--person-image", help="the person (right panel)")
-    catvton.add_argument("--person-mask", help="mask on the person image: white = where the garment goes")
-    catvton.add_argument("--save-full-image", action="store_true", help=full)
-
-    ic_edit = add_tool_parser(tools, "ic-edit", "IC-Edit: edit an image by instruction (RiverZ/normal-lora on "
-                              "FLUX.1-Fill, applied automatically)")
-    ic_edit.add_argument("--reference-image", help="the image to edit (left panel; resized to 512 px wide)")
-    ic_edit.add_argument("--instruction", help="the edit, e.g. 'make the sky pink' (wrapped in the diptych prompt)")
-    ic_edit.add_argument("--ic-edit-lora", help="another IC-Edit LoRA file or name (default RiverZ/normal-lora)")
-    ic_edit.add_argument("--save-full-image", action="store_true", help=full)
-
-
-def add_controlnet_flags(parser: argparse.ArgumentParser, default_name: str, default_strength: float) -> None:
-    parser.add_argument("--controlnet-path", help=f"the ControlNet: folder, alias or repo id (default: {default_name})")
-    parser.add_argument("--controlnet-strength", type=float,
-                        help=f"how strongly the ControlNet steers, 0 to 2 (default {default_strength})")
 
 
 def save_canny_edges(request: GenerationRequest, output: Path) -> Path:
@@ -293,11 +208,17 @@ def base_request(args: argparse.Namespace) -> GenerationRequest:
         value = getattr(args, flag, None)
         if value is not None:
             changes[field_name] = tuple(value) if isinstance(value, list) else value
-    for switch in ("keep_unmasked", "vae_tiling"):
-        if getattr(args, switch, False):
-            changes[switch] = True
-    given = {name: getattr(args, name, None) for name in EXTRA_FLAGS}
-    extra = {name: value for name, value in given.items() if value is not None and value is not False}
+    if args.vae_tiling:
+        changes["vae_tiling"] = True
+    extra = {}
+    for flag in TOOL_FLAGS.values():
+        value = getattr(args, flag.name, None)
+        if value is None or value is False:
+            continue
+        if flag.into == REQUEST:
+            changes[flag.name] = tuple(value) if isinstance(value, list) else value
+        elif flag.into == EXTRA:
+            extra[flag.name] = value
     if extra:
         changes["extra"] = {**request.extra, **extra}
     if args.path:
@@ -341,7 +262,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     from mflux_core.memory import gb_text
 
     request = base_request(args)
-    fallback = request.prompt if args.config_from_metadata else "" if args.tool in PROMPT_OPTIONAL_TOOLS else None
+    fallback = request.prompt if args.config_from_metadata else "" if tool_spec(args.tool).prompt_optional else None
     request = request.with_(prompt=read_prompt(args, fallback))
     request.validated()
     stepwise = Path(args.stepwise_image_output_dir) if args.stepwise_image_output_dir else None

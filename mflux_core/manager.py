@@ -33,8 +33,8 @@ from mflux_core.planning import plan_from_files, plan_tool_run
 from mflux_core.registry import ModelEntry, list_models
 from mflux_core.request import GenerationRequest
 from mflux_core.sampling.previews import LatentPreviewer
-from mflux_core.tools import TOOL_MODULES, default_model_for
-from mflux_core.tools.common import encode_image, with_sequence_length
+from mflux_core.tools.common import encode_image, tool_inputs
+from mflux_core.tools.specs import default_model_for
 from mflux_core.lora.apply import LoraReport
 from mflux_core.lora.resident import ResidentLoras
 from mflux_core.weights.fingerprint import fingerprint
@@ -389,8 +389,7 @@ class ModelManager:
         mx.reset_peak_memory()
         others = mx.get_active_memory() - self.resident_bytes()  # MLX arrays outside the models, e.g. a caller's
         model = self._prepared_model(request, cancelled)
-        tool = TOOL_MODULES[request.tool]
-        inputs = tool.build_inputs(model, with_sequence_length(model, request), self)
+        inputs = tool_inputs(model, request, self)
         plan = self._plan_run(model, inputs)
         step_callback = self._step_callback(model, on_step) if on_step else None
         image = run_tool(model, inputs, on_step=step_callback, cancelled=cancelled)

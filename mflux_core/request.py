@@ -5,8 +5,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from mflux_core.errors import InvalidRequest
+from mflux_core.tools.specs import TOOL_NAMES as TOOLS
 
-TOOLS = ("generate", "fill", "depth", "kontext", "controlnet", "upscale", "redux", "in-context", "catvton", "ic-edit")
 MAX_SIDE = 4096  # pixels a side of any image the engine works on at full size (outputs, canvases, references)
 MAX_PIXELS = MAX_SIDE * MAX_SIDE  # pixels in all of such an image
 MAX_INPUT_PIXELS = 8192 * 8192  # an input image that is resized before use; a larger file is refused undecoded

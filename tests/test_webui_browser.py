@@ -19,7 +19,7 @@ from PIL import Image, PngImagePlugin
 from mflux_core.manager import GenerationResult, ModelManager
 from mflux_core.metadata import JSON_KEY, png_text_chunks
 from mflux_core.request import GenerationRequest
-from mflux_core.tools import TOOL_MODULES
+from mflux_core.tools.specs import TOOL_NAMES
 from tests.fixtures.tiny_controlnet import build_tiny_controlnet, load_transformer
 from tests.fixtures.tiny_depth import build_tiny_depth_anything
 from tests.fixtures.tiny_redux import build_tiny_redux
@@ -236,7 +236,7 @@ def test_fill_uses_the_stroke_as_mask_and_keeps_the_rest(page, studio):
 
 
 def test_depth_kontext_controlnet_and_redux_panels_run(page, studio):
-    assert {"depth", "kontext", "controlnet", "redux"} <= set(TOOL_MODULES)
+    assert {"depth", "kontext", "controlnet", "redux"} <= set(TOOL_NAMES)
     open_tab(page, "Depth")
     page.set_input_files("#depth-photo input[type=file]", str(studio.photo))
     page.wait_for_selector("#depth-map img")  # estimated from the photo and shown
@@ -276,7 +276,7 @@ def test_depth_kontext_controlnet_and_redux_panels_run(page, studio):
 
 
 def test_in_context_panels(page, studio):
-    assert {"in-context", "catvton", "ic-edit"} <= set(TOOL_MODULES)
+    assert {"in-context", "catvton", "ic-edit"} <= set(TOOL_NAMES)
     open_tab(page, "In-Context")
     page.set_input_files("#in-context-reference input[type=file]", str(studio.photo))
     page.wait_for_selector("#in-context-reference img")

@@ -11,13 +11,13 @@ import gradio as gr
 
 from mflux_core.demo.examples import DemoExample
 from mflux_core.demo.family import IMAGE_SIZE
+from mflux_core.tools.specs import TOOL_SPECS
 
 ExampleValue = Callable[[DemoExample], object]
 
 
 def render_demo_examples(studio, tool: str, controls: dict, shown: dict[gr.components.Component, ExampleValue],
-                         settings: dict[gr.components.Component, object] | None = None,
-                         image_sized: bool = True) -> None:
+                         settings: dict[gr.components.Component, object] | None = None) -> None:
     """Render the examples of `tool` (inside the panel's Blocks context).
 
     `controls`: the panel's shared controls; `shown`: the tool's inputs shown in the table before the prompt
@@ -27,7 +27,7 @@ def render_demo_examples(studio, tool: str, controls: dict, shown: dict[gr.compo
     if not examples or not any(entry.name == examples[0].model and entry.available
                                for entry in studio.manager.list_models()):
         return
-    size = 0 if image_sized else IMAGE_SIZE  # 0: the input image's size
+    size = 0 if TOOL_SPECS[tool].sized_by_input else IMAGE_SIZE  # 0: the input image's size
     fixed = {**(settings or {}), controls["width"]: size, controls["height"]: size, controls["steps"]: "",
              controls["guidance"]: ""}
     rows = [[*(value(e) for value in shown.values()), e.prompt, e.model, *fixed.values()] for e in examples]

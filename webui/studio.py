@@ -10,6 +10,7 @@ from pathlib import Path
 import gradio as gr
 
 from mflux_core.lora.library import library_folders, library_names
+from mflux_core.tools.specs import TOOL_NAMES
 from webui import gallery
 from webui.jobs import ENGINE_QUEUE, JobBoard, JobView, stop_handler, studio_job
 from webui.requests import InputStore, RequestContext
@@ -86,9 +87,7 @@ class Studio:
         return RequestContext(inputs=InputStore(self.folders.inputs), loras=self.lora_library())
 
     def available_tools(self) -> set[str]:
-        from mflux_core.tools import TOOL_MODULES
-
-        return set(TOOL_MODULES)
+        return set(TOOL_NAMES)
 
     def model_names(self) -> set[str]:
         return {entry.name for entry in self.manager.list_models()}

@@ -14,7 +14,7 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.models.vae import FLUX_SIDE
 from mflux_core.registry import ModelEntry
 from mflux_core.request import MAX_SEED, MAX_SIDE, QUANTIZE_BITS, check_finite
-from mflux_core.tools import DEFAULT_MODELS, DEMO_DEFAULTS
+from mflux_core.tools.specs import TOOL_SPECS
 
 ASPECT_RATIOS = {"1:1": (1, 1), "4:3": (4, 3), "3:4": (3, 4), "3:2": (3, 2), "2:3": (2, 3), "16:9": (16, 9),
                  "9:16": (9, 16), "21:9": (21, 9)}
@@ -23,13 +23,6 @@ MAX_BATCH = 16
 QUANTIZE_OFF = "off"
 QUANTIZE_CHOICES = [QUANTIZE_OFF] + [str(bits) for bits in sorted(QUANTIZE_BITS, reverse=True)]
 
-# Which kinds of model (registry.ModelEntry.kind) each tool can run on (default_model picks among them).
-BASE_KINDS = ("base", "single-file")
-TOOL_MODEL_KINDS = {
-    "generate": BASE_KINDS, "fill": ("fill",), "depth": ("depth",), "kontext": ("kontext",),
-    "controlnet": BASE_KINDS, "upscale": BASE_KINDS, "redux": BASE_KINDS,
-    "in-context": ("fill",), "catvton": ("fill",), "ic-edit": ("fill",),
-}
 CHOICE_ORDER = {"models folder": 0, "built-in": 2}  # downloaded models list the user's own first, demos last
 TOOL_DEFAULT = ""  # a side-model picker's value for "the tool's default weights"
 NO_LORA = ""  # an empty LoRA slot
@@ -56,7 +49,7 @@ def aspect_size(ratio: str, width: int | None, height: int | None) -> tuple[int,
 def model_choices(entries: list[ModelEntry], tool: str | None = None,
                   kinds: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     """(label, name) for the models of the tool's kinds: downloaded ones first, then aliases to download."""
-    kinds = kinds or TOOL_MODEL_KINDS[tool]
+    kinds = kinds or TOOL_SPECS[tool].model_kinds
     usable = [e for e in entries if e.kind in kinds]
     usable.sort(key=lambda e: (not e.available, CHOICE_ORDER.get(e.where, 1), e.name.lower()))
     choices, seen = [], set()
@@ -71,7 +64,7 @@ def default_model(entries: list[ModelEntry], tool: str) -> str:
     """The tool's FLUX.1 model if downloaded, else the first other downloaded model that fits the tool, else
     the tool's demo model, else its FLUX.1 alias (downloaded on first use)."""
     downloaded = {e.name for e in entries if e.available and e.where != "built-in"}
-    flux, demo = DEFAULT_MODELS[tool], DEMO_DEFAULTS.get(tool)
+    flux, demo = TOOL_SPECS[tool].model, TOOL_SPECS[tool].demo_model
     if flux in downloaded:
         return flux
     for _, name in model_choices(entries, tool):
@@ -178,12 +171,12 @@ class SharedControls:
     model_refresh: gr.Button
 
 
-def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "Prompt",
-                          image_sized: bool = False) -> SharedControls:
+def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "Prompt") -> SharedControls:
     """Render the shared controls (call inside a Blocks context) and wire their small helpers.
 
-    `image_sized`: the tool takes its size from an input image, so width and height start at 0 (meaning: its size).
+    A tool sized by its input image starts width and height at 0 (meaning: the image's size).
     """
+    image_sized = TOOL_SPECS[tool].sized_by_input
     entries = studio.manager.list_models()
     model_refresh = gr.Button("↻ rescan", elem_id=f"{prefix}-model-refresh", size="sm", render=False)
     chosen = default_model(entries, tool)

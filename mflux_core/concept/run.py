@@ -26,9 +26,8 @@ from mflux_core.request import GenerationRequest, clean_prompt
 from mflux_core.sampling.latents import image_position_ids, latent_grid, pack_latents
 from mflux_core.sampling.loop import denoise
 from mflux_core.sampling.schedule import flux_sigmas, img2img_start_step
-from mflux_core.tools import generate as generate_tool
 from mflux_core.tools.common import (
-    check_in_channels, packed_channels, prompt_conditioning, required_image, with_guidance, with_sequence_length,
+    check_in_channels, packed_channels, prompt_conditioning, required_image, resolved_request, tool_inputs,
     with_size,
 )
 
@@ -117,7 +116,7 @@ def generate_with_concepts(manager, request: GenerationRequest, settings: Concep
     request = request.with_(tool="generate").validated()
     started = time.perf_counter()
     with manager.session(request, cancelled) as model:
-        inputs = generate_tool.build_inputs(model, with_sequence_length(model, request), manager)
+        inputs = tool_inputs(model, request, manager)
         request = inputs.request
         steps = request.steps or model.default_steps
         first = 0 if inputs.start_image_latents is None else img2img_start_step(steps, inputs.image_strength or 0.0)
@@ -150,8 +149,7 @@ def concepts_from_image(manager, request: GenerationRequest, settings: ConceptSe
     started = time.perf_counter()
     with manager.session(request, cancelled) as model:
         check_in_channels(model, packed_channels(model), "concept attention", "base (dev or schnell)")
-        request = with_guidance(model, with_size(request, photo), generate_tool.DEFAULT_GUIDANCE)
-        request = with_sequence_length(model, request)
+        request = resolved_request(model, with_size(request, photo))
         steps = request.steps or model.default_steps
         layers = heatmap_layers(settings.layers, model.config.num_layers)
         timesteps = heatmap_steps(settings.timesteps, steps)

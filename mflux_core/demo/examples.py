@@ -21,7 +21,7 @@ from mflux_core.demo import dataset
 from mflux_core.demo.evaluate import EVALUATION_SEED
 from mflux_core.demo.family import IMAGE_SIZE
 from mflux_core.demo.shapes import caption
-from mflux_core.tools import DEMO_DEFAULTS
+from mflux_core.tools.specs import TOOL_SPECS
 
 EXAMPLES_FILE = "examples.json"
 PER_TOOL = 3
@@ -80,7 +80,7 @@ def write_examples(folder: Path, per_tool: int = PER_TOOL) -> dict[str, list[Dem
             for role, pixels in images.items():
                 paths[role] = folder / f"{tool}-{number}-{role.replace('_', '-')}.png"
                 Image.fromarray(pixels).save(paths[role])
-            examples.setdefault(tool, []).append(DemoExample(tool, DEMO_DEFAULTS[tool], prompt, paths, index))
+            examples.setdefault(tool, []).append(DemoExample(tool, TOOL_SPECS[tool].demo_model, prompt, paths, index))
     manifest = {"seed": EVALUATION_SEED, "size": IMAGE_SIZE, "examples": [
         {"tool": e.tool, "model": e.model, "prompt": e.prompt, "images": {r: p.name for r, p in e.images.items()},
          "index": e.index} for tool_examples in examples.values() for e in tool_examples]}

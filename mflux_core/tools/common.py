@@ -5,11 +5,14 @@ from PIL import Image
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.flux_model import FluxModel
+from mflux_core.generation import ToolInputs
 from mflux_core.images.io import load_image, pil_to_pixels
 from mflux_core.models.vae import FLUX_SIDE
 from mflux_core.request import GenerationRequest, clean_prompt, existing_file, snap_to_16
 from mflux_core.sampling.conditioning import Conditioning
 from mflux_core.sampling.latents import pack_latents
+from mflux_core.tools.specs import tool_spec
+
 
 def with_size(request: GenerationRequest, image: Image.Image | None = None,
               native_side: int = FLUX_SIDE) -> GenerationRequest:
@@ -21,25 +24,26 @@ def with_size(request: GenerationRequest, image: Image.Image | None = None,
     return request.with_(width=request.width or width, height=request.height or height)
 
 
-def with_guidance(model: FluxModel, request: GenerationRequest, default: float) -> GenerationRequest:
-    """The tool's default guidance unless the request sets one; None for models without guidance."""
-    if not model.has_guidance:
-        return request.with_(guidance=None)
-    return request if request.guidance is not None else request.with_(guidance=default)
+def resolved_request(model: FluxModel, request: GenerationRequest) -> GenerationRequest:
+    """The request with what the model and the tool decide before any input is read: the T5 token count and
+    the tool's default guidance (for models with a guidance embedding), recorded so the request replays."""
+    guidance = request.guidance
+    if guidance is None and model.has_guidance:
+        guidance = tool_spec(request.tool).guidance
+    length = request.max_sequence_length or model.text_encoders.default_sequence_length
+    return request.with_(guidance=guidance, max_sequence_length=length)
 
 
-def with_sequence_length(model: FluxModel, request: GenerationRequest) -> GenerationRequest:
-    """The model's default T5 token count unless the request sets one, recorded so the request reproduces the image."""
-    if request.max_sequence_length is not None:
-        return request
-    return request.with_(max_sequence_length=model.text_encoders.default_sequence_length)
+def tool_inputs(model: FluxModel, request: GenerationRequest, engine=None) -> ToolInputs:
+    """What the request's tool builds for the runner, from the request resolved once."""
+    return tool_spec(request.tool).build_inputs(model, resolved_request(model, request), engine)
 
 
 def prompt_conditioning(model: FluxModel, request: GenerationRequest) -> Conditioning:
     embeddings = model.text_encoders.encode(clean_prompt(request.prompt), request.max_sequence_length)
-    return Conditioning(
-        text=embeddings.t5.astype(model.dtype), pooled=embeddings.pooled.astype(model.dtype), guidance=request.guidance
-    )
+    guidance = request.guidance if model.has_guidance else None  # schnell's may still steer a ControlNet
+    return Conditioning(text=embeddings.t5.astype(model.dtype), pooled=embeddings.pooled.astype(model.dtype),
+                        guidance=guidance)
 
 
 def required_image(path: str | None, what: str, flag: str) -> Image.Image:

@@ -18,12 +18,10 @@ from mflux_core.models.transformer import linear_dtype
 from mflux_core.request import GenerationRequest
 from mflux_core.sampling.conditioning import Conditioning, ControlResiduals
 from mflux_core.sampling.latents import image_position_ids, latent_grid, text_position_ids
-from mflux_core.tools.common import check_in_channels, packed_channels, prompt_conditioning, with_guidance
+from mflux_core.tools.common import check_in_channels, packed_channels, prompt_conditioning
+from mflux_core.tools.specs import tool_spec
 from mflux_core.weights.quantize import quantize_model
 from mflux_core.weights.resolve import ALIASES, is_demo_folder
-
-DEFAULT_GUIDANCE = 3.5  # what InstantX and jasperai publish for their ControlNets on dev
-
 
 def extra_number(request: GenerationRequest, key: str, default: float | None) -> float | None:
     """A numeric tool setting from request.extra (canny thresholds, upscale factor), or `default`."""
@@ -77,8 +75,8 @@ def controlnet_inputs(model: FluxModel, request: GenerationRequest, manager, con
     """ToolInputs for a request whose size is set: the prompt plus ControlNet residuals from `control_image`."""
     check_in_channels(model, packed_channels(model), tool, "base (dev or schnell)")
     controlnet = resident_controlnet(model, request, manager, default_controlnet)
-    controlnet_guidance = DEFAULT_GUIDANCE if request.guidance is None else request.guidance
-    request = with_guidance(model, request, DEFAULT_GUIDANCE)
+    # A base without a guidance embedding (schnell) still hands one to a ControlNet that has it.
+    controlnet_guidance = tool_spec(request.tool).guidance if request.guidance is None else request.guidance
     if request.controlnet_strength is None:
         request = request.with_(controlnet_strength=default_strength)
     conditioning = prompt_conditioning(model, request)

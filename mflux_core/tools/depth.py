@@ -8,11 +8,8 @@ from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.common import (
-    check_in_channels, packed_channels, encode_image, prompt_conditioning, required_image, with_guidance, with_size,
+    check_in_channels, packed_channels, encode_image, prompt_conditioning, required_image, with_size,
 )
-
-DEFAULT_GUIDANCE = 10.0
-
 
 def depth_map(request: GenerationRequest, manager) -> Image.Image:
     """The user's depth map, or one estimated from --image-path by the depth estimator."""
@@ -27,7 +24,7 @@ def depth_map(request: GenerationRequest, manager) -> Image.Image:
 def build_inputs(model: FluxModel, request: GenerationRequest, manager=None) -> ToolInputs:
     check_in_channels(model, 2 * packed_channels(model), "Depth", "FLUX.1-Depth")
     control = depth_map(request, manager)
-    request = with_guidance(model, with_size(request, control), DEFAULT_GUIDANCE)
+    request = with_size(request, control)
     conditioning = prompt_conditioning(model, request)
     conditioning.extra_channels = encode_image(model, control, request.width, request.height).astype(model.dtype)
     return ToolInputs(request, conditioning)

@@ -18,11 +18,8 @@ from mflux_core.images.outpaint import outpaint_canvas, parse_padding
 from mflux_core.request import GenerationRequest, existing_file
 from mflux_core.sampling.latents import pack_latents
 from mflux_core.tools.common import (
-    check_in_channels, packed_channels, encode_pixels, prompt_conditioning, required_image, with_guidance, with_size,
+    check_in_channels, packed_channels, encode_pixels, prompt_conditioning, required_image, with_size,
 )
-
-DEFAULT_GUIDANCE = 30.0
-
 
 def fill_channels(model: FluxModel) -> int:
     """Noisy latents + masked-image latents + the packed pixel mask (64 + 64 + 256 = 384 at full size)."""
@@ -61,7 +58,6 @@ def fill_canvas(request: GenerationRequest) -> tuple[GenerationRequest, Image.Im
 def build_inputs(model: FluxModel, request: GenerationRequest, manager=None) -> ToolInputs:
     check_in_channels(model, fill_channels(model), "Fill", "FLUX.1-Fill")
     request, image, mask_image = fill_canvas(request)
-    request = with_guidance(model, request, DEFAULT_GUIDANCE)
     mask = mask_at_size(mask_image, request.width, request.height)
     problem = describe_mask_problem(mask)
     if problem:

@@ -4,16 +4,14 @@ from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.common import (
-    check_in_channels, packed_channels, encode_image, prompt_conditioning, required_image, with_guidance, with_size,
+    check_in_channels, packed_channels, encode_image, prompt_conditioning, required_image, with_size,
 )
 
-DEFAULT_GUIDANCE = 3.5
 DEFAULT_IMAGE_STRENGTH = 0.4
 
 
 def build_inputs(model: FluxModel, request: GenerationRequest, manager=None) -> ToolInputs:
     check_in_channels(model, packed_channels(model), "text-to-image", "base (dev, schnell or Kontext)")
-    request = with_guidance(model, request, DEFAULT_GUIDANCE)
     if not request.image_path:
         request = with_size(request, native_side=model.native_side)
         return ToolInputs(request, prompt_conditioning(model, request))

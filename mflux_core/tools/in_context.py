@@ -16,8 +16,8 @@ from mflux_core.generation import ToolInputs
 from mflux_core.images.masks import binarize_mask
 from mflux_core.images.io import pil_to_pixels
 from mflux_core.request import GenerationRequest, check_image_size
-from mflux_core.tools.common import check_in_channels, encode_pixels, prompt_conditioning, with_guidance
-from mflux_core.tools.fill import DEFAULT_GUIDANCE, fill_channels, packed_mask
+from mflux_core.tools.common import check_in_channels, encode_pixels, prompt_conditioning
+from mflux_core.tools.fill import fill_channels, packed_mask
 
 
 def panel(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -80,7 +80,6 @@ def in_context_inputs(model: FluxModel, request: GenerationRequest, left: Image.
     check_fill_model(model, tool)
     width, height = request.width, request.height
     check_image_size(2 * width, height, "The diptych (both panels side by side)")
-    request = with_guidance(model, request, DEFAULT_GUIDANCE)  # its width stays one panel's, so it replays
     mask = diptych_mask(right_mask, width, height)
     pixels = pil_to_pixels(diptych_canvas(left, right, width, height), 2 * width, height)
     masked_latents = encode_pixels(model, pixels * (1.0 - mask[None, :, :, None]))

@@ -11,20 +11,9 @@ from mflux_core.generation import ToolInputs
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.common import required_image, with_size
 from mflux_core.tools.in_context import apply_request_loras, check_fill_model, in_context_inputs, with_lora
+from mflux_core.tools.specs import IN_CONTEXT_LORA_STYLES as LORA_STYLES
 
 LORA_REPO = "ali-vilab/In-Context-LoRA"
-LORA_STYLES = {
-    "couple": "couple-profile.safetensors",
-    "storyboard": "film-storyboard.safetensors",
-    "font": "font-design.safetensors",
-    "home": "home-decoration.safetensors",
-    "illustration": "portrait-illustration.safetensors",
-    "portrait": "portrait-photography.safetensors",
-    "ppt": "ppt-templates.safetensors",
-    "sandstorm": "sandstorm-visual-effect.safetensors",
-    "sparklers": "sparklers-visual-effect.safetensors",
-    "identity": "visual-identity-design.safetensors",
-}
 # The panel markers the published LoRAs were captioned with; any pair names the left and right panel.
 PROMPT_MARKERS = (("[IMAGE1]", "[IMAGE2]"), ("[LEFT]", "[RIGHT]"), ("[TOP]", "[BOTTOM]"), ("[REFERENCE]", "[OUTPUT]"))
 

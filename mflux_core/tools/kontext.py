@@ -13,10 +13,9 @@ from mflux_core.generation import ToolInputs
 from mflux_core.request import GenerationRequest, check_image_size
 from mflux_core.sampling.latents import image_position_ids
 from mflux_core.tools.common import (
-    check_in_channels, packed_channels, encode_image, prompt_conditioning, required_image, with_guidance, with_size,
+    check_in_channels, packed_channels, encode_image, prompt_conditioning, required_image, with_size,
 )
 
-DEFAULT_GUIDANCE = 2.5
 PREFERRED_RESOLUTIONS = [  # (width, height) Kontext was trained on
     (672, 1568), (688, 1504), (720, 1456), (752, 1392), (800, 1328), (832, 1248), (880, 1184), (944, 1104),
     (1024, 1024), (1104, 944), (1184, 880), (1248, 832), (1328, 800), (1392, 752), (1456, 720), (1504, 688),
@@ -35,7 +34,7 @@ def reference_size(image: Image.Image, auto_resize: bool, multiple: int) -> tupl
 def build_inputs(model: FluxModel, request: GenerationRequest, manager=None) -> ToolInputs:
     check_in_channels(model, packed_channels(model), "Kontext", "FLUX.1-Kontext")
     reference = required_image(request.image_path, "a reference image", "--image-path")
-    request = with_guidance(model, with_size(request, reference), DEFAULT_GUIDANCE)
+    request = with_size(request, reference)
     multiple = 2 * model.vae_scale_factor
     width, height = reference_size(reference, bool(request.extra.get("kontext_auto_resize")), multiple)
     check_image_size(width, height, "The reference image, which Kontext uses at its own size,")

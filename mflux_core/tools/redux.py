@@ -33,10 +33,9 @@ from mflux_core.images.io import load_image
 from mflux_core.models.redux import ReduxEncoder, append_redux_tokens
 from mflux_core.request import GenerationRequest, existing_file
 from mflux_core.tools.common import (
-    check_in_channels, packed_channels, prompt_conditioning, with_guidance, with_size,
+    check_in_channels, packed_channels, prompt_conditioning, with_size,
 )
 
-DEFAULT_GUIDANCE = 2.5
 DEFAULT_STRENGTH = 1.0
 DEFAULT_WEIGHTS = "redux"  # alias of black-forest-labs/FLUX.1-Redux-dev (weights/resolve.py)
 
@@ -65,7 +64,7 @@ def build_inputs(model: FluxModel, request: GenerationRequest, manager) -> ToolI
     images = redux_images(request)
     strengths = request.redux_image_strengths or (DEFAULT_STRENGTH,) * len(images)
     request = with_size(request, native_side=model.native_side)
-    request = with_guidance(model, request, DEFAULT_GUIDANCE).with_(redux_image_strengths=strengths)
+    request = request.with_(redux_image_strengths=strengths)
     encoder = redux_encoder(model, request, manager)
     # The encoder may be cached from a request in another dtype: the tokens follow this model's.
     tokens = [encoder.encode_image(image).astype(model.dtype) for image in images]

@@ -30,8 +30,7 @@ from mflux_core.images.io import load_image, pil_to_pixels, save_png_atomic
 from mflux_core.loader import load_flux_model
 from mflux_core.request import GenerationRequest
 from mflux_core.sampling.latents import image_position_ids, latent_grid
-from mflux_core.tools import generate as generate_tool
-from mflux_core.tools.common import check_in_channels, encode_pixels, packed_channels
+from mflux_core.tools.common import check_in_channels, encode_pixels, packed_channels, tool_inputs
 from mflux_core.training.flow_matching import FlowBatch, flow_matching_loss, shifted_sigmas
 from mflux_core.training.lora_adapters import attach_lora
 from mflux_core.training.lora_checkpoint import (
@@ -203,7 +202,7 @@ def validation_inputs(model: FluxModel, config: TrainingConfig) -> ToolInputs | 
     request = GenerationRequest(prompt=config.validation_prompt, seed=config.validation_seed, width=config.width,
                                 height=config.height, steps=config.validation_steps,
                                 max_sequence_length=config.max_sequence_length).validated()
-    return generate_tool.build_inputs(model, request)
+    return tool_inputs(model, request)
 
 
 # --- the run ---------------------------------------------------------------------------------------

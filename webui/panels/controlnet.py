@@ -91,7 +91,7 @@ def render(studio) -> Panel:
                                        "default: canny for Canny edges (demo-canny on a demo model), "
                                        "upscaler for Upscale"),
                     value=TOOL_DEFAULT, label="ControlNet weights", elem_id="controlnet-weights")
-                shared = build_shared_controls(studio, TOOL, TOOL, image_sized=True)
+                shared = build_shared_controls(studio, TOOL, TOOL)
                 render_demo_examples(studio, TOOL, shared.controls, {control_image: lambda e: str(e.images["image"])},
                                      {mode: CANNY, weights: TOOL_DEFAULT, strength: DEFAULTS["controlnet_strength"],
                                       canny_low: DEFAULTS["canny_low"], canny_high: DEFAULTS["canny_high"]})

@@ -58,7 +58,7 @@ def render(studio) -> Panel:
                     photo = input_image("Photo", "depth-photo")
                     depth_map = input_image("Depth map (estimated; upload another to replace it)", "depth-map")
                 estimate = gr.Button("Estimate depth from the photo", elem_id="depth-estimate")
-                shared = build_shared_controls(studio, TOOL, TOOL, image_sized=True)
+                shared = build_shared_controls(studio, TOOL, TOOL)
                 render_demo_examples(studio, TOOL, shared.controls, {depth_map: lambda e: str(e.images["depth_map"])})
                 panel = Panel(TOOL, (TOOL,), shared.controls, settings_from_values, values_from_settings,
                               send_target=photo)

@@ -158,7 +158,7 @@ def render(studio) -> Panel:
                     with gr.Row():
                         canvas_image = gr.Image(label="Canvas", interactive=False, elem_id="fill-canvas", height=200)
                         mask_image = gr.Image(label="Mask", interactive=False, elem_id="fill-canvas-mask", height=200)
-                shared = build_shared_controls(studio, TOOL, TOOL, image_sized=True)
+                shared = build_shared_controls(studio, TOOL, TOOL)
                 render_demo_examples(studio, TOOL, shared.controls, {editor: example_editor_value}, {
                     mode: INPAINT, keep_unmasked: True, mask_invert: False, mask_grow_px: 0, mask_blur_px: 0})
                 controls = {**shared.controls, "mode": mode, "keep_unmasked": keep_unmasked,

@@ -43,7 +43,7 @@ def render(studio) -> Panel:
                     image_strength = gr.Slider(0, 0.99, DEFAULT_IMAGE_STRENGTH, step=0.01,
                                                label="Image strength (how much of the input is kept)",
                                                elem_id="generate-image-strength")
-                render_demo_examples(studio, TOOL, shared.controls, {}, image_sized=False)
+                render_demo_examples(studio, TOOL, shared.controls, {})
                 panel = Panel(TOOL, (TOOL,), {**shared.controls, "image_strength": image_strength},
                               settings_from_values, values_from_settings, send_target=init_image)
                 render_presets(studio, panel)

@@ -80,7 +80,7 @@ def _render(studio, tool: str, title: str) -> Panel:
                                                      elem_id=f"{tool}-save-full")
                 prompt_label = {"catvton": "Prompt (empty: CatVTON's trained prompt)",
                                 "ic-edit": "Full prompt (used when there is no instruction)"}.get(tool, "Prompt")
-                shared = build_shared_controls(studio, tool, tool, prompt_label=prompt_label, image_sized=True)
+                shared = build_shared_controls(studio, tool, tool, prompt_label=prompt_label)
                 controls = {**shared.controls, **own}
                 panel = Panel(tool, (tool,), controls, lambda v: settings_from_values(tool, v),
                               lambda s: values_from_settings(tool, s),

@@ -43,7 +43,7 @@ def render(studio) -> Panel:
                 reference = input_image("Reference image", "kontext-reference")
                 auto_resize = gr.Checkbox(False, label="Resize the reference to Kontext's preferred resolution",
                                           elem_id="kontext-auto-resize")
-                shared = build_shared_controls(studio, TOOL, TOOL, prompt_label="Instruction", image_sized=True)
+                shared = build_shared_controls(studio, TOOL, TOOL, prompt_label="Instruction")
                 render_demo_examples(studio, TOOL, shared.controls, {reference: lambda e: str(e.images["image"])},
                                      {auto_resize: False})
                 panel = Panel(TOOL, (TOOL,), {**shared.controls, "kontext_auto_resize": auto_resize},

@@ -1,0 +1,170 @@
+"""The tool registry: one ToolSpec per tool. The CLI's sub-commands, the page's shared controls, request
+validation and the list of tools the APIs offer are all derived from it.
+
+Adding a tool = its module in mflux_core/tools/ (with `build_inputs(model, request, engine) -> ToolInputs`)
+plus one ToolSpec here, plus a panel in webui/panels/ for its page layout.
+
+This module holds data only and imports no tool module (each is imported on first use), so
+mflux_core.request can take the tool names from it without an import cycle.
+"""
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+REQUEST, EXTRA, COMMAND = "request", "extra", "command"  # where a flag's value goes (Flag.into)
+BASE_KINDS = ("base", "single-file")  # registry.ModelEntry kinds that text-to-image models have
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One input of a tool, as a CLI flag: its value goes into a GenerationRequest field (REQUEST), a key of
+    request.extra (EXTRA), or stays with the command (COMMAND, e.g. an extra file to write)."""
+
+    flag: str  # "--image-path"
+    help: str
+    into: str = REQUEST
+    field: str = ""  # the request field or extra key; default: the flag's name ("--image-path" -> "image_path")
+    kind: str = "text"  # text, number, paths, numbers, switch
+    choices: tuple[str, ...] = ()
+    hidden: bool = False  # accepted for mflux compatibility, not listed in --help
+
+    @property
+    def name(self) -> str:
+        return self.field or self.flag.lstrip("-").replace("-", "_")
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    summary: str  # one line, for the CLI's help
+    module: str  # mflux_core.tools.<module> has build_inputs
+    model: str  # the FLUX.1 model (alias) it is made for
+    model_kinds: tuple[str, ...]  # the registry.ModelEntry kinds it can run on
+    guidance: float  # its default guidance, for models with a guidance embedding
+    flags: tuple[Flag, ...] = ()
+    demo_model: str | None = None  # the shipped demo model it falls back to offline, if one fits
+    sized_by_input: bool = False  # no width/height: the tool sizes the output from an input image
+    prompt_optional: bool = False  # the tool supplies a prompt when none is given
+
+    def build_inputs(self, model, request, engine):
+        """The tool's ToolInputs for a resolved request (mflux_core.generation.ToolInputs)."""
+        return importlib.import_module(f"mflux_core.tools.{self.module}").build_inputs(model, request, engine)
+
+
+# The ten LoRAs published in ali-vilab/In-Context-LoRA: style -> file in that repo (as mflux's in_context_loras.py).
+IN_CONTEXT_LORA_STYLES = {
+    "couple": "couple-profile.safetensors",
+    "storyboard": "film-storyboard.safetensors",
+    "font": "font-design.safetensors",
+    "home": "home-decoration.safetensors",
+    "illustration": "portrait-illustration.safetensors",
+    "portrait": "portrait-photography.safetensors",
+    "ppt": "ppt-templates.safetensors",
+    "sandstorm": "sandstorm-visual-effect.safetensors",
+    "sparklers": "sparklers-visual-effect.safetensors",
+    "identity": "visual-identity-design.safetensors",
+}
+FULL_DIPTYCH = Flag("--save-full-image", "keep the whole diptych (context left, result right) instead of only the "
+                    "right half", into=EXTRA, kind="switch")
+
+
+def controlnet_flags(default_name: str, default_strength: float) -> tuple[Flag, ...]:
+    return (Flag("--controlnet-path", f"the ControlNet: folder, alias or repo id (default: {default_name})",
+                 into=EXTRA),
+            Flag("--controlnet-strength", f"how strongly the ControlNet steers, 0 to 2 (default {default_strength})",
+                 kind="number"))
+
+
+FILL_KINDS = ("fill",)
+TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
+    ToolSpec("generate", "text-to-image, or image-to-image with --image-path", "generate", "schnell", BASE_KINDS,
+             guidance=3.5, demo_model="demo", flags=(
+                 Flag("--image-path", "input image for image-to-image"),
+                 Flag("--image-strength", "how much of the input image is kept, 0 to below 1 (default 0.4)",
+                      kind="number"))),
+    ToolSpec("fill", "inpaint inside a mask or outpaint a padded canvas (FLUX.1-Fill)", "fill", "fill", FILL_KINDS,
+             guidance=30.0, demo_model="demo-fill", sized_by_input=True, flags=(
+                 Flag("--image-path", "the image to fill"),
+                 Flag("--image-strength", "start from the image instead of pure noise, keeping this much of it "
+                      "(default: off)", kind="number"),
+                 Flag("--masked-image-path", "mask image: white = regenerate"),
+                 Flag("--outpaint-padding", "outpaint: padding top,right,bottom,left in px or %% ('0,30%%,20%%,0')"),
+                 Flag("--keep-unmasked", "paste the original back outside a feathered mask (off: the image equals "
+                      "diffusers')", kind="switch"))),
+    ToolSpec("depth", "restyle with the layout of a depth map (FLUX.1-Depth)", "depth", "depth", ("depth",),
+             guidance=10.0, demo_model="demo-depth", sized_by_input=True, flags=(
+                 Flag("--depth-image-path", "the depth map (near = bright)"),
+                 Flag("--image-path", "a photo to estimate the depth map from"))),
+    ToolSpec("kontext", "edit a reference image by instruction (FLUX.1-Kontext)", "kontext", "kontext", ("kontext",),
+             guidance=2.5, demo_model="demo-kontext", sized_by_input=True, flags=(
+                 Flag("--image-path", "the reference image"),
+                 Flag("--kontext-auto-resize", "resize the reference to the closest resolution Kontext was trained "
+                      "on", into=EXTRA, kind="switch"))),
+    ToolSpec("controlnet", "follow the Canny edges of a control image (FLUX.1 ControlNet on dev or schnell)",
+             "controlnet", "dev", BASE_KINDS, guidance=3.5, demo_model="demo", sized_by_input=True, flags=(
+                 *controlnet_flags("canny (InstantX/FLUX.1-dev-Controlnet-Canny)", 0.4),
+                 Flag("--controlnet-image-path", "the control image; its Canny edges steer the layout"),
+                 Flag("--controlnet-save-canny", "also save the edges the ControlNet saw, as "
+                      "<output>_controlnet_canny.png", into=COMMAND, kind="switch"),
+                 Flag("--controlnet-skip-canny", "hand the control image to the ControlNet as it is (e.g. an edge "
+                      "map made elsewhere)", into=EXTRA, kind="switch"),
+                 Flag("--canny-low", "Canny low threshold, OpenCV's units (default 100)", into=EXTRA, kind="number"),
+                 Flag("--canny-high", "Canny high threshold, OpenCV's units (default 200)", into=EXTRA,
+                      kind="number"))),
+    ToolSpec("upscale", "regenerate an image at a larger size (FLUX.1 upscaler ControlNet)", "upscale", "dev",
+             BASE_KINDS, guidance=3.5, sized_by_input=True, flags=(
+                 *controlnet_flags("upscaler (jasperai/Flux.1-dev-Controlnet-Upscaler)", 0.6),
+                 Flag("--image-path", "the image to upscale (--controlnet-image-path works too)"),
+                 Flag("--controlnet-image-path", "", hidden=True),
+                 Flag("--upscale-factor", "without --width/--height: the output is the input's size times this "
+                      "(default 2)", into=EXTRA, kind="number"))),
+    ToolSpec("redux", "variations of reference images, steered by the prompt (FLUX.1-Redux)", "redux", "dev",
+             BASE_KINDS, guidance=2.5, flags=(
+                 Flag("--redux-image-paths", "one or more reference images", kind="paths"),
+                 Flag("--redux-image-strengths", "one weight per reference image for its tokens (default 1.0 each)",
+                      kind="numbers"),
+                 Flag("--redux-path", "the Redux weights: folder, alias or repo id (default: redux, "
+                      "black-forest-labs/FLUX.1-Redux-dev)", into=EXTRA))),
+    ToolSpec("in-context", "In-Context LoRA: the reference on the left, a related image generated on the right "
+             "(FLUX.1-Fill diptych)", "in_context_lora", "fill", FILL_KINDS, guidance=30.0, sized_by_input=True,
+             flags=(Flag("--image-path", "the reference image (left panel)"),
+                    Flag("--lora-style", "one of ali-vilab/In-Context-LoRA's LoRAs (from the Hugging Face cache or "
+                         "downloaded)", into=EXTRA, choices=tuple(IN_CONTEXT_LORA_STYLES)),
+                    FULL_DIPTYCH)),
+    ToolSpec("catvton", "virtual try-on: a garment (left) put on a person (right) inside the person mask "
+             "(FLUX.1-Fill diptych)", "catvton", "fill", FILL_KINDS, guidance=30.0, sized_by_input=True,
+             prompt_optional=True, flags=(
+                 Flag("--garment-image", "the garment (left panel, kept as is)", into=EXTRA,
+                      field="garment_image_path"),
+                 Flag("--person-image", "the person (right panel)", field="image_path"),
+                 Flag("--person-mask", "mask on the person image: white = where the garment goes",
+                      field="masked_image_path"),
+                 FULL_DIPTYCH)),
+    ToolSpec("ic-edit", "IC-Edit: edit an image by instruction (RiverZ/normal-lora on FLUX.1-Fill, applied "
+             "automatically)", "ic_edit", "fill", FILL_KINDS, guidance=30.0, sized_by_input=True,
+             prompt_optional=True, flags=(
+                 Flag("--reference-image", "the image to edit (left panel; resized to 512 px wide)",
+                      field="image_path"),
+                 Flag("--instruction", "the edit, e.g. 'make the sky pink' (wrapped in the diptych prompt)",
+                      into=EXTRA),
+                 Flag("--ic-edit-lora", "another IC-Edit LoRA file or name (default RiverZ/normal-lora)",
+                      into=EXTRA),
+                 FULL_DIPTYCH)),
+)}
+TOOL_NAMES = tuple(TOOL_SPECS)
+
+
+def tool_spec(name: str) -> ToolSpec:
+    return TOOL_SPECS[name]
+
+
+def default_model_for(tool: str, models_dir: Path | None = None) -> str:
+    """The model a tool uses when the request names none: its FLUX.1 model when that is on disk (HF cache
+    or models folder), else its demo model when there is one, else the FLUX.1 alias (downloaded on first use)."""
+    from mflux_core.registry import on_disk
+
+    spec = TOOL_SPECS[tool]
+    if spec.demo_model is not None and not on_disk(spec.model, models_dir) and on_disk(spec.demo_model):
+        return spec.demo_model
+    return spec.model
