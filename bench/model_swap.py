@@ -96,12 +96,12 @@ def measure(first: Path, second: Path, dtype: mx.Dtype, repeats: int) -> dict:
         source_a = manager.resolve(GenerationRequest(model=str(first)))
         source_b = manager.resolve(GenerationRequest(model=str(second)))
         times = {
-            "cold": timed(lambda: manager.model_for(source_a, dtype)),
-            "hit": timed(lambda: manager.model_for(source_a, dtype)),
-            "swap": timed(lambda: manager.model_for(source_b, dtype)),
-            "load": manager.events[-1].seconds,
+            "cold": timed(lambda: manager.resident.model_for(source_a, dtype)),
+            "hit": timed(lambda: manager.resident.model_for(source_a, dtype)),
+            "swap": timed(lambda: manager.resident.model_for(source_b, dtype)),
+            "load": manager.resident.events[-1].seconds,
         }
-        assert manager.load_counts == {"transformer": 2, "vae": 1, "text_encoders": 1}, manager.load_counts
+        assert manager.resident.load_counts == {"transformer": 2, "vae": 1, "text_encoders": 1}, manager.resident.load_counts
         transformer_bytes = next(r["bytes"] for r in manager.status()["resident"] if r["kind"] == "transformer")
         del manager
         gc.collect()

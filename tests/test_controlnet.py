@@ -269,7 +269,7 @@ def test_control_latents_are_encoded_once_per_image_and_vae(tiny_dev, controlnet
 
     manager = ModelManager()
     request = GenerationRequest(tool="controlnet", model=str(tiny_dev), prompt=PROMPT, steps=1)
-    model = manager.model_for(manager.resolve(request), mx.float32)
+    model = manager.resident.model_for(manager.resolve(request), mx.float32)
     image = random_image(32, 32, seed=22)
     first = manager.encoded_image(model, image, 32, 32)
     assert manager.encoded_image(model, image.copy(), 32, 32) is first

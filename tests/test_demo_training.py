@@ -51,7 +51,7 @@ def test_the_exported_folders_generate_through_the_engine(toy_run, tmp_path):
     result = manager.generate(GenerationRequest(model="demo", prompt="a red circle on a blue background",
                                                 width=64, height=64, steps=1, max_sequence_length=32))
     assert result.image.size == (64, 64)
-    assert manager.load_counts["vae"] == 1
+    assert manager.resident.load_counts["vae"] == 1
 
 
 def test_the_base_stage_trains_the_text_encoders_and_the_export_ships_them(toy_run, tmp_path):

@@ -138,7 +138,7 @@ def test_remove_restores_the_base_and_rescale_equals_a_fresh_load(tiny_dev, dims
     removed = manager.generate(request).image
     fresh = ModelManager().generate(with_lora.with_(lora_scales=(0.3,))).image
 
-    assert manager.load_counts["transformer"] == 1  # the base weights were loaded once
+    assert manager.resident.load_counts["transformer"] == 1  # the base weights were loaded once
     assert max_uint8_diff(full, base) > MIN_LORA_EFFECT
     assert max_uint8_diff(rescaled, full) > MIN_LORA_EFFECT / 4
     assert max_uint8_diff(removed, base) == 0
@@ -161,7 +161,7 @@ def test_partial_match_is_reported_with_counts(tiny_dev, dims, noise, tmp_path, 
     manager = ModelManager()
     with caplog.at_level(logging.WARNING):
         manager.generate(request)
-    (report,) = manager.lora_reports
+    (report,) = manager.loras.reports
     assert (report.matched_keys, report.total_keys, report.layers) == (4, 7, 2)
     assert report.unmatched == ("lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
                                 "transformer.transformer_blocks.7.attn.to_q.lora_A.weight",

@@ -86,7 +86,7 @@ def test_switching_tools_swaps_only_the_transformer(tiny_dev, tiny_fill, tiny_de
     manager = ModelManager()
     outputs = [pixels(manager.generate(request)) for request in requests]
 
-    assert manager.load_counts == {"transformer": 5, "vae": 1, "text_encoders": 1}
+    assert manager.resident.load_counts == {"transformer": 5, "vae": 1, "text_encoders": 1}
     fresh = [fresh_pixels(request) for request in requests[:4]]
     for index, (ours, alone) in enumerate(zip(outputs, fresh + [fresh[0]])):
         assert np.array_equal(ours, alone), f"request {index} ({requests[index].tool}) differs from a fresh run"
@@ -108,7 +108,7 @@ def test_least_recently_used_transformers_are_evicted(tiny_dev, tiny_schnell, ti
     for folder in order:
         manager.generate(text_to_image(folder, steps=1, size=32))
         assert len(resident(manager, "transformer")) <= budget
-    assert manager.load_counts["transformer"] == expected_loads
+    assert manager.resident.load_counts["transformer"] == expected_loads
     names = [r["name"] for r in resident(manager, "transformer")]
     expected = [tiny_kontext, tiny_schnell][-budget:]
     assert names == [f"transformer {folder}/transformer" for folder in expected]
@@ -119,18 +119,18 @@ def test_memory_budget_evicts_before_the_count_does(tiny_dev, tiny_kontext):
 
     manager = ModelManager(max_resident_transformers=2)
     source = manager.resolve(text_to_image(tiny_dev))
-    model = manager.model_for(source, mx.float32)
+    model = manager.resident.model_for(source, mx.float32)
     transformer_bytes = resident(manager, "transformer")[0]["bytes"]
     del model
     active_with_dev = mx.get_active_memory()
     # room for everything resident now plus half a transformer: kontext's transformer must replace dev's
     # (the process's memory beside the weights fixed at none, so that the arithmetic is exact)
     manager.budget.other_bytes = 0
-    manager.budget.bytes = manager.budget.cache_bytes + manager.resident_bytes() + transformer_bytes // 2
-    model = manager.model_for(manager.resolve(text_to_image(tiny_kontext)), mx.float32)
+    manager.budget.bytes = manager.budget.cache_bytes + manager.resident.resident_bytes() + transformer_bytes // 2
+    model = manager.resident.model_for(manager.resolve(text_to_image(tiny_kontext)), mx.float32)
     assert [r["name"] for r in resident(manager, "transformer")] == [f"transformer {tiny_kontext}/transformer"]
     assert mx.get_active_memory() - active_with_dev < transformer_bytes // 2  # dev's weights were freed
-    assert manager.load_counts == {"transformer": 2, "vae": 1, "text_encoders": 1}
+    assert manager.resident.load_counts == {"transformer": 2, "vae": 1, "text_encoders": 1}
     del model
 
 
@@ -151,20 +151,20 @@ def test_cancel_stops_within_one_step_and_leaves_the_models_usable(tiny_dev):
     with pytest.raises(Cancelled, match="after step 3 of 6"):
         manager.generate(request, on_step=on_step, cancelled=stop.is_set)
     assert steps_seen == [1, 2]  # the flag was set during step 2's callback; step 3 was the last to run
-    loads = dict(manager.load_counts)
+    loads = dict(manager.resident.load_counts)
     assert np.array_equal(pixels(manager.generate(request)), fresh_pixels(request))
-    assert manager.load_counts == loads  # nothing was unloaded by the cancel
+    assert manager.resident.load_counts == loads  # nothing was unloaded by the cancel
 
 
 def test_cancel_while_loading_keeps_what_was_loaded(tiny_dev):
     manager = ModelManager()
     with pytest.raises(Cancelled, match="while loading"):  # checked before loading, then after the transformer
         manager.generate(text_to_image(tiny_dev), cancelled=cancelled_after(1))
-    assert manager.load_counts == {"transformer": 1, "vae": 0, "text_encoders": 0}
+    assert manager.resident.load_counts == {"transformer": 1, "vae": 0, "text_encoders": 0}
     assert not manager.status()["busy"]
     request = text_to_image(tiny_dev)
     assert np.array_equal(pixels(manager.generate(request)), fresh_pixels(request))
-    assert manager.load_counts == {"transformer": 1, "vae": 1, "text_encoders": 1}
+    assert manager.resident.load_counts == {"transformer": 1, "vae": 1, "text_encoders": 1}
 
 
 # ----- one at a time ---------------------------------------------------------------------------
@@ -255,7 +255,7 @@ def test_prompt_cache_is_bounded_and_low_ram_frees_the_text_encoders(tiny_dev):
     status = manager.status()
     assert status["cached_prompts"] == 2
     assert [r["bytes"] for r in resident(manager, "text encoders")] == [0]  # released after encoding
-    assert manager.load_counts["text_encoders"] == 1  # re-read for new prompts, but never re-created
+    assert manager.resident.load_counts["text_encoders"] == 1  # re-read for new prompts, but never re-created
     assert np.array_equal(outputs[0], outputs[3])
     assert np.array_equal(outputs[1], fresh_pixels(text_to_image(tiny_dev, prompt="two", steps=1)))
 
@@ -288,7 +288,7 @@ def test_truncated_weights_fail_before_anything_is_evicted(tiny_dev, tiny_fill, 
     manager = ModelManager()
     request = text_to_image(tiny_dev)
     before = pixels(manager.generate(request))
-    loads = dict(manager.load_counts)
+    loads = dict(manager.resident.load_counts)
     for component in ("transformer", "vae"):
         broken = copy_model(tiny_fill, tmp_path / f"fill-{component}")
         shard = max((broken / component).glob("*.safetensors"), key=lambda p: p.stat().st_size)
@@ -298,9 +298,9 @@ def test_truncated_weights_fail_before_anything_is_evicted(tiny_dev, tiny_fill, 
                                  masked_image_path=inputs.mask, steps=1)
         with pytest.raises(ModelLoadError, match=f"{shard.name} is incomplete"):
             manager.generate(fill)
-    assert manager.load_counts == loads  # dev's transformer, VAE and encoders stayed resident
+    assert manager.resident.load_counts == loads  # dev's transformer, VAE and encoders stayed resident
     assert np.array_equal(pixels(manager.generate(request)), before)
-    assert manager.load_counts == loads
+    assert manager.resident.load_counts == loads
 
 
 def test_a_load_failing_halfway_leaves_the_manager_consistent(tiny_dev, tmp_path):
@@ -400,7 +400,7 @@ def test_registry_lists_aliases_models_folder_and_cache_without_loading(tiny_dev
     assert entries["finetune.safetensors"].kind == "single-file"
     assert "notes" not in entries
     assert (entries["someone/flux-finetune"].where, entries["someone/flux-finetune"].kind) == ("HF cache", "base")
-    assert manager.load_counts == {"transformer": 0, "vae": 0, "text_encoders": 0}
+    assert manager.resident.load_counts == {"transformer": 0, "vae": 0, "text_encoders": 0}
     # a models-folder name is a model name
     request = text_to_image("my-dev")
     assert np.array_equal(pixels(manager.generate(request)), fresh_pixels(text_to_image(tiny_dev)))

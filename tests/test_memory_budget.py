@@ -135,7 +135,7 @@ def test_the_plan_is_within_a_quarter_of_the_measured_peak(tool, size, tmp_path)
     gc.collect()  # arrays earlier tests left as garbage, freed mid-run, would blur the measured peak
     manager = ModelManager()
     manager.generate(plan_cases(tmp_path)[tool](size))
-    memory = manager.last_memory
+    memory = manager.resident.last_memory
     assert abs(memory["planned_bytes"] - memory["measured_bytes"]) <= PLAN_TOLERANCE * memory["measured_bytes"], memory
 
 
@@ -152,9 +152,9 @@ def test_a_tight_budget_tiles_the_decode_and_the_plan_still_holds():
     manager = ModelManager()
     manager.generate(demo_request("generate", "demo", 64))  # the demo resident, the process settled
     # at 1024 px the demo's step needs ~0.1 GB and its whole decode ~0.24 GB: 0.2 GB makes the decode tile
-    manager.budget = budget_leaving(200 * 10**6, manager.resident_bytes())
+    manager.resident.budget = budget_leaving(200 * 10**6, manager.resident.resident_bytes())
     manager.generate(demo_request("generate", "demo", 1024))
-    memory = manager.last_memory
+    memory = manager.resident.last_memory
     assert re.search(r"decoding in \d+ px tiles", memory["plan"]), memory
     assert abs(memory["planned_bytes"] - memory["measured_bytes"]) <= PLAN_TOLERANCE * memory["measured_bytes"], memory
 
@@ -165,7 +165,7 @@ def test_a_request_over_the_budget_is_refused_before_loading_and_the_next_one_ru
                                              r"\w+.*, .* for the rest of the process\), more than the memory "
                                              r"budget of"):
         manager.generate(demo_request("generate", "demo", 4096))
-    assert manager.load_counts["transformer"] == 0
+    assert manager.resident.load_counts["transformer"] == 0
     result = manager.generate(demo_request("generate", "demo", 64))
     assert result.image.size == (64, 64)
 

@@ -183,7 +183,7 @@ def test_resident_models_are_keyed_by_quantization_and_saved_ones_refuse_other_b
     manager = ModelManager(max_resident_transformers=2)
     for bits in (None, 4, None):
         manager.generate(request.with_(quantize=bits))
-    assert manager.load_counts["transformer"] == 2  # float, then 4-bit; float again from the cache
+    assert manager.resident.load_counts["transformer"] == 2  # float, then 4-bit; float again from the cache
     saved = tmp_path / "saved8"
     assert cli_main(["save", "--model-path", str(wide), "--path", str(saved), "-q", "8"]) == 0
     args = ["generate", "--path", str(saved), "--prompt", "x", "--steps", "1", "--height", "32", "--width", "32",
@@ -229,7 +229,7 @@ def test_the_controlnet_is_quantized_with_the_transformer(wide, noise, float_ima
                                 extra={"controlnet_path": str(controlnet)})
     manager = ModelManager(max_resident_transformers=2)
     images = {bits: manager.generate(request.with_(quantize=bits)).image for bits in (None, 8)}
-    float_net, quantized_net = manager.auxiliary.values()
+    float_net, quantized_net = manager.resident.auxiliary.values()
     assert not any(isinstance(m, nn.QuantizedLinear) for _, m in float_net.named_modules())
     assert {m.bits for _, m in quantized_net.named_modules() if isinstance(m, nn.QuantizedLinear)} == {8}
     assert parameter_bytes(quantized_net) < 0.7 * parameter_bytes(float_net)

@@ -25,6 +25,7 @@ def requested_loras(paths: Sequence[str], scales: Sequence[float]) -> list[tuple
 class ResidentLoras:
     def __init__(self, capacity: int = 8):
         self._files: LRU = LRU(capacity)
+        self.reports: list[LoraReport] = []  # the last sync's LoRAs: matched / total keys each
 
     def read(self, path: Path) -> tuple[str, LoraFile]:
         """(adapter name, file) for a resolved path; the name changes when the file does."""
@@ -50,4 +51,5 @@ class ResidentLoras:
             if current[name] != scale:
                 set_lora_scale(transformer, name, scale)
             reports.append(check_lora(transformer, lora, scale)[1])
+        self.reports = reports
         return reports

@@ -6,6 +6,7 @@ from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.images.io import load_mask
 from mflux_core.request import GenerationRequest, existing_file
+from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import required_image, with_size
 from mflux_core.tools.in_context import in_context_inputs
 
@@ -17,7 +18,7 @@ DEFAULT_PROMPT = (
 )
 
 
-def build_inputs(model: FluxModel, request: GenerationRequest, manager=None) -> ToolInputs:
+def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
     person = required_image(request.image_path, "a person image", "--person-image")
     garment = required_image(request.extra.get("garment_image_path"), "a garment image", "--garment-image")
     if not request.masked_image_path:

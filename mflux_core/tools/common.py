@@ -11,6 +11,7 @@ from mflux_core.models.vae import FLUX_SIDE
 from mflux_core.request import GenerationRequest, clean_prompt, existing_file, snap_to_16
 from mflux_core.sampling.conditioning import Conditioning
 from mflux_core.sampling.latents import pack_latents
+from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.specs import tool_spec
 
 
@@ -34,8 +35,9 @@ def resolved_request(model: FluxModel, request: GenerationRequest) -> Generation
     return request.with_(guidance=guidance, max_sequence_length=length)
 
 
-def tool_inputs(model: FluxModel, request: GenerationRequest, engine=None) -> ToolInputs:
-    """What the request's tool builds for the runner, from the request resolved once."""
+def tool_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine | None = None) -> ToolInputs:
+    """What the request's tool builds for the runner, from the request resolved once (`engine`: None only for
+    tools that need nothing beyond the model, as training's validation images of `generate`)."""
     return tool_spec(request.tool).build_inputs(model, resolved_request(model, request), engine)
 
 

@@ -13,6 +13,7 @@ from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.images.canny import canny_edges
 from mflux_core.request import GenerationRequest
+from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import required_image, with_size
 from mflux_core.tools.controlnet_conditioning import controlnet_inputs, extra_number
 from mflux_core.weights.resolve import is_demo_folder
@@ -39,7 +40,7 @@ def default_controlnet(model: FluxModel) -> str:
     return "demo-canny" if is_demo_folder(model.folder) else "canny"
 
 
-def build_inputs(model: FluxModel, request: GenerationRequest, manager) -> ToolInputs:
+def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
     request, control = control_image(request)
-    return controlnet_inputs(model, request, manager, control, tool="ControlNet",
+    return controlnet_inputs(model, request, engine, control, tool="ControlNet",
                              default_controlnet=default_controlnet(model), default_strength=DEFAULT_STRENGTH)

@@ -18,6 +18,7 @@ from mflux_core.models.transformer import linear_dtype
 from mflux_core.request import GenerationRequest
 from mflux_core.sampling.conditioning import Conditioning, ControlResiduals
 from mflux_core.sampling.latents import image_position_ids, latent_grid, text_position_ids
+from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import check_in_channels, packed_channels, prompt_conditioning
 from mflux_core.tools.specs import tool_spec
 from mflux_core.weights.quantize import quantize_model
@@ -33,14 +34,15 @@ def extra_number(request: GenerationRequest, key: str, default: float | None) ->
     return float(value)
 
 
-def resident_controlnet(model: FluxModel, request: GenerationRequest, manager, default_name: str) -> FluxControlNet:
+def resident_controlnet(model: FluxModel, request: GenerationRequest, engine: ToolEngine,
+                        default_name: str) -> FluxControlNet:
     """The ControlNet named by --controlnet-path (else `default_name`), loaded once in the model's dtype and
     quantized as the request asks (as mflux does: a FLUX.1 ControlNet is gigabytes)."""
     name = request.extra.get("controlnet_path") or default_name
     if name in ALIASES and is_demo_folder(model.folder):  # refused before a multi-GB download
         raise InvalidRequest(f"The ControlNet {name} is made for FLUX.1-dev and cannot drive the demo model "
                              f"{model.folder.name}; pick demo-canny or a FLUX.1 base model.")
-    controlnet = manager.auxiliary_model(name, lambda folder: quantize_model(load_controlnet(folder, model.dtype),
+    controlnet = engine.auxiliary_model(name, lambda folder: quantize_model(load_controlnet(folder, model.dtype),
                                                                              request.quantize),
                                          variant=f"{model.dtype} {request.quantize}-bit")
     made_for = (controlnet.config.hidden_size, controlnet.config.in_channels)
@@ -70,17 +72,17 @@ def controlnet_residuals(controlnet: FluxControlNet, control_latents: mx.array, 
     return residuals
 
 
-def controlnet_inputs(model: FluxModel, request: GenerationRequest, manager, control_image: Image.Image, *,
-                      tool: str, default_controlnet: str, default_strength: float) -> ToolInputs:
+def controlnet_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine, control_image: Image.Image,
+                      *, tool: str, default_controlnet: str, default_strength: float) -> ToolInputs:
     """ToolInputs for a request whose size is set: the prompt plus ControlNet residuals from `control_image`."""
     check_in_channels(model, packed_channels(model), tool, "base (dev or schnell)")
-    controlnet = resident_controlnet(model, request, manager, default_controlnet)
+    controlnet = resident_controlnet(model, request, engine, default_controlnet)
     # A base without a guidance embedding (schnell) still hands one to a ControlNet that has it.
     controlnet_guidance = tool_spec(request.tool).guidance if request.guidance is None else request.guidance
     if request.controlnet_strength is None:
         request = request.with_(controlnet_strength=default_strength)
     conditioning = prompt_conditioning(model, request)
-    control_latents = manager.encoded_image(model, control_image, request.width, request.height)  # once per image
+    control_latents = engine.encoded_image(model, control_image, request.width, request.height)  # once per image
     image_ids = image_position_ids(*latent_grid(request.height, request.width, model.vae_scale_factor))
     conditioning.control = controlnet_residuals(
         controlnet, control_latents, conditioning, image_ids, request.controlnet_strength, controlnet_guidance,

@@ -17,6 +17,7 @@ from mflux_core.images.masks import binarize_mask, describe_mask_problem, feathe
 from mflux_core.images.outpaint import outpaint_canvas, parse_padding
 from mflux_core.request import GenerationRequest, existing_file
 from mflux_core.sampling.latents import pack_latents
+from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import (
     check_in_channels, packed_channels, encode_pixels, prompt_conditioning, required_image, with_size,
 )
@@ -55,7 +56,7 @@ def fill_canvas(request: GenerationRequest) -> tuple[GenerationRequest, Image.Im
     return with_size(request, image), image, mask
 
 
-def build_inputs(model: FluxModel, request: GenerationRequest, manager=None) -> ToolInputs:
+def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
     check_in_channels(model, fill_channels(model), "Fill", "FLUX.1-Fill")
     request, image, mask_image = fill_canvas(request)
     mask = mask_at_size(mask_image, request.width, request.height)

@@ -3,6 +3,7 @@
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.request import GenerationRequest
+from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import (
     check_in_channels, packed_channels, encode_image, prompt_conditioning, required_image, with_size,
 )
@@ -10,7 +11,7 @@ from mflux_core.tools.common import (
 DEFAULT_IMAGE_STRENGTH = 0.4
 
 
-def build_inputs(model: FluxModel, request: GenerationRequest, manager=None) -> ToolInputs:
+def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
     check_in_channels(model, packed_channels(model), "text-to-image", "base (dev, schnell or Kontext)")
     if not request.image_path:
         request = with_size(request, native_side=model.native_side)

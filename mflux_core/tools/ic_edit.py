@@ -8,8 +8,9 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.request import GenerationRequest
+from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import required_image
-from mflux_core.tools.in_context import apply_request_loras, check_fill_model, in_context_inputs, with_lora
+from mflux_core.tools.in_context import check_fill_model, in_context_inputs, with_lora
 
 LORA = "RiverZ/normal-lora/pytorch_lora_weights.safetensors"
 LORA_SCALE = 1.0
@@ -32,7 +33,7 @@ def panel_size(width: int, height: int) -> tuple[int, int]:
     return TRAINED_WIDTH, max(16, round(TRAINED_WIDTH * height / width) // 16 * 16)
 
 
-def build_inputs(model: FluxModel, request: GenerationRequest, manager=None) -> ToolInputs:
+def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
     check_fill_model(model, "IC-Edit")  # before its LoRA is applied
     reference = required_image(request.image_path, "a reference image", "--reference-image")
     request = request.with_(prompt=edit_prompt(request))
@@ -40,5 +41,5 @@ def build_inputs(model: FluxModel, request: GenerationRequest, manager=None) -> 
         width, height = panel_size(*reference.size)
         request = request.with_(width=request.width or width, height=request.height or height)
     request = with_lora(request, request.extra.get("ic_edit_lora") or LORA, LORA_SCALE)
-    apply_request_loras(model, request, manager)
+    engine.apply_loras(model, request)
     return in_context_inputs(model, request, reference, None, None, "IC-Edit")

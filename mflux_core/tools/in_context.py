@@ -62,14 +62,6 @@ def with_lora(request: GenerationRequest, path: str, scale: float = 1.0) -> Gene
     return request.with_(lora_paths=(*request.lora_paths, path), lora_scales=(*scales, scale))
 
 
-def apply_request_loras(model: FluxModel, request: GenerationRequest, manager) -> None:
-    """Make the resident transformer carry the request's LoRAs, the tool's own included.
-
-    The manager applies the user's LoRAs before the tool runs; a tool that adds one re-syncs here.
-    """
-    manager.lora_reports = manager.loras.sync(model.transformer, request.lora_paths, request.lora_scales)
-
-
 def check_fill_model(model: FluxModel, tool: str) -> None:
     check_in_channels(model, fill_channels(model), tool, "FLUX.1-Fill")
 

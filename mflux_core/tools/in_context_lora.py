@@ -9,8 +9,9 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.request import GenerationRequest
+from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import required_image, with_size
-from mflux_core.tools.in_context import apply_request_loras, check_fill_model, in_context_inputs, with_lora
+from mflux_core.tools.in_context import check_fill_model, in_context_inputs, with_lora
 from mflux_core.tools.specs import IN_CONTEXT_LORA_STYLES as LORA_STYLES
 
 LORA_REPO = "ali-vilab/In-Context-LoRA"
@@ -25,7 +26,7 @@ def style_lora(style: str) -> str:
     return f"{LORA_REPO}/{LORA_STYLES[style]}"
 
 
-def build_inputs(model: FluxModel, request: GenerationRequest, manager=None) -> ToolInputs:
+def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
     check_fill_model(model, "In-Context LoRA")  # before a style LoRA is applied
     reference = required_image(request.image_path, "a reference image (left panel)", "--image-path")
     if not request.prompt.strip():
@@ -35,5 +36,5 @@ def build_inputs(model: FluxModel, request: GenerationRequest, manager=None) -> 
     style = request.extra.get("lora_style")
     if style:
         request = with_lora(request, style_lora(style), float(request.extra.get("lora_style_scale", 1.0)))
-        apply_request_loras(model, request, manager)
+        engine.apply_loras(model, request)
     return in_context_inputs(model, request, reference, None, None, "In-Context LoRA")

@@ -12,6 +12,7 @@ from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.request import GenerationRequest, check_image_size
 from mflux_core.sampling.latents import image_position_ids
+from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import (
     check_in_channels, packed_channels, encode_image, prompt_conditioning, required_image, with_size,
 )
@@ -31,7 +32,7 @@ def reference_size(image: Image.Image, auto_resize: bool, multiple: int) -> tupl
     return width // multiple * multiple, height // multiple * multiple
 
 
-def build_inputs(model: FluxModel, request: GenerationRequest, manager=None) -> ToolInputs:
+def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
     check_in_channels(model, packed_channels(model), "Kontext", "FLUX.1-Kontext")
     reference = required_image(request.image_path, "a reference image", "--image-path")
     request = with_size(request, reference)

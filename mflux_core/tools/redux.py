@@ -32,6 +32,7 @@ from mflux_core.generation import ToolInputs
 from mflux_core.images.io import load_image
 from mflux_core.models.redux import ReduxEncoder, append_redux_tokens
 from mflux_core.request import GenerationRequest, existing_file
+from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import (
     check_in_channels, packed_channels, prompt_conditioning, with_size,
 )
@@ -46,10 +47,10 @@ def redux_images(request: GenerationRequest) -> list[Image.Image]:
     return [load_image(existing_file(path, "Redux image")) for path in request.redux_image_paths]
 
 
-def redux_encoder(model: FluxModel, request: GenerationRequest, manager) -> ReduxEncoder:
+def redux_encoder(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ReduxEncoder:
     """The Redux weights of `--redux-path` (else the published ones), checked against the transformer's text width."""
     name = request.extra.get("redux_path") or DEFAULT_WEIGHTS
-    encoder = manager.auxiliary_model(name, lambda folder: ReduxEncoder.from_folder(folder, dtype=model.dtype))
+    encoder = engine.auxiliary_model(name, lambda folder: ReduxEncoder.from_folder(folder, dtype=model.dtype))
     token_width = encoder.image_embedder.redux_down.weight.shape[0]
     if token_width != model.config.joint_attention_dim:
         raise ModelLoadError(
@@ -59,13 +60,13 @@ def redux_encoder(model: FluxModel, request: GenerationRequest, manager) -> Redu
     return encoder
 
 
-def build_inputs(model: FluxModel, request: GenerationRequest, manager) -> ToolInputs:
+def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
     check_in_channels(model, packed_channels(model), "Redux", "base (dev or schnell)")
     images = redux_images(request)
     strengths = request.redux_image_strengths or (DEFAULT_STRENGTH,) * len(images)
     request = with_size(request, native_side=model.native_side)
     request = request.with_(redux_image_strengths=strengths)
-    encoder = redux_encoder(model, request, manager)
+    encoder = redux_encoder(model, request, engine)
     # The encoder may be cached from a request in another dtype: the tokens follow this model's.
     tokens = [encoder.encode_image(image).astype(model.dtype) for image in images]
     conditioning = prompt_conditioning(model, request)

@@ -13,6 +13,7 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.request import GenerationRequest, check_image_size, snap_to_16
+from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import required_image
 from mflux_core.tools.controlnet_conditioning import controlnet_inputs, extra_number
 
@@ -35,8 +36,8 @@ def upscaled_size(request: GenerationRequest, image: Image.Image) -> GenerationR
     return request.with_(width=request.width or snap_to_16(width), height=request.height or snap_to_16(height))
 
 
-def build_inputs(model: FluxModel, request: GenerationRequest, manager) -> ToolInputs:
+def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
     path = request.image_path or request.controlnet_image_path  # mflux's upscaler takes --controlnet-image-path
     image = required_image(path, "an image to upscale", "--image-path")
-    return controlnet_inputs(model, upscaled_size(request, image), manager, image, tool="Upscale",
+    return controlnet_inputs(model, upscaled_size(request, image), engine, image, tool="Upscale",
                              default_controlnet="upscaler", default_strength=DEFAULT_STRENGTH)

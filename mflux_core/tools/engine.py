@@ -1,0 +1,24 @@
+"""ToolEngine: what a tool may ask of the engine beside its model (mflux_core.manager.ModelManager provides it)."""
+
+from pathlib import Path
+from typing import Callable, Protocol
+
+import mlx.core as mx
+from PIL import Image
+
+from mflux_core.flux_model import FluxModel
+from mflux_core.request import GenerationRequest
+
+
+class ToolEngine(Protocol):
+    def auxiliary_model(self, name: str, load: Callable[[Path], object], variant: str = "") -> object:
+        """A side model (ControlNet, Redux encoder, depth estimator) by alias, repo id or path, loaded once."""
+
+    def encoded_image(self, model: FluxModel, image: Image.Image, width: int, height: int) -> mx.array:
+        """Packed VAE latents of an input image at a size, reused while the same image comes back."""
+
+    def estimate_depth(self, photo: Image.Image) -> Image.Image:
+        """The depth map of a photo (near = bright), from the depth estimator."""
+
+    def apply_loras(self, model: FluxModel, request: GenerationRequest) -> None:
+        """Make the model's transformer carry exactly the request's LoRAs (a tool may add its own)."""
