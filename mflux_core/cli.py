@@ -2,31 +2,15 @@
 
 import argparse
 import json
-import random
 import sys
 from pathlib import Path
 
+from mflux_core.command_args import base_request, manager_from_args, output_path, read_prompt, seeds_to_run
 from mflux_core.concept.command import add_concept_parsers, run_concept
 from mflux_core.errors import StudioError
 from mflux_core.request import GenerationRequest
 from mflux_core.training.lora_command import add_train_parser, run_train
 
-# Flags whose value may come from --config-from-metadata when not given on the command line.
-REQUEST_FLAGS = {
-    "model": "model", "base_model": "base_model", "prompt": "prompt", "steps": "steps", "height": "height",
-    "width": "width", "guidance": "guidance", "image_path": "image_path", "image_strength": "image_strength",
-    "lora_paths": "lora_paths", "lora_scales": "lora_scales", "quantize": "quantize", "dtype": "dtype",
-    "init_noise": "init_noise_path", "max_sequence_length": "max_sequence_length",
-    "masked_image_path": "masked_image_path", "outpaint_padding": "outpaint_padding",
-    "depth_image_path": "depth_image_path",
-    "redux_image_paths": "redux_image_paths", "redux_image_strengths": "redux_image_strengths",
-    "controlnet_image_path": "controlnet_image_path", "controlnet_strength": "controlnet_strength",
-    "person_image": "image_path", "person_mask": "masked_image_path", "reference_image": "image_path",
-}
-# Tool-specific settings stored in GenerationRequest.extra: switches that are on, valued flags that are given.
-EXTRA_FLAGS = ("kontext_auto_resize", "redux_path", "controlnet_path", "controlnet_skip_canny", "canny_low",
-               "canny_high", "upscale_factor", "save_full_image", "lora_style", "garment_image_path", "instruction",
-               "ic_edit_lora")
 # Tools that supply their own prompt when none is given (CatVTON's trained prompt, IC-Edit's --instruction).
 PROMPT_OPTIONAL_TOOLS = ("catvton", "ic-edit")
 
@@ -67,14 +51,6 @@ def memory_budget_bytes(text: str) -> int:
         return budget_from_gb(text)
     except StudioError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def manager_from_args(args: argparse.Namespace, **settings):
-    """The ModelManager a command's flags ask for."""
-    from mflux_core.manager import ModelManager
-
-    return ModelManager(models_dir=Path(getattr(args, "models_dir", None) or "models"),
-                        low_ram=getattr(args, "low_ram", False), memory_budget_bytes=args.memory_budget, **settings)
 
 
 def at_least_one(text: str) -> int:
@@ -264,61 +240,6 @@ def save_model_folder(args: argparse.Namespace) -> Path:
     print(f"Saved {saved.folder} ({bits}; transformer {saved.transformer_bytes / 1e6:.1f} MB, "
           f"T5 {saved.t5_bytes / 1e6:.1f} MB)")
     return saved.folder
-
-
-def read_prompt(args: argparse.Namespace, fallback: str | None) -> str:
-    if args.prompt_file:
-        try:
-            return Path(args.prompt_file).read_text().strip()
-        except OSError as error:
-            raise StudioError(f"Cannot read the prompt file {args.prompt_file} ({error.strerror}).") from None
-    if args.prompt == "-":
-        return sys.stdin.read().strip()
-    if args.prompt is not None:
-        return args.prompt
-    if fallback is not None:
-        return fallback
-    raise StudioError("No prompt given: pass --prompt, --prompt-file or --config-from-metadata.")
-
-
-def base_request(args: argparse.Namespace) -> GenerationRequest:
-    """Settings from --config-from-metadata, overridden by every flag given on the command line."""
-    from mflux_core.metadata import read_metadata_file, request_from_metadata
-
-    request = GenerationRequest(tool=args.tool)
-    if args.config_from_metadata:
-        request = request_from_metadata(read_metadata_file(Path(args.config_from_metadata))).with_(tool=args.tool)
-    changes = {}
-    for flag, field_name in REQUEST_FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            changes[field_name] = tuple(value) if isinstance(value, list) else value
-    for switch in ("keep_unmasked", "vae_tiling"):
-        if getattr(args, switch, False):
-            changes[switch] = True
-    given = {name: getattr(args, name, None) for name in EXTRA_FLAGS}
-    extra = {name: value for name, value in given.items() if value is not None and value is not False}
-    if extra:
-        changes["extra"] = {**request.extra, **extra}
-    if args.path:
-        changes["model"] = args.path
-    return request.with_(**changes)
-
-
-def seeds_to_run(args: argparse.Namespace, metadata_seed: int) -> list[int]:
-    if args.auto_seeds:
-        rng = random.SystemRandom()
-        return [rng.randrange(2**32) for _ in range(args.auto_seeds)]
-    if args.seed:
-        return list(args.seed)
-    return [metadata_seed]
-
-
-def output_path(template: str, seed: int, several: bool) -> Path:
-    if "{seed}" in template:
-        return Path(template.replace("{seed}", str(seed)))
-    path = Path(template)
-    return path.with_name(f"{path.stem}_seed_{seed}{path.suffix or '.png'}") if several else path
 
 
 def step_reporter(manager, stepwise: Path, seed: int):
