@@ -22,7 +22,9 @@ from PIL import Image
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.outpaint import parse_padding
 from mflux_core.metadata import A1111_KEY, JSON_KEY, MAX_METADATA_CHARS, request_from_metadata
-from mflux_core.request import MAX_SEED, MAX_SIDE, MAX_STEPS, REQUEST_SETTINGS, TOOLS, GenerationRequest, is_finite_number
+from mflux_core.request import (
+    MAX_SEED, MAX_SIDE, MAX_STEPS, REQUEST_SETTINGS, TOOLS, GenerationRequest, is_finite_number,
+)
 from mflux_core.settings_schema import (
     MAX_BATCH, MAX_LIST_ITEMS, SEED, Setting, checked, fragment, number, problems, schema, text,
 )
@@ -72,6 +74,7 @@ class Preset:
 # ----- validation ---------------------------------------------------------------------------
 
 MODEL_NAME = "a model name (alias, models-folder name or owner/repo), not a path"
+PADDING = "pixels or percentages such as 64 or 0,25%,0,25%"
 
 
 def _model_problem(value) -> str | None:
@@ -85,7 +88,7 @@ def _padding_problem(value) -> str | None:
     try:
         parse_padding(value, 1024, 1024)
     except InvalidRequest:
-        return "must be pixels or percentages such as 64 or 0,25%,0,25%"
+        return f"must be {PADDING}"
 
 
 def _lora_name_problem(value) -> str | None:
@@ -125,7 +128,7 @@ PRESET_SETTINGS: dict[str, Setting] = {
     "model": _model_name("The model"),
     "base_model": _model_name("The base model"),
     "seed": SEED.optional(),
-    "outpaint_padding": checked(text("The outpaint padding"), _padding_problem, "pixels or percentages").optional(),
+    "outpaint_padding": checked(text("The outpaint padding"), _padding_problem, PADDING).optional(),
     "lora_paths": checked(text("LoRA"), _lora_name_problem, "a LoRA library name").listed(),
     "extra": checked(Setting("The setting extra", dict, "an object"), _extra_problem,
                      f"an object with at most {MAX_EXTRA_KEYS} keys"),

@@ -14,6 +14,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError, create_model
 from pydantic_core import PydanticCustomError
 
+from mflux_core.errors import InvalidRequest
+
 MAX_SIDE = 4096  # pixels a side of any image the engine works on at full size (outputs, canvases, references)
 MAX_PIXELS = MAX_SIDE * MAX_SIDE  # pixels in all of such an image
 MAX_INPUT_PIXELS = 8192 * 8192  # an input image that is resized before use; a larger file is refused undecoded
@@ -158,8 +160,6 @@ def sentence(error: dict, settings: dict[str, Setting]) -> str:
         return f"{label} is {len(value):,} characters long; the limit is {limit:,}."
     if kind in ("too_long", "tuple_type"):
         return f"{label} must be a list of at most {MAX_LIST_ITEMS} items, not {_shown(value)}."
-    if kind == "dict_type":
-        return f"{label} must be an object of named values, not {_shown(value)}."
     return f"{label} must be {setting.kind or setting.accepts}, not {_shown(value)}."
 
 
@@ -175,6 +175,14 @@ def fragment(error: dict, settings: dict[str, Setting]) -> str:
     if inside and setting.each:
         return f"'{key}' has an item that {phrase}: {_shown(error['input'])}"
     return f"'{key}' {phrase}"
+
+
+def parsed(model: type[BaseModel], values: dict, settings: dict[str, Setting]) -> dict:
+    """`values` checked, with the defaults of those not given; InvalidRequest with the first problem's sentence."""
+    try:
+        return dict(model.model_validate(values))
+    except ValidationError as error:
+        raise InvalidRequest(sentence(error.errors(include_url=False)[0], settings)) from None
 
 
 def problems(model: type[BaseModel], values: dict, settings: dict[str, Setting], words=sentence) -> list[str]:
