@@ -22,7 +22,7 @@ TOOLS = ("generate", "fill", "depth", "kontext", "controlnet", "upscale", "redux
 class GenerationRequest:
     tool: str = "generate"
     model: str | None = None  # alias, repo id or local folder
-    base_model: str | None = None  # for third-party derivatives: "schnell" or "dev"
+    base_model: str | None = None  # for third-party derivatives: "schnell", "dev", another model or a folder
     prompt: str = ""
     seed: int = 0
     steps: int | None = None  # None: the model's default (schnell 4, otherwise 25)

@@ -75,6 +75,8 @@ def number(label: str, low: int, high: int, whole: bool = False, below: bool = F
 
 def choice(label: str, options) -> Setting:
     """One of `options`, of their type (a float or a bool is not the whole number 8)."""
+    options = tuple(options)
+
     def validate(value):
         if value not in options:
             raise PydanticCustomError("not_a_choice", "not one of the choices")
@@ -121,7 +123,7 @@ def side(label: str) -> Setting:
 
 
 class Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid")
 
 
 def schema(name: str, settings: dict[str, Setting], defaults: dict[str, Any]) -> type[BaseModel]:
@@ -147,6 +149,7 @@ def sentence(error: dict, settings: dict[str, Setting]) -> str:
         label = setting.label
     if kind == REFUSED:
         return f"{label} {error['msg']}."
+    # an int too large for a float is a number, but not a finite one
     if kind == "finite_number" or (kind == "float_type" and isinstance(value, int) and not isinstance(value, bool)):
         return f"{label} must be a finite number, not {_shown(value)}."
     if kind in ("greater_than_equal", "less_than_equal", "less_than"):
