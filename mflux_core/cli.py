@@ -2,27 +2,18 @@
 
 import argparse
 import json
-import random
 import sys
 from pathlib import Path
 
+from mflux_core.command_args import base_request, manager_from_args, output_path, read_prompt, seeds_to_run
 from mflux_core.concept.command import add_concept_parsers, run_concept
 from mflux_core.errors import StudioError
 from mflux_core.request import GenerationRequest
-from mflux_core.tools.specs import EXTRA, REQUEST, TOOL_SPECS, ToolSpec, tool_spec
+from mflux_core.tools.specs import TOOL_SPECS, ToolSpec, tool_spec
 from mflux_core.training.lora_command import add_train_parser, run_train
 
-# The shared flags whose value may come from --config-from-metadata when not given on the command line (the
-# tools' own flags are in their specs: mflux_core/tools/specs.py).
-REQUEST_FLAGS = {
-    "model": "model", "base_model": "base_model", "prompt": "prompt", "steps": "steps", "height": "height",
-    "width": "width", "guidance": "guidance", "lora_paths": "lora_paths", "lora_scales": "lora_scales",
-    "quantize": "quantize", "dtype": "dtype", "init_noise": "init_noise_path",
-    "max_sequence_length": "max_sequence_length",
-}
 FLAG_TYPES = {"text": {}, "number": {"type": float}, "paths": {"nargs": "+"}, "numbers": {"nargs": "+", "type": float},
               "switch": {"action": "store_true"}}
-TOOL_FLAGS = {flag.name: flag for spec in TOOL_SPECS.values() for flag in spec.flags}  # every tool's, by dest
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -61,14 +52,6 @@ def memory_budget_bytes(text: str) -> int:
         return budget_from_gb(text)
     except StudioError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def manager_from_args(args: argparse.Namespace, **settings):
-    """The ModelManager a command's flags ask for."""
-    from mflux_core.manager import ModelManager
-
-    return ModelManager(models_dir=Path(getattr(args, "models_dir", None) or "models"),
-                        low_ram=getattr(args, "low_ram", False), memory_budget_bytes=args.memory_budget, **settings)
 
 
 def at_least_one(text: str) -> int:
@@ -179,67 +162,6 @@ def save_model_folder(args: argparse.Namespace) -> Path:
     print(f"Saved {saved.folder} ({bits}; transformer {saved.transformer_bytes / 1e6:.1f} MB, "
           f"T5 {saved.t5_bytes / 1e6:.1f} MB)")
     return saved.folder
-
-
-def read_prompt(args: argparse.Namespace, fallback: str | None) -> str:
-    if args.prompt_file:
-        try:
-            return Path(args.prompt_file).read_text().strip()
-        except OSError as error:
-            raise StudioError(f"Cannot read the prompt file {args.prompt_file} ({error.strerror}).") from None
-    if args.prompt == "-":
-        return sys.stdin.read().strip()
-    if args.prompt is not None:
-        return args.prompt
-    if fallback is not None:
-        return fallback
-    raise StudioError("No prompt given: pass --prompt, --prompt-file or --config-from-metadata.")
-
-
-def base_request(args: argparse.Namespace) -> GenerationRequest:
-    """Settings from --config-from-metadata, overridden by every flag given on the command line."""
-    from mflux_core.metadata import read_metadata_file, request_from_metadata
-
-    request = GenerationRequest(tool=args.tool)
-    if args.config_from_metadata:
-        request = request_from_metadata(read_metadata_file(Path(args.config_from_metadata))).with_(tool=args.tool)
-    changes = {}
-    for flag, field_name in REQUEST_FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            changes[field_name] = tuple(value) if isinstance(value, list) else value
-    if args.vae_tiling:
-        changes["vae_tiling"] = True
-    extra = {}
-    for flag in TOOL_FLAGS.values():
-        value = getattr(args, flag.name, None)
-        if value is None or value is False:
-            continue
-        if flag.into == REQUEST:
-            changes[flag.name] = tuple(value) if isinstance(value, list) else value
-        elif flag.into == EXTRA:
-            extra[flag.name] = value
-    if extra:
-        changes["extra"] = {**request.extra, **extra}
-    if args.path:
-        changes["model"] = args.path
-    return request.with_(**changes)
-
-
-def seeds_to_run(args: argparse.Namespace, metadata_seed: int) -> list[int]:
-    if args.auto_seeds:
-        rng = random.SystemRandom()
-        return [rng.randrange(2**32) for _ in range(args.auto_seeds)]
-    if args.seed:
-        return list(args.seed)
-    return [metadata_seed]
-
-
-def output_path(template: str, seed: int, several: bool) -> Path:
-    if "{seed}" in template:
-        return Path(template.replace("{seed}", str(seed)))
-    path = Path(template)
-    return path.with_name(f"{path.stem}_seed_{seed}{path.suffix or '.png'}") if several else path
 
 
 def step_reporter(manager, stepwise: Path, seed: int):

@@ -23,8 +23,10 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.images.outpaint import parse_padding
 from mflux_core.metadata import A1111_KEY, JSON_KEY, MAX_METADATA_CHARS, request_from_metadata
 from mflux_core.request import (
-    DTYPES, MAX_PROMPT_CHARS, MAX_SEED, MAX_SEQUENCE_LENGTH, MAX_SIDE, MAX_STEPS, QUANTIZE_BITS, TOOLS,
-    GenerationRequest, is_finite_number,
+    MAX_SEED, MAX_SIDE, MAX_STEPS, REQUEST_SETTINGS, TOOLS, GenerationRequest, is_finite_number,
+)
+from mflux_core.settings_schema import (
+    MAX_BATCH, MAX_LIST_ITEMS, SEED, Setting, checked, fragment, number, problems, schema, text,
 )
 
 FORMAT_VERSION = 1
@@ -32,9 +34,7 @@ MAX_PRESET_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 4  # preset -> settings -> extra -> a list value
 MAX_NAME_CHARS = 64
 MAX_DESCRIPTION_CHARS = 500
-MAX_LIST_ITEMS = 8
 MAX_EXTRA_KEYS = 32
-MAX_BATCH = 16
 
 INPUT_PATH_FIELDS = frozenset({
     "image_path", "masked_image_path", "depth_image_path", "controlnet_image_path", "redux_image_paths",
@@ -73,66 +73,26 @@ class Preset:
 
 # ----- validation ---------------------------------------------------------------------------
 
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _optional(check):
-    return lambda value: None if value is None else check(value)
+MODEL_NAME = "a model name (alias, models-folder name or owner/repo), not a path"
+PADDING = "pixels or percentages such as 64 or 0,25%,0,25%"
 
 
-def _int_in(low: int, high: int):
-    def check(value):
-        if not _is_int(value) or not low <= value <= high:
-            return f"must be a whole number from {low} to {high}"
-    return check
+def _model_problem(value) -> str | None:
+    if len(value) > 200 or not _MODEL_NAME.match(value) or ".." in value:
+        return f"must be {MODEL_NAME}"
 
 
-def _number_in(low: float, high: float, high_open: bool = False):
-    def check(value):
-        if not is_finite_number(value) or value < low or (value >= high if high_open else value > high):
-            return f"must be a number from {low} to {'below ' if high_open else ''}{high}"
-    return check
-
-
-def _check_side(value):
-    if not _is_int(value) or not 16 <= value <= MAX_SIDE or value % 16:
-        return f"must be a multiple of 16 from 16 to {MAX_SIDE}"
-
-
-def _check_model(value):
-    if not isinstance(value, str) or len(value) > 200 or not _MODEL_NAME.match(value) or ".." in value:
-        return "must be a model name (alias, models-folder name or owner/repo), not a path"
-
-
-def _check_prompt(value):
-    if not isinstance(value, str) or len(value) > MAX_PROMPT_CHARS:
-        return f"must be text of at most {MAX_PROMPT_CHARS:,} characters"
-
-
-def _check_padding(value):
-    if not isinstance(value, str) or len(value) > 100:
+def _padding_problem(value) -> str | None:
+    if len(value) > 100:
         return "must be text such as 64 or 0,25%,0,25%"
     try:
         parse_padding(value, 1024, 1024)
     except InvalidRequest:
-        return "must be pixels or percentages such as 64 or 0,25%,0,25%"
+        return f"must be {PADDING}"
 
 
-def _list_of(check_item, what: str):
-    def check(value):
-        if not isinstance(value, (list, tuple)) or len(value) > MAX_LIST_ITEMS:
-            return f"must be a list of at most {MAX_LIST_ITEMS} {what}"
-        for item in value:
-            problem = check_item(item)
-            if problem:
-                return f"has an item that {problem}: {str(item)[:40]!r}"
-    return check
-
-
-def _check_lora_name(value):
-    if not isinstance(value, str) or len(value) > 120 or not _LORA_NAME.match(value) or ".." in value:
+def _lora_name_problem(value) -> str | None:
+    if len(value) > 120 or not _LORA_NAME.match(value) or ".." in value:
         return "must be a LoRA library name, not a path"
 
 
@@ -140,13 +100,13 @@ def _is_path_key(key: str) -> bool:
     return key.endswith(("_path", "_paths"))
 
 
-def _check_extra(value):
-    if not isinstance(value, dict) or len(value) > MAX_EXTRA_KEYS:
+def _extra_problem(value: dict) -> str | None:
+    if len(value) > MAX_EXTRA_KEYS:
         return f"must be an object with at most {MAX_EXTRA_KEYS} keys"
     for key, item in value.items():
         if not _EXTRA_KEY.match(str(key)):
             return f"has a bad key {str(key)[:40]!r} (lowercase letters, digits and _ only)"
-        if _is_path_key(key) and (not isinstance(item, str) or _check_model(item)):
+        if _is_path_key(key) and (not isinstance(item, str) or _model_problem(item)):
             return f"{key} must name a model (alias, models-folder name or owner/repo), not a file"
         scalars = item if isinstance(item, list) else [item]
         if isinstance(item, list) and len(item) > MAX_LIST_ITEMS:
@@ -157,59 +117,38 @@ def _check_extra(value):
                 return f"{key} must be a number, true/false, short text or a list of those"
 
 
-def _check_choice(choices):
-    def check(value):
-        if isinstance(value, bool) or value not in choices:
-            return f"must be one of {', '.join(map(str, choices))}"
-    return check
+def _model_name(label: str) -> Setting:
+    return checked(text(label), _model_problem, MODEL_NAME).optional()
 
 
-_CHECKS = {
-    "tool": _check_choice(TOOLS),
-    "model": _optional(_check_model),
-    "base_model": _optional(_check_choice(("schnell", "dev"))),
-    "prompt": _check_prompt,
-    "seed": _optional(_int_in(0, MAX_SEED)),
-    "steps": _optional(_int_in(1, MAX_STEPS)),
-    "width": _optional(_check_side),
-    "height": _optional(_check_side),
-    "guidance": _optional(_number_in(0, 100)),
-    "image_strength": _optional(_number_in(0, 1, high_open=True)),
-    "keep_unmasked": lambda v: None if isinstance(v, bool) else "must be true or false",
-    "outpaint_padding": _optional(_check_padding),
-    "controlnet_strength": _optional(_number_in(0, 2)),
-    "redux_image_strengths": _list_of(_number_in(0, 1), "strengths"),
-    "lora_paths": _list_of(_check_lora_name, "LoRA names"),
-    "lora_scales": _list_of(_number_in(-4, 4), "scales"),
-    "quantize": _optional(_check_choice(QUANTIZE_BITS)),
-    "dtype": _optional(_check_choice(DTYPES)),
-    "max_sequence_length": _optional(_int_in(1, MAX_SEQUENCE_LENGTH)),
-    "vae_tiling": lambda v: None if isinstance(v, bool) else "must be true or false",
-    "extra": _check_extra,
-    "batch_count": _int_in(1, MAX_BATCH),
+# The request's settings, less its input files; what a preset names (models, LoRAs, side models in `extra`)
+# is named, never a path. A preset's seed may be null: a random one each run.
+PRESET_SETTINGS: dict[str, Setting] = {
+    **{key: setting for key, setting in REQUEST_SETTINGS.items() if key not in INPUT_PATH_FIELDS},
+    "model": _model_name("The model"),
+    "base_model": _model_name("The base model"),
+    "seed": SEED.optional(),
+    "outpaint_padding": checked(text("The outpaint padding"), _padding_problem, PADDING).optional(),
+    "lora_paths": checked(text("LoRA"), _lora_name_problem, "a LoRA library name").listed(),
+    "extra": checked(Setting("The setting extra", dict, "an object"), _extra_problem,
+                     f"an object with at most {MAX_EXTRA_KEYS} keys"),
+    "batch_count": number("Images", 1, MAX_BATCH, whole=True),
 }
-assert set(_CHECKS) == set(SETTING_FIELDS) | set(UI_FIELDS), "every setting needs a check"
+assert set(PRESET_SETTINGS) == set(SETTING_FIELDS) | set(UI_FIELDS), "every setting needs a check"
+_SCHEMA = schema("PresetSettings", PRESET_SETTINGS, dict.fromkeys(PRESET_SETTINGS))
 
 
 def settings_problems(settings) -> list[str]:
-    """Every problem with a settings object, as short sentences; empty when it is usable."""
+    """Every problem with a settings object, as short phrases; empty when it is usable."""
     if not isinstance(settings, dict):
         return ["'settings' must be an object"]
-    problems = []
-    for key in settings:
-        if key in INPUT_PATH_FIELDS:
-            problems.append(f"'{key}' is an input file path; presets hold settings only")
-        elif key not in _CHECKS:
-            problems.append(f"unknown setting '{str(key)[:40]}'")
-    for key, value in settings.items():
-        check = _CHECKS.get(key)
-        problem = check(value) if check else None
-        if problem:
-            problems.append(f"'{key}' {problem}")
+    inputs = [key for key in settings if key in INPUT_PATH_FIELDS]
+    found = [f"'{key}' is an input file path; presets hold settings only" for key in inputs]
+    found += problems(_SCHEMA, {k: v for k, v in settings.items() if k not in inputs}, PRESET_SETTINGS, fragment)
     loras, scales = settings.get("lora_paths") or [], settings.get("lora_scales") or []
-    if not problems and scales and len(scales) != len(loras):
-        problems.append(f"{len(loras)} LoRAs but {len(scales)} scales")
-    return problems
+    if not found and scales and len(scales) != len(loras):
+        found.append(f"{len(loras)} LoRAs but {len(scales)} scales")
+    return found
 
 
 def validate_settings(settings) -> dict:
@@ -349,10 +288,11 @@ def settings_from_request(request: GenerationRequest) -> dict:
     settings = {k: values[k] for k in SETTING_FIELDS}
     settings["lora_paths"] = [Path(p).stem if p.endswith(".safetensors") else p for p in settings["lora_paths"]]
     settings["extra"] = {k: v for k, v in settings["extra"].items()  # side models by name stay; input files go
-                         if not (_is_path_key(k) and (not isinstance(v, str) or _check_model(v)))}
-    if settings["model"] and _check_model(settings["model"]):  # a folder path: keep its name, as in a models folder
-        name = Path(settings["model"]).name
-        settings["model"] = None if _check_model(name) else name
+                         if not (_is_path_key(k) and (not isinstance(v, str) or _model_problem(v)))}
+    for key in ("model", "base_model"):  # a folder path: keep its name, as in a models folder
+        if settings[key] and _model_problem(settings[key]):
+            name = Path(settings[key]).name
+            settings[key] = None if _model_problem(name) else name
     return settings
 
 

@@ -3,26 +3,25 @@
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
+from pydantic_core import PydanticCustomError
 
 from mflux_core.errors import InvalidRequest
+from mflux_core.settings_schema import (  # the limits are imported from here too
+    DTYPES, GUIDANCE, LORA_SCALE, MAX_INPUT_PIXELS, MAX_PIXELS, MAX_PROMPT_CHARS, MAX_SEED, MAX_SEQUENCE_LENGTH,
+    MAX_SIDE, MAX_STEPS, QUANTIZE, QUANTIZE_BITS, SEED, SEQUENCE_LENGTH, STEPS, Setting, choice, number, problems,
+    schema, side, switch, text,
+)
 from mflux_core.tools.specs import TOOL_NAMES as TOOLS
-
-MAX_SIDE = 4096  # pixels a side of any image the engine works on at full size (outputs, canvases, references)
-MAX_PIXELS = MAX_SIDE * MAX_SIDE  # pixels in all of such an image
-MAX_INPUT_PIXELS = 8192 * 8192  # an input image that is resized before use; a larger file is refused undecoded
-MAX_STEPS = 500
-MAX_PROMPT_CHARS = 20_000
-MAX_SEED = 2**32 - 1
-DTYPES = ("float32", "bfloat16", "float16")
-QUANTIZE_BITS = (3, 4, 5, 6, 8)
-MAX_SEQUENCE_LENGTH = 512  # T5 tokens FLUX.1 was trained with
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
     tool: str = "generate"
     model: str | None = None  # alias, repo id or local folder
-    base_model: str | None = None  # for third-party derivatives: "schnell" or "dev"
+    base_model: str | None = None  # for third-party derivatives: "schnell", "dev", another model or a folder
     prompt: str = ""
     seed: int = 0
     steps: int | None = None  # None: the model's default (schnell 4, otherwise 25)
@@ -50,36 +49,11 @@ class GenerationRequest:
 
     def validated(self) -> "GenerationRequest":
         """Return this request if every value is usable; otherwise raise InvalidRequest naming the value."""
-        if self.tool not in TOOLS:
-            raise InvalidRequest(f"Unknown tool {self.tool!r}; choose one of {', '.join(TOOLS)}.")
-        _check_prompt(self.prompt)
-        _check_types(self)
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise InvalidRequest(f"{name.capitalize()} must be a whole number of pixels, not {value!r}.")
-            if not 16 <= value <= MAX_SIDE:
-                raise InvalidRequest(f"{name.capitalize()} {value} is out of range: use 16 to {MAX_SIDE} pixels.")
-            if value % 16:
-                raise InvalidRequest(
-                    f"{name.capitalize()} {value} is not a multiple of 16; try {max(16, round(value / 16) * 16)}."
-                )
+        refusals = problems(_SCHEMA, {name: getattr(self, name) for name in self.field_names()}, REQUEST_SETTINGS)
+        if refusals:
+            raise InvalidRequest(refusals[0])
         if self.width is not None and self.height is not None:
             check_image_size(self.width, self.height, "The requested image")
-        if self.steps is not None and not (isinstance(self.steps, int) and 1 <= self.steps <= MAX_STEPS):
-            raise InvalidRequest(f"Steps must be a whole number from 1 to {MAX_STEPS}, not {self.steps!r}.")
-        if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
-            raise InvalidRequest(f"Seed must be a whole number from 0 to {MAX_SEED}, not {self.seed!r}.")
-        if self.guidance is not None and not 0 <= self.guidance <= 100:
-            raise InvalidRequest(f"Guidance {self.guidance} is out of range: use 0 to 100.")
-        if self.image_strength is not None and not 0 <= self.image_strength < 1:
-            raise InvalidRequest(
-                f"Image strength {self.image_strength} is out of range: use 0 (ignore the image) up to below 1."
-            )
-        if self.controlnet_strength is not None and not 0 <= self.controlnet_strength <= 2:
-            raise InvalidRequest(f"ControlNet strength {self.controlnet_strength} is out of range: use 0 to 2.")
         if self.lora_scales and len(self.lora_scales) != len(self.lora_paths):
             raise InvalidRequest(
                 f"{len(self.lora_paths)} LoRA paths but {len(self.lora_scales)} scales: give one scale per LoRA."
@@ -89,15 +63,6 @@ class GenerationRequest:
                 f"{len(self.redux_image_paths)} Redux images but {len(self.redux_image_strengths)} strengths: "
                 "give one strength per image."
             )
-        for strength in self.redux_image_strengths:
-            if not 0 <= strength <= 1:
-                raise InvalidRequest(f"Redux image strength {strength} is out of range: use 0 (ignore the image) to 1.")
-        if self.quantize is not None and self.quantize not in QUANTIZE_BITS:
-            raise InvalidRequest(f"Quantize must be one of {', '.join(map(str, QUANTIZE_BITS))} bits, not {self.quantize}.")
-        if self.dtype is not None and self.dtype not in DTYPES:
-            raise InvalidRequest(f"Dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}.")
-        if self.max_sequence_length is not None and not 1 <= self.max_sequence_length <= MAX_SEQUENCE_LENGTH:
-            raise InvalidRequest(f"The T5 sequence length must be from 1 to {MAX_SEQUENCE_LENGTH} tokens.")
         return self
 
     def with_(self, **changes) -> "GenerationRequest":
@@ -145,50 +110,6 @@ def snap_to_16(value: int) -> int:
     return max(16, min(MAX_SIDE, value // 16 * 16))
 
 
-def _check_prompt(prompt: str) -> None:
-    if not isinstance(prompt, str):
-        raise InvalidRequest("The prompt must be text.")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise InvalidRequest(f"The prompt is {len(prompt):,} characters long; the limit is {MAX_PROMPT_CHARS:,}.")
-
-
-_TEXT_FIELDS = ("model", "base_model", "image_path", "masked_image_path", "outpaint_padding", "depth_image_path",
-                "controlnet_image_path", "init_noise_path", "dtype")
-_NUMBER_FIELDS = {"guidance": "Guidance", "image_strength": "Image strength",
-                  "controlnet_strength": "ControlNet strength"}
-_NUMBER_LISTS = {"lora_scales": "A LoRA scale", "redux_image_strengths": "A Redux image strength"}
-
-
-def _check_types(request: GenerationRequest) -> None:
-    """Values from JSON (metadata, presets, API calls) can be of any type; later checks assume these."""
-    for name in _TEXT_FIELDS:
-        if not isinstance(getattr(request, name), (str, type(None))):
-            raise InvalidRequest(f"The setting {name} must be text, not {type(getattr(request, name)).__name__}.")
-    for name, label in _NUMBER_FIELDS.items():
-        if getattr(request, name) is not None:
-            check_finite(getattr(request, name), label)
-    for name in ("lora_paths", "redux_image_paths", *_NUMBER_LISTS):
-        values = getattr(request, name)
-        if not isinstance(values, (tuple, list)) or ("paths" in name and not all(isinstance(v, str) for v in values)):
-            raise InvalidRequest(f"The setting {name} must be a list of {'paths' if 'paths' in name else 'numbers'}.")
-    for name, label in _NUMBER_LISTS.items():
-        for value in getattr(request, name):
-            check_finite(value, label)
-    if not isinstance(request.extra, dict):
-        raise InvalidRequest("The setting extra must be an object of tool settings.")
-    for key, value in request.extra.items():  # tool settings such as canny_low: numbers must be finite
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            check_finite(value, f"The setting {key}")
-    for name in ("keep_unmasked", "vae_tiling"):
-        if not isinstance(getattr(request, name), bool):
-            raise InvalidRequest(f"The setting {name} must be true or false.")
-    length = request.max_sequence_length
-    if length is not None and (not isinstance(length, int) or isinstance(length, bool)):
-        raise InvalidRequest("The T5 sequence length must be a whole number of tokens.")
-    if request.quantize is not None and (not isinstance(request.quantize, int) or isinstance(request.quantize, bool)):
-        raise InvalidRequest(f"Quantize must be a whole number of bits, not {request.quantize!r:.40}.")
-
-
 def clean_prompt(prompt: str) -> str:
     """Drop control characters (except newlines and tabs) that tokenizers would choke on or hide."""
     return "".join(ch for ch in prompt if ch in "\n\t" or ch.isprintable())
@@ -201,3 +122,43 @@ def existing_file(path: str | None, what: str) -> Path | None:
     if not resolved.is_file():
         raise InvalidRequest(f"The {what} {path} does not exist or is not a file.")
     return resolved
+
+
+def _finite_if_number(value):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not is_finite_number(value):
+        raise PydanticCustomError("finite_number", "not a finite number")
+    return value
+
+
+REQUEST_SETTINGS: dict[str, Setting] = {
+    "tool": choice("The tool", TOOLS),
+    "model": text("The model").optional(),
+    "base_model": text("The base model").optional(),
+    "prompt": text("The prompt", MAX_PROMPT_CHARS),
+    "seed": SEED,
+    "steps": STEPS.optional(),
+    "width": side("Width").optional(),
+    "height": side("Height").optional(),
+    "guidance": GUIDANCE.optional(),
+    "image_path": text("The image path").optional(),
+    "image_strength": number("Image strength", 0, 1, below=True, low_note="(ignore the image)").optional(),
+    "masked_image_path": text("The mask path").optional(),
+    "keep_unmasked": switch("The setting keep_unmasked"),
+    "outpaint_padding": text("The outpaint padding").optional(),
+    "depth_image_path": text("The depth image path").optional(),
+    "controlnet_image_path": text("The control image path").optional(),
+    "controlnet_strength": number("ControlNet strength", 0, 2).optional(),
+    "redux_image_paths": text("Redux image path").listed(),
+    "redux_image_strengths": number("Redux image strength", 0, 1, low_note="(ignore the image)").listed(),
+    "lora_paths": text("LoRA path").listed(),
+    "lora_scales": LORA_SCALE.listed(),
+    "quantize": QUANTIZE.optional(),
+    "dtype": choice("Dtype", DTYPES).optional(),
+    "init_noise_path": text("The initial noise path").optional(),
+    "max_sequence_length": SEQUENCE_LENGTH.optional(),
+    "vae_tiling": switch("The setting vae_tiling"),
+    "extra": Setting("The setting extra", dict[str, Annotated[Any, AfterValidator(_finite_if_number)]],
+                     accepts="an object of tool settings"),
+}
+assert set(REQUEST_SETTINGS) == set(GenerationRequest.field_names()), "every request field needs a setting"
+_SCHEMA = schema("GenerationRequestSchema", REQUEST_SETTINGS, {})

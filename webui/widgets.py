@@ -14,12 +14,12 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.models.vae import FLUX_SIDE
 from mflux_core.registry import ModelEntry
 from mflux_core.request import MAX_SEED, MAX_SIDE, QUANTIZE_BITS, check_finite
+from mflux_core.settings_schema import MAX_BATCH, MAX_LORA_SCALE
 from mflux_core.tools.specs import TOOL_SPECS
 
 ASPECT_RATIOS = {"1:1": (1, 1), "4:3": (4, 3), "3:4": (3, 4), "3:2": (3, 2), "2:3": (2, 3), "16:9": (16, 9),
                  "9:16": (9, 16), "21:9": (21, 9)}
 MAX_LORAS = 3
-MAX_BATCH = 16
 QUANTIZE_OFF = "off"
 QUANTIZE_CHOICES = [QUANTIZE_OFF] + [str(bits) for bits in sorted(QUANTIZE_BITS, reverse=True)]
 
@@ -208,7 +208,7 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
             with gr.Row():
                 controls[f"lora_{i}"] = gr.Dropdown(choices, value=NO_LORA, label=f"LoRA {i}",
                                                     elem_id=f"{prefix}-lora-{i}", scale=3)
-                controls[f"lora_scale_{i}"] = gr.Slider(-2, 2, 1.0, step=0.05, label="Scale",
+                controls[f"lora_scale_{i}"] = gr.Slider(-MAX_LORA_SCALE, MAX_LORA_SCALE, 1.0, step=0.05, label="Scale",
                                                         elem_id=f"{prefix}-lora-scale-{i}", scale=2)
         controls["quantize"] = gr.Radio(QUANTIZE_CHOICES, value=QUANTIZE_OFF, label="Quantize (bits)",
                                         elem_id=f"{prefix}-quantize")

@@ -3,6 +3,8 @@
 import argparse
 from pathlib import Path
 
+from mflux_core.command_args import base_request, manager_from_args, output_path, read_prompt, seeds_to_run
+
 
 def add_concept_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("concept attention")
@@ -29,7 +31,6 @@ def add_concept_parsers(tools, add_tool_parser) -> None:
 
 
 def run_concept(args: argparse.Namespace) -> list[Path]:
-    from mflux_core.cli import base_request, manager_from_args, output_path, read_prompt, seeds_to_run
     from mflux_core.concept.run import ConceptSettings, concepts_from_image, generate_with_concepts, save_concept_result
 
     request = base_request(args).with_(tool="generate")

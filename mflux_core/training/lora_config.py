@@ -25,36 +25,81 @@ crops the centre (and says which images it changed); false refuses images of ano
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mflux_core.errors import InvalidRequest
-from mflux_core.request import MAX_SEED, MAX_SIDE, QUANTIZE_BITS
+from mflux_core.settings_schema import (
+    GUIDANCE, QUANTIZE, SEED, SEQUENCE_LENGTH, STEPS, Setting, choice, number, parsed, schema, side, switch, text,
+)
 
 BLOCK_KINDS = ("transformer_blocks", "single_transformer_blocks")
 OPTIMIZERS = ("AdamW",)
+OBJECT = Setting("", dict, "a JSON object")  # a section: it is read on its own
+LIST = Setting("", list, "a list")  # checked item by item where it is read
+SECTIONS = ("training_loop", "optimizer", "save", "instrumentation", "lora_layers", "examples")
 
 
-def _known(section: dict, allowed: tuple[str, ...], where: str) -> dict:
-    if not isinstance(section, dict):
-        raise InvalidRequest(f"The training config's {where} must be a JSON object.")
-    unknown = sorted(set(section) - set(allowed))
-    if unknown:
-        raise InvalidRequest(f"The training config has unknown keys in {where}: {', '.join(unknown)} "
-                             f"(known: {', '.join(allowed)}).")
-    return section
+class Section:
+    """One JSON object of the config: its settings (the request's own where a request has the same setting) and
+    their defaults. Messages name a setting by where it is ("optimizer.learning_rate"); a key it does not
+    know is an error, never a silently ignored setting."""
+
+    def __init__(self, where: str, settings: dict[str, Setting], defaults: dict):
+        self.where = where
+        prefix = f"The training config's {where + '.' if where else ''}"
+        self.settings = {key: replace(setting, label=prefix + key) for key, setting in settings.items()}
+        self.model = schema(f"TrainingConfig {where or 'top level'}", settings, defaults)
+
+    def read(self, values) -> dict:
+        """The section's values, with defaults for those not given; InvalidRequest names the first problem."""
+        where = self.where or "the top level"
+        if not isinstance(values, dict):
+            raise InvalidRequest(f"The training config's {where} must be a JSON object.")
+        unknown = sorted(set(values) - set(self.settings))
+        if unknown:
+            raise InvalidRequest(f"The training config has unknown keys in {where}: {', '.join(unknown)} "
+                                 f"(known: {', '.join(self.settings)}).")
+        return parsed(self.model, values, self.settings)
 
 
-def _number(section: dict, key: str, where: str, default=None, kind=float, low=None, high=None):
-    value = section.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        wanted = "a whole number" if kind is int else "a number"
-        raise InvalidRequest(f"The training config's {where}.{key} must be {wanted}, not {value!r}.")
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise InvalidRequest(f"The training config's {where}.{key} is {value}; use {low} to {high}.")
-    return kind(value)
+def _count(high: int) -> Setting:
+    return number("", 1, high, whole=True)
+
+
+# Settings are labelled by the Section that holds them, so they are made here without a label ("").
+TOP = Section("", {
+    "model": text("").optional(), "base_model": text("").optional(), "quantize": QUANTIZE.optional(), "seed": SEED,
+    "width": side(""), "height": side(""), "guidance": GUIDANCE, "max_sequence_length": SEQUENCE_LENGTH,
+    **dict.fromkeys(SECTIONS, OBJECT),
+}, {"model": None, "base_model": None, "quantize": None, "seed": 0, "width": 512, "height": 512, "guidance": 1.0,
+    "max_sequence_length": 512, **dict.fromkeys(SECTIONS, {})})
+LOOP = Section("training_loop", {"steps": _count(10**7).optional(), "num_epochs": _count(10**6).optional(),
+                                 "batch_size": _count(64)},
+               {"steps": None, "num_epochs": None, "batch_size": 1})
+OPTIMIZER = Section("optimizer", {"name": choice("", OPTIMIZERS), "learning_rate": number("", 0, 1),
+                                  "weight_decay": number("", 0, 1)},
+                    {"name": "AdamW", "learning_rate": 1e-4, "weight_decay": 0.01})
+SAVE = Section("save", {"output_path": text(""), "checkpoint_frequency": _count(10**7)},
+               {"output_path": "train_output", "checkpoint_frequency": 100})
+WATCH = Section("instrumentation", {"validation_prompt": text("").optional(),
+                                    "validation_frequency": _count(10**7).optional(),
+                                    "validation_steps": STEPS.optional(), "validation_seed": SEED},
+                {"validation_prompt": None, "validation_frequency": None, "validation_steps": None,
+                 "validation_seed": 42})
+LORA = Section("lora_layers", {"rank": _count(1024), "alpha": number("", 1e-6, 10**6).optional(),
+                               **dict.fromkeys(BLOCK_KINDS, OBJECT.optional())},
+               {"rank": 16, "alpha": None, **dict.fromkeys(BLOCK_KINDS)})
+LAYERS = {kind: Section(f"lora_layers.{kind}", {"blocks": LIST.optional(), "block_range": OBJECT.optional(),
+                                                "layer_types": LIST.optional()},
+                        dict.fromkeys(("blocks", "block_range", "layer_types")))
+          for kind in BLOCK_KINDS}
+SPANS = {kind: Section(f"lora_layers.{kind}.block_range", {"start": number("", 0, 10_000, whole=True).optional(),
+                                                           "end": number("", 1, 10_000, whole=True).optional()},
+                       {"start": None, "end": None})
+         for kind in BLOCK_KINDS}
+EXAMPLES = Section("examples", {"path": text(""), "resize": switch(""), "images": LIST.optional()},
+                   {"path": ".", "resize": True, "images": None})
 
 
 @dataclass(frozen=True)
@@ -67,7 +112,7 @@ class LayerSelection:
     @classmethod
     def from_dict(cls, kind: str, section: dict) -> "LayerSelection":
         where = f"lora_layers.{kind}"
-        _known(section, ("blocks", "block_range", "layer_types"), where)
+        LAYERS[kind].read(section)
         if ("blocks" in section) == ("block_range" in section):
             raise InvalidRequest(f"The training config's {where} needs exactly one of blocks (a list of indices) "
                                  "or block_range ({\"start\": a, \"end\": b}).")
@@ -78,9 +123,7 @@ class LayerSelection:
                 raise InvalidRequest(f"The training config's {where}.blocks must be a list of block indices from 0.")
             blocks = tuple(sorted(set(blocks)))
         else:
-            span = _known(section["block_range"], ("start", "end"), f"{where}.block_range")
-            start = _number(span, "start", f"{where}.block_range", kind=int, low=0, high=10_000)
-            end = _number(span, "end", f"{where}.block_range", kind=int, low=1, high=10_000)
+            start, end = SPANS[kind].read(section["block_range"]).values()
             if start is None or end is None or start >= end:
                 raise InvalidRequest(f"The training config's {where}.block_range needs start < end (end exclusive).")
             block_range = (start, end)
@@ -171,78 +214,49 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, raw: dict, folder: Path) -> "TrainingConfig":
-        top = _known(raw, ("model", "base_model", "quantize", "seed", "width", "height", "guidance",
-                           "max_sequence_length", "training_loop", "optimizer", "save", "instrumentation",
-                           "lora_layers", "examples"), "the top level")
-        model = top.get("model")
-        if not isinstance(model, str) or not model:
+        top = TOP.read(raw)
+        if not top["model"]:
             raise InvalidRequest("The training config needs a model (an alias such as dev, a repo id or a folder).")
-        quantize = top.get("quantize")
-        if quantize is not None and quantize not in QUANTIZE_BITS:
-            raise InvalidRequest(f"The training config's quantize must be one of {QUANTIZE_BITS}, not {quantize!r}.")
-        size = {key: _number(top, key, "top level", 512, int, 16, MAX_SIDE) for key in ("width", "height")}
-        for key, value in size.items():
-            if value % 16:
-                raise InvalidRequest(f"The training config's {key} {value} is not a multiple of 16.")
-
-        loop = _known(top.get("training_loop", {}), ("steps", "num_epochs", "batch_size"), "training_loop")
-        if ("steps" in loop) == ("num_epochs" in loop):
+        loop = LOOP.read(top["training_loop"])
+        if (loop["steps"] is None) == (loop["num_epochs"] is None):
             raise InvalidRequest("The training config's training_loop needs exactly one of steps or num_epochs.")
-        optimizer = _known(top.get("optimizer", {}), ("name", "learning_rate", "weight_decay"), "optimizer")
-        if optimizer.get("name", "AdamW") not in OPTIMIZERS:
-            raise InvalidRequest(f"The training config's optimizer.name must be one of {', '.join(OPTIMIZERS)}.")
-        save = _known(top.get("save", {}), ("output_path", "checkpoint_frequency"), "save")
-        output = save.get("output_path", "train_output")
-        if not isinstance(output, str) or not output:
+        optimizer, save = OPTIMIZER.read(top["optimizer"]), SAVE.read(top["save"])
+        watch = WATCH.read(top["instrumentation"])
+        if not save["output_path"]:
             raise InvalidRequest("The training config's save.output_path must be a folder name.")
-        watch = _known(top.get("instrumentation", {}), ("validation_prompt", "validation_frequency",
-                                                         "validation_steps", "validation_seed"), "instrumentation")
-        prompt = watch.get("validation_prompt")
-        if prompt is not None and not isinstance(prompt, str):
-            raise InvalidRequest("The training config's instrumentation.validation_prompt must be text.")
-        lora = _known(top.get("lora_layers", {}), ("rank", "alpha", *BLOCK_KINDS), "lora_layers")
-        layers = tuple(LayerSelection.from_dict(kind, lora[kind]) for kind in BLOCK_KINDS if kind in lora)
+        lora = LORA.read(top["lora_layers"])
+        layers = tuple(LayerSelection.from_dict(kind, lora[kind]) for kind in BLOCK_KINDS if lora[kind] is not None)
         if not layers:
             raise InvalidRequest("The training config's lora_layers must choose transformer_blocks and/or "
                                  "single_transformer_blocks to adapt.")
-        rank = _number(lora, "rank", "lora_layers", 16, int, 1, 1024)
-        examples, resize = cls._examples(top.get("examples"), folder)
+        examples, resize = cls._examples(top["examples"], folder)
         return cls(
-            folder=folder, model=model, base_model=top.get("base_model"), quantize=quantize,
-            seed=_number(top, "seed", "top level", 0, int, 0, MAX_SEED), width=size["width"], height=size["height"],
-            guidance=_number(top, "guidance", "top level", 1.0, float, 0, 100),
-            max_sequence_length=_number(top, "max_sequence_length", "top level", 512, int, 1, 512),
-            steps=_number(loop, "steps", "training_loop", None, int, 1, 10**7),
-            num_epochs=_number(loop, "num_epochs", "training_loop", None, int, 1, 10**6),
-            batch_size=_number(loop, "batch_size", "training_loop", 1, int, 1, 64),
-            learning_rate=_number(optimizer, "learning_rate", "optimizer", 1e-4, float, 0, 1),
-            weight_decay=_number(optimizer, "weight_decay", "optimizer", 0.01, float, 0, 1),
-            output_path=(folder / Path(output).expanduser()).resolve(),
-            checkpoint_frequency=_number(save, "checkpoint_frequency", "save", 100, int, 1, 10**7),
-            validation_prompt=prompt,
-            validation_frequency=_number(watch, "validation_frequency", "instrumentation", None, int, 1, 10**7),
-            validation_steps=_number(watch, "validation_steps", "instrumentation", None, int, 1, 500),
-            validation_seed=_number(watch, "validation_seed", "instrumentation", 42, int, 0, MAX_SEED),
-            rank=rank, alpha=_number(lora, "alpha", "lora_layers", rank, float, 1e-6, 1e6), layers=layers,
-            resize_images=resize, examples=examples, raw=raw,
+            folder=folder, model=top["model"], base_model=top["base_model"], quantize=top["quantize"],
+            seed=top["seed"], width=top["width"], height=top["height"], guidance=top["guidance"],
+            max_sequence_length=top["max_sequence_length"], steps=loop["steps"], num_epochs=loop["num_epochs"],
+            batch_size=loop["batch_size"], learning_rate=optimizer["learning_rate"],
+            weight_decay=optimizer["weight_decay"],
+            output_path=(folder / Path(save["output_path"]).expanduser()).resolve(),
+            checkpoint_frequency=save["checkpoint_frequency"], validation_prompt=watch["validation_prompt"],
+            validation_frequency=watch["validation_frequency"], validation_steps=watch["validation_steps"],
+            validation_seed=watch["validation_seed"], rank=lora["rank"],
+            alpha=lora["rank"] if lora["alpha"] is None else lora["alpha"], layers=layers, resize_images=resize,
+            examples=examples, raw=raw,
         )
 
     @staticmethod
     def _examples(section, folder: Path) -> tuple[tuple[Example, ...], bool]:
-        section = _known(section if section is not None else {}, ("path", "resize", "images"), "examples")
-        base = folder / section.get("path", ".")
-        images = section.get("images")
+        section = EXAMPLES.read(section)
+        base = folder / section["path"]
+        images = section["images"]
         if not isinstance(images, list) or not images:
             raise InvalidRequest("The training config's examples.images must list at least one "
                                  "{\"image\": file, \"prompt\": text}.")
         examples = []
-        for number, item in enumerate(images, start=1):
-            _known(item, ("image", "prompt"), f"examples.images[{number}]")
-            if not isinstance(item.get("image"), str) or not isinstance(item.get("prompt"), str):
-                raise InvalidRequest(f"The training config's examples.images[{number}] needs an image file name and "
-                                     "a prompt, both text.")
+        for index, item in enumerate(images, start=1):
+            if not isinstance(item, dict) or set(item) != {"image", "prompt"} or not all(
+                    isinstance(value, str) for value in item.values()):
+                raise InvalidRequest(f"The training config's examples.images[{index}] needs an image file name and "
+                                     "a prompt, both text, and nothing else.")
             examples.append(Example((base / item["image"]).resolve(), item["prompt"]))
-        resize = section.get("resize", True)
-        if not isinstance(resize, bool):
-            raise InvalidRequest("The training config's examples.resize must be true or false.")
-        return tuple(examples), resize
+        return tuple(examples), section["resize"]

@@ -1,12 +1,14 @@
 """Where a model's files are: a local folder, a single BFL file, or a repo in the Hugging Face cache."""
 
-import json
 import math
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from huggingface_hub import constants
+from safetensors import SafetensorError, safe_open
 
 from mflux_core.errors import ModelLoadError, StudioError
 
@@ -51,12 +53,11 @@ class ModelSource:
 
 
 def is_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    """Whether downloads are off: huggingface_hub reads HF_HUB_OFFLINE once, when it is imported."""
+    return constants.HF_HUB_OFFLINE
 
 
 def hf_cache_dir() -> Path:
-    from huggingface_hub import constants
-
     return Path(constants.HF_HUB_CACHE)
 
 
@@ -223,26 +224,24 @@ def resident_bytes_of(files: list[Path], float_bytes: int) -> int:
     copy) or without a readable header is a ModelLoadError naming it, found before anything loads."""
     total = 0
     for path in files:
-        try:
-            with open(path, "rb") as handle:
-                header_size = int.from_bytes(handle.read(8), "little")
-                header = json.loads(handle.read(header_size)) if 0 < header_size < 100_000_000 else None
-            file_size = Path(path).stat().st_size
-        except (OSError, ValueError) as error:
-            raise ModelLoadError(f"Cannot read the weights file {path} ({error}).") from None
-        if not isinstance(header, dict):
-            raise ModelLoadError(f"{path} is not a safetensors file (no readable header).")
-        data_end = 0
-        for name, tensor in header.items():
-            if name == "__metadata__":
-                continue
-            data_end = max(data_end, tensor["data_offsets"][1])
-            elements = math.prod(tensor["shape"])
-            own = SAFETENSORS_DTYPE_BYTES.get(tensor["dtype"], 4)
-            total += elements * (float_bytes if tensor["dtype"].startswith(("F", "BF")) else own)
-        if 8 + header_size + data_end > file_size:
-            raise ModelLoadError(
-                f"The weights file {path} is incomplete: {file_size:,} bytes on disk, its header lists "
-                f"{8 + header_size + data_end:,} (an interrupted download or copy?)."
-            )
+        for dtype, shape in _tensor_specs(Path(path)):
+            own = SAFETENSORS_DTYPE_BYTES.get(dtype, 4)
+            total += math.prod(shape) * (float_bytes if dtype.startswith(("F", "BF")) else own)
     return total
+
+
+def _tensor_specs(path: Path) -> list[tuple[str, list[int]]]:
+    """(dtype, shape) of each tensor in a safetensors file, from its header; the data is not read."""
+    try:
+        with safe_open(path, framework="numpy") as weights:
+            slices = [weights.get_slice(name) for name in weights.keys()]
+            return [(tensor.get_dtype(), tensor.get_shape()) for tensor in slices]
+    except OSError as error:
+        raise ModelLoadError(f"Cannot read the weights file {path} ({error}).") from None
+    except SafetensorError as error:
+        if "incomplete" not in str(error).lower():  # safetensors says so when the data ends before the header's
+            raise ModelLoadError(f"{path} is not a safetensors file (no readable header).") from None
+        raise ModelLoadError(
+            f"The weights file {path} is incomplete: {path.stat().st_size:,} bytes on disk, fewer than its header "
+            "lists (an interrupted download or copy?)."
+        ) from None
