@@ -55,7 +55,7 @@ class JobBoard:
         return cancel is not None
 
 
-# changes(progress) -> the page's components and their new values
+# changes(progress) -> the page's components and their new values ({}: nothing to show)
 PageChanges = Callable[[Progress], dict]
 
 
@@ -73,7 +73,9 @@ def follow(work: Callable[[Report], object], cancel: threading.Event, changes: P
                 raise Cancelled(event.message)
             if isinstance(event, Failed):
                 raise event.error
-            yield changes(event)
+            update = changes(event)
+            if update:
+                yield update
 
 
 def progress_html(text: str, step: int = 0, total: int = 0, kind: str = "info") -> str:
@@ -81,12 +83,10 @@ def progress_html(text: str, step: int = 0, total: int = 0, kind: str = "info") 
     return f'<div class="studio-status studio-{kind}">{bar}<span>{html.escape(text)}</span></div>'
 
 
-def event_text(event: Downloading | Loading | Step, index: int, count: int) -> str:
-    """The status line of image `index` of `count` while it downloads, loads or steps."""
+def event_text(event: Downloading | Step, index: int, count: int) -> str:
+    """The status line of image `index` of `count` while it downloads or steps."""
     if isinstance(event, Downloading):
         return f"Downloading {event.model}: {event.done_bytes / 2**20:,.0f} of {event.total_bytes / 2**20:,.0f} MB"
-    if isinstance(event, Loading):
-        return f"Loading {event.what}…"
     parts = [f"Image {index} of {count}"] if count > 1 else []
     parts.append(f"step {event.step} of {event.total}")
     if event.seconds_per_step is not None:
@@ -95,21 +95,17 @@ def event_text(event: Downloading | Loading | Step, index: int, count: int) -> s
     return " · ".join(parts)
 
 
-def progress_bar(event: Downloading | Loading | Step) -> tuple[int, int]:
-    """(done, total) of the status line's bar: bytes while downloading, steps while stepping."""
-    if isinstance(event, Downloading):
-        return event.done_bytes, event.total_bytes
-    if isinstance(event, Step):
-        return event.step, event.total
-    return 0, 0
-
-
 def image_progress(view, index: int, count: int) -> PageChanges:
-    """Changes for an image job's progress: the status line with its bar, and the step's preview."""
+    """Changes for an image job's progress: the status line with its bar (bytes while downloading), and the
+    step's preview. While models load the status keeps saying "Preparing…"."""
 
     def changes(event: Downloading | Loading | Step) -> dict:
-        update = {view.status: progress_html(event_text(event, index, count), *progress_bar(event))}
-        if isinstance(event, Step) and event.preview is not None:
+        if isinstance(event, Loading):
+            return {}
+        if isinstance(event, Downloading):
+            return {view.status: progress_html(event_text(event, index, count), event.done_bytes, event.total_bytes)}
+        update = {view.status: progress_html(event_text(event, index, count), event.step, event.total)}
+        if event.preview is not None:
             update[view.preview] = event.preview
         return update
 
