@@ -100,7 +100,7 @@ class StepClock:
         return Step(step, total, preview, (now - started) / (step - first_step) if step > first_step else None)
 
 
-def stream(work: Callable[[Report], object], cancel: threading.Event, name: str = "studio-job") -> Iterator[Event]:
+def stream(work: Callable[[Report], object], cancel: threading.Event) -> Iterator[Event]:
     """Run `work(report)` on a worker thread; yield what it reports, then its outcome, always last.
 
     The job should stop when `cancel` is set; closing this iterator early (the page went away) sets it.
@@ -115,7 +115,7 @@ def stream(work: Callable[[Report], object], cancel: threading.Event, name: str 
         except BaseException as error:  # handed to the consumer's thread, which reports it
             events.put(Failed(error))
 
-    threading.Thread(target=run, name=name, daemon=True).start()
+    threading.Thread(target=run, name="studio-job", daemon=True).start()
     finished, waiting = False, None
     try:
         while not finished:

@@ -183,7 +183,8 @@ def test_concepts_from_an_image_run_only_the_chosen_steps(tiny_dev, tmp_path):
     photo.save(tmp_path / "photo.png")
     request = GenerationRequest(model=str(tiny_dev), prompt=PROMPT, steps=4, image_path=str(tmp_path / "photo.png"))
     events = []
-    result = concepts_from_image(ModelManager(), request, ConceptSettings(("circle",), (), (1, 3)), report=events.append)
+    result = concepts_from_image(ModelManager(), request, ConceptSettings(("circle",), (), (1, 3)),
+                                 report=events.append)
     assert [(event.step, event.total) for event in events if not isinstance(event, Loading)] == [(1, 2), (2, 2)]
     assert (result.layers, result.timesteps) == ((1,), (1, 3))
     assert result.image.size == (80, 64)  # the photo's size snapped to 16

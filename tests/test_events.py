@@ -56,7 +56,8 @@ def test_a_stop_ends_the_stream_after_the_current_step_and_the_next_job_runs(tin
 
     events = list(stream(work, cancel))
     assert events[-1] == Stopped("Stopped after step 3 of 6.")
-    assert [event.step for event in events if isinstance(event, Step)][-1] == 2  # step 3 ran; the stop came before its report
+    # step 3 ran, then the stop was seen before its report
+    assert [event.step for event in events if isinstance(event, Step)][-1] == 2
     assert not manager.status()["busy"]
 
     stopped_early = threading.Event()
