@@ -1,10 +1,11 @@
 """What a studio job tells its caller, as typed events, and the one place a job becomes an iterator of them.
 
-A job (`ModelManager.generate`, the concept maps, LoRA training) reports its progress to a `Report`
-function, on its own thread: downloads are reported from inside huggingface_hub's callbacks, so
-that is the only form that works without a second thread. A caller that wants an iterator (the
-page) runs the job through `stream`, which puts it on a worker thread and ends the events with
-the job's outcome: `Finished`, `Stopped` or `Failed`.
+A job (`ModelManager.generate`, the concept maps, LoRA training) hands its progress to a `Report`
+function as it runs, on the job's own thread. Its steps come from a generator (generation.run_tool
+yields a Step after each denoise step; `result_of` runs one to its end), but downloads are reported
+from inside huggingface_hub's callbacks, which cannot yield: hence a function. A caller that wants
+an iterator (the page) runs the job through `stream`, which puts it on a worker thread and ends the
+events with the job's outcome: `Finished`, `Stopped` or `Failed`.
 """
 
 import queue

@@ -210,7 +210,7 @@ class ProgressMeter:
         done = step - self.first_step
         per_step = (time.perf_counter() - self.started) / done if done > 0 else None
         return TrainingStep(step, self.total, loss, self.smoothed, per_step,
-                                per_step * (self.total - step) if per_step is not None else None, losses, **written)
+                            per_step * (self.total - step) if per_step is not None else None, losses, **written)
 
 
 def train_lora(
