@@ -3,6 +3,7 @@
 import threading
 
 import numpy as np
+from PIL import Image
 
 from mflux_core.errors import ModelLoadError
 from mflux_core.events import Failed, Finished, Loading, Step, Stopped, result_of, stream
@@ -114,3 +115,14 @@ def test_result_of_hands_each_event_on_and_returns_the_generators_value():
     seen = []
     assert result_of(job(), seen.append) == "image" and seen == [Step(1, 2), Step(2, 2)]
     assert result_of(job()) == "image"
+
+
+def test_the_cli_saves_each_steps_preview_from_the_reported_steps(tiny_schnell, tmp_path):
+    from tests.parity import run_cli
+
+    final = run_cli("generate", "--path", tiny_schnell, "--prompt", "a fox", "--steps", 2, "--width", SIZE,
+                    "--height", SIZE, "--output", tmp_path / "fox.png", "--stepwise-image-output-dir", tmp_path / "steps")
+    saved = sorted(path.name for path in (tmp_path / "steps").iterdir())
+    assert saved == ["seed_0_step_1of2.png", "seed_0_step_2of2.png"]
+    with Image.open(tmp_path / "steps" / saved[-1]) as last:  # a full decode every step: the last is the image
+        assert np.array_equal(np.asarray(last.convert("RGB")), np.asarray(final))
