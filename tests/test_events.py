@@ -120,8 +120,8 @@ def test_result_of_hands_each_event_on_and_returns_the_generators_value():
 def test_the_cli_saves_each_steps_preview_from_the_reported_steps(tiny_schnell, tmp_path):
     from tests.parity import run_cli
 
-    final = run_cli("generate", "--path", tiny_schnell, "--prompt", "a fox", "--steps", 2, "--width", SIZE,
-                    "--height", SIZE, "--output", tmp_path / "fox.png", "--stepwise-image-output-dir", tmp_path / "steps")
+    final = run_cli("generate", "--path", tiny_schnell, "--prompt", "a fox", "--steps", 2, "--width", SIZE, "--height",
+                    SIZE, "--output", tmp_path / "fox.png", "--stepwise-image-output-dir", tmp_path / "steps")
     saved = sorted(path.name for path in (tmp_path / "steps").iterdir())
     assert saved == ["seed_0_step_1of2.png", "seed_0_step_2of2.png"]
     with Image.open(tmp_path / "steps" / saved[-1]) as last:  # a full decode every step: the last is the image
