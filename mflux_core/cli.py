@@ -164,19 +164,21 @@ def save_model_folder(args: argparse.Namespace) -> Path:
     return saved.folder
 
 
-def step_reporter(manager, stepwise: Path, seed: int):
-    """on_step for --stepwise-image-output-dir: each step's image saved, download progress on stderr
-    (without an on_step the manager leaves downloads to huggingface_hub's own progress bars)."""
+def step_reporter(stepwise: Path, seed: int):
+    """The Report for --stepwise-image-output-dir: each step's image saved, download progress on stderr
+    (without a Report the manager leaves downloads to huggingface_hub's own progress bars)."""
+    from mflux_core.events import Downloading, Step
+
     stepwise.mkdir(parents=True, exist_ok=True)
 
-    def on_step(done: int, total: int, preview) -> None:
-        if manager.download is not None:
-            print(f"\rDownloading {manager.download['model']}: {done / 1e6:,.0f} of {total / 1e6:,.0f} MB",
+    def report(event) -> None:
+        if isinstance(event, Downloading):
+            print(f"\rDownloading {event.model}: {event.done_bytes / 1e6:,.0f} of {event.total_bytes / 1e6:,.0f} MB",
                   end="", file=sys.stderr, flush=True)
-        else:
-            preview.save(stepwise / f"seed_{seed}_step_{done}of{total}.png")
+        elif isinstance(event, Step):
+            event.preview.save(stepwise / f"seed_{seed}_step_{event.step}of{event.total}.png")
 
-    return on_step
+    return report
 
 
 def run(args: argparse.Namespace) -> list[Path]:
@@ -194,7 +196,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     written = []
     for seed in seeds:
         seeded = request.with_(seed=seed, prompt=read_prompt(args, request.prompt)).validated()
-        result = manager.generate(seeded, on_step=step_reporter(manager, stepwise, seed) if stepwise else None)
+        result = manager.generate(seeded, report=step_reporter(stepwise, seed) if stepwise else None)
         path = save_png_atomic(result.image, output_path(args.output, seed, len(seeds) > 1),
                                result.text_chunks, overwrite=True)
         if args.metadata:

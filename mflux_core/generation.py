@@ -2,13 +2,14 @@
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Generator
 
 import mlx.core as mx
 import numpy as np
 from PIL import Image
 
 from mflux_core.errors import Cancelled, InvalidRequest
+from mflux_core.events import Step, StepClock
 from mflux_core.flux_model import FluxModel
 from mflux_core.images.io import pixels_to_pil
 from mflux_core.request import GenerationRequest
@@ -19,8 +20,8 @@ from mflux_core.sampling.latents import (
 from mflux_core.sampling.loop import denoise
 from mflux_core.sampling.schedule import flux_sigmas, img2img_start_step
 
-# on_step(step done (1-based), total steps, packed latents after the step, latent grid (h, w))
-StepCallback = Callable[[int, int, mx.array, tuple[int, int]], None]
+# preview(step done (1-based), packed latents after the step, latent grid (h, w)) -> the image shown for it
+Preview = Callable[[int, mx.array, tuple[int, int]], Image.Image]
 
 
 @dataclass
@@ -46,9 +47,10 @@ def initial_noise(model: FluxModel, request: GenerationRequest, h: int, w: int) 
 def run_tool(
     model: FluxModel,
     inputs: ToolInputs,
-    on_step: StepCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
-) -> Image.Image:
+    preview: Preview | None = None,
+) -> Generator[Step, None, Image.Image]:
+    """Yields a Step after each denoise step (with a preview when given one); returns the decoded image."""
     request = inputs.request
     width, height = inputs.canvas or (request.width, request.height)
     h, w = latent_grid(height, width, model.vae_scale_factor)
@@ -66,12 +68,12 @@ def run_tool(
         sigma = float(np.float32(sigmas[start]))
         latents = sigma * latents + (1.0 - sigma) * inputs.start_image_latents
     image_ids = image_position_ids(h, w)
+    clock = StepClock()
     for i, latents in denoise(model.transformer, latents, sigmas, inputs.conditioning, image_ids, start):
         mx.eval(latents)
         if cancelled is not None and cancelled():
             raise Cancelled(f"Stopped after step {i + 1} of {steps}.")
-        if on_step is not None:
-            on_step(i + 1, steps, latents, (h, w))
+        yield clock.step(i + 1, steps, preview(i + 1, latents, (h, w)) if preview else None)
     image = decode_latents(model, latents, (h, w), forced_tiling=request.vae_tiling)
     return inputs.finish(image) if inputs.finish else image
 

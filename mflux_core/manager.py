@@ -18,7 +18,8 @@ from PIL import Image
 
 from mflux_core.backend import backend_name, resolve_dtype
 from mflux_core.flux_model import FluxModel
-from mflux_core.generation import decode_latents, run_tool
+from mflux_core.events import Downloading, Report, result_of
+from mflux_core.generation import Preview, decode_latents, run_tool
 from mflux_core.lora.resident import ResidentLoras
 from mflux_core.lru import LRU
 from mflux_core.memory import MemoryBudget
@@ -30,11 +31,6 @@ from mflux_core.resident import ResidentModels, stop_if_cancelled
 from mflux_core.sampling.previews import LatentPreviewer
 from mflux_core.tools.common import encode_image, tool_inputs
 from mflux_core.weights.resolve import DownloadCallback, ModelSource
-
-# on_step(step done, total, preview image or None). While a missing model downloads, the same
-# callback gets (bytes written, bytes of the files started so far, None); status()["download"] says so.
-ProgressCallback = Callable[[int, int, Image.Image | None], None]
-
 
 @dataclass
 class GenerationResult:
@@ -66,7 +62,7 @@ class ModelManager:
         self._previewer: LatentPreviewer | None = None
         self._encoded_images: LRU = LRU(4)  # VAE latents of input images (ControlNet control images)
         self.download: dict | None = None  # the download in progress: model, done_bytes, total_bytes
-        self._on_download: DownloadCallback | None = None  # set while a generation runs
+        self._on_download: DownloadCallback | None = None  # set while a job with a Report runs
 
     @property
     def models_dir(self) -> Path:
@@ -124,35 +120,44 @@ class ModelManager:
     def generate(
         self,
         request: GenerationRequest,
-        on_step: ProgressCallback | None = None,
+        report: Report | None = None,
         cancelled: Callable[[], bool] | None = None,
     ) -> GenerationResult:
-        """Generate one image; raises StudioError subclasses for anything the user can fix."""
+        """Generate one image, reporting Downloading, Loading and Step events (with previews) to `report`;
+        raises StudioError subclasses for anything the user can fix. events.stream() makes it an iterator."""
         request = self.locator.named(request.validated())
-        with self._lock:
-            if on_step is not None:  # without one, huggingface_hub draws its own progress bars
-                self._on_download = self._download_reporter(request.model, on_step, cancelled)
-            try:
-                return self._generate(request, on_step, cancelled)
-            finally:
-                self._on_download = None
-                self.download = None
-
-    def _download_reporter(self, model: str, on_step: ProgressCallback,
-                           cancelled: Callable[[], bool] | None) -> DownloadCallback:
-        def report(done_bytes: int, total_bytes: int) -> None:
-            stop_if_cancelled(cancelled, f"while downloading {model} (what arrived is kept; the next try resumes)")
-            self.download = {"model": model, "done_bytes": done_bytes, "total_bytes": total_bytes}
-            on_step(done_bytes, total_bytes, None)
-
-        return report
+        with self._lock, self._reporting(request.model, report, cancelled):
+            return self._generate(request, report, cancelled)
 
     @contextmanager
-    def session(self, request: GenerationRequest, cancelled: Callable[[], bool] | None = None) -> Iterator[FluxModel]:
+    def session(self, request: GenerationRequest, cancelled: Callable[[], bool] | None = None,
+                report: Report | None = None) -> Iterator[FluxModel]:
         """Exclusive use of the resident models, prepared for `request`: for jobs other than generate()
         (concept maps, training previews) that must not run beside a generation."""
-        with self._lock:
-            yield self._prepared_model(self.locator.named(request.validated()), cancelled)
+        request = self.locator.named(request.validated())
+        with self._lock, self._reporting(request.model, report, cancelled):
+            yield self._prepared_model(request, cancelled)
+
+    @contextmanager
+    def _reporting(self, model: str, report: Report | None, cancelled: Callable[[], bool] | None):
+        """While a job runs: its loads and downloads go to `report` (without one, huggingface_hub draws its
+        own progress bars)."""
+        if report is not None:
+            self.resident.report, self._on_download = report, self._download_reporter(model, report, cancelled)
+        try:
+            yield
+        finally:
+            self.resident.report = self._on_download = None
+            self.download = None
+
+    def _download_reporter(self, model: str, report: Report,
+                           cancelled: Callable[[], bool] | None) -> DownloadCallback:
+        def on_download(done_bytes: int, total_bytes: int) -> None:
+            stop_if_cancelled(cancelled, f"while downloading {model} (what arrived is kept; the next try resumes)")
+            self.download = {"model": model, "done_bytes": done_bytes, "total_bytes": total_bytes}
+            report(Downloading(model, done_bytes, total_bytes))
+
+        return on_download
 
     def _prepared_model(self, request: GenerationRequest, cancelled: Callable[[], bool] | None) -> FluxModel:
         """The request's model resident, with the request's LoRAs applied. Call with the lock held."""
@@ -164,7 +169,7 @@ class ModelManager:
         self.apply_loras(model, request)
         return model
 
-    def _generate(self, request: GenerationRequest, on_step: ProgressCallback | None,
+    def _generate(self, request: GenerationRequest, report: Report | None,
                   cancelled: Callable[[], bool] | None) -> GenerationResult:
         started = time.perf_counter()
         mx.reset_peak_memory()
@@ -172,8 +177,8 @@ class ModelManager:
         model = self._prepared_model(request, cancelled)
         inputs = tool_inputs(model, request, self)
         plan = self.resident.plan_run(model, inputs)
-        step_callback = self._step_callback(model, on_step) if on_step else None
-        image = run_tool(model, inputs, on_step=step_callback, cancelled=cancelled)
+        preview = self.step_preview(model) if report else None
+        image = result_of(run_tool(model, inputs, cancelled, preview), report)
         self.resident.record_memory(plan, others)
         request = inputs.request
         extras = {"steps": request.steps or model.default_steps, "guidance": inputs.conditioning.guidance}
@@ -185,17 +190,16 @@ class ModelManager:
             seconds=time.perf_counter() - started,
         )
 
-    def _step_callback(self, model: FluxModel, on_step: ProgressCallback):
+    def step_preview(self, model: FluxModel) -> Preview:
         """Previews for the UI: the cheap linear one, or a full VAE decode every `full_preview_every` steps."""
         previewer = self.previewer(model)
 
-        def callback(step: int, total: int, latents: mx.array, grid: tuple[int, int]) -> None:
+        def preview(step: int, latents: mx.array, grid: tuple[int, int]) -> Image.Image:
             if self.full_preview_every and step % self.full_preview_every == 0:
-                on_step(step, total, decode_latents(model, latents, grid))
-            else:
-                on_step(step, total, previewer(latents, grid))
+                return decode_latents(model, latents, grid)
+            return previewer(latents, grid)
 
-        return callback
+        return preview
 
     # ----- status ----------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import mlx.core as mx
 
 from mflux_core import loader
 from mflux_core.errors import Cancelled, InvalidRequest, ModelLoadError
+from mflux_core.events import Loading, Report
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.lru import LRU
@@ -95,10 +96,13 @@ class ResidentModels:
         self.events: list[LoadEvent] = []
         self.last_swap: dict | None = None  # the last transformer change: from, to, seconds
         self.last_memory: dict | None = None  # the last run's plan and measured peak
+        self.report: Report | None = None  # the running job's, told what loads
 
     # ----- loading -------------------------------------------------------------------------
 
     def _timed_load(self, kind: str, what: str, load: Callable, key=None):
+        if self.report is not None:
+            self.report(Loading(what))
         started = time.perf_counter()
         value = load()
         self.load_counts[kind] = self.load_counts.get(kind, 0) + 1

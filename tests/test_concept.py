@@ -14,6 +14,7 @@ from mflux_core.concept.run import (
     ConceptSettings, concepts_from_image, generate_with_concepts, heatmap_layers, heatmap_steps,
 )
 from mflux_core.errors import InvalidRequest
+from mflux_core.events import Loading
 from mflux_core.manager import ModelManager
 from mflux_core.models.transformer import FluxTransformer, FluxTransformerConfig, load_transformer
 from mflux_core.request import GenerationRequest
@@ -181,10 +182,10 @@ def test_concepts_from_an_image_run_only_the_chosen_steps(tiny_dev, tmp_path):
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8))
     photo.save(tmp_path / "photo.png")
     request = GenerationRequest(model=str(tiny_dev), prompt=PROMPT, steps=4, image_path=str(tmp_path / "photo.png"))
-    calls = []
+    events = []
     result = concepts_from_image(ModelManager(), request, ConceptSettings(("circle",), (), (1, 3)),
-                                 on_step=lambda done, total, _: calls.append((done, total)))
-    assert calls == [(1, 2), (2, 2)]
+                                 report=events.append)
+    assert [(event.step, event.total) for event in events if not isinstance(event, Loading)] == [(1, 2), (2, 2)]
     assert (result.layers, result.timesteps) == ((1,), (1, 3))
     assert result.image.size == (80, 64)  # the photo's size snapped to 16
     assert result.maps.shape == (1, 4, 5) and result.maps.min() == 0 and result.maps.max() == 1

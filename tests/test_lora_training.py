@@ -104,7 +104,7 @@ def test_an_interrupted_run_resumed_from_its_checkpoint_equals_an_uninterrupted_
     assert straight.checkpoint.name == "0000006_checkpoint.zip"
 
     seen = []
-    stopped = train_lora(write_config(tmp_path / "b", tiny_dev), on_progress=lambda p: seen.append(p.step),
+    stopped = train_lora(write_config(tmp_path / "b", tiny_dev), report=lambda p: seen.append(p.step),
                          cancelled=lambda: len(seen) >= 3)
     assert (stopped.step, stopped.finished, stopped.checkpoint.name) == (3, False, "0000003_checkpoint.zip")
     with zipfile.ZipFile(stopped.checkpoint) as archive:

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mflux_core.errors import Cancelled, ModelLoadError
+from mflux_core.events import Downloading, Loading, Step
 from mflux_core.manager import ModelManager
 from mflux_core.registry import list_models
 from mflux_core.request import GenerationRequest
@@ -143,13 +144,14 @@ def test_cancel_stops_within_one_step_and_leaves_the_models_usable(tiny_dev):
     stop = threading.Event()
     steps_seen = []
 
-    def on_step(step, total, preview):
-        steps_seen.append(step)
-        if step == 2:
-            stop.set()
+    def report(event):
+        if isinstance(event, Step):
+            steps_seen.append(event.step)
+            if event.step == 2:
+                stop.set()
 
     with pytest.raises(Cancelled, match="after step 3 of 6"):
-        manager.generate(request, on_step=on_step, cancelled=stop.is_set)
+        manager.generate(request, report=report, cancelled=stop.is_set)
     assert steps_seen == [1, 2]  # the flag was set during step 2's callback; step 3 was the last to run
     loads = dict(manager.resident.load_counts)
     assert np.array_equal(pixels(manager.generate(request)), fresh_pixels(request))
@@ -177,13 +179,13 @@ def test_concurrent_requests_are_serialised_and_both_succeed(tiny_dev, tiny_kont
     start = threading.Barrier(2)
 
     def work(name):
-        def on_step(step, total, preview):
+        def report(event):
             events.append(name)
             busy_seen.append(manager.status()["busy"])
 
         start.wait()
         try:
-            results[name] = pixels(manager.generate(requests[name], on_step=on_step))
+            results[name] = pixels(manager.generate(requests[name], report=report))
         except Exception as error:  # reported below
             errors.append(error)
 
@@ -225,9 +227,9 @@ def test_last_preview_correlates_with_the_final_image(tiny_dev):
     manager = ModelManager()
     finals, previews = [], []
     for seed in range(4):
-        seen = []
-        result = manager.generate(text_to_image(tiny_dev, seed=seed, steps=4, size=128),
-                                  on_step=lambda step, total, preview: seen.append(preview))
+        events = []
+        result = manager.generate(text_to_image(tiny_dev, seed=seed, steps=4, size=128), report=events.append)
+        seen = [event.preview for event in events if isinstance(event, Step)]
         assert len(seen) == 4 and seen[-1].size == result.image.size
         finals.append(block_luminance(result.image))
         previews.append(block_luminance(seen[-1]))
@@ -239,8 +241,9 @@ def test_last_preview_correlates_with_the_final_image(tiny_dev):
 
 def test_full_decode_previews_every_k_steps(tiny_dev):
     manager = ModelManager(full_preview_every=2)
-    seen = {}
-    result = manager.generate(text_to_image(tiny_dev, steps=4), on_step=lambda s, n, preview: seen.update({s: preview}))
+    events = []
+    result = manager.generate(text_to_image(tiny_dev, steps=4), report=events.append)
+    seen = {event.step: event.preview for event in events if isinstance(event, Step)}
     assert sorted(seen) == [1, 2, 3, 4]
     assert np.array_equal(np.asarray(seen[4]), pixels(result))  # the last full preview is the final image
 
@@ -338,7 +341,7 @@ def test_offline_and_not_cached_names_the_repo_and_the_cache(tmp_path, monkeypat
 # ----- downloads and the registry --------------------------------------------------------------
 
 
-def test_a_missing_repo_downloads_with_progress_through_on_step_and_can_be_cancelled(tiny_dev, tmp_path, monkeypatch):
+def test_a_missing_repo_downloads_with_progress_reported_and_can_be_cancelled(tiny_dev, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
@@ -348,25 +351,27 @@ def test_a_missing_repo_downloads_with_progress_through_on_step_and_can_be_cance
     manager = ModelManager(models_dir=tmp_path)
     calls, downloads_seen = [], []
 
-    def on_step(done, total, preview):
-        calls.append((done, total, preview))
-        downloads_seen.append(manager.status()["download"])
+    def report(event):
+        if not isinstance(event, Loading):
+            calls.append(event)
+            downloads_seen.append(manager.status()["download"])
 
     with serve_repo("acme/tiny-flux", tiny_dev) as endpoint:
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)
         url_template = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
         monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url_template)
         with pytest.raises(Cancelled, match="while downloading acme/tiny-flux"):  # at the first download report
-            manager.generate(text_to_image("acme/tiny-flux"), on_step=lambda *_: None, cancelled=cancelled_after(1))
+            manager.generate(text_to_image("acme/tiny-flux"), report=lambda _: None, cancelled=cancelled_after(1))
         assert manager.download is None and not manager.status()["busy"]
-        result = manager.generate(text_to_image("acme/tiny-flux"), on_step=on_step)
+        result = manager.generate(text_to_image("acme/tiny-flux"), report=report)
 
-    download = [(done, total) for (done, total, preview), seen in zip(calls, downloads_seen) if seen is not None]
-    steps = [call for call, seen in zip(calls, downloads_seen) if seen is None]
+    download = [(event.done_bytes, event.total_bytes) for event, seen in zip(calls, downloads_seen) if seen is not None]
+    steps = [event for event, seen in zip(calls, downloads_seen) if seen is None]
     assert len(download) > 1 and [d for d, _ in download] == sorted(d for d, _ in download)
     assert download[-1] == (repo_bytes, repo_bytes)
     assert all(done <= total for done, total in download)
-    assert [step for step, _, _ in steps] == [1, 2, 3] and calls[: len(download)] == [d + (None,) for d in download]
+    assert [event.step for event in steps] == [1, 2, 3] and all(isinstance(event, Step) for event in steps)
+    assert calls[: len(download)] == [Downloading("acme/tiny-flux", *d) for d in download]
     assert manager.status()["download"] is None
     assert np.array_equal(pixels(result), fresh_pixels(text_to_image(tiny_dev)))
     listed = {entry.name: entry for entry in list_models(tmp_path)}

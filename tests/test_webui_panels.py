@@ -2,6 +2,7 @@
 gallery, the status strip, the job wrapper (on a real tiny model) and the app's wiring."""
 
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -9,14 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mflux_core.errors import Cancelled, InvalidRequest
+from mflux_core.errors import InvalidRequest
+from mflux_core.events import Finished, Loading, Step, Stopped, stream
 from mflux_core.manager import GenerationResult, ModelManager
 from mflux_core.metadata import png_text_chunks
 from mflux_core.presets import settings_from_png, settings_from_request, validate_settings
 from mflux_core.registry import ModelEntry
 from mflux_core.request import GenerationRequest
 from webui import gallery
-from webui.jobs import JobBoard, StepUpdate, run_with_progress, step_text
+from webui.jobs import JobBoard, event_text
 from webui.panels import controlnet, depth, fill, generate, kontext, redux
 from webui.requests import InputStore, RequestContext, batch_seeds
 from webui.status import status_markdown
@@ -317,18 +319,21 @@ def test_status_strip_names_backend_memory_swap_and_download():
 def test_progress_streams_steps_and_stop_ends_within_one_step(tiny_schnell):
     manager = ModelManager(models_dir=tiny_schnell.parent)
     request = GenerationRequest(model=str(tiny_schnell), prompt="a fox", steps=3, width=32, height=32)
-    updates = list(run_with_progress(manager, request, threading.Event()))
-    steps, result = updates[:-1], updates[-1]
-    assert [u.step for u in steps] == [1, 2, 3] and all(isinstance(u, StepUpdate) for u in steps)
-    assert steps[-1].seconds_per_step > 0 and result.image.size == (32, 32)
-    assert "step 3 of 3" in step_text(steps[-1], 1, 1) and "Image 2 of 4" in step_text(steps[-1], 2, 4)
+    events = list(stream(lambda report: manager.generate(request, report), threading.Event()))
+    steps, finished = [e for e in events[:-1] if not isinstance(e, Loading)], events[-1]
+    assert [e.step for e in steps] == [1, 2, 3] and all(isinstance(e, Step) for e in steps)
+    assert isinstance(finished, Finished) and finished.result.image.size == (32, 32)
+    assert steps[-1].seconds_per_step > 0
+    assert "step 3 of 3" in event_text(steps[-1], 1, 1) and "Image 2 of 4" in event_text(steps[-1], 2, 4)
 
     cancel = threading.Event()
     seen = []
-    with pytest.raises(Cancelled, match="Stopped after step [12] of 8"):  # the step running when asked may finish
-        for update in run_with_progress(manager, request.with_(steps=8), cancel):
-            seen.append(update.step)
+    for event in stream(lambda report: manager.generate(request.with_(steps=8), report, cancel.is_set), cancel):
+        if isinstance(event, Step):
+            seen.append(event.step)
             cancel.set()
+    assert isinstance(event, Stopped)
+    assert re.search(r"Stopped after step [12] of 8", event.message)  # the step running when asked may finish
     assert seen[0] == 1 and len(seen) <= 2 and not manager.status()["busy"]
 
 

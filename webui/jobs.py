@@ -1,24 +1,25 @@
 """The one wrapper every panel's Run button goes through (Forge's idea, without its globals).
 
 It puts the job in the studio's single queue, turns the panel's values into requests, runs each
-through the ModelManager on a worker thread while streaming step count, time per step and a
-live preview to the page, saves every image with its metadata, and turns every failure into a
-readable message in the page: a StudioError's own sentence, or a one-line summary of a bug
+through the ModelManager on a worker thread (events.stream) while streaming step count, time per
+step and a live preview to the page, saves every image with its metadata, and turns every failure
+into a readable message in the page: a StudioError's own sentence, or a one-line summary of a bug
 (its traceback goes to the server log, never to the page). A refused input (InvalidRequest) also
-ends the event as an error, so a gradio_client call raises with the sentence.
+ends the event as an error, so a gradio_client call raises with the sentence. The concept and
+training panels run their own jobs through the same `page_job` and `follow`.
 """
 
 import html
 import logging
-import queue
 import threading
-import time
+from contextlib import closing
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Generator
 
 import gradio as gr
 
 from mflux_core.errors import Cancelled, InvalidRequest, StudioError
+from mflux_core.events import Downloading, Failed, Finished, Loading, Progress, Report, Step, Stopped, stream
 from mflux_core.request import GenerationRequest
 from webui.gallery import save_result
 
@@ -54,64 +55,27 @@ class JobBoard:
         return cancel is not None
 
 
-@dataclass
-class StepUpdate:
-    step: int  # while a model downloads: bytes written
-    total: int  # while a model downloads: bytes to write
-    preview: object  # PIL image or None
-    seconds_per_step: float | None
-    download: dict | None = None  # ModelManager.download while a missing model downloads
+# changes(progress) -> the page's components and their new values ({}: nothing to show)
+PageChanges = Callable[[Progress], dict]
 
 
-def run_with_progress(manager, request: GenerationRequest, cancel: threading.Event) -> Iterator:
-    """Yield StepUpdates while the manager generates on a worker thread, then the GenerationResult.
+def follow(work: Callable[[Report], object], cancel: threading.Event, changes: PageChanges) -> Generator:
+    """Run an engine job on a worker thread and yield `changes` of each progress event; returns its result.
 
-    The engine checks `cancel` after every step. If this generator is closed early (the page went
-    away), the engine is told to stop too.
+    A stop or a failure is raised here, on the page's thread, so that `page_job` reports it like the
+    page's own errors.
     """
-    updates: queue.Queue = queue.Queue()
-
-    def on_step(step: int, total: int, preview) -> None:
-        download = manager.download
-        updates.put(("step", (step, total, preview, time.perf_counter(), download)))
-
-    def work() -> None:
-        try:
-            updates.put(("done", manager.generate(request, on_step=on_step, cancelled=cancel.is_set)))
-        except BaseException as error:  # handed to the page's thread, which reports it
-            updates.put(("error", error))
-
-    threading.Thread(target=work, name="studio-generate", daemon=True).start()
-    first_step: tuple[int, float] | None = None
-    finished = False
-    try:
-        while True:
-            kind, payload = updates.get()
-            latest = None
-            while kind == "step":
-                latest = payload
-                try:
-                    kind, payload = updates.get_nowait()
-                except queue.Empty:
-                    kind = None
-            if latest is not None:
-                step, total, preview, now, download = latest
-                if download:
-                    yield StepUpdate(step, total, None, None, download)
-                else:
-                    first_step = first_step or (step, now)
-                    rate = (now - first_step[1]) / (step - first_step[0]) if step > first_step[0] else None
-                    yield StepUpdate(step, total, preview, rate)
-            if kind == "done":
-                finished = True
-                yield payload
-                return
-            if kind == "error":
-                finished = True
-                raise payload
-    finally:
-        if not finished:
-            cancel.set()
+    with closing(stream(work, cancel)) as events:
+        for event in events:
+            if isinstance(event, Finished):
+                return event.result
+            if isinstance(event, Stopped):
+                raise Cancelled(event.message)
+            if isinstance(event, Failed):
+                raise event.error
+            update = changes(event)
+            if update:
+                yield update
 
 
 def progress_html(text: str, step: int = 0, total: int = 0, kind: str = "info") -> str:
@@ -119,16 +83,33 @@ def progress_html(text: str, step: int = 0, total: int = 0, kind: str = "info") 
     return f'<div class="studio-status studio-{kind}">{bar}<span>{html.escape(text)}</span></div>'
 
 
-def step_text(update: StepUpdate, index: int, count: int) -> str:
-    if update.download:
-        return (f"Downloading {update.download['model']}: {update.step / 2**20:,.0f} of "
-                f"{update.total / 2**20:,.0f} MB")
+def event_text(event: Downloading | Step, index: int, count: int) -> str:
+    """The status line of image `index` of `count` while it downloads or steps."""
+    if isinstance(event, Downloading):
+        return f"Downloading {event.model}: {event.done_bytes / 2**20:,.0f} of {event.total_bytes / 2**20:,.0f} MB"
     parts = [f"Image {index} of {count}"] if count > 1 else []
-    parts.append(f"step {update.step} of {update.total}")
-    if update.seconds_per_step is not None:
-        parts.append(f"{update.seconds_per_step:.2f} s/step")
-        parts.append(f"about {update.seconds_per_step * (update.total - update.step):.0f} s left")
+    parts.append(f"step {event.step} of {event.total}")
+    if event.seconds_per_step is not None:
+        parts.append(f"{event.seconds_per_step:.2f} s/step")
+        parts.append(f"about {event.seconds_per_step * (event.total - event.step):.0f} s left")
     return " · ".join(parts)
+
+
+def image_progress(view, index: int, count: int) -> PageChanges:
+    """Changes for an image job's progress: the status line with its bar (bytes while downloading), and the
+    step's preview. While models load the status keeps saying "Preparing…"."""
+
+    def changes(event: Downloading | Loading | Step) -> dict:
+        if isinstance(event, Loading):
+            return {}
+        if isinstance(event, Downloading):
+            return {view.status: progress_html(event_text(event, index, count), event.done_bytes, event.total_bytes)}
+        update = {view.status: progress_html(event_text(event, index, count), event.step, event.total)}
+        if event.preview is not None:
+            update[view.preview] = event.preview
+        return update
+
+    return changes
 
 
 def error_text(error: Exception) -> str:
@@ -166,36 +147,23 @@ def studio_job(studio, view: JobView):
 
 
 def run_job(studio, view: JobView, build: RequestBuilder, values: dict, session: str):
-    cancel = studio.jobs.begin(session)
     saved: list[tuple[str, str]] = []
-    failure = None
-    try:
-        yield {view.status: progress_html("Preparing…")}
+
+    def work(cancel: threading.Event):
         requests = build(values, studio.request_context())
         for index, request in enumerate(requests, start=1):
             if request.tool not in studio.available_tools():
                 raise StudioError(f"The {request.tool} tool is not available in this version of the studio yet.")
-            for update in run_with_progress(studio.manager, request, cancel):
-                if isinstance(update, StepUpdate):
-                    changes = {view.status: progress_html(step_text(update, index, len(requests)),
-                                                          update.step, update.total)}
-                    if update.preview is not None:
-                        changes[view.preview] = update.preview
-                    yield changes
-                    continue
-                path = save_result(studio.folders.outputs, update)
-                saved.append((str(path), f"seed {update.request.seed} · {update.seconds:.1f} s"))
-                yield {view.preview: str(path)}
-        message, kind = f"Done: {_images(len(saved))} saved to {studio.folders.outputs}.", "done"
-    except Cancelled as stopped:
-        message, kind = f"{stopped} {_images(len(saved))} saved.", "stopped"
-    except Exception as error:  # the server must survive anything a user sends
-        failure, message, kind = error, error_text(error), "error"
-    finally:
-        studio.jobs.end(session, cancel)
+            result = yield from follow(lambda report: studio.manager.generate(request, report, cancel.is_set),
+                                       cancel, image_progress(view, index, len(requests)))
+            path = save_result(studio.folders.outputs, result)
+            saved.append((str(path), f"seed {result.request.seed} · {result.seconds:.1f} s"))
+            yield {view.preview: str(path)}
+        return f"Done: {_images(len(saved))} saved to {studio.folders.outputs}."
+
     # The results once, at the end: what a gradio_client call gets back, next to the status.
-    yield {view.status: progress_html(message, kind=kind), view.results: saved}
-    report_failure(failure, message)
+    yield from page_job(studio, session, view.status, work, final=lambda: {view.results: saved},
+                        stopped=lambda stop: f"{stop} {_images(len(saved))} saved.")
 
 
 def _images(count: int) -> str:
@@ -225,6 +193,30 @@ def report_failure(failure: Exception | None, message: str) -> None:
         raise gr.Error(message, print_exception=False)
     if failure is not None:
         gr.Warning(message)
+
+
+# work(cancel) yields changes for the page and returns the closing status line
+PageWork = Callable[[threading.Event], Generator[dict, None, str]]
+
+
+def page_job(studio, session: str, status: gr.HTML, work: PageWork, *, preparing: str = "Preparing…",
+             stopped: Callable[[Cancelled], str] = str, final: Callable[[], dict] = dict,
+             on_failure: Callable[[Exception | None, str], None] = report_failure):
+    """Run a panel's work as this session's job (Stop sets its cancel flag) and end it with one status line:
+    the work's own, the stop's sentence, or the failure's. `final()` adds the job's results to that last update."""
+    cancel = studio.jobs.begin(session)
+    failure = None
+    try:
+        yield {status: progress_html(preparing)}
+        message, kind = (yield from work(cancel)), "done"
+    except Cancelled as stop:
+        message, kind = stopped(stop), "stopped"
+    except Exception as error:  # the server must survive anything a user sends
+        failure, message, kind = error, error_text(error), "error"
+    finally:
+        studio.jobs.end(session, cancel)
+    yield {status: progress_html(message, kind=kind), **final()}
+    on_failure(failure, message)
 
 
 def safe_action(message_output, run: Callable, render: Callable[..., str] = progress_html) -> Callable:

@@ -19,6 +19,7 @@ from PIL import Image
 from mflux_core.concept.attention import ConceptRecorder, ConceptTokens
 from mflux_core.concept.heatmap import concept_maps, heatmap_image, overlay
 from mflux_core.errors import Cancelled, InvalidRequest
+from mflux_core.events import Report, Step, StepClock, result_of
 from mflux_core.generation import initial_noise, run_tool
 from mflux_core.images.io import save_png_atomic
 from mflux_core.metadata import png_text_chunks
@@ -33,10 +34,6 @@ from mflux_core.tools.common import (
 
 DEFAULT_LAYERS = (15, 16, 17, 18)  # double-stream blocks of the 19 in FLUX.1, as mflux; clamped to smaller models
 MAX_CONCEPTS = 16
-
-# on_step(step done, total, preview image or None)
-ProgressCallback = Callable[[int, int, Image.Image | None], None]
-
 
 @dataclass(frozen=True)
 class ConceptSettings:
@@ -111,11 +108,12 @@ def _result(image, settings, recorder, grid, request, text_chunks, started) -> C
 
 
 def generate_with_concepts(manager, request: GenerationRequest, settings: ConceptSettings,
-                           on_step: ProgressCallback | None = None, cancelled: Callable[[], bool] | None = None) -> ConceptResult:
-    """Generate like the `generate` tool (text-to-image, or image-to-image with image_path) and map the concepts."""
+                           report: Report | None = None, cancelled: Callable[[], bool] | None = None) -> ConceptResult:
+    """Generate like the `generate` tool (text-to-image, or image-to-image with image_path) and map the concepts;
+    reports what the manager's generate() reports."""
     request = request.with_(tool="generate").validated()
     started = time.perf_counter()
-    with manager.session(request, cancelled) as model:
+    with manager.session(request, cancelled, report) as model:
         inputs = tool_inputs(model, request, manager)
         request = inputs.request
         steps = request.steps or model.default_steps
@@ -125,14 +123,14 @@ def generate_with_concepts(manager, request: GenerationRequest, settings: Concep
         recorder = ConceptRecorder(model.transformer, concept_tokens(model.text_encoders, settings.concepts,
                                                                      request.max_sequence_length),
                                    layers, timesteps, first_step=first)
-        previewer = manager.previewer(model) if on_step else None
+        preview = manager.step_preview(model) if report else None
 
-        def step_done(step: int, total: int, latents: mx.array, grid: tuple[int, int]) -> None:
+        def step_done(step: Step) -> None:
             recorder.settle()
-            if on_step is not None:
-                on_step(step, total, previewer(latents, grid))
+            if report is not None:
+                report(step)
 
-        image = run_tool(replace(model, transformer=recorder), inputs, on_step=step_done, cancelled=cancelled)
+        image = result_of(run_tool(replace(model, transformer=recorder), inputs, cancelled, preview), step_done)
         extras = {"steps": steps, "guidance": inputs.conditioning.guidance,
                   "concept_attention": {"concepts": list(settings.concepts), "layers": list(layers),
                                         "timesteps": list(timesteps)}}
@@ -141,13 +139,14 @@ def generate_with_concepts(manager, request: GenerationRequest, settings: Concep
 
 
 def concepts_from_image(manager, request: GenerationRequest, settings: ConceptSettings,
-                        on_step: ProgressCallback | None = None,
+                        report: Report | None = None,
                         cancelled: Callable[[], bool] | None = None) -> ConceptResult:
-    """Map the concepts in the image at request.image_path (described by request.prompt)."""
+    """Map the concepts in the image at request.image_path (described by request.prompt); a Step (without a
+    preview) is reported after each chosen step."""
     request = request.with_(tool="generate").validated()
     photo = required_image(request.image_path, "an image to map the concepts in", "--image-path")
     started = time.perf_counter()
-    with manager.session(request, cancelled) as model:
+    with manager.session(request, cancelled, report) as model:
         check_in_channels(model, packed_channels(model), "concept attention", "base (dev or schnell)")
         request = resolved_request(model, with_size(request, photo))
         steps = request.steps or model.default_steps
@@ -161,6 +160,7 @@ def concepts_from_image(manager, request: GenerationRequest, settings: ConceptSe
         noise = pack_latents(initial_noise(model, request, *grid))
         sigmas = flux_sigmas(steps, clean.shape[1], model.scheduler_config)
         image_ids = image_position_ids(*grid)
+        clock = StepClock()
         for done, step in enumerate(timesteps, start=1):
             sigma = float(np.float32(sigmas[step]))
             recorder.step = step
@@ -169,8 +169,8 @@ def concepts_from_image(manager, request: GenerationRequest, settings: ConceptSe
             recorder.settle()
             if cancelled is not None and cancelled():
                 raise Cancelled(f"Stopped after step {done} of {len(timesteps)}.")
-            if on_step is not None:
-                on_step(done, len(timesteps), None)
+            if report is not None:
+                report(clock.step(done, len(timesteps)))
         shown = photo.convert("RGB").resize((request.width, request.height), Image.Resampling.BICUBIC)
         return _result(shown, settings, recorder, grid, request, {}, started)
 

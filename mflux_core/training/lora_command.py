@@ -14,10 +14,11 @@ def add_train_parser(tools, add_models_dir_flag) -> None:
     add_models_dir_flag(train)
 
 
-def print_progress(progress) -> None:
-    for what, path in (("checkpoint", progress.checkpoint), ("validation image", progress.validation_image)):
+def print_progress(step) -> None:
+    """The files a TrainingStep wrote (the loop draws its own progress bar)."""
+    for what, path in (("checkpoint", step.checkpoint), ("validation image", step.validation_image)):
         if path is not None:
-            print(f"step {progress.step}: saved {what} {path}", file=sys.stderr, flush=True)
+            print(f"step {step.step}: saved {what} {path}", file=sys.stderr, flush=True)
 
 
 def run_train(args: argparse.Namespace):
@@ -28,7 +29,7 @@ def run_train(args: argparse.Namespace):
     MemoryBudget(args.memory_budget)
     config = TrainingConfig.from_file(Path(args.train_config)) if args.train_config else None
     checkpoint = Path(args.train_checkpoint) if args.train_checkpoint else None
-    outcome = train_lora(config, checkpoint, on_progress=print_progress, models_dir=Path(args.models_dir),
+    outcome = train_lora(config, checkpoint, report=print_progress, models_dir=Path(args.models_dir),
                          progress_bar=True)
     first, last = (outcome.losses[0], outcome.losses[-1]) if outcome.losses else (float("nan"),) * 2
     print(f"{'Finished' if outcome.finished else 'Stopped'} at step {outcome.step} of {outcome.total} "

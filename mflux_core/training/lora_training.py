@@ -24,6 +24,7 @@ from PIL import Image
 
 from mflux_core.backend import resolve_dtype
 from mflux_core.errors import InvalidRequest
+from mflux_core.events import Report, TrainingStep, result_of
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs, run_tool
 from mflux_core.images.io import load_image, pil_to_pixels, save_png_atomic
@@ -56,19 +57,6 @@ class EncodedExamples:
     pooled: mx.array  # (n, pooled_dim) CLIP pooled outputs
     fingerprint: str  # of the image files' bytes and the prompts
     notes: list[str]  # what was done to the images (resizing)
-
-
-@dataclass
-class TrainingProgress:
-    step: int
-    total: int
-    loss: float
-    smoothed_loss: float
-    seconds_per_step: float | None
-    eta_seconds: float | None
-    losses: list[float]  # every step's loss so far, across resumes
-    validation_image: Path | None = None  # written at this step
-    checkpoint: Path | None = None  # written at this step
 
 
 @dataclass
@@ -216,23 +204,24 @@ class ProgressMeter:
         self.started = time.perf_counter()
         self.smoothed: float | None = None
 
-    def measure(self, step: int, loss: float, losses: list[float], **written) -> TrainingProgress:
+    def measure(self, step: int, loss: float, losses: list[float], **written) -> TrainingStep:
         self.smoothed = loss if self.smoothed is None else 0.9 * self.smoothed + 0.1 * loss
         done = step - self.first_step
         per_step = (time.perf_counter() - self.started) / done if done > 0 else None
-        return TrainingProgress(step, self.total, loss, self.smoothed, per_step,
-                                per_step * (self.total - step) if per_step is not None else None, losses, **written)
+        return TrainingStep(step, self.total, loss, self.smoothed, per_step,
+                            per_step * (self.total - step) if per_step is not None else None, losses, **written)
 
 
 def train_lora(
     config: TrainingConfig | None = None,
     checkpoint: Path | None = None,
-    on_progress: Callable[[TrainingProgress], None] | None = None,
+    report: Report | None = None,
     cancelled: Callable[[], bool] | None = None,
     models_dir: Path = Path("models"),
     progress_bar: bool = False,
 ) -> TrainingOutcome:
-    """Train (or resume) a LoRA; returns where the adapter, last checkpoint and loss curve are."""
+    """Train (or resume) a LoRA, reporting a TrainingStep after each step; returns where the adapter, last
+    checkpoint and loss curve are."""
     resumed = read_checkpoint(checkpoint) if checkpoint is not None else None
     config = resolve_training_config(config, resumed)
     total = config.total_steps()
@@ -269,7 +258,7 @@ def train_lora(
             return outcome.checkpoint
 
         def validate(step: int) -> Path:
-            image = run_tool(model, validation)
+            image = result_of(run_tool(model, validation))
             path = save_png_atomic(image, output / "validation" / f"{step:07d}.png", overwrite=True)
             outcome.validation_images.append(path)
             return path
@@ -283,8 +272,8 @@ def train_lora(
                 written["checkpoint"] = save_checkpoint_zip(step)
             if validation is not None and config.validation_frequency and step % config.validation_frequency == 0:
                 written["validation_image"] = validate(step)
-            if on_progress is not None:
-                on_progress(meter.measure(step, loss, losses, **written))
+            if report is not None:
+                report(meter.measure(step, loss, losses, **written))
             return cancelled is not None and cancelled()
 
         result = train(adapters, lambda _adapters, batch: flow_matching_loss(model.transformer, batch),

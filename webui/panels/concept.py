@@ -12,10 +12,10 @@ import gradio as gr
 from mflux_core.concept.run import (
     ConceptSettings, concepts_from_image, generate_with_concepts, save_concept_result,
 )
-from mflux_core.errors import Cancelled, InvalidRequest
+from mflux_core.errors import InvalidRequest
 from mflux_core.request import GenerationRequest
 from webui.gallery import result_path
-from webui.jobs import StepUpdate, error_text, progress_html, report_failure, run_with_progress, step_text
+from webui.jobs import follow, image_progress, page_job
 from webui.panels import Panel, input_image, result_column
 from webui.requests import RequestContext, requests_from_settings
 from webui.widgets import build_shared_controls, shared_settings, shared_values
@@ -62,23 +62,6 @@ def build_requests(values: dict, context: RequestContext) -> list[GenerationRequ
                                   image_path=context.inputs.save(image, "concept-image"))
 
 
-class ConceptEngine:
-    """What run_with_progress drives: the manager's generate, with concept maps."""
-
-    def __init__(self, manager, settings: ConceptSettings, from_image: bool):
-        self.manager, self.settings, self.from_image = manager, settings, from_image
-
-    @property
-    def download(self) -> dict | None:
-        """The manager's download in progress, which run_with_progress reports instead of steps."""
-        return self.manager.download
-
-    def generate(self, request: GenerationRequest, on_step=None, cancelled=None):
-        if self.from_image:
-            return concepts_from_image(self.manager, request, self.settings, on_step=on_step, cancelled=cancelled)
-        return generate_with_concepts(self.manager, request, self.settings, on_step=on_step, cancelled=cancelled)
-
-
 def save_to_outputs(outputs: Path, result, from_image: bool) -> list[tuple[str, str]]:
     """(path, caption) of what was written: the image (into the history unless it was uploaded), then the maps."""
     image_path = result_path(outputs, result.request.with_(tool=TOOL))
@@ -90,39 +73,24 @@ def save_to_outputs(outputs: Path, result, from_image: bool) -> list[tuple[str, 
 
 def run_concepts(studio, view, values: dict, session: str):
     """The Run handler: one result per seed, streamed like every studio job."""
-    cancel = studio.jobs.begin(session)
     saved: list[tuple[str, str]] = []
-    failure = None
-    try:
-        yield {view.status: progress_html("Preparing…")}
+
+    def work(cancel):
         settings = concept_settings(values)
         from_image = values.get("mode") == FROM_IMAGE
         requests = build_requests(values, studio.request_context())
-        engine = ConceptEngine(studio.manager, settings, from_image)
+        run = concepts_from_image if from_image else generate_with_concepts
         for index, request in enumerate(requests, start=1):
-            for update in run_with_progress(engine, request, cancel):
-                if isinstance(update, StepUpdate):
-                    changes = {view.status: progress_html(step_text(update, index, len(requests)), update.step,
-                                                          update.total)}
-                    if update.preview is not None:
-                        changes[view.preview] = update.preview
-                    yield changes
-                    continue
-                result = update
-                written = save_to_outputs(studio.folders.outputs, result, from_image)
-                saved.extend(written)
-                yield {view.preview: written[2][0], view.results: saved}  # the first concept's overlay
+            result = yield from follow(lambda report: run(studio.manager, request, settings, report, cancel.is_set),
+                                       cancel, image_progress(view, index, len(requests)))
+            written = save_to_outputs(studio.folders.outputs, result, from_image)
+            saved.extend(written)
+            yield {view.preview: written[2][0], view.results: saved}  # the first concept's overlay
         layers = " ".join(map(str, result.layers))
-        message, kind = (f"Done: {', '.join(settings.concepts)} mapped over layers {layers}; "
-                         f"{len(saved)} images saved to {studio.folders.outputs}."), "done"
-    except Cancelled as stopped:
-        message, kind = str(stopped), "stopped"
-    except Exception as error:  # the server must survive anything a user sends
-        failure, message, kind = error, error_text(error), "error"
-    finally:
-        studio.jobs.end(session, cancel)
-    yield {view.status: progress_html(message, kind=kind), view.results: saved}
-    report_failure(failure, message)
+        return (f"Done: {', '.join(settings.concepts)} mapped over layers {layers}; "
+                f"{len(saved)} images saved to {studio.folders.outputs}.")
+
+    yield from page_job(studio, session, view.status, work, final=lambda: {view.results: saved})
 
 
 def render(studio) -> Panel:

@@ -5,22 +5,23 @@ exactly. Stop ends the run after the current step and writes a checkpoint there.
 own copy of the model and holds the studio's queue until it ends.
 """
 
-import queue
-import threading
+import time
 from pathlib import Path
 
 import gradio as gr
 from PIL import Image
 
 from mflux_core.errors import InvalidRequest
+from mflux_core.events import TrainingStep
 from mflux_core.training.lora_config import TrainingConfig
-from mflux_core.training.lora_training import TrainingProgress, train_lora
+from mflux_core.training.lora_training import train_lora
 from mflux_core.training.plot import save_loss_curve
-from webui.jobs import ENGINE_QUEUE, error_text, progress_html
+from webui.jobs import ENGINE_QUEUE, follow, page_job, progress_html
 from webui.panels import Panel
 
 TOOL = "train"
 CURVE_FILE = "loss_live.png"
+CURVE_EVERY_SECONDS = 1.0  # the live loss curve is redrawn at most this often, and whenever a step wrote files
 
 
 def training_inputs(config_path: str | None, checkpoint_path: str | None) -> tuple[TrainingConfig | None, Path | None]:
@@ -49,7 +50,7 @@ def duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
 
 
-def progress_text(progress: TrainingProgress) -> str:
+def progress_text(progress: TrainingStep) -> str:
     parts = [f"step {progress.step} of {progress.total}",
              f"loss {progress.loss:.4f} (smoothed {progress.smoothed_loss:.4f})"]
     if progress.seconds_per_step is not None:
@@ -64,55 +65,51 @@ def loss_curve_image(losses: list[float], folder: Path) -> Image.Image:
         return image.convert("RGB")
 
 
+def training_progress(outputs: dict, folder: Path):
+    """Changes for each TrainingStep: the status line, the validation images so far and the loss curve."""
+    images: list[tuple[str, str]] = []
+    drawn = 0.0
+
+    def changes(progress: TrainingStep) -> dict:
+        nonlocal drawn
+        update = {outputs["status"]: progress_html(progress_text(progress), progress.step, progress.total)}
+        if progress.validation_image is not None:
+            images.append((str(progress.validation_image), f"step {progress.step}"))
+            update[outputs["validation"]] = list(images)
+        wrote = progress.checkpoint is not None or progress.validation_image is not None
+        if wrote or time.monotonic() - drawn >= CURVE_EVERY_SECONDS:
+            update[outputs["curve"]] = loss_curve_image(progress.losses, folder)
+            drawn = time.monotonic()
+        return update
+
+    return changes
+
+
 def run_training(studio, outputs: dict, values: dict, session: str):
     """Train on a worker thread; stream status, loss curve and validation images until it ends."""
-    status, curve, validation = outputs["status"], outputs["curve"], outputs["validation"]
-    cancel = studio.jobs.begin(session)
-    updates: queue.Queue = queue.Queue()
-    finished = False
-    try:
-        yield {status: progress_html("Loading the model and encoding the examples…")}
+    folder = studio.folders.outputs / "training"
+
+    def work(cancel):
         for key in ("config_path", "checkpoint_path"):
             check_inside_studio_folders(studio, values.get(key))
         config, checkpoint = training_inputs(values.get("config_path"), values.get("checkpoint_path"))
-
-        def work() -> None:
-            try:
-                updates.put(("done", train_lora(config, checkpoint, on_progress=lambda p: updates.put(("step", p)),
-                                                cancelled=cancel.is_set, models_dir=studio.manager.models_dir)))
-            except BaseException as error:  # handed to the page's thread, which reports it
-                updates.put(("error", error))
-
-        threading.Thread(target=work, name="studio-train", daemon=True).start()
-        images: list[tuple[str, str]] = []
-        while True:
-            kind, payload = updates.get()
-            if kind == "error":
-                raise payload
-            if kind == "done":
-                break
-            changes = {status: progress_html(progress_text(payload), payload.step, payload.total)}
-            if payload.validation_image is not None:
-                images.append((str(payload.validation_image), f"step {payload.step}"))
-                changes[validation] = list(images)
-            if payload.checkpoint is not None or payload.validation_image is not None or updates.empty():
-                changes[curve] = loss_curve_image(payload.losses, studio.folders.outputs / "training")
-            yield changes
-        finished = True
-        outcome = payload
-        ended = "Finished" if outcome.finished else "Stopped"
-        message, kind = (f"{ended} at step {outcome.step} of {outcome.total}. Adapter: {outcome.adapter} "
-                         f"(use it as a LoRA); checkpoint: {outcome.checkpoint}. {' '.join(outcome.notes)}"), "done"
+        outcome = yield from follow(lambda report: train_lora(config, checkpoint, report, cancel.is_set,
+                                                              models_dir=studio.manager.models_dir),
+                                    cancel, training_progress(outputs, folder))
         images = [(str(p), f"step {p.stem.lstrip('0') or '0'}") for p in outcome.validation_images]
-        yield {curve: loss_curve_image(outcome.losses, studio.folders.outputs / "training"), validation: images}
-    except Exception as error:  # the server must survive anything a user sends
-        message, kind = error_text(error), "error"
+        yield {outputs["curve"]: loss_curve_image(outcome.losses, folder), outputs["validation"]: images}
+        return (f"{'Finished' if outcome.finished else 'Stopped'} at step {outcome.step} of {outcome.total}. "
+                f"Adapter: {outcome.adapter} (use it as a LoRA); checkpoint: {outcome.checkpoint}. "
+                f"{' '.join(outcome.notes)}")
+
+    yield from page_job(studio, session, outputs["status"], work,
+                        preparing="Loading the model and encoding the examples…", on_failure=warn)
+
+
+def warn(failure: Exception | None, message: str) -> None:
+    """Training's failures are warnings beside the status line, refused inputs too (the status says why)."""
+    if failure is not None:
         gr.Warning(message)
-    finally:
-        if not finished:
-            cancel.set()  # the page went away or the run failed: let the worker stop at its next step
-        studio.jobs.end(session, cancel)
-    yield {status: progress_html(message, kind=kind)}
 
 
 def render(studio) -> Panel:
