@@ -15,7 +15,7 @@ from mflux_core.manager import ModelManager
 from mflux_core.models.vae import VAEConfig, native_side
 from mflux_core.registry import list_models
 from mflux_core.request import GenerationRequest
-from mflux_core.tools import default_model_for
+from mflux_core.tools.specs import default_model_for
 from mflux_core.weights.resolve import DEMO_MODELS, DEMO_MODELS_ENV, resolve_name
 from tests.parity import run_cli
 
