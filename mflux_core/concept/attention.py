@@ -78,7 +78,7 @@ class ConceptStream:
 def velocity_with_concepts(transformer: FluxTransformer, concepts: ConceptTokens, layers: tuple[int, ...],
                            *inputs, **options) -> tuple[mx.array, dict[int, mx.array]]:
     """The transformer's velocity (identical to `transformer(*inputs, **options)`) and {layer: (C, N) concept
-    scores}; `inputs` and `options` are the transformer's arguments."""
+    scores}. The concept stream reads the arguments it needs by name, bound to the transformer's signature."""
     call = inspect.signature(transformer).bind(*inputs, **options)
     call.apply_defaults()
     given = call.arguments
