@@ -3,8 +3,8 @@
 A shortened transformer (the same FluxTrunk: embedders and the first few double- and single-stream
 blocks), run on the noisy latents plus the control image's latents (through `controlnet_x_embedder`).
 After each block a zero-initialised linear turns the image tokens into a residual that the main
-transformer adds to its own image tokens (see `ControlNetResiduals` in transformer.py). The published Canny
-(InstantX) and Upscaler (jasperai) checkpoints are folders with one config.json and one
+transformer adds to its own image tokens (`ControlNetResiduals` in transformer.py). The published
+Canny (InstantX) and Upscaler (jasperai) checkpoints are folders with one config.json and one
 safetensors file whose keys match the module names here.
 """
 

@@ -402,7 +402,7 @@ class FluxTrunk(nn.Module):
 
     def embed(self, hidden_states: mx.array, encoder_hidden_states: mx.array, pooled_projections: mx.array,
               timestep: mx.array, guidance: mx.array | None) -> tuple[mx.array, mx.array, mx.array]:
-        """-> (image tokens, text tokens, conditioning vector); the arguments mean what they mean for FluxTransformer."""
+        """-> (image tokens, text tokens, conditioning vector), from FluxTransformer's arguments of those names."""
         return (self.x_embedder(hidden_states), self.context_embedder(encoder_hidden_states),
                 self.time_text_embed(timestep, pooled_projections, guidance))
 
