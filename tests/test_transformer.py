@@ -174,6 +174,23 @@ def test_precomputed_rope_gives_identical_output(models):
     np.testing.assert_array_equal(run_ours(ours, inputs, rope=rope), run_ours(ours, inputs))
 
 
+
+def test_an_attention_hook_sees_every_double_block_and_changes_nothing(models):
+    _, reference, ours = models
+    inputs = {k: None if v is None else mx.array(v) for k, v in random_inputs(reference, seed=6).items()}
+    seen = []
+
+    class Recorder:
+        def joint_attention(self, block_index, block, image, image_attention):
+            seen.append((block_index, block, image.k.shape, image_attention.shape))
+
+    np.testing.assert_array_equal(np.array(ours(**inputs, attention_hook=Recorder())), np.array(ours(**inputs)))
+    heads, head_dim = reference.config.num_attention_heads, reference.config.attention_head_dim
+    assert [index for index, *_ in seen] == list(range(len(ours.transformer_blocks)))
+    assert all(block is ours.transformer_blocks[index] for index, block, *_ in seen)
+    assert {(k, out) for *_, k, out in seen} == {
+        ((1, heads, HEIGHT * WIDTH, head_dim), (1, HEIGHT * WIDTH, heads * head_dim))}
+
 # --- BFL single files ---------------------------------------------------------------------------
 
 

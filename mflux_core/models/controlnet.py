@@ -1,10 +1,10 @@
 """The FLUX.1 ControlNet (diffusers' FluxControlNetModel, InstantX layout) in MLX.
 
-A shortened copy of the transformer: the first few double- and single-stream blocks, run on the
-noisy latents plus the control image's latents (through `controlnet_x_embedder`). After each block
-a zero-initialised linear turns the image tokens into a residual that the main transformer adds
-to its own image tokens (see `controlnet_residual` in transformer.py). The published Canny
-(InstantX) and Upscaler (jasperai) checkpoints are folders with one config.json and one
+A shortened transformer (the same FluxTrunk: embedders and the first few double- and single-stream
+blocks), run on the noisy latents plus the control image's latents (through `controlnet_x_embedder`).
+After each block a zero-initialised linear turns the image tokens into a residual that the main
+transformer adds to its own image tokens (`ControlNetResiduals` in transformer.py). The published
+Canny (InstantX) and Upscaler (jasperai) checkpoints are folders with one config.json and one
 safetensors file whose keys match the module names here.
 """
 
@@ -12,12 +12,9 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 
 from mflux_core.errors import ModelLoadError
-from mflux_core.models.rope import rope_tables
-from mflux_core.models.transformer import (DoubleStreamBlock, FluxTransformerConfig, SingleStreamBlock,
-                                           TimeTextEmbedding)
+from mflux_core.models.transformer import FluxTransformerConfig, FluxTrunk
 from mflux_core.weights.loading import load_component
 from mflux_core.weights.safetensors_io import read_json
 
@@ -36,26 +33,33 @@ def read_controlnet_config(config_json: dict) -> FluxTransformerConfig:
     return FluxTransformerConfig.from_dict(config_json)
 
 
-class FluxControlNet(nn.Module):
+class ResidualSamples:
+    """The BlockTap that takes the ControlNet's samples: after each block, its zero-initialised
+    projection of the image tokens, times the conditioning scale."""
+
+    def __init__(self, controlnet: "FluxControlNet", scale: float):
+        self.controlnet = controlnet
+        self.scale = scale
+        self.block_samples: list[mx.array] = []
+        self.single_block_samples: list[mx.array] = []
+
+    def after_double(self, block_index: int, image: mx.array) -> mx.array:
+        self.block_samples.append(self.controlnet.controlnet_blocks[block_index](image) * self.scale)
+        return image
+
+    def after_single(self, block_index: int, x: mx.array, text_tokens: int) -> mx.array:
+        project = self.controlnet.controlnet_single_blocks[block_index]
+        self.single_block_samples.append(project(x[:, text_tokens:]) * self.scale)
+        return x
+
+
+class FluxControlNet(FluxTrunk):
     def __init__(self, config: FluxTransformerConfig):
-        super().__init__()
-        self.config = config
-        dim, heads, head_dim = config.hidden_size, config.num_attention_heads, config.attention_head_dim
-        self.x_embedder = nn.Linear(config.in_channels, dim)
+        super().__init__(config)
+        dim = config.hidden_size
         self.controlnet_x_embedder = nn.Linear(config.in_channels, dim)
-        self.context_embedder = nn.Linear(config.joint_attention_dim, dim)
-        self.time_text_embed = TimeTextEmbedding(dim, config.pooled_projection_dim, config.guidance_embeds)
-        self.transformer_blocks = [DoubleStreamBlock(dim, heads, head_dim) for _ in range(config.num_layers)]
-        self.single_transformer_blocks = [
-            SingleStreamBlock(dim, heads, head_dim) for _ in range(config.num_single_layers)
-        ]
         self.controlnet_blocks = [nn.Linear(dim, dim) for _ in range(config.num_layers)]
         self.controlnet_single_blocks = [nn.Linear(dim, dim) for _ in range(config.num_single_layers)]
-
-    def rope_tables(self, img_ids, txt_ids) -> tuple[mx.array, mx.array]:
-        """RoPE tables for [text; image]; compute once per resolution and pass as `rope`."""
-        ids = np.concatenate([np.asarray(txt_ids, dtype=np.float64), np.asarray(img_ids, dtype=np.float64)])
-        return rope_tables(ids, self.config.axes_dims_rope)
 
     def __call__(
         self,
@@ -77,22 +81,10 @@ class FluxControlNet(nn.Module):
         """
         if rope is None:
             rope = self.rope_tables(img_ids, txt_ids)
-        image = self.x_embedder(hidden_states) + self.controlnet_x_embedder(controlnet_cond)
-        text = self.context_embedder(encoder_hidden_states)
-        temb = self.time_text_embed(timestep, pooled_projections, guidance)
-
-        block_samples = []
-        for block, project in zip(self.transformer_blocks, self.controlnet_blocks):
-            text, image = block(image, text, temb, rope)
-            block_samples.append(project(image) * conditioning_scale)
-
-        text_tokens = text.shape[1]
-        x = mx.concatenate([text, image], axis=1)
-        single_block_samples = []
-        for block, project in zip(self.single_transformer_blocks, self.controlnet_single_blocks):
-            x = block(x, temb, rope)
-            single_block_samples.append(project(x[:, text_tokens:]) * conditioning_scale)
-        return block_samples, single_block_samples
+        image, text, temb = self.embed(hidden_states, encoder_hidden_states, pooled_projections, timestep, guidance)
+        samples = ResidualSamples(self, conditioning_scale)
+        self.run_blocks(image + self.controlnet_x_embedder(controlnet_cond), text, temb, rope, samples)
+        return samples.block_samples, samples.single_block_samples
 
 
 def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:

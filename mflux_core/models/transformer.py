@@ -10,7 +10,7 @@ scale (dev) and the pooled CLIP embedding.
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -176,6 +176,14 @@ class AdaLayerNormContinuous(nn.Module):
 # --- attention --------------------------------------------------------------------------------
 
 
+class Heads(NamedTuple):
+    """Attention inputs of one stream, each (B, heads, S, head_dim), before RoPE."""
+
+    q: mx.array
+    k: mx.array
+    v: mx.array
+
+
 def query_or_key_heads(x: mx.array, norm: nn.RMSNorm, heads: int) -> mx.array:
     """(B, S, heads * d) -> RMS-normalised per head -> (B, heads, S, d) (a view; RoPE makes the copy)."""
     batch, tokens, _ = x.shape
@@ -187,13 +195,18 @@ def value_heads(x: mx.array, heads: int) -> mx.array:
     return x.reshape(batch, tokens, heads, -1).transpose(0, 2, 1, 3)
 
 
+def project_heads(x: mx.array, to_q, to_k, to_v, norm_q: nn.RMSNorm, norm_k: nn.RMSNorm, heads: int) -> Heads:
+    return Heads(query_or_key_heads(to_q(x), norm_q, heads), query_or_key_heads(to_k(x), norm_k, heads),
+                 value_heads(to_v(x), heads))
+
+
 def rope_attention(q: mx.array, k: mx.array, v: mx.array, rope: tuple[mx.array, mx.array]) -> mx.array:
     """Attention over (B, heads, S, d) with RoPE on q and k -> (B, S, heads * d)."""
     return attention(apply_rope(q, *rope), apply_rope(k, *rope), v, scale=q.shape[-1] ** -0.5)
 
 
-class JointAttention(nn.Module):
-    """Double-block attention: per-stream q/k/v and output projections, one attention over [text; image]."""
+class AttentionProjections(nn.Module):
+    """q, k and v projections with per-head RMS norms: the image stream's of a double block, a single block's."""
 
     def __init__(self, dim: int, heads: int, head_dim: int):
         super().__init__()
@@ -203,6 +216,17 @@ class JointAttention(nn.Module):
         self.to_v = nn.Linear(dim, heads * head_dim)
         self.norm_q = nn.RMSNorm(head_dim, eps=NORM_EPS)
         self.norm_k = nn.RMSNorm(head_dim, eps=NORM_EPS)
+
+    def project(self, x: mx.array) -> Heads:
+        return project_heads(x, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k, self.heads)
+
+
+class JointAttention(AttentionProjections):
+    """Double-block attention weights: per-stream q/k/v and output projections (the text stream's are
+    the added ones); the block runs one attention over [text; image]."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int):
+        super().__init__(dim, heads, head_dim)
         self.to_out = [nn.Linear(heads * head_dim, dim)]
         self.add_q_proj = nn.Linear(dim, heads * head_dim)
         self.add_k_proj = nn.Linear(dim, heads * head_dim)
@@ -211,37 +235,16 @@ class JointAttention(nn.Module):
         self.norm_added_k = nn.RMSNorm(head_dim, eps=NORM_EPS)
         self.to_add_out = nn.Linear(heads * head_dim, dim)
 
-    def __call__(self, image: mx.array, text: mx.array, rope: tuple[mx.array, mx.array]) -> tuple[mx.array, mx.array]:
-        """-> (image output, text output)."""
-        h = self.heads
-        q = mx.concatenate(
-            [query_or_key_heads(self.add_q_proj(text), self.norm_added_q, h),
-             query_or_key_heads(self.to_q(image), self.norm_q, h)], axis=2)
-        k = mx.concatenate(
-            [query_or_key_heads(self.add_k_proj(text), self.norm_added_k, h),
-             query_or_key_heads(self.to_k(image), self.norm_k, h)], axis=2)
-        v = mx.concatenate([value_heads(self.add_v_proj(text), h), value_heads(self.to_v(image), h)], axis=2)
-        out = rope_attention(q, k, v, rope)
-        text_tokens = text.shape[1]
-        return self.to_out[0](out[:, text_tokens:]), self.to_add_out(out[:, :text_tokens])
+    def project_text(self, text: mx.array) -> Heads:
+        return project_heads(text, self.add_q_proj, self.add_k_proj, self.add_v_proj, self.norm_added_q,
+                             self.norm_added_k, self.heads)
 
 
-class SingleAttention(nn.Module):
+class SingleAttention(AttentionProjections):
     """Single-block attention over the whole sequence; its output projection is the block's proj_out."""
 
-    def __init__(self, dim: int, heads: int, head_dim: int):
-        super().__init__()
-        self.heads = heads
-        self.to_q = nn.Linear(dim, heads * head_dim)
-        self.to_k = nn.Linear(dim, heads * head_dim)
-        self.to_v = nn.Linear(dim, heads * head_dim)
-        self.norm_q = nn.RMSNorm(head_dim, eps=NORM_EPS)
-        self.norm_k = nn.RMSNorm(head_dim, eps=NORM_EPS)
-
     def __call__(self, x: mx.array, rope: tuple[mx.array, mx.array]) -> mx.array:
-        q = query_or_key_heads(self.to_q(x), self.norm_q, self.heads)
-        k = query_or_key_heads(self.to_k(x), self.norm_k, self.heads)
-        return rope_attention(q, k, value_heads(self.to_v(x), self.heads), rope)
+        return rope_attention(*self.project(x), rope)
 
 
 # --- blocks -----------------------------------------------------------------------------------
@@ -273,6 +276,16 @@ def residual_update(x: mx.array, attended: mx.array, attn_mod: Modulation, mlp_m
     return gated_residual(x, mlp_mod.gate, ff(modulated_layer_norm(x, mlp_mod.shift, mlp_mod.scale)))
 
 
+class AttentionHook(Protocol):
+    """A caller's look inside the double-stream blocks' joint attention (ConceptAttention runs its concept
+    stream here). It must not change the arrays it is given: the blocks go on with them."""
+
+    def joint_attention(self, block_index: int, block: "DoubleStreamBlock", image: Heads,
+                        image_attention: mx.array) -> None:
+        """Called in every double block after attention: the image stream's heads and its attention output
+        (B, N, heads * head_dim), before the output projection."""
+
+
 class DoubleStreamBlock(nn.Module):
     """diffusers' FluxTransformerBlock: image and text keep their own weights and share attention."""
 
@@ -284,18 +297,28 @@ class DoubleStreamBlock(nn.Module):
         self.ff = FeedForward(dim, MLP_RATIO * dim)
         self.ff_context = FeedForward(dim, MLP_RATIO * dim)
 
-    def __call__(self, image: mx.array, text: mx.array, temb: mx.array, rope: tuple[mx.array, mx.array]):
-        """-> (text, image), diffusers' order."""
+    def text_heads(self, text: mx.array, modulation: list[Modulation]) -> Heads:
+        """The text stream's attention inputs; `modulation` is norm1_context's for the stream's conditioning."""
+        return self.attn.project_text(modulated_layer_norm(text, modulation[0].shift, modulation[0].scale))
+
+    def text_update(self, text: mx.array, attended: mx.array, modulation: list[Modulation]) -> mx.array:
+        """The text stream after attention, from its attention output (B, L, heads * head_dim)."""
+        return residual_update(text, self.attn.to_add_out(attended), *modulation, self.ff_context)
+
+    def __call__(self, image: mx.array, text: mx.array, temb: mx.array, rope: tuple[mx.array, mx.array],
+                 hook: AttentionHook | None = None, index: int = 0):
+        """-> (text, image), diffusers' order. `index` is the block's place, for the hook."""
         image_attn_mod, image_mlp_mod = self.norm1(temb)
-        text_attn_mod, text_mlp_mod = self.norm1_context(temb)
-        image_attention, text_attention = self.attn(
-            modulated_layer_norm(image, image_attn_mod.shift, image_attn_mod.scale),
-            modulated_layer_norm(text, text_attn_mod.shift, text_attn_mod.scale),
-            rope,
-        )
-        image = residual_update(image, image_attention, image_attn_mod, image_mlp_mod, self.ff)
-        text = residual_update(text, text_attention, text_attn_mod, text_mlp_mod, self.ff_context)
-        return text, image
+        text_modulation = self.norm1_context(temb)
+        image_heads = self.attn.project(modulated_layer_norm(image, image_attn_mod.shift, image_attn_mod.scale))
+        text_heads = self.text_heads(text, text_modulation)
+        attended = rope_attention(*(mx.concatenate(pair, axis=2) for pair in zip(text_heads, image_heads)), rope)
+        text_tokens = text.shape[1]
+        image_attention, text_attention = attended[:, text_tokens:], attended[:, :text_tokens]
+        if hook is not None:
+            hook.joint_attention(index, self, image_heads, image_attention)
+        image = residual_update(image, self.attn.to_out[0](image_attention), image_attn_mod, image_mlp_mod, self.ff)
+        return self.text_update(text, text_attention, text_modulation), image
 
 
 class SingleStreamBlock(nn.Module):
@@ -315,15 +338,47 @@ class SingleStreamBlock(nn.Module):
         return gated_residual(x, mod.gate, self.proj_out(mixed))
 
 
-def controlnet_residual(samples: list[mx.array], block_index: int, block_count: int) -> mx.array:
-    """The ControlNet sample added after main block `block_index`: each sample covers ceil(blocks / samples) blocks."""
-    return samples[block_index // math.ceil(block_count / len(samples))]
+class BlockTap(Protocol):
+    """Reads or changes the image tokens after each block (ControlNet: takes its samples, or adds them)."""
+
+    def after_double(self, block_index: int, image: mx.array) -> mx.array:
+        """The image stream (B, N, dim) after double block `block_index` -> the stream the next block gets."""
+
+    def after_single(self, block_index: int, x: mx.array, text_tokens: int) -> mx.array:
+        """The sequence [text; image] after single block `block_index` -> the sequence the next block gets."""
+
+
+class ControlNetResiduals:
+    """The BlockTap that adds a ControlNet's samples (B, N, dim) to the image tokens after the main blocks:
+    each sample covers ceil(blocks / samples) consecutive blocks (diffusers' interval)."""
+
+    def __init__(self, block_samples: list[mx.array] | None, single_block_samples: list[mx.array] | None,
+                 double_count: int, single_count: int):
+        self.double = self.per_block(block_samples, double_count)
+        self.single = self.per_block(single_block_samples, single_count)
+
+    @staticmethod
+    def per_block(samples: list[mx.array] | None, block_count: int) -> list[mx.array]:
+        if not samples:
+            return []
+        interval = math.ceil(block_count / len(samples))
+        return [samples[i // interval] for i in range(block_count)]
+
+    def after_double(self, block_index: int, image: mx.array) -> mx.array:
+        return image + self.double[block_index] if self.double else image
+
+    def after_single(self, block_index: int, x: mx.array, text_tokens: int) -> mx.array:
+        if not self.single:
+            return x
+        return mx.concatenate([x[:, :text_tokens], x[:, text_tokens:] + self.single[block_index]], axis=1)
 
 
 # --- the model --------------------------------------------------------------------------------
 
 
-class FluxTransformer(nn.Module):
+class FluxTrunk(nn.Module):
+    """What the transformer and its ControlNet share: the input embedders, the blocks and their RoPE."""
+
     def __init__(self, config: FluxTransformerConfig):
         super().__init__()
         self.config = config
@@ -335,8 +390,6 @@ class FluxTransformer(nn.Module):
         self.single_transformer_blocks = [
             SingleStreamBlock(dim, heads, head_dim) for _ in range(config.num_single_layers)
         ]
-        self.norm_out = AdaLayerNormContinuous(dim)
-        self.proj_out = nn.Linear(dim, config.out_channels)
 
     @property
     def dtype(self) -> mx.Dtype:
@@ -346,6 +399,35 @@ class FluxTransformer(nn.Module):
         """RoPE tables for the sequence [text; image]; compute once per resolution and pass as `rope`."""
         ids = np.concatenate([np.asarray(txt_ids, dtype=np.float64), np.asarray(img_ids, dtype=np.float64)])
         return rope_tables(ids, self.config.axes_dims_rope)
+
+    def embed(self, hidden_states: mx.array, encoder_hidden_states: mx.array, pooled_projections: mx.array,
+              timestep: mx.array, guidance: mx.array | None) -> tuple[mx.array, mx.array, mx.array]:
+        """-> (image tokens, text tokens, conditioning vector), from FluxTransformer's arguments of those names."""
+        return (self.x_embedder(hidden_states), self.context_embedder(encoder_hidden_states),
+                self.time_text_embed(timestep, pooled_projections, guidance))
+
+    def run_blocks(self, image: mx.array, text: mx.array, temb: mx.array, rope: tuple[mx.array, mx.array],
+                   tap: BlockTap | None = None, hook: AttentionHook | None = None) -> tuple[mx.array, int]:
+        """Every double block, then every single block over [text; image] -> (that sequence, text token count)."""
+        for i, block in enumerate(self.transformer_blocks):
+            text, image = block(image, text, temb, rope, hook, i)
+            if tap is not None:
+                image = tap.after_double(i, image)
+
+        text_tokens = text.shape[1]
+        x = mx.concatenate([text, image], axis=1)
+        for i, block in enumerate(self.single_transformer_blocks):
+            x = block(x, temb, rope)
+            if tap is not None:
+                x = tap.after_single(i, x, text_tokens)
+        return x, text_tokens
+
+
+class FluxTransformer(FluxTrunk):
+    def __init__(self, config: FluxTransformerConfig):
+        super().__init__(config)
+        self.norm_out = AdaLayerNormContinuous(config.hidden_size)
+        self.proj_out = nn.Linear(config.hidden_size, config.out_channels)
 
     def __call__(
         self,
@@ -359,6 +441,7 @@ class FluxTransformer(nn.Module):
         controlnet_block_samples: list | None = None,
         controlnet_single_block_samples: list | None = None,
         rope: tuple | None = None,
+        attention_hook: AttentionHook | None = None,
     ) -> mx.array:
         """Packed latents (B, N, in_channels) -> velocity (B, N, out_channels).
 
@@ -368,23 +451,12 @@ class FluxTransformer(nn.Module):
         """
         if rope is None:
             rope = self.rope_tables(img_ids, txt_ids)
-        image = self.x_embedder(hidden_states)
-        text = self.context_embedder(encoder_hidden_states)
-        temb = self.time_text_embed(timestep, pooled_projections, guidance)
-
-        for i, block in enumerate(self.transformer_blocks):
-            text, image = block(image, text, temb, rope)
-            if controlnet_block_samples:
-                image = image + controlnet_residual(controlnet_block_samples, i, len(self.transformer_blocks))
-
-        text_tokens = text.shape[1]
-        x = mx.concatenate([text, image], axis=1)
-        for i, block in enumerate(self.single_transformer_blocks):
-            x = block(x, temb, rope)
-            if controlnet_single_block_samples:
-                residual = controlnet_residual(controlnet_single_block_samples, i, len(self.single_transformer_blocks))
-                x = mx.concatenate([x[:, :text_tokens], x[:, text_tokens:] + residual], axis=1)
-
+        image, text, temb = self.embed(hidden_states, encoder_hidden_states, pooled_projections, timestep, guidance)
+        tap = None
+        if controlnet_block_samples or controlnet_single_block_samples:
+            tap = ControlNetResiduals(controlnet_block_samples, controlnet_single_block_samples,
+                                      len(self.transformer_blocks), len(self.single_transformer_blocks))
+        x, text_tokens = self.run_blocks(image, text, temb, rope, tap, attention_hook)
         return self.proj_out(self.norm_out(x[:, text_tokens:], temb))
 
 

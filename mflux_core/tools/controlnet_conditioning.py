@@ -14,7 +14,6 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.models.controlnet import FluxControlNet, load_controlnet
-from mflux_core.models.transformer import linear_dtype
 from mflux_core.request import GenerationRequest
 from mflux_core.sampling.conditioning import Conditioning, ControlResiduals
 from mflux_core.sampling.latents import image_position_ids, latent_grid, text_position_ids
@@ -60,7 +59,7 @@ def controlnet_residuals(controlnet: FluxControlNet, control_latents: mx.array, 
     text_ids = text_position_ids(conditioning.text.shape[1])
     rope = controlnet.rope_tables(image_ids, text_ids)
     controlnet_guidance = mx.array([guidance], dtype=mx.float32) if controlnet.config.guidance_embeds else None
-    dtype = linear_dtype(controlnet.x_embedder)
+    dtype = controlnet.dtype
     control_latents = control_latents.astype(dtype)
 
     def residuals(latents: mx.array, timestep: mx.array, _base_guidance: mx.array | None):
