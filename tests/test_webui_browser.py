@@ -196,7 +196,8 @@ def test_generate_then_send_a_result_from_the_history(page, studio):
     assert {(request_in(p)["tool"], request_in(p)["width"], request_in(p)["height"]) for p in new} == {
         ("generate", 64, 48)}
     assert page.locator("#generate-results img").count() == 2
-    assert "Resident" in page.inner_text("#status-strip") and "transformer" in page.inner_text("#status-strip")
+    # the strip is refreshed by an event that follows the run's last status update
+    page.wait_for_function("() => /Resident[^]*transformer/.test(document.querySelector('#status-strip').innerText)")
     screenshot(page, "generate")
 
     open_tab(page, "History")
