@@ -24,6 +24,7 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/libopenblas.so.0")
 CHROMIUM = Path("/usr/bin/chromium")
+LOCK = ROOT / "requirements.lock"
 
 
 def say(message: str) -> None:
@@ -64,8 +65,8 @@ def system_packages(with_tests: bool) -> None:
 
 
 def setup_stamp(extras: str) -> str:
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
-    return digest[:16]
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + LOCK.read_bytes() + extras.encode())
+    return digest.hexdigest()[:16]
 
 
 def ensure_venv(extras: str) -> None:
@@ -79,7 +80,8 @@ def ensure_venv(extras: str) -> None:
     say(f"installing mflux-studio{f'[{extras}]' if extras else ''} into .venv (first run takes a few minutes)")
     run([PYTHON, "-m", "pip", "install", "-q", "--upgrade", "pip"])
     target = f".[{extras}]" if extras else "."
-    run([PYTHON, "-m", "pip", "install", "-q", "-e", target], cwd=ROOT)
+    # The lock's exact versions, for the studio and everything it needs; extras are resolved around them.
+    run([PYTHON, "-m", "pip", "install", "-q", "-r", LOCK, "-e", target], cwd=ROOT)
     stamp_file.write_text(stamp)
 
 

@@ -5,9 +5,12 @@ import json
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from mflux_core.command_args import base_request, manager_from_args, output_path, read_prompt, seeds_to_run
 from mflux_core.concept.command import add_concept_parsers, run_concept
 from mflux_core.errors import StudioError
+from mflux_core.events import Downloading, Step
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.specs import TOOL_SPECS, ToolSpec, tool_spec
 from mflux_core.training.lora_command import add_train_parser, run_train
@@ -164,21 +167,35 @@ def save_model_folder(args: argparse.Namespace) -> Path:
     return saved.folder
 
 
-def step_reporter(stepwise: Path, seed: int):
-    """The Report for --stepwise-image-output-dir: each step's image saved, download progress on stderr
-    (without a Report the manager leaves downloads to huggingface_hub's own progress bars)."""
-    from mflux_core.events import Downloading, Step
+class ConsoleProgress:
+    """The CLI's Report: a progress bar on stderr for the denoise steps (and one in bytes while a model
+    downloads), and each step's image saved to `stepwise` when asked (--stepwise-image-output-dir)."""
 
-    stepwise.mkdir(parents=True, exist_ok=True)
+    def __init__(self, seed: int, stepwise: Path | None = None):
+        self.seed, self.stepwise = seed, stepwise
+        self.bar: tqdm | None = None
+        if stepwise is not None:
+            stepwise.mkdir(parents=True, exist_ok=True)
 
-    def report(event) -> None:
+    def __call__(self, event) -> None:
         if isinstance(event, Downloading):
-            print(f"\rDownloading {event.model}: {event.done_bytes / 1e6:,.0f} of {event.total_bytes / 1e6:,.0f} MB",
-                  end="", file=sys.stderr, flush=True)
+            self._advance(f"Downloading {event.model}", event.total_bytes, event.done_bytes, unit="B")
         elif isinstance(event, Step):
-            event.preview.save(stepwise / f"seed_{seed}_step_{event.step}of{event.total}.png")
+            self._advance(f"seed {self.seed}", event.total, event.step, unit="step")
+            if self.stepwise is not None:
+                event.preview.save(self.stepwise / f"seed_{self.seed}_step_{event.step}of{event.total}.png")
 
-    return report
+    def _advance(self, what: str, total: int, done: int, unit: str) -> None:
+        if self.bar is None or self.bar.desc != what:
+            self.close()
+            self.bar = tqdm(desc=what, total=total, unit=unit, unit_scale=unit == "B", file=sys.stderr, leave=False)
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def run(args: argparse.Namespace) -> list[Path]:
@@ -196,7 +213,11 @@ def run(args: argparse.Namespace) -> list[Path]:
     written = []
     for seed in seeds:
         seeded = request.with_(seed=seed, prompt=read_prompt(args, request.prompt)).validated()
-        result = manager.generate(seeded, report=step_reporter(stepwise, seed) if stepwise else None)
+        progress = ConsoleProgress(seed, stepwise)
+        try:
+            result = manager.generate(seeded, report=progress)
+        finally:
+            progress.close()
         path = save_png_atomic(result.image, output_path(args.output, seed, len(seeds) > 1),
                                result.text_chunks, overwrite=True)
         if args.metadata:

@@ -187,8 +187,11 @@ def load_t5_tokenizer(folder: Path):
     """A PromptTokenizer, or transformers' T5TokenizerFast for a folder with only spiece.model."""
     check_tokenizer_files(folder, T5_TOKENIZER_FILES)
     if not (folder / "tokenizer.json").is_file():
-        from transformers import T5TokenizerFast
-
+        try:
+            from transformers import T5TokenizerFast
+        except ImportError:
+            raise ModelLoadError(f"The T5 tokenizer in {folder} has only spiece.model; reading it needs the "
+                                 "'convert' extra (.venv/bin/pip install -e '.[convert]').") from None
         return load_tokenizer(T5TokenizerFast, folder, T5_TOKENIZER_FILES)
     try:
         return build_t5_tokenizer(folder)

@@ -21,6 +21,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
+from tqdm import tqdm
 
 from mflux_core.training.plot import save_loss_curve
 
@@ -114,37 +115,6 @@ def compiled_update(update: Callable, state: list) -> Callable:
     return run
 
 
-class ProgressBar:
-    """One status line on stderr: bar, step, smoothed loss, speed and time left."""
-
-    def __init__(self, total: int, first: int, enabled: bool):
-        self.total, self.first, self.enabled = total, first, enabled
-        self.started = time.perf_counter()
-        self.smoothed: float | None = None
-        self.interactive = sys.stderr.isatty()
-        self.last_print = 0.0
-
-    def update(self, step: int, loss: float) -> None:
-        self.smoothed = loss if self.smoothed is None else 0.95 * self.smoothed + 0.05 * loss
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if not self.interactive and now - self.last_print < 10 and step < self.total:
-            return
-        self.last_print = now
-        rate = (step - self.first) / max(now - self.started, 1e-9)
-        left = (self.total - step) / rate if rate > 0 else 0.0
-        filled = int(30 * step / max(self.total, 1))
-        line = (f"[{'#' * filled}{'.' * (30 - filled)}] {step}/{self.total} loss {self.smoothed:.4f} "
-                f"{rate:.2f} it/s {left / 60:.1f} min left")
-        sys.stderr.write(("\r" + line) if self.interactive else line + "\n")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.interactive:
-            sys.stderr.write("\n")
-
-
 def train(
     model: nn.Module,
     loss_fn: Callable[[nn.Module, Any], mx.array],
@@ -187,7 +157,9 @@ def train(
             save_checkpoint(checkpoint_dir, model, optimizer, step, losses)
             save_loss_curve(losses, checkpoint_dir / LOSS_CURVE_FILE)
 
-    bar = ProgressBar(steps, step, progress)
+    bar = tqdm(total=steps, initial=step, unit="step", disable=not progress, file=sys.stderr,
+               mininterval=1 if sys.stderr.isatty() else 10)
+    smoothed = None
     saved_at = step
     while step < steps:
         if max_seconds is not None and time.perf_counter() - started > max_seconds:
@@ -196,7 +168,9 @@ def train(
         mx.eval(loss, model.parameters(), optimizer.state)
         step += 1
         losses.append(float(loss))
-        bar.update(step, losses[-1])
+        smoothed = losses[-1] if smoothed is None else 0.95 * smoothed + 0.05 * losses[-1]
+        bar.set_postfix(loss=f"{smoothed:.4f}", refresh=False)
+        bar.update()
         if step % checkpoint_every == 0:
             checkpoint()
             saved_at = step
