@@ -14,6 +14,7 @@ from mflux_core.events import Downloading, Step
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.specs import TOOL_SPECS, ToolSpec, tool_spec
 from mflux_core.training.lora_command import add_train_parser, run_train
+from mflux_core.wildcards import expand_prompt
 
 FLAG_TYPES = {"text": {}, "number": {"type": float}, "paths": {"nargs": "+"}, "numbers": {"nargs": "+", "type": float},
               "switch": {"action": "store_true"}}
@@ -68,6 +69,8 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generation")
     group.add_argument("--prompt", "-p", help="the prompt; '-' reads it from standard input")
     group.add_argument("--prompt-file", help="read the prompt from this file, again before each image")
+    group.add_argument("--wildcards-dir", default="wildcards", help="folder of wildcard files: __name__ in a prompt "
+                       "picks a line of name.txt, {a|b} one alternative, drawn from the seed (default ./wildcards)")
     group.add_argument("--seed", type=int, nargs="+", help="one or more seeds (one image each)")
     group.add_argument("--auto-seeds", type=int, help="make N images with random seeds")
     group.add_argument("--steps", type=int, help="denoising steps (default: 4 for schnell, 14 otherwise)")
@@ -212,7 +215,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     seeds = seeds_to_run(args, request.seed)
     written = []
     for seed in seeds:
-        seeded = request.with_(seed=seed, prompt=read_prompt(args, request.prompt)).validated()
+        prompt = expand_prompt(read_prompt(args, request.prompt), seed, Path(args.wildcards_dir))
+        seeded = request.with_(seed=seed, prompt=prompt).validated()
         progress = ConsoleProgress(seed, stepwise)
         try:
             result = manager.generate(seeded, report=progress)

@@ -125,6 +125,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--presets-dir", type=Path, help="your presets (default <outputs-dir>/presets)")
     parser.add_argument("--lora-dir", type=Path, action="append",
                         help="a LoRA library folder (repeatable; default $LORA_LIBRARY_PATH and <models-dir>/loras)")
+    parser.add_argument("--wildcards-dir", type=Path, default=Path("wildcards"),
+                        help="folder of wildcard files: __name__ in a prompt picks a line of name.txt "
+                        "(default ./wildcards)")
     parser.add_argument("--listen", action="store_true", help="bind 0.0.0.0 so other machines can connect")
     parser.add_argument("--auth", help="user:password required to open the page (only with --listen)")
     parser.add_argument("--max-queue", type=int, default=MAX_QUEUE_SIZE, help="most jobs waiting at once")
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     from mflux_core.manager import ModelManager
 
     folders = StudioFolders.default(args.outputs_dir, models_dir=args.models_dir, user_presets=args.presets_dir,
-                                    loras=args.lora_dir)
+                                    loras=args.lora_dir, wildcards=args.wildcards_dir)
     manager = ModelManager(models_dir=args.models_dir, low_ram=args.low_ram, memory_budget_bytes=args.memory_budget)
     app = build_app(manager, folders, max_queue_size=args.max_queue)
     host = "0.0.0.0" if args.listen else args.host

@@ -16,6 +16,7 @@ from PIL import Image
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.io import load_image, save_png_atomic
 from mflux_core.request import MAX_SEED, GenerationRequest
+from mflux_core.wildcards import expand_prompt
 
 
 def read_upload(value: str | Image.Image | None, loader: Callable = load_image) -> Image.Image | None:
@@ -57,6 +58,7 @@ class RequestContext:
 
     inputs: InputStore
     loras: Mapping[str, Path] = field(default_factory=dict)  # LoRA library name -> file
+    wildcards: Path | None = None  # the folder of __name__ wildcard files
     draw_seed: Callable[[], int] = random_seed
 
 
@@ -74,9 +76,12 @@ def lora_files(names: list[str], library: Mapping[str, Path]) -> tuple[str, ...]
 
 
 def requests_from_settings(settings: dict, context: RequestContext, **inputs) -> list[GenerationRequest]:
-    """One validated request per seed of the batch; `inputs` are input-path fields (image_path=...)."""
+    """One validated request per seed of the batch, its prompt's wildcards drawn from its seed; `inputs` are
+    input-path fields (image_path=...)."""
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k != "batch_count"}
     fields["lora_paths"] = lora_files(list(fields.get("lora_paths", ())), context.loras)
     fields.update({k: tuple(v) if isinstance(v, list) else v for k, v in inputs.items()})
     seeds = batch_seeds(settings.get("seed"), settings.get("batch_count", 1), context.draw_seed)
-    return [GenerationRequest(**fields).with_(seed=seed).validated() for seed in seeds]
+    prompt = fields.get("prompt", "")
+    return [GenerationRequest(**fields).with_(seed=seed, prompt=expand_prompt(prompt, seed, context.wildcards))
+            .validated() for seed in seeds]

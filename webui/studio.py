@@ -33,6 +33,7 @@ class StudioFolders:
     user_presets: Path  # default: <outputs>/presets
     shipped_presets: Path = SHIPPED_PRESETS
     loras: tuple[Path, ...] = ()
+    wildcards: Path | None = None  # __name__ wildcard files (read only)
 
     @property
     def inputs(self) -> Path:
@@ -53,12 +54,13 @@ class StudioFolders:
 
     @classmethod
     def default(cls, outputs: Path, models_dir: Path | None = None, user_presets: Path | None = None,
-                loras: list[Path] | None = None) -> "StudioFolders":
+                loras: list[Path] | None = None, wildcards: Path | None = None) -> "StudioFolders":
         outputs = Path(outputs).resolve()
         if loras is None:
             loras = library_folders() + ([Path(models_dir) / "loras"] if models_dir else [])
         return cls(outputs=outputs, user_presets=Path(user_presets or outputs / "presets").resolve(),
-                   loras=tuple(Path(p).resolve() for p in loras))
+                   loras=tuple(Path(p).resolve() for p in loras),
+                   wildcards=Path(wildcards).resolve() if wildcards else None)
 
 
 @dataclass
@@ -84,7 +86,8 @@ class Studio:
         return library_names(list(self.folders.loras))
 
     def request_context(self) -> RequestContext:
-        return RequestContext(inputs=InputStore(self.folders.inputs), loras=self.lora_library())
+        return RequestContext(inputs=InputStore(self.folders.inputs), loras=self.lora_library(),
+                              wildcards=self.folders.wildcards)
 
     def available_tools(self) -> set[str]:
         return set(TOOL_NAMES)
