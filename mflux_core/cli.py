@@ -15,6 +15,7 @@ from mflux_core.request import GenerationRequest
 from mflux_core.tools.specs import TOOL_SPECS, ToolSpec, tool_spec
 from mflux_core.training.lora_command import add_train_parser, run_train
 from mflux_core.wildcards import expand_prompt
+from mflux_core.xyz import AXIS_KINDS, MAX_CELLS, Axis, parse_axis_flag, plot_cells, plot_grids
 
 FLAG_TYPES = {"text": {}, "number": {"type": float}, "paths": {"nargs": "+"}, "numbers": {"nargs": "+", "type": float},
               "switch": {"action": "store_true"}}
@@ -58,6 +59,13 @@ def memory_budget_bytes(text: str) -> int:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def plot_axis(text: str) -> Axis:
+    try:
+        return parse_axis_flag(text)
+    except StudioError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def at_least_one(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -89,6 +97,14 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vae-tiling", action="store_true", help="decode and encode in tiles even when the whole "
                        "image fits the memory budget (beyond it they are tiled anyway)")
     group.add_argument("--verbose", "-v", action="store_true", help="print timings and memory")
+    plot = parser.add_argument_group("X/Y/Z plot: every combination of up to three axes, each image saved, plus a "
+                                     "labelled grid (<output>_grid.png, one per Z value)")
+    for name in ("x", "y", "z"):
+        plot.add_argument(f"--{name}-axis", type=plot_axis, metavar="KIND=VALUES",
+                          help=f"the {name.upper()} axis: {', '.join(AXIS_KINDS)}; values '2.5, 3.5', '1-5', "
+                          "'0.5-1.0 (+0.25)' or '1-10 [4]' (prompt-sr: the first value is replaced by each)")
+    plot.add_argument("--max-cells", type=at_least_one, default=MAX_CELLS,
+                      help=f"refuse a plot of more cells than this (default {MAX_CELLS})")
 
 
 def add_tool_parser(tools, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -202,9 +218,6 @@ class ConsoleProgress:
 
 
 def run(args: argparse.Namespace) -> list[Path]:
-    from mflux_core.images.io import save_png_atomic
-    from mflux_core.memory import gb_text
-
     request = base_request(args)
     fallback = request.prompt if args.config_from_metadata else "" if tool_spec(args.tool).prompt_optional else None
     request = request.with_(prompt=read_prompt(args, fallback))
@@ -213,34 +226,73 @@ def run(args: argparse.Namespace) -> list[Path]:
     manager = manager_from_args(args, max_resident_transformers=args.max_resident_transformers,
                                 full_preview_every=1 if stepwise else 0)
     seeds = seeds_to_run(args, request.seed)
+    axes = [axis for axis in (args.x_axis, args.y_axis, args.z_axis) if axis is not None]
+    if axes:
+        if len(seeds) > 1:
+            raise StudioError("A plot takes one seed; for several, make the seed an axis (--x-axis seed=1-4).")
+        return run_plot(args, manager, request.with_(seed=seeds[0]), axes, stepwise)
     written = []
     for seed in seeds:
         prompt = expand_prompt(read_prompt(args, request.prompt), seed, Path(args.wildcards_dir))
         seeded = request.with_(seed=seed, prompt=prompt).validated()
-        progress = ConsoleProgress(seed, stepwise)
-        try:
-            result = manager.generate(seeded, report=progress)
-        finally:
-            progress.close()
-        path = save_png_atomic(result.image, output_path(args.output, seed, len(seeds) > 1),
-                               result.text_chunks, overwrite=True)
-        if args.metadata:
-            path.with_suffix(".json").write_text(json.dumps(result.metadata, indent=2))
-        if getattr(args, "controlnet_save_canny", False):
-            print(f"Saved {save_canny_edges(result.request, path)}")
-        if args.verbose:
-            status = manager.status()
-            print(f"seed {seed}: {result.seconds:.2f} s; resident {status['resident_bytes'] / 1e6:.1f} MB; "
-                  f"loads {status['loads']}")
-            by_kind = ", ".join(f"{r['kind']} {r['bytes'] / 1e6:.1f} MB" for r in status["resident"])
-            print(f"model memory ({f'{request.quantize}-bit' if request.quantize else 'not quantized'}): {by_kind}")
-            for line in status["loras"]:
-                print(line)
-            memory = status["last_memory"]
-            print(f"memory: {memory['plan']}; measured peak {gb_text(memory['measured_bytes'])} "
-                  f"(planned {gb_text(memory['planned_bytes'])}, budget {gb_text(status['memory_budget_bytes'])})")
-        print(f"Saved {path}")
+        path, _ = generate_and_save(args, manager, seeded, output_path(args.output, seed, len(seeds) > 1), stepwise)
         written.append(path)
+    return written
+
+
+def generate_and_save(args: argparse.Namespace, manager, request: GenerationRequest, output: Path,
+                      stepwise: Path | None):
+    """One image: generated with a progress bar, saved with its metadata (and what the flags ask for)."""
+    from mflux_core.images.io import save_png_atomic
+    from mflux_core.memory import gb_text
+
+    progress = ConsoleProgress(request.seed, stepwise)
+    try:
+        result = manager.generate(request, report=progress)
+    finally:
+        progress.close()
+    path = save_png_atomic(result.image, output, result.text_chunks, overwrite=True)
+    if args.metadata:
+        path.with_suffix(".json").write_text(json.dumps(result.metadata, indent=2))
+    if getattr(args, "controlnet_save_canny", False):
+        print(f"Saved {save_canny_edges(result.request, path)}")
+    if args.verbose:
+        status = manager.status()
+        print(f"seed {request.seed}: {result.seconds:.2f} s; resident {status['resident_bytes'] / 1e6:.1f} MB; "
+              f"loads {status['loads']}")
+        by_kind = ", ".join(f"{r['kind']} {r['bytes'] / 1e6:.1f} MB" for r in status["resident"])
+        print(f"model memory ({f'{request.quantize}-bit' if request.quantize else 'not quantized'}): {by_kind}")
+        for line in status["loras"]:
+            print(line)
+        memory = status["last_memory"]
+        print(f"memory: {memory['plan']}; measured peak {gb_text(memory['measured_bytes'])} "
+              f"(planned {gb_text(memory['planned_bytes'])}, budget {gb_text(status['memory_budget_bytes'])})")
+    print(f"Saved {path}")
+    return path, result.image
+
+
+def run_plot(args: argparse.Namespace, manager, request: GenerationRequest, axes: list[Axis],
+             stepwise: Path | None) -> list[Path]:
+    """Every cell of the plot (validated before the first runs), then its grids; an interrupted plot keeps
+    the cells that finished and grids them."""
+    from mflux_core.images.io import save_png_atomic
+
+    prompt = expand_prompt(request.prompt, request.seed, Path(args.wildcards_dir))
+    cells = plot_cells(request.with_(prompt=prompt), axes, args.max_cells)
+    print(f"Plot: {len(cells)} cells ({' x '.join(f'{len(a.values)} {a.label}' for a in axes)})")
+    base = Path(args.output.replace("{seed}", str(request.seed)))
+    written, images = [], {}
+    try:
+        for cell in cells:
+            x, y, z = cell.position
+            path, images[cell.position] = generate_and_save(
+                args, manager, cell.request, base.with_name(f"{base.stem}_x{x}_y{y}_z{z}.png"), stepwise)
+            written.append(path)
+    finally:
+        for index, grid in enumerate(plot_grids(axes, images)):
+            name = f"{base.stem}_grid{f'_z{index}' if len(axes) == 3 else ''}.png"
+            written.append(save_png_atomic(grid, base.with_name(name), overwrite=True))
+            print(f"Saved {written[-1]}")
     return written
 
 

@@ -1,0 +1,35 @@
+"""A labelled grid of images: X values across the top, Y values down the left, a title above."""
+
+from PIL import Image, ImageDraw, ImageFont
+
+MARGIN = 8
+
+
+def _font(height: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=max(12, min(28, height // 12)))
+
+
+def labelled_grid(images: list[list[Image.Image | None]], column_labels: list[str], row_labels: list[str],
+                  title: str = "") -> Image.Image:
+    """`images[row][column]` (None: a cell that did not run, left blank) with its labels drawn on the grid."""
+    cell_w = max(image.width for row in images for image in row if image is not None)
+    cell_h = max(image.height for row in images for image in row if image is not None)
+    font = _font(cell_h)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_h = measure.textbbox((0, 0), "Ag", font=font)[3] + MARGIN
+    left = max((measure.textlength(label, font=font) for label in row_labels), default=0)
+    left = int(left + 2 * MARGIN) if any(row_labels) else 0
+    top = (text_h if title else 0) + (text_h if any(column_labels) else 0)
+    grid = Image.new("RGB", (left + cell_w * len(column_labels), top + cell_h * len(row_labels)), "white")
+    draw = ImageDraw.Draw(grid)
+    if title:
+        draw.text((MARGIN, MARGIN // 2), title, fill="black", font=font)
+    for column, label in enumerate(column_labels):
+        x = left + column * cell_w + (cell_w - draw.textlength(label, font=font)) / 2
+        draw.text((x, top - text_h + MARGIN // 2), label, fill="black", font=font)
+    for row, label in enumerate(row_labels):
+        draw.text((MARGIN, top + row * cell_h + (cell_h - text_h) / 2), label, fill="black", font=font)
+        for column, image in enumerate(images[row]):
+            if image is not None:
+                grid.paste(image.convert("RGB"), (left + column * cell_w, top + row * cell_h))
+    return grid

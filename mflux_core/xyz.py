@@ -1,0 +1,188 @@
+"""X/Y/Z plots: one to three axes, each a setting and its values, and the request of every cell.
+
+Values are written as A1111 writes them: a list (`2.5, 3.5`), an integer range (`1-5`, every whole
+number), a range with a step (`0.5-1.0 (+0.25)`) or with a count (`1-10 [4]`). "Prompt S/R" replaces
+its first value in the prompt by each value in turn (the first cell keeps the prompt as it is).
+Every cell is a GenerationRequest validated before anything runs; the cells are ordered so that
+cells of one model run one after another, without a reload between them.
+"""
+
+import itertools
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from PIL import Image
+
+from mflux_core.errors import InvalidRequest
+from mflux_core.images.grid import labelled_grid
+from mflux_core.request import GenerationRequest, check_finite
+
+MAX_CELLS = 100  # cells in one plot, unless the caller allows more
+RANGE = re.compile(r"^\s*(-?[\d.]+)\s*-\s*(-?[\d.]+)\s*(?:\(\s*([+-]?[\d.]+)\s*\)|\[\s*(\d+)\s*\])?\s*$")
+
+
+def _number(text: str, whole: bool, what: str):
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidRequest(f"{what}: {text.strip()[:40]!r} is not a number.") from None
+    check_finite(value, what)
+    if whole and not value.is_integer():
+        raise InvalidRequest(f"{what}: {text.strip()} is not a whole number.")
+    return int(value) if whole else value
+
+
+def _numbers(text: str, whole: bool, what: str) -> tuple:
+    match = RANGE.match(text)
+    if match is None:
+        return tuple(_number(part, whole, what) for part in text.split(",") if part.strip())
+    start, end = _number(match.group(1), whole, what), _number(match.group(2), whole, what)
+    if match.group(4):  # [count]: evenly spaced, ends included
+        count = int(match.group(4))
+        if count < 1:
+            raise InvalidRequest(f"{what}: a range needs at least one value.")
+        values = [start + (end - start) * i / max(count - 1, 1) for i in range(count)]
+        return tuple(round(v) if whole else round(v, 6) for v in values)
+    step = _number(match.group(3), whole, what) if match.group(3) else (1 if whole else None)
+    if step is None:
+        raise InvalidRequest(f"{what}: a range of decimals needs a step, e.g. '0.5-1.0 (+0.25)'.")
+    if step == 0 or (end - start) * step < 0:
+        raise InvalidRequest(f"{what}: the step {step:g} does not lead from {start:g} to {end:g}.")
+    count = int((end - start) / step + 1e-9) + 1
+    return tuple(start + i * step if whole else round(start + i * step, 6) for i in range(count))
+
+
+def _texts(text: str, what: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _size(text: str, what: str) -> tuple[tuple[int, int], ...]:
+    sizes = []
+    for part in _texts(text, what):
+        match = re.fullmatch(r"(\d+)\s*[xX]\s*(\d+)", part)
+        if match is None:
+            raise InvalidRequest(f"{what}: {part[:40]!r} is not a size like 512x768.")
+        sizes.append((int(match.group(1)), int(match.group(2))))
+    return tuple(sizes)
+
+
+def _lora_scale(request: GenerationRequest, value: float) -> GenerationRequest:
+    if not request.lora_paths:
+        raise InvalidRequest("The LoRA scale axis needs a LoRA: add one first.")
+    scales = request.lora_scales or (1.0,) * len(request.lora_paths)
+    return request.with_(lora_scales=(value, *scales[1:]))
+
+
+def _prompt_replace(request: GenerationRequest, value: str, search: str) -> GenerationRequest:
+    if search not in request.prompt:
+        raise InvalidRequest(f"Prompt S/R: the prompt does not contain {search!r}, the axis's first value.")
+    return request.with_(prompt=request.prompt.replace(search, value))
+
+
+@dataclass(frozen=True)
+class AxisKind:
+    label: str  # as the grid writes it
+    parse: Callable[[str, str], tuple]  # (values text, what) -> values
+    apply: Callable[[GenerationRequest, object], GenerationRequest]
+
+
+def _field(name: str):
+    return lambda request, value: request.with_(**{name: value})
+
+
+AXIS_KINDS = {
+    "seed": AxisKind("Seed", lambda text, what: _numbers(text, True, what), _field("seed")),
+    "steps": AxisKind("Steps", lambda text, what: _numbers(text, True, what), _field("steps")),
+    "guidance": AxisKind("Guidance", lambda text, what: _numbers(text, False, what), _field("guidance")),
+    "strength": AxisKind("Image strength", lambda text, what: _numbers(text, False, what),
+                         _field("image_strength")),
+    "controlnet-strength": AxisKind("ControlNet strength", lambda text, what: _numbers(text, False, what),
+                                    _field("controlnet_strength")),
+    "lora-scale": AxisKind("LoRA scale", lambda text, what: _numbers(text, False, what), _lora_scale),
+    "model": AxisKind("Model", _texts, _field("model")),
+    "size": AxisKind("Size", _size, lambda request, size: request.with_(width=size[0], height=size[1])),
+    "prompt-sr": AxisKind("Prompt S/R", _texts, None),  # applied with the axis's search term
+}
+
+
+@dataclass(frozen=True)
+class Axis:
+    kind: str
+    values: tuple
+
+    @property
+    def label(self) -> str:
+        return AXIS_KINDS[self.kind].label
+
+    def value_label(self, value) -> str:
+        if isinstance(value, tuple):
+            return f"{value[0]}x{value[1]}"
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    def apply(self, request: GenerationRequest, value) -> GenerationRequest:
+        if self.kind == "prompt-sr":
+            return _prompt_replace(request, value, self.values[0])
+        return AXIS_KINDS[self.kind].apply(request, value)
+
+
+def parse_axis(kind: str, values: str) -> Axis:
+    """An axis from its kind (a key of AXIS_KINDS) and its values as typed."""
+    if kind not in AXIS_KINDS:
+        raise InvalidRequest(f"Unknown plot axis {kind!r}; choose one of {', '.join(AXIS_KINDS)}.")
+    what = f"The {AXIS_KINDS[kind].label} axis"
+    parsed = AXIS_KINDS[kind].parse(values or "", what)
+    if not parsed:
+        raise InvalidRequest(f"{what} has no values.")
+    return Axis(kind, parsed)
+
+
+def parse_axis_flag(text: str) -> Axis:
+    """`kind=values`, as the CLI takes an axis (`steps=1-4`, `guidance=2.5, 3.5`)."""
+    kind, separator, values = text.partition("=")
+    if not separator:
+        raise InvalidRequest(f"A plot axis is kind=values, e.g. steps=1-4, not {text[:40]!r}.")
+    return parse_axis(kind.strip().lower(), values)
+
+
+@dataclass(frozen=True)
+class Cell:
+    request: GenerationRequest
+    position: tuple[int, int, int]  # (x, y, z) indices
+
+
+def plot_cells(base: GenerationRequest, axes: list[Axis], max_cells: int = MAX_CELLS) -> list[Cell]:
+    """Every cell's validated request, model changes outermost; refused over `max_cells` before anything runs."""
+    if not 1 <= len(axes) <= 3:
+        raise InvalidRequest("A plot has one to three axes.")
+    axes = list(axes) + [Axis("seed", (None,))] * (3 - len(axes))  # a missing axis: one cell, nothing changed
+    count = len(axes[0].values) * len(axes[1].values) * len(axes[2].values)
+    if count > max_cells:
+        raise InvalidRequest(f"The plot has {count} cells, more than the limit of {max_cells}: use fewer values.")
+    order = sorted(range(3), key=lambda i: axes[i].kind != "model")  # a model axis runs outermost
+    cells = []
+    for indices in itertools.product(*(range(len(axes[i].values)) for i in order)):
+        position = [0, 0, 0]
+        request = base
+        for axis_index, value_index in zip(order, indices):
+            position[axis_index] = value_index
+            value = axes[axis_index].values[value_index]
+            if value is not None:
+                request = axes[axis_index].apply(request, value)
+        cells.append(Cell(request.validated(), tuple(position)))
+    return cells
+
+
+def _labels(axis: Axis) -> list[str]:
+    return [f"{axis.label}: {axis.value_label(value)}" if value is not None else "" for value in axis.values]
+
+
+def plot_grids(axes: list[Axis], images: dict[tuple[int, int, int], Image.Image]) -> list[Image.Image]:
+    """One labelled grid per Z value (X across, Y down) of the cells' images; cells that did not run are blank."""
+    x, y, z = list(axes) + [Axis("seed", (None,))] * (3 - len(axes))
+    grids = []
+    for zi, title in enumerate(_labels(z)):
+        rows = [[images.get((xi, yi, zi)) for xi in range(len(x.values))] for yi in range(len(y.values))]
+        if any(image is not None for row in rows for image in row):
+            grids.append(labelled_grid(rows, _labels(x), _labels(y), title))
+    return grids

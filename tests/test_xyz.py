@@ -1,0 +1,92 @@
+"""X/Y/Z plots: axis values as A1111 writes them, every cell's request, the labelled grid, and the CLI."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mflux_core.cli import main
+from mflux_core.errors import InvalidRequest
+from mflux_core.images.grid import labelled_grid
+from mflux_core.request import GenerationRequest
+from mflux_core.xyz import parse_axis, parse_axis_flag, plot_cells, plot_grids
+
+
+@pytest.mark.parametrize("kind, text, values", [
+    ("steps", "1-5", (1, 2, 3, 4, 5)),
+    ("steps", "2, 4,8", (2, 4, 8)),
+    ("guidance", "0.5-1.0 (+0.25)", (0.5, 0.75, 1.0)),
+    ("guidance", "2.5, 3.5", (2.5, 3.5)),
+    ("seed", "1-10 [4]", (1, 4, 7, 10)),
+    ("steps", "5-1 (-2)", (5, 3, 1)),
+    ("size", "64x64, 128x96", ((64, 64), (128, 96))),
+    ("model", "demo, demo-fill", ("demo", "demo-fill")),
+])
+def test_values_are_read_as_a1111_writes_them(kind, text, values):
+    assert parse_axis(kind, text).values == values
+
+
+@pytest.mark.parametrize("flag, sentence", [
+    ("steps=1.5, 2", "not a whole number"),
+    ("guidance=0.5-1.0", "needs a step"),
+    ("guidance=1-2 (-0.5)", "does not lead from"),
+    ("guidance=nan", "must be a finite number"),
+    ("colour=red", "Unknown plot axis"),
+    ("steps", "kind=values"),
+    ("steps=", "has no values"),
+    ("size=64by64", "not a size"),
+])
+def test_bad_axes_are_refused_with_a_sentence(flag, sentence):
+    with pytest.raises(InvalidRequest, match=sentence):
+        parse_axis_flag(flag)
+
+
+def test_cells_cover_every_combination_with_the_model_axis_outermost():
+    axes = [parse_axis("steps", "1-2"), parse_axis("model", "demo, demo-kontext"), parse_axis("guidance", "1, 2, 3")]
+    cells = plot_cells(GenerationRequest(prompt="a cat"), axes)
+    assert len(cells) == 12 and len({c.position for c in cells}) == 12
+    models = [c.request.model for c in cells]
+    assert models == ["demo"] * 6 + ["demo-kontext"] * 6  # one model change in the whole plot
+    for cell in cells:
+        x, y, z = cell.position
+        assert (cell.request.steps, cell.request.model, cell.request.guidance) == (
+            (1, 2)[x], ("demo", "demo-kontext")[y], (1.0, 2.0, 3.0)[z])
+
+
+def test_a_plot_is_refused_before_anything_runs_when_a_cell_is_bad_or_there_are_too_many():
+    with pytest.raises(InvalidRequest, match="more than the limit of 10"):
+        plot_cells(GenerationRequest(prompt="a cat"), [parse_axis("steps", "1-4"), parse_axis("seed", "1-3")], 10)
+    with pytest.raises(InvalidRequest, match="does not contain 'dog'"):
+        plot_cells(GenerationRequest(prompt="a cat"), [parse_axis("prompt-sr", "dog, cat")])
+    with pytest.raises(InvalidRequest, match="Steps must be"):
+        plot_cells(GenerationRequest(prompt="a cat"), [parse_axis("steps", "0-2")])
+    with pytest.raises(InvalidRequest, match="needs a LoRA"):
+        plot_cells(GenerationRequest(prompt="a cat"), [parse_axis("lora-scale", "0.5, 1")])
+
+
+def test_the_grid_places_each_image_under_its_labels_and_leaves_missing_cells_blank():
+    red, blue = Image.new("RGB", (32, 24), (255, 0, 0)), Image.new("RGB", (32, 24), (0, 0, 255))
+    grid = np.asarray(labelled_grid([[red, None], [None, blue]], ["X: 1", "X: 2"], ["Y: a", "Y: b"], "Z: 3"))
+    height, width = grid.shape[:2]
+    left, top = width - 64, height - 48
+    assert (grid[top:top + 24, left:left + 32] == (255, 0, 0)).all()
+    assert (grid[top + 24:, left + 32:] == (0, 0, 255)).all()
+    assert (grid[top:top + 24, left + 32:] == 255).all()  # the missing cell
+    assert (grid[:top, :] < 128).any() and (grid[:, :left] < 128).any()  # labels drawn
+
+
+def test_one_grid_per_z_value_with_only_the_cells_that_ran():
+    axes = [parse_axis("steps", "1-2"), parse_axis("seed", "1-2"), parse_axis("guidance", "1, 2")]
+    image = Image.new("RGB", (16, 16), "gray")
+    grids = plot_grids(axes, {(0, 0, 0): image, (1, 1, 0): image})
+    assert len(grids) == 1  # z = 1 has no finished cell
+
+
+def test_the_cli_plots_every_cell_as_a_plain_run_would_and_saves_the_grid(tmp_path):
+    assert main(["generate", "-p", "a red circle", "--seed", "5", "--x-axis", "steps=1-2", "--y-axis",
+                 "prompt-sr=red, blue", "--output", str(tmp_path / "plot.png")]) == 0
+    cells = sorted(tmp_path.glob("plot_x*_y*_z0.png"))
+    assert len(cells) == 4 and (tmp_path / "plot_grid.png").is_file()
+    assert main(["generate", "-p", "a blue circle", "--seed", "5", "--steps", "2",
+                 "--output", str(tmp_path / "plain.png")]) == 0
+    plain = np.asarray(Image.open(tmp_path / "plain.png"))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "plot_x1_y1_z0.png")), plain)
