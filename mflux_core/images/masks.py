@@ -66,13 +66,24 @@ def invert_mask(mask: MaskLike) -> MaskLike:
 
 
 def distance_to_mask(mask: np.ndarray, limit: float) -> np.ndarray:
-    """Euclidean distance (float32) from each pixel to the nearest True pixel: exact up to `limit`, inf beyond."""
+    """Euclidean distance (float32) from each pixel to the nearest True pixel: exact up to `limit`, inf beyond.
+
+    Measured only over the mask's bounding box grown by `limit`: everything outside it is farther.
+    """
     mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
-        return np.full(mask.shape, np.inf, dtype=np.float32)
-    # OpenCV measures the distance to the nearest zero pixel; the precise mask makes it exact (Felzenszwalb).
-    distance = cv2.distanceTransform(np.where(mask, 0, 1).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    distance[distance > limit] = np.inf
+    distance = np.full(mask.shape, np.inf, dtype=np.float32)
+    rows, columns = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if rows.size == 0:
+        return distance
+    reach = math.floor(limit)  # the farthest whole-pixel offset, along either axis, that can be in range
+    box = (
+        slice(max(0, rows[0] - reach), rows[-1] + reach + 1),
+        slice(max(0, columns[0] - reach), columns[-1] + reach + 1),
+    )
+    # OpenCV measures the distance to the nearest zero pixel; its precise mask makes that exact (Felzenszwalb).
+    within = cv2.distanceTransform(np.where(mask[box], 0, 1).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    within[within > limit] = np.inf
+    distance[box] = within
     return distance
 
 
