@@ -2,6 +2,7 @@
 masks, outpainting canvases and the Canny edge detector. Real files are written to tmp_path."""
 
 import errno
+import math
 import os
 import struct
 import threading
@@ -9,6 +10,7 @@ import warnings
 import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -31,6 +33,7 @@ from mflux_core.images.masks import (
     mask_from_editor_layers,
 )
 from mflux_core.images.outpaint import Padding, outpaint_canvas, parse_padding
+from tests.fixtures.photos import textured_photo
 
 
 def noise_image(width, height, seed=0, mode="RGB"):
@@ -369,6 +372,24 @@ def test_blur_mask_is_a_soft_mask_in_unit_range():
     assert np.allclose(soft[:, 15] + soft[:, 16], 1.0, atol=1e-6)  # symmetric about the edge
 
 
+@pytest.mark.parametrize("radius", [0.7, 2.0, 5.5])
+def test_blur_mask_is_a_gaussian_cut_at_three_sigma_with_the_border_repeated(radius):
+    mask = np.random.default_rng(9).random((30, 41)) > 0.6
+    reach = math.ceil(3 * radius)
+    kernel = np.exp(-0.5 * (np.arange(-reach, reach + 1) / radius) ** 2)
+    expected = np.pad(mask.astype(np.float64), reach, mode="edge")
+    for axis in (0, 1):
+        expected = np.apply_along_axis(np.convolve, axis, expected, kernel / kernel.sum(), mode="valid")
+    assert np.allclose(blur_mask(mask, radius), expected, rtol=0, atol=1e-6)
+    assert np.array_equal(blur_mask(mask, 0), mask.astype(np.float32))
+
+
+def test_an_empty_mask_is_infinitely_far_and_grows_to_nothing():
+    empty = np.zeros((12, 9), dtype=bool)
+    assert np.isinf(distance_to_mask(empty, 5)).all()
+    assert not grow_mask(empty, 3).any()
+
+
 @pytest.mark.parametrize("feather_px", [0, 3, 7])
 def test_feathered_paste_keeps_the_original_exactly_beyond_the_feather(feather_px):
     original, generated = noise_image(48, 40, seed=6), noise_image(48, 40, seed=7)
@@ -495,12 +516,30 @@ def test_canny_hysteresis_keeps_weak_edges_only_when_linked_to_strong_ones():
     pixels[30:] = np.linspace(200, 60, 80).round().astype(np.uint8)  # one edge, fading left to right
     pixels[5:15, 60:70] = 60  # an isolated square as faint as the edge's faint end
     image = Image.fromarray(pixels).convert("RGB")
-    edges = edge_map(image, low=100, high=300)
+    # OpenCV's L1 magnitude puts the square's corners at 1.5x its sides (360 here), so the strong bar is 400
+    edges = edge_map(image, low=100, high=400)
     assert edges[28:32].any(axis=0)[2:-2].all()  # the whole edge, weak end included, hangs together
     assert not edges[:20].any()  # the isolated faint square is dropped
-    strong_only = edge_map(image, low=300, high=300)
+    strong_only = edge_map(image, low=400, high=400)
     assert strong_only[28:32, :20].any(axis=0).all() and not strong_only[28:32, 60:].any()
     assert edge_map(image, low=100, high=100)[:20].any()
+
+
+@pytest.mark.parametrize("low, high", [(100, 200), (50, 150), (0, 0), (20.5, 300.25), (1020, 1020)])
+def test_canny_edges_are_opencv_canny_of_the_rgb_picture(low, high):
+    image = textured_photo(160, 120, seed=3)
+    reference = cv2.Canny(np.asarray(image), low, high)  # as InstantX's and mflux's examples make the edge map
+    edges = edge_map(image, low=low, high=high)
+    assert np.array_equal(edges, reference == 255)
+    if (low, high) == (100, 200):
+        assert 0.02 < edges.mean() < 0.3, edges.mean()  # a real edge map, neither empty nor noise
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P"])
+def test_canny_edges_of_other_modes_are_those_of_the_rgb_conversion(mode):
+    image = textured_photo(64, 48, seed=4).convert(mode)
+    reference = cv2.Canny(np.asarray(image.convert("RGB")), 100, 200)
+    assert np.array_equal(edge_map(image), reference == 255)
 
 
 def test_canny_rejects_thresholds_in_the_wrong_order():
