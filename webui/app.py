@@ -16,11 +16,11 @@ from mflux_core.errors import StudioError  # noqa: E402
 from mflux_core.presets import settings_from_png  # noqa: E402
 from webui.jobs import safe_action, message_markdown  # noqa: E402
 from webui.panels import controlnet, depth, fill, generate, in_context, kontext, redux  # noqa: E402
-from webui.panels import concept, train  # noqa: E402
+from webui.panels import concept, plot, train  # noqa: E402
 from webui.presets_ui import apply_settings  # noqa: E402
 from webui.studio import Studio, StudioFolders, StudioOutputs  # noqa: E402
 
-PANEL_MODULES = (generate, fill, depth, kontext, controlnet, redux, *in_context.PANELS, concept, train)
+PANEL_MODULES = (generate, fill, depth, kontext, controlnet, redux, *in_context.PANELS, plot, concept, train)
 MAX_QUEUE_SIZE = 16
 MAX_UPLOAD = "64mb"
 

@@ -1,0 +1,112 @@
+"""X/Y/Z plot: every combination of up to three axes over text-to-image settings.
+
+Each cell is saved to the history like any result (its metadata restores it); the labelled grids
+go to `<outputs>/grids/<date>/`, beside the history. Stop ends the plot after the current step and
+grids the cells that finished.
+"""
+
+import time
+
+import gradio as gr
+
+from mflux_core.errors import InvalidRequest
+from mflux_core.images.io import save_png_atomic
+from mflux_core.xyz import AXIS_KINDS, MAX_CELLS, Axis, parse_axis, plot_cells, plot_grids
+from webui.gallery import save_result
+from webui.jobs import follow, image_progress, page_job
+from webui.panels import Panel, result_column
+from webui.requests import requests_from_settings
+from webui.widgets import build_shared_controls, shared_settings, shared_values
+
+TOOL = "plot"
+AXES = ("x", "y", "z")
+NO_AXIS = ""
+AXIS_CHOICES = [("none", NO_AXIS), *((kind.label, name) for name, kind in AXIS_KINDS.items())]
+GRIDS_FOLDER = "grids"
+
+
+def settings_from_values(values: dict) -> dict:
+    return {"tool": "generate", **shared_settings(values)}
+
+
+def values_from_settings(settings: dict) -> dict:
+    return shared_values(settings)
+
+
+def plot_axes(values: dict) -> list[Axis]:
+    axes = [parse_axis(values[f"{name}_kind"], values.get(f"{name}_values") or "")
+            for name in AXES if values.get(f"{name}_kind")]
+    if not axes:
+        raise InvalidRequest("Choose at least one axis and type its values.")
+    return axes
+
+
+def max_cells(values: dict) -> int:
+    value = values.get("max_cells")
+    return MAX_CELLS if value in (None, "") else max(1, int(value))
+
+
+def run_plot(studio, view, values: dict, session: str):
+    """The Run handler: the cells in turn (progress across all of them), then the grids."""
+    saved: list[tuple[str, str]] = []
+
+    def work(cancel):
+        axes = plot_axes(values)
+        (base,) = requests_from_settings({**settings_from_values(values), "batch_count": 1},
+                                         studio.request_context())
+        cells = plot_cells(base, axes, max_cells(values))
+        images = {}
+        try:
+            for index, cell in enumerate(cells, start=1):
+                result = yield from follow(lambda report: studio.manager.generate(cell.request, report, cancel.is_set),
+                                           cancel, image_progress(view, index, len(cells)))
+                path = save_result(studio.folders.outputs, result)
+                images[cell.position] = result.image
+                saved.append((str(path), f"cell {index} of {len(cells)}"))
+                yield {view.preview: str(path)}
+        finally:
+            saved[:0] = save_grids(studio.folders.outputs, axes, images)
+        return f"Done: {len(cells)} cells and their grid saved to {studio.folders.outputs}."
+
+    def final() -> dict:
+        grids = [path for path, caption in saved if caption.startswith("grid")]
+        return {view.results: saved, **({view.preview: grids[0]} if grids else {})}
+
+    yield from page_job(studio, session, view.status, work, final=final,
+                        stopped=lambda stop: f"{stop} The cells that finished are saved, with their grid.")
+
+
+def save_grids(outputs, axes: list[Axis], images: dict) -> list[tuple[str, str]]:
+    folder = outputs / GRIDS_FOLDER / time.strftime("%Y-%m-%d")
+    stamp = time.strftime("%H%M%S")
+    return [(str(save_png_atomic(grid, folder / f"{stamp}-plot-{index}.png")), f"grid {index + 1}")
+            for index, grid in enumerate(plot_grids(axes, images))]
+
+
+def render(studio) -> Panel:
+    with gr.Tab("X/Y/Z plot", id=TOOL, elem_id="tab-plot"):
+        with gr.Row():
+            with gr.Column(scale=5):
+                axis_controls = {}
+                for name in AXES:
+                    with gr.Row():
+                        axis_controls[f"{name}_kind"] = gr.Dropdown(AXIS_CHOICES, value=NO_AXIS,
+                                                                    label=f"{name.upper()} axis", scale=1,
+                                                                    elem_id=f"plot-{name}-kind")
+                        axis_controls[f"{name}_values"] = gr.Textbox(
+                            "", label="Values", scale=3, elem_id=f"plot-{name}-values",
+                            placeholder="2.5, 3.5 · 1-5 · 0.5-1.0 (+0.25) · 1-10 [4] · Prompt S/R: red, blue")
+                axis_controls["max_cells"] = gr.Number(MAX_CELLS, label="Most cells", precision=0, minimum=1,
+                                                       elem_id="plot-max-cells")
+                shared = build_shared_controls(studio, "generate", TOOL)
+                panel = Panel(TOOL, (), shared.controls, settings_from_values, values_from_settings)
+            with gr.Column(scale=4):
+                view, run, stop = result_column(TOOL)
+
+    def handler(request: gr.Request, **values):
+        yield from run_plot(studio, view, values, request.session_hash if request else "")
+
+    panel.view, panel.run_handler = view, handler
+    studio.wire_run(run, handler, {**panel.controls, **axis_controls}, view, api_name="plot")
+    studio.wire_stop(stop)
+    return panel
