@@ -12,6 +12,9 @@ sometimes an alpha; only the names differ:
   either spelling, optional `.alpha`.
 - XLabs: `double_blocks.0.processor.qkv_lora1.down.weight`; no alpha (scale 1).
 
+LyCORIS LoKr and LoHa files use the same module names with their own factor keys (`lokr_w1`,
+`hada_w1_a`, ...; see lora/lycoris.py), which are rewritten exactly as a down/up pair.
+
 BFL names fuse layers that diffusers keeps apart (q, k, v; a single block's q, k, v and MLP input).
 A fused LoRA becomes one adapter per part: the same down matrix, the up matrix's rows split.
 """
@@ -26,6 +29,7 @@ from typing import Callable, NamedTuple
 import mlx.core as mx
 
 from mflux_core.errors import ModelLoadError
+from mflux_core.lora.lycoris import LYCORIS_PARTS, lycoris_pair
 from mflux_core.models.transformer import MLP_RATIO
 from mflux_core.weights.bfl import (
     DOUBLE_BLOCK_FUSED, DOUBLE_BLOCK_NAMES, GLOBAL_NAMES, SINGLE_BLOCK_FUSED_QKV_MLP, SINGLE_BLOCK_NAMES,
@@ -72,21 +76,23 @@ class LoraFile:
 
 @dataclass
 class _Module:
-    """down/up/alpha of one adapted module as named in the file."""
+    """down/up/alpha (or LyCORIS factors) of one adapted module as named in the file."""
 
     keys: list[str] = field(default_factory=list)
     down: mx.array | None = None
     up: mx.array | None = None
     alpha: float | None = None
+    lycoris: dict[str, mx.array] = field(default_factory=dict)  # factor name ("lokr_w1", ...) -> matrix
 
 
 def split_key(key: str) -> tuple[str, str] | None:
-    """'x.lora_A.weight' -> ('x', 'down'); None for keys that are not down/up/alpha."""
+    """'x.lora_A.weight' -> ('x', 'down'), 'x.lokr_w1' -> ('x', 'lokr_w1'); None for keys that are neither."""
     for suffixes, kind in ((DOWN_SUFFIXES, "down"), (UP_SUFFIXES, "up"), ((ALPHA_SUFFIX,), "alpha")):
         for suffix in suffixes:
             if key.endswith(suffix):
                 return key[: -len(suffix)], kind
-    return None
+    module, _, part = key.rpartition(".")
+    return (module, part) if module and part in LYCORIS_PARTS else None
 
 
 def _underscored(names) -> dict[str, str]:
@@ -210,6 +216,8 @@ def read_lora(weights: dict[str, mx.array], metadata: dict | None = None, name: 
         module.keys.append(key)
         if parsed[1] == "alpha":
             module.alpha = float(value.astype(mx.float32).item())
+        elif parsed[1] in LYCORIS_PARTS:
+            module.lycoris[parsed[1]] = value
         else:
             setattr(module, parsed[1], value)
 
@@ -219,18 +227,12 @@ def read_lora(weights: dict[str, mx.array], metadata: dict | None = None, name: 
     formats = set()
     for (fmt, module_name), module in modules.items():
         paths = _paths(fmt, module_name)
-        if paths is None or module.down is None or module.up is None:
+        pair = _pair(module, module_name, fmt, alpha_from_metadata) if paths else None
+        if pair is None:
             unreadable.extend(module.keys)
             continue
-        formats.add(fmt)
-        rank = module.down.shape[0]
-        if module.alpha is not None:
-            scale = module.alpha / rank
-        elif fmt == "diffusers" and alpha_from_metadata is not None:
-            scale = alpha_from_metadata(module_name, rank)
-        else:
-            scale = 1.0
-        up = module.up
+        formats.add(f"{fmt} {kind}" if (kind := _lycoris_kind(module)) else fmt)
+        down, up, scale = pair
         if fmt in ("kohya", "ai-toolkit") and module_name == BFL_FINAL_MODULATION:
             first, second = mx.split(up, 2, axis=0)
             up = mx.concatenate([second, first], axis=0)
@@ -240,12 +242,35 @@ def read_lora(weights: dict[str, mx.array], metadata: dict | None = None, name: 
             splits = row_splits(paths, up.shape[0])
             parts = mx.split(up, [sum(splits[:i]) for i in range(1, len(splits))], axis=0)
         for path, part in zip(paths, parts):
-            targets[path] = LoraWeights(module.down, part, scale)
+            targets[path] = LoraWeights(down, part, scale)
             sources[path] = tuple(module.keys)
     return LoraFile(
         name=name, format="+".join(sorted(formats)) or "unknown", targets=targets, source_keys=sources,
         total_keys=len(weights), unreadable_keys=sorted(unreadable),
     )
+
+
+def _pair(module: _Module, module_name: str, fmt: str, alpha_from_metadata) -> tuple[mx.array, mx.array, float] | None:
+    """(down, up, scale) of a module; None when a matrix is missing or down/up are mixed with LyCORIS factors."""
+    if module.lycoris:
+        return None if module.down is not None or module.up is not None else lycoris_pair(
+            module.lycoris, module.alpha, module_name)
+    if module.down is None or module.up is None:
+        return None
+    rank = module.down.shape[0]
+    if module.alpha is not None:
+        scale = module.alpha / rank
+    elif fmt == "diffusers" and alpha_from_metadata is not None:
+        scale = alpha_from_metadata(module_name, rank)
+    else:
+        scale = 1.0
+    return module.down, module.up, scale
+
+
+def _lycoris_kind(module: _Module) -> str | None:
+    if not module.lycoris:
+        return None
+    return "LoKr" if any(key.startswith("lokr_") for key in module.lycoris) else "LoHa"
 
 
 def _paths(fmt: str, module_name: str) -> list[str] | None:
