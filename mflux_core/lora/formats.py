@@ -12,8 +12,9 @@ sometimes an alpha; only the names differ:
   either spelling, optional `.alpha`.
 - XLabs: `double_blocks.0.processor.qkv_lora1.down.weight`; no alpha (scale 1).
 
-LyCORIS LoKr and LoHa files use the same module names with their own factor keys (`lokr_w1`,
-`hada_w1_a`, ...; see lora/lycoris.py), which are rewritten exactly as a down/up pair.
+LyCORIS LoKr and LoHa files use the Kohya or AI-toolkit module names, or LyCORIS' own wrapper's
+(`lycoris_transformer_blocks_0_attn_to_q`: diffusers names with `_` for `.`), with their own factor
+keys (`lokr_w1`, `hada_w1_a`, ...; see lora/lycoris.py), which are rewritten exactly as a down/up pair.
 
 BFL names fuse layers that diffusers keeps apart (q, k, v; a single block's q, k, v and MLP input).
 A fused LoRA becomes one adapter per part: the same down matrix, the up matrix's rows split.
@@ -99,26 +100,37 @@ def _underscored(names) -> dict[str, str]:
     return {name.replace(".", "_"): name for name in names}
 
 
-KOHYA_GLOBAL = _underscored(GLOBAL_NAMES)
-KOHYA_DOUBLE = _underscored([*DOUBLE_BLOCK_NAMES, *DOUBLE_BLOCK_FUSED])
-KOHYA_SINGLE = _underscored([*SINGLE_BLOCK_NAMES, "linear1"])
+KOHYA_NAMES = {  # BFL module names with `_` for `.`, after `lora_unet_`
+    "double_blocks": _underscored([*DOUBLE_BLOCK_NAMES, *DOUBLE_BLOCK_FUSED]),
+    "single_blocks": _underscored([*SINGLE_BLOCK_NAMES, "linear1"]),
+    "global": _underscored(GLOBAL_NAMES),
+}
+LYCORIS_NAMES = {  # diffusers module names with `_` for `.`, after `lycoris_` (LyCORIS' own wrapper, SimpleTuner)
+    "transformer_blocks": _underscored(
+        [*DOUBLE_BLOCK_NAMES.values(), *(part for parts in DOUBLE_BLOCK_FUSED.values() for part in parts)]),
+    "single_transformer_blocks": _underscored([*SINGLE_BLOCK_NAMES.values(), *SINGLE_BLOCK_FUSED_QKV_MLP]),
+    "global": _underscored(GLOBAL_NAMES.values()),
+}
+LYCORIS_BLOCK_NAME = re.compile(r"(transformer_blocks|single_transformer_blocks)_(\d+)_(.+)$")
 
 
-def kohya_to_bfl(name: str) -> str | None:
-    """'double_blocks_0_img_attn_qkv' -> 'double_blocks.0.img_attn.qkv' (after the lora_unet_ prefix)."""
-    block = KOHYA_BLOCK_NAME.match(name)
+def dotted(name: str, block_name: re.Pattern, names: dict[str, dict[str, str]]) -> str | None:
+    """'double_blocks_0_img_attn_qkv' -> 'double_blocks.0.img_attn.qkv', from a table of the names with `_`."""
+    block = block_name.match(name)
     if block:
         kind, index, module = block.groups()
-        table = KOHYA_DOUBLE if kind == "double_blocks" else KOHYA_SINGLE
-        return f"{kind}.{index}.{table[module]}" if module in table else None
-    return KOHYA_GLOBAL.get(name)
+        return f"{kind}.{index}.{names[kind][module]}" if module in names[kind] else None
+    return names["global"].get(name)
 
 
 def classify(module: str) -> tuple[str, str] | None:
     """A module name as the file spells it -> (format, name in that format's namespace)."""
     if module.startswith("lora_unet_"):
-        bfl = kohya_to_bfl(module[len("lora_unet_"):])
+        bfl = dotted(module[len("lora_unet_"):], KOHYA_BLOCK_NAME, KOHYA_NAMES)
         return ("kohya", bfl) if bfl else None
+    if module.startswith("lycoris_"):
+        name = dotted(module[len("lycoris_"):], LYCORIS_BLOCK_NAME, LYCORIS_NAMES)
+        return ("lycoris", name) if name else None
     for prefix in ("model.diffusion_model.", "diffusion_model."):
         if module.startswith(prefix):
             module = module[len(prefix):]
@@ -253,8 +265,9 @@ def read_lora(weights: dict[str, mx.array], metadata: dict | None = None, name: 
 def _pair(module: _Module, module_name: str, fmt: str, alpha_from_metadata) -> tuple[mx.array, mx.array, float] | None:
     """(down, up, scale) of a module; None when a matrix is missing or down/up are mixed with LyCORIS factors."""
     if module.lycoris:
+        file_name = split_key(module.keys[0])[0]  # the module as the file spells it, for messages
         return None if module.down is not None or module.up is not None else lycoris_pair(
-            module.lycoris, module.alpha, module_name)
+            module.lycoris, module.alpha, file_name)
     if module.down is None or module.up is None:
         return None
     rank = module.down.shape[0]
@@ -274,7 +287,7 @@ def _lycoris_kind(module: _Module) -> str | None:
 
 
 def _paths(fmt: str, module_name: str) -> list[str] | None:
-    if fmt == "diffusers":
+    if fmt in ("diffusers", "lycoris"):
         return [module_name]
     if fmt == "xlabs":
         return xlabs_parts(module_name)
