@@ -90,7 +90,8 @@ MERGED_REFERENCE = {
     "lokr-kohya": lambda p, d: lyf.write_lycoris_lora(p, d, "lokr", rank=2, alpha=1.0, seed=13),  # w1 full, w2 = a @ b
     "lokr-ai-toolkit-both-factorised": lambda p, d: lyf.write_lycoris_lora(
         p, d, "lokr", style="ai-toolkit", rank=1, alpha=0.5, decompose_both=True, seed=14),
-    "lokr-full-matrices": lambda p, d: lyf.write_lycoris_lora(p, d, "lokr", rank=16, alpha=3.0, seed=15),  # alpha unused
+    # both sides stored full: LyCORIS ignores the alpha
+    "lokr-full-matrices": lambda p, d: lyf.write_lycoris_lora(p, d, "lokr", rank=16, alpha=3.0, seed=15),
     "loha-kohya": lambda p, d: lyf.write_lycoris_lora(p, d, "loha", rank=4, alpha=2.0, seed=16),
     "loha-rank-past-the-layer": lambda p, d: lyf.write_lycoris_lora(p, d, "loha", rank=8, alpha=4.0, seed=17),
     "lokr-lycoris-wrapper-names": lambda p, d: lyf.write_lycoris_lora(p, d, "lokr", style="lycoris", rank=2, seed=18),

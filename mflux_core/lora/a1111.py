@@ -27,7 +27,7 @@ def lora_tags(paths: Sequence[str], scales: Sequence[float]) -> str:
 
 
 def take_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
-    """(the prompt without its LoRA tags, [(name, scale)] in order); a tag whose scale is not a finite number reads 1."""
+    """(the prompt without its LoRA tags, [(name, scale)] in order); a scale that is not a finite number reads 1."""
     found = []
     for match in LORA_TAG.finditer(prompt):
         numbers = match.group(2).split(":")[1:3]
