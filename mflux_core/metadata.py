@@ -6,6 +6,7 @@ from pathlib import Path
 from PIL import Image
 
 from mflux_core.errors import InvalidRequest
+from mflux_core.lora.a1111 import lora_tags
 from mflux_core.request import GenerationRequest
 
 JSON_KEY = "mflux_studio"
@@ -35,7 +36,7 @@ def a1111_parameters(request: GenerationRequest, extras: dict | None = None) -> 
         ("Version", "mflux-studio"),
     ]
     line = ", ".join(f"{k}: {v}" for k, v in items if v is not None)
-    return f"{request.prompt}\n{line}"
+    return f"{request.prompt}{lora_tags(request.lora_paths, request.lora_scales)}\n{line}"
 
 
 def png_text_chunks(request: GenerationRequest, extras: dict | None = None) -> dict[str, str]:

@@ -21,12 +21,14 @@ from PIL import Image
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.outpaint import parse_padding
+from mflux_core.lora.a1111 import lora_library_name, take_lora_tags
+from mflux_core.lora.library import find_in_library, library_folders
 from mflux_core.metadata import A1111_KEY, JSON_KEY, MAX_METADATA_CHARS, request_from_metadata
 from mflux_core.request import (
     MAX_SEED, MAX_SIDE, MAX_STEPS, REQUEST_SETTINGS, TOOLS, GenerationRequest, is_finite_number,
 )
 from mflux_core.settings_schema import (
-    MAX_BATCH, MAX_LIST_ITEMS, SEED, Setting, checked, fragment, number, problems, schema, text,
+    MAX_BATCH, MAX_LIST_ITEMS, MAX_LORA_SCALE, SEED, Setting, checked, fragment, number, problems, schema, text,
 )
 
 FORMAT_VERSION = 1
@@ -286,7 +288,7 @@ def settings_from_request(request: GenerationRequest) -> dict:
     """The settings of a request (its input paths dropped, LoRA paths as library names)."""
     values = request.to_dict()
     settings = {k: values[k] for k in SETTING_FIELDS}
-    settings["lora_paths"] = [Path(p).stem if p.endswith(".safetensors") else p for p in settings["lora_paths"]]
+    settings["lora_paths"] = [lora_library_name(p) for p in settings["lora_paths"]]
     settings["extra"] = {k: v for k, v in settings["extra"].items()  # side models by name stay; input files go
                          if not (_is_path_key(k) and (not isinstance(v, str) or _model_problem(v)))}
     for key in ("model", "base_model"):  # a folder path: keep its name, as in a models folder
@@ -300,7 +302,8 @@ _A1111_ITEM = re.compile(r'\s*([A-Za-z][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?
 
 
 def settings_from_a1111(text: str) -> dict:
-    """Prompt, steps, seed, size and guidance from an A1111 / Forge `parameters` text chunk."""
+    """Prompt, steps, seed, size and guidance from an A1111 / Forge `parameters` text chunk, and the
+    prompt's `<lora:name:scale>` tags as LoRAs where the library holds a file of that name."""
     lines = text.strip().split("\n")
     parameter_line = ""
     if lines and re.match(r"^\s*Steps:", lines[-1]):
@@ -311,7 +314,8 @@ def settings_from_a1111(text: str) -> dict:
             break
         prompt_lines.append(line)
     values = {key.strip(): value.strip().strip('"') for key, value in _A1111_ITEM.findall(parameter_line)}
-    settings: dict = {"prompt": "\n".join(prompt_lines).strip()}
+    prompt, tagged = take_lora_tags("\n".join(prompt_lines))
+    settings: dict = {"prompt": prompt, **_library_loras(tagged)}
     if values.get("Steps", "").isdigit():
         settings["steps"] = max(1, min(MAX_STEPS, int(values["Steps"])))
     if values.get("Seed", "").isdigit() and int(values["Seed"]) <= MAX_SEED:
@@ -332,6 +336,14 @@ def settings_from_a1111(text: str) -> dict:
     if values.get("Tool") in TOOLS:
         settings["tool"] = values["Tool"]
     return validate_settings(settings)
+
+
+def _library_loras(tagged: list[tuple[str, float]]) -> dict:
+    """lora_paths / lora_scales (clamped to the allowed range) for the tagged LoRAs the library has, by name."""
+    folders = library_folders()
+    found = [(name, max(-MAX_LORA_SCALE, min(MAX_LORA_SCALE, scale))) for name, scale in tagged
+             if not _lora_name_problem(name) and find_in_library(name, folders) is not None]
+    return {"lora_paths": [n for n, _ in found], "lora_scales": [s for _, s in found]} if found else {}
 
 
 def settings_from_png(path: Path) -> dict:

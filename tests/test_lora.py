@@ -9,18 +9,23 @@ fixture's own reading of the format.
 
 import logging
 
+import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 import torch
+from mlx.utils import tree_flatten
 
 from mflux_core.errors import ModelLoadError
-from mflux_core.lora.apply import add_lora
-from mflux_core.lora.formats import load_lora_file
+from mflux_core.lora.apply import add_lora, lora_layers, remove_lora
+from mflux_core.lora.formats import load_lora_file, read_lora
+from mflux_core.lora.layers import LoRALinear
 from mflux_core.lora.library import resolve_lora_path
 from mflux_core.manager import ModelManager
 from mflux_core.models.transformer import load_transformer
 from mflux_core.request import GenerationRequest
 from tests.fixtures import lora_files as lf
+from tests.fixtures import lycoris_files as lyf
 from tests.fixtures.tiny_flux import load_diffusers_pipeline
 from tests.parity import UINT8_TOLERANCE, make_noise, max_uint8_diff, pack, run_cli
 
@@ -81,6 +86,17 @@ MERGED_REFERENCE = {
     "kohya-no-alpha": lambda p, d: lf.write_bfl_lora(p, d, "kohya", seed=10),
     "ai-toolkit": lambda p, d: lf.write_bfl_lora(p, d, "ai-toolkit", seed=11, alpha=8.0, magnitude=0.25),
     "ai-toolkit-no-alpha": lambda p, d: lf.write_bfl_lora(p, d, "ai-toolkit", seed=12),
+    # LyCORIS, against lycoris-lora's own diff_weight (diffusers' FLUX.1 loader reads neither LoKr nor LoHa)
+    "lokr-kohya": lambda p, d: lyf.write_lycoris_lora(p, d, "lokr", rank=2, alpha=1.0, seed=13),  # w1 full, w2 = a @ b
+    "lokr-ai-toolkit-both-factorised": lambda p, d: lyf.write_lycoris_lora(
+        p, d, "lokr", style="ai-toolkit", rank=1, alpha=0.5, decompose_both=True, seed=14),
+    # both sides stored full: LyCORIS ignores the alpha
+    "lokr-full-matrices": lambda p, d: lyf.write_lycoris_lora(p, d, "lokr", rank=16, alpha=3.0, seed=15),
+    "loha-kohya": lambda p, d: lyf.write_lycoris_lora(p, d, "loha", rank=4, alpha=2.0, seed=16),
+    "loha-rank-past-the-layer": lambda p, d: lyf.write_lycoris_lora(p, d, "loha", rank=8, alpha=4.0, seed=17),
+    "lokr-lycoris-wrapper-names": lambda p, d: lyf.write_lycoris_lora(p, d, "lokr", style="lycoris", rank=2, seed=18),
+    "loha-lycoris-wrapper-names": lambda p, d: lyf.write_lycoris_lora(
+        p, d, "loha", style="lycoris", rank=2, alpha=1.0, seed=19),
 }
 
 
@@ -114,35 +130,109 @@ def test_every_format_reads_to_the_same_weight_changes(dims, tmp_path):
         assert not lora.unreadable_keys, case
 
 
-def test_several_loras_equal_their_summed_deltas(tiny_dev, dims, noise, tmp_path):
-    kohya, kohya_deltas = lf.write_bfl_lora(tmp_path / "k.safetensors", dims, "kohya", seed=20, alpha=2.0, magnitude=1.0)
-    xlabs, xlabs_deltas = lf.write_xlabs_lora(tmp_path / "x.safetensors", dims, seed=21)
-    peft, peft_deltas = lf.write_diffusers_lora(tmp_path / "p.safetensors", dims, seed=22)
-    scales = (0.7, -0.4, 0.5)
-    ours = our_image(tiny_dev, tmp_path / "ours.png", noise, "--lora-paths", kohya, xlabs, peft,
-                     "--lora-scales", *scales)
-    reference = diffusers_image(
-        tiny_dev, noise, merged=list(zip((kohya_deltas, xlabs_deltas, peft_deltas), scales)))
+SEVERAL_AT_ONCE = {  # name -> (writers(path, dims) -> (file, deltas), scales)
+    "lora-formats": ((lambda p, d: lf.write_bfl_lora(p, d, "kohya", seed=20, alpha=2.0, magnitude=1.0),
+                      lambda p, d: lf.write_xlabs_lora(p, d, seed=21),
+                      lambda p, d: lf.write_diffusers_lora(p, d, seed=22)), (0.7, -0.4, 0.5)),
+    "lokr-loha-and-lora": ((lambda p, d: lyf.write_lycoris_lora(p, d, "lokr", rank=2, seed=23),
+                            lambda p, d: lyf.write_lycoris_lora(p, d, "loha", rank=4, alpha=2.0, seed=24),
+                            lambda p, d: lf.write_bfl_lora(p, d, "kohya", seed=25, alpha=2.0, magnitude=1.0)),
+                           (0.7, -0.5, 0.6)),
+}
+
+
+@pytest.mark.parametrize("case", list(SEVERAL_AT_ONCE))
+def test_several_loras_equal_their_summed_deltas(case, tiny_dev, dims, noise, tmp_path):
+    writers, scales = SEVERAL_AT_ONCE[case]
+    files, deltas = zip(*(write(tmp_path / f"{i}.safetensors", dims) for i, write in enumerate(writers)))
+    ours = our_image(tiny_dev, tmp_path / "ours.png", noise, "--lora-paths", *files, "--lora-scales", *scales)
+    reference = diffusers_image(tiny_dev, noise, merged=list(zip(deltas, scales)))
     assert max_uint8_diff(ours, reference) <= UINT8_TOLERANCE
 
 
-def test_remove_restores_the_base_and_rescale_equals_a_fresh_load(tiny_dev, dims, noise, tmp_path):
-    lora_file, _ = lf.write_bfl_lora(tmp_path / "k.safetensors", dims, "kohya", seed=30, alpha=2.0, magnitude=1.0)
+REMOVED_AND_RESCALED = {
+    "kohya-lora": (lambda p, d: lf.write_bfl_lora(p, d, "kohya", seed=30, alpha=2.0, magnitude=1.0),),
+    "lokr-and-loha": (lambda p, d: lyf.write_lycoris_lora(p, d, "lokr", rank=2, seed=31, magnitude=1.0),
+                      lambda p, d: lyf.write_lycoris_lora(p, d, "loha", rank=4, alpha=2.0, seed=32)),
+}
+
+
+@pytest.mark.parametrize("case", list(REMOVED_AND_RESCALED))
+def test_remove_restores_the_base_and_rescale_equals_a_fresh_load(case, tiny_dev, dims, noise, tmp_path):
+    files = [str(write(tmp_path / f"{i}.safetensors", dims)[0]) for i, write in enumerate(REMOVED_AND_RESCALED[case])]
     request = GenerationRequest(model=str(tiny_dev), prompt=PROMPT, steps=STEPS, height=HEIGHT, width=WIDTH,
                                 guidance=GUIDANCE, init_noise_path=str(noise), dtype="float32")
-    with_lora = request.with_(lora_paths=(str(lora_file),), lora_scales=(1.0,))
+    with_lora = request.with_(lora_paths=tuple(files), lora_scales=(1.0,) * len(files))
     manager = ModelManager()
     base = manager.generate(request).image
     full = manager.generate(with_lora).image
-    rescaled = manager.generate(with_lora.with_(lora_scales=(0.3,))).image
+    rescaled = manager.generate(with_lora.with_(lora_scales=(0.3,) * len(files))).image
     removed = manager.generate(request).image
-    fresh = ModelManager().generate(with_lora.with_(lora_scales=(0.3,))).image
+    fresh = ModelManager().generate(with_lora.with_(lora_scales=(0.3,) * len(files))).image
 
     assert manager.resident.load_counts["transformer"] == 1  # the base weights were loaded once
     assert max_uint8_diff(full, base) > MIN_LORA_EFFECT
     assert max_uint8_diff(rescaled, full) > MIN_LORA_EFFECT / 4
     assert max_uint8_diff(removed, base) == 0
     assert np.array_equal(np.asarray(rescaled), np.asarray(fresh))
+
+
+def test_removing_lycoris_files_restores_bit_identical_weights(tiny_dev, dims, tmp_path):
+    transformer = load_transformer(tiny_dev / "transformer")
+    before = dict(tree_flatten(transformer.parameters()))
+    for i, kind in enumerate(("lokr", "loha")):
+        path, _ = lyf.write_lycoris_lora(tmp_path / f"{kind}.safetensors", dims, kind, rank=2, seed=50 + i)
+        add_lora(transformer, load_lora_file(path), kind, scale=0.7)
+    assert lora_layers(transformer)
+    remove_lora(transformer, "lokr")
+    remove_lora(transformer, "loha")
+    after = dict(tree_flatten(transformer.parameters()))
+    assert not lora_layers(transformer) and after.keys() == before.keys()
+    assert all(np.array_equal(np.array(after[key]), np.array(before[key])) for key in before)
+
+
+@pytest.mark.parametrize("kind", ["lokr", "loha"])
+def test_lycoris_on_a_quantized_layer_adds_exactly_lycoris_delta(kind):
+    generator = torch.Generator().manual_seed(60)
+    factors = (lyf.lokr_factors(96, 128, 2, generator, decompose_both=True) if kind == "lokr"
+               else lyf.loha_factors(96, 128, 4, generator))
+    expected_delta = lyf.lycoris_delta(factors, alpha=1.5).numpy()
+    lora = read_lora({f"lora_unet_img_in.{key}": mx.array(t.numpy()) for key, t in factors.items()}
+                     | {"lora_unet_img_in.alpha": mx.array(1.5)})
+    quantized = nn.QuantizedLinear.from_linear(nn.Linear(128, 96), group_size=64, bits=4)
+    layer = LoRALinear(quantized)
+    layer.add(kind, lora.targets["x_embedder"], scale=0.8)
+    x = mx.array(np.random.default_rng(0).standard_normal((2, 7, 128)).astype(np.float32))
+    expected = np.array(quantized(x)) + 0.8 * np.array(x) @ expected_delta.T
+    assert np.abs(np.array(layer(x)) - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_lycoris_on_a_quantized_model_is_removed_without_reloading(tiny_dev, dims, noise, tmp_path):
+    """8 bits in groups of 64 reach this tiny model's 128-wide MLP outputs, which the LoKr adapts too."""
+    lokr, _ = lyf.write_lycoris_lora(tmp_path / "lokr.safetensors", dims, "lokr", rank=2, seed=61, magnitude=1.0)
+    request = GenerationRequest(model=str(tiny_dev), prompt=PROMPT, steps=STEPS, height=HEIGHT, width=WIDTH,
+                                guidance=GUIDANCE, init_noise_path=str(noise), dtype="float32", quantize=8)
+    manager = ModelManager()
+    base = manager.generate(request).image
+    with_lokr = manager.generate(request.with_(lora_paths=(str(lokr),))).image
+    removed = manager.generate(request).image
+    assert manager.resident.load_counts["transformer"] == 1
+    assert max_uint8_diff(with_lokr, base) > MIN_LORA_EFFECT
+    assert max_uint8_diff(removed, base) == 0
+
+
+def test_lycoris_files_made_for_convolutions_or_missing_factors_are_refused(tiny_dev, dims, tmp_path):
+    path, _ = lyf.write_lycoris_lora(tmp_path / "lokr.safetensors", dims, "lokr", modules=["img_in"])
+    tensors = mx.load(str(path))
+    convolution = {**tensors, "lora_unet_img_in.lokr_w2": mx.zeros((4, 4, 3, 3))}
+    convolution.pop("lora_unet_img_in.lokr_w2_a"), convolution.pop("lora_unet_img_in.lokr_w2_b")
+    with pytest.raises(ModelLoadError, match="lora_unet_img_in holds convolution factors .*only linear layers"):
+        read_lora(convolution)
+
+    half = {key: value for key, value in tensors.items() if not key.endswith("lokr_w1")}
+    transformer = load_transformer(tiny_dev / "transformer")
+    with pytest.raises(ModelLoadError, match="matches none of this FLUX.1 transformer's layers"):
+        add_lora(transformer, read_lora(half), "half")
 
 
 def test_partial_match_is_reported_with_counts(tiny_dev, dims, noise, tmp_path, caplog):

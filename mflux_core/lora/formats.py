@@ -12,6 +12,10 @@ sometimes an alpha; only the names differ:
   either spelling, optional `.alpha`.
 - XLabs: `double_blocks.0.processor.qkv_lora1.down.weight`; no alpha (scale 1).
 
+LyCORIS LoKr and LoHa files use the Kohya or AI-toolkit module names, or LyCORIS' own wrapper's
+(`lycoris_transformer_blocks_0_attn_to_q`: diffusers names with `_` for `.`), with their own factor
+keys (`lokr_w1`, `hada_w1_a`, ...; see lora/lycoris.py), which are rewritten exactly as a down/up pair.
+
 BFL names fuse layers that diffusers keeps apart (q, k, v; a single block's q, k, v and MLP input).
 A fused LoRA becomes one adapter per part: the same down matrix, the up matrix's rows split.
 """
@@ -26,6 +30,7 @@ from typing import Callable, NamedTuple
 import mlx.core as mx
 
 from mflux_core.errors import ModelLoadError
+from mflux_core.lora.lycoris import LYCORIS_PARTS, lycoris_pair
 from mflux_core.models.transformer import MLP_RATIO
 from mflux_core.weights.bfl import (
     DOUBLE_BLOCK_FUSED, DOUBLE_BLOCK_NAMES, GLOBAL_NAMES, SINGLE_BLOCK_FUSED_QKV_MLP, SINGLE_BLOCK_NAMES,
@@ -72,47 +77,60 @@ class LoraFile:
 
 @dataclass
 class _Module:
-    """down/up/alpha of one adapted module as named in the file."""
+    """down/up/alpha (or LyCORIS factors) of one adapted module as named in the file."""
 
     keys: list[str] = field(default_factory=list)
     down: mx.array | None = None
     up: mx.array | None = None
     alpha: float | None = None
+    lycoris: dict[str, mx.array] = field(default_factory=dict)  # factor name ("lokr_w1", ...) -> matrix
 
 
 def split_key(key: str) -> tuple[str, str] | None:
-    """'x.lora_A.weight' -> ('x', 'down'); None for keys that are not down/up/alpha."""
+    """'x.lora_A.weight' -> ('x', 'down'), 'x.lokr_w1' -> ('x', 'lokr_w1'); None for keys that are neither."""
     for suffixes, kind in ((DOWN_SUFFIXES, "down"), (UP_SUFFIXES, "up"), ((ALPHA_SUFFIX,), "alpha")):
         for suffix in suffixes:
             if key.endswith(suffix):
                 return key[: -len(suffix)], kind
-    return None
+    module, _, part = key.rpartition(".")
+    return (module, part) if module and part in LYCORIS_PARTS else None
 
 
 def _underscored(names) -> dict[str, str]:
     return {name.replace(".", "_"): name for name in names}
 
 
-KOHYA_GLOBAL = _underscored(GLOBAL_NAMES)
-KOHYA_DOUBLE = _underscored([*DOUBLE_BLOCK_NAMES, *DOUBLE_BLOCK_FUSED])
-KOHYA_SINGLE = _underscored([*SINGLE_BLOCK_NAMES, "linear1"])
+KOHYA_NAMES = {  # BFL module names with `_` for `.`, after `lora_unet_`
+    "double_blocks": _underscored([*DOUBLE_BLOCK_NAMES, *DOUBLE_BLOCK_FUSED]),
+    "single_blocks": _underscored([*SINGLE_BLOCK_NAMES, "linear1"]),
+    "global": _underscored(GLOBAL_NAMES),
+}
+LYCORIS_NAMES = {  # diffusers module names with `_` for `.`, after `lycoris_` (LyCORIS' own wrapper, SimpleTuner)
+    "transformer_blocks": _underscored(
+        [*DOUBLE_BLOCK_NAMES.values(), *(part for parts in DOUBLE_BLOCK_FUSED.values() for part in parts)]),
+    "single_transformer_blocks": _underscored([*SINGLE_BLOCK_NAMES.values(), *SINGLE_BLOCK_FUSED_QKV_MLP]),
+    "global": _underscored(GLOBAL_NAMES.values()),
+}
+LYCORIS_BLOCK_NAME = re.compile(r"(transformer_blocks|single_transformer_blocks)_(\d+)_(.+)$")
 
 
-def kohya_to_bfl(name: str) -> str | None:
-    """'double_blocks_0_img_attn_qkv' -> 'double_blocks.0.img_attn.qkv' (after the lora_unet_ prefix)."""
-    block = KOHYA_BLOCK_NAME.match(name)
+def dotted(name: str, block_name: re.Pattern, names: dict[str, dict[str, str]]) -> str | None:
+    """'double_blocks_0_img_attn_qkv' -> 'double_blocks.0.img_attn.qkv', from a table of the names with `_`."""
+    block = block_name.match(name)
     if block:
         kind, index, module = block.groups()
-        table = KOHYA_DOUBLE if kind == "double_blocks" else KOHYA_SINGLE
-        return f"{kind}.{index}.{table[module]}" if module in table else None
-    return KOHYA_GLOBAL.get(name)
+        return f"{kind}.{index}.{names[kind][module]}" if module in names[kind] else None
+    return names["global"].get(name)
 
 
 def classify(module: str) -> tuple[str, str] | None:
     """A module name as the file spells it -> (format, name in that format's namespace)."""
     if module.startswith("lora_unet_"):
-        bfl = kohya_to_bfl(module[len("lora_unet_"):])
+        bfl = dotted(module[len("lora_unet_"):], KOHYA_BLOCK_NAME, KOHYA_NAMES)
         return ("kohya", bfl) if bfl else None
+    if module.startswith("lycoris_"):
+        name = dotted(module[len("lycoris_"):], LYCORIS_BLOCK_NAME, LYCORIS_NAMES)
+        return ("lycoris", name) if name else None
     for prefix in ("model.diffusion_model.", "diffusion_model."):
         if module.startswith(prefix):
             module = module[len(prefix):]
@@ -210,6 +228,8 @@ def read_lora(weights: dict[str, mx.array], metadata: dict | None = None, name: 
         module.keys.append(key)
         if parsed[1] == "alpha":
             module.alpha = float(value.astype(mx.float32).item())
+        elif parsed[1] in LYCORIS_PARTS:
+            module.lycoris[parsed[1]] = value
         else:
             setattr(module, parsed[1], value)
 
@@ -219,18 +239,12 @@ def read_lora(weights: dict[str, mx.array], metadata: dict | None = None, name: 
     formats = set()
     for (fmt, module_name), module in modules.items():
         paths = _paths(fmt, module_name)
-        if paths is None or module.down is None or module.up is None:
+        pair = _pair(module, module_name, fmt, alpha_from_metadata) if paths else None
+        if pair is None:
             unreadable.extend(module.keys)
             continue
-        formats.add(fmt)
-        rank = module.down.shape[0]
-        if module.alpha is not None:
-            scale = module.alpha / rank
-        elif fmt == "diffusers" and alpha_from_metadata is not None:
-            scale = alpha_from_metadata(module_name, rank)
-        else:
-            scale = 1.0
-        up = module.up
+        formats.add(f"{fmt} {kind}" if (kind := _lycoris_kind(module)) else fmt)
+        down, up, scale = pair
         if fmt in ("kohya", "ai-toolkit") and module_name == BFL_FINAL_MODULATION:
             first, second = mx.split(up, 2, axis=0)
             up = mx.concatenate([second, first], axis=0)
@@ -240,7 +254,7 @@ def read_lora(weights: dict[str, mx.array], metadata: dict | None = None, name: 
             splits = row_splits(paths, up.shape[0])
             parts = mx.split(up, [sum(splits[:i]) for i in range(1, len(splits))], axis=0)
         for path, part in zip(paths, parts):
-            targets[path] = LoraWeights(module.down, part, scale)
+            targets[path] = LoraWeights(down, part, scale)
             sources[path] = tuple(module.keys)
     return LoraFile(
         name=name, format="+".join(sorted(formats)) or "unknown", targets=targets, source_keys=sources,
@@ -248,8 +262,32 @@ def read_lora(weights: dict[str, mx.array], metadata: dict | None = None, name: 
     )
 
 
+def _pair(module: _Module, module_name: str, fmt: str, alpha_from_metadata) -> tuple[mx.array, mx.array, float] | None:
+    """(down, up, scale) of a module; None when a matrix is missing or down/up are mixed with LyCORIS factors."""
+    if module.lycoris:
+        file_name = split_key(module.keys[0])[0]  # the module as the file spells it, for messages
+        return None if module.down is not None or module.up is not None else lycoris_pair(
+            module.lycoris, module.alpha, file_name)
+    if module.down is None or module.up is None:
+        return None
+    rank = module.down.shape[0]
+    if module.alpha is not None:
+        scale = module.alpha / rank
+    elif fmt == "diffusers" and alpha_from_metadata is not None:
+        scale = alpha_from_metadata(module_name, rank)
+    else:
+        scale = 1.0
+    return module.down, module.up, scale
+
+
+def _lycoris_kind(module: _Module) -> str | None:
+    if not module.lycoris:
+        return None
+    return "LoKr" if any(key.startswith("lokr_") for key in module.lycoris) else "LoHa"
+
+
 def _paths(fmt: str, module_name: str) -> list[str] | None:
-    if fmt == "diffusers":
+    if fmt in ("diffusers", "lycoris"):
         return [module_name]
     if fmt == "xlabs":
         return xlabs_parts(module_name)

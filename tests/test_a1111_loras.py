@@ -1,0 +1,48 @@
+"""A1111 `<lora:name:scale>` tags: written into the PNG `parameters` text for each LoRA, and read back
+as LoRAs when the library holds a file of that name."""
+
+from PIL import Image, PngImagePlugin
+
+from mflux_core.lora.a1111 import take_lora_tags
+from mflux_core.metadata import A1111_KEY, a1111_parameters
+from mflux_core.presets import settings_from_a1111, settings_from_png
+from mflux_core.request import GenerationRequest
+
+
+def a1111_png(path, text):
+    info = PngImagePlugin.PngInfo()
+    info.add_text(A1111_KEY, text)
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    return path
+
+
+def test_the_parameters_text_tags_each_lora_and_a_png_restores_those_in_the_library(tmp_path, monkeypatch):
+    library = tmp_path / "loras"
+    (library / "styles").mkdir(parents=True)
+    (library / "styles" / "watercolor.safetensors").write_bytes(b"")
+    monkeypatch.setenv("LORA_LIBRARY_PATH", str(library))
+    request = GenerationRequest(model="dev", prompt="a lighthouse, at dusk", seed=7, steps=12, width=512, height=512,
+                                lora_paths=("/anywhere/watercolor.safetensors", "not-in-library"),
+                                lora_scales=(0.8, -0.5))
+    text = a1111_parameters(request)
+    assert text.split("\n")[0] == "a lighthouse, at dusk <lora:watercolor:0.8> <lora:not-in-library:-0.5>"
+
+    settings = settings_from_png(a1111_png(tmp_path / "a.png", text))
+    assert settings["prompt"] == "a lighthouse, at dusk"
+    assert (settings["lora_paths"], settings["lora_scales"]) == (["watercolor"], [0.8])
+
+    no_library = settings_from_a1111(text.replace("watercolor", "oil"))
+    assert no_library["prompt"] == "a lighthouse, at dusk" and "lora_paths" not in no_library
+
+
+def test_forge_and_lycoris_tag_spellings(tmp_path, monkeypatch):
+    for name in ("ink", "soft light"):
+        (tmp_path / f"{name}.safetensors").write_bytes(b"")
+    monkeypatch.setenv("LORA_LIBRARY_PATH", str(tmp_path))
+    text = ("portrait <lora:ink:1:0.6>, <lyco:soft light:7>\nsecond line <lora:ink>\n"
+            "Steps: 20, Seed: 3, Size: 512x512")
+    settings = settings_from_a1111(text)
+    assert settings["prompt"] == "portrait,\nsecond line"
+    assert settings["lora_paths"] == ["ink", "soft light", "ink"]
+    assert settings["lora_scales"] == [0.6, 4, 1.0]  # the unet scale of <lora:name:te:unet>; 7 clamped to 4
+    assert take_lora_tags("x <lora:a:nan> <lora:b:unet=0.5>")[1] == [("a", 1.0), ("b", 1.0)]
