@@ -184,7 +184,7 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
                         info="Aliases download on first use; models folder and HF cache entries are on disk.",
                         elem_id=f"{prefix}-model", buttons=[model_refresh])
     prompt = gr.Textbox(label=prompt_label, lines=3, elem_id=f"{prefix}-prompt",
-                        info="{red|blue} picks one per image, __name__ a line of name.txt in the wildcards folder")
+                        info="`{red|blue}` picks one per image, `__name__` a line of name.txt in the wildcards folder")
     with gr.Row():
         seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, elem_id=f"{prefix}-seed")
         random_seed = gr.Checkbox(False, label="Random seed", elem_id=f"{prefix}-random-seed")
