@@ -12,6 +12,7 @@ user, background, output_format...) are accepted and ignored. Every error is Ope
 {"error": {"message", "type", "param", "code"}}.
 """
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -20,6 +21,7 @@ import secrets
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable, Literal
@@ -29,7 +31,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
@@ -45,6 +46,7 @@ from webui.requests import requests_from_settings
 log = logging.getLogger("mflux_studio.openai_api")
 
 MAX_BODY_BYTES = 64 * 2**20  # the page's upload limit too
+API_THREADS = 8  # requests decoded and waiting for their turn at once; later ones wait in line for a thread
 API_TOOLS = ("generate", "fill", "kontext")
 SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 RESULT_NAME = re.compile(r"^[\w-]+\.png$")
@@ -253,6 +255,12 @@ def authorized(given: tuple[str, str] | None, auth) -> bool:
 def openai_router(studio, auth=None) -> APIRouter:
     """The API's routes; with `auth` (Gradio's launch argument) every route asks for those credentials."""
     router = APIRouter()
+    # API jobs wait for their turn on threads of their own: on the pool Gradio runs the page's jobs on, a crowd of
+    # waiting API requests could leave the running page job without a thread to finish on.
+    threads = ThreadPoolExecutor(API_THREADS, thread_name_prefix="openai-api")
+
+    async def in_thread(work: Callable, *args):
+        return await asyncio.get_running_loop().run_in_executor(threads, work, *args)
 
     def route(method: str, path: str):
         def register(answer: Callable[..., Awaitable]):
@@ -287,7 +295,7 @@ def openai_router(studio, auth=None) -> APIRouter:
             raise ApiError(400, "The body must be a JSON object (Content-Type: application/json).") from None
         if not isinstance(fields, dict):
             raise ApiError(400, "The body must be a JSON object of the request's fields.")
-        return JSONResponse(await run_in_threadpool(generate_images, studio, fields, str(request.base_url)))
+        return JSONResponse(await in_thread(generate_images, studio, fields, str(request.base_url)))
 
     @route("POST", "/v1/images/edits")
     async def edits(request: Request):
@@ -295,7 +303,7 @@ def openai_router(studio, auth=None) -> APIRouter:
             raise ApiError(400, "Send an edit as multipart/form-data: the image (and mask) as files, the rest as "
                                 "fields.")
         async with request.form(max_files=8, max_fields=64) as form:
-            return JSONResponse(await run_in_threadpool(edit_images, studio, form, str(request.base_url)))
+            return JSONResponse(await in_thread(edit_images, studio, form, str(request.base_url)))
 
     @route("GET", "/v1/models")
     async def models(request: Request):
