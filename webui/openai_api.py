@@ -15,7 +15,6 @@ user, background, output_format...) are accepted and ignored. Every error is Ope
 import asyncio
 import base64
 import binascii
-import logging
 import re
 import secrets
 import shutil
@@ -43,7 +42,6 @@ from webui.gallery import DATE_FOLDER, save_result
 from webui.jobs import error_text
 from webui.requests import requests_from_settings
 
-log = logging.getLogger("mflux_studio.openai_api")
 
 MAX_BODY_BYTES = 64 * 2**20  # the page's upload limit too
 API_THREADS = 8  # requests decoded and waiting for their turn at once; later ones wait in line for a thread
