@@ -71,6 +71,11 @@ def pixels(path: Path) -> np.ndarray:
         return np.asarray(image)
 
 
+def saved_request(studio, url: str) -> dict:
+    """The request recorded in the result a `url` answer points at."""
+    return request_in(studio.folders.outputs.joinpath(*url.split("/v1/files/")[1].split("/")))
+
+
 def openai_mask(mask: np.ndarray) -> bytes:
     """Our mask (True = regenerate) as OpenAI draws one: an RGBA PNG, transparent where the image is edited."""
     rgba = np.full((*mask.shape, 4), 255, np.uint8)
@@ -135,7 +140,7 @@ def test_a_url_result_is_the_saved_file_and_no_format_gives_both(studio):
     fetched = httpx.get(item["url"], timeout=TIMEOUT_S)
     assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
     assert fetched.content == base64.b64decode(item["b64_json"])
-    request = request_in(studio.folders.outputs.joinpath(*item["url"].split("/v1/files/")[1].split("/")))
+    request = saved_request(studio, item["url"])
     assert (request["tool"], request["model"], request["width"]) == ("generate", "demo", IMAGE_SIZE)  # native size
     url_only = studio.http.post("/v1/images/generations", json={"prompt": "x", "response_format": "url"}).json()
     assert set(url_only["data"][0]) == {"url"}
@@ -168,6 +173,18 @@ def test_an_edit_with_a_mask_fills_the_transparent_area_and_keeps_the_rest(studi
     assert change[mask].mean() > FILL_TOLERANCE  # repainted
     assert (change[~mask] <= FILL_TOLERANCE).mean() >= 0.98  # kept
     assert classify(np.where(mask[..., None], image, source)).colour == pair.scene.shapes[0].colour
+
+
+def test_an_image_alone_on_a_fill_model_is_filled_where_it_is_transparent(studio):
+    example = studio.examples["fill"][0]
+    source, mask = pixels(example.images["image"]), pixels(example.images["mask"]) > 127
+    holed = np.dstack([source, np.where(mask, 0, 255).astype(np.uint8)])
+    response = edit(studio, png_bytes(Image.fromarray(holed, "RGBA")),
+                    {"prompt": example.prompt, "model": "demo-fill", "seed": 0, "response_format": "url"})
+    assert response.status_code == 200, response.text
+    saved = saved_request(studio, response.json()["data"][0]["url"])
+    assert saved["tool"] == "fill" and saved["keep_unmasked"]
+    assert np.array_equal(pixels(saved["masked_image_path"]) > 127, mask)
 
 
 @pytest.mark.parametrize("number", [0, 1, 2])

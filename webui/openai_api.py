@@ -3,6 +3,7 @@ apps with an "OpenAI-compatible" setting) make images through the page's validat
 
     POST /v1/images/generations  JSON: prompt, model, n, size "WxH" or "auto", response_format, seed  -> Generate
     POST /v1/images/edits        multipart: image and mask (transparent = edit) -> Fill; image alone -> Kontext
+                                 (on a Fill model: the image's own transparent area is the mask)
     GET  /v1/models              the models these take (OpenAI's list shape); GET /v1/models/{id} one of them
     GET  /v1/files/{day}/{name}  a saved result: what response_format "url" points at
 
@@ -19,8 +20,8 @@ import re
 import secrets
 import shutil
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable, Literal
@@ -44,7 +45,7 @@ from webui.requests import requests_from_settings
 
 
 MAX_BODY_BYTES = 64 * 2**20  # the page's upload limit too
-API_THREADS = 8  # requests decoded and waiting for their turn at once; later ones wait in line for a thread
+MAX_WAITING = 16  # API requests running or waiting for their turn at once; more are refused (429)
 API_TOOLS = ("generate", "fill", "kontext")
 SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 RESULT_NAME = re.compile(r"^[\w-]+\.png$")
@@ -136,6 +137,11 @@ def model_for(studio, tool: str, name: str | None, wrong_kind: str) -> str:
     return name
 
 
+def is_fill_model(studio, name: str | None) -> bool:
+    entry = api_models(studio).get(name)
+    return entry is not None and entry.kind in TOOL_SPECS["fill"].model_kinds
+
+
 # ----- requests and results -------------------------------------------------------------------
 
 
@@ -214,6 +220,8 @@ def edit_images(studio, form, base_url: str) -> dict:
                        "Missing required parameter: 'image' (the picture to edit, as a file).", "image")
     image = uploaded(images[0], load_image)
     inputs = studio.request_context().inputs
+    if not masks and is_fill_model(studio, params.model):
+        masks = images  # OpenAI's other way: an image alone whose transparent area is what gets edited
     if masks:
         model = model_for(studio, "fill", params.model, "An edit with a mask needs a Fill model:")
         mask = edit_mask(masks[0], image)
@@ -253,12 +261,31 @@ def authorized(given: tuple[str, str] | None, auth) -> bool:
 def openai_router(studio, auth=None) -> APIRouter:
     """The API's routes; with `auth` (Gradio's launch argument) every route asks for those credentials."""
     router = APIRouter()
-    # API jobs wait for their turn on threads of their own: on the pool Gradio runs the page's jobs on, a crowd of
-    # waiting API requests could leave the running page job without a thread to finish on.
-    threads = ThreadPoolExecutor(API_THREADS, thread_name_prefix="openai-api")
+    waiting = threading.BoundedSemaphore(MAX_WAITING)
 
     async def in_thread(work: Callable, *args):
-        return await asyncio.get_running_loop().run_in_executor(threads, work, *args)
+        """`work(*args)` on a thread of its own, as the page's jobs run: waiting on the pool Gradio runs those on,
+        a crowd of API requests could leave the running page job without a thread to finish on."""
+        if not waiting.acquire(blocking=False):
+            raise ApiError(429, f"The studio has {MAX_WAITING} API requests waiting already: try again later.",
+                           code="rate_limit_exceeded", kind="requests")
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
+
+        def settle(outcome: Callable, value) -> None:
+            if not answer.done():  # done: the client went away and its request was cancelled
+                outcome(value)
+
+        def run():
+            try:
+                loop.call_soon_threadsafe(settle, answer.set_result, work(*args))
+            except BaseException as error:  # handed to the request, which answers with it
+                loop.call_soon_threadsafe(settle, answer.set_exception, error)
+            finally:
+                waiting.release()
+
+        threading.Thread(target=run, name="openai-api-job", daemon=True).start()
+        return await answer
 
     def route(method: str, path: str):
         def register(answer: Callable[..., Awaitable]):
