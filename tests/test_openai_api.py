@@ -6,6 +6,7 @@ One server on the demo models for the module (as tests/test_webui_demo.py starts
 shape classifier of tests/fixtures/shape_classifier.py.
 """
 
+import asyncio
 import base64
 import io
 import socket
@@ -29,6 +30,7 @@ from tests.fixtures.shape_classifier import classify
 from tests.test_webui_browser import free_port, request_in
 from webui.app import build_app, launch_kwargs
 from webui.gallery import history
+from webui.openai_api import ApiError, JobThreads
 from webui.studio import StudioFolders
 
 TIMEOUT_S = 300
@@ -232,6 +234,22 @@ def test_api_and_page_jobs_run_in_arrival_order(studio):
     finished = {seed: outputs.glob(f"*/*-generate-{seed}.png") for seed in (103, 200, 300)}
     moments = {seed: next(paths).stat().st_mtime_ns for seed, paths in finished.items()}
     assert moments[103] < moments[200] < moments[300], moments
+
+
+def test_api_requests_past_the_waiting_limit_are_refused_with_429():
+    threads, release = JobThreads(1), threading.Event()
+
+    async def two_requests():
+        first = asyncio.ensure_future(threads.run(release.wait, 60))
+        await asyncio.sleep(0.05)  # the first is waiting on its thread
+        with pytest.raises(ApiError) as refused:
+            await threads.run(time.time)
+        release.set()
+        return await first, refused.value, await threads.run(time.time)  # a slot again once the first ended
+
+    first, refused, later = asyncio.run(two_requests())
+    assert first is True and later > 0
+    assert (refused.status, refused.code, refused.kind) == (429, "rate_limit_exceeded", "requests")
 
 
 # ----- refusals ---------------------------------------------------------------------------------

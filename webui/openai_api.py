@@ -258,16 +258,18 @@ def authorized(given: tuple[str, str] | None, auth) -> bool:
     return any(secrets.compare_digest(f"{u}:{p}".encode(), ":".join(given).encode()) for u, p in pairs)
 
 
-def openai_router(studio, auth=None) -> APIRouter:
-    """The API's routes; with `auth` (Gradio's launch argument) every route asks for those credentials."""
-    router = APIRouter()
-    waiting = threading.BoundedSemaphore(MAX_WAITING)
+class JobThreads:
+    """API jobs on a thread each, as the page's jobs run: waiting for their turn on the pool Gradio runs those on,
+    a crowd of API requests could leave the running page job without a thread to finish on."""
 
-    async def in_thread(work: Callable, *args):
-        """`work(*args)` on a thread of its own, as the page's jobs run: waiting on the pool Gradio runs those on,
-        a crowd of API requests could leave the running page job without a thread to finish on."""
-        if not waiting.acquire(blocking=False):
-            raise ApiError(429, f"The studio has {MAX_WAITING} API requests waiting already: try again later.",
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._slots = threading.BoundedSemaphore(limit)
+
+    async def run(self, work: Callable, *args):
+        """`work(*args)`'s result (or error), once it ran on its thread; ApiError 429 when `limit` already wait."""
+        if not self._slots.acquire(blocking=False):
+            raise ApiError(429, f"The studio has {self.limit} API requests waiting already: try again later.",
                            code="rate_limit_exceeded", kind="requests")
         loop = asyncio.get_running_loop()
         answer = loop.create_future()
@@ -276,16 +278,22 @@ def openai_router(studio, auth=None) -> APIRouter:
             if not answer.done():  # done: the client went away and its request was cancelled
                 outcome(value)
 
-        def run():
+        def job():
             try:
                 loop.call_soon_threadsafe(settle, answer.set_result, work(*args))
             except BaseException as error:  # handed to the request, which answers with it
                 loop.call_soon_threadsafe(settle, answer.set_exception, error)
             finally:
-                waiting.release()
+                self._slots.release()
 
-        threading.Thread(target=run, name="openai-api-job", daemon=True).start()
+        threading.Thread(target=job, name="openai-api-job", daemon=True).start()
         return await answer
+
+
+def openai_router(studio, auth=None) -> APIRouter:
+    """The API's routes; with `auth` (Gradio's launch argument) every route asks for those credentials."""
+    router = APIRouter()
+    threads = JobThreads(MAX_WAITING)
 
     def route(method: str, path: str):
         def register(answer: Callable[..., Awaitable]):
@@ -320,7 +328,7 @@ def openai_router(studio, auth=None) -> APIRouter:
             raise ApiError(400, "The body must be a JSON object (Content-Type: application/json).") from None
         if not isinstance(fields, dict):
             raise ApiError(400, "The body must be a JSON object of the request's fields.")
-        return JSONResponse(await in_thread(generate_images, studio, fields, str(request.base_url)))
+        return JSONResponse(await threads.run(generate_images, studio, fields, str(request.base_url)))
 
     @route("POST", "/v1/images/edits")
     async def edits(request: Request):
@@ -328,7 +336,7 @@ def openai_router(studio, auth=None) -> APIRouter:
             raise ApiError(400, "Send an edit as multipart/form-data: the image (and mask) as files, the rest as "
                                 "fields.")
         async with request.form(max_files=8, max_fields=64) as form:
-            return JSONResponse(await in_thread(edit_images, studio, form, str(request.base_url)))
+            return JSONResponse(await threads.run(edit_images, studio, form, str(request.base_url)))
 
     @route("GET", "/v1/models")
     async def models(request: Request):
