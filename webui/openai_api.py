@@ -280,11 +280,11 @@ class JobThreads:
 
         def job():
             try:
-                loop.call_soon_threadsafe(settle, answer.set_result, work(*args))
+                outcome, value = answer.set_result, work(*args)
             except BaseException as error:  # handed to the request, which answers with it
-                loop.call_soon_threadsafe(settle, answer.set_exception, error)
-            finally:
-                self._slots.release()
+                outcome, value = answer.set_exception, error
+            self._slots.release()  # before the answer, so the slot is free once a request has its answer
+            loop.call_soon_threadsafe(settle, outcome, value)
 
         threading.Thread(target=job, name="openai-api-job", daemon=True).start()
         return await answer
