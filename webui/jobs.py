@@ -208,7 +208,8 @@ def page_job(studio, session: str, status: gr.HTML, work: PageWork, *, preparing
     failure = None
     try:
         yield {status: progress_html(preparing)}
-        message, kind = (yield from work(cancel)), "done"
+        with studio.turns.turn():
+            message, kind = (yield from work(cancel)), "done"
     except Cancelled as stop:
         message, kind = stopped(stop), "stopped"
     except Exception as error:  # the server must survive anything a user sends

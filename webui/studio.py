@@ -4,6 +4,8 @@ One Studio per app (built by build_app); nothing here is global, and nothing loa
 """
 
 import inspect
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,31 @@ def api_signature(inputs: dict) -> inspect.Signature:
     request = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)
     return inspect.Signature([request, *(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
                                          for name in inputs)])
+
+
+class EngineTurns:
+    """Turns at the engine in arrival order, for the page's jobs and the OpenAI API's alike.
+
+    Gradio's queue orders only the page's events and ModelManager's lock wakes its waiters in no set order, so
+    a job takes a ticket when it reaches the engine and runs when its number comes up."""
+
+    def __init__(self):
+        self._changed = threading.Condition()
+        self._next_ticket = 0
+        self._serving = 0
+
+    @contextmanager
+    def turn(self):
+        with self._changed:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            self._changed.wait_for(lambda: self._serving == ticket)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._serving += 1
+                self._changed.notify_all()
 
 
 @dataclass(frozen=True)
@@ -77,6 +104,7 @@ class Studio:
     manager: object  # ModelManager
     folders: StudioFolders
     jobs: JobBoard = field(default_factory=JobBoard)
+    turns: EngineTurns = field(default_factory=EngineTurns)
     outputs: StudioOutputs | None = None
     tabs: gr.Tabs | None = None
     panels: dict = field(default_factory=dict)  # tab id -> webui.panels.Panel
