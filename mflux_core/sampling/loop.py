@@ -4,13 +4,27 @@ The loop is a generator: it yields after each Euler step, so the caller owns eva
 progress, previews and cancellation (see `ModelManager`).
 """
 
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import mlx.core as mx
 import numpy as np
 
 from mflux_core.sampling.conditioning import Conditioning
 from mflux_core.sampling.latents import text_position_ids
+
+
+class TextInputs(NamedTuple):
+    """One transformer pass's text: tokens, pooled vector, their position ids and the RoPE tables of [text; image]."""
+
+    text: mx.array
+    pooled: mx.array
+    text_ids: mx.array
+    rope: tuple[mx.array, mx.array]
+
+
+def text_inputs(transformer, text: mx.array, pooled: mx.array, image_ids: mx.array) -> TextInputs:
+    text_ids = text_position_ids(text.shape[1])
+    return TextInputs(text, pooled, text_ids, transformer.rope_tables(image_ids, text_ids))
 
 
 def model_timestep(sigma: float) -> mx.array:
@@ -30,11 +44,13 @@ def denoise(
 ) -> Iterator[tuple[int, mx.array]]:
     """Euler flow-matching steps from `start_step`; yields (step index, packed latents) after each."""
     num_image_tokens = latents.shape[1]
-    text_ids = text_position_ids(conditioning.text.shape[1])
     ids = image_ids
     if conditioning.reference_tokens is not None:
         ids = mx.concatenate([image_ids, conditioning.reference_ids], axis=0)
-    rope = transformer.rope_tables(ids, text_ids)
+    passes = [text_inputs(transformer, conditioning.text, conditioning.pooled, ids)]
+    negative = conditioning.negative
+    if negative is not None:
+        passes.append(text_inputs(transformer, negative.text, negative.pooled, ids))
     guidance = None if conditioning.guidance is None else mx.array([conditioning.guidance], dtype=mx.float32)
     dtype = conditioning.text.dtype
 
@@ -46,14 +62,19 @@ def denoise(
         if conditioning.reference_tokens is not None:
             model_input = mx.concatenate([model_input, conditioning.reference_tokens], axis=1)
         blocks, singles = (None, None)
-        if conditioning.control is not None:
+        if conditioning.control is not None:  # computed once, on the prompt, for both passes (as diffusers)
             blocks, singles = conditioning.control(latents, timestep, guidance)
-        velocity = transformer(
-            model_input.astype(dtype), conditioning.text, conditioning.pooled, timestep, ids, text_ids,
-            guidance=guidance, controlnet_block_samples=blocks, controlnet_single_block_samples=singles, rope=rope,
-        )
-        if conditioning.reference_tokens is not None:
-            velocity = velocity[:, :num_image_tokens]
+        velocities = [
+            transformer(
+                model_input.astype(dtype), prompt.text, prompt.pooled, timestep, ids, prompt.text_ids,
+                guidance=guidance, controlnet_block_samples=blocks, controlnet_single_block_samples=singles,
+                rope=prompt.rope,
+            )[:, :num_image_tokens]
+            for prompt in passes
+        ]
+        velocity = velocities[0]
+        if negative is not None:
+            velocity = velocities[1] + negative.scale * (velocity - velocities[1])
         step = float(np.float32(sigmas[i + 1]) - np.float32(sigmas[i]))
         latents = latents + step * velocity.astype(mx.float32)
         yield i, latents
