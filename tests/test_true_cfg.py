@@ -287,3 +287,38 @@ def test_the_flags_are_documented_in_the_cli_help():
     tool_parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["generate"]
     text = tool_parser.format_help()
     assert "--negative-prompt" in text and "--true-cfg-scale" in text
+
+
+# ----- memory -------------------------------------------------------------------------------------
+
+
+def test_the_two_passes_run_one_after_another_so_the_step_peak_is_one_pass():
+    """The memory plan counts one transformer call a step (memory.transformer_step_bytes); true CFG keeps that."""
+    import mlx.core as mx
+
+    from mflux_core.models.transformer import FluxTransformer, FluxTransformerConfig
+    from mflux_core.sampling.conditioning import Conditioning, NegativePrompt
+    from mflux_core.sampling.latents import image_position_ids
+    from mflux_core.sampling.loop import denoise
+
+    config = FluxTransformerConfig(in_channels=64, out_channels=64, num_layers=1, num_single_layers=1,
+                                   attention_head_dim=64, num_attention_heads=8, joint_attention_dim=256,
+                                   pooled_projection_dim=64, guidance_embeds=True, axes_dims_rope=(8, 28, 28))
+    model = FluxTransformer(config)
+    ids = image_position_ids(48, 48)
+    latents = mx.random.normal((1, ids.shape[0], config.in_channels))
+
+    def embeddings():
+        return mx.random.normal((1, 512, config.joint_attention_dim)), mx.random.normal((1, config.pooled_projection_dim))
+
+    def step_peak(negative: NegativePrompt | None) -> int:
+        conditioning = Conditioning(*embeddings(), guidance=3.5, negative=negative)
+        mx.eval(model.parameters(), latents, conditioning.text, negative.text if negative else [])
+        mx.clear_cache()
+        before = mx.get_active_memory()
+        mx.reset_peak_memory()
+        mx.eval(next(denoise(model, latents, np.array([1.0, 0.5]), conditioning, ids))[1])
+        return mx.get_peak_memory() - before
+
+    one_pass = step_peak(None)
+    assert step_peak(NegativePrompt(*embeddings(), scale=SCALE)) < 1.1 * one_pass

@@ -47,10 +47,9 @@ def denoise(
     ids = image_ids
     if conditioning.reference_tokens is not None:
         ids = mx.concatenate([image_ids, conditioning.reference_ids], axis=0)
-    passes = [text_inputs(transformer, conditioning.text, conditioning.pooled, ids)]
+    prompt_text = text_inputs(transformer, conditioning.text, conditioning.pooled, ids)
     negative = conditioning.negative
-    if negative is not None:
-        passes.append(text_inputs(transformer, negative.text, negative.pooled, ids))
+    negative_text = None if negative is None else text_inputs(transformer, negative.text, negative.pooled, ids)
     guidance = None if conditioning.guidance is None else mx.array([conditioning.guidance], dtype=mx.float32)
     dtype = conditioning.text.dtype
 
@@ -64,17 +63,18 @@ def denoise(
         blocks, singles = (None, None)
         if conditioning.control is not None:  # computed once, on the prompt, for both passes (as diffusers)
             blocks, singles = conditioning.control(latents, timestep, guidance)
-        velocities = [
-            transformer(
-                model_input.astype(dtype), prompt.text, prompt.pooled, timestep, ids, prompt.text_ids,
-                guidance=guidance, controlnet_block_samples=blocks, controlnet_single_block_samples=singles,
-                rope=prompt.rope,
+
+        def velocity_for(text: TextInputs) -> mx.array:
+            return transformer(
+                model_input.astype(dtype), text.text, text.pooled, timestep, ids, text.text_ids, guidance=guidance,
+                controlnet_block_samples=blocks, controlnet_single_block_samples=singles, rope=text.rope,
             )[:, :num_image_tokens]
-            for prompt in passes
-        ]
-        velocity = velocities[0]
+
+        velocity = velocity_for(prompt_text)
         if negative is not None:
-            velocity = velocities[1] + negative.scale * (velocity - velocities[1])
+            mx.eval(velocity)  # one pass at a time: a lazy graph of both would hold both passes' activations
+            negative_velocity = velocity_for(negative_text)
+            velocity = negative_velocity + negative.scale * (velocity - negative_velocity)
         step = float(np.float32(sigmas[i + 1]) - np.float32(sigmas[i]))
         latents = latents + step * velocity.astype(mx.float32)
         yield i, latents
