@@ -87,6 +87,11 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--width", type=int, help="image width in pixels, a multiple of 16 "
                        "(default: the model's native size, 1024 for FLUX.1, 64 for the demo models)")
     group.add_argument("--guidance", type=float, help="guidance scale of guidance-distilled models")
+    with_true_cfg = ", ".join(name for name, spec in TOOL_SPECS.items() if spec.true_cfg)
+    group.add_argument("--negative-prompt", help=f"true CFG: what to steer away from ({with_true_cfg}; needs "
+                       "--true-cfg-scale above 1)")
+    group.add_argument("--true-cfg-scale", type=float, help="true CFG scale, 1 (off, the default) to 20: above 1 "
+                       "with a negative prompt, each step runs the transformer twice (diffusers' true_cfg_scale)")
     group.add_argument("--max-sequence-length", type=int,
                        help="T5 prompt tokens, 1 to 512 (default: the model's, its T5 tokenizer's limit: 512 for FLUX.1)")
     group.add_argument("--init-noise", help="initial latent noise (.npy, float32, shape (1, C, H/8, W/8))")

@@ -14,9 +14,9 @@ from mflux_core.tools.specs import EXTRA, REQUEST, TOOL_SPECS
 # tools' own flags are in their specs: mflux_core/tools/specs.py).
 REQUEST_FLAGS = {
     "model": "model", "base_model": "base_model", "prompt": "prompt", "steps": "steps", "height": "height",
-    "width": "width", "guidance": "guidance", "lora_paths": "lora_paths", "lora_scales": "lora_scales",
-    "quantize": "quantize", "dtype": "dtype", "init_noise": "init_noise_path",
-    "max_sequence_length": "max_sequence_length",
+    "width": "width", "guidance": "guidance", "negative_prompt": "negative_prompt", "true_cfg_scale": "true_cfg_scale",
+    "lora_paths": "lora_paths", "lora_scales": "lora_scales", "quantize": "quantize", "dtype": "dtype",
+    "init_noise": "init_noise_path", "max_sequence_length": "max_sequence_length",
 }
 TOOL_FLAGS = {flag.name: flag for spec in TOOL_SPECS.values() for flag in spec.flags}  # every tool's, by dest
 

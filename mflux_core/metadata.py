@@ -26,7 +26,7 @@ def a1111_parameters(request: GenerationRequest, extras: dict | None = None) -> 
         ("Steps", extras.get("steps", request.steps)),
         ("Sampler", "Euler"),
         ("Schedule type", "Simple"),
-        ("CFG scale", 1),
+        ("CFG scale", request.true_cfg_scale if request.uses_true_cfg else 1),
         ("Distilled CFG Scale", extras.get("guidance", request.guidance)),
         ("Seed", request.seed),
         ("Size", f"{request.width}x{request.height}"),
@@ -36,7 +36,8 @@ def a1111_parameters(request: GenerationRequest, extras: dict | None = None) -> 
         ("Version", "mflux-studio"),
     ]
     line = ", ".join(f"{k}: {v}" for k, v in items if v is not None)
-    return f"{request.prompt}{lora_tags(request.lora_paths, request.lora_scales)}\n{line}"
+    negative = f"Negative prompt: {request.negative_prompt}\n" if request.negative_prompt else ""  # as A1111 writes it
+    return f"{request.prompt}{lora_tags(request.lora_paths, request.lora_scales)}\n{negative}{line}"
 
 
 def png_text_chunks(request: GenerationRequest, extras: dict | None = None) -> dict[str, str]:

@@ -11,10 +11,10 @@ from pydantic_core import PydanticCustomError
 from mflux_core.errors import InvalidRequest
 from mflux_core.settings_schema import (  # the limits are imported from here too
     DTYPES, GUIDANCE, LORA_SCALE, MAX_INPUT_PIXELS, MAX_PIXELS, MAX_PROMPT_CHARS, MAX_SEED, MAX_SEQUENCE_LENGTH,
-    MAX_SIDE, MAX_STEPS, QUANTIZE, QUANTIZE_BITS, SEED, SEQUENCE_LENGTH, STEPS, Setting, choice, number, problems,
-    schema, side, switch, text,
+    MAX_SIDE, MAX_STEPS, QUANTIZE, QUANTIZE_BITS, SEED, SEQUENCE_LENGTH, STEPS, TRUE_CFG_SCALE, Setting, choice,
+    number, problems, schema, side, switch, text,
 )
-from mflux_core.tools.specs import TOOL_NAMES as TOOLS
+from mflux_core.tools.specs import TOOL_NAMES as TOOLS, tool_spec
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class GenerationRequest:
     width: int | None = None  # None: the input image's size, or the model's native side (FLUX.1 1024, demo 64)
     height: int | None = None
     guidance: float | None = None  # None: the tool's default
+    negative_prompt: str = ""  # true CFG's negative prompt; empty: none
+    true_cfg_scale: float = 1.0  # diffusers' true_cfg_scale: above 1, with a negative prompt, a second pass per step
     image_path: str | None = None
     image_strength: float | None = None
     masked_image_path: str | None = None
@@ -52,6 +54,11 @@ class GenerationRequest:
         refusals = problems(_SCHEMA, {name: getattr(self, name) for name in self.field_names()}, REQUEST_SETTINGS)
         if refusals:
             raise InvalidRequest(refusals[0])
+        if (self.negative_prompt or self.true_cfg_scale != 1) and not tool_spec(self.tool).true_cfg:
+            raise InvalidRequest(
+                f"The {self.tool} tool has no true CFG (nor has the diffusers pipeline it follows): leave the "
+                "negative prompt empty and the true CFG scale at 1."
+            )
         if self.width is not None and self.height is not None:
             check_image_size(self.width, self.height, "The requested image")
         if self.lora_scales and len(self.lora_scales) != len(self.lora_paths):
@@ -64,6 +71,12 @@ class GenerationRequest:
                 "give one strength per image."
             )
         return self
+
+    @property
+    def uses_true_cfg(self) -> bool:
+        """diffusers' rule: the negative prompt's pass runs when true_cfg_scale > 1 and a negative prompt is given
+        (here an empty one counts as none, so the scale alone changes nothing)."""
+        return self.true_cfg_scale > 1 and bool(self.negative_prompt.strip())
 
     def with_(self, **changes) -> "GenerationRequest":
         return replace(self, **changes)
@@ -140,6 +153,8 @@ REQUEST_SETTINGS: dict[str, Setting] = {
     "width": side("Width").optional(),
     "height": side("Height").optional(),
     "guidance": GUIDANCE.optional(),
+    "negative_prompt": text("The negative prompt", MAX_PROMPT_CHARS),
+    "true_cfg_scale": TRUE_CFG_SCALE,
     "image_path": text("The image path").optional(),
     "image_strength": number("Image strength", 0, 1, below=True, low_note="(ignore the image)").optional(),
     "masked_image_path": text("The mask path").optional(),

@@ -28,6 +28,7 @@ MAX_SEQUENCE_LENGTH = 512  # T5 tokens FLUX.1 was trained with
 MAX_LORA_SCALE = 4  # A1111 and Forge users write <lora:name:scale> from -4 to 4
 MAX_LIST_ITEMS = 8  # LoRAs, Redux images and their scales or strengths
 MAX_BATCH = 16  # images per run
+MAX_TRUE_CFG_SCALE = 20  # true CFG (diffusers' true_cfg_scale); 1 is off, useful values are about 1.5 to 5
 
 OUT_OF_RANGE = "{label} {value} is out of range: use {limits}."
 REFUSED = "refused"  # the type of our own errors: their message is the phrase after the setting's name
@@ -114,6 +115,7 @@ STEPS = number("Steps", 1, MAX_STEPS, whole=True, out_of_range="{label} must be 
 SEQUENCE_LENGTH = number("The T5 sequence length", 1, MAX_SEQUENCE_LENGTH, whole=True, unit="tokens",
                          out_of_range="{label} must be from {limits}.")
 GUIDANCE = number("Guidance", 0, 100)
+TRUE_CFG_SCALE = number("True CFG scale", 1, MAX_TRUE_CFG_SCALE, low_note="(off)")
 LORA_SCALE = number("LoRA scale", -MAX_LORA_SCALE, MAX_LORA_SCALE)
 QUANTIZE = choice("Quantize", QUANTIZE_BITS)
 

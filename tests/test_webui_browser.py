@@ -458,3 +458,31 @@ def api_parameters(client, api_name: str) -> list[tuple[str, object]]:
 def api_values(client, api_name: str, values: dict) -> dict:
     """Keyword arguments for an endpoint: the given values it takes, its defaults for the rest."""
     return {name: values.get(name, default) for name, default in api_parameters(client, api_name)}
+
+
+def test_the_negative_prompt_shows_above_true_cfg_one_and_a_preset_keeps_both(browser, page, studio):
+    negative = "#generate-negative-prompt textarea"
+    assert not page.is_visible(negative)
+    set_slider(page, "generate-true-cfg", 3)
+    page.wait_for_selector(negative, state="visible")
+    type_into(page, "generate-negative-prompt", "blurry, text")
+    open_accordions(page, "generate-presets")
+    type_into(page, "generate-preset-name", "true cfg")
+    page.click("#generate-preset-export")
+    with page.expect_download() as download:
+        page.click("#generate-preset-exported a")
+    exported = studio.inputs / "true-cfg.json"
+    download.value.save_as(exported)
+    settings = json.loads(exported.read_text())["settings"]
+    assert (settings["negative_prompt"], settings["true_cfg_scale"]) == ("blurry, text", 3.0)
+
+    page.reload()
+    page.wait_for_selector("#generate-run")
+    assert not page.is_visible(negative)
+    open_accordions(page, "generate-presets")
+    page.set_input_files("#generate-preset-import input[type=file]", str(exported))
+    page.wait_for_function("() => /Imported/.test(document.querySelector('#generate-preset-message').innerText)")
+    page.wait_for_selector(negative, state="visible")
+    assert value_of(page, "generate-negative-prompt") == "blurry, text"
+    assert page.input_value("#generate-true-cfg input[type=number]") == "3"
+    assert page.locator("#fill-true-cfg").count() == 0  # Fill's pipeline has no true CFG

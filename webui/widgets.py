@@ -1,5 +1,5 @@
-"""The controls every panel shares: model, prompt, seed and batch, steps, guidance, size, LoRAs, quantization,
-VAE tiling.
+"""The controls every panel shares: model, prompt, seed and batch, steps, guidance, true CFG (on the tools that
+have it), size, LoRAs, quantization, VAE tiling.
 
 Widget values travel as a dict keyed by control name; `shared_settings` turns them into preset
 settings (GenerationRequest field names) and `shared_values` turns settings back into values.
@@ -14,7 +14,7 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.models.vae import FLUX_SIDE
 from mflux_core.registry import ModelEntry
 from mflux_core.request import MAX_SEED, MAX_SIDE, QUANTIZE_BITS, check_finite
-from mflux_core.settings_schema import MAX_BATCH, MAX_LORA_SCALE
+from mflux_core.settings_schema import MAX_BATCH, MAX_LORA_SCALE, MAX_TRUE_CFG_SCALE
 from mflux_core.tools.specs import TOOL_SPECS
 
 ASPECT_RATIOS = {"1:1": (1, 1), "4:3": (4, 3), "3:4": (3, 4), "3:2": (3, 2), "2:3": (2, 3), "16:9": (16, 9),
@@ -130,13 +130,22 @@ def shared_settings(values: dict) -> dict:
         "lora_scales": [scale for _, scale in loras],
         "quantize": None if quantize == QUANTIZE_OFF else int(quantize),
         "vae_tiling": bool(values.get("vae_tiling")),
+        **true_cfg_settings(values),
     }
+
+
+def true_cfg_settings(values: dict) -> dict:
+    """The negative prompt and true CFG scale, from the panels that have their controls (the tools with true CFG)."""
+    if "true_cfg_scale" not in values:
+        return {}
+    return {"negative_prompt": values.get("negative_prompt") or "",
+            "true_cfg_scale": number_value(values, "true_cfg_scale", 1.0, "The true CFG scale")}
 
 
 def shared_values(settings: dict) -> dict:
     """Values for the shared controls from (possibly partial) settings; keys not in settings are left out."""
     values = {}
-    for key in ("model", "prompt", "batch_count"):
+    for key in ("model", "prompt", "batch_count", "negative_prompt", "true_cfg_scale"):
         if key in settings:
             values[key] = settings[key]
     for key in ("steps", "guidance"):  # text boxes: empty means the default
@@ -165,16 +174,28 @@ def shared_values(settings: dict) -> dict:
 # ----- the widgets --------------------------------------------------------------------------
 
 
+def true_cfg_controls(prefix: str) -> dict:
+    """The true CFG scale and the negative prompt, shown once the scale is above 1 (where it does something)."""
+    scale = gr.Slider(1, MAX_TRUE_CFG_SCALE, 1.0, step=0.1, label="True CFG scale", elem_id=f"{prefix}-true-cfg",
+                      info="1: off. Above 1, each step also runs on the negative prompt (twice the time).")
+    negative = gr.Textbox(label="Negative prompt", lines=2, visible=False, elem_id=f"{prefix}-negative-prompt")
+    scale.change(lambda value: gr.Textbox(visible=(value or 1) > 1), scale, negative, queue=False,
+                 api_visibility="private")
+    return {"true_cfg_scale": scale, "negative_prompt": negative}
+
+
 @dataclass
 class SharedControls:
     controls: dict  # control name -> component; the names shared_settings reads
     model_refresh: gr.Button
 
 
-def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "Prompt") -> SharedControls:
+def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "Prompt",
+                          offer_true_cfg: bool = True) -> SharedControls:
     """Render the shared controls (call inside a Blocks context) and wire their small helpers.
 
-    A tool sized by its input image starts width and height at 0 (meaning: the image's size).
+    A tool sized by its input image starts width and height at 0 (meaning: the image's size). The true CFG
+    controls appear on the tools that have them, unless `offer_true_cfg` is False.
     """
     image_sized = TOOL_SPECS[tool].sized_by_input
     entries = studio.manager.list_models()
@@ -193,6 +214,9 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
     with gr.Row():
         steps = gr.Textbox("", label="Steps", placeholder="model default", elem_id=f"{prefix}-steps")
         guidance = gr.Textbox("", label="Guidance", placeholder="tool default", elem_id=f"{prefix}-guidance")
+    controls = {}
+    if offer_true_cfg and TOOL_SPECS[tool].true_cfg:
+        controls.update(true_cfg_controls(prefix))
     side = 0 if image_sized else native_side_of(entries, chosen)
     size_info = "0: the input image's size" if image_sized else "Picking a model sets its native size."
     with gr.Row():
@@ -201,8 +225,9 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
         height = gr.Number(side, label="Height", precision=0, step=16, minimum=0, maximum=MAX_SIDE, info=size_info,
                            elem_id=f"{prefix}-height")
         aspect = gr.Dropdown(list(ASPECT_RATIOS), value=None, label="Aspect", elem_id=f"{prefix}-aspect")
-    controls = {"model": model, "prompt": prompt, "seed": seed, "random_seed": random_seed,
-                "batch_count": batch_count, "steps": steps, "guidance": guidance, "width": width, "height": height}
+    controls.update({"model": model, "prompt": prompt, "seed": seed, "random_seed": random_seed,
+                     "batch_count": batch_count, "steps": steps, "guidance": guidance, "width": width,
+                     "height": height})
     with gr.Accordion("LoRAs, quantization and memory", open=False, elem_id=f"{prefix}-loras"):
         choices = [("none", NO_LORA), *((name, name) for name in sorted(studio.lora_library()))]
         for i in range(1, MAX_LORAS + 1):

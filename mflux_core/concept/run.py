@@ -107,11 +107,19 @@ def _result(image, settings, recorder, grid, request, text_chunks, started) -> C
                          seconds=time.perf_counter() - started)
 
 
+def concept_request(request: GenerationRequest) -> GenerationRequest:
+    """The request as the `generate` tool's, validated; ConceptRecorder counts one transformer call a step."""
+    request = request.with_(tool="generate").validated()
+    if request.uses_true_cfg:
+        raise InvalidRequest("Concept attention maps one transformer pass a step: leave true CFG off (scale 1).")
+    return request
+
+
 def generate_with_concepts(manager, request: GenerationRequest, settings: ConceptSettings,
                            report: Report | None = None, cancelled: Callable[[], bool] | None = None) -> ConceptResult:
     """Generate like the `generate` tool (text-to-image, or image-to-image with image_path) and map the concepts;
     reports what the manager's generate() reports."""
-    request = request.with_(tool="generate").validated()
+    request = concept_request(request)
     started = time.perf_counter()
     with manager.session(request, cancelled, report) as model:
         inputs = tool_inputs(model, request, manager)
@@ -143,7 +151,7 @@ def concepts_from_image(manager, request: GenerationRequest, settings: ConceptSe
                         cancelled: Callable[[], bool] | None = None) -> ConceptResult:
     """Map the concepts in the image at request.image_path (described by request.prompt); a Step (without a
     preview) is reported after each chosen step."""
-    request = request.with_(tool="generate").validated()
+    request = concept_request(request)
     photo = required_image(request.image_path, "an image to map the concepts in", "--image-path")
     started = time.perf_counter()
     with manager.session(request, cancelled, report) as model:

@@ -10,6 +10,16 @@ ControlResiduals = Callable[[mx.array, mx.array, mx.array | None], tuple[list | 
 
 
 @dataclass
+class NegativePrompt:
+    """True CFG (diffusers' true_cfg_scale): each step also runs the transformer on the negative prompt, with
+    everything else the same, and steps along neg + scale * (pos - neg)."""
+
+    text: mx.array  # (1, L', joint_dim): the negative prompt's T5 tokens (L' may differ from the prompt's: Redux)
+    pooled: mx.array  # (1, pooled_dim)
+    scale: float  # > 1
+
+
+@dataclass
 class Conditioning:
     text: mx.array  # (1, L, joint_dim): T5 tokens, plus Redux image tokens
     pooled: mx.array  # (1, pooled_dim): CLIP pooled output
@@ -18,3 +28,4 @@ class Conditioning:
     reference_tokens: mx.array | None = None  # (1, M, C): appended after the image tokens (Kontext)
     reference_ids: mx.array | None = None  # (M, 3) position ids of the reference tokens
     control: ControlResiduals | None = None  # side network residuals (ControlNet)
+    negative: NegativePrompt | None = None  # true CFG's second pass

@@ -4,13 +4,27 @@ The loop is a generator: it yields after each Euler step, so the caller owns eva
 progress, previews and cancellation (see `ModelManager`).
 """
 
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import mlx.core as mx
 import numpy as np
 
 from mflux_core.sampling.conditioning import Conditioning
 from mflux_core.sampling.latents import text_position_ids
+
+
+class TextInputs(NamedTuple):
+    """One transformer pass's text: tokens, pooled vector, their position ids and the RoPE tables of [text; image]."""
+
+    text: mx.array
+    pooled: mx.array
+    text_ids: mx.array
+    rope: tuple[mx.array, mx.array]
+
+
+def text_inputs(transformer, text: mx.array, pooled: mx.array, image_ids: mx.array) -> TextInputs:
+    text_ids = text_position_ids(text.shape[1])
+    return TextInputs(text, pooled, text_ids, transformer.rope_tables(image_ids, text_ids))
 
 
 def model_timestep(sigma: float) -> mx.array:
@@ -30,11 +44,12 @@ def denoise(
 ) -> Iterator[tuple[int, mx.array]]:
     """Euler flow-matching steps from `start_step`; yields (step index, packed latents) after each."""
     num_image_tokens = latents.shape[1]
-    text_ids = text_position_ids(conditioning.text.shape[1])
     ids = image_ids
     if conditioning.reference_tokens is not None:
         ids = mx.concatenate([image_ids, conditioning.reference_ids], axis=0)
-    rope = transformer.rope_tables(ids, text_ids)
+    prompt_text = text_inputs(transformer, conditioning.text, conditioning.pooled, ids)
+    negative = conditioning.negative
+    negative_text = None if negative is None else text_inputs(transformer, negative.text, negative.pooled, ids)
     guidance = None if conditioning.guidance is None else mx.array([conditioning.guidance], dtype=mx.float32)
     dtype = conditioning.text.dtype
 
@@ -46,14 +61,20 @@ def denoise(
         if conditioning.reference_tokens is not None:
             model_input = mx.concatenate([model_input, conditioning.reference_tokens], axis=1)
         blocks, singles = (None, None)
-        if conditioning.control is not None:
+        if conditioning.control is not None:  # computed once, on the prompt, for both passes (as diffusers)
             blocks, singles = conditioning.control(latents, timestep, guidance)
-        velocity = transformer(
-            model_input.astype(dtype), conditioning.text, conditioning.pooled, timestep, ids, text_ids,
-            guidance=guidance, controlnet_block_samples=blocks, controlnet_single_block_samples=singles, rope=rope,
-        )
-        if conditioning.reference_tokens is not None:
-            velocity = velocity[:, :num_image_tokens]
+
+        def velocity_for(text: TextInputs) -> mx.array:
+            return transformer(
+                model_input.astype(dtype), text.text, text.pooled, timestep, ids, text.text_ids, guidance=guidance,
+                controlnet_block_samples=blocks, controlnet_single_block_samples=singles, rope=text.rope,
+            )[:, :num_image_tokens]
+
+        velocity = velocity_for(prompt_text)
+        if negative is not None:
+            mx.eval(velocity)  # one pass at a time: a lazy graph of both would hold both passes' activations
+            negative_velocity = velocity_for(negative_text)
+            velocity = negative_velocity + negative.scale * (velocity - negative_velocity)
         step = float(np.float32(sigmas[i + 1]) - np.float32(sigmas[i]))
         latents = latents + step * velocity.astype(mx.float32)
         yield i, latents

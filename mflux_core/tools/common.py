@@ -9,7 +9,7 @@ from mflux_core.generation import ToolInputs
 from mflux_core.images.io import load_image, pil_to_pixels
 from mflux_core.models.vae import FLUX_SIDE
 from mflux_core.request import GenerationRequest, clean_prompt, existing_file, snap_to_16
-from mflux_core.sampling.conditioning import Conditioning
+from mflux_core.sampling.conditioning import Conditioning, NegativePrompt
 from mflux_core.sampling.latents import pack_latents
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.specs import tool_spec
@@ -42,10 +42,20 @@ def tool_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine
 
 
 def prompt_conditioning(model: FluxModel, request: GenerationRequest) -> Conditioning:
-    embeddings = model.text_encoders.encode(clean_prompt(request.prompt), request.max_sequence_length)
+    """The prompt's embeddings and guidance; with true CFG, the negative prompt's embeddings too."""
+    text, pooled = prompt_embeddings(model, request.prompt, request.max_sequence_length)
     guidance = request.guidance if model.has_guidance else None  # schnell's may still steer a ControlNet
-    return Conditioning(text=embeddings.t5.astype(model.dtype), pooled=embeddings.pooled.astype(model.dtype),
-                        guidance=guidance)
+    negative = None
+    if request.uses_true_cfg:
+        negative = NegativePrompt(*prompt_embeddings(model, request.negative_prompt, request.max_sequence_length),
+                                  scale=request.true_cfg_scale)
+    return Conditioning(text=text, pooled=pooled, guidance=guidance, negative=negative)
+
+
+def prompt_embeddings(model: FluxModel, prompt: str, max_sequence_length: int) -> tuple[mx.array, mx.array]:
+    """(T5 tokens, CLIP pooled vector) of a prompt, in the model's dtype, through the cached text encoders."""
+    embeddings = model.text_encoders.encode(clean_prompt(prompt), max_sequence_length)
+    return embeddings.t5.astype(model.dtype), embeddings.pooled.astype(model.dtype)
 
 
 def required_image(path: str | None, what: str, flag: str) -> Image.Image:

@@ -46,6 +46,7 @@ class ToolSpec:
     demo_model: str | None = None  # the shipped demo model it falls back to offline, if one fits
     sized_by_input: bool = False  # no width/height: the tool sizes the output from an input image
     prompt_optional: bool = False  # the tool supplies a prompt when none is given
+    true_cfg: bool = False  # negative prompt and true CFG scale, where the diffusers pipeline it follows has them
 
     def build_inputs(self, model, request, engine):
         """The tool's ToolInputs for a resolved request (mflux_core.generation.ToolInputs)."""
@@ -79,7 +80,7 @@ def controlnet_flags(default_name: str, default_strength: float) -> tuple[Flag, 
 FILL_KINDS = ("fill",)
 TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
     ToolSpec("generate", "text-to-image, or image-to-image with --image-path", "generate", "schnell", BASE_KINDS,
-             guidance=3.5, demo_model="demo", flags=(
+             guidance=3.5, demo_model="demo", true_cfg=True, flags=(
                  Flag("--image-path", "input image for image-to-image"),
                  Flag("--image-strength", "how much of the input image is kept, 0 to below 1 (default 0.4)",
                       kind="number"))),
@@ -97,12 +98,13 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                  Flag("--depth-image-path", "the depth map (near = bright)"),
                  Flag("--image-path", "a photo to estimate the depth map from"))),
     ToolSpec("kontext", "edit a reference image by instruction (FLUX.1-Kontext)", "kontext", "kontext", ("kontext",),
-             guidance=2.5, demo_model="demo-kontext", sized_by_input=True, flags=(
+             guidance=2.5, demo_model="demo-kontext", sized_by_input=True, true_cfg=True, flags=(
                  Flag("--image-path", "the reference image"),
                  Flag("--kontext-auto-resize", "resize the reference to the closest resolution Kontext was trained "
                       "on", into=EXTRA, kind="switch"))),
     ToolSpec("controlnet", "follow the Canny edges of a control image (FLUX.1 ControlNet on dev or schnell)",
-             "controlnet", "dev", BASE_KINDS, guidance=3.5, demo_model="demo", sized_by_input=True, flags=(
+             "controlnet", "dev", BASE_KINDS, guidance=3.5, demo_model="demo", sized_by_input=True, true_cfg=True,
+             flags=(
                  *controlnet_flags("canny (InstantX/FLUX.1-dev-Controlnet-Canny)", 0.4),
                  Flag("--controlnet-image-path", "the control image; its Canny edges steer the layout"),
                  Flag("--controlnet-save-canny", "also save the edges the ControlNet saw, as "
@@ -113,14 +115,14 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                  Flag("--canny-high", "Canny high threshold, OpenCV's units (default 200)", into=EXTRA,
                       kind="number"))),
     ToolSpec("upscale", "regenerate an image at a larger size (FLUX.1 upscaler ControlNet)", "upscale", "dev",
-             BASE_KINDS, guidance=3.5, sized_by_input=True, flags=(
+             BASE_KINDS, guidance=3.5, sized_by_input=True, true_cfg=True, flags=(
                  *controlnet_flags("upscaler (jasperai/Flux.1-dev-Controlnet-Upscaler)", 0.6),
                  Flag("--image-path", "the image to upscale (--controlnet-image-path works too)"),
                  Flag("--controlnet-image-path", "", hidden=True),
                  Flag("--upscale-factor", "without --width/--height: the output is the input's size times this "
                       "(default 2)", into=EXTRA, kind="number"))),
     ToolSpec("redux", "variations of reference images, steered by the prompt (FLUX.1-Redux)", "redux", "dev",
-             BASE_KINDS, guidance=2.5, flags=(
+             BASE_KINDS, guidance=2.5, true_cfg=True, flags=(
                  Flag("--redux-image-paths", "one or more reference images", kind="paths"),
                  Flag("--redux-image-strengths", "one weight per reference image for its tokens (default 1.0 each)",
                       kind="numbers"),

@@ -101,7 +101,7 @@ def render(studio) -> Panel:
                 concepts = gr.Textbox(label="Concepts (commas between them; several compete for each region)",
                                       placeholder="dragon, castle, sky", elem_id="concept-concepts")
                 image = input_image("Image to map (or an input image for image to image)", "concept-image")
-                shared = build_shared_controls(studio, "generate", TOOL)
+                shared = build_shared_controls(studio, "generate", TOOL, offer_true_cfg=False)
                 with gr.Accordion("Heatmap layers and steps", open=False):
                     layers = gr.Textbox("", label="Double-stream blocks", placeholder="15 16 17 18 (clamped to the "
                                         "model)", elem_id="concept-layers")
