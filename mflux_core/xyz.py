@@ -95,6 +95,7 @@ AXIS_KINDS = {
     "seed": AxisKind("Seed", lambda text, what: _numbers(text, True, what), _field("seed")),
     "steps": AxisKind("Steps", lambda text, what: _numbers(text, True, what), _field("steps")),
     "guidance": AxisKind("Guidance", lambda text, what: _numbers(text, False, what), _field("guidance")),
+    "true-cfg": AxisKind("True CFG", lambda text, what: _numbers(text, False, what), _field("true_cfg_scale")),
     "strength": AxisKind("Image strength", lambda text, what: _numbers(text, False, what),
                          _field("image_strength")),
     "controlnet-strength": AxisKind("ControlNet strength", lambda text, what: _numbers(text, False, what),

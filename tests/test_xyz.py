@@ -16,6 +16,7 @@ from mflux_core.xyz import parse_axis, parse_axis_flag, plot_cells, plot_grids
     ("steps", "2, 4,8", (2, 4, 8)),
     ("guidance", "0.5-1.0 (+0.25)", (0.5, 0.75, 1.0)),
     ("guidance", "2.5, 3.5", (2.5, 3.5)),
+    ("true-cfg", "1-4 (+1.5)", (1.0, 2.5, 4.0)),
     ("seed", "1-10 [4]", (1, 4, 7, 10)),
     ("steps", "5-1 (-2)", (5, 3, 1)),
     ("size", "64x64, 128x96", ((64, 64), (128, 96))),
