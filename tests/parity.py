@@ -52,3 +52,14 @@ def max_uint8_diff(ours: Image.Image, reference: Image.Image) -> int:
     a, b = np.asarray(ours, dtype=np.int16), np.asarray(reference.convert("RGB"), dtype=np.int16)
     assert a.shape == b.shape, f"{a.shape} vs {b.shape}"
     return int(np.abs(a - b).max())
+
+
+def random_image(width, height, seed) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+    return Image.fromarray(base).resize((width, height), Image.Resampling.BILINEAR)
+
+
+def save(image: Image.Image, path):
+    image.save(path)
+    return path

@@ -14,8 +14,7 @@ import torch
 from PIL import Image
 
 from mflux_core.cli import main
-from tests.fixtures.tiny_flux import load_diffusers_pipeline
-from tests.fixtures.tiny_redux import build_tiny_redux
+from tests.fixtures.tiny_redux import build_tiny_redux, load_redux_pipelines
 from tests.parity import UINT8_TOLERANCE, make_noise, max_uint8_diff, pack, run_cli
 
 CONDITIONING_EFFECT = 3 * UINT8_TOLERANCE
@@ -41,17 +40,7 @@ def redux_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipelines(tiny_dev, redux_folder):
-    """FluxPipeline for tiny dev, and FluxPriorReduxPipeline with the Redux parts plus dev's text encoders."""
-    from diffusers import FluxPriorReduxPipeline
-
-    pipe = load_diffusers_pipeline(tiny_dev)
-    parts = FluxPriorReduxPipeline.from_pretrained(redux_folder, torch_dtype=torch.float32, local_files_only=True)
-    prior = FluxPriorReduxPipeline(
-        image_encoder=parts.image_encoder, feature_extractor=parts.feature_extractor,
-        image_embedder=parts.image_embedder, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-        text_encoder_2=pipe.text_encoder_2, tokenizer_2=pipe.tokenizer_2,
-    )
-    return pipe, prior
+    return load_redux_pipelines(tiny_dev, redux_folder)
 
 
 def flux_image(pipe, prompt_embeds, pooled_embeds, noise_path, height, width, steps) -> Image.Image:

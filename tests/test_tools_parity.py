@@ -10,20 +10,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from tests.fixtures.tiny_flux import load_diffusers_pipeline
-from tests.parity import UINT8_TOLERANCE, make_noise, max_uint8_diff, pack, run_cli
+from tests.parity import UINT8_TOLERANCE, make_noise, max_uint8_diff, pack, random_image, run_cli, save
 
 CONDITIONING_EFFECT = 3 * UINT8_TOLERANCE  # a changed conditioning input must move diffusers' image more
-
-
-def random_image(width, height, seed) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
-    return Image.fromarray(base).resize((width, height), Image.Resampling.BILINEAR)
-
-
-def save(image: Image.Image, path):
-    image.save(path)
-    return path
 
 
 @pytest.fixture

@@ -23,25 +23,16 @@ from mflux_core.request import GenerationRequest
 from mflux_core.tools.specs import TOOL_SPECS
 from tests.fixtures.tiny_controlnet import build_tiny_controlnet, load_transformer
 from tests.fixtures.tiny_flux import load_diffusers_pipeline
-from tests.fixtures.tiny_redux import build_tiny_redux
-from tests.parity import UINT8_TOLERANCE, deterministic_diffusers, make_noise, max_uint8_diff, pack, run_cli
+from tests.fixtures.tiny_redux import build_tiny_redux, load_redux_pipelines
+from tests.parity import (
+    UINT8_TOLERANCE, deterministic_diffusers, make_noise, max_uint8_diff, pack, random_image, run_cli, save,
+)
 
 PROMPT = "a red circle in the top left on a blue background"
 NEGATIVE = "a green square, blurry"
 SCALE = 3.0
 CONDITIONING_EFFECT = 3 * UINT8_TOLERANCE  # the negative prompt must move diffusers' image more than this
 TRUE_CFG_TOOLS = {"generate", "kontext", "controlnet", "upscale", "redux"}  # their diffusers pipelines have it
-
-
-def random_image(width, height, seed) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
-    return Image.fromarray(base).resize((width, height), Image.Resampling.BILINEAR)
-
-
-def save(image: Image.Image, path):
-    image.save(path)
-    return path
 
 
 def true_cfg_flags(negative=NEGATIVE, scale=SCALE) -> list:
@@ -147,8 +138,6 @@ def test_controlnet_with_true_cfg_matches_flux_controlnet_pipeline(tiny_dev, tmp
 
 def test_redux_with_true_cfg_matches_the_prior_redux_and_flux_pipelines(tiny_dev, tmp_path):
     """The negative prompt's text is its T5 tokens alone, shorter than the prompt's with the Redux tokens."""
-    from diffusers import FluxPriorReduxPipeline
-
     redux_folder = build_tiny_redux(tmp_path / "redux", text_dim=32)
     height, width, steps = 64, 64, 3
     image = random_image(48, 40, seed=1)
@@ -158,13 +147,7 @@ def test_redux_with_true_cfg_matches_the_prior_redux_and_flux_pipelines(tiny_dev
         "--prompt", PROMPT, *true_cfg_flags(), "--steps", steps, "--height", height, "--width", width,
         "--init-noise", noise_path, "--output", tmp_path / "o.png",
     )
-    pipe = load_diffusers_pipeline(tiny_dev)
-    parts = FluxPriorReduxPipeline.from_pretrained(redux_folder, torch_dtype=torch.float32, local_files_only=True)
-    prior = FluxPriorReduxPipeline(
-        image_encoder=parts.image_encoder, feature_extractor=parts.feature_extractor,
-        image_embedder=parts.image_embedder, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-        text_encoder_2=pipe.text_encoder_2, tokenizer_2=pipe.tokenizer_2,
-    )
+    pipe, prior = load_redux_pipelines(tiny_dev, redux_folder)
     prior_output = prior(image=Image.open(tmp_path / "a.png").convert("RGB"), prompt=PROMPT)
     check_parity(ours, lambda **true_cfg: pipe(
         prompt_embeds=prior_output.prompt_embeds, pooled_prompt_embeds=prior_output.pooled_prompt_embeds,
