@@ -152,6 +152,17 @@ def run_and_wait(page, prefix: str) -> str:
     return text
 
 
+def export_preset(page, studio, name: str, file_name: str):
+    """Export Generate's settings as a preset named `name`; (the downloaded file, its settings)."""
+    type_into(page, "generate-preset-name", name)
+    page.click("#generate-preset-export")
+    with page.expect_download() as download:
+        page.click("#generate-preset-exported a")
+    exported = studio.inputs / file_name
+    download.value.save_as(exported)
+    return exported, json.loads(exported.read_text())["settings"]
+
+
 def screenshot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True, animations="disabled")
 
@@ -340,13 +351,7 @@ def test_preset_export_then_import_restores_every_control(browser, page, studio)
     set_slider(page, "generate-lora-scale-1", 0.35)
     page.click("#generate-quantize label:has-text('8')")
     set_slider(page, "generate-image-strength", 0.65)
-    type_into(page, "generate-preset-name", "my look")
-    page.click("#generate-preset-export")
-    with page.expect_download() as download:
-        page.click("#generate-preset-exported a")
-    exported = studio.inputs / "my-look.json"
-    download.value.save_as(exported)
-    exported_settings = json.loads(exported.read_text())["settings"]
+    exported, exported_settings = export_preset(page, studio, "my look", "my-look.json")
     assert exported_settings["lora_paths"] == ["paper"] and exported_settings["image_strength"] == 0.65
 
     page.reload()  # a fresh session with every control at its default
@@ -467,13 +472,7 @@ def test_the_negative_prompt_shows_above_true_cfg_one_and_a_preset_keeps_both(br
     page.wait_for_selector(negative, state="visible")
     type_into(page, "generate-negative-prompt", "blurry, text")
     open_accordions(page, "generate-presets")
-    type_into(page, "generate-preset-name", "true cfg")
-    page.click("#generate-preset-export")
-    with page.expect_download() as download:
-        page.click("#generate-preset-exported a")
-    exported = studio.inputs / "true-cfg.json"
-    download.value.save_as(exported)
-    settings = json.loads(exported.read_text())["settings"]
+    exported, settings = export_preset(page, studio, "true cfg", "true-cfg.json")
     assert (settings["negative_prompt"], settings["true_cfg_scale"]) == ("blurry, text", 3.0)
 
     page.reload()
