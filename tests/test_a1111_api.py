@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from huggingface_hub import constants
 from PIL import Image, PngImagePlugin
+from safetensors.numpy import save_file
 
 from mflux_core.demo.evaluate import EVALUATION_SEED, FILL_TOLERANCE
 from mflux_core.demo.examples import SOURCES
@@ -48,10 +49,13 @@ def studio(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv(DEMO_MODELS_ENV, raising=False)
         shutil.copytree(demo_folder("demo"), root / "models" / COPY)
+        (root / "loras").mkdir()
+        save_file({"lora_down.weight": np.zeros((1, 4), np.float32)}, str(root / "loras" / "ink.safetensors"),
+                  metadata={"ss_output_name": "ink-v2", "ss_base_model_version": "flux1"})
         patch.setenv("HF_HUB_OFFLINE", "1")
         patch.setenv("HF_HUB_CACHE", str(root / "hub"))
         patch.setattr(constants, "HF_HUB_CACHE", str(root / "hub"))
-        folders = StudioFolders.default(root / "outputs", models_dir=root / "models", loras=[])
+        folders = StudioFolders.default(root / "outputs", models_dir=root / "models", loras=[root / "loras"])
         manager = ModelManager(models_dir=root / "models")
         app = build_app(manager, folders, openai_api=False)
         port = free_port()
@@ -252,9 +256,15 @@ def test_png_info_reads_our_pngs_and_a1111s(studio):
 def test_the_listings_clients_probe_answer(studio):
     assert [s["name"] for s in answer(studio.http.get("/samplers"))] == ["Euler"]
     assert [s["label"] for s in answer(studio.http.get("/schedulers"))] == ["Simple"]
-    for path in ("/loras", "/sd-vae", "/upscalers"):
+    (lora,) = answer(studio.http.get("/loras"))
+    assert (lora["name"], lora["alias"], lora["metadata"]["ss_base_model_version"]) == ("ink", "ink-v2", "flux1")
+    assert lora["path"] == str(studio.folders.loras[0] / "ink.safetensors")
+    for path in ("/sd-vae", "/upscalers", "/prompt-styles", "/face-restorers", "/hypernetworks"):
         assert isinstance(answer(studio.http.get(path)), list)
-    assert isinstance(answer(studio.http.get("/cmd-flags")), dict)
+    for path in ("/cmd-flags", "/embeddings", "/scripts"):
+        assert isinstance(answer(studio.http.get(path)), dict)
+    assert studio.http.post("/refresh-checkpoints").status_code == 200
+    assert "/sdapi/v1/extra-batch-images" in assert_a1111_error(studio.http.post("/extra-batch-images"), 404)
 
 
 # ----- refusals ---------------------------------------------------------------------------------

@@ -47,13 +47,14 @@ API_SESSION = "sdapi"  # the API's running job on the studio's job board (its ca
 API_TOOLS = ("generate", "fill")
 SAMPLERS = {"Euler": ("euler", "k_euler")}  # name -> aliases: the FLUX flow-matching Euler step
 SCHEDULERS = {"simple": "Simple"}  # name -> label: FLUX's shifted linear sigmas
+AUTOMATIC = "automatic"  # Forge's scheduler "Automatic": the sampler's own, which Simple is
 DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]+\]$")  # A1111 titles a checkpoint "name [shorthash]"
 # Fields the studio uses; any other non-empty field of a request is ignored and named in `info`.
 HONOURED = {"prompt", "negative_prompt", "seed", "steps", "width", "height", "batch_size", "n_iter", "cfg_scale",
             "distilled_cfg_scale", "sampler_name", "sampler_index", "scheduler", "override_settings",
             "send_images", "save_images", "init_images", "denoising_strength", "mask", "inpainting_mask_invert",
-            "resize_mode"}
+            "resize_mode", "override_settings_restore_afterwards"}  # overrides always last one request here
 
 
 @dataclass
@@ -147,7 +148,7 @@ def ignored_fields(params: BaseModel) -> list[str]:
     sampler = params.sampler_name or params.sampler_index
     if sampler and sampler_named(sampler) is None:
         ignored.append(f"sampler_name {sampler!r} (not in the studio: Euler ran)")
-    if params.scheduler and params.scheduler.lower() not in SCHEDULERS:
+    if params.scheduler and params.scheduler.lower() not in (*SCHEDULERS, AUTOMATIC):
         ignored.append(f"scheduler {params.scheduler!r} (not in the studio: Simple ran)")
     ignored += [f"override_settings.{k}" for k in params.override_settings if k != "sd_model_checkpoint"]
     return ignored
@@ -438,7 +439,7 @@ def sdapi_router(studio, auth=None) -> APIRouter:
 
     async def interrupt(request: Request):
         studio.jobs.cancel(API_SESSION)
-        return JSONResponse(None)
+        return await nothing_to_do(request)
 
     route("POST", "/sdapi/v1/interrupt")(interrupt)
     route("POST", "/sdapi/v1/skip")(interrupt)
@@ -457,8 +458,11 @@ def sdapi_router(studio, auth=None) -> APIRouter:
         "loras": lambda: [lora_entry(name, path) for name, path in studio.lora_library().items()],
         "upscalers": lambda: [{"name": "None", "model_name": None, "model_path": None, "model_url": None,
                                "scale": 1}],
-        "sd-vae": lambda: [],
         "cmd-flags": lambda: {"api": True, "nowebui": False},
+        **dict.fromkeys(("sd-vae", "sd-modules", "prompt-styles", "face-restorers", "hypernetworks",
+                         "realesrgan-models", "latent-upscale-modes"), list),
+        "embeddings": lambda: {"loaded": {}, "skipped": {}},
+        "scripts": lambda: {"txt2img": [], "img2img": []},
     }
     for name, listing in listings.items():
         async def answer(request: Request, listing=listing):
@@ -466,5 +470,18 @@ def sdapi_router(studio, auth=None) -> APIRouter:
 
         answer.__name__ = name.replace("-", "_")
         route("GET", f"/sdapi/v1/{name}")(answer)
+    for name in ("refresh-checkpoints", "refresh-loras", "refresh-vae"):  # the listings are read on each request
+        route("POST", f"/sdapi/v1/{name}")(nothing_to_do)
+    for method in ("GET", "POST"):
+        route(method, "/sdapi/v1/{rest:path}")(not_here)
 
     return router
+
+
+async def nothing_to_do(request: Request):
+    return JSONResponse(None)
+
+
+async def not_here(request: Request):
+    raise SdApiError(404, f"The studio has no {request.method} {request.url.path}: it serves A1111's txt2img, "
+                          "img2img, options, progress, interrupt, png-info and the model listings.")
