@@ -50,11 +50,6 @@ SCHEDULERS = {"simple": "Simple"}  # name -> label: FLUX's shifted linear sigmas
 AUTOMATIC = "automatic"  # Forge's scheduler "Automatic": the sampler's own, which Simple is
 DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]+\]$")  # A1111 titles a checkpoint "name [shorthash]"
-# Fields the studio uses; any other non-empty field of a request is ignored and named in `info`.
-HONOURED = {"prompt", "negative_prompt", "seed", "steps", "width", "height", "batch_size", "n_iter", "cfg_scale",
-            "distilled_cfg_scale", "sampler_name", "sampler_index", "scheduler", "override_settings",
-            "send_images", "save_images", "init_images", "denoising_strength", "mask", "inpainting_mask_invert",
-            "resize_mode", "override_settings_restore_afterwards"}  # overrides always last one request here
 
 
 @dataclass
@@ -90,6 +85,7 @@ class Txt2ImgParams(BaseModel):
     sampler_index: str | None = None
     scheduler: str | None = None
     override_settings: dict = Field(default_factory=dict)
+    override_settings_restore_afterwards: bool = True  # here an override always lasts one request
     send_images: bool = True
     save_images: bool = False
 
@@ -142,9 +138,9 @@ def decoded_image(text: str, what: str) -> Image.Image:
 
 
 def ignored_fields(params: BaseModel) -> list[str]:
-    """The request's non-empty fields that the studio does not honour, and names it does not have."""
-    extra = params.model_extra or {}
-    ignored = sorted(k for k, v in extra.items() if k not in HONOURED and v not in (None, False, "", [], {}, 0, -1))
+    """The request's fields that the studio does not honour (those sent with a value that does something in A1111),
+    and the samplers and schedulers it does not have."""
+    ignored = sorted(k for k, v in (params.model_extra or {}).items() if v not in (None, False, "", [], {}, 0, -1))
     sampler = params.sampler_name or params.sampler_index
     if sampler and sampler_named(sampler) is None:
         ignored.append(f"sampler_name {sampler!r} (not in the studio: Euler ran)")
