@@ -234,6 +234,31 @@ def test_progress_shows_the_running_step_and_interrupt_stops_the_job(studio):
     assert answer(studio.http.get("/progress"))["state"]["job_count"] == 0
 
 
+def test_api_jobs_wait_for_the_engine_turn_that_page_jobs_take(studio):
+    turns, held, release, answers = studio.studio.turns, threading.Event(), threading.Event(), []
+
+    def page_job():  # what a page job does while it runs (webui.jobs.page_job)
+        with turns.turn():
+            held.set()
+            release.wait(TIMEOUT_S)
+
+    holder = threading.Thread(target=page_job)
+    holder.start()
+    held.wait(TIMEOUT_S)
+    tickets = turns._next_ticket
+    api = threading.Thread(target=lambda: answers.append(studio.http.post("/txt2img", json={
+        "prompt": CAPTION, "seed": 12, "steps": 2})))
+    api.start()
+    deadline = time.monotonic() + TIMEOUT_S
+    while turns._next_ticket == tickets:  # the API job has taken the next turn
+        assert time.monotonic() < deadline and api.is_alive(), "the API job took no turn"
+        time.sleep(0.02)
+    assert answers == [] and answer(studio.http.get("/progress"))["state"]["job_count"] == 0  # waiting, not running
+    release.set()
+    api.join(TIMEOUT_S)
+    assert made(answers[0])["info"]["all_seeds"] == [12]
+
+
 # ----- png-info and listings ----------------------------------------------------------------------
 
 
