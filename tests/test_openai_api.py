@@ -30,7 +30,8 @@ from tests.fixtures.shape_classifier import classify
 from tests.test_webui_browser import free_port, request_in
 from webui.app import build_app, launch_kwargs
 from webui.gallery import history
-from webui.openai_api import ApiError, JobThreads
+from webui.api_server import JobThreads
+from webui.openai_api import ApiError
 from webui.studio import StudioFolders
 
 TIMEOUT_S = 300
@@ -237,7 +238,7 @@ def test_api_and_page_jobs_run_in_arrival_order(studio):
 
 
 def test_api_requests_past_the_waiting_limit_are_refused_with_429():
-    threads, release = JobThreads(1), threading.Event()
+    threads, release = JobThreads(1, ApiError), threading.Event()
 
     async def two_requests():
         first = asyncio.ensure_future(threads.run(release.wait, 60))

@@ -354,6 +354,7 @@ def test_command_line_and_folders(tmp_path):
 
     args = parse_args([])
     assert (args.host, args.port, args.listen, args.auth) == ("127.0.0.1", 7860, False, None)
+    assert args.openai_api and args.a1111_api and not parse_args(["--no-a1111-api"]).a1111_api
     args = parse_args(["--listen", "--auth", "me:s3:cret", "--port", "7000", "--models-dir", str(tmp_path)])
     assert args.listen and args.auth == "me:s3:cret" and args.port == 7000
     with pytest.raises(SystemExit):

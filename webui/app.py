@@ -1,5 +1,5 @@
 """The studio page: one tab per tool, a history of results, a status strip; `python -m webui.app` serves it,
-with OpenAI's images API beside it on the same server (webui.openai_api)."""
+with OpenAI's images API (webui.openai_api) and A1111's /sdapi/v1 (webui.a1111_api) beside it on the same server."""
 
 import argparse
 import os
@@ -15,8 +15,10 @@ from mflux_core.cli import add_memory_budget_flag  # noqa: E402
 from mflux_core.demo.examples import write_examples  # noqa: E402
 from mflux_core.errors import StudioError  # noqa: E402
 from mflux_core.presets import settings_from_png  # noqa: E402
+from webui.a1111_api import sdapi_router  # noqa: E402
+from webui.api_server import MAX_BODY_BYTES  # noqa: E402
 from webui.jobs import safe_action, message_markdown  # noqa: E402
-from webui.openai_api import MAX_BODY_BYTES, openai_router  # noqa: E402
+from webui.openai_api import openai_router  # noqa: E402
 from webui.panels import controlnet, depth, fill, generate, in_context, kontext, redux  # noqa: E402
 from webui.panels import concept, plot, train  # noqa: E402
 from webui.presets_ui import apply_settings  # noqa: E402
@@ -36,21 +38,24 @@ CSS = """
 
 
 class StudioBlocks(gr.Blocks):
-    """The page; launching it serves OpenAI's images API on the same server too (unless `openai_api` is off),
-    asking API clients for the page's `auth` credentials when it has them (HTTP basic)."""
+    """The page; launching it serves OpenAI's images API and A1111's /sdapi/v1 on the same server too (unless
+    `openai_api` / `a1111_api` is off), asking API clients for the page's `auth` credentials when it has them
+    (HTTP basic)."""
 
     studio: Studio
     openai_api: bool = True
+    a1111_api: bool = True
 
     def launch(self, *args, auth=None, app_kwargs: dict | None = None, **kwargs):
         app_kwargs = dict(app_kwargs or {})
-        if self.openai_api:  # routes given to the FastAPI app Gradio builds, so they are there from the first request
-            app_kwargs["routes"] = [*app_kwargs.get("routes", []), *openai_router(self.studio, auth).routes]
+        routers = [router for on, router in ((self.openai_api, openai_router), (self.a1111_api, sdapi_router)) if on]
+        for router in routers:  # given to the FastAPI app Gradio builds, so they are there from the first request
+            app_kwargs["routes"] = [*app_kwargs.get("routes", []), *router(self.studio, auth).routes]
         return super().launch(*args, auth=auth, app_kwargs=app_kwargs, **kwargs)
 
 
 def build_app(manager, folders: StudioFolders | None = None, max_queue_size: int = MAX_QUEUE_SIZE,
-              openai_api: bool = True) -> StudioBlocks:
+              openai_api: bool = True, a1111_api: bool = True) -> StudioBlocks:
     """The whole page for one ModelManager; launch it with `launch_kwargs(folders)`."""
     folders = folders or StudioFolders.default(Path("outputs"), models_dir=manager.models_dir)
     studio = Studio(manager=manager, folders=folders, examples=write_examples(folders.examples))
@@ -76,7 +81,7 @@ def build_app(manager, folders: StudioFolders | None = None, max_queue_size: int
         app.load(studio.after_job_updates, outputs=studio.after_job_updates_outputs(), api_name="history",
                  queue=False)
         app.queue(max_size=max_queue_size, default_concurrency_limit=2)
-    app.studio, app.openai_api = studio, openai_api
+    app.studio, app.openai_api, app.a1111_api = studio, openai_api, a1111_api
     return app
 
 
@@ -146,10 +151,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="folder of wildcard files: __name__ in a prompt picks a line of name.txt "
                         "(default ./wildcards)")
     parser.add_argument("--listen", action="store_true", help="bind 0.0.0.0 so other machines can connect")
-    parser.add_argument("--auth", help="user:password required to open the page and use its OpenAI images API "
-                                       "(only with --listen)")
+    parser.add_argument("--auth", help="user:password required to open the page and use its APIs (only with "
+                                       "--listen)")
     parser.add_argument("--no-openai-api", dest="openai_api", action="store_false",
                         help="do not serve OpenAI's images API (/v1/images/generations, /v1/images/edits, /v1/models)")
+    parser.add_argument("--no-a1111-api", dest="a1111_api", action="store_false",
+                        help="do not serve AUTOMATIC1111's API (/sdapi/v1/txt2img, img2img, options, progress...)")
     parser.add_argument("--max-queue", type=int, default=MAX_QUEUE_SIZE, help="most jobs waiting at once")
     parser.add_argument("--low-ram", action="store_true", help="free the text encoders after each prompt")
     add_memory_budget_flag(parser)
@@ -166,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     folders = StudioFolders.default(args.outputs_dir, models_dir=args.models_dir, user_presets=args.presets_dir,
                                     loras=args.lora_dir, wildcards=args.wildcards_dir)
     manager = ModelManager(models_dir=args.models_dir, low_ram=args.low_ram, memory_budget_bytes=args.memory_budget)
-    app = build_app(manager, folders, max_queue_size=args.max_queue, openai_api=args.openai_api)
+    app = build_app(manager, folders, max_queue_size=args.max_queue, openai_api=args.openai_api,
+                    a1111_api=args.a1111_api)
     host = "0.0.0.0" if args.listen else args.host
     auth = None
     if args.auth and args.listen:
@@ -177,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         print("Warning: --listen without --auth lets anyone on your network use the studio.", file=sys.stderr)
     print(f"mflux-studio: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{args.port}"
           f"{' (listening on all interfaces)' if args.listen else ''}"
-          f"{'; OpenAI images API under /v1' if args.openai_api else ''}", flush=True)
+          f"{'; OpenAI images API under /v1' if args.openai_api else ''}"
+          f"{'; A1111 API under /sdapi/v1' if args.a1111_api else ''}", flush=True)
     # Our handlers turn every error into a status line (a refused input also ends its event with the sentence);
     # show_error lets Gradio's own refusals (a value out of a slider's range) reach the page as a sentence too.
     app.launch(server_name=host, server_port=args.port, auth=auth, show_error=True, **launch_kwargs(folders))

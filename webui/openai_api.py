@@ -13,18 +13,14 @@ user, background, output_format...) are accepted and ignored. Every error is Ope
 {"error": {"message", "type", "param", "code"}}.
 """
 
-import asyncio
 import base64
-import binascii
 import re
-import secrets
 import shutil
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable, Literal
+from typing import Callable, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -32,20 +28,15 @@ from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 
-from mflux_core.errors import InvalidRequest
 from mflux_core.images.io import load_image, load_rgba
 from mflux_core.request import MAX_SEED, GenerationRequest
 from mflux_core.settings_schema import MAX_BATCH
 from mflux_core.tools.specs import TOOL_SPECS, default_model_for
+from webui.api_server import MAX_WAITING, ApiRefusal, JobThreads, api_routes, json_object
 from webui.gallery import DATE_FOLDER, save_result
-from webui.jobs import error_text
 from webui.requests import requests_from_settings
 
-
-MAX_BODY_BYTES = 64 * 2**20  # the page's upload limit too
-MAX_WAITING = 16  # API requests running or waiting for their turn at once; more are refused (429)
 API_TOOLS = ("generate", "fill", "kontext")
 SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 RESULT_NAME = re.compile(r"^[\w-]+\.png$")
@@ -66,17 +57,22 @@ class ImageParams(BaseModel):
 
 
 @dataclass
-class ApiError(Exception):
-    status: int
-    message: str
+class ApiError(ApiRefusal):
+    """OpenAI's error: {"error": {"message", "type", "param", "code"}}."""
+
     param: str | None = None
     code: str | None = None
     kind: str = "invalid_request_error"
 
-    def response(self) -> JSONResponse:
-        headers = {"WWW-Authenticate": 'Basic realm="mflux-studio"'} if self.status == 401 else None
-        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status, headers=headers)
+    @classmethod
+    def of(cls, status: int, message: str) -> "ApiError":
+        codes = {401: ("invalid_api_key", "invalid_request_error"), 429: ("rate_limit_exceeded", "requests"),
+                 500: (None, "server_error")}
+        code, kind = codes.get(status, (None, "invalid_request_error"))
+        return cls(status, message, code=code, kind=kind)
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
 def refusal(error: ValidationError) -> ApiError:
@@ -234,100 +230,15 @@ def edit_images(studio, form, base_url: str) -> dict:
     return images_response(studio, run_in_turn(studio, requests), params.response_format, base_url)
 
 
-def credentials(request: Request) -> tuple[str, str] | None:
-    """(user, password) of HTTP basic auth, or of a bearer token "user:password" (an `openai` client's api_key)."""
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "basic":
-        try:
-            value = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-    elif scheme.lower() != "bearer":
-        return None
-    user, colon, password = value.strip().partition(":")
-    return (user, password) if colon else None
-
-
-def authorized(given: tuple[str, str] | None, auth) -> bool:
-    """Whether `given` passes the page's Gradio `auth`: a (user, password) pair, a list of them, or a function."""
-    if given is None:
-        return False
-    if callable(auth):
-        return bool(auth(*given))
-    pairs = [auth] if isinstance(auth, tuple) else list(auth)
-    return any(secrets.compare_digest(f"{u}:{p}".encode(), ":".join(given).encode()) for u, p in pairs)
-
-
-class JobThreads:
-    """API jobs on a thread each, as the page's jobs run: waiting for their turn on the pool Gradio runs those on,
-    a crowd of API requests could leave the running page job without a thread to finish on."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self._slots = threading.BoundedSemaphore(limit)
-
-    async def run(self, work: Callable, *args):
-        """`work(*args)`'s result (or error), once it ran on its thread; ApiError 429 when `limit` already wait."""
-        if not self._slots.acquire(blocking=False):
-            raise ApiError(429, f"The studio has {self.limit} API requests waiting already: try again later.",
-                           code="rate_limit_exceeded", kind="requests")
-        loop = asyncio.get_running_loop()
-        answer = loop.create_future()
-
-        def settle(outcome: Callable, value) -> None:
-            if not answer.done():  # done: the client went away and its request was cancelled
-                outcome(value)
-
-        def job():
-            try:
-                outcome, value = answer.set_result, work(*args)
-            except BaseException as error:  # handed to the request, which answers with it
-                outcome, value = answer.set_exception, error
-            self._slots.release()  # before the answer, so the slot is free once a request has its answer
-            loop.call_soon_threadsafe(settle, outcome, value)
-
-        threading.Thread(target=job, name="openai-api-job", daemon=True).start()
-        return await answer
-
-
 def openai_router(studio, auth=None) -> APIRouter:
     """The API's routes; with `auth` (Gradio's launch argument) every route asks for those credentials."""
     router = APIRouter()
-    threads = JobThreads(MAX_WAITING)
-
-    def route(method: str, path: str):
-        def register(answer: Callable[..., Awaitable]):
-            async def endpoint(request: Request):
-                try:
-                    if auth is not None and not authorized(credentials(request), auth):
-                        raise ApiError(401, "This studio needs its user and password: HTTP basic auth, or "
-                                            "'user:password' as the API key.", code="invalid_api_key")
-                    if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
-                        raise ApiError(413, f"The request is larger than {MAX_BODY_BYTES // 2**20} MB.")
-                    return await answer(request)
-                except ApiError as error:
-                    return error.response()
-                except InvalidRequest as error:
-                    return ApiError(400, str(error)).response()
-                except HTTPException as error:  # Starlette's refusal of a malformed body
-                    return ApiError(error.status_code, str(error.detail)).response()
-                except Exception as error:  # the server must survive anything a client sends
-                    return ApiError(500, error_text(error), kind="server_error").response()
-
-            endpoint.__name__ = answer.__name__
-            router.add_api_route(path, endpoint, methods=[method], include_in_schema=False)
-            return answer
-
-        return register
+    threads = JobThreads(MAX_WAITING, ApiError)
+    route = api_routes(router, auth, ApiError)
 
     @route("POST", "/v1/images/generations")
     async def generations(request: Request):
-        try:
-            fields = await request.json()
-        except ValueError:
-            raise ApiError(400, "The body must be a JSON object (Content-Type: application/json).") from None
-        if not isinstance(fields, dict):
-            raise ApiError(400, "The body must be a JSON object of the request's fields.")
+        fields = await json_object(request, ApiError)
         return JSONResponse(await threads.run(generate_images, studio, fields, str(request.base_url)))
 
     @route("POST", "/v1/images/edits")

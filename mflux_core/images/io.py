@@ -1,6 +1,7 @@
 """Reading the images users drop in, converting to and from model pixels, and saving PNGs atomically."""
 
 import errno
+import io
 import itertools
 import os
 import secrets
@@ -255,6 +256,20 @@ def _sync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
+def png_info(text_chunks: dict[str, str] | None) -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    for key, value in (text_chunks or {}).items():
+        info.add_text(key, value)  # falls back to an iTXt (UTF-8) chunk when the text is not Latin-1
+    return info
+
+
+def png_bytes(image: Image.Image, text_chunks: dict[str, str] | None = None) -> bytes:
+    """`image` as the bytes of a PNG file carrying `text_chunks`, as save_png_atomic writes it."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=png_info(text_chunks))
+    return buffer.getvalue()
+
+
 def save_png_atomic(
     image: Image.Image, path: Path, text_chunks: dict[str, str] | None = None, overwrite: bool = False
 ) -> Path:
@@ -265,9 +280,7 @@ def save_png_atomic(
     the first free name among name_1.png, name_2.png, ... is taken. Failures raise ImageSaveError.
     """
     path = Path(path)
-    info = PngImagePlugin.PngInfo()
-    for key, value in (text_chunks or {}).items():
-        info.add_text(key, value)  # falls back to an iTXt (UTF-8) chunk when the text is not Latin-1
+    info = png_info(text_chunks)
     temp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,326 @@
+"""A1111's /sdapi/v1 on the studio's server, driven over real HTTP as A1111 clients send it: the shipped demo
+models make images that follow the prompt, an inpainting mask keeps its unmasked pixels, resize modes shape the
+input, options pick the model, progress shows the running step with its preview, interrupt stops a job,
+png-info reads ours and A1111's PNGs, unknown fields are named in `info`, and bad input gets a 4xx in A1111's
+error shape.
+
+One server on the demo models for the module (as tests/test_openai_api.py starts it), read with the independent
+shape classifier of tests/fixtures/shape_classifier.py.
+"""
+
+import base64
+import io
+import json
+import shutil
+import threading
+import time
+from types import SimpleNamespace
+
+import httpx
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from huggingface_hub import constants
+from PIL import Image, PngImagePlugin
+from safetensors.numpy import save_file
+
+from mflux_core.demo.evaluate import EVALUATION_SEED, FILL_TOLERANCE
+from mflux_core.demo.examples import SOURCES
+from mflux_core.demo.family import IMAGE_SIZE
+from mflux_core.images.resize_modes import resize_to
+from mflux_core.manager import ModelManager
+from mflux_core.weights.resolve import DEMO_MODELS_ENV, demo_folder
+from tests.fixtures.shape_classifier import classify
+from tests.test_webui_browser import free_port, request_in
+from webui.a1111_api import sdapi_router
+from webui.app import build_app, launch_kwargs
+from webui.gallery import history
+from webui.studio import StudioFolders
+
+TIMEOUT_S = 300
+CAPTION = "a red circle in the top left on a blue background"
+COPY = "demo-copy"  # a second text-to-image model: the demo model's files in the models folder
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    root = tmp_path_factory.mktemp("a1111-studio")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(DEMO_MODELS_ENV, raising=False)
+        shutil.copytree(demo_folder("demo"), root / "models" / COPY)
+        (root / "loras").mkdir()
+        save_file({"lora_down.weight": np.zeros((1, 4), np.float32)}, str(root / "loras" / "ink.safetensors"),
+                  metadata={"ss_output_name": "ink-v2", "ss_base_model_version": "flux1"})
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setenv("HF_HUB_CACHE", str(root / "hub"))
+        patch.setattr(constants, "HF_HUB_CACHE", str(root / "hub"))
+        folders = StudioFolders.default(root / "outputs", models_dir=root / "models", loras=[root / "loras"])
+        manager = ModelManager(models_dir=root / "models")
+        app = build_app(manager, folders, openai_api=False)
+        port = free_port()
+        app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                   **launch_kwargs(folders))
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}/sdapi/v1", timeout=TIMEOUT_S) as http:
+            yield SimpleNamespace(http=http, folders=folders, manager=manager, examples=app.studio.examples,
+                                  studio=app.studio)
+        app.close()
+
+
+def b64(image: Image.Image, pnginfo=None) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=pnginfo)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decoded(text: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(text)))
+
+
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def answer(response):
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def made(response) -> dict:
+    """An images answer with its `info` JSON string read."""
+    body = answer(response)
+    return {**body, "info": json.loads(body["info"])}
+
+
+def saved_requests(studio, seed: int) -> list[dict]:
+    return [r for r in (request_in(path) for path, _ in history(studio.folders.outputs)) if r["seed"] == seed]
+
+
+def assert_a1111_error(response, status: int) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "detail", "body", "errors"} and body["detail"].endswith("."), body
+    assert "Traceback" not in response.text
+    return body["detail"]
+
+
+# ----- txt2img -----------------------------------------------------------------------------------
+
+
+def test_txt2img_follows_the_prompt_and_names_what_it_ignored(studio):
+    body = made(studio.http.post("/txt2img", json={
+        "prompt": CAPTION, "seed": 41, "batch_size": 2, "width": IMAGE_SIZE, "height": IMAGE_SIZE,
+        "sampler_name": "DPM++ 2M", "scheduler": "Karras", "restore_faces": True, "enable_hr": True, "tiling": False,
+        "alwayson_scripts": {"ADetailer": {"args": []}}, "distilled_cfg_scale": 3.5,
+        "override_settings": {"sd_model_checkpoint": "demo", "CLIP_stop_at_last_layers": 2}}))
+    info = body["info"]
+    assert len(body["images"]) == 2 and info["all_seeds"] == [41, 42] and info["seed"] == 41
+    for text, infotext in zip(body["images"], info["infotexts"]):
+        image = decoded(text)
+        reading = classify(np.asarray(image.convert("RGB")))
+        assert image.size == (IMAGE_SIZE, IMAGE_SIZE)
+        assert (reading.background, reading.colour, reading.region) == ("blue", "red", "top left"), reading
+        assert image.info["parameters"] == infotext and "Distilled CFG Scale: 3.5" in infotext  # the PNG's metadata
+    assert info["all_prompts"] == [CAPTION] * 2 and info["sd_model_name"] == "demo"
+    assert body["parameters"]["prompt"] == CAPTION and body["parameters"]["restore_faces"] is True
+    ignored = info["ignored"]
+    assert {"restore_faces", "enable_hr", "alwayson_scripts", "override_settings.CLIP_stop_at_last_layers"} <= \
+        set(ignored) and "tiling" not in ignored  # a field left at its default is no surprise
+    assert any("DPM++ 2M" in item for item in ignored) and any("Karras" in item for item in ignored)
+    assert saved_requests(studio, 41) == []  # save_images is off by default, as in A1111
+
+
+def test_true_cfg_runs_with_a_negative_prompt_above_cfg_scale_1(studio):
+    fields = {"prompt": CAPTION, "negative_prompt": "green", "seed": 7, "steps": 2, "save_images": True,
+              "send_images": False}
+    plain = made(studio.http.post("/txt2img", json={**fields, "cfg_scale": 1}))
+    assert plain["images"] == [] and any("negative_prompt" in item for item in plain["info"]["ignored"])
+    made(studio.http.post("/txt2img", json={**fields, "cfg_scale": 4, "seed": 8}))
+    (off,), (on,) = saved_requests(studio, 7), saved_requests(studio, 8)
+    assert (off["negative_prompt"], off["true_cfg_scale"]) == ("", 1)
+    assert (on["negative_prompt"], on["true_cfg_scale"]) == ("green", 4)
+
+
+# ----- img2img -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("invert", [False, True])
+def test_img2img_with_a_mask_repaints_it_and_keeps_the_rest(studio, invert):
+    example = studio.examples["fill"][0]
+    pair = SOURCES["fill"](EVALUATION_SEED, example.index, IMAGE_SIZE, held_out=True)
+    source, mask = pixels(example.images["image"]), pixels(example.images["mask"])[..., 0] > 127
+    drawn = ~mask if invert else mask  # with inpainting_mask_invert, black is what gets repainted
+    body = made(studio.http.post("/img2img", json={
+        "init_images": ["data:image/png;base64," + b64(Image.open(example.images["image"]))],
+        "mask": b64(Image.fromarray(np.where(drawn, 255, 0).astype(np.uint8))), "inpainting_mask_invert": int(invert),
+        "prompt": example.prompt, "seed": 0, "denoising_strength": 1.0, "mask_blur": 4}))
+    image = np.asarray(decoded(body["images"][0]).convert("RGB"))
+    change = np.abs(image.astype(int) - source.astype(int)).max(axis=-1)
+    assert change[mask].mean() > FILL_TOLERANCE  # repainted
+    assert (change[~mask] <= FILL_TOLERANCE).mean() >= 0.98  # kept
+    assert classify(np.where(mask[..., None], image, source)).colour == pair.scene.shapes[0].colour
+    assert body["info"]["sd_model_name"] == "demo-fill" and "mask_blur" in body["info"]["ignored"]
+
+
+def test_img2img_shapes_the_input_by_resize_mode(studio):
+    """A 2:1 input (red | green | green | blue quarters) made square: stretched, cropped to its middle, or fitted
+    with its edge rows repeated above and below."""
+    wide = np.zeros((IMAGE_SIZE, 2 * IMAGE_SIZE, 3), np.uint8)
+    quarter = IMAGE_SIZE // 2
+    wide[:, :quarter], wide[:, quarter:-quarter], wide[:, -quarter:] = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+    inputs = {}
+    for mode in (0, 1, 2):
+        body = made(studio.http.post("/img2img", json={
+            "init_images": [b64(Image.fromarray(wide))], "resize_mode": mode, "width": IMAGE_SIZE,
+            "height": IMAGE_SIZE, "prompt": "x", "seed": 900 + mode, "steps": 1, "save_images": True}))
+        assert body["info"]["width"] == IMAGE_SIZE and body["info"]["sd_model_name"] == "demo"
+        (request,) = saved_requests(studio, 900 + mode)
+        assert request["tool"] == "generate" and request["image_strength"] == 0.25
+        inputs[mode] = pixels(request["image_path"]).astype(int)
+    red, green, blue = (np.array(c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255)))
+    middle, edge = IMAGE_SIZE // 2, IMAGE_SIZE // 4
+    assert np.abs(inputs[0][middle, 2] - red).max() < 40 and np.abs(inputs[0][middle, -3] - blue).max() < 40
+    assert np.abs(inputs[1] - green).max() < 40  # the middle half, at scale 1
+    fitted = inputs[2]
+    assert np.abs(fitted[2, 2] - red).max() < 40 and np.abs(fitted[-3, -3] - blue).max() < 40  # bars repeat edges
+    assert np.abs(fitted[:edge - 1, middle] - green).max() < 40
+    assert np.array_equal(fitted, np.asarray(resize_to(Image.fromarray(wide), IMAGE_SIZE, IMAGE_SIZE, 2)))
+
+
+# ----- models and options ------------------------------------------------------------------------
+
+
+def test_options_post_switches_the_model_for_later_requests(studio):
+    models = {m["model_name"]: m for m in answer(studio.http.get("/sd-models"))}
+    assert {"demo", "demo-fill", COPY} <= set(models) and "demo-canny" not in models
+    assert set(models["demo"]) == {"title", "model_name", "hash", "sha256", "filename", "config"}
+    assert answer(studio.http.get("/options"))["sd_model_checkpoint"] == "demo"
+    try:
+        assert studio.http.post("/options", json={"sd_model_checkpoint": f"{COPY} [0123abcd]",
+                                                  "CLIP_stop_at_last_layers": 2}).status_code == 200
+        options = answer(studio.http.get("/options"))
+        assert (options["sd_model_checkpoint"], options["CLIP_stop_at_last_layers"]) == (COPY, 2)
+        body = made(studio.http.post("/txt2img", json={"prompt": CAPTION, "seed": 3, "steps": 2}))
+        assert body["info"]["sd_model_name"] == COPY and f"Model: {COPY}" in body["info"]["infotexts"][0]
+    finally:
+        studio.http.post("/options", json={"sd_model_checkpoint": "demo"})
+
+
+# ----- progress and interrupt --------------------------------------------------------------------
+
+
+def test_progress_shows_the_running_step_and_interrupt_stops_the_job(studio):
+    assert answer(studio.http.get("/progress"))["state"]["job_count"] == 0  # idle
+    answers = []
+    job = threading.Thread(target=lambda: answers.append(studio.http.post("/txt2img", json={
+        "prompt": CAPTION, "seed": 500, "steps": 400, "batch_size": 3})))
+    job.start()
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        progress = answer(studio.http.get("/progress"))
+        if progress["state"]["sampling_step"] >= 2 and progress["current_image"]:
+            break
+        assert time.monotonic() < deadline and job.is_alive(), "the job showed no step"
+        time.sleep(0.05)
+    state = progress["state"]
+    assert (state["job"], state["job_count"], state["sampling_steps"]) == ("txt2img", 3, 400)
+    assert 0 < progress["progress"] < 1 and progress["eta_relative"] > 0
+    assert decoded(progress["current_image"]).size[0] > 0
+    assert studio.http.post("/interrupt").status_code == 200
+    job.join(TIMEOUT_S)
+    body = made(answers[0])
+    assert body["info"]["interrupted"] and body["images"] == []  # stopped inside the first image
+    assert answer(studio.http.get("/progress"))["state"]["job_count"] == 0
+
+
+def test_api_jobs_wait_for_the_engine_turn_that_page_jobs_take(studio):
+    turns, held, release, answers = studio.studio.turns, threading.Event(), threading.Event(), []
+
+    def page_job():  # what a page job does while it runs (webui.jobs.page_job)
+        with turns.turn():
+            held.set()
+            release.wait(TIMEOUT_S)
+
+    holder = threading.Thread(target=page_job)
+    holder.start()
+    held.wait(TIMEOUT_S)
+    tickets = turns._next_ticket
+    api = threading.Thread(target=lambda: answers.append(studio.http.post("/txt2img", json={
+        "prompt": CAPTION, "seed": 12, "steps": 2})))
+    api.start()
+    deadline = time.monotonic() + TIMEOUT_S
+    while turns._next_ticket == tickets:  # the API job has taken the next turn
+        assert time.monotonic() < deadline and api.is_alive(), "the API job took no turn"
+        time.sleep(0.02)
+    assert answers == [] and answer(studio.http.get("/progress"))["state"]["job_count"] == 0  # waiting, not running
+    release.set()
+    api.join(TIMEOUT_S)
+    assert made(answers[0])["info"]["all_seeds"] == [12]
+
+
+# ----- png-info and listings ----------------------------------------------------------------------
+
+
+def test_png_info_reads_our_pngs_and_a1111s(studio):
+    body = made(studio.http.post("/txt2img", json={"prompt": CAPTION, "seed": 77, "steps": 2}))
+    ours = answer(studio.http.post("/png-info", json={"image": body["images"][0]}))
+    assert ours["info"] == body["info"]["infotexts"][0] and "mflux_studio" in ours["items"]
+    assert (ours["parameters"]["prompt"], ours["parameters"]["seed"], ours["parameters"]["steps"]) == (CAPTION, 77, 2)
+    chunk = PngImagePlugin.PngInfo()
+    text = "a cat\nNegative prompt: a dog\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 512x768"
+    chunk.add_text("parameters", text)
+    theirs = answer(studio.http.post("/png-info", json={"image": b64(Image.new("RGB", (8, 8)), chunk)}))
+    assert theirs["info"] == text
+    assert {k: theirs["parameters"][k] for k in ("prompt", "steps", "seed", "width", "height")} == \
+        {"prompt": "a cat", "steps": 20, "seed": 5, "width": 512, "height": 768}
+    bare = answer(studio.http.post("/png-info", json={"image": b64(Image.new("RGB", (8, 8)))}))
+    assert (bare["info"], bare["parameters"]) == ("", {})
+
+
+def test_the_listings_clients_probe_answer(studio):
+    assert [s["name"] for s in answer(studio.http.get("/samplers"))] == ["Euler"]
+    assert [s["label"] for s in answer(studio.http.get("/schedulers"))] == ["Simple"]
+    (lora,) = answer(studio.http.get("/loras"))
+    assert (lora["name"], lora["alias"], lora["metadata"]["ss_base_model_version"]) == ("ink", "ink-v2", "flux1")
+    assert lora["path"] == str(studio.folders.loras[0] / "ink.safetensors")
+    for path in ("/sd-vae", "/upscalers", "/prompt-styles", "/face-restorers", "/hypernetworks"):
+        assert isinstance(answer(studio.http.get(path)), list)
+    for path in ("/cmd-flags", "/embeddings", "/scripts"):
+        assert isinstance(answer(studio.http.get(path)), dict)
+    assert studio.http.post("/refresh-checkpoints").status_code == 200
+    assert "/sdapi/v1/extra-batch-images" in assert_a1111_error(studio.http.post("/extra-batch-images"), 404)
+
+
+# ----- refusals ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path, body, status, words", [
+    ("/txt2img", {"seed": "abc"}, 422, "'seed'"),
+    ("/txt2img", {"batch_size": 0}, 422, "'batch_size'"),
+    ("/txt2img", {"batch_size": 8, "n_iter": 4}, 400, "at most 16"),
+    ("/txt2img", {"width": 100, "height": 64}, 400, "multiple of 16"),
+    ("/txt2img", {"override_settings": {"sd_model_checkpoint": "nope"}}, 400, "sd-models"),
+    ("/txt2img", {"override_settings": {"sd_model_checkpoint": "demo-fill"}}, 400, "generate tool"),
+    ("/img2img", {"prompt": "x"}, 422, "'init_images'"),
+    ("/img2img", {"init_images": ["not base64!"]}, 400, "init image is not base64"),
+    ("/img2img", {"init_images": [b64(Image.new("RGB", (16, 16)))], "width": -16}, 422, "'width'"),
+    ("/img2img", {"init_images": [base64.b64encode(b"not a picture").decode()]}, 400, "init image"),
+    ("/img2img", {"init_images": [b64(Image.new("RGB", (16, 16)))], "mask": b64(Image.new("L", (16, 16)))}, 400,
+     "marks nothing"),
+    ("/options", {"sd_model_checkpoint": "nope"}, 400, "sd-models"),
+    ("/png-info", {}, 422, "'image'"),
+])
+def test_bad_requests_get_a1111_errors(studio, path, body, status, words):
+    assert words in assert_a1111_error(studio.http.post(path, json=body), status)
+
+
+def test_bad_bodies_get_a1111_errors_and_auth_is_the_pages(studio):
+    assert "JSON" in assert_a1111_error(studio.http.post("/txt2img", content=b"prompt=x"), 400)
+    guarded = FastAPI(routes=sdapi_router(studio.studio, auth=("ann", "s3cret")).routes)
+    with TestClient(guarded, base_url="http://127.0.0.1/sdapi/v1") as client:
+        refused = client.get("/sd-models")
+        assert "user and password" in assert_a1111_error(refused, 401)
+        assert refused.headers["www-authenticate"].startswith("Basic")
+        assert_a1111_error(client.post("/txt2img", json={}, auth=("ann", "wrong")), 401)
+        assert client.get("/sd-models", auth=("ann", "s3cret")).status_code == 200

@@ -1,0 +1,483 @@
+"""AUTOMATIC1111 / Forge's `/sdapi/v1` API on the studio's own server, so clients written for those web UIs
+(editor plugins, chat front-ends, scripts) make images through the page's validation, queue and engine.
+
+    POST /sdapi/v1/txt2img, /img2img   A1111's JSON; img2img with a `mask` runs Fill, without one image-to-image
+    GET  /sdapi/v1/sd-models           the models these run on; GET/POST /sdapi/v1/options: sd_model_checkpoint
+    GET  /sdapi/v1/progress            the running API job: step, ETA and the step's preview
+    POST /sdapi/v1/interrupt, /skip    stop the running API job after its current step
+    POST /sdapi/v1/png-info            the settings in a PNG (ours or A1111's)
+    GET  /sdapi/v1/samplers, schedulers, loras, upscalers, sd-vae, cmd-flags: what the studio has
+
+FLUX semantics as Forge defines them: `distilled_cfg_scale` is FLUX guidance (default: the tool's), `cfg_scale`
+above 1 with a negative prompt is true classifier-free guidance, 1 turns it off. Fields we cannot honour are
+ignored and named in the answer's `info` ("ignored"). Errors are A1111's shape: {"error", "detail", "body",
+"errors"}, a 4xx with one sentence for anything a client sent wrong.
+"""
+
+import base64
+import binascii
+import json
+import re
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import safe_open
+
+from mflux_core.errors import Cancelled
+from mflux_core.events import Step
+from mflux_core.images.io import load_image, png_bytes
+from mflux_core.images.resize_modes import RESIZE_MODES, resize_to
+from mflux_core.metadata import A1111_KEY
+from mflux_core.presets import PresetError, settings_from_png
+from mflux_core.request import MAX_SEED, GenerationRequest, check_image_size
+from mflux_core.settings_schema import MAX_BATCH, MAX_SIDE
+from mflux_core.tools.specs import TOOL_SPECS, default_model_for
+from webui.api_server import MAX_WAITING, ApiRefusal, JobThreads, api_routes, json_object
+from webui.gallery import save_result
+from webui.requests import requests_from_settings
+from webui.widgets import model_choices
+
+API_SESSION = "sdapi"  # the API's running job on the studio's job board (its cancel flag)
+API_TOOLS = ("generate", "fill")
+SAMPLERS = {"Euler": ("euler", "k_euler")}  # name -> aliases: the FLUX flow-matching Euler step
+SCHEDULERS = {"simple": "Simple"}  # name -> label: FLUX's shifted linear sigmas
+AUTOMATIC = "automatic"  # Forge's scheduler "Automatic": the sampler's own, which Simple is
+DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
+TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]+\]$")  # A1111 titles a checkpoint "name [shorthash]"
+
+
+@dataclass
+class SdApiError(ApiRefusal):
+    """A1111's error body (its FastAPI handler's): {"error": kind, "detail", "body", "errors"}."""
+
+    kind: str = "HTTPException"
+
+    @classmethod
+    def of(cls, status: int, message: str) -> "SdApiError":
+        return cls(status, message, kind="HTTPException" if status < 500 else "RuntimeError")
+
+    def body(self) -> dict:
+        return {"error": self.kind, "detail": self.message, "body": "", "errors": self.message}
+
+
+class Txt2ImgParams(BaseModel):
+    """The fields we use of A1111's StableDiffusionTxt2ImgProcessingAPI; the rest are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = Field(-1, ge=-1, le=MAX_SEED)
+    steps: int | None = None  # None: the model's default
+    width: int | None = Field(None, ge=16, le=MAX_SIDE)  # None: the model's native size (img2img: the input's)
+    height: int | None = Field(None, ge=16, le=MAX_SIDE)
+    batch_size: int = Field(1, ge=1, le=MAX_BATCH)
+    n_iter: int = Field(1, ge=1, le=MAX_BATCH)
+    cfg_scale: float = 1.0
+    distilled_cfg_scale: float | None = None
+    sampler_name: str | None = None
+    sampler_index: str | None = None
+    scheduler: str | None = None
+    override_settings: dict = Field(default_factory=dict)
+    override_settings_restore_afterwards: bool = True  # here an override always lasts one request
+    send_images: bool = True
+    save_images: bool = False
+
+
+class Img2ImgParams(Txt2ImgParams):
+    init_images: list[str] = Field(min_length=1)
+    denoising_strength: float = Field(0.75, ge=0, le=1)
+    mask: str | None = None
+    inpainting_mask_invert: int = Field(0, ge=0, le=1)
+    resize_mode: int = Field(0, ge=0, le=3)  # 3: A1111's "just resize (latent upscale)", done here as 0
+
+
+def refused_fields(error: ValidationError) -> SdApiError:
+    """A1111's 422 for a malformed request, naming the first problem as one sentence."""
+    problem = error.errors()[0]
+    where = ".".join(str(part) for part in problem["loc"]) or "the body"
+    message = f"The field '{where}' is required." if problem["type"] == "missing" else \
+        f"The field '{where}' is invalid: {problem['msg']}."
+    return SdApiError(422, message, kind="RequestValidationError")
+
+
+def parsed(model: type[BaseModel], fields: dict) -> BaseModel:
+    try:
+        return model.model_validate(fields)
+    except ValidationError as error:
+        raise refused_fields(error) from None
+
+
+def base64_data(text: str, what: str) -> bytes:
+    """The bytes of a base64 string (a data URL too); 400 naming `what` when it is not base64."""
+    try:
+        return base64.b64decode(DATA_URL.sub("", text.strip()), validate=True)
+    except (binascii.Error, ValueError):
+        raise SdApiError(400, f"The {what} is not base64 image data.") from None
+
+
+@contextmanager
+def as_file(data: bytes):
+    """The path of a temporary file holding `data`, so the file readers' checks apply to it."""
+    with tempfile.NamedTemporaryFile(suffix=".png") as copy:
+        copy.write(data)
+        copy.flush()
+        yield copy.name
+
+
+def decoded_image(text: str, what: str) -> Image.Image:
+    """A base64 image decoded with load_image's checks (size, format, damage), named `what` in its refusals."""
+    with as_file(base64_data(text, what)) as path:
+        return load_image(path, name=what)
+
+
+def ignored_fields(params: BaseModel) -> list[str]:
+    """The request's fields that the studio does not honour (those sent with a value that does something in A1111),
+    and the samplers and schedulers it does not have."""
+    ignored = sorted(k for k, v in (params.model_extra or {}).items() if v not in (None, False, "", [], {}, 0, -1))
+    sampler = params.sampler_name or params.sampler_index
+    if sampler and sampler_named(sampler) is None:
+        ignored.append(f"sampler_name {sampler!r} (not in the studio: Euler ran)")
+    if params.scheduler and params.scheduler.lower() not in (*SCHEDULERS, AUTOMATIC):
+        ignored.append(f"scheduler {params.scheduler!r} (not in the studio: Simple ran)")
+    ignored += [f"override_settings.{k}" for k in params.override_settings if k != "sd_model_checkpoint"]
+    return ignored
+
+
+def sampler_named(name: str) -> str | None:
+    return next((s for s, aliases in SAMPLERS.items() if name.lower() in (s.lower(), *aliases)), None)
+
+
+# ----- models --------------------------------------------------------------------------------
+
+
+def api_models(studio) -> list[str]:
+    """The model picker's choices for the API's tools (text-to-image and Fill models), downloaded ones first."""
+    kinds = tuple(kind for tool in API_TOOLS for kind in TOOL_SPECS[tool].model_kinds)
+    return [name for _, name in model_choices(studio.manager.list_models(), kinds=kinds)]
+
+
+def model_kind(studio, name: str) -> str | None:
+    return next((e.kind for e in studio.manager.list_models() if e.name == name), None)
+
+
+def checkpoint_name(studio, title: str) -> str:
+    """The model an `sd_model_checkpoint` title names ("demo", or A1111's "demo [hash]"); 400 when none."""
+    name = TITLE_HASH.sub("", str(title).strip())
+    if name not in api_models(studio):
+        raise SdApiError(400, f"The checkpoint {title!r} is not in the studio: GET /sdapi/v1/sd-models lists them.")
+    return name
+
+
+def model_for(studio, tool: str, params: Txt2ImgParams, chosen: str | None, notes: list[str]) -> str:
+    """The request's model: its override (which must suit the tool), else the options' checkpoint when it suits
+    the tool, else the tool's default."""
+    kinds = TOOL_SPECS[tool].model_kinds
+    override = params.override_settings.get("sd_model_checkpoint")
+    if override:
+        name = checkpoint_name(studio, override)
+        if model_kind(studio, name) not in kinds:
+            raise SdApiError(400, f"{name} is not a {'/'.join(kinds)} model, which the {tool} tool needs.")
+        return name
+    if chosen and model_kind(studio, chosen) in kinds:
+        return chosen
+    model = default_model_for(tool, studio.manager.models_dir)
+    if chosen:
+        notes.append(f"sd_model_checkpoint {chosen!r} (not a {'/'.join(kinds)} model: {model} ran)")
+    return model
+
+
+def sd_model(name: str) -> dict:
+    return {"title": name, "model_name": name, "hash": None, "sha256": None, "filename": name, "config": None}
+
+
+# ----- the running job -----------------------------------------------------------------------
+
+
+@dataclass
+class ApiJob:
+    """What /progress reports of the running API job."""
+
+    kind: str  # "txt2img" or "img2img"
+    count: int  # images
+    started: float = field(default_factory=time.time)
+    done: int = 0
+    step: int = 0
+    steps: int = 0
+    preview: Image.Image | None = None
+    interrupted: bool = False
+
+    def report(self, event) -> None:
+        if isinstance(event, Step):
+            self.step, self.steps = event.step, event.total
+            self.preview = event.preview or self.preview
+
+    def progress(self) -> float:
+        """The fraction of the job done, 0 to 1 (0 for no job)."""
+        if not self.count:
+            return 0.0
+        return min(1.0, (self.done + (self.step / self.steps if self.steps else 0)) / self.count)
+
+
+def job_timestamp(job: ApiJob) -> str:
+    return time.strftime("%Y%m%d%H%M%S", time.localtime(job.started))
+
+
+class SdApiState:
+    """Per studio, in memory: the options' checkpoint and other options, and the running API job."""
+
+    def __init__(self):
+        self.checkpoint: str | None = None  # None: each tool's default model
+        self.options: dict = {}
+        self.job: ApiJob | None = None
+
+
+def run_job(studio, state: SdApiState, job: ApiJob, requests: list[GenerationRequest], save: bool) -> list:
+    """The requests' results, run when the engine's turn comes (after the page's and the APIs' earlier jobs);
+    an interrupt keeps the images finished before it."""
+    results = []
+    with studio.turns.turn():
+        cancel = studio.jobs.begin(API_SESSION)
+        state.job = job
+        try:
+            for request in requests:
+                results.append(studio.manager.generate(request, job.report, cancel.is_set))
+                if save:
+                    save_result(studio.folders.outputs, results[-1])
+                job.done, job.step = job.done + 1, 0
+        except Cancelled:
+            job.interrupted = True
+        finally:
+            studio.jobs.end(API_SESSION, cancel)
+            state.job = None
+    return results
+
+
+def b64_png(image: Image.Image, text_chunks: dict | None = None) -> str:
+    return base64.b64encode(png_bytes(image, text_chunks)).decode("ascii")
+
+
+def images_answer(fields: dict, params: Txt2ImgParams, job: ApiJob, results: list, ignored: list[str]) -> dict:
+    """A1111's answer: base64 PNGs (with their metadata), the request's parameters, and `info` as a JSON string."""
+    requests = [result.request for result in results]
+    first = results[0].metadata if results else {}
+    info = {
+        "prompt": params.prompt, "negative_prompt": params.negative_prompt,
+        "all_prompts": [r.prompt for r in requests], "all_negative_prompts": [r.negative_prompt for r in requests],
+        "seed": requests[0].seed if requests else None, "all_seeds": [r.seed for r in requests],
+        "width": requests[0].width if requests else params.width,
+        "height": requests[0].height if requests else params.height,
+        "sampler_name": "Euler", "scheduler": "Simple", "steps": first.get("steps", params.steps),
+        "cfg_scale": requests[0].true_cfg_scale if requests else params.cfg_scale,
+        "distilled_cfg_scale": first.get("guidance", params.distilled_cfg_scale),
+        "batch_size": params.batch_size, "n_iter": params.n_iter,
+        "sd_model_name": requests[0].model if requests else None,
+        "infotexts": [result.text_chunks[A1111_KEY] for result in results],
+        "job_timestamp": job_timestamp(job),
+        "interrupted": job.interrupted, "ignored": ignored, "index_of_first_image": 0,
+    }
+    images = [b64_png(result.image, result.text_chunks) for result in results] if params.send_images else []
+    parameters = {**params.model_dump(exclude={"init_images", "mask"}), **fields}
+    return {"images": images, "parameters": parameters, "info": json.dumps(info)}
+
+
+# ----- requests --------------------------------------------------------------------------------
+
+
+def guidance_settings(tool: str, params: Txt2ImgParams, ignored: list[str]) -> dict:
+    """FLUX guidance from distilled_cfg_scale; true CFG when cfg_scale > 1 and a negative prompt is given."""
+    settings = {"guidance": params.distilled_cfg_scale}
+    if params.cfg_scale > 1 and params.negative_prompt.strip():
+        if TOOL_SPECS[tool].true_cfg:
+            return {**settings, "negative_prompt": params.negative_prompt, "true_cfg_scale": params.cfg_scale}
+        ignored.append(f"cfg_scale and negative_prompt (the {tool} tool has no true CFG)")
+    elif params.negative_prompt.strip():
+        ignored.append("negative_prompt (cfg_scale 1 turns true CFG off)")
+    return settings
+
+
+def job_requests(studio, tool: str, model: str, params: Txt2ImgParams, ignored: list[str], settings: dict,
+                 inputs: dict) -> list[GenerationRequest]:
+    """The validated requests of one call (batch_size x n_iter consecutive seeds), as the page builds its own;
+    `settings` are the tool's own (img2img's), `inputs` its input paths."""
+    count = params.batch_size * params.n_iter
+    if count > MAX_BATCH:
+        raise SdApiError(400, f"batch_size x n_iter is {count} images; the studio makes at most {MAX_BATCH} per "
+                              "request.")
+    settings = {"tool": tool, "model": model, "prompt": params.prompt, "steps": params.steps,
+                "seed": None if params.seed == -1 else params.seed, "width": params.width, "height": params.height,
+                "batch_count": count, **guidance_settings(tool, params, ignored), **settings}
+    return requests_from_settings(settings, studio.request_context(), **inputs)
+
+
+def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[str, dict, dict]:
+    """(tool, settings, input paths) of an img2img call: the init image (and mask) at the output size by `resize_mode`;
+    a mask makes it Fill (white = repainted; inverted by inpainting_mask_invert), none image-to-image."""
+    image = decoded_image(params.init_images[0], "init image")
+    if len(params.init_images) > 1:
+        ignored.append("init_images after the first")
+    size = (params.width or image.width, params.height or image.height)
+    check_image_size(*size, "The requested image")  # before resizing to it
+    mode = params.resize_mode if params.resize_mode in RESIZE_MODES else 0
+    store = studio.request_context().inputs
+    settings = {"image_strength": round(1 - params.denoising_strength, 6), "width": size[0], "height": size[1]}
+    inputs = {"image_path": store.save(resize_to(image, *size, mode), "api-image")}
+    if params.mask is None:
+        return "generate", settings, inputs
+    mask = decoded_image(params.mask, "mask").convert("L").resize(image.size)
+    mask = resize_to(mask, *size, mode).point(lambda v: 255 if (v > 127) != bool(params.inpainting_mask_invert) else 0)
+    if not mask.getbbox():
+        raise SdApiError(400, "The mask marks nothing to repaint: white is repainted (black with "
+                              "inpainting_mask_invert 1).")
+    settings.update(image_strength=settings["image_strength"] or None, keep_unmasked=True)  # 0: from pure noise
+    return "fill", settings, {**inputs, "masked_image_path": store.save(mask, "api-mask")}
+
+
+def make_images(studio, state: SdApiState, fields: dict, img2img: bool) -> dict:
+    params = parsed(Img2ImgParams if img2img else Txt2ImgParams, fields)
+    ignored = ignored_fields(params)
+    tool, settings, inputs = img2img_inputs(studio, params, ignored) if img2img else ("generate", {}, {})
+    model = model_for(studio, tool, params, state.checkpoint, ignored)
+    requests = job_requests(studio, tool, model, params, ignored, settings, inputs)
+    job = ApiJob("img2img" if img2img else "txt2img", len(requests))
+    results = run_job(studio, state, job, requests, params.save_images)
+    return images_answer(fields, params, job, results, ignored)
+
+
+# ----- the other routes ----------------------------------------------------------------------------
+
+
+def progress_answer(job: ApiJob | None, skip_preview: bool) -> dict:
+    """A1111's /progress: the fraction done, the seconds left (A1111's estimate), the job's state and the step's
+    preview; zeros when no API job runs."""
+    job = job or ApiJob("", 0, started=time.time())
+    progress, elapsed = job.progress(), time.time() - job.started
+    state = {"skipped": False, "interrupted": job.interrupted, "job": job.kind, "job_count": job.count,
+             "job_no": job.done, "job_timestamp": job_timestamp(job) if job.count else "0",
+             "sampling_step": job.step, "sampling_steps": job.steps}
+    preview = None if skip_preview else job.preview
+    return {"progress": progress, "eta_relative": elapsed / progress - elapsed if progress > 0 else 0.0,
+            "state": state, "current_image": b64_png(preview) if preview is not None else None, "textinfo": None}
+
+
+def png_info(text: str) -> dict:
+    """A1111's /png-info: the `parameters` text, the PNG's text chunks, and the settings read from it (ours or
+    A1111's, as the page restores them; {} when it carries none)."""
+    with as_file(base64_data(text, "image")) as path:
+        chunks = {k: v for k, v in load_image_info(path).items() if isinstance(v, str)}
+        try:
+            settings = settings_from_png(path)
+        except PresetError:
+            settings = {}
+    return {"info": chunks.get(A1111_KEY, ""), "items": chunks, "parameters": settings}
+
+
+def load_image_info(path: str) -> dict:
+    """The PNG's info (its text chunks among them), after load_image checked that it is an image we read."""
+    load_image(path, name="image")
+    with Image.open(path) as image:
+        return dict(image.info)
+
+
+def lora_entry(name: str, path) -> dict:
+    try:
+        with safe_open(str(path), "np") as weights:
+            metadata = weights.metadata() or {}
+    except Exception:  # a damaged file is listed without its metadata
+        metadata = {}
+    return {"name": name, "alias": metadata.get("ss_output_name", name), "path": str(path), "metadata": metadata}
+
+
+def sdapi_router(studio, auth=None) -> APIRouter:
+    """The API's routes; with `auth` (Gradio's launch argument) every route asks for those credentials."""
+    router = APIRouter()
+    threads = JobThreads(MAX_WAITING, SdApiError)
+    route = api_routes(router, auth, SdApiError)
+    state = SdApiState()
+
+    @route("POST", "/sdapi/v1/txt2img")
+    async def txt2img(request: Request):
+        fields = await json_object(request, SdApiError)
+        return JSONResponse(await threads.run(make_images, studio, state, fields, False))
+
+    @route("POST", "/sdapi/v1/img2img")
+    async def img2img(request: Request):
+        fields = await json_object(request, SdApiError)
+        return JSONResponse(await threads.run(make_images, studio, state, fields, True))
+
+    @route("GET", "/sdapi/v1/sd-models")
+    async def sd_models(request: Request):
+        return JSONResponse([sd_model(name) for name in api_models(studio)])
+
+    @route("GET", "/sdapi/v1/options")
+    async def get_options(request: Request):
+        checkpoint = state.checkpoint or default_model_for("generate", studio.manager.models_dir)
+        return JSONResponse({**state.options, "sd_model_checkpoint": checkpoint, "samples_format": "png"})
+
+    @route("POST", "/sdapi/v1/options")
+    async def set_options(request: Request):
+        fields = await json_object(request, SdApiError)
+        if "sd_model_checkpoint" in fields:
+            state.checkpoint = checkpoint_name(studio, fields.pop("sd_model_checkpoint"))
+        state.options.update(fields)  # kept and shown, not used
+        return JSONResponse(None)
+
+    @route("GET", "/sdapi/v1/progress")
+    async def progress(request: Request):
+        skip = request.query_params.get("skip_current_image", "false").lower() == "true"
+        return JSONResponse(progress_answer(state.job, skip))
+
+    async def interrupt(request: Request):
+        studio.jobs.cancel(API_SESSION)
+        return await nothing_to_do(request)
+
+    route("POST", "/sdapi/v1/interrupt")(interrupt)
+    route("POST", "/sdapi/v1/skip")(interrupt)
+
+    @route("POST", "/sdapi/v1/png-info")
+    async def png_info_route(request: Request):
+        fields = await json_object(request, SdApiError)
+        if not isinstance(fields.get("image"), str):
+            raise SdApiError(422, "The field 'image' is required: the PNG as base64.", kind="RequestValidationError")
+        return JSONResponse(await threads.run(png_info, fields["image"]))
+
+    listings = {
+        "samplers": lambda: [{"name": n, "aliases": list(a), "options": {}} for n, a in SAMPLERS.items()],
+        "schedulers": lambda: [{"name": n, "label": label, "aliases": None, "default_rho": -1,
+                                "need_inner_model": False} for n, label in SCHEDULERS.items()],
+        "loras": lambda: [lora_entry(name, path) for name, path in studio.lora_library().items()],
+        "upscalers": lambda: [{"name": "None", "model_name": None, "model_path": None, "model_url": None,
+                               "scale": 1}],
+        "cmd-flags": lambda: {"api": True, "nowebui": False},
+        **dict.fromkeys(("sd-vae", "sd-modules", "prompt-styles", "face-restorers", "hypernetworks",
+                         "realesrgan-models", "latent-upscale-modes"), list),
+        "embeddings": lambda: {"loaded": {}, "skipped": {}},
+        "scripts": lambda: {"txt2img": [], "img2img": []},
+    }
+    for name, listing in listings.items():
+        async def answer(request: Request, listing=listing):
+            return JSONResponse(listing())
+
+        answer.__name__ = name.replace("-", "_")
+        route("GET", f"/sdapi/v1/{name}")(answer)
+    for name in ("refresh-checkpoints", "refresh-loras", "refresh-vae"):  # the listings are read on each request
+        route("POST", f"/sdapi/v1/{name}")(nothing_to_do)
+    for method in ("GET", "POST"):
+        route(method, "/sdapi/v1/{rest:path}")(not_here)
+
+    return router
+
+
+async def nothing_to_do(request: Request):
+    return JSONResponse(None)
+
+
+async def not_here(request: Request):
+    raise SdApiError(404, f"The studio has no {request.method} {request.url.path}: it serves A1111's txt2img, "
+                          "img2img, options, progress, interrupt, png-info and the model listings.")

@@ -1,0 +1,140 @@
+"""What the studio's HTTP APIs (webui.openai_api, webui.a1111_api) share: the page's basic-auth credentials,
+a body-size limit, one thread per job, and a route decorator that turns every failure into the API's own
+error shape, so no input can end the server or answer with a traceback."""
+
+import asyncio
+import base64
+import binascii
+import secrets
+import threading
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from mflux_core.errors import InvalidRequest
+from webui.jobs import error_text
+
+MAX_BODY_BYTES = 64 * 2**20  # the page's upload limit too
+MAX_WAITING = 16  # API requests running or waiting for their turn at once; more are refused (429)
+UNAUTHORIZED = "This studio needs its user and password: HTTP basic auth, or 'user:password' as the API key."
+
+
+@dataclass
+class ApiRefusal(Exception):
+    """An answer other than success: an HTTP status and one sentence. Each API words the body its own way."""
+
+    status: int
+    message: str
+
+    @classmethod
+    def of(cls, status: int, message: str) -> "ApiRefusal":
+        """The API's refusal for a status the shared code decides (401, 413, 429, a malformed body, 500)."""
+        return cls(status, message)
+
+    def body(self) -> dict:
+        raise NotImplementedError
+
+    def response(self) -> JSONResponse:
+        headers = {"WWW-Authenticate": 'Basic realm="mflux-studio"'} if self.status == 401 else None
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+def credentials(request: Request) -> tuple[str, str] | None:
+    """(user, password) of HTTP basic auth, or of a bearer token "user:password" (an `openai` client's api_key)."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            value = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+    elif scheme.lower() != "bearer":
+        return None
+    user, colon, password = value.strip().partition(":")
+    return (user, password) if colon else None
+
+
+def authorized(given: tuple[str, str] | None, auth) -> bool:
+    """Whether `given` passes the page's Gradio `auth`: a (user, password) pair, a list of them, or a function."""
+    if given is None:
+        return False
+    if callable(auth):
+        return bool(auth(*given))
+    pairs = [auth] if isinstance(auth, tuple) else list(auth)
+    return any(secrets.compare_digest(f"{u}:{p}".encode(), ":".join(given).encode()) for u, p in pairs)
+
+
+class JobThreads:
+    """API jobs on a thread each, as the page's jobs run: waiting for their turn on the pool Gradio runs those on,
+    a crowd of API requests could leave the running page job without a thread to finish on."""
+
+    def __init__(self, limit: int, refusal: type[ApiRefusal]):
+        self.limit, self.refusal = limit, refusal
+        self._slots = threading.BoundedSemaphore(limit)
+
+    async def run(self, work: Callable, *args):
+        """`work(*args)`'s result (or error), once it ran on its thread; a 429 refusal when `limit` already wait."""
+        if not self._slots.acquire(blocking=False):
+            raise self.refusal.of(429, f"The studio has {self.limit} API requests waiting already: try again later.")
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
+
+        def settle(outcome: Callable, value) -> None:
+            if not answer.done():  # done: the client went away and its request was cancelled
+                outcome(value)
+
+        def job():
+            try:
+                outcome, value = answer.set_result, work(*args)
+            except BaseException as error:  # handed to the request, which answers with it
+                outcome, value = answer.set_exception, error
+            self._slots.release()  # before the answer, so the slot is free once a request has its answer
+            loop.call_soon_threadsafe(settle, outcome, value)
+
+        threading.Thread(target=job, name="api-job", daemon=True).start()
+        return await answer
+
+
+async def json_object(request: Request, refusal: type[ApiRefusal]) -> dict:
+    """The request's JSON body, which must be an object; a 400 refusal otherwise."""
+    try:
+        fields = await request.json()
+    except ValueError:
+        raise refusal.of(400, "The body must be a JSON object (Content-Type: application/json).") from None
+    if not isinstance(fields, dict):
+        raise refusal.of(400, "The body must be a JSON object of the request's fields.")
+    return fields
+
+
+def api_routes(router: APIRouter, auth, refusal: type[ApiRefusal]):
+    """A decorator factory, route(method, path), that adds an endpoint to `router`: with `auth` (Gradio's launch
+    argument) it asks for those credentials; bodies past MAX_BODY_BYTES, refused input and bugs alike get a
+    `refusal` answer."""
+
+    def route(method: str, path: str):
+        def register(answer: Callable[..., Awaitable]):
+            async def endpoint(request: Request):
+                try:
+                    if auth is not None and not authorized(credentials(request), auth):
+                        raise refusal.of(401, UNAUTHORIZED)
+                    if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
+                        raise refusal.of(413, f"The request is larger than {MAX_BODY_BYTES // 2**20} MB.")
+                    return await answer(request)
+                except ApiRefusal as error:
+                    return error.response()
+                except InvalidRequest as error:
+                    return refusal.of(400, str(error)).response()
+                except HTTPException as error:  # Starlette's refusal of a malformed body
+                    return refusal.of(error.status_code, str(error.detail)).response()
+                except Exception as error:  # the server must survive anything a client sends
+                    return refusal.of(500, error_text(error)).response()
+
+            endpoint.__name__ = answer.__name__
+            router.add_api_route(path, endpoint, methods=[method], include_in_schema=False)
+            return answer
+
+        return register
+
+    return route
