@@ -1,7 +1,6 @@
 """Downloads through the real huggingface_hub client against a local fake hub (tests/fixtures/fake_hub.py):
 progress, Stop and continue, a dropped connection, gated / unknown repos, tokens, disk space, the CLI."""
 
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -10,40 +9,9 @@ from mflux_core import downloads
 from mflux_core.cli import main as cli_main
 from mflux_core.downloads import Downloads, HubError, cached_repo_folder, fetch_repo
 from mflux_core.errors import StudioError
-from mflux_core.weights.resolve import demo_models_dir
-from tests.fixtures.fake_hub import HubBehaviour, serve_repo
+from tests.fixtures.fake_hub import BIG_FILE, REPO, digests, hub, source  # noqa: F401 (fixtures)
 
-REPO = "acme/tiny-flux"
-BIG_FILE = "transformer/diffusion_pytorch_model.safetensors"
 TOKEN = "hf_fake_token_for_tests_1234567890"
-
-
-@pytest.fixture
-def source():
-    return demo_models_dir() / "demo"
-
-
-@pytest.fixture
-def hub(source, tmp_path, monkeypatch):
-    """A fake hub serving the demo model as REPO, with huggingface_hub pointed at it and at an empty HF_HOME."""
-    from huggingface_hub import constants, hf_api
-
-    behaviour = HubBehaviour()
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "home" / "hub"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "home" / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "home" / "stored_tokens"))
-    with serve_repo(REPO, source, behaviour) as endpoint:
-        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(hf_api.api, "endpoint", endpoint)  # login's whoami uses the module's HfApi
-        yield behaviour
-
-
-def digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
 def test_a_download_reports_growing_progress_and_gives_the_repo_byte_for_byte(hub, source):
@@ -92,7 +60,7 @@ def test_a_gated_repo_names_the_repo_its_licence_page_and_how_to_authenticate(hu
     page, cli = str(error.value), error.value.cli_text
     for text in (page, cli):
         assert REPO in text and f"{constants.ENDPOINT}/{REPO}" in text and "licence" in text
-    assert "Models tab" in page and "--" not in page.replace(f"models--", "")
+    assert "Models tab" in page and "--" not in page.replace("models--", "")
     assert "hf auth login" in cli and "HF_TOKEN" in cli
     assert cli_main(["download", REPO]) == 1
     assert "hf auth login" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from mflux_core.downloads import Downloads
 from mflux_core.lora.library import library_folders, library_names
 from mflux_core.tools.specs import TOOL_NAMES
 from webui import gallery
@@ -105,6 +106,7 @@ class Studio:
     folders: StudioFolders
     jobs: JobBoard = field(default_factory=JobBoard)
     turns: EngineTurns = field(default_factory=EngineTurns)
+    downloads: Downloads = field(default_factory=Downloads)  # the Models tab's, one job per repo
     outputs: StudioOutputs | None = None
     tabs: gr.Tabs | None = None
     panels: dict = field(default_factory=dict)  # tab id -> webui.panels.Panel
