@@ -170,8 +170,11 @@ def fetch_repo(repo_id: str, on_download: DownloadCallback | None = None) -> Pat
         return folder
     if is_offline():
         raise offline_error(repo_id)
-    check_space(plan_download(repo_id))
-    tqdm_class = download_progress_class(on_download) if on_download else None
+    plan = plan_download(repo_id)
+    check_space(plan)
+    tqdm_class = None
+    if on_download is not None:  # the total from the hub's file list, not only the files started so far
+        tqdm_class = download_progress_class(lambda done, total: on_download(done, max(total, plan.missing_bytes)))
     try:
         return Path(snapshot_download(repo_id, cache_dir=hf_cache_dir(), ignore_patterns=ignored_files(repo_id),
                                       tqdm_class=tqdm_class))

@@ -22,7 +22,7 @@ KIND_LABELS = {"base": "base", "fill": "Fill", "depth": "Depth", "kontext": "Kon
 class CatalogRow:
     name: str  # what a request's model field takes (an alias, a repo id, a folder or LoRA name)
     kind: str  # a KIND_LABELS value, or "other" for a cached repo that is not a model we run
-    where: str  # "Hugging Face cache", "not downloaded", "built-in", "models folder", "LoRA library"
+    where: str  # "Hugging Face cache", "Hugging Face" (not downloaded), "built-in", "models folder", "LoRA library"
     size_bytes: int  # on disk now (0 when not downloaded)
     state: str  # "complete", "partial" (a download to continue) or "not downloaded"
     resident: str = ""  # "" or the quantization it is loaded at ("8-bit", "full precision")
@@ -62,7 +62,7 @@ def resident_quantization(path: Path | None, resident: list[dict]) -> str:
 def repo_row(name: str, repo_id: str, kind: str, sizes: dict[str, int], resident: list[dict]) -> CatalogRow:
     folder = cached_repo_folder(repo_id) if repo_id in sizes else None
     state = "complete" if folder is not None else "partial" if repo_id in sizes else "not downloaded"
-    where = "Hugging Face cache" if repo_id in sizes else "not downloaded"
+    where = "Hugging Face cache" if repo_id in sizes else "Hugging Face"
     return CatalogRow(name, kind, where, sizes.get(repo_id, 0), state, resident_quantization(folder, resident),
                       repo_id, folder)
 

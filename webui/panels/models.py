@@ -19,14 +19,14 @@ from mflux_core.weights.resolve import ALIASES, DEMO_MODELS, resolve_model
 from webui.jobs import ENGINE_QUEUE, error_text, page_job, progress_html, safe_action
 from webui.status import size_text
 
-HEADERS = ["Model", "Kind", "Where", "Size on disk", "State", "Resident"]
+HEADERS = ["Model", "Kind", "Where", "Size on disk", "State", "Resident", "Repository"]
 OFFLINE_NOTE = "Downloads are off: the studio runs offline (HF_HUB_OFFLINE=1), so this list shows what is on disk."
 QUANTIZE_CHOICES = ["8", "4"]
 
 
 def table_rows(rows: list[CatalogRow]) -> list[list[str]]:
     return [[row.name, row.kind, row.where, size_text(row.size_bytes) if row.size_bytes else "—", row.state,
-             row.resident or "no"] for row in rows]
+             row.resident or "no", row.repo_id or ""] for row in rows]
 
 
 def studio_rows(studio) -> list[list[str]]:
