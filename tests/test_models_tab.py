@@ -101,12 +101,32 @@ def test_page_messages_for_bad_names_and_gated_repos_never_name_cli_flags(hub, t
     assert "gated" in text and "Models tab" in text and "hf auth" not in text and " --" not in text
 
 
-def test_the_built_app_has_the_models_tab_listing_demo_models_with_sizes(tmp_path):
+def test_offline_the_built_app_lists_demo_models_with_sizes_and_turns_downloads_off(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
     from webui.app import build_app
+    from webui.panels.models import OFFLINE_NOTE
     from webui.studio import StudioFolders
 
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     app = build_app(ModelManager(models_dir=tmp_path), StudioFolders.default(tmp_path / "out", loras=[]),
                     openai_api=False)
-    table = next(block for block in app.blocks.values() if getattr(block, "elem_id", None) == "models-table")
-    rows = {row[0]: row for row in table.value["data"]}
-    assert rows["demo"][3] == size_text(folder_bytes(demo_models_dir() / "demo"))
+    blocks = {getattr(block, "elem_id", None): block for block in app.blocks.values()}
+    rows = {row[0]: row for row in blocks["models-table"].value["data"]}
+    assert rows["demo"][3] == size_text(folder_bytes(demo_models_dir() / "demo")) and rows["demo"][4] == "complete"
+    assert blocks["models-note"].value == OFFLINE_NOTE and blocks["models-download"].interactive is False
+
+
+def test_quantize_and_save_writes_a_new_model_into_the_models_folder(tmp_path):
+    from webui.panels.models import quantize_and_save
+    from webui.studio import Studio, StudioFolders
+
+    studio = Studio(manager=ModelManager(models_dir=tmp_path / "models"),
+                    folders=StudioFolders.default(tmp_path / "out", loras=[]))
+    (tmp_path / "models").mkdir()
+    updates = list(quantize_and_save(studio, "demo", "8", "demo-8bit", "session", "status"))
+    assert "Saved demo as demo-8bit" in html.unescape(updates[-1]["status"])
+    row = rows_by_name(tmp_path)["demo-8bit"]
+    assert row.where == "models folder" and row.kind == "base" and row.state == "complete"
+    with pytest.raises(Exception, match="already has demo-8bit"):
+        list(quantize_and_save(studio, "demo", "4", "demo-8bit", "session", "status"))
