@@ -9,6 +9,7 @@ from mflux_core.downloads import Downloads, fetch_repo
 from mflux_core.errors import StudioError
 from mflux_core.manager import ModelManager
 from mflux_core.model_catalog import catalog, delete_from_cache, deletion_plan, folder_bytes
+from mflux_core.registry import on_disk
 from mflux_core.weights.resolve import DEMO_MODELS, demo_models_dir
 from tests.fixtures.fake_hub import BIG_FILE, REPO, digests, hub, source  # noqa: F401 (fixtures)
 from webui.panels.models import follow_download, repo_of, table_rows
@@ -54,14 +55,14 @@ def test_a_stopped_download_is_partial_and_a_finished_one_complete_then_delete_f
     jobs.stop(REPO)
     hub.release.set()
     assert job.wait(60).state == "stopped"
-    assert rows_by_name(tmp_path)[REPO].state == "partial"
+    assert rows_by_name(tmp_path)[REPO].state == "partial" and not on_disk(REPO)  # never taken for a model
 
     hub.hold_at.clear()
     folder = fetch_repo(REPO)
     row = rows_by_name(tmp_path)[REPO]
     assert row.state == "complete" and row.where == "Hugging Face cache" and row.kind == "base"
     assert row.size_bytes == sum(folder_bytes(source / name) for name in digests(source))
-    assert row.path == folder
+    assert row.path == folder and on_disk(REPO)
 
     before = cache_bytes(tmp_path)
     assert deletion_plan(REPO).expected_freed_size == row.size_bytes

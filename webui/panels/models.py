@@ -40,10 +40,12 @@ def repo_of(name: str) -> str:
     if not name:
         raise InvalidRequest("Pick a model in the list or type an alias or a repo id (owner/name) first.")
     if name in DEMO_MODELS:
-        raise InvalidRequest(f"{name} is a built-in demo model: it is always on disk and needs no download.")
+        raise InvalidRequest(f"{name} is a built-in demo model: it ships with the studio, so there is nothing to "
+                             "download or delete.")
     repo = ALIASES.get(name, name)
     if repo.count("/") != 1 or repo.startswith(("/", ".")):
-        raise InvalidRequest(f"{name} is not an alias or a Hugging Face repo id (owner/name).")
+        raise InvalidRequest(f"{name} is not an alias or a Hugging Face repo id (owner/name): only those download, "
+                             "and only the Hugging Face cache is deleted from here.")
     return repo
 
 
