@@ -315,16 +315,19 @@ def save_depth(args: argparse.Namespace) -> Path:
 
 
 def download_model(args: argparse.Namespace) -> Path:
-    from mflux_core.downloads import fetch_repo
-    from mflux_core.weights.resolve import ALIASES
+    from mflux_core.downloads import fetch_repo, repo_id_of
 
-    repo_id = ALIASES.get(args.model, args.model)
+    repo_id = repo_id_of(args.model)
     with tqdm(desc=f"Downloading {repo_id}", unit="B", unit_scale=True, file=sys.stderr, leave=False) as bar:
         def advance(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        folder = fetch_repo(repo_id, on_download=advance)
+        try:
+            folder = fetch_repo(repo_id, on_download=advance)
+        except KeyboardInterrupt:
+            raise StudioError(f"Stopped downloading {repo_id}: the files finished so far are kept; run the command "
+                              "again to continue.") from None
     print(f"Downloaded {repo_id} into {folder}")
     return folder
 

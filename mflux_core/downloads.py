@@ -19,7 +19,7 @@ from typing import Callable
 
 from huggingface_hub import constants
 
-from mflux_core.errors import Cancelled, ModelLoadError, StudioError
+from mflux_core.errors import Cancelled, InvalidRequest, ModelLoadError, StudioError
 from mflux_core.memory import gb_text
 
 log = logging.getLogger("mflux_studio.downloads")
@@ -112,6 +112,23 @@ def offline_error(repo_id: str) -> HubError:
             "the models folder")
     return HubError(lead + " and pick it by its folder name.",
                     lead + " (--models-dir) and pick it by its folder name; or pass the folder with --path.")
+
+
+def repo_id_of(name: str) -> str:
+    """The Hugging Face repo behind a name typed in the Models tab or given to `mflux-studio download`."""
+    from mflux_core.weights.resolve import ALIASES, DEMO_MODELS  # here: resolve imports this module
+
+    name = (name or "").strip()
+    if not name:
+        raise InvalidRequest("Pick a model in the list or type an alias or a repo id (owner/name) first.")
+    if name in DEMO_MODELS:
+        raise InvalidRequest(f"{name} is a built-in demo model: it ships with the studio, so there is nothing to "
+                             "download or delete.")
+    repo = ALIASES.get(name, name)
+    if repo.count("/") != 1 or repo.startswith(("/", ".")):
+        raise InvalidRequest(f"{name} is not an alias or a Hugging Face repo id (owner/name): only those download, "
+                             "and only the Hugging Face cache is deleted from here.")
+    return repo
 
 
 @dataclass(frozen=True)

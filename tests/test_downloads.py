@@ -104,10 +104,11 @@ def test_the_cli_downloads_with_a_progress_bar(hub, source, capsys):
     assert digests(cached_repo_folder(REPO)) == digests(source)
 
 
-def test_offline_downloads_are_refused_in_one_sentence(monkeypatch):
+def test_offline_downloads_are_refused_in_one_sentence(monkeypatch, capsys):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(StudioError, match="offline"):
         Downloads().start(REPO)
-
+    assert cli_main(["download", "demo"]) == 1
+    assert "built-in demo model" in capsys.readouterr().err

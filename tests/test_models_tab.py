@@ -5,14 +5,14 @@ import html
 
 import pytest
 
-from mflux_core.downloads import Downloads, fetch_repo
+from mflux_core.downloads import Downloads, fetch_repo, repo_id_of
 from mflux_core.errors import StudioError
 from mflux_core.manager import ModelManager
 from mflux_core.model_catalog import catalog, delete_from_cache, deletion_plan, folder_bytes
 from mflux_core.registry import on_disk
 from mflux_core.weights.resolve import DEMO_MODELS, demo_models_dir
 from tests.fixtures.fake_hub import BIG_FILE, REPO, digests, hub, source  # noqa: F401 (fixtures)
-from webui.panels.models import follow_download, repo_of, table_rows
+from webui.panels.models import follow_download, table_rows
 from webui.status import size_text
 
 
@@ -95,7 +95,7 @@ def test_the_page_download_streams_progress_and_ends_with_the_model_complete_in_
 def test_page_messages_for_bad_names_and_gated_repos_never_name_cli_flags(hub, tmp_path):
     for bad in ("", "demo", "not a repo"):
         with pytest.raises(StudioError):
-            repo_of(bad)
+            repo_id_of(bad)
     hub.mode = "gated"
     updates = list(follow_download(FakeStudio(tmp_path), "acme/tiny-flux", "status", "table"))
     text = html.unescape(updates[-1]["status"])

@@ -10,12 +10,12 @@ import gradio as gr
 
 from mflux_core import downloads
 from mflux_core.backend import resolve_dtype
-from mflux_core.downloads import DownloadState, is_offline
+from mflux_core.downloads import DownloadState, is_offline, repo_id_of
 from mflux_core.errors import InvalidRequest, StudioError
 from mflux_core.memory import gb_text
 from mflux_core.model_catalog import CatalogRow, catalog, delete_from_cache, deletion_plan
 from mflux_core.registry import on_disk
-from mflux_core.weights.resolve import ALIASES, DEMO_MODELS, resolve_model
+from mflux_core.weights.resolve import resolve_model
 from webui.jobs import ENGINE_QUEUE, error_text, page_job, progress_html, safe_action
 from webui.status import size_text
 
@@ -32,21 +32,6 @@ def table_rows(rows: list[CatalogRow]) -> list[list[str]]:
 def studio_rows(studio) -> list[list[str]]:
     return table_rows(catalog(studio.manager.models_dir, list(studio.folders.loras),
                               studio.manager.status().get("resident") or []))
-
-
-def repo_of(name: str) -> str:
-    """The Hugging Face repo behind a name typed or picked in the tab."""
-    name = (name or "").strip()
-    if not name:
-        raise InvalidRequest("Pick a model in the list or type an alias or a repo id (owner/name) first.")
-    if name in DEMO_MODELS:
-        raise InvalidRequest(f"{name} is a built-in demo model: it ships with the studio, so there is nothing to "
-                             "download or delete.")
-    repo = ALIASES.get(name, name)
-    if repo.count("/") != 1 or repo.startswith(("/", ".")):
-        raise InvalidRequest(f"{name} is not an alias or a Hugging Face repo id (owner/name): only those download, "
-                             "and only the Hugging Face cache is deleted from here.")
-    return repo
 
 
 def progress_text(state: DownloadState) -> str:
@@ -66,7 +51,7 @@ def token_note() -> str:
 def follow_download(studio, name: str, status, table):
     """Start (or join) the repo's download and stream its progress until it ends; the table refreshes at the end."""
     try:
-        job = studio.downloads.start(repo_of(name))
+        job = studio.downloads.start(repo_id_of(name))
     except StudioError as error:
         yield {status: progress_html(str(error), kind="error")}
         return
@@ -105,7 +90,7 @@ def quantize_and_save(studio, name: str, bits: str, new_name: str, session: str,
 
 
 def ask_delete(studio, name: str):
-    repo = repo_of(name)
+    repo = repo_id_of(name)
     job = studio.downloads.job(repo)
     if job is not None and not job.finished.is_set():
         raise InvalidRequest(f"{repo} is downloading: stop the download first.")
@@ -153,7 +138,7 @@ def render(studio) -> None:
 
     def stop_download(value):
         try:
-            repo = repo_of(value)
+            repo = repo_id_of(value)
         except StudioError as error:
             return progress_html(str(error), kind="error")
         if studio.downloads.stop(repo):
