@@ -345,6 +345,11 @@ class Downloads:
         with self._lock:
             return self._jobs.get(repo_id)
 
+    def running(self) -> list[DownloadState]:
+        with self._lock:
+            jobs = list(self._jobs.values())
+        return [job.state() for job in jobs if not job.finished.is_set()]
+
     def stop(self, repo_id: str) -> bool:
         job = self.job(repo_id)
         if job is None or job.finished.is_set():

@@ -47,6 +47,8 @@ def test_the_tab_lists_downloads_deletes_and_takes_a_token_without_showing_it(mo
     progress = wait_for_status(page, "models", "Downloading .* of ")
     assert REPO in progress
     screenshot(page, "models-downloading")
+    page.click("#status-refresh")  # the status strip shows the tab's download too
+    page.wait_for_function(f"() => document.querySelector('#status-strip').innerText.includes('Downloading {REPO}')")
     hub.release.set()
     done = wait_for_status(page, "models", "Downloaded|rror")
     assert done.startswith(f"Downloaded {REPO}"), done

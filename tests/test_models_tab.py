@@ -85,6 +85,7 @@ class FakeStudio:
 def test_the_page_download_streams_progress_and_ends_with_the_model_complete_in_the_table(hub, tmp_path):
     studio = FakeStudio(tmp_path)
     updates = list(follow_download(studio, REPO, "status", "table"))
+    assert studio.downloads.running() == []
     texts = [html.unescape(update["status"]) for update in updates]
     assert f"Downloaded {REPO}" in texts[-1]
     assert all("Downloading" in text and "of" in text for text in texts[:-1])

@@ -129,7 +129,13 @@ class Studio:
         return gallery.history(self.folders.outputs)
 
     def status_text(self) -> str:
-        return status_markdown(self.manager.status())
+        """The strip: the manager's status, with a download running in the Models tab when the engine has none."""
+        status = self.manager.status()
+        running = self.downloads.running()
+        if not status.get("download") and running:
+            status["download"] = {"model": running[0].repo_id, "done_bytes": running[0].done_bytes,
+                                  "total_bytes": running[0].total_bytes}
+        return status_markdown(status)
 
     def after_job_updates_outputs(self) -> list:
         return [self.outputs.history, self.outputs.history_paths, self.outputs.status_strip]
