@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     save_depth.add_argument("--output", default="depth.png", help="where to write the depth map")
     add_models_dir_flag(save_depth)
     add_save_parser(tools)
+    download = tools.add_parser("download", help="download a model into the Hugging Face cache (continues a stopped "
+                                "download)", description="download a model into the Hugging Face cache")
+    download.add_argument("model", help="alias (dev, fill, ...) or Hugging Face repo id")
     add_train_parser(tools, add_models_dir_flag)
     return parser
 
@@ -311,13 +314,32 @@ def save_depth(args: argparse.Namespace) -> Path:
     return path
 
 
+def download_model(args: argparse.Namespace) -> Path:
+    from mflux_core.downloads import fetch_repo, repo_id_of
+
+    repo_id = repo_id_of(args.model)
+    with tqdm(desc=f"Downloading {repo_id}", unit="B", unit_scale=True, file=sys.stderr, leave=False) as bar:
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            folder = fetch_repo(repo_id, on_download=advance)
+        except KeyboardInterrupt:
+            raise StudioError(f"Stopped downloading {repo_id}: the files finished so far are kept; run the command "
+                              "again to continue.") from None
+    print(f"Downloaded {repo_id} into {folder}")
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         {"save-depth": save_depth, "save": save_model_folder, "concept": run_concept,
-         "concept-from-image": run_concept, "train": run_train}.get(args.tool, run)(args)
+         "concept-from-image": run_concept, "train": run_train,
+         "download": download_model}.get(args.tool, run)(args)
     except StudioError as error:
-        print(f"Error: {error}", file=sys.stderr)
+        print(f"Error: {getattr(error, 'cli_text', error)}", file=sys.stderr)  # downloads word it for the CLI
         return 1
     return 0
 

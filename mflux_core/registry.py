@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from mflux_core.downloads import cached_repo_folder  # complete downloads only: a partial one is not a model
 from mflux_core.models.vae import FLUX_SIDE, native_side
 from mflux_core.weights.resolve import ALIASES, DEMO_MODELS, demo_models_dir, hf_cache_dir
 
@@ -91,8 +92,9 @@ def on_disk(name: str, models_dir: Path | None = None) -> bool:
         return True
     if name in DEMO_MODELS:
         return (demo_models_dir() / name).is_dir()
-    snapshot = cached_snapshot(ALIASES.get(name, name))
-    return snapshot is not None and folder_kind(snapshot) is not None
+    repo = ALIASES.get(name, name)
+    snapshot = cached_snapshot(repo)
+    return snapshot is not None and folder_kind(snapshot) is not None and cached_repo_folder(repo) is not None
 
 
 def main_snapshot(repo_dir: Path) -> Path | None:
@@ -110,7 +112,7 @@ def list_models(models_dir: Path | None) -> list[ModelEntry]:
     entries = []
     cached = cached_repos()
     for alias, repo in ALIASES.items():
-        available = repo in cached and folder_kind(cached[repo]) is not None
+        available = repo in cached and folder_kind(cached[repo]) is not None and cached_repo_folder(repo) is not None
         side = folder_native_side(cached[repo]) if available else FLUX_SIDE
         entries.append(ModelEntry(alias, ALIAS_KINDS[alias], "alias", available, side))
     for name in DEMO_MODELS:  # a missing demo folder is left out: there is nothing to download

@@ -156,7 +156,8 @@ class ResidentModels:
                 resident_bytes_of(weights_on_disk(*paths), dtype.size)  # raises for an incomplete file
         if transformer_key not in self._transformers:
             needed = resident_bytes_of(weights_on_disk(transformer_files), quantize / 8 if quantize else dtype.size)
-            self._swap_transformer(transformer_key, f"transformer {transformer_files}", needed,
+            label = f"transformer {transformer_files}" + (f" {quantize}-bit" if quantize else "")
+            self._swap_transformer(transformer_key, label, needed,
                                    lambda: quantize_model(loader.load_source_transformer(source, dtype), quantize))
         transformer = self._transformers.get(transformer_key)
         stop_if_cancelled(cancelled, "while loading the model (the transformer is loaded)")

@@ -21,6 +21,7 @@ from webui.jobs import safe_action, message_markdown  # noqa: E402
 from webui.openai_api import openai_router  # noqa: E402
 from webui.panels import controlnet, depth, fill, generate, in_context, kontext, redux  # noqa: E402
 from webui.panels import concept, plot, train  # noqa: E402
+from webui.panels import models as models_tab  # noqa: E402
 from webui.presets_ui import apply_settings  # noqa: E402
 from webui.studio import Studio, StudioFolders, StudioOutputs  # noqa: E402
 
@@ -76,6 +77,7 @@ def build_app(manager, folders: StudioFolders | None = None, max_queue_size: int
             panels = studio.panels = {module.TOOL: module.render(studio) for module in PANEL_MODULES}
             with gr.Tab("History", id="history", elem_id="tab-history"):
                 render_history(studio, panels)
+            models_tab.render(studio)
         refresh_status.click(studio.status_text, outputs=studio.outputs.status_strip, api_name="status",
                              queue=False)
         app.load(studio.after_job_updates, outputs=studio.after_job_updates_outputs(), api_name="history",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from mflux_core.downloads import Downloads
 from mflux_core.lora.library import library_folders, library_names
 from mflux_core.tools.specs import TOOL_NAMES
 from webui import gallery
@@ -105,6 +106,7 @@ class Studio:
     folders: StudioFolders
     jobs: JobBoard = field(default_factory=JobBoard)
     turns: EngineTurns = field(default_factory=EngineTurns)
+    downloads: Downloads = field(default_factory=Downloads)  # the Models tab's, one job per repo
     outputs: StudioOutputs | None = None
     tabs: gr.Tabs | None = None
     panels: dict = field(default_factory=dict)  # tab id -> webui.panels.Panel
@@ -127,7 +129,13 @@ class Studio:
         return gallery.history(self.folders.outputs)
 
     def status_text(self) -> str:
-        return status_markdown(self.manager.status())
+        """The strip: the manager's status, with a download running in the Models tab when the engine has none."""
+        status = self.manager.status()
+        running = self.downloads.running()
+        if not status.get("download") and running:
+            status["download"] = {"model": running[0].repo_id, "done_bytes": running[0].done_bytes,
+                                  "total_bytes": running[0].total_bytes}
+        return status_markdown(status)
 
     def after_job_updates_outputs(self) -> list:
         return [self.outputs.history, self.outputs.history_paths, self.outputs.status_strip]

@@ -2,19 +2,13 @@
 
 import math
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from huggingface_hub import constants
 from safetensors import SafetensorError, safe_open
 
-from mflux_core.errors import ModelLoadError, StudioError
-
-# on_download(bytes written so far, bytes of the files started so far): the total grows as files start.
-# A StudioError it raises (Cancelled) stops the download and reaches the caller as it is.
-DownloadCallback = Callable[[int, int], None]
+from mflux_core.downloads import DownloadCallback, fetch_repo, hf_cache_dir, is_offline  # noqa: F401 (re-exported)
+from mflux_core.errors import ModelLoadError
 
 # The published repos behind the names users type (mflux's aliases plus the tool models).
 ALIASES = {
@@ -52,15 +46,6 @@ class ModelSource:
         raise ModelLoadError(f"The model has no {name}/ folder (looked in {self.folder or self.base_folder}).")
 
 
-def is_offline() -> bool:
-    """Whether downloads are off: huggingface_hub reads HF_HUB_OFFLINE once, when it is imported."""
-    return constants.HF_HUB_OFFLINE
-
-
-def hf_cache_dir() -> Path:
-    return Path(constants.HF_HUB_CACHE)
-
-
 def demo_models_dir() -> Path:
     """The folder holding the demo models: $MFLUX_STUDIO_DEMO_MODELS, else demo_models/ at the repository
     root, beside the package (launch.py installs the checkout editable, so the package is read in place).
@@ -85,71 +70,9 @@ def is_demo_folder(folder: Path | None) -> bool:
     return folder is not None and Path(folder).resolve().parent == demo_models_dir().resolve()
 
 
-def download_progress_class(on_download: DownloadCallback):
-    """A tqdm class for snapshot_download's `tqdm_class` hook that reports bytes instead of drawing bars.
-
-    huggingface_hub makes three bars from it: files fetched (unit "it"), bytes received from the
-    network ("Downloading bytes") and bytes written to disk; the last one is the download's progress
-    (the network count differs for Xet transfers). tests/test_manager.py runs a real download from a
-    local server, so a change in huggingface_hub's bars shows up there.
-    """
-    from tqdm.auto import tqdm
-
-    lock = threading.Lock()  # files download on several threads; reports stay in order
-
-    class DownloadProgress(tqdm):
-        def __init__(self, *args, **kwargs):
-            description = str(kwargs.get("desc") or "")
-            self.reports_bytes = kwargs.get("unit") == "B" and not description.startswith("Downloading bytes")
-            self.done = int(kwargs.get("initial") or 0)
-            super().__init__(*args, **{**kwargs, "disable": True})
-
-        def update(self, n=1):
-            with lock:
-                self.done += int(n or 0)
-                if self.reports_bytes:
-                    on_download(self.done, max(int(self.total or 0), self.done))
-            return super().update(n)
-
-    return DownloadProgress
-
-
-# BFL repos ship both a diffusers layout and single-file checkpoints; we read the diffusers layout.
-SKIPPED_DOWNLOADS = {"black-forest-labs/": ["flux1-*.safetensors", "ae.safetensors"]}
-
-
-def offline_message(repo_id: str) -> str:
-    cache = hf_cache_dir()
-    return (
-        f"The model {repo_id} is not in the Hugging Face cache ({cache}) and downloads are off (HF_HUB_OFFLINE). "
-        f"On a connected machine run `hf download {repo_id}` and copy its folder "
-        f"models--{repo_id.replace('/', '--')} into {cache}; or put the model folder (diffusers layout) into "
-        "the models folder (--models-dir) and pick it by its folder name; or pass the folder with --path."
-    )
-
-
 def repo_folder(repo_id: str, on_download: DownloadCallback | None = None) -> Path:
-    """The snapshot folder of a repo: from the HF cache, downloading it when online."""
-    from huggingface_hub import snapshot_download
-
-    ignore = next((patterns for prefix, patterns in SKIPPED_DOWNLOADS.items() if repo_id.startswith(prefix)), None)
-    options = {"cache_dir": hf_cache_dir(), "ignore_patterns": ignore}
-    try:
-        return Path(snapshot_download(repo_id, local_files_only=True, **options))
-    except Exception:  # not cached (or cached incompletely): download below when allowed
-        pass
-    if is_offline():
-        raise ModelLoadError(offline_message(repo_id))
-    tqdm_class = download_progress_class(on_download) if on_download else None
-    try:
-        return Path(snapshot_download(repo_id, tqdm_class=tqdm_class, **options))
-    except StudioError:  # raised by on_download, e.g. Cancelled: the files so far stay for the next try
-        raise
-    except Exception as error:  # network, authentication (gated repos), disk full: all end up here
-        raise ModelLoadError(
-            f"Could not download {repo_id} into {hf_cache_dir()} ({type(error).__name__}: {error}). "
-            f"If you have the files, pass their folder with --path."
-        ) from None
+    """The snapshot folder of a repo: from the HF cache, downloading it when online (mflux_core.downloads)."""
+    return fetch_repo(repo_id, on_download)
 
 
 def looks_like_path(name: str) -> bool:

@@ -1,0 +1,134 @@
+"""The Models tab without a browser: the catalog (kinds, sizes, complete or partial, resident), downloading through
+the page's handler from the fake hub, deleting from the cache, and the tab in the built app."""
+
+import html
+
+import pytest
+
+from mflux_core.downloads import Downloads, fetch_repo, repo_id_of
+from mflux_core.errors import StudioError
+from mflux_core.manager import ModelManager
+from mflux_core.model_catalog import catalog, delete_from_cache, deletion_plan, folder_bytes
+from mflux_core.registry import on_disk
+from mflux_core.weights.resolve import DEMO_MODELS, demo_models_dir
+from tests.fixtures.fake_hub import BIG_FILE, REPO, digests, hub, source  # noqa: F401 (fixtures)
+from webui.panels.models import follow_download, table_rows
+from webui.status import size_text
+
+
+def rows_by_name(tmp_path, resident=()):
+    return {row.name: row for row in catalog(tmp_path / "models", [], list(resident))}
+
+
+def cache_bytes(tmp_path) -> int:
+    return folder_bytes(tmp_path / "home" / "hub")
+
+
+def test_the_catalog_lists_demo_models_and_aliases_with_kind_size_and_state(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    rows = rows_by_name(tmp_path)
+    for name in DEMO_MODELS:
+        assert rows[name].where == "built-in" and rows[name].state == "complete"
+        assert rows[name].size_bytes == folder_bytes(demo_models_dir() / name) > 0
+    assert rows["demo-fill"].kind == "Fill" and rows["canny"].kind == "ControlNet" and rows["redux"].kind == "Redux"
+    assert rows["depth-estimator"].kind == "estimator"
+    assert rows["dev"].state == "not downloaded" and rows["dev"].size_bytes == 0
+    shown = {row[0]: row for row in table_rows(list(rows.values()))}
+    assert shown["demo"][3] == size_text(folder_bytes(demo_models_dir() / "demo")) and shown["dev"][3] == "—"
+
+
+def test_a_resident_model_shows_its_quantization(tmp_path):
+    folder = demo_models_dir() / "demo"
+    resident = [{"kind": "transformer", "name": f"transformer {folder}/transformer 8-bit", "bytes": 1}]
+    rows = rows_by_name(tmp_path, resident)
+    assert rows["demo"].resident == "8-bit" and rows["demo-fill"].resident == ""
+
+
+def test_a_stopped_download_is_partial_and_a_finished_one_complete_then_delete_frees_it(hub, source, tmp_path):
+    hub.hold_at[BIG_FILE] = 32 * 1024
+    jobs = Downloads()
+    job = jobs.start(REPO)
+    while job.state().done_bytes < 32 * 1024 and not job.finished.is_set():
+        job.finished.wait(0.05)
+    jobs.stop(REPO)
+    hub.release.set()
+    assert job.wait(60).state == "stopped"
+    assert rows_by_name(tmp_path)[REPO].state == "partial" and not on_disk(REPO)  # never taken for a model
+
+    hub.hold_at.clear()
+    folder = fetch_repo(REPO)
+    row = rows_by_name(tmp_path)[REPO]
+    assert row.state == "complete" and row.where == "Hugging Face cache" and row.kind == "base"
+    assert row.size_bytes == sum(folder_bytes(source / name) for name in digests(source))
+    assert row.path == folder and on_disk(REPO)
+
+    before = cache_bytes(tmp_path)
+    assert deletion_plan(REPO).expected_freed_size == row.size_bytes
+    message = delete_from_cache(REPO)
+    assert REPO in message and "freeing" in message
+    assert before - cache_bytes(tmp_path) >= row.size_bytes and REPO not in rows_by_name(tmp_path)
+    with pytest.raises(StudioError, match="nothing to delete"):
+        delete_from_cache(REPO)
+
+
+class FakeStudio:
+    """What the Models tab's handlers read from the Studio: a real manager, folders and the download jobs."""
+
+    def __init__(self, tmp_path):
+        self.manager = ModelManager(models_dir=tmp_path / "models")
+        self.folders = type("Folders", (), {"loras": ()})()
+        self.downloads = Downloads()
+
+
+def test_the_page_download_streams_progress_and_ends_with_the_model_complete_in_the_table(hub, tmp_path):
+    studio = FakeStudio(tmp_path)
+    updates = list(follow_download(studio, REPO, "status", "table"))
+    assert studio.downloads.running() == []
+    texts = [html.unescape(update["status"]) for update in updates]
+    assert f"Downloaded {REPO}" in texts[-1]
+    assert all("Downloading" in text and "of" in text for text in texts[:-1])
+    table = {row[0]: row for row in updates[-1]["table"]}
+    assert table[REPO][4] == "complete"
+
+
+def test_page_messages_for_bad_names_and_gated_repos_never_name_cli_flags(hub, tmp_path):
+    for bad in ("", "demo", "not a repo"):
+        with pytest.raises(StudioError):
+            repo_id_of(bad)
+    hub.mode = "gated"
+    updates = list(follow_download(FakeStudio(tmp_path), "acme/tiny-flux", "status", "table"))
+    text = html.unescape(updates[-1]["status"])
+    assert "gated" in text and "Models tab" in text and "hf auth" not in text and " --" not in text
+
+
+def test_offline_the_built_app_lists_demo_models_with_sizes_and_turns_downloads_off(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from webui.app import build_app
+    from webui.panels.models import OFFLINE_NOTE
+    from webui.studio import StudioFolders
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    app = build_app(ModelManager(models_dir=tmp_path), StudioFolders.default(tmp_path / "out", loras=[]),
+                    openai_api=False)
+    blocks = {getattr(block, "elem_id", None): block for block in app.blocks.values()}
+    rows = {row[0]: row for row in blocks["models-table"].value["data"]}
+    assert rows["demo"][3] == size_text(folder_bytes(demo_models_dir() / "demo")) and rows["demo"][4] == "complete"
+    assert blocks["models-note"].value == OFFLINE_NOTE and blocks["models-download"].interactive is False
+
+
+def test_quantize_and_save_writes_a_new_model_into_the_models_folder(tmp_path):
+    from webui.panels.models import quantize_and_save
+    from webui.studio import Studio, StudioFolders
+
+    studio = Studio(manager=ModelManager(models_dir=tmp_path / "models"),
+                    folders=StudioFolders.default(tmp_path / "out", loras=[]))
+    (tmp_path / "models").mkdir()
+    updates = list(quantize_and_save(studio, "demo", "8", "demo-8bit", "session", "status"))
+    assert "Saved demo as demo-8bit" in html.unescape(updates[-1]["status"])
+    row = rows_by_name(tmp_path)["demo-8bit"]
+    assert row.where == "models folder" and row.kind == "base" and row.state == "complete"
+    with pytest.raises(Exception, match="already has demo-8bit"):
+        list(quantize_and_save(studio, "demo", "4", "demo-8bit", "session", "status"))

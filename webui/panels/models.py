@@ -1,0 +1,180 @@
+"""Models: every model the studio knows with its kind, size on disk, state and residency; download (progress, Stop;
+a second Download of the same repo follows the running one), delete from the Hugging Face cache after a
+confirmation naming the space freed, quantize and save as a new model in the models folder, a Hugging Face token,
+rescan. Offline, the list works from the cache and downloads are off. Messages here never name CLI flags.
+"""
+
+from pathlib import Path
+
+import gradio as gr
+
+from mflux_core import downloads
+from mflux_core.backend import resolve_dtype
+from mflux_core.downloads import DownloadState, is_offline, repo_id_of
+from mflux_core.errors import InvalidRequest, StudioError
+from mflux_core.memory import gb_text
+from mflux_core.model_catalog import CatalogRow, catalog, delete_from_cache, deletion_plan
+from mflux_core.registry import on_disk
+from mflux_core.weights.resolve import resolve_model
+from webui.jobs import ENGINE_QUEUE, error_text, page_job, progress_html, safe_action
+from webui.status import size_text
+
+HEADERS = ["Model", "Kind", "Where", "Size on disk", "State", "Resident", "Repository"]
+OFFLINE_NOTE = "Downloads are off: the studio runs offline (HF_HUB_OFFLINE=1), so this list shows what is on disk."
+QUANTIZE_CHOICES = ["8", "4"]
+
+
+def table_rows(rows: list[CatalogRow]) -> list[list[str]]:
+    return [[row.name, row.kind, row.where, size_text(row.size_bytes) if row.size_bytes else "—", row.state,
+             row.resident or "no", row.repo_id or ""] for row in rows]
+
+
+def studio_rows(studio) -> list[list[str]]:
+    return table_rows(catalog(studio.manager.models_dir, list(studio.folders.loras),
+                              studio.manager.status().get("resident") or []))
+
+
+def progress_text(state: DownloadState) -> str:
+    parts = [f"Downloading {state.repo_id}: {size_text(state.done_bytes)} of {size_text(state.total_bytes)}"]
+    if state.bytes_per_second:
+        parts.append(f"{size_text(int(state.bytes_per_second))}/s")
+    if state.seconds_left is not None:
+        parts.append(f"about {state.seconds_left:,.0f} s left")
+    return " · ".join(parts)
+
+
+def token_note() -> str:
+    saved = "A Hugging Face token is saved" if downloads.has_token() else "No Hugging Face token is saved"
+    return f"{saved}. Gated repositories (FLUX.1 dev, Fill, Depth, Kontext, Redux) need one, and their licence accepted."
+
+
+def follow_download(studio, name: str, status, table):
+    """Start (or join) the repo's download and stream its progress until it ends; the table refreshes at the end."""
+    try:
+        job = studio.downloads.start(repo_id_of(name))
+    except StudioError as error:
+        yield {status: progress_html(str(error), kind="error")}
+        return
+    shown = None
+    while not job.finished.wait(0.5):
+        state = job.state()
+        if state != shown and state.total_bytes:
+            shown = state
+            yield {status: progress_html(progress_text(state), state.done_bytes, state.total_bytes)}
+    state = job.state()
+    kind = {"done": "done", "stopped": "stopped"}.get(state.state, "error")
+    yield {status: progress_html(state.message, kind=kind), table: studio_rows(studio)}
+
+
+def quantize_and_save(studio, name: str, bits: str, new_name: str, session: str, status):
+    """Write `name` quantized to `bits` into the models folder as `new_name` (the engine's save path)."""
+    from mflux_core.weights.save import save_model
+
+    def work(cancel):
+        models_dir = Path(studio.manager.models_dir)
+        model, target_name = (name or "").strip(), (new_name or "").strip()
+        if not model or not on_disk(model, models_dir):
+            raise InvalidRequest("Pick a model that is on disk (download it first) to quantize and save it.")
+        if not target_name or "/" in target_name or target_name.startswith("."):
+            raise InvalidRequest("Give the new model a folder name (no slashes), e.g. dev-8bit.")
+        target = models_dir / target_name
+        if target.exists():
+            raise InvalidRequest(f"The models folder already has {target_name}: choose another name.")
+        yield {status: progress_html(f"Quantizing {model} to {bits} bits and saving it as {target_name}…")}
+        saved = save_model(target, resolve_model(model=model, models_dir=models_dir), dtype=resolve_dtype(None),
+                           bits=int(bits))
+        return (f"Saved {model} as {target_name} in the models folder ({bits}-bit, transformer "
+                f"{gb_text(saved.transformer_bytes)}): pick it by that name in any tool.")
+
+    yield from page_job(studio, session, status, work)
+
+
+def ask_delete(studio, name: str):
+    repo = repo_id_of(name)
+    job = studio.downloads.job(repo)
+    if job is not None and not job.finished.is_set():
+        raise InvalidRequest(f"{repo} is downloading: stop the download first.")
+    freed = deletion_plan(repo).expected_freed_size
+    return repo, f"Delete {repo} from the Hugging Face cache, freeing {gb_text(freed)}? Press Confirm delete."
+
+
+def render(studio) -> None:
+    offline = is_offline()
+    with gr.Tab("Models", id="models", elem_id="tab-models"):
+        gr.Markdown(OFFLINE_NOTE if offline else "Every model the studio knows. Pick a row, then act on it.",
+                    elem_id="models-note")
+        table = gr.Dataframe(studio_rows(studio), headers=HEADERS, interactive=False, elem_id="models-table",
+                             wrap=True)
+        with gr.Row():
+            name = gr.Textbox(label="Model (alias or repo id)", elem_id="models-name", scale=3)
+            download = gr.Button("Download", variant="primary", interactive=not offline, elem_id="models-download")
+            stop = gr.Button("Stop", variant="stop", elem_id="models-stop")
+            rescan = gr.Button("Rescan", elem_id="models-rescan")
+        status = gr.HTML("", elem_id="models-status", elem_classes=["studio-status-box"])
+        with gr.Row():
+            delete = gr.Button("Delete from cache", elem_id="models-delete")
+            confirm = gr.Button("Confirm delete", variant="stop", visible=False, elem_id="models-confirm-delete")
+            bits = gr.Dropdown(QUANTIZE_CHOICES, value="8", label="Bits", elem_id="models-bits", scale=0,
+                               min_width=90)
+            new_name = gr.Textbox(label="New model name", placeholder="dev-8bit", elem_id="models-new-name")
+            quantize = gr.Button("Quantize and save", elem_id="models-quantize")
+        with gr.Row():
+            token = gr.Textbox(label="Hugging Face token", type="password", elem_id="models-token", scale=3,
+                               placeholder="hf_…", info=token_note())
+            save_token = gr.Button("Save token", interactive=not offline, elem_id="models-save-token")
+    pending_delete = gr.State(None)
+
+    def pick(rows, event: gr.SelectData):
+        row = event.row_value if event.row_value else None
+        return row[0] if row else gr.skip()
+
+    table.select(pick, table, name, queue=False, api_visibility="private")
+    rescan.click(lambda: studio_rows(studio), outputs=table, queue=False, api_visibility="private")
+    def download_handler(value):
+        yield from follow_download(studio, value, status, table)
+
+    download.click(download_handler, name, [status, table], concurrency_limit=None,
+                   concurrency_id="studio-downloads", api_visibility="private")
+
+    def stop_download(value):
+        try:
+            repo = repo_id_of(value)
+        except StudioError as error:
+            return progress_html(str(error), kind="error")
+        if studio.downloads.stop(repo):
+            return progress_html(f"Stopping the download of {repo}…")
+        return progress_html(f"{repo} is not downloading.")
+
+    stop.click(stop_download, name, status, queue=False, api_visibility="private")
+
+    def ask(value):
+        repo, question = ask_delete(studio, value)
+        return {pending_delete: repo, status: progress_html(question), confirm: gr.Button(visible=True)}
+
+    delete.click(safe_action(status, ask), name, [pending_delete, status, confirm], api_visibility="private")
+
+    def delete_confirmed(repo):
+        message = delete_from_cache(repo) if repo else "Press Delete from cache first."
+        return {status: progress_html(message, kind="done"), confirm: gr.Button(visible=False),
+                pending_delete: None, table: studio_rows(studio)}
+
+    confirm.click(safe_action(status, delete_confirmed), pending_delete, [status, confirm, pending_delete, table],
+                  api_visibility="private")
+
+    def quantize_handler(value, bits_value, new_value, request: gr.Request):
+        yield from quantize_and_save(studio, value, bits_value, new_value, request.session_hash if request else "",
+                                     status)
+        yield {table: studio_rows(studio)}
+
+    quantize.click(quantize_handler, [name, bits, new_name], [status, table], concurrency_id=ENGINE_QUEUE,
+                   concurrency_limit=1, api_visibility="private")
+
+    def store_token(value):
+        try:
+            downloads.save_token(value)
+        except StudioError as error:
+            return {token: "", status: progress_html(error_text(error), kind="error")}
+        return {token: gr.Textbox(value="", info=token_note()),
+                status: progress_html("Token saved: downloads now use it.", kind="done")}
+
+    save_token.click(store_token, token, [token, status], api_visibility="private")
