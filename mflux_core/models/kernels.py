@@ -201,7 +201,7 @@ def _chunks_for(q: mx.array, k: mx.array, gpu: bool) -> AttentionChunks:
     return AttentionChunks(batch, heads, tokens, k.shape[2], q.dtype.size, gpu=gpu)
 
 
-def _fused_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None) -> mx.array:
+def _fused_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None = None) -> mx.array:
     """mx.fast.scaled_dot_product_attention, whole when its scores would fit a chunk (the fused kernel
     may need none), else over chunks of query rows."""
     mask = None if mask is None else mask.astype(q.dtype)
@@ -214,7 +214,7 @@ def _fused_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: 
     return _assemble([[chunk(*where) for where in row] for row in _chunks_for(q, k, gpu=True).grid()])
 
 
-def _cpu_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None) -> mx.array:
+def _cpu_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None = None) -> mx.array:
     """Chunks alternate between two CPU streams, so that the single-threaded elementwise work of one
     overlaps the next; the softmax is normalised after the product with V (the row sums come out of
     the same matmul as an extra column of ones in V)."""
