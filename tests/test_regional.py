@@ -3,10 +3,10 @@ transformer's joint attention (mflux_core/sampling/regional.py), on the generate
 
 Measured on the demo model, 64x64, base prompt "a red circle and a blue square on a white background", region
 prompts "a red circle on the left on a white background" in the left half and "a blue square on the right on a
-white background" in the right half, seeds 0-9 (20 seeds: 0.9 and 1.0 at strength 1, 0.2 and 0.2 at 0):
-strength 1: red in the left half 0.8, blue in the right half 1.0, both 0.8; strength 0 (the same text, no
-separation): 0.2 / 0.2 / 0.0; the base prompt alone: 0.0 / 0.6. With the bare prompts "a red circle" and "a blue
-square" the demo model (trained on whole captions only) rarely draws either: 0.2 / 0.1.
+white background" in the right half, seeds 0-9 (red in the left half / blue in the right half / both):
+strength 1: 0.8 / 1.0 / 0.8 (seeds 0-19: 0.9 / 1.0 / 0.9); strength 0 (the same text, no separation):
+0.3 / 0.3 / 0.1; the base prompt alone: 0.0 / 0.6 / 0.0. With the bare prompts "a red circle" and "a blue square"
+the demo model (trained on whole captions only) rarely draws either: 0.2 / 0.1.
 """
 
 import json
@@ -126,7 +126,7 @@ def two_region_rates(manager, strength: float, seeds=range(10)) -> np.ndarray:
 
 def test_a_red_circle_left_and_a_blue_square_right_land_in_their_regions(manager):
     kept_apart = two_region_rates(manager, 1.0)  # measured: 0.8 / 1.0, both 0.8
-    mixed = two_region_rates(manager, 0.0)  # measured: 0.2 / 0.2, both 0.0
+    mixed = two_region_rates(manager, 0.0)  # measured: 0.3 / 0.3, both 0.1
     assert kept_apart.mean(axis=0).min() >= 0.7 and kept_apart.all(axis=1).mean() >= 0.7, kept_apart.mean(axis=0)
     assert kept_apart.all(axis=1).mean() >= mixed.all(axis=1).mean() + 0.5
 
