@@ -11,14 +11,29 @@ from mflux_core.command_args import base_request, manager_from_args, output_path
 from mflux_core.concept.command import add_concept_parsers, run_concept
 from mflux_core.errors import StudioError
 from mflux_core.events import Downloading, Step
+from mflux_core.regions import region_from_box_flag, region_from_mask_flag
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.specs import TOOL_SPECS, ToolSpec, tool_spec
 from mflux_core.training.lora_command import add_train_parser, run_train
 from mflux_core.wildcards import expand_prompt
 from mflux_core.xyz import AXIS_KINDS, MAX_CELLS, Axis, parse_axis_flag, plot_cells, plot_grids
 
+def flag_type(parse):
+    """An argparse type from a parser that raises StudioError: its sentence becomes argparse's message."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except StudioError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
 FLAG_TYPES = {"text": {}, "number": {"type": float}, "paths": {"nargs": "+"}, "numbers": {"nargs": "+", "type": float},
-              "switch": {"action": "store_true"}}
+              "switch": {"action": "store_true"},
+              "region": {"action": "append", "type": flag_type(region_from_box_flag)},
+              "region_mask": {"action": "append", "type": flag_type(region_from_mask_flag)}}
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:

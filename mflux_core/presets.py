@@ -119,6 +119,12 @@ def _extra_problem(value: dict) -> str | None:
                 return f"{key} must be a number, true/false, short text or a list of those"
 
 
+def _region_mask_problem(regions) -> str | None:
+    if any(region.get("mask_path") is not None for region in regions):
+        return "hold a region mask path; presets hold boxes only (masks are input files)"
+    return None
+
+
 def _model_name(label: str) -> Setting:
     return checked(text(label), _model_problem, MODEL_NAME).optional()
 
@@ -135,6 +141,7 @@ PRESET_SETTINGS: dict[str, Setting] = {
     "extra": checked(Setting("The setting extra", dict, "an object"), _extra_problem,
                      f"an object with at most {MAX_EXTRA_KEYS} keys"),
     "batch_count": number("Images", 1, MAX_BATCH, whole=True),
+    "regions": checked(REQUEST_SETTINGS["regions"], _region_mask_problem, "regions with boxes (masks are input files)"),
 }
 assert set(PRESET_SETTINGS) == set(SETTING_FIELDS) | set(UI_FIELDS), "every setting needs a check"
 _SCHEMA = schema("PresetSettings", PRESET_SETTINGS, dict.fromkeys(PRESET_SETTINGS))
@@ -289,6 +296,7 @@ def settings_from_request(request: GenerationRequest) -> dict:
     values = request.to_dict()
     settings = {k: values[k] for k in SETTING_FIELDS}
     settings["lora_paths"] = [lora_library_name(p) for p in settings["lora_paths"]]
+    settings["regions"] = [region for region in settings["regions"] if region.get("mask_path") is None]
     settings["extra"] = {k: v for k, v in settings["extra"].items()  # side models by name stay; input files go
                          if not (_is_path_key(k) and (not isinstance(v, str) or _model_problem(v)))}
     for key in ("model", "base_model"):  # a folder path: keep its name, as in a models folder

@@ -9,9 +9,10 @@ from pydantic import AfterValidator
 from pydantic_core import PydanticCustomError
 
 from mflux_core.errors import InvalidRequest
+from mflux_core.regions import MAX_REGIONS, check_regions_fit, regions_problem
 from mflux_core.settings_schema import (  # the limits are imported from here too
     DTYPES, GUIDANCE, LORA_SCALE, MAX_INPUT_PIXELS, MAX_PIXELS, MAX_PROMPT_CHARS, MAX_SEED, MAX_SEQUENCE_LENGTH,
-    MAX_SIDE, MAX_STEPS, QUANTIZE, QUANTIZE_BITS, SEED, SEQUENCE_LENGTH, STEPS, TRUE_CFG_SCALE, Setting, choice,
+    MAX_SIDE, MAX_STEPS, QUANTIZE, QUANTIZE_BITS, SEED, SEQUENCE_LENGTH, STEPS, TRUE_CFG_SCALE, Setting, checked, choice,
     number, problems, schema, side, switch, text,
 )
 from mflux_core.tools.specs import TOOL_NAMES as TOOLS, tool_spec
@@ -48,6 +49,8 @@ class GenerationRequest:
     max_sequence_length: int | None = None  # T5 tokens; None: the model's (its T5 tokenizer's limit, at most 512)
     vae_tiling: bool = False  # decode and encode in tiles even when the whole image fits the memory budget
     extra: dict = field(default_factory=dict)  # tool-specific settings (canny thresholds, ...)
+    regions: tuple[dict, ...] = ()  # regional prompts (generate): see mflux_core/regions.py
+    region_strength: float = 1.0  # how strictly regions are kept apart in attention, 0 (not) to 1
 
     def validated(self) -> "GenerationRequest":
         """Return this request if every value is usable; otherwise raise InvalidRequest naming the value."""
@@ -61,6 +64,9 @@ class GenerationRequest:
             )
         if self.width is not None and self.height is not None:
             check_image_size(self.width, self.height, "The requested image")
+            check_regions_fit(self.regions, self.width, self.height)
+        if self.regions and self.tool != "generate":
+            raise InvalidRequest(f"Regional prompts are for the generate tool, not {self.tool}.")
         if self.lora_scales and len(self.lora_scales) != len(self.lora_paths):
             raise InvalidRequest(
                 f"{len(self.lora_paths)} LoRA paths but {len(self.lora_scales)} scales: give one scale per LoRA."
@@ -174,6 +180,9 @@ REQUEST_SETTINGS: dict[str, Setting] = {
     "vae_tiling": switch("The setting vae_tiling"),
     "extra": Setting("The setting extra", dict[str, Annotated[Any, AfterValidator(_finite_if_number)]],
                      accepts="an object of tool settings"),
+    "regions": checked(Setting("Regional prompts", tuple[Any, ...], accepts="a list"), regions_problem,
+                       f"a list of at most {MAX_REGIONS} regions"),
+    "region_strength": number("Region strength", 0, 1),
 }
 assert set(REQUEST_SETTINGS) == set(GenerationRequest.field_names()), "every request field needs a setting"
 _SCHEMA = schema("GenerationRequestSchema", REQUEST_SETTINGS, {})

@@ -485,3 +485,25 @@ def test_the_negative_prompt_shows_above_true_cfg_one_and_a_preset_keeps_both(br
     assert value_of(page, "generate-negative-prompt") == "blurry, text"
     assert page.input_value("#generate-true-cfg input[type=number]") == "3"
     assert page.locator("#fill-true-cfg").count() == 0  # Fill's pipeline has no true CFG
+
+
+def test_regional_prompts_run_from_the_accordion_and_a_preset_keeps_them(page, studio):
+    before = result_pngs(studio)
+    type_into(page, "generate-prompt", "a red circle and a blue square")
+    for elem_id, value in (("generate-width", 64), ("generate-height", 64), ("generate-steps", 2)):
+        type_into(page, elem_id, value)
+    open_accordions(page, "generate-regions")
+    type_into(page, "generate-region-1-prompt", "a red circle")
+    set_slider(page, "generate-region-1-w", 0.4)
+    type_into(page, "generate-region-2-prompt", "a blue square")
+    set_slider(page, "generate-region-strength", 0.8)
+    screenshot(page, "generate-regions")
+    run_and_wait(page, "generate")
+    (new,) = result_pngs(studio) - before
+    request = request_in(new)
+    assert request["region_strength"] == 0.8
+    assert request["regions"] == [{"prompt": "a red circle", "x": 0, "y": 0, "w": 0.4, "h": 1, "weight": 1},
+                                  {"prompt": "a blue square", "x": 0.5, "y": 0, "w": 0.5, "h": 1, "weight": 1}]
+    open_accordions(page, "generate-presets")
+    _, settings = export_preset(page, studio, "regions", "regions.json")
+    assert settings["regions"] == request["regions"] and settings["region_strength"] == 0.8

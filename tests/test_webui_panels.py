@@ -20,6 +20,7 @@ from mflux_core.request import GenerationRequest
 from webui import gallery
 from webui.jobs import JobBoard, event_text
 from webui.panels import controlnet, depth, fill, generate, kontext, redux
+from webui.regions_ui import DEFAULT_BOXES
 from webui.requests import InputStore, RequestContext, batch_seeds
 from webui.status import status_markdown
 from webui.widgets import aspect_size, default_model, model_choices, shared_values, snap_to_16
@@ -135,7 +136,10 @@ def test_quantize_choice_becomes_bits(context):
 
 
 PANEL_VALUES = {
-    generate: {"image_strength": 0.55},
+    generate: {"image_strength": 0.55, "region_strength": 0.8,
+               **{f"region_{row}_{key}": value for row, box in enumerate(DEFAULT_BOXES, 1)  # row 1 on, the rest off
+                  for key, value in zip(("prompt", "weight", "x", "y", "w", "h"),
+                                        ("a fox" if row == 1 else "", 0.5 if row == 1 else 1.0, *box))}},
     fill: {"mode": fill.OUTPAINT, "keep_unmasked": False, "mask_invert": True, "mask_grow_px": 3, "mask_blur_px": 2,
            "pad_top": 0.0, "pad_right": 25.0, "pad_bottom": 10.0, "pad_left": 0.0, "pad_unit": "%"},
     depth: {},

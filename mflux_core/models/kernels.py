@@ -188,11 +188,12 @@ class AttentionChunks:
                 for r in range(0, self.q_tokens, self.rows)]
 
 
-def attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
-    """softmax(q k^T * scale) v over (B, heads, S, d) -> (B, S, heads * d), in memory-bounded chunks."""
+def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None = None) -> mx.array:
+    """softmax(q k^T * scale + mask) v over (B, heads, S, d) -> (B, S, heads * d), in memory-bounded chunks.
+    `mask`: an additive bias (S_q, S_k) on the scaled scores, shared by every head (-inf: never attended)."""
     if _on_gpu(None):
-        return _fused_attention(q, k, v, scale)
-    return _cpu_attention(q, k, v, scale)
+        return _fused_attention(q, k, v, scale, mask)
+    return _cpu_attention(q, k, v, scale, mask)
 
 
 def _chunks_for(q: mx.array, k: mx.array, gpu: bool) -> AttentionChunks:
@@ -200,18 +201,20 @@ def _chunks_for(q: mx.array, k: mx.array, gpu: bool) -> AttentionChunks:
     return AttentionChunks(batch, heads, tokens, k.shape[2], q.dtype.size, gpu=gpu)
 
 
-def _fused_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
+def _fused_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None = None) -> mx.array:
     """mx.fast.scaled_dot_product_attention, whole when its scores would fit a chunk (the fused kernel
     may need none), else over chunks of query rows."""
+    mask = None if mask is None else mask.astype(q.dtype)
 
     def chunk(head: slice, rows: slice) -> mx.array:
-        out = mx.fast.scaled_dot_product_attention(q[:, head, rows], k[:, head], v[:, head], scale=scale)
+        out = mx.fast.scaled_dot_product_attention(q[:, head, rows], k[:, head], v[:, head], scale=scale,
+                                                   mask=None if mask is None else mask[rows])
         return _token_major(out)
 
     return _assemble([[chunk(*where) for where in row] for row in _chunks_for(q, k, gpu=True).grid()])
 
 
-def _cpu_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
+def _cpu_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None = None) -> mx.array:
     """Chunks alternate between two CPU streams, so that the single-threaded elementwise work of one
     overlaps the next; the softmax is normalised after the product with V (the row sums come out of
     the same matmul as an extra column of ones in V)."""
@@ -219,11 +222,14 @@ def _cpu_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.ar
     head_dim = q.shape[-1]
     streams = (mx.default_stream(mx.cpu), _second_cpu_stream())
     values = mx.concatenate([v, mx.ones((*v.shape[:-1], 1), dtype=v.dtype)], axis=-1)
+    bias = None if mask is None else (mask / scale).astype(q.dtype)  # the softmax scales the scores after
     turn = count()
 
     def chunk(head: slice, rows: slice) -> mx.array:
         with mx.stream(streams[next(turn) % 2]):
             scores = q[:, head, rows] @ k[:, head].swapaxes(-1, -2)
+            if bias is not None:
+                scores = scores + bias[rows]
             out = _token_major(_softmax_numerator(scores, scale) @ values[:, head])
             return out[..., :head_dim] / out[..., head_dim:]
 

@@ -200,9 +200,11 @@ def project_heads(x: mx.array, to_q, to_k, to_v, norm_q: nn.RMSNorm, norm_k: nn.
                  value_heads(to_v(x), heads))
 
 
-def rope_attention(q: mx.array, k: mx.array, v: mx.array, rope: tuple[mx.array, mx.array]) -> mx.array:
-    """Attention over (B, heads, S, d) with RoPE on q and k -> (B, S, heads * d)."""
-    return attention(apply_rope(q, *rope), apply_rope(k, *rope), v, scale=q.shape[-1] ** -0.5)
+def rope_attention(q: mx.array, k: mx.array, v: mx.array, rope: tuple[mx.array, mx.array],
+                   mask: mx.array | None = None) -> mx.array:
+    """Attention over (B, heads, S, d) with RoPE on q and k -> (B, S, heads * d); `mask`: an additive
+    (S, S) bias over [text; image] (regional prompts), None for plain joint attention."""
+    return attention(apply_rope(q, *rope), apply_rope(k, *rope), v, scale=q.shape[-1] ** -0.5, mask=mask)
 
 
 class AttentionProjections(nn.Module):
@@ -243,8 +245,8 @@ class JointAttention(AttentionProjections):
 class SingleAttention(AttentionProjections):
     """Single-block attention over the whole sequence; its output projection is the block's proj_out."""
 
-    def __call__(self, x: mx.array, rope: tuple[mx.array, mx.array]) -> mx.array:
-        return rope_attention(*self.project(x), rope)
+    def __call__(self, x: mx.array, rope: tuple[mx.array, mx.array], mask: mx.array | None = None) -> mx.array:
+        return rope_attention(*self.project(x), rope, mask)
 
 
 # --- blocks -----------------------------------------------------------------------------------
@@ -306,13 +308,13 @@ class DoubleStreamBlock(nn.Module):
         return residual_update(text, self.attn.to_add_out(attended), *modulation, self.ff_context)
 
     def __call__(self, image: mx.array, text: mx.array, temb: mx.array, rope: tuple[mx.array, mx.array],
-                 hook: AttentionHook | None = None, index: int = 0):
+                 hook: AttentionHook | None = None, index: int = 0, mask: mx.array | None = None):
         """-> (text, image), diffusers' order. `index` is the block's place, for the hook."""
         image_attn_mod, image_mlp_mod = self.norm1(temb)
         text_modulation = self.norm1_context(temb)
         image_heads = self.attn.project(modulated_layer_norm(image, image_attn_mod.shift, image_attn_mod.scale))
         text_heads = self.text_heads(text, text_modulation)
-        attended = rope_attention(*(mx.concatenate(pair, axis=2) for pair in zip(text_heads, image_heads)), rope)
+        attended = rope_attention(*(mx.concatenate(pair, axis=2) for pair in zip(text_heads, image_heads)), rope, mask)
         text_tokens = text.shape[1]
         image_attention, text_attention = attended[:, text_tokens:], attended[:, :text_tokens]
         if hook is not None:
@@ -331,10 +333,11 @@ class SingleStreamBlock(nn.Module):
         self.proj_mlp = nn.Linear(dim, MLP_RATIO * dim)
         self.proj_out = nn.Linear(dim + MLP_RATIO * dim, dim)
 
-    def __call__(self, x: mx.array, temb: mx.array, rope: tuple[mx.array, mx.array]) -> mx.array:
+    def __call__(self, x: mx.array, temb: mx.array, rope: tuple[mx.array, mx.array],
+                 mask: mx.array | None = None) -> mx.array:
         (mod,) = self.norm(temb)
         normed = modulated_layer_norm(x, mod.shift, mod.scale)
-        mixed = mx.concatenate([self.attn(normed, rope), gelu_tanh(self.proj_mlp(normed))], axis=-1)
+        mixed = mx.concatenate([self.attn(normed, rope, mask), gelu_tanh(self.proj_mlp(normed))], axis=-1)
         return gated_residual(x, mod.gate, self.proj_out(mixed))
 
 
@@ -407,17 +410,19 @@ class FluxTrunk(nn.Module):
                 self.time_text_embed(timestep, pooled_projections, guidance))
 
     def run_blocks(self, image: mx.array, text: mx.array, temb: mx.array, rope: tuple[mx.array, mx.array],
-                   tap: BlockTap | None = None, hook: AttentionHook | None = None) -> tuple[mx.array, int]:
-        """Every double block, then every single block over [text; image] -> (that sequence, text token count)."""
+                   tap: BlockTap | None = None, hook: AttentionHook | None = None,
+                   mask: mx.array | None = None) -> tuple[mx.array, int]:
+        """Every double block, then every single block over [text; image] -> (that sequence, text token count).
+        `mask`: the additive attention bias every block's attention gets (see rope_attention)."""
         for i, block in enumerate(self.transformer_blocks):
-            text, image = block(image, text, temb, rope, hook, i)
+            text, image = block(image, text, temb, rope, hook, i, mask)
             if tap is not None:
                 image = tap.after_double(i, image)
 
         text_tokens = text.shape[1]
         x = mx.concatenate([text, image], axis=1)
         for i, block in enumerate(self.single_transformer_blocks):
-            x = block(x, temb, rope)
+            x = block(x, temb, rope, mask)
             if tap is not None:
                 x = tap.after_single(i, x, text_tokens)
         return x, text_tokens
@@ -442,12 +447,14 @@ class FluxTransformer(FluxTrunk):
         controlnet_single_block_samples: list | None = None,
         rope: tuple | None = None,
         attention_hook: AttentionHook | None = None,
+        attention_mask: mx.array | None = None,
     ) -> mx.array:
         """Packed latents (B, N, in_channels) -> velocity (B, N, out_channels).
 
         timestep is sigma in [0, 1] and guidance the guidance scale, each (B,); img_ids (N, 3) and
         txt_ids (L, 3) are position ids. N may include extra tokens (Kontext's reference image).
         ControlNet samples (B, N, dim) are added to the image tokens after the blocks they cover.
+        attention_mask: an additive (L + N, L + N) bias on every block's attention logits (regional prompts).
         """
         if rope is None:
             rope = self.rope_tables(img_ids, txt_ids)
@@ -456,7 +463,7 @@ class FluxTransformer(FluxTrunk):
         if controlnet_block_samples or controlnet_single_block_samples:
             tap = ControlNetResiduals(controlnet_block_samples, controlnet_single_block_samples,
                                       len(self.transformer_blocks), len(self.single_transformer_blocks))
-        x, text_tokens = self.run_blocks(image, text, temb, rope, tap, attention_hook)
+        x, text_tokens = self.run_blocks(image, text, temb, rope, tap, attention_hook, attention_mask)
         return self.proj_out(self.norm_out(x[:, text_tokens:], temb))
 
 

@@ -29,3 +29,4 @@ class Conditioning:
     reference_ids: mx.array | None = None  # (M, 3) position ids of the reference tokens
     control: ControlResiduals | None = None  # side network residuals (ControlNet)
     negative: NegativePrompt | None = None  # true CFG's second pass
+    attention_mask: mx.array | None = None  # (L + N, L + N) additive bias on the prompt pass's attention (regions)

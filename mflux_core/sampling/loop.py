@@ -20,11 +20,13 @@ class TextInputs(NamedTuple):
     pooled: mx.array
     text_ids: mx.array
     rope: tuple[mx.array, mx.array]
+    attention_mask: mx.array | None = None  # regional prompts' bias (the prompt's pass only)
 
 
-def text_inputs(transformer, text: mx.array, pooled: mx.array, image_ids: mx.array) -> TextInputs:
+def text_inputs(transformer, text: mx.array, pooled: mx.array, image_ids: mx.array,
+                attention_mask: mx.array | None = None) -> TextInputs:
     text_ids = text_position_ids(text.shape[1])
-    return TextInputs(text, pooled, text_ids, transformer.rope_tables(image_ids, text_ids))
+    return TextInputs(text, pooled, text_ids, transformer.rope_tables(image_ids, text_ids), attention_mask)
 
 
 def model_timestep(sigma: float) -> mx.array:
@@ -47,7 +49,7 @@ def denoise(
     ids = image_ids
     if conditioning.reference_tokens is not None:
         ids = mx.concatenate([image_ids, conditioning.reference_ids], axis=0)
-    prompt_text = text_inputs(transformer, conditioning.text, conditioning.pooled, ids)
+    prompt_text = text_inputs(transformer, conditioning.text, conditioning.pooled, ids, conditioning.attention_mask)
     negative = conditioning.negative
     negative_text = None if negative is None else text_inputs(transformer, negative.text, negative.pooled, ids)
     guidance = None if conditioning.guidance is None else mx.array([conditioning.guidance], dtype=mx.float32)
@@ -68,6 +70,7 @@ def denoise(
             return transformer(
                 model_input.astype(dtype), text.text, text.pooled, timestep, ids, text.text_ids, guidance=guidance,
                 controlnet_block_samples=blocks, controlnet_single_block_samples=singles, rope=text.rope,
+                attention_mask=text.attention_mask,
             )[:, :num_image_tokens]
 
         velocity = velocity_for(prompt_text)

@@ -4,6 +4,7 @@ from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.engine import ToolEngine
+from mflux_core.tools.regional import regional_conditioning
 from mflux_core.tools.common import (
     check_in_channels, packed_channels, encode_image, prompt_conditioning, required_image, with_size,
 )
@@ -15,11 +16,16 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     check_in_channels(model, packed_channels(model), "text-to-image", "base (dev, schnell or Kontext)")
     if not request.image_path:
         request = with_size(request, native_side=model.native_side)
-        return ToolInputs(request, prompt_conditioning(model, request))
+        return ToolInputs(request, conditioning(model, request))
     image = required_image(request.image_path, "an input image", "--image-path")
     request = with_size(request, image)
     if request.image_strength is None:
         request = request.with_(image_strength=DEFAULT_IMAGE_STRENGTH)
     latents = encode_image(model, image, request.width, request.height)
-    return ToolInputs(request, prompt_conditioning(model, request), start_image_latents=latents,
+    return ToolInputs(request, conditioning(model, request), start_image_latents=latents,
                       image_strength=request.image_strength)
+
+
+def conditioning(model: FluxModel, request: GenerationRequest):
+    """The prompt's conditioning, with the regional prompts' text and attention bias when it has regions."""
+    return regional_conditioning(model, request, prompt_conditioning(model, request))

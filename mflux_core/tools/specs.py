@@ -83,6 +83,12 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
              guidance=3.5, demo_model="demo", true_cfg=True, flags=(
                  Flag("--image-path", "input image for image-to-image"),
                  Flag("--image-strength", "how much of the input image is kept, 0 to below 1 (default 0.4)",
+                      kind="number"),
+                 Flag("--region", "regional prompt 'x,y,w,h[,weight]:prompt' (fractions of the image when all "
+                      "four are at most 1, else pixels); repeat for up to 4 regions", field="regions", kind="region"),
+                 Flag("--region-mask", "regional prompt 'MASK.png[,weight]:prompt' (white = the region)",
+                      field="regions", kind="region_mask"),
+                 Flag("--region-strength", "how strictly regions keep apart in attention, 0 to 1 (default 1)",
                       kind="number"))),
     ToolSpec("fill", "inpaint inside a mask or outpaint a padded canvas (FLUX.1-Fill)", "fill", "fill", FILL_KINDS,
              guidance=30.0, demo_model="demo-fill", sized_by_input=True, flags=(

@@ -6,6 +6,7 @@ from mflux_core.request import GenerationRequest
 from webui.demo_examples import render_demo_examples
 from webui.panels import Panel, input_image, result_column
 from webui.presets_ui import render_presets
+from webui.regions_ui import region_controls, region_settings, region_values, with_region_masks
 from webui.requests import RequestContext, requests_from_settings
 from webui.widgets import build_shared_controls, number_value, shared_settings, shared_values
 
@@ -15,18 +16,19 @@ DEFAULT_IMAGE_STRENGTH = 0.4
 
 def settings_from_values(values: dict) -> dict:
     return {"tool": TOOL, **shared_settings(values),
-            "image_strength": number_value(values, "image_strength", DEFAULT_IMAGE_STRENGTH, "Image strength")}
+            "image_strength": number_value(values, "image_strength", DEFAULT_IMAGE_STRENGTH, "Image strength"),
+            **region_settings(values)}
 
 
 def values_from_settings(settings: dict) -> dict:
     values = shared_values(settings)
     if settings.get("image_strength") is not None:
         values["image_strength"] = settings["image_strength"]
-    return values
+    return {**values, **region_values(settings)}
 
 
 def build_requests(values: dict, context: RequestContext) -> list[GenerationRequest]:
-    settings = settings_from_values(values)
+    settings = with_region_masks(settings_from_values(values), values, context.inputs.save)
     image = values.get("init_image")
     if image is None:
         settings["image_strength"] = None
@@ -43,14 +45,15 @@ def render(studio) -> Panel:
                     image_strength = gr.Slider(0, 0.99, DEFAULT_IMAGE_STRENGTH, step=0.01,
                                                label="Image strength (how much of the input is kept)",
                                                elem_id="generate-image-strength")
+                regions, region_masks = region_controls(TOOL)
                 render_demo_examples(studio, TOOL, shared.controls, {})
-                panel = Panel(TOOL, (TOOL,), {**shared.controls, "image_strength": image_strength},
+                panel = Panel(TOOL, (TOOL,), {**shared.controls, "image_strength": image_strength, **regions},
                               settings_from_values, values_from_settings, send_target=init_image)
                 render_presets(studio, panel)
             with gr.Column(scale=4):
                 view, run, stop = result_column(TOOL)
     panel.view, panel.run_handler = view, studio.job(view)(build_requests)
-    studio.wire_run(run, panel.run_handler, {**panel.controls, "init_image": init_image}, view,
+    studio.wire_run(run, panel.run_handler, {**panel.controls, "init_image": init_image, **region_masks}, view,
                     api_name="generate")
     studio.wire_stop(stop, api_name="stop")
     return panel
