@@ -485,3 +485,18 @@ def test_the_negative_prompt_shows_above_true_cfg_one_and_a_preset_keeps_both(br
     assert value_of(page, "generate-negative-prompt") == "blurry, text"
     assert page.input_value("#generate-true-cfg input[type=number]") == "3"
     assert page.locator("#fill-true-cfg").count() == 0  # Fill's pipeline has no true CFG
+
+
+def test_the_sampler_and_schedule_pickers_reach_the_image_and_a_preset(browser, page, studio):
+    before = result_pngs(studio)
+    type_into(page, "generate-prompt", "a blue square")
+    for elem_id, value in (("generate-width", 32), ("generate-height", 32), ("generate-steps", 2)):
+        type_into(page, elem_id, value)
+    choose(page, "generate-sampler", "DPM++ 2M")
+    choose(page, "generate-schedule", "Karras")
+    run_and_wait(page, "generate")
+    [new] = result_pngs(studio) - before
+    assert (request_in(new)["sampler"], request_in(new)["schedule"]) == ("dpm++2m", "karras")
+    open_accordions(page, "generate-presets")
+    _, settings = export_preset(page, studio, "dpm karras", "dpm-karras.json")
+    assert (settings["sampler"], settings["schedule"]) == ("dpm++2m", "karras")
