@@ -47,8 +47,8 @@ def flow_schedule(config, schedule: str) -> FlowMatchEulerDiscreteScheduler:
 ])
 def test_sigmas_equal_flow_match_euler_set_timesteps(schedule, config):
     assert set(SCHEDULE_FLAGS) == set(SCHEDULES)
-    for steps in (1, 2, 4, 7, 28, 50):
-        for tokens in (16, 1024, 4096):
+    for steps in (1, 3, 28):
+        for tokens in (16, 4096):
             reference = flow_schedule(FlowMatchEulerDiscreteScheduler(**config).config, schedule)
             mu = resolution_shift_mu(tokens, dict(reference.config))
             reference.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
