@@ -13,6 +13,7 @@ from mflux_core.errors import StudioError
 from mflux_core.events import Downloading, Step
 from mflux_core.regions import region_from_box_flag, region_from_mask_flag
 from mflux_core.request import GenerationRequest
+from mflux_core.settings_schema import SAMPLER_LABELS as SAMPLERS, SCHEDULE_LABELS as SCHEDULES
 from mflux_core.tools.specs import TOOL_SPECS, ToolSpec, tool_spec
 from mflux_core.training.lora_command import add_train_parser, run_train
 from mflux_core.wildcards import expand_prompt
@@ -107,6 +108,10 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
                        "--true-cfg-scale above 1)")
     group.add_argument("--true-cfg-scale", type=float, help="true CFG scale, 1 (off, the default) to 20: above 1 "
                        "with a negative prompt, each step runs the transformer twice (diffusers' true_cfg_scale)")
+    group.add_argument("--sampler", choices=SAMPLERS, help="how each step moves along the schedule: euler (the "
+                       "default), heun (second order: two transformer passes a step, one on the last) or dpm++2m")
+    group.add_argument("--schedule", choices=SCHEDULES, help="how the sigmas are spaced: simple (FLUX's, the "
+                       "default), beta, karras or exponential; each keeps FLUX's resolution shift")
     group.add_argument("--max-sequence-length", type=int,
                        help="T5 prompt tokens, 1 to 512 (default: the model's, its T5 tokenizer's limit: 512 for FLUX.1)")
     group.add_argument("--init-noise", help="initial latent noise (.npy, float32, shape (1, C, H/8, W/8))")

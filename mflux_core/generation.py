@@ -18,6 +18,7 @@ from mflux_core.sampling.latents import (
     image_position_ids, latent_grid, load_init_noise, pack_latents, seeded_noise, unpack_latents,
 )
 from mflux_core.sampling.loop import denoise
+from mflux_core.sampling.samplers import new_sampler
 from mflux_core.sampling.schedule import flux_sigmas, img2img_start_step
 
 # preview(step done (1-based), packed latents after the step, latent grid (h, w)) -> the image shown for it
@@ -56,7 +57,7 @@ def run_tool(
     h, w = latent_grid(height, width, model.vae_scale_factor)
     steps = request.steps or model.default_steps
     latents = pack_latents(initial_noise(model, request, h, w))
-    sigmas = flux_sigmas(steps, latents.shape[1], model.scheduler_config)
+    sigmas = flux_sigmas(steps, latents.shape[1], model.scheduler_config, request.schedule)
     start = 0
     if inputs.start_image_latents is not None:
         start = img2img_start_step(steps, inputs.image_strength or 0.0)
@@ -69,7 +70,8 @@ def run_tool(
         latents = sigma * latents + (1.0 - sigma) * inputs.start_image_latents
     image_ids = image_position_ids(h, w)
     clock = StepClock()
-    for i, latents in denoise(model.transformer, latents, sigmas, inputs.conditioning, image_ids, start):
+    sampler = new_sampler(request.sampler)
+    for i, latents in denoise(model.transformer, latents, sigmas, inputs.conditioning, image_ids, start, sampler):
         mx.eval(latents)
         if cancelled is not None and cancelled():
             raise Cancelled(f"Stopped after step {i + 1} of {steps}.")

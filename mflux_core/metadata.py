@@ -8,6 +8,7 @@ from PIL import Image
 from mflux_core.errors import InvalidRequest
 from mflux_core.lora.a1111 import lora_tags
 from mflux_core.request import GenerationRequest
+from mflux_core.settings_schema import SAMPLER_LABELS, SCHEDULE_LABELS
 
 JSON_KEY = "mflux_studio"
 A1111_KEY = "parameters"
@@ -24,8 +25,8 @@ def a1111_parameters(request: GenerationRequest, extras: dict | None = None) -> 
     extras = extras or {}
     items = [
         ("Steps", extras.get("steps", request.steps)),
-        ("Sampler", "Euler"),
-        ("Schedule type", "Simple"),
+        ("Sampler", SAMPLER_LABELS[request.sampler]),
+        ("Schedule type", SCHEDULE_LABELS[request.schedule]),
         ("CFG scale", request.true_cfg_scale if request.uses_true_cfg else 1),
         ("Distilled CFG Scale", extras.get("guidance", request.guidance)),
         ("Seed", request.seed),

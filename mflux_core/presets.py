@@ -30,6 +30,7 @@ from mflux_core.request import (
 from mflux_core.settings_schema import (
     MAX_BATCH, MAX_LIST_ITEMS, MAX_LORA_SCALE, SEED, Setting, checked, fragment, number, problems, schema, text,
 )
+from mflux_core.settings_schema import SAMPLER_LABELS, SCHEDULE_LABELS
 
 FORMAT_VERSION = 1
 MAX_PRESET_BYTES = 64 * 1024
@@ -310,8 +311,8 @@ _A1111_ITEM = re.compile(r'\s*([A-Za-z][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?
 
 
 def settings_from_a1111(text: str) -> dict:
-    """Prompt, steps, seed, size and guidance from an A1111 / Forge `parameters` text chunk, and the
-    prompt's `<lora:name:scale>` tags as LoRAs where the library holds a file of that name."""
+    """Prompt, steps, seed, size, guidance, sampler and schedule from an A1111 / Forge `parameters` text chunk, and
+    the prompt's `<lora:name:scale>` tags as LoRAs where the library holds a file of that name."""
     lines = text.strip().split("\n")
     parameter_line = ""
     if lines and re.match(r"^\s*Steps:", lines[-1]):
@@ -343,7 +344,21 @@ def settings_from_a1111(text: str) -> dict:
             break
     if values.get("Tool") in TOOLS:
         settings["tool"] = values["Tool"]
+    settings.update(_a1111_sampling(values.get("Sampler", ""), values.get("Schedule type", "")))
     return validate_settings(settings)
+
+
+def _a1111_sampling(sampler: str, schedule: str) -> dict:
+    """Our sampler and schedule from A1111's names ("DPM++ 2M" and "Karras"; older files write "DPM++ 2M Karras");
+    a sampler or schedule we do not have is left out."""
+    samplers = {label.lower(): name for name, label in SAMPLER_LABELS.items()}
+    schedules = {label.lower(): name for name, label in SCHEDULE_LABELS.items()}
+    sampler, schedule = sampler.strip().lower(), schedule.strip().lower()
+    head, _, tail = sampler.rpartition(" ")
+    if sampler not in samplers and head in samplers and tail in schedules and not schedule:
+        sampler, schedule = head, tail
+    found = {"sampler": samplers.get(sampler), "schedule": schedules.get(schedule)}
+    return {key: value for key, value in found.items() if value}
 
 
 def _library_loras(tagged: list[tuple[str, float]]) -> dict:

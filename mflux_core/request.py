@@ -15,6 +15,7 @@ from mflux_core.settings_schema import (  # the limits are imported from here to
     MAX_SIDE, MAX_STEPS, QUANTIZE, QUANTIZE_BITS, SEED, SEQUENCE_LENGTH, STEPS, TRUE_CFG_SCALE, Setting, checked, choice,
     number, problems, schema, side, switch, text,
 )
+from mflux_core.settings_schema import SAMPLER, SCHEDULE
 from mflux_core.tools.specs import TOOL_NAMES as TOOLS, tool_spec
 
 
@@ -48,6 +49,8 @@ class GenerationRequest:
     init_noise_path: str | None = None
     max_sequence_length: int | None = None  # T5 tokens; None: the model's (its T5 tokenizer's limit, at most 512)
     vae_tiling: bool = False  # decode and encode in tiles even when the whole image fits the memory budget
+    sampler: str = "euler"  # mflux_core.sampling.samplers: euler, heun, dpm++2m
+    schedule: str = "simple"  # mflux_core.sampling.schedule: simple, beta, karras, exponential
     extra: dict = field(default_factory=dict)  # tool-specific settings (canny thresholds, ...)
     regions: tuple[dict, ...] = ()  # regional prompts (generate): see mflux_core/regions.py
     region_strength: float = 1.0  # how strictly regions are kept apart in attention, 0 (not) to 1
@@ -178,6 +181,8 @@ REQUEST_SETTINGS: dict[str, Setting] = {
     "init_noise_path": text("The initial noise path").optional(),
     "max_sequence_length": SEQUENCE_LENGTH.optional(),
     "vae_tiling": switch("The setting vae_tiling"),
+    "sampler": SAMPLER,
+    "schedule": SCHEDULE,
     "extra": Setting("The setting extra", dict[str, Annotated[Any, AfterValidator(_finite_if_number)]],
                      accepts="an object of tool settings"),
     "regions": checked(Setting("Regional prompts", tuple[Any, ...], accepts="a list"), regions_problem,

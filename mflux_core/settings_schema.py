@@ -29,6 +29,9 @@ MAX_LORA_SCALE = 4  # A1111 and Forge users write <lora:name:scale> from -4 to 4
 MAX_LIST_ITEMS = 8  # LoRAs, Redux images and their scales or strengths
 MAX_BATCH = 16  # images per run
 MAX_TRUE_CFG_SCALE = 20  # true CFG (diffusers' true_cfg_scale); 1 is off, useful values are about 1.5 to 5
+# Samplers and sigma schedules (mflux_core.sampling), by name, with the names A1111's "parameters" text gives them
+SAMPLER_LABELS = {"euler": "Euler", "heun": "Heun", "dpm++2m": "DPM++ 2M"}
+SCHEDULE_LABELS = {"simple": "Simple", "beta": "Beta", "karras": "Karras", "exponential": "Exponential"}
 
 OUT_OF_RANGE = "{label} {value} is out of range: use {limits}."
 REFUSED = "refused"  # the type of our own errors: their message is the phrase after the setting's name
@@ -116,6 +119,8 @@ SEQUENCE_LENGTH = number("The T5 sequence length", 1, MAX_SEQUENCE_LENGTH, whole
                          out_of_range="{label} must be from {limits}.")
 GUIDANCE = number("Guidance", 0, 100)
 TRUE_CFG_SCALE = number("True CFG scale", 1, MAX_TRUE_CFG_SCALE, low_note="(off)")
+SAMPLER = choice("The sampler", SAMPLER_LABELS)
+SCHEDULE = choice("The schedule", SCHEDULE_LABELS)
 LORA_SCALE = number("LoRA scale", -MAX_LORA_SCALE, MAX_LORA_SCALE)
 QUANTIZE = choice("Quantize", QUANTIZE_BITS)
 

@@ -2,7 +2,8 @@
 
 Values are written as A1111 writes them: a list (`2.5, 3.5`), an integer range (`1-5`, every whole
 number), a range with a step (`0.5-1.0 (+0.25)`) or with a count (`1-10 [4]`). "Prompt S/R" replaces
-its first value in the prompt by each value in turn (the first cell keeps the prompt as it is).
+its first value in the prompt by each value in turn (the first cell keeps the prompt as it is). Sampler and
+schedule values are names or A1111's labels (`euler, dpm++2m` or `Euler, DPM++ 2M`; `karras, beta`).
 Every cell is a GenerationRequest validated before anything runs; the cells are ordered so that
 cells of one model run one after another, without a reload between them.
 """
@@ -17,6 +18,7 @@ from PIL import Image
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.grid import labelled_grid
 from mflux_core.request import GenerationRequest, check_finite
+from mflux_core.settings_schema import SAMPLER_LABELS, SCHEDULE_LABELS
 
 MAX_CELLS = 100  # cells in one plot, unless the caller allows more
 RANGE = re.compile(r"^\s*(-?[\d.]+)\s*-\s*(-?[\d.]+)\s*(?:\(\s*([+-]?[\d.]+)\s*\)|\[\s*(\d+)\s*\])?\s*$")
@@ -80,11 +82,27 @@ def _prompt_replace(request: GenerationRequest, value: str, search: str) -> Gene
     return request.with_(prompt=request.prompt.replace(search, value))
 
 
+def _named(labels: dict[str, str]) -> Callable[[str, str], tuple[str, ...]]:
+    """A parser of names (`dpm++2m`) or their labels (`DPM++ 2M`), any case, into names."""
+    known = {key.lower().replace(" ", ""): name for name, label in labels.items() for key in (name, label)}
+
+    def parse(text: str, what: str) -> tuple[str, ...]:
+        names = []
+        for part in _texts(text, what):
+            if part.lower().replace(" ", "") not in known:
+                raise InvalidRequest(f"{what}: {part[:40]!r} is not one of {', '.join(labels)}.")
+            names.append(known[part.lower().replace(" ", "")])
+        return tuple(names)
+
+    return parse
+
+
 @dataclass(frozen=True)
 class AxisKind:
     label: str  # as the grid writes it
     parse: Callable[[str, str], tuple]  # (values text, what) -> values
     apply: Callable[[GenerationRequest, object], GenerationRequest]
+    value_labels: dict | None = None  # value -> how the grid writes it, where not the value itself
 
 
 def _field(name: str):
@@ -104,6 +122,8 @@ AXIS_KINDS = {
     "model": AxisKind("Model", _texts, _field("model")),
     "size": AxisKind("Size", _size, lambda request, size: request.with_(width=size[0], height=size[1])),
     "prompt-sr": AxisKind("Prompt S/R", _texts, None),  # applied with the axis's search term
+    "sampler": AxisKind("Sampler", _named(SAMPLER_LABELS), _field("sampler"), SAMPLER_LABELS),
+    "schedule": AxisKind("Schedule", _named(SCHEDULE_LABELS), _field("schedule"), SCHEDULE_LABELS),
 }
 
 
@@ -117,6 +137,8 @@ class Axis:
         return AXIS_KINDS[self.kind].label
 
     def value_label(self, value) -> str:
+        if AXIS_KINDS[self.kind].value_labels:
+            return AXIS_KINDS[self.kind].value_labels[value]
         if isinstance(value, tuple):
             return f"{value[0]}x{value[1]}"
         return f"{value:g}" if isinstance(value, float) else str(value)

@@ -152,7 +152,8 @@ def test_a1111_parameters_give_prompt_steps_seed_size_guidance(tmp_path):
             'Seed: 1234567, Size: 832x1216, Model hash: abc, Model: flux1-dev, Lora hashes: "a: 1, b: 2", '
             "Version: f2.0")
     assert settings_from_a1111(text) == {"prompt": "masterpiece, a castle\non a hill", "steps": 20, "seed": 1234567,
-                                         "width": 832, "height": 1216, "guidance": 3.5}
+                                         "width": 832, "height": 1216, "guidance": 3.5, "sampler": "euler",
+                                         "schedule": "simple"}
     sd = settings_from_a1111("a cat\nSteps: 30, CFG scale: 7, Seed: 5, Size: 500x500")
     assert sd == {"prompt": "a cat", "steps": 30, "seed": 5, "width": 496, "height": 496, "guidance": 7.0}
     info = PngImagePlugin.PngInfo()

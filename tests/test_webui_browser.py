@@ -507,3 +507,18 @@ def test_regional_prompts_run_from_the_accordion_and_a_preset_keeps_them(page, s
     open_accordions(page, "generate-presets")
     _, settings = export_preset(page, studio, "regions", "regions.json")
     assert settings["regions"] == request["regions"] and settings["region_strength"] == 0.8
+
+
+def test_the_sampler_and_schedule_pickers_reach_the_image_and_a_preset(browser, page, studio):
+    before = result_pngs(studio)
+    type_into(page, "generate-prompt", "a blue square")
+    for elem_id, value in (("generate-width", 32), ("generate-height", 32), ("generate-steps", 2)):
+        type_into(page, elem_id, value)
+    choose(page, "generate-sampler", "DPM++ 2M")
+    choose(page, "generate-schedule", "Karras")
+    run_and_wait(page, "generate")
+    [new] = result_pngs(studio) - before
+    assert (request_in(new)["sampler"], request_in(new)["schedule"]) == ("dpm++2m", "karras")
+    open_accordions(page, "generate-presets")
+    _, settings = export_preset(page, studio, "dpm karras", "dpm-karras.json")
+    assert (settings["sampler"], settings["schedule"]) == ("dpm++2m", "karras")

@@ -31,7 +31,8 @@ PANELS = (generate, fill, depth, kontext, controlnet, redux)
 def shared(**overrides) -> dict:
     """Values as the shared widgets hand them to a handler."""
     values = {"model": "tiny", "prompt": "a fox", "seed": 5, "random_seed": False, "batch_count": 1, "steps": "",
-              "guidance": "", "width": 64, "height": 64, "quantize": "off", "vae_tiling": False}
+              "guidance": "", "width": 64, "height": 64, "quantize": "off", "vae_tiling": False, "sampler": "euler",
+              "schedule": "simple"}
     for i in (1, 2, 3):
         values.update({f"lora_{i}": "", f"lora_scale_{i}": 1.0})
     return {**values, **overrides}

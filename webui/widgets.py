@@ -1,5 +1,5 @@
-"""The controls every panel shares: model, prompt, seed and batch, steps, guidance, true CFG (on the tools that
-have it), size, LoRAs, quantization, VAE tiling.
+"""The controls every panel shares: model, prompt, seed and batch, steps, guidance, sampler and schedule, true CFG
+(on the tools that have it), size, LoRAs, quantization, VAE tiling.
 
 Widget values travel as a dict keyed by control name; `shared_settings` turns them into preset
 settings (GenerationRequest field names) and `shared_values` turns settings back into values.
@@ -14,7 +14,7 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.models.vae import FLUX_SIDE
 from mflux_core.registry import ModelEntry
 from mflux_core.request import MAX_SEED, MAX_SIDE, QUANTIZE_BITS, check_finite
-from mflux_core.settings_schema import MAX_BATCH, MAX_LORA_SCALE, MAX_TRUE_CFG_SCALE
+from mflux_core.settings_schema import MAX_BATCH, MAX_LORA_SCALE, MAX_TRUE_CFG_SCALE, SAMPLER_LABELS, SCHEDULE_LABELS
 from mflux_core.tools.specs import TOOL_SPECS
 
 ASPECT_RATIOS = {"1:1": (1, 1), "4:3": (4, 3), "3:4": (3, 4), "3:2": (3, 2), "2:3": (2, 3), "16:9": (16, 9),
@@ -131,6 +131,8 @@ def shared_settings(values: dict) -> dict:
         "quantize": None if quantize == QUANTIZE_OFF else int(quantize),
         "vae_tiling": bool(values.get("vae_tiling")),
         **true_cfg_settings(values),
+        "sampler": values.get("sampler") or "euler",
+        "schedule": values.get("schedule") or "simple",
     }
 
 
@@ -145,7 +147,7 @@ def true_cfg_settings(values: dict) -> dict:
 def shared_values(settings: dict) -> dict:
     """Values for the shared controls from (possibly partial) settings; keys not in settings are left out."""
     values = {}
-    for key in ("model", "prompt", "batch_count", "negative_prompt", "true_cfg_scale"):
+    for key in ("model", "prompt", "batch_count", "negative_prompt", "true_cfg_scale", "sampler", "schedule"):
         if key in settings:
             values[key] = settings[key]
     for key in ("steps", "guidance"):  # text boxes: empty means the default
@@ -184,6 +186,18 @@ def true_cfg_controls(prefix: str) -> dict:
     return {"true_cfg_scale": scale, "negative_prompt": negative}
 
 
+def sampling_controls(prefix: str) -> dict:
+    """The sampler and the sigma schedule (A1111's names shown, ours sent)."""
+    with gr.Row():
+        sampler = gr.Dropdown([(label, name) for name, label in SAMPLER_LABELS.items()], value="euler",
+                              label="Sampler", elem_id=f"{prefix}-sampler",
+                              info="Heun: two transformer passes a step (one on the last), about twice the time.")
+        schedule = gr.Dropdown([(label, name) for name, label in SCHEDULE_LABELS.items()], value="simple",
+                               label="Schedule", elem_id=f"{prefix}-schedule",
+                               info="How the noise levels are spaced; each keeps FLUX's resolution shift.")
+    return {"sampler": sampler, "schedule": schedule}
+
+
 @dataclass
 class SharedControls:
     controls: dict  # control name -> component; the names shared_settings reads
@@ -214,7 +228,7 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
     with gr.Row():
         steps = gr.Textbox("", label="Steps", placeholder="model default", elem_id=f"{prefix}-steps")
         guidance = gr.Textbox("", label="Guidance", placeholder="tool default", elem_id=f"{prefix}-guidance")
-    controls = {}
+    controls = sampling_controls(prefix)
     if offer_true_cfg and TOOL_SPECS[tool].true_cfg:
         controls.update(true_cfg_controls(prefix))
     side = 0 if image_sized else native_side_of(entries, chosen)

@@ -112,6 +112,9 @@ def concept_request(request: GenerationRequest) -> GenerationRequest:
     request = request.with_(tool="generate").validated()
     if request.uses_true_cfg:
         raise InvalidRequest("Concept attention maps one transformer pass a step: leave true CFG off (scale 1).")
+    if request.sampler == "heun":
+        raise InvalidRequest("Concept attention maps one transformer pass a step: Heun takes two; choose Euler or "
+                             "DPM++ 2M.")
     return request
 
 
@@ -166,7 +169,7 @@ def concepts_from_image(manager, request: GenerationRequest, settings: ConceptSe
         grid = latent_grid(request.height, request.width, model.vae_scale_factor)
         clean = manager.encoded_image(model, photo, request.width, request.height)
         noise = pack_latents(initial_noise(model, request, *grid))
-        sigmas = flux_sigmas(steps, clean.shape[1], model.scheduler_config)
+        sigmas = flux_sigmas(steps, clean.shape[1], model.scheduler_config, request.schedule)
         image_ids = image_position_ids(*grid)
         clock = StepClock()
         for done, step in enumerate(timesteps, start=1):

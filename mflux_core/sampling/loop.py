@@ -1,6 +1,6 @@
 """The one denoise loop. Every tool runs through it; tools differ only in their Conditioning.
 
-The loop is a generator: it yields after each Euler step, so the caller owns evaluation,
+The loop is a generator: it yields after each sampler step, so the caller owns evaluation,
 progress, previews and cancellation (see `ModelManager`).
 """
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from mflux_core.sampling.conditioning import Conditioning
 from mflux_core.sampling.latents import text_position_ids
+from mflux_core.sampling.samplers import Euler
 
 
 class TextInputs(NamedTuple):
@@ -43,8 +44,10 @@ def denoise(
     conditioning: Conditioning,
     image_ids: mx.array,
     start_step: int = 0,
+    sampler=None,
 ) -> Iterator[tuple[int, mx.array]]:
-    """Euler flow-matching steps from `start_step`; yields (step index, packed latents) after each."""
+    """Flow-matching steps from `start_step` with `sampler` (default: a new Euler, mflux_core.sampling.samplers);
+    yields (step index, packed latents) after each step."""
     num_image_tokens = latents.shape[1]
     ids = image_ids
     if conditioning.reference_tokens is not None:
@@ -55,8 +58,9 @@ def denoise(
     guidance = None if conditioning.guidance is None else mx.array([conditioning.guidance], dtype=mx.float32)
     dtype = conditioning.text.dtype
 
-    for i in range(start_step, len(sigmas) - 1):
-        timestep = model_timestep(sigmas[i])
+    def velocity(latents: mx.array, sigma: float) -> mx.array:
+        """One model evaluation at `sigma`: the transformer's velocity for the latents (true CFG: two passes)."""
+        timestep = model_timestep(sigma)
         model_input = latents
         if conditioning.extra_channels is not None:
             model_input = mx.concatenate([model_input, conditioning.extra_channels], axis=-1)
@@ -73,11 +77,14 @@ def denoise(
                 attention_mask=text.attention_mask,
             )[:, :num_image_tokens]
 
-        velocity = velocity_for(prompt_text)
+        result = velocity_for(prompt_text)
         if negative is not None:
-            mx.eval(velocity)  # one pass at a time: a lazy graph of both would hold both passes' activations
+            mx.eval(result)  # one pass at a time: a lazy graph of both would hold both passes' activations
             negative_velocity = velocity_for(negative_text)
-            velocity = negative_velocity + negative.scale * (velocity - negative_velocity)
-        step = float(np.float32(sigmas[i + 1]) - np.float32(sigmas[i]))
-        latents = latents + step * velocity.astype(mx.float32)
+            result = negative_velocity + negative.scale * (result - negative_velocity)
+        return result.astype(mx.float32)
+
+    sampler = sampler or Euler()
+    for i in range(start_step, len(sigmas) - 1):
+        latents = sampler.step(velocity, latents, sigmas, i)
         yield i, latents

@@ -1,14 +1,40 @@
-"""The flow-matching sigma schedule of FLUX.1, computed as diffusers' FlowMatchEulerDiscreteScheduler does.
+"""The flow-matching sigma schedules of FLUX.1, computed as diffusers' FlowMatchEulerDiscreteScheduler does
+when FluxPipeline sets its timesteps.
 
 Sigmas start from `linspace(1, 1/N, N)`; dev-style models shift them by `mu`, interpolated from the
 image token count between (base_image_seq_len, base_shift) and (max_image_seq_len, max_shift);
-schnell-style models use a fixed `shift` (1.0: no shift). A final 0 is appended. The arithmetic is
-done in float32 like the reference, so the schedules match to the last bit.
+schnell-style models use a fixed `shift` (1.0: no shift). That is the "simple" schedule. The others
+keep its first and last sigma and space the N sigmas between them anew (diffusers' use_karras_sigmas,
+use_exponential_sigmas, use_beta_sigmas). A final 0 is appended. The arithmetic is done in the
+reference's precision (float32, the respacing in float64), so the schedules match to the last bit.
+Every sampler walks the same schedule (mflux_core.sampling.samplers).
 """
 
 import math
 
 import numpy as np
+
+from mflux_core.settings_schema import SCHEDULE_LABELS
+
+SCHEDULES = tuple(SCHEDULE_LABELS)
+KARRAS_RHO = 7.0  # Karras et al. (2022), as diffusers
+BETA_ALPHA = BETA_BETA = 0.6  # "Beta Sampling is All You Need" (2024), as diffusers
+
+
+def respaced(first: float, last: float, num_steps: int, schedule: str) -> np.ndarray:
+    """`num_steps` float64 sigmas from `first` down to `last`, spaced as the schedule says."""
+    if schedule == "karras":
+        ramp = np.linspace(0, 1, num_steps)
+        high, low = first ** (1 / KARRAS_RHO), last ** (1 / KARRAS_RHO)
+        return (high + ramp * (low - high)) ** KARRAS_RHO
+    if schedule == "exponential":
+        return np.exp(np.linspace(math.log(first), math.log(last), num_steps))
+    if schedule == "beta":
+        from scipy.stats import beta  # the inverse of the regularised incomplete beta function
+
+        quantiles = beta.ppf(1 - np.linspace(0, 1, num_steps), BETA_ALPHA, BETA_BETA)
+        return last + quantiles * (first - last)
+    raise ValueError(f"unknown schedule {schedule!r}")
 
 
 def resolution_shift_mu(image_seq_len: int, scheduler_config: dict) -> float:
@@ -20,7 +46,7 @@ def resolution_shift_mu(image_seq_len: int, scheduler_config: dict) -> float:
     return image_seq_len * slope + (base_shift - slope * base_len)
 
 
-def flux_sigmas(num_steps: int, image_seq_len: int, scheduler_config: dict) -> np.ndarray:
+def flux_sigmas(num_steps: int, image_seq_len: int, scheduler_config: dict, schedule: str = "simple") -> np.ndarray:
     """num_steps + 1 float32 sigmas from 1 down to 0."""
     sigmas = np.linspace(1.0, 1.0 / num_steps, num_steps).astype(np.float32)
     if scheduler_config.get("use_dynamic_shifting", False):
@@ -36,6 +62,8 @@ def flux_sigmas(num_steps: int, image_seq_len: int, scheduler_config: dict) -> n
     if terminal:
         one_minus = 1 - sigmas
         sigmas = 1 - one_minus / (one_minus[-1] / (1 - terminal))
+    if schedule != "simple":
+        sigmas = respaced(float(sigmas[0]), float(sigmas[-1]), num_steps, schedule)
     return np.concatenate([sigmas.astype(np.float32), np.zeros(1, np.float32)])
 
 

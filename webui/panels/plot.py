@@ -95,7 +95,8 @@ def render(studio) -> Panel:
                                                                     elem_id=f"plot-{name}-kind")
                         axis_controls[f"{name}_values"] = gr.Textbox(
                             "", label="Values", scale=3, elem_id=f"plot-{name}-values",
-                            placeholder="2.5, 3.5 · 1-5 · 0.5-1.0 (+0.25) · 1-10 [4] · Prompt S/R: red, blue")
+                            placeholder="2.5, 3.5 · 1-5 · 0.5-1.0 (+0.25) · 1-10 [4] · Prompt S/R: red, blue · "
+                            "Sampler: Euler, DPM++ 2M")
                 axis_controls["max_cells"] = gr.Number(MAX_CELLS, label="Most cells", precision=0, minimum=1,
                                                        elem_id="plot-max-cells")
                 shared = build_shared_controls(studio, "generate", TOOL)
