@@ -18,7 +18,7 @@ from mflux_core.wildcards import expand_prompt
 from mflux_core.xyz import AXIS_KINDS, MAX_CELLS, Axis, parse_axis_flag, plot_cells, plot_grids
 
 FLAG_TYPES = {"text": {}, "number": {"type": float}, "paths": {"nargs": "+"}, "numbers": {"nargs": "+", "type": float},
-              "switch": {"action": "store_true"}}
+              "switch": {"action": "store_true"}, "whole": {"type": int}}
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:

@@ -14,6 +14,7 @@ from mflux_core.settings_schema import (  # the limits are imported from here to
     MAX_SIDE, MAX_STEPS, QUANTIZE, QUANTIZE_BITS, SEED, SEQUENCE_LENGTH, STEPS, TRUE_CFG_SCALE, Setting, choice,
     number, problems, schema, side, switch, text,
 )
+from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE
 from mflux_core.tools.specs import TOOL_NAMES as TOOLS, tool_spec
 
 
@@ -48,6 +49,12 @@ class GenerationRequest:
     max_sequence_length: int | None = None  # T5 tokens; None: the model's (its T5 tokenizer's limit, at most 512)
     vae_tiling: bool = False  # decode and encode in tiles even when the whole image fits the memory budget
     extra: dict = field(default_factory=dict)  # tool-specific settings (canny thresholds, ...)
+    # Hires fix (text-to-image): a second, image-to-image pass on the first pass's image upscaled by hires_scale
+    hires_scale: float | None = None  # None: no second pass
+    hires_steps: int | None = None  # None: the first pass's steps
+    hires_strength: float | None = None  # A1111's denoising strength: how much the second pass changes; None: 0.5
+    hires_upscaler: str | None = None  # None: Lanczos
+    hires_prompt: str = ""  # empty: the first pass's prompt
 
     def validated(self) -> "GenerationRequest":
         """Return this request if every value is usable; otherwise raise InvalidRequest naming the value."""
@@ -61,6 +68,8 @@ class GenerationRequest:
             )
         if self.width is not None and self.height is not None:
             check_image_size(self.width, self.height, "The requested image")
+        if self.hires_scale is not None:
+            self._check_hires()
         if self.lora_scales and len(self.lora_scales) != len(self.lora_paths):
             raise InvalidRequest(
                 f"{len(self.lora_paths)} LoRA paths but {len(self.lora_scales)} scales: give one scale per LoRA."
@@ -71,6 +80,16 @@ class GenerationRequest:
                 "give one strength per image."
             )
         return self
+
+    def _check_hires(self) -> None:
+        if self.tool != "generate" or self.image_path:
+            raise InvalidRequest("The hires fix runs after text-to-image only: remove the input image or turn the "
+                                 "hires fix off.")
+        if self.hires_strength == 0:
+            raise InvalidRequest("Hires denoising strength 0 would leave the upscaled image as it is: use more than "
+                                 "0 up to 1.")
+        if self.width is not None and self.height is not None:
+            hires_size(self.width, self.height, self.hires_scale)
 
     @property
     def uses_true_cfg(self) -> bool:
@@ -99,6 +118,14 @@ def check_image_size(width: int, height: int, what: str, resized: bool = False) 
     elif max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
         raise InvalidRequest(f"{what} would be {width}x{height} pixels, past the {MAX_SIDE}-pixel limit a side "
                              f"({MAX_PIXELS:,} pixels in all).")
+
+
+def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """The hires fix's second-pass size: the first pass's times `scale`, snapped down to multiples of 16; refused
+    past the size limits."""
+    size = tuple(max(16, round(side * scale) // 16 * 16) for side in (width, height))
+    check_image_size(*size, f"The hires fix's second pass ({width}x{height} upscaled {scale:g} times)")
+    return size
 
 
 def is_finite_number(value) -> bool:
@@ -174,6 +201,11 @@ REQUEST_SETTINGS: dict[str, Setting] = {
     "vae_tiling": switch("The setting vae_tiling"),
     "extra": Setting("The setting extra", dict[str, Annotated[Any, AfterValidator(_finite_if_number)]],
                      accepts="an object of tool settings"),
+    "hires_scale": number("Hires upscale", 1, MAX_HIRES_SCALE).optional(),
+    "hires_steps": STEPS.optional(),
+    "hires_strength": number("Hires denoising strength", 0, 1).optional(),
+    "hires_upscaler": choice("The hires upscaler", HIRES_UPSCALERS).optional(),
+    "hires_prompt": text("The hires prompt", MAX_PROMPT_CHARS),
 }
 assert set(REQUEST_SETTINGS) == set(GenerationRequest.field_names()), "every request field needs a setting"
 _SCHEMA = schema("GenerationRequestSchema", REQUEST_SETTINGS, {})
