@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Callable
 
 from PIL import Image
 
-from mflux_core.errors import InvalidRequest
 from mflux_core.events import Report, Step
 from mflux_core.request import GenerationRequest, hires_size
 from mflux_core.sampling.schedule import img2img_start_step
@@ -72,9 +71,6 @@ def generate_hires(manager: "ModelManager", request: GenerationRequest, report: 
     second_request = second_pass_request(request)
     steps = second_request.steps
     start = img2img_start_step(steps, second_request.image_strength)
-    if start >= steps:
-        raise InvalidRequest(f"With hires denoising strength {request.hires_strength:g} and {steps} hires steps no "
-                             "step is left to run; raise the strength or the hires steps.")
     manager.resident.plan_run(model, first)
     # the second pass at its size before any step of the first: text-to-image plans the same denoise and decode
     plan = manager.resident.plan_run(model, tool_inputs(model, second_request, manager))

@@ -1,0 +1,128 @@
+"""Hires fix: text-to-image, the image upscaled with Lanczos, then image-to-image at the larger size, as one job.
+
+On the shipped demo model (64 px native), 64 -> 128: the result is exactly generate then img2img run by hand
+through the same engine; the settings survive metadata (ours and A1111's text), presets and the CLI; an
+over-limit or over-budget second pass is refused before the first step; a stop works in the second pass.
+"""
+
+import re
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mflux_core import cli
+from mflux_core.errors import InvalidRequest
+from mflux_core.events import Loading, Step, Stopped, stream
+from mflux_core.manager import ModelManager
+from mflux_core.metadata import read_metadata_file, request_from_metadata
+from mflux_core.presets import settings_from_a1111, settings_from_png
+from mflux_core.request import GenerationRequest
+from mflux_core.images.io import save_png_atomic
+from tests.test_memory_budget import budget_leaving
+
+HIRES = {"hires_scale": 2.0, "hires_steps": 4, "hires_strength": 0.6}
+
+
+def demo_request(**changes) -> GenerationRequest:
+    settings = {"model": "demo", "prompt": "a red circle", "seed": 3, "steps": 3, "width": 64, "height": 48,
+                "dtype": "float32"}
+    return GenerationRequest(**{**settings, **changes})
+
+
+@pytest.fixture(scope="module")
+def manager():
+    return ModelManager()
+
+
+def test_the_second_pass_runs_at_the_larger_size_and_equals_generate_then_img2img(manager, tmp_path):
+    steps = []
+    result = manager.generate(demo_request(**HIRES), report=lambda e: steps.append(e) if isinstance(e, Step) else 0)
+    assert result.image.size == (128, 96)
+
+    first = manager.generate(demo_request())
+    upscaled = first.image.resize((128, 96), Image.Resampling.LANCZOS)
+    path = save_png_atomic(upscaled, tmp_path / "upscaled.png")
+    by_hand = manager.generate(demo_request(width=128, height=96, steps=4, image_path=str(path),
+                                            image_strength=1 - 0.6))
+    assert np.array_equal(np.asarray(result.image), np.asarray(by_hand.image))
+    assert np.array_equal(np.asarray(result.before), np.asarray(upscaled))
+    assert np.abs(np.asarray(result.image, np.int16) - np.asarray(upscaled, np.int16)).max() > 20  # it really ran
+
+    # 3 steps, then 4 hires steps of which strength 0.6 runs the last 3: counted across both passes
+    assert [(e.step, e.total) for e in steps] == [(i, 6) for i in range(1, 7)]
+    assert [e.stage for e in steps] == ["hires fix pass 1 of 2"] * 3 + ["hires fix pass 2 of 2"] * 3
+    assert steps[0].preview.size == (64, 48) and steps[-1].preview.size == (128, 96)
+
+
+def test_the_settings_survive_metadata_presets_and_the_a1111_text(manager, tmp_path):
+    result = manager.generate(demo_request(**HIRES, hires_prompt="a sharp red circle"))
+    recorded = result.request
+    assert (recorded.hires_scale, recorded.hires_steps, recorded.hires_strength, recorded.hires_upscaler) == (
+        2.0, 4, 0.6, "Lanczos")
+    path = save_png_atomic(result.image, tmp_path / "hires.png", result.text_chunks)
+    assert request_from_metadata(read_metadata_file(path)) == recorded
+    assert settings_from_png(path)["hires_prompt"] == "a sharp red circle"
+
+    text = result.text_chunks["parameters"]
+    assert ("Size: 64x48, Model: demo, Denoising strength: 0.6, Hires upscale: 2, Hires steps: 4, "
+            'Hires upscaler: Lanczos, Hires prompt: "a sharp red circle"') in text
+    restored = settings_from_a1111(text)
+    assert {k: restored[k] for k in HIRES} == HIRES and restored["hires_upscaler"] == "Lanczos"
+    # A1111's own: "Hires steps: 0" is the first pass's steps, an upscaler we lack leaves ours
+    theirs = settings_from_a1111("a cat\nSteps: 20, Seed: 1, Size: 512x512, Denoising strength: 0.7, "
+                                 "Hires upscale: 1.5, Hires steps: 0, Hires upscaler: Latent")
+    assert (theirs["hires_scale"], theirs["hires_strength"], theirs.get("hires_steps"),
+            theirs.get("hires_upscaler")) == (1.5, 0.7, None, None)
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"width": 4096, "height": 64, "hires_scale": 2.0}, r"hires fix's second pass \(4096x64 upscaled 2 times\) "
+                                                        r"would be 8192x128 pixels, past the 4096-pixel limit"),
+    ({"hires_scale": 5.0}, r"Hires upscale 5.0 is out of range: use 1 to 4"),
+    ({"hires_scale": 2.0, "hires_strength": 0.0}, r"Hires denoising strength 0 would leave"),
+    ({"hires_scale": 2.0, "image_path": "x.png"}, r"runs after text-to-image only"),
+    ({"hires_scale": 2.0, "tool": "fill"}, r"runs after text-to-image only"),
+    ({"hires_scale": 2.0, "hires_upscaler": "ESRGAN"}, r"The hires upscaler must be one of Lanczos"),
+])
+def test_bad_hires_settings_are_refused_in_one_sentence_before_any_step(changes, expected):
+    manager = ModelManager()
+    steps = []
+    with pytest.raises(InvalidRequest, match=expected):
+        manager.generate(demo_request(**changes), report=steps.append)
+    assert not [e for e in steps if not isinstance(e, Loading)]
+
+
+def test_a_second_pass_over_the_memory_budget_is_refused_before_the_first_pass(manager):
+    manager = ModelManager()
+    manager.generate(demo_request(width=64, height=64))  # the demo resident, the process settled
+    manager.resident.budget = budget_leaving(400 * 10**6, manager.resident.resident_bytes())
+    events = []
+    # the first pass alone (1024 px) fits; its second pass (4096 px, a 0.7 GB step) does not
+    with pytest.raises(InvalidRequest, match=r"^A 4096x4096 image needs about .* more than the memory budget"):
+        manager.generate(demo_request(width=1024, height=1024, hires_scale=4.0), report=events.append)
+    assert not [e for e in events if isinstance(e, Step)]
+    assert manager.generate(demo_request(**HIRES)).image.size == (128, 96)
+
+
+def test_stop_works_in_the_second_pass(manager):
+    cancel = threading.Event()
+    for event in stream(lambda report: manager.generate(demo_request(**HIRES), report, cancel.is_set), cancel):
+        if isinstance(event, Step) and event.stage.endswith("pass 2 of 2"):
+            cancel.set()
+    assert isinstance(event, Stopped) and re.match(r"Stopped after step \d of 4\.", event.message)
+    assert not manager.status()["busy"]
+
+
+def test_the_cli_runs_both_passes_into_one_png(tmp_path, capsys):
+    output = tmp_path / "hires.png"
+    assert cli.main(["generate", "--model", "demo", "--prompt", "a red circle", "--steps", "2", "--seed", "4",
+                     "--hires-scale", "2", "--hires-steps", "3", "--hires-strength", "0.5", "--hires-upscaler",
+                     "Lanczos", "--output", str(output)]) == 0
+    with Image.open(output) as image:
+        assert image.size == (128, 128)
+        assert "Hires upscale: 2, Hires steps: 3, Hires upscaler: Lanczos" in image.info["parameters"]
+    assert cli.main(["generate", "--model", "demo", "--prompt", "x", "--width", "4096", "--hires-scale", "2",
+                     "--output", str(tmp_path / "no.png")]) == 1
+    assert "past the 4096-pixel limit" in capsys.readouterr().err and not (tmp_path / "no.png").exists()
