@@ -7,6 +7,7 @@ over-limit or over-budget second pass is refused before the first step; a stop w
 
 import re
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,79 @@ def test_the_cli_runs_both_passes_into_one_png(tmp_path, capsys):
     assert cli.main(["generate", "--model", "demo", "--prompt", "x", "--width", "4096", "--hires-scale", "2",
                      "--output", str(tmp_path / "no.png")]) == 1
     assert "past the 4096-pixel limit" in capsys.readouterr().err and not (tmp_path / "no.png").exists()
+
+
+# ----- the page: the Generate panel's "Hires fix" and the before / after slider -------------------------------
+
+
+def hires_values(**overrides) -> dict:
+    from tests.test_webui_panels import shared
+
+    values = {"model": "demo", "steps": "2", "image_strength": 0.4, "init_image": None, "hires": True,
+              "hires_scale": 2, "hires_steps": 2, "hires_strength": 0.5, "hires_upscaler": "Lanczos", "hires_prompt": ""}
+    return shared(**{**values, **overrides})
+
+
+def run_panel_job(studio, view, values) -> dict:
+    """The last update a Generate run sends the page (its results and the before / after pair)."""
+    from webui.jobs import run_job
+    from webui.panels import generate
+
+    return list(run_job(studio, view, generate.build_requests, values, "session"))[-1]
+
+
+def test_the_generate_panel_sends_the_hires_settings_only_when_ticked(tmp_path):
+    from webui.panels import generate
+    from webui.requests import InputStore, RequestContext
+
+    context = RequestContext(inputs=InputStore(tmp_path / "inputs"))
+    [request] = generate.build_requests(hires_values(hires_steps=0, hires_prompt="sharper"), context)
+    assert (request.hires_scale, request.hires_steps, request.hires_strength, request.hires_upscaler,
+            request.hires_prompt) == (2, None, 0.5, "Lanczos", "sharper")
+    [plain] = generate.build_requests(hires_values(hires=False), context)
+    assert plain.hires_scale is None and plain == request.with_(hires_scale=None, hires_steps=None,
+                                                                hires_strength=None, hires_upscaler=None,
+                                                                hires_prompt="")
+
+
+def test_the_slider_gets_the_image_a_result_started_from_and_the_result(manager, tmp_path):
+    import gradio as gr
+
+    from webui.compare import show_comparison
+    from webui.panels import result_column
+    from webui.studio import Studio, StudioFolders
+
+    with gr.Blocks():
+        view, _, _ = result_column("test", compare=True)
+    studio = Studio(manager=manager, folders=StudioFolders.default(tmp_path / "out", loras=[]))
+
+    last = run_panel_job(studio, view, hires_values())
+    before, after = last[view.compared]
+    assert [after] == [path for path, _ in last[view.results]]
+    assert Path(before).parent == studio.folders.inputs
+    with Image.open(before) as first_pass, Image.open(after) as result:
+        assert first_pass.size == result.size == (128, 128)
+        assert np.abs(np.asarray(first_pass, np.int16) - np.asarray(result.convert("RGB"), np.int16)).max() > 20
+    slider = show_comparison((before, after))
+    assert slider.visible and slider.value is not None
+
+    photo = Image.new("RGB", (64, 64), (200, 40, 10))
+    last = run_panel_job(studio, view, hires_values(hires=False, init_image=photo))  # image-to-image
+    before, after = last[view.compared]
+    with Image.open(before) as shown:
+        assert np.array_equal(np.asarray(shown.convert("RGB")), np.asarray(photo))
+    assert run_panel_job(studio, view, hires_values(hires=False))[view.compared] is None  # from noise: no slider
+    assert show_comparison(None).visible is False
+
+
+def test_the_panels_that_change_an_image_wire_the_slider_outside_their_api_result(tmp_path):
+    from webui.app import build_app
+    from webui.studio import StudioFolders
+
+    app = build_app(ModelManager(models_dir=tmp_path), StudioFolders.default(tmp_path / "out", loras=[]))
+    sliders = {panel: app.studio.panels[panel].view.compare for panel in ("generate", "fill", "kontext", "controlnet")}
+    assert all(sliders.values()) and app.studio.panels["depth"].view.compare is None
+    fed = {block._id for fn in app.fns.values() for block in fn.outputs}
+    assert {slider._id for slider in sliders.values()} <= fed
+    api = app.get_api_info()["named_endpoints"]
+    assert len(api["/generate"]["returns"]) == 3  # status, preview, results: gradio_client callers unchanged

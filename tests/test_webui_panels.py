@@ -135,7 +135,8 @@ def test_quantize_choice_becomes_bits(context):
 
 
 PANEL_VALUES = {
-    generate: {"image_strength": 0.55},
+    generate: {"image_strength": 0.55, "hires": True, "hires_scale": 1.5, "hires_steps": 6, "hires_strength": 0.35,
+               "hires_upscaler": "Lanczos", "hires_prompt": "sharper"},
     fill: {"mode": fill.OUTPAINT, "keep_unmasked": False, "mask_invert": True, "mask_grow_px": 3, "mask_blur_px": 2,
            "pad_top": 0.0, "pad_right": 25.0, "pad_bottom": 10.0, "pad_left": 0.0, "pad_unit": "%"},
     depth: {},
