@@ -205,7 +205,8 @@ class ConsoleProgress:
         if isinstance(event, Downloading):
             self._advance(f"Downloading {event.model}", event.total_bytes, event.done_bytes, unit="B")
         elif isinstance(event, Step):
-            self._advance(f"seed {self.seed}", event.total, event.step, unit="step")
+            self._advance(f"seed {self.seed}{f', {event.stage}' if event.stage else ''}", event.total, event.step,
+                          unit="step")
             if self.stepwise is not None:
                 event.preview.save(self.stepwise / f"seed_{self.seed}_step_{event.step}of{event.total}.png")
 

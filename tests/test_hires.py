@@ -18,7 +18,10 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.events import Loading, Step, Stopped, stream
 from mflux_core.manager import ModelManager
 from mflux_core.metadata import read_metadata_file, request_from_metadata
-from mflux_core.presets import settings_from_a1111, settings_from_png
+from mflux_core.presets import (
+    Preset, parse_preset, preset_json, settings_from_a1111, settings_from_png, settings_from_request,
+    validate_settings,
+)
 from mflux_core.request import GenerationRequest
 from mflux_core.images.io import save_png_atomic
 from tests.test_memory_budget import budget_leaving
@@ -57,7 +60,7 @@ def test_the_second_pass_runs_at_the_larger_size_and_equals_generate_then_img2im
     assert steps[0].preview.size == (64, 48) and steps[-1].preview.size == (128, 96)
 
 
-def test_the_settings_survive_metadata_presets_and_the_a1111_text(manager, tmp_path):
+def test_the_settings_survive_metadata_a_preset_and_the_a1111_text(manager, tmp_path):
     result = manager.generate(demo_request(**HIRES, hires_prompt="a sharp red circle"))
     recorded = result.request
     assert (recorded.hires_scale, recorded.hires_steps, recorded.hires_strength, recorded.hires_upscaler) == (
@@ -65,6 +68,10 @@ def test_the_settings_survive_metadata_presets_and_the_a1111_text(manager, tmp_p
     path = save_png_atomic(result.image, tmp_path / "hires.png", result.text_chunks)
     assert request_from_metadata(read_metadata_file(path)) == recorded
     assert settings_from_png(path)["hires_prompt"] == "a sharp red circle"
+    preset = parse_preset(preset_json(Preset("hires", validate_settings(settings_from_request(recorded)))))
+    assert {k: v for k, v in preset.settings.items() if k.startswith("hires")} == {
+        "hires_scale": 2.0, "hires_steps": 4, "hires_strength": 0.6, "hires_upscaler": "Lanczos",
+        "hires_prompt": "a sharp red circle"}
 
     text = result.text_chunks["parameters"]
     assert ("Size: 64x48, Model: demo, Denoising strength: 0.6, Hires upscale: 2, Hires steps: 4, "
