@@ -485,3 +485,20 @@ def test_the_negative_prompt_shows_above_true_cfg_one_and_a_preset_keeps_both(br
     assert value_of(page, "generate-negative-prompt") == "blurry, text"
     assert page.input_value("#generate-true-cfg input[type=number]") == "3"
     assert page.locator("#fill-true-cfg").count() == 0  # Fill's pipeline has no true CFG
+
+
+def test_hires_fix_runs_both_passes_and_the_slider_compares_its_first_pass(page, studio):
+    before = result_pngs(studio)
+    type_into(page, "generate-prompt", "a red circle")
+    for elem_id, value in (("generate-width", 64), ("generate-height", 48), ("generate-steps", 2)):
+        type_into(page, elem_id, value)
+    open_accordions(page, "generate-hires")
+    page.check("#generate-hires-on input[type=checkbox]")
+    assert not page.is_visible("#generate-compare")
+    run_and_wait(page, "generate")
+    [new] = result_pngs(studio) - before
+    assert Image.open(new).size == (128, 96)
+    assert (request_in(new)["hires_scale"], request_in(new)["hires_strength"]) == (2, 0.5)
+    page.wait_for_selector("#generate-compare", state="visible")
+    page.wait_for_function("() => document.querySelectorAll('#generate-compare img').length === 2")
+    screenshot(page, "hires-before-after")
