@@ -43,9 +43,9 @@ def second_pass_request(request: GenerationRequest) -> GenerationRequest:
                          hires_prompt="")
 
 
-def upscaled(image: Image.Image, request: GenerationRequest) -> Image.Image:
+def upscaled(image: Image.Image, size: tuple[int, int], upscaler: str) -> Image.Image:
     """The first pass's image at the second pass's size."""
-    return image.resize((request.width, request.height), UPSCALERS[request.hires_upscaler or DEFAULT_UPSCALER])
+    return image.resize(size, UPSCALERS[upscaler])
 
 
 def passes_report(report: Report | None, offset: int, total: int, stage: str) -> Report | None:
@@ -76,7 +76,7 @@ def generate_hires(manager: "ModelManager", request: GenerationRequest, report: 
     plan = manager.resident.plan_run(model, tool_inputs(model, second_request, manager))
     total = first_steps + steps - start
     image = manager.run_inputs(model, first, passes_report(report, 0, total, "hires fix pass 1 of 2"), cancelled)
-    before = upscaled(image, second_request)
+    before = upscaled(image, (second_request.width, second_request.height), request.hires_upscaler)
     second = image_to_image_inputs(model, second_request, before)
     image = manager.run_inputs(model, second, passes_report(report, first_steps - start, total,
                                                             "hires fix pass 2 of 2"), cancelled)
