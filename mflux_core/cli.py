@@ -34,7 +34,8 @@ def flag_type(parse):
 FLAG_TYPES = {"text": {}, "number": {"type": float}, "paths": {"nargs": "+"}, "numbers": {"nargs": "+", "type": float},
               "switch": {"action": "store_true"},
               "region": {"action": "append", "type": flag_type(region_from_box_flag)},
-              "region_mask": {"action": "append", "type": flag_type(region_from_mask_flag)}}
+              "region_mask": {"action": "append", "type": flag_type(region_from_mask_flag)},
+              "whole": {"type": int}}
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -228,7 +229,8 @@ class ConsoleProgress:
         if isinstance(event, Downloading):
             self._advance(f"Downloading {event.model}", event.total_bytes, event.done_bytes, unit="B")
         elif isinstance(event, Step):
-            self._advance(f"seed {self.seed}", event.total, event.step, unit="step")
+            self._advance(f"seed {self.seed}{f', {event.stage}' if event.stage else ''}", event.total, event.step,
+                          unit="step")
             if self.stepwise is not None:
                 event.preview.save(self.stepwise / f"seed_{self.seed}_step_{event.step}of{event.total}.png")
 

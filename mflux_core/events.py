@@ -38,6 +38,7 @@ class Step:
     total: int
     preview: Image.Image | None = None
     seconds_per_step: float | None = None  # measured from the first step on; None at the first
+    stage: str = ""  # which pass of a job of several, e.g. "hires fix pass 2 of 2"; empty for one pass
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,11 @@ from PIL import Image
 from mflux_core.backend import backend_name, resolve_dtype
 from mflux_core.flux_model import FluxModel
 from mflux_core.events import Downloading, Report, result_of
-from mflux_core.generation import Preview, decode_latents, run_tool
+from mflux_core.generation import Preview, ToolInputs, decode_latents, run_tool
+from mflux_core.hires import generate_hires
 from mflux_core.lora.resident import ResidentLoras
 from mflux_core.lru import LRU
-from mflux_core.memory import MemoryBudget
+from mflux_core.memory import MemoryBudget, MemoryPlan
 from mflux_core.metadata import png_text_chunks, request_metadata
 from mflux_core.model_locator import ModelLocator
 from mflux_core.registry import ModelEntry
@@ -39,6 +40,7 @@ class GenerationResult:
     metadata: dict
     text_chunks: dict[str, str]
     seconds: float
+    before: Image.Image | None = None  # what a two-pass job's last pass started from (the hires fix's upscaled image)
 
 
 class ModelManager:
@@ -127,6 +129,8 @@ class ModelManager:
         raises StudioError subclasses for anything the user can fix. events.stream() makes it an iterator."""
         request = self.locator.named(request.validated())
         with self._lock, self._reporting(request.model, report, cancelled):
+            if request.hires_scale is not None:
+                return generate_hires(self, request, report, cancelled)
             return self._generate(request, report, cancelled)
 
     @contextmanager
@@ -171,23 +175,36 @@ class ModelManager:
 
     def _generate(self, request: GenerationRequest, report: Report | None,
                   cancelled: Callable[[], bool] | None) -> GenerationResult:
-        started = time.perf_counter()
-        mx.reset_peak_memory()
-        others = mx.get_active_memory() - self.resident.resident_bytes()  # MLX arrays not the models', e.g. a caller's
+        started = self.run_started()
         model = self._prepared_model(request, cancelled)
         inputs = tool_inputs(model, request, self)
         plan = self.resident.plan_run(model, inputs)
+        image = self.run_inputs(model, inputs, report, cancelled)
+        return self.finished(image, inputs.request, model, inputs.conditioning.guidance, plan, started)
+
+    def run_started(self) -> tuple[float, int]:
+        """At a run's start: the time, and the MLX memory that is not the models' (e.g. a caller's arrays)."""
+        mx.reset_peak_memory()
+        return time.perf_counter(), mx.get_active_memory() - self.resident.resident_bytes()
+
+    def run_inputs(self, model: FluxModel, inputs: ToolInputs, report: Report | None,
+                   cancelled: Callable[[], bool] | None) -> Image.Image:
+        """A tool's inputs through the shared loop, with previews when someone follows the steps."""
         preview = self.step_preview(model) if report else None
-        image = result_of(run_tool(model, inputs, cancelled, preview), report)
-        self.resident.record_memory(plan, others)
-        request = inputs.request
-        extras = {"steps": request.steps or model.default_steps, "guidance": inputs.conditioning.guidance}
+        return result_of(run_tool(model, inputs, cancelled, preview), report)
+
+    def finished(self, image: Image.Image, request: GenerationRequest, model: FluxModel, guidance: float | None,
+                 plan: MemoryPlan, started: tuple[float, int], before: Image.Image | None = None) -> GenerationResult:
+        """The run's result with its metadata; its memory plan recorded next to the measured peak."""
+        self.resident.record_memory(plan, started[1])
+        extras = {"steps": request.steps or model.default_steps, "guidance": guidance}
         return GenerationResult(
             image=image,
             request=request,
             metadata=request_metadata(request, extras),
             text_chunks=png_text_chunks(request, extras),
-            seconds=time.perf_counter() - started,
+            seconds=time.perf_counter() - started[0],
+            before=before,
         )
 
     def step_preview(self, model: FluxModel) -> Preview:

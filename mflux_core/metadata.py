@@ -32,13 +32,30 @@ def a1111_parameters(request: GenerationRequest, extras: dict | None = None) -> 
         ("Seed", request.seed),
         ("Size", f"{request.width}x{request.height}"),
         ("Model", request.model),
-        ("Denoising strength", None if request.image_strength is None else round(1 - request.image_strength, 4)),
+        ("Denoising strength", denoising_strength(request)),
+        *hires_parameters(request),
         ("Tool", request.tool),
         ("Version", "mflux-studio"),
     ]
     line = ", ".join(f"{k}: {v}" for k, v in items if v is not None)
     negative = f"Negative prompt: {request.negative_prompt}\n" if request.negative_prompt else ""  # as A1111 writes it
     return f"{request.prompt}{lora_tags(request.lora_paths, request.lora_scales)}\n{negative}{line}"
+
+
+def denoising_strength(request: GenerationRequest) -> float | None:
+    """A1111's denoising strength: how much the image-to-image pass (or the hires fix's second pass) changes."""
+    if request.hires_scale is not None:
+        return request.hires_strength
+    return None if request.image_strength is None else round(1 - request.image_strength, 4)
+
+
+def hires_parameters(request: GenerationRequest) -> list[tuple[str, object]]:
+    """The hires fix's items as A1111 writes them (its prompt only when it differs, quoted)."""
+    if request.hires_scale is None:
+        return []
+    items = [("Hires upscale", f"{request.hires_scale:g}"), ("Hires steps", request.hires_steps),
+             ("Hires upscaler", request.hires_upscaler)]
+    return items + ([("Hires prompt", json.dumps(request.hires_prompt))] if request.hires_prompt else [])
 
 
 def png_text_chunks(request: GenerationRequest, extras: dict | None = None) -> dict[str, str]:

@@ -31,6 +31,7 @@ from mflux_core.settings_schema import (
     MAX_BATCH, MAX_LIST_ITEMS, MAX_LORA_SCALE, SEED, Setting, checked, fragment, number, problems, schema, text,
 )
 from mflux_core.settings_schema import SAMPLER_LABELS, SCHEDULE_LABELS
+from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE
 
 FORMAT_VERSION = 1
 MAX_PRESET_BYTES = 64 * 1024
@@ -345,7 +346,25 @@ def settings_from_a1111(text: str) -> dict:
     if values.get("Tool") in TOOLS:
         settings["tool"] = values["Tool"]
     settings.update(_a1111_sampling(values.get("Sampler", ""), values.get("Schedule type", "")))
-    return validate_settings(settings)
+    return validate_settings({**settings, **_a1111_hires(values)})
+
+
+def _a1111_hires(values: dict) -> dict:
+    """The hires fix's settings from A1111's items; an upscaler we do not have leaves ours (Lanczos)."""
+    try:
+        scale, strength = float(values["Hires upscale"]), float(values.get("Denoising strength", "nan"))
+    except (KeyError, ValueError):
+        return {}
+    if not 1 <= scale <= MAX_HIRES_SCALE:
+        return {}
+    settings = {"hires_scale": scale, "hires_prompt": values.get("Hires prompt", "")}
+    if values.get("Hires steps", "").isdigit() and int(values["Hires steps"]) > 0:  # A1111's 0: the first pass's
+        settings["hires_steps"] = min(MAX_STEPS, int(values["Hires steps"]))
+    if 0 < strength <= 1:
+        settings["hires_strength"] = strength
+    if values.get("Hires upscaler") in HIRES_UPSCALERS:
+        settings["hires_upscaler"] = values["Hires upscaler"]
+    return settings
 
 
 def _a1111_sampling(sampler: str, schedule: str) -> dict:

@@ -16,6 +16,7 @@ from mflux_core.settings_schema import (  # the limits are imported from here to
     number, problems, schema, side, switch, text,
 )
 from mflux_core.settings_schema import SAMPLER, SCHEDULE
+from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE
 from mflux_core.tools.specs import TOOL_NAMES as TOOLS, tool_spec
 
 
@@ -54,6 +55,12 @@ class GenerationRequest:
     extra: dict = field(default_factory=dict)  # tool-specific settings (canny thresholds, ...)
     regions: tuple[dict, ...] = ()  # regional prompts (generate): see mflux_core/regions.py
     region_strength: float = 1.0  # how strictly regions are kept apart in attention, 0 (not) to 1
+    # Hires fix (text-to-image): a second, image-to-image pass on the first pass's image upscaled by hires_scale
+    hires_scale: float | None = None  # None: no second pass
+    hires_steps: int | None = None  # None: the first pass's steps
+    hires_strength: float | None = None  # A1111's denoising strength: how much the second pass changes; None: 0.5
+    hires_upscaler: str | None = None  # None: Lanczos
+    hires_prompt: str = ""  # empty: the first pass's prompt
 
     def validated(self) -> "GenerationRequest":
         """Return this request if every value is usable; otherwise raise InvalidRequest naming the value."""
@@ -70,6 +77,8 @@ class GenerationRequest:
             check_regions_fit(self.regions, self.width, self.height)
         if self.regions and self.tool != "generate":
             raise InvalidRequest(f"Regional prompts are for the generate tool, not {self.tool}.")
+        if self.hires_scale is not None:
+            self._check_hires()
         if self.lora_scales and len(self.lora_scales) != len(self.lora_paths):
             raise InvalidRequest(
                 f"{len(self.lora_paths)} LoRA paths but {len(self.lora_scales)} scales: give one scale per LoRA."
@@ -80,6 +89,16 @@ class GenerationRequest:
                 "give one strength per image."
             )
         return self
+
+    def _check_hires(self) -> None:
+        if self.tool != "generate" or self.image_path:
+            raise InvalidRequest("The hires fix runs after text-to-image only: remove the input image or turn the "
+                                 "hires fix off.")
+        if self.hires_strength == 0:
+            raise InvalidRequest("Hires denoising strength 0 would leave the upscaled image as it is: use more than "
+                                 "0 up to 1.")
+        if self.width is not None and self.height is not None:
+            hires_size(self.width, self.height, self.hires_scale)
 
     @property
     def uses_true_cfg(self) -> bool:
@@ -108,6 +127,14 @@ def check_image_size(width: int, height: int, what: str, resized: bool = False) 
     elif max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
         raise InvalidRequest(f"{what} would be {width}x{height} pixels, past the {MAX_SIDE}-pixel limit a side "
                              f"({MAX_PIXELS:,} pixels in all).")
+
+
+def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """The hires fix's second-pass size: the first pass's times `scale`, snapped down to multiples of 16; refused
+    past the size limits."""
+    size = tuple(max(16, round(side * scale) // 16 * 16) for side in (width, height))
+    check_image_size(*size, f"The hires fix's second pass ({width}x{height} upscaled {scale:g} times)")
+    return size
 
 
 def is_finite_number(value) -> bool:
@@ -188,6 +215,11 @@ REQUEST_SETTINGS: dict[str, Setting] = {
     "regions": checked(Setting("Regional prompts", tuple[Any, ...], accepts="a list"), regions_problem,
                        f"a list of at most {MAX_REGIONS} regions"),
     "region_strength": number("Region strength", 0, 1),
+    "hires_scale": number("Hires upscale", 1, MAX_HIRES_SCALE).optional(),
+    "hires_steps": STEPS.optional(),
+    "hires_strength": number("Hires denoising strength", 0, 1).optional(),
+    "hires_upscaler": choice("The hires upscaler", HIRES_UPSCALERS).optional(),
+    "hires_prompt": text("The hires prompt", MAX_PROMPT_CHARS),
 }
 assert set(REQUEST_SETTINGS) == set(GenerationRequest.field_names()), "every request field needs a setting"
 _SCHEMA = schema("GenerationRequestSchema", REQUEST_SETTINGS, {})

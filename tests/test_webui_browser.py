@@ -522,3 +522,20 @@ def test_the_sampler_and_schedule_pickers_reach_the_image_and_a_preset(browser, 
     open_accordions(page, "generate-presets")
     _, settings = export_preset(page, studio, "dpm karras", "dpm-karras.json")
     assert (settings["sampler"], settings["schedule"]) == ("dpm++2m", "karras")
+
+
+def test_hires_fix_runs_both_passes_and_the_slider_compares_its_first_pass(page, studio):
+    before = result_pngs(studio)
+    type_into(page, "generate-prompt", "a red circle")
+    for elem_id, value in (("generate-width", 64), ("generate-height", 48), ("generate-steps", 2)):
+        type_into(page, elem_id, value)
+    open_accordions(page, "generate-hires")
+    page.check("#generate-hires-on input[type=checkbox]")
+    assert not page.is_visible("#generate-compare")
+    run_and_wait(page, "generate")
+    [new] = result_pngs(studio) - before
+    assert Image.open(new).size == (128, 96)
+    assert (request_in(new)["hires_scale"], request_in(new)["hires_strength"]) == (2, 0.5)
+    page.wait_for_selector("#generate-compare", state="visible")
+    page.wait_for_function("() => document.querySelectorAll('#generate-compare img').length === 2")
+    screenshot(page, "hires-before-after")

@@ -140,7 +140,9 @@ PANEL_VALUES = {
     generate: {"image_strength": 0.55, "region_strength": 0.8,
                **{f"region_{row}_{key}": value for row, box in enumerate(DEFAULT_BOXES, 1)  # row 1 on, the rest off
                   for key, value in zip(("prompt", "weight", "x", "y", "w", "h"),
-                                        ("a fox" if row == 1 else "", 0.5 if row == 1 else 1.0, *box))}},
+                                        ("a fox" if row == 1 else "", 0.5 if row == 1 else 1.0, *box))},
+               "hires": True, "hires_scale": 1.5, "hires_steps": 6, "hires_strength": 0.35,
+               "hires_upscaler": "Lanczos", "hires_prompt": "sharper"},
     fill: {"mode": fill.OUTPAINT, "keep_unmasked": False, "mask_invert": True, "mask_grow_px": 3, "mask_blur_px": 2,
            "pad_top": 0.0, "pad_right": 25.0, "pad_bottom": 10.0, "pad_left": 0.0, "pad_unit": "%"},
     depth: {},

@@ -21,6 +21,7 @@ import gradio as gr
 from mflux_core.errors import Cancelled, InvalidRequest, StudioError
 from mflux_core.events import Downloading, Failed, Finished, Loading, Progress, Report, Step, Stopped, stream
 from mflux_core.request import GenerationRequest
+from webui.compare import before_and_after
 from webui.gallery import save_result
 
 log = logging.getLogger("mflux_studio.webui")
@@ -89,6 +90,8 @@ def event_text(event: Downloading | Step, index: int, count: int) -> str:
         return f"Downloading {event.model}: {event.done_bytes / 2**20:,.0f} of {event.total_bytes / 2**20:,.0f} MB"
     parts = [f"Image {index} of {count}"] if count > 1 else []
     parts.append(f"step {event.step} of {event.total}")
+    if event.stage:
+        parts.append(event.stage)
     if event.seconds_per_step is not None:
         parts.append(f"{event.seconds_per_step:.2f} s/step")
         parts.append(f"about {event.seconds_per_step * (event.total - event.step):.0f} s left")
@@ -127,6 +130,8 @@ class JobView:
     status: gr.HTML
     preview: gr.Image
     results: gr.Gallery
+    compare: gr.ImageSlider | None = None  # before / after of the last result (webui.compare), on some panels
+    compared: gr.State | None = None  # that pair, handed from the job to the slider
 
 
 # build(values, context) -> the requests to run, in order
@@ -148,8 +153,10 @@ def studio_job(studio, view: JobView):
 
 def run_job(studio, view: JobView, build: RequestBuilder, values: dict, session: str):
     saved: list[tuple[str, str]] = []
+    compared = None  # the last result's (before, after) paths, for a panel's slider
 
     def work(cancel: threading.Event):
+        nonlocal compared
         requests = build(values, studio.request_context())
         for index, request in enumerate(requests, start=1):
             if request.tool not in studio.available_tools():
@@ -158,11 +165,15 @@ def run_job(studio, view: JobView, build: RequestBuilder, values: dict, session:
                                        cancel, image_progress(view, index, len(requests)))
             path = save_result(studio.folders.outputs, result)
             saved.append((str(path), f"seed {result.request.seed} · {result.seconds:.1f} s"))
+            compared = before_and_after(result, path, studio.folders.inputs)
             yield {view.preview: str(path)}
         return f"Done: {_images(len(saved))} saved to {studio.folders.outputs}."
 
     # The results once, at the end: what a gradio_client call gets back, next to the status.
-    yield from page_job(studio, session, view.status, work, final=lambda: {view.results: saved},
+    def final() -> dict:
+        return {view.results: saved, **({view.compared: compared} if view.compared else {})}
+
+    yield from page_job(studio, session, view.status, work, final=final,
                         stopped=lambda stop: f"{stop} {_images(len(saved))} saved.")
 
 

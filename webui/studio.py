@@ -15,6 +15,7 @@ from mflux_core.downloads import Downloads
 from mflux_core.lora.library import library_folders, library_names
 from mflux_core.tools.specs import TOOL_NAMES
 from webui import gallery
+from webui.compare import show_comparison
 from webui.jobs import ENGINE_QUEUE, JobBoard, JobView, stop_handler, studio_job
 from webui.requests import InputStore, RequestContext
 from webui.status import status_markdown
@@ -152,7 +153,8 @@ class Studio:
 
     def job_outputs(self, view: JobView) -> list:
         """What a Run event (and so its API endpoint) returns: status, the last image, this run's images."""
-        return [view.status, view.preview, view.results]
+        compared = [view.compared] if view.compared else []  # a State: not part of the API's result
+        return [view.status, view.preview, view.results, *compared]
 
     def wire_run(self, trigger: gr.Button, handler, inputs: dict, view: JobView, api_name: str):
         """A Run button: the shared engine queue (one job at a time), named inputs, our own progress display.
@@ -164,6 +166,9 @@ class Studio:
         run = trigger.click(handler, inputs_kwargs=inputs, outputs=self.job_outputs(view), api_name=api_name,
                             concurrency_id=ENGINE_QUEUE, concurrency_limit=1, show_progress="minimal",
                             show_progress_on=[view.results])
+        if view.compare is not None:
+            run.then(show_comparison, inputs=[view.compared], outputs=[view.compare], queue=False,
+                     show_progress="hidden", api_visibility="private")
         return run.then(self.after_job_updates, outputs=self.after_job_updates_outputs(), queue=False,
                         show_progress="hidden", api_visibility="private")
 

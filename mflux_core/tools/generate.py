@@ -1,5 +1,7 @@
 """Text-to-image, and image-to-image when an input image is given (`--image-path`)."""
 
+from PIL import Image
+
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.request import GenerationRequest
@@ -17,7 +19,11 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     if not request.image_path:
         request = with_size(request, native_side=model.native_side)
         return ToolInputs(request, conditioning(model, request))
-    image = required_image(request.image_path, "an input image", "--image-path")
+    return image_to_image_inputs(model, request, required_image(request.image_path, "an input image", "--image-path"))
+
+
+def image_to_image_inputs(model: FluxModel, request: GenerationRequest, image: Image.Image) -> ToolInputs:
+    """Image-to-image from an image in memory (the hires fix's second pass hands it its upscaled first pass)."""
     request = with_size(request, image)
     if request.image_strength is None:
         request = request.with_(image_strength=DEFAULT_IMAGE_STRENGTH)

@@ -12,6 +12,8 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE
+
 REQUEST, EXTRA, COMMAND = "request", "extra", "command"  # where a flag's value goes (Flag.into)
 BASE_KINDS = ("base", "single-file")  # registry.ModelEntry kinds that text-to-image models have
 
@@ -25,7 +27,7 @@ class Flag:
     help: str
     into: str = REQUEST
     field: str = ""  # the request field or extra key; default: the flag's name ("--image-path" -> "image_path")
-    kind: str = "text"  # text, number, paths, numbers, switch
+    kind: str = "text"  # text, number, paths, numbers, switch, whole
     choices: tuple[str, ...] = ()
     hidden: bool = False  # accepted for mflux compatibility, not listed in --help
 
@@ -77,6 +79,15 @@ def controlnet_flags(default_name: str, default_strength: float) -> tuple[Flag, 
                  kind="number"))
 
 
+HIRES_FLAGS = (
+    Flag("--hires-scale", f"hires fix: upscale the image this many times (1 to {MAX_HIRES_SCALE}), then run an "
+         "image-to-image pass at that size (default: off)", kind="number"),
+    Flag("--hires-steps", "hires fix: steps of the second pass (default: the first pass's)", kind="whole"),
+    Flag("--hires-strength", "hires fix: A1111's denoising strength of the second pass, above 0 to 1 (default 0.5)",
+         kind="number"),
+    Flag("--hires-upscaler", "hires fix: how the image is upscaled (default Lanczos)", choices=HIRES_UPSCALERS),
+    Flag("--hires-prompt", "hires fix: the second pass's prompt (default: the prompt)"),
+)
 FILL_KINDS = ("fill",)
 TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
     ToolSpec("generate", "text-to-image, or image-to-image with --image-path", "generate", "schnell", BASE_KINDS,
@@ -89,7 +100,8 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                  Flag("--region-mask", "regional prompt 'MASK.png[,weight]:prompt' (white = the region)",
                       field="regions", kind="region_mask"),
                  Flag("--region-strength", "how strictly regions keep apart in attention, 0 to 1 (default 1)",
-                      kind="number"))),
+                      kind="number"),
+                 *HIRES_FLAGS)),
     ToolSpec("fill", "inpaint inside a mask or outpaint a padded canvas (FLUX.1-Fill)", "fill", "fill", FILL_KINDS,
              guidance=30.0, demo_model="demo-fill", sized_by_input=True, flags=(
                  Flag("--image-path", "the image to fill"),

@@ -14,6 +14,7 @@ from typing import Callable
 import gradio as gr
 from gradio.data_classes import FileData
 
+from webui.compare import comparison_slider
 from webui.jobs import JobView
 
 
@@ -29,8 +30,9 @@ class Panel:
     run_handler: Callable | None = None  # the wrapped build_requests, as wired to the Run button
 
 
-def result_column(prefix: str) -> tuple[JobView, gr.Button, gr.Button]:
-    """Run / Stop buttons, the progress line, the live preview and this run's results."""
+def result_column(prefix: str, compare: bool = False) -> tuple[JobView, gr.Button, gr.Button]:
+    """Run / Stop buttons, the progress line, the live preview and this run's results; with `compare`, a
+    before / after slider under them for tools that change an image (webui.compare)."""
     with gr.Row():
         run = gr.Button("Run", variant="primary", elem_id=f"{prefix}-run", scale=3)
         stop = gr.Button("Stop", variant="stop", elem_id=f"{prefix}-stop", scale=1)
@@ -40,7 +42,10 @@ def result_column(prefix: str) -> tuple[JobView, gr.Button, gr.Button]:
                        height=384)
     results = gr.Gallery(label="This run", columns=4, height=200, elem_id=f"{prefix}-results", format="png",
                          interactive=False, fit_columns=False, object_fit="contain", preview=False)
-    return JobView(status=status, preview=preview, results=results), run, stop
+    view = JobView(status=status, preview=preview, results=results)
+    if compare:
+        view.compare, view.compared = comparison_slider(prefix), gr.State(None)
+    return view, run, stop
 
 
 # Gradio's Image and ImageEditor open every upload with Pillow before a handler runs: a file that is not an

@@ -101,7 +101,7 @@ def render(studio) -> Panel:
                               send_target=control_image)
                 render_presets(studio, panel)
             with gr.Column(scale=4):
-                view, run, stop = result_column(TOOL)
+                view, run, stop = result_column(TOOL, compare=True)
 
     def show_edges(image, low, high):
         return {edges: edges_preview(image, low, high), view.status: ""}

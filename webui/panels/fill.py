@@ -168,7 +168,7 @@ def render(studio) -> Panel:
                               send_target=editor)
                 render_presets(studio, panel)
             with gr.Column(scale=4):
-                view, run, stop = result_column(TOOL)
+                view, run, stop = result_column(TOOL, compare=True)
 
     def show_canvas(**values):
         canvas, mask = outpaint_preview(values)

@@ -50,7 +50,7 @@ def render(studio) -> Panel:
                               settings_from_values, values_from_settings, send_target=reference)
                 render_presets(studio, panel)
             with gr.Column(scale=4):
-                view, run, stop = result_column(TOOL)
+                view, run, stop = result_column(TOOL, compare=True)
     panel.view, panel.run_handler = view, studio.job(view)(build_requests)
     studio.wire_run(run, panel.run_handler, {**panel.controls, "reference": reference}, view,
                     api_name="kontext")

@@ -1,0 +1,83 @@
+"""Hires fix (A1111's name): text-to-image at the asked size, the image upscaled by `hires_scale` (Lanczos),
+then an image-to-image pass at the larger size with its own steps, denoising strength and prompt.
+
+Both passes are one job of the manager (one turn at the engine, its lock held throughout): both are planned
+against the memory budget before the first step, steps count across both passes, a stop works in either,
+and the result is one image with one metadata record, the hires settings in it. Each pass is the engine's
+own generation path: the generate tool's inputs through `ModelManager.run_inputs`.
+"""
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Callable
+
+from PIL import Image
+
+from mflux_core.events import Report, Step
+from mflux_core.request import GenerationRequest, hires_size
+from mflux_core.sampling.schedule import img2img_start_step
+from mflux_core.tools.common import tool_inputs
+from mflux_core.tools.generate import image_to_image_inputs
+
+if TYPE_CHECKING:
+    from mflux_core.manager import GenerationResult, ModelManager
+
+DEFAULT_STRENGTH = 0.5
+UPSCALERS = {"Lanczos": Image.Resampling.LANCZOS}
+DEFAULT_UPSCALER = "Lanczos"
+
+
+def with_hires_defaults(request: GenerationRequest, first_steps: int) -> GenerationRequest:
+    """The request with every hires setting filled in (recorded so that the image replays)."""
+    return request.with_(hires_steps=request.hires_steps or first_steps,
+                         hires_strength=request.hires_strength or DEFAULT_STRENGTH,
+                         hires_upscaler=request.hires_upscaler or DEFAULT_UPSCALER)
+
+
+def second_pass_request(request: GenerationRequest) -> GenerationRequest:
+    """The image-to-image request of the second pass: the larger size, the hires steps and prompt, and
+    the image strength (mflux's meaning, how much is kept) that the denoising strength leaves."""
+    width, height = hires_size(request.width, request.height, request.hires_scale)
+    return request.with_(width=width, height=height, steps=request.hires_steps,
+                         prompt=request.hires_prompt or request.prompt, image_strength=1 - request.hires_strength,
+                         hires_scale=None, hires_steps=None, hires_strength=None, hires_upscaler=None,
+                         hires_prompt="")
+
+
+def upscaled(image: Image.Image, size: tuple[int, int], upscaler: str) -> Image.Image:
+    """The first pass's image at the second pass's size."""
+    return image.resize(size, UPSCALERS[upscaler])
+
+
+def passes_report(report: Report | None, offset: int, total: int, stage: str) -> Report | None:
+    """`report` with a pass's steps counted across the whole job and named by their pass."""
+    if report is None:
+        return None
+
+    def relay(event) -> None:
+        report(replace(event, step=offset + event.step, total=total, stage=stage) if isinstance(event, Step)
+               else event)
+
+    return relay
+
+
+def generate_hires(manager: "ModelManager", request: GenerationRequest, report: Report | None,
+                   cancelled: Callable[[], bool] | None) -> "GenerationResult":
+    """Both passes, with the manager's lock held by the caller."""
+    started = manager.run_started()
+    model = manager._prepared_model(request, cancelled)
+    first = tool_inputs(model, request, manager)
+    first_steps = first.request.steps or model.default_steps
+    request = with_hires_defaults(first.request, first_steps)
+    second_request = second_pass_request(request)
+    steps = second_request.steps
+    start = img2img_start_step(steps, second_request.image_strength)
+    manager.resident.plan_run(model, first)
+    # the second pass at its size before any step of the first: text-to-image plans the same denoise and decode
+    plan = manager.resident.plan_run(model, tool_inputs(model, second_request, manager))
+    total = first_steps + steps - start
+    image = manager.run_inputs(model, first, passes_report(report, 0, total, "hires fix pass 1 of 2"), cancelled)
+    before = upscaled(image, (second_request.width, second_request.height), request.hires_upscaler)
+    second = image_to_image_inputs(model, second_request, before)
+    image = manager.run_inputs(model, second, passes_report(report, first_steps - start, total,
+                                                            "hires fix pass 2 of 2"), cancelled)
+    return manager.finished(image, request, model, first.conditioning.guidance, plan, started, before=before)

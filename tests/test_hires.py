@@ -1,0 +1,212 @@
+"""Hires fix: text-to-image, the image upscaled with Lanczos, then image-to-image at the larger size, as one job.
+
+On the shipped demo model (64 px native), 64 -> 128: the result is exactly generate then img2img run by hand
+through the same engine; the settings survive metadata (ours and A1111's text), presets and the CLI; an
+over-limit or over-budget second pass is refused before the first step; a stop works in the second pass.
+"""
+
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mflux_core import cli
+from mflux_core.errors import InvalidRequest
+from mflux_core.events import Loading, Step, Stopped, stream
+from mflux_core.manager import ModelManager
+from mflux_core.metadata import read_metadata_file, request_from_metadata
+from mflux_core.presets import (
+    Preset, parse_preset, preset_json, settings_from_a1111, settings_from_png, settings_from_request,
+    validate_settings,
+)
+from mflux_core.request import GenerationRequest
+from mflux_core.images.io import save_png_atomic
+from tests.test_memory_budget import budget_leaving
+
+HIRES = {"hires_scale": 2.0, "hires_steps": 4, "hires_strength": 0.6}
+
+
+def demo_request(**changes) -> GenerationRequest:
+    settings = {"model": "demo", "prompt": "a red circle", "seed": 3, "steps": 3, "width": 64, "height": 48,
+                "dtype": "float32"}
+    return GenerationRequest(**{**settings, **changes})
+
+
+@pytest.fixture(scope="module")
+def manager():
+    return ModelManager()
+
+
+def test_the_second_pass_runs_at_the_larger_size_and_equals_generate_then_img2img(manager, tmp_path):
+    steps = []
+    result = manager.generate(demo_request(**HIRES), report=lambda e: steps.append(e) if isinstance(e, Step) else 0)
+    assert result.image.size == (128, 96)
+
+    first = manager.generate(demo_request())
+    upscaled = first.image.resize((128, 96), Image.Resampling.LANCZOS)
+    path = save_png_atomic(upscaled, tmp_path / "upscaled.png")
+    by_hand = manager.generate(demo_request(width=128, height=96, steps=4, image_path=str(path),
+                                            image_strength=1 - 0.6))
+    assert np.array_equal(np.asarray(result.image), np.asarray(by_hand.image))
+    assert np.array_equal(np.asarray(result.before), np.asarray(upscaled))
+    assert np.abs(np.asarray(result.image, np.int16) - np.asarray(upscaled, np.int16)).max() > 20  # it really ran
+
+    # 3 steps, then 4 hires steps of which strength 0.6 runs the last 3: counted across both passes
+    assert [(e.step, e.total) for e in steps] == [(i, 6) for i in range(1, 7)]
+    assert [e.stage for e in steps] == ["hires fix pass 1 of 2"] * 3 + ["hires fix pass 2 of 2"] * 3
+    assert steps[0].preview.size == (64, 48) and steps[-1].preview.size == (128, 96)
+
+
+def test_the_settings_survive_metadata_a_preset_and_the_a1111_text(manager, tmp_path):
+    result = manager.generate(demo_request(**HIRES, hires_prompt="a sharp red circle"))
+    recorded = result.request
+    assert (recorded.hires_scale, recorded.hires_steps, recorded.hires_strength, recorded.hires_upscaler) == (
+        2.0, 4, 0.6, "Lanczos")
+    path = save_png_atomic(result.image, tmp_path / "hires.png", result.text_chunks)
+    assert request_from_metadata(read_metadata_file(path)) == recorded
+    assert settings_from_png(path)["hires_prompt"] == "a sharp red circle"
+    preset = parse_preset(preset_json(Preset("hires", validate_settings(settings_from_request(recorded)))))
+    assert {k: v for k, v in preset.settings.items() if k.startswith("hires")} == {
+        "hires_scale": 2.0, "hires_steps": 4, "hires_strength": 0.6, "hires_upscaler": "Lanczos",
+        "hires_prompt": "a sharp red circle"}
+
+    text = result.text_chunks["parameters"]
+    assert ("Size: 64x48, Model: demo, Denoising strength: 0.6, Hires upscale: 2, Hires steps: 4, "
+            'Hires upscaler: Lanczos, Hires prompt: "a sharp red circle"') in text
+    restored = settings_from_a1111(text)
+    assert {k: restored[k] for k in HIRES} == HIRES and restored["hires_upscaler"] == "Lanczos"
+    # A1111's own: "Hires steps: 0" is the first pass's steps, an upscaler we lack leaves ours
+    theirs = settings_from_a1111("a cat\nSteps: 20, Seed: 1, Size: 512x512, Denoising strength: 0.7, "
+                                 "Hires upscale: 1.5, Hires steps: 0, Hires upscaler: Latent")
+    assert (theirs["hires_scale"], theirs["hires_strength"], theirs.get("hires_steps"),
+            theirs.get("hires_upscaler")) == (1.5, 0.7, None, None)
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"width": 4096, "height": 64, "hires_scale": 2.0}, r"hires fix's second pass \(4096x64 upscaled 2 times\) "
+                                                        r"would be 8192x128 pixels, past the 4096-pixel limit"),
+    ({"hires_scale": 5.0}, r"Hires upscale 5.0 is out of range: use 1 to 4"),
+    ({"hires_scale": 2.0, "hires_strength": 0.0}, r"Hires denoising strength 0 would leave"),
+    ({"hires_scale": 2.0, "image_path": "x.png"}, r"runs after text-to-image only"),
+    ({"hires_scale": 2.0, "tool": "fill"}, r"runs after text-to-image only"),
+    ({"hires_scale": 2.0, "hires_upscaler": "ESRGAN"}, r"The hires upscaler must be one of Lanczos"),
+])
+def test_bad_hires_settings_are_refused_in_one_sentence_before_any_step(changes, expected):
+    manager = ModelManager()
+    steps = []
+    with pytest.raises(InvalidRequest, match=expected):
+        manager.generate(demo_request(**changes), report=steps.append)
+    assert not [e for e in steps if not isinstance(e, Loading)]
+
+
+def test_a_second_pass_over_the_memory_budget_is_refused_before_the_first_pass(manager):
+    manager = ModelManager()
+    manager.generate(demo_request(width=64, height=64))  # the demo resident, the process settled
+    manager.resident.budget = budget_leaving(400 * 10**6, manager.resident.resident_bytes())
+    events = []
+    # the first pass alone (1024 px) fits; its second pass (4096 px, a 0.7 GB step) does not
+    with pytest.raises(InvalidRequest, match=r"^A 4096x4096 image needs about .* more than the memory budget"):
+        manager.generate(demo_request(width=1024, height=1024, hires_scale=4.0), report=events.append)
+    assert not [e for e in events if isinstance(e, Step)]
+    assert manager.generate(demo_request(**HIRES)).image.size == (128, 96)
+
+
+def test_stop_works_in_the_second_pass(manager):
+    cancel = threading.Event()
+    for event in stream(lambda report: manager.generate(demo_request(**HIRES), report, cancel.is_set), cancel):
+        if isinstance(event, Step) and event.stage.endswith("pass 2 of 2"):
+            cancel.set()
+    assert isinstance(event, Stopped) and re.match(r"Stopped after step \d of 4\.", event.message)
+    assert not manager.status()["busy"]
+
+
+def test_the_cli_runs_both_passes_into_one_png(tmp_path, capsys):
+    output = tmp_path / "hires.png"
+    assert cli.main(["generate", "--model", "demo", "--prompt", "a red circle", "--steps", "2", "--seed", "4",
+                     "--hires-scale", "2", "--hires-steps", "3", "--hires-strength", "0.5", "--hires-upscaler",
+                     "Lanczos", "--output", str(output)]) == 0
+    with Image.open(output) as image:
+        assert image.size == (128, 128)
+        assert "Hires upscale: 2, Hires steps: 3, Hires upscaler: Lanczos" in image.info["parameters"]
+    assert cli.main(["generate", "--model", "demo", "--prompt", "x", "--width", "4096", "--hires-scale", "2",
+                     "--output", str(tmp_path / "no.png")]) == 1
+    assert "past the 4096-pixel limit" in capsys.readouterr().err and not (tmp_path / "no.png").exists()
+
+
+# ----- the page: the Generate panel's "Hires fix" and the before / after slider -------------------------------
+
+
+def hires_values(**overrides) -> dict:
+    from tests.test_webui_panels import shared
+
+    values = {"model": "demo", "steps": "2", "image_strength": 0.4, "init_image": None, "hires": True,
+              "hires_scale": 2, "hires_steps": 2, "hires_strength": 0.5, "hires_upscaler": "Lanczos", "hires_prompt": ""}
+    return shared(**{**values, **overrides})
+
+
+def run_panel_job(studio, view, values) -> dict:
+    """The last update a Generate run sends the page (its results and the before / after pair)."""
+    from webui.jobs import run_job
+    from webui.panels import generate
+
+    return list(run_job(studio, view, generate.build_requests, values, "session"))[-1]
+
+
+def test_the_generate_panel_sends_the_hires_settings_only_when_ticked(tmp_path):
+    from webui.panels import generate
+    from webui.requests import InputStore, RequestContext
+
+    context = RequestContext(inputs=InputStore(tmp_path / "inputs"))
+    [request] = generate.build_requests(hires_values(hires_steps=0, hires_prompt="sharper"), context)
+    assert (request.hires_scale, request.hires_steps, request.hires_strength, request.hires_upscaler,
+            request.hires_prompt) == (2, None, 0.5, "Lanczos", "sharper")
+    [plain] = generate.build_requests(hires_values(hires=False), context)
+    assert plain.hires_scale is None and plain == request.with_(hires_scale=None, hires_steps=None,
+                                                                hires_strength=None, hires_upscaler=None,
+                                                                hires_prompt="")
+
+
+def test_the_slider_gets_the_image_a_result_started_from_and_the_result(manager, tmp_path):
+    import gradio as gr
+
+    from webui.compare import show_comparison
+    from webui.panels import result_column
+    from webui.studio import Studio, StudioFolders
+
+    with gr.Blocks():
+        view, _, _ = result_column("test", compare=True)
+    studio = Studio(manager=manager, folders=StudioFolders.default(tmp_path / "out", loras=[]))
+
+    last = run_panel_job(studio, view, hires_values())
+    before, after = last[view.compared]
+    assert [after] == [path for path, _ in last[view.results]]
+    assert Path(before).parent == studio.folders.inputs
+    with Image.open(before) as first_pass, Image.open(after) as result:
+        assert first_pass.size == result.size == (128, 128)
+        assert np.abs(np.asarray(first_pass, np.int16) - np.asarray(result.convert("RGB"), np.int16)).max() > 20
+    slider = show_comparison((before, after))
+    assert slider.visible and slider.value is not None
+
+    photo = Image.new("RGB", (64, 64), (200, 40, 10))
+    last = run_panel_job(studio, view, hires_values(hires=False, init_image=photo))  # image-to-image
+    before, after = last[view.compared]
+    with Image.open(before) as shown:
+        assert np.array_equal(np.asarray(shown.convert("RGB")), np.asarray(photo))
+    assert run_panel_job(studio, view, hires_values(hires=False))[view.compared] is None  # from noise: no slider
+    assert show_comparison(None).visible is False
+
+
+def test_the_panels_that_change_an_image_wire_the_slider_outside_their_api_result(tmp_path):
+    from webui.app import build_app
+    from webui.studio import StudioFolders
+
+    app = build_app(ModelManager(models_dir=tmp_path), StudioFolders.default(tmp_path / "out", loras=[]))
+    sliders = {panel: app.studio.panels[panel].view.compare for panel in ("generate", "fill", "kontext", "controlnet")}
+    assert all(sliders.values()) and app.studio.panels["depth"].view.compare is None
+    fed = {block._id for fn in app.fns.values() for block in fn.outputs}
+    assert {slider._id for slider in sliders.values()} <= fed
+    api = app.get_api_info()["named_endpoints"]
+    assert len(api["/generate"]["returns"]) == 3  # status, preview, results: gradio_client callers unchanged
