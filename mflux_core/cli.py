@@ -148,7 +148,7 @@ def save_canny_edges(request: GenerationRequest, output: Path) -> Path:
     from mflux_core.images.io import save_png_atomic
     from mflux_core.tools.controlnet import control_image
 
-    _, edges = control_image(request)
+    _, edges, _ = control_image(request)
     return save_png_atomic(edges, output.with_name(f"{output.stem}_controlnet_canny.png"), overwrite=True)
 
 
@@ -272,6 +272,8 @@ def generate_and_save(args: argparse.Namespace, manager, request: GenerationRequ
         memory = status["last_memory"]
         print(f"memory: {memory['plan']}; measured peak {gb_text(memory['measured_bytes'])} "
               f"(planned {gb_text(memory['planned_bytes'])}, budget {gb_text(status['memory_budget_bytes'])})")
+    for note in result.notes:
+        print(f"{note}.")
     print(f"Saved {path}")
     return path, result.image
 

@@ -39,6 +39,7 @@ class GenerationResult:
     metadata: dict
     text_chunks: dict[str, str]
     seconds: float
+    notes: tuple[str, ...] = ()  # what the tool did to the inputs (ToolInputs.notes), for the page and the CLI
 
 
 class ModelManager:
@@ -181,13 +182,15 @@ class ModelManager:
         image = result_of(run_tool(model, inputs, cancelled, preview), report)
         self.resident.record_memory(plan, others)
         request = inputs.request
-        extras = {"steps": request.steps or model.default_steps, "guidance": inputs.conditioning.guidance}
+        extras = {"steps": request.steps or model.default_steps, "guidance": inputs.conditioning.guidance,
+                  **({"notes": list(inputs.notes)} if inputs.notes else {})}
         return GenerationResult(
             image=image,
             request=request,
             metadata=request_metadata(request, extras),
             text_chunks=png_text_chunks(request, extras),
             seconds=time.perf_counter() - started,
+            notes=inputs.notes,
         )
 
     def step_preview(self, model: FluxModel) -> Preview:

@@ -14,6 +14,8 @@ from mflux_core.settings_schema import (  # the limits are imported from here to
     MAX_SIDE, MAX_STEPS, QUANTIZE, QUANTIZE_BITS, SEED, SEQUENCE_LENGTH, STEPS, TRUE_CFG_SCALE, Setting, choice,
     number, problems, schema, side, switch, text,
 )
+from mflux_core.images.resize_modes import DEFAULT_RESIZE_MODE
+from mflux_core.settings_schema import RESIZE_MODE
 from mflux_core.tools.specs import TOOL_NAMES as TOOLS, tool_spec
 
 
@@ -47,6 +49,7 @@ class GenerationRequest:
     init_noise_path: str | None = None
     max_sequence_length: int | None = None  # T5 tokens; None: the model's (its T5 tokenizer's limit, at most 512)
     vae_tiling: bool = False  # decode and encode in tiles even when the whole image fits the memory budget
+    resize_mode: str = DEFAULT_RESIZE_MODE  # how an input image of another size is brought to the output size
     extra: dict = field(default_factory=dict)  # tool-specific settings (canny thresholds, ...)
 
     def validated(self) -> "GenerationRequest":
@@ -172,6 +175,7 @@ REQUEST_SETTINGS: dict[str, Setting] = {
     "init_noise_path": text("The initial noise path").optional(),
     "max_sequence_length": SEQUENCE_LENGTH.optional(),
     "vae_tiling": switch("The setting vae_tiling"),
+    "resize_mode": RESIZE_MODE,
     "extra": Setting("The setting extra", dict[str, Annotated[Any, AfterValidator(_finite_if_number)]],
                      accepts="an object of tool settings"),
 }

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from mflux_core.errors import InvalidRequest
+from mflux_core.images.resize_modes import DEFAULT_RESIZE_MODE, RESIZE_MODES
 from mflux_core.models.vae import FLUX_SIDE
 from mflux_core.registry import ModelEntry
 from mflux_core.request import MAX_SEED, MAX_SIDE, QUANTIZE_BITS, check_finite
@@ -131,6 +132,7 @@ def shared_settings(values: dict) -> dict:
         "quantize": None if quantize == QUANTIZE_OFF else int(quantize),
         "vae_tiling": bool(values.get("vae_tiling")),
         **true_cfg_settings(values),
+        **({"resize_mode": values.get("resize_mode") or DEFAULT_RESIZE_MODE} if "resize_mode" in values else {}),
     }
 
 
@@ -145,7 +147,7 @@ def true_cfg_settings(values: dict) -> dict:
 def shared_values(settings: dict) -> dict:
     """Values for the shared controls from (possibly partial) settings; keys not in settings are left out."""
     values = {}
-    for key in ("model", "prompt", "batch_count", "negative_prompt", "true_cfg_scale"):
+    for key in ("model", "prompt", "batch_count", "negative_prompt", "true_cfg_scale", "resize_mode"):
         if key in settings:
             values[key] = settings[key]
     for key in ("steps", "guidance"):  # text boxes: empty means the default
@@ -182,6 +184,11 @@ def true_cfg_controls(prefix: str) -> dict:
     scale.change(lambda value: gr.Textbox(visible=(value or 1) > 1), scale, negative, queue=False,
                  api_visibility="private")
     return {"true_cfg_scale": scale, "negative_prompt": negative}
+
+
+def resizes_inputs(tool: str) -> bool:
+    """Whether the tool brings an input image to the output size (and so offers the resize modes)."""
+    return any(flag.name == "resize_mode" for flag in TOOL_SPECS[tool].flags)
 
 
 @dataclass
@@ -225,6 +232,12 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
         height = gr.Number(side, label="Height", precision=0, step=16, minimum=0, maximum=MAX_SIDE, info=size_info,
                            elem_id=f"{prefix}-height")
         aspect = gr.Dropdown(list(ASPECT_RATIOS), value=None, label="Aspect", elem_id=f"{prefix}-aspect")
+    if resizes_inputs(tool):
+        controls["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=DEFAULT_RESIZE_MODE, label="Resize mode",
+                                           elem_id=f"{prefix}-resize-mode",
+                                           info="An input image of another size than the output: crop and resize "
+                                                "keeps its proportions and cuts the overflow; just resize stretches; "
+                                                "resize and fill fits it and stretches its edges into the rest.")
     controls.update({"model": model, "prompt": prompt, "seed": seed, "random_seed": random_seed,
                      "batch_count": batch_count, "steps": steps, "guidance": guidance, "width": width,
                      "height": height})

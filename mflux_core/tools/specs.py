@@ -12,6 +12,8 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from mflux_core.images.resize_modes import RESIZE_MODES
+
 REQUEST, EXTRA, COMMAND = "request", "extra", "command"  # where a flag's value goes (Flag.into)
 BASE_KINDS = ("base", "single-file")  # registry.ModelEntry kinds that text-to-image models have
 
@@ -77,13 +79,17 @@ def controlnet_flags(default_name: str, default_strength: float) -> tuple[Flag, 
                  kind="number"))
 
 
+RESIZE_FLAG = Flag("--resize-mode", "an input image of another size than the output: 'crop and resize' (default: "
+                   "scale to cover, centre-crop), 'just resize' (stretch) or 'resize and fill' (scale to fit, "
+                   "stretch the edges into the rest), as A1111's resize modes",
+                   choices=RESIZE_MODES)
 FILL_KINDS = ("fill",)
 TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
     ToolSpec("generate", "text-to-image, or image-to-image with --image-path", "generate", "schnell", BASE_KINDS,
              guidance=3.5, demo_model="demo", true_cfg=True, flags=(
                  Flag("--image-path", "input image for image-to-image"),
                  Flag("--image-strength", "how much of the input image is kept, 0 to below 1 (default 0.4)",
-                      kind="number"))),
+                      kind="number"), RESIZE_FLAG)),
     ToolSpec("fill", "inpaint inside a mask or outpaint a padded canvas (FLUX.1-Fill)", "fill", "fill", FILL_KINDS,
              guidance=30.0, demo_model="demo-fill", sized_by_input=True, flags=(
                  Flag("--image-path", "the image to fill"),
@@ -92,11 +98,11 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                  Flag("--masked-image-path", "mask image: white = regenerate"),
                  Flag("--outpaint-padding", "outpaint: padding top,right,bottom,left in px or %% ('0,30%%,20%%,0')"),
                  Flag("--keep-unmasked", "paste the original back outside a feathered mask (off: the image equals "
-                      "diffusers')", kind="switch"))),
+                      "diffusers')", kind="switch"), RESIZE_FLAG)),
     ToolSpec("depth", "restyle with the layout of a depth map (FLUX.1-Depth)", "depth", "depth", ("depth",),
              guidance=10.0, demo_model="demo-depth", sized_by_input=True, flags=(
                  Flag("--depth-image-path", "the depth map (near = bright)"),
-                 Flag("--image-path", "a photo to estimate the depth map from"))),
+                 Flag("--image-path", "a photo to estimate the depth map from"), RESIZE_FLAG)),
     ToolSpec("kontext", "edit a reference image by instruction (FLUX.1-Kontext)", "kontext", "kontext", ("kontext",),
              guidance=2.5, demo_model="demo-kontext", sized_by_input=True, true_cfg=True, flags=(
                  Flag("--image-path", "the reference image"),
@@ -113,14 +119,14 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                       "map made elsewhere)", into=EXTRA, kind="switch"),
                  Flag("--canny-low", "Canny low threshold, OpenCV's units (default 100)", into=EXTRA, kind="number"),
                  Flag("--canny-high", "Canny high threshold, OpenCV's units (default 200)", into=EXTRA,
-                      kind="number"))),
+                      kind="number"), RESIZE_FLAG)),
     ToolSpec("upscale", "regenerate an image at a larger size (FLUX.1 upscaler ControlNet)", "upscale", "dev",
              BASE_KINDS, guidance=3.5, sized_by_input=True, true_cfg=True, flags=(
                  *controlnet_flags("upscaler (jasperai/Flux.1-dev-Controlnet-Upscaler)", 0.6),
                  Flag("--image-path", "the image to upscale (--controlnet-image-path works too)"),
                  Flag("--controlnet-image-path", "", hidden=True),
                  Flag("--upscale-factor", "without --width/--height: the output is the input's size times this "
-                      "(default 2)", into=EXTRA, kind="number"))),
+                      "(default 2)", into=EXTRA, kind="number"), RESIZE_FLAG)),
     ToolSpec("redux", "variations of reference images, steered by the prompt (FLUX.1-Redux)", "redux", "dev",
              BASE_KINDS, guidance=2.5, true_cfg=True, flags=(
                  Flag("--redux-image-paths", "one or more reference images", kind="paths"),
