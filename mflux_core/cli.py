@@ -139,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     save_depth.add_argument("--output", default="depth.png", help="where to write the depth map")
     add_models_dir_flag(save_depth)
     add_save_parser(tools)
+    loras = tools.add_parser("loras", help="list the LoRA library: each file's model family, base model and trigger "
+                             "words (from its metadata), and whether it can be applied to FLUX.1")
+    loras.add_argument("--lora-dir", type=Path, action="append",
+                       help="a LoRA folder (repeatable; default $LORA_LIBRARY_PATH and <models-dir>/loras)")
+    loras.add_argument("--models-dir", default="models", help="folder of local models (default ./models)")
     add_train_parser(tools, add_models_dir_flag)
     return parser
 
@@ -313,11 +318,22 @@ def save_depth(args: argparse.Namespace) -> Path:
     return path
 
 
+def list_loras(args: argparse.Namespace) -> None:
+    from mflux_core.lora.info import describe_lora_file
+    from mflux_core.lora.library import library_folders, library_names
+
+    names = library_names(args.lora_dir or [*library_folders(), Path(args.models_dir) / "loras"])
+    if not names:
+        print("No LoRA files found (set LORA_LIBRARY_PATH, or put them in <models-dir>/loras).")
+    for name, path in names.items():
+        print(f"{name}  ({path})\n    {describe_lora_file(path, markdown=False)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         {"save-depth": save_depth, "save": save_model_folder, "concept": run_concept,
-         "concept-from-image": run_concept, "train": run_train}.get(args.tool, run)(args)
+         "concept-from-image": run_concept, "train": run_train, "loras": list_loras}.get(args.tool, run)(args)
     except StudioError as error:
         print(f"Error: {error}", file=sys.stderr)
         return 1

@@ -12,6 +12,7 @@ import gradio as gr
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.resize_modes import DEFAULT_RESIZE_MODE, RESIZE_MODES
+from mflux_core.lora.info import describe_lora_file
 from mflux_core.models.vae import FLUX_SIDE
 from mflux_core.registry import ModelEntry
 from mflux_core.request import MAX_SEED, MAX_SIDE, QUANTIZE_BITS, check_finite
@@ -191,6 +192,14 @@ def resizes_inputs(tool: str) -> bool:
     return any(flag.name == "resize_mode" for flag in TOOL_SPECS[tool].flags)
 
 
+def lora_info_line(studio, picker: gr.Dropdown, elem_id: str) -> gr.Markdown:
+    """A line under a LoRA picker: the picked file's family, base model and trigger words, from its metadata."""
+    line = gr.Markdown("", elem_id=elem_id)
+    picker.change(lambda name: describe_lora_file(studio.lora_library().get(name) if name else None), picker, line,
+                  queue=False, show_progress="hidden", api_visibility="private")
+    return line
+
+
 @dataclass
 class SharedControls:
     controls: dict  # control name -> component; the names shared_settings reads
@@ -249,6 +258,7 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
                                                     elem_id=f"{prefix}-lora-{i}", scale=3)
                 controls[f"lora_scale_{i}"] = gr.Slider(-MAX_LORA_SCALE, MAX_LORA_SCALE, 1.0, step=0.05, label="Scale",
                                                         elem_id=f"{prefix}-lora-scale-{i}", scale=2)
+            lora_info_line(studio, controls[f"lora_{i}"], f"{prefix}-lora-info-{i}")
         controls["quantize"] = gr.Radio(QUANTIZE_CHOICES, value=QUANTIZE_OFF, label="Quantize (bits)",
                                         elem_id=f"{prefix}-quantize")
         controls["vae_tiling"] = gr.Checkbox(False, label="VAE tiling", elem_id=f"{prefix}-vae-tiling",
