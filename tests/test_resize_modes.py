@@ -146,3 +146,36 @@ def test_fill_resizes_image_and_mask_with_one_geometry(tiny_fill, tmp_path, caps
                     num_inference_steps=2, guidance_scale=30, latents=pack(np.load(noise_path)),
                     output_type="pil").images[0]
     assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
+
+
+# ----- the page ----------------------------------------------------------------------------------
+
+
+def test_the_page_offers_the_modes_where_an_input_is_resized_and_says_which_it_used(tmp_path):
+    """Through the served page's API, on the demo model (64 px)."""
+    from gradio_client import Client, handle_file
+
+    from mflux_core.manager import ModelManager
+    from tests.test_plot_panel import free_port
+    from webui.app import build_app, launch_kwargs
+    from webui.studio import StudioFolders
+
+    folders = StudioFolders.default(tmp_path / "outputs", models_dir=tmp_path / "models", loras=[])
+    app = build_app(ModelManager(models_dir=tmp_path / "models"), folders)
+    radios = {block.elem_id for block in app.blocks.values() if (block.elem_id or "").endswith("-resize-mode")}
+    assert radios == {"generate-resize-mode", "fill-resize-mode", "depth-resize-mode", "controlnet-resize-mode",
+                      "concept-resize-mode"}  # not Kontext (its reference keeps its size), Redux, the plot
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+               **launch_kwargs(folders))
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", analytics_enabled=False, verbose=False)
+        init = handle_file(str(save(random_image(80, 48, seed=7), tmp_path / "wide.png")))
+        status, _, results = client.predict(prompt="a red circle", init_image=init, image_strength=0.5, steps="2",
+                                            width=64, height=64, resize_mode="resize and fill", api_name="/generate")
+    finally:
+        app.close()
+    assert "Done: 1 image" in status and "Input 80x48 resized and filled to 64x64." in status
+    [saved] = list((tmp_path / "outputs").glob("????-??-??/*.png"))
+    with Image.open(saved) as image:
+        assert json.loads(image.info["mflux_studio"])["request"]["resize_mode"] == "resize and fill"

@@ -207,11 +207,12 @@ class SharedControls:
 
 
 def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "Prompt",
-                          offer_true_cfg: bool = True) -> SharedControls:
+                          offer_true_cfg: bool = True, offer_resize_mode: bool = True) -> SharedControls:
     """Render the shared controls (call inside a Blocks context) and wire their small helpers.
 
     A tool sized by its input image starts width and height at 0 (meaning: the image's size). The true CFG
-    controls appear on the tools that have them, unless `offer_true_cfg` is False.
+    controls appear on the tools that have them, unless `offer_true_cfg` is False; the resize modes on the tools
+    that resize an input image, unless `offer_resize_mode` is False (a panel without one).
     """
     image_sized = TOOL_SPECS[tool].sized_by_input
     entries = studio.manager.list_models()
@@ -241,7 +242,7 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
         height = gr.Number(side, label="Height", precision=0, step=16, minimum=0, maximum=MAX_SIDE, info=size_info,
                            elem_id=f"{prefix}-height")
         aspect = gr.Dropdown(list(ASPECT_RATIOS), value=None, label="Aspect", elem_id=f"{prefix}-aspect")
-    if resizes_inputs(tool):
+    if offer_resize_mode and resizes_inputs(tool):
         controls["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=DEFAULT_RESIZE_MODE, label="Resize mode",
                                            elem_id=f"{prefix}-resize-mode",
                                            info="An input image of another size than the output: crop and resize "

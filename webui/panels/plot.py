@@ -98,7 +98,7 @@ def render(studio) -> Panel:
                             placeholder="2.5, 3.5 · 1-5 · 0.5-1.0 (+0.25) · 1-10 [4] · Prompt S/R: red, blue")
                 axis_controls["max_cells"] = gr.Number(MAX_CELLS, label="Most cells", precision=0, minimum=1,
                                                        elem_id="plot-max-cells")
-                shared = build_shared_controls(studio, "generate", TOOL)
+                shared = build_shared_controls(studio, "generate", TOOL, offer_resize_mode=False)
                 panel = Panel(TOOL, (), shared.controls, settings_from_values, values_from_settings)
             with gr.Column(scale=4):
                 view, run, stop = result_column(TOOL)
