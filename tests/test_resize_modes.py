@@ -179,3 +179,19 @@ def test_the_page_offers_the_modes_where_an_input_is_resized_and_says_which_it_u
     [saved] = list((tmp_path / "outputs").glob("????-??-??/*.png"))
     with Image.open(saved) as image:
         assert json.loads(image.info["mflux_studio"])["request"]["resize_mode"] == "resize and fill"
+
+
+def test_the_panels_resize_mode_reaches_the_request_and_a_preset(tmp_path):
+    from mflux_core.presets import validate_settings
+    from tests.test_webui_panels import picture, shared
+    from webui.panels import generate
+    from webui.requests import InputStore, RequestContext
+
+    context = RequestContext(inputs=InputStore(tmp_path / "inputs"))
+    [request] = generate.build_requests(shared(init_image=picture(), resize_mode="just resize"), context)
+    assert request.resize_mode == "just resize"
+    settings = validate_settings(generate.settings_from_values(shared(resize_mode="resize and fill")))
+    assert settings["resize_mode"] == "resize and fill"
+    assert generate.values_from_settings(settings)["resize_mode"] == "resize and fill"
+    with pytest.raises(InvalidRequest, match="The resize mode must be one of"):
+        generate.build_requests(shared(init_image=picture(), resize_mode="stretch"), context)
