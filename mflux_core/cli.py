@@ -163,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     download = tools.add_parser("download", help="download a model into the Hugging Face cache (continues a stopped "
                                 "download)", description="download a model into the Hugging Face cache")
     download.add_argument("model", help="alias (dev, fill, ...) or Hugging Face repo id")
+    loras = tools.add_parser("loras", help="list the LoRA library: each file's model family, base model and trigger "
+                             "words (from its metadata), and whether it can be applied to FLUX.1")
+    loras.add_argument("--lora-dir", type=Path, action="append",
+                       help="a LoRA folder (repeatable; default $LORA_LIBRARY_PATH and <models-dir>/loras)")
+    loras.add_argument("--models-dir", default="models", help="folder of local models (default ./models)")
     add_train_parser(tools, add_models_dir_flag)
     return parser
 
@@ -172,7 +177,7 @@ def save_canny_edges(request: GenerationRequest, output: Path) -> Path:
     from mflux_core.images.io import save_png_atomic
     from mflux_core.tools.controlnet import control_image
 
-    _, edges = control_image(request)
+    _, edges, _ = control_image(request)
     return save_png_atomic(edges, output.with_name(f"{output.stem}_controlnet_canny.png"), overwrite=True)
 
 
@@ -297,6 +302,8 @@ def generate_and_save(args: argparse.Namespace, manager, request: GenerationRequ
         memory = status["last_memory"]
         print(f"memory: {memory['plan']}; measured peak {gb_text(memory['measured_bytes'])} "
               f"(planned {gb_text(memory['planned_bytes'])}, budget {gb_text(status['memory_budget_bytes'])})")
+    for note in result.notes:
+        print(f"{note}.")
     print(f"Saved {path}")
     return path, result.image
 
@@ -354,11 +361,22 @@ def download_model(args: argparse.Namespace) -> Path:
     return folder
 
 
+def list_loras(args: argparse.Namespace) -> None:
+    from mflux_core.lora.info import describe_lora_file
+    from mflux_core.lora.library import library_folders, library_names
+
+    names = library_names(args.lora_dir or [*library_folders(), Path(args.models_dir) / "loras"])
+    if not names:
+        print("No LoRA files found (set LORA_LIBRARY_PATH, or put them in <models-dir>/loras).")
+    for name, path in names.items():
+        print(f"{name}  ({path})\n    {describe_lora_file(path, markdown=False)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         {"save-depth": save_depth, "save": save_model_folder, "concept": run_concept,
-         "concept-from-image": run_concept, "train": run_train,
+         "concept-from-image": run_concept, "train": run_train, "loras": list_loras,
          "download": download_model}.get(args.tool, run)(args)
     except StudioError as error:
         print(f"Error: {getattr(error, 'cli_text', error)}", file=sys.stderr)  # downloads word it for the CLI

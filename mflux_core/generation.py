@@ -36,6 +36,7 @@ class ToolInputs:
     finish: Callable[[Image.Image], Image.Image] | None = None  # e.g. Fill's keep-unmasked paste
     # (width, height) sampled and decoded when not the request's: an in-context diptych is two of its panels
     canvas: tuple[int, int] | None = None
+    notes: tuple[str, ...] = ()  # what the tool did to its inputs that the user should hear of (a resize)
 
 
 def initial_noise(model: FluxModel, request: GenerationRequest, h: int, w: int) -> mx.array:

@@ -41,6 +41,7 @@ class GenerationResult:
     text_chunks: dict[str, str]
     seconds: float
     before: Image.Image | None = None  # what a two-pass job's last pass started from (the hires fix's upscaled image)
+    notes: tuple[str, ...] = ()  # what the tool did to the inputs (ToolInputs.notes), for the page and the CLI
 
 
 class ModelManager:
@@ -180,7 +181,8 @@ class ModelManager:
         inputs = tool_inputs(model, request, self)
         plan = self.resident.plan_run(model, inputs)
         image = self.run_inputs(model, inputs, report, cancelled)
-        return self.finished(image, inputs.request, model, inputs.conditioning.guidance, plan, started)
+        return self.finished(image, inputs.request, model, inputs.conditioning.guidance, plan, started,
+                             notes=inputs.notes)
 
     def run_started(self) -> tuple[float, int]:
         """At a run's start: the time, and the MLX memory that is not the models' (e.g. a caller's arrays)."""
@@ -194,10 +196,12 @@ class ModelManager:
         return result_of(run_tool(model, inputs, cancelled, preview), report)
 
     def finished(self, image: Image.Image, request: GenerationRequest, model: FluxModel, guidance: float | None,
-                 plan: MemoryPlan, started: tuple[float, int], before: Image.Image | None = None) -> GenerationResult:
+                 plan: MemoryPlan, started: tuple[float, int], before: Image.Image | None = None,
+                 notes: tuple[str, ...] = ()) -> GenerationResult:
         """The run's result with its metadata; its memory plan recorded next to the measured peak."""
         self.resident.record_memory(plan, started[1])
-        extras = {"steps": request.steps or model.default_steps, "guidance": guidance}
+        extras = {"steps": request.steps or model.default_steps, "guidance": guidance,
+                  **({"notes": list(notes)} if notes else {})}
         return GenerationResult(
             image=image,
             request=request,
@@ -205,6 +209,7 @@ class ModelManager:
             text_chunks=png_text_chunks(request, extras),
             seconds=time.perf_counter() - started[0],
             before=before,
+            notes=notes,
         )
 
     def step_preview(self, model: FluxModel) -> Preview:

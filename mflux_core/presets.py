@@ -11,6 +11,7 @@ Files: {"format": 1, "name": "...", "description": "...", "settings": {...}}
 """
 
 import json
+import math
 import os
 import re
 import secrets
@@ -28,10 +29,12 @@ from mflux_core.request import (
     MAX_SEED, MAX_SIDE, MAX_STEPS, REQUEST_SETTINGS, TOOLS, GenerationRequest, is_finite_number,
 )
 from mflux_core.settings_schema import (
-    MAX_BATCH, MAX_LIST_ITEMS, MAX_LORA_SCALE, SEED, Setting, checked, fragment, number, problems, schema, text,
+    MAX_BATCH, MAX_LIST_ITEMS, MAX_LORA_SCALE, MAX_PROMPT_CHARS, MAX_TRUE_CFG_SCALE, SEED, Setting, checked, fragment,
+    number, problems, schema, text,
 )
 from mflux_core.settings_schema import SAMPLER_LABELS, SCHEDULE_LABELS
 from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE
+from mflux_core.tools.specs import tool_spec
 
 FORMAT_VERSION = 1
 MAX_PRESET_BYTES = 64 * 1024
@@ -308,19 +311,22 @@ def settings_from_request(request: GenerationRequest) -> dict:
     return settings
 
 
+NEGATIVE_PROMPT = "Negative prompt:"
 _A1111_ITEM = re.compile(r'\s*([A-Za-z][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 
 
 def settings_from_a1111(text: str) -> dict:
-    """Prompt, steps, seed, size, guidance, sampler and schedule from an A1111 / Forge `parameters` text chunk, and
-    the prompt's `<lora:name:scale>` tags as LoRAs where the library holds a file of that name."""
+    """Prompt, negative prompt, steps, seed, size, guidance, true CFG, sampler, schedule and the hires fix from an
+    A1111 / Forge `parameters` text chunk, and the prompt's `<lora:name:scale>` tags as LoRAs where the library
+    holds a file of that name."""
     lines = text.strip().split("\n")
     parameter_line = ""
     if lines and re.match(r"^\s*Steps:", lines[-1]):
         parameter_line = lines.pop()
-    prompt_lines = []
-    for line in lines:
-        if line.startswith("Negative prompt:"):
+    prompt_lines, negative = [], ""
+    for index, line in enumerate(lines):
+        if line.startswith(NEGATIVE_PROMPT):  # A1111 writes it after the prompt, over one or more lines
+            negative = "\n".join([line[len(NEGATIVE_PROMPT):], *lines[index + 1:]]).strip()
             break
         prompt_lines.append(line)
     values = {key.strip(): value.strip().strip('"') for key, value in _A1111_ITEM.findall(parameter_line)}
@@ -333,19 +339,10 @@ def settings_from_a1111(text: str) -> dict:
     size = re.match(r"^(\d+)x(\d+)$", values.get("Size", ""))
     if size:
         settings["width"], settings["height"] = (max(16, min(MAX_SIDE, round(int(v) / 16) * 16)) for v in size.groups())
-    for key in ("Distilled CFG Scale", "Guidance", "CFG scale"):
-        try:
-            guidance = float(values[key])
-        except (KeyError, ValueError):
-            continue
-        if key == "CFG scale" and guidance == 1:  # Forge's FLUX runs keep real CFG at 1
-            continue
-        if 0 <= guidance <= 100:
-            settings["guidance"] = guidance
-            break
     if values.get("Tool") in TOOLS:
         settings["tool"] = values["Tool"]
     settings.update(_a1111_sampling(values.get("Sampler", ""), values.get("Schedule type", "")))
+    settings.update(_a1111_guidance(values, negative, tool_spec(settings.get("tool", "generate")).true_cfg))
     return validate_settings({**settings, **_a1111_hires(values)})
 
 
@@ -378,6 +375,37 @@ def _a1111_sampling(sampler: str, schedule: str) -> dict:
         sampler, schedule = head, tail
     found = {"sampler": samplers.get(sampler), "schedule": schedules.get(schedule)}
     return {key: value for key, value in found.items() if value}
+
+
+def _a1111_guidance(values: dict, negative: str, has_true_cfg: bool) -> dict:
+    """FLUX guidance, negative prompt and true CFG from A1111's words.
+
+    Forge (and we) write FLUX's distilled guidance as "Distilled CFG Scale" and real classifier-free guidance as
+    "CFG scale" (1: off), which is diffusers' true_cfg_scale. A plain A1111 PNG (Stable Diffusion) has only "CFG
+    scale": real CFG on an undistilled model, typically 5-8, which is not FLUX's distilled guidance (that would
+    mean something else entirely), so guidance stays the tool's default and the scale becomes true CFG only where
+    a negative prompt comes with it (A1111's CFG always had one, if empty; here an empty one turns it off).
+    """
+    def read(key: str) -> float | None:
+        try:
+            value = float(values[key])
+        except (KeyError, ValueError):
+            return None
+        return value if math.isfinite(value) else None
+
+    forge = "Distilled CFG Scale" in values
+    settings = {}
+    guidance = read("Distilled CFG Scale" if forge else "Guidance")
+    if guidance is not None and 0 <= guidance <= 100:
+        settings["guidance"] = guidance
+    if not has_true_cfg:
+        return settings
+    if negative:
+        settings["negative_prompt"] = negative[:MAX_PROMPT_CHARS]
+    cfg = read("CFG scale")
+    if cfg is not None and (forge or negative):
+        settings["true_cfg_scale"] = max(1.0, min(float(MAX_TRUE_CFG_SCALE), cfg))
+    return settings
 
 
 def _library_loras(tagged: list[tuple[str, float]]) -> dict:

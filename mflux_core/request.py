@@ -17,6 +17,8 @@ from mflux_core.settings_schema import (  # the limits are imported from here to
 )
 from mflux_core.settings_schema import SAMPLER, SCHEDULE
 from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE
+from mflux_core.images.resize_modes import DEFAULT_RESIZE_MODE
+from mflux_core.settings_schema import RESIZE_MODE
 from mflux_core.tools.specs import TOOL_NAMES as TOOLS, tool_spec
 
 
@@ -52,6 +54,7 @@ class GenerationRequest:
     vae_tiling: bool = False  # decode and encode in tiles even when the whole image fits the memory budget
     sampler: str = "euler"  # mflux_core.sampling.samplers: euler, heun, dpm++2m
     schedule: str = "simple"  # mflux_core.sampling.schedule: simple, beta, karras, exponential
+    resize_mode: str = DEFAULT_RESIZE_MODE  # how an input image of another size is brought to the output size
     extra: dict = field(default_factory=dict)  # tool-specific settings (canny thresholds, ...)
     regions: tuple[dict, ...] = ()  # regional prompts (generate): see mflux_core/regions.py
     region_strength: float = 1.0  # how strictly regions are kept apart in attention, 0 (not) to 1
@@ -210,6 +213,7 @@ REQUEST_SETTINGS: dict[str, Setting] = {
     "vae_tiling": switch("The setting vae_tiling"),
     "sampler": SAMPLER,
     "schedule": SCHEDULE,
+    "resize_mode": RESIZE_MODE,
     "extra": Setting("The setting extra", dict[str, Annotated[Any, AfterValidator(_finite_if_number)]],
                      accepts="an object of tool settings"),
     "regions": checked(Setting("Regional prompts", tuple[Any, ...], accepts="a list"), regions_problem,

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, Valid
 from pydantic_core import PydanticCustomError
 
 from mflux_core.errors import InvalidRequest
+from mflux_core.images.resize_modes import RESIZE_MODES
 
 MAX_SIDE = 4096  # pixels a side of any image the engine works on at full size (outputs, canvases, references)
 MAX_PIXELS = MAX_SIDE * MAX_SIDE  # pixels in all of such an image
@@ -125,6 +126,7 @@ SAMPLER = choice("The sampler", SAMPLER_LABELS)
 SCHEDULE = choice("The schedule", SCHEDULE_LABELS)
 LORA_SCALE = number("LoRA scale", -MAX_LORA_SCALE, MAX_LORA_SCALE)
 QUANTIZE = choice("Quantize", QUANTIZE_BITS)
+RESIZE_MODE = choice("The resize mode", RESIZE_MODES)
 
 
 def side(label: str) -> Setting:

@@ -28,7 +28,7 @@ from safetensors.numpy import save_file
 from mflux_core.demo.evaluate import EVALUATION_SEED, FILL_TOLERANCE
 from mflux_core.demo.examples import SOURCES
 from mflux_core.demo.family import IMAGE_SIZE
-from mflux_core.images.resize_modes import resize_to
+from mflux_core.images.resize_modes import RESIZE_AND_FILL, resize_to
 from mflux_core.manager import ModelManager
 from mflux_core.weights.resolve import DEMO_MODELS_ENV, demo_folder
 from tests.fixtures.shape_classifier import classify
@@ -185,7 +185,7 @@ def test_img2img_shapes_the_input_by_resize_mode(studio):
     fitted = inputs[2]
     assert np.abs(fitted[2, 2] - red).max() < 40 and np.abs(fitted[-3, -3] - blue).max() < 40  # bars repeat edges
     assert np.abs(fitted[:edge - 1, middle] - green).max() < 40
-    assert np.array_equal(fitted, np.asarray(resize_to(Image.fromarray(wide), IMAGE_SIZE, IMAGE_SIZE, 2)))
+    assert np.array_equal(fitted, np.asarray(resize_to(Image.fromarray(wide), IMAGE_SIZE, IMAGE_SIZE, RESIZE_AND_FILL)))
 
 
 # ----- models and options ------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def test_image_to_image_matches_diffusers(tiny_dev, tmp_path, image_strength, st
     ours = run_cli(
         "generate", "--path", tiny_dev, "--prompt", prompt, "--steps", steps, "--height", height, "--width", width,
         "--image-path", init_path, "--image-strength", image_strength, "--init-noise", noise_path,
-        "--guidance", 4.0, "--output", tmp_path / "ours.png",
+        "--guidance", 4.0, "--resize-mode", "just resize", "--output", tmp_path / "ours.png",  # diffusers stretches
     )
 
     pipe = diffusers.FluxImg2ImgPipeline.from_pretrained(tiny_dev, torch_dtype=torch.float32, local_files_only=True)

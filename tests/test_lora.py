@@ -266,15 +266,15 @@ def test_lora_for_another_architecture_is_refused(tiny_dev, tmp_path, capsys):
     sdxl = tmp_path / "sdxl_style.safetensors"
     save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 320),
                "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(320, 4),
-               "lora_unet_down_blocks_0_attentions_0_proj_in.alpha": torch.tensor(4.0)}, str(sdxl))
+               "lora_unet_down_blocks_0_attentions_0_proj_in.alpha": torch.tensor(4.0),
+               "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 1280)}, str(sdxl))
     args = ["generate", "--path", tiny_dev, "--prompt", "x", "--steps", 1, "--height", 32, "--width", 32,
             "--output", tmp_path / "x.png", "--lora-paths", sdxl]
     from mflux_core.cli import main
 
     assert main([str(a) for a in args]) == 1
     message = capsys.readouterr().err
-    assert "matches none of this FLUX.1 transformer's layers (0/3 keys" in message
-    assert "Stable Diffusion" in message
+    assert "The LoRA sdxl_style.safetensors was made for SDXL, not FLUX.1, so it cannot be applied here." in message
 
     transformer = load_transformer(tiny_dev / "transformer")
     wider = lf.Dims(**{**lf.Dims.of(tiny_dev).__dict__, "hidden": 64})

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from mflux_core.images.io import save_png_atomic
-from mflux_core.metadata import png_text_chunks
+from mflux_core.metadata import a1111_parameters, png_text_chunks
 from mflux_core.presets import (
     INPUT_PATH_FIELDS, MAX_PRESET_BYTES, SETTING_FIELDS, Preset, PresetError, delete_preset, json_depth,
     list_presets, parse_preset, preset_json, read_preset_file, save_preset, settings_from_a1111, settings_from_png,
@@ -153,9 +153,10 @@ def test_a1111_parameters_give_prompt_steps_seed_size_guidance(tmp_path):
             "Version: f2.0")
     assert settings_from_a1111(text) == {"prompt": "masterpiece, a castle\non a hill", "steps": 20, "seed": 1234567,
                                          "width": 832, "height": 1216, "guidance": 3.5, "sampler": "euler",
-                                         "schedule": "simple"}
+                                         "schedule": "simple",
+                                         "negative_prompt": "blurry, low quality", "true_cfg_scale": 1.0}
     sd = settings_from_a1111("a cat\nSteps: 30, CFG scale: 7, Seed: 5, Size: 500x500")
-    assert sd == {"prompt": "a cat", "steps": 30, "seed": 5, "width": 496, "height": 496, "guidance": 7.0}
+    assert sd == {"prompt": "a cat", "steps": 30, "seed": 5, "width": 496, "height": 496}  # SD's CFG is not FLUX's
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", text)
     Image.new("RGB", (8, 8)).save(tmp_path / "a1111.png", pnginfo=info)
@@ -174,3 +175,17 @@ def test_pngs_without_settings_are_refused(tmp_path):
 def test_every_tool_has_a_valid_minimal_preset():
     for tool in TOOLS:
         assert parse_preset(preset_text({"tool": tool})).tool == tool
+
+
+def test_a1111_cfg_scale_is_true_cfg_with_a_negative_prompt_and_distilled_cfg_is_guidance():
+    forge = settings_from_a1111("a fox\nNegative prompt: blurry,\nlow quality\n"
+                                "Steps: 20, CFG scale: 3.5, Distilled CFG Scale: 2.5, Seed: 1, Size: 512x512")
+    assert (forge["negative_prompt"], forge["true_cfg_scale"], forge["guidance"]) == ("blurry,\nlow quality", 3.5, 2.5)
+    sd = settings_from_a1111("a fox\nNegative prompt: ugly\nSteps: 30, CFG scale: 30, Seed: 2, Size: 512x512")
+    assert (sd["negative_prompt"], sd["true_cfg_scale"]) == ("ugly", 20.0) and "guidance" not in sd  # clamped
+    fill = settings_from_a1111("a fox\nNegative prompt: ugly\nSteps: 3, CFG scale: 4, Distilled CFG Scale: 30, "
+                               "Tool: fill, Version: mflux-studio")
+    assert fill["guidance"] == 30 and "negative_prompt" not in fill and "true_cfg_scale" not in fill  # none in Fill
+    ours = GenerationRequest(prompt="a fox", negative_prompt="blurry", true_cfg_scale=4.0, guidance=3.0, steps=3)
+    back = settings_from_a1111(a1111_parameters(ours))
+    assert (back["negative_prompt"], back["true_cfg_scale"], back["guidance"]) == ("blurry", 4.0, 3.0)

@@ -82,7 +82,7 @@ def test_image_to_image_with_true_cfg_matches_flux_img2img_pipeline(tiny_dev, tm
     ours = run_cli(
         "generate", "--path", tiny_dev, "--prompt", PROMPT, *true_cfg_flags(), "--steps", steps, "--height", height,
         "--width", width, "--image-path", save(init, tmp_path / "init.png"), "--image-strength", strength,
-        "--init-noise", noise_path, "--guidance", 4.0, "--output", tmp_path / "o.png",
+        "--init-noise", noise_path, "--guidance", 4.0, "--resize-mode", "just resize", "--output", tmp_path / "o.png",
     )
     pipe = diffusers.FluxImg2ImgPipeline.from_pretrained(tiny_dev, torch_dtype=torch.float32, local_files_only=True)
 

@@ -217,8 +217,21 @@ def test_generate_then_send_a_result_from_the_history(page, studio):
     page.click("#send-to-fill")
     page.wait_for_selector("#fill-editor div.pixi-target canvas")
     assert page.get_by_role("tab", name="Fill", exact=True).get_attribute("aria-selected") == "true"
+    # another tool's panel gets the prompt, seed, steps and size; its own model and guidance stay
+    page.wait_for_function("() => document.querySelector('#fill-prompt textarea').value === 'a red fox in the snow'")
+    assert [value_of(page, f"fill-{k}") for k in ("steps", "width", "height", "guidance")] == ["2", "64", "48", ""]
+    assert value_of(page, "fill-seed") in ("0", "1") and value_of(page, "fill-model").startswith("tiny-fill")
     open_tab(page, "History")
+    assert page.inner_text("#history-message").startswith("Sent ")
     screenshot(page, "history")
+    open_tab(page, "Generate")
+    type_into(page, "generate-prompt", "something else")
+    open_tab(page, "History")
+    page.click("#send-to-generate")
+    page.wait_for_function("() => document.querySelector('#generate-prompt textarea').value === 'a red fox in the snow'")
+    page.get_by_role("tab", name="Generate", exact=True).and_(page.locator("[aria-selected=true]")).wait_for()
+    open_accordions(page, "generate-img2img")
+    page.wait_for_selector("#generate-init-image img")
 
 
 def test_fill_uses_the_stroke_as_mask_and_keeps_the_rest(page, studio):

@@ -390,3 +390,16 @@ def test_every_run_button_shares_one_queue_of_one(tmp_path):
     history = {app.studio.outputs.history._id, app.studio.outputs.status_strip._id}
     for fn in runs.values():  # a tool's API result is its own images; the history refreshes in a private event
         assert not history & {block._id for block in fn.outputs}, fn.api_name
+
+
+def test_send_to_carries_every_setting_into_its_own_tool_and_the_shared_ones_into_another(tmp_path):
+    request = GenerationRequest(tool="generate", model="tiny", prompt="a fox", negative_prompt="blur",
+                                true_cfg_scale=2.0, seed=9, steps=3, width=64, height=48, guidance=4.0,
+                                image_strength=0.5, resize_mode="just resize")
+    path = gallery.save_result(tmp_path, GenerationResult(picture(), request, {}, png_text_chunks(request), 0.1))
+    assert gallery.settings_to_send(path, ("generate",)) == settings_from_request(request)
+    into_fill = gallery.settings_to_send(path, ("fill",))
+    assert into_fill == {"prompt": "a fox", "negative_prompt": "blur", "true_cfg_scale": 2.0, "seed": 9, "steps": 3,
+                         "width": 64, "height": 48, "lora_paths": [], "lora_scales": []}  # not its model, guidance
+    picture().save(tmp_path / "plain.png")
+    assert gallery.settings_to_send(tmp_path / "plain.png", ("fill",)) == {}

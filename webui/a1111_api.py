@@ -324,7 +324,7 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
         ignored.append("init_images after the first")
     size = (params.width or image.width, params.height or image.height)
     check_image_size(*size, "The requested image")  # before resizing to it
-    mode = params.resize_mode if params.resize_mode in RESIZE_MODES else 0
+    mode = RESIZE_MODES[params.resize_mode] if params.resize_mode in range(len(RESIZE_MODES)) else RESIZE_MODES[0]
     store = studio.request_context().inputs
     settings = {"image_strength": round(1 - params.denoising_strength, 6), "width": size[0], "height": size[1]}
     inputs = {"image_path": store.save(resize_to(image, *size, mode), "api-image")}

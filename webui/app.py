@@ -22,6 +22,7 @@ from webui.openai_api import openai_router  # noqa: E402
 from webui.panels import controlnet, depth, fill, generate, in_context, kontext, redux  # noqa: E402
 from webui.panels import concept, plot, train  # noqa: E402
 from webui.panels import models as models_tab  # noqa: E402
+from webui.gallery import settings_to_send  # noqa: E402
 from webui.presets_ui import apply_settings  # noqa: E402
 from webui.studio import Studio, StudioFolders, StudioOutputs  # noqa: E402
 
@@ -107,14 +108,21 @@ def render_history(studio, panels: dict) -> None:
     outputs.history.select(pick, outputs.history_paths, [selected, message], queue=False, api_visibility="private")
 
     def sender(tool):
+        panel = panels[tool]
+
         def send(path):
             if not path:
                 return {message: message_markdown("Select an image in the history first.")}
-            return {panels[tool].send_target: path, studio.tabs: gr.Tabs(selected=tool), message: ""}
+            settings = settings_to_send(Path(path), panel.tools)
+            updates, notes = apply_settings(studio, panel, settings)
+            what = "with its prompt and settings" if settings else "(it holds no settings to carry)"
+            return {**updates, panel.send_target: path, studio.tabs: gr.Tabs(selected=panel.tab_id),
+                    message: " ".join([f"Sent {Path(path).name} to {panel.tab_id} {what}."] + notes)}
         return send
 
     for tool, button in send_buttons.items():
-        button.click(sender(tool), selected, [panels[tool].send_target, studio.tabs, message],
+        button.click(sender(tool), selected, [panels[tool].send_target, studio.tabs, message,
+                                              *panels[tool].controls.values()],
                      queue=False, api_visibility="private")
 
     all_controls = [c for panel in panels.values() for c in panel.controls.values()]

@@ -12,11 +12,15 @@ from PIL import Image
 
 from mflux_core.images.io import save_png_atomic
 from mflux_core.metadata import A1111_KEY
+from mflux_core.presets import PresetError, settings_from_png
 from mflux_core.request import GenerationRequest
 
 DATE_FOLDER = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 HISTORY_LIMIT = 200
 CAPTION_CHARS = 80
+# What a result's settings mean the same in any tool's panel; its model, guidance and tool settings do not.
+CARRIED_ACROSS_TOOLS = ("prompt", "negative_prompt", "true_cfg_scale", "seed", "steps", "width", "height",
+                        "lora_paths", "lora_scales")
 
 
 def result_path(outputs_dir: Path, request: GenerationRequest, when: float | None = None) -> Path:
@@ -44,6 +48,18 @@ def caption(path: Path) -> str:
     prompt = prompt.strip().replace("\n", " ")
     prompt = prompt if len(prompt) <= CAPTION_CHARS else prompt[: CAPTION_CHARS - 1] + "…"
     return f"{prompt} · seed {seed.group(1)}" if seed else prompt
+
+
+def settings_to_send(path: Path, tools: tuple[str, ...]) -> dict:
+    """The settings a result carries along when it is sent to a panel running `tools`: all of them into a panel of
+    its own tool, else those in CARRIED_ACROSS_TOOLS; none when the image holds no settings we can read."""
+    try:
+        settings = settings_from_png(path)
+    except PresetError:
+        return {}
+    if settings.get("tool", "generate") in tools:
+        return settings
+    return {key: value for key, value in settings.items() if key in CARRIED_ACROSS_TOOLS}
 
 
 def history(outputs_dir: Path, limit: int = HISTORY_LIMIT) -> list[tuple[str, str]]:

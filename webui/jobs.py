@@ -154,6 +154,7 @@ def studio_job(studio, view: JobView):
 def run_job(studio, view: JobView, build: RequestBuilder, values: dict, session: str):
     saved: list[tuple[str, str]] = []
     compared = None  # the last result's (before, after) paths, for a panel's slider
+    notes: list[str] = []  # what the tools did to the inputs (a resize), said once each at the end
 
     def work(cancel: threading.Event):
         nonlocal compared
@@ -166,8 +167,10 @@ def run_job(studio, view: JobView, build: RequestBuilder, values: dict, session:
             path = save_result(studio.folders.outputs, result)
             saved.append((str(path), f"seed {result.request.seed} · {result.seconds:.1f} s"))
             compared = before_and_after(result, path, studio.folders.inputs)
+            notes.extend(note for note in result.notes if note not in notes)
             yield {view.preview: str(path)}
-        return f"Done: {_images(len(saved))} saved to {studio.folders.outputs}."
+        return " ".join([f"Done: {_images(len(saved))} saved to {studio.folders.outputs}."]
+                        + [f"{note}." for note in notes])
 
     # The results once, at the end: what a gradio_client call gets back, next to the status.
     def final() -> dict:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import gradio as gr
 
 from mflux_core.errors import InvalidRequest
+from mflux_core.images.resize_modes import DEFAULT_RESIZE_MODE, RESIZE_MODES
+from mflux_core.lora.info import describe_lora_file
 from mflux_core.models.vae import FLUX_SIDE
 from mflux_core.registry import ModelEntry
 from mflux_core.request import MAX_SEED, MAX_SIDE, QUANTIZE_BITS, check_finite
@@ -133,6 +135,7 @@ def shared_settings(values: dict) -> dict:
         **true_cfg_settings(values),
         "sampler": values.get("sampler") or "euler",
         "schedule": values.get("schedule") or "simple",
+        **({"resize_mode": values.get("resize_mode") or DEFAULT_RESIZE_MODE} if "resize_mode" in values else {}),
     }
 
 
@@ -147,7 +150,8 @@ def true_cfg_settings(values: dict) -> dict:
 def shared_values(settings: dict) -> dict:
     """Values for the shared controls from (possibly partial) settings; keys not in settings are left out."""
     values = {}
-    for key in ("model", "prompt", "batch_count", "negative_prompt", "true_cfg_scale", "sampler", "schedule"):
+    for key in ("model", "prompt", "batch_count", "negative_prompt", "true_cfg_scale", "sampler", "schedule",
+                "resize_mode"):
         if key in settings:
             values[key] = settings[key]
     for key in ("steps", "guidance"):  # text boxes: empty means the default
@@ -198,6 +202,19 @@ def sampling_controls(prefix: str) -> dict:
     return {"sampler": sampler, "schedule": schedule}
 
 
+def resizes_inputs(tool: str) -> bool:
+    """Whether the tool brings an input image to the output size (and so offers the resize modes)."""
+    return any(flag.name == "resize_mode" for flag in TOOL_SPECS[tool].flags)
+
+
+def lora_info_line(studio, picker: gr.Dropdown, elem_id: str) -> gr.Markdown:
+    """A line under a LoRA picker: the picked file's family, base model and trigger words, from its metadata."""
+    line = gr.Markdown("", elem_id=elem_id)
+    picker.change(lambda name: describe_lora_file(studio.lora_library().get(name) if name else None), picker, line,
+                  queue=False, show_progress="hidden", api_visibility="private")
+    return line
+
+
 @dataclass
 class SharedControls:
     controls: dict  # control name -> component; the names shared_settings reads
@@ -205,11 +222,12 @@ class SharedControls:
 
 
 def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "Prompt",
-                          offer_true_cfg: bool = True) -> SharedControls:
+                          offer_true_cfg: bool = True, offer_resize_mode: bool = True) -> SharedControls:
     """Render the shared controls (call inside a Blocks context) and wire their small helpers.
 
     A tool sized by its input image starts width and height at 0 (meaning: the image's size). The true CFG
-    controls appear on the tools that have them, unless `offer_true_cfg` is False.
+    controls appear on the tools that have them, unless `offer_true_cfg` is False; the resize modes on the tools
+    that resize an input image, unless `offer_resize_mode` is False (a panel without one).
     """
     image_sized = TOOL_SPECS[tool].sized_by_input
     entries = studio.manager.list_models()
@@ -239,6 +257,12 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
         height = gr.Number(side, label="Height", precision=0, step=16, minimum=0, maximum=MAX_SIDE, info=size_info,
                            elem_id=f"{prefix}-height")
         aspect = gr.Dropdown(list(ASPECT_RATIOS), value=None, label="Aspect", elem_id=f"{prefix}-aspect")
+    if offer_resize_mode and resizes_inputs(tool):
+        controls["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=DEFAULT_RESIZE_MODE, label="Resize mode",
+                                           elem_id=f"{prefix}-resize-mode",
+                                           info="An input image of another size than the output: crop and resize "
+                                                "keeps its proportions and cuts the overflow; just resize stretches; "
+                                                "resize and fill fits it and stretches its edges into the rest.")
     controls.update({"model": model, "prompt": prompt, "seed": seed, "random_seed": random_seed,
                      "batch_count": batch_count, "steps": steps, "guidance": guidance, "width": width,
                      "height": height})
@@ -250,6 +274,7 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
                                                     elem_id=f"{prefix}-lora-{i}", scale=3)
                 controls[f"lora_scale_{i}"] = gr.Slider(-MAX_LORA_SCALE, MAX_LORA_SCALE, 1.0, step=0.05, label="Scale",
                                                         elem_id=f"{prefix}-lora-scale-{i}", scale=2)
+            lora_info_line(studio, controls[f"lora_{i}"], f"{prefix}-lora-info-{i}")
         controls["quantize"] = gr.Radio(QUANTIZE_CHOICES, value=QUANTIZE_OFF, label="Quantize (bits)",
                                         elem_id=f"{prefix}-quantize")
         controls["vae_tiling"] = gr.Checkbox(False, label="VAE tiling", elem_id=f"{prefix}-vae-tiling",

@@ -1,45 +1,50 @@
-"""A1111's resize modes: how an input image of another size becomes the output's size.
+"""A1111's three ways to bring an input image to the output size when the sizes differ (its `resize_mode`).
 
-0 "Just resize": stretch to the size. 1 "Crop and resize": scale to cover the size, cut the overflow evenly
-from both sides. 2 "Resize and fill": scale to fit inside the size, then fill the bars by stretching the
-image's outer rows or columns into them (as A1111 does), so the model sees no hard border.
+- "just resize" (A1111 0): stretch to the output size; the aspect ratio changes (what diffusers does).
+- "crop and resize" (A1111 1, our default): scale to cover the output, then cut the overflow off equally on
+  both sides, so nothing is stretched and the centre is kept.
+- "resize and fill" (A1111 2): scale to fit inside the output, centred; the bands left over are filled by
+  stretching the image's edge rows or columns outward, as A1111 does (no blur).
+
+Masks go through the same function (any Pillow mode), so a mask keeps lining up with its image.
 """
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageOps
 
-JUST_RESIZE, CROP_AND_RESIZE, RESIZE_AND_FILL = 0, 1, 2
-RESIZE_MODES = {JUST_RESIZE: "just resize", CROP_AND_RESIZE: "crop and resize", RESIZE_AND_FILL: "resize and fill"}
+JUST_RESIZE, CROP_AND_RESIZE, RESIZE_AND_FILL = "just resize", "crop and resize", "resize and fill"
+RESIZE_MODES = (JUST_RESIZE, CROP_AND_RESIZE, RESIZE_AND_FILL)  # in A1111's order: its resize_mode 0, 1, 2
+DEFAULT_RESIZE_MODE = CROP_AND_RESIZE
 RESAMPLE = Image.Resampling.LANCZOS
 
 
-def resize_to(image: Image.Image, width: int, height: int, mode: int = CROP_AND_RESIZE) -> Image.Image:
-    """`image` at width x height by the resize mode (0, 1 or 2 as above); the image itself when already that size."""
+def resize_to(image: Image.Image, width: int, height: int, mode: str) -> Image.Image:
+    """`image` at (width, height) by one of RESIZE_MODES; the image itself when it already has that size."""
     if mode not in RESIZE_MODES:
-        raise ValueError(f"resize mode {mode!r} is not one of {sorted(RESIZE_MODES)}")
-    if image.size == (width, height):
+        raise ValueError(f"Unknown resize mode {mode!r}: use one of {', '.join(RESIZE_MODES)}.")
+    size = (width, height)
+    if image.size == size:
         return image
     if mode == JUST_RESIZE:
-        return image.resize((width, height), RESAMPLE)
-    cover = mode == CROP_AND_RESIZE
-    scale = (max if cover else min)(width / image.width, height / image.height)
-    inner = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    scaled = image.resize(inner, RESAMPLE)
-    left, top = (inner[0] - width) // 2, (inner[1] - height) // 2
-    if cover:
-        return scaled.crop((left, top, left + width, top + height))
-    return filled(scaled, -left, -top, width, height)
+        return image.resize(size, RESAMPLE)
+    if mode == CROP_AND_RESIZE:
+        return ImageOps.fit(image, size, RESAMPLE)
+    return _fill_by_edges(ImageOps.contain(image, size, RESAMPLE), width, height)
 
 
-def filled(inner: Image.Image, left: int, top: int, width: int, height: int) -> Image.Image:
-    """`inner` pasted at (left, top) of a width x height canvas; each bar beside it repeats its nearest outer row
-    (the bars above and below) or column (the bars left and right)."""
-    canvas = Image.new(inner.mode, (width, height))
-    w, h = inner.size
-    right, bottom = width - left - w, height - top - h
-    bars = [((0, 0, w, 1), (w, top), (left, 0)), ((0, h - 1, w, h), (w, bottom), (left, top + h)),
-            ((0, 0, 1, h), (left, h), (0, top)), ((w - 1, 0, w, h), (right, h), (left + w, top))]
-    for edge, size, corner in bars:
-        if min(size) > 0:
-            canvas.paste(inner.crop(edge).resize(size, Image.Resampling.NEAREST), corner)
-    canvas.paste(inner, (left, top))
-    return canvas
+def _fill_by_edges(fitted: Image.Image, width: int, height: int) -> Image.Image:
+    """`fitted` centred on a (width, height) canvas whose spare bands repeat its outermost rows or columns."""
+    pixels = np.asarray(fitted)
+    top, left = (height - fitted.height) // 2, (width - fitted.width) // 2
+    bands = [(top, height - fitted.height - top), (left, width - fitted.width - left)]
+    bands += [(0, 0)] * (pixels.ndim - 2)  # colour channels are not padded
+    return Image.fromarray(np.pad(pixels, bands, mode="edge"), fitted.mode)
+
+
+def resize_note(size: tuple[int, int], width: int, height: int, mode: str) -> str | None:
+    """What `resize_to` did, in words ("Input 800x600 cropped and resized to 512x512"); None when nothing."""
+    if tuple(size) == (width, height):
+        return None
+    done = {JUST_RESIZE: "resized (stretched)", CROP_AND_RESIZE: "cropped and resized",
+            RESIZE_AND_FILL: "resized and filled"}[mode]
+    return f"Input {size[0]}x{size[1]} {done} to {width}x{height}"

@@ -13,14 +13,11 @@ import mlx.nn as nn
 
 from mflux_core.errors import ModelLoadError
 from mflux_core.lora.formats import LoraFile
+from mflux_core.lora.info import family_from_keys
 from mflux_core.lora.layers import LINEAR_TYPES, LoRALinear, linear_shape
 
 log = logging.getLogger(__name__)
 
-OTHER_ARCHITECTURES = {  # key fragments of LoRAs made for something else -> what to call it
-    "down_blocks": "a Stable Diffusion (1.5 / SDXL) UNet", "input_blocks": "a Stable Diffusion UNet",
-    "joint_blocks": "Stable Diffusion 3", "text_model": "a text encoder only", "lora_te": "a text encoder only",
-}
 SHOWN_NAMES = 5
 
 
@@ -84,13 +81,6 @@ def applied_loras(transformer: nn.Module) -> dict[str, float]:
     return found
 
 
-def _guess_architecture(keys) -> str | None:
-    for fragment, family in OTHER_ARCHITECTURES.items():
-        if any(fragment in key for key in keys):
-            return family
-    return None
-
-
 def check_lora(transformer: nn.Module, lora: LoraFile, scale: float = 1.0) -> tuple[dict, LoraReport]:
     """The adapters of `lora` that fit `transformer` (path -> weights) and the report; changes nothing.
 
@@ -115,7 +105,7 @@ def check_lora(transformer: nn.Module, lora: LoraFile, scale: float = 1.0) -> tu
     matched = {key for path in fitting for key in lora.source_keys[path]}
     unused -= matched
     if not fitting:
-        family = _guess_architecture(unused)
+        family = family_from_keys(unused)
         hint = f" It looks like a LoRA for {family}." if family else " It is probably for another model."
         raise ModelLoadError(
             f"The LoRA {lora.name} matches none of this FLUX.1 transformer's layers (0/{lora.total_keys} keys; "

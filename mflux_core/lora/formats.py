@@ -30,6 +30,7 @@ from typing import Callable, NamedTuple
 import mlx.core as mx
 
 from mflux_core.errors import ModelLoadError
+from mflux_core.lora.info import read_lora_info, refusal
 from mflux_core.lora.lycoris import LYCORIS_PARTS, lycoris_pair
 from mflux_core.models.transformer import MLP_RATIO
 from mflux_core.weights.bfl import (
@@ -295,8 +296,12 @@ def _paths(fmt: str, module_name: str) -> list[str] | None:
 
 
 def load_lora_file(path: Path) -> LoraFile:
-    """Read a .safetensors LoRA (weights and header metadata) into a LoraFile."""
+    """Read a .safetensors LoRA (weights and header metadata) into a LoraFile; one made for another model family, or
+    a DoRA, is refused from its header before its weights are read."""
     path = Path(path)
+    info = read_lora_info(path)
+    if info is not None and refusal(info, path.name):
+        raise ModelLoadError(refusal(info, path.name))
     try:
         weights, metadata = mx.load(str(path), format="safetensors", return_metadata=True)
     except Exception as error:  # MLX raises plain RuntimeError/ValueError for bad files

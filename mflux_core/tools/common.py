@@ -7,6 +7,7 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.images.io import load_image, pil_to_pixels
+from mflux_core.images.resize_modes import resize_note, resize_to
 from mflux_core.models.vae import FLUX_SIDE
 from mflux_core.request import GenerationRequest, clean_prompt, existing_file, snap_to_16
 from mflux_core.sampling.conditioning import Conditioning, NegativePrompt
@@ -56,6 +57,13 @@ def prompt_embeddings(model: FluxModel, prompt: str, max_sequence_length: int) -
     """(T5 tokens, CLIP pooled vector) of a prompt, in the model's dtype, through the cached text encoders."""
     embeddings = model.text_encoders.encode(clean_prompt(prompt), max_sequence_length)
     return embeddings.t5.astype(model.dtype), embeddings.pooled.astype(model.dtype)
+
+
+def fit_input(image: Image.Image, request: GenerationRequest) -> tuple[Image.Image, tuple[str, ...]]:
+    """An input image at the request's (set) output size by its resize mode, and a note when it was resized."""
+    width, height, mode = request.width, request.height, request.resize_mode
+    note = resize_note(image.size, width, height, mode)
+    return resize_to(image, width, height, mode), (note,) if note else ()
 
 
 def required_image(path: str | None, what: str, flag: str) -> Image.Image:

@@ -14,7 +14,7 @@ from mflux_core.generation import ToolInputs
 from mflux_core.images.canny import canny_edges
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.engine import ToolEngine
-from mflux_core.tools.common import required_image, with_size
+from mflux_core.tools.common import fit_input, required_image, with_size
 from mflux_core.tools.controlnet_conditioning import controlnet_inputs, extra_number
 from mflux_core.weights.resolve import is_demo_folder
 
@@ -22,17 +22,17 @@ DEFAULT_STRENGTH = 0.4  # mflux's default ControlNet strength
 CANNY_THRESHOLDS = {"canny_low": "low", "canny_high": "high"}  # request.extra key -> canny_edges argument
 
 
-def control_image(request: GenerationRequest) -> tuple[GenerationRequest, Image.Image]:
-    """The request with its size filled in, and the image the ControlNet sees (Canny edges at that size)."""
+def control_image(request: GenerationRequest) -> tuple[GenerationRequest, Image.Image, tuple[str, ...]]:
+    """The request with its size filled in, the image the ControlNet sees (Canny edges at that size, of the
+    image brought to it by the resize mode), and a note when it was resized."""
     image = required_image(request.controlnet_image_path, "a control image", "--controlnet-image-path")
     request = with_size(request, image)
+    image, notes = fit_input(image, request)
     if request.extra.get("controlnet_skip_canny"):
-        return request, image
-    if image.size != (request.width, request.height):
-        image = image.resize((request.width, request.height), Image.Resampling.LANCZOS)
+        return request, image, notes
     thresholds = {arg: extra_number(request, key, None) for key, arg in CANNY_THRESHOLDS.items()
                   if request.extra.get(key) is not None}
-    return request, canny_edges(image, **thresholds)
+    return request, canny_edges(image, **thresholds), notes
 
 
 def default_controlnet(model: FluxModel) -> str:
@@ -41,6 +41,6 @@ def default_controlnet(model: FluxModel) -> str:
 
 
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
-    request, control = control_image(request)
-    return controlnet_inputs(model, request, engine, control, tool="ControlNet",
+    request, control, notes = control_image(request)
+    return controlnet_inputs(model, request, engine, control, tool="ControlNet", notes=notes,
                              default_controlnet=default_controlnet(model), default_strength=DEFAULT_STRENGTH)

@@ -72,7 +72,8 @@ def controlnet_residuals(controlnet: FluxControlNet, control_latents: mx.array, 
 
 
 def controlnet_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine, control_image: Image.Image,
-                      *, tool: str, default_controlnet: str, default_strength: float) -> ToolInputs:
+                      *, tool: str, default_controlnet: str, default_strength: float,
+                      notes: tuple[str, ...] = ()) -> ToolInputs:
     """ToolInputs for a request whose size is set: the prompt plus ControlNet residuals from `control_image`."""
     check_in_channels(model, packed_channels(model), tool, "base (dev or schnell)")
     controlnet = resident_controlnet(model, request, engine, default_controlnet)
@@ -86,4 +87,4 @@ def controlnet_inputs(model: FluxModel, request: GenerationRequest, engine: Tool
     conditioning.control = controlnet_residuals(
         controlnet, control_latents, conditioning, image_ids, request.controlnet_strength, controlnet_guidance,
     )
-    return ToolInputs(request, conditioning)
+    return ToolInputs(request, conditioning, notes=notes)

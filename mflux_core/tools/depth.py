@@ -9,7 +9,7 @@ from mflux_core.generation import ToolInputs
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import (
-    check_in_channels, packed_channels, encode_image, prompt_conditioning, required_image, with_size,
+    check_in_channels, fit_input, packed_channels, encode_image, prompt_conditioning, required_image, with_size,
 )
 
 def depth_map(request: GenerationRequest, engine: ToolEngine) -> Image.Image:
@@ -26,6 +26,7 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     check_in_channels(model, 2 * packed_channels(model), "Depth", "FLUX.1-Depth")
     control = depth_map(request, engine)
     request = with_size(request, control)
+    control, notes = fit_input(control, request)
     conditioning = prompt_conditioning(model, request)
     conditioning.extra_channels = encode_image(model, control, request.width, request.height).astype(model.dtype)
-    return ToolInputs(request, conditioning)
+    return ToolInputs(request, conditioning, notes=notes)

@@ -15,11 +15,12 @@ from mflux_core.generation import ToolInputs
 from mflux_core.images.io import load_mask, pil_to_pixels
 from mflux_core.images.masks import binarize_mask, describe_mask_problem, feathered_paste
 from mflux_core.images.outpaint import outpaint_canvas, parse_padding
+from mflux_core.images.resize_modes import resize_to
 from mflux_core.request import GenerationRequest, existing_file
 from mflux_core.sampling.latents import pack_latents
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import (
-    check_in_channels, packed_channels, encode_pixels, prompt_conditioning, required_image, with_size,
+    check_in_channels, fit_input, packed_channels, encode_pixels, prompt_conditioning, required_image, with_size,
 )
 
 def fill_channels(model: FluxModel) -> int:
@@ -27,12 +28,10 @@ def fill_channels(model: FluxModel) -> int:
     return 2 * packed_channels(model) + 4 * model.vae_scale_factor**2
 
 
-def mask_at_size(mask: Image.Image, width: int, height: int) -> np.ndarray:
-    """Grayscale, resized (Lanczos) to the output size, thresholded at 50%: diffusers' mask processing."""
-    gray = mask.convert("L")
-    if gray.size != (width, height):
-        gray = gray.resize((width, height), Image.Resampling.LANCZOS)
-    return binarize_mask(gray)
+def mask_at_size(mask: Image.Image, width: int, height: int, mode: str) -> np.ndarray:
+    """Grayscale, resized (Lanczos, by the image's resize mode) to the output size, thresholded at 50%: diffusers'
+    mask processing, with the same geometry as the image."""
+    return binarize_mask(resize_to(mask.convert("L"), width, height, mode))
 
 
 def packed_mask(mask: np.ndarray, scale: int) -> mx.array:
@@ -59,7 +58,8 @@ def fill_canvas(request: GenerationRequest) -> tuple[GenerationRequest, Image.Im
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
     check_in_channels(model, fill_channels(model), "Fill", "FLUX.1-Fill")
     request, image, mask_image = fill_canvas(request)
-    mask = mask_at_size(mask_image, request.width, request.height)
+    image, notes = fit_input(image, request)
+    mask = mask_at_size(mask_image, request.width, request.height, request.resize_mode)
     problem = describe_mask_problem(mask)
     if problem:
         raise InvalidRequest(problem)
@@ -70,12 +70,10 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     conditioning.extra_channels = extra.astype(model.dtype)
     finish = None
     if request.keep_unmasked:
-        original = image.resize((request.width, request.height), Image.Resampling.LANCZOS) \
-            if image.size != (request.width, request.height) else image
         feather = max(4, min(request.width, request.height) // 64)
-        finish = lambda generated: feathered_paste(original, generated, mask, feather)  # noqa: E731
+        finish = lambda generated: feathered_paste(image, generated, mask, feather)  # noqa: E731
     start = None
     if request.image_strength is not None:
         start = encode_pixels(model, pixels)
     return ToolInputs(request, conditioning, start_image_latents=start, image_strength=request.image_strength,
-                      finish=finish)
+                      finish=finish, notes=notes)

@@ -8,7 +8,7 @@ from mflux_core.request import GenerationRequest
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.regional import regional_conditioning
 from mflux_core.tools.common import (
-    check_in_channels, packed_channels, encode_image, prompt_conditioning, required_image, with_size,
+    check_in_channels, fit_input, packed_channels, encode_image, prompt_conditioning, required_image, with_size,
 )
 
 DEFAULT_IMAGE_STRENGTH = 0.4
@@ -27,9 +27,10 @@ def image_to_image_inputs(model: FluxModel, request: GenerationRequest, image: I
     request = with_size(request, image)
     if request.image_strength is None:
         request = request.with_(image_strength=DEFAULT_IMAGE_STRENGTH)
+    image, notes = fit_input(image, request)
     latents = encode_image(model, image, request.width, request.height)
     return ToolInputs(request, conditioning(model, request), start_image_latents=latents,
-                      image_strength=request.image_strength)
+                      image_strength=request.image_strength, notes=notes)
 
 
 def conditioning(model: FluxModel, request: GenerationRequest):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE
+from mflux_core.images.resize_modes import RESIZE_MODES
 
 REQUEST, EXTRA, COMMAND = "request", "extra", "command"  # where a flag's value goes (Flag.into)
 BASE_KINDS = ("base", "single-file")  # registry.ModelEntry kinds that text-to-image models have
@@ -88,6 +89,11 @@ HIRES_FLAGS = (
     Flag("--hires-upscaler", "hires fix: how the image is upscaled (default Lanczos)", choices=HIRES_UPSCALERS),
     Flag("--hires-prompt", "hires fix: the second pass's prompt (default: the prompt)"),
 )
+
+RESIZE_FLAG = Flag("--resize-mode", "an input image of another size than the output: 'crop and resize' (default: "
+                   "scale to cover, centre-crop), 'just resize' (stretch) or 'resize and fill' (scale to fit, "
+                   "stretch the edges into the rest), as A1111's resize modes",
+                   choices=RESIZE_MODES)
 FILL_KINDS = ("fill",)
 TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
     ToolSpec("generate", "text-to-image, or image-to-image with --image-path", "generate", "schnell", BASE_KINDS,
@@ -101,7 +107,7 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                       field="regions", kind="region_mask"),
                  Flag("--region-strength", "how strictly regions keep apart in attention, 0 to 1 (default 1)",
                       kind="number"),
-                 *HIRES_FLAGS)),
+                 RESIZE_FLAG, *HIRES_FLAGS)),
     ToolSpec("fill", "inpaint inside a mask or outpaint a padded canvas (FLUX.1-Fill)", "fill", "fill", FILL_KINDS,
              guidance=30.0, demo_model="demo-fill", sized_by_input=True, flags=(
                  Flag("--image-path", "the image to fill"),
@@ -110,11 +116,11 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                  Flag("--masked-image-path", "mask image: white = regenerate"),
                  Flag("--outpaint-padding", "outpaint: padding top,right,bottom,left in px or %% ('0,30%%,20%%,0')"),
                  Flag("--keep-unmasked", "paste the original back outside a feathered mask (off: the image equals "
-                      "diffusers')", kind="switch"))),
+                      "diffusers')", kind="switch"), RESIZE_FLAG)),
     ToolSpec("depth", "restyle with the layout of a depth map (FLUX.1-Depth)", "depth", "depth", ("depth",),
              guidance=10.0, demo_model="demo-depth", sized_by_input=True, flags=(
                  Flag("--depth-image-path", "the depth map (near = bright)"),
-                 Flag("--image-path", "a photo to estimate the depth map from"))),
+                 Flag("--image-path", "a photo to estimate the depth map from"), RESIZE_FLAG)),
     ToolSpec("kontext", "edit a reference image by instruction (FLUX.1-Kontext)", "kontext", "kontext", ("kontext",),
              guidance=2.5, demo_model="demo-kontext", sized_by_input=True, true_cfg=True, flags=(
                  Flag("--image-path", "the reference image"),
@@ -131,14 +137,14 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                       "map made elsewhere)", into=EXTRA, kind="switch"),
                  Flag("--canny-low", "Canny low threshold, OpenCV's units (default 100)", into=EXTRA, kind="number"),
                  Flag("--canny-high", "Canny high threshold, OpenCV's units (default 200)", into=EXTRA,
-                      kind="number"))),
+                      kind="number"), RESIZE_FLAG)),
     ToolSpec("upscale", "regenerate an image at a larger size (FLUX.1 upscaler ControlNet)", "upscale", "dev",
              BASE_KINDS, guidance=3.5, sized_by_input=True, true_cfg=True, flags=(
                  *controlnet_flags("upscaler (jasperai/Flux.1-dev-Controlnet-Upscaler)", 0.6),
                  Flag("--image-path", "the image to upscale (--controlnet-image-path works too)"),
                  Flag("--controlnet-image-path", "", hidden=True),
                  Flag("--upscale-factor", "without --width/--height: the output is the input's size times this "
-                      "(default 2)", into=EXTRA, kind="number"))),
+                      "(default 2)", into=EXTRA, kind="number"), RESIZE_FLAG)),
     ToolSpec("redux", "variations of reference images, steered by the prompt (FLUX.1-Redux)", "redux", "dev",
              BASE_KINDS, guidance=2.5, true_cfg=True, flags=(
                  Flag("--redux-image-paths", "one or more reference images", kind="paths"),

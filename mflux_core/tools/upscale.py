@@ -14,7 +14,7 @@ from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.request import GenerationRequest, check_image_size, snap_to_16
 from mflux_core.tools.engine import ToolEngine
-from mflux_core.tools.common import required_image
+from mflux_core.tools.common import fit_input, required_image
 from mflux_core.tools.controlnet_conditioning import controlnet_inputs, extra_number
 
 DEFAULT_STRENGTH = 0.6  # jasperai's published controlnet_conditioning_scale
@@ -39,5 +39,7 @@ def upscaled_size(request: GenerationRequest, image: Image.Image) -> GenerationR
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
     path = request.image_path or request.controlnet_image_path  # mflux's upscaler takes --controlnet-image-path
     image = required_image(path, "an image to upscale", "--image-path")
-    return controlnet_inputs(model, upscaled_size(request, image), engine, image, tool="Upscale",
+    request = upscaled_size(request, image)
+    image, notes = fit_input(image, request)
+    return controlnet_inputs(model, request, engine, image, tool="Upscale", notes=notes,
                              default_controlnet="upscaler", default_strength=DEFAULT_STRENGTH)

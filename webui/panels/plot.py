@@ -99,7 +99,7 @@ def render(studio) -> Panel:
                             "Sampler: Euler, DPM++ 2M")
                 axis_controls["max_cells"] = gr.Number(MAX_CELLS, label="Most cells", precision=0, minimum=1,
                                                        elem_id="plot-max-cells")
-                shared = build_shared_controls(studio, "generate", TOOL)
+                shared = build_shared_controls(studio, "generate", TOOL, offer_resize_mode=False)
                 panel = Panel(TOOL, (), shared.controls, settings_from_values, values_from_settings)
             with gr.Column(scale=4):
                 view, run, stop = result_column(TOOL)
