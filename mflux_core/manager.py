@@ -19,12 +19,13 @@ from PIL import Image
 from mflux_core.backend import backend_name, resolve_dtype
 from mflux_core.flux_model import FluxModel
 from mflux_core.events import Downloading, Report, result_of
-from mflux_core.generation import Preview, decode_latents, run_tool
+from mflux_core.generation import Preview, ToolInputs, decode_latents, run_tool
 from mflux_core.lora.resident import ResidentLoras
 from mflux_core.lru import LRU
 from mflux_core.memory import MemoryBudget
 from mflux_core.metadata import png_text_chunks, request_metadata
 from mflux_core.model_locator import ModelLocator
+from mflux_core.native_sizes import native_size_for, size_note
 from mflux_core.registry import ModelEntry
 from mflux_core.request import GenerationRequest
 from mflux_core.resident import ResidentModels, stop_if_cancelled
@@ -39,6 +40,7 @@ class GenerationResult:
     metadata: dict
     text_chunks: dict[str, str]
     seconds: float
+    notes: tuple[str, ...] = ()  # what the user should know about this image, e.g. a size changed to the model's own
 
 
 class ModelManager:
@@ -100,9 +102,12 @@ class ModelManager:
         self._encoded_images.put(key, (weakref.ref(model.vae), latents))
         return latents
 
-    def estimate_depth(self, photo: Image.Image, name: str = "depth-estimator") -> Image.Image:
+    def estimate_depth(self, photo: Image.Image, name: str | None = None) -> Image.Image:
+        """The photo's depth map, from `name` (default: Depth-Anything-V2-Small, else the demo estimator)."""
         from mflux_core.models.depth import DepthEstimator, depth_to_image
+        from mflux_core.tools.specs import default_depth_estimator
 
+        name = name or default_depth_estimator(self.models_dir)
         estimator = self.auxiliary_model(name, lambda folder: DepthEstimator.from_folder(folder))
         return depth_to_image(estimator.estimate(photo))
 
@@ -175,7 +180,7 @@ class ModelManager:
         mx.reset_peak_memory()
         others = mx.get_active_memory() - self.resident.resident_bytes()  # MLX arrays not the models', e.g. a caller's
         model = self._prepared_model(request, cancelled)
-        inputs = tool_inputs(model, request, self)
+        inputs, notes = self._inputs_at_native_size(model, request)
         plan = self.resident.plan_run(model, inputs)
         preview = self.step_preview(model) if report else None
         image = result_of(run_tool(model, inputs, cancelled, preview), report)
@@ -188,7 +193,19 @@ class ModelManager:
             metadata=request_metadata(request, extras),
             text_chunks=png_text_chunks(request, extras),
             seconds=time.perf_counter() - started,
+            notes=notes,
         )
+
+    def _inputs_at_native_size(self, model: FluxModel, request: GenerationRequest) -> tuple[ToolInputs, tuple[str, ...]]:
+        """The tool's inputs; built again at the model's native size when the asked (or input image's) size is not
+        one the model can make, with a note that says so."""
+        inputs = tool_inputs(model, request, self)
+        asked = (inputs.request.width, inputs.request.height)
+        native = native_size_for(model.native_sizes, *asked)
+        if native is None:
+            return inputs, ()
+        inputs = tool_inputs(model, request.with_(width=native[0], height=native[1]), self)
+        return inputs, (size_note(request.model, asked, native),)
 
     def step_preview(self, model: FluxModel) -> Preview:
         """Previews for the UI: the cheap linear one, or a full VAE decode every `full_preview_every` steps."""

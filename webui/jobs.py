@@ -148,6 +148,7 @@ def studio_job(studio, view: JobView):
 
 def run_job(studio, view: JobView, build: RequestBuilder, values: dict, session: str):
     saved: list[tuple[str, str]] = []
+    notes: list[str] = []  # each said once, however many images it concerns
 
     def work(cancel: threading.Event):
         requests = build(values, studio.request_context())
@@ -158,8 +159,9 @@ def run_job(studio, view: JobView, build: RequestBuilder, values: dict, session:
                                        cancel, image_progress(view, index, len(requests)))
             path = save_result(studio.folders.outputs, result)
             saved.append((str(path), f"seed {result.request.seed} · {result.seconds:.1f} s"))
+            notes.extend(note for note in result.notes if note not in notes)
             yield {view.preview: str(path)}
-        return f"Done: {_images(len(saved))} saved to {studio.folders.outputs}."
+        return " ".join([f"Done: {_images(len(saved))} saved to {studio.folders.outputs}.", *notes])
 
     # The results once, at the end: what a gradio_client call gets back, next to the status.
     yield from page_job(studio, session, view.status, work, final=lambda: {view.results: saved},

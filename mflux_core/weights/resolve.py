@@ -32,7 +32,7 @@ ALIASES = {
 
 # The demo family: tiny FLUX.1 models trained by mflux_core.demo and shipped in the repository's
 # demo_models/ folder (alias = folder name). They resolve to those folders and never download.
-DEMO_MODELS = ("demo", "demo-fill", "demo-depth", "demo-kontext", "demo-canny")
+DEMO_MODELS = ("demo", "demo-fill", "demo-depth", "demo-kontext", "demo-canny", "demo-depth-estimator")
 DEMO_MODELS_ENV = "MFLUX_STUDIO_DEMO_MODELS"  # another folder holding the demo folders (tests, wheel installs)
 
 
@@ -119,13 +119,9 @@ SKIPPED_DOWNLOADS = {"black-forest-labs/": ["flux1-*.safetensors", "ae.safetenso
 
 
 def offline_message(repo_id: str) -> str:
-    cache = hf_cache_dir()
-    return (
-        f"The model {repo_id} is not in the Hugging Face cache ({cache}) and downloads are off (HF_HUB_OFFLINE). "
-        f"On a connected machine run `hf download {repo_id}` and copy its folder "
-        f"models--{repo_id.replace('/', '--')} into {cache}; or put the model folder (diffusers layout) into "
-        "the models folder (--models-dir) and pick it by its folder name; or pass the folder with --path."
-    )
+    """One sentence for the page and the CLI alike: what is missing and the two ways to get it."""
+    return (f"{repo_id} is not on this machine and downloads are off: put its folder into the models folder, "
+            f"or download it once online (`hf download {repo_id}` puts it into {hf_cache_dir()}).")
 
 
 def repo_folder(repo_id: str, on_download: DownloadCallback | None = None) -> Path:
@@ -148,7 +144,7 @@ def repo_folder(repo_id: str, on_download: DownloadCallback | None = None) -> Pa
     except Exception as error:  # network, authentication (gated repos), disk full: all end up here
         raise ModelLoadError(
             f"Could not download {repo_id} into {hf_cache_dir()} ({type(error).__name__}: {error}). "
-            f"If you have the files, pass their folder with --path."
+            "If you have the files, put their folder into the models folder."
         ) from None
 
 
