@@ -196,7 +196,8 @@ class ModelManager:
             notes=notes,
         )
 
-    def _inputs_at_native_size(self, model: FluxModel, request: GenerationRequest) -> tuple[ToolInputs, tuple[str, ...]]:
+    def _inputs_at_native_size(self, model: FluxModel,
+                               request: GenerationRequest) -> tuple[ToolInputs, tuple[str, ...]]:
         """The tool's inputs; built again at the model's native size when the asked (or input image's) size is not
         one the model can make, with a note that says so."""
         inputs = tool_inputs(model, request, self)

@@ -25,7 +25,8 @@ def native_size_for(native: tuple[Size, ...], width: int, height: int) -> Size |
     ratio, then in area."""
     if not native or (width, height) in native:
         return None
-    return min(native, key=lambda size: (abs(size[0] / size[1] - width / height), abs(size[0] * size[1] - width * height)))
+    return min(native, key=lambda size: (abs(size[0] / size[1] - width / height),
+                                         abs(size[0] * size[1] - width * height)))
 
 
 def size_note(model: str, asked: Size, made: Size) -> str:

@@ -41,7 +41,7 @@ CONFIG = {
     },
     "patch_size": PATCH, "reassemble_hidden_size": 32, "reassemble_factors": [4, 2, 1, 0.5],
     "neck_hidden_sizes": [8, 16, 24, 32], "fusion_hidden_size": 8, "head_in_index": -1, "head_hidden_size": 8,
-    "depth_estimation_type": "relative", "max_depth": None, "torch_dtype": "float32",
+    "depth_estimation_type": "relative", "max_depth": 1, "torch_dtype": "float32",
 }
 PREPROCESSOR_CONFIG = {  # the published repo's fields, with the demo's size
     "do_normalize": True, "do_pad": False, "do_rescale": True, "do_resize": True, "ensure_multiple_of": PATCH,
