@@ -155,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     save_depth = tools.add_parser("save-depth", help="estimate a depth map from a photo and save it")
     save_depth.add_argument("--image-path", required=True, help="the photo")
-    save_depth.add_argument("--depth-model", default="depth-estimator",
-                            help="depth estimator: alias, repo id or folder (Depth Anything format)")
+    save_depth.add_argument("--depth-model", default=None,
+                            help="depth estimator: alias, repo id or folder (Depth Anything format; default: "
+                            "depth-estimator, else demo-depth-estimator when that one is not on disk)")
     save_depth.add_argument("--output", default="depth.png", help="where to write the depth map")
     add_models_dir_flag(save_depth)
     add_save_parser(tools)
@@ -286,6 +287,8 @@ def generate_and_save(args: argparse.Namespace, manager, request: GenerationRequ
         result = manager.generate(request, report=progress)
     finally:
         progress.close()
+    for note in result.notes:
+        print(f"Note: {note}", file=sys.stderr)
     path = save_png_atomic(result.image, output, result.text_chunks, overwrite=True)
     if args.metadata:
         path.with_suffix(".json").write_text(json.dumps(result.metadata, indent=2))
@@ -302,8 +305,6 @@ def generate_and_save(args: argparse.Namespace, manager, request: GenerationRequ
         memory = status["last_memory"]
         print(f"memory: {memory['plan']}; measured peak {gb_text(memory['measured_bytes'])} "
               f"(planned {gb_text(memory['planned_bytes'])}, budget {gb_text(status['memory_budget_bytes'])})")
-    for note in result.notes:
-        print(f"{note}.")
     print(f"Saved {path}")
     return path, result.image
 

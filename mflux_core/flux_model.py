@@ -21,6 +21,7 @@ class FluxModel:
     name: str = ""
     folder: Path | None = None
     memory_allowance: int | None = None  # bytes one VAE pass may use above the resident weights; None: no limit
+    native_sizes: tuple[tuple[int, int], ...] = ()  # the only (width, height) it can make; (): any (native_sizes.py)
 
     @property
     def config(self):

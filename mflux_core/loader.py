@@ -6,6 +6,7 @@ from mflux_core.flux_model import FluxModel
 from mflux_core.models.text_encoders import TextEncoders
 from mflux_core.models.transformer import FluxTransformer, load_transformer
 from mflux_core.models.vae import AutoencoderKL, load_vae
+from mflux_core.native_sizes import read_native_sizes
 from mflux_core.weights.bfl import load_bfl_transformer
 from mflux_core.weights.resolve import ModelSource
 from mflux_core.weights.safetensors_io import read_json
@@ -37,4 +38,5 @@ def load_flux_model(source: ModelSource, dtype: mx.Dtype = mx.float32, name: str
         scheduler_config=load_scheduler_config(source),
         name=name,
         folder=source.folder,
+        native_sizes=read_native_sizes(source.folder),
     )

@@ -26,6 +26,7 @@ from mflux_core.lru import LRU
 from mflux_core.memory import MemoryBudget, MemoryPlan
 from mflux_core.metadata import png_text_chunks, request_metadata
 from mflux_core.model_locator import ModelLocator
+from mflux_core.native_sizes import native_size_for, size_note
 from mflux_core.registry import ModelEntry
 from mflux_core.request import GenerationRequest
 from mflux_core.resident import ResidentModels, stop_if_cancelled
@@ -41,7 +42,7 @@ class GenerationResult:
     text_chunks: dict[str, str]
     seconds: float
     before: Image.Image | None = None  # what a two-pass job's last pass started from (the hires fix's upscaled image)
-    notes: tuple[str, ...] = ()  # what the tool did to the inputs (ToolInputs.notes), for the page and the CLI
+    notes: tuple[str, ...] = ()  # what the user should know about this image: a resize of an input, a size changed to the model's own
 
 
 class ModelManager:
@@ -103,9 +104,12 @@ class ModelManager:
         self._encoded_images.put(key, (weakref.ref(model.vae), latents))
         return latents
 
-    def estimate_depth(self, photo: Image.Image, name: str = "depth-estimator") -> Image.Image:
+    def estimate_depth(self, photo: Image.Image, name: str | None = None) -> Image.Image:
+        """The photo's depth map, from `name` (default: Depth-Anything-V2-Small, else the demo estimator)."""
         from mflux_core.models.depth import DepthEstimator, depth_to_image
+        from mflux_core.tools.specs import default_depth_estimator
 
+        name = name or default_depth_estimator(self.models_dir)
         estimator = self.auxiliary_model(name, lambda folder: DepthEstimator.from_folder(folder))
         return depth_to_image(estimator.estimate(photo))
 
@@ -178,7 +182,7 @@ class ModelManager:
                   cancelled: Callable[[], bool] | None) -> GenerationResult:
         started = self.run_started()
         model = self._prepared_model(request, cancelled)
-        inputs = tool_inputs(model, request, self)
+        inputs, notes = self._inputs_at_native_size(model, request)
         plan = self.resident.plan_run(model, inputs)
         image = self.run_inputs(model, inputs, report, cancelled)
         return self.finished(image, inputs.request, model, inputs.conditioning.guidance, plan, started,
@@ -211,6 +215,18 @@ class ModelManager:
             before=before,
             notes=notes,
         )
+
+    def _inputs_at_native_size(self, model: FluxModel,
+                               request: GenerationRequest) -> tuple[ToolInputs, tuple[str, ...]]:
+        """The tool's inputs; built again at the model's native size when the asked (or input image's) size is not
+        one the model can make, with a note that says so."""
+        inputs = tool_inputs(model, request, self)
+        asked = (inputs.request.width, inputs.request.height)
+        native = native_size_for(model.native_sizes, *asked)
+        if native is None:
+            return inputs, ()
+        inputs = tool_inputs(model, request.with_(width=native[0], height=native[1]), self)
+        return inputs, (size_note(request.model, asked, native),)
 
     def step_preview(self, model: FluxModel) -> Preview:
         """Previews for the UI: the cheap linear one, or a full VAE decode every `full_preview_every` steps."""

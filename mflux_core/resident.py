@@ -23,6 +23,7 @@ from mflux_core.generation import ToolInputs
 from mflux_core.lru import LRU
 from mflux_core.memory import MemoryBudget, MemoryPlan, gb_text
 from mflux_core.models.text_encoders import TextEncoders
+from mflux_core.native_sizes import read_native_sizes
 from mflux_core.planning import plan_from_files, plan_tool_run
 from mflux_core.prompt_cache import CachedTextEncoders
 from mflux_core.request import GenerationRequest
@@ -175,6 +176,7 @@ class ResidentModels:
             name=name,
             folder=source.folder,
             memory_allowance=self.free_bytes(),
+            native_sizes=read_native_sizes(source.folder),
         )
 
     def _swap_transformer(self, key, what: str, needed_bytes: int, load: Callable) -> None:

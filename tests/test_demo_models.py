@@ -49,6 +49,11 @@ def test_depth_follows_the_depth_map_layout(manager):
     assert score >= 0.6, score
 
 
+def test_depth_follows_the_layout_of_a_map_the_demo_estimator_made(manager):
+    score = evaluate.estimated_depth_layout(manager, "demo-depth", classify, count=20)  # measured IoU 0.63
+    assert score >= 0.6, score
+
+
 def test_controlnet_follows_the_canny_layout(manager):
     score = evaluate.controlnet_layout(manager, "demo", "demo-canny", classify, count=20)  # measured IoU 0.62
     assert score >= 0.6, score

@@ -3,6 +3,7 @@ and the demo ControlNet, on a toy family trained with the real recipe and found 
 MFLUX_STUDIO_DEMO_MODELS, with an empty Hugging Face cache."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -16,24 +17,27 @@ from mflux_core.models.vae import VAEConfig, native_side
 from mflux_core.registry import list_models
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.specs import default_model_for
-from mflux_core.weights.resolve import DEMO_MODELS, DEMO_MODELS_ENV, resolve_name
+from mflux_core.weights.resolve import DEMO_MODELS, DEMO_MODELS_ENV, demo_models_dir, resolve_name
 from tests.parity import run_cli
 
 DEMO_KINDS = {"demo": "base", "demo-fill": "fill", "demo-depth": "depth", "demo-kontext": "kontext",
-              "demo-canny": "controlnet"}
+              "demo-canny": "controlnet", "demo-depth-estimator": "depth-estimator"}
 TOOL_DEMOS = {"generate": "demo", "fill": "demo-fill", "depth": "demo-depth", "kontext": "demo-kontext",
-              "controlnet": "demo"}
+              "controlnet": "demo", "upscale": "demo", "redux": "demo", "in-context": "demo-fill",
+              "catvton": "demo-fill", "ic-edit": "demo-fill"}
 SMALL = {"width": 64, "height": 64, "steps": 1, "seed": 3}
 
 
 @pytest.fixture(scope="module")
 def demo_models(tmp_path_factory):
-    """The five demo folders, exported from a toy-scale run of the real training recipe."""
+    """The five FLUX.1 demo folders, exported from a toy-scale run of the real training recipe, and a copy of the
+    shipped demo depth estimator (trained on its own: mflux_core/demo/depth_estimator.py)."""
     run = tmp_path_factory.mktemp("demo-run")
     train.main([str(run), "--stages", "vae,base,teacher,guidance,fill,depth,kontext,canny", "--scale-steps", "0.0005",
                 "--batch", "2"])
     out = tmp_path_factory.mktemp("demo_models")
     export.export_run(run, out)
+    shutil.copytree(demo_models_dir() / "demo-depth-estimator", out / "demo-depth-estimator")
     return out
 
 
@@ -72,7 +76,6 @@ def test_the_demo_models_are_listed_as_built_in_and_available_with_their_kinds(d
 
 def test_each_tool_defaults_to_its_demo_model_until_its_flux_model_is_on_disk(only_the_demo_models, tmp_path):
     assert {tool: default_model_for(tool) for tool in TOOL_DEMOS} == TOOL_DEMOS
-    assert default_model_for("upscale") == "dev" and default_model_for("in-context") == "fill"  # no demo for these
     fake_cached_repo(only_the_demo_models, "black-forest-labs/FLUX.1-schnell")
     assert default_model_for("generate") == "schnell"
     assert default_model_for("fill") == "demo-fill"
@@ -126,7 +129,6 @@ def test_the_web_ui_lists_the_demo_models_as_on_disk_and_picks_them_on_an_empty_
 
     entries = list_models(None)
     assert {tool: default_model(entries, tool) for tool in TOOL_DEMOS} == TOOL_DEMOS
-    assert default_model(entries, "in-context") == "fill"
     assert model_choices(entries, "generate")[0] == ("demo  ·  built-in", "demo")
     assert native_side_of(entries, "demo") == 64 and native_side_of(entries, "schnell") == 1024
     fake_cached_repo(only_the_demo_models, "black-forest-labs/FLUX.1-dev")

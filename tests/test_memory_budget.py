@@ -1,8 +1,11 @@
 """The memory budget: plans against measured peaks, large sizes under a small budget through the CLI
 and the server (peak RSS measured from outside), and refusals as one sentence after which the
-studio keeps working. Runs on the shipped demo models, the way a new user would."""
+studio keeps working. Runs on the shipped demo models, the way a new user would, as stand-ins for large sizes:
+their weights under a model_index.json that lists no native sizes (the shipped one snaps every size to 64x64)."""
 
 import gc
+import json
+import os
 import re
 import subprocess
 import sys
@@ -14,7 +17,9 @@ from PIL import Image
 from mflux_core.errors import InvalidRequest
 from mflux_core.manager import ModelManager
 from mflux_core.memory import GB, MemoryBudget, budget_from_gb
+from mflux_core.native_sizes import NATIVE_SIZES_KEY
 from mflux_core.request import GenerationRequest
+from mflux_core.weights.resolve import DEMO_MODELS_ENV, demo_models_dir
 from tests.test_reliability_server import client_for, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +42,23 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.fixture(scope="module", autouse=True)
+def any_size_demo_models(tmp_path_factory):
+    """The shipped demo folders, their parts linked, each with a model_index.json that lists no native sizes."""
+    root = tmp_path_factory.mktemp("any-size-demo-models")
+    for folder in demo_models_dir().iterdir():
+        (root / folder.name).mkdir()
+        for part in folder.iterdir():
+            if part.name == "model_index.json":
+                index = {key: value for key, value in json.loads(part.read_text()).items() if key != NATIVE_SIZES_KEY}
+                (root / folder.name / part.name).write_text(json.dumps(index))
+            else:
+                (root / folder.name / part.name).symlink_to(part)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(DEMO_MODELS_ENV, str(root))  # this process, and the CLI and server processes it starts
+        yield root
+
+
 def peak_rss_bytes(pid: int | str) -> int:
     """The high-water mark of a process's resident memory (Linux)."""
     status = Path(f"/proc/{pid}/status").read_text()
@@ -49,7 +71,8 @@ def run_cli(tmp_path: Path, *flags: str) -> tuple[int, str, int]:
                "--steps", "1", "--seed", "3", "--output", str(tmp_path / "out.png"),
                "--memory-budget", str(CLI_BUDGET_GB), *flags]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+                               DEMO_MODELS_ENV: os.environ[DEMO_MODELS_ENV]})
     peak = int(re.search(r"peak-rss-kb (\d+)", done.stderr).group(1)) * 1024
     return done.returncode, done.stderr, peak
 

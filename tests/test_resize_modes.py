@@ -84,8 +84,8 @@ def test_same_size_is_left_alone_and_the_note_says_what_was_done():
     image = random_image(32, 32, seed=2)
     assert all(resize_to(image, 32, 32, mode) is image for mode in RESIZE_MODES)
     assert resize_note((32, 32), 32, 32, "crop and resize") is None
-    assert resize_note((800, 600), 512, 512, "crop and resize") == "Input 800x600 cropped and resized to 512x512"
-    assert resize_note((800, 600), 512, 512, "resize and fill") == "Input 800x600 resized and filled to 512x512"
+    assert resize_note((800, 600), 512, 512, "crop and resize") == "Input 800x600 cropped and resized to 512x512."
+    assert resize_note((800, 600), 512, 512, "resize and fill") == "Input 800x600 resized and filled to 512x512."
     assert resize_note((800, 600), 512, 512, "just resize") == "Input 800x600 resized (stretched) to 512x512"
     with pytest.raises(ValueError, match="Unknown resize mode"):
         resize_to(image, 16, 16, "stretch")
@@ -139,7 +139,7 @@ def test_fill_resizes_image_and_mask_with_one_geometry(tiny_fill, tmp_path, caps
         "--masked-image-path", save(mask, tmp_path / "m.png"), "--steps", 2, "--height", height, "--width", width,
         "--guidance", 30, "--init-noise", noise_path, "--output", tmp_path / "ours.png",
     )
-    assert "Input 96x48 cropped and resized to 48x48." in capsys.readouterr().out
+    assert "Note: Input 96x48 cropped and resized to 48x48." in capsys.readouterr().err
     pipe = load_diffusers_pipeline(tiny_fill, "FluxFillPipeline")
     expected = pipe("a blue square", image=resize_to(image, width, height, "crop and resize"),
                     mask_image=resize_to(mask, width, height, "crop and resize"), height=height, width=width,

@@ -8,7 +8,8 @@ against 90%, 90.7% of 150; README, "Demo models"; tests/test_demo_models.py), so
 caption's colour, background and place, every Fill example's mask, repainting and kept pixels and the hole's
 colour in two of them (the third's purple reads grey), every Kontext and ControlNet example, and the Depth
 examples whose layout IoU reaches LAYOUT_IOU (the black star on brown comes out without its star). Widen when
-retrained weights reach the colour bar.
+retrained weights reach the colour bar. Every panel starts on a demo model; a size the demo models cannot make
+runs at 64x64 with a note; a photo's depth map comes from the demo estimator; a missing Redux is one sentence.
 
 One server and one browser for the module; screenshots go to test-artifacts/ (git-ignored).
 """
@@ -23,6 +24,8 @@ import pytest
 from huggingface_hub import constants
 from PIL import Image
 
+from mflux_core.demo.dataset import depth_example
+from mflux_core.demo.depth_estimator import near_mask
 from mflux_core.demo.evaluate import EVALUATION_SEED, FILL_TOLERANCE
 from mflux_core.demo.examples import SOURCES
 from mflux_core.demo.family import IMAGE_SIZE
@@ -38,6 +41,8 @@ from webui.app import build_app, launch_kwargs
 from webui.studio import StudioFolders
 
 LAYOUT_IOU = 0.5  # generated shape vs the control scene's shape (the family's bar is a mean IoU of 0.6)
+ESTIMATED_IOU = 0.75  # the demo estimator's map vs the true depth map (near shapes; measured 0.85, mean of 50: 0.69)
+DEPTH_PHOTO = 3  # the held-out scene whose picture is uploaded as a photo, at seed 3 (layout IoU measured 0.66)
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +167,54 @@ def test_a_depth_example_keeps_the_depth_maps_layout(page, studio, number):
     assert score >= LAYOUT_IOU, f"{example.prompt!r}: IoU {score:.2f}"
 
 
-def test_a_photo_without_a_depth_map_or_an_estimator_says_what_to_do(page, studio):
+PANEL_DEMOS = {"Generate": ("generate", "demo"), "Fill": ("fill", "demo-fill"), "Depth": ("depth", "demo-depth"),
+               "Kontext": ("kontext", "demo-kontext"), "ControlNet": ("controlnet", "demo"), "Redux": ("redux", "demo"),
+               "In-Context": ("in-context", "demo-fill"), "Try-on": ("catvton", "demo-fill"),
+               "IC-Edit": ("ic-edit", "demo-fill")}
+
+
+def test_every_panel_starts_on_a_demo_model(page):
+    for tab, (tool, demo) in PANEL_DEMOS.items():
+        open_tab(page, tab)
+        assert value_of(page, f"{tool}-model").split()[0] == demo, tab
+
+
+def test_a_size_the_demo_cannot_make_is_made_at_its_own_with_a_note(page):
+    type_into(page, "generate-prompt", "a yellow square in the bottom right on a purple background")
+    type_into(page, "generate-width", 80)  # the Aspect 16:9 preset's size on a demo model
+    type_into(page, "generate-height", 48)
+    text = run_and_wait(page, "generate")
+    screenshot(page, "demo-size-note")
+    assert "demo makes 64x64 images only, so this one is 64x64 instead of 80x48" in text, text
+    image = result_image(page, "generate")
+    reading = classify(image)
+    assert image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert (reading.background, reading.colour) == ("purple", "yellow"), reading_text(reading)
+
+
+def test_a_photo_gets_its_depth_map_from_the_demo_estimator(page, tmp_path):
+    example = depth_example(EVALUATION_SEED, DEPTH_PHOTO, IMAGE_SIZE, held_out=True)
+    Image.fromarray(example.image).save(tmp_path / "photo.png")
     open_tab(page, "Depth")
-    page.set_input_files("#depth-photo input[type=file]", str(studio.examples["kontext"][0].images["image"]))
-    text = wait_for_status(page, "depth", "depth map")
-    assert "upload a depth map" in text and "downloads are off" in text, text
+    page.set_input_files("#depth-photo input[type=file]", str(tmp_path / "photo.png"))
+    wait_for_status(page, "depth", "Depth map estimated")
+    shown = page.request.get(page.locator("#depth-map img").first.get_attribute("src"))
+    estimated = np.asarray(Image.open(io.BytesIO(shown.body())).convert("RGB"))
+    assert iou(near_mask(estimated), near_mask(example.control)) >= ESTIMATED_IOU
+    type_into(page, "depth-prompt", example.caption)
+    type_into(page, "depth-seed", DEPTH_PHOTO)
+    run_and_wait(page, "depth")
+    screenshot(page, "demo-depth-estimated")
+    score = iou(classify(result_image(page, "depth")).mask, shape_mask(example.scene.shapes[0], IMAGE_SIZE))
+    assert score >= LAYOUT_IOU, f"{example.caption!r}: IoU {score:.2f}"
+
+
+def test_redux_without_its_weights_says_what_is_missing_once(page, tmp_path):
+    Image.fromarray(depth_example(EVALUATION_SEED, 0, IMAGE_SIZE, held_out=True).image).save(tmp_path / "ref.png")
+    open_tab(page, "Redux")
+    page.set_input_files("#redux-image-1 input[type=file]", str(tmp_path / "ref.png"))
+    page.wait_for_selector("#redux-image-1 img")
+    page.click("#redux-run")
+    text = wait_for_status(page, "redux", "not on this machine|rror|Done")
+    assert "FLUX.1-Redux-dev" in text and "models folder" in text and "--path" not in text, text
+    assert text.count(". ") == 0 and page.locator(".toast-body").count() <= 1

@@ -154,7 +154,7 @@ def studio_job(studio, view: JobView):
 def run_job(studio, view: JobView, build: RequestBuilder, values: dict, session: str):
     saved: list[tuple[str, str]] = []
     compared = None  # the last result's (before, after) paths, for a panel's slider
-    notes: list[str] = []  # what the tools did to the inputs (a resize), said once each at the end
+    notes: list[str] = []  # each said once, however many images it concerns
 
     def work(cancel: threading.Event):
         nonlocal compared
@@ -169,8 +169,7 @@ def run_job(studio, view: JobView, build: RequestBuilder, values: dict, session:
             compared = before_and_after(result, path, studio.folders.inputs)
             notes.extend(note for note in result.notes if note not in notes)
             yield {view.preview: str(path)}
-        return " ".join([f"Done: {_images(len(saved))} saved to {studio.folders.outputs}."]
-                        + [f"{note}." for note in notes])
+        return " ".join([f"Done: {_images(len(saved))} saved to {studio.folders.outputs}.", *notes])
 
     # The results once, at the end: what a gradio_client call gets back, next to the status.
     def final() -> dict:

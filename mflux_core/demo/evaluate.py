@@ -109,6 +109,14 @@ def depth_layout(manager, model: str, classify: Callable, count: int = 20,
                        classify, count, max_sequence_length)
 
 
+def estimated_depth_layout(manager, model: str, classify: Callable, count: int = 20,
+                           max_sequence_length: int | None = None) -> float:
+    """Mean IoU of the generated shape with the scene's shape when the Depth tool estimates the map from the
+    scene's picture (the depth estimator the manager picks: the demo one offline)."""
+    return _layout_iou(manager, model, "depth", dataset.depth_example, lambda e: e.image, "image_path",
+                       classify, count, max_sequence_length)
+
+
 def controlnet_layout(manager, model: str, controlnet: str, classify: Callable, count: int = 20,
                       max_sequence_length: int | None = None) -> float:
     """Mean IoU of the generated shape with the shape of the control picture, whose Canny edges the

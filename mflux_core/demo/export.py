@@ -13,7 +13,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from mflux_core.demo.family import PIPELINE_CLASSES, SCHEDULER_CONFIG, SHIPPED_DTYPE
+from mflux_core.demo.family import NATIVE_SIZES, PIPELINE_CLASSES, SCHEDULER_CONFIG, SHIPPED_DTYPE
+from mflux_core.native_sizes import NATIVE_SIZES_KEY
 
 SHARED_COMPONENTS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
@@ -72,6 +73,7 @@ def write_model_index(folder: Path, tool: str) -> None:
         "tokenizer_2": ["transformers", "T5TokenizerFast"],
         "transformer": ["diffusers", "FluxTransformer2DModel"],
         "vae": ["diffusers", "AutoencoderKL"],
+        NATIVE_SIZES_KEY: NATIVE_SIZES,
     })
 
 

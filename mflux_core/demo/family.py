@@ -14,6 +14,7 @@ from mflux_core.models.transformer import FluxTransformer, FluxTransformerConfig
 from mflux_core.models.vae import AutoencoderKL, VAEConfig
 
 IMAGE_SIZE = 64
+NATIVE_SIZES = [[IMAGE_SIZE, IMAGE_SIZE]]  # the sizes the family can make (model_index.json "_native_sizes")
 LATENT_CHANNELS = 16
 VAE_SCALE = 8  # 2 ** (len(block_out_channels) - 1)
 PACKED_CHANNELS = 4 * LATENT_CHANNELS  # 64, as in FLUX.1

@@ -82,6 +82,10 @@ def resolve_lora_path(name: str) -> Path:
     found = find_in_library(name, folders) or find_in_hf_cache(name)
     if found is not None:
         return found.resolve()
+    if is_offline() and "/" in name:
+        raise ModelLoadError(f"LoRA {name!r} not found on this machine and downloads are off: download it once "
+                             f"online, or put the file into a LoRA library folder ({LIBRARY_VARIABLE}) and pick it by "
+                             "its file name.")
     where = f"in {LIBRARY_VARIABLE} ({':'.join(map(str, folders))})" if folders else f"in {LIBRARY_VARIABLE} (not set)"
     raise ModelLoadError(
         f"LoRA {name!r} not found: it is not a file, not a name {where}, and not a repo id in the Hugging Face cache."

@@ -40,7 +40,8 @@ def resident_controlnet(model: FluxModel, request: GenerationRequest, engine: To
     name = request.extra.get("controlnet_path") or default_name
     if name in ALIASES and is_demo_folder(model.folder):  # refused before a multi-GB download
         raise InvalidRequest(f"The ControlNet {name} is made for FLUX.1-dev and cannot drive the demo model "
-                             f"{model.folder.name}; pick demo-canny or a FLUX.1 base model.")
+                             f"{model.folder.name}: put FLUX.1-dev and {ALIASES[name]} into the models folder, or "
+                             "download them once online.")
     controlnet = engine.auxiliary_model(name, lambda folder: quantize_model(load_controlnet(folder, model.dtype),
                                                                              request.quantize),
                                          variant=f"{model.dtype} {request.quantize}-bit")

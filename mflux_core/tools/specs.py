@@ -139,27 +139,29 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                  Flag("--canny-high", "Canny high threshold, OpenCV's units (default 200)", into=EXTRA,
                       kind="number"), RESIZE_FLAG)),
     ToolSpec("upscale", "regenerate an image at a larger size (FLUX.1 upscaler ControlNet)", "upscale", "dev",
-             BASE_KINDS, guidance=3.5, sized_by_input=True, true_cfg=True, flags=(
+             BASE_KINDS, guidance=3.5, demo_model="demo", sized_by_input=True, true_cfg=True, flags=(
                  *controlnet_flags("upscaler (jasperai/Flux.1-dev-Controlnet-Upscaler)", 0.6),
                  Flag("--image-path", "the image to upscale (--controlnet-image-path works too)"),
                  Flag("--controlnet-image-path", "", hidden=True),
                  Flag("--upscale-factor", "without --width/--height: the output is the input's size times this "
                       "(default 2)", into=EXTRA, kind="number"), RESIZE_FLAG)),
     ToolSpec("redux", "variations of reference images, steered by the prompt (FLUX.1-Redux)", "redux", "dev",
-             BASE_KINDS, guidance=2.5, true_cfg=True, flags=(
+             BASE_KINDS, guidance=2.5, demo_model="demo", true_cfg=True, flags=(
                  Flag("--redux-image-paths", "one or more reference images", kind="paths"),
                  Flag("--redux-image-strengths", "one weight per reference image for its tokens (default 1.0 each)",
                       kind="numbers"),
                  Flag("--redux-path", "the Redux weights: folder, alias or repo id (default: redux, "
                       "black-forest-labs/FLUX.1-Redux-dev)", into=EXTRA))),
     ToolSpec("in-context", "In-Context LoRA: the reference on the left, a related image generated on the right "
-             "(FLUX.1-Fill diptych)", "in_context_lora", "fill", FILL_KINDS, guidance=30.0, sized_by_input=True,
+             "(FLUX.1-Fill diptych)", "in_context_lora", "fill", FILL_KINDS, guidance=30.0, demo_model="demo-fill",
+             sized_by_input=True,
              flags=(Flag("--image-path", "the reference image (left panel)"),
                     Flag("--lora-style", "one of ali-vilab/In-Context-LoRA's LoRAs (from the Hugging Face cache or "
                          "downloaded)", into=EXTRA, choices=tuple(IN_CONTEXT_LORA_STYLES)),
                     FULL_DIPTYCH)),
     ToolSpec("catvton", "virtual try-on: a garment (left) put on a person (right) inside the person mask "
-             "(FLUX.1-Fill diptych)", "catvton", "fill", FILL_KINDS, guidance=30.0, sized_by_input=True,
+             "(FLUX.1-Fill diptych)", "catvton", "fill", FILL_KINDS, guidance=30.0, demo_model="demo-fill",
+             sized_by_input=True,
              prompt_optional=True, flags=(
                  Flag("--garment-image", "the garment (left panel, kept as is)", into=EXTRA,
                       field="garment_image_path"),
@@ -168,7 +170,8 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                       field="masked_image_path"),
                  FULL_DIPTYCH)),
     ToolSpec("ic-edit", "IC-Edit: edit an image by instruction (RiverZ/normal-lora on FLUX.1-Fill, applied "
-             "automatically)", "ic_edit", "fill", FILL_KINDS, guidance=30.0, sized_by_input=True,
+             "automatically)", "ic_edit", "fill", FILL_KINDS, guidance=30.0, demo_model="demo-fill",
+             sized_by_input=True,
              prompt_optional=True, flags=(
                  Flag("--reference-image", "the image to edit (left panel; resized to 512 px wide)",
                       field="image_path"),
@@ -185,12 +188,25 @@ def tool_spec(name: str) -> ToolSpec:
     return TOOL_SPECS[name]
 
 
-def default_model_for(tool: str, models_dir: Path | None = None) -> str:
-    """The model a tool uses when the request names none: its FLUX.1 model when that is on disk (HF cache
-    or models folder), else its demo model when there is one, else the FLUX.1 alias (downloaded on first use)."""
+def on_disk_or_demo(model: str, demo: str | None, models_dir: Path | None = None) -> str:
+    """`model` when it is on disk (HF cache or models folder), else `demo` when there is one on disk, else `model`
+    (downloaded on first use)."""
     from mflux_core.registry import on_disk
 
+    if demo is not None and not on_disk(model, models_dir) and on_disk(demo):
+        return demo
+    return model
+
+
+def default_model_for(tool: str, models_dir: Path | None = None) -> str:
+    """The model a tool uses when the request names none: its FLUX.1 model when on disk, else its demo model."""
     spec = TOOL_SPECS[tool]
-    if spec.demo_model is not None and not on_disk(spec.model, models_dir) and on_disk(spec.demo_model):
-        return spec.demo_model
-    return spec.model
+    return on_disk_or_demo(spec.model, spec.demo_model, models_dir)
+
+
+DEPTH_ESTIMATOR, DEMO_DEPTH_ESTIMATOR = "depth-estimator", "demo-depth-estimator"
+
+
+def default_depth_estimator(models_dir: Path | None = None) -> str:
+    """Depth-Anything-V2-Small when on disk, else the demo estimator (trained on the demo's shapes world)."""
+    return on_disk_or_demo(DEPTH_ESTIMATOR, DEMO_DEPTH_ESTIMATOR, models_dir)

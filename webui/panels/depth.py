@@ -8,6 +8,7 @@ import gradio as gr
 from mflux_core.errors import InvalidRequest
 from mflux_core.registry import on_disk
 from mflux_core.request import GenerationRequest
+from mflux_core.tools.specs import DEPTH_ESTIMATOR, default_depth_estimator
 from mflux_core.weights.resolve import ALIASES, is_offline
 from webui.demo_examples import render_demo_examples
 from webui.jobs import ENGINE_QUEUE, progress_html, safe_action
@@ -17,7 +18,6 @@ from webui.requests import RequestContext, read_upload, requests_from_settings
 from webui.widgets import build_shared_controls, shared_settings, shared_values
 
 TOOL = "depth"
-ESTIMATOR = "depth-estimator"  # the manager's default depth estimator (an alias)
 
 
 def settings_from_values(values: dict) -> dict:
@@ -41,13 +41,11 @@ def build_requests(values: dict, context: RequestContext) -> list[GenerationRequ
 
 def require_estimator(models_dir: Path | None) -> None:
     """Refuse, with what to do instead, when a map would have to be estimated by an estimator that is not on disk
-    and cannot be downloaded (offline)."""
-    if is_offline() and not on_disk(ESTIMATOR, models_dir):
+    and cannot be downloaded (offline; the shipped demo estimator missing too)."""
+    if is_offline() and not on_disk(default_depth_estimator(models_dir), models_dir):
         raise InvalidRequest(
-            f"There is no depth map, and the depth estimator ({ALIASES[ESTIMATOR]}) is not on this machine while "
-            "downloads are off: upload a depth map (nearer is brighter) or try a demo example. To estimate maps "
-            f"from photos, put the estimator's folder into the models folder as {ESTIMATOR}/ or into the Hugging Face "
-            "cache.")
+            "No depth estimator is on this machine and downloads are off: upload a depth map (nearer is brighter), "
+            f"or put {ALIASES[DEPTH_ESTIMATOR]} into the models folder as {DEPTH_ESTIMATOR}/.")
 
 
 def render(studio) -> Panel:

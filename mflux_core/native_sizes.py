@@ -1,0 +1,35 @@
+"""Which image sizes a model can make. A model folder may list them in its model_index.json under
+"_native_sizes" ([[width, height], ...]; diffusers ignores keys that start with "_"). The demo family lists
+64x64 only (it paints noise at any other size); FLUX.1 folders list none: any size. A request for another
+size runs at the native size nearest in shape, and the result carries a note that says so."""
+
+import json
+from pathlib import Path
+
+NATIVE_SIZES_KEY = "_native_sizes"
+
+Size = tuple[int, int]
+
+
+def read_native_sizes(folder: Path | None) -> tuple[Size, ...]:
+    """The (width, height) pairs a model folder lists; () when it lists none (any size)."""
+    try:
+        sizes = json.loads((Path(folder) / "model_index.json").read_text()).get(NATIVE_SIZES_KEY, ())
+        return tuple((int(width), int(height)) for width, height in sizes)
+    except (TypeError, OSError, ValueError, AttributeError):
+        return ()
+
+
+def native_size_for(native: tuple[Size, ...], width: int, height: int) -> Size | None:
+    """None when width x height is native (or the model lists no sizes), else the native size closest in aspect
+    ratio, then in area."""
+    if not native or (width, height) in native:
+        return None
+    return min(native, key=lambda size: (abs(size[0] / size[1] - width / height),
+                                         abs(size[0] * size[1] - width * height)))
+
+
+def size_note(model: str, asked: Size, made: Size) -> str:
+    sizes = f"{made[0]}x{made[1]}"
+    return (f"{model} makes {sizes} images only, so this one is {sizes} instead of {asked[0]}x{asked[1]}; "
+            "larger sizes need a FLUX.1 model.")

@@ -1,0 +1,159 @@
+"""Offline on the shipped demo family (demo_models/), with an empty Hugging Face cache and downloads off: every
+tool's default model, one-sentence messages for what is missing, the demo depth estimator, and the one size
+(64x64) the demo models can make."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from huggingface_hub import constants
+from PIL import Image
+
+from mflux_core.demo import dataset
+from mflux_core.demo.depth_estimator import SIZE, mean_iou
+from mflux_core.errors import InvalidRequest, ModelLoadError
+from mflux_core.manager import ModelManager
+from mflux_core.models.depth import DepthEstimator, depth_to_image
+from mflux_core.native_sizes import native_size_for
+from mflux_core.registry import list_models
+from mflux_core.request import GenerationRequest
+from mflux_core.tools.specs import TOOL_SPECS, default_depth_estimator, default_model_for
+from mflux_core.weights.resolve import DEMO_MODELS_ENV, demo_models_dir
+from tests.parity import run_cli
+from webui.panels.depth import require_estimator
+from webui.widgets import default_model
+
+ESTIMATOR_IOU = 0.65  # mean IoU of the near shapes on 50 held-out scenes; measured 0.69 (README, "Demo models")
+PARITY_RTOL = 1e-4  # the shipped float32 estimator in transformers vs ours (measured ~1e-6)
+FAST = {"steps": 2, "seed": 4, "dtype": "float32"}
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """The shipped demo folders, an empty Hugging Face cache and an empty models folder; downloads off."""
+    monkeypatch.delenv(DEMO_MODELS_ENV, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    (tmp_path / "models").mkdir()
+    return tmp_path / "models"
+
+
+@pytest.fixture
+def manager(offline):
+    return ModelManager(models_dir=offline)
+
+
+def scene_picture(tmp_path, index: int = 0, size: int = SIZE) -> str:
+    """A held-out picture of the shapes world (the demo family's), saved as a PNG at `size`."""
+    picture = Image.fromarray(dataset.depth_example(100, index, SIZE, held_out=True).image)
+    path = tmp_path / f"scene-{index}-{size}.png"
+    picture.resize((size, size), Image.Resampling.LANCZOS).save(path)
+    return str(path)
+
+
+def is_one_sentence(text: str) -> bool:
+    return text.endswith((".", ")")) and ". " not in text[:-1] and "\n" not in text
+
+
+# ----- every tool starts on a demo model ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("tool", sorted(TOOL_SPECS))
+def test_every_tool_defaults_to_its_demo_model_in_the_engine_and_the_page(offline, tool):
+    demo = TOOL_SPECS[tool].demo_model
+    assert demo is not None and demo.startswith("demo")
+    assert default_model_for(tool, offline) == demo
+    assert default_model(list_models(offline), tool) == demo
+
+
+def test_a_missing_side_model_is_one_sentence_that_names_the_models_folder(manager, tmp_path):
+    with pytest.raises(ModelLoadError) as error:  # Redux on the demo base: its Redux weights are not on disk
+        manager.generate(GenerationRequest(tool="redux", prompt="a circle", **FAST,
+                                           redux_image_paths=(scene_picture(tmp_path),)))
+    message = str(error.value)
+    assert "FLUX.1-Redux-dev" in message and "models folder" in message and "--path" not in message
+    assert is_one_sentence(message), message
+
+
+# ----- the demo depth estimator ---------------------------------------------------------------------
+
+
+def test_the_demo_estimator_is_the_default_until_depth_anything_is_on_disk(offline):
+    assert default_depth_estimator(offline) == "demo-depth-estimator"
+    (offline / "depth-estimator").mkdir()
+    assert default_depth_estimator(offline) == "depth-estimator"
+
+
+def test_the_demo_estimator_finds_the_shapes_of_held_out_scenes():
+    estimator = DepthEstimator.from_folder(demo_models_dir() / "demo-depth-estimator")
+    score = mean_iou(lambda picture: depth_to_image(estimator.estimate(picture)))
+    assert score >= ESTIMATOR_IOU, score
+
+
+def test_the_demo_estimator_loads_in_transformers_and_matches_ours(tmp_path):
+    import torch
+    from transformers import DepthAnythingForDepthEstimation, DPTImageProcessorPil
+
+    folder = demo_models_dir() / "demo-depth-estimator"
+    reference, info = DepthAnythingForDepthEstimation.from_pretrained(folder, output_loading_info=True)
+    assert not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    picture = Image.open(scene_picture(tmp_path, 3))
+    pixels = DPTImageProcessorPil.from_pretrained(folder)(images=picture, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = reference.eval()(pixel_values=pixels).predicted_depth[0].numpy()
+    ours = np.array(DepthEstimator.from_folder(folder).model(mx.array(pixels.numpy().transpose(0, 2, 3, 1))))[0]
+    assert np.abs(ours - expected).max() <= PARITY_RTOL * np.abs(expected).max()
+
+
+def test_the_depth_tool_estimates_a_photos_map_offline(manager, tmp_path):
+    result = manager.generate(GenerationRequest(tool="depth", prompt="a red square on a blue background",
+                                                image_path=scene_picture(tmp_path), **FAST))
+    assert result.request.model == "demo-depth" and result.image.size == (SIZE, SIZE) and not result.notes
+    require_estimator(manager.models_dir)  # the page lets a photo through: the demo estimator is on disk
+
+
+def test_without_any_estimator_the_page_says_what_to_do_in_one_sentence(offline, tmp_path, monkeypatch):
+    monkeypatch.setenv(DEMO_MODELS_ENV, str(tmp_path / "no-demo-models"))
+    with pytest.raises(InvalidRequest) as error:
+        require_estimator(offline)
+    message = str(error.value)
+    assert "upload a depth map" in message and "models folder" in message and "--path" not in message
+    assert is_one_sentence(message), message
+
+
+# ----- native sizes --------------------------------------------------------------------------------
+
+
+def test_the_native_size_nearest_in_shape_is_chosen():
+    assert native_size_for((), 80, 48) is None  # FLUX.1 lists none: any size
+    assert native_size_for(((64, 64),), 64, 64) is None
+    assert native_size_for(((64, 64),), 1024, 1024) == (64, 64)
+    assert native_size_for(((64, 64), (96, 64), (64, 96)), 160, 96) == (96, 64)
+
+
+def test_a_size_the_demo_cannot_make_runs_at_its_native_size_with_a_note(manager, tmp_path):
+    request = GenerationRequest(tool="generate", prompt="a red circle on a blue background", width=80, height=48,
+                                **FAST)
+    result = manager.generate(request)
+    assert result.image.size == (64, 64) and result.request.width == result.request.height == 64
+    (note,) = result.notes
+    assert "64x64" in note and "80x48" in note and is_one_sentence(note), note
+    at_native = manager.generate(request.with_(width=64, height=64))
+    assert not at_native.notes and np.array_equal(np.asarray(at_native.image), np.asarray(result.image))
+
+
+def test_an_input_image_of_another_size_is_brought_to_the_native_size(manager, tmp_path):
+    mask = np.zeros((96, 96), np.uint8)
+    mask[24:72, 24:72] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    result = manager.generate(GenerationRequest(tool="fill", prompt="a green square", **FAST,
+                                                image_path=scene_picture(tmp_path, 1, size=96),
+                                                masked_image_path=str(tmp_path / "mask.png")))
+    assert result.request.model == "demo-fill" and result.image.size == (64, 64)
+    assert "96x96" in result.notes[0]
+
+
+def test_the_cli_says_so_on_stderr(offline, tmp_path, capsys):
+    image = run_cli("generate", "--prompt", "a blue square", "--width", 128, "--height", 128, "--steps", 2,
+                    "--models-dir", offline, "--output", tmp_path / "out.png")
+    assert image.size == (64, 64)
+    assert "Note: demo makes 64x64 images only, so this one is 64x64 instead of 128x128" in capsys.readouterr().err
