@@ -129,6 +129,12 @@ class ModelManager:
         with self._lock, self._reporting(request.model, report, cancelled):
             return self._generate(request, report, cancelled)
 
+    def batch(self, requests: list[GenerationRequest],
+              cancelled: Callable[[], bool] | None = None) -> Iterator[Callable[[Report], GenerationResult]]:
+        """One job per request, each run when called, one after another (a cluster engine sends them all at once)."""
+        for request in requests:
+            yield lambda report, request=request: self.generate(request, report, cancelled)
+
     @contextmanager
     def session(self, request: GenerationRequest, cancelled: Callable[[], bool] | None = None,
                 report: Report | None = None) -> Iterator[FluxModel]:
