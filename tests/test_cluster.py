@@ -4,6 +4,7 @@ One local Ray cluster with two replicas serves the module (it takes a minute to 
 only when the `cluster` extra (Ray Serve) is not installed.
 """
 
+import importlib.util
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -28,7 +30,8 @@ WAIT = 120  # seconds a test waits for the cluster to report something before fa
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    pytest.importorskip("ray.serve")
+    if importlib.util.find_spec("ray") is None:  # not importorskip: mflux_core.cluster must be first to import ray
+        pytest.skip("the cluster extra (Ray Serve) is not installed")
     from mflux_core.cluster.engine import connect
 
     engine = connect("local", 2, tmp_path_factory.mktemp("models"))
@@ -160,3 +163,13 @@ def test_a_replica_killed_mid_job_is_retried_on_another_and_every_image_is_saved
     paths = [save_result(tmp_path, result) for result in results]
     assert sorted(p.name for p in tmp_path.rglob("*.png")) == sorted(p.name for p in paths)
     assert len(set(paths)) == 3
+
+
+def test_the_page_shows_a_retry():
+    from webui.jobs import image_progress
+
+    view = SimpleNamespace(status="status", preview="preview")
+    with pytest.warns(UserWarning, match="was lost"):  # gr.Warning, outside a page event
+        update = image_progress(view, 1, 3)(Retrying("Replica ab12 was lost during seed 7; retrying it on another "
+                                                      "replica."))
+    assert "Replica ab12 was lost during seed 7" in update["status"] and "preview" not in update
