@@ -173,3 +173,19 @@ def test_the_page_shows_a_retry():
         update = image_progress(view, 1, 3)(Retrying("Replica ab12 was lost during seed 7; retrying it on another "
                                                       "replica."))
     assert "Replica ab12 was lost during seed 7" in update["status"] and "preview" not in update
+
+
+def test_a_page_batch_fans_out_and_is_saved_in_order_with_its_replicas(engine, tmp_path):
+    from webui.jobs import JobView, run_job
+    from webui.studio import Studio, StudioFolders
+
+    studio = Studio(manager=engine, folders=StudioFolders.default(tmp_path / "outputs"))
+    view = JobView(status="status", preview="preview", results="results")
+    build = lambda values, context: [request(seed) for seed in values["seeds"]]  # noqa: E731
+    updates = list(run_job(studio, view, build, {"seeds": [50, 51, 52, 53]}, "session"))
+    saved = updates[-1]["results"]
+    assert "Done: 4 images saved" in updates[-1]["status"]
+    assert [saved_metadata(Path(path))["request"]["seed"] for path, _ in saved] == [50, 51, 52, 53]
+    replicas = {saved_metadata(Path(path))["replica"] for path, _ in saved}
+    strip = studio.status_text()
+    assert replicas and all(f"**Replica {name}**" in strip for name in replicas), strip
