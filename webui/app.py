@@ -177,7 +177,10 @@ def engine(args: argparse.Namespace):
         from mflux_core.cluster.engine import connect
     except ImportError:
         sys.exit("--cluster needs Ray Serve: pip install -e '.[cluster]' (or python3 launch.py --cluster ...).")
-    return connect(args.cluster, args.replicas, args.models_dir, **options)
+    try:
+        return connect(args.cluster, args.replicas, args.models_dir, **options)
+    except (ConnectionError, RuntimeError) as error:  # no cluster at that address, or the local one did not start
+        sys.exit(f"Could not use the Ray cluster '{args.cluster}': {error}")
 
 
 def main(argv: list[str] | None = None) -> int:
