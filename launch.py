@@ -3,6 +3,7 @@
 
     python3 launch.py            # make .venv, install, start the studio on http://127.0.0.1:7860
     python3 launch.py --test     # make .venv with the test extras, run the whole test suite
+    python3 launch.py --cluster local --replicas 2   # the engine as Ray Serve replicas (installs Ray)
 
 Setup is idempotent: .venv is reused while pyproject.toml is unchanged. On Linux the CPU build of
 MLX is installed (or the CUDA build with --cuda), and Debian's OpenBLAS where apt-get exists
@@ -92,7 +93,8 @@ def wants_cuda(argv: list[str]) -> bool:
 def main(argv: list[str]) -> int:
     testing = "--test" in argv
     passthrough = [a for a in argv if a not in ("--test", "--cuda")]
-    extras = ",".join(e for e, on in (("test", testing), ("cuda", wants_cuda(argv))) if on)
+    clustered = testing or any(a == "--cluster" or a.startswith("--cluster=") for a in argv)  # tests cover the cluster
+    extras = ",".join(e for e, on in (("test", testing), ("cuda", wants_cuda(argv)), ("cluster", clustered)) if on)
     system_packages(with_tests=testing)
     ensure_venv(extras)
     env = dict(os.environ)

@@ -55,6 +55,11 @@ class TrainingStep:
 
 
 @dataclass(frozen=True)
+class Retrying:
+    message: str  # e.g. "Replica 3f2a was lost during image 2; retrying it on another replica."
+
+
+@dataclass(frozen=True)
 class Finished:
     result: object  # the job's return value: a GenerationResult, ConceptResult or TrainingOutcome
 
@@ -69,7 +74,7 @@ class Failed:
     error: BaseException  # a StudioError carries a sentence for the user; anything else is a bug
 
 
-Progress = Downloading | Loading | Step | TrainingStep
+Progress = Downloading | Loading | Step | TrainingStep | Retrying
 Outcome = Finished | Stopped | Failed
 Event = Progress | Outcome
 Report = Callable[[Progress], None]

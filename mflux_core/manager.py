@@ -42,7 +42,7 @@ class GenerationResult:
     text_chunks: dict[str, str]
     seconds: float
     before: Image.Image | None = None  # what a two-pass job's last pass started from (the hires fix's upscaled image)
-    notes: tuple[str, ...] = ()  # what the user should know about this image: a resize of an input, a size changed to the model's own
+    notes: tuple[str, ...] = ()  # what the user should know: an input resized, a size changed to the model's own
 
 
 class ModelManager:
@@ -137,6 +137,12 @@ class ModelManager:
             if request.hires_scale is not None:
                 return generate_hires(self, request, report, cancelled)
             return self._generate(request, report, cancelled)
+
+    def batch(self, requests: list[GenerationRequest],
+              cancelled: Callable[[], bool] | None = None) -> Iterator[Callable[[Report], GenerationResult]]:
+        """One job per request, each run when called, one after another (a cluster engine sends them all at once)."""
+        for request in requests:
+            yield lambda report, request=request: self.generate(request, report, cancelled)
 
     @contextmanager
     def session(self, request: GenerationRequest, cancelled: Callable[[], bool] | None = None,

@@ -170,19 +170,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-queue", type=int, default=MAX_QUEUE_SIZE, help="most jobs waiting at once")
     parser.add_argument("--low-ram", action="store_true", help="free the text encoders after each prompt")
     add_memory_budget_flag(parser)
+    parser.add_argument("--cluster", metavar="ADDRESS|local|auto",
+                        help="run the engine on a Ray cluster (needs the `cluster` extra): `local` starts one on this "
+                             "machine, `auto` joins the one this machine joined with `ray start`, or a Ray address")
+    parser.add_argument("--replicas", type=int, help="engine replicas on the cluster (default: one per GPU, per "
+                                                     "Mac with the studio_mac resource, else per machine; local: 2)")
     args = parser.parse_args(argv)
+    if args.replicas is not None and (args.replicas < 1 or not args.cluster):
+        parser.error("--replicas takes a positive count, with --cluster")
     if args.auth is not None and ":" not in args.auth:
         parser.error("--auth takes user:password")
     return args
 
 
+def engine(args: argparse.Namespace):
+    """The in-process ModelManager, or with --cluster the replicas on a Ray cluster (Ray is imported only then)."""
+    options = {"low_ram": args.low_ram, "memory_budget_bytes": args.memory_budget}
+    if not args.cluster:
+        from mflux_core.manager import ModelManager
+
+        return ModelManager(models_dir=args.models_dir, **options)
+    try:
+        from mflux_core.cluster.engine import connect
+    except ImportError:
+        sys.exit("--cluster needs Ray Serve: pip install -e '.[cluster]' (or python3 launch.py --cluster ...).")
+    try:
+        return connect(args.cluster, args.replicas, args.models_dir, **options)
+    except (ConnectionError, RuntimeError) as error:  # no cluster at that address, or the local one did not start
+        sys.exit(f"Could not use the Ray cluster '{args.cluster}': {error}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from mflux_core.manager import ModelManager
-
     folders = StudioFolders.default(args.outputs_dir, models_dir=args.models_dir, user_presets=args.presets_dir,
                                     loras=args.lora_dir, wildcards=args.wildcards_dir)
-    manager = ModelManager(models_dir=args.models_dir, low_ram=args.low_ram, memory_budget_bytes=args.memory_budget)
+    manager = engine(args)
     app = build_app(manager, folders, max_queue_size=args.max_queue, openai_api=args.openai_api,
                     a1111_api=args.a1111_api)
     host = "0.0.0.0" if args.listen else args.host

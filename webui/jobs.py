@@ -19,7 +19,7 @@ from typing import Callable, Generator
 import gradio as gr
 
 from mflux_core.errors import Cancelled, InvalidRequest, StudioError
-from mflux_core.events import Downloading, Failed, Finished, Loading, Progress, Report, Step, Stopped, stream
+from mflux_core.events import Downloading, Failed, Finished, Loading, Progress, Report, Retrying, Step, Stopped, stream
 from mflux_core.request import GenerationRequest
 from webui.compare import before_and_after
 from webui.gallery import save_result
@@ -102,9 +102,12 @@ def image_progress(view, index: int, count: int) -> PageChanges:
     """Changes for an image job's progress: the status line with its bar (bytes while downloading), and the
     step's preview. While models load the status keeps saying "Preparing…"."""
 
-    def changes(event: Downloading | Loading | Step) -> dict:
+    def changes(event: Downloading | Loading | Retrying | Step) -> dict:
         if isinstance(event, Loading):
             return {}
+        if isinstance(event, Retrying):  # a cluster replica was lost: say so beside the status line too
+            gr.Warning(event.message)
+            return {view.status: progress_html(event.message, kind="error")}
         if isinstance(event, Downloading):
             return {view.status: progress_html(event_text(event, index, count), event.done_bytes, event.total_bytes)}
         update = {view.status: progress_html(event_text(event, index, count), event.step, event.total)}
@@ -159,16 +162,17 @@ def run_job(studio, view: JobView, build: RequestBuilder, values: dict, session:
     def work(cancel: threading.Event):
         nonlocal compared
         requests = build(values, studio.request_context())
-        for index, request in enumerate(requests, start=1):
+        for request in requests:
             if request.tool not in studio.available_tools():
                 raise StudioError(f"The {request.tool} tool is not available in this version of the studio yet.")
-            result = yield from follow(lambda report: studio.manager.generate(request, report, cancel.is_set),
-                                       cancel, image_progress(view, index, len(requests)))
-            path = save_result(studio.folders.outputs, result)
-            saved.append((str(path), f"seed {result.request.seed} · {result.seconds:.1f} s"))
-            compared = before_and_after(result, path, studio.folders.inputs)
-            notes.extend(note for note in result.notes if note not in notes)
-            yield {view.preview: str(path)}
+        with closing(studio.manager.batch(requests, cancel.is_set)) as runs:
+            for index, run in enumerate(runs, start=1):
+                result = yield from follow(run, cancel, image_progress(view, index, len(requests)))
+                path = save_result(studio.folders.outputs, result)
+                saved.append((str(path), f"seed {result.request.seed} · {result.seconds:.1f} s"))
+                compared = before_and_after(result, path, studio.folders.inputs)
+                notes.extend(note for note in result.notes if note not in notes)
+                yield {view.preview: str(path)}
         return " ".join([f"Done: {_images(len(saved))} saved to {studio.folders.outputs}.", *notes])
 
     # The results once, at the end: what a gradio_client call gets back, next to the status.

@@ -18,6 +18,7 @@ import re
 import shutil
 import tempfile
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -152,7 +153,8 @@ def image_requests(studio, params: ImageParams, tool: str, model: str, **inputs)
 def run_in_turn(studio, requests: list[GenerationRequest]) -> list[Path]:
     """Run the requests when the engine's turn comes (after the page's and the API's earlier jobs); save each."""
     with studio.turns.turn():
-        return [save_result(studio.folders.outputs, studio.manager.generate(request)) for request in requests]
+        with closing(studio.manager.batch(requests)) as runs:  # on a cluster: spread over the replicas, in order
+            return [save_result(studio.folders.outputs, run(None)) for run in runs]
 
 
 def images_response(studio, paths: list[Path], response_format: str | None, base_url: str) -> dict:

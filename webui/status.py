@@ -35,7 +35,9 @@ def resident_text(entry: dict) -> str:
 
 
 def status_markdown(status: dict) -> str:
-    """One line of Markdown from ModelManager.status()."""
+    """One line of Markdown from ModelManager.status() (one per replica on a cluster)."""
+    if "replicas" in status:
+        return cluster_markdown(status)
     resident = status.get("resident") or []
     if resident:
         models = f"{', '.join(map(resident_text, resident))} (total {size_text(status.get('resident_bytes', 0))})"
@@ -56,3 +58,13 @@ def status_markdown(status: dict) -> str:
                      f"{size_text(download['total_bytes'])}")
     parts.append(f"**Engine** {'generating' if status.get('busy') else 'idle'}")
     return " · ".join(parts)
+
+
+def cluster_markdown(status: dict) -> str:
+    """One line per replica of a cluster engine's status (ClusterEngine.status())."""
+    replicas = status.get("replicas") or []
+    if not replicas:
+        return f"**Backend** {status.get('backend', '?')}: no replica has reported yet"
+    lines = [f"**Replica {r['replica']}** on {r.get('host', '?')} · {status_markdown(r)}"
+             + (f" · **Last job** {r['last_job']}" if r.get("last_job") else "") for r in replicas]
+    return "\n\n".join(lines)

@@ -6,6 +6,7 @@ grids the cells that finished.
 """
 
 import time
+from contextlib import closing
 
 import gradio as gr
 
@@ -57,13 +58,13 @@ def run_plot(studio, view, values: dict, session: str):
         cells = plot_cells(base, axes, max_cells(values))
         images = {}
         try:
-            for index, cell in enumerate(cells, start=1):
-                result = yield from follow(lambda report: studio.manager.generate(cell.request, report, cancel.is_set),
-                                           cancel, image_progress(view, index, len(cells)))
-                path = save_result(studio.folders.outputs, result)
-                images[cell.position] = result.image
-                saved.append((str(path), f"cell {index} of {len(cells)}"))
-                yield {view.preview: str(path)}
+            with closing(studio.manager.batch([cell.request for cell in cells], cancel.is_set)) as runs:  # fan-out
+                for index, (cell, run) in enumerate(zip(cells, runs), start=1):
+                    result = yield from follow(run, cancel, image_progress(view, index, len(cells)))
+                    path = save_result(studio.folders.outputs, result)
+                    images[cell.position] = result.image
+                    saved.append((str(path), f"cell {index} of {len(cells)}"))
+                    yield {view.preview: str(path)}
         finally:
             saved[:0] = save_grids(studio.folders.outputs, axes, images)
         return f"Done: {len(cells)} cells and their grid saved to {studio.folders.outputs}."

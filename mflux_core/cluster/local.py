@@ -1,0 +1,61 @@
+"""`--cluster local`: a one-machine Ray cluster owned by this process (`ray start --head --block`, stopped on close).
+
+On a busy machine Ray's raylet can give up waiting (~15 s, not configurable in Ray 2.60) for its dashboard agent to
+start; then the head fails and is started again, a few times.
+"""
+
+import atexit
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+STARTED = "Ray runtime started."
+ATTEMPTS = 4
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class LocalCluster:
+    def __init__(self, cpus: int):
+        for attempt in range(1, ATTEMPTS + 1):
+            port = free_port()
+            self.process, output = self._start(port, cpus)
+            if self.process:
+                self.address = f"127.0.0.1:{port}"
+                atexit.register(self.stop)  # the head outlives this process otherwise
+                return
+            print(f"Ray's head did not start (attempt {attempt} of {ATTEMPTS}); trying again.", file=sys.stderr)
+        raise RuntimeError(f"`ray start --head` failed {ATTEMPTS} times; the last time it said:\n{output}")
+
+    @staticmethod
+    def _start(port: int, cpus: int) -> tuple[subprocess.Popen | None, str]:
+        command = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={port}",
+                   f"--num-cpus={cpus}", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
+                   f"--object-store-memory={2**28}"]
+        # The replicas import this checkout's code, not another install of the studio.
+        path = os.pathsep.join(filter(None, [str(SOURCE_ROOT), os.environ.get("PYTHONPATH")]))
+        # No idle workers started with the head: they would compete with the agents the raylet is waiting for.
+        env = {**os.environ, "PYTHONPATH": path, "RAY_enable_worker_prestart": "0", "RAY_prestart_worker_first_driver": "0"}
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        lines = []
+        for line in process.stdout:  # until it says it runs (or ends, having failed)
+            lines.append(line)
+            if STARTED in line:
+                threading.Thread(target=process.stdout.read, name="ray-head-output", daemon=True).start()  # drain
+                return process, ""
+        process.wait()
+        return None, "".join(lines[-5:])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()  # `ray start --block` takes its Ray processes down with it
+            self.process.wait()

@@ -1,0 +1,106 @@
+"""One Serve replica: its own ModelManager, one job at a time, routed by model (Serve's model multiplexing).
+
+A job streams its events back (`generate` is an async generator, so Serve streams it); closing the stream in the
+front (Stop, or the page went away) cancels the generator here, which sets the job's cancel flag: the manager stops
+after its current step. Each replica posts its status (resident models, memory, busy, last job) to a small board
+actor that the front reads for the status strip.
+"""
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+
+import ray
+from ray import serve
+
+from mflux_core.cluster.wire import Started, to_wire
+from mflux_core.errors import StudioError
+from mflux_core.events import Failed, Finished, Outcome, Stopped, stream
+from mflux_core.request import GenerationRequest
+
+log = logging.getLogger("mflux_studio.cluster")
+
+NAMESPACE = "mflux-studio"
+BOARD = "replica-board"
+
+
+@ray.remote(num_cpus=0)
+class ReplicaBoard:
+    """What each replica last said about itself, keyed by replica id."""
+
+    def __init__(self):
+        self._replicas: dict[str, dict] = {}
+
+    def put(self, replica: str, status: dict) -> None:
+        self._replicas[replica] = status
+
+    def drop(self, replica: str) -> None:
+        self._replicas.pop(replica, None)
+
+    def all(self) -> dict[str, dict]:
+        return dict(self._replicas)
+
+
+def outcome_text(outcome: Outcome) -> str:
+    if isinstance(outcome, Finished):
+        return f"finished seed {outcome.result.request.seed}"
+    if isinstance(outcome, Stopped):
+        return outcome.message
+    return f"failed: {outcome.error}"
+
+
+# One job at a time per replica, as in-process; the front's requests queue in Serve until a replica is free.
+@serve.deployment(max_ongoing_requests=1)
+class StudioReplica:
+    def __init__(self, models_dir: str, low_ram: bool = False, memory_budget_bytes: int | None = None):
+        from mflux_core.manager import ModelManager  # after Ray set up the worker (and mflux_core its BLAS)
+
+        self.manager = ModelManager(models_dir=Path(models_dir), low_ram=low_ram,
+                                    memory_budget_bytes=memory_budget_bytes)
+        self.name = serve.get_replica_context().replica_id.unique_id
+        self.board = ray.get_actor(BOARD, namespace=NAMESPACE)
+        self.running: int | None = None  # the seed of the job in progress
+        self.last_job: str | None = None
+        self.post()
+
+    def post(self) -> ray.ObjectRef:
+        """Tell the board how this replica is; ray.get() the answer to wait until it knows."""
+        return self.board.put.remote(self.name, {**self.manager.status(), "replica": self.name, "pid": os.getpid(),
+                                                 "host": socket.gethostname(), "running": self.running,
+                                                 "last_job": self.last_job})
+
+    @serve.multiplexed(max_num_models_per_replica=1)
+    async def resident_model(self, model: str) -> str:
+        """Serve keeps the models named here per replica and routes a model's requests to replicas that hold it;
+        the manager itself loads the weights (or swaps them) when the job runs."""
+        return model
+
+    def finished(self, outcome: Outcome) -> None:
+        if isinstance(outcome, Failed) and not isinstance(outcome.error, StudioError):
+            log.error("Unexpected error in a studio job", exc_info=outcome.error)
+        self.running, self.last_job = None, outcome_text(outcome)
+        ray.get(self.post())  # before the front hears the outcome, so its next look at the board sees it
+
+    async def generate(self, request: GenerationRequest):
+        await self.resident_model(serve.get_multiplexed_model_id())
+        loop, events, cancel = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
+
+        def run() -> None:  # on a thread of its own, so that it still records how the job ended after a cancel
+            for event in stream(lambda report: self.manager.generate(request, report, cancel.is_set), cancel):
+                if isinstance(event, Outcome):
+                    self.finished(event)
+                loop.call_soon_threadsafe(events.put_nowait, event)
+
+        self.running = request.seed
+        await self.post()
+        threading.Thread(target=run, name="studio-replica-job", daemon=True).start()
+        yield Started(self.name)
+        try:
+            while not isinstance(event := await events.get(), Outcome):
+                yield to_wire(event, self.name)
+            yield to_wire(event, self.name)
+        finally:
+            cancel.set()  # a closed stream lands here as GeneratorExit or CancelledError

@@ -1,0 +1,191 @@
+"""The engine as Ray Serve replicas (`--cluster local --replicas 2`) on the shipped demo models, 64 px, 1-2 steps.
+
+One local Ray cluster with two replicas serves the module (it takes a minute to start on a busy machine). Skipped
+only when the `cluster` extra (Ray Serve) is not installed.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from mflux_core.errors import Cancelled
+from mflux_core.events import Retrying, Step
+from mflux_core.metadata import JSON_KEY
+from mflux_core.request import GenerationRequest
+from webui.gallery import save_result
+
+ROOT = Path(__file__).resolve().parent.parent
+WAIT = 120  # seconds a test waits for the cluster to report something before failing (not a speed claim)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    if importlib.util.find_spec("ray") is None:  # not importorskip: mflux_core.cluster must be first to import ray
+        pytest.skip("the cluster extra (Ray Serve) is not installed")
+    from mflux_core.cluster.engine import connect
+
+    engine = connect("local", 2, tmp_path_factory.mktemp("models"))
+    yield engine
+    engine.close()
+
+
+def request(seed: int, steps: int = 2, model: str = "demo") -> GenerationRequest:
+    return GenerationRequest(prompt="a lighthouse at dusk", model=model, seed=seed, steps=steps)
+
+
+def saved_metadata(path: Path) -> dict:
+    with Image.open(path) as image:
+        return json.loads(image.info[JSON_KEY])
+
+
+def board(engine) -> dict[str, dict]:
+    return {replica["replica"]: replica for replica in engine.status()["replicas"]}
+
+
+def wait_for(check, what: str):
+    deadline = time.monotonic() + WAIT
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"the cluster never {what}"
+        time.sleep(0.2)
+    return found
+
+
+def test_without_the_flag_nothing_imports_ray():
+    code = "import sys, webui.app; webui.app.parse_args([]); assert 'ray' not in sys.modules, 'ray was imported'"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_two_clients_are_served_in_order_on_both_replicas(engine, tmp_path):
+    served: dict[str, list] = {"batch": [], "one by one": []}
+
+    def fan_out():  # one client's batch of seeds, sent all at once
+        served["batch"] = [run(None) for run in engine.batch([request(seed) for seed in range(4)])]
+
+    def one_by_one():
+        served["one by one"] = [engine.generate(request(seed)) for seed in range(10, 14)]
+
+    clients = [threading.Thread(target=fan_out), threading.Thread(target=one_by_one)]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join()
+    assert [r.request.seed for r in served["batch"]] == [0, 1, 2, 3]
+    assert [r.request.seed for r in served["one by one"]] == [10, 11, 12, 13]
+    paths = [save_result(tmp_path, result) for results in served.values() for result in results]
+    replicas = {saved_metadata(path)["replica"] for path in paths}
+    assert len(paths) == 8 and replicas == set(board(engine)), replicas
+
+
+def test_a_model_swap_on_one_replica_leaves_the_other_alone(engine):
+    engine.generate(request(20))  # both replicas have served "demo" by now (previous test, or this and the next)
+    swapped = engine.generate(request(21, model="demo-kontext")).metadata["replica"]
+    replicas = board(engine)
+    resident = {name: " ".join(entry["name"] for entry in status["resident"]) for name, status in replicas.items()}
+    assert "demo-kontext/transformer" in resident[swapped]
+    others = [name for name in replicas if name != swapped]
+    assert others and all("demo/transformer" in resident[name] for name in others), resident
+
+
+def long_job(engine, seed: int, steps: int, cancel: threading.Event | None = None):
+    """Start a long job on a thread; returns (thread, outcome dict, the first Step seen, the events)."""
+    outcome, first_step, events = {}, threading.Event(), []
+
+    def report(event):
+        events.append(event)
+        if isinstance(event, Step):
+            first_step.set()
+
+    def run():
+        try:
+            outcome["result"] = engine.generate(request(seed, steps), report, cancel.is_set if cancel else None)
+        except Exception as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert first_step.wait(WAIT), "no step came back"
+    return thread, outcome, events
+
+
+def running(engine, seed: int) -> dict | None:
+    return next((status for status in board(engine).values() if status.get("running") == seed), None)
+
+
+def test_stop_reaches_the_replica_and_ends_its_job_within_a_step(engine):
+    cancel = threading.Event()
+    thread, outcome, events = long_job(engine, 30, 400, cancel)
+    replica = wait_for(lambda: running(engine, 30), "said which replica runs the job")["replica"]
+    cancel.set()
+    thread.join()
+    seen = max(event.step for event in events if isinstance(event, Step))
+    assert isinstance(outcome.get("error"), Cancelled), outcome
+    ended = wait_for(lambda: board(engine)[replica]["last_job"] if not board(engine)[replica]["running"] else None,
+                     "reported the stopped job")
+    assert ended.startswith("Stopped after step ")
+    stopped_at = int(ended.split()[3])
+    # The replica runs ahead of the events the front has read; it stops at the first step after the cancel arrives.
+    assert seen <= stopped_at < 400, (seen, ended)
+
+
+def test_a_replica_killed_mid_job_is_retried_on_another_and_every_image_is_saved_once(engine, tmp_path):
+    results, outcome = [], {}
+
+    def batch():
+        try:
+            with_long = [request(40, steps=300), request(41), request(42)]
+            for run in engine.batch(with_long):
+                results.append(run(lambda event: events.append(event)))
+        except Exception as error:
+            outcome["error"] = error
+
+    events: list = []
+    client = threading.Thread(target=batch)
+    client.start()
+    victim = wait_for(lambda: running(engine, 40), "started the long job")
+    wait_for(lambda: any(isinstance(event, Step) for event in events), "reported a step")
+    os.kill(victim["pid"], signal.SIGKILL)
+    client.join()
+    assert "error" not in outcome, outcome
+    assert [r.request.seed for r in results] == [40, 41, 42]
+    assert results[0].metadata["replica"] != victim["replica"]
+    retries = [event for event in events if isinstance(event, Retrying)]
+    assert len(retries) == 1 and victim["replica"] in retries[0].message
+    paths = [save_result(tmp_path, result) for result in results]
+    assert sorted(p.name for p in tmp_path.rglob("*.png")) == sorted(p.name for p in paths)
+    assert len(set(paths)) == 3
+
+
+def test_the_page_shows_a_retry():
+    from webui.jobs import image_progress
+
+    view = SimpleNamespace(status="status", preview="preview")
+    with pytest.warns(UserWarning, match="was lost"):  # gr.Warning, outside a page event
+        update = image_progress(view, 1, 3)(Retrying("Replica ab12 was lost during seed 7; retrying it on another "
+                                                      "replica."))
+    assert "Replica ab12 was lost during seed 7" in update["status"] and "preview" not in update
+
+
+def test_a_page_batch_fans_out_and_is_saved_in_order_with_its_replicas(engine, tmp_path):
+    from webui.jobs import JobView, run_job
+    from webui.studio import Studio, StudioFolders
+
+    studio = Studio(manager=engine, folders=StudioFolders.default(tmp_path / "outputs"))
+    view = JobView(status="status", preview="preview", results="results")
+    build = lambda values, context: [request(seed) for seed in values["seeds"]]  # noqa: E731
+    updates = list(run_job(studio, view, build, {"seeds": [50, 51, 52, 53]}, "session"))
+    saved = updates[-1]["results"]
+    assert "Done: 4 images saved" in updates[-1]["status"]
+    assert [saved_metadata(Path(path))["request"]["seed"] for path, _ in saved] == [50, 51, 52, 53]
+    replicas = {saved_metadata(Path(path))["replica"] for path, _ in saved}
+    strip = studio.status_text()
+    assert replicas and all(f"**Replica {name}**" in strip for name in replicas), strip
