@@ -4,8 +4,6 @@ One Studio per app (built by build_app); nothing here is global, and nothing loa
 """
 
 import inspect
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from webui import gallery
 from webui.jobs import ENGINE_QUEUE, JobBoard, JobView, stop_handler, studio_job
 from webui.requests import InputStore, RequestContext
 from webui.status import status_markdown
+from webui.turns import EngineTurns
 
 SHIPPED_PRESETS = Path(__file__).resolve().parent.parent / "presets"
 
@@ -27,31 +26,6 @@ def api_signature(inputs: dict) -> inspect.Signature:
     request = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)
     return inspect.Signature([request, *(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
                                          for name in inputs)])
-
-
-class EngineTurns:
-    """Turns at the engine in arrival order, for the page's jobs and the OpenAI API's alike.
-
-    Gradio's queue orders only the page's events and ModelManager's lock wakes its waiters in no set order, so
-    a job takes a ticket when it reaches the engine and runs when its number comes up."""
-
-    def __init__(self):
-        self._changed = threading.Condition()
-        self._next_ticket = 0
-        self._serving = 0
-
-    @contextmanager
-    def turn(self):
-        with self._changed:
-            ticket = self._next_ticket
-            self._next_ticket += 1
-            self._changed.wait_for(lambda: self._serving == ticket)
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._serving += 1
-                self._changed.notify_all()
 
 
 @dataclass(frozen=True)
