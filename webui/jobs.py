@@ -22,6 +22,7 @@ from mflux_core.errors import Cancelled, InvalidRequest, StudioError
 from mflux_core.events import Downloading, Failed, Finished, Loading, Progress, Report, Step, Stopped, stream
 from mflux_core.request import GenerationRequest
 from webui.gallery import save_result
+from webui.turns import job_about, ordinal
 
 log = logging.getLogger("mflux_studio.webui")
 
@@ -127,6 +128,7 @@ class JobView:
     status: gr.HTML
     preview: gr.Image
     results: gr.Gallery
+    tool: str = ""  # what the queue calls its jobs
 
 
 # build(values, context) -> the requests to run, in order
@@ -163,7 +165,8 @@ def run_job(studio, view: JobView, build: RequestBuilder, values: dict, session:
 
     # The results once, at the end: what a gradio_client call gets back, next to the status.
     yield from page_job(studio, session, view.status, work, final=lambda: {view.results: saved},
-                        stopped=lambda stop: f"{stop} {_images(len(saved))} saved.")
+                        stopped=lambda stop: f"{stop} {_images(len(saved))} saved.",
+                        about=job_about(view.tool, values.get("prompt"), values.get("width"), values.get("height")))
 
 
 def _images(count: int) -> str:
@@ -201,20 +204,25 @@ PageWork = Callable[[threading.Event], Generator[dict, None, str]]
 
 def page_job(studio, session: str, status: gr.HTML, work: PageWork, *, preparing: str = "Preparing…",
              stopped: Callable[[Cancelled], str] = str, final: Callable[[], dict] = dict,
-             on_failure: Callable[[Exception | None, str], None] = report_failure):
-    """Run a panel's work as this session's job (Stop sets its cancel flag) and end it with one status line:
-    the work's own, the stop's sentence, or the failure's. `final()` adds the job's results to that last update."""
+             on_failure: Callable[[Exception | None, str], None] = report_failure, about: dict | None = None):
+    """Run a panel's work as this session's job (Stop sets its cancel flag) when its turn in the engine's queue
+    comes (its place shows while it waits; `about`: what the queue shows of it, webui.turns.job_about) and end it
+    with one status line: the work's own, the stop's sentence, or the failure's. `final()` adds the job's results
+    to that last update."""
     cancel = studio.jobs.begin(session)
+    entry = studio.turns.join(**(about or {}), source="page", session=session, cancel=cancel)
     failure = None
     try:
+        for place in studio.turns.places(entry):
+            yield {status: progress_html(f"Waiting: {ordinal(place)} in the queue")}
         yield {status: progress_html(preparing)}
-        with studio.turns.turn():
-            message, kind = (yield from work(cancel)), "done"
+        message, kind = (yield from work(cancel)), "done"
     except Cancelled as stop:
         message, kind = stopped(stop), "stopped"
     except Exception as error:  # the server must survive anything a user sends
         failure, message, kind = error, error_text(error), "error"
     finally:
+        studio.turns.leave(entry)
         studio.jobs.end(session, cancel)
     yield {status: progress_html(message, kind=kind), **final()}
     on_failure(failure, message)

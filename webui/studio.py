@@ -12,7 +12,7 @@ import gradio as gr
 from mflux_core.lora.library import library_folders, library_names
 from mflux_core.tools.specs import TOOL_NAMES
 from webui import gallery
-from webui.jobs import ENGINE_QUEUE, JobBoard, JobView, stop_handler, studio_job
+from webui.jobs import JobBoard, JobView, stop_handler, studio_job
 from webui.requests import InputStore, RequestContext
 from webui.status import status_markdown
 from webui.turns import EngineTurns
@@ -121,14 +121,15 @@ class Studio:
         return [view.status, view.preview, view.results]
 
     def wire_run(self, trigger: gr.Button, handler, inputs: dict, view: JobView, api_name: str):
-        """A Run button: the shared engine queue (one job at a time), named inputs, our own progress display.
+        """A Run button: named inputs, our own progress display. Gradio lets every Run event in at once: they
+        wait in the engine's queue (webui.turns), where the queue view lists them and each shows its place.
 
         The page's history and status strip refresh in a chained event of their own, outside the API's result:
         a gradio_client call would otherwise download every file of the history.
         """
         handler.__signature__ = api_signature(inputs)
         run = trigger.click(handler, inputs_kwargs=inputs, outputs=self.job_outputs(view), api_name=api_name,
-                            concurrency_id=ENGINE_QUEUE, concurrency_limit=1, show_progress="minimal",
+                            concurrency_limit=None, show_progress="minimal",
                             show_progress_on=[view.results])
         return run.then(self.after_job_updates, outputs=self.after_job_updates_outputs(), queue=False,
                         show_progress="hidden", api_visibility="private")

@@ -38,6 +38,12 @@ def job_about(tool: str, prompt: str | None, width, height) -> dict:
     return {"tool": tool, "prompt": short, "size": f"{width}x{height}" if width and height else ""}
 
 
+def request_about(requests: list) -> dict:
+    """What the queue shows of an API job: its first GenerationRequest's tool, prompt and size."""
+    first = requests[0] if requests else None
+    return job_about(first.tool, first.prompt, first.width, first.height) if first else {}
+
+
 def ordinal(number: int) -> str:
     suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
     return f"{number}{suffix}"

@@ -40,7 +40,7 @@ def result_column(prefix: str) -> tuple[JobView, gr.Button, gr.Button]:
                        height=384)
     results = gr.Gallery(label="This run", columns=4, height=200, elem_id=f"{prefix}-results", format="png",
                          interactive=False, fit_columns=False, object_fit="contain", preview=False)
-    return JobView(status=status, preview=preview, results=results), run, stop
+    return JobView(status=status, preview=preview, results=results, tool=prefix), run, stop
 
 
 # Gradio's Image and ImageEditor open every upload with Pillow before a handler runs: a file that is not an
