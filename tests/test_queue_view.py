@@ -61,6 +61,15 @@ def test_waiting_jobs_show_their_places_and_a_cancelled_one_gets_a_clear_error(s
         threads[21].join(TIMEOUT_S)
         assert assert_a1111_error(answers[21], 409) == WITHDRAWN
         assert [row[1] for row in queue_rows(turns.entries(), "tab-a")] == ["running", "waiting, 1st", "waiting, 2nd"]
+
+        # another tab's Stop withdraws its own waiting job, and only that
+        other = Client(page.src, verbose=False, analytics_enabled=False, download_files=False)
+        withdrawn = other.submit(prompt="withdrawn", seed=24, steps=2, width=IMAGE_SIZE, height=IMAGE_SIZE,
+                                 random_seed=False, api_name="/generate")
+        wait_for_entries(turns, 4, threads[22])
+        other.predict(api_name="/stop")
+        assert withdrawn.result(timeout=TIMEOUT_S)[0].count(WITHDRAWN) == 1
+        assert [row[3] for row in queue_rows(turns.entries(), "")] == ["held", f"{CAPTION} 22", "a page job"]
     threads[22].join(TIMEOUT_S)
     assert made(answers[22])["info"]["all_seeds"] == [22]
     status, _, results = page_job.result(timeout=TIMEOUT_S)

@@ -32,12 +32,12 @@ def waiter(turns: EngineTurns, name: str, ran: list, outcome: dict, **about):
 def test_jobs_run_in_arrival_order_and_leave_the_queue_when_done():
     turns, ran, outcome = EngineTurns(), [], {}
     with turns.turn(tool="generate", source="first") as first:
-        assert first.state == "running" and turns.waiting_count() == 0
+        assert first.state == "running" and [e.id for e in turns.entries()] == [first.id]
         threads = [waiter(turns, name, ran, outcome)[1] for name in ("a", "b", "c")]
         listed = turns.entries()
         assert [e.source for e in listed] == ["first", "a", "b", "c"]
         assert [e.state for e in listed] == ["running", "waiting", "waiting", "waiting"]
-        assert turns.waiting_count() == 3 and ran == []
+        assert ran == []
     for thread in threads:
         thread.join(TIMEOUT_S)
     assert ran == ["a", "b", "c"] and turns.entries() == [] and outcome == {}
@@ -70,6 +70,18 @@ def test_cancelling_a_waiting_job_refuses_it_and_the_others_still_run():
         thread.join(TIMEOUT_S)
     assert ran == ["kept", "last"] and turns.entries() == []
     assert "not in the queue" in turns.cancel(dropped.id)
+
+
+def test_a_tabs_stop_withdraws_only_its_own_waiting_jobs():
+    turns, ran, outcome = EngineTurns(), [], {}
+    with turns.turn(session="tab-a"):
+        mine, mine_thread = waiter(turns, "mine", ran, outcome, session="tab-a")
+        theirs, theirs_thread = waiter(turns, "theirs", ran, outcome, session="tab-b")
+        assert turns.withdraw_waiting("tab-a") == 1 and turns.withdraw_waiting("") == 0
+        mine_thread.join(TIMEOUT_S)
+        assert outcome == {"mine": WITHDRAWN} and [e.session for e in turns.entries()] == ["tab-a", "tab-b"]
+    theirs_thread.join(TIMEOUT_S)
+    assert ran == ["theirs"]
 
 
 def test_cancelling_the_running_job_sets_its_stop_flag():

@@ -245,7 +245,7 @@ def run_job(studio, state: SdApiState, job: ApiJob, requests: list[GenerationReq
     an interrupt keeps the images finished before it."""
     results = []
     with studio.turns.turn(**request_about(requests), source=A1111_SOURCE) as entry:
-        cancel = entry.cancel = studio.jobs.begin(API_SESSION)  # /interrupt and the queue's Stop alike
+        cancel = studio.jobs.begin(API_SESSION, entry.cancel)  # /interrupt and the queue's Stop alike
         state.job = job
         try:
             for request in requests:

@@ -22,7 +22,7 @@ from mflux_core.errors import Cancelled, InvalidRequest, StudioError
 from mflux_core.events import Downloading, Failed, Finished, Loading, Progress, Report, Step, Stopped, stream
 from mflux_core.request import GenerationRequest
 from webui.gallery import save_result
-from webui.turns import job_about, ordinal
+from webui.turns import WITHDRAWN, job_about, ordinal
 
 log = logging.getLogger("mflux_studio.webui")
 
@@ -36,8 +36,8 @@ class JobBoard:
         self._lock = threading.Lock()
         self._running: dict[str, threading.Event] = {}
 
-    def begin(self, session: str) -> threading.Event:
-        cancel = threading.Event()
+    def begin(self, session: str, cancel: threading.Event | None = None) -> threading.Event:
+        cancel = cancel or threading.Event()
         with self._lock:
             self._running[session] = cancel
         return cancel
@@ -174,11 +174,15 @@ def _images(count: int) -> str:
 
 
 def stop_handler(studio):
-    """Stop this session's running job after its current step; the job itself reports how far it got."""
+    """Stop this session's running job after its current step (the job itself reports how far it got), or else
+    withdraw its waiting ones from the engine's queue."""
 
     def stop(request: gr.Request):
-        if studio.jobs.cancel(request.session_hash if request else ""):
+        session = request.session_hash if request else ""
+        if studio.jobs.cancel(session):
             gr.Info("Stopping after the current step.")
+        elif studio.turns.withdraw_waiting(session):
+            gr.Info(WITHDRAWN)
         else:
             gr.Info("Nothing is running.")
 
@@ -209,12 +213,13 @@ def page_job(studio, session: str, status: gr.HTML, work: PageWork, *, preparing
     comes (its place shows while it waits; `about`: what the queue shows of it, webui.turns.job_about) and end it
     with one status line: the work's own, the stop's sentence, or the failure's. `final()` adds the job's results
     to that last update."""
-    cancel = studio.jobs.begin(session)
-    entry = studio.turns.join(**(about or {}), source="page", session=session, cancel=cancel)
+    entry = studio.turns.join(**(about or {}), source="page", session=session)
+    cancel = entry.cancel
     failure = None
     try:
         for place in studio.turns.places(entry):
             yield {status: progress_html(f"Waiting: {ordinal(place)} in the queue")}
+        studio.jobs.begin(session, cancel)  # the tab's Stop button stops it from now on
         yield {status: progress_html(preparing)}
         message, kind = (yield from work(cancel)), "done"
     except Cancelled as stop:

@@ -102,9 +102,18 @@ class EngineTurns:
         with self._changed:
             return [replace(entry) for entry in self._entries]
 
-    def waiting_count(self) -> int:
+    def withdraw_waiting(self, session: str) -> int:
+        """Withdraw the waiting jobs a tab submitted (its Stop button when nothing of it runs); how many."""
         with self._changed:
-            return max(len(self._entries) - 1, 0)
+            waiting = [e for e in self._entries[1:] if session and e.session == session]
+            self._withdraw(waiting)
+            return len(waiting)
+
+    def _withdraw(self, entries: list[QueueEntry]) -> None:
+        for entry in entries:
+            entry.withdrawn = True
+            self._entries.remove(entry)
+        self._promote()
 
     def _promote(self) -> None:
         """After a change: the first job is the running one; wake every waiter to look at its place."""
@@ -122,7 +131,5 @@ class EngineTurns:
             if entry.state == "running":
                 entry.cancel.set()
                 return f"Stopping job {job_id} after its current step."
-            entry.withdrawn = True
-            self._entries.remove(entry)
-            self._promote()
+            self._withdraw([entry])
             return f"Job {job_id} cancelled: it left the queue."
