@@ -25,8 +25,9 @@ def wait_for_entries(turns, count: int, thread: threading.Thread) -> None:
 
 def test_waiting_jobs_show_their_places_and_a_cancelled_one_gets_a_clear_error(studio):  # noqa: F811
     turns, answers, threads = studio.studio.turns, {}, {}
-    page = Client(str(studio.http.base_url).split("/sdapi")[0] + "/", verbose=False, analytics_enabled=False,
-                  download_files=False)
+    client = {"verbose": False, "analytics_enabled": False, "download_files": False,
+              "httpx_kwargs": {"timeout": TIMEOUT_S}}
+    page = Client(str(studio.http.base_url).split("/sdapi")[0] + "/", **client)
 
     def post(seed):
         answers[seed] = studio.http.post("/txt2img", json={"prompt": f"{CAPTION} {seed}", "seed": seed, "steps": 2,
@@ -56,14 +57,14 @@ def test_waiting_jobs_show_their_places_and_a_cancelled_one_gets_a_clear_error(s
             assert time.monotonic() < deadline, page_job.outputs()
             time.sleep(0.05)
 
-        message = page.predict(rows[1][0], api_name="/queue_cancel")[0]
+        message = page.predict(rows[1][0], api_name="/queue_cancel")
         assert message == f"Job {rows[1][0]} cancelled: it left the queue."
         threads[21].join(TIMEOUT_S)
         assert assert_a1111_error(answers[21], 409) == WITHDRAWN
         assert [row[1] for row in queue_rows(turns.entries(), "tab-a")] == ["running", "waiting, 1st", "waiting, 2nd"]
 
         # another tab's Stop withdraws its own waiting job, and only that
-        other = Client(page.src, verbose=False, analytics_enabled=False, download_files=False)
+        other = Client(page.src, **client)
         withdrawn = other.submit(prompt="withdrawn", seed=24, steps=2, width=IMAGE_SIZE, height=IMAGE_SIZE,
                                  random_seed=False, api_name="/generate")
         wait_for_entries(turns, 4, threads[22])

@@ -45,10 +45,10 @@ def render(studio) -> None:
         row = event.index[0] if isinstance(event.index, (list, tuple)) else None
         return rows.iloc[row, 0] if row is not None and row < len(rows) else None
 
-    def withdraw(job_id, request: gr.Request):
-        text = "Select a row or type its job number." if job_id is None else studio.turns.cancel(int(job_id))
-        return text, *refresh(request)
+    def withdraw(job_id):
+        return "Select a row or type its job number." if job_id is None else studio.turns.cancel(int(job_id))
 
     timer.tick(refresh, outputs=[accordion, table], queue=False, show_progress="hidden", api_visibility="private")
     table.select(pick, table, job, queue=False, api_visibility="private")
-    cancel.click(withdraw, job, [message, accordion, table], queue=False, api_name="queue_cancel")
+    cancel.click(withdraw, job, message, queue=False, api_name="queue_cancel").then(
+        refresh, outputs=[accordion, table], queue=False, show_progress="hidden", api_visibility="private")
