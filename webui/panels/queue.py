@@ -33,7 +33,8 @@ def render(studio) -> None:
         table = gr.Dataframe(headers=HEADERS, value=[], interactive=False, elem_id="queue-table")
         with gr.Row(equal_height=True):
             job = gr.Number(label="Job", precision=0, minimum=1, elem_id="queue-job", scale=1)
-            cancel = gr.Button("Cancel (waiting) / Stop (running)", variant="stop", size="sm", elem_id="queue-cancel", scale=1)
+            cancel = gr.Button("Cancel (waiting) / Stop (running)", variant="stop", size="sm", elem_id="queue-cancel",
+                               scale=1)
             message = gr.Markdown("Select a row or type its job number.", elem_id="queue-message")
     timer = gr.Timer(REFRESH_S)
 
