@@ -72,7 +72,7 @@ def studio(tmp_path_factory, tiny_dev, tiny_schnell, tiny_fill, tiny_depth, tiny
     inputs = root / "inputs"
     inputs.mkdir()
     yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", folders=folders, models=models, manager=manager,
-                          photo=noise_image(inputs / "photo.png"), inputs=inputs)
+                          photo=noise_image(inputs / "photo.png"), inputs=inputs, turns=app.studio.turns)
     app.close()
 
 
@@ -350,6 +350,22 @@ def test_stop_ends_a_long_run_within_a_step(page, studio):
     stopped_at = int(re.search(r"Stopped after step (\d+) of 300", text).group(1))
     assert stopped_at < 30, text
     assert result_pngs(studio) == before and not studio.manager.status()["busy"]
+
+
+def test_the_queue_view_lists_the_jobs_and_cancels_a_waiting_one(page, studio):
+    queue_text = "document.querySelector('#queue').innerText"
+    with studio.turns.turn(tool="generate", prompt="held by the test", size="64x64", source="OpenAI API"):
+        waiting = studio.turns.join(tool="fill", prompt="a waiting job", size="64x64", source="A1111 API")
+        page.wait_for_function(f"() => /Queue: 1 running, 1 waiting/.test({queue_text})")
+        page.locator("#queue button.label-wrap").first.click()
+        page.wait_for_function(f"() => /a waiting job/.test({queue_text}) && /held by the test/.test({queue_text})")
+        type_into(page, "queue-job", waiting.id)
+        page.click("#queue-cancel")
+        page.wait_for_function(f"() => /cancelled: it left the queue/.test({queue_text})")
+        page.wait_for_function(f"() => /Queue: 1 running, 0 waiting/.test({queue_text})")
+        assert waiting.withdrawn and "a waiting job" not in page.inner_text("#queue-table")
+        screenshot(page, "queue")
+    page.wait_for_function(f"() => /Queue: empty/.test({queue_text})")
 
 
 def test_preset_export_then_import_restores_every_control(browser, page, studio):

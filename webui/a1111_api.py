@@ -41,10 +41,12 @@ from mflux_core.tools.specs import TOOL_SPECS, default_model_for
 from webui.api_server import MAX_WAITING, ApiRefusal, JobThreads, api_routes, json_object
 from webui.gallery import save_result
 from webui.requests import requests_from_settings
+from webui.turns import request_about
 from webui.widgets import model_choices
 
 API_SESSION = "sdapi"  # the API's running job on the studio's job board (its cancel flag)
 API_TOOLS = ("generate", "fill")
+A1111_SOURCE = "A1111 API"  # who submitted a job, as the queue shows it
 SAMPLERS = {"Euler": ("euler", "k_euler")}  # name -> aliases: the FLUX flow-matching Euler step
 SCHEDULERS = {"simple": "Simple"}  # name -> label: FLUX's shifted linear sigmas
 AUTOMATIC = "automatic"  # Forge's scheduler "Automatic": the sampler's own, which Simple is
@@ -242,8 +244,8 @@ def run_job(studio, state: SdApiState, job: ApiJob, requests: list[GenerationReq
     """The requests' results, run when the engine's turn comes (after the page's and the APIs' earlier jobs);
     an interrupt keeps the images finished before it."""
     results = []
-    with studio.turns.turn():
-        cancel = studio.jobs.begin(API_SESSION)
+    with studio.turns.turn(**request_about(requests), source=A1111_SOURCE) as entry:
+        cancel = studio.jobs.begin(API_SESSION, entry.cancel)  # /interrupt and the queue's Stop alike
         state.job = job
         try:
             for request in requests:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from mflux_core.errors import InvalidRequest
+from mflux_core.errors import Cancelled, InvalidRequest
 from webui.jobs import error_text
 
 MAX_BODY_BYTES = 64 * 2**20  # the page's upload limit too
@@ -126,6 +126,8 @@ def api_routes(router: APIRouter, auth, refusal: type[ApiRefusal]):
                     return error.response()
                 except InvalidRequest as error:
                     return refusal.of(400, str(error)).response()
+                except Cancelled as error:  # withdrawn from the engine's queue, or stopped there
+                    return refusal.of(409, str(error)).response()
                 except HTTPException as error:  # Starlette's refusal of a malformed body
                     return refusal.of(error.status_code, str(error.detail)).response()
                 except Exception as error:  # the server must survive anything a client sends

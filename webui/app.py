@@ -24,6 +24,7 @@ from webui.panels import concept, plot, train  # noqa: E402
 from webui.panels import models as models_tab  # noqa: E402
 from webui.gallery import settings_to_send  # noqa: E402
 from webui.presets_ui import apply_settings  # noqa: E402
+from webui.panels.queue import render as render_queue  # noqa: E402
 from webui.studio import Studio, StudioFolders, StudioOutputs  # noqa: E402
 
 PANEL_MODULES = (generate, fill, depth, kontext, controlnet, redux, *in_context.PANELS, plot, concept, train)
@@ -74,6 +75,7 @@ def build_app(manager, folders: StudioFolders | None = None, max_queue_size: int
             with gr.Column(scale=8):
                 studio.outputs.status_strip.render()
             refresh_status = gr.Button("↻ status", size="sm", scale=0, min_width=90, elem_id="status-refresh")
+        render_queue(studio)
         with gr.Tabs(elem_id="tool-tabs") as studio.tabs:
             panels = studio.panels = {module.TOOL: module.render(studio) for module in PANEL_MODULES}
             with gr.Tab("History", id="history", elem_id="tab-history"):

@@ -23,6 +23,7 @@ from mflux_core.events import Downloading, Failed, Finished, Loading, Progress, 
 from mflux_core.request import GenerationRequest
 from webui.compare import before_and_after
 from webui.gallery import save_result
+from webui.turns import WITHDRAWN, job_about, ordinal
 
 log = logging.getLogger("mflux_studio.webui")
 
@@ -36,8 +37,8 @@ class JobBoard:
         self._lock = threading.Lock()
         self._running: dict[str, threading.Event] = {}
 
-    def begin(self, session: str) -> threading.Event:
-        cancel = threading.Event()
+    def begin(self, session: str, cancel: threading.Event | None = None) -> threading.Event:
+        cancel = cancel or threading.Event()
         with self._lock:
             self._running[session] = cancel
         return cancel
@@ -135,6 +136,7 @@ class JobView:
     results: gr.Gallery
     compare: gr.ImageSlider | None = None  # before / after of the last result (webui.compare), on some panels
     compared: gr.State | None = None  # that pair, handed from the job to the slider
+    tool: str = ""  # what the queue calls its jobs
 
 
 # build(values, context) -> the requests to run, in order
@@ -180,7 +182,8 @@ def run_job(studio, view: JobView, build: RequestBuilder, values: dict, session:
         return {view.results: saved, **({view.compared: compared} if view.compared else {})}
 
     yield from page_job(studio, session, view.status, work, final=final,
-                        stopped=lambda stop: f"{stop} {_images(len(saved))} saved.")
+                        stopped=lambda stop: f"{stop} {_images(len(saved))} saved.",
+                        about=job_about(view.tool, values.get("prompt"), values.get("width"), values.get("height")))
 
 
 def _images(count: int) -> str:
@@ -188,11 +191,15 @@ def _images(count: int) -> str:
 
 
 def stop_handler(studio):
-    """Stop this session's running job after its current step; the job itself reports how far it got."""
+    """Stop this session's running job after its current step (the job itself reports how far it got), or else
+    withdraw its waiting ones from the engine's queue."""
 
     def stop(request: gr.Request):
-        if studio.jobs.cancel(request.session_hash if request else ""):
+        session = request.session_hash if request else ""
+        if studio.jobs.cancel(session):
             gr.Info("Stopping after the current step.")
+        elif studio.turns.withdraw_waiting(session):
+            gr.Info(WITHDRAWN)
         else:
             gr.Info("Nothing is running.")
 
@@ -218,20 +225,26 @@ PageWork = Callable[[threading.Event], Generator[dict, None, str]]
 
 def page_job(studio, session: str, status: gr.HTML, work: PageWork, *, preparing: str = "Preparing…",
              stopped: Callable[[Cancelled], str] = str, final: Callable[[], dict] = dict,
-             on_failure: Callable[[Exception | None, str], None] = report_failure):
-    """Run a panel's work as this session's job (Stop sets its cancel flag) and end it with one status line:
-    the work's own, the stop's sentence, or the failure's. `final()` adds the job's results to that last update."""
-    cancel = studio.jobs.begin(session)
+             on_failure: Callable[[Exception | None, str], None] = report_failure, about: dict | None = None):
+    """Run a panel's work as this session's job (Stop sets its cancel flag) when its turn in the engine's queue
+    comes (its place shows while it waits; `about`: what the queue shows of it, webui.turns.job_about) and end it
+    with one status line: the work's own, the stop's sentence, or the failure's. `final()` adds the job's results
+    to that last update."""
+    entry = studio.turns.join(**(about or {}), source="page", session=session)
+    cancel = entry.cancel
     failure = None
     try:
+        for place in studio.turns.places(entry):
+            yield {status: progress_html(f"Waiting: {ordinal(place)} in the queue")}
+        studio.jobs.begin(session, cancel)  # the tab's Stop button stops it from now on
         yield {status: progress_html(preparing)}
-        with studio.turns.turn():
-            message, kind = (yield from work(cancel)), "done"
+        message, kind = (yield from work(cancel)), "done"
     except Cancelled as stop:
         message, kind = stopped(stop), "stopped"
     except Exception as error:  # the server must survive anything a user sends
         failure, message, kind = error, error_text(error), "error"
     finally:
+        studio.turns.leave(entry)
         studio.jobs.end(session, cancel)
     yield {status: progress_html(message, kind=kind), **final()}
     on_failure(failure, message)

@@ -37,8 +37,10 @@ from mflux_core.tools.specs import TOOL_SPECS, default_model_for
 from webui.api_server import MAX_WAITING, ApiRefusal, JobThreads, api_routes, json_object
 from webui.gallery import DATE_FOLDER, save_result
 from webui.requests import requests_from_settings
+from webui.turns import request_about
 
 API_TOOLS = ("generate", "fill", "kontext")
+OPENAI_SOURCE = "OpenAI API"  # who submitted a job, as the queue shows it
 SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 RESULT_NAME = re.compile(r"^[\w-]+\.png$")
 OPAQUE = 128  # a mask pixel at least this opaque is kept; below, it is edited (OpenAI: transparent = edit)
@@ -152,8 +154,8 @@ def image_requests(studio, params: ImageParams, tool: str, model: str, **inputs)
 
 def run_in_turn(studio, requests: list[GenerationRequest]) -> list[Path]:
     """Run the requests when the engine's turn comes (after the page's and the API's earlier jobs); save each."""
-    with studio.turns.turn():
-        with closing(studio.manager.batch(requests)) as runs:  # on a cluster: spread over the replicas, in order
+    with studio.turns.turn(**request_about(requests), source=OPENAI_SOURCE) as entry:
+        with closing(studio.manager.batch(requests, entry.cancel.is_set)) as runs:  # on a cluster: over the replicas
             return [save_result(studio.folders.outputs, run(None)) for run in runs]
 
 

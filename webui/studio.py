@@ -4,8 +4,6 @@ One Studio per app (built by build_app); nothing here is global, and nothing loa
 """
 
 import inspect
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +14,10 @@ from mflux_core.lora.library import library_folders, library_names
 from mflux_core.tools.specs import TOOL_NAMES
 from webui import gallery
 from webui.compare import show_comparison
-from webui.jobs import ENGINE_QUEUE, JobBoard, JobView, stop_handler, studio_job
+from webui.jobs import JobBoard, JobView, stop_handler, studio_job
 from webui.requests import InputStore, RequestContext
 from webui.status import status_markdown
+from webui.turns import EngineTurns
 
 SHIPPED_PRESETS = Path(__file__).resolve().parent.parent / "presets"
 
@@ -29,31 +28,6 @@ def api_signature(inputs: dict) -> inspect.Signature:
     request = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)
     return inspect.Signature([request, *(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
                                          for name in inputs)])
-
-
-class EngineTurns:
-    """Turns at the engine in arrival order, for the page's jobs and the OpenAI API's alike.
-
-    Gradio's queue orders only the page's events and ModelManager's lock wakes its waiters in no set order, so
-    a job takes a ticket when it reaches the engine and runs when its number comes up."""
-
-    def __init__(self):
-        self._changed = threading.Condition()
-        self._next_ticket = 0
-        self._serving = 0
-
-    @contextmanager
-    def turn(self):
-        with self._changed:
-            ticket = self._next_ticket
-            self._next_ticket += 1
-            self._changed.wait_for(lambda: self._serving == ticket)
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._serving += 1
-                self._changed.notify_all()
 
 
 @dataclass(frozen=True)
@@ -157,14 +131,15 @@ class Studio:
         return [view.status, view.preview, view.results, *compared]
 
     def wire_run(self, trigger: gr.Button, handler, inputs: dict, view: JobView, api_name: str):
-        """A Run button: the shared engine queue (one job at a time), named inputs, our own progress display.
+        """A Run button: named inputs, our own progress display. Gradio lets every Run event in at once: they
+        wait in the engine's queue (webui.turns), where the queue view lists them and each shows its place.
 
         The page's history and status strip refresh in a chained event of their own, outside the API's result:
         a gradio_client call would otherwise download every file of the history.
         """
         handler.__signature__ = api_signature(inputs)
         run = trigger.click(handler, inputs_kwargs=inputs, outputs=self.job_outputs(view), api_name=api_name,
-                            concurrency_id=ENGINE_QUEUE, concurrency_limit=1, show_progress="minimal",
+                            concurrency_limit=None, show_progress="minimal",
                             show_progress_on=[view.results])
         if view.compare is not None:
             run.then(show_comparison, inputs=[view.compared], outputs=[view.compare], queue=False,

@@ -42,7 +42,7 @@ def result_column(prefix: str, compare: bool = False) -> tuple[JobView, gr.Butto
                        height=384)
     results = gr.Gallery(label="This run", columns=4, height=200, elem_id=f"{prefix}-results", format="png",
                          interactive=False, fit_columns=False, object_fit="contain", preview=False)
-    view = JobView(status=status, preview=preview, results=results)
+    view = JobView(status=status, preview=preview, results=results, tool=prefix)
     if compare:
         view.compare, view.compared = comparison_slider(prefix), gr.State(None)
     return view, run, stop

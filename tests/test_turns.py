@@ -1,0 +1,121 @@
+"""The engine's queue (webui.turns): order, places, withdrawing a waiting job, stopping the running one."""
+
+import threading
+
+import pytest
+
+from mflux_core.errors import Cancelled
+from webui.turns import WITHDRAWN, EngineTurns, job_about, ordinal
+
+TIMEOUT_S = 30
+
+
+def waiter(turns: EngineTurns, name: str, ran: list, outcome: dict, **about):
+    """A thread that joins the queue now and records when its turn came (or how it was refused)."""
+    entry = turns.join(source=name, **about)
+
+    def run():
+        try:
+            for _ in turns.places(entry):
+                pass
+            ran.append(name)
+        except Cancelled as stop:
+            outcome[name] = str(stop)
+        finally:
+            turns.leave(entry)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return entry, thread
+
+
+def test_jobs_run_in_arrival_order_and_leave_the_queue_when_done():
+    turns, ran, outcome = EngineTurns(), [], {}
+    with turns.turn(tool="generate", source="first") as first:
+        assert first.state == "running" and [e.id for e in turns.entries()] == [first.id]
+        threads = [waiter(turns, name, ran, outcome)[1] for name in ("a", "b", "c")]
+        listed = turns.entries()
+        assert [e.source for e in listed] == ["first", "a", "b", "c"]
+        assert [e.state for e in listed] == ["running", "waiting", "waiting", "waiting"]
+        assert ran == []
+    for thread in threads:
+        thread.join(TIMEOUT_S)
+    assert ran == ["a", "b", "c"] and turns.entries() == [] and outcome == {}
+
+
+def test_a_waiting_job_sees_its_place_move_up():
+    turns = EngineTurns()
+    first, second, third = turns.join(), turns.join(), turns.join()
+    places = turns.places(third)
+    assert next(places) == 2
+    turns.leave(first)
+    assert next(places) == 1
+    turns.leave(second)
+    with pytest.raises(StopIteration):
+        next(places)
+    assert [e.state for e in turns.entries()] == ["running"]
+
+
+def test_cancelling_a_waiting_job_refuses_it_and_the_others_still_run():
+    turns, ran, outcome = EngineTurns(), [], {}
+    with turns.turn(source="held"):
+        kept, kept_thread = waiter(turns, "kept", ran, outcome)
+        dropped, dropped_thread = waiter(turns, "dropped", ran, outcome)
+        last, last_thread = waiter(turns, "last", ran, outcome)
+        assert turns.cancel(dropped.id) == f"Job {dropped.id} cancelled: it left the queue."
+        dropped_thread.join(TIMEOUT_S)
+        assert outcome == {"dropped": WITHDRAWN}
+        assert [e.source for e in turns.entries()] == ["held", "kept", "last"]
+    for thread in (kept_thread, last_thread):
+        thread.join(TIMEOUT_S)
+    assert ran == ["kept", "last"] and turns.entries() == []
+    assert "not in the queue" in turns.cancel(dropped.id)
+
+
+def test_a_tabs_stop_withdraws_only_its_own_waiting_jobs():
+    turns, ran, outcome = EngineTurns(), [], {}
+    with turns.turn(session="tab-a"):
+        mine, mine_thread = waiter(turns, "mine", ran, outcome, session="tab-a")
+        theirs, theirs_thread = waiter(turns, "theirs", ran, outcome, session="tab-b")
+        assert turns.withdraw_waiting("tab-a") == 1 and turns.withdraw_waiting("") == 0
+        mine_thread.join(TIMEOUT_S)
+        assert outcome == {"mine": WITHDRAWN} and [e.session for e in turns.entries()] == ["tab-a", "tab-b"]
+    theirs_thread.join(TIMEOUT_S)
+    assert ran == ["theirs"]
+
+
+def test_cancelling_the_running_job_sets_its_stop_flag():
+    turns = EngineTurns()
+    with turns.turn() as running:
+        assert not running.cancel.is_set()
+        assert turns.cancel(running.id) == f"Stopping job {running.id} after its current step."
+        assert running.cancel.is_set() and turns.entries()[0].id == running.id  # it leaves when it stops
+
+
+def test_many_threads_each_get_one_turn_and_never_overlap():
+    turns, inside, seen, lock = EngineTurns(), [], [], threading.Lock()
+
+    def job(number):
+        with turns.turn(tool=str(number)):
+            with lock:
+                inside.append(number)
+                seen.append(len(inside))
+            with lock:
+                inside.remove(number)
+
+    threads = [threading.Thread(target=job, args=(n,)) for n in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT_S)
+    assert len(seen) == 40 and set(seen) == {1} and turns.entries() == []
+    assert turns._next_ticket == 40
+
+
+def test_what_the_queue_shows_of_a_job():
+    about = job_about("generate", "  a   red\nfox " + "x" * 100, 512, 768)
+    assert about["tool"] == "generate" and about["size"] == "512x768"
+    assert about["prompt"].startswith("a red fox x") and len(about["prompt"]) == 60 and about["prompt"][-1] == "…"
+    assert job_about("train", None, None, None) == {"tool": "train", "prompt": "", "size": ""}
+    assert [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 101)] == \
+        ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st"]
