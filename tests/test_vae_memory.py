@@ -7,7 +7,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mflux_core.models.vae import AutoencoderKL, VAEConfig, load_vae, tile_starts
+from mflux_core.models.vae import AutoencoderKL, VAEConfig, load_vae
+from mflux_core.models.vae_tiles import tile_starts
 from mflux_core.models.vae_memory import choose_vae_tiling, vae_peak_bytes
 
 DEMO_VAE = Path(__file__).resolve().parents[1] / "demo_models" / "demo" / "vae"
@@ -59,11 +60,13 @@ def test_estimate_is_within_a_quarter_of_the_measured_peak(request, direction, n
 
 
 def test_estimate_grows_with_the_image_and_tiling_bounds_it():
+    """Tiled, the decoder's conv_in and mid block still run on the whole latent image (the attention
+    sees every pixel, as untiled): at 2048 px that part is the peak, 15% of the untiled one."""
     sizes = [256, 512, 1024, 2048]
     untiled = [vae_peak_bytes(FLUX_VAE, s, s, 4, "decode", None) for s in sizes]
     tiled = [vae_peak_bytes(FLUX_VAE, s, s, 4, "decode", 512) for s in sizes]
     assert untiled == sorted(untiled) and untiled[-1] > 3.5 * untiled[-2]
-    assert tiled[-1] < 0.1 * untiled[-1]
+    assert tiled[-1] < 0.2 * untiled[-1]
     assert vae_peak_bytes(FLUX_VAE, 1024, 1024, 2, "decode", None) < untiled[2]
 
 
@@ -87,9 +90,9 @@ def test_tiling_is_chosen_only_when_untiled_does_not_fit():
     untiled = vae_peak_bytes(FLUX_VAE, 1024, 1024, 4, "decode", None)
     assert choose_vae_tiling(FLUX_VAE, 1024, 1024, 4, "decode", untiled) is None
 
-    allowance = vae_peak_bytes(FLUX_VAE, 1024, 1024, 4, "decode", 256)
+    allowance = vae_peak_bytes(FLUX_VAE, 1024, 1024, 4, "decode", 512) - 1
     tile = choose_vae_tiling(FLUX_VAE, 1024, 1024, 4, "decode", allowance)
-    assert tile == 256  # 384's and 512's estimates exceed 256's
+    assert tile == 384  # the largest that fits
     assert vae_peak_bytes(FLUX_VAE, 1024, 1024, 4, "decode", tile) <= allowance
 
     assert choose_vae_tiling(FLUX_VAE, 4096, 4096, 4, "encode", 1 << 20) == 64  # nothing fits: the smallest

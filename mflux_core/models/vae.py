@@ -18,6 +18,7 @@ import numpy as np
 
 from mflux_core.errors import InvalidRequest, ModelLoadError
 from mflux_core.models.kernels import attention
+from mflux_core.models.vae_tiles import run_in_tiles, shared_statistics
 from mflux_core.weights.loading import load_component
 
 GROUP_NORM_EPS = 1e-6
@@ -188,15 +189,36 @@ class GroupNorm(nn.Module):
         groups = channel_values.reshape(channel_values.shape[0], self.groups, -1)
         return self._per_channel(groups.mean(axis=2, keepdims=True))
 
-    def scale_and_shift(self, x: mx.array) -> tuple[mx.array, mx.array]:
-        """Per-channel (B, 1, 1, C) factors with norm(x) = x * scale + shift."""
-        batch, height, width, channels = x.shape
+    def statistics(self, x: mx.array) -> tuple[mx.array, mx.array]:
+        """Per-channel (B, 1, 1, C) group mean and variance of `x`."""
         mean = self._group_mean(x.mean(axis=(1, 2)))
+        return mean, self._group_mean(self._squared_deviations(x, mean) / (x.shape[1] * x.shape[2]))
+
+    def channel_moments(self, x: mx.array) -> tuple[mx.array, mx.array]:
+        """Per-channel (B, C) mean and sum of squared deviations over height and width (tiling measures
+        these over the part of the image each tile owns, see vae_tiles)."""
+        mean = x.mean(axis=(1, 2))
+        return mean, self._squared_deviations(x, mean[:, None, None])
+
+    def _squared_deviations(self, x: mx.array, centre: mx.array) -> mx.array:
+        """Per-channel (B, C) sums of (x - centre)^2, a band of rows at a time (no full-size temporary)."""
+        batch, height, width, channels = x.shape
         step = band_height(width, channels, x.itemsize)
         squares = mx.zeros((batch, channels), dtype=x.dtype)
         for first in range(0, height, step):
-            squares = settle(squares + mx.square(x[:, first : first + step] - mean).sum(axis=(1, 2)))
-        group_var = self._group_mean(squares / (height * width))
+            squares = settle(squares + mx.square(x[:, first : first + step] - centre).sum(axis=(1, 2)))
+        return squares
+
+    def grouped(self, count: int, mean: mx.array, squares: mx.array) -> tuple[mx.array, mx.array]:
+        """Per-channel moments over `count` pixels -> per-channel (B, 1, 1, C) group mean and variance."""
+        group_mean = self._group_mean(mean)
+        spread = mx.square(mean.reshape(group_mean.shape) - group_mean)
+        return group_mean, self._group_mean(squares / count) + self._group_mean(spread.reshape(mean.shape))
+
+    def scale_and_shift(self, x: mx.array) -> tuple[mx.array, mx.array]:
+        """Per-channel (B, 1, 1, C) factors with norm(x) = x * scale + shift."""
+        shared = shared_statistics.get()
+        mean, group_var = self.statistics(x) if shared is None else shared.statistics(self, x)
         scale = mx.rsqrt(group_var + GROUP_NORM_EPS) * self.weight
         return scale, self.bias - mean * scale
 
@@ -314,13 +336,11 @@ class UpBlock(nn.Module):
         return [*self.resnets, *self.get("upsamplers", [])]
 
 
-def run_layers(coder: "Encoder | Decoder", layers: list[nn.Module], x: mx.array) -> mx.array:
-    """conv_in, `layers`, then norm, silu and conv_out, in one flat loop: no caller holds a block's
-    input while later layers run."""
-    steps = [lambda t: conv_in_bands(coder.conv_in, Rows.of(t)), *layers,
-             lambda t: conv_in_bands(coder.conv_out, coder.conv_norm_out.activated(t))]
-    for step in steps:
-        x = settle(step(x))
+def run_layers(layers: list[Callable[[mx.array], mx.array]], x: mx.array) -> mx.array:
+    """`layers` in one flat loop, each finished before the next: no caller holds a block's input while
+    later layers run."""
+    for layer in layers:
+        x = settle(layer(x))
     return x
 
 
@@ -339,9 +359,18 @@ class Encoder(nn.Module):
         self.conv_norm_out = GroupNorm(blocks[-1], groups)
         self.conv_out = nn.Conv2d(blocks[-1], 2 * config.latent_channels, 3, padding=1)
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def above_latent_resolution(self, x: mx.array) -> mx.array:
+        """conv_in and the down blocks: everything above the lowest resolution (tiled when asked)."""
         down = [layer for block in self.down_blocks for layer in block.layers]
-        return run_layers(self, down + self.mid_block.layers, x)
+        return run_layers([lambda t: conv_in_bands(self.conv_in, Rows.of(t)), *down], x)
+
+    def at_latent_resolution(self, x: mx.array) -> mx.array:
+        """The mid block (with the attention over all pixels), norm, silu and conv_out."""
+        return run_layers([*self.mid_block.layers,
+                           lambda t: conv_in_bands(self.conv_out, self.conv_norm_out.activated(t))], x)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.at_latent_resolution(self.above_latent_resolution(x))
 
 
 class Decoder(nn.Module):
@@ -362,19 +391,29 @@ class Decoder(nn.Module):
         self.conv_norm_out = GroupNorm(reversed_blocks[-1], groups)
         self.conv_out = nn.Conv2d(reversed_blocks[-1], config.out_channels, 3, padding=1)
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def at_latent_resolution(self, z: mx.array) -> mx.array:
+        """conv_in and the mid block (with the attention over all pixels), at the latents' resolution."""
+        return run_layers([lambda t: conv_in_bands(self.conv_in, Rows.of(t)), *self.mid_block.layers], z)
+
+    def above_latent_resolution(self, x: mx.array) -> mx.array:
+        """The up blocks, norm, silu and conv_out: everything above the lowest resolution (tiled when asked)."""
         up = [layer for block in self.up_blocks for layer in block.layers]
-        return run_layers(self, self.mid_block.layers + up, x)
+        return run_layers([*up, lambda t: conv_in_bands(self.conv_out, self.conv_norm_out.activated(t))], x)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.above_latent_resolution(self.at_latent_resolution(x))
 
 
 class AutoencoderKL(nn.Module):
     """encode: pixels (B, H, W, 3) in [-1, 1] -> normalised latents (B, C, H/f, W/f) (the posterior mean).
     decode: normalised latents (B, C, h, w) -> pixels (B, h*f, w*f, 3), unclamped.
 
-    `tiled=True` processes overlapping tiles of `tile_size` pixels overlapping by `tile_overlap` pixels
-    (default: a quarter of the tile) and blends them linearly: memory stays bounded on big images;
-    results differ from untiled because group norms, attention and the convolutions' reach then see
-    one tile at a time (see `vae_memory.choose_vae_tiling`: tile only what does not fit untiled).
+    `tiled=True` runs the layers above the latents' resolution over overlapping tiles of `tile_size`
+    pixels overlapping by `tile_overlap` pixels (default: a quarter of the tile), normalised with the
+    whole image's statistics and blended linearly (vae_tiles): memory stays bounded on big images, at
+    twice the compute of those layers; the results stay close to untiled but not equal (the
+    convolutions' reach across a tile's edge). See `vae_memory.choose_vae_tiling`: tile only what
+    does not fit untiled.
     """
 
     def __init__(self, config: VAEConfig):
@@ -398,35 +437,32 @@ class AutoencoderKL(nn.Module):
     def encode(self, pixels: mx.array, tiled: bool = False, tile_size: int = 512,
                tile_overlap: int | None = None) -> mx.array:
         pixels = pixels.astype(self.dtype)
-        if tiled:
-            tile, overlap = self._tile_in_latents(tile_size, tile_overlap)
-            mean = blend_tiles(self._posterior_mean, pixels, tile, overlap, in_scale=self.scale_factor, out_scale=1)
-        else:
-            mean = self._posterior_mean(pixels)
-        latents = (mean - self.config.shift_factor) * self.config.scaling_factor
+        with inference():
+            if tiled:
+                tile, overlap = self._tile_in_latents(tile_size, tile_overlap)
+                features = run_in_tiles(self.encoder.above_latent_resolution, pixels, tile, overlap,
+                                        in_scale=self.scale_factor, out_scale=1)
+            else:
+                features = self.encoder.above_latent_resolution(pixels)
+            moments = self.encoder.at_latent_resolution(features)
+        if "quant_conv" in self:
+            moments = self.quant_conv(moments)
+        latents = (moments[..., : self.config.latent_channels] - self.config.shift_factor) * self.config.scaling_factor
         return latents.transpose(0, 3, 1, 2)
 
     def decode(self, latents: mx.array, tiled: bool = False, tile_size: int = 512,
                tile_overlap: int | None = None) -> mx.array:
         z = latents.astype(self.dtype).transpose(0, 2, 3, 1)
         z = z / self.config.scaling_factor + self.config.shift_factor
-        if tiled:
-            tile, overlap = self._tile_in_latents(tile_size, tile_overlap)
-            return blend_tiles(self._decode_unscaled, z, tile, overlap, in_scale=1, out_scale=self.scale_factor)
-        return self._decode_unscaled(z)
-
-    def _posterior_mean(self, pixels: mx.array) -> mx.array:
-        with inference():
-            moments = self.encoder(pixels)
-        if "quant_conv" in self:
-            moments = self.quant_conv(moments)
-        return moments[..., : self.config.latent_channels]
-
-    def _decode_unscaled(self, z: mx.array) -> mx.array:
         if "post_quant_conv" in self:
             z = self.post_quant_conv(z)
         with inference():
-            return self.decoder(z)
+            features = self.decoder.at_latent_resolution(z)
+            if not tiled:
+                return self.decoder.above_latent_resolution(features)
+            tile, overlap = self._tile_in_latents(tile_size, tile_overlap)
+            return run_in_tiles(self.decoder.above_latent_resolution, features, tile, overlap,
+                                in_scale=1, out_scale=self.scale_factor)
 
     def _tile_in_latents(self, tile_size: int, tile_overlap: int | None) -> tuple[int, int]:
         f = self.scale_factor
@@ -438,56 +474,6 @@ class AutoencoderKL(nn.Module):
                 f"(got tile {tile_size}, overlap {tile_overlap})."
             )
         return tile_size // f, tile_overlap // f
-
-
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Starts of tiles covering [0, length); the last one is moved back to end at `length`."""
-    if length <= tile:
-        return [0]
-    return list(range(0, length - tile, tile - overlap)) + [length - tile]
-
-
-def edge_ramp(size: int, ramp: int, ramp_in: bool, ramp_out: bool) -> np.ndarray:
-    """Blend weights along one axis of a tile: rising over `ramp` pixels where the tile follows a
-    neighbour, falling where a neighbour follows it. Never zero, so the weights can be normalised."""
-    weights = np.ones(size, dtype=np.float32)
-    ramp = min(ramp, size)
-    rising = np.arange(1, ramp + 1, dtype=np.float32) / (ramp + 1)
-    if ramp_in and ramp:
-        weights[:ramp] = rising
-    if ramp_out and ramp:
-        weights[-ramp:] = np.minimum(weights[-ramp:], rising[::-1])
-    return weights
-
-
-def blend_tiles(
-    fn: Callable[[mx.array], mx.array], x: mx.array, tile: int, overlap: int, in_scale: int, out_scale: int
-) -> mx.array:
-    """Apply `fn` (NHWC -> NHWC) to overlapping tiles of `x` and blend the results with linear ramps.
-
-    Sizes count cells of a grid where one cell is `in_scale` pixels of `x` and `out_scale` pixels of
-    the result (decode: 1 and 8, encode: 8 and 1). The output is the weight-normalised sum of tiles.
-    """
-    batch, height, width, _ = x.shape
-    if height % in_scale or width % in_scale:
-        raise InvalidRequest(f"Tiled VAE encoding needs a size that is a multiple of {in_scale} pixels.")
-    grid_h, grid_w = height // in_scale, width // in_scale
-    tile_h, tile_w, ramp = min(tile, grid_h), min(tile, grid_w), overlap * out_scale
-    out, weight_sum = None, np.zeros((grid_h * out_scale, grid_w * out_scale, 1), dtype=np.float32)
-    for y in tile_starts(grid_h, tile, overlap):
-        for x0 in tile_starts(grid_w, tile, overlap):
-            piece = fn(x[:, y * in_scale : (y + tile_h) * in_scale, x0 * in_scale : (x0 + tile_w) * in_scale])
-            weight_y = edge_ramp(tile_h * out_scale, ramp, y > 0, y + tile_h < grid_h)
-            weight_x = edge_ramp(tile_w * out_scale, ramp, x0 > 0, x0 + tile_w < grid_w)
-            weight = np.outer(weight_y, weight_x)[:, :, None]
-            rows = slice(y * out_scale, (y + tile_h) * out_scale)
-            cols = slice(x0 * out_scale, (x0 + tile_w) * out_scale)
-            weight_sum[rows, cols] += weight
-            if out is None:
-                out = mx.zeros((batch, *weight_sum.shape[:2], piece.shape[-1]), dtype=piece.dtype)
-            out[:, rows, cols] += piece * mx.array(weight, dtype=piece.dtype)
-            mx.eval(out)  # one tile at a time: bounding peak memory is the point of tiling
-    return out / mx.array(weight_sum, dtype=out.dtype)
 
 
 OLD_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}

@@ -97,31 +97,69 @@ class Walk:
         self.conv(out_channels)
 
 
-def decode_elements(config: VAEConfig, height: int, width: int, itemsize: int) -> int:
-    f = 2 ** (len(config.block_out_channels) - 1)
-    channels = tuple(reversed(config.block_out_channels))
-    walk = Walk(Image(height // f, width // f, config.latent_channels), itemsize)
-    walk.conv(channels[0])
+def decoder_at_latents(walk: Walk, config: VAEConfig) -> None:
+    walk.conv(config.block_out_channels[-1])
     walk.mid_block(config)
+
+
+def decoder_above_latents(walk: Walk, config: VAEConfig) -> None:
+    channels = tuple(reversed(config.block_out_channels))
     for i, block_channels in enumerate(channels):
         walk.resnets(block_channels, config.layers_per_block + 1)
         if i < len(channels) - 1:
             walk.conv(block_channels, upsample=True)
     walk.output(config.out_channels)
-    return walk.peak
 
 
-def encode_elements(config: VAEConfig, height: int, width: int, itemsize: int) -> int:
+def encoder_above_latents(walk: Walk, config: VAEConfig) -> None:
     channels = config.block_out_channels
-    walk = Walk(Image(height, width, config.in_channels), itemsize)
     walk.conv(channels[0])
     for i, block_channels in enumerate(channels):
         walk.resnets(block_channels, config.layers_per_block)
         if i < len(channels) - 1:
             walk.conv(block_channels, stride=2, padding=1)
+
+
+def encoder_at_latents(walk: Walk, config: VAEConfig) -> None:
     walk.mid_block(config)
     walk.output(2 * config.latent_channels)
-    return walk.peak
+
+
+def blending_elements(out: Image, itemsize: int) -> int:
+    """The blended output and its copy while a tile is added in; float32 blend weights (numpy) beside it."""
+    return 2 * out.elements() + -(-out.height * out.width * 4 // itemsize)
+
+
+def decode_elements(config: VAEConfig, height: int, width: int, itemsize: int, tile_size: int | None = None) -> int:
+    """Peak elements of a decode; tiled, the layers at the latents' resolution still run on the whole
+    image (vae.py), and their output is held while the tiles run."""
+    f = 2 ** (len(config.block_out_channels) - 1)
+    at_latents = Walk(Image(height // f, width // f, config.latent_channels), itemsize)
+    decoder_at_latents(at_latents, config)
+    features = at_latents.x
+    tile = Walk(features if tile_size is None else
+                Image(min(tile_size, height) // f, min(tile_size, width) // f, features.channels), itemsize)
+    decoder_above_latents(tile, config)
+    if tile_size is None:
+        return max(at_latents.peak, tile.peak)
+    return max(at_latents.peak,
+               features.elements() + tile.peak + blending_elements(Image(height, width, config.out_channels), itemsize))
+
+
+def encode_elements(config: VAEConfig, height: int, width: int, itemsize: int, tile_size: int | None = None) -> int:
+    """Peak elements of an encode; tiled, the tiles' features are blended at the latents' resolution and
+    the layers there run on the whole image."""
+    f = 2 ** (len(config.block_out_channels) - 1)
+    whole = Image(height, width, config.in_channels)
+    tile = Walk(whole if tile_size is None else Image(min(tile_size, height), min(tile_size, width), whole.channels),
+                itemsize)
+    encoder_above_latents(tile, config)
+    features = Image(height // f, width // f, tile.x.channels)
+    at_latents = Walk(features, itemsize)
+    encoder_at_latents(at_latents, config)
+    if tile_size is None:
+        return max(tile.peak, at_latents.peak)
+    return max(tile.peak + blending_elements(features, itemsize), at_latents.peak)
 
 
 def vae_peak_bytes(config: VAEConfig, height: int, width: int, itemsize: int, direction: Direction,
@@ -130,15 +168,7 @@ def vae_peak_bytes(config: VAEConfig, height: int, width: int, itemsize: int, di
     image, untiled (`tile_size` None) or in tiles of `tile_size` pixels (one tile at a time, whatever
     the overlap)."""
     elements = decode_elements if direction == "decode" else encode_elements
-    if tile_size is None:
-        return elements(config, height, width, itemsize) * itemsize
-    tile = elements(config, min(tile_size, height), min(tile_size, width), itemsize)
-    f = 2 ** (len(config.block_out_channels) - 1)
-    out = Image(height, width, config.out_channels) if direction == "decode" else \
-        Image(height // f, width // f, config.latent_channels)
-    # the blended output and its copy while a tile is added in; float32 blend weights (numpy) beside it
-    blending = 2 * out.elements() * itemsize + out.height * out.width * 4
-    return tile * itemsize + blending
+    return elements(config, height, width, itemsize, tile_size) * itemsize
 
 
 def choose_vae_tiling(config: VAEConfig, height: int, width: int, itemsize: int, direction: Direction,
