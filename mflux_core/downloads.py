@@ -105,13 +105,13 @@ def disk_full(repo_id: str, needed: int | None = None) -> HubError:
 
 
 def offline_error(repo_id: str) -> HubError:
+    """One sentence: what is missing, and the two ways to get it (in the page's terms, or the command line's)."""
     cache = hf_cache_dir()
-    lead = (f"The model {repo_id} is not in the Hugging Face cache ({cache}) and downloads are off (HF_HUB_OFFLINE). "
-            f"On a connected machine run `hf download {repo_id}` and copy its folder "
-            f"models--{repo_id.replace('/', '--')} into {cache}; or put the model folder (diffusers layout) into "
-            "the models folder")
-    return HubError(lead + " and pick it by its folder name.",
-                    lead + " (--models-dir) and pick it by its folder name; or pass the folder with --path.")
+    online = f"or download it once online (`hf download {repo_id}` puts it into {cache})"
+    return HubError(f"{repo_id} is not on this machine and downloads are off: put its folder into the models "
+                    f"folder, {online}.",
+                    f"{repo_id} is not on this machine and downloads are off (HF_HUB_OFFLINE): put its folder into "
+                    f"the models folder (--models-dir) or pass it with --path, {online}.")
 
 
 def repo_id_of(name: str) -> str:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable
 
 from PIL import Image
 
+from mflux_core.errors import InvalidRequest
 from mflux_core.events import Report, Step
 from mflux_core.request import GenerationRequest, hires_size
 from mflux_core.sampling.schedule import img2img_start_step
@@ -69,6 +70,9 @@ def generate_hires(manager: "ModelManager", request: GenerationRequest, report: 
     first_steps = first.request.steps or model.default_steps
     request = with_hires_defaults(first.request, first_steps)
     second_request = second_pass_request(request)
+    if model.native_sizes:  # the demo family: any other size is noise
+        raise InvalidRequest(f"{request.model} makes {' and '.join(f'{w}x{h}' for w, h in model.native_sizes)} "
+                             "images only, so it has no hires fix: use a FLUX.1 model.")
     steps = second_request.steps
     start = img2img_start_step(steps, second_request.image_strength)
     manager.resident.plan_run(model, first)

@@ -188,11 +188,11 @@ class ModelManager:
                   cancelled: Callable[[], bool] | None) -> GenerationResult:
         started = self.run_started()
         model = self._prepared_model(request, cancelled)
-        inputs, notes = self._inputs_at_native_size(model, request)
+        inputs, size_notes = self._inputs_at_native_size(model, request)
         plan = self.resident.plan_run(model, inputs)
         image = self.run_inputs(model, inputs, report, cancelled)
         return self.finished(image, inputs.request, model, inputs.conditioning.guidance, plan, started,
-                             notes=inputs.notes)
+                             notes=(*inputs.notes, *size_notes))
 
     def run_started(self) -> tuple[float, int]:
         """At a run's start: the time, and the MLX memory that is not the models' (e.g. a caller's arrays)."""

@@ -24,9 +24,12 @@ from mflux_core.presets import (
 )
 from mflux_core.request import GenerationRequest
 from mflux_core.images.io import save_png_atomic
+from mflux_core.weights.resolve import demo_models_dir
+from tests.fixtures.any_size_demo import any_size_demo_models  # noqa: F401 (a fixture)
 from tests.test_memory_budget import budget_leaving
 
 HIRES = {"hires_scale": 2.0, "hires_steps": 4, "hires_strength": 0.6}
+SHIPPED_DEMO = demo_models_dir() / "demo"  # read before the module's fixture points the demo name at a copy
 
 
 def demo_request(**changes) -> GenerationRequest:
@@ -35,8 +38,15 @@ def demo_request(**changes) -> GenerationRequest:
     return GenerationRequest(**{**settings, **changes})
 
 
+@pytest.fixture(scope="module", autouse=True)
+def any_size_demo(any_size_demo_models):
+    """The demo draws 64x64 only and refuses the hires fix (test_a_model_with_native_sizes_has_no_hires_fix):
+    here its copy without that list stands in for FLUX.1."""
+    return any_size_demo_models
+
+
 @pytest.fixture(scope="module")
-def manager():
+def manager(any_size_demo):
     return ModelManager()
 
 
@@ -112,6 +122,13 @@ def test_a_second_pass_over_the_memory_budget_is_refused_before_the_first_pass(m
         manager.generate(demo_request(width=1024, height=1024, hires_scale=4.0), report=events.append)
     assert not [e for e in events if isinstance(e, Step)]
     assert manager.generate(demo_request(**HIRES)).image.size == (128, 96)
+
+
+def test_a_model_with_native_sizes_has_no_hires_fix(manager):
+    steps = []
+    with pytest.raises(InvalidRequest, match=r"demo makes 64x64 images only, so it has no hires fix: use a FLUX\.1"):
+        manager.generate(demo_request(model=str(SHIPPED_DEMO), width=64, height=64, **HIRES), report=steps.append)
+    assert not [event for event in steps if isinstance(event, Step)]
 
 
 def test_stop_works_in_the_second_pass(manager):

@@ -4,7 +4,6 @@ studio keeps working. Runs on the shipped demo models, the way a new user would,
 their weights under a model_index.json that lists no native sizes (the shipped one snaps every size to 64x64)."""
 
 import gc
-import json
 import os
 import re
 import subprocess
@@ -17,9 +16,9 @@ from PIL import Image
 from mflux_core.errors import InvalidRequest
 from mflux_core.manager import ModelManager
 from mflux_core.memory import GB, MemoryBudget, budget_from_gb
-from mflux_core.native_sizes import NATIVE_SIZES_KEY
 from mflux_core.request import GenerationRequest
-from mflux_core.weights.resolve import DEMO_MODELS_ENV, demo_models_dir
+from mflux_core.weights.resolve import DEMO_MODELS_ENV
+from tests.fixtures.any_size_demo import any_size_demo_models  # noqa: F401 (a fixture)
 from tests.test_reliability_server import client_for, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,20 +42,8 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.fixture(scope="module", autouse=True)
-def any_size_demo_models(tmp_path_factory):
-    """The shipped demo folders, their parts linked, each with a model_index.json that lists no native sizes."""
-    root = tmp_path_factory.mktemp("any-size-demo-models")
-    for folder in demo_models_dir().iterdir():
-        (root / folder.name).mkdir()
-        for part in folder.iterdir():
-            if part.name == "model_index.json":
-                index = {key: value for key, value in json.loads(part.read_text()).items() if key != NATIVE_SIZES_KEY}
-                (root / folder.name / part.name).write_text(json.dumps(index))
-            else:
-                (root / folder.name / part.name).symlink_to(part)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(DEMO_MODELS_ENV, str(root))  # this process, and the CLI and server processes it starts
-        yield root
+def any_size_demo(any_size_demo_models):
+    return any_size_demo_models
 
 
 def peak_rss_bytes(pid: int | str) -> int:

@@ -159,7 +159,7 @@ def test_image_to_image_matches_flux_img2img_pipeline(tiny_dev, tmp_path, sample
     ours = run_cli("generate", "--path", tiny_dev, "--prompt", PROMPT, *sampler_flags(sampler, schedule), "--steps",
                    steps, "--height", height, "--width", width, "--image-path", save(init, tmp_path / "i.png"),
                    "--image-strength", strength, "--init-noise", noise_path, "--guidance", 4.0,
-                   "--output", tmp_path / "o.png")
+                   "--resize-mode", "just resize", "--output", tmp_path / "o.png")  # diffusers stretches
     pipe = diffusers.FluxImg2ImgPipeline.from_pretrained(tiny_dev, torch_dtype=torch.float32, local_files_only=True)
     base, get_timesteps = pipe.scheduler.config, pipe.get_timesteps
     # diffusers' img2img counts the scheduler's timesteps as steps: Heun lays out 2N - 1 of them for N steps
