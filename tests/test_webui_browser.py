@@ -110,6 +110,11 @@ def type_into(page, elem_id: str, text: str) -> None:
     page.keyboard.press("Tab")
 
 
+def type_size_and_steps(page, tab: str, width: int, height: int, steps: int) -> None:
+    for control, value in (("width", width), ("height", height), ("steps", steps)):
+        type_into(page, f"{tab}-{control}", value)
+
+
 def set_slider(page, elem_id: str, value: float) -> None:
     """Move the slider with the arrow keys, as a keyboard user would."""
     slider = page.locator(f"#{elem_id} input[type=range]")
@@ -198,8 +203,7 @@ def draw_stroke(page, editor_id: str, points, image_size=(64, 64)) -> None:
 def test_generate_then_send_a_result_from_the_history(page, studio):
     before = result_pngs(studio)
     type_into(page, "generate-prompt", "a red fox in the snow")
-    for elem_id, value in (("generate-width", 64), ("generate-height", 48), ("generate-steps", 2)):
-        type_into(page, elem_id, value)
+    type_size_and_steps(page, "generate", 64, 48, 2)
     set_slider(page, "generate-batch", 2)
     assert run_and_wait(page, "generate").startswith("Done: 2 images")
     new = sorted(result_pngs(studio) - before, key=lambda p: request_in(p)["seed"])
@@ -292,8 +296,7 @@ def test_depth_kontext_controlnet_and_redux_panels_run(page, studio):
     page.set_input_files("#redux-image-1 input[type=file]", str(studio.photo))
     page.wait_for_selector("#redux-image-1 img")
     choose(page, "redux-model", "tiny-dev")
-    for elem_id, value in (("redux-width", 64), ("redux-height", 64), ("redux-steps", 2)):
-        type_into(page, elem_id, value)
+    type_size_and_steps(page, "redux", 64, 64, 2)
     run_and_wait(page, "redux")
     screenshot(page, "redux")
     tools = {request_in(p)["tool"] for p in result_pngs(studio)}
@@ -338,8 +341,7 @@ def test_screenshots_of_the_other_panels(page):
 
 def test_stop_ends_a_long_run_within_a_step(page, studio):
     choose(page, "generate-model", "tiny-dev")
-    for elem_id, value in (("generate-width", 256), ("generate-height", 256), ("generate-steps", 300)):
-        type_into(page, elem_id, value)
+    type_size_and_steps(page, "generate", 256, 256, 300)
     before = result_pngs(studio)
     page.click("#generate-run")
     wait_for_status(page, "generate", "step [3-9] of 300")
@@ -519,8 +521,7 @@ def test_the_negative_prompt_shows_above_true_cfg_one_and_a_preset_keeps_both(br
 def test_regional_prompts_run_from_the_accordion_and_a_preset_keeps_them(page, studio):
     before = result_pngs(studio)
     type_into(page, "generate-prompt", "a red circle and a blue square")
-    for elem_id, value in (("generate-width", 64), ("generate-height", 64), ("generate-steps", 2)):
-        type_into(page, elem_id, value)
+    type_size_and_steps(page, "generate", 64, 64, 2)
     open_accordions(page, "generate-regions")
     type_into(page, "generate-region-1-prompt", "a red circle")
     set_slider(page, "generate-region-1-w", 0.4)
@@ -541,8 +542,7 @@ def test_regional_prompts_run_from_the_accordion_and_a_preset_keeps_them(page, s
 def test_the_sampler_and_schedule_pickers_reach_the_image_and_a_preset(browser, page, studio):
     before = result_pngs(studio)
     type_into(page, "generate-prompt", "a blue square")
-    for elem_id, value in (("generate-width", 32), ("generate-height", 32), ("generate-steps", 2)):
-        type_into(page, elem_id, value)
+    type_size_and_steps(page, "generate", 32, 32, 2)
     choose(page, "generate-sampler", "DPM++ 2M")
     choose(page, "generate-schedule", "Karras")
     run_and_wait(page, "generate")
@@ -556,8 +556,7 @@ def test_the_sampler_and_schedule_pickers_reach_the_image_and_a_preset(browser, 
 def test_hires_fix_runs_both_passes_and_the_slider_compares_its_first_pass(page, studio):
     before = result_pngs(studio)
     type_into(page, "generate-prompt", "a red circle")
-    for elem_id, value in (("generate-width", 64), ("generate-height", 48), ("generate-steps", 2)):
-        type_into(page, elem_id, value)
+    type_size_and_steps(page, "generate", 64, 48, 2)
     open_accordions(page, "generate-hires")
     page.check("#generate-hires-on input[type=checkbox]")
     assert not page.is_visible("#generate-compare")
