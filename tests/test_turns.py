@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from mflux_core.errors import Cancelled
-from webui.turns import WITHDRAWN, EngineTurns, job_about, ordinal
+from webui.turns import WITHDRAWN, EngineTurns, QueueFull, job_about, ordinal
 
 TIMEOUT_S = 30
 
@@ -119,3 +119,17 @@ def test_what_the_queue_shows_of_a_job():
     assert job_about("train", None, None, None) == {"tool": "train", "prompt": "", "size": ""}
     assert [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 101)] == \
         ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st"]
+
+
+def test_a_job_past_the_most_waiting_is_refused_and_the_queue_is_unchanged():
+    turns, ran, outcome = EngineTurns(max_waiting=2), [], {}
+    with turns.turn(source="running"):
+        threads = [waiter(turns, name, ran, outcome)[1] for name in ("a", "b")]
+        with pytest.raises(QueueFull, match=r"The queue is full \(2 jobs waiting\)"):
+            turns.join(source="c")
+        assert [e.source for e in turns.entries()] == ["running", "a", "b"]
+    for thread in threads:
+        thread.join(TIMEOUT_S)
+    assert ran == ["a", "b"]
+    with turns.turn(source="later") as later:  # room again once they ran
+        assert later.state == "running"

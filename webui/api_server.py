@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 
 from mflux_core.errors import Cancelled, InvalidRequest
 from webui.jobs import error_text
+from webui.turns import QueueFull
 
 MAX_BODY_BYTES = 64 * 2**20  # the page's upload limit too
 MAX_WAITING = 16  # API requests running or waiting for their turn at once; more are refused (429)
@@ -124,6 +125,8 @@ def api_routes(router: APIRouter, auth, refusal: type[ApiRefusal]):
                     return await answer(request)
                 except ApiRefusal as error:
                     return error.response()
+                except QueueFull as error:
+                    return refusal.of(429, str(error)).response()
                 except InvalidRequest as error:
                     return refusal.of(400, str(error)).response()
                 except Cancelled as error:  # withdrawn from the engine's queue, or stopped there

@@ -26,6 +26,7 @@ from webui.gallery import settings_to_send  # noqa: E402
 from webui.presets_ui import apply_settings  # noqa: E402
 from webui.panels.queue import render as render_queue  # noqa: E402
 from webui.studio import Studio, StudioFolders, StudioOutputs  # noqa: E402
+from webui.turns import EngineTurns  # noqa: E402
 
 PANEL_MODULES = (generate, fill, depth, kontext, controlnet, redux, *in_context.PANELS, plot, concept, train)
 MAX_QUEUE_SIZE = 16
@@ -61,7 +62,8 @@ def build_app(manager, folders: StudioFolders | None = None, max_queue_size: int
               openai_api: bool = True, a1111_api: bool = True) -> StudioBlocks:
     """The whole page for one ModelManager; launch it with `launch_kwargs(folders)`."""
     folders = folders or StudioFolders.default(Path("outputs"), models_dir=manager.models_dir)
-    studio = Studio(manager=manager, folders=folders, examples=write_examples(folders.examples))
+    studio = Studio(manager=manager, folders=folders, examples=write_examples(folders.examples),
+                    turns=EngineTurns(max_waiting=max_queue_size))
     with StudioBlocks(title="mflux-studio") as app:
         studio.outputs = StudioOutputs(
             history=gr.Gallery(label="History (newest first)", columns=6, height=520, elem_id="history-gallery",

@@ -23,7 +23,7 @@ from mflux_core.events import Downloading, Failed, Finished, Loading, Progress, 
 from mflux_core.request import GenerationRequest
 from webui.compare import before_and_after
 from webui.gallery import save_result
-from webui.turns import WITHDRAWN, job_about, ordinal
+from webui.turns import WITHDRAWN, QueueFull, job_about, ordinal
 
 log = logging.getLogger("mflux_studio.webui")
 
@@ -230,7 +230,10 @@ def page_job(studio, session: str, status: gr.HTML, work: PageWork, *, preparing
     comes (its place shows while it waits; `about`: what the queue shows of it, webui.turns.job_about) and end it
     with one status line: the work's own, the stop's sentence, or the failure's. `final()` adds the job's results
     to that last update."""
-    entry = studio.turns.join(**(about or {}), source="page", session=session)
+    try:
+        entry = studio.turns.join(**(about or {}), source="page", session=session)
+    except QueueFull as full:
+        raise gr.Error(str(full), print_exception=False) from None
     cancel = entry.cancel
     failure = None
     try:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Generator
 
-from mflux_core.errors import Cancelled
+from mflux_core.errors import Cancelled, StudioError
 
 WITHDRAWN = "Cancelled while waiting in the queue."
 PROMPT_CHARS = 60  # how much of a prompt the queue shows
@@ -49,10 +49,16 @@ def ordinal(number: int) -> str:
     return f"{number}{suffix}"
 
 
-class EngineTurns:
-    """The jobs at the engine, the first one running; `turn()` is a job's whole stay."""
+class QueueFull(StudioError):
+    """The queue already holds as many waiting jobs as the studio allows (--max-queue)."""
 
-    def __init__(self):
+
+class EngineTurns:
+    """The jobs at the engine, the first one running; `turn()` is a job's whole stay. With `max_waiting`, a job
+    that would be one waiting job too many is refused (QueueFull) instead of joining."""
+
+    def __init__(self, max_waiting: int | None = None):
+        self.max_waiting = max_waiting
         self._changed = threading.Condition()
         self._next_ticket = 0
         self._entries: list[QueueEntry] = []
@@ -60,6 +66,9 @@ class EngineTurns:
     def join(self, **about) -> QueueEntry:
         """Put a job at the end of the queue; `about`: QueueEntry's descriptive fields (and `cancel`)."""
         with self._changed:
+            waiting = len(self._entries[1:])
+            if self.max_waiting is not None and self._entries and waiting >= self.max_waiting:
+                raise QueueFull(f"The queue is full ({waiting} jobs waiting): try again when one has finished.")
             entry = QueueEntry(id=self._next_ticket + 1, **about)
             self._next_ticket += 1
             self._entries.append(entry)
