@@ -19,7 +19,7 @@ from typing import Callable
 
 from huggingface_hub import constants
 
-from mflux_core.errors import Cancelled, InvalidRequest, ModelLoadError, StudioError
+from mflux_core.errors import Cancelled, InvalidRequest, StudioError, WordedTwice
 from mflux_core.memory import gb_text
 
 log = logging.getLogger("mflux_studio.downloads")
@@ -32,12 +32,8 @@ DownloadCallback = Callable[[int, int], None]
 SKIPPED_DOWNLOADS = {"black-forest-labs/": ["flux1-*.safetensors", "ae.safetensors"]}
 
 
-class HubError(ModelLoadError):
-    """A download failure in two wordings: str() for the page (what to do there), `cli_text` for the CLI."""
-
-    def __init__(self, page_text: str, cli_text: str | None = None):
-        super().__init__(page_text)
-        self.cli_text = cli_text or page_text
+class HubError(WordedTwice):
+    """A download failure, worded for the page and for the CLI."""
 
 
 def hf_cache_dir() -> Path:
