@@ -6,6 +6,9 @@ huggingface_hub does the transfer: snapshot_download keeps every finished file, 
 lost its network or had its process killed continues from the files on disk (a file cut short restarts; within
 one run huggingface_hub itself resumes a dropped connection with a Range request), and its cached file list makes
 a snapshot with missing files fail `local_files_only`, so a partial download is never taken for a model.
+A file cut short by Stop or a killed process cannot continue inside the file: huggingface_hub (2.4) writes each file
+into an `.incomplete` file with a name unique to that attempt, deletes it in a `finally` on any error (a Stop raised
+from the progress callback included), and never opens one left by an earlier process.
 """
 
 import errno
