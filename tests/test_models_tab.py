@@ -222,8 +222,8 @@ def test_quantize_and_save_reports_tensors_and_a_stop_leaves_no_folder(tmp_path)
 
     studio = studio_with_models(tmp_path)
     reports = []
-    source = resolve_model(model="demo")
-    save_model(tmp_path / "models" / "full", source, bits=4, on_progress=lambda *report: reports.append(report))
+    demo = resolve_model(model="demo")
+    save_model(tmp_path / "models" / "full", demo, bits=4, on_progress=lambda *report: reports.append(report))
     counted = [done for done, total, _ in reports if total]
     total = reports[-1][1]
     assert counted == list(range(1, total + 1)) and reports[-1] == (total, total, "model_index.json copied")
@@ -237,7 +237,7 @@ def test_quantize_and_save_reports_tensors_and_a_stop_leaves_no_folder(tmp_path)
 
     for step in (3, total - 1):  # while computing tensors, and after files were written
         with pytest.raises(Cancelled):
-            save_model(tmp_path / "models" / "stopped", source, bits=4, on_progress=stop_at(step))
+            save_model(tmp_path / "models" / "stopped", demo, bits=4, on_progress=stop_at(step))
         assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["full"]
 
     updates = quantize_and_save(studio, "demo", "8", "demo-stop", "session", "status")

@@ -1,7 +1,8 @@
 """Models: every model the studio knows with its kind, size on disk, state and residency; download (progress, Stop;
 a second Download of the same repo follows the running one), delete from the models folder or the Hugging Face
-cache after a confirmation naming the space freed (a resident model is unloaded first), quantize and save as a new model in the models folder, a Hugging Face token,
-rescan. Offline, the list works from the cache and downloads are off. Messages here never name CLI flags.
+cache after a confirmation naming the space freed (a resident model is unloaded first), quantize and save as a new
+model in the models folder (tensors done; Stop leaves no folder), a Hugging Face token, rescan. Offline, the list
+works from the cache and downloads are off. Messages here never name CLI flags.
 """
 
 from pathlib import Path
