@@ -6,6 +6,9 @@ huggingface_hub does the transfer: snapshot_download keeps every finished file, 
 lost its network or had its process killed continues from the files on disk (a file cut short restarts; within
 one run huggingface_hub itself resumes a dropped connection with a Range request), and its cached file list makes
 a snapshot with missing files fail `local_files_only`, so a partial download is never taken for a model.
+A file cut short by Stop or a killed process cannot continue inside the file: huggingface_hub (2.4) writes each file
+into an `.incomplete` file with a name unique to that attempt, deletes it in a `finally` on any error (a Stop raised
+from the progress callback included), and never opens one left by an earlier process.
 """
 
 import errno
@@ -19,7 +22,7 @@ from typing import Callable
 
 from huggingface_hub import constants
 
-from mflux_core.errors import Cancelled, InvalidRequest, ModelLoadError, StudioError
+from mflux_core.errors import Cancelled, InvalidRequest, StudioError, WordedTwice
 from mflux_core.memory import gb_text
 
 log = logging.getLogger("mflux_studio.downloads")
@@ -32,12 +35,8 @@ DownloadCallback = Callable[[int, int], None]
 SKIPPED_DOWNLOADS = {"black-forest-labs/": ["flux1-*.safetensors", "ae.safetensors"]}
 
 
-class HubError(ModelLoadError):
-    """A download failure in two wordings: str() for the page (what to do there), `cli_text` for the CLI."""
-
-    def __init__(self, page_text: str, cli_text: str | None = None):
-        super().__init__(page_text)
-        self.cli_text = cli_text or page_text
+class HubError(WordedTwice):
+    """A download failure, worded for the page and for the CLI."""
 
 
 def hf_cache_dir() -> Path:

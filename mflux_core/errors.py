@@ -13,5 +13,14 @@ class ModelLoadError(StudioError):
     """A model folder, file or repo is missing, incomplete, corrupt or of the wrong kind."""
 
 
+class WordedTwice(ModelLoadError):
+    """A model error worded for where it is read: str() for the page (what to do there), `cli_text` for the
+    command line (its flags)."""
+
+    def __init__(self, page_text: str, cli_text: str | None = None):
+        super().__init__(page_text)
+        self.cli_text = cli_text or page_text
+
+
 class Cancelled(StudioError):
     """The user stopped a generation."""

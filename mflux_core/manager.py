@@ -18,6 +18,7 @@ from PIL import Image
 
 from mflux_core.backend import backend_name, resolve_dtype
 from mflux_core.flux_model import FluxModel
+from mflux_core.errors import StudioError
 from mflux_core.events import Downloading, Report, result_of
 from mflux_core.generation import Preview, ToolInputs, decode_latents, run_tool
 from mflux_core.hires import generate_hires
@@ -257,3 +258,12 @@ class ModelManager:
             "busy": self._lock.locked(),
             "loras": [report.summary() for report in self.loras.reports],
         }
+
+    def unload(self, folder: Path, name: str) -> int:
+        """Drop what is resident from `folder` before it is deleted; refused while a job runs (it may be using it)."""
+        if not self._lock.acquire(blocking=False):
+            raise StudioError(f"A job is running and may be using {name}: delete it when the job has finished.")
+        try:
+            return self.resident.unload(folder)
+        finally:
+            self._lock.release()

@@ -1,10 +1,14 @@
 """Every model the studio knows, with what is on disk: the aliases and any other repo in the Hugging Face cache, the
 demo models, the models folder and the LoRA library, each with its kind, size on disk, whether its download is
-complete, and whether it is resident now (and at which quantization). Deleting frees a repo from the HF cache only.
+complete, and whether it is resident now (and at which quantization). Deleting removes a repo from the HF cache
+or an entry of the models folder, and never a file outside those two: links pointing elsewhere and the demo models
+are refused.
 
 Listing reads folder names, file sizes and small JSON files (registry.folder_kind); it never loads weights.
 """
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +16,7 @@ from mflux_core.downloads import cached_repo_folder, hf_cache_dir
 from mflux_core.errors import StudioError
 from mflux_core.memory import gb_text
 from mflux_core.registry import ALIAS_KINDS, folder_kind
+from mflux_core.resident import names_folder
 from mflux_core.weights.resolve import ALIASES, DEMO_MODELS, demo_models_dir
 
 KIND_LABELS = {"base": "base", "fill": "Fill", "depth": "Depth", "kontext": "Kontext", "controlnet": "ControlNet",
@@ -54,7 +59,7 @@ def resident_quantization(path: Path | None, resident: list[dict]) -> str:
         return ""
     for entry in resident:
         label = entry.get("name") or ""
-        if str(path) in label:
+        if names_folder(label, path):
             return next((word for word in label.split() if word.endswith("-bit")), "full precision")
     return ""
 
@@ -80,6 +85,8 @@ def catalog(models_dir: Path | None, lora_folders: list[Path], resident: list[di
                                    resident_quantization(folder, resident), path=folder))
     if models_dir is not None and Path(models_dir).is_dir():
         for path in sorted(Path(models_dir).iterdir()):
+            if path.name.startswith("."):  # hidden: e.g. a model being saved (weights.save's .NAME.partial)
+                continue
             kind = "single-file" if path.is_file() and path.suffix == ".safetensors" else folder_kind(path)
             if kind:
                 rows.append(CatalogRow(path.name, KIND_LABELS[kind], "models folder", folder_bytes(path), "complete",
@@ -108,9 +115,68 @@ def deletion_plan(repo_id: str):
     return scanned.delete_revisions(*(revision.commit_hash for revision in repo.revisions))
 
 
+def cached_repo_path(repo_id: str) -> Path:
+    """The repo's folder in the HF cache (every snapshot is under it), whether or not it exists."""
+    from huggingface_hub.file_download import repo_folder_name
+
+    return hf_cache_dir() / repo_folder_name(repo_id=repo_id, repo_type="model")
+
+
 def delete_from_cache(repo_id: str) -> str:
     """Delete a repo from the HF cache (the cache only; never the models folder); says what was freed."""
     plan = deletion_plan(repo_id)
     freed = plan.expected_freed_size
     plan.execute()
     return f"Deleted {repo_id} from the Hugging Face cache, freeing {gb_text(freed)}."
+
+
+def models_folder_entry(name: str, models_dir: Path | None) -> Path | None:
+    """`name` as a file or folder right inside the models folder (never a path elsewhere), or None."""
+    name = (name or "").strip()
+    if models_dir is None or name in ("", ".", "..") or "/" in name or "\\" in name:
+        return None
+    entry = Path(models_dir) / name
+    return entry if entry.exists() or entry.is_symlink() else None
+
+
+def links_in(entry: Path) -> list[Path]:
+    """The entry itself when it is a link, else the links anywhere inside it (never followed)."""
+    if entry.is_symlink() or not entry.is_dir():
+        return [entry] if entry.is_symlink() else []
+    return [Path(root) / name for root, dirs, files in os.walk(entry) for name in dirs + files
+            if (Path(root) / name).is_symlink()]
+
+
+def bytes_removed(entry: Path) -> int:
+    """What deleting `entry` frees: its regular files (a link frees only itself, never its target)."""
+    if entry.is_symlink() or entry.is_file():
+        return entry.lstat().st_size
+    return sum((Path(root) / name).lstat().st_size for root, _, files in os.walk(entry) for name in files)
+
+
+def checked_models_folder_entry(name: str, models_dir: Path) -> Path:
+    """The models-folder entry `name`, refused in one sentence when deleting it could touch anything outside the
+    models folder and the HF cache, or a demo model."""
+    entry = models_folder_entry(name, models_dir)
+    if entry is None:
+        raise StudioError(f"The models folder has no {name}: press Rescan to see what it holds now.")
+    inside = [Path(models_dir).resolve(), hf_cache_dir().resolve()]
+    outside = [link for link in links_in(entry)
+               if not any(link.resolve().is_relative_to(folder) for folder in inside)]
+    if outside:
+        raise StudioError(f"{name} in the models folder links to {outside[0].resolve()}, outside the models folder "
+                          "and the Hugging Face cache: the studio deletes nothing there; remove the link by hand.")
+    if entry.resolve().is_relative_to(demo_models_dir().resolve()):
+        raise StudioError(f"{name} is a demo model that ships with the studio: it cannot be deleted from here.")
+    return entry
+
+
+def delete_from_models_folder(name: str, models_dir: Path) -> str:
+    """Delete a file or folder of the models folder (after checked_models_folder_entry); says what was freed."""
+    entry = checked_models_folder_entry(name, models_dir)
+    freed = bytes_removed(entry)
+    if entry.is_symlink() or entry.is_file():
+        entry.unlink()
+    else:
+        shutil.rmtree(entry)  # removes links inside, never what they point to
+    return f"Deleted {name} from the models folder, freeing {gb_text(freed)}."

@@ -8,6 +8,7 @@ Redux, depth estimator) share a small LRU. Every cache is bounded. Before a run,
 checked against the budget, evicting idle transformers first when that makes it fit.
 """
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,12 @@ def stop_if_cancelled(cancelled: Callable[[], bool] | None, when: str) -> None:
         raise Cancelled(f"Stopped {when}.")
 
 
+def names_folder(label: str, folder: Path) -> bool:
+    """Whether a resident component's label (e.g. "transformer /m/dev/transformer 8-bit") names a file in
+    `folder` or the folder itself (and not merely a folder whose name starts the same, /m/dev-8bit)."""
+    return re.search(re.escape(str(folder)) + r"(?=$|[\s)/])", label) is not None
+
+
 class ResidentModels:
     def __init__(self, budget: MemoryBudget, max_transformers: int = 1, low_ram: bool = False,
                  prompt_cache_size: int = 16):
@@ -115,6 +122,14 @@ class ResidentModels:
     def _evicted(self, key) -> None:
         self._labels.pop(key, None)
         mx.clear_cache()  # the LRU has dropped the value by now: hand its buffers back
+
+    def unload(self, folder: Path) -> int:
+        """Drop every resident component loaded from `folder` (before the folder is deleted); returns how many."""
+        dropped = [(cache, key) for _, cache in self._caches() for key in cache.keys()
+                   if names_folder(self._labels.get(key, ""), folder)]
+        for cache, key in dropped:
+            cache.pop(key)
+        return len(dropped)
 
     def _make_room(self, needed_bytes: int) -> None:
         """Evict least recently used transformers until one more fits the count and the memory budget."""

@@ -2,12 +2,14 @@
 the page's handler from the fake hub, deleting from the cache, and the tab in the built app."""
 
 import html
+import shutil
 
 import pytest
 
 from mflux_core.downloads import Downloads, fetch_repo, repo_id_of
 from mflux_core.errors import StudioError
 from mflux_core.manager import ModelManager
+from mflux_core.memory import gb_text
 from mflux_core.model_catalog import catalog, delete_from_cache, deletion_plan, folder_bytes
 from mflux_core.registry import on_disk
 from mflux_core.weights.resolve import DEMO_MODELS, demo_models_dir
@@ -132,3 +134,115 @@ def test_quantize_and_save_writes_a_new_model_into_the_models_folder(tmp_path):
     assert row.where == "models folder" and row.kind == "base" and row.state == "complete"
     with pytest.raises(Exception, match="already has demo-8bit"):
         list(quantize_and_save(studio, "demo", "4", "demo-8bit", "session", "status"))
+
+
+def studio_with_models(tmp_path):
+    from webui.studio import Studio, StudioFolders
+
+    (tmp_path / "models").mkdir(exist_ok=True)
+    return Studio(manager=ModelManager(models_dir=tmp_path / "models"),
+                  folders=StudioFolders.default(tmp_path / "out", loras=[]))
+
+
+def test_delete_from_the_models_folder_unloads_the_model_and_frees_its_size(tmp_path):
+    import mlx.core as mx
+
+    from mflux_core.weights.resolve import resolve_model
+    from webui.panels.models import ask_delete, delete_model
+
+    studio = studio_with_models(tmp_path)
+    mine = tmp_path / "models" / "mine"
+    shutil.copytree(demo_models_dir() / "demo", mine)
+    (tmp_path / "models" / "mine-8bit").mkdir()  # a name that starts the same is not the model
+    studio.manager.resident.model_for(resolve_model(model="mine", models_dir=tmp_path / "models"), mx.float32)
+    assert rows_by_name(tmp_path, studio.manager.status()["resident"])["mine"].resident == "full precision"
+
+    target, question = ask_delete(studio, "mine")
+    assert target == "mine" and "models folder" in question and gb_text(folder_bytes(mine)) in question
+    with studio.manager._lock:  # a running job holds the lock: the delete is refused and nothing goes
+        with pytest.raises(StudioError, match="job is running"):
+            delete_model(studio, "mine")
+    assert mine.is_dir()
+    message = delete_model(studio, target)
+    assert "Deleted mine from the models folder" in message and not mine.exists()
+    assert not any("mine" in entry["name"] for entry in studio.manager.status()["resident"])
+    assert (tmp_path / "models" / "mine-8bit").is_dir()
+
+
+def test_delete_refuses_links_out_of_the_models_folder_and_the_demo_models(tmp_path, monkeypatch):
+    from mflux_core.model_catalog import checked_models_folder_entry, delete_from_models_folder
+    from webui.panels.models import ask_delete
+
+    studio = studio_with_models(tmp_path)
+    models, elsewhere = tmp_path / "models", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "weights.safetensors").write_bytes(b"keep me")
+    (models / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (models / "holder").mkdir()
+    (models / "holder" / "inner").symlink_to(elsewhere / "weights.safetensors")
+    for name in ("linked", "holder"):
+        with pytest.raises(StudioError, match="outside the models folder"):
+            ask_delete(studio, name)
+        with pytest.raises(StudioError, match="outside the models folder"):
+            delete_from_models_folder(name, models)
+    assert (elsewhere / "weights.safetensors").read_bytes() == b"keep me" and (models / "holder" / "inner").is_symlink()
+    with pytest.raises(StudioError, match="ships with the studio"):
+        checked_models_folder_entry("demo", demo_models_dir())
+    with pytest.raises(StudioError, match="built-in demo model"):
+        ask_delete(studio, "demo")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "home" / "hub"))
+    (models / "cached").symlink_to(tmp_path / "home" / "hub" / "x", target_is_directory=True)
+    assert "Deleted cached" in delete_from_models_folder("cached", models)  # a link into the cache: the link goes
+    assert not (models / "cached").is_symlink()
+
+
+def test_an_unknown_model_says_what_to_do_in_the_page_and_the_cli_keeps_its_wording(tmp_path, capsys):
+    from mflux_core.cli import main as cli_main
+    from mflux_core.errors import WordedTwice
+    from mflux_core.weights.resolve import resolve_name
+
+    with pytest.raises(WordedTwice) as error:
+        resolve_name("no-such-model", tmp_path)
+    page, cli = str(error.value), error.value.cli_text
+    assert page.startswith("Unknown model 'no-such-model'") and cli.startswith("Unknown model 'no-such-model'")
+    assert "Models tab" in page and "models folder" in page and "--" not in page
+    assert "an existing folder or file" in cli and "Models tab" not in cli
+    assert cli_main(["generate", "--model", "no-such-model", "--models-dir", str(tmp_path), "--prompt", "x",
+                     "--output", str(tmp_path / "x.png")]) == 1
+    assert cli in capsys.readouterr().err
+
+
+def test_quantize_and_save_reports_tensors_and_a_stop_leaves_no_folder(tmp_path):
+    from mflux_core.errors import Cancelled
+    from mflux_core.weights.resolve import resolve_model
+    from mflux_core.weights.save import save_model
+    from webui.panels.models import quantize_and_save
+
+    studio = studio_with_models(tmp_path)
+    reports = []
+    demo = resolve_model(model="demo")
+    save_model(tmp_path / "models" / "full", demo, bits=4, on_progress=lambda *report: reports.append(report))
+    counted = [done for done, total, _ in reports if total]
+    total = reports[-1][1]
+    assert counted == list(range(1, total + 1)) and reports[-1] == (total, total, "model_index.json copied")
+    assert any(what == "tensors quantized" for _, _, what in reports)
+
+    def stop_at(step):
+        def on_progress(done, total, what):
+            if done == step:
+                raise Cancelled("stopped")
+        return on_progress
+
+    for step in (3, total - 1):  # while computing tensors, and after files were written
+        with pytest.raises(Cancelled):
+            save_model(tmp_path / "models" / "stopped", demo, bits=4, on_progress=stop_at(step))
+        assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["full"]
+
+    updates = quantize_and_save(studio, "demo", "8", "demo-stop", "session", "status")
+    for update in updates:
+        if "Preparing" in html.unescape(update["status"]):
+            assert studio.jobs.cancel("session")  # the tab's Stop, before the work starts
+    assert "Stopped quantizing demo" in html.unescape(update["status"])
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["full"]

@@ -32,6 +32,16 @@ def quantize_model(model: nn.Module, bits: int | None) -> nn.Module:
     `bits` is left as is; one quantized to another width is refused (re-quantizing loses quality)."""
     if bits is None:
         return model
+    quantize_lazily(model, bits)
+    mx.eval(model.parameters())
+    return model
+
+
+def quantize_lazily(model: nn.Module, bits: int | None) -> None:
+    """quantize_model without computing: the quantized weights are computed when evaluated (weights.save does
+    it one tensor at a time, for its progress and Stop)."""
+    if bits is None:
+        return
     if bits not in BITS:
         raise ModelLoadError(f"Quantization to {bits} bits is not supported; choose one of {', '.join(map(str, BITS))}.")
     existing = quantized_bits(model)
@@ -40,8 +50,6 @@ def quantize_model(model: nn.Module, bits: int | None) -> nn.Module:
             f"This model was saved quantized to {existing} bits; load it without -q (or with -q {existing})."
         )
     nn.quantize(model, group_size=GROUP_SIZE, bits=bits, class_predicate=quantizable)
-    mx.eval(model.parameters())
-    return model
 
 
 def quantization_config(bits: int) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from mflux_core.downloads import DownloadCallback, fetch_repo, hf_cache_dir, is_offline  # noqa: F401 (re-exported)
-from mflux_core.errors import ModelLoadError
+from mflux_core.errors import ModelLoadError, WordedTwice
 
 # The published repos behind the names users type (mflux's aliases plus the tool models).
 ALIASES = {
@@ -80,6 +80,18 @@ def looks_like_path(name: str) -> bool:
     return name.startswith((".", "~", "/")) or name.count("/") > 1 or "\\" in name
 
 
+def unknown_model(name: str, models_dir: Path | None) -> WordedTwice:
+    """The page has no --path: there the way in is the models folder or the Models tab's download."""
+    aliases = ", ".join([*ALIASES, *DEMO_MODELS])
+    where = f" or a folder in {models_dir}" if models_dir is not None else ""
+    folder = f" ({models_dir})" if models_dir is not None else ""
+    return WordedTwice(
+        f"Unknown model {name!r}: not an alias ({aliases}), a repo id (owner/name){where}: put its folder into "
+        f"the models folder{folder} and pick it by its folder name, or download it from the Models tab.",
+        f"Unknown model {name!r}: not an alias ({aliases}), a repo id (owner/name){where}, "
+        "or an existing folder or file.")
+
+
 def resolve_name(name: str, models_dir: Path | None = None, on_download: DownloadCallback | None = None) -> Path:
     """A local path, a name in the models folder, an alias or a repo id -> a folder or file on disk."""
     candidate = Path(name).expanduser()
@@ -93,12 +105,7 @@ def resolve_name(name: str, models_dir: Path | None = None, on_download: Downloa
         raise ModelLoadError(f"The model folder or file {name} does not exist (was it moved or deleted?).")
     repo_id = ALIASES.get(name, name)
     if repo_id.count("/") != 1:
-        where = f" or a folder in {models_dir}" if models_dir is not None else ""
-        aliases = ", ".join([*ALIASES, *DEMO_MODELS])
-        raise ModelLoadError(
-            f"Unknown model {name!r}: not an alias ({aliases}), a repo id (owner/name){where}, "
-            "or an existing folder or file."
-        )
+        raise unknown_model(name, models_dir)
     return repo_folder(repo_id, on_download)
 
 

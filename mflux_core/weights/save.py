@@ -10,7 +10,7 @@ import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -22,7 +22,7 @@ from mflux_core.lora.apply import LoraReport, add_lora, fuse_loras
 from mflux_core.lora.formats import load_lora_file
 from mflux_core.lora.library import resolve_lora_path
 from mflux_core.models.t5 import load_t5_encoder
-from mflux_core.weights.quantize import CONFIG_KEY, GROUP_SIZE, quantization_config, quantize_model, quantized_bits
+from mflux_core.weights.quantize import CONFIG_KEY, GROUP_SIZE, quantization_config, quantize_lazily, quantized_bits
 from mflux_core.weights.resolve import ModelSource
 from mflux_core.weights.safetensors_io import read_json
 
@@ -71,36 +71,66 @@ def model_index(source: ModelSource) -> Path:
     raise ModelLoadError("The model has no model_index.json to copy.")
 
 
+# on_progress(done, total, what) after each tensor computed and each component written; what it raises (Cancelled
+# when the user stops) ends the save, and the unfinished folder is removed.
+SaveProgress = Callable[[int, int, str], None]
+
+
 def save_model(
     out: Path,
     source: ModelSource,
     dtype: mx.Dtype = mx.float32,
     bits: int | None = None,
     loras: Sequence[tuple[str, float]] = (),
+    on_progress: SaveProgress | None = None,
 ) -> SavedModel:
-    """Load `source`, bake in `loras` ((path or library name, scale) pairs), quantize to `bits`, write `out`."""
+    """Load `source`, bake in `loras` ((path or library name, scale) pairs), quantize to `bits`, write `out`.
+
+    Everything is written into a hidden folder beside `out` that is renamed to `out` at the end, so a stopped or
+    failed save leaves no model folder behind (and removes its hidden one)."""
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ModelLoadError(f"{out} already exists and is not an empty folder; choose a new --path.")
+    on_progress = on_progress or (lambda done, total, what: None)
+    on_progress(0, 0, "loading the transformer")
     transformer = loader.load_source_transformer(source, dtype)
     reports = []
     for index, (name, scale) in enumerate(loras):
         reports.append(add_lora(transformer, load_lora_file(resolve_lora_path(name)), f"lora-{index}", scale))
     fuse_loras(transformer)
-    quantize_model(transformer, bits)
+    on_progress(0, 0, "loading T5")
     t5_folder = source.component("text_encoder_2")
-    t5 = quantize_model(load_t5_encoder(t5_folder, dtype), bits)
+    t5 = load_t5_encoder(t5_folder, dtype)
+    for module in (transformer, t5):
+        quantize_lazily(module, bits)
+    tensors = [array for module in (transformer, t5) for _, array in tree_flatten(module.parameters())]
+    total = len(tensors) + 2 + len(COPIED_COMPONENTS) + 1  # + the written components, the copied ones, model_index
+    for done, array in enumerate(tensors, start=1):  # one at a time: progress and a Stop between tensors
+        mx.eval(array)
+        on_progress(done, total, "tensors quantized" if bits else "tensors loaded")
+    written = iter(range(len(tensors) + 1, total + 1))
+
+    def wrote(what: str) -> None:
+        on_progress(next(written), total, what)
 
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
-    transformer_bytes = write_component(
-        transformer, transformer_config(source, transformer), partial / "transformer", TRANSFORMER_FILE)
-    t5_bytes = write_component(t5, read_json(t5_folder / "config.json"), partial / "text_encoder_2", T5_FILE)
-    for name in COPIED_COMPONENTS:
-        shutil.copytree(source.component(name), partial / name)  # follows the HF cache's links
-    shutil.copyfile(model_index(source), partial / "model_index.json")
-    if out.exists():
-        out.rmdir()
-    partial.rename(out)
+    try:
+        transformer_bytes = write_component(
+            transformer, transformer_config(source, transformer), partial / "transformer", TRANSFORMER_FILE)
+        wrote("transformer written")
+        t5_bytes = write_component(t5, read_json(t5_folder / "config.json"), partial / "text_encoder_2", T5_FILE)
+        wrote("T5 written")
+        for name in COPIED_COMPONENTS:
+            shutil.copytree(source.component(name), partial / name)  # follows the HF cache's links
+            wrote(f"{name} copied")
+        shutil.copyfile(model_index(source), partial / "model_index.json")
+        wrote("model_index.json copied")
+        if out.exists():
+            out.rmdir()
+        partial.rename(out)
+    except BaseException:  # a Stop or a failure: no half-written model stays
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     return SavedModel(out, quantized_bits(transformer), transformer_bytes, t5_bytes, tuple(reports))

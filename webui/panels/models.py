@@ -1,7 +1,8 @@
 """Models: every model the studio knows with its kind, size on disk, state and residency; download (progress, Stop;
-a second Download of the same repo follows the running one), delete from the Hugging Face cache after a
-confirmation naming the space freed, quantize and save as a new model in the models folder, a Hugging Face token,
-rescan. Offline, the list works from the cache and downloads are off. Messages here never name CLI flags.
+a second Download of the same repo follows the running one), delete from the models folder or the Hugging Face
+cache after a confirmation naming the space freed (a resident model is unloaded first), quantize and save as a new
+model in the models folder (tensors done; Stop leaves no folder), a Hugging Face token, rescan. Offline, the list
+works from the cache and downloads are off. Messages here never name CLI flags.
 """
 
 from pathlib import Path
@@ -11,12 +12,14 @@ import gradio as gr
 from mflux_core import downloads
 from mflux_core.backend import resolve_dtype
 from mflux_core.downloads import DownloadState, is_offline, repo_id_of
-from mflux_core.errors import InvalidRequest, StudioError
+from mflux_core.errors import Cancelled, InvalidRequest, StudioError
+from mflux_core.events import Step
 from mflux_core.memory import gb_text
-from mflux_core.model_catalog import CatalogRow, catalog, delete_from_cache, deletion_plan
+from mflux_core.model_catalog import (CatalogRow, bytes_removed, cached_repo_path, catalog, checked_models_folder_entry,
+                                      delete_from_cache, delete_from_models_folder, deletion_plan, models_folder_entry)
 from mflux_core.registry import on_disk
 from mflux_core.weights.resolve import resolve_model
-from webui.jobs import ENGINE_QUEUE, error_text, page_job, progress_html, safe_action
+from webui.jobs import ENGINE_QUEUE, error_text, follow, page_job, progress_html, safe_action
 from webui.status import size_text
 
 HEADERS = ["Model", "Kind", "Where", "Size on disk", "State", "Resident", "Repository"]
@@ -67,7 +70,8 @@ def follow_download(studio, name: str, status, table):
 
 
 def quantize_and_save(studio, name: str, bits: str, new_name: str, session: str, status):
-    """Write `name` quantized to `bits` into the models folder as `new_name` (the engine's save path)."""
+    """Write `name` quantized to `bits` into the models folder as `new_name` (the engine's save path), its progress
+    in tensors on the status line; the tab's Stop ends it and leaves no half-written folder."""
     from mflux_core.weights.save import save_model
 
     def work(cancel):
@@ -80,9 +84,22 @@ def quantize_and_save(studio, name: str, bits: str, new_name: str, session: str,
         target = models_dir / target_name
         if target.exists():
             raise InvalidRequest(f"The models folder already has {target_name}: choose another name.")
-        yield {status: progress_html(f"Quantizing {model} to {bits} bits and saving it as {target_name}…")}
-        saved = save_model(target, resolve_model(model=model, models_dir=models_dir), dtype=resolve_dtype(None),
-                           bits=int(bits))
+        lead = f"Quantizing {model} to {bits} bits as {target_name}"
+
+        def save(report):
+            def on_progress(done: int, total: int, what: str) -> None:
+                if cancel.is_set():
+                    raise Cancelled(f"Stopped quantizing {model}: nothing was written to the models folder.")
+                report(Step(done, total, stage=what))
+
+            return save_model(target, resolve_model(model=model, models_dir=models_dir), dtype=resolve_dtype(None),
+                              bits=int(bits), on_progress=on_progress)
+
+        def changes(step: Step) -> dict:
+            done = f": {step.step} of {step.total} ({step.stage})" if step.total else f": {step.stage}"
+            return {status: progress_html(lead + done, step.step, step.total)}
+
+        saved = yield from follow(save, cancel, changes)
         return (f"Saved {model} as {target_name} in the models folder ({bits}-bit, transformer "
                 f"{gb_text(saved.transformer_bytes)}): pick it by that name in any tool.")
 
@@ -90,12 +107,30 @@ def quantize_and_save(studio, name: str, bits: str, new_name: str, session: str,
 
 
 def ask_delete(studio, name: str):
+    """What Delete removes and a question naming the space it frees: the models folder's entry of that name (as
+    models resolve), else the repo in the Hugging Face cache."""
+    models_dir = studio.manager.models_dir
+    if models_folder_entry(name, models_dir) is not None:
+        entry = checked_models_folder_entry(name.strip(), models_dir)
+        return entry.name, (f"Delete {entry.name} from the models folder, freeing {gb_text(bytes_removed(entry))}? "
+                            "Press Confirm delete.")
     repo = repo_id_of(name)
     job = studio.downloads.job(repo)
     if job is not None and not job.finished.is_set():
         raise InvalidRequest(f"{repo} is downloading: stop the download first.")
     freed = deletion_plan(repo).expected_freed_size
     return repo, f"Delete {repo} from the Hugging Face cache, freeing {gb_text(freed)}? Press Confirm delete."
+
+
+def delete_model(studio, target: str) -> str:
+    """Delete what ask_delete named (checked again), unloading it first when it is resident."""
+    models_dir = studio.manager.models_dir
+    entry = models_folder_entry(target, models_dir)
+    if entry is not None:
+        studio.manager.unload(checked_models_folder_entry(target, models_dir), target)
+        return delete_from_models_folder(target, models_dir)
+    studio.manager.unload(cached_repo_path(target), target)
+    return delete_from_cache(target)
 
 
 def render(studio) -> None:
@@ -112,12 +147,13 @@ def render(studio) -> None:
             rescan = gr.Button("Rescan", elem_id="models-rescan")
         status = gr.HTML("", elem_id="models-status", elem_classes=["studio-status-box"])
         with gr.Row():
-            delete = gr.Button("Delete from cache", elem_id="models-delete")
+            delete = gr.Button("Delete", elem_id="models-delete")
             confirm = gr.Button("Confirm delete", variant="stop", visible=False, elem_id="models-confirm-delete")
             bits = gr.Dropdown(QUANTIZE_CHOICES, value="8", label="Bits", elem_id="models-bits", scale=0,
                                min_width=90)
             new_name = gr.Textbox(label="New model name", placeholder="dev-8bit", elem_id="models-new-name")
             quantize = gr.Button("Quantize and save", elem_id="models-quantize")
+            stop_quantize = gr.Button("Stop quantizing", variant="stop", elem_id="models-quantize-stop")
         with gr.Row():
             token = gr.Textbox(label="Hugging Face token", type="password", elem_id="models-token", scale=3,
                                placeholder="hf_…", info=token_note())
@@ -153,8 +189,8 @@ def render(studio) -> None:
 
     delete.click(safe_action(status, ask), name, [pending_delete, status, confirm], api_visibility="private")
 
-    def delete_confirmed(repo):
-        message = delete_from_cache(repo) if repo else "Press Delete from cache first."
+    def delete_confirmed(target):
+        message = delete_model(studio, target) if target else "Press Delete first."
         return {status: progress_html(message, kind="done"), confirm: gr.Button(visible=False),
                 pending_delete: None, table: studio_rows(studio)}
 
@@ -168,6 +204,8 @@ def render(studio) -> None:
 
     quantize.click(quantize_handler, [name, bits, new_name], [status, table], concurrency_id=ENGINE_QUEUE,
                    concurrency_limit=1, api_visibility="private")
+
+    studio.wire_stop(stop_quantize)
 
     def store_token(value):
         try:
