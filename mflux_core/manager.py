@@ -47,6 +47,8 @@ class GenerationResult:
 
 
 class ModelManager:
+    jobs_at_once = 1  # its lock runs one job at a time (a cluster engine runs one per replica)
+
     def __init__(
         self,
         models_dir: Path | None = None,

@@ -28,10 +28,14 @@ ROOT = Path(__file__).resolve().parent.parent
 WAIT = 120  # seconds a test waits for the cluster to report something before failing (not a speed claim)
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
+def require_ray() -> None:
     if importlib.util.find_spec("ray") is None:  # not importorskip: mflux_core.cluster must be first to import ray
         pytest.skip("the cluster extra (Ray Serve) is not installed")
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    require_ray()
     from mflux_core.cluster.engine import connect
 
     engine = connect("local", 2, tmp_path_factory.mktemp("models"))
@@ -189,3 +193,57 @@ def test_a_page_batch_fans_out_and_is_saved_in_order_with_its_replicas(engine, t
     replicas = {saved_metadata(Path(path))["replica"] for path, _ in saved}
     strip = studio.status_text()
     assert replicas and all(f"**Replica {name}**" in strip for name in replicas), strip
+
+
+def test_two_sessions_run_at_once_on_two_replicas_and_each_stops_on_its_own(engine, tmp_path):
+    from webui.jobs import JobView, run_job
+    from webui.studio import Studio, StudioFolders
+    from webui.turns import EngineTurns
+
+    studio = Studio(manager=engine, folders=StudioFolders.default(tmp_path / "outputs"),
+                    turns=EngineTurns(slots=engine.jobs_at_once))
+    view = JobView(status="status", preview="preview", results="results")
+    timeline, last, queue_states, stepping = [], {}, [], {tab: threading.Event() for tab in ("tab-a", "tab-b")}
+
+    def tab(session: str, seed: int, steps: int):  # one page tab's Run, as Gradio drives it
+        build = lambda values, context: [request(seed, steps)]  # noqa: E731
+        for update in run_job(studio, view, build, {}, session):
+            if "step " in update.get("status", "") and not stepping[session].is_set():
+                timeline.append((session, "stepping"))
+                queue_states.append([(entry.session, entry.state) for entry in studio.turns.entries()])
+                stepping[session].set()
+            last[session] = update
+        timeline.append((session, "ended"))
+
+    long_tab = threading.Thread(target=tab, args=("tab-a", 60, 400))
+    long_tab.start()
+    assert stepping["tab-a"].wait(WAIT), "the first tab's job never stepped"
+    tab("tab-b", 61, 2)  # queued behind tab-a's 400 steps, it would end after it
+    job = next(entry for entry in studio.turns.entries() if entry.session == "tab-a")
+    long_replica = running(engine, 60)["replica"]
+    assert studio.turns.cancel(job.id) == f"Stopping job {job.id} after its current step."  # the queue view's Stop
+    long_tab.join()
+    assert timeline == [("tab-a", "stepping"), ("tab-b", "stepping"), ("tab-b", "ended"), ("tab-a", "ended")]
+    assert queue_states[1] == [("tab-a", "running"), ("tab-b", "running")]
+    assert "Done: 1 image saved" in last["tab-b"]["status"] and "Stopped after step" in last["tab-a"]["status"]
+    (path, _), = last["tab-b"]["results"]
+    assert saved_metadata(Path(path))["replica"] != long_replica
+    assert studio.turns.entries() == []
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:{free_port}", "no-such-studio-head.invalid:6379"])
+def test_an_unreachable_address_is_refused_at_once_in_one_sentence(address):
+    require_ray()
+    from mflux_core.cluster.local import free_port
+    from webui.app import engine as studio_engine, parse_args
+
+    address = address.format(free_port=free_port())
+    host, port = address.rsplit(":", 1)
+    with pytest.raises(SystemExit) as refused:  # before ray.init, which would retry for about 14 minutes
+        studio_engine(parse_args(["--cluster", address]))
+    message = str(refused.value)
+    assert message.startswith(f"Could not use the Ray cluster '{address}': ") and message.count(". ") == 0, message
+    if host == "127.0.0.1":
+        assert f"nothing answers at {address}" in message and f"`ray start --head --port={port}`" in message
+    else:
+        assert f"the name '{host}' in {address} does not resolve" in message

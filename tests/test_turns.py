@@ -133,3 +133,85 @@ def test_a_job_past_the_most_waiting_is_refused_and_the_queue_is_unchanged():
     assert ran == ["a", "b"]
     with turns.turn(source="later") as later:  # room again once they ran
         assert later.state == "running"
+
+
+def test_with_two_slots_two_jobs_run_at_once_and_the_third_waits_first_in_line():
+    turns = EngineTurns(slots=2)
+    first, second, third, fourth = (turns.join(source=name) for name in ("first", "second", "third", "fourth"))
+    assert [e.state for e in turns.entries()] == ["running", "running", "waiting", "waiting"]
+    with pytest.raises(StopIteration):  # the second job's turn has come: it does not wait
+        next(turns.places(second))
+    third_places, fourth_places = turns.places(third), turns.places(fourth)
+    assert next(third_places) == 1 and next(fourth_places) == 2
+    turns.leave(first)  # a running job ends: the first waiting one takes its slot, the next moves up
+    with pytest.raises(StopIteration):
+        next(third_places)
+    assert next(fourth_places) == 1
+    assert [(e.source, e.state) for e in turns.entries()] == [("second", "running"), ("third", "running"),
+                                                              ("fourth", "waiting")]
+
+
+def test_with_two_slots_the_most_waiting_counts_only_waiting_jobs_and_stop_reaches_each_running_one():
+    turns, ran, outcome = EngineTurns(max_waiting=1, slots=2), [], {}
+    mine, theirs = turns.join(session="tab-a"), turns.join(session="tab-b")
+    waiting, waiting_thread = waiter(turns, "waiting", ran, outcome, session="tab-a")
+    with pytest.raises(QueueFull, match=r"The queue is full \(1 jobs waiting\)"):
+        turns.join()
+    assert turns.withdraw_waiting("tab-b") == 0  # tab-b's job runs: withdrawing leaves it alone
+    assert turns.cancel(theirs.id) == f"Stopping job {theirs.id} after its current step."
+    assert theirs.cancel.is_set() and not mine.cancel.is_set()
+    assert turns.withdraw_waiting("tab-a") == 1  # only tab-a's waiting job, not its running one
+    waiting_thread.join(TIMEOUT_S)
+    assert outcome == {"waiting": WITHDRAWN} and [e.id for e in turns.entries()] == [mine.id, theirs.id]
+
+
+def test_with_two_slots_many_threads_never_run_more_than_two_at_once():
+    turns, inside, seen, lock = EngineTurns(slots=2), [], [], threading.Lock()
+    both_in, release = threading.Barrier(3, timeout=TIMEOUT_S), threading.Event()  # the two jobs and this test
+
+    def job(number):
+        with turns.turn(tool=str(number)):
+            with lock:
+                inside.append(number)
+                seen.append(len(inside))
+            if number < 2:  # the first two wait for each other: they must be in at once
+                both_in.wait()
+                release.wait(TIMEOUT_S)
+            with lock:
+                inside.remove(number)
+
+    threads = [threading.Thread(target=job, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    both_in.wait()  # raises BrokenBarrierError if the second never got a slot beside the first
+    threads += [threading.Thread(target=job, args=(n,)) for n in range(2, 30)]
+    for thread in threads[2:]:
+        thread.start()
+    release.set()
+    for thread in threads:
+        thread.join(TIMEOUT_S)
+    assert len(seen) == 30 and max(seen) == 2 and turns.entries() == []
+
+
+def test_the_queue_view_lists_every_running_job_and_numbers_only_the_waiting_ones():
+    from webui.panels.queue import queue_rows, queue_title
+
+    turns = EngineTurns(slots=2)
+    for source in ("a", "b", "c", "d"):
+        turns.join(source=source)
+    entries = turns.entries()
+    assert [row[1] for row in queue_rows(entries, "")] == ["running", "running", "waiting, 1st", "waiting, 2nd"]
+    assert queue_title(entries) == "Queue: 2 running, 2 waiting"
+
+
+def test_a_tabs_stop_reaches_each_of_its_running_jobs_and_no_other_tabs():
+    from webui.jobs import JobBoard
+
+    board = JobBoard()
+    first, second, other = board.begin("tab-a"), board.begin("tab-a"), board.begin("tab-b")
+    assert board.cancel("tab-a") and first.is_set() and second.is_set() and not other.is_set()
+    board.end("tab-a", first)
+    second.clear()
+    assert board.cancel("tab-a") and second.is_set()  # the one still running
+    board.end("tab-a", second)
+    assert not board.cancel("tab-a") and not other.is_set()

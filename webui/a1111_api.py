@@ -257,7 +257,8 @@ def run_job(studio, state: SdApiState, job: ApiJob, requests: list[GenerationReq
             job.interrupted = True
         finally:
             studio.jobs.end(API_SESSION, cancel)
-            state.job = None
+            if state.job is job:  # on a cluster another API job may have started since
+                state.job = None
     return results
 
 

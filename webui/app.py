@@ -63,7 +63,7 @@ def build_app(manager, folders: StudioFolders | None = None, max_queue_size: int
     """The whole page for one ModelManager; launch it with `launch_kwargs(folders)`."""
     folders = folders or StudioFolders.default(Path("outputs"), models_dir=manager.models_dir)
     studio = Studio(manager=manager, folders=folders, examples=write_examples(folders.examples),
-                    turns=EngineTurns(max_waiting=max_queue_size))
+                    turns=EngineTurns(max_waiting=max_queue_size, slots=manager.jobs_at_once))
     with StudioBlocks(title="mflux-studio") as app:
         studio.outputs = StudioOutputs(
             history=gr.Gallery(label="History (newest first)", columns=6, height=520, elem_id="history-gallery",

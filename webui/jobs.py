@@ -31,30 +31,34 @@ ENGINE_QUEUE = "studio-engine"  # every event that runs a model shares this conc
 
 
 class JobBoard:
-    """The cancel flag of each browser session's running job (one per session: the queue runs one at a time)."""
+    """The cancel flags of each browser session's running jobs (on a cluster, one tab's jobs from two of its
+    panels can run at once)."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._running: dict[str, threading.Event] = {}
+        self._running: dict[str, list[threading.Event]] = {}
 
     def begin(self, session: str, cancel: threading.Event | None = None) -> threading.Event:
         cancel = cancel or threading.Event()
         with self._lock:
-            self._running[session] = cancel
+            self._running.setdefault(session, []).append(cancel)
         return cancel
 
     def end(self, session: str, cancel: threading.Event) -> None:
         with self._lock:
-            if self._running.get(session) is cancel:
-                del self._running[session]
+            running = self._running.get(session, [])
+            if cancel in running:
+                running.remove(cancel)
+            if not running:
+                self._running.pop(session, None)
 
     def cancel(self, session: str) -> bool:
-        """Ask the session's running job to stop after its current step; False when none runs."""
+        """Ask the session's running jobs to stop after their current step; False when none runs."""
         with self._lock:
-            cancel = self._running.get(session)
-        if cancel is not None:
+            running = list(self._running.get(session, []))
+        for cancel in running:
             cancel.set()
-        return cancel is not None
+        return bool(running)
 
 
 # changes(progress) -> the page's components and their new values ({}: nothing to show)
@@ -191,7 +195,7 @@ def _images(count: int) -> str:
 
 
 def stop_handler(studio):
-    """Stop this session's running job after its current step (the job itself reports how far it got), or else
+    """Stop this session's running jobs after their current step (each job reports how far it got), or else
     withdraw its waiting ones from the engine's queue."""
 
     def stop(request: gr.Request):

@@ -1,8 +1,10 @@
 """The engine's one queue: every job of the page and of the APIs takes its turn here, in arrival order.
 
 Gradio's queue orders only the page's events and ModelManager's lock wakes its waiters in no set order, so a
-job joins this queue when it reaches the engine and runs when it is first. Each job is listed while it waits or
-runs (what the page's queue view shows): a waiting job can be withdrawn, the running one asked to stop.
+job joins this queue when it reaches the engine and runs when a running slot is free: one in-process (the
+ModelManager runs one job at a time), one per replica on a cluster (Serve's router spreads the running jobs).
+Each job is listed while it waits or runs (what the page's queue view shows): a waiting job can be withdrawn, a
+running one asked to stop.
 """
 
 import threading
@@ -26,7 +28,7 @@ class QueueEntry:
     source: str = "page"  # "page", "OpenAI API", "A1111 API"
     session: str = ""  # a page job's Gradio session hash: which tab submitted it
     submitted: float = field(default_factory=time.time)
-    state: str = "waiting"  # "running" once it is first
+    state: str = "waiting"  # "running" once it has a slot
     cancel: threading.Event = field(default_factory=threading.Event)  # the running job's stop flag
     withdrawn: bool = False
 
@@ -54,11 +56,11 @@ class QueueFull(StudioError):
 
 
 class EngineTurns:
-    """The jobs at the engine, the first one running; `turn()` is a job's whole stay. With `max_waiting`, a job
-    that would be one waiting job too many is refused (QueueFull) instead of joining."""
+    """The jobs at the engine, the first `slots` of them running; `turn()` is a job's whole stay. With
+    `max_waiting`, a job that would be one waiting job too many is refused (QueueFull) instead of joining."""
 
-    def __init__(self, max_waiting: int | None = None):
-        self.max_waiting = max_waiting
+    def __init__(self, max_waiting: int | None = None, slots: int = 1):
+        self.max_waiting, self.slots = max_waiting, slots
         self._changed = threading.Condition()
         self._next_ticket = 0
         self._entries: list[QueueEntry] = []
@@ -66,8 +68,8 @@ class EngineTurns:
     def join(self, **about) -> QueueEntry:
         """Put a job at the end of the queue; `about`: QueueEntry's descriptive fields (and `cancel`)."""
         with self._changed:
-            waiting = len(self._entries[1:])
-            if self.max_waiting is not None and self._entries and waiting >= self.max_waiting:
+            waiting = len(self._waiting())
+            if self.max_waiting is not None and len(self._entries) >= self.slots and waiting >= self.max_waiting:
                 raise QueueFull(f"The queue is full ({waiting} jobs waiting): try again when one has finished.")
             entry = QueueEntry(id=self._next_ticket + 1, **about)
             self._next_ticket += 1
@@ -81,13 +83,20 @@ class EngineTurns:
         place = None
         while True:
             with self._changed:
-                self._changed.wait_for(lambda: entry.withdrawn or self._entries.index(entry) != place)
+                self._changed.wait_for(lambda: entry.withdrawn or self._place(entry) != place)
                 if entry.withdrawn:
                     raise Cancelled(WITHDRAWN)
-                place = self._entries.index(entry)
+                place = self._place(entry)
                 if place == 0:
                     return
             yield place
+
+    def _place(self, entry: QueueEntry) -> int:
+        """0 while it runs, else its place among the waiting jobs."""
+        return max(0, self._entries.index(entry) - self.slots + 1)
+
+    def _waiting(self) -> list[QueueEntry]:
+        return self._entries[self.slots:]
 
     def leave(self, entry: QueueEntry) -> None:
         with self._changed:
@@ -97,7 +106,7 @@ class EngineTurns:
 
     @contextmanager
     def turn(self, **about):
-        """Wait for this job's turn, run the block as the engine's only job, and leave the queue."""
+        """Wait for this job's turn, run the block in its slot, and leave the queue."""
         entry = self.join(**about)
         try:
             for _ in self.places(entry):
@@ -107,14 +116,14 @@ class EngineTurns:
             self.leave(entry)
 
     def entries(self) -> list[QueueEntry]:
-        """A snapshot of the queue, the running job first."""
+        """A snapshot of the queue, the running jobs first."""
         with self._changed:
             return [replace(entry) for entry in self._entries]
 
     def withdraw_waiting(self, session: str) -> int:
         """Withdraw the waiting jobs a tab submitted (its Stop button when nothing of it runs); how many."""
         with self._changed:
-            waiting = [e for e in self._entries[1:] if session and e.session == session]
+            waiting = [e for e in self._waiting() if session and e.session == session]
             self._withdraw(waiting)
             return len(waiting)
 
@@ -125,13 +134,14 @@ class EngineTurns:
         self._promote()
 
     def _promote(self) -> None:
-        """After a change: the first job is the running one; wake every waiter to look at its place."""
-        if self._entries:
-            self._entries[0].state = "running"
+        """After a change: the first jobs, one per slot, are the running ones; wake every waiter to look at its
+        place."""
+        for entry in self._entries[:self.slots]:
+            entry.state = "running"
         self._changed.notify_all()
 
     def cancel(self, job_id: int) -> str:
-        """Withdraw a waiting job (its caller gets WITHDRAWN) or ask the running one to stop; one sentence says
+        """Withdraw a waiting job (its caller gets WITHDRAWN) or ask a running one to stop; one sentence says
         which."""
         with self._changed:
             entry = next((e for e in self._entries if e.id == job_id), None)

@@ -12,6 +12,7 @@ import ray
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 
+from mflux_core.cluster.address import check_head
 from mflux_core.cluster.local import LocalCluster
 from mflux_core.cluster.replica import BOARD, NAMESPACE, ReplicaBoard, StudioReplica
 from mflux_core.cluster.wire import Started, from_wire
@@ -43,8 +44,9 @@ def default_replicas() -> int:
 
 
 class ClusterEngine:
-    def __init__(self, local: ModelManager, handle, board, head: LocalCluster | None = None):
+    def __init__(self, local: ModelManager, handle, board, replicas: int, head: LocalCluster | None = None):
         self.local, self.handle, self.board, self.head = local, handle, board, head
+        self.jobs_at_once = replicas  # the studio's queue runs this many jobs at once; Serve spreads them
 
     def __getattr__(self, name: str):  # models_dir, list_models, session, estimate_depth...: the front's manager
         return getattr(self.local, name)
@@ -127,13 +129,15 @@ def connect(address: str, replicas: int | None, models_dir: Path, low_ram: bool 
     machine joined with `ray start`."""
     if address == "local":
         replicas = replicas or 2
+    elif address != "auto":
+        check_head(address)  # in seconds, where ray.init would retry for minutes
     head = LocalCluster(cpus=replicas) if address == "local" else None  # one logical CPU per replica
     ray.init(address=head.address if head else address, namespace=NAMESPACE)
     serve.start(proxy_location="Disabled")
     board = ReplicaBoard.options(name=BOARD, namespace=NAMESPACE, get_if_exists=True).remote()
-    deployment = StudioReplica.options(num_replicas=replicas or default_replicas(),
-                                       ray_actor_options=replica_options())
+    replicas = replicas or default_replicas()
+    deployment = StudioReplica.options(num_replicas=replicas, ray_actor_options=replica_options())
     models = str(Path(models_dir).resolve())  # the same path on every machine
     handle = serve.run(deployment.bind(models, low_ram, memory_budget_bytes), name=APP, route_prefix=None)
     return ClusterEngine(ModelManager(models_dir=models_dir, low_ram=low_ram, memory_budget_bytes=memory_budget_bytes),
-                         handle, board, head)
+                         handle, board, replicas, head)

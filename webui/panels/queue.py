@@ -1,5 +1,6 @@
 """The queue view above the tabs: every job waiting for the engine or running, from every tab and from the APIs,
-with a cancel for a waiting job and Stop for the running one. Its title carries the waiting count on every tab."""
+with a cancel for a waiting job and Stop for a running one (on a cluster several run at once). Its title carries
+the running and waiting counts on every tab."""
 
 import time
 
@@ -12,10 +13,11 @@ REFRESH_S = 1.0
 
 
 def queue_rows(entries: list[QueueEntry], viewer: str) -> list[list]:
-    """The table's rows, the running job first; a page job is "this tab" for the tab that submitted it."""
-    rows = []
-    for place, entry in enumerate(entries):
-        state = "running" if entry.state == "running" else f"waiting, {ordinal(place)}"
+    """The table's rows, the running jobs first; a page job is "this tab" for the tab that submitted it."""
+    rows, waiting = [], 0
+    for entry in entries:
+        waiting += entry.state != "running"
+        state = "running" if entry.state == "running" else f"waiting, {ordinal(waiting)}"
         source = ("this tab" if entry.session == viewer else "another tab") if entry.source == "page" else entry.source
         rows.append([entry.id, state, entry.tool or "job", entry.prompt, entry.size, source,
                      time.strftime("%H:%M:%S", time.localtime(entry.submitted))])
@@ -25,7 +27,8 @@ def queue_rows(entries: list[QueueEntry], viewer: str) -> list[list]:
 def queue_title(entries: list[QueueEntry]) -> str:
     if not entries:
         return "Queue: empty"
-    return f"Queue: 1 running, {len(entries) - 1} waiting"
+    running = sum(entry.state == "running" for entry in entries)
+    return f"Queue: {running} running, {len(entries) - running} waiting"
 
 
 def render(studio) -> None:
