@@ -4,7 +4,8 @@ Values are written as A1111 writes them: a list (`2.5, 3.5`), an integer range (
 number), a range with a step (`0.5-1.0 (+0.25)`) or with a count (`1-10 [4]`). "Prompt S/R" replaces
 its first value in the prompt by each value in turn (the first cell keeps the prompt as it is). Sampler and
 schedule values are names or A1111's labels (`euler, dpm++2m` or `Euler, DPM++ 2M`; `karras, beta`). LoRA
-values are LoRA names (or files) and `none`: each cell has that LoRA in place of the first one, at its scale.
+values are LoRA names (or files) and `none`: each cell has that LoRA in place of the first one, at its scale
+(a LoRA scale axis scales it, and leaves the `none` cells alone).
 A prompt matrix (A1111's script: `a cat|in red|at night`) is a plot whose X and Y axes say which of the
 optional parts the prompt gets.
 Every cell is a GenerationRequest validated before anything runs; the cells are ordered so that
@@ -75,8 +76,7 @@ def _size(text: str, what: str) -> tuple[tuple[int, int], ...]:
 
 def _lora_scale(request: GenerationRequest, value: float) -> GenerationRequest:
     if not request.lora_paths:
-        raise InvalidRequest("The LoRA scale axis needs a LoRA in every cell: add one first (and no 'none' on a "
-                             "LoRA axis).")
+        raise InvalidRequest("The LoRA scale axis needs a LoRA: add one first.")
     scales = request.lora_scales or (1.0,) * len(request.lora_paths)
     return request.with_(lora_scales=(value, *scales[1:]))
 
@@ -250,17 +250,18 @@ def plot_cells(base: GenerationRequest, axes: list[Axis], max_cells: int = MAX_C
     count = len(axes[0].values) * len(axes[1].values) * len(axes[2].values)
     if count > max_cells:
         raise InvalidRequest(f"The plot has {count} cells, more than the limit of {max_cells}: use fewer values.")
-    # a model axis runs outermost, then a LoRA axis (so a LoRA scale axis changes the LoRA the cell has)
+    # a model axis runs outermost, then a LoRA axis (a LoRA scale axis then scales its LoRA, none in its none cells)
     order = sorted(range(3), key=lambda i: {"model": 0, "lora": 1}.get(axes[i].kind, 2))
     cells = []
     for indices in itertools.product(*(range(len(axes[i].values)) for i in order)):
         position = [0, 0, 0]
-        request = base
+        request, no_lora = base, False
         for axis_index, value_index in zip(order, indices):
             position[axis_index] = value_index
-            value = axes[axis_index].values[value_index]
-            if value is not None:
+            kind, value = axes[axis_index].kind, axes[axis_index].values[value_index]
+            if value is not None and not (no_lora and kind == "lora-scale"):  # a scale of the LoRA axis's LoRA
                 request = axes[axis_index].apply(request, value)
+            no_lora = no_lora or (kind == "lora" and value == NO_LORA)
         cells.append(Cell(request.validated(), tuple(position)))
     return cells
 
