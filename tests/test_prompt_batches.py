@@ -73,8 +73,8 @@ def test_the_cli_prompt_matrix_saves_each_combination_with_its_prompt_and_the_gr
 PROMPT_LIST = """a red circle
 # a comment, then a blank line
 
---prompt a blue square --seed 5 --n_iter 2 --width 32
-{"prompt": "a {green|yellow} dot", "seed": 7, "steps": 2, "distilled_cfg_scale": 2.5}
+--prompt a blue square --seed 5 --n_iter 2 --guidance 2.5
+{"prompt": "a {green|yellow} dot", "seed": 7, "steps": 2, "distilled_cfg_scale": 4.5, "width": 32}
 """
 
 
@@ -84,8 +84,8 @@ def test_lines_are_prompts_flags_or_json_with_a1111_names_and_fill_in_from_the_b
     requests = line_requests(GenerationRequest(prompt="unused", seed=3, steps=1), lines, [3, 40])
     summary = [(n, r.prompt, r.seed, r.steps, r.width, r.guidance) for n, r in requests]
     assert summary == [(1, "a red circle", 3, 1, None, None), (1, "a red circle", 40, 1, None, None),
-                       (4, "a blue square", 5, 1, 32, None), (4, "a blue square", 6, 1, 32, None),
-                       (5, expand_prompt("a {green|yellow} dot", 7, None), 7, 2, None, 2.5)]
+                       (4, "a blue square", 5, 1, None, 2.5), (4, "a blue square", 6, 1, None, 2.5),
+                       (5, expand_prompt("a {green|yellow} dot", 7, None), 7, 2, 32, 4.5)]
 
 
 @pytest.mark.parametrize("line, sentence", [
@@ -119,7 +119,7 @@ def test_the_cli_runs_every_line_as_a_plain_run_would_and_refuses_a_bad_file_bef
     assert made == ["out_seed_3_line1.png", "out_seed_5_line4.png", "out_seed_6_line4.png", "out_seed_7_line5.png"]
     assert recorded_request(tmp_path / "out_seed_7_line5.png")["prompt"] == expand_prompt("a {green|yellow} dot", 7,
                                                                                           None)
-    assert main(["generate", "-p", "a blue square", "--seed", "6", "--steps", "1", "--width", "32",
+    assert main(["generate", "-p", "a blue square", "--seed", "6", "--steps", "1", "--guidance", "2.5",
                  "--output", str(tmp_path / "plain.png")]) == 0
     assert np.array_equal(pixels(tmp_path / "out_seed_6_line4.png"), pixels(tmp_path / "plain.png"))
 
