@@ -111,8 +111,10 @@ def read_prompt_file(path: Path) -> str:
         if path.stat().st_size > MAX_TEXT_CHARS * 4:
             raise InvalidRequest(f"The prompt list {path.name} is larger than {MAX_TEXT_CHARS * 4:,} bytes.")
         return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise InvalidRequest(f"Cannot read the prompt list {path.name} ({error}).") from None
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"The prompt list {path.name} is not UTF-8 text.") from None
+    except OSError as error:
+        raise InvalidRequest(f"Cannot read the prompt list {path.name} ({error.strerror}).") from None
 
 
 def line_requests(base: GenerationRequest, lines: list[PromptLine], seeds: list[int], batch_count: int = 1,
