@@ -11,7 +11,7 @@ from PIL import Image
 from mflux_core.cli import main
 from mflux_core.errors import InvalidRequest
 from mflux_core.metadata import JSON_KEY
-from mflux_core.prompt_lines import line_requests, read_prompt_lines
+from mflux_core.prompt_lines import line_requests, read_prompt_file, read_prompt_lines
 from mflux_core.request import GenerationRequest
 from mflux_core.wildcards import expand_prompt
 from mflux_core.xyz import parse_axis, plot_cells, plot_grids, prompt_matrix, resolve_loras
@@ -105,9 +105,12 @@ def test_a_bad_line_is_refused_with_its_number(line, sentence):
         line_requests(GenerationRequest(), read_prompt_lines(f"a good line\n{line}\n"), [0])
 
 
-def test_an_empty_list_is_refused():
+def test_an_empty_list_or_a_file_that_is_not_text_is_refused(tmp_path):
     with pytest.raises(InvalidRequest, match="no lines to run"):
         read_prompt_lines("\n# only a comment\n")
+    (tmp_path / "list.txt").write_bytes(b"\xff\xfea cat")
+    with pytest.raises(InvalidRequest, match="The prompt list list.txt is not UTF-8 text"):
+        read_prompt_file(tmp_path / "list.txt")
 
 
 def test_the_cli_runs_every_line_as_a_plain_run_would_and_refuses_a_bad_file_before_any_image(tmp_path):
