@@ -12,8 +12,9 @@ from PIL import Image
 
 from mflux_core.manager import ModelManager
 from mflux_core.metadata import JSON_KEY
+from mflux_core.weights.resolve import demo_folder
 from tests.fixtures.lora_files import Dims, write_diffusers_lora
-from tests.test_prompt_batches import DEMO, PROMPT_LIST
+from tests.test_prompt_batches import PROMPT_LIST
 from webui.app import build_app, launch_kwargs
 from webui.studio import StudioFolders
 
@@ -30,7 +31,7 @@ def client(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("plot")
     (root / "loras").mkdir()
-    write_diffusers_lora(root / "loras" / "style.safetensors", Dims.of(DEMO), magnitude=2.0)
+    write_diffusers_lora(root / "loras" / "style.safetensors", Dims.of(demo_folder("demo")), magnitude=2.0)
     folders = StudioFolders.default(root / "outputs", models_dir=root / "models", loras=[root / "loras"])
     app = build_app(ModelManager(models_dir=root / "models"), folders)
     port = free_port()

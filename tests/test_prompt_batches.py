@@ -13,12 +13,10 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.metadata import JSON_KEY
 from mflux_core.prompt_lines import line_requests, read_prompt_file, read_prompt_lines
 from mflux_core.request import GenerationRequest
+from mflux_core.weights.resolve import demo_folder
 from mflux_core.wildcards import expand_prompt
 from mflux_core.xyz import parse_axis, plot_cells, plot_grids, prompt_matrix, resolve_loras
 from tests.fixtures.lora_files import Dims, write_diffusers_lora
-
-DEMO = Path(__file__).resolve().parent.parent / "demo_models" / "demo"
-
 
 def recorded_request(path: Path) -> dict:
     return json.loads(Image.open(path).info[JSON_KEY])["request"]
@@ -151,7 +149,7 @@ def test_the_lora_axis_swaps_the_first_lora_at_its_scale_and_none_drops_it():
 def test_the_cli_lora_axis_runs_each_lora_and_refuses_an_unknown_one_before_any_image(tmp_path, monkeypatch):
     library = tmp_path / "loras"
     library.mkdir()
-    write_diffusers_lora(library / "style.safetensors", Dims.of(DEMO), magnitude=2.0)
+    write_diffusers_lora(library / "style.safetensors", Dims.of(demo_folder("demo")), magnitude=2.0)
     monkeypatch.setenv("LORA_LIBRARY_PATH", str(library))
     assert main(["generate", "-p", "a red circle", "--seed", "2", "--steps", "1", "--x-axis", "lora=none, style",
                  "--output", str(tmp_path / "p.png")]) == 0
