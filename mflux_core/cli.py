@@ -138,8 +138,8 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     plot.add_argument("--prompt-matrix", action="store_true", help="A1111's prompt matrix: 'a cat|in red|at night' "
                       "makes the prompt with every combination of the parts after the first, one seed, and their grid")
     group.add_argument("--prompts-from", metavar="FILE", help="one job per line of FILE: a prompt, or its settings as "
-                       "flags ('--prompt \"a cat\" --seed 5 --steps 4') or JSON ({\"prompt\": \"a cat\", \"seed\": 5}); "
-                       "the other flags give what a line leaves out")
+                       "flags ('--prompt \"a cat\" --seed 5 --steps 4') or JSON ({\"prompt\": \"a cat\", "
+                       "\"seed\": 5}); the other flags give what a line leaves out")
 
 
 def add_tool_parser(tools, name: str, help_text: str) -> argparse.ArgumentParser:

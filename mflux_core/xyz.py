@@ -14,8 +14,8 @@ cells of one model run one after another, without a reload between them.
 
 import itertools
 import re
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from PIL import Image
@@ -199,7 +199,8 @@ def prompt_matrix(prompt: str) -> tuple[str, list[Axis]]:
     base, *parts = [part.strip().strip(",").strip() for part in prompt.split("|")]
     parts = [part for part in parts if part]
     if not parts:
-        raise InvalidRequest("A prompt matrix needs optional parts after the prompt, split by |: 'a cat|in red|at night'.")
+        raise InvalidRequest("A prompt matrix needs optional parts after the prompt, split by |: "
+                             "'a cat|in red|at night'.")
     across = (len(parts) + 1) // 2
     groups = [tuple(parts[:across]), tuple(parts[across:])]
     return base, [PromptPartsAxis("prompt-matrix", _combinations(len(group)), group) for group in groups if group]
