@@ -333,7 +333,7 @@ def run_plot(args: argparse.Namespace, manager, request: GenerationRequest, axes
     if args.prompt_matrix:
         if axes:
             raise StudioError("A prompt matrix makes its own axes: leave out --x-axis, --y-axis and --z-axis.")
-        prompt, axes = prompt_matrix(prompt)
+        prompt, axes = prompt_matrix(prompt, args.max_cells)
     cells = plot_cells(request.with_(prompt=prompt), resolve_loras(axes, lambda name: str(resolve_lora_path(name))),
                        args.max_cells)
     print(f"Plot: {len(cells)} cells ({' x '.join(f'{len(a.values)} {a.label}' for a in axes)})")

@@ -193,14 +193,18 @@ class PromptPartsAxis(Axis):
         return request.with_(prompt=", ".join([request.prompt, *(p for p, on in zip(self.parts, value) if on)]))
 
 
-def prompt_matrix(prompt: str) -> tuple[str, list[Axis]]:
+def prompt_matrix(prompt: str, max_cells: int = MAX_CELLS) -> tuple[str, list[Axis]]:
     """A1111's prompt matrix: `base|part|part...` -> the base prompt and the axes of every combination of the parts
-    (the first half of the parts across, the rest down, as A1111 lays out its grid)."""
+    (the first half of the parts across, the rest down, as A1111 lays out its grid); refused over `max_cells`."""
     base, *parts = [part.strip().strip(",").strip() for part in prompt.split("|")]
     parts = [part for part in parts if part]
     if not parts:
         raise InvalidRequest("A prompt matrix needs optional parts after the prompt, split by |: "
                              "'a cat|in red|at night'.")
+    if 2 ** len(parts) > max_cells:
+        count = f"{2 ** len(parts):,}" if len(parts) <= 40 else f"2^{len(parts)}"
+        raise InvalidRequest(f"The prompt matrix has {count} cells ({len(parts)} optional parts), more than the limit "
+                             f"of {max_cells}: use fewer parts.")
     across = (len(parts) + 1) // 2
     groups = [tuple(parts[:across]), tuple(parts[across:])]
     return base, [PromptPartsAxis("prompt-matrix", _combinations(len(group)), group) for group in groups if group]

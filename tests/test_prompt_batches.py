@@ -46,9 +46,10 @@ def test_the_prompt_matrix_makes_every_combination_in_a1111s_order_at_one_seed()
 def test_a_prompt_matrix_without_parts_or_with_too_many_cells_is_refused():
     with pytest.raises(InvalidRequest, match="needs optional parts"):
         prompt_matrix("a cat|  |")
-    base, axes = prompt_matrix("a|b|c|d|e")
-    with pytest.raises(InvalidRequest, match="16 cells, more than the limit of 10"):
-        plot_cells(GenerationRequest(prompt=base), axes, 10)
+    with pytest.raises(InvalidRequest, match="16 cells \\(4 optional parts\\), more than the limit of 10"):
+        prompt_matrix("a|b|c|d|e", 10)
+    with pytest.raises(InvalidRequest, match=r"2\^5000 cells \(5000 optional parts\), more than the limit of 100"):
+        prompt_matrix("a" + "|b" * 5000)  # refused before a single combination is made
 
 
 def test_the_cli_prompt_matrix_saves_each_combination_with_its_prompt_and_the_grid(tmp_path):

@@ -45,7 +45,7 @@ def plot_axes(values: dict, base: GenerationRequest, context: RequestContext) ->
     if values.get("prompt_matrix"):
         if axes:
             raise InvalidRequest("A prompt matrix makes its own axes: set the X, Y and Z axes to none.")
-        prompt, axes = prompt_matrix(base.prompt)
+        prompt, axes = prompt_matrix(base.prompt, max_cells(values))
         return base.with_(prompt=prompt), axes
     if not axes:
         raise InvalidRequest("Choose at least one axis and type its values.")
