@@ -9,6 +9,7 @@ line is refused with its line number. Wildcards in a line's prompt are drawn fro
 """
 
 import argparse
+import functools
 import json
 import shlex
 from dataclasses import dataclass
@@ -42,13 +43,13 @@ class _LineParser(argparse.ArgumentParser):
         raise InvalidRequest(f"{message[0].upper()}{message[1:]}.")
 
 
+@functools.cache
 def _flags_parser() -> argparse.ArgumentParser:
     parser = _LineParser(prog="line", add_help=False, allow_abbrev=False)
     for name, kind in {**LINE_SETTINGS, **{alias: LINE_SETTINGS[name] for alias, name in A1111_NAMES.items()}}.items():
-        text = kind is str
-        # a prompt runs to the next flag, quoted or not, as in A1111's script
         flags = dict.fromkeys((f"--{name}", f"--{name.replace('_', '-')}"))  # --n_iter or --n-iter
-        parser.add_argument(*flags, dest=name, type=kind, nargs="+" if text else None)
+        # text runs to the next flag, quoted or not, as in A1111's script
+        parser.add_argument(*flags, dest=name, type=kind, nargs="+" if kind is str else None)
     return parser
 
 
