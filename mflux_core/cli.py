@@ -11,13 +11,17 @@ from mflux_core.command_args import base_request, manager_from_args, output_path
 from mflux_core.concept.command import add_concept_parsers, run_concept
 from mflux_core.errors import StudioError
 from mflux_core.events import Downloading, Step
+from mflux_core.lora.library import resolve_lora_path
+from mflux_core.prompt_lines import line_requests, read_prompt_file, read_prompt_lines
 from mflux_core.regions import region_from_box_flag, region_from_mask_flag
 from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import SAMPLER_LABELS as SAMPLERS, SCHEDULE_LABELS as SCHEDULES
 from mflux_core.tools.specs import TOOL_SPECS, ToolSpec, tool_spec
 from mflux_core.training.lora_command import add_train_parser, run_train
 from mflux_core.wildcards import expand_prompt
-from mflux_core.xyz import AXIS_KINDS, MAX_CELLS, Axis, parse_axis_flag, plot_cells, plot_grids
+from mflux_core.xyz import (
+    AXIS_KINDS, MAX_CELLS, Axis, parse_axis_flag, plot_cells, plot_grids, prompt_matrix, resolve_loras,
+)
 
 def flag_type(parse):
     """An argparse type from a parser that raises StudioError: its sentence becomes argparse's message."""
@@ -130,7 +134,12 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
                           help=f"the {name.upper()} axis: {', '.join(AXIS_KINDS)}; values '2.5, 3.5', '1-5', "
                           "'0.5-1.0 (+0.25)' or '1-10 [4]' (prompt-sr: the first value is replaced by each)")
     plot.add_argument("--max-cells", type=at_least_one, default=MAX_CELLS,
-                      help=f"refuse a plot of more cells than this (default {MAX_CELLS})")
+                      help=f"refuse a plot (or prompt matrix) of more cells than this (default {MAX_CELLS})")
+    plot.add_argument("--prompt-matrix", action="store_true", help="A1111's prompt matrix: 'a cat|in red|at night' "
+                      "makes the prompt with every combination of the parts after the first, one seed, and their grid")
+    group.add_argument("--prompts-from", metavar="FILE", help="one job per line of FILE: a prompt, or its settings as "
+                       "flags ('--prompt \"a cat\" --seed 5 --steps 4') or JSON ({\"prompt\": \"a cat\", "
+                       "\"seed\": 5}); the other flags give what a line leaves out")
 
 
 def add_tool_parser(tools, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -255,7 +264,8 @@ class ConsoleProgress:
 
 def run(args: argparse.Namespace) -> list[Path]:
     request = base_request(args)
-    fallback = request.prompt if args.config_from_metadata else "" if tool_spec(args.tool).prompt_optional else None
+    fallback = request.prompt if args.config_from_metadata else \
+        "" if tool_spec(args.tool).prompt_optional or args.prompts_from else None
     request = request.with_(prompt=read_prompt(args, fallback))
     request.validated()
     stepwise = Path(args.stepwise_image_output_dir) if args.stepwise_image_output_dir else None
@@ -263,7 +273,11 @@ def run(args: argparse.Namespace) -> list[Path]:
                                 full_preview_every=1 if stepwise else 0)
     seeds = seeds_to_run(args, request.seed)
     axes = [axis for axis in (args.x_axis, args.y_axis, args.z_axis) if axis is not None]
-    if axes:
+    if args.prompts_from:
+        if axes or args.prompt_matrix:
+            raise StudioError("--prompts-from runs its lines one by one: it does not combine with a plot.")
+        return run_prompt_lines(args, manager, request, seeds, stepwise)
+    if axes or args.prompt_matrix:
         if len(seeds) > 1:
             raise StudioError("A plot takes one seed; for several, make the seed an axis (--x-axis seed=1-4).")
         return run_plot(args, manager, request.with_(seed=seeds[0]), axes, stepwise)
@@ -316,7 +330,12 @@ def run_plot(args: argparse.Namespace, manager, request: GenerationRequest, axes
     from mflux_core.images.io import save_png_atomic
 
     prompt = expand_prompt(request.prompt, request.seed, Path(args.wildcards_dir))
-    cells = plot_cells(request.with_(prompt=prompt), axes, args.max_cells)
+    if args.prompt_matrix:
+        if axes:
+            raise StudioError("A prompt matrix makes its own axes: leave out --x-axis, --y-axis and --z-axis.")
+        prompt, axes = prompt_matrix(prompt, args.max_cells)
+    cells = plot_cells(request.with_(prompt=prompt), resolve_loras(axes, lambda name: str(resolve_lora_path(name))),
+                       args.max_cells)
     print(f"Plot: {len(cells)} cells ({' x '.join(f'{len(a.values)} {a.label}' for a in axes)})")
     base = Path(args.output.replace("{seed}", str(request.seed)))
     written, images = [], {}
@@ -331,6 +350,21 @@ def run_plot(args: argparse.Namespace, manager, request: GenerationRequest, axes
             name = f"{base.stem}_grid{f'_z{index}' if len(axes) == 3 else ''}.png"
             written.append(save_png_atomic(grid, base.with_name(name), overwrite=True))
             print(f"Saved {written[-1]}")
+    return written
+
+
+def run_prompt_lines(args: argparse.Namespace, manager, request: GenerationRequest, seeds: list[int],
+                     stepwise: Path | None) -> list[Path]:
+    """Every line's images (every line validated before the first runs), each named by its line and seed."""
+    lines = read_prompt_lines(read_prompt_file(Path(args.prompts_from)))
+    requests = line_requests(request, lines, seeds, wildcards=Path(args.wildcards_dir))
+    print(f"Prompt list: {len(lines)} lines, {len(requests)} images")
+    written = []
+    for number, line_request in requests:
+        output = output_path(args.output, line_request.seed, several=True)
+        path, _ = generate_and_save(args, manager, line_request, output.with_name(f"{output.stem}_line{number}.png"),
+                                    stepwise)
+        written.append(path)
     return written
 
 

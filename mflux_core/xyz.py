@@ -3,7 +3,11 @@
 Values are written as A1111 writes them: a list (`2.5, 3.5`), an integer range (`1-5`, every whole
 number), a range with a step (`0.5-1.0 (+0.25)`) or with a count (`1-10 [4]`). "Prompt S/R" replaces
 its first value in the prompt by each value in turn (the first cell keeps the prompt as it is). Sampler and
-schedule values are names or A1111's labels (`euler, dpm++2m` or `Euler, DPM++ 2M`; `karras, beta`).
+schedule values are names or A1111's labels (`euler, dpm++2m` or `Euler, DPM++ 2M`; `karras, beta`). LoRA
+values are LoRA names (or files) and `none`: each cell has that LoRA in place of the first one, at its scale
+(a LoRA scale axis scales it, and leaves the `none` cells alone).
+A prompt matrix (A1111's script: `a cat|in red|at night`) is a plot whose X and Y axes say which of the
+optional parts the prompt gets.
 Every cell is a GenerationRequest validated before anything runs; the cells are ordered so that
 cells of one model run one after another, without a reload between them.
 """
@@ -11,6 +15,7 @@ cells of one model run one after another, without a reload between them.
 import itertools
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from PIL import Image
@@ -76,6 +81,21 @@ def _lora_scale(request: GenerationRequest, value: float) -> GenerationRequest:
     return request.with_(lora_scales=(value, *scales[1:]))
 
 
+NO_LORA = "none"
+
+
+def _lora(request: GenerationRequest, value: str) -> GenerationRequest:
+    """The first LoRA swapped for `value` at the first LoRA's scale (1 without one); `none` drops it."""
+    scales = request.lora_scales or (1.0,) * len(request.lora_paths)
+    if value == NO_LORA:
+        return request.with_(lora_paths=request.lora_paths[1:], lora_scales=scales[1:])
+    return request.with_(lora_paths=(value, *request.lora_paths[1:]), lora_scales=(scales[:1] or (1.0,)) + scales[1:])
+
+
+def _lora_names(text: str, what: str) -> tuple[str, ...]:
+    return tuple(NO_LORA if name.lower() == NO_LORA else name for name in _texts(text, what))
+
+
 def _prompt_replace(request: GenerationRequest, value: str, search: str) -> GenerationRequest:
     if search not in request.prompt:
         raise InvalidRequest(f"Prompt S/R: the prompt does not contain {search!r}, the axis's first value.")
@@ -119,6 +139,7 @@ AXIS_KINDS = {
     "controlnet-strength": AxisKind("ControlNet strength", lambda text, what: _numbers(text, False, what),
                                     _field("controlnet_strength")),
     "lora-scale": AxisKind("LoRA scale", lambda text, what: _numbers(text, False, what), _lora_scale),
+    "lora": AxisKind("LoRA", _lora_names, _lora),
     "model": AxisKind("Model", _texts, _field("model")),
     "size": AxisKind("Size", _size, lambda request, size: request.with_(width=size[0], height=size[1])),
     "prompt-sr": AxisKind("Prompt S/R", _texts, None),  # applied with the axis's search term
@@ -141,12 +162,64 @@ class Axis:
             return AXIS_KINDS[self.kind].value_labels[value]
         if isinstance(value, tuple):
             return f"{value[0]}x{value[1]}"
+        if self.kind == "lora":
+            return Path(value).stem  # a library name is its file's name
         return f"{value:g}" if isinstance(value, float) else str(value)
 
     def apply(self, request: GenerationRequest, value) -> GenerationRequest:
         if self.kind == "prompt-sr":
             return _prompt_replace(request, value, self.values[0])
         return AXIS_KINDS[self.kind].apply(request, value)
+
+    def heading(self, value) -> str:
+        """How the grid labels the row or column of `value`."""
+        return f"{self.label}: {self.value_label(value)}"
+
+
+@dataclass(frozen=True)
+class PromptPartsAxis(Axis):
+    """A prompt matrix's axis: each value says which of `parts` follow the prompt, joined by commas."""
+
+    parts: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return "Prompt matrix"
+
+    def heading(self, value) -> str:
+        return " ".join(f"{'+' if on else '-'}{part}" for part, on in zip(self.parts, value))
+
+    def apply(self, request: GenerationRequest, value) -> GenerationRequest:
+        return request.with_(prompt=", ".join([request.prompt, *(p for p, on in zip(self.parts, value) if on)]))
+
+
+def prompt_matrix(prompt: str, max_cells: int = MAX_CELLS) -> tuple[str, list[Axis]]:
+    """A1111's prompt matrix: `base|part|part...` -> the base prompt and the axes of every combination of the parts
+    (the first half of the parts across, the rest down, as A1111 lays out its grid); refused over `max_cells`."""
+    base, *parts = [part.strip().strip(",").strip() for part in prompt.split("|")]
+    parts = [part for part in parts if part]
+    if not parts:
+        raise InvalidRequest("A prompt matrix needs optional parts after the prompt, split by |: "
+                             "'a cat|in red|at night'.")
+    if 2 ** len(parts) > max_cells:
+        count = f"{2 ** len(parts):,}" if len(parts) <= 40 else f"2^{len(parts)}"
+        raise InvalidRequest(f"The prompt matrix has {count} cells ({len(parts)} optional parts), more than the limit "
+                             f"of {max_cells}: use fewer parts.")
+    across = (len(parts) + 1) // 2
+    groups = [tuple(parts[:across]), tuple(parts[across:])]
+    return base, [PromptPartsAxis("prompt-matrix", _combinations(len(group)), group) for group in groups if group]
+
+
+def _combinations(count: int) -> tuple[tuple[bool, ...], ...]:
+    """Every on/off choice of `count` parts, the first part changing fastest (A1111's order)."""
+    return tuple(tuple(bool(number >> bit & 1) for bit in range(count)) for number in range(2 ** count))
+
+
+def resolve_loras(axes: list[Axis], resolve: Callable[[str], str]) -> list[Axis]:
+    """The axes with a LoRA axis's names turned into files by `resolve` (which refuses an unknown name), so a plot
+    is refused before anything runs."""
+    return [Axis(a.kind, tuple(v if v == NO_LORA else resolve(v) for v in a.values)) if a.kind == "lora" else a
+            for a in axes]
 
 
 def parse_axis(kind: str, values: str) -> Axis:
@@ -182,22 +255,24 @@ def plot_cells(base: GenerationRequest, axes: list[Axis], max_cells: int = MAX_C
     count = len(axes[0].values) * len(axes[1].values) * len(axes[2].values)
     if count > max_cells:
         raise InvalidRequest(f"The plot has {count} cells, more than the limit of {max_cells}: use fewer values.")
-    order = sorted(range(3), key=lambda i: axes[i].kind != "model")  # a model axis runs outermost
+    # a model axis runs outermost, then a LoRA axis (a LoRA scale axis then scales its LoRA, none in its none cells)
+    order = sorted(range(3), key=lambda i: {"model": 0, "lora": 1}.get(axes[i].kind, 2))
     cells = []
     for indices in itertools.product(*(range(len(axes[i].values)) for i in order)):
         position = [0, 0, 0]
-        request = base
+        request, no_lora = base, False
         for axis_index, value_index in zip(order, indices):
             position[axis_index] = value_index
-            value = axes[axis_index].values[value_index]
-            if value is not None:
+            kind, value = axes[axis_index].kind, axes[axis_index].values[value_index]
+            if value is not None and not (no_lora and kind == "lora-scale"):  # a scale of the LoRA axis's LoRA
                 request = axes[axis_index].apply(request, value)
+            no_lora = no_lora or (kind == "lora" and value == NO_LORA)
         cells.append(Cell(request.validated(), tuple(position)))
     return cells
 
 
 def _labels(axis: Axis) -> list[str]:
-    return [f"{axis.label}: {axis.value_label(value)}" if value is not None else "" for value in axis.values]
+    return [axis.heading(value) if value is not None else "" for value in axis.values]
 
 
 def plot_grids(axes: list[Axis], images: dict[tuple[int, int, int], Image.Image]) -> list[Image.Image]:

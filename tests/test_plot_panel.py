@@ -1,13 +1,20 @@
 """The X/Y/Z plot tab through a live server and gradio_client, on the demo models: every cell in the history,
-the grid beside it, the cell count refused before anything runs."""
+the grid beside it, the cell count refused before anything runs; the prompt matrix and the LoRA axis, and the
+Generate tab's prompt list on the same server."""
 
+import json
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from mflux_core.manager import ModelManager
+from mflux_core.metadata import JSON_KEY
+from mflux_core.weights.resolve import demo_folder
+from tests.fixtures.lora_files import Dims, write_diffusers_lora
+from tests.test_prompt_batches import PROMPT_LIST
 from webui.app import build_app, launch_kwargs
 from webui.studio import StudioFolders
 
@@ -23,7 +30,9 @@ def client(tmp_path_factory):
     from gradio_client import Client
 
     root = tmp_path_factory.mktemp("plot")
-    folders = StudioFolders.default(root / "outputs", models_dir=root / "models", loras=[])
+    (root / "loras").mkdir()
+    write_diffusers_lora(root / "loras" / "style.safetensors", Dims.of(demo_folder("demo")), magnitude=2.0)
+    folders = StudioFolders.default(root / "outputs", models_dir=root / "models", loras=[root / "loras"])
     app = build_app(ModelManager(models_dir=root / "models"), folders)
     port = free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
@@ -58,4 +67,55 @@ def test_too_many_cells_are_refused_before_anything_runs(client):
                        api_name="/plot")
     with pytest.raises(AppError, match="Choose at least one axis"):
         client.predict(prompt="a cat", api_name="/plot")
+    assert set(outputs.glob("????-??-??/*.png")) == before
+
+
+def recorded(results) -> list[dict]:
+    """The request each returned image records in its metadata."""
+    return [json.loads(Image.open(item["image"]).info[JSON_KEY])["request"] for item in results]
+
+
+def test_a_prompt_matrix_saves_each_combination_with_its_prompt_at_one_seed_and_the_grid(client):
+    client, outputs = client
+    status, preview, results = client.predict(prompt="a red circle|at night|big", prompt_matrix=True, steps="1",
+                                              seed=4, api_name="/plot")
+    assert "Done: 4 cells" in status
+    cells = recorded(results[1:])  # the grid comes first
+    assert {cell["prompt"] for cell in cells} == {"a red circle", "a red circle, at night", "a red circle, big",
+                                                  "a red circle, at night, big"}
+    assert {cell["seed"] for cell in cells} == {4}
+    grid = Image.open(results[0]["image"])
+    assert grid.width > 2 * 64 and grid.height > 2 * 64
+
+
+def test_the_lora_axis_picks_library_loras_by_name_and_refuses_an_unknown_one(client):
+    from gradio_client.exceptions import AppError
+
+    client, outputs = client
+    status, preview, results = client.predict(prompt="a red circle", x_kind="lora", x_values="none, style",
+                                              steps="1", seed=2, api_name="/plot")
+    assert "Done: 2 cells" in status
+    plain, styled = recorded(results[1:])
+    assert plain["lora_paths"] == [] and [Path(p).name for p in styled["lora_paths"]] == ["style.safetensors"]
+    assert not np.array_equal(np.asarray(Image.open(results[1]["image"])), np.asarray(Image.open(results[2]["image"])))
+    with pytest.raises(AppError, match="'nowhere' is not in the LoRA library"):
+        client.predict(prompt="a cat", x_kind="lora", x_values="none, nowhere", api_name="/plot")
+    with pytest.raises(AppError, match="A prompt matrix makes its own axes"):
+        client.predict(prompt="a cat|red", prompt_matrix=True, x_kind="steps", x_values="1-2", api_name="/plot")
+
+
+def test_the_prompt_list_runs_every_line_in_one_job_and_refuses_a_bad_line_before_any_image(client):
+    from gradio_client.exceptions import AppError
+
+    client, outputs = client
+    status, preview, results = client.predict(prompt="unused", prompt_lines=PROMPT_LIST, steps="1", seed=3,
+                                              api_name="/generate")
+    assert "Done: 4 images" in status
+    made = [(r["prompt"], r["seed"], r["steps"], r["guidance"]) for r in recorded(results)]
+    assert made[0][:3] == ("a red circle", 3, 1)  # the page's seed and steps, the model's guidance
+    assert made[1:3] == [("a blue square", 5, 1, 2.5), ("a blue square", 6, 1, 2.5)]
+    assert made[3][1:] == (7, 2, 4.5) and made[3][0] in ("a green dot", "a yellow dot")
+    before = set(outputs.glob("????-??-??/*.png"))
+    with pytest.raises(AppError, match="Line 2: Steps must be a whole number from 1 to 500, not 0"):
+        client.predict(prompt_lines="a cat\n--prompt a dog --steps 0", api_name="/generate")
     assert set(outputs.glob("????-??-??/*.png")) == before

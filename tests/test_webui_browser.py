@@ -567,3 +567,17 @@ def test_hires_fix_runs_both_passes_and_the_slider_compares_its_first_pass(page,
     page.wait_for_selector("#generate-compare", state="visible")
     page.wait_for_function("() => document.querySelectorAll('#generate-compare img').length === 2")
     screenshot(page, "hires-before-after")
+
+
+def test_a_prompt_list_file_fills_its_box_and_the_lora_axis_lists_the_library(page, studio):
+    listing = studio.inputs / "lines.txt"
+    listing.write_text('a red circle\n{"prompt": "a blue square", "seed": 5}\n')
+    open_accordions(page, "generate-prompt-list")
+    page.set_input_files("#generate-prompt-list-file input[type=file]", str(listing))
+    page.wait_for_function("() => document.querySelector('#generate-prompt-lines textarea').value.includes('seed')")
+    assert value_of(page, "generate-prompt-lines").splitlines() == listing.read_text().splitlines()
+    open_tab(page, "X/Y/Z plot")
+    page.click("#plot-x-kind input")
+    page.get_by_role("option", name="LoRA", exact=True).click()
+    page.wait_for_function("() => document.querySelector('#plot-x-values textarea').value !== ''")
+    assert value_of(page, "plot-x-values") == "none, ink, paper"

@@ -8,6 +8,7 @@ from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE
 from webui.demo_examples import render_demo_examples
 from webui.panels import Panel, input_image, result_column
 from webui.presets_ui import render_presets
+from webui.prompt_list_ui import prompt_list_controls, prompt_list_requests
 from webui.regions_ui import region_controls, region_settings, region_values, with_region_masks
 from webui.requests import RequestContext, requests_from_settings
 from webui.widgets import build_shared_controls, number_value, shared_settings, shared_values
@@ -73,7 +74,10 @@ def build_requests(values: dict, context: RequestContext) -> list[GenerationRequ
     image = values.get("init_image")
     if image is None:
         settings["image_strength"] = None
-    return requests_from_settings(settings, context, image_path=context.inputs.save(image, "img2img"))
+    requests = requests_from_settings(settings, context, image_path=context.inputs.save(image, "img2img"))
+    if (values.get("prompt_lines") or "").strip():  # "Prompts from file or textbox": one job of every line
+        return prompt_list_requests(requests[0], settings, values["prompt_lines"], context)
+    return requests
 
 
 def render(studio) -> Panel:
@@ -88,6 +92,7 @@ def render(studio) -> Panel:
                                                elem_id="generate-image-strength")
                 regions, region_masks = region_controls(TOOL)
                 hires = hires_controls()
+                prompt_lines = prompt_list_controls(TOOL)
                 render_demo_examples(studio, TOOL, shared.controls, {})
                 panel = Panel(TOOL, (TOOL,), {**shared.controls, "image_strength": image_strength, **regions, **hires},
                               settings_from_values, values_from_settings, send_target=init_image)
@@ -95,7 +100,7 @@ def render(studio) -> Panel:
             with gr.Column(scale=4):
                 view, run, stop = result_column(TOOL, compare=True)
     panel.view, panel.run_handler = view, studio.job(view)(build_requests)
-    studio.wire_run(run, panel.run_handler, {**panel.controls, "init_image": init_image, **region_masks}, view,
-                    api_name="generate")
+    inputs = {**panel.controls, "init_image": init_image, **region_masks, "prompt_lines": prompt_lines}
+    studio.wire_run(run, panel.run_handler, inputs, view, api_name="generate")
     studio.wire_stop(stop, api_name="stop")
     return panel

@@ -2,7 +2,8 @@
 
 Each cell is saved to the history like any result (its metadata restores it); the labelled grids
 go to `<outputs>/grids/<date>/`, beside the history. Stop ends the plot after the current step and
-grids the cells that finished.
+grids the cells that finished. "Prompt matrix" makes the axes from the prompt instead (A1111's script:
+`a cat|in red|at night`, every combination of the parts after the first, one seed).
 """
 
 import time
@@ -12,11 +13,14 @@ import gradio as gr
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.io import save_png_atomic
-from mflux_core.xyz import AXIS_KINDS, MAX_CELLS, Axis, parse_axis, plot_cells, plot_grids
+from mflux_core.request import GenerationRequest
+from mflux_core.xyz import (
+    AXIS_KINDS, MAX_CELLS, NO_LORA, Axis, parse_axis, plot_cells, plot_grids, prompt_matrix, resolve_loras,
+)
 from webui.gallery import save_result
 from webui.jobs import follow, image_progress, page_job
 from webui.panels import Panel, result_column
-from webui.requests import requests_from_settings
+from webui.requests import RequestContext, lora_files, requests_from_settings
 from webui.widgets import build_shared_controls, shared_settings, shared_values
 
 TOOL = "plot"
@@ -34,12 +38,18 @@ def values_from_settings(settings: dict) -> dict:
     return shared_values(settings)
 
 
-def plot_axes(values: dict) -> list[Axis]:
+def plot_axes(values: dict, base: GenerationRequest, context: RequestContext) -> tuple[GenerationRequest, list[Axis]]:
+    """The plot's base request and axes: those chosen (LoRA names looked up in the library), or the prompt matrix's."""
     axes = [parse_axis(values[f"{name}_kind"], values.get(f"{name}_values") or "")
             for name in AXES if values.get(f"{name}_kind")]
+    if values.get("prompt_matrix"):
+        if axes:
+            raise InvalidRequest("A prompt matrix makes its own axes: set the X, Y and Z axes to none.")
+        prompt, axes = prompt_matrix(base.prompt, max_cells(values))
+        return base.with_(prompt=prompt), axes
     if not axes:
         raise InvalidRequest("Choose at least one axis and type its values.")
-    return axes
+    return base, resolve_loras(axes, lambda name: lora_files([name], context.loras)[0])
 
 
 def max_cells(values: dict) -> int:
@@ -52,9 +62,9 @@ def run_plot(studio, view, values: dict, session: str):
     saved: list[tuple[str, str]] = []
 
     def work(cancel):
-        axes = plot_axes(values)
-        (base,) = requests_from_settings({**settings_from_values(values), "batch_count": 1},
-                                         studio.request_context())
+        context = studio.request_context()
+        (base,) = requests_from_settings({**settings_from_values(values), "batch_count": 1}, context)
+        base, axes = plot_axes(values, base, context)
         cells = plot_cells(base, axes, max_cells(values))
         images = {}
         try:
@@ -84,6 +94,16 @@ def save_grids(outputs, axes: list[Axis], images: dict) -> list[tuple[str, str]]
             for index, grid in enumerate(plot_grids(axes, images))]
 
 
+def library_values(studio):
+    """On choosing the LoRA axis: its values become 'none' and every LoRA in the library, to cut down."""
+    def values(kind: str):
+        if kind != "lora":
+            return gr.update()
+        return ", ".join([NO_LORA, *sorted(studio.lora_library())])
+
+    return values
+
+
 def render(studio) -> Panel:
     with gr.Tab("X/Y/Z plot", id=TOOL, elem_id="tab-plot"):
         with gr.Row():
@@ -97,7 +117,13 @@ def render(studio) -> Panel:
                         axis_controls[f"{name}_values"] = gr.Textbox(
                             "", label="Values", scale=3, elem_id=f"plot-{name}-values",
                             placeholder="2.5, 3.5 · 1-5 · 0.5-1.0 (+0.25) · 1-10 [4] · Prompt S/R: red, blue · "
-                            "Sampler: Euler, DPM++ 2M")
+                            "Sampler: Euler, DPM++ 2M · LoRA: none, watercolor")
+                    axis_controls[f"{name}_kind"].change(library_values(studio), axis_controls[f"{name}_kind"],
+                                                         axis_controls[f"{name}_values"], show_progress="hidden",
+                                                         api_visibility="private")
+                axis_controls["prompt_matrix"] = gr.Checkbox(
+                    False, label="Prompt matrix instead of axes: 'a cat|in red|at night' makes every combination of "
+                    "the parts after the first, at one seed", elem_id="plot-prompt-matrix")
                 axis_controls["max_cells"] = gr.Number(MAX_CELLS, label="Most cells", precision=0, minimum=1,
                                                        elem_id="plot-max-cells")
                 shared = build_shared_controls(studio, "generate", TOOL, offer_resize_mode=False)

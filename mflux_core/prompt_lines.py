@@ -1,0 +1,140 @@
+"""Prompts from a file or textbox (A1111's script): one job of one image (or a few) per line.
+
+A line is a prompt, or its settings in either of two forms:
+    --prompt "a red circle" --seed 5 --steps 4 --width 64      (A1111's form: a flag per setting)
+    {"prompt": "a red circle", "seed": 5, "steps": 4}          (a JSON object)
+Settings a line leaves out come from the job's own (the page's or the command's); blank lines and lines
+starting with # are skipped. Every line's requests are validated before the first image runs, and a bad
+line is refused with its line number. Wildcards in a line's prompt are drawn from that image's seed.
+"""
+
+import argparse
+import functools
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from mflux_core.errors import InvalidRequest
+from mflux_core.request import MAX_SEED, GenerationRequest
+from mflux_core.settings_schema import MAX_BATCH
+from mflux_core.wildcards import expand_prompt
+
+MAX_TEXT_CHARS = 1_000_000
+# What a line may set: the request's field (or batch_count) and how its A1111 form's text is read
+LINE_SETTINGS = {"prompt": str, "negative_prompt": str, "seed": int, "steps": int, "width": int, "height": int,
+                 "guidance": float, "true_cfg_scale": float, "sampler": str, "schedule": str, "model": str,
+                 "batch_count": int}
+# A1111's names for the same settings, with FLUX's meanings as Forge gives them (webui/a1111_api.py)
+A1111_NAMES = {"n_iter": "batch_count", "cfg_scale": "true_cfg_scale", "distilled_cfg_scale": "guidance",
+               "sampler_name": "sampler", "scheduler": "schedule"}
+
+
+@dataclass(frozen=True)
+class PromptLine:
+    number: int  # 1 for the text's first line
+    settings: dict  # LINE_SETTINGS keys -> values
+
+
+class _LineParser(argparse.ArgumentParser):
+    """The flags form of a line; a mistake is an InvalidRequest, never an exit."""
+
+    def error(self, message: str):
+        raise InvalidRequest(f"{message[0].upper()}{message[1:]}.")
+
+
+@functools.cache
+def _flags_parser() -> argparse.ArgumentParser:
+    parser = _LineParser(prog="line", add_help=False, allow_abbrev=False)
+    for name, kind in {**LINE_SETTINGS, **{alias: LINE_SETTINGS[name] for alias, name in A1111_NAMES.items()}}.items():
+        flags = dict.fromkeys((f"--{name}", f"--{name.replace('_', '-')}"))  # --n_iter or --n-iter
+        # text runs to the next flag, quoted or not, as in A1111's script
+        parser.add_argument(*flags, dest=name, type=kind, nargs="+" if kind is str else None)
+    return parser
+
+
+def _from_flags(line: str) -> dict:
+    try:
+        words = shlex.split(line)
+    except ValueError as error:
+        raise InvalidRequest(f"The line cannot be split into flags ({error}).") from None
+    parsed = vars(_flags_parser().parse_args(words))
+    return {name: " ".join(value) if isinstance(value, list) else value
+            for name, value in parsed.items() if value is not None}
+
+
+def _from_json(line: str) -> dict:
+    try:
+        settings = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise InvalidRequest(f"The line is not valid JSON ({error.msg} at character {error.pos + 1}).") from None
+    if not isinstance(settings, dict):
+        raise InvalidRequest("A JSON line must be an object of settings, like {\"prompt\": \"a cat\"}.")
+    return settings
+
+
+def _named(settings: dict) -> dict:
+    """The settings under the request's names; unknown ones refused, naming what a line may set."""
+    named = {}
+    for key, value in settings.items():
+        name = A1111_NAMES.get(key, key)
+        if name not in LINE_SETTINGS:
+            raise InvalidRequest(f"Unknown setting {str(key)[:40]!r}; a line may set {', '.join(LINE_SETTINGS)}.")
+        named[name] = value
+    count = named.get("batch_count", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_BATCH:
+        raise InvalidRequest(f"The image count (batch_count) must be a whole number from 1 to {MAX_BATCH}, "
+                             f"not {str(count)[:40]}.")
+    return named
+
+
+def read_prompt_lines(text: str) -> list[PromptLine]:
+    """Every line's settings, each refused with its line number when it cannot be read."""
+    if len(text) > MAX_TEXT_CHARS:
+        raise InvalidRequest(f"The prompt list is {len(text):,} characters long; the limit is {MAX_TEXT_CHARS:,}.")
+    lines = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            read = _from_json if line.startswith("{") else _from_flags if line.startswith("--") else None
+            lines.append(PromptLine(number, _named(read(line) if read else {"prompt": line})))
+        except InvalidRequest as error:
+            raise InvalidRequest(f"Line {number}: {error}") from None
+    if not lines:
+        raise InvalidRequest("The prompt list has no lines to run (blank lines and # comments are skipped).")
+    return lines
+
+
+def read_prompt_file(path: Path) -> str:
+    try:
+        if path.stat().st_size > MAX_TEXT_CHARS * 4:
+            raise InvalidRequest(f"The prompt list {path.name} is larger than {MAX_TEXT_CHARS * 4:,} bytes.")
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"The prompt list {path.name} is not UTF-8 text.") from None
+    except OSError as error:
+        raise InvalidRequest(f"Cannot read the prompt list {path.name} ({error.strerror}).") from None
+
+
+def line_requests(base: GenerationRequest, lines: list[PromptLine], seeds: list[int], batch_count: int = 1,
+                  wildcards: Path | None = None) -> list[tuple[int, GenerationRequest]]:
+    """(line number, validated request) for every image of every line, in order. A line's images start at its own
+    seed, else at each of `seeds`, and run `batch_count` consecutive seeds (the line's own count, else this one);
+    its prompt (else the base's) has its wildcards drawn from each image's seed."""
+    requests = []
+    for line in lines:
+        settings = dict(line.settings)
+        count = settings.pop("batch_count", batch_count)
+        starts = [settings.pop("seed")] if "seed" in settings else seeds
+        prompt = settings.pop("prompt", base.prompt)
+        try:
+            for start in starts:
+                base.with_(**settings, seed=start, prompt=prompt).validated()  # before seeds are counted from it
+                for seed in ((start + i) % (MAX_SEED + 1) for i in range(count)):
+                    expanded = expand_prompt(prompt, seed, wildcards)
+                    requests.append((line.number, base.with_(**settings, seed=seed, prompt=expanded).validated()))
+        except InvalidRequest as error:
+            raise InvalidRequest(f"Line {line.number}: {error}") from None
+    return requests
