@@ -62,3 +62,9 @@ def regional_attention_bias(text_tokens: int, regions: list[np.ndarray], weights
     multipliers = (1 - strength) + strength * attention_multipliers(text_tokens, regions, weights)
     with np.errstate(divide="ignore"):
         return mx.array(np.log(multipliers).astype(np.float32))
+
+
+def attention_bias_bytes(sequence: int, itemsize: int) -> int:
+    """The memory a regional bias over `sequence` tokens adds to a denoise step: the float32 bias, held
+    through every step, and the copy each attention call scales into the model's dtype (itemsize bytes)."""
+    return sequence * sequence * (4 + itemsize)
