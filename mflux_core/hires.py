@@ -14,6 +14,7 @@ from PIL import Image
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.events import Report, Step
+from mflux_core.regions import scaled_regions
 from mflux_core.request import GenerationRequest, hires_size
 from mflux_core.sampling.schedule import img2img_start_step
 from mflux_core.tools.common import tool_inputs
@@ -39,6 +40,7 @@ def second_pass_request(request: GenerationRequest) -> GenerationRequest:
     the image strength (mflux's meaning, how much is kept) that the denoising strength leaves."""
     width, height = hires_size(request.width, request.height, request.hires_scale)
     return request.with_(width=width, height=height, steps=request.hires_steps,
+                         regions=scaled_regions(request.regions, width / request.width, height / request.height),
                          prompt=request.hires_prompt or request.prompt, image_strength=1 - request.hires_strength,
                          hires_scale=None, hires_steps=None, hires_strength=None, hires_upscaler=None,
                          hires_prompt="")

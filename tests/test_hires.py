@@ -70,6 +70,19 @@ def test_the_second_pass_runs_at_the_larger_size_and_equals_generate_then_img2im
     assert steps[0].preview.size == (64, 48) and steps[-1].preview.size == (128, 96)
 
 
+def test_pixel_box_regions_are_scaled_to_the_second_pass(manager):
+    from mflux_core.hires import second_pass_request
+
+    left = {"prompt": "a blue square on the left on a white background", "weight": 1.0}
+    in_pixels = demo_request(**{**HIRES, "hires_steps": 2}, steps=1,
+                             regions=({**left, "x": 0, "y": 0, "w": 32, "h": 48},))
+    assert second_pass_request(in_pixels).regions == ({**left, "x": 0, "y": 0, "w": 64, "h": 96},)
+    in_fractions = in_pixels.with_(regions=({**left, "x": 0, "y": 0, "w": 0.5, "h": 1},))
+    assert second_pass_request(in_fractions).regions == in_fractions.regions
+    pixels, fractions = (np.asarray(manager.generate(r).image) for r in (in_pixels, in_fractions))
+    assert np.array_equal(pixels, fractions)  # the same left half in both passes
+
+
 def test_the_settings_survive_metadata_a_preset_and_the_a1111_text(manager, tmp_path):
     result = manager.generate(demo_request(**HIRES, hires_prompt="a sharp red circle"))
     recorded = result.request
