@@ -125,6 +125,40 @@ def test_bad_hires_settings_are_refused_in_one_sentence_before_any_step(changes,
     assert not [e for e in steps if not isinstance(e, Loading)]
 
 
+def test_the_controlnet_upscaler_is_refused_in_one_sentence_when_its_controlnet_is_not_on_disk(tmp_path,
+                                                                                               monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    steps = []
+    with pytest.raises(InvalidRequest, match=r"^The ControlNet upscaler needs jasperai/Flux.1-dev-Controlnet-Upscaler, "
+                                             r"which is not on disk: put it into the models folder as upscaler/"):
+        ModelManager(models_dir=tmp_path / "models").generate(
+            demo_request(hires_scale=2.0, hires_upscaler="ControlNet upscaler"), report=steps.append)
+    assert not steps  # refused before loading anything
+
+
+def test_the_controlnet_upscaler_steers_the_second_pass(tiny_dev, tmp_path):
+    """With a tiny Upscaler ControlNet as `upscaler` in the models folder: the second pass differs from Lanczos's
+    by the ControlNet's residuals alone (at strength 0 the images are equal), and the choice replays."""
+    from tests.fixtures.tiny_controlnet import build_tiny_controlnet, load_transformer
+
+    build_tiny_controlnet(tmp_path / "models" / "upscaler", load_transformer(tiny_dev), num_layers=1,
+                          num_single_layers=1)
+    manager = ModelManager(models_dir=tmp_path / "models")
+    hires = GenerationRequest(model=str(tiny_dev), prompt="a red house by a lake", seed=1, steps=2, width=32,
+                              height=32, hires_scale=2.0, hires_steps=2, hires_strength=0.8)
+    lanczos = np.asarray(manager.generate(hires).image, np.int16)
+    steered = manager.generate(hires.with_(hires_upscaler="ControlNet upscaler"))
+    assert steered.image.size == (64, 64) and np.abs(np.asarray(steered.image, np.int16) - lanczos).max() > 20
+    assert "Hires upscaler: ControlNet upscaler" in steered.text_chunks["parameters"]
+    assert steered.request.controlnet_strength == 0.6
+    unsteered = manager.generate(hires.with_(hires_upscaler="ControlNet upscaler", controlnet_strength=0.0))
+    assert np.array_equal(np.asarray(unsteered.image, np.int16), lanczos)
+    replayed = manager.generate(request_from_metadata(steered.metadata))
+    assert np.array_equal(np.asarray(replayed.image), np.asarray(steered.image))
+
+
 def test_a_second_pass_over_the_memory_budget_is_refused_before_the_first_pass(manager):
     manager = ModelManager()
     manager.generate(demo_request(width=64, height=64))  # the demo resident, the process settled
