@@ -17,7 +17,7 @@ from webui.widgets import number_value
 DEFAULT_BOXES = ((0, 0, 0.5, 1), (0.5, 0, 0.5, 1), (0, 0, 1, 0.5), (0, 0.5, 1, 0.5))  # left, right, top, bottom
 BOX_LABELS = {"x": "Left", "y": "Top", "w": "Width", "h": "Height"}
 BRUSH_COLOURS = ("#e04040", "#4070e0", "#30a040", "#e09020")  # one per row, to tell regions apart while painting
-BRUSH_SIZE = 24
+BRUSH_SIZE = 64  # a region is read in 16-pixel tokens: broad strokes
 
 
 def _key(row: int, name: str) -> str:
@@ -92,7 +92,8 @@ def region_controls(prefix: str) -> tuple[dict, dict]:
                     for key, default in zip(BOX_KEYS, DEFAULT_BOXES[row - 1]):
                         controls[_key(row, key)] = gr.Slider(0, 1, default, step=0.01, label=BOX_LABELS[key],
                                                              elem_id=f"{prefix}-region-{row}-{key}")
-                with gr.Accordion(f"Region {row} mask (optional, replaces the box)", open=False):
+                with gr.Accordion(f"Region {row} mask (optional, replaces the box)", open=False,
+                                  elem_id=f"{prefix}-region-{row}-masks"):
                     masks[_key(row, "paint")] = mask_editor(
                         "Paint the region (on the blank canvas or over a picture; stretched to the image)",
                         f"{prefix}-region-{row}-paint", BRUSH_SIZE, BRUSH_COLOURS[row - 1])
