@@ -152,6 +152,8 @@ def test_the_controlnet_upscaler_steers_the_second_pass(tiny_dev, tmp_path):
     steered = manager.generate(hires.with_(hires_upscaler="ControlNet upscaler"))
     assert steered.image.size == (64, 64) and np.abs(np.asarray(steered.image, np.int16) - lanczos).max() > 20
     assert "Hires upscaler: ControlNet upscaler" in steered.text_chunks["parameters"]
+    assert settings_from_a1111(steered.text_chunks["parameters"])["hires_upscaler"] == "ControlNet upscaler"
+    assert validate_settings(settings_from_request(steered.request))["hires_upscaler"] == "ControlNet upscaler"
     assert steered.request.controlnet_strength == 0.6
     unsteered = manager.generate(hires.with_(hires_upscaler="ControlNet upscaler", controlnet_strength=0.0))
     assert np.array_equal(np.asarray(unsteered.image, np.int16), lanczos)
