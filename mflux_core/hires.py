@@ -1,5 +1,8 @@
 """Hires fix (A1111's name): text-to-image at the asked size, the image upscaled by `hires_scale` (Lanczos),
-then an image-to-image pass at the larger size with its own steps, denoising strength and prompt.
+then an image-to-image pass at the larger size with its own steps, denoising strength and prompt. The
+"ControlNet upscaler" also steers that pass by the upscaled image through jasperai's FLUX.1 Upscaler ControlNet
+(as the upscale tool does; `upscaler` in the models folder or the Hugging Face cache), and is refused when the
+ControlNet is not on disk.
 
 Both passes are one job of the manager (one turn at the engine, its lock held throughout): both are planned
 against the memory budget before the first step, steps count across both passes, a stop works in either,
@@ -8,30 +11,51 @@ own generation path: the generate tool's inputs through `ModelManager.run_inputs
 """
 
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from PIL import Image
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.events import Report, Step
+from mflux_core.flux_model import FluxModel
+from mflux_core.generation import ToolInputs
+from mflux_core.regions import scaled_regions
+from mflux_core.registry import on_disk
 from mflux_core.request import GenerationRequest, hires_size
 from mflux_core.sampling.schedule import img2img_start_step
+from mflux_core.settings_schema import HIRES_UPSCALERS
 from mflux_core.tools.common import tool_inputs
+from mflux_core.tools.controlnet_conditioning import add_controlnet
+from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.generate import image_to_image_inputs
+from mflux_core.tools.upscale import DEFAULT_STRENGTH as UPSCALER_STRENGTH
+from mflux_core.weights.resolve import ALIASES
 
 if TYPE_CHECKING:
     from mflux_core.manager import GenerationResult, ModelManager
 
 DEFAULT_STRENGTH = 0.5
-UPSCALERS = {"Lanczos": Image.Resampling.LANCZOS}
-DEFAULT_UPSCALER = "Lanczos"
+DEFAULT_UPSCALER, CONTROLNET_UPSCALER = HIRES_UPSCALERS
+UPSCALER_CONTROLNET = "upscaler"  # its alias (mflux_core.weights.resolve.ALIASES)
 
 
 def with_hires_defaults(request: GenerationRequest, first_steps: int) -> GenerationRequest:
     """The request with every hires setting filled in (recorded so that the image replays)."""
-    return request.with_(hires_steps=request.hires_steps or first_steps,
-                         hires_strength=request.hires_strength or DEFAULT_STRENGTH,
-                         hires_upscaler=request.hires_upscaler or DEFAULT_UPSCALER)
+    request = request.with_(hires_steps=request.hires_steps or first_steps,
+                            hires_strength=request.hires_strength or DEFAULT_STRENGTH,
+                            hires_upscaler=request.hires_upscaler or DEFAULT_UPSCALER)
+    if request.hires_upscaler == CONTROLNET_UPSCALER and request.controlnet_strength is None:
+        request = request.with_(controlnet_strength=UPSCALER_STRENGTH)
+    return request
+
+
+def check_upscaler_on_disk(request: GenerationRequest, models_dir: Path | None) -> None:
+    """Refuse the ControlNet upscaler, before any step, when its ControlNet would have to be downloaded."""
+    if request.hires_upscaler == CONTROLNET_UPSCALER and not on_disk(UPSCALER_CONTROLNET, models_dir):
+        raise InvalidRequest(
+            f"The ControlNet upscaler needs {ALIASES[UPSCALER_CONTROLNET]}, which is not on disk: put it into the "
+            f"models folder as {UPSCALER_CONTROLNET}/ (or download it once online), or use the Lanczos upscaler.")
 
 
 def second_pass_request(request: GenerationRequest) -> GenerationRequest:
@@ -39,14 +63,26 @@ def second_pass_request(request: GenerationRequest) -> GenerationRequest:
     the image strength (mflux's meaning, how much is kept) that the denoising strength leaves."""
     width, height = hires_size(request.width, request.height, request.hires_scale)
     return request.with_(width=width, height=height, steps=request.hires_steps,
+                         regions=scaled_regions(request.regions, width / request.width, height / request.height),
                          prompt=request.hires_prompt or request.prompt, image_strength=1 - request.hires_strength,
                          hires_scale=None, hires_steps=None, hires_strength=None, hires_upscaler=None,
                          hires_prompt="")
 
 
-def upscaled(image: Image.Image, size: tuple[int, int], upscaler: str) -> Image.Image:
-    """The first pass's image at the second pass's size."""
-    return image.resize(size, UPSCALERS[upscaler])
+def upscaled(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The first pass's image at the second pass's size (the ControlNet upscaler's control image too)."""
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
+def second_pass_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine, before: Image.Image,
+                       upscaler: str) -> ToolInputs:
+    """Image-to-image from the upscaled image; with the ControlNet upscaler, also steered by it."""
+    inputs = image_to_image_inputs(model, request, before)
+    if upscaler != CONTROLNET_UPSCALER:
+        return inputs
+    steered = add_controlnet(model, inputs.request, engine, inputs.conditioning, before, UPSCALER_CONTROLNET,
+                             UPSCALER_STRENGTH)
+    return replace(inputs, request=steered)
 
 
 def passes_report(report: Report | None, offset: int, total: int, stage: str) -> Report | None:
@@ -65,6 +101,7 @@ def generate_hires(manager: "ModelManager", request: GenerationRequest, report: 
                    cancelled: Callable[[], bool] | None) -> "GenerationResult":
     """Both passes, with the manager's lock held by the caller."""
     started = manager.run_started()
+    check_upscaler_on_disk(request, manager.models_dir)
     model = manager._prepared_model(request, cancelled)
     first = tool_inputs(model, request, manager)
     first_steps = first.request.steps or model.default_steps
@@ -80,8 +117,8 @@ def generate_hires(manager: "ModelManager", request: GenerationRequest, report: 
     plan = manager.resident.plan_run(model, tool_inputs(model, second_request, manager))
     total = first_steps + steps - start
     image = manager.run_inputs(model, first, passes_report(report, 0, total, "hires fix pass 1 of 2"), cancelled)
-    before = upscaled(image, (second_request.width, second_request.height), request.hires_upscaler)
-    second = image_to_image_inputs(model, second_request, before)
+    before = upscaled(image, (second_request.width, second_request.height))
+    second = second_pass_inputs(model, second_request, manager, before, request.hires_upscaler)
     image = manager.run_inputs(model, second, passes_report(report, first_steps - start, total,
                                                             "hires fix pass 2 of 2"), cancelled)
     return manager.finished(image, request, model, first.conditioning.guidance, plan, started, before=before)

@@ -9,6 +9,7 @@ from mflux_core.models.vae import VAEConfig
 from mflux_core.models.vae_memory import vae_peak_bytes
 from mflux_core.request import MAX_SEQUENCE_LENGTH, GenerationRequest
 from mflux_core.sampling.latents import latent_grid
+from mflux_core.sampling.regional import attention_bias_bytes
 from mflux_core.weights.resolve import ModelSource
 from mflux_core.weights.safetensors_io import read_json
 
@@ -19,16 +20,18 @@ PIXEL_COPIES = 1.25
 
 def image_plan(transformer: FluxTransformerConfig, vae: VAEConfig, width: int, height: int, *, extra_tokens: int,
                text_tokens: int, itemsize: int, weights_bytes: int, reserved_bytes: int, decode_tile: int | None,
-               vae_itemsize: int) -> MemoryPlan:
-    """Denoising steps over the image's tokens (plus `extra_tokens`, e.g. a Kontext reference), then the decode."""
+               vae_itemsize: int, regional: bool = False) -> MemoryPlan:
+    """Denoising steps over the image's tokens (plus `extra_tokens`, e.g. a Kontext reference), then the decode.
+    `regional`: the steps carry regional prompts' attention bias over the whole sequence."""
     scale = 2 ** (len(vae.block_out_channels) - 1)
     h, w = latent_grid(height, width, scale)
     image_tokens = (h // 2) * (w // 2) + extra_tokens
     decoding = "decoding" if decode_tile is None else f"decoding in {decode_tile} px tiles"
     decode = vae_peak_bytes(vae, h * scale, w * scale, vae_itemsize, "decode", decode_tile)
     pixels = h * scale * w * scale * 3 * 4
+    bias = attention_bias_bytes(image_tokens + text_tokens, itemsize) if regional else 0
     phases = (
-        ("denoising", transformer_step_bytes(transformer, image_tokens, text_tokens, itemsize)),
+        ("denoising", transformer_step_bytes(transformer, image_tokens, text_tokens, itemsize) + bias),
         (decoding, decode),
         ("saving the image", int((1 + PIXEL_COPIES) * pixels)),
     )
@@ -47,6 +50,7 @@ def plan_tool_run(model: FluxModel, inputs: ToolInputs, weights_bytes: int, rese
         extra_tokens=0 if reference is None else reference.shape[1], text_tokens=conditioning.text.shape[1],
         itemsize=model.dtype.size, weights_bytes=weights_bytes, reserved_bytes=reserved_bytes,
         decode_tile=model.vae_tile(h * f, w * f, "decode", request.vae_tiling), vae_itemsize=model.vae.dtype.size,
+        regional=conditioning.attention_mask is not None,
     )
 
 
@@ -63,9 +67,10 @@ def plan_from_files(source: ModelSource, request: GenerationRequest, itemsize: i
             return None
         width, height = width or vae.native_side, height or vae.native_side
     transformer = FluxTransformerConfig.from_dict(read_json(source.folder / "transformer" / "config.json"))
-    text_tokens = min(MAX_SEQUENCE_LENGTH, request.max_sequence_length or MAX_SEQUENCE_LENGTH)
+    prompts = 1 + len(request.regions or ())  # each region's prompt is encoded on its own, after the base one
+    text_tokens = prompts * min(MAX_SEQUENCE_LENGTH, request.max_sequence_length or MAX_SEQUENCE_LENGTH)
     return image_plan(
         transformer, vae, width, height, extra_tokens=0, text_tokens=text_tokens, itemsize=itemsize,
-        weights_bytes=weights_bytes, reserved_bytes=reserved_bytes, vae_itemsize=itemsize,
+        weights_bytes=weights_bytes, reserved_bytes=reserved_bytes, vae_itemsize=itemsize, regional=prompts > 1,
         decode_tile=vae_tile(vae, height, width, itemsize, "decode", allowance, request.vae_tiling),
     )

@@ -78,6 +78,18 @@ def box_in_pixels(region: dict, width: int, height: int) -> tuple[int, int, int,
     return round(x), round(y), round(x + w), round(y + h)
 
 
+def scaled_regions(regions, x_scale: float, y_scale: float) -> tuple:
+    """The regions of an image resized by (x_scale, y_scale): pixel boxes scaled with it (fraction boxes and
+    masks already follow the image's size)."""
+    def scaled(region: dict) -> dict:
+        if region.get("mask_path") is not None or is_fraction_box(region):
+            return region
+        scales = {"x": x_scale, "w": x_scale, "y": y_scale, "h": y_scale}
+        return {**region, **{key: region[key] * scales[key] for key in BOX_KEYS}}
+
+    return tuple(scaled(region) for region in regions)
+
+
 def check_regions_fit(regions, width: int, height: int) -> None:
     """Refuse a box that reaches past the image's edges (a tolerance of half a pixel for fractions)."""
     for number, region in enumerate(regions, 1):

@@ -30,7 +30,7 @@ MAX_LORA_SCALE = 4  # A1111 and Forge users write <lora:name:scale> from -4 to 4
 MAX_LIST_ITEMS = 8  # LoRAs, Redux images and their scales or strengths
 MAX_BATCH = 16  # images per run
 MAX_HIRES_SCALE = 4  # the hires fix's upscale factor
-HIRES_UPSCALERS = ("Lanczos",)  # as A1111 names them in its parameters text
+HIRES_UPSCALERS = ("Lanczos", "ControlNet upscaler")  # Lanczos as A1111 names it; the other: mflux_core.hires
 MAX_TRUE_CFG_SCALE = 20  # true CFG (diffusers' true_cfg_scale); 1 is off, useful values are about 1.5 to 5
 # Samplers and sigma schedules (mflux_core.sampling), by name, with the names A1111's "parameters" text gives them
 SAMPLER_LABELS = {"euler": "Euler", "heun": "Heun", "dpm++2m": "DPM++ 2M"}

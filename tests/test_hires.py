@@ -70,6 +70,19 @@ def test_the_second_pass_runs_at_the_larger_size_and_equals_generate_then_img2im
     assert steps[0].preview.size == (64, 48) and steps[-1].preview.size == (128, 96)
 
 
+def test_pixel_box_regions_are_scaled_to_the_second_pass(manager):
+    from mflux_core.hires import second_pass_request
+
+    left = {"prompt": "a blue square on the left on a white background", "weight": 1.0}
+    in_pixels = demo_request(**{**HIRES, "hires_steps": 2}, steps=1,
+                             regions=({**left, "x": 0, "y": 0, "w": 32, "h": 48},))
+    assert second_pass_request(in_pixels).regions == ({**left, "x": 0, "y": 0, "w": 64, "h": 96},)
+    in_fractions = in_pixels.with_(regions=({**left, "x": 0, "y": 0, "w": 0.5, "h": 1},))
+    assert second_pass_request(in_fractions).regions == in_fractions.regions
+    pixels, fractions = (np.asarray(manager.generate(r).image) for r in (in_pixels, in_fractions))
+    assert np.array_equal(pixels, fractions)  # the same left half in both passes
+
+
 def test_the_settings_survive_metadata_a_preset_and_the_a1111_text(manager, tmp_path):
     result = manager.generate(demo_request(**HIRES, hires_prompt="a sharp red circle"))
     recorded = result.request
@@ -110,6 +123,42 @@ def test_bad_hires_settings_are_refused_in_one_sentence_before_any_step(changes,
     with pytest.raises(InvalidRequest, match=expected):
         manager.generate(demo_request(**changes), report=steps.append)
     assert not [e for e in steps if not isinstance(e, Loading)]
+
+
+def test_the_controlnet_upscaler_is_refused_in_one_sentence_when_its_controlnet_is_not_on_disk(tmp_path,
+                                                                                               monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    steps = []
+    with pytest.raises(InvalidRequest, match=r"^The ControlNet upscaler needs jasperai/Flux.1-dev-Controlnet-Upscaler, "
+                                             r"which is not on disk: put it into the models folder as upscaler/"):
+        ModelManager(models_dir=tmp_path / "models").generate(
+            demo_request(hires_scale=2.0, hires_upscaler="ControlNet upscaler"), report=steps.append)
+    assert not steps  # refused before loading anything
+
+
+def test_the_controlnet_upscaler_steers_the_second_pass(tiny_dev, tmp_path):
+    """With a tiny Upscaler ControlNet as `upscaler` in the models folder: the second pass differs from Lanczos's
+    by the ControlNet's residuals alone (at strength 0 the images are equal), and the choice replays."""
+    from tests.fixtures.tiny_controlnet import build_tiny_controlnet, load_transformer
+
+    build_tiny_controlnet(tmp_path / "models" / "upscaler", load_transformer(tiny_dev), num_layers=1,
+                          num_single_layers=1)
+    manager = ModelManager(models_dir=tmp_path / "models")
+    hires = GenerationRequest(model=str(tiny_dev), prompt="a red house by a lake", seed=1, steps=2, width=32,
+                              height=32, hires_scale=2.0, hires_steps=2, hires_strength=0.8)
+    lanczos = np.asarray(manager.generate(hires).image, np.int16)
+    steered = manager.generate(hires.with_(hires_upscaler="ControlNet upscaler"))
+    assert steered.image.size == (64, 64) and np.abs(np.asarray(steered.image, np.int16) - lanczos).max() > 20
+    assert "Hires upscaler: ControlNet upscaler" in steered.text_chunks["parameters"]
+    assert settings_from_a1111(steered.text_chunks["parameters"])["hires_upscaler"] == "ControlNet upscaler"
+    assert validate_settings(settings_from_request(steered.request))["hires_upscaler"] == "ControlNet upscaler"
+    assert steered.request.controlnet_strength == 0.6
+    unsteered = manager.generate(hires.with_(hires_upscaler="ControlNet upscaler", controlnet_strength=0.0))
+    assert np.array_equal(np.asarray(unsteered.image, np.int16), lanczos)
+    replayed = manager.generate(request_from_metadata(steered.metadata))
+    assert np.array_equal(np.asarray(replayed.image), np.asarray(steered.image))
 
 
 def test_a_second_pass_over_the_memory_budget_is_refused_before_the_first_pass(manager):

@@ -214,6 +214,41 @@ def test_the_panel_turns_its_rows_into_regions_and_back():
         generate.settings_from_values({**values, "region_1_weight": float("nan")})
 
 
+def strokes(size: tuple[int, int], box: tuple[int, int, int, int], alpha: int = 255) -> Image.Image:
+    """An editor layer: coloured strokes (alpha > 0) over `box`, transparent elsewhere."""
+    layer = Image.new("RGBA", size, (0, 0, 0, 0))
+    layer.paste((224, 64, 64, alpha), box)
+    return layer
+
+
+def test_a_painted_mask_is_the_region_it_covers(manager, tmp_path):
+    """Strokes over the right half of a 200x100 canvas (stretched to the image) make the same image as the box
+    over the right half; a blank canvas leaves the box; strokes win over an uploaded mask."""
+    from tests.test_webui_panels import shared
+    from webui.panels import generate
+    from webui.regions_ui import painted_mask
+    from webui.requests import InputStore, RequestContext
+
+    context = RequestContext(inputs=InputStore(tmp_path / "inputs"))
+    values = shared(model="demo", prompt=BASE, seed=4, steps="4", region_1_prompt=LEFT["prompt"],
+                    region_2_prompt=RIGHT["prompt"], region_strength=1.0)
+    right_half = {"background": None, "layers": [strokes((200, 100), (100, 0, 200, 100), alpha=90)],
+                  "composite": None}
+    [painted] = generate.build_requests({**values, "region_2_paint": right_half, "region_2_mask": "missing.png"},
+                                        context)
+    assert painted.regions[1]["prompt"] == RIGHT["prompt"] and "x" not in painted.regions[1]
+    assert np.array_equal(np.asarray(Image.open(painted.regions[1]["mask_path"])) > 0,
+                          np.asarray(painted_mask(right_half)) > 0)
+    [boxed] = generate.build_requests({**values, "region_2_paint": {"background": None, "layers": [
+        strokes((200, 100), (0, 0, 0, 0))], "composite": None}}, context)  # nothing painted: the box
+    assert boxed.regions == ({**LEFT, "weight": 1.0}, {**RIGHT, "weight": 1.0})
+    images = [np.asarray(manager.generate(request).image) for request in (painted, boxed)]
+    assert np.array_equal(*images)
+    [elsewhere] = generate.build_requests({**values, "region_2_paint": {**right_half, "layers": [
+        strokes((200, 100), (0, 0, 100, 50))]}}, context)
+    assert not np.array_equal(images[0], np.asarray(manager.generate(elsewhere).image))
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -237,12 +272,18 @@ def test_the_generate_page_runs_regions_through_its_api(tmp_path):
         pixels = np.zeros((64, 64), np.uint8)
         pixels[:, 32:] = 255
         Image.fromarray(pixels).save(mask)
+        painted = tmp_path / "strokes.png"
+        strokes((64, 64), (0, 32, 64, 64)).save(painted)
         client.predict(model="demo", prompt=BASE, seed=2, random_seed=False, width=64, height=64, steps="4",
                        region_1_prompt=LEFT["prompt"], region_2_prompt=RIGHT["prompt"],
-                       region_2_mask=handle_file(str(mask)), region_strength=0.8, api_name="/generate")
+                       region_2_mask=handle_file(str(mask)), region_3_prompt="a green star",
+                       region_3_paint={"background": None, "layers": [handle_file(str(painted))], "composite": None},
+                       region_strength=0.8, api_name="/generate")
         (saved,) = folders.outputs.glob("????-??-??/*-generate-*.png")
         request = request_from_metadata(json.loads(Image.open(saved).text["mflux_studio"]))
         assert request.region_strength == 0.8 and request.regions[0] == {**LEFT, "weight": 1.0}
         assert request.regions[1]["prompt"] == RIGHT["prompt"] and request.regions[1]["mask_path"].endswith(".png")
+        bottom = np.asarray(Image.open(request.regions[2]["mask_path"])) > 0  # the painted strokes
+        assert bottom[32:].all() and not bottom[:32].any()
     finally:
         app.close()

@@ -77,15 +77,24 @@ def controlnet_inputs(model: FluxModel, request: GenerationRequest, engine: Tool
                       notes: tuple[str, ...] = ()) -> ToolInputs:
     """ToolInputs for a request whose size is set: the prompt plus ControlNet residuals from `control_image`."""
     check_in_channels(model, packed_channels(model), tool, "base (dev or schnell)")
+    conditioning = prompt_conditioning(model, request)
+    request = add_controlnet(model, request, engine, conditioning, control_image, default_controlnet,
+                             default_strength)
+    return ToolInputs(request, conditioning, notes=notes)
+
+
+def add_controlnet(model: FluxModel, request: GenerationRequest, engine: ToolEngine, conditioning: Conditioning,
+                   control_image: Image.Image, default_controlnet: str, default_strength: float) -> GenerationRequest:
+    """Steer `conditioning` by `control_image` through the ControlNet (its residuals before every transformer
+    call); the request with the ControlNet strength it used."""
     controlnet = resident_controlnet(model, request, engine, default_controlnet)
     # A base without a guidance embedding (schnell) still hands one to a ControlNet that has it.
     controlnet_guidance = tool_spec(request.tool).guidance if request.guidance is None else request.guidance
     if request.controlnet_strength is None:
         request = request.with_(controlnet_strength=default_strength)
-    conditioning = prompt_conditioning(model, request)
     control_latents = engine.encoded_image(model, control_image, request.width, request.height)  # once per image
     image_ids = image_position_ids(*latent_grid(request.height, request.width, model.vae_scale_factor))
     conditioning.control = controlnet_residuals(
         controlnet, control_latents, conditioning, image_ids, request.controlnet_strength, controlnet_guidance,
     )
-    return ToolInputs(request, conditioning, notes=notes)
+    return request

@@ -86,7 +86,9 @@ HIRES_FLAGS = (
     Flag("--hires-steps", "hires fix: steps of the second pass (default: the first pass's)", kind="whole"),
     Flag("--hires-strength", "hires fix: A1111's denoising strength of the second pass, above 0 to 1 (default 0.5)",
          kind="number"),
-    Flag("--hires-upscaler", "hires fix: how the image is upscaled (default Lanczos)", choices=HIRES_UPSCALERS),
+    Flag("--hires-upscaler", "hires fix: how the image is upscaled (default Lanczos; 'ControlNet upscaler' also "
+         "steers the second pass through jasperai's Upscaler ControlNet, which must be on disk)",
+         choices=HIRES_UPSCALERS),
     Flag("--hires-prompt", "hires fix: the second pass's prompt (default: the prompt)"),
 )
 

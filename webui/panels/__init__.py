@@ -13,9 +13,12 @@ from typing import Callable
 
 import gradio as gr
 from gradio.data_classes import FileData
+from PIL import Image
 
+from mflux_core.images.io import load_rgba
 from webui.compare import comparison_slider
 from webui.jobs import JobView
+from webui.requests import read_upload
 
 
 @dataclass
@@ -84,11 +87,16 @@ def input_image(label: str, elem_id: str, **kwargs) -> gr.Image:
     return image
 
 
-def mask_editor(label: str, elem_id: str, brush_size: int) -> gr.ImageEditor:
-    """An image with white strokes painted on it (the mask), kept RGBA so the strokes' alpha survives."""
+def mask_editor(label: str, elem_id: str, brush_size: int, colour: str = "#ffffff") -> gr.ImageEditor:
+    """An image with strokes painted on it (the mask), kept RGBA so the strokes' alpha survives."""
     editor = gr.ImageEditor(
         label=label, type="pil", image_mode="RGBA", format="png", sources=["upload", "clipboard"], transforms=(),
-        layers=False, height=420, brush=gr.Brush(default_size=brush_size, colors=["#ffffff"], color_mode="fixed"),
+        layers=False, height=420, brush=gr.Brush(default_size=brush_size, colors=[colour], color_mode="fixed"),
         eraser=gr.Eraser(default_size=brush_size), elem_id=elem_id)
     editor.convert_and_format_image = _editor_upload_paths(editor.convert_and_format_image)
     return editor
+
+
+def editor_layers(editor: dict | None) -> list[Image.Image]:
+    """The painted layers of a mask_editor's value, decoded with their alpha (the strokes) by our checked loader."""
+    return [read_upload(layer, load_rgba) for layer in (editor or {}).get("layers") or [] if layer is not None]

@@ -7,13 +7,13 @@ import numpy as np
 from PIL import Image
 
 from mflux_core.errors import InvalidRequest
-from mflux_core.images.io import load_image, load_mask, load_rgba
+from mflux_core.images.io import load_image, load_mask
 from mflux_core.images.masks import blur_mask, grow_mask, invert_mask, mask_from_editor_layers, mask_to_pil
 from mflux_core.images.outpaint import outpaint_canvas, parse_padding
 from mflux_core.request import GenerationRequest
 from webui.demo_examples import render_demo_examples
 from webui.jobs import progress_html, safe_action
-from webui.panels import Panel, mask_editor, result_column
+from webui.panels import Panel, editor_layers, mask_editor, result_column
 from webui.presets_ui import render_presets
 from webui.requests import RequestContext, read_upload, requests_from_settings
 from webui.widgets import build_shared_controls, number_value, shared_settings, shared_values
@@ -62,8 +62,7 @@ def padding_values(text: str | None) -> dict:
 
 def editor_mask(editor: dict, invert: bool = False, grow_px: int = 0, blur_px: int = 0) -> Image.Image:
     """The painted strokes as a mask ('L', white = regenerate), inverted, grown and blurred as asked."""
-    layers = [read_upload(layer, load_rgba) for layer in (editor or {}).get("layers") or [] if layer is not None]
-    mask = mask_from_editor_layers(layers)
+    mask = mask_from_editor_layers(editor_layers(editor))
     if invert:
         mask = invert_mask(mask)
     if not mask.any():

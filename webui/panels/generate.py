@@ -57,7 +57,9 @@ def hires_controls() -> dict:
             controls["hires_scale"] = gr.Slider(1, MAX_HIRES_SCALE, DEFAULT_HIRES_SCALE, step=0.25,
                                                 label="Upscale by", elem_id="generate-hires-scale")
             controls["hires_upscaler"] = gr.Dropdown(list(HIRES_UPSCALERS), value=DEFAULT_UPSCALER, label="Upscaler",
-                                                     elem_id="generate-hires-upscaler")
+                                                     elem_id="generate-hires-upscaler",
+                                                     info="ControlNet upscaler: Lanczos, then jasperai's Upscaler "
+                                                          "ControlNet steers the second pass (it must be on disk)")
         with gr.Row():
             controls["hires_steps"] = gr.Number(0, label="Hires steps (0: the same)", precision=0, minimum=0,
                                                 maximum=MAX_STEPS, elem_id="generate-hires-steps")
