@@ -84,6 +84,16 @@ def transformer_step_bytes(config: FluxTransformerConfig, image_tokens: int, tex
     return activations + scratch
 
 
+def controlnet_step_bytes(transformer: FluxTransformerConfig, controlnet: FluxTransformerConfig, image_tokens: int,
+                          text_tokens: int, itemsize: int) -> int:
+    """Peak bytes above the weights of one step with a ControlNet: its pass is evaluated before the
+    transformer's (tools/controlnet_conditioning.py), so the larger of the two, plus the residuals it hands
+    over (one image-wide sample per ControlNet block), alive through both."""
+    samples = (controlnet.num_layers + controlnet.num_single_layers) * image_tokens * controlnet.hidden_size * itemsize
+    passes = (transformer_step_bytes(config, image_tokens, text_tokens, itemsize) for config in (transformer, controlnet))
+    return max(passes) + samples
+
+
 def attention_memory_for(budget_bytes: int) -> int:
     """The bytes of attention scores alive at once. CPU: a 64th of the budget within 64-512 MiB (256 MiB
     kept a 1024 px step at 1.36x diffusers' memory at the old speed, 512 MiB ran 18% faster at 1.8x:

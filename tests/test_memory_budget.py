@@ -84,12 +84,16 @@ def test_budget_flags_refuse_what_no_model_runs_in():
             budget_from_gb(bad)
 
 
-def measured_step_bytes(config: dict, side: int, text_tokens: int) -> int:
-    """MLX's peak above the weights and inputs of one transformer call at a square size."""
+def measured_step_bytes(config: dict, side: int, text_tokens: int, controlnet: dict | None = None) -> int:
+    """MLX's peak above the weights and inputs of one transformer call at a square size (after a ControlNet's
+    pass, through the tools' own residuals closure, when given its config)."""
     import mlx.core as mx
 
+    from mflux_core.models.controlnet import FluxControlNet, read_controlnet_config
     from mflux_core.models.transformer import FluxTransformer, FluxTransformerConfig
+    from mflux_core.sampling.conditioning import Conditioning
     from mflux_core.sampling.latents import image_position_ids, text_position_ids
+    from mflux_core.tools.controlnet_conditioning import controlnet_residuals
 
     model = FluxTransformer(FluxTransformerConfig.from_dict(config))
     grid = side // 8
@@ -99,15 +103,24 @@ def measured_step_bytes(config: dict, side: int, text_tokens: int) -> int:
               mx.random.normal((1, model.config.pooled_projection_dim)), mx.array([0.5]), ids, text_ids)
     guidance = mx.array([3.5]) if model.config.guidance_embeds else None
     rope = model.rope_tables(ids, text_ids)
-    mx.eval(model.parameters(), inputs, rope)
+    side_pass, side_weights = (lambda *_: (None, None)), {}
+    if controlnet is not None:
+        side = FluxControlNet(read_controlnet_config(controlnet))
+        control = mx.random.normal(inputs[0].shape)
+        side_pass = controlnet_residuals(side, control, Conditioning(inputs[1], inputs[2], 3.5), ids, 0.4, 3.5)
+        side_weights = (side.parameters(), control)
+    mx.eval(model.parameters(), side_weights, inputs, rope)
     mx.clear_cache()
     before = mx.get_active_memory()
     mx.reset_peak_memory()
-    mx.eval(model(*inputs, guidance=guidance, rope=rope))
+    blocks, singles = side_pass(inputs[0], inputs[3], guidance)
+    mx.eval(model(*inputs, guidance=guidance, rope=rope, controlnet_block_samples=blocks,
+                  controlnet_single_block_samples=singles))
     return mx.get_peak_memory() - before
 
 
 DEMO_TRANSFORMER = ROOT / "demo_models" / "demo" / "transformer" / "config.json"
+DEMO_CONTROLNET = ROOT / "demo_models" / "demo-canny" / "config.json"
 
 
 @pytest.mark.parametrize("side, width, text_tokens", [(256, 96, 32), (1024, 96, 32), (2048, 96, 32),
@@ -124,6 +137,21 @@ def test_the_step_estimate_is_within_a_quarter_of_the_measured_peak(side, width,
                       joint_attention_dim=256)
     measured = measured_step_bytes(config, side, text_tokens)
     planned = transformer_step_bytes(FluxTransformerConfig.from_dict(config), (side // 16) ** 2, text_tokens, 4)
+    assert abs(planned - measured) <= PLAN_TOLERANCE * measured, (planned, measured)
+
+
+@pytest.mark.parametrize("side", [256, 512])
+def test_the_step_estimate_with_a_controlnet_is_within_a_quarter_of_the_measured_peak(side):
+    import json
+
+    from mflux_core.memory import controlnet_step_bytes
+    from mflux_core.models.controlnet import read_controlnet_config
+    from mflux_core.models.transformer import FluxTransformerConfig
+
+    config, controlnet = (json.loads(path.read_text()) for path in (DEMO_TRANSFORMER, DEMO_CONTROLNET))
+    measured = measured_step_bytes(config, side, 32, controlnet)
+    planned = controlnet_step_bytes(FluxTransformerConfig.from_dict(config), read_controlnet_config(controlnet),
+                                    (side // 16) ** 2, 32, 4)
     assert abs(planned - measured) <= PLAN_TOLERANCE * measured, (planned, measured)
 
 
