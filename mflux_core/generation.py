@@ -39,6 +39,7 @@ class ToolInputs:
     canvas: tuple[int, int] | None = None
     notes: tuple[str, ...] = ()  # what the tool did to its inputs that the user should hear of (a resize)
     controlnet: FluxTransformerConfig | None = None  # the side network run before each transformer pass (the plan)
+    estimated: tuple[tuple[str, int], ...] = ()  # (phase, peak bytes above the weights) of side models the tool ran
 
 
 def initial_noise(model: FluxModel, request: GenerationRequest, h: int, w: int) -> mx.array:

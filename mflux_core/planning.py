@@ -19,9 +19,10 @@ PIXEL_COPIES = 1.25
 
 def image_plan(transformer: FluxTransformerConfig, vae: VAEConfig, width: int, height: int, *, extra_tokens: int,
                text_tokens: int, itemsize: int, weights_bytes: int, reserved_bytes: int, decode_tile: int | None,
-               vae_itemsize: int, controlnet: FluxTransformerConfig | None = None) -> MemoryPlan:
-    """Denoising steps over the image's tokens (plus `extra_tokens`, e.g. a Kontext reference; with a ControlNet's
-    pass before each), then the decode."""
+               vae_itemsize: int, controlnet: FluxTransformerConfig | None = None,
+               estimated: tuple[tuple[str, int], ...] = ()) -> MemoryPlan:
+    """The `estimated` phases of side models, denoising steps over the image's tokens (plus `extra_tokens`, e.g. a
+    Kontext reference; with a ControlNet's pass before each), then the decode."""
     scale = 2 ** (len(vae.block_out_channels) - 1)
     h, w = latent_grid(height, width, scale)
     image_tokens = (h // 2) * (w // 2) + extra_tokens
@@ -31,6 +32,7 @@ def image_plan(transformer: FluxTransformerConfig, vae: VAEConfig, width: int, h
     step = (transformer_step_bytes(transformer, image_tokens, text_tokens, itemsize) if controlnet is None
             else controlnet_step_bytes(transformer, controlnet, image_tokens, text_tokens, itemsize))
     phases = (
+        *estimated,
         ("denoising", step),
         (decoding, decode),
         ("saving the image", int((1 + PIXEL_COPIES) * pixels)),
@@ -50,7 +52,7 @@ def plan_tool_run(model: FluxModel, inputs: ToolInputs, weights_bytes: int, rese
         extra_tokens=0 if reference is None else reference.shape[1], text_tokens=conditioning.text.shape[1],
         itemsize=model.dtype.size, weights_bytes=weights_bytes, reserved_bytes=reserved_bytes,
         decode_tile=model.vae_tile(h * f, w * f, "decode", request.vae_tiling), vae_itemsize=model.vae.dtype.size,
-        controlnet=inputs.controlnet,
+        controlnet=inputs.controlnet, estimated=inputs.estimated,
     )
 
 

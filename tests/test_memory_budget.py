@@ -123,7 +123,7 @@ DEMO_TRANSFORMER = ROOT / "demo_models" / "demo" / "transformer" / "config.json"
 DEMO_CONTROLNET = ROOT / "demo_models" / "demo-canny" / "config.json"
 
 
-@pytest.mark.parametrize("side, width, text_tokens", [(256, 96, 32), (1024, 96, 32), (2048, 96, 32),
+@pytest.mark.parametrize("side, width, text_tokens", [(256, 96, 32), (1024, 96, 32), (1536, 96, 32),
                                                       (256, 512, 512), (512, 512, 512)])
 def test_the_step_estimate_is_within_a_quarter_of_the_measured_peak(side, width, text_tokens):
     import json
@@ -152,6 +152,29 @@ def test_the_step_estimate_with_a_controlnet_is_within_a_quarter_of_the_measured
     measured = measured_step_bytes(config, side, 32, controlnet)
     planned = controlnet_step_bytes(FluxTransformerConfig.from_dict(config), read_controlnet_config(controlnet),
                                     (side // 16) ** 2, 32, 4)
+    assert abs(planned - measured) <= PLAN_TOLERANCE * measured, (planned, measured)
+
+
+@pytest.mark.parametrize("image_size, hidden, heads, text_width", [(224, 64, 2, 256), (384, 64, 4, 256),
+                                                                   (224, 256, 4, 1024), (224, 64, 2, 1024)])
+def test_the_redux_estimate_is_within_a_quarter_of_the_measured_peak(image_size, hidden, heads, text_width):
+    import mlx.core as mx
+
+    from mflux_core.memory import redux_encode_bytes
+    from mflux_core.models.redux import ReduxEmbedderConfig, ReduxEncoder, ReduxImageEmbedder
+    from mflux_core.models.siglip import SiglipPreprocessConfig, SiglipVisionConfig, SiglipVisionTower
+
+    vision = SiglipVisionConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=2,
+                                num_attention_heads=heads, image_size=image_size, patch_size=14)
+    encoder = ReduxEncoder(SiglipVisionTower(vision), ReduxImageEmbedder(ReduxEmbedderConfig(hidden, text_width)),
+                           SiglipPreprocessConfig(height=image_size, width=image_size))
+    mx.eval(encoder.parameters())
+    mx.clear_cache()
+    before = mx.get_active_memory()
+    mx.reset_peak_memory()
+    mx.eval(encoder.encode_image(Image.new("RGB", (300, 200), (20, 120, 220))))
+    measured = mx.get_peak_memory() - before
+    planned = redux_encode_bytes(vision, encoder.token_width, encoder.itemsize)
     assert abs(planned - measured) <= PLAN_TOLERANCE * measured, (planned, measured)
 
 
