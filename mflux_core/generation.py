@@ -12,6 +12,7 @@ from mflux_core.errors import Cancelled, InvalidRequest
 from mflux_core.events import Step, StepClock
 from mflux_core.flux_model import FluxModel
 from mflux_core.images.io import pixels_to_pil
+from mflux_core.models.transformer import FluxTransformerConfig
 from mflux_core.request import GenerationRequest
 from mflux_core.sampling.conditioning import Conditioning
 from mflux_core.sampling.latents import (
@@ -37,6 +38,8 @@ class ToolInputs:
     # (width, height) sampled and decoded when not the request's: an in-context diptych is two of its panels
     canvas: tuple[int, int] | None = None
     notes: tuple[str, ...] = ()  # what the tool did to its inputs that the user should hear of (a resize)
+    controlnet: FluxTransformerConfig | None = None  # the side network run before each transformer pass (the plan)
+    estimated: tuple[tuple[str, int], ...] = ()  # (phase, peak bytes above the weights) of side models the tool ran
 
 
 def initial_noise(model: FluxModel, request: GenerationRequest, h: int, w: int) -> mx.array:

@@ -80,9 +80,9 @@ def second_pass_inputs(model: FluxModel, request: GenerationRequest, engine: Too
     inputs = image_to_image_inputs(model, request, before)
     if upscaler != CONTROLNET_UPSCALER:
         return inputs
-    steered = add_controlnet(model, inputs.request, engine, inputs.conditioning, before, UPSCALER_CONTROLNET,
-                             UPSCALER_STRENGTH)
-    return replace(inputs, request=steered)
+    steered, controlnet = add_controlnet(model, inputs.request, engine, inputs.conditioning, before,
+                                         UPSCALER_CONTROLNET, UPSCALER_STRENGTH)
+    return replace(inputs, request=steered, controlnet=controlnet)
 
 
 def passes_report(report: Report | None, offset: int, total: int, stage: str) -> Report | None:

@@ -18,6 +18,7 @@ import psutil
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.models import kernels
+from mflux_core.models.siglip import SiglipVisionConfig
 from mflux_core.models.transformer import MLP_RATIO, FluxTransformerConfig
 from mflux_core.models.vae import VAEConfig
 from mflux_core.models.vae_memory import choose_vae_tiling
@@ -36,7 +37,7 @@ DEFAULT_VAE_TILE = 512  # pixels, when tiling is asked for but the whole pass wo
 # size, beside attention's own scratch (kernels.attention_peak_bytes): a single-stream block keeps
 # x, its norm, q/k/v and the attention output (6 widths) and, around the MLP, its hidden state,
 # GELU's float32 argument and output and the attention-and-MLP concatenation (about 4 x 4 widths)
-# alive at once. Fitted to mx.get_peak_memory within 15% from 288 to 16,416 tokens, at widths 96 and 3072.
+# alive at once. Fitted to mx.get_peak_memory within 15% from 288 to 16,416 tokens, at widths 96 and 3072 (tests: up to 9,248).
 STEP_ACTIVATION_WIDTHS = 6 + 4 * MLP_RATIO
 
 
@@ -82,6 +83,28 @@ def transformer_step_bytes(config: FluxTransformerConfig, image_tokens: int, tex
     scratch = kernels.attention_peak_bytes(batch, config.num_attention_heads, tokens, tokens,
                                            config.attention_head_dim, itemsize)
     return activations + scratch
+
+
+def controlnet_step_bytes(transformer: FluxTransformerConfig, controlnet: FluxTransformerConfig, image_tokens: int,
+                          text_tokens: int, itemsize: int) -> int:
+    """Peak bytes above the weights of one step with a ControlNet: its pass is evaluated before the
+    transformer's (tools/controlnet_conditioning.py), so the larger of the two, plus the residuals it hands
+    over (one image-wide sample per ControlNet block), alive through both."""
+    samples = (controlnet.num_layers + controlnet.num_single_layers) * image_tokens * controlnet.hidden_size * itemsize
+    passes = (transformer_step_bytes(config, image_tokens, text_tokens, itemsize) for config in (transformer, controlnet))
+    return max(passes) + samples
+
+
+def redux_encode_bytes(vision: SiglipVisionConfig, text_width: int, itemsize: int) -> int:
+    """Peak bytes above the weights of encoding one Redux image: the larger of the SigLIP tower's (the float32
+    input and its unfolded patches, one layer's attention scores, 8 hidden and 3 MLP widths per token) and the
+    embedder's (its 3x text-width hidden state and its output), evaluated one after the other (models/redux.py).
+    Fitted to mx.get_peak_memory within 12% at 256 and 729 tokens, widths 64-256."""
+    tokens = vision.num_patches
+    pixels = 2 * vision.image_size ** 2 * vision.num_channels * 4
+    tower = (pixels + vision.num_attention_heads * tokens ** 2 * itemsize
+             + tokens * (8 * vision.hidden_size + 3 * vision.intermediate_size) * itemsize)
+    return max(tower, tokens * 4 * text_width * itemsize)
 
 
 def attention_memory_for(budget_bytes: int) -> int:

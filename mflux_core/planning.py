@@ -3,7 +3,7 @@ denoising (from the loaded model and what its tool built)."""
 
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
-from mflux_core.memory import MemoryPlan, transformer_step_bytes, vae_tile
+from mflux_core.memory import MemoryPlan, controlnet_step_bytes, transformer_step_bytes, vae_tile
 from mflux_core.models.transformer import FluxTransformerConfig
 from mflux_core.models.vae import VAEConfig
 from mflux_core.models.vae_memory import vae_peak_bytes
@@ -20,9 +20,11 @@ PIXEL_COPIES = 1.25
 
 def image_plan(transformer: FluxTransformerConfig, vae: VAEConfig, width: int, height: int, *, extra_tokens: int,
                text_tokens: int, itemsize: int, weights_bytes: int, reserved_bytes: int, decode_tile: int | None,
-               vae_itemsize: int, regional: bool = False) -> MemoryPlan:
-    """Denoising steps over the image's tokens (plus `extra_tokens`, e.g. a Kontext reference), then the decode.
-    `regional`: the steps carry regional prompts' attention bias over the whole sequence."""
+               vae_itemsize: int, regional: bool = False, controlnet: FluxTransformerConfig | None = None,
+               estimated: tuple[tuple[str, int], ...] = ()) -> MemoryPlan:
+    """The `estimated` phases of side models, denoising steps over the image's tokens (plus `extra_tokens`, e.g. a
+    Kontext reference; with a ControlNet's pass before each), then the decode. `regional`: the steps carry
+    regional prompts' attention bias over the whole sequence."""
     scale = 2 ** (len(vae.block_out_channels) - 1)
     h, w = latent_grid(height, width, scale)
     image_tokens = (h // 2) * (w // 2) + extra_tokens
@@ -30,8 +32,11 @@ def image_plan(transformer: FluxTransformerConfig, vae: VAEConfig, width: int, h
     decode = vae_peak_bytes(vae, h * scale, w * scale, vae_itemsize, "decode", decode_tile)
     pixels = h * scale * w * scale * 3 * 4
     bias = attention_bias_bytes(image_tokens + text_tokens, itemsize) if regional else 0
+    step = (transformer_step_bytes(transformer, image_tokens, text_tokens, itemsize) if controlnet is None
+            else controlnet_step_bytes(transformer, controlnet, image_tokens, text_tokens, itemsize))
     phases = (
-        ("denoising", transformer_step_bytes(transformer, image_tokens, text_tokens, itemsize) + bias),
+        *estimated,
+        ("denoising", step + bias),
         (decoding, decode),
         ("saving the image", int((1 + PIXEL_COPIES) * pixels)),
     )
@@ -50,7 +55,7 @@ def plan_tool_run(model: FluxModel, inputs: ToolInputs, weights_bytes: int, rese
         extra_tokens=0 if reference is None else reference.shape[1], text_tokens=conditioning.text.shape[1],
         itemsize=model.dtype.size, weights_bytes=weights_bytes, reserved_bytes=reserved_bytes,
         decode_tile=model.vae_tile(h * f, w * f, "decode", request.vae_tiling), vae_itemsize=model.vae.dtype.size,
-        regional=conditioning.attention_mask is not None,
+        regional=conditioning.attention_mask is not None, controlnet=inputs.controlnet, estimated=inputs.estimated,
     )
 
 

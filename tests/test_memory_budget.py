@@ -84,13 +84,18 @@ def test_budget_flags_refuse_what_no_model_runs_in():
             budget_from_gb(bad)
 
 
-def measured_step_bytes(config: dict, side: int, text_tokens: int, bias: "mx.array | None" = None) -> int:
-    """MLX's peak above the weights and inputs of one transformer call at a square size; with a regional
-    attention `bias`, the bias (held through the denoise) counted in."""
+def measured_step_bytes(config: dict, side: int, text_tokens: int, controlnet: dict | None = None,
+                        bias: "mx.array | None" = None) -> int:
+    """MLX's peak above the weights and inputs of one transformer call at a square size (after a ControlNet's
+    pass, through the tools' own residuals closure, when given its config); with a regional attention `bias`,
+    the bias (held through the denoise) counted in."""
     import mlx.core as mx
 
+    from mflux_core.models.controlnet import FluxControlNet, read_controlnet_config
     from mflux_core.models.transformer import FluxTransformer, FluxTransformerConfig
+    from mflux_core.sampling.conditioning import Conditioning
     from mflux_core.sampling.latents import image_position_ids, text_position_ids
+    from mflux_core.tools.controlnet_conditioning import controlnet_residuals
 
     model = FluxTransformer(FluxTransformerConfig.from_dict(config))
     grid = side // 8
@@ -100,18 +105,27 @@ def measured_step_bytes(config: dict, side: int, text_tokens: int, bias: "mx.arr
               mx.random.normal((1, model.config.pooled_projection_dim)), mx.array([0.5]), ids, text_ids)
     guidance = mx.array([3.5]) if model.config.guidance_embeds else None
     rope = model.rope_tables(ids, text_ids)
-    mx.eval(model.parameters(), inputs, rope)
+    side_pass, side_weights = (lambda *_: (None, None)), {}
+    if controlnet is not None:
+        side = FluxControlNet(read_controlnet_config(controlnet))
+        control = mx.random.normal(inputs[0].shape)
+        side_pass = controlnet_residuals(side, control, Conditioning(inputs[1], inputs[2], 3.5), ids, 0.4, 3.5)
+        side_weights = (side.parameters(), control)
+    mx.eval(model.parameters(), side_weights, inputs, rope)
     mx.clear_cache()
     before = mx.get_active_memory()
     mx.reset_peak_memory()
-    mx.eval(model(*inputs, guidance=guidance, rope=rope, attention_mask=bias))
+    blocks, singles = side_pass(inputs[0], inputs[3], guidance)
+    mx.eval(model(*inputs, guidance=guidance, rope=rope, attention_mask=bias, controlnet_block_samples=blocks,
+                  controlnet_single_block_samples=singles))
     return mx.get_peak_memory() - before + (0 if bias is None else bias.nbytes)
 
 
 DEMO_TRANSFORMER = ROOT / "demo_models" / "demo" / "transformer" / "config.json"
+DEMO_CONTROLNET = ROOT / "demo_models" / "demo-canny" / "config.json"
 
 
-@pytest.mark.parametrize("side, width, text_tokens", [(256, 96, 32), (1024, 96, 32), (2048, 96, 32),
+@pytest.mark.parametrize("side, width, text_tokens", [(256, 96, 32), (1024, 96, 32), (1536, 96, 32),
                                                       (256, 512, 512), (512, 512, 512)])
 def test_the_step_estimate_is_within_a_quarter_of_the_measured_peak(side, width, text_tokens):
     import json
@@ -145,9 +159,47 @@ def test_the_step_estimate_counts_the_regional_attention_bias():
     masks = [np.isin(np.arange(image_tokens), quarter) for quarter in quarters]
     bias = regional_attention_bias(prompt_tokens, masks, [1.0] * regions, 1.0)
     config = json.loads(DEMO_TRANSFORMER.read_text())
-    measured = measured_step_bytes(config, side, text_tokens, bias)
+    measured = measured_step_bytes(config, side, text_tokens, bias=bias)
     planned = transformer_step_bytes(FluxTransformerConfig.from_dict(config), image_tokens, text_tokens, 4) + \
         attention_bias_bytes(image_tokens + text_tokens, 4)
+    assert abs(planned - measured) <= PLAN_TOLERANCE * measured, (planned, measured)
+
+
+@pytest.mark.parametrize("side", [256, 512])
+def test_the_step_estimate_with_a_controlnet_is_within_a_quarter_of_the_measured_peak(side):
+    import json
+
+    from mflux_core.memory import controlnet_step_bytes
+    from mflux_core.models.controlnet import read_controlnet_config
+    from mflux_core.models.transformer import FluxTransformerConfig
+
+    config, controlnet = (json.loads(path.read_text()) for path in (DEMO_TRANSFORMER, DEMO_CONTROLNET))
+    measured = measured_step_bytes(config, side, 32, controlnet)
+    planned = controlnet_step_bytes(FluxTransformerConfig.from_dict(config), read_controlnet_config(controlnet),
+                                    (side // 16) ** 2, 32, 4)
+    assert abs(planned - measured) <= PLAN_TOLERANCE * measured, (planned, measured)
+
+
+@pytest.mark.parametrize("image_size, hidden, heads, text_width", [(224, 64, 2, 256), (384, 64, 4, 256),
+                                                                   (224, 256, 4, 1024), (224, 64, 2, 1024)])
+def test_the_redux_estimate_is_within_a_quarter_of_the_measured_peak(image_size, hidden, heads, text_width):
+    import mlx.core as mx
+
+    from mflux_core.memory import redux_encode_bytes
+    from mflux_core.models.redux import ReduxEmbedderConfig, ReduxEncoder, ReduxImageEmbedder
+    from mflux_core.models.siglip import SiglipPreprocessConfig, SiglipVisionConfig, SiglipVisionTower
+
+    vision = SiglipVisionConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=2,
+                                num_attention_heads=heads, image_size=image_size, patch_size=14)
+    encoder = ReduxEncoder(SiglipVisionTower(vision), ReduxImageEmbedder(ReduxEmbedderConfig(hidden, text_width)),
+                           SiglipPreprocessConfig(height=image_size, width=image_size))
+    mx.eval(encoder.parameters())
+    mx.clear_cache()
+    before = mx.get_active_memory()
+    mx.reset_peak_memory()
+    mx.eval(encoder.encode_image(Image.new("RGB", (300, 200), (20, 120, 220))))
+    measured = mx.get_peak_memory() - before
+    planned = redux_encode_bytes(vision, encoder.token_width, encoder.itemsize)
     assert abs(planned - measured) <= PLAN_TOLERANCE * measured, (planned, measured)
 
 

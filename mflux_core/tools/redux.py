@@ -30,6 +30,7 @@ from mflux_core.errors import InvalidRequest, ModelLoadError
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.images.io import load_image
+from mflux_core.memory import redux_encode_bytes
 from mflux_core.models.redux import ReduxEncoder, append_redux_tokens
 from mflux_core.request import GenerationRequest, existing_file
 from mflux_core.tools.engine import ToolEngine
@@ -51,7 +52,7 @@ def redux_encoder(model: FluxModel, request: GenerationRequest, engine: ToolEngi
     """The Redux weights of `--redux-path` (else the published ones), checked against the transformer's text width."""
     name = request.extra.get("redux_path") or DEFAULT_WEIGHTS
     encoder = engine.auxiliary_model(name, lambda folder: ReduxEncoder.from_folder(folder, dtype=model.dtype))
-    token_width = encoder.image_embedder.redux_down.weight.shape[0]
+    token_width = encoder.token_width
     if token_width != model.config.joint_attention_dim:
         raise ModelLoadError(
             f"The Redux weights {name} make {token_width}-wide tokens but the model {model.name or model.folder} "
@@ -71,4 +72,6 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     tokens = [encoder.encode_image(image).astype(model.dtype) for image in images]
     conditioning = prompt_conditioning(model, request)
     conditioning.text = append_redux_tokens(conditioning.text, tokens, list(strengths))
-    return ToolInputs(request, conditioning)
+    held = sum(t.nbytes for t in tokens[:-1])  # the earlier images' tokens, while the last one is encoded
+    encoding = redux_encode_bytes(encoder.image_encoder.config, encoder.token_width, encoder.itemsize) + held
+    return ToolInputs(request, conditioning, estimated=(("encoding the Redux images", encoding),))
