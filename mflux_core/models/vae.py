@@ -18,6 +18,7 @@ import numpy as np
 
 from mflux_core.errors import InvalidRequest, ModelLoadError
 from mflux_core.models.kernels import attention
+from mflux_core.models.tap_conv import convolve
 from mflux_core.models.vae_tiles import run_in_tiles, shared_statistics
 from mflux_core.weights.loading import load_component
 
@@ -153,7 +154,7 @@ def conv_in_bands(conv: nn.Conv2d, rows: Rows, padding: tuple[int, int] = (1, 1)
         top, bottom = first * stride - before, (last - 1) * stride - before + kernel
         x = rows.band(max(top, 0), min(bottom, height))
         pad = ([max(-top, 0), before], [max(bottom - height, 0), after])
-        y = mx.conv_general(x, conv.weight, stride=stride, padding=pad) + conv.bias
+        y = convolve(x, conv.weight, stride, pad) + conv.bias
         if residual is not None:
             y = y + residual.band(first, last)
         if last - first == out_height:

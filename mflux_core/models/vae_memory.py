@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mflux_core.models.kernels import attention_peak_bytes
+from mflux_core.models.tap_conv import uses_taps
 from mflux_core.models.vae import VAEConfig, band_height
 
 TILE_SIDES = (512, 384, 256, 128, 64)  # automatic tile sizes (pixels) tried, largest first
 
 # Copies of one band that are alive at once, fitted to mx.get_peak_memory: the conv input band
 # (activation, its padded copy), and the output band (the product, the bias and residual sums).
+# A convolution run tap by tap (tap_conv, the CPU backend) unfolds nothing and fits the same copies.
 INPUT_BAND_COPIES = 2
 OUTPUT_BAND_COPIES = 3
 
@@ -44,7 +46,7 @@ def conv_peak(source: Image, out_channels: int, itemsize: int, held: int, kernel
     out = Image((height + padding - kernel) // stride + 1, (width + padding - kernel) // stride + 1, out_channels)
     rows = min(out.height, band_height(out.width, kernel * kernel * source.channels, itemsize))
     in_band = ((rows - 1) * stride + kernel) * (width + padding) * source.channels
-    unfolded = rows * out.width * kernel * kernel * source.channels
+    unfolded = 0 if uses_taps(kernel, stride, source.channels) else rows * out.width * kernel * kernel * source.channels
     band = unfolded + INPUT_BAND_COPIES * in_band + OUTPUT_BAND_COPIES * rows * out.width * out_channels
     whole_output = out.elements() if rows < out.height else 0
     return held + source.elements() + whole_output + band, out
