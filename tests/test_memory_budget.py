@@ -237,9 +237,9 @@ def budget_leaving(allowance: int, resident_bytes: int = 0) -> MemoryBudget:
 def test_a_tight_budget_tiles_the_decode_and_the_plan_still_holds():
     manager = ModelManager()
     manager.generate(demo_request("generate", "demo", 64))  # the demo resident, the process settled
-    # at 1024 px the demo's step needs ~0.1 GB and its whole decode ~0.24 GB: 0.2 GB makes the decode tile
-    manager.resident.budget = budget_leaving(200 * 10**6, manager.resident.resident_bytes())
-    manager.generate(demo_request("generate", "demo", 1024))
+    # at 512 px the demo's step needs ~0.04 GB and its whole decode ~0.1 GB, more than 0.12 GB leaves beside the cache
+    manager.resident.budget = budget_leaving(120 * 10**6, manager.resident.resident_bytes())
+    manager.generate(demo_request("generate", "demo", 512))
     memory = manager.resident.last_memory
     assert re.search(r"decoding in \d+ px tiles", memory["plan"]), memory
     assert abs(memory["planned_bytes"] - memory["measured_bytes"]) <= PLAN_TOLERANCE * memory["measured_bytes"], memory
@@ -259,8 +259,10 @@ def test_a_request_over_the_budget_is_refused_before_loading_and_the_next_one_ru
 # ----- large sizes through the CLI and the server -------------------------------------------
 
 
-@pytest.mark.parametrize("width, height", [(2048, 2048), (2048, 1024)])
-def test_large_sizes_complete_within_a_small_budget_through_the_cli(width, height, tmp_path):
+# Each large size runs through one surface (the CLI 2048x2048, the server 2048x1024): both run the same engine,
+# and one 2048x2048 image takes minutes on 2 cores (the VAE's attention over 65,536 tokens alone ~45 s).
+def test_2048_square_completes_within_a_small_budget_through_the_cli(tmp_path):
+    width, height = 2048, 2048
     code, stderr, peak = run_cli(tmp_path, "--width", str(width), "--height", str(height), "-v")
     assert code == 0, stderr[-3000:]
     assert Image.open(tmp_path / "out.png").size == (width, height)
@@ -291,11 +293,10 @@ def test_the_server_keeps_large_sizes_within_its_budget_and_refuses_the_rest(bud
 
     client = client_for(budget_server)
     fast = dict(model="demo", prompt="a red circle", steps="1", seed=1)
-    for width, height in ((2048, 2048), (2048, 1024)):
-        status, _, images = client.predict(**fast, width=width, height=height, api_name="/generate")
-        assert "Done: 1 image" in status, status
-        assert Image.open(images[0]["image"]).size == (width, height)
-        assert peak_rss_bytes(budget_server.process.pid) <= SERVER_BUDGET_GB * GB
+    status, _, images = client.predict(**fast, width=2048, height=1024, api_name="/generate")
+    assert "Done: 1 image" in status, status
+    assert Image.open(images[0]["image"]).size == (2048, 1024)
+    assert peak_rss_bytes(budget_server.process.pid) <= SERVER_BUDGET_GB * GB
     with pytest.raises(AppError, match=r"4096x4096 image needs about .* more than the memory budget of 1\.0 GB"):
         client.predict(**fast, width=4096, height=4096, api_name="/generate")
     status, _, images = client.predict(**fast, width=64, height=64, api_name="/generate")
