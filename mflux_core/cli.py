@@ -220,8 +220,14 @@ def save_model_folder(args: argparse.Namespace) -> Path:
     MemoryBudget(args.memory_budget)
     source = resolve_model(model=args.model, path=args.model_path, base_model=args.base_model,
                            models_dir=Path("models"))
-    saved = save_model(Path(args.path), source, dtype=resolve_dtype(args.dtype), bits=args.quantize,
-                       loras=requested_loras(args.lora_paths, args.lora_scales or []))
+    with tqdm(desc="Loading", unit="part", file=sys.stderr, leave=False) as bar:
+        def show(done: int, total: int, what: str) -> None:
+            bar.set_description(what, refresh=False)
+            bar.total = total or None
+            bar.update(done - bar.n)
+
+        saved = save_model(Path(args.path), source, dtype=resolve_dtype(args.dtype), bits=args.quantize,
+                           loras=requested_loras(args.lora_paths, args.lora_scales or []), on_progress=show)
     for report in saved.loras:
         print(report.summary())
     bits = f"{saved.bits}-bit" if saved.bits else "not quantized"

@@ -581,3 +581,17 @@ def test_a_prompt_list_file_fills_its_box_and_the_lora_axis_lists_the_library(pa
     page.get_by_role("option", name="LoRA", exact=True).click()
     page.wait_for_function("() => document.querySelector('#plot-x-values textarea').value !== ''")
     assert value_of(page, "plot-x-values") == "none, ink, paper"
+
+
+def test_a_plot_runs_from_its_tab_and_shows_each_cell_and_the_labelled_grid(page, studio):
+    open_tab(page, "X/Y/Z plot")
+    type_into(page, "plot-prompt", "a red circle")
+    type_size_and_steps(page, "plot", 32, 32, 1)
+    page.click("#plot-x-kind input")
+    page.get_by_role("option", name="Seed", exact=True).click()
+    type_into(page, "plot-x-values", "1, 2")
+    assert run_and_wait(page, "plot").startswith("Done: 2 cells")
+    page.wait_for_function("() => document.querySelectorAll('#plot-results img').length === 3")
+    [grid] = (studio.folders.outputs / "grids").glob("*/*-plot-0.png")
+    assert Image.open(grid).width > 2 * 32 and Image.open(grid).height > 32  # two cells and their labels
+    screenshot(page, "xyz-plot")
