@@ -65,14 +65,25 @@ def test_a_plot_is_refused_before_anything_runs_when_a_cell_is_bad_or_there_are_
 
 
 def test_the_grid_places_each_image_under_its_labels_and_leaves_missing_cells_blank():
-    red, blue = Image.new("RGB", (32, 24), (255, 0, 0)), Image.new("RGB", (32, 24), (0, 0, 255))
+    red, blue = Image.new("RGB", (48, 24), (255, 0, 0)), Image.new("RGB", (48, 24), (0, 0, 255))
     grid = np.asarray(labelled_grid([[red, None], [None, blue]], ["X: 1", "X: 2"], ["Y: a", "Y: b"], "Z: 3"))
     height, width = grid.shape[:2]
-    left, top = width - 64, height - 48
-    assert (grid[top:top + 24, left:left + 32] == (255, 0, 0)).all()
-    assert (grid[top + 24:, left + 32:] == (0, 0, 255)).all()
-    assert (grid[top:top + 24, left + 32:] == 255).all()  # the missing cell
+    left, top = width - 96, height - 48
+    assert (grid[top:top + 24, left:left + 48] == (255, 0, 0)).all()
+    assert (grid[top + 24:, left + 48:] == (0, 0, 255)).all()
+    assert (grid[top:top + 24, left + 48:] == 255).all()  # the missing cell
     assert (grid[:top, :] < 128).any() and (grid[:, :left] < 128).any()  # labels drawn
+
+
+def test_labels_wider_than_the_cells_widen_their_columns_and_the_cells_stay_centred():
+    cell = Image.new("RGB", (8, 8), (255, 0, 0))
+    grid = labelled_grid([[cell, cell]], ["Seed: 1000", "Seed: 2000"], [""])
+    column = grid.width // 2
+    assert column > 8 and grid.width == 2 * column
+    pixels = np.asarray(grid)
+    red_columns = np.flatnonzero((pixels[-8:] == (255, 0, 0)).all(axis=2).all(axis=0))
+    assert list(red_columns) == [*range((column - 8) // 2, (column - 8) // 2 + 8),
+                                 *range(column + (column - 8) // 2, column + (column - 8) // 2 + 8)]
 
 
 def test_one_grid_per_z_value_with_only_the_cells_that_ran():

@@ -20,6 +20,9 @@ def labelled_grid(images: list[list[Image.Image | None]], column_labels: list[st
     left = max((measure.textlength(label, font=font) for label in row_labels), default=0)
     left = int(left + 2 * MARGIN) if any(row_labels) else 0
     top = (text_h if title else 0) + (text_h if any(column_labels) else 0)
+    # a column is as wide as its widest label too, so labels over small cells do not run into each other
+    widest = max((measure.textlength(label, font=font) for label in column_labels), default=0)
+    cell_w = max(cell_w, int(widest + 2 * MARGIN))
     grid = Image.new("RGB", (left + cell_w * len(column_labels), top + cell_h * len(row_labels)), "white")
     draw = ImageDraw.Draw(grid)
     if title:
@@ -31,5 +34,5 @@ def labelled_grid(images: list[list[Image.Image | None]], column_labels: list[st
         draw.text((MARGIN, top + row * cell_h + (cell_h - text_h) / 2), label, fill="black", font=font)
         for column, image in enumerate(images[row]):
             if image is not None:
-                grid.paste(image.convert("RGB"), (left + column * cell_w, top + row * cell_h))
+                grid.paste(image.convert("RGB"), (left + column * cell_w + (cell_w - image.width) // 2, top + row * cell_h))
     return grid
