@@ -341,7 +341,7 @@ def settings_from_a1111(text: str) -> dict:
         settings["width"], settings["height"] = (max(16, min(MAX_SIDE, round(int(v) / 16) * 16)) for v in size.groups())
     if values.get("Tool") in TOOLS:
         settings["tool"] = values["Tool"]
-    settings.update(_a1111_sampling(values.get("Sampler", ""), values.get("Schedule type", "")))
+    settings.update(a1111_sampling(values.get("Sampler", ""), values.get("Schedule type", "")))
     settings.update(_a1111_guidance(values, negative, tool_spec(settings.get("tool", "generate")).true_cfg))
     return validate_settings({**settings, **_a1111_hires(values)})
 
@@ -364,7 +364,7 @@ def _a1111_hires(values: dict) -> dict:
     return settings
 
 
-def _a1111_sampling(sampler: str, schedule: str) -> dict:
+def a1111_sampling(sampler: str, schedule: str) -> dict:
     """Our sampler and schedule from A1111's names ("DPM++ 2M" and "Karras"; older files write "DPM++ 2M Karras");
     a sampler or schedule we do not have is left out."""
     samplers = {label.lower(): name for name, label in SAMPLER_LABELS.items()}

@@ -33,7 +33,7 @@ from mflux_core.manager import ModelManager
 from mflux_core.weights.resolve import DEMO_MODELS_ENV, demo_folder
 from tests.fixtures.shape_classifier import classify
 from tests.test_webui_browser import free_port, request_in
-from webui.a1111_api import sdapi_router
+from webui.a1111_api import Txt2ImgParams, sampling_settings, sdapi_router
 from webui.app import build_app, launch_kwargs
 from webui.gallery import history
 from webui.studio import StudioFolders
@@ -122,12 +122,14 @@ def test_txt2img_follows_the_prompt_and_names_what_it_ignored(studio):
         assert image.size == (IMAGE_SIZE, IMAGE_SIZE)
         assert (reading.background, reading.colour, reading.region) == ("blue", "red", "top left"), reading
         assert image.info["parameters"] == infotext and "Distilled CFG Scale: 3.5" in infotext  # the PNG's metadata
+        assert "Sampler: DPM++ 2M, Schedule type: Karras" in infotext
     assert info["all_prompts"] == [CAPTION] * 2 and info["sd_model_name"] == "demo"
+    assert (info["sampler_name"], info["scheduler"]) == ("DPM++ 2M", "Karras")
     assert body["parameters"]["prompt"] == CAPTION and body["parameters"]["restore_faces"] is True
     ignored = info["ignored"]
     assert {"restore_faces", "enable_hr", "alwayson_scripts", "override_settings.CLIP_stop_at_last_layers"} <= \
         set(ignored) and "tiling" not in ignored  # a field left at its default is no surprise
-    assert any("DPM++ 2M" in item for item in ignored) and any("Karras" in item for item in ignored)
+    assert not any("DPM++ 2M" in item or "Karras" in item for item in ignored)
     assert saved_requests(studio, 41) == []  # save_images is off by default, as in A1111
 
 
@@ -279,8 +281,8 @@ def test_png_info_reads_our_pngs_and_a1111s(studio):
 
 
 def test_the_listings_clients_probe_answer(studio):
-    assert [s["name"] for s in answer(studio.http.get("/samplers"))] == ["Euler"]
-    assert [s["label"] for s in answer(studio.http.get("/schedulers"))] == ["Simple"]
+    assert [s["name"] for s in answer(studio.http.get("/samplers"))] == ["Euler", "Heun", "DPM++ 2M"]
+    assert [s["label"] for s in answer(studio.http.get("/schedulers"))] == ["Simple", "Beta", "Karras", "Exponential"]
     (lora,) = answer(studio.http.get("/loras"))
     assert (lora["name"], lora["alias"], lora["metadata"]["ss_base_model_version"]) == ("ink", "ink-v2", "flux1")
     assert lora["path"] == str(studio.folders.loras[0] / "ink.safetensors")
@@ -290,6 +292,19 @@ def test_the_listings_clients_probe_answer(studio):
         assert isinstance(answer(studio.http.get(path)), dict)
     assert studio.http.post("/refresh-checkpoints").status_code == 200
     assert "/sdapi/v1/extra-batch-images" in assert_a1111_error(studio.http.post("/extra-batch-images"), 404)
+
+
+@pytest.mark.parametrize("fields, settings, ignored", [
+    ({"sampler_name": "Heun", "scheduler": "Beta"}, {"sampler": "heun", "schedule": "beta"}, []),
+    ({"sampler_index": "k_dpmpp_2m"}, {"sampler": "dpm++2m"}, []),
+    ({"sampler_name": "DPM++ 2M Karras"}, {"sampler": "dpm++2m", "schedule": "karras"}, []),  # before A1111 1.9
+    ({"sampler_name": "Euler", "scheduler": "Automatic"}, {"sampler": "euler"}, []),
+    ({"sampler_name": "Euler a", "scheduler": "Align Your Steps"}, {}, ["Euler a", "Align Your Steps"]),
+])
+def test_samplers_and_schedulers_are_picked_by_a1111s_names(fields, settings, ignored):
+    notes = []
+    assert sampling_settings(Txt2ImgParams(**fields), notes) == settings
+    assert len(notes) == len(ignored) and all(name in note for name, note in zip(ignored, notes))
 
 
 # ----- refusals ---------------------------------------------------------------------------------

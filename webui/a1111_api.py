@@ -7,6 +7,7 @@
     POST /sdapi/v1/interrupt, /skip    stop the running API job after its current step
     POST /sdapi/v1/png-info            the settings in a PNG (ours or A1111's)
     GET  /sdapi/v1/samplers, schedulers, loras, upscalers, sd-vae, cmd-flags: what the studio has
+    (`sampler_name` and `scheduler` pick ours by A1111's names: Euler, Heun, DPM++ 2M; Simple, Beta, Karras...)
 
 FLUX semantics as Forge defines them: `distilled_cfg_scale` is FLUX guidance (default: the tool's), `cfg_scale`
 above 1 with a negative prompt is true classifier-free guidance, 1 turns it off. Fields we cannot honour are
@@ -34,9 +35,9 @@ from mflux_core.events import Step
 from mflux_core.images.io import load_image, png_bytes
 from mflux_core.images.resize_modes import RESIZE_MODES, resize_to
 from mflux_core.metadata import A1111_KEY
-from mflux_core.presets import PresetError, settings_from_png
+from mflux_core.presets import PresetError, a1111_sampling, settings_from_png
 from mflux_core.request import MAX_SEED, GenerationRequest, check_image_size
-from mflux_core.settings_schema import MAX_BATCH, MAX_SIDE
+from mflux_core.settings_schema import MAX_BATCH, MAX_SIDE, SAMPLER_LABELS, SCHEDULE_LABELS
 from mflux_core.tools.specs import TOOL_SPECS, default_model_for
 from webui.api_server import MAX_WAITING, ApiRefusal, JobThreads, api_routes, json_object
 from webui.gallery import save_result
@@ -47,8 +48,7 @@ from webui.widgets import model_choices
 API_SESSION = "sdapi"  # the API's running job on the studio's job board (its cancel flag)
 API_TOOLS = ("generate", "fill")
 A1111_SOURCE = "A1111 API"  # who submitted a job, as the queue shows it
-SAMPLERS = {"Euler": ("euler", "k_euler")}  # name -> aliases: the FLUX flow-matching Euler step
-SCHEDULERS = {"simple": "Simple"}  # name -> label: FLUX's shifted linear sigmas
+SAMPLER_ALIASES = {"euler": "k_euler", "heun": "k_heun", "dpm++2m": "k_dpmpp_2m"}  # A1111's k-diffusion names
 AUTOMATIC = "automatic"  # Forge's scheduler "Automatic": the sampler's own, which Simple is
 DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]+\]$")  # A1111 titles a checkpoint "name [shorthash]"
@@ -140,20 +140,24 @@ def decoded_image(text: str, what: str) -> Image.Image:
 
 
 def ignored_fields(params: BaseModel) -> list[str]:
-    """The request's fields that the studio does not honour (those sent with a value that does something in A1111),
-    and the samplers and schedulers it does not have."""
+    """The request's fields that the studio does not honour (those sent with a value that does something in A1111)."""
     ignored = sorted(k for k, v in (params.model_extra or {}).items() if v not in (None, False, "", [], {}, 0, -1))
-    sampler = params.sampler_name or params.sampler_index
-    if sampler and sampler_named(sampler) is None:
-        ignored.append(f"sampler_name {sampler!r} (not in the studio: Euler ran)")
-    if params.scheduler and params.scheduler.lower() not in (*SCHEDULERS, AUTOMATIC):
-        ignored.append(f"scheduler {params.scheduler!r} (not in the studio: Simple ran)")
-    ignored += [f"override_settings.{k}" for k in params.override_settings if k != "sd_model_checkpoint"]
-    return ignored
+    return ignored + [f"override_settings.{k}" for k in params.override_settings if k != "sd_model_checkpoint"]
 
 
-def sampler_named(name: str) -> str | None:
-    return next((s for s, aliases in SAMPLERS.items() if name.lower() in (s.lower(), *aliases)), None)
+def sampling_settings(params: Txt2ImgParams, ignored: list[str]) -> dict:
+    """Our sampler and schedule from A1111's `sampler_name` (or its alias, or an older "DPM++ 2M Karras") and
+    `scheduler`; one we do not have is listed in `ignored` and the default runs."""
+    sampler = params.sampler_name or params.sampler_index or ""
+    by_alias = {alias: SAMPLER_LABELS[name] for name, alias in SAMPLER_ALIASES.items()}
+    sampler = by_alias.get(sampler.strip().lower(), sampler)
+    scheduler = "" if (params.scheduler or "").strip().lower() == AUTOMATIC else params.scheduler or ""
+    settings = a1111_sampling(sampler, scheduler)
+    if sampler and "sampler" not in settings:
+        ignored.append(f"sampler_name {sampler!r} (not in the studio: {SAMPLER_LABELS['euler']} ran)")
+    if scheduler and "schedule" not in settings:
+        ignored.append(f"scheduler {scheduler!r} (not in the studio: {SCHEDULE_LABELS['simple']} ran)")
+    return settings
 
 
 # ----- models --------------------------------------------------------------------------------
@@ -276,7 +280,8 @@ def images_answer(fields: dict, params: Txt2ImgParams, job: ApiJob, results: lis
         "seed": requests[0].seed if requests else None, "all_seeds": [r.seed for r in requests],
         "width": requests[0].width if requests else params.width,
         "height": requests[0].height if requests else params.height,
-        "sampler_name": "Euler", "scheduler": "Simple", "steps": first.get("steps", params.steps),
+        "sampler_name": SAMPLER_LABELS[requests[0].sampler] if requests else None,
+        "scheduler": SCHEDULE_LABELS[requests[0].schedule] if requests else None, "steps": first.get("steps", params.steps),
         "cfg_scale": requests[0].true_cfg_scale if requests else params.cfg_scale,
         "distilled_cfg_scale": first.get("guidance", params.distilled_cfg_scale),
         "batch_size": params.batch_size, "n_iter": params.n_iter,
@@ -315,7 +320,8 @@ def job_requests(studio, tool: str, model: str, params: Txt2ImgParams, ignored: 
                               "request.")
     settings = {"tool": tool, "model": model, "prompt": params.prompt, "steps": params.steps,
                 "seed": None if params.seed == -1 else params.seed, "width": params.width, "height": params.height,
-                "batch_count": count, **guidance_settings(tool, params, ignored), **settings}
+                "batch_count": count, **guidance_settings(tool, params, ignored), **sampling_settings(params, ignored),
+                **settings}
     return requests_from_settings(settings, studio.request_context(), **inputs)
 
 
@@ -451,9 +457,10 @@ def sdapi_router(studio, auth=None) -> APIRouter:
         return JSONResponse(await threads.run(png_info, fields["image"]))
 
     listings = {
-        "samplers": lambda: [{"name": n, "aliases": list(a), "options": {}} for n, a in SAMPLERS.items()],
+        "samplers": lambda: [{"name": label, "aliases": [SAMPLER_ALIASES[name]], "options": {}}
+                             for name, label in SAMPLER_LABELS.items()],
         "schedulers": lambda: [{"name": n, "label": label, "aliases": None, "default_rho": -1,
-                                "need_inner_model": False} for n, label in SCHEDULERS.items()],
+                                "need_inner_model": False} for n, label in SCHEDULE_LABELS.items()],
         "loras": lambda: [lora_entry(name, path) for name, path in studio.lora_library().items()],
         "upscalers": lambda: [{"name": "None", "model_name": None, "model_path": None, "model_url": None,
                                "scale": 1}],
