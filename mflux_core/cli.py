@@ -393,7 +393,6 @@ def download_model(args: argparse.Namespace) -> Path:
     with tqdm(desc=f"Downloading {repo_id}", unit="B", unit_scale=True, file=sys.stderr, leave=False) as bar:
         def advance(done: int, total: int) -> None:
             if bar.total is None:  # the first report: what an interrupted download left on disk, not in the speed
-                bar.reset(total)
                 bar.initial = bar.n = bar.last_print_n = done
             bar.total = total
             bar.update(done - bar.n)
