@@ -71,6 +71,11 @@ def partial_bytes(repo_id: str, file: HubFile) -> int:
     return size if size <= file.size else 0
 
 
+def partial_files_bytes(repo_id: str) -> int:
+    """Bytes of every partial file of a repo in the cache: what interrupted downloads left on disk."""
+    return sum(path.stat().st_size for path in (repo_folder(repo_id) / "blobs").glob("*.incomplete"))
+
+
 class ReportingFile:
     """The partial file as `http_get` writes it: each write reaches the disk and then reports the bytes on disk, so
     a report that raises (Stop) keeps every byte received, and a process killed later loses none of them."""
