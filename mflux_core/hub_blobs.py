@@ -51,6 +51,7 @@ class QuietBars(tqdm):
 
 
 def repo_folder(repo_id: str) -> Path:
+    """The repo's folder in the HF cache (every snapshot and blob is under it), whether or not it exists."""
     from huggingface_hub.file_download import repo_folder_name
 
     return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")

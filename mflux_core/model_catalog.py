@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mflux_core.downloads import cached_repo_folder, hf_cache_dir
 from mflux_core.errors import StudioError
-from mflux_core.hub_blobs import partial_files_bytes
+from mflux_core.hub_blobs import partial_files_bytes, repo_folder as cached_repo_path  # noqa: F401 (re-exported)
 from mflux_core.memory import gb_text
 from mflux_core.registry import ALIAS_KINDS, folder_kind
 from mflux_core.resident import names_folder
@@ -115,13 +115,6 @@ def deletion_plan(repo_id: str):
     if repo is None:
         raise StudioError(f"{repo_id} is not in the Hugging Face cache, so there is nothing to delete.")
     return scanned.delete_revisions(*(revision.commit_hash for revision in repo.revisions))
-
-
-def cached_repo_path(repo_id: str) -> Path:
-    """The repo's folder in the HF cache (every snapshot is under it), whether or not it exists."""
-    from huggingface_hub.file_download import repo_folder_name
-
-    return hf_cache_dir() / repo_folder_name(repo_id=repo_id, repo_type="model")
 
 
 def cache_bytes_freed(repo_id: str) -> int:
