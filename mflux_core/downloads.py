@@ -33,6 +33,9 @@ log = logging.getLogger("mflux_studio.downloads")
 # caller as it is.
 DownloadCallback = Callable[[int, int], None]
 
+# Files transferred at once, each on its own connection (snapshot_download runs 8): one connection rarely fills a line.
+PARALLEL_FILES = 4
+
 # BFL repos ship both a diffusers layout and single-file checkpoints; we read the diffusers layout.
 SKIPPED_DOWNLOADS = {"black-forest-labs/": ["flux1-*.safetensors", "ae.safetensors"]}
 
@@ -227,7 +230,7 @@ class FilesProgress:
             self.on_download(sum(self.on_disk.values()), self.total)
 
 
-def fetch_missing(plan: DownloadPlan, on_download: DownloadCallback, workers: int = 4) -> None:
+def fetch_missing(plan: DownloadPlan, on_download: DownloadCallback) -> None:
     """Fetch the plan's missing files into blobs/ a few at a time, linking each into the snapshot as it ends."""
     from huggingface_hub import hf_hub_download
 
@@ -239,7 +242,7 @@ def fetch_missing(plan: DownloadPlan, on_download: DownloadCallback, workers: in
         hf_hub_download(plan.repo_id, file.path, revision=plan.commit, cache_dir=hf_cache_dir(),
                         tqdm_class=QuietBars)  # finds the blob: links it, fetches nothing
 
-    with ThreadPoolExecutor(workers, thread_name_prefix=f"download {plan.repo_id}") as pool:
+    with ThreadPoolExecutor(PARALLEL_FILES, thread_name_prefix=f"download {plan.repo_id}") as pool:
         futures = [pool.submit(fetch, file) for file in plan.missing]
         try:
             for future in as_completed(futures):
