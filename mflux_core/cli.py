@@ -258,7 +258,9 @@ class ConsoleProgress:
     def _advance(self, what: str, total: int, done: int, unit: str) -> None:
         if self.bar is None or self.bar.desc != what:
             self.close()
-            self.bar = tqdm(desc=what, total=total, unit=unit, unit_scale=unit == "B", file=sys.stderr, leave=False)
+            resumed = done if unit == "B" else 0  # bytes an interrupted download left on disk: not in the speed
+            self.bar = tqdm(desc=what, total=total, initial=resumed, unit=unit, unit_scale=unit == "B",
+                            file=sys.stderr, leave=False)
         self.bar.total = total
         self.bar.update(done - self.bar.n)
 
@@ -390,14 +392,16 @@ def download_model(args: argparse.Namespace) -> Path:
     repo_id = repo_id_of(args.model)
     with tqdm(desc=f"Downloading {repo_id}", unit="B", unit_scale=True, file=sys.stderr, leave=False) as bar:
         def advance(done: int, total: int) -> None:
+            if bar.total is None:  # the first report: what an interrupted download left on disk, not in the speed
+                bar.initial = bar.n = bar.last_print_n = done
             bar.total = total
             bar.update(done - bar.n)
 
         try:
             folder = fetch_repo(repo_id, on_download=advance)
         except KeyboardInterrupt:
-            raise StudioError(f"Stopped downloading {repo_id}: the files finished so far are kept; run the command "
-                              "again to continue.") from None
+            raise StudioError(f"Stopped downloading {repo_id}: what was downloaded is kept, the file cut short "
+                              "included; run the command again to continue from there.") from None
     print(f"Downloaded {repo_id} into {folder}")
     return folder
 

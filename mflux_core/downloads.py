@@ -2,13 +2,12 @@
 disk, one download job per repo that later requests join, a Stop that ends the transfer, a token saved with
 huggingface_hub's own login, and one sentence per failure, worded for the page and for the command line.
 
-huggingface_hub does the transfer: snapshot_download keeps every finished file, so a download that was stopped,
-lost its network or had its process killed continues from the files on disk (a file cut short restarts; within
-one run huggingface_hub itself resumes a dropped connection with a Range request), and its cached file list makes
-a snapshot with missing files fail `local_files_only`, so a partial download is never taken for a model.
-A file cut short by Stop or a killed process cannot continue inside the file: huggingface_hub (2.4) writes each file
-into an `.incomplete` file with a name unique to that attempt, deletes it in a `finally` on any error (a Stop raised
-from the progress callback included), and never opens one left by an earlier process.
+huggingface_hub lists the repo, authenticates and makes the HTTP requests; hub_blobs writes each missing file into
+the cache's blobs/ through a partial file with a stable name, so a download that was stopped, lost its network or had
+its process killed continues inside the file it was writing (a Range request for the bytes still missing), and the
+progress starts at the bytes already on disk. A finished file is linked into its snapshot by hf_hub_download, and the
+snapshot gets its ref (refs/main) and cached file list from snapshot_download only when every file is there: until
+then `local_files_only` fails, so a partial download is never taken for a model (the Models tab shows it as partial).
 """
 
 import errno
@@ -16,6 +15,7 @@ import logging
 import shutil
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,13 +23,18 @@ from typing import Callable
 from huggingface_hub import constants
 
 from mflux_core.errors import Cancelled, InvalidRequest, StudioError, WordedTwice
+from mflux_core.hub_blobs import CorruptDownload, HubFile, QuietBars, blob_path, fetch_blob, partial_bytes
 from mflux_core.memory import gb_text
 
 log = logging.getLogger("mflux_studio.downloads")
 
-# on_download(bytes written so far, bytes of the files started so far): the total grows as files start.
-# A StudioError it raises (Cancelled) stops the download and reaches the caller as it is.
+# on_download(bytes on disk, bytes of the files still missing when the download started): the first report counts
+# what an interrupted download left on disk. A StudioError it raises (Cancelled) stops the download and reaches the
+# caller as it is.
 DownloadCallback = Callable[[int, int], None]
+
+# Files transferred at once, each on its own connection (snapshot_download runs 8): one connection rarely fills a line.
+PARALLEL_FILES = 4
 
 # BFL repos ship both a diffusers layout and single-file checkpoints; we read the diffusers layout.
 SKIPPED_DOWNLOADS = {"black-forest-labs/": ["flux1-*.safetensors", "ae.safetensors"]}
@@ -85,9 +90,14 @@ def hub_error(repo_id: str, error: Exception) -> HubError:
                 f"accept the licence at {repo_page(repo_id)} if the repository is gated, make a new token, ")
     elif isinstance(error, OSError) and error.errno == errno.ENOSPC:
         return disk_full(repo_id)
+    elif isinstance(error, CorruptDownload):
+        lead = (f"{error.file.path} of {repo_id} arrived damaged (its sha256 does not match the one Hugging Face "
+                "lists), so its partial file was deleted: ")
+        return HubError(lead + "download again to fetch that file anew.", lead + "run the command again to fetch "
+                        "that file anew.")
     else:
         text = (f"Could not download {repo_id} from {constants.ENDPOINT} ({type(error).__name__}): check the network "
-                "connection and try again; the files downloaded so far are kept and the download continues from them.")
+                "connection and try again; what was downloaded so far is kept and the download continues from there.")
         return HubError(text)
     return HubError(lead + in_page, lead + in_cli)
 
@@ -132,37 +142,41 @@ def repo_id_of(name: str) -> str:
 
 @dataclass(frozen=True)
 class DownloadPlan:
-    """The files a repo download fetches (after SKIPPED_DOWNLOADS), their sizes, and what is not cached yet."""
+    """What a repo download still fetches (after SKIPPED_DOWNLOADS) at one commit."""
 
     repo_id: str
-    files: dict  # path in the repo -> size in bytes
-    missing_bytes: int
+    commit: str
+    missing: list  # HubFile: one per blob not in the cache, smallest first
+    partial_bytes: int  # of the missing files, bytes an interrupted download left on disk
 
     @property
-    def total_bytes(self) -> int:
-        return sum(self.files.values())
+    def missing_bytes(self) -> int:
+        return sum(file.size for file in self.missing)
 
 
 def plan_download(repo_id: str) -> DownloadPlan:
     """The hub's file list for a repo, read with the saved token; a refusal becomes a HubError."""
-    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
     from huggingface_hub.utils import filter_repo_objects
 
+    api = HfApi(endpoint=constants.ENDPOINT)
     try:
-        entries = [e for e in HfApi(endpoint=constants.ENDPOINT).list_repo_tree(repo_id, recursive=True)
-                   if isinstance(e, RepoFile)]
+        commit = api.repo_info(repo_id, revision=constants.DEFAULT_REVISION).sha
+        entries = [e for e in api.list_repo_tree(repo_id, recursive=True, revision=commit) if isinstance(e, RepoFile)]
     except Exception as error:  # every hub failure gets its sentence
         raise hub_error(repo_id, error) from None
     kept = filter_repo_objects(entries, ignore_patterns=ignored_files(repo_id), key=lambda e: e.path)
-    files = {entry.path: entry.size for entry in kept}
-    cached = {path for path in files if isinstance(try_to_load_from_cache(repo_id, path, cache_dir=hf_cache_dir()), str)}
-    return DownloadPlan(repo_id, files, sum(size for path, size in files.items() if path not in cached))
+    files = (HubFile.listed(entry) for entry in kept)
+    blobs = {file.etag: file for file in files if not blob_path(repo_id, file).exists()}  # one per identical content
+    missing = sorted(blobs.values(), key=lambda file: file.size)
+    return DownloadPlan(repo_id, commit, missing, sum(partial_bytes(repo_id, file) for file in missing))
 
 
 def check_space(plan: DownloadPlan) -> None:
-    if plan.missing_bytes > free_bytes(hf_cache_dir()):
-        raise disk_full(plan.repo_id, plan.missing_bytes)
+    needed = plan.missing_bytes - plan.partial_bytes
+    if needed > free_bytes(hf_cache_dir()):
+        raise disk_full(plan.repo_id, needed)
 
 
 def cached_repo_folder(repo_id: str) -> Path | None:
@@ -188,45 +202,56 @@ def fetch_repo(repo_id: str, on_download: DownloadCallback | None = None) -> Pat
         raise offline_error(repo_id)
     plan = plan_download(repo_id)
     check_space(plan)
-    tqdm_class = None
-    if on_download is not None:  # the total from the hub's file list, not only the files started so far
-        tqdm_class = download_progress_class(lambda done, total: on_download(done, max(total, plan.missing_bytes)))
     try:
+        fetch_missing(plan, on_download or (lambda done, total: None))
+        # every file is in blobs/ now: huggingface_hub links the rest, writes refs/main and the cached file list
         return Path(snapshot_download(repo_id, cache_dir=hf_cache_dir(), ignore_patterns=ignored_files(repo_id),
-                                      tqdm_class=tqdm_class))
-    except StudioError:  # raised by on_download, e.g. Cancelled: the files so far stay for the next try
+                                      tqdm_class=QuietBars))
+    except StudioError:  # raised by on_download, e.g. Cancelled: what is on disk stays for the next try
         raise
-    except Exception as error:  # network, authentication, disk full
+    except Exception as error:  # network, authentication, disk full, a damaged file
         raise hub_error(repo_id, error) from None
 
 
-def download_progress_class(on_download: DownloadCallback):
-    """A tqdm class for snapshot_download's `tqdm_class` hook that reports bytes instead of drawing bars.
+class FilesProgress:
+    """The bytes on disk of a download's files, reported together; once a file fails the others stop at their next
+    chunk."""
 
-    huggingface_hub makes three bars from it: files fetched (unit "it"), bytes received from the
-    network ("Downloading bytes") and bytes written to disk; the last one is the download's progress
-    (the network count differs for Xet transfers). tests/test_manager.py and tests/test_downloads.py run real
-    downloads from a local server, so a change in huggingface_hub's bars shows up there.
-    """
-    from tqdm.auto import tqdm
+    def __init__(self, plan: DownloadPlan, on_download: DownloadCallback):
+        self.on_download, self.total = on_download, plan.missing_bytes
+        self.on_disk = {file.etag: partial_bytes(plan.repo_id, file) for file in plan.missing}
+        self.lock, self.failed = threading.Lock(), threading.Event()
 
-    lock = threading.Lock()  # files download on several threads; reports stay in order
+    def report(self, file: HubFile, on_disk: int) -> None:
+        if self.failed.is_set():
+            raise Cancelled(f"Stopped downloading {file.path}.")
+        with self.lock:  # files download on several threads; reports stay in order
+            self.on_disk[file.etag] = on_disk
+            self.on_download(sum(self.on_disk.values()), self.total)
 
-    class DownloadProgress(tqdm):
-        def __init__(self, *args, **kwargs):
-            description = str(kwargs.get("desc") or "")
-            self.reports_bytes = kwargs.get("unit") == "B" and not description.startswith("Downloading bytes")
-            self.done = int(kwargs.get("initial") or 0)
-            super().__init__(*args, **{**kwargs, "disable": True})
 
-        def update(self, n=1):
-            with lock:
-                self.done += int(n or 0)
-                if self.reports_bytes:
-                    on_download(self.done, max(int(self.total or 0), self.done))
-            return super().update(n)
+def fetch_missing(plan: DownloadPlan, on_download: DownloadCallback) -> None:
+    """Fetch the plan's missing files into blobs/ a few at a time, linking each into the snapshot as it ends."""
+    from huggingface_hub import hf_hub_download
 
-    return DownloadProgress
+    progress = FilesProgress(plan, on_download)
+    progress.on_download(sum(progress.on_disk.values()), progress.total)
+
+    def fetch(file: HubFile) -> None:
+        fetch_blob(plan.repo_id, plan.commit, file, lambda on_disk: progress.report(file, on_disk))
+        hf_hub_download(plan.repo_id, file.path, revision=plan.commit, cache_dir=hf_cache_dir(),
+                        tqdm_class=QuietBars)  # finds the blob: links it, fetches nothing
+
+    with ThreadPoolExecutor(PARALLEL_FILES, thread_name_prefix=f"download {plan.repo_id}") as pool:
+        futures = [pool.submit(fetch, file) for file in plan.missing]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except BaseException:  # the first failure (Ctrl-C included) is the download's; the other files stop
+            progress.failed.set()
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def save_token(token: str) -> None:
@@ -261,10 +286,11 @@ class DownloadState:
     seconds: float
     message: str = ""
     folder: Path | None = None
+    resumed_bytes: int = 0  # on disk from an earlier, interrupted download: not part of the speed
 
     @property
     def bytes_per_second(self) -> float:
-        return self.done_bytes / self.seconds if self.seconds > 0 else 0.0
+        return (self.done_bytes - self.resumed_bytes) / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def seconds_left(self) -> float | None:
@@ -288,21 +314,24 @@ class DownloadJob:
         if self._cancel.is_set():
             raise Cancelled(f"Stopped downloading {self.repo_id}.")
         with self._lock:
-            self._state = DownloadState(self.repo_id, "running", done, total, time.monotonic() - self._started)
+            if self._first is None:
+                self._first = done
+            self._state = DownloadState(self.repo_id, "running", done, total, time.monotonic() - self._started,
+                                        resumed_bytes=self._first)
 
     def _finish(self, state: str, message: str, folder: Path | None = None) -> None:
         with self._lock:
             old = self._state
             self._state = DownloadState(self.repo_id, state, old.done_bytes, old.total_bytes,
-                                        time.monotonic() - self._started, message, folder)
+                                        time.monotonic() - self._started, message, folder, old.resumed_bytes)
         self.finished.set()
 
     def _run(self) -> None:
         try:
             folder = self._fetch(self.repo_id, on_download=self._report)
         except Cancelled:
-            self._finish("stopped", f"Stopped downloading {self.repo_id}: the files finished so far are kept; "
-                         "download it again to continue.")
+            self._finish("stopped", f"Stopped downloading {self.repo_id}: what was downloaded is kept, the file cut "
+                         "short included; download it again to continue from there.")
         except StudioError as error:
             self._finish("failed", str(error))
         except Exception as error:  # a bug: its traceback goes to the log, a summary to the page

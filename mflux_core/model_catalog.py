@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mflux_core.downloads import cached_repo_folder, hf_cache_dir
 from mflux_core.errors import StudioError
+from mflux_core.hub_blobs import partial_files_bytes, repo_folder as cached_repo_path  # noqa: F401 (re-exported)
 from mflux_core.memory import gb_text
 from mflux_core.registry import ALIAS_KINDS, folder_kind
 from mflux_core.resident import names_folder
@@ -43,14 +44,15 @@ def folder_bytes(path: Path) -> int:
 
 
 def cached_repo_sizes() -> dict[str, int]:
-    """repo id -> bytes its blobs take in the HF cache (huggingface_hub's own scan)."""
+    """repo id -> bytes its blobs take in the HF cache (huggingface_hub's own scan), partial files included."""
     from huggingface_hub import scan_cache_dir
 
     try:
         scanned = scan_cache_dir(hf_cache_dir())
     except Exception:  # no cache folder yet, or one huggingface_hub cannot read: nothing cached
         return {}
-    return {repo.repo_id: repo.size_on_disk for repo in scanned.repos if repo.repo_type == "model"}
+    return {repo.repo_id: repo.size_on_disk + partial_files_bytes(repo.repo_id) for repo in scanned.repos
+            if repo.repo_type == "model"}
 
 
 def resident_quantization(path: Path | None, resident: list[dict]) -> str:
@@ -115,18 +117,16 @@ def deletion_plan(repo_id: str):
     return scanned.delete_revisions(*(revision.commit_hash for revision in repo.revisions))
 
 
-def cached_repo_path(repo_id: str) -> Path:
-    """The repo's folder in the HF cache (every snapshot is under it), whether or not it exists."""
-    from huggingface_hub.file_download import repo_folder_name
-
-    return hf_cache_dir() / repo_folder_name(repo_id=repo_id, repo_type="model")
+def cache_bytes_freed(repo_id: str) -> int:
+    """What deleting a cached repo frees: its files, and the partial files of interrupted downloads (the repo's whole
+    folder goes with its last revision)."""
+    return deletion_plan(repo_id).expected_freed_size + partial_files_bytes(repo_id)
 
 
 def delete_from_cache(repo_id: str) -> str:
     """Delete a repo from the HF cache (the cache only; never the models folder); says what was freed."""
-    plan = deletion_plan(repo_id)
-    freed = plan.expected_freed_size
-    plan.execute()
+    freed = cache_bytes_freed(repo_id)
+    deletion_plan(repo_id).execute()
     return f"Deleted {repo_id} from the Hugging Face cache, freeing {gb_text(freed)}."
 
 

@@ -1,6 +1,7 @@
 """The Models tab without a browser: the catalog (kinds, sizes, complete or partial, resident), downloading through
 the page's handler from the fake hub, deleting from the cache, and the tab in the built app."""
 
+import hashlib
 import html
 import shutil
 
@@ -10,7 +11,7 @@ from mflux_core.downloads import Downloads, fetch_repo, repo_id_of
 from mflux_core.errors import StudioError
 from mflux_core.manager import ModelManager
 from mflux_core.memory import gb_text
-from mflux_core.model_catalog import catalog, delete_from_cache, deletion_plan, folder_bytes
+from mflux_core.model_catalog import cache_bytes_freed, catalog, delete_from_cache, deletion_plan, folder_bytes
 from mflux_core.registry import on_disk
 from mflux_core.weights.resolve import DEMO_MODELS, demo_models_dir
 from tests.fixtures.fake_hub import BIG_FILE, REPO, digests, hub, source  # noqa: F401 (fixtures)
@@ -50,14 +51,19 @@ def test_a_resident_model_shows_its_quantization(tmp_path):
 
 def test_a_stopped_download_is_partial_and_a_finished_one_complete_then_delete_frees_it(hub, source, tmp_path):
     hub.hold_at[BIG_FILE] = 32 * 1024
+    blobs = tmp_path / "home" / "hub" / "models--acme--tiny-flux" / "blobs"
+    big = blobs / f"{hashlib.sha256((source / BIG_FILE).read_bytes()).hexdigest()}.incomplete"
     jobs = Downloads()
     job = jobs.start(REPO)
-    while job.state().done_bytes < 32 * 1024 and not job.finished.is_set():
+    while not (big.is_file() and big.stat().st_size >= 32 * 1024) and not job.finished.is_set():
         job.finished.wait(0.05)
     jobs.stop(REPO)
     hub.release.set()
     assert job.wait(60).state == "stopped"
-    assert rows_by_name(tmp_path)[REPO].state == "partial" and not on_disk(REPO)  # never taken for a model
+    partial = rows_by_name(tmp_path)[REPO]
+    assert partial.state == "partial" and not on_disk(REPO)  # never taken for a model
+    assert big.is_file() and partial.size_bytes == folder_bytes(blobs)  # the file cut short counts on disk
+    assert cache_bytes_freed(REPO) == partial.size_bytes
 
     hub.hold_at.clear()
     folder = fetch_repo(REPO)

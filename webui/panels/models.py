@@ -15,8 +15,9 @@ from mflux_core.downloads import DownloadState, is_offline, repo_id_of
 from mflux_core.errors import Cancelled, InvalidRequest, StudioError
 from mflux_core.events import Step
 from mflux_core.memory import gb_text
-from mflux_core.model_catalog import (CatalogRow, bytes_removed, cached_repo_path, catalog, checked_models_folder_entry,
-                                      delete_from_cache, delete_from_models_folder, deletion_plan, models_folder_entry)
+from mflux_core.model_catalog import (CatalogRow, bytes_removed, cache_bytes_freed, cached_repo_path, catalog,
+                                      checked_models_folder_entry, delete_from_cache, delete_from_models_folder,
+                                      models_folder_entry)
 from mflux_core.registry import on_disk
 from mflux_core.weights.resolve import resolve_model
 from webui.jobs import ENGINE_QUEUE, error_text, follow, page_job, progress_html, safe_action
@@ -118,7 +119,7 @@ def ask_delete(studio, name: str):
     job = studio.downloads.job(repo)
     if job is not None and not job.finished.is_set():
         raise InvalidRequest(f"{repo} is downloading: stop the download first.")
-    freed = deletion_plan(repo).expected_freed_size
+    freed = cache_bytes_freed(repo)
     return repo, f"Delete {repo} from the Hugging Face cache, freeing {gb_text(freed)}? Press Confirm delete."
 
 
