@@ -122,6 +122,9 @@ def fetch_blob(repo_id: str, commit: str, file: HubFile, report: Callable[[int],
         os.replace(partial, blob)
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, chunk_bytes: int = 1 << 24) -> str:
+    digest = hashlib.sha256()  # read in chunks: hashlib.file_digest needs Python 3.11, the studio supports 3.10
     with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
