@@ -140,3 +140,26 @@ def kontext_applied(manager, model: str, classify: Callable, count: int = 30,
                         "move": reading.region == after.shapes[0].region,
                         "background": reading.background == after.background}[example.kind]
     return applied / count
+
+
+def psnr(image: np.ndarray, truth: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB of two uint8 pictures."""
+    mse = float(np.mean((image.astype(np.float64) - truth.astype(np.float64)) ** 2))
+    return 10 * np.log10(255.0**2 / max(mse, 1e-10))
+
+
+def upscale_psnr(manager, model: str, controlnet: str, side: int, count: int = 30,
+                 max_sequence_length: int | None = None) -> tuple[float, float]:
+    """(mean PSNR of the Upscale tool's 64x64 result, of a Lanczos upscale) against the true picture, each
+    upscaled from the picture shrunk to side x side, over held-out scenes."""
+    ours, lanczos = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        for index in range(count):
+            example = dataset.upscale_example(EVALUATION_SEED, index, held_out=True)
+            path = Path(folder) / f"small{index}.png"
+            dataset.low_resolution(example.image, side).save(path)
+            image = _generate(manager, model, "upscale", example.caption, index, max_sequence_length,
+                              image_path=str(path), extra={"controlnet_path": controlnet})
+            ours.append(psnr(image, example.image))
+            lanczos.append(psnr(dataset.upscaled_control(example.image, side), example.image))
+    return float(np.mean(ours)), float(np.mean(lanczos))

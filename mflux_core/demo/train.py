@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import mflux_core  # noqa: F401  (OpenBLAS before mlx.core)
-from mflux_core.demo.controlnet_stage import train_controlnet
+from mflux_core.demo.controlnet_stage import CONTROLNET_STAGES, train_controlnet
 from mflux_core.demo.flow_stages import train_base, train_flow_stage
 from mflux_core.demo.guidance_stages import train_guidance, train_teacher
 from mflux_core.demo.recipe import STAGES, StageSettings, scaled
@@ -49,8 +49,8 @@ def train_stage(run: Path, stage: str, recipe: dict[str, StageSettings], workers
         return train_guidance(run, settings, recipe["base"], vae, workers, max_seconds, compile)
     if stage == "base":
         return train_base(run, settings, vae, workers, max_seconds, compile)
-    if stage == "canny":
-        return train_controlnet(run, settings, vae, workers, max_seconds, compile)
+    if stage in CONTROLNET_STAGES:
+        return train_controlnet(run, stage, settings, vae, workers, max_seconds, compile)
     return train_flow_stage(run, stage, settings, vae, workers, max_seconds, compile)
 
 
