@@ -119,7 +119,7 @@ def canny_example(seed: int, index: int, size: int = 64, held_out: bool = False)
     return ControlExample(edges, image, caption(scene, with_region=False), scene)
 
 
-UPSCALE_INPUT_SIDES = (16, 32)  # the low-resolution pictures the demo upscaler learns from: 4x and 2x
+UPSCALE_INPUT_SIDES = (8, 16, 32)  # the low-resolution pictures the demo upscaler learns from: 8x, 4x and 2x
 
 
 def low_resolution(image: np.ndarray, side: int) -> Image.Image:
@@ -134,7 +134,7 @@ def upscaled_control(image: np.ndarray, side: int) -> np.ndarray:
 
 
 def upscale_example(seed: int, index: int, size: int = 64, held_out: bool = False) -> ControlExample:
-    """A scene upscaled by Lanczos from 16x16 or 32x32 and the true scene (the upscaler ControlNet's pairs)."""
+    """A scene upscaled by Lanczos from 8x8, 16x16 or 32x32 and the true scene (the upscaler ControlNet's pairs)."""
     rng = example_rng(seed, index)
     scene = sample_scene(rng, held_out)
     image = render(scene, size)

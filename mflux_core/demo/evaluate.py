@@ -148,10 +148,11 @@ def psnr(image: np.ndarray, truth: np.ndarray) -> float:
     return 10 * np.log10(255.0**2 / max(mse, 1e-10))
 
 
-def upscale_psnr(manager, model: str, controlnet: str, side: int, count: int = 30,
+def upscale_psnr(manager, model: str, controlnet: str, side: int, count: int = 30, strength: float | None = None,
                  max_sequence_length: int | None = None) -> tuple[float, float]:
     """(mean PSNR of the Upscale tool's 64x64 result, of a Lanczos upscale) against the true picture, each
-    upscaled from the picture shrunk to side x side, over held-out scenes."""
+    upscaled from the picture shrunk to side x side, over held-out scenes; `strength`: the ControlNet's
+    (None: the tool's default)."""
     ours, lanczos = [], []
     with tempfile.TemporaryDirectory() as folder:
         for index in range(count):
@@ -159,7 +160,8 @@ def upscale_psnr(manager, model: str, controlnet: str, side: int, count: int = 3
             path = Path(folder) / f"small{index}.png"
             dataset.low_resolution(example.image, side).save(path)
             image = _generate(manager, model, "upscale", example.caption, index, max_sequence_length,
-                              image_path=str(path), extra={"controlnet_path": controlnet})
+                              image_path=str(path), controlnet_strength=strength,
+                              extra={"controlnet_path": controlnet})
             ours.append(psnr(image, example.image))
             lanczos.append(psnr(dataset.upscaled_control(example.image, side), example.image))
     return float(np.mean(ours)), float(np.mean(lanczos))
