@@ -120,6 +120,28 @@ def test_without_any_estimator_the_page_says_what_to_do_in_one_sentence(offline,
     assert is_one_sentence(message), message
 
 
+# ----- the demo upscaler ControlNet ----------------------------------------------------------------
+
+
+def test_upscale_runs_on_the_demo_upscaler_from_a_small_picture(manager, tmp_path):
+    example = dataset.upscale_example(100, 0, SIZE, held_out=True)
+    dataset.low_resolution(example.image, 32).save(tmp_path / "small.png")
+    result = manager.generate(GenerationRequest(tool="upscale", prompt=example.caption, **FAST,
+                                                image_path=str(tmp_path / "small.png")))
+    assert result.request.model == "demo" and result.image.size == (SIZE, SIZE)
+    assert result.notes == ("Input 32x32 cropped and resized to 64x64.",)  # no native-size note, no error
+    assert result.request.controlnet_strength == 0.6  # the tool's default: the strength it was trained at
+    side_models = [r["name"] for r in manager.status()["resident"] if r["kind"] == "auxiliary"]
+    assert len(side_models) == 1 and side_models[0].startswith("demo-upscaler ("), side_models
+
+
+def test_the_demo_upscaler_loads_in_diffusers_with_every_weight():
+    from diffusers import FluxControlNetModel
+
+    _, info = FluxControlNetModel.from_pretrained(demo_models_dir() / "demo-upscaler", output_loading_info=True)
+    assert not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+
+
 # ----- native sizes --------------------------------------------------------------------------------
 
 

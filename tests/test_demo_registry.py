@@ -21,7 +21,7 @@ from mflux_core.weights.resolve import DEMO_MODELS, DEMO_MODELS_ENV, demo_models
 from tests.parity import run_cli
 
 DEMO_KINDS = {"demo": "base", "demo-fill": "fill", "demo-depth": "depth", "demo-kontext": "kontext",
-              "demo-canny": "controlnet", "demo-depth-estimator": "depth-estimator"}
+              "demo-canny": "controlnet", "demo-depth-estimator": "depth-estimator", "demo-upscaler": "controlnet"}
 TOOL_DEMOS = {"generate": "demo", "fill": "demo-fill", "depth": "demo-depth", "kontext": "demo-kontext",
               "controlnet": "demo", "upscale": "demo", "redux": "demo", "in-context": "demo-fill",
               "catvton": "demo-fill", "ic-edit": "demo-fill"}
@@ -33,8 +33,8 @@ def demo_models(tmp_path_factory):
     """The five FLUX.1 demo folders, exported from a toy-scale run of the real training recipe, and a copy of the
     shipped demo depth estimator (trained on its own: mflux_core/demo/depth_estimator.py)."""
     run = tmp_path_factory.mktemp("demo-run")
-    train.main([str(run), "--stages", "vae,base,teacher,guidance,fill,depth,kontext,canny", "--scale-steps", "0.0005",
-                "--batch", "2"])
+    train.main([str(run), "--stages", "vae,base,teacher,guidance,fill,depth,kontext,canny,upscale",
+                "--scale-steps", "0.0005", "--batch", "2"])
     out = tmp_path_factory.mktemp("demo_models")
     export.export_run(run, out)
     shutil.copytree(demo_models_dir() / "demo-depth-estimator", out / "demo-depth-estimator")

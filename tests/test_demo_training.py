@@ -21,13 +21,13 @@ from mflux_core.request import GenerationRequest
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("demo-run")
-    train.main([str(run), "--stages", "vae,decoder,sharpen,base,teacher,guidance,fill,canny", "--scale-steps", "0.0005",
-                "--batch", "2"])
+    train.main([str(run), "--stages", "vae,decoder,sharpen,base,teacher,guidance,fill,canny,upscale",
+                "--scale-steps", "0.0005", "--batch", "2"])
     return run
 
 
 def test_each_stage_leaves_a_checkpoint_and_a_loss_curve(toy_run):
-    for stage in ("vae", "decoder", "sharpen", "base", "teacher", "guidance", "fill", "canny"):
+    for stage in ("vae", "decoder", "sharpen", "base", "teacher", "guidance", "fill", "canny", "upscale"):
         state = json.loads((toy_run / stage / "state.json").read_text())
         assert state["step"] >= 1 and all(np.isfinite(state["losses"]))
         assert (toy_run / stage / "loss.png").is_file()
@@ -42,7 +42,7 @@ def test_a_finished_run_is_skipped_on_the_next_call(toy_run):
 
 def test_the_exported_folders_generate_through_the_engine(toy_run, tmp_path):
     folders = export.export_run(toy_run, tmp_path / "models")
-    assert [f.name for f in folders] == ["demo", "demo-fill", "demo-canny"]
+    assert [f.name for f in folders] == ["demo", "demo-fill", "demo-canny", "demo-upscaler"]
     controlnet = load_controlnet(folders[2])
     assert np.abs(np.array(controlnet.controlnet_blocks[0].weight)).max() > 0  # trained away from its zero init
     vae_config = json.loads((folders[0] / "vae" / "config.json").read_text())
@@ -116,3 +116,28 @@ def test_caption_tokens_stop_after_the_eos_without_changing_the_pooled_output(to
     padded = np.pad(clip_ids, ((0, 0), (0, 77 - clip_ids.shape[1])), constant_values=clip_ids.max())
     np.testing.assert_allclose(np.array(clip(mx.array(clip_ids))[1]), np.array(clip(mx.array(padded))[1]),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_restored_from_the_shipped_family_holds_its_weights(tmp_path):
+    """restore.py's run gives the later stages the shipped VAE, text encoders and transformer, unchanged."""
+    from mflux_core.demo.flow_stages import base_transformer
+    from mflux_core.demo.pools import cached_pool
+    from mflux_core.demo.restore import SHIPPED_BASE, restore_run
+    from mflux_core.models.clip import load_clip_text_model
+    from mflux_core.models.t5 import load_t5_encoder
+    from mflux_core.models.transformer import load_transformer
+    from mflux_core.models.vae import load_vae
+    from mflux_core.weights.resolve import demo_models_dir
+
+    restore_run(tmp_path, demo_models_dir())
+    cached_pool(tmp_path, "text_to_image", STAGES["vae"].seed, 16)  # the VAE's statistics: a few scenes will do
+    shipped = demo_models_dir() / SHIPPED_BASE
+    clip, t5 = text_encoders(tmp_path)
+    pairs = [(trained_vae(tmp_path, vae_sample(tmp_path, STAGES["vae"], workers=1))[0], load_vae(shipped / "vae")),
+             (base_transformer(tmp_path, "guidance"), load_transformer(shipped / "transformer")),
+             (clip, load_clip_text_model(shipped / "text_encoder")), (t5, load_t5_encoder(shipped / "text_encoder_2"))]
+    for restored, original in pairs:
+        restored, original = dict(tree_flatten(restored.parameters())), dict(tree_flatten(original.parameters()))
+        assert restored.keys() == original.keys()
+        assert all(mx.array_equal(restored[name], original[name]) for name in restored)
+    assert caption_tokens(tmp_path, np.array(["a red circle"]))[0].shape == (1, T5_MAX_LENGTH)

@@ -9,7 +9,8 @@ caption's colour, background and place, every Fill example's mask, repainting an
 colour in two of them (the third's purple reads grey), every Kontext and ControlNet example, and the Depth
 examples whose layout IoU reaches LAYOUT_IOU (the black star on brown comes out without its star). Widen when
 retrained weights reach the colour bar. Every panel starts on a demo model; a size the demo models cannot make
-runs at 64x64 with a note; a photo's depth map comes from the demo estimator; a missing Redux is one sentence.
+runs at 64x64 with a note; a photo's depth map comes from the demo estimator; a missing Redux is one sentence;
+Upscale turns a 16x16 picture into 64x64 on the demo upscaler ControlNet.
 
 One server and one browser for the module; screenshots go to test-artifacts/ (git-ignored).
 """
@@ -24,9 +25,9 @@ import pytest
 from huggingface_hub import constants
 from PIL import Image
 
-from mflux_core.demo.dataset import depth_example
+from mflux_core.demo.dataset import depth_example, low_resolution, upscale_example
 from mflux_core.demo.depth_estimator import near_mask
-from mflux_core.demo.evaluate import EVALUATION_SEED, FILL_TOLERANCE
+from mflux_core.demo.evaluate import EVALUATION_SEED, FILL_TOLERANCE, psnr
 from mflux_core.demo.examples import SOURCES
 from mflux_core.demo.family import IMAGE_SIZE
 from mflux_core.demo.shapes import shape_mask
@@ -42,6 +43,7 @@ from webui.studio import StudioFolders
 
 LAYOUT_IOU = 0.5  # generated shape vs the control scene's shape (the family's bar is a mean IoU of 0.6)
 ESTIMATED_IOU = 0.75  # the demo estimator's map vs the true depth map (near shapes; measured 0.85, mean of 50: 0.69)
+UPSCALED, UPSCALED_PSNR = 0, 27.0  # a held-out scene upscaled 4x on the Upscale panel (30.7 dB; Lanczos 34.0)
 DEPTH_PHOTO = 3  # the held-out scene whose picture is uploaded as a photo, at seed 3 (layout IoU measured 0.66)
 
 
@@ -218,3 +220,22 @@ def test_redux_without_its_weights_says_what_is_missing_once(page, tmp_path):
     text = wait_for_status(page, "redux", "not on this machine|rror|Done")
     assert "FLUX.1-Redux-dev" in text and "models folder" in text and "--path" not in text, text
     assert text.count(". ") == 0 and page.locator(".toast-body").count() <= 1
+
+
+def test_upscale_on_the_demo_upscaler_keeps_a_small_pictures_shape(page, tmp_path):
+    example = upscale_example(EVALUATION_SEED, UPSCALED, IMAGE_SIZE, held_out=True)
+    low_resolution(example.image, IMAGE_SIZE // 4).save(tmp_path / "small.png")
+    open_tab(page, "ControlNet")
+    page.locator("#controlnet-mode label", has_text="Upscale").click()
+    page.set_input_files("#controlnet-image input[type=file]", str(tmp_path / "small.png"))
+    page.wait_for_selector("#controlnet-image img")
+    type_into(page, "controlnet-upscale-factor", 4)
+    type_into(page, "controlnet-prompt", example.caption)
+    text = run_and_wait(page, "controlnet")
+    screenshot(page, "demo-upscale")
+    image = result_image(page, "controlnet")
+    assert image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and "demo makes" not in text, text
+    assert psnr(image, example.image) >= UPSCALED_PSNR, f"{example.caption!r}: {psnr(image, example.image):.1f} dB"
+    reading = classify(image)
+    assert (reading.background, reading.colour) == (example.scene.background, example.scene.shapes[0].colour)
+    assert iou(reading.mask, shape_mask(example.scene.shapes[0], IMAGE_SIZE)) >= LAYOUT_IOU

@@ -17,6 +17,7 @@ from mflux_core.demo.shapes import (
     with_shape,
 )
 from mflux_core.images.canny import canny_edges
+from mflux_core.images.resize_modes import DEFAULT_RESIZE_MODE, RESAMPLE, resize_to
 
 HELD_OUT_PERCENT = 10
 
@@ -116,6 +117,29 @@ def canny_example(seed: int, index: int, size: int = 64, held_out: bool = False)
     image = render(scene, size)
     edges = np.asarray(canny_edges(Image.fromarray(image)).convert("RGB"))
     return ControlExample(edges, image, caption(scene, with_region=False), scene)
+
+
+UPSCALE_INPUT_SIDES = (8, 16, 32)  # the low-resolution pictures the demo upscaler learns from: 8x, 4x and 2x
+
+
+def low_resolution(image: np.ndarray, side: int) -> Image.Image:
+    """`image` shrunk to side x side (what a user would upscale)."""
+    return Image.fromarray(image).resize((side, side), RESAMPLE)
+
+
+def upscaled_control(image: np.ndarray, side: int) -> np.ndarray:
+    """`image` shrunk to side x side, then brought back to its own size as the Upscale tool brings its input
+    to the output size: what the upscaler ControlNet sees (and what a plain Lanczos upscale gives)."""
+    return np.asarray(resize_to(low_resolution(image, side), image.shape[1], image.shape[0], DEFAULT_RESIZE_MODE))
+
+
+def upscale_example(seed: int, index: int, size: int = 64, held_out: bool = False) -> ControlExample:
+    """A scene upscaled by Lanczos from 8x8, 16x16 or 32x32 and the true scene (the upscaler ControlNet's pairs)."""
+    rng = example_rng(seed, index)
+    scene = sample_scene(rng, held_out)
+    image = render(scene, size)
+    side = int(rng.choice(UPSCALE_INPUT_SIDES))
+    return ControlExample(upscaled_control(image, side), image, caption(scene, with_region=False), scene)
 
 
 def kontext_example(seed: int, index: int, size: int = 64, held_out: bool = False) -> KontextExample:

@@ -98,6 +98,7 @@ DEMO_FOLDERS = {  # checkpoint (training stage) -> (tool, model folder)
     "guidance": ("base", "demo"), "fill": ("fill", "demo-fill"), "depth": ("depth", "demo-depth"),
     "kontext": ("kontext", "demo-kontext"),
 }
+CONTROLNET_FOLDERS = {"canny": "demo-canny", "upscale": "demo-upscaler"}  # checkpoint (training stage) -> folder
 
 
 def export_run(run: Path, out: Path, dtype: mx.Dtype = SHIPPED_DTYPE) -> list[Path]:
@@ -130,10 +131,11 @@ def export_run(run: Path, out: Path, dtype: mx.Dtype = SHIPPED_DTYPE) -> list[Pa
         transformer = family.build_transformer(config)
         transformer.load_weights(str(run / stage / MODEL_FILE))
         written.append(write_model_folder(out / folder, tool, transformer, config, shared, dtype))
-    if (run / "canny" / MODEL_FILE).is_file():
-        model = controlled_model(run)
-        model.load_weights(str(run / "canny" / MODEL_FILE))
-        written.append(write_controlnet(out / "demo-canny", model.controlnet, family.controlnet_config(), dtype))
+    for stage, folder in CONTROLNET_FOLDERS.items():
+        if (run / stage / MODEL_FILE).is_file():
+            model = controlled_model(run, stage)
+            model.load_weights(str(run / stage / MODEL_FILE))
+            written.append(write_controlnet(out / folder, model.controlnet, family.controlnet_config(), dtype))
     shutil.rmtree(shared)
     return written
 

@@ -57,6 +57,7 @@ def transformer_config(tool: str = "base") -> dict:
 
 
 CONTROLNET_STRENGTH = 0.4  # the ControlNet tool's default strength: the canny ControlNet trains at it
+UPSCALER_STRENGTH = 0.6  # the Upscale tool's default strength: the demo upscaler trains at it
 
 
 def controlnet_config() -> dict:

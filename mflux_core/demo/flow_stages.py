@@ -49,7 +49,7 @@ def stage_examples(run: Path, stage: str, settings: StageSettings, vae, workers:
         data = {"target": encode_images(vae, pool["target"]),
                 "extra": np.concatenate([encode_images(vae, masked_pixels), masks], axis=-1), "text": pool["caption"],
                 "token_weights": token_weights(pool["target"], extra=pool["mask"])}
-    elif stage in ("depth", "canny"):  # the control image's latents: Depth's extra channels, the ControlNet's input
+    elif stage in ("depth", "canny", "upscale"):  # the control image's latents: Depth's extra channels, the ControlNet's input
         data = {"target": encode_images(vae, pool["image"]), "extra": encode_images(vae, pool["control"]),
                 "text": pool["caption"], "token_weights": token_weights(pool["image"])}
     else:

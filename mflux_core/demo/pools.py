@@ -18,6 +18,7 @@ EXAMPLE_FUNCTIONS = {
     "depth": dataset.depth_example,
     "canny": dataset.canny_example,
     "kontext": dataset.kontext_example,
+    "upscale": dataset.upscale_example,
 }
 
 

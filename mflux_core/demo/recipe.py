@@ -25,6 +25,7 @@ STAGES = {  # sized for a 2-core CPU: about three hours in all (README's demo se
     "depth": StageSettings(steps=1400, batch=64, learning_rate=5e-4, pool=6000, seed=4),
     "kontext": StageSettings(steps=2500, batch=64, learning_rate=5e-4, pool=6000, seed=5),
     "canny": StageSettings(steps=3000, batch=64, learning_rate=5e-4, pool=6000, seed=7),
+    "upscale": StageSettings(steps=1800, batch=64, learning_rate=5e-4, pool=6000, seed=12),
 }
 
 

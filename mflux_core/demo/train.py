@@ -5,7 +5,8 @@ is done is skipped), so a run cut short by --max-minutes continues where it stop
 trained first (pixels only; vae_stages.py), its decoder then sharpened twice with the encoder
 fixed (decoder and sharpen stages), then the base transformer together with the CLIP and
 T5 encoders, then Fill, Depth and Kontext fine-tuned from it (flow_stages.py) and the canny
-ControlNet beside it (controlnet_stage.py); the shipped base is then guidance-distilled from it as
+ControlNet beside it (controlnet_stage.py; the upscaler ControlNet trains beside the distilled base, and
+can start from a run restored from the shipped family: restore.py); the shipped base is then guidance-distilled from it as
 FLUX.1-dev was (teacher and guidance stages; guidance_stages.py). After the base stage the encoders
 are frozen (the family shares one VAE and one pair of text encoders, as FLUX.1's does), so every
 later stage encodes its captions once. The stages' order, steps, batches and seeds are in recipe.py.
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 import mflux_core  # noqa: F401  (OpenBLAS before mlx.core)
-from mflux_core.demo.controlnet_stage import train_controlnet
+from mflux_core.demo.controlnet_stage import CONTROLNET_STAGES, train_controlnet
 from mflux_core.demo.flow_stages import train_base, train_flow_stage
 from mflux_core.demo.guidance_stages import train_guidance, train_teacher
 from mflux_core.demo.recipe import STAGES, StageSettings, scaled
@@ -49,8 +50,8 @@ def train_stage(run: Path, stage: str, recipe: dict[str, StageSettings], workers
         return train_guidance(run, settings, recipe["base"], vae, workers, max_seconds, compile)
     if stage == "base":
         return train_base(run, settings, vae, workers, max_seconds, compile)
-    if stage == "canny":
-        return train_controlnet(run, settings, vae, workers, max_seconds, compile)
+    if stage in CONTROLNET_STAGES:
+        return train_controlnet(run, stage, settings, vae, workers, max_seconds, compile)
     return train_flow_stage(run, stage, settings, vae, workers, max_seconds, compile)
 
 

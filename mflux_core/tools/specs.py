@@ -142,7 +142,8 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                       kind="number"), RESIZE_FLAG)),
     ToolSpec("upscale", "regenerate an image at a larger size (FLUX.1 upscaler ControlNet)", "upscale", "dev",
              BASE_KINDS, guidance=3.5, demo_model="demo", sized_by_input=True, true_cfg=True, flags=(
-                 *controlnet_flags("upscaler (jasperai/Flux.1-dev-Controlnet-Upscaler)", 0.6),
+                 *controlnet_flags("upscaler (jasperai/Flux.1-dev-Controlnet-Upscaler); demo-upscaler on a demo "
+                                  "model", 0.6),
                  Flag("--image-path", "the image to upscale (--controlnet-image-path works too)"),
                  Flag("--controlnet-image-path", "", hidden=True),
                  Flag("--upscale-factor", "without --width/--height: the output is the input's size times this "

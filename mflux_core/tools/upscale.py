@@ -1,5 +1,6 @@
 """Upscale: regenerate an image at a larger size, steered by the image itself through jasperai's
-FLUX.1 Upscaler ControlNet (or another with --controlnet-path) on a dev base.
+FLUX.1 Upscaler ControlNet (or another with --controlnet-path) on a dev base; on a demo base the default
+is demo-upscaler, the upscaler ControlNet trained with the demo models.
 
 The input image is the control image as it is (no edge detection), resized to the output size.
 The output size is --width/--height when both are given; one of them alone keeps the input's
@@ -16,6 +17,7 @@ from mflux_core.request import GenerationRequest, check_image_size, snap_to_16
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import fit_input, required_image
 from mflux_core.tools.controlnet_conditioning import controlnet_inputs, extra_number
+from mflux_core.weights.resolve import is_demo_folder
 
 DEFAULT_STRENGTH = 0.6  # jasperai's published controlnet_conditioning_scale
 DEFAULT_FACTOR = 2.0
@@ -42,4 +44,5 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     request = upscaled_size(request, image)
     image, notes = fit_input(image, request)
     return controlnet_inputs(model, request, engine, image, tool="Upscale", notes=notes,
-                             default_controlnet="upscaler", default_strength=DEFAULT_STRENGTH)
+                             default_controlnet="demo-upscaler" if is_demo_folder(model.folder) else "upscaler",
+                             default_strength=DEFAULT_STRENGTH)

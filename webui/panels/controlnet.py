@@ -89,7 +89,7 @@ def render(studio) -> Panel:
                 weights = gr.Dropdown(
                     side_model_choices(studio.manager.list_models(), "controlnet",
                                        "default: canny for Canny edges (demo-canny on a demo model), "
-                                       "upscaler for Upscale"),
+                                       "upscaler for Upscale (demo-upscaler on a demo model)"),
                     value=TOOL_DEFAULT, label="ControlNet weights", elem_id="controlnet-weights")
                 shared = build_shared_controls(studio, TOOL, TOOL)
                 render_demo_examples(studio, TOOL, shared.controls, {control_image: lambda e: str(e.images["image"])},
