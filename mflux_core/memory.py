@@ -33,6 +33,7 @@ SMALLEST_BUDGET = GB // 4
 MIB = 1 << 20
 ESTIMATE_MARGIN = 1.25  # the phase estimates are within 25% of the measured peaks (tests): plan for the high side
 DEFAULT_VAE_TILE = 512  # pixels, when tiling is asked for but the whole pass would fit
+DEPTH_PHASE = "estimating the depth map"  # the plan's phase of the depth estimator (models/depth_memory.py)
 # Bytes of one denoise step's activations per token and hidden unit, in units of the compute dtype's
 # size, beside attention's own scratch (kernels.attention_peak_bytes): a single-stream block keeps
 # x, its norm, q/k/v and the attention output (6 widths) and, around the MLP, its hidden state,
