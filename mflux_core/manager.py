@@ -111,10 +111,11 @@ class ModelManager:
         """The photo's depth map, from `name` (default: Depth-Anything-V2-Small, else the demo estimator);
         refused (InvalidRequest) when the estimator's peak would not fit the memory budget."""
         from mflux_core.models.depth import depth_to_image
+        from mflux_core.models.depth_memory import estimator_peak_bytes
 
         estimator = self._depth_estimator(name)
         self.resident.check_side_run(f"the depth map of a {photo.width}x{photo.height} photo", DEPTH_PHASE,
-                                     self.depth_estimate_bytes(photo, name))
+                                     estimator_peak_bytes(estimator, photo.size))
         return depth_to_image(estimator.estimate(photo))
 
     def depth_estimate_bytes(self, photo: Image.Image, name: str | None = None) -> int:
