@@ -24,7 +24,7 @@ from mflux_core.generation import Preview, ToolInputs, decode_latents, run_tool
 from mflux_core.hires import generate_hires
 from mflux_core.lora.resident import ResidentLoras
 from mflux_core.lru import LRU
-from mflux_core.memory import MemoryBudget, MemoryPlan
+from mflux_core.memory import DEPTH_PHASE, MemoryBudget, MemoryPlan
 from mflux_core.metadata import png_text_chunks, request_metadata
 from mflux_core.model_locator import ModelLocator
 from mflux_core.native_sizes import native_size_for, size_note
@@ -108,13 +108,27 @@ class ModelManager:
         return latents
 
     def estimate_depth(self, photo: Image.Image, name: str | None = None) -> Image.Image:
-        """The photo's depth map, from `name` (default: Depth-Anything-V2-Small, else the demo estimator)."""
-        from mflux_core.models.depth import DepthEstimator, depth_to_image
+        """The photo's depth map, from `name` (default: Depth-Anything-V2-Small, else the demo estimator);
+        refused (InvalidRequest) when the estimator's peak would not fit the memory budget."""
+        from mflux_core.models.depth import depth_to_image
+        from mflux_core.models.depth_memory import estimator_peak_bytes
+
+        estimator = self._depth_estimator(name)
+        self.resident.check_side_run(f"the depth map of a {photo.width}x{photo.height} photo", DEPTH_PHASE,
+                                     estimator_peak_bytes(estimator, photo.size))
+        return depth_to_image(estimator.estimate(photo))
+
+    def depth_estimate_bytes(self, photo: Image.Image, name: str | None = None) -> int:
+        from mflux_core.models.depth_memory import estimator_peak_bytes
+
+        return estimator_peak_bytes(self._depth_estimator(name), photo.size)
+
+    def _depth_estimator(self, name: str | None):
+        from mflux_core.models.depth import DepthEstimator
         from mflux_core.tools.specs import default_depth_estimator
 
         name = name or default_depth_estimator(self.models_dir)
-        estimator = self.auxiliary_model(name, lambda folder: DepthEstimator.from_folder(folder))
-        return depth_to_image(estimator.estimate(photo))
+        return self.auxiliary_model(name, lambda folder: DepthEstimator.from_folder(folder))
 
     def apply_loras(self, model: FluxModel, request: GenerationRequest) -> None:
         self.loras.sync(model.transformer, request.lora_paths, request.lora_scales)

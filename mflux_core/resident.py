@@ -246,6 +246,12 @@ class ResidentModels:
         resident = self.resident_bytes()
         return plan_tool_run(model, inputs, resident, self.budget.reserved_bytes(resident))
 
+    def check_side_run(self, what: str, phase: str, peak_bytes: int) -> None:
+        """Refuse (InvalidRequest) a side model's run (e.g. estimating a depth map) whose `peak_bytes` would not
+        fit the budget beside what is resident."""
+        resident = self.resident_bytes()
+        self.budget.check(MemoryPlan(what, resident, ((phase, peak_bytes),), self.budget.reserved_bytes(resident)))
+
     def record_memory(self, plan: MemoryPlan, others: int) -> None:
         """The plan next to what MLX measured: its peak of active memory (weights and activations, not the
         cache) less the `others` bytes of MLX arrays that were not the models'."""

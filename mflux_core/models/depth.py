@@ -16,6 +16,7 @@ from PIL import Image
 
 from mflux_core.errors import ModelLoadError
 from mflux_core.models.dinov2 import Dinov2Backbone, Dinov2Config, resize_bicubic, resize_bilinear_align_corners
+from mflux_core.models.vae import inference, settle
 from mflux_core.request import check_image_size
 from mflux_core.weights.loading import load_component
 from mflux_core.weights.safetensors_io import read_json
@@ -78,7 +79,7 @@ class ReassembleLayer(nn.Module):
             self.resize = nn.Identity()
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.resize(self.projection(x))
+        return settle(self.resize(settle(self.projection(x))))
 
 
 class ReassembleStage(nn.Module):
@@ -104,7 +105,7 @@ class PreActResidualLayer(nn.Module):
         self.convolution2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return x + self.convolution2(nn.relu(self.convolution1(nn.relu(x))))
+        return settle(x + self.convolution2(nn.relu(settle(self.convolution1(nn.relu(x))))))
 
 
 class FeatureFusionLayer(nn.Module):
@@ -117,8 +118,8 @@ class FeatureFusionLayer(nn.Module):
     def __call__(self, x: mx.array, skip: mx.array | None, size: tuple[int, int]) -> mx.array:
         if skip is not None:
             x = x + self.residual_layer1(skip)
-        x = resize_bilinear_align_corners(self.residual_layer2(x), size)
-        return self.projection(x)
+        x = settle(resize_bilinear_align_corners(self.residual_layer2(x), size))
+        return settle(self.projection(x))
 
 
 class FeatureFusionStage(nn.Module):
@@ -151,8 +152,8 @@ class DepthAnythingNeck(nn.Module):
         self.fusion_stage = FeatureFusionStage(config)
 
     def __call__(self, hidden_states: list[mx.array], grid: tuple[int, int]) -> list[mx.array]:
-        maps = self.reassemble_stage(hidden_states, grid)
-        return self.fusion_stage([conv(m) for conv, m in zip(self.convs, maps)])
+        maps = self.reassemble_stage(hidden_states, grid)  # each freed once its projection is made
+        return self.fusion_stage([settle(conv(maps.pop(0))) for conv in self.convs])
 
 
 class DepthAnythingHead(nn.Module):
@@ -164,8 +165,8 @@ class DepthAnythingHead(nn.Module):
         self.conv3 = nn.Conv2d(config.head_hidden_size, 1, kernel_size=1)
 
     def __call__(self, x: mx.array, size: tuple[int, int]) -> mx.array:
-        x = resize_bilinear_align_corners(self.conv1(x), size)
-        return nn.relu(self.conv3(nn.relu(self.conv2(x))))[..., 0]
+        x = settle(resize_bilinear_align_corners(settle(self.conv1(x)), size))
+        return settle(nn.relu(self.conv3(settle(nn.relu(self.conv2(x))))))[..., 0]
 
 
 class DepthAnything(nn.Module):
@@ -181,8 +182,8 @@ class DepthAnything(nn.Module):
     def __call__(self, pixels: mx.array) -> mx.array:
         p = self.config.patch_size
         grid = (pixels.shape[1] // p, pixels.shape[2] // p)
-        fused = self.neck(self.backbone(pixels), grid)
-        return self.head(fused[self.config.head_in_index], (grid[0] * p, grid[1] * p)) * self.config.max_depth
+        fused = self.neck(self.backbone(pixels), grid)[self.config.head_in_index]  # the other maps freed
+        return self.head(fused, (grid[0] * p, grid[1] * p)) * self.config.max_depth
 
 
 def sanitize(weights: dict[str, mx.array], config: DepthAnythingConfig) -> dict[str, mx.array]:
@@ -284,7 +285,8 @@ class DepthEstimator:
         check_image_size(*image.size, "The photo to estimate depth from")
         dtype = self.model.head.conv3.weight.dtype
         pixels = mx.array(preprocess(image, self.preprocess_config)).astype(dtype)
-        depth = self.model(pixels).astype(mx.float32)
+        with inference():  # each layer evaluated before the next: the peak depth_memory plans for
+            depth = settle(self.model(pixels).astype(mx.float32))
         depth = resize_bicubic(depth[..., None], (image.height, image.width))
         return np.array(depth[0, :, :, 0])
 

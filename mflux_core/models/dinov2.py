@@ -14,6 +14,8 @@ import mlx.nn as nn
 import numpy as np
 
 from mflux_core.errors import ModelLoadError
+from mflux_core.models.kernels import attention
+from mflux_core.models.vae import settle
 
 CUBIC_A = np.float32(-0.75)  # torch's bicubic convolution constant
 
@@ -175,8 +177,7 @@ class Dinov2Attention(nn.Module):
             return t.reshape(batch, length, self.heads, -1).transpose(0, 2, 1, 3)
 
         q, k, v = split_heads(self.query(x)), split_heads(self.key(x)), split_heads(self.value(x))
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        return self.output(out.transpose(0, 2, 1, 3).reshape(batch, length, dim))
+        return self.output(attention(q, k, v, self.scale))  # in chunks: memory that depth_memory can plan
 
 
 class Dinov2LayerScale(nn.Module):
@@ -235,7 +236,7 @@ class Dinov2Backbone(nn.Module):
         x = self.embeddings(pixels)
         states = {0: x}
         for index, layer in enumerate(self.encoder.layer, start=1):
-            x = layer(x)
+            x = settle(layer(x))
             if index in self.out_indices:
                 states[index] = x
         features = [states[i] for i in self.out_indices]

@@ -6,27 +6,28 @@ from PIL import Image
 from mflux_core.errors import InvalidRequest
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
+from mflux_core.memory import DEPTH_PHASE
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import (
     check_in_channels, fit_input, packed_channels, encode_image, prompt_conditioning, required_image, with_size,
 )
 
-def depth_map(request: GenerationRequest, engine: ToolEngine) -> Image.Image:
-    """The user's depth map, or one estimated from --image-path by the depth estimator."""
+def depth_map(request: GenerationRequest, engine: ToolEngine) -> tuple[Image.Image, tuple[tuple[str, int], ...]]:
+    """The user's depth map, or one estimated from --image-path by the depth estimator (with its planned phase)."""
     if request.depth_image_path:
-        return required_image(request.depth_image_path, "a depth map", "--depth-image-path")
+        return required_image(request.depth_image_path, "a depth map", "--depth-image-path"), ()
     if not request.image_path:
         raise InvalidRequest("Depth needs a depth map (--depth-image-path) or a photo to estimate one from (--image-path).")
     photo = required_image(request.image_path, "a photo", "--image-path")
-    return engine.estimate_depth(photo)
+    return engine.estimate_depth(photo), ((DEPTH_PHASE, engine.depth_estimate_bytes(photo)),)
 
 
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
     check_in_channels(model, 2 * packed_channels(model), "Depth", "FLUX.1-Depth")
-    control = depth_map(request, engine)
+    control, estimated = depth_map(request, engine)
     request = with_size(request, control)
     control, notes = fit_input(control, request)
     conditioning = prompt_conditioning(model, request)
     conditioning.extra_channels = encode_image(model, control, request.width, request.height).astype(model.dtype)
-    return ToolInputs(request, conditioning, notes=notes)
+    return ToolInputs(request, conditioning, notes=notes, estimated=estimated)

@@ -20,5 +20,8 @@ class ToolEngine(Protocol):
     def estimate_depth(self, photo: Image.Image) -> Image.Image:
         """The depth map of a photo (near = bright), from the depth estimator."""
 
+    def depth_estimate_bytes(self, photo: Image.Image) -> int:
+        """Peak bytes of estimating the photo's depth map (above the estimator's weights), for the plan."""
+
     def apply_loras(self, model: FluxModel, request: GenerationRequest) -> None:
         """Make the model's transformer carry exactly the request's LoRAs (a tool may add its own)."""
