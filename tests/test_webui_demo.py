@@ -227,6 +227,8 @@ def test_upscale_on_the_demo_upscaler_keeps_a_small_pictures_shape(page, tmp_pat
     low_resolution(example.image, IMAGE_SIZE // 4).save(tmp_path / "small.png")
     open_tab(page, "ControlNet")
     page.locator("#controlnet-mode label", has_text="Upscale").click()
+    page.wait_for_selector("#controlnet-canny-low", state="hidden")  # Canny's controls belong to Canny mode
+    assert not page.locator("#controlnet-edges").is_visible()
     page.set_input_files("#controlnet-image input[type=file]", str(tmp_path / "small.png"))
     page.wait_for_selector("#controlnet-image img")
     type_into(page, "controlnet-upscale-factor", 4)

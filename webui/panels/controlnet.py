@@ -66,6 +66,12 @@ def edges_preview(image, low, high):
     return None if image is None else canny_edges(read_upload(image), low, high)
 
 
+def mode_controls(mode: str) -> tuple:
+    """The edges preview and Canny thresholds belong to Canny mode, the upscale factor to Upscale mode."""
+    canny = mode == CANNY
+    return gr.update(visible=canny), gr.update(visible=canny), gr.update(visible=not canny)
+
+
 def render(studio) -> Panel:
     with gr.Tab("ControlNet", id=TOOL, elem_id="tab-controlnet"):
         with gr.Row():
@@ -75,7 +81,7 @@ def render(studio) -> Panel:
                     control_image = input_image("Control image", "controlnet-image")
                     edges = gr.Image(label="Canny edges (what the ControlNet sees)", interactive=False,
                                      elem_id="controlnet-edges", height=320)
-                with gr.Row():
+                with gr.Row() as canny_thresholds:
                     canny_low = gr.Slider(0, 1020, DEFAULTS["canny_low"], step=1, label="Canny low threshold",
                                           elem_id="controlnet-canny-low")
                     canny_high = gr.Slider(0, 1020, DEFAULTS["canny_high"], step=1, label="Canny high threshold",
@@ -85,7 +91,7 @@ def render(studio) -> Panel:
                                          label="ControlNet strength", elem_id="controlnet-strength")
                     upscale_factor = gr.Slider(1, 4, DEFAULTS["upscale_factor"], step=0.5,
                                                label="Upscale factor (when width and height are 0)",
-                                               elem_id="controlnet-upscale-factor")
+                                               elem_id="controlnet-upscale-factor", visible=False)
                 weights = gr.Dropdown(
                     side_model_choices(studio.manager.list_models(), "controlnet",
                                        "default: canny for Canny edges (demo-canny on a demo model), "
@@ -113,6 +119,8 @@ def render(studio) -> Panel:
     canny_low.release(**preview, api_name="canny_preview_low", api_visibility="private")
     canny_high.release(**preview, api_name="canny_preview_high", api_visibility="private")
     mode.input(MODE_STRENGTHS.get, mode, strength, queue=False, api_visibility="private")
+    mode.change(mode_controls, mode, [edges, canny_thresholds, upscale_factor], queue=False,
+                api_visibility="private")  # .change: a preset that sets the mode shows its controls too
     panel.view, panel.run_handler = view, studio.job(view)(build_requests)
     studio.wire_run(run, panel.run_handler, {**controls, "control_image": control_image}, view,
                     api_name="controlnet")
