@@ -66,8 +66,8 @@ def test_every_tool_defaults_to_its_demo_model_in_the_engine_and_the_page(offlin
 
 
 def test_a_missing_side_model_is_one_sentence_that_names_the_models_folder(manager, tmp_path):
-    with pytest.raises(ModelLoadError) as error:  # Redux on the demo base: its Redux weights are not on disk
-        manager.generate(GenerationRequest(tool="redux", prompt="a circle", **FAST,
+    with pytest.raises(ModelLoadError) as error:  # FLUX.1-Redux-dev's weights (not demo-redux) are not on disk
+        manager.generate(GenerationRequest(tool="redux", prompt="a circle", **FAST, extra={"redux_path": "redux"},
                                            redux_image_paths=(scene_picture(tmp_path),)))
     message = str(error.value)
     assert "FLUX.1-Redux-dev" in message and "models folder" in message and "--path" not in message

@@ -21,7 +21,8 @@ from mflux_core.weights.resolve import DEMO_MODELS, DEMO_MODELS_ENV, demo_models
 from tests.parity import run_cli
 
 DEMO_KINDS = {"demo": "base", "demo-fill": "fill", "demo-depth": "depth", "demo-kontext": "kontext",
-              "demo-canny": "controlnet", "demo-depth-estimator": "depth-estimator", "demo-upscaler": "controlnet"}
+              "demo-canny": "controlnet", "demo-depth-estimator": "depth-estimator", "demo-upscaler": "controlnet",
+              "demo-redux": "redux"}
 TOOL_DEMOS = {"generate": "demo", "fill": "demo-fill", "depth": "demo-depth", "kontext": "demo-kontext",
               "controlnet": "demo", "upscale": "demo", "redux": "demo", "in-context": "demo-fill",
               "catvton": "demo-fill", "ic-edit": "demo-fill"}
@@ -31,13 +32,15 @@ SMALL = {"width": 64, "height": 64, "steps": 1, "seed": 3}
 @pytest.fixture(scope="module")
 def demo_models(tmp_path_factory):
     """The five FLUX.1 demo folders, exported from a toy-scale run of the real training recipe, and a copy of the
-    shipped demo depth estimator (trained on its own: mflux_core/demo/depth_estimator.py)."""
+    shipped demo depth estimator and demo Redux (each trained on its own: mflux_core/demo/depth_estimator.py,
+    redux_encoder.py)."""
     run = tmp_path_factory.mktemp("demo-run")
     train.main([str(run), "--stages", "vae,base,teacher,guidance,fill,depth,kontext,canny,upscale",
                 "--scale-steps", "0.0005", "--batch", "2"])
     out = tmp_path_factory.mktemp("demo_models")
     export.export_run(run, out)
-    shutil.copytree(demo_models_dir() / "demo-depth-estimator", out / "demo-depth-estimator")
+    for trained_alone in ("demo-depth-estimator", "demo-redux"):
+        shutil.copytree(demo_models_dir() / trained_alone, out / trained_alone)
     return out
 
 

@@ -43,6 +43,12 @@ def _save(folder: Path, name: str, pixels: np.ndarray) -> str:
     return str(path)
 
 
+def _shape_iou(mask: np.ndarray, shape) -> float:
+    """IoU of a found shape mask with where `shape` really is."""
+    target = shape_mask(shape, mask.shape[0])
+    return float(np.logical_and(mask, target).sum() / max(np.logical_or(mask, target).sum(), 1))
+
+
 def prompt_following(manager, model: str, classify: Callable, count: int = 50,
                      max_sequence_length: int | None = None) -> PromptScores:
     hits = np.zeros(3)
@@ -52,6 +58,35 @@ def prompt_following(manager, model: str, classify: Callable, count: int = 50,
         reading = classify(_generate(manager, model, "generate", caption(scene), index, max_sequence_length))
         hits += [reading.colour == shape.colour, reading.region == shape.region, reading.background == scene.background]
     return PromptScores(*(hits / count))
+
+
+@dataclass(frozen=True)
+class CarriedScores:
+    colour: float  # the result's shape colour = the reference's
+    region: float
+    background: float
+    shape_iou: float  # mean IoU of the result's shape with the reference's (its outline and place)
+
+
+def reference_carried(manager, model: str, classify: Callable, count: int = 20, redux: str | None = None,
+                      max_sequence_length: int | None = None) -> CarriedScores:
+    """With an empty prompt, how much of a held-out reference picture the result shows when the picture goes
+    through the Redux weights `redux` (None: no reference at all, the model's unprompted baseline)."""
+    hits, ious = np.zeros(3), []
+    with tempfile.TemporaryDirectory() as folder:
+        for index in range(count):
+            example = dataset.text_to_image_example(EVALUATION_SEED, index, held_out=True)
+            shape = example.scene.shapes[0]
+            paths = {} if redux is None else {"redux_image_paths": (_save(Path(folder), f"reference{index}",
+                                                                           example.image),),
+                                              "extra": {"redux_path": redux}}
+            image = _generate(manager, model, "generate" if redux is None else "redux", "", index,
+                              max_sequence_length, **paths)
+            reading = classify(image)
+            hits += [reading.colour == shape.colour, reading.region == shape.region,
+                     reading.background == example.scene.background]
+            ious.append(_shape_iou(reading.mask, shape))
+    return CarriedScores(*(hits / count), float(np.mean(ious)))
 
 
 def colour_strength(manager, model: str, count: int = 20, guidance: float | None = None,
@@ -97,9 +132,7 @@ def _layout_iou(manager, model: str, tool: str, example_for: Callable, control_f
             path = _save(Path(folder), f"control{index}", control_for(example))
             image = _generate(manager, model, tool, example.caption, index, max_sequence_length,
                               **{path_field: path}, **extra)
-            target = shape_mask(example.scene.shapes[0], image.shape[0])
-            mask = classify(image).mask
-            scores.append(float(np.logical_and(mask, target).sum() / max(np.logical_or(mask, target).sum(), 1)))
+            scores.append(_shape_iou(classify(image).mask, example.scene.shapes[0]))
     return float(np.mean(scores))
 
 

@@ -79,13 +79,14 @@ TOOL_GUIDANCE_RANGE = (1.0, 35.0)  # the undistilled transformers learn to ignor
 
 
 def flow_batches(data: dict[str, np.ndarray], settings: StageSettings, scheduler: dict,
-                 guidance_range: tuple[float, float] = TOOL_GUIDANCE_RANGE):
-    """batch_for_step(step) -> FlowBatch of the rows step_rows draws."""
+                 guidance_range: tuple[float, float] = TOOL_GUIDANCE_RANGE, text_tokens: int = T5_MAX_LENGTH):
+    """batch_for_step(step) -> FlowBatch of the rows step_rows draws; `text_tokens`: the transformer's text
+    sequence (more than the T5 tokens when the loss appends tokens of its own, as Redux does)."""
     tokens = data["target"].shape[1]
     side = int(math.isqrt(tokens))
     image_ids = image_position_ids(2 * side, 2 * side)
     reference_ids = image_position_ids(2 * side, 2 * side, first=1.0)
-    all_ids = np.concatenate([np.zeros((T5_MAX_LENGTH, 3)), np.array(image_ids)]
+    all_ids = np.concatenate([np.zeros((text_tokens, 3)), np.array(image_ids)]
                              + ([np.array(reference_ids)] if "reference" in data else []))
     rope = rope_tables(all_ids, tuple(family.transformer_config()["axes_dims_rope"]))  # outside mx.compile
 

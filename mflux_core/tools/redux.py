@@ -22,6 +22,9 @@ FluxPriorReduxPipeline + FluxPipeline's. No diffusers setting reproduces any oth
 
 Guidance defaults to 2.5, the value of BFL's reference Redux script (flux/cli_redux.py) and of
 diffusers' Redux example with dev; mflux's `mflux-generate-redux` falls back to its general 3.5.
+
+On a demo model the default weights are demo-redux, the tiny Redux taught with the demo family
+(mflux_core/demo/redux_encoder.py): Redux weights only fit the transformer family they were made for.
 """
 
 from PIL import Image
@@ -37,9 +40,11 @@ from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import (
     check_in_channels, packed_channels, prompt_conditioning, with_size,
 )
+from mflux_core.weights.resolve import is_demo_folder
 
 DEFAULT_STRENGTH = 1.0
 DEFAULT_WEIGHTS = "redux"  # alias of black-forest-labs/FLUX.1-Redux-dev (weights/resolve.py)
+DEMO_WEIGHTS = "demo-redux"
 
 
 def redux_images(request: GenerationRequest) -> list[Image.Image]:
@@ -49,8 +54,9 @@ def redux_images(request: GenerationRequest) -> list[Image.Image]:
 
 
 def redux_encoder(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ReduxEncoder:
-    """The Redux weights of `--redux-path` (else the published ones), checked against the transformer's text width."""
-    name = request.extra.get("redux_path") or DEFAULT_WEIGHTS
+    """The Redux weights of `--redux-path` (else the published ones, or demo-redux on a demo model), checked against
+    the transformer's text width."""
+    name = request.extra.get("redux_path") or (DEMO_WEIGHTS if is_demo_folder(model.folder) else DEFAULT_WEIGHTS)
     encoder = engine.auxiliary_model(name, lambda folder: ReduxEncoder.from_folder(folder, dtype=model.dtype))
     token_width = encoder.token_width
     if token_width != model.config.joint_attention_dim:

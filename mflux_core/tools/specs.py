@@ -154,7 +154,7 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                  Flag("--redux-image-strengths", "one weight per reference image for its tokens (default 1.0 each)",
                       kind="numbers"),
                  Flag("--redux-path", "the Redux weights: folder, alias or repo id (default: redux, "
-                      "black-forest-labs/FLUX.1-Redux-dev)", into=EXTRA))),
+                      "black-forest-labs/FLUX.1-Redux-dev; demo-redux on a demo model)", into=EXTRA))),
     ToolSpec("in-context", "In-Context LoRA: the reference on the left, a related image generated on the right "
              "(FLUX.1-Fill diptych)", "in_context_lora", "fill", FILL_KINDS, guidance=30.0, demo_model="demo-fill",
              sized_by_input=True,

@@ -26,7 +26,8 @@ ALIASES = {
 
 # The demo family: tiny FLUX.1 models trained by mflux_core.demo and shipped in the repository's
 # demo_models/ folder (alias = folder name). They resolve to those folders and never download.
-DEMO_MODELS = ("demo", "demo-fill", "demo-depth", "demo-kontext", "demo-canny", "demo-depth-estimator", "demo-upscaler")
+DEMO_MODELS = ("demo", "demo-fill", "demo-depth", "demo-kontext", "demo-canny", "demo-depth-estimator",
+               "demo-upscaler", "demo-redux")
 DEMO_MODELS_ENV = "MFLUX_STUDIO_DEMO_MODELS"  # another folder holding the demo folders (tests, wheel installs)
 
 

@@ -58,7 +58,8 @@ def render(studio) -> Panel:
                             strengths[f"redux_strength_{i}"] = gr.Slider(0, 1, DEFAULT_STRENGTH, step=0.05,
                                                                          label="Strength",
                                                                          elem_id=f"redux-strength-{i}")
-                weights = gr.Dropdown(side_model_choices(studio.manager.list_models(), "redux", "default: redux"),
+                weights = gr.Dropdown(side_model_choices(studio.manager.list_models(), "redux",
+                                                         "default: redux (demo-redux on a demo model)"),
                                       value=TOOL_DEFAULT, label="Redux weights", elem_id="redux-weights")
                 shared = build_shared_controls(studio, TOOL, TOOL)
                 panel = Panel(TOOL, (TOOL,), {**shared.controls, **strengths, "redux_weights": weights},
