@@ -1,4 +1,5 @@
-"""Large sizes under a memory budget, on the shipped demo model, each run a fresh process.
+"""Large sizes under a memory budget, on the shipped demo weights (a copy that lists no native sizes, so they run
+at the asked size instead of their 64x64), each run a fresh process.
 
   ours       `mflux-studio generate --memory-budget GB` at growing square sizes: the largest that
              completes (a refusal says how much it would need), its seconds and peak RSS
@@ -12,6 +13,7 @@ comparison size.
 """
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -20,7 +22,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "demo_models" / "demo"
 PROMPT = "a red circle on a blue background"
 PEAK_REPORTER = """
 import atexit, sys
@@ -61,10 +62,14 @@ def main() -> None:
     args = parser.parse_args()
 
     from bench.timing import load_line, machine_line, table
+    from mflux_core.native_sizes import link_any_size_copies
+    from mflux_core.weights.resolve import DEMO_MODELS_ENV, demo_models_dir
 
     print(machine_line())
     rows, ours_at = [], {}
     with tempfile.TemporaryDirectory() as tmp:
+        link_any_size_copies(demo_models_dir(), Path(tmp) / "demo_models")
+        os.environ[DEMO_MODELS_ENV] = str(Path(tmp) / "demo_models")  # `--model demo` in the runs below
         for size in sorted(set(args.sizes) | {args.compare}):
             code, seconds, peak, last = run(OURS, "generate", "--model", "demo", "--prompt", PROMPT, "--seed", "1",
                                             "--steps", str(args.steps), "--width", str(size), "--height", str(size),
@@ -72,7 +77,7 @@ def main() -> None:
             ours_at[size] = (code, seconds, peak)
             rows.append([f"ours {size}", "done" if code == 0 else last[:90], seconds, peak / 1e9])
             print(rows[-1], flush=True)
-        code, seconds, peak, last = run(DIFFUSERS, str(DEMO), str(args.compare), str(args.steps), f"{tmp}/d.png",
+        code, seconds, peak, last = run(DIFFUSERS, str(Path(tmp) / "demo_models" / "demo"), str(args.compare), str(args.steps), f"{tmp}/d.png",
                                         PROMPT)
         rows.append([f"diffusers {args.compare}", "done" if code == 0 else last[:90], seconds, peak / 1e9])
     print(f"\ndemo model, {args.steps} steps, our budget {args.budget:g} GB; {load_line()}")

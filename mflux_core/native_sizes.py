@@ -20,6 +20,22 @@ def read_native_sizes(folder: Path | None) -> tuple[Size, ...]:
         return ()
 
 
+def link_any_size_copies(source_root: Path, target_root: Path) -> None:
+    """Each model folder of `source_root` again under `target_root`, its parts linked and its model_index.json
+    listing no native sizes: the demo weights as cheap stand-ins for FLUX.1 at sizes the demo cannot draw (memory
+    and time at 2048 px and beyond; the demo paints noise there, which is all those measurements need)."""
+    for folder in Path(source_root).iterdir():
+        (Path(target_root) / folder.name).mkdir(parents=True)
+        for part in folder.iterdir():
+            copy = Path(target_root) / folder.name / part.name
+            if part.name == "model_index.json":
+                index = json.loads(part.read_text())
+                index.pop(NATIVE_SIZES_KEY, None)
+                copy.write_text(json.dumps(index))
+            else:
+                copy.symlink_to(part)
+
+
 def native_size_for(native: tuple[Size, ...], width: int, height: int) -> Size | None:
     """None when width x height is native (or the model lists no sizes), else the native size closest in aspect
     ratio, then in area."""
