@@ -1,4 +1,5 @@
-"""The engine as Ray Serve replicas (`--cluster local --replicas 2`) on the shipped demo models, 64 px, 1-2 steps.
+"""The engine as Ray Serve replicas (`--cluster local --replicas 2`) on the shipped demo models, 64 px, 1-2 steps;
+the long jobs a test stops or kills run at 256 px on an any-size copy, so they outlast a short job on a slow machine.
 
 One local Ray cluster with two replicas serves the module (it takes a minute to start on a busy machine). Skipped
 only when the `cluster` extra (Ray Serve) is not installed.
@@ -22,10 +23,12 @@ from mflux_core.errors import Cancelled
 from mflux_core.events import Retrying, Step
 from mflux_core.metadata import JSON_KEY
 from mflux_core.request import GenerationRequest
+from tests.fixtures.any_size_demo import any_size_demo_models  # noqa: F401 (a fixture)
 from webui.gallery import save_result
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 120  # seconds a test waits for the cluster to report something before failing (not a speed claim)
+LONG_SIDE = 256  # a long job's size: ~25 ms a step here, so its 300-500 steps outlast a 2-step job's seconds of overhead
 
 
 def require_ray() -> None:
@@ -34,7 +37,7 @@ def require_ray() -> None:
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
+def engine(tmp_path_factory, any_size_demo_models):  # the replicas inherit its demo folder
     require_ray()
     from mflux_core.cluster.engine import connect
 
@@ -43,8 +46,12 @@ def engine(tmp_path_factory):
     engine.close()
 
 
-def request(seed: int, steps: int = 2, model: str = "demo") -> GenerationRequest:
-    return GenerationRequest(prompt="a lighthouse at dusk", model=model, seed=seed, steps=steps)
+def request(seed: int, steps: int = 2, model: str = "demo", side: int = 64) -> GenerationRequest:
+    return GenerationRequest(prompt="a lighthouse at dusk", model=model, seed=seed, steps=steps, width=side, height=side)
+
+
+def long_request(seed: int, steps: int) -> GenerationRequest:
+    return request(seed, steps, side=LONG_SIDE)
 
 
 def saved_metadata(path: Path) -> dict:
@@ -111,7 +118,7 @@ def long_job(engine, seed: int, steps: int, cancel: threading.Event | None = Non
 
     def run():
         try:
-            outcome["result"] = engine.generate(request(seed, steps), report, cancel.is_set if cancel else None)
+            outcome["result"] = engine.generate(long_request(seed, steps), report, cancel.is_set if cancel else None)
         except Exception as error:
             outcome["error"] = error
 
@@ -146,7 +153,7 @@ def test_a_replica_killed_mid_job_is_retried_on_another_and_every_image_is_saved
 
     def batch():
         try:
-            with_long = [request(40, steps=300), request(41), request(42)]
+            with_long = [long_request(40, 300), request(41), request(42)]
             for run in engine.batch(with_long):
                 results.append(run(lambda event: events.append(event)))
         except Exception as error:
@@ -205,8 +212,8 @@ def test_two_sessions_run_at_once_on_two_replicas_and_each_stops_on_its_own(engi
     view = JobView(status="status", preview="preview", results="results")
     timeline, last, queue_states, stepping = [], {}, [], {tab: threading.Event() for tab in ("tab-a", "tab-b")}
 
-    def tab(session: str, seed: int, steps: int):  # one page tab's Run, as Gradio drives it
-        build = lambda values, context: [request(seed, steps)]  # noqa: E731
+    def tab(session: str, job: GenerationRequest):  # one page tab's Run, as Gradio drives it
+        build = lambda values, context: [job]  # noqa: E731
         for update in run_job(studio, view, build, {}, session):
             if "step " in update.get("status", "") and not stepping[session].is_set():
                 timeline.append((session, "stepping"))
@@ -215,10 +222,10 @@ def test_two_sessions_run_at_once_on_two_replicas_and_each_stops_on_its_own(engi
             last[session] = update
         timeline.append((session, "ended"))
 
-    long_tab = threading.Thread(target=tab, args=("tab-a", 60, 400))
+    long_tab = threading.Thread(target=tab, args=("tab-a", long_request(60, 500)))
     long_tab.start()
     assert stepping["tab-a"].wait(WAIT), "the first tab's job never stepped"
-    tab("tab-b", 61, 2)  # queued behind tab-a's 400 steps, it would end after it
+    tab("tab-b", request(61))  # queued behind tab-a's 500 steps, it would end after it
     job = next(entry for entry in studio.turns.entries() if entry.session == "tab-a")
     long_replica = running(engine, 60)["replica"]
     assert studio.turns.cancel(job.id) == f"Stopping job {job.id} after its current step."  # the queue view's Stop

@@ -25,7 +25,7 @@ import pytest
 from huggingface_hub import constants
 from PIL import Image
 
-from mflux_core.demo.dataset import depth_example, low_resolution, upscale_example
+from mflux_core.demo.dataset import depth_example, low_resolution, text_to_image_example, upscale_example
 from mflux_core.demo.depth_estimator import near_mask
 from mflux_core.demo.evaluate import EVALUATION_SEED, FILL_TOLERANCE, psnr
 from mflux_core.demo.examples import SOURCES
@@ -44,6 +44,7 @@ from webui.studio import StudioFolders
 LAYOUT_IOU = 0.5  # generated shape vs the control scene's shape (the family's bar is a mean IoU of 0.6)
 ESTIMATED_IOU = 0.75  # the demo estimator's map vs the true depth map (near shapes; measured 0.85, mean of 50: 0.69)
 UPSCALED, UPSCALED_PSNR = 0, 27.0  # a held-out scene upscaled 4x on the Upscale panel (30.7 dB; Lanczos 34.0)
+REDUX_REFERENCE = 1  # the held-out picture given to Redux, at seed 1 (its colours carried; `demo` unprompted: none)
 DEPTH_PHOTO = 3  # the held-out scene whose picture is uploaded as a photo, at seed 3 (layout IoU measured 0.66)
 
 
@@ -211,15 +212,18 @@ def test_a_photo_gets_its_depth_map_from_the_demo_estimator(page, tmp_path):
     assert score >= LAYOUT_IOU, f"{example.caption!r}: IoU {score:.2f}"
 
 
-def test_redux_without_its_weights_says_what_is_missing_once(page, tmp_path):
-    Image.fromarray(depth_example(EVALUATION_SEED, 0, IMAGE_SIZE, held_out=True).image).save(tmp_path / "ref.png")
+def test_redux_on_the_demo_carries_a_reference_pictures_colours_offline(page, tmp_path):
+    reference = text_to_image_example(EVALUATION_SEED, REDUX_REFERENCE, held_out=True)
+    Image.fromarray(reference.image).save(tmp_path / "reference.png")
     open_tab(page, "Redux")
-    page.set_input_files("#redux-image-1 input[type=file]", str(tmp_path / "ref.png"))
+    page.set_input_files("#redux-image-1 input[type=file]", str(tmp_path / "reference.png"))
     page.wait_for_selector("#redux-image-1 img")
-    page.click("#redux-run")
-    text = wait_for_status(page, "redux", "not on this machine|rror|Done")
-    assert "FLUX.1-Redux-dev" in text and "models folder" in text and "--path" not in text, text
-    assert text.count(". ") == 0 and page.locator(".toast-body").count() <= 1
+    type_into(page, "redux-seed", REDUX_REFERENCE)
+    text = run_and_wait(page, "redux")  # an empty prompt: what the result shows comes from the picture
+    screenshot(page, "demo-redux")
+    reading = classify(result_image(page, "redux"))
+    carried = (reading.background, reading.colour)
+    assert carried == (reference.scene.background, reference.scene.shapes[0].colour), (carried, text)
 
 
 def test_upscale_on_the_demo_upscaler_keeps_a_small_pictures_shape(page, tmp_path):
