@@ -1,4 +1,6 @@
-"""The whole pipeline on a tiny FLUX.1 (the test fixture), where fixed overheads dominate.
+"""The whole pipeline: on a tiny FLUX.1 (the test fixture), where fixed overheads dominate, or with `--full-width`
+on a FLUX.1 of full width and shallow depth (the real VAE, a 3072-wide transformer of 1 double + 1 single block,
+4096-wide T5 output), where the VAE and the transformer's GEMMs dominate as they do on FLUX.1 (issue 28).
 
 Each round runs, as fresh processes, in turn:
   ours        `mflux-studio generate` (import, load, tokenize, 4 steps, decode, save PNG + metadata)
@@ -9,6 +11,7 @@ The diffusers script also reports its load / generate / save split; ours reports
 seconds (`--verbose`). Median over the rounds.
 
     python -m bench.end_to_end [--repeats 3] [--size 64] [--steps 4]
+    python -m bench.end_to_end --full-width --size 512 --steps 2 [--repeats 2]
 """
 
 import argparse
@@ -53,11 +56,33 @@ def wall(command: list[str]) -> tuple[float, str]:
     return seconds, proc.stdout
 
 
+def build_full_width_shallow(folder: Path) -> Path:
+    """A FLUX.1-dev folder at full width and shallow depth: tiny text encoders whose outputs have FLUX.1's widths
+    (T5 4096, CLIP 768), a 1 + 1 block transformer at 3072 wide, and the full FLUX.1 VAE; random float32 weights."""
+    import shutil
+
+    import torch
+    from diffusers import AutoencoderKL
+
+    from bench.vae import FLUX_VAE
+    from tests.fixtures.tiny_flux import TinyFluxSpec, build_tiny_flux
+
+    spec = TinyFluxSpec(latent_channels=16, text_dim=4096, pooled_dim=768, heads=24, head_dim=128,
+                        axes_dims_rope=(16, 56, 56), num_layers=1, num_single_layers=1)
+    build_tiny_flux(folder, spec)
+    shutil.rmtree(folder / "vae")
+    torch.manual_seed(0)
+    AutoencoderKL(**FLUX_VAE).eval().save_pretrained(folder / "vae")
+    return folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--full-width", action="store_true",
+                        help="FLUX.1's widths at 1 + 1 blocks with the real VAE, instead of the tiny fixture")
     args = parser.parse_args()
 
     import numpy as np
@@ -71,9 +96,13 @@ def main() -> None:
     cli = str(Path(python).with_name("mflux-studio"))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        folder = build_tiny_flux(tmp / "tiny-dev", TinyFluxSpec())
+        if args.full_width:
+            folder, model_name = build_full_width_shallow(tmp / "full-width-dev"), "full-width shallow FLUX.1-dev"
+        else:
+            folder, model_name = build_tiny_flux(tmp / "tiny-dev", TinyFluxSpec()), "tiny FLUX.1-dev fixture"
+        channels = json.loads((folder / "vae" / "config.json").read_text())["latent_channels"]
         latent = args.size // 8
-        noise = np.random.default_rng(0).standard_normal((1, 4, latent, latent)).astype(np.float32)
+        noise = np.random.default_rng(0).standard_normal((1, channels, latent, latent)).astype(np.float32)
         np.save(tmp / "noise.npy", noise)
         ours_png, theirs_png = tmp / "ours.png", tmp / "diffusers.png"
         ours_cmd = [cli, "generate", "--path", str(folder), "--prompt", PROMPT, "--steps", str(args.steps),
@@ -97,7 +126,7 @@ def main() -> None:
 
     split = {k: median([p[k] for p in phases]) for k in phases[0]}
     rows = [[name, median(v), spread(v)] for name, v in seconds.items()]
-    print(f"\n{args.size}x{args.size}, {args.steps} steps, tiny FLUX.1-dev fixture; images differ by at most "
+    print(f"\n{args.size}x{args.size}, {args.steps} steps, {model_name}; images differ by at most "
           f"{pixel_diff}/255; {load_line()}")
     print(table(["process", "wall s", "spread"], rows))
     print(f"ours: generate (encode + denoise + decode) {median(ours_generate):.2f} s of the run")

@@ -17,11 +17,12 @@ ExampleValue = Callable[[DemoExample], object]
 
 
 def render_demo_examples(studio, tool: str, controls: dict, shown: dict[gr.components.Component, ExampleValue],
-                         settings: dict[gr.components.Component, object] | None = None) -> None:
+                         settings: dict[gr.components.Component, object] | None = None, kind: str = "") -> None:
     """Render the examples of `tool` (inside the panel's Blocks context).
 
     `controls`: the panel's shared controls; `shown`: the tool's inputs shown in the table before the prompt
-    (component -> its value for an example); `settings`: controls every example sets (component -> value), unshown.
+    (component -> its value for an example); `settings`: controls every example sets (component -> value), unshown;
+    `kind`: which of a panel's modes the examples are for, in the label ("Upscale"), where a panel has several.
     """
     examples = studio.examples.get(tool) or []
     if not examples or not any(entry.name == examples[0].model and entry.available
@@ -33,4 +34,4 @@ def render_demo_examples(studio, tool: str, controls: dict, shown: dict[gr.compo
     rows = [[*(value(e) for value in shown.values()), e.prompt, e.model, *fixed.values()] for e in examples]
     gr.Examples(rows, [*shown, controls["prompt"], controls["model"], *fixed],
                 visible_columns=list(range(len(shown) + 1)), elem_id=f"{tool}-examples",
-                label=f"Try a demo example (runs on {examples[0].model})", api_visibility="private")
+                label=f"Try a demo {kind + ' ' if kind else ''}example (runs on {examples[0].model})", api_visibility="private")

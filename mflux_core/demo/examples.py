@@ -7,7 +7,8 @@ time and each example can be traced to its dataset example (`SOURCES[tool](seed,
 
 examples.json: {"seed": 100, "size": 64, "examples": [{"tool", "model", "prompt", "images": {role: file},
 "index"}, ...]} with image roles "image" (Fill's source, Kontext's before, ControlNet's control
-picture), "mask" (Fill: white = regenerate) and "depth_map" (Depth: nearer is brighter).
+picture, Upscale's small picture at a quarter of the size), "mask" (Fill: white = regenerate) and "depth_map"
+(Depth: nearer is brighter).
 """
 
 import json
@@ -26,7 +27,9 @@ from mflux_core.tools.specs import TOOL_SPECS
 EXAMPLES_FILE = "examples.json"
 PER_TOOL = 3
 SOURCES = {"generate": dataset.text_to_image_example, "fill": dataset.fill_example, "depth": dataset.depth_example,
-           "kontext": dataset.kontext_example, "controlnet": dataset.canny_example}
+           "kontext": dataset.kontext_example, "controlnet": dataset.canny_example,
+           "upscale": dataset.upscale_example}
+UPSCALE_FACTOR = 4  # an Upscale example's picture is the scene at IMAGE_SIZE / 4, brought back to IMAGE_SIZE
 KONTEXT_KINDS = ("colour", "move", "background")  # one example of each edit
 
 
@@ -50,6 +53,8 @@ def _rendered(tool: str, index: int) -> tuple[str, dict[str, np.ndarray]]:
         return example.caption, {"depth_map": example.control}
     if tool == "kontext":
         return example.instruction, {"image": example.before}
+    if tool == "upscale":
+        return example.caption, {"image": np.asarray(dataset.low_resolution(example.image, IMAGE_SIZE // UPSCALE_FACTOR))}
     return example.caption, {"image": example.image}  # controlnet: the tool takes the picture's Canny edges
 
 

@@ -2,6 +2,7 @@
 
 import gradio as gr
 
+from mflux_core.demo.examples import UPSCALE_FACTOR
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.canny import canny_edges
 from mflux_core.request import GenerationRequest
@@ -98,9 +99,13 @@ def render(studio) -> Panel:
                                        "upscaler for Upscale (demo-upscaler on a demo model)"),
                     value=TOOL_DEFAULT, label="ControlNet weights", elem_id="controlnet-weights")
                 shared = build_shared_controls(studio, TOOL, TOOL)
-                render_demo_examples(studio, TOOL, shared.controls, {control_image: lambda e: str(e.images["image"])},
-                                     {mode: CANNY, weights: TOOL_DEFAULT, strength: DEFAULTS["controlnet_strength"],
-                                      canny_low: DEFAULTS["canny_low"], canny_high: DEFAULTS["canny_high"]})
+                example_image = {control_image: lambda e: str(e.images["image"])}
+                render_demo_examples(studio, TOOL, shared.controls, example_image,
+                                     {mode: CANNY, weights: TOOL_DEFAULT, strength: MODE_STRENGTHS[CANNY],
+                                      canny_low: DEFAULTS["canny_low"], canny_high: DEFAULTS["canny_high"]}, kind=CANNY)
+                render_demo_examples(studio, MODE_TOOLS[UPSCALE], shared.controls, example_image,
+                                     {mode: UPSCALE, weights: TOOL_DEFAULT, strength: MODE_STRENGTHS[UPSCALE],
+                                      upscale_factor: UPSCALE_FACTOR}, kind=UPSCALE)
                 controls = {**shared.controls, "mode": mode, "controlnet_strength": strength, "canny_low": canny_low,
                             "canny_high": canny_high, "upscale_factor": upscale_factor, "controlnet_weights": weights}
                 panel = Panel(TOOL, tuple(MODE_TOOLS.values()), controls, settings_from_values, values_from_settings,
