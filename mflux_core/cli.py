@@ -278,7 +278,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     request.validated()
     stepwise = Path(args.stepwise_image_output_dir) if args.stepwise_image_output_dir else None
     manager = manager_from_args(args, max_resident_transformers=args.max_resident_transformers,
-                                full_preview_every=1 if stepwise else 0)
+                                full_preview_every=1 if stepwise else 0, step_previews=stepwise is not None)
     seeds = seeds_to_run(args, request.seed)
     axes = [axis for axis in (args.x_axis, args.y_axis, args.z_axis) if axis is not None]
     if args.prompts_from:

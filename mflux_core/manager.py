@@ -58,6 +58,7 @@ class ModelManager:
         prompt_cache_size: int = 16,
         full_preview_every: int = 0,
         memory_budget_bytes: int | None = None,
+        step_previews: bool = True,
     ):
         self.locator = ModelLocator(models_dir)
         self.resident = ResidentModels(MemoryBudget(memory_budget_bytes), max_resident_transformers, low_ram,
@@ -65,6 +66,7 @@ class ModelManager:
         self.loras = ResidentLoras()  # LoRA files read once; applied to, rescaled on, removed from resident transformers
         self.dtype_name = dtype
         self.full_preview_every = full_preview_every
+        self.step_previews = step_previews  # off: Step events carry no image (a progress bar needs none)
         self._lock = threading.Lock()
         self._previewer: LatentPreviewer | None = None
         self._encoded_images: LRU = LRU(4)  # VAE latents of input images (ControlNet control images)
@@ -251,8 +253,11 @@ class ModelManager:
         inputs = tool_inputs(model, request.with_(width=native[0], height=native[1]), self)
         return inputs, (size_note(request.model, asked, native),)
 
-    def step_preview(self, model: FluxModel) -> Preview:
-        """Previews for the UI: the cheap linear one, or a full VAE decode every `full_preview_every` steps."""
+    def step_preview(self, model: FluxModel) -> Preview | None:
+        """Previews for the UI: the cheap linear one, or a full VAE decode every `full_preview_every` steps;
+        None when step previews are off (the linear map's first fit alone costs seconds on a full-size VAE)."""
+        if not self.step_previews:
+            return None
         previewer = self.previewer(model)
 
         def preview(step: int, latents: mx.array, grid: tuple[int, int]) -> Image.Image:

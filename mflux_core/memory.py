@@ -22,7 +22,7 @@ from mflux_core.models.siglip import SiglipVisionConfig
 from mflux_core.models.transformer import MLP_RATIO, FluxTransformerConfig
 from mflux_core.models.vae import VAEConfig
 from mflux_core.models.vae_memory import choose_vae_tiling
-from mflux_core.process_memory import keep_large_buffers_mapped, return_free_memory
+from mflux_core.process_memory import keep_large_buffers_mapped, return_free_memory, reuse_large_buffers
 
 log = logging.getLogger("mflux_studio.memory")
 
@@ -37,6 +37,9 @@ ESTIMATE_MARGIN = 1.25  # the phase estimates are within 25% of the measured pea
 # the phase: measured with process_memory's fixed mmap threshold, 6 MB during the demo's 0.38 GB decode at
 # 2048x1024 (peak RSS 0.61 GB; 58 MB and 0.66 GB without it)
 PROCESS_GROWTH = 0.05
+# ...and what it may grow by with large buffers served from the heap instead (58 MB in that decode, 15%): a run
+# whose plan leaves this much of the budget free uses the heap, which is faster (process_memory.py)
+HEAP_GROWTH = 0.25
 DEFAULT_VAE_TILE = 512  # pixels, when tiling is asked for but the whole pass would fit
 DEPTH_PHASE = "estimating the depth map"  # the plan's phase of the depth estimator (models/depth_memory.py)
 # Bytes of one denoise step's activations per token and hidden unit, in units of the compute dtype's
@@ -153,6 +156,10 @@ class MemoryPlan:
     def fits(self, budget_bytes: int) -> bool:
         return self.needed_bytes <= budget_bytes
 
+    def fits_with_heap_growth(self, budget_bytes: int) -> bool:
+        """Whether the budget also holds what the C heap may keep when it serves the large buffers."""
+        return self.needed_bytes + int(HEAP_GROWTH * self.largest_phase[1]) <= budget_bytes
+
     def summary(self) -> str:
         phases = ", ".join(f"{name} {gb_text(size)}" for name, size in self.phases)
         return (f"{self.what}: planned peak {gb_text(self.peak_bytes)} (weights {gb_text(self.weights_bytes)}, "
@@ -204,6 +211,10 @@ class MemoryBudget:
         log.info("%s; budget %s", plan.summary(), gb_text(self.bytes))
         if not plan.fits(self.bytes):
             raise InvalidRequest(plan.refusal(self.bytes))
+        if plan.fits_with_heap_growth(self.bytes):
+            reuse_large_buffers()
+        else:
+            keep_large_buffers_mapped()
         return plan
 
 

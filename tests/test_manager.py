@@ -248,6 +248,14 @@ def test_full_decode_previews_every_k_steps(tiny_dev):
     assert np.array_equal(np.asarray(seen[4]), pixels(result))  # the last full preview is the final image
 
 
+def test_with_step_previews_off_steps_carry_no_image(tiny_dev):
+    manager = ModelManager(step_previews=False)  # the CLI's, unless it saves every step's image
+    events = []
+    manager.generate(text_to_image(tiny_dev, steps=2), report=events.append)
+    steps = [event for event in events if isinstance(event, Step)]
+    assert [event.step for event in steps] == [1, 2] and all(event.preview is None for event in steps)
+
+
 # ----- caches ----------------------------------------------------------------------------------
 
 

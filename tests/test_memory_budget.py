@@ -15,7 +15,7 @@ from PIL import Image
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.manager import ModelManager
-from mflux_core.memory import DEPTH_PHASE, GB, MemoryBudget, budget_from_gb
+from mflux_core.memory import DEPTH_PHASE, GB, HEAP_GROWTH, MemoryBudget, MemoryPlan, budget_from_gb
 from mflux_core.request import GenerationRequest
 from mflux_core.weights.resolve import DEMO_MODELS_ENV
 from tests.fixtures.any_size_demo import any_size_demo_models  # noqa: F401 (a fixture)
@@ -268,6 +268,13 @@ def budget_leaving(allowance: int, resident_bytes: int = 0) -> MemoryBudget:
     for _ in range(8):
         budget = MemoryBudget(resident_bytes + allowance + budget.reserved_bytes(resident_bytes))
     return budget
+
+
+def test_the_heap_serves_large_buffers_only_where_the_plan_leaves_room_for_what_it_keeps():
+    plan = MemoryPlan("a 2048x2048 image", GB, (("decoding", 2 * GB),), GB // 2)
+    roomy, tight = plan.needed_bytes + int(HEAP_GROWTH * 2 * GB), plan.needed_bytes
+    assert plan.fits(roomy) and plan.fits_with_heap_growth(roomy)
+    assert plan.fits(tight) and not plan.fits_with_heap_growth(tight)  # runs, with buffers mapped
 
 
 def test_a_tight_budget_tiles_the_decode_and_the_plan_still_holds():

@@ -57,21 +57,36 @@ def _gelu_tanh_argument(x: mx.array) -> mx.array:
     return mx.clip(GELU_K * (y + 0.044715 * y * y * y), -TANH_CLAMP, TANH_CLAMP)
 
 
-@fused
-def _gelu_from_argument(x: mx.array, u: mx.array) -> mx.array:
-    """0.5 x (1 + tanh(u)), tanh as a rational function; polynomials in Estrin form to stay shallow."""
+def _rational_tanh(u: mx.array) -> mx.array:
+    """tanh(u) for u in [-TANH_CLAMP, TANH_CLAMP], arithmetic only (to be traced inside a fused function);
+    polynomials in Estrin form to stay shallow."""
     a, b = TANH_NUMERATOR, TANH_DENOMINATOR
     z = u * u
     z2 = z * z
     z4 = z2 * z2
     numerator = u * (((a[0] + a[1] * z) + z2 * (a[2] + a[3] * z)) + z4 * ((a[4] + a[5] * z) + z2 * a[6]))
     denominator = (b[0] + b[1] * z) + z2 * (b[2] + b[3] * z)
-    return (0.5 * x.astype(mx.float32) * (1 + numerator / denominator)).astype(x.dtype)
+    return numerator / denominator
+
+
+@fused
+def _gelu_from_argument(x: mx.array, u: mx.array) -> mx.array:
+    """0.5 x (1 + tanh(u))."""
+    return (0.5 * x.astype(mx.float32) * (1 + _rational_tanh(u))).astype(x.dtype)
 
 
 def gelu_tanh(x: mx.array) -> mx.array:
     """GELU, tanh approximation (diffusers' gelu-approximate), computed in float32 in two fused passes."""
     return _gelu_from_argument(x, _gelu_tanh_argument(x))
+
+
+@fused
+def scaled_silu(x: mx.array, scale: mx.array, shift: mx.array) -> mx.array:
+    """silu(x * scale + shift) in one pass (a GroupNorm's affine form, then the VAE's activation), with
+    sigmoid(y) = (1 + tanh(y / 2)) / 2: on the CPU ~3x faster than nn.silu (whose exp is scalar code),
+    within 8e-6 of it for outputs up to 46."""
+    y = x * scale + shift
+    return 0.5 * y * (1 + _rational_tanh(mx.clip(0.5 * y, -TANH_CLAMP, TANH_CLAMP)))
 
 
 @fused

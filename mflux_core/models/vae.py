@@ -17,7 +17,7 @@ import mlx.nn as nn
 import numpy as np
 
 from mflux_core.errors import InvalidRequest, ModelLoadError
-from mflux_core.models.kernels import attention
+from mflux_core.models.kernels import attention, scaled_silu
 from mflux_core.models.tap_conv import convolve
 from mflux_core.models.vae_tiles import run_in_tiles, shared_statistics
 from mflux_core.weights.loading import load_component
@@ -230,7 +230,7 @@ class GroupNorm(nn.Module):
     def activated(self, x: mx.array) -> Rows:
         """silu(norm(x)), made a band at a time."""
         scale, shift = self.scale_and_shift(x)
-        return Rows(x.shape, lambda start, stop: nn.silu(x[:, start:stop] * scale + shift))
+        return Rows(x.shape, lambda start, stop: scaled_silu(x[:, start:stop], scale, shift))
 
 
 class ResnetBlock(nn.Module):
