@@ -129,7 +129,7 @@ def test_upscale_runs_on_the_demo_upscaler_from_a_small_picture(manager, tmp_pat
     result = manager.generate(GenerationRequest(tool="upscale", prompt=example.caption, **FAST,
                                                 image_path=str(tmp_path / "small.png")))
     assert result.request.model == "demo" and result.image.size == (SIZE, SIZE)
-    assert result.notes == ("Input 32x32 cropped and resized to 64x64.",)  # no native-size note, no error
+    assert result.notes == ("Input 32x32 resized to 64x64.",)  # no native-size note, no error
     assert result.request.controlnet_strength == 0.6  # the tool's default: the strength it was trained at
     side_models = [r["name"] for r in manager.status()["resident"] if r["kind"] == "auxiliary"]
     assert len(side_models) == 1 and side_models[0].startswith("demo-upscaler ("), side_models

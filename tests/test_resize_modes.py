@@ -87,6 +87,8 @@ def test_same_size_is_left_alone_and_the_note_says_what_was_done():
     assert resize_note((800, 600), 512, 512, "crop and resize") == "Input 800x600 cropped and resized to 512x512."
     assert resize_note((800, 600), 512, 512, "resize and fill") == "Input 800x600 resized and filled to 512x512."
     assert resize_note((800, 600), 512, 512, "just resize") == "Input 800x600 resized (stretched) to 512x512."
+    for mode in RESIZE_MODES:  # an Upscale's input: same proportions, nothing cut, stretched or filled
+        assert resize_note((16, 16), 64, 64, mode) == "Input 16x16 resized to 64x64."
     with pytest.raises(ValueError, match="Unknown resize mode"):
         resize_to(image, 16, 16, "stretch")
 

@@ -45,6 +45,9 @@ def resize_note(size: tuple[int, int], width: int, height: int, mode: str) -> st
     """What `resize_to` did, in words ("Input 800x600 cropped and resized to 512x512."); None when nothing."""
     if tuple(size) == (width, height):
         return None
-    done = {JUST_RESIZE: "resized (stretched)", CROP_AND_RESIZE: "cropped and resized",
-            RESIZE_AND_FILL: "resized and filled"}[mode]
+    if size[0] * height == size[1] * width:  # the same proportions: every mode only scales
+        done = "resized"
+    else:
+        done = {JUST_RESIZE: "resized (stretched)", CROP_AND_RESIZE: "cropped and resized",
+                RESIZE_AND_FILL: "resized and filled"}[mode]
     return f"Input {size[0]}x{size[1]} {done} to {width}x{height}."
