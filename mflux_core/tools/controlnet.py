@@ -16,7 +16,6 @@ from mflux_core.request import GenerationRequest
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import fit_input, required_image, with_size
 from mflux_core.tools.controlnet_conditioning import controlnet_inputs, extra_number
-from mflux_core.weights.resolve import is_demo_folder
 
 DEFAULT_STRENGTH = 0.4  # mflux's default ControlNet strength
 CANNY_THRESHOLDS = {"canny_low": "low", "canny_high": "high"}  # request.extra key -> canny_edges argument
@@ -35,12 +34,7 @@ def control_image(request: GenerationRequest) -> tuple[GenerationRequest, Image.
     return request, canny_edges(image, **thresholds), notes
 
 
-def default_controlnet(model: FluxModel) -> str:
-    """A ControlNet only drives the transformer family it was trained with: demo-canny for the demo models."""
-    return "demo-canny" if is_demo_folder(model.folder) else "canny"
-
-
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
     request, control, notes = control_image(request)
     return controlnet_inputs(model, request, engine, control, tool="ControlNet", notes=notes,
-                             default_controlnet=default_controlnet(model), default_strength=DEFAULT_STRENGTH)
+                             default_controlnet="canny", default_strength=DEFAULT_STRENGTH)

@@ -22,7 +22,7 @@ from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import check_in_channels, packed_channels, prompt_conditioning
 from mflux_core.tools.specs import tool_spec
 from mflux_core.weights.quantize import quantize_model
-from mflux_core.weights.resolve import ALIASES, is_demo_folder
+from mflux_core.weights.resolve import ALIASES, is_demo_folder, side_model_for
 
 def extra_number(request: GenerationRequest, key: str, default: float | None) -> float | None:
     """A numeric tool setting from request.extra (canny thresholds, upscale factor), or `default`."""
@@ -36,9 +36,9 @@ def extra_number(request: GenerationRequest, key: str, default: float | None) ->
 
 def resident_controlnet(model: FluxModel, request: GenerationRequest, engine: ToolEngine,
                         default_name: str) -> FluxControlNet:
-    """The ControlNet named by --controlnet-path (else `default_name`), loaded once in the model's dtype and
-    quantized as the request asks (as mflux does: a FLUX.1 ControlNet is gigabytes)."""
-    name = request.extra.get("controlnet_path") or default_name
+    """The ControlNet named by --controlnet-path (else `default_name`, or its demo twin on a demo model), loaded once
+    in the model's dtype and quantized as the request asks (as mflux does: a FLUX.1 ControlNet is gigabytes)."""
+    name = request.extra.get("controlnet_path") or side_model_for(model.folder, default_name)
     if name in ALIASES and is_demo_folder(model.folder):  # refused before a multi-GB download
         raise InvalidRequest(f"The ControlNet {name} is made for FLUX.1-dev and cannot drive the demo model "
                              f"{model.folder.name}: put FLUX.1-dev and {ALIASES[name]} into the models folder, or "

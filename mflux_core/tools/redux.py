@@ -40,11 +40,10 @@ from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import (
     check_in_channels, packed_channels, prompt_conditioning, with_size,
 )
-from mflux_core.weights.resolve import is_demo_folder
+from mflux_core.weights.resolve import side_model_for
 
 DEFAULT_STRENGTH = 1.0
 DEFAULT_WEIGHTS = "redux"  # alias of black-forest-labs/FLUX.1-Redux-dev (weights/resolve.py)
-DEMO_WEIGHTS = "demo-redux"
 
 
 def redux_images(request: GenerationRequest) -> list[Image.Image]:
@@ -56,7 +55,7 @@ def redux_images(request: GenerationRequest) -> list[Image.Image]:
 def redux_encoder(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ReduxEncoder:
     """The Redux weights of `--redux-path` (else the published ones, or demo-redux on a demo model), checked against
     the transformer's text width."""
-    name = request.extra.get("redux_path") or (DEMO_WEIGHTS if is_demo_folder(model.folder) else DEFAULT_WEIGHTS)
+    name = request.extra.get("redux_path") or side_model_for(model.folder, DEFAULT_WEIGHTS)
     encoder = engine.auxiliary_model(name, lambda folder: ReduxEncoder.from_folder(folder, dtype=model.dtype))
     token_width = encoder.token_width
     if token_width != model.config.joint_attention_dim:

@@ -17,7 +17,6 @@ from mflux_core.request import GenerationRequest, check_image_size, snap_to_16
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import fit_input, required_image
 from mflux_core.tools.controlnet_conditioning import controlnet_inputs, extra_number
-from mflux_core.weights.resolve import is_demo_folder
 
 DEFAULT_STRENGTH = 0.6  # jasperai's published controlnet_conditioning_scale
 DEFAULT_FACTOR = 2.0
@@ -44,5 +43,5 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     request = upscaled_size(request, image)
     image, notes = fit_input(image, request)
     return controlnet_inputs(model, request, engine, image, tool="Upscale", notes=notes,
-                             default_controlnet="demo-upscaler" if is_demo_folder(model.folder) else "upscaler",
+                             default_controlnet="upscaler",
                              default_strength=DEFAULT_STRENGTH)

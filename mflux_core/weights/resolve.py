@@ -71,6 +71,12 @@ def is_demo_folder(folder: Path | None) -> bool:
     return folder is not None and Path(folder).resolve().parent == demo_models_dir().resolve()
 
 
+def side_model_for(base_folder: Path | None, name: str) -> str:
+    """A side model's default (a ControlNet or Redux alias) for a base: its demo twin, demo-<name>, on a demo base,
+    since side weights drive only the transformer family they were made for."""
+    return f"demo-{name}" if is_demo_folder(base_folder) else name
+
+
 def repo_folder(repo_id: str, on_download: DownloadCallback | None = None) -> Path:
     """The snapshot folder of a repo: from the HF cache, downloading it when online (mflux_core.downloads)."""
     return fetch_repo(repo_id, on_download)
