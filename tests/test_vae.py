@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL as ReferenceVAE
+from mlx.utils import tree_flatten
 from safetensors.torch import load_file, save_file
 
 from mflux_core.demo.shapes import random_scene, render
 from mflux_core.errors import InvalidRequest, ModelLoadError
+from mflux_core.models.conv_choice import method_for
 from mflux_core.models.vae import VAEConfig, load_vae
 from mflux_core.models.vae_tiles import blend_tiles
 from mflux_core.weights.resolve import demo_models_dir
@@ -32,6 +34,10 @@ THREE_BLOCKS_NO_ATTENTION = dict(
     norm_num_groups=4, use_quant_conv=False, use_post_quant_conv=True, scaling_factor=0.8, shift_factor=-0.2,
     mid_block_add_attention=False,
 )
+WIDE_ENOUGH_FOR_WINOGRAD = dict(  # 64 channels: the CPU runs its 3x3 layers by Winograd (conv_choice.py)
+    in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(64, 64), layers_per_block=1,
+    norm_num_groups=32, use_quant_conv=False, use_post_quant_conv=False, scaling_factor=0.36, shift_factor=0.1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +49,7 @@ def vae_folders(tiny_dev, tmp_path_factory):
             root / "two", seed=3, old_attention_names=True, **TWO_BLOCKS_QUANT_CONV
         ),
         "three_blocks_no_attention": build_tiny_vae_folder(root / "three", seed=4, **THREE_BLOCKS_NO_ATTENTION),
+        "wide_enough_for_winograd": build_tiny_vae_folder(root / "wide", seed=5, **WIDE_ENOUGH_FOR_WINOGRAD),
     }
 
 
@@ -64,7 +71,8 @@ def relative_error(ours: mx.array, reference: np.ndarray) -> float:
     return float(np.abs(np.array(ours) - reference).max() / np.abs(reference).max())
 
 
-@pytest.mark.parametrize("name", ["flux", "two_blocks_quant_conv_old_names", "three_blocks_no_attention"])
+@pytest.mark.parametrize("name", ["flux", "two_blocks_quant_conv_old_names", "three_blocks_no_attention",
+                                  "wide_enough_for_winograd"])
 @pytest.mark.parametrize("batch,height,width", [(1, 64, 96), (2, 48, 32)])
 def test_encode_and_decode_match_diffusers(vae_folders, name, batch, height, width):
     folder = vae_folders[name]
@@ -72,6 +80,8 @@ def test_encode_and_decode_match_diffusers(vae_folders, name, batch, height, wid
     vae = load_vae(folder)
     f = vae.scale_factor
     assert f == 2 ** (len(reference.config.block_out_channels) - 1)
+    methods = {method_for(w.shape, 1, w.dtype) for key, w in tree_flatten(vae.parameters()) if key.endswith("conv1.weight")}
+    assert ("winograd" in methods) == (name == "wide_enough_for_winograd")
     generator = torch.Generator().manual_seed(height + width)
 
     pixels = torch.rand(batch, 3, height, width, generator=generator) * 2 - 1

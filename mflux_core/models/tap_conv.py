@@ -7,30 +7,12 @@ stride, tap (dy, dx) reads the contiguous rows starting at dy * Wp + dx, so each
 kernel - 1 columns of each output row wrap into the next row and are dropped. Measured on the FLUX
 VAE's 3x3 layers (bench/RESULTS.md): 1.5-1.6x faster than conv2d at 128-256 channels, 3.8x with 3
 output channels, a third of the memory; with 3 input channels the GEMMs are too thin and conv2d
-wins, so those keep it, as do the GPU backends.
+wins, so those keep it, as do the GPU backends (conv_choice.py picks).
 """
 
 import mlx.core as mx
 
 MIN_TAP_CHANNELS = 16  # below this many input channels each tap's GEMM is too thin to beat conv2d
-
-
-def uses_taps(kernel: int, stride: int, in_channels: int) -> bool:
-    """Whether `convolve` runs a convolution of this shape tap by tap (on the CPU backend)."""
-    return (mx.default_device().type == mx.DeviceType.cpu and stride == 1 and kernel > 1
-            and in_channels >= MIN_TAP_CHANNELS)
-
-
-def convolve(x: mx.array, weight: mx.array, stride: int,
-             padding: tuple[tuple[int, int], tuple[int, int]]) -> mx.array:
-    """`mx.conv_general(x, weight, stride=stride, padding=padding)` for NHWC `x` and OHWI `weight`,
-    without bias; tap by tap where `uses_taps` says so."""
-    out_channels, kernel, _, in_channels = weight.shape
-    if not uses_taps(kernel, stride, in_channels):
-        return mx.conv_general(x, weight, stride=stride, padding=padding)
-    if x.shape[0] == 1:
-        return by_taps(x, weight, padding)
-    return mx.concatenate([by_taps(x[i : i + 1], weight, padding) for i in range(x.shape[0])])
 
 
 def by_taps(x: mx.array, weight: mx.array, padding: tuple[tuple[int, int], tuple[int, int]]) -> mx.array:

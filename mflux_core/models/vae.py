@@ -18,7 +18,7 @@ import numpy as np
 
 from mflux_core.errors import InvalidRequest, ModelLoadError
 from mflux_core.models.kernels import attention, scaled_silu
-from mflux_core.models.tap_conv import convolve
+from mflux_core.models.conv_choice import Convolution
 from mflux_core.models.vae_tiles import run_in_tiles, shared_statistics
 from mflux_core.weights.loading import load_component
 
@@ -148,13 +148,14 @@ def conv_in_bands(conv: nn.Conv2d, rows: Rows, padding: tuple[int, int] = (1, 1)
     out_height = (height + before + after - kernel) // stride + 1
     out_width = (width + before + after - kernel) // stride + 1
     step = band_height(out_width, kernel * kernel * in_channels, conv.weight.dtype.size)
+    convolution = Convolution(conv.weight, conv.bias, stride, settle)
     out = None
     for first in range(0, out_height, step):
         last = min(first + step, out_height)
         top, bottom = first * stride - before, (last - 1) * stride - before + kernel
         x = rows.band(max(top, 0), min(bottom, height))
         pad = ([max(-top, 0), before], [max(bottom - height, 0), after])
-        y = convolve(x, conv.weight, stride, pad) + conv.bias
+        y = convolution(x, pad)
         if residual is not None:
             y = y + residual.band(first, last)
         if last - first == out_height:

@@ -10,16 +10,21 @@ caller already holds, nor the weights.
 from dataclasses import dataclass
 from typing import Literal
 
+import mlx.core as mx
+
+from mflux_core.models import winograd_conv
+from mflux_core.models.conv_choice import method_for
 from mflux_core.models.kernels import attention_peak_bytes
-from mflux_core.models.tap_conv import uses_taps
 from mflux_core.models.vae import VAEConfig, band_height
 
 TILE_SIDES = (512, 384, 256, 128, 64)  # automatic tile sizes (pixels) tried, largest first
 
 # Copies of one band that are alive at once, fitted to mx.get_peak_memory: the conv input band
 # (activation, its padded copy), and the output band (the product, the bias and residual sums).
-# A convolution run tap by tap (tap_conv, the CPU backend) unfolds nothing and fits the same copies.
+# A convolution run tap by tap (tap_conv, the CPU backend) unfolds nothing and fits the same copies;
+# one run by Winograd also holds two block-transformed copies (36 values per 16 pixels) of the wider side.
 INPUT_BAND_COPIES = 2
+WINOGRAD_EXPANSION = winograd_conv.PATCH**2 / winograd_conv.OUTPUT_BLOCK**2
 OUTPUT_BAND_COPIES = 3
 
 Direction = Literal["decode", "encode"]
@@ -46,10 +51,17 @@ def conv_peak(source: Image, out_channels: int, itemsize: int, held: int, kernel
     out = Image((height + padding - kernel) // stride + 1, (width + padding - kernel) // stride + 1, out_channels)
     rows = min(out.height, band_height(out.width, kernel * kernel * source.channels, itemsize))
     in_band = ((rows - 1) * stride + kernel) * (width + padding) * source.channels
-    unfolded = 0 if uses_taps(kernel, stride, source.channels) else rows * out.width * kernel * kernel * source.channels
+    dtype = mx.float32 if itemsize == 4 else mx.float16  # the methods tell only float32 from narrower types
+    method = method_for((out_channels, kernel, kernel, source.channels), stride, dtype)
+    unfolded = {"conv2d": rows * out.width * kernel * kernel * source.channels, "taps": 0,
+                "winograd": rows * out.width * WINOGRAD_EXPANSION * max(source.channels, out_channels)}[method]
     band = unfolded + INPUT_BAND_COPIES * in_band + OUTPUT_BAND_COPIES * rows * out.width * out_channels
+    weights = source.channels * out_channels
+    # Winograd's transformed kernel (36 values per tap pair's 9) stays for the layer; making it, the taps' copy too
+    transformed = winograd_conv.PATCH**2 * weights if method == "winograd" else 0
+    making = transformed + kernel * kernel * weights if method == "winograd" else 0
     whole_output = out.elements() if rows < out.height else 0
-    return held + source.elements() + whole_output + band, out
+    return held + source.elements() + whole_output + max(transformed + band, making), out
 
 
 def norm_peak(x: Image, itemsize: int, held: int) -> int:
