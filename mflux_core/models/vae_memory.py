@@ -22,7 +22,7 @@ TILE_SIDES = (512, 384, 256, 128, 64)  # automatic tile sizes (pixels) tried, la
 # Copies of one band that are alive at once, fitted to mx.get_peak_memory: the conv input band
 # (activation, its padded copy), and the output band (the product, the bias and residual sums).
 # A convolution run tap by tap (tap_conv, the CPU backend) unfolds nothing and fits the same copies;
-# one run by Winograd also holds two block-transformed copies (36 values per 16 pixels) of the wider side.
+# one run by Winograd also holds a block-transformed copy (36 values per 16 pixels) of the wider side.
 INPUT_BAND_COPIES = 2
 WINOGRAD_EXPANSION = winograd_conv.PATCH**2 / winograd_conv.OUTPUT_BLOCK**2
 OUTPUT_BAND_COPIES = 3
