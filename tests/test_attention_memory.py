@@ -59,12 +59,12 @@ def chunks_of(q, k, gpu=False) -> AttentionChunks:
     return AttentionChunks(batch, heads, tokens, k.shape[2], 4, gpu=gpu)
 
 
-# (batch, heads, q_tokens, kv_tokens, head_dim, chunk score elements): row chunks that do not divide
-# the tokens evenly, batch 2, cross attention, and a limit below one row of all heads (heads split
-# 4 + 2).
+# (batch, heads, q_tokens, kv_tokens, head_dim, chunk score elements): every limit here is below a
+# group of heads, so one head at a time over row chunks that do not divide the tokens evenly; batch 2,
+# cross attention, and a limit of four rows.
 CASES = [
-    (1, 3, 50, 50, 16, 4 * 50 * 7),
-    (2, 5, 37, 53, 8, 2 * 5 * 53 * 9),
+    (1, 3, 50, 50, 16, 50 * 17),
+    (2, 5, 37, 53, 8, 2 * 53 * 9),
     (1, 6, 41, 64, 16, 4 * 64),
     (1, 1, 1000, 1000, 32, 1000 * 96),
 ]
@@ -87,8 +87,8 @@ def test_chunked_equals_whole(batch, heads, q_tokens, kv_tokens, head_dim, eleme
 
 
 def test_chunked_attention_runs_on_every_thread():
-    """The server runs each job on a thread of its own: the second CPU stream must work on each (a stream
-    made on one thread failed on the next). A process of its own: see the exit below."""
+    """The server runs each job on a thread of its own: chunked attention must work on each (a stream
+    made on one thread once failed on the next). A process of its own: see the exit below."""
     import subprocess
     import sys
 
@@ -113,10 +113,10 @@ for _ in range(2):
     assert done.stdout.split() == ["done", "done"] and "Stream" not in done.stderr, done.stderr[-2000:]
 
 
-def test_heads_are_split_when_one_row_of_all_heads_is_over_the_limit():
+def test_one_head_at_a_time_when_a_group_of_heads_is_over_the_limit():
     set_attention_memory(limit_for(4 * 64))
     chunks = AttentionChunks(1, 6, 41, 64, 4, gpu=False)
-    assert (chunks.heads, chunks.head_chunks, chunks.rows, chunks.row_chunks) == (4, 2, 1, 41)
+    assert (chunks.heads, chunks.head_chunks, chunks.rows, chunks.row_chunks) == (1, 6, 4, 11)
 
 
 def test_gpu_path_chunks_only_when_the_whole_is_over_the_limit():
