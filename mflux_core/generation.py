@@ -86,6 +86,9 @@ def run_tool(
 
 def decode_latents(model: FluxModel, packed: mx.array, grid: tuple[int, int], forced_tiling: bool = False) -> Image.Image:
     """Packed latents -> image, decoded in tiles when the whole would not fit the model's memory allowance."""
+    # MLX's buffer cache is full of the denoise step's buffers, of sizes the VAE never asks for; decoding
+    # beside them took 95 s instead of 66 at 1024x1024 on the CPU (bench/RESULTS.md, 2026-12-03).
+    mx.clear_cache()
     f = model.vae_scale_factor
     tile = model.vae_tile(grid[0] * f, grid[1] * f, "decode", forced_tiling)
     pixels = model.vae.decode(unpack_latents(packed, *grid), tiled=tile is not None, tile_size=tile or 0)
