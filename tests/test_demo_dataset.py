@@ -102,3 +102,25 @@ def test_larger_images_render_the_same_scene():
     assert large.shape == (128, 128, 3)
     shrunk = large.reshape(64, 2, 64, 2, 3).mean(axis=(1, 3))
     assert np.mean(np.abs(shrunk - small)) < 3
+
+
+def test_any_aspect_renders_the_scene_in_its_proportions():
+    """The sizes stages' pictures: places are fractions of each side, shapes keep their proportions (sized by
+    the shorter side), so a circle stays round and in its region on a wide or a tall picture."""
+    for width, height in ((128, 48), (48, 96), (80, 64)):
+        for index in range(12):
+            example = dataset.text_to_image_example(0, index, width, height=height)
+            shape = example.scene.shapes[0]
+            assert example.image.shape == (height, width, 3)
+            mask = shape_mask(shape, width, height)
+            assert mask.shape == (height, width) and mask.sum() > 0.5 * (shape.size * min(width, height)) ** 2
+            assert nearest_colour(np.median(example.image[mask], axis=0)) == shape.colour
+            ys, xs = np.nonzero(mask)
+            assert region_of((xs.mean() + 0.5) / width, (ys.mean() + 0.5) / height) == shape.region
+            if shape.kind == "circle":
+                assert abs(np.ptp(xs) - np.ptp(ys)) <= 1
+    fill = dataset.fill_example(0, 3, 112, height=64)
+    assert fill.mask.shape == (64, 112) and (shape_mask(fill.scene.shapes[0], 112, 64) <= fill.mask).all()
+    upscale = dataset.upscale_example(0, 5, 128, height=64)
+    assert upscale.control.shape == upscale.image.shape == (64, 128, 3)
+    assert dataset.low_resolution(upscale.image, 16).size == (32, 16)

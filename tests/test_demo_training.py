@@ -141,3 +141,28 @@ def test_a_run_restored_from_the_shipped_family_holds_its_weights(tmp_path):
         assert restored.keys() == original.keys()
         assert all(mx.array_equal(restored[name], original[name]) for name in restored)
     assert caption_tokens(tmp_path, np.array(["a red circle"]))[0].shape == (1, T5_MAX_LENGTH)
+
+
+def test_the_sizes_stages_tune_a_restored_family_and_its_export_makes_every_size(tmp_path):
+    """size_stages.py at toy scale on a run restored from demo_models/: each stage trains on pools of every size,
+    and the export ships a tuned member with family.SIZES as its native sizes, an untuned one at 64x64 only."""
+    from mflux_core.demo.family import SIZES
+    from mflux_core.demo.restore import restore_run
+    from mflux_core.native_sizes import read_native_sizes
+    from mflux_core.weights.resolve import demo_models_dir
+
+    run = tmp_path / "run"
+    restore_run(run, demo_models_dir())
+    train.main([str(run), "--stages", "teacher-sizes,guidance-sizes,fill-sizes,canny-sizes", "--scale-steps",
+                "0.0005", "--batch", "2"])
+    assert len(list(run.glob("examples-base-13-*.npz"))) == len(SIZES)  # one pool per size (64x64 named as before)
+    folders = {folder.name: folder for folder in export.export_run(run, tmp_path / "models")}
+    assert set(folders) == {"demo", "demo-fill", "demo-depth", "demo-kontext", "demo-canny", "demo-upscaler"}
+    assert read_native_sizes(folders["demo"]) == read_native_sizes(folders["demo-fill"]) == SIZES
+    assert read_native_sizes(folders["demo-depth"]) == ((64, 64),)
+    tuned, shipped = load_controlnet(folders["demo-canny"]), load_controlnet(demo_models_dir() / "demo-canny")
+    assert not mx.array_equal(tuned.controlnet_blocks[0].weight, shipped.controlnet_blocks[0].weight)
+    manager = ModelManager(models_dir=tmp_path / "models")
+    result = manager.generate(GenerationRequest(model="demo", prompt="a red circle on a blue background",
+                                                width=80, height=48, steps=1, max_sequence_length=32))
+    assert result.image.size == (80, 48) and not result.notes

@@ -10,10 +10,13 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from mflux_core.demo import family
+from mflux_core.demo.family import NATIVE_SIZE
 from mflux_core.demo.flow_stages import base_transformer, flow_batches, stage_data, step_rows
+from mflux_core.demo.pools import Size
 from mflux_core.demo.recipe import StageSettings, optimizer_for
 from mflux_core.demo.text_encoders import ENCODER_STAGE
 from mflux_core.training import train
+from mflux_core.training.loop import MODEL_FILE
 from mflux_core.training.flow_matching import noisy_latents, velocity_loss
 
 
@@ -54,10 +57,10 @@ def controlled_loss(model: ControlledFlux, batch, strength: float) -> mx.array:
     return velocity_loss(velocity, flow)
 
 
-def controlled_model(run: Path, stage: str) -> ControlledFlux:
-    """The stage's base with a ControlNet whose shared parts start as copies of the base's and whose
-    input and output projections start at zero (it changes nothing until trained)."""
-    base = base_transformer(run, CONTROLNET_STAGES[stage].base_stage)
+def controlled_model(run: Path, stage: str, beside: str | None = None) -> ControlledFlux:
+    """The stage's base (or the checkpoint `beside`) with a ControlNet whose shared parts start as copies of the
+    base's and whose input and output projections start at zero (it changes nothing until trained)."""
+    base = base_transformer(run, beside or CONTROLNET_STAGES[stage].base_stage)
     controlnet = family.build_controlnet(family.controlnet_config())
     own = dict(tree_flatten(controlnet.parameters()))
     copied = {name: value for name, value in tree_flatten(base.parameters()) if name in own}
@@ -68,17 +71,25 @@ def controlled_model(run: Path, stage: str) -> ControlledFlux:
 
 
 def train_controlnet(run: Path, stage: str, settings: StageSettings, vae, workers: int, max_seconds: float | None,
-                     compile: bool = False) -> bool:
-    data = stage_data(run, stage, settings, vae, workers)
-    model = controlled_model(run, stage)
-    flows = flow_batches({k: v for k, v in data.items() if k != "extra"}, settings, family.SCHEDULER_CONFIG)
+                     compile: bool = False, sizes: tuple[Size, ...] = (NATIVE_SIZE,), start: str | None = None,
+                     beside: str | None = None, checkpoint: str | None = None) -> bool:
+    """The stage's ControlNet: new, or the ControlNet of the checkpoint `start` (its sizes stage tunes it at every
+    size in `sizes` beside the base `beside`); written to RUN/`checkpoint` (default: the stage)."""
+    data = stage_data(run, stage, settings, vae, workers, sizes)
+    model = controlled_model(run, stage, beside)
+    if start is not None:
+        trained = mx.load(str(run / start / MODEL_FILE))
+        model.load_weights([(name, value) for name, value in trained.items() if name.startswith("controlnet.")],
+                           strict=False)
+    flows = flow_batches({size: {k: v for k, v in pool.items() if k != "extra"} for size, pool in data.items()},
+                         settings, family.SCHEDULER_CONFIG)
 
     def batch_for_step(step: int):
-        _, rows = step_rows(settings, step, len(data["target"]))
-        return flows(step), mx.array(data["extra"][rows])
+        _, size, rows = step_rows(settings, step, {size: len(pool["target"]) for size, pool in data.items()})
+        return flows(step), mx.array(data[size]["extra"][rows])
 
     loss = partial(controlled_loss, strength=CONTROLNET_STAGES[stage].strength)
     result = train(model, loss, batch_for_step, optimizer_for(settings), settings.steps,
-                   trainable=lambda name: name.startswith("controlnet."), checkpoint_dir=run / stage,
+                   trainable=lambda name: name.startswith("controlnet."), checkpoint_dir=run / (checkpoint or stage),
                    max_seconds=max_seconds, compile=compile)
     return result.finished

@@ -74,16 +74,18 @@ class KontextExample:
     after_scene: Scene
 
 
-def text_to_image_example(seed: int, index: int, size: int = 64, held_out: bool = False) -> TextToImageExample:
+def text_to_image_example(seed: int, index: int, width: int = 64, held_out: bool = False,
+                          height: int | None = None) -> TextToImageExample:
     """A scene and its caption; one caption in five leaves out the region or the background."""
     rng = example_rng(seed, index)
     scene = sample_scene(rng, held_out)
     drop = rng.integers(10)
     text = caption(scene, with_region=drop != 0, with_background=drop != 1)
-    return TextToImageExample(render(scene, size), text, scene)
+    return TextToImageExample(render(scene, width, height), text, scene)
 
 
-def fill_example(seed: int, index: int, size: int = 64, held_out: bool = False) -> FillExample:
+def fill_example(seed: int, index: int, width: int = 64, held_out: bool = False,
+                 height: int | None = None) -> FillExample:
     """Recolour (or reshape) the shape inside a box around it; the caption describes the result."""
     rng = example_rng(seed, index)
     while True:
@@ -96,25 +98,28 @@ def fill_example(seed: int, index: int, size: int = 64, held_out: bool = False) 
             after = with_shape(before, 0, kind=str(rng.choice([k for k in SHAPES if k != shape.kind])))
         if is_held_out(after.shapes[0], after.background) == held_out:
             break
-    mask = box_mask(shape, size, margin=float(rng.uniform(0.03, 0.08)))
-    source, target = render(before, size), render(after, size)
+    mask = box_mask(shape, width, float(rng.uniform(0.03, 0.08)), height)
+    source, target = render(before, width, height), render(after, width, height)
     target = np.where(mask[..., None], target, source)
     return FillExample(source, mask, target, caption(after), after)
 
 
-def depth_example(seed: int, index: int, size: int = 64, held_out: bool = False) -> ControlExample:
+def depth_example(seed: int, index: int, width: int = 64, held_out: bool = False,
+                  height: int | None = None) -> ControlExample:
     """A depth map of a scene and the scene; the caption names colours and shape, not the place."""
     rng = example_rng(seed, index)
     scene = sample_scene(rng, held_out)
-    return ControlExample(depth_map(scene, size), render(scene, size), caption(scene, with_region=False), scene)
+    return ControlExample(depth_map(scene, width, height), render(scene, width, height),
+                          caption(scene, with_region=False), scene)
 
 
-def canny_example(seed: int, index: int, size: int = 64, held_out: bool = False) -> ControlExample:
+def canny_example(seed: int, index: int, width: int = 64, held_out: bool = False,
+                  height: int | None = None) -> ControlExample:
     """Canny edges of a scene and the scene (the canny ControlNet's pairs), with the ControlNet tool's
     default thresholds: what the tool makes of the same picture (a faint outline may vanish)."""
     rng = example_rng(seed, index)
     scene = sample_scene(rng, held_out)
-    image = render(scene, size)
+    image = render(scene, width, height)
     edges = np.asarray(canny_edges(Image.fromarray(image)).convert("RGB"))
     return ControlExample(edges, image, caption(scene, with_region=False), scene)
 
@@ -123,26 +128,30 @@ UPSCALE_INPUT_SIDES = (8, 16, 32)  # the low-resolution pictures the demo upscal
 
 
 def low_resolution(image: np.ndarray, side: int) -> Image.Image:
-    """`image` shrunk to side x side (what a user would upscale)."""
-    return Image.fromarray(image).resize((side, side), RESAMPLE)
+    """`image` shrunk so that its shorter side is `side` (what a user would upscale)."""
+    height, width = image.shape[:2]
+    short = min(width, height)
+    return Image.fromarray(image).resize((width * side // short, height * side // short), RESAMPLE)
 
 
 def upscaled_control(image: np.ndarray, side: int) -> np.ndarray:
-    """`image` shrunk to side x side, then brought back to its own size as the Upscale tool brings its input
-    to the output size: what the upscaler ControlNet sees (and what a plain Lanczos upscale gives)."""
+    """`image` shrunk to `side` (low_resolution), then brought back to its own size as the Upscale tool brings
+    its input to the output size: what the upscaler ControlNet sees (and what a plain Lanczos upscale gives)."""
     return np.asarray(resize_to(low_resolution(image, side), image.shape[1], image.shape[0], DEFAULT_RESIZE_MODE))
 
 
-def upscale_example(seed: int, index: int, size: int = 64, held_out: bool = False) -> ControlExample:
-    """A scene upscaled by Lanczos from 8x8, 16x16 or 32x32 and the true scene (the upscaler ControlNet's pairs)."""
+def upscale_example(seed: int, index: int, width: int = 64, held_out: bool = False,
+                    height: int | None = None) -> ControlExample:
+    """A scene upscaled by Lanczos from a shorter side of 8, 16 or 32 and the true scene (the upscaler ControlNet's pairs)."""
     rng = example_rng(seed, index)
     scene = sample_scene(rng, held_out)
-    image = render(scene, size)
+    image = render(scene, width, height)
     side = int(rng.choice(UPSCALE_INPUT_SIDES))
     return ControlExample(upscaled_control(image, side), image, caption(scene, with_region=False), scene)
 
 
-def kontext_example(seed: int, index: int, size: int = 64, held_out: bool = False) -> KontextExample:
+def kontext_example(seed: int, index: int, width: int = 64, held_out: bool = False,
+                    height: int | None = None) -> KontextExample:
     """A before/after pair and the instruction that turns one into the other."""
     rng = example_rng(seed, index)
     while True:
@@ -164,4 +173,5 @@ def kontext_example(seed: int, index: int, size: int = 64, held_out: bool = Fals
             after = Scene(colour, before.shapes)
             instruction = f"make the background {colour}"
         if is_held_out(after.shapes[0], after.background) == held_out:
-            return KontextExample(render(before, size), render(after, size), instruction, kind, before, after)
+            return KontextExample(render(before, width, height), render(after, width, height), instruction, kind,
+                                  before, after)

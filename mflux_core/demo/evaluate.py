@@ -16,6 +16,8 @@ import numpy as np
 from PIL import Image
 
 from mflux_core.demo import dataset
+from mflux_core.demo.family import NATIVE_SIZE
+from mflux_core.demo.pools import Size
 from mflux_core.demo.shapes import COLOURS, caption, shape_mask
 from mflux_core.request import GenerationRequest
 
@@ -31,8 +33,8 @@ class PromptScores:
 
 
 def _generate(manager, model: str, tool: str, prompt: str, seed: int, max_sequence_length: int | None,
-              **paths):
-    request = GenerationRequest(tool=tool, model=model, prompt=prompt, seed=seed, width=64, height=64,
+              size: Size = NATIVE_SIZE, **paths):
+    request = GenerationRequest(tool=tool, model=model, prompt=prompt, seed=seed, width=size[0], height=size[1],
                                 max_sequence_length=max_sequence_length, **paths)
     return np.asarray(manager.generate(request).image.convert("RGB"))
 
@@ -45,17 +47,18 @@ def _save(folder: Path, name: str, pixels: np.ndarray) -> str:
 
 def _shape_iou(mask: np.ndarray, shape) -> float:
     """IoU of a found shape mask with where `shape` really is."""
-    target = shape_mask(shape, mask.shape[0])
+    target = shape_mask(shape, mask.shape[1], mask.shape[0])
     return float(np.logical_and(mask, target).sum() / max(np.logical_or(mask, target).sum(), 1))
 
 
 def prompt_following(manager, model: str, classify: Callable, count: int = 50,
-                     max_sequence_length: int | None = None) -> PromptScores:
+                     max_sequence_length: int | None = None, size: Size = NATIVE_SIZE) -> PromptScores:
+    """Held-out captions painted at `size` (width, height)."""
     hits = np.zeros(3)
     for index in range(count):
         scene = dataset.text_to_image_example(EVALUATION_SEED, index, held_out=True).scene
         shape = scene.shapes[0]
-        reading = classify(_generate(manager, model, "generate", caption(scene), index, max_sequence_length))
+        reading = classify(_generate(manager, model, "generate", caption(scene), index, max_sequence_length, size))
         hits += [reading.colour == shape.colour, reading.region == shape.region, reading.background == scene.background]
     return PromptScores(*(hits / count))
 
@@ -105,16 +108,16 @@ def colour_strength(manager, model: str, count: int = 20, guidance: float | None
 
 
 def fill_scores(manager, model: str, classify: Callable, count: int = 20,
-                max_sequence_length: int | None = None) -> tuple[float, float]:
+                max_sequence_length: int | None = None, size: Size = NATIVE_SIZE) -> tuple[float, float]:
     """(fraction whose masked region shows the prompted colour, mean fraction of unmasked pixels kept)."""
     recoloured, kept = 0, []
     with tempfile.TemporaryDirectory() as folder:
         for index in range(count):
-            example = dataset.fill_example(EVALUATION_SEED, index, held_out=True)
+            example = dataset.fill_example(EVALUATION_SEED, index, size[0], held_out=True, height=size[1])
             paths = {"image_path": _save(Path(folder), f"source{index}", example.source),
                      "masked_image_path": _save(Path(folder), f"mask{index}", example.mask.astype(np.uint8) * 255)}
-            image = _generate(manager, model, "fill", example.caption, index, max_sequence_length, keep_unmasked=True,
-                              **paths)
+            image = _generate(manager, model, "fill", example.caption, index, max_sequence_length, size,
+                              keep_unmasked=True, **paths)
             reading = classify(np.where(example.mask[..., None], image, example.source))  # the masked region only
             recoloured += reading.colour == example.scene.shapes[0].colour
             difference = np.abs(image.astype(int) - example.source.astype(int)).max(axis=-1)
@@ -123,24 +126,25 @@ def fill_scores(manager, model: str, classify: Callable, count: int = 20,
 
 
 def _layout_iou(manager, model: str, tool: str, example_for: Callable, control_for: Callable, path_field: str,
-                classify: Callable, count: int, max_sequence_length: int | None, **extra) -> float:
+                classify: Callable, count: int, max_sequence_length: int | None, size: Size = NATIVE_SIZE,
+                **extra) -> float:
     """Mean IoU of the generated shape with the shape of the scene the control image came from."""
     scores = []
     with tempfile.TemporaryDirectory() as folder:
         for index in range(count):
-            example = example_for(EVALUATION_SEED, index, held_out=True)
+            example = example_for(EVALUATION_SEED, index, size[0], held_out=True, height=size[1])
             path = _save(Path(folder), f"control{index}", control_for(example))
-            image = _generate(manager, model, tool, example.caption, index, max_sequence_length,
+            image = _generate(manager, model, tool, example.caption, index, max_sequence_length, size,
                               **{path_field: path}, **extra)
             scores.append(_shape_iou(classify(image).mask, example.scene.shapes[0]))
     return float(np.mean(scores))
 
 
 def depth_layout(manager, model: str, classify: Callable, count: int = 20,
-                 max_sequence_length: int | None = None) -> float:
+                 max_sequence_length: int | None = None, size: Size = NATIVE_SIZE) -> float:
     """Mean IoU of the generated shape with the depth map's shape."""
     return _layout_iou(manager, model, "depth", dataset.depth_example, lambda e: e.control, "depth_image_path",
-                       classify, count, max_sequence_length)
+                       classify, count, max_sequence_length, size)
 
 
 def estimated_depth_layout(manager, model: str, classify: Callable, count: int = 20,
@@ -152,23 +156,23 @@ def estimated_depth_layout(manager, model: str, classify: Callable, count: int =
 
 
 def controlnet_layout(manager, model: str, controlnet: str, classify: Callable, count: int = 20,
-                      max_sequence_length: int | None = None) -> float:
+                      max_sequence_length: int | None = None, size: Size = NATIVE_SIZE) -> float:
     """Mean IoU of the generated shape with the shape of the control picture, whose Canny edges the
     ControlNet tool takes itself."""
     return _layout_iou(manager, model, "controlnet", dataset.canny_example, lambda e: e.image,
-                       "controlnet_image_path", classify, count, max_sequence_length,
+                       "controlnet_image_path", classify, count, max_sequence_length, size,
                        extra={"controlnet_path": controlnet})
 
 
 def kontext_applied(manager, model: str, classify: Callable, count: int = 30,
-                    max_sequence_length: int | None = None) -> float:
+                    max_sequence_length: int | None = None, size: Size = NATIVE_SIZE) -> float:
     applied = 0
     with tempfile.TemporaryDirectory() as folder:
         for index in range(count):
-            example = dataset.kontext_example(EVALUATION_SEED, index, held_out=True)
+            example = dataset.kontext_example(EVALUATION_SEED, index, size[0], held_out=True, height=size[1])
             path = _save(Path(folder), f"before{index}", example.before)
             reading = classify(_generate(manager, model, "kontext", example.instruction, index, max_sequence_length,
-                                         image_path=path))
+                                         size, image_path=path))
             after = example.after_scene
             applied += {"colour": reading.colour == after.shapes[0].colour,
                         "move": reading.region == after.shapes[0].region,

@@ -13,7 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from mflux_core.demo.family import NATIVE_SIZES, PIPELINE_CLASSES, SCHEDULER_CONFIG, SHIPPED_DTYPE
+from mflux_core.demo.family import NATIVE_SIZE, PIPELINE_CLASSES, SCHEDULER_CONFIG, SHIPPED_DTYPE
 from mflux_core.native_sizes import NATIVE_SIZES_KEY
 
 SHARED_COMPONENTS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
@@ -63,7 +63,7 @@ def write_t5(folder: Path, t5: nn.Module, config: dict, dtype: mx.Dtype = SHIPPE
     save_arrays(folder / "model.safetensors", checkpoint_arrays(t5, dtype))
 
 
-def write_model_index(folder: Path, tool: str) -> None:
+def write_model_index(folder: Path, tool: str, sizes: tuple[tuple[int, int], ...] = (NATIVE_SIZE,)) -> None:
     write_json(folder / "model_index.json", {
         "_class_name": PIPELINE_CLASSES[tool], "_diffusers_version": SCHEDULER_CONFIG["_diffusers_version"],
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
@@ -73,7 +73,7 @@ def write_model_index(folder: Path, tool: str) -> None:
         "tokenizer_2": ["transformers", "T5TokenizerFast"],
         "transformer": ["diffusers", "FluxTransformer2DModel"],
         "vae": ["diffusers", "AutoencoderKL"],
-        NATIVE_SIZES_KEY: NATIVE_SIZES,
+        NATIVE_SIZES_KEY: [list(size) for size in sizes],
     })
 
 
@@ -82,15 +82,16 @@ def write_scheduler(folder: Path) -> None:
 
 
 def write_model_folder(out: Path, tool: str, transformer: nn.Module, transformer_config: dict, shared: Path,
-                       dtype: mx.Dtype = SHIPPED_DTYPE) -> Path:
-    """A complete FLUX.1 folder: this tool's transformer plus copies of the shared components."""
+                       dtype: mx.Dtype = SHIPPED_DTYPE, sizes: tuple[tuple[int, int], ...] = (NATIVE_SIZE,)) -> Path:
+    """A complete FLUX.1 folder: this tool's transformer plus copies of the shared components; `sizes`: the
+    sizes it makes."""
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
     write_transformer(out / "transformer", transformer, transformer_config, dtype)
     for name in SHARED_COMPONENTS:
         shutil.copytree(Path(shared) / name, out / name)
-    write_model_index(out, tool)
+    write_model_index(out, tool, sizes)
     return out
 
 
@@ -101,14 +102,24 @@ DEMO_FOLDERS = {  # checkpoint (training stage) -> (tool, model folder)
 CONTROLNET_FOLDERS = {"canny": "demo-canny", "upscale": "demo-upscaler"}  # checkpoint (training stage) -> folder
 
 
+def _latest(run: Path, stage: str) -> tuple[Path | None, tuple[tuple[int, int], ...]]:
+    """The checkpoint to ship for a 64 px stage and the sizes it makes: its sizes stage's (size_stages.py) once
+    that one is done, else its own (None when there is none)."""
+    from mflux_core.demo.size_stages import SUFFIX, finished_sizes
+    from mflux_core.training.loop import MODEL_FILE
+
+    sizes = finished_sizes(run, stage + SUFFIX)
+    if sizes:
+        return run / (stage + SUFFIX) / MODEL_FILE, sizes
+    return (run / stage / MODEL_FILE if (run / stage / MODEL_FILE).is_file() else None), (NATIVE_SIZE,)
+
+
 def export_run(run: Path, out: Path, dtype: mx.Dtype = SHIPPED_DTYPE) -> list[Path]:
     """Write every finished stage of a training run (python -m mflux_core.demo.train) as a model folder under `out`."""
     from mflux_core.demo import family
-    from mflux_core.demo.controlnet_stage import controlled_model
     from mflux_core.demo.recipe import STAGES
     from mflux_core.demo.text_encoders import shared_folder, text_encoders
     from mflux_core.demo.vae_stages import trained_vae, vae_sample
-    from mflux_core.training.loop import MODEL_FILE
 
     run, out = Path(run), Path(out)
     shared = run / "export-shared"
@@ -125,17 +136,21 @@ def export_run(run: Path, out: Path, dtype: mx.Dtype = SHIPPED_DTYPE) -> list[Pa
     write_scheduler(shared / "scheduler")
     written = []
     for stage, (tool, folder) in DEMO_FOLDERS.items():
-        if not (run / stage / MODEL_FILE).is_file():
+        checkpoint, sizes = _latest(run, stage)
+        if checkpoint is None:
             continue
         config = family.transformer_config(tool)
         transformer = family.build_transformer(config)
-        transformer.load_weights(str(run / stage / MODEL_FILE))
-        written.append(write_model_folder(out / folder, tool, transformer, config, shared, dtype))
+        transformer.load_weights(str(checkpoint))
+        written.append(write_model_folder(out / folder, tool, transformer, config, shared, dtype, sizes))
     for stage, folder in CONTROLNET_FOLDERS.items():
-        if (run / stage / MODEL_FILE).is_file():
-            model = controlled_model(run, stage)
-            model.load_weights(str(run / stage / MODEL_FILE))
-            written.append(write_controlnet(out / folder, model.controlnet, family.controlnet_config(), dtype))
+        checkpoint, _ = _latest(run, stage)
+        if checkpoint is not None:  # a ControlledFlux checkpoint: the base it trained beside, and the ControlNet
+            controlnet = family.build_controlnet(family.controlnet_config())
+            controlnet.load_weights([(name.removeprefix("controlnet."), value)
+                                     for name, value in mx.load(str(checkpoint)).items()
+                                     if name.startswith("controlnet.")])
+            written.append(write_controlnet(out / folder, controlnet, family.controlnet_config(), dtype))
     shutil.rmtree(shared)
     return written
 

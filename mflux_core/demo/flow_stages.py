@@ -1,7 +1,6 @@
 """The demo's flow-matching stages: the base transformer (trained with the text encoders), then
 Fill, Depth and Kontext fine-tuned from it, each on latents computed once per run."""
 
-import math
 from pathlib import Path
 
 import mlx.core as mx
@@ -9,8 +8,9 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from mflux_core.demo import family
+from mflux_core.demo.family import NATIVE_SIZE
 from mflux_core.demo.loss_weights import token_weights
-from mflux_core.demo.pools import cached_pool
+from mflux_core.demo.pools import Size, cached_pool
 from mflux_core.demo.recipe import StageSettings, optimizer_for
 from mflux_core.demo.text_encoders import (ENCODER_STAGE, CaptionedTransformer, caption_tokens, component_weights,
                                            encode_captions, seeded_text_encoders)
@@ -30,15 +30,17 @@ def encode_images(vae, images: np.ndarray) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def stage_examples(run: Path, stage: str, settings: StageSettings, vae, workers: int) -> dict[str, np.ndarray]:
-    """Latents and conditioning of every example of the stage's pool, with its captions (the unique
-    strings, and each example's index into them); cached in RUN_DIR."""
-    path = run / f"examples-{stage}-{settings.seed}-{settings.pool}.npz"
+def stage_examples(run: Path, stage: str, settings: StageSettings, vae, workers: int,
+                   size: Size = NATIVE_SIZE) -> dict[str, np.ndarray]:
+    """Latents and conditioning of every example of the stage's pool at `size` (width, height), with its captions
+    (the unique strings, and each example's index into them); cached in RUN_DIR."""
+    at_size = "" if size == NATIVE_SIZE else f"-{size[0]}x{size[1]}"  # the 64 px recipe's names unchanged
+    path = run / f"examples-{stage}-{settings.seed}-{settings.pool}{at_size}.npz"
     if path.is_file():
         with np.load(path) as data:
             return {name: data[name] for name in data.files}
     kind = {"base": "text_to_image"}.get(stage, stage)
-    pool = cached_pool(run, kind, settings.seed, settings.pool, workers)
+    pool = cached_pool(run, kind, settings.seed, settings.pool, workers, size=size)
     if stage == "base":
         data = {"target": encode_images(vae, pool["image"]), "text": pool["caption"],
                 "token_weights": token_weights(pool["image"])}
@@ -60,55 +62,68 @@ def stage_examples(run: Path, stage: str, settings: StageSettings, vae, workers:
     return data
 
 
-def stage_data(run: Path, stage: str, settings: StageSettings, vae, workers: int) -> dict[str, np.ndarray]:
-    """The stage's examples with each caption's T5 states ("t5") and CLIP pooled output ("pooled"),
+def stage_data(run: Path, stage: str, settings: StageSettings, vae, workers: int,
+               sizes: tuple[Size, ...] = (NATIVE_SIZE,)) -> dict[Size, dict[str, np.ndarray]]:
+    """The stage's examples at each size with each caption's T5 states ("t5") and CLIP pooled output ("pooled"),
     encoded once by the trained (from here on frozen) encoders."""
-    data = stage_examples(run, stage, settings, vae, workers)
-    data["t5"], data["pooled"] = encode_captions(run, data["captions"])
-    return data
+    by_size = {}
+    for size in sizes:
+        data = by_size[size] = stage_examples(run, stage, settings, vae, workers, size)
+        data["t5"], data["pooled"] = encode_captions(run, data["captions"])
+    return by_size
 
 
-def step_rows(settings: StageSettings, step: int, count: int) -> tuple[np.random.Generator, np.ndarray]:
-    """The step's generator and the pool rows it draws first (a stage adds its own inputs for the same rows)."""
+def step_rows(settings: StageSettings, step: int, counts: dict[Size, int]) -> tuple[np.random.Generator, Size,
+                                                                                    np.ndarray]:
+    """The step's generator, its size (one per step, so a batch stacks) and the pool rows it draws first."""
     rng = np.random.default_rng([settings.seed, step])
-    return rng, rng.integers(0, count, settings.batch)
+    sizes = list(counts)
+    size = sizes[int(rng.integers(len(sizes)))] if len(sizes) > 1 else sizes[0]  # one size: the 64 px draws as before
+    return rng, size, rng.integers(0, counts[size], settings.batch)
 
 
 TOOL_GUIDANCE_RANGE = (1.0, 35.0)  # the undistilled transformers learn to ignore their guidance input at every
 # tool default (Kontext's 2.5 to Fill's 30); only the distilled base (guidance_stages.py) reads its own
 
 
-def flow_batches(data: dict[str, np.ndarray], settings: StageSettings, scheduler: dict,
+def flow_batches(data: dict[Size, dict[str, np.ndarray]], settings: StageSettings, scheduler: dict,
                  guidance_range: tuple[float, float] = TOOL_GUIDANCE_RANGE, text_tokens: int = T5_MAX_LENGTH):
-    """batch_for_step(step) -> FlowBatch of the rows step_rows draws; `text_tokens`: the transformer's text
-    sequence (more than the T5 tokens when the loss appends tokens of its own, as Redux does)."""
-    tokens = data["target"].shape[1]
-    side = int(math.isqrt(tokens))
-    image_ids = image_position_ids(2 * side, 2 * side)
-    reference_ids = image_position_ids(2 * side, 2 * side, first=1.0)
-    all_ids = np.concatenate([np.zeros((text_tokens, 3)), np.array(image_ids)]
-                             + ([np.array(reference_ids)] if "reference" in data else []))
-    rope = rope_tables(all_ids, tuple(family.transformer_config()["axes_dims_rope"]))  # outside mx.compile
+    """batch_for_step(step) -> FlowBatch of the rows step_rows draws from the pool of the size it draws;
+    `text_tokens`: the transformer's text sequence (more than the T5 tokens when the loss appends tokens of
+    its own, as Redux does)."""
+    layouts = {size: _token_layout(size, "reference" in pool, text_tokens) for size, pool in data.items()}
 
     def batch_for_step(step: int):
-        rng, rows = step_rows(settings, step, len(data["target"]))
-        captions = data["caption_index"][rows]
+        rng, size, rows = step_rows(settings, step, {size: len(pool["target"]) for size, pool in data.items()})
+        pool, (image_ids, reference_ids, rope) = data[size], layouts[size]
+        captions = pool["caption_index"][rows]
         flow = FlowBatch(
-            latents=mx.array(data["target"][rows]),
-            noise=mx.array(rng.standard_normal(data["target"][rows].shape).astype(np.float32)),
-            sigmas=mx.array(shifted_sigmas(rng, settings.batch, tokens, scheduler)),
-            text=mx.array(data["t5"][captions]), pooled=mx.array(data["pooled"][captions]), image_ids=image_ids,
+            latents=mx.array(pool["target"][rows]),
+            noise=mx.array(rng.standard_normal(pool["target"][rows].shape).astype(np.float32)),
+            sigmas=mx.array(shifted_sigmas(rng, settings.batch, len(image_ids), scheduler)),
+            text=mx.array(pool["t5"][captions]), pooled=mx.array(pool["pooled"][captions]), image_ids=image_ids,
             guidance=mx.array(rng.uniform(*guidance_range, settings.batch).astype(np.float32)),
-            rope=rope, token_weights=mx.array(data["token_weights"][rows]),
+            rope=rope, token_weights=mx.array(pool["token_weights"][rows]),
         )
-        if "extra" in data:
-            flow.extra_channels = mx.array(data["extra"][rows])
-        if "reference" in data:
-            flow.reference_tokens = mx.array(data["reference"][rows])
+        if "extra" in pool:
+            flow.extra_channels = mx.array(pool["extra"][rows])
+        if "reference" in pool:
+            flow.reference_tokens = mx.array(pool["reference"][rows])
             flow.reference_ids = reference_ids
         return flow
 
     return batch_for_step
+
+
+def _token_layout(size: Size, with_reference: bool, text_tokens: int) -> tuple[mx.array, mx.array, tuple]:
+    """A size's image ids, reference ids (Kontext's, beside the image) and RoPE tables (built outside
+    mx.compile) for [text; image (; reference)]."""
+    latent_height, latent_width = size[1] // family.VAE_SCALE, size[0] // family.VAE_SCALE
+    image_ids = image_position_ids(latent_height, latent_width)
+    reference_ids = image_position_ids(latent_height, latent_width, first=1.0)
+    all_ids = np.concatenate([np.zeros((text_tokens, 3)), np.array(image_ids)]
+                             + ([np.array(reference_ids)] if with_reference else []))
+    return image_ids, reference_ids, rope_tables(all_ids, tuple(family.transformer_config()["axes_dims_rope"]))
 
 
 def base_transformer(run: Path, stage: str = ENCODER_STAGE):
@@ -117,6 +132,13 @@ def base_transformer(run: Path, stage: str = ENCODER_STAGE):
     checkpoint = run / stage / MODEL_FILE
     transformer.load_weights(component_weights(checkpoint, "transformer") if stage == ENCODER_STAGE
                              else str(checkpoint))
+    return transformer
+
+
+def tool_transformer(run: Path, tool: str, stage: str):
+    """A trained Fill, Depth or Kontext transformer from a stage's checkpoint."""
+    transformer = family.build_transformer(family.transformer_config(tool))
+    transformer.load_weights(str(run / stage / MODEL_FILE))
     return transformer
 
 
@@ -144,18 +166,20 @@ def train_base(run: Path, settings: StageSettings, vae, workers: int, max_second
     data["t5"], data["pooled"] = caption_tokens(run, data["captions"])
     transformer = family.seeded(settings.seed, family.build_transformer, family.transformer_config("base"))
     model = CaptionedTransformer(transformer, *seeded_text_encoders(run))
-    batches = flow_batches(data, settings, family.SCHEDULER_CONFIG)
+    batches = flow_batches({NATIVE_SIZE: data}, settings, family.SCHEDULER_CONFIG)
     result = train(model, captioned_flow_loss, batches, optimizer_for(settings), settings.steps,
                    checkpoint_dir=run / ENCODER_STAGE, max_seconds=max_seconds, compile=compile)
     return result.finished
 
 
 def train_flow_stage(run: Path, stage: str, settings: StageSettings, vae, workers: int, max_seconds: float | None,
-                     compile: bool = False) -> bool:
-    """Fill, Depth or Kontext, fine-tuned from the base with the encoders frozen."""
-    data = stage_data(run, stage, settings, vae, workers)
-    transformer = widened(base_transformer(run), stage)
+                     compile: bool = False, sizes: tuple[Size, ...] = (NATIVE_SIZE,), start: str | None = None,
+                     checkpoint: str | None = None) -> bool:
+    """Fill, Depth or Kontext, fine-tuned with the encoders frozen: from the base, or from the checkpoint of
+    `start` (its sizes stage tunes it at every size in `sizes`); written to RUN/`checkpoint` (default: the stage)."""
+    data = stage_data(run, stage, settings, vae, workers, sizes)
+    transformer = widened(base_transformer(run), stage) if start is None else tool_transformer(run, stage, start)
     batches = flow_batches(data, settings, family.SCHEDULER_CONFIG)
     result = train(transformer, flow_matching_loss, batches, optimizer_for(settings), settings.steps,
-                   checkpoint_dir=run / stage, max_seconds=max_seconds, compile=compile)
+                   checkpoint_dir=run / (checkpoint or stage), max_seconds=max_seconds, compile=compile)
     return result.finished

@@ -9,9 +9,11 @@ import mlx.core as mx
 import numpy as np
 
 from mflux_core.demo import family
+from mflux_core.demo.family import NATIVE_SIZE
 from mflux_core.demo.flow_stages import base_transformer, flow_batches, stage_data
+from mflux_core.demo.pools import Size
 from mflux_core.demo.recipe import StageSettings, optimizer_for
-from mflux_core.demo.text_encoders import encode_captions
+from mflux_core.demo.text_encoders import ENCODER_STAGE, encode_captions
 from mflux_core.training import train
 from mflux_core.training.flow_matching import flow_matching_loss, predicted_velocity, velocity_loss
 
@@ -33,9 +35,12 @@ def empty_caption(run: Path, batch: int) -> tuple[mx.array, mx.array]:
 
 
 def train_teacher(run: Path, settings: StageSettings, base_settings: StageSettings, vae, workers: int,
-                  max_seconds: float | None, compile: bool = False) -> bool:
-    """The base, tuned on its own examples with some captions left empty."""
-    flows = flow_batches(stage_data(run, "base", base_settings, vae, workers), settings, family.SCHEDULER_CONFIG)
+                  max_seconds: float | None, compile: bool = False, sizes: tuple[Size, ...] = (NATIVE_SIZE,),
+                  start: str = ENCODER_STAGE, checkpoint: str = "teacher") -> bool:
+    """The base (the checkpoint of `start`), tuned on the examples of `base_settings` at `sizes` with some
+    captions left empty."""
+    flows = flow_batches(stage_data(run, "base", base_settings, vae, workers, sizes), settings,
+                         family.SCHEDULER_CONFIG)
     empty_text, empty_pooled = empty_caption(run, settings.batch)
 
     def batch_for_step(step: int):
@@ -45,8 +50,8 @@ def train_teacher(run: Path, settings: StageSettings, base_settings: StageSettin
         flow.pooled = mx.where(keep[:, None], flow.pooled, empty_pooled)
         return flow
 
-    result = train(base_transformer(run), flow_matching_loss, batch_for_step, optimizer_for(settings),
-                   settings.steps, checkpoint_dir=run / "teacher", max_seconds=max_seconds, compile=compile)
+    result = train(base_transformer(run, start), flow_matching_loss, batch_for_step, optimizer_for(settings),
+                   settings.steps, checkpoint_dir=run / checkpoint, max_seconds=max_seconds, compile=compile)
     return result.finished
 
 
@@ -56,11 +61,13 @@ def distillation_loss(student, batch) -> mx.array:
 
 
 def train_guidance(run: Path, settings: StageSettings, base_settings: StageSettings, vae, workers: int,
-                   max_seconds: float | None, compile: bool = False) -> bool:
-    """The shipped base: the teacher, taught its own guided velocity at each guidance value in GUIDANCE_RANGE."""
-    flows = flow_batches(stage_data(run, "base", base_settings, vae, workers), settings, family.SCHEDULER_CONFIG,
-                         guidance_range=GUIDANCE_RANGE)
-    teacher = base_transformer(run, "teacher")
+                   max_seconds: float | None, compile: bool = False, sizes: tuple[Size, ...] = (NATIVE_SIZE,),
+                   teacher_stage: str = "teacher", checkpoint: str = "guidance") -> bool:
+    """The shipped base: the teacher, taught its own guided velocity at each guidance value in GUIDANCE_RANGE
+    on the examples of `base_settings` at `sizes`."""
+    flows = flow_batches(stage_data(run, "base", base_settings, vae, workers, sizes), settings,
+                         family.SCHEDULER_CONFIG, guidance_range=GUIDANCE_RANGE)
+    teacher = base_transformer(run, teacher_stage)
     teacher.freeze()
     empty_text, empty_pooled = empty_caption(run, settings.batch)
 
@@ -73,6 +80,6 @@ def train_guidance(run: Path, settings: StageSettings, base_settings: StageSetti
         mx.eval(target)  # the teacher's passes stay out of the student's compiled step
         return flow, target
 
-    result = train(base_transformer(run, "teacher"), distillation_loss, batch_for_step, optimizer_for(settings),
-                   settings.steps, checkpoint_dir=run / "guidance", max_seconds=max_seconds, compile=compile)
+    result = train(base_transformer(run, teacher_stage), distillation_loss, batch_for_step, optimizer_for(settings),
+                   settings.steps, checkpoint_dir=run / checkpoint, max_seconds=max_seconds, compile=compile)
     return result.finished

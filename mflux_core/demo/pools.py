@@ -12,6 +12,8 @@ import numpy as np
 
 from mflux_core.demo import dataset
 
+Size = tuple[int, int]  # (width, height)
+
 EXAMPLE_FUNCTIONS = {
     "text_to_image": dataset.text_to_image_example,
     "fill": dataset.fill_example,
@@ -22,11 +24,11 @@ EXAMPLE_FUNCTIONS = {
 }
 
 
-def _render_chunk(kind: str, seed: int, start: int, stop: int, size: int, held_out: bool) -> dict[str, list]:
+def _render_chunk(kind: str, seed: int, start: int, stop: int, size: Size, held_out: bool) -> dict[str, list]:
     make = EXAMPLE_FUNCTIONS[kind]
     columns: dict[str, list] = {}
     for index in range(start, stop):
-        example = make(seed, index, size, held_out)
+        example = make(seed, index, size[0], held_out, height=size[1])
         for field in fields(example):
             value = getattr(example, field.name)
             if isinstance(value, (np.ndarray, str)):
@@ -34,9 +36,10 @@ def _render_chunk(kind: str, seed: int, start: int, stop: int, size: int, held_o
     return columns
 
 
-def render_pool(kind: str, seed: int, count: int, size: int = 64, held_out: bool = False,
+def render_pool(kind: str, seed: int, count: int, size: Size = (64, 64), held_out: bool = False,
                 workers: int = 1) -> dict[str, np.ndarray]:
-    """`count` examples of a kind as stacked arrays (text fields as arrays of str); order is by index."""
+    """`count` examples of a kind at `size` (width, height) as stacked arrays (text fields as arrays of str);
+    order is by index."""
     chunk = max(1, -(-count // (4 * max(workers, 1))))
     bounds = [(start, min(start + chunk, count)) for start in range(0, count, chunk)]
     if workers > 1:
@@ -50,7 +53,9 @@ def render_pool(kind: str, seed: int, count: int, size: int = 64, held_out: bool
 
 def cached_pool(folder: Path, kind: str, seed: int, count: int, workers: int = 1, **kwargs) -> dict[str, np.ndarray]:
     """render_pool, saved to / read from `folder` so later stages and resumed runs reuse it."""
-    path = Path(folder) / f"pool-{kind}-{seed}-{count}.npz"
+    size = kwargs.get("size", (64, 64))
+    at_size = "" if tuple(size) == (64, 64) else f"-{size[0]}x{size[1]}"  # the 64 px recipe's names unchanged
+    path = Path(folder) / f"pool-{kind}-{seed}-{count}{at_size}.npz"
     if path.is_file():
         with np.load(path) as data:
             return {name: data[name] for name in data.files}

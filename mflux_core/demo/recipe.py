@@ -26,6 +26,14 @@ STAGES = {  # sized for a 2-core CPU: about three hours in all (README's demo se
     "kontext": StageSettings(steps=2500, batch=64, learning_rate=5e-4, pool=6000, seed=5),
     "canny": StageSettings(steps=3000, batch=64, learning_rate=5e-4, pool=6000, seed=7),
     "upscale": StageSettings(steps=1800, batch=64, learning_rate=5e-4, pool=6000, seed=12),
+    # size_stages.py: the finished family tuned at every size; pool: examples per size (36 sizes)
+    "teacher-sizes": StageSettings(steps=1000, batch=64, learning_rate=3e-4, pool=300, seed=13),
+    "guidance-sizes": StageSettings(steps=1000, batch=64, learning_rate=3e-4, pool=0, seed=14),  # the teacher's pool
+    "fill-sizes": StageSettings(steps=600, batch=64, learning_rate=3e-4, pool=200, seed=15),
+    "depth-sizes": StageSettings(steps=600, batch=64, learning_rate=3e-4, pool=200, seed=16),
+    "kontext-sizes": StageSettings(steps=800, batch=64, learning_rate=3e-4, pool=200, seed=17),
+    "canny-sizes": StageSettings(steps=600, batch=64, learning_rate=3e-4, pool=200, seed=18),
+    "upscale-sizes": StageSettings(steps=600, batch=64, learning_rate=3e-4, pool=200, seed=19),
 }
 
 

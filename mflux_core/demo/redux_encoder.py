@@ -26,6 +26,7 @@ from PIL import Image
 
 from mflux_core.demo import family
 from mflux_core.demo.export import save_arrays, write_json
+from mflux_core.demo.family import NATIVE_SIZE
 from mflux_core.demo.flow_stages import encode_images, flow_batches, step_rows
 from mflux_core.demo.loss_weights import token_weights
 from mflux_core.demo.pools import cached_pool
@@ -120,11 +121,11 @@ def train_redux(run: Path, workers: int = 2, max_seconds: float | None = None, c
     run.mkdir(parents=True, exist_ok=True)
     demo = load_flux_model(ModelSource(demo_folder("demo")), mx.float32, "demo")
     data = training_data(run, demo, workers)
-    flows = flow_batches(data, SETTINGS, demo.scheduler_config, GUIDANCE_RANGE,
+    flows = flow_batches({NATIVE_SIZE: data}, SETTINGS, demo.scheduler_config, GUIDANCE_RANGE,
                          text_tokens=T5_MAX_LENGTH + IMAGE_TOKENS)
 
     def batch_for_step(step: int):
-        _, rows = step_rows(SETTINGS, step, len(data["target"]))
+        _, _, rows = step_rows(SETTINGS, step, {NATIVE_SIZE: len(data["target"])})
         return flows(step), mx.array(data["pixels"][rows])
 
     model = ReduxOnDemo(seeded_encoder(), demo.transformer)

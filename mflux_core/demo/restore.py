@@ -2,9 +2,12 @@
 
 Writes into RUN the checkpoints that later stages read, taken from the shipped float16 folders: the VAE
 as the sharpen stage (trained_vae takes the latest VAE stage), CLIP and T5 as the encoder stage left them,
-and the shipped (guidance-distilled) transformer as the guidance stage; plus the tokenizers. A stage that
-trains beside the shipped base (the upscaler ControlNet) then runs without retraining the family. The
-undistilled base is not shipped, so the encoder stage's checkpoint holds the text encoders only.
+the shipped (guidance-distilled) transformer as the guidance stage, Fill, Depth and Kontext as their stages,
+the ControlNets as their stages beside the shipped base; plus the tokenizers. A stage that trains beside the
+shipped base (the upscaler ControlNet) or tunes the shipped members (the sizes stages, size_stages.py) then
+runs without retraining the family. The undistilled base is not shipped, so the encoder stage's checkpoint
+holds the text encoders only. The restored checkpoints carry no training state: the 64 px stages that
+wrote them count as not run.
 """
 
 import json
@@ -15,8 +18,10 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from mflux_core.demo.export import CONTROLNET_FOLDERS, DEMO_FOLDERS
 from mflux_core.demo.text_encoders import ENCODER_STAGE, shared_folder
 from mflux_core.models.clip import load_clip_text_model
+from mflux_core.models.controlnet import load_controlnet
 from mflux_core.models.t5 import load_t5_encoder
 from mflux_core.models.transformer import load_transformer
 from mflux_core.models.vae import load_vae
@@ -47,7 +52,14 @@ def restore_run(run: Path, models: Path) -> None:
     _save(run, "sharpen", _arrays(load_vae(folder / "vae")))
     _save(run, ENCODER_STAGE, {**_arrays(load_clip_text_model(folder / "text_encoder"), "clip."),
                                **_arrays(load_t5_encoder(folder / "text_encoder_2"), "t5.")})
-    _save(run, "guidance", _arrays(load_transformer(folder / "transformer")))
+    base = _arrays(load_transformer(folder / "transformer"))
+    _save(run, "guidance", base)
+    for stage, (_, member) in DEMO_FOLDERS.items():
+        if stage != "guidance":
+            _save(run, stage, _arrays(load_transformer(Path(models) / member / "transformer")))
+    for stage, member in CONTROLNET_FOLDERS.items():  # as controlnet_stage.py saves them: beside the shipped base
+        controlnet = _arrays(load_controlnet(Path(models) / member), "controlnet.")
+        _save(run, stage, {**{f"transformer.{name}": value for name, value in base.items()}, **controlnet})
 
 
 def main(argv=None) -> None:

@@ -93,12 +93,12 @@ def with_shape(scene: Scene, index: int, **changes) -> Scene:
 def _star_polygon(shape: Shape) -> np.ndarray:
     angles = -np.pi / 2 + np.arange(10) * np.pi / 5
     radii = np.where(np.arange(10) % 2 == 0, 1.0, 0.45) * shape.size * 1.15
-    return np.stack([shape.cx + radii * np.cos(angles), shape.cy + radii * np.sin(angles)], axis=1)
+    return np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
 
 
 def _triangle_polygon(shape: Shape) -> np.ndarray:
     s = shape.size * 1.1
-    return np.array([[shape.cx, shape.cy - s], [shape.cx + s, shape.cy + 0.8 * s], [shape.cx - s, shape.cy + 0.8 * s]])
+    return np.array([[0.0, -s], [s, 0.8 * s], [-s, 0.8 * s]])
 
 
 def _inside_polygon(x: np.ndarray, y: np.ndarray, polygon: np.ndarray) -> np.ndarray:
@@ -112,66 +112,83 @@ def _inside_polygon(x: np.ndarray, y: np.ndarray, polygon: np.ndarray) -> np.nda
     return inside
 
 
-def _inside(shape: Shape, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _inside(shape: Shape, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Whether offsets (u, v) from the shape's centre, in units of the image's shorter side, lie inside it."""
     if shape.kind == "circle":
-        return (x - shape.cx) ** 2 + (y - shape.cy) ** 2 <= shape.size**2
+        return u**2 + v**2 <= shape.size**2
     if shape.kind == "square":
         s = shape.size * 0.9
-        return (np.abs(x - shape.cx) <= s) & (np.abs(y - shape.cy) <= s)
+        return (np.abs(u) <= s) & (np.abs(v) <= s)
     if shape.kind == "triangle":
-        return _inside_polygon(x, y, _triangle_polygon(shape))
+        return _inside_polygon(u, v, _triangle_polygon(shape))
     if shape.kind == "star":
-        return _inside_polygon(x, y, _star_polygon(shape))
+        return _inside_polygon(u, v, _star_polygon(shape))
     raise ValueError(f"Unknown shape {shape.kind!r}.")
 
 
-def coverage(shape: Shape, size: int) -> np.ndarray:
-    """(size, size) float32 fraction of each pixel the shape covers (4x4 samples per pixel)."""
-    n = size * SUPERSAMPLE
-    coords = (np.arange(n, dtype=np.float32) + 0.5) / n
-    x, y = np.meshgrid(coords, coords)
-    covered = _inside(shape, x, y).astype(np.float32)
-    return covered.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3))
+def _pixel_centres(width: int, height: int, samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(height * samples, width * samples) x and y of sample points, as fractions of the image."""
+    xs = (np.arange(width * samples, dtype=np.float32) + 0.5) / (width * samples)
+    ys = (np.arange(height * samples, dtype=np.float32) + 0.5) / (height * samples)
+    return np.meshgrid(xs, ys)
 
 
-def shape_mask(shape: Shape, size: int) -> np.ndarray:
-    """(size, size) bool: pixels at least half covered by the shape."""
-    return coverage(shape, size) >= 0.5
+def _offsets(shape: Shape, x: np.ndarray, y: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets of image fractions (x, y) from the shape's centre in units of the shorter side: a shape keeps
+    its proportions (a circle stays round) on any aspect, its size a fraction of the shorter side."""
+    short = min(width, height)
+    return (x - shape.cx) * (width / short), (y - shape.cy) * (height / short)
 
 
-def render(scene: Scene, size: int) -> np.ndarray:
-    """(size, size, 3) uint8 RGB; later shapes are drawn over earlier ones."""
-    image = np.empty((size, size, 3), dtype=np.float32)
+def coverage(shape: Shape, width: int, height: int | None = None) -> np.ndarray:
+    """(height, width) float32 fraction of each pixel the shape covers (4x4 samples per pixel); height
+    defaults to width."""
+    height = height or width
+    x, y = _pixel_centres(width, height, SUPERSAMPLE)
+    covered = _inside(shape, *_offsets(shape, x, y, width, height)).astype(np.float32)
+    return covered.reshape(height, SUPERSAMPLE, width, SUPERSAMPLE).mean(axis=(1, 3))
+
+
+def shape_mask(shape: Shape, width: int, height: int | None = None) -> np.ndarray:
+    """(height, width) bool: pixels at least half covered by the shape."""
+    return coverage(shape, width, height) >= 0.5
+
+
+def render(scene: Scene, width: int, height: int | None = None) -> np.ndarray:
+    """(height, width, 3) uint8 RGB; later shapes are drawn over earlier ones."""
+    height = height or width
+    image = np.empty((height, width, 3), dtype=np.float32)
     image[:] = COLOURS[scene.background]
     for shape in scene.shapes:
-        alpha = coverage(shape, size)[..., None]
+        alpha = coverage(shape, width, height)[..., None]
         image = image * (1 - alpha) + np.array(COLOURS[shape.colour], np.float32) * alpha
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
-def depth_map(scene: Scene, size: int) -> np.ndarray:
-    """(size, size, 3) uint8 depth image, near = bright: the floor is dark, each shape a raised block
+def depth_map(scene: Scene, width: int, height: int | None = None) -> np.ndarray:
+    """(height, width, 3) uint8 depth image, near = bright: the floor is dark, each shape a raised block
     (circles raised discs with a rounded top), later shapes nearer."""
-    depth = np.full((size, size), 30.0, dtype=np.float32)
-    coords = (np.arange(size, dtype=np.float32) + 0.5) / size
-    x, y = np.meshgrid(coords, coords)
+    height = height or width
+    depth = np.full((height, width), 30.0, dtype=np.float32)
+    x, y = _pixel_centres(width, height)
     for index, shape in enumerate(scene.shapes):
-        alpha = coverage(shape, size)
-        height = 170.0 + 40.0 * index
+        alpha = coverage(shape, width, height)
+        level = 170.0 + 40.0 * index
         if shape.kind == "circle":
-            distance = np.sqrt((x - shape.cx) ** 2 + (y - shape.cy) ** 2) / shape.size
-            height = height + 40.0 * np.sqrt(np.clip(1 - distance**2, 0, 1))
-        depth = depth * (1 - alpha) + height * alpha
+            u, v = _offsets(shape, x, y, width, height)
+            distance = np.sqrt(u**2 + v**2) / shape.size
+            level = level + 40.0 * np.sqrt(np.clip(1 - distance**2, 0, 1))
+        depth = depth * (1 - alpha) + level * alpha
     gray = np.clip(np.round(depth), 0, 255).astype(np.uint8)
     return np.repeat(gray[..., None], 3, axis=-1)
 
 
-def box_mask(shape: Shape, size: int, margin: float) -> np.ndarray:
-    """(size, size) bool: the shape's bounding square grown by `margin` (a fraction of the image)."""
+def box_mask(shape: Shape, width: int, margin: float, height: int | None = None) -> np.ndarray:
+    """(height, width) bool: the shape's bounding square grown by `margin` (both in units of the shorter side)."""
+    height = height or width
     extent = shape.size * 1.2 + margin
-    coords = (np.arange(size, dtype=np.float32) + 0.5) / size
-    x, y = np.meshgrid(coords, coords)
-    return (np.abs(x - shape.cx) <= extent) & (np.abs(y - shape.cy) <= extent)
+    u, v = _offsets(shape, *_pixel_centres(width, height), width, height)
+    return (np.abs(u) <= extent) & (np.abs(v) <= extent)
 
 
 # --- captions ---------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from mflux_core.demo.controlnet_stage import CONTROLNET_STAGES, train_controlnet
 from mflux_core.demo.flow_stages import train_base, train_flow_stage
 from mflux_core.demo.guidance_stages import train_guidance, train_teacher
 from mflux_core.demo.recipe import STAGES, StageSettings, scaled
+from mflux_core.demo.size_stages import SIZES_STAGES, train_at_sizes
 from mflux_core.demo.text_encoders import prepare_shared
 from mflux_core.demo.vae_stages import train_decoder, train_sharpen, train_vae, trained_vae, vae_sample
 from mflux_core.training.loop import STATE_FILE
@@ -50,6 +51,8 @@ def train_stage(run: Path, stage: str, recipe: dict[str, StageSettings], workers
         return train_guidance(run, settings, recipe["base"], vae, workers, max_seconds, compile)
     if stage == "base":
         return train_base(run, settings, vae, workers, max_seconds, compile)
+    if stage in SIZES_STAGES:
+        return train_at_sizes(run, stage, recipe, vae, workers, max_seconds, compile)
     if stage in CONTROLNET_STAGES:
         return train_controlnet(run, stage, settings, vae, workers, max_seconds, compile)
     return train_flow_stage(run, stage, settings, vae, workers, max_seconds, compile)
@@ -58,7 +61,9 @@ def train_stage(run: Path, stage: str, recipe: dict[str, StageSettings], workers
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="folder for pools, checkpoints and loss curves")
-    parser.add_argument("--stages", default=",".join(STAGES))
+    parser.add_argument("--stages", default=",".join(name for name in STAGES if name not in SIZES_STAGES),
+                        help="comma-separated; default: the 64 px recipe (the sizes stages, size_stages.py, "
+                             "follow it by name)")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this long")
     parser.add_argument("--workers", type=int, default=2, help="processes that render the example pools")
     parser.add_argument("--scale-steps", type=float, default=1.0,

@@ -1,0 +1,57 @@
+"""The demo family's quality at each size, through the real engine on held-out examples (evaluate.py with
+the tests' classifier): `python -m bench.demo_quality [--sizes 64x64,80x48,...] [--tools generate,fill,...]
+[--models-dir DIR] [--count N]`. Prints one row per size and tool."""
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import mflux_core  # noqa: F401  (OpenBLAS before mlx.core)
+from mflux_core.demo import evaluate
+from mflux_core.manager import ModelManager
+from mflux_core.weights.resolve import DEMO_MODELS_ENV
+from tests.fixtures.shape_classifier import classify
+
+MEASURES = {  # tool -> (what the number is, measure(manager, count, size))
+    "generate": ("colour / region / background", lambda m, n, size: "{:.2f} / {:.2f} / {:.2f}".format(
+        *vars(evaluate.prompt_following(m, "demo", classify, n, size=size)).values())),
+    "fill": ("recoloured / kept", lambda m, n, size: "{:.2f} / {:.3f}".format(
+        *evaluate.fill_scores(m, "demo-fill", classify, n, size=size))),
+    "kontext": ("applied", lambda m, n, size: "{:.2f}".format(
+        evaluate.kontext_applied(m, "demo-kontext", classify, n, size=size))),
+    "depth": ("layout IoU", lambda m, n, size: "{:.2f}".format(
+        evaluate.depth_layout(m, "demo-depth", classify, n, size=size))),
+    "canny": ("layout IoU", lambda m, n, size: "{:.2f}".format(
+        evaluate.controlnet_layout(m, "demo", "demo-canny", classify, n, size=size))),
+}
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    return [tuple(int(side) for side in item.split("x")) for item in text.split(",")]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=parse_sizes, default=parse_sizes("64x64,80x48,96x96,128x80,48x112,128x128"))
+    parser.add_argument("--tools", default=",".join(MEASURES))
+    parser.add_argument("--models-dir", type=Path, default=None,
+                        help="where the demo folders are (default: demo_models/, the shipped family)")
+    parser.add_argument("--count", type=int, default=20, help="held-out examples per size and tool")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as empty:
+        if args.models_dir is not None:
+            os.environ[DEMO_MODELS_ENV] = str(args.models_dir)
+        manager = ModelManager(models_dir=Path(empty))
+        for tool in args.tools.split(","):
+            what, measure = MEASURES[tool]
+            for width, height in args.sizes:
+                started = time.perf_counter()
+                value = measure(manager, args.count, (width, height))
+                print(f"{tool:9} {width:4}x{height:<4} {what}: {value}  ({time.perf_counter() - started:.0f} s)",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
