@@ -3,6 +3,7 @@ teacher), then a copy of it learns to give in one pass the teacher's classifier-
 for the guidance value in its embedding. Unguided, the demo base hedged between neighbouring
 colours and painted shapes part of the way towards the background's colour."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -10,7 +11,7 @@ import numpy as np
 
 from mflux_core.demo import family
 from mflux_core.demo.family import NATIVE_SIZE
-from mflux_core.demo.flow_stages import base_transformer, flow_batches, stage_data
+from mflux_core.demo.flow_stages import TOOL_GUIDANCE_RANGE, base_transformer, flow_batches, stage_data
 from mflux_core.demo.pools import Size
 from mflux_core.demo.recipe import StageSettings, optimizer_for
 from mflux_core.demo.text_encoders import ENCODER_STAGE, encode_captions
@@ -36,11 +37,12 @@ def empty_caption(run: Path, batch: int) -> tuple[mx.array, mx.array]:
 
 def train_teacher(run: Path, settings: StageSettings, base_settings: StageSettings, vae, workers: int,
                   max_seconds: float | None, compile: bool = False, sizes: tuple[Size, ...] = (NATIVE_SIZE,),
-                  start: str = ENCODER_STAGE, checkpoint: str = "teacher") -> bool:
+                  start: str = ENCODER_STAGE, checkpoint: str = "teacher",
+                  guidance_range: tuple[float, float] = TOOL_GUIDANCE_RANGE) -> bool:
     """The base (the checkpoint of `start`), tuned on the examples of `base_settings` at `sizes` with some
-    captions left empty."""
+    captions left empty, its guidance input drawn from `guidance_range`."""
     flows = flow_batches(stage_data(run, "base", base_settings, vae, workers, sizes), settings,
-                         family.SCHEDULER_CONFIG)
+                         family.SCHEDULER_CONFIG, guidance_range=guidance_range)
     empty_text, empty_pooled = empty_caption(run, settings.batch)
 
     def batch_for_step(step: int):
@@ -62,9 +64,11 @@ def distillation_loss(student, batch) -> mx.array:
 
 def train_guidance(run: Path, settings: StageSettings, base_settings: StageSettings, vae, workers: int,
                    max_seconds: float | None, compile: bool = False, sizes: tuple[Size, ...] = (NATIVE_SIZE,),
-                   teacher_stage: str = "teacher", checkpoint: str = "guidance") -> bool:
+                   teacher_stage: str = "teacher", checkpoint: str = "guidance",
+                   teacher_guidance: float | None = None) -> bool:
     """The shipped base: the teacher, taught its own guided velocity at each guidance value in GUIDANCE_RANGE
-    on the examples of `base_settings` at `sizes`."""
+    on the examples of `base_settings` at `sizes`; `teacher_guidance`: the guidance input of the teacher's
+    own passes (None: the batch's)."""
     flows = flow_batches(stage_data(run, "base", base_settings, vae, workers, sizes), settings,
                          family.SCHEDULER_CONFIG, guidance_range=GUIDANCE_RANGE)
     teacher = base_transformer(run, teacher_stage)
@@ -73,8 +77,10 @@ def train_guidance(run: Path, settings: StageSettings, base_settings: StageSetti
 
     def batch_for_step(step: int):
         flow = flows(step)
-        conditional = predicted_velocity(teacher, flow)
-        unconditional = predicted_velocity(teacher, flow, empty_text, empty_pooled)
+        asked = flow if teacher_guidance is None else replace(flow, guidance=mx.full(flow.guidance.shape,
+                                                                                     teacher_guidance))
+        conditional = predicted_velocity(teacher, asked)
+        unconditional = predicted_velocity(teacher, asked, empty_text, empty_pooled)
         scale = guidance_scale(flow.guidance)[:, None, None]
         target = unconditional + scale * (conditional - unconditional)
         mx.eval(target)  # the teacher's passes stay out of the student's compiled step
