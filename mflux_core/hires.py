@@ -22,6 +22,7 @@ from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.regions import scaled_regions
 from mflux_core.registry import on_disk
+from mflux_core.native_sizes import sizes_phrase
 from mflux_core.request import GenerationRequest, hires_size
 from mflux_core.sampling.schedule import img2img_start_step
 from mflux_core.settings_schema import HIRES_UPSCALERS
@@ -107,9 +108,11 @@ def generate_hires(manager: "ModelManager", request: GenerationRequest, report: 
     first_steps = first.request.steps or model.default_steps
     request = with_hires_defaults(first.request, first_steps)
     second_request = second_pass_request(request)
-    if model.native_sizes:  # the demo family: any other size is noise
-        raise InvalidRequest(f"{request.model} makes {' and '.join(f'{w}x{h}' for w, h in model.native_sizes)} "
-                             "images only, so it has no hires fix: use a FLUX.1 model.")
+    passes = ((request.width, request.height), (second_request.width, second_request.height))
+    if model.native_sizes and not set(passes) <= set(model.native_sizes):  # a demo member: other sizes are noise
+        raise InvalidRequest(f"{request.model} makes {sizes_phrase(model.native_sizes)} images only, so it has no "
+                             f"hires fix from {passes[0][0]}x{passes[0][1]} to {passes[1][0]}x{passes[1][1]}: "
+                             "use a FLUX.1 model.")
     steps = second_request.steps
     start = img2img_start_step(steps, second_request.image_strength)
     manager.resident.plan_run(model, first)

@@ -251,7 +251,7 @@ class ModelManager:
         if native is None:
             return inputs, ()
         inputs = tool_inputs(model, request.with_(width=native[0], height=native[1]), self)
-        return inputs, (size_note(request.model, asked, native),)
+        return inputs, (size_note(request.model, model.native_sizes, asked, native),)
 
     def step_preview(self, model: FluxModel) -> Preview | None:
         """Previews for the UI: the cheap linear one, or a full VAE decode every `full_preview_every` steps;

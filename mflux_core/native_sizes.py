@@ -1,6 +1,6 @@
 """Which image sizes a model can make. A model folder may list them in its model_index.json under
-"_native_sizes" ([[width, height], ...]; diffusers ignores keys that start with "_"). The demo family lists
-64x64 only (it paints noise at any other size); FLUX.1 folders list none: any size. A request for another
+"_native_sizes" ([[width, height], ...]; diffusers ignores keys that start with "_"). A demo member lists the
+sizes it was trained at (it paints noise at any other size); FLUX.1 folders list none: any size. A request for another
 size runs at the native size nearest in shape, and the result carries a note that says so."""
 
 import json
@@ -45,7 +45,14 @@ def native_size_for(native: tuple[Size, ...], width: int, height: int) -> Size |
                                          abs(size[0] * size[1] - width * height)))
 
 
-def size_note(model: str, asked: Size, made: Size) -> str:
-    sizes = f"{made[0]}x{made[1]}"
-    return (f"{model} makes {sizes} images only, so this one is {sizes} instead of {asked[0]}x{asked[1]}; "
-            "larger sizes need a FLUX.1 model.")
+def sizes_phrase(native: tuple[Size, ...]) -> str:
+    """'64x64', or for several sizes their range: '48x48 to 128x128'."""
+    if len(native) == 1:
+        return f"{native[0][0]}x{native[0][1]}"
+    widths, heights = [w for w, _ in native], [h for _, h in native]
+    return f"{min(widths)}x{min(heights)} to {max(widths)}x{max(heights)}"
+
+
+def size_note(model: str, native: tuple[Size, ...], asked: Size, made: Size) -> str:
+    return (f"{model} makes {sizes_phrase(native)} images only, so this one is {made[0]}x{made[1]} instead of "
+            f"{asked[0]}x{asked[1]}; other sizes need a FLUX.1 model.")

@@ -9,11 +9,12 @@ from huggingface_hub import constants
 from PIL import Image
 
 from mflux_core.demo import dataset
+from mflux_core.demo.family import SIZES
 from mflux_core.demo.depth_estimator import SIZE, mean_iou
 from mflux_core.errors import InvalidRequest, ModelLoadError
 from mflux_core.manager import ModelManager
 from mflux_core.models.depth import DepthEstimator, depth_to_image
-from mflux_core.native_sizes import native_size_for
+from mflux_core.native_sizes import native_size_for, read_native_sizes, size_note
 from mflux_core.registry import list_models
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.specs import TOOL_SPECS, default_depth_estimator, default_model_for
@@ -145,37 +146,54 @@ def test_the_demo_upscaler_loads_in_diffusers_with_every_weight():
 # ----- native sizes --------------------------------------------------------------------------------
 
 
+def shipped_sizes(member: str) -> tuple[tuple[int, int], ...]:
+    return read_native_sizes(demo_models_dir() / member)
+
+
 def test_the_native_size_nearest_in_shape_is_chosen():
     assert native_size_for((), 80, 48) is None  # FLUX.1 lists none: any size
     assert native_size_for(((64, 64),), 64, 64) is None
     assert native_size_for(((64, 64),), 1024, 1024) == (64, 64)
     assert native_size_for(((64, 64), (96, 64), (64, 96)), 160, 96) == (96, 64)
+    assert native_size_for(SIZES, 80, 48) is None and native_size_for(SIZES, 256, 144) == (112, 64)
+    assert native_size_for(SIZES, 1024, 1024) == (128, 128)
+    assert size_note("demo", SIZES, (256, 144), (112, 64)) == (
+        "demo makes 48x48 to 128x128 images only, so this one is 112x64 instead of 256x144; other sizes need a "
+        "FLUX.1 model.")
+
+
+def test_every_shipped_member_lists_the_sizes_it_was_trained_at():
+    for member in ("demo", "demo-fill", "demo-depth", "demo-kontext"):
+        assert shipped_sizes(member) in (SIZES, ((64, 64),)), member  # the sizes stages' or the 64 px recipe's
 
 
 def test_a_size_the_demo_cannot_make_runs_at_its_native_size_with_a_note(manager, tmp_path):
-    request = GenerationRequest(tool="generate", prompt="a red circle on a blue background", width=80, height=48,
+    request = GenerationRequest(tool="generate", prompt="a red circle on a blue background", width=256, height=144,
                                 **FAST)
+    made = native_size_for(shipped_sizes("demo"), 256, 144)
     result = manager.generate(request)
-    assert result.image.size == (64, 64) and result.request.width == result.request.height == 64
+    assert result.image.size == made and (result.request.width, result.request.height) == made
     (note,) = result.notes
-    assert "64x64" in note and "80x48" in note and is_one_sentence(note), note
-    at_native = manager.generate(request.with_(width=64, height=64))
+    assert note == size_note("demo", shipped_sizes("demo"), (256, 144), made) and is_one_sentence(note), note
+    at_native = manager.generate(request.with_(width=made[0], height=made[1]))
     assert not at_native.notes and np.array_equal(np.asarray(at_native.image), np.asarray(result.image))
 
 
 def test_an_input_image_of_another_size_is_brought_to_the_native_size(manager, tmp_path):
-    mask = np.zeros((96, 96), np.uint8)
-    mask[24:72, 24:72] = 255
+    mask = np.zeros((192, 192), np.uint8)
+    mask[48:144, 48:144] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
     result = manager.generate(GenerationRequest(tool="fill", prompt="a green square", **FAST,
-                                                image_path=scene_picture(tmp_path, 1, size=96),
+                                                image_path=scene_picture(tmp_path, 1, size=192),
                                                 masked_image_path=str(tmp_path / "mask.png")))
-    assert result.request.model == "demo-fill" and result.image.size == (64, 64)
-    assert "96x96" in result.notes[0]
+    assert result.request.model == "demo-fill"
+    assert result.image.size == native_size_for(shipped_sizes("demo-fill"), 192, 192)
+    assert "192x192" in result.notes[-1]
 
 
 def test_the_cli_says_so_on_stderr(offline, tmp_path, capsys):
-    image = run_cli("generate", "--prompt", "a blue square", "--width", 128, "--height", 128, "--steps", 2,
+    image = run_cli("generate", "--prompt", "a blue square", "--width", 256, "--height", 256, "--steps", 2,
                     "--models-dir", offline, "--output", tmp_path / "out.png")
-    assert image.size == (64, 64)
-    assert "Note: demo makes 64x64 images only, so this one is 64x64 instead of 128x128" in capsys.readouterr().err
+    made = native_size_for(shipped_sizes("demo"), 256, 256)
+    assert image.size == made
+    assert f"Note: {size_note('demo', shipped_sizes('demo'), (256, 256), made)}" in capsys.readouterr().err

@@ -5,6 +5,7 @@ through the same engine; the settings survive metadata (ours and A1111's text), 
 over-limit or over-budget second pass is refused before the first step; a stop works in the second pass.
 """
 
+import json
 import re
 import threading
 from pathlib import Path
@@ -14,9 +15,11 @@ import pytest
 from PIL import Image
 
 from mflux_core import cli
+from mflux_core.demo.family import SIZES
 from mflux_core.errors import InvalidRequest
 from mflux_core.events import Loading, Step, Stopped, stream
 from mflux_core.manager import ModelManager
+from mflux_core.native_sizes import NATIVE_SIZES_KEY
 from mflux_core.metadata import read_metadata_file, request_from_metadata
 from mflux_core.presets import (
     Preset, parse_preset, preset_json, settings_from_a1111, settings_from_png, settings_from_request,
@@ -40,8 +43,9 @@ def demo_request(**changes) -> GenerationRequest:
 
 @pytest.fixture(scope="module", autouse=True)
 def any_size_demo(any_size_demo_models):
-    """The demo draws 64x64 only and refuses the hires fix (test_a_model_with_native_sizes_has_no_hires_fix):
-    here its copy without that list stands in for FLUX.1."""
+    """The demo draws its native sizes only and refuses a hires fix past them
+    (test_a_model_with_native_sizes_has_a_hires_fix_within_them_only): here its copy without that list stands in
+    for FLUX.1."""
     return any_size_demo_models
 
 
@@ -173,11 +177,31 @@ def test_a_second_pass_over_the_memory_budget_is_refused_before_the_first_pass(m
     assert manager.generate(demo_request(**HIRES)).image.size == (128, 96)
 
 
-def test_a_model_with_native_sizes_has_no_hires_fix(manager):
+def test_a_model_with_native_sizes_has_a_hires_fix_within_them_only(manager, tmp_path):
     steps = []
-    with pytest.raises(InvalidRequest, match=r"demo makes 64x64 images only, so it has no hires fix: use a FLUX\.1"):
-        manager.generate(demo_request(model=str(SHIPPED_DEMO), width=64, height=64, **HIRES), report=steps.append)
+    with pytest.raises(InvalidRequest, match=r"/demo makes 64x64 images only, so it has no hires fix from 64x64 to "
+                                             r"128x128: use a FLUX\.1 model\.$"):
+        manager.generate(demo_request(model=str(listing(tmp_path / "64" / "demo", ((64, 64),))), width=64, height=64, **HIRES),
+                         report=steps.append)
     assert not [event for event in steps if isinstance(event, Step)]
+    sizes = listing(tmp_path / "sizes" / "demo", SIZES)
+    with pytest.raises(InvalidRequest, match=r"/demo makes 48x48 to 128x128 images only, so it has no hires fix from "
+                                             r"96x96 to 192x192"):
+        manager.generate(demo_request(model=str(sizes), width=96, height=96, **HIRES))
+    result = manager.generate(demo_request(model=str(sizes), width=64, height=48, **HIRES))
+    assert result.image.size == (128, 96) and not result.notes
+
+
+def listing(folder: Path, sizes) -> Path:
+    """The shipped demo's parts, linked, under a model_index.json that lists `sizes` (the rule, not the weights,
+    is what the hires test reads)."""
+    folder.mkdir(parents=True)
+    for part in SHIPPED_DEMO.iterdir():
+        if part.name != "model_index.json":
+            (folder / part.name).symlink_to(part)
+    index = json.loads((SHIPPED_DEMO / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, NATIVE_SIZES_KEY: [list(s) for s in sizes]}))
+    return folder
 
 
 def test_stop_works_in_the_second_pass(manager):

@@ -32,6 +32,7 @@ from mflux_core.demo.examples import SOURCES
 from mflux_core.demo.family import IMAGE_SIZE
 from mflux_core.demo.shapes import shape_mask
 from mflux_core.manager import ModelManager
+from mflux_core.native_sizes import native_size_for, read_native_sizes, sizes_phrase
 from mflux_core.weights.resolve import DEMO_MODELS, DEMO_MODELS_ENV, demo_models_dir
 from tests.fixtures.shape_classifier import classify, iou
 from tests.test_webui_browser import (  # noqa: F401  (browser, page: fixtures; page opens this module's studio)
@@ -202,14 +203,16 @@ def test_every_panel_starts_on_a_demo_model(page):
 
 def test_a_size_the_demo_cannot_make_is_made_at_its_own_with_a_note(page):
     type_into(page, "generate-prompt", "a yellow square in the bottom right on a purple background")
-    type_into(page, "generate-width", 80)  # the Aspect 16:9 preset's size on a demo model
-    type_into(page, "generate-height", 48)
+    type_into(page, "generate-width", 256)  # 16:9 past the demo's sizes: made at its nearest in shape
+    type_into(page, "generate-height", 144)
     text = run_and_wait(page, "generate")
     screenshot(page, "demo-size-note")
-    assert "demo makes 64x64 images only, so this one is 64x64 instead of 80x48" in text, text
+    sizes = read_native_sizes(demo_models_dir() / "demo")
+    width, height = native_size_for(sizes, 256, 144)
+    assert f"demo makes {sizes_phrase(sizes)} images only, so this one is {width}x{height} instead of 256x144" in text
     image = result_image(page, "generate")
     reading = classify(image)
-    assert image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert image.shape == (height, width, 3)
     assert (reading.background, reading.colour) == ("purple", "yellow"), reading_text(reading)
 
 
