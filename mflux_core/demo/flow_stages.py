@@ -10,7 +10,7 @@ from mlx.utils import tree_flatten
 from mflux_core.demo import family
 from mflux_core.demo.family import NATIVE_SIZE
 from mflux_core.demo.loss_weights import token_weights
-from mflux_core.demo.pools import Size, cached_pool
+from mflux_core.demo.pools import Size, cached_pool, size_suffix
 from mflux_core.demo.recipe import StageSettings, optimizer_for
 from mflux_core.demo.text_encoders import (ENCODER_STAGE, CaptionedTransformer, caption_tokens, component_weights,
                                            encode_captions, seeded_text_encoders)
@@ -34,8 +34,7 @@ def stage_examples(run: Path, stage: str, settings: StageSettings, vae, workers:
                    size: Size = NATIVE_SIZE) -> dict[str, np.ndarray]:
     """Latents and conditioning of every example of the stage's pool at `size` (width, height), with its captions
     (the unique strings, and each example's index into them); cached in RUN_DIR."""
-    at_size = "" if size == NATIVE_SIZE else f"-{size[0]}x{size[1]}"  # the 64 px recipe's names unchanged
-    path = run / f"examples-{stage}-{settings.seed}-{settings.pool}{at_size}.npz"
+    path = run / f"examples-{stage}-{settings.seed}-{settings.pool}{size_suffix(size)}.npz"
     if path.is_file():
         with np.load(path) as data:
             return {name: data[name] for name in data.files}

@@ -51,11 +51,14 @@ def render_pool(kind: str, seed: int, count: int, size: Size = (64, 64), held_ou
             else np.array([v for part in parts for v in part[name]]) for name in parts[0]}
 
 
+def size_suffix(size: Size) -> str:
+    """What a cached file's name gains for a size: nothing at 64x64, so the 64 px recipe's names are unchanged."""
+    return "" if tuple(size) == (64, 64) else f"-{size[0]}x{size[1]}"
+
+
 def cached_pool(folder: Path, kind: str, seed: int, count: int, workers: int = 1, **kwargs) -> dict[str, np.ndarray]:
     """render_pool, saved to / read from `folder` so later stages and resumed runs reuse it."""
-    size = kwargs.get("size", (64, 64))
-    at_size = "" if tuple(size) == (64, 64) else f"-{size[0]}x{size[1]}"  # the 64 px recipe's names unchanged
-    path = Path(folder) / f"pool-{kind}-{seed}-{count}{at_size}.npz"
+    path = Path(folder) / f"pool-{kind}-{seed}-{count}{size_suffix(kwargs.get('size', (64, 64)))}.npz"
     if path.is_file():
         with np.load(path) as data:
             return {name: data[name] for name in data.files}
