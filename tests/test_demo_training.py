@@ -1,6 +1,7 @@
 """The demo training recipe end to end at toy scale: stages run, resume, export, and the engine loads the result."""
 
 import json
+from dataclasses import replace
 
 import mlx.core as mx
 import numpy as np
@@ -9,13 +10,19 @@ from mlx.utils import tree_flatten
 
 from mflux_core.demo import export, train
 from mflux_core.demo.loss_weights import shape_weights, token_weights
-from mflux_core.demo.recipe import STAGES
-from mflux_core.demo.text_encoders import caption_tokens, seeded_text_encoders, text_encoders
+from mflux_core.demo.family import NATIVE_SIZE
+from mflux_core.demo.flow_stages import step_rows
+from mflux_core.demo.guidance_stages import train_guidance
+from mflux_core.demo.recipe import STAGES, scaled
+from mflux_core.demo.restore import restore_run
+from mflux_core.demo.text_encoders import caption_tokens, prepare_shared, seeded_text_encoders, text_encoders
 from mflux_core.demo.tokenizers import T5_MAX_LENGTH
 from mflux_core.demo.vae_stages import trained_vae, vae_sample
 from mflux_core.manager import ModelManager
 from mflux_core.models.controlnet import load_controlnet
 from mflux_core.request import GenerationRequest
+from mflux_core.training.loop import STATE_FILE
+from mflux_core.weights.resolve import demo_models_dir
 
 
 @pytest.fixture(scope="module")
@@ -145,20 +152,18 @@ def test_a_run_restored_from_the_shipped_family_holds_its_weights(tmp_path):
 
 def test_the_sizes_stages_tune_a_restored_family_and_its_export_makes_every_size(tmp_path):
     """size_stages.py at toy scale on a run restored from demo_models/: each stage trains on pools of every size,
-    and the export ships a tuned member with family.SIZES as its native sizes, an untuned one at 64x64 only."""
-    from mflux_core.demo.family import SIZES
-    from mflux_core.demo.restore import restore_run
+    and the export ships a tuned member with its stage's sizes as its native sizes, an untuned one at 64x64 only."""
     from mflux_core.native_sizes import read_native_sizes
-    from mflux_core.weights.resolve import demo_models_dir
 
     run = tmp_path / "run"
     restore_run(run, demo_models_dir())
     train.main([str(run), "--stages", "teacher-sizes,guidance-sizes,fill-sizes,canny-sizes", "--scale-steps",
                 "0.0005", "--batch", "2"])
-    assert len(list(run.glob("examples-base-13-*.npz"))) == len(SIZES)  # one pool per size (64x64 named as before)
+    sizes = STAGES["teacher-sizes"].sizes
+    assert len(list(run.glob("examples-base-13-*.npz"))) == len(sizes)  # one pool per size (64x64 named as before)
     folders = {folder.name: folder for folder in export.export_run(run, tmp_path / "models")}
     assert set(folders) == {"demo", "demo-fill", "demo-depth", "demo-kontext", "demo-canny", "demo-upscaler"}
-    assert read_native_sizes(folders["demo"]) == read_native_sizes(folders["demo-fill"]) == SIZES
+    assert read_native_sizes(folders["demo"]) == read_native_sizes(folders["demo-fill"]) == sizes
     assert read_native_sizes(folders["demo-depth"]) == ((64, 64),)
     tuned, shipped = load_controlnet(folders["demo-canny"]), load_controlnet(demo_models_dir() / "demo-canny")
     assert not mx.array_equal(tuned.controlnet_blocks[0].weight, shipped.controlnet_blocks[0].weight)
@@ -166,3 +171,30 @@ def test_the_sizes_stages_tune_a_restored_family_and_its_export_makes_every_size
     result = manager.generate(GenerationRequest(model="demo", prompt="a red circle on a blue background",
                                                 width=80, height=48, steps=1, max_sequence_length=32))
     assert result.image.size == (80, 48) and not result.notes
+
+
+def test_a_sizes_stage_draws_its_share_of_steps_at_the_native_size_and_the_64_px_recipe_draws_as_before():
+    settings = STAGES["teacher-sizes"]
+    drawn = [step_rows(settings, step, {size: 10 for size in settings.sizes})[1] for step in range(2000)]
+    assert set(drawn) == set(settings.sizes)
+    assert abs(drawn.count(NATIVE_SIZE) / len(drawn) - settings.native_share) < 0.03
+    base = STAGES["base"]
+    _, size, rows = step_rows(base, 7, {NATIVE_SIZE: 100})
+    assert size == NATIVE_SIZE
+    assert np.array_equal(rows, np.random.default_rng([base.seed, 7]).integers(0, 100, base.batch))
+
+
+def test_the_retuned_base_is_taught_its_anchors_own_velocity_at_the_native_size(tmp_path):
+    """A student that starts as its anchor has nothing to learn at 64x64; taught the teacher's guided velocity
+    instead, the same start has."""
+    run = tmp_path / "run"
+    restore_run(run, demo_models_dir())
+    prepare_shared(run)
+    recipe = scaled(STAGES, 0.0005, batch=2)
+    vae, _ = trained_vae(run, vae_sample(run, recipe["vae"], workers=1))
+    first_losses = {}
+    for checkpoint, anchor in (("anchored", "guidance"), ("taught", None)):
+        train_guidance(run, replace(recipe["guidance"], steps=1), recipe["base"], vae, workers=1, max_seconds=None,
+                       teacher_stage="guidance", checkpoint=checkpoint, anchor=anchor)
+        first_losses[checkpoint] = json.loads((run / checkpoint / STATE_FILE).read_text())["losses"][0]
+    assert first_losses["anchored"] < 1e-8 < first_losses["taught"]

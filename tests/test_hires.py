@@ -15,7 +15,6 @@ import pytest
 from PIL import Image
 
 from mflux_core import cli
-from mflux_core.demo.family import SIZES
 from mflux_core.errors import InvalidRequest
 from mflux_core.events import Loading, Step, Stopped, stream
 from mflux_core.manager import ModelManager
@@ -184,7 +183,8 @@ def test_a_model_with_native_sizes_has_a_hires_fix_within_them_only(manager, tmp
         manager.generate(demo_request(model=str(listing(tmp_path / "64" / "demo", ((64, 64),))), width=64, height=64, **HIRES),
                          report=steps.append)
     assert not [event for event in steps if isinstance(event, Step)]
-    sizes = listing(tmp_path / "sizes" / "demo", SIZES)
+    sides = range(48, 129, 16)
+    sizes = listing(tmp_path / "sizes" / "demo", tuple((width, height) for height in sides for width in sides))
     with pytest.raises(InvalidRequest, match=r"/demo makes 48x48 to 128x128 images only, so it has no hires fix from "
                                              r"96x96 to 192x192"):
         manager.generate(demo_request(model=str(sizes), width=96, height=96, **HIRES))

@@ -15,8 +15,6 @@ from mflux_core.models.vae import AutoencoderKL, VAEConfig
 
 IMAGE_SIZE = 64
 NATIVE_SIZE = (IMAGE_SIZE, IMAGE_SIZE)  # (width, height) the family's recipe trains at
-SIDES = (48, 64, 80, 96, 112, 128)  # the sides the sizes stages add (size_stages.py): 3 to 8 tokens
-SIZES = tuple((width, height) for height in SIDES for width in SIDES)
 LATENT_CHANNELS = 16
 VAE_SCALE = 8  # 2 ** (len(block_out_channels) - 1)
 PACKED_CHANNELS = 4 * LATENT_CHANNELS  # 64, as in FLUX.1

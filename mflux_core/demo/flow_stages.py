@@ -74,10 +74,17 @@ def stage_data(run: Path, stage: str, settings: StageSettings, vae, workers: int
 
 def step_rows(settings: StageSettings, step: int, counts: dict[Size, int]) -> tuple[np.random.Generator, Size,
                                                                                     np.ndarray]:
-    """The step's generator, its size (one per step, so a batch stacks) and the pool rows it draws first."""
+    """The step's generator, its size (one per step, so a batch stacks; settings.native_share of the steps at
+    NATIVE_SIZE) and the pool rows it draws first."""
     rng = np.random.default_rng([settings.seed, step])
     sizes = list(counts)
-    size = sizes[int(rng.integers(len(sizes)))] if len(sizes) > 1 else sizes[0]  # one size: the 64 px draws as before
+    if len(sizes) == 1:  # no draw: the 64 px recipe draws as before
+        size = sizes[0]
+    elif settings.native_share is not None and NATIVE_SIZE in sizes and rng.random() < settings.native_share:
+        size = NATIVE_SIZE
+    else:
+        others = [size for size in sizes if settings.native_share is None or size != NATIVE_SIZE]
+        size = others[int(rng.integers(len(others)))]
     return rng, size, rng.integers(0, counts[size], settings.batch)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from mflux_core.demo import family
 from mflux_core.demo.family import NATIVE_SIZE
-from mflux_core.demo.flow_stages import TOOL_GUIDANCE_RANGE, base_transformer, flow_batches, stage_data
+from mflux_core.demo.flow_stages import TOOL_GUIDANCE_RANGE, base_transformer, flow_batches, stage_data, step_rows
 from mflux_core.demo.pools import Size
 from mflux_core.demo.recipe import StageSettings, optimizer_for
 from mflux_core.demo.text_encoders import ENCODER_STAGE, encode_captions
@@ -65,24 +65,32 @@ def distillation_loss(student, batch) -> mx.array:
 def train_guidance(run: Path, settings: StageSettings, base_settings: StageSettings, vae, workers: int,
                    max_seconds: float | None, compile: bool = False, sizes: tuple[Size, ...] = (NATIVE_SIZE,),
                    teacher_stage: str = "teacher", checkpoint: str = "guidance",
-                   teacher_guidance: float | None = None) -> bool:
+                   teacher_guidance: float | None = None, anchor: str | None = None) -> bool:
     """The shipped base: the teacher, taught its own guided velocity at each guidance value in GUIDANCE_RANGE
     on the examples of `base_settings` at `sizes`; `teacher_guidance`: the guidance input of the teacher's
-    own passes (None: the batch's)."""
-    flows = flow_batches(stage_data(run, "base", base_settings, vae, workers, sizes), settings,
-                         family.SCHEDULER_CONFIG, guidance_range=GUIDANCE_RANGE)
+    own passes (None: the batch's); `anchor`: a distilled checkpoint whose own velocity it is taught instead at
+    NATIVE_SIZE (the shipped base, so that a retuning at more sizes keeps what the base does at 64x64)."""
+    data = stage_data(run, "base", base_settings, vae, workers, sizes)
+    counts = {size: len(pool["target"]) for size, pool in data.items()}
+    flows = flow_batches(data, settings, family.SCHEDULER_CONFIG, guidance_range=GUIDANCE_RANGE)
     teacher = base_transformer(run, teacher_stage)
     teacher.freeze()
+    kept = None if anchor is None else base_transformer(run, anchor)
+    if kept is not None:
+        kept.freeze()
     empty_text, empty_pooled = empty_caption(run, settings.batch)
 
     def batch_for_step(step: int):
         flow = flows(step)
-        asked = flow if teacher_guidance is None else replace(flow, guidance=mx.full(flow.guidance.shape,
-                                                                                     teacher_guidance))
-        conditional = predicted_velocity(teacher, asked)
-        unconditional = predicted_velocity(teacher, asked, empty_text, empty_pooled)
-        scale = guidance_scale(flow.guidance)[:, None, None]
-        target = unconditional + scale * (conditional - unconditional)
+        if kept is not None and step_rows(settings, step, counts)[1] == NATIVE_SIZE:
+            target = predicted_velocity(kept, flow)
+        else:
+            asked = flow if teacher_guidance is None else replace(flow, guidance=mx.full(flow.guidance.shape,
+                                                                                         teacher_guidance))
+            conditional = predicted_velocity(teacher, asked)
+            unconditional = predicted_velocity(teacher, asked, empty_text, empty_pooled)
+            scale = guidance_scale(flow.guidance)[:, None, None]
+            target = unconditional + scale * (conditional - unconditional)
         mx.eval(target)  # the teacher's passes stay out of the student's compiled step
         return flow, target
 

@@ -1,8 +1,10 @@
-"""The demo family's training recipe: each stage's steps, batch, learning rate, pool and seed."""
+"""The demo family's training recipe: each stage's steps, batch, learning rate, pool, seed and sizes."""
 
 from dataclasses import dataclass, replace
 
 import mlx.optimizers as optim
+
+from mflux_core.demo.family import IMAGE_SIZE
 
 
 @dataclass(frozen=True)
@@ -12,7 +14,19 @@ class StageSettings:
     learning_rate: float
     pool: int  # examples rendered for the stage
     seed: int
+    sides: tuple[int, ...] = (IMAGE_SIZE,)  # picture sides (px) it trains at, every pairing: (48, 64) -> 4 sizes
+    native_share: float | None = None  # share of its steps at family.NATIVE_SIZE; None: every size alike
 
+    @property
+    def sizes(self) -> tuple[tuple[int, int], ...]:
+        """(width, height) of every size it trains at."""
+        return tuple((width, height) for height in self.sides for width in self.sides)
+
+
+# The sizes stages' sizes: sides 48 to 96 px (3 to 6 tokens), a quarter of the steps at 64x64 so that the family
+# keeps what it does there. Over sides up to 128 (36 sizes), 3,000 teacher steps still painted shapes twice at
+# 128 px and lost placement at 64x64 (README, Demo models).
+TUNED_SIZES = dict(sides=(48, 64, 80, 96), native_share=0.25)
 
 STAGES = {  # sized for a 2-core CPU: about three hours in all (README's demo section has the timings)
     "vae": StageSettings(steps=4000, batch=8, learning_rate=1e-3, pool=6000, seed=1),
@@ -26,14 +40,15 @@ STAGES = {  # sized for a 2-core CPU: about three hours in all (README's demo se
     "kontext": StageSettings(steps=2500, batch=64, learning_rate=5e-4, pool=6000, seed=5),
     "canny": StageSettings(steps=3000, batch=64, learning_rate=5e-4, pool=6000, seed=7),
     "upscale": StageSettings(steps=1800, batch=64, learning_rate=5e-4, pool=6000, seed=12),
-    # size_stages.py: the finished family tuned at every size; pool: examples per size (36 sizes)
-    "teacher-sizes": StageSettings(steps=1000, batch=64, learning_rate=3e-4, pool=300, seed=13),
-    "guidance-sizes": StageSettings(steps=1000, batch=64, learning_rate=3e-4, pool=0, seed=14),  # the teacher's pool
-    "fill-sizes": StageSettings(steps=600, batch=64, learning_rate=3e-4, pool=200, seed=15),
-    "depth-sizes": StageSettings(steps=600, batch=64, learning_rate=3e-4, pool=200, seed=16),
-    "kontext-sizes": StageSettings(steps=800, batch=64, learning_rate=3e-4, pool=200, seed=17),
-    "canny-sizes": StageSettings(steps=600, batch=64, learning_rate=3e-4, pool=200, seed=18),
-    "upscale-sizes": StageSettings(steps=600, batch=64, learning_rate=3e-4, pool=200, seed=19),
+    # size_stages.py: the finished family tuned at more sizes; pool: examples per size
+    "teacher-sizes": StageSettings(steps=4000, batch=64, learning_rate=3e-4, pool=2000, seed=13, **TUNED_SIZES),
+    "guidance-sizes": StageSettings(steps=2000, batch=64, learning_rate=3e-4, pool=0, seed=14,  # the teacher's pool
+                                    **TUNED_SIZES),
+    "fill-sizes": StageSettings(steps=600, batch=64, learning_rate=3e-4, pool=200, seed=15, **TUNED_SIZES),
+    "depth-sizes": StageSettings(steps=600, batch=64, learning_rate=3e-4, pool=200, seed=16, **TUNED_SIZES),
+    "kontext-sizes": StageSettings(steps=800, batch=64, learning_rate=3e-4, pool=200, seed=17, **TUNED_SIZES),
+    "canny-sizes": StageSettings(steps=600, batch=64, learning_rate=3e-4, pool=200, seed=18, **TUNED_SIZES),
+    "upscale-sizes": StageSettings(steps=600, batch=64, learning_rate=3e-4, pool=200, seed=19, **TUNED_SIZES),
 }
 
 

@@ -1,13 +1,14 @@
-"""The sizes stages: the finished 64 px family tuned on pictures of every size in family.SIZES (sides 48 to
-128 px in 16 px steps, any pairing: 3 to 8 tokens a side), each stage with the loss of the 64 px stage it
-extends. Trained at 64 px only, the transformers paint noise at any other size (their RoPE positions and
-token counts never seen); position rescaling was measured and did not generalise (README, Demo models).
+"""The sizes stages: the finished 64 px family tuned on pictures of the sizes their recipe lists (recipe.py:
+TUNED_SIZES), each stage with the loss of the 64 px stage it extends. Trained at 64 px only, the transformers
+paint noise at any other size (their RoPE positions and token counts never seen); position rescaling was
+measured and did not generalise (README, Demo models).
 
 A run restored from demo_models/ (restore.py) holds every member's checkpoint, so these stages tune the
 shipped family without retraining it: the shipped (distilled) base learns to be a teacher again at every
-size, is distilled again from it, and Fill, Depth, Kontext and the ControlNets are tuned from their shipped
-weights (the ControlNets beside the new base). export.py writes a member from its sizes stage once that
-stage is done, and lists family.SIZES as its "_native_sizes".
+size, is distilled again from it (taught the shipped base's own velocity at 64x64), and Fill, Depth, Kontext
+and the ControlNets are tuned from their shipped weights (the ControlNets beside the new base). export.py
+writes a member from its sizes stage once that stage is done, and lists the stage's sizes as its
+"_native_sizes".
 """
 
 import json
@@ -15,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mflux_core.demo.controlnet_stage import train_controlnet
-from mflux_core.demo.family import SIZES
 from mflux_core.demo.flow_stages import train_flow_stage
 from mflux_core.demo.guidance_stages import train_guidance, train_teacher
 from mflux_core.demo.recipe import StageSettings
 
 SUFFIX = "-sizes"
 SIZES_FILE = "sizes.json"  # written beside a sizes stage's checkpoint when the stage has finished
-BASE_STAGE = "guidance" + SUFFIX  # the base the tuned ControlNets run beside
+SHIPPED_BASE = "guidance"  # the 64 px recipe's distilled base, as restore.py restores the shipped one
+BASE_STAGE = SHIPPED_BASE + SUFFIX  # the base the tuned ControlNets run beside
 # The teacher starts from the shipped, distilled base, whose velocity at guidance 1 is the unguided conditional
 # one a teacher gives: it trains (and teaches) there. Trained over the tools' guidance range (1 to 35, as the
 # 64 px teacher, which started undistilled, was) its first losses were guided velocities of up to scale 9.5,
@@ -38,7 +39,7 @@ class SizesStage:
 
 
 SIZES_STAGES = {
-    "teacher" + SUFFIX: SizesStage("teacher", start="guidance"),  # the shipped base, unguided again
+    "teacher" + SUFFIX: SizesStage("teacher", start=SHIPPED_BASE),  # the shipped base, unguided again
     BASE_STAGE: SizesStage("guidance", start="teacher" + SUFFIX),
     "fill" + SUFFIX: SizesStage("fill", start="fill"),
     "depth" + SUFFIX: SizesStage("depth", start="depth"),
@@ -53,20 +54,20 @@ def train_at_sizes(run: Path, stage: str, recipe: dict[str, StageSettings], vae,
     """Train (or resume) one sizes stage; True when it finished, and then its checkpoint folder lists the
     sizes it makes (finished_sizes)."""
     settings, plan = recipe[stage], SIZES_STAGES[stage]
-    common = dict(vae=vae, workers=workers, max_seconds=max_seconds, compile=compile, sizes=SIZES)
+    common = dict(vae=vae, workers=workers, max_seconds=max_seconds, compile=compile, sizes=settings.sizes)
     if plan.extends == "teacher":
         finished = train_teacher(run, settings, settings, start=plan.start, checkpoint=stage,
                                  guidance_range=(UNGUIDED, UNGUIDED), **common)
     elif plan.extends == "guidance":
         finished = train_guidance(run, settings, recipe[plan.start], teacher_stage=plan.start, checkpoint=stage,
-                                  teacher_guidance=UNGUIDED, **common)
+                                  teacher_guidance=UNGUIDED, anchor=SHIPPED_BASE, **common)
     elif plan.extends in ("canny", "upscale"):
         finished = train_controlnet(run, plan.extends, settings, start=plan.start, beside=BASE_STAGE,
                                     checkpoint=stage, **common)
     else:
         finished = train_flow_stage(run, plan.extends, settings, start=plan.start, checkpoint=stage, **common)
     if finished:
-        (run / stage / SIZES_FILE).write_text(json.dumps([list(size) for size in SIZES]))
+        (run / stage / SIZES_FILE).write_text(json.dumps([list(size) for size in settings.sizes]))
     return finished
 
 
