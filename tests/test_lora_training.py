@@ -14,6 +14,9 @@ from mflux_core.lora.apply import add_lora
 from mflux_core.lora.formats import load_lora_file
 from mflux_core.training.flow_matching import flow_matching_loss
 from mflux_core.training.lora_config import TrainingConfig
+from mflux_core.request import GenerationRequest
+from mflux_core.tools.ic_edit import PROMPT_TEMPLATE
+from mflux_core.tools.in_context import in_context_inputs
 from mflux_core.training.lora_training import batch_maker, encode_examples, load_base_model, train_lora
 from tests.parity import max_uint8_diff, run_cli
 
@@ -173,6 +176,87 @@ def test_a_quantized_base_trains(tiny_dev, tmp_path):
     assert all(np.abs(v).max() > 0 for k, v in weights.items() if k.endswith("lora_B.weight"))
 
 
+# --- in-context (Fill) training ---------------------------------------------------------------------
+
+
+def draw_diptychs(folder) -> list[str]:
+    """Each example's left panel, and beside it the same picture with its shape in the instruction's colour."""
+    draw_examples(folder / "panels")
+    names = []
+    for index, path in enumerate(sorted((folder / "panels").iterdir())):
+        left = Image.open(path).convert("RGB")
+        pixels = np.asarray(left).copy()
+        shape = np.any(pixels != pixels[0, 0], axis=-1)
+        pixels[shape] = (255, 0, 255)
+        names.append(f"diptych_{index}.png")
+        Image.fromarray(np.concatenate([np.asarray(left), pixels], axis=1)).save(folder / names[-1])
+    return names
+
+
+def in_context_config(folder, model, **changes) -> TrainingConfig:
+    names = draw_diptychs(folder / "diptychs")
+    prompt = PROMPT_TEMPLATE.format(instruction="the shape is magenta")
+    return write_config(folder, model, width=2 * SIZE, examples={
+        "path": "diptychs", "in_context": True, "images": [{"image": name, "prompt": prompt} for name in names]},
+        **changes)
+
+
+def test_in_context_training_conditions_the_fill_model_as_the_in_context_tools_do_and_learns(tiny_fill, tmp_path):
+    config = in_context_config(tmp_path, tiny_fill, training_loop={"steps": 40, "batch_size": 3},
+                               optimizer={"learning_rate": 1e-2})
+    model = load_base_model(config, tmp_path)
+    examples = encode_examples(model, config)
+    left = Image.open(config.examples[0].image).crop((0, 0, SIZE, SIZE))
+    request = GenerationRequest(prompt=config.examples[0].prompt, width=SIZE, height=SIZE).validated()
+    tool = in_context_inputs(model, request, left, None, None, "IC-Edit")
+    # The right panel is masked in both (what it shows in training is only the target), the left one kept.
+    assert np.allclose(np.array(examples.extra[:1]), np.array(tool.conditioning.extra_channels), atol=1e-6)
+    batches = batch_maker(model, config, examples)
+    evaluation = [batches(10_000 + i) for i in range(8)]
+
+    def mean_loss():
+        return float(np.mean([float(flow_matching_loss(model.transformer, batch)) for batch in evaluation]))
+
+    before = mean_loss()
+    outcome = train_lora(config)
+    report = add_lora(model.transformer, load_lora_file(outcome.adapter), "trained")
+    assert outcome.finished and report.complete
+    after = mean_loss()
+    print(f"held-out flow-matching loss of the diptychs: {before:.4f} before, {after:.4f} after 40 steps")
+    assert after < 0.8 * before
+
+
+def test_an_in_context_adapter_paints_in_ic_edit_what_its_validation_showed(tiny_fill, tmp_path):
+    config = in_context_config(tmp_path, tiny_fill, training_loop={"steps": 12, "batch_size": 3},
+                               optimizer={"learning_rate": 2e-2},
+                               instrumentation={**VALIDATION, "validation_prompt": PROMPT_TEMPLATE.format(
+                                   instruction="the shape is magenta")})
+    outcome = train_lora(config)
+    validation = Image.open(outcome.validation_images[0]).convert("RGB")
+    assert validation.size == (SIZE, SIZE)  # the right panel
+    Image.open(config.examples[0].image).crop((0, 0, SIZE, SIZE)).save(tmp_path / "reference.png")
+    common = ["--path", tiny_fill, "--steps", 3, "--height", SIZE, "--width", SIZE, "--seed", 5,
+              "--max-sequence-length", 16]  # IC-Edit's guidance is the In-Context tool's, which validation used
+    edited = run_cli("ic-edit", "--reference-image", tmp_path / "reference.png", "--instruction",
+                     "the shape is magenta", "--ic-edit-lora", outcome.adapter, *common,
+                     "--output", tmp_path / "edited.png")
+    untrained = run_cli("in-context", "--prompt", PROMPT_TEMPLATE.format(instruction="the shape is magenta"),
+                        "--image-path", tmp_path / "reference.png", *common, "--output", tmp_path / "plain.png")
+    print(f"IC-Edit with the trained adapter differs from the training-time validation image by "
+          f"{max_uint8_diff(edited, validation)} levels, from the same call without it by "
+          f"{max_uint8_diff(edited, untrained)}")
+    assert max_uint8_diff(edited, validation) <= 1 and max_uint8_diff(edited, untrained) > 20
+
+
+def test_in_context_training_needs_a_fill_model_and_a_fill_model_needs_in_context(tiny_dev, tiny_fill, tmp_path):
+    with pytest.raises(InvalidRequest, match=r"In-context LoRA training \(examples\.in_context\) needs a FLUX\.1-Fill "
+                                             r"model"):
+        train_lora(in_context_config(tmp_path / "a", tiny_dev))
+    with pytest.raises(InvalidRequest, match=r"is a FLUX\.1-Fill model: train it on diptychs .* with "
+                                             r"examples\.in_context set to true"):
+        train_lora(write_config(tmp_path / "b", tiny_fill))
+
+
 # --- bad input -------------------------------------------------------------------------------------
 
 
@@ -202,6 +286,7 @@ def test_images_of_another_size_are_resized_or_refused_as_configured(tiny_dev, t
      "unknown keys in lora_layers.transformer_blocks: rank"),
     ({"training_loop": {"steps": 3, "num_epochs": 2}}, "exactly one of steps or num_epochs"),
     ({"width": 50}, "width 50 is not a multiple of 16"),
+    ({"width": 80, "examples": {"in_context": True}}, r"width \(80\) must be a multiple of 32 with examples\.in_context"),
 ])
 def test_config_mistakes_are_refused(tiny_dev, tmp_path, change, message):
     with pytest.raises(InvalidRequest, match=message):

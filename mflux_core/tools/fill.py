@@ -42,6 +42,13 @@ def packed_mask(mask: np.ndarray, scale: int) -> mx.array:
     return pack_latents(mx.array(blocks.reshape(1, scale * scale, h, w)))
 
 
+def fill_conditioning(model: FluxModel, pixels: mx.array, mask: np.ndarray) -> mx.array:
+    """Fill's extra channels per token: the latents of the image with the masked area blanked, then the packed
+    mask; `pixels` (1, H, W, 3) in [-1, 1], `mask` (H, W) bool, True where the model paints."""
+    masked_latents = encode_pixels(model, pixels * (1.0 - mask[None, :, :, None]))
+    return mx.concatenate([masked_latents, packed_mask(mask, model.vae_scale_factor)], axis=-1)
+
+
 def fill_canvas(request: GenerationRequest) -> tuple[GenerationRequest, Image.Image, Image.Image]:
     """The image and mask to fill: the user's pair, or an outpaint canvas built from the padding."""
     image = required_image(request.image_path, "an image to fill", "--image-path")
@@ -64,10 +71,8 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     if problem:
         raise InvalidRequest(problem)
     pixels = pil_to_pixels(image, request.width, request.height)
-    masked_latents = encode_pixels(model, pixels * (1.0 - mask[None, :, :, None]))
-    extra = mx.concatenate([masked_latents, packed_mask(mask, model.vae_scale_factor)], axis=-1)
     conditioning = prompt_conditioning(model, request)
-    conditioning.extra_channels = extra.astype(model.dtype)
+    conditioning.extra_channels = fill_conditioning(model, pixels, mask).astype(model.dtype)
     finish = None
     if request.keep_unmasked:
         feather = max(4, min(request.width, request.height) // 64)

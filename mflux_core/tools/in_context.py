@@ -6,7 +6,6 @@ left panel is read-only context (mask 0), the right panel is generated where its
 the right panel unless the full diptych is asked for. A tool may add its own LoRA to the request.
 """
 
-import mlx.core as mx
 import numpy as np
 from PIL import Image
 
@@ -16,8 +15,8 @@ from mflux_core.generation import ToolInputs
 from mflux_core.images.masks import binarize_mask
 from mflux_core.images.io import pil_to_pixels
 from mflux_core.request import GenerationRequest, check_image_size
-from mflux_core.tools.common import check_in_channels, encode_pixels, prompt_conditioning
-from mflux_core.tools.fill import fill_channels, packed_mask
+from mflux_core.tools.common import check_in_channels, prompt_conditioning
+from mflux_core.tools.fill import fill_channels, fill_conditioning
 
 
 def panel(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -74,9 +73,7 @@ def in_context_inputs(model: FluxModel, request: GenerationRequest, left: Image.
     check_image_size(2 * width, height, "The diptych (both panels side by side)")
     mask = diptych_mask(right_mask, width, height)
     pixels = pil_to_pixels(diptych_canvas(left, right, width, height), 2 * width, height)
-    masked_latents = encode_pixels(model, pixels * (1.0 - mask[None, :, :, None]))
     conditioning = prompt_conditioning(model, request)
-    extra = mx.concatenate([masked_latents, packed_mask(mask, model.vae_scale_factor)], axis=-1)
-    conditioning.extra_channels = extra.astype(model.dtype)
+    conditioning.extra_channels = fill_conditioning(model, pixels, mask).astype(model.dtype)
     finish = None if request.extra.get("save_full_image") else right_half
     return ToolInputs(request, conditioning, finish=finish, canvas=(2 * width, height))

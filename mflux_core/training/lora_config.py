@@ -22,6 +22,10 @@ Paths (model folder, output, examples) are relative to the config file. Every se
 it does not know, so a typo is an error, never a silently ignored setting. `block_range` ends are
 exclusive, as in mflux. `examples.resize`: true scales each image to cover the training size and
 crops the centre (and says which images it changed); false refuses images of another size.
+`examples.in_context`: true trains a FLUX.1-Fill model on diptychs, as IC-Edit and the In-Context LoRAs were
+trained: each image holds the context in its left half and the result in its right half, `width` is the whole
+diptych's, and the right half is masked (generated) while the left one is kept, exactly as the in-context
+tools (tools/in_context.py) build it at inference.
 """
 
 import json
@@ -98,8 +102,10 @@ SPANS = {kind: Section(f"lora_layers.{kind}.block_range", {"start": number("", 0
                                                            "end": number("", 1, 10_000, whole=True).optional()},
                        {"start": None, "end": None})
          for kind in BLOCK_KINDS}
-EXAMPLES = Section("examples", {"path": text(""), "resize": switch(""), "images": LIST.optional()},
-                   {"path": ".", "resize": True, "images": None})
+EXAMPLES = Section("examples", {"path": text(""), "resize": switch(""), "in_context": switch(""),
+                               "images": LIST.optional()},
+                   {"path": ".", "resize": True, "in_context": False, "images": None})
+PANEL_MULTIPLE = 16  # each half of an in-context diptych is a whole number of packed latent tokens
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,7 @@ class TrainingConfig:
     alpha: float
     layers: tuple[LayerSelection, ...]
     resize_images: bool
+    in_context: bool  # diptychs for a Fill model, right half masked (examples.in_context)
     examples: tuple[Example, ...]
     raw: dict  # the JSON as read, for the checkpoint
 
@@ -229,7 +236,10 @@ class TrainingConfig:
         if not layers:
             raise InvalidRequest("The training config's lora_layers must choose transformer_blocks and/or "
                                  "single_transformer_blocks to adapt.")
-        examples, resize = cls._examples(top["examples"], folder)
+        examples, resize, in_context = cls._examples(top["examples"], folder)
+        if in_context and top["width"] % (2 * PANEL_MULTIPLE):
+            raise InvalidRequest(f"The training config's width ({top['width']}) must be a multiple of "
+                                 f"{2 * PANEL_MULTIPLE} with examples.in_context: it holds two panels side by side.")
         return cls(
             folder=folder, model=top["model"], base_model=top["base_model"], quantize=top["quantize"],
             seed=top["seed"], width=top["width"], height=top["height"], guidance=top["guidance"],
@@ -241,11 +251,11 @@ class TrainingConfig:
             validation_frequency=watch["validation_frequency"], validation_steps=watch["validation_steps"],
             validation_seed=watch["validation_seed"], rank=lora["rank"],
             alpha=lora["rank"] if lora["alpha"] is None else lora["alpha"], layers=layers, resize_images=resize,
-            examples=examples, raw=raw,
+            in_context=in_context, examples=examples, raw=raw,
         )
 
     @staticmethod
-    def _examples(section, folder: Path) -> tuple[tuple[Example, ...], bool]:
+    def _examples(section, folder: Path) -> tuple[tuple[Example, ...], bool, bool]:
         section = EXAMPLES.read(section)
         base = folder / section["path"]
         images = section["images"]
@@ -259,4 +269,4 @@ class TrainingConfig:
                 raise InvalidRequest(f"The training config's examples.images[{index}] needs an image file name and "
                                      "a prompt, both text, and nothing else.")
             examples.append(Example((base / item["image"]).resolve(), item["prompt"]))
-        return tuple(examples), section["resize"]
+        return tuple(examples), section["resize"], section["in_context"]

@@ -1,4 +1,6 @@
-"""LoRA (DreamBooth) training of a FLUX.1 transformer, run by the generic loop (training/loop.py).
+"""LoRA (DreamBooth) training of a FLUX.1 transformer, run by the generic loop (training/loop.py), or of a
+FLUX.1-Fill transformer on in-context diptychs (examples.in_context: the right half generated, as IC-Edit's and
+the In-Context LoRAs were trained).
 
 The examples are encoded once (VAE latents, T5 and CLIP embeddings) and the text encoders freed;
 each step draws its examples, noise and timesteps from the seed and the step index alone, and the
@@ -31,7 +33,11 @@ from mflux_core.images.io import load_image, pil_to_pixels, save_png_atomic
 from mflux_core.loader import load_flux_model
 from mflux_core.request import GenerationRequest
 from mflux_core.sampling.latents import image_position_ids, latent_grid
-from mflux_core.tools.common import check_in_channels, encode_pixels, packed_channels, tool_inputs
+from mflux_core.tools.common import (
+    check_in_channels, encode_pixels, packed_channels, resolved_request, tool_inputs,
+)
+from mflux_core.tools.fill import fill_channels, fill_conditioning
+from mflux_core.tools.in_context import diptych_mask, in_context_inputs
 from mflux_core.training.flow_matching import FlowBatch, flow_matching_loss, shifted_sigmas
 from mflux_core.training.lora_adapters import attach_lora
 from mflux_core.training.lora_checkpoint import (
@@ -57,6 +63,7 @@ class EncodedExamples:
     pooled: mx.array  # (n, pooled_dim) CLIP pooled outputs
     fingerprint: str  # of the image files' bytes and the prompts
     notes: list[str]  # what was done to the images (resizing)
+    extra: mx.array | None = None  # (n, N, C') Fill's channels of in-context diptychs (right half masked)
 
 
 @dataclass
@@ -100,7 +107,17 @@ def training_images(config: TrainingConfig) -> tuple[list[Image.Image], list[str
              for name, (w, h) in wrong]
     for note in notes:
         log.warning(note)
-    return [image if image.size == size else cover_crop(image, *size) for image in images], notes
+    return [at_training_size(image, config) for image in images], notes
+
+
+def at_training_size(image: Image.Image, config: TrainingConfig) -> Image.Image:
+    size = (config.width, config.height)
+    return image if image.size == size else cover_crop(image, *size)
+
+
+def in_context_mask(config: TrainingConfig) -> np.ndarray:
+    """The diptych's right half, where the Fill model paints; the left half is the context it keeps."""
+    return diptych_mask(None, config.width // 2, config.height)
 
 
 def examples_fingerprint(config: TrainingConfig) -> str:
@@ -113,13 +130,18 @@ def examples_fingerprint(config: TrainingConfig) -> str:
 
 def encode_examples(model: FluxModel, config: TrainingConfig) -> EncodedExamples:
     images, notes = training_images(config)
-    latents = [encode_pixels(model, pil_to_pixels(image, config.width, config.height)) for image in images]
+    pixels = [pil_to_pixels(image, config.width, config.height) for image in images]
     prompts = [model.text_encoders.encode(e.prompt, config.max_sequence_length) for e in config.examples]
+    extra = None
+    if config.in_context:
+        mask = in_context_mask(config)
+        extra = mx.concatenate([fill_conditioning(model, p, mask) for p in pixels]).astype(model.dtype)
     encoded = EncodedExamples(
-        latents=mx.concatenate(latents), text=mx.concatenate([p.t5 for p in prompts]).astype(model.dtype),
+        latents=mx.concatenate([encode_pixels(model, p) for p in pixels]),
+        text=mx.concatenate([p.t5 for p in prompts]).astype(model.dtype),
         pooled=mx.concatenate([p.pooled for p in prompts]).astype(model.dtype),
-        fingerprint=examples_fingerprint(config), notes=notes)
-    mx.eval(encoded.latents, encoded.text, encoded.pooled)
+        fingerprint=examples_fingerprint(config), notes=notes, extra=extra)
+    mx.eval(encoded.latents, encoded.text, encoded.pooled, encoded.extra)
     return encoded
 
 
@@ -150,6 +172,7 @@ def batch_maker(model: FluxModel, config: TrainingConfig, examples: EncodedExamp
             sigmas=mx.array(shifted_sigmas(rng, size, tokens, model.scheduler_config)),
             text=examples.text[chosen], pooled=examples.pooled[chosen], image_ids=image_ids,
             guidance=mx.full((size,), config.guidance, dtype=mx.float32) if model.has_guidance else None,
+            extra_channels=None if examples.extra is None else examples.extra[chosen],
         )
 
     return batch_for_step
@@ -161,7 +184,15 @@ def batch_maker(model: FluxModel, config: TrainingConfig, examples: EncodedExamp
 def load_base_model(config: TrainingConfig, models_dir: Path) -> FluxModel:
     source = resolve_model(model=config.model_reference(), base_model=config.base_model, models_dir=models_dir)
     model = load_flux_model(source, resolve_dtype(None), name=config.model)
-    check_in_channels(model, packed_channels(model), "LoRA training", "base (dev or schnell)")
+    if config.in_context:
+        check_in_channels(model, fill_channels(model), "In-context LoRA training (examples.in_context)",
+                          "FLUX.1-Fill")
+    elif model.config.in_channels == fill_channels(model):
+        raise InvalidRequest(f"The model {config.model} is a FLUX.1-Fill model: train it on diptychs (context "
+                             "left, result right) with examples.in_context set to true, or give a base (dev or "
+                             "schnell) model.")
+    else:
+        check_in_channels(model, packed_channels(model), "LoRA training", "base (dev or schnell)")
     quantize_model(model.transformer, config.quantize)
     return model
 
@@ -185,11 +216,20 @@ def resolve_training_config(config: TrainingConfig | None, checkpoint: Checkpoin
 
 
 def validation_inputs(model: FluxModel, config: TrainingConfig) -> ToolInputs | None:
+    """The validation image's inputs: the prompt alone, or for in-context training the right panel painted
+    beside the left half of the first example."""
     if not config.validation_prompt:
         return None
-    request = GenerationRequest(prompt=config.validation_prompt, seed=config.validation_seed, width=config.width,
+    panel = config.width // 2 if config.in_context else config.width
+    request = GenerationRequest(tool="in-context" if config.in_context else "generate",
+                                prompt=config.validation_prompt, seed=config.validation_seed, width=panel,
                                 height=config.height, steps=config.validation_steps,
                                 max_sequence_length=config.max_sequence_length).validated()
+    if config.in_context:  # the In-Context tool's call, with the first example's left panel as its reference
+        first = at_training_size(load_image(config.examples[0].image), config)
+        context = first.crop((0, 0, panel, config.height))
+        return in_context_inputs(model, resolved_request(model, request), context, None, None,
+                                 "In-context LoRA training's validation")
     return tool_inputs(model, request)
 
 
