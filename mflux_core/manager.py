@@ -27,7 +27,7 @@ from mflux_core.lru import LRU
 from mflux_core.memory import DEPTH_PHASE, MemoryBudget, MemoryPlan
 from mflux_core.metadata import png_text_chunks, request_metadata
 from mflux_core.model_locator import ModelLocator
-from mflux_core.native_sizes import native_size_for, size_note
+from mflux_core.native_sizes import native_panel_for, native_size_for, size_note
 from mflux_core.registry import ModelEntry
 from mflux_core.request import GenerationRequest
 from mflux_core.resident import ResidentModels, stop_if_cancelled
@@ -247,7 +247,10 @@ class ModelManager:
         one the model can make, with a note that says so."""
         inputs = tool_inputs(model, request, self)
         asked = (inputs.request.width, inputs.request.height)
-        native = native_size_for(model.native_sizes, *asked)
+        if inputs.canvas is None:
+            native = native_size_for(model.native_sizes, *asked)
+        else:  # the model paints the canvas (an in-context diptych); the request names one panel
+            native = native_panel_for(model.native_sizes, asked, inputs.canvas)
         if native is None:
             return inputs, ()
         inputs = tool_inputs(model, request.with_(width=native[0], height=native[1]), self)

@@ -45,6 +45,16 @@ def native_size_for(native: tuple[Size, ...], width: int, height: int) -> Size |
                                          abs(size[0] * size[1] - width * height)))
 
 
+def native_panel_for(native: tuple[Size, ...], panel: Size, canvas: Size) -> Size | None:
+    """As native_size_for, for a tool that paints a canvas of whole panels (an in-context diptych: two panels
+    side by side): None when the canvas is native, else the panel of the nearest native canvas that splits into
+    panels of whole tokens (sides multiples of 16; None when no native canvas does)."""
+    across, down = canvas[0] // panel[0], canvas[1] // panel[1]
+    splits = tuple(size for size in native if size[0] % (16 * across) == 0 and size[1] % (16 * down) == 0)
+    made = native_size_for(splits, *canvas) if splits and canvas not in native else None
+    return None if made is None else (made[0] // across, made[1] // down)
+
+
 def sizes_phrase(native: tuple[Size, ...]) -> str:
     """'64x64', or for several sizes their range: '48x48 to 128x128'."""
     if len(native) == 1:

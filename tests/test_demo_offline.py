@@ -15,7 +15,7 @@ from mflux_core.demo.depth_estimator import SIZE, mean_iou
 from mflux_core.errors import InvalidRequest, ModelLoadError
 from mflux_core.manager import ModelManager
 from mflux_core.models.depth import DepthEstimator, depth_to_image
-from mflux_core.native_sizes import native_size_for, read_native_sizes, size_note
+from mflux_core.native_sizes import native_panel_for, native_size_for, read_native_sizes, size_note
 from mflux_core.registry import list_models
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.specs import TOOL_SPECS, default_depth_estimator, default_model_for
@@ -163,6 +163,24 @@ def test_the_native_size_nearest_in_shape_is_chosen():
     assert size_note("demo", sizes, (256, 144), (112, 64)) == (
         "demo makes 48x48 to 128x128 images only, so this one is 112x64 instead of 256x144; other sizes need a "
         "FLUX.1 model.")
+
+
+def test_a_diptych_tool_gets_the_panel_of_the_nearest_native_canvas():
+    sides = (48, 64, 80, 96)
+    sizes = tuple((width, height) for height in sides for width in sides)
+    assert native_panel_for(sizes, (48, 48), (96, 48)) is None
+    assert native_panel_for(sizes, (512, 384), (1024, 384)) == (48, 48)  # 96x48 is the only canvas of two panels
+    assert native_panel_for(((64, 64),), (64, 64), (128, 64)) == (32, 64)
+    assert native_panel_for(((48, 48),), (64, 64), (128, 64)) is None  # no canvas of whole-token panels: as asked
+
+
+def test_an_in_context_tool_on_the_demo_paints_a_native_canvas_with_a_note(manager, tmp_path):
+    request = GenerationRequest(tool="in-context", prompt="the same shape on another background", width=64,
+                                height=64, image_path=scene_picture(tmp_path, 2), **FAST)
+    made = native_panel_for(shipped_sizes("demo-fill"), (64, 64), (128, 64))
+    result = manager.generate(request)
+    assert result.request.model == "demo-fill" and result.image.size == made
+    assert result.notes == (size_note("demo-fill", shipped_sizes("demo-fill"), (64, 64), made),)
 
 
 def test_every_shipped_member_lists_the_sizes_it_was_trained_at():

@@ -44,11 +44,11 @@ STAGES = {  # sized for a 2-core CPU: about three hours in all (README's demo se
     "teacher-sizes": StageSettings(steps=4000, batch=64, learning_rate=3e-4, pool=2000, seed=13, **TUNED_SIZES),
     "guidance-sizes": StageSettings(steps=2000, batch=64, learning_rate=3e-4, pool=0, seed=14,  # the teacher's pool
                                     **TUNED_SIZES),
-    "fill-sizes": StageSettings(steps=600, batch=64, learning_rate=3e-4, pool=200, seed=15, **TUNED_SIZES),
-    "depth-sizes": StageSettings(steps=600, batch=64, learning_rate=3e-4, pool=200, seed=16, **TUNED_SIZES),
-    "kontext-sizes": StageSettings(steps=800, batch=64, learning_rate=3e-4, pool=200, seed=17, **TUNED_SIZES),
-    "canny-sizes": StageSettings(steps=600, batch=64, learning_rate=3e-4, pool=200, seed=18, **TUNED_SIZES),
-    "upscale-sizes": StageSettings(steps=600, batch=64, learning_rate=3e-4, pool=200, seed=19, **TUNED_SIZES),
+    "fill-sizes": StageSettings(steps=600, batch=64, learning_rate=3e-4, pool=1000, seed=15, **TUNED_SIZES),
+    "depth-sizes": StageSettings(steps=600, batch=64, learning_rate=3e-4, pool=1000, seed=16, **TUNED_SIZES),
+    "kontext-sizes": StageSettings(steps=800, batch=64, learning_rate=3e-4, pool=1000, seed=17, **TUNED_SIZES),
+    "canny-sizes": StageSettings(steps=600, batch=64, learning_rate=3e-4, pool=1000, seed=18, **TUNED_SIZES),
+    "upscale-sizes": StageSettings(steps=600, batch=64, learning_rate=3e-4, pool=1000, seed=19, **TUNED_SIZES),
 }
 
 
