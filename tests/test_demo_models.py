@@ -64,12 +64,20 @@ def test_kontext_applies_the_instruction(manager):
 
 
 def test_depth_follows_the_depth_map_layout(manager):
-    score = evaluate.depth_layout(manager, "demo-depth", classify, count=20)  # measured IoU 0.69
+    score = evaluate.depth_layout(manager, "demo-depth", classify, count=20)  # measured IoU 0.71
     assert score >= 0.6, score
 
 
+@pytest.mark.parametrize("size", [(80, 48), (96, 96)])
+def test_depth_follows_the_depth_map_layout_at_other_sizes_it_lists(manager, size):
+    """Measured IoU 0.61 at 80x48, 0.78 at 96x96 (0.71 at 64x64, 0.61 at 48x96, 0.59 at 96x48)."""
+    assert size in read_native_sizes(demo_models_dir() / "demo-depth")
+    score = evaluate.depth_layout(manager, "demo-depth", classify, count=20, size=size)
+    assert score >= 0.5, score
+
+
 def test_depth_follows_the_layout_of_a_map_the_demo_estimator_made(manager):
-    score = evaluate.estimated_depth_layout(manager, "demo-depth", classify, count=20)  # measured IoU 0.63
+    score = evaluate.estimated_depth_layout(manager, "demo-depth", classify, count=20)  # measured IoU 0.62
     assert score >= 0.6, score
 
 
