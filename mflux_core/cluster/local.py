@@ -23,8 +23,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def ray_command(*args: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("ray")), *args]
+
+
 class LocalCluster:
     def __init__(self, cpus: int):
+        # The driver runs in token mode (cluster/__init__.py); on a machine that never made a token, `ray start`
+        # and every client fail until ~/.ray/auth_token exists. --generate keeps an existing one; the token is
+        # printed, so it goes nowhere.
+        subprocess.run(ray_command("get-auth-token", "--generate"), stdout=subprocess.DEVNULL, check=True)
         for attempt in range(1, ATTEMPTS + 1):
             port = free_port()
             self.process, output = self._start(port, cpus)
@@ -37,9 +45,8 @@ class LocalCluster:
 
     @staticmethod
     def _start(port: int, cpus: int) -> tuple[subprocess.Popen | None, str]:
-        command = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={port}",
-                   f"--num-cpus={cpus}", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
-                   f"--object-store-memory={2**28}"]
+        command = ray_command("start", "--head", "--block", f"--port={port}", f"--num-cpus={cpus}", "--num-gpus=0",
+                              "--include-dashboard=false", "--disable-usage-stats", f"--object-store-memory={2**28}")
         # The replicas import this checkout's code, not another install of the studio.
         path = os.pathsep.join(filter(None, [str(SOURCE_ROOT), os.environ.get("PYTHONPATH")]))
         # No idle workers started with the head: they would compete with the agents the raylet is waiting for.
