@@ -1,6 +1,7 @@
 """The demo family's quality at each size, through the real engine on held-out examples (evaluate.py with
 the tests' classifier): `python -m bench.demo_quality [--sizes 64x64,80x48,...] [--tools generate,fill,...]
-[--models-dir DIR] [--count N]`. Prints one row per size and tool."""
+[--models-dir DIR] [--count N]`. Prints one row per size and tool. `--tools ic-edit` measures the IC-Edit LoRA
+in $BENCH_IC_EDIT_LORA (mflux_core.demo.ic_edit_lora trains one)."""
 
 import argparse
 import os
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import mflux_core  # noqa: F401  (OpenBLAS before mlx.core)
 from mflux_core.demo import evaluate
+from mflux_core.demo.ic_edit_lora import ic_edit_sequence_length
 from mflux_core.manager import ModelManager
 from mflux_core.weights.resolve import DEMO_MODELS_ENV
 from tests.fixtures.shape_classifier import classify
@@ -25,7 +27,15 @@ MEASURES = {  # tool -> (what the number is, measure(manager, count, size))
         evaluate.depth_layout(m, "demo-depth", classify, n, size=size))),
     "canny": ("layout IoU", lambda m, n, size: "{:.2f}".format(
         evaluate.controlnet_layout(m, "demo", "demo-canny", classify, n, size=size))),
+    "ic-edit": ("applied with IC-Edit's LoRA / by In-Context with its prompt, no LoRA (size: a panel)",
+                lambda m, n, size: "{:.2f} / {:.2f}".format(
+                    evaluate.ic_edit_applied(m, "demo-fill", classify, n, size=size,
+                                             lora=os.environ.get(IC_EDIT_LORA_ENV)),
+                    evaluate.in_context_edit_applied(m, "demo-fill", classify, n, size=size,
+                                                     max_sequence_length=ic_edit_sequence_length()))),
 }
+IC_EDIT_LORA_ENV = "BENCH_IC_EDIT_LORA"  # the IC-Edit LoRA to measure (none ships for demo-fill yet)
+DEFAULT_TOOLS = [tool for tool in MEASURES if tool != "ic-edit"]  # it needs $BENCH_IC_EDIT_LORA
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -35,7 +45,7 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=parse_sizes, default=parse_sizes("64x64,80x48,96x96,128x80,48x112,128x128"))
-    parser.add_argument("--tools", default=",".join(MEASURES))
+    parser.add_argument("--tools", default=",".join(DEFAULT_TOOLS))
     parser.add_argument("--models-dir", type=Path, default=None,
                         help="where the demo folders are (default: demo_models/, the shipped family)")
     parser.add_argument("--count", type=int, default=20, help="held-out examples per size and tool")

@@ -21,6 +21,9 @@ class CachedTextEncoders:
     def default_sequence_length(self) -> int:
         return self.encoders.default_sequence_length
 
+    def t5_token_count(self, text: str) -> int:
+        return self.encoders.t5_token_count(text)
+
     def encode(self, prompt: str, max_sequence_length: int | None = None) -> PromptEmbeddings:
         max_sequence_length = self.encoders.sequence_length(max_sequence_length)  # None and 512 share an entry
         cache_key = (self.key, prompt, max_sequence_length)

@@ -11,11 +11,16 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mflux_core.tools.catvton import DEFAULT_PROMPT as CATVTON_PROMPT
-from mflux_core.tools.ic_edit import PROMPT_TEMPLATE, panel_size
+from mflux_core.tools.ic_edit import panel_size
 from mflux_core.tools.in_context import diptych_canvas, diptych_mask, right_half, with_lora
 from mflux_core.tools.in_context_lora import LORA_REPO, LORA_STYLES
+from mflux_core.tools.specs import IC_EDIT_TEMPLATE
 from mflux_core.manager import ModelManager
 from mflux_core.request import GenerationRequest
+from mflux_core.models.prompt_tokenizers import load_clip_tokenizer, load_t5_tokenizer
+from mflux_core.models.text_encoders import TextEncoders
+from mflux_core.tools.common import default_sequence_length
+from mflux_core.weights.resolve import demo_folder
 from tests.fixtures import lora_files as lf
 from tests.fixtures.tiny_flux import load_diffusers_pipeline
 from tests.parity import UINT8_TOLERANCE, make_noise, max_uint8_diff, pack, run_cli
@@ -97,6 +102,24 @@ def test_ic_edit_panel_is_512_wide_and_tool_loras_are_appended():
     assert request.lora_paths == ("a.safetensors", "b.safetensors") and request.lora_scales == (1.0, 0.5)
 
 
+def tokenizers_of(folder) -> TextEncoders:
+    return TextEncoders(folder, load_clip_tokenizer(folder / "tokenizer"), load_t5_tokenizer(folder / "tokenizer_2"))
+
+
+def test_ic_edits_template_takes_no_room_from_the_instruction(tiny_fill):
+    """IC-Edit's default T5 length is the model's plus its template's own tokens. On demo-fill (32 tokens, a
+    vocabulary learned from the shapes' captions) the template alone takes ~100: the instruction was cut off."""
+    demo = tokenizers_of(demo_folder("demo-fill"))
+    length = default_sequence_length(demo, "ic-edit")
+    assert demo.t5_token_count(IC_EDIT_TEMPLATE.format(instruction="")) > demo.default_sequence_length == 32
+    for instruction in ("make the triangle orange", "move the circle to the bottom right", "make the background "
+                        "purple", "a b c d e f g h i j k l m n o"):
+        full = IC_EDIT_TEMPLATE.format(instruction=instruction)
+        assert demo.t5_token_count(full) <= length, (instruction, demo.t5_token_count(full), length)
+    assert default_sequence_length(demo, "in-context") == default_sequence_length(demo, "generate") == 32
+    assert default_sequence_length(tokenizers_of(tiny_fill), "ic-edit") == 512  # FLUX.1 folders: 512 already
+
+
 # ----- whole tools against diffusers -----------------------------------------------------------------
 
 
@@ -155,7 +178,7 @@ def test_ic_edit_applies_its_lora_and_wraps_the_instruction(tiny_fill, tmp_path,
     ours = run_cli("ic-edit", "--reference-image", tmp_path / "reference.png", "--instruction", "make it pink",
                    "--ic-edit-lora", lora_file, *common_flags(tiny_fill, noise, tmp_path / "ours.png"))
 
-    prompt = PROMPT_TEMPLATE.format(instruction="make it pink")
+    prompt = IC_EDIT_TEMPLATE.format(instruction="make it pink")
     canvas = side_by_side(reference_image, Image.new("RGB", (W, H)))
     mask = side_by_side(Image.new("L", (W, H), 0), Image.new("L", (W, H), 255))
     expected = right_half(diffusers_fill(tiny_fill, prompt, canvas, mask, noise, merged=[(deltas, 1.0)]))

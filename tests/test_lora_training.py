@@ -15,7 +15,7 @@ from mflux_core.lora.formats import load_lora_file
 from mflux_core.training.flow_matching import flow_matching_loss
 from mflux_core.training.lora_config import TrainingConfig
 from mflux_core.request import GenerationRequest
-from mflux_core.tools.ic_edit import PROMPT_TEMPLATE
+from mflux_core.tools.specs import IC_EDIT_TEMPLATE
 from mflux_core.tools.in_context import in_context_inputs
 from mflux_core.training.lora_training import batch_maker, encode_examples, load_base_model, train_lora
 from tests.parity import max_uint8_diff, run_cli
@@ -195,7 +195,7 @@ def draw_diptychs(folder) -> list[str]:
 
 def in_context_config(folder, model, **changes) -> TrainingConfig:
     names = draw_diptychs(folder / "diptychs")
-    prompt = PROMPT_TEMPLATE.format(instruction="the shape is magenta")
+    prompt = IC_EDIT_TEMPLATE.format(instruction="the shape is magenta")
     return write_config(folder, model, width=2 * SIZE, examples={
         "path": "diptychs", "in_context": True, "images": [{"image": name, "prompt": prompt} for name in names]},
         **changes)
@@ -229,7 +229,7 @@ def test_in_context_training_conditions_the_fill_model_as_the_in_context_tools_d
 def test_an_in_context_adapter_paints_in_ic_edit_what_its_validation_showed(tiny_fill, tmp_path):
     config = in_context_config(tmp_path, tiny_fill, training_loop={"steps": 12, "batch_size": 3},
                                optimizer={"learning_rate": 2e-2},
-                               instrumentation={**VALIDATION, "validation_prompt": PROMPT_TEMPLATE.format(
+                               instrumentation={**VALIDATION, "validation_prompt": IC_EDIT_TEMPLATE.format(
                                    instruction="the shape is magenta")})
     outcome = train_lora(config)
     validation = Image.open(outcome.validation_images[0]).convert("RGB")
@@ -240,7 +240,7 @@ def test_an_in_context_adapter_paints_in_ic_edit_what_its_validation_showed(tiny
     edited = run_cli("ic-edit", "--reference-image", tmp_path / "reference.png", "--instruction",
                      "the shape is magenta", "--ic-edit-lora", outcome.adapter, *common,
                      "--output", tmp_path / "edited.png")
-    untrained = run_cli("in-context", "--prompt", PROMPT_TEMPLATE.format(instruction="the shape is magenta"),
+    untrained = run_cli("in-context", "--prompt", IC_EDIT_TEMPLATE.format(instruction="the shape is magenta"),
                         "--image-path", tmp_path / "reference.png", *common, "--output", tmp_path / "plain.png")
     print(f"IC-Edit with the trained adapter differs from the training-time validation image by "
           f"{max_uint8_diff(edited, validation)} levels, from the same call without it by "

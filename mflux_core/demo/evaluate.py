@@ -20,8 +20,10 @@ from mflux_core.demo.family import NATIVE_SIZE
 from mflux_core.demo.pools import Size
 from mflux_core.demo.shapes import COLOURS, caption, shape_mask
 from mflux_core.request import GenerationRequest
+from mflux_core.tools.specs import IC_EDIT_TEMPLATE
 
 EVALUATION_SEED = 100  # held-out examples are drawn with this dataset seed
+IC_EDIT_PANEL = (48, 48)  # demo-fill lists 96x48: IC-Edit's diptych of two 48 px panels
 FILL_TOLERANCE = 10  # levels an unmasked pixel may move (Fill runs with keep-unmasked on, as the page's default)
 
 
@@ -166,13 +168,37 @@ def controlnet_layout(manager, model: str, controlnet: str, classify: Callable, 
 
 def kontext_applied(manager, model: str, classify: Callable, count: int = 30,
                     max_sequence_length: int | None = None, size: Size = NATIVE_SIZE) -> float:
+    return _edits_applied(manager, model, "kontext", lambda instruction: (instruction, {}), classify, count,
+                          max_sequence_length, size)
+
+
+def ic_edit_applied(manager, model: str, classify: Callable, count: int = 30, max_sequence_length: int | None = None,
+                    size: Size = IC_EDIT_PANEL, lora: str | None = None) -> float:
+    """Held-out edits through IC-Edit (its default LoRA, or `lora`); `size` is one panel's."""
+    extra = {"ic_edit_lora": lora} if lora else {}
+    return _edits_applied(manager, model, "ic-edit", lambda instruction: ("", {"instruction": instruction, **extra}),
+                          classify, count, max_sequence_length, size)
+
+
+def in_context_edit_applied(manager, model: str, classify: Callable, count: int = 30,
+                            max_sequence_length: int | None = None, size: Size = IC_EDIT_PANEL) -> float:
+    """The same edits through the In-Context tool with IC-Edit's prompt and no LoRA: what IC-Edit's LoRA adds."""
+    return _edits_applied(manager, model, "in-context", lambda instruction: (IC_EDIT_TEMPLATE.format(
+        instruction=instruction), {}), classify, count, max_sequence_length, size)
+
+
+def _edits_applied(manager, model: str, tool: str, as_request: Callable, classify: Callable, count: int,
+                   max_sequence_length: int | None, size: Size) -> float:
+    """Fraction of held-out Kontext edits (recolour, move, new background) whose result shows the edit;
+    `as_request(instruction)` gives the tool's prompt and request.extra."""
     applied = 0
     with tempfile.TemporaryDirectory() as folder:
         for index in range(count):
             example = dataset.kontext_example(EVALUATION_SEED, index, size[0], held_out=True, height=size[1])
             path = _save(Path(folder), f"before{index}", example.before)
-            reading = classify(_generate(manager, model, "kontext", example.instruction, index, max_sequence_length,
-                                         size, image_path=path))
+            prompt, extra = as_request(example.instruction)
+            reading = classify(_generate(manager, model, tool, prompt, index, max_sequence_length, size,
+                                         image_path=path, **({"extra": extra} if extra else {})))
             after = example.after_scene
             applied += {"colour": reading.colour == after.shapes[0].colour,
                         "move": reading.region == after.shapes[0].region,

@@ -71,6 +71,10 @@ class TextEncoders:
         """The T5 token count an encode with this setting uses."""
         return self.default_sequence_length if max_sequence_length is None else max_sequence_length
 
+    def t5_token_count(self, text: str) -> int:
+        """Tokens `text` takes in T5, its end token included (no padding, no truncation)."""
+        return len(self.t5_tokenizer(text).input_ids)
+
     def t5_token_ids(self, prompt: str, max_sequence_length: int) -> mx.array:
         """(1, max_sequence_length): padded and truncated, as diffusers does."""
         tokens = self.t5_tokenizer(

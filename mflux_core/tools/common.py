@@ -9,7 +9,7 @@ from mflux_core.generation import ToolInputs
 from mflux_core.images.io import load_image, pil_to_pixels
 from mflux_core.images.resize_modes import resize_note, resize_to
 from mflux_core.models.vae import FLUX_SIDE
-from mflux_core.request import GenerationRequest, clean_prompt, existing_file, snap_to_16
+from mflux_core.request import MAX_SEQUENCE_LENGTH, GenerationRequest, clean_prompt, existing_file, snap_to_16
 from mflux_core.sampling.conditioning import Conditioning, NegativePrompt
 from mflux_core.sampling.latents import pack_latents
 from mflux_core.tools.engine import ToolEngine
@@ -32,8 +32,17 @@ def resolved_request(model: FluxModel, request: GenerationRequest) -> Generation
     guidance = request.guidance
     if guidance is None and model.has_guidance:
         guidance = tool_spec(request.tool).guidance
-    length = request.max_sequence_length or model.text_encoders.default_sequence_length
+    length = request.max_sequence_length or default_sequence_length(model.text_encoders, request.tool)
     return request.with_(guidance=guidance, max_sequence_length=length)
+
+
+def default_sequence_length(encoders, tool: str) -> int:
+    """T5 tokens when the request sets none: the model's default, plus the tool's prompt template's own tokens,
+    so the template takes no room from the user's words (up to 512: FLUX.1 folders are at 512 already; the
+    demo models' 32 would cut IC-Edit's instruction off behind its ~100-token template)."""
+    template = tool_spec(tool).prompt_template
+    extra = encoders.t5_token_count(template.format(instruction="")) - 1 if template else 0  # one end token
+    return min(MAX_SEQUENCE_LENGTH, encoders.default_sequence_length + extra)
 
 
 def tool_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine | None = None) -> ToolInputs:

@@ -1,7 +1,7 @@
 """IC-Edit (`ic-edit`): instruction editing with the RiverZ/normal-lora LoRA on FLUX.1-Fill.
 
 The reference is the left panel, the right panel is generated whole. The instruction goes into the
-diptych template the LoRA was trained with (River-Zhang/ICEdit; mflux's generate_in_context_edit.py).
+diptych template the LoRA was trained with (specs.IC_EDIT_TEMPLATE).
 """
 
 from mflux_core.errors import InvalidRequest
@@ -11,18 +11,17 @@ from mflux_core.request import GenerationRequest
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import required_image
 from mflux_core.tools.in_context import check_fill_model, in_context_inputs, with_lora
+from mflux_core.tools.specs import IC_EDIT_TEMPLATE
 
 LORA = "RiverZ/normal-lora/pytorch_lora_weights.safetensors"
 LORA_SCALE = 1.0
-PROMPT_TEMPLATE = ("A diptych with two side-by-side images of the same scene. "
-                   "On the right, the scene is exactly the same as on the left but {instruction}")
 TRAINED_WIDTH = 512  # the LoRA was trained on 512-pixel-wide panels; mflux resizes the reference to it
 
 
 def edit_prompt(request: GenerationRequest) -> str:
     instruction = str(request.extra.get("instruction") or "").strip()
     if instruction:
-        return PROMPT_TEMPLATE.format(instruction=instruction)
+        return IC_EDIT_TEMPLATE.format(instruction=instruction)
     if request.prompt.strip():
         return request.prompt
     raise InvalidRequest("IC-Edit needs an instruction (--instruction 'make the sky pink') or a full --prompt.")

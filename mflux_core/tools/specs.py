@@ -50,6 +50,7 @@ class ToolSpec:
     sized_by_input: bool = False  # no width/height: the tool sizes the output from an input image
     prompt_optional: bool = False  # the tool supplies a prompt when none is given
     true_cfg: bool = False  # negative prompt and true CFG scale, where the diffusers pipeline it follows has them
+    prompt_template: str = ""  # the tool wraps the user's words in it ({instruction}); see default_sequence_length
 
     def build_inputs(self, model, request, engine):
         """The tool's ToolInputs for a resolved request (mflux_core.generation.ToolInputs)."""
@@ -69,6 +70,9 @@ IN_CONTEXT_LORA_STYLES = {
     "sparklers": "sparklers-visual-effect.safetensors",
     "identity": "visual-identity-design.safetensors",
 }
+# IC-Edit's diptych prompt, as its LoRA was trained (River-Zhang/ICEdit; mflux's generate_in_context_edit.py).
+IC_EDIT_TEMPLATE = ("A diptych with two side-by-side images of the same scene. "
+                    "On the right, the scene is exactly the same as on the left but {instruction}")
 FULL_DIPTYCH = Flag("--save-full-image", "keep the whole diptych (context left, result right) instead of only the "
                     "right half", into=EXTRA, kind="switch")
 
@@ -174,7 +178,7 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                  FULL_DIPTYCH)),
     ToolSpec("ic-edit", "IC-Edit: edit an image by instruction (RiverZ/normal-lora on FLUX.1-Fill, applied "
              "automatically)", "ic_edit", "fill", FILL_KINDS, guidance=30.0, demo_model="demo-fill",
-             sized_by_input=True,
+             sized_by_input=True, prompt_template=IC_EDIT_TEMPLATE,
              prompt_optional=True, flags=(
                  Flag("--reference-image", "the image to edit (left panel; resized to 512 px wide)",
                       field="image_path"),
