@@ -49,7 +49,7 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--base-model", help="schnell, dev or a base model folder: supplies what a derivative or a "
                        "single-file checkpoint lacks (VAE, text encoders, scheduler)")
     group.add_argument("--quantize", "-q", type=int, choices=(3, 4, 5, 6, 8), help="quantize weights to N bits")
-    group.add_argument("--lora-paths", nargs="+", help="LoRA files (or names found in LORA_LIBRARY_PATH)")
+    group.add_argument("--lora-paths", nargs="+", help="LoRA files (or names in LORA_LIBRARY_PATH or <models-dir>/loras)")
     group.add_argument("--lora-scales", nargs="+", type=float, help="one scale per LoRA")
     group.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                        help="compute dtype (default: float32 on CPU, bfloat16 on Metal/CUDA)")
@@ -218,8 +218,8 @@ def save_model_folder(args: argparse.Namespace) -> Path:
     from mflux_core.weights.save import save_model
 
     MemoryBudget(args.memory_budget)
-    source = resolve_model(model=args.model, path=args.model_path, base_model=args.base_model,
-                           models_dir=Path("models"))
+    models_dir = Path("models")
+    source = resolve_model(model=args.model, path=args.model_path, base_model=args.base_model, models_dir=models_dir)
     with tqdm(desc="Loading", unit="part", file=sys.stderr, leave=False) as bar:
         def show(done: int, total: int, what: str) -> None:
             bar.set_description(what, refresh=False)
@@ -227,7 +227,8 @@ def save_model_folder(args: argparse.Namespace) -> Path:
             bar.update(done - bar.n)
 
         saved = save_model(Path(args.path), source, dtype=resolve_dtype(args.dtype), bits=args.quantize,
-                           loras=requested_loras(args.lora_paths, args.lora_scales or []), on_progress=show)
+                           loras=requested_loras(args.lora_paths, args.lora_scales or []), models_dir=models_dir,
+                           on_progress=show)
     for report in saved.loras:
         print(report.summary())
     bits = f"{saved.bits}-bit" if saved.bits else "not quantized"
@@ -300,10 +301,13 @@ def run(args: argparse.Namespace) -> list[Path]:
 
 def generate_and_save(args: argparse.Namespace, manager, request: GenerationRequest, output: Path,
                       stepwise: Path | None):
-    """One image: generated with a progress bar, saved with its metadata (and what the flags ask for)."""
+    """One image: generated with a progress bar, saved with its metadata (and what the flags ask for); the
+    prompt's `<lora:name:scale>` tags are LoRAs, as in A1111."""
     from mflux_core.images.io import save_png_atomic
+    from mflux_core.lora.a1111 import with_prompt_loras
     from mflux_core.memory import gb_text
 
+    request = with_prompt_loras(request).validated()
     progress = ConsoleProgress(request.seed, stepwise)
     try:
         result = manager.generate(request, report=progress)
@@ -342,7 +346,8 @@ def run_plot(args: argparse.Namespace, manager, request: GenerationRequest, axes
         if axes:
             raise StudioError("A prompt matrix makes its own axes: leave out --x-axis, --y-axis and --z-axis.")
         prompt, axes = prompt_matrix(prompt, args.max_cells)
-    cells = plot_cells(request.with_(prompt=prompt), resolve_loras(axes, lambda name: str(resolve_lora_path(name))),
+    cells = plot_cells(request.with_(prompt=prompt),
+                       resolve_loras(axes, lambda name: str(resolve_lora_path(name, Path(args.models_dir)))),
                        args.max_cells)
     print(f"Plot: {len(cells)} cells ({' x '.join(f'{len(a.values)} {a.label}' for a in axes)})")
     base = Path(args.output.replace("{seed}", str(request.seed)))
@@ -408,9 +413,9 @@ def download_model(args: argparse.Namespace) -> Path:
 
 def list_loras(args: argparse.Namespace) -> None:
     from mflux_core.lora.info import describe_lora_file
-    from mflux_core.lora.library import library_folders, library_names
+    from mflux_core.lora.library import library_names, lora_folders
 
-    names = library_names(args.lora_dir or [*library_folders(), Path(args.models_dir) / "loras"])
+    names = library_names(args.lora_dir or lora_folders(Path(args.models_dir)))
     if not names:
         print("No LoRA files found (set LORA_LIBRARY_PATH, or put them in <models-dir>/loras).")
     for name, path in names.items():

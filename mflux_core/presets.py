@@ -23,7 +23,6 @@ from PIL import Image
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.outpaint import parse_padding
 from mflux_core.lora.a1111 import lora_library_name, take_lora_tags
-from mflux_core.lora.library import find_in_library, library_folders
 from mflux_core.metadata import A1111_KEY, JSON_KEY, MAX_METADATA_CHARS, request_from_metadata
 from mflux_core.request import (
     MAX_SEED, MAX_SIDE, MAX_STEPS, REQUEST_SETTINGS, TOOLS, GenerationRequest, is_finite_number,
@@ -317,8 +316,7 @@ _A1111_ITEM = re.compile(r'\s*([A-Za-z][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?
 
 def settings_from_a1111(text: str) -> dict:
     """Prompt, negative prompt, steps, seed, size, guidance, true CFG, sampler, schedule and the hires fix from an
-    A1111 / Forge `parameters` text chunk, and the prompt's `<lora:name:scale>` tags as LoRAs where the library
-    holds a file of that name."""
+    A1111 / Forge `parameters` text chunk, and the prompt's `<lora:name:scale>` tags as LoRAs (by name)."""
     lines = text.strip().split("\n")
     parameter_line = ""
     if lines and re.match(r"^\s*Steps:", lines[-1]):
@@ -331,7 +329,7 @@ def settings_from_a1111(text: str) -> dict:
         prompt_lines.append(line)
     values = {key.strip(): value.strip().strip('"') for key, value in _A1111_ITEM.findall(parameter_line)}
     prompt, tagged = take_lora_tags("\n".join(prompt_lines))
-    settings: dict = {"prompt": prompt, **_library_loras(tagged)}
+    settings: dict = {"prompt": prompt, **_tagged_loras(tagged)}
     if values.get("Steps", "").isdigit():
         settings["steps"] = max(1, min(MAX_STEPS, int(values["Steps"])))
     if values.get("Seed", "").isdigit() and int(values["Seed"]) <= MAX_SEED:
@@ -408,11 +406,11 @@ def _a1111_guidance(values: dict, negative: str, has_true_cfg: bool) -> dict:
     return settings
 
 
-def _library_loras(tagged: list[tuple[str, float]]) -> dict:
-    """lora_paths / lora_scales (clamped to the allowed range) for the tagged LoRAs the library has, by name."""
-    folders = library_folders()
+def _tagged_loras(tagged: list[tuple[str, float]]) -> dict:
+    """lora_paths / lora_scales (clamped to the allowed range) of the tagged LoRAs, by name: whoever applies the
+    settings looks them up in its LoRA library (the page names those it does not have)."""
     found = [(name, max(-MAX_LORA_SCALE, min(MAX_LORA_SCALE, scale))) for name, scale in tagged
-             if not _lora_name_problem(name) and find_in_library(name, folders) is not None]
+             if not _lora_name_problem(name)]
     return {"lora_paths": [n for n, _ in found], "lora_scales": [s for _, s in found]} if found else {}
 
 

@@ -31,6 +31,7 @@ from mflux_core.demo.family import IMAGE_SIZE
 from mflux_core.images.resize_modes import RESIZE_AND_FILL, resize_to
 from mflux_core.manager import ModelManager
 from mflux_core.weights.resolve import DEMO_MODELS_ENV, demo_folder
+from tests.fixtures.lora_files import Dims, write_diffusers_lora
 from tests.fixtures.shape_classifier import classify
 from tests.test_webui_browser import free_port, request_in
 from webui.a1111_api import Txt2ImgParams, sampling_settings, sdapi_router
@@ -142,6 +143,24 @@ def test_true_cfg_runs_with_a_negative_prompt_above_cfg_scale_1(studio):
     (off,), (on,) = saved_requests(studio, 7), saved_requests(studio, 8)
     assert (off["negative_prompt"], off["true_cfg_scale"]) == ("", 1)
     assert (on["negative_prompt"], on["true_cfg_scale"]) == ("green", 4)
+
+
+def test_prompt_lora_tags_apply_library_loras_as_a1111_clients_write_them(studio):
+    style = studio.folders.loras[0] / "style.safetensors"
+    write_diffusers_lora(style, Dims.of(demo_folder("demo")), magnitude=2.0)
+    try:
+        fields = {"seed": 12, "steps": 2, "width": IMAGE_SIZE, "height": IMAGE_SIZE}
+        tagged = made(studio.http.post("/txt2img", json={**fields, "prompt": f"{CAPTION} <lora:style:0.7>"}))
+        plain = made(studio.http.post("/txt2img", json={**fields, "prompt": CAPTION}))
+        assert tagged["info"]["infotexts"][0].split("\n")[0] == f"{CAPTION} <lora:style:0.7>"
+        assert tagged["info"]["all_prompts"] == [CAPTION]
+        assert "<lora" not in plain["info"]["infotexts"][0]
+        assert not np.array_equal(np.asarray(decoded(tagged["images"][0])), np.asarray(decoded(plain["images"][0])))
+        detail = assert_a1111_error(studio.http.post("/txt2img", json={**fields, "prompt": "a cat <lora:nowhere:1>"}),
+                                    400)
+        assert "'nowhere' is not in the LoRA library" in detail
+    finally:
+        style.unlink()
 
 
 # ----- img2img -----------------------------------------------------------------------------------

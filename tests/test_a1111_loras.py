@@ -1,9 +1,9 @@
-"""A1111 `<lora:name:scale>` tags: written into the PNG `parameters` text for each LoRA, and read back
-as LoRAs when the library holds a file of that name."""
+"""A1111 `<lora:name:scale>` tags: written into the PNG `parameters` text for each LoRA, read back as LoRAs by
+name, and taken from a prompt as its LoRAs."""
 
 from PIL import Image, PngImagePlugin
 
-from mflux_core.lora.a1111 import take_lora_tags
+from mflux_core.lora.a1111 import take_lora_tags, with_prompt_loras
 from mflux_core.metadata import A1111_KEY, a1111_parameters
 from mflux_core.presets import settings_from_a1111, settings_from_png
 from mflux_core.request import GenerationRequest
@@ -16,11 +16,7 @@ def a1111_png(path, text):
     return path
 
 
-def test_the_parameters_text_tags_each_lora_and_a_png_restores_those_in_the_library(tmp_path, monkeypatch):
-    library = tmp_path / "loras"
-    (library / "styles").mkdir(parents=True)
-    (library / "styles" / "watercolor.safetensors").write_bytes(b"")
-    monkeypatch.setenv("LORA_LIBRARY_PATH", str(library))
+def test_the_parameters_text_tags_each_lora_and_a_png_restores_them_by_name(tmp_path):
     request = GenerationRequest(model="dev", prompt="a lighthouse, at dusk", seed=7, steps=12, width=512, height=512,
                                 lora_paths=("/anywhere/watercolor.safetensors", "not-in-library"),
                                 lora_scales=(0.8, -0.5))
@@ -29,16 +25,20 @@ def test_the_parameters_text_tags_each_lora_and_a_png_restores_those_in_the_libr
 
     settings = settings_from_png(a1111_png(tmp_path / "a.png", text))
     assert settings["prompt"] == "a lighthouse, at dusk"
-    assert (settings["lora_paths"], settings["lora_scales"]) == (["watercolor"], [0.8])
-
-    no_library = settings_from_a1111(text.replace("watercolor", "oil"))
-    assert no_library["prompt"] == "a lighthouse, at dusk" and "lora_paths" not in no_library
+    # by name: the page looks them up in its LoRA library and names those it lacks (presets_ui.apply_settings)
+    assert (settings["lora_paths"], settings["lora_scales"]) == (["watercolor", "not-in-library"], [0.8, -0.5])
 
 
-def test_forge_and_lycoris_tag_spellings(tmp_path, monkeypatch):
-    for name in ("ink", "soft light"):
-        (tmp_path / f"{name}.safetensors").write_bytes(b"")
-    monkeypatch.setenv("LORA_LIBRARY_PATH", str(tmp_path))
+def test_a_prompt_s_tags_become_its_loras_after_those_it_has():
+    request = GenerationRequest(prompt="a fox <lora:ink:0.8>, <lyco:soft light>", lora_paths=("oil",))
+    moved = with_prompt_loras(request)
+    assert (moved.prompt, moved.lora_paths, moved.lora_scales) == ("a fox,", ("oil", "ink", "soft light"),
+                                                                   (1.0, 0.8, 1.0))
+    assert with_prompt_loras(moved) == moved and with_prompt_loras(GenerationRequest(prompt="a  fox ")).prompt == \
+        "a  fox "  # no tags: untouched
+
+
+def test_forge_and_lycoris_tag_spellings():
     text = ("portrait <lora:ink:1:0.6>, <lyco:soft light:7>\nsecond line <lora:ink>\n"
             "Steps: 20, Seed: 3, Size: 512x512")
     settings = settings_from_a1111(text)

@@ -14,6 +14,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import constants
 from mlx.utils import tree_flatten
 
 from mflux_core.errors import ModelLoadError
@@ -293,8 +294,6 @@ def test_names_resolve_through_the_library_and_the_hf_cache(dims, tmp_path, monk
     assert resolve_lora_path("watercolor") == wanted.resolve()
     assert resolve_lora_path("watercolor.safetensors") == wanted.resolve()
 
-    from huggingface_hub import constants
-
     snapshot = tmp_path / "hub" / "models--someone--tiny-lora" / "snapshots" / "0123abcd"
     snapshot.mkdir(parents=True)
     (snapshot.parent.parent / "refs").mkdir()
@@ -303,5 +302,27 @@ def test_names_resolve_through_the_library_and_the_hf_cache(dims, tmp_path, monk
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     assert resolve_lora_path("someone/tiny-lora") == in_cache.resolve()
     assert resolve_lora_path("someone/tiny-lora/lora.safetensors") == in_cache.resolve()
-    with pytest.raises(ModelLoadError, match="not found.*LORA_LIBRARY_PATH"):
-        resolve_lora_path("nobody/nothing")
+    with pytest.raises(ModelLoadError, match="not found in the LoRA folders") as missing:
+        resolve_lora_path("nowhere")
+    assert "LORA_LIBRARY_PATH" in missing.value.cli_text and "LORA_LIBRARY_PATH" not in str(missing.value)
+
+
+def test_the_models_folder_loras_are_part_of_the_library_and_offline_misses_say_where_to_put_the_file(
+        dims, tmp_path, monkeypatch):
+    monkeypatch.delenv("LORA_LIBRARY_PATH", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    models = tmp_path / "models"
+    (models / "loras" / "someone" / "tiny-lora").mkdir(parents=True)
+    wanted, _ = lf.write_xlabs_lora(models / "loras" / "ink.safetensors", dims)
+    assert resolve_lora_path("ink", models) == wanted.resolve()
+    with pytest.raises(ModelLoadError, match="not found"):
+        resolve_lora_path("ink")  # without the models folder, only LORA_LIBRARY_PATH (here unset)
+
+    repo_file = "someone/tiny-lora/lora.safetensors"
+    with pytest.raises(ModelLoadError) as offline:
+        resolve_lora_path(repo_file, models)
+    page_text = str(offline.value)
+    assert "downloads are off" in page_text and str(models / "loras" / repo_file) in page_text
+    assert "LORA_LIBRARY_PATH" in offline.value.cli_text and "--" not in page_text
+    put, _ = lf.write_xlabs_lora(models / "loras" / repo_file, dims)  # where the sentence says
+    assert resolve_lora_path(repo_file, models) == put.resolve()

@@ -147,6 +147,24 @@ def test_the_lora_axis_swaps_the_first_lora_at_its_scale_and_none_drops_it():
     assert [resolved.heading(value) for value in resolved.values] == ["LoRA: none", "LoRA: ink"]
 
 
+def test_a_cli_prompt_s_lora_tag_is_the_lora_flag_and_models_folder_loras_go_by_name(tmp_path, monkeypatch):
+    monkeypatch.delenv("LORA_LIBRARY_PATH", raising=False)
+    models = tmp_path / "models"
+    (models / "loras").mkdir(parents=True)
+    write_diffusers_lora(models / "loras" / "style.safetensors", Dims.of(demo_folder("demo")), magnitude=2.0)
+    common = ["generate", "--seed", "3", "--steps", "1", "--models-dir", str(models)]
+    assert main([*common, "-p", "a red circle <lora:style:0.7>", "--output", str(tmp_path / "tag.png")]) == 0
+    assert main([*common, "-p", "a red circle", "--lora-paths", "style", "--lora-scales", "0.7",
+                 "--output", str(tmp_path / "flag.png")]) == 0
+    assert main([*common, "-p", "a red circle", "--output", str(tmp_path / "none.png")]) == 0
+    tagged = recorded_request(tmp_path / "tag.png")
+    assert (tagged["prompt"], tagged["lora_paths"], tagged["lora_scales"]) == ("a red circle", ["style"], [0.7])
+    assert np.array_equal(pixels(tmp_path / "tag.png"), pixels(tmp_path / "flag.png"))
+    assert not np.array_equal(pixels(tmp_path / "tag.png"), pixels(tmp_path / "none.png"))
+    assert main([*common, "-p", "a cat <lora:nowhere>", "--output", str(tmp_path / "bad.png")]) == 1
+    assert not (tmp_path / "bad.png").exists()
+
+
 def test_the_cli_lora_axis_runs_each_lora_and_refuses_an_unknown_one_before_any_image(tmp_path, monkeypatch):
     library = tmp_path / "loras"
     library.mkdir()

@@ -4,6 +4,7 @@ gallery, the status strip, the job wrapper (on a real tiny model) and the app's 
 import os
 import re
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,22 @@ def test_loras_are_named_in_the_page_and_resolved_to_library_files(context):
     assert request.lora_paths == (str(context.loras["ink"]),) and request.lora_scales == (0.6,)
     with pytest.raises(InvalidRequest, match="'gone' is not in the LoRA library"):
         generate.build_requests(shared(lora_1="gone"), context)
+
+
+def test_prompt_lora_tags_join_the_picked_loras_as_in_a1111(context, tmp_path):
+    library = {**context.loras, "soft light": tmp_path / "loras" / "soft light.safetensors"}
+    (tmp_path / "wildcards").mkdir()
+    (tmp_path / "wildcards" / "look.txt").write_text("<lora:soft light:0.3> glowing\n")
+    context = replace(context, loras=library, wildcards=tmp_path / "wildcards")
+    [request] = generate.build_requests(shared(prompt="a fox <lora:ink:0.8>, at dusk __look__", lora_1="ink",
+                                               lora_scale_1=0.5), context)
+    assert request.prompt == "a fox, at dusk glowing"
+    assert request.lora_paths == tuple(str(library[name]) for name in ("ink", "ink", "soft light"))
+    assert request.lora_scales == (0.5, 0.8, 0.3)
+    with pytest.raises(InvalidRequest, match="'nowhere' is not in the LoRA library: check its name"):
+        generate.build_requests(shared(prompt="a fox <lora:nowhere:1>"), context)
+    with pytest.raises(InvalidRequest, match="LoRA scale 9.0 is out of range"):
+        generate.build_requests(shared(prompt="a fox <lora:ink:9>"), context)
 
 
 def test_quantize_choice_becomes_bits(context):

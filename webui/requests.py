@@ -15,6 +15,7 @@ from PIL import Image
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.io import load_image, save_png_atomic
+from mflux_core.lora.a1111 import with_prompt_loras
 from mflux_core.request import MAX_SEED, GenerationRequest
 from mflux_core.wildcards import expand_prompt
 
@@ -71,17 +72,21 @@ def batch_seeds(seed: int | None, count: int, draw_seed: Callable[[], int] = ran
 def lora_files(names: list[str], library: Mapping[str, Path]) -> tuple[str, ...]:
     missing = [name for name in names if name not in library]
     if missing:
-        raise InvalidRequest(f"The LoRA {missing[0]!r} is not in the LoRA library (was it moved or renamed?).")
+        raise InvalidRequest(f"The LoRA {missing[0]!r} is not in the LoRA library: check its name (was it moved or "
+                             "renamed?), or put its .safetensors file into a LoRA folder.")
     return tuple(str(library[name]) for name in names)
 
 
 def requests_from_settings(settings: dict, context: RequestContext, **inputs) -> list[GenerationRequest]:
-    """One validated request per seed of the batch, its prompt's wildcards drawn from its seed; `inputs` are
-    input-path fields (image_path=...)."""
+    """One validated request per seed of the batch, its prompt's wildcards drawn from its seed and its `<lora:...>`
+    tags (from the prompt or a wildcard) added to its LoRAs; `inputs` are input-path fields (image_path=...)."""
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k != "batch_count"}
-    fields["lora_paths"] = lora_files(list(fields.get("lora_paths", ())), context.loras)
     fields.update({k: tuple(v) if isinstance(v, list) else v for k, v in inputs.items()})
     seeds = batch_seeds(settings.get("seed"), settings.get("batch_count", 1), context.draw_seed)
     prompt = fields.get("prompt", "")
-    return [GenerationRequest(**fields).with_(seed=seed, prompt=expand_prompt(prompt, seed, context.wildcards))
-            .validated() for seed in seeds]
+    requests = []
+    for seed in seeds:
+        request = with_prompt_loras(GenerationRequest(**fields).with_(
+            seed=seed, prompt=expand_prompt(prompt, seed, context.wildcards)))
+        requests.append(request.with_(lora_paths=lora_files(list(request.lora_paths), context.loras)).validated())
+    return requests

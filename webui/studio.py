@@ -10,7 +10,7 @@ from pathlib import Path
 import gradio as gr
 
 from mflux_core.downloads import Downloads
-from mflux_core.lora.library import library_folders, library_names
+from mflux_core.lora.library import library_names, lora_folders
 from mflux_core.tools.specs import TOOL_NAMES
 from webui import gallery
 from webui.compare import show_comparison
@@ -60,7 +60,7 @@ class StudioFolders:
                 loras: list[Path] | None = None, wildcards: Path | None = None) -> "StudioFolders":
         outputs = Path(outputs).resolve()
         if loras is None:
-            loras = library_folders() + ([Path(models_dir) / "loras"] if models_dir else [])
+            loras = lora_folders(models_dir)
         return cls(outputs=outputs, user_presets=Path(user_presets or outputs / "presets").resolve(),
                    loras=tuple(Path(p).resolve() for p in loras),
                    wildcards=Path(wildcards).resolve() if wildcards else None)

@@ -1,5 +1,5 @@
-"""A1111's LoRA prompt tags, `<lora:name:scale>`: written into a PNG's `parameters` text for each LoRA
-and read back from one.
+"""A1111's LoRA prompt tags, `<lora:name:scale>`: written into a PNG's `parameters` text for each LoRA,
+read back from one, and taken from a prompt as its LoRAs (every surface: A1111 clients and users write them).
 
 A1111 spells them `<lora:name>`, `<lora:name:te>` or `<lora:name:te:unet>`; FLUX.1 LoRAs act on the
 transformer, so the unet scale wins when given. The LyCORIS extension's `<lyco:...>` reads the same.
@@ -38,3 +38,14 @@ def take_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
         found.append((match.group(1).strip(), scale if math.isfinite(scale) else 1.0))
     untagged = re.sub(r"[ \t]+(?=[,.;]|$)", "", re.sub(r"[ \t]{2,}", " ", LORA_TAG.sub("", prompt)), flags=re.M)
     return untagged.strip(), found
+
+
+def with_prompt_loras(request):
+    """The request (a GenerationRequest) with its prompt's LoRA tags taken out and added to its LoRAs by name,
+    after those it already has; a prompt without tags leaves it as it is."""
+    prompt, tagged = take_lora_tags(request.prompt)
+    if not tagged:
+        return request
+    scales = list(request.lora_scales) or [1.0] * len(request.lora_paths)
+    return request.with_(prompt=prompt, lora_paths=(*request.lora_paths, *(name for name, _ in tagged)),
+                         lora_scales=(*scales, *(scale for _, scale in tagged)))

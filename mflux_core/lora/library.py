@@ -1,15 +1,15 @@
-"""Find a LoRA file from what a user typed: a path, a name in LORA_LIBRARY_PATH, or a Hugging Face repo id.
+"""Find a LoRA file from what a user typed: a path, a name in the LoRA library, or a Hugging Face repo id.
 
-LORA_LIBRARY_PATH lists folders separated by ':'; each is searched recursively for .safetensors
-files, and a file can then be named by its file name with or without the extension. Earlier
-folders win when two hold the same name. A repo id ("owner/name", optionally followed by
+The library is LORA_LIBRARY_PATH's folders (separated by ':') and then the models folder's loras/; each is
+searched recursively for .safetensors files, and a file can then be named by its file name with or without
+the extension (or by its path inside the folder). Earlier folders win when two hold the same name. A repo id ("owner/name", optionally followed by
 "/file.safetensors") is looked up in the Hugging Face cache, and downloaded when online.
 """
 
 import os
 from pathlib import Path
 
-from mflux_core.errors import ModelLoadError
+from mflux_core.errors import ModelLoadError, WordedTwice
 from mflux_core.weights.resolve import is_offline
 
 LIBRARY_VARIABLE = "LORA_LIBRARY_PATH"
@@ -18,6 +18,11 @@ LIBRARY_VARIABLE = "LORA_LIBRARY_PATH"
 def library_folders(value: str | None = None) -> list[Path]:
     value = os.environ.get(LIBRARY_VARIABLE, "") if value is None else value
     return [Path(part).expanduser() for part in value.split(":") if part.strip()]
+
+
+def lora_folders(models_dir: Path | None) -> list[Path]:
+    """The LoRA library of a studio whose models folder is `models_dir`: LORA_LIBRARY_PATH, then its loras/."""
+    return library_folders() + ([Path(models_dir) / "loras"] if models_dir is not None else [])
 
 
 def find_in_library(name: str, folders: list[Path]) -> Path | None:
@@ -73,20 +78,25 @@ def _repo_snapshot(repo_id: str, filename: str | None) -> Path | None:
         return None
 
 
-def resolve_lora_path(name: str) -> Path:
-    """A path, library name or repo id -> an existing .safetensors file, or a ModelLoadError saying where we looked."""
+def resolve_lora_path(name: str, models_dir: Path | None = None) -> Path:
+    """A path, library name or repo id -> an existing .safetensors file, or a ModelLoadError saying where we looked
+    (worded for the page, and for the command line's flags)."""
     path = Path(name).expanduser()
     if path.is_file():
         return path.resolve()
-    folders = library_folders()
+    folders = lora_folders(models_dir)
     found = find_in_library(name, folders) or find_in_hf_cache(name)
     if found is not None:
         return found.resolve()
     if is_offline() and "/" in name:
-        raise ModelLoadError(f"LoRA {name!r} not found on this machine and downloads are off: download it once "
-                             f"online, or put the file into a LoRA library folder ({LIBRARY_VARIABLE}) and pick it by "
-                             "its file name.")
-    where = f"in {LIBRARY_VARIABLE} ({':'.join(map(str, folders))})" if folders else f"in {LIBRARY_VARIABLE} (not set)"
-    raise ModelLoadError(
-        f"LoRA {name!r} not found: it is not a file, not a name {where}, and not a repo id in the Hugging Face cache."
-    )
+        lead = f"LoRA {name!r} is not on this machine and downloads are off: download it once online, or put the file "
+        file = name if name.endswith(".safetensors") else f"{name}.safetensors"  # find_in_library finds it there
+        at = f"at {Path(models_dir) / 'loras' / file}" if models_dir is not None else "into a LoRA folder"
+        raise WordedTwice(f"{lead}{at}.", f"{lead}into a {LIBRARY_VARIABLE} folder or at <models-dir>/loras/{file}.")
+    listed = ", ".join(map(str, folders)) or "none"
+    downloaded = ", and it could not be downloaded" if "/" in name else ""
+    raise WordedTwice(
+        f"LoRA {name!r} not found in the LoRA folders ({listed}) nor in the Hugging Face cache{downloaded}: put its "
+        ".safetensors file into a LoRA folder and pick it by its file name.",
+        f"LoRA {name!r} not found: it is not a file, not a name in the LoRA library ({listed}; set by "
+        f"{LIBRARY_VARIABLE} and <models-dir>/loras), and not a repo id in the Hugging Face cache{downloaded}.")

@@ -23,7 +23,8 @@ def requested_loras(paths: Sequence[str], scales: Sequence[float]) -> list[tuple
 
 
 class ResidentLoras:
-    def __init__(self, capacity: int = 8):
+    def __init__(self, models_dir: Path | None = None, capacity: int = 8):
+        self.models_dir = models_dir  # its loras/ is part of the LoRA library names are looked up in
         self._files: LRU = LRU(capacity)
         self.reports: list[LoraReport] = []  # the last sync's LoRAs: matched / total keys each
 
@@ -37,7 +38,7 @@ class ResidentLoras:
         """Make `transformer` carry exactly these LoRAs at these scales; one report per LoRA, in order."""
         wanted: dict[str, tuple[LoraFile, float]] = {}
         for typed, scale in requested_loras(paths, scales):
-            name, lora = self.read(resolve_lora_path(typed))
+            name, lora = self.read(resolve_lora_path(typed, self.models_dir))
             previous = wanted.get(name, (lora, 0.0))[1]
             wanted[name] = (lora, previous + scale)  # the same file twice adds up
         for name in applied_loras(transformer).keys() - wanted.keys():

@@ -82,9 +82,11 @@ def save_model(
     dtype: mx.Dtype = mx.float32,
     bits: int | None = None,
     loras: Sequence[tuple[str, float]] = (),
+    models_dir: Path | None = None,
     on_progress: SaveProgress | None = None,
 ) -> SavedModel:
-    """Load `source`, bake in `loras` ((path or library name, scale) pairs), quantize to `bits`, write `out`.
+    """Load `source`, bake in `loras` ((path or library name, scale) pairs; the
+    library includes `models_dir`/loras), quantize to `bits`, write `out`.
 
     Everything is written into a hidden folder beside `out` that is renamed to `out` at the end, so a stopped or
     failed save leaves no model folder behind (and removes its hidden one)."""
@@ -96,7 +98,7 @@ def save_model(
     transformer = loader.load_source_transformer(source, dtype)
     reports = []
     for index, (name, scale) in enumerate(loras):
-        reports.append(add_lora(transformer, load_lora_file(resolve_lora_path(name)), f"lora-{index}", scale))
+        reports.append(add_lora(transformer, load_lora_file(resolve_lora_path(name, models_dir)), f"lora-{index}", scale))
     fuse_loras(transformer)
     on_progress(0, 0, "loading T5")
     t5_folder = source.component("text_encoder_2")
