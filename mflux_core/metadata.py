@@ -6,7 +6,7 @@ from pathlib import Path
 from PIL import Image
 
 from mflux_core.errors import InvalidRequest
-from mflux_core.lora.a1111 import lora_tags
+from mflux_core.lora.a1111 import tagged_prompt
 from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import SAMPLER_LABELS, SCHEDULE_LABELS
 
@@ -39,7 +39,7 @@ def a1111_parameters(request: GenerationRequest, extras: dict | None = None) -> 
     ]
     line = ", ".join(f"{k}: {v}" for k, v in items if v is not None)
     negative = f"Negative prompt: {request.negative_prompt}\n" if request.negative_prompt else ""  # as A1111 writes it
-    return f"{request.prompt}{lora_tags(request.lora_paths, request.lora_scales)}\n{negative}{line}"
+    return f"{tagged_prompt(request)}\n{negative}{line}"
 
 
 def denoising_strength(request: GenerationRequest) -> float | None:

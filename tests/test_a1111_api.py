@@ -153,7 +153,7 @@ def test_prompt_lora_tags_apply_library_loras_as_a1111_clients_write_them(studio
         tagged = made(studio.http.post("/txt2img", json={**fields, "prompt": f"{CAPTION} <lora:style:0.7>"}))
         plain = made(studio.http.post("/txt2img", json={**fields, "prompt": CAPTION}))
         assert tagged["info"]["infotexts"][0].split("\n")[0] == f"{CAPTION} <lora:style:0.7>"
-        assert tagged["info"]["all_prompts"] == [CAPTION]
+        assert tagged["info"]["all_prompts"] == [f"{CAPTION} <lora:style:0.7>"]  # A1111's, tags kept
         assert "<lora" not in plain["info"]["infotexts"][0]
         assert not np.array_equal(np.asarray(decoded(tagged["images"][0])), np.asarray(decoded(plain["images"][0])))
         detail = assert_a1111_error(studio.http.post("/txt2img", json={**fields, "prompt": "a cat <lora:nowhere:1>"}),

@@ -34,6 +34,7 @@ from mflux_core.errors import Cancelled
 from mflux_core.events import Step
 from mflux_core.images.io import load_image, png_bytes
 from mflux_core.images.resize_modes import RESIZE_MODES, resize_to
+from mflux_core.lora.a1111 import tagged_prompt
 from mflux_core.metadata import A1111_KEY
 from mflux_core.presets import PresetError, a1111_sampling, settings_from_png
 from mflux_core.request import MAX_SEED, GenerationRequest, check_image_size
@@ -276,7 +277,7 @@ def images_answer(fields: dict, params: Txt2ImgParams, job: ApiJob, results: lis
     first = results[0].metadata if results else {}
     info = {
         "prompt": params.prompt, "negative_prompt": params.negative_prompt,
-        "all_prompts": [r.prompt for r in requests], "all_negative_prompts": [r.negative_prompt for r in requests],
+        "all_prompts": [tagged_prompt(r) for r in requests], "all_negative_prompts": [r.negative_prompt for r in requests],
         "seed": requests[0].seed if requests else None, "all_seeds": [r.seed for r in requests],
         "width": requests[0].width if requests else params.width,
         "height": requests[0].height if requests else params.height,

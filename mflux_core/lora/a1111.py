@@ -26,6 +26,11 @@ def lora_tags(paths: Sequence[str], scales: Sequence[float]) -> str:
                    for name, scale in zip(names, scales or [1.0] * len(names)) if not UNTAGGABLE.search(name))
 
 
+def tagged_prompt(request) -> str:
+    """A request's prompt as A1111 writes it (its infotext, `all_prompts`): followed by a tag for each LoRA."""
+    return f"{request.prompt}{lora_tags(request.lora_paths, request.lora_scales)}"
+
+
 def take_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
     """(the prompt without its LoRA tags, [(name, scale)] in order); a scale that is not a finite number reads 1."""
     found = []
