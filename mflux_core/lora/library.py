@@ -88,15 +88,15 @@ def resolve_lora_path(name: str, models_dir: Path | None = None) -> Path:
     found = find_in_library(name, folders) or find_in_hf_cache(name)
     if found is not None:
         return found.resolve()
-    if is_offline() and "/" in name:
-        lead = f"LoRA {name!r} is not on this machine and downloads are off: download it once online, or put the file "
-        file = name if name.endswith(".safetensors") else f"{name}.safetensors"  # find_in_library finds it there
-        at = f"at {Path(models_dir) / 'loras' / file}" if models_dir is not None else "into a LoRA folder"
-        raise WordedTwice(f"{lead}{at}.", f"{lead}into a {LIBRARY_VARIABLE} folder or at <models-dir>/loras/{file}.")
+    if "/" in name:  # a repo id (or a path inside a LoRA folder): put there, the library finds it by this name
+        why = ("downloads are off: download it once online" if is_offline() else
+               "could not be downloaded from Hugging Face: check the network and the name")
+        lead = f"LoRA {name!r} is not on this machine and {why}, or put the file "
+        file = name if name.endswith(".safetensors") else f"{name}.safetensors"
+        at = f"at {Path(models_dir) / 'loras' / file}" if models_dir is not None else f"into a LoRA folder as {file}"
+        raise WordedTwice(f"{lead}{at}.", f"{lead}into a {LIBRARY_VARIABLE} folder or <models-dir>/loras as {file}.")
     listed = ", ".join(map(str, folders)) or "none"
-    downloaded = ", and it could not be downloaded" if "/" in name else ""
     raise WordedTwice(
-        f"LoRA {name!r} not found in the LoRA folders ({listed}) nor in the Hugging Face cache{downloaded}: put its "
-        ".safetensors file into a LoRA folder and pick it by its file name.",
-        f"LoRA {name!r} not found: it is not a file, not a name in the LoRA library ({listed}; set by "
-        f"{LIBRARY_VARIABLE} and <models-dir>/loras), and not a repo id in the Hugging Face cache{downloaded}.")
+        f"LoRA {name!r} not found in the LoRA folders ({listed}): put its .safetensors file into one of them.",
+        f"LoRA {name!r} not found: it is not a file, nor a name in the LoRA library ({listed}; {LIBRARY_VARIABLE} "
+        "and <models-dir>/loras).")
