@@ -112,7 +112,7 @@ def assert_a1111_error(response, status: int) -> str:
 def test_txt2img_follows_the_prompt_and_names_what_it_ignored(studio):
     body = made(studio.http.post("/txt2img", json={
         "prompt": CAPTION, "seed": 41, "batch_size": 2, "width": IMAGE_SIZE, "height": IMAGE_SIZE,
-        "sampler_name": "DPM++ 2M", "scheduler": "Karras", "restore_faces": True, "enable_hr": True, "tiling": False,
+        "sampler_name": "DPM++ 2M", "scheduler": "Karras", "restore_faces": True, "tiling": False, "hr_scale": 2,
         "alwayson_scripts": {"ADetailer": {"args": []}}, "distilled_cfg_scale": 3.5,
         "override_settings": {"sd_model_checkpoint": "demo", "CLIP_stop_at_last_layers": 2}}))
     info = body["info"]
@@ -128,10 +128,30 @@ def test_txt2img_follows_the_prompt_and_names_what_it_ignored(studio):
     assert (info["sampler_name"], info["scheduler"]) == ("DPM++ 2M", "Karras")
     assert body["parameters"]["prompt"] == CAPTION and body["parameters"]["restore_faces"] is True
     ignored = info["ignored"]
-    assert {"restore_faces", "enable_hr", "alwayson_scripts", "override_settings.CLIP_stop_at_last_layers"} <= \
-        set(ignored) and "tiling" not in ignored  # a field left at its default is no surprise
+    assert {"restore_faces", "alwayson_scripts", "override_settings.CLIP_stop_at_last_layers"} <= set(ignored)
+    assert "tiling" not in ignored and "hr_scale" not in ignored  # at its default, or off with enable_hr
     assert not any("DPM++ 2M" in item or "Karras" in item for item in ignored)
     assert saved_requests(studio, 41) == []  # save_images is off by default, as in A1111
+
+
+def test_enable_hr_runs_the_hires_fix_as_a1111_clients_ask_for_it(studio):
+    fields = {"prompt": CAPTION, "seed": 21, "steps": 2, "width": IMAGE_SIZE, "height": IMAGE_SIZE, "enable_hr": True}
+    body = made(studio.http.post("/txt2img", json={**fields, "hr_scale": 1.5, "hr_upscaler": "Latent",
+                                                   "hr_second_pass_steps": 3, "denoising_strength": 0.6}))
+    image, infotext = decoded(body["images"][0]), body["info"]["infotexts"][0]
+    reading = classify(np.asarray(image.convert("RGB")))
+    assert image.size == (96, 96) and (reading.background, reading.colour, reading.region) == \
+        ("blue", "red", "top left"), reading
+    assert "Hires upscale: 1.5, Hires steps: 3" in infotext and "Denoising strength: 0.6" in infotext
+    assert "hr_upscaler 'Latent' (not in the studio: Lanczos ran)" in body["info"]["ignored"]
+
+    resized = made(studio.http.post("/txt2img", json={**fields, "hr_resize_x": 96, "hr_resize_y": 80}))
+    assert decoded(resized["images"][0]).size == (96, 96) and "Hires upscale: 1.5" in resized["info"]["infotexts"][0]
+    assert any(item.startswith("hr_resize_x/hr_resize_y's exact size") for item in resized["info"]["ignored"])
+    assert "Hires upscale" in assert_a1111_error(studio.http.post("/txt2img", json={**fields, "hr_scale": 9}), 400)
+    plain = made(studio.http.post("/img2img", json={"init_images": [b64(image)], "steps": 1, "enable_hr": True,
+                                                    "prompt": CAPTION}))
+    assert "enable_hr (the hires fix follows txt2img only)" in plain["info"]["ignored"]
 
 
 def test_true_cfg_runs_with_a_negative_prompt_above_cfg_scale_1(studio):
@@ -305,7 +325,8 @@ def test_the_listings_clients_probe_answer(studio):
     (lora,) = answer(studio.http.get("/loras"))
     assert (lora["name"], lora["alias"], lora["metadata"]["ss_base_model_version"]) == ("ink", "ink-v2", "flux1")
     assert lora["path"] == str(studio.folders.loras[0] / "ink.safetensors")
-    for path in ("/sd-vae", "/upscalers", "/prompt-styles", "/face-restorers", "/hypernetworks"):
+    assert [u["name"] for u in answer(studio.http.get("/upscalers"))] == ["None", "Lanczos", "ControlNet upscaler"]
+    for path in ("/sd-vae", "/prompt-styles", "/face-restorers", "/hypernetworks"):
         assert isinstance(answer(studio.http.get(path)), list)
     for path in ("/cmd-flags", "/embeddings", "/scripts"):
         assert isinstance(answer(studio.http.get(path)), dict)

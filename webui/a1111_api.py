@@ -37,8 +37,8 @@ from mflux_core.images.resize_modes import RESIZE_MODES, resize_to
 from mflux_core.lora.a1111 import tagged_prompt
 from mflux_core.metadata import A1111_KEY
 from mflux_core.presets import PresetError, a1111_sampling, settings_from_png
-from mflux_core.request import MAX_SEED, GenerationRequest, check_image_size
-from mflux_core.settings_schema import MAX_BATCH, MAX_SIDE, SAMPLER_LABELS, SCHEDULE_LABELS
+from mflux_core.request import MAX_SEED, GenerationRequest, check_image_size, hires_size
+from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_BATCH, MAX_SIDE, SAMPLER_LABELS, SCHEDULE_LABELS
 from mflux_core.tools.specs import TOOL_SPECS, default_model_for
 from webui.api_server import MAX_WAITING, ApiRefusal, JobThreads, api_routes, json_object
 from webui.gallery import save_result
@@ -91,6 +91,15 @@ class Txt2ImgParams(BaseModel):
     override_settings_restore_afterwards: bool = True  # here an override always lasts one request
     send_images: bool = True
     save_images: bool = False
+    # the hires fix (txt2img): A1111's defaults, which its clients send whether or not enable_hr is on
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_resize_x: int = Field(0, ge=0, le=MAX_SIDE)  # 0: by hr_scale
+    hr_resize_y: int = Field(0, ge=0, le=MAX_SIDE)
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = Field(0, ge=0)  # 0: the first pass's steps
+    hr_prompt: str = ""  # empty: the first pass's prompt
+    denoising_strength: float | None = Field(None, ge=0, le=1)  # the second pass's (None: the studio's default)
 
 
 class Img2ImgParams(Txt2ImgParams):
@@ -144,6 +153,30 @@ def ignored_fields(params: BaseModel) -> list[str]:
     """The request's fields that the studio does not honour (those sent with a value that does something in A1111)."""
     ignored = sorted(k for k, v in (params.model_extra or {}).items() if v not in (None, False, "", [], {}, 0, -1))
     return ignored + [f"override_settings.{k}" for k in params.override_settings if k != "sd_model_checkpoint"]
+
+
+def hires_settings(params: Txt2ImgParams, ignored: list[str]) -> dict:
+    """The hires fix's settings from A1111's enable_hr fields: upscaled by hr_scale (or to hr_resize_x/y, keeping
+    the aspect), its steps, denoising strength, prompt and upscaler (one we do not have is named in `ignored`)."""
+    if not params.enable_hr:
+        return {}
+    settings = {"hires_scale": params.hr_scale, "hires_strength": params.denoising_strength,
+                "hires_steps": params.hr_second_pass_steps or None, "hires_prompt": params.hr_prompt}
+    if params.hr_resize_x or params.hr_resize_y:
+        if params.width is None or params.height is None:
+            ignored.append(f"hr_resize_x/hr_resize_y (they need width and height; hr_scale {params.hr_scale:g} ran)")
+        else:
+            scale = max(params.hr_resize_x / params.width, params.hr_resize_y / params.height)
+            settings["hires_scale"] = round(scale, 6)
+            target = hires_size(params.width, params.height, scale)
+            if (params.hr_resize_x or target[0], params.hr_resize_y or target[1]) != target:
+                ignored.append("hr_resize_x/hr_resize_y's exact size (the second pass keeps the first's aspect, "
+                               "sides multiples of 16)")
+    if params.hr_upscaler in HIRES_UPSCALERS:
+        settings["hires_upscaler"] = params.hr_upscaler
+    elif params.hr_upscaler:
+        ignored.append(f"hr_upscaler {params.hr_upscaler!r} (not in the studio: {HIRES_UPSCALERS[0]} ran)")
+    return settings
 
 
 def sampling_settings(params: Txt2ImgParams, ignored: list[str]) -> dict:
@@ -330,6 +363,8 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
     """(tool, settings, input paths) of an img2img call: the init image (and mask) at the output size by `resize_mode`;
     a mask makes it Fill (white = repainted; inverted by inpainting_mask_invert), none image-to-image."""
     image = decoded_image(params.init_images[0], "init image")
+    if params.enable_hr:
+        ignored.append("enable_hr (the hires fix follows txt2img only)")
     if len(params.init_images) > 1:
         ignored.append("init_images after the first")
     size = (params.width or image.width, params.height or image.height)
@@ -352,7 +387,8 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
 def make_images(studio, state: SdApiState, fields: dict, img2img: bool) -> dict:
     params = parsed(Img2ImgParams if img2img else Txt2ImgParams, fields)
     ignored = ignored_fields(params)
-    tool, settings, inputs = img2img_inputs(studio, params, ignored) if img2img else ("generate", {}, {})
+    tool, settings, inputs = img2img_inputs(studio, params, ignored) if img2img else \
+        ("generate", hires_settings(params, ignored), {})
     model = model_for(studio, tool, params, state.checkpoint, ignored)
     requests = job_requests(studio, tool, model, params, ignored, settings, inputs)
     job = ApiJob("img2img" if img2img else "txt2img", len(requests))
@@ -463,8 +499,8 @@ def sdapi_router(studio, auth=None) -> APIRouter:
         "schedulers": lambda: [{"name": n, "label": label, "aliases": None, "default_rho": -1,
                                 "need_inner_model": False} for n, label in SCHEDULE_LABELS.items()],
         "loras": lambda: [lora_entry(name, path) for name, path in studio.lora_library().items()],
-        "upscalers": lambda: [{"name": "None", "model_name": None, "model_path": None, "model_url": None,
-                               "scale": 1}],
+        "upscalers": lambda: [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 1}
+                              for name in ("None", *HIRES_UPSCALERS)],  # the hires fix's, for hr_upscaler
         "cmd-flags": lambda: {"api": True, "nowebui": False},
         **dict.fromkeys(("sd-vae", "sd-modules", "prompt-styles", "face-restorers", "hypernetworks",
                          "realesrgan-models", "latent-upscale-modes"), list),
