@@ -114,7 +114,8 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--true-cfg-scale", type=float, help="true CFG scale, 1 (off, the default) to 20: above 1 "
                        "with a negative prompt, each step runs the transformer twice (diffusers' true_cfg_scale)")
     group.add_argument("--sampler", choices=SAMPLERS, help="how each step moves along the schedule: euler (the "
-                       "default), heun (second order: two transformer passes a step, one on the last) or dpm++2m")
+                       "default), euler_a (A1111's Euler a: fresh noise from the seed each step), heun (second order: two "
+                       "transformer passes a step, one on the last) or dpm++2m")
     group.add_argument("--schedule", choices=SCHEDULES, help="how the sigmas are spaced: simple (FLUX's, the "
                        "default), beta, karras or exponential; each keeps FLUX's resolution shift")
     group.add_argument("--max-sequence-length", type=int,

@@ -74,7 +74,7 @@ def run_tool(
         latents = sigma * latents + (1.0 - sigma) * inputs.start_image_latents
     image_ids = image_position_ids(h, w)
     clock = StepClock()
-    sampler = new_sampler(request.sampler)
+    sampler = new_sampler(request.sampler, request.seed)
     for i, latents in denoise(model.transformer, latents, sigmas, inputs.conditioning, image_ids, start, sampler):
         mx.eval(latents)
         if cancelled is not None and cancelled():

@@ -1,4 +1,4 @@
-"""Samplers (euler, heun, dpm++2m) and schedules (simple, beta, karras, exponential).
+"""Samplers (euler, euler_a, heun, dpm++2m) and schedules (simple, beta, karras, exponential).
 
 The sigma arrays equal diffusers' FlowMatchEulerDiscreteScheduler.set_timesteps (as FluxPipeline calls it, with
 use_karras_sigmas / use_exponential_sigmas / use_beta_sigmas) bit for bit. Whole images equal diffusers' Flux
@@ -11,13 +11,16 @@ diffusers' image away from plain Euler.
 """
 
 import argparse
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 from diffusers.pipelines.flux import pipeline_flux_fill, pipeline_flux_img2img
+from diffusers.schedulers import scheduling_flow_match_euler_discrete as euler_scheduler_module
 
+from mflux_core.sampling.samplers import step_noise
 from mflux_core.sampling.schedule import SCHEDULES, flux_sigmas, resolution_shift_mu
 from tests.fixtures.tiny_flux import load_diffusers_pipeline
 from tests.parity import (
@@ -103,6 +106,8 @@ def reference_scheduler(base_config, sampler: str, schedule: str):
     flow = flow_schedule(base_config, schedule)
     if sampler == "euler":
         return flow
+    if sampler == "euler_a":
+        return FlowMatchEulerDiscreteScheduler.from_config(flow.config, stochastic_sampling=True)
     if sampler == "heun":
         scheduler = FlowHeun()
     else:
@@ -110,6 +115,22 @@ def reference_scheduler(base_config, sampler: str, schedule: str):
                             solver_order=2, lower_order_final=True, final_sigmas_type="zero")
     scheduler.flow = flow
     return scheduler
+
+
+@contextmanager
+def our_step_noise(seed: int, steps: int):
+    """diffusers' Euler a draws each step's noise from torch's generator: hand it ours, step by step (the noise is
+    the sampler's input, as --init-noise is the first step's)."""
+    saved, step = euler_scheduler_module.randn_tensor, iter(range(steps))
+
+    def drawn(shape, **options):
+        return torch.from_numpy(np.array(step_noise(seed, steps, next(step), tuple(shape))))
+
+    euler_scheduler_module.randn_tensor = drawn
+    try:
+        yield
+    finally:
+        euler_scheduler_module.randn_tensor = saved
 
 
 def check_parity(ours, reference, sampler: str, schedule: str) -> None:
@@ -128,22 +149,23 @@ def sampler_flags(sampler: str, schedule: str) -> list:
 
 @pytest.mark.parametrize("variant, sampler, schedule, steps", [
     ("dev", "euler", "karras", 5), ("dev", "heun", "beta", 4), ("dev", "dpm++2m", "simple", 5),
-    ("schnell", "dpm++2m", "exponential", 4),
+    ("schnell", "dpm++2m", "exponential", 4), ("dev", "euler_a", "simple", 4),
 ])
 def test_text_to_image_matches_flux_pipeline(request, tmp_path, variant, sampler, schedule, steps):
     folder = request.getfixturevalue(f"tiny_{variant}")
-    height, width = 64, 48
+    height, width, seed = 64, 48, 7
     noise_path = make_noise(tmp_path, (1, 4, height // 8, width // 8), seed=steps)
     ours = run_cli("generate", "--path", folder, "--prompt", PROMPT, *sampler_flags(sampler, schedule), "--steps",
                    steps, "--height", height, "--width", width, "--guidance", 4.0, "--init-noise", noise_path,
-                   "--output", tmp_path / "o.png")
+                   "--seed", seed, "--output", tmp_path / "o.png")
     pipe = load_diffusers_pipeline(folder)
     base = pipe.scheduler.config
 
     def reference(sampler, schedule):
         pipe.scheduler = reference_scheduler(base, sampler, schedule)
-        return pipe(PROMPT, height=height, width=width, num_inference_steps=steps, guidance_scale=4.0,
-                    latents=pack(np.load(noise_path)), output_type="pil").images[0]
+        with our_step_noise(seed, steps):
+            return pipe(PROMPT, height=height, width=width, num_inference_steps=steps, guidance_scale=4.0,
+                        latents=pack(np.load(noise_path)), output_type="pil").images[0]
 
     check_parity(ours, reference, sampler, schedule)
 
@@ -237,7 +259,7 @@ class CountingTransformer:
         return self.transformer(*inputs, **options)
 
 
-@pytest.mark.parametrize("sampler, calls_per_pass", [("euler", 4), ("heun", 7), ("dpm++2m", 4)])
+@pytest.mark.parametrize("sampler, calls_per_pass", [("euler", 4), ("euler_a", 4), ("heun", 7), ("dpm++2m", 4)])
 def test_heun_evaluates_twice_a_step_but_the_last_and_every_sampler_yields_once_a_step(sampler, calls_per_pass):
     import mlx.core as mx
 
@@ -293,7 +315,7 @@ def test_defaults_and_bad_values():
 
     request = GenerationRequest(prompt="x").validated()
     assert (request.sampler, request.schedule) == ("euler", "simple")
-    for changes, expected in (({"sampler": "ddim"}, "The sampler must be one of euler, heun, dpm++2m, not 'ddim'."),
+    for changes, expected in (({"sampler": "ddim"}, "The sampler must be one of euler, euler_a, heun, dpm++2m, not 'ddim'."),
                               ({"schedule": "Karras"}, "The schedule must be one of simple, beta, karras, "
                                                        "exponential, not 'Karras'.")):
         with pytest.raises(InvalidRequest) as error:
@@ -337,6 +359,19 @@ def test_metadata_presets_and_a1111_text_carry_them():
     assert (old_style["sampler"], old_style["schedule"]) == ("dpm++2m", "karras")
     theirs = settings_from_a1111("a cat\nSteps: 20, Sampler: DPM++ SDE, Schedule type: Align Your Steps, Seed: 1")
     assert "sampler" not in theirs and "schedule" not in theirs
+    assert settings_from_a1111("a cat\nSteps: 20, Sampler: Euler a, Seed: 1")["sampler"] == "euler_a"  # A1111's default
+
+
+def test_euler_a_replays_from_its_seed_and_its_step_noise_follows_the_seed(tiny_dev, tmp_path):
+    noise_path = make_noise(tmp_path, (1, 4, 6, 6), seed=1)
+
+    def image(seed: int, name: str):
+        return run_cli("generate", "--path", tiny_dev, "--prompt", PROMPT, "--sampler", "euler_a", "--steps", 3,
+                       "--height", 48, "--width", 48, "--init-noise", noise_path, "--seed", seed,
+                       "--output", tmp_path / name)
+
+    first, again, other = image(7, "a.png"), image(7, "b.png"), image(8, "c.png")
+    assert max_uint8_diff(first, again) == 0 and max_uint8_diff(first, other) > SAMPLER_EFFECT
 
 
 def test_plot_axes_take_names_or_a1111_labels():
@@ -350,7 +385,7 @@ def test_plot_axes_take_names_or_a1111_labels():
     cells = plot_cells(GenerationRequest(prompt="x"), [samplers, schedules])
     assert {(c.request.sampler, c.request.schedule) for c in cells} == {
         (a, b) for a in samplers.values for b in schedules.values}
-    with pytest.raises(InvalidRequest, match="The Sampler axis: 'ddim' is not one of euler, heun, dpm\\+\\+2m."):
+    with pytest.raises(InvalidRequest, match="The Sampler axis: 'ddim' is not one of euler, euler_a, heun, dpm\\+\\+2m."):
         parse_axis_flag("sampler=euler, ddim")
 
 
@@ -371,6 +406,6 @@ def test_concept_attention_refuses_heun():
     from mflux_core.errors import InvalidRequest
     from mflux_core.request import GenerationRequest
 
-    with pytest.raises(InvalidRequest, match="Heun takes two; choose Euler or DPM\\+\\+ 2M"):
+    with pytest.raises(InvalidRequest, match="Heun takes two; choose Euler, Euler a or DPM\\+\\+ 2M"):
         concept_request(GenerationRequest(prompt="x", sampler="heun"))
     assert concept_request(GenerationRequest(prompt="x", sampler="dpm++2m", schedule="beta")).schedule == "beta"

@@ -5,6 +5,9 @@ with true CFG) and the schedule; each sampler follows one diffusers scheduler's 
 operation in float32, on the sigmas of mflux_core.sampling.schedule:
 
 - euler: FlowMatchEulerDiscreteScheduler. One evaluation a step.
+- euler_a (A1111's "Euler a"): FlowMatchEulerDiscreteScheduler with stochastic_sampling: the step's denoised
+  estimate noised afresh to the next sigma. New noise each step, drawn from the request's seed (step_noise), so an
+  image replays from its settings; the last step (to sigma 0) keeps the estimate.
 - heun: FlowMatchHeunDiscreteScheduler. An Euler step, then a second evaluation at the next sigma on its
   result, and the step redone along the mean of both velocities; the last step (to sigma 0) is Euler only,
   so N steps take 2N - 1 evaluations.
@@ -12,7 +15,7 @@ operation in float32, on the sigmas of mflux_core.sampling.schedule:
   algorithm_type "dpmsolver++", solver_order 2, solver_type "midpoint", final_sigmas_type "zero": second
   order from the previous step's data prediction, first order on the first step and on the last.
 
-A sampler object lives for one run (DPM++ 2M keeps the previous step); `new_sampler` makes one.
+A sampler object lives for one run (DPM++ 2M keeps the previous step, Euler a its seed); `new_sampler` makes one.
 """
 
 from typing import Callable
@@ -33,6 +36,24 @@ class Euler:
     def step(self, velocity: Velocity, latents: mx.array, sigmas: np.ndarray, i: int) -> mx.array:
         dt = f32(sigmas[i + 1]) - f32(sigmas[i])
         return latents + float(dt) * velocity(latents, sigmas[i])
+
+
+def step_noise(seed: int, steps: int, i: int, shape: tuple[int, ...]) -> mx.array:
+    """Euler a's noise for step i of `steps`: its own key of the seed's (split from it, so never the initial noise)."""
+    return mx.random.normal(shape, dtype=mx.float32, key=mx.random.split(mx.random.key(seed), steps)[i])
+
+
+class EulerAncestral:
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def step(self, velocity: Velocity, latents: mx.array, sigmas: np.ndarray, i: int) -> mx.array:
+        sigma, sigma_next = f32(sigmas[i]), f32(sigmas[i + 1])
+        denoised = latents - float(sigma) * velocity(latents, sigma)
+        if sigma_next == 0:
+            return denoised
+        noise = step_noise(self.seed, len(sigmas) - 1, i, latents.shape)
+        return float(f32(1) - sigma_next) * denoised + float(sigma_next) * noise
 
 
 class Heun:
@@ -81,11 +102,11 @@ class DpmPlusPlus2M:
         return result
 
 
-SAMPLER_CLASSES = {"euler": Euler, "heun": Heun, "dpm++2m": DpmPlusPlus2M}
+SAMPLER_CLASSES = {"euler": Euler, "euler_a": EulerAncestral, "heun": Heun, "dpm++2m": DpmPlusPlus2M}
 SAMPLERS = tuple(SAMPLER_LABELS)
 assert set(SAMPLER_CLASSES) == set(SAMPLERS), "every sampler name needs its class"
 
 
-def new_sampler(name: str = "euler"):
-    """A fresh sampler (its own state) for one run."""
-    return SAMPLER_CLASSES[name]()
+def new_sampler(name: str = "euler", seed: int = 0):
+    """A fresh sampler (its own state) for one run; `seed` draws Euler a's step noise."""
+    return EulerAncestral(seed) if name == "euler_a" else SAMPLER_CLASSES[name]()
