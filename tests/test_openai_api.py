@@ -22,6 +22,7 @@ from huggingface_hub import constants
 from PIL import Image
 
 from mflux_core.demo.evaluate import EVALUATION_SEED, FILL_TOLERANCE
+from mflux_core.demo.dataset import text_to_image_example
 from mflux_core.demo.examples import SOURCES
 from mflux_core.demo.family import IMAGE_SIZE
 from mflux_core.manager import ModelManager
@@ -36,6 +37,7 @@ from webui.studio import StudioFolders
 
 TIMEOUT_S = 300
 CAPTION = "a red circle in the top left on a blue background"
+REDUX_REFERENCE = 1  # the held-out picture tests/test_webui_demo.py gives Redux: its colours carry at seed 1
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +149,10 @@ def test_a_url_result_is_the_saved_file_and_no_format_gives_both(studio):
     assert (request["tool"], request["model"], request["width"]) == ("generate", "demo", IMAGE_SIZE)  # native size
     url_only = studio.http.post("/v1/images/generations", json={"prompt": "x", "response_format": "url"}).json()
     assert set(url_only["data"][0]) == {"url"}
+    for openai_name in ("dall-e-3", "gpt-image-1"):  # apps that cannot change the model name get the default
+        named = studio.http.post("/v1/images/generations", json={"prompt": "x", "model": openai_name,
+                                                                 "response_format": "url"}).json()
+        assert saved_request(studio, named["data"][0]["url"])["model"] == "demo"
 
 
 def test_models_lists_what_the_api_runs_in_openais_shape(studio):
@@ -203,6 +209,26 @@ def test_an_edit_without_a_mask_applies_a_kontext_instruction(studio, number):
     expected = {"colour": ("colour", after.shapes[0].colour), "move": ("region", after.shapes[0].region),
                 "background": ("background", after.background)}[pair.kind]
     assert getattr(reading, expected[0]) == expected[1], (example.prompt, reading)
+
+
+# ----- variations ----------------------------------------------------------------------------------
+
+
+def test_a_variation_runs_redux_on_the_image_and_carries_its_colours(studio):
+    reference = text_to_image_example(EVALUATION_SEED, REDUX_REFERENCE, held_out=True)
+    response = studio.http.post("/v1/images/variations", data={"model": "dall-e-2", "seed": str(REDUX_REFERENCE),
+                                                               "n": "1", "response_format": "url"},
+                                files=[("image", ("reference.png", png_bytes(Image.fromarray(reference.image)),
+                                                  "image/png"))])
+    assert response.status_code == 200, response.text
+    url = response.json()["data"][0]["url"]
+    saved = saved_request(studio, url)
+    assert (saved["tool"], saved["model"], saved["prompt"]) == ("redux", "demo", "")  # dall-e-2: the default
+    assert np.array_equal(pixels(saved["redux_image_paths"][0]), reference.image)
+    reading = classify(pixels(studio.folders.outputs.joinpath(*url.split("/v1/files/")[1].split("/"))))
+    assert (reading.background, reading.colour) == (reference.scene.background, reference.scene.shapes[0].colour)
+    missing = studio.http.post("/v1/images/variations", data={"n": "1"}, files=[("mask", ("m.png", b"x", "image/png"))])
+    assert "Missing required parameter: 'image'" in assert_openai_error(missing, 400, "image")
 
 
 # ----- one queue with the page ---------------------------------------------------------------------

@@ -4,9 +4,11 @@ apps with an "OpenAI-compatible" setting) make images through the page's validat
     POST /v1/images/generations  JSON: prompt, model, n, size "WxH" or "auto", response_format, seed  -> Generate
     POST /v1/images/edits        multipart: image and mask (transparent = edit) -> Fill; image alone -> Kontext
                                  (on a Fill model: the image's own transparent area is the mask)
+    POST /v1/images/variations   multipart: image -> Redux (FLUX.1's own variations: the image, no prompt)
     GET  /v1/models              the models these take (OpenAI's list shape); GET /v1/models/{id} one of them
     GET  /v1/files/{day}/{name}  a saved result: what response_format "url" points at
 
+OpenAI's own model names (dall-e-3, gpt-image-1...), which some apps cannot change, run the tool's default model.
 Results are saved with their metadata like the page's (so they appear in History). Without `response_format`
 an image carries both `b64_json` and `url`, for clients of either habit. Other OpenAI fields (quality, style,
 user, background, output_format...) are accepted and ignored. Every error is OpenAI's shape:
@@ -39,7 +41,8 @@ from webui.gallery import DATE_FOLDER, save_result
 from webui.requests import requests_from_settings
 from webui.turns import request_about
 
-API_TOOLS = ("generate", "fill", "kontext")
+API_TOOLS = ("generate", "fill", "kontext", "redux")
+OPENAI_MODEL = re.compile(r"^(dall-e-\d|gpt-image-)")
 OPENAI_SOURCE = "OpenAI API"  # who submitted a job, as the queue shows it
 SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 RESULT_NAME = re.compile(r"^[\w-]+\.png$")
@@ -124,8 +127,9 @@ def model_not_found(name: str) -> ApiError:
 
 
 def model_for(studio, tool: str, name: str | None, wrong_kind: str) -> str:
-    """The model a request runs on: the one it names (which must suit the tool) or the tool's default."""
-    if name is None:
+    """The model a request runs on: the one it names (which must suit the tool) or the tool's default (also for
+    OpenAI's own model names)."""
+    if name is None or OPENAI_MODEL.match(name):
         return default_model_for(tool, studio.manager.models_dir)
     models = api_models(studio)
     if name not in models:
@@ -212,16 +216,22 @@ def generate_images(studio, fields: dict, base_url: str) -> dict:
     return images_response(studio, paths, params.response_format, base_url)
 
 
-def edit_images(studio, form, base_url: str) -> dict:
-    params = parsed_params({key: value for key, value in form.multi_items() if isinstance(value, str)})
-    images, masks = form_files(form, "image"), form_files(form, "mask")
+def form_image(form, verb: str, **defaults) -> tuple[ImageParams, Image.Image]:
+    """A multipart request's fields (over `defaults`) and its one image, to `verb` ("edit")."""
+    params = parsed_params({**defaults, **{key: value for key, value in form.multi_items() if isinstance(value, str)}})
+    images = form_files(form, "image")
     if len(images) != 1:
-        raise ApiError(400, "Send exactly one image to edit (the 'image' file)." if images else
-                       "Missing required parameter: 'image' (the picture to edit, as a file).", "image")
-    image = uploaded(images[0], load_image)
+        raise ApiError(400, f"Send exactly one image to {verb} (the 'image' file)." if images else
+                       f"Missing required parameter: 'image' (the picture to {verb}, as a file).", "image")
+    return params, uploaded(images[0], load_image)
+
+
+def edit_images(studio, form, base_url: str) -> dict:
+    params, image = form_image(form, "edit")
+    masks = form_files(form, "mask")
     inputs = studio.request_context().inputs
     if not masks and is_fill_model(studio, params.model):
-        masks = images  # OpenAI's other way: an image alone whose transparent area is what gets edited
+        masks = form_files(form, "image")  # OpenAI's other way: an image alone, its transparent area edited
     if masks:
         model = model_for(studio, "fill", params.model, "An edit with a mask needs a Fill model:")
         mask = edit_mask(masks[0], image)
@@ -231,6 +241,15 @@ def edit_images(studio, form, base_url: str) -> dict:
         model = model_for(studio, "kontext", params.model,
                           "An edit without a mask needs a Kontext model (or send a mask: transparent = edit):")
         requests = image_requests(studio, params, "kontext", model, image_path=inputs.save(image, "api-image"))
+    return images_response(studio, run_in_turn(studio, requests), params.response_format, base_url)
+
+
+def variation_images(studio, form, base_url: str) -> dict:
+    """FLUX.1-Redux is FLUX's way of making variations: the image as its one reference, no prompt."""
+    params, image = form_image(form, "vary", prompt="")
+    model = model_for(studio, "redux", params.model, "Variations run Redux on a text-to-image model:")
+    path = studio.request_context().inputs.save(image, "api-image")
+    requests = image_requests(studio, params, "redux", model, redux_image_paths=(path,))
     return images_response(studio, run_in_turn(studio, requests), params.response_format, base_url)
 
 
@@ -245,13 +264,20 @@ def openai_router(studio, auth=None) -> APIRouter:
         fields = await json_object(request, ApiError)
         return JSONResponse(await threads.run(generate_images, studio, fields, str(request.base_url)))
 
-    @route("POST", "/v1/images/edits")
-    async def edits(request: Request):
+    async def multipart(request: Request, answer: Callable, what: str) -> JSONResponse:
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raise ApiError(400, "Send an edit as multipart/form-data: the image (and mask) as files, the rest as "
+            raise ApiError(400, f"Send {what} as multipart/form-data: the image (and mask) as files, the rest as "
                                 "fields.")
         async with request.form(max_files=8, max_fields=64) as form:
-            return JSONResponse(await threads.run(edit_images, studio, form, str(request.base_url)))
+            return JSONResponse(await threads.run(answer, studio, form, str(request.base_url)))
+
+    @route("POST", "/v1/images/edits")
+    async def edits(request: Request):
+        return await multipart(request, edit_images, "an edit")
+
+    @route("POST", "/v1/images/variations")
+    async def variations(request: Request):
+        return await multipart(request, variation_images, "a variation")
 
     @route("GET", "/v1/models")
     async def models(request: Request):
