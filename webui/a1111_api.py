@@ -15,13 +15,9 @@ ignored and named in the answer's `info` ("ignored"). Errors are A1111's shape: 
 "errors"}, a 4xx with one sentence for anything a client sent wrong.
 """
 
-import base64
-import binascii
 import json
 import re
-import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request
@@ -32,7 +28,7 @@ from safetensors import safe_open
 
 from mflux_core.errors import Cancelled
 from mflux_core.events import Step
-from mflux_core.images.io import load_image, png_bytes
+from mflux_core.images.io import load_image
 from mflux_core.images.resize_modes import RESIZE_MODES, resize_to
 from mflux_core.lora.a1111 import tagged_prompt
 from mflux_core.metadata import A1111_KEY
@@ -40,7 +36,8 @@ from mflux_core.presets import PresetError, a1111_sampling, settings_from_png
 from mflux_core.request import MAX_SEED, GenerationRequest, check_image_size, hires_size
 from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_BATCH, MAX_SIDE, SAMPLER_LABELS, SCHEDULE_LABELS
 from mflux_core.tools.specs import TOOL_SPECS, default_model_for
-from webui.api_server import MAX_WAITING, ApiRefusal, JobThreads, api_routes, json_object
+from webui.a1111_wire import SdApiError, as_file, b64_png, base64_data, decoded_image
+from webui.api_server import MAX_WAITING, JobThreads, api_routes, json_object
 from webui.gallery import save_result
 from webui.requests import requests_from_settings
 from webui.turns import request_about
@@ -51,22 +48,7 @@ API_TOOLS = ("generate", "fill")
 A1111_SOURCE = "A1111 API"  # who submitted a job, as the queue shows it
 SAMPLER_ALIASES = {"euler": "k_euler", "euler_a": "k_euler_a", "heun": "k_heun", "dpm++2m": "k_dpmpp_2m"}  # A1111's k-diffusion names
 AUTOMATIC = "automatic"  # Forge's scheduler "Automatic": the sampler's own, which Simple is
-DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]+\]$")  # A1111 titles a checkpoint "name [shorthash]"
-
-
-@dataclass
-class SdApiError(ApiRefusal):
-    """A1111's error body (its FastAPI handler's): {"error": kind, "detail", "body", "errors"}."""
-
-    kind: str = "HTTPException"
-
-    @classmethod
-    def of(cls, status: int, message: str) -> "SdApiError":
-        return cls(status, message, kind="HTTPException" if status < 500 else "RuntimeError")
-
-    def body(self) -> dict:
-        return {"error": self.kind, "detail": self.message, "body": "", "errors": self.message}
 
 
 class Txt2ImgParams(BaseModel):
@@ -124,29 +106,6 @@ def parsed(model: type[BaseModel], fields: dict) -> BaseModel:
         return model.model_validate(fields)
     except ValidationError as error:
         raise refused_fields(error) from None
-
-
-def base64_data(text: str, what: str) -> bytes:
-    """The bytes of a base64 string (a data URL too); 400 naming `what` when it is not base64."""
-    try:
-        return base64.b64decode(DATA_URL.sub("", text.strip()), validate=True)
-    except (binascii.Error, ValueError):
-        raise SdApiError(400, f"The {what} is not base64 image data.") from None
-
-
-@contextmanager
-def as_file(data: bytes):
-    """The path of a temporary file holding `data`, so the file readers' checks apply to it."""
-    with tempfile.NamedTemporaryFile(suffix=".png") as copy:
-        copy.write(data)
-        copy.flush()
-        yield copy.name
-
-
-def decoded_image(text: str, what: str) -> Image.Image:
-    """A base64 image decoded with load_image's checks (size, format, damage), named `what` in its refusals."""
-    with as_file(base64_data(text, what)) as path:
-        return load_image(path, name=what)
 
 
 def ignored_fields(params: BaseModel) -> list[str]:
@@ -298,10 +257,6 @@ def run_job(studio, state: SdApiState, job: ApiJob, requests: list[GenerationReq
             if state.job is job:  # on a cluster another API job may have started since
                 state.job = None
     return results
-
-
-def b64_png(image: Image.Image, text_chunks: dict | None = None) -> str:
-    return base64.b64encode(png_bytes(image, text_chunks)).decode("ascii")
 
 
 def images_answer(fields: dict, params: Txt2ImgParams, job: ApiJob, results: list, ignored: list[str]) -> dict:

@@ -1,0 +1,57 @@
+"""A1111's API on the wire: its error body, and images as base64 PNGs (data URLs too) read with the studio's
+checks. Shared by the /sdapi/v1 routes (a1111_api.py) and the ControlNet extension's (a1111_controlnet.py)."""
+
+import base64
+import binascii
+import re
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from PIL import Image
+
+from mflux_core.images.io import load_image, png_bytes
+from webui.api_server import ApiRefusal
+
+DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
+
+
+@dataclass
+class SdApiError(ApiRefusal):
+    """A1111's error body (its FastAPI handler's): {"error": kind, "detail", "body", "errors"}."""
+
+    kind: str = "HTTPException"
+
+    @classmethod
+    def of(cls, status: int, message: str) -> "SdApiError":
+        return cls(status, message, kind="HTTPException" if status < 500 else "RuntimeError")
+
+    def body(self) -> dict:
+        return {"error": self.kind, "detail": self.message, "body": "", "errors": self.message}
+
+
+def base64_data(text: str, what: str) -> bytes:
+    """The bytes of a base64 string (a data URL too); 400 naming `what` when it is not base64."""
+    try:
+        return base64.b64decode(DATA_URL.sub("", text.strip()), validate=True)
+    except (binascii.Error, ValueError):
+        raise SdApiError(400, f"The {what} is not base64 image data.") from None
+
+
+@contextmanager
+def as_file(data: bytes):
+    """The path of a temporary file holding `data`, so the file readers' checks apply to it."""
+    with tempfile.NamedTemporaryFile(suffix=".png") as copy:
+        copy.write(data)
+        copy.flush()
+        yield copy.name
+
+
+def decoded_image(text: str, what: str) -> Image.Image:
+    """A base64 image decoded with load_image's checks (size, format, damage), named `what` in its refusals."""
+    with as_file(base64_data(text, what)) as path:
+        return load_image(path, name=what)
+
+
+def b64_png(image: Image.Image, text_chunks: dict | None = None) -> str:
+    return base64.b64encode(png_bytes(image, text_chunks)).decode("ascii")
