@@ -16,6 +16,7 @@ import threading
 import time
 from types import SimpleNamespace
 
+import cv2
 import httpx
 import numpy as np
 import pytest
@@ -28,11 +29,12 @@ from safetensors.numpy import save_file
 from mflux_core.demo.evaluate import EVALUATION_SEED, FILL_TOLERANCE
 from mflux_core.demo.examples import SOURCES
 from mflux_core.demo.family import IMAGE_SIZE
+from mflux_core.demo.shapes import shape_mask
 from mflux_core.images.resize_modes import RESIZE_AND_FILL, resize_to
 from mflux_core.manager import ModelManager
 from mflux_core.weights.resolve import DEMO_MODELS_ENV, demo_folder
 from tests.fixtures.lora_files import Dims, write_diffusers_lora
-from tests.fixtures.shape_classifier import classify
+from tests.fixtures.shape_classifier import classify, iou
 from tests.test_webui_browser import free_port, request_in
 from webui.a1111_api import Txt2ImgParams, sampling_settings, sdapi_router
 from webui.app import build_app, launch_kwargs
@@ -41,6 +43,7 @@ from webui.studio import StudioFolders
 
 TIMEOUT_S = 300
 CAPTION = "a red circle in the top left on a blue background"
+LAYOUT_IOU = 0.5  # a ControlNet result's shape vs the control scene's, as tests/test_webui_demo.py asks of the page
 COPY = "demo-copy"  # a second text-to-image model: the demo model's files in the models folder
 
 
@@ -128,7 +131,8 @@ def test_txt2img_follows_the_prompt_and_names_what_it_ignored(studio):
     assert (info["sampler_name"], info["scheduler"]) == ("DPM++ 2M", "Karras")
     assert body["parameters"]["prompt"] == CAPTION and body["parameters"]["restore_faces"] is True
     ignored = info["ignored"]
-    assert {"restore_faces", "alwayson_scripts", "override_settings.CLIP_stop_at_last_layers"} <= set(ignored)
+    assert {"restore_faces", "alwayson_scripts.ADetailer", "override_settings.CLIP_stop_at_last_layers"} <= \
+        set(ignored)
     assert "tiling" not in ignored and "hr_scale" not in ignored  # at its default, or off with enable_hr
     assert not any("DPM++ 2M" in item or "Karras" in item for item in ignored)
     assert saved_requests(studio, 41) == []  # save_images is off by default, as in A1111
@@ -152,6 +156,38 @@ def test_enable_hr_runs_the_hires_fix_as_a1111_clients_ask_for_it(studio):
     plain = made(studio.http.post("/img2img", json={"init_images": [b64(image)], "steps": 1, "enable_hr": True,
                                                     "prompt": CAPTION}))
     assert "enable_hr (the hires fix follows txt2img only)" in plain["info"]["ignored"]
+
+
+def test_a_controlnet_unit_steers_txt2img_by_the_control_pictures_edges(studio):
+    example = studio.examples["controlnet"][0]
+    control = SOURCES["controlnet"](EVALUATION_SEED, example.index, IMAGE_SIZE, held_out=True)
+    picture = Image.open(example.images["image"]).convert("RGB")
+    unit = {"module": "canny", "model": "None", "weight": 0.4, "image": b64(picture), "threshold_a": 100,
+            "threshold_b": 200, "guidance_end": 0.8, "pixel_perfect": True}
+    fields = {"prompt": example.prompt, "seed": 0, "sampler_name": "Euler"}
+    body = made(studio.http.post("/txt2img", json={**fields, "alwayson_scripts": {
+        "ControlNet": {"args": [unit, {"enabled": False, "module": "depth"}]}, "ADetailer": {"args": []}}}))
+    image = np.asarray(decoded(body["images"][0]).convert("RGB"))
+    score = iou(classify(image).mask, shape_mask(control.scene.shapes[0], IMAGE_SIZE))
+    assert score >= LAYOUT_IOU, f"{example.prompt!r}: IoU {score:.2f}"
+    assert "Tool: controlnet" in body["info"]["infotexts"][0]
+    assert "alwayson_scripts.ADetailer" in body["info"]["ignored"]
+    assert any("guidance_start/guidance_end" in item for item in body["info"]["ignored"])
+
+    extension = str(studio.http.base_url).rstrip("/").replace("/sdapi/v1", "/controlnet")  # beside /sdapi/v1
+    detected = answer(studio.http.post(f"{extension}/detect", json={
+        "controlnet_module": "canny", "controlnet_input_images": [b64(picture)], "controlnet_threshold_a": 100,
+        "controlnet_threshold_b": 200}))
+    edges = decoded(detected["images"][0])
+    assert np.array_equal(np.asarray(edges.convert("L")), cv2.Canny(np.asarray(picture), 100, 200))  # OpenCV's
+    as_edge_map = made(studio.http.post("/txt2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [
+        {**unit, "module": "none", "image": b64(edges), "guidance_end": 1}]}}}))
+    assert np.array_equal(np.asarray(decoded(as_edge_map["images"][0]).convert("RGB")), image)  # the same edges
+
+    assert answer(studio.http.get(f"{extension}/model_list"))["model_list"][:2] == ["demo-canny", "demo-upscaler"]
+    refused = studio.http.post("/txt2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [
+        {**unit, "module": "openpose"}]}}})
+    assert "module 'openpose' is not in the studio" in assert_a1111_error(refused, 400)
 
 
 def test_true_cfg_runs_with_a_negative_prompt_above_cfg_scale_1(studio):

@@ -1,7 +1,9 @@
 """AUTOMATIC1111 / Forge's `/sdapi/v1` API on the studio's own server, so clients written for those web UIs
 (editor plugins, chat front-ends, scripts) make images through the page's validation, queue and engine.
 
-    POST /sdapi/v1/txt2img, /img2img   A1111's JSON; img2img with a `mask` runs Fill, without one image-to-image
+    POST /sdapi/v1/txt2img, /img2img   A1111's JSON; img2img with a `mask` runs Fill, without one image-to-image;
+                                       txt2img with a ControlNet unit (alwayson_scripts) runs ControlNet
+                                       (a1111_controlnet.py, also the extension's /controlnet/* routes)
     GET  /sdapi/v1/sd-models           the models these run on; GET/POST /sdapi/v1/options: sd_model_checkpoint
     GET  /sdapi/v1/progress            the running API job: step, ETA and the step's preview
     POST /sdapi/v1/interrupt, /skip    stop the running API job after its current step
@@ -36,6 +38,7 @@ from mflux_core.presets import PresetError, a1111_sampling, settings_from_png
 from mflux_core.request import MAX_SEED, GenerationRequest, check_image_size, hires_size
 from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_BATCH, MAX_SIDE, SAMPLER_LABELS, SCHEDULE_LABELS
 from mflux_core.tools.specs import TOOL_SPECS, default_model_for
+from webui.a1111_controlnet import SCRIPT as CONTROLNET_SCRIPT, add_controlnet_routes, enabled_unit, unit_settings
 from webui.a1111_wire import SdApiError, as_file, b64_png, base64_data, decoded_image
 from webui.api_server import MAX_WAITING, JobThreads, api_routes, json_object
 from webui.gallery import save_result
@@ -70,6 +73,7 @@ class Txt2ImgParams(BaseModel):
     sampler_index: str | None = None
     scheduler: str | None = None
     override_settings: dict = Field(default_factory=dict)
+    alwayson_scripts: dict = Field(default_factory=dict)  # the ControlNet extension's units run (a1111_controlnet)
     override_settings_restore_afterwards: bool = True  # here an override always lasts one request
     send_images: bool = True
     save_images: bool = False
@@ -111,7 +115,8 @@ def parsed(model: type[BaseModel], fields: dict) -> BaseModel:
 def ignored_fields(params: BaseModel) -> list[str]:
     """The request's fields that the studio does not honour (those sent with a value that does something in A1111)."""
     ignored = sorted(k for k, v in (params.model_extra or {}).items() if v not in (None, False, "", [], {}, 0, -1))
-    return ignored + [f"override_settings.{k}" for k in params.override_settings if k != "sd_model_checkpoint"]
+    return ignored + [f"override_settings.{k}" for k in params.override_settings if k != "sd_model_checkpoint"] + \
+        [f"alwayson_scripts.{name}" for name in params.alwayson_scripts if name.lower() != CONTROLNET_SCRIPT]
 
 
 def hires_settings(params: Txt2ImgParams, ignored: list[str]) -> dict:
@@ -320,6 +325,8 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
     image = decoded_image(params.init_images[0], "init image")
     if params.enable_hr:
         ignored.append("enable_hr (the hires fix follows txt2img only)")
+    if enabled_unit(params.alwayson_scripts, []):
+        ignored.append("alwayson_scripts.controlnet (with txt2img only)")
     if len(params.init_images) > 1:
         ignored.append("init_images after the first")
     size = (params.width or image.width, params.height or image.height)
@@ -339,11 +346,22 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
     return "fill", settings, {**inputs, "masked_image_path": store.save(mask, "api-mask")}
 
 
+def txt2img_inputs(studio, params: Txt2ImgParams, ignored: list[str]) -> tuple[str, dict, dict]:
+    """(tool, settings, input paths) of a txt2img call: text-to-image (with the hires fix when asked for), or the
+    ControlNet tool when an enabled ControlNet unit comes with it."""
+    unit = enabled_unit(params.alwayson_scripts, ignored)
+    if unit is None:
+        return "generate", hires_settings(params, ignored), {}
+    if params.enable_hr:
+        ignored.append("enable_hr (not with a ControlNet unit here)")
+    settings, image = unit_settings(studio, unit, ignored)
+    return "controlnet", settings, {"controlnet_image_path": studio.request_context().inputs.save(image, "api-control")}
+
+
 def make_images(studio, state: SdApiState, fields: dict, img2img: bool) -> dict:
     params = parsed(Img2ImgParams if img2img else Txt2ImgParams, fields)
     ignored = ignored_fields(params)
-    tool, settings, inputs = img2img_inputs(studio, params, ignored) if img2img else \
-        ("generate", hires_settings(params, ignored), {})
+    tool, settings, inputs = (img2img_inputs if img2img else txt2img_inputs)(studio, params, ignored)
     model = model_for(studio, tool, params, state.checkpoint, ignored)
     requests = job_requests(studio, tool, model, params, ignored, settings, inputs)
     job = ApiJob("img2img" if img2img else "txt2img", len(requests))
@@ -470,6 +488,7 @@ def sdapi_router(studio, auth=None) -> APIRouter:
         route("GET", f"/sdapi/v1/{name}")(answer)
     for name in ("refresh-checkpoints", "refresh-loras", "refresh-vae"):  # the listings are read on each request
         route("POST", f"/sdapi/v1/{name}")(nothing_to_do)
+    add_controlnet_routes(route, studio, threads, json_object)
     for method in ("GET", "POST"):
         route(method, "/sdapi/v1/{rest:path}")(not_here)
 

@@ -1,0 +1,177 @@
+"""The A1111 ControlNet extension's API (sd-webui-controlnet; Forge's built-in ControlNet speaks the same) on the
+studio's Canny ControlNet, so A1111 clients that steer txt2img with a control image work unchanged:
+
+    txt2img `alwayson_scripts: {"controlnet": {"args": [unit, ...]}}`: the first enabled unit runs the ControlNet
+        tool with its `image` (or the older `input_image`), `module` "canny" (edges found here with `threshold_a` /
+        `threshold_b`, OpenCV's units as the extension's) or "none" (the image already is an edge map), `weight`
+        (the ControlNet strength) and `resize_mode`; `model` picks the ControlNet weights when it names the studio's
+    GET  /controlnet/version, /controlnet/model_list, /controlnet/module_list
+    POST /controlnet/detect: the Canny edges of `controlnet_input_images`, as the extension's preview returns them
+
+What FLUX.1's Canny ControlNet has no counterpart for (guidance_start / guidance_end, control_mode, a unit's mask,
+further units) is named in the answer's `info` as ignored; another module is refused with a sentence.
+"""
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mflux_core.images.canny import canny_edges
+from mflux_core.images.resize_modes import CROP_AND_RESIZE, JUST_RESIZE, RESIZE_AND_FILL, RESIZE_MODES
+from webui.a1111_wire import SdApiError, b64_png, decoded_image
+from webui.widgets import model_choices
+
+SCRIPT = "controlnet"  # its key in alwayson_scripts (any case)
+CANNY, NO_PREPROCESSOR = "canny", "none"
+CANNY_DEFAULTS = (100, 200)  # the extension's canny sliders' defaults, low and high (also the studio's)
+EXTENSION_VERSION = 2  # what /controlnet/version answers: the API generation these fields follow
+# The extension's resize modes by name (older names too) and by number, as our RESIZE_MODES
+RESIZE_NAMES = {"just resize": JUST_RESIZE, "crop and resize": CROP_AND_RESIZE, "resize and fill": RESIZE_AND_FILL,
+                "inner fit (scale to fit)": CROP_AND_RESIZE, "scale to fit (inner fit)": CROP_AND_RESIZE,
+                "outer fit (shrink to fit)": RESIZE_AND_FILL, "envelope (outer fit)": RESIZE_AND_FILL}
+BALANCED = ("0", "balanced")  # control_mode as a number or a name
+
+
+class ControlNetUnit(BaseModel):
+    """The fields we use of the extension's unit; the rest are accepted (pixel_perfect, processor_res, low_vram:
+    nothing to do here)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    enabled: bool = True  # a unit sent with an image is meant to run unless it says otherwise
+    module: str = NO_PREPROCESSOR
+    model: str | None = None
+    weight: float = Field(1.0, ge=0, le=2)
+    image: str | dict | list | None = None
+    input_image: str | None = None  # the extension's older name for `image`
+    mask: str | None = None
+    mask_image: str | None = None
+    resize_mode: int | str = 1
+    threshold_a: float = -1  # -1: the module's default
+    threshold_b: float = -1
+    guidance_start: float = Field(0.0, ge=0, le=1)
+    guidance_end: float = Field(1.0, ge=0, le=1)
+    control_mode: int | str = 0
+
+
+def enabled_unit(scripts: dict, ignored: list[str]) -> ControlNetUnit | None:
+    """The first enabled ControlNet unit of a txt2img request's alwayson_scripts (later ones go to `ignored`)."""
+    script = next((value for key, value in scripts.items() if key.lower() == SCRIPT), None)
+    args = script.get("args", []) if isinstance(script, dict) else []
+    if not isinstance(args, list):
+        raise SdApiError(422, "alwayson_scripts.controlnet.args must be a list of ControlNet units.")
+    units = []
+    for index, fields in enumerate(args):
+        if not isinstance(fields, dict):
+            raise SdApiError(422, f"alwayson_scripts.controlnet.args[{index}] must be a ControlNet unit (an object).")
+        try:
+            unit = ControlNetUnit.model_validate(fields)
+        except ValidationError as error:
+            problem = error.errors()[0]
+            where = ".".join(str(part) for part in problem["loc"])
+            raise SdApiError(422, f"The ControlNet unit's field '{where}' is invalid: {problem['msg']}.",
+                             kind="RequestValidationError") from None
+        if unit.enabled:
+            units.append(unit)
+    if len(units) > 1:
+        ignored.append(f"alwayson_scripts.controlnet units after the first ({len(units) - 1}: FLUX.1 here takes one)")
+    return units[0] if units else None
+
+
+def image_and_mask(unit: ControlNetUnit) -> tuple:
+    """(image, mask) in any of the extension's spellings: `image` (or `input_image`) with `mask` / `mask_image`,
+    {"image", "mask"}, [image, mask], or a list of such objects (the first)."""
+    image, mask = (unit.image if unit.image is not None else unit.input_image), unit.mask or unit.mask_image
+    if isinstance(image, list):
+        if image and isinstance(image[0], dict):
+            image = image[0]
+        else:
+            image, mask = ([*image, None, None][:2])
+    if isinstance(image, dict):
+        image, mask = image.get("image"), image.get("mask") or mask
+    return image, mask
+
+
+def resize_mode(value: int | str) -> str:
+    if isinstance(value, int) and value in range(len(RESIZE_MODES)):
+        return RESIZE_MODES[value]
+    if isinstance(value, str) and value.strip().lower() in RESIZE_NAMES:
+        return RESIZE_NAMES[value.strip().lower()]
+    raise SdApiError(422, f"The ControlNet unit's resize_mode {value!r} is not one of Just Resize, Crop and Resize, "
+                          "Resize and Fill (or 0, 1, 2).", kind="RequestValidationError")
+
+
+def controlnet_weights(studio) -> list[str]:
+    """The ControlNet weights the studio has, by name (what /controlnet/model_list answers)."""
+    return [name for _, name in model_choices(studio.manager.list_models(), kinds=("controlnet",))]
+
+
+def unit_settings(studio, unit: ControlNetUnit, ignored: list[str]) -> tuple[dict, object]:
+    """(the ControlNet tool's settings, the control image) for one unit."""
+    module = unit.module.strip().lower()
+    if module not in (CANNY, NO_PREPROCESSOR):
+        raise SdApiError(400, f"The ControlNet module {unit.module!r} is not in the studio: FLUX.1's Canny "
+                              "ControlNet takes 'canny' (its edges found here) or 'none' (the image is an edge map).")
+    low, high = (value if value >= 0 else default for value, default in
+                 zip((unit.threshold_a, unit.threshold_b), CANNY_DEFAULTS))
+    extra = {"canny_low": low, "canny_high": high} if module == CANNY else {"controlnet_skip_canny": True}
+    if unit.model and unit.model.strip().lower() != "none":
+        if unit.model in controlnet_weights(studio):
+            extra["controlnet_path"] = unit.model
+        else:
+            ignored.append(f"alwayson_scripts.controlnet model {unit.model!r} (not in the studio: its Canny "
+                           "ControlNet ran)")
+    if (unit.guidance_start, unit.guidance_end) != (0.0, 1.0):
+        ignored.append("alwayson_scripts.controlnet guidance_start/guidance_end (the ControlNet steers every step)")
+    if str(unit.control_mode).strip().lower() not in BALANCED:
+        ignored.append("alwayson_scripts.controlnet control_mode (balanced ran)")
+    image, mask = image_and_mask(unit)
+    if not isinstance(image, str):
+        raise SdApiError(422, "The ControlNet unit has no image: send the control picture as base64 in 'image'.",
+                         kind="RequestValidationError")
+    if mask:
+        ignored.append("alwayson_scripts.controlnet mask (the ControlNet sees the whole image)")
+    settings = {"controlnet_strength": unit.weight, "resize_mode": resize_mode(unit.resize_mode), "extra": extra}
+    return settings, decoded_image(image, "ControlNet image")
+
+
+def detect(fields: dict) -> dict:
+    """/controlnet/detect: each input image's Canny edges at its own size."""
+    module = str(fields.get("controlnet_module", NO_PREPROCESSOR)).strip().lower()
+    if module != CANNY:
+        raise SdApiError(400, f"The ControlNet module {module!r} is not in the studio: it detects 'canny' edges.")
+    images = fields.get("controlnet_input_images", fields.get("controlnet_images"))  # the second: older clients
+    if not isinstance(images, list) or not images or not all(isinstance(image, str) for image in images):
+        raise SdApiError(422, "controlnet_input_images must be a list of base64 images.",
+                         kind="RequestValidationError")
+    low, high = (fields.get(key, -1) for key in ("controlnet_threshold_a", "controlnet_threshold_b"))
+    low, high = (float(value) if isinstance(value, (int, float)) and value >= 0 else default
+                 for value, default in zip((low, high), CANNY_DEFAULTS))
+    edges = [canny_edges(decoded_image(image, f"controlnet_input_images[{index}]"), low, high)
+             for index, image in enumerate(images)]
+    return {"images": [b64_png(image) for image in edges], "info": "Success"}
+
+
+def add_controlnet_routes(route, studio, threads, json_object) -> None:
+    """The extension's own routes, beside /sdapi/v1 (`route` is the A1111 router's)."""
+
+    @route("GET", "/controlnet/version")
+    async def version(request: Request):
+        return JSONResponse({"version": EXTENSION_VERSION})
+
+    @route("GET", "/controlnet/model_list")
+    async def model_list(request: Request):
+        return JSONResponse({"model_list": controlnet_weights(studio)})
+
+    @route("GET", "/controlnet/module_list")
+    async def module_list(request: Request):
+        sliders = [{"name": "Low Threshold", "value": CANNY_DEFAULTS[0], "min": 0, "max": 1020},
+                   {"name": "High Threshold", "value": CANNY_DEFAULTS[1], "min": 0, "max": 1020}]
+        return JSONResponse({"module_list": [NO_PREPROCESSOR, CANNY],
+                             "module_detail": {NO_PREPROCESSOR: {"model_free": False, "sliders": []},
+                                               CANNY: {"model_free": False, "sliders": sliders}}})
+
+    @route("POST", "/controlnet/detect")
+    async def detect_route(request: Request):
+        fields = await json_object(request, SdApiError)
+        return JSONResponse(await threads.run(detect, fields))
