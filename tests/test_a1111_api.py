@@ -26,6 +26,7 @@ from huggingface_hub import constants
 from PIL import Image, PngImagePlugin
 from safetensors.numpy import save_file
 
+from mflux_core.demo.dataset import low_resolution, upscale_example
 from mflux_core.demo.evaluate import EVALUATION_SEED, FILL_TOLERANCE
 from mflux_core.demo.examples import SOURCES
 from mflux_core.demo.family import IMAGE_SIZE
@@ -188,6 +189,33 @@ def test_a_controlnet_unit_steers_txt2img_by_the_control_pictures_edges(studio):
     refused = studio.http.post("/txt2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [
         {**unit, "module": "openpose"}]}}})
     assert "module 'openpose' is not in the studio" in assert_a1111_error(refused, 400)
+
+
+def test_extras_upscale_with_pillows_filters_and_the_controlnet_upscaler(studio):
+    example = upscale_example(EVALUATION_SEED, 0, IMAGE_SIZE, held_out=True)
+    small = low_resolution(example.image, IMAGE_SIZE // 4).convert("RGB")  # 16x16
+    lanczos = answer(studio.http.post("/extra-single-image", json={"image": b64(small), "upscaler_1": "Lanczos",
+                                                                   "upscaling_resize": 2.5, "gfpgan_visibility": 1}))
+    assert np.array_equal(np.asarray(decoded(lanczos["image"])), np.asarray(small.resize((40, 40), Image.LANCZOS)))
+    assert "GFPGAN" in lanczos["html_info"]
+    blended = answer(studio.http.post("/extra-batch-images", json={
+        "imageList": [{"data": b64(small), "name": "a"}, {"data": b64(small.transpose(Image.FLIP_LEFT_RIGHT))}],
+        "resize_mode": 1, "upscaling_resize_w": 48, "upscaling_resize_h": 32, "upscaler_1": "Nearest",
+        "upscaler_2": "Lanczos", "extras_upscaler_2_visibility": 0.25}))
+    covering = Image.blend(small.resize((48, 48), Image.NEAREST), small.resize((48, 48), Image.LANCZOS), 0.25)
+    assert len(blended["images"]) == 2 and np.array_equal(np.asarray(decoded(blended["images"][0])),
+                                                          np.asarray(covering)[8:40])  # A1111's centred crop
+
+    diffused = decoded(answer(studio.http.post("/extra-single-image", json={
+        "image": b64(small), "upscaler_1": "ControlNet upscaler", "upscaling_resize": 4}))["image"])
+    reading = classify(np.asarray(diffused.convert("RGB")))
+    assert diffused.size == (IMAGE_SIZE, IMAGE_SIZE)
+    assert iou(reading.mask, shape_mask(example.scene.shapes[0], IMAGE_SIZE)) >= LAYOUT_IOU, reading
+
+    assert "not in the studio" in assert_a1111_error(studio.http.post("/extra-single-image", json={
+        "image": b64(small), "upscaler_1": "R-ESRGAN 4x+"}), 400)
+    assert "past the 4096-pixel limit" in assert_a1111_error(studio.http.post("/extra-single-image", json={
+        "image": b64(Image.new("RGB", (1024, 1024))), "upscaler_1": "Lanczos", "upscaling_resize": 8}), 400)
 
 
 def test_true_cfg_runs_with_a_negative_prompt_above_cfg_scale_1(studio):
@@ -361,13 +389,14 @@ def test_the_listings_clients_probe_answer(studio):
     (lora,) = answer(studio.http.get("/loras"))
     assert (lora["name"], lora["alias"], lora["metadata"]["ss_base_model_version"]) == ("ink", "ink-v2", "flux1")
     assert lora["path"] == str(studio.folders.loras[0] / "ink.safetensors")
-    assert [u["name"] for u in answer(studio.http.get("/upscalers"))] == ["None", "Lanczos", "ControlNet upscaler"]
+    assert [u["name"] for u in answer(studio.http.get("/upscalers"))] == ["None", "Lanczos", "Nearest",
+                                                                          "ControlNet upscaler"]
     for path in ("/sd-vae", "/prompt-styles", "/face-restorers", "/hypernetworks"):
         assert isinstance(answer(studio.http.get(path)), list)
     for path in ("/cmd-flags", "/embeddings", "/scripts"):
         assert isinstance(answer(studio.http.get(path)), dict)
     assert studio.http.post("/refresh-checkpoints").status_code == 200
-    assert "/sdapi/v1/extra-batch-images" in assert_a1111_error(studio.http.post("/extra-batch-images"), 404)
+    assert "/sdapi/v1/interrogate" in assert_a1111_error(studio.http.post("/interrogate"), 404)
 
 
 @pytest.mark.parametrize("fields, settings, ignored", [

@@ -8,6 +8,7 @@
     GET  /sdapi/v1/progress            the running API job: step, ETA and the step's preview
     POST /sdapi/v1/interrupt, /skip    stop the running API job after its current step
     POST /sdapi/v1/png-info            the settings in a PNG (ours or A1111's)
+    POST /sdapi/v1/extra-single-image, /extra-batch-images: upscaling (a1111_extras.py)
     GET  /sdapi/v1/samplers, schedulers, loras, upscalers, sd-vae, cmd-flags: what the studio has
     (`sampler_name` and `scheduler` pick ours by A1111's names: Euler, Euler a, Heun, DPM++ 2M; Simple, Beta, Karras...)
 
@@ -39,6 +40,7 @@ from mflux_core.request import MAX_SEED, GenerationRequest, check_image_size, hi
 from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_BATCH, MAX_SIDE, SAMPLER_LABELS, SCHEDULE_LABELS
 from mflux_core.tools.specs import TOOL_SPECS, default_model_for
 from webui.a1111_controlnet import SCRIPT as CONTROLNET_SCRIPT, add_controlnet_routes, enabled_unit, unit_settings
+from webui.a1111_extras import UPSCALERS, add_extras_routes
 from webui.a1111_wire import SdApiError, as_file, b64_png, base64_data, decoded_image
 from webui.api_server import MAX_WAITING, JobThreads, api_routes, json_object
 from webui.gallery import save_result
@@ -208,7 +210,7 @@ def sd_model(name: str) -> dict:
 class ApiJob:
     """What /progress reports of the running API job."""
 
-    kind: str  # "txt2img" or "img2img"
+    kind: str  # "txt2img", "img2img" or "extras"
     count: int  # images
     started: float = field(default_factory=time.time)
     done: int = 0
@@ -473,7 +475,7 @@ def sdapi_router(studio, auth=None) -> APIRouter:
                                 "need_inner_model": False} for n, label in SCHEDULE_LABELS.items()],
         "loras": lambda: [lora_entry(name, path) for name, path in studio.lora_library().items()],
         "upscalers": lambda: [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 1}
-                              for name in ("None", *HIRES_UPSCALERS)],  # the hires fix's, for hr_upscaler
+                              for name in UPSCALERS],  # extras' (a1111_extras) and the hires fix's
         "cmd-flags": lambda: {"api": True, "nowebui": False},
         **dict.fromkeys(("sd-vae", "sd-modules", "prompt-styles", "face-restorers", "hypernetworks",
                          "realesrgan-models", "latent-upscale-modes"), list),
@@ -489,6 +491,20 @@ def sdapi_router(studio, auth=None) -> APIRouter:
     for name in ("refresh-checkpoints", "refresh-loras", "refresh-vae"):  # the listings are read on each request
         route("POST", f"/sdapi/v1/{name}")(nothing_to_do)
     add_controlnet_routes(route, studio, threads, json_object)
+
+    def run_upscale(image: Image.Image, width: int, height: int) -> Image.Image:
+        """The Upscale tool on `image` at width x height (extras' ControlNet upscaler), in the engine's turn."""
+        model = model_for(studio, "upscale", Txt2ImgParams(), state.checkpoint, [])
+        settings = {"tool": "upscale", "model": model, "prompt": "", "width": width, "height": height}
+        inputs = studio.request_context().inputs
+        requests = requests_from_settings(settings, studio.request_context(),
+                                          image_path=inputs.save(image, "api-extras"))
+        results = run_job(studio, state, ApiJob("extras", 1), requests, save=False)
+        if not results:
+            raise SdApiError(409, "The upscale was interrupted before it finished.")
+        return results[0].image
+
+    add_extras_routes(route, threads, json_object, run_upscale)
     for method in ("GET", "POST"):
         route(method, "/sdapi/v1/{rest:path}")(not_here)
 
@@ -501,4 +517,4 @@ async def nothing_to_do(request: Request):
 
 async def not_here(request: Request):
     raise SdApiError(404, f"The studio has no {request.method} {request.url.path}: it serves A1111's txt2img, "
-                          "img2img, options, progress, interrupt, png-info and the model listings.")
+                          "img2img, extras upscaling, options, progress, interrupt, png-info and the model listings.")
