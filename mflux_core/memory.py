@@ -202,6 +202,12 @@ class MemoryBudget:
             others = psutil.Process().memory_info().rss - mx.get_cache_memory() - resident_bytes
         return self.cache_bytes + max(0, others)
 
+    @staticmethod
+    def usage() -> dict[str, int]:
+        """MLX's memory now: in arrays ("active"), the most since the last reset ("peak"), and freed but kept for
+        reuse ("cache")."""
+        return {"active": mx.get_active_memory(), "peak": mx.get_peak_memory(), "cache": mx.get_cache_memory()}
+
     def allowance(self, weights_bytes: int, resident_bytes: int) -> int:
         """Bytes one phase may use beside `weights_bytes` of weights, `resident_bytes` of which are loaded now."""
         return self.bytes - weights_bytes - self.reserved_bytes(resident_bytes)

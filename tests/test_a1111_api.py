@@ -393,6 +393,11 @@ def test_the_listings_clients_probe_answer(studio):
                                                                           "ControlNet upscaler"]
     for path in ("/sd-vae", "/prompt-styles", "/face-restorers", "/hypernetworks"):
         assert isinstance(answer(studio.http.get(path)), list)
+    memory = answer(studio.http.get("/memory"))
+    assert memory["ram"]["total"] > memory["ram"]["free"] > 0
+    accelerator = memory["cuda"]  # A1111's key; MLX's memory against the studio's budget
+    assert accelerator["system"]["total"] == studio.manager.budget.bytes
+    assert accelerator["system"]["used"] == accelerator["active"]["current"] + accelerator["inactive"]["current"]
     for path in ("/cmd-flags", "/embeddings", "/scripts"):
         assert isinstance(answer(studio.http.get(path)), dict)
     assert studio.http.post("/refresh-checkpoints").status_code == 200

@@ -9,7 +9,7 @@
     POST /sdapi/v1/interrupt, /skip    stop the running API job after its current step
     POST /sdapi/v1/png-info            the settings in a PNG (ours or A1111's)
     POST /sdapi/v1/extra-single-image, /extra-batch-images: upscaling (a1111_extras.py)
-    GET  /sdapi/v1/samplers, schedulers, loras, upscalers, sd-vae, cmd-flags: what the studio has
+    GET  /sdapi/v1/samplers, schedulers, loras, upscalers, sd-vae, cmd-flags, memory: what the studio has
     (`sampler_name` and `scheduler` pick ours by A1111's names: Euler, Euler a, Heun, DPM++ 2M; Simple, Beta, Karras...)
 
 FLUX semantics as Forge defines them: `distilled_cfg_scale` is FLUX guidance (default: the tool's), `cfg_scale`
@@ -23,6 +23,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
+import psutil
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
@@ -197,6 +198,20 @@ def model_for(studio, tool: str, params: Txt2ImgParams, chosen: str | None, note
     if chosen:
         notes.append(f"sd_model_checkpoint {chosen!r} (not a {'/'.join(kinds)} model: {model} ran)")
     return model
+
+
+def memory_answer(studio) -> dict:
+    """A1111's /memory: the machine's RAM and, under the `cuda` key its clients read, the accelerator's memory as
+    MLX (Metal, CUDA or the CPU) holds it for the studio, against its memory budget."""
+    machine = psutil.virtual_memory()
+    budget, mlx = studio.manager.budget.bytes, studio.manager.budget.usage()
+    held = mlx["active"] + mlx["cache"]
+    return {"ram": {"free": machine.available, "used": machine.total - machine.available, "total": machine.total},
+            "cuda": {"system": {"free": max(0, budget - held), "used": held, "total": budget},
+                     "active": {"current": mlx["active"], "peak": mlx["peak"]},
+                     "allocated": {"current": mlx["active"], "peak": mlx["peak"]},
+                     "reserved": {"current": held, "peak": held},
+                     "inactive": {"current": mlx["cache"], "peak": mlx["cache"]}, "events": {"retries": 0, "oom": 0}}}
 
 
 def sd_model(name: str) -> dict:
@@ -477,6 +492,7 @@ def sdapi_router(studio, auth=None) -> APIRouter:
         "upscalers": lambda: [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 1}
                               for name in UPSCALERS],  # extras' (a1111_extras) and the hires fix's
         "cmd-flags": lambda: {"api": True, "nowebui": False},
+        "memory": lambda: memory_answer(studio),
         **dict.fromkeys(("sd-vae", "sd-modules", "prompt-styles", "face-restorers", "hypernetworks",
                          "realesrgan-models", "latent-upscale-modes"), list),
         "embeddings": lambda: {"loaded": {}, "skipped": {}},
