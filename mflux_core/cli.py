@@ -49,7 +49,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--base-model", help="schnell, dev or a base model folder: supplies what a derivative or a "
                        "single-file checkpoint lacks (VAE, text encoders, scheduler)")
     group.add_argument("--quantize", "-q", type=int, choices=(3, 4, 5, 6, 8), help="quantize weights to N bits")
-    group.add_argument("--lora-paths", nargs="+", help="LoRA files (or names in LORA_LIBRARY_PATH or <models-dir>/loras)")
+    group.add_argument("--lora-paths", nargs="+",
+                       help="LoRA files (or names in LORA_LIBRARY_PATH or <models-dir>/loras)")
     group.add_argument("--lora-scales", nargs="+", type=float, help="one scale per LoRA")
     group.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                        help="compute dtype (default: float32 on CPU, bfloat16 on Metal/CUDA)")
@@ -114,8 +115,8 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--true-cfg-scale", type=float, help="true CFG scale, 1 (off, the default) to 20: above 1 "
                        "with a negative prompt, each step runs the transformer twice (diffusers' true_cfg_scale)")
     group.add_argument("--sampler", choices=SAMPLERS, help="how each step moves along the schedule: euler (the "
-                       "default), euler_a (A1111's Euler a: fresh noise from the seed each step), heun (second order: two "
-                       "transformer passes a step, one on the last) or dpm++2m")
+                       "default), euler_a (A1111's Euler a: fresh noise from the seed each step), heun (second "
+                       "order: two transformer passes a step, one on the last) or dpm++2m")
     group.add_argument("--schedule", choices=SCHEDULES, help="how the sigmas are spaced: simple (FLUX's, the "
                        "default), beta, karras or exponential; each keeps FLUX's resolution shift")
     group.add_argument("--max-sequence-length", type=int,

@@ -63,7 +63,8 @@ class ModelManager:
         self.locator = ModelLocator(models_dir)
         self.resident = ResidentModels(MemoryBudget(memory_budget_bytes), max_resident_transformers, low_ram,
                                        prompt_cache_size)
-        self.loras = ResidentLoras(self.locator.models_dir)  # LoRA files read once; applied to, rescaled on, removed from resident transformers
+        # LoRA files read once; applied to, rescaled on, removed from resident transformers
+        self.loras = ResidentLoras(self.locator.models_dir)
         self.dtype_name = dtype
         self.full_preview_every = full_preview_every
         self.step_previews = step_previews  # off: Step events carry no image (a progress bar needs none)

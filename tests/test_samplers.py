@@ -315,7 +315,8 @@ def test_defaults_and_bad_values():
 
     request = GenerationRequest(prompt="x").validated()
     assert (request.sampler, request.schedule) == ("euler", "simple")
-    for changes, expected in (({"sampler": "ddim"}, "The sampler must be one of euler, euler_a, heun, dpm++2m, not 'ddim'."),
+    for changes, expected in (({"sampler": "ddim"},
+                               "The sampler must be one of euler, euler_a, heun, dpm++2m, not 'ddim'."),
                               ({"schedule": "Karras"}, "The schedule must be one of simple, beta, karras, "
                                                        "exponential, not 'Karras'.")):
         with pytest.raises(InvalidRequest) as error:
@@ -385,7 +386,8 @@ def test_plot_axes_take_names_or_a1111_labels():
     cells = plot_cells(GenerationRequest(prompt="x"), [samplers, schedules])
     assert {(c.request.sampler, c.request.schedule) for c in cells} == {
         (a, b) for a in samplers.values for b in schedules.values}
-    with pytest.raises(InvalidRequest, match="The Sampler axis: 'ddim' is not one of euler, euler_a, heun, dpm\\+\\+2m."):
+    with pytest.raises(InvalidRequest,
+                       match="The Sampler axis: 'ddim' is not one of euler, euler_a, heun, dpm\\+\\+2m."):
         parse_axis_flag("sampler=euler, ddim")
 
 

@@ -52,7 +52,8 @@ from webui.widgets import model_choices
 API_SESSION = "sdapi"  # the API's running job on the studio's job board (its cancel flag)
 API_TOOLS = ("generate", "fill")
 A1111_SOURCE = "A1111 API"  # who submitted a job, as the queue shows it
-SAMPLER_ALIASES = {"euler": "k_euler", "euler_a": "k_euler_a", "heun": "k_heun", "dpm++2m": "k_dpmpp_2m"}  # A1111's k-diffusion names
+# A1111's k-diffusion names
+SAMPLER_ALIASES = {"euler": "k_euler", "euler_a": "k_euler_a", "heun": "k_heun", "dpm++2m": "k_dpmpp_2m"}
 AUTOMATIC = "automatic"  # Forge's scheduler "Automatic": the sampler's own, which Simple is
 TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]+\]$")  # A1111 titles a checkpoint "name [shorthash]"
 
@@ -287,7 +288,8 @@ def images_answer(fields: dict, params: Txt2ImgParams, job: ApiJob, results: lis
     first = results[0].metadata if results else {}
     info = {
         "prompt": params.prompt, "negative_prompt": params.negative_prompt,
-        "all_prompts": [tagged_prompt(r) for r in requests], "all_negative_prompts": [r.negative_prompt for r in requests],
+        "all_prompts": [tagged_prompt(r) for r in requests],
+        "all_negative_prompts": [r.negative_prompt for r in requests],
         "seed": requests[0].seed if requests else None, "all_seeds": [r.seed for r in requests],
         "width": requests[0].width if requests else params.width,
         "height": requests[0].height if requests else params.height,

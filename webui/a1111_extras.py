@@ -4,8 +4,8 @@ upscaler, the Upscale tool: a FLUX.1 pass at the larger size, run in the engine'
 
 As A1111 does: `resize_mode` 0 multiplies the size by `upscaling_resize` (default 2); 1 upscales until the image
 covers `upscaling_resize_w` x `upscaling_resize_h` and (`upscaling_crop`, the default) keeps that much of its
-middle. `upscaler_2` is blended over the first by `extras_upscaler_2_visibility`. Face restoration (GFPGAN, CodeFormer) is not in the
-studio: asked for, it is named in the answer's `html_info`.
+middle. `upscaler_2` is blended over the first by `extras_upscaler_2_visibility`. Face restoration (GFPGAN,
+CodeFormer) is not in the studio: asked for, it is named in the answer's `html_info`.
 """
 
 from typing import Callable

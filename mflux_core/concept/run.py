@@ -113,8 +113,8 @@ def concept_request(request: GenerationRequest) -> GenerationRequest:
     if request.uses_true_cfg:
         raise InvalidRequest("Concept attention maps one transformer pass a step: leave true CFG off (scale 1).")
     if request.sampler == "heun":
-        raise InvalidRequest("Concept attention maps one transformer pass a step: Heun takes two; choose Euler, Euler a "
-                             "or DPM++ 2M.")
+        raise InvalidRequest("Concept attention maps one transformer pass a step: Heun takes two; choose Euler, "
+                             "Euler a or DPM++ 2M.")
     return request
 
 

@@ -2,8 +2,9 @@
 
 The library is LORA_LIBRARY_PATH's folders (separated by ':') and then the models folder's loras/; each is
 searched recursively for .safetensors files, and a file can then be named by its file name with or without
-the extension (or by its path inside the folder). Earlier folders win when two hold the same name. A repo id ("owner/name", optionally followed by
-"/file.safetensors") is looked up in the Hugging Face cache, and downloaded when online.
+the extension (or by its path inside the folder). Earlier folders win when two hold the same name. A repo id
+("owner/name", optionally followed by "/file.safetensors") is looked up in the Hugging Face cache, and
+downloaded when online.
 """
 
 import os
