@@ -318,8 +318,9 @@ def test_in_context_panels(page, studio):
     page.wait_for_selector("#ic-edit-reference img")
     type_into(page, "ic-edit-instruction", "make it blue")
     page.click("#ic-edit-run")
-    text = wait_for_status(page, "ic-edit", "rror|not found|Done")
-    assert "LoRA" in text and "not found" in text and "Traceback" not in text
+    text = wait_for_status(page, "ic-edit", "rror|not on this machine|Done")
+    assert "LoRA" in text and "not on this machine" in text and "Traceback" not in text
+    assert "loras/RiverZ/normal-lora/" in text and "LORA_LIBRARY_PATH" not in text  # where to put it, page's terms
     open_tab(page, "Try-on")
     page.wait_for_selector("#catvton-editor div.pixi-target canvas")
     screenshot(page, "try-on")
