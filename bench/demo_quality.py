@@ -16,6 +16,7 @@ from mflux_core.manager import ModelManager
 from mflux_core.weights.resolve import DEMO_MODELS_ENV
 from tests.fixtures.shape_classifier import classify
 
+UPSCALED_FROM = 8  # the upscale measure's input: the picture shrunk to this shorter side (8x at 64x64, as the test)
 MEASURES = {  # tool -> (what the number is, measure(manager, count, size))
     "generate": ("colour / region / background", lambda m, n, size: "{:.2f} / {:.2f} / {:.2f}".format(
         *vars(evaluate.prompt_following(m, "demo", classify, n, size=size)).values())),
@@ -27,6 +28,9 @@ MEASURES = {  # tool -> (what the number is, measure(manager, count, size))
         evaluate.depth_layout(m, "demo-depth", classify, n, size=size))),
     "canny": ("layout IoU", lambda m, n, size: "{:.2f}".format(
         evaluate.controlnet_layout(m, "demo", "demo-canny", classify, n, size=size))),
+    "upscale": (f"PSNR dB, ours / Lanczos, from a {UPSCALED_FROM} px shorter side",
+                lambda m, n, size: "{:.1f} / {:.1f}".format(
+                    *evaluate.upscale_psnr(m, "demo", "demo-upscaler", UPSCALED_FROM, n, size=size))),
     "ic-edit": ("applied with IC-Edit's LoRA / by In-Context with its prompt, no LoRA (size: a panel)",
                 lambda m, n, size: "{:.2f} / {:.2f}".format(
                     evaluate.ic_edit_applied(m, "demo-fill", classify, n, size=size,

@@ -212,17 +212,17 @@ def psnr(image: np.ndarray, truth: np.ndarray) -> float:
 
 
 def upscale_psnr(manager, model: str, controlnet: str, side: int, count: int = 30, strength: float | None = None,
-                 max_sequence_length: int | None = None) -> tuple[float, float]:
-    """(mean PSNR of the Upscale tool's 64x64 result, of a Lanczos upscale) against the true picture, each
-    upscaled from the picture shrunk to side x side, over held-out scenes; `strength`: the ControlNet's
-    (None: the tool's default)."""
+                 max_sequence_length: int | None = None, size: Size = NATIVE_SIZE) -> tuple[float, float]:
+    """(mean PSNR of the Upscale tool's result at `size`, of a Lanczos upscale) against the true picture, each
+    upscaled from the picture shrunk to a shorter side of `side`, over held-out scenes; `strength`: the
+    ControlNet's (None: the tool's default)."""
     ours, lanczos = [], []
     with tempfile.TemporaryDirectory() as folder:
         for index in range(count):
-            example = dataset.upscale_example(EVALUATION_SEED, index, held_out=True)
+            example = dataset.upscale_example(EVALUATION_SEED, index, size[0], held_out=True, height=size[1])
             path = Path(folder) / f"small{index}.png"
             dataset.low_resolution(example.image, side).save(path)
-            image = _generate(manager, model, "upscale", example.caption, index, max_sequence_length,
+            image = _generate(manager, model, "upscale", example.caption, index, max_sequence_length, size,
                               image_path=str(path), controlnet_strength=strength,
                               extra={"controlnet_path": controlnet})
             ours.append(psnr(image, example.image))
