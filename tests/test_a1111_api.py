@@ -189,6 +189,9 @@ def test_a_controlnet_unit_steers_txt2img_by_the_control_pictures_edges(studio):
     refused = studio.http.post("/txt2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [
         {**unit, "module": "openpose"}]}}})
     assert "module 'openpose' is not in the studio" in assert_a1111_error(refused, 400)
+    heavy = studio.http.post("/txt2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [
+        {**unit, "weight": 3}]}}})
+    assert "'alwayson_scripts.controlnet.args[0].weight' is invalid" in assert_a1111_error(heavy, 422)
 
 
 def test_extras_upscale_with_pillows_filters_and_the_controlnet_upscaler(studio):

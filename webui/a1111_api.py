@@ -27,7 +27,7 @@ import psutil
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors import safe_open
 
 from mflux_core.errors import Cancelled
@@ -42,7 +42,7 @@ from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_BATCH, MAX_SIDE, SAM
 from mflux_core.tools.specs import TOOL_SPECS, default_model_for
 from webui.a1111_controlnet import SCRIPT as CONTROLNET_SCRIPT, add_controlnet_routes, enabled_unit, unit_settings
 from webui.a1111_extras import UPSCALERS, add_extras_routes
-from webui.a1111_wire import SdApiError, as_file, b64_png, base64_data, decoded_image
+from webui.a1111_wire import SdApiError, as_file, b64_png, base64_data, decoded_image, parsed
 from webui.api_server import MAX_WAITING, JobThreads, api_routes, json_object
 from webui.gallery import save_result
 from webui.requests import requests_from_settings
@@ -98,22 +98,6 @@ class Img2ImgParams(Txt2ImgParams):
     mask: str | None = None
     inpainting_mask_invert: int = Field(0, ge=0, le=1)
     resize_mode: int = Field(0, ge=0, le=3)  # 3: A1111's "just resize (latent upscale)", done here as 0
-
-
-def refused_fields(error: ValidationError) -> SdApiError:
-    """A1111's 422 for a malformed request, naming the first problem as one sentence."""
-    problem = error.errors()[0]
-    where = ".".join(str(part) for part in problem["loc"]) or "the body"
-    message = f"The field '{where}' is required." if problem["type"] == "missing" else \
-        f"The field '{where}' is invalid: {problem['msg']}."
-    return SdApiError(422, message, kind="RequestValidationError")
-
-
-def parsed(model: type[BaseModel], fields: dict) -> BaseModel:
-    try:
-        return model.model_validate(fields)
-    except ValidationError as error:
-        raise refused_fields(error) from None
 
 
 def ignored_fields(params: BaseModel) -> list[str]:

@@ -14,11 +14,11 @@ further units) is named in the answer's `info` as ignored; another module is ref
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from mflux_core.images.canny import canny_edges
 from mflux_core.images.resize_modes import CROP_AND_RESIZE, JUST_RESIZE, RESIZE_AND_FILL, RESIZE_MODES
-from webui.a1111_wire import SdApiError, b64_png, decoded_image
+from webui.a1111_wire import SdApiError, b64_png, decoded_image, parsed
 from webui.widgets import model_choices
 
 SCRIPT = "controlnet"  # its key in alwayson_scripts (any case)
@@ -64,13 +64,7 @@ def enabled_unit(scripts: dict, ignored: list[str]) -> ControlNetUnit | None:
     for index, fields in enumerate(args):
         if not isinstance(fields, dict):
             raise SdApiError(422, f"alwayson_scripts.controlnet.args[{index}] must be a ControlNet unit (an object).")
-        try:
-            unit = ControlNetUnit.model_validate(fields)
-        except ValidationError as error:
-            problem = error.errors()[0]
-            where = ".".join(str(part) for part in problem["loc"])
-            raise SdApiError(422, f"The ControlNet unit's field '{where}' is invalid: {problem['msg']}.",
-                             kind="RequestValidationError") from None
+        unit = parsed(ControlNetUnit, fields, f"alwayson_scripts.controlnet.args[{index}].")
         if unit.enabled:
             units.append(unit)
     if len(units) > 1:

@@ -13,11 +13,11 @@ from typing import Callable
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from mflux_core.request import check_image_size
 from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_SIDE
-from webui.a1111_wire import SdApiError, b64_png, decoded_image
+from webui.a1111_wire import SdApiError, b64_png, decoded_image, parsed
 
 NO_UPSCALER, LANCZOS, NEAREST = "None", "Lanczos", "Nearest"
 CONTROLNET_UPSCALER = HIRES_UPSCALERS[1]
@@ -58,14 +58,9 @@ class BatchImages(ExtrasParams):
     imageList: list[BatchImage] = Field(min_length=1)  # noqa: N815 (A1111's field name)
 
 
-def parsed(model: type[BaseModel], fields: dict) -> BaseModel:
-    try:
-        params = model.model_validate(fields)
-    except ValidationError as error:
-        problem = error.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"]) or "the body"
-        raise SdApiError(422, f"The field '{where}' is invalid: {problem['msg']}.",
-                         kind="RequestValidationError") from None
+def checked(model: type[ExtrasParams], fields: dict) -> ExtrasParams:
+    """The request's fields, its upscalers among the studio's."""
+    params = parsed(model, fields)
     for name in (params.upscaler_1, params.upscaler_2):
         if name not in UPSCALERS:
             raise SdApiError(400, f"The upscaler {name!r} is not in the studio: use one of {', '.join(UPSCALERS)} "
@@ -118,13 +113,13 @@ def html_info(params: ExtrasParams) -> str:
 
 
 def single_image(fields: dict, run_upscale: UpscaleRunner) -> dict:
-    params = parsed(SingleImage, fields)
+    params = checked(SingleImage, fields)
     image = upscaled(decoded_image(params.image, "image"), params, run_upscale)
     return {"html_info": html_info(params), "image": b64_png(image)}
 
 
 def batch_images(fields: dict, run_upscale: UpscaleRunner) -> dict:
-    params = parsed(BatchImages, fields)
+    params = checked(BatchImages, fields)
     images = [decoded_image(item.data, f"imageList[{index}]") for index, item in enumerate(params.imageList)]
     return {"html_info": html_info(params),
             "images": [b64_png(upscaled(image, params, run_upscale)) for image in images]}

@@ -1,5 +1,5 @@
-"""A1111's API on the wire: its error body, and images as base64 PNGs (data URLs too) read with the studio's
-checks. Shared by the /sdapi/v1 routes (a1111_api.py) and the ControlNet extension's (a1111_controlnet.py)."""
+"""A1111's API on the wire: its error body, its 422 for a malformed body, and images as base64 PNGs (data URLs
+too) read with the studio's checks. Shared by a1111_api.py, a1111_controlnet.py and a1111_extras.py."""
 
 import base64
 import binascii
@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from PIL import Image
+from pydantic import BaseModel, ValidationError
 
 from mflux_core.images.io import load_image, png_bytes
 from webui.api_server import ApiRefusal
@@ -28,6 +29,23 @@ class SdApiError(ApiRefusal):
 
     def body(self) -> dict:
         return {"error": self.kind, "detail": self.message, "body": "", "errors": self.message}
+
+
+def refused_fields(error: ValidationError, within: str = "") -> SdApiError:
+    """A1111's 422 for a malformed request, naming the first problem as one sentence (its field's path after
+    `within`, the path of the object that was parsed: "alwayson_scripts.controlnet.args[0].")."""
+    problem = error.errors()[0]
+    where = within + ".".join(str(part) for part in problem["loc"]) or "the body"
+    message = f"The field '{where}' is required." if problem["type"] == "missing" else \
+        f"The field '{where}' is invalid: {problem['msg']}."
+    return SdApiError(422, message, kind="RequestValidationError")
+
+
+def parsed(model: type[BaseModel], fields: dict, within: str = "") -> BaseModel:
+    try:
+        return model.model_validate(fields)
+    except ValidationError as error:
+        raise refused_fields(error, within) from None
 
 
 def base64_data(text: str, what: str) -> bytes:
