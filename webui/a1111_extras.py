@@ -76,7 +76,8 @@ def upscale_factor(image: Image.Image, params: ExtrasParams) -> float:
 
 
 def upscaled_by(name: str, image: Image.Image, factor: float, run_upscale: UpscaleRunner) -> Image.Image:
-    size = (int(image.width * factor), int(image.height * factor))  # A1111 truncates
+    # A1111 truncates; the 1e-6 keeps a float error (100 / 3 * 3) from losing the pixel a crop then needs
+    size = (int(image.width * factor + 1e-6), int(image.height * factor + 1e-6))
     check_image_size(*size, "The upscaled image")
     if name != CONTROLNET_UPSCALER:
         return image.resize(size, FILTERS[name])
