@@ -194,6 +194,27 @@ def test_a_controlnet_unit_steers_txt2img_by_the_control_pictures_edges(studio):
     assert "'alwayson_scripts.controlnet.args[0].weight' is invalid" in assert_a1111_error(heavy, 422)
 
 
+def test_a_controlnet_unit_in_img2img_starts_from_the_init_image_and_takes_it_as_control_without_one(studio):
+    example = studio.examples["controlnet"][0]
+    control = SOURCES["controlnet"](EVALUATION_SEED, example.index, IMAGE_SIZE, held_out=True)
+    picture = b64(Image.open(example.images["image"]).convert("RGB"))
+    unit = {"module": "canny", "weight": 0.4, "threshold_a": 100, "threshold_b": 200}
+    fields = {"prompt": example.prompt, "seed": 0, "sampler_name": "Euler", "init_images": [picture],
+              "denoising_strength": 0.8}
+    body = made(studio.http.post("/img2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [unit]}}}))
+    image = np.asarray(decoded(body["images"][0]).convert("RGB"))
+    score = iou(classify(image).mask, shape_mask(control.scene.shapes[0], IMAGE_SIZE))
+    assert score >= LAYOUT_IOU, f"{example.prompt!r}: IoU {score:.2f}"
+    assert "Tool: controlnet" in body["info"]["infotexts"][0]
+    given = made(studio.http.post("/img2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [
+        {**unit, "image": picture}]}}}))
+    assert np.array_equal(np.asarray(decoded(given["images"][0]).convert("RGB")), image)  # the init image as control
+    from_text = made(studio.http.post("/txt2img", json={**{k: fields[k] for k in ("prompt", "seed", "sampler_name")},
+                                                        "alwayson_scripts": {"controlnet": {"args": [
+                                                            {**unit, "image": picture}]}}}))
+    assert not np.array_equal(np.asarray(decoded(from_text["images"][0]).convert("RGB")), image)  # it started there
+
+
 def test_extras_upscale_with_pillows_filters_and_the_controlnet_upscaler(studio):
     example = upscale_example(EVALUATION_SEED, 0, IMAGE_SIZE, held_out=True)
     small = low_resolution(example.image, IMAGE_SIZE // 4).convert("RGB")  # 16x16

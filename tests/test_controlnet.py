@@ -3,7 +3,8 @@
 - The ControlNet's residuals equal FluxControlNetModel's: max |ours - diffusers| / max |diffusers|
   <= 1e-5 per residual (float32, through a save/load round trip), with and without a guidance
   embedding; the control latents, the timestep and the scale are each checked to matter.
-- Whole images from the CLI equal FluxControlNetPipeline's (uint8 max |diff| <= 2) with the same
+- Whole images from the CLI equal FluxControlNetPipeline's (and with an input image
+  FluxControlNetImg2ImgPipeline's) (uint8 max |diff| <= 2) with the same
   initial noise and the VAE posterior mean; the control image moves diffusers' image by more than
   3x that tolerance, so a tool that ignored it could not pass.
 """
@@ -22,7 +23,7 @@ from mflux_core.images.canny import canny_edges
 from mflux_core.models.controlnet import load_controlnet
 from tests.fixtures.tiny_controlnet import build_tiny_controlnet, load_transformer
 from tests.fixtures.tiny_flux import TinyFluxSpec, build_transformer
-from tests.parity import UINT8_TOLERANCE, make_noise, max_uint8_diff, pack, run_cli
+from tests.parity import UINT8_TOLERANCE, deterministic_diffusers, make_noise, max_uint8_diff, pack, run_cli
 
 RELATIVE_TOLERANCE = 1e-5
 MEANINGFUL_CHANGE = 1e-2  # relative change an input must cause in the reference residuals
@@ -179,6 +180,40 @@ def test_controlnet_matches_diffusers(tiny_dev, controlnet_for_dev, tmp_path, po
     assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
     other = reference_image(pipe, random_image(*control_size, seed=13), noise_path, height, width, steps, 4.0, 0.8)
     assert max_uint8_diff(expected, other) > CONDITIONING_EFFECT
+
+
+@pytest.mark.parametrize("image_strength, steps", [(0.4, 4), (0.7, 5)])
+def test_image_to_image_with_a_controlnet_matches_diffusers(tiny_dev, controlnet_for_dev, tmp_path, image_strength,
+                                                            steps):
+    """`--image-path` on the controlnet tool is FluxControlNetImg2ImgPipeline: start from the noised input image,
+    steered by the control image; both inputs move the image, so a tool that dropped either could not pass."""
+    from diffusers import FluxControlNetImg2ImgPipeline, FluxControlNetModel
+    from diffusers.pipelines.flux import pipeline_flux_controlnet_image_to_image as module
+
+    height, width = 48, 64
+    control, init = random_image(80, 60, seed=22), random_image(96, 72, seed=23)  # both resized by both sides
+    noise_path = make_noise(tmp_path, (1, 4, height // 8, width // 8), seed=24)
+    ours = run_cli(
+        "controlnet", "--path", tiny_dev, "--controlnet-path", controlnet_for_dev, "--prompt", PROMPT,
+        "--controlnet-image-path", save(control, tmp_path / "control.png"), "--controlnet-skip-canny",
+        "--image-path", save(init, tmp_path / "init.png"), "--image-strength", image_strength,
+        "--controlnet-strength", 0.8, "--steps", steps, "--height", height, "--width", width, "--guidance", 4.0,
+        "--init-noise", noise_path, "--output", tmp_path / "ours.png",
+    )
+    controlnet = FluxControlNetModel.from_pretrained(controlnet_for_dev, torch_dtype=torch.float32)
+    pipe = FluxControlNetImg2ImgPipeline.from_pretrained(tiny_dev, controlnet=controlnet, torch_dtype=torch.float32,
+                                                         local_files_only=True)
+
+    def reference(image, control_image):
+        with deterministic_diffusers(module, np.load(noise_path)):
+            return pipe(PROMPT, image=image, control_image=control_image, height=height, width=width,
+                        strength=1 - image_strength, num_inference_steps=steps, guidance_scale=4.0,
+                        controlnet_conditioning_scale=0.8, output_type="pil").images[0]
+
+    expected = reference(init, control)
+    assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
+    assert max_uint8_diff(expected, reference(random_image(96, 72, seed=25), control)) > CONDITIONING_EFFECT
+    assert max_uint8_diff(expected, reference(init, random_image(80, 60, seed=26))) > CONDITIONING_EFFECT
 
 
 def test_canny_edges_are_taken_at_the_output_size_and_saved(tiny_dev, controlnet_for_dev, tmp_path, posterior_mean):

@@ -259,10 +259,13 @@ def test_controlnet_canny_and_upscale(context):
     [request] = controlnet.build_requests(canny, context)
     assert (request.tool, request.controlnet_strength, request.extra) == (
         "controlnet", 0.5, {"canny_low": 50, "canny_high": 150})
-    assert request.controlnet_image_path
+    assert request.controlnet_image_path and (request.image_path, request.image_strength) == (None, None)
+    [request] = controlnet.build_requests({**canny, "init_image": picture(), "image_strength": 0.3}, context)
+    assert request.image_path and request.image_strength == 0.3  # image-to-image, steered by the edges
     upscale = shared(control_image=picture(), mode=controlnet.UPSCALE, upscale_factor=2, width=0, height=0,
-                     controlnet_strength=0.6, controlnet_weights="my-upscaler")
+                     controlnet_strength=0.6, controlnet_weights="my-upscaler", init_image=picture())
     [request] = controlnet.build_requests(upscale, context)
+    assert (request.image_path, request.image_strength) == (None, None)  # Canny mode's input only
     assert (request.tool, request.width, request.height) == ("upscale", None, None)  # the engine sizes it
     assert request.extra == {"upscale_factor": 2.0, "controlnet_path": "my-upscaler"}
     edges = np.asarray(controlnet.edges_preview(picture(), 100, 200))

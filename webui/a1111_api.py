@@ -2,8 +2,8 @@
 (editor plugins, chat front-ends, scripts) make images through the page's validation, queue and engine.
 
     POST /sdapi/v1/txt2img, /img2img   A1111's JSON; img2img with a `mask` runs Fill, without one image-to-image;
-                                       txt2img with a ControlNet unit (alwayson_scripts) runs ControlNet
-                                       (a1111_controlnet.py, also the extension's /controlnet/* routes)
+                                       a ControlNet unit (alwayson_scripts) runs ControlNet, from the init image in
+                                       img2img (a1111_controlnet.py, also the extension's /controlnet/* routes)
     GET  /sdapi/v1/sd-models           the models these run on; GET/POST /sdapi/v1/options: sd_model_checkpoint
     GET  /sdapi/v1/progress            the running API job: step, ETA and the step's preview
     POST /sdapi/v1/interrupt, /skip    stop the running API job after its current step
@@ -328,8 +328,7 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
     image = decoded_image(params.init_images[0], "init image")
     if params.enable_hr:
         ignored.append("enable_hr (the hires fix follows txt2img only)")
-    if enabled_unit(params.alwayson_scripts, []):
-        ignored.append("alwayson_scripts.controlnet (with txt2img only)")
+    unit = enabled_unit(params.alwayson_scripts, ignored)
     if len(params.init_images) > 1:
         ignored.append("init_images after the first")
     size = (params.width or image.width, params.height or image.height)
@@ -338,8 +337,14 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
     store = studio.request_context().inputs
     settings = {"image_strength": round(1 - params.denoising_strength, 6), "width": size[0], "height": size[1]}
     inputs = {"image_path": store.save(resize_to(image, *size, mode), "api-image")}
+    if params.mask is None and unit is not None:  # the ControlNet steering image-to-image
+        unit_fields, control = unit_settings(studio, unit, ignored, init_image=image)
+        inputs["controlnet_image_path"] = store.save(control, "api-control")
+        return "controlnet", {**unit_fields, **settings}, inputs
     if params.mask is None:
         return "generate", settings, inputs
+    if unit is not None:
+        ignored.append("alwayson_scripts.controlnet (not with an inpainting mask here)")
     mask = decoded_image(params.mask, "mask").convert("L").resize(image.size)
     mask = resize_to(mask, *size, mode).point(lambda v: 255 if (v > 127) != bool(params.inpainting_mask_invert) else 0)
     if not mask.getbbox():

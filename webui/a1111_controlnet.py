@@ -5,6 +5,8 @@ studio's Canny ControlNet, so A1111 clients that steer txt2img with a control im
         tool with its `image` (or the older `input_image`), `module` "canny" (edges found here with `threshold_a` /
         `threshold_b`, OpenCV's units as the extension's) or "none" (the image already is an edge map), `weight`
         (the ControlNet strength) and `resize_mode`; `model` picks the ControlNet weights when it names the studio's
+    img2img with a unit: the same, starting from the init image (`denoising_strength`); a unit without an image
+        takes the init image as its control image, as the extension does (with an inpainting mask: not here)
     GET  /controlnet/version, /controlnet/model_list, /controlnet/module_list
     POST /controlnet/detect: the Canny edges of `controlnet_input_images`, as the extension's preview returns them
 
@@ -100,8 +102,9 @@ def controlnet_weights(studio) -> list[str]:
     return [name for _, name in model_choices(studio.manager.list_models(), kinds=("controlnet",))]
 
 
-def unit_settings(studio, unit: ControlNetUnit, ignored: list[str]) -> tuple[dict, object]:
-    """(the ControlNet tool's settings, the control image) for one unit."""
+def unit_settings(studio, unit: ControlNetUnit, ignored: list[str], init_image=None) -> tuple[dict, object]:
+    """(the ControlNet tool's settings, the control image) for one unit; in img2img a unit without an image
+    takes the init image, as the extension does."""
     module = unit.module.strip().lower()
     if module not in (CANNY, NO_PREPROCESSOR):
         raise SdApiError(400, f"The ControlNet module {unit.module!r} is not in the studio: FLUX.1's Canny "
@@ -120,12 +123,14 @@ def unit_settings(studio, unit: ControlNetUnit, ignored: list[str]) -> tuple[dic
     if str(unit.control_mode).strip().lower() not in BALANCED:
         ignored.append("alwayson_scripts.controlnet control_mode (balanced ran)")
     image, mask = image_and_mask(unit)
-    if not isinstance(image, str):
-        raise SdApiError(422, "The ControlNet unit has no image: send the control picture as base64 in 'image'.",
-                         kind="RequestValidationError")
     if mask:
         ignored.append("alwayson_scripts.controlnet mask (the ControlNet sees the whole image)")
     settings = {"controlnet_strength": unit.weight, "resize_mode": resize_mode(unit.resize_mode), "extra": extra}
+    if image is None and init_image is not None:
+        return settings, init_image
+    if not isinstance(image, str):
+        raise SdApiError(422, "The ControlNet unit has no image: send the control picture as base64 in 'image'.",
+                         kind="RequestValidationError")
     return settings, decoded_image(image, "ControlNet image")
 
 

@@ -1,5 +1,7 @@
 """Pieces every tool uses: sizes, prompt conditioning, loading and encoding input images."""
 
+from dataclasses import replace
+
 import mlx.core as mx
 from PIL import Image
 
@@ -14,6 +16,8 @@ from mflux_core.sampling.conditioning import Conditioning, NegativePrompt
 from mflux_core.sampling.latents import pack_latents
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.specs import tool_spec
+
+DEFAULT_IMAGE_STRENGTH = 0.4  # mflux's: how much of an image-to-image input is kept
 
 
 def with_size(request: GenerationRequest, image: Image.Image | None = None,
@@ -93,6 +97,18 @@ def encode_pixels(model: FluxModel, pixels) -> mx.array:
 def encode_image(model: FluxModel, image: Image.Image, width: int, height: int) -> mx.array:
     """An RGB image resized like diffusers' VaeImageProcessor, VAE-encoded and packed."""
     return encode_pixels(model, pil_to_pixels(image, width, height))
+
+
+def start_image_inputs(model: FluxModel, inputs: ToolInputs, image: Image.Image) -> ToolInputs:
+    """`inputs` made to start from `image` (image-to-image, as diffusers' Img2Img pipelines): the image at the
+    request's size, encoded, noised to the request's image strength (mflux's default when it sets none)."""
+    request = inputs.request
+    if request.image_strength is None:
+        request = request.with_(image_strength=DEFAULT_IMAGE_STRENGTH)
+    image, notes = fit_input(image, request)
+    latents = encode_image(model, image, request.width, request.height)
+    return replace(inputs, request=request, start_image_latents=latents, image_strength=request.image_strength,
+                   notes=inputs.notes + notes)
 
 
 def packed_channels(model: FluxModel) -> int:

@@ -2,6 +2,9 @@
 Canny ControlNet (or any FLUX ControlNet given with --controlnet-path) on a dev or schnell base;
 on a demo base the default is demo-canny, the ControlNet trained with the demo models.
 
+With `image_path` it is image-to-image as diffusers' FluxControlNetImg2ImgPipeline: the input image, noised to
+the image strength, is where sampling starts, and the control image steers every remaining step.
+
 The control image is resized to the output size first and its Canny edges taken there, so the
 ControlNet sees one-pixel edges at the resolution it works in. `controlnet_skip_canny` hands the
 image over as it is (an edge map made elsewhere, or a ControlNet trained on other inputs).
@@ -14,7 +17,7 @@ from mflux_core.generation import ToolInputs
 from mflux_core.images.canny import canny_edges
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.engine import ToolEngine
-from mflux_core.tools.common import fit_input, required_image, with_size
+from mflux_core.tools.common import fit_input, required_image, start_image_inputs, with_size
 from mflux_core.tools.controlnet_conditioning import controlnet_inputs, extra_number
 
 DEFAULT_STRENGTH = 0.4  # mflux's default ControlNet strength
@@ -36,5 +39,8 @@ def control_image(request: GenerationRequest) -> tuple[GenerationRequest, Image.
 
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
     request, control, notes = control_image(request)
-    return controlnet_inputs(model, request, engine, control, tool="ControlNet", notes=notes,
-                             default_controlnet="canny", default_strength=DEFAULT_STRENGTH)
+    inputs = controlnet_inputs(model, request, engine, control, tool="ControlNet", notes=notes,
+                               default_controlnet="canny", default_strength=DEFAULT_STRENGTH)
+    if not request.image_path:
+        return inputs
+    return start_image_inputs(model, inputs, required_image(request.image_path, "an input image", "--image-path"))

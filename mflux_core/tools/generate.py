@@ -8,10 +8,8 @@ from mflux_core.request import GenerationRequest
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.regional import regional_conditioning
 from mflux_core.tools.common import (
-    check_in_channels, fit_input, packed_channels, encode_image, prompt_conditioning, required_image, with_size,
+    check_in_channels, packed_channels, prompt_conditioning, required_image, start_image_inputs, with_size,
 )
-
-DEFAULT_IMAGE_STRENGTH = 0.4
 
 
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
@@ -25,12 +23,7 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
 def image_to_image_inputs(model: FluxModel, request: GenerationRequest, image: Image.Image) -> ToolInputs:
     """Image-to-image from an image in memory (the hires fix's second pass hands it its upscaled first pass)."""
     request = with_size(request, image)
-    if request.image_strength is None:
-        request = request.with_(image_strength=DEFAULT_IMAGE_STRENGTH)
-    image, notes = fit_input(image, request)
-    latents = encode_image(model, image, request.width, request.height)
-    return ToolInputs(request, conditioning(model, request), start_image_latents=latents,
-                      image_strength=request.image_strength, notes=notes)
+    return start_image_inputs(model, ToolInputs(request, conditioning(model, request)), image)
 
 
 def conditioning(model: FluxModel, request: GenerationRequest):

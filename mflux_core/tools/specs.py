@@ -137,6 +137,9 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
              flags=(
                  *controlnet_flags("canny (InstantX/FLUX.1-dev-Controlnet-Canny)", 0.4),
                  Flag("--controlnet-image-path", "the control image; its Canny edges steer the layout"),
+                 Flag("--image-path", "an input image to start from (image-to-image, steered by the edges)"),
+                 Flag("--image-strength", "how much of the input image is kept, 0 to below 1 (default 0.4)",
+                      kind="number"),
                  Flag("--controlnet-save-canny", "also save the edges the ControlNet saw, as "
                       "<output>_controlnet_canny.png", into=COMMAND, kind="switch"),
                  Flag("--controlnet-skip-canny", "hand the control image to the ControlNet as it is (e.g. an edge "

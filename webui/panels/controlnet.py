@@ -1,4 +1,5 @@
-"""ControlNet: follow a picture's Canny edges, or upscale it with the upscaler ControlNet (on FLUX.1-dev)."""
+"""ControlNet: follow a picture's Canny edges (from text, or from an input image: image-to-image), or upscale it
+with the upscaler ControlNet (on FLUX.1-dev)."""
 
 import gradio as gr
 
@@ -18,23 +19,27 @@ from webui.widgets import (
 TOOL = "controlnet"
 CANNY, UPSCALE = "Canny edges", "Upscale"
 MODE_TOOLS = {CANNY: "controlnet", UPSCALE: "upscale"}
-DEFAULTS = {"controlnet_strength": 0.4, "canny_low": 100, "canny_high": 200, "upscale_factor": 2.0}
+DEFAULTS = {"controlnet_strength": 0.4, "canny_low": 100, "canny_high": 200, "upscale_factor": 2.0,
+            "image_strength": 0.4}
 LABELS = {"controlnet_strength": "The ControlNet strength", "canny_low": "The Canny low threshold",
-          "canny_high": "The Canny high threshold", "upscale_factor": "The upscale factor"}
+          "canny_high": "The Canny high threshold", "upscale_factor": "The upscale factor",
+          "image_strength": "The image strength"}
 MODE_STRENGTHS = {CANNY: 0.4, UPSCALE: 0.6}  # the engine's defaults for each ControlNet
 
 
 def settings_from_values(values: dict) -> dict:
     """Canny thresholds or the upscale factor (the engine sizes the output from it) go in `extra`."""
     mode = values.get("mode") or CANNY
+    start = {}
     if mode == UPSCALE:
         extra = {"upscale_factor": setting(values, "upscale_factor") or DEFAULTS["upscale_factor"]}
     else:
         extra = {"canny_low": int(setting(values, "canny_low")), "canny_high": int(setting(values, "canny_high"))}
+        start = {"image_strength": setting(values, "image_strength")}
     if values.get("controlnet_weights"):
         extra["controlnet_path"] = values["controlnet_weights"]
     return {"tool": MODE_TOOLS[mode], **shared_settings(values), "extra": extra,
-            "controlnet_strength": setting(values, "controlnet_strength")}
+            "controlnet_strength": setting(values, "controlnet_strength"), **start}
 
 
 def setting(values: dict, key: str) -> float:
@@ -45,8 +50,9 @@ def values_from_settings(settings: dict) -> dict:
     values = shared_values(settings)
     if settings.get("tool") in MODE_TOOLS.values():
         values["mode"] = UPSCALE if settings["tool"] == "upscale" else CANNY
-    if settings.get("controlnet_strength") is not None:
-        values["controlnet_strength"] = settings["controlnet_strength"]
+    for key in ("controlnet_strength", "image_strength"):
+        if settings.get(key) is not None:
+            values[key] = settings[key]
     extra = settings.get("extra") or {}
     values.update({key: extra[key] for key in ("canny_low", "canny_high", "upscale_factor") if key in extra})
     if "extra" in settings:
@@ -58,8 +64,12 @@ def build_requests(values: dict, context: RequestContext) -> list[GenerationRequ
     image = values.get("control_image")
     if image is None:
         raise InvalidRequest("Upload the control image first.")
-    return requests_from_settings(settings_from_values(values), context,
-                                  controlnet_image_path=context.inputs.save(image, "control"))
+    settings = settings_from_values(values)
+    start = values.get("init_image") if settings["tool"] == MODE_TOOLS[CANNY] else None
+    if start is None:
+        settings.pop("image_strength", None)
+    return requests_from_settings(settings, context, controlnet_image_path=context.inputs.save(image, "control"),
+                                  image_path=context.inputs.save(start, "controlnet-init"))
 
 
 def edges_preview(image, low, high):
@@ -68,9 +78,10 @@ def edges_preview(image, low, high):
 
 
 def mode_controls(mode: str) -> tuple:
-    """The edges preview and Canny thresholds belong to Canny mode, the upscale factor to Upscale mode."""
+    """The edges preview, Canny thresholds and image-to-image belong to Canny mode, the upscale factor to Upscale
+    mode."""
     canny = mode == CANNY
-    return gr.update(visible=canny), gr.update(visible=canny), gr.update(visible=not canny)
+    return gr.update(visible=canny), gr.update(visible=canny), gr.update(visible=canny), gr.update(visible=not canny)
 
 
 def render(studio) -> Panel:
@@ -93,6 +104,12 @@ def render(studio) -> Panel:
                     upscale_factor = gr.Slider(1, 4, DEFAULTS["upscale_factor"], step=0.5,
                                                label="Upscale factor (when width and height are 0)",
                                                elem_id="controlnet-upscale-factor", visible=False)
+                with gr.Accordion("Image to image", open=False, elem_id="controlnet-img2img") as img2img:
+                    init_image = input_image("Input image (optional: start from it, steered by the edges)",
+                                             "controlnet-init-image")
+                    image_strength = gr.Slider(0, 0.99, DEFAULTS["image_strength"], step=0.01,
+                                               label="Image strength (how much of the input is kept)",
+                                               elem_id="controlnet-image-strength")
                 weights = gr.Dropdown(
                     side_model_choices(studio.manager.list_models(), "controlnet",
                                        "default: canny for Canny edges (demo-canny on a demo model), "
@@ -107,7 +124,8 @@ def render(studio) -> Panel:
                                      {mode: UPSCALE, weights: TOOL_DEFAULT, strength: MODE_STRENGTHS[UPSCALE],
                                       upscale_factor: UPSCALE_FACTOR}, kind=UPSCALE)
                 controls = {**shared.controls, "mode": mode, "controlnet_strength": strength, "canny_low": canny_low,
-                            "canny_high": canny_high, "upscale_factor": upscale_factor, "controlnet_weights": weights}
+                            "canny_high": canny_high, "upscale_factor": upscale_factor, "controlnet_weights": weights,
+                            "image_strength": image_strength}
                 panel = Panel(TOOL, tuple(MODE_TOOLS.values()), controls, settings_from_values, values_from_settings,
                               send_target=control_image)
                 render_presets(studio, panel)
@@ -124,10 +142,10 @@ def render(studio) -> Panel:
     canny_low.release(**preview, api_name="canny_preview_low", api_visibility="private")
     canny_high.release(**preview, api_name="canny_preview_high", api_visibility="private")
     mode.input(MODE_STRENGTHS.get, mode, strength, queue=False, api_visibility="private")
-    mode.change(mode_controls, mode, [edges, canny_thresholds, upscale_factor], queue=False,
+    mode.change(mode_controls, mode, [edges, canny_thresholds, img2img, upscale_factor], queue=False,
                 api_visibility="private")  # .change: a preset that sets the mode shows its controls too
     panel.view, panel.run_handler = view, studio.job(view)(build_requests)
-    studio.wire_run(run, panel.run_handler, {**controls, "control_image": control_image}, view,
-                    api_name="controlnet")
+    studio.wire_run(run, panel.run_handler, {**controls, "control_image": control_image, "init_image": init_image},
+                    view, api_name="controlnet")
     studio.wire_stop(stop)
     return panel
