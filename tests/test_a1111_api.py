@@ -198,7 +198,7 @@ def test_a_controlnet_unit_in_img2img_starts_from_the_init_image_and_takes_it_as
     example = studio.examples["controlnet"][0]
     control = SOURCES["controlnet"](EVALUATION_SEED, example.index, IMAGE_SIZE, held_out=True)
     picture = b64(Image.open(example.images["image"]).convert("RGB"))
-    unit = {"module": "canny", "weight": 0.4, "threshold_a": 100, "threshold_b": 200}
+    unit = {"module": "canny", "weight": 0.4, "threshold_a": 100, "threshold_b": 200, "image": ""}  # webuiapi's
     fields = {"prompt": example.prompt, "seed": 0, "sampler_name": "Euler", "init_images": [picture],
               "denoising_strength": 0.8}
     body = made(studio.http.post("/img2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [unit]}}}))

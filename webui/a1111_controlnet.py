@@ -85,7 +85,7 @@ def image_and_mask(unit: ControlNetUnit) -> tuple:
             image, mask = ([*image, None, None][:2])
     if isinstance(image, dict):
         image, mask = image.get("image"), image.get("mask") or mask
-    return image, mask
+    return image or None, mask  # "": no image, as webuiapi sends a unit without one
 
 
 def resize_mode(value: int | str) -> str:
