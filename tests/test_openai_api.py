@@ -9,6 +9,7 @@ shape classifier of tests/fixtures/shape_classifier.py.
 import asyncio
 import base64
 import io
+import json
 import socket
 import threading
 import time
@@ -25,6 +26,7 @@ from mflux_core.demo.evaluate import EVALUATION_SEED, FILL_TOLERANCE
 from mflux_core.demo.dataset import text_to_image_example
 from mflux_core.demo.examples import SOURCES
 from mflux_core.demo.family import IMAGE_SIZE
+from mflux_core.errors import InvalidRequest
 from mflux_core.manager import ModelManager
 from mflux_core.weights.resolve import DEMO_MODELS_ENV
 from tests.fixtures.shape_classifier import classify
@@ -33,6 +35,7 @@ from webui.app import build_app, launch_kwargs
 from webui.gallery import history
 from webui.api_server import JobThreads
 from webui.openai_api import ApiError
+from webui.openai_stream import partial_steps, server_sent
 from webui.studio import StudioFolders
 
 TIMEOUT_S = 300
@@ -229,6 +232,69 @@ def test_a_variation_runs_redux_on_the_image_and_carries_its_colours(studio):
     assert (reading.background, reading.colour) == (reference.scene.background, reference.scene.shapes[0].colour)
     missing = studio.http.post("/v1/images/variations", data={"n": "1"}, files=[("mask", ("m.png", b"x", "image/png"))])
     assert "Missing required parameter: 'image'" in assert_openai_error(missing, 400, "image")
+
+
+# ----- streamed answers ------------------------------------------------------------------------------
+
+
+def streamed_events(response) -> list[tuple[str, dict]]:
+    """(event name, data) of a server-sent event stream, as the `openai` package splits it."""
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    events = []
+    for block in response.text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((fields["event"], json.loads(fields["data"])))
+    return events
+
+
+def test_a_streamed_generation_sends_its_step_previews_then_the_saved_image(studio):
+    body = {"prompt": CAPTION, "model": "gpt-image-1", "size": f"{IMAGE_SIZE}x{IMAGE_SIZE}", "seed": 7,
+            "stream": True, "partial_images": 2}
+    events = streamed_events(studio.http.post("/v1/images/generations", json=body))
+    assert [(name, data["type"]) for name, data in events] == [
+        ("image_generation.partial_image", "image_generation.partial_image")] * 2 + [
+        ("image_generation.completed", "image_generation.completed")]
+    assert [data["partial_image_index"] for _, data in events[:2]] == [0, 1]
+    partials, (_, completed) = [decoded(data) for _, data in events[:2]], events[2]
+    assert all(image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) for image in partials)
+    assert not np.array_equal(partials[0], partials[1])  # two steps apart
+    assert completed["size"] == f"{IMAGE_SIZE}x{IMAGE_SIZE}" and completed["output_format"] == "png"
+    reading = classify(decoded(completed))
+    assert (reading.background, reading.colour, reading.region) == ("blue", "red", "top left"), reading
+    plain = studio.http.post("/v1/images/generations", json={**body, "stream": False, "response_format": "b64_json"})
+    assert np.array_equal(decoded(plain.json()["data"][0]), decoded(completed))  # the same image as unstreamed
+    assert [name for name, _ in streamed_events(studio.http.post("/v1/images/generations", json={
+        **body, "partial_images": 0}))] == ["image_generation.completed"]
+    refused = studio.http.post("/v1/images/generations", json={**body, "partial_images": 4})
+    assert "Invalid 'partial_images'" in assert_openai_error(refused, 400, "partial_images")
+
+
+def test_a_streamed_edit_sends_image_edit_events(studio):
+    example = studio.examples["kontext"][0]
+    response = edit(studio, example.images["image"].read_bytes(), {"prompt": example.prompt, "model": "demo-kontext",
+                                                                   "seed": 0, "stream": "true", "partial_images": 1})
+    assert [name for name, _ in streamed_events(response)] == ["image_edit.partial_image", "image_edit.completed"]
+
+
+def test_partial_images_are_spread_over_the_steps_before_the_last():
+    assert partial_steps(14, 2) == {5, 9} and partial_steps(12, 3) == {3, 6, 9}
+    assert partial_steps(2, 3) == {1} and partial_steps(1, 3) == set() == partial_steps(14, 0)  # as many as fit
+
+
+def test_a_failure_after_the_stream_began_is_an_error_event_in_openais_shape():
+    async def events():
+        yield {"type": "image_generation.partial_image", "b64_json": ""}
+        raise InvalidRequest("The studio could not make this image.")
+
+    async def read():
+        return [chunk async for chunk in server_sent(events(), ApiError)]
+
+    first, error = asyncio.run(read())
+    assert first.startswith("event: image_generation.partial_image\n")
+    name, data = error.strip().split("\n")
+    assert name == "event: error" and json.loads(data.removeprefix("data: ")) == {"error": {
+        "message": "The studio could not make this image.", "type": "invalid_request_error", "param": None,
+        "code": None}}
 
 
 # ----- one queue with the page ---------------------------------------------------------------------

@@ -8,7 +8,7 @@ import binascii
 import secrets
 import threading
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -97,6 +97,35 @@ class JobThreads:
         threading.Thread(target=job, name="api-job", daemon=True).start()
         return await answer
 
+    def stream(self, work: Callable, *args) -> AsyncIterator:
+        """What `work(emit, gone, *args)` hands to `emit` while it runs on its thread, as it comes; its error is
+        raised after what it emitted. `gone` (a threading.Event) is set when the client stops reading. The thread
+        starts now (a 429 refusal when `limit` already wait), so a refusal comes before any answer has begun."""
+        if not self._slots.acquire(blocking=False):
+            raise self.refusal.of(429, f"The studio has {self.limit} API requests waiting already: try again later.")
+        loop, items, gone, finished = asyncio.get_running_loop(), asyncio.Queue(), threading.Event(), object()
+
+        def job():
+            last = finished
+            try:
+                work(lambda item: loop.call_soon_threadsafe(items.put_nowait, item), gone, *args)
+            except BaseException as error:  # raised to the reader after the items before it
+                last = error
+            self._slots.release()
+            loop.call_soon_threadsafe(items.put_nowait, last)
+
+        async def emitted():
+            try:
+                while (item := await items.get()) is not finished:
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+            finally:
+                gone.set()  # a client that went away stops the job after its current step
+
+        threading.Thread(target=job, name="api-stream", daemon=True).start()
+        return emitted()
+
 
 async def json_object(request: Request, refusal: type[ApiRefusal]) -> dict:
     """The request's JSON body, which must be an object; a 400 refusal otherwise."""
@@ -107,6 +136,21 @@ async def json_object(request: Request, refusal: type[ApiRefusal]) -> dict:
     if not isinstance(fields, dict):
         raise refusal.of(400, "The body must be a JSON object of the request's fields.")
     return fields
+
+
+def refusal_of(error: Exception, refusal: type[ApiRefusal]) -> ApiRefusal:
+    """The API's answer to a failure: refused input and bugs alike get a status and one sentence."""
+    if isinstance(error, ApiRefusal):
+        return error
+    if isinstance(error, QueueFull):
+        return refusal.of(429, str(error))
+    if isinstance(error, InvalidRequest):
+        return refusal.of(400, str(error))
+    if isinstance(error, Cancelled):  # withdrawn from the engine's queue, or stopped there
+        return refusal.of(409, str(error))
+    if isinstance(error, HTTPException):  # Starlette's refusal of a malformed body
+        return refusal.of(error.status_code, str(error.detail))
+    return refusal.of(500, error_text(error))
 
 
 def api_routes(router: APIRouter, auth, refusal: type[ApiRefusal]):
@@ -123,18 +167,8 @@ def api_routes(router: APIRouter, auth, refusal: type[ApiRefusal]):
                     if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
                         raise refusal.of(413, f"The request is larger than {MAX_BODY_BYTES // 2**20} MB.")
                     return await answer(request)
-                except ApiRefusal as error:
-                    return error.response()
-                except QueueFull as error:
-                    return refusal.of(429, str(error)).response()
-                except InvalidRequest as error:
-                    return refusal.of(400, str(error)).response()
-                except Cancelled as error:  # withdrawn from the engine's queue, or stopped there
-                    return refusal.of(409, str(error)).response()
-                except HTTPException as error:  # Starlette's refusal of a malformed body
-                    return refusal.of(error.status_code, str(error.detail)).response()
                 except Exception as error:  # the server must survive anything a client sends
-                    return refusal.of(500, error_text(error)).response()
+                    return refusal_of(error, refusal).response()
 
             endpoint.__name__ = answer.__name__
             router.add_api_route(path, endpoint, methods=[method], include_in_schema=False)

@@ -8,6 +8,9 @@ apps with an "OpenAI-compatible" setting) make images through the page's validat
     GET  /v1/models              the models these take (OpenAI's list shape); GET /v1/models/{id} one of them
     GET  /v1/files/{day}/{name}  a saved result: what response_format "url" points at
 
+`stream: true` on generations and edits answers with OpenAI's server-sent events: `partial_images` (0 to 3) of
+the steps' previews, then each finished image (openai_stream.py).
+
 OpenAI's own model names (dall-e-3, gpt-image-1...), which some apps cannot change, run the tool's default model.
 Results are saved with their metadata like the page's (so they appear in History). Without `response_format`
 an image carries both `b64_json` and `url`, for clients of either habit. Other OpenAI fields (quality, style,
@@ -27,7 +30,7 @@ from typing import Callable, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
@@ -38,6 +41,7 @@ from mflux_core.settings_schema import MAX_BATCH
 from mflux_core.tools.specs import TOOL_SPECS, default_model_for
 from webui.api_server import MAX_WAITING, ApiRefusal, JobThreads, api_routes, json_object
 from webui.gallery import DATE_FOLDER, save_result
+from webui.openai_stream import run_streamed, server_sent
 from webui.requests import requests_from_settings
 from webui.turns import request_about
 
@@ -60,6 +64,8 @@ class ImageParams(BaseModel):
     size: str | None = None
     response_format: Literal["b64_json", "url"] | None = None
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    stream: bool = False  # server-sent events (openai_stream.py): generations and edits
+    partial_images: int | None = Field(None, ge=0, le=3)
 
 
 @dataclass
@@ -209,11 +215,10 @@ def form_files(form, name: str) -> list[UploadFile]:
 # ----- the routes ------------------------------------------------------------------------------
 
 
-def generate_images(studio, fields: dict, base_url: str) -> dict:
+def generation_requests(studio, fields: dict) -> tuple[ImageParams, list[GenerationRequest]]:
     params = parsed_params(fields)
     model = model_for(studio, "generate", params.model, "Generating from text needs a text-to-image model:")
-    paths = run_in_turn(studio, image_requests(studio, params, "generate", model))
-    return images_response(studio, paths, params.response_format, base_url)
+    return params, image_requests(studio, params, "generate", model)
 
 
 def form_image(form, verb: str, **defaults) -> tuple[ImageParams, Image.Image]:
@@ -226,7 +231,7 @@ def form_image(form, verb: str, **defaults) -> tuple[ImageParams, Image.Image]:
     return params, uploaded(images[0], load_image)
 
 
-def edit_images(studio, form, base_url: str) -> dict:
+def edit_requests(studio, form) -> tuple[ImageParams, list[GenerationRequest]]:
     params, image = form_image(form, "edit")
     masks = form_files(form, "mask")
     inputs = studio.request_context().inputs
@@ -241,15 +246,18 @@ def edit_images(studio, form, base_url: str) -> dict:
         model = model_for(studio, "kontext", params.model,
                           "An edit without a mask needs a Kontext model (or send a mask: transparent = edit):")
         requests = image_requests(studio, params, "kontext", model, image_path=inputs.save(image, "api-image"))
-    return images_response(studio, run_in_turn(studio, requests), params.response_format, base_url)
+    return params, requests
 
 
-def variation_images(studio, form, base_url: str) -> dict:
+def variation_requests(studio, form) -> tuple[ImageParams, list[GenerationRequest]]:
     """FLUX.1-Redux is FLUX's way of making variations: the image as its one reference, no prompt."""
     params, image = form_image(form, "vary", prompt="")
     model = model_for(studio, "redux", params.model, "Variations run Redux on a text-to-image model:")
     path = studio.request_context().inputs.save(image, "api-image")
-    requests = image_requests(studio, params, "redux", model, redux_image_paths=(path,))
+    return params, image_requests(studio, params, "redux", model, redux_image_paths=(path,))
+
+
+def images_made(studio, params: ImageParams, requests: list[GenerationRequest], base_url: str) -> dict:
     return images_response(studio, run_in_turn(studio, requests), params.response_format, base_url)
 
 
@@ -259,25 +267,34 @@ def openai_router(studio, auth=None) -> APIRouter:
     threads = JobThreads(MAX_WAITING, ApiError)
     route = api_routes(router, auth, ApiError)
 
+    async def answer(request: Request, params: ImageParams, requests: list[GenerationRequest], kind: str | None):
+        """The images as JSON, or as OpenAI's event stream when asked for one (`kind`: the events' prefix)."""
+        if kind and params.stream:
+            events = threads.stream(run_streamed, studio, requests, kind, params.partial_images or 0, OPENAI_SOURCE)
+            return StreamingResponse(server_sent(events, ApiError), media_type="text/event-stream")
+        return JSONResponse(await threads.run(images_made, studio, params, requests, str(request.base_url)))
+
     @route("POST", "/v1/images/generations")
     async def generations(request: Request):
         fields = await json_object(request, ApiError)
-        return JSONResponse(await threads.run(generate_images, studio, fields, str(request.base_url)))
+        params, requests = await threads.run(generation_requests, studio, fields)
+        return await answer(request, params, requests, "image_generation")
 
-    async def multipart(request: Request, answer: Callable, what: str) -> JSONResponse:
+    async def multipart(request: Request, requests_of: Callable, what: str, kind: str | None):
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise ApiError(400, f"Send {what} as multipart/form-data: the image (and mask) as files, the rest as "
                                 "fields.")
         async with request.form(max_files=8, max_fields=64) as form:
-            return JSONResponse(await threads.run(answer, studio, form, str(request.base_url)))
+            params, requests = await threads.run(requests_of, studio, form)
+        return await answer(request, params, requests, kind)
 
     @route("POST", "/v1/images/edits")
     async def edits(request: Request):
-        return await multipart(request, edit_images, "an edit")
+        return await multipart(request, edit_requests, "an edit", "image_edit")
 
     @route("POST", "/v1/images/variations")
     async def variations(request: Request):
-        return await multipart(request, variation_images, "a variation")
+        return await multipart(request, variation_requests, "a variation", None)  # OpenAI streams no variations
 
     @route("GET", "/v1/models")
     async def models(request: Request):
