@@ -22,8 +22,16 @@ from mflux_core.sampling.loop import denoise
 from mflux_core.sampling.samplers import new_sampler
 from mflux_core.sampling.schedule import flux_sigmas, img2img_start_step
 
-# preview(step done (1-based), packed latents after the step, latent grid (h, w)) -> the image shown for it
-Preview = Callable[[int, mx.array, tuple[int, int]], Image.Image]
+# preview(step done (1-based), packed latents after the step, the clean latents the step points at (packed),
+# latent grid (h, w)) -> the image shown for it
+Preview = Callable[[int, mx.array, mx.array, tuple[int, int]], Image.Image]
+
+
+def denoised_estimate(before: mx.array, after: mx.array, sigma_before: float, sigma_after: float) -> mx.array:
+    """The clean latents a step points at: flow matching's x0 = x - sigma v, v the step's own slope (Euler's
+    velocity; the other samplers' average over the step, Euler a's with its fresh noise in it). What A1111 and
+    ComfyUI preview: the picture the model aims at, where the latents themselves are still mostly noise."""
+    return after - sigma_after * (after - before) / (sigma_after - sigma_before)
 
 
 @dataclass
@@ -75,11 +83,17 @@ def run_tool(
     image_ids = image_position_ids(h, w)
     clock = StepClock()
     sampler = new_sampler(request.sampler, request.seed)
+    before = latents
     for i, latents in denoise(model.transformer, latents, sigmas, inputs.conditioning, image_ids, start, sampler):
         mx.eval(latents)
         if cancelled is not None and cancelled():
             raise Cancelled(f"Stopped after step {i + 1} of {steps}.")
-        yield clock.step(i + 1, steps, preview(i + 1, latents, (h, w)) if preview else None)
+        shown = None
+        if preview is not None:
+            aim = denoised_estimate(before, latents, float(sigmas[i]), float(sigmas[i + 1]))
+            shown = preview(i + 1, latents, aim, (h, w))
+        yield clock.step(i + 1, steps, shown)
+        before = latents
     image = decode_latents(model, latents, (h, w), forced_tiling=request.vae_tiling)
     return inputs.finish(image) if inputs.finish else image
 

@@ -258,16 +258,17 @@ class ModelManager:
         return inputs, (size_note(request.model, model.native_sizes, asked, native),)
 
     def step_preview(self, model: FluxModel) -> Preview | None:
-        """Previews for the UI: the cheap linear one, or a full VAE decode every `full_preview_every` steps;
-        None when step previews are off (the linear map's first fit alone costs seconds on a full-size VAE)."""
+        """Previews for the UI: the cheap linear one of what the step aims at, or a full VAE decode of the latents
+        themselves every `full_preview_every` steps (the CLI's stepwise images, as mflux saves them); None when step
+        previews are off (the linear map's first fit alone costs seconds on a full-size VAE)."""
         if not self.step_previews:
             return None
         previewer = self.previewer(model)
 
-        def preview(step: int, latents: mx.array, grid: tuple[int, int]) -> Image.Image:
+        def preview(step: int, latents: mx.array, aim: mx.array, grid: tuple[int, int]) -> Image.Image:
             if self.full_preview_every and step % self.full_preview_every == 0:
                 return decode_latents(model, latents, grid)
-            return previewer(latents, grid)
+            return previewer(aim, grid)
 
         return preview
 

@@ -239,6 +239,21 @@ def test_last_preview_correlates_with_the_final_image(tiny_dev):
     assert max(abs(r) for r in mismatched) < min(matched), (matched, mismatched)
 
 
+def test_an_early_preview_already_shows_the_picture_the_run_ends_with(tmp_path):
+    """Previews show what each step aims at (x0 = x - sigma v), as A1111 and ComfyUI do, not the still-noisy
+    latents. On the demo model (a trained VAE, so the linear map is meaningful), step 3 of 14: measured r 0.44-0.55
+    against the final image for seeds 0-2 (the last step's preview 0.44-0.59); the latents' own map gave -0.08 to
+    0.23 there."""
+    manager = ModelManager(models_dir=tmp_path)
+    for seed in range(3):
+        events = []
+        result = manager.generate(GenerationRequest(model="demo", prompt="a red circle in the top left on a blue "
+                                                    "background", seed=seed, width=64, height=64, steps=14),
+                                  report=events.append)
+        early = next(event.preview for event in events if isinstance(event, Step) and event.step == 3)
+        assert pearson(block_luminance(early), block_luminance(result.image)) >= 0.35, seed
+
+
 def test_full_decode_previews_every_k_steps(tiny_dev):
     manager = ModelManager(full_preview_every=2)
     events = []
