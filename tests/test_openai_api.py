@@ -214,6 +214,35 @@ def test_an_edit_without_a_mask_applies_a_kontext_instruction(studio, number):
     assert getattr(reading, expected[0]) == expected[1], (example.prompt, reading)
 
 
+def test_several_images_without_a_mask_are_one_kontext_reference_side_by_side(studio):
+    """OpenAI's multi-image edit on FLUX.1 Kontext, which reads one reference: the images in a row at the first's
+    height, as ComfyUI stitches them for Kontext."""
+    with Image.open(studio.examples["kontext"][0].images["image"]) as opened:
+        first = opened.convert("RGB")
+    narrow, tall = Image.new("RGB", (32, 64), (200, 30, 30)), Image.new("RGB", (64, 128), (30, 200, 30))
+
+    def several(images, mask: bytes | None = None, model: str = "demo-kontext"):
+        files = [("image[]", (f"{number}.png", png_bytes(image), "image/png")) for number, image in enumerate(images)]
+        files += [("mask", ("mask.png", mask, "image/png"))] if mask else []
+        return studio.http.post("/v1/images/edits", files=files, data={
+            "prompt": "make the shape red", "model": model, "seed": "0", "response_format": "url"})
+
+    response = several([first, narrow, tall])
+    assert response.status_code == 200, response.text
+    saved = saved_request(studio, response.json()["data"][0]["url"])
+    reference = pixels(saved["image_path"])
+    assert saved["tool"] == "kontext" and reference.shape == (64, 128, 3)
+    assert np.array_equal(reference[:, :64], np.asarray(first))
+    assert (reference[:, 64:96] == (200, 30, 30)).all() and (reference[:, 96:] == (30, 200, 30)).all()
+
+    with_mask = several([first, narrow], mask=openai_mask(np.ones((64, 64), bool)), model="demo-fill")
+    assert "Send one image with a mask" in assert_openai_error(with_mask, 400, "image")
+    too_many = several([narrow] * 17)
+    assert "Send at most 16 images; 17 were sent." == assert_openai_error(too_many, 400, "image")
+    too_wide = several([Image.new("RGB", (16, 1024)), Image.new("RGB", (4096, 1024))])
+    assert "The images side by side would be 4112x1024 pixels" in assert_openai_error(too_wide, 400)
+
+
 # ----- variations ----------------------------------------------------------------------------------
 
 

@@ -3,7 +3,8 @@ apps with an "OpenAI-compatible" setting) make images through the page's validat
 
     POST /v1/images/generations  JSON: prompt, model, n, size "WxH" or "auto", response_format, seed  -> Generate
     POST /v1/images/edits        multipart: image and mask (transparent = edit) -> Fill; image alone -> Kontext
-                                 (on a Fill model: the image's own transparent area is the mask)
+                                 (on a Fill model: the image's own transparent area is the mask); several images
+                                 (up to 16) -> Kontext on them side by side, as ComfyUI stitches them
     POST /v1/images/variations   multipart: image -> Redux (FLUX.1's own variations: the image, no prompt)
     GET  /v1/models              the models these take (OpenAI's list shape); GET /v1/models/{id} one of them
     GET  /v1/files/{day}/{name}  a saved result: what response_format "url" points at
@@ -36,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
 from mflux_core.images.io import load_image, load_rgba
+from mflux_core.images.stitch import stitched_side_by_side
 from mflux_core.request import MAX_SEED, GenerationRequest
 from mflux_core.settings_schema import MAX_BATCH
 from mflux_core.tools.specs import TOOL_SPECS, default_model_for
@@ -50,6 +52,7 @@ OPENAI_MODEL = re.compile(r"^(dall-e-\d|gpt-image-)")
 OPENAI_SOURCE = "OpenAI API"  # who submitted a job, as the queue shows it
 SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 RESULT_NAME = re.compile(r"^[\w-]+\.png$")
+MAX_EDIT_IMAGES = 16  # OpenAI's limit for one edit
 OPAQUE = 128  # a mask pixel at least this opaque is kept; below, it is edited (OpenAI: transparent = edit)
 
 
@@ -221,37 +224,49 @@ def generation_requests(studio, fields: dict) -> tuple[ImageParams, list[Generat
     return params, image_requests(studio, params, "generate", model)
 
 
-def form_image(form, verb: str, **defaults) -> tuple[ImageParams, Image.Image]:
-    """A multipart request's fields (over `defaults`) and its one image, to `verb` ("edit")."""
+def form_images(form, verb: str, **defaults) -> tuple[ImageParams, list[UploadFile]]:
+    """A multipart request's fields (over `defaults`) and its image files, to `verb` ("edit")."""
     params = parsed_params({**defaults, **{key: value for key, value in form.multi_items() if isinstance(value, str)}})
     images = form_files(form, "image")
+    if not images:
+        raise ApiError(400, f"Missing required parameter: 'image' (the picture to {verb}, as a file).", "image")
+    if len(images) > MAX_EDIT_IMAGES:
+        raise ApiError(400, f"Send at most {MAX_EDIT_IMAGES} images; {len(images)} were sent.", "image")
+    return params, images
+
+
+def one_image(images: list[UploadFile], why: str) -> Image.Image:
     if len(images) != 1:
-        raise ApiError(400, f"Send exactly one image to {verb} (the 'image' file)." if images else
-                       f"Missing required parameter: 'image' (the picture to {verb}, as a file).", "image")
-    return params, uploaded(images[0], load_image)
+        raise ApiError(400, f"Send one image {why}; {len(images)} were sent.", "image")
+    return uploaded(images[0], load_image)
 
 
 def edit_requests(studio, form) -> tuple[ImageParams, list[GenerationRequest]]:
-    params, image = form_image(form, "edit")
+    params, images = form_images(form, "edit")
     masks = form_files(form, "mask")
     inputs = studio.request_context().inputs
     if not masks and is_fill_model(studio, params.model):
-        masks = form_files(form, "image")  # OpenAI's other way: an image alone, its transparent area edited
+        masks = form_files(form, "image")[:1]  # OpenAI's other way: an image alone, its transparent area edited
     if masks:
         model = model_for(studio, "fill", params.model, "An edit with a mask needs a Fill model:")
+        image = one_image(images, "with a mask (Fill repaints one picture; several, without a mask, are combined "
+                                  "by Kontext)")
         mask = edit_mask(masks[0], image)
         requests = image_requests(studio, params, "fill", model, image_path=inputs.save(image, "api-image"),
                                   masked_image_path=inputs.save(mask, "api-mask"))
     else:
         model = model_for(studio, "kontext", params.model,
                           "An edit without a mask needs a Kontext model (or send a mask: transparent = edit):")
-        requests = image_requests(studio, params, "kontext", model, image_path=inputs.save(image, "api-image"))
+        # Kontext reads one reference: several images are one, side by side, decoded one at a time
+        reference = stitched_side_by_side(uploaded(image, load_image) for image in images)
+        requests = image_requests(studio, params, "kontext", model, image_path=inputs.save(reference, "api-image"))
     return params, requests
 
 
 def variation_requests(studio, form) -> tuple[ImageParams, list[GenerationRequest]]:
     """FLUX.1-Redux is FLUX's way of making variations: the image as its one reference, no prompt."""
-    params, image = form_image(form, "vary", prompt="")
+    params, images = form_images(form, "vary", prompt="")
+    image = one_image(images, "to vary")
     model = model_for(studio, "redux", params.model, "Variations run Redux on a text-to-image model:")
     path = studio.request_context().inputs.save(image, "api-image")
     return params, image_requests(studio, params, "redux", model, redux_image_paths=(path,))
@@ -284,7 +299,8 @@ def openai_router(studio, auth=None) -> APIRouter:
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise ApiError(400, f"Send {what} as multipart/form-data: the image (and mask) as files, the rest as "
                                 "fields.")
-        async with request.form(max_files=8, max_fields=64) as form:
+        # one file over OpenAI's images and mask, so that our own check names the count
+        async with request.form(max_files=MAX_EDIT_IMAGES + 2, max_fields=64) as form:
             params, requests = await threads.run(requests_of, studio, form)
         return await answer(request, params, requests, kind)
 
