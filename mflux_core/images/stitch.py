@@ -13,13 +13,14 @@ def stitched_side_by_side(images: Iterable[Image.Image]) -> Image.Image:
     comes (so `images` may decode them one by one) and a row past the studio's image limits is refused before
     the next is taken."""
     row: list[Image.Image] = []
+    row_width = 0
     for image in images:
         height = row[0].height if row else image.height
         width = max(1, round(image.width * height / image.height))
-        check_image_size(sum(part.width for part in row) + width, height,
-                         "The images side by side" if row else "The first image")
+        row_width += width
+        check_image_size(row_width, height, "The images side by side" if row else "The first image")
         row.append(image if image.size == (width, height) else image.resize((width, height), Image.Resampling.LANCZOS))
-    stitched = Image.new("RGB", (sum(part.width for part in row), row[0].height))
+    stitched = Image.new("RGB", (row_width, row[0].height))
     left = 0
     for part in row:
         stitched.paste(part.convert("RGB"), (left, 0))
