@@ -36,6 +36,7 @@ class GenerationRequest:
     negative_prompt: str = ""  # true CFG's negative prompt; empty: none
     true_cfg_scale: float = 1.0  # diffusers' true_cfg_scale: above 1, with a negative prompt, a second pass per step
     image_path: str | None = None
+    reference_image_paths: tuple[str, ...] = ()  # Kontext: further references, side by side after image_path
     image_strength: float | None = None
     masked_image_path: str | None = None
     keep_unmasked: bool = False
@@ -86,6 +87,8 @@ class GenerationRequest:
             raise InvalidRequest(
                 f"{len(self.lora_paths)} LoRA paths but {len(self.lora_scales)} scales: give one scale per LoRA."
             )
+        if self.reference_image_paths and self.tool != "kontext":
+            raise InvalidRequest(f"Several reference images are for the Kontext tool, not {self.tool}: send one image.")
         if self.redux_image_strengths and len(self.redux_image_strengths) != len(self.redux_image_paths):
             raise InvalidRequest(
                 f"{len(self.redux_image_paths)} Redux images but {len(self.redux_image_strengths)} strengths: "
@@ -102,6 +105,11 @@ class GenerationRequest:
                                  "0 up to 1.")
         if self.width is not None and self.height is not None:
             hires_size(self.width, self.height, self.hires_scale)
+
+    @property
+    def reference_paths(self) -> tuple[str, ...]:
+        """Kontext's references in order: image_path, then reference_image_paths (the CLI may give only those)."""
+        return ((self.image_path,) if self.image_path else ()) + self.reference_image_paths
 
     @property
     def uses_true_cfg(self) -> bool:
@@ -195,6 +203,7 @@ REQUEST_SETTINGS: dict[str, Setting] = {
     "negative_prompt": text("The negative prompt", MAX_PROMPT_CHARS),
     "true_cfg_scale": TRUE_CFG_SCALE,
     "image_path": text("The image path").optional(),
+    "reference_image_paths": text("Reference image path").listed(),
     "image_strength": number("Image strength", 0, 1, below=True, low_note="(ignore the image)").optional(),
     "masked_image_path": text("The mask path").optional(),
     "keep_unmasked": switch("The setting keep_unmasked"),

@@ -139,6 +139,14 @@ def test_images_used_at_their_own_size_are_held_to_the_canvas_limits(manager, ti
     with pytest.raises(InvalidRequest, match=f"The reference image, which Kontext uses at its own size, would be "
                                              f"4112x64 pixels, {CANVAS_REFUSAL}"):
         manager.generate(kontext)
+    row = kontext.with_(image_path=str(images["photo64.png"]), reference_image_paths=(
+        str(images["photo64.png"]),) * 63 + (str(images["too-wide.png"]),))
+    with pytest.raises(InvalidRequest, match="reference_image_paths must be a list of at most 8 items"):
+        manager.generate(row)
+    with pytest.raises(InvalidRequest, match=f"The images side by side would be 4176x64 pixels, {CANVAS_REFUSAL}"):
+        manager.generate(row.with_(reference_image_paths=(str(images["too-wide.png"]),)))
+    with pytest.raises(InvalidRequest, match="Several reference images are for the Kontext tool, not fill"):
+        manager.generate(row.with_(tool="fill", reference_image_paths=(str(images["photo64.png"]),)))
     diptych = GenerationRequest(tool="in-context", model=str(tiny_fill), image_path=str(images["photo64.png"]),
                                 steps=1, width=4096, height=64, prompt="[IMAGE1] a mug; [IMAGE2] the same mug")
     with pytest.raises(InvalidRequest, match=f"The diptych .* would be 8192x64 pixels, {CANVAS_REFUSAL}"):

@@ -116,6 +116,35 @@ def test_kontext_matches_diffusers(tiny_kontext, tmp_path, height, width, refere
     assert max_uint8_diff(expected, reference(Image.new("RGB", reference_size, (255, 255, 255)))) > CONDITIONING_EFFECT
 
 
+def test_kontext_with_several_references_matches_diffusers_on_them_side_by_side(tiny_kontext, tmp_path):
+    """`--image-paths`: the references in a row at the first one's height (Lanczos), as ComfyUI stitches them for
+    Kontext, then diffusers' FluxKontextPipeline on that row."""
+    first, second = random_image(48, 32, seed=10), random_image(32, 64, seed=11)
+    noise_path = make_noise(tmp_path, (1, 4, 4, 8), seed=12)
+    prompt = "put them together"
+    ours = run_cli(
+        "kontext", "--path", tiny_kontext, "--prompt", prompt, "--image-paths", save(first, tmp_path / "a.png"),
+        save(second, tmp_path / "b.png"), "--steps", 2, "--guidance", 2.5, "--init-noise", noise_path,
+        "--output", tmp_path / "ours.png",
+    )
+    assert ours.size == (64, 32)  # the row's size when none is asked for
+    import diffusers
+
+    pipe = diffusers.FluxKontextPipeline.from_pretrained(tiny_kontext, torch_dtype=torch.float32, local_files_only=True)
+
+    def reference(right: Image.Image):
+        row = Image.new("RGB", (64, 32))
+        row.paste(first, (0, 0))
+        row.paste(right.resize((16, 32), Image.Resampling.LANCZOS), (48, 0))
+        return pipe(image=row, prompt=prompt, height=32, width=64, num_inference_steps=2, guidance_scale=2.5,
+                    latents=pack(np.load(noise_path)), max_area=64 * 32, _auto_resize=False,
+                    output_type="pil").images[0]
+
+    expected = reference(second)
+    assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
+    assert max_uint8_diff(expected, reference(Image.new("RGB", (32, 64), (255, 255, 255)))) > CONDITIONING_EFFECT
+
+
 def test_tool_refuses_a_model_of_the_wrong_kind(tiny_fill, tiny_dev, tmp_path, capsys):
     from mflux_core.cli import main
 

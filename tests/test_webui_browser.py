@@ -278,10 +278,16 @@ def test_depth_kontext_controlnet_and_redux_panels_run(page, studio):
     open_tab(page, "Kontext")
     page.set_input_files("#kontext-reference input[type=file]", str(studio.photo))
     page.wait_for_selector("#kontext-reference img")
+    page.locator("#kontext-more-references button.label-wrap").first.click()  # a second image, side by side
+    page.set_input_files("#kontext-reference-2 input[type=file]", str(studio.photo))
+    page.wait_for_selector("#kontext-reference-2 img")
     type_into(page, "kontext-prompt", "make it blue")
     type_into(page, "kontext-steps", 2)
+    before = result_pngs(studio)
     run_and_wait(page, "kontext")
     screenshot(page, "kontext")
+    [made] = result_pngs(studio) - before
+    assert len(request_in(made)["reference_image_paths"]) == 1
 
     open_tab(page, "ControlNet")
     page.set_input_files("#controlnet-image input[type=file]", str(studio.photo))

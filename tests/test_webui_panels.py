@@ -247,6 +247,10 @@ def test_depth_uses_the_shown_map_or_lets_the_engine_estimate_one(context):
 def test_kontext_needs_a_reference_and_an_instruction(context):
     [request] = kontext.build_requests(shared(reference=picture(), kontext_auto_resize=True), context)
     assert request.tool == "kontext" and request.image_path and request.extra == {"kontext_auto_resize": True}
+    assert request.reference_image_paths == ()
+    [several] = kontext.build_requests(shared(reference=picture(), reference_3=picture((0, 0, 250))), context)
+    [more] = several.reference_image_paths  # the filled slots, in order
+    assert np.asarray(Image.open(more))[0, 1].tolist() == [0, 0, 250]
     with pytest.raises(InvalidRequest, match="instruction"):
         kontext.build_requests(shared(reference=picture(), prompt="  "), context)
     with pytest.raises(InvalidRequest, match="reference image"):

@@ -1,10 +1,12 @@
 """Before / after: a slider over a result and the image it was made from, for the tools that change an image
-(image-to-image, Fill, Kontext, upscale) and the hires fix (its upscaled first pass)."""
+(image-to-image, Fill, Kontext, upscale), the hires fix (its upscaled first pass) and Kontext's several
+references (the row it read)."""
 
 from pathlib import Path
 
 import gradio as gr
 
+from mflux_core.images.stitch import stitched_files
 from webui.requests import InputStore
 
 COMPARED_TOOLS = frozenset({"generate", "fill", "kontext", "upscale"})
@@ -22,6 +24,8 @@ def before_and_after(result, path: Path, inputs_folder: Path) -> tuple[str, str]
     request = result.request
     if result.before is not None:
         before = InputStore(inputs_folder).save(result.before, "hires-first-pass")
+    elif request.reference_image_paths:  # Kontext's several references: the row it read
+        before = InputStore(inputs_folder).save(stitched_files(request.reference_paths), "kontext-references")
     elif request.tool in COMPARED_TOOLS:
         before = request.image_path or request.controlnet_image_path
     else:

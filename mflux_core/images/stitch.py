@@ -5,7 +5,8 @@ from typing import Iterable
 
 from PIL import Image
 
-from mflux_core.request import check_image_size
+from mflux_core.images.io import load_image
+from mflux_core.request import check_image_size, existing_file
 
 
 def stitched_side_by_side(images: Iterable[Image.Image]) -> Image.Image:
@@ -26,3 +27,8 @@ def stitched_side_by_side(images: Iterable[Image.Image]) -> Image.Image:
         stitched.paste(part.convert("RGB"), (left, 0))
         left += part.width
     return stitched
+
+
+def stitched_files(paths: Iterable[str], what: str = "reference image") -> Image.Image:
+    """The image files, read one at a time, side by side (as stitched_side_by_side)."""
+    return stitched_side_by_side(load_image(existing_file(path, what)) for path in paths)

@@ -3,13 +3,15 @@
 The reference image's latent tokens are appended after the image tokens with position ids whose
 first coordinate is 1; the transformer's output for them is cut off. As in diffusers, the
 reference keeps its own size (floored to a multiple of 16) unless `--kontext-auto-resize` picks
-the preferred Kontext resolution closest to its aspect ratio.
+the preferred Kontext resolution closest to its aspect ratio. Several reference images are one, side by side
+at the first one's height (images/stitch.py): Kontext reads one picture.
 """
 
 from PIL import Image
 
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
+from mflux_core.images.stitch import stitched_files
 from mflux_core.request import GenerationRequest, check_image_size
 from mflux_core.sampling.latents import image_position_ids
 from mflux_core.tools.engine import ToolEngine
@@ -32,9 +34,16 @@ def reference_size(image: Image.Image, auto_resize: bool, multiple: int) -> tupl
     return width // multiple * multiple, height // multiple * multiple
 
 
+def reference_image(request: GenerationRequest) -> Image.Image:
+    paths = request.reference_paths
+    if len(paths) < 2:
+        return required_image(paths[0] if paths else None, "a reference image", "--image-path")
+    return stitched_files(paths)
+
+
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
     check_in_channels(model, packed_channels(model), "Kontext", "FLUX.1-Kontext")
-    reference = required_image(request.image_path, "a reference image", "--image-path")
+    reference = reference_image(request)
     request = with_size(request, reference)
     multiple = 2 * model.vae_scale_factor
     width, height = reference_size(reference, bool(request.extra.get("kontext_auto_resize")), multiple)

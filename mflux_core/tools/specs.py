@@ -130,6 +130,9 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
     ToolSpec("kontext", "edit a reference image by instruction (FLUX.1-Kontext)", "kontext", "kontext", ("kontext",),
              guidance=2.5, demo_model="demo-kontext", sized_by_input=True, true_cfg=True, flags=(
                  Flag("--image-path", "the reference image"),
+                 Flag("--image-paths", "several reference images (after --image-path's, if given), side by side at "
+                      "the first one's height as one reference, as ComfyUI stitches them for Kontext", kind="paths",
+                      field="reference_image_paths"),
                  Flag("--kontext-auto-resize", "resize the reference to the closest resolution Kontext was trained "
                       "on", into=EXTRA, kind="switch"))),
     ToolSpec("controlnet", "follow the Canny edges of a control image (FLUX.1 ControlNet on dev or schnell)",

@@ -1,4 +1,5 @@
-"""Kontext: edit a reference image by instruction (FLUX.1-Kontext)."""
+"""Kontext: edit a reference image by instruction (FLUX.1-Kontext); several images are one reference, side by
+side (as ComfyUI stitches them for Kontext)."""
 
 import gradio as gr
 
@@ -11,6 +12,7 @@ from webui.requests import RequestContext, requests_from_settings
 from webui.widgets import build_shared_controls, shared_settings, shared_values
 
 TOOL = "kontext"
+MORE_REFERENCES = 2  # slots after the first: "put the hat from image 2 on the person in image 1"
 
 
 def settings_from_values(values: dict) -> dict:
@@ -32,8 +34,11 @@ def build_requests(values: dict, context: RequestContext) -> list[GenerationRequ
         raise InvalidRequest("Upload the reference image to edit.")
     if not (values.get("prompt") or "").strip():
         raise InvalidRequest("Write the instruction: what should change in the image?")
+    more = tuple(context.inputs.save(image, "kontext-reference") for image in
+                 (values.get(f"reference_{slot}") for slot in range(2, MORE_REFERENCES + 2)) if image is not None)
     return requests_from_settings(settings_from_values(values), context,
-                                  image_path=context.inputs.save(reference, "kontext-reference"))
+                                  image_path=context.inputs.save(reference, "kontext-reference"),
+                                  reference_image_paths=more)
 
 
 def render(studio) -> Panel:
@@ -41,6 +46,11 @@ def render(studio) -> Panel:
         with gr.Row():
             with gr.Column(scale=5):
                 reference = input_image("Reference image", "kontext-reference")
+                with gr.Accordion("More images (side by side after the first, at its height)", open=False,
+                                  elem_id="kontext-more-references"):
+                    with gr.Row():
+                        more = {f"reference_{slot}": input_image(f"Image {slot}", f"kontext-reference-{slot}")
+                                for slot in range(2, MORE_REFERENCES + 2)}
                 auto_resize = gr.Checkbox(False, label="Resize the reference to Kontext's preferred resolution",
                                           elem_id="kontext-auto-resize")
                 shared = build_shared_controls(studio, TOOL, TOOL, prompt_label="Instruction")
@@ -52,7 +62,7 @@ def render(studio) -> Panel:
             with gr.Column(scale=4):
                 view, run, stop = result_column(TOOL, compare=True)
     panel.view, panel.run_handler = view, studio.job(view)(build_requests)
-    studio.wire_run(run, panel.run_handler, {**panel.controls, "reference": reference}, view,
+    studio.wire_run(run, panel.run_handler, {**panel.controls, "reference": reference, **more}, view,
                     api_name="kontext")
     studio.wire_stop(stop)
     return panel
