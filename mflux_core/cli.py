@@ -116,7 +116,8 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
                        "with a negative prompt, each step runs the transformer twice (diffusers' true_cfg_scale)")
     group.add_argument("--sampler", choices=SAMPLERS, help="how each step moves along the schedule: euler (the "
                        "default), euler_a (A1111's Euler a: fresh noise from the seed each step), heun (second "
-                       "order: two transformer passes a step, one on the last) or dpm++2m")
+                       "order: two transformer passes a step, one on the last), dpm++2m, dpm++2m_sde (with fresh noise "
+                       "from the seed each step) or unipc (predictor-corrector, one pass a step)")
     group.add_argument("--schedule", choices=SCHEDULES, help="how the sigmas are spaced: simple (FLUX's, the "
                        "default), beta, karras or exponential; each keeps FLUX's resolution shift")
     group.add_argument("--max-sequence-length", type=int,

@@ -53,7 +53,7 @@ class GenerationRequest:
     init_noise_path: str | None = None
     max_sequence_length: int | None = None  # T5 tokens; None: the model's (its T5 tokenizer's limit, at most 512)
     vae_tiling: bool = False  # decode and encode in tiles even when the whole image fits the memory budget
-    sampler: str = "euler"  # mflux_core.sampling.samplers: euler, euler_a, heun, dpm++2m
+    sampler: str = "euler"  # mflux_core.sampling.samplers: euler, euler_a, heun, dpm++2m, dpm++2m_sde, unipc
     schedule: str = "simple"  # mflux_core.sampling.schedule: simple, beta, karras, exponential
     resize_mode: str = DEFAULT_RESIZE_MODE  # how an input image of another size is brought to the output size
     extra: dict = field(default_factory=dict)  # tool-specific settings (canny thresholds, ...)

@@ -33,7 +33,8 @@ MAX_HIRES_SCALE = 4  # the hires fix's upscale factor
 HIRES_UPSCALERS = ("Lanczos", "ControlNet upscaler")  # Lanczos as A1111 names it; the other: mflux_core.hires
 MAX_TRUE_CFG_SCALE = 20  # true CFG (diffusers' true_cfg_scale); 1 is off, useful values are about 1.5 to 5
 # Samplers and sigma schedules (mflux_core.sampling), by name, with the names A1111's "parameters" text gives them
-SAMPLER_LABELS = {"euler": "Euler", "euler_a": "Euler a", "heun": "Heun", "dpm++2m": "DPM++ 2M"}
+SAMPLER_LABELS = {"euler": "Euler", "euler_a": "Euler a", "heun": "Heun", "dpm++2m": "DPM++ 2M",
+                  "dpm++2m_sde": "DPM++ 2M SDE", "unipc": "UniPC"}
 SCHEDULE_LABELS = {"simple": "Simple", "beta": "Beta", "karras": "Karras", "exponential": "Exponential"}
 
 OUT_OF_RANGE = "{label} {value} is out of range: use {limits}."

@@ -408,7 +408,8 @@ def test_png_info_reads_our_pngs_and_a1111s(studio):
 
 
 def test_the_listings_clients_probe_answer(studio):
-    assert [s["name"] for s in answer(studio.http.get("/samplers"))] == ["Euler", "Euler a", "Heun", "DPM++ 2M"]
+    assert [s["name"] for s in answer(studio.http.get("/samplers"))] == [
+        "Euler", "Euler a", "Heun", "DPM++ 2M", "DPM++ 2M SDE", "UniPC"]
     assert [s["label"] for s in answer(studio.http.get("/schedulers"))] == ["Simple", "Beta", "Karras", "Exponential"]
     (lora,) = answer(studio.http.get("/loras"))
     assert (lora["name"], lora["alias"], lora["metadata"]["ss_base_model_version"]) == ("ink", "ink-v2", "flux1")
@@ -435,6 +436,9 @@ def test_the_listings_clients_probe_answer(studio):
     ({"sampler_name": "Euler", "scheduler": "Automatic"}, {"sampler": "euler"}, []),
     ({"sampler_name": "Euler a", "scheduler": "Align Your Steps"}, {"sampler": "euler_a"}, ["Align Your Steps"]),
     ({"sampler_index": "k_euler_a"}, {"sampler": "euler_a"}, []),
+    ({"sampler_name": "DPM++ 2M SDE Karras"}, {"sampler": "dpm++2m_sde", "schedule": "karras"}, []),
+    ({"sampler_index": "k_dpmpp_2m_sde"}, {"sampler": "dpm++2m_sde"}, []),
+    ({"sampler_name": "UniPC", "scheduler": "Exponential"}, {"sampler": "unipc", "schedule": "exponential"}, []),
     ({"sampler_name": "DPM++ SDE"}, {}, ["DPM++ SDE"]),
 ])
 def test_samplers_and_schedulers_are_picked_by_a1111s_names(fields, settings, ignored):

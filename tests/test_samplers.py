@@ -1,10 +1,11 @@
-"""Samplers (euler, euler_a, heun, dpm++2m) and schedules (simple, beta, karras, exponential).
+"""Samplers (euler, euler_a, heun, dpm++2m, dpm++2m_sde, unipc) and schedules (simple, beta, karras, exponential).
 
 The sigma arrays equal diffusers' FlowMatchEulerDiscreteScheduler.set_timesteps (as FluxPipeline calls it, with
 use_karras_sigmas / use_exponential_sigmas / use_beta_sigmas) bit for bit. Whole images equal diffusers' Flux
 pipelines in float32 (uint8 max |diff| <= 2) with the scheduler that has the sampler's step:
-FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler, or DPMSolverMultistepScheduler (use_flow_sigmas,
-flow_prediction, dpmsolver++, order 2). Heun's and DPM's set_timesteps take no FLUX sigmas or mu, so the reference
+FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler, DPMSolverMultistepScheduler (use_flow_sigmas,
+flow_prediction, dpmsolver++ or sde-dpmsolver++, order 2) or UniPCMultistepScheduler (use_flow_sigmas,
+flow_prediction, bh2, order 2). Heun's, DPM's and UniPC's set_timesteps take no FLUX sigmas or mu, so the reference
 schedulers here take their sigmas from FlowMatchEulerDiscreteScheduler (the schedule every sampler walks) and lay
 them out as their own set_timesteps does; each test also checks that its sampler and schedule really move
 diffusers' image away from plain Euler.
@@ -16,8 +17,12 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
+from diffusers import (
+    DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
 from diffusers.pipelines.flux import pipeline_flux_fill, pipeline_flux_img2img
+from diffusers.schedulers import scheduling_dpmsolver_multistep as dpm_scheduler_module
 from diffusers.schedulers import scheduling_flow_match_euler_discrete as euler_scheduler_module
 
 from mflux_core.sampling.samplers import step_noise
@@ -84,8 +89,9 @@ class FlowHeun(FlowMatchHeunDiscreteScheduler):
         self.prev_derivative = self.dt = self._step_index = self._begin_index = None
 
 
-class FlowDpm(DPMSolverMultistepScheduler):
-    """diffusers' DPM++ 2M step (flow sigmas) on the FLUX sigmas, with the flow forward process img2img needs."""
+class FlowSigmas:
+    """A multistep scheduler of diffusers (use_flow_sigmas) on the FLUX sigmas, with the flow forward process
+    img2img needs."""
 
     def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, mu=None):
         if sigmas is None:  # FluxPipeline passes none to a scheduler with use_flow_sigmas
@@ -95,11 +101,20 @@ class FlowDpm(DPMSolverMultistepScheduler):
         self.num_inference_steps = len(self.timesteps)
         self.model_outputs = [None] * self.config.solver_order
         self.lower_order_nums = 0
+        self.last_sample = None
         self._step_index = self._begin_index = None
 
     def scale_noise(self, sample, timestep, noise):
         sigma = self.sigmas[self.begin_index]
         return sigma * noise + (1.0 - sigma) * sample
+
+
+class FlowDpm(FlowSigmas, DPMSolverMultistepScheduler):
+    pass
+
+
+class FlowUniPC(FlowSigmas, UniPCMultistepScheduler):
+    pass
 
 
 def reference_scheduler(base_config, sampler: str, schedule: str):
@@ -110,8 +125,12 @@ def reference_scheduler(base_config, sampler: str, schedule: str):
         return FlowMatchEulerDiscreteScheduler.from_config(flow.config, stochastic_sampling=True)
     if sampler == "heun":
         scheduler = FlowHeun()
+    elif sampler == "unipc":
+        scheduler = FlowUniPC(use_flow_sigmas=True, prediction_type="flow_prediction", solver_order=2,
+                              solver_type="bh2", predict_x0=True, lower_order_final=True, final_sigmas_type="zero")
     else:
-        scheduler = FlowDpm(use_flow_sigmas=True, prediction_type="flow_prediction", algorithm_type="dpmsolver++",
+        algorithm = "sde-dpmsolver++" if sampler == "dpm++2m_sde" else "dpmsolver++"
+        scheduler = FlowDpm(use_flow_sigmas=True, prediction_type="flow_prediction", algorithm_type=algorithm,
                             solver_order=2, lower_order_final=True, final_sigmas_type="zero")
     scheduler.flow = flow
     return scheduler
@@ -119,18 +138,21 @@ def reference_scheduler(base_config, sampler: str, schedule: str):
 
 @contextmanager
 def our_step_noise(seed: int, steps: int):
-    """diffusers' Euler a draws each step's noise from torch's generator: hand it ours, step by step (the noise is
-    the sampler's input, as --init-noise is the first step's)."""
-    saved, step = euler_scheduler_module.randn_tensor, iter(range(steps))
+    """diffusers' Euler a and DPM++ 2M SDE draw each step's noise from torch's generator: hand them ours, step by
+    step (the noise is the sampler's input, as --init-noise is the first step's)."""
+    modules, step = (euler_scheduler_module, dpm_scheduler_module), iter(range(steps))
+    saved = [module.randn_tensor for module in modules]
 
     def drawn(shape, **options):
         return torch.from_numpy(np.array(step_noise(seed, steps, next(step), tuple(shape))))
 
-    euler_scheduler_module.randn_tensor = drawn
+    for module in modules:
+        module.randn_tensor = drawn
     try:
         yield
     finally:
-        euler_scheduler_module.randn_tensor = saved
+        for module, original in zip(modules, saved):
+            module.randn_tensor = original
 
 
 def check_parity(ours, reference, sampler: str, schedule: str) -> None:
@@ -149,7 +171,8 @@ def sampler_flags(sampler: str, schedule: str) -> list:
 
 @pytest.mark.parametrize("variant, sampler, schedule, steps", [
     ("dev", "euler", "karras", 5), ("dev", "heun", "beta", 4), ("dev", "dpm++2m", "simple", 5),
-    ("schnell", "dpm++2m", "exponential", 4), ("dev", "euler_a", "simple", 4),
+    ("schnell", "dpm++2m", "exponential", 4), ("dev", "euler_a", "simple", 4), ("dev", "dpm++2m_sde", "karras", 5),
+    ("dev", "unipc", "simple", 5), ("schnell", "unipc", "beta", 4), ("dev", "unipc", "karras", 3),
 ])
 def test_text_to_image_matches_flux_pipeline(request, tmp_path, variant, sampler, schedule, steps):
     folder = request.getfixturevalue(f"tiny_{variant}")
@@ -170,7 +193,8 @@ def test_text_to_image_matches_flux_pipeline(request, tmp_path, variant, sampler
     check_parity(ours, reference, sampler, schedule)
 
 
-@pytest.mark.parametrize("sampler, schedule, steps", [("heun", "karras", 4), ("dpm++2m", "beta", 5)])
+@pytest.mark.parametrize("sampler, schedule, steps",
+                         [("heun", "karras", 4), ("dpm++2m", "beta", 5), ("unipc", "beta", 5)])
 def test_image_to_image_matches_flux_img2img_pipeline(tiny_dev, tmp_path, sampler, schedule, steps):
     """Image strength 0.4 starts part-way; Heun and DPM++ 2M start fresh there (first order), as diffusers."""
     import diffusers
@@ -259,7 +283,8 @@ class CountingTransformer:
         return self.transformer(*inputs, **options)
 
 
-@pytest.mark.parametrize("sampler, calls_per_pass", [("euler", 4), ("euler_a", 4), ("heun", 7), ("dpm++2m", 4)])
+@pytest.mark.parametrize("sampler, calls_per_pass", [("euler", 4), ("euler_a", 4), ("heun", 7), ("dpm++2m", 4),
+                                                      ("dpm++2m_sde", 4), ("unipc", 4)])
 def test_heun_evaluates_twice_a_step_but_the_last_and_every_sampler_yields_once_a_step(sampler, calls_per_pass):
     import mlx.core as mx
 
@@ -316,7 +341,8 @@ def test_defaults_and_bad_values():
     request = GenerationRequest(prompt="x").validated()
     assert (request.sampler, request.schedule) == ("euler", "simple")
     for changes, expected in (({"sampler": "ddim"},
-                               "The sampler must be one of euler, euler_a, heun, dpm++2m, not 'ddim'."),
+                               "The sampler must be one of euler, euler_a, heun, dpm++2m, dpm++2m_sde, unipc, not "
+                               "'ddim'."),
                               ({"schedule": "Karras"}, "The schedule must be one of simple, beta, karras, "
                                                        "exponential, not 'Karras'.")):
         with pytest.raises(InvalidRequest) as error:
@@ -387,7 +413,8 @@ def test_plot_axes_take_names_or_a1111_labels():
     assert {(c.request.sampler, c.request.schedule) for c in cells} == {
         (a, b) for a in samplers.values for b in schedules.values}
     with pytest.raises(InvalidRequest,
-                       match="The Sampler axis: 'ddim' is not one of euler, euler_a, heun, dpm\\+\\+2m."):
+                       match="The Sampler axis: 'ddim' is not one of euler, euler_a, heun, dpm\\+\\+2m, "
+                             "dpm\\+\\+2m_sde, unipc."):
         parse_axis_flag("sampler=euler, ddim")
 
 
@@ -408,6 +435,7 @@ def test_concept_attention_refuses_heun():
     from mflux_core.errors import InvalidRequest
     from mflux_core.request import GenerationRequest
 
-    with pytest.raises(InvalidRequest, match="Heun takes two; choose Euler, Euler a or DPM\\+\\+ 2M"):
+    with pytest.raises(InvalidRequest, match="Heun takes two; choose Euler, Euler a, DPM\\+\\+ 2M, DPM\\+\\+ 2M SDE "
+                                             "or UniPC"):
         concept_request(GenerationRequest(prompt="x", sampler="heun"))
     assert concept_request(GenerationRequest(prompt="x", sampler="dpm++2m", schedule="beta")).schedule == "beta"

@@ -10,7 +10,8 @@
     POST /sdapi/v1/png-info            the settings in a PNG (ours or A1111's)
     POST /sdapi/v1/extra-single-image, /extra-batch-images: upscaling (a1111_extras.py)
     GET  /sdapi/v1/samplers, schedulers, loras, upscalers, sd-vae, cmd-flags, memory: what the studio has
-    (`sampler_name` and `scheduler` pick ours by A1111's names: Euler, Euler a, Heun, DPM++ 2M; Simple, Beta, Karras...)
+    (`sampler_name` and `scheduler` pick ours by A1111's names: Euler, Euler a, Heun, DPM++ 2M, DPM++ 2M SDE,
+    UniPC; Simple, Beta, Karras...)
 
 FLUX semantics as Forge defines them: `distilled_cfg_scale` is FLUX guidance (default: the tool's), `cfg_scale`
 above 1 with a negative prompt is true classifier-free guidance, 1 turns it off. Fields we cannot honour are
@@ -53,7 +54,8 @@ API_SESSION = "sdapi"  # the API's running job on the studio's job board (its ca
 API_TOOLS = ("generate", "fill")
 A1111_SOURCE = "A1111 API"  # who submitted a job, as the queue shows it
 # A1111's k-diffusion names
-SAMPLER_ALIASES = {"euler": "k_euler", "euler_a": "k_euler_a", "heun": "k_heun", "dpm++2m": "k_dpmpp_2m"}
+SAMPLER_ALIASES = {"euler": "k_euler", "euler_a": "k_euler_a", "heun": "k_heun", "dpm++2m": "k_dpmpp_2m",
+                   "dpm++2m_sde": "k_dpmpp_2m_sde", "unipc": "unipc"}
 AUTOMATIC = "automatic"  # Forge's scheduler "Automatic": the sampler's own, which Simple is
 TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]+\]$")  # A1111 titles a checkpoint "name [shorthash]"
 

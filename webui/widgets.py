@@ -195,8 +195,8 @@ def sampling_controls(prefix: str) -> dict:
     with gr.Row():
         sampler = gr.Dropdown([(label, name) for name, label in SAMPLER_LABELS.items()], value="euler",
                               label="Sampler", elem_id=f"{prefix}-sampler",
-                              info="Euler a: fresh noise each step (from the seed). Heun: two transformer passes "
-                                   "a step (one on the last), about twice the time.")
+                              info="Euler a, DPM++ 2M SDE: fresh noise each step (from the seed). Heun: two "
+                                   "transformer passes a step (one on the last), about twice the time.")
         schedule = gr.Dropdown([(label, name) for name, label in SCHEDULE_LABELS.items()], value="simple",
                                label="Schedule", elem_id=f"{prefix}-schedule",
                                info="How the noise levels are spaced; each keeps FLUX's resolution shift.")

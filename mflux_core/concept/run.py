@@ -114,7 +114,7 @@ def concept_request(request: GenerationRequest) -> GenerationRequest:
         raise InvalidRequest("Concept attention maps one transformer pass a step: leave true CFG off (scale 1).")
     if request.sampler == "heun":
         raise InvalidRequest("Concept attention maps one transformer pass a step: Heun takes two; choose Euler, "
-                             "Euler a or DPM++ 2M.")
+                             "Euler a, DPM++ 2M, DPM++ 2M SDE or UniPC.")
     return request
 
 
