@@ -203,7 +203,7 @@ REQUEST_SETTINGS: dict[str, Setting] = {
     "negative_prompt": text("The negative prompt", MAX_PROMPT_CHARS),
     "true_cfg_scale": TRUE_CFG_SCALE,
     "image_path": text("The image path").optional(),
-    "reference_image_paths": text("Reference image path").listed(),
+    "reference_image_paths": text("reference image path").listed(),
     "image_strength": number("Image strength", 0, 1, below=True, low_note="(ignore the image)").optional(),
     "masked_image_path": text("The mask path").optional(),
     "keep_unmasked": switch("The setting keep_unmasked"),

@@ -126,6 +126,8 @@ class DpmPlusPlus2M:
 
 
 class UniPC:
+    """Predictor-corrector: each step corrects the last prediction (UniC), then predicts the next sample (UniP)."""
+
     def __init__(self):
         self.outputs: list[tuple[mx.array, int]] = []  # the last two steps' data predictions and their sigma index
         self.last: tuple[mx.array, int] | None = None  # the sample the last prediction started from, and its order
@@ -145,11 +147,12 @@ class UniPC:
         sigma, sigma_next = f32(sigmas[i]), f32(sigmas[i + 1])
         h = flow_lambda_step(sigma, sigma_next)
         decay, b_h = self.decay_and_b(sigma, sigma_next, h)
-        result = float(decay) * latents - float((f32(1) - sigma_next) * b_h) * current
+        scale = float((f32(1) - sigma_next) * b_h)
+        result = float(decay) * latents - scale * current
         if order == 2:
             earlier, index = self.outputs[-2]
             rk = flow_lambda_step(sigma, f32(sigmas[index])) / h
-            result = result - float((f32(1) - sigma_next) * b_h) * (f32(0.5) * ((earlier - current) / float(rk)))
+            result = result - scale * (f32(0.5) * ((earlier - current) / float(rk)))
         return result
 
     def corrected(self, latents: mx.array, denoised: mx.array, sigmas: np.ndarray, i: int) -> mx.array:
