@@ -156,7 +156,7 @@ def sentence(error: dict, settings: dict[str, Setting]) -> str:
     if inside and isinstance(inside[0], str):  # a value inside a mapping (a tool setting in `extra`)
         label = f"The setting {inside[0]}"
     elif setting.each:
-        label = f"A {setting.label}" if inside else f"The setting {key}"
+        label = f"A {setting.label}" if inside else f"The {setting.label}s"
     else:
         label = setting.label
     if kind == REFUSED:
@@ -174,7 +174,8 @@ def sentence(error: dict, settings: dict[str, Setting]) -> str:
         limit = error["ctx"]["max_length"]
         return f"{label} is {len(value):,} characters long; the limit is {limit:,}."
     if kind in ("too_long", "tuple_type"):
-        return f"{label} must be a list of at most {MAX_LIST_ITEMS} items, not {_shown(value)}."
+        shown = f"{len(value)} of them" if kind == "too_long" else _shown(value)
+        return f"{label} must be a list of at most {MAX_LIST_ITEMS} items, not {shown}."
     return f"{label} must be {setting.kind or setting.accepts}, not {_shown(value)}."
 
 

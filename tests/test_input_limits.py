@@ -141,7 +141,7 @@ def test_images_used_at_their_own_size_are_held_to_the_canvas_limits(manager, ti
         manager.generate(kontext)
     row = kontext.with_(image_path=str(images["photo64.png"]), reference_image_paths=(
         str(images["photo64.png"]),) * 63 + (str(images["too-wide.png"]),))
-    with pytest.raises(InvalidRequest, match="reference_image_paths must be a list of at most 8 items"):
+    with pytest.raises(InvalidRequest, match="The reference image paths must be a list of at most 8 items"):
         manager.generate(row)
     with pytest.raises(InvalidRequest, match=f"The images side by side would be 4176x64 pixels, {CANVAS_REFUSAL}"):
         manager.generate(row.with_(reference_image_paths=(str(images["too-wide.png"]),)))
