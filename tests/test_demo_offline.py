@@ -184,7 +184,7 @@ def test_an_in_context_tool_on_the_demo_paints_a_native_canvas_with_a_note(manag
 
 
 def test_every_shipped_member_lists_the_sizes_its_stage_lists():
-    tuned = {STAGES[stage].listed_sizes for stage in SIZES_STAGES}
+    tuned = {STAGES[stage].sizes for stage in SIZES_STAGES}
     for member in ("demo", "demo-fill", "demo-depth", "demo-kontext"):
         assert shipped_sizes(member) in tuned | {((64, 64),)}, member  # a sizes stage's or the 64 px recipe's
 

@@ -164,8 +164,8 @@ def test_the_sizes_stages_tune_a_restored_family_and_its_export_makes_every_size
     assert len(list(run.glob("examples-base-13-*.npz"))) == len(sizes)  # one pool per size (64x64 named as before)
     folders = {folder.name: folder for folder in export.export_run(run, tmp_path / "models")}
     assert set(folders) == {"demo", "demo-fill", "demo-depth", "demo-kontext", "demo-canny", "demo-upscaler"}
-    assert read_native_sizes(folders["demo"]) == STAGES["guidance-sizes"].listed_sizes != sizes  # 128 not listed
-    assert read_native_sizes(folders["demo-fill"]) == STAGES["fill-sizes"].listed_sizes
+    assert read_native_sizes(folders["demo"]) == STAGES["guidance-sizes"].sizes == sizes
+    assert read_native_sizes(folders["demo-fill"]) == STAGES["fill-sizes"].sizes
     assert read_native_sizes(folders["demo-depth"]) == ((64, 64),)
     tuned, shipped = load_controlnet(folders["demo-canny"]), load_controlnet(demo_models_dir() / "demo-canny")
     assert not mx.array_equal(tuned.controlnet_blocks[0].weight, shipped.controlnet_blocks[0].weight)

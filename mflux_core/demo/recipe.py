@@ -16,13 +16,6 @@ class StageSettings:
     seed: int
     sides: tuple[int, ...] = (IMAGE_SIZE,)  # picture sides (px) it trains at, every pairing: (48, 64) -> 4 sizes
     native_share: float | None = None  # share of its steps at family.NATIVE_SIZE; None: every size alike
-    largest_listed: int | None = None  # the largest side the shipped member lists (sizes.json); None: every side
-
-    @property
-    def listed_sizes(self) -> tuple[tuple[int, int], ...]:
-        """The trained sizes the finished stage lists as made (a side trained on may still be made too poorly)."""
-        return tuple(size for size in self.sizes if self.largest_listed is None or max(size) <= self.largest_listed)
-
     @property
     def sizes(self) -> tuple[tuple[int, int], ...]:
         """(width, height) of every size it trains at."""
@@ -33,9 +26,9 @@ class StageSettings:
 # keeps what it does there. Started from the 64 px family over sides up to 128 (36 sizes), 3,000 teacher steps
 # still painted shapes twice at 128 px and lost placement at 64x64 (README, Demo models).
 TUNED_SIZES = dict(sides=(48, 64, 80, 96), native_share=0.25)
-# The base's second round, from the first round's (TUNED_SIZES, 4,000 + 2,000 steps) shipped weights restored by
-# restore.py: sides up to 128, listed up to 112 (at 128 it places a shape right 0.60 to 0.74 of the time; README).
-BASE_SIZES = dict(sides=(48, 64, 80, 96, 112, 128), native_share=0.25, largest_listed=112)
+# The base's second and third rounds, each from the round before's shipped weights restored by restore.py (the
+# first: TUNED_SIZES, 4,000 + 2,000 steps): sides up to 128 (README, "Sizes stages").
+BASE_SIZES = dict(sides=(48, 64, 80, 96, 112, 128), native_share=0.25)
 
 STAGES = {  # sized for a 2-core CPU: about three hours in all (README's demo section has the timings)
     "vae": StageSettings(steps=4000, batch=8, learning_rate=1e-3, pool=6000, seed=1),

@@ -52,7 +52,7 @@ SIZES_STAGES = {
 def train_at_sizes(run: Path, stage: str, recipe: dict[str, StageSettings], vae, workers: int,
                    max_seconds: float | None, compile: bool) -> bool:
     """Train (or resume) one sizes stage; True when it finished, and then its checkpoint folder lists the
-    sizes it makes (finished_sizes: the recipe's listed_sizes)."""
+    sizes it makes (finished_sizes: the recipe's sizes)."""
     settings, plan = recipe[stage], SIZES_STAGES[stage]
     common = dict(vae=vae, workers=workers, max_seconds=max_seconds, compile=compile, sizes=settings.sizes)
     if plan.extends == "teacher":
@@ -67,7 +67,7 @@ def train_at_sizes(run: Path, stage: str, recipe: dict[str, StageSettings], vae,
     else:
         finished = train_flow_stage(run, plan.extends, settings, start=plan.start, checkpoint=stage, **common)
     if finished:
-        (run / stage / SIZES_FILE).write_text(json.dumps([list(size) for size in settings.listed_sizes]))
+        (run / stage / SIZES_FILE).write_text(json.dumps([list(size) for size in settings.sizes]))
     return finished
 
 
