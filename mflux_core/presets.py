@@ -43,8 +43,8 @@ MAX_DESCRIPTION_CHARS = 500
 MAX_EXTRA_KEYS = 32
 
 INPUT_PATH_FIELDS = frozenset({
-    "image_path", "reference_image_paths", "masked_image_path", "depth_image_path", "controlnet_image_path", "redux_image_paths",
-    "init_noise_path",
+    "image_path", "reference_image_paths", "masked_image_path", "depth_image_path", "controlnet_image_path",
+    "redux_image_paths", "init_noise_path",
 })
 SETTING_FIELDS = tuple(f.name for f in fields(GenerationRequest) if f.name not in INPUT_PATH_FIELDS)
 UI_FIELDS = ("batch_count",)

@@ -347,8 +347,11 @@ def test_screenshots_of_the_other_panels(page):
 
 
 def test_stop_ends_a_long_run_within_a_step(page, studio):
+    """Stop from the page ends the run early, with nothing saved. How many steps run between the click and the
+    engine's check depends on the machine (the click's round trip against a step's time), so the bound is loose;
+    tests/test_manager.py checks that the engine stops within one step of being asked."""
     choose(page, "generate-model", "tiny-dev")
-    type_size_and_steps(page, "generate", 256, 256, 300)
+    type_size_and_steps(page, "generate", 512, 512, 300)
     before = result_pngs(studio)
     page.click("#generate-run")
     wait_for_status(page, "generate", "step [3-9] of 300")
@@ -357,7 +360,7 @@ def test_stop_ends_a_long_run_within_a_step(page, studio):
     text = wait_for_status(page, "generate", "Stopped")
     assert time.perf_counter() - asked < 10
     stopped_at = int(re.search(r"Stopped after step (\d+) of 300", text).group(1))
-    assert stopped_at < 30, text
+    assert stopped_at < 100, text
     assert result_pngs(studio) == before and not studio.manager.status()["busy"]
 
 

@@ -29,6 +29,6 @@ def stitched_side_by_side(images: Iterable[Image.Image]) -> Image.Image:
     return stitched
 
 
-def stitched_files(paths: Iterable[str], what: str = "reference image") -> Image.Image:
-    """The image files, read one at a time, side by side (as stitched_side_by_side)."""
-    return stitched_side_by_side(load_image(existing_file(path, what)) for path in paths)
+def stitched_files(paths: Iterable[str]) -> Image.Image:
+    """Reference image files, read one at a time, side by side (as stitched_side_by_side)."""
+    return stitched_side_by_side(load_image(existing_file(path, "reference image")) for path in paths)
