@@ -4,15 +4,23 @@ Random bfloat16 weights at FLUX.1-dev's real shapes (19 double + 38 single block
 1024x1024 (4096 image + 512 text tokens). Each contender runs in its own subprocess so its peak
 memory is its own:
 
-  mlx            our FluxTransformer on MLX's CUDA backend, eager
+  mlx            our FluxTransformer on MLX's CUDA backend, eager, as the studio runs a step: under
+                 the default memory budget, held to the step's plan (MemoryBudget.holding)
   mlx-compiled   the same, the whole transformer call under mx.compile
   torch          diffusers' FluxTransformer2DModel, eager
-  torch-compile  the same under torch.compile (default mode; compile time reported apart)
+  torch-compile  the same under torch.compile (default mode; its first call includes the compile)
 
-Prints seconds per step (median), peak memory during a step (weights included) and the FLOP
-floor (the step's FLOPs over this GPU's measured bfloat16 GEMM rate), then a line of ratios.
+A contender may carry settings after a colon, joined by '+': `in_flight=GB` (the queued work held
+beside the plan; `none`: not held, as before the budget held runs), `cache=GB` (MLX's buffer cache
+limit) and environment variables for that process only, e.g. `mlx:in_flight=none` or
+`mlx:cache=1+MLX_MAX_MB_PER_BUFFER=200`.
 
-    python -m bench.gpu_step [--size 1024] [--steps 5] [--only mlx,torch]
+Prints seconds per step (median), the first call's seconds (MLX: whether its compiled-kernel cache
+was empty), peak memory during a step (weights included), the planner's estimate of the step's peak
+above the weights (memory.transformer_step_bytes) and the FLOP floor (the step's FLOPs over this
+GPU's measured bfloat16 GEMM rate), then a line of ratios.
+
+    python -m bench.gpu_step [--size 1024] [--steps 5] [--only mlx,torch] [--json FILE]
 """
 
 import argparse
@@ -26,6 +34,7 @@ FLUX_DEV = dict(
 )
 TEXT_TOKENS = 512
 CONTENDERS = ("mlx", "torch", "mlx-compiled", "torch-compile")
+PTX_CACHE = "/tmp/mlx"  # where MLX's CUDA backend keeps the kernels it compiled (its default)
 
 
 def step_flops(image_tokens: int, text_tokens: int = TEXT_TOKENS, config: dict = FLUX_DEV) -> float:
@@ -118,14 +127,20 @@ def torch_gemm_tflops() -> float:
     return 20 * 2 * 8192**3 / (time.perf_counter() - start) / 1e12
 
 
-def worker_mlx(size: int, steps: int, compiled: bool) -> dict:
+def worker_mlx(size: int, steps: int, compiled: bool, options: dict) -> dict:
     import mflux_core  # noqa: F401  (before mlx.core)
     import mlx.core as mx
 
+    from mflux_core.memory import GB, MemoryBudget, MemoryPlan, transformer_step_bytes
     from mflux_core.models.transformer import FluxTransformer, FluxTransformerConfig
 
+    cache_was_empty = not any(os.scandir(PTX_CACHE)) if os.path.isdir(PTX_CACHE) else True
+    budget = MemoryBudget()
+    if "cache" in options:
+        mx.set_cache_limit(int(float(options["cache"]) * GB))
     mx.random.seed(0)
-    model = FluxTransformer(FluxTransformerConfig.from_dict(FLUX_DEV))
+    config = FluxTransformerConfig.from_dict(FLUX_DEV)
+    model = FluxTransformer(config)
     for part in model.children().values():  # cast and materialise piece by piece: no float32 copy of it all
         for module in part if isinstance(part, list) else [part]:
             module.set_dtype(mx.bfloat16)
@@ -138,6 +153,8 @@ def worker_mlx(size: int, steps: int, compiled: bool) -> dict:
     mx.eval(rope)
     mx.synchronize()
     weights = mx.get_active_memory()
+    planned = transformer_step_bytes(config, len(arrays["img_ids"]), TEXT_TOKENS, 2)
+    plan = MemoryPlan(f"a {size}x{size} step", weights, (("denoising", planned),), 0)
     mx.reset_peak_memory()
 
     def call(hidden, text, pooled, timestep, guidance, cos, sin):
@@ -152,19 +169,37 @@ def worker_mlx(size: int, steps: int, compiled: bool) -> dict:
         mx.synchronize()
         return out
 
-    start = time.perf_counter()
-    step()
-    first = time.perf_counter() - start
-    step()
-    times = []
-    for _ in range(steps):
+    def timed_steps() -> tuple[float, list[float]]:
         start = time.perf_counter()
         step()
-        times.append(time.perf_counter() - start)
+        first = time.perf_counter() - start
+        step()
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        return first, times
+
+    in_flight = options.get("in_flight")
+    if in_flight == "none":
+        first, times = timed_steps()
+    else:
+        with budget.holding(plan, **({} if in_flight is None else {"in_flight_bytes": int(float(in_flight) * GB)})):
+            first, times = timed_steps()
     return {
         "seconds": times, "first_call": first, "weights_bytes": weights, "peak_bytes": mx.get_peak_memory(),
         "reserved_bytes": mx.get_peak_memory() + mx.get_cache_memory(), "device": str(mx.default_device()),
+        "planned_step_bytes": planned, "kernel_cache_was_empty": cache_was_empty,
     }
+
+
+def contender_settings(spec: str) -> tuple[str, dict, dict]:
+    """'mlx:in_flight=1,MLX_MAX_MB_PER_BUFFER=200' -> ('mlx', {'in_flight': '1'}, {'MLX_MAX_MB_PER_BUFFER': '200'}):
+    lower-case settings are the worker's, upper-case ones its environment's."""
+    kind, _, settings = spec.partition(":")
+    pairs = dict(item.split("=", 1) for item in settings.split("+") if item)
+    return kind, {k: v for k, v in pairs.items() if k.islower()}, {k: v for k, v in pairs.items() if k.isupper()}
 
 
 def main() -> None:
@@ -172,14 +207,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--only", default=",".join(CONTENDERS))
-    parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the raw results to this file")
     args = parser.parse_args()
 
     if args.worker:
-        compiled = args.worker.endswith(("-compile", "-compiled"))
-        work = worker_torch if args.worker.startswith("torch") else worker_mlx
-        print("RESULT " + json.dumps(work(args.size, args.steps, compiled)), flush=True)
+        kind, options, _ = contender_settings(args.worker)
+        compiled = kind.endswith(("-compile", "-compiled"))
+        result = (worker_torch(args.size, args.steps, compiled) if kind.startswith("torch")
+                  else worker_mlx(args.size, args.steps, compiled, options))
+        print("RESULT " + json.dumps(result), flush=True)
         return
 
     import statistics
@@ -189,7 +226,9 @@ def main() -> None:
     results = {}
     for name in args.only.split(","):
         start = time.perf_counter()
-        results[name] = run_worker("bench.gpu_step", "--worker", name, "--size", str(args.size), "--steps", str(args.steps))
+        environment = {**os.environ, **contender_settings(name)[2]}
+        results[name] = run_worker("bench.gpu_step", "--worker", name, "--size", str(args.size),
+                                   "--steps", str(args.steps), env=environment)
         results[name]["wall"] = time.perf_counter() - start
         r = results[name]
         if "error" in r:
@@ -208,23 +247,25 @@ def main() -> None:
     rows = []
     for name, r in results.items():
         if "error" in r:
-            rows.append([name, "failed", "", "", "", ""])
+            rows.append([name, "failed", "", "", "", "", ""])
             continue
         sec = statistics.median(r["seconds"])
+        first = f"{r['first_call']:.1f}" + (" (cold)" if r.get("kernel_cache_was_empty") else "")
+        planned = f"{r['planned_step_bytes'] / 2**30:.2f}" if "planned_step_bytes" in r else ""
         rows.append([
-            name, sec, f"{r['first_call']:.1f}", f"{r['peak_bytes'] / 2**30:.1f}",
-            f"{(r['peak_bytes'] - r['weights_bytes']) / 2**30:.1f}", f"{100 * floor / sec:.0f}%" if floor else "?",
+            name, sec, first, f"{r['peak_bytes'] / 2**30:.1f}", f"{(r['peak_bytes'] - r['weights_bytes']) / 2**30:.2f}",
+            planned, f"{100 * floor / sec:.0f}%" if floor else "?",
         ])
     gpu = os.environ.get("GPU_NAME", "")
     print(f"\nFLUX.1-dev transformer, one step at {args.size}x{args.size} ({tokens} image + {TEXT_TOKENS} text tokens), "
           f"bfloat16, random weights {gpu}")
     print(f"step FLOPs {flops / 1e12:.1f} T; bf16 GEMM {gemm or 0:.0f} TFLOP/s measured; floor {floor or 0:.3f} s")
-    print(table(["contender", "s/step", "1st call s", "peak GiB", "peak-weights GiB", "of floor"], rows))
+    print(table(["contender", "s/step", "1st call s", "peak GiB", "peak-weights GiB", "planned GiB", "of floor"], rows))
     ok = {n: statistics.median(r["seconds"]) for n, r in results.items() if "error" not in r}
-    ratios = [f"{m}/{t} {ok[m] / ok[t]:.2f}" for m in ("mlx", "mlx-compiled") for t in ("torch", "torch-compile")
-              if m in ok and t in ok]
+    ours = [n for n in ok if n.startswith("mlx")]
+    ratios = [f"{m}/{t} {ok[m] / ok[t]:.2f}" for m in ours for t in ("torch", "torch-compile") if t in ok]
     mem = [f"peak {m}/torch {results[m]['peak_bytes'] / results['torch']['peak_bytes']:.2f}"
-           for m in ("mlx", "mlx-compiled") if m in ok and "torch" in ok]
+           for m in ours if "torch" in ok]
     print("ratios: " + ", ".join(ratios + mem))
 
 

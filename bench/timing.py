@@ -79,10 +79,10 @@ def git_revision() -> str:
         return "?"
 
 
-def run_worker(module: str, *args: str) -> dict:
-    """Run `python -m module *args` in its own process (so its memory is its own) and return the JSON
-    it printed on its last `RESULT ` line, or {"error": the tail of its output}."""
-    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)
+def run_worker(module: str, *args: str, env: dict | None = None) -> dict:
+    """Run `python -m module *args` in its own process (so its memory is its own; `env`: its environment)
+    and return the JSON it printed on its last `RESULT ` line, or {"error": the tail of its output}."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env)
     results = [line[len("RESULT "):] for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not results:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]

@@ -119,9 +119,10 @@ def generate_hires(manager: "ModelManager", request: GenerationRequest, report: 
     # the second pass at its size before any step of the first: text-to-image plans the same denoise and decode
     plan = manager.resident.plan_run(model, tool_inputs(model, second_request, manager))
     total = first_steps + steps - start
-    image = manager.run_inputs(model, first, passes_report(report, 0, total, "hires fix pass 1 of 2"), cancelled)
-    before = upscaled(image, (second_request.width, second_request.height))
-    second = second_pass_inputs(model, second_request, manager, before, request.hires_upscaler)
-    image = manager.run_inputs(model, second, passes_report(report, first_steps - start, total,
-                                                            "hires fix pass 2 of 2"), cancelled)
+    with manager.resident.budget.holding(plan):
+        image = manager.run_inputs(model, first, passes_report(report, 0, total, "hires fix pass 1 of 2"), cancelled)
+        before = upscaled(image, (second_request.width, second_request.height))
+        second = second_pass_inputs(model, second_request, manager, before, request.hires_upscaler)
+        image = manager.run_inputs(model, second, passes_report(report, first_steps - start, total,
+                                                                "hires fix pass 2 of 2"), cancelled)
     return manager.finished(image, request, model, first.conditioning.guidance, plan, started, before=before)

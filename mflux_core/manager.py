@@ -210,7 +210,8 @@ class ModelManager:
         model = self._prepared_model(request, cancelled)
         inputs, size_notes = self._inputs_at_native_size(model, request)
         plan = self.resident.plan_run(model, inputs)
-        image = self.run_inputs(model, inputs, report, cancelled)
+        with self.resident.budget.holding(plan):
+            image = self.run_inputs(model, inputs, report, cancelled)
         return self.finished(image, inputs.request, model, inputs.conditioning.guidance, plan, started,
                              notes=(*inputs.notes, *size_notes))
 

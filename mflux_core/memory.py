@@ -11,6 +11,7 @@ the budget, and what still does not fit is refused.
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -42,6 +43,15 @@ PROCESS_GROWTH = 0.05
 HEAP_GROWTH = 0.25
 DEFAULT_VAE_TILE = 512  # pixels, when tiling is asked for but the whole pass would fit
 DEPTH_PHASE = "estimating the depth map"  # the plan's phase of the depth estimator (models/depth_memory.py)
+# What a GPU may hold beside a run's planned peak in work queued but not yet finished. MLX keeps each queued
+# kernel's inputs alive until its command buffer completes, up to 10 buffers of up to 1 GB each on Hopper
+# (MLX_MAX_MB_PER_BUFFER), so a FLUX.1-dev step at 1024 px on an H200 held 15 GiB above its weights where
+# diffusers holds 0.5; held to its plan (MemoryBudget.holding) it held 3.5 / 3.6 / 3.8 / 5.2 / 7.1 GiB with
+# 0 / 0.25 / 0.5 / 2 / 4 GB of queued work allowed, all at the same speed (bench/gpu_step.py).
+IN_FLIGHT_BYTES = GB // 2
+# MLX's buffer cache on a GPU: a FLUX.1-dev step ran as fast with 0 or 1 GB as with the 8 GB the CPU's rule gives
+# there (bench/gpu_step.py), and on a Mac what the cache keeps is memory the rest of the machine goes without
+GPU_BUFFER_CACHE_BYTES = GB
 # Bytes of one denoise step's activations per token and hidden unit, in units of the compute dtype's
 # size, beside attention's own scratch (kernels.attention_peak_bytes): a single-stream block keeps
 # x, its norm, q/k/v and the attention output (6 widths) and, around the MLP, its hidden state,
@@ -189,7 +199,8 @@ class MemoryBudget:
         kernels.set_attention_memory(attention_memory_for(self.bytes))
         keep_large_buffers_mapped()
         mx.set_memory_limit(self.bytes)
-        self.cache_bytes = kernels.cpu_buffer_cache_bytes()
+        self.cache_bytes = (min(GPU_BUFFER_CACHE_BYTES, self.bytes // 8) if mx.default_device().type == mx.DeviceType.gpu
+                            else kernels.cpu_buffer_cache_bytes())
         mx.set_cache_limit(self.cache_bytes)
 
     def reserved_bytes(self, resident_bytes: int) -> int:
@@ -201,6 +212,20 @@ class MemoryBudget:
             return_free_memory()
             others = psutil.Process().memory_info().rss - mx.get_cache_memory() - resident_bytes
         return self.cache_bytes + max(0, others)
+
+    @contextmanager
+    def holding(self, plan: MemoryPlan, in_flight_bytes: int = IN_FLIGHT_BYTES):
+        """Within: MLX's memory limit is what the run was planned to need beside what it holds now (the
+        largest phase with its error margin, and `in_flight_bytes` of queued work), never above the
+        budget. MLX's limit is a guideline, not a wall: above it, evaluation waits for queued work
+        to finish before queuing more, so a run's peak stays near its plan instead of growing with
+        how far the host runs ahead of the GPU."""
+        planned = mx.get_active_memory() + int(ESTIMATE_MARGIN * plan.largest_phase[1]) + in_flight_bytes
+        mx.set_memory_limit(min(self.bytes, planned))
+        try:
+            yield plan
+        finally:
+            mx.set_memory_limit(self.bytes)
 
     @staticmethod
     def usage() -> dict[str, int]:
