@@ -73,6 +73,20 @@ def random_inputs(size: int) -> dict:
     }
 
 
+def timed_steps(step, steps: int) -> tuple[float, list[float]]:
+    """The first call's seconds (kernels compiled, caches filled), then `steps` timed calls after one more."""
+    start = time.perf_counter()
+    step()
+    first = time.perf_counter() - start
+    step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return first, times
+
+
 def worker_torch(size: int, steps: int, compiled: bool) -> dict:
     import torch
     from diffusers import FluxTransformer2DModel
@@ -96,15 +110,7 @@ def worker_torch(size: int, steps: int, compiled: bool) -> dict:
         torch.cuda.synchronize()
         return out
 
-    start = time.perf_counter()
-    step()
-    first = time.perf_counter() - start
-    step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+    first, times = timed_steps(step, steps)
     return {
         "seconds": times, "first_call": first, "weights_bytes": weights,
         "peak_bytes": torch.cuda.max_memory_allocated(), "reserved_bytes": torch.cuda.max_memory_reserved(),
@@ -169,24 +175,12 @@ def worker_mlx(size: int, steps: int, compiled: bool, options: dict) -> dict:
         mx.synchronize()
         return out
 
-    def timed_steps() -> tuple[float, list[float]]:
-        start = time.perf_counter()
-        step()
-        first = time.perf_counter() - start
-        step()
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
-        return first, times
-
     in_flight = options.get("in_flight")
     if in_flight == "none":
-        first, times = timed_steps()
+        first, times = timed_steps(step, steps)
     else:
         with budget.holding(plan, **({} if in_flight is None else {"in_flight_bytes": int(float(in_flight) * GB)})):
-            first, times = timed_steps()
+            first, times = timed_steps(step, steps)
     return {
         "seconds": times, "first_call": first, "weights_bytes": weights, "peak_bytes": mx.get_peak_memory(),
         "reserved_bytes": mx.get_peak_memory() + mx.get_cache_memory(), "device": str(mx.default_device()),
