@@ -12,7 +12,7 @@ memory is its own:
 
 A contender may carry settings after a colon, joined by '+': `in_flight=GB` (the queued work held
 beside the plan; `none`: not held, as before the budget held runs), `cache=GB` (MLX's buffer cache
-limit) and environment variables for that process only, e.g. `mlx:in_flight=none` or
+limit), `sync=1` (each block evaluated before the next is queued) and environment variables for that process only, e.g. `mlx:in_flight=none` or
 `mlx:cache=1+MLX_MAX_MB_PER_BUFFER=200`.
 
 Prints seconds per step (median), the first call's seconds (MLX: whether its compiled-kernel cache
@@ -34,7 +34,6 @@ FLUX_DEV = dict(
 )
 TEXT_TOKENS = 512
 CONTENDERS = ("mlx", "torch", "mlx-compiled", "torch-compile")
-PTX_CACHE = "/tmp/mlx"  # where MLX's CUDA backend keeps the kernels it compiled (its default)
 
 
 def step_flops(image_tokens: int, text_tokens: int = TEXT_TOKENS, config: dict = FLUX_DEV) -> float:
@@ -137,10 +136,14 @@ def worker_mlx(size: int, steps: int, compiled: bool, options: dict) -> dict:
     import mflux_core  # noqa: F401  (before mlx.core)
     import mlx.core as mx
 
+    from mflux_core.gpu_kernel_cache import CACHE_VARIABLE
     from mflux_core.memory import GB, MemoryBudget, MemoryPlan, transformer_step_bytes
     from mflux_core.models.transformer import FluxTransformer, FluxTransformerConfig
 
-    cache_was_empty = not any(os.scandir(PTX_CACHE)) if os.path.isdir(PTX_CACHE) else True
+    kernels = os.environ[CACHE_VARIABLE]  # where MLX keeps the CUDA kernels it compiled (gpu_kernel_cache.py)
+    cache_was_empty = not any(os.scandir(kernels)) if os.path.isdir(kernels) else True
+    if options.get("sync"):
+        evaluate_each_block()
     budget = MemoryBudget()
     if "cache" in options:
         mx.set_cache_limit(int(float(options["cache"]) * GB))
@@ -186,6 +189,22 @@ def worker_mlx(size: int, steps: int, compiled: bool, options: dict) -> dict:
         "reserved_bytes": mx.get_peak_memory() + mx.get_cache_memory(), "device": str(mx.default_device()),
         "planned_step_bytes": planned, "kernel_cache_was_empty": cache_was_empty,
     }
+
+
+def evaluate_each_block() -> None:
+    """Every block's outputs evaluated before the next block is queued: nothing queued beyond one block, so the
+    step's peak is what its activations need (what memory.transformer_step_bytes estimates)."""
+    import mlx.core as mx
+
+    from mflux_core.models.transformer import DoubleStreamBlock, SingleStreamBlock
+
+    for block in (DoubleStreamBlock, SingleStreamBlock):
+        def evaluated(self, *args, _call=block.__call__, **kwargs):
+            out = _call(self, *args, **kwargs)
+            mx.eval(out)
+            return out
+
+        block.__call__ = evaluated
 
 
 def contender_settings(spec: str) -> tuple[str, dict, dict]:
