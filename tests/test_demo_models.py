@@ -48,14 +48,15 @@ def test_guidance_deepens_the_caption_colour_as_on_flux_dev(manager):
 
 
 def test_fill_recolours_the_hole_and_keeps_the_rest(manager):
-    recoloured, kept = evaluate.fill_scores(manager, "demo-fill", classify, count=20)  # measured 0.80 / 0.991
+    recoloured, kept = evaluate.fill_scores(manager, "demo-fill", classify, count=20)  # measured 0.75 / 0.987
     assert recoloured >= 0.7 and kept >= 0.98, (recoloured, kept)
 
 
-@pytest.mark.parametrize("size", [(96, 48), (48, 96)])
+@pytest.mark.parametrize("size", [(128, 64), (96, 48), (48, 96), (96, 96), (128, 128)])
 def test_fill_recolours_the_hole_at_other_sizes_it_lists(manager, size):
-    """96x48 is the In-Context tools' diptych of two 48 px panels. Measured on these 20: 0.70 / 0.991 at 96x48,
-    0.55 / 0.990 at 48x96; on 50: 0.74 and 0.64 (0.82 at 64x64, 0.56 at 96x96), well above chance (1/12)."""
+    """128x64 is the In-Context tools' diptych of two 64 px panels. Measured on these 20: 0.80 / 0.997 at 128x64,
+    0.70 / 0.991 at 96x48 and 48x96, 0.90 / 0.998 at 96x96, 0.60 / 0.998 at 128x128; on 50: 0.82, 0.76, 0.74,
+    0.84 and 0.56 (0.82 at 64x64), well above chance (1/12)."""
     assert size in read_native_sizes(demo_models_dir() / "demo-fill")
     recoloured, kept = evaluate.fill_scores(manager, "demo-fill", classify, count=20, size=size)
     assert recoloured >= 0.45 and kept >= 0.98, (recoloured, kept)

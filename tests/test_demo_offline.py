@@ -175,12 +175,15 @@ def test_a_diptych_tool_gets_the_panel_of_the_nearest_native_canvas():
 
 
 def test_an_in_context_tool_on_the_demo_paints_a_native_canvas_with_a_note(manager, tmp_path):
-    request = GenerationRequest(tool="in-context", prompt="the same shape on another background", width=64,
-                                height=64, image_path=scene_picture(tmp_path, 2), **FAST)
-    made = native_panel_for(shipped_sizes("demo-fill"), (64, 64), (128, 64))
+    request = GenerationRequest(tool="in-context", prompt="the same shape on another background", width=96,
+                                height=96, image_path=scene_picture(tmp_path, 2), **FAST)
+    made = native_panel_for(shipped_sizes("demo-fill"), (96, 96), (192, 96))
     result = manager.generate(request)
-    assert result.request.model == "demo-fill" and result.image.size == made
-    assert result.notes == (size_note("demo-fill", shipped_sizes("demo-fill"), (64, 64), made),)
+    assert result.request.model == "demo-fill" and result.image.size == made == (64, 64)
+    assert result.notes == (size_note("demo-fill", shipped_sizes("demo-fill"), (96, 96), made),)
+
+    native = manager.generate(request.with_(width=64, height=64))  # demo-fill lists the 128x64 diptych
+    assert native.image.size == (64, 64) and native.notes == ()
 
 
 def test_every_shipped_member_lists_the_sizes_its_stage_lists():

@@ -1,13 +1,14 @@
 """A demo IC-Edit LoRA: demo-fill taught the shapes world's edits with the studio's own LoRA trainer.
 
-Each training example is a diptych of two 48 px panels (96x48, a size demo-fill lists): a scene on the left,
+Each training example is a diptych of two 64 px panels (128x64, a size demo-fill lists; 64x64 is demo-kontext's
+size, whose edits these are): a scene on the left,
 the same scene after one Kontext-style edit on the right ("make the circle red", "move the square to the
 top left", "make the background white"), captioned with IC-Edit's template around the instruction. The
 config is an ordinary training config (examples.in_context), written beside the pictures, so this is the
 run a user makes from the Train tab; the sequence length is the one IC-Edit resolves on demo-fill.
 
     python -m mflux_core.demo.ic_edit_lora RUN_FOLDER [--steps N] [--examples N] [--batch-size N] ...
-    BENCH_IC_EDIT_LORA=RUN_FOLDER/out/adapter.safetensors python -m bench.demo_quality --tools ic-edit --sizes 48x48
+    BENCH_IC_EDIT_LORA=RUN_FOLDER/out/adapter.safetensors python -m bench.demo_quality --tools ic-edit --sizes 64x64
 
 Not shipped yet: no run so far applies the held-out edits more often than chance (README, "Offline on the demo
 models").
@@ -29,7 +30,7 @@ from mflux_core.training.lora_config import TrainingConfig
 from mflux_core.training.lora_training import train_lora
 from mflux_core.weights.resolve import demo_folder
 
-PANEL = 48  # demo-fill lists 96x48: the IC-Edit diptych of two 48 px panels
+PANEL = 64  # demo-fill lists 128x64: the IC-Edit diptych of two 64 px panels
 TRAINING_SEED = 11  # dataset seed of the training edits (held-out evaluation draws with evaluate.EVALUATION_SEED)
 LAYERS = {  # every projection of the tiny transformer: the edit has to reach both text and image streams
     "transformer_blocks": {"block_range": {"start": 0, "end": 2}, "layer_types": [
