@@ -23,7 +23,7 @@ from mflux_core.request import GenerationRequest
 from mflux_core.tools.specs import IC_EDIT_TEMPLATE
 
 EVALUATION_SEED = 100  # held-out examples are drawn with this dataset seed
-IC_EDIT_PANEL = (48, 48)  # demo-fill lists 96x48: IC-Edit's diptych of two 48 px panels
+IC_EDIT_PANEL = (64, 64)  # demo-fill lists 128x64: IC-Edit's diptych of two 64 px panels
 FILL_TOLERANCE = 10  # levels an unmasked pixel may move (Fill runs with keep-unmasked on, as the page's default)
 
 
