@@ -72,9 +72,10 @@ def test_depth_follows_the_depth_map_layout(manager):
     assert score >= 0.6, score
 
 
-@pytest.mark.parametrize("size", [(80, 48), (96, 96)])
+@pytest.mark.parametrize("size", [(80, 48), (128, 64), (128, 128)])
 def test_depth_follows_the_depth_map_layout_at_other_sizes_it_lists(manager, size):
-    """Measured IoU 0.61 at 80x48, 0.78 at 96x96 (0.71 at 64x64, 0.61 at 48x96, 0.59 at 96x48)."""
+    """Measured IoU 0.63 at 80x48, 0.73 at 128x64, 0.81 at 128x128 (0.71 at 64x64, 0.78 at 96x96, 0.62 at 48x96
+    and 96x48, 0.78 at 112x112, 0.70 at 64x128)."""
     assert size in read_native_sizes(demo_models_dir() / "demo-depth")
     score = evaluate.depth_layout(manager, "demo-depth", classify, count=20, size=size)
     assert score >= 0.5, score
