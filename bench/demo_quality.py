@@ -1,7 +1,7 @@
 """The demo family's quality at each size, through the real engine on held-out examples (evaluate.py with
 the tests' classifier): `python -m bench.demo_quality [--sizes 64x64,80x48,...] [--tools generate,fill,...]
 [--models-dir DIR] [--count N]`. Prints one row per size and tool. `--tools ic-edit` measures the IC-Edit LoRA
-in $BENCH_IC_EDIT_LORA (mflux_core.demo.ic_edit_lora trains one)."""
+in $BENCH_IC_EDIT_LORA (mflux_core.demo.diptych_lora trains one)."""
 
 import argparse
 import os
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import mflux_core  # noqa: F401  (OpenBLAS before mlx.core)
 from mflux_core.demo import evaluate
-from mflux_core.demo.ic_edit_lora import ic_edit_sequence_length
+from mflux_core.demo.diptych_lora import sequence_length
 from mflux_core.manager import ModelManager
 from mflux_core.weights.resolve import DEMO_MODELS_ENV
 from tests.fixtures.shape_classifier import classify
@@ -31,12 +31,16 @@ MEASURES = {  # tool -> (what the number is, measure(manager, count, size))
     "upscale": (f"PSNR dB, ours / Lanczos, from a {UPSCALED_FROM} px shorter side",
                 lambda m, n, size: "{:.1f} / {:.1f}".format(
                     *evaluate.upscale_psnr(m, "demo", "demo-upscaler", UPSCALED_FROM, n, size=size))),
-    "ic-edit": ("applied with IC-Edit's LoRA / by In-Context with its prompt, no LoRA (size: a panel)",
+    "in-context": ("applied, both panels described (size: a panel)", lambda m, n, size: "{:.2f}".format(
+        evaluate.in_context_applied(m, "demo-fill", classify, n, size=size))),
+    "catvton": ("garment worn (size: a panel)", lambda m, n, size: "{:.2f}".format(
+        evaluate.try_on_worn(m, "demo-fill", classify, n, size=size))),
+    "ic-edit": ("applied with IC-Edit's LoRA / by In-Context with its prompt and no style (size: a panel)",
                 lambda m, n, size: "{:.2f} / {:.2f}".format(
                     evaluate.ic_edit_applied(m, "demo-fill", classify, n, size=size,
                                              lora=os.environ.get(IC_EDIT_LORA_ENV)),
                     evaluate.in_context_edit_applied(m, "demo-fill", classify, n, size=size,
-                                                     max_sequence_length=ic_edit_sequence_length()))),
+                                                     max_sequence_length=sequence_length("ic-edit")))),
 }
 IC_EDIT_LORA_ENV = "BENCH_IC_EDIT_LORA"  # the IC-Edit LoRA to measure (none ships for demo-fill yet)
 DEFAULT_TOOLS = [tool for tool in MEASURES if tool != "ic-edit"]  # it needs $BENCH_IC_EDIT_LORA

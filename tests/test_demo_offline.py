@@ -2,6 +2,8 @@
 tool's default model, one-sentence messages for what is missing, the demo depth estimator, and the one size
 (64x64) the demo models can make."""
 
+import shutil
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -14,10 +16,12 @@ from mflux_core.demo.size_stages import SIZES_STAGES
 from mflux_core.demo.depth_estimator import SIZE, mean_iou
 from mflux_core.errors import InvalidRequest, ModelLoadError
 from mflux_core.manager import ModelManager
+from mflux_core.metadata import request_from_metadata
 from mflux_core.models.depth import DepthEstimator, depth_to_image
 from mflux_core.native_sizes import native_panel_for, native_size_for, read_native_sizes, size_note
 from mflux_core.registry import list_models
 from mflux_core.request import GenerationRequest
+from mflux_core.tools.in_context import DEMO_LORA_FILES
 from mflux_core.tools.specs import TOOL_SPECS, default_depth_estimator, default_model_for
 from mflux_core.weights.resolve import DEMO_MODELS_ENV, demo_models_dir
 from tests.parity import run_cli
@@ -184,6 +188,28 @@ def test_an_in_context_tool_on_the_demo_paints_a_native_canvas_with_a_note(manag
 
     native = manager.generate(request.with_(width=64, height=64))  # demo-fill lists the 128x64 diptych
     assert native.image.size == (64, 64) and native.notes == ()
+
+
+def test_in_context_on_demo_fill_applies_its_own_lora_and_replays_from_the_images_request(offline, tmp_path,
+                                                                                         monkeypatch):
+    """demo-fill's In-Context LoRA (demo_models/demo-fill/in_context_lora.safetensors) is applied when no style is
+    picked, kept out of the recorded request (the page's LoRA list names only the user's library) and applied again
+    when that request is replayed; the same call on a copy of demo-fill without the file paints something else."""
+    assert (demo_models_dir() / "demo-fill" / DEMO_LORA_FILES["in-context"]).is_file()
+    request = GenerationRequest(tool="in-context", prompt="[IMAGE1] a red circle in the centre on a blue background; "
+                                "[IMAGE2] a red circle in the centre on a white background", width=64, height=64,
+                                image_path=scene_picture(tmp_path, 2, 64), **FAST)
+    with_lora = ModelManager(models_dir=offline).generate(request)
+    assert with_lora.request.lora_paths == () and with_lora.metadata["request"]["lora_paths"] == []
+    replayed = ModelManager(models_dir=offline).generate(request_from_metadata(with_lora.metadata))
+    assert np.array_equal(np.asarray(replayed.image), np.asarray(with_lora.image))
+
+    bare = tmp_path / "demo_models"
+    shutil.copytree(demo_models_dir(), bare)
+    (bare / "demo-fill" / DEMO_LORA_FILES["in-context"]).unlink()
+    monkeypatch.setenv(DEMO_MODELS_ENV, str(bare))
+    without = ModelManager(models_dir=offline).generate(request)
+    assert np.abs(np.asarray(without.image, dtype=int) - np.asarray(with_lora.image, dtype=int)).max() > 40
 
 
 def test_every_shipped_member_lists_the_sizes_its_stage_lists():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from mflux_core.images.masks import distance_to_mask
 from mflux_core.tools.catvton import DEFAULT_PROMPT as CATVTON_PROMPT
 from mflux_core.tools.ic_edit import panel_size
 from mflux_core.tools.in_context import diptych_canvas, diptych_mask, right_half, with_lora
@@ -116,7 +117,11 @@ def test_ic_edits_template_takes_no_room_from_the_instruction(tiny_fill):
                         "purple", "a b c d e f g h i j k l m n o"):
         full = IC_EDIT_TEMPLATE.format(instruction=instruction)
         assert demo.t5_token_count(full) <= length, (instruction, demo.t5_token_count(full), length)
-    assert default_sequence_length(demo, "in-context") == default_sequence_length(demo, "generate") == 32
+    assert default_sequence_length(demo, "generate") == 32
+    assert default_sequence_length(demo, "in-context") == 2 * 32  # its prompt describes two panels
+    two_panels = "[IMAGE1] a pink star in the top left on a cyan background; [IMAGE2] a pink star in the bottom " \
+                 "right on a green background"
+    assert demo.t5_token_count(two_panels) <= 2 * 32
     assert default_sequence_length(tokenizers_of(tiny_fill), "ic-edit") == 512  # FLUX.1 folders: 512 already
 
 
@@ -169,6 +174,15 @@ def test_catvton_masks_only_the_person_and_uses_the_trained_prompt(tiny_fill, tm
     assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
     other_garment = diffusers_fill(tiny_fill, CATVTON_PROMPT, side_by_side(random_image(W, H, 8), person), mask, noise)
     assert max_uint8_diff(right_half(other_garment), right_half(expected)) > EFFECT
+
+    kept = run_cli("catvton", "--garment-image", tmp_path / "garment.png", "--person-image", tmp_path / "person.png",
+                   "--person-mask", tmp_path / "mask.png", "--keep-unmasked",
+                   *common_flags(tiny_fill, noise, tmp_path / "kept.png"))
+    feather = 4
+    far = distance_to_mask(np.asarray(person_mask) > 127, feather + 1) > feather
+    assert np.array_equal(np.asarray(kept)[far], np.asarray(person)[far])  # the person, exactly, away from the mask
+    inside = np.asarray(person_mask) > 127
+    assert np.array_equal(np.asarray(kept)[inside], np.asarray(right_half(ours))[inside])  # the generated garment
 
 
 def test_ic_edit_applies_its_lora_and_wraps_the_instruction(tiny_fill, tmp_path, noise, posterior_mean):

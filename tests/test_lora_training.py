@@ -226,6 +226,32 @@ def test_in_context_training_conditions_the_fill_model_as_the_in_context_tools_d
     assert after < 0.8 * before
 
 
+def test_an_in_context_examples_mask_conditions_the_fill_model_as_catvtons_person_mask_does(tiny_fill, tmp_path):
+    config = in_context_config(tmp_path, tiny_fill)
+    mask = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    mask[SIZE // 4:SIZE // 2, SIZE // 2:] = 255
+    Image.fromarray(mask).save(tmp_path / "diptychs" / "mask.png")
+    path = tmp_path / "train.json"
+    raw = json.loads(path.read_text())
+    raw["examples"]["images"][0]["mask"] = "mask.png"
+    path.write_text(json.dumps(raw))
+    config = TrainingConfig.from_file(path)
+    assert config.examples[0].mask == (tmp_path / "diptychs" / "mask.png").resolve() and config.examples[1].mask is None
+    model = load_base_model(config, tmp_path)
+    examples = encode_examples(model, config)
+    diptych = Image.open(config.examples[0].image)
+    garment, person = diptych.crop((0, 0, SIZE, SIZE)), diptych.crop((SIZE, 0, 2 * SIZE, SIZE))
+    request = GenerationRequest(prompt=config.examples[0].prompt, width=SIZE, height=SIZE).validated()
+    tool = in_context_inputs(model, request, garment, person, Image.fromarray(mask), "CatVTON")
+    assert np.allclose(np.array(examples.extra[:1]), np.array(tool.conditioning.extra_channels), atol=1e-6)
+    assert not np.allclose(np.array(examples.extra[:1]), np.array(examples.extra[1:2]), atol=1e-3)
+    raw["examples"]["in_context"] = False
+    path.write_text(json.dumps(raw))
+    with pytest.raises(InvalidRequest, match=r"examples\.images\[1\] needs an image file name and a prompt, all text, "
+                                             "and nothing else"):
+        TrainingConfig.from_file(path)
+
+
 def test_an_in_context_adapter_paints_in_ic_edit_what_its_validation_showed(tiny_fill, tmp_path):
     config = in_context_config(tmp_path, tiny_fill, training_loop={"steps": 12, "batch_size": 3},
                                optimizer={"learning_rate": 2e-2},

@@ -31,6 +31,7 @@ from mflux_core.demo.evaluate import EVALUATION_SEED, FILL_TOLERANCE, psnr
 from mflux_core.demo.examples import SOURCES
 from mflux_core.demo.family import IMAGE_SIZE
 from mflux_core.demo.shapes import shape_mask
+from mflux_core.images.masks import distance_to_mask
 from mflux_core.manager import ModelManager
 from mflux_core.native_sizes import native_size_for, read_native_sizes, sizes_phrase
 from mflux_core.weights.resolve import DEMO_MODELS, DEMO_MODELS_ENV, demo_models_dir
@@ -46,6 +47,7 @@ LAYOUT_IOU = 0.5  # generated shape vs the control scene's shape (the family's b
 ESTIMATED_IOU = 0.75  # the demo estimator's map vs the true depth map (near shapes; measured 0.85, mean of 50: 0.69)
 UPSCALED, UPSCALED_PSNR = 0, 27.0  # a held-out scene upscaled 4x on the Upscale panel (30.7 dB; Lanczos 34.0)
 REDUX_REFERENCE = 1  # the held-out picture given to Redux, at seed 1 (its colours carried; `demo` unprompted: none)
+KEEP_FEATHER = 4  # px over which Try-on's keep-unmasked paste blends into the person (fill.kept_outside_mask)
 DEPTH_PHOTO = 3  # the held-out scene whose picture is uploaded as a photo, at seed 3 (layout IoU measured 0.66)
 
 
@@ -82,6 +84,16 @@ def pick_example(page, studio, tool: str, number: int, panel: str | None = None)
                            f"{json.dumps(example.prompt)}")
     assert value_of(page, f"{panel}-model").split()[0] == example.model
     return example, SOURCES[tool](EVALUATION_SEED, example.index, IMAGE_SIZE, held_out=True)
+
+
+def run_example(page, studio, tab: str, tool: str, number: int, loaded: str):
+    """Open the tab, pick the tool's demo example, wait for its input (`loaded`, a selector) and run it: the
+    DemoExample, its dataset example and the result."""
+    open_tab(page, tab)
+    example, pair = pick_example(page, studio, tool, number)
+    page.wait_for_selector(loaded)
+    run_and_wait(page, tool)
+    return example, pair, result_image(page, tool)
 
 
 def result_image(page, tool: str) -> np.ndarray:
@@ -188,6 +200,27 @@ def test_a_depth_example_keeps_the_depth_maps_layout(page, studio, number):
     screenshot(page, f"demo-depth-{number}")
     score = iou(classify(image).mask, shape_mask(control.scene.shapes[0], IMAGE_SIZE))
     assert score >= LAYOUT_IOU, f"{example.prompt!r}: IoU {score:.2f}"
+
+
+@pytest.mark.parametrize("number", [0, 1, 2])
+def test_a_try_on_example_dresses_the_person_inside_the_mask_and_keeps_the_rest(page, studio, number):
+    example, pair, image = run_example(page, studio, "Try-on", "catvton", number, "#catvton-editor canvas")
+    person = pixels(example.images["image"])
+    mask = pixels(example.images["mask"]) > 127
+    screenshot(page, f"demo-try-on-{number}")
+    far = distance_to_mask(mask, KEEP_FEATHER + 1) > KEEP_FEATHER  # the person pasted back, exactly, off the mask
+    assert image.shape == person.shape and np.array_equal(image[far], person[far])
+    reading = classify(image)
+    assert reading.colour == pair.scene.shapes[0].colour, f"{example.prompt!r}: {reading_text(reading)}"
+
+
+@pytest.mark.parametrize("number", [0, 1, 2])
+def test_an_in_context_example_paints_the_right_panels_scene(page, studio, number):
+    example, pair, image = run_example(page, studio, "In-Context", "in-context", number, "#in-context-reference img")
+    screenshot(page, f"demo-in-context-{pair.kind}")
+    reading = classify(image)
+    assert image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert reading.background == pair.after_scene.background, f"{example.prompt!r}: {reading_text(reading)}"
 
 
 PANEL_DEMOS = {"Generate": ("generate", "demo"), "Fill": ("fill", "demo-fill"), "Depth": ("depth", "demo-depth"),

@@ -104,6 +104,36 @@ def fill_example(seed: int, index: int, width: int = 64, held_out: bool = False,
     return FillExample(source, mask, target, caption(after), after)
 
 
+@dataclass(frozen=True)
+class TryOnExample:
+    garment: np.ndarray  # the garment: one shape in the centre, (H, W, 3) uint8
+    person: np.ndarray  # the scene that puts it on
+    mask: np.ndarray  # (H, W) bool: a box around the person's shape, True = regenerate
+    target: np.ndarray  # the person wearing it: the garment's shape inside the mask, the person outside
+    scene: Scene  # the target scene
+
+
+def try_on_example(seed: int, index: int, width: int = 64, held_out: bool = False,
+                   height: int | None = None) -> TryOnExample:
+    """CatVTON's pairs in the shapes world: a garment picture (a shape alone in the centre) and a scene whose
+    shape, inside a box around it, takes the garment's colour and kind."""
+    rng = example_rng(seed, index)
+    while True:
+        person = sample_scene(rng, held_out=False)
+        shape = person.shapes[0]
+        colour = str(rng.choice([c for c in COLOURS if c not in (shape.colour, person.background)]))
+        after = with_shape(person, 0, colour=colour, kind=str(rng.choice(SHAPES)))
+        if is_held_out(after.shapes[0], after.background) == held_out:
+            break
+    garment_background = str(rng.choice([c for c in COLOURS if c != colour]))
+    garment = Scene(garment_background, (random_shape(rng, colour=colour, kind=after.shapes[0].kind,
+                                                      region="centre"),))
+    mask = box_mask(shape, width, float(rng.uniform(0.03, 0.08)), height)
+    source = render(person, width, height)
+    target = np.where(mask[..., None], render(after, width, height), source)
+    return TryOnExample(render(garment, width, height), source, mask, target, after)
+
+
 def depth_example(seed: int, index: int, width: int = 64, held_out: bool = False,
                   height: int | None = None) -> ControlExample:
     """A depth map of a scene and the scene; the caption names colours and shape, not the place."""

@@ -127,6 +127,25 @@ def fill_scores(manager, model: str, classify: Callable, count: int = 20,
     return recoloured / count, float(np.mean(kept))
 
 
+def try_on_worn(manager, model: str, classify: Callable, count: int = 30, max_sequence_length: int | None = None,
+                size: Size = IC_EDIT_PANEL) -> float:
+    """Held-out try-ons through CatVTON, the prompt describing the result (demo-fill cannot copy the garment from
+    the left panel: README) and the person kept outside the mask as the page does: the fraction whose person mask
+    shows the garment's colour; `size` is one panel's."""
+    worn = 0
+    with tempfile.TemporaryDirectory() as folder:
+        for index in range(count):
+            example = dataset.try_on_example(EVALUATION_SEED, index, size[0], held_out=True, height=size[1])
+            paths = {"image_path": _save(Path(folder), f"person{index}", example.person),
+                     "masked_image_path": _save(Path(folder), f"mask{index}", example.mask.astype(np.uint8) * 255)}
+            garment = _save(Path(folder), f"garment{index}", example.garment)
+            image = _generate(manager, model, "catvton", caption(example.scene), index, max_sequence_length, size,
+                              keep_unmasked=True,
+                              extra={"garment_image_path": garment}, **paths)
+            worn += classify(image).colour == example.scene.shapes[0].colour
+    return worn / count
+
+
 def _layout_iou(manager, model: str, tool: str, example_for: Callable, control_for: Callable, path_field: str,
                 classify: Callable, count: int, max_sequence_length: int | None, size: Size = NATIVE_SIZE,
                 **extra) -> float:
@@ -168,7 +187,7 @@ def controlnet_layout(manager, model: str, controlnet: str, classify: Callable, 
 
 def kontext_applied(manager, model: str, classify: Callable, count: int = 30,
                     max_sequence_length: int | None = None, size: Size = NATIVE_SIZE) -> float:
-    return _edits_applied(manager, model, "kontext", lambda instruction: (instruction, {}), classify, count,
+    return _edits_applied(manager, model, "kontext", lambda example: (example.instruction, {}), classify, count,
                           max_sequence_length, size)
 
 
@@ -176,27 +195,37 @@ def ic_edit_applied(manager, model: str, classify: Callable, count: int = 30, ma
                     size: Size = IC_EDIT_PANEL, lora: str | None = None) -> float:
     """Held-out edits through IC-Edit (its default LoRA, or `lora`); `size` is one panel's."""
     extra = {"ic_edit_lora": lora} if lora else {}
-    return _edits_applied(manager, model, "ic-edit", lambda instruction: ("", {"instruction": instruction, **extra}),
+    return _edits_applied(manager, model, "ic-edit", lambda example: ("", {"instruction": example.instruction,
+                                                                           **extra}),
                           classify, count, max_sequence_length, size)
 
 
 def in_context_edit_applied(manager, model: str, classify: Callable, count: int = 30,
                             max_sequence_length: int | None = None, size: Size = IC_EDIT_PANEL) -> float:
-    """The same edits through the In-Context tool with IC-Edit's prompt and no LoRA: what IC-Edit's LoRA adds."""
-    return _edits_applied(manager, model, "in-context", lambda instruction: (IC_EDIT_TEMPLATE.format(
-        instruction=instruction), {}), classify, count, max_sequence_length, size)
+    """The same edits through the In-Context tool with IC-Edit's prompt (and no style): what IC-Edit's LoRA adds."""
+    return _edits_applied(manager, model, "in-context", lambda example: (IC_EDIT_TEMPLATE.format(
+        instruction=example.instruction), {}), classify, count, max_sequence_length, size)
+
+
+def in_context_applied(manager, model: str, classify: Callable, count: int = 30,
+                       max_sequence_length: int | None = None, size: Size = IC_EDIT_PANEL) -> float:
+    """Held-out edits through In-Context with both panels described, "[IMAGE1] <before>; [IMAGE2] <after>" (on a
+    demo Fill, with its In-Context LoRA): how often the right panel shows the after picture's edit."""
+    return _edits_applied(manager, model, "in-context", lambda example: (
+        f"[IMAGE1] {caption(example.before_scene)}; [IMAGE2] {caption(example.after_scene)}", {}),
+        classify, count, max_sequence_length, size)
 
 
 def _edits_applied(manager, model: str, tool: str, as_request: Callable, classify: Callable, count: int,
                    max_sequence_length: int | None, size: Size) -> float:
     """Fraction of held-out Kontext edits (recolour, move, new background) whose result shows the edit;
-    `as_request(instruction)` gives the tool's prompt and request.extra."""
+    `as_request(example)` gives the tool's prompt and request.extra."""
     applied = 0
     with tempfile.TemporaryDirectory() as folder:
         for index in range(count):
             example = dataset.kontext_example(EVALUATION_SEED, index, size[0], held_out=True, height=size[1])
             path = _save(Path(folder), f"before{index}", example.before)
-            prompt, extra = as_request(example.instruction)
+            prompt, extra = as_request(example)
             reading = classify(_generate(manager, model, tool, prompt, index, max_sequence_length, size,
                                          image_path=path, **({"extra": extra} if extra else {})))
             after = example.after_scene

@@ -7,8 +7,8 @@ time and each example can be traced to its dataset example (`SOURCES[tool](seed,
 
 examples.json: {"seed": 100, "size": 64, "examples": [{"tool", "model", "prompt", "images": {role: file},
 "index"}, ...]} with image roles "image" (Fill's source, Kontext's before, ControlNet's control
-picture, Upscale's small picture at a quarter of the size), "mask" (Fill: white = regenerate) and "depth_map"
-(Depth: nearer is brighter).
+picture, Upscale's small picture at a quarter of the size, In-Context's reference, Try-on's person), "mask" (Fill,
+Try-on: white = regenerate), "garment" (Try-on's left panel) and "depth_map" (Depth: nearer is brighter).
 """
 
 import json
@@ -28,7 +28,9 @@ EXAMPLES_FILE = "examples.json"
 PER_TOOL = 3
 SOURCES = {"generate": dataset.text_to_image_example, "fill": dataset.fill_example, "depth": dataset.depth_example,
            "kontext": dataset.kontext_example, "controlnet": dataset.canny_example,
-           "upscale": dataset.upscale_example}
+           "upscale": dataset.upscale_example, "in-context": dataset.kontext_example,
+           "catvton": dataset.try_on_example}
+EDITS = ("kontext", "in-context")  # tools whose examples are Kontext's edits, one of each kind in turn
 UPSCALE_FACTOR = 4  # an Upscale example's picture is the scene at IMAGE_SIZE / 4, brought back to IMAGE_SIZE
 KONTEXT_KINDS = ("colour", "move", "background")  # one example of each edit
 
@@ -37,7 +39,7 @@ KONTEXT_KINDS = ("colour", "move", "background")  # one example of each edit
 class DemoExample:
     tool: str  # the panel it belongs to: a key of SOURCES
     model: str  # the demo model it runs on
-    prompt: str  # a caption, or Kontext's instruction
+    prompt: str  # a caption, Kontext's instruction, or In-Context's two captions
     images: dict[str, Path]  # role ("image", "mask", "depth_map") -> PNG file
     index: int  # of the held-out dataset example it was rendered from
 
@@ -53,6 +55,12 @@ def _rendered(tool: str, index: int) -> tuple[str, dict[str, np.ndarray]]:
         return example.caption, {"depth_map": example.control}
     if tool == "kontext":
         return example.instruction, {"image": example.before}
+    if tool == "in-context":
+        return (f"[IMAGE1] {caption(example.before_scene)}; [IMAGE2] {caption(example.after_scene)}",
+                {"image": example.before})
+    if tool == "catvton":  # the result described: demo-fill cannot copy the garment from the left panel (README)
+        return caption(example.scene), {"garment": example.garment, "image": example.person,
+                                        "mask": example.mask.astype(np.uint8) * 255}
     if tool == "upscale":
         return example.caption, {"image": np.asarray(dataset.low_resolution(example.image, IMAGE_SIZE // UPSCALE_FACTOR))}
     return example.caption, {"image": example.image}  # controlnet: the tool takes the picture's Canny edges
@@ -60,9 +68,9 @@ def _rendered(tool: str, index: int) -> tuple[str, dict[str, np.ndarray]]:
 
 def _indices(tool: str, count: int) -> list[int]:
     """`count` consecutive held-out examples, each tool from its own start (Generate, Depth and ControlNet draw
-    the same scene for the same index); for Kontext the first of each kind of edit, in turn."""
+    the same scene for the same index); for Kontext and In-Context the first of each kind of edit, in turn."""
     start = list(SOURCES).index(tool) * count
-    if tool != "kontext":
+    if tool not in EDITS:
         return list(range(start, start + count))
     chosen, index = [], start
     while len(chosen) < count:

@@ -1,5 +1,6 @@
 """CatVTON virtual try-on (`catvton`): garment on the left, the person on the right, regenerated inside
-the person mask. mflux runs this on FLUX.1-Fill (optionally the xiaozaa/catvton-flux-beta transformer)."""
+the person mask. mflux runs this on FLUX.1-Fill (optionally the xiaozaa/catvton-flux-beta transformer).
+keep_unmasked pastes the person back outside the mask, as Fill's does (the page's default there too)."""
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.flux_model import FluxModel
@@ -8,7 +9,8 @@ from mflux_core.images.io import load_mask
 from mflux_core.request import GenerationRequest, existing_file
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import required_image, with_size
-from mflux_core.tools.in_context import in_context_inputs
+from mflux_core.tools.fill import kept_outside_mask
+from mflux_core.tools.in_context import diptych_mask, in_context_inputs, panel, right_half
 
 # The prompt CatVTON-Flux was trained with (nftblackmagic/catvton-flux; mflux's default in
 # generate_in_context_catvton.py): [IMAGE1] is the garment panel, [IMAGE2] the person panel.
@@ -27,4 +29,10 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     request = with_size(request, person)
     if not request.prompt.strip():
         request = request.with_(prompt=DEFAULT_PROMPT)
-    return in_context_inputs(model, request, garment, person, mask, "CatVTON")
+    inputs = in_context_inputs(model, request, garment, person, mask, "CatVTON")
+    if request.keep_unmasked and not request.extra.get("save_full_image"):
+        width, height = inputs.request.width, inputs.request.height
+        keep = kept_outside_mask(panel(person, width, height), diptych_mask(mask, width, height)[:, width:],
+                                 width, height)
+        inputs.finish = lambda generated: keep(right_half(generated))
+    return inputs

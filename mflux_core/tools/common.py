@@ -41,12 +41,14 @@ def resolved_request(model: FluxModel, request: GenerationRequest) -> Generation
 
 
 def default_sequence_length(encoders, tool: str) -> int:
-    """T5 tokens when the request sets none: the model's default, plus the tool's prompt template's own tokens,
-    so the template takes no room from the user's words (up to 512: FLUX.1 folders are at 512 already; the
-    demo models' 32 would cut IC-Edit's instruction off behind its ~100-token template)."""
-    template = tool_spec(tool).prompt_template
+    """T5 tokens when the request sets none: the model's default for each picture the tool's prompt describes,
+    plus the tool's prompt template's own tokens, so the template takes no room from the user's words (up to 512:
+    FLUX.1 folders are at 512 already; the demo models' 32 would cut IC-Edit's instruction off behind its
+    ~100-token template, and an In-Context prompt's right panel behind its left)."""
+    spec = tool_spec(tool)
+    template = spec.prompt_template
     extra = encoders.t5_token_count(template.format(instruction="")) - 1 if template else 0  # one end token
-    return min(MAX_SEQUENCE_LENGTH, encoders.default_sequence_length + extra)
+    return min(MAX_SEQUENCE_LENGTH, encoders.default_sequence_length * spec.prompt_pictures + extra)
 
 
 def tool_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine | None = None) -> ToolInputs:

@@ -5,6 +5,8 @@ image with the masked area blanked, and 256 for the mask itself (the pixel mask 
 VAE factor, 8x8, then packed 2x2), mask and image processed exactly as diffusers does.
 """
 
+from collections.abc import Callable
+
 import mlx.core as mx
 import numpy as np
 from PIL import Image
@@ -62,6 +64,14 @@ def fill_canvas(request: GenerationRequest) -> tuple[GenerationRequest, Image.Im
     return with_size(request, image), image, mask
 
 
+def kept_outside_mask(original: Image.Image, mask: np.ndarray, width: int,
+                      height: int) -> Callable[[Image.Image], Image.Image]:
+    """keep_unmasked's finish: the original pasted back outside the mask, blended over a 64th of the shorter side
+    (4 px at least)."""
+    feather = max(4, min(width, height) // 64)
+    return lambda generated: feathered_paste(original, generated, mask, feather)
+
+
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
     check_in_channels(model, fill_channels(model), "Fill", "FLUX.1-Fill")
     request, image, mask_image = fill_canvas(request)
@@ -73,10 +83,7 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     pixels = pil_to_pixels(image, request.width, request.height)
     conditioning = prompt_conditioning(model, request)
     conditioning.extra_channels = fill_conditioning(model, pixels, mask).astype(model.dtype)
-    finish = None
-    if request.keep_unmasked:
-        feather = max(4, min(request.width, request.height) // 64)
-        finish = lambda generated: feathered_paste(image, generated, mask, feather)  # noqa: E731
+    finish = kept_outside_mask(image, mask, request.width, request.height) if request.keep_unmasked else None
     start = None
     if request.image_strength is not None:
         start = encode_pixels(model, pixels)

@@ -10,7 +10,7 @@ from mflux_core.generation import ToolInputs
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import required_image
-from mflux_core.tools.in_context import check_fill_model, in_context_inputs, with_lora
+from mflux_core.tools.in_context import apply_tool_lora, check_fill_model, in_context_inputs
 from mflux_core.tools.specs import IC_EDIT_TEMPLATE
 
 LORA = "RiverZ/normal-lora/pytorch_lora_weights.safetensors"
@@ -39,6 +39,5 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     if request.width is None or request.height is None:
         width, height = panel_size(*reference.size)
         request = request.with_(width=request.width or width, height=request.height or height)
-    request = with_lora(request, request.extra.get("ic_edit_lora") or LORA, LORA_SCALE)
-    engine.apply_loras(model, request)
+    apply_tool_lora(model, request, engine, request.extra.get("ic_edit_lora") or LORA, LORA_SCALE)
     return in_context_inputs(model, request, reference, None, None, "IC-Edit")

@@ -2,7 +2,9 @@
 
 `--lora-style` picks one of the ten LoRAs published in ali-vilab/In-Context-LoRA (file names as in
 that repo, and as mflux's in_context_loras.py maps them); without one the diptych prompt alone
-steers the Fill model. Prompts describe both panels, e.g. "[IMAGE1] ... [IMAGE2] ...".
+steers the Fill model, and on demo-fill its own In-Context LoRA does (in_context.DEMO_LORA_FILES: FLUX.1-Fill
+reads a two-panel prompt by itself, the tiny demo model was taught to; mflux_core.demo.diptych_lora). Prompts describe
+both panels, e.g. "[IMAGE1] ... [IMAGE2] ...".
 """
 
 from mflux_core.errors import InvalidRequest
@@ -11,7 +13,7 @@ from mflux_core.generation import ToolInputs
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import required_image, with_size
-from mflux_core.tools.in_context import check_fill_model, in_context_inputs, with_lora
+from mflux_core.tools.in_context import apply_tool_lora, check_fill_model, demo_tool_lora, in_context_inputs
 from mflux_core.tools.specs import IN_CONTEXT_LORA_STYLES as LORA_STYLES
 
 LORA_REPO = "ali-vilab/In-Context-LoRA"
@@ -35,6 +37,7 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     request = with_size(request, reference)
     style = request.extra.get("lora_style")
     if style:
-        request = with_lora(request, style_lora(style), float(request.extra.get("lora_style_scale", 1.0)))
-        engine.apply_loras(model, request)
+        apply_tool_lora(model, request, engine, style_lora(style), float(request.extra.get("lora_style_scale", 1.0)))
+    elif (demo_lora := demo_tool_lora(model, "in-context")) is not None:
+        apply_tool_lora(model, request, engine, str(demo_lora))
     return in_context_inputs(model, request, reference, None, None, "In-Context LoRA")

@@ -51,6 +51,7 @@ class ToolSpec:
     prompt_optional: bool = False  # the tool supplies a prompt when none is given
     true_cfg: bool = False  # negative prompt and true CFG scale, where the diffusers pipeline it follows has them
     prompt_template: str = ""  # the tool wraps the user's words in it ({instruction}); see default_sequence_length
+    prompt_pictures: int = 1  # pictures its prompt describes (a diptych's two panels); see default_sequence_length
 
     def build_inputs(self, model, request, engine):
         """The tool's ToolInputs for a resolved request (mflux_core.generation.ToolInputs)."""
@@ -167,7 +168,7 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                       "black-forest-labs/FLUX.1-Redux-dev; demo-redux on a demo model)", into=EXTRA))),
     ToolSpec("in-context", "In-Context LoRA: the reference on the left, a related image generated on the right "
              "(FLUX.1-Fill diptych)", "in_context_lora", "fill", FILL_KINDS, guidance=30.0, demo_model="demo-fill",
-             sized_by_input=True,
+             sized_by_input=True, prompt_pictures=2,
              flags=(Flag("--image-path", "the reference image (left panel)"),
                     Flag("--lora-style", "one of ali-vilab/In-Context-LoRA's LoRAs (from the Hugging Face cache or "
                          "downloaded)", into=EXTRA, choices=tuple(IN_CONTEXT_LORA_STYLES)),
@@ -181,6 +182,8 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                  Flag("--person-image", "the person (right panel)", field="image_path"),
                  Flag("--person-mask", "mask on the person image: white = where the garment goes",
                       field="masked_image_path"),
+                 Flag("--keep-unmasked", "paste the person back outside a feathered mask (off: the image equals "
+                      "diffusers')", kind="switch"),
                  FULL_DIPTYCH)),
     ToolSpec("ic-edit", "IC-Edit: edit an image by instruction (RiverZ/normal-lora on FLUX.1-Fill, applied "
              "automatically)", "ic_edit", "fill", FILL_KINDS, guidance=30.0, demo_model="demo-fill",

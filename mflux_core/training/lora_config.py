@@ -25,7 +25,8 @@ crops the centre (and says which images it changed); false refuses images of ano
 `examples.in_context`: true trains a FLUX.1-Fill model on diptychs, as IC-Edit and the In-Context LoRAs were
 trained: each image holds the context in its left half and the result in its right half, `width` is the whole
 diptych's, and the right half is masked (generated) while the left one is kept, exactly as the in-context
-tools (tools/in_context.py) build it at inference.
+tools (tools/in_context.py) build it at inference; an example's optional "mask" (an image file, white = generate,
+over the right panel) masks only that part of it, as CatVTON's person mask does.
 """
 
 import json
@@ -150,6 +151,7 @@ class LayerSelection:
 class Example:
     image: Path
     prompt: str
+    mask: Path | None = None  # in-context only: where the right panel is generated (white); None: all of it
 
 
 @dataclass(frozen=True)
@@ -263,10 +265,13 @@ class TrainingConfig:
             raise InvalidRequest("The training config's examples.images must list at least one "
                                  "{\"image\": file, \"prompt\": text}.")
         examples = []
+        keys = {"image", "prompt", "mask"} if section["in_context"] else {"image", "prompt"}
         for index, item in enumerate(images, start=1):
-            if not isinstance(item, dict) or set(item) != {"image", "prompt"} or not all(
+            if not isinstance(item, dict) or not {"image", "prompt"} <= set(item) <= keys or not all(
                     isinstance(value, str) for value in item.values()):
+                mask = ", an optional mask file name" if section["in_context"] else ""
                 raise InvalidRequest(f"The training config's examples.images[{index}] needs an image file name and "
-                                     "a prompt, both text, and nothing else.")
-            examples.append(Example((base / item["image"]).resolve(), item["prompt"]))
+                                     f"a prompt{mask}, all text, and nothing else.")
+            mask = (base / item["mask"]).resolve() if "mask" in item else None
+            examples.append(Example((base / item["image"]).resolve(), item["prompt"], mask))
         return tuple(examples), section["resize"], section["in_context"]

@@ -29,7 +29,7 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.events import Report, TrainingStep, result_of
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs, run_tool
-from mflux_core.images.io import load_image, pil_to_pixels, save_png_atomic
+from mflux_core.images.io import load_image, load_mask, pil_to_pixels, save_png_atomic
 from mflux_core.loader import load_flux_model
 from mflux_core.request import GenerationRequest
 from mflux_core.sampling.latents import image_position_ids, latent_grid
@@ -43,7 +43,7 @@ from mflux_core.training.lora_adapters import attach_lora
 from mflux_core.training.lora_checkpoint import (
     Checkpoint, checkpoint_name, differing_settings, read_checkpoint, write_checkpoint,
 )
-from mflux_core.training.lora_config import TrainingConfig
+from mflux_core.training.lora_config import Example, TrainingConfig
 from mflux_core.training.loop import STATE_FILE, train
 from mflux_core.training.plot import save_loss_curve
 from mflux_core.weights.quantize import quantize_model
@@ -115,9 +115,11 @@ def at_training_size(image: Image.Image, config: TrainingConfig) -> Image.Image:
     return image if image.size == size else cover_crop(image, *size)
 
 
-def in_context_mask(config: TrainingConfig) -> np.ndarray:
-    """The diptych's right half, where the Fill model paints; the left half is the context it keeps."""
-    return diptych_mask(None, config.width // 2, config.height)
+def in_context_mask(config: TrainingConfig, example: Example) -> np.ndarray:
+    """Where in the diptych the Fill model paints: the right half, or the part of it the example's mask whitens;
+    the left half is the context it keeps."""
+    right = load_mask(example.mask) if example.mask is not None else None
+    return diptych_mask(right, config.width // 2, config.height)
 
 
 def examples_fingerprint(config: TrainingConfig) -> str:
@@ -125,6 +127,8 @@ def examples_fingerprint(config: TrainingConfig) -> str:
     for example in config.examples:
         digest.update(example.image.read_bytes())
         digest.update(example.prompt.encode())
+        if example.mask is not None:
+            digest.update(example.mask.read_bytes())
     return digest.hexdigest()
 
 
@@ -134,8 +138,8 @@ def encode_examples(model: FluxModel, config: TrainingConfig) -> EncodedExamples
     prompts = [model.text_encoders.encode(e.prompt, config.max_sequence_length) for e in config.examples]
     extra = None
     if config.in_context:
-        mask = in_context_mask(config)
-        extra = mx.concatenate([fill_conditioning(model, p, mask) for p in pixels]).astype(model.dtype)
+        extra = mx.concatenate([fill_conditioning(model, p, in_context_mask(config, e))
+                                for p, e in zip(pixels, config.examples)]).astype(model.dtype)
     encoded = EncodedExamples(
         latents=mx.concatenate([encode_pixels(model, p) for p in pixels]),
         text=mx.concatenate([p.t5 for p in prompts]).astype(model.dtype),

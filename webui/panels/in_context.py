@@ -11,8 +11,9 @@ import gradio as gr
 from mflux_core.errors import InvalidRequest
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.in_context_lora import LORA_STYLES, PROMPT_MARKERS
+from webui.demo_examples import render_demo_examples
 from webui.panels import Panel, input_image, mask_editor, result_column
-from webui.panels.fill import BRUSH_SIZE, editor_image, editor_mask
+from webui.panels.fill import BRUSH_SIZE, editor_image, editor_mask, example_editor_value
 from webui.presets_ui import render_presets
 from webui.requests import RequestContext, requests_from_settings
 from webui.widgets import build_shared_controls, shared_settings, shared_values
@@ -30,11 +31,14 @@ def settings_from_values(tool: str, values: dict) -> dict:
         extra["lora_style"] = values["lora_style"]
     if tool == "ic-edit":
         extra["instruction"] = (values.get("instruction") or "").strip()
-    return {"tool": tool, **shared_settings(values), "extra": extra}
+    own = {"keep_unmasked": bool(values.get("keep_unmasked"))} if tool == "catvton" else {}
+    return {"tool": tool, **shared_settings(values), **own, "extra": extra}
 
 
 def values_from_settings(tool: str, settings: dict) -> dict:
     values = shared_values(settings)
+    if tool == "catvton" and "keep_unmasked" in settings:
+        values["keep_unmasked"] = settings["keep_unmasked"]
     extra = settings.get("extra") or {}
     values.update({key: extra[key] for key in EXTRA_KEYS[tool] if key in extra})
     if tool == "in-context" and "lora_style" not in values and "extra" in settings:
@@ -73,6 +77,9 @@ def _render(studio, tool: str, title: str) -> Panel:
                     own["lora_style"] = gr.Dropdown([NO_STYLE, *LORA_STYLES], value=NO_STYLE, label="LoRA style",
                                                     elem_id="in-context-lora-style")
                     gr.Markdown(MARKERS_HELP, elem_id="in-context-markers")
+                if tool == "catvton":
+                    own["keep_unmasked"] = gr.Checkbox(True, label="Keep the person outside the mask (paste it "
+                                                       "back, feathered)", elem_id="catvton-keep-unmasked")
                 if tool == "ic-edit":
                     own["instruction"] = gr.Textbox(label="Instruction (e.g. 'make the sky pink')",
                                                     elem_id="ic-edit-instruction")
@@ -81,6 +88,14 @@ def _render(studio, tool: str, title: str) -> Panel:
                 prompt_label = {"catvton": "Prompt (empty: CatVTON's trained prompt)",
                                 "ic-edit": "Full prompt (used when there is no instruction)"}.get(tool, "Prompt")
                 shared = build_shared_controls(studio, tool, tool, prompt_label=prompt_label)
+                if tool == "catvton":
+                    render_demo_examples(studio, tool, shared.controls, {
+                        inputs["garment"]: lambda e: str(e.images["garment"]), inputs["editor"]: example_editor_value},
+                        {own["keep_unmasked"]: True})
+                elif tool == "in-context":
+                    render_demo_examples(studio, tool, shared.controls,
+                                         {inputs["reference"]: lambda e: str(e.images["image"])},
+                                         {own["lora_style"]: NO_STYLE})
                 controls = {**shared.controls, **own}
                 panel = Panel(tool, (tool,), controls, lambda v: settings_from_values(tool, v),
                               lambda s: values_from_settings(tool, s),
