@@ -130,6 +130,7 @@ def test_a_run_restored_from_the_shipped_family_holds_its_weights(tmp_path):
     from mflux_core.demo.flow_stages import base_transformer
     from mflux_core.demo.pools import cached_pool
     from mflux_core.demo.restore import SHIPPED_BASE, restore_run
+    from mflux_core.demo.size_stages import BASE_STAGE
     from mflux_core.models.clip import load_clip_text_model
     from mflux_core.models.t5 import load_t5_encoder
     from mflux_core.models.transformer import load_transformer
@@ -142,6 +143,7 @@ def test_a_run_restored_from_the_shipped_family_holds_its_weights(tmp_path):
     clip, t5 = text_encoders(tmp_path)
     pairs = [(trained_vae(tmp_path, vae_sample(tmp_path, STAGES["vae"], workers=1))[0], load_vae(shipped / "vae")),
              (base_transformer(tmp_path, "guidance"), load_transformer(shipped / "transformer")),
+             (base_transformer(tmp_path, BASE_STAGE), load_transformer(shipped / "transformer")),  # ControlNets' base
              (clip, load_clip_text_model(shipped / "text_encoder")), (t5, load_t5_encoder(shipped / "text_encoder_2"))]
     for restored, original in pairs:
         restored, original = dict(tree_flatten(restored.parameters())), dict(tree_flatten(original.parameters()))

@@ -2,8 +2,9 @@
 
 Writes into RUN the checkpoints that later stages read, taken from the shipped float16 folders: the VAE
 as the sharpen stage (trained_vae takes the latest VAE stage), CLIP and T5 as the encoder stage left them,
-the shipped (guidance-distilled) transformer as the guidance stage, Fill, Depth and Kontext as their stages,
-the ControlNets as their stages beside the shipped base; plus the tokenizers. A stage that trains beside the
+the shipped (guidance-distilled) transformer as the guidance stage (and as guidance-sizes, which made it, for the
+ControlNets' sizes stages to train beside; without its sizes.json that stage still counts as not finished), Fill,
+Depth and Kontext as their stages, the ControlNets as their stages beside the shipped base; plus the tokenizers. A stage that trains beside the
 shipped base (the upscaler ControlNet) or tunes the shipped members (the sizes stages, size_stages.py) then
 runs without retraining the family. The undistilled base is not shipped, so the encoder stage's checkpoint
 holds the text encoders only. The restored checkpoints carry no training state: the 64 px stages that
@@ -19,6 +20,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from mflux_core.demo.export import CONTROLNET_FOLDERS, DEMO_FOLDERS
+from mflux_core.demo.size_stages import BASE_STAGE
 from mflux_core.demo.text_encoders import ENCODER_STAGE, shared_folder
 from mflux_core.models.clip import load_clip_text_model
 from mflux_core.models.controlnet import load_controlnet
@@ -54,6 +56,7 @@ def restore_run(run: Path, models: Path) -> None:
                                **_arrays(load_t5_encoder(folder / "text_encoder_2"), "t5.")})
     base = _arrays(load_transformer(folder / "transformer"))
     _save(run, "guidance", base)
+    _save(run, BASE_STAGE, base)  # what the sizes stages made it: the ControlNets' sizes stages train beside it
     for stage, (_, member) in DEMO_FOLDERS.items():
         if stage != "guidance":
             _save(run, stage, _arrays(load_transformer(Path(models) / member / "transformer")))
