@@ -10,7 +10,9 @@ colour in two of them (the third's purple reads grey), every Kontext and Control
 examples whose layout IoU reaches LAYOUT_IOU (the black star on brown comes out without its star). Widen when
 retrained weights reach the colour bar. Every panel starts on a demo model; a size the demo models cannot make
 runs at 64x64 with a note; a photo's depth map comes from the demo estimator; a missing Redux is one sentence;
-Upscale turns a 16x16 picture into 64x64 on the demo upscaler ControlNet.
+Upscale turns a 16x16 picture into 64x64 on the demo upscaler ControlNet; an In-Context example's right panel takes
+its [IMAGE2] background (demo-fill's own In-Context LoRA), and a Try-on example puts the garment's colour into the
+person mask and keeps the person elsewhere.
 
 One server and one browser for the module; screenshots go to test-artifacts/ (git-ignored).
 """
