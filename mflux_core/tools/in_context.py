@@ -3,7 +3,7 @@
 In-Context LoRA, CatVTON and IC-Edit are all the same Fill call (mflux's FluxInContextFill): the
 left panel is read-only context (mask 0), the right panel is generated where its own mask is white
 (all of it when there is none). The image is twice the panel width; the result is cropped back to
-the right panel unless the full diptych is asked for. A tool may add its own LoRA to the request.
+the right panel unless the full diptych is asked for. A tool may apply a LoRA of its own (apply_tool_lora).
 """
 
 from pathlib import Path
