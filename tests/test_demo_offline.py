@@ -21,7 +21,7 @@ from mflux_core.models.depth import DepthEstimator, depth_to_image
 from mflux_core.native_sizes import native_panel_for, native_size_for, read_native_sizes, size_note
 from mflux_core.registry import list_models
 from mflux_core.request import GenerationRequest
-from mflux_core.tools.in_context import DEMO_LORA_FILES
+from mflux_core.tools.in_context_lora import DEMO_LORA_FILE
 from mflux_core.tools.specs import TOOL_SPECS, default_depth_estimator, default_model_for
 from mflux_core.weights.resolve import DEMO_MODELS_ENV, demo_models_dir
 from tests.parity import run_cli
@@ -195,7 +195,7 @@ def test_in_context_on_demo_fill_applies_its_own_lora_and_replays_from_the_image
     """demo-fill's In-Context LoRA (demo_models/demo-fill/in_context_lora.safetensors) is applied when no style is
     picked, kept out of the recorded request (the page's LoRA list names only the user's library) and applied again
     when that request is replayed; the same call on a copy of demo-fill without the file paints something else."""
-    assert (demo_models_dir() / "demo-fill" / DEMO_LORA_FILES["in-context"]).is_file()
+    assert (demo_models_dir() / "demo-fill" / DEMO_LORA_FILE).is_file()
     request = GenerationRequest(tool="in-context", prompt="[IMAGE1] a red circle in the centre on a blue background; "
                                 "[IMAGE2] a red circle in the centre on a white background", width=64, height=64,
                                 image_path=scene_picture(tmp_path, 2, 64), **FAST)
@@ -206,7 +206,7 @@ def test_in_context_on_demo_fill_applies_its_own_lora_and_replays_from_the_image
 
     bare = tmp_path / "demo_models"
     shutil.copytree(demo_models_dir(), bare)
-    (bare / "demo-fill" / DEMO_LORA_FILES["in-context"]).unlink()
+    (bare / "demo-fill" / DEMO_LORA_FILE).unlink()
     monkeypatch.setenv(DEMO_MODELS_ENV, str(bare))
     without = ModelManager(models_dir=offline).generate(request)
     assert np.abs(np.asarray(without.image, dtype=int) - np.asarray(with_lora.image, dtype=int)).max() > 40

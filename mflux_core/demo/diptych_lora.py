@@ -10,7 +10,7 @@ size). Two kinds:
 - `ic-edit`: Kontext's edits again, with IC-Edit's template around the instruction ("... but make the background
   white"). Not shipped: no run so far applies the held-out edits more often than chance (README, "Offline on the
   demo models").
-The first ships in demo-fill's folder (in_context.DEMO_LORA_FILES), and In-Context applies it on demo-fill when no
+The first ships in demo-fill's folder (in_context_lora.DEMO_LORA_FILE), and In-Context applies it on demo-fill when no
 style is picked.
 
 The config is an ordinary training config (examples.in_context), written beside the pictures, so this is the run

@@ -6,8 +6,6 @@ left panel is read-only context (mask 0), the right panel is generated where its
 the right panel unless the full diptych is asked for. A tool may apply a LoRA of its own (apply_tool_lora).
 """
 
-from pathlib import Path
-
 import numpy as np
 from PIL import Image
 
@@ -20,10 +18,6 @@ from mflux_core.request import GenerationRequest, check_image_size
 from mflux_core.tools.common import check_in_channels, prompt_conditioning
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.fill import fill_channels, fill_conditioning
-from mflux_core.weights.resolve import is_demo_folder
-
-# A demo Fill folder's own LoRA for an in-context tool, applied when the request picks none of the tool's.
-DEMO_LORA_FILES = {"in-context": "in_context_lora.safetensors"}
 
 
 def panel(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -69,14 +63,6 @@ def with_lora(request: GenerationRequest, path: str, scale: float = 1.0) -> Gene
         return request
     scales = request.lora_scales or (1.0,) * len(request.lora_paths)
     return request.with_(lora_paths=(*request.lora_paths, path), lora_scales=(*scales, scale))
-
-
-def demo_tool_lora(model: FluxModel, tool: str) -> Path | None:
-    """The tool's own LoRA in a demo Fill's folder, when it holds one (FLUX.1-Fill does these tasks by itself;
-    the tiny demo Fill was taught them: mflux_core.demo.diptych_lora)."""
-    name = DEMO_LORA_FILES.get(tool)
-    path = model.folder / name if name is not None and is_demo_folder(model.folder) else None
-    return path if path is not None and path.is_file() else None
 
 
 def apply_tool_lora(model: FluxModel, request: GenerationRequest, engine: ToolEngine, path: str,
