@@ -35,6 +35,9 @@ MEASURES = {  # tool -> (what the number is, measure(manager, count, size))
         evaluate.in_context_applied(m, "demo-fill", classify, n, size=size))),
     "catvton": ("garment worn (size: a panel)", lambda m, n, size: "{:.2f}".format(
         evaluate.try_on_worn(m, "demo-fill", classify, n, size=size))),
+    "redux": ("reference's shape colour / region / background / shape IoU, empty prompt (64x64 only)",
+              lambda m, n, size: "{:.2f} / {:.2f} / {:.2f} / {:.3f}".format(
+                  *vars(evaluate.reference_carried(m, "demo", classify, n, redux="demo-redux")).values())),
     "ic-edit": ("applied with IC-Edit's LoRA / by In-Context with its prompt and no style (size: a panel)",
                 lambda m, n, size: "{:.2f} / {:.2f}".format(
                     evaluate.ic_edit_applied(m, "demo-fill", classify, n, size=size,

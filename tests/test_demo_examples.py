@@ -33,7 +33,7 @@ def test_every_tool_gets_its_examples_from_the_held_out_split_on_its_demo_model(
     assert {tool: [e.model for e in entries] for tool, entries in examples.items()} == {
         "generate": ["demo"] * PER_TOOL, "fill": ["demo-fill"] * PER_TOOL, "depth": ["demo-depth"] * PER_TOOL,
         "kontext": ["demo-kontext"] * PER_TOOL, "controlnet": ["demo"] * PER_TOOL, "upscale": ["demo"] * PER_TOOL,
-        "in-context": ["demo-fill"] * PER_TOOL, "catvton": ["demo-fill"] * PER_TOOL}
+        "in-context": ["demo-fill"] * PER_TOOL, "catvton": ["demo-fill"] * PER_TOOL, "redux": ["demo"] * PER_TOOL}
     for tool, entries in examples.items():
         for example in entries:
             source = SOURCES[tool](EVALUATION_SEED, example.index, IMAGE_SIZE, held_out=True)
@@ -44,7 +44,7 @@ def test_every_tool_gets_its_examples_from_the_held_out_split_on_its_demo_model(
     for tool in ("kontext", "in-context"):
         assert [dataset.kontext_example(EVALUATION_SEED, e.index, held_out=True).kind for e in examples[tool]] == [
             "colour", "move", "background"]
-    all_indices = [e.index for tool in ("generate", "depth", "controlnet") for e in examples[tool]]
+    all_indices = [e.index for tool in ("generate", "depth", "controlnet", "redux") for e in examples[tool]]
     assert len(set(all_indices)) == len(all_indices)  # these tools draw the same scene for the same index
 
 
@@ -82,6 +82,9 @@ def test_the_files_hold_the_dataset_examples_inputs_and_the_prompts_their_captio
         assert np.array_equal(pixels(example.images["garment"]), source.garment)
         assert np.array_equal(pixels(example.images["image"]), source.person)
         assert np.array_equal(pixels(example.images["mask"]) > 127, source.mask)
+    for example in examples["redux"]:
+        source = dataset.text_to_image_example(EVALUATION_SEED, example.index, held_out=True)
+        assert example.prompt == "" and np.array_equal(pixels(example.images["image"]), source.image)
 
 
 def test_a_rerun_writes_the_same_files_and_the_manifest_reads_back(written, tmp_path):
@@ -118,6 +121,6 @@ def test_the_page_offers_examples_only_for_tools_whose_demo_model_is_on_disk(tmp
     app = build_app(ModelManager(models_dir=tmp_path / "models"), folders)
     shown = {block.elem_id for block in app.blocks.values() if (block.elem_id or "").endswith("-examples")}
     assert shown == {"generate-examples", "fill-examples", "controlnet-examples", "upscale-examples",
-                     "in-context-examples", "catvton-examples"}
+                     "in-context-examples", "catvton-examples", "redux-examples"}
     assert (folders.examples / EXAMPLES_FILE).is_file()
     assert any(folders.examples.is_relative_to(path) for path in launch_kwargs(folders)["allowed_paths"])

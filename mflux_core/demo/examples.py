@@ -7,7 +7,8 @@ time and each example can be traced to its dataset example (`SOURCES[tool](seed,
 
 examples.json: {"seed": 100, "size": 64, "examples": [{"tool", "model", "prompt", "images": {role: file},
 "index"}, ...]} with image roles "image" (Fill's source, Kontext's before, ControlNet's control
-picture, Upscale's small picture at a quarter of the size, In-Context's reference, Try-on's person), "mask" (Fill,
+picture, Upscale's small picture at a quarter of the size, In-Context's reference, Try-on's person, Redux's
+reference, shown with the empty prompt), "mask" (Fill,
 Try-on: white = regenerate), "garment" (Try-on's left panel) and "depth_map" (Depth: nearer is brighter).
 """
 
@@ -29,7 +30,7 @@ PER_TOOL = 3
 SOURCES = {"generate": dataset.text_to_image_example, "fill": dataset.fill_example, "depth": dataset.depth_example,
            "kontext": dataset.kontext_example, "controlnet": dataset.canny_example,
            "upscale": dataset.upscale_example, "in-context": dataset.kontext_example,
-           "catvton": dataset.try_on_example}
+           "catvton": dataset.try_on_example, "redux": dataset.text_to_image_example}
 EDITS = ("kontext", "in-context")  # tools whose examples are Kontext's edits, one of each kind in turn
 UPSCALE_FACTOR = 4  # an Upscale example's picture is the scene at IMAGE_SIZE / 4, brought back to IMAGE_SIZE
 KONTEXT_KINDS = ("colour", "move", "background")  # one example of each edit
@@ -49,6 +50,8 @@ def _rendered(tool: str, index: int) -> tuple[str, dict[str, np.ndarray]]:
     example = SOURCES[tool](EVALUATION_SEED, index, IMAGE_SIZE, held_out=True)
     if tool == "generate":
         return caption(example.scene), {}  # the full caption: colour, shape, place and background
+    if tool == "redux":
+        return "", {"image": example.image}  # the empty prompt: what the result shows comes from the picture
     if tool == "fill":
         return example.caption, {"image": example.source, "mask": example.mask.astype(np.uint8) * 255}
     if tool == "depth":

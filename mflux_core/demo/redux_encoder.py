@@ -3,8 +3,10 @@ SiglipImageProcessor settings and diffusers' ReduxImageEncoder), taught on the s
 reference picture's shape, colour and place into what the shipped `demo` transformer paints.
 
 Training runs the Redux tool's own path: the picture's image tokens are appended after the T5 tokens of
-its caption (left empty for most examples, so the tokens must carry the picture on their own), and the
-frozen `demo` transformer's flow loss on that same picture teaches the tower and the embedder.
+its caption (left empty for most examples, so the tokens must carry the picture on their own), and the tower
+and the embedder are taught to make the frozen `demo` transformer give, through them, the velocity it gives for
+the picture's caption (distillation: the caption's velocity on the noisy picture is a steadier target than the flow loss's
+noise - picture; README, "Offline on the demo models", has what each carries).
 
 `python -m mflux_core.demo.redux_encoder RUN_DIR demo_models/demo-redux` trains with the project's training
 loop (resumable from RUN_DIR, `--max-minutes` for chunks) and writes the folder in the published repo's
@@ -15,6 +17,7 @@ The Redux tool uses it on the demo models (tools/redux.py).
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import mflux_core  # noqa: F401  (OpenBLAS before mlx.core)
@@ -36,12 +39,12 @@ from mflux_core.loader import load_flux_model
 from mflux_core.models import siglip
 from mflux_core.models.redux import ReduxEmbedderConfig, ReduxEncoder, ReduxImageEmbedder
 from mflux_core.training import train
-from mflux_core.training.flow_matching import flow_matching_loss
+from mflux_core.training.flow_matching import predicted_velocity, velocity_loss
 from mflux_core.weights.resolve import ModelSource, demo_folder
 
 SIZE = 64  # the shapes world's pictures, seen unresized
 PATCH = 8
-SETTINGS = StageSettings(steps=3000, batch=16, learning_rate=1e-3, pool=4000, seed=12)
+SETTINGS = StageSettings(steps=6000, batch=16, learning_rate=1e-3, pool=4000, seed=12)
 CAPTION_KEPT = 0.2  # share of examples shown with their caption; the others get the empty prompt
 GUIDANCE_RANGE = (1.0, 4.0)  # the distilled demo's guidance values around the Redux tool's default 2.5
 
@@ -83,16 +86,19 @@ class ReduxOnDemo(nn.Module):
         self.transformer = transformer
 
 
-def redux_flow_loss(model: ReduxOnDemo, batch) -> mx.array:
-    """The flow loss with the picture's Redux tokens after the caption's T5 tokens, as the Redux tool joins them."""
-    flow, pixels = batch
+def redux_distillation_loss(model: ReduxOnDemo, batch) -> mx.array:
+    """How far the velocity with the picture's Redux tokens after the (mostly empty) prompt's T5 tokens, as the
+    Redux tool joins them, is from the velocity for the picture's caption."""
+    flow, pixels, target = batch
     tokens = model.redux.image_embedder(model.redux.image_encoder(pixels))
-    return flow_matching_loss(model.transformer, flow, text=mx.concatenate([flow.text, tokens], axis=1))
+    velocity = predicted_velocity(model.transformer, flow, text=mx.concatenate([flow.text, tokens], axis=1))
+    return velocity_loss(velocity, flow, target)
 
 
 def training_data(run: Path, demo, workers: int) -> dict[str, np.ndarray]:
-    """The stage's pictures as latents, SigLIP pixels and loss weights, with each example's caption (the empty
-    one for most) as the shipped text encoders encode it; cached in RUN_DIR."""
+    """The stage's pictures as latents, SigLIP pixels and loss weights, with the prompt each example is shown
+    with (`caption_index`: the empty one for most) and its caption (`described_index`) as rows of the shipped
+    text encoders' `t5` and `pooled`; cached in RUN_DIR."""
     path = run / f"examples-redux-{SETTINGS.seed}-{SETTINGS.pool}.npz"
     if path.is_file():
         with np.load(path) as data:
@@ -109,6 +115,7 @@ def training_data(run: Path, demo, workers: int) -> dict[str, np.ndarray]:
                                   for p in pool["image"]]),
         "token_weights": token_weights(pool["image"]),
         "caption_index": np.where(kept, index + 1, 0),
+        "described_index": index + 1,
         "t5": np.concatenate([np.array(e.t5) for e in encoded]),
         "pooled": np.concatenate([np.array(e.pooled) for e in encoded]),
     }
@@ -124,12 +131,20 @@ def train_redux(run: Path, workers: int = 2, max_seconds: float | None = None, c
     flows = flow_batches({NATIVE_SIZE: data}, SETTINGS, demo.scheduler_config, GUIDANCE_RANGE,
                          text_tokens=T5_MAX_LENGTH + IMAGE_TOKENS)
 
+    described = {name: mx.array(data[name]) for name in ("t5", "pooled")}
+
     def batch_for_step(step: int):
         _, _, rows = step_rows(SETTINGS, step, {NATIVE_SIZE: len(data["target"])})
-        return flows(step), mx.array(data["pixels"][rows])
+        flow = flows(step)
+        captions = mx.array(data["described_index"][rows])
+        caption_only = replace(flow, rope=None)  # its own RoPE tables: no Redux tokens in its text
+        target = predicted_velocity(demo.transformer, caption_only, described["t5"][captions],
+                                    described["pooled"][captions])
+        mx.eval(target)  # the caption's pass stays out of the compiled step
+        return flow, mx.array(data["pixels"][rows]), target
 
     model = ReduxOnDemo(seeded_encoder(), demo.transformer)
-    result = train(model, redux_flow_loss, batch_for_step, optimizer_for(SETTINGS), SETTINGS.steps,
+    result = train(model, redux_distillation_loss, batch_for_step, optimizer_for(SETTINGS), SETTINGS.steps,
                    trainable=lambda name: name.startswith("redux."), checkpoint_dir=run / "redux",
                    max_seconds=max_seconds, compile=compile)
     return model.redux, result.finished

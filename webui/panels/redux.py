@@ -4,6 +4,7 @@ import gradio as gr
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.request import GenerationRequest
+from webui.demo_examples import render_demo_examples
 from webui.panels import Panel, input_image, result_column
 from webui.presets_ui import render_presets
 from webui.requests import RequestContext, requests_from_settings
@@ -62,6 +63,9 @@ def render(studio) -> Panel:
                                                          "default: redux (demo-redux on a demo model)"),
                                       value=TOOL_DEFAULT, label="Redux weights", elem_id="redux-weights")
                 shared = build_shared_controls(studio, TOOL, TOOL)
+                render_demo_examples(studio, TOOL, shared.controls,
+                                     {images["redux_image_1"]: lambda e: str(e.images["image"])},
+                                     {weights: TOOL_DEFAULT, strengths["redux_strength_1"]: DEFAULT_STRENGTH})
                 panel = Panel(TOOL, (TOOL,), {**shared.controls, **strengths, "redux_weights": weights},
                               settings_from_values, values_from_settings, send_target=images["redux_image_1"])
                 render_presets(studio, panel)
