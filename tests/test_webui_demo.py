@@ -292,8 +292,9 @@ def test_a_redux_example_carries_its_pictures_background(page, studio, number):
     type_into(page, "redux-seed", 0)
     run_and_wait(page, "redux")
     screenshot(page, f"demo-redux-{number}")
-    reading = classify(result_image(page, "redux"))  # the shape's colour too in one of the three (0.46 of 100 held-out pictures)
-    assert reading.background == pair.scene.background, f"{reading_text(reading)}"
+    reading = classify(result_image(page, "redux"))
+    # the background of each; the shape's colour in one of the three here, 0.46 of 100 held-out pictures
+    assert reading.background == pair.scene.background, reading_text(reading)
 
 
 def test_upscale_on_the_demo_upscaler_keeps_a_small_pictures_shape(page, tmp_path):

@@ -5,8 +5,8 @@ reference picture's shape, colour and place into what the shipped `demo` transfo
 Training runs the Redux tool's own path: the picture's image tokens are appended after the T5 tokens of
 its caption (left empty for most examples, so the tokens must carry the picture on their own), and the tower
 and the embedder are taught to make the frozen `demo` transformer give, through them, the velocity it gives for
-the picture's caption (distillation: the caption's velocity on the noisy picture is a steadier target than the flow loss's
-noise - picture; README, "Offline on the demo models", has what each carries).
+the picture's caption (distillation: the caption's velocity on the noisy picture is a steadier target than the
+flow loss's noise - picture; README, "Offline on the demo models", has what each carries).
 
 `python -m mflux_core.demo.redux_encoder RUN_DIR demo_models/demo-redux` trains with the project's training
 loop (resumable from RUN_DIR, `--max-minutes` for chunks) and writes the folder in the published repo's
@@ -99,7 +99,7 @@ def training_data(run: Path, demo, workers: int) -> dict[str, np.ndarray]:
     """The stage's pictures as latents, SigLIP pixels and loss weights, with the prompt each example is shown
     with (`caption_index`: the empty one for most) and its caption (`described_index`) as rows of the shipped
     text encoders' `t5` and `pooled`; cached in RUN_DIR."""
-    path = run / f"examples-redux-{SETTINGS.seed}-{SETTINGS.pool}.npz"
+    path = run / f"examples-redux-described-{SETTINGS.seed}-{SETTINGS.pool}.npz"  # earlier runs' files lack captions
     if path.is_file():
         with np.load(path) as data:
             return {name: data[name] for name in data.files}
