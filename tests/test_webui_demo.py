@@ -13,7 +13,7 @@ runs at 64x64 with a note; a photo's depth map comes from the demo estimator; a 
 Upscale turns a 16x16 picture into 64x64 on the demo upscaler ControlNet; a Redux example's result takes its
 picture's background with an empty prompt; an In-Context example's right panel takes
 its [IMAGE2] background (demo-fill's own In-Context LoRA), and a Try-on example puts the garment's colour into the
-person mask and keeps the person elsewhere.
+person mask and keeps the person elsewhere. A Redux or Kontext example empties the panel's further image slots.
 
 One server and one browser for the module; screenshots go to test-artifacts/ (git-ignored).
 """
@@ -282,6 +282,21 @@ def test_redux_on_the_demo_carries_a_reference_pictures_colours_offline(page, tm
     reading = classify(result_image(page, "redux"))
     carried = (reading.background, reading.colour)
     assert carried == (reference.scene.background, reference.scene.shapes[0].colour), (carried, text)
+
+
+@pytest.mark.parametrize(("tab", "tool", "first", "second"), [
+    ("Redux", "redux", "redux-image-1", "redux-image-2"), ("Kontext", "kontext", "kontext-reference", "kontext-reference-2")])
+def test_an_example_empties_the_panels_other_image_slots(page, studio, tmp_path, tab, tool, first, second):
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "mine.png")
+    open_tab(page, tab)
+    if tool == "kontext":
+        page.locator("#kontext-more-references").get_by_text("More images").click()
+    page.set_input_files(f"#{second} input[type=file]", str(tmp_path / "mine.png"))
+    page.wait_for_selector(f"#{second} img")
+    example = studio.examples[tool][0]
+    page.locator(f"#{tool}-examples :is(tbody tr, button.gallery-item)").first.click()
+    page.wait_for_selector(f"#{first} img[src*='{example.images['image'].name}']")
+    page.wait_for_selector(f"#{second} img", state="detached")  # the example is one picture: none mixed in
 
 
 @pytest.mark.parametrize("number", [0, 1, 2])

@@ -55,7 +55,7 @@ def render(studio) -> Panel:
                                           elem_id="kontext-auto-resize")
                 shared = build_shared_controls(studio, TOOL, TOOL, prompt_label="Instruction")
                 render_demo_examples(studio, TOOL, shared.controls, {reference: lambda e: str(e.images["image"])},
-                                     {auto_resize: False})
+                                     {auto_resize: False}, emptied=tuple(more.values()))
                 panel = Panel(TOOL, (TOOL,), {**shared.controls, "kontext_auto_resize": auto_resize},
                               settings_from_values, values_from_settings, send_target=reference)
                 render_presets(studio, panel)

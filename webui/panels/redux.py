@@ -65,7 +65,8 @@ def render(studio) -> Panel:
                 shared = build_shared_controls(studio, TOOL, TOOL)
                 render_demo_examples(studio, TOOL, shared.controls,
                                      {images["redux_image_1"]: lambda e: str(e.images["image"])},
-                                     {weights: TOOL_DEFAULT, strengths["redux_strength_1"]: DEFAULT_STRENGTH})
+                                     {weights: TOOL_DEFAULT, strengths["redux_strength_1"]: DEFAULT_STRENGTH},
+                                     emptied=tuple(images[f"redux_image_{i}"] for i in range(2, SLOTS + 1)))
                 panel = Panel(TOOL, (TOOL,), {**shared.controls, **strengths, "redux_weights": weights},
                               settings_from_values, values_from_settings, send_target=images["redux_image_1"])
                 render_presets(studio, panel)
