@@ -35,7 +35,8 @@ def render_demo_examples(studio, tool: str, controls: dict, shown: dict[gr.compo
              controls["guidance"]: ""}
     rows = [[*(value(e) for value in shown.values()), e.prompt, e.model, *fixed.values()] for e in examples]
     table = gr.Examples(rows, [*shown, controls["prompt"], controls["model"], *fixed],
-                visible_columns=list(range(len(shown) + 1)), elem_id=f"{tool}-examples",
-                label=f"Try a demo {kind + ' ' if kind else ''}example (runs on {examples[0].model})", api_visibility="private")
+                        visible_columns=list(range(len(shown) + 1)), elem_id=f"{tool}-examples",
+                        label=f"Try a demo {kind + ' ' if kind else ''}example (runs on {examples[0].model})",
+                        api_visibility="private")
     if emptied:  # gr.Examples drops a column that is None in every example, so it cannot empty them itself
         table.dataset.click(lambda: [None] * len(emptied), None, list(emptied), queue=False, api_visibility="private")
