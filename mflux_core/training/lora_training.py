@@ -164,6 +164,7 @@ def batch_maker(model: FluxModel, config: TrainingConfig, examples: EncodedExamp
     h, w = latent_grid(config.height, config.width, model.vae_scale_factor)
     image_ids = image_position_ids(h, w)
     count, tokens = examples.latents.shape[0], examples.latents.shape[1]
+    rope = model.transformer.rope_tables(image_ids, np.zeros((examples.text.shape[1], 3)))
 
     def batch_for_step(step: int) -> FlowBatch:
         """Everything random comes from (seed, step): the precondition for resuming bit for bit."""
@@ -176,7 +177,7 @@ def batch_maker(model: FluxModel, config: TrainingConfig, examples: EncodedExamp
             sigmas=mx.array(shifted_sigmas(rng, size, tokens, model.scheduler_config)),
             text=examples.text[chosen], pooled=examples.pooled[chosen], image_ids=image_ids,
             guidance=mx.full((size,), config.guidance, dtype=mx.float32) if model.has_guidance else None,
-            extra_channels=None if examples.extra is None else examples.extra[chosen],
+            extra_channels=None if examples.extra is None else examples.extra[chosen], rope=rope,
         )
 
     return batch_for_step
@@ -322,7 +323,8 @@ def train_lora(
 
         result = train(adapters, lambda _adapters, batch: flow_matching_loss(model.transformer, batch),
                        batch_maker(model, config, examples), optimizer, total, checkpoint_dir=staging,
-                       checkpoint_every=config.checkpoint_frequency, progress=progress_bar, on_step=step_done)
+                       checkpoint_every=config.checkpoint_frequency, progress=progress_bar, on_step=step_done,
+                       compile=True)
         if outcome.checkpoint.name != checkpoint_name(result.step):
             save_checkpoint_zip(result.step)  # the loop wrote its final files after the last on_step
         if validation is not None and (not config.validation_frequency or result.step % config.validation_frequency):
