@@ -1,7 +1,7 @@
 """The demo family's quality at each size, through the real engine on held-out examples (evaluate.py with
 the tests' classifier): `python -m bench.demo_quality [--sizes 64x64,80x48,...] [--tools generate,fill,...]
-[--models-dir DIR] [--count N]`. Prints one row per size and tool. `--tools ic-edit` measures the IC-Edit LoRA
-in $BENCH_IC_EDIT_LORA (mflux_core.demo.diptych_lora trains one)."""
+[--models-dir DIR] [--count N]`. Prints one row per size and tool. `--tools ic-edit` measures demo-fill's own
+IC-Edit LoRA, or the one in $BENCH_IC_EDIT_LORA (mflux_core.demo.diptych_lora trains one)."""
 
 import argparse
 import os
@@ -45,8 +45,7 @@ MEASURES = {  # tool -> (what the number is, measure(manager, count, size))
                     evaluate.in_context_edit_applied(m, "demo-fill", classify, n, size=size,
                                                      max_sequence_length=sequence_length("ic-edit")))),
 }
-IC_EDIT_LORA_ENV = "BENCH_IC_EDIT_LORA"  # the IC-Edit LoRA to measure (none ships for demo-fill yet)
-DEFAULT_TOOLS = [tool for tool in MEASURES if tool != "ic-edit"]  # it needs $BENCH_IC_EDIT_LORA
+IC_EDIT_LORA_ENV = "BENCH_IC_EDIT_LORA"  # another IC-Edit LoRA to measure than demo-fill's own
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -56,7 +55,7 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=parse_sizes, default=parse_sizes("64x64,80x48,96x96,128x80,48x112,128x128"))
-    parser.add_argument("--tools", default=",".join(DEFAULT_TOOLS))
+    parser.add_argument("--tools", default=",".join(MEASURES))
     parser.add_argument("--models-dir", type=Path, default=None,
                         help="where the demo folders are (default: demo_models/, the shipped family)")
     parser.add_argument("--count", type=int, default=20, help="held-out examples per size and tool")

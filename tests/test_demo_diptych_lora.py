@@ -42,7 +42,7 @@ def test_the_ic_edit_run_trains_diptychs_of_edits_that_ic_edit_then_takes(tmp_pa
     edited = run_cli("ic-edit", "--model", "demo-fill", "--reference-image", tmp_path / "before.png",
                      "--instruction", first.instruction, "--ic-edit-lora", outcome.adapter, "--seed", 1,
                      "--output", tmp_path / "edited.png")
-    assert edited.size == (PANEL, PANEL)  # IC-Edit's 512 px panel, made at the panel of demo-fill's 128x64
+    assert edited.size == (PANEL, PANEL)  # on a demo Fill the reference's size (RiverZ's LoRA: 512 px wide)
     recorded = read_metadata_file(tmp_path / "edited.png")["request"]
     assert recorded["max_sequence_length"] == length  # the resolved default, recorded so the edit replays
     assert recorded["lora_paths"] == []  # the tool's own LoRA comes from --ic-edit-lora again on a replay

@@ -9,7 +9,7 @@ from PIL import Image
 
 from mflux_core.demo import dataset
 from mflux_core.demo.evaluate import EVALUATION_SEED
-from mflux_core.demo.examples import EXAMPLES_FILE, PER_TOOL, SOURCES, UPSCALE_FACTOR, read_examples, write_examples
+from mflux_core.demo.examples import EDITS, EXAMPLES_FILE, PER_TOOL, SOURCES, UPSCALE_FACTOR, read_examples, write_examples
 from mflux_core.demo.family import IMAGE_SIZE, PIPELINE_CLASSES
 from mflux_core.demo.shapes import caption
 from mflux_core.manager import ModelManager
@@ -33,15 +33,16 @@ def test_every_tool_gets_its_examples_from_the_held_out_split_on_its_demo_model(
     assert {tool: [e.model for e in entries] for tool, entries in examples.items()} == {
         "generate": ["demo"] * PER_TOOL, "fill": ["demo-fill"] * PER_TOOL, "depth": ["demo-depth"] * PER_TOOL,
         "kontext": ["demo-kontext"] * PER_TOOL, "controlnet": ["demo"] * PER_TOOL, "upscale": ["demo"] * PER_TOOL,
-        "in-context": ["demo-fill"] * PER_TOOL, "catvton": ["demo-fill"] * PER_TOOL, "redux": ["demo"] * PER_TOOL}
+        "in-context": ["demo-fill"] * PER_TOOL, "catvton": ["demo-fill"] * PER_TOOL, "redux": ["demo"] * PER_TOOL,
+        "ic-edit": ["demo-fill"] * PER_TOOL}
     for tool, entries in examples.items():
         for example in entries:
             source = SOURCES[tool](EVALUATION_SEED, example.index, IMAGE_SIZE, held_out=True)
-            scene = source.after_scene if tool in ("kontext", "in-context") else source.scene
+            scene = source.after_scene if tool in EDITS else source.scene
             assert dataset.is_held_out(scene.shapes[0], scene.background)
             side = IMAGE_SIZE // UPSCALE_FACTOR if tool == "upscale" else IMAGE_SIZE
             assert all(pixels(path).shape[:2] == (side, side) for path in example.images.values())
-    for tool in ("kontext", "in-context"):
+    for tool in EDITS:
         assert [dataset.kontext_example(EVALUATION_SEED, e.index, held_out=True).kind for e in examples[tool]] == [
             "colour", "move", "background"]
     all_indices = [e.index for tool in ("generate", "depth", "controlnet", "redux") for e in examples[tool]]
@@ -62,7 +63,7 @@ def test_the_files_hold_the_dataset_examples_inputs_and_the_prompts_their_captio
         source = dataset.depth_example(EVALUATION_SEED, example.index, held_out=True)
         assert example.prompt == source.caption
         assert np.array_equal(pixels(example.images["depth_map"]), source.control)
-    for example in examples["kontext"]:
+    for example in examples["kontext"] + examples["ic-edit"]:
         source = dataset.kontext_example(EVALUATION_SEED, example.index, held_out=True)
         assert example.prompt == source.instruction and np.array_equal(pixels(example.images["image"]), source.before)
     for example in examples["controlnet"]:
@@ -121,6 +122,6 @@ def test_the_page_offers_examples_only_for_tools_whose_demo_model_is_on_disk(tmp
     app = build_app(ModelManager(models_dir=tmp_path / "models"), folders)
     shown = {block.elem_id for block in app.blocks.values() if (block.elem_id or "").endswith("-examples")}
     assert shown == {"generate-examples", "fill-examples", "controlnet-examples", "upscale-examples",
-                     "in-context-examples", "catvton-examples", "redux-examples"}
+                     "in-context-examples", "catvton-examples", "redux-examples", "ic-edit-examples"}
     assert (folders.examples / EXAMPLES_FILE).is_file()
     assert any(folders.examples.is_relative_to(path) for path in launch_kwargs(folders)["allowed_paths"])

@@ -21,6 +21,7 @@ from mflux_core.models.depth import DepthEstimator, depth_to_image
 from mflux_core.native_sizes import native_panel_for, native_size_for, read_native_sizes, size_note
 from mflux_core.registry import list_models
 from mflux_core.request import GenerationRequest
+from mflux_core.tools.ic_edit import DEMO_LORA_FILE as IC_EDIT_DEMO_LORA_FILE
 from mflux_core.tools.in_context_lora import DEMO_LORA_FILE
 from mflux_core.tools.specs import TOOL_SPECS, default_depth_estimator, default_model_for
 from mflux_core.weights.resolve import DEMO_MODELS_ENV, demo_models_dir
@@ -190,26 +191,53 @@ def test_an_in_context_tool_on_the_demo_paints_a_native_canvas_with_a_note(manag
     assert native.image.size == (64, 64) and native.notes == ()
 
 
+def made_and_replayed(offline, request: GenerationRequest):
+    """The result of `request`, checked to keep the tool's own LoRA out of its recorded request (the page's LoRA list
+    names only the user's library) and to come back the same when that request is replayed."""
+    made = ModelManager(models_dir=offline).generate(request)
+    assert made.request.lora_paths == () and made.metadata["request"]["lora_paths"] == []
+    replayed = ModelManager(models_dir=offline).generate(request_from_metadata(made.metadata))
+    assert np.array_equal(np.asarray(replayed.image), np.asarray(made.image))
+    return made
+
+
+def use_demo_fill_without(file_name: str, tmp_path, monkeypatch) -> None:
+    """Point the studio at a copy of the demo family whose demo-fill lacks `file_name`."""
+    bare = tmp_path / "demo_models"
+    shutil.copytree(demo_models_dir(), bare)
+    (bare / "demo-fill" / file_name).unlink()
+    monkeypatch.setenv(DEMO_MODELS_ENV, str(bare))
+
+
 def test_in_context_on_demo_fill_applies_its_own_lora_and_replays_from_the_images_request(offline, tmp_path,
                                                                                          monkeypatch):
     """demo-fill's In-Context LoRA (demo_models/demo-fill/in_context_lora.safetensors) is applied when no style is
-    picked, kept out of the recorded request (the page's LoRA list names only the user's library) and applied again
-    when that request is replayed; the same call on a copy of demo-fill without the file paints something else."""
+    picked, kept out of the recorded request and applied again when that request is replayed; the same call on a copy
+    of demo-fill without the file paints something else."""
     assert (demo_models_dir() / "demo-fill" / DEMO_LORA_FILE).is_file()
     request = GenerationRequest(tool="in-context", prompt="[IMAGE1] a red circle in the centre on a blue background; "
                                 "[IMAGE2] a red circle in the centre on a white background", width=64, height=64,
                                 image_path=scene_picture(tmp_path, 2, 64), **FAST)
-    with_lora = ModelManager(models_dir=offline).generate(request)
-    assert with_lora.request.lora_paths == () and with_lora.metadata["request"]["lora_paths"] == []
-    replayed = ModelManager(models_dir=offline).generate(request_from_metadata(with_lora.metadata))
-    assert np.array_equal(np.asarray(replayed.image), np.asarray(with_lora.image))
-
-    bare = tmp_path / "demo_models"
-    shutil.copytree(demo_models_dir(), bare)
-    (bare / "demo-fill" / DEMO_LORA_FILE).unlink()
-    monkeypatch.setenv(DEMO_MODELS_ENV, str(bare))
+    with_lora = made_and_replayed(offline, request)
+    use_demo_fill_without(DEMO_LORA_FILE, tmp_path, monkeypatch)
     without = ModelManager(models_dir=offline).generate(request)
     assert np.abs(np.asarray(without.image, dtype=int) - np.asarray(with_lora.image, dtype=int)).max() > 40
+
+
+def test_ic_edit_on_demo_fill_applies_its_own_lora_at_the_references_size(offline, tmp_path, monkeypatch):
+    """demo-fill's IC-Edit LoRA (demo_models/demo-fill/ic_edit_lora.safetensors) stands in for RiverZ's offline: the
+    edit is made at the reference's size (the demo LoRA's 64 px panels, not RiverZ's 512, so no size note), kept out
+    of the recorded request and applied again when it is replayed; without the file the tool names RiverZ's LoRA as
+    missing, in a sentence."""
+    assert (demo_models_dir() / "demo-fill" / IC_EDIT_DEMO_LORA_FILE).is_file()
+    request = GenerationRequest(tool="ic-edit", prompt="", extra={"instruction": "make the background white"},
+                                image_path=scene_picture(tmp_path, 2, 64), **FAST)
+    edited = made_and_replayed(offline, request)
+    assert edited.request.model == "demo-fill" and edited.image.size == (64, 64) and edited.notes == ()
+    use_demo_fill_without(IC_EDIT_DEMO_LORA_FILE, tmp_path, monkeypatch)
+    with pytest.raises(ModelLoadError, match="RiverZ/normal-lora") as error:
+        ModelManager(models_dir=offline).generate(request)
+    assert is_one_sentence(str(error.value)), error.value
 
 
 def test_every_shipped_member_lists_the_sizes_its_stage_lists():

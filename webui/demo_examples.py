@@ -18,13 +18,15 @@ ExampleValue = Callable[[DemoExample], object]
 
 def render_demo_examples(studio, tool: str, controls: dict, shown: dict[gr.components.Component, ExampleValue],
                          settings: dict[gr.components.Component, object] | None = None, kind: str = "",
-                         emptied: tuple[gr.components.Component, ...] = ()) -> None:
+                         emptied: tuple[gr.components.Component, ...] = (),
+                         prompt: gr.components.Component | None = None) -> None:
     """Render the examples of `tool` (inside the panel's Blocks context).
 
     `controls`: the panel's shared controls; `shown`: the tool's inputs shown in the table before the prompt
     (component -> its value for an example); `settings`: controls every example sets (component -> value), unshown;
     `kind`: which of a panel's modes the examples are for, in the label ("Upscale"), where a panel has several;
-    `emptied`: inputs an example empties (a panel's further image slots, so that no earlier picture mixes in).
+    `emptied`: inputs an example empties (a panel's further image slots, so that no earlier picture mixes in);
+    `prompt`: the control an example's prompt goes into (IC-Edit's instruction box; by default the panel's prompt).
     """
     examples = studio.examples.get(tool) or []
     if not examples or not any(entry.name == examples[0].model and entry.available
@@ -34,7 +36,7 @@ def render_demo_examples(studio, tool: str, controls: dict, shown: dict[gr.compo
     fixed = {**(settings or {}), controls["width"]: size, controls["height"]: size, controls["steps"]: "",
              controls["guidance"]: ""}
     rows = [[*(value(e) for value in shown.values()), e.prompt, e.model, *fixed.values()] for e in examples]
-    table = gr.Examples(rows, [*shown, controls["prompt"], controls["model"], *fixed],
+    table = gr.Examples(rows, [*shown, prompt or controls["prompt"], controls["model"], *fixed],
                         visible_columns=list(range(len(shown) + 1)), elem_id=f"{tool}-examples",
                         label=f"Try a demo {kind + ' ' if kind else ''}example (runs on {examples[0].model})",
                         api_visibility="private")

@@ -8,10 +8,10 @@ size). Two kinds:
   top left on a blue background; [IMAGE2] a red circle in the top left on a white background", the panel markers
   cycling through the published ones). demo-fill alone reads such a prompt as one bag of both captions.
 - `ic-edit`: Kontext's edits again, with IC-Edit's template around the instruction ("... but make the background
-  white"). Not shipped: no run so far applies the held-out edits more often than chance (README, "Offline on the
-  demo models").
-The first ships in demo-fill's folder (in_context_lora.DEMO_LORA_FILE), and In-Context applies it on demo-fill when no
-style is picked.
+  white").
+Both ship in demo-fill's folder (in_context_lora.DEMO_LORA_FILE, ic_edit.DEMO_LORA_FILE): In-Context applies its own
+on demo-fill when no style is picked, IC-Edit its own unless another is asked for (README, "Offline on the demo
+models", has the runs and what they measure).
 
 The config is an ordinary training config (examples.in_context), written beside the pictures, so this is the run
 a user makes from the Train tab; the T5 length is the one the tool resolves on demo-fill.

@@ -7,8 +7,8 @@ time and each example can be traced to its dataset example (`SOURCES[tool](seed,
 
 examples.json: {"seed": 100, "size": 64, "examples": [{"tool", "model", "prompt", "images": {role: file},
 "index"}, ...]} with image roles "image" (Fill's source, Kontext's before, ControlNet's control
-picture, Upscale's small picture at a quarter of the size, In-Context's reference, Try-on's person, Redux's
-reference, shown with the empty prompt), "mask" (Fill,
+picture, Upscale's small picture at a quarter of the size, In-Context's and IC-Edit's reference, Try-on's person,
+Redux's reference, shown with the empty prompt), "mask" (Fill,
 Try-on: white = regenerate), "garment" (Try-on's left panel) and "depth_map" (Depth: nearer is brighter).
 """
 
@@ -30,8 +30,9 @@ PER_TOOL = 3
 SOURCES = {"generate": dataset.text_to_image_example, "fill": dataset.fill_example, "depth": dataset.depth_example,
            "kontext": dataset.kontext_example, "controlnet": dataset.canny_example,
            "upscale": dataset.upscale_example, "in-context": dataset.kontext_example,
-           "catvton": dataset.try_on_example, "redux": dataset.text_to_image_example}
-EDITS = ("kontext", "in-context")  # tools whose examples are Kontext's edits, one of each kind in turn
+           "catvton": dataset.try_on_example, "redux": dataset.text_to_image_example,
+           "ic-edit": dataset.kontext_example}
+EDITS = ("kontext", "in-context", "ic-edit")  # tools whose examples are Kontext's edits, one of each kind in turn
 UPSCALE_FACTOR = 4  # an Upscale example's picture is the scene at IMAGE_SIZE / 4, brought back to IMAGE_SIZE
 KONTEXT_KINDS = ("colour", "move", "background")  # one example of each edit
 
@@ -40,7 +41,7 @@ KONTEXT_KINDS = ("colour", "move", "background")  # one example of each edit
 class DemoExample:
     tool: str  # the panel it belongs to: a key of SOURCES
     model: str  # the demo model it runs on
-    prompt: str  # a caption, Kontext's instruction, or In-Context's two captions
+    prompt: str  # a caption, Kontext's or IC-Edit's instruction, or In-Context's two captions
     images: dict[str, Path]  # role ("image", "mask", "depth_map") -> PNG file
     index: int  # of the held-out dataset example it was rendered from
 
@@ -56,7 +57,7 @@ def _rendered(tool: str, index: int) -> tuple[str, dict[str, np.ndarray]]:
         return example.caption, {"image": example.source, "mask": example.mask.astype(np.uint8) * 255}
     if tool == "depth":
         return example.caption, {"depth_map": example.control}
-    if tool == "kontext":
+    if tool in ("kontext", "ic-edit"):
         return example.instruction, {"image": example.before}
     if tool == "in-context":
         return (f"[IMAGE1] {caption(example.before_scene)}; [IMAGE2] {caption(example.after_scene)}",
@@ -71,7 +72,7 @@ def _rendered(tool: str, index: int) -> tuple[str, dict[str, np.ndarray]]:
 
 def _indices(tool: str, count: int) -> list[int]:
     """`count` consecutive held-out examples, each tool from its own start (Generate, Depth and ControlNet draw
-    the same scene for the same index); for Kontext and In-Context the first of each kind of edit, in turn."""
+    the same scene for the same index); for the edit tools (EDITS) the first of each kind of edit, in turn."""
     start = list(SOURCES).index(tool) * count
     if tool not in EDITS:
         return list(range(start, start + count))

@@ -3,8 +3,11 @@
 In-Context LoRA, CatVTON and IC-Edit are all the same Fill call (mflux's FluxInContextFill): the
 left panel is read-only context (mask 0), the right panel is generated where its own mask is white
 (all of it when there is none). The image is twice the panel width; the result is cropped back to
-the right panel unless the full diptych is asked for. A tool may apply a LoRA of its own (apply_tool_lora).
+the right panel unless the full diptych is asked for. A tool may apply a LoRA of its own (apply_tool_lora), and on a
+demo Fill folder the one trained for it there (demo_lora: mflux_core.demo.diptych_lora).
 """
+
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -18,6 +21,7 @@ from mflux_core.request import GenerationRequest, check_image_size
 from mflux_core.tools.common import check_in_channels, prompt_conditioning
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.fill import fill_channels, fill_conditioning
+from mflux_core.weights.resolve import is_demo_folder
 
 
 def panel(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -63,6 +67,12 @@ def with_lora(request: GenerationRequest, path: str, scale: float = 1.0) -> Gene
         return request
     scales = request.lora_scales or (1.0,) * len(request.lora_paths)
     return request.with_(lora_paths=(*request.lora_paths, path), lora_scales=(*scales, scale))
+
+
+def demo_lora(model: FluxModel, file_name: str) -> Path | None:
+    """A demo Fill folder's own LoRA for a tool (`file_name` in the folder), when it holds one."""
+    path = model.folder / file_name if is_demo_folder(model.folder) else None
+    return path if path is not None and path.is_file() else None
 
 
 def apply_tool_lora(model: FluxModel, request: GenerationRequest, engine: ToolEngine, path: str,

@@ -7,17 +7,14 @@ two-panel prompt by itself, the tiny demo model was taught to; mflux_core.demo.d
 panels, e.g. "[IMAGE1] ... [IMAGE2] ...".
 """
 
-from pathlib import Path
-
 from mflux_core.errors import InvalidRequest
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import required_image, with_size
-from mflux_core.tools.in_context import apply_tool_lora, check_fill_model, in_context_inputs
+from mflux_core.tools.in_context import apply_tool_lora, check_fill_model, demo_lora, in_context_inputs
 from mflux_core.tools.specs import IN_CONTEXT_LORA_STYLES as LORA_STYLES
-from mflux_core.weights.resolve import is_demo_folder
 
 LORA_REPO = "ali-vilab/In-Context-LoRA"
 # The panel markers the published LoRAs were captioned with; any pair names the left and right panel.
@@ -32,12 +29,6 @@ def style_lora(style: str) -> str:
     return f"{LORA_REPO}/{LORA_STYLES[style]}"
 
 
-def demo_lora(model: FluxModel) -> Path | None:
-    """A demo Fill folder's own In-Context LoRA, when it holds one."""
-    path = model.folder / DEMO_LORA_FILE if is_demo_folder(model.folder) else None
-    return path if path is not None and path.is_file() else None
-
-
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
     check_fill_model(model, "In-Context LoRA")  # before a style LoRA is applied
     reference = required_image(request.image_path, "a reference image (left panel)", "--image-path")
@@ -48,6 +39,6 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     style = request.extra.get("lora_style")
     if style:
         apply_tool_lora(model, request, engine, style_lora(style), float(request.extra.get("lora_style_scale", 1.0)))
-    elif (own := demo_lora(model)) is not None:
+    elif (own := demo_lora(model, DEMO_LORA_FILE)) is not None:
         apply_tool_lora(model, request, engine, str(own))
     return in_context_inputs(model, request, reference, None, None, "In-Context LoRA")

@@ -189,12 +189,12 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
              "automatically)", "ic_edit", "fill", FILL_KINDS, guidance=30.0, demo_model="demo-fill",
              sized_by_input=True, prompt_template=IC_EDIT_TEMPLATE,
              prompt_optional=True, flags=(
-                 Flag("--reference-image", "the image to edit (left panel; resized to 512 px wide)",
-                      field="image_path"),
+                 Flag("--reference-image", "the image to edit (left panel; resized to 512 px wide, on a demo Fill "
+                      "kept at its size)", field="image_path"),
                  Flag("--instruction", "the edit, e.g. 'make the sky pink' (wrapped in the diptych prompt)",
                       into=EXTRA),
-                 Flag("--ic-edit-lora", "another IC-Edit LoRA file or name (default RiverZ/normal-lora)",
-                      into=EXTRA),
+                 Flag("--ic-edit-lora", "another IC-Edit LoRA file or name (default RiverZ/normal-lora; on a demo "
+                      "Fill its own)", into=EXTRA),
                  FULL_DIPTYCH)),
 )}
 TOOL_NAMES = tuple(TOOL_SPECS)

@@ -96,6 +96,10 @@ def _render(studio, tool: str, title: str) -> Panel:
                     render_demo_examples(studio, tool, shared.controls,
                                          {inputs["reference"]: lambda e: str(e.images["image"])},
                                          {own["lora_style"]: NO_STYLE})
+                else:
+                    render_demo_examples(studio, tool, shared.controls,
+                                         {inputs["reference"]: lambda e: str(e.images["image"])},
+                                         prompt=own["instruction"])
                 controls = {**shared.controls, **own}
                 panel = Panel(tool, (tool,), controls, lambda v: settings_from_values(tool, v),
                               lambda s: values_from_settings(tool, s),
