@@ -73,8 +73,8 @@ def test_in_context_paints_the_right_panels_edit_with_demo_fills_own_lora(manage
 
 
 def test_ic_edit_applies_the_instruction_with_demo_fills_own_lora(manager):
-    applied = evaluate.ic_edit_applied(manager, "demo-fill", classify, count=30)  # measured 0.40; In-Context 0.23
-    assert applied >= 0.33, applied
+    applied = evaluate.ic_edit_applied(manager, "demo-fill", classify, count=30)  # measured 0.50; In-Context 0.23
+    assert applied >= 0.4, applied
 
 
 def test_try_on_puts_the_garments_colour_into_the_person_mask(manager):
