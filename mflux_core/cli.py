@@ -185,13 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def save_canny_edges(request: GenerationRequest, output: Path) -> Path:
-    """The edges the ControlNet saw for `request`, next to the output image."""
+def save_control_image(request: GenerationRequest, output: Path, engine) -> Path:
+    """What the ControlNet saw for `request` (its Canny edges, or a Union ControlNet's control image of the
+    request's type), next to the output image as <output>_controlnet_<type>.png."""
     from mflux_core.images.io import save_png_atomic
-    from mflux_core.tools.controlnet import control_image
+    from mflux_core.tools.controlnet import CANNY, control_image
+    from mflux_core.tools.controlnet_conditioning import control_type
 
-    _, edges, _ = control_image(request)
-    return save_png_atomic(edges, output.with_name(f"{output.stem}_controlnet_canny.png"), overwrite=True)
+    kind = control_type(request, CANNY)
+    _, seen, _, _ = control_image(request, kind, engine)
+    return save_png_atomic(seen, output.with_name(f"{output.stem}_controlnet_{kind}.png"), overwrite=True)
 
 
 def add_save_parser(tools) -> None:
@@ -322,7 +325,7 @@ def generate_and_save(args: argparse.Namespace, manager, request: GenerationRequ
     if args.metadata:
         path.with_suffix(".json").write_text(json.dumps(result.metadata, indent=2))
     if getattr(args, "controlnet_save_canny", False):
-        print(f"Saved {save_canny_edges(result.request, path)}")
+        print(f"Saved {save_control_image(result.request, path, manager)}")
     if args.verbose:
         status = manager.status()
         print(f"seed {request.seed}: {result.seconds:.2f} s; resident {status['resident_bytes'] / 1e6:.1f} MB; "

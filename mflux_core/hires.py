@@ -27,10 +27,10 @@ from mflux_core.request import GenerationRequest, hires_size
 from mflux_core.sampling.schedule import img2img_start_step
 from mflux_core.settings_schema import HIRES_UPSCALERS
 from mflux_core.tools.common import tool_inputs
-from mflux_core.tools.controlnet_conditioning import add_controlnet
+from mflux_core.tools.controlnet_conditioning import add_controlnet, steering
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.generate import image_to_image_inputs
-from mflux_core.tools.upscale import DEFAULT_STRENGTH as UPSCALER_STRENGTH
+from mflux_core.tools.upscale import CONTROL_TYPE as UPSCALE_CONTROL_TYPE, DEFAULT_STRENGTH as UPSCALER_STRENGTH
 from mflux_core.weights.resolve import ALIASES
 
 if TYPE_CHECKING:
@@ -81,8 +81,9 @@ def second_pass_inputs(model: FluxModel, request: GenerationRequest, engine: Too
     inputs = image_to_image_inputs(model, request, before)
     if upscaler != CONTROLNET_UPSCALER:
         return inputs
-    steered, controlnet = add_controlnet(model, inputs.request, engine, inputs.conditioning, before,
-                                         UPSCALER_CONTROLNET, UPSCALER_STRENGTH)
+    side = steering(model, inputs.request, engine, UPSCALER_CONTROLNET, UPSCALE_CONTROL_TYPE)
+    steered, controlnet = add_controlnet(model, inputs.request, engine, inputs.conditioning, before, side,
+                                         UPSCALER_STRENGTH)
     return replace(inputs, request=steered, controlnet=controlnet)
 
 

@@ -31,6 +31,9 @@ MAX_LIST_ITEMS = 8  # LoRAs, Redux images and their scales or strengths
 MAX_BATCH = 16  # images per run
 MAX_HIRES_SCALE = 4  # the hires fix's upscale factor
 HIRES_UPSCALERS = ("Lanczos", "ControlNet upscaler")  # Lanczos as A1111 names it; the other: mflux_core.hires
+# A Union ControlNet's control modes, by index, as InstantX and Shakker-Labs publish them (Union-Pro's config has
+# ten embeddings; the last three are unused). mflux_core.models.controlnet
+UNION_CONTROL_TYPES = ("canny", "tile", "depth", "blur", "pose", "gray", "low-quality")
 MAX_TRUE_CFG_SCALE = 20  # true CFG (diffusers' true_cfg_scale); 1 is off, useful values are about 1.5 to 5
 # Samplers and sigma schedules (mflux_core.sampling), by name, with the names A1111's "parameters" text gives them
 SAMPLER_LABELS = {"euler": "Euler", "euler_a": "Euler a", "heun": "Heun", "dpm++2m": "DPM++ 2M",

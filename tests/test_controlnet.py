@@ -139,7 +139,7 @@ def test_loading_refuses_what_is_not_a_plain_flux_controlnet(controlnet_for_dev,
         tiny_dev / "transformer": "describes FluxTransformer2DModel",
         write_config(tmp_path / "empty", {}): "describes an unnamed model",
         tmp_path: "has no config.json",
-        write_config(tmp_path / "union", {**config, "num_mode": 7}): "Union ControlNets",
+        write_config(tmp_path / "union", {**config, "num_mode": 0}): "needs a whole number of control modes",
         write_config(tmp_path / "hint", {**config, "conditioning_embedding_channels": 16}): "input hint block",
     }
     for folder, message in cases.items():

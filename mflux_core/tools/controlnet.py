@@ -8,6 +8,10 @@ the image strength, is where sampling starts, and the control image steers every
 The control image is resized to the output size first and its Canny edges taken there, so the
 ControlNet sees one-pixel edges at the resolution it works in. `controlnet_skip_canny` hands the
 image over as it is (an edge map made elsewhere, or a ControlNet trained on other inputs).
+
+A Union ControlNet takes other control types (`controlnet_mode`): for depth the image is a photo whose depth map
+the depth estimator makes (as the Depth tool does), for gray a photo made grayscale; tile, blur, pose and
+low-quality take the image as it is (a pose is a skeleton drawn elsewhere).
 """
 
 from PIL import Image
@@ -15,32 +19,52 @@ from PIL import Image
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.images.canny import canny_edges
+from mflux_core.memory import DEPTH_PHASE
+from mflux_core.settings_schema import UNION_CONTROL_TYPES
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import fit_input, required_image, start_image_inputs, with_size
-from mflux_core.tools.controlnet_conditioning import controlnet_inputs, extra_number
+from mflux_core.tools.controlnet_conditioning import controlnet_inputs, extra_number, steering
 
 DEFAULT_STRENGTH = 0.4  # mflux's default ControlNet strength
+CANNY = "canny"  # this tool's control type, the only one a single-purpose ControlNet here takes
 CANNY_THRESHOLDS = {"canny_low": "low", "canny_high": "high"}  # request.extra key -> canny_edges argument
 
 
-def control_image(request: GenerationRequest) -> tuple[GenerationRequest, Image.Image, tuple[str, ...]]:
-    """The request with its size filled in, the image the ControlNet sees (Canny edges at that size, of the
-    image brought to it by the resize mode), and a note when it was resized."""
+def preprocessed(image: Image.Image, kind: str, request: GenerationRequest,
+                 engine: ToolEngine) -> tuple[Image.Image, tuple[tuple[str, int], ...]]:
+    """What the ControlNet sees for control type `kind` (an image already at the output size), and the planned
+    phase of the depth estimator when it ran."""
+    if request.extra.get("controlnet_skip_canny"):
+        return image, ()
+    if kind == CANNY:
+        thresholds = {arg: extra_number(request, key, None) for key, arg in CANNY_THRESHOLDS.items()
+                      if request.extra.get(key) is not None}
+        return canny_edges(image, **thresholds), ()
+    if kind == "depth":
+        return engine.estimate_depth(image), ((DEPTH_PHASE, engine.depth_estimate_bytes(image)),)
+    if kind == "gray":
+        return image.convert("L").convert("RGB"), ()
+    return image, ()
+
+
+def control_image(request: GenerationRequest, kind: str,
+                  engine: ToolEngine) -> tuple[GenerationRequest, Image.Image, tuple[str, ...], tuple]:
+    """The request with its size filled in, the image the ControlNet sees (for Canny: the edges at that size of
+    the image brought to it by the resize mode), a note when it was resized, and the depth estimator's phase."""
     image = required_image(request.controlnet_image_path, "a control image", "--controlnet-image-path")
     request = with_size(request, image)
     image, notes = fit_input(image, request)
-    if request.extra.get("controlnet_skip_canny"):
-        return request, image, notes
-    thresholds = {arg: extra_number(request, key, None) for key, arg in CANNY_THRESHOLDS.items()
-                  if request.extra.get(key) is not None}
-    return request, canny_edges(image, **thresholds), notes
+    control, estimated = preprocessed(image, kind, request, engine)
+    return request, control, notes, estimated
 
 
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
-    request, control, notes = control_image(request)
-    inputs = controlnet_inputs(model, request, engine, control, tool="ControlNet", notes=notes,
-                               default_controlnet="canny", default_strength=DEFAULT_STRENGTH)
+    side = steering(model, request, engine, "canny", CANNY)  # a control type it cannot take: refused first
+    kind = CANNY if side.mode is None else UNION_CONTROL_TYPES[side.mode]
+    request, control, notes, estimated = control_image(request, kind, engine)
+    inputs = controlnet_inputs(model, request, engine, control, side, tool="ControlNet", notes=notes,
+                               estimated=estimated, default_strength=DEFAULT_STRENGTH)
     if not request.image_path:
         return inputs
     return start_image_inputs(model, inputs, required_image(request.image_path, "an input image", "--image-path"))

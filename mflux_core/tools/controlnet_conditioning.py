@@ -4,8 +4,11 @@ image once, and hand the loop a closure that runs the ControlNet before every tr
 The maths follows diffusers' FluxControlNetPipeline: the control image is resized like any VAE
 input, encoded (posterior mean), normalised and packed; each step the ControlNet sees the noisy
 latents, the control latents, the prompt, the timestep and, only if its own config has a guidance
-embedding, the guidance scale (even when the base model, e.g. schnell, has none).
+embedding, the guidance scale (even when the base model, e.g. schnell, has none). A Union ControlNet
+also gets its control mode (diffusers' `control_mode`): the request's control type, else the tool's own.
 """
+
+from dataclasses import dataclass
 
 import mlx.core as mx
 from PIL import Image
@@ -14,6 +17,7 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.models.controlnet import FluxControlNet, load_controlnet
+from mflux_core.settings_schema import UNION_CONTROL_TYPES
 from mflux_core.models.transformer import FluxTransformerConfig
 from mflux_core.request import GenerationRequest
 from mflux_core.sampling.conditioning import Conditioning, ControlResiduals
@@ -23,6 +27,17 @@ from mflux_core.tools.common import check_in_channels, packed_channels, prompt_c
 from mflux_core.tools.specs import tool_spec
 from mflux_core.weights.quantize import quantize_model
 from mflux_core.weights.resolve import ALIASES, is_demo_folder, side_model_for
+
+CONTROL_TYPE_ALIASES = {"openpose": "pose", "grey": "gray", "lq": "low-quality", "low quality": "low-quality"}
+
+
+@dataclass(frozen=True)
+class Steering:
+    """The resident ControlNet a request runs, and the control mode it gets (None: not a Union ControlNet)."""
+
+    controlnet: FluxControlNet
+    mode: int | None
+
 
 def extra_number(request: GenerationRequest, key: str, default: float | None) -> float | None:
     """A numeric tool setting from request.extra (canny thresholds, upscale factor), or `default`."""
@@ -55,8 +70,40 @@ def resident_controlnet(model: FluxModel, request: GenerationRequest, engine: To
     return controlnet
 
 
+def control_type(request: GenerationRequest, default: str) -> str:
+    """The control type the request asks for (--controlnet-mode, one of UNION_CONTROL_TYPES), else `default`."""
+    value = request.extra.get("controlnet_mode")
+    if value is None or value == "":
+        return default
+    name = str(value).strip().lower().replace("_", "-")
+    name = CONTROL_TYPE_ALIASES.get(name, name)
+    if name not in UNION_CONTROL_TYPES:
+        raise InvalidRequest(f"The ControlNet control type {value!r} is not one of {', '.join(UNION_CONTROL_TYPES)}.")
+    return name
+
+
+def steering(model: FluxModel, request: GenerationRequest, engine: ToolEngine, default_controlnet: str,
+             default_type: str) -> Steering:
+    """The request's ControlNet, loaded, and its control mode; a control type the ControlNet cannot take is refused
+    (another than the tool's own needs a Union ControlNet)."""
+    controlnet = resident_controlnet(model, request, engine, default_controlnet)
+    kind = control_type(request, default_type)
+    if not controlnet.is_union:
+        if kind != default_type:
+            name = request.extra.get("controlnet_path") or default_controlnet
+            raise InvalidRequest(f"The control type {kind} needs a Union ControlNet (such as "
+                                 f"InstantX/FLUX.1-dev-Controlnet-Union); {name} takes one kind of control image.")
+        return Steering(controlnet, None)
+    mode = UNION_CONTROL_TYPES.index(kind)
+    if mode >= controlnet.num_modes:
+        raise InvalidRequest(f"This Union ControlNet has {controlnet.num_modes} control modes, so it has no "
+                             f"{kind} mode (number {mode}).")
+    return Steering(controlnet, mode)
+
+
 def controlnet_residuals(controlnet: FluxControlNet, control_latents: mx.array, conditioning: Conditioning,
-                         image_ids: mx.array, strength: float, guidance: float) -> ControlResiduals:
+                         image_ids: mx.array, strength: float, guidance: float, mode: int | None = None
+                         ) -> ControlResiduals:
     """The loop's `Conditioning.control`: (latents, timestep, base guidance) -> scaled residuals."""
     text_ids = text_position_ids(conditioning.text.shape[1])
     rope = controlnet.rope_tables(image_ids, text_ids)
@@ -67,7 +114,7 @@ def controlnet_residuals(controlnet: FluxControlNet, control_latents: mx.array, 
     def residuals(latents: mx.array, timestep: mx.array, _base_guidance: mx.array | None):
         samples = controlnet(
             latents.astype(dtype), control_latents, conditioning.text, conditioning.pooled, timestep, image_ids,
-            text_ids, guidance=controlnet_guidance, conditioning_scale=strength, rope=rope,
+            text_ids, guidance=controlnet_guidance, conditioning_scale=strength, rope=rope, mode=mode,
         )
         # Evaluated before the transformer's pass, so the two passes' activations are never alive at once
         # (one lazy graph overlapped them: +65% at 512 px on the demo) and the step's peak is what the plan says.
@@ -78,22 +125,21 @@ def controlnet_residuals(controlnet: FluxControlNet, control_latents: mx.array, 
 
 
 def controlnet_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine, control_image: Image.Image,
-                      *, tool: str, default_controlnet: str, default_strength: float,
-                      notes: tuple[str, ...] = ()) -> ToolInputs:
+                      side: Steering, *, tool: str, default_strength: float, notes: tuple[str, ...] = (),
+                      estimated: tuple[tuple[str, int], ...] = ()) -> ToolInputs:
     """ToolInputs for a request whose size is set: the prompt plus ControlNet residuals from `control_image`."""
     check_in_channels(model, packed_channels(model), tool, "base (dev or schnell)")
     conditioning = prompt_conditioning(model, request)
-    request, controlnet = add_controlnet(model, request, engine, conditioning, control_image, default_controlnet,
-                                         default_strength)
-    return ToolInputs(request, conditioning, notes=notes, controlnet=controlnet)
+    request, controlnet = add_controlnet(model, request, engine, conditioning, control_image, side, default_strength)
+    return ToolInputs(request, conditioning, notes=notes, controlnet=controlnet, estimated=estimated)
 
 
 def add_controlnet(model: FluxModel, request: GenerationRequest, engine: ToolEngine, conditioning: Conditioning,
-                   control_image: Image.Image, default_controlnet: str,
+                   control_image: Image.Image, side: Steering,
                    default_strength: float) -> tuple[GenerationRequest, FluxTransformerConfig]:
     """Steer `conditioning` by `control_image` through the ControlNet (its residuals before every transformer
     call); the request with the ControlNet strength it used, and the ControlNet's config (for the plan)."""
-    controlnet = resident_controlnet(model, request, engine, default_controlnet)
+    controlnet = side.controlnet
     # A base without a guidance embedding (schnell) still hands one to a ControlNet that has it.
     controlnet_guidance = tool_spec(request.tool).guidance if request.guidance is None else request.guidance
     if request.controlnet_strength is None:
@@ -102,5 +148,6 @@ def add_controlnet(model: FluxModel, request: GenerationRequest, engine: ToolEng
     image_ids = image_position_ids(*latent_grid(request.height, request.width, model.vae_scale_factor))
     conditioning.control = controlnet_residuals(
         controlnet, control_latents, conditioning, image_ids, request.controlnet_strength, controlnet_guidance,
+        side.mode,
     )
     return request, controlnet.config

@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE
+from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE, UNION_CONTROL_TYPES
 from mflux_core.images.resize_modes import RESIZE_MODES
 
 REQUEST, EXTRA, COMMAND = "request", "extra", "command"  # where a flag's value goes (Flag.into)
@@ -78,11 +78,13 @@ FULL_DIPTYCH = Flag("--save-full-image", "keep the whole diptych (context left, 
                     "right half", into=EXTRA, kind="switch")
 
 
-def controlnet_flags(default_name: str, default_strength: float) -> tuple[Flag, ...]:
+def controlnet_flags(default_name: str, default_strength: float, default_type: str) -> tuple[Flag, ...]:
     return (Flag("--controlnet-path", f"the ControlNet: folder, alias or repo id (default: {default_name})",
                  into=EXTRA),
             Flag("--controlnet-strength", f"how strongly the ControlNet steers, 0 to 2 (default {default_strength})",
-                 kind="number"))
+                 kind="number"),
+            Flag("--controlnet-mode", f"a Union ControlNet's control type (default {default_type})", into=EXTRA,
+                 choices=UNION_CONTROL_TYPES))
 
 
 HIRES_FLAGS = (
@@ -139,13 +141,14 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
     ToolSpec("controlnet", "follow the Canny edges of a control image (FLUX.1 ControlNet on dev or schnell)",
              "controlnet", "dev", BASE_KINDS, guidance=3.5, demo_model="demo", sized_by_input=True, true_cfg=True,
              flags=(
-                 *controlnet_flags("canny (InstantX/FLUX.1-dev-Controlnet-Canny)", 0.4),
-                 Flag("--controlnet-image-path", "the control image; its Canny edges steer the layout"),
+                 *controlnet_flags("canny (InstantX/FLUX.1-dev-Controlnet-Canny)", 0.4, "canny"),
+                 Flag("--controlnet-image-path", "the control image; its Canny edges steer the layout (a Union "
+                      "ControlNet's depth: a photo, its depth map estimated)"),
                  Flag("--image-path", "an input image to start from (image-to-image, steered by the edges)"),
                  Flag("--image-strength", "how much of the input image is kept, 0 to below 1 (default 0.4)",
                       kind="number"),
-                 Flag("--controlnet-save-canny", "also save the edges the ControlNet saw, as "
-                      "<output>_controlnet_canny.png", into=COMMAND, kind="switch"),
+                 Flag("--controlnet-save-canny", "also save what the ControlNet saw (the edges; a Union "
+                      "ControlNet's control image) as <output>_controlnet_<type>.png", into=COMMAND, kind="switch"),
                  Flag("--controlnet-skip-canny", "hand the control image to the ControlNet as it is (e.g. an edge "
                       "map made elsewhere)", into=EXTRA, kind="switch"),
                  Flag("--canny-low", "Canny low threshold, OpenCV's units (default 100)", into=EXTRA, kind="number"),
@@ -154,7 +157,7 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
     ToolSpec("upscale", "regenerate an image at a larger size (FLUX.1 upscaler ControlNet)", "upscale", "dev",
              BASE_KINDS, guidance=3.5, demo_model="demo", sized_by_input=True, true_cfg=True, flags=(
                  *controlnet_flags("upscaler (jasperai/Flux.1-dev-Controlnet-Upscaler); demo-upscaler on a demo "
-                                  "model", 0.6),
+                                  "model", 0.6, "tile"),
                  Flag("--image-path", "the image to upscale (--controlnet-image-path works too)"),
                  Flag("--controlnet-image-path", "", hidden=True),
                  Flag("--upscale-factor", "without --width/--height: the output is the input's size times this "

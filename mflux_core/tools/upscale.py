@@ -5,7 +5,7 @@ is demo-upscaler, the upscaler ControlNet trained with the demo models.
 The input image is the control image as it is (no edge detection), resized to the output size.
 The output size is --width/--height when both are given; one of them alone keeps the input's
 aspect ratio; neither multiplies the input's size by `upscale_factor` (default 2). Every size is
-snapped down to a multiple of 16.
+snapped down to a multiple of 16. A Union ControlNet runs in its tile mode unless --controlnet-mode says otherwise.
 """
 
 from PIL import Image
@@ -16,10 +16,11 @@ from mflux_core.generation import ToolInputs
 from mflux_core.request import GenerationRequest, check_image_size, snap_to_16
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import fit_input, required_image
-from mflux_core.tools.controlnet_conditioning import controlnet_inputs, extra_number
+from mflux_core.tools.controlnet_conditioning import controlnet_inputs, extra_number, steering
 
 DEFAULT_STRENGTH = 0.6  # jasperai's published controlnet_conditioning_scale
 DEFAULT_FACTOR = 2.0
+CONTROL_TYPE = "tile"  # what a Union ControlNet is told the control image is
 MAX_FACTOR = 8.0
 
 
@@ -42,6 +43,6 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     image = required_image(path, "an image to upscale", "--image-path")
     request = upscaled_size(request, image)
     image, notes = fit_input(image, request)
-    return controlnet_inputs(model, request, engine, image, tool="Upscale", notes=notes,
-                             default_controlnet="upscaler",
+    side = steering(model, request, engine, "upscaler", CONTROL_TYPE)
+    return controlnet_inputs(model, request, engine, image, side, tool="Upscale", notes=notes,
                              default_strength=DEFAULT_STRENGTH)
