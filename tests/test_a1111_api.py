@@ -189,6 +189,9 @@ def test_a_controlnet_unit_steers_txt2img_by_the_control_pictures_edges(studio):
     refused = studio.http.post("/txt2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [
         {**unit, "module": "openpose"}]}}})
     assert "module 'openpose' is not in the studio" in assert_a1111_error(refused, 400)
+    depth = made(studio.http.post("/txt2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [
+        {**unit, "module": "depth_anything_v2"}]}}}))  # demo-canny has no modes: it is given the depth map
+    assert not np.array_equal(np.asarray(decoded(depth["images"][0]).convert("RGB")), image)
     heavy = studio.http.post("/txt2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [
         {**unit, "weight": 3}]}}})
     assert "'alwayson_scripts.controlnet.args[0].weight' is invalid" in assert_a1111_error(heavy, 422)
@@ -479,3 +482,17 @@ def test_bad_bodies_get_a1111_errors_and_auth_is_the_pages(studio):
         assert refused.headers["www-authenticate"].startswith("Basic")
         assert_a1111_error(client.post("/txt2img", json={}, auth=("ann", "wrong")), 401)
         assert client.get("/sd-models", auth=("ann", "s3cret")).status_code == 200
+
+
+def test_a_units_module_and_union_control_type_pick_the_preprocessing_and_the_union_mode():
+    from webui.a1111_controlnet import ControlNetUnit, module_settings
+
+    def extra(**fields):
+        return module_settings(ControlNetUnit(**fields))
+
+    assert extra(module="canny") == {"canny_low": 100, "canny_high": 200}
+    assert extra(module="none") == {"controlnet_skip_canny": True}
+    assert extra(module="depth_midas") == extra(module="depth_anything_v2") == {"controlnet_mode": "depth"}
+    assert extra(module="none", union_control_type="Depth") == {"controlnet_skip_canny": True,
+                                                                 "controlnet_mode": "Depth"}
+    assert extra(module="canny", union_control_type="Unknown") == {"canny_low": 100, "canny_high": 200}

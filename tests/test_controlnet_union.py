@@ -8,7 +8,8 @@ per kind of control image) against diffusers.
   tool in tile; diffusers' image in every other mode is farther than the tolerance from ours, so a tool that sent
   the wrong mode could not pass. (A random mode token is one of few text tokens here, and moves a tiny model's
   image by 5-10 levels: less than a control image does.)
-- A control type a ControlNet cannot take is refused in one sentence, before any image is made.
+- A ControlNet without modes (as Union-Pro-2.0) gets the image prepared for the asked type, with a note; a mode a
+  Union ControlNet lacks is refused in one sentence, before any image is made.
 """
 
 import mlx.core as mx
@@ -23,8 +24,8 @@ from mflux_core.settings_schema import UNION_CONTROL_TYPES
 from tests.fixtures.tiny_controlnet import build_tiny_controlnet, load_transformer
 from tests.fixtures.tiny_flux import TinyFluxSpec, build_transformer
 from tests.parity import UINT8_TOLERANCE, make_noise, max_uint8_diff, pack, run_cli
-from tests.test_controlnet import (  # noqa: F401  (posterior_mean is a fixture)
-    MEANINGFUL_CHANGE, PROMPT, RELATIVE_TOLERANCE, diffusers_pipeline, posterior_mean,
+from tests.test_controlnet import (  # noqa: F401  (controlnet_for_dev and posterior_mean are fixtures)
+    MEANINGFUL_CHANGE, controlnet_for_dev, PROMPT, RELATIVE_TOLERANCE, diffusers_pipeline, posterior_mean,
     random_image, random_inputs, relative_error, run_reference, save,
 )
 
@@ -116,28 +117,36 @@ def test_upscale_runs_a_union_controlnet_in_tile_mode(tiny_dev, union_for_dev, t
     assert max_uint8_diff(ours, canny) > UINT8_TOLERANCE
 
 
-def test_a_control_type_the_controlnet_cannot_take_is_refused_in_a_sentence(tiny_dev, union_for_dev, tmp_path,
-                                                                            capsys):
-    plain = build_tiny_controlnet(tmp_path / "plain", load_transformer(tiny_dev), num_layers=1, num_single_layers=1)
+def test_a_controlnet_without_modes_gets_the_prepared_image_with_a_note(tiny_dev, controlnet_for_dev, tmp_path,
+                                                                        posterior_mean, capsys):
+    """As Union-Pro-2.0 is used: the asked type prepares the image (here: made gray), no mode is sent."""
+    from tests.test_controlnet import reference_image
+
+    photo = random_image(64, 64, seed=36)
+    noise_path = make_noise(tmp_path, (1, 4, 8, 8), seed=37)
+    ours = run_cli(
+        "controlnet", "--path", tiny_dev, "--controlnet-path", controlnet_for_dev, "--prompt", PROMPT,
+        "--controlnet-image-path", save(photo, tmp_path / "photo.png"), "--controlnet-mode", "gray", "--steps", 2,
+        "--guidance", 4.0, "--init-noise", noise_path, "--output", tmp_path / "ours.png",
+    )
+    assert (f"Note: {controlnet_for_dev} has no control modes: it was given the gray control image as its input (as "
+            "Union-Pro-2.0 takes any kind).") in capsys.readouterr().err
+    gray = photo.convert("L").convert("RGB")
+    expected = reference_image(diffusers_pipeline(tiny_dev, controlnet_for_dev), gray, noise_path, 64, 64, 2, 4.0, 0.4)
+    assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
+
+
+def test_a_mode_a_union_controlnet_lacks_is_refused_in_a_sentence(tiny_dev, tmp_path, capsys):
     three = build_tiny_controlnet(tmp_path / "three", load_transformer(tiny_dev), num_layers=1, num_single_layers=1,
                                   num_mode=3)
     control = save(random_image(32, 32, seed=35), tmp_path / "c.png")
-    common = ["controlnet", "--path", tiny_dev, "--prompt", PROMPT, "--steps", 1, "--height", 32, "--width", 32,
-              "--controlnet-image-path", control]
-    cases = [
-        ([*common, "--controlnet-path", plain, "--controlnet-mode", "depth"],
-         f"The control type depth needs a Union ControlNet (such as InstantX/FLUX.1-dev-Controlnet-Union); {plain} "
-         "takes one kind of control image."),
-        ([*common, "--controlnet-path", three, "--controlnet-mode", "pose"],
-         "This Union ControlNet has 3 control modes, so it has no pose mode (number 4)."),
-        (["upscale", "--path", tiny_dev, "--prompt", PROMPT, "--controlnet-path", plain, "--image-path", control,
-          "--controlnet-mode", "canny"], "The control type canny needs a Union ControlNet"),
-    ]
-    for index, (args, message) in enumerate(cases):
-        output = tmp_path / f"out_{index}.png"
-        assert cli_main([str(a) for a in [*args, "--output", output]]) == 1, message
-        assert message in capsys.readouterr().err
-        assert not output.exists()
+    output = tmp_path / "out.png"
+    args = ["controlnet", "--path", tiny_dev, "--prompt", PROMPT, "--steps", 1, "--height", 32, "--width", 32,
+            "--controlnet-image-path", control, "--controlnet-path", three, "--controlnet-mode", "pose",
+            "--output", output]
+    assert cli_main([str(a) for a in args]) == 1
+    assert "This Union ControlNet has 3 control modes, so it has no pose mode (number 4)." in capsys.readouterr().err
+    assert not output.exists()
 
 
 def test_control_type_names_and_aliases():

@@ -59,6 +59,7 @@ def studio(tmp_path_factory, tiny_dev, tiny_schnell, tiny_fill, tiny_depth, tiny
         (models / name).symlink_to(folder)
     build_tiny_depth_anything(models / "depth-estimator")
     build_tiny_controlnet(models / "canny", load_transformer(tiny_dev), num_layers=1, num_single_layers=1)
+    build_tiny_controlnet(models / "union", load_transformer(tiny_dev), num_layers=1, num_single_layers=1, num_mode=7)
     (models / "upscaler").symlink_to(models / "canny")
     build_tiny_redux(models / "redux", text_dim=32)
     for lora in ("ink", "paper"):  # listed by name only; these tests never load them
@@ -297,6 +298,20 @@ def test_depth_kontext_controlnet_and_redux_panels_run(page, studio):
     type_into(page, "controlnet-steps", 2)
     run_and_wait(page, "controlnet")
     screenshot(page, "controlnet")
+    choose(page, "controlnet-union-type", "gray")  # a Union ControlNet's mode; a plain one gets the image, noted
+    assert not page.is_visible("#controlnet-edges")  # gray: the ControlNet sees the photo made gray, not edges
+    choose(page, "controlnet-weights", "canny")
+    page.click("#controlnet-run")
+    text = wait_for_status(page, "controlnet", "no control modes")
+    assert "it was given the gray control image as its input" in text and "Traceback" not in text
+    choose(page, "controlnet-weights", "union")
+    before = result_pngs(studio)
+    page.click("#controlnet-run")
+    page.wait_for_function("() => !/no control modes/.test(document.querySelector('#controlnet-status').innerText)")
+    assert wait_for_status(page, "controlnet", "Done|rror|wrong").startswith("Done")
+    [made] = result_pngs(studio) - before
+    assert request_in(made)["extra"]["controlnet_mode"] == "gray"
+    assert request_in(made)["extra"]["controlnet_path"] == "union"
 
     open_tab(page, "Redux")
     page.set_input_files("#redux-image-1 input[type=file]", str(studio.photo))

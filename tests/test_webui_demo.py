@@ -170,6 +170,7 @@ def test_a_kontext_example_applies_its_instruction(page, studio, number):
 def test_a_controlnet_example_keeps_the_control_pictures_layout(page, studio, number):
     open_tab(page, "ControlNet")
     example, control = pick_example(page, studio, "controlnet", number)
+    page.locator("#controlnet-edges").scroll_into_view_if_needed()  # its image loads lazily, when in view
     page.wait_for_selector("#controlnet-edges img")  # the Canny preview of the example's picture
     run_and_wait(page, "controlnet")
     image = result_image(page, "controlnet")

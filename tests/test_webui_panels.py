@@ -165,7 +165,7 @@ PANEL_VALUES = {
     depth: {},
     kontext: {"kontext_auto_resize": True},
     controlnet: {"mode": controlnet.UPSCALE, "controlnet_strength": 0.7, "upscale_factor": 1.5,
-                 "controlnet_weights": "my-upscaler"},
+                 "controlnet_weights": "my-upscaler", "controlnet_mode": "blur"},
     redux: {"redux_strength_1": 0.3, "redux_strength_2": 0.9, "redux_strength_3": 1.0, "redux_strength_4": 0.5,
             "redux_weights": ""},
 }
@@ -272,6 +272,10 @@ def test_controlnet_canny_and_upscale(context):
     assert (request.image_path, request.image_strength) == (None, None)  # Canny mode's input only
     assert (request.tool, request.width, request.height) == ("upscale", None, None)  # the engine sizes it
     assert request.extra == {"upscale_factor": 2.0, "controlnet_path": "my-upscaler"}
+    [request] = controlnet.build_requests({**canny, "controlnet_mode": "depth", "controlnet_weights": "my-union"},
+                                          context)
+    assert request.extra == {"canny_low": 50, "canny_high": 150, "controlnet_mode": "depth",
+                             "controlnet_path": "my-union"}  # a Union ControlNet's control type
     edges = np.asarray(controlnet.edges_preview(picture(), 100, 200))
     assert edges.shape == (48, 64, 3) and set(np.unique(edges)) == {0, 255}
 

@@ -5,10 +5,15 @@ studio's Canny ControlNet, so A1111 clients that steer txt2img with a control im
         tool with its `image` (or the older `input_image`), `module` "canny" (edges found here with `threshold_a` /
         `threshold_b`, OpenCV's units as the extension's) or "none" (the image already is an edge map), `weight`
         (the ControlNet strength) and `resize_mode`; `model` picks the ControlNet weights when it names the studio's
+        (/controlnet/model_list), else the tool's default runs
     img2img with a unit: the same, starting from the init image (`denoising_strength`); a unit without an image
         takes the init image as its control image, as the extension does (with an inpainting mask: not here)
     GET  /controlnet/version, /controlnet/model_list, /controlnet/module_list
     POST /controlnet/detect: the Canny edges of `controlnet_input_images`, as the extension's preview returns them
+
+With a Union ControlNet as `model`, a depth module (depth_anything_v2, depth_midas, ...: the depth map made here
+by the studio's depth estimator) runs its depth mode, and `union_control_type` (the extension's field for union
+models) picks any of its modes for the image as it is sent (module "none") or as the module makes it.
 
 What FLUX.1's Canny ControlNet has no counterpart for (guidance_start / guidance_end, control_mode, a unit's mask,
 further units) is named in the answer's `info` as ignored; another module is refused with a sentence.
@@ -25,6 +30,8 @@ from webui.widgets import model_choices
 
 SCRIPT = "controlnet"  # its key in alwayson_scripts (any case)
 CANNY, NO_PREPROCESSOR = "canny", "none"
+DEPTH_MODULE = "depth"  # any module named depth... (the extension's depth_anything_v2, depth_midas, depth_zoe, ...)
+LISTED_DEPTH_MODULE = "depth_anything_v2"  # the one /controlnet/module_list names (the studio's estimator's kind)
 CANNY_DEFAULTS = (100, 200)  # the extension's canny sliders' defaults, low and high (also the studio's)
 EXTENSION_VERSION = 2  # what /controlnet/version answers: the API generation these fields follow
 # The extension's resize modes by name (older names too) and by number, as our RESIZE_MODES
@@ -54,6 +61,7 @@ class ControlNetUnit(BaseModel):
     guidance_start: float = Field(0.0, ge=0, le=1)
     guidance_end: float = Field(1.0, ge=0, le=1)
     control_mode: int | str = 0
+    union_control_type: str | None = None  # a union model's mode, e.g. "Depth" ("Unknown": the module's own)
 
 
 def enabled_unit(scripts: dict, ignored: list[str]) -> ControlNetUnit | None:
@@ -105,13 +113,7 @@ def controlnet_weights(studio) -> list[str]:
 def unit_settings(studio, unit: ControlNetUnit, ignored: list[str], init_image=None) -> tuple[dict, object]:
     """(the ControlNet tool's settings, the control image) for one unit; in img2img a unit without an image
     takes the init image, as the extension does."""
-    module = unit.module.strip().lower()
-    if module not in (CANNY, NO_PREPROCESSOR):
-        raise SdApiError(400, f"The ControlNet module {unit.module!r} is not in the studio: FLUX.1's Canny "
-                              "ControlNet takes 'canny' (its edges found here) or 'none' (the image is an edge map).")
-    low, high = (value if value >= 0 else default for value, default in
-                 zip((unit.threshold_a, unit.threshold_b), CANNY_DEFAULTS))
-    extra = {"canny_low": low, "canny_high": high} if module == CANNY else {"controlnet_skip_canny": True}
+    extra = module_settings(unit)
     if unit.model and unit.model.strip().lower() != "none":
         if unit.model in controlnet_weights(studio):
             extra["controlnet_path"] = unit.model
@@ -132,6 +134,27 @@ def unit_settings(studio, unit: ControlNetUnit, ignored: list[str], init_image=N
         raise SdApiError(422, "The ControlNet unit has no image: send the control picture as base64 in 'image'.",
                          kind="RequestValidationError")
     return settings, decoded_image(image, "ControlNet image")
+
+
+def module_settings(unit: ControlNetUnit) -> dict:
+    """The ControlNet tool's `extra` for the unit's preprocessor module and union control type."""
+    module = unit.module.strip().lower()
+    if module == CANNY:
+        low, high = (value if value >= 0 else default for value, default in
+                     zip((unit.threshold_a, unit.threshold_b), CANNY_DEFAULTS))
+        extra = {"canny_low": low, "canny_high": high}
+    elif module.startswith(DEPTH_MODULE):
+        extra = {"controlnet_mode": "depth"}
+    elif module == NO_PREPROCESSOR:
+        extra = {"controlnet_skip_canny": True}
+    else:
+        raise SdApiError(400, f"The ControlNet module {unit.module!r} is not in the studio: it takes 'canny' (edges "
+                              "found here), a depth module (a Union ControlNet's depth, the map made here) or 'none' "
+                              "(the image as it is).")
+    union_type = (unit.union_control_type or "").strip()
+    if union_type and union_type.lower() != "unknown":
+        extra["controlnet_mode"] = union_type
+    return extra
 
 
 def detect(fields: dict) -> dict:
@@ -166,9 +189,10 @@ def add_controlnet_routes(route, studio, threads, json_object) -> None:
     async def module_list(request: Request):
         sliders = [{"name": "Low Threshold", "value": CANNY_DEFAULTS[0], "min": 0, "max": 1020},
                    {"name": "High Threshold", "value": CANNY_DEFAULTS[1], "min": 0, "max": 1020}]
-        return JSONResponse({"module_list": [NO_PREPROCESSOR, CANNY],
+        return JSONResponse({"module_list": [NO_PREPROCESSOR, CANNY, LISTED_DEPTH_MODULE],
                              "module_detail": {NO_PREPROCESSOR: {"model_free": False, "sliders": []},
-                                               CANNY: {"model_free": False, "sliders": sliders}}})
+                                               CANNY: {"model_free": False, "sliders": sliders},
+                                               LISTED_DEPTH_MODULE: {"model_free": False, "sliders": []}}})
 
     @route("POST", "/controlnet/detect")
     async def detect_route(request: Request):

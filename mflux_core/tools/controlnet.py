@@ -20,7 +20,6 @@ from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.images.canny import canny_edges
 from mflux_core.memory import DEPTH_PHASE
-from mflux_core.settings_schema import UNION_CONTROL_TYPES
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import fit_input, required_image, start_image_inputs, with_size
@@ -60,9 +59,8 @@ def control_image(request: GenerationRequest, kind: str,
 
 
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
-    side = steering(model, request, engine, "canny", CANNY)  # a control type it cannot take: refused first
-    kind = CANNY if side.mode is None else UNION_CONTROL_TYPES[side.mode]
-    request, control, notes, estimated = control_image(request, kind, engine)
+    side = steering(model, request, engine, "canny", CANNY)  # a mode it lacks: refused before the image is made
+    request, control, notes, estimated = control_image(request, side.kind, engine)
     inputs = controlnet_inputs(model, request, engine, control, side, tool="ControlNet", notes=notes,
                                estimated=estimated, default_strength=DEFAULT_STRENGTH)
     if not request.image_path:

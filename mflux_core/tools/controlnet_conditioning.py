@@ -33,10 +33,13 @@ CONTROL_TYPE_ALIASES = {"openpose": "pose", "grey": "gray", "lq": "low-quality",
 
 @dataclass(frozen=True)
 class Steering:
-    """The resident ControlNet a request runs, and the control mode it gets (None: not a Union ControlNet)."""
+    """The resident ControlNet a request runs, the control type its image is prepared for, the control mode it gets
+    (None: not a Union ControlNet), and what the user should hear of it."""
 
     controlnet: FluxControlNet
+    kind: str
     mode: int | None
+    notes: tuple[str, ...] = ()
 
 
 def extra_number(request: GenerationRequest, key: str, default: float | None) -> float | None:
@@ -49,11 +52,16 @@ def extra_number(request: GenerationRequest, key: str, default: float | None) ->
     return float(value)
 
 
+def controlnet_name(model: FluxModel, request: GenerationRequest, default_name: str) -> str:
+    """The ControlNet the request names (--controlnet-path), else `default_name`, or its demo twin on a demo model."""
+    return request.extra.get("controlnet_path") or side_model_for(model.folder, default_name)
+
+
 def resident_controlnet(model: FluxModel, request: GenerationRequest, engine: ToolEngine,
                         default_name: str) -> FluxControlNet:
     """The ControlNet named by --controlnet-path (else `default_name`, or its demo twin on a demo model), loaded once
     in the model's dtype and quantized as the request asks (as mflux does: a FLUX.1 ControlNet is gigabytes)."""
-    name = request.extra.get("controlnet_path") or side_model_for(model.folder, default_name)
+    name = controlnet_name(model, request, default_name)
     if name in ALIASES and is_demo_folder(model.folder):  # refused before a multi-GB download
         raise InvalidRequest(f"The ControlNet {name} is made for FLUX.1-dev and cannot drive the demo model "
                              f"{model.folder.name}: put FLUX.1-dev and {ALIASES[name]} into the models folder, or "
@@ -84,21 +92,22 @@ def control_type(request: GenerationRequest, default: str) -> str:
 
 def steering(model: FluxModel, request: GenerationRequest, engine: ToolEngine, default_controlnet: str,
              default_type: str) -> Steering:
-    """The request's ControlNet, loaded, and its control mode; a control type the ControlNet cannot take is refused
-    (another than the tool's own needs a Union ControlNet)."""
+    """The request's ControlNet, loaded, and its control mode. A ControlNet without modes (Shakker-Labs'
+    Union-Pro-2.0 takes any kind of image so) gets the image prepared for the asked type, with a note; a mode a
+    Union ControlNet lacks is refused."""
     controlnet = resident_controlnet(model, request, engine, default_controlnet)
     kind = control_type(request, default_type)
     if not controlnet.is_union:
-        if kind != default_type:
-            name = request.extra.get("controlnet_path") or default_controlnet
-            raise InvalidRequest(f"The control type {kind} needs a Union ControlNet (such as "
-                                 f"InstantX/FLUX.1-dev-Controlnet-Union); {name} takes one kind of control image.")
-        return Steering(controlnet, None)
+        if kind == default_type:
+            return Steering(controlnet, kind, None)
+        name = controlnet_name(model, request, default_controlnet)
+        return Steering(controlnet, kind, None, (f"{name} has no control modes: it was given the {kind} control "
+                                                 "image as its input (as Union-Pro-2.0 takes any kind).",))
     mode = UNION_CONTROL_TYPES.index(kind)
     if mode >= controlnet.num_modes:
         raise InvalidRequest(f"This Union ControlNet has {controlnet.num_modes} control modes, so it has no "
                              f"{kind} mode (number {mode}).")
-    return Steering(controlnet, mode)
+    return Steering(controlnet, kind, mode)
 
 
 def controlnet_residuals(controlnet: FluxControlNet, control_latents: mx.array, conditioning: Conditioning,
@@ -131,7 +140,7 @@ def controlnet_inputs(model: FluxModel, request: GenerationRequest, engine: Tool
     check_in_channels(model, packed_channels(model), tool, "base (dev or schnell)")
     conditioning = prompt_conditioning(model, request)
     request, controlnet = add_controlnet(model, request, engine, conditioning, control_image, side, default_strength)
-    return ToolInputs(request, conditioning, notes=notes, controlnet=controlnet, estimated=estimated)
+    return ToolInputs(request, conditioning, notes=notes + side.notes, controlnet=controlnet, estimated=estimated)
 
 
 def add_controlnet(model: FluxModel, request: GenerationRequest, engine: ToolEngine, conditioning: Conditioning,

@@ -1,5 +1,6 @@
 """ControlNet: follow a picture's Canny edges (from text, or from an input image: image-to-image), or upscale it
-with the upscaler ControlNet (on FLUX.1-dev)."""
+with the upscaler ControlNet (on FLUX.1-dev); a Union ControlNet also by its other control types (depth, tile,
+gray, ...)."""
 
 import gradio as gr
 
@@ -7,6 +8,7 @@ from mflux_core.demo.examples import UPSCALE_FACTOR
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.canny import canny_edges
 from mflux_core.request import GenerationRequest
+from mflux_core.settings_schema import UNION_CONTROL_TYPES
 from webui.demo_examples import render_demo_examples
 from webui.jobs import safe_action
 from webui.panels import Panel, input_image, result_column
@@ -25,6 +27,9 @@ LABELS = {"controlnet_strength": "The ControlNet strength", "canny_low": "The Ca
           "canny_high": "The Canny high threshold", "upscale_factor": "The upscale factor",
           "image_strength": "The image strength"}
 MODE_STRENGTHS = {CANNY: 0.4, UPSCALE: 0.6}  # the engine's defaults for each ControlNet
+OWN_TYPE = ""  # the control type picker's value for "the mode's own" (canny for edges, tile for upscale)
+CONTROL_TYPES = [("the mode's own", OWN_TYPE),
+                 *((kind, kind) for kind in UNION_CONTROL_TYPES)]
 
 
 def settings_from_values(values: dict) -> dict:
@@ -38,6 +43,8 @@ def settings_from_values(values: dict) -> dict:
         start = {"image_strength": setting(values, "image_strength")}
     if values.get("controlnet_weights"):
         extra["controlnet_path"] = values["controlnet_weights"]
+    if values.get("controlnet_mode"):
+        extra["controlnet_mode"] = values["controlnet_mode"]
     return {"tool": MODE_TOOLS[mode], **shared_settings(values), "extra": extra,
             "controlnet_strength": setting(values, "controlnet_strength"), **start}
 
@@ -57,6 +64,7 @@ def values_from_settings(settings: dict) -> dict:
     values.update({key: extra[key] for key in ("canny_low", "canny_high", "upscale_factor") if key in extra})
     if "extra" in settings:
         values["controlnet_weights"] = extra.get("controlnet_path", TOOL_DEFAULT)
+        values["controlnet_mode"] = extra.get("controlnet_mode", OWN_TYPE)
     return values
 
 
@@ -77,11 +85,12 @@ def edges_preview(image, low, high):
     return None if image is None else canny_edges(read_upload(image), low, high)
 
 
-def mode_controls(mode: str) -> tuple:
-    """The edges preview, Canny thresholds and image-to-image belong to Canny mode, the upscale factor to Upscale
-    mode."""
+def mode_controls(mode: str, kind: str) -> tuple:
+    """The edges preview and Canny thresholds belong to Canny mode with Canny control (a Union ControlNet's other
+    types see the image, or its depth map), image-to-image to Canny mode, the upscale factor to Upscale mode."""
     canny = mode == CANNY
-    return gr.update(visible=canny), gr.update(visible=canny), gr.update(visible=canny), gr.update(visible=not canny)
+    edges = canny and kind in (OWN_TYPE, None, "canny")  # None: an example that sets the own type
+    return gr.update(visible=edges), gr.update(visible=edges), gr.update(visible=canny), gr.update(visible=not canny)
 
 
 def render(studio) -> Panel:
@@ -110,22 +119,29 @@ def render(studio) -> Panel:
                     image_strength = gr.Slider(0, 0.99, DEFAULTS["image_strength"], step=0.01,
                                                label="Image strength (how much of the input is kept)",
                                                elem_id="controlnet-image-strength")
-                weights = gr.Dropdown(
-                    side_model_choices(studio.manager.list_models(), "controlnet",
-                                       "default: canny for Canny edges (demo-canny on a demo model), "
-                                       "upscaler for Upscale (demo-upscaler on a demo model)"),
-                    value=TOOL_DEFAULT, label="ControlNet weights", elem_id="controlnet-weights")
+                with gr.Row():
+                    weights = gr.Dropdown(
+                        side_model_choices(studio.manager.list_models(), "controlnet",
+                                           "default: canny for Canny edges (demo-canny on a demo model), "
+                                           "upscaler for Upscale (demo-upscaler on a demo model)"),
+                        value=TOOL_DEFAULT, label="ControlNet weights", elem_id="controlnet-weights", scale=3)
+                    union_type = gr.Dropdown(CONTROL_TYPES, value=OWN_TYPE, label="Control type (Union ControlNets)",
+                                             info="own: canny (Upscale: tile); depth: the photo's depth map; "
+                                                  "gray: the photo made gray; the rest: the image as it is",
+                                             elem_id="controlnet-union-type", scale=2)
                 shared = build_shared_controls(studio, TOOL, TOOL)
                 example_image = {control_image: lambda e: str(e.images["image"])}
                 render_demo_examples(studio, TOOL, shared.controls, example_image,
-                                     {mode: CANNY, weights: TOOL_DEFAULT, strength: MODE_STRENGTHS[CANNY],
+                                     {mode: CANNY, weights: TOOL_DEFAULT, union_type: OWN_TYPE,
+                                      strength: MODE_STRENGTHS[CANNY],
                                       canny_low: DEFAULTS["canny_low"], canny_high: DEFAULTS["canny_high"]}, kind=CANNY)
                 render_demo_examples(studio, MODE_TOOLS[UPSCALE], shared.controls, example_image,
-                                     {mode: UPSCALE, weights: TOOL_DEFAULT, strength: MODE_STRENGTHS[UPSCALE],
+                                     {mode: UPSCALE, weights: TOOL_DEFAULT, union_type: OWN_TYPE,
+                                      strength: MODE_STRENGTHS[UPSCALE],
                                       upscale_factor: UPSCALE_FACTOR}, kind=UPSCALE)
                 controls = {**shared.controls, "mode": mode, "controlnet_strength": strength, "canny_low": canny_low,
                             "canny_high": canny_high, "upscale_factor": upscale_factor, "controlnet_weights": weights,
-                            "image_strength": image_strength}
+                            "controlnet_mode": union_type, "image_strength": image_strength}
                 panel = Panel(TOOL, tuple(MODE_TOOLS.values()), controls, settings_from_values, values_from_settings,
                               send_target=control_image)
                 render_presets(studio, panel)
@@ -142,8 +158,9 @@ def render(studio) -> Panel:
     canny_low.release(**preview, api_name="canny_preview_low", api_visibility="private")
     canny_high.release(**preview, api_name="canny_preview_high", api_visibility="private")
     mode.input(MODE_STRENGTHS.get, mode, strength, queue=False, api_visibility="private")
-    mode.change(mode_controls, mode, [edges, canny_thresholds, img2img, upscale_factor], queue=False,
-                api_visibility="private")  # .change: a preset that sets the mode shows its controls too
+    for picker in (mode, union_type):  # .change: a preset that sets them shows its controls too
+        picker.change(mode_controls, [mode, union_type], [edges, canny_thresholds, img2img, upscale_factor],
+                      queue=False, api_visibility="private")
     panel.view, panel.run_handler = view, studio.job(view)(build_requests)
     studio.wire_run(run, panel.run_handler, {**controls, "control_image": control_image, "init_image": init_image},
                     view, api_name="controlnet")
