@@ -121,6 +121,9 @@ class ModelManager:
                                      estimator_peak_bytes(estimator, photo.size))
         return depth_to_image(estimator.estimate(photo))
 
+    def check_side_run(self, what: str, phase: str, peak_bytes: int) -> None:
+        self.resident.check_side_run(what, phase, peak_bytes)
+
     def depth_estimate_bytes(self, photo: Image.Image, name: str | None = None) -> int:
         from mflux_core.models.depth_memory import estimator_peak_bytes
 

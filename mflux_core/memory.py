@@ -43,6 +43,7 @@ PROCESS_GROWTH = 0.05
 HEAP_GROWTH = 0.25
 DEFAULT_VAE_TILE = 512  # pixels, when tiling is asked for but the whole pass would fit
 DEPTH_PHASE = "estimating the depth map"  # the plan's phase of the depth estimator (models/depth_memory.py)
+HINT_PHASE = "reading the control image"  # an XLabs ControlNet's hint block (models/controlnet.py)
 # What a GPU may hold beside a run's planned peak in work queued but not yet finished. MLX keeps each queued
 # kernel's inputs alive until its command buffer completes, up to 10 buffers of up to 1 GB each on Hopper
 # (MLX_MAX_MB_PER_BUFFER), so a FLUX.1-dev step at 1024 px on an H200 held 15 GiB above its weights where

@@ -140,7 +140,8 @@ def test_loading_refuses_what_is_not_a_plain_flux_controlnet(controlnet_for_dev,
         write_config(tmp_path / "empty", {}): "describes an unnamed model",
         tmp_path: "has no config.json",
         write_config(tmp_path / "union", {**config, "num_mode": 0}): "needs a whole number of control modes",
-        write_config(tmp_path / "hint", {**config, "conditioning_embedding_channels": 16}): "input hint block",
+        write_config(tmp_path / "hint", {**config, "conditioning_embedding_channels": 5, "patch_size": 2}):
+            "input hint block gives 5 channels in patches of 2, which does not make its 16 input channels",
     }
     for folder, message in cases.items():
         with pytest.raises(ModelLoadError, match=message):

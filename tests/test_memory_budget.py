@@ -110,7 +110,8 @@ def measured_step_bytes(config: dict, side: int, text_tokens: int, controlnet: d
     if controlnet is not None:
         side = FluxControlNet(read_controlnet_config(controlnet))
         control = mx.random.normal(inputs[0].shape)
-        side_pass = controlnet_residuals(side, control, Conditioning(inputs[1], inputs[2], 3.5), ids, 0.4, 3.5)
+        side_pass = controlnet_residuals(side, control, Conditioning(inputs[1], inputs[2], 3.5), ids, 0.4, 3.5,
+                                         None, model.config.num_layers)
         side_weights = (side.parameters(), control)
     mx.eval(model.parameters(), side_weights, inputs, rope)
     mx.clear_cache()

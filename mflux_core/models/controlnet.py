@@ -10,8 +10,14 @@ safetensors file whose keys match the module names here.
 A Union ControlNet (InstantX's and Shakker-Labs' FLUX.1-dev-ControlNet-Union(-Pro); config `num_mode`) is one network
 for several kinds of control image: an embedding of the kind (`controlnet_mode_embedder`) is put before the text
 tokens, at the first text token's position.
+
+XLabs' ControlNets in diffusers' layout (XLabs-AI/flux-controlnet-*-diffusers; config
+`conditioning_embedding_channels`) read the control image in pixels: a small conv net (`input_hint_block`) brings
+it to an eighth of its size, packed patch x patch into tokens like the latents'; and the main transformer adds
+sample i % n after its double block i instead of spreading the samples over the blocks.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
@@ -20,19 +26,42 @@ import numpy as np
 
 from mflux_core.errors import ModelLoadError
 from mflux_core.models.transformer import FluxTransformerConfig, FluxTrunk
+from mflux_core.models.vae import BAND_BYTES, Rows, conv_in_bands, inference, settle
 from mflux_core.weights.loading import load_component
 from mflux_core.weights.safetensors_io import read_json
 
 CLASS_NAME = "FluxControlNetModel"
 
 
+HINT_WIDTHS = (16, 16, 16, 16)  # the input hint block's conv widths, as diffusers builds it for FLUX
+HINT_SCALE = 2 ** (len(HINT_WIDTHS) - 1)  # pixels a side of one hint feature (its stride-2 convolutions)
+
+
+@dataclass(frozen=True)
+class HintConfig:
+    """An XLabs ControlNet's pixel input: `channels` feature maps from the hint block, packed `patch` x `patch`."""
+
+    channels: int
+    patch: int
+
+
+def read_hint_config(config_json: dict) -> HintConfig | None:
+    channels = config_json.get("conditioning_embedding_channels")
+    if channels is None:
+        return None
+    patch = config_json.get("patch_size", 1)
+    in_channels = config_json.get("in_channels", 64)
+    if not all(isinstance(n, int) and n > 0 for n in (channels, patch)) or channels * patch * patch != in_channels:
+        raise ModelLoadError(f"The ControlNet's input hint block gives {channels!r} channels in patches of {patch!r}, "
+                             f"which does not make its {in_channels!r} input channels.")
+    return HintConfig(channels, patch)
+
+
 def read_controlnet_config(config_json: dict) -> FluxTransformerConfig:
     """Read a diffusers ControlNet config.json: the transformer's keys and defaults (its out_channels
-    go unused), after refusing the variants this module does not implement."""
+    go unused; an XLabs ControlNet's patch_size is its hint block's, see HintConfig)."""
     if config_json.get("conditioning_embedding_channels") is not None:
-        raise ModelLoadError(
-            "ControlNets with a pixel-space input hint block (conditioning_embedding_channels) are not supported."
-        )
+        config_json = {key: value for key, value in config_json.items() if key != "patch_size"}
     return FluxTransformerConfig.from_dict(config_json)
 
 
@@ -65,13 +94,38 @@ class ResidualSamples:
         return x
 
 
+class InputHintBlock(nn.Module):
+    """diffusers' ControlNetConditioningEmbedding as FLUX's XLabs ControlNets have it: pixels (B, H, W, 3) in [-1, 1]
+    -> (B, H/8, W/8, channels), through SiLU-activated 3x3 convolutions, three of them of stride 2."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv_in = nn.Conv2d(3, HINT_WIDTHS[0], 3, padding=1)
+        self.blocks = []
+        for width, next_width in zip(HINT_WIDTHS, HINT_WIDTHS[1:]):
+            self.blocks += [nn.Conv2d(width, width, 3, padding=1), nn.Conv2d(width, next_width, 3, padding=1, stride=2)]
+        self.conv_out = nn.Conv2d(HINT_WIDTHS[-1], channels, 3, padding=1)
+
+    def __call__(self, pixels: mx.array) -> mx.array:
+        """A band of rows at a time, each layer finished before the next, as the VAE runs (MLX's CPU conv2d over the
+        whole image took 1.4 KB a pixel: 5.5 GB at 2048 x 2048)."""
+        with inference():
+            x = settle(nn.silu(conv_in_bands(self.conv_in, Rows.of(pixels))))
+            for conv in self.blocks:
+                x = settle(nn.silu(conv_in_bands(conv, Rows.of(x))))
+            return conv_in_bands(self.conv_out, Rows.of(x))
+
+
 class FluxControlNet(FluxTrunk):
-    def __init__(self, config: FluxTransformerConfig, num_modes: int | None = None):
+    def __init__(self, config: FluxTransformerConfig, num_modes: int | None = None, hint: HintConfig | None = None):
         super().__init__(config)
         dim = config.hidden_size
         self.num_modes = num_modes  # a Union ControlNet's count of control modes; None for a single-purpose one
         if num_modes is not None:
             self.controlnet_mode_embedder = nn.Embedding(num_modes, dim)
+        self.hint = hint
+        if hint is not None:
+            self.input_hint_block = InputHintBlock(hint.channels)
         self.controlnet_x_embedder = nn.Linear(config.in_channels, dim)
         self.controlnet_blocks = [nn.Linear(dim, dim) for _ in range(config.num_layers)]
         self.controlnet_single_blocks = [nn.Linear(dim, dim) for _ in range(config.num_single_layers)]
@@ -79,6 +133,27 @@ class FluxControlNet(FluxTrunk):
     @property
     def is_union(self) -> bool:
         return self.num_modes is not None
+
+    @property
+    def takes_pixels(self) -> bool:
+        """An XLabs ControlNet: its control tokens come from the image's pixels (`hint_tokens`), not the VAE, and its
+        samples repeat over the main blocks (diffusers' controlnet_blocks_repeat)."""
+        return self.hint is not None
+
+    def hint_peak_bytes(self, width: int, height: int) -> int:
+        """Peak bytes of `hint_tokens` for an image (above it and the weights): two full-size feature maps (a
+        layer's input and output) and one band's unfolded input; measured 179 / 533 MB at 1024 / 2048 px, float32,
+        against 198 / 601 planned."""
+        return 2 * HINT_WIDTHS[0] * width * height * self.dtype.size + BAND_BYTES
+
+    def hint_tokens(self, pixels: mx.array) -> mx.array:
+        """An XLabs ControlNet's control tokens (B, N, in_channels) from pixels (B, H, W, 3) in [-1, 1], packed as
+        diffusers packs them: channel-major within each patch."""
+        x = self.input_hint_block(pixels.astype(self.dtype))
+        batch, height, width, channels = x.shape
+        patch = self.hint.patch
+        x = x.reshape(batch, height // patch, patch, width // patch, patch, channels)
+        return x.transpose(0, 1, 3, 5, 2, 4).reshape(batch, (height // patch) * (width // patch), -1)
 
     def rope_tables(self, img_ids, txt_ids) -> tuple[mx.array, mx.array]:
         """A Union ControlNet's sequence has its mode token first, at the first text token's position."""
@@ -120,8 +195,9 @@ class FluxControlNet(FluxTrunk):
 
 
 def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
-    """diffusers' ControlNet keys already match the module names one to one."""
-    return weights
+    """diffusers' ControlNet keys already match the module names one to one; the hint block's conv weights go
+    OIHW -> OHWI."""
+    return {name: value.transpose(0, 2, 3, 1) if value.ndim == 4 else value for name, value in weights.items()}
 
 
 def check_is_controlnet(folder: Path) -> None:
@@ -146,6 +222,7 @@ def load_controlnet(folder: Path, dtype: mx.Dtype = mx.float32) -> FluxControlNe
         raise ModelLoadError(f"The ControlNet {folder} is not a folder.")
     check_is_controlnet(folder)
     return load_component(
-        folder, build=lambda cfg: FluxControlNet(read_controlnet_config(cfg), union_mode_count(cfg)), sanitize=sanitize,
+        folder, build=lambda cfg: FluxControlNet(read_controlnet_config(cfg), union_mode_count(cfg),
+                                                    read_hint_config(cfg)), sanitize=sanitize,
         dtype=dtype
     )

@@ -16,12 +16,14 @@ from PIL import Image
 from mflux_core.errors import InvalidRequest
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
-from mflux_core.models.controlnet import FluxControlNet, load_controlnet
-from mflux_core.settings_schema import UNION_CONTROL_TYPES
+from mflux_core.images.io import pil_to_pixels
+from mflux_core.memory import HINT_PHASE
+from mflux_core.models.controlnet import HINT_SCALE, FluxControlNet, load_controlnet
 from mflux_core.models.transformer import FluxTransformerConfig
 from mflux_core.request import GenerationRequest
 from mflux_core.sampling.conditioning import Conditioning, ControlResiduals
 from mflux_core.sampling.latents import image_position_ids, latent_grid, text_position_ids
+from mflux_core.settings_schema import UNION_CONTROL_TYPES
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import check_in_channels, packed_channels, prompt_conditioning
 from mflux_core.tools.specs import tool_spec
@@ -75,6 +77,9 @@ def resident_controlnet(model: FluxModel, request: GenerationRequest, engine: To
             f"The ControlNet {name} was made for a transformer of width {made_for[0]} with {made_for[1]} input "
             f"channels; this model has width {model.config.hidden_size} and {model.config.in_channels} channels."
         )
+    if controlnet.takes_pixels and HINT_SCALE * controlnet.hint.patch != 2 * model.vae_scale_factor:
+        raise InvalidRequest(f"The ControlNet {name} makes a token of each {HINT_SCALE * controlnet.hint.patch} px "
+                             f"square; this model's tokens are {2 * model.vae_scale_factor} px squares.")
     return controlnet
 
 
@@ -110,25 +115,28 @@ def steering(model: FluxModel, request: GenerationRequest, engine: ToolEngine, d
     return Steering(controlnet, kind, mode)
 
 
-def controlnet_residuals(controlnet: FluxControlNet, control_latents: mx.array, conditioning: Conditioning,
-                         image_ids: mx.array, strength: float, guidance: float, mode: int | None = None
-                         ) -> ControlResiduals:
-    """The loop's `Conditioning.control`: (latents, timestep, base guidance) -> scaled residuals."""
+def controlnet_residuals(controlnet: FluxControlNet, control_tokens: mx.array, conditioning: Conditioning,
+                         image_ids: mx.array, strength: float, guidance: float, mode: int | None,
+                         base_blocks: int) -> ControlResiduals:
+    """The loop's `Conditioning.control`: (latents, timestep, base guidance) -> scaled residuals. `base_blocks`: the
+    main transformer's double blocks, which an XLabs ControlNet's samples repeat over."""
     text_ids = text_position_ids(conditioning.text.shape[1])
     rope = controlnet.rope_tables(image_ids, text_ids)
     controlnet_guidance = mx.array([guidance], dtype=mx.float32) if controlnet.config.guidance_embeds else None
     dtype = controlnet.dtype
-    control_latents = control_latents.astype(dtype)
+    control_tokens = control_tokens.astype(dtype)
 
     def residuals(latents: mx.array, timestep: mx.array, _base_guidance: mx.array | None):
-        samples = controlnet(
-            latents.astype(dtype), control_latents, conditioning.text, conditioning.pooled, timestep, image_ids,
+        blocks, singles = controlnet(
+            latents.astype(dtype), control_tokens, conditioning.text, conditioning.pooled, timestep, image_ids,
             text_ids, guidance=controlnet_guidance, conditioning_scale=strength, rope=rope, mode=mode,
         )
+        if controlnet.takes_pixels and blocks:  # diffusers' controlnet_blocks_repeat: sample i % n after block i
+            blocks = [blocks[i % len(blocks)] for i in range(base_blocks)]
         # Evaluated before the transformer's pass, so the two passes' activations are never alive at once
         # (one lazy graph overlapped them: +65% at 512 px on the demo) and the step's peak is what the plan says.
-        mx.eval(samples)
-        return samples
+        mx.eval(blocks, singles)
+        return blocks, singles
 
     return residuals
 
@@ -153,10 +161,16 @@ def add_controlnet(model: FluxModel, request: GenerationRequest, engine: ToolEng
     controlnet_guidance = tool_spec(request.tool).guidance if request.guidance is None else request.guidance
     if request.controlnet_strength is None:
         request = request.with_(controlnet_strength=default_strength)
-    control_latents = engine.encoded_image(model, control_image, request.width, request.height)  # once per image
+    if controlnet.takes_pixels:  # XLabs: its hint block reads the pixels (once per image), not the VAE's latents
+        engine.check_side_run(f"the ControlNet's reading of a {request.width}x{request.height} control image",
+                              HINT_PHASE, controlnet.hint_peak_bytes(request.width, request.height))
+        control_tokens = controlnet.hint_tokens(mx.array(pil_to_pixels(control_image, request.width, request.height)))
+        mx.eval(control_tokens)
+    else:
+        control_tokens = engine.encoded_image(model, control_image, request.width, request.height)  # once per image
     image_ids = image_position_ids(*latent_grid(request.height, request.width, model.vae_scale_factor))
     conditioning.control = controlnet_residuals(
-        controlnet, control_latents, conditioning, image_ids, request.controlnet_strength, controlnet_guidance,
-        side.mode,
+        controlnet, control_tokens, conditioning, image_ids, request.controlnet_strength, controlnet_guidance,
+        side.mode, model.config.num_layers,
     )
     return request, controlnet.config

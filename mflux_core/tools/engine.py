@@ -23,5 +23,8 @@ class ToolEngine(Protocol):
     def depth_estimate_bytes(self, photo: Image.Image) -> int:
         """Peak bytes of estimating the photo's depth map (above the estimator's weights), for the plan."""
 
+    def check_side_run(self, what: str, phase: str, peak_bytes: int) -> None:
+        """Refuse (InvalidRequest) a side model's run whose `peak_bytes` would not fit the memory budget."""
+
     def apply_loras(self, model: FluxModel, request: GenerationRequest) -> None:
         """Make the model's transformer carry exactly the request's LoRAs (a tool may add its own)."""
