@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--shapes", default=SHAPES)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    process_memory.reuse_large_buffers()  # as a run whose plan leaves room does (MemoryBudget.check)
+    process_memory.reuse_large_buffers(1 << 30)  # as a run whose plan leaves room does (MemoryBudget.check)
     print(machine_line())
     rows = []
     for shape in args.shapes.split(","):

@@ -243,8 +243,8 @@ class MemoryBudget:
         log.info("%s; budget %s", plan.summary(), gb_text(self.bytes))
         if not plan.fits(self.bytes):
             raise InvalidRequest(plan.refusal(self.bytes))
-        if plan.fits_with_heap_growth(self.bytes):
-            reuse_large_buffers()
+        if plan.fits_with_heap_growth(self.bytes):  # free memory kept for reuse: within the plan's slack
+            reuse_large_buffers(min(self.bytes - plan.needed_bytes, plan.largest_phase[1]))
         else:
             keep_large_buffers_mapped()
         return plan

@@ -31,8 +31,6 @@ from mflux_core.weights.loading import load_component
 from mflux_core.weights.safetensors_io import read_json
 
 CLASS_NAME = "FluxControlNetModel"
-
-
 HINT_WIDTHS = (16, 16, 16, 16)  # the input hint block's conv widths, as diffusers builds it for FLUX
 HINT_SCALE = 2 ** (len(HINT_WIDTHS) - 1)  # pixels a side of one hint feature (its stride-2 convolutions)
 
@@ -46,6 +44,7 @@ class HintConfig:
 
 
 def read_hint_config(config_json: dict) -> HintConfig | None:
+    """An XLabs ControlNet's hint block (config `conditioning_embedding_channels`); None for the others."""
     channels = config_json.get("conditioning_embedding_channels")
     if channels is None:
         return None
