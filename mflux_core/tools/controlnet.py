@@ -26,7 +26,7 @@ from mflux_core.tools.common import fit_input, required_image, start_image_input
 from mflux_core.tools.controlnet_conditioning import controlnet_inputs, extra_number, steering
 
 DEFAULT_STRENGTH = 0.4  # mflux's default ControlNet strength
-CANNY = "canny"  # this tool's control type, the only one a single-purpose ControlNet here takes
+CANNY = "canny"  # this tool's own control type (a Union ControlNet's mode 0)
 CANNY_THRESHOLDS = {"canny_low": "low", "canny_high": "high"}  # request.extra key -> canny_edges argument
 
 
