@@ -192,6 +192,20 @@ def test_a_controlnet_unit_steers_txt2img_by_the_control_pictures_edges(studio):
     depth = made(studio.http.post("/txt2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [
         {**unit, "module": "depth_anything_v2"}]}}}))  # demo-canny has no modes: it is given the depth map
     assert not np.array_equal(np.asarray(decoded(depth["images"][0]).convert("RGB")), image)
+    detected = answer(studio.http.post(f"{extension}/detect", json={
+        "controlnet_module": "depth_anything_v2", "controlnet_input_images": [b64(picture)]}))
+    depth_map = decoded(detected["images"][0])
+    assert depth_map.size == picture.size and np.ptp(np.asarray(depth_map)) > 100  # a map, not a flat image
+    as_depth_map = made(studio.http.post("/txt2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [
+        {**unit, "module": "none", "image": b64(depth_map)}]}}}))  # the map the depth module made, given as is
+    assert np.array_equal(np.asarray(decoded(as_depth_map["images"][0]).convert("RGB")),
+                          np.asarray(decoded(depth["images"][0]).convert("RGB")))
+    as_is = answer(studio.http.post(f"{extension}/detect", json={
+        "controlnet_module": "none", "controlnet_input_images": [b64(picture)]}))
+    assert np.array_equal(np.asarray(decoded(as_is["images"][0]).convert("RGB")), np.asarray(picture))
+    unknown = studio.http.post(f"{extension}/detect", json={
+        "controlnet_module": "openpose", "controlnet_input_images": [b64(picture)]})
+    assert "module 'openpose' is not in the studio" in assert_a1111_error(unknown, 400)
     heavy = studio.http.post("/txt2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [
         {**unit, "weight": 3}]}}})
     assert "'alwayson_scripts.controlnet.args[0].weight' is invalid" in assert_a1111_error(heavy, 422)

@@ -47,7 +47,7 @@ from webui.a1111_wire import SdApiError, as_file, b64_png, base64_data, decoded_
 from webui.api_server import MAX_WAITING, JobThreads, api_routes, json_object
 from webui.gallery import save_result
 from webui.requests import requests_from_settings
-from webui.turns import request_about
+from webui.turns import job_about, request_about
 from webui.widgets import model_choices
 
 API_SESSION = "sdapi"  # the API's running job on the studio's job board (its cancel flag)
@@ -499,7 +499,12 @@ def sdapi_router(studio, auth=None) -> APIRouter:
         route("GET", f"/sdapi/v1/{name}")(answer)
     for name in ("refresh-checkpoints", "refresh-loras", "refresh-vae"):  # the listings are read on each request
         route("POST", f"/sdapi/v1/{name}")(nothing_to_do)
-    add_controlnet_routes(route, studio, threads, json_object)
+    def run_depth(image: Image.Image) -> Image.Image:
+        """The studio's depth estimator on `image` (/controlnet/detect's depth modules), in the engine's turn."""
+        with studio.turns.turn(**job_about("depth", None, *image.size), source=A1111_SOURCE):
+            return studio.manager.estimate_depth(image)
+
+    add_controlnet_routes(route, studio, threads, json_object, run_depth)
 
     def run_upscale(image: Image.Image, width: int, height: int) -> Image.Image:
         """The Upscale tool on `image` at width x height (extras' ControlNet upscaler), in the engine's turn."""

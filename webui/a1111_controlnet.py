@@ -9,7 +9,9 @@ studio's Canny ControlNet, so A1111 clients that steer txt2img with a control im
     img2img with a unit: the same, starting from the init image (`denoising_strength`); a unit without an image
         takes the init image as its control image, as the extension does (with an inpainting mask: not here)
     GET  /controlnet/version, /controlnet/model_list, /controlnet/module_list
-    POST /controlnet/detect: the Canny edges of `controlnet_input_images`, as the extension's preview returns them
+    POST /controlnet/detect: what a module makes of `controlnet_input_images`, as the extension's preview returns
+        it: Canny edges, a depth module's depth map (the studio's depth estimator, in the engine's turn), or for
+        "none" the images as they are
 
 With a Union ControlNet as `model`, a depth module (depth_anything_v2, depth_midas, ...: the depth map made here
 by the studio's depth estimator) runs its depth mode, and `union_control_type` (the extension's field for union
@@ -19,8 +21,11 @@ What FLUX.1's Canny ControlNet has no counterpart for (guidance_start / guidance
 further units) is named in the answer's `info` as ignored; another module is refused with a sentence.
 """
 
+from typing import Callable
+
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from mflux_core.images.canny import canny_edges
@@ -157,25 +162,33 @@ def module_settings(unit: ControlNetUnit) -> dict:
     return extra
 
 
-def detect(fields: dict) -> dict:
-    """/controlnet/detect: each input image's Canny edges at its own size."""
+def detect(fields: dict, depth_map: Callable[[Image.Image], Image.Image]) -> dict:
+    """/controlnet/detect: each input image as the module makes it, at its own size."""
     module = str(fields.get("controlnet_module", NO_PREPROCESSOR)).strip().lower()
-    if module != CANNY:
-        raise SdApiError(400, f"The ControlNet module {module!r} is not in the studio: it detects 'canny' edges.")
+    if module not in (CANNY, NO_PREPROCESSOR) and not module.startswith(DEPTH_MODULE):
+        raise SdApiError(400, f"The ControlNet module {module!r} is not in the studio: it detects 'canny' edges and "
+                              f"depth ({LISTED_DEPTH_MODULE}), or gives the image back ('none').")
     images = fields.get("controlnet_input_images", fields.get("controlnet_images"))  # the second: older clients
     if not isinstance(images, list) or not images or not all(isinstance(image, str) for image in images):
         raise SdApiError(422, "controlnet_input_images must be a list of base64 images.",
                          kind="RequestValidationError")
-    low, high = (fields.get(key, -1) for key in ("controlnet_threshold_a", "controlnet_threshold_b"))
-    low, high = (float(value) if isinstance(value, (int, float)) and value >= 0 else default
-                 for value, default in zip((low, high), CANNY_DEFAULTS))
-    edges = [canny_edges(decoded_image(image, f"controlnet_input_images[{index}]"), low, high)
-             for index, image in enumerate(images)]
-    return {"images": [b64_png(image) for image in edges], "info": "Success"}
+    pictures = [decoded_image(image, f"controlnet_input_images[{index}]") for index, image in enumerate(images)]
+    if module == CANNY:
+        low, high = (fields.get(key, -1) for key in ("controlnet_threshold_a", "controlnet_threshold_b"))
+        low, high = (float(value) if isinstance(value, (int, float)) and value >= 0 else default
+                     for value, default in zip((low, high), CANNY_DEFAULTS))
+        detected = [canny_edges(picture, low, high) for picture in pictures]
+    elif module == NO_PREPROCESSOR:
+        detected = pictures
+    else:
+        detected = [depth_map(picture) for picture in pictures]
+    return {"images": [b64_png(image) for image in detected], "info": "Success"}
 
 
-def add_controlnet_routes(route, studio, threads, json_object) -> None:
-    """The extension's own routes, beside /sdapi/v1 (`route` is the A1111 router's)."""
+def add_controlnet_routes(route, studio, threads, json_object,
+                          depth_map: Callable[[Image.Image], Image.Image]) -> None:
+    """The extension's own routes, beside /sdapi/v1 (`route` is the A1111 router's; `depth_map` runs the studio's
+    depth estimator in the engine's turn)."""
 
     @route("GET", "/controlnet/version")
     async def version(request: Request):
@@ -197,4 +210,4 @@ def add_controlnet_routes(route, studio, threads, json_object) -> None:
     @route("POST", "/controlnet/detect")
     async def detect_route(request: Request):
         fields = await json_object(request, SdApiError)
-        return JSONResponse(await threads.run(detect, fields))
+        return JSONResponse(await threads.run(detect, fields, depth_map))
