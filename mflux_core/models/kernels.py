@@ -75,23 +75,29 @@ def _rational_tanh(u: mx.array) -> mx.array:
 
 
 @fused
-def _gelu_from_argument(x: mx.array, u: mx.array) -> mx.array:
-    """0.5 x (1 + tanh(u))."""
+def _tanh_gate(x: mx.array, u: mx.array) -> mx.array:
+    """0.5 x (1 + tanh(u)): the last pass of GELU and of the scaled SiLU."""
     return (0.5 * x.astype(mx.float32) * (1 + _rational_tanh(u))).astype(x.dtype)
 
 
 def gelu_tanh(x: mx.array) -> mx.array:
     """GELU, tanh approximation (diffusers' gelu-approximate), computed in float32 in two fused passes."""
-    return _gelu_from_argument(x, _gelu_tanh_argument(x))
+    return _tanh_gate(x, _gelu_tanh_argument(x))
 
 
 @fused
-def scaled_silu(x: mx.array, scale: mx.array, shift: mx.array) -> mx.array:
-    """silu(x * scale + shift) in one pass (a GroupNorm's affine form, then the VAE's activation), with
-    sigmoid(y) = (1 + tanh(y / 2)) / 2: on the CPU ~3x faster than nn.silu (whose exp is scalar code),
-    within 8e-6 of it for outputs up to 46."""
+def _affine_and_half(x: mx.array, scale: mx.array, shift: mx.array) -> tuple[mx.array, mx.array]:
+    """y = x * scale + shift and y / 2 clipped to tanh's range: the pass that reads the broadcast factors."""
     y = x * scale + shift
-    return 0.5 * y * (1 + _rational_tanh(_symmetric_clip(0.5 * y, TANH_CLAMP)))
+    return y, _symmetric_clip(0.5 * y, TANH_CLAMP)
+
+
+def scaled_silu(x: mx.array, scale: mx.array, shift: mx.array) -> mx.array:
+    """silu(x * scale + shift) (a GroupNorm's affine form, then the VAE's activation), with
+    sigmoid(y) = (1 + tanh(y / 2)) / 2: on the CPU ~3x faster than nn.silu (whose exp is scalar code),
+    within 8e-6 of it for outputs up to 46. Two fused passes, cut where the second is contiguous: as one
+    function MLX's fusion depth limit (11) split it into four (1.7 -> 1.3 ns a value, bench/RESULTS.md)."""
+    return _tanh_gate(*_affine_and_half(x, scale, shift))
 
 
 @fused
