@@ -205,7 +205,14 @@ def test_a_controlnet_unit_steers_txt2img_by_the_control_pictures_edges(studio):
     assert np.array_equal(np.asarray(decoded(as_is["images"][0]).convert("RGB")), np.asarray(picture))
     unknown = studio.http.post(f"{extension}/detect", json={
         "controlnet_module": "openpose", "controlnet_input_images": [b64(picture)]})
-    assert "module 'openpose' is not in the studio" in assert_a1111_error(unknown, 400)
+    assert "module 'openpose' is not in the studio" in assert_a1111_error(unknown, 422)  # the extension's status
+    assert answer(studio.http.get(f"{extension}/settings")) == {"control_net_unit_count": 1}
+    types = answer(studio.http.get(f"{extension}/control_types"))["control_types"]
+    weights = answer(studio.http.get(f"{extension}/model_list"))["model_list"]
+    assert types["All"]["model_list"] == weights
+    assert types["Canny"] == {"module_list": ["canny", "none"], "default_option": "canny", "default_model": "demo-canny",
+                              "model_list": [name for name in weights if "canny" in name]}
+    assert types["Depth"]["default_option"] == "depth_anything_v2" and types["Depth"]["default_model"] == "none"
     heavy = studio.http.post("/txt2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [
         {**unit, "weight": 3}]}}})
     assert "'alwayson_scripts.controlnet.args[0].weight' is invalid" in assert_a1111_error(heavy, 422)

@@ -8,7 +8,8 @@ studio's Canny ControlNet, so A1111 clients that steer txt2img with a control im
         (/controlnet/model_list), else the tool's default runs
     img2img with a unit: the same, starting from the init image (`denoising_strength`); a unit without an image
         takes the init image as its control image, as the extension does (with an inpainting mask: not here)
-    GET  /controlnet/version, /controlnet/model_list, /controlnet/module_list
+    GET  /controlnet/version, /controlnet/model_list, /controlnet/module_list, /controlnet/settings (one unit),
+        /controlnet/control_types (All, Canny, Depth: each one's modules and the ControlNets named for it or Union)
     POST /controlnet/detect: what a module makes of `controlnet_input_images`, as the extension's preview returns
         it: Canny edges, a depth module's depth map (the studio's depth estimator, in the engine's turn), or for
         "none" the images as they are
@@ -44,6 +45,12 @@ RESIZE_NAMES = {"just resize": JUST_RESIZE, "crop and resize": CROP_AND_RESIZE, 
                 "inner fit (scale to fit)": CROP_AND_RESIZE, "scale to fit (inner fit)": CROP_AND_RESIZE,
                 "outer fit (shrink to fit)": RESIZE_AND_FILL, "envelope (outer fit)": RESIZE_AND_FILL}
 BALANCED = ("0", "balanced")  # control_mode as a number or a name
+UNITS = 1  # what /controlnet/settings answers as control_net_unit_count: FLUX.1 here takes one ControlNet
+# /controlnet/control_types: the extension's control types the studio has, with their modules (default first)
+# and the words a ControlNet's name has when it is made for that type (a Union ControlNet takes every type)
+CONTROL_TYPES = {"All": ([CANNY, LISTED_DEPTH_MODULE, NO_PREPROCESSOR], ("",)),
+                 "Canny": ([CANNY, NO_PREPROCESSOR], ("canny", "union")),
+                 "Depth": ([LISTED_DEPTH_MODULE, NO_PREPROCESSOR], ("depth", "union"))}
 
 
 class ControlNetUnit(BaseModel):
@@ -162,11 +169,21 @@ def module_settings(unit: ControlNetUnit) -> dict:
     return extra
 
 
+def control_types(weights: list[str]) -> dict:
+    """/controlnet/control_types: for each type its modules and the ControlNet `weights` made for it."""
+    types = {}
+    for name, (modules, words) in CONTROL_TYPES.items():
+        models = [weight for weight in weights if any(word in weight.lower() for word in words)]
+        types[name] = {"module_list": modules, "model_list": models, "default_option": modules[0],
+                       "default_model": models[0] if models else NO_PREPROCESSOR}
+    return {"control_types": types}
+
+
 def detect(fields: dict, depth_map: Callable[[Image.Image], Image.Image]) -> dict:
     """/controlnet/detect: each input image as the module makes it, at its own size."""
     module = str(fields.get("controlnet_module", NO_PREPROCESSOR)).strip().lower()
     if module not in (CANNY, NO_PREPROCESSOR) and not module.startswith(DEPTH_MODULE):
-        raise SdApiError(400, f"The ControlNet module {module!r} is not in the studio: it detects 'canny' edges and "
+        raise SdApiError(422, f"The ControlNet module {module!r} is not in the studio: it detects 'canny' edges and "
                               f"depth ({LISTED_DEPTH_MODULE}), or gives the image back ('none').")
     images = fields.get("controlnet_input_images", fields.get("controlnet_images"))  # the second: older clients
     if not isinstance(images, list) or not images or not all(isinstance(image, str) for image in images):
@@ -206,6 +223,14 @@ def add_controlnet_routes(route, studio, threads, json_object,
                              "module_detail": {NO_PREPROCESSOR: {"model_free": False, "sliders": []},
                                                CANNY: {"model_free": False, "sliders": sliders},
                                                LISTED_DEPTH_MODULE: {"model_free": False, "sliders": []}}})
+
+    @route("GET", "/controlnet/settings")
+    async def settings(request: Request):
+        return JSONResponse({"control_net_unit_count": UNITS})
+
+    @route("GET", "/controlnet/control_types")
+    async def types(request: Request):
+        return JSONResponse(control_types(controlnet_weights(studio)))
 
     @route("POST", "/controlnet/detect")
     async def detect_route(request: Request):
