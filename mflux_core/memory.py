@@ -243,8 +243,11 @@ class MemoryBudget:
         log.info("%s; budget %s", plan.summary(), gb_text(self.bytes))
         if not plan.fits(self.bytes):
             raise InvalidRequest(plan.refusal(self.bytes))
-        if plan.fits_with_heap_growth(self.bytes):  # free memory kept for reuse: within the plan's slack
-            reuse_large_buffers(min(self.bytes - plan.needed_bytes, plan.largest_phase[1]))
+        if plan.fits_with_heap_growth(self.bytes):
+            # the heap keeps what MLX may free at once (its largest phase and its buffer cache, which the decode
+            # empties first) for the next buffers, within the plan's slack: with the phase alone a 512 px decode
+            # kept faulting its pages back in (bench/RESULTS.md, 2026-12-05)
+            reuse_large_buffers(min(self.bytes - plan.needed_bytes, plan.largest_phase[1] + self.cache_bytes))
         else:
             keep_large_buffers_mapped()
         return plan
