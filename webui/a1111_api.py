@@ -499,6 +499,7 @@ def sdapi_router(studio, auth=None) -> APIRouter:
         route("GET", f"/sdapi/v1/{name}")(answer)
     for name in ("refresh-checkpoints", "refresh-loras", "refresh-vae"):  # the listings are read on each request
         route("POST", f"/sdapi/v1/{name}")(nothing_to_do)
+
     def run_depth(image: Image.Image) -> Image.Image:
         """The studio's depth estimator on `image` (/controlnet/detect's depth modules), in the engine's turn."""
         with studio.turns.turn(**job_about("depth", None, *image.size), source=A1111_SOURCE):
