@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from mflux_core.command_args import base_request, manager_from_args, output_path, read_prompt, seeds_to_run
 from mflux_core.concept.command import add_concept_parsers, run_concept
+from mflux_core.controlnet_units import unit_from_flag
 from mflux_core.errors import StudioError
 from mflux_core.events import Downloading, Step
 from mflux_core.lora.library import resolve_lora_path
@@ -39,6 +40,8 @@ FLAG_TYPES = {"text": {}, "number": {"type": float}, "paths": {"nargs": "+"}, "n
               "switch": {"action": "store_true"},
               "region": {"action": "append", "type": flag_type(region_from_box_flag)},
               "region_mask": {"action": "append", "type": flag_type(region_from_mask_flag)},
+              "controlnet_unit": {"action": "append", "type": flag_type(unit_from_flag),
+                                  "metavar": "IMAGE[,KEY=VALUE]"},
               "whole": {"type": int}}
 
 
@@ -185,16 +188,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def save_control_image(request: GenerationRequest, output: Path, engine) -> Path:
-    """What the ControlNet saw for `request` (its Canny edges, or a Union ControlNet's control image of the
-    request's type), next to the output image as <output>_controlnet_<type>.png."""
+def save_control_images(request: GenerationRequest, output: Path, engine) -> list[Path]:
+    """What each ControlNet saw for `request` (its Canny edges, or a Union ControlNet's control image of the
+    unit's type), next to the output image as <output>_controlnet_<type>.png (unit 2 on: _controlnet<N>_<type>)."""
     from mflux_core.images.io import save_png_atomic
-    from mflux_core.tools.controlnet import CANNY, control_image
+    from mflux_core.tools.controlnet import CANNY, control_image, unit_request
     from mflux_core.tools.controlnet_conditioning import control_type
 
-    kind = control_type(request, CANNY)
-    _, seen, _, _ = control_image(request, kind, engine)
-    return save_png_atomic(seen, output.with_name(f"{output.stem}_controlnet_{kind}.png"), overwrite=True)
+    units = [request, *(unit_request(request, unit) for unit in request.controlnet_units)]
+    saved = []
+    for number, unit in enumerate(units, 1):
+        kind = control_type(unit, CANNY)
+        _, seen, _, _ = control_image(unit, kind, engine)
+        name = f"{output.stem}_controlnet{'' if number == 1 else number}_{kind}.png"
+        saved.append(save_png_atomic(seen, output.with_name(name), overwrite=True))
+    return saved
 
 
 def add_save_parser(tools) -> None:
@@ -325,7 +333,8 @@ def generate_and_save(args: argparse.Namespace, manager, request: GenerationRequ
     if args.metadata:
         path.with_suffix(".json").write_text(json.dumps(result.metadata, indent=2))
     if getattr(args, "controlnet_save_canny", False):
-        print(f"Saved {save_control_image(result.request, path, manager)}")
+        for saved in save_control_images(result.request, path, manager):
+            print(f"Saved {saved}")
     if args.verbose:
         status = manager.status()
         print(f"seed {request.seed}: {result.seconds:.2f} s; resident {status['resident_bytes'] / 1e6:.1f} MB; "

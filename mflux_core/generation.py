@@ -46,7 +46,7 @@ class ToolInputs:
     # (width, height) sampled and decoded when not the request's: an in-context diptych is two of its panels
     canvas: tuple[int, int] | None = None
     notes: tuple[str, ...] = ()  # what the tool did to its inputs that the user should hear of (a resize)
-    controlnet: FluxTransformerConfig | None = None  # the side network run before each transformer pass (the plan)
+    controlnets: tuple[FluxTransformerConfig, ...] = ()  # the side networks run before each transformer pass (the plan)
     estimated: tuple[tuple[str, int], ...] = ()  # (phase, peak bytes above the weights) of side models the tool ran
 
 

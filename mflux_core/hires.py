@@ -27,7 +27,7 @@ from mflux_core.request import GenerationRequest, hires_size
 from mflux_core.sampling.schedule import img2img_start_step
 from mflux_core.settings_schema import HIRES_UPSCALERS
 from mflux_core.tools.common import tool_inputs
-from mflux_core.tools.controlnet_conditioning import add_controlnet, steering
+from mflux_core.tools.controlnet_conditioning import ControlUnit, add_controlnets, steering, with_default_strength
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.generate import image_to_image_inputs
 from mflux_core.tools.upscale import CONTROL_TYPE as UPSCALE_CONTROL_TYPE, DEFAULT_STRENGTH as UPSCALER_STRENGTH
@@ -82,9 +82,10 @@ def second_pass_inputs(model: FluxModel, request: GenerationRequest, engine: Too
     if upscaler != CONTROLNET_UPSCALER:
         return inputs
     side = steering(model, inputs.request, engine, UPSCALER_CONTROLNET, UPSCALE_CONTROL_TYPE)
-    steered, controlnet = add_controlnet(model, inputs.request, engine, inputs.conditioning, before, side,
-                                         UPSCALER_STRENGTH)
-    return replace(inputs, request=steered, controlnet=controlnet)
+    steered = with_default_strength(inputs.request, UPSCALER_STRENGTH)
+    controlnets = add_controlnets(model, steered, engine, inputs.conditioning,
+                                  [ControlUnit(side, before, steered.controlnet_strength)])
+    return replace(inputs, request=steered, controlnets=controlnets)
 
 
 def passes_report(report: Report | None, offset: int, total: int, stage: str) -> Report | None:

@@ -10,6 +10,7 @@ the budget, and what still does not fit is refused.
 """
 
 import logging
+import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -105,14 +106,29 @@ def transformer_step_bytes(config: FluxTransformerConfig, image_tokens: int, tex
     return activations + scratch
 
 
-def controlnet_step_bytes(transformer: FluxTransformerConfig, controlnet: FluxTransformerConfig, image_tokens: int,
-                          text_tokens: int, itemsize: int) -> int:
-    """Peak bytes above the weights of one step with a ControlNet: its pass is evaluated before the
-    transformer's (tools/controlnet_conditioning.py), so the larger of the two, plus the residuals it hands
-    over (one image-wide sample per ControlNet block), alive through both."""
-    samples = (controlnet.num_layers + controlnet.num_single_layers) * image_tokens * controlnet.hidden_size * itemsize
-    passes = (transformer_step_bytes(config, image_tokens, text_tokens, itemsize) for config in (transformer, controlnet))
+def controlnet_step_bytes(transformer: FluxTransformerConfig, controlnets: tuple[FluxTransformerConfig, ...],
+                          image_tokens: int, text_tokens: int, itemsize: int) -> int:
+    """Peak bytes above the weights of one step with ControlNets: each one's pass is evaluated before the next and
+    before the transformer's (tools/controlnet_conditioning.py), so the largest pass, plus the residuals they hand
+    over (one image-wide sample per ControlNet block), alive through the passes, and with several ControlNets their
+    sums (one per distinct run of main blocks they cover)."""
+    per_token = image_tokens * transformer.hidden_size * itemsize
+    samples = sum(config.num_layers + config.num_single_layers for config in controlnets) * per_token
+    if len(controlnets) > 1:
+        samples += per_token * (
+            summed_sample_count(transformer.num_layers, [config.num_layers for config in controlnets])
+            + summed_sample_count(transformer.num_single_layers, [config.num_single_layers for config in controlnets]))
+    passes = (transformer_step_bytes(config, image_tokens, text_tokens, itemsize)
+              for config in (transformer, *controlnets))
     return max(passes) + samples
+
+
+def summed_sample_count(main_blocks: int, sample_counts: list[int]) -> int:
+    """The distinct sums of several ControlNets' samples over `main_blocks` blocks: each ControlNet's sample i covers
+    ceil(blocks / samples) blocks (models/transformer.py's ControlNetResiduals); blocks whose samples are the same
+    share one sum."""
+    intervals = [math.ceil(main_blocks / count) for count in sample_counts if count]
+    return len({tuple(block // interval for interval in intervals) for block in range(main_blocks)}) if intervals else 0
 
 
 def redux_encode_bytes(vision: SiglipVisionConfig, text_width: int, itemsize: int) -> int:

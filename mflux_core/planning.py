@@ -20,10 +20,10 @@ PIXEL_COPIES = 1.25
 
 def image_plan(transformer: FluxTransformerConfig, vae: VAEConfig, width: int, height: int, *, extra_tokens: int,
                text_tokens: int, itemsize: int, weights_bytes: int, reserved_bytes: int, decode_tile: int | None,
-               vae_itemsize: int, regional: bool = False, controlnet: FluxTransformerConfig | None = None,
+               vae_itemsize: int, regional: bool = False, controlnets: tuple[FluxTransformerConfig, ...] = (),
                estimated: tuple[tuple[str, int], ...] = ()) -> MemoryPlan:
     """The `estimated` phases of side models, denoising steps over the image's tokens (plus `extra_tokens`, e.g. a
-    Kontext reference; with a ControlNet's pass before each), then the decode. `regional`: the steps carry
+    Kontext reference; with the ControlNets' passes before each), then the decode. `regional`: the steps carry
     regional prompts' attention bias over the whole sequence."""
     scale = 2 ** (len(vae.block_out_channels) - 1)
     h, w = latent_grid(height, width, scale)
@@ -32,8 +32,8 @@ def image_plan(transformer: FluxTransformerConfig, vae: VAEConfig, width: int, h
     decode = vae_peak_bytes(vae, h * scale, w * scale, vae_itemsize, "decode", decode_tile)
     pixels = h * scale * w * scale * 3 * 4
     bias = attention_bias_bytes(image_tokens + text_tokens, itemsize) if regional else 0
-    step = (transformer_step_bytes(transformer, image_tokens, text_tokens, itemsize) if controlnet is None
-            else controlnet_step_bytes(transformer, controlnet, image_tokens, text_tokens, itemsize))
+    step = (controlnet_step_bytes(transformer, controlnets, image_tokens, text_tokens, itemsize) if controlnets
+            else transformer_step_bytes(transformer, image_tokens, text_tokens, itemsize))
     phases = (
         *estimated,
         ("denoising", step + bias),
@@ -55,7 +55,7 @@ def plan_tool_run(model: FluxModel, inputs: ToolInputs, weights_bytes: int, rese
         extra_tokens=0 if reference is None else reference.shape[1], text_tokens=conditioning.text.shape[1],
         itemsize=model.dtype.size, weights_bytes=weights_bytes, reserved_bytes=reserved_bytes,
         decode_tile=model.vae_tile(h * f, w * f, "decode", request.vae_tiling), vae_itemsize=model.vae.dtype.size,
-        regional=conditioning.attention_mask is not None, controlnet=inputs.controlnet, estimated=inputs.estimated,
+        regional=conditioning.attention_mask is not None, controlnets=inputs.controlnets, estimated=inputs.estimated,
     )
 
 

@@ -27,6 +27,7 @@ from mflux_core.metadata import A1111_KEY, JSON_KEY, MAX_METADATA_CHARS, request
 from mflux_core.request import (
     MAX_SEED, MAX_SIDE, MAX_STEPS, REQUEST_SETTINGS, TOOLS, GenerationRequest, is_finite_number,
 )
+from mflux_core.controlnet_units import IMAGE_KEY
 from mflux_core.settings_schema import (
     MAX_BATCH, MAX_LIST_ITEMS, MAX_LORA_SCALE, MAX_PROMPT_CHARS, MAX_TRUE_CFG_SCALE, SEED, Setting, checked, fragment,
     number, problems, schema, text,
@@ -129,6 +130,15 @@ def _region_mask_problem(regions) -> str | None:
     return None
 
 
+def _units_problem(units) -> str | None:
+    for number_, unit in enumerate(units, 2):
+        if unit.get(IMAGE_KEY) is not None:
+            return f"hold unit {number_}'s control image path; presets hold settings only (images are input files)"
+        if unit.get("controlnet_path") is not None and _model_problem(unit["controlnet_path"]):
+            return f"name unit {number_}'s ControlNet by a path; it must be {MODEL_NAME}"
+    return None
+
+
 def _model_name(label: str) -> Setting:
     return checked(text(label), _model_problem, MODEL_NAME).optional()
 
@@ -146,6 +156,8 @@ PRESET_SETTINGS: dict[str, Setting] = {
                      f"an object with at most {MAX_EXTRA_KEYS} keys"),
     "batch_count": number("Images", 1, MAX_BATCH, whole=True),
     "regions": checked(REQUEST_SETTINGS["regions"], _region_mask_problem, "regions with boxes (masks are input files)"),
+    "controlnet_units": checked(REQUEST_SETTINGS["controlnet_units"], _units_problem,
+                                "ControlNet units without images, their ControlNets named"),
 }
 assert set(PRESET_SETTINGS) == set(SETTING_FIELDS) | set(UI_FIELDS), "every setting needs a check"
 _SCHEMA = schema("PresetSettings", PRESET_SETTINGS, dict.fromkeys(PRESET_SETTINGS))
@@ -295,14 +307,21 @@ def delete_preset(folder: Path, name: str) -> None:
 # ----- settings from requests and PNGs -------------------------------------------------------
 
 
+def _named_side_models(settings: dict) -> dict:
+    """Tool settings with side models by name kept and paths (input files, model folders) dropped."""
+    return {k: v for k, v in settings.items()
+            if not (_is_path_key(k) and (not isinstance(v, str) or _model_problem(v)))}
+
+
 def settings_from_request(request: GenerationRequest) -> dict:
     """The settings of a request (its input paths dropped, LoRA paths as library names)."""
     values = request.to_dict()
     settings = {k: values[k] for k in SETTING_FIELDS}
     settings["lora_paths"] = [lora_library_name(p) for p in settings["lora_paths"]]
     settings["regions"] = [region for region in settings["regions"] if region.get("mask_path") is None]
-    settings["extra"] = {k: v for k, v in settings["extra"].items()  # side models by name stay; input files go
-                         if not (_is_path_key(k) and (not isinstance(v, str) or _model_problem(v)))}
+    settings["extra"] = _named_side_models(settings["extra"])
+    settings["controlnet_units"] = [_named_side_models({k: v for k, v in unit.items() if k != IMAGE_KEY})
+                                    for unit in settings["controlnet_units"]]
     for key in ("model", "base_model"):  # a folder path: keep its name, as in a models folder
         if settings[key] and _model_problem(settings[key]):
             name = Path(settings[key]).name

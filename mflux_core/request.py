@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator
 from pydantic_core import PydanticCustomError
 
+from mflux_core.controlnet_units import units_problem, unit_without_image
 from mflux_core.errors import InvalidRequest
 from mflux_core.regions import MAX_REGIONS, check_regions_fit, regions_problem
 from mflux_core.settings_schema import (  # the limits are imported from here too
@@ -44,6 +45,7 @@ class GenerationRequest:
     depth_image_path: str | None = None
     controlnet_image_path: str | None = None
     controlnet_strength: float | None = None  # None: the tool's default (canny 0.4, upscaler 0.6)
+    controlnet_units: tuple[dict, ...] = ()  # further ControlNets beside the one above: mflux_core/controlnet_units.py
     redux_image_paths: tuple[str, ...] = ()
     redux_image_strengths: tuple[float, ...] = ()
     lora_paths: tuple[str, ...] = ()
@@ -87,6 +89,8 @@ class GenerationRequest:
             raise InvalidRequest(
                 f"{len(self.lora_paths)} LoRA paths but {len(self.lora_scales)} scales: give one scale per LoRA."
             )
+        if self.controlnet_units:
+            self._check_controlnet_units()
         if self.reference_image_paths and self.tool != "kontext":
             raise InvalidRequest(f"Several reference images are for the Kontext tool, not {self.tool}: send one image.")
         if self.redux_image_strengths and len(self.redux_image_strengths) != len(self.redux_image_paths):
@@ -95,6 +99,13 @@ class GenerationRequest:
                 "give one strength per image."
             )
         return self
+
+    def _check_controlnet_units(self) -> None:
+        if self.tool != "controlnet":
+            raise InvalidRequest(f"Further ControlNet units are for the controlnet tool, not {self.tool}.")
+        missing = unit_without_image(self.controlnet_units)
+        if missing is not None:
+            raise InvalidRequest(f"ControlNet unit {missing} has no control image: give it a controlnet_image_path.")
 
     def _check_hires(self) -> None:
         if self.tool != "generate" or self.image_path:
@@ -211,6 +222,8 @@ REQUEST_SETTINGS: dict[str, Setting] = {
     "depth_image_path": text("The depth image path").optional(),
     "controlnet_image_path": text("The control image path").optional(),
     "controlnet_strength": number("ControlNet strength", 0, 2).optional(),
+    "controlnet_units": checked(Setting("The further ControlNet units", tuple[Any, ...], accepts="a list"),
+                                units_problem, "a list of ControlNet units"),
     "redux_image_paths": text("Redux image path").listed(),
     "redux_image_strengths": number("Redux image strength", 0, 1, low_note="(ignore the image)").listed(),
     "lora_paths": text("LoRA path").listed(),

@@ -26,11 +26,13 @@ from huggingface_hub import constants
 from PIL import Image, PngImagePlugin
 from safetensors.numpy import save_file
 
+from mflux_core.controlnet_units import MAX_UNITS
 from mflux_core.demo.dataset import low_resolution, upscale_example
 from mflux_core.demo.evaluate import EVALUATION_SEED, FILL_TOLERANCE
 from mflux_core.demo.examples import SOURCES
 from mflux_core.demo.family import IMAGE_SIZE
 from mflux_core.demo.shapes import shape_mask
+from mflux_core.images.canny import canny_edges
 from mflux_core.images.resize_modes import RESIZE_AND_FILL, resize_to
 from mflux_core.manager import ModelManager
 from mflux_core.weights.resolve import DEMO_MODELS_ENV, demo_folder
@@ -206,7 +208,7 @@ def test_a_controlnet_unit_steers_txt2img_by_the_control_pictures_edges(studio):
     unknown = studio.http.post(f"{extension}/detect", json={
         "controlnet_module": "openpose", "controlnet_input_images": [b64(picture)]})
     assert "module 'openpose' is not in the studio" in assert_a1111_error(unknown, 422)  # the extension's status
-    assert answer(studio.http.get(f"{extension}/settings")) == {"control_net_unit_count": 1}
+    assert answer(studio.http.get(f"{extension}/settings")) == {"control_net_unit_count": MAX_UNITS}
     types = answer(studio.http.get(f"{extension}/control_types"))["control_types"]
     weights = answer(studio.http.get(f"{extension}/model_list"))["model_list"]
     assert types["All"]["model_list"] == weights
@@ -216,6 +218,32 @@ def test_a_controlnet_unit_steers_txt2img_by_the_control_pictures_edges(studio):
     heavy = studio.http.post("/txt2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [
         {**unit, "weight": 3}]}}})
     assert "'alwayson_scripts.controlnet.args[0].weight' is invalid" in assert_a1111_error(heavy, 422)
+
+
+def test_several_controlnet_units_steer_together_in_any_order(studio):
+    """Two enabled units (Canny edges of one picture, another picture's edges given as they are) make an image
+    unlike either unit alone; the same units in the other order make the same image (their residuals add up)."""
+    first, second = studio.examples["controlnet"][:2]
+    edges = canny_edges(Image.open(second.images["image"]).convert("RGB"))
+    units = [{"module": "canny", "weight": 0.6, "image": b64(Image.open(first.images["image"]).convert("RGB"))},
+             {"module": "none", "weight": 0.5, "image": b64(edges), "resize_mode": "Crop and Resize"}]
+    fields = {"prompt": first.prompt, "seed": 0, "sampler_name": "Euler"}
+
+    def image(*chosen):
+        body = made(studio.http.post("/txt2img", json={**fields, "alwayson_scripts": {"controlnet": {
+            "args": list(chosen)}}}))
+        return np.asarray(decoded(body["images"][0]).convert("RGB")), body["info"]
+
+    both, info = image(*units)
+    assert "resize_mode of a later unit" not in str(info["ignored"])
+    assert np.array_equal(image(*reversed(units))[0], both)
+    for alone in units:
+        assert not np.array_equal(image(alone)[0], both)
+    many, info = image(*units, *units, units[0])
+    assert any("units after the first 4 (1: the studio runs up to 4 at once)" in item for item in info["ignored"])
+    heavy = studio.http.post("/txt2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [
+        units[0], {**units[1], "weight": 2.5}]}}})
+    assert "'alwayson_scripts.controlnet.args[1].weight' is invalid" in assert_a1111_error(heavy, 422)
 
 
 def test_a_controlnet_unit_in_img2img_starts_from_the_init_image_and_takes_it_as_control_without_one(studio):

@@ -280,6 +280,25 @@ def test_controlnet_canny_and_upscale(context):
     assert edges.shape == (48, 64, 3) and set(np.unique(edges)) == {0, 255}
 
 
+def test_controlnet_units_with_an_image_run_beside_unit_1_and_presets_keep_their_settings(context):
+    values = shared(control_image=picture(), mode=controlnet.CANNY, unit2_image=None, unit2_strength=0.9,
+                    unit3_image=picture((0, 0, 200)), unit3_weights="my-union", unit3_mode="depth", unit3_strength=0.7,
+                    unit4_image=picture((0, 200, 0)), unit4_weights="", unit4_mode="", unit4_strength=0.4)
+    [request] = controlnet.build_requests(values, context)
+    third, fourth = request.controlnet_units  # unit 2 has no image: it does not run
+    assert {k: v for k, v in third.items() if k != "controlnet_image_path"} == {
+        "controlnet_strength": 0.7, "controlnet_path": "my-union", "controlnet_mode": "depth"}
+    assert fourth.keys() == {"controlnet_strength", "controlnet_image_path"}  # the tool's defaults
+    assert Path(third["controlnet_image_path"]).parent == context.inputs.folder
+    assert np.array_equal(np.asarray(Image.open(fourth["controlnet_image_path"])), np.asarray(picture((0, 200, 0))))
+    settings = validate_settings(settings_from_request(request))  # as a preset or "send to" holds them
+    restored = controlnet.values_from_settings(settings)
+    assert (restored["unit2_mode"], restored["unit2_weights"], restored["unit2_strength"]) == ("depth", "my-union", 0.7)
+    assert "unit4_strength" not in restored  # the preset's units fill the page's slots in order
+    upscale = controlnet.build_requests({**values, "mode": controlnet.UPSCALE, "width": 0, "height": 0}, context)
+    assert upscale[0].controlnet_units == ()  # further units belong to Canny mode
+
+
 def test_redux_sends_filled_slots_with_their_strengths(context):
     values = shared(redux_image_1=picture(), redux_image_2=None, redux_image_3=picture((0, 0, 200)),
                     redux_image_4=None, redux_strength_1=0.2, redux_strength_2=0.4, redux_strength_3=0.8,

@@ -41,7 +41,7 @@ from mflux_core.presets import PresetError, a1111_sampling, settings_from_png
 from mflux_core.request import MAX_SEED, GenerationRequest, check_image_size, hires_size
 from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_BATCH, MAX_SIDE, SAMPLER_LABELS, SCHEDULE_LABELS
 from mflux_core.tools.specs import TOOL_SPECS, default_model_for
-from webui.a1111_controlnet import SCRIPT as CONTROLNET_SCRIPT, add_controlnet_routes, enabled_unit, unit_settings
+from webui.a1111_controlnet import SCRIPT as CONTROLNET_SCRIPT, add_controlnet_routes, enabled_units, units_inputs
 from webui.a1111_extras import UPSCALERS, add_extras_routes
 from webui.a1111_wire import SdApiError, as_file, b64_png, base64_data, decoded_image, parsed
 from webui.api_server import MAX_WAITING, JobThreads, api_routes, json_object
@@ -330,7 +330,7 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
     image = decoded_image(params.init_images[0], "init image")
     if params.enable_hr:
         ignored.append("enable_hr (the hires fix follows txt2img only)")
-    unit = enabled_unit(params.alwayson_scripts, ignored)
+    units = enabled_units(params.alwayson_scripts, ignored)
     if len(params.init_images) > 1:
         ignored.append("init_images after the first")
     size = (params.width or image.width, params.height or image.height)
@@ -339,13 +339,12 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
     store = studio.request_context().inputs
     settings = {"image_strength": round(1 - params.denoising_strength, 6), "width": size[0], "height": size[1]}
     inputs = {"image_path": store.save(resize_to(image, *size, mode), "api-image")}
-    if params.mask is None and unit is not None:  # the ControlNet steering image-to-image
-        unit_fields, control = unit_settings(studio, unit, ignored, init_image=image)
-        inputs["controlnet_image_path"] = store.save(control, "api-control")
-        return "controlnet", {**unit_fields, **settings}, inputs
+    if params.mask is None and units:  # the ControlNets steering image-to-image
+        unit_fields, control_inputs = units_inputs(studio, units, ignored, init_image=image)
+        return "controlnet", {**unit_fields, **settings}, {**inputs, **control_inputs}
     if params.mask is None:
         return "generate", settings, inputs
-    if unit is not None:
+    if units:
         ignored.append("alwayson_scripts.controlnet (not with an inpainting mask here)")
     mask = decoded_image(params.mask, "mask").convert("L").resize(image.size)
     mask = resize_to(mask, *size, mode).point(lambda v: 255 if (v > 127) != bool(params.inpainting_mask_invert) else 0)
@@ -359,13 +358,12 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
 def txt2img_inputs(studio, params: Txt2ImgParams, ignored: list[str]) -> tuple[str, dict, dict]:
     """(tool, settings, input paths) of a txt2img call: text-to-image (with the hires fix when asked for), or the
     ControlNet tool when an enabled ControlNet unit comes with it."""
-    unit = enabled_unit(params.alwayson_scripts, ignored)
-    if unit is None:
+    units = enabled_units(params.alwayson_scripts, ignored)
+    if not units:
         return "generate", hires_settings(params, ignored), {}
     if params.enable_hr:
         ignored.append("enable_hr (not with a ControlNet unit here)")
-    settings, image = unit_settings(studio, unit, ignored)
-    return "controlnet", settings, {"controlnet_image_path": studio.request_context().inputs.save(image, "api-control")}
+    return "controlnet", *units_inputs(studio, units, ignored)
 
 
 def make_images(studio, state: SdApiState, fields: dict, img2img: bool) -> dict:

@@ -1,14 +1,15 @@
 """The A1111 ControlNet extension's API (sd-webui-controlnet; Forge's built-in ControlNet speaks the same) on the
 studio's Canny ControlNet, so A1111 clients that steer txt2img with a control image work unchanged:
 
-    txt2img `alwayson_scripts: {"controlnet": {"args": [unit, ...]}}`: the first enabled unit runs the ControlNet
-        tool with its `image` (or the older `input_image`), `module` "canny" (edges found here with `threshold_a` /
-        `threshold_b`, OpenCV's units as the extension's) or "none" (the image already is an edge map), `weight`
-        (the ControlNet strength) and `resize_mode`; `model` picks the ControlNet weights when it names the studio's
-        (/controlnet/model_list), else the tool's default runs
+    txt2img `alwayson_scripts: {"controlnet": {"args": [unit, ...]}}`: the enabled units (up to four) run the
+        ControlNet tool, each with its `image` (or the older `input_image`), `module` "canny" (edges found here with
+        `threshold_a` / `threshold_b`, OpenCV's units as the extension's) or "none" (the image already is an edge
+        map), `weight` (the ControlNet strength); the first unit's `resize_mode` brings every control image to the
+        output size; `model` picks the ControlNet weights when it names the studio's (/controlnet/model_list), else
+        the tool's default runs; several units steer at once (their residuals add up)
     img2img with a unit: the same, starting from the init image (`denoising_strength`); a unit without an image
         takes the init image as its control image, as the extension does (with an inpainting mask: not here)
-    GET  /controlnet/version, /controlnet/model_list, /controlnet/module_list, /controlnet/settings (one unit),
+    GET  /controlnet/version, /controlnet/model_list, /controlnet/module_list, /controlnet/settings (four units),
         /controlnet/control_types (All, Canny, Depth: each one's modules and the ControlNets named for it or Union)
     POST /controlnet/detect: what a module makes of `controlnet_input_images`, as the extension's preview returns
         it: Canny edges, a depth module's depth map (the studio's depth estimator, in the engine's turn), or for
@@ -19,7 +20,7 @@ by the studio's depth estimator) runs its depth mode, and `union_control_type` (
 models) picks any of its modes for the image as it is sent (module "none") or as the module makes it.
 
 What FLUX.1's Canny ControlNet has no counterpart for (guidance_start / guidance_end, control_mode, a unit's mask,
-further units) is named in the answer's `info` as ignored; another module is refused with a sentence.
+units past four) is named in the answer's `info` as ignored; another module is refused with a sentence.
 """
 
 from typing import Callable
@@ -29,6 +30,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from mflux_core.controlnet_units import IMAGE_KEY, MAX_UNITS, UNIT_EXTRA_KEYS
 from mflux_core.images.canny import canny_edges
 from mflux_core.images.resize_modes import CROP_AND_RESIZE, JUST_RESIZE, RESIZE_AND_FILL, RESIZE_MODES
 from webui.a1111_wire import SdApiError, b64_png, decoded_image, parsed
@@ -45,7 +47,6 @@ RESIZE_NAMES = {"just resize": JUST_RESIZE, "crop and resize": CROP_AND_RESIZE, 
                 "inner fit (scale to fit)": CROP_AND_RESIZE, "scale to fit (inner fit)": CROP_AND_RESIZE,
                 "outer fit (shrink to fit)": RESIZE_AND_FILL, "envelope (outer fit)": RESIZE_AND_FILL}
 BALANCED = ("0", "balanced")  # control_mode as a number or a name
-UNITS = 1  # what /controlnet/settings answers as control_net_unit_count: FLUX.1 here takes one ControlNet
 # /controlnet/control_types: the extension's control types the studio has, with their modules (default first)
 # and the words a ControlNet's name has when it is made for that type (a Union ControlNet takes every type)
 CONTROL_TYPES = {"All": ([CANNY, LISTED_DEPTH_MODULE, NO_PREPROCESSOR], ("",)),
@@ -76,8 +77,9 @@ class ControlNetUnit(BaseModel):
     union_control_type: str | None = None  # a union model's mode, e.g. "Depth" ("Unknown": the module's own)
 
 
-def enabled_unit(scripts: dict, ignored: list[str]) -> ControlNetUnit | None:
-    """The first enabled ControlNet unit of a txt2img request's alwayson_scripts (later ones go to `ignored`)."""
+def enabled_units(scripts: dict, ignored: list[str]) -> list[ControlNetUnit]:
+    """The enabled ControlNet units of a request's alwayson_scripts, at most MAX_UNITS (later ones go to
+    `ignored`)."""
     script = next((value for key, value in scripts.items() if key.lower() == SCRIPT), None)
     args = script.get("args", []) if isinstance(script, dict) else []
     if not isinstance(args, list):
@@ -89,9 +91,27 @@ def enabled_unit(scripts: dict, ignored: list[str]) -> ControlNetUnit | None:
         unit = parsed(ControlNetUnit, fields, f"alwayson_scripts.controlnet.args[{index}].")
         if unit.enabled:
             units.append(unit)
-    if len(units) > 1:
-        ignored.append(f"alwayson_scripts.controlnet units after the first ({len(units) - 1}: FLUX.1 here takes one)")
-    return units[0] if units else None
+    if len(units) > MAX_UNITS:
+        ignored.append(f"alwayson_scripts.controlnet units after the first {MAX_UNITS} ({len(units) - MAX_UNITS}: "
+                       f"the studio runs up to {MAX_UNITS} at once)")
+    return units[:MAX_UNITS]
+
+
+def units_inputs(studio, units: list[ControlNetUnit], ignored: list[str], init_image=None) -> tuple[dict, dict]:
+    """(the ControlNet tool's settings, its input paths) for the enabled units: the first as the request's own
+    ControlNet, the others as its further units (mflux_core/controlnet_units.py)."""
+    store = studio.request_context().inputs
+    settings, image = unit_settings(studio, units[0], ignored, init_image)
+    further = []
+    for unit in units[1:]:
+        unit_fields, unit_image = unit_settings(studio, unit, ignored, init_image)
+        if unit_fields["resize_mode"] != settings["resize_mode"]:
+            ignored.append("alwayson_scripts.controlnet resize_mode of a later unit (the first unit's resizes all)")
+        extra = unit_fields["extra"]
+        further.append({"controlnet_strength": unit_fields["controlnet_strength"],
+                        **{key: extra[key] for key in UNIT_EXTRA_KEYS if key in extra},
+                        IMAGE_KEY: store.save(unit_image, "api-control")})
+    return {**settings, "controlnet_units": further}, {IMAGE_KEY: store.save(image, "api-control")}
 
 
 def image_and_mask(unit: ControlNetUnit) -> tuple:
@@ -226,7 +246,7 @@ def add_controlnet_routes(route, studio, threads, json_object,
 
     @route("GET", "/controlnet/settings")
     async def settings(request: Request):
-        return JSONResponse({"control_net_unit_count": UNITS})
+        return JSONResponse({"control_net_unit_count": MAX_UNITS})
 
     @route("GET", "/controlnet/control_types")
     async def types(request: Request):

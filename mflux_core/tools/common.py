@@ -84,7 +84,7 @@ def fit_input(image: Image.Image, request: GenerationRequest) -> tuple[Image.Ima
 def required_image(path: str | None, what: str, flag: str) -> Image.Image:
     if not path:
         raise InvalidRequest(f"This tool needs {what}: pass {flag}.")
-    return load_image(existing_file(path, what))
+    return load_image(existing_file(path, what.removeprefix("an ").removeprefix("a ")))  # "The input image ..."
 
 
 def encode_pixels(model: FluxModel, pixels) -> mx.array:

@@ -12,9 +12,15 @@ image over as it is (an edge map made elsewhere, or a ControlNet trained on othe
 A Union ControlNet takes other control types (`controlnet_mode`): for depth the image is a photo whose depth map
 the depth estimator makes (as the Depth tool does), for gray a photo made grayscale; tile, blur, pose and
 low-quality take the image as it is (a pose is a skeleton drawn elsewhere).
+
+Further units (`controlnet_units`, mflux_core/controlnet_units.py) run more ControlNets at once, as diffusers'
+FluxMultiControlNetModel: each unit's image is brought to the output size (set by unit 1's image) and prepared for
+its own control type, and the ControlNets' residuals are added.
 """
 
 from PIL import Image
+
+from mflux_core.controlnet_units import IMAGE_KEY, UNIT_EXTRA_KEYS
 
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
@@ -23,7 +29,9 @@ from mflux_core.memory import DEPTH_PHASE
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import fit_input, required_image, start_image_inputs, with_size
-from mflux_core.tools.controlnet_conditioning import controlnet_inputs, extra_number, steering
+from mflux_core.tools.controlnet_conditioning import (
+    ControlUnit, controlnet_inputs, extra_number, steering, with_default_strength,
+)
 
 DEFAULT_STRENGTH = 0.4  # mflux's default ControlNet strength
 CANNY = "canny"  # this tool's own control type (a Union ControlNet's mode 0)
@@ -58,11 +66,28 @@ def control_image(request: GenerationRequest, kind: str,
     return request, control, notes, estimated
 
 
+def unit_request(request: GenerationRequest, unit: dict) -> GenerationRequest:
+    """The request as further unit `unit` (mflux_core/controlnet_units.py) would be unit 1: its control image,
+    strength and ControlNet settings in place of the request's own (left out: the tool's defaults)."""
+    extra = {key: value for key, value in request.extra.items() if key not in UNIT_EXTRA_KEYS}
+    extra.update({key: unit[key] for key in UNIT_EXTRA_KEYS if unit.get(key) is not None})
+    return request.with_(controlnet_image_path=unit[IMAGE_KEY], controlnet_strength=unit.get("controlnet_strength"),
+                         extra=extra, controlnet_units=())
+
+
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
-    side = steering(model, request, engine, "canny", CANNY)  # a mode it lacks: refused before the image is made
-    request, control, notes, estimated = control_image(request, side.kind, engine)
-    inputs = controlnet_inputs(model, request, engine, control, side, tool="ControlNet", notes=notes,
-                               estimated=estimated, default_strength=DEFAULT_STRENGTH)
+    units = [request, *(unit_request(request, unit) for unit in request.controlnet_units)]
+    sides = [steering(model, unit, engine, "canny", CANNY) for unit in units]  # refused before any image is made
+    request, control, notes, estimated = control_image(with_default_strength(request, DEFAULT_STRENGTH),
+                                                       sides[0].kind, engine)
+    prepared = [ControlUnit(sides[0], control, request.controlnet_strength)]
+    for number, (unit, side) in enumerate(zip(units[1:], sides[1:]), 2):
+        unit = with_default_strength(unit.with_(width=request.width, height=request.height), DEFAULT_STRENGTH)
+        _, image, resized, depth = control_image(unit, side.kind, engine)
+        prepared.append(ControlUnit(side, image, unit.controlnet_strength))
+        notes += tuple(f"ControlNet unit {number}: {note}" for note in resized)
+        estimated += depth
+    inputs = controlnet_inputs(model, request, engine, prepared, tool="ControlNet", notes=notes, estimated=estimated)
     if not request.image_path:
         return inputs
     return start_image_inputs(model, inputs, required_image(request.image_path, "an input image", "--image-path"))

@@ -1,5 +1,5 @@
-"""What the ControlNet tools (canny, upscale) share: load the side network, encode the control
-image once, and hand the loop a closure that runs the ControlNet before every transformer call.
+"""What the ControlNet tools (canny, upscale) share: load the side networks, encode each control
+image once, and hand the loop a closure that runs the ControlNets before every transformer call.
 
 The maths follows diffusers' FluxControlNetPipeline: the control image is resized like any VAE
 input, encoded (posterior mean), normalised and packed; each step the ControlNet sees the noisy
@@ -19,7 +19,7 @@ from mflux_core.generation import ToolInputs
 from mflux_core.images.io import pil_to_pixels
 from mflux_core.memory import HINT_PHASE
 from mflux_core.models.controlnet import HINT_SCALE, FluxControlNet, load_controlnet
-from mflux_core.models.transformer import FluxTransformerConfig
+from mflux_core.models.transformer import ControlNetResiduals, FluxTransformerConfig
 from mflux_core.request import GenerationRequest
 from mflux_core.sampling.conditioning import Conditioning, ControlResiduals
 from mflux_core.sampling.latents import image_position_ids, latent_grid, text_position_ids
@@ -42,6 +42,16 @@ class Steering:
     kind: str
     mode: int | None
     notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ControlUnit:
+    """One ControlNet a request runs: the network and its mode (`side`), the image it sees (at the output size) and
+    how strongly it steers."""
+
+    side: Steering
+    image: Image.Image
+    strength: float
 
 
 def extra_number(request: GenerationRequest, key: str, default: float | None) -> float | None:
@@ -100,8 +110,8 @@ def steering(model: FluxModel, request: GenerationRequest, engine: ToolEngine, d
     """The request's ControlNet, loaded, and its control mode. A ControlNet without modes (Shakker-Labs'
     Union-Pro-2.0 takes any kind of image so) gets the image prepared for the asked type, with a note; a mode a
     Union ControlNet lacks is refused."""
+    kind = control_type(request, default_type)  # an unknown type refused before the ControlNet loads
     controlnet = resident_controlnet(model, request, engine, default_controlnet)
-    kind = control_type(request, default_type)
     if not controlnet.is_union:
         if kind == default_type:
             return Steering(controlnet, kind, None)
@@ -118,8 +128,8 @@ def steering(model: FluxModel, request: GenerationRequest, engine: ToolEngine, d
 def controlnet_residuals(controlnet: FluxControlNet, control_tokens: mx.array, conditioning: Conditioning,
                          image_ids: mx.array, strength: float, guidance: float, mode: int | None,
                          base_blocks: int) -> ControlResiduals:
-    """The loop's `Conditioning.control`: (latents, timestep, base guidance) -> scaled residuals. `base_blocks`: the
-    main transformer's double blocks, which an XLabs ControlNet's samples repeat over."""
+    """One ControlNet's residuals, as the loop's `Conditioning.control`: (latents, timestep, base guidance) -> scaled
+    residuals. `base_blocks`: the main transformer's double blocks, which an XLabs ControlNet's samples repeat over."""
     text_ids = text_position_ids(conditioning.text.shape[1])
     rope = controlnet.rope_tables(image_ids, text_ids)
     controlnet_guidance = mx.array([guidance], dtype=mx.float32) if controlnet.config.guidance_embeds else None
@@ -141,36 +151,71 @@ def controlnet_residuals(controlnet: FluxControlNet, control_tokens: mx.array, c
     return residuals
 
 
-def controlnet_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine, control_image: Image.Image,
-                      side: Steering, *, tool: str, default_strength: float, notes: tuple[str, ...] = (),
+def summed_samples(per_unit: list[list[mx.array]], main_blocks: int) -> list[mx.array]:
+    """Several ControlNets' samples as one per main block: each ControlNet's spread over the blocks as it alone
+    would be (ControlNetResiduals.per_block), then added; blocks whose samples are the same share one sum. Where the
+    ControlNets have as many blocks as each other this is diffusers' FluxMultiControlNetModel, which adds sample i
+    to sample i (with different counts it drops the longer lists' tails; here each keeps its own spread)."""
+    spread = [ControlNetResiduals.per_block(samples, main_blocks) for samples in per_unit if samples]
+    sums: dict[tuple[int, ...], mx.array] = {}
+    for parts in zip(*spread):
+        key = tuple(map(id, parts))
+        if key not in sums:
+            sums[key] = sum(parts[1:], parts[0])
+    return [sums[tuple(map(id, parts))] for parts in zip(*spread)]
+
+
+def all_residuals(parts: list[ControlResiduals], main_blocks: tuple[int, int]) -> ControlResiduals:
+    """The loop's `Conditioning.control` for several ControlNets: each one's residuals (evaluated one ControlNet
+    at a time), summed per main block and evaluated, so only the sums reach the transformer's pass."""
+    if len(parts) == 1:
+        return parts[0]
+
+    def residuals(latents: mx.array, timestep: mx.array, base_guidance: mx.array | None):
+        per_unit = [part(latents, timestep, base_guidance) for part in parts]
+        blocks = summed_samples([blocks for blocks, _ in per_unit], main_blocks[0])
+        singles = summed_samples([singles for _, singles in per_unit], main_blocks[1])
+        mx.eval(blocks, singles)
+        return blocks, singles
+
+    return residuals
+
+
+def with_default_strength(request: GenerationRequest, default_strength: float) -> GenerationRequest:
+    return request if request.controlnet_strength is not None else request.with_(controlnet_strength=default_strength)
+
+
+def controlnet_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine, units: list[ControlUnit], *,
+                      tool: str, notes: tuple[str, ...] = (),
                       estimated: tuple[tuple[str, int], ...] = ()) -> ToolInputs:
-    """ToolInputs for a request whose size is set: the prompt plus ControlNet residuals from `control_image`."""
+    """ToolInputs for a request whose size and ControlNet strengths are set: the prompt plus the ControlNets'
+    residuals from their control images."""
     check_in_channels(model, packed_channels(model), tool, "base (dev or schnell)")
     conditioning = prompt_conditioning(model, request)
-    request, controlnet = add_controlnet(model, request, engine, conditioning, control_image, side, default_strength)
-    return ToolInputs(request, conditioning, notes=notes + side.notes, controlnet=controlnet, estimated=estimated)
+    controlnets = add_controlnets(model, request, engine, conditioning, units)
+    side_notes = tuple(note for unit in units for note in unit.side.notes)
+    return ToolInputs(request, conditioning, notes=notes + side_notes, controlnets=controlnets, estimated=estimated)
 
 
-def add_controlnet(model: FluxModel, request: GenerationRequest, engine: ToolEngine, conditioning: Conditioning,
-                   control_image: Image.Image, side: Steering,
-                   default_strength: float) -> tuple[GenerationRequest, FluxTransformerConfig]:
-    """Steer `conditioning` by `control_image` through the ControlNet (its residuals before every transformer
-    call); the request with the ControlNet strength it used, and the ControlNet's config (for the plan)."""
-    controlnet = side.controlnet
+def add_controlnets(model: FluxModel, request: GenerationRequest, engine: ToolEngine, conditioning: Conditioning,
+                    units: list[ControlUnit]) -> tuple[FluxTransformerConfig, ...]:
+    """Steer `conditioning` by each unit's control image through its ControlNet (their residuals, summed, before
+    every transformer call); the ControlNets' configs (for the plan). The request's size must be set."""
     # A base without a guidance embedding (schnell) still hands one to a ControlNet that has it.
     controlnet_guidance = tool_spec(request.tool).guidance if request.guidance is None else request.guidance
-    if request.controlnet_strength is None:
-        request = request.with_(controlnet_strength=default_strength)
-    if controlnet.takes_pixels:  # XLabs: its hint block reads the pixels (once per image), not the VAE's latents
-        engine.check_side_run(f"the ControlNet's reading of a {request.width}x{request.height} control image",
-                              HINT_PHASE, controlnet.hint_peak_bytes(request.width, request.height))
-        control_tokens = controlnet.hint_tokens(mx.array(pil_to_pixels(control_image, request.width, request.height)))
-        mx.eval(control_tokens)
-    else:
-        control_tokens = engine.encoded_image(model, control_image, request.width, request.height)  # once per image
     image_ids = image_position_ids(*latent_grid(request.height, request.width, model.vae_scale_factor))
-    conditioning.control = controlnet_residuals(
-        controlnet, control_tokens, conditioning, image_ids, request.controlnet_strength, controlnet_guidance,
-        side.mode, model.config.num_layers,
-    )
-    return request, controlnet.config
+    parts = []
+    for unit in units:
+        controlnet = unit.side.controlnet
+        if controlnet.takes_pixels:  # XLabs: its hint block reads the pixels (once per image), not the VAE's latents
+            engine.check_side_run(f"the ControlNet's reading of a {request.width}x{request.height} control image",
+                                  HINT_PHASE, controlnet.hint_peak_bytes(request.width, request.height))
+            control_tokens = controlnet.hint_tokens(mx.array(pil_to_pixels(unit.image, request.width,
+                                                                           request.height)))
+            mx.eval(control_tokens)
+        else:
+            control_tokens = engine.encoded_image(model, unit.image, request.width, request.height)  # once per image
+        parts.append(controlnet_residuals(controlnet, control_tokens, conditioning, image_ids, unit.strength,
+                                          controlnet_guidance, unit.side.mode, model.config.num_layers))
+    conditioning.control = all_residuals(parts, (model.config.num_layers, model.config.num_single_layers))
+    return tuple(unit.side.controlnet.config for unit in units)

@@ -12,6 +12,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from mflux_core.controlnet_units import MAX_UNITS
 from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE, UNION_CONTROL_TYPES
 from mflux_core.images.resize_modes import RESIZE_MODES
 
@@ -28,7 +29,7 @@ class Flag:
     help: str
     into: str = REQUEST
     field: str = ""  # the request field or extra key; default: the flag's name ("--image-path" -> "image_path")
-    kind: str = "text"  # text, number, paths, numbers, switch, whole
+    kind: str = "text"  # text, number, paths, numbers, switch, whole, region, region_mask, controlnet_unit
     choices: tuple[str, ...] = ()
     hidden: bool = False  # accepted for mflux compatibility, not listed in --help
 
@@ -153,7 +154,11 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                       "map made elsewhere)", into=EXTRA, kind="switch"),
                  Flag("--canny-low", "Canny low threshold, OpenCV's units (default 100)", into=EXTRA, kind="number"),
                  Flag("--canny-high", "Canny high threshold, OpenCV's units (default 200)", into=EXTRA,
-                      kind="number"), RESIZE_FLAG)),
+                      kind="number"), RESIZE_FLAG,
+                 Flag("--controlnet-unit", "one more ControlNet at the same time, with its own control image: "
+                      "IMAGE[,mode=TYPE][,strength=N][,path=CONTROLNET][,canny-low=N][,canny-high=N][,skip-canny] "
+                      f"(defaults as above); repeat for up to {MAX_UNITS - 1}", kind="controlnet_unit",
+                      field="controlnet_units"))),
     ToolSpec("upscale", "regenerate an image at a larger size (FLUX.1 upscaler ControlNet)", "upscale", "dev",
              BASE_KINDS, guidance=3.5, demo_model="demo", sized_by_input=True, true_cfg=True, flags=(
                  *controlnet_flags("upscaler (jasperai/Flux.1-dev-Controlnet-Upscaler); demo-upscaler on a demo "

@@ -16,7 +16,9 @@ from mflux_core.generation import ToolInputs
 from mflux_core.request import GenerationRequest, check_image_size, snap_to_16
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import fit_input, required_image
-from mflux_core.tools.controlnet_conditioning import controlnet_inputs, extra_number, steering
+from mflux_core.tools.controlnet_conditioning import (
+    ControlUnit, controlnet_inputs, extra_number, steering, with_default_strength,
+)
 
 DEFAULT_STRENGTH = 0.6  # jasperai's published controlnet_conditioning_scale
 DEFAULT_FACTOR = 2.0
@@ -44,5 +46,6 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     request = upscaled_size(request, image)
     image, notes = fit_input(image, request)
     side = steering(model, request, engine, "upscaler", CONTROL_TYPE)
-    return controlnet_inputs(model, request, engine, image, side, tool="Upscale", notes=notes,
-                             default_strength=DEFAULT_STRENGTH)
+    request = with_default_strength(request, DEFAULT_STRENGTH)
+    return controlnet_inputs(model, request, engine, [ControlUnit(side, image, request.controlnet_strength)],
+                             tool="Upscale", notes=notes)

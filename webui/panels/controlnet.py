@@ -1,9 +1,11 @@
 """ControlNet: follow a picture's Canny edges (from text, or from an input image: image-to-image), or upscale it
 with the upscaler ControlNet (on FLUX.1-dev); a Union ControlNet also by its other control types (depth, tile,
-gray, ...)."""
+gray, ...). In Canny mode, further units run more ControlNets at once, each with its own image (e.g. edges and a
+depth map): mflux_core/controlnet_units.py."""
 
 import gradio as gr
 
+from mflux_core.controlnet_units import IMAGE_KEY, MAX_UNITS
 from mflux_core.demo.examples import UPSCALE_FACTOR
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.canny import canny_edges
@@ -30,6 +32,29 @@ MODE_STRENGTHS = {CANNY: 0.4, UPSCALE: 0.6}  # the engine's defaults for each Co
 OWN_TYPE = ""  # the control type picker's value for "the mode's own" (canny for edges, tile for upscale)
 CONTROL_TYPES = [("the mode's own", OWN_TYPE),
                  *((kind, kind) for kind in UNION_CONTROL_TYPES)]
+UNITS = range(2, MAX_UNITS + 1)  # the further units' numbers (unit 1 is the controls above)
+UNIT_CONTROLS = ("image", "weights", "mode", "strength")  # each further unit's, as values' keys unit{N}_{control}
+
+
+def unit_key(number: int, control: str) -> str:
+    return f"unit{number}_{control}"
+
+
+def unit_settings(values: dict) -> list[dict]:
+    """The further units that have a control image, as request settings (their images are added by
+    build_requests); a unit's weights and control type are left out when they are the defaults."""
+    units = []
+    for number in UNITS:
+        if values.get(unit_key(number, "image")) is None:
+            continue
+        strength = number_value(values, unit_key(number, "strength"), DEFAULTS["controlnet_strength"],
+                                f"ControlNet unit {number}'s strength")
+        unit = {"controlnet_strength": strength}
+        for control, key in (("weights", "controlnet_path"), ("mode", "controlnet_mode")):
+            if values.get(unit_key(number, control)):
+                unit[key] = values[unit_key(number, control)]
+        units.append(unit)
+    return units
 
 
 def settings_from_values(values: dict) -> dict:
@@ -45,8 +70,9 @@ def settings_from_values(values: dict) -> dict:
         extra["controlnet_path"] = values["controlnet_weights"]
     if values.get("controlnet_mode"):
         extra["controlnet_mode"] = values["controlnet_mode"]
+    units = {"controlnet_units": unit_settings(values)} if mode == CANNY else {}
     return {"tool": MODE_TOOLS[mode], **shared_settings(values), "extra": extra,
-            "controlnet_strength": setting(values, "controlnet_strength"), **start}
+            "controlnet_strength": setting(values, "controlnet_strength"), **start, **units}
 
 
 def setting(values: dict, key: str) -> float:
@@ -65,6 +91,10 @@ def values_from_settings(settings: dict) -> dict:
     if "extra" in settings:
         values["controlnet_weights"] = extra.get("controlnet_path", TOOL_DEFAULT)
         values["controlnet_mode"] = extra.get("controlnet_mode", OWN_TYPE)
+    for number, unit in zip(UNITS, settings.get("controlnet_units") or []):
+        values[unit_key(number, "strength")] = unit.get("controlnet_strength", DEFAULTS["controlnet_strength"])
+        values[unit_key(number, "weights")] = unit.get("controlnet_path", TOOL_DEFAULT)
+        values[unit_key(number, "mode")] = unit.get("controlnet_mode", OWN_TYPE)
     return values
 
 
@@ -76,6 +106,10 @@ def build_requests(values: dict, context: RequestContext) -> list[GenerationRequ
     start = values.get("init_image") if settings["tool"] == MODE_TOOLS[CANNY] else None
     if start is None:
         settings.pop("image_strength", None)
+    images = [values.get(unit_key(number, "image")) for number in UNITS]
+    images = [unit_image for unit_image in images if unit_image is not None]
+    settings["controlnet_units"] = [{**unit, IMAGE_KEY: context.inputs.save(unit_image, "control")}
+                                    for unit, unit_image in zip(settings.get("controlnet_units", []), images)]
     return requests_from_settings(settings, context, controlnet_image_path=context.inputs.save(image, "control"),
                                   image_path=context.inputs.save(start, "controlnet-init"))
 
@@ -87,10 +121,36 @@ def edges_preview(image, low, high):
 
 def mode_controls(mode: str, kind: str) -> tuple:
     """The edges preview and Canny thresholds belong to Canny mode with Canny control (a Union ControlNet's other
-    types see the image, or its depth map), image-to-image to Canny mode, the upscale factor to Upscale mode."""
+    types see the image, or its depth map), image-to-image and further units to Canny mode, the upscale factor to
+    Upscale mode."""
     canny = mode == CANNY
     edges = canny and kind in (OWN_TYPE, None, "canny")  # None: an example that sets the own type
-    return gr.update(visible=edges), gr.update(visible=edges), gr.update(visible=canny), gr.update(visible=not canny)
+    return (gr.update(visible=edges), gr.update(visible=edges), gr.update(visible=canny), gr.update(visible=canny),
+            gr.update(visible=not canny))
+
+
+def render_units(weight_choices: list) -> tuple[gr.Accordion, dict, dict]:
+    """The further units' accordion, their settings' controls (what presets save) and their images."""
+    controls, images = {}, {}
+    with gr.Accordion(f"More ControlNets at once (units 2 to {MAX_UNITS})", open=False,
+                      elem_id="controlnet-units") as accordion:
+        gr.Markdown("Each unit with an image runs its own ControlNet beside the one above (e.g. Canny edges and a "
+                    "depth map); their steering adds up. A unit's image is brought to the output size.")
+        for number in UNITS:
+            with gr.Row():
+                images[unit_key(number, "image")] = input_image(f"Unit {number}: control image",
+                                                                f"controlnet-unit{number}-image")
+                with gr.Column():
+                    controls[unit_key(number, "weights")] = gr.Dropdown(
+                        weight_choices, value=TOOL_DEFAULT, label=f"Unit {number}: ControlNet weights",
+                        elem_id=f"controlnet-unit{number}-weights")
+                    controls[unit_key(number, "mode")] = gr.Dropdown(
+                        CONTROL_TYPES, value=OWN_TYPE, label=f"Unit {number}: control type",
+                        elem_id=f"controlnet-unit{number}-type")
+                    controls[unit_key(number, "strength")] = gr.Slider(
+                        0, 2, DEFAULTS["controlnet_strength"], step=0.05, label=f"Unit {number}: strength",
+                        elem_id=f"controlnet-unit{number}-strength")
+    return accordion, controls, images
 
 
 def render(studio) -> Panel:
@@ -119,16 +179,17 @@ def render(studio) -> Panel:
                     image_strength = gr.Slider(0, 0.99, DEFAULTS["image_strength"], step=0.01,
                                                label="Image strength (how much of the input is kept)",
                                                elem_id="controlnet-image-strength")
+                weight_choices = side_model_choices(studio.manager.list_models(), "controlnet",
+                                                    "default: canny for Canny edges (demo-canny on a demo model), "
+                                                    "upscaler for Upscale (demo-upscaler on a demo model)")
                 with gr.Row():
-                    weights = gr.Dropdown(
-                        side_model_choices(studio.manager.list_models(), "controlnet",
-                                           "default: canny for Canny edges (demo-canny on a demo model), "
-                                           "upscaler for Upscale (demo-upscaler on a demo model)"),
-                        value=TOOL_DEFAULT, label="ControlNet weights", elem_id="controlnet-weights", scale=3)
+                    weights = gr.Dropdown(weight_choices, value=TOOL_DEFAULT, label="ControlNet weights",
+                                          elem_id="controlnet-weights", scale=3)
                     union_type = gr.Dropdown(CONTROL_TYPES, value=OWN_TYPE, label="Control type (Union ControlNets)",
                                              info="own: canny (Upscale: tile); depth: the photo's depth map; "
                                                   "gray: the photo made gray; the rest: the image as it is",
                                              elem_id="controlnet-union-type", scale=2)
+                units, unit_controls, unit_images = render_units(weight_choices)
                 shared = build_shared_controls(studio, TOOL, TOOL)
                 example_image = {control_image: lambda e: str(e.images["image"])}
                 render_demo_examples(studio, TOOL, shared.controls, example_image,
@@ -141,7 +202,7 @@ def render(studio) -> Panel:
                                       upscale_factor: UPSCALE_FACTOR}, kind=UPSCALE)
                 controls = {**shared.controls, "mode": mode, "controlnet_strength": strength, "canny_low": canny_low,
                             "canny_high": canny_high, "upscale_factor": upscale_factor, "controlnet_weights": weights,
-                            "controlnet_mode": union_type, "image_strength": image_strength}
+                            "controlnet_mode": union_type, "image_strength": image_strength, **unit_controls}
                 panel = Panel(TOOL, tuple(MODE_TOOLS.values()), controls, settings_from_values, values_from_settings,
                               send_target=control_image)
                 render_presets(studio, panel)
@@ -159,10 +220,11 @@ def render(studio) -> Panel:
     canny_high.release(**preview, api_name="canny_preview_high", api_visibility="private")
     mode.input(MODE_STRENGTHS.get, mode, strength, queue=False, api_visibility="private")
     for picker in (mode, union_type):  # .change: a preset that sets them shows its controls too
-        picker.change(mode_controls, [mode, union_type], [edges, canny_thresholds, img2img, upscale_factor],
+        picker.change(mode_controls, [mode, union_type], [edges, canny_thresholds, img2img, units, upscale_factor],
                       queue=False, api_visibility="private")
     panel.view, panel.run_handler = view, studio.job(view)(build_requests)
-    studio.wire_run(run, panel.run_handler, {**controls, "control_image": control_image, "init_image": init_image},
+    studio.wire_run(run, panel.run_handler,
+                    {**controls, "control_image": control_image, "init_image": init_image, **unit_images},
                     view, api_name="controlnet")
     studio.wire_stop(stop)
     return panel
