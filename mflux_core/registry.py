@@ -1,16 +1,19 @@
 """The models a user can pick: aliases, the shipped demo models, folders in the models directory, repos in
 the HF cache.
 
-Listing only looks at folder names and small JSON files; it never loads weights.
+Listing only looks at folder names, small JSON files and safetensors headers; it never loads weights.
 """
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from safetensors import SafetensorError, safe_open
+
 from mflux_core.downloads import cached_repo_folder  # complete downloads only: a partial one is not a model
 from mflux_core.models.vae import FLUX_SIDE, native_side
 from mflux_core.weights.resolve import ALIASES, DEMO_MODELS, demo_models_dir, hf_cache_dir
+from mflux_core.weights.xlabs import is_xlabs_controlnet
 
 FLUX_PIPELINE_KINDS = {
     "FluxPipeline": "base", "FluxFillPipeline": "fill", "FluxControlPipeline": "depth",
@@ -56,6 +59,17 @@ def folder_kind(folder: Path) -> str | None:
     if (folder / "transformer").is_dir():
         return "base"
     return None
+
+
+def file_kind(path: Path) -> str:
+    """What a .safetensors file in the models folder holds, from its header's tensor names: one of XLabs' ControlNets
+    (weights/xlabs.py), else a single-file transformer."""
+    try:
+        with safe_open(path, framework="numpy") as weights:
+            keys = weights.keys()
+    except (OSError, SafetensorError):
+        return "single-file"  # loading it says what is wrong
+    return "controlnet" if is_xlabs_controlnet(keys) else "single-file"
 
 
 def folder_native_side(folder: Path) -> int:
@@ -121,7 +135,7 @@ def list_models(models_dir: Path | None) -> list[ModelEntry]:
     if models_dir is not None and Path(models_dir).is_dir():
         for path in sorted(Path(models_dir).iterdir()):
             if path.is_file() and path.suffix == ".safetensors":
-                entries.append(ModelEntry(path.name, "single-file", "models folder", True))
+                entries.append(ModelEntry(path.name, file_kind(path), "models folder", True))
             elif path.is_dir() and (kind := folder_kind(path)):
                 entries.append(ModelEntry(path.name, kind, "models folder", True, folder_native_side(path)))
     known = set(ALIASES.values())

@@ -8,6 +8,9 @@ siblings: config `conditioning_embedding_channels`) against diffusers.
   ControlNets (0, 0, 1, 1) by 93 levels: a tool that spread them, or encoded the image with the VAE, could not pass;
   another control image moves diffusers' image by more than 3x the tolerance.
 - A base whose tokens are not the hint block's size is refused in a sentence.
+- XLabs' own single files (flux-canny-controlnet-v3.safetensors: BFL names, one Sequential hint block) make the same
+  image as the diffusers-layout ControlNet they were written from, picked from the models folder by name, where they
+  are listed as ControlNets; another single file given as a ControlNet is refused in a sentence.
 """
 
 import mlx.core as mx
@@ -24,6 +27,7 @@ from tests.test_controlnet import (
     CONDITIONING_EFFECT, MEANINGFUL_CHANGE, PROMPT, RELATIVE_TOLERANCE, diffusers_pipeline, random_image,
     random_inputs, reference_image, relative_error, save,
 )
+from tests.test_transformer import diffusers_to_bfl
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +106,61 @@ def test_the_hint_blocks_planned_peak_holds_what_it_takes(xlabs_controlnet):
     mx.eval(ours.hint_tokens(pixels))
     measured = mx.get_peak_memory() - before
     assert measured <= ours.hint_peak_bytes(1024, 1024) <= 1.25 * measured
+
+
+# --- XLabs' own single files ----------------------------------------------------------------------
+
+
+def as_xlabs_file(folder, path):
+    """The diffusers-layout ControlNet in `folder` saved as XLabs' own single file: its trunk in BFL's names (the
+    mapping tests/test_transformer.py checks against diffusers' converter) and XLabs' names for the rest, as
+    x-flux's ControlNetFlux has them (pos_embed_input; input_hint_block as one Sequential, a SiLU after each
+    convolution but the last)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+    own = {k: state.pop(k) for k in list(state) if k.startswith(("controlnet_", "input_hint_block."))}
+    hint_layers = ["conv_in", *(f"blocks.{i}" for i in range(6)), "conv_out"]
+    xlabs = diffusers_to_bfl(state)
+    for key, value in own.items():
+        if key.startswith("controlnet_x_embedder."):
+            key = key.replace("controlnet_x_embedder", "pos_embed_input")
+        elif key.startswith("input_hint_block."):
+            layer, param = key[len("input_hint_block."):].rsplit(".", 1)
+            key = f"input_hint_block.{2 * hint_layers.index(layer)}.{param}"
+        xlabs[key] = value
+    save_file({k: v.contiguous() for k, v in xlabs.items()}, str(path))
+    return path
+
+
+def test_xlabs_own_single_file_matches_diffusers_and_is_listed_as_a_controlnet(four_block_base, xlabs_controlnet,
+                                                                              tmp_path, capsys):
+    """The file, picked from the models folder by name, makes diffusers' image of the same ControlNet in diffusers'
+    layout; another single file given as a ControlNet is refused in a sentence."""
+    from mflux_core.registry import list_models
+
+    models = tmp_path / "models"
+    models.mkdir()
+    as_xlabs_file(xlabs_controlnet, models / "flux-canny-controlnet-v3.safetensors")
+    control = random_image(80, 48, seed=11)
+    noise_path = make_noise(tmp_path, (1, 4, 6, 10), seed=12)
+    ours = run_cli(
+        "controlnet", "--path", four_block_base, "--models-dir", models, "--controlnet-path",
+        "flux-canny-controlnet-v3.safetensors", "--prompt", PROMPT, "--controlnet-image-path",
+        save(control, tmp_path / "control.png"), "--controlnet-skip-canny", "--controlnet-strength", 0.8, "--steps",
+        2, "--height", 48, "--width", 80, "--guidance", 4.0, "--init-noise", noise_path, "--output",
+        tmp_path / "ours.png",
+    )
+    expected = reference_image(diffusers_pipeline(four_block_base, xlabs_controlnet), control, noise_path, 48, 80, 2,
+                               4.0, 0.8)
+    assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
+    listed = {entry.name: entry.kind for entry in list_models(models) if entry.where == "models folder"}
+    assert listed == {"flux-canny-controlnet-v3.safetensors": "controlnet"}
+
+    from safetensors.numpy import save_file
+    save_file({"img_in.weight": np.zeros((4, 4), np.float32)}, str(models / "other.safetensors"))
+    args = ["controlnet", "--path", four_block_base, "--controlnet-path", models / "other.safetensors", "--prompt",
+            PROMPT, "--controlnet-image-path", tmp_path / "control.png", "--steps", 1, "--output", tmp_path / "x.png"]
+    assert cli_main([str(a) for a in args]) == 1
+    assert (f"{models / 'other.safetensors'} is not a FLUX ControlNet: a single file must be one of XLabs'"
+            in capsys.readouterr().err)

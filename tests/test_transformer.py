@@ -211,8 +211,9 @@ def diffusers_to_bfl(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             if f"{old}.{param}" in state:
                 bfl[f"{new}.{param}"] = state[f"{old}.{param}"]
     for param in ("weight", "bias"):
-        scale, shift = state[f"norm_out.linear.{param}"].chunk(2)
-        bfl[f"final_layer.adaLN_modulation.1.{param}"] = torch.cat([shift, scale])
+        if f"norm_out.linear.{param}" in state:  # a ControlNet's trunk has none
+            scale, shift = state[f"norm_out.linear.{param}"].chunk(2)
+            bfl[f"final_layer.adaLN_modulation.1.{param}"] = torch.cat([shift, scale])
 
     double_count = len({k.split(".")[1] for k in state if k.startswith("transformer_blocks.")})
     double_renames = {

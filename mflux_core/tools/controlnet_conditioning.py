@@ -78,9 +78,12 @@ def resident_controlnet(model: FluxModel, request: GenerationRequest, engine: To
         raise InvalidRequest(f"The ControlNet {name} is made for FLUX.1-dev and cannot drive the demo model "
                              f"{model.folder.name}: put FLUX.1-dev and {ALIASES[name]} into the models folder, or "
                              "download them once online.")
-    controlnet = engine.auxiliary_model(name, lambda folder: quantize_model(load_controlnet(folder, model.dtype),
-                                                                             request.quantize),
-                                         variant=f"{model.dtype} {request.quantize}-bit")
+    axes = tuple(model.config.axes_dims_rope)  # an XLabs single file's RoPE: its base model's
+
+    def load(path):
+        return quantize_model(load_controlnet(path, model.dtype, axes), request.quantize)
+
+    controlnet = engine.auxiliary_model(name, load, variant=f"{model.dtype} {request.quantize}-bit {axes}")
     made_for = (controlnet.config.hidden_size, controlnet.config.in_channels)
     if made_for != (model.config.hidden_size, model.config.in_channels):
         raise InvalidRequest(

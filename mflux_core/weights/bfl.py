@@ -81,7 +81,7 @@ def _swap_halves(value: mx.array) -> mx.array:
 def bfl_to_diffusers(weights: dict[str, mx.array]) -> dict[str, mx.array]:
     """BFL (or ComfyUI) transformer weights -> diffusers FluxTransformer2DModel names and layout."""
     weights = strip_comfy_prefix(weights)
-    hidden_size = _require(weights, "img_in.weight").shape[0]
+    hidden_size = required_tensor(weights, "img_in.weight").shape[0]
     converted: dict[str, mx.array] = {}
     for key, value in weights.items():
         block = BLOCK_KEY.match(key)
@@ -115,13 +115,13 @@ def bfl_to_diffusers(weights: dict[str, mx.array]) -> dict[str, mx.array]:
     return converted
 
 
-def _require(weights: dict[str, mx.array], key: str) -> mx.array:
+def required_tensor(weights: dict[str, mx.array], key: str) -> mx.array:
     if key not in weights:
-        raise ModelLoadError(f"The BFL FLUX.1 checkpoint has no tensor {key}.")
+        raise ModelLoadError(f"The single-file checkpoint has no tensor {key}.")
     return weights[key]
 
 
-def _block_count(weights: dict[str, mx.array], kind: str) -> int:
+def block_count(weights: dict[str, mx.array], kind: str) -> int:
     indices = {int(key.split(".")[1]) for key in weights if key.startswith(f"{kind}.")}
     if indices != set(range(len(indices))):
         raise ModelLoadError(f"The BFL FLUX.1 checkpoint's {kind} are not numbered 0..{len(indices) - 1}.")
@@ -135,12 +135,11 @@ def infer_transformer_config(weights: dict[str, mx.array], axes_dims_rope: tuple
     any other head dim needs `axes_dims_rope` from the caller.
     """
     weights = strip_comfy_prefix(weights)
-    hidden_size, in_channels = _require(weights, "img_in.weight").shape
-    num_layers = _block_count(weights, "double_blocks")
-    if num_layers:
-        head_dim = _require(weights, "double_blocks.0.img_attn.norm.query_norm.scale").shape[0]
+    in_channels = required_tensor(weights, "img_in.weight").shape[1]
+    if block_count(weights, "double_blocks"):
+        head_dim = required_tensor(weights, "double_blocks.0.img_attn.norm.query_norm.scale").shape[0]
     else:
-        head_dim = _require(weights, "single_blocks.0.norm.query_norm.scale").shape[0]
+        head_dim = required_tensor(weights, "single_blocks.0.norm.query_norm.scale").shape[0]
     if axes_dims_rope is None:
         if head_dim != sum(FLUX1_AXES_DIMS_ROPE):
             raise ModelLoadError(
@@ -148,17 +147,22 @@ def infer_transformer_config(weights: dict[str, mx.array], axes_dims_rope: tuple
                 "are unknown: pass axes_dims_rope."
             )
         axes_dims_rope = FLUX1_AXES_DIMS_ROPE
-    out_channels = _require(weights, "final_layer.linear.weight").shape[0]
+    out_channels = required_tensor(weights, "final_layer.linear.weight").shape[0]
+    return {"patch_size": 1, "out_channels": None if out_channels == in_channels else out_channels,
+            **trunk_config(weights, head_dim, axes_dims_rope)}
+
+
+def trunk_config(weights: dict[str, mx.array], head_dim: int, axes_dims_rope: tuple[int, ...]) -> dict:
+    """The config.json keys a transformer and a ControlNet share, read from BFL-named tensors' shapes."""
+    hidden_size, in_channels = required_tensor(weights, "img_in.weight").shape
     return {
-        "patch_size": 1,
         "in_channels": in_channels,
-        "out_channels": None if out_channels == in_channels else out_channels,
-        "num_layers": num_layers,
-        "num_single_layers": _block_count(weights, "single_blocks"),
+        "num_layers": block_count(weights, "double_blocks"),
+        "num_single_layers": block_count(weights, "single_blocks"),
         "attention_head_dim": head_dim,
         "num_attention_heads": hidden_size // head_dim,
-        "joint_attention_dim": _require(weights, "txt_in.weight").shape[1],
-        "pooled_projection_dim": _require(weights, "vector_in.in_layer.weight").shape[1],
+        "joint_attention_dim": required_tensor(weights, "txt_in.weight").shape[1],
+        "pooled_projection_dim": required_tensor(weights, "vector_in.in_layer.weight").shape[1],
         "guidance_embeds": "guidance_in.in_layer.weight" in weights,
         "axes_dims_rope": list(axes_dims_rope),
     }
