@@ -32,7 +32,7 @@ from mflux_core.registry import ModelEntry
 from mflux_core.request import GenerationRequest
 from mflux_core.resident import ResidentModels, stop_if_cancelled
 from mflux_core.sampling.previews import LatentPreviewer
-from mflux_core.tools.common import encode_image, tool_inputs
+from mflux_core.tools.common import SizeDecided, encode_image, probing_size, tool_inputs
 from mflux_core.weights.resolve import DownloadCallback, ModelSource
 
 @dataclass
@@ -250,14 +250,21 @@ class ModelManager:
                                request: GenerationRequest) -> tuple[ToolInputs, tuple[str, ...]]:
         """The tool's inputs; built again at the model's native size when the asked (or input image's) size is not
         one the model can make, with a note that says so."""
-        inputs = tool_inputs(model, request, self)
-        asked = (inputs.request.width, inputs.request.height)
-        if inputs.canvas is None:
+        if not model.native_sizes:  # any size
+            return tool_inputs(model, request, self), ()
+        try:
+            with probing_size():  # the size first, not the inputs at a size the model cannot make
+                inputs = tool_inputs(model, request, self)
+            sized, canvas = inputs.request, inputs.canvas
+        except SizeDecided as decided:
+            inputs, sized, canvas = None, decided.request, decided.canvas
+        asked = (sized.width, sized.height)
+        if canvas is None:
             native = native_size_for(model.native_sizes, *asked)
         else:  # the model paints the canvas (an in-context diptych); the request names one panel
-            native = native_panel_for(model.native_sizes, asked, inputs.canvas)
+            native = native_panel_for(model.native_sizes, asked, canvas)
         if native is None:
-            return inputs, ()
+            return inputs or tool_inputs(model, request, self), ()
         inputs = tool_inputs(model, request.with_(width=native[0], height=native[1]), self)
         return inputs, (size_note(request.model, model.native_sizes, asked, native),)
 

@@ -26,7 +26,7 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     if not request.masked_image_path:
         raise InvalidRequest("CatVTON needs a person mask (white = where the garment goes): pass --person-mask.")
     mask = load_mask(existing_file(request.masked_image_path, "person mask"))
-    request = with_size(request, person)
+    request = with_size(request, person, panels=2)
     if not request.prompt.strip():
         request = request.with_(prompt=DEFAULT_PROMPT)
     inputs = in_context_inputs(model, request, garment, person, mask, "CatVTON")

@@ -1,5 +1,7 @@
 """Pieces every tool uses: sizes, prompt conditioning, loading and encoding input images."""
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
 
 import mlx.core as mx
@@ -20,14 +22,41 @@ from mflux_core.tools.specs import tool_spec
 DEFAULT_IMAGE_STRENGTH = 0.4  # mflux's: how much of an image-to-image input is kept
 
 
-def with_size(request: GenerationRequest, image: Image.Image | None = None,
-              native_side: int = FLUX_SIDE) -> GenerationRequest:
+class SizeDecided(Exception):
+    """What `with_size` raises while the manager probes a tool for the size it would make (`probing_size`): the
+    request with its size, and the canvas of a tool that paints several panels across."""
+
+    def __init__(self, request: GenerationRequest, canvas: tuple[int, int] | None):
+        super().__init__("the tool's size is decided")
+        self.request, self.canvas = request, canvas
+
+
+_probing_size = ContextVar("probing_size", default=False)
+
+
+@contextmanager
+def probing_size():
+    """Within: a tool's build stops where its size is decided (SizeDecided), before its inputs are prepared at
+    that size. The manager probes so for a model that makes only some sizes (a demo model): a 4000 x 3000 photo
+    is then read at the size the model makes, not encoded at its own first (minutes on the CPU)."""
+    token = _probing_size.set(True)
+    try:
+        yield
+    finally:
+        _probing_size.reset(token)
+
+
+def with_size(request: GenerationRequest, image: Image.Image | None = None, native_side: int = FLUX_SIDE,
+              panels: int = 1) -> GenerationRequest:
     """Fill in a missing width/height: the input image's size (snapped to 16), or else the model's
-    native side (FluxModel.native_side: 1024 for FLUX.1, 64 for the demo models)."""
-    if request.width is not None and request.height is not None:
-        return request
-    width, height = (snap_to_16(image.width), snap_to_16(image.height)) if image else (native_side, native_side)
-    return request.with_(width=request.width or width, height=request.height or height)
+    native side (FluxModel.native_side: 1024 for FLUX.1, 64 for the demo models). `panels`: the tool paints
+    that many of this size side by side (an in-context diptych: 2). Every tool decides its size here."""
+    if request.width is None or request.height is None:
+        width, height = (snap_to_16(image.width), snap_to_16(image.height)) if image else (native_side, native_side)
+        request = request.with_(width=request.width or width, height=request.height or height)
+    if _probing_size.get():
+        raise SizeDecided(request, (panels * request.width, request.height) if panels > 1 else None)
+    return request
 
 
 def resolved_request(model: FluxModel, request: GenerationRequest) -> GenerationRequest:

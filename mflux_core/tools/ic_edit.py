@@ -40,7 +40,7 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     request = request.with_(prompt=edit_prompt(request))
     demo = demo_lora(model, DEMO_LORA_FILE)
     if demo is not None:  # trained on the demo's own panel sizes: the reference's size, as In-Context takes it
-        request = with_size(request, reference)
+        request = with_size(request, reference, panels=2)
     elif request.width is None or request.height is None:
         width, height = panel_size(*reference.size)
         request = request.with_(width=request.width or width, height=request.height or height)

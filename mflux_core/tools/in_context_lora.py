@@ -35,7 +35,7 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     if not request.prompt.strip():
         raise InvalidRequest("In-context generation needs a prompt describing both panels, e.g. "
                              "'[IMAGE1] a red mug; [IMAGE2] the same mug on a desk'.")
-    request = with_size(request, reference)
+    request = with_size(request, reference, panels=2)
     style = request.extra.get("lora_style")
     if style:
         apply_tool_lora(model, request, engine, style_lora(style), float(request.extra.get("lora_style_scale", 1.0)))

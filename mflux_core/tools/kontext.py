@@ -3,7 +3,8 @@
 The reference image's latent tokens are appended after the image tokens with position ids whose
 first coordinate is 1; the transformer's output for them is cut off. As in diffusers, the
 reference keeps its own size (floored to a multiple of 16) unless `--kontext-auto-resize` picks
-the preferred Kontext resolution closest to its aspect ratio. Several reference images are one, side by side
+the preferred Kontext resolution closest to its aspect ratio; a model that makes only some sizes (a demo model,
+taught with references of its own sizes) reads it at the output's size. Several reference images are one, side by side
 at the first one's height (images/stitch.py): Kontext reads one picture.
 """
 
@@ -46,7 +47,10 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     reference = reference_image(request)
     request = with_size(request, reference)
     multiple = 2 * model.vae_scale_factor
-    width, height = reference_size(reference, bool(request.extra.get("kontext_auto_resize")), multiple)
+    if model.native_sizes:  # a demo model was taught with references of its own sizes: the output's
+        width, height = request.width, request.height
+    else:
+        width, height = reference_size(reference, bool(request.extra.get("kontext_auto_resize")), multiple)
     check_image_size(width, height, "The reference image, which Kontext uses at its own size,")
     if (width, height) != reference.size:
         reference = reference.resize((width, height), Image.Resampling.LANCZOS)

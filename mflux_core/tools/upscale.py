@@ -15,7 +15,7 @@ from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.request import GenerationRequest, check_image_size, snap_to_16
 from mflux_core.tools.engine import ToolEngine
-from mflux_core.tools.common import fit_input, required_image
+from mflux_core.tools.common import fit_input, required_image, with_size
 from mflux_core.tools.controlnet_conditioning import (
     ControlUnit, controlnet_inputs, extra_number, steering, with_default_strength,
 )
@@ -28,7 +28,7 @@ MAX_FACTOR = 8.0
 
 def upscaled_size(request: GenerationRequest, image: Image.Image) -> GenerationRequest:
     if request.width is not None and request.height is not None:
-        return request
+        return with_size(request)
     if request.width is not None or request.height is not None:
         factor = (request.width / image.width) if request.width is not None else (request.height / image.height)
     else:
@@ -37,7 +37,8 @@ def upscaled_size(request: GenerationRequest, image: Image.Image) -> GenerationR
             raise InvalidRequest(f"Upscale factor {factor:g} is out of range: use more than 0 up to {MAX_FACTOR:g}.")
     width, height = round(image.width * factor), round(image.height * factor)
     check_image_size(width, height, f"The image upscaled from {image.width}x{image.height}")
-    return request.with_(width=request.width or snap_to_16(width), height=request.height or snap_to_16(height))
+    return with_size(request.with_(width=request.width or snap_to_16(width),
+                                   height=request.height or snap_to_16(height)))
 
 
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
