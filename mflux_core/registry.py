@@ -13,7 +13,7 @@ from safetensors import SafetensorError, safe_open
 from mflux_core.downloads import cached_repo_folder  # complete downloads only: a partial one is not a model
 from mflux_core.models.vae import FLUX_SIDE, native_side
 from mflux_core.weights.resolve import ALIASES, DEMO_MODELS, demo_models_dir, hf_cache_dir
-from mflux_core.weights.xlabs import is_xlabs_controlnet
+from mflux_core.weights.controlnet_files import is_controlnet_file
 
 FLUX_PIPELINE_KINDS = {
     "FluxPipeline": "base", "FluxFillPipeline": "fill", "FluxControlPipeline": "depth",
@@ -62,14 +62,14 @@ def folder_kind(folder: Path) -> str | None:
 
 
 def file_kind(path: Path) -> str:
-    """What a .safetensors file in the models folder holds, from its header's tensor names: one of XLabs' ControlNets
-    (weights/xlabs.py), else a single-file transformer."""
+    """What a .safetensors file in the models folder holds, from its header's tensor names: a ControlNet
+    (weights/controlnet_files.py), else a single-file transformer."""
     try:
         with safe_open(path, framework="numpy") as weights:
             keys = weights.keys()
     except (OSError, SafetensorError):
         return "single-file"  # loading it says what is wrong
-    return "controlnet" if is_xlabs_controlnet(keys) else "single-file"
+    return "controlnet" if is_controlnet_file(keys) else "single-file"
 
 
 def folder_native_side(folder: Path) -> int:

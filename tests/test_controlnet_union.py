@@ -161,3 +161,40 @@ def test_control_type_names_and_aliases():
         "canny", "canny", "depth", "pose", "low-quality", "low-quality", "gray"]
     with pytest.raises(InvalidRequest, match="The ControlNet control type 'normal' is not one of canny, tile, depth"):
         kind("normal")
+
+
+@pytest.mark.parametrize("kind", ["union", "xlabs"])
+def test_a_controlnet_saved_as_one_file_without_its_config_runs_as_its_folder(tiny_dev, union_for_dev, tmp_path,
+                                                                           posterior_mean, kind):
+    """As ComfyUI users keep them (instantx_flux_union.safetensors: diffusers' names, no config.json): the config
+    comes from the shapes (a Union ControlNet's modes from its mode embedder, an XLabs one's hint block from its
+    convolutions) and the RoPE axes from the base; the image equals diffusers' with the folder, in a mode other than
+    the tool's own, and the models folder lists the file as a ControlNet."""
+    import shutil
+
+    from mflux_core.registry import list_models
+
+    folder = union_for_dev if kind == "union" else build_tiny_controlnet(
+        tmp_path / "xlabs", load_transformer(tiny_dev), num_layers=1, num_single_layers=0, seed=8, hint_patch=2)
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(folder / "diffusion_pytorch_model.safetensors", models / f"{kind}.safetensors")
+    photo = random_image(64, 64, seed=38)
+    noise_path = make_noise(tmp_path, (1, 4, 8, 8), seed=39)
+    flags = ("--controlnet-mode", "gray") if kind == "union" else ("--controlnet-skip-canny",)
+    ours = run_cli(
+        "controlnet", "--path", tiny_dev, "--models-dir", models, "--controlnet-path", f"{kind}.safetensors",
+        "--prompt", PROMPT, "--controlnet-image-path", save(photo, tmp_path / "photo.png"), "--controlnet-strength",
+        STRENGTH, "--steps", 2, "--height", 64, "--width", 64, "--guidance", 4.0, "--init-noise", noise_path,
+        "--max-sequence-length", TEXT_TOKENS, "--output", tmp_path / "ours.png", *flags,
+    )
+    if kind == "union":
+        expected = union_reference(tiny_dev, folder, photo.convert("L").convert("RGB"),
+                                   UNION_CONTROL_TYPES.index("gray"), noise_path)
+    else:
+        pipe = diffusers_pipeline(tiny_dev, folder)
+        expected = pipe(PROMPT, control_image=photo, height=64, width=64, num_inference_steps=2, guidance_scale=4.0,
+                        controlnet_conditioning_scale=STRENGTH, max_sequence_length=TEXT_TOKENS,
+                        latents=pack(np.load(noise_path)), output_type="pil").images[0]
+    assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
+    assert [entry.kind for entry in list_models(models) if entry.where == "models folder"] == ["controlnet"]

@@ -162,5 +162,6 @@ def test_xlabs_own_single_file_matches_diffusers_and_is_listed_as_a_controlnet(f
     args = ["controlnet", "--path", four_block_base, "--controlnet-path", models / "other.safetensors", "--prompt",
             PROMPT, "--controlnet-image-path", tmp_path / "control.png", "--steps", 1, "--output", tmp_path / "x.png"]
     assert cli_main([str(a) for a in args]) == 1
-    assert (f"{models / 'other.safetensors'} is not a FLUX ControlNet: a single file must be one of XLabs'"
-            in capsys.readouterr().err)
+    assert (f"{models / 'other.safetensors'} is not a FLUX ControlNet: its tensors are neither diffusers' "
+            "FluxControlNetModel's (controlnet_x_embedder, controlnet_blocks) nor XLabs' (pos_embed_input, "
+            "input_hint_block, controlnet_blocks).") in capsys.readouterr().err

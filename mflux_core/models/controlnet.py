@@ -12,10 +12,10 @@ for several kinds of control image: an embedding of the kind (`controlnet_mode_e
 tokens, at the first text token's position.
 
 XLabs' ControlNets in diffusers' layout (XLabs-AI/flux-controlnet-*-diffusers; config
-`conditioning_embedding_channels`) or in XLabs' own single files (weights/xlabs.py) read the control image in
-pixels: a small conv net (`input_hint_block`) brings it to an eighth of its size, packed patch x patch into tokens
-like the latents'; and the main transformer adds sample i % n after its double block i instead of spreading the
-samples over the blocks.
+`conditioning_embedding_channels`) or in XLabs' own single files read the control image in pixels: a small conv
+net (`input_hint_block`) brings it to an eighth of its size, packed patch x patch into tokens like the latents';
+and the main transformer adds sample i % n after its double block i instead of spreading the samples over the
+blocks. Single files without a config.json (either layout): weights/controlnet_files.py.
 """
 
 from dataclasses import dataclass
@@ -31,7 +31,7 @@ from mflux_core.models.vae import BAND_BYTES, Rows, conv_in_bands, inference, se
 from mflux_core.weights.bfl import FLUX1_AXES_DIMS_ROPE
 from mflux_core.weights.loading import cast_floats, load_component, load_weights_strict
 from mflux_core.weights.safetensors_io import load_safetensors, read_json
-from mflux_core.weights.xlabs import is_xlabs_controlnet, xlabs_controlnet_config, xlabs_to_diffusers
+from mflux_core.weights.controlnet_files import controlnet_from_file, is_controlnet_file
 
 CLASS_NAME = "FluxControlNetModel"
 HINT_WIDTHS = (16, 16, 16, 16)  # the input hint block's conv widths, as diffusers builds it for FLUX
@@ -219,31 +219,31 @@ def check_is_controlnet(folder: Path) -> None:
 
 def load_controlnet(path: Path, dtype: mx.Dtype = mx.float32,
                     axes_dims_rope: tuple[int, ...] = FLUX1_AXES_DIMS_ROPE) -> FluxControlNet:
-    """Load a diffusers FLUX ControlNet folder (config.json + safetensors), e.g. InstantX's Canny, or one of XLabs'
-    own single files (weights/xlabs.py), whose RoPE axes are the base model's `axes_dims_rope`."""
+    """Load a diffusers FLUX ControlNet folder (config.json + safetensors), e.g. InstantX's Canny, or a single file
+    as ComfyUI users keep one (weights/controlnet_files.py), whose RoPE axes are the base model's `axes_dims_rope`."""
     path = Path(path)
     if path.is_file():
-        return load_xlabs_controlnet(path, dtype, axes_dims_rope)
+        return load_controlnet_file(path, dtype, axes_dims_rope)
     if not path.is_dir():
         raise ModelLoadError(f"The ControlNet {path} is not a folder or a .safetensors file.")
     check_is_controlnet(path)
-    return load_component(
-        path, build=lambda cfg: FluxControlNet(read_controlnet_config(cfg), union_mode_count(cfg),
-                                                  read_hint_config(cfg)), sanitize=sanitize,
-        dtype=dtype
-    )
+    return load_component(path, build=built_controlnet, sanitize=sanitize, dtype=dtype)
 
 
-def load_xlabs_controlnet(path: Path, dtype: mx.Dtype, axes_dims_rope: tuple[int, ...]) -> FluxControlNet:
+def built_controlnet(config: dict) -> FluxControlNet:
+    return FluxControlNet(read_controlnet_config(config), union_mode_count(config), read_hint_config(config))
+
+
+def load_controlnet_file(path: Path, dtype: mx.Dtype, axes_dims_rope: tuple[int, ...]) -> FluxControlNet:
     if path.suffix != ".safetensors":
         raise ModelLoadError(f"The ControlNet {path} is not a folder or a .safetensors file.")
     weights = load_safetensors(path)
-    if not is_xlabs_controlnet(weights):
-        raise ModelLoadError(f"{path} is not a FLUX ControlNet: a single file must be one of XLabs' (with "
-                             "pos_embed_input, input_hint_block and controlnet_blocks); other ControlNets are "
-                             "folders (config.json + weights).")
-    config = xlabs_controlnet_config(weights, axes_dims_rope)
-    model = FluxControlNet(read_controlnet_config(config), None, read_hint_config(config))
-    load_weights_strict(model, cast_floats(sanitize(xlabs_to_diffusers(weights)), dtype), str(path))
+    if not is_controlnet_file(weights):
+        raise ModelLoadError(f"{path} is not a FLUX ControlNet: its tensors are neither diffusers' "
+                             "FluxControlNetModel's (controlnet_x_embedder, controlnet_blocks) nor XLabs' "
+                             "(pos_embed_input, input_hint_block, controlnet_blocks).")
+    config, weights = controlnet_from_file(weights, axes_dims_rope)
+    model = built_controlnet(config)
+    load_weights_strict(model, cast_floats(sanitize(weights), dtype), str(path))
     mx.eval(model.parameters())
     return model
