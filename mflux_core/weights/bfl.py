@@ -153,17 +153,27 @@ def infer_transformer_config(weights: dict[str, mx.array], axes_dims_rope: tuple
 
 
 def trunk_config(weights: dict[str, mx.array], head_dim: int, axes_dims_rope: tuple[int, ...]) -> dict:
-    """The config.json keys a transformer and a ControlNet share, read from BFL-named tensors' shapes."""
-    hidden_size, in_channels = required_tensor(weights, "img_in.weight").shape
+    """shared_config from BFL-named tensors (a transformer's or an XLabs ControlNet's)."""
+    return shared_config(required_tensor(weights, "img_in.weight"), required_tensor(weights, "txt_in.weight"),
+                         required_tensor(weights, "vector_in.in_layer.weight"), head_dim, axes_dims_rope,
+                         layers=(block_count(weights, "double_blocks"), block_count(weights, "single_blocks")),
+                         guidance_embeds="guidance_in.in_layer.weight" in weights)
+
+
+def shared_config(image_in: mx.array, text_in: mx.array, pooled_in: mx.array, head_dim: int,
+                  axes_dims_rope: tuple[int, ...], layers: tuple[int, int], guidance_embeds: bool) -> dict:
+    """The config.json keys a transformer and a ControlNet share, from the shapes of the image, text and pooled
+    input projections, whatever a file calls them."""
+    hidden_size, in_channels = image_in.shape
     return {
         "in_channels": in_channels,
-        "num_layers": block_count(weights, "double_blocks"),
-        "num_single_layers": block_count(weights, "single_blocks"),
+        "num_layers": layers[0],
+        "num_single_layers": layers[1],
         "attention_head_dim": head_dim,
         "num_attention_heads": hidden_size // head_dim,
-        "joint_attention_dim": required_tensor(weights, "txt_in.weight").shape[1],
-        "pooled_projection_dim": required_tensor(weights, "vector_in.in_layer.weight").shape[1],
-        "guidance_embeds": "guidance_in.in_layer.weight" in weights,
+        "joint_attention_dim": text_in.shape[1],
+        "pooled_projection_dim": pooled_in.shape[1],
+        "guidance_embeds": guidance_embeds,
         "axes_dims_rope": list(axes_dims_rope),
     }
 

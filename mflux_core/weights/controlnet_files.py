@@ -20,7 +20,7 @@ import re
 import mlx.core as mx
 
 from mflux_core.errors import ModelLoadError
-from mflux_core.weights.bfl import bfl_to_diffusers, block_count, required_tensor, trunk_config
+from mflux_core.weights.bfl import bfl_to_diffusers, block_count, required_tensor, shared_config, trunk_config
 
 CLASS_NAME = "FluxControlNetModel"
 XLABS_MARKERS = ("pos_embed_input.weight", "input_hint_block.0.weight", "controlnet_blocks.0.weight")
@@ -57,29 +57,20 @@ def checked_head_dim(head_dim: int, axes_dims_rope: tuple[int, ...]) -> int:
 
 def diffusers_config(weights: dict[str, mx.array], axes_dims_rope: tuple[int, ...]) -> dict:
     """The config of a ControlNet whose file has diffusers' names (InstantX's layout)."""
-    hidden_size, in_channels = required_tensor(weights, "x_embedder.weight").shape
-    blocks = block_count(weights, "transformer_blocks")
-    norm = "transformer_blocks.0.attn.norm_q.weight" if blocks else "single_transformer_blocks.0.attn.norm_q.weight"
+    image_in = required_tensor(weights, "x_embedder.weight")
+    layers = (block_count(weights, "transformer_blocks"), block_count(weights, "single_transformer_blocks"))
+    norm = "transformer_blocks.0.attn.norm_q.weight" if layers[0] else "single_transformer_blocks.0.attn.norm_q.weight"
     head_dim = checked_head_dim(required_tensor(weights, norm).shape[0], axes_dims_rope)
     modes = weights.get("controlnet_mode_embedder.weight")
     hint = weights.get("input_hint_block.conv_out.weight")  # XLabs' -diffusers files: the pixels' hint block
     hint_config = {} if hint is None else {"conditioning_embedding_channels": hint.shape[0],
-                                           "patch_size": math.isqrt(in_channels // hint.shape[0])}
-    return {
-        "_class_name": CLASS_NAME,
-        "patch_size": 1,
-        "in_channels": in_channels,
-        "num_layers": blocks,
-        "num_single_layers": block_count(weights, "single_transformer_blocks"),
-        "attention_head_dim": head_dim,
-        "num_attention_heads": hidden_size // head_dim,
-        "joint_attention_dim": required_tensor(weights, "context_embedder.weight").shape[1],
-        "pooled_projection_dim": required_tensor(weights, "time_text_embed.text_embedder.linear_1.weight").shape[1],
-        "guidance_embeds": "time_text_embed.guidance_embedder.linear_1.weight" in weights,
-        "axes_dims_rope": list(axes_dims_rope),
-        "num_mode": None if modes is None else modes.shape[0],
-        **hint_config,
-    }
+                                           "patch_size": math.isqrt(image_in.shape[1] // hint.shape[0])}
+    shared = shared_config(image_in, required_tensor(weights, "context_embedder.weight"),
+                           required_tensor(weights, "time_text_embed.text_embedder.linear_1.weight"), head_dim,
+                           axes_dims_rope, layers,
+                           guidance_embeds="time_text_embed.guidance_embedder.linear_1.weight" in weights)
+    return {"_class_name": CLASS_NAME, "patch_size": 1, **shared, "num_mode": None if modes is None else modes.shape[0],
+            **hint_config}
 
 
 def hint_name(index: int) -> str:
