@@ -93,12 +93,13 @@ class ModelManager:
 
     # ----- what tools ask for (ToolEngine) ---------------------------------------------------
 
-    def auxiliary_model(self, name: str, load: Callable[[Path], object], variant: str = ""):
+    def auxiliary_model(self, name: str, load: Callable[[Path], object], variant: str = "",
+                        beside: FluxModel | None = None):
         try:
             folder = self.locator.folder(name, self._on_download)
         finally:
             self.download = None
-        return self.resident.side_model(folder, name, load, variant)
+        return self.resident.side_model(folder, name, load, variant, beside)
 
     def encoded_image(self, model: FluxModel, image: Image.Image, width: int, height: int) -> mx.array:
         key = (id(model.vae), hashlib.sha256(image.tobytes()).hexdigest(), image.mode, image.size, width, height)

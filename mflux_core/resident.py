@@ -69,6 +69,15 @@ def weights_on_disk(*paths: Path) -> list[Path]:
     return [file for path in paths for file in ([path] if Path(path).is_file() else weight_files(path))]
 
 
+def side_model_files(path: Path) -> list[Path]:
+    """The safetensors files of a side model: a file, a component folder, or a folder of component folders
+    (Redux: image_encoder/, image_embedder/)."""
+    path = Path(path)
+    if path.is_file() or any(path.glob("*.safetensors")):
+        return weights_on_disk(path)
+    return weights_on_disk(*(sub for sub in sorted(path.iterdir()) if sub.is_dir() and any(sub.glob("*.safetensors"))))
+
+
 def model_weight_bytes(source: ModelSource, dtype: mx.Dtype, quantize: int | None) -> int:
     """Memory a model's transformer, VAE and text encoders take once loaded, read from the file headers."""
     transformer = source.transformer_file or source.folder / "transformer"
@@ -209,14 +218,31 @@ class ResidentModels:
         if previous_label is not None:
             self.last_swap = {"from": previous_label, "to": what, "seconds": round(time.perf_counter() - started, 3)}
 
-    def side_model(self, folder: Path, label: str, load: Callable[[Path], object], variant: str = ""):
+    def side_model(self, folder: Path, label: str, load: Callable[[Path], object], variant: str = "",
+                   beside: FluxModel | None = None):
         """A side model (depth estimator, ControlNet, Redux encoder) loaded from `folder` once, kept in a small LRU.
 
-        `variant` tells apart loads of the same files that differ (e.g. the dtype).
+        `variant` tells apart loads of the same files that differ (e.g. the dtype). With `beside` (the model it
+        will run with), its weights, read from the file headers in that model's dtype, are checked against the
+        budget before loading: other transformers are evicted if that makes them fit, else it is refused.
         """
         key = (content_key(folder), variant)
+        if beside is not None and self.auxiliary.get(key) is None:
+            self._room_for_side_model(label, resident_bytes_of(side_model_files(folder), beside.dtype.size), beside)
         return self.auxiliary.get_or_create(key, lambda: self._timed_load("auxiliary", f"{label} ({folder})",
                                                                           lambda: load(folder), key))
+
+    def _room_for_side_model(self, label: str, needed_bytes: int, beside: FluxModel) -> None:
+        for key, transformer in self._transformers.items():
+            if needed_bytes <= self.free_bytes():
+                return
+            if transformer is not beside.transformer:
+                self._transformers.pop(key)
+        if needed_bytes > self.free_bytes():
+            raise InvalidRequest(
+                f"{label}'s weights need {gb_text(needed_bytes)} of memory but the memory budget of "
+                f"{gb_text(self.budget.bytes)} leaves {gb_text(max(self.free_bytes(), 0))} beside the models in use: "
+                "quantize (-q 8 or 4), use fewer ControlNets at once, or raise the memory budget.")
 
     # ----- memory ----------------------------------------------------------------------------
 

@@ -335,6 +335,31 @@ def test_a_request_over_the_budget_is_refused_before_loading_and_the_next_one_ru
     assert result.image.size == (64, 64)
 
 
+def test_a_controlnet_whose_weights_do_not_fit_is_refused_before_loading_and_the_next_one_runs(tmp_path):
+    """A ControlNet's weights (from its file's header, in the base's dtype) are checked against the budget before
+    they load, as a transformer's are: here a ControlNet file of 300 MB in float32 (150 MB on disk) beside a budget
+    that leaves about 100 MB."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from mflux_core.weights.resolve import demo_folder
+
+    big = tmp_path / "big-controlnet"
+    big.mkdir()
+    (big / "config.json").write_text((demo_folder("demo-canny") / "config.json").read_text())
+    save_file({"controlnet_blocks.0.weight": np.zeros((75 * 10**6,), np.float16)},
+              str(big / "diffusion_pytorch_model.safetensors"))
+    manager = ModelManager(memory_budget_bytes=budget_leaving(100 * 10**6).bytes)
+    control = write_image(tmp_path / "control.png", 64)
+    request = demo_request("controlnet", "demo", 64, controlnet_image_path=control)
+    with pytest.raises(InvalidRequest, match=rf"{re.escape(str(big))}'s weights need 0.3 GB of memory but the memory "
+                                             r"budget of .* leaves .* beside the models in use: quantize \(-q 8 or "
+                                             r"4\), use fewer ControlNets at once, or raise the memory budget\."):
+        manager.generate(request.with_(extra={"controlnet_path": str(big)}))
+    assert manager.resident.load_counts.get("auxiliary", 0) == 0
+    assert manager.generate(request).image.size == (64, 64)  # demo-canny fits
+
+
 # ----- large sizes through the CLI and the server -------------------------------------------
 
 

@@ -83,7 +83,8 @@ def resident_controlnet(model: FluxModel, request: GenerationRequest, engine: To
     def load(path):
         return quantize_model(load_controlnet(path, model.dtype, axes), request.quantize)
 
-    controlnet = engine.auxiliary_model(name, load, variant=f"{model.dtype} {request.quantize}-bit {axes}")
+    controlnet = engine.auxiliary_model(name, load, variant=f"{model.dtype} {request.quantize}-bit {axes}",
+                                        beside=model)
     made_for = (controlnet.config.hidden_size, controlnet.config.in_channels)
     if made_for != (model.config.hidden_size, model.config.in_channels):
         raise InvalidRequest(

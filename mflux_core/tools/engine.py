@@ -11,8 +11,11 @@ from mflux_core.request import GenerationRequest
 
 
 class ToolEngine(Protocol):
-    def auxiliary_model(self, name: str, load: Callable[[Path], object], variant: str = "") -> object:
-        """A side model (ControlNet, Redux encoder, depth estimator) by alias, repo id or path, loaded once."""
+    def auxiliary_model(self, name: str, load: Callable[[Path], object], variant: str = "",
+                        beside: FluxModel | None = None) -> object:
+        """A side model (ControlNet, Redux encoder, depth estimator) by alias, repo id or path, loaded once; with
+        `beside` (the model it runs with), refused (InvalidRequest) before loading when its weights in that model's
+        dtype would not fit the memory budget."""
 
     def encoded_image(self, model: FluxModel, image: Image.Image, width: int, height: int) -> mx.array:
         """Packed VAE latents of an input image at a size, reused while the same image comes back."""

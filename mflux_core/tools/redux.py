@@ -56,7 +56,8 @@ def redux_encoder(model: FluxModel, request: GenerationRequest, engine: ToolEngi
     """The Redux weights of `--redux-path` (else the published ones, or demo-redux on a demo model), checked against
     the transformer's text width."""
     name = request.extra.get("redux_path") or side_model_for(model.folder, DEFAULT_WEIGHTS)
-    encoder = engine.auxiliary_model(name, lambda folder: ReduxEncoder.from_folder(folder, dtype=model.dtype))
+    encoder = engine.auxiliary_model(name, lambda folder: ReduxEncoder.from_folder(folder, dtype=model.dtype),
+                                     beside=model)
     token_width = encoder.token_width
     if token_width != model.config.joint_attention_dim:
         raise ModelLoadError(
