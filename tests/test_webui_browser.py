@@ -312,6 +312,22 @@ def test_depth_kontext_controlnet_and_redux_panels_run(page, studio):
     [made] = result_pngs(studio) - before
     assert request_in(made)["extra"]["controlnet_mode"] == "gray"
     assert request_in(made)["extra"]["controlnet_path"] == "union"
+    page.click("#controlnet-units")  # more ControlNets at once: unit 2 with its own image and weights
+    page.set_input_files("#controlnet-unit2-image input[type=file]", str(studio.photo))
+    page.wait_for_selector("#controlnet-unit2-image img")
+    choose(page, "controlnet-unit2-weights", "union")
+    choose(page, "controlnet-unit2-type", "tile")
+    before = result_pngs(studio)
+    page.click("#controlnet-run")
+    for _ in range(600):  # the status still reads the last run's "Done" for a moment
+        if result_pngs(studio) - before:
+            break
+        page.wait_for_timeout(200)
+    assert wait_for_status(page, "controlnet", "Done|rror|wrong").startswith("Done")
+    [made] = result_pngs(studio) - before
+    [unit] = request_in(made)["controlnet_units"]
+    assert (unit["controlnet_path"], unit["controlnet_mode"]) == ("union", "tile")
+    assert Path(unit["controlnet_image_path"]).is_file()
 
     open_tab(page, "Redux")
     page.set_input_files("#redux-image-1 input[type=file]", str(studio.photo))
