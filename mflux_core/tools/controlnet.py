@@ -21,7 +21,6 @@ its own control type, and the ControlNets' residuals are added.
 from PIL import Image
 
 from mflux_core.controlnet_units import IMAGE_KEY, UNIT_EXTRA_KEYS
-
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.images.canny import canny_edges
