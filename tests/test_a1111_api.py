@@ -244,6 +244,10 @@ def test_several_controlnet_units_steer_together_in_any_order(studio):
     heavy = studio.http.post("/txt2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [
         units[0], {**units[1], "weight": 2.5}]}}})
     assert "'alwayson_scripts.controlnet.args[1].weight' is invalid" in assert_a1111_error(heavy, 422)
+    blind = studio.http.post("/txt2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [
+        units[0], {"enabled": False}, {"module": "canny", "image": ""}]}}})
+    assert ("ControlNet unit 2 (of the enabled ones) has no image: send its control picture as base64 in "
+            "'image'.") in assert_a1111_error(blind, 422)
 
 
 def test_a_controlnet_unit_in_img2img_starts_from_the_init_image_and_takes_it_as_control_without_one(studio):

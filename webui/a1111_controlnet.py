@@ -103,8 +103,8 @@ def units_inputs(studio, units: list[ControlNetUnit], ignored: list[str], init_i
     store = studio.request_context().inputs
     settings, image = unit_settings(studio, units[0], ignored, init_image)
     further = []
-    for unit in units[1:]:
-        unit_fields, unit_image = unit_settings(studio, unit, ignored, init_image)
+    for number, unit in enumerate(units[1:], 2):
+        unit_fields, unit_image = unit_settings(studio, unit, ignored, init_image, number)
         if unit_fields["resize_mode"] != settings["resize_mode"]:
             ignored.append("alwayson_scripts.controlnet resize_mode of a later unit (the first unit's resizes all)")
         extra = unit_fields["extra"]
@@ -142,7 +142,8 @@ def controlnet_weights(studio) -> list[str]:
     return [name for _, name in model_choices(studio.manager.list_models(), kinds=("controlnet",))]
 
 
-def unit_settings(studio, unit: ControlNetUnit, ignored: list[str], init_image=None) -> tuple[dict, object]:
+def unit_settings(studio, unit: ControlNetUnit, ignored: list[str], init_image=None,
+                  number: int = 1) -> tuple[dict, object]:
     """(the ControlNet tool's settings, the control image) for one unit; in img2img a unit without an image
     takes the init image, as the extension does."""
     extra = module_settings(unit)
@@ -163,7 +164,8 @@ def unit_settings(studio, unit: ControlNetUnit, ignored: list[str], init_image=N
     if image is None and init_image is not None:
         return settings, init_image
     if not isinstance(image, str):
-        raise SdApiError(422, "The ControlNet unit has no image: send the control picture as base64 in 'image'.",
+        raise SdApiError(422, f"ControlNet unit {number} (of the enabled ones) has no image: send its control "
+                              "picture as base64 in 'image'.",
                          kind="RequestValidationError")
     return settings, decoded_image(image, "ControlNet image")
 
