@@ -178,9 +178,10 @@ def test_a_controlnet_unit_steers_txt2img_by_the_control_pictures_edges(studio):
     assert any("guidance_start/guidance_end" in item for item in body["info"]["ignored"])
 
     extension = str(studio.http.base_url).rstrip("/").replace("/sdapi/v1", "/controlnet")  # beside /sdapi/v1
+    side = min(picture.size)  # the processor resolution at which detect sees the picture as it is
     detected = answer(studio.http.post(f"{extension}/detect", json={
         "controlnet_module": "canny", "controlnet_input_images": [b64(picture)], "controlnet_threshold_a": 100,
-        "controlnet_threshold_b": 200}))
+        "controlnet_threshold_b": 200, "controlnet_processor_res": side}))
     edges = decoded(detected["images"][0])
     assert np.array_equal(np.asarray(edges.convert("L")), cv2.Canny(np.asarray(picture), 100, 200))  # OpenCV's
     as_edge_map = made(studio.http.post("/txt2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [
@@ -195,7 +196,8 @@ def test_a_controlnet_unit_steers_txt2img_by_the_control_pictures_edges(studio):
         {**unit, "module": "depth_anything_v2"}]}}}))  # demo-canny has no modes: it is given the depth map
     assert not np.array_equal(np.asarray(decoded(depth["images"][0]).convert("RGB")), image)
     detected = answer(studio.http.post(f"{extension}/detect", json={
-        "controlnet_module": "depth_anything_v2", "controlnet_input_images": [b64(picture)]}))
+        "controlnet_module": "depth_anything_v2", "controlnet_input_images": [b64(picture)],
+        "controlnet_processor_res": side}))
     depth_map = decoded(detected["images"][0])
     assert depth_map.size == picture.size and np.ptp(np.asarray(depth_map)) > 100  # a map, not a flat image
     as_depth_map = made(studio.http.post("/txt2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [
@@ -209,6 +211,7 @@ def test_a_controlnet_unit_steers_txt2img_by_the_control_pictures_edges(studio):
         "controlnet_module": "openpose", "controlnet_input_images": [b64(picture)]})
     assert "module 'openpose' is not in the studio" in assert_a1111_error(unknown, 422)  # the extension's status
     assert answer(studio.http.get(f"{extension}/settings")) == {"control_net_unit_count": MAX_UNITS}
+    assert answer(studio.http.get("/options"))["control_net_unit_count"] == MAX_UNITS  # where A1111 keeps it too
     types = answer(studio.http.get(f"{extension}/control_types"))["control_types"]
     weights = answer(studio.http.get(f"{extension}/model_list"))["model_list"]
     assert types["All"]["model_list"] == weights
@@ -248,6 +251,36 @@ def test_several_controlnet_units_steer_together_in_any_order(studio):
         units[0], {"enabled": False}, {"module": "canny", "image": ""}]}}})
     assert ("ControlNet unit 2 (of the enabled ones) has no image: send its control picture as base64 in "
             "'image'.") in assert_a1111_error(blind, 422)
+
+
+def test_detect_works_at_the_processor_resolution_as_the_extension_does(studio):
+    """Canny edges at `controlnet_processor_res` (512 when none is sent): the picture's shorter side scaled to it with
+    OpenCV (cubic up, area down), edge-padded to multiples of 64, cv2.Canny, cropped back (the extension's
+    resize_image_with_pad); the depth map at that size too; a resolution past the limits is a 422 sentence."""
+    extension = str(studio.http.base_url).rstrip("/").replace("/sdapi/v1", "/controlnet")
+    picture = Image.open(studio.examples["controlnet"][0].images["image"]).convert("RGB").resize((96, 80))
+
+    def detected(**fields):
+        body = answer(studio.http.post(f"{extension}/detect", json={"controlnet_input_images": [b64(picture)],
+                                                                      **fields}))
+        return np.asarray(decoded(body["images"][0]).convert("RGB"))
+
+    def extension_canny(res: int) -> np.ndarray:
+        pixels = np.asarray(picture)
+        scale = res / min(pixels.shape[:2])
+        width, height = round(96 * scale), round(80 * scale)
+        resized = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
+        padded = np.pad(resized, [(0, -height % 64), (0, -width % 64), (0, 0)], mode="edge")
+        return cv2.Canny(padded, 100, 200)[:height, :width]
+
+    for res, fields in ((512, {}), (512, {"controlnet_processor_res": -1}), (64, {"controlnet_processor_res": 64})):
+        edges = detected(controlnet_module="canny", **fields)
+        assert np.array_equal(edges[..., 0], extension_canny(res)), (res, fields)
+    assert edges.shape[:2] == (64, 77)
+    assert detected(controlnet_module="depth_anything_v2", controlnet_processor_res=128).shape[:2] == (128, 154)
+    huge = studio.http.post(f"{extension}/detect", json={"controlnet_module": "canny", "controlnet_processor_res": 10**6,
+                                                         "controlnet_input_images": [b64(picture)]})
+    assert "controlnet_processor_res must be a whole number of pixels from 64 to 4096" in assert_a1111_error(huge, 422)
 
 
 def test_a_controlnet_unit_in_img2img_starts_from_the_init_image_and_takes_it_as_control_without_one(studio):

@@ -31,6 +31,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors import safe_open
 
+from mflux_core.controlnet_units import MAX_UNITS
 from mflux_core.errors import Cancelled
 from mflux_core.events import Step
 from mflux_core.images.io import load_image
@@ -445,7 +446,8 @@ def sdapi_router(studio, auth=None) -> APIRouter:
     @route("GET", "/sdapi/v1/options")
     async def get_options(request: Request):
         checkpoint = state.checkpoint or default_model_for("generate", studio.manager.models_dir)
-        return JSONResponse({**state.options, "sd_model_checkpoint": checkpoint, "samples_format": "png"})
+        return JSONResponse({"control_net_unit_count": MAX_UNITS, **state.options, "sd_model_checkpoint": checkpoint,
+                             "samples_format": "png"})
 
     @route("POST", "/sdapi/v1/options")
     async def set_options(request: Request):

@@ -12,8 +12,9 @@ studio's Canny ControlNet, so A1111 clients that steer txt2img with a control im
     GET  /controlnet/version, /controlnet/model_list, /controlnet/module_list, /controlnet/settings (four units),
         /controlnet/control_types (All, Canny, Depth: each one's modules and the ControlNets named for it or Union)
     POST /controlnet/detect: what a module makes of `controlnet_input_images`, as the extension's preview returns
-        it: Canny edges, a depth module's depth map (the studio's depth estimator, in the engine's turn), or for
-        "none" the images as they are
+        it: Canny edges, a depth module's depth map (the studio's depth estimator, in the engine's turn), each at
+        `controlnet_processor_res` (the shorter side; 512 when none is sent, as the extension), or for "none" the
+        images as they are
 
 With a Union ControlNet as `model`, a depth module (depth_anything_v2, depth_midas, ...: the depth map made here
 by the studio's depth estimator) runs its depth mode, and `union_control_type` (the extension's field for union
@@ -25,6 +26,8 @@ units past four) is named in the answer's `info` as ignored; another module is r
 
 from typing import Callable
 
+import cv2
+import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from PIL import Image
@@ -33,6 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from mflux_core.controlnet_units import IMAGE_KEY, MAX_UNITS, UNIT_EXTRA_KEYS
 from mflux_core.images.canny import canny_edges
 from mflux_core.images.resize_modes import CROP_AND_RESIZE, JUST_RESIZE, RESIZE_AND_FILL, RESIZE_MODES
+from mflux_core.request import check_image_size
+from mflux_core.settings_schema import MAX_SIDE
 from webui.a1111_wire import SdApiError, b64_png, decoded_image, parsed
 from webui.widgets import model_choices
 
@@ -41,6 +46,8 @@ CANNY, NO_PREPROCESSOR = "canny", "none"
 DEPTH_MODULE = "depth"  # any module named depth... (the extension's depth_anything_v2, depth_midas, depth_zoe, ...)
 LISTED_DEPTH_MODULE = "depth_anything_v2"  # the one /controlnet/module_list names (the studio's estimator's kind)
 CANNY_DEFAULTS = (100, 200)  # the extension's canny sliders' defaults, low and high (also the studio's)
+DEFAULT_PROCESSOR_RES = 512  # the shorter side the extension's preprocessors work at when a client names none
+PROCESSOR_PAD = 64  # they pad the scaled picture to multiples of this (edge pixels repeated), then crop the result
 EXTENSION_VERSION = 2  # what /controlnet/version answers: the API generation these fields follow
 # The extension's resize modes by name (older names too) and by number, as our RESIZE_MODES
 RESIZE_NAMES = {"just resize": JUST_RESIZE, "crop and resize": CROP_AND_RESIZE, "resize and fill": RESIZE_AND_FILL,
@@ -201,8 +208,35 @@ def control_types(weights: list[str]) -> dict:
     return {"control_types": types}
 
 
+def processor_res(fields: dict) -> int:
+    """/controlnet/detect's `controlnet_processor_res`: the shorter side the module works at (none or -1: 512)."""
+    value = fields.get("controlnet_processor_res", -1)
+    if value is None or value == -1:
+        return DEFAULT_PROCESSOR_RES
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
+            or not PROCESSOR_PAD <= value <= MAX_SIDE:
+        raise SdApiError(422, f"controlnet_processor_res must be a whole number of pixels from {PROCESSOR_PAD} to "
+                              f"{MAX_SIDE} (or -1 for {DEFAULT_PROCESSOR_RES}), not {str(value)[:40]}.",
+                         kind="RequestValidationError")
+    return int(value)
+
+
+def at_processor_res(picture: Image.Image, res: int) -> tuple[Image.Image, tuple[int, int]]:
+    """The picture as the extension's preprocessors take it: its shorter side scaled to `res` (OpenCV's cubic
+    interpolation up, area down), edge-padded to multiples of 64; and the (width, height) to crop the result to."""
+    pixels = np.asarray(picture.convert("RGB"))
+    height, width = pixels.shape[:2]
+    scale = res / min(height, width)
+    size = (round(width * scale), round(height * scale))
+    check_image_size(*size, f"The picture at the processor resolution {res}")
+    resized = cv2.resize(pixels, size, interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
+    padded = np.pad(resized, [(0, -size[1] % PROCESSOR_PAD), (0, -size[0] % PROCESSOR_PAD), (0, 0)], mode="edge")
+    return Image.fromarray(padded), size
+
+
 def detect(fields: dict, depth_map: Callable[[Image.Image], Image.Image]) -> dict:
-    """/controlnet/detect: each input image as the module makes it, at its own size."""
+    """/controlnet/detect: each input image as the module makes it, at the processor resolution as the extension
+    answers (module "none": the image as it is)."""
     module = str(fields.get("controlnet_module", NO_PREPROCESSOR)).strip().lower()
     if module not in (CANNY, NO_PREPROCESSOR) and not module.startswith(DEPTH_MODULE):
         raise SdApiError(422, f"The ControlNet module {module!r} is not in the studio: it detects 'canny' edges and "
@@ -212,15 +246,22 @@ def detect(fields: dict, depth_map: Callable[[Image.Image], Image.Image]) -> dic
         raise SdApiError(422, "controlnet_input_images must be a list of base64 images.",
                          kind="RequestValidationError")
     pictures = [decoded_image(image, f"controlnet_input_images[{index}]") for index, image in enumerate(images)]
+    if module == NO_PREPROCESSOR:
+        return {"images": [b64_png(image) for image in pictures], "info": "Success"}
     if module == CANNY:
         low, high = (fields.get(key, -1) for key in ("controlnet_threshold_a", "controlnet_threshold_b"))
         low, high = (float(value) if isinstance(value, (int, float)) and value >= 0 else default
                      for value, default in zip((low, high), CANNY_DEFAULTS))
-        detected = [canny_edges(picture, low, high) for picture in pictures]
-    elif module == NO_PREPROCESSOR:
-        detected = pictures
+
+        def make(picture: Image.Image) -> Image.Image:
+            return canny_edges(picture, low, high)
     else:
-        detected = [depth_map(picture) for picture in pictures]
+        make = depth_map
+    res = processor_res(fields)
+    detected = []
+    for picture in pictures:
+        padded, (width, height) = at_processor_res(picture, res)
+        detected.append(make(padded).crop((0, 0, width, height)))
     return {"images": [b64_png(image) for image in detected], "info": "Success"}
 
 
