@@ -200,14 +200,15 @@ BIG = 2000  # a photo's side, far past what the demo models make
     ("fill", {"image_path": 0, "masked_image_path": 1}),
     ("generate", {"image_path": 0}),
     ("ic-edit", {"image_path": 0}),
+    ("fill", {"image_path": 0, "outpaint_padding": "100"}),  # the padded canvas (2208 px) is brought to a native size
 ])
 def test_a_big_photo_on_the_demo_is_read_at_the_size_the_model_makes(manager, tmp_path, tool, inputs):
     """The size is decided before the inputs are prepared: a 2000x2000 photo is not encoded (nor edge-detected, nor
     a Kontext reference of 15,625 tokens) at its own size first, so MLX's measured peak is the plan's for the native
     size (it was 0.4 GB against a plan of 18 MB for a 1024 px control image, and a 4000x3000 one took 335 s)."""
     paths = [scene_picture(tmp_path, index, size=BIG) for index in range(2)]
-    request = GenerationRequest(tool=tool, prompt="a red circle", **FAST,
-                                **{key: paths[index] for key, index in inputs.items()})
+    request = GenerationRequest(tool=tool, prompt="a red circle", **FAST, **{
+        key: paths[value] if isinstance(value, int) else value for key, value in inputs.items()})
     result = manager.generate(request)
     assert max(result.image.size) <= 128 and any("images only, so this one is" in note for note in result.notes)
     memory = manager.status()["last_memory"]

@@ -57,7 +57,7 @@ def fill_canvas(request: GenerationRequest) -> tuple[GenerationRequest, Image.Im
     if request.outpaint_padding:
         padding = parse_padding(request.outpaint_padding, image.width, image.height)
         canvas, mask = outpaint_canvas(image, padding)
-        return with_size(request.with_(width=canvas.width, height=canvas.height)), canvas, mask
+        return with_size(request, canvas), canvas, mask  # a size given (or the demo's native one) resizes it
     if not request.masked_image_path:
         raise InvalidRequest("Fill needs a mask (white = regenerate): pass --masked-image-path or --outpaint-padding.")
     mask = load_mask(existing_file(request.masked_image_path, "mask image"))

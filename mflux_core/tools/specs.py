@@ -124,7 +124,8 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                  Flag("--image-strength", "start from the image instead of pure noise, keeping this much of it "
                       "(default: off)", kind="number"),
                  Flag("--masked-image-path", "mask image: white = regenerate"),
-                 Flag("--outpaint-padding", "outpaint: padding top,right,bottom,left in px or %% ('0,30%%,20%%,0')"),
+                 Flag("--outpaint-padding", "outpaint: padding top,right,bottom,left in px or %% ('0,30%%,20%%,0'); "
+                      "the output is the padded canvas, or --width/--height with the canvas resized to them"),
                  Flag("--keep-unmasked", "paste the original back outside a feathered mask (off: the image equals "
                       "diffusers')", kind="switch"), RESIZE_FLAG)),
     ToolSpec("depth", "restyle with the layout of a depth map (FLUX.1-Depth)", "depth", "depth", ("depth",),
