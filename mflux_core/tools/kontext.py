@@ -17,7 +17,7 @@ from mflux_core.request import GenerationRequest, check_image_size
 from mflux_core.sampling.latents import image_position_ids
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import (
-    check_in_channels, packed_channels, encode_image, prompt_conditioning, required_image, with_size,
+    check_in_channels, fit_input, packed_channels, encode_image, prompt_conditioning, required_image, with_size,
 )
 
 PREFERRED_RESOLUTIONS = [  # (width, height) Kontext was trained on
@@ -47,10 +47,11 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     reference = reference_image(request)
     request = with_size(request, reference)
     multiple = 2 * model.vae_scale_factor
-    if model.native_sizes:  # a demo model was taught with references of its own sizes: the output's
-        width, height = request.width, request.height
-    else:
-        width, height = reference_size(reference, bool(request.extra.get("kontext_auto_resize")), multiple)
+    notes = ()
+    if model.native_sizes:  # a demo model was taught with references of its own sizes: the output's, by resize mode
+        reference, notes = fit_input(reference, request)
+    auto_resize = bool(request.extra.get("kontext_auto_resize")) and not model.native_sizes
+    width, height = reference_size(reference, auto_resize, multiple)
     check_image_size(width, height, "The reference image, which Kontext uses at its own size,")
     if (width, height) != reference.size:
         reference = reference.resize((width, height), Image.Resampling.LANCZOS)
@@ -58,4 +59,4 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     conditioning.reference_tokens = encode_image(model, reference, width, height).astype(model.dtype)
     grid = (2 * (height // multiple), 2 * (width // multiple))
     conditioning.reference_ids = image_position_ids(*grid, first=1.0)
-    return ToolInputs(request, conditioning)
+    return ToolInputs(request, conditioning, notes=notes)
