@@ -300,12 +300,16 @@ def test_redux_on_the_demo_carries_a_reference_pictures_colours_offline(page, tm
 
 
 @pytest.mark.parametrize(("tab", "tool", "first", "second"), [
-    ("Redux", "redux", "redux-image-1", "redux-image-2"), ("Kontext", "kontext", "kontext-reference", "kontext-reference-2")])
+    ("Redux", "redux", "redux-image-1", "redux-image-2"),
+    ("Kontext", "kontext", "kontext-reference", "kontext-reference-2"),
+    ("ControlNet", "controlnet", "controlnet-image", "controlnet-unit2-image")])
 def test_an_example_empties_the_panels_other_image_slots(page, studio, tmp_path, tab, tool, first, second):
     Image.new("RGB", (64, 64), "white").save(tmp_path / "mine.png")
     open_tab(page, tab)
     if tool == "kontext":
         page.locator("#kontext-more-references").get_by_text("More images").click()
+    if tool == "controlnet":
+        page.click("#controlnet-units")
     page.set_input_files(f"#{second} input[type=file]", str(tmp_path / "mine.png"))
     page.wait_for_selector(f"#{second} img")
     example = studio.examples[tool][0]

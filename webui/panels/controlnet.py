@@ -33,7 +33,6 @@ OWN_TYPE = ""  # the control type picker's value for "the mode's own" (canny for
 CONTROL_TYPES = [("the mode's own", OWN_TYPE),
                  *((kind, kind) for kind in UNION_CONTROL_TYPES)]
 UNITS = range(2, MAX_UNITS + 1)  # the further units' numbers (unit 1 is the controls above)
-UNIT_CONTROLS = ("image", "weights", "mode", "strength")  # each further unit's, as values' keys unit{N}_{control}
 
 
 def unit_key(number: int, control: str) -> str:
@@ -195,7 +194,8 @@ def render(studio) -> Panel:
                 render_demo_examples(studio, TOOL, shared.controls, example_image,
                                      {mode: CANNY, weights: TOOL_DEFAULT, union_type: OWN_TYPE,
                                       strength: MODE_STRENGTHS[CANNY],
-                                      canny_low: DEFAULTS["canny_low"], canny_high: DEFAULTS["canny_high"]}, kind=CANNY)
+                                      canny_low: DEFAULTS["canny_low"], canny_high: DEFAULTS["canny_high"]}, kind=CANNY,
+                                     emptied=tuple(unit_images.values()))
                 render_demo_examples(studio, MODE_TOOLS[UPSCALE], shared.controls, example_image,
                                      {mode: UPSCALE, weights: TOOL_DEFAULT, union_type: OWN_TYPE,
                                       strength: MODE_STRENGTHS[UPSCALE],
