@@ -13,20 +13,23 @@ from mflux_core.tools.common import (
     check_in_channels, fit_input, packed_channels, encode_image, prompt_conditioning, required_image, with_size,
 )
 
-def depth_map(request: GenerationRequest, engine: ToolEngine) -> tuple[Image.Image, tuple[tuple[str, int], ...]]:
-    """The user's depth map, or one estimated from --image-path by the depth estimator (with its planned phase)."""
+
+def depth_source(request: GenerationRequest) -> tuple[Image.Image, bool]:
+    """The user's depth map, or the photo (True) to estimate one from (--image-path)."""
     if request.depth_image_path:
-        return required_image(request.depth_image_path, "a depth map", "--depth-image-path"), ()
+        return required_image(request.depth_image_path, "a depth map", "--depth-image-path"), False
     if not request.image_path:
         raise InvalidRequest("Depth needs a depth map (--depth-image-path) or a photo to estimate one from (--image-path).")
-    photo = required_image(request.image_path, "a photo", "--image-path")
-    return engine.estimate_depth(photo), ((DEPTH_PHASE, engine.depth_estimate_bytes(photo)),)
+    return required_image(request.image_path, "a photo", "--image-path"), True
 
 
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
     check_in_channels(model, 2 * packed_channels(model), "Depth", "FLUX.1-Depth")
-    control, estimated = depth_map(request, engine)
-    request = with_size(request, control)
+    control, is_photo = depth_source(request)
+    request = with_size(request, control)  # the map has the photo's size: decided before the estimator runs
+    estimated = ()
+    if is_photo:
+        control, estimated = engine.estimate_depth(control), ((DEPTH_PHASE, engine.depth_estimate_bytes(control)),)
     control, notes = fit_input(control, request)
     conditioning = prompt_conditioning(model, request)
     conditioning.extra_channels = encode_image(model, control, request.width, request.height).astype(model.dtype)
