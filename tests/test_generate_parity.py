@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.fixtures.tiny_flux import load_diffusers_pipeline
+from tests.fixtures.tiny_flux import TinyFluxSpec, build_tiny_flux, load_diffusers_pipeline
 from tests.parity import UINT8_TOLERANCE, deterministic_diffusers, make_noise, max_uint8_diff, pack, run_cli
 
 LATENT_CHANNELS = 4
@@ -72,3 +72,27 @@ def test_seeded_runs_are_deterministic_and_seed_dependent(tiny_schnell, tmp_path
     other = run_cli(*common, "--seed", 6, "--output", tmp_path / "c.png")
     assert max_uint8_diff(first, again) == 0
     assert max_uint8_diff(first, other) > 10
+
+
+# diffusers' own FLUX.1 test components (tests/pipelines/flux): a one-block VAE (no downsampling) with one latent
+# channel and a group norm of one group, a GELU CLIP of five layers, and a plain ReLU T5 (hf-internal-testing's).
+DIFFUSERS_TEST_SPEC = TinyFluxSpec(
+    latent_channels=1, vae_blocks=(4,), vae_norm_groups=1, vae_scaling_factor=1.5035, vae_shift_factor=0.0609,
+    num_layers=1, num_single_layers=1, axes_dims_rope=(4, 4, 8), clip_layers=5, clip_activation="gelu",
+    t5_layers=5, t5_feed_forward="relu", t5_buckets=8,
+)
+
+
+def test_diffusers_own_test_pipeline_shapes_match_diffusers(tmp_path):
+    folder = build_tiny_flux(tmp_path / "diffusers-test-pipe", DIFFUSERS_TEST_SPEC)
+    height, width, steps = 32, 48, 3
+    noise_path = make_noise(tmp_path, (1, 1, height, width), seed=4)
+    prompt = "a blue square at the bottom"
+    ours = run_cli("generate", "--path", folder, "--prompt", prompt, "--steps", steps, "--height", height,
+                   "--width", width, "--init-noise", noise_path, "--guidance", 3.5, "--output", tmp_path / "ours.png")
+
+    reference = load_diffusers_pipeline(folder)(
+        prompt, height=height, width=width, num_inference_steps=steps, guidance_scale=3.5,
+        latents=pack(np.load(noise_path)), output_type="pil",
+    ).images[0]
+    assert max_uint8_diff(ours, reference) <= UINT8_TOLERANCE

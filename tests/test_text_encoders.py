@@ -120,6 +120,23 @@ def test_t5_matches_transformers(tiny_dev, tokenizers, torch_t5, max_length):
         assert_close(model(mx.array(ids)), reference, f"T5 {name} ({ids.shape[1]} tokens)")
 
 
+@pytest.mark.parametrize("feed_forward_proj", ["relu", "gelu", "gated-silu"])
+def test_t5_feed_forward_variants_match_transformers(tmp_path, feed_forward_proj):
+    """The original T5's plain feed-forward (wi, wo), as small test encoders have, and other activations."""
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(3)
+    reference = T5EncoderModel(T5Config(
+        vocab_size=99, d_model=32, d_kv=8, d_ff=37, num_layers=3, num_heads=4, relative_attention_num_buckets=8,
+        feed_forward_proj=feed_forward_proj, dropout_rate=0.0,
+    )).eval()
+    reference.save_pretrained(tmp_path / "t5")
+    ids = np.random.default_rng(0).integers(0, 99, (2, 23)).astype(np.int32)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(ids).long()).last_hidden_state.numpy()
+    assert_close(load_t5_encoder(tmp_path / "t5")(mx.array(ids)), expected, f"T5 with {feed_forward_proj}")
+
+
 def test_relative_position_buckets_match_transformers():
     from transformers.models.t5.modeling_t5 import T5Attention
 

@@ -1,4 +1,5 @@
-"""The T5 v1.1 encoder of FLUX.1 (transformers' T5EncoderModel) in MLX."""
+"""The T5 encoder of FLUX.1 (transformers' T5EncoderModel) in MLX: v1.1's gated feed-forward, as the real
+checkpoints have, and the original T5's plain one, as small test encoders (hf-internal-testing's) have."""
 
 import math
 from dataclasses import dataclass
@@ -14,7 +15,10 @@ from mflux_core.weights.loading import load_component
 
 ACTIVATIONS = {
     "gelu_new": gelu_tanh,  # the tanh approximation, what the real checkpoints use
+    "gelu_pytorch_tanh": gelu_tanh,
     "gelu": nn.gelu,
+    "relu": nn.relu,
+    "silu": nn.silu,
 }
 
 
@@ -30,15 +34,13 @@ class T5Config:
     relative_attention_max_distance: int
     layer_norm_epsilon: float
     dense_act_fn: str
+    is_gated_act: bool
 
     @classmethod
     def from_dict(cls, config: dict) -> "T5Config":
         feed_forward_proj = config.get("feed_forward_proj", "gated-gelu")
-        if not feed_forward_proj.startswith("gated-"):
-            raise ModelLoadError(
-                f"Only gated T5 v1.1 encoders are supported, not feed_forward_proj {feed_forward_proj!r}."
-            )
-        # transformers' T5Config maps "gated-gelu" to the tanh GELU when dense_act_fn is not stored.
+        # transformers' T5Config reads "gated-ACT" or "ACT", and maps "gated-gelu" to the tanh GELU.
+        is_gated = feed_forward_proj.startswith("gated-")
         default_act = "gelu_new" if feed_forward_proj == "gated-gelu" else feed_forward_proj.removeprefix("gated-")
         try:
             result = cls(
@@ -52,11 +54,15 @@ class T5Config:
                 relative_attention_max_distance=config.get("relative_attention_max_distance", 128),
                 layer_norm_epsilon=config.get("layer_norm_epsilon", 1e-6),
                 dense_act_fn=config.get("dense_act_fn", default_act),
+                is_gated_act=config.get("is_gated_act", is_gated),
             )
         except KeyError as error:
             raise ModelLoadError(f"The T5 encoder's config.json has no {error.args[0]!r}.") from None
         if result.dense_act_fn not in ACTIVATIONS:
-            raise ModelLoadError(f"Unsupported T5 activation {result.dense_act_fn!r} in config.json.")
+            raise ModelLoadError(
+                f"The T5 encoder's activation {result.dense_act_fn!r} (config.json) is not one the studio runs: "
+                f"{', '.join(ACTIVATIONS)}."
+            )
         return result
 
 
@@ -131,11 +137,23 @@ class T5GatedFeedForward(nn.Module):
         return self.wo(self.activation(self.wi_0(x)) * self.wi_1(x))
 
 
+class T5PlainFeedForward(nn.Module):
+    def __init__(self, config: T5Config):
+        super().__init__()
+        self.wi = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
+        self.activation = ACTIVATIONS[config.dense_act_fn]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.wo(self.activation(self.wi(x)))
+
+
 class T5FeedForwardLayer(nn.Module):
     def __init__(self, config: T5Config):
         super().__init__()
         self.layer_norm = nn.RMSNorm(config.d_model, eps=config.layer_norm_epsilon)
-        self.DenseReluDense = T5GatedFeedForward(config)
+        feed_forward = T5GatedFeedForward if config.is_gated_act else T5PlainFeedForward
+        self.DenseReluDense = feed_forward(config)
 
     def __call__(self, x: mx.array) -> mx.array:
         return x + self.DenseReluDense(self.layer_norm(x))
