@@ -298,6 +298,36 @@ def test_a_streamed_generation_sends_its_step_previews_then_the_saved_image(stud
     assert "Invalid 'partial_images'" in assert_openai_error(refused, 400, "partial_images")
 
 
+def test_output_format_encodes_the_images_as_gpt_image_does(studio):
+    """`output_format` jpeg or webp (at `output_compression`) in b64_json and in the stream; the url stays the PNG."""
+    body = {"prompt": CAPTION, "model": "gpt-image-1", "size": f"{IMAGE_SIZE}x{IMAGE_SIZE}", "seed": 3}
+    png = studio.http.post("/v1/images/generations", json=body).json()
+    assert png["output_format"] == "png"
+    exact = decoded(png["data"][0])
+    for output_format, compression in (("jpeg", 100), ("webp", 90), ("jpeg", 5)):
+        answer = studio.http.post("/v1/images/generations", json={
+            **body, "output_format": output_format, "output_compression": compression}).json()
+        (item,) = answer["data"]
+        encoded = Image.open(io.BytesIO(base64.b64decode(item["b64_json"])))
+        assert encoded.format == output_format.upper() and answer["output_format"] == output_format
+        error = np.abs(decoded(item).astype(int) - exact).mean()
+        assert (error < 4) if compression >= 90 else (error > 4), (output_format, compression, error)
+        assert httpx.get(item["url"], timeout=TIMEOUT_S).headers["content-type"] == "image/png"
+    streamed = streamed_events(studio.http.post("/v1/images/generations", json={
+        **body, "stream": True, "partial_images": 1, "output_format": "webp"}))
+    for _, data in streamed:
+        assert data["output_format"] == "webp"
+        assert Image.open(io.BytesIO(base64.b64decode(data["b64_json"]))).format == "WEBP"
+    example = studio.examples["kontext"][0]
+    edited = edit(studio, example.images["image"].read_bytes(), {
+        "prompt": example.prompt, "model": "demo-kontext", "seed": "0", "output_format": "jpeg",
+        "output_compression": "80", "response_format": "b64_json"})
+    assert Image.open(io.BytesIO(base64.b64decode(edited.json()["data"][0]["b64_json"]))).format == "JPEG"
+    for field, value in (("output_format", "gif"), ("output_compression", 101)):
+        refused = studio.http.post("/v1/images/generations", json={**body, field: value})
+        assert f"Invalid '{field}'" in assert_openai_error(refused, 400, field)
+
+
 def test_a_streamed_edit_sends_image_edit_events(studio):
     example = studio.examples["kontext"][0]
     response = edit(studio, example.images["image"].read_bytes(), {"prompt": example.prompt, "model": "demo-kontext",

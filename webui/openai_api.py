@@ -14,12 +14,12 @@ the steps' previews, then each finished image (openai_stream.py).
 
 OpenAI's own model names (dall-e-3, gpt-image-1...), which some apps cannot change, run the tool's default model.
 Results are saved with their metadata like the page's (so they appear in History). Without `response_format`
-an image carries both `b64_json` and `url`, for clients of either habit. Other OpenAI fields (quality, style,
-user, background, output_format...) are accepted and ignored. Every error is OpenAI's shape:
+an image carries both `b64_json` and `url`, for clients of either habit. `output_format` (png, jpeg, webp) and
+`output_compression` encode `b64_json` and streamed images as gpt-image does; a `url` is the saved PNG. Other
+OpenAI fields (quality, style, user, background...) are accepted and ignored. Every error is OpenAI's shape:
 {"error": {"message", "type", "param", "code"}}.
 """
 
-import base64
 import re
 import shutil
 import tempfile
@@ -43,7 +43,7 @@ from mflux_core.settings_schema import MAX_BATCH
 from mflux_core.tools.specs import TOOL_SPECS, default_model_for
 from webui.api_server import MAX_WAITING, ApiRefusal, JobThreads, api_routes, json_object
 from webui.gallery import DATE_FOLDER, save_result
-from webui.openai_stream import run_streamed, server_sent
+from webui.openai_stream import OutputFormat, run_streamed, server_sent
 from webui.requests import requests_from_settings
 from webui.turns import request_about
 
@@ -69,6 +69,12 @@ class ImageParams(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stream: bool = False  # server-sent events (openai_stream.py): generations and edits
     partial_images: int | None = Field(None, ge=0, le=3)
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+    output_compression: int = Field(100, ge=0, le=100)
+
+    @property
+    def output(self) -> OutputFormat:
+        return OutputFormat(self.output_format, self.output_compression)
 
 
 @dataclass
@@ -172,17 +178,17 @@ def run_in_turn(studio, requests: list[GenerationRequest]) -> list[Path]:
             return [save_result(studio.folders.outputs, run(None)) for run in runs]
 
 
-def images_response(studio, paths: list[Path], response_format: str | None, base_url: str) -> dict:
+def images_response(studio, paths: list[Path], params: ImageParams, base_url: str) -> dict:
     data = []
     for path in paths:
         item = {}
-        if response_format in (None, "b64_json"):
-            item["b64_json"] = base64.b64encode(path.read_bytes()).decode("ascii")
-        if response_format in (None, "url"):
+        if params.response_format in (None, "b64_json"):
+            item["b64_json"] = params.output.base64_of(path)
+        if params.response_format in (None, "url"):
             day, name = path.relative_to(studio.folders.outputs).parts
             item["url"] = f"{base_url.rstrip('/')}/v1/files/{day}/{name}"
         data.append(item)
-    return {"created": int(time.time()), "data": data}
+    return {"created": int(time.time()), "data": data, "output_format": params.output_format}
 
 
 # ----- uploads ----------------------------------------------------------------------------------
@@ -273,7 +279,7 @@ def variation_requests(studio, form) -> tuple[ImageParams, list[GenerationReques
 
 
 def images_made(studio, params: ImageParams, requests: list[GenerationRequest], base_url: str) -> dict:
-    return images_response(studio, run_in_turn(studio, requests), params.response_format, base_url)
+    return images_response(studio, run_in_turn(studio, requests), params, base_url)
 
 
 def openai_router(studio, auth=None) -> APIRouter:
@@ -285,7 +291,8 @@ def openai_router(studio, auth=None) -> APIRouter:
     async def answer(request: Request, params: ImageParams, requests: list[GenerationRequest], kind: str | None):
         """The images as JSON, or as OpenAI's event stream when asked for one (`kind`: the events' prefix)."""
         if kind and params.stream:
-            events = threads.stream(run_streamed, studio, requests, kind, params.partial_images or 0, OPENAI_SOURCE)
+            events = threads.stream(run_streamed, studio, requests, kind, params.partial_images or 0, params.output,
+                                    OPENAI_SOURCE)
             return StreamingResponse(server_sent(events, ApiError), media_type="text/event-stream")
         return JSONResponse(await threads.run(images_made, studio, params, requests, str(request.base_url)))
 

@@ -10,6 +10,8 @@ import io
 import json
 import time
 from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
 from typing import AsyncIterator, Callable
 
 from PIL import Image
@@ -31,20 +33,35 @@ def partial_steps(total: int, count: int) -> set[int]:
     return {round(total * index / (count + 1)) for index in range(1, count + 1)} & set(range(1, total))
 
 
-def png_base64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+@dataclass(frozen=True)
+class OutputFormat:
+    """gpt-image's `output_format` and `output_compression` (the JPEG/WebP quality, 0-100) of the images sent."""
+
+    name: str = "png"
+    compression: int = 100
+
+    def base64_of(self, image: Image.Image | Path) -> str:
+        """A saved PNG is sent as it is (its metadata with it); anything else is encoded in this format."""
+        if isinstance(image, Path) and self.name == "png":
+            return base64.b64encode(image.read_bytes()).decode("ascii")
+        if isinstance(image, Path):
+            with Image.open(image) as opened:
+                return self.base64_of(opened.convert("RGB"))
+        buffer = io.BytesIO()
+        quality = {} if self.name == "png" else {"quality": self.compression}
+        image.save(buffer, format=self.name.upper(), **quality)
+        return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def image_event(kind: str, stage: str, image_b64: str, size: tuple[int, int], **fields) -> dict:
+def image_event(kind: str, stage: str, image_b64: str, size: tuple[int, int], output: OutputFormat,
+                **fields) -> dict:
     """One event's data: what OpenAI's ImageGen/ImageEdit PartialImage and Completed events carry."""
     return {"type": f"{kind}.{stage}", "b64_json": image_b64, "background": "opaque", "created_at": int(time.time()),
-            "output_format": "png", "quality": "auto", "size": f"{size[0]}x{size[1]}", **fields}
+            "output_format": output.name, "quality": "auto", "size": f"{size[0]}x{size[1]}", **fields}
 
 
 def run_streamed(emit: Callable[[dict], None], gone, studio, requests: list[GenerationRequest], kind: str,
-                 partial_images: int, source: str) -> None:
+                 partial_images: int, output: OutputFormat, source: str) -> None:
     """Run the requests in the engine's turn (stopped by the queue's Stop or the client leaving), emitting each
     image's chosen step previews and then the saved image."""
     with studio.turns.turn(**request_about(requests), source=source) as entry:
@@ -57,15 +74,14 @@ def run_streamed(emit: Callable[[dict], None], gone, studio, requests: list[Gene
                     if not isinstance(event, Step) or event.preview is None or event.stage:
                         return
                     if event.step in partial_steps(event.total, partial_images):
-                        emit(image_event(kind, "partial_image", png_base64(event.preview), event.preview.size,
-                                         partial_image_index=len(sent)))
+                        emit(image_event(kind, "partial_image", output.base64_of(event.preview),
+                                         event.preview.size, output, partial_image_index=len(sent)))
                         sent.append(event.step)
 
                 path = save_result(studio.folders.outputs, run(report))
                 with Image.open(path) as image:
                     size = image.size
-                emit(image_event(kind, "completed", base64.b64encode(path.read_bytes()).decode("ascii"), size,
-                                 usage=NO_USAGE))
+                emit(image_event(kind, "completed", output.base64_of(path), size, output, usage=NO_USAGE))
 
 
 async def server_sent(events: AsyncIterator[dict], refusal: type[ApiRefusal]) -> AsyncIterator[str]:
