@@ -1,5 +1,5 @@
 """What LoRA files say about themselves (Kohya's ss_* and ModelSpec metadata, key names): family, base model,
-trigger words; files for another family and DoRAs refused on load with one sentence; `mflux-studio loras` and the
+trigger words; files for another family refused on load with one sentence, DoRAs named; `mflux-studio loras` and the
 page's line under the LoRA picker."""
 
 import json
@@ -92,10 +92,12 @@ def test_a_lora_for_another_family_is_refused_on_load_by_its_metadata(kohya_flux
     assert "⚠ refused: it was made for SDXL" in describe_lora_file(kohya_flux)
 
 
-def test_a_dora_is_refused_with_a_sentence(kohya_flux):
-    with_metadata(kohya_flux, KOHYA_FLUX, {"lora_unet_double_blocks_0_img_attn_qkv.dora_scale": torch.ones(1, 8)})
-    with pytest.raises(ModelLoadError, match="is a DoRA .* which is not supported: use a plain LoRA, LoKr or LoHa."):
-        load_lora_file(kohya_flux)
+def test_a_dora_is_named_in_its_line_and_its_format(kohya_flux):
+    """Applying one is tests/test_lora_dora.py's."""
+    rows = load_file(str(kohya_flux))["lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight"].shape[0]
+    with_metadata(kohya_flux, KOHYA_FLUX, {"lora_unet_double_blocks_0_img_attn_qkv.dora_scale": torch.ones(rows, 1)})
+    assert "DoRA (weight-decomposed)" in describe_lora_file(kohya_flux) and "refused" not in describe_lora_file(kohya_flux)
+    assert load_lora_file(kohya_flux).format == "kohya+kohya DoRA"
 
 
 def test_a_file_matching_no_layer_is_named_by_its_keys(tiny_dev):

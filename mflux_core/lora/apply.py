@@ -14,7 +14,7 @@ import mlx.nn as nn
 from mflux_core.errors import ModelLoadError
 from mflux_core.lora.formats import LoraFile
 from mflux_core.lora.info import family_from_keys
-from mflux_core.lora.layers import LINEAR_TYPES, LoRALinear, linear_shape
+from mflux_core.lora.layers import LINEAR_TYPES, LoRALinear, dense_weight, linear_shape
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def fuse_loras(transformer: nn.Module) -> None:
         base = layer.base
         delta = layer.delta()
         if isinstance(base, nn.QuantizedLinear):
-            weight = mx.dequantize(base.weight, base.scales, base.biases, group_size=base.group_size, bits=base.bits)
+            weight = dense_weight(base)
             fused = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in base)
             fused.weight = (weight.astype(mx.float32) + delta).astype(weight.dtype)
             if "bias" in base:

@@ -18,6 +18,9 @@ keys (`lokr_w1`, `hada_w1_a`, ...; see lora/lycoris.py), which are rewritten exa
 
 BFL names fuse layers that diffusers keeps apart (q, k, v; a single block's q, k, v and MLP input).
 A fused LoRA becomes one adapter per part: the same down matrix, the up matrix's rows split.
+
+A DoRA also stores magnitudes: LyCORIS' `<module>.dora_scale` ((out, 1) per output row, or (1, in) per input
+column) or PEFT's `<module>.lora_magnitude_vector` ((out,)); see lora/layers.py for how they apply.
 """
 
 import json
@@ -40,6 +43,8 @@ from mflux_core.weights.bfl import (
 DOWN_SUFFIXES = (".lora_A.weight", ".lora_down.weight", ".down.weight")
 UP_SUFFIXES = (".lora_B.weight", ".lora_up.weight", ".up.weight")
 ALPHA_SUFFIX = ".alpha"
+MAGNITUDE_SUFFIXES = {".dora_scale": "lycoris", ".lora_magnitude_vector": "peft",
+                      ".lora_magnitude_vector.weight": "peft"}  # -> whose DoRA (Dora.strength_inside)
 PEFT_METADATA_KEY = "lora_adapter_metadata"
 BFL_FINAL_MODULATION = "final_layer.adaLN_modulation.1"  # (shift, scale) rows; diffusers' norm_out: (scale, shift)
 
@@ -56,12 +61,22 @@ KOHYA_BLOCK_NAME = re.compile(r"(double_blocks|single_blocks)_(\d+)_(.+)$")
 XLABS_NAME = re.compile(r"(double_blocks|single_blocks)\.(\d+)\.processor\.(\w+)$")
 
 
+class Dora(NamedTuple):
+    """A DoRA's magnitudes: the adapted weight W + dW is rescaled so that each output row (or input column) has
+    these norms."""
+
+    magnitude: mx.array  # (out,) or, on_input, (in,)
+    on_input: bool  # norms per input column (LyCORIS' wd_on_out=False) instead of per output row
+    strength_inside: bool  # PEFT: the user's scale multiplies dW before the norms; LyCORIS: it blends the rescale
+
+
 class LoraWeights(NamedTuple):
-    """One adapter on one linear layer: y += scale * (x @ down.T) @ up.T."""
+    """One adapter on one linear layer: y += scale * (x @ down.T) @ up.T (a DoRA rescales that, lora/layers.py)."""
 
     down: mx.array  # (rank, in)
     up: mx.array  # (out, rank)
     scale: float  # alpha / rank as the file's format defines it (1.0 when it has no alpha)
+    dora: Dora | None = None
 
 
 @dataclass
@@ -85,10 +100,16 @@ class _Module:
     up: mx.array | None = None
     alpha: float | None = None
     lycoris: dict[str, mx.array] = field(default_factory=dict)  # factor name ("lokr_w1", ...) -> matrix
+    magnitude: mx.array | None = None  # a DoRA's, as stored
+    magnitude_style: str | None = None  # "lycoris" or "peft"
 
 
 def split_key(key: str) -> tuple[str, str] | None:
-    """'x.lora_A.weight' -> ('x', 'down'), 'x.lokr_w1' -> ('x', 'lokr_w1'); None for keys that are neither."""
+    """'x.lora_A.weight' -> ('x', 'down'), 'x.lokr_w1' -> ('x', 'lokr_w1'), 'x.dora_scale' -> ('x', 'lycoris
+    magnitude'); None for keys that are none of these."""
+    for suffix, style in MAGNITUDE_SUFFIXES.items():
+        if key.endswith(suffix):
+            return key[: -len(suffix)], f"{style} magnitude"
     for suffixes, kind in ((DOWN_SUFFIXES, "down"), (UP_SUFFIXES, "up"), ((ALPHA_SUFFIX,), "alpha")):
         for suffix in suffixes:
             if key.endswith(suffix):
@@ -229,6 +250,8 @@ def read_lora(weights: dict[str, mx.array], metadata: dict | None = None, name: 
         module.keys.append(key)
         if parsed[1] == "alpha":
             module.alpha = float(value.astype(mx.float32).item())
+        elif parsed[1].endswith(" magnitude"):
+            module.magnitude, module.magnitude_style = value, parsed[1].split()[0]
         elif parsed[1] in LYCORIS_PARTS:
             module.lycoris[parsed[1]] = value
         else:
@@ -244,18 +267,17 @@ def read_lora(weights: dict[str, mx.array], metadata: dict | None = None, name: 
         if pair is None:
             unreadable.extend(module.keys)
             continue
-        formats.add(f"{fmt} {kind}" if (kind := _lycoris_kind(module)) else fmt)
+        kind = _lycoris_kind(module)
+        formats.add(" ".join(filter(None, (fmt, kind, "DoRA" if module.magnitude is not None else None))))
         down, up, scale = pair
+        dora = _dora(module, down, up, module_name, len(paths) > 1)
         if fmt in ("kohya", "ai-toolkit") and module_name == BFL_FINAL_MODULATION:
-            first, second = mx.split(up, 2, axis=0)
-            up = mx.concatenate([second, first], axis=0)
-        if len(paths) == 1:
-            parts = [up]
-        else:
-            splits = row_splits(paths, up.shape[0])
-            parts = mx.split(up, [sum(splits[:i]) for i in range(1, len(splits))], axis=0)
-        for path, part in zip(paths, parts):
-            targets[path] = LoraWeights(down, part, scale)
+            up, dora = _swapped_halves(up), dora and dora._replace(magnitude=_swapped_halves(dora.magnitude))
+        rows = [up.shape[0]] if len(paths) == 1 else row_splits(paths, up.shape[0])
+        for index, path in enumerate(paths):
+            start, stop = sum(rows[:index]), sum(rows[: index + 1])
+            part_dora = dora if dora is None or dora.on_input else dora._replace(magnitude=dora.magnitude[start:stop])
+            targets[path] = LoraWeights(down, up[start:stop], scale, part_dora)
             sources[path] = tuple(module.keys)
     return LoraFile(
         name=name, format="+".join(sorted(formats)) or "unknown", targets=targets, source_keys=sources,
@@ -281,6 +303,28 @@ def _pair(module: _Module, module_name: str, fmt: str, alpha_from_metadata) -> t
     return module.down, module.up, scale
 
 
+def _swapped_halves(rows: mx.array) -> mx.array:
+    first, second = mx.split(rows, 2, axis=0)
+    return mx.concatenate([second, first], axis=0)
+
+
+def _dora(module: _Module, down: mx.array, up: mx.array, module_name: str, fused: bool) -> Dora | None:
+    """The module's DoRA magnitudes, told per output row or per input column by their shape."""
+    if module.magnitude is None:
+        return None
+    magnitude, (out_features, in_features) = module.magnitude, (up.shape[0], down.shape[1])
+    on_output = magnitude.shape in ((out_features,), (out_features, 1))
+    on_input = not on_output and magnitude.shape in ((in_features,), (1, in_features))
+    if not (on_output or on_input):
+        raise ModelLoadError(f"The DoRA module {module_name} is damaged: its magnitudes are "
+                             f"{'x'.join(map(str, magnitude.shape))} for a {out_features}x{in_features} layer.")
+    if on_input and fused:  # each part's column norms would need the other parts' weights
+        raise ModelLoadError(f"The DoRA module {module_name} keeps its magnitudes per input column over layers the "
+                             "studio holds apart (a fused BFL module); only per-output-row magnitudes can be applied "
+                             "to it.")
+    return Dora(magnitude.reshape(-1).astype(mx.float32), on_input, module.magnitude_style == "peft")
+
+
 def _lycoris_kind(module: _Module) -> str | None:
     if not module.lycoris:
         return None
@@ -296,8 +340,8 @@ def _paths(fmt: str, module_name: str) -> list[str] | None:
 
 
 def load_lora_file(path: Path) -> LoraFile:
-    """Read a .safetensors LoRA (weights and header metadata) into a LoraFile; one made for another model family, or
-    a DoRA, is refused from its header before its weights are read."""
+    """Read a .safetensors LoRA (weights and header metadata) into a LoraFile; one made for another model family is
+    refused from its header before its weights are read."""
     path = Path(path)
     info = read_lora_info(path)
     if info is not None and refusal(info, path.name):

@@ -62,6 +62,8 @@ class LoraInfo:
             parts.append(f"named {self.output_name}")
         if self.trigger_words:
             parts.append("trigger words: " + ", ".join(mark(word, "`") for word in self.trigger_words))
+        if self.dora:
+            parts.append("DoRA (weight-decomposed)")
         why = problem(self)
         if why:
             parts.append(f"⚠ refused: it {why}")
@@ -133,12 +135,9 @@ def read_lora_info(path: Path) -> LoraInfo | None:
 
 
 def problem(info: LoraInfo) -> str | None:
-    """Why this FLUX.1 studio cannot apply the LoRA (another family, or a DoRA), as a phrase; None when it can."""
+    """Why this FLUX.1 studio cannot apply the LoRA (made for another family), as a phrase; None when it can."""
     if info.other_family:
         return f"was made for {info.other_family}, not FLUX.1, so it cannot be applied here"
-    if info.dora:
-        return ("is a DoRA (weight-decomposed LoRA: dora_scale keys), which is not supported: use a plain LoRA, LoKr "
-                "or LoHa")
     return None
 
 

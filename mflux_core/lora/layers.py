@@ -3,9 +3,17 @@
 The base layer (nn.Linear or nn.QuantizedLinear) is never changed. All adapters of a layer are
 kept concatenated, with their scales folded into the up matrix, so one layer costs two small
 matmuls whatever the number of LoRAs: y = base(x) + (x @ downs) @ (scaled ups).
+
+A DoRA rescales the adapted weight W' = W + dW so each output row (or input column) has its stored
+magnitude m: W'' = W' * f with f = m / |W'| per row (column). As a layer's output that is the base's
+output without its bias times f (or the base applied to x * f), plus the low-rank path times f, so it
+too runs without a merged weight; f is computed once from the weights. The user's scale s follows the
+file's maker: LyCORIS (dora_scale keys) blends the rescale, f = s (m / |W + dW| - 1) + 1, with dW
+unscaled; PEFT (lora_magnitude_vector) scales dW by s before the norms. Several adapters' changes
+add, each measured against the base weight, as plain LoRAs' do.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -13,6 +21,8 @@ import mlx.nn as nn
 from mflux_core.lora.formats import LoraWeights
 
 LINEAR_TYPES = (nn.Linear, nn.QuantizedLinear)
+NORM_EPSILON = 1.1920929e-07  # float32's machine epsilon, added to the norms as LyCORIS and PEFT do
+NONE = mx.zeros((0,))  # an empty array stands for "none" in the parameter tree
 
 
 def linear_shape(layer: nn.Module) -> tuple[int, int]:
@@ -26,10 +36,33 @@ def compute_dtype(layer: nn.Module) -> mx.Dtype:
     return layer.scales.dtype if isinstance(layer, nn.QuantizedLinear) else layer.weight.dtype
 
 
+def dense_weight(layer: nn.Module) -> mx.array:
+    """The layer's (out, in) weight, dequantized where it is quantized, in its own dtype."""
+    if isinstance(layer, nn.QuantizedLinear):
+        return mx.dequantize(layer.weight, layer.scales, layer.biases, group_size=layer.group_size, bits=layer.bits)
+    return layer.weight
+
+
 @dataclass
 class Adapter:
     weights: LoraWeights
     scale: float  # the user's scale; the format's own alpha scale is in weights.scale
+    norms: dict[float, mx.array] = field(default_factory=dict)  # a DoRA's |W + dW| by the scale inside dW
+
+    def dora_rescale(self, base: nn.Module) -> tuple[mx.array, float]:
+        """(f, the low-rank path's scalar scale) of a DoRA adapter at its current scale."""
+        w, dora = self.weights, self.weights.dora
+        inside = self.scale if dora.strength_inside else 1.0
+        if inside not in self.norms:
+            change = (w.scale * inside) * (w.up.astype(mx.float32) @ w.down.astype(mx.float32))
+            merged = dense_weight(base).astype(mx.float32) + change
+            norms = mx.sqrt(mx.sum(mx.square(merged), axis=0 if dora.on_input else 1)) + NORM_EPSILON
+            mx.eval(norms)
+            self.norms = {inside: norms}  # one kept: a PEFT DoRA's scale change replaces it
+        ratio = dora.magnitude / self.norms[inside]
+        if dora.strength_inside:
+            return ratio, w.scale * self.scale
+        return self.scale * (ratio - 1) + 1, w.scale
 
 
 class AdapterTable:
@@ -44,8 +77,10 @@ class LoRALinear(nn.Module):
         super().__init__()
         self.base = base
         self.table = AdapterTable()
-        self.lora_down = mx.zeros((0,))  # (in, total rank): every adapter's down matrix, transposed
-        self.lora_up = mx.zeros((0,))  # (total rank, out): every adapter's up matrix, transposed and scaled
+        self.lora_down = NONE  # (in, total rank): every adapter's down matrix, transposed
+        self.lora_up = NONE  # (total rank, out): every adapter's up matrix, transposed and scaled
+        self.output_rescale = NONE  # (out,): DoRAs' rescale of the base's output (its bias kept)
+        self.input_rescale = NONE  # (in,): DoRAs' rescale of the base's input
 
     @property
     def names(self) -> list[str]:
@@ -70,24 +105,48 @@ class LoRALinear(nn.Module):
         del self.table.by_name[name]
         self._rebuild()
 
+    def _factors(self) -> tuple[mx.array, mx.array, mx.array | None, mx.array | None]:
+        """Float32 (in, rank) downs and (rank, out) scaled ups of all adapters, and the DoRAs' output and input
+        rescales (None where no DoRA rescales that side)."""
+        downs, ups, rescales = [], [], {False: None, True: None}
+        for adapter in self.table.by_name.values():
+            down, up = adapter.weights.down.T.astype(mx.float32), adapter.weights.up.T.astype(mx.float32)
+            if adapter.weights.dora is None:
+                up = up * (adapter.scale * adapter.weights.scale)
+            else:
+                f, path_scale = adapter.dora_rescale(self.base)
+                on_input = adapter.weights.dora.on_input
+                down, up = (down * f[:, None], up * path_scale) if on_input else (down, up * (path_scale * f))
+                rescales[on_input] = (f - 1) + (1 if rescales[on_input] is None else rescales[on_input])
+            downs.append(down)
+            ups.append(up)
+        return mx.concatenate(downs, axis=1), mx.concatenate(ups, axis=0), rescales[False], rescales[True]
+
     def _rebuild(self) -> None:
-        adapters = list(self.table.by_name.values())
-        if not adapters:
-            self.lora_down, self.lora_up = mx.zeros((0,)), mx.zeros((0,))
+        self.lora_down = self.lora_up = self.output_rescale = self.input_rescale = NONE
+        if not self.table.by_name:
             return
         dtype = compute_dtype(self.base)
-        self.lora_down = mx.concatenate([a.weights.down.T for a in adapters], axis=1).astype(dtype)
-        self.lora_up = mx.concatenate(
-            [a.weights.up.T * (a.scale * a.weights.scale) for a in adapters], axis=0).astype(dtype)
-        mx.eval(self.lora_down, self.lora_up)
+        factors = [NONE if f is None else f.astype(dtype) for f in self._factors()]
+        self.lora_down, self.lora_up, self.output_rescale, self.input_rescale = factors
+        mx.eval(factors)
 
     def delta(self) -> mx.array:
         """The weight change (out, in) all adapters make together, in float32."""
-        return sum((a.scale * a.weights.scale) * (a.weights.up.astype(mx.float32) @ a.weights.down.astype(mx.float32))
-                   for a in self.table.by_name.values())
+        downs, ups, output_rescale, input_rescale = self._factors()
+        change = (downs @ ups).T
+        if output_rescale is None and input_rescale is None:
+            return change
+        weight = dense_weight(self.base).astype(mx.float32)
+        rescaled = weight * (1 if output_rescale is None else output_rescale[:, None]) * (
+            1 if input_rescale is None else input_rescale[None, :])
+        return rescaled - weight + change
 
     def __call__(self, x: mx.array) -> mx.array:
-        y = self.base(x)
         if not self.table.by_name:
-            return y
+            return self.base(x)
+        y = self.base(x * self.input_rescale if self.input_rescale.size else x)
+        if self.output_rescale.size:
+            bias = self.base.bias if "bias" in self.base else None
+            y = y * self.output_rescale if bias is None else (y - bias) * self.output_rescale + bias
         return mx.addmm(y, x @ self.lora_down, self.lora_up)
