@@ -134,3 +134,22 @@ def test_the_page_shows_the_line_under_a_picked_lora(kohya_flux, tmp_path):
                and lines["generate-lora-info-1"]._id in {block._id for block in fn.outputs}]
     assert event.fn("inkstyle") == describe_lora_file(kohya_flux) and "trigger words" in event.fn("inkstyle")
     assert event.fn("") == ""
+
+
+@pytest.mark.parametrize("suffixes, algorithm", [(("oft_blocks", "alpha"), "OFT / BOFT"),
+                                                 (("a1.weight", "a2.weight", "b1.weight", "b2.weight"), "GLoRA"),
+                                                 (("diff", "diff_b"), "full"), (("weight", "on_input"), r"\(IA\)\^3")])
+def test_a_lycoris_algorithm_the_studio_does_not_apply_is_named_in_a_sentence(tmp_path, suffixes, algorithm):
+    path = tmp_path / "other.safetensors"
+    save_file({f"lora_unet_double_blocks_0_img_attn_qkv.{suffix}": torch.ones(2) for suffix in suffixes}, str(path))
+    with pytest.raises(ModelLoadError, match=rf"^The LoRA other.safetensors uses LyCORIS' {algorithm}.* algorithm, "
+                                             r"which the studio cannot apply \(it applies LoRA, LoKr and LoHa"):
+        load_lora_file(path)
+    assert "⚠ refused: it uses LyCORIS'" in describe_lora_file(path)
+
+
+def test_a_lora_that_also_trained_norms_is_applied_where_it_can_be(kohya_flux):
+    """LyCORIS' train_norm adds w_norm / b_norm keys beside the LoRA modules: the LoRA applies, the rest is reported."""
+    with_metadata(kohya_flux, KOHYA_FLUX, {"lora_unet_double_blocks_0_img_attn_norm_query_norm.w_norm": torch.ones(8)})
+    lora = load_lora_file(kohya_flux)
+    assert lora.targets and "lora_unet_double_blocks_0_img_attn_norm_query_norm.w_norm" in lora.unreadable_keys

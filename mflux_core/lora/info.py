@@ -34,6 +34,12 @@ OTHER_TRANSFORMER_KEYS = (("joint_blocks", "SD3"),
                           ("single_stream_modulation", "FLUX.2"), (".ff.linear_in", "FLUX.2"))
 TEXT_ENCODER_KEYS = ("lora_te", "text_model.", "text_encoder")
 DORA_KEYS = ("dora_scale", "lora_magnitude_vector")  # Kohya / LyCORIS, and PEFT
+APPLIED_KEYS = ("lora_down", "lora_up", "lora_A", "lora_B", ".down.weight", ".up.weight", "lokr_", "hada_")
+# LyCORIS algorithms other than LoRA, LoKr and LoHa, by the keys only they write (lycoris/modules/*.py)
+OTHER_LYCORIS_KEYS = ((".oft_blocks", "OFT / BOFT"), (".oft_diag", "OFT / BOFT"), (".a1.weight", "GLoRA"),
+                      (".b1.weight", "GLoRA"), (".diff", "full (a whole weight difference)"),
+                      (".diff_b", "full (a whole weight difference)"), (".on_input", "(IA)^3"),
+                      (".w_norm", "norm"), (".b_norm", "norm"))
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,7 @@ class LoraInfo:
     output_name: str | None  # ss_output_name
     trigger_words: tuple[str, ...]
     dora: bool
+    other_algorithm: str | None = None  # a LyCORIS algorithm the studio does not apply
 
     @property
     def other_family(self) -> str | None:
@@ -68,6 +75,14 @@ class LoraInfo:
         if why:
             parts.append(f"⚠ refused: it {why}")
         return " · ".join(parts)
+
+
+def other_lycoris_algorithm(keys: list[str]) -> str | None:
+    """The LyCORIS algorithm of a file with no LoRA, LoKr or LoHa module, when it is one the studio does not apply
+    (a file mixing them, as LyCORIS' train_norm makes, is applied where it can be and reported)."""
+    if any(marker in key for key in keys for marker in APPLIED_KEYS):
+        return None
+    return next((name for suffix, name in OTHER_LYCORIS_KEYS if any(key.endswith(suffix) for key in keys)), None)
 
 
 def _family_from_metadata(value: str) -> str:
@@ -114,7 +129,8 @@ def lora_info(metadata: dict | None, keys) -> LoraInfo:
         family = family_from_keys(keys) or family
     return LoraInfo(family=family, base_model=base, trained_on=metadata.get("ss_sd_model_name") or None,
                     output_name=metadata.get("ss_output_name") or None, trigger_words=trigger_words(metadata),
-                    dora=any(dora in key for key in keys for dora in DORA_KEYS))
+                    dora=any(dora in key for key in keys for dora in DORA_KEYS),
+                    other_algorithm=other_lycoris_algorithm(keys))
 
 
 def describe_lora_file(path: Path | None, markdown: bool = True) -> str:
@@ -135,9 +151,13 @@ def read_lora_info(path: Path) -> LoraInfo | None:
 
 
 def problem(info: LoraInfo) -> str | None:
-    """Why this FLUX.1 studio cannot apply the LoRA (made for another family), as a phrase; None when it can."""
+    """Why this FLUX.1 studio cannot apply the LoRA (made for another family, or by a LyCORIS algorithm it does not
+    apply), as a phrase; None when it can."""
     if info.other_family:
         return f"was made for {info.other_family}, not FLUX.1, so it cannot be applied here"
+    if info.other_algorithm:
+        return (f"uses LyCORIS' {info.other_algorithm} algorithm, which the studio cannot apply (it applies LoRA, "
+                "LoKr and LoHa, and their DoRA forms)")
     return None
 
 
