@@ -11,11 +11,11 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 import torch
+from mlx.utils import tree_flatten
 from safetensors.torch import save_file
 
 from mflux_core.errors import ModelLoadError
 from mflux_core.lora.apply import add_lora, fuse_loras, remove_lora
-from mlx.utils import tree_flatten
 from mflux_core.lora.formats import load_lora_file, read_lora
 from mflux_core.lora.layers import LoRALinear
 from mflux_core.models.transformer import load_transformer

@@ -13,7 +13,7 @@ unscaled; PEFT (lora_magnitude_vector) scales dW by s before the norms. Several 
 add, each measured against the base weight, as plain LoRAs' do.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -47,19 +47,19 @@ def dense_weight(layer: nn.Module) -> mx.array:
 class Adapter:
     weights: LoraWeights
     scale: float  # the user's scale; the format's own alpha scale is in weights.scale
-    norms: dict[float, mx.array] = field(default_factory=dict)  # a DoRA's |W + dW| by the scale inside dW
+    norms: tuple[float, mx.array] | None = None  # a DoRA's |W + dW| and the user's scale inside dW (PEFT's way)
 
     def dora_rescale(self, base: nn.Module) -> tuple[mx.array, float]:
         """(f, the low-rank path's scalar scale) of a DoRA adapter at its current scale."""
         w, dora = self.weights, self.weights.dora
         inside = self.scale if dora.strength_inside else 1.0
-        if inside not in self.norms:
+        if self.norms is None or self.norms[0] != inside:  # computed once, or again when PEFT's scale changes
             change = (w.scale * inside) * (w.up.astype(mx.float32) @ w.down.astype(mx.float32))
             merged = dense_weight(base).astype(mx.float32) + change
             norms = mx.sqrt(mx.sum(mx.square(merged), axis=0 if dora.on_input else 1)) + NORM_EPSILON
             mx.eval(norms)
-            self.norms = {inside: norms}  # one kept: a PEFT DoRA's scale change replaces it
-        ratio = dora.magnitude / self.norms[inside]
+            self.norms = (inside, norms)
+        ratio = dora.magnitude / self.norms[1]
         if dora.strength_inside:
             return ratio, w.scale * self.scale
         return self.scale * (ratio - 1) + 1, w.scale
