@@ -22,7 +22,6 @@ from mflux_core.lora.formats import LoraWeights
 
 LINEAR_TYPES = (nn.Linear, nn.QuantizedLinear)
 NORM_EPSILON = 1.1920929e-07  # float32's machine epsilon, added to the norms as LyCORIS and PEFT do
-NONE = mx.zeros((0,))  # an empty array stands for "none" in the parameter tree
 
 
 def linear_shape(layer: nn.Module) -> tuple[int, int]:
@@ -77,10 +76,12 @@ class LoRALinear(nn.Module):
         super().__init__()
         self.base = base
         self.table = AdapterTable()
-        self.lora_down = NONE  # (in, total rank): every adapter's down matrix, transposed
-        self.lora_up = NONE  # (total rank, out): every adapter's up matrix, transposed and scaled
-        self.output_rescale = NONE  # (out,): DoRAs' rescale of the base's output (its bias kept)
-        self.input_rescale = NONE  # (in,): DoRAs' rescale of the base's input
+        # an empty array stands for none in the parameter tree (made here, not once at import: an array is
+        # evaluated on its thread's stream, and the server runs models on other threads)
+        self.lora_down = mx.zeros((0,))  # (in, total rank): every adapter's down matrix, transposed
+        self.lora_up = mx.zeros((0,))  # (total rank, out): every adapter's up matrix, transposed and scaled
+        self.output_rescale = mx.zeros((0,))  # (out,): DoRAs' rescale of the base's output (its bias kept)
+        self.input_rescale = mx.zeros((0,))  # (in,): DoRAs' rescale of the base's input
 
     @property
     def names(self) -> list[str]:
@@ -123,13 +124,11 @@ class LoRALinear(nn.Module):
         return mx.concatenate(downs, axis=1), mx.concatenate(ups, axis=0), rescales[False], rescales[True]
 
     def _rebuild(self) -> None:
-        self.lora_down = self.lora_up = self.output_rescale = self.input_rescale = NONE
-        if not self.table.by_name:
-            return
+        factors = self._factors() if self.table.by_name else (None,) * 4
         dtype = compute_dtype(self.base)
-        factors = [NONE if f is None else f.astype(dtype) for f in self._factors()]
+        factors = [mx.zeros((0,)) if f is None else f.astype(dtype) for f in factors]
         self.lora_down, self.lora_up, self.output_rescale, self.input_rescale = factors
-        mx.eval(factors)
+        mx.eval([f for f in factors if f.size])
 
     def delta(self) -> mx.array:
         """The weight change (out, in) all adapters make together, in float32."""
