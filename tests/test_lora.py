@@ -87,6 +87,7 @@ MERGED_REFERENCE = {
     "kohya-no-alpha": lambda p, d: lf.write_bfl_lora(p, d, "kohya", seed=10),
     "ai-toolkit": lambda p, d: lf.write_bfl_lora(p, d, "ai-toolkit", seed=11, alpha=8.0, magnitude=0.25),
     "ai-toolkit-no-alpha": lambda p, d: lf.write_bfl_lora(p, d, "ai-toolkit", seed=12),
+    "onetrainer": lambda p, d: lf.write_onetrainer_lora(p, d, seed=20, alpha=2.0, magnitude=1.0),
     # LyCORIS, against lycoris-lora's own diff_weight (diffusers' FLUX.1 loader reads neither LoKr nor LoHa)
     "lokr-kohya": lambda p, d: lyf.write_lycoris_lora(p, d, "lokr", rank=2, alpha=1.0, seed=13),  # w1 full, w2 = a @ b
     "lokr-ai-toolkit-both-factorised": lambda p, d: lyf.write_lycoris_lora(

@@ -137,33 +137,42 @@ def test_a_peft_dora_layer_matches_peft(adapter_scale):
 
 
 # Kohya names (BFL modules): a fused q, k, v and a single block's fused q, k, v and MLP input with magnitudes per
-# output row (split with the rows), unfused layers per output row and per input column.
-IMAGE_MODULES = {"double_blocks.0.img_attn.qkv": True, "double_blocks.1.img_attn.qkv": True,
-                 "single_blocks.0.linear1": True, "single_blocks.1.linear1": True, "double_blocks.1.img_mlp.0": True,
-                 "double_blocks.0.txt_attn.proj": False, "single_blocks.1.linear2": False}
+# output row (split with the rows), unfused layers per output row and per input column. OneTrainer's (diffusers
+# layers, its default per input column).
+DORA_MODULES = {
+    "kohya": {"double_blocks.0.img_attn.qkv": True, "double_blocks.1.img_attn.qkv": True,
+              "single_blocks.0.linear1": True, "single_blocks.1.linear1": True, "double_blocks.1.img_mlp.0": True,
+              "double_blocks.0.txt_attn.proj": False, "single_blocks.1.linear2": False},
+    "onetrainer": {"transformer_blocks.0.attn.to_q": False, "transformer_blocks.0.attn.to_k": False,
+                   "transformer_blocks.1.ff.net.0.proj": False, "single_transformer_blocks.0.proj_mlp": False,
+                   "single_transformer_blocks.1.proj_out": False, "transformer_blocks.0.attn.to_add_out": True,
+                   "single_transformer_blocks.1.attn.to_v": True, "transformer_blocks.1.attn.to_q": False,
+                   "single_transformer_blocks.0.attn.to_q": False, "transformer_blocks.1.attn.to_out.0": True},
+}
+FILE_PREFIX = {"kohya": "lora_unet_", "onetrainer": "lora_transformer_"}
 HEIGHT, WIDTH, STEPS, GUIDANCE = 64, 64, 3, 3.5
 PROMPT = "a small red house by a lake"
 
 
-def write_kohya_dora(path, tiny_dev, scale: float, seed: int = 7) -> tuple[object, dict[str, np.ndarray]]:
-    """A Kohya-named DoRA for the tiny model, and the diffusers parameters' changes at `scale` by lycoris' own
-    weight decomposition of the merged weights."""
+def write_dora(path, tiny_dev, style: str, scale: float, seed: int = 7) -> tuple[object, dict[str, np.ndarray]]:
+    """A DoRA file in `style`'s names for the tiny model, and the diffusers parameters' changes at `scale` by
+    lycoris' own weight decomposition of the merged weights."""
     from lycoris.functional.general import weight_decompose
 
     d = lf.Dims.of(tiny_dev)
     base = dict(load_diffusers_pipeline(tiny_dev).transformer.named_parameters())
     rng = np.random.default_rng(seed)
     tensors, deltas = {}, {}
-    for module, on_output in IMAGE_MODULES.items():
-        targets, (out_dim, in_dim) = lf.bfl_modules(d)[module]
+    for module, on_output in DORA_MODULES[style].items():
+        targets = lf.bfl_modules(d)[module][0] if style == "kohya" else (module,)
         weight = np.concatenate([base[f"{t}.weight"].detach().numpy() for t in targets])
-        rank, alpha = 4, 2.0
+        (out_dim, in_dim), rank, alpha = weight.shape, 4, 2.0
         down = (rng.standard_normal((rank, in_dim)) / np.sqrt(in_dim)).astype(np.float32)
         up = (rng.standard_normal((out_dim, rank)) / np.sqrt(rank)).astype(np.float32)
         merged = weight + alpha / rank * up @ down
         norms = np.linalg.norm(merged, axis=1, keepdims=True) if on_output else np.linalg.norm(merged, axis=0)[None]
         magnitude = (norms * (1 + 0.5 * rng.standard_normal(norms.shape))).astype(np.float32)
-        name = "lora_unet_" + module.replace(".", "_")
+        name = FILE_PREFIX[style] + module.replace(".", "_")
         tensors |= {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
                     f"{name}.alpha": np.float32(alpha), f"{name}.dora_scale": magnitude}
         decomposed = weight_decompose(torch.from_numpy(merged), torch.from_numpy(magnitude), scale, on_output).numpy()
@@ -172,9 +181,9 @@ def write_kohya_dora(path, tiny_dev, scale: float, seed: int = 7) -> tuple[objec
     return path, deltas
 
 
-@pytest.mark.parametrize("scale", [1.0, 0.7])
-def test_a_kohya_dora_file_makes_diffusers_image_of_lycoris_merged_weights(tiny_dev, tmp_path, scale):
-    dora, deltas = write_kohya_dora(tmp_path / "dora.safetensors", tiny_dev, scale)
+@pytest.mark.parametrize("style, scale", [("kohya", 1.0), ("kohya", 0.7), ("onetrainer", 0.8)])
+def test_a_dora_file_makes_diffusers_image_of_lycoris_merged_weights(tiny_dev, tmp_path, style, scale):
+    dora, deltas = write_dora(tmp_path / "dora.safetensors", tiny_dev, style, scale)
     noise = make_noise(tmp_path, (1, 4, HEIGHT // 8, WIDTH // 8), seed=11)
     common = ["generate", "--path", tiny_dev, "--prompt", PROMPT, "--steps", STEPS, "--height", HEIGHT, "--width",
               WIDTH, "--guidance", GUIDANCE, "--init-noise", noise, "--dtype", "float32"]
@@ -186,12 +195,12 @@ def test_a_kohya_dora_file_makes_diffusers_image_of_lycoris_merged_weights(tiny_
                     latents=pack(np.load(noise)), output_type="pil").images[0]
     assert max_uint8_diff(ours_image, expected) <= UINT8_TOLERANCE
     assert max_uint8_diff(expected, base_image) > MIN_DORA_EFFECT
-    assert "kohya DoRA" in load_lora_file(dora).format
+    assert load_lora_file(dora).format == f"{style} DoRA"
 
 
 def test_a_dora_is_removed_and_baked_in_exactly(tiny_dev, tmp_path):
     """Taking a DoRA off restores the layers' outputs; baking it in (save) makes the weights lycoris' merge makes."""
-    dora, deltas = write_kohya_dora(tmp_path / "dora.safetensors", tiny_dev, 0.8)
+    dora, deltas = write_dora(tmp_path / "dora.safetensors", tiny_dev, "kohya", 0.8)
     transformer = load_transformer(tiny_dev / "transformer", dtype=mx.float32)
     before = {k: np.asarray(v) for k, v in dict(tree_flatten(transformer.parameters())).items()}
     add_lora(transformer, load_lora_file(dora), "dora", 0.8)

@@ -12,6 +12,9 @@ sometimes an alpha; only the names differ:
   either spelling, optional `.alpha`.
 - XLabs: `double_blocks.0.processor.qkv_lora1.down.weight`; no alpha (scale 1).
 
+- OneTrainer: `lora_transformer_transformer_blocks_0_attn_to_q.lora_down.weight` (diffusers names with `_` for
+  `.`), `.alpha` per module.
+
 LyCORIS LoKr and LoHa files use the Kohya or AI-toolkit module names, or LyCORIS' own wrapper's
 (`lycoris_transformer_blocks_0_attn_to_q`: diffusers names with `_` for `.`), with their own factor
 keys (`lokr_w1`, `hada_w1_a`, ...; see lora/lycoris.py), which are rewritten exactly as a down/up pair.
@@ -127,7 +130,8 @@ KOHYA_NAMES = {  # BFL module names with `_` for `.`, after `lora_unet_`
     "single_blocks": _underscored([*SINGLE_BLOCK_NAMES, "linear1"]),
     "global": _underscored(GLOBAL_NAMES),
 }
-LYCORIS_NAMES = {  # diffusers module names with `_` for `.`, after `lycoris_` (LyCORIS' own wrapper, SimpleTuner)
+LYCORIS_NAMES = {  # diffusers module names with `_` for `.`, after `lycoris_` (LyCORIS' own wrapper, SimpleTuner) or
+    # `lora_transformer_` (OneTrainer)
     "transformer_blocks": _underscored(
         [*DOUBLE_BLOCK_NAMES.values(), *(part for parts in DOUBLE_BLOCK_FUSED.values() for part in parts)]),
     "single_transformer_blocks": _underscored([*SINGLE_BLOCK_NAMES.values(), *SINGLE_BLOCK_FUSED_QKV_MLP]),
@@ -150,9 +154,10 @@ def classify(module: str) -> tuple[str, str] | None:
     if module.startswith("lora_unet_"):
         bfl = dotted(module[len("lora_unet_"):], KOHYA_BLOCK_NAME, KOHYA_NAMES)
         return ("kohya", bfl) if bfl else None
-    if module.startswith("lycoris_"):
-        name = dotted(module[len("lycoris_"):], LYCORIS_BLOCK_NAME, LYCORIS_NAMES)
-        return ("lycoris", name) if name else None
+    for prefix, fmt in (("lycoris_", "lycoris"), ("lora_transformer_", "onetrainer")):
+        if module.startswith(prefix):
+            name = dotted(module[len(prefix):], LYCORIS_BLOCK_NAME, LYCORIS_NAMES)
+            return (fmt, name) if name else None
     for prefix in ("model.diffusion_model.", "diffusion_model."):
         if module.startswith(prefix):
             module = module[len(prefix):]
@@ -332,7 +337,7 @@ def _lycoris_kind(module: _Module) -> str | None:
 
 
 def _paths(fmt: str, module_name: str) -> list[str] | None:
-    if fmt in ("diffusers", "lycoris"):
+    if fmt in ("diffusers", "lycoris", "onetrainer"):
         return [module_name]
     if fmt == "xlabs":
         return xlabs_parts(module_name)
