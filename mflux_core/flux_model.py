@@ -5,6 +5,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from mflux_core.lora.layers import input_channels
 from mflux_core.memory import vae_tile
 
 from mflux_core.models.text_encoders import TextEncoders
@@ -26,6 +27,11 @@ class FluxModel:
     @property
     def config(self):
         return self.transformer.config
+
+    @property
+    def input_channels(self) -> int:
+        """Channels per token the transformer takes: its config's, or more while a control LoRA widens it."""
+        return input_channels(self.transformer)
 
     @property
     def has_guidance(self) -> bool:

@@ -83,6 +83,10 @@ def test_model_picker_lists_downloaded_models_first_and_filters_by_tool():
     assert default_model(entries, "generate") == "my-flux"
     assert default_model(entries[:2], "generate") == "schnell"  # nothing downloaded: the alias
     assert default_model(entries, "kontext") == "kontext"
+    # Depth also runs on a base model with BFL's Depth LoRA: base models follow the Depth models, never the default
+    depth = [*entries, ModelEntry("depth", "depth", "alias", False)]
+    assert [name for _, name in model_choices(depth, "depth")] == ["depth", "my-flux", "org/flux", "schnell"]
+    assert default_model(depth, "depth") == "depth"
 
 
 def test_shared_settings_parse_text_boxes_and_refuse_garbage(context):

@@ -50,10 +50,12 @@ def aspect_size(ratio: str, width: int | None, height: int | None) -> tuple[int,
 
 def model_choices(entries: list[ModelEntry], tool: str | None = None,
                   kinds: tuple[str, ...] = ()) -> list[tuple[str, str]]:
-    """(label, name) for the models of the tool's kinds: downloaded ones first, then aliases to download."""
-    kinds = kinds or TOOL_SPECS[tool].model_kinds
+    """(label, name) for the models of the tool's kinds: downloaded ones first, then aliases to download; after
+    them, those it runs with a control LoRA (base models, for BFL's Depth LoRA)."""
+    own = kinds or TOOL_SPECS[tool].model_kinds
+    kinds = own + (() if kinds else TOOL_SPECS[tool].control_lora_kinds)
     usable = [e for e in entries if e.kind in kinds]
-    usable.sort(key=lambda e: (not e.available, CHOICE_ORDER.get(e.where, 1), e.name.lower()))
+    usable.sort(key=lambda e: (e.kind not in own, not e.available, CHOICE_ORDER.get(e.where, 1), e.name.lower()))
     choices, seen = [], set()
     for e in usable:  # a models-folder copy named like an alias shadows the alias
         if e.name not in seen:
@@ -69,7 +71,7 @@ def default_model(entries: list[ModelEntry], tool: str) -> str:
     flux, demo = TOOL_SPECS[tool].model, TOOL_SPECS[tool].demo_model
     if flux in downloaded:
         return flux
-    for _, name in model_choices(entries, tool):
+    for _, name in model_choices(entries, kinds=TOOL_SPECS[tool].model_kinds):
         if name in downloaded:
             return name
     return demo if any(e.name == demo and e.available for e in entries) else flux

@@ -3,6 +3,10 @@
 A file's adapters are checked against the model before anything changes: a file that names none
 of its layers, or whose matrices do not fit them, is refused; one that fits only some is applied
 and reported with counts and the first names it could not use.
+
+A control LoRA's whole norm weights replace the base's while it is on (the originals are kept to put back); its
+wider `img_in` adapter widens the image input (lora/layers.py), which the tools read as the model's input
+channels.
 """
 
 import logging
@@ -19,6 +23,7 @@ from mflux_core.lora.layers import LINEAR_TYPES, LoRALinear, dense_weight, linea
 log = logging.getLogger(__name__)
 
 SHOWN_NAMES = 5
+WIDENED_INPUT = "x_embedder"  # the one layer a control LoRA gives more inputs (the control image's latents)
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,35 @@ def set_module(root: nn.Module, path: str, value: nn.Module) -> None:
         setattr(parent, last, value)
 
 
+class ReplacedNorms:
+    """The norm weights LoRAs replaced, with the originals to put back (a plain object on the transformer: not
+    part of its parameter tree)."""
+
+    def __init__(self):
+        self.originals: dict[str, mx.array] = {}  # path -> the base's weight
+        self.by_lora: dict[str, dict[str, mx.array]] = {}  # LoRA name -> path -> its weight
+
+    @staticmethod
+    def of(transformer: nn.Module) -> "ReplacedNorms":
+        if not isinstance(getattr(transformer, "replaced_norms", None), ReplacedNorms):
+            transformer.replaced_norms = ReplacedNorms()
+        return transformer.replaced_norms
+
+    def replace(self, norm: nn.RMSNorm, path: str, name: str, weight: mx.array) -> None:
+        self.originals.setdefault(path, norm.weight)
+        self.by_lora.setdefault(name, {})[path] = weight
+        norm.weight = weight.astype(norm.weight.dtype)
+
+    def restore(self, transformer: nn.Module, name: str) -> None:
+        """Take `name`'s norms off: each gets the weight of the latest LoRA still replacing it, else its own."""
+        for path in self.by_lora.pop(name, {}):
+            still = [weights[path] for weights in self.by_lora.values() if path in weights]
+            original = self.originals[path]
+            get_module(transformer, path).weight = still[-1].astype(original.dtype) if still else original
+            if not still:
+                del self.originals[path]
+
+
 def lora_layers(transformer: nn.Module) -> dict[str, LoRALinear]:
     return {path: m for path, m in transformer.named_modules() if isinstance(m, LoRALinear)}
 
@@ -78,7 +112,7 @@ def applied_loras(transformer: nn.Module) -> dict[str, float]:
     for layer in lora_layers(transformer).values():
         for name in layer.names:
             found.setdefault(name, layer.scale_of(name))
-    return found
+    return found  # a LoRA is never norms only: its layers name it
 
 
 def check_lora(transformer: nn.Module, lora: LoraFile, scale: float = 1.0) -> tuple[dict, LoraReport]:
@@ -96,12 +130,19 @@ def check_lora(transformer: nn.Module, lora: LoraFile, scale: float = 1.0) -> tu
             continue
         expected = linear_shape(base)
         got = (weights.up.shape[0], weights.down.shape[1])
-        if got != expected:
+        widened = path == WIDENED_INPUT and got[0] == expected[0] and got[1] > expected[1]
+        if got != expected and not widened:
             raise ModelLoadError(
                 f"The LoRA {lora.name} does not fit this model: its {path} adapter is {got[0]}x{got[1]} but the layer "
                 f"is {expected[0]}x{expected[1]}. It was made for a model of another size or kind."
             )
         fitting[path] = weights
+    for path, weight in lora.norms.items():
+        norm = get_module(transformer, path)
+        if isinstance(norm, nn.RMSNorm) and norm.weight.shape == weight.shape:
+            fitting[path] = weight
+        else:
+            unused.update(lora.source_keys[path])
     matched = {key for path in fitting for key in lora.source_keys[path]}
     unused -= matched
     if not fitting:
@@ -122,6 +163,9 @@ def add_lora(transformer: nn.Module, lora: LoraFile, name: str, scale: float = 1
     fitting, report = check_lora(transformer, lora, scale)
     for path, weights in fitting.items():
         layer = get_module(transformer, path)
+        if isinstance(layer, nn.RMSNorm):
+            ReplacedNorms.of(transformer).replace(layer, path, name, weights)
+            continue
         if not isinstance(layer, LoRALinear):
             layer = LoRALinear(layer)
             set_module(transformer, path, layer)
@@ -144,30 +188,34 @@ def remove_lora(transformer: nn.Module, name: str) -> None:
             layer.remove(name)
             if not layer.names:
                 set_module(transformer, path, layer.base)
+    ReplacedNorms.of(transformer).restore(transformer, name)
 
 
 def remove_all_loras(transformer: nn.Module) -> None:
     for path, layer in lora_layers(transformer).items():
         set_module(transformer, path, layer.base)
+    norms = ReplacedNorms.of(transformer)
+    for name in list(norms.by_lora):
+        norms.restore(transformer, name)
 
 
 def fuse_loras(transformer: nn.Module) -> None:
-    """Bake every LoRA into its layer's weights and drop the wrappers (for saving a model).
+    """Bake every LoRA into its layer's weights (and bias) and drop the wrappers, keeping the norms LoRAs replaced
+    (for saving a model; a control LoRA's widened input is refused before, weights/save.py).
 
     A quantized layer is dequantized, changed and quantized again with the same settings.
     """
     for path, layer in lora_layers(transformer).items():
         base = layer.base
-        delta = layer.delta()
+        delta, bias_delta = layer.delta()
+        weight = dense_weight(base)
+        fused = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in base or bias_delta is not None)
+        fused.weight = (weight.astype(mx.float32) + delta).astype(weight.dtype)
+        if "bias" in fused:
+            bias = base.bias.astype(mx.float32) if "bias" in base else mx.zeros((weight.shape[0],))
+            fused.bias = (bias + (0 if bias_delta is None else bias_delta)).astype(weight.dtype)
         if isinstance(base, nn.QuantizedLinear):
-            weight = dense_weight(base)
-            fused = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in base)
-            fused.weight = (weight.astype(mx.float32) + delta).astype(weight.dtype)
-            if "bias" in base:
-                fused.bias = base.bias
             fused = nn.QuantizedLinear.from_linear(fused, group_size=base.group_size, bits=base.bits)
-        else:
-            base.weight = (base.weight.astype(mx.float32) + delta).astype(base.weight.dtype)
-            fused = base
         set_module(transformer, path, fused)
+    transformer.replaced_norms = ReplacedNorms()
     mx.eval(transformer.parameters())

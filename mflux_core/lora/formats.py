@@ -24,6 +24,11 @@ A fused LoRA becomes one adapter per part: the same down matrix, the up matrix's
 
 A DoRA also stores magnitudes: LyCORIS' `<module>.dora_scale` ((out, 1) per output row, or (1, in) per input
 column) or PEFT's `<module>.lora_magnitude_vector` ((out,)); see lora/layers.py for how they apply.
+
+BFL's control LoRAs (FLUX.1-Depth-dev-lora, FLUX.1-Canny-dev-lora) turn a base model into a control model: their
+`img_in` adapter takes twice the base's input channels (the control image's latents beside the noise), some up
+matrices carry a bias (`lora_B.bias`), and the q/k RMSNorm scales come whole (`<norm>.scale`, or in diffusers' names
+`<norm_q>.weight`), replacing the base's.
 """
 
 import json
@@ -46,6 +51,9 @@ from mflux_core.weights.bfl import (
 DOWN_SUFFIXES = (".lora_A.weight", ".lora_down.weight", ".down.weight")
 UP_SUFFIXES = (".lora_B.weight", ".lora_up.weight", ".up.weight")
 ALPHA_SUFFIX = ".alpha"
+BIAS_SUFFIXES = {".lora_B.bias": "up_bias", ".lora_up.bias": "up_bias", ".lora_A.bias": "down_bias",
+                 ".lora_down.bias": "down_bias"}
+NORM_MODULES = ("query_norm", "key_norm", "norm_q", "norm_k", "norm_added_q", "norm_added_k")  # BFL's, diffusers'
 MAGNITUDE_SUFFIXES = {".dora_scale": "lycoris", ".lora_magnitude_vector": "peft",
                       ".lora_magnitude_vector.weight": "peft"}  # -> whose DoRA (Dora.strength_inside)
 PEFT_METADATA_KEY = "lora_adapter_metadata"
@@ -80,6 +88,7 @@ class LoraWeights(NamedTuple):
     up: mx.array  # (out, rank)
     scale: float  # alpha / rank as the file's format defines it (1.0 when it has no alpha)
     dora: Dora | None = None
+    bias: mx.array | None = None  # (out,): what the adapter adds to the layer's bias (times scale)
 
 
 @dataclass
@@ -92,6 +101,7 @@ class LoraFile:
     source_keys: dict[str, tuple[str, ...]]  # target path -> the file's keys that made it
     total_keys: int
     unreadable_keys: list[str] = field(default_factory=list)  # keys no format names a transformer layer with
+    norms: dict[str, mx.array] = field(default_factory=dict)  # RMSNorm path -> the weight that replaces the base's
 
 
 @dataclass
@@ -105,14 +115,24 @@ class _Module:
     lycoris: dict[str, mx.array] = field(default_factory=dict)  # factor name ("lokr_w1", ...) -> matrix
     magnitude: mx.array | None = None  # a DoRA's, as stored
     magnitude_style: str | None = None  # "lycoris" or "peft"
+    up_bias: mx.array | None = None
+    down_bias: mx.array | None = None
+    norm: mx.array | None = None  # a whole norm weight (a control LoRA's)
 
 
 def split_key(key: str) -> tuple[str, str] | None:
     """'x.lora_A.weight' -> ('x', 'down'), 'x.lokr_w1' -> ('x', 'lokr_w1'), 'x.dora_scale' -> ('x', 'lycoris
-    magnitude'); None for keys that are none of these."""
+    magnitude'), 'x.lora_B.bias' -> ('x', 'up_bias'), 'x.query_norm.scale' -> ('x.query_norm', 'norm'); None for
+    keys that are none of these."""
     for suffix, style in MAGNITUDE_SUFFIXES.items():
         if key.endswith(suffix):
             return key[: -len(suffix)], f"{style} magnitude"
+    for suffix, kind in BIAS_SUFFIXES.items():
+        if key.endswith(suffix):
+            return key[: -len(suffix)], kind
+    module, _, part = key.rpartition(".")
+    if part in ("scale", "weight") and module.rpartition(".")[2] in NORM_MODULES:
+        return module, "norm"
     for suffixes, kind in ((DOWN_SUFFIXES, "down"), (UP_SUFFIXES, "up"), ((ALPHA_SUFFIX,), "alpha")):
         for suffix in suffixes:
             if key.endswith(suffix):
@@ -265,9 +285,14 @@ def read_lora(weights: dict[str, mx.array], metadata: dict | None = None, name: 
     alpha_from_metadata = peft_alpha(metadata)
     targets: dict[str, LoraWeights] = {}
     sources: dict[str, tuple[str, ...]] = {}
+    norms: dict[str, mx.array] = {}
     formats = set()
     for (fmt, module_name), module in modules.items():
         paths = _paths(fmt, module_name)
+        if module.norm is not None and paths and len(paths) == 1 and len(module.keys) == 1:
+            norms[paths[0]] = module.norm
+            sources[paths[0]] = tuple(module.keys)
+            continue
         pair = _pair(module, module_name, fmt, alpha_from_metadata) if paths else None
         if pair is None:
             unreadable.extend(module.keys)
@@ -276,17 +301,21 @@ def read_lora(weights: dict[str, mx.array], metadata: dict | None = None, name: 
         formats.add(" ".join(filter(None, (fmt, kind, "DoRA" if module.magnitude is not None else None))))
         down, up, scale = pair
         dora = _dora(module, down, up, module_name, len(paths) > 1)
+        bias = _bias(module, up)
         if fmt in ("kohya", "ai-toolkit") and module_name == BFL_FINAL_MODULATION:
-            up, dora = _swapped_halves(up), dora and dora._replace(magnitude=_swapped_halves(dora.magnitude))
+            up, bias = _swapped_halves(up), None if bias is None else _swapped_halves(bias)
+            dora = dora and dora._replace(magnitude=_swapped_halves(dora.magnitude))
         rows = [up.shape[0]] if len(paths) == 1 else row_splits(paths, up.shape[0])
         for index, path in enumerate(paths):
-            start, stop = sum(rows[:index]), sum(rows[: index + 1])
-            part_dora = dora if dora is None or dora.on_input else dora._replace(magnitude=dora.magnitude[start:stop])
-            targets[path] = LoraWeights(down, up[start:stop], scale, part_dora)
+            part = slice(sum(rows[:index]), sum(rows[: index + 1]))
+            part_dora = dora if dora is None or dora.on_input else dora._replace(magnitude=dora.magnitude[part])
+            targets[path] = LoraWeights(down, up[part], scale, part_dora, None if bias is None else bias[part])
             sources[path] = tuple(module.keys)
+    if norms:
+        formats.add("control")
     return LoraFile(
         name=name, format="+".join(sorted(formats)) or "unknown", targets=targets, source_keys=sources,
-        total_keys=len(weights), unreadable_keys=sorted(unreadable),
+        total_keys=len(weights), unreadable_keys=sorted(unreadable), norms=norms,
     )
 
 
@@ -306,6 +335,18 @@ def _pair(module: _Module, module_name: str, fmt: str, alpha_from_metadata) -> t
     else:
         scale = 1.0
     return module.down, module.up, scale
+
+
+def _bias(module: _Module, up: mx.array) -> mx.array | None:
+    """(out,) what the adapter adds to the layer's bias: the up matrix's own bias, and the down matrix's through it."""
+    if module.up_bias is None and module.down_bias is None:
+        return None
+    bias = mx.zeros((up.shape[0],), dtype=mx.float32)
+    if module.down_bias is not None:
+        bias = bias + up.astype(mx.float32) @ module.down_bias.astype(mx.float32)
+    if module.up_bias is not None:
+        bias = bias + module.up_bias.astype(mx.float32)
+    return bias
 
 
 def _swapped_halves(rows: mx.array) -> mx.array:

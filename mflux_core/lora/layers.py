@@ -11,9 +11,14 @@ too runs without a merged weight; f is computed once from the weights. The user'
 file's maker: LyCORIS (dora_scale keys) blends the rescale, f = s (m / |W + dW| - 1) + 1, with dW
 unscaled; PEFT (lora_magnitude_vector) scales dW by s before the norms. Several adapters' changes
 add, each measured against the base weight, as plain LoRAs' do.
+
+An adapter may take more inputs than the base layer (a BFL control LoRA's `img_in`: the control image's latents
+beside the noise); the base then reads the first of them, as diffusers' layer widened with zero columns would.
+An adapter may also add to the layer's bias.
 """
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -42,6 +47,13 @@ def dense_weight(layer: nn.Module) -> mx.array:
     return layer.weight
 
 
+def input_channels(transformer: nn.Module) -> int:
+    """Channels per token the transformer's image input takes: its config's, or more while a control LoRA widens
+    it."""
+    embedder = transformer.x_embedder
+    return embedder.input_features if isinstance(embedder, LoRALinear) else transformer.config.in_channels
+
+
 @dataclass
 class Adapter:
     weights: LoraWeights
@@ -64,6 +76,16 @@ class Adapter:
         return self.scale * (ratio - 1) + 1, w.scale
 
 
+class Factors(NamedTuple):
+    """All adapters of a layer as one, in float32 (None where no adapter adds that part)."""
+
+    downs: mx.array  # (in, total rank), in as wide as the widest adapter's
+    ups: mx.array  # (total rank, out), scaled
+    output_rescale: mx.array | None  # (out,): DoRAs' rescale of the base's output
+    input_rescale: mx.array | None  # (in,): DoRAs' rescale of the base's input
+    bias: mx.array | None  # (out,): added to the output
+
+
 class AdapterTable:
     """Named adapters in the order they were added (a plain object: not part of the parameter tree)."""
 
@@ -82,6 +104,7 @@ class LoRALinear(nn.Module):
         self.lora_up = mx.zeros((0,))  # (total rank, out): every adapter's up matrix, transposed and scaled
         self.output_rescale = mx.zeros((0,))  # (out,): DoRAs' rescale of the base's output (its bias kept)
         self.input_rescale = mx.zeros((0,))  # (in,): DoRAs' rescale of the base's input
+        self.lora_bias = mx.zeros((0,))  # (out,): adapters' bias
 
     @property
     def names(self) -> list[str]:
@@ -90,9 +113,14 @@ class LoRALinear(nn.Module):
     def scale_of(self, name: str) -> float:
         return self.table.by_name[name].scale
 
+    @property
+    def input_features(self) -> int:
+        """The inputs the layer takes: the base's, or the widest adapter's when wider."""
+        return max([linear_shape(self.base)[1], *(a.weights.down.shape[1] for a in self.table.by_name.values())])
+
     def add(self, name: str, weights: LoraWeights, scale: float) -> None:
         out_features, in_features = linear_shape(self.base)
-        if weights.down.shape[1] != in_features or weights.up.shape[0] != out_features:
+        if weights.down.shape[1] < in_features or weights.up.shape[0] != out_features:
             raise ValueError(f"adapter {tuple(weights.up.shape)} @ {tuple(weights.down.shape)} "
                              f"does not fit a {out_features}x{in_features} layer")
         self.table.by_name[name] = Adapter(weights, scale)
@@ -106,46 +134,53 @@ class LoRALinear(nn.Module):
         del self.table.by_name[name]
         self._rebuild()
 
-    def _factors(self) -> tuple[mx.array, mx.array, mx.array | None, mx.array | None]:
-        """Float32 (in, rank) downs and (rank, out) scaled ups of all adapters, and the DoRAs' output and input
-        rescales (None where no DoRA rescales that side)."""
-        downs, ups, rescales = [], [], {False: None, True: None}
+    def _factors(self) -> Factors:
+        downs, ups, biases, rescales = [], [], [], {False: None, True: None}
+        width = self.input_features
         for adapter in self.table.by_name.values():
             down, up = adapter.weights.down.T.astype(mx.float32), adapter.weights.up.T.astype(mx.float32)
             if adapter.weights.dora is None:
-                up = up * (adapter.scale * adapter.weights.scale)
+                up_scale = adapter.scale * adapter.weights.scale
             else:
                 f, path_scale = adapter.dora_rescale(self.base)
                 on_input = adapter.weights.dora.on_input
-                down, up = (down * f[:, None], up * path_scale) if on_input else (down, up * (path_scale * f))
+                down, up_scale = (down * f[:, None], path_scale) if on_input else (down, path_scale * f)
                 rescales[on_input] = (f - 1) + (1 if rescales[on_input] is None else rescales[on_input])
-            downs.append(down)
-            ups.append(up)
-        return mx.concatenate(downs, axis=1), mx.concatenate(ups, axis=0), rescales[False], rescales[True]
+            downs.append(mx.pad(down, [(0, width - down.shape[0]), (0, 0)]))
+            ups.append(up * up_scale)
+            if adapter.weights.bias is not None:
+                biases.append(adapter.weights.bias.astype(mx.float32) * up_scale)
+        return Factors(mx.concatenate(downs, axis=1), mx.concatenate(ups, axis=0), rescales[False], rescales[True],
+                       sum(biases) if biases else None)
 
     def _rebuild(self) -> None:
-        factors = self._factors() if self.table.by_name else (None,) * 4
+        factors = self._factors() if self.table.by_name else (None,) * len(Factors._fields)
         dtype = compute_dtype(self.base)
         factors = [mx.zeros((0,)) if f is None else f.astype(dtype) for f in factors]
-        self.lora_down, self.lora_up, self.output_rescale, self.input_rescale = factors
+        self.lora_down, self.lora_up, self.output_rescale, self.input_rescale, self.lora_bias = factors
         mx.eval([f for f in factors if f.size])
 
-    def delta(self) -> mx.array:
-        """The weight change (out, in) all adapters make together, in float32."""
-        downs, ups, output_rescale, input_rescale = self._factors()
-        change = (downs @ ups).T
-        if output_rescale is None and input_rescale is None:
-            return change
+    def delta(self) -> tuple[mx.array, mx.array | None]:
+        """The weight change (out, in) all adapters make together, in float32, `in` as wide as input_features; and
+        the bias change (None for none)."""
+        factors = self._factors()
+        change = (factors.downs @ factors.ups).T
+        if factors.output_rescale is None and factors.input_rescale is None:
+            return change, factors.bias
         weight = dense_weight(self.base).astype(mx.float32)
-        rescaled = weight * (1 if output_rescale is None else output_rescale[:, None]) * (
-            1 if input_rescale is None else input_rescale[None, :])
-        return rescaled - weight + change
+        rescaled = weight * (1 if factors.output_rescale is None else factors.output_rescale[:, None]) * (
+            1 if factors.input_rescale is None else factors.input_rescale[None, :])
+        return mx.pad(rescaled - weight, [(0, 0), (0, change.shape[1] - weight.shape[1])]) + change, factors.bias
 
     def __call__(self, x: mx.array) -> mx.array:
         if not self.table.by_name:
             return self.base(x)
-        y = self.base(x * self.input_rescale if self.input_rescale.size else x)
+        base_inputs = linear_shape(self.base)[1]
+        base_x = x[..., :base_inputs] if x.shape[-1] > base_inputs else x
+        y = self.base(base_x * self.input_rescale if self.input_rescale.size else base_x)
         if self.output_rescale.size:
             bias = self.base.bias if "bias" in self.base else None
             y = y * self.output_rescale if bias is None else (y - bias) * self.output_rescale + bias
+        if self.lora_bias.size:
+            y = y + self.lora_bias
         return mx.addmm(y, x @ self.lora_down, self.lora_up)

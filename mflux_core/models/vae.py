@@ -14,7 +14,6 @@ from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 
 from mflux_core.errors import InvalidRequest, ModelLoadError
 from mflux_core.models.kernels import attention, scaled_silu

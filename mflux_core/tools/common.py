@@ -149,8 +149,10 @@ def packed_channels(model: FluxModel) -> int:
 
 def check_in_channels(model: FluxModel, expected: int, tool: str, model_kind: str) -> None:
     """Refuse a transformer that was not trained for this tool (e.g. Fill weights asked to do text-to-image)."""
-    if model.config.in_channels != expected:
+    if model.input_channels != expected:
+        widened = model.input_channels != model.config.in_channels
         raise InvalidRequest(
-            f"The model {model.name or model.folder} takes {model.config.in_channels} input channels per token; "
+            f"The model {model.name or model.folder} takes {model.input_channels} input channels per token"
+            f"{' with its control LoRA (use that on the Depth tool)' if widened else ''}; "
             f"{tool} needs a {model_kind} model ({expected} channels)."
         )

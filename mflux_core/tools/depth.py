@@ -1,5 +1,6 @@
-"""Depth (FLUX.1-Depth-dev): a depth map steers the layout; 128 channels per token at full size
-(noisy latents + the depth map's latents). The map is given, or estimated from a photo."""
+"""Depth (FLUX.1-Depth-dev, or FLUX.1-dev with BFL's FLUX.1-Depth-dev-lora): a depth map steers the layout; 128
+channels per token at full size (noisy latents + the depth map's latents). The map is given, or estimated from a
+photo."""
 
 from PIL import Image
 
@@ -24,7 +25,7 @@ def depth_source(request: GenerationRequest) -> tuple[Image.Image, bool]:
 
 
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
-    check_in_channels(model, 2 * packed_channels(model), "Depth", "FLUX.1-Depth")
+    check_in_channels(model, 2 * packed_channels(model), "Depth", "FLUX.1-Depth (or dev with BFL's Depth LoRA)")
     control, is_photo = depth_source(request)
     request = with_size(request, control)  # the map has the photo's size: decided before the estimator runs
     estimated = ()

@@ -53,6 +53,7 @@ class ToolSpec:
     true_cfg: bool = False  # negative prompt and true CFG scale, where the diffusers pipeline it follows has them
     prompt_template: str = ""  # the tool wraps the user's words in it ({instruction}); see default_sequence_length
     prompt_pictures: int = 1  # pictures its prompt describes (a diptych's two panels); see default_sequence_length
+    control_lora_kinds: tuple[str, ...] = ()  # kinds it also runs on with a control LoRA (never its default model)
 
     def build_inputs(self, model, request, engine):
         """The tool's ToolInputs for a resolved request (mflux_core.generation.ToolInputs)."""
@@ -128,8 +129,9 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                       "the output is the padded canvas, or --width/--height with the canvas resized to them"),
                  Flag("--keep-unmasked", "paste the original back outside a feathered mask (off: the image equals "
                       "diffusers')", kind="switch"), RESIZE_FLAG)),
-    ToolSpec("depth", "restyle with the layout of a depth map (FLUX.1-Depth)", "depth", "depth", ("depth",),
-             guidance=10.0, demo_model="demo-depth", sized_by_input=True, flags=(
+    ToolSpec("depth", "restyle with the layout of a depth map (FLUX.1-Depth, or dev with BFL's Depth LoRA)", "depth",
+             "depth", ("depth",), guidance=10.0, demo_model="demo-depth", sized_by_input=True,
+             control_lora_kinds=("base",), flags=(
                  Flag("--depth-image-path", "the depth map (near = bright)"),
                  Flag("--image-path", "a photo to estimate the depth map from"), RESIZE_FLAG)),
     ToolSpec("kontext", "edit a reference image by instruction (FLUX.1-Kontext)", "kontext", "kontext", ("kontext",),

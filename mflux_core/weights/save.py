@@ -20,6 +20,7 @@ from mflux_core import loader
 from mflux_core.errors import ModelLoadError
 from mflux_core.lora.apply import LoraReport, add_lora, fuse_loras
 from mflux_core.lora.formats import load_lora_file
+from mflux_core.lora.layers import input_channels
 from mflux_core.lora.library import resolve_lora_path
 from mflux_core.models.t5 import load_t5_encoder
 from mflux_core.weights.quantize import CONFIG_KEY, GROUP_SIZE, quantization_config, quantize_lazily, quantized_bits
@@ -99,6 +100,10 @@ def save_model(
     reports = []
     for index, (name, scale) in enumerate(loras):
         reports.append(add_lora(transformer, load_lora_file(resolve_lora_path(name, models_dir)), f"lora-{index}", scale))
+        if input_channels(transformer) != transformer.config.in_channels:
+            raise ModelLoadError(f"{name} is a control LoRA (it widens the image input to "
+                                 f"{input_channels(transformer)} channels), which saving does not bake in: apply it "
+                                 "with --lora-paths on the Depth tool instead.")
     fuse_loras(transformer)
     on_progress(0, 0, "loading T5")
     t5_folder = source.component("text_encoder_2")
