@@ -20,7 +20,7 @@ FLUX_PIPELINE_KINDS = {
     "FluxKontextPipeline": "kontext", "FluxPriorReduxPipeline": "redux",
 }
 ALIAS_KINDS = {"schnell": "base", "dev": "base", "krea-dev": "base", "fill": "fill", "depth": "depth",
-               "kontext": "kontext", "canny": "controlnet", "upscaler": "controlnet", "redux": "redux",
+               "canny-dev": "depth", "kontext": "kontext", "canny": "controlnet", "upscaler": "controlnet", "redux": "redux",
                "depth-estimator": "depth-estimator"}
 
 

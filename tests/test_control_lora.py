@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from mlx.utils import tree_flatten
+from PIL import Image
 from safetensors.torch import save_file
 
 from mflux_core.cli import main as cli_main
@@ -105,8 +106,8 @@ def test_tools_say_what_a_control_lora_is_for(tiny_dev, tmp_path, capsys):
     depth = save(random_image(64, 64, seed=7).convert("L"), tmp_path / "d.png")
     common = ["--path", str(tiny_dev), "--prompt", PROMPT, "--steps", "1", "--output", str(tmp_path / "o.png")]
     assert cli_main(["depth", *common, "--depth-image-path", str(depth)]) == 1
-    assert ("takes 16 input channels per token; Depth needs a FLUX.1-Depth (or dev with BFL's Depth LoRA) model "
-            "(32 channels).") in capsys.readouterr().err
+    assert ("takes 16 input channels per token; Depth needs a FLUX.1-Depth or -Canny (or dev with BFL's Depth or "
+            "Canny LoRA) model (32 channels).") in capsys.readouterr().err
     assert cli_main(["generate", *common, "--lora-paths", str(lora)]) == 1
     assert ("takes 32 input channels per token with its control LoRA (use that on the Depth tool); text-to-image "
             "needs a base") in capsys.readouterr().err
@@ -114,3 +115,28 @@ def test_tools_say_what_a_control_lora_is_for(tiny_dev, tmp_path, capsys):
                      str(lora)]) == 1
     assert "is a control LoRA (it widens the image input to 32 channels)" in capsys.readouterr().err
     assert not (tmp_path / "saved").exists()
+
+
+def test_canny_edges_of_a_photo_steer_a_canny_control_model_as_diffusers(tiny_dev, tmp_path, posterior_mean):
+    """`--canny-edges`: the photo's OpenCV Canny edges at the output size are the control image (FLUX.1-Canny-dev,
+    or dev with BFL's Canny LoRA: the same files' shape as the Depth LoRA's)."""
+    from diffusers import FluxControlPipeline
+
+    from mflux_core.images.canny import canny_edges
+
+    lora, diffusers_names = control_lora(tmp_path, tiny_dev, seed=4)
+    photo = random_image(96, 72, seed=8)  # resized (crop and resize) to the output size before the edges
+    noise = make_noise(tmp_path, (1, 4, HEIGHT // 8, WIDTH // 8), seed=9)
+    ours = run_cli("depth", "--path", tiny_dev, "--lora-paths", lora, "--prompt", PROMPT, "--image-path",
+                   save(photo, tmp_path / "photo.png"), "--canny-edges", "--canny-low", 50, "--canny-high", 150,
+                   "--steps", STEPS, "--height", HEIGHT, "--width", WIDTH, "--guidance", GUIDANCE, "--init-noise",
+                   noise, "--output", tmp_path / "ours.png")
+    pipe = FluxControlPipeline.from_pretrained(tiny_dev, torch_dtype=torch.float32, local_files_only=True)
+    pipe.load_lora_weights(diffusers_names, adapter_name="control")
+    edges = canny_edges(photo.resize((WIDTH, HEIGHT), Image.Resampling.LANCZOS), 50, 150)  # 96x72 -> 64x48: no crop
+    expected = pipe(PROMPT, control_image=edges, height=HEIGHT, width=WIDTH, num_inference_steps=STEPS,
+                    guidance_scale=GUIDANCE, latents=pack(np.load(noise)), output_type="pil").images[0]
+    assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
+    assert max_uint8_diff(expected, pipe(PROMPT, control_image=photo.resize((WIDTH, HEIGHT)), height=HEIGHT,
+                                         width=WIDTH, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+                                         latents=pack(np.load(noise)), output_type="pil").images[0]) > 6

@@ -166,7 +166,7 @@ PANEL_VALUES = {
                "hires_upscaler": "Lanczos", "hires_prompt": "sharper"},
     fill: {"mode": fill.OUTPAINT, "keep_unmasked": False, "mask_invert": True, "mask_grow_px": 3, "mask_blur_px": 2,
            "pad_top": 0.0, "pad_right": 25.0, "pad_bottom": 10.0, "pad_left": 0.0, "pad_unit": "%"},
-    depth: {},
+    depth: {"canny_edges": True, "canny_low": 50, "canny_high": 150},
     kontext: {"kontext_auto_resize": True},
     controlnet: {"mode": controlnet.UPSCALE, "controlnet_strength": 0.7, "upscale_factor": 1.5,
                  "controlnet_weights": "my-upscaler", "controlnet_mode": "blur"},
@@ -246,6 +246,14 @@ def test_depth_uses_the_shown_map_or_lets_the_engine_estimate_one(context):
     assert estimated.depth_image_path is None and estimated.image_path
     with pytest.raises(InvalidRequest, match="Upload a photo"):
         depth.build_requests(shared(photo=None, depth_map=None), context)
+    # Canny: the photo's edges are taken at the output size, whatever preview the map box shows; without a photo,
+    # the map box's own edge map
+    canny = {"canny_edges": True, "canny_low": 50, "canny_high": 150}
+    [edges] = depth.build_requests(shared(photo=photo, depth_map=depth_map, **canny), context)
+    assert edges.image_path and edges.depth_image_path is None
+    assert edges.extra == {"canny_edges": True, "canny_low": 50, "canny_high": 150}
+    [given] = depth.build_requests(shared(photo=None, depth_map=depth_map, **canny), context)
+    assert given.depth_image_path and given.image_path is None
 
 
 def test_kontext_needs_a_reference_and_an_instruction(context):

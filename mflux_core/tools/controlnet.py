@@ -23,18 +23,16 @@ from PIL import Image
 from mflux_core.controlnet_units import IMAGE_KEY, UNIT_EXTRA_KEYS
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
-from mflux_core.images.canny import canny_edges
 from mflux_core.memory import DEPTH_PHASE
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import fit_input, required_image, start_image_inputs, with_size
 from mflux_core.tools.controlnet_conditioning import (
-    ControlUnit, controlnet_inputs, extra_number, steering, with_default_strength,
+    ControlUnit, controlnet_inputs, requested_canny_edges, steering, with_default_strength,
 )
 
 DEFAULT_STRENGTH = 0.4  # mflux's default ControlNet strength
 CANNY = "canny"  # this tool's own control type (a Union ControlNet's mode 0)
-CANNY_THRESHOLDS = {"canny_low": "low", "canny_high": "high"}  # request.extra key -> canny_edges argument
 
 
 def preprocessed(image: Image.Image, kind: str, request: GenerationRequest,
@@ -44,9 +42,7 @@ def preprocessed(image: Image.Image, kind: str, request: GenerationRequest,
     if request.extra.get("controlnet_skip_canny"):
         return image, ()
     if kind == CANNY:
-        thresholds = {arg: extra_number(request, key, None) for key, arg in CANNY_THRESHOLDS.items()
-                      if request.extra.get(key) is not None}
-        return canny_edges(image, **thresholds), ()
+        return requested_canny_edges(image, request), ()
     if kind == "depth":
         return engine.estimate_depth(image), ((DEPTH_PHASE, engine.depth_estimate_bytes(image)),)
     if kind == "gray":

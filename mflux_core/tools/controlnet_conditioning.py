@@ -16,6 +16,7 @@ from PIL import Image
 from mflux_core.errors import InvalidRequest
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
+from mflux_core.images.canny import canny_edges
 from mflux_core.images.io import pil_to_pixels
 from mflux_core.memory import HINT_PHASE
 from mflux_core.models.controlnet import HINT_SCALE, FluxControlNet, load_controlnet
@@ -62,6 +63,16 @@ def extra_number(request: GenerationRequest, key: str, default: float | None) ->
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidRequest(f"The setting {key} must be a number, not {value!r}.")
     return float(value)
+
+
+CANNY_THRESHOLDS = {"canny_low": "low", "canny_high": "high"}  # request.extra key -> canny_edges argument
+
+
+def requested_canny_edges(image: Image.Image, request: GenerationRequest) -> Image.Image:
+    """The image's Canny edges at the request's thresholds (canny_low, canny_high; OpenCV's defaults otherwise)."""
+    thresholds = {arg: extra_number(request, key, None) for key, arg in CANNY_THRESHOLDS.items()
+                  if request.extra.get(key) is not None}
+    return canny_edges(image, **thresholds)
 
 
 def controlnet_name(model: FluxModel, request: GenerationRequest, default_name: str) -> str:

@@ -1,6 +1,7 @@
-"""Depth (FLUX.1-Depth-dev, or FLUX.1-dev with BFL's FLUX.1-Depth-dev-lora): a depth map steers the layout; 128
-channels per token at full size (noisy latents + the depth map's latents). The map is given, or estimated from a
-photo."""
+"""Depth and Canny, BFL's structural conditioning (FLUX.1-Depth-dev / FLUX.1-Canny-dev, or FLUX.1-dev with their
+LoRAs): a control image steers the layout; 128 channels per token at full size (noisy latents + the control
+image's latents). The control image is a depth map (given, or estimated from a photo) or, for Canny, a photo's
+Canny edges at the output size (as diffusers' FluxControlPipeline examples make them)."""
 
 from PIL import Image
 
@@ -13,25 +14,34 @@ from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import (
     check_in_channels, fit_input, packed_channels, encode_image, prompt_conditioning, required_image, with_size,
 )
+from mflux_core.tools.controlnet_conditioning import requested_canny_edges
+
+GIVEN, DEPTH_OF_PHOTO, EDGES_OF_PHOTO = "given", "depth", "edges"
 
 
-def depth_source(request: GenerationRequest) -> tuple[Image.Image, bool]:
-    """The user's depth map, or the photo (True) to estimate one from (--image-path)."""
+def control_source(request: GenerationRequest) -> tuple[Image.Image, str]:
+    """The control image as given (--depth-image-path: a depth map, or an edge map for Canny), or the photo
+    (--image-path) and what to make of it: its depth map, or with canny_edges its Canny edges."""
     if request.depth_image_path:
-        return required_image(request.depth_image_path, "a depth map", "--depth-image-path"), False
+        return required_image(request.depth_image_path, "a control image", "--depth-image-path"), GIVEN
     if not request.image_path:
-        raise InvalidRequest("Depth needs a depth map (--depth-image-path) or a photo to estimate one from (--image-path).")
-    return required_image(request.image_path, "a photo", "--image-path"), True
+        raise InvalidRequest("Depth needs a depth map (--depth-image-path) or a photo to estimate one from "
+                             "(--image-path; with --canny-edges, its edges are taken).")
+    made = EDGES_OF_PHOTO if request.extra.get("canny_edges") else DEPTH_OF_PHOTO
+    return required_image(request.image_path, "a photo", "--image-path"), made
 
 
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
-    check_in_channels(model, 2 * packed_channels(model), "Depth", "FLUX.1-Depth (or dev with BFL's Depth LoRA)")
-    control, is_photo = depth_source(request)
+    check_in_channels(model, 2 * packed_channels(model), "Depth",
+                      "FLUX.1-Depth or -Canny (or dev with BFL's Depth or Canny LoRA)")
+    control, source = control_source(request)
     request = with_size(request, control)  # the map has the photo's size: decided before the estimator runs
     estimated = ()
-    if is_photo:
+    if source == DEPTH_OF_PHOTO:
         control, estimated = engine.estimate_depth(control), ((DEPTH_PHASE, engine.depth_estimate_bytes(control)),)
     control, notes = fit_input(control, request)
+    if source == EDGES_OF_PHOTO:
+        control = requested_canny_edges(control, request)
     conditioning = prompt_conditioning(model, request)
     conditioning.extra_channels = encode_image(model, control, request.width, request.height).astype(model.dtype)
     return ToolInputs(request, conditioning, notes=notes, estimated=estimated)

@@ -105,6 +105,8 @@ RESIZE_FLAG = Flag("--resize-mode", "an input image of another size than the out
                    "scale to cover, centre-crop), 'just resize' (stretch) or 'resize and fill' (scale to fit, "
                    "stretch the edges into the rest), as A1111's resize modes",
                    choices=RESIZE_MODES)
+CANNY_FLAGS = (Flag("--canny-low", "Canny low threshold, OpenCV's units (default 100)", into=EXTRA, kind="number"),
+               Flag("--canny-high", "Canny high threshold, OpenCV's units (default 200)", into=EXTRA, kind="number"))
 FILL_KINDS = ("fill",)
 TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
     ToolSpec("generate", "text-to-image, or image-to-image with --image-path", "generate", "schnell", BASE_KINDS,
@@ -129,11 +131,14 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                       "the output is the padded canvas, or --width/--height with the canvas resized to them"),
                  Flag("--keep-unmasked", "paste the original back outside a feathered mask (off: the image equals "
                       "diffusers')", kind="switch"), RESIZE_FLAG)),
-    ToolSpec("depth", "restyle with the layout of a depth map (FLUX.1-Depth, or dev with BFL's Depth LoRA)", "depth",
-             "depth", ("depth",), guidance=10.0, demo_model="demo-depth", sized_by_input=True,
-             control_lora_kinds=("base",), flags=(
-                 Flag("--depth-image-path", "the depth map (near = bright)"),
-                 Flag("--image-path", "a photo to estimate the depth map from"), RESIZE_FLAG)),
+    ToolSpec("depth", "restyle with the layout of a depth map or of Canny edges (FLUX.1-Depth / -Canny, or dev "
+             "with BFL's Depth / Canny LoRA)", "depth", "depth", ("depth",), guidance=10.0, demo_model="demo-depth",
+             sized_by_input=True, control_lora_kinds=("base",), flags=(
+                 Flag("--depth-image-path", "the control image: a depth map (near = bright), or for a Canny model an "
+                      "edge map"),
+                 Flag("--image-path", "a photo to estimate the depth map from (or to take Canny edges from)"),
+                 Flag("--canny-edges", "take the photo's Canny edges instead of its depth map (FLUX.1-Canny-dev, or "
+                      "dev with BFL's Canny LoRA)", into=EXTRA, kind="switch"), *CANNY_FLAGS, RESIZE_FLAG)),
     ToolSpec("kontext", "edit a reference image by instruction (FLUX.1-Kontext)", "kontext", "kontext", ("kontext",),
              guidance=2.5, demo_model="demo-kontext", sized_by_input=True, true_cfg=True, flags=(
                  Flag("--image-path", "the reference image"),
@@ -155,9 +160,7 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                       "ControlNet's control image) as <output>_controlnet_<type>.png", into=COMMAND, kind="switch"),
                  Flag("--controlnet-skip-canny", "hand the control image to the ControlNet as it is (e.g. an edge "
                       "map made elsewhere)", into=EXTRA, kind="switch"),
-                 Flag("--canny-low", "Canny low threshold, OpenCV's units (default 100)", into=EXTRA, kind="number"),
-                 Flag("--canny-high", "Canny high threshold, OpenCV's units (default 200)", into=EXTRA,
-                      kind="number"), RESIZE_FLAG,
+                 *CANNY_FLAGS, RESIZE_FLAG,
                  Flag("--controlnet-unit", "one more ControlNet at the same time, with its own control image: "
                       "IMAGE[,mode=TYPE][,strength=N][,path=CONTROLNET][,canny-low=N][,canny-high=N][,skip-canny] "
                       f"(defaults as above); repeat for up to {MAX_UNITS - 1}", kind="controlnet_unit",

@@ -17,6 +17,7 @@ ALIASES = {
     "krea-dev": "black-forest-labs/FLUX.1-Krea-dev",
     "fill": "black-forest-labs/FLUX.1-Fill-dev",
     "depth": "black-forest-labs/FLUX.1-Depth-dev",
+    "canny-dev": "black-forest-labs/FLUX.1-Canny-dev",
     "kontext": "black-forest-labs/FLUX.1-Kontext-dev",
     "canny": "InstantX/FLUX.1-dev-Controlnet-Canny",
     "upscaler": "jasperai/Flux.1-dev-Controlnet-Upscaler",
