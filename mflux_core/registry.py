@@ -20,8 +20,8 @@ FLUX_PIPELINE_KINDS = {
     "FluxKontextPipeline": "kontext", "FluxPriorReduxPipeline": "redux",
 }
 ALIAS_KINDS = {"schnell": "base", "dev": "base", "krea-dev": "base", "fill": "fill", "depth": "depth",
-               "canny-dev": "depth", "kontext": "kontext", "canny": "controlnet", "upscaler": "controlnet", "redux": "redux",
-               "depth-estimator": "depth-estimator"}
+               "canny-dev": "depth", "kontext": "kontext", "canny": "controlnet", "upscaler": "controlnet",
+               "redux": "redux", "depth-estimator": "depth-estimator"}
 
 
 @dataclass(frozen=True)

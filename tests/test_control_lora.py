@@ -140,3 +140,12 @@ def test_canny_edges_of_a_photo_steer_a_canny_control_model_as_diffusers(tiny_de
     assert max_uint8_diff(expected, pipe(PROMPT, control_image=photo.resize((WIDTH, HEIGHT)), height=HEIGHT,
                                          width=WIDTH, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
                                          latents=pack(np.load(noise)), output_type="pil").images[0]) > 6
+
+
+def test_norm_scales_alone_are_not_a_lora(tiny_dev, tmp_path):
+    from mflux_core.errors import ModelLoadError
+
+    path = tmp_path / "norms.safetensors"
+    save_file({f"{name}.scale": torch.ones(16) for name in NORMS}, str(path))
+    with pytest.raises(ModelLoadError, match="matches none of this FLUX.1 transformer's layers"):
+        add_lora(load_transformer(tiny_dev / "transformer", dtype=mx.float32), load_lora_file(path), "norms")

@@ -112,7 +112,7 @@ def applied_loras(transformer: nn.Module) -> dict[str, float]:
     for layer in lora_layers(transformer).values():
         for name in layer.names:
             found.setdefault(name, layer.scale_of(name))
-    return found  # a LoRA is never norms only: its layers name it
+    return found  # a LoRA is never norms only (check_lora): its layers name it
 
 
 def check_lora(transformer: nn.Module, lora: LoraFile, scale: float = 1.0) -> tuple[dict, LoraReport]:
@@ -143,6 +143,9 @@ def check_lora(transformer: nn.Module, lora: LoraFile, scale: float = 1.0) -> tu
             fitting[path] = weight
         else:
             unused.update(lora.source_keys[path])
+    if all(path in lora.norms for path in fitting):  # norms alone adapt nothing (and nothing would name them)
+        unused.update(key for path in fitting for key in lora.source_keys[path])
+        fitting = {}
     matched = {key for path in fitting for key in lora.source_keys[path]}
     unused -= matched
     if not fitting:

@@ -11,7 +11,6 @@ sometimes an alpha; only the names differ:
 - AI-toolkit / ComfyUI: `diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight` (BFL names),
   either spelling, optional `.alpha`.
 - XLabs: `double_blocks.0.processor.qkv_lora1.down.weight`; no alpha (scale 1).
-
 - OneTrainer: `lora_transformer_transformer_blocks_0_attn_to_q.lora_down.weight` (diffusers names with `_` for
   `.`), `.alpha` per module.
 
