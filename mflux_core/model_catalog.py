@@ -20,8 +20,9 @@ from mflux_core.registry import ALIAS_KINDS, folder_kind
 from mflux_core.resident import names_folder
 from mflux_core.weights.resolve import ALIASES, DEMO_MODELS, demo_models_dir
 
-KIND_LABELS = {"base": "base", "fill": "Fill", "depth": "Depth", "kontext": "Kontext", "controlnet": "ControlNet",
-               "redux": "Redux", "depth-estimator": "estimator", "single-file": "base (single file)", "lora": "LoRA"}
+KIND_LABELS = {"base": "base", "fill": "Fill", "depth": "Depth / Canny", "kontext": "Kontext",
+               "controlnet": "ControlNet", "redux": "Redux", "depth-estimator": "estimator",
+               "single-file": "base (single file)", "lora": "LoRA"}
 
 
 @dataclass(frozen=True)
