@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from mflux_core.cli import main as cli_main
 from mflux_core.lora.apply import add_lora, remove_lora
 from mflux_core.lora.formats import load_lora_file
+from mflux_core.lora.info import describe_lora_file
 from mflux_core.models.transformer import load_transformer
 from tests.fixtures import lora_files as lf
 from tests.parity import UINT8_TOLERANCE, make_noise, max_uint8_diff, pack, random_image, run_cli, save
@@ -94,6 +95,7 @@ def test_taking_a_control_lora_off_gives_the_base_model_back(tiny_dev, tmp_path)
     before = {k: np.asarray(v) for k, v in tree_flatten(transformer.parameters())}
     report = add_lora(transformer, load_lora_file(lora), "control", 0.8)
     assert report.complete and report.format == "ai-toolkit+control"
+    assert "control LoRA: use it on the Depth tool" in describe_lora_file(lora)
     norm = np.asarray(transformer.transformer_blocks[0].attn.norm_q.weight)
     assert not np.array_equal(norm, before["transformer_blocks.0.attn.norm_q.weight"])
     remove_lora(transformer, "control")

@@ -34,6 +34,7 @@ OTHER_TRANSFORMER_KEYS = (("joint_blocks", "SD3"),
                           ("single_stream_modulation", "FLUX.2"), (".ff.linear_in", "FLUX.2"))
 TEXT_ENCODER_KEYS = ("lora_te", "text_model.", "text_encoder")
 DORA_KEYS = ("dora_scale", "lora_magnitude_vector")  # Kohya / LyCORIS, and PEFT
+CONTROL_KEY = "query_norm.scale"  # only BFL's control LoRAs carry norm scales (diffusers tells them by it too)
 APPLIED_KEYS = ("lora_down", "lora_up", "lora_A", "lora_B", ".down.weight", ".up.weight", "lokr_", "hada_")
 # LyCORIS algorithms other than LoRA, LoKr and LoHa, by the keys only they write (lycoris/modules/*.py)
 OTHER_LYCORIS_KEYS = ((".oft_blocks", "OFT / BOFT"), (".oft_diag", "OFT / BOFT"), (".a1.weight", "GLoRA"),
@@ -51,6 +52,7 @@ class LoraInfo:
     trigger_words: tuple[str, ...]
     dora: bool
     other_algorithm: str | None = None  # a LyCORIS algorithm the studio does not apply
+    control: bool = False  # BFL's control LoRA (Depth / Canny: whole q/k norm scales beside the adapters)
 
     @property
     def other_family(self) -> str | None:
@@ -71,6 +73,8 @@ class LoraInfo:
             parts.append("trigger words: " + ", ".join(mark(word, "`") for word in self.trigger_words))
         if self.dora:
             parts.append("DoRA (weight-decomposed)")
+        if self.control:
+            parts.append("control LoRA: use it on the Depth tool (BFL's Depth / Canny)")
         why = problem(self)
         if why:
             parts.append(f"⚠ refused: it {why}")
@@ -130,7 +134,8 @@ def lora_info(metadata: dict | None, keys) -> LoraInfo:
     return LoraInfo(family=family, base_model=base, trained_on=metadata.get("ss_sd_model_name") or None,
                     output_name=metadata.get("ss_output_name") or None, trigger_words=trigger_words(metadata),
                     dora=any(dora in key for key in keys for dora in DORA_KEYS),
-                    other_algorithm=other_lycoris_algorithm(keys))
+                    other_algorithm=other_lycoris_algorithm(keys),
+                    control=any(key.endswith(CONTROL_KEY) for key in keys))
 
 
 def describe_lora_file(path: Path | None, markdown: bool = True) -> str:
