@@ -254,6 +254,8 @@ def test_depth_uses_the_shown_map_or_lets_the_engine_estimate_one(context):
     assert edges.extra == {"canny_edges": True, "canny_low": 50, "canny_high": 150}
     [given] = depth.build_requests(shared(photo=None, depth_map=depth_map, **canny), context)
     assert given.depth_image_path and given.image_path is None
+    assert depth.estimates_depth(shared(photo=photo, depth_map=None))  # so the page checks for an estimator
+    assert not depth.estimates_depth(shared(photo=photo, depth_map=None, **canny))  # edges need none
 
 
 def test_kontext_needs_a_reference_and_an_instruction(context):

@@ -57,6 +57,11 @@ def build_requests(values: dict, context: RequestContext) -> list[GenerationRequ
     return requests_from_settings(settings_from_values(values), context, **inputs)
 
 
+def estimates_depth(values: dict) -> bool:
+    """Whether the run has the engine estimate a depth map: a photo, no map, and not Canny's edges."""
+    return values.get("depth_map") is None and values.get("photo") is not None and not values.get("canny_edges")
+
+
 def require_estimator(models_dir: Path | None) -> None:
     """Refuse, with what to do instead, when a map would have to be estimated by an estimator that is not on disk
     and cannot be downloaded (offline; the shipped demo estimator missing too)."""
@@ -111,7 +116,7 @@ def render(studio) -> Panel:
     photo.upload(**estimated, api_name="estimate_depth_on_upload", api_visibility="private")
 
     def build_checked_requests(values: dict, context: RequestContext) -> list[GenerationRequest]:
-        if values.get("depth_map") is None and values.get("photo") is not None:
+        if estimates_depth(values):
             require_estimator(studio.manager.models_dir)
         return build_requests(values, context)
 
