@@ -8,7 +8,10 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.request import check_finite, check_image_size
 
 
-def canny_edges(image: Image.Image, low: float = 100, high: float = 200) -> Image.Image:
+DEFAULT_LOW, DEFAULT_HIGH = 100, 200  # the thresholds InstantX's and mflux's examples use
+
+
+def canny_edges(image: Image.Image, low: float = DEFAULT_LOW, high: float = DEFAULT_HIGH) -> Image.Image:
     """White one-pixel edges on black, as a 3-channel RGB image (what the Canny ControlNet expects).
 
     Exactly cv2.Canny(rgb, low, high) stacked to three channels, as InstantX's and mflux's examples

@@ -97,6 +97,7 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Module):
         super().__init__()
         self.base = base
+        self.base_inputs = linear_shape(base)[1]
         self.table = AdapterTable()
         # an empty array stands for none in the parameter tree (made here, not once at import: an array is
         # evaluated on its thread's stream, and the server runs models on other threads)
@@ -116,7 +117,7 @@ class LoRALinear(nn.Module):
     @property
     def input_features(self) -> int:
         """The inputs the layer takes: the base's, or the widest adapter's when wider."""
-        return max([linear_shape(self.base)[1], *(a.weights.down.shape[1] for a in self.table.by_name.values())])
+        return max([self.base_inputs, *(a.weights.down.shape[1] for a in self.table.by_name.values())])
 
     def add(self, name: str, weights: LoraWeights, scale: float) -> None:
         out_features, in_features = linear_shape(self.base)
@@ -175,8 +176,7 @@ class LoRALinear(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         if not self.table.by_name:
             return self.base(x)
-        base_inputs = linear_shape(self.base)[1]
-        base_x = x[..., :base_inputs] if x.shape[-1] > base_inputs else x
+        base_x = x[..., :self.base_inputs] if x.shape[-1] > self.base_inputs else x
         y = self.base(base_x * self.input_rescale if self.input_rescale.size else base_x)
         if self.output_rescale.size:
             bias = self.base.bias if "bias" in self.base else None

@@ -8,7 +8,7 @@ import gradio as gr
 from mflux_core.controlnet_units import IMAGE_KEY, MAX_UNITS
 from mflux_core.demo.examples import UPSCALE_FACTOR
 from mflux_core.errors import InvalidRequest
-from mflux_core.images.canny import canny_edges
+from mflux_core.images.canny import DEFAULT_HIGH, DEFAULT_LOW, canny_edges
 from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import UNION_CONTROL_TYPES
 from webui.demo_examples import render_demo_examples
@@ -23,7 +23,7 @@ from webui.widgets import (
 TOOL = "controlnet"
 CANNY, UPSCALE = "Canny edges", "Upscale"
 MODE_TOOLS = {CANNY: "controlnet", UPSCALE: "upscale"}
-DEFAULTS = {"controlnet_strength": 0.4, "canny_low": 100, "canny_high": 200, "upscale_factor": 2.0,
+DEFAULTS = {"controlnet_strength": 0.4, "canny_low": DEFAULT_LOW, "canny_high": DEFAULT_HIGH, "upscale_factor": 2.0,
             "image_strength": 0.4}
 LABELS = {"controlnet_strength": "The ControlNet strength", "canny_low": "The Canny low threshold",
           "canny_high": "The Canny high threshold", "upscale_factor": "The upscale factor",

@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from mflux_core.errors import InvalidRequest
-from mflux_core.images.canny import canny_edges
+from mflux_core.images.canny import DEFAULT_HIGH, DEFAULT_LOW, canny_edges
 from mflux_core.registry import on_disk
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.specs import DEPTH_ESTIMATOR, default_depth_estimator
@@ -20,7 +20,7 @@ from webui.requests import RequestContext, read_upload, requests_from_settings
 from webui.widgets import build_shared_controls, number_value, shared_settings, shared_values
 
 TOOL = "depth"
-CANNY_DEFAULTS = {"canny_low": 100, "canny_high": 200}
+CANNY_DEFAULTS = {"canny_low": DEFAULT_LOW, "canny_high": DEFAULT_HIGH}
 CANNY_LABELS = {"canny_low": "The Canny low threshold", "canny_high": "The Canny high threshold"}
 
 
