@@ -37,7 +37,7 @@ def flag_type(parse):
 
 
 FLAG_TYPES = {"text": {}, "number": {"type": float}, "paths": {"nargs": "+"}, "numbers": {"nargs": "+", "type": float},
-              "switch": {"action": "store_true"},
+              "switch": {"action": "store_true"}, "toggle": {"action": argparse.BooleanOptionalAction},
               "region": {"action": "append", "type": flag_type(region_from_box_flag)},
               "region_mask": {"action": "append", "type": flag_type(region_from_mask_flag)},
               "controlnet_unit": {"action": "append", "type": flag_type(unit_from_flag),

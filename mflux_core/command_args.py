@@ -62,7 +62,7 @@ def base_request(args: argparse.Namespace) -> GenerationRequest:
     extra = {}
     for flag in TOOL_FLAGS.values():
         value = getattr(args, flag.name, None)
-        if value is None or value is False:
+        if value is None or (value is False and flag.kind == "switch"):  # a toggle's False is a choice
             continue
         if flag.into == REQUEST:
             changes[flag.name] = tuple(value) if isinstance(value, list) else value

@@ -9,10 +9,11 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.lora.a1111 import tagged_prompt
 from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import SAMPLER_LABELS, SCHEDULE_LABELS
+from mflux_core.tools.specs import KONTEXT_AUTO_RESIZE
 
 JSON_KEY = "mflux_studio"
 A1111_KEY = "parameters"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: Kontext resizes its reference unless told not to (format 1 kept its size)
 MAX_METADATA_CHARS = 200_000
 
 
@@ -74,6 +75,8 @@ def request_from_metadata(metadata: dict) -> GenerationRequest:
     if unknown:
         raise InvalidRequest(f"The metadata has unknown settings: {', '.join(map(str, unknown[:5]))}.")
     converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    if metadata.get("format") == 1 and converted.get("tool") == "kontext":  # made when the reference kept its size
+        converted["extra"] = {KONTEXT_AUTO_RESIZE: False, **(converted.get("extra") or {})}
     try:
         return GenerationRequest(**converted).validated()
     except TypeError as error:

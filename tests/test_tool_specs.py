@@ -10,7 +10,7 @@ from mflux_core.cli import build_parser
 from mflux_core.command_args import base_request
 from mflux_core.registry import ALIAS_KINDS, FLUX_PIPELINE_KINDS
 from mflux_core.request import TOOLS, GenerationRequest
-from mflux_core.tools.specs import COMMAND, EXTRA, REQUEST, TOOL_NAMES, TOOL_SPECS
+from mflux_core.tools.specs import COMMAND, EXTRA, KONTEXT_AUTO_RESIZE, REQUEST, TOOL_NAMES, TOOL_SPECS
 from mflux_core.weights.resolve import ALIASES, DEMO_MODELS
 
 MODEL_KINDS = {*FLUX_PIPELINE_KINDS.values(), *ALIAS_KINDS.values(), "single-file"}
@@ -51,3 +51,11 @@ def test_each_flag_lands_where_its_spec_says():
     request = base_request(args)
     assert request.controlnet_image_path == "c.png" and request.extra == {"canny_low": 50.0}
     assert args.controlnet_save_canny  # a command's own flag: not part of the request
+
+    def kontext_extra(*flags):
+        return base_request(parser.parse_args(["kontext", "-p", "x", "--image-path", "r.png", *flags])).extra
+
+    # a toggle records either choice; neither leaves the tool's default (on)
+    assert kontext_extra() == {}
+    assert kontext_extra("--no-kontext-auto-resize") == {KONTEXT_AUTO_RESIZE: False}
+    assert kontext_extra("--kontext-auto-resize") == {KONTEXT_AUTO_RESIZE: True}

@@ -17,6 +17,7 @@ from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE, UNION_C
 from mflux_core.images.resize_modes import RESIZE_MODES
 
 REQUEST, EXTRA, COMMAND = "request", "extra", "command"  # where a flag's value goes (Flag.into)
+KONTEXT_AUTO_RESIZE = "kontext_auto_resize"  # request.extra's key for --kontext-auto-resize
 BASE_KINDS = ("base", "single-file")  # registry.ModelEntry kinds that text-to-image models have
 
 
@@ -29,7 +30,8 @@ class Flag:
     help: str
     into: str = REQUEST
     field: str = ""  # the request field or extra key; default: the flag's name ("--image-path" -> "image_path")
-    kind: str = "text"  # text, number, paths, numbers, switch, whole, region, region_mask, controlnet_unit
+    kind: str = "text"  # text, number, paths, numbers, switch, toggle (--x / --no-x), whole, region,
+    #                     region_mask, controlnet_unit
     choices: tuple[str, ...] = ()
     hidden: bool = False  # accepted for mflux compatibility, not listed in --help
 
@@ -145,8 +147,9 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                  Flag("--image-paths", "several reference images (after --image-path's, if given), side by side at "
                       "the first one's height as one reference, as ComfyUI stitches them for Kontext", kind="paths",
                       field="reference_image_paths"),
-                 Flag("--kontext-auto-resize", "resize the reference to the closest resolution Kontext was trained "
-                      "on", into=EXTRA, kind="switch"))),
+                 Flag("--kontext-auto-resize", "read the reference at the resolution Kontext was trained on closest "
+                      "to its shape (about 1 MP; the output's size unless one is given), as diffusers and ComfyUI do "
+                      "(default); --no-kontext-auto-resize: at its own size", into=EXTRA, kind="toggle"))),
     ToolSpec("controlnet", "follow the Canny edges of a control image (FLUX.1 ControlNet on dev or schnell)",
              "controlnet", "dev", BASE_KINDS, guidance=3.5, demo_model="demo", sized_by_input=True, true_cfg=True,
              flags=(

@@ -5,6 +5,7 @@ import gradio as gr
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.request import GenerationRequest
+from mflux_core.tools.specs import KONTEXT_AUTO_RESIZE
 from webui.demo_examples import render_demo_examples
 from webui.panels import Panel, input_image, result_column
 from webui.presets_ui import render_presets
@@ -17,14 +18,13 @@ MORE_REFERENCES = 2  # slots after the first: "put the hat from image 2 on the p
 
 def settings_from_values(values: dict) -> dict:
     return {"tool": TOOL, **shared_settings(values),
-            "extra": {"kontext_auto_resize": bool(values.get("kontext_auto_resize"))}}
+            "extra": {KONTEXT_AUTO_RESIZE: bool(values.get(KONTEXT_AUTO_RESIZE, True))}}
 
 
 def values_from_settings(settings: dict) -> dict:
     values = shared_values(settings)
     extra = settings.get("extra") or {}
-    if "kontext_auto_resize" in extra:
-        values["kontext_auto_resize"] = bool(extra["kontext_auto_resize"])
+    values[KONTEXT_AUTO_RESIZE] = bool(extra.get(KONTEXT_AUTO_RESIZE, True))
     return values
 
 
@@ -51,12 +51,15 @@ def render(studio) -> Panel:
                     with gr.Row():
                         more = {f"reference_{slot}": input_image(f"Image {slot}", f"kontext-reference-{slot}")
                                 for slot in range(2, MORE_REFERENCES + 2)}
-                auto_resize = gr.Checkbox(False, label="Resize the reference to Kontext's preferred resolution",
-                                          elem_id="kontext-auto-resize")
+                auto_resize = gr.Checkbox(True, label="Resize the reference to Kontext's resolution closest to its "
+                                          "shape (about 1 MP, as diffusers and ComfyUI do)",
+                                          elem_id="kontext-auto-resize",
+                                          info="Off: Kontext reads it at its own size (a large photo is slow and "
+                                               "edits worse). Demo models read it at the output's size.")
                 shared = build_shared_controls(studio, TOOL, TOOL, prompt_label="Instruction")
                 render_demo_examples(studio, TOOL, shared.controls, {reference: lambda e: str(e.images["image"])},
-                                     {auto_resize: False}, emptied=tuple(more.values()))
-                panel = Panel(TOOL, (TOOL,), {**shared.controls, "kontext_auto_resize": auto_resize},
+                                     {auto_resize: True}, emptied=tuple(more.values()))
+                panel = Panel(TOOL, (TOOL,), {**shared.controls, KONTEXT_AUTO_RESIZE: auto_resize},
                               settings_from_values, values_from_settings, send_target=reference)
                 render_presets(studio, panel)
             with gr.Column(scale=4):
