@@ -135,7 +135,7 @@ def test_an_over_limit_outpaint_is_refused_before_its_canvas_is_built(manager, t
 
 def test_images_used_at_their_own_size_are_held_to_the_canvas_limits(manager, tiny_kontext, tiny_fill, images):
     kontext = GenerationRequest(tool="kontext", model=str(tiny_kontext), image_path=str(images["too-wide.png"]),
-                                extra={"kontext_auto_resize": False}, **{**FAST, "prompt": "make it red"})
+                                **{**FAST, "prompt": "make it red"})
     with pytest.raises(InvalidRequest, match=f"The reference image, which Kontext uses at its own size, would be "
                                              f"4112x64 pixels, {CANVAS_REFUSAL}"):
         manager.generate(kontext)

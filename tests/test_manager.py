@@ -81,8 +81,7 @@ def test_switching_tools_swaps_only_the_transformer(tiny_dev, tiny_fill, tiny_de
         GenerationRequest(tool="fill", model=str(tiny_fill), image_path=inputs.image, masked_image_path=inputs.mask,
                           **common),
         GenerationRequest(tool="depth", model=str(tiny_depth), depth_image_path=inputs.depth, **common),
-        GenerationRequest(tool="kontext", model=str(tiny_kontext), image_path=inputs.image,
-                          extra={"kontext_auto_resize": False}, **common),
+        GenerationRequest(tool="kontext", model=str(tiny_kontext), image_path=inputs.image, **common),
         text_to_image(tiny_dev),
     ]
     manager = ModelManager()

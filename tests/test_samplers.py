@@ -251,8 +251,7 @@ def test_kontext_with_true_cfg_matches_flux_kontext_pipeline_with_heun(tiny_kont
     ours = run_cli("kontext", "--path", tiny_kontext, "--prompt", PROMPT, *sampler_flags("heun", "simple"),
                    "--negative-prompt", "a green square", "--true-cfg-scale", 3.0, "--image-path",
                    save(reference_image, tmp_path / "r.png"), "--steps", steps, "--height", height, "--width", width,
-                   "--guidance", 2.5, "--init-noise", noise_path, "--no-kontext-auto-resize",
-                   "--output", tmp_path / "o.png")
+                   "--guidance", 2.5, "--init-noise", noise_path, "--output", tmp_path / "o.png")
     pipe = diffusers.FluxKontextPipeline.from_pretrained(tiny_kontext, torch_dtype=torch.float32,
                                                          local_files_only=True)
     base = pipe.scheduler.config

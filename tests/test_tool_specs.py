@@ -55,7 +55,7 @@ def test_each_flag_lands_where_its_spec_says():
     def kontext_extra(*flags):
         return base_request(parser.parse_args(["kontext", "-p", "x", "--image-path", "r.png", *flags])).extra
 
-    # a toggle records either choice; neither leaves the tool's default (on)
+    # a toggle records either choice; neither leaves the tool's default (resize a reference larger than Kontext's)
     assert kontext_extra() == {}
     assert kontext_extra("--no-kontext-auto-resize") == {KONTEXT_AUTO_RESIZE: False}
     assert kontext_extra("--kontext-auto-resize") == {KONTEXT_AUTO_RESIZE: True}

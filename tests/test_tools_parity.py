@@ -100,7 +100,7 @@ def test_kontext_matches_diffusers(tiny_kontext, tmp_path, height, width, refere
     ours = run_cli(
         "kontext", "--path", tiny_kontext, "--prompt", prompt, "--image-path", save(reference_image, tmp_path / "r.png"),
         "--steps", 3, "--height", height, "--width", width, "--guidance", 2.5, "--init-noise", noise_path,
-        "--no-kontext-auto-resize", "--output", tmp_path / "ours.png",
+        "--output", tmp_path / "ours.png",
     )
     import diffusers
 
@@ -116,16 +116,19 @@ def test_kontext_matches_diffusers(tiny_kontext, tmp_path, height, width, refere
     assert max_uint8_diff(expected, reference(Image.new("RGB", reference_size, (255, 255, 255)))) > CONDITIONING_EFFECT
 
 
-def test_kontext_reads_its_reference_at_the_nearest_trained_resolution_as_diffusers(tiny_kontext, tmp_path):
-    """The default: a 96x48 reference is read at 1456x720 (Kontext's resolution nearest to 2:1), as diffusers'
-    FluxKontextPipeline does with its own defaults (`_auto_resize=True`)."""
-    reference_image = random_image(96, 48, seed=8)
+@pytest.mark.parametrize("reference_size, flags", [((1600, 800), ()), ((96, 48), ("--kontext-auto-resize",))])
+def test_kontext_reads_a_reference_at_the_nearest_trained_resolution_as_diffusers(tiny_kontext, tmp_path,
+                                                                                   reference_size, flags):
+    """A reference larger than Kontext's trained resolution nearest its shape (2:1: 1456x720) is read at that
+    resolution, as diffusers' FluxKontextPipeline reads every reference with its defaults (`_auto_resize=True`);
+    `--kontext-auto-resize` does so for a smaller one too. (Smaller ones by default: the tests above.)"""
+    reference_image = random_image(*reference_size, seed=8)
     height, width = 48, 64
     noise_path = make_noise(tmp_path, (1, 4, height // 8, width // 8), seed=9)
     prompt = "make it green"
     ours = run_cli("kontext", "--path", tiny_kontext, "--prompt", prompt, "--image-path",
                    save(reference_image, tmp_path / "r.png"), "--steps", 2, "--height", height, "--width", width,
-                   "--guidance", 2.5, "--init-noise", noise_path, "--output", tmp_path / "ours.png")
+                   "--guidance", 2.5, "--init-noise", noise_path, *flags, "--output", tmp_path / "ours.png")
     import diffusers
 
     pipe = diffusers.FluxKontextPipeline.from_pretrained(tiny_kontext, torch_dtype=torch.float32, local_files_only=True)
@@ -136,18 +139,20 @@ def test_kontext_reads_its_reference_at_the_nearest_trained_resolution_as_diffus
 
     expected = reference(reference_image)
     assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
-    assert max_uint8_diff(expected, reference(reference_image, _auto_resize=False)) > CONDITIONING_EFFECT
+    assert max_uint8_diff(expected, reference(Image.new("RGB", reference_size, (255, 255, 255)))) > CONDITIONING_EFFECT
 
 
-def test_kontext_without_a_size_makes_the_trained_resolution_and_says_so(tiny_kontext, tmp_path, capsys):
-    reference = save(random_image(80, 40, seed=8), tmp_path / "r.png")  # read as 80x32 (2.5:1), as diffusers does
-    ours = run_cli("kontext", "--path", tiny_kontext, "--prompt", "make it green", "--image-path", reference,
+def test_kontext_without_a_size_makes_the_reference_size_as_read_and_says_so(tiny_kontext, tmp_path, capsys):
+    photo = save(random_image(2000, 1000, seed=8), tmp_path / "photo.png")  # read as 2000x992: 2.02:1
+    ours = run_cli("kontext", "--path", tiny_kontext, "--prompt", "make it green", "--image-path", photo,
                    "--steps", 1, "--output", tmp_path / "ours.png")
-    assert ours.size == (1568, 672)
-    assert "Reference 80x40 read at 1568x672, the Kontext resolution closest to its shape" in capsys.readouterr().err
-    kept = run_cli("kontext", "--path", tiny_kontext, "--prompt", "make it green", "--image-path", reference,
-                   "--steps", 1, "--no-kontext-auto-resize", "--output", tmp_path / "kept.png")
-    assert kept.size == (80, 32)  # its own size, floored to a multiple of 16
+    assert ours.size == (1456, 720)
+    said = capsys.readouterr().err
+    assert "Reference 2000x1000 read at 1456x720, the Kontext resolution closest to its shape" in said
+    small = save(random_image(80, 40, seed=8), tmp_path / "small.png")
+    kept = run_cli("kontext", "--path", tiny_kontext, "--prompt", "make it green", "--image-path", small,
+                   "--steps", 1, "--output", tmp_path / "kept.png")
+    assert kept.size == (80, 32) and "read at" not in capsys.readouterr().err  # its own size, floored to 16
 
 
 def test_a_kontext_image_made_before_the_reference_resize_replays_as_it_was_made():
@@ -170,7 +175,7 @@ def test_kontext_with_several_references_matches_diffusers_on_them_side_by_side(
     ours = run_cli(
         "kontext", "--path", tiny_kontext, "--prompt", prompt, "--image-paths", save(first, tmp_path / "a.png"),
         save(second, tmp_path / "b.png"), "--steps", 2, "--guidance", 2.5, "--init-noise", noise_path,
-        "--no-kontext-auto-resize", "--output", tmp_path / "ours.png",
+        "--output", tmp_path / "ours.png",
     )
     assert ours.size == (64, 32)  # the row's size when none is asked for
     import diffusers

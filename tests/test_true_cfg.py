@@ -103,8 +103,7 @@ def test_kontext_with_true_cfg_matches_flux_kontext_pipeline(tiny_kontext, tmp_p
     ours = run_cli(
         "kontext", "--path", tiny_kontext, "--prompt", PROMPT, *true_cfg_flags(), "--image-path",
         save(reference_image, tmp_path / "r.png"), "--steps", 3, "--height", height, "--width", width,
-        "--guidance", 2.5, "--init-noise", noise_path, "--no-kontext-auto-resize",
-        "--output", tmp_path / "o.png",
+        "--guidance", 2.5, "--init-noise", noise_path, "--output", tmp_path / "o.png",
     )
     pipe = diffusers.FluxKontextPipeline.from_pretrained(tiny_kontext, torch_dtype=torch.float32, local_files_only=True)
     check_parity(ours, lambda **true_cfg: pipe(

@@ -167,7 +167,7 @@ PANEL_VALUES = {
     fill: {"mode": fill.OUTPAINT, "keep_unmasked": False, "mask_invert": True, "mask_grow_px": 3, "mask_blur_px": 2,
            "pad_top": 0.0, "pad_right": 25.0, "pad_bottom": 10.0, "pad_left": 0.0, "pad_unit": "%"},
     depth: {"canny_edges": True, "canny_low": 50, "canny_high": 150},
-    kontext: {"kontext_auto_resize": False},
+    kontext: {"kontext_auto_resize": "Always Kontext's size (as diffusers)"},
     controlnet: {"mode": controlnet.UPSCALE, "controlnet_strength": 0.7, "upscale_factor": 1.5,
                  "controlnet_weights": "my-upscaler", "controlnet_mode": "blur"},
     redux: {"redux_strength_1": 0.3, "redux_strength_2": 0.9, "redux_strength_3": 1.0, "redux_strength_4": 0.5,
@@ -259,11 +259,13 @@ def test_depth_uses_the_shown_map_or_lets_the_engine_estimate_one(context):
 
 
 def test_kontext_needs_a_reference_and_an_instruction(context):
-    [request] = kontext.build_requests(shared(reference=picture(), kontext_auto_resize=False), context)
+    [request] = kontext.build_requests(shared(reference=picture(), kontext_auto_resize="Its own size"), context)
     assert request.tool == "kontext" and request.image_path and request.extra == {"kontext_auto_resize": False}
     [default] = kontext.build_requests(shared(reference=picture()), context)
-    assert default.extra == {"kontext_auto_resize": True}  # resized to Kontext's resolutions unless unticked
-    assert kontext.values_from_settings({"tool": "kontext"})["kontext_auto_resize"] is True
+    assert default.extra == {}  # the tool's default: Kontext's size for a reference larger than it
+    for extra, label in (({}, "Kontext's size when larger"), ({"kontext_auto_resize": True}, "Always Kontext's size "
+                         "(as diffusers)"), ({"kontext_auto_resize": False}, "Its own size")):
+        assert kontext.values_from_settings({"tool": "kontext", "extra": extra})["kontext_auto_resize"] == label
     assert request.reference_image_paths == ()
     [several] = kontext.build_requests(shared(reference=picture(), reference_3=picture((0, 0, 250))), context)
     [more] = several.reference_image_paths  # the filled slots, in order

@@ -1,12 +1,14 @@
 """Kontext (FLUX.1-Kontext-dev): edit a reference image by instruction.
 
 The reference image's latent tokens are appended after the image tokens with position ids whose
-first coordinate is 1; the transformer's output for them is cut off. As in diffusers, ComfyUI and BFL's code, the
-reference is read at the resolution Kontext was trained on that is closest to its aspect ratio (about one megapixel;
-a phone photo is not read at 12), and the output is that size unless one is asked for; `--no-kontext-auto-resize`
-keeps the reference's own size (floored to a multiple of 16). A model that makes only some sizes (a demo model,
-taught with references of its own sizes) reads it at the output's size. Several reference images are one, side by
-side at the first one's height (images/stitch.py): Kontext reads one picture.
+first coordinate is 1; the transformer's output for them is cut off. A reference larger than the resolution
+Kontext was trained on that is closest to its shape (about one megapixel) is read at that resolution, as diffusers,
+ComfyUI and BFL's code read every reference (a phone photo is not read at 12 megapixels); a smaller one keeps its own
+size (floored to a multiple of 16). `--kontext-auto-resize` resizes every reference (diffusers' default),
+`--no-kontext-auto-resize` none. The output is the reference's size as read unless one is asked for. A model that
+makes only some sizes (a demo model, taught with references of its own sizes) reads it at the output's size.
+Several reference images are one, side by side at the first one's height (images/stitch.py): Kontext reads one
+picture.
 """
 
 from PIL import Image
@@ -29,23 +31,22 @@ PREFERRED_RESOLUTIONS = [  # (width, height) Kontext was trained on
 ]
 
 
-def auto_resizes(request: GenerationRequest) -> bool:
-    return bool(request.extra.get(KONTEXT_AUTO_RESIZE, True))  # absent: on
-
-
-def reference_size(image: Image.Image, auto_resize: bool, multiple: int) -> tuple[int, int]:
+def reference_size(image: Image.Image, auto_resize: bool | None, multiple: int) -> tuple[int, int]:
+    """The size Kontext reads the reference at, floored to `multiple`. `auto_resize` (request.extra's
+    kontext_auto_resize): True, the trained resolution nearest its shape (diffusers' default); None, the same only
+    for a reference larger than that, which keeps a big photo to what Kontext was trained on without inventing
+    pixels for a small one; False, its own size."""
     width, height = (max(multiple, side // multiple * multiple) for side in image.size)
-    if auto_resize:  # the aspect ratio of the floored size, as diffusers reads it
-        aspect = width / height
-        _, width, height = min((abs(aspect - w / h), w, h) for w, h in PREFERRED_RESOLUTIONS)
-    return width // multiple * multiple, height // multiple * multiple
+    aspect = width / height  # of the floored size, as diffusers reads it
+    _, nearest_width, nearest_height = min((abs(aspect - w / h), w, h) for w, h in PREFERRED_RESOLUTIONS)
+    if auto_resize or (auto_resize is None and width * height > nearest_width * nearest_height):
+        width, height = nearest_width // multiple * multiple, nearest_height // multiple * multiple
+    return width, height
 
 
-def auto_resize_note(size: tuple[int, int], width: int, height: int) -> tuple[str, ...]:
-    if tuple(size) == (width, height):
-        return ()
+def auto_resize_note(size: tuple[int, int], width: int, height: int) -> str:
     return (f"Reference {size[0]}x{size[1]} read at {width}x{height}, the Kontext resolution closest to its shape "
-            "(to keep its own size: untick the reference resize, or --no-kontext-auto-resize).",)
+            "(Reference size 'Its own size', or --no-kontext-auto-resize, keeps its size).")
 
 
 def reference_image(request: GenerationRequest) -> Image.Image:
@@ -64,11 +65,11 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
         reference, notes = fit_input(reference, request)
         width, height = reference_size(reference, False, multiple)
     else:
-        auto_resize = auto_resizes(request)
-        width, height = reference_size(reference, auto_resize, multiple)
-        if not auto_resize:
-            check_image_size(width, height, "The reference image, which Kontext uses at its own size,")
-        notes = auto_resize_note(reference.size, width, height) if auto_resize else ()
+        auto_resize = request.extra.get(KONTEXT_AUTO_RESIZE)
+        width, height = reference_size(reference, None if auto_resize is None else bool(auto_resize), multiple)
+        check_image_size(width, height, "The reference image, which Kontext uses at its own size,")
+        resized = (width, height) != reference_size(reference, False, multiple)
+        notes = (auto_resize_note(reference.size, width, height),) if resized else ()
     if (width, height) != reference.size:
         reference = reference.resize((width, height), Image.Resampling.LANCZOS)
     request = with_size(request, reference)

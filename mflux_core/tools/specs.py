@@ -148,8 +148,9 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                       "the first one's height as one reference, as ComfyUI stitches them for Kontext", kind="paths",
                       field="reference_image_paths"),
                  Flag("--kontext-auto-resize", "read the reference at the resolution Kontext was trained on closest "
-                      "to its shape (about 1 MP; the output's size unless one is given), as diffusers and ComfyUI do "
-                      "(default); --no-kontext-auto-resize: at its own size", into=EXTRA, kind="toggle"))),
+                      "to its shape (about 1 MP; the output's size unless one is given), as diffusers and ComfyUI do; "
+                      "--no-kontext-auto-resize: at its own size; neither (default): resize only a reference larger "
+                      "than that resolution", field=KONTEXT_AUTO_RESIZE, into=EXTRA, kind="toggle"))),
     ToolSpec("controlnet", "follow the Canny edges of a control image (FLUX.1 ControlNet on dev or schnell)",
              "controlnet", "dev", BASE_KINDS, guidance=3.5, demo_model="demo", sized_by_input=True, true_cfg=True,
              flags=(

@@ -16,15 +16,23 @@ TOOL = "kontext"
 MORE_REFERENCES = 2  # slots after the first: "put the hat from image 2 on the person in image 1"
 
 
+# How Kontext reads the reference (request.extra's kontext_auto_resize: absent, True, False)
+REFERENCE_SIZES = {"Kontext's size when larger": None, "Always Kontext's size (as diffusers)": True,
+                   "Its own size": False}
+DEFAULT_REFERENCE_SIZE = next(iter(REFERENCE_SIZES))
+
+
 def settings_from_values(values: dict) -> dict:
+    auto_resize = REFERENCE_SIZES.get(values.get(KONTEXT_AUTO_RESIZE))
     return {"tool": TOOL, **shared_settings(values),
-            "extra": {KONTEXT_AUTO_RESIZE: bool(values.get(KONTEXT_AUTO_RESIZE, True))}}
+            "extra": {} if auto_resize is None else {KONTEXT_AUTO_RESIZE: auto_resize}}
 
 
 def values_from_settings(settings: dict) -> dict:
     values = shared_values(settings)
-    extra = settings.get("extra") or {}
-    values[KONTEXT_AUTO_RESIZE] = bool(extra.get(KONTEXT_AUTO_RESIZE, True))
+    chosen = (settings.get("extra") or {}).get(KONTEXT_AUTO_RESIZE)
+    values[KONTEXT_AUTO_RESIZE] = next(label for label, value in REFERENCE_SIZES.items()
+                                       if value == (None if chosen is None else bool(chosen)))
     return values
 
 
@@ -51,14 +59,14 @@ def render(studio) -> Panel:
                     with gr.Row():
                         more = {f"reference_{slot}": input_image(f"Image {slot}", f"kontext-reference-{slot}")
                                 for slot in range(2, MORE_REFERENCES + 2)}
-                auto_resize = gr.Checkbox(True, label="Resize the reference to Kontext's resolution closest to its "
-                                          "shape (about 1 MP, as diffusers and ComfyUI do)",
-                                          elem_id="kontext-auto-resize",
-                                          info="Off: Kontext reads it at its own size (a large photo is slow and "
-                                               "edits worse). Demo models read it at the output's size.")
+                auto_resize = gr.Radio(list(REFERENCE_SIZES), value=DEFAULT_REFERENCE_SIZE,
+                                       label="Reference size", elem_id="kontext-auto-resize",
+                                       info="Kontext's size: the resolution it was trained on closest to the "
+                                            "reference's shape (about 1 MP), also the output's unless a size is set. "
+                                            "A demo model reads it at the output's size.")
                 shared = build_shared_controls(studio, TOOL, TOOL, prompt_label="Instruction")
                 render_demo_examples(studio, TOOL, shared.controls, {reference: lambda e: str(e.images["image"])},
-                                     {auto_resize: True}, emptied=tuple(more.values()))
+                                     {auto_resize: DEFAULT_REFERENCE_SIZE}, emptied=tuple(more.values()))
                 panel = Panel(TOOL, (TOOL,), {**shared.controls, KONTEXT_AUTO_RESIZE: auto_resize},
                               settings_from_values, values_from_settings, send_target=reference)
                 render_presets(studio, panel)
