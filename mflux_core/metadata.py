@@ -13,7 +13,7 @@ from mflux_core.tools.specs import KONTEXT_AUTO_RESIZE
 
 JSON_KEY = "mflux_studio"
 A1111_KEY = "parameters"
-FORMAT_VERSION = 2  # 2: Kontext resizes its reference unless told not to (format 1 kept its size)
+FORMAT_VERSION = 2  # 2: Kontext reads a reference larger than its trained size at that size (1: its own size)
 MAX_METADATA_CHARS = 200_000
 
 
