@@ -1,6 +1,6 @@
 """Run one request through the shared loop: noise, schedule, img2img start, denoise, decode."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Generator
 
@@ -48,6 +48,7 @@ class ToolInputs:
     notes: tuple[str, ...] = ()  # what the tool did to its inputs that the user should hear of (a resize)
     controlnets: tuple[FluxTransformerConfig, ...] = ()  # the side networks run before each transformer pass (the plan)
     estimated: tuple[tuple[str, int], ...] = ()  # (phase, peak bytes above the weights) of side models the tool ran
+    recorded: dict = field(default_factory=dict)  # what the tool decided beyond the request, kept in the metadata
 
 
 def initial_noise(model: FluxModel, request: GenerationRequest, h: int, w: int) -> mx.array:

@@ -217,7 +217,7 @@ class ModelManager:
         with self.resident.budget.holding(plan):
             image = self.run_inputs(model, inputs, report, cancelled)
         return self.finished(image, inputs.request, model, inputs.conditioning.guidance, plan, started,
-                             notes=(*inputs.notes, *size_notes))
+                             notes=(*inputs.notes, *size_notes), recorded=inputs.recorded)
 
     def run_started(self) -> tuple[float, int]:
         """At a run's start: the time, and the MLX memory that is not the models' (e.g. a caller's arrays)."""
@@ -232,11 +232,12 @@ class ModelManager:
 
     def finished(self, image: Image.Image, request: GenerationRequest, model: FluxModel, guidance: float | None,
                  plan: MemoryPlan, started: tuple[float, int], before: Image.Image | None = None,
-                 notes: tuple[str, ...] = ()) -> GenerationResult:
-        """The run's result with its metadata; its memory plan recorded next to the measured peak."""
+                 notes: tuple[str, ...] = (), recorded: dict | None = None) -> GenerationResult:
+        """The run's result with its metadata (`recorded`: what the tool decided beyond the request); its memory
+        plan recorded next to the measured peak."""
         self.resident.record_memory(plan, started[1])
         extras = {"steps": request.steps or model.default_steps, "guidance": guidance,
-                  **({"notes": list(notes)} if notes else {})}
+                  **({"notes": list(notes)} if notes else {}), **(recorded or {})}
         return GenerationResult(
             image=image,
             request=request,

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from mflux_core.controlnet_infotext import infotext_items
 from mflux_core.errors import InvalidRequest
 from mflux_core.lora.a1111 import tagged_prompt
 from mflux_core.request import GenerationRequest
@@ -35,6 +36,8 @@ def a1111_parameters(request: GenerationRequest, extras: dict | None = None) -> 
         ("Model", request.model),
         ("Denoising strength", denoising_strength(request)),
         *hires_parameters(request),
+        *((key, json.dumps(text)) for key, text in infotext_items(extras.get("controlnets", []), request.resize_mode,
+                                                                   request.width, request.height)),
         ("Tool", request.tool),
         ("Version", "mflux-studio"),
     ]

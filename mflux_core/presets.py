@@ -27,6 +27,7 @@ from mflux_core.metadata import A1111_KEY, JSON_KEY, MAX_METADATA_CHARS, request
 from mflux_core.request import (
     MAX_SEED, MAX_SIDE, MAX_STEPS, REQUEST_SETTINGS, TOOLS, GenerationRequest, is_finite_number,
 )
+from mflux_core.controlnet_infotext import controlnet_settings
 from mflux_core.controlnet_units import IMAGE_KEY
 from mflux_core.settings_schema import (
     MAX_BATCH, MAX_LIST_ITEMS, MAX_LORA_SCALE, MAX_PROMPT_CHARS, MAX_TRUE_CFG_SCALE, SEED, Setting, checked, fragment,
@@ -335,7 +336,8 @@ _A1111_ITEM = re.compile(r'\s*([A-Za-z][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?
 
 def settings_from_a1111(text: str) -> dict:
     """Prompt, negative prompt, steps, seed, size, guidance, true CFG, sampler, schedule and the hires fix from an
-    A1111 / Forge `parameters` text chunk, and the prompt's `<lora:name:scale>` tags as LoRAs (by name)."""
+    A1111 / Forge `parameters` text chunk, the prompt's `<lora:name:scale>` tags as LoRAs (by name), and the
+    ControlNet extension's first unit as the ControlNet tool's settings."""
     lines = text.strip().split("\n")
     parameter_line = ""
     if lines and re.match(r"^\s*Steps:", lines[-1]):
@@ -360,7 +362,8 @@ def settings_from_a1111(text: str) -> dict:
         settings["tool"] = values["Tool"]
     settings.update(a1111_sampling(values.get("Sampler", ""), values.get("Schedule type", "")))
     settings.update(_a1111_guidance(values, negative, tool_spec(settings.get("tool", "generate")).true_cfg))
-    return validate_settings({**settings, **_a1111_hires(values)})
+    steered = controlnet_settings(values) if values.get("Tool") in (None, "controlnet") else {}
+    return validate_settings({**settings, **_a1111_hires(values), **steered})
 
 
 def _a1111_hires(values: dict) -> dict:

@@ -10,6 +10,7 @@
 """
 
 import json
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -21,6 +22,7 @@ from mflux_core.cli import main as cli_main
 from mflux_core.errors import ModelLoadError
 from mflux_core.images.canny import canny_edges
 from mflux_core.models.controlnet import load_controlnet
+from mflux_core.presets import settings_from_a1111
 from tests.fixtures.tiny_controlnet import build_tiny_controlnet, load_transformer
 from tests.fixtures.tiny_flux import TinyFluxSpec, build_transformer
 from tests.parity import UINT8_TOLERANCE, deterministic_diffusers, make_noise, max_uint8_diff, pack, run_cli
@@ -234,6 +236,14 @@ def test_canny_edges_are_taken_at_the_output_size_and_saved(tiny_dev, controlnet
     assert 0 < (np.asarray(edges) > 0).mean() < 0.5
     expected = reference_image(diffusers_pipeline(tiny_dev, controlnet_for_dev), edges, noise_path, 64, 64, 2, 4.0, 0.4)
     assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
+    with Image.open(tmp_path / "ours.png") as saved:  # A1111's ControlNet extension reads its unit back from this
+        parameters = saved.text["parameters"]
+    assert (f'ControlNet 0: "Module: canny, Model: {Path(controlnet_for_dev).name}, Weight: 0.4, Resize Mode: Crop and '
+            'Resize, Processor Res: 64, Threshold A: 60, Threshold B: 120, Guidance Start: 0.0, Guidance End: 1.0, '
+            'Pixel Perfect: False, Control Mode: Balanced"') in parameters
+    restored = settings_from_a1111(parameters)
+    assert (restored["tool"], restored["controlnet_strength"], restored["extra"]) == (
+        "controlnet", 0.4, {"canny_low": 60.0, "canny_high": 120.0})
 
 
 def test_schnell_base_passes_the_guidance_to_a_controlnet_that_embeds_it(tiny_schnell, controlnet_for_dev, tmp_path,
@@ -258,8 +268,11 @@ def test_upscale_matches_diffusers_at_the_larger_size(tiny_dev, controlnet_for_d
         "--init-noise", noise_path, "--metadata", "--output", tmp_path / "big.png",
     )
     assert ours.size == (64, 48)
-    recorded = json.loads((tmp_path / "big.json").read_text())["request"]
+    metadata = json.loads((tmp_path / "big.json").read_text())
+    recorded = metadata["request"]
     assert (recorded["width"], recorded["height"], recorded["controlnet_strength"]) == (64, 48, 0.6)
+    assert metadata["controlnets"] == [{"controlnet": str(controlnet_for_dev), "type": "tile", "strength": 0.6,
+                                        "preprocessor": None}]
     pipe = diffusers_pipeline(tiny_dev, controlnet_for_dev)
     expected = reference_image(pipe, small.resize((64, 48), Image.Resampling.LANCZOS), noise_path, 48, 64, 2, 3.5, 0.6)
     assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE

@@ -11,6 +11,9 @@ FluxMultiControlNetModel.
   units, a bad unit setting on the command line; presets keep a unit's settings, never its image.
 """
 
+import re
+from pathlib import Path
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -98,6 +101,14 @@ def test_one_union_controlnet_in_two_modes_matches_diffusers(tiny_dev, union_for
     assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
     other_mode = multi_reference(tiny_dev, (union_for_dev,), images, STRENGTHS, noise_path, [modes[0], MODES - 1])
     assert max_uint8_diff(ours, other_mode) > UINT8_TOLERANCE
+    with Image.open(tmp_path / "ours.png") as saved:
+        parameters = saved.text["parameters"]
+    units = re.findall(r'ControlNet (\d): "([^"]*)"', parameters)  # A1111's ControlNet extension's items
+    assert [number for number, _ in units] == ["0", "1"]
+    first, second = (dict(item.split(": ") for item in text.split(", ")) for _, text in units)  # as it reads them
+    assert first["Module"] == "canny" and first["Weight"] == f"{STRENGTHS[0]:g}" and first["Threshold A"] == "100"
+    assert second["Module"] == "recolor_luminance" and second["Weight"] == f"{STRENGTHS[1]:g}"
+    assert first["Model"] == second["Model"] == Path(union_for_dev).name
 
 
 def test_samples_of_controlnets_with_other_block_counts_add_up_per_main_block():

@@ -189,3 +189,23 @@ def test_a1111_cfg_scale_is_true_cfg_with_a_negative_prompt_and_distilled_cfg_is
     ours = GenerationRequest(prompt="a fox", negative_prompt="blurry", true_cfg_scale=4.0, guidance=3.0, steps=3)
     back = settings_from_a1111(a1111_parameters(ours))
     assert (back["negative_prompt"], back["true_cfg_scale"], back["guidance"]) == ("blurry", 4.0, 3.0)
+
+
+def test_the_a1111_controlnet_extensions_first_unit_sets_the_controlnet_tool():
+    unit = ('ControlNet 0: "Module: canny, Model: control_v11p_sd15_canny [d14c016b], Weight: 0.8, Resize Mode: Just '
+            'Resize, Processor Res: 512, Threshold A: 50.0, Threshold B: 150.0, Guidance Start: 0.0, Guidance End: '
+            '1.0, Pixel Perfect: False, Control Mode: Balanced"')
+    text = f"a cat\nSteps: 20, Seed: 1, Size: 512x768, {unit}, Hires upscale: 2, Version: v1.10.1"
+    canny = settings_from_a1111(text)
+    assert (canny["tool"], canny["controlnet_strength"], canny["resize_mode"]) == ("controlnet", 0.8, "just resize")
+    assert canny["extra"] == {"canny_low": 50.0, "canny_high": 150.0} and canny["hires_scale"] == 2.0
+    assert settings_from_a1111(text.replace("Module: canny", "Module: depth_anything_v2"))["extra"] == {
+        "controlnet_mode": "depth"}
+    assert settings_from_a1111(text.replace("Module: canny", "Module: none"))["extra"] == {
+        "controlnet_skip_canny": True}  # the image as given, as the extension used it
+    lineart = settings_from_a1111(text.replace("Module: canny", "Module: lineart_standard"))
+    assert "tool" not in lineart and lineart["seed"] == 1  # a preprocessor no FLUX.1 ControlNet here takes
+    heavy = settings_from_a1111(text.replace("Weight: 0.8", "Weight: 7").replace("Threshold A: 50.0",
+                                                                                  "Threshold A: nan"))
+    assert heavy["controlnet_strength"] == 2.0 and heavy["extra"] == {"canny_high": 150.0}
+    assert settings_from_a1111(f"a cat\nSteps: 20, {unit}, Tool: upscale")["tool"] == "upscale"  # ours names it

@@ -28,24 +28,31 @@ from mflux_core.request import GenerationRequest
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import fit_input, required_image, start_image_inputs, with_size
 from mflux_core.tools.controlnet_conditioning import (
-    ControlUnit, controlnet_inputs, requested_canny_edges, steering, with_default_strength,
+    ControlUnit, controlnet_inputs, requested_canny_edges, steering, unit_record, with_default_strength,
 )
 
 DEFAULT_STRENGTH = 0.4  # mflux's default ControlNet strength
 CANNY = "canny"  # this tool's own control type (a Union ControlNet's mode 0)
 
 
+def preprocessor(kind: str, request: GenerationRequest) -> str | None:
+    """What makes the ControlNet's image for control type `kind`: canny, depth (estimated from a photo), gray, or
+    None (the image as given: tile, blur, pose, low-quality, or any type with controlnet_skip_canny)."""
+    if request.extra.get("controlnet_skip_canny"):
+        return None
+    return kind if kind in (CANNY, "depth", "gray") else None
+
+
 def preprocessed(image: Image.Image, kind: str, request: GenerationRequest,
                  engine: ToolEngine) -> tuple[Image.Image, tuple[tuple[str, int], ...]]:
     """What the ControlNet sees for control type `kind` (an image already at the output size), and the planned
     phase of the depth estimator when it ran."""
-    if request.extra.get("controlnet_skip_canny"):
-        return image, ()
-    if kind == CANNY:
+    which = preprocessor(kind, request)
+    if which == CANNY:
         return requested_canny_edges(image, request), ()
-    if kind == "depth":
+    if which == "depth":
         return engine.estimate_depth(image), ((DEPTH_PHASE, engine.depth_estimate_bytes(image)),)
-    if kind == "gray":
+    if which == "gray":
         return image.convert("L").convert("RGB"), ()
     return image, ()
 
@@ -75,11 +82,13 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     sides = [steering(model, unit, engine, "canny", CANNY) for unit in units]  # refused before any image is made
     request, control, notes, estimated = control_image(with_default_strength(request, DEFAULT_STRENGTH),
                                                        sides[0].kind, engine)
-    prepared = [ControlUnit(sides[0], control, request.controlnet_strength)]
+    prepared = [ControlUnit(sides[0], control, request.controlnet_strength,
+                            unit_record(sides[0], request, preprocessor(sides[0].kind, request)))]
     for number, (unit, side) in enumerate(zip(units[1:], sides[1:]), 2):
         unit = with_default_strength(unit.with_(width=request.width, height=request.height), DEFAULT_STRENGTH)
         _, image, resized, depth = control_image(unit, side.kind, engine)
-        prepared.append(ControlUnit(side, image, unit.controlnet_strength))
+        prepared.append(ControlUnit(side, image, unit.controlnet_strength,
+                                    unit_record(side, unit, preprocessor(side.kind, unit))))
         notes += tuple(f"ControlNet unit {number}: {note}" for note in resized)
         estimated += depth
     inputs = controlnet_inputs(model, request, engine, prepared, tool="ControlNet", notes=notes, estimated=estimated)

@@ -16,7 +16,7 @@ from PIL import Image
 from mflux_core.errors import InvalidRequest
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
-from mflux_core.images.canny import canny_edges
+from mflux_core.images.canny import DEFAULT_HIGH, DEFAULT_LOW, canny_edges
 from mflux_core.images.io import pil_to_pixels
 from mflux_core.memory import HINT_PHASE
 from mflux_core.models.controlnet import HINT_SCALE, FluxControlNet, load_controlnet
@@ -40,6 +40,7 @@ class Steering:
     (None: not a Union ControlNet), and what the user should hear of it."""
 
     controlnet: FluxControlNet
+    name: str  # as the request names it, or the tool's default (what the image's record says it ran)
     kind: str
     mode: int | None
     notes: tuple[str, ...] = ()
@@ -53,6 +54,7 @@ class ControlUnit:
     side: Steering
     image: Image.Image
     strength: float
+    record: dict | None = None  # what it ran with, kept with the image (unit_record); None: nothing to record
 
 
 def extra_number(request: GenerationRequest, key: str, default: float | None) -> float | None:
@@ -127,17 +129,30 @@ def steering(model: FluxModel, request: GenerationRequest, engine: ToolEngine, d
     Union ControlNet lacks is refused."""
     kind = control_type(request, default_type)  # an unknown type refused before the ControlNet loads
     controlnet = resident_controlnet(model, request, engine, default_controlnet)
+    name = controlnet_name(model, request, default_controlnet)
     if not controlnet.is_union:
         if kind == default_type:
-            return Steering(controlnet, kind, None)
-        name = controlnet_name(model, request, default_controlnet)
-        return Steering(controlnet, kind, None, (f"{name} has no control modes: it was given the {kind} control "
-                                                 "image as its input (as Union-Pro-2.0 takes any kind).",))
+            return Steering(controlnet, name, kind, None)
+        return Steering(controlnet, name, kind, None, (f"{name} has no control modes: it was given the {kind} "
+                                                       "control image as its input (as Union-Pro-2.0 takes any "
+                                                       "kind).",))
     mode = UNION_CONTROL_TYPES.index(kind)
     if mode >= controlnet.num_modes:
         raise InvalidRequest(f"This Union ControlNet has {controlnet.num_modes} control modes, so it has no "
                              f"{kind} mode (number {mode}).")
-    return Steering(controlnet, kind, mode)
+    return Steering(controlnet, name, kind, mode)
+
+
+def unit_record(side: Steering, request: GenerationRequest, preprocessor: str | None) -> dict:
+    """What one ControlNet ran with, kept in the image's metadata (metadata.py also writes it as A1111's
+    "ControlNet N" item): the network, control type, strength and what made its image (canny, depth, gray or
+    None: the image as given), with the Canny thresholds when they did."""
+    record = {"controlnet": side.name, "type": side.kind, "strength": request.controlnet_strength,
+              "preprocessor": preprocessor}
+    if preprocessor == "canny":
+        record.update({key: extra_number(request, key, default) for key, default in
+                       (("canny_low", DEFAULT_LOW), ("canny_high", DEFAULT_HIGH))})
+    return record
 
 
 def controlnet_residuals(controlnet: FluxControlNet, control_tokens: mx.array, conditioning: Conditioning,
@@ -209,7 +224,9 @@ def controlnet_inputs(model: FluxModel, request: GenerationRequest, engine: Tool
     conditioning = prompt_conditioning(model, request)
     controlnets = add_controlnets(model, request, engine, conditioning, units)
     side_notes = tuple(note for unit in units for note in unit.side.notes)
-    return ToolInputs(request, conditioning, notes=notes + side_notes, controlnets=controlnets, estimated=estimated)
+    records = [unit.record for unit in units if unit.record is not None]
+    return ToolInputs(request, conditioning, notes=notes + side_notes, controlnets=controlnets, estimated=estimated,
+                      recorded={"controlnets": records} if records else {})
 
 
 def add_controlnets(model: FluxModel, request: GenerationRequest, engine: ToolEngine, conditioning: Conditioning,

@@ -17,7 +17,7 @@ from mflux_core.request import GenerationRequest, check_image_size, snap_to_16
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import fit_input, required_image, with_size
 from mflux_core.tools.controlnet_conditioning import (
-    ControlUnit, controlnet_inputs, extra_number, steering, with_default_strength,
+    ControlUnit, controlnet_inputs, extra_number, steering, unit_record, with_default_strength,
 )
 
 DEFAULT_STRENGTH = 0.6  # jasperai's published controlnet_conditioning_scale
@@ -48,5 +48,5 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     image, notes = fit_input(image, request)
     side = steering(model, request, engine, "upscaler", CONTROL_TYPE)
     request = with_default_strength(request, DEFAULT_STRENGTH)
-    return controlnet_inputs(model, request, engine, [ControlUnit(side, image, request.controlnet_strength)],
-                             tool="Upscale", notes=notes)
+    unit = ControlUnit(side, image, request.controlnet_strength, unit_record(side, request, None))
+    return controlnet_inputs(model, request, engine, [unit], tool="Upscale", notes=notes)
