@@ -91,8 +91,12 @@ def test_diffusers_own_test_pipeline_shapes_match_diffusers(tmp_path):
     ours = run_cli("generate", "--path", folder, "--prompt", prompt, "--steps", steps, "--height", height,
                    "--width", width, "--init-noise", noise_path, "--guidance", 3.5, "--output", tmp_path / "ours.png")
 
-    reference = load_diffusers_pipeline(folder)(
+    pipe = load_diffusers_pipeline(folder)
+    reference = pipe(
         prompt, height=height, width=width, num_inference_steps=steps, guidance_scale=3.5,
         latents=pack(np.load(noise_path)), output_type="pil",
     ).images[0]
     assert max_uint8_diff(ours, reference) <= UINT8_TOLERANCE
+    # with no size, diffusers' default: 128 latent pixels a side, here 128x128 (not FLUX.1's 1024: 262k tokens)
+    unsized = run_cli("generate", "--path", folder, "--prompt", prompt, "--steps", 1, "--output", tmp_path / "u.png")
+    assert unsized.size == pipe(prompt, num_inference_steps=1, output_type="pil").images[0].size == (128, 128)

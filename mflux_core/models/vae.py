@@ -68,13 +68,18 @@ class VAEConfig:
 
 
 FLUX_SIDE = 1024
+LATENT_SIDE = 128  # diffusers' FluxPipeline.default_sample_size: its default size in latent pixels
 
 
 def native_side(config_json: dict) -> int:
-    """The config's sample_size (1024 in FLUX.1's VAE, 64 in the demo's), or FLUX.1's 1024 where it is
-    missing or is the 32 diffusers writes for a config that never set one."""
+    """The config's sample_size (1024 in FLUX.1's VAE, 64 in the demo's); where it is missing or is the 32
+    diffusers writes for a config that never set one, FluxPipeline's default: 128 latent pixels a side (FLUX.1's
+    1024 for its 8x VAE; 128 for a test model's VAE that does not downsample)."""
     side = int(config_json.get("sample_size") or 0)
-    return side if side >= 64 and side % 16 == 0 else FLUX_SIDE
+    if side >= 64 and side % 16 == 0:
+        return side
+    blocks = len(config_json.get("block_out_channels") or (0, 0, 0, 0))
+    return LATENT_SIDE * 2 ** (blocks - 1)
 
 
 # The most bytes of unfolded input one band of a 3x3 convolution may take per image: MLX's CPU conv2d
