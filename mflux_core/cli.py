@@ -3,6 +3,7 @@
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
@@ -17,6 +18,7 @@ from mflux_core.prompt_lines import line_requests, read_prompt_file, read_prompt
 from mflux_core.regions import region_from_box_flag, region_from_mask_flag
 from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import SAMPLER_LABELS as SAMPLERS, SCHEDULE_LABELS as SCHEDULES
+from mflux_core.styles import prompt_styler, read_styles, styled_prompts
 from mflux_core.tools.specs import TOOL_SPECS, ToolSpec, tool_spec
 from mflux_core.training.lora_command import add_train_parser, run_train
 from mflux_core.wildcards import expand_prompt
@@ -104,6 +106,10 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prompt-file", help="read the prompt from this file, again before each image")
     group.add_argument("--wildcards-dir", default="wildcards", help="folder of wildcard files: __name__ in a prompt "
                        "picks a line of name.txt, {a|b} one alternative, drawn from the seed (default ./wildcards)")
+    group.add_argument("--styles", nargs="+", metavar="NAME", help="A1111 styles to merge into the prompt and "
+                       "negative prompt, in order (a style's {prompt} takes the prompt; others are appended)")
+    group.add_argument("--styles-dir", default="styles", help="folder of A1111 styles files (styles.csv: name, "
+                       "prompt, negative_prompt; default ./styles)")
     group.add_argument("--seed", type=int, nargs="+", help="one or more seeds (one image each)")
     group.add_argument("--auto-seeds", type=int, help="make N images with random seeds")
     group.add_argument("--steps", type=int, help="denoising steps (default: 4 for schnell, 14 otherwise)")
@@ -290,6 +296,13 @@ def run(args: argparse.Namespace) -> list[Path]:
     fallback = request.prompt if args.config_from_metadata else \
         "" if tool_spec(args.tool).prompt_optional or args.prompts_from else None
     request = request.with_(prompt=read_prompt(args, fallback))
+    styled = str
+    if args.styles:  # the prompt's styles are merged as each image's prompt is made; the negative's once, here
+        styles = read_styles(Path(args.styles_dir))
+        styled = prompt_styler(args.styles, styles)
+        if tool_spec(args.tool).true_cfg:
+            request = request.with_(negative_prompt=styled_prompts("", request.negative_prompt, args.styles,
+                                                                   styles)[1])
     request.validated()
     stepwise = Path(args.stepwise_image_output_dir) if args.stepwise_image_output_dir else None
     manager = manager_from_args(args, max_resident_transformers=args.max_resident_transformers,
@@ -299,14 +312,14 @@ def run(args: argparse.Namespace) -> list[Path]:
     if args.prompts_from:
         if axes or args.prompt_matrix:
             raise StudioError("--prompts-from runs its lines one by one: it does not combine with a plot.")
-        return run_prompt_lines(args, manager, request, seeds, stepwise)
+        return run_prompt_lines(args, manager, request, seeds, stepwise, styled)
     if axes or args.prompt_matrix:
         if len(seeds) > 1:
             raise StudioError("A plot takes one seed; for several, make the seed an axis (--x-axis seed=1-4).")
-        return run_plot(args, manager, request.with_(seed=seeds[0]), axes, stepwise)
+        return run_plot(args, manager, request.with_(seed=seeds[0], prompt=styled(request.prompt)), axes, stepwise)
     written = []
     for seed in seeds:
-        prompt = expand_prompt(read_prompt(args, request.prompt), seed, Path(args.wildcards_dir))
+        prompt = expand_prompt(styled(read_prompt(args, request.prompt)), seed, Path(args.wildcards_dir))
         seeded = request.with_(seed=seed, prompt=prompt).validated()
         path, _ = generate_and_save(args, manager, seeded, output_path(args.output, seed, len(seeds) > 1), stepwise)
         written.append(path)
@@ -382,10 +395,10 @@ def run_plot(args: argparse.Namespace, manager, request: GenerationRequest, axes
 
 
 def run_prompt_lines(args: argparse.Namespace, manager, request: GenerationRequest, seeds: list[int],
-                     stepwise: Path | None) -> list[Path]:
+                     stepwise: Path | None, styled: Callable[[str], str]) -> list[Path]:
     """Every line's images (every line validated before the first runs), each named by its line and seed."""
     lines = read_prompt_lines(read_prompt_file(Path(args.prompts_from)))
-    requests = line_requests(request, lines, seeds, wildcards=Path(args.wildcards_dir))
+    requests = line_requests(request, lines, seeds, wildcards=Path(args.wildcards_dir), styled=styled)
     print(f"Prompt list: {len(lines)} lines, {len(requests)} images")
     written = []
     for number, line_request in requests:

@@ -49,7 +49,7 @@ INPUT_PATH_FIELDS = frozenset({
     "redux_image_paths", "init_noise_path",
 })
 SETTING_FIELDS = tuple(f.name for f in fields(GenerationRequest) if f.name not in INPUT_PATH_FIELDS)
-UI_FIELDS = ("batch_count",)
+UI_FIELDS = ("batch_count", "styles")  # the page's, not a request's: images per run, A1111 styles by name
 PRESET_KEYS = {"format", "name", "description", "settings"}
 
 # An alias, a models-folder name or a repo id ("owner/name"): never a path.
@@ -156,6 +156,7 @@ PRESET_SETTINGS: dict[str, Setting] = {
     "extra": checked(Setting("The setting extra", dict, "an object"), _extra_problem,
                      f"an object with at most {MAX_EXTRA_KEYS} keys"),
     "batch_count": number("Images", 1, MAX_BATCH, whole=True),
+    "styles": text("Style", 200).listed(),
     "regions": checked(REQUEST_SETTINGS["regions"], _region_mask_problem, "regions with boxes (masks are input files)"),
     "controlnet_units": checked(REQUEST_SETTINGS["controlnet_units"], _units_problem,
                                 "ControlNet units without images, their ControlNets named"),

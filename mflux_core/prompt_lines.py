@@ -12,6 +12,7 @@ import argparse
 import functools
 import json
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,16 +120,18 @@ def read_prompt_file(path: Path) -> str:
 
 
 def line_requests(base: GenerationRequest, lines: list[PromptLine], seeds: list[int], batch_count: int = 1,
-                  wildcards: Path | None = None) -> list[tuple[int, GenerationRequest]]:
+                  wildcards: Path | None = None,
+                  styled: Callable[[str], str] = str) -> list[tuple[int, GenerationRequest]]:
     """(line number, validated request) for every image of every line, in order. A line's images start at its own
     seed, else at each of `seeds`, and run `batch_count` consecutive seeds (the line's own count, else this one);
-    its prompt (else the base's) has its wildcards drawn from each image's seed."""
+    its prompt (else the base's), `styled` (the A1111 styles picked), has its wildcards drawn from each image's
+    seed."""
     requests = []
     for line in lines:
         settings = dict(line.settings)
         count = settings.pop("batch_count", batch_count)
         starts = [settings.pop("seed")] if "seed" in settings else seeds
-        prompt = settings.pop("prompt", base.prompt)
+        prompt = styled(settings.pop("prompt", base.prompt))
         try:
             for start in starts:
                 base.with_(**settings, seed=start, prompt=prompt).validated()  # before seeds are counted from it

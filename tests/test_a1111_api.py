@@ -50,6 +50,9 @@ LAYOUT_IOU = 0.5  # a ControlNet result's shape vs the control scene's, as tests
 COPY = "demo-copy"  # a second text-to-image model: the demo model's files in the models folder
 
 
+STYLES_CSV = 'name,prompt,negative_prompt\n"Framed","a photo of {prompt}, framed","blurry"\nBold,"bold colours",\n'
+
+
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
     root = tmp_path_factory.mktemp("a1111-studio")
@@ -62,7 +65,10 @@ def studio(tmp_path_factory):
         patch.setenv("HF_HUB_OFFLINE", "1")
         patch.setenv("HF_HUB_CACHE", str(root / "hub"))
         patch.setattr(constants, "HF_HUB_CACHE", str(root / "hub"))
-        folders = StudioFolders.default(root / "outputs", models_dir=root / "models", loras=[root / "loras"])
+        (root / "styles").mkdir()
+        (root / "styles" / "styles.csv").write_text(STYLES_CSV)
+        folders = StudioFolders.default(root / "outputs", models_dir=root / "models", loras=[root / "loras"],
+                                        styles=root / "styles")
         manager = ModelManager(models_dir=root / "models")
         app = build_app(manager, folders, openai_api=False)
         port = free_port()
@@ -340,6 +346,21 @@ def test_true_cfg_runs_with_a_negative_prompt_above_cfg_scale_1(studio):
     (off,), (on,) = saved_requests(studio, 7), saved_requests(studio, 8)
     assert (off["negative_prompt"], off["true_cfg_scale"]) == ("", 1)
     assert (on["negative_prompt"], on["true_cfg_scale"]) == ("green", 4)
+
+
+def test_styles_merge_into_the_prompts_as_a1111_does_and_are_listed(studio):
+    assert answer(studio.http.get("/prompt-styles")) == [
+        {"name": "Framed", "prompt": "a photo of {prompt}, framed", "negative_prompt": "blurry"},
+        {"name": "Bold", "prompt": "bold colours", "negative_prompt": ""}]
+    body = made(studio.http.post("/txt2img", json={"prompt": "a red circle", "styles": ["Framed", "Bold"],
+                                                    "negative_prompt": "green", "cfg_scale": 3, "seed": 61,
+                                                    "steps": 1, "send_images": False, "save_images": True}))
+    assert body["info"]["all_prompts"] == ["a photo of a red circle, framed, bold colours"]
+    (saved,) = saved_requests(studio, 61)
+    assert (saved["prompt"], saved["negative_prompt"]) == ("a photo of a red circle, framed, bold colours",
+                                                           "green, blurry")
+    assert "no style named 'Noir'" in assert_a1111_error(
+        studio.http.post("/txt2img", json={"prompt": "x", "styles": ["Noir"], "steps": 1}), 400)
 
 
 def test_prompt_lora_tags_apply_library_loras_as_a1111_clients_write_them(studio):

@@ -33,7 +33,7 @@ def shared(**overrides) -> dict:
     """Values as the shared widgets hand them to a handler."""
     values = {"model": "tiny", "prompt": "a fox", "seed": 5, "random_seed": False, "batch_count": 1, "steps": "",
               "guidance": "", "width": 64, "height": 64, "quantize": "off", "vae_tiling": False, "sampler": "euler",
-              "schedule": "simple"}
+              "schedule": "simple", "styles": []}
     for i in (1, 2, 3):
         values.update({f"lora_{i}": "", f"lora_scale_{i}": 1.0})
     return {**values, **overrides}
@@ -178,7 +178,7 @@ PANEL_VALUES = {
 @pytest.mark.parametrize("panel", PANELS, ids=lambda m: m.TOOL)
 def test_settings_and_values_round_trip_for_every_panel(panel):
     values = shared(steps="7", guidance="2.5", lora_1="ink", lora_scale_1=0.25, quantize="8", batch_count=2,
-                    **PANEL_VALUES[panel])
+                    styles=["Bold"], **PANEL_VALUES[panel])
     settings = validate_settings(panel.settings_from_values(values))
     restored = panel.values_from_settings(settings)
     for name, value in restored.items():

@@ -41,6 +41,7 @@ from mflux_core.metadata import A1111_KEY
 from mflux_core.presets import PresetError, a1111_sampling, settings_from_png
 from mflux_core.request import MAX_SEED, GenerationRequest, check_image_size, hires_size
 from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_BATCH, MAX_SIDE, SAMPLER_LABELS, SCHEDULE_LABELS
+from mflux_core.styles import read_styles, styled_prompts
 from mflux_core.tools.specs import TOOL_SPECS, default_model_for
 from webui.a1111_controlnet import SCRIPT as CONTROLNET_SCRIPT, add_controlnet_routes, enabled_units, units_inputs
 from webui.a1111_extras import UPSCALERS, add_extras_routes
@@ -79,6 +80,7 @@ class Txt2ImgParams(BaseModel):
     sampler_name: str | None = None
     sampler_index: str | None = None
     scheduler: str | None = None
+    styles: list[str] = Field(default_factory=list)  # A1111 styles by name (the studio's styles folder)
     override_settings: dict = Field(default_factory=dict)
     alwayson_scripts: dict = Field(default_factory=dict)  # the ControlNet extension's units run (a1111_controlnet)
     override_settings_restore_afterwards: bool = True  # here an override always lasts one request
@@ -310,10 +312,20 @@ def guidance_settings(tool: str, params: Txt2ImgParams, ignored: list[str]) -> d
     return settings
 
 
+def with_styles(studio, params: Txt2ImgParams) -> Txt2ImgParams:
+    """The params with their styles merged into the prompt and negative prompt, as A1111 does before a run."""
+    if not params.styles:
+        return params
+    prompt, negative = styled_prompts(params.prompt, params.negative_prompt, params.styles,
+                                      read_styles(studio.folders.styles))
+    return params.model_copy(update={"prompt": prompt, "negative_prompt": negative, "styles": []})
+
+
 def job_requests(studio, tool: str, model: str, params: Txt2ImgParams, ignored: list[str], settings: dict,
                  inputs: dict) -> list[GenerationRequest]:
     """The validated requests of one call (batch_size x n_iter consecutive seeds), as the page builds its own;
     `settings` are the tool's own (img2img's), `inputs` its input paths."""
+    params = with_styles(studio, params)
     count = params.batch_size * params.n_iter
     if count > MAX_BATCH:
         raise SdApiError(400, f"batch_size x n_iter is {count} images; the studio makes at most {MAX_BATCH} per "
@@ -486,7 +498,10 @@ def sdapi_router(studio, auth=None) -> APIRouter:
                               for name in UPSCALERS],  # extras' (a1111_extras) and the hires fix's
         "cmd-flags": lambda: {"api": True, "nowebui": False},
         "memory": lambda: memory_answer(studio),
-        **dict.fromkeys(("sd-vae", "sd-modules", "prompt-styles", "face-restorers", "hypernetworks",
+        "prompt-styles": lambda: [{"name": style.name, "prompt": style.prompt,
+                                   "negative_prompt": style.negative_prompt}
+                                  for style in read_styles(studio.folders.styles).values()],
+        **dict.fromkeys(("sd-vae", "sd-modules", "face-restorers", "hypernetworks",
                          "realesrgan-models", "latent-upscale-modes"), list),
         "embeddings": lambda: {"loaded": {}, "skipped": {}},
         "scripts": lambda: {"txt2img": [], "img2img": []},

@@ -164,6 +164,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--wildcards-dir", type=Path, default=Path("wildcards"),
                         help="folder of wildcard files: __name__ in a prompt picks a line of name.txt "
                         "(default ./wildcards)")
+    parser.add_argument("--styles-dir", type=Path, default=Path("styles"),
+                        help="folder of A1111 styles files (styles.csv: name, prompt, negative_prompt), picked by name "
+                        "under the prompt (default ./styles)")
     parser.add_argument("--listen", action="store_true", help="bind 0.0.0.0 so other machines can connect")
     parser.add_argument("--auth", help="user:password required to open the page and use its APIs (only with "
                                        "--listen)")
@@ -207,7 +210,7 @@ def engine(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     folders = StudioFolders.default(args.outputs_dir, models_dir=args.models_dir, user_presets=args.presets_dir,
-                                    loras=args.lora_dir, wildcards=args.wildcards_dir)
+                                    loras=args.lora_dir, wildcards=args.wildcards_dir, styles=args.styles_dir)
     manager = engine(args)
     app = build_app(manager, folders, max_queue_size=args.max_queue, openai_api=args.openai_api,
                     a1111_api=args.a1111_api)

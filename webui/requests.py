@@ -16,7 +16,10 @@ from PIL import Image
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.io import load_image, save_png_atomic
 from mflux_core.lora.a1111 import with_prompt_loras
+from mflux_core.presets import UI_FIELDS
 from mflux_core.request import MAX_SEED, GenerationRequest
+from mflux_core.styles import read_styles, styled_prompts
+from mflux_core.tools.specs import tool_spec
 from mflux_core.wildcards import expand_prompt
 
 
@@ -60,6 +63,7 @@ class RequestContext:
     inputs: InputStore
     loras: Mapping[str, Path] = field(default_factory=dict)  # LoRA library name -> file
     wildcards: Path | None = None  # the folder of __name__ wildcard files
+    styles: Path | None = None  # the folder of A1111 styles.csv files
     draw_seed: Callable[[], int] = random_seed
 
 
@@ -78,11 +82,18 @@ def lora_files(names: list[str], library: Mapping[str, Path]) -> tuple[str, ...]
 
 
 def requests_from_settings(settings: dict, context: RequestContext, **inputs) -> list[GenerationRequest]:
-    """One validated request per seed of the batch, its prompt's wildcards drawn from its seed and its `<lora:...>`
-    tags (from the prompt or a wildcard) added to its LoRAs; `inputs` are input-path fields (image_path=...)."""
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k != "batch_count"}
+    """One validated request per seed of the batch, the named A1111 styles merged into its prompts, its prompt's
+    wildcards drawn from its seed and its `<lora:...>` tags (from the prompt or a wildcard) added to its LoRAs;
+    `inputs` are input-path fields (image_path=...)."""
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k not in UI_FIELDS}
     fields.update({k: tuple(v) if isinstance(v, list) else v for k, v in inputs.items()})
     seeds = batch_seeds(settings.get("seed"), settings.get("batch_count", 1), context.draw_seed)
+    if settings.get("styles"):
+        prompt, negative = styled_prompts(fields.get("prompt") or "", fields.get("negative_prompt") or "",
+                                          settings["styles"], read_styles(context.styles))
+        fields["prompt"] = prompt
+        if tool_spec(fields.get("tool") or "generate").true_cfg:  # others have no negative prompt to merge into
+            fields["negative_prompt"] = negative
     prompt = fields.get("prompt", "")
     requests = []
     for seed in seeds:

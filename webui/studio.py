@@ -37,6 +37,7 @@ class StudioFolders:
     shipped_presets: Path = SHIPPED_PRESETS
     loras: tuple[Path, ...] = ()
     wildcards: Path | None = None  # __name__ wildcard files (read only)
+    styles: Path | None = None  # A1111 styles.csv files (read only)
 
     @property
     def inputs(self) -> Path:
@@ -57,13 +58,15 @@ class StudioFolders:
 
     @classmethod
     def default(cls, outputs: Path, models_dir: Path | None = None, user_presets: Path | None = None,
-                loras: list[Path] | None = None, wildcards: Path | None = None) -> "StudioFolders":
+                loras: list[Path] | None = None, wildcards: Path | None = None,
+                styles: Path | None = None) -> "StudioFolders":
         outputs = Path(outputs).resolve()
         if loras is None:
             loras = lora_folders(models_dir)
         return cls(outputs=outputs, user_presets=Path(user_presets or outputs / "presets").resolve(),
                    loras=tuple(Path(p).resolve() for p in loras),
-                   wildcards=Path(wildcards).resolve() if wildcards else None)
+                   wildcards=Path(wildcards).resolve() if wildcards else None,
+                   styles=Path(styles).resolve() if styles else None)
 
 
 @dataclass
@@ -92,7 +95,7 @@ class Studio:
 
     def request_context(self) -> RequestContext:
         return RequestContext(inputs=InputStore(self.folders.inputs), loras=self.lora_library(),
-                              wildcards=self.folders.wildcards)
+                              wildcards=self.folders.wildcards, styles=self.folders.styles)
 
     def available_tools(self) -> set[str]:
         return set(TOOL_NAMES)

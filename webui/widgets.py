@@ -17,6 +17,7 @@ from mflux_core.models.vae import FLUX_SIDE
 from mflux_core.registry import ModelEntry
 from mflux_core.request import MAX_SEED, MAX_SIDE, QUANTIZE_BITS, check_finite
 from mflux_core.settings_schema import MAX_BATCH, MAX_LORA_SCALE, MAX_TRUE_CFG_SCALE, SAMPLER_LABELS, SCHEDULE_LABELS
+from mflux_core.styles import read_styles
 from mflux_core.tools.specs import TOOL_SPECS
 
 ASPECT_RATIOS = {"1:1": (1, 1), "4:3": (4, 3), "3:4": (3, 4), "3:2": (3, 2), "2:3": (2, 3), "16:9": (16, 9),
@@ -138,6 +139,7 @@ def shared_settings(values: dict) -> dict:
         "sampler": values.get("sampler") or "euler",
         "schedule": values.get("schedule") or "simple",
         **({"resize_mode": values.get("resize_mode") or DEFAULT_RESIZE_MODE} if "resize_mode" in values else {}),
+        **({"styles": list(values["styles"])} if values.get("styles") else {}),
     }
 
 
@@ -156,6 +158,8 @@ def shared_values(settings: dict) -> dict:
                 "resize_mode"):
         if key in settings:
             values[key] = settings[key]
+    if "prompt" in settings:  # settings name their styles, or have none
+        values["styles"] = list(settings.get("styles") or [])
     for key in ("steps", "guidance"):  # text boxes: empty means the default
         if key in settings:
             values[key] = "" if settings[key] is None else f"{settings[key]:g}"
@@ -241,6 +245,9 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
                         elem_id=f"{prefix}-model", buttons=[model_refresh])
     prompt = gr.Textbox(label=prompt_label, lines=3, elem_id=f"{prefix}-prompt",
                         info="`{red|blue}` picks one per image, `__name__` a line of name.txt in the wildcards folder")
+    styles = gr.Dropdown(style_names(studio), value=[], multiselect=True, label="Styles",
+                         info="A1111 styles from the styles folder's .csv files, merged into the prompts in order",
+                         elem_id=f"{prefix}-styles")
     with gr.Row():
         seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, elem_id=f"{prefix}-seed")
         random_seed = gr.Checkbox(False, label="Random seed", elem_id=f"{prefix}-random-seed")
@@ -266,7 +273,7 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
                                            info="An input image of another size than the output: crop and resize "
                                                 "keeps its proportions and cuts the overflow; just resize stretches; "
                                                 "resize and fill fits it and stretches its edges into the rest.")
-    controls.update({"model": model, "prompt": prompt, "seed": seed, "random_seed": random_seed,
+    controls.update({"model": model, "prompt": prompt, "styles": styles, "seed": seed, "random_seed": random_seed,
                      "batch_count": batch_count, "steps": steps, "guidance": guidance, "width": width,
                      "height": height})
     with gr.Accordion("LoRAs, quantization and memory", open=False, elem_id=f"{prefix}-loras"):
@@ -293,4 +300,14 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
                     queue=False, api_visibility="private")
     model_refresh.click(lambda: gr.Dropdown(choices=model_choices(studio.manager.list_models(), tool)),
                         outputs=model, queue=False, api_visibility="private")
+    styles.focus(lambda: gr.Dropdown(choices=style_names(studio)), outputs=styles, queue=False,
+                 api_visibility="private")
     return SharedControls(controls=controls, model_refresh=model_refresh)
+
+
+def style_names(studio) -> list[str]:
+    """The styles folder's style names; none while a file there cannot be read (a run names the problem)."""
+    try:
+        return sorted(read_styles(studio.folders.styles))
+    except InvalidRequest:
+        return []

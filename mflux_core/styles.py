@@ -1,0 +1,74 @@
+"""A1111's prompt styles: named prompt and negative prompt pieces kept in `styles.csv` files (columns name, prompt,
+negative_prompt), picked by name and merged into a request's prompts before its wildcards are drawn.
+
+A style's text holding `{prompt}` takes the user's prompt in its place; any other is added after it, joined by
+", " (empty parts left out), the same for the negative prompt; several styles apply in the order named. This is
+how A1111 and Forge apply styles, so a styles.csv copied from either folder gives the same prompts here.
+"""
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from mflux_core.errors import InvalidRequest
+
+PLACEHOLDER = "{prompt}"
+MAX_STYLE_FILE_BYTES = 4 * 1024 * 1024  # a styles file is a few kB; anything far larger is not one
+MAX_STYLES_PER_REQUEST = 8  # as many as a preset lists (settings_schema.MAX_LIST_ITEMS)
+
+
+@dataclass(frozen=True)
+class Style:
+    name: str
+    prompt: str = ""
+    negative_prompt: str = ""
+
+
+def read_styles(folder: Path | None) -> dict[str, Style]:
+    """Every style in the folder's .csv files (A1111's columns; its older `text` column is the prompt), by name; a
+    name in several files keeps its first (styles.csv, A1111's own, then the others by name). Nothing when there
+    is no such folder."""
+    styles: dict[str, Style] = {}
+    if folder is None or not Path(folder).is_dir():
+        return styles
+    for path in sorted(Path(folder).glob("*.csv"), key=lambda path: (path.name != "styles.csv", path.name)):
+        for style in styles_in(path):
+            styles.setdefault(style.name, style)
+    return styles
+
+
+def styles_in(path: Path) -> list[Style]:
+    if path.stat().st_size > MAX_STYLE_FILE_BYTES:
+        raise InvalidRequest(f"The styles file {path.name} is over {MAX_STYLE_FILE_BYTES // 2**20} MB: is it one?")
+    try:
+        with path.open(newline="", encoding="utf-8-sig", errors="replace") as file:
+            rows = csv.DictReader(file, skipinitialspace=True)
+            return [Style(name, row.get("prompt") or row.get("text") or "", row.get("negative_prompt") or "")
+                    for row in rows if (name := (row.get("name") or "").strip())]
+    except (OSError, csv.Error) as error:
+        raise InvalidRequest(f"Cannot read the styles file {path.name} ({error}).") from None
+
+
+def merged(style_text: str, text: str) -> str:
+    if PLACEHOLDER in style_text:
+        return style_text.replace(PLACEHOLDER, text)
+    return ", ".join(part for part in (text.strip(), style_text.strip()) if part)
+
+
+def styled_prompts(prompt: str, negative_prompt: str, names, styles: dict[str, Style]) -> tuple[str, str]:
+    """The prompt and negative prompt with the named styles merged in, in order; an unknown name is refused."""
+    names = list(names or ())
+    if len(names) > MAX_STYLES_PER_REQUEST:
+        raise InvalidRequest(f"Pick at most {MAX_STYLES_PER_REQUEST} styles, not {len(names)}.")
+    for name in names:
+        style = styles.get(name)
+        if style is None:
+            known = ", ".join(sorted(styles)[:8]) or "none: put A1111's styles.csv into the styles folder"
+            raise InvalidRequest(f"There is no style named {str(name)[:80]!r} (styles: {known}).")
+        prompt, negative_prompt = merged(style.prompt, prompt), merged(style.negative_prompt, negative_prompt)
+    return prompt, negative_prompt
+
+
+def prompt_styler(names, styles: dict[str, Style]):
+    """A function merging the named styles into a prompt (a prompt list's lines, each image's re-read prompt)."""
+    return lambda prompt: styled_prompts(prompt, "", names, styles)[0]

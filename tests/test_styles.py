@@ -1,0 +1,97 @@
+"""A1111 prompt styles (mflux_core/styles.py): A1111's styles.csv read as A1111 writes it, merged as A1111 merges
+them, through the CLI, the page's requests, its prompt lists and presets (the A1111 API: tests/test_a1111_api.py)."""
+
+import json
+
+import pytest
+
+from mflux_core.cli import main as cli_main
+from mflux_core.errors import InvalidRequest
+from mflux_core.presets import validate_settings
+from mflux_core.styles import read_styles, styled_prompts
+from webui.prompt_list_ui import prompt_list_requests
+from webui.requests import RequestContext, requests_from_settings
+from webui.widgets import shared_settings, shared_values
+
+# As A1111 writes its styles.csv (csv.DictWriter, quoting what needs it): a prompt with {prompt}, one with a comma
+# and a newline, one without a negative prompt.
+A1111_CSV = ('name,prompt,negative_prompt\r\n'
+             'Cinematic,"cinematic still of {prompt}, film grain","cartoon, blurry"\r\n'
+             'Watercolour,"watercolour painting,\nsoft edges",\r\n'
+             'Empty,,\r\n')
+
+
+@pytest.fixture
+def styles_dir(tmp_path):
+    folder = tmp_path / "styles"
+    folder.mkdir()
+    (folder / "styles.csv").write_text(A1111_CSV, newline="")
+    (folder / "styles-more.csv").write_text("name,text\nCinematic,shadowed\nOld,sepia tones\n")  # A1111's old column
+    return folder
+
+
+def test_a1111_styles_files_are_read_as_a1111_writes_them(styles_dir):
+    styles = read_styles(styles_dir)
+    assert list(styles) == ["Cinematic", "Watercolour", "Empty", "Old"]  # styles.csv first; a name keeps its first
+    assert styles["Cinematic"].negative_prompt == "cartoon, blurry"
+    assert styles["Watercolour"].prompt == "watercolour painting,\nsoft edges"
+    assert styles["Old"].prompt == "sepia tones"
+    assert read_styles(styles_dir / "missing") == {} and read_styles(None) == {}
+
+
+def test_styles_merge_in_order_as_a1111_merges_them(styles_dir):
+    styles = read_styles(styles_dir)
+    assert styled_prompts("a cat", "", ["Cinematic"], styles) == ("cinematic still of a cat, film grain",
+                                                                   "cartoon, blurry")
+    assert styled_prompts(" a cat ", "dogs", ["Old", "Cinematic"], styles) == (
+        "cinematic still of a cat, sepia tones, film grain", "dogs, cartoon, blurry")
+    assert styled_prompts("", "", ["Old"], styles) == ("sepia tones", "")
+    assert styled_prompts("a cat", "dogs", ["Empty"], styles) == ("a cat", "dogs")
+    with pytest.raises(InvalidRequest, match="There is no style named 'Noir' \\(styles: Cinematic, Empty, Old, "):
+        styled_prompts("a cat", "", ["Noir"], styles)
+    with pytest.raises(InvalidRequest, match="Pick at most 8 styles, not 9"):
+        styled_prompts("a cat", "", ["Old"] * 9, styles)
+
+
+def test_a_file_that_is_not_a_styles_file_is_named(tmp_path):
+    (tmp_path / "styles.csv").write_text("name,prompt\nHuge," + "x" * 200_000 + "\n")  # past csv's field limit
+    with pytest.raises(InvalidRequest, match="Cannot read the styles file styles.csv"):
+        read_styles(tmp_path)
+
+
+def test_the_page_merges_its_styles_into_every_request_and_its_presets_keep_their_names(styles_dir, tmp_path):
+    from webui.requests import InputStore
+
+    context = RequestContext(inputs=InputStore(tmp_path / "inputs"), styles=styles_dir, draw_seed=lambda: 0)
+    settings = validate_settings({"tool": "generate", "prompt": "a {red|blue} cat", "negative_prompt": "dogs",
+                                  "true_cfg_scale": 2.0, "seed": 3, "batch_count": 2, "styles": ["Cinematic"]})
+    first, second = requests_from_settings(settings, context)
+    assert first.prompt in ("cinematic still of a red cat, film grain", "cinematic still of a blue cat, film grain")
+    assert second.negative_prompt == "dogs, cartoon, blurry" and second.seed == 4
+    fill = requests_from_settings({"tool": "fill", "prompt": "sea", "styles": ["Old"]}, context,
+                                  image_path="i.png", masked_image_path="m.png")[0]
+    assert (fill.prompt, fill.negative_prompt) == ("sea, sepia tones", "")  # Fill has no negative prompt
+    lines = prompt_list_requests(first, settings, "a dog\n--prompt 'a fox' --seed 9", context)
+    assert [r.prompt for r in lines] == ["cinematic still of a dog, film grain"] * 2 + [
+        "cinematic still of a fox, film grain"] * 2  # the panel's two images a line
+    values = shared_values(settings)
+    assert values["styles"] == ["Cinematic"] and shared_settings(values)["styles"] == ["Cinematic"]
+    assert "styles" not in shared_settings(shared_values({"prompt": "x"}))
+    with pytest.raises(InvalidRequest, match="no style named 'Noir'"):
+        requests_from_settings({"tool": "generate", "prompt": "x", "styles": ["Noir"]}, context)
+
+
+def test_the_cli_merges_styles_into_each_images_prompt(styles_dir, tiny_dev, tmp_path, capsys):
+    output = tmp_path / "styled_{seed}.png"
+    assert cli_main(["generate", "--path", str(tiny_dev), "--prompt", "a cat", "--styles", "Old", "Cinematic",
+                     "--styles-dir", str(styles_dir), "--negative-prompt", "dogs", "--true-cfg-scale", "2",
+                     "--seed", "1", "2", "--steps", "1", "--width", "64", "--height", "64", "--metadata",
+                     "--output", str(output)]) == 0
+    for seed in (1, 2):
+        recorded = json.loads((tmp_path / f"styled_{seed}.json").read_text())["request"]
+        assert recorded["prompt"] == "cinematic still of a cat, sepia tones, film grain"
+        assert recorded["negative_prompt"] == "dogs, cartoon, blurry"
+    code = cli_main(["generate", "--path", str(tiny_dev), "--prompt", "a cat", "--styles", "Noir", "--styles-dir",
+                     str(styles_dir), "--steps", "1", "--output", str(tmp_path / "no.png")])
+    assert code == 1 and "There is no style named 'Noir'" in capsys.readouterr().err
+    assert not (tmp_path / "no.png").exists()
