@@ -245,9 +245,10 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
                         elem_id=f"{prefix}-model", buttons=[model_refresh])
     prompt = gr.Textbox(label=prompt_label, lines=3, elem_id=f"{prefix}-prompt",
                         info="`{red|blue}` picks one per image, `__name__` a line of name.txt in the wildcards folder")
+    styles_refresh = gr.Button("↻ rescan", elem_id=f"{prefix}-styles-refresh", size="sm", render=False)
     styles = gr.Dropdown(style_names(studio), value=[], multiselect=True, label="Styles",
                          info="A1111 styles from the styles folder's .csv files, merged into the prompts in order",
-                         elem_id=f"{prefix}-styles")
+                         elem_id=f"{prefix}-styles", buttons=[styles_refresh])
     with gr.Row():
         seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, elem_id=f"{prefix}-seed")
         random_seed = gr.Checkbox(False, label="Random seed", elem_id=f"{prefix}-random-seed")
@@ -300,8 +301,8 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
                     queue=False, api_visibility="private")
     model_refresh.click(lambda: gr.Dropdown(choices=model_choices(studio.manager.list_models(), tool)),
                         outputs=model, queue=False, api_visibility="private")
-    styles.focus(lambda: gr.Dropdown(choices=style_names(studio)), outputs=styles, queue=False,
-                 api_visibility="private")
+    styles_refresh.click(lambda: gr.Dropdown(choices=style_names(studio)), outputs=styles, queue=False,
+                         api_visibility="private")
     return SharedControls(controls=controls, model_refresh=model_refresh)
 
 
