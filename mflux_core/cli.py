@@ -8,7 +8,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mflux_core.command_args import base_request, manager_from_args, output_path, read_prompt, seeds_to_run
+from mflux_core.command_args import (
+    base_request, manager_from_args, output_path, read_prompt, seeds_to_run, with_styles,
+)
 from mflux_core.concept.command import add_concept_parsers, run_concept
 from mflux_core.controlnet_units import unit_from_flag
 from mflux_core.errors import StudioError
@@ -18,7 +20,6 @@ from mflux_core.prompt_lines import line_requests, read_prompt_file, read_prompt
 from mflux_core.regions import region_from_box_flag, region_from_mask_flag
 from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import SAMPLER_LABELS as SAMPLERS, SCHEDULE_LABELS as SCHEDULES
-from mflux_core.styles import prompt_styler, read_styles, styled_prompts
 from mflux_core.tools.specs import TOOL_SPECS, ToolSpec, tool_spec
 from mflux_core.training.lora_command import add_train_parser, run_train
 from mflux_core.wildcards import expand_prompt
@@ -296,13 +297,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     fallback = request.prompt if args.config_from_metadata else \
         "" if tool_spec(args.tool).prompt_optional or args.prompts_from else None
     request = request.with_(prompt=read_prompt(args, fallback))
-    styled = str
-    if args.styles:  # the prompt's styles are merged as each image's prompt is made; the negative's once, here
-        styles = read_styles(Path(args.styles_dir))
-        styled = prompt_styler(args.styles, styles)
-        if tool_spec(args.tool).true_cfg:
-            request = request.with_(negative_prompt=styled_prompts("", request.negative_prompt, args.styles,
-                                                                   styles)[1])
+    request, styled = with_styles(args, request)
     request.validated()
     stepwise = Path(args.stepwise_image_output_dir) if args.stepwise_image_output_dir else None
     manager = manager_from_args(args, max_resident_transformers=args.max_resident_transformers,

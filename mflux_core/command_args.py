@@ -4,11 +4,13 @@ the output names. The generate tools (cli.py) and the concept commands (concept/
 import argparse
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from mflux_core.errors import StudioError
 from mflux_core.request import GenerationRequest
-from mflux_core.tools.specs import EXTRA, REQUEST, TOOL_SPECS
+from mflux_core.styles import prompt_styler, read_styles, styled_prompts
+from mflux_core.tools.specs import EXTRA, REQUEST, TOOL_SPECS, tool_spec
 
 # The shared flags whose value may come from --config-from-metadata when not given on the command line (the
 # tools' own flags are in their specs: mflux_core/tools/specs.py).
@@ -43,6 +45,17 @@ def read_prompt(args: argparse.Namespace, fallback: str | None) -> str:
     if fallback is not None:
         return fallback
     raise StudioError("No prompt given: pass --prompt, --prompt-file or --config-from-metadata.")
+
+
+def with_styles(args: argparse.Namespace, request: GenerationRequest) -> tuple[GenerationRequest, Callable[[str], str]]:
+    """--styles: the request with the styles merged into its negative prompt (on tools with true CFG), and the
+    function that merges them into each image's prompt (a re-read prompt file's, a prompt list line's)."""
+    if not args.styles:
+        return request, str
+    styles = read_styles(Path(args.styles_dir))
+    if tool_spec(request.tool).true_cfg:
+        request = request.with_(negative_prompt=styled_prompts("", request.negative_prompt, args.styles, styles)[1])
+    return request, prompt_styler(args.styles, styles)
 
 
 def base_request(args: argparse.Namespace) -> GenerationRequest:

@@ -4,6 +4,7 @@ them, through the CLI, the page's requests, its prompt lists and presets (the A1
 import json
 
 import pytest
+from PIL import Image
 
 from mflux_core.cli import main as cli_main
 from mflux_core.errors import InvalidRequest
@@ -91,6 +92,11 @@ def test_the_cli_merges_styles_into_each_images_prompt(styles_dir, tiny_dev, tmp
         recorded = json.loads((tmp_path / f"styled_{seed}.json").read_text())["request"]
         assert recorded["prompt"] == "cinematic still of a cat, sepia tones, film grain"
         assert recorded["negative_prompt"] == "dogs, cartoon, blurry"
+    assert cli_main(["concept", "--path", str(tiny_dev), "--prompt", "a cat", "--concept", "cat", "--styles", "Old",
+                     "--styles-dir", str(styles_dir), "--steps", "1", "--width", "64", "--height", "64",
+                     "--output", str(tmp_path / "concept.png")]) == 0
+    with Image.open(tmp_path / "concept.png") as concept:
+        assert json.loads(concept.text["mflux_studio"])["request"]["prompt"] == "a cat, sepia tones"
     code = cli_main(["generate", "--path", str(tiny_dev), "--prompt", "a cat", "--styles", "Noir", "--styles-dir",
                      str(styles_dir), "--steps", "1", "--output", str(tmp_path / "no.png")])
     assert code == 1 and "There is no style named 'Noir'" in capsys.readouterr().err

@@ -3,7 +3,9 @@
 import argparse
 from pathlib import Path
 
-from mflux_core.command_args import base_request, manager_from_args, output_path, read_prompt, seeds_to_run
+from mflux_core.command_args import (
+    base_request, manager_from_args, output_path, read_prompt, seeds_to_run, with_styles,
+)
 
 
 def add_concept_flags(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +37,8 @@ def run_concept(args: argparse.Namespace) -> list[Path]:
 
     request = base_request(args).with_(tool="generate")
     request = request.with_(prompt=read_prompt(args, request.prompt if args.config_from_metadata else None))
+    request, styled = with_styles(args, request)
+    request = request.with_(prompt=styled(request.prompt))
     settings = ConceptSettings(tuple(args.concept), tuple(args.heatmap_layer_indices or ()),
                                tuple(args.heatmap_timesteps or ()))
     manager = manager_from_args(args)
