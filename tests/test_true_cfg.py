@@ -262,7 +262,7 @@ def test_the_page_carries_the_settings_on_panels_of_tools_with_true_cfg():
     assert "true_cfg_scale" not in shared_settings(without)  # e.g. the Fill panel: it has no true CFG controls
     with pytest.raises(InvalidRequest, match="The true CFG scale must be a finite number"):
         shared_settings({**values, "true_cfg_scale": float("nan")})
-    assert shared_values({"prompt": "x"}) == {"prompt": "x"}
+    assert shared_values({"prompt": "x"}) == {"prompt": "x", "styles": []}  # a prompt with no styles empties them
 
 
 def test_the_flags_are_documented_in_the_cli_help():

@@ -152,13 +152,15 @@ def true_cfg_settings(values: dict) -> dict:
 
 
 def shared_values(settings: dict) -> dict:
-    """Values for the shared controls from (possibly partial) settings; keys not in settings are left out."""
+    """Values for the shared controls from (possibly partial) settings; keys not in settings are left out, except
+    the styles: settings with a prompt set the picker to their styles, or empty it (a history image's prompt has
+    its styles merged in already)."""
     values = {}
     for key in ("model", "prompt", "batch_count", "negative_prompt", "true_cfg_scale", "sampler", "schedule",
                 "resize_mode"):
         if key in settings:
             values[key] = settings[key]
-    if "prompt" in settings:  # settings name their styles, or have none
+    if "prompt" in settings:
         values["styles"] = list(settings.get("styles") or [])
     for key in ("steps", "guidance"):  # text boxes: empty means the default
         if key in settings:
