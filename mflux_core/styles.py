@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mflux_core.errors import InvalidRequest
+from mflux_core.settings_schema import MAX_LIST_ITEMS
 
 PLACEHOLDER = "{prompt}"
 MAX_STYLE_FILE_BYTES = 4 * 1024 * 1024  # a styles file is a few kB; anything far larger is not one
-MAX_STYLES_PER_REQUEST = 8  # as many as a preset lists (settings_schema.MAX_LIST_ITEMS)
+MAX_STYLES_PER_REQUEST = MAX_LIST_ITEMS  # as many as a preset can name
 
 
 @dataclass(frozen=True)
