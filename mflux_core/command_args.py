@@ -9,8 +9,8 @@ from pathlib import Path
 
 from mflux_core.errors import StudioError
 from mflux_core.request import GenerationRequest
-from mflux_core.styles import prompt_styler, read_styles, styled_prompts
-from mflux_core.tools.specs import EXTRA, REQUEST, TOOL_SPECS, tool_spec
+from mflux_core.styles import prompt_styler, read_styles, styled_negative_prompt
+from mflux_core.tools.specs import EXTRA, REQUEST, TOOL_SPECS
 
 # The shared flags whose value may come from --config-from-metadata when not given on the command line (the
 # tools' own flags are in their specs: mflux_core/tools/specs.py).
@@ -53,9 +53,8 @@ def with_styles(args: argparse.Namespace, request: GenerationRequest) -> tuple[G
     if not args.styles:
         return request, str
     styles = read_styles(Path(args.styles_dir))
-    if tool_spec(request.tool).true_cfg:
-        request = request.with_(negative_prompt=styled_prompts("", request.negative_prompt, args.styles, styles)[1])
-    return request, prompt_styler(args.styles, styles)
+    negative = styled_negative_prompt(request.tool, request.negative_prompt, args.styles, styles)
+    return request.with_(negative_prompt=negative), prompt_styler(args.styles, styles)
 
 
 def base_request(args: argparse.Namespace) -> GenerationRequest:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.settings_schema import MAX_LIST_ITEMS
+from mflux_core.tools.specs import tool_spec
 
 PLACEHOLDER = "{prompt}"
 MAX_STYLE_FILE_BYTES = 4 * 1024 * 1024  # a styles file is a few kB; anything far larger is not one
@@ -68,6 +69,13 @@ def styled_prompts(prompt: str, negative_prompt: str, names, styles: dict[str, S
             raise InvalidRequest(f"There is no style named {str(name)[:80]!r} (styles: {known}).")
         prompt, negative_prompt = merged(style.prompt, prompt), merged(style.negative_prompt, negative_prompt)
     return prompt, negative_prompt
+
+
+def styled_negative_prompt(tool: str, negative_prompt: str, names, styles: dict[str, Style]) -> str:
+    """The negative prompt with the named styles merged in, on a tool that has one (true CFG); else as it is."""
+    if not tool_spec(tool).true_cfg:
+        return negative_prompt
+    return styled_prompts("", negative_prompt, names, styles)[1]
 
 
 def prompt_styler(names, styles: dict[str, Style]):

@@ -18,8 +18,7 @@ from mflux_core.images.io import load_image, save_png_atomic
 from mflux_core.lora.a1111 import with_prompt_loras
 from mflux_core.presets import UI_FIELDS
 from mflux_core.request import MAX_SEED, GenerationRequest
-from mflux_core.styles import read_styles, styled_prompts
-from mflux_core.tools.specs import tool_spec
+from mflux_core.styles import prompt_styler, read_styles, styled_negative_prompt
 from mflux_core.wildcards import expand_prompt
 
 
@@ -89,11 +88,11 @@ def requests_from_settings(settings: dict, context: RequestContext, **inputs) ->
     fields.update({k: tuple(v) if isinstance(v, list) else v for k, v in inputs.items()})
     seeds = batch_seeds(settings.get("seed"), settings.get("batch_count", 1), context.draw_seed)
     if settings.get("styles"):
-        prompt, negative = styled_prompts(fields.get("prompt") or "", fields.get("negative_prompt") or "",
-                                          settings["styles"], read_styles(context.styles))
-        fields["prompt"] = prompt
-        if tool_spec(fields.get("tool") or "generate").true_cfg:  # others have no negative prompt to merge into
-            fields["negative_prompt"] = negative
+        styles = read_styles(context.styles)
+        fields["prompt"] = prompt_styler(settings["styles"], styles)(fields.get("prompt") or "")
+        fields["negative_prompt"] = styled_negative_prompt(fields.get("tool") or "generate",
+                                                           fields.get("negative_prompt") or "", settings["styles"],
+                                                           styles)
     prompt = fields.get("prompt", "")
     requests = []
     for seed in seeds:
