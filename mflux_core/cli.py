@@ -164,7 +164,8 @@ def add_tool_parser(tools, name: str, help_text: str) -> argparse.ArgumentParser
 
 def add_spec_flags(parser: argparse.ArgumentParser, spec: ToolSpec) -> None:
     for flag in spec.flags:
-        options = {**FLAG_TYPES[flag.kind], **({"choices": flag.choices} if flag.choices else {})}
+        options = {**FLAG_TYPES[flag.kind], **({"choices": flag.choices} if flag.choices else {}),
+                   **({"nargs": "?", "const": flag.bare} if flag.bare is not None else {})}
         parser.add_argument(flag.flag, dest=flag.name, help=argparse.SUPPRESS if flag.hidden else flag.help, **options)
 
 

@@ -36,6 +36,7 @@ def a1111_parameters(request: GenerationRequest, extras: dict | None = None) -> 
         ("Model", request.model),
         ("Denoising strength", denoising_strength(request)),
         *hires_parameters(request),
+        *inpaint_area_parameters(request),
         *((key, json.dumps(text)) for key, text in infotext_items(extras.get("controlnets", []), request.resize_mode,
                                                                    request.width, request.height)),
         ("Tool", request.tool),
@@ -60,6 +61,13 @@ def hires_parameters(request: GenerationRequest) -> list[tuple[str, object]]:
     items = [("Hires upscale", f"{request.hires_scale:g}"), ("Hires steps", request.hires_steps),
              ("Hires upscaler", request.hires_upscaler)]
     return items + ([("Hires prompt", json.dumps(request.hires_prompt))] if request.hires_prompt else [])
+
+
+def inpaint_area_parameters(request: GenerationRequest) -> list[tuple[str, object]]:
+    """A1111's items for its inpaint area "Only masked" (none for the whole picture, its default)."""
+    if request.only_masked_padding is None:
+        return []
+    return [("Inpaint area", "Only masked"), ("Masked area padding", request.only_masked_padding)]
 
 
 def png_text_chunks(request: GenerationRequest, extras: dict | None = None) -> dict[str, str]:

@@ -34,7 +34,7 @@ from mflux_core.settings_schema import (
     number, problems, schema, text,
 )
 from mflux_core.settings_schema import SAMPLER_LABELS, SCHEDULE_LABELS
-from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE
+from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE, ONLY_MASKED_PADDING
 from mflux_core.tools.specs import tool_spec
 
 FORMAT_VERSION = 1
@@ -364,7 +364,16 @@ def settings_from_a1111(text: str) -> dict:
     settings.update(a1111_sampling(values.get("Sampler", ""), values.get("Schedule type", "")))
     settings.update(_a1111_guidance(values, negative, tool_spec(settings.get("tool", "generate")).true_cfg))
     steered = controlnet_settings(values) if values.get("Tool") in (None, "controlnet") else {}
-    return validate_settings({**settings, **_a1111_hires(values), **steered})
+    inpainted = _a1111_inpaint_area(values) if values.get("Tool") in (None, "fill") else {}
+    return validate_settings({**settings, **_a1111_hires(values), **steered, **inpainted})
+
+
+def _a1111_inpaint_area(values: dict) -> dict:
+    """Fill's "Only masked" and its padding from A1111's inpaint items (its default padding where none is given)."""
+    if values.get("Inpaint area") != "Only masked":
+        return {}
+    padding = values.get("Masked area padding", "")
+    return {"only_masked_padding": min(MAX_SIDE, int(padding)) if padding.isdigit() else ONLY_MASKED_PADDING}
 
 
 def _a1111_hires(values: dict) -> dict:

@@ -42,6 +42,8 @@ class GenerationRequest:
     masked_image_path: str | None = None
     keep_unmasked: bool = False
     outpaint_padding: str | None = None
+    only_masked_padding: int | None = None  # Fill: inpaint only the box around the mask, this many pixels of context
+    #                                          (A1111's inpaint area "Only masked"); None: the whole picture
     depth_image_path: str | None = None
     controlnet_image_path: str | None = None
     controlnet_strength: float | None = None  # None: the tool's default (canny 0.4, upscaler 0.6)
@@ -91,6 +93,8 @@ class GenerationRequest:
             )
         if self.controlnet_units:
             self._check_controlnet_units()
+        if self.only_masked_padding is not None and self.tool != "fill":
+            raise InvalidRequest(f"Inpainting only the masked area is for the fill tool, not {self.tool}.")
         if self.reference_image_paths and self.tool != "kontext":
             raise InvalidRequest(f"Several reference images are for the Kontext tool, not {self.tool}: send one image.")
         if self.redux_image_strengths and len(self.redux_image_strengths) != len(self.redux_image_paths):
@@ -219,6 +223,7 @@ REQUEST_SETTINGS: dict[str, Setting] = {
     "masked_image_path": text("The mask path").optional(),
     "keep_unmasked": switch("The setting keep_unmasked"),
     "outpaint_padding": text("The outpaint padding").optional(),
+    "only_masked_padding": number("Only masked padding", 0, MAX_SIDE, whole=True, unit="px").optional(),
     "depth_image_path": text("The depth image path").optional(),
     "controlnet_image_path": text("The control image path").optional(),
     "controlnet_strength": number("ControlNet strength", 0, 2).optional(),

@@ -265,6 +265,34 @@ def test_fill_uses_the_stroke_as_mask_and_keeps_the_rest(page, studio):
     screenshot(page, "fill")
 
 
+def test_fill_only_masked_inpaints_the_area_around_the_stroke_and_keeps_the_image_size(page, studio):
+    photo = noise_image(studio.inputs / "wide-photo.png", size=(160, 96), seed=3)
+    open_tab(page, "Fill")
+    page.wait_for_selector("#fill-editor div.pixi-target canvas")
+    page.set_input_files("#fill-editor input[type=file]", str(photo))
+    page.wait_for_selector("#fill-editor .zoom-number")
+    page.click("#fill-editor button[aria-label=Brush]")
+    draw_stroke(page, "fill-editor", [(110, 40), (130, 40)], image_size=(160, 96))
+    type_into(page, "fill-prompt", "a patch of moss")
+    type_into(page, "fill-steps", 2)
+    page.get_by_label("Only masked", exact=True).check()
+    type_into(page, "fill-only-masked-padding", 16)
+    type_into(page, "fill-width", 64)  # the area's size as processed (0: its shape at the model's native size)
+    type_into(page, "fill-height", 48)
+    before = result_pngs(studio)
+    status = run_and_wait(page, "fill")
+    assert "Only the masked area was inpainted" in status and "at 64x48, pasted back into the 160x96 image" in status
+    [result] = result_pngs(studio) - before
+    request = request_in(result)
+    assert request["only_masked_padding"] == 16
+    original = np.asarray(Image.open(photo).convert("RGB"))
+    output = np.asarray(Image.open(result).convert("RGB"))
+    assert output.shape == original.shape
+    assert np.array_equal(output[:, :60], original[:, :60])  # far from the stroke and its box: the photo, exactly
+    assert np.abs(output[36:44, 112:128].astype(int) - original[36:44, 112:128]).mean() > 5  # the stroke was redrawn
+    screenshot(page, "fill-only-masked")
+
+
 def test_depth_kontext_controlnet_and_redux_panels_run(page, studio):
     assert {"depth", "kontext", "controlnet", "redux"} <= set(TOOL_NAMES)
     open_tab(page, "Depth")

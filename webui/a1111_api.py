@@ -102,6 +102,8 @@ class Img2ImgParams(Txt2ImgParams):
     denoising_strength: float = Field(0.75, ge=0, le=1)
     mask: str | None = None
     inpainting_mask_invert: int = Field(0, ge=0, le=1)
+    inpaint_full_res: bool = True  # inpaint area "Only masked" (A1111's API default; its page's is the whole picture)
+    inpaint_full_res_padding: int = Field(0, ge=0, le=MAX_SIDE)
     resize_mode: int = Field(0, ge=0, le=3)  # 3: A1111's "just resize (latent upscale)", done here as 0
 
 
@@ -339,7 +341,8 @@ def job_requests(studio, tool: str, model: str, params: Txt2ImgParams, ignored: 
 
 def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[str, dict, dict]:
     """(tool, settings, input paths) of an img2img call: the init image (and mask) at the output size by `resize_mode`;
-    a mask makes it Fill (white = repainted; inverted by inpainting_mask_invert), none image-to-image."""
+    a mask makes it Fill (white = repainted; inverted by inpainting_mask_invert), none image-to-image. With a mask
+    and inpaint_full_res (A1111's default) only the area around the mask is inpainted and the image keeps its size."""
     image = decoded_image(params.init_images[0], "init image")
     if params.enable_hr:
         ignored.append("enable_hr (the hires fix follows txt2img only)")
@@ -351,7 +354,8 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
     mode = RESIZE_MODES[params.resize_mode] if params.resize_mode in range(len(RESIZE_MODES)) else RESIZE_MODES[0]
     store = studio.request_context().inputs
     settings = {"image_strength": round(1 - params.denoising_strength, 6), "width": size[0], "height": size[1]}
-    inputs = {"image_path": store.save(resize_to(image, *size, mode), "api-image")}
+    only_masked = params.mask is not None and params.inpaint_full_res  # Fill keeps the image's size
+    inputs = {"image_path": store.save(image if only_masked else resize_to(image, *size, mode), "api-image")}
     if params.mask is None and units:  # the ControlNets steering image-to-image
         unit_fields, control_inputs = units_inputs(studio, units, ignored, init_image=image)
         return "controlnet", {**unit_fields, **settings}, {**inputs, **control_inputs}
@@ -360,7 +364,11 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
     if units:
         ignored.append("alwayson_scripts.controlnet (not with an inpainting mask here)")
     mask = decoded_image(params.mask, "mask").convert("L").resize(image.size)
-    mask = resize_to(mask, *size, mode).point(lambda v: 255 if (v > 127) != bool(params.inpainting_mask_invert) else 0)
+    if only_masked:  # the area around the mask is inpainted at width x height (unset: its shape at the model's size)
+        settings.update(only_masked_padding=params.inpaint_full_res_padding, width=params.width, height=params.height)
+    else:
+        mask = resize_to(mask, *size, mode)
+    mask = mask.point(lambda v: 255 if (v > 127) != bool(params.inpainting_mask_invert) else 0)
     if not mask.getbbox():
         raise SdApiError(400, "The mask marks nothing to repaint: white is repainted (black with "
                               "inpainting_mask_invert 1).")

@@ -15,10 +15,11 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.images.io import load_mask, pil_to_pixels
-from mflux_core.images.masks import binarize_mask, describe_mask_problem, feathered_paste
+from mflux_core.images.inpaint_area import box_at_aspect, masked_area, pasted_back, processing_size
+from mflux_core.images.masks import binarize_mask, describe_mask_problem, feathered_paste, mask_to_pil
 from mflux_core.images.outpaint import outpaint_canvas, parse_padding
-from mflux_core.images.resize_modes import resize_to
-from mflux_core.request import GenerationRequest, existing_file
+from mflux_core.images.resize_modes import JUST_RESIZE, resize_to
+from mflux_core.request import GenerationRequest, check_image_size, existing_file
 from mflux_core.sampling.latents import pack_latents
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import (
@@ -51,17 +52,14 @@ def fill_conditioning(model: FluxModel, pixels: mx.array, mask: np.ndarray) -> m
     return mx.concatenate([masked_latents, packed_mask(mask, model.vae_scale_factor)], axis=-1)
 
 
-def fill_canvas(request: GenerationRequest) -> tuple[GenerationRequest, Image.Image, Image.Image]:
+def fill_canvas(request: GenerationRequest) -> tuple[Image.Image, Image.Image]:
     """The image and mask to fill: the user's pair, or an outpaint canvas built from the padding."""
     image = required_image(request.image_path, "an image to fill", "--image-path")
     if request.outpaint_padding:
-        padding = parse_padding(request.outpaint_padding, image.width, image.height)
-        canvas, mask = outpaint_canvas(image, padding)
-        return with_size(request, canvas), canvas, mask  # a size given (or the demo's native one) resizes it
+        return outpaint_canvas(image, parse_padding(request.outpaint_padding, image.width, image.height))
     if not request.masked_image_path:
         raise InvalidRequest("Fill needs a mask (white = regenerate): pass --masked-image-path or --outpaint-padding.")
-    mask = load_mask(existing_file(request.masked_image_path, "mask image"))
-    return with_size(request, image), image, mask
+    return image, load_mask(existing_file(request.masked_image_path, "mask image"))
 
 
 def kept_outside_mask(original: Image.Image, mask: np.ndarray, width: int,
@@ -74,8 +72,17 @@ def kept_outside_mask(original: Image.Image, mask: np.ndarray, width: int,
 
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
     check_in_channels(model, fill_channels(model), "Fill", "FLUX.1-Fill")
-    request, image, mask_image = fill_canvas(request)
-    image, notes = fit_input(image, request)
+    image, mask_image = fill_canvas(request)
+    if request.only_masked_padding is not None:
+        return masked_area_inputs(model, request, image, mask_image)
+    return fill_inputs(model, with_size(request, image), image, mask_image)  # a size given resizes the canvas
+
+
+def fill_inputs(model: FluxModel, request: GenerationRequest, image: Image.Image, mask_image: Image.Image,
+                notes: tuple[str, ...] = (), finish: Callable[[Image.Image], Image.Image] | None = None) -> ToolInputs:
+    """Fill's inputs for `image` and its mask at the request's size; `finish`: what becomes of the result (default:
+    keep_unmasked's paste, or nothing)."""
+    image, resize_notes = fit_input(image, request)
     mask = mask_at_size(mask_image, request.width, request.height, request.resize_mode)
     problem = describe_mask_problem(mask)
     if problem:
@@ -83,9 +90,32 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     pixels = pil_to_pixels(image, request.width, request.height)
     conditioning = prompt_conditioning(model, request)
     conditioning.extra_channels = fill_conditioning(model, pixels, mask).astype(model.dtype)
-    finish = kept_outside_mask(image, mask, request.width, request.height) if request.keep_unmasked else None
+    if finish is None and request.keep_unmasked:
+        finish = kept_outside_mask(image, mask, request.width, request.height)
     start = None
     if request.image_strength is not None:
         start = encode_pixels(model, pixels)
     return ToolInputs(request, conditioning, start_image_latents=start, image_strength=request.image_strength,
-                      finish=finish, notes=notes)
+                      finish=finish, notes=(*notes, *resize_notes))
+
+
+def masked_area_inputs(model: FluxModel, request: GenerationRequest, image: Image.Image,
+                       mask_image: Image.Image) -> ToolInputs:
+    """Inpaint area "Only masked": the box around the mask (and its padding) at the request's size, by default the
+    box's shape at the model's native area; the result is pasted back into the image at the image's size."""
+    check_image_size(*image.size, "The result (only the masked area is inpainted; the image keeps its size)")
+    mask = mask_at_size(mask_image, image.width, image.height, request.resize_mode)
+    problem = describe_mask_problem(mask)
+    if problem:
+        raise InvalidRequest(problem)
+    box, feather = masked_area(mask, request.only_masked_padding)
+    width, height = processing_size(box, model.native_side)
+    request = with_size(request.with_(width=request.width or width, height=request.height or height))
+    box = box_at_aspect(box, request.width, request.height, image.size)
+    crop = resize_to(image.crop(box), request.width, request.height, JUST_RESIZE)
+    crop_mask = resize_to(mask_to_pil(mask[box.top:box.bottom, box.left:box.right]), request.width, request.height,
+                          JUST_RESIZE)
+    note = (f"Only the masked area was inpainted: {box.size[0]}x{box.size[1]} pixels around the mask, at "
+            f"{request.width}x{request.height}, pasted back into the {image.width}x{image.height} image.")
+    return fill_inputs(model, request, crop, crop_mask, (note,),
+                       lambda generated: pasted_back(image, generated, box, mask, feather))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mflux_core.controlnet_units import MAX_UNITS
-from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE, UNION_CONTROL_TYPES
+from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE, ONLY_MASKED_PADDING, UNION_CONTROL_TYPES
 from mflux_core.images.resize_modes import RESIZE_MODES
 
 REQUEST, EXTRA, COMMAND = "request", "extra", "command"  # where a flag's value goes (Flag.into)
@@ -33,6 +33,7 @@ class Flag:
     kind: str = "text"  # text, number, paths, numbers, switch, toggle (--x / --no-x), whole, region,
     #                     region_mask, controlnet_unit
     choices: tuple[str, ...] = ()
+    bare: int | None = None  # the value of the flag given without one (a "whole" flag whose value is optional)
     hidden: bool = False  # accepted for mflux compatibility, not listed in --help
 
     @property
@@ -132,7 +133,11 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                  Flag("--outpaint-padding", "outpaint: padding top,right,bottom,left in px or %% ('0,30%%,20%%,0'); "
                       "the output is the padded canvas, or --width/--height with the canvas resized to them"),
                  Flag("--keep-unmasked", "paste the original back outside a feathered mask (off: the image equals "
-                      "diffusers')", kind="switch"), RESIZE_FLAG)),
+                      "diffusers')", kind="switch"),
+                 Flag("--only-masked", "inpaint only the masked area and this many pixels of context around it "
+                      f"(A1111's 'Only masked'; given bare: {ONLY_MASKED_PADDING}), at --width/--height (default: its shape at the "
+                      "model's native area), pasted back into the image at the image's size", kind="whole",
+                      field="only_masked_padding", bare=ONLY_MASKED_PADDING), RESIZE_FLAG)),
     ToolSpec("depth", "restyle with the layout of a depth map or of Canny edges (FLUX.1-Depth / -Canny, or dev "
              "with BFL's Depth / Canny LoRA)", "depth", "depth", ("depth",), guidance=10.0, demo_model="demo-depth",
              sized_by_input=True, control_lora_kinds=("base",), flags=(

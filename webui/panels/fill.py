@@ -11,6 +11,7 @@ from mflux_core.images.io import load_image, load_mask
 from mflux_core.images.masks import blur_mask, grow_mask, invert_mask, mask_from_editor_layers, mask_to_pil
 from mflux_core.images.outpaint import outpaint_canvas, parse_padding
 from mflux_core.request import GenerationRequest
+from mflux_core.settings_schema import ONLY_MASKED_PADDING
 from webui.demo_examples import render_demo_examples
 from webui.jobs import progress_html, safe_action
 from webui.panels import Panel, editor_layers, mask_editor, result_column
@@ -20,6 +21,7 @@ from webui.widgets import build_shared_controls, number_value, shared_settings, 
 
 TOOL = "fill"
 INPAINT, OUTPAINT = "Inpaint", "Outpaint"
+WHOLE_PICTURE, ONLY_MASKED = "Whole picture", "Only masked"  # A1111's inpaint areas
 SIDES = ("top", "right", "bottom", "left")
 UNITS = ("px", "%")
 BRUSH_SIZE = 12
@@ -81,9 +83,16 @@ def editor_image(editor: dict | None) -> Image.Image:
     return read_upload(background)
 
 
+def only_masked_padding(values: dict) -> int | None:
+    """The padding around the mask when only the masked area is inpainted; None for the whole picture."""
+    if values.get("inpaint_area") != ONLY_MASKED:
+        return None
+    return int(number_value(values, "only_masked_padding", ONLY_MASKED_PADDING, "Only masked padding"))
+
+
 def settings_from_values(values: dict) -> dict:
     return {"tool": TOOL, **shared_settings(values), "keep_unmasked": bool(values.get("keep_unmasked")),
-            "outpaint_padding": padding_text(values),
+            "outpaint_padding": padding_text(values), "only_masked_padding": only_masked_padding(values),
             "extra": {"mask_invert": bool(values.get("mask_invert")),
                       "mask_grow_px": int(number_value(values, "mask_grow_px", 0, "Grow mask")),
                       "mask_blur_px": int(number_value(values, "mask_blur_px", 0, "Blur mask"))}}
@@ -95,6 +104,11 @@ def values_from_settings(settings: dict) -> dict:
         values["keep_unmasked"] = settings["keep_unmasked"]
     if "outpaint_padding" in settings:
         values.update(padding_values(settings["outpaint_padding"]))
+    if "only_masked_padding" in settings:
+        padding = settings["only_masked_padding"]
+        values["inpaint_area"] = WHOLE_PICTURE if padding is None else ONLY_MASKED
+        if padding is not None:
+            values["only_masked_padding"] = padding
     extra = settings.get("extra") or {}
     for key in ("mask_invert", "mask_grow_px", "mask_blur_px"):
         if key in extra:
@@ -148,6 +162,13 @@ def render(studio) -> Panel:
                     mask_invert = gr.Checkbox(False, label="Invert mask", elem_id="fill-mask-invert")
                     mask_grow_px = gr.Slider(-32, 64, 0, step=1, label="Grow mask (px)", elem_id="fill-mask-grow")
                     mask_blur_px = gr.Slider(0, 32, 0, step=1, label="Blur mask (px)", elem_id="fill-mask-blur")
+                with gr.Row():
+                    inpaint_area = gr.Radio(
+                        [WHOLE_PICTURE, ONLY_MASKED], value=WHOLE_PICTURE, label="Inpaint area",
+                        info="Only masked: the area around the mask is inpainted at Width x Height (0: its shape at "
+                             "the model's size) and pasted back; the image keeps its size", elem_id="fill-inpaint-area")
+                    padding = gr.Slider(0, 256, ONLY_MASKED_PADDING, step=4, label="Only masked padding (px)",
+                                        elem_id="fill-only-masked-padding")
                 with gr.Accordion("Outpaint padding", open=False, elem_id="fill-outpaint"):
                     with gr.Row():
                         pads = {f"pad_{side}": gr.Number(0, label=side.capitalize(), minimum=0,
@@ -159,9 +180,11 @@ def render(studio) -> Panel:
                         mask_image = gr.Image(label="Mask", interactive=False, elem_id="fill-canvas-mask", height=200)
                 shared = build_shared_controls(studio, TOOL, TOOL)
                 render_demo_examples(studio, TOOL, shared.controls, {editor: example_editor_value}, {
-                    mode: INPAINT, keep_unmasked: True, mask_invert: False, mask_grow_px: 0, mask_blur_px: 0})
+                    mode: INPAINT, keep_unmasked: True, mask_invert: False, mask_grow_px: 0, mask_blur_px: 0,
+                    inpaint_area: WHOLE_PICTURE})
                 controls = {**shared.controls, "mode": mode, "keep_unmasked": keep_unmasked,
                             "mask_invert": mask_invert, "mask_grow_px": mask_grow_px, "mask_blur_px": mask_blur_px,
+                            "inpaint_area": inpaint_area, "only_masked_padding": padding,
                             **pads, "pad_unit": pad_unit}
                 panel = Panel(TOOL, (TOOL,), controls, settings_from_values, values_from_settings,
                               send_target=editor)

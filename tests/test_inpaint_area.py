@@ -1,0 +1,114 @@
+"""Fill's inpaint area "Only masked" (A1111's): the box around the mask is diffusers' / A1111's crop region, the
+crop is inpainted as diffusers' FluxFillPipeline inpaints it, and everything away from the mask stays the original."""
+
+import numpy as np
+import pytest
+from diffusers.image_processor import VaeImageProcessor
+from PIL import Image, ImageDraw
+
+from mflux_core.errors import InvalidRequest
+from mflux_core.images.inpaint_area import Box, box_at_aspect, masked_area, processing_size
+from mflux_core.images.masks import distance_to_mask
+from mflux_core.metadata import a1111_parameters
+from mflux_core.presets import settings_from_a1111
+from mflux_core.request import GenerationRequest
+from tests.fixtures.tiny_flux import load_diffusers_pipeline
+from tests.parity import UINT8_TOLERANCE, make_noise, max_uint8_diff, random_image, run_cli, save
+
+LANCZOS = Image.Resampling.LANCZOS
+
+
+def rectangle_mask(size, box) -> Image.Image:
+    mask = Image.new("L", size, 0)
+    ImageDraw.Draw(mask).rectangle(box, fill=255)
+    return mask
+
+
+@pytest.mark.parametrize("image_size, rectangle, padding, processing", [
+    ((160, 112), (100, 20, 130, 50), 12, (48, 32)),  # widened about its centre
+    ((160, 112), (100, 20, 130, 50), 12, (32, 96)),  # made taller, pushed down from the top edge
+    ((160, 112), (2, 90, 20, 111), 4, (128, 48)),  # at a corner: shifted back inside
+    ((300, 80), (140, 10, 160, 70), 32, (64, 64)),  # taller than the image allows: the image's height
+    ((96, 96), (10, 10, 80, 20), 0, (16, 64)),  # no padding asked: the feather's (4 px)
+])
+def test_the_box_is_diffusers_crop_region(image_size, rectangle, padding, processing):
+    mask = rectangle_mask(image_size, rectangle)
+    box, feather = masked_area(np.asarray(mask) > 127, padding)
+    assert feather == 4
+    ours = box_at_aspect(box, *processing, image_size)
+    assert ours == Box(*VaeImageProcessor.get_crop_region(mask, *processing, pad=max(padding, feather)))
+
+
+def test_by_default_the_box_is_inpainted_at_its_shape_at_the_models_size():
+    assert processing_size(Box(0, 0, 200, 100), 1024) == (1440, 720)
+    assert processing_size(Box(10, 10, 74, 74), 64) == (64, 64)
+
+
+@pytest.fixture
+def posterior_mean(monkeypatch):
+    """diffusers samples the VAE posterior in FluxFillPipeline; our engine uses the mean."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean)
+
+
+def test_only_the_masked_area_is_inpainted_as_diffusers_and_pasted_back(tiny_fill, tmp_path, posterior_mean, capsys):
+    image = random_image(160, 112, seed=3)
+    rectangle, padding, width, height = (100, 20, 130, 50), 12, 48, 32
+    mask = rectangle_mask(image.size, rectangle)
+    noise_path = make_noise(tmp_path, (1, 4, height // 8, width // 8), seed=5)
+    prompt = "a red circle"
+    ours = run_cli(
+        "fill", "--path", tiny_fill, "--prompt", prompt, "--image-path", save(image, tmp_path / "i.png"),
+        "--masked-image-path", save(mask, tmp_path / "m.png"), "--only-masked", padding, "--width", width,
+        "--height", height, "--steps", 2, "--guidance", 30, "--init-noise", noise_path, "--output", tmp_path / "o.png",
+    )
+    assert ours.size == image.size
+    assert "Only the masked area was inpainted: 82x55 pixels around the mask, at 48x32" in capsys.readouterr().err
+
+    box = VaeImageProcessor.get_crop_region(mask, width, height, pad=padding)
+    pipe = load_diffusers_pipeline(tiny_fill, "FluxFillPipeline")
+    crop = pipe(prompt, image=image.crop(box).resize((width, height), LANCZOS),
+                mask_image=mask.crop(box).resize((width, height), LANCZOS), height=height, width=width,
+                num_inference_steps=2, guidance_scale=30, latents=_packed(noise_path), output_type="pil").images[0]
+    expected = image.copy()
+    expected.paste(crop.resize((box[2] - box[0], box[3] - box[1]), LANCZOS), box[:2])
+
+    painted = np.asarray(mask) > 127
+    inside = np.asarray(ours)[painted].astype(int) - np.asarray(expected)[painted]
+    assert np.abs(inside).max() <= UINT8_TOLERANCE
+    assert np.abs(np.asarray(image)[painted].astype(int) - np.asarray(expected)[painted]).max() > 3 * UINT8_TOLERANCE
+    away = distance_to_mask(painted, 4) > 4  # past the feather
+    assert np.array_equal(np.asarray(ours)[away], np.asarray(image)[away])
+
+
+def _packed(noise_path):
+    from tests.parity import pack
+
+    return pack(np.load(noise_path))
+
+
+def test_a_result_larger_than_the_limits_is_refused_before_any_work(tiny_fill, tmp_path, capsys):
+    image, mask = Image.new("RGB", (4112, 64)), rectangle_mask((4112, 64), (10, 10, 20, 20))
+    from mflux_core.cli import main
+
+    code = main(["fill", "--path", str(tiny_fill), "--prompt", "x", "--image-path", str(save(image, tmp_path / "i.png")),
+                 "--masked-image-path", str(save(mask, tmp_path / "m.png")), "--only-masked", "--steps", "1",
+                 "--output", str(tmp_path / "o.png")])
+    assert code == 1
+    assert "The result (only the masked area is inpainted; the image keeps its size) would be 4112x64 pixels" in \
+        capsys.readouterr().err
+
+
+def test_only_masked_belongs_to_fill_and_travels_in_a1111_parameters():
+    with pytest.raises(InvalidRequest, match="Inpainting only the masked area is for the fill tool, not depth"):
+        GenerationRequest(tool="depth", only_masked_padding=8).validated()
+    with pytest.raises(InvalidRequest, match="Only masked padding"):
+        GenerationRequest(tool="fill", only_masked_padding=-1).validated()
+    request = GenerationRequest(tool="fill", prompt="a cat", steps=20, width=512, height=512, only_masked_padding=24)
+    text = a1111_parameters(request)
+    assert "Inpaint area: Only masked, Masked area padding: 24" in text
+    assert settings_from_a1111(text)["only_masked_padding"] == 24
+    forge = "a cat\nSteps: 20, Seed: 1, Size: 512x512, Denoising strength: 0.75, Inpaint area: Only masked"
+    assert settings_from_a1111(forge)["only_masked_padding"] == 32  # A1111's page default
+    assert "only_masked_padding" not in settings_from_a1111("a cat\nSteps: 20, Seed: 1, Size: 512x512")
