@@ -19,7 +19,8 @@ REQUEST_FLAGS = {
     "width": "width", "guidance": "guidance", "negative_prompt": "negative_prompt", "true_cfg_scale": "true_cfg_scale",
     "lora_paths": "lora_paths", "lora_scales": "lora_scales", "quantize": "quantize", "dtype": "dtype",
     "init_noise": "init_noise_path", "max_sequence_length": "max_sequence_length",
-    "sampler": "sampler", "schedule": "schedule",
+    "sampler": "sampler", "schedule": "schedule", "variation_seed": "variation_seed",
+    "variation_strength": "variation_strength",
 }
 TOOL_FLAGS = {flag.name: flag for spec in TOOL_SPECS.values() for flag in spec.flags}  # every tool's, by dest
 

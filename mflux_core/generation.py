@@ -16,7 +16,7 @@ from mflux_core.models.transformer import FluxTransformerConfig
 from mflux_core.request import GenerationRequest
 from mflux_core.sampling.conditioning import Conditioning
 from mflux_core.sampling.latents import (
-    image_position_ids, latent_grid, load_init_noise, pack_latents, seeded_noise, unpack_latents,
+    image_position_ids, latent_grid, load_init_noise, pack_latents, seeded_noise, slerp, unpack_latents,
 )
 from mflux_core.sampling.loop import denoise
 from mflux_core.sampling.samplers import new_sampler
@@ -52,10 +52,14 @@ class ToolInputs:
 
 
 def initial_noise(model: FluxModel, request: GenerationRequest, h: int, w: int) -> mx.array:
+    """The seed's noise (or the init noise file's), moved `variation_strength` of the way towards the variation
+    seed's (A1111's variation seed)."""
     shape = (1, model.latent_channels, h, w)
-    if request.init_noise_path:
-        return load_init_noise(Path(request.init_noise_path), shape)
-    return seeded_noise(request.seed, shape)
+    noise = load_init_noise(Path(request.init_noise_path), shape) if request.init_noise_path else \
+        seeded_noise(request.seed, shape)
+    if request.variation_strength:
+        noise = slerp(request.variation_strength, noise, seeded_noise(request.variation_seed, shape))
+    return noise
 
 
 def run_tool(

@@ -32,6 +32,7 @@ def a1111_parameters(request: GenerationRequest, extras: dict | None = None) -> 
         ("CFG scale", request.true_cfg_scale if request.uses_true_cfg else 1),
         ("Distilled CFG Scale", extras.get("guidance", request.guidance)),
         ("Seed", request.seed),
+        *variation_parameters(request),
         ("Size", f"{request.width}x{request.height}"),
         ("Model", request.model),
         ("Denoising strength", denoising_strength(request)),
@@ -61,6 +62,13 @@ def hires_parameters(request: GenerationRequest) -> list[tuple[str, object]]:
     items = [("Hires upscale", f"{request.hires_scale:g}"), ("Hires steps", request.hires_steps),
              ("Hires upscaler", request.hires_upscaler)]
     return items + ([("Hires prompt", json.dumps(request.hires_prompt))] if request.hires_prompt else [])
+
+
+def variation_parameters(request: GenerationRequest) -> list[tuple[str, object]]:
+    """A1111's variation seed items (none at strength 0, as A1111 writes them)."""
+    if not request.variation_strength:
+        return []
+    return [("Variation seed", request.variation_seed), ("Variation seed strength", f"{request.variation_strength:g}")]
 
 
 def inpaint_area_parameters(request: GenerationRequest) -> list[tuple[str, object]]:

@@ -356,6 +356,7 @@ def settings_from_a1111(text: str) -> dict:
         settings["steps"] = max(1, min(MAX_STEPS, int(values["Steps"])))
     if values.get("Seed", "").isdigit() and int(values["Seed"]) <= MAX_SEED:
         settings["seed"] = int(values["Seed"])
+    settings.update(_a1111_variation(values))
     size = re.match(r"^(\d+)x(\d+)$", values.get("Size", ""))
     if size:
         settings["width"], settings["height"] = (max(16, min(MAX_SIDE, round(int(v) / 16) * 16)) for v in size.groups())
@@ -366,6 +367,18 @@ def settings_from_a1111(text: str) -> dict:
     steered = controlnet_settings(values) if values.get("Tool") in (None, "controlnet") else {}
     inpainted = _a1111_inpaint_area(values) if values.get("Tool") in (None, "fill") else {}
     return validate_settings({**settings, **_a1111_hires(values), **steered, **inpainted})
+
+
+def _a1111_variation(values: dict) -> dict:
+    """The variation seed and its strength from A1111's items; nothing where either is missing or out of range."""
+    seed, strength = values.get("Variation seed", ""), values.get("Variation seed strength", "")
+    try:
+        strength = float(strength)
+    except ValueError:
+        return {}
+    if not (seed.isdigit() and int(seed) <= MAX_SEED and 0 < strength <= 1):
+        return {}
+    return {"variation_seed": int(seed), "variation_strength": strength}
 
 
 def _a1111_inpaint_area(values: dict) -> dict:

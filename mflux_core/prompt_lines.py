@@ -25,10 +25,11 @@ MAX_TEXT_CHARS = 1_000_000
 # What a line may set: the request's field (or batch_count) and how its A1111 form's text is read
 LINE_SETTINGS = {"prompt": str, "negative_prompt": str, "seed": int, "steps": int, "width": int, "height": int,
                  "guidance": float, "true_cfg_scale": float, "sampler": str, "schedule": str, "model": str,
-                 "batch_count": int}
+                 "variation_seed": int, "variation_strength": float, "batch_count": int}
 # A1111's names for the same settings, with FLUX's meanings as Forge gives them (webui/a1111_api.py)
 A1111_NAMES = {"n_iter": "batch_count", "cfg_scale": "true_cfg_scale", "distilled_cfg_scale": "guidance",
-               "sampler_name": "sampler", "scheduler": "schedule"}
+               "sampler_name": "sampler", "scheduler": "schedule", "subseed": "variation_seed",
+               "subseed_strength": "variation_strength"}
 
 
 @dataclass(frozen=True)
@@ -123,9 +124,9 @@ def line_requests(base: GenerationRequest, lines: list[PromptLine], seeds: list[
                   wildcards: Path | None = None,
                   styled: Callable[[str], str] = str) -> list[tuple[int, GenerationRequest]]:
     """(line number, validated request) for every image of every line, in order. A line's images start at its own
-    seed, else at each of `seeds`, and run `batch_count` consecutive seeds (the line's own count, else this one);
-    its prompt (else the base's), `styled` (the A1111 styles picked), has its wildcards drawn from each image's
-    seed."""
+    seed, else at each of `seeds`, and run `batch_count` consecutive seeds (the line's own count, else this one),
+    or with a variation strength, as A1111, that seed with consecutive variation seeds; its prompt (else the
+    base's), `styled` (the A1111 styles picked), has its wildcards drawn from each image's seed."""
     requests = []
     for line in lines:
         settings = dict(line.settings)
@@ -134,10 +135,13 @@ def line_requests(base: GenerationRequest, lines: list[PromptLine], seeds: list[
         prompt = styled(settings.pop("prompt", base.prompt))
         try:
             for start in starts:
-                base.with_(**settings, seed=start, prompt=prompt).validated()  # before seeds are counted from it
-                for seed in ((start + i) % (MAX_SEED + 1) for i in range(count)):
-                    expanded = expand_prompt(prompt, seed, wildcards)
-                    requests.append((line.number, base.with_(**settings, seed=seed, prompt=expanded).validated()))
+                first = base.with_(**settings, seed=start, prompt=prompt).validated()  # before seeds are counted
+                for i in range(count):
+                    seeds_of_image = {"variation_seed": (first.variation_seed + i) % (MAX_SEED + 1)} \
+                        if first.variation_strength else {"seed": (start + i) % (MAX_SEED + 1)}
+                    image = first.with_(**seeds_of_image)
+                    expanded = expand_prompt(prompt, image.seed, wildcards)
+                    requests.append((line.number, image.with_(prompt=expanded).validated()))
         except InvalidRequest as error:
             raise InvalidRequest(f"Line {line.number}: {error}") from None
     return requests

@@ -13,8 +13,8 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.regions import MAX_REGIONS, check_regions_fit, regions_problem
 from mflux_core.settings_schema import (  # the limits are imported from here too
     DTYPES, GUIDANCE, LORA_SCALE, MAX_INPUT_PIXELS, MAX_PIXELS, MAX_PROMPT_CHARS, MAX_SEED, MAX_SEQUENCE_LENGTH,
-    MAX_SIDE, MAX_STEPS, QUANTIZE, QUANTIZE_BITS, SEED, SEQUENCE_LENGTH, STEPS, TRUE_CFG_SCALE, Setting, checked, choice,
-    number, problems, schema, side, switch, text,
+    MAX_SIDE, MAX_STEPS, QUANTIZE, QUANTIZE_BITS, SEED, SEQUENCE_LENGTH, STEPS, TRUE_CFG_SCALE, VARIATION_SEED,
+    Setting, checked, choice, number, problems, schema, side, switch, text,
 )
 from mflux_core.settings_schema import SAMPLER, SCHEDULE
 from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE
@@ -30,6 +30,8 @@ class GenerationRequest:
     base_model: str | None = None  # for third-party derivatives: "schnell", "dev", another model or a folder
     prompt: str = ""
     seed: int = 0
+    variation_seed: int | None = None  # A1111's variation seed: its noise blended into the seed's ...
+    variation_strength: float = 0.0  # ... this much of the way (0: the seed's image; 1: the variation seed's)
     steps: int | None = None  # None: the model's default (schnell 4, otherwise 25)
     width: int | None = None  # None: the input image's size, or the model's native side (FLUX.1 1024, demo 64)
     height: int | None = None
@@ -95,6 +97,9 @@ class GenerationRequest:
             self._check_controlnet_units()
         if self.only_masked_padding is not None and self.tool != "fill":
             raise InvalidRequest(f"Inpainting only the masked area is for the fill tool, not {self.tool}.")
+        if self.variation_strength and self.variation_seed is None:
+            raise InvalidRequest("A variation strength needs a variation seed to blend in: give one, or set the "
+                                 "strength to 0.")
         if self.reference_image_paths and self.tool != "kontext":
             raise InvalidRequest(f"Several reference images are for the Kontext tool, not {self.tool}: send one image.")
         if self.redux_image_strengths and len(self.redux_image_strengths) != len(self.redux_image_paths):
@@ -211,6 +216,8 @@ REQUEST_SETTINGS: dict[str, Setting] = {
     "base_model": text("The base model").optional(),
     "prompt": text("The prompt", MAX_PROMPT_CHARS),
     "seed": SEED,
+    "variation_seed": VARIATION_SEED.optional(),
+    "variation_strength": number("Variation strength", 0, 1),
     "steps": STEPS.optional(),
     "width": side("Width").optional(),
     "height": side("Height").optional(),

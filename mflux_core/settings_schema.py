@@ -122,6 +122,8 @@ def checked(setting: Setting, check, accepts: str) -> Setting:
 
 # Settings several things share (the request, presets, the training config)
 SEED = number("Seed", 0, MAX_SEED, whole=True, out_of_range="{label} must be {accepts}, not {value}.")
+VARIATION_SEED = number("Variation seed", 0, MAX_SEED, whole=True,
+                        out_of_range="{label} must be {accepts}, not {value}.")
 STEPS = number("Steps", 1, MAX_STEPS, whole=True, out_of_range="{label} must be {accepts}, not {value}.")
 SEQUENCE_LENGTH = number("The T5 sequence length", 1, MAX_SEQUENCE_LENGTH, whole=True, unit="tokens",
                          out_of_range="{label} must be from {limits}.")

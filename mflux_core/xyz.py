@@ -131,6 +131,9 @@ def _field(name: str):
 
 AXIS_KINDS = {
     "seed": AxisKind("Seed", lambda text, what: _numbers(text, True, what), _field("seed")),
+    "var-seed": AxisKind("Var. seed", lambda text, what: _numbers(text, True, what), _field("variation_seed")),
+    "var-strength": AxisKind("Var. strength", lambda text, what: _numbers(text, False, what),
+                             _field("variation_strength")),
     "steps": AxisKind("Steps", lambda text, what: _numbers(text, True, what), _field("steps")),
     "guidance": AxisKind("Guidance", lambda text, what: _numbers(text, False, what), _field("guidance")),
     "true-cfg": AxisKind("True CFG", lambda text, what: _numbers(text, False, what), _field("true_cfg_scale")),

@@ -148,6 +148,20 @@ def test_txt2img_follows_the_prompt_and_names_what_it_ignored(studio):
     assert saved_requests(studio, 41) == []  # save_images is off by default, as in A1111
 
 
+def test_a_variation_seed_keeps_the_seed_and_counts_the_subseed_up_as_a1111(studio):
+    fields = {"prompt": CAPTION, "seed": 41, "width": IMAGE_SIZE, "height": IMAGE_SIZE}
+    plain = made(studio.http.post("/txt2img", json=fields))
+    body = made(studio.http.post("/txt2img", json={**fields, "subseed": 700, "subseed_strength": 0.2,
+                                                   "batch_size": 2}))
+    info = body["info"]
+    assert (info["all_seeds"], info["all_subseeds"], info["subseed_strength"]) == ([41, 41], [700, 701], 0.2)
+    assert "Seed: 41, Variation seed: 700, Variation seed strength: 0.2" in info["infotexts"][0]
+    first, second = (np.asarray(decoded(text).convert("RGB")) for text in body["images"])
+    assert not np.array_equal(first, second)
+    assert classify(first).colour == "red"  # a variation of the seed's picture, still what the prompt asks
+    assert plain["info"]["subseed"] == -1 and "subseed" not in plain["info"]["ignored"]
+
+
 def test_enable_hr_runs_the_hires_fix_as_a1111_clients_ask_for_it(studio):
     fields = {"prompt": CAPTION, "seed": 21, "steps": 2, "width": IMAGE_SIZE, "height": IMAGE_SIZE, "enable_hr": True}
     body = made(studio.http.post("/txt2img", json={**fields, "hr_scale": 1.5, "hr_upscaler": "Latent",

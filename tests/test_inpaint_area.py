@@ -6,6 +6,7 @@ import pytest
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image, ImageDraw
 
+from mflux_core.cli import main as cli_main
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.inpaint_area import Box, box_at_aspect, masked_area, processing_size
 from mflux_core.images.masks import distance_to_mask
@@ -13,7 +14,8 @@ from mflux_core.metadata import a1111_parameters
 from mflux_core.presets import settings_from_a1111
 from mflux_core.request import GenerationRequest
 from tests.fixtures.tiny_flux import load_diffusers_pipeline
-from tests.parity import UINT8_TOLERANCE, make_noise, max_uint8_diff, random_image, run_cli, save
+from tests.parity import UINT8_TOLERANCE, make_noise, pack, random_image, run_cli, save
+from tests.test_tools_parity import posterior_mean  # noqa: F401 (a fixture)
 
 LANCZOS = Image.Resampling.LANCZOS
 
@@ -44,14 +46,6 @@ def test_by_default_the_box_is_inpainted_at_its_shape_at_the_models_size():
     assert processing_size(Box(10, 10, 74, 74), 64) == (64, 64)
 
 
-@pytest.fixture
-def posterior_mean(monkeypatch):
-    """diffusers samples the VAE posterior in FluxFillPipeline; our engine uses the mean."""
-    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-
-    monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean)
-
-
 def test_only_the_masked_area_is_inpainted_as_diffusers_and_pasted_back(tiny_fill, tmp_path, posterior_mean, capsys):
     image = random_image(160, 112, seed=3)
     rectangle, padding, width, height = (100, 20, 130, 50), 12, 48, 32
@@ -70,7 +64,7 @@ def test_only_the_masked_area_is_inpainted_as_diffusers_and_pasted_back(tiny_fil
     pipe = load_diffusers_pipeline(tiny_fill, "FluxFillPipeline")
     crop = pipe(prompt, image=image.crop(box).resize((width, height), LANCZOS),
                 mask_image=mask.crop(box).resize((width, height), LANCZOS), height=height, width=width,
-                num_inference_steps=2, guidance_scale=30, latents=_packed(noise_path), output_type="pil").images[0]
+                num_inference_steps=2, guidance_scale=30, latents=pack(np.load(noise_path)), output_type="pil").images[0]
     expected = image.copy()
     expected.paste(crop.resize((box[2] - box[0], box[3] - box[1]), LANCZOS), box[:2])
 
@@ -82,17 +76,9 @@ def test_only_the_masked_area_is_inpainted_as_diffusers_and_pasted_back(tiny_fil
     assert np.array_equal(np.asarray(ours)[away], np.asarray(image)[away])
 
 
-def _packed(noise_path):
-    from tests.parity import pack
-
-    return pack(np.load(noise_path))
-
-
 def test_a_result_larger_than_the_limits_is_refused_before_any_work(tiny_fill, tmp_path, capsys):
     image, mask = Image.new("RGB", (4112, 64)), rectangle_mask((4112, 64), (10, 10, 20, 20))
-    from mflux_core.cli import main
-
-    code = main(["fill", "--path", str(tiny_fill), "--prompt", "x", "--image-path", str(save(image, tmp_path / "i.png")),
+    code = cli_main(["fill", "--path", str(tiny_fill), "--prompt", "x", "--image-path", str(save(image, tmp_path / "i.png")),
                  "--masked-image-path", str(save(mask, tmp_path / "m.png")), "--only-masked", "--steps", "1",
                  "--output", str(tmp_path / "o.png")])
     assert code == 1

@@ -239,6 +239,22 @@ def test_generate_then_send_a_result_from_the_history(page, studio):
     page.wait_for_selector("#generate-init-image img")
 
 
+def test_a_variation_seed_batch_keeps_the_seed_and_counts_the_variation_seed_up(page, studio):
+    type_into(page, "generate-prompt", "a red fox in the snow")
+    type_size_and_steps(page, "generate", 64, 48, 2)
+    type_into(page, "generate-seed", 30)
+    set_slider(page, "generate-batch", 2)
+    open_accordions(page, "generate-variation")
+    type_into(page, "generate-variation-seed", 12)
+    set_slider(page, "generate-variation-strength", 0.3)
+    before = result_pngs(studio)
+    assert run_and_wait(page, "generate").startswith("Done: 2 images")
+    made = sorted((request_in(p) for p in result_pngs(studio) - before), key=lambda r: r["variation_seed"])
+    assert [(r["seed"], r["variation_seed"], r["variation_strength"]) for r in made] == [(30, 12, 0.3), (30, 13, 0.3)]
+    page.wait_for_function("() => document.querySelector('#generate-results').innerText.includes('var 13 @ 0.3')")
+    screenshot(page, "generate-variation")
+
+
 def test_fill_uses_the_stroke_as_mask_and_keeps_the_rest(page, studio):
     open_tab(page, "Fill")
     page.wait_for_selector("#fill-editor div.pixi-target canvas")

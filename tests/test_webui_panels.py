@@ -33,7 +33,7 @@ def shared(**overrides) -> dict:
     """Values as the shared widgets hand them to a handler."""
     values = {"model": "tiny", "prompt": "a fox", "seed": 5, "random_seed": False, "batch_count": 1, "steps": "",
               "guidance": "", "width": 64, "height": 64, "quantize": "off", "vae_tiling": False, "sampler": "euler",
-              "schedule": "simple", "styles": []}
+              "schedule": "simple", "styles": [], "variation_seed": -1, "variation_strength": 0.0}
     for i in (1, 2, 3):
         values.update({f"lora_{i}": "", f"lora_scale_{i}": 1.0})
     return {**values, **overrides}
@@ -179,7 +179,7 @@ PANEL_VALUES = {
 @pytest.mark.parametrize("panel", PANELS, ids=lambda m: m.TOOL)
 def test_settings_and_values_round_trip_for_every_panel(panel):
     values = shared(steps="7", guidance="2.5", lora_1="ink", lora_scale_1=0.25, quantize="8", batch_count=2,
-                    styles=["Bold"], **PANEL_VALUES[panel])
+                    styles=["Bold"], variation_seed=77, variation_strength=0.25, **PANEL_VALUES[panel])
     settings = validate_settings(panel.settings_from_values(values))
     restored = panel.values_from_settings(settings)
     for name, value in restored.items():
@@ -337,7 +337,8 @@ def test_settings_restored_from_a_png_fill_the_panel(tmp_path):
     values = fill.values_from_settings(settings_from_png(path))
     assert values["mode"] == fill.OUTPAINT and values["pad_right"] == 16 and values["mask_grow_px"] == 2
     assert (values["seed"], values["steps"], values["width"], values["prompt"]) == (9, "3", 64, "p")
-    assert shared_values({"seed": None}) == {"random_seed": True}
+    # a seed comes with its variation (none here), so a variation left on the panel cannot change the replay
+    assert shared_values({"seed": None}) == {"random_seed": True, "variation_seed": -1, "variation_strength": 0.0}
 
 
 # ----- results on disk, history, status ------------------------------------------------------

@@ -70,6 +70,8 @@ class Txt2ImgParams(BaseModel):
     prompt: str = ""
     negative_prompt: str = ""
     seed: int = Field(-1, ge=-1, le=MAX_SEED)
+    subseed: int = Field(-1, ge=-1, le=MAX_SEED)  # the variation seed (-1: random)
+    subseed_strength: float = Field(0.0, ge=0, le=1)
     steps: int | None = None  # None: the model's default
     width: int | None = Field(None, ge=16, le=MAX_SIDE)  # None: the model's native size (img2img: the input's)
     height: int | None = Field(None, ge=16, le=MAX_SIDE)
@@ -273,6 +275,10 @@ def run_job(studio, state: SdApiState, job: ApiJob, requests: list[GenerationReq
     return results
 
 
+def _subseed(request: GenerationRequest) -> int:
+    return -1 if request.variation_seed is None else request.variation_seed
+
+
 def images_answer(fields: dict, params: Txt2ImgParams, job: ApiJob, results: list, ignored: list[str]) -> dict:
     """A1111's answer: base64 PNGs (with their metadata), the request's parameters, and `info` as a JSON string."""
     requests = [result.request for result in results]
@@ -282,6 +288,8 @@ def images_answer(fields: dict, params: Txt2ImgParams, job: ApiJob, results: lis
         "all_prompts": [tagged_prompt(r) for r in requests],
         "all_negative_prompts": [r.negative_prompt for r in requests],
         "seed": requests[0].seed if requests else None, "all_seeds": [r.seed for r in requests],
+        "subseed": _subseed(requests[0]) if requests else -1, "all_subseeds": [_subseed(r) for r in requests],
+        "subseed_strength": requests[0].variation_strength if requests else params.subseed_strength,
         "width": requests[0].width if requests else params.width,
         "height": requests[0].height if requests else params.height,
         "sampler_name": SAMPLER_LABELS[requests[0].sampler] if requests else None,
@@ -334,6 +342,8 @@ def job_requests(studio, tool: str, model: str, params: Txt2ImgParams, ignored: 
                               "request.")
     settings = {"tool": tool, "model": model, "prompt": params.prompt, "steps": params.steps,
                 "seed": None if params.seed == -1 else params.seed, "width": params.width, "height": params.height,
+                "variation_seed": None if params.subseed == -1 else params.subseed,
+                "variation_strength": params.subseed_strength,
                 "batch_count": count, **guidance_settings(tool, params, ignored), **sampling_settings(params, ignored),
                 **settings}
     return requests_from_settings(settings, studio.request_context(), **inputs)

@@ -175,7 +175,7 @@ def run_job(studio, view: JobView, build: RequestBuilder, values: dict, session:
             for index, run in enumerate(runs, start=1):
                 result = yield from follow(run, cancel, image_progress(view, index, len(requests)))
                 path = save_result(studio.folders.outputs, result)
-                saved.append((str(path), f"seed {result.request.seed} · {result.seconds:.1f} s"))
+                saved.append((str(path), f"{seed_caption(result.request)} · {result.seconds:.1f} s"))
                 compared = before_and_after(result, path, studio.folders.inputs)
                 notes.extend(note for note in result.notes if note not in notes)
                 yield {view.preview: str(path)}
@@ -188,6 +188,13 @@ def run_job(studio, view: JobView, build: RequestBuilder, values: dict, session:
     yield from page_job(studio, session, view.status, work, final=final,
                         stopped=lambda stop: f"{stop} {_images(len(saved))} saved.",
                         about=job_about(view.tool, values.get("prompt"), values.get("width"), values.get("height")))
+
+
+def seed_caption(request: GenerationRequest) -> str:
+    """"seed 30", or with a variation "seed 30 · var 12 @ 0.3" (A1111's variation seed and strength)."""
+    if not request.variation_strength:
+        return f"seed {request.seed}"
+    return f"seed {request.seed} · var {request.variation_seed} @ {request.variation_strength:g}"
 
 
 def _images(count: int) -> str:

@@ -72,6 +72,16 @@ def batch_seeds(seed: int | None, count: int, draw_seed: Callable[[], int] = ran
     return [(start + i) % (MAX_SEED + 1) for i in range(count)]
 
 
+def batch_seed_pairs(settings: dict, draw_seed: Callable[[], int] = random_seed) -> list[tuple[int, int | None]]:
+    """(seed, variation seed) of each image of a batch: consecutive seeds; with a variation strength, as A1111, the
+    one seed with consecutive variation seeds (a random start for either when it is None)."""
+    count = settings.get("batch_count", 1)
+    seeds = batch_seeds(settings.get("seed"), count, draw_seed)
+    if not settings.get("variation_strength"):
+        return [(seed, None) for seed in seeds]
+    return [(seeds[0], variation) for variation in batch_seeds(settings.get("variation_seed"), count, draw_seed)]
+
+
 def lora_files(names: list[str], library: Mapping[str, Path]) -> tuple[str, ...]:
     missing = [name for name in names if name not in library]
     if missing:
@@ -81,12 +91,12 @@ def lora_files(names: list[str], library: Mapping[str, Path]) -> tuple[str, ...]
 
 
 def requests_from_settings(settings: dict, context: RequestContext, **inputs) -> list[GenerationRequest]:
-    """One validated request per seed of the batch, the named A1111 styles merged into its prompts, its prompt's
+    """One validated request per image of the batch (batch_seed_pairs), the named A1111 styles merged into its prompts, its prompt's
     wildcards drawn from its seed and its `<lora:...>` tags (from the prompt or a wildcard) added to its LoRAs;
     `inputs` are input-path fields (image_path=...)."""
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k not in UI_FIELDS}
     fields.update({k: tuple(v) if isinstance(v, list) else v for k, v in inputs.items()})
-    seeds = batch_seeds(settings.get("seed"), settings.get("batch_count", 1), context.draw_seed)
+    seeds = batch_seed_pairs(settings, context.draw_seed)
     if settings.get("styles"):
         styles = read_styles(context.styles)
         fields["prompt"] = prompt_styler(settings["styles"], styles)(fields.get("prompt") or "")
@@ -95,8 +105,8 @@ def requests_from_settings(settings: dict, context: RequestContext, **inputs) ->
                                                            styles)
     prompt = fields.get("prompt", "")
     requests = []
-    for seed in seeds:
+    for seed, variation_seed in seeds:
         request = with_prompt_loras(GenerationRequest(**fields).with_(
-            seed=seed, prompt=expand_prompt(prompt, seed, context.wildcards)))
+            seed=seed, variation_seed=variation_seed, prompt=expand_prompt(prompt, seed, context.wildcards)))
         requests.append(request.with_(lora_paths=lora_files(list(request.lora_paths), context.loras)).validated())
     return requests

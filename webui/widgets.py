@@ -126,6 +126,7 @@ def shared_settings(values: dict) -> dict:
         "model": values.get("model") or None,
         "prompt": values.get("prompt") or "",
         "seed": None if values.get("random_seed") else _int_or_none(values.get("seed"), "The seed") or 0,
+        **variation_settings(values),
         "batch_count": max(1, min(MAX_BATCH, _int_or_none(values.get("batch_count"), "Images") or 1)),
         "steps": _int_or_none(values.get("steps"), "Steps"),
         "guidance": _number_or_none(values.get("guidance"), "Guidance"),
@@ -143,6 +144,15 @@ def shared_settings(values: dict) -> dict:
     }
 
 
+def variation_settings(values: dict) -> dict:
+    """A1111's variation seed (None when -1 or empty: a random one) and its strength; neither at strength 0."""
+    strength = number_value(values, "variation_strength", 0.0, "The variation strength")
+    if not strength:
+        return {}
+    seed = _int_or_none(values.get("variation_seed"), "The variation seed")
+    return {"variation_seed": None if seed is None or seed < 0 else seed, "variation_strength": strength}
+
+
 def true_cfg_settings(values: dict) -> dict:
     """The negative prompt and true CFG scale, from the panels that have their controls (the tools with true CFG)."""
     if "true_cfg_scale" not in values:
@@ -154,7 +164,7 @@ def true_cfg_settings(values: dict) -> dict:
 def shared_values(settings: dict) -> dict:
     """Values for the shared controls from (possibly partial) settings; keys not in settings are left out, except
     the styles: settings with a prompt set the picker to their styles, or empty it (a history image's prompt has
-    its styles merged in already)."""
+    its styles merged in already); and the variation seed, which comes (or goes: strength 0) with a seed."""
     values = {}
     for key in ("model", "prompt", "batch_count", "negative_prompt", "true_cfg_scale", "sampler", "schedule",
                 "resize_mode"):
@@ -172,6 +182,9 @@ def shared_values(settings: dict) -> dict:
         values["random_seed"] = settings["seed"] is None
         if settings["seed"] is not None:
             values["seed"] = settings["seed"]
+        variation = settings.get("variation_seed")
+        values["variation_seed"] = -1 if variation is None else variation
+        values["variation_strength"] = settings.get("variation_strength") or 0.0
     if "lora_paths" in settings:
         scales = settings.get("lora_scales") or [1.0] * len(settings["lora_paths"])
         for i in range(1, MAX_LORAS + 1):
@@ -256,6 +269,15 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
         random_seed = gr.Checkbox(False, label="Random seed", elem_id=f"{prefix}-random-seed")
         batch_count = gr.Slider(1, MAX_BATCH, 1, step=1, label="Images (seed, seed+1, ...)",
                                 elem_id=f"{prefix}-batch")
+    with gr.Accordion("Variation seed", open=False, elem_id=f"{prefix}-variation"):
+        with gr.Row():
+            variation_seed = gr.Number(-1, label="Variation seed", precision=0, minimum=-1, maximum=MAX_SEED,
+                                       info="-1: a random one", elem_id=f"{prefix}-variation-seed")
+            variation_strength = gr.Slider(
+                0, 1, 0.0, step=0.01, label="Variation strength", elem_id=f"{prefix}-variation-strength",
+                info="How much of the variation seed's noise is blended into the seed's, as A1111's: small values "
+                     "give pictures close to the seed's; with several images the seed stays and the variation seed "
+                     "counts up")
     with gr.Row():
         steps = gr.Textbox("", label="Steps", placeholder="model default", elem_id=f"{prefix}-steps")
         guidance = gr.Textbox("", label="Guidance", placeholder="tool default", elem_id=f"{prefix}-guidance")
@@ -277,6 +299,7 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
                                                 "keeps its proportions and cuts the overflow; just resize stretches; "
                                                 "resize and fill fits it and stretches its edges into the rest.")
     controls.update({"model": model, "prompt": prompt, "styles": styles, "seed": seed, "random_seed": random_seed,
+                     "variation_seed": variation_seed, "variation_strength": variation_strength,
                      "batch_count": batch_count, "steps": steps, "guidance": guidance, "width": width,
                      "height": height})
     with gr.Accordion("LoRAs, quantization and memory", open=False, elem_id=f"{prefix}-loras"):

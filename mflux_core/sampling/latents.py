@@ -47,6 +47,17 @@ def seeded_noise(seed: int, shape: tuple[int, ...]) -> mx.array:
     return mx.random.normal(shape, dtype=mx.float32, key=mx.random.key(seed))
 
 
+def slerp(strength: float, start: mx.array, end: mx.array) -> mx.array:
+    """The point `strength` of the way from `start` to `end` along the great circle between them (A1111's blend of
+    a seed's noise with its variation seed's; two gaussian draws are nearly orthogonal, so the result keeps their
+    spread where a straight blend would shrink it). Nearly parallel ones are blended straight, as A1111 does."""
+    cosine = mx.sum(start * end) / mx.sqrt(mx.sum(start * start) * mx.sum(end * end))
+    if cosine.item() > 0.9995:
+        return (1 - strength) * start + strength * end
+    angle = mx.arccos(cosine)
+    return (mx.sin((1 - strength) * angle) * start + mx.sin(strength * angle) * end) / mx.sin(angle)
+
+
 def load_init_noise(path: Path, shape: tuple[int, ...]) -> mx.array:
     """The unpacked initial noise from a .npy file; it must have exactly `shape` (B, C, h, w)."""
     try:
