@@ -23,6 +23,7 @@ from mflux_core.generation import ToolInputs
 from mflux_core.regions import scaled_regions
 from mflux_core.registry import on_disk
 from mflux_core.native_sizes import sizes_phrase
+from mflux_core.prompt_schedule import after_the_first_pass
 from mflux_core.request import GenerationRequest, hires_size
 from mflux_core.sampling.schedule import img2img_start_step
 from mflux_core.settings_schema import HIRES_UPSCALERS
@@ -60,12 +61,14 @@ def check_upscaler_on_disk(request: GenerationRequest, models_dir: Path | None) 
 
 
 def second_pass_request(request: GenerationRequest) -> GenerationRequest:
-    """The image-to-image request of the second pass: the larger size, the hires steps and prompt, and
-    the image strength (mflux's meaning, how much is kept) that the denoising strength leaves."""
+    """The image-to-image request of the second pass: the larger size, the hires steps and prompt (else the prompt's
+    edits as they ended the first pass), and the image strength (mflux's meaning, how much is kept) that the
+    denoising strength leaves."""
     width, height = hires_size(request.width, request.height, request.hires_scale)
     return request.with_(width=width, height=height, steps=request.hires_steps,
                          regions=scaled_regions(request.regions, width / request.width, height / request.height),
-                         prompt=request.hires_prompt or request.prompt, image_strength=1 - request.hires_strength,
+                         prompt=request.hires_prompt or after_the_first_pass(request.prompt),
+                         image_strength=1 - request.hires_strength,
                          hires_scale=None, hires_steps=None, hires_strength=None, hires_upscaler=None,
                          hires_prompt="")
 

@@ -5,8 +5,18 @@ from typing import Callable
 
 import mlx.core as mx
 
-# (packed latents, timestep (1,), guidance (1,) | None) -> (double-block residuals, single-block residuals)
-ControlResiduals = Callable[[mx.array, mx.array, mx.array | None], tuple[list | None, list | None]]
+# (packed latents, timestep (1,), guidance (1,) | None, the step's prompt tokens, its pooled vector)
+#   -> (double-block residuals, single-block residuals)
+ControlResiduals = Callable[[mx.array, mx.array, mx.array | None, mx.array, mx.array], tuple[list | None, list | None]]
+
+
+@dataclass(frozen=True)
+class PromptChange:
+    """From step `step` (0-based) on, the transformer sees this prompt (A1111's prompt editing)."""
+
+    step: int
+    text: mx.array
+    pooled: mx.array
 
 
 @dataclass
@@ -17,6 +27,7 @@ class NegativePrompt:
     text: mx.array  # (1, L', joint_dim): the negative prompt's T5 tokens (L' may differ from the prompt's: Redux)
     pooled: mx.array  # (1, pooled_dim)
     scale: float  # > 1
+    changes: tuple[PromptChange, ...] = ()  # later prompts, by step
 
 
 @dataclass
@@ -30,3 +41,9 @@ class Conditioning:
     control: ControlResiduals | None = None  # side network residuals (ControlNet)
     negative: NegativePrompt | None = None  # true CFG's second pass
     attention_mask: mx.array | None = None  # (L + N, L + N) additive bias on the prompt pass's attention (regions)
+    changes: tuple[PromptChange, ...] = ()  # later prompts, by step (A1111's [from:to:when] and [a|b])
+
+    def with_prompt_tokens(self, transform: Callable[[mx.array], mx.array]) -> None:
+        """Apply `transform` to the prompt's tokens and every later prompt's (Redux appends its image tokens)."""
+        self.text = transform(self.text)
+        self.changes = tuple(PromptChange(c.step, transform(c.text), c.pooled) for c in self.changes)

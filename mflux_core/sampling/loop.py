@@ -9,7 +9,7 @@ from typing import Iterator, NamedTuple
 import mlx.core as mx
 import numpy as np
 
-from mflux_core.sampling.conditioning import Conditioning
+from mflux_core.sampling.conditioning import Conditioning, PromptChange
 from mflux_core.sampling.latents import text_position_ids
 from mflux_core.sampling.samplers import Euler
 
@@ -28,6 +28,13 @@ def text_inputs(transformer, text: mx.array, pooled: mx.array, image_ids: mx.arr
                 attention_mask: mx.array | None = None) -> TextInputs:
     text_ids = text_position_ids(text.shape[1])
     return TextInputs(text, pooled, text_ids, transformer.rope_tables(image_ids, text_ids), attention_mask)
+
+
+def text_at_step(first: TextInputs, changes: tuple[PromptChange, ...], step: int) -> TextInputs:
+    """The text inputs step `step` sees: the last prompt change at or before it, else the first prompt (a change
+    keeps the token count, so the position ids and RoPE tables stay)."""
+    change = next((c for c in reversed(changes) if c.step <= step), None)
+    return first if change is None else first._replace(text=change.text, pooled=change.pooled)
 
 
 def model_timestep(sigma: float) -> mx.array:
@@ -52,9 +59,10 @@ def denoise(
     ids = image_ids
     if conditioning.reference_tokens is not None:
         ids = mx.concatenate([image_ids, conditioning.reference_ids], axis=0)
-    prompt_text = text_inputs(transformer, conditioning.text, conditioning.pooled, ids, conditioning.attention_mask)
+    first_prompt = text_inputs(transformer, conditioning.text, conditioning.pooled, ids, conditioning.attention_mask)
     negative = conditioning.negative
-    negative_text = None if negative is None else text_inputs(transformer, negative.text, negative.pooled, ids)
+    first_negative = None if negative is None else text_inputs(transformer, negative.text, negative.pooled, ids)
+    prompt_text, negative_text = first_prompt, first_negative
     guidance = None if conditioning.guidance is None else mx.array([conditioning.guidance], dtype=mx.float32)
     dtype = conditioning.text.dtype
 
@@ -68,7 +76,7 @@ def denoise(
             model_input = mx.concatenate([model_input, conditioning.reference_tokens], axis=1)
         blocks, singles = (None, None)
         if conditioning.control is not None:  # computed once, on the prompt, for both passes (as diffusers)
-            blocks, singles = conditioning.control(latents, timestep, guidance)
+            blocks, singles = conditioning.control(latents, timestep, guidance, prompt_text.text, prompt_text.pooled)
 
         def velocity_for(text: TextInputs) -> mx.array:
             return transformer(
@@ -86,5 +94,8 @@ def denoise(
 
     sampler = sampler or Euler()
     for i in range(start_step, len(sigmas) - 1):
+        prompt_text = text_at_step(first_prompt, conditioning.changes, i)
+        if negative is not None:
+            negative_text = text_at_step(first_negative, negative.changes, i)
         latents = sampler.step(velocity, latents, sigmas, i)
         yield i, latents

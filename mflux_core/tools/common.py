@@ -14,7 +14,8 @@ from mflux_core.images.io import load_image, pil_to_pixels
 from mflux_core.images.resize_modes import resize_note, resize_to
 from mflux_core.models.vae import FLUX_SIDE
 from mflux_core.request import MAX_SEQUENCE_LENGTH, GenerationRequest, clean_prompt, existing_file, snap_to_16
-from mflux_core.sampling.conditioning import Conditioning, NegativePrompt
+from mflux_core.prompt_schedule import prompt_schedule
+from mflux_core.sampling.conditioning import Conditioning, NegativePrompt, PromptChange
 from mflux_core.sampling.latents import pack_latents
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.specs import tool_spec
@@ -87,14 +88,28 @@ def tool_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine
 
 
 def prompt_conditioning(model: FluxModel, request: GenerationRequest) -> Conditioning:
-    """The prompt's embeddings and guidance; with true CFG, the negative prompt's embeddings too."""
-    text, pooled = prompt_embeddings(model, request.prompt, request.max_sequence_length)
+    """The prompt's embeddings and guidance; with true CFG, the negative prompt's embeddings too; each with the
+    later prompts its A1111 prompt editing ([from:to:when], [a|b]) switches to, by step."""
+    steps = request.steps or model.default_steps
+    (text, pooled), changes = scheduled_embeddings(model, request.prompt, steps, request.max_sequence_length)
     guidance = request.guidance if model.has_guidance else None  # schnell's may still steer a ControlNet
     negative = None
     if request.uses_true_cfg:
-        negative = NegativePrompt(*prompt_embeddings(model, request.negative_prompt, request.max_sequence_length),
-                                  scale=request.true_cfg_scale)
-    return Conditioning(text=text, pooled=pooled, guidance=guidance, negative=negative)
+        (negative_text, negative_pooled), negative_changes = scheduled_embeddings(
+            model, request.negative_prompt, steps, request.max_sequence_length)
+        negative = NegativePrompt(negative_text, negative_pooled, scale=request.true_cfg_scale,
+                                  changes=negative_changes)
+    return Conditioning(text=text, pooled=pooled, guidance=guidance, negative=negative, changes=changes)
+
+
+def scheduled_embeddings(model: FluxModel, prompt: str, steps: int,
+                         max_sequence_length: int) -> tuple[tuple[mx.array, mx.array], tuple[PromptChange, ...]]:
+    """The first step's prompt embeddings, and each later prompt's with the step it starts at (each distinct text
+    encoded once)."""
+    schedule = prompt_schedule(prompt, steps)
+    encoded = {text: prompt_embeddings(model, text, max_sequence_length) for _, text in schedule}
+    changes = tuple(PromptChange(last + 1, *encoded[text]) for (last, _), (_, text) in zip(schedule, schedule[1:]))
+    return encoded[schedule[0][1]], changes
 
 
 def prompt_embeddings(model: FluxModel, prompt: str, max_sequence_length: int) -> tuple[mx.array, mx.array]:

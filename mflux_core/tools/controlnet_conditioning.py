@@ -155,20 +155,22 @@ def unit_record(side: Steering, request: GenerationRequest, preprocessor: str | 
     return record
 
 
-def controlnet_residuals(controlnet: FluxControlNet, control_tokens: mx.array, conditioning: Conditioning,
+def controlnet_residuals(controlnet: FluxControlNet, control_tokens: mx.array, text_tokens: int,
                          image_ids: mx.array, strength: float, guidance: float, mode: int | None,
                          base_blocks: int) -> ControlResiduals:
-    """One ControlNet's residuals, as the loop's `Conditioning.control`: (latents, timestep, base guidance) -> scaled
-    residuals. `base_blocks`: the main transformer's double blocks, which an XLabs ControlNet's samples repeat over."""
-    text_ids = text_position_ids(conditioning.text.shape[1])
+    """One ControlNet's residuals, as the loop's `Conditioning.control`: (latents, timestep, base guidance, the step's
+    prompt tokens and pooled vector) -> scaled residuals. `base_blocks`: the main transformer's double blocks, which
+    an XLabs ControlNet's samples repeat over."""
+    text_ids = text_position_ids(text_tokens)
     rope = controlnet.rope_tables(image_ids, text_ids)
     controlnet_guidance = mx.array([guidance], dtype=mx.float32) if controlnet.config.guidance_embeds else None
     dtype = controlnet.dtype
     control_tokens = control_tokens.astype(dtype)
 
-    def residuals(latents: mx.array, timestep: mx.array, _base_guidance: mx.array | None):
+    def residuals(latents: mx.array, timestep: mx.array, _base_guidance: mx.array | None, text: mx.array,
+                  pooled: mx.array):
         blocks, singles = controlnet(
-            latents.astype(dtype), control_tokens, conditioning.text, conditioning.pooled, timestep, image_ids,
+            latents.astype(dtype), control_tokens, text, pooled, timestep, image_ids,
             text_ids, guidance=controlnet_guidance, conditioning_scale=strength, rope=rope, mode=mode,
         )
         if controlnet.takes_pixels and blocks:  # diffusers' controlnet_blocks_repeat: sample i % n after block i
@@ -201,8 +203,9 @@ def all_residuals(parts: list[ControlResiduals], main_blocks: tuple[int, int]) -
     if len(parts) == 1:
         return parts[0]
 
-    def residuals(latents: mx.array, timestep: mx.array, base_guidance: mx.array | None):
-        per_unit = [part(latents, timestep, base_guidance) for part in parts]
+    def residuals(latents: mx.array, timestep: mx.array, base_guidance: mx.array | None, text: mx.array,
+                  pooled: mx.array):
+        per_unit = [part(latents, timestep, base_guidance, text, pooled) for part in parts]
         blocks = summed_samples([blocks for blocks, _ in per_unit], main_blocks[0])
         singles = summed_samples([singles for _, singles in per_unit], main_blocks[1])
         mx.eval(blocks, singles)
@@ -247,7 +250,7 @@ def add_controlnets(model: FluxModel, request: GenerationRequest, engine: ToolEn
             mx.eval(control_tokens)
         else:
             control_tokens = engine.encoded_image(model, unit.image, request.width, request.height)  # once per image
-        parts.append(controlnet_residuals(controlnet, control_tokens, conditioning, image_ids, unit.strength,
-                                          controlnet_guidance, unit.side.mode, model.config.num_layers))
+        parts.append(controlnet_residuals(controlnet, control_tokens, conditioning.text.shape[1], image_ids,
+                                          unit.strength, controlnet_guidance, unit.side.mode, model.config.num_layers))
     conditioning.control = all_residuals(parts, (model.config.num_layers, model.config.num_single_layers))
     return tuple(unit.side.controlnet.config for unit in units)

@@ -77,7 +77,7 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     # The encoder may be cached from a request in another dtype: the tokens follow this model's.
     tokens = [encoder.encode_image(image).astype(model.dtype) for image in images]
     conditioning = prompt_conditioning(model, request)
-    conditioning.text = append_redux_tokens(conditioning.text, tokens, list(strengths))
+    conditioning.with_prompt_tokens(lambda text: append_redux_tokens(text, tokens, list(strengths)))
     held = sum(t.nbytes for t in tokens[:-1])  # the earlier images' tokens, while the last one is encoded
     encoding = redux_encode_bytes(encoder.image_encoder.config, encoder.token_width, encoder.itemsize) + held
     return ToolInputs(request, conditioning, estimated=(("encoding the Redux images", encoding),))

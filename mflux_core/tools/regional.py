@@ -44,8 +44,10 @@ def regional_conditioning(model: FluxModel, request: GenerationRequest, conditio
             raise InvalidRequest(f"Region {number} covers no image token: a token is a "
                                  f"{2 * model.vae_scale_factor}-pixel square, make the region at least half of one.")
         masks.append(tokens)
-    texts = [conditioning.text] + [prompt_embeddings(model, region["prompt"], request.max_sequence_length)[0]
-                                   for region in request.regions]
+    region_texts = [prompt_embeddings(model, region["prompt"], request.max_sequence_length)[0]
+                    for region in request.regions]
     weights = [float(region.get("weight", DEFAULT_WEIGHT)) for region in request.regions]
     bias = regional_attention_bias(conditioning.text.shape[1], masks, weights, request.region_strength)
-    return replace(conditioning, text=mx.concatenate(texts, axis=1), attention_mask=bias)
+    regional = replace(conditioning, attention_mask=bias)
+    regional.with_prompt_tokens(lambda text: mx.concatenate([text, *region_texts], axis=1))  # each step's prompt
+    return regional

@@ -135,8 +135,8 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                  Flag("--keep-unmasked", "paste the original back outside a feathered mask (off: the image equals "
                       "diffusers')", kind="switch"),
                  Flag("--only-masked", "inpaint only the masked area and this many pixels of context around it "
-                      f"(A1111's 'Only masked'; given bare: {ONLY_MASKED_PADDING}), at --width/--height (default: its shape at the "
-                      "model's native area), pasted back into the image at the image's size", kind="whole",
+                      f"(A1111's 'Only masked'; given bare: {ONLY_MASKED_PADDING}), at --width/--height (default: its "
+                      "shape at the model's native area), pasted back into the image at the image's size", kind="whole",
                       field="only_masked_padding", bare=ONLY_MASKED_PADDING), RESIZE_FLAG)),
     ToolSpec("depth", "restyle with the layout of a depth map or of Canny edges (FLUX.1-Depth / -Canny, or dev "
              "with BFL's Depth / Canny LoRA)", "depth", "depth", ("depth",), guidance=10.0, demo_model="demo-depth",

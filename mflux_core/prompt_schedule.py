@@ -1,0 +1,181 @@
+"""A1111's prompt editing and alternation: which prompt each denoise step sees.
+
+    [from:to:when]   `from` up to step `when`, then `to` (`when` with a decimal point: a fraction of the steps)
+    [to:when]        nothing, then `to`;   [from::when]: `from`, then nothing
+    [a|b|c]          a, b, c, a, ... one per step
+
+They nest, and may sit inside parentheses (A1111's emphasis, which stays in the text as typed, as do `[word]`,
+backslash escapes, stray brackets and colons, and a bracket whose step is not a number). The steps follow A1111's
+prompt_parser (get_learned_conditioning_prompt_schedules): a switch "at step when" keeps the first prompt through
+the step of index `when` (0-based).
+
+A hand-written reader: A1111 uses a lark grammar; this is the same grammar in a few dozen lines, without a parser
+library the rest of the studio does not need.
+"""
+
+import re
+from dataclasses import dataclass
+
+_NUMBER = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*$")
+
+
+@dataclass(frozen=True)
+class _Scheduled:
+    before: tuple
+    after: tuple
+    when: str  # as typed: "0.5" (a fraction of the steps) or "10" (a step)
+
+
+@dataclass(frozen=True)
+class _Alternate:
+    options: tuple
+
+
+def has_prompt_schedule(prompt: str) -> bool:
+    """Whether the prompt changes between steps (some step sees another text than the first)."""
+    return len(prompt_schedule(prompt, 2)) > 1 or len(prompt_schedule(prompt, 100)) > 1
+
+
+def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
+    """[(last step index, text), ...]: step i (0-based) sees the text of the first entry with i <= its index; the
+    last entry's index is `steps`. Consecutive equal texts are merged; a prompt without editing is [(steps, prompt)]."""
+    nodes, _ = _sequence(prompt, 0, "")
+    if all(isinstance(node, str) for node in _walk(nodes)):
+        return [(steps, prompt)]
+    schedule: list[tuple[int, str]] = []
+    for step in sorted(_switch_steps(nodes, steps) | {steps}):
+        text = _render(nodes, step, steps)
+        if schedule and schedule[-1][1] == text:
+            schedule[-1] = (step, text)
+        else:
+            schedule.append((step, text))
+    return schedule
+
+
+def after_the_first_pass(prompt: str) -> str:
+    """The prompt a hires fix's second pass takes from the first pass's (A1111 counts edits at a fraction below 1,
+    or at a step number, within the first pass's steps): every edit resolved to its "to" text, alternations kept
+    as typed, for the second pass's own steps."""
+    nodes, _ = _sequence(prompt, 0, "")
+    return prompt if all(isinstance(node, str) for node in _walk(nodes)) else _final(nodes)
+
+
+def _final(nodes) -> str:
+    pieces = []
+    for node in nodes:
+        if isinstance(node, _Scheduled):
+            pieces.append(_final(node.after))
+        elif isinstance(node, _Alternate):
+            pieces.append("[" + "|".join(_final(option) for option in node.options) + "]")
+        else:
+            pieces.append(node)
+    return "".join(pieces)
+
+
+def prompt_at_step(schedule: list[tuple[int, str]], step: int) -> str:
+    """The text step `step` (0-based) sees."""
+    return next((text for last, text in schedule if step <= last), schedule[-1][1])
+
+
+# ----- reading --------------------------------------------------------------------------------
+
+
+def _sequence(text: str, i: int, stops: str) -> tuple[list, int]:
+    """Nodes from text[i:] up to (not including) an unbracketed character of `stops`, and where it stopped. Stray
+    closing brackets, bars and colons are text (A1111's grammar keeps them: "smiley :)")."""
+    nodes: list = []
+    while i < len(text) and text[i] not in stops:
+        char = text[i]
+        if char == "\\" and i + 1 < len(text):
+            nodes.append(text[i:i + 2])
+            i += 2
+        elif char == "[":
+            node, i = _bracket(text, i + 1)
+            nodes.extend(node)
+        elif char == "(":
+            inner, i = _sequence(text, i + 1, ")")
+            closed = i < len(text)
+            nodes.extend(["(", *inner, *([")"] if closed else [])])
+            i += closed
+        else:
+            nodes.append(char)
+            i += 1
+    return _joined(nodes), i
+
+
+def _joined(nodes: list) -> list:
+    """Runs of text as one string each."""
+    joined: list = []
+    for node in nodes:
+        if isinstance(node, str) and joined and isinstance(joined[-1], str):
+            joined[-1] += node
+        else:
+            joined.append(node)
+    return joined
+
+
+def _bracket(text: str, i: int) -> tuple[list, int]:
+    """What follows an opening '[' (as nodes) and where it ends: a schedule, an alternation, or text as typed
+    (A1111's [word] emphasis, an unclosed bracket, a schedule whose step is not a number)."""
+    parts, separators = [], []
+    while True:
+        part, i = _sequence(text, i, ":|]")
+        parts.append(part)
+        if i >= len(text) or text[i] == "]":
+            break
+        separators.append(text[i])
+        i += 1
+    closed = i < len(text)
+    end = i + closed
+    if closed and separators and set(separators) == {"|"}:
+        return [_Alternate(tuple(tuple(part) for part in parts))], end
+    last = parts[-1]
+    when = _NUMBER.match(last[0]) if len(last) == 1 and isinstance(last[0], str) else None
+    if closed and set(separators) == {":"} and len(parts) in (2, 3) and when:
+        before, after = ((), tuple(parts[0])) if len(parts) == 2 else (tuple(parts[0]), tuple(parts[1]))
+        return [_Scheduled(before, after, when.group(1))], end
+    typed = ["["]
+    for part, separator in zip(parts, [*separators, "]" if closed else ""]):
+        typed.extend([*part, separator])
+    return _joined(typed), end
+
+
+# ----- steps ----------------------------------------------------------------------------------
+
+
+def _walk(nodes):
+    for node in nodes:
+        yield node
+        if isinstance(node, _Scheduled):
+            yield from _walk(node.before)
+            yield from _walk(node.after)
+        elif isinstance(node, _Alternate):
+            for option in node.options:
+                yield from _walk(option)
+
+
+def _switch_step(when: str, steps: int) -> int:
+    value = float(when) * steps if "." in when else float(when)
+    return min(steps, int(value))
+
+
+def _switch_steps(nodes, steps: int) -> set[int]:
+    found = set()
+    for node in _walk(nodes):
+        if isinstance(node, _Scheduled) and _switch_step(node.when, steps) >= 1:
+            found.add(_switch_step(node.when, steps))
+        elif isinstance(node, _Alternate):
+            found.update(range(1, steps + 1))
+    return found
+
+
+def _render(nodes, step: int, steps: int) -> str:
+    pieces = []
+    for node in nodes:
+        if isinstance(node, _Scheduled):
+            pieces.append(_render(node.before if step <= _switch_step(node.when, steps) else node.after, step, steps))
+        elif isinstance(node, _Alternate):
+            pieces.append(_render(node.options[(step - 1) % len(node.options)], step, steps))
+        else:
+            pieces.append(node)
+    return "".join(pieces)
