@@ -31,11 +31,6 @@ class _Alternate:
     options: tuple
 
 
-def has_prompt_schedule(prompt: str) -> bool:
-    """Whether the prompt changes between steps (some step sees another text than the first)."""
-    return len(prompt_schedule(prompt, 2)) > 1 or len(prompt_schedule(prompt, 100)) > 1
-
-
 def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
     """[(last step index, text), ...]: step i (0-based) sees the text of the first entry with i <= its index; the
     last entry's index is `steps`. Consecutive equal texts are merged; a prompt without editing is [(steps, prompt)]."""
