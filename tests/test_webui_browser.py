@@ -281,14 +281,19 @@ def test_fill_uses_the_stroke_as_mask_and_keeps_the_rest(page, studio):
     screenshot(page, "fill")
 
 
-def test_fill_only_masked_inpaints_the_area_around_the_stroke_and_keeps_the_image_size(page, studio):
+def test_fill_only_masked_inpaints_around_an_uploaded_mask_and_keeps_the_image_size(page, studio):
     photo = noise_image(studio.inputs / "wide-photo.png", size=(160, 96), seed=3)
+    mask = np.zeros((96, 160), np.uint8)
+    mask[36:44, 110:130] = 255
+    Image.fromarray(mask).save(studio.inputs / "wide-mask.png")
     open_tab(page, "Fill")
     page.wait_for_selector("#fill-editor div.pixi-target canvas")
     page.set_input_files("#fill-editor input[type=file]", str(photo))
     page.wait_for_selector("#fill-editor .zoom-number")
-    page.click("#fill-editor button[aria-label=Brush]")
-    draw_stroke(page, "fill-editor", [(110, 40), (130, 40)], image_size=(160, 96))
+    page.locator("#fill-mask-upload-box button.label-wrap").first.click()
+    page.wait_for_selector("#fill-mask-upload input[type=file]", state="attached")
+    page.set_input_files("#fill-mask-upload input[type=file]", str(studio.inputs / "wide-mask.png"))
+    page.wait_for_selector("#fill-mask-upload img")
     type_into(page, "fill-prompt", "a patch of moss")
     type_into(page, "fill-steps", 2)
     page.get_by_label("Only masked", exact=True).check()
@@ -301,6 +306,7 @@ def test_fill_only_masked_inpaints_the_area_around_the_stroke_and_keeps_the_imag
     [result] = result_pngs(studio) - before
     request = request_in(result)
     assert request["only_masked_padding"] == 16
+    assert np.array_equal(np.asarray(Image.open(request["masked_image_path"])), mask)  # the upload, not strokes
     original = np.asarray(Image.open(photo).convert("RGB"))
     output = np.asarray(Image.open(result).convert("RGB"))
     assert output.shape == original.shape

@@ -212,6 +212,23 @@ def test_fill_inpaint_sends_the_painted_mask(context):
     assert request.extra == {"mask_invert": False, "mask_grow_px": 0, "mask_blur_px": 0}
 
 
+def test_fill_takes_an_uploaded_mask_in_place_of_the_strokes(context, tmp_path):
+    mask = np.zeros((24, 32), np.uint8)
+    mask[2:8, 20:30] = 255  # half the image's size: stretched to it
+    path = tmp_path / "mask.png"
+    Image.fromarray(mask).save(path)
+    editor = {"background": picture().convert("RGBA"), "layers": [stroke_layer()], "composite": None}
+    [request] = fill.build_requests(shared(editor=editor, mode=fill.INPAINT, mask_upload=str(path),
+                                           mask_invert=True), context)
+    sent = np.asarray(Image.open(request.masked_image_path))
+    expected = np.full((48, 64), 255, np.uint8)
+    expected[4:16, 40:60] = 0  # inverted, as asked
+    assert np.array_equal(sent, expected)
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(InvalidRequest, match="The file empty.png is empty"):
+        fill.editor_mask(editor, uploaded=str(tmp_path / "empty.png"))
+
+
 def test_fill_mask_options_invert_grow_and_blur():
     editor = {"background": picture(), "layers": [stroke_layer()]}
     inverted = np.asarray(fill.editor_mask(editor, invert=True))

@@ -154,13 +154,13 @@ def load_rgba(source: ImageSource, name: str | None = None) -> Image.Image:
     return _convert(_decode(source, name), "RGBA")
 
 
-def load_mask(source: ImageSource) -> Image.Image:
-    """A mask file as 'L' (white = regenerate).
+def load_mask(source: ImageSource, name: str | None = None) -> Image.Image:
+    """A mask file as 'L' (white = regenerate), checked as load_image checks (`name` as there).
 
     A mask drawn in the alpha channel is read from there: when alpha varies and the colour is uniform,
     alpha is the mask; when both vary (strokes on a transparent sheet), transparent counts as keep.
     """
-    image = _decode(source)
+    image = _decode(source, name)
     if image.mode in HIGH_DEPTH_MODES:
         return _high_depth_to_gray(image)
     if not _has_alpha(image):

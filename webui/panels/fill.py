@@ -14,7 +14,7 @@ from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import ONLY_MASKED_PADDING
 from webui.demo_examples import render_demo_examples
 from webui.jobs import progress_html, safe_action
-from webui.panels import Panel, editor_layers, mask_editor, result_column
+from webui.panels import Panel, editor_layers, input_image, mask_editor, result_column
 from webui.presets_ui import render_presets
 from webui.requests import RequestContext, read_upload, requests_from_settings
 from webui.widgets import build_shared_controls, number_value, shared_settings, shared_values
@@ -62,9 +62,15 @@ def padding_values(text: str | None) -> dict:
     return values
 
 
-def editor_mask(editor: dict, invert: bool = False, grow_px: int = 0, blur_px: int = 0) -> Image.Image:
-    """The painted strokes as a mask ('L', white = regenerate), inverted, grown and blurred as asked."""
-    mask = mask_from_editor_layers(editor_layers(editor))
+def editor_mask(editor: dict, invert: bool = False, grow_px: int = 0, blur_px: int = 0,
+                uploaded: str | Image.Image | None = None) -> Image.Image:
+    """The painted strokes, or an uploaded mask in their place (white = regenerate, as A1111's "Inpaint upload";
+    stretched to the image's size), as a mask ('L', white = regenerate), inverted, grown and blurred as asked."""
+    if uploaded is not None:
+        size = editor_image(editor).size
+        mask = np.asarray(read_upload(uploaded, load_mask).resize(size, Image.Resampling.NEAREST)) > 127
+    else:
+        mask = mask_from_editor_layers(editor_layers(editor))
     if invert:
         mask = invert_mask(mask)
     if not mask.any():
@@ -122,7 +128,8 @@ def build_requests(values: dict, context: RequestContext) -> list[GenerationRequ
     inputs = {"image_path": context.inputs.save(editor_image(editor), "fill-image")}
     if settings["outpaint_padding"] is None:
         extra = settings["extra"]
-        mask = editor_mask(editor, extra["mask_invert"], extra["mask_grow_px"], extra["mask_blur_px"])
+        mask = editor_mask(editor, extra["mask_invert"], extra["mask_grow_px"], extra["mask_blur_px"],
+                           values.get("mask_upload"))
         inputs["masked_image_path"] = context.inputs.save(mask, "fill-mask")
     return requests_from_settings(settings, context, **inputs)
 
@@ -162,6 +169,9 @@ def render(studio) -> Panel:
                     mask_invert = gr.Checkbox(False, label="Invert mask", elem_id="fill-mask-invert")
                     mask_grow_px = gr.Slider(-32, 64, 0, step=1, label="Grow mask (px)", elem_id="fill-mask-grow")
                     mask_blur_px = gr.Slider(0, 32, 0, step=1, label="Blur mask (px)", elem_id="fill-mask-blur")
+                with gr.Accordion("Upload a mask instead of painting", open=False, elem_id="fill-mask-upload-box"):
+                    mask_upload = input_image("Mask image (white = regenerate; used in place of the strokes)",
+                                              "fill-mask-upload")
                 with gr.Row():
                     inpaint_area = gr.Radio(
                         [WHOLE_PICTURE, ONLY_MASKED], value=WHOLE_PICTURE, label="Inpaint area",
@@ -201,6 +211,7 @@ def render(studio) -> Panel:
                                                                            "pad_unit": pad_unit},
                          outputs=[canvas_image, mask_image, view.status], api_name="outpaint_preview")
     panel.view, panel.run_handler = view, studio.job(view)(build_requests)
-    studio.wire_run(run, panel.run_handler, {**controls, "editor": editor}, view, api_name="fill")
+    studio.wire_run(run, panel.run_handler, {**controls, "editor": editor, "mask_upload": mask_upload}, view,
+                    api_name="fill")
     studio.wire_stop(stop)
     return panel
