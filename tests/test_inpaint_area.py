@@ -64,7 +64,8 @@ def test_only_the_masked_area_is_inpainted_as_diffusers_and_pasted_back(tiny_fil
     pipe = load_diffusers_pipeline(tiny_fill, "FluxFillPipeline")
     crop = pipe(prompt, image=image.crop(box).resize((width, height), LANCZOS),
                 mask_image=mask.crop(box).resize((width, height), LANCZOS), height=height, width=width,
-                num_inference_steps=2, guidance_scale=30, latents=pack(np.load(noise_path)), output_type="pil").images[0]
+                num_inference_steps=2, guidance_scale=30, latents=pack(np.load(noise_path)),
+                output_type="pil").images[0]
     expected = image.copy()
     expected.paste(crop.resize((box[2] - box[0], box[3] - box[1]), LANCZOS), box[:2])
 
@@ -78,9 +79,9 @@ def test_only_the_masked_area_is_inpainted_as_diffusers_and_pasted_back(tiny_fil
 
 def test_a_result_larger_than_the_limits_is_refused_before_any_work(tiny_fill, tmp_path, capsys):
     image, mask = Image.new("RGB", (4112, 64)), rectangle_mask((4112, 64), (10, 10, 20, 20))
-    code = cli_main(["fill", "--path", str(tiny_fill), "--prompt", "x", "--image-path", str(save(image, tmp_path / "i.png")),
-                 "--masked-image-path", str(save(mask, tmp_path / "m.png")), "--only-masked", "--steps", "1",
-                 "--output", str(tmp_path / "o.png")])
+    code = cli_main(["fill", "--path", str(tiny_fill), "--prompt", "x", "--image-path",
+                     str(save(image, tmp_path / "i.png")), "--masked-image-path", str(save(mask, tmp_path / "m.png")),
+                     "--only-masked", "--steps", "1", "--output", str(tmp_path / "o.png")])
     assert code == 1
     assert "The result (only the masked area is inpainted; the image keeps its size) would be 4112x64 pixels" in \
         capsys.readouterr().err

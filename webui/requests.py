@@ -91,12 +91,12 @@ def lora_files(names: list[str], library: Mapping[str, Path]) -> tuple[str, ...]
 
 
 def requests_from_settings(settings: dict, context: RequestContext, **inputs) -> list[GenerationRequest]:
-    """One validated request per image of the batch (batch_seed_pairs), the named A1111 styles merged into its prompts, its prompt's
-    wildcards drawn from its seed and its `<lora:...>` tags (from the prompt or a wildcard) added to its LoRAs;
-    `inputs` are input-path fields (image_path=...)."""
+    """One validated request per image of the batch (its seeds: batch_seed_pairs), the named A1111 styles merged
+    into its prompts, its prompt's wildcards drawn from its seed and its `<lora:...>` tags (from the prompt or a
+    wildcard) added to its LoRAs; `inputs` are input-path fields (image_path=...)."""
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k not in UI_FIELDS}
     fields.update({k: tuple(v) if isinstance(v, list) else v for k, v in inputs.items()})
-    seeds = batch_seed_pairs(settings, context.draw_seed)
+    seed_pairs = batch_seed_pairs(settings, context.draw_seed)
     if settings.get("styles"):
         styles = read_styles(context.styles)
         fields["prompt"] = prompt_styler(settings["styles"], styles)(fields.get("prompt") or "")
@@ -105,7 +105,7 @@ def requests_from_settings(settings: dict, context: RequestContext, **inputs) ->
                                                            styles)
     prompt = fields.get("prompt", "")
     requests = []
-    for seed, variation_seed in seeds:
+    for seed, variation_seed in seed_pairs:
         request = with_prompt_loras(GenerationRequest(**fields).with_(
             seed=seed, variation_seed=variation_seed, prompt=expand_prompt(prompt, seed, context.wildcards)))
         requests.append(request.with_(lora_paths=lora_files(list(request.lora_paths), context.loras)).validated())
