@@ -114,8 +114,8 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, nargs="+", help="one or more seeds (one image each)")
     group.add_argument("--auto-seeds", type=int, help="make N images with random seeds")
     group.add_argument("--variation-seed", type=int, help="A1111's variation seed: its noise is blended into the "
-                       "seed's by --variation-strength, for a picture close to the seed's (a plot's var-seed axis "
-                       "makes several)")
+                       "seed's by --variation-strength, for a picture close to the seed's (default: a random one; a "
+                       "plot's var-seed axis makes several)")
     group.add_argument("--variation-strength", type=float, help="how much of the variation seed's noise, 0 (the "
                        "seed's image, the default) to 1 (the variation seed's)")
     group.add_argument("--steps", type=int, help="denoising steps (default: 4 for schnell, 14 otherwise)")

@@ -85,7 +85,10 @@ def base_request(args: argparse.Namespace) -> GenerationRequest:
         changes["extra"] = {**request.extra, **extra}
     if args.path:
         changes["model"] = args.path
-    return request.with_(**changes)
+    request = request.with_(**changes)
+    if request.variation_strength and request.variation_seed is None:  # as A1111's -1: a random one, recorded
+        request = request.with_(variation_seed=random.SystemRandom().randrange(2**32))
+    return request
 
 
 def seeds_to_run(args: argparse.Namespace, metadata_seed: int) -> list[int]:

@@ -5,7 +5,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mflux_core.metadata import a1111_parameters
+from mflux_core.metadata import a1111_parameters, read_metadata_file
 from mflux_core.presets import settings_from_a1111
 from mflux_core.prompt_lines import line_requests, read_prompt_lines
 from mflux_core.request import GenerationRequest
@@ -73,3 +73,11 @@ def test_a_prompt_list_line_takes_a1111s_subseed_and_counts_it_up():
     made = [(r.prompt, r.seed, r.variation_seed, r.variation_strength)
             for _, r in line_requests(GenerationRequest(steps=2), lines, [0])]
     assert made == [("a cat", 4, 10, 0.2), ("a cat", 4, 11, 0.2), ("a dog", 8, None, 0.0), ("a dog", 9, None, 0.0)]
+
+
+def test_the_cli_draws_a_variation_seed_when_given_only_a_strength_and_records_it(tiny_schnell, tmp_path):
+    run_cli("generate", "--path", tiny_schnell, "--prompt", "a cat", "--steps", 1, "--height", 32, "--width", 32,
+            "--seed", 5, "--variation-strength", 0.3, "--output", tmp_path / "v.png")
+    request = read_metadata_file(tmp_path / "v.png")["request"]
+    assert request["seed"] == 5 and request["variation_strength"] == 0.3
+    assert isinstance(request["variation_seed"], int)
