@@ -8,6 +8,7 @@ import mlx.core as mx
 from mflux_core.models.clip import CLIPTextModel, load_clip_text_model
 from mflux_core.models.prompt_tokenizers import load_clip_tokenizer, load_t5_tokenizer
 from mflux_core.models.t5 import T5Encoder, load_t5_encoder
+from mflux_core.prompt_weights import is_weighted, plain_text, weighted_chunks
 from mflux_core.request import MAX_SEQUENCE_LENGTH
 
 
@@ -82,10 +83,39 @@ class TextEncoders:
         )
         return mx.array(tokens.input_ids, dtype=mx.int32)
 
+    def weighted_t5_token_ids(self, chunks: list[tuple[str, float]],
+                              max_sequence_length: int) -> tuple[mx.array, mx.array]:
+        """(1, max_sequence_length) token ids of the chunks' texts one after another, each tokenized on its own (as
+        Forge does), cut to leave room for the end token, padded as diffusers pads; and each token's weight."""
+        ids: list[int] = []
+        weights: list[float] = []
+        for text, weight in chunks:
+            tokens = self.t5_tokenizer(text).input_ids
+            tokens = tokens[:-1] if tokens and tokens[-1] == self.t5_tokenizer.eos_token_id else tokens
+            ids += tokens
+            weights += [weight] * len(tokens)
+        ids = ids[:max_sequence_length - 1] + [self.t5_tokenizer.eos_token_id]
+        weights = weights[:max_sequence_length - 1] + [1.0]
+        padding = max_sequence_length - len(ids)
+        ids += [self.t5_tokenizer.pad_token_id] * padding
+        weights += [1.0] * padding
+        return mx.array([ids], dtype=mx.int32), mx.array(weights, dtype=mx.float32)
+
     def encode(self, prompt: str, max_sequence_length: int | None = None) -> PromptEmbeddings:
-        """Both embeddings, evaluated (so the encoders can be released right after); None: the default length."""
+        """Both embeddings, evaluated (so the encoders can be released right after); None: the default length.
+        A1111's attention syntax ((word:1.2), [word]) weighs T5's token embeddings as Forge does: multiplied by their
+        weights, then rescaled to the unweighted mean (A1111's "Original" emphasis); CLIP reads the bare words."""
         self.load()
-        _, pooled = self._clip(self.clip_token_ids(prompt))
-        t5 = self._t5(self.t5_token_ids(prompt, self.sequence_length(max_sequence_length)))
+        length = self.sequence_length(max_sequence_length)
+        chunks = weighted_chunks(prompt)
+        text = plain_text(chunks)
+        _, pooled = self._clip(self.clip_token_ids(text))
+        if is_weighted(chunks):
+            ids, weights = self.weighted_t5_token_ids(chunks, length)
+            unweighted = self._t5(ids)
+            weighted = unweighted * weights[None, :, None].astype(unweighted.dtype)
+            t5 = weighted * (mx.mean(unweighted) / mx.mean(weighted))
+        else:
+            t5 = self._t5(self.t5_token_ids(text, length))
         mx.eval(t5, pooled)
         return PromptEmbeddings(t5=t5, pooled=pooled)

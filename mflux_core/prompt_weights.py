@@ -1,0 +1,70 @@
+"""A1111's attention syntax: which words of a prompt weigh more or less.
+
+    (word)        x 1.1 (nested: x 1.1 each)      (word:1.5)  x 1.5
+    [word]        / 1.1                           \\( \\) \\[ \\]  the characters themselves
+
+as A1111's prompt_parser.parse_prompt_attention reads it (an unclosed bracket weighs to the end of the prompt;
+BREAK, A1111's chunk separator, is dropped: FLUX.1's T5 reads one sequence). Forge reads FLUX.1 prompts the same
+way: T5 sees the words without the brackets, its token embeddings multiplied by their weights and rescaled to
+the unweighted mean (A1111's "Original" emphasis); CLIP's pooled vector takes the words without the brackets.
+"""
+
+import re
+
+ROUND, SQUARE = 1.1, 1 / 1.1
+_TOKEN = re.compile(r"\\[()\[\]\\]|\\|\(|\[|:([+-]?[.\d]+)\)|\)|]|[^\\()\[\]:]+|:")
+_BREAK = re.compile(r"\s*\bBREAK\b\s*")
+
+
+def weighted_chunks(prompt: str) -> list[tuple[str, float]]:
+    """[(text, weight), ...] in order, neighbours of equal weight merged; [(prompt, 1.0)] for a plain prompt."""
+    chunks: list[list] = []
+    rounds: list[int] = []
+    squares: list[int] = []
+
+    def weigh_from(start: int, factor: float) -> None:
+        for chunk in chunks[start:]:
+            chunk[1] *= factor
+
+    for match in _TOKEN.finditer(prompt):
+        token, weight = match.group(0), match.group(1)
+        if token.startswith("\\") and len(token) == 2:
+            chunks.append([token[1], 1.0])
+        elif token == "(":
+            rounds.append(len(chunks))
+        elif token == "[":
+            squares.append(len(chunks))
+        elif weight is not None and rounds:
+            weigh_from(rounds.pop(), _number(weight))
+        elif token == ")" and rounds:
+            weigh_from(rounds.pop(), ROUND)
+        elif token == "]" and squares:
+            weigh_from(squares.pop(), SQUARE)
+        else:
+            chunks.append([_BREAK.sub(" ", token), 1.0])
+    for start in rounds:
+        weigh_from(start, ROUND)
+    for start in squares:
+        weigh_from(start, SQUARE)
+    merged: list[tuple[str, float]] = []
+    for text, weight in chunks:
+        if merged and merged[-1][1] == weight:
+            merged[-1] = (merged[-1][0] + text, weight)
+        elif text:
+            merged.append((text, weight))
+    return merged or [("", 1.0)]
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:  # a weight that is no number ("1.2.3") weighs as a plain bracket
+        return ROUND
+
+
+def plain_text(chunks: list[tuple[str, float]]) -> str:
+    return "".join(text for text, _ in chunks)
+
+
+def is_weighted(chunks: list[tuple[str, float]]) -> bool:
+    return any(weight != 1.0 for _, weight in chunks)
