@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 _NUMBER = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*$")
+MAX_DEPTH = 64  # brackets nested deeper are text (no one writes them; the reader recurses once a level)
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def prompt_at_step(schedule: list[tuple[int, str]], step: int) -> str:
 # ----- reading --------------------------------------------------------------------------------
 
 
-def _sequence(text: str, i: int, stops: str) -> tuple[list, int]:
+def _sequence(text: str, i: int, stops: str, depth: int = 0) -> tuple[list, int]:
     """Nodes from text[i:] up to (not including) an unbracketed character of `stops`, and where it stopped. Stray
     closing brackets, bars and colons are text (A1111's grammar keeps them: "smiley :)")."""
     nodes: list = []
@@ -84,11 +85,14 @@ def _sequence(text: str, i: int, stops: str) -> tuple[list, int]:
         if char == "\\" and i + 1 < len(text):
             nodes.append(text[i:i + 2])
             i += 2
+        elif char in "[(" and depth >= MAX_DEPTH:
+            nodes.append(char)
+            i += 1
         elif char == "[":
-            node, i = _bracket(text, i + 1)
+            node, i = _bracket(text, i + 1, depth + 1)
             nodes.extend(node)
         elif char == "(":
-            inner, i = _sequence(text, i + 1, ")")
+            inner, i = _sequence(text, i + 1, ")", depth + 1)
             closed = i < len(text)
             nodes.extend(["(", *inner, *([")"] if closed else [])])
             i += closed
@@ -109,12 +113,12 @@ def _joined(nodes: list) -> list:
     return joined
 
 
-def _bracket(text: str, i: int) -> tuple[list, int]:
+def _bracket(text: str, i: int, depth: int) -> tuple[list, int]:
     """What follows an opening '[' (as nodes) and where it ends: a schedule, an alternation, or text as typed
     (A1111's [word] emphasis, an unclosed bracket, a schedule whose step is not a number)."""
     parts, separators = [], []
     while True:
-        part, i = _sequence(text, i, ":|]")
+        part, i = _sequence(text, i, ":|]", depth)
         parts.append(part)
         if i >= len(text) or text[i] == "]":
             break

@@ -12,6 +12,7 @@ the unweighted mean (A1111's "Original" emphasis); CLIP's pooled vector takes th
 import re
 
 ROUND, SQUARE = 1.1, 1 / 1.1
+MAX_WEIGHT = 100.0  # a weight is kept within +-this (hundreds of nested brackets would overflow float32)
 _TOKEN = re.compile(r"\\[()\[\]\\]|\\|\(|\[|:([+-]?[.\d]+)\)|\)|]|[^\\()\[\]:]+|:")
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")
 
@@ -42,17 +43,24 @@ def weighted_chunks(prompt: str) -> list[tuple[str, float]]:
             weigh_from(squares.pop(), SQUARE)
         else:
             chunks.append([_BREAK.sub(" ", token), 1.0])
-    for start in rounds:
-        weigh_from(start, ROUND)
-    for start in squares:
-        weigh_from(start, SQUARE)
+    _weigh_unclosed(chunks, rounds, ROUND)
+    _weigh_unclosed(chunks, squares, SQUARE)
     merged: list[tuple[str, float]] = []
-    for text, weight in chunks:
+    for text, weight in ((text, max(-MAX_WEIGHT, min(MAX_WEIGHT, weight))) for text, weight in chunks):
         if merged and merged[-1][1] == weight:
             merged[-1] = (merged[-1][0] + text, weight)
         elif text:
             merged.append((text, weight))
     return merged or [("", 1.0)]
+
+
+def _weigh_unclosed(chunks: list[list], starts: list[int], factor: float) -> None:
+    """Each bracket left open weighs from where it opened to the end: in one pass (a prompt may open thousands)."""
+    opened = 0
+    for index, chunk in enumerate(chunks):
+        while opened < len(starts) and starts[opened] <= index:
+            opened += 1
+        chunk[1] *= factor ** opened
 
 
 def _number(text: str) -> float:

@@ -85,3 +85,15 @@ def test_a_prompt_without_weights_is_read_as_diffusers_reads_it(tiny_dev, tmp_pa
     assert np.allclose(np.asarray(escaped.t5), t5.detach().numpy(), atol=1e-5)  # escaped: the characters
     assert np.allclose(np.asarray(escaped.pooled), pooled.detach().numpy(), atol=1e-5)
     assert not np.allclose(np.asarray(literal.t5), t5.detach().numpy(), atol=1e-3)  # unescaped: a weight of 1.1
+
+
+def test_extreme_weights_and_nesting_stay_finite_and_quick(tiny_dev):
+    from mflux_core.models.text_encoders import TextEncoders
+    from mflux_core.prompt_schedule import prompt_schedule
+
+    deep = "(" * 800 + "red" + ")" * 800 + " circle"
+    assert weighted_chunks(deep) == [("red", 100.0), (" circle", 1.0)]  # 1.1^800 kept within the bound
+    assert len(prompt_schedule("[" * 5000 + "a:b:2" + "]" * 5000, 10)) == 2  # read, the brackets past 64 as text
+    encoders = TextEncoders.from_folder(tiny_dev)
+    for prompt in (deep, "(a red circle:0)", "[" * 3000 + "cat"):
+        assert np.isfinite(np.asarray(encoders.encode(prompt, 32).t5)).all()

@@ -1,5 +1,6 @@
 """FLUX.1 prompt encoding: CLIP's pooled vector and T5's token embeddings, as diffusers' FluxPipeline makes them."""
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,7 +115,9 @@ class TextEncoders:
             ids, weights = self.weighted_t5_token_ids(chunks, length)
             unweighted = self._t5(ids)
             weighted = unweighted * weights[None, :, None].astype(unweighted.dtype)
-            t5 = weighted * (mx.mean(unweighted) / mx.mean(weighted))
+            weighted_mean = mx.mean(weighted).item()
+            usable = weighted_mean != 0 and math.isfinite(weighted_mean)  # (word:0) alone: nothing to rescale
+            t5 = weighted * (mx.mean(unweighted) / weighted_mean) if usable else weighted
         else:
             t5 = self._t5(self.t5_token_ids(text, length))
         mx.eval(t5, pooled)
