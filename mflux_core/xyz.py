@@ -97,9 +97,12 @@ def _lora_names(text: str, what: str) -> tuple[str, ...]:
 
 
 def _prompt_replace(request: GenerationRequest, value: str, search: str) -> GenerationRequest:
-    if search not in request.prompt:
-        raise InvalidRequest(f"Prompt S/R: the prompt does not contain {search!r}, the axis's first value.")
-    return request.with_(prompt=request.prompt.replace(search, value))
+    """A1111's Prompt S/R: the search term replaced in the prompt and in the negative prompt."""
+    if search not in request.prompt and search not in request.negative_prompt:
+        raise InvalidRequest(f"Prompt S/R: neither the prompt nor the negative prompt contains {search!r}, the axis's "
+                             "first value.")
+    return request.with_(prompt=request.prompt.replace(search, value),
+                         negative_prompt=request.negative_prompt.replace(search, value))
 
 
 def _named(labels: dict[str, str]) -> Callable[[str, str], tuple[str, ...]]:

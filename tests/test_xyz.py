@@ -53,10 +53,20 @@ def test_cells_cover_every_combination_with_the_model_axis_outermost():
             (1, 2)[x], ("demo", "demo-kontext")[y], (1.0, 2.0, 3.0)[z])
 
 
+def test_prompt_sr_replaces_in_the_prompt_and_the_negative_prompt_as_a1111():
+    base = GenerationRequest(prompt="a red cat", negative_prompt="blurry, red", true_cfg_scale=2)
+    cells = plot_cells(base, [parse_axis("prompt-sr", "red, blue")])
+    assert sorted((c.request.prompt, c.request.negative_prompt) for c in cells) == [
+        ("a blue cat", "blurry, blue"), ("a red cat", "blurry, red")]
+    only_negative = plot_cells(GenerationRequest(prompt="a cat", negative_prompt="grainy", true_cfg_scale=2),
+                               [parse_axis("prompt-sr", "grainy, sharp")])
+    assert {c.request.negative_prompt for c in only_negative} == {"grainy", "sharp"}
+
+
 def test_a_plot_is_refused_before_anything_runs_when_a_cell_is_bad_or_there_are_too_many():
     with pytest.raises(InvalidRequest, match="more than the limit of 10"):
         plot_cells(GenerationRequest(prompt="a cat"), [parse_axis("steps", "1-4"), parse_axis("seed", "1-3")], 10)
-    with pytest.raises(InvalidRequest, match="does not contain 'dog'"):
+    with pytest.raises(InvalidRequest, match="nor the negative prompt contains 'dog'"):
         plot_cells(GenerationRequest(prompt="a cat"), [parse_axis("prompt-sr", "dog, cat")])
     with pytest.raises(InvalidRequest, match="Steps must be"):
         plot_cells(GenerationRequest(prompt="a cat"), [parse_axis("steps", "0-2")])
