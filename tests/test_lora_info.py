@@ -136,6 +136,37 @@ def test_the_page_shows_the_line_under_a_picked_lora(kohya_flux, tmp_path):
     assert event.fn("") == ""
 
 
+def test_the_users_notes_beside_the_file_give_its_activation_text_and_preferred_weight(kohya_flux, tmp_path):
+    a1111_notes = kohya_flux.with_name("inkstyle.json")
+    civitai = kohya_flux.with_name("inkstyle.civitai.info")
+    civitai.write_text(json.dumps({"trainedWords": ["inkstyle drawing", " ", 3], "baseModel": "Flux.1 D"}))
+    assert read_lora_info(kohya_flux).activation_text == "inkstyle drawing"  # Civitai's, without A1111's notes
+    a1111_notes.write_text(json.dumps({"description": "", "sd version": "Unknown", "activation text": "ink sketch",
+                                       "preferred weight": 0.7, "notes": ""}))
+    info = read_lora_info(kohya_flux)
+    assert (info.activation_text, info.preferred_weight) == ("ink sketch", 0.7)  # A1111's own notes come first
+    assert "activation text: `ink sketch` · preferred weight 0.7 · trigger words" in describe_lora_file(kohya_flux)
+    for broken in ("{not json", json.dumps(["a list"]), json.dumps({"preferred weight": float("nan")}),
+                   json.dumps({"preferred weight": 0, "activation text": 5})):
+        a1111_notes.write_text(broken)
+        assert read_lora_info(kohya_flux).preferred_weight is None  # A1111 writes 0 for "not set"
+
+    from mflux_core.manager import ModelManager
+    from webui.app import build_app
+    from webui.studio import StudioFolders
+
+    a1111_notes.write_text(json.dumps({"preferred weight": 0.7}))
+    app = build_app(ModelManager(models_dir=tmp_path / "models"),
+                    StudioFolders.default(tmp_path / "out", loras=[kohya_flux.parent]))
+    picker = next(b for b in app.blocks.values() if b.elem_id == "generate-lora-1")
+    scale = next(b for b in app.blocks.values() if b.elem_id == "generate-lora-scale-1")
+    [pick] = [fn for fn in app.fns.values() if [block._id for block in fn.inputs] == [picker._id]
+              and [block._id for block in fn.outputs] == [scale._id]]
+    assert pick.fn("inkstyle") == 0.7
+    a1111_notes.unlink()
+    assert pick.fn("inkstyle") == {"__type__": "update"}  # no preferred weight: gradio's skip, the scale stays
+
+
 @pytest.mark.parametrize("suffixes, algorithm", [(("oft_blocks", "alpha"), "OFT / BOFT"),
                                                  (("a1.weight", "a2.weight", "b1.weight", "b2.weight"), "GLoRA"),
                                                  (("diff", "diff_b"), "full"), (("weight", "on_input"), r"\(IA\)\^3")])

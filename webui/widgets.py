@@ -7,12 +7,13 @@ settings (GenerationRequest field names) and `shared_values` turns settings back
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.resize_modes import DEFAULT_RESIZE_MODE, RESIZE_MODES
-from mflux_core.lora.info import describe_lora_file
+from mflux_core.lora.info import describe_lora_file, read_lora_info
 from mflux_core.models.vae import FLUX_SIDE
 from mflux_core.registry import ModelEntry
 from mflux_core.request import MAX_SEED, MAX_SIDE, QUANTIZE_BITS, check_finite
@@ -229,12 +230,21 @@ def resizes_inputs(tool: str) -> bool:
     return any(flag.name == "resize_mode" for flag in TOOL_SPECS[tool].flags)
 
 
-def lora_info_line(studio, picker: gr.Dropdown, elem_id: str) -> gr.Markdown:
-    """A line under a LoRA picker: the picked file's family, base model and trigger words, from its metadata."""
+def lora_info_line(studio, picker: gr.Dropdown, scale: gr.Slider, elem_id: str) -> gr.Markdown:
+    """A line under a LoRA picker: the picked file's family, base model, activation text and trigger words, from its
+    metadata and the user's notes beside it; picking a LoRA with a preferred weight (A1111's) sets its scale."""
     line = gr.Markdown("", elem_id=elem_id)
     picker.change(lambda name: describe_lora_file(studio.lora_library().get(name) if name else None), picker, line,
                   queue=False, show_progress="hidden", api_visibility="private")
+    picker.input(lambda name: preferred_scale(studio.lora_library().get(name) if name else None), picker, scale,
+                 queue=False, show_progress="hidden", api_visibility="private")  # a person's pick, not a restore
     return line
+
+
+def preferred_scale(path: Path | None):
+    """The scale slider's new value for a picked LoRA: its preferred weight, or unchanged."""
+    info = read_lora_info(path) if path is not None else None
+    return info.preferred_weight if info is not None and info.preferred_weight is not None else gr.skip()
 
 
 @dataclass
@@ -312,7 +322,7 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
                                                     elem_id=f"{prefix}-lora-{i}", scale=3)
                 controls[f"lora_scale_{i}"] = gr.Slider(-MAX_LORA_SCALE, MAX_LORA_SCALE, 1.0, step=0.05, label="Scale",
                                                         elem_id=f"{prefix}-lora-scale-{i}", scale=2)
-            lora_info_line(studio, controls[f"lora_{i}"], f"{prefix}-lora-info-{i}")
+            lora_info_line(studio, controls[f"lora_{i}"], controls[f"lora_scale_{i}"], f"{prefix}-lora-info-{i}")
         controls["quantize"] = gr.Radio(QUANTIZE_CHOICES, value=QUANTIZE_OFF, label="Quantize (bits)",
                                         elem_id=f"{prefix}-quantize")
         controls["vae_tiling"] = gr.Checkbox(False, label="VAE tiling", elem_id=f"{prefix}-vae-tiling",

@@ -7,18 +7,25 @@ Trainers write it as metadata: Kohya's sd-scripts (and the Civitai trainer, buil
 (`modelspec.architecture` such as "flux-1-dev/lora" or "stable-diffusion-xl-v1-base/lora",
 `modelspec.trigger_phrase`). Without metadata the key names still tell the family: Stable Diffusion UNets have
 `down_blocks` / `input_blocks`, SD3 `joint_blocks`, FLUX.2 its fused `to_qkv_mlp_proj` and shared modulations.
+
+Users' own notes sit beside the file, as A1111 keeps them: `<name>.json` (its extra networks' "activation text" and
+"preferred weight"), or Civitai's model page as the Civitai Helper extension saves it, `<name>.civitai.info`
+("trainedWords").
 """
 
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
+from mflux_core.settings_schema import MAX_LORA_SCALE
+
 FLUX1 = "FLUX.1"
 TOP_TRIGGER_WORDS = 5
+MAX_NOTES_BYTES = 1 << 20  # a sidecar larger than this is not notes
 # (pattern in the lowercased metadata value, family): the first that matches names it
 METADATA_FAMILIES = (
     (r"flux[-_. ]?1|^flux$", FLUX1), (r"flux[-_. ]?2", "FLUX.2"), (r"sdxl|stable-diffusion-xl|xl[-_]base", "SDXL"),
@@ -53,6 +60,8 @@ class LoraInfo:
     dora: bool
     other_algorithm: str | None = None  # a LyCORIS algorithm the studio does not apply
     control: bool = False  # BFL's control LoRA (Depth / Canny: whole q/k norm scales beside the adapters)
+    activation_text: str | None = None  # the user's notes: A1111's "activation text", or Civitai's trained words
+    preferred_weight: float | None = None  # A1111's "preferred weight": the scale a pick starts at
 
     @property
     def other_family(self) -> str | None:
@@ -69,6 +78,10 @@ class LoraInfo:
             parts.append(f"trained on {self.trained_on}")
         if self.output_name:
             parts.append(f"named {self.output_name}")
+        if self.activation_text:
+            parts.append(f"activation text: {mark(self.activation_text, '`')}")
+        if self.preferred_weight is not None:
+            parts.append(f"preferred weight {self.preferred_weight:g}")
         if self.trigger_words:
             parts.append("trigger words: " + ", ".join(mark(word, "`") for word in self.trigger_words))
         if self.dora:
@@ -147,12 +160,45 @@ def describe_lora_file(path: Path | None, markdown: bool = True) -> str:
 
 
 def read_lora_info(path: Path) -> LoraInfo | None:
-    """The header's information; None when the file is not a readable safetensors file."""
+    """The header's information and the user's notes beside the file; None when the file is not a readable
+    safetensors file."""
     try:
         with safe_open(str(path), framework="numpy") as weights:
-            return lora_info(weights.metadata(), weights.keys())
+            info = lora_info(weights.metadata(), weights.keys())
     except (OSError, SafetensorError):
         return None
+    return replace(info, **user_notes(Path(path)))
+
+
+def user_notes(path: Path) -> dict:
+    """activation_text and preferred_weight from A1111's `<name>.json`, else the trained words of Civitai's
+    `<name>.civitai.info`; what is missing or unreadable is left out."""
+    a1111 = _json_beside(path, ".json")
+    notes = {}
+    text = a1111.get("activation text")
+    if isinstance(text, str) and text.strip():
+        notes["activation_text"] = text.strip()
+    else:
+        words = _json_beside(path, ".civitai.info").get("trainedWords")
+        words = [word.strip() for word in words if isinstance(word, str) and word.strip()] \
+            if isinstance(words, list) else []
+        if words:
+            notes["activation_text"] = ", ".join(words)
+    weight = a1111.get("preferred weight")
+    if isinstance(weight, (int, float)) and not isinstance(weight, bool) and 0 < abs(weight) <= MAX_LORA_SCALE:
+        notes["preferred_weight"] = float(weight)  # A1111 writes 0 for "not set"
+    return notes
+
+
+def _json_beside(path: Path, suffix: str) -> dict:
+    sidecar = path.with_name(path.stem + suffix)
+    try:
+        if sidecar.stat().st_size > MAX_NOTES_BYTES:
+            return {}
+        value = json.loads(sidecar.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def problem(info: LoraInfo) -> str | None:
