@@ -24,7 +24,7 @@ from mflux_core.generation import Preview, ToolInputs, decode_latents, run_tool
 from mflux_core.hires import generate_hires
 from mflux_core.lora.resident import ResidentLoras
 from mflux_core.lru import LRU
-from mflux_core.memory import DEPTH_PHASE, MemoryBudget, MemoryPlan
+from mflux_core.memory import DEPTH_PHASE, MemoryBudget, MemoryPlan, gb_text
 from mflux_core.metadata import png_text_chunks, request_metadata
 from mflux_core.model_locator import ModelLocator
 from mflux_core.native_sizes import native_panel_for, native_size_for, size_note
@@ -297,6 +297,19 @@ class ModelManager:
             "busy": self._lock.locked(),
             "loras": [report.summary() for report in self.loras.reports],
         }
+
+    def unload_all(self) -> str:
+        """Unload every model, LoRA file and cached prompt (A1111's "Unload SD checkpoint"), so the memory goes back to
+        the system; the next job loads what it needs. Refused while a job runs; a sentence saying what was freed."""
+        if not self._lock.acquire(blocking=False):
+            raise StudioError("A job is running and uses the models: unload them when it has finished.")
+        try:
+            self.loras.clear()
+            self._previewer = None  # it holds the last VAE
+            freed = self.resident.unload_all()
+        finally:
+            self._lock.release()
+        return f"Unloaded every model ({gb_text(freed)}): the next job loads what it needs."
 
     def unload(self, folder: Path, name: str) -> int:
         """Drop what is resident from `folder` before it is deleted; refused while a job runs (it may be using it)."""

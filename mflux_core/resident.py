@@ -26,6 +26,7 @@ from mflux_core.memory import MemoryBudget, MemoryPlan, gb_text
 from mflux_core.models.text_encoders import TextEncoders
 from mflux_core.native_sizes import read_native_sizes
 from mflux_core.planning import plan_from_files, plan_tool_run
+from mflux_core.process_memory import return_free_memory
 from mflux_core.prompt_cache import CachedTextEncoders
 from mflux_core.request import GenerationRequest
 from mflux_core.weights.fingerprint import fingerprint
@@ -139,6 +140,17 @@ class ResidentModels:
         for cache, key in dropped:
             cache.pop(key)
         return len(dropped)
+
+    def unload_all(self) -> int:
+        """Drop every resident component and the cached prompt embeddings, hand their memory back to the system;
+        the bytes they held."""
+        freed = self.resident_bytes()
+        for _, cache in self._caches():
+            cache.clear()
+        self._prompts.clear()
+        mx.clear_cache()
+        return_free_memory()
+        return freed
 
     def _make_room(self, needed_bytes: int) -> None:
         """Evict least recently used transformers until one more fits the count and the memory budget."""

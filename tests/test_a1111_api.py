@@ -556,6 +556,18 @@ def test_the_listings_clients_probe_answer(studio):
     assert "/sdapi/v1/interrogate" in assert_a1111_error(studio.http.post("/interrogate"), 404)
 
 
+def test_unload_checkpoint_frees_the_models_and_the_next_call_loads_them(studio):
+    fields = {"prompt": CAPTION, "seed": 3, "width": IMAGE_SIZE, "height": IMAGE_SIZE}
+    made(studio.http.post("/txt2img", json=fields))
+    assert studio.manager.status()["resident_bytes"] > 0
+    with studio.manager._lock:  # a job running
+        assert "A job is running" in assert_a1111_error(studio.http.post("/unload-checkpoint"), 409)
+    assert studio.http.post("/unload-checkpoint").status_code == 200
+    assert studio.manager.status()["resident_bytes"] == 0
+    assert studio.http.post("/reload-checkpoint").status_code == 200  # the next job loads it
+    assert len(made(studio.http.post("/txt2img", json=fields))["images"]) == 1
+
+
 @pytest.mark.parametrize("fields, settings, ignored", [
     ({"sampler_name": "Heun", "scheduler": "Beta"}, {"sampler": "heun", "schedule": "beta"}, []),
     ({"sampler_index": "k_dpmpp_2m"}, {"sampler": "dpm++2m"}, []),

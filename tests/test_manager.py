@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mflux_core.errors import Cancelled, ModelLoadError
+from mflux_core.errors import Cancelled, ModelLoadError, StudioError
 from mflux_core.events import Downloading, Loading, Step
 from mflux_core.manager import ModelManager
 from mflux_core.registry import list_models
@@ -284,6 +284,26 @@ def test_prompt_cache_is_bounded_and_low_ram_frees_the_text_encoders(tiny_dev):
     assert manager.resident.load_counts["text_encoders"] == 1  # re-read for new prompts, but never re-created
     assert np.array_equal(outputs[0], outputs[3])
     assert np.array_equal(outputs[1], fresh_pixels(text_to_image(tiny_dev, prompt="two", steps=1)))
+
+
+def test_unloading_every_model_frees_them_and_the_next_job_loads_again(tiny_dev, tmp_path):
+    from tests.fixtures.lora_files import Dims, write_bfl_lora
+
+    lora, _ = write_bfl_lora(tmp_path / "ink.safetensors", Dims.of(tiny_dev), "kohya", alpha=2.0)
+    manager = ModelManager()
+    request = text_to_image(tiny_dev, prompt="a cat", steps=1).with_(lora_paths=(str(lora),), lora_scales=(0.8,))
+    first = pixels(manager.generate(request))
+    held = manager.status()["resident_bytes"]
+    assert held > 0 and manager.status()["cached_prompts"] == 1
+    with manager._lock:  # a job running: refused, nothing dropped
+        with pytest.raises(StudioError, match="A job is running"):
+            manager.unload_all()
+    assert manager.status()["resident_bytes"] == held
+    assert manager.unload_all().startswith("Unloaded every model (")
+    status = manager.status()
+    assert (status["resident_bytes"], status["resident"], status["cached_prompts"], status["loras"]) == (0, [], 0, [])
+    assert np.array_equal(pixels(manager.generate(request)), first)  # loaded again, LoRA and all
+    assert manager.resident.load_counts == {"transformer": 2, "vae": 2, "text_encoders": 2}
 
 
 # ----- faults ----------------------------------------------------------------------------------

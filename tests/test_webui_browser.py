@@ -239,6 +239,18 @@ def test_generate_then_send_a_result_from_the_history(page, studio):
     page.wait_for_selector("#generate-init-image img")
 
 
+def test_unload_models_frees_the_memory_and_says_so(page, studio):
+    type_into(page, "generate-prompt", "a red fox in the snow")
+    type_size_and_steps(page, "generate", 32, 32, 1)
+    run_and_wait(page, "generate")
+    assert studio.manager.status()["resident_bytes"] > 0
+    page.click("#unload-models")
+    page.get_by_text("Unloaded every model (").first.wait_for()
+    page.wait_for_function("() => !/Resident[^]*transformer/.test(document.querySelector('#status-strip').innerText)")
+    assert studio.manager.status()["resident_bytes"] == 0
+    screenshot(page, "unload-models")
+
+
 def test_a_variation_seed_batch_keeps_the_seed_and_counts_the_variation_seed_up(page, studio):
     type_into(page, "generate-prompt", "a red fox in the snow")
     type_size_and_steps(page, "generate", 64, 48, 2)

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors import safe_open
 
 from mflux_core.controlnet_units import MAX_UNITS
-from mflux_core.errors import Cancelled
+from mflux_core.errors import Cancelled, StudioError
 from mflux_core.events import Step
 from mflux_core.images.io import load_image
 from mflux_core.images.resize_modes import RESIZE_MODES, resize_to
@@ -530,8 +530,17 @@ def sdapi_router(studio, auth=None) -> APIRouter:
 
         answer.__name__ = name.replace("-", "_")
         route("GET", f"/sdapi/v1/{name}")(answer)
-    for name in ("refresh-checkpoints", "refresh-loras", "refresh-vae"):  # the listings are read on each request
+    for name in ("refresh-checkpoints", "refresh-loras", "refresh-vae",  # the listings are read on each request
+                 "reload-checkpoint"):  # the next job loads its model
         route("POST", f"/sdapi/v1/{name}")(nothing_to_do)
+
+    @route("POST", "/sdapi/v1/unload-checkpoint")
+    async def unload_checkpoint(request: Request):
+        try:
+            studio.manager.unload_all()
+        except StudioError as error:  # a job is running
+            raise SdApiError(409, str(error)) from None
+        return JSONResponse(None)
 
     def run_depth(image: Image.Image) -> Image.Image:
         """The studio's depth estimator on `image` (/controlnet/detect's depth modules), in the engine's turn."""

@@ -77,6 +77,7 @@ def build_app(manager, folders: StudioFolders | None = None, max_queue_size: int
             with gr.Column(scale=8):
                 studio.outputs.status_strip.render()
             refresh_status = gr.Button("↻ status", size="sm", scale=0, min_width=90, elem_id="status-refresh")
+            unload = gr.Button("⏏ unload models", size="sm", scale=0, min_width=130, elem_id="unload-models")
         render_queue(studio)
         with gr.Tabs(elem_id="tool-tabs") as studio.tabs:
             panels = studio.panels = {module.TOOL: module.render(studio) for module in PANEL_MODULES}
@@ -85,6 +86,7 @@ def build_app(manager, folders: StudioFolders | None = None, max_queue_size: int
             models_tab.render(studio)
         refresh_status.click(studio.status_text, outputs=studio.outputs.status_strip, api_name="status",
                              queue=False)
+        unload.click(studio.unload_models, outputs=studio.outputs.status_strip, api_name="unload_models")
         app.load(studio.after_job_updates, outputs=studio.after_job_updates_outputs(), api_name="history",
                  queue=False)
         app.queue(max_size=max_queue_size, default_concurrency_limit=2)

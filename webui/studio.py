@@ -10,6 +10,7 @@ from pathlib import Path
 import gradio as gr
 
 from mflux_core.downloads import Downloads
+from mflux_core.errors import StudioError
 from mflux_core.lora.library import library_names, lora_folders
 from mflux_core.tools.specs import TOOL_NAMES
 from webui import gallery
@@ -114,6 +115,15 @@ class Studio:
             status["download"] = {"model": running[0].repo_id, "done_bytes": running[0].done_bytes,
                                   "total_bytes": running[0].total_bytes}
         return status_markdown(status)
+
+    def unload_models(self) -> str:
+        """The strip after unloading every model (A1111's "Unload SD checkpoint"): a note says what was freed, or
+        why not (a job is running)."""
+        try:
+            gr.Info(self.manager.unload_all())
+        except StudioError as error:
+            gr.Warning(str(error))
+        return self.status_text()
 
     def after_job_updates_outputs(self) -> list:
         return [self.outputs.history, self.outputs.history_paths, self.outputs.status_strip]

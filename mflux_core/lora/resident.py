@@ -28,6 +28,11 @@ class ResidentLoras:
         self._files: LRU = LRU(capacity)
         self.reports: list[LoraReport] = []  # the last sync's LoRAs: matched / total keys each
 
+    def clear(self) -> None:
+        """Forget the LoRA files read (their weights); the next request reads them again."""
+        self._files.clear()
+        self.reports = []
+
     def read(self, path: Path) -> tuple[str, LoraFile]:
         """(adapter name, file) for a resolved path; the name changes when the file does."""
         stat = path.stat()
