@@ -69,6 +69,7 @@ class ModelManager:
         self.full_preview_every = full_preview_every
         self.step_previews = step_previews  # off: Step events carry no image (a progress bar needs none)
         self._lock = threading.Lock()
+        self.last_used = time.monotonic()  # when the last job ended (mflux_core.idle_unload)
         self._previewer: LatentPreviewer | None = None
         self._encoded_images: LRU = LRU(4)  # VAE latents of input images (ControlNet control images)
         self.download: dict | None = None  # the download in progress: model, done_bytes, total_bytes
@@ -188,6 +189,7 @@ class ModelManager:
         finally:
             self.resident.report = self._on_download = None
             self.download = None
+            self.last_used = time.monotonic()
 
     def _download_reporter(self, model: str, report: Report,
                            cancelled: Callable[[], bool] | None) -> DownloadCallback:
@@ -305,6 +307,7 @@ class ModelManager:
             raise StudioError("A job is running and uses the models: unload them when it has finished.")
         try:
             self.loras.clear()
+            self._encoded_images.clear()
             self._previewer = None  # it holds the last VAE
             freed = self.resident.unload_all()
         finally:

@@ -6,6 +6,7 @@ against a fresh manager running the same request alone."""
 import itertools
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -304,6 +305,30 @@ def test_unloading_every_model_frees_them_and_the_next_job_loads_again(tiny_dev,
     assert (status["resident_bytes"], status["resident"], status["cached_prompts"], status["loras"]) == (0, [], 0, [])
     assert np.array_equal(pixels(manager.generate(request)), first)  # loaded again, LoRA and all
     assert manager.resident.load_counts == {"transformer": 2, "vae": 2, "text_encoders": 2}
+
+
+def test_models_unload_after_the_idle_time_and_not_while_used(tiny_dev):
+    from mflux_core.idle_unload import IdleUnloader
+
+    manager = ModelManager()
+    manager.generate(text_to_image(tiny_dev, steps=1))
+    patient = IdleUnloader(manager, idle_seconds=3600)
+    assert not patient.check() and manager.status()["resident_bytes"] > 0  # used a moment ago
+    with manager._lock:  # a job holds the models: never unloaded, however long ago the last one ended
+        manager.last_used = 0.0
+        assert not patient.check()
+    patient.stop()
+    watcher = IdleUnloader(manager, idle_seconds=0.2)  # its thread watches
+    try:
+        deadline = time.monotonic() + 30
+        while manager.status()["resident_bytes"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert manager.status()["resident_bytes"] == 0
+        assert not watcher.check()  # nothing left to unload
+    finally:
+        watcher.stop()
+    manager.generate(text_to_image(tiny_dev, steps=1))  # the next job loads them again
+    assert manager.resident.load_counts["transformer"] == 2
 
 
 # ----- faults ----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import gradio as gr  # noqa: E402
 from mflux_core.cli import add_memory_budget_flag  # noqa: E402
 from mflux_core.demo.examples import write_examples  # noqa: E402
 from mflux_core.errors import StudioError  # noqa: E402
+from mflux_core.idle_unload import IdleUnloader  # noqa: E402
 from mflux_core.presets import settings_from_png  # noqa: E402
 from webui.a1111_api import sdapi_router  # noqa: E402
 from webui.api_server import MAX_BODY_BYTES  # noqa: E402
@@ -178,6 +179,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="do not serve AUTOMATIC1111's API (/sdapi/v1/txt2img, img2img, options, progress...)")
     parser.add_argument("--max-queue", type=int, default=MAX_QUEUE_SIZE, help="most jobs waiting at once")
     parser.add_argument("--low-ram", action="store_true", help="free the text encoders after each prompt")
+    parser.add_argument("--unload-after", type=float, metavar="MINUTES",
+                        help="unload the models after this many minutes without a job, giving their memory back "
+                             "(default: keep them; the next job loads them again)")
     add_memory_budget_flag(parser)
     parser.add_argument("--cluster", metavar="ADDRESS|local|auto",
                         help="run the engine on a Ray cluster (needs the `cluster` extra): `local` starts one on this "
@@ -189,6 +193,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--replicas takes a positive count, with --cluster")
     if args.auth is not None and ":" not in args.auth:
         parser.error("--auth takes user:password")
+    if args.unload_after is not None and not 0 < args.unload_after <= 10_000:
+        parser.error("--unload-after takes minutes, more than 0")
+    if args.unload_after is not None and args.cluster:
+        parser.error("--unload-after is for the engine in this process; a cluster's replicas keep their models")
     return args
 
 
@@ -214,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     folders = StudioFolders.default(args.outputs_dir, models_dir=args.models_dir, user_presets=args.presets_dir,
                                     loras=args.lora_dir, wildcards=args.wildcards_dir, styles=args.styles_dir)
     manager = engine(args)
+    if args.unload_after:
+        IdleUnloader(manager, args.unload_after * 60)
     app = build_app(manager, folders, max_queue_size=args.max_queue, openai_api=args.openai_api,
                     a1111_api=args.a1111_api)
     host = "0.0.0.0" if args.listen else args.host
