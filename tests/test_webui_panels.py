@@ -402,7 +402,7 @@ def test_status_strip_names_backend_memory_swap_and_download():
     assert "**Downloading** fill: 1.00 GB of 4.00 GB" in text
     idle = status_markdown({"backend": "CPU", "resident": [], "last_swap": None, "download": None,
                             "last_load": {"what": "text encoders /m/models/dev", "seconds": 0.25}})
-    assert "none yet" in idle and "**Last load** text encoders dev in 0.25 s" in idle and "idle" in idle
+    assert "none (the next run loads them)" in idle and "**Last load** text encoders dev in 0.25 s" in idle and "idle" in idle
 
 
 # ----- the job wrapper on a real tiny model ----------------------------------------------------

@@ -42,7 +42,7 @@ def status_markdown(status: dict) -> str:
     if resident:
         models = f"{', '.join(map(resident_text, resident))} (total {size_text(status.get('resident_bytes', 0))})"
     else:
-        models = "none yet (the first run loads them)"
+        models = "none (the next run loads them)"
     parts = [f"**Backend** {status.get('backend', '?')}", f"**Resident** {models}"]
     if status.get("memory_budget_bytes"):
         parts.append(f"**Memory budget** {gb_text(status['memory_budget_bytes'])}")
