@@ -30,6 +30,10 @@ QUANTIZE_CHOICES = [QUANTIZE_OFF] + [str(bits) for bits in sorted(QUANTIZE_BITS,
 CHOICE_ORDER = {"models folder": 0, "built-in": 2}  # downloaded models list the user's own first, demos last
 TOOL_DEFAULT = ""  # a side-model picker's value for "the tool's default weights"
 NO_LORA = ""  # an empty LoRA slot
+# What a Width / Height of 0 means on a tool sized by its input image
+SIZE_FROM_INPUT = {None: "0: the input image's size",
+                   "kontext": "0: the reference's size as read (Kontext's nearest resolution when larger)",
+                   "fill": "0: the image's size; Only masked: the area's shape at the model's size"}
 
 
 # ----- pure helpers (tested without a browser) ---------------------------------------------
@@ -297,7 +301,8 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
     if offer_true_cfg and TOOL_SPECS[tool].true_cfg:
         controls.update(true_cfg_controls(prefix))
     side = 0 if image_sized else native_side_of(entries, chosen)
-    size_info = "0: the input image's size" if image_sized else "Picking a model sets its native size."
+    size_info = SIZE_FROM_INPUT.get(tool, SIZE_FROM_INPUT[None]) if image_sized else \
+        "Picking a model sets its native size."
     with gr.Row():
         width = gr.Number(side, label="Width", precision=0, step=16, minimum=0, maximum=MAX_SIDE, info=size_info,
                           elem_id=f"{prefix}-width")
