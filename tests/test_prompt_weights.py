@@ -1,4 +1,4 @@
-"""A1111's attention syntax ((word:1.2), [word]) read as A1111 reads it, and weighed as Forge weighs FLUX.1's T5:
+"""A1111's attention syntax ((word:1.2), (word)) read as A1111 reads it, and weighed as Forge weighs FLUX.1's T5:
 a whole image equals diffusers' FluxPipeline given the prompt embeddings that transformers' T5 and CLIP make from
 the same tokens with A1111's "Original" emphasis applied (float32)."""
 
@@ -11,16 +11,18 @@ from mflux_core.prompt_weights import weighted_chunks
 from tests.fixtures.tiny_flux import load_diffusers_pipeline
 from tests.parity import UINT8_TOLERANCE, make_noise, max_uint8_diff, pack, run_cli
 
-# A1111's own examples (its parse_prompt_attention's doctests)
+# A1111's own examples (its parse_prompt_attention's doctests), square brackets kept as text (see prompt_weights)
 A1111_CHUNKS = [
     ("normal text", [("normal text", 1.0)]),
     ("an (important) word", [("an ", 1.0), ("important", 1.1), (" word", 1.0)]),
     ("(unbalanced", [("unbalanced", 1.1)]),
     (r"\(literal\]", [("(literal]", 1.0)]),
     ("(unnecessary)(parens)", [("unnecessaryparens", 1.1)]),
-    ("a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).",
-     [("a ", 1.0), ("house", 1.573), (" ", 1.1), ("on", 1.0), (" a ", 1.1), ("hill", 0.55), (", sun, ", 1.1),
-      ("sky", 1.4641), (".", 1.1)]),
+    ("a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).",  # A1111: [on] at 1.1 / 1.1
+     [("a ", 1.0), ("house", 1.573), (" [on] a ", 1.1), ("hill", 0.55), (", sun, ", 1.1), ("sky", 1.4641),
+      (".", 1.1)]),
+    ("[IMAGE1] a red mug; [IMAGE2] (the same mug:1.2)",  # In-Context LoRAs' panel markers
+     [("[IMAGE1] a red mug; [IMAGE2] ", 1.0), ("the same mug", 1.2)]),
 ]
 
 
@@ -55,7 +57,7 @@ def reference_embeddings(folder, chunks, length):
 
 
 def test_a_weighted_prompt_makes_diffusers_image_from_forges_weighted_embeddings(tiny_dev, tmp_path):
-    prompt, size, steps, length = "(a red circle:3) in the [[top left]] on a (blue background:0.1)", 32, 3, 64
+    prompt, size, steps, length = "(a red circle:3) in the ((top left)) on a (blue background:0.1)", 32, 3, 64
     noise_path = make_noise(tmp_path, (1, 4, size // 8, size // 8), seed=21)
     ours = run_cli("generate", "--path", tiny_dev, "--prompt", prompt, "--steps", steps, "--height", size,
                    "--width", size, "--max-sequence-length", length, "--init-noise", noise_path, "--guidance", 3.5,
