@@ -94,7 +94,6 @@ def measured_step_bytes(config: dict, side: int, text_tokens: int, controlnets: 
 
     from mflux_core.models.controlnet import FluxControlNet, read_controlnet_config
     from mflux_core.models.transformer import FluxTransformer, FluxTransformerConfig
-    from mflux_core.sampling.conditioning import Conditioning
     from mflux_core.sampling.latents import image_position_ids, text_position_ids
     from mflux_core.tools.controlnet_conditioning import all_residuals, controlnet_residuals
 
@@ -111,8 +110,8 @@ def measured_step_bytes(config: dict, side: int, text_tokens: int, controlnets: 
     for controlnet in controlnets:
         side_model = FluxControlNet(read_controlnet_config(controlnet))
         control = mx.random.normal(inputs[0].shape)
-        parts.append(controlnet_residuals(side_model, control, Conditioning(inputs[1], inputs[2], 3.5), ids, 0.4, 3.5,
-                                          None, model.config.num_layers))
+        parts.append(controlnet_residuals(side_model, control, text_tokens, ids, 0.4, 3.5, None,
+                                          model.config.num_layers))
         side_weights += [side_model.parameters(), control]
     if parts:
         side_pass = all_residuals(parts, (model.config.num_layers, model.config.num_single_layers))
@@ -120,7 +119,7 @@ def measured_step_bytes(config: dict, side: int, text_tokens: int, controlnets: 
     mx.clear_cache()
     before = mx.get_active_memory()
     mx.reset_peak_memory()
-    blocks, singles = side_pass(inputs[0], inputs[3], guidance)
+    blocks, singles = side_pass(inputs[0], inputs[3], guidance, inputs[1], inputs[2])
     mx.eval(model(*inputs, guidance=guidance, rope=rope, attention_mask=bias, controlnet_block_samples=blocks,
                   controlnet_single_block_samples=singles))
     return mx.get_peak_memory() - before + (0 if bias is None else bias.nbytes)
