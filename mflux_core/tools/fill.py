@@ -15,7 +15,7 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.images.io import load_mask, pil_to_pixels
-from mflux_core.images.inpaint_area import box_at_aspect, masked_area, pasted_back, processing_size
+from mflux_core.images.inpaint_area import box_at_aspect, feather_px, masked_area, pasted_back, processing_size
 from mflux_core.images.masks import binarize_mask, describe_mask_problem, feathered_paste, mask_to_pil
 from mflux_core.images.outpaint import outpaint_canvas, parse_padding
 from mflux_core.images.resize_modes import JUST_RESIZE, resize_to
@@ -66,8 +66,7 @@ def kept_outside_mask(original: Image.Image, mask: np.ndarray, width: int,
                       height: int) -> Callable[[Image.Image], Image.Image]:
     """keep_unmasked's finish: the original pasted back outside the mask, blended over a 64th of the shorter side
     (4 px at least)."""
-    feather = max(4, min(width, height) // 64)
-    return lambda generated: feathered_paste(original, generated, mask, feather)
+    return lambda generated: feathered_paste(original, generated, mask, feather_px(width, height))
 
 
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
