@@ -35,8 +35,8 @@ class _Alternate:
 def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
     """[(last step index, text), ...]: step i (0-based) sees the text of the first entry with i <= its index; the
     last entry's index is `steps`. Consecutive equal texts are merged; a prompt without editing is [(steps, prompt)]."""
-    nodes, _ = _sequence(prompt, 0, "")
-    if all(isinstance(node, str) for node in _walk(nodes)):
+    nodes = _edits(prompt)
+    if nodes is None:
         return [(steps, prompt)]
     schedule: list[tuple[int, str]] = []
     for step in sorted(_switch_steps(nodes, steps) | {steps}):
@@ -52,8 +52,8 @@ def after_the_first_pass(prompt: str) -> str:
     """The prompt a hires fix's second pass takes from the first pass's (A1111 counts edits at a fraction below 1,
     or at a step number, within the first pass's steps): every edit resolved to its "to" text, alternations kept
     as typed, for the second pass's own steps."""
-    nodes, _ = _sequence(prompt, 0, "")
-    return prompt if all(isinstance(node, str) for node in _walk(nodes)) else _final(nodes)
+    nodes = _edits(prompt)
+    return prompt if nodes is None else _final(nodes)
 
 
 def _final(nodes) -> str:
@@ -74,6 +74,12 @@ def prompt_at_step(schedule: list[tuple[int, str]], step: int) -> str:
 
 
 # ----- reading --------------------------------------------------------------------------------
+
+
+def _edits(prompt: str) -> list | None:
+    """The prompt read into text and edits; None when it has no edit (it is used as typed)."""
+    nodes, _ = _sequence(prompt, 0, "")
+    return None if all(isinstance(node, str) for node in _walk(nodes)) else nodes
 
 
 def _sequence(text: str, i: int, stops: str, depth: int = 0) -> tuple[list, int]:
