@@ -1,8 +1,8 @@
 """A1111's LoRA prompt tags, `<lora:name:scale>`: written into a PNG's `parameters` text for each LoRA,
 read back from one, and taken from a prompt as its LoRAs (every surface: A1111 clients and users write them).
 
-A1111 spells them `<lora:name>`, `<lora:name:te>` or `<lora:name:te:unet>`; FLUX.1 LoRAs act on the
-transformer, so the unet scale wins when given. The LyCORIS extension's `<lyco:...>` reads the same.
+A1111 spells them `<lora:name>`, `<lora:name:te>` or `<lora:name:te:unet>`; here one scale serves the transformer
+and the text encoders alike (diffusers' way), so the unet scale wins when both are given. The LyCORIS extension's `<lyco:...>` reads the same.
 """
 
 import math

@@ -16,7 +16,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mflux_core.errors import ModelLoadError
-from mflux_core.lora.formats import LoraFile
+from mflux_core.lora.formats import TRANSFORMER, LoraFile, component_of
 from mflux_core.lora.info import family_from_keys
 from mflux_core.lora.layers import LINEAR_TYPES, LoRALinear, dense_weight, linear_shape
 
@@ -35,6 +35,7 @@ class LoraReport:
     total_keys: int
     layers: int  # linear layers that got an adapter
     unmatched: tuple[str, ...]  # the first keys that were not used
+    text_encoder_layers: int = 0  # of those layers, the text encoders'
 
     @property
     def complete(self) -> bool:
@@ -43,6 +44,8 @@ class LoraReport:
     def summary(self) -> str:
         text = (f"LoRA {self.name} ({self.format}, scale {self.scale:g}): {self.matched_keys}/{self.total_keys} "
                 f"keys matched, {self.layers} layers")
+        if self.text_encoder_layers:
+            text += f" ({self.text_encoder_layers} in the text encoders)"
         if not self.complete:
             text += f"; not used: {', '.join(self.unmatched)}"
             if self.total_keys - self.matched_keys > len(self.unmatched):
@@ -115,20 +118,21 @@ def applied_loras(transformer: nn.Module) -> dict[str, float]:
     return found  # a LoRA is never norms only (check_lora): its layers name it
 
 
-def check_lora(transformer: nn.Module, lora: LoraFile, scale: float = 1.0) -> tuple[dict, LoraReport]:
-    """The adapters of `lora` that fit `transformer` (path -> weights) and the report; changes nothing.
+def check_lora(transformer: nn.Module, lora: LoraFile, scale: float = 1.0,
+               text_encoder_shapes: dict[str, dict[str, tuple[int, int]]] | None = None) -> tuple[dict, LoraReport]:
+    """The adapters of `lora` that fit (path -> weights) and the report; changes nothing. With the text encoders'
+    linear shapes ({component: {path: (out, in)}}), their adapters are checked too (paths `<component>.<path>`);
+    without, they count as not used.
 
     Refuses a file that names none of the model's linear layers or whose matrices do not fit them.
     """
     fitting = {}
     unused = set(lora.unreadable_keys)
     for path, weights in lora.targets.items():
-        layer = get_module(transformer, path)
-        base = layer.base if isinstance(layer, LoRALinear) else layer
-        if not isinstance(base, LINEAR_TYPES):
+        expected = _linear_shape_at(transformer, text_encoder_shapes or {}, path)
+        if expected is None:
             unused.update(lora.source_keys[path])
             continue
-        expected = linear_shape(base)
         got = (weights.up.shape[0], weights.down.shape[1])
         widened = path == WIDENED_INPUT and got[0] == expected[0] and got[1] > expected[1]
         if got != expected and not widened:
@@ -157,22 +161,38 @@ def check_lora(transformer: nn.Module, lora: LoraFile, scale: float = 1.0) -> tu
         )
     report = LoraReport(name=lora.name, format=lora.format, scale=scale, matched_keys=len(matched),
                         total_keys=lora.total_keys, layers=len(fitting),
-                        unmatched=tuple(sorted(unused)[:SHOWN_NAMES]))
+                        unmatched=tuple(sorted(unused)[:SHOWN_NAMES]),
+                        text_encoder_layers=sum(component_of(path) != TRANSFORMER for path in fitting))
     return fitting, report
 
 
-def add_lora(transformer: nn.Module, lora: LoraFile, name: str, scale: float = 1.0) -> LoraReport:
-    """Add one file's adapters under `name`; a partial match is logged as a warning and reported."""
-    fitting, report = check_lora(transformer, lora, scale)
+def _linear_shape_at(transformer: nn.Module, text_encoder_shapes: dict, path: str) -> tuple[int, int] | None:
+    """(out, in) of the linear layer a target path names; None when it names none."""
+    component = component_of(path)
+    if component != TRANSFORMER:
+        return text_encoder_shapes.get(component, {}).get(path.partition(".")[2])
+    layer = get_module(transformer, path)
+    base = layer.base if isinstance(layer, LoRALinear) else layer
+    return linear_shape(base) if isinstance(base, LINEAR_TYPES) else None
+
+
+def attach(root: nn.Module, fitting: dict, name: str, scale: float) -> None:
+    """Put checked adapters (path under `root` -> LoraWeights, or an RMSNorm's whole weight) on `root` as `name`."""
     for path, weights in fitting.items():
-        layer = get_module(transformer, path)
+        layer = get_module(root, path)
         if isinstance(layer, nn.RMSNorm):
-            ReplacedNorms.of(transformer).replace(layer, path, name, weights)
+            ReplacedNorms.of(root).replace(layer, path, name, weights)
             continue
         if not isinstance(layer, LoRALinear):
             layer = LoRALinear(layer)
-            set_module(transformer, path, layer)
+            set_module(root, path, layer)
         layer.add(name, weights, scale)
+
+
+def add_lora(transformer: nn.Module, lora: LoraFile, name: str, scale: float = 1.0) -> LoraReport:
+    """Add one file's transformer adapters under `name`; a partial match is logged as a warning and reported."""
+    fitting, report = check_lora(transformer, lora, scale)
+    attach(transformer, fitting, name, scale)
     if not report.complete:
         log.warning(report.summary())
     return report

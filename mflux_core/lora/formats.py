@@ -24,6 +24,13 @@ A fused LoRA becomes one adapter per part: the same down matrix, the up matrix's
 A DoRA also stores magnitudes: LyCORIS' `<module>.dora_scale` ((out, 1) per output row, or (1, in) per input
 column) or PEFT's `<module>.lora_magnitude_vector` ((out,)); see lora/layers.py for how they apply.
 
+Some trainers also adapt the text encoders (Kohya's `--network_train_unet_only` off, diffusers'
+`--train_text_encoder`): CLIP-L as `lora_te1_text_model_encoder_layers_0_mlp_fc1` (Kohya), `text_encoder.text_model.
+encoder.layers.0.mlp.fc1` (diffusers) or `text_encoders.clip_l.transformer.text_model...` (ComfyUI), T5 as
+`lora_te3_encoder_block_0_layer_1_DenseReluDense_wi_0` (sd-scripts; `lora_te2_` in other Kohya-style files),
+`text_encoder_2.encoder.block...` or `text_encoders.t5xxl.transformer.encoder.block...`. Their targets are named by
+component: `text_encoder.<CLIP path>`, `text_encoder_2.<T5 path>` (component_of tells them from the transformer's).
+
 BFL's control LoRAs (FLUX.1-Depth-dev-lora, FLUX.1-Canny-dev-lora) turn a base model into a control model: their
 `img_in` adapter takes twice the base's input channels (the control image's latents beside the noise), some up
 matrices carry a bias (`lora_B.bias`), and the q/k RMSNorm scales come whole (`<norm>.scale`, or in diffusers' names
@@ -57,6 +64,24 @@ MAGNITUDE_SUFFIXES = {".dora_scale": "lycoris", ".lora_magnitude_vector": "peft"
                       ".lora_magnitude_vector.weight": "peft"}  # -> whose DoRA (Dora.strength_inside)
 PEFT_METADATA_KEY = "lora_adapter_metadata"
 BFL_FINAL_MODULATION = "final_layer.adaLN_modulation.1"  # (shift, scale) rows; diffusers' norm_out: (scale, shift)
+
+TRANSFORMER = "transformer"
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")  # CLIP-L and T5, by their folders in a FLUX.1 model
+CLIP_LAYERS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2")
+T5_LAYERS = ("layer.0.SelfAttention.q", "layer.0.SelfAttention.k", "layer.0.SelfAttention.v",
+             "layer.0.SelfAttention.o", "layer.1.DenseReluDense.wi", "layer.1.DenseReluDense.wi_0",
+             "layer.1.DenseReluDense.wi_1", "layer.1.DenseReluDense.wo")
+# component -> (layer list name in the file, in our model, that layer's linears)
+TEXT_ENCODER_LAYERS = {"text_encoder": ("text_model.encoder.layers", "encoder.layers", CLIP_LAYERS),
+                       "text_encoder_2": ("encoder.block", "encoder.block", T5_LAYERS)}
+# (prefix as the file spells it, format, component)
+TEXT_ENCODER_PREFIXES = (
+    ("lora_te1_", "kohya", "text_encoder"), ("lora_te_", "kohya", "text_encoder"),
+    ("lora_te3_", "kohya", "text_encoder_2"), ("lora_te2_", "kohya", "text_encoder_2"),
+    ("text_encoder.", "diffusers", "text_encoder"), ("text_encoder_2.", "diffusers", "text_encoder_2"),
+    ("text_encoders.clip_l.transformer.", "comfyui", "text_encoder"),
+    ("text_encoders.t5xxl.transformer.", "comfyui", "text_encoder_2"),
+)
 
 XLABS_DOUBLE = {
     "qkv_lora1": ("attn.to_q", "attn.to_k", "attn.to_v"),
@@ -168,8 +193,34 @@ def dotted(name: str, block_name: re.Pattern, names: dict[str, dict[str, str]]) 
     return names["global"].get(name)
 
 
+def component_of(path: str) -> str:
+    """The model part a target path is on: TRANSFORMER or one of TEXT_ENCODERS."""
+    head = path.partition(".")[0]
+    return head if head in TEXT_ENCODERS else TRANSFORMER
+
+
+def text_encoder_layer(module: str) -> tuple[str, str] | None:
+    """A text encoder module as the file spells it -> (format, our target path), None when it is not one."""
+    for prefix, fmt, component in TEXT_ENCODER_PREFIXES:
+        if not module.startswith(prefix):
+            continue
+        in_file, ours, layers = TEXT_ENCODER_LAYERS[component]
+        name = module[len(prefix):]
+        separator = "_" if fmt == "kohya" else "."
+        head = in_file.replace(".", separator) + separator
+        index, _, layer = name[len(head):].partition(separator) if name.startswith(head) else ("", "", "")
+        table = _underscored(layers) if separator == "_" else {layer_name: layer_name for layer_name in layers}
+        if index.isdigit() and layer in table:
+            return fmt, f"{component}.{ours}.{index}.{table[layer]}"
+        return None
+    return None
+
+
 def classify(module: str) -> tuple[str, str] | None:
     """A module name as the file spells it -> (format, name in that format's namespace)."""
+    text_encoder = text_encoder_layer(module)
+    if text_encoder:
+        return text_encoder
     if module.startswith("lora_unet_"):
         bfl = dotted(module[len("lora_unet_"):], KOHYA_BLOCK_NAME, KOHYA_NAMES)
         return ("kohya", bfl) if bfl else None
@@ -234,7 +285,9 @@ def row_splits(paths: list[str], rows: int) -> list[int]:
 
 
 def peft_alpha(metadata: dict | None) -> Callable[[str, int], float] | None:
-    """PEFT's adapter config in the safetensors header -> alpha(module, rank), or None without it."""
+    """PEFT's adapter configs in the safetensors header -> alpha(target path, rank), or None without them. A file
+    saved through a pipeline prefixes each component's config with its name (`transformer.lora_alpha`,
+    `text_encoder.lora_alpha`); one without prefixes is the transformer's."""
     raw = (metadata or {}).get(PEFT_METADATA_KEY)
     if not raw:
         return None
@@ -242,17 +295,27 @@ def peft_alpha(metadata: dict | None) -> Callable[[str, int], float] | None:
         config = json.loads(raw)
     except json.JSONDecodeError:
         return None
-    if any(key.startswith("transformer.") for key in config):  # saved through a pipeline: per-component prefixes
-        config = {key[len("transformer."):]: value for key, value in config.items() if key.startswith("transformer.")}
-    if "lora_alpha" not in config:
+    if not isinstance(config, dict):
         return None
-    patterns = config.get("alpha_pattern") or {}
-    rslora = bool(config.get("use_rslora"))
+    configs: dict[str, dict] = {}
+    for key, value in config.items():
+        component, _, name = key.partition(".")
+        if component in (TRANSFORMER, *TEXT_ENCODERS) and name:
+            configs.setdefault(component, {})[name] = value
+        else:
+            configs.setdefault(TRANSFORMER, {})[key] = value
 
-    def scale(module: str, rank: int) -> float:
+    def scale(path: str, rank: int) -> float | None:
+        component = component_of(path)
+        config = configs.get(component, {})
+        if "lora_alpha" not in config:
+            return None
+        module = path if component == TRANSFORMER else path.replace(  # as PEFT names it in that component
+            f"{component}.{TEXT_ENCODER_LAYERS[component][1]}", TEXT_ENCODER_LAYERS[component][0], 1)
+        patterns = config.get("alpha_pattern") or {}
         alpha = next((value for pattern, value in patterns.items()
                       if re.match(rf"(.*\.)?({pattern})$", module)), config["lora_alpha"])
-        return alpha / (sqrt(rank) if rslora else rank)
+        return alpha / (sqrt(rank) if config.get("use_rslora") else rank)
 
     return scale
 
@@ -329,10 +392,9 @@ def _pair(module: _Module, module_name: str, fmt: str, alpha_from_metadata) -> t
     rank = module.down.shape[0]
     if module.alpha is not None:
         scale = module.alpha / rank
-    elif fmt == "diffusers" and alpha_from_metadata is not None:
-        scale = alpha_from_metadata(module_name, rank)
     else:
-        scale = 1.0
+        from_metadata = alpha_from_metadata(module_name, rank) if fmt == "diffusers" and alpha_from_metadata else None
+        scale = 1.0 if from_metadata is None else from_metadata
     return module.down, module.up, scale
 
 
@@ -377,7 +439,7 @@ def _lycoris_kind(module: _Module) -> str | None:
 
 
 def _paths(fmt: str, module_name: str) -> list[str] | None:
-    if fmt in ("diffusers", "lycoris", "onetrainer"):
+    if fmt in ("diffusers", "lycoris", "onetrainer") or component_of(module_name) != TRANSFORMER:
         return [module_name]
     if fmt == "xlabs":
         return xlabs_parts(module_name)

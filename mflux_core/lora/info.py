@@ -62,6 +62,7 @@ class LoraInfo:
     control: bool = False  # BFL's control LoRA (Depth / Canny: whole q/k norm scales beside the adapters)
     activation_text: str | None = None  # the user's notes: A1111's "activation text", or Civitai's trained words
     preferred_weight: float | None = None  # A1111's "preferred weight": the scale a pick starts at
+    text_encoders: bool = False  # it also adapts the text encoders (CLIP-L, T5)
 
     @property
     def other_family(self) -> str | None:
@@ -86,6 +87,8 @@ class LoraInfo:
             parts.append("trigger words: " + ", ".join(mark(word, "`") for word in self.trigger_words))
         if self.dora:
             parts.append("DoRA (weight-decomposed)")
+        if self.text_encoders:
+            parts.append("adapts the text encoders too")
         if self.control:
             parts.append("control LoRA: use it on the Depth tool (BFL's Depth / Canny)")
         why = problem(self)
@@ -148,7 +151,8 @@ def lora_info(metadata: dict | None, keys) -> LoraInfo:
                     output_name=metadata.get("ss_output_name") or None, trigger_words=trigger_words(metadata),
                     dora=any(dora in key for key in keys for dora in DORA_KEYS),
                     other_algorithm=other_lycoris_algorithm(keys),
-                    control=any(key.endswith(CONTROL_KEY) for key in keys))
+                    control=any(key.endswith(CONTROL_KEY) for key in keys),
+                    text_encoders=any(fragment in key for key in keys for fragment in TEXT_ENCODER_KEYS))
 
 
 def describe_lora_file(path: Path | None, markdown: bool = True) -> str:

@@ -36,6 +36,11 @@ def linear_shape(layer: nn.Module) -> tuple[int, int]:
     return tuple(layer.weight.shape)
 
 
+def linear_shapes(root: nn.Module) -> dict[str, tuple[int, int]]:
+    """Module path -> (out, in) of every linear layer under `root` (before LoRAs wrap them)."""
+    return {path: linear_shape(module) for path, module in root.named_modules() if isinstance(module, LINEAR_TYPES)}
+
+
 def compute_dtype(layer: nn.Module) -> mx.Dtype:
     return layer.scales.dtype if isinstance(layer, nn.QuantizedLinear) else layer.weight.dtype
 

@@ -1,18 +1,23 @@
 """LoRA files kept in memory (bounded) and the step that makes a resident transformer carry exactly
-the LoRAs a request asks for: new ones are added, changed scales rescaled, the rest removed.
-The base weights are never reloaded."""
+the LoRAs a request asks for: new ones are added, changed scales rescaled, the rest removed (their text encoder
+adapters go with the request's text encoders, lora/text_encoders.py). The base weights are never reloaded."""
 
+import logging
 from pathlib import Path
 from typing import Sequence
 
 import mlx.nn as nn
 
 from mflux_core.errors import InvalidRequest
-from mflux_core.lora.apply import LoraReport, add_lora, applied_loras, check_lora, remove_lora, set_lora_scale
-from mflux_core.lora.formats import LoraFile, load_lora_file
+from mflux_core.lora.apply import LoraReport, applied_loras, attach, check_lora, remove_lora, set_lora_scale
+from mflux_core.lora.formats import TRANSFORMER, LoraFile, component_of, load_lora_file
 from mflux_core.lora.library import resolve_lora_path
+from mflux_core.lora.text_encoders import TextEncoderAdapters
 from mflux_core.lru import LRU
+from mflux_core.prompt_cache import CachedTextEncoders
 from mflux_core.request import check_finite
+
+log = logging.getLogger(__name__)
 
 
 def requested_loras(paths: Sequence[str], scales: Sequence[float]) -> list[tuple[str, float]]:
@@ -39,23 +44,30 @@ class ResidentLoras:
         name = f"{path}@{stat.st_mtime_ns}:{stat.st_size}"
         return name, self._files.get_or_create(name, lambda: load_lora_file(path))
 
-    def sync(self, transformer: nn.Module, paths: Sequence[str], scales: Sequence[float]) -> list[LoraReport]:
-        """Make `transformer` carry exactly these LoRAs at these scales; one report per LoRA, in order."""
+    def sync(self, transformer: nn.Module, paths: Sequence[str], scales: Sequence[float],
+             text_encoders: CachedTextEncoders | None = None) -> list[LoraReport]:
+        """Make `transformer` carry exactly these LoRAs at these scales, and `text_encoders` their adapters for the
+        text encoders (put on when a prompt is encoded); one report per LoRA, in order."""
         wanted: dict[str, tuple[LoraFile, float]] = {}
         for typed, scale in requested_loras(paths, scales):
             name, lora = self.read(resolve_lora_path(typed, self.models_dir))
             previous = wanted.get(name, (lora, 0.0))[1]
             wanted[name] = (lora, previous + scale)  # the same file twice adds up
+        shapes = text_encoders.encoders.linear_shapes if text_encoders is not None else None
+        checked = [(name, scale, *check_lora(transformer, lora, scale, shapes)) for name, (lora, scale) in wanted.items()]
         for name in applied_loras(transformer).keys() - wanted.keys():
             remove_lora(transformer, name)
         current = applied_loras(transformer)
-        reports = []
-        for name, (lora, scale) in wanted.items():
+        for name, scale, fitting, report in checked:
             if name not in current:
-                reports.append(add_lora(transformer, lora, name, scale))
-                continue
-            if current[name] != scale:
+                attach(transformer, {path: weights for path, weights in fitting.items()
+                                     if component_of(path) == TRANSFORMER}, name, scale)
+                if not report.complete:
+                    log.warning(report.summary())
+            elif current[name] != scale:
                 set_lora_scale(transformer, name, scale)
-            reports.append(check_lora(transformer, lora, scale)[1])
-        self.reports = reports
-        return reports
+        if text_encoders is not None:
+            text_encoders.adapters = TextEncoderAdapters.of([(name, scale, fitting)
+                                                             for name, scale, fitting, _ in checked])
+        self.reports = [report for *_, report in checked]
+        return self.reports

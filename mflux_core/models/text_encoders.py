@@ -5,7 +5,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
 
+from mflux_core.lora.layers import linear_shapes
 from mflux_core.models.clip import CLIPTextModel, load_clip_text_model
 from mflux_core.models.prompt_tokenizers import load_clip_tokenizer, load_t5_tokenizer
 from mflux_core.models.t5 import T5Encoder, load_t5_encoder
@@ -30,6 +32,7 @@ class TextEncoders:
         self.dtype = dtype
         self._clip: CLIPTextModel | None = None
         self._t5: T5Encoder | None = None
+        self.linear_shapes: dict[str, dict[str, tuple[int, int]]] = {}  # kept when the weights are released
 
     @classmethod
     def from_folder(cls, model_folder: Path, dtype: mx.Dtype = mx.float32) -> "TextEncoders":
@@ -45,6 +48,12 @@ class TextEncoders:
             self._clip = load_clip_text_model(self.model_folder / "text_encoder", self.dtype)
         if self._t5 is None:
             self._t5 = load_t5_encoder(self.model_folder / "text_encoder_2", self.dtype)
+        if not self.linear_shapes:
+            self.linear_shapes = {component: linear_shapes(root) for component, root in self.components().items()}
+
+    def components(self) -> dict[str, nn.Module]:
+        """The loaded encoders by their folder's name in a FLUX.1 model (what LoRA files call them)."""
+        return {"text_encoder": self._clip, "text_encoder_2": self._t5}
 
     def release(self) -> None:
         """Drop both encoders' weights (the tokenizers stay)."""

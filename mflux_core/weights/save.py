@@ -18,10 +18,11 @@ from mlx.utils import tree_flatten
 
 from mflux_core import loader
 from mflux_core.errors import ModelLoadError
-from mflux_core.lora.apply import LoraReport, add_lora, fuse_loras
-from mflux_core.lora.formats import load_lora_file
-from mflux_core.lora.layers import input_channels
+from mflux_core.lora.apply import LoraReport, attach, check_lora, fuse_loras, lora_layers
+from mflux_core.lora.formats import TRANSFORMER, component_of, load_lora_file
+from mflux_core.lora.layers import input_channels, linear_shapes
 from mflux_core.lora.library import resolve_lora_path
+from mflux_core.models.clip import load_clip_text_model
 from mflux_core.models.t5 import load_t5_encoder
 from mflux_core.weights.quantize import CONFIG_KEY, GROUP_SIZE, quantization_config, quantize_lazily, quantized_bits
 from mflux_core.weights.resolve import ModelSource
@@ -29,7 +30,8 @@ from mflux_core.weights.safetensors_io import read_json
 
 COPIED_COMPONENTS = ("vae", "text_encoder", "tokenizer", "tokenizer_2", "scheduler")
 TRANSFORMER_FILE = "diffusion_pytorch_model.safetensors"
-T5_FILE = "model.safetensors"
+T5_FILE = "model.safetensors"  # CLIP's too
+CLIP_PREFIX = "text_model."  # before every name in the published CLIP files (models/clip.py reads both)
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,8 @@ class SavedModel:
     loras: tuple[LoraReport, ...]
 
 
-def write_component(module: nn.Module, config: dict, folder: Path, filename: str) -> int:
-    """config.json plus the module's parameters under their checkpoint names, with the
+def write_component(module: nn.Module, config: dict, folder: Path, filename: str, prefix: str = "") -> int:
+    """config.json plus the module's parameters under their checkpoint names (`prefix` before each), with the
     quantization (if any) recorded in both; returns the parameter bytes written."""
     bits = quantized_bits(module)
     folder.mkdir(parents=True)
@@ -52,9 +54,37 @@ def write_component(module: nn.Module, config: dict, folder: Path, filename: str
         config[CONFIG_KEY] = quantization_config(bits)
         metadata = {"format": "mlx", "quantization_bits": str(bits), "quantization_group_size": str(GROUP_SIZE)}
     (folder / "config.json").write_text(json.dumps(config, indent=2))
-    arrays = dict(tree_flatten(module.parameters()))
+    arrays = {prefix + name: array for name, array in tree_flatten(module.parameters())}
     mx.save_safetensors(str(folder / filename), arrays, metadata=metadata)
     return sum(a.nbytes for a in arrays.values())
+
+
+def bake_loras(transformer: nn.Module, encoders: dict[str, nn.Module], source: ModelSource, dtype: mx.Dtype,
+               loras: Sequence[tuple[str, float]], models_dir: Path | None) -> list[LoraReport]:
+    """Fuse the LoRAs into the transformer and the text encoders in `encoders` (T5 loaded; CLIP is loaded into it
+    when a LoRA adapts it); one report per LoRA."""
+    checked = []
+    for index, (name, scale) in enumerate(loras):
+        if "text_encoder" not in encoders:  # CLIP is copied as it is unless a LoRA changes it
+            encoders["text_encoder"] = load_clip_text_model(source.component("text_encoder"), dtype)
+        shapes = {component: linear_shapes(root) for component, root in encoders.items()}
+        fitting, report = check_lora(transformer, load_lora_file(resolve_lora_path(name, models_dir)), scale, shapes)
+        for component, root in (("transformer", transformer), *encoders.items()):
+            attach(root, {path.partition(".")[2] if component != TRANSFORMER else path: weights
+                          for path, weights in fitting.items() if component_of(path) == component}, f"lora-{index}",
+                   scale)
+        if input_channels(transformer) != transformer.config.in_channels:
+            raise ModelLoadError(f"{name} is a control LoRA (it widens the image input to "
+                                 f"{input_channels(transformer)} channels), which saving does not bake in: apply it "
+                                 "with --lora-paths on the Depth tool instead.")
+        checked.append(report)
+    fuse_loras(transformer)
+    for component, root in list(encoders.items()):
+        if lora_layers(root):
+            fuse_loras(root)
+        elif component == "text_encoder":
+            del encoders[component]
+    return checked
 
 
 def transformer_config(source: ModelSource, transformer) -> dict:
@@ -97,21 +127,19 @@ def save_model(
     on_progress = on_progress or (lambda done, total, what: None)
     on_progress(0, 0, "loading the transformer")
     transformer = loader.load_source_transformer(source, dtype)
-    reports = []
-    for index, (name, scale) in enumerate(loras):
-        reports.append(add_lora(transformer, load_lora_file(resolve_lora_path(name, models_dir)), f"lora-{index}", scale))
-        if input_channels(transformer) != transformer.config.in_channels:
-            raise ModelLoadError(f"{name} is a control LoRA (it widens the image input to "
-                                 f"{input_channels(transformer)} channels), which saving does not bake in: apply it "
-                                 "with --lora-paths on the Depth tool instead.")
-    fuse_loras(transformer)
     on_progress(0, 0, "loading T5")
     t5_folder = source.component("text_encoder_2")
-    t5 = load_t5_encoder(t5_folder, dtype)
-    for module in (transformer, t5):
+    encoders = {"text_encoder_2": load_t5_encoder(t5_folder, dtype)}
+    reports = bake_loras(transformer, encoders, source, dtype, loras, models_dir)
+    t5, clip = encoders["text_encoder_2"], encoders.get("text_encoder")
+    modules = (transformer, t5)
+    for module in modules:
         quantize_lazily(module, bits)
-    tensors = [array for module in (transformer, t5) for _, array in tree_flatten(module.parameters())]
-    total = len(tensors) + 2 + len(COPIED_COMPONENTS) + 1  # + the written components, the copied ones, model_index
+    tensors = [array for module in (*modules, *([clip] if clip else [])) for _, array in
+               tree_flatten(module.parameters())]
+    copied = [name for name in COPIED_COMPONENTS if not (clip and name == "text_encoder")]
+    # + the written components, the copied ones, model_index
+    total = len(tensors) + len(modules) + bool(clip) + len(copied) + 1
     for done, array in enumerate(tensors, start=1):  # one at a time: progress and a Stop between tensors
         mx.eval(array)
         on_progress(done, total, "tensors quantized" if bits else "tensors loaded")
@@ -129,7 +157,11 @@ def save_model(
         wrote("transformer written")
         t5_bytes = write_component(t5, read_json(t5_folder / "config.json"), partial / "text_encoder_2", T5_FILE)
         wrote("T5 written")
-        for name in COPIED_COMPONENTS:
+        if clip:
+            write_component(clip, read_json(source.component("text_encoder") / "config.json"),
+                            partial / "text_encoder", T5_FILE, prefix=CLIP_PREFIX)
+            wrote("CLIP written")
+        for name in copied:
             shutil.copytree(source.component(name), partial / name)  # follows the HF cache's links
             wrote(f"{name} copied")
         shutil.copyfile(model_index(source), partial / "model_index.json")
