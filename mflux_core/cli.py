@@ -9,7 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mflux_core.command_args import (
-    base_request, manager_from_args, output_path, read_prompt, seeds_to_run, with_styles,
+    base_request, manager_from_args, output_path, plot_styler, read_prompt, seeds_to_run, with_styles,
 )
 from mflux_core.concept.command import add_concept_parsers, run_concept
 from mflux_core.controlnet_units import unit_from_flag
@@ -302,7 +302,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     request = base_request(args)
     fallback = request.prompt if args.config_from_metadata else \
         "" if tool_spec(args.tool).prompt_optional or args.prompts_from else None
-    request = request.with_(prompt=read_prompt(args, fallback))
+    request = unstyled = request.with_(prompt=read_prompt(args, fallback))
     request, styled = with_styles(args, request)
     request.validated()
     stepwise = Path(args.stepwise_image_output_dir) if args.stepwise_image_output_dir else None
@@ -317,7 +317,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     if axes or args.prompt_matrix:
         if len(seeds) > 1:
             raise StudioError("A plot takes one seed; for several, make the seed an axis (--x-axis seed=1-4).")
-        return run_plot(args, manager, request.with_(seed=seeds[0], prompt=styled(request.prompt)), axes, stepwise)
+        return run_plot(args, manager, unstyled.with_(seed=seeds[0]), axes, stepwise)
     written = []
     for seed in seeds:
         prompt = expand_prompt(styled(read_prompt(args, request.prompt)), seed, Path(args.wildcards_dir))
@@ -370,14 +370,21 @@ def run_plot(args: argparse.Namespace, manager, request: GenerationRequest, axes
     the cells that finished and grids them."""
     from mflux_core.images.io import save_png_atomic
 
-    prompt = expand_prompt(request.prompt, request.seed, Path(args.wildcards_dir))
+    wildcards = Path(args.wildcards_dir)
+    prompt = expand_prompt(request.prompt, request.seed, wildcards)
     if args.prompt_matrix:
         if axes:
             raise StudioError("A prompt matrix makes its own axes: leave out --x-axis, --y-axis and --z-axis.")
         prompt, axes = prompt_matrix(prompt, args.max_cells)
+    style = plot_styler(args)
+
+    def styled(cell: GenerationRequest) -> GenerationRequest:  # a style's own wildcards drawn as the prompt's were
+        cell = style(cell)
+        return cell.with_(prompt=expand_prompt(cell.prompt, request.seed, wildcards))
+
     cells = plot_cells(request.with_(prompt=prompt),
                        resolve_loras(axes, lambda name: str(resolve_lora_path(name, Path(args.models_dir)))),
-                       args.max_cells)
+                       args.max_cells, styled)
     print(f"Plot: {len(cells)} cells ({' x '.join(f'{len(a.values)} {a.label}' for a in axes)})")
     base = Path(args.output.replace("{seed}", str(request.seed)))
     written, images = [], {}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mflux_core.errors import StudioError
 from mflux_core.request import GenerationRequest
-from mflux_core.styles import prompt_styler, read_styles, styled_negative_prompt
+from mflux_core.styles import prompt_styler, read_styles, request_styler, styled_negative_prompt
 from mflux_core.tools.specs import EXTRA, REQUEST, TOOL_SPECS
 
 # The shared flags whose value may come from --config-from-metadata when not given on the command line (the
@@ -56,6 +56,13 @@ def with_styles(args: argparse.Namespace, request: GenerationRequest) -> tuple[G
     styles = read_styles(Path(args.styles_dir))
     negative = styled_negative_prompt(request.tool, request.negative_prompt, args.styles, styles)
     return request.with_(negative_prompt=negative), prompt_styler(args.styles, styles)
+
+
+def plot_styler(args: argparse.Namespace) -> Callable[[GenerationRequest], GenerationRequest]:
+    """--styles for a plot's cells: merged into each cell's prompts after its axes changed them."""
+    if not args.styles:
+        return lambda request: request
+    return request_styler(args.styles, read_styles(Path(args.styles_dir)))
 
 
 def base_request(args: argparse.Namespace) -> GenerationRequest:

@@ -78,6 +78,17 @@ def styled_negative_prompt(tool: str, negative_prompt: str, names, styles: dict[
     return styled_prompts("", negative_prompt, names, styles)[1]
 
 
+def request_styler(names, styles: dict[str, Style]):
+    """A function merging the named styles into a request's prompt and, on a tool with true CFG, its negative prompt
+    (a plot's cells: A1111 merges styles after its scripts changed the prompts)."""
+    def styled(request):
+        prompt, negative = styled_prompts(request.prompt, request.negative_prompt, names, styles)
+        return request.with_(prompt=prompt,
+                             negative_prompt=negative if tool_spec(request.tool).true_cfg else request.negative_prompt)
+
+    return styled
+
+
 def prompt_styler(names, styles: dict[str, Style]):
     """A function merging the named styles into a prompt (a prompt list's lines, each image's re-read prompt)."""
     return lambda prompt: styled_prompts(prompt, "", names, styles)[0]

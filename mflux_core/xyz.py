@@ -253,8 +253,11 @@ class Cell:
     position: tuple[int, int, int]  # (x, y, z) indices
 
 
-def plot_cells(base: GenerationRequest, axes: list[Axis], max_cells: int = MAX_CELLS) -> list[Cell]:
-    """Every cell's validated request, model changes outermost; refused over `max_cells` before anything runs."""
+def plot_cells(base: GenerationRequest, axes: list[Axis], max_cells: int = MAX_CELLS,
+               styled: Callable[[GenerationRequest], GenerationRequest] = lambda request: request) -> list[Cell]:
+    """Every cell's validated request, model changes outermost; refused over `max_cells` before anything runs.
+    `styled` finishes each cell's request after its axes (A1111's order: styles merge after the X/Y/Z script, so a
+    Prompt S/R term must be in the user's own prompt)."""
     if not 1 <= len(axes) <= 3:
         raise InvalidRequest("A plot has one to three axes.")
     axes = list(axes) + [Axis("seed", (None,))] * (3 - len(axes))  # a missing axis: one cell, nothing changed
@@ -273,7 +276,7 @@ def plot_cells(base: GenerationRequest, axes: list[Axis], max_cells: int = MAX_C
             if value is not None and not (no_lora and kind == "lora-scale"):  # a scale of the LoRA axis's LoRA
                 request = axes[axis_index].apply(request, value)
             no_lora = no_lora or (kind == "lora" and value == NO_LORA)
-        cells.append(Cell(request.validated(), tuple(position)))
+        cells.append(Cell(styled(request).validated(), tuple(position)))
     return cells
 
 

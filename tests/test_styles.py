@@ -101,3 +101,27 @@ def test_the_cli_merges_styles_into_each_images_prompt(styles_dir, tiny_dev, tmp
                      str(styles_dir), "--steps", "1", "--output", str(tmp_path / "no.png")])
     assert code == 1 and "There is no style named 'Noir'" in capsys.readouterr().err
     assert not (tmp_path / "no.png").exists()
+
+
+def test_plots_merge_styles_after_their_axes_as_a1111_does(styles_dir, tiny_dev, tmp_path, capsys):
+    """A1111 merges styles after its X/Y/Z script changed the prompt: a Prompt S/R term must be in the user's own
+    prompt, and each cell's prompt is styled after the replacement (the page and the CLI)."""
+    from webui.panels.plot import plot_requests
+    from webui.requests import InputStore
+
+    context = RequestContext(inputs=InputStore(tmp_path / "inputs"), styles=styles_dir, draw_seed=lambda: 0)
+    values = shared_values(validate_settings({"tool": "generate", "prompt": "a cat", "negative_prompt": "dogs",
+                                              "true_cfg_scale": 2.0, "seed": 3, "styles": ["Cinematic"]}))
+    _, cells = plot_requests({**values, "x_kind": "prompt-sr", "x_values": "cat, fox"}, context)
+    assert [cell.request.prompt for cell in cells] == ["cinematic still of a cat, film grain",
+                                                       "cinematic still of a fox, film grain"]
+    assert {cell.request.negative_prompt for cell in cells} == {"dogs, cartoon, blurry"}
+    with pytest.raises(InvalidRequest, match="neither the prompt nor the negative prompt contains 'film'"):
+        plot_requests({**values, "x_kind": "prompt-sr", "x_values": "film, video"}, context)
+
+    args = ["generate", "--path", str(tiny_dev), "--prompt", "a cat", "--styles", "Old", "--styles-dir",
+            str(styles_dir), "--seed", "1", "--steps", "1", "--width", "32", "--height", "32", "--metadata"]
+    assert cli_main([*args, "--x-axis", "prompt-sr=cat,fox", "--output", str(tmp_path / "plot.png")]) == 0
+    assert json.loads((tmp_path / "plot_x1_y0_z0.json").read_text())["request"]["prompt"] == "a fox, sepia tones"
+    assert cli_main([*args, "--x-axis", "prompt-sr=sepia,blue", "--output", str(tmp_path / "no.png")]) == 1
+    assert "neither the prompt nor the negative prompt contains 'sepia'" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from mflux_core.images.io import load_image, save_png_atomic
 from mflux_core.lora.a1111 import with_prompt_loras
 from mflux_core.presets import UI_FIELDS
 from mflux_core.request import MAX_SEED, GenerationRequest
-from mflux_core.styles import prompt_styler, read_styles, styled_negative_prompt
+from mflux_core.styles import prompt_styler, read_styles, request_styler, styled_negative_prompt
 from mflux_core.wildcards import expand_prompt
 
 
@@ -88,6 +88,24 @@ def lora_files(names: list[str], library: Mapping[str, Path]) -> tuple[str, ...]
         raise InvalidRequest(f"The LoRA {missing[0]!r} is not in the LoRA library: check its name (was it moved or "
                              "renamed?), or put its .safetensors file into a LoRA folder.")
     return tuple(str(library[name]) for name in names)
+
+
+def plot_styler(settings: dict, context: RequestContext, seed: int) -> Callable[[GenerationRequest], GenerationRequest]:
+    """For a plot's cells: the settings' A1111 styles merged into each cell's prompts after its axes changed them
+    (A1111's order), a style's wildcards drawn from the plot's `seed` and its `<lora:...>` tags added to the cell's
+    LoRAs."""
+    if not settings.get("styles"):
+        return lambda request: request
+    style = request_styler(settings["styles"], read_styles(context.styles))
+
+    def styled(request: GenerationRequest) -> GenerationRequest:
+        request = style(request)
+        resolved = request.lora_paths
+        request = with_prompt_loras(request.with_(prompt=expand_prompt(request.prompt, seed, context.wildcards)))
+        tagged = lora_files(list(request.lora_paths[len(resolved):]), context.loras)
+        return request.with_(lora_paths=(*resolved, *tagged))
+
+    return styled
 
 
 def requests_from_settings(settings: dict, context: RequestContext, **inputs) -> list[GenerationRequest]:

@@ -20,7 +20,7 @@ from mflux_core.xyz import (
 from webui.gallery import save_result
 from webui.jobs import follow, image_progress, page_job
 from webui.panels import Panel, result_column
-from webui.requests import RequestContext, lora_files, requests_from_settings
+from webui.requests import RequestContext, lora_files, plot_styler, requests_from_settings
 from webui.widgets import build_shared_controls, shared_settings, shared_values
 
 TOOL = "plot"
@@ -57,15 +57,21 @@ def max_cells(values: dict) -> int:
     return MAX_CELLS if value in (None, "") else max(1, int(value))
 
 
+def plot_requests(values: dict, context: RequestContext) -> tuple[list[Axis], list]:
+    """The plot's axes and cells (each validated); the A1111 styles merge into each cell after its axes, as A1111
+    merges them after its scripts."""
+    settings = settings_from_values(values)
+    (base,) = requests_from_settings({**settings, "styles": [], "batch_count": 1}, context)
+    base, axes = plot_axes(values, base, context)
+    return axes, plot_cells(base, axes, max_cells(values), plot_styler(settings, context, base.seed))
+
+
 def run_plot(studio, view, values: dict, session: str):
     """The Run handler: the cells in turn (progress across all of them), then the grids."""
     saved: list[tuple[str, str]] = []
 
     def work(cancel):
-        context = studio.request_context()
-        (base,) = requests_from_settings({**settings_from_values(values), "batch_count": 1}, context)
-        base, axes = plot_axes(values, base, context)
-        cells = plot_cells(base, axes, max_cells(values))
+        axes, cells = plot_requests(values, studio.request_context())
         images = {}
         try:
             with closing(studio.manager.batch([cell.request for cell in cells], cancel.is_set)) as runs:  # fan-out
