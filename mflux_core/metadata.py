@@ -72,10 +72,11 @@ def variation_parameters(request: GenerationRequest) -> list[tuple[str, object]]
 
 
 def inpaint_area_parameters(request: GenerationRequest) -> list[tuple[str, object]]:
-    """A1111's items for its inpaint area "Only masked" (none for the whole picture, its default)."""
+    """A1111's items for its mask blur and its inpaint area "Only masked" (none for no blur and the whole picture)."""
+    blur = [("Mask blur", request.mask_blur)] if request.mask_blur else []
     if request.only_masked_padding is None:
-        return []
-    return [("Inpaint area", "Only masked"), ("Masked area padding", request.only_masked_padding)]
+        return blur
+    return [*blur, ("Inpaint area", "Only masked"), ("Masked area padding", request.only_masked_padding)]
 
 
 def png_text_chunks(request: GenerationRequest, extras: dict | None = None) -> dict[str, str]:

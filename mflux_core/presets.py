@@ -34,7 +34,7 @@ from mflux_core.settings_schema import (
     number, problems, schema, text,
 )
 from mflux_core.settings_schema import SAMPLER_LABELS, SCHEDULE_LABELS
-from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE, ONLY_MASKED_PADDING
+from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE, MAX_MASK_BLUR, ONLY_MASKED_PADDING
 from mflux_core.tools.specs import tool_spec
 
 FORMAT_VERSION = 1
@@ -382,11 +382,15 @@ def _a1111_variation(values: dict) -> dict:
 
 
 def _a1111_inpaint_area(values: dict) -> dict:
-    """Fill's "Only masked" and its padding from A1111's inpaint items (its default padding where none is given)."""
+    """Fill's mask blur, "Only masked" and its padding from A1111's inpaint items (its default padding where none is
+    given)."""
+    blur = values.get("Mask blur", "")
+    settings = {"mask_blur": min(MAX_MASK_BLUR, int(blur))} if blur.isdigit() and int(blur) else {}
     if values.get("Inpaint area") != "Only masked":
-        return {}
+        return settings
     padding = values.get("Masked area padding", "")
-    return {"only_masked_padding": min(MAX_SIDE, int(padding)) if padding.isdigit() else ONLY_MASKED_PADDING}
+    return {**settings,
+            "only_masked_padding": min(MAX_SIDE, int(padding)) if padding.isdigit() else ONLY_MASKED_PADDING}
 
 
 def _a1111_hires(values: dict) -> dict:

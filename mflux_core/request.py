@@ -17,7 +17,7 @@ from mflux_core.settings_schema import (  # the limits are imported from here to
     Setting, checked, choice, number, problems, schema, side, switch, text,
 )
 from mflux_core.settings_schema import SAMPLER, SCHEDULE
-from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE
+from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE, MAX_MASK_BLUR
 from mflux_core.images.resize_modes import DEFAULT_RESIZE_MODE
 from mflux_core.settings_schema import RESIZE_MODE
 from mflux_core.tools.specs import TOOL_NAMES as TOOLS, tool_spec
@@ -46,6 +46,8 @@ class GenerationRequest:
     outpaint_padding: str | None = None
     only_masked_padding: int | None = None  # Fill: inpaint only the box around the mask, this many pixels of context
     #                                          (A1111's inpaint area "Only masked"); None: the whole picture
+    mask_blur: int = 0  # Fill: A1111's mask blur, px (gaussian sigma at the image's size): a smoother mask whose soft
+    #                     edge the paste blends over
     depth_image_path: str | None = None
     controlnet_image_path: str | None = None
     controlnet_strength: float | None = None  # None: the tool's default (canny 0.4, upscaler 0.6)
@@ -97,6 +99,8 @@ class GenerationRequest:
             self._check_controlnet_units()
         if self.only_masked_padding is not None and self.tool != "fill":
             raise InvalidRequest(f"Inpainting only the masked area is for the fill tool, not {self.tool}.")
+        if self.mask_blur and self.tool != "fill":
+            raise InvalidRequest(f"A mask blur is for the fill tool, not {self.tool}.")
         if self.variation_strength and self.variation_seed is None:
             raise InvalidRequest("A variation strength needs a variation seed to blend in: give one, or set the "
                                  "strength to 0.")
@@ -231,6 +235,7 @@ REQUEST_SETTINGS: dict[str, Setting] = {
     "keep_unmasked": switch("The setting keep_unmasked"),
     "outpaint_padding": text("The outpaint padding").optional(),
     "only_masked_padding": number("Only masked padding", 0, MAX_SIDE, whole=True, unit="px").optional(),
+    "mask_blur": number("Mask blur", 0, MAX_MASK_BLUR, whole=True, unit="px"),
     "depth_image_path": text("The depth image path").optional(),
     "controlnet_image_path": text("The control image path").optional(),
     "controlnet_strength": number("ControlNet strength", 0, 2).optional(),

@@ -1,6 +1,9 @@
 """Fill's inpaint area "Only masked" (A1111's): the box around the mask is diffusers' / A1111's crop region, the
-crop is inpainted as diffusers' FluxFillPipeline inpaints it, and everything away from the mask stays the original."""
+crop is inpainted as diffusers' FluxFillPipeline inpaints it, and everything away from the mask stays the original.
+A1111's mask blur: the model paints the blurred mask's half-white shape and the result is composited over its soft
+edge."""
 
+import cv2
 import numpy as np
 import pytest
 from diffusers.image_processor import VaeImageProcessor
@@ -9,7 +12,7 @@ from PIL import Image, ImageDraw
 from mflux_core.cli import main as cli_main
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.inpaint_area import Box, box_at_aspect, masked_area, processing_size
-from mflux_core.images.masks import distance_to_mask
+from mflux_core.images.masks import distance_to_mask, feathered_paste, soft_mask
 from mflux_core.metadata import a1111_parameters
 from mflux_core.presets import settings_from_a1111
 from mflux_core.request import GenerationRequest
@@ -99,3 +102,48 @@ def test_only_masked_belongs_to_fill_and_travels_in_a1111_parameters():
     forge = "a cat\nSteps: 20, Seed: 1, Size: 512x512, Denoising strength: 0.75, Inpaint area: Only masked"
     assert settings_from_a1111(forge)["only_masked_padding"] == 32  # A1111's page default
     assert "only_masked_padding" not in settings_from_a1111("a cat\nSteps: 20, Seed: 1, Size: 512x512")
+
+
+def a1111_blurred(mask: Image.Image, blur: int) -> np.ndarray:
+    """The mask as A1111's img2img blurs it (processing.py: cv2.GaussianBlur, its kernel size), in [0, 1]."""
+    kernel = 2 * int(2.5 * blur + 0.5) + 1
+    return cv2.GaussianBlur(np.asarray(mask), (kernel, kernel), blur).astype(np.float32) / 255.0
+
+
+@pytest.mark.parametrize("only_masked", [False, True])
+def test_mask_blur_paints_the_blurred_masks_shape_and_composites_over_its_soft_edge(only_masked, tiny_fill, tmp_path,
+                                                                                    posterior_mean):
+    image, blur = random_image(96, 64, seed=4), 3
+    mask = rectangle_mask(image.size, (30, 20, 60, 44))
+    noise_path = make_noise(tmp_path, (1, 4, 64 // 8, 96 // 8), seed=6)
+    ours = run_cli(
+        "fill", "--path", tiny_fill, "--prompt", "a red circle", "--image-path", save(image, tmp_path / "i.png"),
+        "--masked-image-path", save(mask, tmp_path / "m.png"), "--mask-blur", blur, "--keep-unmasked",
+        *(("--only-masked", 40, "--width", 96, "--height", 64) if only_masked else ()), "--steps", 2, "--guidance", 30,
+        "--init-noise", noise_path, "--output", tmp_path / "o.png")
+    blurred = np.asarray(soft_mask(mask, blur), dtype=np.float32) / 255.0
+    assert np.abs(blurred - a1111_blurred(mask, blur)).max() <= 2 / 255  # A1111's kernel is cut at 2.5 sigma, ours at 3
+    painted = blurred >= 0.5  # the blurred mask binarized, as diffusers binarizes what it is given
+    pipe = load_diffusers_pipeline(tiny_fill, "FluxFillPipeline")
+    generated = pipe("a red circle", image=image, mask_image=Image.fromarray(np.where(painted, 255, 0).astype(np.uint8)),
+                     height=64, width=96, num_inference_steps=2, guidance_scale=30,
+                     latents=pack(np.load(noise_path)), output_type="pil").images[0]
+    expected = np.asarray(feathered_paste(image, generated, painted, 4, blurred)).astype(int)
+    ours = np.asarray(ours).astype(int)
+    assert np.abs(ours - expected).max() <= UINT8_TOLERANCE
+    soft_edge = (distance_to_mask(painted, 8) > 4) & (distance_to_mask(painted, 8) <= 6)  # past the feather
+    assert np.abs(ours - np.asarray(image).astype(int))[soft_edge].max() > 10
+    away = distance_to_mask(painted, 3 * blur + 2) > 3 * blur + 2
+    assert np.array_equal(ours[away], np.asarray(image)[away])
+
+
+def test_mask_blur_belongs_to_fill_and_travels_in_a1111_parameters():
+    with pytest.raises(InvalidRequest, match="A mask blur is for the fill tool, not generate"):
+        GenerationRequest(tool="generate", mask_blur=4).validated()
+    with pytest.raises(InvalidRequest, match="Mask blur"):
+        GenerationRequest(tool="fill", mask_blur=65).validated()
+    request = GenerationRequest(tool="fill", prompt="a cat", steps=20, width=512, height=512, mask_blur=4)
+    assert "Mask blur: 4" in a1111_parameters(request)
+    assert settings_from_a1111(a1111_parameters(request))["mask_blur"] == 4
+    assert "Mask blur" not in a1111_parameters(request.with_(mask_blur=0))
+

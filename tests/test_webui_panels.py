@@ -209,7 +209,9 @@ def test_fill_inpaint_sends_the_painted_mask(context):
     expected[10:20, 10:30] = 255
     assert np.array_equal(mask, expected)
     assert np.array_equal(np.asarray(Image.open(request.image_path)), np.asarray(picture()))
-    assert request.extra == {"mask_invert": False, "mask_grow_px": 0, "mask_blur_px": 0}
+    assert request.extra == {"mask_invert": False, "mask_grow_px": 0} and request.mask_blur == 0
+    [blurred] = fill.build_requests(shared(editor=editor, mode=fill.INPAINT, mask_blur_px=6), context)
+    assert blurred.mask_blur == 6 and blurred.masked_image_path == request.masked_image_path  # the tool blurs it
 
 
 def test_fill_takes_an_uploaded_mask_in_place_of_the_strokes(context, tmp_path):
@@ -229,14 +231,12 @@ def test_fill_takes_an_uploaded_mask_in_place_of_the_strokes(context, tmp_path):
         fill.editor_mask(editor, uploaded=str(tmp_path / "empty.png"))
 
 
-def test_fill_mask_options_invert_grow_and_blur():
+def test_fill_mask_options_invert_and_grow():
     editor = {"background": picture(), "layers": [stroke_layer()]}
     inverted = np.asarray(fill.editor_mask(editor, invert=True))
     assert inverted[15, 20] == 0 and inverted[40, 60] == 255
     grown = np.asarray(fill.editor_mask(editor, grow_px=4))
     assert grown[7, 20] == 255 and grown[3, 20] == 0
-    blurred = np.asarray(fill.editor_mask(editor, blur_px=3))
-    assert 0 < blurred[9, 20] < blurred[15, 20] and blurred[15, 20] > 200 and blurred[40, 60] == 0
     with pytest.raises(InvalidRequest, match="mask is empty"):
         fill.editor_mask({"background": picture(), "layers": [stroke_layer(box=(0, 0, 0, 0))]})
     with pytest.raises(InvalidRequest, match="Upload an image"):
@@ -349,10 +349,11 @@ def test_redux_sends_filled_slots_with_their_strengths(context):
 def test_settings_restored_from_a_png_fill_the_panel(tmp_path):
     request = GenerationRequest(tool="fill", model="tiny-fill", prompt="p", seed=9, steps=3, width=64, height=48,
                                 keep_unmasked=True, outpaint_padding="0px,16px,0px,16px", image_path="/x.png",
-                                extra={"mask_invert": False, "mask_grow_px": 2, "mask_blur_px": 0})
+                                mask_blur=5, extra={"mask_invert": False, "mask_grow_px": 2})
     path = gallery.save_result(tmp_path, GenerationResult(picture(), request, {}, png_text_chunks(request), 0.1))
     values = fill.values_from_settings(settings_from_png(path))
     assert values["mode"] == fill.OUTPAINT and values["pad_right"] == 16 and values["mask_grow_px"] == 2
+    assert values["mask_blur_px"] == 5
     assert (values["seed"], values["steps"], values["width"], values["prompt"]) == (9, "3", 64, "p")
     # a seed comes with its variation (none here), so a variation left on the panel cannot change the replay
     assert shared_values({"seed": None}) == {"random_seed": True, "variation_seed": -1, "variation_strength": 0.0}

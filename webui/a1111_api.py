@@ -40,7 +40,7 @@ from mflux_core.lora.a1111 import tagged_prompt
 from mflux_core.metadata import A1111_KEY
 from mflux_core.presets import PresetError, a1111_sampling, settings_from_png
 from mflux_core.request import MAX_SEED, GenerationRequest, check_image_size, hires_size
-from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_BATCH, MAX_SIDE, SAMPLER_LABELS, SCHEDULE_LABELS
+from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_BATCH, MAX_MASK_BLUR, MAX_SIDE, SAMPLER_LABELS, SCHEDULE_LABELS
 from mflux_core.styles import read_styles, styled_prompts
 from mflux_core.tools.specs import TOOL_SPECS, default_model_for
 from webui.a1111_controlnet import SCRIPT as CONTROLNET_SCRIPT, add_controlnet_routes, enabled_units, units_inputs
@@ -106,6 +106,7 @@ class Img2ImgParams(Txt2ImgParams):
     inpainting_mask_invert: int = Field(0, ge=0, le=1)
     inpaint_full_res: bool = True  # inpaint area "Only masked" (A1111's API default; its page's is the whole picture)
     inpaint_full_res_padding: int = Field(0, ge=0, le=MAX_SIDE)
+    mask_blur: int = Field(4, ge=0, le=MAX_MASK_BLUR)  # A1111's default
     resize_mode: int = Field(0, ge=0, le=3)  # 3: A1111's "just resize (latent upscale)", done here as 0
 
 
@@ -382,7 +383,8 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
     if not mask.getbbox():
         raise SdApiError(400, "The mask marks nothing to repaint: white is repainted (black with "
                               "inpainting_mask_invert 1).")
-    settings.update(image_strength=settings["image_strength"] or None, keep_unmasked=True)  # 0: from pure noise
+    settings.update(image_strength=settings["image_strength"] or None, keep_unmasked=True,  # 0: from pure noise
+                    mask_blur=params.mask_blur)
     return "fill", settings, {**inputs, "masked_image_path": store.save(mask, "api-mask")}
 
 

@@ -78,14 +78,15 @@ def processing_size(box: Box, native_side: int) -> tuple[int, int]:
     return snap_to_16(round(box_width * scale)), snap_to_16(round(box_height * scale))
 
 
-def pasted_back(original: Image.Image, generated: Image.Image, box: Box, mask: np.ndarray,
-                feather: int) -> Image.Image:
+def pasted_back(original: Image.Image, generated: Image.Image, box: Box, mask: np.ndarray, feather: int,
+                blurred: np.ndarray | None = None) -> Image.Image:
     """`generated` (the box's content at the processing size) scaled to the box and blended into `original` inside
-    the mask, feathered outward over `feather` pixels; every pixel farther than that from the mask is the
-    original's."""
+    the mask, feathered outward over `feather` pixels (and as far as the blurred mask reaches, which the box holds);
+    every pixel past that is the original's."""
     region = generated.resize(box.size, Image.Resampling.LANCZOS)
-    box_mask = mask[box.top:box.bottom, box.left:box.right]
-    blended = feathered_paste(original.crop(box), region, box_mask, feather)
+    inside = np.s_[box.top:box.bottom, box.left:box.right]
+    blended = feathered_paste(original.crop(box), region, mask[inside], feather,
+                              None if blurred is None else blurred[inside])
     result = original.convert("RGB")
     result.paste(blended, box[:2])
     return result

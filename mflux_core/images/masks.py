@@ -112,13 +112,21 @@ def blur_mask(mask: MaskLike, radius: float) -> np.ndarray:
     return np.clip(cv2.GaussianBlur(soft, (size, size), radius, borderType=cv2.BORDER_REPLICATE), 0.0, 1.0)
 
 
+def soft_mask(mask: MaskLike, radius: float) -> Image.Image:
+    """A1111's mask blur: the binarized mask blurred by a gaussian of standard deviation `radius`, as an 'L' image."""
+    return Image.fromarray(np.round(blur_mask(mask, radius) * 255).astype(np.uint8), "L")
+
+
 def feathered_paste(
-    original: Image.Image, generated: Image.Image, mask: MaskLike, feather_px: int
+    original: Image.Image, generated: Image.Image, mask: MaskLike, feather_px: int,
+    blurred: np.ndarray | None = None,
 ) -> Image.Image:
     """The generated image inside the mask, the original outside, blended over `feather_px` pixels.
 
     The blend weight falls smoothly from 1 on the mask's edge to 0 at `feather_px` pixels out, so
-    every pixel farther than `feather_px` (Euclidean) from the mask is the original, exactly.
+    every pixel farther than `feather_px` (Euclidean) from the mask is the original, exactly. With `blurred` (the
+    mask blurred, weights in [0, 1], as A1111 composites its result over a blurred mask) the weight is at least
+    that, so the blend reaches as far as the blur does.
     """
     if original.size != generated.size:
         raise ValueError(f"Image sizes differ: original {original.size}, generated {generated.size}.")
@@ -129,6 +137,8 @@ def feathered_paste(
     if feather_px > 0:
         closeness = np.clip(1.0 - distance_to_mask(mask, feather_px) / (feather_px + 1), 0.0, 1.0)
         weight = closeness * closeness * (3.0 - 2.0 * closeness)
+    if blurred is not None:
+        weight = np.maximum(weight, blurred)
     before = np.asarray(original.convert("RGB"), dtype=np.float32)
     after = np.asarray(generated.convert("RGB"), dtype=np.float32)
     blended = before + weight[..., None] * (after - before)

@@ -16,7 +16,9 @@ from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.images.io import load_mask, pil_to_pixels
 from mflux_core.images.inpaint_area import box_at_aspect, feather_px, masked_area, pasted_back, processing_size
-from mflux_core.images.masks import binarize_mask, describe_mask_problem, feathered_paste, mask_to_pil
+from mflux_core.images.masks import (
+    binarize_mask, describe_mask_problem, feathered_paste, mask_to_pil, soft_mask,
+)
 from mflux_core.images.outpaint import outpaint_canvas, parse_padding
 from mflux_core.images.resize_modes import JUST_RESIZE, resize_to
 from mflux_core.request import GenerationRequest, check_image_size, existing_file
@@ -62,16 +64,23 @@ def fill_canvas(request: GenerationRequest) -> tuple[Image.Image, Image.Image]:
     return image, load_mask(existing_file(request.masked_image_path, "mask image"))
 
 
-def kept_outside_mask(original: Image.Image, mask: np.ndarray, width: int,
-                      height: int) -> Callable[[Image.Image], Image.Image]:
+def kept_outside_mask(original: Image.Image, mask: np.ndarray, width: int, height: int,
+                      blurred: np.ndarray | None = None) -> Callable[[Image.Image], Image.Image]:
     """keep_unmasked's finish: the original pasted back outside the mask, blended over a 64th of the shorter side
-    (4 px at least)."""
-    return lambda generated: feathered_paste(original, generated, mask, feather_px(width, height))
+    (4 px at least), and as far as the blurred mask reaches."""
+    return lambda generated: feathered_paste(original, generated, mask, feather_px(width, height), blurred)
+
+
+def mask_weights(mask_image: Image.Image, width: int, height: int, mode: str) -> np.ndarray:
+    """The mask's grey levels at the output size, in [0, 1]: the paste's weights (a blurred mask's soft edge)."""
+    return np.asarray(resize_to(mask_image.convert("L"), width, height, mode), dtype=np.float32) / 255.0
 
 
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
     check_in_channels(model, fill_channels(model), "Fill", "FLUX.1-Fill")
     image, mask_image = fill_canvas(request)
+    if request.mask_blur:  # A1111's mask blur: the model paints where the blurred mask is at least half
+        mask_image = soft_mask(mask_image, request.mask_blur)
     if request.only_masked_padding is not None:
         return masked_area_inputs(model, request, image, mask_image)
     return fill_inputs(model, with_size(request, image), image, mask_image)  # a size given resizes the canvas
@@ -90,7 +99,9 @@ def fill_inputs(model: FluxModel, request: GenerationRequest, image: Image.Image
     conditioning = prompt_conditioning(model, request)
     conditioning.extra_channels = fill_conditioning(model, pixels, mask).astype(model.dtype)
     if finish is None and request.keep_unmasked:
-        finish = kept_outside_mask(image, mask, request.width, request.height)
+        blurred = mask_weights(mask_image, request.width, request.height, request.resize_mode) if request.mask_blur \
+            else None
+        finish = kept_outside_mask(image, mask, request.width, request.height, blurred)
     start = None
     if request.image_strength is not None:
         start = encode_pixels(model, pixels)
@@ -107,7 +118,8 @@ def masked_area_inputs(model: FluxModel, request: GenerationRequest, image: Imag
     problem = describe_mask_problem(mask)
     if problem:
         raise InvalidRequest(problem)
-    box, feather = masked_area(mask, request.only_masked_padding)
+    blurred = mask_weights(mask_image, image.width, image.height, request.resize_mode) if request.mask_blur else None
+    box, feather = masked_area(mask if blurred is None else blurred > 0, request.only_masked_padding)
     width, height = processing_size(box, model.native_side)
     request = with_size(request.with_(width=request.width or width, height=request.height or height))
     box = box_at_aspect(box, request.width, request.height, image.size)
@@ -117,4 +129,4 @@ def masked_area_inputs(model: FluxModel, request: GenerationRequest, image: Imag
     note = (f"Only the masked area was inpainted: {box.size[0]}x{box.size[1]} pixels around the mask, at "
             f"{request.width}x{request.height}, pasted back into the {image.width}x{image.height} image.")
     return fill_inputs(model, request, crop, crop_mask, (note,),
-                       lambda generated: pasted_back(image, generated, box, mask, feather))
+                       lambda generated: pasted_back(image, generated, box, mask, feather, blurred))

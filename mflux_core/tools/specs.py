@@ -137,7 +137,10 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                  Flag("--only-masked", "inpaint only the masked area and this many pixels of context around it "
                       f"(A1111's 'Only masked'; given bare: {ONLY_MASKED_PADDING}), at --width/--height (default: its "
                       "shape at the model's native area), pasted back into the image at the image's size", kind="whole",
-                      field="only_masked_padding", bare=ONLY_MASKED_PADDING), RESIZE_FLAG)),
+                      field="only_masked_padding", bare=ONLY_MASKED_PADDING),
+                 Flag("--mask-blur", "blur the mask by this many pixels (A1111's mask blur): a smoother area to paint "
+                      "and, with --keep-unmasked or --only-masked, a softer paste", kind="whole"),
+                 RESIZE_FLAG)),
     ToolSpec("depth", "restyle with the layout of a depth map or of Canny edges (FLUX.1-Depth / -Canny, or dev "
              "with BFL's Depth / Canny LoRA)", "depth", "depth", ("depth",), guidance=10.0, demo_model="demo-depth",
              sized_by_input=True, control_lora_kinds=("base",), flags=(

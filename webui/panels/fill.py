@@ -8,10 +8,10 @@ from PIL import Image
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.io import load_image, load_mask
-from mflux_core.images.masks import blur_mask, grow_mask, invert_mask, mask_from_editor_layers, mask_to_pil
+from mflux_core.images.masks import grow_mask, invert_mask, mask_from_editor_layers, mask_to_pil
 from mflux_core.images.outpaint import outpaint_canvas, parse_padding
 from mflux_core.request import GenerationRequest
-from mflux_core.settings_schema import ONLY_MASKED_PADDING
+from mflux_core.settings_schema import MAX_MASK_BLUR, ONLY_MASKED_PADDING
 from webui.demo_examples import render_demo_examples
 from webui.jobs import progress_html, safe_action
 from webui.panels import Panel, editor_layers, input_image, mask_editor, result_column
@@ -62,10 +62,11 @@ def padding_values(text: str | None) -> dict:
     return values
 
 
-def editor_mask(editor: dict, invert: bool = False, grow_px: int = 0, blur_px: int = 0,
+def editor_mask(editor: dict, invert: bool = False, grow_px: int = 0,
                 uploaded: str | Image.Image | None = None) -> Image.Image:
     """The painted strokes, or an uploaded mask in their place (white = regenerate, as A1111's "Inpaint upload";
-    stretched to the image's size), as a mask ('L', white = regenerate), inverted, grown and blurred as asked."""
+    stretched to the image's size), as a mask ('L', white = regenerate), inverted and grown as asked (the tool
+    blurs it: the request's mask_blur)."""
     if uploaded is not None:
         size = editor_image(editor).size
         mask = np.asarray(read_upload(uploaded, load_mask).resize(size, Image.Resampling.NEAREST)) > 127
@@ -77,8 +78,6 @@ def editor_mask(editor: dict, invert: bool = False, grow_px: int = 0, blur_px: i
         raise InvalidRequest("The mask is empty: paint the area to regenerate.")
     if grow_px:
         mask = grow_mask(mask, int(grow_px))
-    if blur_px:
-        return Image.fromarray(np.round(blur_mask(mask, float(blur_px)) * 255).astype(np.uint8), "L")
     return mask_to_pil(mask)
 
 
@@ -99,9 +98,9 @@ def only_masked_padding(values: dict) -> int | None:
 def settings_from_values(values: dict) -> dict:
     return {"tool": TOOL, **shared_settings(values), "keep_unmasked": bool(values.get("keep_unmasked")),
             "outpaint_padding": padding_text(values), "only_masked_padding": only_masked_padding(values),
+            "mask_blur": int(number_value(values, "mask_blur_px", 0, "Blur mask")),
             "extra": {"mask_invert": bool(values.get("mask_invert")),
-                      "mask_grow_px": int(number_value(values, "mask_grow_px", 0, "Grow mask")),
-                      "mask_blur_px": int(number_value(values, "mask_blur_px", 0, "Blur mask"))}}
+                      "mask_grow_px": int(number_value(values, "mask_grow_px", 0, "Grow mask"))}}
 
 
 def values_from_settings(settings: dict) -> dict:
@@ -116,9 +115,11 @@ def values_from_settings(settings: dict) -> dict:
         if padding is not None:
             values["only_masked_padding"] = padding
     extra = settings.get("extra") or {}
-    for key in ("mask_invert", "mask_grow_px", "mask_blur_px"):
+    for key in ("mask_invert", "mask_grow_px", "mask_blur_px"):  # mask_blur_px: images made before mask_blur
         if key in extra:
             values[key] = extra[key]
+    if settings.get("mask_blur"):
+        values["mask_blur_px"] = settings["mask_blur"]
     return values
 
 
@@ -128,8 +129,7 @@ def build_requests(values: dict, context: RequestContext) -> list[GenerationRequ
     inputs = {"image_path": context.inputs.save(editor_image(editor), "fill-image")}
     if settings["outpaint_padding"] is None:
         extra = settings["extra"]
-        mask = editor_mask(editor, extra["mask_invert"], extra["mask_grow_px"], extra["mask_blur_px"],
-                           values.get("mask_upload"))
+        mask = editor_mask(editor, extra["mask_invert"], extra["mask_grow_px"], values.get("mask_upload"))
         inputs["masked_image_path"] = context.inputs.save(mask, "fill-mask")
     return requests_from_settings(settings, context, **inputs)
 
@@ -168,7 +168,7 @@ def render(studio) -> Panel:
                                                 elem_id="fill-keep-unmasked")
                     mask_invert = gr.Checkbox(False, label="Invert mask", elem_id="fill-mask-invert")
                     mask_grow_px = gr.Slider(-32, 64, 0, step=1, label="Grow mask (px)", elem_id="fill-mask-grow")
-                    mask_blur_px = gr.Slider(0, 32, 0, step=1, label="Blur mask (px)", elem_id="fill-mask-blur")
+                    mask_blur_px = gr.Slider(0, MAX_MASK_BLUR, 0, step=1, label="Mask blur (px)", elem_id="fill-mask-blur")
                 with gr.Accordion("Upload a mask instead of painting", open=False, elem_id="fill-mask-upload-box"):
                     mask_upload = input_image("Mask image (white = regenerate; used in place of the strokes)",
                                               "fill-mask-upload")
