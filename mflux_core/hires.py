@@ -66,7 +66,8 @@ def second_pass_request(request: GenerationRequest) -> GenerationRequest:
     denoising strength leaves."""
     width, height = hires_size(request.width, request.height, request.hires_scale)
     return request.with_(width=width, height=height, steps=request.hires_steps,
-                         regions=scaled_regions(request.regions, width / request.width, height / request.height),
+                         regions=tuple({**region, "prompt": after_the_first_pass(region["prompt"])} for region in
+                                       scaled_regions(request.regions, width / request.width, height / request.height)),
                          prompt=request.hires_prompt or after_the_first_pass(request.prompt),
                          image_strength=1 - request.hires_strength,
                          hires_scale=None, hires_steps=None, hires_strength=None, hires_upscaler=None,

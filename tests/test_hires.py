@@ -82,6 +82,8 @@ def test_pixel_box_regions_are_scaled_to_the_second_pass(manager):
     assert second_pass_request(in_pixels).regions == ({**left, "x": 0, "y": 0, "w": 64, "h": 96},)
     in_fractions = in_pixels.with_(regions=({**left, "x": 0, "y": 0, "w": 0.5, "h": 1},))
     assert second_pass_request(in_fractions).regions == in_fractions.regions
+    edited = in_fractions.with_(regions=({**in_fractions.regions[0], "prompt": "a [blue:red:0.5] square"},))
+    assert second_pass_request(edited).regions[0]["prompt"] == "a red square"  # each edit as it ended the first pass
     pixels, fractions = (np.asarray(manager.generate(r).image) for r in (in_pixels, in_fractions))
     assert np.array_equal(pixels, fractions)  # the same left half in both passes
 

@@ -92,3 +92,40 @@ def test_edits_reach_regional_prompts_and_the_negative_prompt(tiny_dev, tmp_path
     negative = run_cli(*common, *cfg, "--negative-prompt", "blue", "--output", tmp_path / "c.png")
     alternating = run_cli(*common, *cfg, "--negative-prompt", "[blue|green]", "--output", tmp_path / "d.png")
     assert max_uint8_diff(negative, alternating) > UINT8_TOLERANCE
+
+
+def test_a_regions_own_edits_switch_its_tokens_at_their_steps(tiny_dev, tmp_path):
+    common = ["generate", "--path", tiny_dev, "--steps", 3, "--height", 32, "--width", 32, "--seed", 2, "--prompt",
+              "a red circle"]
+
+    def with_region(prompt: str, name: str):
+        return np.asarray(run_cli(*common, "--region", f"0,0,0.5,0.5:{prompt}", "--output", tmp_path / name))
+
+    star, square = with_region("a yellow star", "star.png"), with_region("a green square", "square.png")
+    assert np.array_equal(with_region("a [yellow star:green square:3]", "late.png"), star)  # after the last step
+    assert np.array_equal(with_region("a [yellow star:green square:0]", "early.png"), square)  # from the first
+    switched = with_region("a [yellow star:green square:1]", "switched.png")
+    assert not np.array_equal(switched, star) and not np.array_equal(switched, square)
+
+
+def test_each_step_sees_the_prompt_and_every_region_as_they_stand_then():
+    import mlx.core as mx
+
+    from mflux_core.sampling.conditioning import Conditioning, PromptChange
+    from mflux_core.tools.regional import with_region_texts
+
+    def tokens(value):
+        return mx.full((1, 2, 3), value)
+
+    base = Conditioning(text=tokens(0), pooled=mx.full((1, 3), 10), guidance=None,
+                        changes=(PromptChange(2, tokens(1), mx.full((1, 3), 11)),))
+    region_a = ((tokens(5), None), (PromptChange(1, tokens(6), None),))
+    region_b = ((tokens(8), None), ())
+    combined = with_region_texts(base, [region_a, region_b])
+
+    def values(text):
+        return [int(text[0, 2 * part, 0].item()) for part in range(3)]
+
+    assert values(combined.text) == [0, 5, 8]
+    assert [(change.step, values(change.text), int(change.pooled[0, 0].item())) for change in combined.changes] == [
+        (1, [0, 6, 8], 10), (2, [1, 6, 8], 11)]
