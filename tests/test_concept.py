@@ -1,5 +1,6 @@
 """Concept attention: the image is untouched, planted concepts are found, layers and steps are as asked."""
 
+import json
 from pathlib import Path
 
 import mlx.core as mx
@@ -176,6 +177,16 @@ def test_generating_with_concepts_makes_the_plain_image_and_one_map_per_concept(
     assert len(set(np.round(result.maps[0].reshape(-1), 4))) > 1  # the map is not flat
     with pytest.raises(InvalidRequest, match="Heatmap layer 5"):
         generate_with_concepts(ModelManager(), request, ConceptSettings(("square",), (5,)))
+
+
+def test_the_concept_command_draws_wildcards_as_generate_does(tiny_dev, tmp_path):
+    common = ["--path", tiny_dev, "--prompt", "a {red|blue|green} circle", "--steps", 1, "--height", 32, "--width",
+              32, "--seed", 7, "--wildcards-dir", tmp_path]
+    plain = run_cli("generate", *common, "--output", tmp_path / "plain.png")
+    ours = run_cli("concept", *common, "--concept", "circle", "--output", tmp_path / "c.png")
+    assert max_uint8_diff(ours, plain) == 0
+    with Image.open(tmp_path / "c.png") as made:
+        assert "{" not in json.loads(made.text["mflux_studio"])["request"]["prompt"]
 
 
 def test_concepts_from_an_image_run_only_the_chosen_steps(tiny_dev, tmp_path):

@@ -34,6 +34,8 @@ def add_concept_parsers(tools, add_tool_parser) -> None:
 
 def run_concept(args: argparse.Namespace) -> list[Path]:
     from mflux_core.concept.run import ConceptSettings, concepts_from_image, generate_with_concepts, save_concept_result
+    from mflux_core.lora.a1111 import with_prompt_loras
+    from mflux_core.wildcards import expand_prompt
 
     request = base_request(args).with_(tool="generate")
     request = request.with_(prompt=read_prompt(args, request.prompt if args.config_from_metadata else None))
@@ -44,8 +46,9 @@ def run_concept(args: argparse.Namespace) -> list[Path]:
     manager = manager_from_args(args)
     seeds = seeds_to_run(args, request.seed)
     written = []
-    for seed in seeds:
-        seeded = request.with_(seed=seed)
+    for seed in seeds:  # each image's wildcards drawn from its seed, its prompt's <lora:...> tags its LoRAs
+        seeded = with_prompt_loras(request.with_(
+            seed=seed, prompt=expand_prompt(request.prompt, seed, Path(args.wildcards_dir))))
         if args.tool == "concept-from-image":
             result = concepts_from_image(manager, seeded, settings)
         else:
