@@ -23,7 +23,7 @@ from mflux_core.generation import ToolInputs
 from mflux_core.regions import scaled_regions
 from mflux_core.registry import on_disk
 from mflux_core.native_sizes import sizes_phrase
-from mflux_core.prompt_schedule import after_the_first_pass
+from mflux_core.prompt_schedule import for_the_second_pass
 from mflux_core.request import GenerationRequest, hires_size
 from mflux_core.sampling.schedule import img2img_start_step
 from mflux_core.settings_schema import HIRES_UPSCALERS
@@ -60,15 +60,19 @@ def check_upscaler_on_disk(request: GenerationRequest, models_dir: Path | None) 
             f"models folder as {UPSCALER_CONTROLNET}/ (or download it once online), or use the Lanczos upscaler.")
 
 
-def second_pass_request(request: GenerationRequest) -> GenerationRequest:
-    """The image-to-image request of the second pass: the larger size, the hires steps and prompt (else the prompt's
-    edits as they ended the first pass), and the image strength (mflux's meaning, how much is kept) that the
-    denoising strength leaves."""
+def second_pass_request(request: GenerationRequest, first_steps: int) -> GenerationRequest:
+    """The image-to-image request of the second pass: the larger size, the hires steps and prompt (else the prompt),
+    its edits counted on from the first pass's `first_steps` as A1111 counts them, and the image strength (mflux's
+    meaning, how much is kept) that the denoising strength leaves."""
     width, height = hires_size(request.width, request.height, request.hires_scale)
+
+    def second_pass(prompt: str) -> str:
+        return for_the_second_pass(prompt, first_steps)
+
     return request.with_(width=width, height=height, steps=request.hires_steps,
-                         regions=tuple({**region, "prompt": after_the_first_pass(region["prompt"])} for region in
+                         regions=tuple({**region, "prompt": second_pass(region["prompt"])} for region in
                                        scaled_regions(request.regions, width / request.width, height / request.height)),
-                         prompt=request.hires_prompt or after_the_first_pass(request.prompt),
+                         prompt=second_pass(request.hires_prompt or request.prompt),
                          image_strength=1 - request.hires_strength,
                          hires_scale=None, hires_steps=None, hires_strength=None, hires_upscaler=None,
                          hires_prompt="")
@@ -113,7 +117,7 @@ def generate_hires(manager: "ModelManager", request: GenerationRequest, report: 
     first = tool_inputs(model, request, manager)
     first_steps = first.request.steps or model.default_steps
     request = with_hires_defaults(first.request, first_steps)
-    second_request = second_pass_request(request)
+    second_request = second_pass_request(request, first_steps)
     passes = ((request.width, request.height), (second_request.width, second_request.height))
     if model.native_sizes and not set(passes) <= set(model.native_sizes):  # a demo member: other sizes are noise
         raise InvalidRequest(f"{request.model} makes {sizes_phrase(model.native_sizes)} images only, so it has no "

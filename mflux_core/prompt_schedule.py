@@ -48,24 +48,37 @@ def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
     return schedule
 
 
-def after_the_first_pass(prompt: str) -> str:
-    """The prompt a hires fix's second pass takes from the first pass's (A1111 counts edits at a fraction below 1,
-    or at a step number, within the first pass's steps): every edit resolved to its "to" text, alternations kept
-    as typed, for the second pass's own steps."""
+def for_the_second_pass(prompt: str, first_steps: int) -> str:
+    """The prompt a hires fix's second pass schedules over its own steps, as A1111 counts edits across both passes:
+    a step number counts on from the first pass's steps and a fraction from 1.0 (after 10 first steps, [a:b:15] and
+    [a:b:1.5] switch halfway through a 10-step second pass); an edit that switched within the first pass is its
+    "to" text; alternations are kept as typed, for the second pass's own steps."""
     nodes = _edits(prompt)
-    return prompt if nodes is None else _final(nodes)
+    return prompt if nodes is None else _second_pass(nodes, first_steps)
 
 
-def _final(nodes) -> str:
+def _second_pass(nodes, first_steps: int) -> str:
     pieces = []
     for node in nodes:
         if isinstance(node, _Scheduled):
-            pieces.append(_final(node.after))
+            after = _second_pass(node.after, first_steps)
+            when = _when_in_the_second_pass(node.when, first_steps)
+            pieces.append(after if when is None else f"[{_second_pass(node.before, first_steps)}:{after}:{when}]")
         elif isinstance(node, _Alternate):
-            pieces.append("[" + "|".join(_final(option) for option in node.options) + "]")
+            pieces.append("[" + "|".join(_second_pass(option, first_steps) for option in node.options) + "]")
         else:
             pieces.append(node)
     return "".join(pieces)
+
+
+def _when_in_the_second_pass(when: str, first_steps: int) -> str | None:
+    """An edit's `when` counted from the second pass's start (A1111's offsets: the first pass's steps, or 1.0 for a
+    fraction); None when it switched within the first pass."""
+    if "." in when:
+        rest = float(when) - 1.0
+        return f"{rest:.17f}".rstrip("0") if rest > 0 else None  # keeps its decimal point: still a fraction
+    rest = int(when) - first_steps
+    return str(rest) if rest > 0 else None
 
 
 def prompt_at_step(schedule: list[tuple[int, str]], step: int) -> str:

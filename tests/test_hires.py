@@ -79,11 +79,11 @@ def test_pixel_box_regions_are_scaled_to_the_second_pass(manager):
     left = {"prompt": "a blue square on the left on a white background", "weight": 1.0}
     in_pixels = demo_request(**{**HIRES, "hires_steps": 2}, steps=1,
                              regions=({**left, "x": 0, "y": 0, "w": 32, "h": 48},))
-    assert second_pass_request(in_pixels).regions == ({**left, "x": 0, "y": 0, "w": 64, "h": 96},)
+    assert second_pass_request(in_pixels, 1).regions == ({**left, "x": 0, "y": 0, "w": 64, "h": 96},)
     in_fractions = in_pixels.with_(regions=({**left, "x": 0, "y": 0, "w": 0.5, "h": 1},))
-    assert second_pass_request(in_fractions).regions == in_fractions.regions
+    assert second_pass_request(in_fractions, 1).regions == in_fractions.regions
     edited = in_fractions.with_(regions=({**in_fractions.regions[0], "prompt": "a [blue:red:0.5] square"},))
-    assert second_pass_request(edited).regions[0]["prompt"] == "a red square"  # each edit as it ended the first pass
+    assert second_pass_request(edited, 1).regions[0]["prompt"] == "a red square"  # switched in the first pass
     pixels, fractions = (np.asarray(manager.generate(r).image) for r in (in_pixels, in_fractions))
     assert np.array_equal(pixels, fractions)  # the same left half in both passes
 

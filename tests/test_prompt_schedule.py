@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mflux_core.prompt_schedule import after_the_first_pass, prompt_at_step, prompt_schedule
+from mflux_core.prompt_schedule import for_the_second_pass, prompt_at_step, prompt_schedule
 from tests.fixtures.tiny_flux import load_diffusers_pipeline
 from tests.parity import UINT8_TOLERANCE, make_noise, max_uint8_diff, pack, run_cli
 
@@ -45,10 +45,18 @@ def test_text_without_editing_is_used_exactly_as_typed():
         assert prompt_schedule(prompt, 20) == [(20, prompt)]
 
 
-def test_the_hires_pass_takes_each_edit_as_it_ended_and_keeps_alternating():
-    assert after_the_first_pass("a [cat:dog:0.5] [red|blue] x") == "a dog [red|blue] x"
-    assert after_the_first_pass("[from::4] y") == " y"
-    assert after_the_first_pass("plain (a:1.1)") == "plain (a:1.1)"
+def test_the_hires_pass_counts_edits_on_from_the_first_pass_as_a1111_does():
+    def second_pass(prompt: str, first_steps: int = 10, hires_steps: int = 10):
+        return [[last, text] for last, text in prompt_schedule(for_the_second_pass(prompt, first_steps), hires_steps)]
+
+    assert second_pass("a [b:.5] c") == [[10, "a b c"]]  # A1111's doctests (10 + 10 steps)
+    assert second_pass("a [b:1.5] c") == [[5, "a  c"], [10, "a b c"]]
+    assert second_pass("a [b:15] c") == [[5, "a  c"], [10, "a b c"]]
+    assert second_pass("a [b:15] c", first_steps=20) == [[10, "a b c"]]
+    assert second_pass("[x:[y:z:1.5]:12]", hires_steps=8) == [[2, "x"], [4, "y"], [8, "z"]]
+    assert for_the_second_pass("a [cat:dog:0.5] [red|blue] x", 10) == "a dog [red|blue] x"
+    assert for_the_second_pass("[from::4] y", 10) == " y"
+    assert for_the_second_pass("plain (a:1.1)", 10) == "plain (a:1.1)"
 
 
 # Past CLIP's 77 tokens the two prompts read the same to CLIP, so only T5's tokens switch: what diffusers' step
