@@ -27,7 +27,7 @@ from mflux_core.prompt_schedule import for_the_second_pass
 from mflux_core.request import GenerationRequest, hires_size
 from mflux_core.sampling.schedule import img2img_start_step
 from mflux_core.settings_schema import HIRES_UPSCALERS
-from mflux_core.tools.common import tool_inputs
+from mflux_core.tools.common import start_image_inputs, tool_inputs
 from mflux_core.tools.controlnet_conditioning import ControlUnit, add_controlnets, steering, with_default_strength
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.generate import image_to_image_inputs
@@ -85,7 +85,11 @@ def upscaled(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 def second_pass_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine, before: Image.Image,
                        upscaler: str) -> ToolInputs:
-    """Image-to-image from the upscaled image; with the ControlNet upscaler, also steered by it."""
+    """Image-to-image from the upscaled image; with the ControlNet upscaler, also steered by it; on the ControlNet
+    tool, steered by its own ControlNets, their images brought to the second pass's size (A1111's ControlNet
+    extension steers both passes)."""
+    if request.tool == "controlnet":
+        return start_image_inputs(model, tool_inputs(model, request, engine), before)
     inputs = image_to_image_inputs(model, request, before)
     if upscaler != CONTROLNET_UPSCALER:
         return inputs
@@ -135,4 +139,5 @@ def generate_hires(manager: "ModelManager", request: GenerationRequest, report: 
         second = second_pass_inputs(model, second_request, manager, before, request.hires_upscaler)
         image = manager.run_inputs(model, second, passes_report(report, first_steps - start, total,
                                                                 "hires fix pass 2 of 2"), cancelled)
-    return manager.finished(image, request, model, first.conditioning.guidance, plan, started, before=before)
+    return manager.finished(image, request, model, first.conditioning.guidance, plan, started, before=before,
+                            notes=first.notes, recorded=first.recorded)

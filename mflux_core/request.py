@@ -121,9 +121,12 @@ class GenerationRequest:
             raise InvalidRequest(f"ControlNet unit {missing} has no control image: give it a controlnet_image_path.")
 
     def _check_hires(self) -> None:
-        if self.tool != "generate" or self.image_path:
-            raise InvalidRequest("The hires fix runs after text-to-image only: remove the input image or turn the "
-                                 "hires fix off.")
+        if self.tool not in ("generate", "controlnet") or self.image_path:
+            raise InvalidRequest("The hires fix runs after text-to-image only (Generate, or ControlNet steering it): "
+                                 "remove the input image or turn the hires fix off.")
+        if self.tool == "controlnet" and self.hires_upscaler not in (None, HIRES_UPSCALERS[0]):
+            raise InvalidRequest(f"The ControlNet tool's hires fix upscales with {HIRES_UPSCALERS[0]}: its own "
+                                 "ControlNets steer the second pass.")
         if self.hires_strength == 0:
             raise InvalidRequest("Hires denoising strength 0 would leave the upscaled image as it is: use more than "
                                  "0 up to 1.")

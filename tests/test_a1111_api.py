@@ -244,6 +244,22 @@ def test_a_controlnet_unit_steers_txt2img_by_the_control_pictures_edges(studio):
     assert "'alwayson_scripts.controlnet.args[0].weight' is invalid" in assert_a1111_error(heavy, 422)
 
 
+def test_a_controlnet_unit_with_enable_hr_steers_both_passes(studio):
+    example = studio.examples["controlnet"][0]
+    picture = Image.open(example.images["image"]).convert("RGB")
+    unit = {"module": "canny", "model": "None", "weight": 0.4, "image": b64(picture)}
+    body = made(studio.http.post("/txt2img", json={
+        "prompt": example.prompt, "seed": 0, "steps": 2, "enable_hr": True, "hr_scale": 1.5,
+        "hr_upscaler": "ControlNet upscaler", "denoising_strength": 0.5,
+        "alwayson_scripts": {"controlnet": {"args": [unit]}}}))
+    infotext = body["info"]["infotexts"][0]
+    assert decoded(body["images"][0]).size == (96, 96)
+    assert "Tool: controlnet" in infotext and "Hires upscale: 1.5" in infotext and "ControlNet 0: " in infotext
+    assert not any(item.startswith("enable_hr") for item in body["info"]["ignored"])
+    assert "hr_upscaler 'ControlNet upscaler' (with a ControlNet unit, its ControlNets steer the second pass: " \
+           "Lanczos ran)" in body["info"]["ignored"]
+
+
 def test_several_controlnet_units_steer_together_in_any_order(studio):
     """Two enabled units (Canny edges of one picture, another picture's edges given as they are) make an image
     unlike either unit alone; the same units in the other order make the same image (their residuals add up)."""

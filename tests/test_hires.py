@@ -73,6 +73,28 @@ def test_the_second_pass_runs_at_the_larger_size_and_equals_generate_then_img2im
     assert steps[0].preview.size == (64, 48) and steps[-1].preview.size == (128, 96)
 
 
+def test_on_the_controlnet_tool_its_controlnets_steer_both_passes(manager, tmp_path):
+    """ControlNet + hires fix (A1111's txt2img with a ControlNet unit and enable_hr): exactly the ControlNet tool at
+    the first size, then the ControlNet tool's image-to-image from the upscaled image at the second, the control
+    image brought to each size; its ControlNet items travel in the infotext."""
+    control = save_png_atomic(Image.new("RGB", (64, 48), "white"), tmp_path / "control.png")
+    control_image = Image.open(control)
+    control_image.paste((200, 0, 0), (16, 12, 48, 36))
+    control_image.save(control)
+    steered = demo_request(**HIRES, tool="controlnet", controlnet_image_path=str(control))
+    result = manager.generate(steered)
+    assert result.image.size == (128, 96)
+    first = manager.generate(demo_request(tool="controlnet", controlnet_image_path=str(control)))
+    upscaled = save_png_atomic(first.image.resize((128, 96), Image.Resampling.LANCZOS), tmp_path / "upscaled.png")
+    by_hand = manager.generate(demo_request(tool="controlnet", controlnet_image_path=str(control), width=128,
+                                            height=96, steps=4, image_path=str(upscaled), image_strength=1 - 0.6))
+    assert np.array_equal(np.asarray(result.image), np.asarray(by_hand.image))
+    text = result.text_chunks["parameters"]
+    assert "Hires upscale: 2" in text and "ControlNet 0: " in text
+    with pytest.raises(InvalidRequest, match="The ControlNet tool's hires fix upscales with Lanczos"):
+        manager.generate(steered.with_(hires_upscaler="ControlNet upscaler"))
+
+
 def test_pixel_box_regions_are_scaled_to_the_second_pass(manager):
     from mflux_core.hires import second_pass_request
 
@@ -119,7 +141,7 @@ def test_the_settings_survive_metadata_a_preset_and_the_a1111_text(manager, tmp_
     ({"hires_scale": 5.0}, r"Hires upscale 5.0 is out of range: use 1 to 4"),
     ({"hires_scale": 2.0, "hires_strength": 0.0}, r"Hires denoising strength 0 would leave"),
     ({"hires_scale": 2.0, "image_path": "x.png"}, r"runs after text-to-image only"),
-    ({"hires_scale": 2.0, "tool": "fill"}, r"runs after text-to-image only"),
+    ({"hires_scale": 2.0, "tool": "fill"}, r"runs after text-to-image only \(Generate, or ControlNet steering it\)"),
     ({"hires_scale": 2.0, "hires_upscaler": "ESRGAN"}, r"The hires upscaler must be one of Lanczos"),
 ])
 def test_bad_hires_settings_are_refused_in_one_sentence_before_any_step(changes, expected):

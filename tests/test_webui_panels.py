@@ -492,3 +492,15 @@ def test_send_to_carries_every_setting_into_its_own_tool_and_the_shared_ones_int
                          "width": 64, "height": 48, "lora_paths": [], "lora_scales": []}  # not its model, guidance
     picture().save(tmp_path / "plain.png")
     assert gallery.settings_to_send(tmp_path / "plain.png", ("fill",)) == {}
+
+
+def test_the_controlnet_tab_has_the_hires_fix_in_canny_mode():
+    hires = {"hires": True, "hires_scale": 1.5, "hires_steps": 6, "hires_strength": 0.35, "hires_upscaler": "Lanczos",
+             "hires_prompt": "sharper"}
+    settings = validate_settings(controlnet.settings_from_values(shared(mode=controlnet.CANNY, **hires)))
+    assert (settings["hires_scale"], settings["hires_steps"], settings["hires_prompt"]) == (1.5, 6, "sharper")
+    restored = controlnet.values_from_settings(settings)
+    assert {key: restored[key] for key in hires} == hires
+    upscale = controlnet.settings_from_values(shared(mode=controlnet.UPSCALE, **hires))
+    assert "hires_scale" not in upscale  # Upscale mode makes no image from text
+    assert controlnet.values_from_settings({**settings, "hires_scale": None})["hires"] is False

@@ -389,14 +389,17 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
 
 
 def txt2img_inputs(studio, params: Txt2ImgParams, ignored: list[str]) -> tuple[str, dict, dict]:
-    """(tool, settings, input paths) of a txt2img call: text-to-image (with the hires fix when asked for), or the
-    ControlNet tool when an enabled ControlNet unit comes with it."""
+    """(tool, settings, input paths) of a txt2img call: text-to-image, or the ControlNet tool when an enabled
+    ControlNet unit comes with it; either with the hires fix when asked for (the units then steer both passes)."""
     units = enabled_units(params.alwayson_scripts, ignored)
+    hires = hires_settings(params, ignored)
     if not units:
-        return "generate", hires_settings(params, ignored), {}
-    if params.enable_hr:
-        ignored.append("enable_hr (not with a ControlNet unit here)")
-    return "controlnet", *units_inputs(studio, units, ignored)
+        return "generate", hires, {}
+    if hires.pop("hires_upscaler", None) == HIRES_UPSCALERS[1]:  # the ControlNet tool's second pass: Lanczos
+        ignored.append(f"hr_upscaler {HIRES_UPSCALERS[1]!r} (with a ControlNet unit, its ControlNets steer the second "
+                       f"pass: {HIRES_UPSCALERS[0]} ran)")
+    settings, inputs = units_inputs(studio, units, ignored)
+    return "controlnet", {**settings, **hires}, inputs
 
 
 def make_images(studio, state: SdApiState, fields: dict, img2img: bool) -> dict:

@@ -172,7 +172,7 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                       "ControlNet's control image) as <output>_controlnet_<type>.png", into=COMMAND, kind="switch"),
                  Flag("--controlnet-skip-canny", "hand the control image to the ControlNet as it is (e.g. an edge "
                       "map made elsewhere)", into=EXTRA, kind="switch"),
-                 *CANNY_FLAGS, RESIZE_FLAG,
+                 *CANNY_FLAGS, RESIZE_FLAG, *HIRES_FLAGS,
                  Flag("--controlnet-unit", "one more ControlNet at the same time, with its own control image: "
                       "IMAGE[,mode=TYPE][,strength=N][,path=CONTROLNET][,canny-low=N][,canny-high=N][,skip-canny] "
                       f"(defaults as above); repeat for up to {MAX_UNITS - 1}", kind="controlnet_unit",

@@ -8,10 +8,12 @@ import gradio as gr
 from mflux_core.controlnet_units import IMAGE_KEY, MAX_UNITS
 from mflux_core.demo.examples import UPSCALE_FACTOR
 from mflux_core.errors import InvalidRequest
+from mflux_core.hires import DEFAULT_UPSCALER
 from mflux_core.images.canny import DEFAULT_HIGH, DEFAULT_LOW, canny_edges
 from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import UNION_CONTROL_TYPES
 from webui.demo_examples import render_demo_examples
+from webui.hires_ui import hires_controls, hires_settings, hires_values
 from webui.jobs import safe_action
 from webui.panels import Panel, input_image, result_column
 from webui.presets_ui import render_presets
@@ -69,9 +71,9 @@ def settings_from_values(values: dict) -> dict:
         extra["controlnet_path"] = values["controlnet_weights"]
     if values.get("controlnet_mode"):
         extra["controlnet_mode"] = values["controlnet_mode"]
-    units = {"controlnet_units": unit_settings(values)} if mode == CANNY else {}
+    canny = {"controlnet_units": unit_settings(values), **hires_settings(values)} if mode == CANNY else {}
     return {"tool": MODE_TOOLS[mode], **shared_settings(values), "extra": extra,
-            "controlnet_strength": setting(values, "controlnet_strength"), **start, **units}
+            "controlnet_strength": setting(values, "controlnet_strength"), **start, **canny}
 
 
 def setting(values: dict, key: str) -> float:
@@ -80,6 +82,8 @@ def setting(values: dict, key: str) -> float:
 
 def values_from_settings(settings: dict) -> dict:
     values = shared_values(settings)
+    if settings.get("tool") != MODE_TOOLS[UPSCALE]:  # the hires fix is Canny mode's
+        values.update(hires_values(settings))
     if settings.get("tool") in MODE_TOOLS.values():
         values["mode"] = UPSCALE if settings["tool"] == "upscale" else CANNY
     for key in ("controlnet_strength", "image_strength"):
@@ -120,12 +124,12 @@ def edges_preview(image, low, high):
 
 def mode_controls(mode: str, kind: str) -> tuple:
     """The edges preview and Canny thresholds belong to Canny mode with Canny control (a Union ControlNet's other
-    types see the image, or its depth map), image-to-image and further units to Canny mode, the upscale factor to
-    Upscale mode."""
+    types see the image, or its depth map), image-to-image, further units and the hires fix to Canny mode, the
+    upscale factor to Upscale mode."""
     canny = mode == CANNY
     edges = canny and kind in (OWN_TYPE, None, "canny")  # None: an example that sets the own type
     return (gr.update(visible=edges), gr.update(visible=edges), gr.update(visible=canny), gr.update(visible=canny),
-            gr.update(visible=not canny))
+            gr.update(visible=canny), gr.update(visible=not canny))
 
 
 def render_units(weight_choices: list) -> tuple[gr.Accordion, dict, dict]:
@@ -189,6 +193,8 @@ def render(studio) -> Panel:
                                                   "gray: the photo made gray; the rest: the image as it is",
                                              elem_id="controlnet-union-type", scale=2)
                 units, unit_controls, unit_images = render_units(weight_choices)
+                hires, hires_fields = hires_controls(TOOL, {DEFAULT_UPSCALER: "resampled; the ControlNets steer the "
+                                                            "second pass too, their images at its size"})
                 shared = build_shared_controls(studio, TOOL, TOOL)
                 example_image = {control_image: lambda e: str(e.images["image"])}
                 render_demo_examples(studio, TOOL, shared.controls, example_image,
@@ -202,7 +208,8 @@ def render(studio) -> Panel:
                                       upscale_factor: UPSCALE_FACTOR}, kind=UPSCALE)
                 controls = {**shared.controls, "mode": mode, "controlnet_strength": strength, "canny_low": canny_low,
                             "canny_high": canny_high, "upscale_factor": upscale_factor, "controlnet_weights": weights,
-                            "controlnet_mode": union_type, "image_strength": image_strength, **unit_controls}
+                            "controlnet_mode": union_type, "image_strength": image_strength, **unit_controls,
+                            **hires_fields}
                 panel = Panel(TOOL, tuple(MODE_TOOLS.values()), controls, settings_from_values, values_from_settings,
                               send_target=control_image)
                 render_presets(studio, panel)
@@ -220,7 +227,8 @@ def render(studio) -> Panel:
     canny_high.release(**preview, api_name="canny_preview_high", api_visibility="private")
     mode.input(MODE_STRENGTHS.get, mode, strength, queue=False, api_visibility="private")
     for picker in (mode, union_type):  # .change: a preset that sets them shows its controls too
-        picker.change(mode_controls, [mode, union_type], [edges, canny_thresholds, img2img, units, upscale_factor],
+        picker.change(mode_controls, [mode, union_type], [edges, canny_thresholds, img2img, units, hires,
+                                                          upscale_factor],
                       queue=False, api_visibility="private")
     panel.view, panel.run_handler = view, studio.job(view)(build_requests)
     studio.wire_run(run, panel.run_handler,
