@@ -230,7 +230,8 @@ def add_save_parser(tools) -> None:
     save.add_argument("--base-model", help="supplies the VAE, text encoders and scheduler of a single-file model")
     save.add_argument("--quantize", "-q", type=int, choices=(3, 4, 5, 6, 8),
                       help="quantize the transformer's and T5's linear layers to N bits (groups of 64)")
-    save.add_argument("--lora-paths", nargs="+", default=[], help="LoRAs to bake into the transformer (and the text encoders, for those that adapt them)")
+    save.add_argument("--lora-paths", nargs="+", default=[],
+                      help="LoRAs to bake into the transformer (and the text encoders, for those that adapt them)")
     save.add_argument("--lora-scales", nargs="+", type=float, help="one scale per LoRA (default 1)")
     save.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                       help="dtype of the written weights (default: float32 on CPU, bfloat16 on Metal/CUDA)")

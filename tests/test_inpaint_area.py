@@ -125,7 +125,8 @@ def test_mask_blur_paints_the_blurred_masks_shape_and_composites_over_its_soft_e
     assert np.abs(blurred - a1111_blurred(mask, blur)).max() <= 2 / 255  # A1111's kernel is cut at 2.5 sigma, ours at 3
     painted = blurred >= 0.5  # the blurred mask binarized, as diffusers binarizes what it is given
     pipe = load_diffusers_pipeline(tiny_fill, "FluxFillPipeline")
-    generated = pipe("a red circle", image=image, mask_image=Image.fromarray(np.where(painted, 255, 0).astype(np.uint8)),
+    binary_mask = Image.fromarray(np.where(painted, 255, 0).astype(np.uint8))
+    generated = pipe("a red circle", image=image, mask_image=binary_mask,
                      height=64, width=96, num_inference_steps=2, guidance_scale=30,
                      latents=pack(np.load(noise_path)), output_type="pil").images[0]
     expected = np.asarray(feathered_paste(image, generated, painted, 4, blurred)).astype(int)

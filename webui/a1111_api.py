@@ -40,7 +40,9 @@ from mflux_core.lora.a1111 import tagged_prompt
 from mflux_core.metadata import A1111_KEY
 from mflux_core.presets import PresetError, a1111_sampling, settings_from_png
 from mflux_core.request import MAX_SEED, GenerationRequest, check_image_size, hires_size
-from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_BATCH, MAX_MASK_BLUR, MAX_SIDE, SAMPLER_LABELS, SCHEDULE_LABELS
+from mflux_core.settings_schema import (
+    HIRES_UPSCALERS, MAX_BATCH, MAX_MASK_BLUR, MAX_SIDE, SAMPLER_LABELS, SCHEDULE_LABELS,
+)
 from mflux_core.styles import read_styles, styled_prompts
 from mflux_core.tools.specs import TOOL_SPECS, default_model_for
 from webui.a1111_controlnet import SCRIPT as CONTROLNET_SCRIPT, add_controlnet_routes, enabled_units, units_inputs

@@ -2,7 +2,8 @@
 read back from one, and taken from a prompt as its LoRAs (every surface: A1111 clients and users write them).
 
 A1111 spells them `<lora:name>`, `<lora:name:te>` or `<lora:name:te:unet>`; here one scale serves the transformer
-and the text encoders alike (diffusers' way), so the unet scale wins when both are given. The LyCORIS extension's `<lyco:...>` reads the same.
+and the text encoders alike (diffusers' way), so the unet scale wins when both are given. The LyCORIS extension's
+`<lyco:...>` reads the same.
 """
 
 import math

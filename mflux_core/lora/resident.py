@@ -54,7 +54,8 @@ class ResidentLoras:
             previous = wanted.get(name, (lora, 0.0))[1]
             wanted[name] = (lora, previous + scale)  # the same file twice adds up
         shapes = text_encoders.encoders.linear_shapes if text_encoders is not None else None
-        checked = [(name, scale, *check_lora(transformer, lora, scale, shapes)) for name, (lora, scale) in wanted.items()]
+        checked = [(name, scale, *check_lora(transformer, lora, scale, shapes))
+                   for name, (lora, scale) in wanted.items()]
         for name in applied_loras(transformer).keys() - wanted.keys():
             remove_lora(transformer, name)
         current = applied_loras(transformer)

@@ -98,7 +98,7 @@ def only_masked_padding(values: dict) -> int | None:
 def settings_from_values(values: dict) -> dict:
     return {"tool": TOOL, **shared_settings(values), "keep_unmasked": bool(values.get("keep_unmasked")),
             "outpaint_padding": padding_text(values), "only_masked_padding": only_masked_padding(values),
-            "mask_blur": int(number_value(values, "mask_blur_px", 0, "Blur mask")),
+            "mask_blur": int(number_value(values, "mask_blur_px", 0, "Mask blur")),
             "extra": {"mask_invert": bool(values.get("mask_invert")),
                       "mask_grow_px": int(number_value(values, "mask_grow_px", 0, "Grow mask"))}}
 
@@ -115,10 +115,10 @@ def values_from_settings(settings: dict) -> dict:
         if padding is not None:
             values["only_masked_padding"] = padding
     extra = settings.get("extra") or {}
-    for key in ("mask_invert", "mask_grow_px", "mask_blur_px"):  # mask_blur_px: images made before mask_blur
+    for key in ("mask_invert", "mask_grow_px"):
         if key in extra:
             values[key] = extra[key]
-    if settings.get("mask_blur"):
+    if "mask_blur" in settings:
         values["mask_blur_px"] = settings["mask_blur"]
     return values
 
@@ -168,7 +168,8 @@ def render(studio) -> Panel:
                                                 elem_id="fill-keep-unmasked")
                     mask_invert = gr.Checkbox(False, label="Invert mask", elem_id="fill-mask-invert")
                     mask_grow_px = gr.Slider(-32, 64, 0, step=1, label="Grow mask (px)", elem_id="fill-mask-grow")
-                    mask_blur_px = gr.Slider(0, MAX_MASK_BLUR, 0, step=1, label="Mask blur (px)", elem_id="fill-mask-blur")
+                    mask_blur_px = gr.Slider(0, MAX_MASK_BLUR, 0, step=1, label="Mask blur (px)",
+                                             elem_id="fill-mask-blur")
                 with gr.Accordion("Upload a mask instead of painting", open=False, elem_id="fill-mask-upload-box"):
                     mask_upload = input_image("Mask image (white = regenerate; used in place of the strokes)",
                                               "fill-mask-upload")
