@@ -402,6 +402,27 @@ def test_depth_kontext_controlnet_and_redux_panels_run(page, studio):
     assert {"depth", "kontext", "controlnet", "redux"} <= tools
 
 
+def test_the_controlnet_tab_runs_the_hires_fix_with_its_controlnet_in_both_passes(page, studio):
+    open_tab(page, "ControlNet")
+    page.set_input_files("#controlnet-image input[type=file]", str(studio.photo))
+    page.wait_for_selector("#controlnet-edges img")
+    choose(page, "controlnet-model", "tiny-dev")
+    type_into(page, "controlnet-prompt", "a line drawing")
+    type_size_and_steps(page, "controlnet", 64, 64, 2)
+    open_accordions(page, "controlnet-hires")
+    page.check("#controlnet-hires-on input")
+    type_into(page, "controlnet-hires-steps", 2)
+    before = result_pngs(studio)
+    run_and_wait(page, "controlnet")
+    screenshot(page, "controlnet-hires")
+    [made] = result_pngs(studio) - before
+    with Image.open(made) as image:
+        assert image.size == (128, 128)
+    assert (request_in(made)["tool"], request_in(made)["hires_scale"]) == ("controlnet", 2.0)
+    page.locator("#controlnet-mode label", has_text="Upscale").click()
+    page.wait_for_selector("#controlnet-hires", state="hidden")  # Upscale mode makes no image from text
+
+
 def test_in_context_panels(page, studio):
     assert {"in-context", "catvton", "ic-edit"} <= set(TOOL_NAMES)
     open_tab(page, "In-Context")
