@@ -4,6 +4,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
@@ -19,7 +20,8 @@ from mflux_core.lora.library import resolve_lora_path
 from mflux_core.prompt_lines import line_requests, read_prompt_file, read_prompt_lines
 from mflux_core.regions import region_from_box_flag, region_from_mask_flag
 from mflux_core.request import GenerationRequest
-from mflux_core.settings_schema import SAMPLER_LABELS as SAMPLERS, SCHEDULE_LABELS as SCHEDULES
+from mflux_core.settings_schema import MERGE_METHODS, SAMPLER_LABELS as SAMPLERS, SCHEDULE_LABELS as SCHEDULES
+from mflux_core.settings_schema import WEIGHTED_SUM
 from mflux_core.tools.specs import TOOL_SPECS, ToolSpec, tool_spec
 from mflux_core.training.lora_command import add_train_parser, run_train
 from mflux_core.wildcards import expand_prompt
@@ -189,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     save_depth.add_argument("--output", default="depth.png", help="where to write the depth map")
     add_models_dir_flag(save_depth)
     add_save_parser(tools)
+    add_merge_parser(tools)
     download = tools.add_parser("download", help="download a model into the Hugging Face cache (continues a stopped "
                                 "download)", description="download a model into the Hugging Face cache")
     download.add_argument("model", help="alias (dev, fill, ...) or Hugging Face repo id")
@@ -248,21 +251,74 @@ def save_model_folder(args: argparse.Namespace) -> Path:
     MemoryBudget(args.memory_budget)
     models_dir = Path("models")
     source = resolve_model(model=args.model, path=args.model_path, base_model=args.base_model, models_dir=models_dir)
+    with progress_bar() as show:
+        saved = save_model(Path(args.path), source, dtype=resolve_dtype(args.dtype), bits=args.quantize,
+                           loras=requested_loras(args.lora_paths, args.lora_scales or []), models_dir=models_dir,
+                           on_progress=show)
+    for report in saved.loras:
+        print(report.summary())
+    print_saved(saved)
+    return saved.folder
+
+
+def add_merge_parser(tools) -> None:
+    text = ("merge FLUX.1 transformers as A1111's Checkpoint Merger does, into a new model folder: weighted sum "
+            "A x (1 - M) + B x M, or add difference A + (B - C) x M; A's VAE, text encoders and scheduler are kept")
+    merge = tools.add_parser("merge", help=text, description=text)
+    merge.add_argument("--path", required=True, help="the folder to write (must not exist or be empty)")
+    for letter, what in (("a", "primary model A (its architecture and other components are the result's)"),
+                         ("b", "secondary model B"), ("c", "tertiary model C (add difference only)")):
+        merge.add_argument(f"--model-{letter}", required=letter != "c",
+                           help=f"the {what}: alias, Hugging Face repo id or local folder")
+    merge.add_argument("--base-model", help="supplies the VAE, text encoders and scheduler when A is a single "
+                       ".safetensors transformer file (B and C may be single files as they are)")
+    merge.add_argument("--method", choices=list(MERGE_METHODS), default=WEIGHTED_SUM,
+                       help="weighted-sum (default) or add-difference")
+    merge.add_argument("--multiplier", "-M", type=float, default=0.5, help="M (default 0.5)")
+    merge.add_argument("--quantize", "-q", type=int, choices=(3, 4, 5, 6, 8),
+                       help="quantize the result's transformer and T5 to N bits")
+    merge.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                       help="dtype of the merge and the written weights (default: float32 on CPU, bfloat16 on "
+                            "Metal/CUDA)")
+    add_memory_budget_flag(merge)
+
+
+def merge_model_folder(args: argparse.Namespace) -> Path:
+    from mflux_core.backend import resolve_dtype
+    from mflux_core.memory import MemoryBudget
+    from mflux_core.weights.merge import check_merge, merge_sources, merge_transformers
+    from mflux_core.weights.save import check_new_folder, save_model
+
+    budget, models_dir, dtype = MemoryBudget(args.memory_budget), Path("models"), resolve_dtype(args.dtype)
+    out = check_new_folder(Path(args.path))
+    sources = merge_sources([name for name in (args.model_a, args.model_b, args.model_c) if name], models_dir,
+                            args.base_model)
+    check_merge(args.method, args.multiplier, sources, dtype, budget.bytes)
+    with progress_bar() as show:
+        transformer, report = merge_transformers(args.method, args.multiplier, sources, dtype, show)
+        saved = save_model(out, sources[0][1], dtype=dtype, bits=args.quantize, on_progress=show,
+                           transformer=transformer)
+    print(f"Merged ({MERGE_METHODS[args.method]}, M {args.multiplier:g}): {report.summary()}")
+    print_saved(saved)
+    return saved.folder
+
+
+@contextmanager
+def progress_bar():
+    """A progress bar on stderr and the on_progress(done, total, what) that moves it (saving, merging)."""
     with tqdm(desc="Loading", unit="part", file=sys.stderr, leave=False) as bar:
         def show(done: int, total: int, what: str) -> None:
             bar.set_description(what, refresh=False)
             bar.total = total or None
             bar.update(done - bar.n)
 
-        saved = save_model(Path(args.path), source, dtype=resolve_dtype(args.dtype), bits=args.quantize,
-                           loras=requested_loras(args.lora_paths, args.lora_scales or []), models_dir=models_dir,
-                           on_progress=show)
-    for report in saved.loras:
-        print(report.summary())
+        yield show
+
+
+def print_saved(saved) -> None:
     bits = f"{saved.bits}-bit" if saved.bits else "not quantized"
     print(f"Saved {saved.folder} ({bits}; transformer {saved.transformer_bytes / 1e6:.1f} MB, "
           f"T5 {saved.t5_bytes / 1e6:.1f} MB)")
-    return saved.folder
 
 
 class ConsoleProgress:
@@ -462,7 +518,7 @@ def list_loras(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"save-depth": save_depth, "save": save_model_folder, "concept": run_concept,
+        {"save-depth": save_depth, "save": save_model_folder, "merge": merge_model_folder, "concept": run_concept,
          "concept-from-image": run_concept, "train": run_train, "loras": list_loras,
          "download": download_model}.get(args.tool, run)(args)
     except StudioError as error:

@@ -30,6 +30,9 @@ MAX_LORA_SCALE = 4  # A1111 and Forge users write <lora:name:scale> from -4 to 4
 MAX_LIST_ITEMS = 8  # LoRAs, Redux images and their scales or strengths
 MAX_BATCH = 16  # images per run
 MAX_HIRES_SCALE = 4  # the hires fix's upscale factor
+# A1111's Checkpoint Merger methods (mflux_core/weights/merge.py), by name, with its labels
+WEIGHTED_SUM, ADD_DIFFERENCE = "weighted-sum", "add-difference"
+MERGE_METHODS = {WEIGHTED_SUM: "Weighted sum", ADD_DIFFERENCE: "Add difference"}
 MAX_MASK_BLUR = 64  # px: Fill's mask blur (A1111's slider goes to 64)
 ONLY_MASKED_PADDING = 32  # pixels of context around the mask that Fill's "Only masked" takes by default (A1111's)
 HIRES_UPSCALERS = ("Lanczos", "ControlNet upscaler")  # Lanczos as A1111 names it; the other: mflux_core.hires

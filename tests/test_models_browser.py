@@ -72,3 +72,20 @@ def test_the_tab_lists_downloads_deletes_and_takes_a_token_without_showing_it(mo
     wait_for_status(page, "models", "Token saved")
     assert TOKEN not in page.content() and page.input_value("#models-token input") == ""
     screenshot(page, "models-tab")
+
+
+def test_the_tab_merges_models_as_a1111s_checkpoint_merger(models_page, tmp_path):
+    from tests.test_webui_browser import choose, open_accordions
+
+    page = models_page
+    open_accordions(page, "models-merge")
+    for letter, name in (("a", "demo-fill"), ("b", "demo"), ("c", "demo")):
+        choose(page, f"models-merge-{letter}", name)
+    page.locator("#models-merge-method label", has_text="Add difference").click()
+    type_into(page, "models-merge-name", "fill-merged")
+    page.click("#models-merge-run")
+    done = wait_for_status(page, "models", "Merged|rror|wrong")
+    assert done.startswith("Merged demo-fill and demo and demo (Add difference, M 0.5: "), done
+    page.wait_for_function("() => document.querySelector('#models-table').innerText.includes('fill-merged')")
+    screenshot(page, "models-merge")
+    assert (tmp_path / "models" / "fill-merged" / "transformer").is_dir()

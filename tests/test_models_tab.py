@@ -252,3 +252,34 @@ def test_quantize_and_save_reports_tensors_and_a_stop_leaves_no_folder(tmp_path)
             assert studio.jobs.cancel("session")  # the tab's Stop, before the work starts
     assert "Stopped quantizing demo" in html.unescape(update["status"])
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["full"]
+
+
+def test_the_tab_merges_models_into_the_models_folder_and_a_stop_leaves_none(tmp_path):
+    """demo-fill + (demo - demo) x 1 is demo-fill itself, tensor for tensor (Fill's wider image input kept); the new
+    model is listed and mergeable; a wrong count of models is refused; Stop leaves no folder."""
+    from safetensors.numpy import load_file
+
+    from webui.panels.models import merge_and_save, merge_choices
+
+    studio = studio_with_models(tmp_path)
+    assert {"demo", "demo-fill"} <= set(merge_choices(studio))
+    updates = list(merge_and_save(studio, ["demo-fill", "demo", "demo"], "add-difference", 1.0, "fill-again", "s",
+                                  "status"))
+    assert "Merged demo-fill and demo and demo (Add difference, M 1: " in html.unescape(updates[-1]["status"])
+
+    def tensors(folder):
+        return {key: value for path in sorted((folder / "transformer").glob("*.safetensors"))
+                for key, value in load_file(str(path)).items()}
+
+    merged, fill = tensors(tmp_path / "models" / "fill-again"), tensors(demo_models_dir() / "demo-fill")
+    assert merged.keys() == fill.keys() and all((merged[key] == fill[key]).all() for key in fill)
+    assert rows_by_name(tmp_path)["fill-again"].kind == "Fill" and "fill-again" in merge_choices(studio)
+
+    with pytest.raises(Exception, match="A weighted sum takes two models, A and B"):  # shown as the page's error
+        list(merge_and_save(studio, ["demo", "", None], "weighted-sum", 0.5, "half", "s", "status"))
+    updates = merge_and_save(studio, ["demo", "demo"], "weighted-sum", 0.5, "never", "s", "status")
+    for update in updates:
+        if "Preparing" in html.unescape(update["status"]):
+            assert studio.jobs.cancel("s")
+    assert "Stopped merging" in html.unescape(update["status"])
+    assert not (tmp_path / "models" / "never").exists()

@@ -95,6 +95,14 @@ def transformer_config(source: ModelSource, transformer) -> dict:
     return {"_class_name": "FluxTransformer2DModel", "patch_size": 1, **config}
 
 
+def check_new_folder(out: Path) -> Path:
+    """`out` (user's home expanded) when a model can be written there: it does not exist or is an empty folder."""
+    out = Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ModelLoadError(f"{out} already exists and is not an empty folder; choose a new --path.")
+    return out
+
+
 def model_index(source: ModelSource) -> Path:
     for root in (source.folder, source.base_folder):
         if root is not None and (root / "model_index.json").is_file():
@@ -115,18 +123,18 @@ def save_model(
     loras: Sequence[tuple[str, float]] = (),
     models_dir: Path | None = None,
     on_progress: SaveProgress | None = None,
+    transformer: nn.Module | None = None,
 ) -> SavedModel:
-    """Load `source`, bake in `loras` ((path or library name, scale) pairs; the
-    library includes `models_dir`/loras), quantize to `bits`, write `out`.
+    """Load `source` (its transformer: `transformer` when given, e.g. a merge's), bake in `loras` ((path or library
+    name, scale) pairs; the library includes `models_dir`/loras), quantize to `bits`, write `out`.
 
     Everything is written into a hidden folder beside `out` that is renamed to `out` at the end, so a stopped or
     failed save leaves no model folder behind (and removes its hidden one)."""
-    out = Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ModelLoadError(f"{out} already exists and is not an empty folder; choose a new --path.")
+    out = check_new_folder(out)
     on_progress = on_progress or (lambda done, total, what: None)
-    on_progress(0, 0, "loading the transformer")
-    transformer = loader.load_source_transformer(source, dtype)
+    if transformer is None:
+        on_progress(0, 0, "loading the transformer")
+        transformer = loader.load_source_transformer(source, dtype)
     on_progress(0, 0, "loading T5")
     t5_folder = source.component("text_encoder_2")
     encoders = {"text_encoder_2": load_t5_encoder(t5_folder, dtype)}
@@ -150,7 +158,7 @@ def save_model(
 
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
+    partial.mkdir(parents=True)  # the models folder may not exist yet
     try:
         transformer_bytes = write_component(
             transformer, transformer_config(source, transformer), partial / "transformer", TRANSFORMER_FILE)

@@ -1,7 +1,8 @@
 """Models: every model the studio knows with its kind, size on disk, state and residency; download (progress, Stop;
 a second Download of the same repo follows the running one), delete from the models folder or the Hugging Face
 cache after a confirmation naming the space freed (a resident model is unloaded first), quantize and save as a new
-model in the models folder (tensors done; Stop leaves no folder), a Hugging Face token, rescan. Offline, the list
+model in the models folder (tensors done; Stop leaves no folder), merge models as A1111's Checkpoint Merger into
+the models folder, a Hugging Face token, rescan. Offline, the list
 works from the cache and downloads are off. Messages here never name CLI flags.
 """
 
@@ -19,6 +20,7 @@ from mflux_core.model_catalog import (CatalogRow, bytes_removed, cache_bytes_fre
                                       checked_models_folder_entry, delete_from_cache, delete_from_models_folder,
                                       models_folder_entry)
 from mflux_core.registry import on_disk
+from mflux_core.settings_schema import MERGE_METHODS, WEIGHTED_SUM
 from mflux_core.weights.resolve import resolve_model
 from webui.jobs import ENGINE_QUEUE, error_text, follow, page_job, progress_html, safe_action
 from webui.status import size_text
@@ -26,6 +28,15 @@ from webui.status import size_text
 HEADERS = ["Model", "Kind", "Where", "Size on disk", "State", "Resident", "Repository"]
 OFFLINE_NOTE = "Downloads are off: the studio runs offline (HF_HUB_OFFLINE=1), so this list shows what is on disk."
 QUANTIZE_CHOICES = ["8", "4"]
+
+
+MERGEABLE_KINDS = ("base", "Fill", "Depth / Canny", "Kontext", "base (single file)")  # KIND_LABELS of transformers
+
+
+def merge_choices(studio) -> list[str]:
+    """The transformer models on disk, for the merge's pickers."""
+    return [row.name for row in catalog(studio.manager.models_dir, list(studio.folders.loras), [])
+            if row.state == "complete" and row.kind in MERGEABLE_KINDS]
 
 
 def table_rows(rows: list[CatalogRow]) -> list[list[str]]:
@@ -70,6 +81,40 @@ def follow_download(studio, name: str, status, table):
     yield {status: progress_html(state.message, kind=kind), table: studio_rows(studio)}
 
 
+def model_on_disk(name: str, models_dir: Path, what: str) -> str:
+    model = (name or "").strip()
+    if not model or not on_disk(model, models_dir):
+        raise InvalidRequest(f"Pick a model that is on disk (download it first) to {what}.")
+    return model
+
+
+def new_model_folder(new_name: str, models_dir: Path, example: str) -> Path:
+    target_name = (new_name or "").strip()
+    if not target_name or "/" in target_name or target_name.startswith("."):
+        raise InvalidRequest(f"Give the new model a folder name (no slashes), e.g. {example}.")
+    if (models_dir / target_name).exists():
+        raise InvalidRequest(f"The models folder already has {target_name}: choose another name.")
+    return models_dir / target_name
+
+
+def follow_save(cancel, status, lead: str, stopped: str, save):
+    """Run `save(on_progress)` (the engine's save path) within a page job, its progress in tensors on the status
+    line after `lead`; the tab's Stop raises Cancelled(`stopped`), which leaves no half-written folder."""
+    def run(report):
+        def on_progress(done: int, total: int, what: str) -> None:
+            if cancel.is_set():
+                raise Cancelled(stopped)
+            report(Step(done, total, stage=what))
+
+        return save(on_progress)
+
+    def changes(step: Step) -> dict:
+        done = f": {step.step} of {step.total} ({step.stage})" if step.total else f": {step.stage}"
+        return {status: progress_html(lead + done, step.step, step.total)}
+
+    return (yield from follow(run, cancel, changes))
+
+
 def quantize_and_save(studio, name: str, bits: str, new_name: str, session: str, status):
     """Write `name` quantized to `bits` into the models folder as `new_name` (the engine's save path), its progress
     in tensors on the status line; the tab's Stop ends it and leaves no half-written folder."""
@@ -77,32 +122,42 @@ def quantize_and_save(studio, name: str, bits: str, new_name: str, session: str,
 
     def work(cancel):
         models_dir = Path(studio.manager.models_dir)
-        model, target_name = (name or "").strip(), (new_name or "").strip()
-        if not model or not on_disk(model, models_dir):
-            raise InvalidRequest("Pick a model that is on disk (download it first) to quantize and save it.")
-        if not target_name or "/" in target_name or target_name.startswith("."):
-            raise InvalidRequest("Give the new model a folder name (no slashes), e.g. dev-8bit.")
-        target = models_dir / target_name
-        if target.exists():
-            raise InvalidRequest(f"The models folder already has {target_name}: choose another name.")
-        lead = f"Quantizing {model} to {bits} bits as {target_name}"
-
-        def save(report):
-            def on_progress(done: int, total: int, what: str) -> None:
-                if cancel.is_set():
-                    raise Cancelled(f"Stopped quantizing {model}: nothing was written to the models folder.")
-                report(Step(done, total, stage=what))
-
-            return save_model(target, resolve_model(model=model, models_dir=models_dir), dtype=resolve_dtype(None),
-                              bits=int(bits), on_progress=on_progress)
-
-        def changes(step: Step) -> dict:
-            done = f": {step.step} of {step.total} ({step.stage})" if step.total else f": {step.stage}"
-            return {status: progress_html(lead + done, step.step, step.total)}
-
-        saved = yield from follow(save, cancel, changes)
-        return (f"Saved {model} as {target_name} in the models folder ({bits}-bit, transformer "
+        model = model_on_disk(name, models_dir, "quantize and save it")
+        target = new_model_folder(new_name, models_dir, "dev-8bit")
+        saved = yield from follow_save(
+            cancel, status, f"Quantizing {model} to {bits} bits as {target.name}",
+            f"Stopped quantizing {model}: nothing was written to the models folder.",
+            lambda on_progress: save_model(target, resolve_model(model=model, models_dir=models_dir),
+                                           dtype=resolve_dtype(None), bits=int(bits), on_progress=on_progress))
+        return (f"Saved {model} as {target.name} in the models folder ({bits}-bit, transformer "
                 f"{gb_text(saved.transformer_bytes)}): pick it by that name in any tool.")
+
+    yield from page_job(studio, session, status, work)
+
+
+def merge_and_save(studio, names: list[str], method: str, multiplier: float, new_name: str, session: str, status):
+    """A1111's Checkpoint Merger: models A, B (and C for add difference) merged into the models folder as
+    `new_name`, its progress on the status line; Stop leaves no folder."""
+    from mflux_core.weights.merge import check_merge, merge_sources, merge_transformers
+    from mflux_core.weights.save import save_model
+
+    def work(cancel):
+        models_dir = Path(studio.manager.models_dir)
+        models = [model_on_disk(name, models_dir, "merge it") for name in names if (name or "").strip()]
+        target = new_model_folder(new_name, models_dir, "dev-schnell-merge")
+        sources, dtype = merge_sources(models, models_dir), resolve_dtype(None)
+        check_merge(method, float(multiplier), sources, dtype, studio.manager.resident.free_bytes())
+
+        def merge_then_save(on_progress):
+            transformer, report = merge_transformers(method, float(multiplier), sources, dtype, on_progress)
+            return save_model(target, sources[0][1], dtype=dtype, on_progress=on_progress,
+                              transformer=transformer), report
+
+        saved, report = yield from follow_save(
+            cancel, status, f"Merging {' and '.join(models)} as {target.name}",
+            "Stopped merging: nothing was written to the models folder.", merge_then_save)
+        return (f"Merged {' and '.join(models)} ({MERGE_METHODS[method]}, M {float(multiplier):g}: "
+                f"{report.summary()}) as {target.name} in the models folder: pick it by that name in any tool.")
 
     yield from page_job(studio, session, status, work)
 
@@ -155,6 +210,25 @@ def render(studio) -> None:
             new_name = gr.Textbox(label="New model name", placeholder="dev-8bit", elem_id="models-new-name")
             quantize = gr.Button("Quantize and save", elem_id="models-quantize")
             stop_quantize = gr.Button("Stop quantizing", variant="stop", elem_id="models-quantize-stop")
+        with gr.Accordion("Merge models (A1111's Checkpoint Merger)", open=False, elem_id="models-merge"):
+            with gr.Row():
+                mergeable = merge_choices(studio)
+                merge_models = [gr.Dropdown(mergeable, value=None, label=label, allow_custom_value=True,
+                                            elem_id=f"models-merge-{letter}", info=info)
+                                for letter, label, info in (
+                                    ("a", "Primary model (A)", "its architecture, VAE and text encoders are kept"),
+                                    ("b", "Secondary model (B)", "a model folder, or a single transformer file"),
+                                    ("c", "Tertiary model (C)", "add difference only"))]
+            with gr.Row():
+                method = gr.Radio([(label, name) for name, label in MERGE_METHODS.items()], value=WEIGHTED_SUM,
+                                  label="Interpolation method", elem_id="models-merge-method",
+                                  info="weighted sum: A x (1 - M) + B x M · add difference: A + (B - C) x M")
+                multiplier = gr.Slider(0, 1, 0.5, step=0.05, label="Multiplier (M)", elem_id="models-merge-multiplier")
+            with gr.Row():
+                merge_name = gr.Textbox(label="New model name", placeholder="dev-schnell-merge",
+                                        elem_id="models-merge-name")
+                merge = gr.Button("Merge and save", elem_id="models-merge-run")
+                stop_merge = gr.Button("Stop merging", variant="stop", elem_id="models-merge-stop")
         with gr.Row():
             token = gr.Textbox(label="Hugging Face token", type="password", elem_id="models-token", scale=3,
                                placeholder="hf_…", info=token_note())
@@ -207,6 +281,16 @@ def render(studio) -> None:
                    concurrency_limit=1, api_visibility="private")
 
     studio.wire_stop(stop_quantize)
+
+    def merge_handler(a, b, c, method_value, multiplier_value, new_value, request: gr.Request):
+        yield from merge_and_save(studio, [a, b, c], method_value, multiplier_value, new_value,
+                                  request.session_hash if request else "", status)
+        choices = merge_choices(studio)
+        yield {table: studio_rows(studio), **{dropdown: gr.Dropdown(choices=choices) for dropdown in merge_models}}
+
+    merge.click(merge_handler, [*merge_models, method, multiplier, merge_name], [status, table, *merge_models],
+                concurrency_id=ENGINE_QUEUE, concurrency_limit=1, api_visibility="private")
+    studio.wire_stop(stop_merge)
 
     def store_token(value):
         try:

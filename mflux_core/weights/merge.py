@@ -1,0 +1,138 @@
+"""Merge FLUX.1 transformers as A1111's Checkpoint Merger does, into a new model folder (weights/save.py writes it):
+
+    weighted sum     A * (1 - M) + B * M          (e.g. FLUX.1-dev with schnell: fewer steps, dev's look)
+    add difference   A + (B - C) * M              (e.g. FLUX.1-Fill + (a finetune - dev): the finetune inpaints)
+
+A defines the result: its other components (VAE, text encoders, scheduler) are copied, a tensor only A has is
+kept (dev's guidance embedder beside schnell), one only B or C has is left out. Where A's tensor takes more inputs
+than the others' (Fill's image input: 384 channels against 64) the shared leading columns are merged and the rest
+kept, as A1111 merges an inpainting model's extra channels. Each merged tensor is computed in float32.
+
+All transformers are loaded at once (each in the output's dtype), so the merge is refused in one sentence when
+they would not fit the memory budget; quantized inputs are refused (merge full weights, then quantize the result).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
+
+from mflux_core import loader
+from mflux_core.errors import InvalidRequest
+from mflux_core.memory import gb_text
+from mflux_core.settings_schema import ADD_DIFFERENCE, MERGE_METHODS, WEIGHTED_SUM
+from mflux_core.weights.quantize import quantized_bits
+from mflux_core.weights.resolve import ModelSource, resident_bytes_of, resolve_model, resolve_name
+from mflux_core.weights.safetensors_io import weight_files
+
+MAX_MULTIPLIER = 4  # A1111's slider stops at 1; add difference is often pushed past it
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    merged: int  # tensors computed from A and B (and C)
+    kept: int  # tensors only A has, kept as they are
+    widened: int  # of the merged, those where A takes more inputs: its extra columns kept
+    left_out: int  # tensors A does not have
+
+    def summary(self) -> str:
+        """'110 tensors merged, 2 only in A, kept': the merged count, and the others that are not 0."""
+        counts = ((self.widened, "of them on A's leading input columns only"), (self.kept, "only in A, kept"),
+                  (self.left_out, "not in A, left out"))
+        return ", ".join([f"{self.merged} tensors merged", *(f"{count} {what}" for count, what in counts if count)])
+
+
+def merge_sources(names: list[str], models_dir: Path | None,
+                  base_model: str | None = None) -> list[tuple[str, ModelSource]]:
+    """(name, source) of models A, B (and C): names in the models folder, aliases, repo ids, folders, or single
+    transformer files (ComfyUI's finetunes; A's other components then come from `base_model`)."""
+    sources = []
+    for index, name in enumerate(names):
+        target = resolve_name(name, models_dir)
+        if target.is_file() and index > 0:  # only B's and C's transformers are read
+            sources.append((name, ModelSource(folder=None, transformer_file=target)))
+        elif target.is_file() and base_model is None:
+            raise InvalidRequest(f"{name} is a single transformer file: model A needs a model folder (its VAE, text "
+                                 "encoders and scheduler are the result's) or a base model beside it; it can be B "
+                                 "or C as it is.")
+        else:
+            sources.append((name, resolve_model(path=str(target), base_model=base_model, models_dir=models_dir)))
+    return sources
+
+
+def transformer_bytes(source: ModelSource, dtype: mx.Dtype) -> int:
+    files = [source.transformer_file] if source.transformer_file else weight_files(source.folder / "transformer")
+    return resident_bytes_of(files, dtype.size)
+
+
+def check_merge(method: str, multiplier: float, sources: list[tuple[str, ModelSource]], dtype: mx.Dtype,
+                free_bytes: int) -> None:
+    """Refuse, before anything loads: an unknown method, a multiplier out of range, a missing model C for add
+    difference, or transformers that together would not fit `free_bytes`."""
+    if method not in MERGE_METHODS:
+        raise InvalidRequest(f"The merge method must be one of {', '.join(MERGE_METHODS)}, not {method!r}.")
+    if not -MAX_MULTIPLIER <= multiplier <= MAX_MULTIPLIER:  # NaN fails this too
+        raise InvalidRequest(f"The multiplier M must be a number from {-MAX_MULTIPLIER} to {MAX_MULTIPLIER}.")
+    if len(sources) != (3 if method == ADD_DIFFERENCE else 2):
+        raise InvalidRequest("Add difference takes three models: A + (B - C) x M." if method == ADD_DIFFERENCE
+                             else "A weighted sum takes two models, A and B (and no C): A x (1 - M) + B x M.")
+    needed = sum(transformer_bytes(source, dtype) for _, source in sources)
+    if needed > free_bytes:
+        smaller = ", or merge in bfloat16" if dtype.size > 2 else ""
+        raise InvalidRequest(f"Merging loads the {len(sources)} transformers at once, about {gb_text(needed)}, but "
+                             f"the memory budget leaves {gb_text(max(free_bytes, 0))}: close other tools or raise the "
+                             f"memory budget{smaller}.")
+
+
+def merge_transformers(method: str, multiplier: float, sources: list[tuple[str, ModelSource]], dtype: mx.Dtype,
+                       on_progress: Callable[[int, int, str], None] | None = None) -> tuple[nn.Module, MergeReport]:
+    """A's transformer with its weights merged from B (and C) by `method` (check_merge first)."""
+    on_progress = on_progress or (lambda done, total, what: None)
+    loaded = []
+    for index, (name, source) in enumerate(sources):
+        on_progress(0, 0, f"loading model {'ABC'[index]} ({name})")
+        transformer = loader.load_source_transformer(source, dtype)
+        if quantized_bits(transformer):
+            raise InvalidRequest(f"{name} is quantized: merge full (unquantized) models, then quantize the result.")
+        loaded.append(transformer)
+    primary = loaded[0]
+    tensors = [dict(tree_flatten(other.parameters())) for other in loaded[1:]]
+    del loaded, transformer  # B's (and C's) arrays now live in `tensors` only: each is freed once merged
+    own = dict(tree_flatten(primary.parameters()))
+    merged = kept = widened = 0
+    keys = list(own)
+    for done, key in enumerate(keys, start=1):
+        found = [tensor.pop(key, None) for tensor in tensors]
+        if any(value is None for value in found):
+            kept += 1
+            continue
+        value, wider = _merged(key, own.pop(key), found, method, multiplier, [name for name, _ in sources])
+        mx.eval(value)
+        primary.update(tree_unflatten([(key, value)]))
+        merged, widened = merged + 1, widened + wider
+        on_progress(done, len(keys), "tensors merged")
+    left_out = len(set().union(*tensors))  # what is left: the tensors A does not have
+    return primary, MergeReport(merged, kept, widened, left_out)
+
+
+def _merged(key: str, a: mx.array, others: list[mx.array], method: str, multiplier: float,
+            names: list[str]) -> tuple[mx.array, bool]:
+    """One tensor of the result, and whether A's extra input columns were kept beside the merged ones."""
+    width = others[0].shape[-1]
+    for name, other in zip(names[1:], others):
+        if other.shape != others[0].shape or other.shape[:-1] != a.shape[:-1] or width > a.shape[-1]:
+            raise InvalidRequest(f"{names[0]} and {name} are different architectures: their {key} is "
+                                 f"{'x'.join(map(str, a.shape))} against {'x'.join(map(str, other.shape))}.")
+    shared = a[..., :width].astype(mx.float32)
+    b = others[0].astype(mx.float32)
+    if method == WEIGHTED_SUM:
+        result = shared * (1 - multiplier) + b * multiplier
+    else:
+        result = shared + (b - others[1].astype(mx.float32)) * multiplier
+    result = result.astype(a.dtype)
+    if width == a.shape[-1]:
+        return result, False
+    return mx.concatenate([result, a[..., width:]], axis=-1), True
