@@ -192,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_models_dir_flag(save_depth)
     add_save_parser(tools)
     add_merge_parser(tools)
+    add_extract_lora_parser(tools)
     download = tools.add_parser("download", help="download a model into the Hugging Face cache (continues a stopped "
                                 "download)", description="download a model into the Hugging Face cache")
     download.add_argument("model", help="alias (dev, fill, ...) or Hugging Face repo id")
@@ -301,6 +302,41 @@ def merge_model_folder(args: argparse.Namespace) -> Path:
     print(f"Merged ({MERGE_METHODS[args.method]}, M {args.multiplier:g}): {report.summary()}")
     print_saved(saved)
     return saved.folder
+
+
+def add_extract_lora_parser(tools) -> None:
+    text = ("extract a LoRA from a tuned FLUX.1 transformer and its base (sd-scripts' flux_extract_lora, ComfyUI's "
+            "Extract and Save Lora): each layer's change cut to --rank by SVD, written as a diffusers / PEFT file")
+    extract = tools.add_parser("extract-lora", help=text, description=text)
+    extract.add_argument("--model-tuned", required=True, help="the tuned model: alias, repo id, folder or single "
+                         ".safetensors transformer file")
+    extract.add_argument("--model-base", required=True, help="the model it was tuned from (dev, schnell, ...)")
+    extract.add_argument("--rank", type=int, default=32, help="the LoRA's rank (default 32): higher keeps more of "
+                         "the change in a larger file")
+    extract.add_argument("--output", required=True, help="the .safetensors file to write (must not exist)")
+    extract.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                         help="dtype of the comparison and the written LoRA (default: float32 on CPU, bfloat16 on "
+                              "Metal/CUDA)")
+    add_memory_budget_flag(extract)
+
+
+def extract_lora_file(args: argparse.Namespace) -> Path:
+    from mflux_core.backend import resolve_dtype
+    from mflux_core.lora.extract import extract_lora, save_lora
+    from mflux_core.memory import MemoryBudget
+    from mflux_core.weights.merge import merge_sources
+
+    budget = MemoryBudget(args.memory_budget)
+    output = Path(args.output).expanduser()
+    if output.exists():
+        raise StudioError(f"{output} already exists: choose another name.")
+    sources = merge_sources([args.model_tuned, args.model_base], Path("models"), whole_first=False)
+    with progress_bar() as show:
+        tensors, report = extract_lora(sources, args.rank, resolve_dtype(args.dtype), budget.bytes, show)
+    path = save_lora(output, tensors)
+    print(f"LoRA {path.name}: {report.summary(args.rank)}")
+    print(f"Saved {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return path
 
 
 @contextmanager
@@ -518,7 +554,8 @@ def list_loras(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"save-depth": save_depth, "save": save_model_folder, "merge": merge_model_folder, "concept": run_concept,
+        {"save-depth": save_depth, "save": save_model_folder, "merge": merge_model_folder,
+         "extract-lora": extract_lora_file, "concept": run_concept,
          "concept-from-image": run_concept, "train": run_train, "loras": list_loras,
          "download": download_model}.get(args.tool, run)(args)
     except StudioError as error:

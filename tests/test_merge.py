@@ -115,6 +115,6 @@ def test_what_cannot_be_merged_is_refused_in_one_sentence_before_anything_is_wri
     quantized = tmp_path / "wide-q8"
     assert cli_main(["save", "--model-path", str(wide), "--path", str(quantized), "-q", "8"]) == 0
     assert merge("--model-a", wide, "--model-b", quantized, "--path", out) == 1
-    assert "wide-q8 is quantized: merge full (unquantized) models, then quantize the result." in \
+    assert "wide-q8 is quantized: use full (unquantized) models, then quantize the result." in \
         capsys.readouterr().err
     assert not out.exists()

@@ -283,3 +283,20 @@ def test_the_tab_merges_models_into_the_models_folder_and_a_stop_leaves_none(tmp
             assert studio.jobs.cancel("s")
     assert "Stopped merging" in html.unescape(update["status"])
     assert not (tmp_path / "models" / "never").exists()
+
+
+def test_the_tab_extracts_a_lora_into_the_lora_library(tmp_path):
+    """demo-kontext against demo (the same architecture): the change of every layer as a rank-8 LoRA in the models
+    folder's loras/, part of the LoRA library; a model against itself is refused."""
+    from mflux_core.lora.library import library_names
+    from webui.panels.models import extract_and_save
+
+    studio = studio_with_models(tmp_path)
+    with pytest.raises(Exception, match="have the same linear layers: there is no change to extract"):
+        list(extract_and_save(studio, "demo", "demo", 8, "none", "s", "status"))
+    updates = list(extract_and_save(studio, "demo-kontext", "demo", 8, "kontext-change", "s", "status"))
+    message = html.unescape(updates[-1]["status"])
+    assert "Saved kontext-change.safetensors" in message and "layers at rank 8, keeping " in message, message
+    assert "kontext-change" in library_names([tmp_path / "models" / "loras"])  # the models folder's library
+    with pytest.raises(Exception, match="already has kontext-change.safetensors"):
+        list(extract_and_save(studio, "demo-kontext", "demo", 8, "kontext-change", "s", "status"))

@@ -45,14 +45,15 @@ class MergeReport:
         return ", ".join([f"{self.merged} tensors merged", *(f"{count} {what}" for count, what in counts if count)])
 
 
-def merge_sources(names: list[str], models_dir: Path | None,
-                  base_model: str | None = None) -> list[tuple[str, ModelSource]]:
+def merge_sources(names: list[str], models_dir: Path | None, base_model: str | None = None,
+                  whole_first: bool = True) -> list[tuple[str, ModelSource]]:
     """(name, source) of models A, B (and C): names in the models folder, aliases, repo ids, folders, or single
-    transformer files (ComfyUI's finetunes; A's other components then come from `base_model`)."""
+    transformer files (ComfyUI's finetunes). With `whole_first` A's other components are written too, so a single
+    file as A takes them from `base_model`."""
     sources = []
     for index, name in enumerate(names):
         target = resolve_name(name, models_dir)
-        if target.is_file() and index > 0:  # only B's and C's transformers are read
+        if target.is_file() and (index > 0 or not whole_first):  # only its transformer is read
             sources.append((name, ModelSource(folder=None, transformer_file=target)))
         elif target.is_file() and base_model is None:
             raise InvalidRequest(f"{name} is a single transformer file: model A needs a model folder (its VAE, text "
@@ -79,28 +80,41 @@ def check_merge(method: str, multiplier: float, sources: list[tuple[str, ModelSo
     if len(sources) != (3 if method == ADD_DIFFERENCE else 2):
         raise InvalidRequest("Add difference takes three models: A + (B - C) x M." if method == ADD_DIFFERENCE
                              else "A weighted sum takes two models, A and B (and no C): A x (1 - M) + B x M.")
+    check_transformers_fit("Merging", sources, dtype, free_bytes)
+
+
+def check_transformers_fit(doing: str, sources: list[tuple[str, ModelSource]], dtype: mx.Dtype,
+                           free_bytes: int) -> None:
+    """Refuse when the sources' transformers, loaded at once in `dtype`, would not fit `free_bytes`."""
     needed = sum(transformer_bytes(source, dtype) for _, source in sources)
     if needed > free_bytes:
-        smaller = ", or merge in bfloat16" if dtype.size > 2 else ""
-        raise InvalidRequest(f"Merging loads the {len(sources)} transformers at once, about {gb_text(needed)}, but "
+        smaller = ", or work in bfloat16" if dtype.size > 2 else ""
+        raise InvalidRequest(f"{doing} loads the {len(sources)} transformers at once, about {gb_text(needed)}, but "
                              f"the memory budget leaves {gb_text(max(free_bytes, 0))}: close other tools or raise the "
                              f"memory budget{smaller}.")
+
+
+def load_full_transformers(sources: list[tuple[str, ModelSource]], dtype: mx.Dtype,
+                           on_progress: Callable[[int, int, str], None]) -> list[nn.Module]:
+    """The sources' transformers (models A, B, C), refused when one is quantized."""
+    loaded = []
+    for index, (name, source) in enumerate(sources):
+        on_progress(0, 0, f"loading model {'ABC'[index]} ({name})")
+        transformer = loader.load_source_transformer(source, dtype)
+        if quantized_bits(transformer):
+            raise InvalidRequest(f"{name} is quantized: use full (unquantized) models, then quantize the result.")
+        loaded.append(transformer)
+    return loaded
 
 
 def merge_transformers(method: str, multiplier: float, sources: list[tuple[str, ModelSource]], dtype: mx.Dtype,
                        on_progress: Callable[[int, int, str], None] | None = None) -> tuple[nn.Module, MergeReport]:
     """A's transformer with its weights merged from B (and C) by `method` (check_merge first)."""
     on_progress = on_progress or (lambda done, total, what: None)
-    loaded = []
-    for index, (name, source) in enumerate(sources):
-        on_progress(0, 0, f"loading model {'ABC'[index]} ({name})")
-        transformer = loader.load_source_transformer(source, dtype)
-        if quantized_bits(transformer):
-            raise InvalidRequest(f"{name} is quantized: merge full (unquantized) models, then quantize the result.")
-        loaded.append(transformer)
+    loaded = load_full_transformers(sources, dtype, on_progress)
     primary = loaded[0]
     tensors = [dict(tree_flatten(other.parameters())) for other in loaded[1:]]
-    del loaded, transformer  # B's (and C's) arrays now live in `tensors` only: each is freed once merged
+    del loaded  # B's (and C's) arrays now live in `tensors` only: each is freed once merged
     own = dict(tree_flatten(primary.parameters()))
     merged = kept = widened = 0
     keys = list(own)

@@ -2,7 +2,7 @@
 a second Download of the same repo follows the running one), delete from the models folder or the Hugging Face
 cache after a confirmation naming the space freed (a resident model is unloaded first), quantize and save as a new
 model in the models folder (tensors done; Stop leaves no folder), merge models as A1111's Checkpoint Merger into
-the models folder, a Hugging Face token, rescan. Offline, the list
+the models folder, extract a LoRA from a finetune into the LoRA library, a Hugging Face token, rescan. Offline, the list
 works from the cache and downloads are off. Messages here never name CLI flags.
 """
 
@@ -162,6 +162,34 @@ def merge_and_save(studio, names: list[str], method: str, multiplier: float, new
     yield from page_job(studio, session, status, work)
 
 
+def extract_and_save(studio, tuned: str, base: str, rank: int, lora_name: str, session: str, status):
+    """A LoRA extracted from `tuned` against `base` at `rank`, written into the models folder's loras/ as
+    `lora_name` (part of the LoRA library), its progress on the status line."""
+    from mflux_core.lora.extract import extract_lora, save_lora
+    from mflux_core.weights.merge import merge_sources
+
+    def work(cancel):
+        models_dir = Path(studio.manager.models_dir)
+        models = [model_on_disk(name, models_dir, "extract a LoRA from it") for name in (tuned, base)]
+        name = (lora_name or "").strip().removesuffix(".safetensors")
+        if not name or "/" in name or name.startswith("."):
+            raise InvalidRequest("Give the LoRA a file name (no slashes), e.g. my-finetune.")
+        path = models_dir / "loras" / f"{name}.safetensors"
+        if path.exists():
+            raise InvalidRequest(f"The LoRA library already has {path.name}: choose another name.")
+        sources = merge_sources(models, models_dir, whole_first=False)
+        tensors, report = yield from follow_save(
+            cancel, status, f"Extracting a rank-{int(rank)} LoRA from {models[0]} against {models[1]}",
+            "Stopped extracting: no LoRA was written.",
+            lambda on_progress: extract_lora(sources, int(rank), resolve_dtype(None),
+                                             studio.manager.resident.free_bytes(), on_progress))
+        save_lora(path, tensors)
+        return (f"Saved {path.name} ({gb_text(path.stat().st_size)}) in the LoRA library: "
+                f"{report.summary(int(rank))}. Pick it in any tool's LoRAs.")
+
+    yield from page_job(studio, session, status, work)
+
+
 def ask_delete(studio, name: str):
     """What Delete removes and a question naming the space it frees: the models folder's entry of that name (as
     models resolve), else the repo in the Hugging Face cache."""
@@ -229,6 +257,19 @@ def render(studio) -> None:
                                         elem_id="models-merge-name")
                 merge = gr.Button("Merge and save", elem_id="models-merge-run")
                 stop_merge = gr.Button("Stop merging", variant="stop", elem_id="models-merge-stop")
+        with gr.Accordion("Extract a LoRA (from a finetune and its base)", open=False, elem_id="models-extract"):
+            with gr.Row():
+                extract_models = [gr.Dropdown(mergeable, value=None, label=label, allow_custom_value=True,
+                                              elem_id=f"models-extract-{kind}", info=info)
+                                  for kind, label, info in (
+                                      ("tuned", "Tuned model", "a finetune: a model folder or a single file"),
+                                      ("base", "Base model", "the model it was tuned from (dev, schnell, ...)"))]
+                rank = gr.Slider(1, 256, 32, step=1, label="Rank", elem_id="models-extract-rank",
+                                 info="higher keeps more of the change in a larger file")
+            with gr.Row():
+                lora_name = gr.Textbox(label="LoRA name", placeholder="my-finetune", elem_id="models-extract-name")
+                extract = gr.Button("Extract and save", elem_id="models-extract-run")
+                stop_extract = gr.Button("Stop extracting", variant="stop", elem_id="models-extract-stop")
         with gr.Row():
             token = gr.Textbox(label="Hugging Face token", type="password", elem_id="models-token", scale=3,
                                placeholder="hf_…", info=token_note())
@@ -291,6 +332,15 @@ def render(studio) -> None:
     merge.click(merge_handler, [*merge_models, method, multiplier, merge_name], [status, table, *merge_models],
                 concurrency_id=ENGINE_QUEUE, concurrency_limit=1, api_visibility="private")
     studio.wire_stop(stop_merge)
+
+    def extract_handler(tuned_value, base_value, rank_value, name_value, request: gr.Request):
+        yield from extract_and_save(studio, tuned_value, base_value, rank_value, name_value,
+                                    request.session_hash if request else "", status)
+        yield {table: studio_rows(studio)}
+
+    extract.click(extract_handler, [*extract_models, rank, lora_name], [status, table], concurrency_id=ENGINE_QUEUE,
+                  concurrency_limit=1, api_visibility="private")
+    studio.wire_stop(stop_extract)
 
     def store_token(value):
         try:
