@@ -110,7 +110,7 @@ def test_what_cannot_be_merged_is_refused_in_one_sentence_before_anything_is_wri
         assert not out.exists()
     sources = merge_sources([str(tiny_dev), str(tiny_schnell)], None)
     with pytest.raises(InvalidRequest, match=r"^Merging loads the 2 transformers at once, about .* but the memory "
-                                             r"budget leaves 0 MB: close other tools or raise the memory budget, or merge in bfloat16.$"):
+                                             r"budget leaves 0 MB: close other tools or raise the memory budget, or work in bfloat16.$"):
         check_merge("weighted-sum", 0.5, sources, mx.float32, 1000)
     quantized = tmp_path / "wide-q8"
     assert cli_main(["save", "--model-path", str(wide), "--path", str(quantized), "-q", "8"]) == 0
