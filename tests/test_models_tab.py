@@ -294,6 +294,9 @@ def test_the_tab_extracts_a_lora_into_the_lora_library(tmp_path):
     studio = studio_with_models(tmp_path)
     with pytest.raises(Exception, match="have the same linear layers: there is no change to extract"):
         list(extract_and_save(studio, "demo", "demo", 8, "none", "s", "status"))
+    for outside in ("..", "/etc", "../models"):  # the pickers take typed names: never a path out of the folders
+        with pytest.raises(Exception, match="Pick a model that is on disk"):
+            list(extract_and_save(studio, outside, "demo", 8, "none", "s", "status"))
     updates = list(extract_and_save(studio, "demo-kontext", "demo", 8, "kontext-change", "s", "status"))
     message = html.unescape(updates[-1]["status"])
     assert "Saved kontext-change.safetensors" in message and "layers at rank 8, keeping " in message, message

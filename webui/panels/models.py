@@ -82,8 +82,9 @@ def follow_download(studio, name: str, status, table):
 
 
 def model_on_disk(name: str, models_dir: Path, what: str) -> str:
+    """`name` as typed when it names a model on disk by a name the studio lists (never a path: "..", "/x")."""
     model = (name or "").strip()
-    if not model or not on_disk(model, models_dir):
+    if not model or model.startswith(".") or not on_disk(model, models_dir):
         raise InvalidRequest(f"Pick a model that is on disk (download it first) to {what}.")
     return model
 
