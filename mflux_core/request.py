@@ -91,6 +91,9 @@ class GenerationRequest:
             raise InvalidRequest(f"Regional prompts are for the generate tool, not {self.tool}.")
         if self.hires_scale is not None:
             self._check_hires()
+        elif self.hires_steps is not None or self.hires_strength is not None:  # e.g. a plot's hires axis
+            raise InvalidRequest("Hires steps and hires denoising strength belong to the hires fix: turn it on "
+                                 "(give it an upscale factor) or leave them out.")
         if self.lora_scales and len(self.lora_scales) != len(self.lora_paths):
             raise InvalidRequest(
                 f"{len(self.lora_paths)} LoRA paths but {len(self.lora_scales)} scales: give one scale per LoRA."

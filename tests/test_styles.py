@@ -125,3 +125,19 @@ def test_plots_merge_styles_after_their_axes_as_a1111_does(styles_dir, tiny_dev,
     assert json.loads((tmp_path / "plot_x1_y0_z0.json").read_text())["request"]["prompt"] == "a fox, sepia tones"
     assert cli_main([*args, "--x-axis", "prompt-sr=sepia,blue", "--output", str(tmp_path / "no.png")]) == 1
     assert "neither the prompt nor the negative prompt contains 'sepia'" in capsys.readouterr().err
+
+
+def test_a_plot_takes_the_hires_fix_and_its_axes(styles_dir, tmp_path):
+    """A1111's X/Y/Z over hires settings: with the hires fix on, its denoising strength as an axis; without it, a
+    hires axis is refused in a sentence."""
+    from webui.panels.plot import plot_requests
+    from webui.requests import InputStore
+
+    context = RequestContext(inputs=InputStore(tmp_path / "inputs"), styles=styles_dir, draw_seed=lambda: 0)
+    values = shared_values(validate_settings({"tool": "generate", "prompt": "a cat", "seed": 3}))
+    hires = {"hires": True, "hires_scale": 2.0, "hires_steps": 3, "hires_strength": 0.5, "hires_upscaler": "Lanczos",
+             "hires_prompt": ""}
+    _, cells = plot_requests({**values, **hires, "x_kind": "hires-strength", "x_values": "0.3, 0.6"}, context)
+    assert [(cell.request.hires_scale, cell.request.hires_strength) for cell in cells] == [(2.0, 0.3), (2.0, 0.6)]
+    with pytest.raises(InvalidRequest, match="belong to the hires fix: turn it on"):
+        plot_requests({**values, "x_kind": "hires-steps", "x_values": "2, 4"}, context)

@@ -1,14 +1,16 @@
 """The "Hires fix" accordion (a second, image-to-image pass at a larger size) and its settings, on the panels that
-make an image from text: Generate, and ControlNet (whose ControlNets steer the second pass too)."""
+make an image from text: Generate, the X/Y/Z plot, and ControlNet (whose ControlNets steer the second pass too)."""
 
 import gradio as gr
 
 from mflux_core.hires import DEFAULT_STRENGTH, DEFAULT_UPSCALER
 from mflux_core.request import MAX_STEPS
-from mflux_core.settings_schema import MAX_HIRES_SCALE
+from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE
 from webui.widgets import number_value
 
 DEFAULT_HIRES_SCALE = 2.0
+UPSCALER_NOTES = {HIRES_UPSCALERS[0]: "resampled", HIRES_UPSCALERS[1]: "Lanczos, then jasperai's Upscaler ControlNet "
+                  "steers the second pass (it must be on disk)"}  # text-to-image's upscalers
 
 
 def hires_settings(values: dict) -> dict:

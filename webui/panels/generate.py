@@ -3,9 +3,8 @@
 import gradio as gr
 
 from mflux_core.request import GenerationRequest
-from mflux_core.settings_schema import HIRES_UPSCALERS
 from webui.demo_examples import render_demo_examples
-from webui.hires_ui import hires_controls, hires_settings, hires_values
+from webui.hires_ui import UPSCALER_NOTES, hires_controls, hires_settings, hires_values
 from webui.panels import Panel, input_image, result_column
 from webui.presets_ui import render_presets
 from webui.prompt_list_ui import prompt_list_controls, prompt_list_requests
@@ -15,8 +14,6 @@ from webui.widgets import build_shared_controls, number_value, shared_settings, 
 
 TOOL = "generate"
 DEFAULT_IMAGE_STRENGTH = 0.4
-HIRES_UPSCALER_NOTES = {HIRES_UPSCALERS[0]: "resampled", HIRES_UPSCALERS[1]: "Lanczos, then jasperai's Upscaler "
-                        "ControlNet steers the second pass (it must be on disk)"}
 
 
 def settings_from_values(values: dict) -> dict:
@@ -54,7 +51,7 @@ def render(studio) -> Panel:
                                                label="Image strength (how much of the input is kept)",
                                                elem_id="generate-image-strength")
                 regions, region_masks = region_controls(TOOL)
-                _, hires = hires_controls(TOOL, HIRES_UPSCALER_NOTES)
+                _, hires = hires_controls(TOOL, UPSCALER_NOTES)
                 prompt_lines = prompt_list_controls(TOOL)
                 render_demo_examples(studio, TOOL, shared.controls, {})
                 panel = Panel(TOOL, (TOOL,), {**shared.controls, "image_strength": image_strength, **regions, **hires},

@@ -1,4 +1,5 @@
-"""X/Y/Z plot: every combination of up to three axes over text-to-image settings.
+"""X/Y/Z plot: every combination of up to three axes over text-to-image settings (with the hires fix when it is on:
+its upscale, steps and denoising strength are axes too).
 
 Each cell is saved to the history like any result (its metadata restores it); the labelled grids
 go to `<outputs>/grids/<date>/`, beside the history. Stop ends the plot after the current step and
@@ -18,6 +19,7 @@ from mflux_core.xyz import (
     AXIS_KINDS, MAX_CELLS, NO_LORA, Axis, parse_axis, plot_cells, plot_grids, prompt_matrix, resolve_loras,
 )
 from webui.gallery import save_result
+from webui.hires_ui import UPSCALER_NOTES, hires_controls, hires_settings, hires_values
 from webui.jobs import follow, image_progress, page_job
 from webui.panels import Panel, result_column
 from webui.requests import RequestContext, lora_files, plot_styler, requests_from_settings
@@ -31,11 +33,11 @@ GRIDS_FOLDER = "grids"
 
 
 def settings_from_values(values: dict) -> dict:
-    return {"tool": "generate", **shared_settings(values)}
+    return {"tool": "generate", **shared_settings(values), **hires_settings(values)}
 
 
 def values_from_settings(settings: dict) -> dict:
-    return shared_values(settings)
+    return {**shared_values(settings), **hires_values(settings)}
 
 
 def plot_axes(values: dict, base: GenerationRequest, context: RequestContext) -> tuple[GenerationRequest, list[Axis]]:
@@ -132,8 +134,9 @@ def render(studio) -> Panel:
                     "the parts after the first, at one seed", elem_id="plot-prompt-matrix")
                 axis_controls["max_cells"] = gr.Number(MAX_CELLS, label="Most cells", precision=0, minimum=1,
                                                        elem_id="plot-max-cells")
+                _, hires = hires_controls(TOOL, UPSCALER_NOTES)
                 shared = build_shared_controls(studio, "generate", TOOL, offer_resize_mode=False)
-                panel = Panel(TOOL, (), shared.controls, settings_from_values, values_from_settings)
+                panel = Panel(TOOL, (), {**shared.controls, **hires}, settings_from_values, values_from_settings)
             with gr.Column(scale=4):
                 view, run, stop = result_column(TOOL)
 
