@@ -73,3 +73,32 @@ def test_the_cli_records_the_drawn_prompt_and_a_seed_replays_it(tmp_path, wildca
         outputs.append([json.loads(Image.open(str(output).replace("{seed}", str(s))).info[JSON_KEY])["request"]
                         ["prompt"] for s in (3, 4)])
     assert outputs[0] == outputs[1] == [expand_prompt("a __colour__ {circle|square}", s, wildcards) for s in (3, 4)]
+
+
+def test_dynamic_prompts_variant_options_weights_counts_separators_and_globs(wildcards):
+    """Dynamic Prompts' variant syntax: `N$$` distinct choices joined by ", " (or `N$$sep$$`), count ranges,
+    `weight::` options, and `*` in a wildcard's name."""
+    def drawn(prompt, seeds=range(200)):
+        return [expand_prompt(prompt, seed, wildcards) for seed in seeds]
+
+    for text in drawn("{2$$red|green|blue}"):
+        parts = text.split(", ")
+        assert len(parts) == 2 and len(set(parts)) == 2 and set(parts) <= {"red", "green", "blue"}, text
+    assert all(" and " in text and ", " not in text for text in drawn("{2$$ and $$red|green|blue}"))
+    assert {len(text.split(", ")) for text in drawn("{1-3$$a|b|c|d}")} == {1, 2, 3}
+    assert {len(text.split(", ")) for text in drawn("{2-$$a|b|c}")} == {2, 3}
+    assert {len(text.split(", ")) for text in drawn("{-2$$a|b|c}")} == {1, 2}
+    weighted = drawn("{1::red|9::blue}")
+    assert set(weighted) == {"red", "blue"} and weighted.count("blue") > 150  # about 9 in 10
+    assert drawn("{0::red|1::blue}", range(20)) == ["blue"] * 20
+    assert drawn("a {red|green} cat", range(3)) == [expand_prompt("a {red|green} cat", s, wildcards) for s in range(3)]
+    (wildcards / "animals").mkdir(exist_ok=True)
+    (wildcards / "animals" / "cats.txt").write_text("tabby\nsiamese\n")
+    (wildcards / "animals" / "dogs.txt").write_text("poodle\n")
+    assert set(drawn("__animals/*__")) == {"tabby", "siamese", "poodle"}
+    with pytest.raises(InvalidRequest, match="matches no file"):
+        expand_prompt("__birds/*__", 1, wildcards)
+    (wildcards / "animals" / "away.txt").symlink_to(wildcards.parent / "outside.txt")
+    (wildcards.parent / "outside.txt").write_text("secret\n")
+    with pytest.raises(InvalidRequest, match="outside the wildcards folder"):  # a link out of the folder
+        expand_prompt("__animals/*__", 1, wildcards)
