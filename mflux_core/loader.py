@@ -12,10 +12,11 @@ from mflux_core.weights.resolve import ModelSource
 from mflux_core.weights.safetensors_io import read_json
 
 
-def load_source_transformer(source: ModelSource, dtype: mx.Dtype) -> FluxTransformer:
+def load_source_transformer(source: ModelSource, dtype: mx.Dtype, evaluated: bool = True) -> FluxTransformer:
+    """The source's transformer; not `evaluated`, each weight is read from disk when first used."""
     if source.transformer_file is not None:
-        return load_bfl_transformer(source.transformer_file, dtype)
-    return load_transformer(source.folder / "transformer", dtype)
+        return load_bfl_transformer(source.transformer_file, dtype, evaluated=evaluated)
+    return load_transformer(source.folder / "transformer", dtype, evaluated=evaluated)
 
 
 def load_source_vae(source: ModelSource, dtype: mx.Dtype) -> AutoencoderKL:

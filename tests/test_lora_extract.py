@@ -86,3 +86,17 @@ def test_what_cannot_be_extracted_is_refused_in_one_sentence(tiny_dev, tuned, tm
         error = capsys.readouterr().err
         assert sentence in error and "Traceback" not in error, (args, error)
     assert not (tmp_path / "never.safetensors").exists()
+
+
+def test_extraction_reads_a_layer_at_a_time(tiny_dev, tuned):
+    import mlx.core as mx
+
+    from mflux_core.lora.extract import extract_lora
+    from mflux_core.weights.merge import merge_sources, transformer_bytes
+
+    sources = merge_sources([str(tuned), str(tiny_dev)], None, whole_first=False)
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    before = mx.get_active_memory()
+    extract_lora(sources, 4, mx.float32)
+    assert mx.get_peak_memory() - before < 0.6 * transformer_bytes(sources[0][1], mx.float32)  # not two models

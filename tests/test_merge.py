@@ -11,7 +11,7 @@ from safetensors.numpy import load_file
 
 from mflux_core.cli import main as cli_main
 from mflux_core.errors import InvalidRequest
-from mflux_core.weights.merge import check_merge, merge_sources
+from mflux_core.weights.merge import check_merge, merge_sources, merge_transformers, transformer_bytes
 from tests.fixtures.tiny_flux import TinyFluxSpec, build_tiny_flux, load_diffusers_pipeline
 from tests.parity import UINT8_TOLERANCE, make_noise, max_uint8_diff, pack, run_cli
 
@@ -80,6 +80,18 @@ def test_add_difference_gives_fill_a_finetunes_change_on_its_leading_input_colum
                    "--output", tmp_path / "filled.png").size == (32, 32)  # still a Fill model
 
 
+def test_a_merge_holds_about_one_transformer_however_many_it_reads(tiny_fill, tiny_dev, tiny_schnell):
+    """The sources are read a tensor at a time: three models merged peak near one transformer, not three."""
+    sources = merge_sources([str(tiny_fill), str(tiny_schnell), str(tiny_dev)], None)
+    one = transformer_bytes(sources[0][1], mx.float32)
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    before = mx.get_active_memory()  # what earlier tests left alive
+    transformer, _ = merge_transformers("add-difference", 1.0, sources, mx.float32)
+    mx.eval(transformer.parameters())
+    assert mx.get_peak_memory() - before < 1.3 * one, (mx.get_peak_memory() - before, one)
+
+
 def _picture(tmp_path, mask=False):
     from PIL import Image
 
@@ -109,8 +121,9 @@ def test_what_cannot_be_merged_is_refused_in_one_sentence_before_anything_is_wri
         assert sentence in error and "Traceback" not in error, (args, error)
         assert not out.exists()
     sources = merge_sources([str(tiny_dev), str(tiny_schnell)], None)
-    with pytest.raises(InvalidRequest, match=r"^Merging loads the 2 transformers at once, about .* but the memory "
-                                             r"budget leaves 0 MB: close other tools or raise the memory budget, or work in bfloat16.$"):
+    with pytest.raises(InvalidRequest, match=r"^The merged transformer needs about 1 MB but the memory budget leaves "
+                                             r"0 MB: close other tools or raise the memory budget, or merge in "
+                                             r"bfloat16.$"):
         check_merge("weighted-sum", 0.5, sources, mx.float32, 1000)
     quantized = tmp_path / "wide-q8"
     assert cli_main(["save", "--model-path", str(wide), "--path", str(quantized), "-q", "8"]) == 0

@@ -18,7 +18,7 @@ from mlx.utils import tree_flatten
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.lora.layers import linear_shapes
-from mflux_core.weights.merge import check_transformers_fit, load_full_transformers
+from mflux_core.weights.merge import lazy_transformers
 from mflux_core.weights.resolve import ModelSource
 
 MAX_RANK = 1024
@@ -62,16 +62,17 @@ def low_rank(change: np.ndarray, rank: int, rng: np.random.Generator) -> tuple[n
     return u[:, :rank] * root, root[:, None] * vt[:rank], float(np.sum(s[:rank] ** 2))
 
 
-def extract_lora(sources: list[tuple[str, ModelSource]], rank: int, dtype: mx.Dtype, free_bytes: int,
+def extract_lora(sources: list[tuple[str, ModelSource]], rank: int, dtype: mx.Dtype,
                  on_progress: Callable[[int, int, str], None] | None = None) -> tuple[dict, ExtractReport]:
-    """(tensors, report) of the LoRA that takes the base (sources[1]) to the tuned model (sources[0])."""
+    """(tensors, report) of the LoRA that takes the base (sources[1]) to the tuned model (sources[0]). Both are
+    read one layer at a time (lazily), so it holds little beside the LoRA."""
     if not 1 <= rank <= MAX_RANK:
         raise InvalidRequest(f"The LoRA's rank must be a whole number from 1 to {MAX_RANK}, not {rank}.")
-    check_transformers_fit("Extracting a LoRA", sources, dtype, free_bytes)
     on_progress = on_progress or (lambda done, total, what: None)
-    tuned, base = load_full_transformers(sources, dtype, on_progress)
-    tuned_tensors, base_tensors = dict(tree_flatten(tuned.parameters())), dict(tree_flatten(base.parameters()))
+    tuned, base = lazy_transformers(sources, dtype, on_progress)
     layers = list(linear_shapes(tuned))
+    tuned_tensors, base_tensors = dict(tree_flatten(tuned.parameters())), dict(tree_flatten(base.parameters()))
+    del tuned, base  # the tensors live in the dicts only: each is read, compared, and let go
     different = sorted(tuned_tensors.keys() ^ base_tensors.keys())
     if different:
         raise InvalidRequest(f"{sources[0][0]} and {sources[1][0]} are different architectures: only one has "
@@ -79,7 +80,7 @@ def extract_lora(sources: list[tuple[str, ModelSource]], rank: int, dtype: mx.Dt
     rng, tensors, kept, total = np.random.default_rng(0), {}, 0.0, 0.0
     extracted = unchanged = 0
     for done, path in enumerate(layers, start=1):
-        tuned_weight, base_weight = tuned_tensors[f"{path}.weight"], base_tensors[f"{path}.weight"]
+        tuned_weight, base_weight = tuned_tensors.pop(f"{path}.weight"), base_tensors.pop(f"{path}.weight")
         if tuned_weight.shape != base_weight.shape:
             raise InvalidRequest(f"{sources[0][0]} and {sources[1][0]} are different architectures: their "
                                  f"{path} is {'x'.join(map(str, tuned_weight.shape))} against "
@@ -98,9 +99,9 @@ def extract_lora(sources: list[tuple[str, ModelSource]], rank: int, dtype: mx.Dt
     if not extracted:
         raise InvalidRequest(f"{sources[0][0]} and {sources[1][0]} have the same linear layers: there is no change "
                              "to extract.")
-    linear_keys = {f"{path}.{name}" for path in layers for name in ("weight", "bias")}
+    biases = {f"{path}.bias" for path in layers}
     not_linear = sum(1 for key, value in tuned_tensors.items()
-                     if key not in linear_keys and not mx.array_equal(value, base_tensors[key]).item())
+                     if key not in biases and not mx.array_equal(value, base_tensors[key]).item())
     return tensors, ExtractReport(extracted, unchanged, not_linear, kept / total)
 
 

@@ -472,8 +472,7 @@ def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
     return weights
 
 
-def load_transformer(folder: Path, dtype: mx.Dtype = mx.float32) -> FluxTransformer:
-    """Load a diffusers `transformer/` folder (config.json + sharded safetensors)."""
-    return load_component(
-        folder, build=lambda cfg: FluxTransformer(FluxTransformerConfig.from_dict(cfg)), sanitize=sanitize, dtype=dtype
-    )
+def load_transformer(folder: Path, dtype: mx.Dtype = mx.float32, evaluated: bool = True) -> FluxTransformer:
+    """Load a diffusers `transformer/` folder (config.json + sharded safetensors); see load_component."""
+    return load_component(folder, build=lambda cfg: FluxTransformer(FluxTransformerConfig.from_dict(cfg)),
+                          sanitize=sanitize, dtype=dtype, evaluated=evaluated)

@@ -179,14 +179,16 @@ def shared_config(image_in: mx.array, text_in: mx.array, pooled_in: mx.array, he
 
 
 def load_bfl_transformer(
-    path: Path, dtype: mx.Dtype = mx.float32, axes_dims_rope: tuple[int, ...] | None = None
+    path: Path, dtype: mx.Dtype = mx.float32, axes_dims_rope: tuple[int, ...] | None = None, evaluated: bool = True
 ) -> FluxTransformer:
-    """Build and load a FluxTransformer from one BFL (or ComfyUI) .safetensors file."""
+    """Build and load a FluxTransformer from one BFL (or ComfyUI) .safetensors file (not `evaluated`: read as
+    used, see load_component)."""
     weights = strip_comfy_prefix(load_safetensors(path))
     if not is_bfl_checkpoint(weights):
         raise ModelLoadError(f"{path} is not a BFL FLUX.1 transformer checkpoint.")
     config = FluxTransformerConfig.from_dict(infer_transformer_config(weights, axes_dims_rope))
     model = FluxTransformer(config)
     load_weights_strict(model, cast_floats(bfl_to_diffusers(weights), dtype), str(path))
-    mx.eval(model.parameters())
+    if evaluated:
+        mx.eval(model.parameters())
     return model

@@ -41,8 +41,10 @@ def load_component(
     build: Callable[[dict], nn.Module],
     sanitize: Callable[[dict[str, mx.array]], dict[str, mx.array]],
     dtype: mx.Dtype = mx.float32,
+    evaluated: bool = True,
 ) -> nn.Module:
-    """config.json -> build(config) -> sanitize(checkpoint weights) -> strict load, cast to dtype."""
+    """config.json -> build(config) -> sanitize(checkpoint weights) -> strict load, cast to dtype. Not `evaluated`,
+    each weight is read from the file when first used (MLX loads lazily: a merge reads one tensor at a time)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelLoadError(f"Missing model component folder {folder}.")
@@ -51,5 +53,6 @@ def load_component(
     weights = cast_floats(sanitize(load_folder_weights(folder)), dtype)
     quantize_like_checkpoint(model, config, weights)  # a model saved quantized (weights/save.py)
     load_weights_strict(model, weights, str(folder))
-    mx.eval(model.parameters())
+    if evaluated:
+        mx.eval(model.parameters())
     return model

@@ -8,8 +8,9 @@ kept (dev's guidance embedder beside schnell), one only B or C has is left out. 
 than the others' (Fill's image input: 384 channels against 64) the shared leading columns are merged and the rest
 kept, as A1111 merges an inpainting model's extra channels. Each merged tensor is computed in float32.
 
-All transformers are loaded at once (each in the output's dtype), so the merge is refused in one sentence when
-they would not fit the memory budget; quantized inputs are refused (merge full weights, then quantize the result).
+The transformers are read lazily, one tensor of each at a time (MLX loads a safetensors file as its tensors are
+used), so a merge holds about one transformer, the result, in the output's dtype: refused in one sentence when
+that would not fit the memory budget. Quantized inputs are refused (merge full weights, then quantize the result).
 """
 
 from dataclasses import dataclass
@@ -80,27 +81,21 @@ def check_merge(method: str, multiplier: float, sources: list[tuple[str, ModelSo
     if len(sources) != (3 if method == ADD_DIFFERENCE else 2):
         raise InvalidRequest("Add difference takes three models: A + (B - C) x M." if method == ADD_DIFFERENCE
                              else "A weighted sum takes two models, A and B (and no C): A x (1 - M) + B x M.")
-    check_transformers_fit("Merging", sources, dtype, free_bytes)
-
-
-def check_transformers_fit(doing: str, sources: list[tuple[str, ModelSource]], dtype: mx.Dtype,
-                           free_bytes: int) -> None:
-    """Refuse when the sources' transformers, loaded at once in `dtype`, would not fit `free_bytes`."""
-    needed = sum(transformer_bytes(source, dtype) for _, source in sources)
+    needed = transformer_bytes(sources[0][1], dtype)
     if needed > free_bytes:
-        smaller = ", or work in bfloat16" if dtype.size > 2 else ""
-        raise InvalidRequest(f"{doing} loads the {len(sources)} transformers at once, about {gb_text(needed)}, but "
-                             f"the memory budget leaves {gb_text(max(free_bytes, 0))}: close other tools or raise the "
-                             f"memory budget{smaller}.")
+        smaller = ", or merge in bfloat16" if dtype.size > 2 else ""
+        raise InvalidRequest(f"The merged transformer needs about {gb_text(needed)} but the memory budget leaves "
+                             f"{gb_text(max(free_bytes, 0))}: close other tools or raise the memory budget{smaller}.")
 
 
-def load_full_transformers(sources: list[tuple[str, ModelSource]], dtype: mx.Dtype,
-                           on_progress: Callable[[int, int, str], None]) -> list[nn.Module]:
-    """The sources' transformers (models A, B, C), refused when one is quantized."""
+def lazy_transformers(sources: list[tuple[str, ModelSource]], dtype: mx.Dtype,
+                      on_progress: Callable[[int, int, str], None]) -> list[nn.Module]:
+    """The sources' transformers (models A, B, C), their weights read from disk as they are used; refused when one
+    is quantized."""
     loaded = []
     for index, (name, source) in enumerate(sources):
-        on_progress(0, 0, f"loading model {'ABC'[index]} ({name})")
-        transformer = loader.load_source_transformer(source, dtype)
+        on_progress(0, 0, f"reading model {'ABC'[index]} ({name})")
+        transformer = loader.load_source_transformer(source, dtype, evaluated=False)
         if quantized_bits(transformer):
             raise InvalidRequest(f"{name} is quantized: use full (unquantized) models, then quantize the result.")
         loaded.append(transformer)
@@ -111,10 +106,10 @@ def merge_transformers(method: str, multiplier: float, sources: list[tuple[str, 
                        on_progress: Callable[[int, int, str], None] | None = None) -> tuple[nn.Module, MergeReport]:
     """A's transformer with its weights merged from B (and C) by `method` (check_merge first)."""
     on_progress = on_progress or (lambda done, total, what: None)
-    loaded = load_full_transformers(sources, dtype, on_progress)
+    loaded = lazy_transformers(sources, dtype, on_progress)
     primary = loaded[0]
     tensors = [dict(tree_flatten(other.parameters())) for other in loaded[1:]]
-    del loaded  # B's (and C's) arrays now live in `tensors` only: each is freed once merged
+    del loaded  # B's (and C's) tensors now live in `tensors` only: each is read, merged, and let go
     own = dict(tree_flatten(primary.parameters()))
     merged = kept = widened = 0
     keys = list(own)

@@ -182,8 +182,7 @@ def extract_and_save(studio, tuned: str, base: str, rank: int, lora_name: str, s
         tensors, report = yield from follow_save(
             cancel, status, f"Extracting a rank-{int(rank)} LoRA from {models[0]} against {models[1]}",
             "Stopped extracting: no LoRA was written.",
-            lambda on_progress: extract_lora(sources, int(rank), resolve_dtype(None),
-                                             studio.manager.resident.free_bytes(), on_progress))
+            lambda on_progress: extract_lora(sources, int(rank), resolve_dtype(None), on_progress))
         save_lora(path, tensors)
         return (f"Saved {path.name} ({gb_text(path.stat().st_size)}) in the LoRA library: "
                 f"{report.summary(int(rank))}. Pick it in any tool's LoRAs.")
