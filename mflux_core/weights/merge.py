@@ -9,8 +9,8 @@ than the others' (Fill's image input: 384 channels against 64) the shared leadin
 kept, as A1111 merges an inpainting model's extra channels. Each merged tensor is computed in float32.
 
 The transformers are read lazily, one tensor of each at a time (MLX loads a safetensors file as its tensors are
-used), so a merge holds about one transformer, the result, in the output's dtype: refused in one sentence when
-that would not fit the memory budget. Quantized inputs are refused (merge full weights, then quantize the result).
+used), so a merge holds about one transformer, the result, in the output's dtype, and T5 while the folder is
+written: refused in one sentence when that would not fit the memory budget. Quantized inputs are refused (merge full weights, then quantize the result).
 """
 
 from dataclasses import dataclass
@@ -81,11 +81,14 @@ def check_merge(method: str, multiplier: float, sources: list[tuple[str, ModelSo
     if len(sources) != (3 if method == ADD_DIFFERENCE else 2):
         raise InvalidRequest("Add difference takes three models: A + (B - C) x M." if method == ADD_DIFFERENCE
                              else "A weighted sum takes two models, A and B (and no C): A x (1 - M) + B x M.")
-    needed = transformer_bytes(sources[0][1], dtype)
+    primary = sources[0][1]
+    needed = transformer_bytes(primary, dtype) + resident_bytes_of(
+        weight_files(primary.component("text_encoder_2")), dtype.size)  # the save writes T5 beside it
     if needed > free_bytes:
         smaller = ", or merge in bfloat16" if dtype.size > 2 else ""
-        raise InvalidRequest(f"The merged transformer needs about {gb_text(needed)} but the memory budget leaves "
-                             f"{gb_text(max(free_bytes, 0))}: close other tools or raise the memory budget{smaller}.")
+        raise InvalidRequest(f"Writing the merged model needs about {gb_text(needed)} (its transformer and T5) but "
+                             f"the memory budget leaves {gb_text(max(free_bytes, 0))}: close other tools or raise the "
+                             f"memory budget{smaller}.")
 
 
 def lazy_transformers(sources: list[tuple[str, ModelSource]], dtype: mx.Dtype,
