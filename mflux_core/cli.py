@@ -287,12 +287,12 @@ def add_merge_parser(tools) -> None:
 def merge_model_folder(args: argparse.Namespace) -> Path:
     from mflux_core.backend import resolve_dtype
     from mflux_core.memory import MemoryBudget
-    from mflux_core.weights.merge import check_merge, merge_sources, merge_transformers
+    from mflux_core.weights.merge import check_merge, model_sources, merge_transformers
     from mflux_core.weights.save import check_new_folder, save_model
 
     budget, models_dir, dtype = MemoryBudget(args.memory_budget), Path("models"), resolve_dtype(args.dtype)
     out = check_new_folder(Path(args.path))
-    sources = merge_sources([name for name in (args.model_a, args.model_b, args.model_c) if name], models_dir,
+    sources = model_sources([name for name in (args.model_a, args.model_b, args.model_c) if name], models_dir,
                             args.base_model)
     check_merge(args.method, args.multiplier, sources, dtype, budget.bytes)
     with progress_bar() as show:
@@ -324,13 +324,13 @@ def extract_lora_file(args: argparse.Namespace) -> Path:
     from mflux_core.backend import resolve_dtype
     from mflux_core.lora.extract import extract_lora, save_lora
     from mflux_core.memory import MemoryBudget
-    from mflux_core.weights.merge import merge_sources
+    from mflux_core.weights.merge import model_sources
 
     MemoryBudget(args.memory_budget)  # MLX's limits: a layer at a time stays far below them
     output = Path(args.output).expanduser()
     if output.exists():
         raise StudioError(f"{output} already exists: choose another name.")
-    sources = merge_sources([args.model_tuned, args.model_base], Path("models"), whole_first=False)
+    sources = model_sources([args.model_tuned, args.model_base], Path("models"), whole_first=False)
     with progress_bar() as show:
         tensors, report = extract_lora(sources, args.rank, resolve_dtype(args.dtype), show)
     path = save_lora(output, tensors)

@@ -92,9 +92,9 @@ def test_extraction_reads_a_layer_at_a_time(tiny_dev, tuned):
     import mlx.core as mx
 
     from mflux_core.lora.extract import extract_lora
-    from mflux_core.weights.merge import merge_sources, transformer_bytes
+    from mflux_core.weights.merge import model_sources, transformer_bytes
 
-    sources = merge_sources([str(tuned), str(tiny_dev)], None, whole_first=False)
+    sources = model_sources([str(tuned), str(tiny_dev)], None, whole_first=False)
     mx.clear_cache()
     mx.reset_peak_memory()
     before = mx.get_active_memory()

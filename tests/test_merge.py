@@ -11,7 +11,7 @@ from safetensors.numpy import load_file
 
 from mflux_core.cli import main as cli_main
 from mflux_core.errors import InvalidRequest
-from mflux_core.weights.merge import check_merge, merge_sources, merge_transformers, transformer_bytes
+from mflux_core.weights.merge import check_merge, model_sources, merge_transformers, transformer_bytes
 from tests.fixtures.tiny_flux import TinyFluxSpec, build_tiny_flux, load_diffusers_pipeline
 from tests.parity import UINT8_TOLERANCE, make_noise, max_uint8_diff, pack, run_cli
 
@@ -82,7 +82,7 @@ def test_add_difference_gives_fill_a_finetunes_change_on_its_leading_input_colum
 
 def test_a_merge_holds_about_one_transformer_however_many_it_reads(tiny_fill, tiny_dev, tiny_schnell):
     """The sources are read a tensor at a time: three models merged peak near one transformer, not three."""
-    sources = merge_sources([str(tiny_fill), str(tiny_schnell), str(tiny_dev)], None)
+    sources = model_sources([str(tiny_fill), str(tiny_schnell), str(tiny_dev)], None)
     one = transformer_bytes(sources[0][1], mx.float32)
     mx.clear_cache()
     mx.reset_peak_memory()
@@ -120,7 +120,7 @@ def test_what_cannot_be_merged_is_refused_in_one_sentence_before_anything_is_wri
         error = capsys.readouterr().err
         assert sentence in error and "Traceback" not in error, (args, error)
         assert not out.exists()
-    sources = merge_sources([str(tiny_dev), str(tiny_schnell)], None)
+    sources = model_sources([str(tiny_dev), str(tiny_schnell)], None)
     with pytest.raises(InvalidRequest, match=r"^Writing the merged model needs about 1 MB \(its transformer and T5\) "
                                              r"but the memory budget leaves 0 MB: close other tools or raise the "
                                              r"memory budget, or merge in bfloat16.$"):

@@ -10,7 +10,8 @@ kept, as A1111 merges an inpainting model's extra channels. Each merged tensor i
 
 The transformers are read lazily, one tensor of each at a time (MLX loads a safetensors file as its tensors are
 used), so a merge holds about one transformer, the result, in the output's dtype, and T5 while the folder is
-written: refused in one sentence when that would not fit the memory budget. Quantized inputs are refused (merge full weights, then quantize the result).
+written: refused in one sentence when that would not fit the memory budget. Quantized inputs are refused (merge
+full weights, then quantize the result).
 """
 
 from dataclasses import dataclass
@@ -46,11 +47,11 @@ class MergeReport:
         return ", ".join([f"{self.merged} tensors merged", *(f"{count} {what}" for count, what in counts if count)])
 
 
-def merge_sources(names: list[str], models_dir: Path | None, base_model: str | None = None,
+def model_sources(names: list[str], models_dir: Path | None, base_model: str | None = None,
                   whole_first: bool = True) -> list[tuple[str, ModelSource]]:
-    """(name, source) of models A, B (and C): names in the models folder, aliases, repo ids, folders, or single
-    transformer files (ComfyUI's finetunes). With `whole_first` A's other components are written too, so a single
-    file as A takes them from `base_model`."""
+    """(name, source) of the models a merge or an extraction reads: names in the models folder, aliases, repo ids,
+    folders, or single transformer files (ComfyUI's finetunes). With `whole_first` the first model's other
+    components are written too (a merge's A), so a single file there takes them from `base_model`."""
     sources = []
     for index, name in enumerate(names):
         target = resolve_name(name, models_dir)
@@ -72,8 +73,8 @@ def transformer_bytes(source: ModelSource, dtype: mx.Dtype) -> int:
 
 def check_merge(method: str, multiplier: float, sources: list[tuple[str, ModelSource]], dtype: mx.Dtype,
                 free_bytes: int) -> None:
-    """Refuse, before anything loads: an unknown method, a multiplier out of range, a missing model C for add
-    difference, or transformers that together would not fit `free_bytes`."""
+    """Refuse, before anything loads: an unknown method, a multiplier out of range, the wrong number of models, or
+    a merged model that would not fit `free_bytes` while it is written."""
     if method not in MERGE_METHODS:
         raise InvalidRequest(f"The merge method must be one of {', '.join(MERGE_METHODS)}, not {method!r}.")
     if not -MAX_MULTIPLIER <= multiplier <= MAX_MULTIPLIER:  # NaN fails this too

@@ -139,14 +139,14 @@ def quantize_and_save(studio, name: str, bits: str, new_name: str, session: str,
 def merge_and_save(studio, names: list[str], method: str, multiplier: float, new_name: str, session: str, status):
     """A1111's Checkpoint Merger: models A, B (and C for add difference) merged into the models folder as
     `new_name`, its progress on the status line; Stop leaves no folder."""
-    from mflux_core.weights.merge import check_merge, merge_sources, merge_transformers
+    from mflux_core.weights.merge import check_merge, model_sources, merge_transformers
     from mflux_core.weights.save import save_model
 
     def work(cancel):
         models_dir = Path(studio.manager.models_dir)
         models = [model_on_disk(name, models_dir, "merge it") for name in names if (name or "").strip()]
         target = new_model_folder(new_name, models_dir, "dev-schnell-merge")
-        sources, dtype = merge_sources(models, models_dir), resolve_dtype(None)
+        sources, dtype = model_sources(models, models_dir), resolve_dtype(None)
         check_merge(method, float(multiplier), sources, dtype, studio.manager.resident.free_bytes())
 
         def merge_then_save(on_progress):
@@ -167,7 +167,7 @@ def extract_and_save(studio, tuned: str, base: str, rank: int, lora_name: str, s
     """A LoRA extracted from `tuned` against `base` at `rank`, written into the models folder's loras/ as
     `lora_name` (part of the LoRA library), its progress on the status line."""
     from mflux_core.lora.extract import extract_lora, save_lora
-    from mflux_core.weights.merge import merge_sources
+    from mflux_core.weights.merge import model_sources
 
     def work(cancel):
         models_dir = Path(studio.manager.models_dir)
@@ -178,7 +178,7 @@ def extract_and_save(studio, tuned: str, base: str, rank: int, lora_name: str, s
         path = models_dir / "loras" / f"{name}.safetensors"
         if path.exists():
             raise InvalidRequest(f"The LoRA library already has {path.name}: choose another name.")
-        sources = merge_sources(models, models_dir, whole_first=False)
+        sources = model_sources(models, models_dir, whole_first=False)
         tensors, report = yield from follow_save(
             cancel, status, f"Extracting a rank-{int(rank)} LoRA from {models[0]} against {models[1]}",
             "Stopped extracting: no LoRA was written.",
