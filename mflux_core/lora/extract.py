@@ -29,7 +29,7 @@ OVERSAMPLING, POWER_ITERATIONS = 8, 2  # the randomized SVD's extra sketch colum
 class ExtractReport:
     layers: int  # linear layers in the LoRA
     unchanged: int  # linear layers whose weights are equal, left out
-    not_linear: int  # other tensors that differ: not representable as a LoRA
+    not_linear: int  # other tensors that differ (biases, norms): not representable as a LoRA
     kept: float  # of the change's squared norm over the extracted layers, the share the rank keeps
 
     def summary(self, rank: int) -> str:
@@ -45,7 +45,7 @@ def low_rank(change: np.ndarray, rank: int, rng: np.random.Generator) -> tuple[n
     """(up (out, r), down (r, in), the squared norm kept) of the best rank-r approximation of `change`.
 
     A full SVD of FLUX.1's 3072 x 12288 layers, hundreds of them, takes long on a CPU and numpy has no truncated
-    one, so above a quarter of the layer's rank this is the randomized SVD of Halko et al. (a Gaussian sketch with
+    one, so below a quarter of the layer's rank this is the randomized SVD of Halko et al. (a Gaussian sketch with
     a few extra columns, refined by power iterations): exact when the change's rank is at most r.
     """
     rank = min(rank, *change.shape)
@@ -99,9 +99,8 @@ def extract_lora(sources: list[tuple[str, ModelSource]], rank: int, dtype: mx.Dt
     if not extracted:
         raise InvalidRequest(f"{sources[0][0]} and {sources[1][0]} have the same linear layers: there is no change "
                              "to extract.")
-    biases = {f"{path}.bias" for path in layers}
-    not_linear = sum(1 for key, value in tuned_tensors.items()
-                     if key not in biases and not mx.array_equal(value, base_tensors[key]).item())
+    not_linear = sum(1 for key, value in tuned_tensors.items()  # what is left: biases, norms, embeddings
+                     if not mx.array_equal(value, base_tensors[key]).item())
     return tensors, ExtractReport(extracted, unchanged, not_linear, kept / total)
 
 
