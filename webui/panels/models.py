@@ -280,12 +280,21 @@ def render(studio) -> None:
         row = event.row_value if event.row_value else None
         return row[0] if row else gr.skip()
 
+    pickers = [*merge_models, *extract_models]
+
+    def listing() -> dict:
+        """The table and the merge / extract pickers, as the models on disk are now."""
+        choices = merge_choices(studio)
+        return {table: studio_rows(studio), **{picker: gr.Dropdown(choices=choices) for picker in pickers}}
+
     table.select(pick, table, name, queue=False, api_visibility="private")
-    rescan.click(lambda: studio_rows(studio), outputs=table, queue=False, api_visibility="private")
+    rescan.click(listing, outputs=[table, *pickers], queue=False, api_visibility="private")
+
     def download_handler(value):
         yield from follow_download(studio, value, status, table)
+        yield listing()
 
-    download.click(download_handler, name, [status, table], concurrency_limit=None,
+    download.click(download_handler, name, [status, table, *pickers], concurrency_limit=None,
                    concurrency_id="studio-downloads", api_visibility="private")
 
     def stop_download(value):
@@ -308,17 +317,17 @@ def render(studio) -> None:
     def delete_confirmed(target):
         message = delete_model(studio, target) if target else "Press Delete first."
         return {status: progress_html(message, kind="done"), confirm: gr.Button(visible=False),
-                pending_delete: None, table: studio_rows(studio)}
+                pending_delete: None, **listing()}
 
-    confirm.click(safe_action(status, delete_confirmed), pending_delete, [status, confirm, pending_delete, table],
-                  api_visibility="private")
+    confirm.click(safe_action(status, delete_confirmed), pending_delete,
+                  [status, confirm, pending_delete, table, *pickers], api_visibility="private")
 
     def quantize_handler(value, bits_value, new_value, request: gr.Request):
         yield from quantize_and_save(studio, value, bits_value, new_value, request.session_hash if request else "",
                                      status)
-        yield {table: studio_rows(studio)}
+        yield listing()
 
-    quantize.click(quantize_handler, [name, bits, new_name], [status, table], concurrency_id=ENGINE_QUEUE,
+    quantize.click(quantize_handler, [name, bits, new_name], [status, table, *pickers], concurrency_id=ENGINE_QUEUE,
                    concurrency_limit=1, api_visibility="private")
 
     studio.wire_stop(stop_quantize)
@@ -326,10 +335,9 @@ def render(studio) -> None:
     def merge_handler(a, b, c, method_value, multiplier_value, new_value, request: gr.Request):
         yield from merge_and_save(studio, [a, b, c], method_value, multiplier_value, new_value,
                                   request.session_hash if request else "", status)
-        choices = merge_choices(studio)
-        yield {table: studio_rows(studio), **{dropdown: gr.Dropdown(choices=choices) for dropdown in merge_models}}
+        yield listing()
 
-    merge.click(merge_handler, [*merge_models, method, multiplier, merge_name], [status, table, *merge_models],
+    merge.click(merge_handler, [*merge_models, method, multiplier, merge_name], [status, table, *pickers],
                 concurrency_id=ENGINE_QUEUE, concurrency_limit=1, api_visibility="private")
     studio.wire_stop(stop_merge)
 
