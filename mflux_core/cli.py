@@ -322,14 +322,12 @@ def add_extract_lora_parser(tools) -> None:
 
 def extract_lora_file(args: argparse.Namespace) -> Path:
     from mflux_core.backend import resolve_dtype
-    from mflux_core.lora.extract import extract_lora, save_lora
+    from mflux_core.lora.extract import extract_lora, new_lora_path, save_lora
     from mflux_core.memory import MemoryBudget
     from mflux_core.weights.merge import model_sources
 
     MemoryBudget(args.memory_budget)  # MLX's limits: a layer at a time stays far below them
-    output = Path(args.output).expanduser()
-    if output.exists():
-        raise StudioError(f"{output} already exists: choose another name.")
+    output = new_lora_path(Path(args.output))
     sources = model_sources([args.model_tuned, args.model_base], Path("models"), whole_first=False)
     with progress_bar() as show:
         tensors, report = extract_lora(sources, args.rank, resolve_dtype(args.dtype), show)

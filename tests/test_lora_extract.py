@@ -79,6 +79,8 @@ def test_what_cannot_be_extracted_is_refused_in_one_sentence(tiny_dev, tuned, tm
         (("--model-tuned", wider, "--model-base", tiny_dev), "are different architectures: their "),
         (("--model-tuned", tuned, "--model-base", tiny_dev, "--rank", 0), "The LoRA's rank must be a whole number"),
         (("--model-tuned", tuned, "--model-base", tiny_dev, "--output", existing), "exists.safetensors already exists"),
+        (("--model-tuned", tuned, "--model-base", tiny_dev, "--output", tmp_path / "lora.pt"),
+         "Give the LoRA a .safetensors file name, not lora.pt."),
     ]
     for args, sentence in cases:
         output = () if "--output" in args else ("--output", tmp_path / "never.safetensors")

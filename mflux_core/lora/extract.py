@@ -105,13 +105,19 @@ def extract_lora(sources: list[tuple[str, ModelSource]], rank: int, dtype: mx.Dt
     return tensors, ExtractReport(extracted, unchanged, not_linear, kept / total)
 
 
-def save_lora(path: Path, tensors: dict) -> Path:
-    """The LoRA written to `path` (a new .safetensors file: an existing one is refused)."""
+def new_lora_path(path: Path) -> Path:
+    """`path` (user's home expanded) when a LoRA can be written there: a new .safetensors file."""
     path = Path(path).expanduser()
     if path.suffix != ".safetensors":
         raise InvalidRequest(f"Give the LoRA a .safetensors file name, not {path.name}.")
     if path.exists():
         raise InvalidRequest(f"{path} already exists: choose another name.")
+    return path
+
+
+def save_lora(path: Path, tensors: dict) -> Path:
+    """The LoRA written to `path` (checked again by new_lora_path: the extraction may have taken long)."""
+    path = new_lora_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(path), tensors, metadata={"format": "pt"})
     return path
