@@ -294,7 +294,7 @@ def merge_model_folder(args: argparse.Namespace) -> Path:
     out = check_new_folder(Path(args.path))
     sources = model_sources([name for name in (args.model_a, args.model_b, args.model_c) if name], models_dir,
                             args.base_model)
-    check_merge(args.method, args.multiplier, sources, dtype, budget.bytes)
+    check_merge(args.method, args.multiplier, sources, dtype, budget.bytes, args.quantize)
     with progress_bar() as show:
         transformer, report = merge_transformers(args.method, args.multiplier, sources, dtype, show)
         saved = save_model(out, sources[0][1], dtype=dtype, bits=args.quantize, on_progress=show,

@@ -235,3 +235,24 @@ def test_the_controlnet_is_quantized_with_the_transformer(wide, noise, float_ima
     assert parameter_bytes(quantized_net) < 0.7 * parameter_bytes(float_net)
     assert psnr(images[8], images[None]) >= MIN_PSNR[8]
     assert psnr(images[None], float_image) < MIN_PSNR[8]  # the ControlNet does steer the image
+
+
+def test_save_copies_t5_as_it_is_unless_it_quantizes_or_casts_it(wide, tmp_path):
+    """T5 is the largest file a save writes: kept byte for byte when nothing changes it, read only to quantize it or
+    write it in another dtype (the written copy then loads back to the same values, cast)."""
+    def t5_files(folder):
+        return {path.name: path.read_bytes() for path in sorted((folder / "text_encoder_2").glob("*.safetensors"))}
+
+    assert cli_main(["save", "--model-path", str(wide), "--path", str(tmp_path / "same"), "--dtype", "float32"]) == 0
+    assert t5_files(tmp_path / "same") == t5_files(wide)
+    assert cli_main(["save", "--model-path", str(wide), "--path", str(tmp_path / "half"), "--dtype", "bfloat16"]) == 0
+    from mflux_core.weights.resolve import stored_float_dtypes
+    from mflux_core.weights.safetensors_io import weight_files
+
+    assert stored_float_dtypes(weight_files(tmp_path / "half" / "text_encoder_2")) == {"BF16"}
+    written = load_t5_encoder(tmp_path / "half" / "text_encoder_2", mx.bfloat16)
+    original = dict(nn.utils.tree_flatten(load_t5_encoder(wide / "text_encoder_2", mx.bfloat16).parameters()))
+    assert all(mx.array_equal(value, original[key]).item()
+               for key, value in nn.utils.tree_flatten(written.parameters()))
+    assert cli_main(["save", "--model-path", str(wide), "--path", str(tmp_path / "q8"), "-q", "8"]) == 0
+    assert t5_files(tmp_path / "q8") != t5_files(wide)

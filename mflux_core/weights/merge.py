@@ -9,8 +9,9 @@ than the others' (Fill's image input: 384 channels against 64) the shared leadin
 kept, as A1111 merges an inpainting model's extra channels. Each merged tensor is computed in float32.
 
 The transformers are read lazily, one tensor of each at a time (MLX loads a safetensors file as its tensors are
-used), so a merge holds about one transformer, the result, in the output's dtype, and T5 while the folder is
-written: refused in one sentence when that would not fit the memory budget. Quantized inputs are refused (merge
+used), so a merge holds about one transformer, the result, in the output's dtype (and T5 while the folder is
+written, when T5 is quantized or cast rather than copied): refused in one sentence when that would not fit the
+memory budget. Quantized inputs are refused (merge
 full weights, then quantize the result).
 """
 
@@ -29,6 +30,7 @@ from mflux_core.settings_schema import ADD_DIFFERENCE, MERGE_METHODS, WEIGHTED_S
 from mflux_core.weights.quantize import quantized_bits
 from mflux_core.weights.resolve import ModelSource, resident_bytes_of, resolve_model, resolve_name
 from mflux_core.weights.safetensors_io import weight_files
+from mflux_core.weights.save import t5_copied_as_is
 
 MAX_MULTIPLIER = 4  # A1111's slider stops at 1; add difference is often pushed past it
 
@@ -72,7 +74,7 @@ def transformer_bytes(source: ModelSource, dtype: mx.Dtype) -> int:
 
 
 def check_merge(method: str, multiplier: float, sources: list[tuple[str, ModelSource]], dtype: mx.Dtype,
-                free_bytes: int) -> None:
+                free_bytes: int, bits: int | None = None) -> None:
     """Refuse, before anything loads: an unknown method, a multiplier out of range, the wrong number of models, or
     a merged model that would not fit `free_bytes` while it is written."""
     if method not in MERGE_METHODS:
@@ -83,13 +85,15 @@ def check_merge(method: str, multiplier: float, sources: list[tuple[str, ModelSo
         raise InvalidRequest("Add difference takes three models: A + (B - C) x M." if method == ADD_DIFFERENCE
                              else "A weighted sum takes two models, A and B (and no C): A x (1 - M) + B x M.")
     primary = sources[0][1]
-    needed = transformer_bytes(primary, dtype) + resident_bytes_of(
-        weight_files(primary.component("text_encoder_2")), dtype.size)  # the save writes T5 beside it
+    t5 = 0 if t5_copied_as_is(primary, dtype, bits) else resident_bytes_of(  # or written beside the transformer
+        weight_files(primary.component("text_encoder_2")), dtype.size)
+    needed = transformer_bytes(primary, dtype) + t5
     if needed > free_bytes:
         smaller = ", or merge in bfloat16" if dtype.size > 2 else ""
-        raise InvalidRequest(f"Writing the merged model needs about {gb_text(needed)} (its transformer and T5) but "
-                             f"the memory budget leaves {gb_text(max(free_bytes, 0))}: close other tools or raise the "
-                             f"memory budget{smaller}.")
+        what = "its transformer and T5" if t5 else "its transformer"
+        raise InvalidRequest(f"Writing the merged model needs about {gb_text(needed)} ({what}) but the memory budget "
+                             f"leaves {gb_text(max(free_bytes, 0))}: close other tools or raise the memory "
+                             f"budget{smaller}.")
 
 
 def lazy_transformers(sources: list[tuple[str, ModelSource]], dtype: mx.Dtype,

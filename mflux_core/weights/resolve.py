@@ -168,6 +168,11 @@ def resident_bytes_of(files: list[Path], float_bytes: int) -> int:
     return total
 
 
+def stored_float_dtypes(files: list[Path]) -> set[str]:
+    """The safetensors dtype names ("BF16", "F32", ...) of the floating tensors in `files`, from their headers."""
+    return {dtype for path in files for dtype, _ in _tensor_specs(Path(path)) if dtype.startswith(("F", "BF"))}
+
+
 def _tensor_specs(path: Path) -> list[tuple[str, list[int]]]:
     """(dtype, shape) of each tensor in a safetensors file, from its header; the data is not read."""
     try:

@@ -1,8 +1,9 @@
 """Write a model folder in the diffusers layout, optionally quantized and with LoRAs baked in.
 
-The transformer and T5 are written from the loaded (LoRA-fused, quantized) modules; everything
-else (VAE, CLIP, tokenizers, scheduler, model_index.json) is copied. A quantized component records
-its settings in config.json and in the safetensors header, so `--path OUT` loads it back as saved.
+The transformer is written from the loaded (LoRA-fused, quantized) module, and so are the text encoders a LoRA
+changes and T5 when it is quantized or cast to another dtype; everything else (VAE, CLIP, T5 as it is,
+tokenizers, scheduler, model_index.json) is copied, the text encoders never read then. A quantized component
+records its settings in config.json and in the safetensors header, so `--path OUT` loads it back as saved.
 Unquantized output is plain diffusers: diffusers itself can load it.
 """
 
@@ -25,13 +26,16 @@ from mflux_core.lora.library import resolve_lora_path
 from mflux_core.models.clip import load_clip_text_model
 from mflux_core.models.t5 import load_t5_encoder
 from mflux_core.weights.quantize import CONFIG_KEY, GROUP_SIZE, quantization_config, quantize_lazily, quantized_bits
-from mflux_core.weights.resolve import ModelSource
-from mflux_core.weights.safetensors_io import read_json
+from mflux_core.weights.resolve import ModelSource, resident_bytes_of, stored_float_dtypes
+from mflux_core.weights.safetensors_io import read_json, weight_files
 
-COPIED_COMPONENTS = ("vae", "text_encoder", "tokenizer", "tokenizer_2", "scheduler")
+# copied as they are unless the save changes them (a LoRA's text encoders; T5 quantized or cast to another dtype)
+COPIED_COMPONENTS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 TRANSFORMER_FILE = "diffusion_pytorch_model.safetensors"
-T5_FILE = "model.safetensors"  # CLIP's too
+ENCODER_FILE = "model.safetensors"
+ENCODER_LABELS = {"text_encoder": "CLIP", "text_encoder_2": "T5"}
 CLIP_PREFIX = "text_model."  # before every name in the published CLIP files (models/clip.py reads both)
+SAFETENSORS_NAMES = {mx.float32: "F32", mx.bfloat16: "BF16", mx.float16: "F16"}
 
 
 @dataclass(frozen=True)
@@ -59,14 +63,14 @@ def write_component(module: nn.Module, config: dict, folder: Path, filename: str
     return sum(a.nbytes for a in arrays.values())
 
 
-def bake_loras(transformer: nn.Module, encoders: dict[str, nn.Module], source: ModelSource, dtype: mx.Dtype,
-               loras: Sequence[tuple[str, float]], models_dir: Path | None) -> list[LoraReport]:
-    """Fuse the LoRAs into the transformer and the text encoders in `encoders` (T5 loaded; CLIP is loaded into it
-    when a LoRA adapts it); one report per LoRA."""
+def bake_loras(transformer: nn.Module, source: ModelSource, dtype: mx.Dtype, loras: Sequence[tuple[str, float]],
+               models_dir: Path | None) -> tuple[list[LoraReport], dict[str, nn.Module]]:
+    """Fuse the LoRAs into the transformer and the text encoders: one report per LoRA, and the text encoders a LoRA
+    changed (by folder name; those read lazily, the others never read)."""
+    encoders = {name: load(source.component(name), dtype, evaluated=False)
+                for name, load in (("text_encoder", load_clip_text_model), ("text_encoder_2", load_t5_encoder))}
     checked = []
     for index, (name, scale) in enumerate(loras):
-        if "text_encoder" not in encoders:  # CLIP is copied as it is unless a LoRA changes it
-            encoders["text_encoder"] = load_clip_text_model(source.component("text_encoder"), dtype)
         shapes = {component: linear_shapes(root) for component, root in encoders.items()}
         fitting, report = check_lora(transformer, load_lora_file(resolve_lora_path(name, models_dir)), scale, shapes)
         for component, root in (("transformer", transformer), *encoders.items()):
@@ -79,12 +83,10 @@ def bake_loras(transformer: nn.Module, encoders: dict[str, nn.Module], source: M
                                  "with --lora-paths on the Depth tool instead.")
         checked.append(report)
     fuse_loras(transformer)
-    for component, root in list(encoders.items()):
-        if lora_layers(root):
-            fuse_loras(root)
-        elif component == "text_encoder":
-            del encoders[component]
-    return checked
+    changed = {component: root for component, root in encoders.items() if lora_layers(root)}
+    for root in changed.values():
+        fuse_loras(root)
+    return checked, changed
 
 
 def transformer_config(source: ModelSource, transformer) -> dict:
@@ -93,6 +95,12 @@ def transformer_config(source: ModelSource, transformer) -> dict:
     config = asdict(transformer.config)  # a BFL single file has no config.json: write diffusers' keys
     config["axes_dims_rope"] = list(config["axes_dims_rope"])
     return {"_class_name": "FluxTransformer2DModel", "patch_size": 1, **config}
+
+
+def t5_copied_as_is(source: ModelSource, dtype: mx.Dtype, bits: int | None) -> bool:
+    """Whether a save copies T5's files (no LoRA changing it assumed): not quantized, and stored in `dtype`."""
+    stored = stored_float_dtypes(weight_files(source.component("text_encoder_2")))
+    return not bits and stored == {SAFETENSORS_NAMES.get(dtype)}
 
 
 def check_new_folder(out: Path) -> Path:
@@ -135,19 +143,15 @@ def save_model(
     if transformer is None:
         on_progress(0, 0, "loading the transformer")
         transformer = loader.load_source_transformer(source, dtype)
-    on_progress(0, 0, "loading T5")
-    t5_folder = source.component("text_encoder_2")
-    encoders = {"text_encoder_2": load_t5_encoder(t5_folder, dtype)}
-    reports = bake_loras(transformer, encoders, source, dtype, loras, models_dir)
-    t5, clip = encoders["text_encoder_2"], encoders.get("text_encoder")
-    modules = (transformer, t5)
-    for module in modules:
+    reports, encoders = bake_loras(transformer, source, dtype, loras, models_dir)
+    if "text_encoder_2" not in encoders and not t5_copied_as_is(source, dtype, bits):
+        encoders["text_encoder_2"] = load_t5_encoder(source.component("text_encoder_2"), dtype, evaluated=False)
+    for module in (transformer, encoders.get("text_encoder_2")):
         quantize_lazily(module, bits)
-    tensors = [array for module in (*modules, *([clip] if clip else [])) for _, array in
-               tree_flatten(module.parameters())]
-    copied = [name for name in COPIED_COMPONENTS if not (clip and name == "text_encoder")]
-    # + the written components, the copied ones, model_index
-    total = len(tensors) + len(modules) + bool(clip) + len(copied) + 1
+    modules = {"transformer": transformer, **encoders}
+    tensors = [array for module in modules.values() for _, array in tree_flatten(module.parameters())]
+    copied = [name for name in COPIED_COMPONENTS if name not in encoders]
+    total = len(tensors) + len(modules) + len(copied) + 1  # + the written components, the copied ones, model_index
     for done, array in enumerate(tensors, start=1):  # one at a time: progress and a Stop between tensors
         mx.eval(array)
         on_progress(done, total, "tensors quantized" if bits else "tensors loaded")
@@ -163,12 +167,12 @@ def save_model(
         transformer_bytes = write_component(
             transformer, transformer_config(source, transformer), partial / "transformer", TRANSFORMER_FILE)
         wrote("transformer written")
-        t5_bytes = write_component(t5, read_json(t5_folder / "config.json"), partial / "text_encoder_2", T5_FILE)
-        wrote("T5 written")
-        if clip:
-            write_component(clip, read_json(source.component("text_encoder") / "config.json"),
-                            partial / "text_encoder", T5_FILE, prefix=CLIP_PREFIX)
-            wrote("CLIP written")
+        encoder_bytes = {}
+        for name, module in encoders.items():
+            encoder_bytes[name] = write_component(module, read_json(source.component(name) / "config.json"),
+                                                  partial / name, ENCODER_FILE,
+                                                  prefix=CLIP_PREFIX if name == "text_encoder" else "")
+            wrote(f"{ENCODER_LABELS[name]} written")
         for name in copied:
             shutil.copytree(source.component(name), partial / name)  # follows the HF cache's links
             wrote(f"{name} copied")
@@ -180,4 +184,6 @@ def save_model(
     except BaseException:  # a Stop or a failure: no half-written model stays
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    t5_bytes = encoder_bytes.get("text_encoder_2") or resident_bytes_of(weight_files(out / "text_encoder_2"),
+                                                                        dtype.size)
     return SavedModel(out, quantized_bits(transformer), transformer_bytes, t5_bytes, tuple(reports))
