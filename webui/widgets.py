@@ -234,6 +234,11 @@ def resizes_inputs(tool: str) -> bool:
     return any(flag.name == "resize_mode" for flag in TOOL_SPECS[tool].flags)
 
 
+def lora_choices(studio) -> list[tuple[str, str]]:
+    """A LoRA picker's choices: none, then the library's names."""
+    return [("none", NO_LORA), *((name, name) for name in sorted(studio.lora_library()))]
+
+
 def lora_info_line(studio, picker: gr.Dropdown, scale: gr.Slider, elem_id: str) -> gr.Markdown:
     """A line under a LoRA picker: the picked file's family, base model, activation text and trigger words, from its
     metadata and the user's notes beside it; picking a LoRA with a preferred weight (A1111's) sets its scale."""
@@ -320,11 +325,13 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
                      "batch_count": batch_count, "steps": steps, "guidance": guidance, "width": width,
                      "height": height})
     with gr.Accordion("LoRAs, quantization and memory", open=False, elem_id=f"{prefix}-loras"):
-        choices = [("none", NO_LORA), *((name, name) for name in sorted(studio.lora_library()))]
+        # the library as it is now: files added (or extracted in the Models tab) since the page was built
+        lora_refresh = gr.Button("↻ rescan", elem_id=f"{prefix}-lora-refresh", size="sm", render=False)
         for i in range(1, MAX_LORAS + 1):
             with gr.Row():
-                controls[f"lora_{i}"] = gr.Dropdown(choices, value=NO_LORA, label=f"LoRA {i}",
-                                                    elem_id=f"{prefix}-lora-{i}", scale=3)
+                controls[f"lora_{i}"] = gr.Dropdown(lora_choices(studio), value=NO_LORA, label=f"LoRA {i}",
+                                                    elem_id=f"{prefix}-lora-{i}", scale=3,
+                                                    buttons=[lora_refresh] if i == 1 else None)
                 controls[f"lora_scale_{i}"] = gr.Slider(-MAX_LORA_SCALE, MAX_LORA_SCALE, 1.0, step=0.05, label="Scale",
                                                         elem_id=f"{prefix}-lora-scale-{i}", scale=2)
             lora_info_line(studio, controls[f"lora_{i}"], controls[f"lora_scale_{i}"], f"{prefix}-lora-info-{i}")
@@ -343,6 +350,9 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
                     queue=False, api_visibility="private")
     model_refresh.click(lambda: gr.Dropdown(choices=model_choices(studio.manager.list_models(), tool)),
                         outputs=model, queue=False, api_visibility="private")
+    pickers = [controls[f"lora_{i}"] for i in range(1, MAX_LORAS + 1)]
+    lora_refresh.click(lambda: [gr.Dropdown(choices=lora_choices(studio))] * len(pickers), outputs=pickers,
+                       queue=False, api_visibility="private")
     styles_refresh.click(lambda: gr.Dropdown(choices=style_names(studio)), outputs=styles, queue=False,
                          api_visibility="private")
     return SharedControls(controls=controls, model_refresh=model_refresh)
