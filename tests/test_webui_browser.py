@@ -554,11 +554,15 @@ def test_dropping_a_png_restores_its_settings(page, studio):
 
 def test_a_lora_added_after_the_page_was_built_is_found_by_rescan(page, studio):
     open_accordions(page, "generate-loras")
-    (studio.models / "loras" / "added-later.safetensors").write_bytes(b"{}")
-    page.locator("#generate-lora-1 button", has_text="rescan").click()
-    page.wait_for_timeout(500)
-    choose(page, "generate-lora-2", "added-later")  # every picker has it, the first one's button rescans them all
-    assert value_of(page, "generate-lora-2") == "added-later"
+    added = studio.models / "loras" / "added-later.safetensors"
+    added.write_bytes(b"{}")
+    try:
+        page.locator("#generate-lora-1 button", has_text="rescan").click()
+        page.wait_for_timeout(500)
+        choose(page, "generate-lora-2", "added-later")  # every picker has it, the first one's button rescans them all
+        assert value_of(page, "generate-lora-2") == "added-later"
+    finally:
+        added.unlink()  # the module's other tests list the library as it was
 
 
 def test_every_tool_is_reachable_from_gradio_client(studio):
