@@ -20,7 +20,7 @@ from mflux_core.lora.library import resolve_lora_path
 from mflux_core.prompt_lines import line_requests, read_prompt_file, read_prompt_lines
 from mflux_core.regions import region_from_box_flag, region_from_mask_flag
 from mflux_core.request import GenerationRequest
-from mflux_core.settings_schema import MERGE_METHODS, SAMPLER_LABELS as SAMPLERS, SCHEDULE_LABELS as SCHEDULES
+from mflux_core.settings_schema import DTYPES, MERGE_METHODS, SAMPLER_LABELS as SAMPLERS, SCHEDULE_LABELS as SCHEDULES
 from mflux_core.settings_schema import WEIGHTED_SUM
 from mflux_core.tools.specs import TOOL_SPECS, ToolSpec, tool_spec
 from mflux_core.training.lora_command import add_train_parser, run_train
@@ -237,9 +237,13 @@ def add_save_parser(tools) -> None:
     save.add_argument("--lora-paths", nargs="+", default=[],
                       help="LoRAs to bake into the transformer (and the text encoders, for those that adapt them)")
     save.add_argument("--lora-scales", nargs="+", type=float, help="one scale per LoRA (default 1)")
-    save.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
-                      help="dtype of the written weights (default: float32 on CPU, bfloat16 on Metal/CUDA)")
+    add_dtype_flag(save, "the written weights")
     add_memory_budget_flag(save)
+
+
+def add_dtype_flag(parser, what: str) -> None:
+    parser.add_argument("--dtype", choices=DTYPES,
+                        help=f"dtype of {what} (default: float32 on CPU, bfloat16 on Metal/CUDA)")
 
 
 def save_model_folder(args: argparse.Namespace) -> Path:
@@ -278,9 +282,7 @@ def add_merge_parser(tools) -> None:
     merge.add_argument("--multiplier", "-M", type=float, default=0.5, help="M (default 0.5)")
     merge.add_argument("--quantize", "-q", type=int, choices=(3, 4, 5, 6, 8),
                        help="quantize the result's transformer and T5 to N bits")
-    merge.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
-                       help="dtype of the merge and the written weights (default: float32 on CPU, bfloat16 on "
-                            "Metal/CUDA)")
+    add_dtype_flag(merge, "the merge and the written weights")
     add_memory_budget_flag(merge)
 
 
@@ -314,9 +316,7 @@ def add_extract_lora_parser(tools) -> None:
     extract.add_argument("--rank", type=int, default=32, help="the LoRA's rank (default 32): higher keeps more of "
                          "the change in a larger file")
     extract.add_argument("--output", required=True, help="the .safetensors file to write (must not exist)")
-    extract.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
-                         help="dtype of the comparison and the written LoRA (default: float32 on CPU, bfloat16 on "
-                              "Metal/CUDA)")
+    add_dtype_flag(extract, "the comparison and the written LoRA")
     add_memory_budget_flag(extract)
 
 
