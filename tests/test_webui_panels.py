@@ -404,6 +404,9 @@ def test_status_strip_names_backend_memory_swap_and_download():
     idle = status_markdown({"backend": "CPU", "resident": [], "last_swap": None, "download": None,
                             "last_load": {"what": "text encoders /m/models/dev", "seconds": 0.25}})
     assert "none (the next run loads them)" in idle and "**Last load** text encoders dev in 0.25 s" in idle and "idle" in idle
+    relative = status_markdown({"backend": "CPU", "resident": [  # the default models folder is ./models
+        {"kind": "transformer", "name": "transformer models/demo-mix/transformer", "bytes": 2**20}]})
+    assert "transformer demo-mix 1.0 MB" in relative
 
 
 # ----- the job wrapper on a real tiny model ----------------------------------------------------
