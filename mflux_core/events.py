@@ -11,7 +11,7 @@ events with the job's outcome: `Finished`, `Stopped` or `Failed`.
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Generator, Iterator, TypeVar
 
@@ -93,6 +93,19 @@ def result_of(job: Generator[Progress, None, Result], report: Report | None = No
             return end.value
         if report is not None:
             report(event)
+
+
+def passes_report(report: Report | None, offset: int, total: int, stage: str) -> Report | None:
+    """`report` with the steps of one part of a job (a hires pass, a tile) counted across the whole job and named
+    by their part."""
+    if report is None:
+        return None
+
+    def relay(event) -> None:
+        report(replace(event, step=offset + event.step, total=total, stage=stage) if isinstance(event, Step)
+               else event)
+
+    return relay
 
 
 class StepClock:

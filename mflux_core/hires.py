@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 from PIL import Image
 
 from mflux_core.errors import InvalidRequest
-from mflux_core.events import Report, Step
+from mflux_core.events import Report, passes_report
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.regions import scaled_regions
@@ -98,18 +98,6 @@ def second_pass_inputs(model: FluxModel, request: GenerationRequest, engine: Too
     controlnets = add_controlnets(model, steered, engine, inputs.conditioning,
                                   [ControlUnit(side, before, steered.controlnet_strength)])
     return replace(inputs, request=steered, controlnets=controlnets)
-
-
-def passes_report(report: Report | None, offset: int, total: int, stage: str) -> Report | None:
-    """`report` with a pass's steps counted across the whole job and named by their pass."""
-    if report is None:
-        return None
-
-    def relay(event) -> None:
-        report(replace(event, step=offset + event.step, total=total, stage=stage) if isinstance(event, Step)
-               else event)
-
-    return relay
 
 
 def generate_hires(manager: "ModelManager", request: GenerationRequest, report: Report | None,

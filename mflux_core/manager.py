@@ -22,6 +22,7 @@ from mflux_core.errors import StudioError
 from mflux_core.events import Downloading, Report, result_of
 from mflux_core.generation import Preview, ToolInputs, decode_latents, run_tool
 from mflux_core.hires import generate_hires
+from mflux_core.tiled_upscale import generate_tiled, is_tiled
 from mflux_core.lora.resident import ResidentLoras
 from mflux_core.lru import LRU
 from mflux_core.memory import DEPTH_PHASE, MemoryBudget, MemoryPlan, gb_text
@@ -161,6 +162,8 @@ class ModelManager:
         with self._lock, self._reporting(request.model, report, cancelled):
             if request.hires_scale is not None:
                 return generate_hires(self, request, report, cancelled)
+            if is_tiled(request):
+                return generate_tiled(self, request, report, cancelled)
             return self._generate(request, report, cancelled)
 
     def batch(self, requests: list[GenerationRequest],

@@ -161,6 +161,7 @@ class MemoryPlan:
     weights_bytes: int
     phases: tuple[tuple[str, int], ...]  # (phase, bytes above the weights), e.g. ("denoising", 3.1e9)
     reserved_bytes: int  # MLX's buffer cache and the rest of the process (Python, libraries, images, other arrays)
+    remedies: str = "choose a smaller size, quantize the model to 8 or 4 bits, or close other tools"  # of a refusal
 
     @property
     def largest_phase(self) -> tuple[str, int]:
@@ -203,8 +204,7 @@ class MemoryPlan:
         return (f"{self.what[0].upper()}{self.what[1:]} needs about {gb_text(self.needed_bytes)} of memory "
                 f"(weights {gb_text(self.weights_bytes)}, {gb_text(int(ESTIMATE_MARGIN * size))} while {phase}, "
                 f"{gb_text(self.process_bytes)} for the rest of the process), more than the memory budget of "
-                f"{gb_text(budget_bytes)}: choose a smaller size, quantize the model to 8 or 4 bits, or close "
-                "other tools.")
+                f"{gb_text(budget_bytes)}: {self.remedies}.")
 
 
 class MemoryBudget:

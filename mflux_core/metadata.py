@@ -9,8 +9,8 @@ from mflux_core.controlnet_infotext import infotext_items
 from mflux_core.errors import InvalidRequest
 from mflux_core.lora.a1111 import tagged_prompt
 from mflux_core.request import GenerationRequest
-from mflux_core.settings_schema import SAMPLER_LABELS, SCHEDULE_LABELS
-from mflux_core.tools.specs import KONTEXT_AUTO_RESIZE
+from mflux_core.settings_schema import HIRES_UPSCALERS, SAMPLER_LABELS, SCHEDULE_LABELS
+from mflux_core.tools.specs import KONTEXT_AUTO_RESIZE, TILE_OVERLAP, TILE_SIZE, UPSCALER
 
 JSON_KEY = "mflux_studio"
 A1111_KEY = "parameters"
@@ -38,6 +38,7 @@ def a1111_parameters(request: GenerationRequest, extras: dict | None = None) -> 
         ("Denoising strength", denoising_strength(request)),
         *hires_parameters(request),
         *inpaint_area_parameters(request),
+        *tile_parameters(request),
         *((key, json.dumps(text)) for key, text in infotext_items(extras.get("controlnets", []), request.resize_mode,
                                                                    request.width, request.height)),
         ("Tool", request.tool),
@@ -62,6 +63,15 @@ def hires_parameters(request: GenerationRequest) -> list[tuple[str, object]]:
     items = [("Hires upscale", f"{request.hires_scale:g}"), ("Hires steps", request.hires_steps),
              ("Hires upscaler", request.hires_upscaler)]
     return items + ([("Hires prompt", json.dumps(request.hires_prompt))] if request.hires_prompt else [])
+
+
+def tile_parameters(request: GenerationRequest) -> list[tuple[str, object]]:
+    """A tiled upscale's items: A1111's SD upscale's two (its tile is its Size; ours is the output's), and the tile."""
+    extra = request.extra
+    if request.tool != "upscale" or extra.get(TILE_SIZE) is None:
+        return []
+    return [("SD upscale overlap", extra.get(TILE_OVERLAP)),
+            ("SD upscale upscaler", extra.get(UPSCALER, HIRES_UPSCALERS[1])), ("Tile size", extra[TILE_SIZE])]
 
 
 def variation_parameters(request: GenerationRequest) -> list[tuple[str, object]]:

@@ -1,6 +1,8 @@
 """The memory plan of one request: before loading (from the files' configs and headers) and before
 denoising (from the loaded model and what its tool built)."""
 
+from dataclasses import replace
+
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.memory import MemoryPlan, controlnet_step_bytes, transformer_step_bytes, vae_tile
@@ -10,6 +12,7 @@ from mflux_core.models.vae_memory import vae_peak_bytes
 from mflux_core.request import MAX_SEQUENCE_LENGTH, GenerationRequest
 from mflux_core.sampling.latents import latent_grid
 from mflux_core.sampling.regional import attention_bias_bytes
+from mflux_core.tools.specs import TILE_SIZE
 from mflux_core.weights.resolve import ModelSource
 from mflux_core.weights.safetensors_io import read_json
 
@@ -50,20 +53,32 @@ def plan_tool_run(model: FluxModel, inputs: ToolInputs, weights_bytes: int, rese
     reference = conditioning.reference_tokens
     f = model.vae_scale_factor
     h, w = latent_grid(height, width, f)
-    return image_plan(
+    plan = image_plan(
         model.config, model.vae.config, width, height,
         extra_tokens=0 if reference is None else reference.shape[1], text_tokens=conditioning.text.shape[1],
         itemsize=model.dtype.size, weights_bytes=weights_bytes, reserved_bytes=reserved_bytes,
         decode_tile=model.vae_tile(h * f, w * f, "decode", request.vae_tiling), vae_itemsize=model.vae.dtype.size,
         regional=conditioning.attention_mask is not None, controlnets=inputs.controlnets, estimated=inputs.estimated,
     )
+    return with_remedies(plan, request)
+
+
+def is_whole_upscale(request: GenerationRequest) -> bool:
+    return request.tool == "upscale" and request.extra.get(TILE_SIZE) is None
+
+
+def with_remedies(plan: MemoryPlan, request: GenerationRequest) -> MemoryPlan:
+    """The plan, whose refusal names tiles first for an upscale in one piece."""
+    return replace(plan, remedies=f"upscale in tiles (a tile size), {plan.remedies}") if is_whole_upscale(request) \
+        else plan
 
 
 def plan_from_files(source: ModelSource, request: GenerationRequest, itemsize: int, weights_bytes: int,
                     reserved_bytes: int, allowance: int) -> MemoryPlan | None:
     """The plan of a request from its model's config files, before anything is loaded; None where the size
-    is only known once the tool has read its input image, or the transformer is a single file."""
-    if source.transformer_file is not None:
+    is only known once the tool has read its input image, the request is made in tiles (planned per tile), or the
+    transformer is a single file."""
+    if source.transformer_file is not None or (request.tool == "upscale" and not is_whole_upscale(request)):
         return None
     vae = VAEConfig.from_dict(read_json(source.component("vae") / "config.json"))
     width, height = request.width, request.height
@@ -74,8 +89,8 @@ def plan_from_files(source: ModelSource, request: GenerationRequest, itemsize: i
     transformer = FluxTransformerConfig.from_dict(read_json(source.folder / "transformer" / "config.json"))
     prompts = 1 + len(request.regions or ())  # each region's prompt is encoded on its own, after the base one
     text_tokens = prompts * min(MAX_SEQUENCE_LENGTH, request.max_sequence_length or MAX_SEQUENCE_LENGTH)
-    return image_plan(
+    return with_remedies(image_plan(
         transformer, vae, width, height, extra_tokens=0, text_tokens=text_tokens, itemsize=itemsize,
         weights_bytes=weights_bytes, reserved_bytes=reserved_bytes, vae_itemsize=itemsize, regional=prompts > 1,
         decode_tile=vae_tile(vae, height, width, itemsize, "decode", allowance, request.vae_tiling),
-    )
+    ), request)

@@ -334,6 +334,21 @@ def test_a_request_over_the_budget_is_refused_before_loading_and_the_next_one_ru
     assert result.image.size == (64, 64)
 
 
+def test_an_upscale_past_the_budget_in_one_piece_is_refused_naming_tiles_and_made_in_tiles_within_it(tmp_path):
+    manager = ModelManager()
+    request = demo_request("upscale", "demo", 4096, image_path=write_image(tmp_path / "small.png", 256))
+    manager.generate(request.with_(width=128, height=128))  # the demo and its upscaler resident, the process settled
+    manager.resident.budget = budget_leaving(350 * 10**6, manager.resident.resident_bytes())
+    with pytest.raises(InvalidRequest, match=r"^A 4096x4096 image needs about .* more than the memory budget of .*: "
+                                             r"upscale in tiles \(a tile size\), choose a smaller size"):
+        manager.generate(request)
+    result = manager.generate(request.with_(width=2048, height=2048, extra={"tile_size": 512}))  # 25 tiles
+    assert result.image.size == (2048, 2048)
+    memory = manager.resident.last_memory  # one tile's plan holds for the whole job
+    assert memory["plan"].startswith("a 512x512 image"), memory
+    assert abs(memory["planned_bytes"] - memory["measured_bytes"]) <= PLAN_TOLERANCE * memory["measured_bytes"], memory
+
+
 def test_a_controlnet_whose_weights_do_not_fit_is_refused_before_loading_and_the_next_one_runs(tmp_path):
     """A ControlNet's weights (from its file's header, in the base's dtype) are checked against the budget before
     they load, as a transformer's are: here a ControlNet file of 300 MB in float32 (150 MB on disk) beside a budget

@@ -350,3 +350,23 @@ def test_upscale_on_the_demo_upscaler_keeps_a_small_pictures_shape(page, tmp_pat
     reading = classify(image)
     assert (reading.background, reading.colour) == (example.scene.background, example.scene.shapes[0].colour)
     assert iou(reading.mask, shape_mask(example.scene.shapes[0], IMAGE_SIZE)) >= LAYOUT_IOU
+
+
+def test_tiles_upscale_past_the_sizes_the_demo_makes_and_keep_the_picture(page, tmp_path):
+    """The demo makes 128 px a side at most; in tiles of its own size the Upscale panel makes 256 x 256 from 64."""
+    example = upscale_example(EVALUATION_SEED, UPSCALED, IMAGE_SIZE, held_out=True)
+    Image.fromarray(example.image).save(tmp_path / "picture.png")
+    open_tab(page, "ControlNet")
+    page.locator("#controlnet-mode label", has_text="Upscale").click()
+    page.wait_for_selector("#controlnet-tiles", state="visible")
+    page.set_input_files("#controlnet-image input[type=file]", str(tmp_path / "picture.png"))
+    page.wait_for_selector("#controlnet-image img")
+    type_into(page, "controlnet-upscale-factor", 4)
+    page.locator("#controlnet-tiles input").check()
+    type_into(page, "controlnet-prompt", example.caption)
+    text = run_and_wait(page, "controlnet")
+    screenshot(page, "demo-upscale-tiles")
+    image = result_image(page, "controlnet")
+    assert image.shape == (4 * IMAGE_SIZE, 4 * IMAGE_SIZE, 3) and "demo makes" not in text, text
+    shrunk = np.asarray(Image.fromarray(image).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS), np.int16)
+    assert np.abs(shrunk - example.image.astype(np.int16)).mean() < 12  # the picture, not noise or seams

@@ -13,6 +13,7 @@ from mflux_core.generation import ToolInputs
 from mflux_core.images.io import load_image, pil_to_pixels
 from mflux_core.images.resize_modes import resize_note, resize_to
 from mflux_core.models.vae import FLUX_SIDE
+from mflux_core.models.vae_memory import vae_peak_bytes
 from mflux_core.request import MAX_SEQUENCE_LENGTH, GenerationRequest, clean_prompt, existing_file, snap_to_16
 from mflux_core.prompt_schedule import prompt_schedule
 from mflux_core.sampling.conditioning import Conditioning, NegativePrompt, PromptChange
@@ -154,7 +155,15 @@ def start_image_inputs(model: FluxModel, inputs: ToolInputs, image: Image.Image)
     image, notes = fit_input(image, request)
     latents = encode_image(model, image, request.width, request.height)
     return replace(inputs, request=request, start_image_latents=latents, image_strength=request.image_strength,
-                   notes=inputs.notes + notes)
+                   notes=inputs.notes + notes, estimated=inputs.estimated + (encoding_phase(model, image.size),))
+
+
+def encoding_phase(model: FluxModel, size: tuple[int, int]) -> tuple[str, int]:
+    """(phase, peak bytes above the weights) of encode_pixels on an image of `size`, for the run's memory plan."""
+    width, height = size
+    tile = model.vae_tile(height, width, "encode")
+    phase = "encoding the input image" + (f" in {tile} px tiles" if tile else "")
+    return phase, vae_peak_bytes(model.vae.config, height, width, model.vae.dtype.size, "encode", tile)
 
 
 def packed_channels(model: FluxModel) -> int:

@@ -18,6 +18,7 @@ from mflux_core.images.resize_modes import RESIZE_MODES
 
 REQUEST, EXTRA, COMMAND = "request", "extra", "command"  # where a flag's value goes (Flag.into)
 KONTEXT_AUTO_RESIZE = "kontext_auto_resize"  # request.extra's key for --kontext-auto-resize
+TILE_SIZE, TILE_OVERLAP, UPSCALER = "tile_size", "tile_overlap", "upscaler"  # the upscale tool's request.extra keys
 BASE_KINDS = ("base", "single-file")  # registry.ModelEntry kinds that text-to-image models have
 
 
@@ -177,14 +178,24 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                       "IMAGE[,mode=TYPE][,strength=N][,path=CONTROLNET][,canny-low=N][,canny-high=N][,skip-canny] "
                       f"(defaults as above); repeat for up to {MAX_UNITS - 1}", kind="controlnet_unit",
                       field="controlnet_units"))),
-    ToolSpec("upscale", "regenerate an image at a larger size (FLUX.1 upscaler ControlNet)", "upscale", "dev",
+    ToolSpec("upscale", "regenerate an image at a larger size (FLUX.1 upscaler ControlNet), whole or in tiles", "upscale", "dev",
              BASE_KINDS, guidance=3.5, demo_model="demo", sized_by_input=True, true_cfg=True, flags=(
                  *controlnet_flags("upscaler (jasperai/Flux.1-dev-Controlnet-Upscaler); demo-upscaler on a demo "
                                   "model", 0.6, "tile"),
                  Flag("--image-path", "the image to upscale (--controlnet-image-path works too)"),
                  Flag("--controlnet-image-path", "", hidden=True),
                  Flag("--upscale-factor", "without --width/--height: the output is the input's size times this "
-                      "(default 2)", into=EXTRA, kind="number"), RESIZE_FLAG)),
+                      "(default 2)", into=EXTRA, kind="number"),
+                 Flag("--upscaler", "'ControlNet upscaler' (default: the ControlNet steers) or 'Lanczos' (the image "
+                      "resampled, then regenerated image-to-image only, as A1111's SD upscale)", into=EXTRA,
+                      choices=HIRES_UPSCALERS),
+                 Flag("--image-strength", "start from the resampled image, keeping this much of it, 0 to below 1 "
+                      "(default: off with the ControlNet upscaler in one piece, else 0.65)", kind="number"),
+                 Flag("--tile-size", "upscale in tiles of this many px a side (a multiple of 16; given bare: the "
+                      "model's own, 1024 for FLUX.1), each regenerated on its own and blended: outputs past one "
+                      "pass's memory, as A1111's SD upscale / Ultimate SD Upscale", into=EXTRA, kind="whole", bare=0),
+                 Flag("--tile-overlap", "px the tiles share with their neighbours (default an eighth of the tile, at "
+                      "least 16)", into=EXTRA, kind="whole"), RESIZE_FLAG)),
     ToolSpec("redux", "variations of reference images, steered by the prompt (FLUX.1-Redux)", "redux", "dev",
              BASE_KINDS, guidance=2.5, demo_model="demo", true_cfg=True, flags=(
                  Flag("--redux-image-paths", "one or more reference images", kind="paths"),

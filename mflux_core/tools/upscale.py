@@ -1,11 +1,14 @@
 """Upscale: regenerate an image at a larger size, steered by the image itself through jasperai's
 FLUX.1 Upscaler ControlNet (or another with --controlnet-path) on a dev base; on a demo base the default
-is demo-upscaler, the upscaler ControlNet trained with the demo models.
+is demo-upscaler, the upscaler ControlNet trained with the demo models. With the Lanczos upscaler (as the hires
+fix names them) no ControlNet steers: the resampled image is regenerated image-to-image only.
 
-The input image is the control image as it is (no edge detection), resized to the output size.
+The input image is the control image as it is (no edge detection), resized to the output size; with an image
+strength (or the Lanczos upscaler, or tiles) the upscale also starts from it, keeping that much of it.
 The output size is --width/--height when both are given; one of them alone keeps the input's
 aspect ratio; neither multiplies the input's size by `upscale_factor` (default 2). Every size is
 snapped down to a multiple of 16. A Union ControlNet runs in its tile mode unless --controlnet-mode says otherwise.
+In tiles (`tile_size`), the output is made a tile at a time: mflux_core/tiled_upscale.py.
 """
 
 from PIL import Image
@@ -15,7 +18,11 @@ from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.request import GenerationRequest, check_image_size, snap_to_16
 from mflux_core.tools.engine import ToolEngine
-from mflux_core.tools.common import fit_input, required_image, with_size
+from mflux_core.tools.specs import TILE_SIZE, UPSCALER
+from mflux_core.settings_schema import HIRES_UPSCALERS
+from mflux_core.tools.common import (
+    check_in_channels, fit_input, packed_channels, prompt_conditioning, required_image, start_image_inputs, with_size,
+)
 from mflux_core.tools.controlnet_conditioning import (
     ControlUnit, controlnet_inputs, extra_number, steering, unit_record, with_default_strength,
 )
@@ -24,6 +31,8 @@ DEFAULT_STRENGTH = 0.6  # jasperai's published controlnet_conditioning_scale
 DEFAULT_FACTOR = 2.0
 CONTROL_TYPE = "tile"  # what a Union ControlNet is told the control image is
 MAX_FACTOR = 8.0
+LANCZOS, CONTROLNET_UPSCALER = HIRES_UPSCALERS
+RESAMPLED_IMAGE_STRENGTH = 0.65  # kept of the resampled image when it is regenerated from (A1111's denoising 0.35)
 
 
 def upscaled_size(request: GenerationRequest, image: Image.Image) -> GenerationRequest:
@@ -41,12 +50,42 @@ def upscaled_size(request: GenerationRequest, image: Image.Image) -> GenerationR
                                    height=request.height or snap_to_16(height)))
 
 
+def upscaler(request: GenerationRequest) -> str:
+    name = request.extra.get(UPSCALER, CONTROLNET_UPSCALER)
+    if name not in HIRES_UPSCALERS:
+        raise InvalidRequest(f"The upscaler {name!r} is not one the studio has: use {' or '.join(HIRES_UPSCALERS)}.")
+    return name
+
+
+def starts_from_image(request: GenerationRequest) -> GenerationRequest:
+    """The request with the image strength it regenerates the resampled image with: the given one; else none when
+    the upscaler ControlNet steers a whole-image upscale (text-to-image, as jasperai's pipeline runs it); else
+    RESAMPLED_IMAGE_STRENGTH (the Lanczos upscaler and tiles start from the image, as A1111's SD upscale does)."""
+    if request.image_strength is not None or (upscaler(request) == CONTROLNET_UPSCALER and
+                                              request.extra.get(TILE_SIZE) is None):
+        return request
+    return request.with_(image_strength=RESAMPLED_IMAGE_STRENGTH)
+
+
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
     path = request.image_path or request.controlnet_image_path  # mflux's upscaler takes --controlnet-image-path
     image = required_image(path, "an image to upscale", "--image-path")
     request = upscaled_size(request, image)
     image, notes = fit_input(image, request)
-    side = steering(model, request, engine, "upscaler", CONTROL_TYPE)
-    request = with_default_strength(request, DEFAULT_STRENGTH)
-    unit = ControlUnit(side, image, request.controlnet_strength, unit_record(side, request, None))
-    return controlnet_inputs(model, request, engine, [unit], tool="Upscale", notes=notes)
+    return upscale_inputs(model, starts_from_image(request), engine, image, notes)
+
+
+def upscale_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine, image: Image.Image,
+                   notes: tuple[str, ...] = ()) -> ToolInputs:
+    """The regeneration of `image`, at the request's size already: steered by the upscaler ControlNet unless the
+    upscaler is Lanczos, started from the image when the request has an image strength."""
+    if upscaler(request) == CONTROLNET_UPSCALER:
+        side = steering(model, request, engine, "upscaler", CONTROL_TYPE)
+        request = with_default_strength(request, DEFAULT_STRENGTH)
+        unit = ControlUnit(side, image, request.controlnet_strength, unit_record(side, request, None))
+        inputs = controlnet_inputs(model, request, engine, [unit], tool="Upscale", notes=notes)
+    else:
+        check_in_channels(model, packed_channels(model), "Upscale", "base (dev or schnell)")
+        request = request.with_(controlnet_strength=None)  # no ControlNet ran
+        inputs = ToolInputs(request, prompt_conditioning(model, request), notes=notes)
+    return inputs if request.image_strength is None else start_image_inputs(model, inputs, image)

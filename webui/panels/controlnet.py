@@ -11,7 +11,8 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.hires import DEFAULT_UPSCALER
 from mflux_core.images.canny import DEFAULT_HIGH, DEFAULT_LOW, canny_edges
 from mflux_core.request import GenerationRequest
-from mflux_core.settings_schema import UNION_CONTROL_TYPES
+from mflux_core.settings_schema import HIRES_UPSCALERS, UNION_CONTROL_TYPES
+from mflux_core.tools.specs import TILE_OVERLAP, TILE_SIZE, UPSCALER
 from webui.demo_examples import render_demo_examples
 from webui.hires_ui import hires_controls, hires_settings, hires_values
 from webui.jobs import safe_action
@@ -26,10 +27,12 @@ TOOL = "controlnet"
 CANNY, UPSCALE = "Canny edges", "Upscale"
 MODE_TOOLS = {CANNY: "controlnet", UPSCALE: "upscale"}
 DEFAULTS = {"controlnet_strength": 0.4, "canny_low": DEFAULT_LOW, "canny_high": DEFAULT_HIGH, "upscale_factor": 2.0,
-            "image_strength": 0.4}
+            "image_strength": 0.4, "upscale_strength": 0, "tile_size": 0, "tile_overlap": 0}
 LABELS = {"controlnet_strength": "The ControlNet strength", "canny_low": "The Canny low threshold",
           "canny_high": "The Canny high threshold", "upscale_factor": "The upscale factor",
-          "image_strength": "The image strength"}
+          "image_strength": "The image strength", "upscale_strength": "The image strength",
+          "tile_size": "The tile size", "tile_overlap": "The tile overlap"}
+CONTROLNET_UPSCALER = HIRES_UPSCALERS[1]
 MODE_STRENGTHS = {CANNY: 0.4, UPSCALE: 0.6}  # the engine's defaults for each ControlNet
 OWN_TYPE = ""  # the control type picker's value for "the mode's own" (canny for edges, tile for upscale)
 CONTROL_TYPES = [("the mode's own", OWN_TYPE),
@@ -63,7 +66,9 @@ def settings_from_values(values: dict) -> dict:
     mode = values.get("mode") or CANNY
     start = {}
     if mode == UPSCALE:
-        extra = {"upscale_factor": setting(values, "upscale_factor") or DEFAULTS["upscale_factor"]}
+        extra = {"upscale_factor": setting(values, "upscale_factor") or DEFAULTS["upscale_factor"],
+                 **upscale_extra(values)}
+        start = {"image_strength": setting(values, "upscale_strength") or None}  # 0: the engine's default
     else:
         extra = {"canny_low": int(setting(values, "canny_low")), "canny_high": int(setting(values, "canny_high"))}
         start = {"image_strength": setting(values, "image_strength")}
@@ -76,6 +81,19 @@ def settings_from_values(values: dict) -> dict:
             "controlnet_strength": setting(values, "controlnet_strength"), **start, **canny}
 
 
+def upscale_extra(values: dict) -> dict:
+    """The upscaler, when not the default, and with Tiles ticked the tile size (0: the model's own side) and the
+    overlap (left out at 0: the engine's default, an eighth of the tile)."""
+    extra = {}
+    if values.get("upscaler", CONTROLNET_UPSCALER) != CONTROLNET_UPSCALER:
+        extra[UPSCALER] = values["upscaler"]
+    if values.get("tiles"):
+        extra[TILE_SIZE] = int(setting(values, "tile_size"))
+        if setting(values, "tile_overlap"):
+            extra[TILE_OVERLAP] = int(setting(values, "tile_overlap"))
+    return extra
+
+
 def setting(values: dict, key: str) -> float:
     return number_value(values, key, DEFAULTS[key], LABELS[key])
 
@@ -86,11 +104,14 @@ def values_from_settings(settings: dict) -> dict:
         values.update(hires_values(settings))
     if settings.get("tool") in MODE_TOOLS.values():
         values["mode"] = UPSCALE if settings["tool"] == "upscale" else CANNY
-    for key in ("controlnet_strength", "image_strength"):
+    upscaling = settings.get("tool") == MODE_TOOLS[UPSCALE]
+    for key in ("controlnet_strength",) if upscaling else ("controlnet_strength", "image_strength"):
         if settings.get(key) is not None:
             values[key] = settings[key]
     extra = settings.get("extra") or {}
     values.update({key: extra[key] for key in ("canny_low", "canny_high", "upscale_factor") if key in extra})
+    if upscaling:
+        values.update(upscale_values(settings, extra))
     if "extra" in settings:
         values["controlnet_weights"] = extra.get("controlnet_path", TOOL_DEFAULT)
         values["controlnet_mode"] = extra.get("controlnet_mode", OWN_TYPE)
@@ -101,13 +122,19 @@ def values_from_settings(settings: dict) -> dict:
     return values
 
 
+def upscale_values(settings: dict, extra: dict) -> dict:
+    return {"upscale_strength": settings.get("image_strength") or 0, "upscaler": extra.get(UPSCALER, CONTROLNET_UPSCALER),
+            "tiles": extra.get(TILE_SIZE) is not None, "tile_size": extra.get(TILE_SIZE) or 0,
+            "tile_overlap": extra.get(TILE_OVERLAP) or 0}
+
+
 def build_requests(values: dict, context: RequestContext) -> list[GenerationRequest]:
     image = values.get("control_image")
     if image is None:
         raise InvalidRequest("Upload the control image first.")
     settings = settings_from_values(values)
     start = values.get("init_image") if settings["tool"] == MODE_TOOLS[CANNY] else None
-    if start is None:
+    if start is None and settings["tool"] == MODE_TOOLS[CANNY]:
         settings.pop("image_strength", None)
     images = [values.get(unit_key(number, "image")) for number in UNITS]
     images = [unit_image for unit_image in images if unit_image is not None]
@@ -125,7 +152,7 @@ def edges_preview(image, low, high):
 def mode_controls(mode: str, kind: str) -> tuple:
     """The edges preview and Canny thresholds belong to Canny mode with Canny control (a Union ControlNet's other
     types see the image, or its depth map), image-to-image, further units and the hires fix to Canny mode, the
-    upscale factor to Upscale mode."""
+    upscale settings (factor, upscaler, image strength, tiles) to Upscale mode."""
     canny = mode == CANNY
     edges = canny and kind in (OWN_TYPE, None, "canny")  # None: an example that sets the own type
     return (gr.update(visible=edges), gr.update(visible=edges), gr.update(visible=canny), gr.update(visible=canny),
@@ -156,6 +183,29 @@ def render_units(weight_choices: list) -> tuple[gr.Accordion, dict, dict]:
     return accordion, controls, images
 
 
+def upscale_controls() -> tuple[gr.Column, dict]:
+    """Upscale mode's settings: the factor, the upscaler, the image strength and the tiles (A1111's SD upscale)."""
+    with gr.Column(visible=False, elem_id="controlnet-upscale-settings") as column:
+        with gr.Row():
+            factor = gr.Slider(1, 4, DEFAULTS["upscale_factor"], step=0.5, label="Upscale factor (when width and "
+                               "height are 0)", elem_id="controlnet-upscale-factor")
+            upscaler = gr.Radio(list(HIRES_UPSCALERS[::-1]), value=CONTROLNET_UPSCALER, label="Upscaler",
+                                info="ControlNet upscaler: the ControlNet steers; Lanczos: the resampled image "
+                                     "regenerated image-to-image only", elem_id="controlnet-upscaler")
+        strength = gr.Slider(0, 0.99, DEFAULTS["upscale_strength"], step=0.01, label="Image strength (how much of "
+                             "the resampled image is kept)", info="0: the default, none with the ControlNet upscaler "
+                             "in one piece, else 0.65", elem_id="controlnet-upscale-strength")
+        with gr.Row():
+            tiles = gr.Checkbox(False, label="Tiles (A1111's SD upscale)", info="regenerate a tile at a time and "
+                                "blend them: outputs larger than one pass fits in memory", elem_id="controlnet-tiles")
+            tile_size = gr.Slider(0, 2048, DEFAULTS["tile_size"], step=16, label="Tile size (0: the model's own)",
+                                  elem_id="controlnet-tile-size")
+            overlap = gr.Slider(0, 512, DEFAULTS["tile_overlap"], step=8, label="Tile overlap (0: an eighth of "
+                                "the tile)", elem_id="controlnet-tile-overlap")
+    return column, {"upscale_factor": factor, "upscaler": upscaler, "upscale_strength": strength, "tiles": tiles,
+                    "tile_size": tile_size, "tile_overlap": overlap}
+
+
 def render(studio) -> Panel:
     with gr.Tab("ControlNet", id=TOOL, elem_id="tab-controlnet"):
         with gr.Row():
@@ -170,12 +220,9 @@ def render(studio) -> Panel:
                                           elem_id="controlnet-canny-low")
                     canny_high = gr.Slider(0, 1020, DEFAULTS["canny_high"], step=1, label="Canny high threshold",
                                            elem_id="controlnet-canny-high")
-                with gr.Row():
-                    strength = gr.Slider(0, 2, DEFAULTS["controlnet_strength"], step=0.05,
-                                         label="ControlNet strength", elem_id="controlnet-strength")
-                    upscale_factor = gr.Slider(1, 4, DEFAULTS["upscale_factor"], step=0.5,
-                                               label="Upscale factor (when width and height are 0)",
-                                               elem_id="controlnet-upscale-factor", visible=False)
+                strength = gr.Slider(0, 2, DEFAULTS["controlnet_strength"], step=0.05,
+                                     label="ControlNet strength", elem_id="controlnet-strength")
+                upscale, upscale_fields = upscale_controls()
                 with gr.Accordion("Image to image", open=False, elem_id="controlnet-img2img") as img2img:
                     init_image = input_image("Input image (optional: start from it, steered by the edges)",
                                              "controlnet-init-image")
@@ -205,9 +252,9 @@ def render(studio) -> Panel:
                 render_demo_examples(studio, MODE_TOOLS[UPSCALE], shared.controls, example_image,
                                      {mode: UPSCALE, weights: TOOL_DEFAULT, union_type: OWN_TYPE,
                                       strength: MODE_STRENGTHS[UPSCALE],
-                                      upscale_factor: UPSCALE_FACTOR}, kind=UPSCALE)
+                                      upscale_fields["upscale_factor"]: UPSCALE_FACTOR}, kind=UPSCALE)
                 controls = {**shared.controls, "mode": mode, "controlnet_strength": strength, "canny_low": canny_low,
-                            "canny_high": canny_high, "upscale_factor": upscale_factor, "controlnet_weights": weights,
+                            "canny_high": canny_high, **upscale_fields, "controlnet_weights": weights,
                             "controlnet_mode": union_type, "image_strength": image_strength, **unit_controls,
                             **hires_fields}
                 panel = Panel(TOOL, tuple(MODE_TOOLS.values()), controls, settings_from_values, values_from_settings,
@@ -228,7 +275,7 @@ def render(studio) -> Panel:
     mode.input(MODE_STRENGTHS.get, mode, strength, queue=False, api_visibility="private")
     for picker in (mode, union_type):  # .change: a preset that sets them shows its controls too
         picker.change(mode_controls, [mode, union_type], [edges, canny_thresholds, img2img, units, hires,
-                                                          upscale_factor],
+                                                          upscale],
                       queue=False, api_visibility="private")
     panel.view, panel.run_handler = view, studio.job(view)(build_requests)
     studio.wire_run(run, panel.run_handler,

@@ -1,0 +1,94 @@
+"""Upscale in tiles (A1111's SD upscale script, ComfyUI's Ultimate SD Upscale): the input resampled to the output
+size, then regenerated a tile at a time, each tile image-to-image from its part of the resampled image (steered by
+that part through the upscaler ControlNet unless the upscaler is Lanczos) with the request's seed, as A1111 gives
+every tile the same seed; the tiles are blended where they overlap (images/tiles.py). The transformer and the VAE
+work at one tile's size, so an output far past what one pass could hold is made within the memory of one tile.
+
+One job of the manager, as the hires fix is: one tile's run planned against the memory budget before the first
+step, steps counted across the tiles, a stop heard in any tile, one image with one metadata record.
+"""
+
+from typing import TYPE_CHECKING, Callable
+
+from mflux_core.errors import InvalidRequest
+from mflux_core.events import Report, passes_report
+from mflux_core.flux_model import FluxModel
+from mflux_core.images.tiles import blend_tiles, tile_grid
+from mflux_core.native_sizes import sizes_phrase
+from mflux_core.request import GenerationRequest
+from mflux_core.sampling.schedule import img2img_start_step
+from mflux_core.settings_schema import MAX_SIDE
+from mflux_core.tools.common import fit_input, required_image, resolved_request
+from mflux_core.tools.controlnet_conditioning import extra_number
+from mflux_core.tools.specs import TILE_OVERLAP, TILE_SIZE  # a tile size of 0: the model's own side
+from mflux_core.tools.upscale import starts_from_image, upscale_inputs, upscaled_size
+
+if TYPE_CHECKING:
+    from mflux_core.manager import GenerationResult, ModelManager
+
+MIN_TILE = 32
+
+
+def is_tiled(request: GenerationRequest) -> bool:
+    return request.tool == "upscale" and request.extra.get(TILE_SIZE) is not None
+
+
+def whole_pixels(request: GenerationRequest, key: str, what: str) -> int | None:
+    value = extra_number(request, key, None)
+    if value is not None and (value != int(value) or value < 0):
+        raise InvalidRequest(f"{what} must be a whole number of pixels, 0 or more, not {value:g}.")
+    return None if value is None else int(value)
+
+
+def check_tile_settings(request: GenerationRequest) -> None:
+    """Refuse, before a model loads, a tile size or overlap that cannot make tiles."""
+    side = whole_pixels(request, TILE_SIZE, "The tile size")
+    if side and (side % 16 or not MIN_TILE <= side <= MAX_SIDE):
+        raise InvalidRequest(f"The tile size {side} must be a multiple of 16 from {MIN_TILE} to {MAX_SIDE} px (0: the "
+                             "model's own side).")
+    overlap = whole_pixels(request, TILE_OVERLAP, "The tile overlap")
+    if side and overlap is not None and overlap > side // 2:
+        raise InvalidRequest(f"A tile overlap of {overlap} px is more than half the {side} px tile: use at most "
+                             f"{side // 2}.")
+
+
+def tile_side_and_overlap(model: FluxModel, request: GenerationRequest) -> tuple[int, int]:
+    """The tile's side (0: the model's native side, 1024 for FLUX.1) and the overlap (default an eighth of the tile,
+    A1111's 64 px on its 512 px tiles, at least 16 px)."""
+    side = whole_pixels(request, TILE_SIZE, "The tile size") or model.native_side
+    overlap = whole_pixels(request, TILE_OVERLAP, "The tile overlap")
+    return side, min(side // 2, max(16, side // 8) if overlap is None else overlap)
+
+
+def generate_tiled(manager: "ModelManager", request: GenerationRequest, report: Report | None,
+                   cancelled: Callable[[], bool] | None) -> "GenerationResult":
+    """Every tile, with the manager's lock held by the caller."""
+    started = manager.run_started()
+    check_tile_settings(request)
+    model = manager._prepared_model(request, cancelled)
+    image = required_image(request.image_path or request.controlnet_image_path, "an image to upscale", "--image-path")
+    request = starts_from_image(upscaled_size(resolved_request(model, request), image))
+    resampled, notes = fit_input(image, request)
+    side, overlap = tile_side_and_overlap(model, request)
+    tiles = tile_grid(request.width, request.height, side, side, overlap)
+    tile_size = (tiles[0].width, tiles[0].height)
+    if model.native_sizes and tile_size not in model.native_sizes:
+        raise InvalidRequest(f"{request.model} makes {sizes_phrase(model.native_sizes)} images only, so it has no "
+                             f"{tile_size[0]}x{tile_size[1]} tiles: give a tile size in that range, or 0 for its own.")
+    request = request.with_(extra={**request.extra, TILE_SIZE: side, TILE_OVERLAP: overlap})
+    tile_request = request.with_(width=tile_size[0], height=tile_size[1])
+    first = upscale_inputs(model, tile_request, manager, resampled.crop(tiles[0].box), notes)
+    steps = tile_request.steps or model.default_steps
+    start = img2img_start_step(steps, first.image_strength) if first.image_strength is not None else 0
+    total = (steps - start) * len(tiles)
+    plan = manager.resident.plan_run(model, first)
+    images = []
+    with manager.resident.budget.holding(plan):
+        for index, tile in enumerate(tiles):
+            inputs = first if index == 0 else upscale_inputs(model, tile_request, manager, resampled.crop(tile.box))
+            tile_report = passes_report(report, index * (steps - start) - start, total, f"tile {index + 1} of {len(tiles)}")
+            images.append(manager.run_inputs(model, inputs, tile_report, cancelled))
+    recorded = first.request.with_(width=request.width, height=request.height)
+    return manager.finished(blend_tiles(request.width, request.height, tiles, images), recorded, model,
+                            first.conditioning.guidance, plan, started, before=resampled, notes=first.notes,
+                            recorded=first.recorded)
