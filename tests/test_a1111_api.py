@@ -36,6 +36,7 @@ from mflux_core.images.canny import canny_edges
 from mflux_core.images.masks import distance_to_mask
 from mflux_core.images.resize_modes import RESIZE_AND_FILL, resize_to
 from mflux_core.manager import ModelManager
+from mflux_core.request import GenerationRequest
 from mflux_core.weights.resolve import DEMO_MODELS_ENV, demo_folder
 from tests.fixtures.lora_files import Dims, write_diffusers_lora
 from tests.fixtures.shape_classifier import classify, iou
@@ -366,6 +367,55 @@ def test_extras_upscale_with_pillows_filters_and_the_controlnet_upscaler(studio)
         "image": b64(small), "upscaler_1": "R-ESRGAN 4x+"}), 400)
     assert "past the 4096-pixel limit" in assert_a1111_error(studio.http.post("/extra-single-image", json={
         "image": b64(Image.new("RGB", (1024, 1024))), "upscaler_1": "Lanczos", "upscaling_resize": 8}), 400)
+
+
+def test_the_sd_upscale_script_runs_the_upscale_tool_in_tiles_as_a1111_clients_ask_for_it(studio):
+    """img2img with script_name "SD upscale" and A1111's script_args [info, overlap, upscaler_index, scale_factor]:
+    the init image upscaled 4 times, regenerated in tiles of width x height (the demo's 64) at the denoising
+    strength; what ran is recorded, replays to the same image, and keeps the picture."""
+    example = upscale_example(EVALUATION_SEED, 0, IMAGE_SIZE, held_out=True)
+    picture = Image.fromarray(example.image)
+    assert "sd upscale" in answer(studio.http.get("/scripts"))["img2img"]
+    body = made(studio.http.post("/img2img", json={
+        "init_images": [b64(picture)], "prompt": example.caption, "seed": 7, "steps": 4, "width": 64, "height": 64,
+        "denoising_strength": 0.35, "script_name": "SD upscale", "script_args": ["", 16, 1, 4], "save_images": True,
+        "override_settings": {"sd_model_checkpoint": "demo"}}))
+    image = decoded(body["images"][0]).convert("RGB")
+    assert image.size == (4 * IMAGE_SIZE, 4 * IMAGE_SIZE) and body["info"]["ignored"] == []
+    assert "SD upscale overlap: 16, SD upscale upscaler: Lanczos, Tile size: 64" in body["info"]["infotexts"][0]
+    [recorded] = saved_requests(studio, 7)
+    assert recorded["extra"] == {"upscale_factor": 4.0, "tile_size": 64, "tile_overlap": 16, "upscaler": "Lanczos"}
+    assert (recorded["tool"], recorded["image_strength"], recorded["width"]) == ("upscale", 0.65, 256)
+    again = studio.manager.generate(GenerationRequest(**{k: tuple(v) if isinstance(v, list) else v
+                                                         for k, v in recorded.items()}))
+    assert np.array_equal(np.asarray(again.image), np.asarray(image))
+    shrunk = np.asarray(image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS), np.int16)
+    assert np.abs(shrunk - example.image.astype(np.int16)).mean() < 12
+
+    steered = made(studio.http.post("/img2img", json={
+        "init_images": [b64(picture.resize((32, 32)))], "prompt": example.caption, "seed": 8, "steps": 2,
+        "width": 64, "height": 48, "script_name": "sd upscale", "script_args": [None, 16, 3, 2]}))
+    assert decoded(steered["images"][0]).size == (64, 64)
+    assert "SD upscale upscaler: ControlNet upscaler" in steered["info"]["infotexts"][0]
+    assert steered["info"]["ignored"] == ["height 48 (SD upscale's tiles are square here: 64 px)"]
+    other = made(studio.http.post("/img2img", json={"init_images": [b64(picture)], "prompt": "x", "steps": 1,
+                                                    "script_name": "X/Y/Z plot", "script_args": [1, "2"]}))
+    assert "script_name 'X/Y/Z plot' (the studio runs sd upscale)" in other["info"]["ignored"]
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"script_args": ["", "wide", 1, 2]}, "SD upscale's overlap (script_args[1]) must be a whole number from 0 to "
+                                          "2048, not 'wide'."),
+    ({"script_args": ["", 16, 9, 2]}, "upscaler_index (script_args[2]) must be a whole number from 0 to 3"),
+    ({"script_args": ["", 16, 1, 20]}, "scale_factor (script_args[3]) must be a number from 1 to 8, not 20."),
+    ({"denoising_strength": 0}, "SD upscale at denoising_strength 0 would return the resampled image as it is"),
+    ({"script_args": ["", 48, 1, 2]}, "A tile overlap of 48 px is more than half the 64 px tile: use at most 32."),
+])
+def test_bad_sd_upscale_arguments_get_a1111_errors(studio, changes, words):
+    body = {"init_images": [b64(Image.new("RGB", (32, 32)))], "prompt": "x", "steps": 1, "width": 64, "height": 64,
+            "script_name": "SD upscale", **changes}
+    response = studio.http.post("/img2img", json=body)
+    assert words in assert_a1111_error(response, response.status_code if response.status_code in (400, 422) else 0)
 
 
 def test_true_cfg_runs_with_a_negative_prompt_above_cfg_scale_1(studio):

@@ -8,6 +8,7 @@
     GET  /sdapi/v1/progress            the running API job: step, ETA and the step's preview
     POST /sdapi/v1/interrupt, /skip    stop the running API job after its current step
     POST /sdapi/v1/png-info            the settings in a PNG (ours or A1111's)
+    img2img's script_name "SD upscale"  the Upscale tool in tiles (a1111_scripts.py); GET /sdapi/v1/scripts lists it
     POST /sdapi/v1/extra-single-image, /extra-batch-images: upscaling (a1111_extras.py)
     GET  /sdapi/v1/samplers, schedulers, loras, upscalers, sd-vae, cmd-flags, memory: what the studio has
     (`sampler_name` and `scheduler` pick ours by A1111's names: Euler, Euler a, Heun, DPM++ 2M, DPM++ 2M SDE,
@@ -47,6 +48,7 @@ from mflux_core.styles import read_styles, styled_prompts
 from mflux_core.tools.specs import TOOL_SPECS, default_model_for
 from webui.a1111_controlnet import SCRIPT as CONTROLNET_SCRIPT, add_controlnet_routes, enabled_units, units_inputs
 from webui.a1111_extras import UPSCALERS, add_extras_routes
+from webui.a1111_scripts import IMG2IMG_SCRIPTS, is_sd_upscale, sd_upscale_settings
 from webui.a1111_wire import SdApiError, as_file, b64_png, base64_data, decoded_image, parsed
 from webui.api_server import MAX_WAITING, JobThreads, api_routes, json_object
 from webui.gallery import save_result
@@ -110,6 +112,8 @@ class Img2ImgParams(Txt2ImgParams):
     inpaint_full_res_padding: int = Field(0, ge=0, le=MAX_SIDE)
     mask_blur: int = Field(4, ge=0, le=MAX_MASK_BLUR)  # A1111's default
     resize_mode: int = Field(0, ge=0, le=3)  # 3: A1111's "just resize (latent upscale)", done here as 0
+    script_name: str | None = None  # an A1111 script the studio runs (a1111_scripts.py); others are ignored
+    script_args: list = Field(default_factory=list)
 
 
 def ignored_fields(params: BaseModel) -> list[str]:
@@ -359,9 +363,13 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
     image = decoded_image(params.init_images[0], "init image")
     if params.enable_hr:
         ignored.append("enable_hr (the hires fix follows txt2img only)")
-    units = enabled_units(params.alwayson_scripts, ignored)
     if len(params.init_images) > 1:
         ignored.append("init_images after the first")
+    if is_sd_upscale(params.script_name):
+        return sd_upscale_inputs(studio, params, image, ignored)
+    if params.script_name:
+        ignored.append(f"script_name {params.script_name!r} (the studio runs {', '.join(IMG2IMG_SCRIPTS)})")
+    units = enabled_units(params.alwayson_scripts, ignored)
     size = (params.width or image.width, params.height or image.height)
     check_image_size(*size, "The requested image")  # before resizing to it
     mode = RESIZE_MODES[params.resize_mode] if params.resize_mode in range(len(RESIZE_MODES)) else RESIZE_MODES[0]
@@ -388,6 +396,18 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
     settings.update(image_strength=settings["image_strength"] or None, keep_unmasked=True,  # 0: from pure noise
                     mask_blur=params.mask_blur)
     return "fill", settings, {**inputs, "masked_image_path": store.save(mask, "api-mask")}
+
+
+def sd_upscale_inputs(studio, params: Img2ImgParams, image: Image.Image, ignored: list[str]) -> tuple[str, dict, dict]:
+    """A1111's SD upscale script: the Upscale tool in tiles (a1111_scripts.py), from the init image as it is."""
+    if params.mask is not None:
+        ignored.append("mask (SD upscale regenerates the whole image)")
+    if enabled_units(params.alwayson_scripts, ignored):
+        ignored.append("alwayson_scripts.controlnet (with SD upscale, upscaler_index 3 steers by the ControlNet "
+                       "upscaler)")
+    settings = sd_upscale_settings(params.script_args, params.width, params.height, params.denoising_strength,
+                                   ignored)
+    return "upscale", settings, {"image_path": studio.request_context().inputs.save(image, "api-image")}
 
 
 def txt2img_inputs(studio, params: Txt2ImgParams, ignored: list[str]) -> tuple[str, dict, dict]:
@@ -529,7 +549,7 @@ def sdapi_router(studio, auth=None) -> APIRouter:
         **dict.fromkeys(("sd-vae", "sd-modules", "face-restorers", "hypernetworks",
                          "realesrgan-models", "latent-upscale-modes"), list),
         "embeddings": lambda: {"loaded": {}, "skipped": {}},
-        "scripts": lambda: {"txt2img": [], "img2img": []},
+        "scripts": lambda: {"txt2img": [], "img2img": list(IMG2IMG_SCRIPTS)},
     }
     for name, listing in listings.items():
         async def answer(request: Request, listing=listing):

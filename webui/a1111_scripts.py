@@ -1,0 +1,56 @@
+"""A1111's img2img scripts that the studio runs, chosen by `script_name` with their `script_args` as A1111's
+API passes them: "SD upscale" (args: [info, overlap, upscaler_index, scale_factor]), the Upscale tool in tiles.
+
+As A1111's script: the init image upscaled scale_factor times by the upscaler `upscaler_index` points at in
+/sdapi/v1/upscalers (None and Lanczos resample with Lanczos; the ControlNet upscaler also steers every tile),
+then regenerated in tiles of the request's width x height (square here: the width) that overlap by `overlap`,
+at the request's denoising strength, every tile with the seed.
+"""
+
+from webui.a1111_extras import CONTROLNET_UPSCALER, LANCZOS, NEAREST, UPSCALERS
+from webui.a1111_wire import SdApiError
+
+SD_UPSCALE = "sd upscale"  # as /sdapi/v1/scripts lists it (A1111 lists its scripts' titles in lower case)
+IMG2IMG_SCRIPTS = (SD_UPSCALE,)
+DEFAULT_TILE, DEFAULT_OVERLAP, DEFAULT_FACTOR = 512, 64, 2.0  # A1111's: its img2img size, its script's sliders
+MAX_FACTOR = 8.0
+
+
+def script_arg(args: list, index: int, name: str, default, whole: bool, low: float, high: float):
+    """script_args[index] (its default when absent or null), refused unless a number from low to high."""
+    value = args[index] if index < len(args) and args[index] is not None else default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high or \
+            (whole and value != int(value)):
+        kind = "a whole number" if whole else "a number"
+        raise SdApiError(422, f"SD upscale's {name} (script_args[{index}]) must be {kind} from {low:g} to {high:g}, "
+                              f"not {value!r}.", kind="RequestValidationError")
+    return int(value) if whole else float(value)
+
+
+def sd_upscale_settings(args: list, width: int | None, height: int | None, denoising_strength: float,
+                        ignored: list[str]) -> dict:
+    """The Upscale tool's settings for A1111's SD upscale with `args` (script_args), the request's size as the
+    tile; what we do otherwise than A1111 is named in `ignored`."""
+    if denoising_strength == 0:
+        raise SdApiError(422, "SD upscale at denoising_strength 0 would return the resampled image as it is: use "
+                              "/sdapi/v1/extra-single-image for that, or a denoising strength above 0.",
+                         kind="RequestValidationError")
+    overlap = script_arg(args, 1, "overlap", DEFAULT_OVERLAP, True, 0, 2048)
+    upscaler = UPSCALERS[script_arg(args, 2, "upscaler_index", 0, True, 0, len(UPSCALERS) - 1)]
+    factor = script_arg(args, 3, "scale_factor", DEFAULT_FACTOR, False, 1, MAX_FACTOR)
+    side = width or height or DEFAULT_TILE
+    if width and height and width != height:
+        ignored.append(f"height {height} (SD upscale's tiles are square here: {side} px)")
+    if side % 16:
+        ignored.append(f"width {side} as the tile (tiles are multiples of 16 px here: {side // 16 * 16})")
+        side = side // 16 * 16
+    if upscaler == NEAREST:
+        ignored.append(f"SD upscale's upscaler {NEAREST} ({LANCZOS} resampled)")
+    extra = {"upscale_factor": factor, "tile_size": side, "tile_overlap": overlap,
+             "upscaler": CONTROLNET_UPSCALER if upscaler == CONTROLNET_UPSCALER else LANCZOS}
+    # the output is the init image's size times the factor, set by the tool
+    return {"width": None, "height": None, "image_strength": round(1 - denoising_strength, 6), "extra": extra}
+
+
+def is_sd_upscale(script_name: str | None) -> bool:
+    return (script_name or "").strip().lower() == SD_UPSCALE
