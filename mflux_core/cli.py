@@ -60,6 +60,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lora-paths", nargs="+",
                        help="LoRA files (or names in LORA_LIBRARY_PATH or <models-dir>/loras)")
     group.add_argument("--lora-scales", nargs="+", type=float, help="one scale per LoRA")
+    group.add_argument("--lora-text-encoder-scales", nargs="+", type=float,
+                       help="one scale per LoRA for the part that adapts the text encoders (ComfyUI's strength_clip, "
+                       "A1111's <lora:name:te:unet>; default: --lora-scales)")
     group.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                        help="compute dtype (default: float32 on CPU, bfloat16 on Metal/CUDA)")
     group.add_argument("--low-ram", action="store_true", help="free the text encoders after encoding")
@@ -237,6 +240,8 @@ def add_save_parser(tools) -> None:
     save.add_argument("--lora-paths", nargs="+", default=[],
                       help="LoRAs to bake into the transformer (and the text encoders, for those that adapt them)")
     save.add_argument("--lora-scales", nargs="+", type=float, help="one scale per LoRA (default 1)")
+    save.add_argument("--lora-text-encoder-scales", nargs="+", type=float,
+                      help="one scale per LoRA for what it bakes into the text encoders (default: --lora-scales)")
     add_dtype_flag(save, "the written weights")
     add_memory_budget_flag(save)
 
@@ -258,7 +263,8 @@ def save_model_folder(args: argparse.Namespace) -> Path:
     source = resolve_model(model=args.model, path=args.model_path, base_model=args.base_model, models_dir=models_dir)
     with progress_bar() as show:
         saved = save_model(Path(args.path), source, dtype=resolve_dtype(args.dtype), bits=args.quantize,
-                           loras=requested_loras(args.lora_paths, args.lora_scales or []), models_dir=models_dir,
+                           loras=requested_loras(args.lora_paths, args.lora_scales or [],
+                                                 args.lora_text_encoder_scales or []), models_dir=models_dir,
                            on_progress=show)
     for report in saved.loras:
         print(report.summary())

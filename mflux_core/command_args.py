@@ -17,7 +17,8 @@ from mflux_core.tools.specs import EXTRA, REQUEST, TOOL_SPECS
 REQUEST_FLAGS = {
     "model": "model", "base_model": "base_model", "prompt": "prompt", "steps": "steps", "height": "height",
     "width": "width", "guidance": "guidance", "negative_prompt": "negative_prompt", "true_cfg_scale": "true_cfg_scale",
-    "lora_paths": "lora_paths", "lora_scales": "lora_scales", "quantize": "quantize", "dtype": "dtype",
+    "lora_paths": "lora_paths", "lora_scales": "lora_scales", "lora_text_encoder_scales": "lora_text_encoder_scales",
+    "quantize": "quantize", "dtype": "dtype",
     "init_noise": "init_noise_path", "max_sequence_length": "max_sequence_length",
     "sampler": "sampler", "schedule": "schedule", "variation_seed": "variation_seed",
     "variation_strength": "variation_strength",

@@ -140,7 +140,8 @@ class ModelManager:
         return self.auxiliary_model(name, lambda folder: DepthEstimator.from_folder(folder))
 
     def apply_loras(self, model: FluxModel, request: GenerationRequest) -> None:
-        self.loras.sync(model.transformer, request.lora_paths, request.lora_scales, model.text_encoders)
+        self.loras.sync(model.transformer, request.lora_paths, request.lora_scales, model.text_encoders,
+                        request.lora_text_encoder_scales)
 
     def previewer(self, model: FluxModel) -> LatentPreviewer:
         """The previewer of the model's VAE (refitted only when the VAE changes)."""

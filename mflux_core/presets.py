@@ -22,7 +22,7 @@ from PIL import Image
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.outpaint import parse_padding
-from mflux_core.lora.a1111 import lora_library_name, take_lora_tags
+from mflux_core.lora.a1111 import LoraUse, lora_library_name, take_lora_tags, with_loras_added
 from mflux_core.metadata import A1111_KEY, JSON_KEY, MAX_METADATA_CHARS, request_from_metadata
 from mflux_core.request import (
     MAX_SEED, MAX_SIDE, MAX_STEPS, REQUEST_SETTINGS, TOOLS, GenerationRequest, is_finite_number,
@@ -172,9 +172,11 @@ def settings_problems(settings) -> list[str]:
     inputs = [key for key in settings if key in INPUT_PATH_FIELDS]
     found = [f"'{key}' is an input file path; presets hold settings only" for key in inputs]
     found += problems(_SCHEMA, {k: v for k, v in settings.items() if k not in inputs}, PRESET_SETTINGS, fragment)
-    loras, scales = settings.get("lora_paths") or [], settings.get("lora_scales") or []
-    if not found and scales and len(scales) != len(loras):
-        found.append(f"{len(loras)} LoRAs but {len(scales)} scales")
+    loras = settings.get("lora_paths") or []
+    for key, what in (("lora_scales", "scales"), ("lora_text_encoder_scales", "text encoder scales")):
+        scales = settings.get(key) or []
+        if not found and scales and len(scales) != len(loras):
+            found.append(f"{len(loras)} LoRAs but {len(scales)} {what}")
     return found
 
 
@@ -455,12 +457,21 @@ def _a1111_guidance(values: dict, negative: str, has_true_cfg: bool) -> dict:
     return settings
 
 
-def _tagged_loras(tagged: list[tuple[str, float]]) -> dict:
-    """lora_paths / lora_scales (clamped to the allowed range) of the tagged LoRAs, by name: whoever applies the
-    settings looks them up in its LoRA library (the page names those it does not have)."""
-    found = [(name, max(-MAX_LORA_SCALE, min(MAX_LORA_SCALE, scale))) for name, scale in tagged
-             if not _lora_name_problem(name)]
-    return {"lora_paths": [n for n, _ in found], "lora_scales": [s for _, s in found]} if found else {}
+def _tagged_loras(tagged: list[LoraUse]) -> dict:
+    """lora_paths / lora_scales (clamped to the allowed range) of the tagged LoRAs, by name, and their text-encoder
+    scales where one differs: whoever applies the settings looks them up in its LoRA library (the page names those
+    it does not have)."""
+    def clamped(scale: float) -> float:
+        return max(-MAX_LORA_SCALE, min(MAX_LORA_SCALE, scale))
+
+    found = [LoraUse(lora.name, clamped(lora.scale), clamped(lora.text_encoder_scale)) for lora in tagged
+             if not _lora_name_problem(lora.name)]
+    if not found:
+        return {}
+    loras = with_loras_added(GenerationRequest(), found)
+    settings = {"lora_paths": list(loras.lora_paths), "lora_scales": list(loras.lora_scales)}
+    return {**settings, "lora_text_encoder_scales": list(loras.lora_text_encoder_scales)} \
+        if loras.lora_text_encoder_scales else settings
 
 
 def settings_from_png(path: Path) -> dict:

@@ -12,9 +12,9 @@ from mflux_core.controlnet_units import units_problem, unit_without_image
 from mflux_core.errors import InvalidRequest
 from mflux_core.regions import MAX_REGIONS, check_regions_fit, regions_problem
 from mflux_core.settings_schema import (  # the limits are imported from here too
-    DTYPES, GUIDANCE, LORA_SCALE, MAX_INPUT_PIXELS, MAX_PIXELS, MAX_PROMPT_CHARS, MAX_SEED, MAX_SEQUENCE_LENGTH,
-    MAX_SIDE, MAX_STEPS, QUANTIZE, QUANTIZE_BITS, SEED, SEQUENCE_LENGTH, STEPS, TRUE_CFG_SCALE, VARIATION_SEED,
-    Setting, checked, choice, number, problems, schema, side, switch, text,
+    DTYPES, GUIDANCE, LORA_SCALE, LORA_TEXT_ENCODER_SCALE, MAX_INPUT_PIXELS, MAX_PIXELS, MAX_PROMPT_CHARS, MAX_SEED,
+    MAX_SEQUENCE_LENGTH, MAX_SIDE, MAX_STEPS, QUANTIZE, QUANTIZE_BITS, SEED, SEQUENCE_LENGTH, STEPS, TRUE_CFG_SCALE,
+    VARIATION_SEED, Setting, checked, choice, number, problems, schema, side, switch, text,
 )
 from mflux_core.settings_schema import SAMPLER, SCHEDULE
 from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE, MAX_MASK_BLUR
@@ -56,6 +56,8 @@ class GenerationRequest:
     redux_image_strengths: tuple[float, ...] = ()
     lora_paths: tuple[str, ...] = ()
     lora_scales: tuple[float, ...] = ()
+    # one per LoRA for its text-encoder part (ComfyUI's strength_clip, A1111's <lora:name:te:unet>); (): lora_scales
+    lora_text_encoder_scales: tuple[float, ...] = ()
     quantize: int | None = None
     dtype: str | None = None  # None: float32 on the CPU backend, bfloat16 on a GPU
     init_noise_path: str | None = None
@@ -97,6 +99,11 @@ class GenerationRequest:
         if self.lora_scales and len(self.lora_scales) != len(self.lora_paths):
             raise InvalidRequest(
                 f"{len(self.lora_paths)} LoRA paths but {len(self.lora_scales)} scales: give one scale per LoRA."
+            )
+        if self.lora_text_encoder_scales and len(self.lora_text_encoder_scales) != len(self.lora_paths):
+            raise InvalidRequest(
+                f"{len(self.lora_paths)} LoRA paths but {len(self.lora_text_encoder_scales)} text encoder scales: give "
+                "one per LoRA (or none: the LoRA scales)."
             )
         if self.controlnet_units:
             self._check_controlnet_units()
@@ -251,6 +258,7 @@ REQUEST_SETTINGS: dict[str, Setting] = {
     "redux_image_strengths": number("Redux image strength", 0, 1, low_note="(ignore the image)").listed(),
     "lora_paths": text("LoRA path").listed(),
     "lora_scales": LORA_SCALE.listed(),
+    "lora_text_encoder_scales": LORA_TEXT_ENCODER_SCALE.listed(),
     "quantize": QUANTIZE.optional(),
     "dtype": choice("Dtype", DTYPES).optional(),
     "init_noise_path": text("The initial noise path").optional(),

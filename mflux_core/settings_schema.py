@@ -136,6 +136,7 @@ TRUE_CFG_SCALE = number("True CFG scale", 1, MAX_TRUE_CFG_SCALE, low_note="(off)
 SAMPLER = choice("The sampler", SAMPLER_LABELS)
 SCHEDULE = choice("The schedule", SCHEDULE_LABELS)
 LORA_SCALE = number("LoRA scale", -MAX_LORA_SCALE, MAX_LORA_SCALE)
+LORA_TEXT_ENCODER_SCALE = number("LoRA text encoder scale", -MAX_LORA_SCALE, MAX_LORA_SCALE)
 QUANTIZE = choice("Quantize", QUANTIZE_BITS)
 RESIZE_MODE = choice("The resize mode", RESIZE_MODES)
 

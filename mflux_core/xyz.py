@@ -75,21 +75,28 @@ def _size(text: str, what: str) -> tuple[tuple[int, int], ...]:
 
 
 def _lora_scale(request: GenerationRequest, value: float) -> GenerationRequest:
+    """The first LoRA at scale `value`, its text-encoder part too (as one number in A1111's tag sets both)."""
     if not request.lora_paths:
         raise InvalidRequest("The LoRA scale axis needs a LoRA: add one first.")
     scales = request.lora_scales or (1.0,) * len(request.lora_paths)
-    return request.with_(lora_scales=(value, *scales[1:]))
+    text_encoder = request.lora_text_encoder_scales
+    return request.with_(lora_scales=(value, *scales[1:]),
+                         lora_text_encoder_scales=(value, *text_encoder[1:]) if text_encoder else ())
 
 
 NO_LORA = "none"
 
 
 def _lora(request: GenerationRequest, value: str) -> GenerationRequest:
-    """The first LoRA swapped for `value` at the first LoRA's scale (1 without one); `none` drops it."""
+    """The first LoRA swapped for `value` at the first LoRA's scales (1 without one); `none` drops it."""
     scales = request.lora_scales or (1.0,) * len(request.lora_paths)
+    text_encoder = request.lora_text_encoder_scales
     if value == NO_LORA:
-        return request.with_(lora_paths=request.lora_paths[1:], lora_scales=scales[1:])
-    return request.with_(lora_paths=(value, *request.lora_paths[1:]), lora_scales=(scales[:1] or (1.0,)) + scales[1:])
+        return request.with_(lora_paths=request.lora_paths[1:], lora_scales=scales[1:],
+                             lora_text_encoder_scales=text_encoder[1:])
+    if not request.lora_paths:
+        return request.with_(lora_paths=(value,), lora_scales=(1.0,), lora_text_encoder_scales=())
+    return request.with_(lora_paths=(value, *request.lora_paths[1:]), lora_scales=scales)
 
 
 def _lora_names(text: str, what: str) -> tuple[str, ...]:

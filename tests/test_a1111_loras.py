@@ -45,4 +45,19 @@ def test_forge_and_lycoris_tag_spellings():
     assert settings["prompt"] == "portrait,\nsecond line"
     assert settings["lora_paths"] == ["ink", "soft light", "ink"]
     assert settings["lora_scales"] == [0.6, 4, 1.0]  # the unet scale of <lora:name:te:unet>; 7 clamped to 4
-    assert take_lora_tags("x <lora:a:nan> <lora:b:unet=0.5>")[1] == [("a", 1.0), ("b", 1.0)]
+    assert settings["lora_text_encoder_scales"] == [1, 4, 1.0]  # its te scale
+    assert take_lora_tags("x <lora:a:nan> <lora:b:unet=0.5> <lora:c:0.7:unet=0.2> <lora:d:0.7:te=0.2>")[1] == [
+        ("a", 1.0, 1.0), ("b", 0.5, 1.0), ("c", 0.2, 0.7), ("d", 0.2, 0.2)]  # A1111's: unet defaults to te
+
+
+def test_a_text_encoder_scale_of_its_own_travels_in_the_tags_and_back():
+    request = GenerationRequest(prompt="a fox <lora:ink:0.3:0.9>", lora_paths=("oil",), lora_scales=(0.5,))
+    moved = with_prompt_loras(request)
+    assert (moved.lora_paths, moved.lora_scales, moved.lora_text_encoder_scales) == (
+        ("oil", "ink"), (0.5, 0.9), (0.5, 0.3))
+    text = a1111_parameters(moved)
+    assert text.split("\n")[0] == "a fox <lora:oil:0.5> <lora:ink:0.3:0.9>"
+    restored = settings_from_a1111(text)
+    assert (restored["lora_scales"], restored["lora_text_encoder_scales"]) == ([0.5, 0.9], [0.5, 0.3])
+    plain = with_prompt_loras(GenerationRequest(prompt="a fox <lora:ink:0.4>"))
+    assert plain.lora_text_encoder_scales == ()  # listed only when one differs

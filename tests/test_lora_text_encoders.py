@@ -48,11 +48,11 @@ def our_image(folder, out, noise, lora):
                    "--output", out, "--lora-paths", lora, "--lora-scales", SCALE)
 
 
-def diffusers_image(folder, noise, lora_file=None, merged_transformer=None, merged_text_encoders=None):
+def diffusers_image(folder, noise, lora_file=None, merged_transformer=None, merged_text_encoders=None, weights=SCALE):
     pipe = load_diffusers_pipeline(folder)
     if lora_file is not None:
         pipe.load_lora_weights(str(lora_file), adapter_name="tested")
-        pipe.set_adapters(["tested"], adapter_weights=[SCALE])
+        pipe.set_adapters(["tested"], adapter_weights=[weights])
     if merged_transformer:
         lf.merge_into(pipe.transformer, merged_transformer, SCALE)
     for component, deltas in (merged_text_encoders or {}).items():
@@ -81,6 +81,23 @@ def test_clip_adapters_match_diffusers_load_lora_weights(style, tiny_dev, noise,
     if kohya:
         assert max_uint8_diff(ours, transformer_only_image) > MIN_TEXT_ENCODER_EFFECT
     assert max_uint8_diff(ours, reference) <= UINT8_TOLERANCE
+
+
+def test_a_text_encoder_scale_of_its_own_matches_diffusers_per_component_weights(tiny_dev, noise, transformer_lora,
+                                                                                tmp_path):
+    """ComfyUI's strength_clip beside strength_model, diffusers' set_adapters with {component: weight}; A1111's
+    `<lora:name:te:unet>` tag in the prompt makes the same image."""
+    lora, _ = lf.write_text_encoder_lora(tmp_path / "te.safetensors", tiny_dev, "kohya", ("text_encoder",), seed=34,
+                                         alpha=2.0, beside=transformer_lora[0])
+    flags = ("generate", "--path", tiny_dev, "--steps", STEPS, "--height", HEIGHT, "--width", WIDTH, "--guidance",
+             GUIDANCE, "--init-noise", noise, "--dtype", "float32")
+    ours = run_cli(*flags, "--prompt", PROMPT, "--output", tmp_path / "ours.png", "--lora-paths", lora,
+                   "--lora-scales", SCALE, "--lora-text-encoder-scales", 0.2)
+    reference = diffusers_image(tiny_dev, noise, lora, weights={"transformer": SCALE, "text_encoder": 0.2})
+    assert max_uint8_diff(ours, reference) <= UINT8_TOLERANCE
+    assert max_uint8_diff(ours, our_image(tiny_dev, tmp_path / "same.png", noise, lora)) > MIN_TEXT_ENCODER_EFFECT
+    tagged = run_cli(*flags, "--prompt", f"{PROMPT} <lora:{lora}:0.2:{SCALE}>", "--output", tmp_path / "tag.png")
+    assert max_uint8_diff(tagged, ours) == 0
 
 
 @pytest.mark.parametrize("style", ["kohya", "kohya-te2-t5", "diffusers", "comfyui"])
@@ -182,3 +199,13 @@ def test_a_saved_model_bakes_the_text_encoder_adapters_in(tiny_dev, noise, trans
                     tmp_path / "baked.png")
     assert max_uint8_diff(baked, live) <= UINT8_TOLERANCE
     assert max_uint8_diff(diffusers_image(saved, noise), baked) <= UINT8_TOLERANCE
+
+    # a text-encoder scale of its own is baked as it applies live
+    assert cli_main(["save", "--model-path", str(tiny_dev), "--path", str(tmp_path / "own"), "--lora-paths", str(lora),
+                     "--lora-scales", str(SCALE), "--lora-text-encoder-scales", "0.2"]) == 0
+    flags = ("--prompt", PROMPT, "--steps", STEPS, "--height", HEIGHT, "--width", WIDTH, "--guidance", GUIDANCE,
+             "--init-noise", noise, "--dtype", "float32")
+    live = run_cli("generate", "--path", tiny_dev, *flags, "--output", tmp_path / "live-own.png", "--lora-paths", lora,
+                   "--lora-scales", SCALE, "--lora-text-encoder-scales", 0.2)
+    baked = run_cli("generate", "--path", tmp_path / "own", *flags, "--output", tmp_path / "baked-own.png")
+    assert max_uint8_diff(baked, live) <= UINT8_TOLERANCE

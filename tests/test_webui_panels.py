@@ -35,7 +35,7 @@ def shared(**overrides) -> dict:
               "guidance": "", "width": 64, "height": 64, "quantize": "off", "vae_tiling": False, "sampler": "euler",
               "schedule": "simple", "styles": [], "variation_seed": -1, "variation_strength": 0.0}
     for i in (1, 2, 3):
-        values.update({f"lora_{i}": "", f"lora_scale_{i}": 1.0})
+        values.update({f"lora_{i}": "", f"lora_scale_{i}": 1.0, f"lora_te_scale_{i}": None})
     return {**values, **overrides}
 
 
@@ -498,7 +498,8 @@ def test_send_to_carries_every_setting_into_its_own_tool_and_the_shared_ones_int
     assert gallery.settings_to_send(path, ("generate",)) == settings_from_request(request)
     into_fill = gallery.settings_to_send(path, ("fill",))
     assert into_fill == {"prompt": "a fox", "negative_prompt": "blur", "true_cfg_scale": 2.0, "seed": 9, "steps": 3,
-                         "width": 64, "height": 48, "lora_paths": [], "lora_scales": []}  # not its model, guidance
+                         "width": 64, "height": 48, "lora_paths": [], "lora_scales": [],
+                         "lora_text_encoder_scales": []}  # not its model, guidance
     picture().save(tmp_path / "plain.png")
     assert gallery.settings_to_send(tmp_path / "plain.png", ("fill",)) == {}
 

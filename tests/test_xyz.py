@@ -74,6 +74,18 @@ def test_a_plot_is_refused_before_anything_runs_when_a_cell_is_bad_or_there_are_
         plot_cells(GenerationRequest(prompt="a cat"), [parse_axis("lora-scale", "0.5, 1")])
 
 
+def test_lora_axes_keep_the_text_encoder_scales_aligned_with_the_loras():
+    request = GenerationRequest(prompt="a cat", lora_paths=("ink", "oil"), lora_scales=(0.5, 0.7),
+                                lora_text_encoder_scales=(0.1, 0.2))
+    scaled = [cell.request for cell in plot_cells(request, [parse_axis("lora-scale", "0.3, 1")])]
+    assert [(r.lora_scales, r.lora_text_encoder_scales) for r in scaled] == [((0.3, 0.7), (0.3, 0.2)),
+                                                                             ((1.0, 0.7), (1.0, 0.2))]
+    swapped = [cell.request for cell in plot_cells(request, [parse_axis("lora", "none, wax")])]
+    assert [(r.lora_paths, r.lora_scales, r.lora_text_encoder_scales) for r in swapped] == [
+        (("oil",), (0.7,), (0.2,)), (("wax", "oil"), (0.5, 0.7), (0.1, 0.2))]
+    assert all(r.validated() for r in scaled + swapped)
+
+
 def test_the_grid_places_each_image_under_its_labels_and_leaves_missing_cells_blank():
     red, blue = Image.new("RGB", (48, 24), (255, 0, 0)), Image.new("RGB", (48, 24), (0, 0, 255))
     grid = np.asarray(labelled_grid([[red, None], [None, blue]], ["X: 1", "X: 2"], ["Y: a", "Y: b"], "Z: 3"))

@@ -20,7 +20,7 @@ HISTORY_LIMIT = 200
 CAPTION_CHARS = 80
 # What a result's settings mean the same in any tool's panel; its model, guidance and tool settings do not.
 CARRIED_ACROSS_TOOLS = ("prompt", "negative_prompt", "true_cfg_scale", "seed", "steps", "width", "height",
-                        "lora_paths", "lora_scales")
+                        "lora_paths", "lora_scales", "lora_text_encoder_scales")
 
 
 def result_path(outputs_dir: Path, request: GenerationRequest, when: float | None = None) -> Path:

@@ -123,9 +123,11 @@ def _size_or_none(value, what: str) -> int | None:
 
 def shared_settings(values: dict) -> dict:
     """Preset settings from the shared controls' values."""
-    loras = [(values.get(f"lora_{i}"), number_value(values, f"lora_scale_{i}", 1.0, f"The scale of LoRA {i}"))
+    loras = [(values.get(f"lora_{i}"), number_value(values, f"lora_scale_{i}", 1.0, f"The scale of LoRA {i}"),
+              _number_or_none(values.get(f"lora_te_scale_{i}"), f"The text encoder scale of LoRA {i}"))
              for i in range(1, MAX_LORAS + 1)]
-    loras = [(name, scale) for name, scale in loras if name]
+    loras = [(name, scale, scale if encoder is None else encoder) for name, scale, encoder in loras if name]
+    differing = any(encoder != scale for _, scale, encoder in loras)
     quantize = values.get("quantize") or QUANTIZE_OFF
     return {
         "model": values.get("model") or None,
@@ -137,8 +139,9 @@ def shared_settings(values: dict) -> dict:
         "guidance": _number_or_none(values.get("guidance"), "Guidance"),
         "width": _size_or_none(values.get("width"), "Width"),
         "height": _size_or_none(values.get("height"), "Height"),
-        "lora_paths": [name for name, _ in loras],
-        "lora_scales": [scale for _, scale in loras],
+        "lora_paths": [name for name, *_ in loras],
+        "lora_scales": [scale for _, scale, _ in loras],
+        **({"lora_text_encoder_scales": [encoder for *_, encoder in loras]} if differing else {}),
         "quantize": None if quantize == QUANTIZE_OFF else int(quantize),
         "vae_tiling": bool(values.get("vae_tiling")),
         **true_cfg_settings(values),
@@ -192,10 +195,13 @@ def shared_values(settings: dict) -> dict:
         values["variation_strength"] = settings.get("variation_strength") or 0.0
     if "lora_paths" in settings:
         scales = settings.get("lora_scales") or [1.0] * len(settings["lora_paths"])
+        encoders = settings.get("lora_text_encoder_scales") or scales
         for i in range(1, MAX_LORAS + 1):
             present = i <= len(settings["lora_paths"])
             values[f"lora_{i}"] = settings["lora_paths"][i - 1] if present else NO_LORA
             values[f"lora_scale_{i}"] = scales[i - 1] if present else 1.0
+            same = not present or encoders[i - 1] == scales[i - 1]
+            values[f"lora_te_scale_{i}"] = None if same else encoders[i - 1]  # empty: the scale
     if "quantize" in settings:
         values["quantize"] = QUANTIZE_OFF if settings["quantize"] is None else str(settings["quantize"])
     if "vae_tiling" in settings:
@@ -334,6 +340,9 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
                                                     buttons=[lora_refresh] if i == 1 else None)
                 controls[f"lora_scale_{i}"] = gr.Slider(-MAX_LORA_SCALE, MAX_LORA_SCALE, 1.0, step=0.05, label="Scale",
                                                         elem_id=f"{prefix}-lora-scale-{i}", scale=2)
+                controls[f"lora_te_scale_{i}"] = gr.Number(None, label="Text encoders", minimum=-MAX_LORA_SCALE,
+                                                           maximum=MAX_LORA_SCALE, step=0.05, scale=1,
+                                                           info="empty: the scale", elem_id=f"{prefix}-lora-te-{i}")
             lora_info_line(studio, controls[f"lora_{i}"], controls[f"lora_scale_{i}"], f"{prefix}-lora-info-{i}")
         controls["quantize"] = gr.Radio(QUANTIZE_CHOICES, value=QUANTIZE_OFF, label="Quantize (bits)",
                                         elem_id=f"{prefix}-quantize")

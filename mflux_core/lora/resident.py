@@ -20,11 +20,17 @@ from mflux_core.request import check_finite
 log = logging.getLogger(__name__)
 
 
-def requested_loras(paths: Sequence[str], scales: Sequence[float]) -> list[tuple[str, float]]:
-    """(name as typed, scale) pairs; scales default to 1.0."""
-    if scales and len(scales) != len(paths):
-        raise InvalidRequest(f"{len(paths)} LoRA paths but {len(scales)} scales: give one scale per LoRA.")
-    return list(zip(paths, [check_finite(scale, "A LoRA scale") for scale in scales] or [1.0] * len(paths)))
+def requested_loras(paths: Sequence[str], scales: Sequence[float],
+                    text_encoder_scales: Sequence[float] = ()) -> list[tuple[str, float, float]]:
+    """(name as typed, scale, scale of its text-encoder part) for each LoRA; scales default to 1.0, text-encoder
+    scales to the scales."""
+    for given, what in ((scales, "scales: give one scale per LoRA."),
+                        (text_encoder_scales, "text encoder scales: give one per LoRA (or none: the LoRA scales).")):
+        if given and len(given) != len(paths):
+            raise InvalidRequest(f"{len(paths)} LoRA paths but {len(given)} {what}")
+    scales = [check_finite(scale, "A LoRA scale") for scale in scales] or [1.0] * len(paths)
+    encoder_scales = [check_finite(scale, "A LoRA text encoder scale") for scale in text_encoder_scales] or scales
+    return list(zip(paths, scales, encoder_scales))
 
 
 class ResidentLoras:
@@ -45,21 +51,23 @@ class ResidentLoras:
         return name, self._files.get_or_create(name, lambda: load_lora_file(path))
 
     def sync(self, transformer: nn.Module, paths: Sequence[str], scales: Sequence[float],
-             text_encoders: CachedTextEncoders | None = None) -> list[LoraReport]:
+             text_encoders: CachedTextEncoders | None = None,
+             text_encoder_scales: Sequence[float] = ()) -> list[LoraReport]:
         """Make `transformer` carry exactly these LoRAs at these scales, and `text_encoders` their adapters for the
-        text encoders (put on when a prompt is encoded); one report per LoRA, in order."""
-        wanted: dict[str, tuple[LoraFile, float]] = {}
-        for typed, scale in requested_loras(paths, scales):
+        text encoders (put on when a prompt is encoded) at their text-encoder scales (default: the scales); one
+        report per LoRA, in order."""
+        wanted: dict[str, tuple[LoraFile, float, float]] = {}
+        for typed, scale, encoder_scale in requested_loras(paths, scales, text_encoder_scales):
             name, lora = self.read(resolve_lora_path(typed, self.models_dir))
-            previous = wanted.get(name, (lora, 0.0))[1]
-            wanted[name] = (lora, previous + scale)  # the same file twice adds up
+            _, previous, previous_encoder = wanted.get(name, (lora, 0.0, 0.0))
+            wanted[name] = (lora, previous + scale, previous_encoder + encoder_scale)  # the same file twice adds up
         shapes = text_encoders.encoders.linear_shapes if text_encoders is not None else None
-        checked = [(name, scale, *check_lora(transformer, lora, scale, shapes))
-                   for name, (lora, scale) in wanted.items()]
+        checked = [(name, scale, encoder_scale, *check_lora(transformer, lora, scale, shapes))
+                   for name, (lora, scale, encoder_scale) in wanted.items()]
         for name in applied_loras(transformer).keys() - wanted.keys():
             remove_lora(transformer, name)
         current = applied_loras(transformer)
-        for name, scale, fitting, report in checked:
+        for name, scale, _, fitting, report in checked:
             if name not in current:
                 attach(transformer, {path: weights for path, weights in fitting.items()
                                      if component_of(path) == TRANSFORMER}, name, scale)
@@ -68,7 +76,7 @@ class ResidentLoras:
             elif current[name] != scale:
                 set_lora_scale(transformer, name, scale)
         if text_encoders is not None:
-            text_encoders.adapters = TextEncoderAdapters.of([(name, scale, fitting)
-                                                             for name, scale, fitting, _ in checked])
+            text_encoders.adapters = TextEncoderAdapters.of([(name, encoder_scale, fitting)
+                                                             for name, _, encoder_scale, fitting, _ in checked])
         self.reports = [report for *_, report in checked]
         return self.reports

@@ -17,6 +17,7 @@ from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.images.masks import binarize_mask
 from mflux_core.images.io import pil_to_pixels
+from mflux_core.lora.a1111 import LoraUse, with_loras_added
 from mflux_core.request import GenerationRequest, check_image_size
 from mflux_core.tools.common import check_in_channels, prompt_conditioning
 from mflux_core.tools.engine import ToolEngine
@@ -63,10 +64,7 @@ def right_half(image: Image.Image) -> Image.Image:
 def with_lora(request: GenerationRequest, path: str, scale: float = 1.0) -> GenerationRequest:
     """The request with one more LoRA (every listed LoRA gets an explicit scale), unless it lists that one already
     (an image made before tools kept their LoRA out of the request lists it)."""
-    if path in request.lora_paths:
-        return request
-    scales = request.lora_scales or (1.0,) * len(request.lora_paths)
-    return request.with_(lora_paths=(*request.lora_paths, path), lora_scales=(*scales, scale))
+    return request if path in request.lora_paths else with_loras_added(request, [LoraUse(path, scale, scale)])
 
 
 def demo_lora(model: FluxModel, file_name: str) -> Path | None:

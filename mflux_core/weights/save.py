@@ -63,20 +63,21 @@ def write_component(module: nn.Module, config: dict, folder: Path, filename: str
     return sum(a.nbytes for a in arrays.values())
 
 
-def bake_loras(transformer: nn.Module, source: ModelSource, dtype: mx.Dtype, loras: Sequence[tuple[str, float]],
+def bake_loras(transformer: nn.Module, source: ModelSource, dtype: mx.Dtype,
+               loras: Sequence[tuple[str, float, float]],
                models_dir: Path | None) -> tuple[list[LoraReport], dict[str, nn.Module]]:
-    """Fuse the LoRAs into the transformer and the text encoders: one report per LoRA, and the text encoders a LoRA
-    changed (by folder name; those read lazily, the others never read)."""
+    """Fuse the LoRAs ((name, scale, text-encoder scale) each) into the transformer and the text encoders: one report
+    per LoRA, and the text encoders a LoRA changed (by folder name; those read lazily, the others never read)."""
     encoders = {name: load(source.component(name), dtype, evaluated=False)
                 for name, load in (("text_encoder", load_clip_text_model), ("text_encoder_2", load_t5_encoder))}
     checked = []
-    for index, (name, scale) in enumerate(loras):
+    for index, (name, scale, encoder_scale) in enumerate(loras):
         shapes = {component: linear_shapes(root) for component, root in encoders.items()}
         fitting, report = check_lora(transformer, load_lora_file(resolve_lora_path(name, models_dir)), scale, shapes)
         for component, root in (("transformer", transformer), *encoders.items()):
             attach(root, {path.partition(".")[2] if component != TRANSFORMER else path: weights
                           for path, weights in fitting.items() if component_of(path) == component}, f"lora-{index}",
-                   scale)
+                   scale if component == TRANSFORMER else encoder_scale)
         if input_channels(transformer) != transformer.config.in_channels:
             raise ModelLoadError(f"{name} is a control LoRA (it widens the image input to "
                                  f"{input_channels(transformer)} channels), which saving does not bake in: apply it "
@@ -128,13 +129,13 @@ def save_model(
     source: ModelSource,
     dtype: mx.Dtype = mx.float32,
     bits: int | None = None,
-    loras: Sequence[tuple[str, float]] = (),
+    loras: Sequence[tuple[str, float, float]] = (),
     models_dir: Path | None = None,
     on_progress: SaveProgress | None = None,
     transformer: nn.Module | None = None,
 ) -> SavedModel:
     """Load `source` (its transformer: `transformer` when given, e.g. a merge's), bake in `loras` ((path or library
-    name, scale) pairs; the library includes `models_dir`/loras), quantize to `bits`, write `out`.
+    name, scale, text-encoder scale) each; the library includes `models_dir`/loras), quantize to `bits`, write `out`.
 
     Everything is written into a hidden folder beside `out` that is renamed to `out` at the end, so a stopped or
     failed save leaves no model folder behind (and removes its hidden one)."""
