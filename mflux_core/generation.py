@@ -18,7 +18,7 @@ from mflux_core.sampling.conditioning import Conditioning
 from mflux_core.sampling.latents import (
     image_position_ids, latent_grid, load_init_noise, pack_latents, seeded_noise, slerp, unpack_latents,
 )
-from mflux_core.sampling.loop import denoise
+from mflux_core.sampling.loop import KeptLatents, denoise
 from mflux_core.sampling.samplers import new_sampler
 from mflux_core.sampling.schedule import flux_sigmas, img2img_start_step
 
@@ -48,6 +48,8 @@ class ToolInputs:
     notes: tuple[str, ...] = ()  # what the tool did to its inputs that the user should hear of (a resize)
     controlnets: tuple[FluxTransformerConfig, ...] = ()  # the side networks run before each transformer pass (the plan)
     estimated: tuple[tuple[str, int], ...] = ()  # (phase, peak bytes above the weights) of side models the tool ran
+    # packed mask, 1 where the model paints: outside it the start image's latents are kept (inpainting on a base model)
+    repaint_mask: mx.array | None = None
     recorded: dict = field(default_factory=dict)  # what the tool decided beyond the request, kept in the metadata
 
 
@@ -73,7 +75,7 @@ def run_tool(
     width, height = inputs.canvas or (request.width, request.height)
     h, w = latent_grid(height, width, model.vae_scale_factor)
     steps = request.steps or model.default_steps
-    latents = pack_latents(initial_noise(model, request, h, w))
+    noise = latents = pack_latents(initial_noise(model, request, h, w))
     sigmas = flux_sigmas(steps, latents.shape[1], model.scheduler_config, request.schedule)
     start = 0
     if inputs.start_image_latents is not None:
@@ -89,7 +91,9 @@ def run_tool(
     clock = StepClock()
     sampler = new_sampler(request.sampler, request.seed)
     before = latents
-    for i, latents in denoise(model.transformer, latents, sigmas, inputs.conditioning, image_ids, start, sampler):
+    kept = None if inputs.repaint_mask is None else KeptLatents(inputs.start_image_latents, noise, inputs.repaint_mask)
+    for i, latents in denoise(model.transformer, latents, sigmas, inputs.conditioning, image_ids, start, sampler,
+                              kept):
         mx.eval(latents)
         if cancelled is not None and cancelled():
             raise Cancelled(f"Stopped after step {i + 1} of {steps}.")

@@ -24,6 +24,9 @@ ALIAS_KINDS = {"schnell": "base", "dev": "base", "krea-dev": "base", "fill": "fi
                "redux": "redux", "depth-estimator": "depth-estimator"}
 
 
+BUILT_IN = "built-in"  # where a demo model is (ModelEntry.where)
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     name: str  # what to put in GenerationRequest.model
@@ -131,7 +134,7 @@ def list_models(models_dir: Path | None) -> list[ModelEntry]:
         entries.append(ModelEntry(alias, ALIAS_KINDS[alias], "alias", available, side))
     for name in DEMO_MODELS:  # a missing demo folder is left out: there is nothing to download
         if kind := folder_kind(demo_models_dir() / name):
-            entries.append(ModelEntry(name, kind, "built-in", True, folder_native_side(demo_models_dir() / name)))
+            entries.append(ModelEntry(name, kind, BUILT_IN, True, folder_native_side(demo_models_dir() / name)))
     if models_dir is not None and Path(models_dir).is_dir():
         for path in sorted(Path(models_dir).iterdir()):
             if path.is_file() and path.suffix == ".safetensors":

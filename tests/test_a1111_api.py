@@ -486,6 +486,31 @@ def test_img2img_with_a_mask_repaints_it_and_keeps_the_rest(studio, invert, only
     assert ("Inpaint area: Only masked, Masked area padding: 32" in body["info"]["infotexts"][0]) == only_masked
 
 
+def test_img2img_with_a_mask_inpaints_on_a_base_checkpoint_as_a1111_does_with_the_loaded_one(studio):
+    """FLUX.1-Fill is not on disk (only the demo's), so a base checkpoint of the user's own inpaints, keeping the
+    image's latents outside the mask at every step (diffusers' FluxInpaintPipeline)."""
+    example = studio.examples["fill"][0]
+    source, mask = pixels(example.images["image"]), pixels(example.images["mask"])[..., 0] > 127
+    fields = {"init_images": [b64(Image.open(example.images["image"]))], "prompt": example.prompt, "seed": 0,
+              "mask": b64(Image.fromarray(np.where(mask, 255, 0).astype(np.uint8))), "inpaint_full_res": False,
+              "denoising_strength": 1.0, "mask_blur": 0, "steps": 4}
+    for body in (made(studio.http.post("/img2img", json={**fields, "override_settings": {
+            "sd_model_checkpoint": COPY}})), options_checkpoint(studio, COPY, fields)):
+        image = np.asarray(decoded(body["images"][0]).convert("RGB"))
+        change = np.abs(image.astype(int) - source.astype(int)).max(axis=-1)
+        assert body["info"]["sd_model_name"] == COPY and "Tool: fill" in body["info"]["infotexts"][0]
+        assert change[mask].mean() > FILL_TOLERANCE and np.all(change[distance_to_mask(mask, 8) > 8] == 0)
+
+
+def options_checkpoint(studio, name: str, fields: dict) -> dict:
+    """An img2img answer with `name` set as the options' checkpoint (set back to the demo after)."""
+    assert studio.http.post("/options", json={"sd_model_checkpoint": name}).status_code == 200
+    try:
+        return made(studio.http.post("/img2img", json=fields))
+    finally:
+        studio.http.post("/options", json={"sd_model_checkpoint": "demo"})
+
+
 def test_img2img_shapes_the_input_by_resize_mode(studio):
     """A 2:1 input (red | green | green | blue quarters) made square: stretched, cropped to its middle, or fitted
     with its edge rows repeated above and below."""

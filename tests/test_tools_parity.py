@@ -195,15 +195,15 @@ def test_kontext_with_several_references_matches_diffusers_on_them_side_by_side(
     assert max_uint8_diff(expected, reference(Image.new("RGB", (32, 64), (255, 255, 255)))) > CONDITIONING_EFFECT
 
 
-def test_tool_refuses_a_model_of_the_wrong_kind(tiny_fill, tiny_dev, tmp_path, capsys):
+def test_tool_refuses_a_model_of_the_wrong_kind(tiny_fill, tiny_depth, tmp_path, capsys):
     from mflux_core.cli import main
 
     assert main(["generate", "--path", str(tiny_fill), "--prompt", "x", "--steps", "1", "--height", "32",
                  "--width", "32", "--output", str(tmp_path / "x.png")]) == 1
     assert "Fill needs" not in capsys.readouterr().err
     image = save(random_image(32, 32, 1), tmp_path / "i.png")
-    assert main(["fill", "--path", str(tiny_dev), "--prompt", "x", "--image-path", str(image), "--masked-image-path",
+    assert main(["fill", "--path", str(tiny_depth), "--prompt", "x", "--image-path", str(image), "--masked-image-path",
                  str(image), "--steps", "1", "--output", str(tmp_path / "y.png")]) == 1
     message = capsys.readouterr().err
-    assert "Fill needs a FLUX.1-Fill model" in message
+    assert "Fill needs a FLUX.1-Fill (or a base model: dev, schnell) model" in message
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "y.png").exists()

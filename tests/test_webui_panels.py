@@ -76,7 +76,10 @@ def test_model_picker_lists_downloaded_models_first_and_filters_by_tool():
                ModelEntry("my-fill", "fill", "models folder", True)]
     assert [name for _, name in model_choices(entries, "generate")] == ["my-flux", "org/flux", "schnell"]
     assert model_choices(entries, "generate")[-1][0] == "schnell  ·  not downloaded"
-    assert [name for _, name in model_choices(entries, "fill")] == ["my-fill", "fill"]
+    # Fill also runs on base models (keeping the image's latents outside the mask): after the Fill models
+    assert [name for _, name in model_choices(entries, "fill")] == ["my-fill", "fill", "my-flux", "org/flux",
+                                                                    "schnell"]
+    assert default_model(entries, "fill") == "my-fill"
     shadowing = [ModelEntry("canny", "controlnet", "alias", False),
                  ModelEntry("canny", "controlnet", "models folder", True)]
     assert model_choices(shadowing, kinds=("controlnet",)) == [("canny  ·  models folder", "canny")]

@@ -40,6 +40,7 @@ from mflux_core.images.resize_modes import RESIZE_MODES, resize_to
 from mflux_core.lora.a1111 import tagged_prompt
 from mflux_core.metadata import A1111_KEY
 from mflux_core.presets import PresetError, a1111_sampling, settings_from_png
+from mflux_core.registry import BUILT_IN
 from mflux_core.request import MAX_SEED, GenerationRequest, check_image_size, hires_size
 from mflux_core.settings_schema import (
     HIRES_UPSCALERS, MAX_BATCH, MAX_MASK_BLUR, MAX_SIDE, SAMPLER_LABELS, SCHEDULE_LABELS,
@@ -175,6 +176,10 @@ def model_kind(studio, name: str) -> str | None:
     return next((e.kind for e in studio.manager.list_models() if e.name == name), None)
 
 
+def is_demo_model(studio, name: str) -> bool:
+    return any(e.name == name and e.where == BUILT_IN for e in studio.manager.list_models())
+
+
 def checkpoint_name(studio, title: str) -> str:
     """The model an `sd_model_checkpoint` title names ("demo", or A1111's "demo [hash]"); 400 when none."""
     name = TITLE_HASH.sub("", str(title).strip())
@@ -184,18 +189,23 @@ def checkpoint_name(studio, title: str) -> str:
 
 
 def model_for(studio, tool: str, params: Txt2ImgParams, chosen: str | None, notes: list[str]) -> str:
-    """The request's model: its override (which must suit the tool), else the options' checkpoint when it suits
-    the tool, else the tool's default."""
-    kinds = TOOL_SPECS[tool].model_kinds
+    """The request's model: its override (which must suit the tool), else the options' checkpoint when it is of the
+    tool's own kinds, else the tool's default; but rather than a demo model (the tool's FLUX.1 model not on disk), a
+    FLUX.1 checkpoint the tool also runs on (a base model for Fill, as A1111 inpaints with the loaded checkpoint)."""
+    spec = TOOL_SPECS[tool]
+    kinds = spec.model_kinds + spec.also_kinds
     override = params.override_settings.get("sd_model_checkpoint")
     if override:
         name = checkpoint_name(studio, override)
         if model_kind(studio, name) not in kinds:
             raise SdApiError(400, f"{name} is not a {'/'.join(kinds)} model, which the {tool} tool needs.")
         return name
-    if chosen and model_kind(studio, chosen) in kinds:
+    if chosen and model_kind(studio, chosen) in spec.model_kinds:
         return chosen
     model = default_model_for(tool, studio.manager.models_dir)
+    if chosen and model == spec.demo_model and model_kind(studio, chosen) in spec.also_kinds and \
+            not is_demo_model(studio, chosen):
+        return chosen
     if chosen:
         notes.append(f"sd_model_checkpoint {chosen!r} (not a {'/'.join(kinds)} model: {model} ran)")
     return model

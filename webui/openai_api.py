@@ -149,8 +149,9 @@ def model_for(studio, tool: str, name: str | None, wrong_kind: str) -> str:
     models = api_models(studio)
     if name not in models:
         raise model_not_found(name)
-    if models[name].kind not in TOOL_SPECS[tool].model_kinds:
-        suited = ", ".join(n for n, entry in models.items() if entry.kind in TOOL_SPECS[tool].model_kinds)
+    kinds = TOOL_SPECS[tool].model_kinds + TOOL_SPECS[tool].also_kinds
+    if models[name].kind not in kinds:
+        suited = ", ".join(n for n, entry in models.items() if entry.kind in kinds)
         raise ApiError(400, f"{wrong_kind} {name} is a {models[name].kind} model; use one of: {suited}.", "model")
     return name
 
@@ -254,7 +255,7 @@ def edit_requests(studio, form) -> tuple[ImageParams, list[GenerationRequest]]:
     if not masks and is_fill_model(studio, params.model):
         masks = form_files(form, "image")[:1]  # OpenAI's other way: an image alone, its transparent area edited
     if masks:
-        model = model_for(studio, "fill", params.model, "An edit with a mask needs a Fill model:")
+        model = model_for(studio, "fill", params.model, "An edit with a mask needs a Fill or base model:")
         image = one_image(images, "with a mask (Fill repaints one picture; several, without a mask, are combined "
                                   "by Kontext)")
         mask = edit_mask(masks[0], image)

@@ -57,9 +57,9 @@ def aspect_size(ratio: str, width: int | None, height: int | None) -> tuple[int,
 def model_choices(entries: list[ModelEntry], tool: str | None = None,
                   kinds: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     """(label, name) for the models of the tool's kinds: downloaded ones first, then aliases to download; after
-    them, those it runs with a control LoRA (base models, for BFL's Depth LoRA)."""
+    them, the others it runs on (base models: Depth with BFL's Depth LoRA, Fill keeping the unmasked latents)."""
     own = kinds or TOOL_SPECS[tool].model_kinds
-    kinds = own + (() if kinds else TOOL_SPECS[tool].control_lora_kinds)
+    kinds = own + (() if kinds else TOOL_SPECS[tool].also_kinds)
     usable = [e for e in entries if e.kind in kinds]
     usable.sort(key=lambda e: (e.kind not in own, not e.available, CHOICE_ORDER.get(e.where, 1), e.name.lower()))
     choices, seen = [], set()

@@ -37,6 +37,20 @@ def text_at_step(first: TextInputs, changes: tuple[PromptChange, ...], step: int
     return first if change is None else first._replace(text=change.text, pooled=change.pooled)
 
 
+class KeptLatents(NamedTuple):
+    """Inpainting on a model without a mask input (diffusers' FluxInpaintPipeline): after every step, outside the
+    mask the latents are the image's, noised to the next step's sigma with the run's own noise (at the last step,
+    sigma 0: the image's as they are)."""
+
+    image: mx.array  # packed latents of the image
+    noise: mx.array  # the run's initial noise, packed
+    repaint: mx.array  # packed mask: 1 where the model paints, 0 where the image is kept
+
+    def applied(self, latents: mx.array, next_sigma: float) -> mx.array:
+        kept = next_sigma * self.noise + (1.0 - next_sigma) * self.image
+        return (1.0 - self.repaint) * kept + self.repaint * latents
+
+
 def model_timestep(sigma: float) -> mx.array:
     """The timestep the transformer sees: diffusers forms t = sigma * 1000 and divides by 1000 again,
     both in float32; doing the same keeps the last bit identical."""
@@ -52,9 +66,10 @@ def denoise(
     image_ids: mx.array,
     start_step: int = 0,
     sampler=None,
+    kept: KeptLatents | None = None,
 ) -> Iterator[tuple[int, mx.array]]:
-    """Flow-matching steps from `start_step` with `sampler` (default: a new Euler, mflux_core.sampling.samplers);
-    yields (step index, packed latents) after each step."""
+    """Flow-matching steps from `start_step` with `sampler` (default: a new Euler, mflux_core.sampling.samplers),
+    the `kept` latents restored outside their mask after each; yields (step index, packed latents) after each step."""
     num_image_tokens = latents.shape[1]
     ids = image_ids
     if conditioning.reference_tokens is not None:
@@ -98,4 +113,6 @@ def denoise(
         if negative is not None:
             negative_text = text_at_step(first_negative, negative.changes, i)
         latents = sampler.step(velocity, latents, sigmas, i)
+        if kept is not None:
+            latents = kept.applied(latents, float(np.float32(sigmas[i + 1])))
         yield i, latents

@@ -66,7 +66,9 @@ def resolved_request(model: FluxModel, request: GenerationRequest) -> Generation
     the tool's default guidance (for models with a guidance embedding), recorded so the request replays."""
     guidance = request.guidance
     if guidance is None and model.has_guidance:
-        guidance = tool_spec(request.tool).guidance
+        spec = tool_spec(request.tool)
+        on_base = spec.base_guidance is not None and model.input_channels == packed_channels(model)
+        guidance = spec.base_guidance if on_base else spec.guidance
     length = request.max_sequence_length or default_sequence_length(model.text_encoders, request.tool)
     return request.with_(guidance=guidance, max_sequence_length=length)
 

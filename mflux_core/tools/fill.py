@@ -3,6 +3,11 @@
 The transformer sees 384 channels per token at full size: 64 noisy latents, 64 latents of the
 image with the masked area blanked, and 256 for the mask itself (the pixel mask unshuffled by the
 VAE factor, 8x8, then packed 2x2), mask and image processed exactly as diffusers does.
+
+On a base model (dev, schnell, a finetune: 64 channels, no mask input) it inpaints as diffusers'
+FluxInpaintPipeline does: after every step the latents outside the mask are the image's, noised to the next
+step (sampling.loop.KeptLatents), the mask taken at latent resolution (each 8x8 block's first pixel, as torch's
+nearest resize).
 """
 
 from collections.abc import Callable
@@ -25,7 +30,8 @@ from mflux_core.request import GenerationRequest, check_image_size, existing_fil
 from mflux_core.sampling.latents import pack_latents
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import (
-    check_in_channels, fit_input, packed_channels, encode_pixels, prompt_conditioning, required_image, with_size,
+    check_in_channels, encode_pixels, encoding_phase, fit_input, packed_channels, prompt_conditioning, required_image,
+    with_size,
 )
 
 def fill_channels(model: FluxModel) -> int:
@@ -76,8 +82,19 @@ def mask_weights(mask_image: Image.Image, width: int, height: int, mode: str) ->
     return np.asarray(resize_to(mask_image.convert("L"), width, height, mode), dtype=np.float32) / 255.0
 
 
+def latent_mask(mask: np.ndarray, scale: int, latent_channels: int) -> mx.array:
+    """(H, W) bool -> the packed latents' mask (1, tokens, 4 * latent_channels): 1 where the model paints."""
+    blocks = np.repeat(mask[None, None, ::scale, ::scale].astype(np.float32), latent_channels, axis=1)
+    return pack_latents(mx.array(blocks))
+
+
+def is_base_model(model: FluxModel) -> bool:
+    return model.input_channels == packed_channels(model)
+
+
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
-    check_in_channels(model, fill_channels(model), "Fill", "FLUX.1-Fill")
+    if not is_base_model(model):
+        check_in_channels(model, fill_channels(model), "Fill", "FLUX.1-Fill (or a base model: dev, schnell)")
     image, mask_image = fill_canvas(request)
     if request.mask_blur:  # A1111's mask blur: the model paints where the blurred mask is at least half
         mask_image = soft_mask(mask_image, request.mask_blur)
@@ -97,16 +114,22 @@ def fill_inputs(model: FluxModel, request: GenerationRequest, image: Image.Image
         raise InvalidRequest(problem)
     pixels = pil_to_pixels(image, request.width, request.height)
     conditioning = prompt_conditioning(model, request)
-    conditioning.extra_channels = fill_conditioning(model, pixels, mask).astype(model.dtype)
     if finish is None and request.keep_unmasked:
         blurred = mask_weights(mask_image, request.width, request.height, request.resize_mode) if request.mask_blur \
             else None
         finish = kept_outside_mask(image, mask, request.width, request.height, blurred)
+    encoding = (encoding_phase(model, (request.width, request.height)),)
+    if is_base_model(model):  # the image's latents are kept outside the mask: from noise inside, unless a strength
+        return ToolInputs(request, conditioning, start_image_latents=encode_pixels(model, pixels),
+                          image_strength=request.image_strength, finish=finish, notes=(*notes, *resize_notes),
+                          estimated=encoding, repaint_mask=latent_mask(mask, model.vae_scale_factor,
+                                                                       model.latent_channels))
+    conditioning.extra_channels = fill_conditioning(model, pixels, mask).astype(model.dtype)
     start = None
     if request.image_strength is not None:
         start = encode_pixels(model, pixels)
     return ToolInputs(request, conditioning, start_image_latents=start, image_strength=request.image_strength,
-                      finish=finish, notes=(*notes, *resize_notes))
+                      finish=finish, notes=(*notes, *resize_notes), estimated=encoding)
 
 
 def masked_area_inputs(model: FluxModel, request: GenerationRequest, image: Image.Image,

@@ -57,7 +57,10 @@ class ToolSpec:
     true_cfg: bool = False  # negative prompt and true CFG scale, where the diffusers pipeline it follows has them
     prompt_template: str = ""  # the tool wraps the user's words in it ({instruction}); see default_sequence_length
     prompt_pictures: int = 1  # pictures its prompt describes (a diptych's two panels); see default_sequence_length
-    control_lora_kinds: tuple[str, ...] = ()  # kinds it also runs on with a control LoRA (never its default model)
+    # kinds it also runs on, never its default model: base models, with a control LoRA (Depth) or by keeping the image's
+    # latents outside the mask at every step (Fill: diffusers' FluxInpaintPipeline)
+    also_kinds: tuple[str, ...] = ()
+    base_guidance: float | None = None  # its default guidance on a model of also_kinds (None: `guidance`)
 
     def build_inputs(self, model, request, engine):
         """The tool's ToolInputs for a resolved request (mflux_core.generation.ToolInputs)."""
@@ -125,8 +128,9 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                  Flag("--region-strength", "how strictly regions keep apart in attention, 0 to 1 (default 1)",
                       kind="number"),
                  RESIZE_FLAG, *HIRES_FLAGS)),
-    ToolSpec("fill", "inpaint inside a mask or outpaint a padded canvas (FLUX.1-Fill)", "fill", "fill", FILL_KINDS,
-             guidance=30.0, demo_model="demo-fill", sized_by_input=True, flags=(
+    ToolSpec("fill", "inpaint inside a mask or outpaint a padded canvas (FLUX.1-Fill, or any base model)", "fill",
+             "fill", FILL_KINDS, guidance=30.0, demo_model="demo-fill", sized_by_input=True, also_kinds=BASE_KINDS,
+             base_guidance=3.5, flags=(
                  Flag("--image-path", "the image to fill"),
                  Flag("--image-strength", "start from the image instead of pure noise, keeping this much of it "
                       "(default: off)", kind="number"),
@@ -144,7 +148,7 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                  RESIZE_FLAG)),
     ToolSpec("depth", "restyle with the layout of a depth map or of Canny edges (FLUX.1-Depth / -Canny, or dev "
              "with BFL's Depth / Canny LoRA)", "depth", "depth", ("depth",), guidance=10.0, demo_model="demo-depth",
-             sized_by_input=True, control_lora_kinds=("base",), flags=(
+             sized_by_input=True, also_kinds=("base",), flags=(
                  Flag("--depth-image-path", "the control image: a depth map (near = bright), or for a Canny model an "
                       "edge map"),
                  Flag("--image-path", "a photo to estimate the depth map from (or to take Canny edges from)"),

@@ -1,4 +1,5 @@
-"""Fill: inpaint inside a mask painted in the editor, or outpaint onto a padded canvas (FLUX.1-Fill)."""
+"""Fill: inpaint inside a mask painted in the editor, or outpaint onto a padded canvas (FLUX.1-Fill, or a base model
+keeping the image outside the mask: mflux_core/tools/fill.py)."""
 
 import re
 

@@ -1,0 +1,63 @@
+"""Fill on a base model (dev, schnell, a finetune: no mask input): diffusers' FluxInpaintPipeline, whose latents
+outside the mask are the image's, noised to each next step. Whole images equal diffusers' (float32, uint8 max |diff|
+<= 2) from noise and from the image; the page's Fill tab and the A1111 API run it on a base checkpoint."""
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from mflux_core.errors import InvalidRequest
+from mflux_core.manager import ModelManager
+from mflux_core.request import GenerationRequest
+from tests.parity import UINT8_TOLERANCE, deterministic_diffusers, make_noise, max_uint8_diff, random_image, run_cli
+from tests.test_inpaint_area import save
+
+HEIGHT, WIDTH, STEPS = 64, 48, 4
+PROMPT = "a green star on a red background"
+KEPT_EFFECT = 10  # outside the mask the image is kept; inside, the model paints more than this away from it
+
+
+def mask_image() -> Image.Image:
+    mask = Image.new("L", (WIDTH, HEIGHT), 0)
+    ImageDraw.Draw(mask).rectangle((8, 16, 35, 47), fill=255)
+    return mask
+
+
+@pytest.mark.parametrize("image_strength", [None, 0.3])
+def test_a_base_model_inpaints_as_diffusers_flux_inpaint_pipeline(tiny_dev, tmp_path, image_strength):
+    import diffusers
+    import torch
+    from diffusers.pipelines.flux import pipeline_flux_inpaint
+
+    image, mask = random_image(WIDTH, HEIGHT, seed=3), mask_image()
+    noise = make_noise(tmp_path, (1, 4, HEIGHT // 8, WIDTH // 8), seed=12)
+    strength = [] if image_strength is None else ["--image-strength", image_strength]
+    ours = run_cli("fill", "--path", tiny_dev, "--prompt", PROMPT, "--image-path", save(image, tmp_path / "i.png"),
+                   "--masked-image-path", save(mask, tmp_path / "m.png"), "--steps", STEPS, "--guidance", 3.5,
+                   "--init-noise", noise, "--dtype", "float32", *strength, "--output", tmp_path / "ours.png")
+    pipe = diffusers.FluxInpaintPipeline.from_pretrained(tiny_dev, torch_dtype=torch.float32, local_files_only=True)
+    with deterministic_diffusers(pipeline_flux_inpaint, np.load(noise)):
+        reference = pipe(PROMPT, image=image, mask_image=mask, height=HEIGHT, width=WIDTH, num_inference_steps=STEPS,
+                         guidance_scale=3.5, strength=1.0 if image_strength is None else 1 - image_strength,
+                         output_type="pil").images[0]
+    assert max_uint8_diff(ours, reference) <= UINT8_TOLERANCE
+    inside = np.asarray(mask) == 255
+    changed = np.abs(np.asarray(ours, np.int16) - np.asarray(image, np.int16)).max(axis=-1)
+    assert changed[inside].max() > KEPT_EFFECT
+
+
+def test_on_a_base_model_fill_defaults_to_its_guidance_keeps_the_rest_and_refuses_other_kinds(tiny_dev, tiny_depth,
+                                                                                              tmp_path):
+    image, mask = random_image(WIDTH, HEIGHT, seed=4), mask_image()
+    request = GenerationRequest(tool="fill", model=str(tiny_dev), prompt=PROMPT, steps=2, seed=1, keep_unmasked=True,
+                                image_path=str(save(image, tmp_path / "i.png")),
+                                masked_image_path=str(save(mask, tmp_path / "m.png")))
+    manager = ModelManager()
+    result = manager.generate(request)
+    assert result.request.guidance == 3.5  # a base model's, not FLUX.1-Fill's 30
+    far = np.ones((HEIGHT, WIDTH), bool)
+    far[8:56, 0:44] = False  # the mask and its feathered edge
+    assert np.array_equal(np.asarray(result.image)[far], np.asarray(image)[far])
+    with pytest.raises(InvalidRequest, match=r"takes \d+ input channels per token; Fill needs a FLUX.1-Fill \(or a "
+                                             r"base model: dev, schnell\) model"):
+        manager.generate(request.with_(model=str(tiny_depth)))
