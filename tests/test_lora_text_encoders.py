@@ -83,6 +83,23 @@ def test_clip_adapters_match_diffusers_load_lora_weights(style, tiny_dev, noise,
     assert max_uint8_diff(ours, reference) <= UINT8_TOLERANCE
 
 
+def test_a_flux_lora_that_adapts_the_text_encoders_alone_applies_as_diffusers_loads_it(tiny_dev, noise, tmp_path):
+    """sd-scripts' --network_train_text_encoder_only: CLIP keys alone, FLUX.1 in its metadata (without it, a file of
+    text-encoder keys alone is refused as not known to be FLUX.1's)."""
+    from safetensors.torch import load_file, save_file
+
+    lora, _ = lf.write_text_encoder_lora(tmp_path / "clip.safetensors", tiny_dev, "kohya", ("text_encoder",), seed=37,
+                                         alpha=8.0)
+    with pytest.raises(ModelLoadError, match="made for a text encoder only"):
+        ModelManager().generate(GenerationRequest(model=str(tiny_dev), prompt=PROMPT, steps=1, height=32, width=32,
+                                                  lora_paths=(str(lora),)))
+    save_file(load_file(str(lora)), str(lora), metadata={"format": "pt", "ss_base_model_version": "flux1"})
+    ours = our_image(tiny_dev, tmp_path / "ours.png", noise, lora)
+    assert max_uint8_diff(ours, diffusers_image(tiny_dev, noise, lora)) <= UINT8_TOLERANCE
+    assert max_uint8_diff(ours, diffusers_image(tiny_dev, noise)) > MIN_TEXT_ENCODER_EFFECT
+    assert "adapts the text encoders too" in describe_lora_file(lora) and "refused" not in describe_lora_file(lora)
+
+
 def test_a_text_encoder_scale_of_its_own_matches_diffusers_per_component_weights(tiny_dev, noise, transformer_lora,
                                                                                 tmp_path):
     """ComfyUI's strength_clip beside strength_model, diffusers' set_adapters with {component: weight}; A1111's

@@ -40,6 +40,7 @@ OTHER_TRANSFORMER_KEYS = (("joint_blocks", "SD3"),
                           ("to_qkv_mlp_proj", "FLUX.2"), ("double_stream_modulation", "FLUX.2"),
                           ("single_stream_modulation", "FLUX.2"), (".ff.linear_in", "FLUX.2"))
 TEXT_ENCODER_KEYS = ("lora_te", "text_model.", "text_encoder")
+TEXT_ENCODER_ONLY = "a text encoder only"  # the family of a file whose every key adapts a text encoder
 DORA_KEYS = ("dora_scale", "lora_magnitude_vector")  # Kohya / LyCORIS, and PEFT
 CONTROL_KEY = "query_norm.scale"  # only BFL's control LoRAs carry norm scales (diffusers tells them by it too)
 APPLIED_KEYS = ("lora_down", "lora_up", "lora_A", "lora_B", ".down.weight", ".up.weight", "lokr_", "hada_")
@@ -119,7 +120,7 @@ def family_from_keys(keys) -> str | None:
         if any(fragment in key for key in keys):
             return family
     if keys and all(any(fragment in key for fragment in TEXT_ENCODER_KEYS) for key in keys):
-        return "a text encoder only"
+        return TEXT_ENCODER_ONLY
     return None
 
 
@@ -146,7 +147,9 @@ def lora_info(metadata: dict | None, keys) -> LoraInfo:
     base = metadata.get("ss_base_model_version") or metadata.get("modelspec.architecture") or None
     family = _family_from_metadata(base) if base else None
     if family in (None, FLUX1):  # names for another family outweigh a missing or copied-over base model
-        family = family_from_keys(keys) or family
+        keyed = family_from_keys(keys)
+        # a FLUX.1 LoRA may train the text encoders alone (sd-scripts' --network_train_text_encoder_only)
+        family = family if keyed == TEXT_ENCODER_ONLY and family == FLUX1 else keyed or family
     return LoraInfo(family=family, base_model=base, trained_on=metadata.get("ss_sd_model_name") or None,
                     output_name=metadata.get("ss_output_name") or None, trigger_words=trigger_words(metadata),
                     dora=any(dora in key for key in keys for dora in DORA_KEYS),
