@@ -23,19 +23,31 @@ def mask_image() -> Image.Image:
     return mask
 
 
-@pytest.mark.parametrize("image_strength", [None, 0.3])
-def test_a_base_model_inpaints_as_diffusers_flux_inpaint_pipeline(tiny_dev, tmp_path, image_strength):
+@pytest.fixture(scope="module")
+def diffusers_test_model(tmp_path_factory):
+    """diffusers' own FLUX.1 test components: a VAE that does not downsample, one latent channel."""
+    from tests.fixtures.tiny_flux import build_tiny_flux
+    from tests.test_generate_parity import DIFFUSERS_TEST_SPEC
+
+    return build_tiny_flux(tmp_path_factory.mktemp("diffusers-test-pipe"), DIFFUSERS_TEST_SPEC)
+
+
+@pytest.mark.parametrize("model, image_strength", [("tiny_dev", None), ("tiny_dev", 0.3),
+                                                   ("diffusers_test_model", 0.5)])
+def test_a_base_model_inpaints_as_diffusers_flux_inpaint_pipeline(model, image_strength, tmp_path, request):
     import diffusers
     import torch
     from diffusers.pipelines.flux import pipeline_flux_inpaint
 
+    folder = request.getfixturevalue(model)
     image, mask = random_image(WIDTH, HEIGHT, seed=3), mask_image()
-    noise = make_noise(tmp_path, (1, 4, HEIGHT // 8, WIDTH // 8), seed=12)
+    scale, channels = (8, 4) if model == "tiny_dev" else (1, 1)
+    noise = make_noise(tmp_path, (1, channels, HEIGHT // scale, WIDTH // scale), seed=12)
     strength = [] if image_strength is None else ["--image-strength", image_strength]
-    ours = run_cli("fill", "--path", tiny_dev, "--prompt", PROMPT, "--image-path", save(image, tmp_path / "i.png"),
+    ours = run_cli("fill", "--path", folder, "--prompt", PROMPT, "--image-path", save(image, tmp_path / "i.png"),
                    "--masked-image-path", save(mask, tmp_path / "m.png"), "--steps", STEPS, "--guidance", 3.5,
                    "--init-noise", noise, "--dtype", "float32", *strength, "--output", tmp_path / "ours.png")
-    pipe = diffusers.FluxInpaintPipeline.from_pretrained(tiny_dev, torch_dtype=torch.float32, local_files_only=True)
+    pipe = diffusers.FluxInpaintPipeline.from_pretrained(folder, torch_dtype=torch.float32, local_files_only=True)
     with deterministic_diffusers(pipeline_flux_inpaint, np.load(noise)):
         reference = pipe(PROMPT, image=image, mask_image=mask, height=HEIGHT, width=WIDTH, num_inference_steps=STEPS,
                          guidance_scale=3.5, strength=1.0 if image_strength is None else 1 - image_strength,
