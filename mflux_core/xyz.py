@@ -271,6 +271,9 @@ def plot_cells(base: GenerationRequest, axes: list[Axis], max_cells: int = MAX_C
     Prompt S/R term must be in the user's own prompt)."""
     if not 1 <= len(axes) <= 3:
         raise InvalidRequest("A plot has one to three axes.")
+    if any(axis.kind == "strength" for axis in axes) and not base.image_path:
+        raise InvalidRequest("The image strength axis needs an input image to start from (image-to-image): give one, "
+                             "or choose another axis.")
     axes = list(axes) + [Axis("seed", (None,))] * (3 - len(axes))  # a missing axis: one cell, nothing changed
     count = len(axes[0].values) * len(axes[1].values) * len(axes[2].values)
     if count > max_cells:

@@ -70,6 +70,21 @@ def test_too_many_cells_are_refused_before_anything_runs(client):
     assert set(outputs.glob("????-??-??/*.png")) == before
 
 
+def test_an_image_strength_axis_plots_image_to_image_from_the_input_image(client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    client, outputs = client
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "start.png")
+    status, _, results = client.predict(prompt="a blue square", x_kind="strength", x_values="0.3, 0.8", seed=3,
+                                        init_image=handle_file(str(tmp_path / "start.png")), api_name="/plot")
+    assert "Done: 2 cells" in status
+    cells = recorded([item for item in results if "cell" in (item.get("caption") or "")])
+    assert [cell["image_strength"] for cell in cells] == [0.3, 0.8] and all(cell["image_path"] for cell in cells)
+    with pytest.raises(AppError, match="The image strength axis needs an input image"):
+        client.predict(prompt="a cat", x_kind="strength", x_values="0.3, 0.8", api_name="/plot")
+
+
 def recorded(results) -> list[dict]:
     """The request each returned image records in its metadata."""
     return [json.loads(Image.open(item["image"]).info[JSON_KEY])["request"] for item in results]

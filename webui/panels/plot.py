@@ -1,5 +1,6 @@
 """X/Y/Z plot: every combination of up to three axes over text-to-image settings (with the hires fix when it is on:
-its upscale, steps and denoising strength are axes too).
+its upscale, steps and denoising strength are axes too), or image-to-image from an input image (A1111's plot in its
+img2img tab: the image strength is an axis then).
 
 Each cell is saved to the history like any result (its metadata restores it); the labelled grids
 go to `<outputs>/grids/<date>/`, beside the history. Stop ends the plot after the current step and
@@ -21,9 +22,10 @@ from mflux_core.xyz import (
 from webui.gallery import save_result
 from webui.hires_ui import UPSCALER_NOTES, hires_controls, hires_settings, hires_values
 from webui.jobs import follow, image_progress, page_job
-from webui.panels import Panel, result_column
+from webui.panels import Panel, input_image, result_column
+from webui.panels.generate import DEFAULT_IMAGE_STRENGTH
 from webui.requests import RequestContext, lora_files, plot_styler, requests_from_settings
-from webui.widgets import build_shared_controls, shared_settings, shared_values
+from webui.widgets import build_shared_controls, number_value, shared_settings, shared_values
 
 TOOL = "plot"
 AXES = ("x", "y", "z")
@@ -33,11 +35,15 @@ GRIDS_FOLDER = "grids"
 
 
 def settings_from_values(values: dict) -> dict:
-    return {"tool": "generate", **shared_settings(values), **hires_settings(values)}
+    return {"tool": "generate", **shared_settings(values), **hires_settings(values),
+            "image_strength": number_value(values, "image_strength", DEFAULT_IMAGE_STRENGTH, "Image strength")}
 
 
 def values_from_settings(settings: dict) -> dict:
-    return {**shared_values(settings), **hires_values(settings)}
+    values = {**shared_values(settings), **hires_values(settings)}
+    if settings.get("image_strength") is not None:
+        values["image_strength"] = settings["image_strength"]
+    return values
 
 
 def plot_axes(values: dict, base: GenerationRequest, context: RequestContext) -> tuple[GenerationRequest, list[Axis]]:
@@ -63,7 +69,11 @@ def plot_requests(values: dict, context: RequestContext) -> tuple[list[Axis], li
     """The plot's axes and cells (each validated); the A1111 styles merge into each cell after its axes, as A1111
     merges them after its scripts."""
     settings = settings_from_values(values)
-    (base,) = requests_from_settings({**settings, "styles": [], "batch_count": 1}, context)
+    image = values.get("init_image")
+    if image is None:
+        settings["image_strength"] = None
+    (base,) = requests_from_settings({**settings, "styles": [], "batch_count": 1}, context,
+                                     image_path=context.inputs.save(image, "plot-init"))
     base, axes = plot_axes(values, base, context)
     return axes, plot_cells(base, axes, max_cells(values), plot_styler(settings, context, base.seed))
 
@@ -134,9 +144,15 @@ def render(studio) -> Panel:
                     "the parts after the first, at one seed", elem_id="plot-prompt-matrix")
                 axis_controls["max_cells"] = gr.Number(MAX_CELLS, label="Most cells", precision=0, minimum=1,
                                                        elem_id="plot-max-cells")
+                with gr.Accordion("Image to image", open=False, elem_id="plot-img2img"):
+                    init_image = input_image("Input image (optional: every cell starts from it)", "plot-init-image")
+                    image_strength = gr.Slider(0, 0.99, DEFAULT_IMAGE_STRENGTH, step=0.01,
+                                               label="Image strength (how much of the input is kept; also an axis)",
+                                               elem_id="plot-image-strength")
                 _, hires = hires_controls(TOOL, UPSCALER_NOTES)
                 shared = build_shared_controls(studio, "generate", TOOL, offer_resize_mode=False)
-                panel = Panel(TOOL, (), {**shared.controls, **hires}, settings_from_values, values_from_settings)
+                panel = Panel(TOOL, (), {**shared.controls, "image_strength": image_strength, **hires},
+                              settings_from_values, values_from_settings)
             with gr.Column(scale=4):
                 view, run, stop = result_column(TOOL)
 
@@ -144,6 +160,7 @@ def render(studio) -> Panel:
         yield from run_plot(studio, view, values, request.session_hash if request else "")
 
     panel.view, panel.run_handler = view, handler
-    studio.wire_run(run, handler, {**panel.controls, **axis_controls}, view, api_name="plot")
+    studio.wire_run(run, handler, {**panel.controls, **axis_controls, "init_image": init_image}, view,
+                    api_name="plot")
     studio.wire_stop(stop)
     return panel
