@@ -187,6 +187,20 @@ def test_an_edit_with_a_mask_fills_the_transparent_area_and_keeps_the_rest(studi
     assert classify(np.where(mask[..., None], image, source)).colour == pair.scene.shapes[0].colour
 
 
+def test_an_edit_with_a_mask_on_a_base_model_inpaints_keeping_the_rest(studio):
+    example = studio.examples["fill"][0]
+    source, mask = pixels(example.images["image"]), pixels(example.images["mask"]) > 127
+    response = edit(studio, example.images["image"].read_bytes(),
+                    {"prompt": example.prompt, "model": "demo", "seed": 0, "response_format": "url"}, openai_mask(mask))
+    assert response.status_code == 200, response.text
+    saved = saved_request(studio, response.json()["data"][0]["url"])
+    assert (saved["tool"], saved["model"], saved["guidance"]) == ("fill", "demo", 3.5)
+    url = response.json()["data"][0]["url"]
+    made = pixels(studio.folders.outputs.joinpath(*url.split("/v1/files/")[1].split("/")))
+    change = np.abs(made.astype(int) - source.astype(int)).max(axis=-1)
+    assert change[mask].mean() > FILL_TOLERANCE and (change[~mask] <= FILL_TOLERANCE).mean() >= 0.98
+
+
 def test_an_image_alone_on_a_fill_model_is_filled_where_it_is_transparent(studio):
     example = studio.examples["fill"][0]
     source, mask = pixels(example.images["image"]), pixels(example.images["mask"]) > 127
