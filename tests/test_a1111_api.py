@@ -501,6 +501,16 @@ def test_img2img_with_a_mask_inpaints_on_a_base_checkpoint_as_a1111_does_with_th
         assert body["info"]["sd_model_name"] == COPY and "Tool: fill" in body["info"]["infotexts"][0]
         assert change[mask].mean() > FILL_TOLERANCE and np.all(change[distance_to_mask(mask, 8) > 8] == 0)
 
+    # A1111's masked content at denoising 0.5: original starts the masked area from the image, latent noise not
+    strengths = {}
+    for content in (1, 2, 0):
+        body = made(studio.http.post("/img2img", json={**fields, "denoising_strength": 0.5, "seed": 30 + content,
+                                                       "inpainting_fill": content, "save_images": True}))
+        strengths[content] = saved_requests(studio, 30 + content)[0]["image_strength"]
+        assert ("inpainting_fill 0 (fill: the masked area started from the original)" in body["info"]["ignored"]) \
+            == (content == 0)
+    assert strengths == {1: 0.5, 2: None, 0: 0.5}
+
 
 def options_checkpoint(studio, name: str, fields: dict) -> dict:
     """An img2img answer with `name` set as the options' checkpoint (set back to the demo after)."""

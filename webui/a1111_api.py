@@ -112,6 +112,7 @@ class Img2ImgParams(Txt2ImgParams):
     inpaint_full_res: bool = True  # inpaint area "Only masked" (A1111's API default; its page's is the whole picture)
     inpaint_full_res_padding: int = Field(0, ge=0, le=MAX_SIDE)
     mask_blur: int = Field(4, ge=0, le=MAX_MASK_BLUR)  # A1111's default
+    inpainting_fill: int = Field(0, ge=0, le=3)  # masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing
     resize_mode: int = Field(0, ge=0, le=3)  # 3: A1111's "just resize (latent upscale)", done here as 0
     script_name: str | None = None  # an A1111 script the studio runs (a1111_scripts.py); others are ignored
     script_args: list = Field(default_factory=list)
@@ -403,8 +404,8 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
     if not mask.getbbox():
         raise SdApiError(400, "The mask marks nothing to repaint: white is repainted (black with "
                               "inpainting_mask_invert 1).")
-    settings.update(image_strength=settings["image_strength"] or None, keep_unmasked=True,  # 0: from pure noise
-                    mask_blur=params.mask_blur)
+    settings.update(image_strength=masked_content_strength(params, settings["image_strength"], ignored),
+                    keep_unmasked=True, mask_blur=params.mask_blur)
     return "fill", settings, {**inputs, "masked_image_path": store.save(mask, "api-mask")}
 
 
@@ -418,6 +419,19 @@ def sd_upscale_inputs(studio, params: Img2ImgParams, image: Image.Image, ignored
     settings = sd_upscale_settings(params.script_args, params.width, params.height, params.denoising_strength,
                                    ignored)
     return "upscale", settings, {"image_path": studio.request_context().inputs.save(image, "api-image")}
+
+
+def masked_content_strength(params: Img2ImgParams, image_strength: float, ignored: list[str]) -> float | None:
+    """The image strength an inpainting starts the masked area with, by A1111's masked content: the original
+    (fill, A1111's API default, starts from it too: named in `ignored` when sent), or noise (latent noise; latent
+    nothing as well): None. Denoising strength 1 starts from noise whatever the masked content."""
+    if params.inpainting_fill in (2, 3):
+        if params.inpainting_fill == 3:
+            ignored.append("inpainting_fill 3 (latent nothing: the masked area started from noise, as latent noise)")
+        return None
+    if params.inpainting_fill == 0 and "inpainting_fill" in params.model_fields_set and image_strength:
+        ignored.append("inpainting_fill 0 (fill: the masked area started from the original)")
+    return image_strength or None
 
 
 def txt2img_inputs(studio, params: Txt2ImgParams, ignored: list[str]) -> tuple[str, dict, dict]:
