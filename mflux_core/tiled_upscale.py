@@ -8,12 +8,13 @@ One job of the manager, as the hires fix is: one tile's run planned against the 
 step, steps counted across the tiles, a stop heard in any tile, one image with one metadata record.
 """
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Callable
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.events import Report, passes_report
 from mflux_core.flux_model import FluxModel
-from mflux_core.images.tiles import blend_tiles, tile_grid
+from mflux_core.images.tiles import blend_bytes, blend_tiles, tile_grid
 from mflux_core.native_sizes import sizes_phrase
 from mflux_core.request import GenerationRequest
 from mflux_core.sampling.schedule import img2img_start_step
@@ -78,6 +79,8 @@ def generate_tiled(manager: "ModelManager", request: GenerationRequest, report: 
     request = request.with_(extra={**request.extra, TILE_SIZE: side, TILE_OVERLAP: overlap})
     tile_request = request.with_(width=tile_size[0], height=tile_size[1])
     first = upscale_inputs(model, tile_request, manager, resampled.crop(tiles[0].box), notes)
+    blending = ("blending the tiles", blend_bytes(request.width, request.height))
+    first = replace(first, estimated=(*first.estimated, blending))  # the plan holds the whole job
     steps = tile_request.steps or model.default_steps
     start = img2img_start_step(steps, first.image_strength) if first.image_strength is not None else 0
     total = (steps - start) * len(tiles)

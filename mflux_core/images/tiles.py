@@ -63,6 +63,11 @@ def shared_bands(starts: list[int], length: int) -> list[tuple[int, int]]:
     return list(zip([0, *shared], [*shared, 0]))
 
 
+def blend_bytes(width: int, height: int) -> int:
+    """What blend_tiles holds at its peak for a width x height image: float32 sums and weights, the uint8 result."""
+    return width * height * (4 * 4 + 3)
+
+
 def blend_tiles(width: int, height: int, tiles: list[Tile], images: list[Image.Image]) -> Image.Image:
     """The tiles' images (each at its tile's size) blended into one RGB image of width x height."""
     lefts, tops = sorted({tile.left for tile in tiles}), sorted({tile.top for tile in tiles})
