@@ -89,9 +89,10 @@ def generate_tiled(manager: "ModelManager", request: GenerationRequest, report: 
     with manager.resident.budget.holding(plan):
         for index, tile in enumerate(tiles):
             inputs = first if index == 0 else upscale_inputs(model, tile_request, manager, resampled.crop(tile.box))
-            tile_report = passes_report(report, index * (steps - start) - start, total, f"tile {index + 1} of {len(tiles)}")
+            stage = f"tile {index + 1} of {len(tiles)}"
+            tile_report = passes_report(report, index * (steps - start) - start, total, stage)
             images.append(manager.run_inputs(model, inputs, tile_report, cancelled))
-    recorded = first.request.with_(width=request.width, height=request.height)
-    return manager.finished(blend_tiles(request.width, request.height, tiles, images), recorded, model,
+    whole = first.request.with_(width=request.width, height=request.height)  # what replays the job
+    return manager.finished(blend_tiles(request.width, request.height, tiles, images), whole, model,
                             first.conditioning.guidance, plan, started, before=resampled, notes=first.notes,
                             recorded=first.recorded)

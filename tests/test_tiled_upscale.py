@@ -114,7 +114,8 @@ def test_the_tiles_replay_from_the_metadata_and_name_themselves_in_the_a1111_tex
 
 
 @pytest.mark.parametrize("extra, expected", [
-    ({"tile_size": 40}, r"^The tile size 40 must be a multiple of 16 from 32 to 4096 px \(0: the model's own side\)\.$"),
+    ({"tile_size": 40}, r"^The tile size 40 must be a multiple of 16 from 32 to 4096 px \(0: the model's own "
+                        r"side\)\.$"),
     ({"tile_size": 64, "tile_overlap": 40}, r"^A tile overlap of 40 px is more than half the 64 px tile: use at most "
                                             r"32\.$"),
     ({"tile_size": 64.5}, r"^The tile size must be a whole number of pixels, 0 or more, not 64\.5\.$"),

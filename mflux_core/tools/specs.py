@@ -182,8 +182,8 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                       "IMAGE[,mode=TYPE][,strength=N][,path=CONTROLNET][,canny-low=N][,canny-high=N][,skip-canny] "
                       f"(defaults as above); repeat for up to {MAX_UNITS - 1}", kind="controlnet_unit",
                       field="controlnet_units"))),
-    ToolSpec("upscale", "regenerate an image at a larger size (FLUX.1 upscaler ControlNet), whole or in tiles", "upscale", "dev",
-             BASE_KINDS, guidance=3.5, demo_model="demo", sized_by_input=True, true_cfg=True, flags=(
+    ToolSpec("upscale", "regenerate an image at a larger size (FLUX.1 upscaler ControlNet), whole or in tiles",
+             "upscale", "dev", BASE_KINDS, guidance=3.5, demo_model="demo", sized_by_input=True, true_cfg=True, flags=(
                  *controlnet_flags("upscaler (jasperai/Flux.1-dev-Controlnet-Upscaler); demo-upscaler on a demo "
                                   "model", 0.6, "tile"),
                  Flag("--image-path", "the image to upscale (--controlnet-image-path works too)"),

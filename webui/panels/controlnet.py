@@ -123,7 +123,8 @@ def values_from_settings(settings: dict) -> dict:
 
 
 def upscale_values(settings: dict, extra: dict) -> dict:
-    return {"upscale_strength": settings.get("image_strength") or 0, "upscaler": extra.get(UPSCALER, CONTROLNET_UPSCALER),
+    return {"upscale_strength": settings.get("image_strength") or 0,
+            "upscaler": extra.get(UPSCALER, CONTROLNET_UPSCALER),
             "tiles": extra.get(TILE_SIZE) is not None, "tile_size": extra.get(TILE_SIZE) or 0,
             "tile_overlap": extra.get(TILE_OVERLAP) or 0}
 
