@@ -377,13 +377,13 @@ def test_the_sd_upscale_script_runs_the_upscale_tool_in_tiles_as_a1111_clients_a
     picture = Image.fromarray(example.image)
     assert "sd upscale" in answer(studio.http.get("/scripts"))["img2img"]
     body = made(studio.http.post("/img2img", json={
-        "init_images": [b64(picture)], "prompt": example.caption, "seed": 7, "steps": 4, "width": 64, "height": 64,
+        "init_images": [b64(picture)], "prompt": example.caption, "seed": 71, "steps": 4, "width": 64, "height": 64,
         "denoising_strength": 0.35, "script_name": "SD upscale", "script_args": ["", 16, 1, 4], "save_images": True,
         "override_settings": {"sd_model_checkpoint": "demo"}}))
     image = decoded(body["images"][0]).convert("RGB")
     assert image.size == (4 * IMAGE_SIZE, 4 * IMAGE_SIZE) and body["info"]["ignored"] == []
     assert "SD upscale overlap: 16, SD upscale upscaler: Lanczos, Tile size: 64" in body["info"]["infotexts"][0]
-    [recorded] = saved_requests(studio, 7)
+    [recorded] = saved_requests(studio, 71)  # seeds of saved images are each test's own (one outputs folder)
     assert recorded["extra"] == {"upscale_factor": 4.0, "tile_size": 64, "tile_overlap": 16, "upscaler": "Lanczos"}
     assert (recorded["tool"], recorded["image_strength"], recorded["width"]) == ("upscale", 0.65, 256)
     again = studio.manager.generate(GenerationRequest(**{k: tuple(v) if isinstance(v, list) else v
@@ -504,9 +504,9 @@ def test_img2img_with_a_mask_inpaints_on_a_base_checkpoint_as_a1111_does_with_th
     # A1111's masked content at denoising 0.5: original starts the masked area from the image, latent noise not
     strengths = {}
     for content in (1, 2, 0):
-        body = made(studio.http.post("/img2img", json={**fields, "denoising_strength": 0.5, "seed": 30 + content,
+        body = made(studio.http.post("/img2img", json={**fields, "denoising_strength": 0.5, "seed": 330 + content,
                                                        "inpainting_fill": content, "save_images": True}))
-        strengths[content] = saved_requests(studio, 30 + content)[0]["image_strength"]
+        strengths[content] = saved_requests(studio, 330 + content)[0]["image_strength"]
         assert ("inpainting_fill 0 (fill: the masked area started from the original)" in body["info"]["ignored"]) \
             == (content == 0)
     assert strengths == {1: 0.5, 2: None, 0: 0.5}
