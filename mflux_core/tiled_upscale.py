@@ -11,10 +11,12 @@ step, steps counted across the tiles, a stop heard in any tile, one image with o
 from dataclasses import replace
 from typing import TYPE_CHECKING, Callable
 
+from PIL import Image
+
 from mflux_core.errors import InvalidRequest
-from mflux_core.events import Report, passes_report
+from mflux_core.events import Report, Step, passes_report
 from mflux_core.flux_model import FluxModel
-from mflux_core.images.tiles import blend_bytes, blend_tiles, tile_grid
+from mflux_core.images.tiles import Tile, blend_bytes, blend_tiles, tile_grid
 from mflux_core.native_sizes import sizes_phrase
 from mflux_core.request import GenerationRequest
 from mflux_core.sampling.schedule import img2img_start_step
@@ -61,6 +63,22 @@ def tile_side_and_overlap(model: FluxModel, request: GenerationRequest) -> tuple
     return side, min(side // 2, max(16, side // 8) if overlap is None else overlap)
 
 
+def previews_in_place(report: Report | None, canvas: Image.Image, tile: Tile) -> Report | None:
+    """`report` with each step's preview of `tile` shown in its place on `canvas` (the resampled image with the tiles
+    made so far), so the page follows the whole image."""
+    if report is None:
+        return None
+
+    def relay(event) -> None:
+        if isinstance(event, Step) and event.preview is not None:
+            shown = canvas.copy()
+            shown.paste(event.preview.convert("RGB").resize((tile.width, tile.height)), tile.box[:2])
+            event = replace(event, preview=shown)
+        report(event)
+
+    return relay
+
+
 def generate_tiled(manager: "ModelManager", request: GenerationRequest, report: Report | None,
                    cancelled: Callable[[], bool] | None) -> "GenerationResult":
     """Every tile, with the manager's lock held by the caller."""
@@ -85,13 +103,15 @@ def generate_tiled(manager: "ModelManager", request: GenerationRequest, report: 
     start = img2img_start_step(steps, first.image_strength) if first.image_strength is not None else 0
     total = (steps - start) * len(tiles)
     plan = manager.resident.plan_run(model, first)
-    images = []
+    images, canvas = [], resampled.convert("RGB")
     with manager.resident.budget.holding(plan):
         for index, tile in enumerate(tiles):
             inputs = first if index == 0 else upscale_inputs(model, tile_request, manager, resampled.crop(tile.box))
             stage = f"tile {index + 1} of {len(tiles)}"
-            tile_report = passes_report(report, index * (steps - start) - start, total, stage)
+            tile_report = passes_report(previews_in_place(report, canvas, tile), index * (steps - start) - start,
+                                        total, stage)
             images.append(manager.run_inputs(model, inputs, tile_report, cancelled))
+            canvas.paste(images[-1].convert("RGB"), tile.box[:2])
     whole = first.request.with_(width=request.width, height=request.height)  # what replays the job
     return manager.finished(blend_tiles(request.width, request.height, tiles, images), whole, model,
                             first.conditioning.guidance, plan, started, before=resampled, notes=first.notes,

@@ -98,6 +98,7 @@ def test_each_tile_is_the_upscale_tool_run_on_its_part_of_the_resampled_image(ma
     # image strength 0.65 of 4 steps runs the last 2 of each tile: counted across the six tiles
     assert [(e.step, e.total) for e in steps] == [(i, 12) for i in range(1, 13)]
     assert [e.stage for e in steps[::2]] == [f"tile {i} of 6" for i in range(1, 7)]
+    assert {e.preview.size for e in steps} == {(128, 96)}  # each tile's preview shown in place on the whole
     assert (result.request.controlnet_strength is None) == (upscaler == "Lanczos")
 
 
