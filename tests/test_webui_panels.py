@@ -326,6 +326,29 @@ def test_controlnet_canny_and_upscale(context):
     assert edges.shape == (48, 64, 3) and set(np.unique(edges)) == {0, 255}
 
 
+def test_upscale_batch_makes_one_request_per_image_and_refuses_a_bad_upload_before_any(context, tmp_path):
+    files = []
+    for index, colour in enumerate(((200, 0, 0), (0, 200, 0))):
+        picture(colour).save(tmp_path / f"batch{index}.png")
+        files.append(str(tmp_path / f"batch{index}.png"))
+    upscale = shared(mode=controlnet.UPSCALE, upscale_factor=2, width=0, height=0, controlnet_strength=0.6,
+                     control_image=picture((0, 0, 200)), upscale_batch=files)
+    requests = controlnet.build_requests(upscale, context)
+    assert [r.tool for r in requests] == ["upscale"] * 3 and len({r.image_path for r in requests}) == 3
+    assert np.array_equal(np.asarray(Image.open(requests[1].image_path)), np.asarray(picture((200, 0, 0))))
+    assert len(controlnet.build_requests({**upscale, "control_image": None}, context)) == 2
+    with pytest.raises(InvalidRequest, match="more than 16"):
+        controlnet.build_requests({**upscale, "batch_count": 8}, context)
+    (tmp_path / "broken.png").write_bytes(b"not a picture")
+    picture((1, 2, 3)).save(tmp_path / "new.png")
+    before = set(context.inputs.folder.iterdir())
+    with pytest.raises(InvalidRequest, match="broken.png"):
+        controlnet.build_requests({**upscale, "upscale_batch": [str(tmp_path / name) for name in ("new.png",
+                                                                                                 "broken.png")]},
+                                  context)
+    assert set(context.inputs.folder.iterdir()) == before  # nothing of the refused batch was kept
+
+
 def test_controlnet_units_with_an_image_run_beside_unit_1_and_presets_keep_their_settings(context):
     values = shared(control_image=picture(), mode=controlnet.CANNY, unit2_image=None, unit2_strength=0.9,
                     unit3_image=picture((0, 0, 200)), unit3_weights="my-union", unit3_mode="depth", unit3_strength=0.7,

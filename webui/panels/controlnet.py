@@ -11,7 +11,7 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.hires import DEFAULT_UPSCALER
 from mflux_core.images.canny import DEFAULT_HIGH, DEFAULT_LOW, canny_edges
 from mflux_core.request import GenerationRequest
-from mflux_core.settings_schema import HIRES_UPSCALERS, UNION_CONTROL_TYPES
+from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_BATCH, UNION_CONTROL_TYPES
 from mflux_core.tools.specs import TILE_OVERLAP, TILE_SIZE, UPSCALER
 from webui.demo_examples import render_demo_examples
 from webui.hires_ui import hires_controls, hires_settings, hires_values
@@ -131,9 +131,11 @@ def upscale_values(settings: dict, extra: dict) -> dict:
 
 def build_requests(values: dict, context: RequestContext) -> list[GenerationRequest]:
     image = values.get("control_image")
+    settings = settings_from_values(values)
+    if settings["tool"] == MODE_TOOLS[UPSCALE] and values.get("upscale_batch"):
+        return batch_requests(settings, [image, *values["upscale_batch"]], context)
     if image is None:
         raise InvalidRequest("Upload the control image first.")
-    settings = settings_from_values(values)
     start = values.get("init_image") if settings["tool"] == MODE_TOOLS[CANNY] else None
     if start is None and settings["tool"] == MODE_TOOLS[CANNY]:
         settings.pop("image_strength", None)
@@ -143,6 +145,19 @@ def build_requests(values: dict, context: RequestContext) -> list[GenerationRequ
                                     for unit, unit_image in zip(settings.get("controlnet_units", []), images)]
     return requests_from_settings(settings, context, controlnet_image_path=context.inputs.save(image, "control"),
                                   image_path=context.inputs.save(start, "controlnet-init"))
+
+
+def batch_requests(settings: dict, images: list, context: RequestContext) -> list[GenerationRequest]:
+    """Upscale mode's batch (A1111's extras batch): every image with the same settings, the control image first;
+    each upload checked before any runs."""
+    images = [image for image in images if image is not None]
+    count = len(images) * max(1, int(settings.get("batch_count") or 1))
+    if count > MAX_BATCH:
+        raise InvalidRequest(f"{count} upscales in one run are more than {MAX_BATCH}: send fewer images, or fewer "
+                             "images each.")
+    decoded = [read_upload(image) for image in images]
+    paths = [context.inputs.save(image, "upscale") for image in decoded]
+    return [request for path in paths for request in requests_from_settings(settings, context, image_path=path)]
 
 
 def edges_preview(image, low, high):
@@ -184,8 +199,9 @@ def render_units(weight_choices: list) -> tuple[gr.Accordion, dict, dict]:
     return accordion, controls, images
 
 
-def upscale_controls() -> tuple[gr.Column, dict]:
-    """Upscale mode's settings: the factor, the upscaler, the image strength and the tiles (A1111's SD upscale)."""
+def upscale_controls() -> tuple[gr.Column, dict, gr.File]:
+    """Upscale mode's settings (the factor, the upscaler, the image strength and the tiles: A1111's SD upscale) and
+    its batch of further images."""
     with gr.Column(visible=False, elem_id="controlnet-upscale-settings") as column:
         with gr.Row():
             factor = gr.Slider(1, 4, DEFAULTS["upscale_factor"], step=0.5, label="Upscale factor (when width and "
@@ -196,6 +212,9 @@ def upscale_controls() -> tuple[gr.Column, dict]:
         strength = gr.Slider(0, 0.99, DEFAULTS["upscale_strength"], step=0.01, label="Image strength (how much of "
                              "the resampled image is kept)", info="0: the default, none with the ControlNet upscaler "
                              "in one piece, else 0.65", elem_id="controlnet-upscale-strength")
+        batch = gr.File(file_count="multiple", file_types=["image"], type="filepath",
+                        label="Batch: more images to upscale with these settings (after the control image, if any)",
+                        elem_id="controlnet-upscale-batch")
         with gr.Row():
             tiles = gr.Checkbox(False, label="Tiles (A1111's SD upscale)", info="regenerate a tile at a time and "
                                 "blend them: outputs larger than one pass fits in memory", elem_id="controlnet-tiles")
@@ -204,7 +223,7 @@ def upscale_controls() -> tuple[gr.Column, dict]:
             overlap = gr.Slider(0, 512, DEFAULTS["tile_overlap"], step=8, label="Tile overlap (0: an eighth of "
                                 "the tile)", elem_id="controlnet-tile-overlap")
     return column, {"upscale_factor": factor, "upscaler": upscaler, "upscale_strength": strength, "tiles": tiles,
-                    "tile_size": tile_size, "tile_overlap": overlap}
+                    "tile_size": tile_size, "tile_overlap": overlap}, batch
 
 
 def render(studio) -> Panel:
@@ -223,7 +242,7 @@ def render(studio) -> Panel:
                                            elem_id="controlnet-canny-high")
                 strength = gr.Slider(0, 2, DEFAULTS["controlnet_strength"], step=0.05,
                                      label="ControlNet strength", elem_id="controlnet-strength")
-                upscale, upscale_fields = upscale_controls()
+                upscale, upscale_fields, upscale_batch = upscale_controls()
                 with gr.Accordion("Image to image", open=False, elem_id="controlnet-img2img") as img2img:
                     init_image = input_image("Input image (optional: start from it, steered by the edges)",
                                              "controlnet-init-image")
@@ -280,7 +299,8 @@ def render(studio) -> Panel:
                       queue=False, api_visibility="private")
     panel.view, panel.run_handler = view, studio.job(view)(build_requests)
     studio.wire_run(run, panel.run_handler,
-                    {**controls, "control_image": control_image, "init_image": init_image, **unit_images},
+                    {**controls, "control_image": control_image, "init_image": init_image, **unit_images,
+                     "upscale_batch": upscale_batch},
                     view, api_name="controlnet")
     studio.wire_stop(stop)
     return panel
