@@ -35,7 +35,7 @@ def shared(**overrides) -> dict:
               "guidance": "", "width": 64, "height": 64, "quantize": "off", "vae_tiling": False, "sampler": "euler",
               "schedule": "simple", "styles": [], "variation_seed": -1, "variation_strength": 0.0}
     for i in (1, 2, 3):
-        values.update({f"lora_{i}": "", f"lora_scale_{i}": 1.0, f"lora_te_scale_{i}": None})
+        values.update({f"lora_{i}": "", f"lora_scale_{i}": 1.0, f"lora_te_scale_{i}": ""})
     return {**values, **overrides}
 
 
@@ -134,6 +134,19 @@ def test_loras_are_named_in_the_page_and_resolved_to_library_files(context):
     assert request.lora_paths == (str(context.loras["ink"]),) and request.lora_scales == (0.6,)
     with pytest.raises(InvalidRequest, match="'gone' is not in the LoRA library"):
         generate.build_requests(shared(lora_1="gone"), context)
+
+
+def test_a_loras_text_encoder_box_sets_its_own_scale_and_empty_means_the_scale(context):
+    [plain] = generate.build_requests(shared(lora_1="ink", lora_scale_1=0.5), context)
+    assert plain.lora_text_encoder_scales == ()  # an untouched box: the scale serves both parts
+    [own] = generate.build_requests(shared(lora_1="ink", lora_scale_1=0.5, lora_te_scale_1=" 0.25 "), context)
+    assert (own.lora_scales, own.lora_text_encoder_scales) == ((0.5,), (0.25,))
+    restored = generate.values_from_settings(settings_from_request(own))
+    assert (restored["lora_te_scale_1"], restored["lora_te_scale_2"]) == ("0.25", "")
+    with pytest.raises(InvalidRequest, match="The text encoder scale of LoRA 1 must be a number"):
+        generate.build_requests(shared(lora_1="ink", lora_te_scale_1="half"), context)
+    with pytest.raises(InvalidRequest, match="LoRA text encoder scale 9.0 is out of range"):
+        generate.build_requests(shared(lora_1="ink", lora_te_scale_1="9"), context)
 
 
 def test_prompt_lora_tags_join_the_picked_loras_as_in_a1111(context, tmp_path):

@@ -201,7 +201,7 @@ def shared_values(settings: dict) -> dict:
             values[f"lora_{i}"] = settings["lora_paths"][i - 1] if present else NO_LORA
             values[f"lora_scale_{i}"] = scales[i - 1] if present else 1.0
             same = not present or encoders[i - 1] == scales[i - 1]
-            values[f"lora_te_scale_{i}"] = None if same else encoders[i - 1]  # empty: the scale
+            values[f"lora_te_scale_{i}"] = "" if same else f"{encoders[i - 1]:g}"  # empty: the scale
     if "quantize" in settings:
         values["quantize"] = QUANTIZE_OFF if settings["quantize"] is None else str(settings["quantize"])
     if "vae_tiling" in settings:
@@ -340,9 +340,10 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
                                                     buttons=[lora_refresh] if i == 1 else None)
                 controls[f"lora_scale_{i}"] = gr.Slider(-MAX_LORA_SCALE, MAX_LORA_SCALE, 1.0, step=0.05, label="Scale",
                                                         elem_id=f"{prefix}-lora-scale-{i}", scale=2)
-                controls[f"lora_te_scale_{i}"] = gr.Number(None, label="Text encoders", minimum=-MAX_LORA_SCALE,
-                                                           maximum=MAX_LORA_SCALE, step=0.05, scale=1,
-                                                           info="empty: the scale", elem_id=f"{prefix}-lora-te-{i}")
+                # a text box: a number field shows (and sends) 0 when empty, which would turn the part off
+                controls[f"lora_te_scale_{i}"] = gr.Textbox("", label="Text encoders", placeholder="the scale",
+                                                            scale=1, info="empty: the scale",
+                                                            elem_id=f"{prefix}-lora-te-{i}")
             lora_info_line(studio, controls[f"lora_{i}"], controls[f"lora_scale_{i}"], f"{prefix}-lora-info-{i}")
         controls["quantize"] = gr.Radio(QUANTIZE_CHOICES, value=QUANTIZE_OFF, label="Quantize (bits)",
                                         elem_id=f"{prefix}-quantize")
