@@ -15,7 +15,7 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.images.resize_modes import DEFAULT_RESIZE_MODE, RESIZE_MODES
 from mflux_core.lora.info import describe_lora_file, read_lora_info
 from mflux_core.models.vae import FLUX_SIDE
-from mflux_core.registry import ModelEntry
+from mflux_core.registry import BUILT_IN, ModelEntry
 from mflux_core.request import MAX_SEED, MAX_SIDE, QUANTIZE_BITS, check_finite
 from mflux_core.settings_schema import MAX_BATCH, MAX_LORA_SCALE, MAX_TRUE_CFG_SCALE, SAMPLER_LABELS, SCHEDULE_LABELS
 from mflux_core.styles import read_styles
@@ -27,7 +27,7 @@ MAX_LORAS = 3
 QUANTIZE_OFF = "off"
 QUANTIZE_CHOICES = [QUANTIZE_OFF] + [str(bits) for bits in sorted(QUANTIZE_BITS, reverse=True)]
 
-CHOICE_ORDER = {"models folder": 0, "built-in": 2}  # downloaded models list the user's own first, demos last
+CHOICE_ORDER = {"models folder": 0, BUILT_IN: 2}  # downloaded models list the user's own first, demos last
 TOOL_DEFAULT = ""  # a side-model picker's value for "the tool's default weights"
 NO_LORA = ""  # an empty LoRA slot
 # What a Width / Height of 0 means on a tool sized by its input image
@@ -73,7 +73,7 @@ def model_choices(entries: list[ModelEntry], tool: str | None = None,
 def default_model(entries: list[ModelEntry], tool: str) -> str:
     """The tool's FLUX.1 model if downloaded, else the first other downloaded model that fits the tool, else
     the tool's demo model, else its FLUX.1 alias (downloaded on first use)."""
-    downloaded = {e.name for e in entries if e.available and e.where != "built-in"}
+    downloaded = {e.name for e in entries if e.available and e.where != BUILT_IN}
     flux, demo = TOOL_SPECS[tool].model, TOOL_SPECS[tool].demo_model
     if flux in downloaded:
         return flux
