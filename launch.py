@@ -26,6 +26,10 @@ PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/libopenblas.so.0")
 CHROMIUM = Path("/usr/bin/chromium")
 LOCK = ROOT / "requirements.lock"
+# Test references installed without the dependencies they declare: spandrel (the ESRGAN-family reference modules,
+# tests/spandrel_reference.py) declares torchvision, which has no build for the CPU torch the tests use on Linux and
+# which transformers would then import broken; the architectures the tests compare with import neither.
+TEST_WITHOUT_DEPENDENCIES = ["spandrel==0.4.1"]
 
 
 def say(message: str) -> None:
@@ -66,7 +70,8 @@ def system_packages(with_tests: bool) -> None:
 
 
 def setup_stamp(extras: str) -> str:
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + LOCK.read_bytes() + extras.encode())
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + LOCK.read_bytes() + extras.encode()
+                            + " ".join(TEST_WITHOUT_DEPENDENCIES).encode())
     return digest.hexdigest()[:16]
 
 
@@ -83,6 +88,8 @@ def ensure_venv(extras: str) -> None:
     target = f".[{extras}]" if extras else "."
     # The lock's exact versions, for the studio and everything it needs; extras are resolved around them.
     run([PYTHON, "-m", "pip", "install", "-q", "-r", LOCK, "-e", target], cwd=ROOT)
+    if "test" in extras.split(","):
+        run([PYTHON, "-m", "pip", "install", "-q", "--no-deps", *TEST_WITHOUT_DEPENDENCIES])
     stamp_file.write_text(stamp)
 
 

@@ -204,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     loras.add_argument("--lora-dir", type=Path, action="append",
                        help="a LoRA folder (repeatable; default $LORA_LIBRARY_PATH and <models-dir>/loras)")
     loras.add_argument("--models-dir", default="models", help="folder of local models (default ./models)")
+    upscalers = tools.add_parser("upscalers", help="list the upscaler models (ESRGAN, Real-ESRGAN, 4x-UltraSharp, "
+                                 "...) in the models folder's upscalers/ (and A1111's ESRGAN/, RealESRGAN/, ComfyUI's "
+                                 "upscale_models/): each one's network and scale")
+    upscalers.add_argument("--models-dir", default="models", help="folder of local models (default ./models)")
     add_train_parser(tools, add_models_dir_flag)
     return parser
 
@@ -555,12 +559,28 @@ def list_loras(args: argparse.Namespace) -> None:
         print(f"{name}  ({path})\n    {describe_lora_file(path, markdown=False)}")
 
 
+def list_upscalers(args: argparse.Namespace) -> None:
+    from mflux_core.upscaler_files import upscaler_files
+    from mflux_core.upscaler_models import read_upscaler
+
+    files = upscaler_files(Path(args.models_dir))
+    if not files:
+        print(f"No upscaler models found (put .pth or .safetensors files into {Path(args.models_dir) / 'upscalers'}).")
+    for name, path in files.items():
+        try:
+            described = read_upscaler(path).description
+        except StudioError as error:
+            described = str(error)
+        print(f"{name}  ({path})\n    {described}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         {"save-depth": save_depth, "save": save_model_folder, "merge": merge_model_folder,
          "extract-lora": extract_lora_file, "concept": run_concept,
          "concept-from-image": run_concept, "train": run_train, "loras": list_loras,
+         "upscalers": list_upscalers,
          "download": download_model}.get(args.tool, run)(args)
     except StudioError as error:
         print(f"Error: {getattr(error, 'cli_text', error)}", file=sys.stderr)  # downloads word it for the CLI

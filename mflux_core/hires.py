@@ -1,8 +1,8 @@
-"""Hires fix (A1111's name): text-to-image at the asked size, the image upscaled by `hires_scale` (Lanczos),
-then an image-to-image pass at the larger size with its own steps, denoising strength and prompt. The
-"ControlNet upscaler" also steers that pass by the upscaled image through jasperai's FLUX.1 Upscaler ControlNet
-(as the upscale tool does; `upscaler` in the models folder or the Hugging Face cache), and is refused when the
-ControlNet is not on disk.
+"""Hires fix (A1111's name): text-to-image at the asked size, the image upscaled by `hires_scale` (Lanczos, or an
+upscaler model of the models folder: ESRGAN, 4x-UltraSharp, ...), then an image-to-image pass at the larger size
+with its own steps, denoising strength and prompt. The "ControlNet upscaler" also steers that pass by the upscaled
+image through jasperai's FLUX.1 Upscaler ControlNet (as the upscale tool does; `upscaler` in the models folder or
+the Hugging Face cache), and is refused when the ControlNet is not on disk.
 
 Both passes are one job of the manager (one turn at the engine, its lock held throughout): both are planned
 against the memory budget before the first step, steps count across both passes, a stop works in either,
@@ -32,6 +32,8 @@ from mflux_core.tools.controlnet_conditioning import ControlUnit, add_controlnet
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.generate import image_to_image_inputs
 from mflux_core.tools.upscale import CONTROL_TYPE as UPSCALE_CONTROL_TYPE, DEFAULT_STRENGTH as UPSCALER_STRENGTH
+from mflux_core.upscaler_files import unknown_upscaler, upscaler_file
+from mflux_core.upscaler_models import UpscalerModel, upscale_with
 from mflux_core.weights.resolve import ALIASES
 
 if TYPE_CHECKING:
@@ -53,8 +55,12 @@ def with_hires_defaults(request: GenerationRequest, first_steps: int) -> Generat
 
 
 def check_upscaler_on_disk(request: GenerationRequest, models_dir: Path | None) -> None:
-    """Refuse the ControlNet upscaler, before any step, when its ControlNet would have to be downloaded."""
-    if request.hires_upscaler == CONTROLNET_UPSCALER and not on_disk(UPSCALER_CONTROLNET, models_dir):
+    """Refuse, before any step, the ControlNet upscaler when its ControlNet would have to be downloaded, and an
+    upscaler model that is not in the models folder."""
+    name = request.hires_upscaler
+    if name and name not in HIRES_UPSCALERS and upscaler_file(models_dir, name) is None:
+        raise unknown_upscaler(name, HIRES_UPSCALERS, models_dir)
+    if name == CONTROLNET_UPSCALER and not on_disk(UPSCALER_CONTROLNET, models_dir):
         raise InvalidRequest(
             f"The ControlNet upscaler needs {ALIASES[UPSCALER_CONTROLNET]}, which is not on disk: put it into the "
             f"models folder as {UPSCALER_CONTROLNET}/ (or download it once online), or use the Lanczos upscaler.")
@@ -78,9 +84,13 @@ def second_pass_request(request: GenerationRequest, first_steps: int) -> Generat
                          hires_prompt="")
 
 
-def upscaled(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """The first pass's image at the second pass's size (the ControlNet upscaler's control image too)."""
-    return image.resize(size, Image.Resampling.LANCZOS)
+def upscaled(image: Image.Image, size: tuple[int, int], model: UpscalerModel | None,
+             cancelled: Callable[[], bool] | None) -> Image.Image:
+    """The first pass's image at the second pass's size (the ControlNet upscaler's control image too): by the
+    upscaler model when there is one, else Lanczos."""
+    if model is None:
+        return image.resize(size, Image.Resampling.LANCZOS)
+    return upscale_with(model, image, size, cancelled)
 
 
 def second_pass_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine, before: Image.Image,
@@ -121,9 +131,11 @@ def generate_hires(manager: "ModelManager", request: GenerationRequest, report: 
     # the second pass at its size before any step of the first: text-to-image plans the same denoise and decode
     plan = manager.resident.plan_run(model, tool_inputs(model, second_request, manager))
     total = first_steps + steps - start
+    upscaler = None if request.hires_upscaler in HIRES_UPSCALERS else manager.ready_upscaler(
+        request.hires_upscaler, passes[0], passes[1])
     with manager.resident.budget.holding(plan):
         image = manager.run_inputs(model, first, passes_report(report, 0, total, "hires fix pass 1 of 2"), cancelled)
-        before = upscaled(image, (second_request.width, second_request.height))
+        before = upscaled(image, passes[1], upscaler, cancelled)
         second = second_pass_inputs(model, second_request, manager, before, request.hires_upscaler)
         image = manager.run_inputs(model, second, passes_report(report, first_steps - start, total,
                                                                 "hires fix pass 2 of 2"), cancelled)

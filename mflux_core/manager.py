@@ -25,7 +25,7 @@ from mflux_core.hires import generate_hires
 from mflux_core.tiled_upscale import generate_tiled, is_tiled
 from mflux_core.lora.resident import ResidentLoras
 from mflux_core.lru import LRU
-from mflux_core.memory import DEPTH_PHASE, MemoryBudget, MemoryPlan, gb_text
+from mflux_core.memory import DEPTH_PHASE, UPSCALER_PHASE, MemoryBudget, MemoryPlan, gb_text
 from mflux_core.metadata import png_text_chunks, request_metadata
 from mflux_core.model_locator import ModelLocator
 from mflux_core.native_sizes import native_panel_for, native_size_for, size_note
@@ -33,7 +33,10 @@ from mflux_core.registry import ModelEntry
 from mflux_core.request import GenerationRequest
 from mflux_core.resident import ResidentModels, stop_if_cancelled
 from mflux_core.sampling.previews import LatentPreviewer
+from mflux_core.settings_schema import HIRES_UPSCALERS
 from mflux_core.tools.common import SizeDecided, encode_image, probing_size, tool_inputs
+from mflux_core.upscaler_files import unknown_upscaler, upscaler_file
+from mflux_core.upscaler_models import UpscalerModel, read_upscaler, upscale_bytes
 from mflux_core.weights.resolve import DownloadCallback, ModelSource
 
 @dataclass
@@ -126,6 +129,17 @@ class ModelManager:
 
     def check_side_run(self, what: str, phase: str, peak_bytes: int) -> None:
         self.resident.check_side_run(what, phase, peak_bytes)
+
+    def ready_upscaler(self, name: str, size: tuple[int, int], target: tuple[int, int]) -> UpscalerModel:
+        """The upscaler model `name` of the models folder (A1111's labels too), loaded once, its upscale of an image
+        of `size` towards `target` checked against the memory budget (refused, InvalidRequest, before it runs)."""
+        path = upscaler_file(self.models_dir, name)
+        if path is None:
+            raise unknown_upscaler(name, HIRES_UPSCALERS, self.models_dir)
+        model = self.resident.side_model(path, f"the upscaler {name}", read_upscaler)
+        self.check_side_run(f"upscaling {size[0]}x{size[1]} towards {target[0]}x{target[1]} with {name}",
+                            UPSCALER_PHASE, upscale_bytes(model, size, target))
+        return model
 
     def depth_estimate_bytes(self, photo: Image.Image, name: str | None = None) -> int:
         from mflux_core.models.depth_memory import estimator_peak_bytes

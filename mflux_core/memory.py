@@ -43,6 +43,7 @@ PROCESS_GROWTH = 0.05
 # whose plan leaves this much of the budget free uses the heap, which is faster (process_memory.py)
 HEAP_GROWTH = 0.25
 DEFAULT_VAE_TILE = 512  # pixels, when tiling is asked for but the whole pass would fit
+UPSCALER_PHASE = "upscaling with an upscaler model"  # mflux_core/upscaler_models.py
 DEPTH_PHASE = "estimating the depth map"  # the plan's phase of the depth estimator (models/depth_memory.py)
 HINT_PHASE = "reading the control image"  # an XLabs ControlNet's hint block (models/controlnet.py)
 # What a GPU may hold beside a run's planned peak in work queued but not yet finished. MLX keeps each queued

@@ -34,7 +34,7 @@ from mflux_core.settings_schema import (
     number, problems, schema, text,
 )
 from mflux_core.settings_schema import SAMPLER_LABELS, SCHEDULE_LABELS
-from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE, MAX_MASK_BLUR, ONLY_MASKED_PADDING
+from mflux_core.settings_schema import A1111_OTHER_UPSCALERS, MAX_HIRES_SCALE, MAX_MASK_BLUR, ONLY_MASKED_PADDING
 from mflux_core.tools.specs import tool_spec
 
 FORMAT_VERSION = 1
@@ -396,7 +396,8 @@ def _a1111_inpaint_area(values: dict) -> dict:
 
 
 def _a1111_hires(values: dict) -> dict:
-    """The hires fix's settings from A1111's items; an upscaler we do not have leaves ours (Lanczos)."""
+    """The hires fix's settings from A1111's items; A1111's latent and other built-in upscalers leave ours (Lanczos),
+    a model's name (4x-UltraSharp, R-ESRGAN 4x+) is kept: the run finds its file in the models folder."""
     try:
         scale, strength = float(values["Hires upscale"]), float(values.get("Denoising strength", "nan"))
     except (KeyError, ValueError):
@@ -408,8 +409,9 @@ def _a1111_hires(values: dict) -> dict:
         settings["hires_steps"] = min(MAX_STEPS, int(values["Hires steps"]))
     if 0 < strength <= 1:
         settings["hires_strength"] = strength
-    if values.get("Hires upscaler") in HIRES_UPSCALERS:
-        settings["hires_upscaler"] = values["Hires upscaler"]
+    upscaler = values.get("Hires upscaler", "")
+    if upscaler and not upscaler.startswith("Latent") and upscaler not in A1111_OTHER_UPSCALERS:
+        settings["hires_upscaler"] = upscaler
     return settings
 
 

@@ -134,9 +134,9 @@ class GenerationRequest:
         if self.tool not in ("generate", "controlnet") or self.image_path:
             raise InvalidRequest("The hires fix runs after text-to-image only (Generate, or ControlNet steering it): "
                                  "remove the input image or turn the hires fix off.")
-        if self.tool == "controlnet" and self.hires_upscaler not in (None, HIRES_UPSCALERS[0]):
-            raise InvalidRequest(f"The ControlNet tool's hires fix upscales with {HIRES_UPSCALERS[0]}: its own "
-                                 "ControlNets steer the second pass.")
+        if self.tool == "controlnet" and self.hires_upscaler == HIRES_UPSCALERS[1]:
+            raise InvalidRequest(f"The ControlNet tool's hires fix takes no {HIRES_UPSCALERS[1]}: its own "
+                                 f"ControlNets steer the second pass (use {HIRES_UPSCALERS[0]} or an upscaler model).")
         if self.hires_strength == 0:
             raise InvalidRequest("Hires denoising strength 0 would leave the upscaled image as it is: use more than "
                                  "0 up to 1.")
@@ -275,7 +275,7 @@ REQUEST_SETTINGS: dict[str, Setting] = {
     "hires_scale": number("Hires upscale", 1, MAX_HIRES_SCALE).optional(),
     "hires_steps": STEPS.optional(),
     "hires_strength": number("Hires denoising strength", 0, 1).optional(),
-    "hires_upscaler": choice("The hires upscaler", HIRES_UPSCALERS).optional(),
+    "hires_upscaler": text("The hires upscaler", 255).optional(),  # Lanczos, ControlNet upscaler or a model's name
     "hires_prompt": text("The hires prompt", MAX_PROMPT_CHARS),
 }
 assert set(REQUEST_SETTINGS) == set(GenerationRequest.field_names()), "every request field needs a setting"

@@ -36,6 +36,8 @@ MERGE_METHODS = {WEIGHTED_SUM: "Weighted sum", ADD_DIFFERENCE: "Add difference"}
 MAX_MASK_BLUR = 64  # px: Fill's mask blur (A1111's slider goes to 64)
 ONLY_MASKED_PADDING = 32  # pixels of context around the mask that Fill's "Only masked" takes by default (A1111's)
 HIRES_UPSCALERS = ("Lanczos", "ControlNet upscaler")  # Lanczos as A1111 names it; the other: mflux_core.hires
+# A1111's upscalers that are no model file the studio could run (the rest name ESRGAN-family files: upscaler_models)
+A1111_OTHER_UPSCALERS = ("None", "Nearest", "LDSR", "ScuNET GAN", "ScuNET PSNR", "SwinIR 4x")
 # A Union ControlNet's control modes, by index, as InstantX and Shakker-Labs publish them (Union-Pro's config has
 # ten embeddings; the last three are unused). mflux_core.models.controlnet
 UNION_CONTROL_TYPES = ("canny", "tile", "depth", "blur", "pose", "gray", "low-quality")

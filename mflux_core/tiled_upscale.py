@@ -1,6 +1,7 @@
 """Upscale in tiles (A1111's SD upscale script, ComfyUI's Ultimate SD Upscale): the input resampled to the output
 size, then regenerated a tile at a time, each tile image-to-image from its part of the resampled image (steered by
-that part through the upscaler ControlNet unless the upscaler is Lanczos) with the request's seed, as A1111 gives
+that part through the upscaler ControlNet unless the upscaler is Lanczos or an upscaler model, which makes the
+resampled image) with the request's seed, as A1111 gives
 every tile the same seed; the tiles are blended where they overlap (images/tiles.py). The transformer and the VAE
 work at one tile's size, so an output far past what one pass could hold is made within the memory of one tile.
 
@@ -21,10 +22,10 @@ from mflux_core.native_sizes import sizes_phrase
 from mflux_core.request import GenerationRequest
 from mflux_core.sampling.schedule import img2img_start_step
 from mflux_core.settings_schema import MAX_SIDE
-from mflux_core.tools.common import fit_input, required_image, resolved_request
+from mflux_core.tools.common import required_image, resolved_request
 from mflux_core.tools.controlnet_conditioning import extra_number
 from mflux_core.tools.specs import TILE_OVERLAP, TILE_SIZE  # a tile size of 0: the model's own side
-from mflux_core.tools.upscale import starts_from_image, upscale_inputs, upscaled_size
+from mflux_core.tools.upscale import resampled as resampled_input, starts_from_image, upscale_inputs, upscaled_size
 
 if TYPE_CHECKING:
     from mflux_core.manager import GenerationResult, ModelManager
@@ -87,7 +88,7 @@ def generate_tiled(manager: "ModelManager", request: GenerationRequest, report: 
     model = manager._prepared_model(request, cancelled)
     image = required_image(request.image_path or request.controlnet_image_path, "an image to upscale", "--image-path")
     request = starts_from_image(upscaled_size(resolved_request(model, request), image))
-    resampled, notes = fit_input(image, request)
+    resampled, notes = resampled_input(manager, image, request, cancelled)
     side, overlap = tile_side_and_overlap(model, request)
     tiles = tile_grid(request.width, request.height, side, side, overlap)
     tile_size = (tiles[0].width, tiles[0].height)

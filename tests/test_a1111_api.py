@@ -37,9 +37,11 @@ from mflux_core.images.masks import distance_to_mask
 from mflux_core.images.resize_modes import RESIZE_AND_FILL, resize_to
 from mflux_core.manager import ModelManager
 from mflux_core.request import GenerationRequest
+from mflux_core.upscaler_models import read_upscaler, upscale_with
 from mflux_core.weights.resolve import DEMO_MODELS_ENV, demo_folder
 from tests.fixtures.lora_files import Dims, write_diffusers_lora
 from tests.fixtures.shape_classifier import classify, iou
+from tests.fixtures.upscaler_models import random_rrdb, real_esrgan_names, write
 from tests.test_webui_browser import free_port, request_in
 from webui.a1111_api import Txt2ImgParams, sampling_settings, sdapi_router
 from webui.app import build_app, launch_kwargs
@@ -49,6 +51,7 @@ from webui.studio import StudioFolders
 TIMEOUT_S = 300
 CAPTION = "a red circle in the top left on a blue background"
 LAYOUT_IOU = 0.5  # a ControlNet result's shape vs the control scene's, as tests/test_webui_demo.py asks of the page
+X2PLUS = "RealESRGAN_x2plus"  # an upscaler model in the models folder: A1111's "R-ESRGAN 2x+"
 COPY = "demo-copy"  # a second text-to-image model: the demo model's files in the models folder
 
 
@@ -69,6 +72,8 @@ def studio(tmp_path_factory):
         patch.setattr(constants, "HF_HUB_CACHE", str(root / "hub"))
         (root / "styles").mkdir()
         (root / "styles" / "styles.csv").write_text(STYLES_CSV)
+        write(real_esrgan_names(random_rrdb(seed=9, scale=4, in_nc=12, shuffle_factor=2, num_blocks=1)),
+              root / "models" / "RealESRGAN" / f"{X2PLUS}.pth")  # Real-ESRGAN's x2, named as A1111 downloads it
         folders = StudioFolders.default(root / "outputs", models_dir=root / "models", loras=[root / "loras"],
                                         styles=root / "styles")
         manager = ModelManager(models_dir=root / "models")
@@ -369,6 +374,32 @@ def test_extras_upscale_with_pillows_filters_and_the_controlnet_upscaler(studio)
         "image": b64(Image.new("RGB", (1024, 1024))), "upscaler_1": "Lanczos", "upscaling_resize": 8}), 400)
 
 
+def test_upscaler_models_are_listed_and_run_in_extras_the_hires_fix_and_sd_upscale(studio):
+    """A Real-ESRGAN model in the models folder's RealESRGAN/ (A1111's folder): /upscalers lists it after the
+    built-in ones, extras upscale with it by A1111's label, txt2img's hr_upscaler and SD upscale's upscaler_index
+    name it, and what ran says so."""
+    listed = answer(studio.http.get("/upscalers"))
+    assert [entry["name"] for entry in listed] == ["None", "Lanczos", "Nearest", "ControlNet upscaler", X2PLUS]
+    assert listed[-1]["model_path"].endswith(f"RealESRGAN/{X2PLUS}.pth")
+    model = read_upscaler(studio.manager.models_dir / "RealESRGAN" / f"{X2PLUS}.pth")
+    small = Image.fromarray(upscale_example(EVALUATION_SEED, 1, IMAGE_SIZE, held_out=True).image).resize((30, 20))
+    upscaled = answer(studio.http.post("/extra-single-image", json={"image": b64(small), "upscaler_1": "R-ESRGAN 2x+",
+                                                                   "upscaling_resize": 3}))
+    assert np.array_equal(np.asarray(decoded(upscaled["image"])), np.asarray(upscale_with(model, small, (90, 60))))
+
+    hires = made(studio.http.post("/txt2img", json={"prompt": "a red circle on a blue background", "seed": 73,
+                                                    "steps": 2, "width": 64, "height": 64, "enable_hr": True,
+                                                    "hr_scale": 2, "hr_upscaler": X2PLUS,
+                                                    "denoising_strength": 0.5}))
+    assert decoded(hires["images"][0]).size == (128, 128) and hires["info"]["ignored"] == []
+    assert f"Hires upscaler: {X2PLUS}" in hires["info"]["infotexts"][0]
+    tiled = made(studio.http.post("/img2img", json={
+        "init_images": [b64(small.resize((32, 32)))], "prompt": "x", "seed": 74, "steps": 2, "width": 64,
+        "height": 64, "denoising_strength": 0.3, "script_name": "SD upscale", "script_args": ["", 16, 4, 2]}))
+    assert decoded(tiled["images"][0]).size == (64, 64)
+    assert f"SD upscale upscaler: {X2PLUS}" in tiled["info"]["infotexts"][0]
+
+
 def test_the_sd_upscale_script_runs_the_upscale_tool_in_tiles_as_a1111_clients_ask_for_it(studio):
     """img2img with script_name "SD upscale" and A1111's script_args [info, overlap, upscaler_index, scale_factor]:
     the init image upscaled 4 times, regenerated in tiles of width x height (the demo's 64) at the denoising
@@ -406,7 +437,7 @@ def test_the_sd_upscale_script_runs_the_upscale_tool_in_tiles_as_a1111_clients_a
 @pytest.mark.parametrize("changes, words", [
     ({"script_args": ["", "wide", 1, 2]}, "SD upscale's overlap (script_args[1]) must be a whole number from 0 to "
                                           "2048, not 'wide'."),
-    ({"script_args": ["", 16, 9, 2]}, "upscaler_index (script_args[2]) must be a whole number from 0 to 3"),
+    ({"script_args": ["", 16, 9, 2]}, "upscaler_index (script_args[2]) must be a whole number from 0 to 4"),
     ({"script_args": ["", 16, 1, 20]}, "scale_factor (script_args[3]) must be a number from 1 to 8, not 20."),
     ({"denoising_strength": 0}, "SD upscale at denoising_strength 0 would return the resampled image as it is"),
     ({"script_args": ["", 48, 1, 2]}, "A tile overlap of 48 px is more than half the 64 px tile: use at most 32."),
@@ -644,7 +675,7 @@ def test_the_listings_clients_probe_answer(studio):
     assert (lora["name"], lora["alias"], lora["metadata"]["ss_base_model_version"]) == ("ink", "ink-v2", "flux1")
     assert lora["path"] == str(studio.folders.loras[0] / "ink.safetensors")
     assert [u["name"] for u in answer(studio.http.get("/upscalers"))] == ["None", "Lanczos", "Nearest",
-                                                                          "ControlNet upscaler"]
+                                                                          "ControlNet upscaler", X2PLUS]
     for path in ("/sd-vae", "/prompt-styles", "/face-restorers", "/hypernetworks"):
         assert isinstance(answer(studio.http.get(path)), list)
     memory = answer(studio.http.get("/memory"))

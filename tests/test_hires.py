@@ -91,7 +91,7 @@ def test_on_the_controlnet_tool_its_controlnets_steer_both_passes(manager, tmp_p
     assert np.array_equal(np.asarray(result.image), np.asarray(by_hand.image))
     text = result.text_chunks["parameters"]
     assert "Hires upscale: 2" in text and "ControlNet 0: " in text
-    with pytest.raises(InvalidRequest, match="The ControlNet tool's hires fix upscales with Lanczos"):
+    with pytest.raises(InvalidRequest, match="The ControlNet tool's hires fix takes no ControlNet upscaler"):
         manager.generate(steered.with_(hires_upscaler="ControlNet upscaler"))
 
 
@@ -142,7 +142,9 @@ def test_the_settings_survive_metadata_a_preset_and_the_a1111_text(manager, tmp_
     ({"hires_scale": 2.0, "hires_strength": 0.0}, r"Hires denoising strength 0 would leave"),
     ({"hires_scale": 2.0, "image_path": "x.png"}, r"runs after text-to-image only"),
     ({"hires_scale": 2.0, "tool": "fill"}, r"runs after text-to-image only \(Generate, or ControlNet steering it\)"),
-    ({"hires_scale": 2.0, "hires_upscaler": "ESRGAN"}, r"The hires upscaler must be one of Lanczos"),
+    ({"hires_scale": 2.0, "hires_upscaler": "ESRGAN"}, r"^The upscaler 'ESRGAN' is not one the studio has: use "
+                                                       r"Lanczos, ControlNet upscaler, or an upscaler model in the "
+                                                       r"models folder's upscalers/\.$"),
 ])
 def test_bad_hires_settings_are_refused_in_one_sentence_before_any_step(changes, expected):
     manager = ModelManager()

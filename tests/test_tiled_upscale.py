@@ -122,8 +122,9 @@ def test_the_tiles_replay_from_the_metadata_and_name_themselves_in_the_a1111_tex
     ({"tile_size": 64.5}, r"^The tile size must be a whole number of pixels, 0 or more, not 64\.5\.$"),
     ({"tile_size": 256}, r"^demo makes 48x48 to 128x128 images only, so it has no 256x256 tiles: give a tile size in "
                          r"that range, or 0 for its own\.$"),
-    ({"tile_size": 64, "upscaler": "ESRGAN"}, r"^The upscaler 'ESRGAN' is not one the studio has: use Lanczos or "
-                                              r"ControlNet upscaler\.$"),
+    ({"tile_size": 64, "upscaler": "ESRGAN"}, r"^The upscaler 'ESRGAN' is not one the studio has: use Lanczos, "
+                                              r"ControlNet upscaler, or an upscaler model in the models folder's "
+                                              r"upscalers/\.$"),
 ])
 def test_bad_tile_settings_are_refused_in_one_sentence_before_any_step(manager, small_image, extra, expected):
     events = []

@@ -23,6 +23,7 @@ ignored and named in the answer's `info` ("ignored"). Errors are A1111's shape: 
 import json
 import re
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import psutil
@@ -47,8 +48,10 @@ from mflux_core.settings_schema import (
 )
 from mflux_core.styles import read_styles, styled_prompts
 from mflux_core.tools.specs import TOOL_SPECS, default_model_for
+from mflux_core.upscaler_files import upscaler_file, upscaler_files
+from mflux_core.upscaler_models import upscale_with
 from webui.a1111_controlnet import SCRIPT as CONTROLNET_SCRIPT, add_controlnet_routes, enabled_units, units_inputs
-from webui.a1111_extras import UPSCALERS, add_extras_routes
+from webui.a1111_extras import CONTROLNET_UPSCALER, UPSCALERS, add_extras_routes
 from webui.a1111_scripts import IMG2IMG_SCRIPTS, is_sd_upscale, sd_upscale_settings
 from webui.a1111_wire import SdApiError, as_file, b64_png, base64_data, decoded_image, parsed
 from webui.api_server import MAX_WAITING, JobThreads, api_routes, json_object
@@ -125,9 +128,10 @@ def ignored_fields(params: BaseModel) -> list[str]:
         [f"alwayson_scripts.{name}" for name in params.alwayson_scripts if name.lower() != CONTROLNET_SCRIPT]
 
 
-def hires_settings(params: Txt2ImgParams, ignored: list[str]) -> dict:
+def hires_settings(params: Txt2ImgParams, models_dir: Path | None, ignored: list[str]) -> dict:
     """The hires fix's settings from A1111's enable_hr fields: upscaled by hr_scale (or to hr_resize_x/y, keeping
-    the aspect), its steps, denoising strength, prompt and upscaler (one we do not have is named in `ignored`)."""
+    the aspect), its steps, denoising strength, prompt and upscaler (Lanczos, the ControlNet upscaler, or an
+    upscaler model of the models folder; one we do not have is named in `ignored`)."""
     if not params.enable_hr:
         return {}
     settings = {"hires_scale": params.hr_scale, "hires_strength": params.denoising_strength,
@@ -142,7 +146,7 @@ def hires_settings(params: Txt2ImgParams, ignored: list[str]) -> dict:
             if (params.hr_resize_x or target[0], params.hr_resize_y or target[1]) != target:
                 ignored.append("hr_resize_x/hr_resize_y's exact size (the second pass keeps the first's aspect, "
                                "sides multiples of 16)")
-    if params.hr_upscaler in HIRES_UPSCALERS:
+    if params.hr_upscaler in HIRES_UPSCALERS or upscaler_file(models_dir, params.hr_upscaler or ""):
         settings["hires_upscaler"] = params.hr_upscaler
     elif params.hr_upscaler:
         ignored.append(f"hr_upscaler {params.hr_upscaler!r} (not in the studio: {HIRES_UPSCALERS[0]} ran)")
@@ -416,8 +420,9 @@ def sd_upscale_inputs(studio, params: Img2ImgParams, image: Image.Image, ignored
     if enabled_units(params.alwayson_scripts, ignored):
         ignored.append("alwayson_scripts.controlnet (with SD upscale, upscaler_index 3 steers by the ControlNet "
                        "upscaler)")
+    upscalers = [entry["name"] for entry in upscaler_listing(studio.manager.models_dir)]
     settings = sd_upscale_settings(params.script_args, params.width, params.height, params.denoising_strength,
-                                   ignored)
+                                   upscalers, ignored)
     return "upscale", settings, {"image_path": studio.request_context().inputs.save(image, "api-image")}
 
 
@@ -438,10 +443,11 @@ def txt2img_inputs(studio, params: Txt2ImgParams, ignored: list[str]) -> tuple[s
     """(tool, settings, input paths) of a txt2img call: text-to-image, or the ControlNet tool when an enabled
     ControlNet unit comes with it; either with the hires fix when asked for (the units then steer both passes)."""
     units = enabled_units(params.alwayson_scripts, ignored)
-    hires = hires_settings(params, ignored)
+    hires = hires_settings(params, studio.manager.models_dir, ignored)
     if not units:
         return "generate", hires, {}
-    if hires.pop("hires_upscaler", None) == HIRES_UPSCALERS[1]:  # the ControlNet tool's second pass: Lanczos
+    if hires.get("hires_upscaler") == HIRES_UPSCALERS[1]:  # the ControlNet tool's second pass: Lanczos
+        del hires["hires_upscaler"]
         ignored.append(f"hr_upscaler {HIRES_UPSCALERS[1]!r} (with a ControlNet unit, its ControlNets steer the second "
                        f"pass: {HIRES_UPSCALERS[0]} ran)")
     settings, inputs = units_inputs(studio, units, ignored)
@@ -563,8 +569,7 @@ def sdapi_router(studio, auth=None) -> APIRouter:
         "schedulers": lambda: [{"name": n, "label": label, "aliases": None, "default_rho": -1,
                                 "need_inner_model": False} for n, label in SCHEDULE_LABELS.items()],
         "loras": lambda: [lora_entry(name, path) for name, path in studio.lora_library().items()],
-        "upscalers": lambda: [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 1}
-                              for name in UPSCALERS],  # extras' (a1111_extras) and the hires fix's
+        "upscalers": lambda: upscaler_listing(studio.manager.models_dir),
         "cmd-flags": lambda: {"api": True, "nowebui": False},
         "memory": lambda: memory_answer(studio),
         "prompt-styles": lambda: [{"name": style.name, "prompt": style.prompt,
@@ -600,8 +605,13 @@ def sdapi_router(studio, auth=None) -> APIRouter:
 
     add_controlnet_routes(route, studio, threads, json_object, run_depth)
 
-    def run_upscale(image: Image.Image, width: int, height: int) -> Image.Image:
-        """The Upscale tool on `image` at width x height (extras' ControlNet upscaler), in the engine's turn."""
+    def run_upscale(upscaler: str, image: Image.Image, width: int, height: int) -> Image.Image:
+        """`image` at width x height by an upscaler model, or by the Upscale tool (extras' ControlNet upscaler), in
+        the engine's turn."""
+        if upscaler != CONTROLNET_UPSCALER:
+            with studio.turns.turn(**job_about("upscale", None, width, height), source=A1111_SOURCE):
+                return upscale_with(studio.manager.ready_upscaler(upscaler, image.size, (width, height)), image,
+                                    (width, height))
         model = model_for(studio, "upscale", Txt2ImgParams(), state.checkpoint, [])
         settings = {"tool": "upscale", "model": model, "prompt": "", "width": width, "height": height}
         inputs = studio.request_context().inputs
@@ -612,11 +622,21 @@ def sdapi_router(studio, auth=None) -> APIRouter:
             raise SdApiError(409, "The upscale was interrupted before it finished.")
         return results[0].image
 
-    add_extras_routes(route, threads, json_object, run_upscale)
+    add_extras_routes(route, threads, json_object, run_upscale,
+                      lambda name: upscaler_file(studio.manager.models_dir, name) is not None)
     for method in ("GET", "POST"):
         route(method, "/sdapi/v1/{rest:path}")(not_here)
 
     return router
+
+
+def upscaler_listing(models_dir: Path | None) -> list[dict]:
+    """/sdapi/v1/upscalers: extras' built-in upscalers (a1111_extras) and the hires fix's, then the upscaler models
+    (scale 4, as A1111 lists every ESRGAN model)."""
+    return [*({"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 1}
+              for name in UPSCALERS),
+            *({"name": name, "model_name": name, "model_path": str(path), "model_url": None, "scale": 4}
+              for name, path in upscaler_files(models_dir).items())]
 
 
 async def nothing_to_do(request: Request):

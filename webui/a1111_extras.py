@@ -1,6 +1,7 @@
 """A1111's extras upscaling, `/sdapi/v1/extra-single-image` and `/extra-batch-images`, with the studio's upscalers
-(what `/sdapi/v1/upscalers` lists): Lanczos and Nearest as A1111's own (Pillow's filters), and the ControlNet
-upscaler, the Upscale tool: a FLUX.1 pass at the larger size, run in the engine's turn like txt2img.
+(what `/sdapi/v1/upscalers` lists): Lanczos and Nearest as A1111's own (Pillow's filters), the ControlNet
+upscaler, the Upscale tool: a FLUX.1 pass at the larger size, run in the engine's turn like txt2img, and the upscaler
+models of the models folder (ESRGAN, 4x-UltraSharp, ...), also in the engine's turn.
 
 As A1111 does: `resize_mode` 0 multiplies the size by `upscaling_resize` (default 2); 1 upscales until the image
 covers `upscaling_resize_w` x `upscaling_resize_h` and (`upscaling_crop`, the default) keeps that much of its
@@ -24,8 +25,9 @@ CONTROLNET_UPSCALER = HIRES_UPSCALERS[1]
 UPSCALERS = (NO_UPSCALER, LANCZOS, NEAREST, CONTROLNET_UPSCALER)
 FILTERS = {LANCZOS: Image.Resampling.LANCZOS, NEAREST: Image.Resampling.NEAREST}
 MAX_FACTOR = 8  # A1111's slider's end
-# run_upscale(image, width, height) -> the Upscale tool's image of that size, run in the engine's turn
-UpscaleRunner = Callable[[Image.Image, int, int], Image.Image]
+# run_upscale(upscaler, image, width, height) -> the image of that size by the ControlNet upscaler (the Upscale tool)
+# or an upscaler model, run in the engine's turn
+UpscaleRunner = Callable[[str, Image.Image, int, int], Image.Image]
 
 
 class ExtrasParams(BaseModel):
@@ -58,13 +60,13 @@ class BatchImages(ExtrasParams):
     imageList: list[BatchImage] = Field(min_length=1)  # noqa: N815 (A1111's field name)
 
 
-def checked(model: type[ExtrasParams], fields: dict) -> ExtrasParams:
-    """The request's fields, its upscalers among the studio's."""
+def checked(model: type[ExtrasParams], fields: dict, is_model: Callable[[str], bool]) -> ExtrasParams:
+    """The request's fields, its upscalers among the studio's (`is_model`: whether a name is an upscaler model's)."""
     params = parsed(model, fields)
     for name in (params.upscaler_1, params.upscaler_2):
-        if name not in UPSCALERS:
+        if name not in UPSCALERS and not is_model(name):
             raise SdApiError(400, f"The upscaler {name!r} is not in the studio: use one of {', '.join(UPSCALERS)} "
-                                  "(GET /sdapi/v1/upscalers).")
+                                  "or an upscaler model of the models folder's upscalers/ (GET /sdapi/v1/upscalers).")
     return params
 
 
@@ -79,10 +81,12 @@ def upscaled_by(name: str, image: Image.Image, factor: float, run_upscale: Upsca
     # A1111 truncates; the 1e-6 keeps a float error (100 / 3 * 3) from losing the pixel a crop then needs
     size = (int(image.width * factor + 1e-6), int(image.height * factor + 1e-6))
     check_image_size(*size, "The upscaled image")
-    if name != CONTROLNET_UPSCALER:
+    if name in FILTERS:
         return image.resize(size, FILTERS[name])
+    if name != CONTROLNET_UPSCALER:
+        return run_upscale(name, image, *size)
     snapped = tuple(max(16, round(side / 16) * 16) for side in size)  # FLUX.1 makes multiples of 16
-    result = run_upscale(image, *snapped)
+    result = run_upscale(name, image, *snapped)
     return result if result.size == size else result.resize(size, Image.Resampling.LANCZOS)
 
 
@@ -113,28 +117,29 @@ def html_info(params: ExtrasParams) -> str:
     return f"<p>Ignored: {' and '.join(missing)} (no face restoration in the studio).</p>" if missing else ""
 
 
-def single_image(fields: dict, run_upscale: UpscaleRunner) -> dict:
-    params = checked(SingleImage, fields)
+def single_image(fields: dict, run_upscale: UpscaleRunner, is_model: Callable[[str], bool]) -> dict:
+    params = checked(SingleImage, fields, is_model)
     image = upscaled(decoded_image(params.image, "image"), params, run_upscale)
     return {"html_info": html_info(params), "image": b64_png(image)}
 
 
-def batch_images(fields: dict, run_upscale: UpscaleRunner) -> dict:
-    params = checked(BatchImages, fields)
+def batch_images(fields: dict, run_upscale: UpscaleRunner, is_model: Callable[[str], bool]) -> dict:
+    params = checked(BatchImages, fields, is_model)
     images = [decoded_image(item.data, f"imageList[{index}]") for index, item in enumerate(params.imageList)]
     return {"html_info": html_info(params),
             "images": [b64_png(upscaled(image, params, run_upscale)) for image in images]}
 
 
-def add_extras_routes(route, threads, json_object, run_upscale: UpscaleRunner) -> None:
+def add_extras_routes(route, threads, json_object, run_upscale: UpscaleRunner,
+                      is_model: Callable[[str], bool]) -> None:
     """The extras routes on the A1111 router (`route` is its)."""
 
     @route("POST", "/sdapi/v1/extra-single-image")
     async def extra_single_image(request: Request):
         fields = await json_object(request, SdApiError)
-        return JSONResponse(await threads.run(single_image, fields, run_upscale))
+        return JSONResponse(await threads.run(single_image, fields, run_upscale, is_model))
 
     @route("POST", "/sdapi/v1/extra-batch-images")
     async def extra_batch_images(request: Request):
         fields = await json_object(request, SdApiError)
-        return JSONResponse(await threads.run(batch_images, fields, run_upscale))
+        return JSONResponse(await threads.run(batch_images, fields, run_upscale, is_model))

@@ -2,12 +2,13 @@
 API passes them: "SD upscale" (args: [info, overlap, upscaler_index, scale_factor]), the Upscale tool in tiles.
 
 As A1111's script: the init image upscaled scale_factor times by the upscaler `upscaler_index` points at in
-/sdapi/v1/upscalers (None and Lanczos resample with Lanczos; the ControlNet upscaler also steers every tile),
+/sdapi/v1/upscalers (None and Lanczos resample with Lanczos; the ControlNet upscaler also steers every tile; an
+upscaler model, listed after them, upscales the image before the tiles),
 then regenerated in tiles of the request's width x height (square here: the width) that overlap by `overlap`,
 at the request's denoising strength, every tile with the seed.
 """
 
-from webui.a1111_extras import CONTROLNET_UPSCALER, LANCZOS, NEAREST, UPSCALERS
+from webui.a1111_extras import LANCZOS, NEAREST, NO_UPSCALER
 from webui.a1111_wire import SdApiError
 
 SD_UPSCALE = "sd upscale"  # as /sdapi/v1/scripts lists it (A1111 lists its scripts' titles in lower case)
@@ -28,15 +29,16 @@ def script_arg(args: list, index: int, name: str, default, whole: bool, low: flo
 
 
 def sd_upscale_settings(args: list, width: int | None, height: int | None, denoising_strength: float,
-                        ignored: list[str]) -> dict:
+                        upscalers: list[str], ignored: list[str]) -> dict:
     """The Upscale tool's settings for A1111's SD upscale with `args` (script_args), the request's size as the
-    tile; what we do otherwise than A1111 is named in `ignored`."""
+    tile; `upscalers`: /sdapi/v1/upscalers' names, which `upscaler_index` points into; what we do otherwise than
+    A1111 is named in `ignored`."""
     if denoising_strength == 0:
         raise SdApiError(422, "SD upscale at denoising_strength 0 would return the resampled image as it is: use "
                               "/sdapi/v1/extra-single-image for that, or a denoising strength above 0.",
                          kind="RequestValidationError")
     overlap = script_arg(args, 1, "overlap", DEFAULT_OVERLAP, True, 0, 2048)
-    upscaler = UPSCALERS[script_arg(args, 2, "upscaler_index", 0, True, 0, len(UPSCALERS) - 1)]
+    upscaler = upscalers[script_arg(args, 2, "upscaler_index", 0, True, 0, len(upscalers) - 1)]
     factor = script_arg(args, 3, "scale_factor", DEFAULT_FACTOR, False, 1, MAX_FACTOR)
     side = width or height or DEFAULT_TILE
     if width and height and width != height:
@@ -47,7 +49,7 @@ def sd_upscale_settings(args: list, width: int | None, height: int | None, denoi
     if upscaler == NEAREST:
         ignored.append(f"SD upscale's upscaler {NEAREST} ({LANCZOS} resampled)")
     extra = {"upscale_factor": factor, "tile_size": side, "tile_overlap": overlap,
-             "upscaler": CONTROLNET_UPSCALER if upscaler == CONTROLNET_UPSCALER else LANCZOS}
+             "upscaler": upscaler if upscaler not in (NO_UPSCALER, NEAREST) else LANCZOS}
     # the output is the init image's size times the factor, set by the tool
     return {"width": None, "height": None, "image_strength": round(1 - denoising_strength, 6), "extra": extra}
 

@@ -38,6 +38,11 @@ class Convolution:
         self.method = method_for(weight.shape, stride, weight.dtype)
         self._winograd_kernel = winograd_conv.transformed_kernel(weight) if self.method == "winograd" else None
 
+    @property
+    def arrays(self) -> list[mx.array]:
+        """What it holds: the weight, the bias and Winograd's transformed kernel (what a resident model counts)."""
+        return [array for array in (self.weight, self.bias, self._winograd_kernel) if array is not None]
+
     def __call__(self, x: mx.array, padding: Padding) -> mx.array:
         """conv(x) + bias for NHWC `x`, as `mx.conv_general(x, weight, stride, padding)` computes it."""
         if self.method == "conv2d":

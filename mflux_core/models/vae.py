@@ -145,14 +145,20 @@ def conv_in_bands(conv: nn.Conv2d, rows: Rows, padding: tuple[int, int] = (1, 1)
     """`conv` over `rows` padded by (before, after) on both axes, plus `residual`, one band of output rows
     evaluated at a time into the output. Each output pixel sees the same inputs as one conv2d over the
     whole image; only the GEMM's row count changes."""
+    return convolution_in_bands(Convolution(conv.weight, conv.bias, conv.stride[0], settle), rows, padding, residual)
+
+
+def convolution_in_bands(convolution: Convolution, rows: Rows, padding: tuple[int, int] = (1, 1),
+                         residual: Rows | None = None) -> mx.array:
+    """As conv_in_bands, with the layer's Convolution readied once by the caller (its method chosen, Winograd's
+    kernel transformed) for a network that runs the same layer many times."""
     batch, height, width, _ = rows.shape
-    out_channels, kernel, _, in_channels = conv.weight.shape
-    stride = conv.stride[0]
+    out_channels, kernel, _, in_channels = convolution.weight.shape
+    stride = convolution.stride
     before, after = padding
     out_height = (height + before + after - kernel) // stride + 1
     out_width = (width + before + after - kernel) // stride + 1
-    step = band_height(out_width, kernel * kernel * in_channels, conv.weight.dtype.size)
-    convolution = Convolution(conv.weight, conv.bias, stride, settle)
+    step = band_height(out_width, kernel * kernel * in_channels, convolution.weight.dtype.size)
     out = None
     for first in range(0, out_height, step):
         last = min(first + step, out_height)

@@ -7,6 +7,7 @@ import mlx.core as mx
 from PIL import Image
 
 from mflux_core.flux_model import FluxModel
+from mflux_core.models.esrgan import UpscalerModel
 from mflux_core.request import GenerationRequest
 
 
@@ -28,6 +29,10 @@ class ToolEngine(Protocol):
 
     def check_side_run(self, what: str, phase: str, peak_bytes: int) -> None:
         """Refuse (InvalidRequest) a side model's run whose `peak_bytes` would not fit the memory budget."""
+
+    def ready_upscaler(self, name: str, size: tuple[int, int], target: tuple[int, int]) -> UpscalerModel:
+        """An upscaler model of the models folder by name, loaded, its upscale of `size` towards `target` checked
+        against the memory budget (InvalidRequest when it would not fit, or no such model is there)."""
 
     def apply_loras(self, model: FluxModel, request: GenerationRequest) -> None:
         """Make the model's transformer carry exactly the request's LoRAs (a tool may add its own)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mflux_core.controlnet_units import MAX_UNITS
-from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE, ONLY_MASKED_PADDING, UNION_CONTROL_TYPES
+from mflux_core.settings_schema import MAX_HIRES_SCALE, ONLY_MASKED_PADDING, UNION_CONTROL_TYPES
 from mflux_core.images.resize_modes import RESIZE_MODES
 
 REQUEST, EXTRA, COMMAND = "request", "extra", "command"  # where a flag's value goes (Flag.into)
@@ -103,8 +103,8 @@ HIRES_FLAGS = (
     Flag("--hires-strength", "hires fix: A1111's denoising strength of the second pass, above 0 to 1 (default 0.5)",
          kind="number"),
     Flag("--hires-upscaler", "hires fix: how the image is upscaled (default Lanczos; 'ControlNet upscaler' also "
-         "steers the second pass through jasperai's Upscaler ControlNet, which must be on disk)",
-         choices=HIRES_UPSCALERS),
+         "steers the second pass through jasperai's Upscaler ControlNet, which must be on disk; or the name of an "
+         "upscaler model in the models folder's upscalers/, e.g. 4x-UltraSharp: `mflux-studio upscalers` lists them)"),
     Flag("--hires-prompt", "hires fix: the second pass's prompt (default: the prompt)"),
 )
 
@@ -190,9 +190,10 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                  Flag("--controlnet-image-path", "", hidden=True),
                  Flag("--upscale-factor", "without --width/--height: the output is the input's size times this "
                       "(default 2)", into=EXTRA, kind="number"),
-                 Flag("--upscaler", "'ControlNet upscaler' (default: the ControlNet steers) or 'Lanczos' (the image "
-                      "resampled, then regenerated image-to-image only, as A1111's SD upscale)", into=EXTRA,
-                      choices=HIRES_UPSCALERS),
+                 Flag("--upscaler", "'ControlNet upscaler' (default: the ControlNet steers), 'Lanczos' (the image "
+                      "resampled, then regenerated image-to-image only, as A1111's SD upscale) or an upscaler model "
+                      "of the models folder's upscalers/ (ESRGAN, 4x-UltraSharp, ...: the image upscaled by it, then "
+                      "regenerated image-to-image)", into=EXTRA),
                  Flag("--image-strength", "start from the resampled image, keeping this much of it, 0 to below 1 "
                       "(default: off with the ControlNet upscaler in one piece, else 0.65)", kind="number"),
                  Flag("--tile-size", "upscale in tiles of this many px a side (a multiple of 16; given bare: the "

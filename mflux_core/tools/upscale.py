@@ -1,7 +1,9 @@
 """Upscale: regenerate an image at a larger size, steered by the image itself through jasperai's
 FLUX.1 Upscaler ControlNet (or another with --controlnet-path) on a dev base; on a demo base the default
 is demo-upscaler, the upscaler ControlNet trained with the demo models. With the Lanczos upscaler (as the hires
-fix names them) no ControlNet steers: the resampled image is regenerated image-to-image only.
+fix names them) no ControlNet steers: the resampled image is regenerated image-to-image only; with an upscaler
+model of the models folder (ESRGAN, 4x-UltraSharp, ...: mflux_core/upscaler_models.py) the same, from the image
+the model upscaled.
 
 The input image is the control image as it is (no edge detection), resized to the output size; with an image
 strength (or the Lanczos upscaler, or tiles) the upscale also starts from it, keeping that much of it.
@@ -10,6 +12,8 @@ aspect ratio; neither multiplies the input's size by `upscale_factor` (default 2
 snapped down to a multiple of 16. A Union ControlNet runs in its tile mode unless --controlnet-mode says otherwise.
 In tiles (`tile_size`), the output is made a tile at a time: mflux_core/tiled_upscale.py.
 """
+
+from typing import Callable
 
 from PIL import Image
 
@@ -26,6 +30,7 @@ from mflux_core.tools.common import (
 from mflux_core.tools.controlnet_conditioning import (
     ControlUnit, controlnet_inputs, extra_number, steering, unit_record, with_default_strength,
 )
+from mflux_core.upscaler_models import model_passes, upscaled_note
 
 DEFAULT_STRENGTH = 0.6  # jasperai's published controlnet_conditioning_scale
 DEFAULT_FACTOR = 2.0
@@ -51,10 +56,26 @@ def upscaled_size(request: GenerationRequest, image: Image.Image) -> GenerationR
 
 
 def upscaler(request: GenerationRequest) -> str:
+    """The upscaler's name: one of HIRES_UPSCALERS or an upscaler model's (checked when it loads)."""
     name = request.extra.get(UPSCALER, CONTROLNET_UPSCALER)
-    if name not in HIRES_UPSCALERS:
-        raise InvalidRequest(f"The upscaler {name!r} is not one the studio has: use {' or '.join(HIRES_UPSCALERS)}.")
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidRequest(f"The upscaler must be a name ({' or '.join(HIRES_UPSCALERS)}, or an upscaler model's), "
+                             f"not {name!r}.")
     return name
+
+
+def resampled(engine: ToolEngine, image: Image.Image, request: GenerationRequest,
+              cancelled: Callable[[], bool] | None = None) -> tuple[Image.Image, tuple[str, ...]]:
+    """The input at the request's (set) size: by the upscaler model first when the request names one, then by
+    its resize mode (Lanczos), with notes of what was done."""
+    name, notes = upscaler(request), ()
+    if name not in HIRES_UPSCALERS:
+        target = (request.width, request.height)
+        model = engine.ready_upscaler(name, image.size, target)
+        before, image = image.size, model_passes(model, image, target, cancelled)
+        notes = (upscaled_note(model, before, image.size),)
+    image, resized = fit_input(image, request)
+    return image, notes + resized
 
 
 def starts_from_image(request: GenerationRequest) -> GenerationRequest:
@@ -71,7 +92,7 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     path = request.image_path or request.controlnet_image_path  # mflux's upscaler takes --controlnet-image-path
     image = required_image(path, "an image to upscale", "--image-path")
     request = upscaled_size(request, image)
-    image, notes = fit_input(image, request)
+    image, notes = resampled(engine, image, request)
     return upscale_inputs(model, starts_from_image(request), engine, image, notes)
 
 

@@ -14,7 +14,7 @@ from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_BATCH, UNION_CONTROL_TYPES
 from mflux_core.tools.specs import TILE_OVERLAP, TILE_SIZE, UPSCALER
 from webui.demo_examples import render_demo_examples
-from webui.hires_ui import hires_controls, hires_settings, hires_values
+from webui.hires_ui import hires_controls, hires_settings, hires_values, upscaler_picker
 from webui.jobs import safe_action
 from webui.panels import Panel, input_image, result_column
 from webui.presets_ui import render_presets
@@ -199,16 +199,19 @@ def render_units(weight_choices: list) -> tuple[gr.Accordion, dict, dict]:
     return accordion, controls, images
 
 
-def upscale_controls() -> tuple[gr.Column, dict, gr.File]:
+def upscale_controls(models_dir) -> tuple[gr.Column, dict, gr.File]:
     """Upscale mode's settings (the factor, the upscaler, the image strength and the tiles: A1111's SD upscale) and
     its batch of further images."""
     with gr.Column(visible=False, elem_id="controlnet-upscale-settings") as column:
         with gr.Row():
             factor = gr.Slider(1, 4, DEFAULTS["upscale_factor"], step=0.5, label="Upscale factor (when width and "
                                "height are 0)", elem_id="controlnet-upscale-factor")
-            upscaler = gr.Radio(list(HIRES_UPSCALERS[::-1]), value=CONTROLNET_UPSCALER, label="Upscaler",
-                                info="ControlNet upscaler: the ControlNet steers; Lanczos: the resampled image "
-                                     "regenerated image-to-image only", elem_id="controlnet-upscaler")
+            upscaler = upscaler_picker(list(HIRES_UPSCALERS[::-1]), CONTROLNET_UPSCALER, models_dir,
+                                       label="Upscaler", elem_id="controlnet-upscaler",
+                                       info="ControlNet upscaler: the ControlNet steers; Lanczos: the resampled image "
+                                            "regenerated image-to-image only; an upscaler model of the models "
+                                            "folder's upscalers/ (ESRGAN, 4x-UltraSharp, ...): the same from its "
+                                            "upscale")
         strength = gr.Slider(0, 0.99, DEFAULTS["upscale_strength"], step=0.01, label="Image strength (how much of "
                              "the resampled image is kept)", info="0: the default, none with the ControlNet upscaler "
                              "in one piece, else 0.65", elem_id="controlnet-upscale-strength")
@@ -242,7 +245,7 @@ def render(studio) -> Panel:
                                            elem_id="controlnet-canny-high")
                 strength = gr.Slider(0, 2, DEFAULTS["controlnet_strength"], step=0.05,
                                      label="ControlNet strength", elem_id="controlnet-strength")
-                upscale, upscale_fields, upscale_batch = upscale_controls()
+                upscale, upscale_fields, upscale_batch = upscale_controls(studio.manager.models_dir)
                 with gr.Accordion("Image to image", open=False, elem_id="controlnet-img2img") as img2img:
                     init_image = input_image("Input image (optional: start from it, steered by the edges)",
                                              "controlnet-init-image")
@@ -261,7 +264,8 @@ def render(studio) -> Panel:
                                              elem_id="controlnet-union-type", scale=2)
                 units, unit_controls, unit_images = render_units(weight_choices)
                 hires, hires_fields = hires_controls(TOOL, {DEFAULT_UPSCALER: "resampled; the ControlNets steer the "
-                                                            "second pass too, their images at its size"})
+                                                            "second pass too, their images at its size"},
+                                                     studio.manager.models_dir)
                 shared = build_shared_controls(studio, TOOL, TOOL)
                 example_image = {control_image: lambda e: str(e.images["image"])}
                 render_demo_examples(studio, TOOL, shared.controls, example_image,

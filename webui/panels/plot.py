@@ -149,7 +149,7 @@ def render(studio) -> Panel:
                     image_strength = gr.Slider(0, 0.99, DEFAULT_IMAGE_STRENGTH, step=0.01,
                                                label="Image strength (how much of the input is kept; also an axis)",
                                                elem_id="plot-image-strength")
-                _, hires = hires_controls(TOOL, UPSCALER_NOTES)
+                _, hires = hires_controls(TOOL, UPSCALER_NOTES, studio.manager.models_dir)
                 shared = build_shared_controls(studio, "generate", TOOL, offer_resize_mode=False)
                 panel = Panel(TOOL, (), {**shared.controls, "image_strength": image_strength, **hires},
                               settings_from_values, values_from_settings)
