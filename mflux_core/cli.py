@@ -381,7 +381,7 @@ class ConsoleProgress:
         elif isinstance(event, Step):
             self._advance(f"seed {self.seed}{f', {event.stage}' if event.stage else ''}", event.total, event.step,
                           unit="step")
-            if self.stepwise is not None:
+            if self.stepwise is not None and event.preview is not None:  # an upscaler model's tiles have none
                 event.preview.save(self.stepwise / f"seed_{self.seed}_step_{event.step}of{event.total}.png")
 
     def _advance(self, what: str, total: int, done: int, unit: str) -> None:

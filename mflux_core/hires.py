@@ -85,12 +85,12 @@ def second_pass_request(request: GenerationRequest, first_steps: int) -> Generat
 
 
 def upscaled(image: Image.Image, size: tuple[int, int], model: UpscalerModel | None,
-             cancelled: Callable[[], bool] | None) -> Image.Image:
+             cancelled: Callable[[], bool] | None, report: Report | None) -> Image.Image:
     """The first pass's image at the second pass's size (the ControlNet upscaler's control image too): by the
     upscaler model when there is one, else Lanczos."""
     if model is None:
         return image.resize(size, Image.Resampling.LANCZOS)
-    return upscale_with(model, image, size, cancelled)
+    return upscale_with(model, image, size, cancelled, report)
 
 
 def second_pass_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine, before: Image.Image,
@@ -135,7 +135,7 @@ def generate_hires(manager: "ModelManager", request: GenerationRequest, report: 
         request.hires_upscaler, passes[0], passes[1])
     with manager.resident.budget.holding(plan):
         image = manager.run_inputs(model, first, passes_report(report, 0, total, "hires fix pass 1 of 2"), cancelled)
-        before = upscaled(image, passes[1], upscaler, cancelled)
+        before = upscaled(image, passes[1], upscaler, cancelled, report)
         second = second_pass_inputs(model, second_request, manager, before, request.hires_upscaler)
         image = manager.run_inputs(model, second, passes_report(report, first_steps - start, total,
                                                                 "hires fix pass 2 of 2"), cancelled)

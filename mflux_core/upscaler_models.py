@@ -4,6 +4,7 @@ and an image upscaled with one as A1111 upscales with them: the model run tile b
 resize to that size exactly.
 """
 
+import itertools
 from pathlib import Path
 from typing import Callable
 
@@ -13,6 +14,7 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 from mflux_core.errors import Cancelled, ModelLoadError
+from mflux_core.events import Report, Step
 from mflux_core.images.tiles import Tile, blend_bytes, blend_tiles, tile_grid
 from mflux_core.models.esrgan import UpscalerModel, network_for
 from mflux_core.models.vae import inference
@@ -55,18 +57,28 @@ def upscale_bytes(model: UpscalerModel, size: tuple[int, int], target: tuple[int
 
 
 def model_passes(model: UpscalerModel, image: Image.Image, target: tuple[int, int],
-                 cancelled: Callable[[], bool] | None = None) -> Image.Image:
-    """`image` through as many of the model's passes as it takes to cover `target` (width, height)."""
+                 cancelled: Callable[[], bool] | None = None, report: Report | None = None) -> Image.Image:
+    """`image` through as many of the model's passes as it takes to cover `target` (width, height); each tile
+    done is reported as a Step counted across the passes (on a CPU a pass can take minutes)."""
     image = image.convert("RGB")
-    for _ in range(passes_for(model.scale, image.size, target)):
-        image = model_pass(model, image, cancelled)
+    passes = passes_for(model.scale, image.size, target)
+    total = sum(len(pass_tiles(model, image.width * model.scale ** n, image.height * model.scale ** n))
+                for n in range(passes))
+    done = itertools.count(1)
+
+    def tile_done() -> None:
+        if report is not None:
+            report(Step(next(done), total, stage=f"upscaling with {model.name}"))
+
+    for _ in range(passes):
+        image = model_pass(model, image, cancelled, tile_done)
     return image
 
 
 def upscale_with(model: UpscalerModel, image: Image.Image, target: tuple[int, int],
-                 cancelled: Callable[[], bool] | None = None) -> Image.Image:
+                 cancelled: Callable[[], bool] | None = None, report: Report | None = None) -> Image.Image:
     """`image` through the model's passes, then Lanczos to `target` exactly."""
-    image = model_passes(model, image, target, cancelled)
+    image = model_passes(model, image, target, cancelled, report)
     return image if image.size == target else image.resize(target, Image.Resampling.LANCZOS)
 
 
@@ -74,15 +86,23 @@ def upscaled_note(model: UpscalerModel, before: tuple[int, int], after: tuple[in
     return f"Input {before[0]}x{before[1]} upscaled to {after[0]}x{after[1]} by {model.name} (x{model.scale})."
 
 
-def model_pass(model: UpscalerModel, image: Image.Image, cancelled: Callable[[], bool] | None) -> Image.Image:
+def pass_tiles(model: UpscalerModel, width: int, height: int) -> list[Tile]:
+    """The tiles of a pass over a width x height image (its sides padded to a multiple of the model's unshuffle)."""
+    unshuffle = getattr(model.net, "unshuffle", 1)
+    width, height = width + -width % unshuffle, height + -height % unshuffle
+    side = min(TILE, max(width, height)) // unshuffle * unshuffle
+    return tile_grid(width, height, side, side, TILE_OVERLAP)
+
+
+def model_pass(model: UpscalerModel, image: Image.Image, cancelled: Callable[[], bool] | None,
+               tile_done: Callable[[], None] = lambda: None) -> Image.Image:
     """One pass of the model, tile by tile; a stop is heard between tiles."""
     unshuffle = getattr(model.net, "unshuffle", 1)
     pixels = np.asarray(image, np.float32) / 255
     pad = (-pixels.shape[0] % unshuffle, -pixels.shape[1] % unshuffle)
     pixels = np.pad(pixels, ((0, pad[0]), (0, pad[1]), (0, 0)), mode="reflect")  # as spandrel pads unshuffled input
     height, width = pixels.shape[:2]
-    side = min(TILE, max(width, height)) // unshuffle * unshuffle
-    tiles = tile_grid(width, height, side, side, TILE_OVERLAP)
+    tiles = pass_tiles(model, image.width, image.height)
     scale, outputs = model.scale, []
     for tile in tiles:
         if cancelled is not None and cancelled():
@@ -91,6 +111,7 @@ def model_pass(model: UpscalerModel, image: Image.Image, cancelled: Callable[[],
         with inference():  # each band and block evaluated before the next: the peak upscale_bytes plans for
             out = model.net(mx.array(crop[None]))[0]
         outputs.append(Image.fromarray(np.array(mx.clip(mx.round(out * 255), 0, 255).astype(mx.uint8))))
+        tile_done()
     scaled = [Tile(t.left * scale, t.top * scale, t.width * scale, t.height * scale) for t in tiles]
     blended = blend_tiles(width * scale, height * scale, scaled, outputs)
     return blended.crop((0, 0, image.width * scale, image.height * scale))

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from mflux_core import cli
 from mflux_core.errors import InvalidRequest, ModelLoadError
+from mflux_core.events import Step
 from mflux_core.images.io import save_png_atomic
 from mflux_core.manager import ModelManager
 from mflux_core.request import GenerationRequest
@@ -186,7 +187,13 @@ def small_image(manager, tmp_path_factory):
 def test_the_hires_fix_upscales_the_first_pass_with_the_model(manager, models_dir):
     request = GenerationRequest(model="demo", prompt=PROMPT, seed=7, steps=3, width=64, height=64, dtype="float32")
     first = manager.generate(request).image
-    result = manager.generate(request.with_(hires_scale=2.0, hires_upscaler="2x-Tiny", hires_strength=0.5))
+    steps = []
+    result = manager.generate(request.with_(hires_scale=2.0, hires_upscaler="2x-Tiny", hires_strength=0.5),
+                              report=lambda event: steps.append(event) if isinstance(event, Step) else None)
+    # the first pass's 3 steps, the model's one tile (its own count), the second pass's last 2 of 3
+    assert [(e.step, e.total, e.stage) for e in steps] == [
+        (1, 5, "hires fix pass 1 of 2"), (2, 5, "hires fix pass 1 of 2"), (3, 5, "hires fix pass 1 of 2"),
+        (1, 1, "upscaling with 2x-Tiny"), (4, 5, "hires fix pass 2 of 2"), (5, 5, "hires fix pass 2 of 2")]
     assert result.image.size == (128, 128) and result.request.hires_upscaler == "2x-Tiny"
     expected = upscale_with(read_upscaler(models_dir / "upscalers" / "2x-Tiny.pth"), first, (128, 128))
     assert np.array_equal(np.asarray(result.before), np.asarray(expected))

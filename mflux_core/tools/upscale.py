@@ -18,6 +18,7 @@ from typing import Callable
 from PIL import Image
 
 from mflux_core.errors import InvalidRequest
+from mflux_core.events import Report
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.request import GenerationRequest, check_image_size, snap_to_16
@@ -65,14 +66,15 @@ def upscaler(request: GenerationRequest) -> str:
 
 
 def resampled(engine: ToolEngine, image: Image.Image, request: GenerationRequest,
-              cancelled: Callable[[], bool] | None = None) -> tuple[Image.Image, tuple[str, ...]]:
+              cancelled: Callable[[], bool] | None = None,
+              report: Report | None = None) -> tuple[Image.Image, tuple[str, ...]]:
     """The input at the request's (set) size: by the upscaler model first when the request names one, then by
     its resize mode (Lanczos), with notes of what was done."""
     name, notes = upscaler(request), ()
     if name not in HIRES_UPSCALERS:
         target = (request.width, request.height)
         model = engine.ready_upscaler(name, image.size, target)
-        before, image = image.size, model_passes(model, image, target, cancelled)
+        before, image = image.size, model_passes(model, image, target, cancelled, report)
         notes = (upscaled_note(model, before, image.size),)
     image, resized = fit_input(image, request)
     return image, notes + resized
