@@ -18,6 +18,7 @@ from mflux_core.errors import InvalidRequest, ModelLoadError
 from mflux_core.events import Step
 from mflux_core.images.io import save_png_atomic
 from mflux_core.manager import ModelManager
+from mflux_core.presets import settings_from_a1111
 from mflux_core.request import GenerationRequest
 from mflux_core.upscaler_files import upscaler_file, upscaler_files
 from mflux_core.upscaler_models import TILE, model_pass, passes_for, read_upscaler, upscale_bytes, upscale_with
@@ -159,6 +160,15 @@ def test_models_are_found_in_our_a1111s_and_comfyuis_folders_by_name_and_a1111s_
     assert list(upscaler_files(tmp_path)) == ["4x-UltraSharp", "4x_NMKD-Siax", "RealESRGAN_x4plus", "2x-Compact"]
     assert upscaler_file(tmp_path, "R-ESRGAN 4x+") == tmp_path / "RealESRGAN" / "RealESRGAN_x4plus.pth"
     assert upscaler_file(tmp_path, "R-ESRGAN 2x+") is None
+
+
+@pytest.mark.parametrize("theirs, ours", [("4x-UltraSharp", "4x-UltraSharp"), ("R-ESRGAN 4x+", "R-ESRGAN 4x+"),
+                                          ("Latent (bicubic antialiased)", None), ("SwinIR 4x", None),
+                                          ("Lanczos", "Lanczos")])
+def test_an_a1111_pngs_hires_upscaler_is_kept_when_it_names_a_model_file(theirs, ours):
+    settings = settings_from_a1111("a cat\nSteps: 20, Seed: 1, Size: 512x512, Denoising strength: 0.7, "
+                                   f"Hires upscale: 2, Hires upscaler: {theirs}")
+    assert settings.get("hires_upscaler") == ours
 
 
 # ----- the engine's uses on the demo models --------------------------------------------------------------------
