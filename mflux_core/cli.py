@@ -22,7 +22,7 @@ from mflux_core.regions import region_from_box_flag, region_from_mask_flag
 from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import DTYPES, MERGE_METHODS, SAMPLER_LABELS as SAMPLERS, SCHEDULE_LABELS as SCHEDULES
 from mflux_core.settings_schema import WEIGHTED_SUM
-from mflux_core.tools.specs import TOOL_SPECS, ToolSpec, tool_spec
+from mflux_core.tools.specs import TOOL_SPECS, UPSCALER_ONLY, ToolSpec, tool_spec
 from mflux_core.training.lora_command import add_train_parser, run_train
 from mflux_core.wildcards import expand_prompt
 from mflux_core.xyz import (
@@ -401,8 +401,8 @@ class ConsoleProgress:
 
 def run(args: argparse.Namespace) -> list[Path]:
     request = base_request(args)
-    fallback = request.prompt if args.config_from_metadata else \
-        "" if tool_spec(args.tool).prompt_optional or args.prompts_from else None
+    needs_no_prompt = tool_spec(args.tool).prompt_optional or args.prompts_from or request.extra.get(UPSCALER_ONLY)
+    fallback = request.prompt if args.config_from_metadata else "" if needs_no_prompt else None
     request = unstyled = request.with_(prompt=read_prompt(args, fallback))
     request, styled = with_styles(args, request)
     request.validated()

@@ -23,6 +23,7 @@ from mflux_core.events import Downloading, Report, result_of
 from mflux_core.generation import Preview, ToolInputs, decode_latents, run_tool
 from mflux_core.hires import generate_hires
 from mflux_core.tiled_upscale import generate_tiled, is_tiled
+from mflux_core.upscaler_only import generate_upscaler_only, is_upscaler_only
 from mflux_core.lora.resident import ResidentLoras
 from mflux_core.lru import LRU
 from mflux_core.memory import DEPTH_PHASE, UPSCALER_PHASE, MemoryBudget, MemoryPlan, gb_text
@@ -177,6 +178,8 @@ class ModelManager:
         with self._lock, self._reporting(request.model, report, cancelled):
             if request.hires_scale is not None:
                 return generate_hires(self, request, report, cancelled)
+            if is_upscaler_only(request):
+                return generate_upscaler_only(self, request, report, cancelled)
             if is_tiled(request):
                 return generate_tiled(self, request, report, cancelled)
             return self._generate(request, report, cancelled)
@@ -250,13 +253,16 @@ class ModelManager:
         preview = self.step_preview(model) if report else None
         return result_of(run_tool(model, inputs, cancelled, preview), report)
 
-    def finished(self, image: Image.Image, request: GenerationRequest, model: FluxModel, guidance: float | None,
-                 plan: MemoryPlan, started: tuple[float, int], before: Image.Image | None = None,
-                 notes: tuple[str, ...] = (), recorded: dict | None = None) -> GenerationResult:
+    def finished(self, image: Image.Image, request: GenerationRequest, model: FluxModel | None,
+                 guidance: float | None, plan: MemoryPlan | None, started: tuple[float, int],
+                 before: Image.Image | None = None, notes: tuple[str, ...] = (),
+                 recorded: dict | None = None) -> GenerationResult:
         """The run's result with its metadata (`recorded`: what the tool decided beyond the request); its memory
-        plan recorded next to the measured peak."""
-        self.resident.record_memory(plan, started[1])
-        extras = {"steps": request.steps or model.default_steps, "guidance": guidance,
+        plan recorded next to the measured peak. No model and no plan: a job that ran no FLUX.1 pass."""
+        if plan is not None:
+            self.resident.record_memory(plan, started[1])
+        steps = request.steps or model.default_steps if model is not None else None
+        extras = {"steps": steps, "guidance": guidance,
                   **({"notes": list(notes)} if notes else {}), **(recorded or {})}
         return GenerationResult(
             image=image,

@@ -10,7 +10,7 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.lora.a1111 import tagged_prompt
 from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import HIRES_UPSCALERS, SAMPLER_LABELS, SCHEDULE_LABELS
-from mflux_core.tools.specs import KONTEXT_AUTO_RESIZE, TILE_OVERLAP, TILE_SIZE, UPSCALER
+from mflux_core.tools.specs import KONTEXT_AUTO_RESIZE, TILE_OVERLAP, TILE_SIZE, UPSCALER, UPSCALER_ONLY
 
 JSON_KEY = "mflux_studio"
 A1111_KEY = "parameters"
@@ -25,6 +25,11 @@ def request_metadata(request: GenerationRequest, extras: dict | None = None) -> 
 
 def a1111_parameters(request: GenerationRequest, extras: dict | None = None) -> str:
     extras = extras or {}
+    if request.tool == "upscale" and request.extra.get(UPSCALER_ONLY):  # as A1111's Extras writes its upscale
+        items = [("Size", f"{request.width}x{request.height}"),
+                 ("Postprocess upscaler", request.extra.get(UPSCALER, HIRES_UPSCALERS[1])),
+                 ("Tool", request.tool), ("Version", "mflux-studio")]
+        return f"{tagged_prompt(request)}\n" + ", ".join(f"{k}: {v}" for k, v in items)
     items = [
         ("Steps", extras.get("steps", request.steps)),
         ("Sampler", SAMPLER_LABELS[request.sampler]),

@@ -18,6 +18,7 @@ from mflux_core.errors import InvalidRequest, ModelLoadError
 from mflux_core.events import Step
 from mflux_core.images.io import save_png_atomic
 from mflux_core.manager import ModelManager
+from mflux_core.metadata import request_from_metadata
 from mflux_core.presets import settings_from_a1111
 from mflux_core.request import GenerationRequest
 from mflux_core.upscaler_files import upscaler_file, upscaler_files
@@ -230,6 +231,31 @@ def test_the_upscale_tool_regenerates_what_the_model_upscaled_in_one_piece_and_i
         assert result.request.controlnet_strength is None and result.request.image_strength == 0.65
 
 
+def test_upscaler_only_is_the_models_image_alone_with_no_flux_model_loaded(models_dir, small_image):
+    manager = ModelManager(models_dir=models_dir)  # nothing resident yet
+    model = read_upscaler(models_dir / "upscalers" / "2x-Tiny.pth")
+    request = GenerationRequest(tool="upscale", model="demo", prompt="", image_path=str(small_image),
+                                extra={"upscaler": "2x-Tiny", "upscaler_only": True, "upscale_factor": 3})
+    steps = []
+    result = manager.generate(request, report=lambda event: steps.append(event) if isinstance(event, Step) else None)
+    assert result.image.size == (192, 144)  # 3x exactly (no FLUX.1 pass: no multiple of 16 needed)
+    expected = upscale_with(model, Image.open(small_image), (192, 144))  # two 2x passes, then Lanczos
+    assert np.array_equal(np.asarray(result.image), np.asarray(expected))
+    assert manager.resident.load_counts["transformer"] == 0
+    assert [(e.step, e.total) for e in steps] == [(1, 2), (2, 2)] and steps[0].stage == "upscaling with 2x-Tiny"
+    assert "Size: 192x144, Postprocess upscaler: 2x-Tiny, Tool: upscale" in result.text_chunks["parameters"]
+    replayed = manager.generate(request_from_metadata(result.metadata))
+    assert np.array_equal(np.asarray(replayed.image), np.asarray(result.image))
+    lanczos = manager.generate(request.with_(extra={"upscaler": "Lanczos", "upscaler_only": True}))
+    assert np.array_equal(np.asarray(lanczos.image),
+                          np.asarray(Image.open(small_image).convert("RGB").resize((128, 96), Image.LANCZOS)))
+    for extra, words in [({"upscaler_only": True}, "Upscaler only needs an upscaler model or Lanczos"),
+                         ({"upscaler": "2x-Tiny", "upscaler_only": True, "tile_size": 64},
+                          "tiles and an image strength are for a FLUX.1 pass")]:
+        with pytest.raises(InvalidRequest, match=words):
+            manager.generate(request.with_(extra=extra))
+
+
 @pytest.mark.parametrize("change", [{"hires_scale": 2.0, "hires_upscaler": "4x-UltraSharp"},
                                     {"tool": "upscale", "extra": {"upscaler": "4x-UltraSharp"}}])
 def test_an_upscaler_model_not_in_the_models_folder_is_refused_naming_those_that_are(manager, small_image, change):
@@ -253,6 +279,11 @@ def test_the_cli_lists_the_upscalers_and_upscales_with_one(models_dir, small_ima
     assert "upscaled to 128x96 by 2x-Tiny (x2)" in capsys.readouterr().err
     with Image.open(output) as image:
         assert image.size == (128, 96)
+    alone = tmp_path / "alone.png"
+    assert cli.main(["upscale", "--models-dir", str(models_dir), "--image-path", str(small_image), "--upscaler",
+                     "2x-Tiny", "--upscaler-only", "--upscale-factor", "2", "--output", str(alone)]) == 0
+    with Image.open(alone) as image:
+        assert image.size == (128, 96) and "Postprocess upscaler: 2x-Tiny" in image.info["parameters"]
     assert cli.main(["upscale", "--model", "demo", "--models-dir", str(models_dir), "--prompt", PROMPT,
                      "--image-path", str(small_image), "--upscaler", "nope", "--output",
                      str(tmp_path / "no.png")]) == 1

@@ -187,7 +187,7 @@ PANEL_VALUES = {
     kontext: {"kontext_auto_resize": "Always Kontext's size (as diffusers)"},
     controlnet: {"mode": controlnet.UPSCALE, "controlnet_strength": 0.7, "upscale_factor": 1.5,
                  "controlnet_weights": "my-upscaler", "controlnet_mode": "blur", "upscaler": "Lanczos",
-                 "upscale_strength": 0.7, "tiles": True, "tile_size": 512, "tile_overlap": 48},
+                 "upscaler_only": False, "upscale_strength": 0.7, "tiles": True, "tile_size": 512, "tile_overlap": 48},
     redux: {"redux_strength_1": 0.3, "redux_strength_2": 0.9, "redux_strength_3": 1.0, "redux_strength_4": 0.5,
             "redux_weights": ""},
 }
@@ -331,6 +331,10 @@ def test_controlnet_canny_and_upscale(context):
     assert request.extra == {"upscale_factor": 2.0, "controlnet_path": "my-upscaler", "upscaler": "Lanczos",
                              "tile_size": 0}  # the model's own tile, the default overlap
     assert request.image_strength == 0.8
+    [request] = controlnet.build_requests({**upscale, "upscaler": "4x-UltraSharp", "upscaler_only": True}, context)
+    assert request.extra == {"upscale_factor": 2.0, "controlnet_path": "my-upscaler", "upscaler": "4x-UltraSharp",
+                             "upscaler_only": True}  # A1111's Extras: the model's image alone
+    assert controlnet.values_from_settings({"tool": "upscale", "extra": request.extra})["upscaler_only"] is True
     [request] = controlnet.build_requests({**canny, "controlnet_mode": "depth", "controlnet_weights": "my-union"},
                                           context)
     assert request.extra == {"canny_low": 50, "canny_high": 150, "controlnet_mode": "depth",

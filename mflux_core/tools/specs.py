@@ -19,6 +19,7 @@ from mflux_core.images.resize_modes import RESIZE_MODES
 REQUEST, EXTRA, COMMAND = "request", "extra", "command"  # where a flag's value goes (Flag.into)
 KONTEXT_AUTO_RESIZE = "kontext_auto_resize"  # request.extra's key for --kontext-auto-resize
 TILE_SIZE, TILE_OVERLAP, UPSCALER = "tile_size", "tile_overlap", "upscaler"  # the upscale tool's request.extra keys
+UPSCALER_ONLY = "upscaler_only"  # the upscale tool's: the upscaler's image alone (mflux_core/upscaler_only.py)
 BASE_KINDS = ("base", "single-file")  # registry.ModelEntry kinds that text-to-image models have
 
 
@@ -200,7 +201,9 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                       "model's own, 1024 for FLUX.1), each regenerated on its own and blended: outputs past one "
                       "pass's memory, as A1111's SD upscale / Ultimate SD Upscale", into=EXTRA, kind="whole", bare=0),
                  Flag("--tile-overlap", "px the tiles share with their neighbours (default an eighth of the tile, at "
-                      "least 16)", into=EXTRA, kind="whole"), RESIZE_FLAG)),
+                      "least 16)", into=EXTRA, kind="whole"),
+                 Flag("--upscaler-only", "the upscaler's image itself, no FLUX.1 pass and no model loaded (A1111's "
+                      "Extras): with an upscaler model, or Lanczos", into=EXTRA, kind="switch"), RESIZE_FLAG)),
     ToolSpec("redux", "variations of reference images, steered by the prompt (FLUX.1-Redux)", "redux", "dev",
              BASE_KINDS, guidance=2.5, demo_model="demo", true_cfg=True, flags=(
                  Flag("--redux-image-paths", "one or more reference images", kind="paths"),

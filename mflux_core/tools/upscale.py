@@ -41,7 +41,9 @@ LANCZOS, CONTROLNET_UPSCALER = HIRES_UPSCALERS
 RESAMPLED_IMAGE_STRENGTH = 0.65  # kept of the resampled image when it is regenerated from (A1111's denoising 0.35)
 
 
-def upscaled_size(request: GenerationRequest, image: Image.Image) -> GenerationRequest:
+def upscaled_size(request: GenerationRequest, image: Image.Image, snap: bool = True) -> GenerationRequest:
+    """The request with its output size: the given one, or the input's times the factor (snapped down to 16 for
+    a FLUX.1 pass unless `snap` is False)."""
     if request.width is not None and request.height is not None:
         return with_size(request)
     if request.width is not None or request.height is not None:
@@ -52,8 +54,8 @@ def upscaled_size(request: GenerationRequest, image: Image.Image) -> GenerationR
             raise InvalidRequest(f"Upscale factor {factor:g} is out of range: use more than 0 up to {MAX_FACTOR:g}.")
     width, height = round(image.width * factor), round(image.height * factor)
     check_image_size(width, height, f"The image upscaled from {image.width}x{image.height}")
-    return with_size(request.with_(width=request.width or snap_to_16(width),
-                                   height=request.height or snap_to_16(height)))
+    sized = snap_to_16 if snap else int
+    return with_size(request.with_(width=request.width or sized(width), height=request.height or sized(height)))
 
 
 def upscaler(request: GenerationRequest) -> str:

@@ -12,7 +12,7 @@ from mflux_core.hires import DEFAULT_UPSCALER
 from mflux_core.images.canny import DEFAULT_HIGH, DEFAULT_LOW, canny_edges
 from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_BATCH, UNION_CONTROL_TYPES
-from mflux_core.tools.specs import TILE_OVERLAP, TILE_SIZE, UPSCALER
+from mflux_core.tools.specs import TILE_OVERLAP, TILE_SIZE, UPSCALER, UPSCALER_ONLY
 from webui.demo_examples import render_demo_examples
 from webui.hires_ui import hires_controls, hires_settings, hires_values, upscaler_picker
 from webui.jobs import safe_action
@@ -87,6 +87,8 @@ def upscale_extra(values: dict) -> dict:
     extra = {}
     if values.get("upscaler", CONTROLNET_UPSCALER) != CONTROLNET_UPSCALER:
         extra[UPSCALER] = values["upscaler"]
+    if values.get("upscaler_only"):
+        extra[UPSCALER_ONLY] = True
     if values.get("tiles"):
         extra[TILE_SIZE] = int(setting(values, "tile_size"))
         if setting(values, "tile_overlap"):
@@ -124,7 +126,7 @@ def values_from_settings(settings: dict) -> dict:
 
 def upscale_values(settings: dict, extra: dict) -> dict:
     return {"upscale_strength": settings.get("image_strength") or 0,
-            "upscaler": extra.get(UPSCALER, CONTROLNET_UPSCALER),
+            "upscaler": extra.get(UPSCALER, CONTROLNET_UPSCALER), "upscaler_only": bool(extra.get(UPSCALER_ONLY)),
             "tiles": extra.get(TILE_SIZE) is not None, "tile_size": extra.get(TILE_SIZE) or 0,
             "tile_overlap": extra.get(TILE_OVERLAP) or 0}
 
@@ -212,6 +214,9 @@ def upscale_controls(models_dir) -> tuple[gr.Column, dict, gr.File]:
                                             "regenerated image-to-image only; an upscaler model of the models "
                                             "folder's upscalers/ (ESRGAN, 4x-UltraSharp, ...): the same from its "
                                             "upscale")
+            only = gr.Checkbox(False, label="Upscaler only (A1111's Extras)", info="the upscaler's image itself: no "
+                               "FLUX.1 pass, no model loaded (an upscaler model or Lanczos)",
+                               elem_id="controlnet-upscaler-only")
         strength = gr.Slider(0, 0.99, DEFAULTS["upscale_strength"], step=0.01, label="Image strength (how much of "
                              "the resampled image is kept)", info="0: the default, none with the ControlNet upscaler "
                              "in one piece, else 0.65", elem_id="controlnet-upscale-strength")
@@ -225,8 +230,9 @@ def upscale_controls(models_dir) -> tuple[gr.Column, dict, gr.File]:
                                   elem_id="controlnet-tile-size")
             overlap = gr.Slider(0, 512, DEFAULTS["tile_overlap"], step=8, label="Tile overlap (0: an eighth of "
                                 "the tile)", elem_id="controlnet-tile-overlap")
-    return column, {"upscale_factor": factor, "upscaler": upscaler, "upscale_strength": strength, "tiles": tiles,
-                    "tile_size": tile_size, "tile_overlap": overlap}, batch
+    controls = {"upscale_factor": factor, "upscaler": upscaler, "upscaler_only": only, "upscale_strength": strength,
+                "tiles": tiles, "tile_size": tile_size, "tile_overlap": overlap}
+    return column, controls, batch
 
 
 def render(studio) -> Panel:
