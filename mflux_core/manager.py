@@ -137,7 +137,7 @@ class ModelManager:
         path = upscaler_file(self.models_dir, name)
         if path is None:
             raise unknown_upscaler(name, HIRES_UPSCALERS, self.models_dir)
-        model = self.resident.side_model(path, f"the upscaler {name}", read_upscaler)
+        model = self.resident.side_model(path, f"upscaler {name}", read_upscaler)
         self.check_side_run(f"upscaling {size[0]}x{size[1]} towards {target[0]}x{target[1]} with {name}",
                             UPSCALER_PHASE, upscale_bytes(model, size, target))
         return model

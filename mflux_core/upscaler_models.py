@@ -33,6 +33,9 @@ def read_upscaler(path: Path) -> UpscalerModel:
         return UpscalerModel(path.stem, network_for(state))
     except ModelLoadError as error:
         raise ModelLoadError(f"The upscaler {path.name} cannot be used: {error}") from None
+    except (KeyError, IndexError) as error:  # a layer the network's other layers imply is missing
+        raise ModelLoadError(f"The upscaler {path.name} cannot be used: it lacks {error} of its network (an "
+                             "incomplete or edited file).") from None
     except (OSError, ValueError) as error:  # safetensors' own errors for a damaged file
         raise ModelLoadError(f"The upscaler {path.name} is not a readable weights file ({error}).") from None
 

@@ -145,6 +145,15 @@ def test_files_that_are_no_upscaler_model_are_refused_naming_the_file(tmp_path):
                                              r"ESRGAN, Real-ESRGAN or Real-ESRGAN Compact model \(other upscaler "
                                              r"architectures, such as SwinIR, DAT or HAT, are not supported\)$"):
         read_upscaler(tmp_path / "lora.safetensors")
+    save_file({"conv_first.weight": torch.zeros(180, 3, 3, 3), "layers.0.residual_group.blocks.0.attn.qkv.weight":
+               torch.zeros(540, 180)}, str(tmp_path / "swinir.safetensors"))  # SwinIR shares conv_first with ESRGAN
+    with pytest.raises(ModelLoadError, match=r"^The upscaler swinir\.safetensors cannot be used: it is not an ESRGAN"):
+        read_upscaler(tmp_path / "swinir.safetensors")
+    partial = {k: v for k, v in random_rrdb().items() if "RDB2.conv3" not in k}
+    save_file(partial, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(ModelLoadError, match=r"^The upscaler partial\.safetensors cannot be used: it lacks "
+                                             r"'model\.1\.sub\.0\.RDB2\.conv3\.0\.weight' of its network"):
+        read_upscaler(tmp_path / "partial.safetensors")
     write(random_rrdb(), tmp_path / "cut.pth")
     (tmp_path / "cut.pth").write_bytes((tmp_path / "cut.pth").read_bytes()[:5000])
     with pytest.raises(ModelLoadError, match=r"^The upscaler cut\.pth cannot be used: cut\.pth is not a readable "

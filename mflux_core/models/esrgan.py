@@ -203,7 +203,8 @@ def without_wrappers(state: State) -> State:
 def network_for(state: State) -> UpscalerNet:
     """The network the weights describe; ModelLoadError when they are none this studio runs."""
     state = without_wrappers(state)
-    if "model.0.weight" in state and "model.1.sub.0.RDB1.conv1.0.weight" in state or "conv_first.weight" in state:
+    first_blocks = ("model.1.sub.0.RDB1.conv1.0.weight", "body.0.rdb1.conv1.weight", "RRDB_trunk.0.RDB1.conv1.weight")
+    if any(name in state for name in first_blocks):  # conv_first alone is also SwinIR's, HAT's, ...
         return RRDBNet(state)
     if "body.0.weight" in state and "body.1.weight" in state and state["body.1.weight"].ndim == 1:
         return CompactNet(state)
