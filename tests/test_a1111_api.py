@@ -33,7 +33,7 @@ from mflux_core.demo.examples import SOURCES
 from mflux_core.demo.family import IMAGE_SIZE
 from mflux_core.demo.shapes import shape_mask
 from mflux_core.images.canny import canny_edges
-from mflux_core.images.masks import distance_to_mask
+from mflux_core.images.masks import distance_to_mask, filled_from_surroundings
 from mflux_core.images.resize_modes import RESIZE_AND_FILL, resize_to
 from mflux_core.manager import ModelManager
 from mflux_core.request import GenerationRequest
@@ -532,15 +532,20 @@ def test_img2img_with_a_mask_inpaints_on_a_base_checkpoint_as_a1111_does_with_th
         assert body["info"]["sd_model_name"] == COPY and "Tool: fill" in body["info"]["infotexts"][0]
         assert change[mask].mean() > FILL_TOLERANCE and np.all(change[distance_to_mask(mask, 8) > 8] == 0)
 
-    # A1111's masked content at denoising 0.5: original starts the masked area from the image, latent noise not
-    strengths = {}
+    # A1111's masked content at denoising 0.5: original starts the masked area from the image, fill from the image
+    # with its masked area painted from the surroundings, latent noise from noise
+    strengths, starts = {}, {}
     for content in (1, 2, 0):
         body = made(studio.http.post("/img2img", json={**fields, "denoising_strength": 0.5, "seed": 330 + content,
                                                        "inpainting_fill": content, "save_images": True}))
-        strengths[content] = saved_requests(studio, 330 + content)[0]["image_strength"]
-        assert ("inpainting_fill 0 (fill: the masked area started from the original)" in body["info"]["ignored"]) \
-            == (content == 0)
+        [recorded] = saved_requests(studio, 330 + content)
+        strengths[content], starts[content] = recorded["image_strength"], pixels(recorded["image_path"])
+        assert not [note for note in body["info"]["ignored"] if "inpainting_fill" in note]
     assert strengths == {1: 0.5, 2: None, 0: 0.5}
+    assert np.array_equal(starts[1], source)
+    filled = np.asarray(filled_from_surroundings(Image.fromarray(source), mask))
+    assert np.array_equal(starts[0], filled) and np.array_equal(filled[~mask], source[~mask])
+    assert np.abs(filled[mask].astype(int) - source[mask]).mean() > 10  # the shape under the mask is painted over
 
 
 def options_checkpoint(studio, name: str, fields: dict) -> dict:

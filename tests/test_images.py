@@ -23,6 +23,7 @@ from mflux_core.images.io import load_image, load_mask, pil_to_pixels, pixels_to
 from mflux_core.images.masks import (
     binarize_mask,
     blur_mask,
+    filled_from_surroundings,
     describe_mask_note,
     describe_mask_problem,
     distance_to_mask,
@@ -545,3 +546,19 @@ def test_canny_edges_of_other_modes_are_those_of_the_rgb_conversion(mode):
 def test_canny_rejects_thresholds_in_the_wrong_order():
     with pytest.raises(InvalidRequest, match="low threshold"):
         canny.canny_edges(Image.new("RGB", (8, 8)), low=200, high=100)
+
+
+def test_a1111s_fill_paints_the_masked_area_from_its_surroundings_and_keeps_the_rest():
+    """A red | blue picture with a square masked over the border: outside it nothing changes; inside, the left edge
+    takes the red around it, the right edge the blue, the middle a mix, and no trace of what was under the mask."""
+    picture = np.zeros((256, 320, 3), np.uint8)
+    picture[:, :160], picture[:, 160:] = (200, 30, 30), (30, 30, 200)
+    picture[96:160, 140:180] = (0, 255, 0)  # under the mask: must not show through
+    mask = np.zeros((256, 320), bool)
+    mask[64:192, 96:224] = True
+    filled = np.asarray(filled_from_surroundings(Image.fromarray(picture), Image.fromarray(mask)), np.int16)
+    assert np.array_equal(filled[~mask], picture[~mask])
+    assert filled[128, 98, 0] > 170 and filled[128, 98, 2] < 60  # by the red side: red
+    assert filled[128, 221, 2] > 170 and filled[128, 221, 0] < 60  # by the blue side: blue
+    assert 80 < filled[128, 160, 0] < 150 and 80 < filled[128, 160, 2] < 150  # between: a mix
+    assert filled[mask][:, 1].max() < 60  # the green under the mask is gone

@@ -37,6 +37,7 @@ from mflux_core.controlnet_units import MAX_UNITS
 from mflux_core.errors import Cancelled, StudioError
 from mflux_core.events import Step
 from mflux_core.images.io import load_image
+from mflux_core.images.masks import filled_from_surroundings
 from mflux_core.images.resize_modes import RESIZE_MODES, resize_to
 from mflux_core.lora.a1111 import tagged_prompt
 from mflux_core.metadata import A1111_KEY
@@ -391,7 +392,9 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
     store = studio.request_context().inputs
     settings = {"image_strength": round(1 - params.denoising_strength, 6), "width": size[0], "height": size[1]}
     only_masked = params.mask is not None and params.inpaint_full_res  # Fill keeps the image's size
-    inputs = {"image_path": store.save(image if only_masked else resize_to(image, *size, mode), "api-image")}
+    init = image if only_masked else resize_to(image, *size, mode)
+    if params.mask is None:
+        inputs = {"image_path": store.save(init, "api-image")}
     if params.mask is None and units:  # the ControlNets steering image-to-image
         unit_fields, control_inputs = units_inputs(studio, units, ignored, init_image=image)
         return "controlnet", {**unit_fields, **settings}, {**inputs, **control_inputs}
@@ -410,7 +413,10 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
                               "inpainting_mask_invert 1).")
     settings.update(image_strength=masked_content_strength(params, settings["image_strength"], ignored),
                     keep_unmasked=True, mask_blur=params.mask_blur)
-    return "fill", settings, {**inputs, "masked_image_path": store.save(mask, "api-mask")}
+    if params.inpainting_fill == 0 and settings["image_strength"]:  # A1111's fill: start from the surroundings
+        init = filled_from_surroundings(init, mask)
+    return "fill", settings, {"image_path": store.save(init, "api-image"),
+                              "masked_image_path": store.save(mask, "api-mask")}
 
 
 def sd_upscale_inputs(studio, params: Img2ImgParams, image: Image.Image, ignored: list[str]) -> tuple[str, dict, dict]:
@@ -427,16 +433,13 @@ def sd_upscale_inputs(studio, params: Img2ImgParams, image: Image.Image, ignored
 
 
 def masked_content_strength(params: Img2ImgParams, image_strength: float, ignored: list[str]) -> float | None:
-    """The image strength an inpainting starts the masked area with, by A1111's masked content: the original
-    (fill, A1111's API default, starts from it too: named in `ignored` when sent), or noise (latent noise; latent
-    nothing as well): None. Denoising strength 1 starts from noise whatever the masked content."""
-    if params.inpainting_fill in (2, 3):
-        if params.inpainting_fill == 3:
-            ignored.append("inpainting_fill 3 (latent nothing: the masked area started from noise, as latent noise)")
-        return None
-    if params.inpainting_fill == 0 and "inpainting_fill" in params.model_fields_set and image_strength:
-        ignored.append("inpainting_fill 0 (fill: the masked area started from the original)")
-    return image_strength or None
+    """The image strength an inpainting starts the masked area with, by A1111's masked content: fill (A1111's API
+    default: the image with its masked area painted from its surroundings) and original start from the image,
+    latent noise from noise (None), latent nothing too (named in `ignored`). Denoising strength 1 starts from noise
+    whatever the masked content."""
+    if params.inpainting_fill == 3:
+        ignored.append("inpainting_fill 3 (latent nothing: the masked area started from noise, as latent noise)")
+    return None if params.inpainting_fill in (2, 3) else image_strength or None
 
 
 def txt2img_inputs(studio, params: Txt2ImgParams, ignored: list[str]) -> tuple[str, dict, dict]:

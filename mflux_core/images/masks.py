@@ -170,3 +170,34 @@ def describe_mask_problem(mask: np.ndarray) -> str | None:
 def describe_mask_note(mask: np.ndarray) -> str | None:
     """A sentence worth showing about a usable mask (it covers everything), else None."""
     return FULL_MASK_NOTE if np.all(mask) else None
+
+
+# A1111's "fill" masked content: blur radii from coarse to fine, and how often each is laid over the last
+FILL_PASSES = ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2))
+
+
+def filled_from_surroundings(image: Image.Image, mask: MaskLike) -> Image.Image:
+    """The image with its masked pixels painted in the colours around them, as A1111's "fill" masked content does:
+    the unmasked pixels blurred at each radius of FILL_PASSES (colour normalised by how much unmasked area the blur
+    saw, that coverage its opacity) laid one over the other from coarse to fine, so that a pixel deep inside the mask
+    takes the broad colours and one near its edge the nearby ones; unmasked pixels stay as they are. The large blurs
+    run on a shrunk copy (a Gaussian of radius r is smooth at a scale of r / 4)."""
+    rgb = np.asarray(image.convert("RGB"), np.float32)
+    keep = ~binarize_mask(mask)
+    height, width = keep.shape
+    colour, opacity = np.zeros_like(rgb), np.zeros((height, width, 1), np.float32)
+    for radius, repeats in FILL_PASSES:
+        shrink = max(1, min(radius // 4, min(height, width) // 8))
+        small = (max(1, width // shrink), max(1, height // shrink))
+        seen = cv2.resize(keep.astype(np.float32), small, interpolation=cv2.INTER_AREA)
+        premultiplied = cv2.resize(rgb * keep[..., None], small, interpolation=cv2.INTER_AREA)
+        seen = cv2.GaussianBlur(seen, (0, 0), radius / shrink)
+        premultiplied = cv2.GaussianBlur(premultiplied, (0, 0), radius / shrink)
+        seen = cv2.resize(seen, (width, height), interpolation=cv2.INTER_LINEAR)[..., None]
+        layer = cv2.resize(premultiplied, (width, height), interpolation=cv2.INTER_LINEAR) / np.maximum(seen, 1e-6)
+        for _ in range(repeats):  # "over" compositing, opacity tracked
+            total = seen + opacity * (1 - seen)
+            colour = np.where(total > 0, (layer * seen + colour * opacity * (1 - seen)) / np.maximum(total, 1e-6), 0)
+            opacity = total
+    colour = np.where(keep[..., None], rgb, colour)
+    return Image.fromarray(np.clip(np.rint(colour), 0, 255).astype(np.uint8))
