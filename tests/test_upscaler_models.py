@@ -5,6 +5,7 @@ uses: the hires fix, the Upscale tool (in one piece and in tiles) and the CLI, e
 """
 
 import collections
+import zipfile
 
 import mlx.core as mx
 import numpy as np
@@ -57,6 +58,20 @@ class _RunsAShellCommand:
     def __reduce__(self):
         import os
         return os.system, (f"touch {self.marker}",)
+
+
+def test_a_tensor_that_reaches_past_its_storage_is_refused_not_read(tmp_path):
+    path = tmp_path / "crafted.pth"
+    torch.save({"weight": torch.zeros(4)}, path)
+    archive = zipfile.ZipFile(path)
+    entries = {name: archive.read(name) for name in archive.namelist()}
+    pickled = next(name for name in entries if name.endswith("data.pkl"))
+    entries[pickled] = entries[pickled].replace(b"K\x04\x85", b"J\x00\x00\x00\x01\x85", 1)  # size 4 -> 2**24
+    with zipfile.ZipFile(path, "w") as crafted:
+        for name, data in entries.items():
+            crafted.writestr(name, data)
+    with pytest.raises(ModelLoadError, match=r"a tensor reaches past its storage"):
+        read_torch_state_dict(path)
 
 
 def test_a_checkpoint_that_asks_for_other_code_is_refused_and_none_of_it_runs(tmp_path):

@@ -41,6 +41,10 @@ class _Tensor:
         kind, key = self.storage
         flat = np.frombuffer(storage_bytes(key), dtype=kind.dtype)
         itemsize = kind.dtype.itemsize
+        # as_strided reads wherever it is told: a damaged or crafted file must not make it read past the storage
+        last = self.offset + sum((side - 1) * step for side, step in zip(self.size, self.stride))
+        if self.offset < 0 or min(self.stride, default=0) < 0 or (0 not in self.size and last >= len(flat)):
+            raise ValueError("a tensor reaches past its storage")
         strided = np.lib.stride_tricks.as_strided(flat[self.offset:], self.size,
                                                   tuple(step * itemsize for step in self.stride))
         values = np.array(strided)  # a copy: the checkpoint's buffer is not kept
