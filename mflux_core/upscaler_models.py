@@ -54,7 +54,7 @@ def upscale_bytes(model: UpscalerModel, size: tuple[int, int], target: tuple[int
     passes = passes_for(model.scale, size, target)
     if not passes:
         return 0
-    tile = min(TILE, max(size))
+    tile = min(TILE, max(size) * model.scale ** (passes - 1))  # the last pass's input is the largest
     largest = (size[0] * model.scale ** passes, size[1] * model.scale ** passes)
     return int(model.net.peak_bytes(tile, tile) * PEAK_MARGIN) + blend_bytes(*largest)
 
@@ -91,7 +91,7 @@ def upscaled_note(model: UpscalerModel, before: tuple[int, int], after: tuple[in
 
 def pass_tiles(model: UpscalerModel, width: int, height: int) -> list[Tile]:
     """The tiles of a pass over a width x height image (its sides padded to a multiple of the model's unshuffle)."""
-    unshuffle = getattr(model.net, "unshuffle", 1)
+    unshuffle = model.net.unshuffle
     width, height = width + -width % unshuffle, height + -height % unshuffle
     side = min(TILE, max(width, height)) // unshuffle * unshuffle
     return tile_grid(width, height, side, side, TILE_OVERLAP)
@@ -100,7 +100,7 @@ def pass_tiles(model: UpscalerModel, width: int, height: int) -> list[Tile]:
 def model_pass(model: UpscalerModel, image: Image.Image, cancelled: Callable[[], bool] | None,
                tile_done: Callable[[], None] = lambda: None) -> Image.Image:
     """One pass of the model, tile by tile; a stop is heard between tiles."""
-    unshuffle = getattr(model.net, "unshuffle", 1)
+    unshuffle = model.net.unshuffle
     pixels = np.asarray(image, np.float32) / 255
     pad = (-pixels.shape[0] % unshuffle, -pixels.shape[1] % unshuffle)
     pixels = np.pad(pixels, ((0, pad[0]), (0, pad[1]), (0, 0)), mode="reflect")  # as spandrel pads unshuffled input

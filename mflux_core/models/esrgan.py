@@ -148,6 +148,7 @@ class CompactNet:
         self.slopes = [mx.array(state[f"body.{index}.weight"].astype(np.float32)) for index in range(1, count - 1, 2)]
         in_channels, shuffled = self.convs[0].weight.shape[-1], self.convs[-1].weight.shape[0]
         self.scale = int(math.isqrt(shuffled // in_channels))
+        self.unshuffle = 1  # only RRDBNet's x2 and x1 models unshuffle their input
         self.features = self.convs[0].weight.shape[0]
 
     def __call__(self, x: mx.array) -> mx.array:
