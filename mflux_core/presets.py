@@ -368,7 +368,18 @@ def settings_from_a1111(text: str) -> dict:
     settings.update(_a1111_guidance(values, negative, tool_spec(settings.get("tool", "generate")).true_cfg))
     steered = controlnet_settings(values) if values.get("Tool") in (None, "controlnet") else {}
     inpainted = _a1111_inpaint_area(values) if values.get("Tool") in (None, "fill") else {}
-    return validate_settings({**settings, **_a1111_hires(values), **steered, **inpainted})
+    hires = _a1111_hires(values)
+    return validate_settings({**settings, **(hires or _a1111_img2img(values)), **steered, **inpainted})
+
+
+def _a1111_img2img(values: dict) -> dict:
+    """The image strength of an img2img, inpainting or SD upscale run from A1111's denoising strength (1 minus it; 1
+    starts from noise: no image strength)."""
+    try:
+        strength = float(values.get("Denoising strength", "nan"))
+    except ValueError:
+        return {}
+    return {"image_strength": round(1 - strength, 6)} if 0 < strength < 1 else {}
 
 
 def _a1111_variation(values: dict) -> dict:

@@ -35,6 +35,9 @@ WEIGHTED_SUM, ADD_DIFFERENCE = "weighted-sum", "add-difference"
 MERGE_METHODS = {WEIGHTED_SUM: "Weighted sum", ADD_DIFFERENCE: "Add difference"}
 MAX_MASK_BLUR = 64  # px: Fill's mask blur (A1111's slider goes to 64)
 ONLY_MASKED_PADDING = 32  # pixels of context around the mask that Fill's "Only masked" takes by default (A1111's)
+# What Fill's masked area starts from when it starts from the image (an image strength): as it is, or painted from
+# the colours around it (A1111's masked content "original" and "fill"; its "latent noise" is no image strength)
+MASKED_CONTENTS = ("original", "fill")
 HIRES_UPSCALERS = ("Lanczos", "ControlNet upscaler")  # Lanczos as A1111 names it; the other: mflux_core.hires
 # A1111's upscalers that are no model file the studio could run (the rest name ESRGAN-family files: upscaler_models)
 A1111_OTHER_UPSCALERS = ("None", "Nearest", "LDSR", "ScuNET GAN", "ScuNET PSNR", "SwinIR 4x")

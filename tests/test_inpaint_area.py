@@ -100,7 +100,8 @@ def test_only_masked_belongs_to_fill_and_travels_in_a1111_parameters():
     assert "Inpaint area: Only masked, Masked area padding: 24" in text
     assert settings_from_a1111(text)["only_masked_padding"] == 24
     forge = "a cat\nSteps: 20, Seed: 1, Size: 512x512, Denoising strength: 0.75, Inpaint area: Only masked"
-    assert settings_from_a1111(forge)["only_masked_padding"] == 32  # A1111's page default
+    restored = settings_from_a1111(forge)
+    assert restored["only_masked_padding"] == 32 and restored["image_strength"] == 0.25  # A1111's default padding
     assert "only_masked_padding" not in settings_from_a1111("a cat\nSteps: 20, Seed: 1, Size: 512x512")
 
 

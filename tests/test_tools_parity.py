@@ -10,7 +10,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from tests.fixtures.tiny_flux import load_diffusers_pipeline
-from tests.parity import UINT8_TOLERANCE, make_noise, max_uint8_diff, pack, random_image, run_cli, save
+from mflux_core.images.masks import filled_from_surroundings
+from tests.parity import (
+    UINT8_TOLERANCE, deterministic_diffusers, make_noise, max_uint8_diff, pack, random_image, run_cli, save,
+)
 
 CONDITIONING_EFFECT = 3 * UINT8_TOLERANCE  # a changed conditioning input must move diffusers' image more
 
@@ -45,6 +48,37 @@ def test_fill_matches_diffusers(tiny_fill, tmp_path, posterior_mean, height, wid
     expected = reference(mask)
     assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
     assert max_uint8_diff(expected, reference(Image.new("L", (width, height), 255))) > CONDITIONING_EFFECT
+
+
+@pytest.mark.parametrize("content", ["original", "fill"])
+def test_fill_from_the_image_matches_diffusers_with_the_masked_content_as_its_image(tiny_fill, tmp_path, content):
+    """An image strength starts from the image (diffusers' `strength` is 1 minus it); masked content "fill" from the
+    image with its masked area painted from the colours around it (A1111's), which is what diffusers is given."""
+    from diffusers.pipelines.flux import pipeline_flux_fill
+
+    height, width, steps, strength = 48, 64, 4, 0.7
+    image = random_image(width, height, seed=11)
+    mask = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(mask).rectangle((12, 8, 43, 35), fill=255)
+    noise_path = make_noise(tmp_path, (1, 4, height // 8, width // 8), seed=12)
+    ours = run_cli(
+        "fill", "--path", tiny_fill, "--prompt", "x", "--image-path", save(image, tmp_path / "i.png"),
+        "--masked-image-path", save(mask, tmp_path / "m.png"), "--steps", steps, "--guidance", 30,
+        "--image-strength", strength, "--masked-content", content, "--init-noise", noise_path,
+        "--output", tmp_path / "o.png",
+    )
+    pipe = load_diffusers_pipeline(tiny_fill, "FluxFillPipeline")
+
+    def reference(start: Image.Image) -> Image.Image:
+        with deterministic_diffusers(pipeline_flux_fill, np.load(noise_path)):
+            return pipe("x", image=start, mask_image=mask, height=height, width=width, num_inference_steps=steps,
+                        guidance_scale=30, strength=1 - strength, output_type="pil").images[0]
+
+    filled = filled_from_surroundings(image, mask)
+    expected, other = (reference(filled), reference(image)) if content == "fill" else \
+        (reference(image), reference(filled))
+    assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
+    assert max_uint8_diff(ours, other) > CONDITIONING_EFFECT
 
 
 def test_fill_keep_unmasked_restores_pixels_far_from_the_mask(tiny_fill, tmp_path):

@@ -182,7 +182,8 @@ PANEL_VALUES = {
                "hires_upscaler": "Lanczos", "hires_prompt": "sharper"},
     fill: {"mode": fill.OUTPAINT, "keep_unmasked": False, "mask_invert": True, "mask_grow_px": 3, "mask_blur_px": 2,
            "pad_top": 0.0, "pad_right": 25.0, "pad_bottom": 10.0, "pad_left": 0.0, "pad_unit": "%",
-           "inpaint_area": fill.ONLY_MASKED, "only_masked_padding": 48},
+           "inpaint_area": fill.ONLY_MASKED, "only_masked_padding": 48, "image_strength": 0.3,
+           "masked_content": "fill"},
     depth: {"canny_edges": True, "canny_low": 50, "canny_high": 150},
     kontext: {"kontext_auto_resize": "Always Kontext's size (as diffusers)"},
     controlnet: {"mode": controlnet.UPSCALE, "controlnet_strength": 0.7, "upscale_factor": 1.5,
@@ -226,9 +227,13 @@ def test_fill_inpaint_sends_the_painted_mask(context):
     expected[10:20, 10:30] = 255
     assert np.array_equal(mask, expected)
     assert np.array_equal(np.asarray(Image.open(request.image_path)), np.asarray(picture()))
-    assert request.extra == {"mask_invert": False, "mask_grow_px": 0} and request.mask_blur == 0
+    assert request.extra == {"mask_invert": False, "mask_grow_px": 0, "masked_content": "original"}
+    assert request.mask_blur == 0 and request.image_strength is None  # the slider's 0: from noise
     [blurred] = fill.build_requests(shared(editor=editor, mode=fill.INPAINT, mask_blur_px=6), context)
     assert blurred.mask_blur == 6 and blurred.masked_image_path == request.masked_image_path  # the tool blurs it
+    [from_image] = fill.build_requests(shared(editor=editor, mode=fill.INPAINT, image_strength=0.25,
+                                              masked_content="fill"), context)
+    assert from_image.image_strength == 0.25 and from_image.extra["masked_content"] == "fill"
 
 
 def test_fill_takes_an_uploaded_mask_in_place_of_the_strokes(context, tmp_path):

@@ -37,7 +37,6 @@ from mflux_core.controlnet_units import MAX_UNITS
 from mflux_core.errors import Cancelled, StudioError
 from mflux_core.events import Step
 from mflux_core.images.io import load_image
-from mflux_core.images.masks import filled_from_surroundings
 from mflux_core.images.resize_modes import RESIZE_MODES, resize_to
 from mflux_core.lora.a1111 import tagged_prompt
 from mflux_core.metadata import A1111_KEY
@@ -48,7 +47,7 @@ from mflux_core.settings_schema import (
     HIRES_UPSCALERS, MAX_BATCH, MAX_MASK_BLUR, MAX_SIDE, SAMPLER_LABELS, SCHEDULE_LABELS,
 )
 from mflux_core.styles import read_styles, styled_prompts
-from mflux_core.tools.specs import TOOL_SPECS, default_model_for
+from mflux_core.tools.specs import MASKED_CONTENT, TOOL_SPECS, default_model_for
 from mflux_core.upscaler_files import upscaler_file, upscaler_files
 from mflux_core.upscaler_models import upscale_with
 from webui.a1111_controlnet import SCRIPT as CONTROLNET_SCRIPT, add_controlnet_routes, enabled_units, units_inputs
@@ -414,7 +413,7 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
     settings.update(image_strength=masked_content_strength(params, settings["image_strength"], ignored),
                     keep_unmasked=True, mask_blur=params.mask_blur)
     if params.inpainting_fill == 0 and settings["image_strength"]:  # A1111's fill: start from the surroundings
-        init = filled_from_surroundings(init, mask)
+        settings["extra"] = {MASKED_CONTENT: "fill"}
     return "fill", settings, {"image_path": store.save(init, "api-image"),
                               "masked_image_path": store.save(mask, "api-mask")}
 

@@ -22,13 +22,15 @@ from mflux_core.generation import ToolInputs
 from mflux_core.images.io import load_mask, pil_to_pixels
 from mflux_core.images.inpaint_area import box_at_aspect, feather_px, masked_area, pasted_back, processing_size
 from mflux_core.images.masks import (
-    binarize_mask, describe_mask_problem, feathered_paste, mask_to_pil, soft_mask,
+    binarize_mask, describe_mask_problem, feathered_paste, filled_from_surroundings, mask_to_pil, soft_mask,
 )
 from mflux_core.images.outpaint import outpaint_canvas, parse_padding
 from mflux_core.images.resize_modes import JUST_RESIZE, resize_to
 from mflux_core.request import GenerationRequest, check_image_size, existing_file
 from mflux_core.sampling.latents import pack_latents
+from mflux_core.settings_schema import MASKED_CONTENTS
 from mflux_core.tools.engine import ToolEngine
+from mflux_core.tools.specs import MASKED_CONTENT
 from mflux_core.tools.common import (
     check_in_channels, encode_pixels, encoding_phase, fit_input, packed_channels, prompt_conditioning, required_image,
     with_size,
@@ -88,6 +90,28 @@ def latent_mask(mask: np.ndarray, scale: int, latent_channels: int) -> mx.array:
     return pack_latents(mx.array(blocks))
 
 
+def masked_content(request: GenerationRequest) -> str:
+    """What the masked area starts from with an image strength: "original" (default) or "fill"."""
+    content = request.extra.get(MASKED_CONTENT, MASKED_CONTENTS[0])
+    if content not in MASKED_CONTENTS:
+        raise InvalidRequest(f"The masked content {str(content)[:40]!r} is not one Fill has: use "
+                             f"{' or '.join(MASKED_CONTENTS)}.")
+    return content
+
+
+def start_pixels(request: GenerationRequest, image: Image.Image, mask: np.ndarray,
+                 pixels: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The pixels an image strength starts from: the image's, or with masked content "fill" the image with its masked
+    area painted from the colours around it (and a note when there is no image strength to start from). As A1111, a
+    base model also keeps these latents outside the mask (the original comes back there with keep_unmasked, A1111's
+    overlay)."""
+    if masked_content(request) != "fill":
+        return pixels, ()
+    if request.image_strength is None:
+        return pixels, ("Masked content 'fill' needs an image strength above 0: the masked area started from noise.",)
+    return pil_to_pixels(filled_from_surroundings(image, mask), request.width, request.height), ()
+
+
 def is_base_model(model: FluxModel) -> bool:
     return model.input_channels == packed_channels(model)
 
@@ -95,6 +119,7 @@ def is_base_model(model: FluxModel) -> bool:
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
     if not is_base_model(model):
         check_in_channels(model, fill_channels(model), "Fill", "FLUX.1-Fill (or a base model: dev, schnell)")
+    masked_content(request)  # a bad one is refused before the images are read
     image, mask_image = fill_canvas(request)
     if request.mask_blur:  # A1111's mask blur: the model paints where the blurred mask is at least half
         mask_image = soft_mask(mask_image, request.mask_blur)
@@ -113,6 +138,8 @@ def fill_inputs(model: FluxModel, request: GenerationRequest, image: Image.Image
     if problem:
         raise InvalidRequest(problem)
     pixels = pil_to_pixels(image, request.width, request.height)
+    start, content_notes = start_pixels(request, image, mask, pixels)
+    notes = (*notes, *resize_notes, *content_notes)
     conditioning = prompt_conditioning(model, request)
     if finish is None and request.keep_unmasked:
         blurred = mask_weights(mask_image, request.width, request.height, request.resize_mode) if request.mask_blur \
@@ -120,16 +147,14 @@ def fill_inputs(model: FluxModel, request: GenerationRequest, image: Image.Image
         finish = kept_outside_mask(image, mask, request.width, request.height, blurred)
     encoding = (encoding_phase(model, (request.width, request.height)),)
     if is_base_model(model):  # the image's latents are kept outside the mask: from noise inside, unless a strength
-        return ToolInputs(request, conditioning, start_image_latents=encode_pixels(model, pixels),
-                          image_strength=request.image_strength, finish=finish, notes=(*notes, *resize_notes),
+        return ToolInputs(request, conditioning, start_image_latents=encode_pixels(model, start),
+                          image_strength=request.image_strength, finish=finish, notes=notes,
                           estimated=encoding, repaint_mask=latent_mask(mask, model.vae_scale_factor,
                                                                        model.latent_channels))
     conditioning.extra_channels = fill_conditioning(model, pixels, mask).astype(model.dtype)
-    start = None
-    if request.image_strength is not None:
-        start = encode_pixels(model, pixels)
-    return ToolInputs(request, conditioning, start_image_latents=start, image_strength=request.image_strength,
-                      finish=finish, notes=(*notes, *resize_notes), estimated=encoding)
+    start_latents = None if request.image_strength is None else encode_pixels(model, start)
+    return ToolInputs(request, conditioning, start_image_latents=start_latents, image_strength=request.image_strength,
+                      finish=finish, notes=notes, estimated=encoding)
 
 
 def masked_area_inputs(model: FluxModel, request: GenerationRequest, image: Image.Image,

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mflux_core.controlnet_units import MAX_UNITS
-from mflux_core.settings_schema import MAX_HIRES_SCALE, ONLY_MASKED_PADDING, UNION_CONTROL_TYPES
+from mflux_core.settings_schema import MASKED_CONTENTS, MAX_HIRES_SCALE, ONLY_MASKED_PADDING, UNION_CONTROL_TYPES
 from mflux_core.images.resize_modes import RESIZE_MODES
 
 REQUEST, EXTRA, COMMAND = "request", "extra", "command"  # where a flag's value goes (Flag.into)
 KONTEXT_AUTO_RESIZE = "kontext_auto_resize"  # request.extra's key for --kontext-auto-resize
 TILE_SIZE, TILE_OVERLAP, UPSCALER = "tile_size", "tile_overlap", "upscaler"  # the upscale tool's request.extra keys
 UPSCALER_ONLY = "upscaler_only"  # the upscale tool's: the upscaler's image alone (mflux_core/upscaler_only.py)
+MASKED_CONTENT = "masked_content"  # Fill's: what the masked area starts from with an image strength
 BASE_KINDS = ("base", "single-file")  # registry.ModelEntry kinds that text-to-image models have
 
 
@@ -135,6 +136,9 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                  Flag("--image-path", "the image to fill"),
                  Flag("--image-strength", "start from the image instead of pure noise, keeping this much of it "
                       "(default: off)", kind="number"),
+                 Flag("--masked-content", "with --image-strength, what the masked area starts from: 'original' (the "
+                      "image as it is, default) or 'fill' (painted from the colours around it), as A1111's masked "
+                      "content", into=EXTRA, choices=MASKED_CONTENTS),
                  Flag("--masked-image-path", "mask image: white = regenerate"),
                  Flag("--outpaint-padding", "outpaint: padding top,right,bottom,left in px or %% ('0,30%%,20%%,0'); "
                       "the output is the padded canvas, or --width/--height with the canvas resized to them"),

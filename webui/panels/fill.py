@@ -12,7 +12,8 @@ from mflux_core.images.io import load_image, load_mask
 from mflux_core.images.masks import grow_mask, invert_mask, mask_from_editor_layers, mask_to_pil
 from mflux_core.images.outpaint import outpaint_canvas, parse_padding
 from mflux_core.request import GenerationRequest
-from mflux_core.settings_schema import MAX_MASK_BLUR, ONLY_MASKED_PADDING
+from mflux_core.settings_schema import MASKED_CONTENTS, MAX_MASK_BLUR, ONLY_MASKED_PADDING
+from mflux_core.tools.specs import MASKED_CONTENT
 from webui.demo_examples import render_demo_examples
 from webui.jobs import progress_html, safe_action
 from webui.panels import Panel, editor_layers, input_image, mask_editor, result_column
@@ -100,8 +101,10 @@ def settings_from_values(values: dict) -> dict:
     return {"tool": TOOL, **shared_settings(values), "keep_unmasked": bool(values.get("keep_unmasked")),
             "outpaint_padding": padding_text(values), "only_masked_padding": only_masked_padding(values),
             "mask_blur": int(number_value(values, "mask_blur_px", 0, "Mask blur")),
+            "image_strength": number_value(values, "image_strength", 0, "Image strength") or None,  # 0: from noise
             "extra": {"mask_invert": bool(values.get("mask_invert")),
-                      "mask_grow_px": int(number_value(values, "mask_grow_px", 0, "Grow mask"))}}
+                      "mask_grow_px": int(number_value(values, "mask_grow_px", 0, "Grow mask")),
+                      MASKED_CONTENT: values.get(MASKED_CONTENT) or MASKED_CONTENTS[0]}}
 
 
 def values_from_settings(settings: dict) -> dict:
@@ -115,8 +118,10 @@ def values_from_settings(settings: dict) -> dict:
         values["inpaint_area"] = WHOLE_PICTURE if padding is None else ONLY_MASKED
         if padding is not None:
             values["only_masked_padding"] = padding
+    if "image_strength" in settings:
+        values["image_strength"] = settings["image_strength"] or 0
     extra = settings.get("extra") or {}
-    for key in ("mask_invert", "mask_grow_px"):
+    for key in ("mask_invert", "mask_grow_px", MASKED_CONTENT):
         if key in extra:
             values[key] = extra[key]
     if "mask_blur" in settings:
@@ -171,6 +176,15 @@ def render(studio) -> Panel:
                     mask_grow_px = gr.Slider(-32, 64, 0, step=1, label="Grow mask (px)", elem_id="fill-mask-grow")
                     mask_blur_px = gr.Slider(0, MAX_MASK_BLUR, 0, step=1, label="Mask blur (px)",
                                              elem_id="fill-mask-blur")
+                with gr.Row():
+                    image_strength = gr.Slider(
+                        0, 0.99, 0, step=0.01, label="Image strength (0: the masked area starts from noise)",
+                        info="Above 0 it starts from the image, keeping this much of it (A1111's denoising "
+                             "strength is 1 minus this)", elem_id="fill-image-strength")
+                    masked_content = gr.Radio(
+                        list(MASKED_CONTENTS), value=MASKED_CONTENTS[0], label="Masked content",
+                        info="With an image strength: the masked area as it is, or painted from the colours around "
+                             "it (A1111's)", elem_id="fill-masked-content")
                 with gr.Accordion("Upload a mask instead of painting", open=False, elem_id="fill-mask-upload-box"):
                     mask_upload = input_image("Mask image (white = regenerate; used in place of the strokes)",
                                               "fill-mask-upload")
@@ -193,10 +207,11 @@ def render(studio) -> Panel:
                 shared = build_shared_controls(studio, TOOL, TOOL)
                 render_demo_examples(studio, TOOL, shared.controls, {editor: example_editor_value}, {
                     mode: INPAINT, keep_unmasked: True, mask_invert: False, mask_grow_px: 0, mask_blur_px: 0,
-                    inpaint_area: WHOLE_PICTURE})
+                    inpaint_area: WHOLE_PICTURE, image_strength: 0, masked_content: MASKED_CONTENTS[0]})
                 controls = {**shared.controls, "mode": mode, "keep_unmasked": keep_unmasked,
                             "mask_invert": mask_invert, "mask_grow_px": mask_grow_px, "mask_blur_px": mask_blur_px,
                             "inpaint_area": inpaint_area, "only_masked_padding": padding,
+                            "image_strength": image_strength, MASKED_CONTENT: masked_content,
                             **pads, "pad_unit": pad_unit}
                 panel = Panel(TOOL, (TOOL,), controls, settings_from_values, values_from_settings,
                               send_target=editor)
