@@ -216,6 +216,10 @@ def test_a_controlnet_unit_steers_txt2img_by_the_control_pictures_edges(studio):
     assert np.array_equal(np.asarray(decoded(as_edge_map["images"][0]).convert("RGB")), image)  # the same edges
 
     assert answer(studio.http.get(f"{extension}/model_list"))["model_list"][:2] == ["demo-canny", "demo-upscaler"]
+    hashed = made(studio.http.post("/txt2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [
+        {**unit, "model": "demo-canny [4c5e6a1b]"}]}}}))  # the extension titles its models "name [hash]"
+    assert not [item for item in hashed["info"]["ignored"] if "not in the studio" in item]
+    assert np.array_equal(np.asarray(decoded(hashed["images"][0]).convert("RGB")), image)  # demo-canny: the default
     refused = studio.http.post("/txt2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [
         {**unit, "module": "openpose"}]}}})
     assert "module 'openpose' is not in the studio" in assert_a1111_error(refused, 400)
@@ -381,6 +385,9 @@ def test_upscaler_models_are_listed_and_run_in_extras_the_hires_fix_and_sd_upsca
     listed = answer(studio.http.get("/upscalers"))
     assert [entry["name"] for entry in listed] == ["None", "Lanczos", "Nearest", "ControlNet upscaler", X2PLUS]
     assert listed[-1]["model_path"].endswith(f"RealESRGAN/{X2PLUS}.pth")
+    [realesrgan] = answer(studio.http.get("/realesrgan-models"))  # by A1111's label, as its page names them
+    assert realesrgan["name"] == "R-ESRGAN 2x+" and realesrgan["scale"] == 2
+    assert realesrgan["path"] == listed[-1]["model_path"]
     model = read_upscaler(studio.manager.models_dir / "RealESRGAN" / f"{X2PLUS}.pth")
     small = Image.fromarray(upscale_example(EVALUATION_SEED, 1, IMAGE_SIZE, held_out=True).image).resize((30, 20))
     upscaled = answer(studio.http.post("/extra-single-image", json={"image": b64(small), "upscaler_1": "R-ESRGAN 2x+",

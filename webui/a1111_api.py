@@ -21,7 +21,6 @@ ignored and named in the answer's `info` ("ignored"). Errors are A1111's shape: 
 """
 
 import json
-import re
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -48,12 +47,12 @@ from mflux_core.settings_schema import (
 )
 from mflux_core.styles import read_styles, styled_prompts
 from mflux_core.tools.specs import MASKED_CONTENT, TOOL_SPECS, default_model_for
-from mflux_core.upscaler_files import upscaler_file, upscaler_files
+from mflux_core.upscaler_files import A1111_LABELS, upscaler_file, upscaler_files
 from mflux_core.upscaler_models import upscale_with
 from webui.a1111_controlnet import SCRIPT as CONTROLNET_SCRIPT, add_controlnet_routes, enabled_units, units_inputs
 from webui.a1111_extras import CONTROLNET_UPSCALER, UPSCALERS, add_extras_routes
 from webui.a1111_scripts import IMG2IMG_SCRIPTS, is_sd_upscale, sd_upscale_settings
-from webui.a1111_wire import SdApiError, as_file, b64_png, base64_data, decoded_image, parsed
+from webui.a1111_wire import SdApiError, as_file, b64_png, base64_data, decoded_image, parsed, without_hash
 from webui.api_server import MAX_WAITING, JobThreads, api_routes, json_object
 from webui.gallery import save_result
 from webui.requests import requests_from_settings
@@ -67,7 +66,6 @@ A1111_SOURCE = "A1111 API"  # who submitted a job, as the queue shows it
 SAMPLER_ALIASES = {"euler": "k_euler", "euler_a": "k_euler_a", "heun": "k_heun", "dpm++2m": "k_dpmpp_2m",
                    "dpm++2m_sde": "k_dpmpp_2m_sde", "unipc": "unipc"}
 AUTOMATIC = "automatic"  # Forge's scheduler "Automatic": the sampler's own, which Simple is
-TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]+\]$")  # A1111 titles a checkpoint "name [shorthash]"
 
 
 class Txt2ImgParams(BaseModel):
@@ -187,7 +185,7 @@ def is_demo_model(studio, name: str) -> bool:
 
 def checkpoint_name(studio, title: str) -> str:
     """The model an `sd_model_checkpoint` title names ("demo", or A1111's "demo [hash]"); 400 when none."""
-    name = TITLE_HASH.sub("", str(title).strip())
+    name = without_hash(title)
     if name not in api_models(studio):
         raise SdApiError(400, f"The checkpoint {title!r} is not in the studio: GET /sdapi/v1/sd-models lists them.")
     return name
@@ -577,8 +575,8 @@ def sdapi_router(studio, auth=None) -> APIRouter:
         "prompt-styles": lambda: [{"name": style.name, "prompt": style.prompt,
                                    "negative_prompt": style.negative_prompt}
                                   for style in read_styles(studio.folders.styles).values()],
-        **dict.fromkeys(("sd-vae", "sd-modules", "face-restorers", "hypernetworks",
-                         "realesrgan-models", "latent-upscale-modes"), list),
+        "realesrgan-models": lambda: realesrgan_listing(studio.manager.models_dir),
+        **dict.fromkeys(("sd-vae", "sd-modules", "face-restorers", "hypernetworks", "latent-upscale-modes"), list),
         "embeddings": lambda: {"loaded": {}, "skipped": {}},
         "scripts": lambda: {"txt2img": [], "img2img": list(IMG2IMG_SCRIPTS)},
     }
@@ -639,6 +637,14 @@ def upscaler_listing(models_dir: Path | None) -> list[dict]:
               for name in UPSCALERS),
             *({"name": name, "model_name": name, "model_path": str(path), "model_url": None, "scale": 4}
               for name, path in upscaler_files(models_dir).items())]
+
+
+def realesrgan_listing(models_dir: Path | None) -> list[dict]:
+    """/sdapi/v1/realesrgan-models: the Real-ESRGAN models A1111 names ("R-ESRGAN 4x+") whose files are in the models
+    folder, with their scale."""
+    files = upscaler_files(models_dir)
+    return [{"name": label, "path": str(files[stem]), "scale": 2 if " 2x" in label else 4}
+            for label, stem in A1111_LABELS.items() if stem in files]
 
 
 async def nothing_to_do(request: Request):

@@ -38,7 +38,7 @@ from mflux_core.images.canny import canny_edges
 from mflux_core.images.resize_modes import CROP_AND_RESIZE, JUST_RESIZE, RESIZE_AND_FILL, RESIZE_MODES
 from mflux_core.request import check_image_size
 from mflux_core.settings_schema import MAX_SIDE
-from webui.a1111_wire import SdApiError, b64_png, decoded_image, parsed
+from webui.a1111_wire import SdApiError, b64_png, decoded_image, parsed, without_hash
 from webui.widgets import model_choices
 
 SCRIPT = "controlnet"  # its key in alwayson_scripts (any case)
@@ -155,8 +155,8 @@ def unit_settings(studio, unit: ControlNetUnit, ignored: list[str], init_image=N
     takes the init image, as the extension does."""
     extra = module_settings(unit)
     if unit.model and unit.model.strip().lower() != "none":
-        if unit.model in controlnet_weights(studio):
-            extra["controlnet_path"] = unit.model
+        if without_hash(unit.model) in controlnet_weights(studio):  # the extension's names carry a hash
+            extra["controlnet_path"] = without_hash(unit.model)
         else:
             ignored.append(f"alwayson_scripts.controlnet model {unit.model!r} (not in the studio: its Canny "
                            "ControlNet ran)")

@@ -15,6 +15,12 @@ from mflux_core.images.io import load_image, png_bytes
 from webui.api_server import ApiRefusal
 
 DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
+TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]+\]$")  # A1111 titles a model file "name [shorthash]"
+
+
+def without_hash(title: str) -> str:
+    """A1111's title of a checkpoint or ControlNet model ("demo-canny [d14c016b]") as the studio names it."""
+    return TITLE_HASH.sub("", str(title).strip())
 
 
 @dataclass
