@@ -20,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from mflux_core.comfy_workflow import PROMPT_KEY, NotAComfyGraph, read_comfy_prompt
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.outpaint import parse_padding
 from mflux_core.lora.a1111 import LoraUse, lora_library_name, take_lora_tags, with_loras_added
@@ -361,7 +362,7 @@ def settings_from_a1111(text: str) -> dict:
     settings.update(_a1111_variation(values))
     size = re.match(r"^(\d+)x(\d+)$", values.get("Size", ""))
     if size:
-        settings["width"], settings["height"] = (max(16, min(MAX_SIDE, round(int(v) / 16) * 16)) for v in size.groups())
+        settings["width"], settings["height"] = (_snapped_side(int(v)) for v in size.groups())
     if values.get("Tool") in TOOLS:
         settings["tool"] = values["Tool"]
     settings.update(a1111_sampling(values.get("Sampler", ""), values.get("Schedule type", "")))
@@ -380,6 +381,37 @@ def _a1111_img2img(values: dict) -> dict:
     except ValueError:
         return {}
     return {"image_strength": round(1 - strength, 6)} if 0 < strength < 1 else {}
+
+
+def _snapped_side(pixels: int) -> int:
+    """A side another program made, at the nearest the studio makes (a multiple of 16 within its limits)."""
+    return max(16, min(MAX_SIDE, round(pixels / 16) * 16))
+
+
+def settings_from_comfy(text: str) -> dict:
+    """Prompt, negative prompt with true CFG, guidance, seed, steps, sampler, schedule, size or image strength and
+    LoRAs (by name) from the graph in a ComfyUI PNG's "prompt" chunk (comfy_workflow.py), brought within the studio's
+    limits as A1111's are."""
+    try:
+        found = read_comfy_prompt(text)
+    except NotAComfyGraph as error:
+        raise PresetError(f"The ComfyUI workflow in the image cannot be read: {error}.") from None
+    raw = found.settings
+    settings = {key: raw[key] for key in ("sampler", "schedule") if key in raw}
+    settings.update({key: raw[key][:MAX_PROMPT_CHARS] for key in ("prompt", "negative_prompt") if key in raw})
+    if raw.get("seed", MAX_SEED + 1) <= MAX_SEED:
+        settings["seed"] = int(raw["seed"])
+    if "steps" in raw:
+        settings["steps"] = max(1, min(MAX_STEPS, int(raw["steps"])))
+    if "width" in raw:
+        settings["width"], settings["height"] = _snapped_side(int(raw["width"])), _snapped_side(int(raw["height"]))
+    if 0 <= raw.get("guidance", -1) <= 100:
+        settings["guidance"] = float(raw["guidance"])
+    if "true_cfg_scale" in raw:
+        settings["true_cfg_scale"] = min(float(MAX_TRUE_CFG_SCALE), float(raw["true_cfg_scale"]))
+    if "image_strength" in raw:
+        settings["image_strength"] = raw["image_strength"]
+    return validate_settings({**settings, **_tagged_loras(found.loras)})
 
 
 def _a1111_variation(values: dict) -> dict:
@@ -488,7 +520,8 @@ def _tagged_loras(tagged: list[LoraUse]) -> dict:
 
 
 def settings_from_png(path: Path) -> dict:
-    """Settings stored in a PNG: ours (exact) or an A1111 `parameters` chunk; PresetError when neither."""
+    """Settings stored in a PNG: ours (exact), an A1111 `parameters` chunk or a ComfyUI graph; PresetError when
+    none."""
     path = Path(path)
     try:
         with Image.open(path) as image:
@@ -503,4 +536,8 @@ def settings_from_png(path: Path) -> dict:
             raise PresetError(f"The settings in {path.name} are not valid JSON.") from None
     if isinstance(theirs, str) and len(theirs) <= MAX_METADATA_CHARS:
         return settings_from_a1111(theirs)
-    raise PresetError(f"{path.name} carries no settings (neither mflux-studio's nor an A1111 'parameters' chunk).")
+    comfy = chunks.get(PROMPT_KEY)
+    if isinstance(comfy, str) and len(comfy) <= MAX_METADATA_CHARS:
+        return settings_from_comfy(comfy)
+    raise PresetError(f"{path.name} carries no settings (not mflux-studio's, an A1111 'parameters' chunk or a "
+                      "ComfyUI workflow).")

@@ -42,6 +42,7 @@ from mflux_core.weights.resolve import DEMO_MODELS_ENV, demo_folder
 from tests.fixtures.lora_files import Dims, write_diffusers_lora
 from tests.fixtures.shape_classifier import classify, iou
 from tests.fixtures.upscaler_models import random_rrdb, real_esrgan_names, write
+from tests.test_comfy_workflow import flux_dev_example
 from tests.test_webui_browser import free_port, request_in
 from webui.a1111_api import Txt2ImgParams, sampling_settings, sdapi_router
 from webui.app import build_app, launch_kwargs
@@ -660,7 +661,7 @@ def test_api_jobs_wait_for_the_engine_turn_that_page_jobs_take(studio):
 # ----- png-info and listings ----------------------------------------------------------------------
 
 
-def test_png_info_reads_our_pngs_and_a1111s(studio):
+def test_png_info_reads_our_pngs_a1111s_and_comfyuis(studio):
     body = made(studio.http.post("/txt2img", json={"prompt": CAPTION, "seed": 77, "steps": 2}))
     ours = answer(studio.http.post("/png-info", json={"image": body["images"][0]}))
     assert ours["info"] == body["info"]["infotexts"][0] and "mflux_studio" in ours["items"]
@@ -672,6 +673,12 @@ def test_png_info_reads_our_pngs_and_a1111s(studio):
     assert theirs["info"] == text
     assert {k: theirs["parameters"][k] for k in ("prompt", "steps", "seed", "width", "height")} == \
         {"prompt": "a cat", "steps": 20, "seed": 5, "width": 512, "height": 768}
+    comfy = PngImagePlugin.PngInfo()
+    comfy.add_text("prompt", json.dumps(flux_dev_example(seed=5)))
+    graph = answer(studio.http.post("/png-info", json={"image": b64(Image.new("RGB", (8, 8)), comfy)}))
+    assert graph["info"] == "" and "prompt" in graph["items"]  # no A1111 text; the settings from ComfyUI's graph
+    assert {k: graph["parameters"][k] for k in ("seed", "steps", "width", "guidance")} == \
+        {"seed": 5, "steps": 20, "width": 1024, "guidance": 3.5}
     bare = answer(studio.http.post("/png-info", json={"image": b64(Image.new("RGB", (8, 8)))}))
     assert (bare["info"], bare["parameters"]) == ("", {})
 
