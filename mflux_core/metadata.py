@@ -1,10 +1,13 @@
-"""Settings stored in PNG text chunks: our JSON (exact, restorable) and an A1111-style `parameters` line."""
+"""Settings stored in PNG text chunks: our JSON (exact, restorable), an A1111-style `parameters` line and, where it
+can say the same, a ComfyUI graph."""
 
 import json
 from pathlib import Path
 
 from PIL import Image
 
+from mflux_core.comfy_export import comfy_graph
+from mflux_core.comfy_workflow import PROMPT_KEY as COMFY_PROMPT_KEY
 from mflux_core.controlnet_infotext import infotext_items
 from mflux_core.errors import InvalidRequest
 from mflux_core.lora.a1111 import tagged_prompt
@@ -95,10 +98,12 @@ def inpaint_area_parameters(request: GenerationRequest) -> list[tuple[str, objec
 
 
 def png_text_chunks(request: GenerationRequest, extras: dict | None = None) -> dict[str, str]:
-    return {
-        JSON_KEY: json.dumps(request_metadata(request, extras), sort_keys=True),
-        A1111_KEY: a1111_parameters(request, extras),
-    }
+    """Our JSON, A1111's `parameters` and, for what ComfyUI's core nodes express, ComfyUI's graph (comfy_export)."""
+    extras = extras or {}
+    chunks = {JSON_KEY: json.dumps(request_metadata(request, extras), sort_keys=True),
+              A1111_KEY: a1111_parameters(request, extras)}
+    graph = comfy_graph(request, extras.get("steps", request.steps), extras.get("guidance", request.guidance))
+    return chunks if graph is None else {**chunks, COMFY_PROMPT_KEY: json.dumps(graph)}
 
 
 def request_from_metadata(metadata: dict) -> GenerationRequest:

@@ -666,6 +666,8 @@ def test_png_info_reads_our_pngs_a1111s_and_comfyuis(studio):
     ours = answer(studio.http.post("/png-info", json={"image": body["images"][0]}))
     assert ours["info"] == body["info"]["infotexts"][0] and "mflux_studio" in ours["items"]
     assert (ours["parameters"]["prompt"], ours["parameters"]["seed"], ours["parameters"]["steps"]) == (CAPTION, 77, 2)
+    comfy_nodes = json.loads(ours["items"]["prompt"])  # the graph ComfyUI opens the image as (test_comfy_workflow.py)
+    assert {"UNETLoader", "KSampler", "SaveImage"} <= {node["class_type"] for node in comfy_nodes.values()}
     chunk = PngImagePlugin.PngInfo()
     text = "a cat\nNegative prompt: a dog\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 512x768"
     chunk.add_text("parameters", text)

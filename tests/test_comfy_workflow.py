@@ -1,7 +1,9 @@
 """A ComfyUI PNG's settings: the graph in its "prompt" chunk (ComfyUI's API format, as its SaveImage writes it) read
 back along the links from its first sampler, in the layouts FLUX.1 users share (ComfyUI's own FLUX.1 examples, a
 checkpoint with KSampler, true CFG, a second hires pass, image-to-image, LoRA loaders), and graphs that are no use
-refused in a sentence."""
+refused in a sentence. The other way, our text-to-image PNGs carry a graph made of ComfyUI's core nodes with their
+inputs as ComfyUI declares them (ComfyUI itself is not installable here, so its node signatures are written out
+below), which reads back as the request's settings."""
 
 import json
 
@@ -148,3 +150,87 @@ def test_links_that_loop_or_point_nowhere_end(tmp_path):
     assert settings["steps"] == 4 and settings["guidance"] == 2.0
     assert "seed" not in settings and "prompt" not in settings
     assert settings["lora_paths"] == ["a"]  # found once, not once per loop
+
+
+# ----- the other way: our PNGs carry a graph ComfyUI opens ------------------------------------------
+
+# ComfyUI's inputs of the nodes the studio writes (its nodes.py and comfy_extras), and how many outputs each has
+COMFY_NODES = {
+    "UNETLoader": ({"unet_name", "weight_dtype"}, 1), "DualCLIPLoader": ({"clip_name1", "clip_name2", "type"}, 1),
+    "VAELoader": ({"vae_name"}, 1),
+    "LoraLoader": ({"model", "clip", "lora_name", "strength_model", "strength_clip"}, 2),
+    "CLIPTextEncode": ({"text", "clip"}, 1), "FluxGuidance": ({"conditioning", "guidance"}, 1),
+    "EmptySD3LatentImage": ({"width", "height", "batch_size"}, 1), "LoadImage": ({"image"}, 2),
+    "VAEEncode": ({"pixels", "vae"}, 1), "VAEDecode": ({"samples", "vae"}, 1),
+    "KSampler": ({"model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative",
+                  "latent_image", "denoise"}, 1),
+    "ImageScaleBy": ({"image", "upscale_method", "scale_by"}, 1), "SaveImage": ({"images", "filename_prefix"}, 0),
+}
+COMFY_SAMPLERS = {"euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2m_sde", "uni_pc"}  # in KSampler's list
+COMFY_SCHEDULERS = {"simple", "beta", "karras", "exponential"}
+
+
+def check_comfy_graph(graph: dict) -> None:
+    """Every node one of ComfyUI's with exactly its inputs, every link to an output that node has."""
+    for node in graph.values():
+        inputs, _ = COMFY_NODES[node["class_type"]]
+        assert set(node["inputs"]) == inputs, node
+        for value in node["inputs"].values():
+            if isinstance(value, list):
+                source, index = value
+                assert index < COMFY_NODES[graph[source]["class_type"]][1], (node, value)
+        if node["class_type"] == "KSampler":
+            assert node["inputs"]["sampler_name"] in COMFY_SAMPLERS
+            assert node["inputs"]["scheduler"] in COMFY_SCHEDULERS
+
+
+@pytest.mark.parametrize("fields", [
+    dict(model="dev", prompt=PROMPT, seed=9, steps=20, width=1024, height=768, guidance=3.5),
+    dict(model="my-finetune", prompt=PROMPT, seed=9, steps=8, width=512, height=512, guidance=2.0,
+         lora_paths=("ink", "v2.style"), lora_scales=(0.7, 1.1), lora_text_encoder_scales=(0.5, 1.1),
+         sampler="dpm++2m", schedule="karras", negative_prompt="blurry", true_cfg_scale=2.5),
+    dict(model="dev", prompt=PROMPT, seed=9, steps=20, width=1024, height=1024, guidance=3.5, hires_scale=1.5,
+         hires_strength=0.4, hires_prompt="sharper"),
+    dict(model="dev", prompt=PROMPT, seed=9, steps=20, width=512, height=512, guidance=3.5,
+         image_path="/outputs/inputs/img2img-1.png", image_strength=0.3, sampler="euler_a", schedule="beta"),
+])
+def test_our_text_to_image_pngs_carry_a_comfyui_graph_that_reads_back_as_their_settings(tmp_path, fields):
+    from mflux_core.metadata import png_text_chunks
+    from mflux_core.request import GenerationRequest
+
+    request = GenerationRequest(tool="generate", **fields)
+    chunks = png_text_chunks(request)
+    graph = json.loads(chunks["prompt"])
+    check_comfy_graph(graph)
+    settings = restored(tmp_path, graph)
+    expected = {key: value for key, value in fields.items() if key in ("prompt", "seed", "steps", "guidance", "sampler",
+                                                                       "schedule", "negative_prompt", "true_cfg_scale",
+                                                                       "image_strength")}
+    expected.update(lora_paths=list(fields.get("lora_paths", ())), lora_scales=list(fields.get("lora_scales", ())))
+    if "image_path" not in fields:
+        expected.update(width=fields["width"], height=fields["height"])
+    if "lora_text_encoder_scales" in fields:
+        expected["lora_text_encoder_scales"] = list(fields["lora_text_encoder_scales"])
+    assert {key: settings.get(key, []) for key in expected} == expected
+    files = {node["class_type"]: node["inputs"] for node in graph.values()}
+    assert files["UNETLoader"]["unet_name"] == ("flux1-dev.safetensors" if fields["model"] == "dev" else
+                                                "my-finetune.safetensors")
+    if "image_path" in fields:
+        assert files["LoadImage"]["image"] == "img2img-1.png"  # ComfyUI's input folder holds it by name
+    if "hires_scale" in fields:
+        second = [node["inputs"] for node in graph.values() if node["class_type"] == "KSampler"][1]
+        assert second["denoise"] == 0.4 and files["ImageScaleBy"] == {
+            "image": files["ImageScaleBy"]["image"], "upscale_method": "lanczos", "scale_by": 1.5}
+
+
+def test_what_comfyuis_core_nodes_do_not_say_the_same_gets_no_graph():
+    from mflux_core.metadata import png_text_chunks
+    from mflux_core.request import GenerationRequest
+
+    base = GenerationRequest(tool="generate", model="dev", prompt=PROMPT, seed=1, steps=4, width=64, height=64)
+    assert "prompt" in png_text_chunks(base)
+    for other in (base.with_(tool="fill", image_path="a.png", masked_image_path="m.png"),
+                  base.with_(variation_seed=5, variation_strength=0.3),
+                  base.with_(hires_scale=2.0, hires_upscaler="4x-UltraSharp"),
+                  base.with_(regions=({"box": [0, 0, 0.5, 1], "prompt": "a cat", "weight": 1.0},))):
+        assert "prompt" not in png_text_chunks(other)
