@@ -2,17 +2,18 @@
 SaveImage writes), so that a studio PNG dropped onto ComfyUI opens as the workflow that makes it there: FLUX.1 as
 ComfyUI's own examples load it (UNETLoader, DualCLIPLoader, VAELoader under BFL's file names), the LoRAs as
 LoraLoader nodes, CLIPTextEncode with FluxGuidance, KSampler with the seed, steps, sampler and scheduler (CFG 1, or
-the true CFG scale with the negative prompt), an empty latent of the size or the input image encoded at the image
-strength, and a hires fix as a Lanczos upscale and a second KSampler. ComfyUI's noise is not ours: the graph makes
+the true CFG scale with the negative prompt), an empty latent of the size or the input image brought to it (scaled
+and centre-cropped, or stretched) and encoded at the image strength, and a hires fix as a Lanczos upscale and a second KSampler. ComfyUI's noise is not ours: the graph makes
 the same kind of image, not the same pixels.
 
 What ComfyUI's core nodes do not express the same way (other tools, regional prompts, variation seeds, a hires fix
-by an upscaler model or the ControlNet upscaler) gets no graph. comfy_workflow.py reads such graphs back.
+by an upscaler model or the ControlNet upscaler, A1111's "resize and fill") gets no graph. comfy_workflow.py reads such graphs back.
 """
 
 from pathlib import PurePath
 
 from mflux_core.comfy_workflow import SAMPLER_NAMES
+from mflux_core.images.resize_modes import CROP_AND_RESIZE, JUST_RESIZE
 from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import HIRES_UPSCALERS
 
@@ -24,9 +25,13 @@ VAE_FILE = "ae.safetensors"
 DEFAULT_HIRES_STRENGTH = 0.5  # mflux_core.hires's default denoising strength
 
 
+COMFY_CROPS = {CROP_AND_RESIZE: "center", JUST_RESIZE: "disabled"}  # ImageScale's crop for our resize modes
+
+
 def exportable(request: GenerationRequest) -> bool:
     return request.tool == "generate" and not request.regions and not request.variation_strength \
-        and request.hires_upscaler in (None, HIRES_UPSCALERS[0])
+        and request.hires_upscaler in (None, HIRES_UPSCALERS[0]) \
+        and (request.image_path is None or request.resize_mode in COMFY_CROPS)
 
 
 def comfy_graph(request: GenerationRequest, steps: int, guidance: float | None) -> dict | None:
@@ -58,7 +63,9 @@ def comfy_graph(request: GenerationRequest, steps: int, guidance: float | None) 
                     scheduler=request.schedule, cfg=cfg, negative=negative)
     if request.image_path:
         image = graph.add("LoadImage", image=PurePath(request.image_path).name)
-        latent = graph.add("VAEEncode", pixels=(image, 0), vae=(vae, 0))
+        sized = graph.add("ImageScale", image=(image, 0), upscale_method="lanczos", width=request.width,
+                          height=request.height, crop=COMFY_CROPS[request.resize_mode])
+        latent = graph.add("VAEEncode", pixels=(sized, 0), vae=(vae, 0))
         denoise = 1 - (request.image_strength or 0.0)
     else:
         latent = graph.add("EmptySD3LatentImage", width=request.width, height=request.height, batch_size=1)

@@ -165,6 +165,7 @@ COMFY_NODES = {
     "KSampler": ({"model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative",
                   "latent_image", "denoise"}, 1),
     "ImageScaleBy": ({"image", "upscale_method", "scale_by"}, 1), "SaveImage": ({"images", "filename_prefix"}, 0),
+    "ImageScale": ({"image", "upscale_method", "width", "height", "crop"}, 1),
 }
 COMFY_SAMPLERS = {"euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2m_sde", "uni_pc"}  # in KSampler's list
 COMFY_SCHEDULERS = {"simple", "beta", "karras", "exponential"}
@@ -217,6 +218,8 @@ def test_our_text_to_image_pngs_carry_a_comfyui_graph_that_reads_back_as_their_s
                                                 "my-finetune.safetensors")
     if "image_path" in fields:
         assert files["LoadImage"]["image"] == "img2img-1.png"  # ComfyUI's input folder holds it by name
+        assert {key: files["ImageScale"][key] for key in ("width", "height", "crop")} == {
+            "width": 512, "height": 512, "crop": "center"}  # crop and resize: scaled to cover, centre-cropped
     if "hires_scale" in fields:
         second = [node["inputs"] for node in graph.values() if node["class_type"] == "KSampler"][1]
         assert second["denoise"] == 0.4 and files["ImageScaleBy"] == {
@@ -232,5 +235,6 @@ def test_what_comfyuis_core_nodes_do_not_say_the_same_gets_no_graph():
     for other in (base.with_(tool="fill", image_path="a.png", masked_image_path="m.png"),
                   base.with_(variation_seed=5, variation_strength=0.3),
                   base.with_(hires_scale=2.0, hires_upscaler="4x-UltraSharp"),
+                  base.with_(image_path="a.png", image_strength=0.5, resize_mode="resize and fill"),
                   base.with_(regions=({"box": [0, 0, 0.5, 1], "prompt": "a cat", "weight": 1.0},))):
         assert "prompt" not in png_text_chunks(other)
