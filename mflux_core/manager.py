@@ -37,7 +37,7 @@ from mflux_core.sampling.previews import LatentPreviewer
 from mflux_core.settings_schema import HIRES_UPSCALERS
 from mflux_core.tools.common import SizeDecided, encode_image, probing_size, tool_inputs
 from mflux_core.upscaler_files import unknown_upscaler, upscaler_file
-from mflux_core.upscaler_models import UpscalerModel, read_upscaler, upscale_bytes
+from mflux_core.upscaler_models import UpscalerModel, model_passes, read_upscaler, upscale_bytes
 from mflux_core.weights.resolve import DownloadCallback, ModelSource
 
 @dataclass
@@ -79,6 +79,7 @@ class ModelManager:
         self._encoded_images: LRU = LRU(4)  # VAE latents of input images (ControlNet control images)
         self.download: dict | None = None  # the download in progress: model, done_bytes, total_bytes
         self._on_download: DownloadCallback | None = None  # set while a job with a Report runs
+        self._job: tuple[Report | None, Callable[[], bool] | None] = (None, None)  # the running job's report, Stop
 
     @property
     def models_dir(self) -> Path:
@@ -142,6 +143,14 @@ class ModelManager:
                             UPSCALER_PHASE, upscale_bytes(model, size, target))
         return model
 
+    def upscaled_by_model(self, name: str, image: Image.Image, target: tuple[int, int]) -> tuple[UpscalerModel,
+                                                                                                  Image.Image]:
+        """`image` through the upscaler model `name` towards `target` (ready_upscaler's checks first), its tiles
+        reported as the running job's steps and Stop heard between them."""
+        model = self.ready_upscaler(name, image.size, target)
+        report, cancelled = self._job
+        return model, model_passes(model, image, target, cancelled, report)
+
     def depth_estimate_bytes(self, photo: Image.Image, name: str | None = None) -> int:
         from mflux_core.models.depth_memory import estimator_peak_bytes
 
@@ -179,7 +188,7 @@ class ModelManager:
             if request.hires_scale is not None:
                 return generate_hires(self, request, report, cancelled)
             if is_upscaler_only(request):
-                return generate_upscaler_only(self, request, report, cancelled)
+                return generate_upscaler_only(self, request)
             if is_tiled(request):
                 return generate_tiled(self, request, report, cancelled)
             return self._generate(request, report, cancelled)
@@ -203,11 +212,13 @@ class ModelManager:
     def _reporting(self, model: str, report: Report | None, cancelled: Callable[[], bool] | None):
         """While a job runs: its loads and downloads go to `report` (without one, huggingface_hub draws its
         own progress bars)."""
+        self._job = report, cancelled
         if report is not None:
             self.resident.report, self._on_download = report, self._download_reporter(model, report, cancelled)
         try:
             yield
         finally:
+            self._job = None, None
             self.resident.report = self._on_download = None
             self.download = None
             self.last_used = time.monotonic()

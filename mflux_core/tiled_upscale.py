@@ -88,7 +88,7 @@ def generate_tiled(manager: "ModelManager", request: GenerationRequest, report: 
     model = manager._prepared_model(request, cancelled)
     image = required_image(request.image_path or request.controlnet_image_path, "an image to upscale", "--image-path")
     request = starts_from_image(upscaled_size(resolved_request(model, request), image))
-    resampled, notes = resampled_input(manager, image, request, cancelled, report)
+    resampled, notes = resampled_input(manager, image, request)
     side, overlap = tile_side_and_overlap(model, request)
     tiles = tile_grid(request.width, request.height, side, side, overlap)
     tile_size = (tiles[0].width, tiles[0].height)

@@ -4,10 +4,9 @@ of the manager as the tiled upscale is: the model's run planned against the memo
 tiles reported as steps, a stop heard between them, one image whose metadata replays it.
 """
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from mflux_core.errors import InvalidRequest
-from mflux_core.events import Report
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.common import required_image
 from mflux_core.tools.specs import TILE_SIZE, UPSCALER_ONLY
@@ -21,9 +20,9 @@ def is_upscaler_only(request: GenerationRequest) -> bool:
     return request.tool == "upscale" and bool(request.extra.get(UPSCALER_ONLY))
 
 
-def generate_upscaler_only(manager: "ModelManager", request: GenerationRequest, report: Report | None,
-                           cancelled: Callable[[], bool] | None) -> "GenerationResult":
-    """The upscaler's image, with the manager's lock held by the caller."""
+def generate_upscaler_only(manager: "ModelManager", request: GenerationRequest) -> "GenerationResult":
+    """The upscaler's image, with the manager's lock held by the caller (its job's report and Stop reach the
+    model's tiles through manager.upscaled_by_model)."""
     started = manager.run_started()
     if upscaler(request) == CONTROLNET_UPSCALER:
         raise InvalidRequest("Upscaler only needs an upscaler model or Lanczos: the ControlNet upscaler is a FLUX.1 "
@@ -33,5 +32,5 @@ def generate_upscaler_only(manager: "ModelManager", request: GenerationRequest, 
                              "FLUX.1 pass (turn off one or the other).")
     image = required_image(request.image_path or request.controlnet_image_path, "an image to upscale", "--image-path")
     request = upscaled_size(request.with_(controlnet_strength=None), image, snap=False)
-    result, notes = resampled(manager, image, request, cancelled, report)
+    result, notes = resampled(manager, image, request)
     return manager.finished(result, request, None, None, None, started, notes=notes)

@@ -244,7 +244,9 @@ def test_the_upscale_tool_regenerates_what_the_model_upscaled_in_one_piece_and_i
         request = GenerationRequest(tool="upscale", model="demo", prompt=PROMPT, seed=5, steps=4, width=128,
                                     height=96, dtype="float32", image_path=str(small_image),
                                     extra={**extra, "upscaler": "4x-TinyCompact"})
-        result = manager.generate(request)
+        steps = []
+        result = manager.generate(request, report=lambda event: steps.append(event) if isinstance(event, Step) else 0)
+        assert (steps[0].step, steps[0].stage) == (1, "upscaling with 4x-TinyCompact"), extra  # its tile, then FLUX.1's
         # the same as the Lanczos upscaler run on the model's upscale, which is already the output's size
         by_hand = manager.generate(request.with_(image_path=str(upscaled_path),
                                                  extra={**extra, "upscaler": "Lanczos"}))
@@ -253,6 +255,11 @@ def test_the_upscale_tool_regenerates_what_the_model_upscaled_in_one_piece_and_i
             assert np.array_equal(np.asarray(result.before), np.asarray(upscaled))
         assert "Input 64x48 upscaled to 256x192 by 4x-TinyCompact (x4)." in result.notes
         assert result.request.controlnet_strength is None and result.request.image_strength == 0.65
+    events = []  # reports and Stop's checks in the order they came
+    manager.generate(request.with_(extra={"upscaler": "4x-TinyCompact"}), report=events.append,
+                     cancelled=lambda: events.append("Stop?") and False)
+    tile = next(i for i, e in enumerate(events) if isinstance(e, Step) and e.stage.startswith("upscaling"))
+    assert events[tile - 1] == "Stop?"  # Stop is heard before the model's tile, as between any two of them
 
 
 def test_upscaler_only_is_the_models_image_alone_with_no_flux_model_loaded(models_dir, small_image):

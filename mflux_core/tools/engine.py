@@ -34,5 +34,10 @@ class ToolEngine(Protocol):
         """An upscaler model of the models folder by name, loaded, its upscale of `size` towards `target` checked
         against the memory budget (InvalidRequest when it would not fit, or no such model is there)."""
 
+    def upscaled_by_model(self, name: str, image: Image.Image, target: tuple[int, int]) -> tuple[UpscalerModel,
+                                                                                                  Image.Image]:
+        """The model (readied as ready_upscaler does) and `image` through its passes towards `target`, each tile a
+        step of the running job (Stop heard between tiles)."""
+
     def apply_loras(self, model: FluxModel, request: GenerationRequest) -> None:
         """Make the model's transformer carry exactly the request's LoRAs (a tool may add its own)."""

@@ -13,12 +13,9 @@ snapped down to a multiple of 16. A Union ControlNet runs in its tile mode unles
 In tiles (`tile_size`), the output is made a tile at a time: mflux_core/tiled_upscale.py.
 """
 
-from typing import Callable
-
 from PIL import Image
 
 from mflux_core.errors import InvalidRequest
-from mflux_core.events import Report
 from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.request import GenerationRequest, check_image_size, snap_to_16
@@ -31,7 +28,7 @@ from mflux_core.tools.common import (
 from mflux_core.tools.controlnet_conditioning import (
     ControlUnit, controlnet_inputs, extra_number, steering, unit_record, with_default_strength,
 )
-from mflux_core.upscaler_models import model_passes, upscaled_note
+from mflux_core.upscaler_models import upscaled_note
 
 DEFAULT_STRENGTH = 0.6  # jasperai's published controlnet_conditioning_scale
 DEFAULT_FACTOR = 2.0
@@ -67,16 +64,14 @@ def upscaler(request: GenerationRequest) -> str:
     return name
 
 
-def resampled(engine: ToolEngine, image: Image.Image, request: GenerationRequest,
-              cancelled: Callable[[], bool] | None = None,
-              report: Report | None = None) -> tuple[Image.Image, tuple[str, ...]]:
+def resampled(engine: ToolEngine, image: Image.Image, request: GenerationRequest) -> tuple[Image.Image,
+                                                                                         tuple[str, ...]]:
     """The input at the request's (set) size: by the upscaler model first when the request names one, then by
     its resize mode (Lanczos), with notes of what was done."""
     name, notes = upscaler(request), ()
     if name not in HIRES_UPSCALERS:
-        target = (request.width, request.height)
-        model = engine.ready_upscaler(name, image.size, target)
-        before, image = image.size, model_passes(model, image, target, cancelled, report)
+        before = image.size
+        model, image = engine.upscaled_by_model(name, image, (request.width, request.height))
         notes = (upscaled_note(model, before, image.size),)
     image, resized = fit_input(image, request)
     return image, notes + resized
