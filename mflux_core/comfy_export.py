@@ -3,11 +3,12 @@ SaveImage writes), so that a studio PNG dropped onto ComfyUI opens as the workfl
 ComfyUI's own examples load it (UNETLoader, DualCLIPLoader, VAELoader under BFL's file names), the LoRAs as
 LoraLoader nodes, CLIPTextEncode with FluxGuidance, KSampler with the seed, steps, sampler and scheduler (CFG 1, or
 the true CFG scale with the negative prompt), an empty latent of the size or the input image brought to it (scaled
-and centre-cropped, or stretched) and encoded at the image strength, and a hires fix as a Lanczos upscale and a second KSampler. ComfyUI's noise is not ours: the graph makes
-the same kind of image, not the same pixels.
+and centre-cropped, or stretched) and encoded at the image strength, and a hires fix as a Lanczos upscale and a
+second KSampler. ComfyUI's noise is not ours: the graph makes the same kind of image, not the same pixels.
 
 What ComfyUI's core nodes do not express the same way (other tools, regional prompts, variation seeds, a hires fix
-by an upscaler model or the ControlNet upscaler, A1111's "resize and fill") gets no graph. comfy_workflow.py reads such graphs back.
+by an upscaler model or the ControlNet upscaler, A1111's "resize and fill") gets no graph. comfy_workflow.py reads
+such graphs back.
 """
 
 from pathlib import PurePath
@@ -15,16 +16,13 @@ from pathlib import PurePath
 from mflux_core.comfy_workflow import SAMPLER_NAMES
 from mflux_core.images.resize_modes import CROP_AND_RESIZE, JUST_RESIZE
 from mflux_core.request import GenerationRequest
-from mflux_core.settings_schema import HIRES_UPSCALERS
+from mflux_core.settings_schema import DEFAULT_HIRES_STRENGTH, HIRES_UPSCALERS
 
 COMFY_SAMPLERS = {ours: theirs for theirs, ours in SAMPLER_NAMES.items()}
 MODEL_FILES = {"schnell": "flux1-schnell.safetensors", "dev": "flux1-dev.safetensors",
                "krea-dev": "flux1-krea-dev.safetensors"}  # BFL's file names for the aliases
 TEXT_ENCODER_FILES = ("clip_l.safetensors", "t5xxl_fp16.safetensors")  # ComfyUI's FLUX.1 examples' names
 VAE_FILE = "ae.safetensors"
-DEFAULT_HIRES_STRENGTH = 0.5  # mflux_core.hires's default denoising strength
-
-
 COMFY_CROPS = {CROP_AND_RESIZE: "center", JUST_RESIZE: "disabled"}  # ImageScale's crop for our resize modes
 
 

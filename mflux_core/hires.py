@@ -26,7 +26,7 @@ from mflux_core.native_sizes import sizes_phrase
 from mflux_core.prompt_schedule import for_the_second_pass
 from mflux_core.request import GenerationRequest, hires_size
 from mflux_core.sampling.schedule import img2img_start_step
-from mflux_core.settings_schema import HIRES_UPSCALERS
+from mflux_core.settings_schema import DEFAULT_HIRES_STRENGTH, HIRES_UPSCALERS
 from mflux_core.tools.common import start_image_inputs, tool_inputs
 from mflux_core.tools.controlnet_conditioning import ControlUnit, add_controlnets, steering, with_default_strength
 from mflux_core.tools.engine import ToolEngine
@@ -39,7 +39,6 @@ from mflux_core.weights.resolve import ALIASES
 if TYPE_CHECKING:
     from mflux_core.manager import GenerationResult, ModelManager
 
-DEFAULT_STRENGTH = 0.5
 DEFAULT_UPSCALER, CONTROLNET_UPSCALER = HIRES_UPSCALERS
 UPSCALER_CONTROLNET = "upscaler"  # its alias (mflux_core.weights.resolve.ALIASES)
 
@@ -47,7 +46,7 @@ UPSCALER_CONTROLNET = "upscaler"  # its alias (mflux_core.weights.resolve.ALIASE
 def with_hires_defaults(request: GenerationRequest, first_steps: int) -> GenerationRequest:
     """The request with every hires setting filled in (recorded so that the image replays)."""
     request = request.with_(hires_steps=request.hires_steps or first_steps,
-                            hires_strength=request.hires_strength or DEFAULT_STRENGTH,
+                            hires_strength=request.hires_strength or DEFAULT_HIRES_STRENGTH,
                             hires_upscaler=request.hires_upscaler or DEFAULT_UPSCALER)
     if request.hires_upscaler == CONTROLNET_UPSCALER and request.controlnet_strength is None:
         request = request.with_(controlnet_strength=UPSCALER_STRENGTH)

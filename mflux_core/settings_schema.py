@@ -30,6 +30,7 @@ MAX_LORA_SCALE = 4  # A1111 and Forge users write <lora:name:scale> from -4 to 4
 MAX_LIST_ITEMS = 8  # LoRAs, Redux images and their scales or strengths
 MAX_BATCH = 16  # images per run
 MAX_HIRES_SCALE = 4  # the hires fix's upscale factor
+DEFAULT_HIRES_STRENGTH = 0.5  # the hires fix's second pass: A1111's denoising strength when a request sets none
 # A1111's Checkpoint Merger methods (mflux_core/weights/merge.py), by name, with its labels
 WEIGHTED_SUM, ADD_DIFFERENCE = "weighted-sum", "add-difference"
 MERGE_METHODS = {WEIGHTED_SUM: "Weighted sum", ADD_DIFFERENCE: "Add difference"}

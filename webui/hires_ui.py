@@ -3,9 +3,9 @@ make an image from text: Generate, the X/Y/Z plot, and ControlNet (whose Control
 
 import gradio as gr
 
-from mflux_core.hires import DEFAULT_STRENGTH, DEFAULT_UPSCALER
+from mflux_core.hires import DEFAULT_UPSCALER
 from mflux_core.request import MAX_STEPS
-from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE
+from mflux_core.settings_schema import DEFAULT_HIRES_STRENGTH, HIRES_UPSCALERS, MAX_HIRES_SCALE
 from mflux_core.upscaler_files import upscaler_files
 from webui.widgets import number_value
 
@@ -20,7 +20,7 @@ def hires_settings(values: dict) -> dict:
         return {}
     return {"hires_scale": number_value(values, "hires_scale", DEFAULT_HIRES_SCALE, "Hires upscale"),
             "hires_steps": int(number_value(values, "hires_steps", 0, "Hires steps")) or None,
-            "hires_strength": number_value(values, "hires_strength", DEFAULT_STRENGTH, "Hires denoising strength"),
+            "hires_strength": number_value(values, "hires_strength", DEFAULT_HIRES_STRENGTH, "Hires denoising strength"),
             "hires_upscaler": values.get("hires_upscaler") or DEFAULT_UPSCALER,
             "hires_prompt": values.get("hires_prompt") or ""}
 
@@ -30,7 +30,7 @@ def hires_values(settings: dict) -> dict:
     if settings.get("hires_scale") is None:
         return {"hires": False}
     return {"hires": True, "hires_scale": settings["hires_scale"], "hires_steps": settings.get("hires_steps") or 0,
-            "hires_strength": settings.get("hires_strength") or DEFAULT_STRENGTH,
+            "hires_strength": settings.get("hires_strength") or DEFAULT_HIRES_STRENGTH,
             "hires_upscaler": settings.get("hires_upscaler") or DEFAULT_UPSCALER,
             "hires_prompt": settings.get("hires_prompt") or ""}
 
@@ -67,7 +67,7 @@ def hires_controls(tool: str, upscalers: dict[str, str], models_dir) -> tuple[gr
         with gr.Row():
             controls["hires_steps"] = gr.Number(0, label="Hires steps (0: the same)", precision=0, minimum=0,
                                                 maximum=MAX_STEPS, elem_id=f"{tool}-hires-steps")
-            controls["hires_strength"] = gr.Slider(0.01, 1, DEFAULT_STRENGTH, step=0.01,
+            controls["hires_strength"] = gr.Slider(0.01, 1, DEFAULT_HIRES_STRENGTH, step=0.01,
                                                    label="Denoising strength (how much the second pass changes)",
                                                    elem_id=f"{tool}-hires-strength")
         controls["hires_prompt"] = gr.Textbox(label="Hires prompt (empty: the prompt)", lines=2,
