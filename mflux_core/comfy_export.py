@@ -13,12 +13,12 @@ such graphs back.
 
 from pathlib import PurePath
 
-from mflux_core.comfy_workflow import SAMPLER_NAMES
+from mflux_core.app_metadata import COMFY_SAMPLERS as SAMPLERS_OF_COMFY
 from mflux_core.images.resize_modes import CROP_AND_RESIZE, JUST_RESIZE
 from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import DEFAULT_HIRES_STRENGTH, HIRES_UPSCALERS
 
-COMFY_SAMPLERS = {ours: theirs for theirs, ours in SAMPLER_NAMES.items()}
+COMFY_SAMPLERS = {ours: theirs for theirs, ours in SAMPLERS_OF_COMFY.items()}
 MODEL_FILES = {"schnell": "flux1-schnell.safetensors", "dev": "flux1-dev.safetensors",
                "krea-dev": "flux1-krea-dev.safetensors"}  # BFL's file names for the aliases
 TEXT_ENCODER_FILES = ("clip_l.safetensors", "t5xxl_fp16.safetensors")  # ComfyUI's FLUX.1 examples' names

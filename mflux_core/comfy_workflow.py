@@ -11,30 +11,16 @@ What the studio names differently (the checkpoint file, ComfyUI-only samplers) i
 leaves A1111's out. Values are returned as found; presets.settings_from_comfy clamps and validates them.
 """
 
-import json
-from dataclasses import dataclass, field
-from pathlib import PurePosixPath
-
+from mflux_core.app_metadata import (
+    COMFY_SAMPLERS, SCHEDULES, FoundSettings, NotTheirSettings, file_stem, is_number, is_whole, json_object,
+)
 from mflux_core.lora.a1111 import LoraUse
 
 PROMPT_KEY = "prompt"  # the PNG text chunk ComfyUI's SaveImage writes the graph it ran into
 SAMPLERS = ("KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced")
 EMPTY_LATENTS = ("EmptyLatentImage", "EmptySD3LatentImage", "EmptyHunyuanLatentVideo")
-SAMPLER_NAMES = {"euler": "euler", "euler_ancestral": "euler_a", "heun": "heun", "dpmpp_2m": "dpm++2m",
-                 "dpmpp_2m_sde": "dpm++2m_sde", "uni_pc": "unipc"}  # ComfyUI's -> ours (where they are the same)
-SCHEDULER_NAMES = ("simple", "beta", "karras", "exponential")  # ComfyUI's names are ours
 MAX_HOPS = 32  # links followed from one input at most: a graph is not trusted to be acyclic
 PRIMITIVE_INPUTS = ("value", "text", "string", "seed", "noise_seed", "int", "float", "number", "prompt")
-
-
-class NotAComfyGraph(ValueError):
-    """The chunk is no ComfyUI graph the studio can read (the message says why)."""
-
-
-@dataclass
-class ComfySettings:
-    settings: dict = field(default_factory=dict)  # request settings as found, before clamping
-    loras: list[LoraUse] = field(default_factory=list)
 
 
 def is_link(value) -> bool:
@@ -48,7 +34,7 @@ class Graph:
                       if isinstance(node, dict) and isinstance(node.get("class_type"), str)
                       and isinstance(node.get("inputs", {}), dict)}
         if not self.nodes:
-            raise NotAComfyGraph("it holds no ComfyUI nodes")
+            raise NotTheirSettings("it holds no ComfyUI nodes")
 
     def node(self, link) -> dict | None:
         return self.nodes.get(str(link[0])) if is_link(link) else None
@@ -92,7 +78,7 @@ class Graph:
         samplers = [node for _, node in sorted(self.nodes.items(), key=lambda item: _node_order(item[0]))
                     if node["class_type"] in SAMPLERS]
         if not samplers:
-            raise NotAComfyGraph(f"it has no sampler the studio reads ({', '.join(SAMPLERS)})")
+            raise NotTheirSettings(f"it has no sampler the studio reads ({', '.join(SAMPLERS)})")
         first = [node for node in samplers if not self.reaches_a_sampler(self.node(self.inputs(node).get(
             "latent_image")))]
         return (first or samplers)[0]
@@ -102,17 +88,11 @@ def _node_order(key: str) -> tuple[int, str]:
     return (int(key), "") if key.isdigit() else (1 << 62, key)
 
 
-def read_comfy_prompt(text: str) -> ComfySettings:
-    """The settings of the graph in a ComfyUI "prompt" chunk; NotAComfyGraph when it is none."""
-    try:
-        nodes = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        raise NotAComfyGraph("it is not valid JSON") from None
-    if not isinstance(nodes, dict):
-        raise NotAComfyGraph("it is not a ComfyUI graph")
-    graph = Graph(nodes)
+def read_comfy_prompt(text: str) -> FoundSettings:
+    """The settings of the graph in a ComfyUI "prompt" chunk; NotTheirSettings when it is none."""
+    graph = Graph(json_object(text))
     sampler = graph.first_sampler()
-    found = ComfySettings()
+    found = FoundSettings()
     _sampling(graph, sampler, found.settings)
     _conditioning(graph, sampler, found.settings)
     _latent(graph, sampler, found.settings)
@@ -135,15 +115,15 @@ def _sampling(graph: Graph, sampler: dict, settings: dict) -> None:
     else:
         found = {name: graph.value(sampler, name) for name in ("steps", "sampler_name", "scheduler", "denoise")}
         found["seed"] = graph.value(sampler, "seed" if kind == "KSampler" else "noise_seed")
-    if _whole(found["seed"]):
+    if is_whole(found["seed"]):
         settings["seed"] = found["seed"]
-    if _whole(found["steps"]):
+    if is_whole(found["steps"]):
         settings["steps"] = found["steps"]
-    if found["sampler_name"] in SAMPLER_NAMES:
-        settings["sampler"] = SAMPLER_NAMES[found["sampler_name"]]
-    if found["scheduler"] in SCHEDULER_NAMES:
+    if found["sampler_name"] in COMFY_SAMPLERS:
+        settings["sampler"] = COMFY_SAMPLERS[found["sampler_name"]]
+    if found["scheduler"] in SCHEDULES:
         settings["schedule"] = found["scheduler"]
-    if _number(found["denoise"]) and 0 < found["denoise"] < 1:
+    if is_number(found["denoise"]) and 0 < found["denoise"] < 1:
         settings["denoise"] = found["denoise"]
 
 
@@ -158,7 +138,7 @@ def _conditioning(graph: Graph, sampler: dict, settings: dict) -> None:
         settings["guidance"] = guidance
     cfg = graph.value(guider, "cfg")
     negative, _ = _text_and_guidance(graph, guider, "negative")
-    if negative and _number(cfg) and cfg > 1:
+    if negative and is_number(cfg) and cfg > 1:
         settings.update(negative_prompt=negative, true_cfg_scale=cfg)
 
 
@@ -169,12 +149,12 @@ def _text_and_guidance(graph: Graph, node: dict | None, name: str) -> tuple[str 
         if node is None:
             break
         kind = node["class_type"]
-        if kind == "FluxGuidance" and guidance is None and _number(graph.value(node, "guidance")):
+        if kind == "FluxGuidance" and guidance is None and is_number(graph.value(node, "guidance")):
             guidance = graph.value(node, "guidance")
         if kind == "CLIPTextEncodeFlux":
             t5, clip = graph.value(node, "t5xxl"), graph.value(node, "clip_l")
             text = t5 if isinstance(t5, str) and t5.strip() else clip
-            if guidance is None and _number(graph.value(node, "guidance")):
+            if guidance is None and is_number(graph.value(node, "guidance")):
                 guidance = graph.value(node, "guidance")
             break
         if isinstance(graph.value(node, "text"), str):
@@ -192,7 +172,7 @@ def _latent(graph: Graph, sampler: dict, settings: dict) -> None:
         return
     if latent["class_type"] in EMPTY_LATENTS:
         width, height = graph.value(latent, "width"), graph.value(latent, "height")
-        if _whole(width) and _whole(height):
+        if is_whole(width) and is_whole(height):
             settings.update(width=width, height=height)
     elif latent["class_type"].startswith("VAEEncode") and denoise is not None:
         settings["image_strength"] = round(1 - denoise, 6)
@@ -218,28 +198,14 @@ def _loras_of(graph: Graph, node: dict) -> list[LoraUse]:
     if isinstance(name, str) and name not in ("", "None"):
         model = graph.value(node, "strength_model")
         clip = graph.value(node, "strength_clip")
-        model = model if _number(model) else 1.0
-        return [LoraUse(_stem(name), model, clip if _number(clip) else model)]
+        model = model if is_number(model) else 1.0
+        return [LoraUse(file_stem(name), model, clip if is_number(clip) else model)]
     listed = []
     for value in inputs.values():  # a list loader's entries: {"on": true, "lora": "x.safetensors", "strength": 1}
         if isinstance(value, dict) and isinstance(value.get("lora"), str) and value.get("on", True) \
                 and value["lora"] not in ("", "None"):
             strength = value.get("strength")
-            strength = strength if _number(strength) else 1.0
+            strength = strength if is_number(strength) else 1.0
             clip = value.get("strengthTwo")
-            listed.append(LoraUse(_stem(value["lora"]), strength, clip if _number(clip) else strength))
+            listed.append(LoraUse(file_stem(value["lora"]), strength, clip if is_number(clip) else strength))
     return listed
-
-
-def _stem(file_name: str) -> str:
-    """ComfyUI names a LoRA by its path in its loras folder ("flux/ink.safetensors"); the library by its stem."""
-    return PurePosixPath(file_name.replace("\\", "/")).stem
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
-        and abs(value) != float("inf")
-
-
-def _whole(value) -> bool:
-    return _number(value) and float(value).is_integer() and value >= 0

@@ -17,10 +17,14 @@ import re
 import secrets
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image
 
-from mflux_core.comfy_workflow import PROMPT_KEY, NotAComfyGraph, read_comfy_prompt
+from mflux_core.app_metadata import (
+    INVOKE_KEY, FoundSettings, NotTheirSettings, is_swarm_parameters, read_invoke_metadata, read_swarm_parameters,
+)
+from mflux_core.comfy_workflow import PROMPT_KEY as COMFY_PROMPT_KEY, read_comfy_prompt
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.outpaint import parse_padding
 from mflux_core.lora.a1111 import LoraUse, lora_library_name, take_lora_tags, with_loras_added
@@ -388,14 +392,13 @@ def _snapped_side(pixels: int) -> int:
     return max(16, min(MAX_SIDE, round(pixels / 16) * 16))
 
 
-def settings_from_comfy(text: str) -> dict:
-    """Prompt, negative prompt with true CFG, guidance, seed, steps, sampler, schedule, size or image strength and
-    LoRAs (by name) from the graph in a ComfyUI PNG's "prompt" chunk (comfy_workflow.py), brought within the studio's
-    limits as A1111's are."""
+def found_settings(read: Callable[[str], FoundSettings], text: str, what: str) -> dict:
+    """Another app's settings (app_metadata.py, comfy_workflow.py) brought within the studio's limits as A1111's are:
+    a seed past the studio's 32-bit range left out, steps, size, guidance and true CFG clamped, LoRAs by name."""
     try:
-        found = read_comfy_prompt(text)
-    except NotAComfyGraph as error:
-        raise PresetError(f"The ComfyUI workflow in the image cannot be read: {error}.") from None
+        found = read(text)
+    except NotTheirSettings as error:
+        raise PresetError(f"The {what} in the image cannot be read: {error}.") from None
     raw = found.settings
     settings = {key: raw[key] for key in ("sampler", "schedule") if key in raw}
     settings.update({key: raw[key][:MAX_PROMPT_CHARS] for key in ("prompt", "negative_prompt") if key in raw})
@@ -520,8 +523,8 @@ def _tagged_loras(tagged: list[LoraUse]) -> dict:
 
 
 def settings_from_png(path: Path) -> dict:
-    """Settings stored in a PNG: ours (exact), an A1111 `parameters` chunk or a ComfyUI graph; PresetError when
-    none."""
+    """Settings stored in a PNG: ours (exact), an A1111 `parameters` chunk, a ComfyUI graph, SwarmUI's or InvokeAI's
+    JSON; PresetError when none."""
     path = Path(path)
     try:
         with Image.open(path) as image:
@@ -535,9 +538,12 @@ def settings_from_png(path: Path) -> dict:
         except (json.JSONDecodeError, RecursionError):
             raise PresetError(f"The settings in {path.name} are not valid JSON.") from None
     if isinstance(theirs, str) and len(theirs) <= MAX_METADATA_CHARS:
+        if is_swarm_parameters(theirs):  # SwarmUI writes JSON where A1111 writes its text
+            return found_settings(read_swarm_parameters, theirs, "SwarmUI settings")
         return settings_from_a1111(theirs)
-    comfy = chunks.get(PROMPT_KEY)
-    if isinstance(comfy, str) and len(comfy) <= MAX_METADATA_CHARS:
-        return settings_from_comfy(comfy)
-    raise PresetError(f"{path.name} carries no settings (not mflux-studio's, an A1111 'parameters' chunk or a "
-                      "ComfyUI workflow).")
+    for key, read, what in ((COMFY_PROMPT_KEY, read_comfy_prompt, "ComfyUI workflow"),
+                            (INVOKE_KEY, read_invoke_metadata, "InvokeAI settings")):
+        if isinstance(chunks.get(key), str) and len(chunks[key]) <= MAX_METADATA_CHARS:
+            return found_settings(read, chunks[key], what)
+    raise PresetError(f"{path.name} carries no settings (not mflux-studio's, an A1111 'parameters' chunk, a "
+                      "ComfyUI workflow, SwarmUI's or InvokeAI's).")

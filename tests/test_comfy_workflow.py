@@ -129,7 +129,7 @@ def test_image_to_image_and_clip_text_encode_flux(tmp_path):
 
 @pytest.mark.parametrize("graph, reason", [
     ("{not json", "it is not valid JSON"),
-    ("[1, 2]", "it is not a ComfyUI graph"),
+    ("[1, 2]", "it is not a JSON object"),
     (json.dumps({"1": {"class_type": "SaveImage", "inputs": {}}}), "it has no sampler the studio reads"),
     (json.dumps({"1": {"inputs": {}}}), "it holds no ComfyUI nodes"),
     ("[" * 100_000 + "]" * 100_000, "it is not valid JSON"),

@@ -23,6 +23,7 @@ from mflux_core.tools.specs import TOOL_NAMES
 from tests.fixtures.tiny_controlnet import build_tiny_controlnet, load_transformer
 from tests.fixtures.tiny_depth import build_tiny_depth_anything
 from tests.fixtures.tiny_redux import build_tiny_redux
+from tests.test_comfy_workflow import PROMPT as COMFY_PROMPT, flux_dev_example
 from webui.app import build_app, launch_kwargs
 from webui.gallery import save_result
 from webui.studio import StudioFolders
@@ -292,6 +293,15 @@ def test_fill_uses_the_stroke_as_mask_and_keeps_the_rest(page, studio):
     assert np.abs(output[12:20, 20:44].astype(int) - original[12:20, 20:44]).mean() > 5  # the stroke was redrawn
     screenshot(page, "fill")
 
+    set_slider(page, "fill-image-strength", 0.5)  # start from the image with the stroke painted from around it
+    page.locator("#fill-masked-content label", has_text="fill").click()
+    before = result_pngs(studio)
+    run_and_wait(page, "fill")
+    [from_image] = result_pngs(studio) - before
+    request = request_in(from_image)
+    assert request["image_strength"] == 0.5 and request["extra"]["masked_content"] == "fill"
+    screenshot(page, "fill-masked-content")
+
 
 def test_fill_only_masked_inpaints_around_an_uploaded_mask_and_keeps_the_image_size(page, studio):
     photo = noise_image(studio.inputs / "wide-photo.png", size=(160, 96), seed=3)
@@ -543,6 +553,15 @@ def test_dropping_a_png_restores_its_settings(page, studio):
                                 guidance=6.0, quantize=4)
     ours = save_result(studio.inputs, GenerationResult(Image.new("RGB", (80, 64)), request, {},
                                                        png_text_chunks(request), 0.1))
+    comfy_info = PngImagePlugin.PngInfo()  # ComfyUI's own FLUX.1 example graph, as its SaveImage writes it
+    comfy_info.add_text("prompt", json.dumps(flux_dev_example(seed=4321)))
+    comfy = studio.inputs / "comfy.png"
+    Image.new("RGB", (8, 8)).save(comfy, pnginfo=comfy_info)
+    page.set_input_files("#generate-restore-png input[type=file]", str(comfy))
+    page.wait_for_function("() => document.querySelector('#generate-seed input').value === '4321'")
+    assert [value_of(page, f"generate-{k}") for k in ("prompt", "steps", "width", "height", "guidance")] == [
+        COMFY_PROMPT, "20", "1024", "768", "3.5"]
+
     page.set_input_files("#generate-restore-png input[type=file]", str(ours))
     page.wait_for_function("() => document.querySelector('#generate-prompt textarea').value === 'ours'")
     assert [value_of(page, f"generate-{k}") for k in ("seed", "steps", "width", "height", "guidance")] == [
