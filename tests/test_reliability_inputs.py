@@ -266,6 +266,27 @@ def test_fuzz_a1111_parameters(prompt, items):
     refused_or_parsed(lambda: settings_from_a1111(text))
 
 
+# other apps' settings: node ids that link to each other (and to nowhere), inputs of the names the readers look for
+app_keys = st.sampled_from(["class_type", "inputs", "seed", "noise_seed", "steps", "text", "guidance", "width",
+                            "height", "lora_name", "strength_model", "model", "positive", "latent_image", "denoise",
+                            "sampler_name", "scheduler", "prompt", "loras", "loraweights", "positive_prompt", "strength",
+                            "generation_mode", "cfg_scale", "cfgscale", "negativeprompt", "weight", "name", "value"])
+app_values = st.recursive(json_scalars | st.sampled_from(["KSampler", "SamplerCustomAdvanced", "FluxGuidance",
+                                                          "CLIPTextEncode", "LoraLoader", "EmptyLatentImage",
+                                                          "VAEEncode", "flux_img2img", "euler"])
+                          | st.tuples(st.sampled_from(["1", "2", "3", 7]), st.integers(-1, 2)).map(list),
+                          lambda inner: st.lists(inner, max_size=4) | st.dictionaries(app_keys, inner, max_size=5),
+                          max_leaves=12)
+app_graphs = st.dictionaries(st.sampled_from(["1", "2", "3", "sui_image_params"]), app_values, max_size=4)
+
+
+@fuzz(400)
+@given(key=st.sampled_from(["prompt", "invokeai_metadata", "parameters"]), graph=app_graphs)
+def test_fuzz_other_apps_settings(tmp_path_factory, key, graph):
+    path = png_with(tmp_path_factory.mktemp("apps", numbered=True) / "f.png", {key: json.dumps(graph)})
+    refused_or_parsed(lambda: settings_from_png(path))
+
+
 @fuzz(150)
 @given(ours=st.none() | st.text(max_size=60) | settings_dicts.map(lambda r: json.dumps({"format": 1, "request": r})),
        theirs=st.none() | st.text(max_size=60))
