@@ -296,8 +296,12 @@ def test_fill_uses_the_stroke_as_mask_and_keeps_the_rest(page, studio):
     set_slider(page, "fill-image-strength", 0.5)  # start from the image with the stroke painted from around it
     page.locator("#fill-masked-content label", has_text="fill").click()
     before = result_pngs(studio)
-    run_and_wait(page, "fill")
+    page.click("#fill-run")  # the status says Done already: wait for the new image
+    deadline = time.monotonic() + 120
+    while not result_pngs(studio) - before and time.monotonic() < deadline:
+        time.sleep(0.2)
     [from_image] = result_pngs(studio) - before
+    assert wait_for_status(page, "fill", "Done|rror|wrong").startswith("Done")
     request = request_in(from_image)
     assert request["image_strength"] == 0.5 and request["extra"]["masked_content"] == "fill"
     screenshot(page, "fill-masked-content")
