@@ -68,11 +68,9 @@ def plot_styler(args: argparse.Namespace) -> Callable[[GenerationRequest], Gener
 
 def base_request(args: argparse.Namespace) -> GenerationRequest:
     """Settings from --config-from-metadata, overridden by every flag given on the command line."""
-    from mflux_core.metadata import read_metadata_file, request_from_metadata
-
     request = GenerationRequest(tool=args.tool)
     if args.config_from_metadata:
-        request = request_from_metadata(read_metadata_file(Path(args.config_from_metadata))).with_(tool=args.tool)
+        request = metadata_request(Path(args.config_from_metadata), Path(args.models_dir)).with_(tool=args.tool)
     changes = {}
     for flag, field_name in REQUEST_FLAGS.items():
         value = getattr(args, flag, None)
@@ -97,6 +95,33 @@ def base_request(args: argparse.Namespace) -> GenerationRequest:
     if request.variation_strength and request.variation_seed is None:  # as A1111's -1: a random one, recorded
         request = request.with_(variation_seed=random.SystemRandom().randrange(2**32))
     return request
+
+
+def metadata_request(path: Path, models_dir: Path) -> GenerationRequest:
+    """The settings in a JSON or PNG of ours (exact, input images included), or in another app's PNG (A1111, ComfyUI,
+    SwarmUI, InvokeAI) as the page restores them: its LoRAs by library name, those not in the library left out with a
+    note on stderr."""
+    from mflux_core.errors import ModelLoadError
+    from mflux_core.lora.library import resolve_lora_path
+    from mflux_core.metadata import carries_our_settings, read_metadata_file, request_from_metadata
+    from mflux_core.presets import settings_from_png
+
+    if path.suffix.lower() == ".json" or carries_our_settings(path):
+        return request_from_metadata(read_metadata_file(path))
+    settings = settings_from_png(path)
+    fields = {key: tuple(value) if isinstance(value, list) else value for key, value in settings.items()
+              if key in GenerationRequest.field_names()}
+    request = GenerationRequest(**fields)
+    kept = []
+    for index, name in enumerate(request.lora_paths):
+        try:
+            resolve_lora_path(name, models_dir)
+            kept.append(index)
+        except ModelLoadError:
+            print(f"The LoRA {name!r} in {path.name} is not in the LoRA library; it was left out.", file=sys.stderr)
+    return request.with_(**{key: tuple(getattr(request, key)[i] for i in kept)
+                            for key in ("lora_paths", "lora_scales", "lora_text_encoder_scales")
+                            if getattr(request, key)})
 
 
 def seeds_to_run(args: argparse.Namespace, metadata_seed: int) -> list[int]:

@@ -123,6 +123,15 @@ def request_from_metadata(metadata: dict) -> GenerationRequest:
         raise InvalidRequest(f"The metadata settings are malformed ({error}).") from None
 
 
+def carries_our_settings(path: Path) -> bool:
+    """Whether an image holds our JSON; one that cannot be opened counts as ours (read_metadata_file says why)."""
+    try:
+        with Image.open(path) as image:
+            return isinstance(image.info.get(JSON_KEY), str)
+    except (OSError, ValueError):
+        return True
+
+
 def read_metadata_file(path: Path) -> dict:
     """Our JSON from a PNG's text chunk or from a JSON sidecar file."""
     path = Path(path)

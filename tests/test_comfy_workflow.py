@@ -238,3 +238,15 @@ def test_what_comfyuis_core_nodes_do_not_say_the_same_gets_no_graph():
                   base.with_(image_path="a.png", image_strength=0.5, resize_mode="resize and fill"),
                   base.with_(regions=({"box": [0, 0, 0.5, 1], "prompt": "a cat", "weight": 1.0},))):
         assert "prompt" not in png_text_chunks(other)
+
+
+def test_the_cli_starts_from_a_comfyui_png_and_leaves_out_loras_it_does_not_have(tmp_path, capsys):
+    from mflux_core.metadata import read_metadata_file
+    from tests.parity import run_cli
+
+    path = png_with(tmp_path, {"prompt": json.dumps(flux_dev_example(seed=5))})
+    run_cli("generate", "--config-from-metadata", path, "--model", "demo", "--steps", 2, "--output", tmp_path / "o.png")
+    request = read_metadata_file(tmp_path / "o.png")["request"]
+    assert (request["prompt"], request["seed"], request["guidance"], request["steps"]) == (PROMPT, 5, 3.5, 2)
+    assert request["lora_paths"] == [] and request["model"] == "demo"  # the flags given win
+    assert "The LoRA 'Ink Style' in comfy.png is not in the LoRA library; it was left out." in capsys.readouterr().err
