@@ -21,6 +21,7 @@ from mflux_core.flux_model import FluxModel
 from mflux_core.errors import StudioError
 from mflux_core.events import Downloading, Report, result_of
 from mflux_core.generation import Preview, ToolInputs, decode_latents, run_tool
+from mflux_core.face_fix import face_fix_request, face_fixed, wants_face_fix
 from mflux_core.hires import generate_hires
 from mflux_core.tiled_upscale import generate_tiled, is_tiled
 from mflux_core.upscaler_only import generate_upscaler_only, is_upscaler_only
@@ -184,14 +185,21 @@ class ModelManager:
         """Generate one image, reporting Downloading, Loading and Step events (with previews) to `report`;
         raises StudioError subclasses for anything the user can fix. events.stream() makes it an iterator."""
         request = self.locator.named(request.validated())
+        if wants_face_fix(request):
+            face_fix_request(request)  # its settings checked before the first pass
         with self._lock, self._reporting(request.model, report, cancelled):
-            if request.hires_scale is not None:
-                return generate_hires(self, request, report, cancelled)
-            if is_upscaler_only(request):
-                return generate_upscaler_only(self, request)
-            if is_tiled(request):
-                return generate_tiled(self, request, report, cancelled)
-            return self._generate(request, report, cancelled)
+            result = self._run(request, report, cancelled)
+            return face_fixed(self, result, report, cancelled) if wants_face_fix(request) else result
+
+    def _run(self, request: GenerationRequest, report: Report | None,
+             cancelled: Callable[[], bool] | None) -> GenerationResult:
+        if request.hires_scale is not None:
+            return generate_hires(self, request, report, cancelled)
+        if is_upscaler_only(request):
+            return generate_upscaler_only(self, request)
+        if is_tiled(request):
+            return generate_tiled(self, request, report, cancelled)
+        return self._generate(request, report, cancelled)
 
     def batch(self, requests: list[GenerationRequest],
               cancelled: Callable[[], bool] | None = None) -> Iterator[Callable[[Report], GenerationResult]]:

@@ -31,6 +31,8 @@ MAX_LIST_ITEMS = 8  # LoRAs, Redux images and their scales or strengths
 MAX_BATCH = 16  # images per run
 MAX_HIRES_SCALE = 4  # the hires fix's upscale factor
 DEFAULT_HIRES_STRENGTH = 0.5  # the hires fix's second pass: A1111's denoising strength when a request sets none
+DEFAULT_FACE_FIX_STRENGTH = 0.4  # the face fix's denoising strength (ADetailer's ad_denoising_strength)
+MAX_FACE_FIX_PADDING = 256  # px of context around a face
 # A1111's Checkpoint Merger methods (mflux_core/weights/merge.py), by name, with its labels
 WEIGHTED_SUM, ADD_DIFFERENCE = "weighted-sum", "add-difference"
 MERGE_METHODS = {WEIGHTED_SUM: "Weighted sum", ADD_DIFFERENCE: "Add difference"}

@@ -179,7 +179,8 @@ PANEL_VALUES = {
                   for key, value in zip(("prompt", "weight", "x", "y", "w", "h"),
                                         ("a fox" if row == 1 else "", 0.5 if row == 1 else 1.0, *box))},
                "hires": True, "hires_scale": 1.5, "hires_steps": 6, "hires_strength": 0.35,
-               "hires_upscaler": "Lanczos", "hires_prompt": "sharper"},
+               "hires_upscaler": "Lanczos", "hires_prompt": "sharper", "face_fix": True, "face_fix_prompt": "a smile",
+               "face_fix_strength": 0.35, "face_fix_padding": 48},
     fill: {"mode": fill.OUTPAINT, "keep_unmasked": False, "mask_invert": True, "mask_grow_px": 3, "mask_blur_px": 2,
            "pad_top": 0.0, "pad_right": 25.0, "pad_bottom": 10.0, "pad_left": 0.0, "pad_unit": "%",
            "inpaint_area": fill.ONLY_MASKED, "only_masked_padding": 48, "image_strength": 0.3,
@@ -216,6 +217,9 @@ def test_generate_text_to_image_and_image_to_image(context):
     [again] = generate.build_requests(shared(init_image=image.copy()), context)
     assert again.image_path == img2img.image_path  # same content, same file, written once
     assert len(list(context.inputs.folder.iterdir())) == 1
+    [face_fixed] = generate.build_requests(shared(face_fix=True, face_fix_strength=0.5), context)
+    assert face_fixed.extra == {"face_fix": True, "face_fix_prompt": "", "face_fix_strength": 0.5,
+                                "face_fix_padding": 32}
 
 
 def test_fill_inpaint_sends_the_painted_mask(context):

@@ -21,6 +21,9 @@ KONTEXT_AUTO_RESIZE = "kontext_auto_resize"  # request.extra's key for --kontext
 TILE_SIZE, TILE_OVERLAP, UPSCALER = "tile_size", "tile_overlap", "upscaler"  # the upscale tool's request.extra keys
 UPSCALER_ONLY = "upscaler_only"  # the upscale tool's: the upscaler's image alone (mflux_core/upscaler_only.py)
 MASKED_CONTENT = "masked_content"  # Fill's: what the masked area starts from with an image strength
+# the face fix after Generate and ControlNet (mflux_core/face_fix.py), request.extra keys
+FACE_FIX, FACE_FIX_PROMPT, FACE_FIX_STRENGTH, FACE_FIX_PADDING = (
+    "face_fix", "face_fix_prompt", "face_fix_strength", "face_fix_padding")
 BASE_KINDS = ("base", "single-file")  # registry.ModelEntry kinds that text-to-image models have
 
 
@@ -110,6 +113,15 @@ HIRES_FLAGS = (
     Flag("--hires-prompt", "hires fix: the second pass's prompt (default: the prompt)"),
 )
 
+FACE_FIX_FLAGS = (
+    Flag("--face-fix", "then inpaint each face again at the model's own size, as A1111's ADetailer does (faces found "
+         "by OpenCV's frontal-face detector)", into=EXTRA, kind="switch"),
+    Flag("--face-fix-prompt", "the face fix's prompt (default: the prompt)", into=EXTRA),
+    Flag("--face-fix-strength", "the face fix's denoising strength, above 0 to 1 (default 0.4)", into=EXTRA,
+         kind="number"),
+    Flag("--face-fix-padding", "pixels of context around each face (default 32)", into=EXTRA, kind="whole"),
+)
+
 RESIZE_FLAG = Flag("--resize-mode", "an input image of another size than the output: 'crop and resize' (default: "
                    "scale to cover, centre-crop), 'just resize' (stretch) or 'resize and fill' (scale to fit, "
                    "stretch the edges into the rest), as A1111's resize modes",
@@ -129,7 +141,7 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                       field="regions", kind="region_mask"),
                  Flag("--region-strength", "how strictly regions keep apart in attention, 0 to 1 (default 1)",
                       kind="number"),
-                 RESIZE_FLAG, *HIRES_FLAGS)),
+                 RESIZE_FLAG, *HIRES_FLAGS, *FACE_FIX_FLAGS)),
     ToolSpec("fill", "inpaint inside a mask or outpaint a padded canvas (FLUX.1-Fill, or any base model)", "fill",
              "fill", FILL_KINDS, guidance=30.0, demo_model="demo-fill", sized_by_input=True, also_kinds=BASE_KINDS,
              base_guidance=3.5, flags=(
@@ -182,7 +194,7 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                       "ControlNet's control image) as <output>_controlnet_<type>.png", into=COMMAND, kind="switch"),
                  Flag("--controlnet-skip-canny", "hand the control image to the ControlNet as it is (e.g. an edge "
                       "map made elsewhere)", into=EXTRA, kind="switch"),
-                 *CANNY_FLAGS, RESIZE_FLAG, *HIRES_FLAGS,
+                 *CANNY_FLAGS, RESIZE_FLAG, *HIRES_FLAGS, *FACE_FIX_FLAGS,
                  Flag("--controlnet-unit", "one more ControlNet at the same time, with its own control image: "
                       "IMAGE[,mode=TYPE][,strength=N][,path=CONTROLNET][,canny-low=N][,canny-high=N][,skip-canny] "
                       f"(defaults as above); repeat for up to {MAX_UNITS - 1}", kind="controlnet_unit",

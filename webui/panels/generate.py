@@ -4,6 +4,7 @@ import gradio as gr
 
 from mflux_core.request import GenerationRequest
 from webui.demo_examples import render_demo_examples
+from webui.face_fix_ui import face_fix_controls, face_fix_settings, face_fix_values
 from webui.hires_ui import UPSCALER_NOTES, hires_controls, hires_settings, hires_values
 from webui.panels import Panel, input_image, result_column
 from webui.presets_ui import render_presets
@@ -17,16 +18,18 @@ DEFAULT_IMAGE_STRENGTH = 0.4
 
 
 def settings_from_values(values: dict) -> dict:
+    face_fix = face_fix_settings(values)
     return {"tool": TOOL, **shared_settings(values),
             "image_strength": number_value(values, "image_strength", DEFAULT_IMAGE_STRENGTH, "Image strength"),
-            **region_settings(values), **hires_settings(values)}
+            **region_settings(values), **hires_settings(values), **({"extra": face_fix} if face_fix else {})}
 
 
 def values_from_settings(settings: dict) -> dict:
     values = shared_values(settings)
     if settings.get("image_strength") is not None:
         values["image_strength"] = settings["image_strength"]
-    return {**values, **hires_values(settings), **region_values(settings)}
+    return {**values, **hires_values(settings), **region_values(settings),
+            **face_fix_values(settings.get("extra") or {})}
 
 
 def build_requests(values: dict, context: RequestContext) -> list[GenerationRequest]:
@@ -52,9 +55,11 @@ def render(studio) -> Panel:
                                                elem_id="generate-image-strength")
                 regions, region_masks = region_controls(TOOL)
                 _, hires = hires_controls(TOOL, UPSCALER_NOTES, studio.manager.models_dir)
+                face_fix = face_fix_controls(TOOL)
                 prompt_lines = prompt_list_controls(TOOL)
                 render_demo_examples(studio, TOOL, shared.controls, {})
-                panel = Panel(TOOL, (TOOL,), {**shared.controls, "image_strength": image_strength, **regions, **hires},
+                panel = Panel(TOOL, (TOOL,), {**shared.controls, "image_strength": image_strength, **regions, **hires,
+                                              **face_fix},
                               settings_from_values, values_from_settings, send_target=init_image)
                 render_presets(studio, panel)
             with gr.Column(scale=4):
