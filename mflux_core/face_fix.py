@@ -21,14 +21,13 @@ from mflux_core.settings_schema import (
     DEFAULT_FACE_FIX_STRENGTH, MAX_FACE_FIX_PADDING, MAX_PROMPT_CHARS, ONLY_MASKED_PADDING,
 )
 from mflux_core.tools.fill import masked_area_inputs
-from mflux_core.tools.specs import FACE_FIX, FACE_FIX_PADDING, FACE_FIX_PROMPT, FACE_FIX_STRENGTH
+from mflux_core.tools.specs import FACE_FIX, FACE_FIX_PADDING, FACE_FIX_PROMPT, FACE_FIX_STRENGTH, FACE_FIX_TOOLS
 
 if TYPE_CHECKING:
     from mflux_core.manager import GenerationResult, ModelManager
 
 MASK_BLUR = 4  # ADetailer's ad_mask_blur
 MAX_FACES = 8
-FACE_FIX_TOOLS = ("generate", "controlnet")  # the tools whose model is a base model that can inpaint
 
 
 def wants_face_fix(request: GenerationRequest) -> bool:

@@ -12,8 +12,13 @@ from mflux_core.controlnet_infotext import infotext_items
 from mflux_core.errors import InvalidRequest
 from mflux_core.lora.a1111 import tagged_prompt
 from mflux_core.request import GenerationRequest
-from mflux_core.settings_schema import HIRES_UPSCALERS, SAMPLER_LABELS, SCHEDULE_LABELS
-from mflux_core.tools.specs import KONTEXT_AUTO_RESIZE, TILE_OVERLAP, TILE_SIZE, UPSCALER, UPSCALER_ONLY
+from mflux_core.settings_schema import (
+    DEFAULT_FACE_FIX_STRENGTH, HIRES_UPSCALERS, ONLY_MASKED_PADDING, SAMPLER_LABELS, SCHEDULE_LABELS,
+)
+from mflux_core.tools.specs import (
+    FACE_FIX, FACE_FIX_PADDING, FACE_FIX_PROMPT, FACE_FIX_STRENGTH, KONTEXT_AUTO_RESIZE, TILE_OVERLAP, TILE_SIZE,
+    UPSCALER, UPSCALER_ONLY,
+)
 
 JSON_KEY = "mflux_studio"
 A1111_KEY = "parameters"
@@ -47,6 +52,7 @@ def a1111_parameters(request: GenerationRequest, extras: dict | None = None) -> 
         *hires_parameters(request),
         *inpaint_area_parameters(request),
         *tile_parameters(request),
+        *face_fix_parameters(request),
         *((key, json.dumps(text)) for key, text in infotext_items(extras.get("controlnets", []), request.resize_mode,
                                                                    request.width, request.height)),
         ("Tool", request.tool),
@@ -80,6 +86,21 @@ def tile_parameters(request: GenerationRequest) -> list[tuple[str, object]]:
         return []
     return [("SD upscale overlap", extra.get(TILE_OVERLAP)),
             ("SD upscale upscaler", extra.get(UPSCALER, HIRES_UPSCALERS[1])), ("Tile size", extra[TILE_SIZE])]
+
+
+FACE_FIX_MODEL = "OpenCV frontal face"  # the face fix's detector, where ADetailer names its model
+
+
+def face_fix_parameters(request: GenerationRequest) -> list[tuple[str, object]]:
+    """The face fix as ADetailer's items (A1111 and Forge with ADetailer read them; so does presets.py)."""
+    extra = request.extra
+    if not extra.get(FACE_FIX):
+        return []
+    prompt = extra.get(FACE_FIX_PROMPT) or ""
+    return [("ADetailer model", FACE_FIX_MODEL), *([("ADetailer prompt", json.dumps(prompt))] if prompt else []),
+            ("ADetailer denoising strength", extra.get(FACE_FIX_STRENGTH, DEFAULT_FACE_FIX_STRENGTH)),
+            ("ADetailer inpaint only masked", True),
+            ("ADetailer inpaint padding", extra.get(FACE_FIX_PADDING, ONLY_MASKED_PADDING))]
 
 
 def variation_parameters(request: GenerationRequest) -> list[tuple[str, object]]:

@@ -39,8 +39,10 @@ from mflux_core.settings_schema import (
     number, problems, schema, text,
 )
 from mflux_core.settings_schema import SAMPLER_LABELS, SCHEDULE_LABELS
-from mflux_core.settings_schema import A1111_OTHER_UPSCALERS, MAX_HIRES_SCALE, MAX_MASK_BLUR, ONLY_MASKED_PADDING
-from mflux_core.tools.specs import tool_spec
+from mflux_core.settings_schema import (
+    A1111_OTHER_UPSCALERS, MAX_FACE_FIX_PADDING, MAX_HIRES_SCALE, MAX_MASK_BLUR, ONLY_MASKED_PADDING,
+)
+from mflux_core.tools.specs import FACE_FIX, FACE_FIX_PADDING, FACE_FIX_PROMPT, FACE_FIX_STRENGTH, tool_spec
 
 FORMAT_VERSION = 1
 MAX_PRESET_BYTES = 64 * 1024
@@ -48,6 +50,7 @@ MAX_JSON_DEPTH = 4  # preset -> settings -> extra -> a list value
 MAX_NAME_CHARS = 64
 MAX_DESCRIPTION_CHARS = 500
 MAX_EXTRA_KEYS = 32
+MAX_EXTRA_TEXT = 200  # characters of a text value in `extra`
 
 INPUT_PATH_FIELDS = frozenset({
     "image_path", "reference_image_paths", "masked_image_path", "depth_image_path", "controlnet_image_path",
@@ -126,7 +129,7 @@ def _extra_problem(value: dict) -> str | None:
             return f"{key} has more than {MAX_LIST_ITEMS} items"
         for scalar in scalars:
             if not (scalar is None or isinstance(scalar, bool) or is_finite_number(scalar)
-                    or (isinstance(scalar, str) and len(scalar) <= 200)):
+                    or (isinstance(scalar, str) and len(scalar) <= MAX_EXTRA_TEXT)):
                 return f"{key} must be a number, true/false, short text or a list of those"
 
 
@@ -374,7 +377,35 @@ def settings_from_a1111(text: str) -> dict:
     steered = controlnet_settings(values) if values.get("Tool") in (None, "controlnet") else {}
     inpainted = _a1111_inpaint_area(values) if values.get("Tool") in (None, "fill") else {}
     hires = _a1111_hires(values)
-    return validate_settings({**settings, **(hires or _a1111_img2img(values)), **steered, **inpainted})
+    settings = {**settings, **(hires or _a1111_img2img(values)), **steered, **inpainted}
+    face_fix = _a1111_face_fix(values)
+    if face_fix:
+        settings["extra"] = {**settings.get("extra", {}), **face_fix}
+    return validate_settings(settings)
+
+
+def _a1111_face_fix(values: dict) -> dict:
+    """The face fix from ADetailer's items (its first unit's; any model: the studio finds faces its own way)."""
+    if "ADetailer model" not in values:
+        return {}
+    found = {FACE_FIX: True}
+    prompt = values.get("ADetailer prompt", "")
+    if prompt:
+        try:  # written as a JSON string (its quotes already taken off)
+            prompt = json.loads(f'"{prompt}"')
+        except json.JSONDecodeError:
+            pass
+        found[FACE_FIX_PROMPT] = prompt[:MAX_EXTRA_TEXT]
+    try:
+        strength = float(values.get("ADetailer denoising strength", "nan"))
+        padding = float(values.get("ADetailer inpaint padding", "nan"))
+    except ValueError:
+        return found
+    if 0 < strength <= 1:
+        found[FACE_FIX_STRENGTH] = strength
+    if padding.is_integer() and 0 <= padding <= MAX_FACE_FIX_PADDING:
+        found[FACE_FIX_PADDING] = int(padding)
+    return found
 
 
 def _a1111_img2img(values: dict) -> dict:

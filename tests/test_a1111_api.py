@@ -189,6 +189,27 @@ def test_enable_hr_runs_the_hires_fix_as_a1111_clients_ask_for_it(studio):
     assert "enable_hr (the hires fix follows txt2img only)" in plain["info"]["ignored"]
 
 
+def test_adetailers_face_unit_turns_the_face_fix_on(studio):
+    """ADetailer's args as its API takes them ([enable, skip_img2img, unit, ...]): the first face unit's prompt,
+    denoising strength and padding run the face fix (its model is named: faces are found another way here); a hand
+    unit is named and left; disabled, nothing runs and nothing is named."""
+    units = [{"ad_model": "hand_yolov8n.pt"}, {"ad_model": "face_yolov8n.pt", "ad_prompt": "a smile",
+                                                "ad_denoising_strength": 0.5, "ad_inpaint_only_masked_padding": 24}]
+    body = made(studio.http.post("/txt2img", json={"prompt": CAPTION, "seed": 340, "steps": 2, "save_images": True,
+                                                   "alwayson_scripts": {"ADetailer": {"args": [True, False, *units]}}}))
+    [request] = saved_requests(studio, 340)
+    assert request["extra"] == {"face_fix": True, "face_fix_prompt": "a smile", "face_fix_strength": 0.5,
+                                "face_fix_padding": 24}
+    assert "ADetailer model: OpenCV frontal face" in body["info"]["infotexts"][0]
+    assert body["info"]["ignored"] == [
+        "alwayson_scripts.ADetailer unit with ad_model 'hand_yolov8n.pt' (the face fix runs one face unit)",
+        "alwayson_scripts.ADetailer ad_model 'face_yolov8n.pt' (faces are found by OpenCV's frontal-face detector "
+        "here)"]
+    off = made(studio.http.post("/txt2img", json={"prompt": CAPTION, "seed": 341, "steps": 2, "save_images": True,
+                                                  "alwayson_scripts": {"ADetailer": {"args": [False, False, *units]}}}))
+    assert off["info"]["ignored"] == [] and saved_requests(studio, 341)[0]["extra"] == {}
+
+
 def test_a_controlnet_unit_steers_txt2img_by_the_control_pictures_edges(studio):
     example = studio.examples["controlnet"][0]
     control = SOURCES["controlnet"](EVALUATION_SEED, example.index, IMAGE_SIZE, held_out=True)

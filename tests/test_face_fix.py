@@ -97,3 +97,20 @@ def test_the_cli_fixes_faces(portrait, tmp_path, capsys):
 def save(image: Image.Image, path: Path) -> Path:
     image.save(path)
     return path
+
+
+def test_the_infotext_says_it_as_adetailer_and_reads_back():
+    from mflux_core.metadata import a1111_parameters
+    from mflux_core.presets import settings_from_a1111
+
+    extra = {"face_fix": True, "face_fix_prompt": 'a "smile", freckles', "face_fix_strength": 0.35,
+             "face_fix_padding": 48}
+    text = a1111_parameters(GenerationRequest(prompt="a portrait", seed=3, steps=20, width=64, height=64,
+                                              extra=extra))
+    assert ('ADetailer model: OpenCV frontal face, ADetailer prompt: "a \\"smile\\", freckles", ADetailer denoising '
+            'strength: 0.35, ADetailer inpaint only masked: True, ADetailer inpaint padding: 48') in text
+    assert settings_from_a1111(text)["extra"] == extra
+    theirs = settings_from_a1111("a cat\nSteps: 20, Seed: 1, Size: 512x512, ADetailer model: face_yolov8n.pt, "
+                                 "ADetailer confidence: 0.3, ADetailer denoising strength: 0.4, "
+                                 "ADetailer version: 24.9.0")
+    assert theirs["extra"] == {"face_fix": True, "face_fix_strength": 0.4}

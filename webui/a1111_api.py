@@ -46,9 +46,10 @@ from mflux_core.settings_schema import (
     HIRES_UPSCALERS, MAX_BATCH, MAX_MASK_BLUR, MAX_SIDE, SAMPLER_LABELS, SCHEDULE_LABELS,
 )
 from mflux_core.styles import read_styles, styled_prompts
-from mflux_core.tools.specs import MASKED_CONTENT, TOOL_SPECS, default_model_for
+from mflux_core.tools.specs import FACE_FIX_TOOLS, MASKED_CONTENT, TOOL_SPECS, default_model_for
 from mflux_core.upscaler_files import A1111_LABELS, upscaler_file, upscaler_files
 from mflux_core.upscaler_models import upscale_with
+from webui.a1111_adetailer import SCRIPT as ADETAILER_SCRIPT, face_fix_extra
 from webui.a1111_controlnet import SCRIPT as CONTROLNET_SCRIPT, add_controlnet_routes, enabled_units, units_inputs
 from webui.a1111_extras import CONTROLNET_UPSCALER, UPSCALERS, add_extras_routes
 from webui.a1111_scripts import IMG2IMG_SCRIPTS, is_sd_upscale, sd_upscale_settings
@@ -123,7 +124,8 @@ def ignored_fields(params: BaseModel) -> list[str]:
     """The request's fields that the studio does not honour (those sent with a value that does something in A1111)."""
     ignored = sorted(k for k, v in (params.model_extra or {}).items() if v not in (None, False, "", [], {}, 0, -1))
     return ignored + [f"override_settings.{k}" for k in params.override_settings if k != "sd_model_checkpoint"] + \
-        [f"alwayson_scripts.{name}" for name in params.alwayson_scripts if name.lower() != CONTROLNET_SCRIPT]
+        [f"alwayson_scripts.{name}" for name in params.alwayson_scripts
+         if name.lower() not in (CONTROLNET_SCRIPT, ADETAILER_SCRIPT)]
 
 
 def hires_settings(params: Txt2ImgParams, models_dir: Path | None, ignored: list[str]) -> dict:
@@ -458,11 +460,25 @@ def make_images(studio, state: SdApiState, fields: dict, img2img: bool) -> dict:
     params = parsed(Img2ImgParams if img2img else Txt2ImgParams, fields)
     ignored = ignored_fields(params)
     tool, settings, inputs = (img2img_inputs if img2img else txt2img_inputs)(studio, params, ignored)
+    settings = with_face_fix(tool, settings, params, ignored)
     model = model_for(studio, tool, params, state.checkpoint, ignored)
     requests = job_requests(studio, tool, model, params, ignored, settings, inputs)
     job = ApiJob("img2img" if img2img else "txt2img", len(requests))
     results = run_job(studio, state, job, requests, params.save_images)
     return images_answer(fields, params, job, results, ignored)
+
+
+def with_face_fix(tool: str, settings: dict, params: Txt2ImgParams, ignored: list[str]) -> dict:
+    """The tool's settings with the face fix ADetailer's args ask for, where the tool makes the image from text or an
+    image (an inpainting or SD upscale is named in `ignored` instead)."""
+    extra = face_fix_extra(params.alwayson_scripts, ignored)
+    if not extra:
+        return settings
+    if tool not in FACE_FIX_TOOLS:
+        ignored.append(f"alwayson_scripts.ADetailer (the face fix follows txt2img and img2img without a mask here, "
+                       f"not {tool})")
+        return settings
+    return {**settings, "extra": {**settings.get("extra", {}), **extra}}
 
 
 # ----- the other routes ----------------------------------------------------------------------------

@@ -3,6 +3,7 @@ each face found is inpainted again at the model's size after the run (mflux_core
 
 import gradio as gr
 
+from mflux_core.presets import MAX_EXTRA_TEXT
 from mflux_core.settings_schema import DEFAULT_FACE_FIX_STRENGTH, MAX_FACE_FIX_PADDING, ONLY_MASKED_PADDING
 from mflux_core.tools.specs import FACE_FIX, FACE_FIX_PADDING, FACE_FIX_PROMPT, FACE_FIX_STRENGTH
 from webui.widgets import number_value
@@ -41,5 +42,5 @@ def face_fix_controls(tool: str) -> dict:
                                                      label="Padding around each face (px)",
                                                      elem_id=f"{tool}-face-fix-padding")
         controls["face_fix_prompt"] = gr.Textbox(label="Face prompt (empty: the prompt)", lines=2,
-                                                 elem_id=f"{tool}-face-fix-prompt")
+                                                 max_length=MAX_EXTRA_TEXT, elem_id=f"{tool}-face-fix-prompt")
     return controls

@@ -24,6 +24,7 @@ MASKED_CONTENT = "masked_content"  # Fill's: what the masked area starts from wi
 # the face fix after Generate and ControlNet (mflux_core/face_fix.py), request.extra keys
 FACE_FIX, FACE_FIX_PROMPT, FACE_FIX_STRENGTH, FACE_FIX_PADDING = (
     "face_fix", "face_fix_prompt", "face_fix_strength", "face_fix_padding")
+FACE_FIX_TOOLS = ("generate", "controlnet")  # the tools it follows: their model is a base model, which can inpaint
 BASE_KINDS = ("base", "single-file")  # registry.ModelEntry kinds that text-to-image models have
 
 
