@@ -329,6 +329,12 @@ def test_controlnet_canny_and_upscale(context):
     assert request.controlnet_image_path and (request.image_path, request.image_strength) == (None, None)
     [request] = controlnet.build_requests({**canny, "init_image": picture(), "image_strength": 0.3}, context)
     assert request.image_path and request.image_strength == 0.3  # image-to-image, steered by the edges
+    face_fix = {**canny, "face_fix": True, "face_fix_prompt": "a smile"}
+    [request] = controlnet.build_requests(face_fix, context)
+    assert request.extra == {"canny_low": 50, "canny_high": 150, "face_fix": True, "face_fix_prompt": "a smile",
+                             "face_fix_strength": 0.4, "face_fix_padding": 32}
+    restored = controlnet.values_from_settings(validate_settings(controlnet.settings_from_values(face_fix)))
+    assert (restored["face_fix"], restored["face_fix_prompt"]) == (True, "a smile")
     upscale = shared(control_image=picture(), mode=controlnet.UPSCALE, upscale_factor=2, width=0, height=0,
                      controlnet_strength=0.6, controlnet_weights="my-upscaler", init_image=picture())
     [request] = controlnet.build_requests(upscale, context)

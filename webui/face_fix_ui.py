@@ -28,9 +28,9 @@ def face_fix_values(extra: dict) -> dict:
             "face_fix_padding": extra.get(FACE_FIX_PADDING, ONLY_MASKED_PADDING)}
 
 
-def face_fix_controls(tool: str) -> dict:
-    """The accordion's controls (element ids `<tool>-face-fix-...`)."""
-    with gr.Accordion("Face fix (ADetailer)", open=False, elem_id=f"{tool}-face-fix"):
+def face_fix_controls(tool: str) -> tuple[gr.Accordion, dict]:
+    """The accordion and its controls (element ids `<tool>-face-fix-...`)."""
+    with gr.Accordion("Face fix (ADetailer)", open=False, elem_id=f"{tool}-face-fix") as accordion:
         controls = {"face_fix": gr.Checkbox(
             False, label="Then inpaint each face again at the model's size", elem_id=f"{tool}-face-fix-on",
             info="Faces are found by OpenCV's frontal-face detector (upright faces of at least a 16th of the "
@@ -43,4 +43,4 @@ def face_fix_controls(tool: str) -> dict:
                                                      elem_id=f"{tool}-face-fix-padding")
         controls["face_fix_prompt"] = gr.Textbox(label="Face prompt (empty: the prompt)", lines=2,
                                                  max_length=MAX_EXTRA_TEXT, elem_id=f"{tool}-face-fix-prompt")
-    return controls
+    return accordion, controls

@@ -14,6 +14,7 @@ from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_BATCH, UNION_CONTROL_TYPES
 from mflux_core.tools.specs import TILE_OVERLAP, TILE_SIZE, UPSCALER, UPSCALER_ONLY
 from webui.demo_examples import render_demo_examples
+from webui.face_fix_ui import face_fix_controls, face_fix_settings, face_fix_values
 from webui.hires_ui import hires_controls, hires_settings, hires_values, upscaler_picker
 from webui.jobs import safe_action
 from webui.panels import Panel, input_image, result_column
@@ -76,6 +77,8 @@ def settings_from_values(values: dict) -> dict:
         extra["controlnet_path"] = values["controlnet_weights"]
     if values.get("controlnet_mode"):
         extra["controlnet_mode"] = values["controlnet_mode"]
+    if mode == CANNY:
+        extra.update(face_fix_settings(values))
     canny = {"controlnet_units": unit_settings(values), **hires_settings(values)} if mode == CANNY else {}
     return {"tool": MODE_TOOLS[mode], **shared_settings(values), "extra": extra,
             "controlnet_strength": setting(values, "controlnet_strength"), **start, **canny}
@@ -114,6 +117,8 @@ def values_from_settings(settings: dict) -> dict:
     values.update({key: extra[key] for key in ("canny_low", "canny_high", "upscale_factor") if key in extra})
     if upscaling:
         values.update(upscale_values(settings, extra))
+    else:
+        values.update(face_fix_values(extra))
     if "extra" in settings:
         values["controlnet_weights"] = extra.get("controlnet_path", TOOL_DEFAULT)
         values["controlnet_mode"] = extra.get("controlnet_mode", OWN_TYPE)
@@ -169,12 +174,12 @@ def edges_preview(image, low, high):
 
 def mode_controls(mode: str, kind: str) -> tuple:
     """The edges preview and Canny thresholds belong to Canny mode with Canny control (a Union ControlNet's other
-    types see the image, or its depth map), image-to-image, further units and the hires fix to Canny mode, the
-    upscale settings (factor, upscaler, image strength, tiles) to Upscale mode."""
+    types see the image, or its depth map), image-to-image, further units, the hires fix and the face fix to Canny
+    mode, the upscale settings (factor, upscaler, image strength, tiles) to Upscale mode."""
     canny = mode == CANNY
     edges = canny and kind in (OWN_TYPE, None, "canny")  # None: an example that sets the own type
     return (gr.update(visible=edges), gr.update(visible=edges), gr.update(visible=canny), gr.update(visible=canny),
-            gr.update(visible=canny), gr.update(visible=not canny))
+            gr.update(visible=canny), gr.update(visible=canny), gr.update(visible=not canny))
 
 
 def render_units(weight_choices: list) -> tuple[gr.Accordion, dict, dict]:
@@ -272,6 +277,7 @@ def render(studio) -> Panel:
                 hires, hires_fields = hires_controls(TOOL, {DEFAULT_UPSCALER: "resampled; the ControlNets steer the "
                                                             "second pass too, their images at its size"},
                                                      studio.manager.models_dir)
+                face_fix, face_fix_fields = face_fix_controls(TOOL)
                 shared = build_shared_controls(studio, TOOL, TOOL)
                 example_image = {control_image: lambda e: str(e.images["image"])}
                 render_demo_examples(studio, TOOL, shared.controls, example_image,
@@ -286,7 +292,7 @@ def render(studio) -> Panel:
                 controls = {**shared.controls, "mode": mode, "controlnet_strength": strength, "canny_low": canny_low,
                             "canny_high": canny_high, **upscale_fields, "controlnet_weights": weights,
                             "controlnet_mode": union_type, "image_strength": image_strength, **unit_controls,
-                            **hires_fields}
+                            **hires_fields, **face_fix_fields}
                 panel = Panel(TOOL, tuple(MODE_TOOLS.values()), controls, settings_from_values, values_from_settings,
                               send_target=control_image)
                 render_presets(studio, panel)
@@ -305,7 +311,7 @@ def render(studio) -> Panel:
     mode.input(MODE_STRENGTHS.get, mode, strength, queue=False, api_visibility="private")
     for picker in (mode, union_type):  # .change: a preset that sets them shows its controls too
         picker.change(mode_controls, [mode, union_type], [edges, canny_thresholds, img2img, units, hires,
-                                                          upscale],
+                                                          face_fix, upscale],
                       queue=False, api_visibility="private")
     panel.view, panel.run_handler = view, studio.job(view)(build_requests)
     studio.wire_run(run, panel.run_handler,

@@ -55,7 +55,7 @@ def render(studio) -> Panel:
                                                elem_id="generate-image-strength")
                 regions, region_masks = region_controls(TOOL)
                 _, hires = hires_controls(TOOL, UPSCALER_NOTES, studio.manager.models_dir)
-                face_fix = face_fix_controls(TOOL)
+                _, face_fix = face_fix_controls(TOOL)
                 prompt_lines = prompt_list_controls(TOOL)
                 render_demo_examples(studio, TOOL, shared.controls, {})
                 panel = Panel(TOOL, (TOOL,), {**shared.controls, "image_strength": image_strength, **regions, **hires,
