@@ -240,6 +240,28 @@ def test_generate_then_send_a_result_from_the_history(page, studio):
     page.wait_for_selector("#generate-init-image img")
 
 
+def test_the_face_fix_repaints_the_face_of_an_image_to_image_run(page, studio):
+    """Grace Hopper's portrait (test_face_fix.py) through the demo at image strength 0.9: the face is still there to
+    find, and the face fix inpaints it again."""
+    from tests.test_face_fix import PHOTO
+
+    portrait = studio.inputs / "portrait.png"
+    Image.open(PHOTO).convert("RGB").resize((128, 150)).crop((0, 11, 128, 139)).save(portrait)
+    choose(page, "generate-model", "demo")
+    open_accordions(page, "generate-img2img", "generate-face-fix")
+    page.set_input_files("#generate-init-image input[type=file]", str(portrait))
+    page.wait_for_selector("#generate-init-image img")
+    set_slider(page, "generate-image-strength", 0.9)
+    page.locator("#generate-face-fix-on input").check()
+    type_into(page, "generate-prompt", "a portrait")
+    type_size_and_steps(page, "generate", 128, 128, 20)
+    before = result_pngs(studio)
+    assert "Face fix: 1 face inpainted again." in run_and_wait(page, "generate")
+    [result] = result_pngs(studio) - before
+    assert request_in(result)["extra"]["face_fix"] is True
+    screenshot(page, "generate-face-fix")
+
+
 def test_unload_models_frees_the_memory_and_says_so(page, studio):
     type_into(page, "generate-prompt", "a red fox in the snow")
     type_size_and_steps(page, "generate", 32, 32, 1)
