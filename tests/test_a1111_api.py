@@ -435,7 +435,7 @@ def test_the_sd_upscale_script_runs_the_upscale_tool_in_tiles_as_a1111_clients_a
     strength; what ran is recorded, replays to the same image, and keeps the picture."""
     example = upscale_example(EVALUATION_SEED, 0, IMAGE_SIZE, held_out=True)
     picture = Image.fromarray(example.image)
-    assert "sd upscale" in answer(studio.http.get("/scripts"))["img2img"]
+    assert answer(studio.http.get("/scripts")) == {"txt2img": ["adetailer"], "img2img": ["sd upscale", "adetailer"]}
     body = made(studio.http.post("/img2img", json={
         "init_images": [b64(picture)], "prompt": example.caption, "seed": 71, "steps": 4, "width": 64, "height": 64,
         "denoising_strength": 0.35, "script_name": "SD upscale", "script_args": ["", 16, 1, 4], "save_images": True,

@@ -594,7 +594,8 @@ def sdapi_router(studio, auth=None) -> APIRouter:
         "realesrgan-models": lambda: realesrgan_listing(studio.manager.models_dir),
         **dict.fromkeys(("sd-vae", "sd-modules", "face-restorers", "hypernetworks", "latent-upscale-modes"), list),
         "embeddings": lambda: {"loaded": {}, "skipped": {}},
-        "scripts": lambda: {"txt2img": [], "img2img": list(IMG2IMG_SCRIPTS)},
+        # ADetailer as A1111 lists an always-on script (clients such as webuiapi look for it there)
+        "scripts": lambda: {"txt2img": [ADETAILER_SCRIPT], "img2img": [*IMG2IMG_SCRIPTS, ADETAILER_SCRIPT]},
     }
     for name, listing in listings.items():
         async def answer(request: Request, listing=listing):
