@@ -103,8 +103,18 @@ def page(browser, studio):
 # ----- page helpers -----------------------------------------------------------------------------
 
 
-def open_tab(page, name: str) -> None:
-    page.get_by_role("tab", name=name, exact=True).click()
+def open_tab(page, name: str, tries: int = 3) -> None:
+    """Click a tab until it is the selected one (a click while the page is still starting can go unheard)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    tab = page.get_by_role("tab", name=name, exact=True)
+    for _ in range(tries):
+        tab.click()
+        try:
+            return tab.and_(page.locator("[aria-selected=true]")).wait_for(timeout=10_000)
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError(f"The {name} tab did not open after {tries} clicks.")
 
 
 def type_into(page, elem_id: str, text: str) -> None:
