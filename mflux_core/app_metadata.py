@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass, field
 
 from mflux_core.lora.a1111 import LoraUse
+from mflux_core.request import is_finite_number as is_number
 
 SWARM_KEY = "sui_image_params"  # inside the JSON SwarmUI writes into the "parameters" chunk
 INVOKE_KEY = "invokeai_metadata"  # the PNG text chunk InvokeAI writes
@@ -36,9 +37,6 @@ class FoundSettings:
     loras: list[LoraUse] = field(default_factory=list)
 
 
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
-        and abs(value) != float("inf")
 
 
 def is_whole(value) -> bool:
