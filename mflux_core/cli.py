@@ -21,8 +21,8 @@ from mflux_core.prompt_lines import line_requests, read_prompt_file, read_prompt
 from mflux_core.regions import region_from_box_flag, region_from_mask_flag
 from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import DTYPES, MERGE_METHODS, SAMPLER_LABELS as SAMPLERS, SCHEDULE_LABELS as SCHEDULES
-from mflux_core.settings_schema import WEIGHTED_SUM
-from mflux_core.tools.specs import TOOL_SPECS, UPSCALER_ONLY, ToolSpec, tool_spec
+from mflux_core.settings_schema import PNG_INFO_FIELDS, WEIGHTED_SUM
+from mflux_core.tools.specs import PNG_INFO_FLAGS, TOOL_SPECS, UPSCALER_ONLY, ToolSpec, tool_spec
 from mflux_core.training.lora_command import add_train_parser, run_train
 from mflux_core.wildcards import expand_prompt
 from mflux_core.xyz import (
@@ -402,7 +402,9 @@ class ConsoleProgress:
 
 def run(args: argparse.Namespace) -> list[Path]:
     request = base_request(args)
-    needs_no_prompt = tool_spec(args.tool).prompt_optional or args.prompts_from or request.extra.get(UPSCALER_ONLY)
+    image_dir = getattr(args, "image_dir", None)
+    needs_no_prompt = tool_spec(args.tool).prompt_optional or args.prompts_from or request.extra.get(UPSCALER_ONLY) \
+        or (image_dir and "prompt" in (args.png_info or ()))
     fallback = request.prompt if args.config_from_metadata else "" if needs_no_prompt else None
     request = unstyled = request.with_(prompt=read_prompt(args, fallback))
     request, styled = with_styles(args, request)
@@ -412,6 +414,13 @@ def run(args: argparse.Namespace) -> list[Path]:
                                 full_preview_every=1 if stepwise else 0, step_previews=stepwise is not None)
     seeds = seeds_to_run(args, request.seed)
     axes = [axis for axis in (args.x_axis, args.y_axis, args.z_axis) if axis is not None]
+    if getattr(args, "png_info", None) and not image_dir:
+        raise StudioError("--png-info reads the PNG info of the images in --image-dir: give that folder too.")
+    if image_dir:
+        if axes or args.prompt_matrix or args.prompts_from or request.image_path:
+            raise StudioError("--image-dir runs every image in the folder with the same settings: it does not combine "
+                              "with --image-path, --prompts-from or a plot.")
+        return run_image_batch(args, manager, request, seeds, stepwise, styled)
     if args.prompts_from:
         if axes or args.prompt_matrix:
             raise StudioError("--prompts-from runs its lines one by one: it does not combine with a plot.")
@@ -515,6 +524,31 @@ def run_prompt_lines(args: argparse.Namespace, manager, request: GenerationReque
         output = output_path(args.output, line_request.seed, several=True)
         path, _ = generate_and_save(args, manager, line_request, output.with_name(f"{output.stem}_line{number}.png"),
                                     stepwise)
+        written.append(path)
+    return written
+
+
+def run_image_batch(args: argparse.Namespace, manager, request: GenerationRequest, seeds: list[int],
+                    stepwise: Path | None, styled: Callable[[str], str]) -> list[Path]:
+    """Image-to-image on every image in --image-dir (each one read and every request validated before the first
+    runs), each saved as <output>_<image name>.png (and _seed_<seed> when an image has several)."""
+    from mflux_core.image_batch import batch_requests, images_in
+    from mflux_core.images.io import load_image
+
+    paths = images_in(Path(args.image_dir))
+    for path in paths:
+        load_image(path).close()
+    png_info = tuple(label for label, flag in zip(PNG_INFO_FIELDS, PNG_INFO_FLAGS) if flag in (args.png_info or ()))
+    requests = batch_requests(request, [(path.name, path, str(path)) for path in paths], png_info, seeds,
+                              wildcards=Path(args.wildcards_dir), styled=styled)
+    several = len(requests) > len(paths)
+    print(f"Batch: {len(paths)} images, {len(requests)} results")
+    written = []
+    for name, image_request in requests:
+        output = Path(args.output.replace("{seed}", str(image_request.seed)))
+        seed = f"_seed_{image_request.seed}" if several else ""
+        path, _ = generate_and_save(args, manager, image_request,
+                                    output.with_name(f"{output.stem}_{Path(name).stem}{seed}.png"), stepwise)
         written.append(path)
     return written
 

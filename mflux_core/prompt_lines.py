@@ -121,12 +121,13 @@ def read_prompt_file(path: Path) -> str:
 
 
 def line_requests(base: GenerationRequest, lines: list[PromptLine], seeds: list[int], batch_count: int = 1,
-                  wildcards: Path | None = None,
-                  styled: Callable[[str], str] = str) -> list[tuple[int, GenerationRequest]]:
+                  wildcards: Path | None = None, styled: Callable[[str], str] = str,
+                  label: Callable[[int], str] = "Line {}".format) -> list[tuple[int, GenerationRequest]]:
     """(line number, validated request) for every image of every line, in order. A line's images start at its own
     seed, else at each of `seeds`, and run `batch_count` consecutive seeds (the line's own count, else this one),
     or with a variation strength, as A1111, that seed with consecutive variation seeds; its prompt (else the
-    base's), `styled` (the A1111 styles picked), has its wildcards drawn from each image's seed."""
+    base's), `styled` (the A1111 styles picked), has its wildcards drawn from each image's seed. A refusal starts
+    with the line's `label`."""
     requests = []
     for line in lines:
         settings = dict(line.settings)
@@ -143,5 +144,5 @@ def line_requests(base: GenerationRequest, lines: list[PromptLine], seeds: list[
                     expanded = expand_prompt(prompt, image.seed, wildcards)
                     requests.append((line.number, image.with_(prompt=expanded).validated()))
         except InvalidRequest as error:
-            raise InvalidRequest(f"Line {line.number}: {error}") from None
+            raise InvalidRequest(f"{label(line.number)}: {error}") from None
     return requests

@@ -41,6 +41,11 @@ ONLY_MASKED_PADDING = 32  # pixels of context around the mask that Fill's "Only 
 # What Fill's masked area starts from when it starts from the image (an image strength): as it is, or painted from
 # the colours around it (A1111's masked content "original" and "fill"; its "latent noise" is no image strength)
 MASKED_CONTENTS = ("original", "fill")
+# What an image-to-image batch (mflux_core/image_batch.py) may take from each image's PNG info: A1111's "Parameters to
+# take from png info", with FLUX.1's guidance in place of its CFG scale; label -> the settings it sets
+PNG_INFO_FIELDS = {"Prompt": ("prompt",), "Negative prompt": ("negative_prompt",), "Seed": ("seed",),
+                   "Guidance": ("guidance", "true_cfg_scale"), "Sampler": ("sampler", "schedule"),
+                   "Steps": ("steps",)}
 HIRES_UPSCALERS = ("Lanczos", "ControlNet upscaler")  # Lanczos as A1111 names it; the other: mflux_core.hires
 # A1111's upscalers that are no model file the studio could run (the rest name ESRGAN-family files: upscaler_models)
 A1111_OTHER_UPSCALERS = ("None", "Nearest", "LDSR", "ScuNET GAN", "ScuNET PSNR", "SwinIR 4x")

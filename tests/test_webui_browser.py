@@ -272,6 +272,37 @@ def test_the_face_fix_repaints_the_face_of_an_image_to_image_run(page, studio):
     screenshot(page, "generate-face-fix")
 
 
+def test_an_image_to_image_batch_runs_each_upload_with_one_seed_and_its_png_prompt(page, studio):
+    """A1111's img2img batch: two uploads, one job, one seed for both; the PNG's own prompt added after the
+    panel's when asked (the photo has none); an input image beside the batch is refused in a sentence."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a blue star in the middle on a white background\nSteps: 5, Seed: 77, Size: 64x64")
+    made, photo = studio.inputs / "made.png", studio.inputs / "photo.jpg"
+    Image.new("RGB", (64, 64), (40, 90, 200)).save(made, pnginfo=info)
+    Image.open(noise_image(studio.inputs / "noise.png")).save(photo)
+    choose(page, "generate-model", "demo")
+    open_accordions(page, "generate-img2img")
+    page.set_input_files("#generate-batch-images input[type=file]", [str(photo), str(made)])
+    page.locator("#generate-batch-images").get_by_text("photo.jpg").wait_for()
+    page.locator("#generate-batch-png-info").get_by_role("checkbox", name="Prompt", exact=True).check()
+    type_into(page, "generate-prompt", "watercolour")
+    type_into(page, "generate-seed", 21)
+    type_size_and_steps(page, "generate", 64, 64, 2)
+    before = result_pngs(studio)
+    assert run_and_wait(page, "generate").startswith("Done: 2 images")
+    made_requests = sorted((request_in(path) for path in result_pngs(studio) - before), key=lambda r: r["prompt"])
+    assert [(r["prompt"], r["seed"]) for r in made_requests] == [
+        ("watercolour", 21), ("watercolour a blue star in the middle on a white background", 21)]
+    assert len({r["image_path"] for r in made_requests}) == 2
+    screenshot(page, "generate-batch")
+    page.set_input_files("#generate-init-image input[type=file]", str(photo))
+    page.wait_for_selector("#generate-init-image img")
+    page.click("#generate-run")
+    assert "not both" in wait_for_status(page, "generate", "not both")
+
+
 def test_unload_models_frees_the_memory_and_says_so(page, studio):
     type_into(page, "generate-prompt", "a red fox in the snow")
     type_size_and_steps(page, "generate", 32, 32, 1)

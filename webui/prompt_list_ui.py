@@ -7,9 +7,8 @@ import gradio as gr
 
 from mflux_core.prompt_lines import line_requests, read_prompt_file, read_prompt_lines
 from mflux_core.request import GenerationRequest
-from mflux_core.styles import prompt_styler, read_styles
 from webui.jobs import message_markdown, safe_action
-from webui.requests import RequestContext
+from webui.requests import RequestContext, prompt_styler_of
 
 LINES_HELP = ('One prompt per line, or its settings: --prompt "a cat" --seed 5 --steps 4, or {"prompt": "a cat", '
               '"seed": 5}. The settings above fill in what a line leaves out. Empty: the prompt above.')
@@ -37,8 +36,6 @@ def prompt_list_requests(base: GenerationRequest, settings: dict, text: str,
                          context: RequestContext) -> list[GenerationRequest]:
     """Every line's requests over `base` (the panel's first request, its seed drawn once when random), each validated
     before any runs; a line without a seed runs the panel's, with as many images as the panel asks."""
-    names = settings.get("styles")
-    styled = prompt_styler(names, read_styles(context.styles)) if names else str
     requests = line_requests(base.with_(prompt=settings.get("prompt", "")), read_prompt_lines(text), [base.seed],
-                             settings.get("batch_count", 1), context.wildcards, styled)
+                             settings.get("batch_count", 1), context.wildcards, prompt_styler_of(settings, context))
     return [request for _, request in requests]

@@ -90,6 +90,12 @@ def lora_files(names: list[str], library: Mapping[str, Path]) -> tuple[str, ...]
     return tuple(str(library[name]) for name in names)
 
 
+def prompt_styler_of(settings: dict, context: RequestContext) -> Callable[[str], str]:
+    """The settings' A1111 styles as a function of a prompt (the prompt as it is when none are picked)."""
+    names = settings.get("styles")
+    return prompt_styler(names, read_styles(context.styles)) if names else str
+
+
 def plot_styler(settings: dict, context: RequestContext, seed: int) -> Callable[[GenerationRequest], GenerationRequest]:
     """For a plot's cells: the settings' A1111 styles merged into each cell's prompts after its axes changed them
     (A1111's order), a style's wildcards drawn from the plot's `seed` and its `<lora:...>` tags added to the cell's

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mflux_core.controlnet_units import MAX_UNITS
-from mflux_core.settings_schema import MASKED_CONTENTS, MAX_HIRES_SCALE, ONLY_MASKED_PADDING, UNION_CONTROL_TYPES
+from mflux_core.settings_schema import (
+    MASKED_CONTENTS, MAX_HIRES_SCALE, ONLY_MASKED_PADDING, PNG_INFO_FIELDS, UNION_CONTROL_TYPES,
+)
 from mflux_core.images.resize_modes import RESIZE_MODES
 
 REQUEST, EXTRA, COMMAND = "request", "extra", "command"  # where a flag's value goes (Flag.into)
@@ -130,12 +132,17 @@ RESIZE_FLAG = Flag("--resize-mode", "an input image of another size than the out
 CANNY_FLAGS = (Flag("--canny-low", "Canny low threshold, OpenCV's units (default 100)", into=EXTRA, kind="number"),
                Flag("--canny-high", "Canny high threshold, OpenCV's units (default 200)", into=EXTRA, kind="number"))
 FILL_KINDS = ("fill",)
+PNG_INFO_FLAGS = tuple(label.lower().replace(" ", "-") for label in PNG_INFO_FIELDS)  # "negative-prompt"
 TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
     ToolSpec("generate", "text-to-image, or image-to-image with --image-path", "generate", "schnell", BASE_KINDS,
              guidance=3.5, demo_model="demo", true_cfg=True, flags=(
                  Flag("--image-path", "input image for image-to-image"),
                  Flag("--image-strength", "how much of the input image is kept, 0 to below 1 (default 0.4)",
                       kind="number"),
+                 Flag("--image-dir", "A1111's img2img batch: image-to-image on each image directly in this folder, "
+                      "by name, all with the same seed, each saved as <output>_<image name>.png", into=COMMAND),
+                 Flag("--png-info", "with --image-dir, take these from each image's PNG info (its prompts are added "
+                      "after --prompt's)", into=COMMAND, kind="paths", choices=PNG_INFO_FLAGS),
                  Flag("--region", "regional prompt 'x,y,w,h[,weight]:prompt' (fractions of the image when all "
                       "four are at most 1, else pixels); repeat for up to 4 regions", field="regions", kind="region"),
                  Flag("--region-mask", "regional prompt 'MASK.png[,weight]:prompt' (white = the region)",

@@ -6,6 +6,7 @@ from mflux_core.request import GenerationRequest
 from webui.demo_examples import render_demo_examples
 from webui.face_fix_ui import face_fix_controls, face_fix_settings, face_fix_values
 from webui.hires_ui import UPSCALER_NOTES, hires_controls, hires_settings, hires_values
+from webui.image_batch_ui import image_batch_controls, image_batch_requests, refuse_mixed_inputs
 from webui.panels import Panel, input_image, result_column
 from webui.presets_ui import render_presets
 from webui.prompt_list_ui import prompt_list_controls, prompt_list_requests
@@ -34,10 +35,14 @@ def values_from_settings(settings: dict) -> dict:
 
 def build_requests(values: dict, context: RequestContext) -> list[GenerationRequest]:
     settings = with_region_masks(settings_from_values(values), values, context.inputs.save)
-    image = values.get("init_image")
-    if image is None:
+    image, batch = values.get("init_image"), values.get("batch_images") or []
+    if batch:
+        refuse_mixed_inputs(values)
+    elif image is None:
         settings["image_strength"] = None
     requests = requests_from_settings(settings, context, image_path=context.inputs.save(image, "img2img"))
+    if batch:  # A1111's img2img batch: one job of every image
+        return image_batch_requests(requests[0], settings, batch, values.get("batch_png_info"), context)
     if (values.get("prompt_lines") or "").strip():  # "Prompts from file or textbox": one job of every line
         return prompt_list_requests(requests[0], settings, values["prompt_lines"], context)
     return requests
@@ -53,6 +58,7 @@ def render(studio) -> Panel:
                     image_strength = gr.Slider(0, 0.99, DEFAULT_IMAGE_STRENGTH, step=0.01,
                                                label="Image strength (how much of the input is kept)",
                                                elem_id="generate-image-strength")
+                    batch_images, batch_png_info = image_batch_controls(TOOL)
                 regions, region_masks = region_controls(TOOL)
                 _, hires = hires_controls(TOOL, UPSCALER_NOTES, studio.manager.models_dir)
                 _, face_fix = face_fix_controls(TOOL)
@@ -65,7 +71,8 @@ def render(studio) -> Panel:
             with gr.Column(scale=4):
                 view, run, stop = result_column(TOOL, compare=True)
     panel.view, panel.run_handler = view, studio.job(view)(build_requests)
-    inputs = {**panel.controls, "init_image": init_image, **region_masks, "prompt_lines": prompt_lines}
+    inputs = {**panel.controls, "init_image": init_image, **region_masks, "prompt_lines": prompt_lines,
+              "batch_images": batch_images, "batch_png_info": batch_png_info}
     studio.wire_run(run, panel.run_handler, inputs, view, api_name="generate")
     studio.wire_stop(stop, api_name="stop")
     return panel
