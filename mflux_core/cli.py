@@ -414,12 +414,13 @@ def run(args: argparse.Namespace) -> list[Path]:
                                 full_preview_every=1 if stepwise else 0, step_previews=stepwise is not None)
     seeds = seeds_to_run(args, request.seed)
     axes = [axis for axis in (args.x_axis, args.y_axis, args.z_axis) if axis is not None]
-    if getattr(args, "png_info", None) and not image_dir:
-        raise StudioError("--png-info reads the PNG info of the images in --image-dir: give that folder too.")
+    for flag in ("png_info", "mask_dir"):
+        if getattr(args, flag, None) and not image_dir:
+            raise StudioError(f"--{flag.replace('_', '-')} goes with --image-dir: give that folder too.")
     if image_dir:
-        if axes or args.prompt_matrix or args.prompts_from or request.image_path:
+        if axes or args.prompt_matrix or args.prompts_from or request.image_path or request.masked_image_path:
             raise StudioError("--image-dir runs every image in the folder with the same settings: it does not combine "
-                              "with --image-path, --prompts-from or a plot.")
+                              "with --image-path, --masked-image-path, --prompts-from or a plot.")
         return run_image_batch(args, manager, request, seeds, stepwise, styled)
     if args.prompts_from:
         if axes or args.prompt_matrix:
@@ -530,17 +531,24 @@ def run_prompt_lines(args: argparse.Namespace, manager, request: GenerationReque
 
 def run_image_batch(args: argparse.Namespace, manager, request: GenerationRequest, seeds: list[int],
                     stepwise: Path | None, styled: Callable[[str], str]) -> list[Path]:
-    """Image-to-image on every image in --image-dir (each one read and every request validated before the first
-    runs), each saved as <output>_<image name>.png (and _seed_<seed> when an image has several)."""
-    from mflux_core.image_batch import batch_requests, images_in
-    from mflux_core.images.io import load_image
+    """The tool on every image in --image-dir (Fill: with its mask from --mask-dir; each file read and every request
+    validated before the first runs), each saved as <output>_<image name>.png (and _seed_<seed> when an image has
+    several)."""
+    from mflux_core.image_batch import batch_requests, images_in, masks_for
+    from mflux_core.images.io import load_image, load_mask
 
     paths = images_in(Path(args.image_dir))
+    mask_dir = getattr(args, "mask_dir", None)
+    masks = masks_for(paths, images_in(Path(mask_dir)), f"The masks in {mask_dir}") if mask_dir else []
     for path in paths:
         load_image(path).close()
+    for mask in set(masks):
+        load_mask(mask).close()
+    inputs = [{"image_path": str(path), **({"masked_image_path": str(masks[i])} if masks else {})}
+              for i, path in enumerate(paths)]
     png_info = tuple(label for label, flag in zip(PNG_INFO_FIELDS, PNG_INFO_FLAGS) if flag in (args.png_info or ()))
-    requests = batch_requests(request, [(path.name, path, str(path)) for path in paths], png_info, seeds,
-                              wildcards=Path(args.wildcards_dir), styled=styled)
+    requests = batch_requests(request, [(path.name, path, fields) for path, fields in zip(paths, inputs)], png_info,
+                              seeds, wildcards=Path(args.wildcards_dir), styled=styled)
     several = len(requests) > len(paths)
     print(f"Batch: {len(paths)} images, {len(requests)} results")
     written = []

@@ -1,5 +1,6 @@
-"""Image-to-image on a batch of input images (A1111's img2img "Batch"): one job of the same settings, and the same
-seed, on each image in turn; optionally each image's own prompt and settings from its PNG info.
+"""A tool on a batch of input images (A1111's img2img "Batch"): one job of the same settings, and the same seed, on
+each image in turn (image-to-image; Fill, each image with its mask); optionally each image's own prompt and settings
+from its PNG info.
 
 As A1111's batch, the seed is drawn once for the whole batch (frames of a video stay alike), and a PNG's prompts
 are added after the job's. PNG info is read in every format the studio restores (ours, A1111's, ComfyUI's,
@@ -41,12 +42,27 @@ def png_info_settings(path: Path, fields: tuple[str, ...]) -> dict:
     return {key: value for key, value in found.items() if key in keys}
 
 
-def batch_requests(base: GenerationRequest, images: list[tuple[str, Path, str]], png_info: tuple[str, ...],
+def masks_for(images: list[str], masks: list[str], where: str) -> list[str]:
+    """An inpaint batch's masks (file names or paths), as A1111 finds them: the one mask for every image, else each
+    image's by its name (any image type); an image without one is refused before any runs. `where`: the masks'
+    place, for the refusal ("masks/", "the uploaded masks")."""
+    if len(masks) == 1:
+        return masks * len(images)
+    by_name = {Path(mask).stem: mask for mask in masks}
+    missing = [Path(image).name for image in images if Path(image).stem not in by_name]
+    if missing:
+        raise InvalidRequest(f"{where} have no mask for {missing[0]}" +
+                             (f" and {len(missing) - 1} more images" if len(missing) > 1 else "") +
+                             f" (a mask is found by its image's name: {Path(missing[0]).stem}.png, .jpg, ...).")
+    return [by_name[Path(image).stem] for image in images]
+
+
+def batch_requests(base: GenerationRequest, images: list[tuple[str, Path, dict]], png_info: tuple[str, ...],
                    seeds: list[int], batch_count: int = 1, wildcards: Path | None = None,
                    styled: Callable[[str], str] = str) -> list[tuple[str, GenerationRequest]]:
     """(image name, validated request) for every image of the batch, in order. `images`: (name, file to read its PNG
-    info from, image_path for the request); each image runs `seeds` (or the seed from its PNG info) as a prompt
-    list's line does, its prompts after `base`'s when taken from its PNG info."""
+    info from, the request's input fields: image_path=..., masked_image_path=...); each image runs `seeds` (or the
+    seed from its PNG info) as a prompt list's line does, its prompts after `base`'s when taken from its PNG info."""
     if not images:
         raise InvalidRequest("The batch has no images.")
     if len(images) > MAX_BATCH_IMAGES:
@@ -55,11 +71,11 @@ def batch_requests(base: GenerationRequest, images: list[tuple[str, Path, str]],
     if unknown:
         raise InvalidRequest(f"Unknown PNG info {unknown[0][:40]!r}; choose from {', '.join(PNG_INFO_FIELDS)}.")
     lines = []
-    for number, (_, info_file, image_path) in enumerate(images, start=1):
+    for number, (_, info_file, inputs) in enumerate(images, start=1):
         settings = png_info_settings(info_file, png_info) if png_info else {}
         for key in APPENDED:
             if settings.get(key):
                 settings[key] = " ".join(part for part in (getattr(base, key), settings[key]) if part)
-        lines.append(PromptLine(number, {**settings, "image_path": image_path}))
+        lines.append(PromptLine(number, {**settings, **inputs}))
     named = line_requests(base, lines, seeds, batch_count, wildcards, styled, label=lambda n: images[n - 1][0])
     return [(images[number - 1][0], request) for number, request in named]

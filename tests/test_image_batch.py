@@ -32,7 +32,7 @@ def a1111_png(path: Path) -> Path:
 def test_each_image_takes_what_is_asked_from_its_png_info_after_the_batch_prompts(tmp_path):
     photo = tmp_path / "photo.jpg"
     Image.new("RGB", (64, 64), "white").save(photo)
-    images = [(path.name, path, str(path)) for path in (a1111_png(tmp_path / "made.png"), photo)]
+    images = [(path.name, path, {"image_path": str(path)}) for path in (a1111_png(tmp_path / "made.png"), photo)]
     base = GenerationRequest(prompt="watercolour", negative_prompt="text", true_cfg_scale=2.0, seed=5, steps=3,
                              guidance=3.5)
     every = batch_requests(base, images, ("Prompt", "Negative prompt", "Seed", "Guidance", "Sampler", "Steps"), [5])
@@ -53,7 +53,7 @@ def test_each_image_takes_what_is_asked_from_its_png_info_after_the_batch_prompt
 
 def test_a_batch_is_refused_whole_naming_what_is_wrong(tmp_path):
     with pytest.raises(InvalidRequest, match="Unknown PNG info 'Colour'"):
-        batch_requests(GenerationRequest(), [("a.png", tmp_path / "a.png", "a.png")], ("Colour",), [1])
+        batch_requests(GenerationRequest(), [("a.png", tmp_path / "a.png", {})], ("Colour",), [1])
     with pytest.raises(InvalidRequest, match="no images"):
         batch_requests(GenerationRequest(), [], (), [1])
     (tmp_path / "notes.txt").write_text("not an image")
@@ -62,7 +62,7 @@ def test_a_batch_is_refused_whole_naming_what_is_wrong(tmp_path):
     with pytest.raises(InvalidRequest, match="is not a folder"):
         images_in(tmp_path / "missing")
     with pytest.raises(InvalidRequest, match="^made.png: The prompt"):  # validated per image, before any runs
-        batch_requests(GenerationRequest(), [("made.png", a1111_png(tmp_path / "made.png"), "made.png")],
+        batch_requests(GenerationRequest(), [("made.png", a1111_png(tmp_path / "made.png"), {})],
                        ("Prompt",), [1], styled=lambda prompt: prompt + "x" * 20_000)
 
 
@@ -103,3 +103,38 @@ def test_the_cli_refuses_a_bad_batch_before_any_image(tmp_path, capsys):
     assert main(["generate", "-p", "x", "--image-dir", str(frames), "--image-path", str(frames / "a.png"),
                  "--output", str(out)]) == 1
     assert "does not combine with --image-path" in capsys.readouterr().err
+
+
+def box_mask(path: Path, box: tuple[int, int, int, int]) -> Path:
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, box)
+    mask.save(path)
+    return path
+
+
+def test_the_cli_fill_batch_inpaints_each_image_inside_its_own_mask_or_the_one_mask(tmp_path, capsys):
+    frames, masks, one = tmp_path / "frames", tmp_path / "masks", tmp_path / "one"
+    for folder in (frames, masks, one):
+        folder.mkdir()
+    for index, colour in enumerate(((200, 40, 40), (30, 160, 60))):
+        Image.new("RGB", (64, 64), colour).save(frames / f"f{index}.png")
+    box_mask(masks / "f0.png", (0, 0, 32, 32))
+    box_mask(masks / "f1.jpg", (32, 32, 64, 64))
+    box_mask(one / "any.png", (16, 16, 48, 48))
+    common = ["fill", "--model", "demo-fill", "-p", "a blue circle", "--seed", "2", "--steps", "3"]
+    for folder in (masks, one):
+        out = tmp_path / folder.name / "v.png"
+        assert main([*common, "--image-dir", str(frames), "--mask-dir", str(folder), "--output", str(out)]) == 0
+        for name in ("f0", "f1"):
+            mask = one / "any.png" if folder == one else next(masks.glob(f"{name}.*"))
+            alone = tmp_path / f"alone_{folder.name}_{name}.png"
+            assert main([*common, "--image-path", str(frames / f"{name}.png"), "--masked-image-path", str(mask),
+                         "--output", str(alone)]) == 0
+            assert np.array_equal(np.asarray(Image.open(alone)),
+                                  np.asarray(Image.open(out.with_name(f"v_{name}.png"))))
+    (masks / "f1.jpg").unlink()
+    box_mask(masks / "other.png", (0, 0, 8, 8))
+    assert main([*common, "--image-dir", str(frames), "--mask-dir", str(masks), "--output",
+                 str(tmp_path / "none" / "v.png")]) == 1
+    assert "have no mask for f1.png (a mask is found by its image's name" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()

@@ -285,7 +285,7 @@ def test_an_image_to_image_batch_runs_each_upload_with_one_seed_and_its_png_prom
     choose(page, "generate-model", "demo")
     open_accordions(page, "generate-img2img")
     page.set_input_files("#generate-batch-images input[type=file]", [str(photo), str(made)])
-    page.locator("#generate-batch-images").get_by_text("photo.jpg").wait_for()
+    page.locator("#generate-batch-images a[download='photo.jpg']").wait_for()
     page.locator("#generate-batch-png-info").get_by_role("checkbox", name="Prompt", exact=True).check()
     type_into(page, "generate-prompt", "watercolour")
     type_into(page, "generate-seed", 21)
@@ -301,6 +301,39 @@ def test_an_image_to_image_batch_runs_each_upload_with_one_seed_and_its_png_prom
     page.wait_for_selector("#generate-init-image img")
     page.click("#generate-run")
     assert "not both" in wait_for_status(page, "generate", "not both")
+
+
+def test_a_fill_batch_inpaints_each_image_inside_the_mask_of_its_name(page, studio):
+    """A1111's inpaint batch: two images and their masks (matched by name, uploaded in the other order); without
+    masks it is refused in a sentence."""
+    folder = studio.inputs / "fill-batch"
+    (folder / "masks").mkdir(parents=True)
+    for name, colour, box in (("f0", (200, 40, 40), (0, 0, 32, 32)), ("f1", (30, 160, 60), (32, 32, 64, 64))):
+        Image.new("RGB", (64, 64), colour).save(folder / f"{name}.png")
+        mask = Image.new("L", (64, 64), 0)
+        mask.paste(255, box)
+        mask.save(folder / "masks" / f"{name}.png")
+    open_tab(page, "Fill")
+    choose(page, "fill-model", "demo-fill")
+    open_accordions(page, "fill-batch")
+    page.set_input_files("#fill-batch-images input[type=file]", [str(folder / "f0.png"), str(folder / "f1.png")])
+    page.locator("#fill-batch-images a[download='f1.png']").wait_for()
+    page.click("#fill-run")
+    assert "needs masks" in wait_for_status(page, "fill", "needs masks")
+    page.set_input_files("#fill-batch-masks input[type=file]", [str(folder / "masks" / n) for n in ("f1.png", "f0.png")])
+    page.locator("#fill-batch-masks a[download='f0.png']").wait_for()
+    type_into(page, "fill-prompt", "a blue circle")
+    type_into(page, "fill-seed", 2)
+    before = result_pngs(studio)
+    assert run_and_wait(page, "fill").startswith("Done: 2 images")
+    masks = {}
+    for path in result_pngs(studio) - before:
+        made = request_in(path)
+        image, mask = Image.open(made["image_path"]), np.asarray(Image.open(made["masked_image_path"])) > 127
+        masks["f0" if image.getpixel((0, 0))[0] > 100 else "f1"] = mask
+    assert masks["f0"][:32, :32].all() and not masks["f0"][32:, 32:].any()
+    assert masks["f1"][32:, 32:].all() and not masks["f1"][:32, :32].any()
+    screenshot(page, "fill-batch")
 
 
 def test_unload_models_frees_the_memory_and_says_so(page, studio):

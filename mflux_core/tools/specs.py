@@ -133,16 +133,23 @@ CANNY_FLAGS = (Flag("--canny-low", "Canny low threshold, OpenCV's units (default
                Flag("--canny-high", "Canny high threshold, OpenCV's units (default 200)", into=EXTRA, kind="number"))
 FILL_KINDS = ("fill",)
 PNG_INFO_FLAGS = tuple(label.lower().replace(" ", "-") for label in PNG_INFO_FIELDS)  # "negative-prompt"
+
+
+def batch_flags(what: str) -> tuple[Flag, ...]:
+    """A tool's flags for a batch of input images (A1111's img2img "Batch"; mflux_core/image_batch.py)."""
+    return (Flag("--image-dir", f"A1111's {what} on each image directly in this folder, by name, all with the same "
+                 "seed, each saved as <output>_<image name>.png", into=COMMAND),
+            Flag("--png-info", "with --image-dir, take these from each image's PNG info (its prompts are added after "
+                 "--prompt's)", into=COMMAND, kind="paths", choices=PNG_INFO_FLAGS))
+
+
 TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
     ToolSpec("generate", "text-to-image, or image-to-image with --image-path", "generate", "schnell", BASE_KINDS,
              guidance=3.5, demo_model="demo", true_cfg=True, flags=(
                  Flag("--image-path", "input image for image-to-image"),
                  Flag("--image-strength", "how much of the input image is kept, 0 to below 1 (default 0.4)",
                       kind="number"),
-                 Flag("--image-dir", "A1111's img2img batch: image-to-image on each image directly in this folder, "
-                      "by name, all with the same seed, each saved as <output>_<image name>.png", into=COMMAND),
-                 Flag("--png-info", "with --image-dir, take these from each image's PNG info (its prompts are added "
-                      "after --prompt's)", into=COMMAND, kind="paths", choices=PNG_INFO_FLAGS),
+                 *batch_flags("img2img batch: image-to-image"),
                  Flag("--region", "regional prompt 'x,y,w,h[,weight]:prompt' (fractions of the image when all "
                       "four are at most 1, else pixels); repeat for up to 4 regions", field="regions", kind="region"),
                  Flag("--region-mask", "regional prompt 'MASK.png[,weight]:prompt' (white = the region)",
@@ -160,6 +167,9 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                       "image as it is, default) or 'fill' (painted from the colours around it), as A1111's masked "
                       "content", into=EXTRA, choices=MASKED_CONTENTS),
                  Flag("--masked-image-path", "mask image: white = regenerate"),
+                 *batch_flags("inpaint batch: Fill"),
+                 Flag("--mask-dir", "with --image-dir, the masks: each found by its image's name (frame1.png's is "
+                      "frame1.png, .jpg, ...), or the one mask in the folder for every image", into=COMMAND),
                  Flag("--outpaint-padding", "outpaint: padding top,right,bottom,left in px or %% ('0,30%%,20%%,0'); "
                       "the output is the padded canvas, or --width/--height with the canvas resized to them"),
                  Flag("--keep-unmasked", "paste the original back outside a feathered mask (off: the image equals "

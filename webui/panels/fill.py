@@ -2,6 +2,7 @@
 keeping the image outside the mask: mflux_core/tools/fill.py)."""
 
 import re
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -10,11 +11,13 @@ from PIL import Image
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.io import load_image, load_mask
 from mflux_core.images.masks import grow_mask, invert_mask, mask_from_editor_layers, mask_to_pil
+from mflux_core.image_batch import masks_for
 from mflux_core.images.outpaint import outpaint_canvas, parse_padding
 from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import MASKED_CONTENTS, MAX_MASK_BLUR, ONLY_MASKED_PADDING
 from mflux_core.tools.specs import MASKED_CONTENT
 from webui.demo_examples import render_demo_examples
+from webui.image_batch_ui import image_batch_controls, image_batch_requests, refuse_mixed_inputs
 from webui.jobs import progress_html, safe_action
 from webui.panels import Panel, editor_layers, input_image, mask_editor, result_column
 from webui.presets_ui import render_presets
@@ -70,10 +73,18 @@ def editor_mask(editor: dict, invert: bool = False, grow_px: int = 0,
     stretched to the image's size), as a mask ('L', white = regenerate), inverted and grown as asked (the tool
     blurs it: the request's mask_blur)."""
     if uploaded is not None:
-        size = editor_image(editor).size
-        mask = np.asarray(read_upload(uploaded, load_mask).resize(size, Image.Resampling.NEAREST)) > 127
-    else:
-        mask = mask_from_editor_layers(editor_layers(editor))
+        return resized_mask(uploaded, editor_image(editor).size, invert, grow_px)
+    return finished_mask(mask_from_editor_layers(editor_layers(editor)), invert, grow_px)
+
+
+def resized_mask(uploaded: str | Image.Image, size: tuple[int, int], invert: bool = False,
+                 grow_px: int = 0) -> Image.Image:
+    """An uploaded mask stretched to an image's `size`, inverted and grown as asked."""
+    mask = np.asarray(read_upload(uploaded, load_mask).resize(size, Image.Resampling.NEAREST)) > 127
+    return finished_mask(mask, invert, grow_px)
+
+
+def finished_mask(mask: np.ndarray, invert: bool, grow_px: int) -> Image.Image:
     if invert:
         mask = invert_mask(mask)
     if not mask.any():
@@ -132,12 +143,42 @@ def values_from_settings(settings: dict) -> dict:
 def build_requests(values: dict, context: RequestContext) -> list[GenerationRequest]:
     settings = settings_from_values(values)
     editor = values.get("editor")
+    if values.get("batch_images"):
+        return batch_requests(values, settings, context)
     inputs = {"image_path": context.inputs.save(editor_image(editor), "fill-image")}
     if settings["outpaint_padding"] is None:
         extra = settings["extra"]
         mask = editor_mask(editor, extra["mask_invert"], extra["mask_grow_px"], values.get("mask_upload"))
         inputs["masked_image_path"] = context.inputs.save(mask, "fill-mask")
     return requests_from_settings(settings, context, **inputs)
+
+
+def batch_requests(values: dict, settings: dict, context: RequestContext) -> list[GenerationRequest]:
+    """Fill on each batch image (A1111's inpaint batch): inside its own mask (found by its name, or the one mask for
+    every image), inverted and grown as the panel asks; outpainting needs none."""
+    background = (values.get("editor") or {}).get("background")
+    refuse_mixed_inputs("an image in the editor" if background is not None else None)
+    uploads, masks = values["batch_images"], values.get("batch_masks") or []
+    inpainting = settings["outpaint_padding"] is None
+    if inpainting and not masks:
+        raise InvalidRequest("An inpaint batch needs masks: upload them beside the images (each found by its image's "
+                             "name, or one mask for every image), or outpaint.")
+    mask_of = dict(zip(uploads, masks_for(uploads, masks, "The uploaded masks"))) if inpainting else {}
+    extra = settings["extra"]
+
+    def inputs_of(upload: str) -> dict:
+        image_path = context.inputs.save(upload, "fill-image")
+        if not inpainting:
+            return {"image_path": image_path}
+        with Image.open(image_path) as image:
+            try:
+                mask = resized_mask(mask_of[upload], image.size, extra["mask_invert"], extra["mask_grow_px"])
+            except InvalidRequest as error:
+                raise InvalidRequest(f"{Path(upload).name}: {error}") from None
+        return {"image_path": image_path, "masked_image_path": context.inputs.save(mask, "fill-mask")}
+
+    first = requests_from_settings(settings, context)[0]
+    return image_batch_requests(first, settings, uploads, values.get("batch_png_info"), context, inputs_of)
 
 
 EXAMPLE_MASK_ALPHA = 150  # an example's mask is painted translucent, so the shape it recolours shows through
@@ -195,6 +236,8 @@ def render(studio) -> Panel:
                              "the model's size) and pasted back; the image keeps its size", elem_id="fill-inpaint-area")
                     padding = gr.Slider(0, 256, ONLY_MASKED_PADDING, step=4, label="Only masked padding (px)",
                                         elem_id="fill-only-masked-padding")
+                with gr.Accordion("Batch (several images, each with its mask)", open=False, elem_id="fill-batch"):
+                    batch = image_batch_controls(TOOL, "images to fill", masks=True)
                 with gr.Accordion("Outpaint padding", open=False, elem_id="fill-outpaint"):
                     with gr.Row():
                         pads = {f"pad_{side}": gr.Number(0, label=side.capitalize(), minimum=0,
@@ -228,7 +271,7 @@ def render(studio) -> Panel:
                                                                            "pad_unit": pad_unit},
                          outputs=[canvas_image, mask_image, view.status], api_name="outpaint_preview")
     panel.view, panel.run_handler = view, studio.job(view)(build_requests)
-    studio.wire_run(run, panel.run_handler, {**controls, "editor": editor, "mask_upload": mask_upload}, view,
+    studio.wire_run(run, panel.run_handler, {**controls, "editor": editor, "mask_upload": mask_upload, **batch}, view,
                     api_name="fill")
     studio.wire_stop(stop)
     return panel

@@ -37,12 +37,13 @@ def build_requests(values: dict, context: RequestContext) -> list[GenerationRequ
     settings = with_region_masks(settings_from_values(values), values, context.inputs.save)
     image, batch = values.get("init_image"), values.get("batch_images") or []
     if batch:
-        refuse_mixed_inputs(values)
+        refuse_mixed_inputs("one input image" if image is not None else None, values.get("prompt_lines"))
     elif image is None:
         settings["image_strength"] = None
     requests = requests_from_settings(settings, context, image_path=context.inputs.save(image, "img2img"))
     if batch:  # A1111's img2img batch: one job of every image
-        return image_batch_requests(requests[0], settings, batch, values.get("batch_png_info"), context)
+        return image_batch_requests(requests[0], settings, batch, values.get("batch_png_info"), context,
+                                    lambda upload: {"image_path": context.inputs.save(upload, "img2img")})
     if (values.get("prompt_lines") or "").strip():  # "Prompts from file or textbox": one job of every line
         return prompt_list_requests(requests[0], settings, values["prompt_lines"], context)
     return requests
@@ -58,7 +59,7 @@ def render(studio) -> Panel:
                     image_strength = gr.Slider(0, 0.99, DEFAULT_IMAGE_STRENGTH, step=0.01,
                                                label="Image strength (how much of the input is kept)",
                                                elem_id="generate-image-strength")
-                    batch_images, batch_png_info = image_batch_controls(TOOL)
+                    batch = image_batch_controls(TOOL, "input images")
                 regions, region_masks = region_controls(TOOL)
                 _, hires = hires_controls(TOOL, UPSCALER_NOTES, studio.manager.models_dir)
                 _, face_fix = face_fix_controls(TOOL)
@@ -71,8 +72,7 @@ def render(studio) -> Panel:
             with gr.Column(scale=4):
                 view, run, stop = result_column(TOOL, compare=True)
     panel.view, panel.run_handler = view, studio.job(view)(build_requests)
-    inputs = {**panel.controls, "init_image": init_image, **region_masks, "prompt_lines": prompt_lines,
-              "batch_images": batch_images, "batch_png_info": batch_png_info}
+    inputs = {**panel.controls, "init_image": init_image, **region_masks, "prompt_lines": prompt_lines, **batch}
     studio.wire_run(run, panel.run_handler, inputs, view, api_name="generate")
     studio.wire_stop(stop, api_name="stop")
     return panel
