@@ -49,7 +49,8 @@ STAGES = {  # sized for a 2-core CPU: about three hours in all (README's demo se
                                     **BASE_SIZES),
     "fill-sizes": StageSettings(steps=1200, batch=64, learning_rate=3e-4, pool=1000, seed=15, **BASE_SIZES),
     "depth-sizes": StageSettings(steps=1200, batch=64, learning_rate=3e-4, pool=1000, seed=16, **BASE_SIZES),
-    "kontext-sizes": StageSettings(steps=800, batch=64, learning_rate=3e-4, pool=1000, seed=17, **TUNED_SIZES),
+    "kontext-sizes": StageSettings(steps=3000, batch=64, learning_rate=5e-4, pool=1000, seed=17,  # from the base
+                                   **TUNED_SIZES),
     "canny-sizes": StageSettings(steps=1200, batch=64, learning_rate=3e-4, pool=1000, seed=18, **BASE_SIZES),
     "upscale-sizes": StageSettings(steps=600, batch=64, learning_rate=3e-4, pool=1000, seed=19, **TUNED_SIZES),
 }
