@@ -44,8 +44,8 @@ def png_info_settings(path: Path, fields: tuple[str, ...]) -> dict:
 
 def masks_for(images: list[str], masks: list[str], where: str) -> list[str]:
     """An inpaint batch's masks (file names or paths), as A1111 finds them: the one mask for every image, else each
-    image's by its name (any image type); an image without one is refused before any runs. `where`: the masks'
-    place, for the refusal ("masks/", "the uploaded masks")."""
+    image's by its name (any image type); an image without one is refused before any runs. `where` starts the
+    refusal: "The masks in masks/", "The uploaded masks"."""
     if len(masks) == 1:
         return masks * len(images)
     by_name = {Path(mask).stem: mask for mask in masks}
