@@ -63,16 +63,16 @@ def test_fill_recolours_the_hole_at_other_sizes_it_lists(manager, size):
 
 
 def test_kontext_applies_the_instruction(manager):
-    applied = evaluate.kontext_applied(manager, "demo-kontext", classify, count=30)  # measured 0.80 (0.81 of 120)
-    assert applied >= 0.73, applied
+    applied = evaluate.kontext_applied(manager, "demo-kontext", classify, count=30)  # measured 0.77 (0.80 of 120)
+    assert applied >= 0.7, applied
 
 
-@pytest.mark.parametrize("size", [(96, 96), (48, 96), (96, 48)])
+@pytest.mark.parametrize("size", [(96, 96), (48, 96), (96, 48), (128, 128), (128, 64)])
 def test_kontext_applies_the_instruction_at_other_sizes_it_lists(manager, size):
-    """Measured on these 30: 0.90, 0.80 and 0.70; on 60: 0.90, 0.80, 0.78, where the 64 px Kontext, snapping them
-    to 64x64, applied 0.82, 0.67 and 0.60."""
-    assert size in read_native_sizes(demo_models_dir() / "demo-kontext")
-    assert (48, 48) not in read_native_sizes(demo_models_dir() / "demo-kontext")  # 0.65, snapped to 64x64 0.82
+    """Measured on these 30: 0.93, 0.83, 0.73, 0.90 and 0.80; on 60: 0.93, 0.80, 0.80, 0.90, 0.83, where the 64 px
+    Kontext, snapping them to 64x64, applied 0.82, 0.67 and 0.60 of the first three."""
+    listed = read_native_sizes(demo_models_dir() / "demo-kontext")
+    assert size in listed and not {(48, 48), (48, 112), (48, 128)} & set(listed)  # those made worse than snapped
     applied = evaluate.kontext_applied(manager, "demo-kontext", classify, count=30, size=size)
     assert applied >= 0.6, applied
 

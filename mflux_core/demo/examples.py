@@ -36,8 +36,8 @@ EDITS = ("kontext", "in-context", "ic-edit")  # tools whose examples are Kontext
 UPSCALE_FACTOR = 4  # an Upscale example's picture is the scene at IMAGE_SIZE / 4, brought back to IMAGE_SIZE
 KONTEXT_KINDS = ("colour", "move", "background")  # one example of each edit
 # Kontext's panel shows held-out edits the shipped demo-kontext applies at most seeds (of 12: 11, 12 and 12).
-# Recolouring is its weakest edit (about half of held-out ones at a seed): the first held-out recolour, 10, came
-# out right at 6 of 12 seeds, for it and for the 64 px Kontext before it alike.
+# Recolouring is its weakest edit (about half of held-out ones at a seed): the first held-out recolour, 10, comes
+# out right at 7 of 12 seeds (the 64 px Kontext before it: 6).
 CHOSEN = {"kontext": (15, 11, 12)}
 
 

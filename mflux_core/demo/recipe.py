@@ -26,9 +26,10 @@ class StageSettings:
 # keeps what it does there. Started from the 64 px family over sides up to 128 (36 sizes), 3,000 teacher steps
 # still painted shapes twice at 128 px and lost placement at 64x64 (README, Demo models).
 TUNED_SIZES = dict(sides=(48, 64, 80, 96), native_share=0.25)
-# The base's second to fourth rounds and Fill's and Depth's second, each from the round before's shipped weights
-# restored by restore.py (the first: TUNED_SIZES; the base's 4,000 + 2,000 steps, Fill's and Depth's 600), and the
-# canny ControlNet's first shipped round: sides up to 128 (README, "Sizes stages").
+# The base's second to fourth rounds and Fill's, Depth's and Kontext's second, each from the round before's shipped
+# weights restored by restore.py (the first: TUNED_SIZES; the base's 4,000 + 2,000 steps, Fill's and Depth's 600,
+# Kontext's 3,000 from the sized base at 5e-4), and the canny ControlNet's first shipped round: sides up to 128
+# (README, "Sizes stages").
 BASE_SIZES = dict(sides=(48, 64, 80, 96, 112, 128), native_share=0.25)
 
 STAGES = {  # sized for a 2-core CPU: about three hours in all (README's demo section has the timings)
@@ -49,8 +50,7 @@ STAGES = {  # sized for a 2-core CPU: about three hours in all (README's demo se
                                     **BASE_SIZES),
     "fill-sizes": StageSettings(steps=1200, batch=64, learning_rate=3e-4, pool=1000, seed=15, **BASE_SIZES),
     "depth-sizes": StageSettings(steps=1200, batch=64, learning_rate=3e-4, pool=1000, seed=16, **BASE_SIZES),
-    "kontext-sizes": StageSettings(steps=3000, batch=64, learning_rate=5e-4, pool=1000, seed=17,  # from the base
-                                   **TUNED_SIZES),
+    "kontext-sizes": StageSettings(steps=2400, batch=64, learning_rate=3e-4, pool=1000, seed=20, **BASE_SIZES),
     "canny-sizes": StageSettings(steps=1200, batch=64, learning_rate=3e-4, pool=1000, seed=18, **BASE_SIZES),
     "upscale-sizes": StageSettings(steps=600, batch=64, learning_rate=3e-4, pool=1000, seed=19, **TUNED_SIZES),
 }

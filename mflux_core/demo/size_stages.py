@@ -6,8 +6,8 @@ measured and did not generalise (README, Demo models).
 A run restored from demo_models/ (restore.py) holds every member's checkpoint, so these stages tune the
 shipped family without retraining it: the shipped (distilled) base learns to be a teacher again at every
 size, is distilled again from it (taught the shipped base's own velocity at 64x64), Fill, Depth and the
-ControlNets are tuned from their shipped weights (the ControlNets beside the new base), and Kontext learns its
-edits again from the sized base. export.py writes a member from its sizes stage once that stage is done, and
+ControlNets are tuned from their shipped weights (the ControlNets beside the new base), and so is Kontext (whose
+first round learned its edits again from the sized base). export.py writes a member from its sizes stage once that stage is done, and
 lists the stage's sizes as its "_native_sizes" (less those it makes worse than the nearest listed size).
 """
 
@@ -44,9 +44,10 @@ SIZES_STAGES = {
     BASE_STAGE: SizesStage("guidance", start="teacher" + SUFFIX),
     "fill" + SUFFIX: SizesStage("fill", start="fill"),
     "depth" + SUFFIX: SizesStage("depth", start="depth"),
-    # Kontext learns its edits again from the sized base: tuned from the 64 px Kontext it lost 64x64 and applied
-    # fewer edits elsewhere than the 64 px one snapped to 64x64 did (README, "Sizes stages")
-    "kontext" + SUFFIX: SizesStage("kontext", start=BASE_STAGE, unlisted=((48, 48),)),
+    # Kontext's first round learned its edits again from the sized base (BASE_STAGE; tuned from the 64 px Kontext,
+    # it had lost 64x64 and applied fewer edits elsewhere than that one snapped to 64x64); this second round tunes
+    # the first's shipped weights to 128 px (README, "Sizes stages")
+    "kontext" + SUFFIX: SizesStage("kontext", start="kontext", unlisted=((48, 48), (48, 112), (48, 128))),
     "canny" + SUFFIX: SizesStage("canny", start="canny"),
     "upscale" + SUFFIX: SizesStage("upscale", start="upscale"),
 }
