@@ -37,8 +37,6 @@ class FoundSettings:
     loras: list[LoraUse] = field(default_factory=list)
 
 
-
-
 def is_whole(value) -> bool:
     return is_number(value) and float(value).is_integer() and value >= 0
 

@@ -42,7 +42,7 @@ def png_info_settings(path: Path, fields: tuple[str, ...]) -> dict:
     return {key: value for key, value in found.items() if key in keys}
 
 
-def masks_for(images: list[str], masks: list[str], where: str) -> list[str]:
+def masks_for(images: list[str | Path], masks: list[str | Path], where: str) -> list[str | Path]:
     """An inpaint batch's masks (file names or paths), as A1111 finds them: the one mask for every image, else each
     image's by its name (any image type); an image without one is refused before any runs. `where` starts the
     refusal: "The masks in masks/", "The uploaded masks"."""

@@ -7,8 +7,9 @@ A run restored from demo_models/ (restore.py) holds every member's checkpoint, s
 shipped family without retraining it: the shipped (distilled) base learns to be a teacher again at every
 size, is distilled again from it (taught the shipped base's own velocity at 64x64), Fill, Depth and the
 ControlNets are tuned from their shipped weights (the ControlNets beside the new base), and so is Kontext (whose
-first round learned its edits again from the sized base). export.py writes a member from its sizes stage once that stage is done, and
-lists the stage's sizes as its "_native_sizes" (less those it makes worse than the nearest listed size).
+first round learned its edits again from the sized base). export.py writes a member from its sizes stage once
+that stage is done, and lists the stage's sizes as its "_native_sizes" (less those it makes worse than the nearest
+listed size).
 """
 
 import json
