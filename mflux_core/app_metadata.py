@@ -1,11 +1,13 @@
-"""The settings other FLUX.1 apps store in their PNGs, beside A1111's text (presets.settings_from_a1111) and ComfyUI's
-graph (comfy_workflow.py): SwarmUI's JSON (its "parameters" chunk, {"sui_image_params": {...}}) and InvokeAI's
-("invokeai_metadata"). Each reader returns the settings as found, under the studio's names; presets.py clamps and
-validates them (found_settings). What an app names differently from the studio (its model files, samplers the
-studio lacks) is left out.
+"""The settings other FLUX.1 apps store in their images, beside A1111's text (presets.settings_from_a1111) and
+ComfyUI's graph (comfy_workflow.py): SwarmUI's JSON (its "parameters" chunk, {"sui_image_params": {...}}), InvokeAI's
+("invokeai_metadata") and Draw Things' (JSON inside the image's XMP). Each reader returns the settings as found, under
+the studio's names; presets.py clamps and validates them (found_settings). What an app names differently from the
+studio (its model files, samplers the studio lacks) is left out.
 """
 
 import json
+import re
+import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 
 from mflux_core.lora.a1111 import LoraUse
@@ -25,6 +27,15 @@ INVOKE_SCHEDULERS = {**{name: (ours, None) for name, ours in (("euler", "euler")
                                                                           ("dpmpp_2m", "dpm++2m"),
                                                                           ("dpmpp_2m_sde", "dpm++2m_sde"),
                                                                           ("unipc", "unipc"))}}
+XMP_KEY = "XML:com.adobe.xmp"  # the PNG text chunk of an image's XMP (Pillow also reads JPEG's and WebP's as "xmp")
+DRAW_THINGS = "Draw Things"  # its XMP names it as the CreatorTool
+XMP_NAMESPACES = {"exif": "http://ns.adobe.com/exif/1.0/", "xmp": "http://ns.adobe.com/xap/1.0/"}
+# Draw Things' sampler names -> (our sampler, our schedule). "Trailing" spaces the steps as FLUX.1's schedule does;
+# DDIM without noise on a flow model takes Euler's step (both move along the predicted velocity)
+DRAW_THINGS_SAMPLERS = {"Euler Ancestral": ("euler_a", None), "Euler A Trailing": ("euler_a", None),
+                        "DPM++ 2M Karras": ("dpm++2m", "karras"), "DPM++ 2M Trailing": ("dpm++2m", None),
+                        "UniPC Trailing": ("unipc", None), "DDIM Trailing": ("euler", None)}
+DRAW_THINGS_LORA_SUFFIX = re.compile(r"(_lora_(f16|q8p))?\.(ckpt|safetensors)$", re.IGNORECASE)  # its imported files
 
 
 class NotTheirSettings(ValueError):
@@ -49,6 +60,11 @@ def json_object(text: str) -> dict:
     if not isinstance(value, dict):
         raise NotTheirSettings("it is not a JSON object")
     return value
+
+
+def _name_in(value, names) -> bool:
+    """Whether `value` is one of the app's names we map (a value of another kind is not)."""
+    return isinstance(value, str) and value in names
 
 
 def _number_of(value) -> float | None:
@@ -96,9 +112,9 @@ def read_swarm_parameters(text: str) -> FoundSettings:
     found = _common(params, {"prompt": "prompt", "negative_prompt": "negativeprompt", "seed": "seed",
                              "steps": "steps", "width": "width", "height": "height"})
     found = _with_true_cfg(found, params.get("cfgscale"))
-    if params.get("sampler") in COMFY_SAMPLERS:
+    if _name_in(params.get("sampler"), COMFY_SAMPLERS):
         found["sampler"] = COMFY_SAMPLERS[params["sampler"]]
-    if params.get("scheduler") in SCHEDULES:
+    if _name_in(params.get("scheduler"), SCHEDULES):
         found["schedule"] = params["scheduler"]
     if is_number(params.get("fluxguidancescale")):
         found["guidance"] = float(params["fluxguidancescale"])
@@ -124,7 +140,7 @@ def read_invoke_metadata(text: str) -> FoundSettings:
     found = _common(params, {"prompt": "positive_prompt", "negative_prompt": "negative_prompt", "seed": "seed",
                              "steps": "steps", "width": "width", "height": "height"})
     found = _with_true_cfg(found, params.get("cfg_scale"))
-    if params.get("scheduler") in INVOKE_SCHEDULERS:
+    if _name_in(params.get("scheduler"), INVOKE_SCHEDULERS):
         sampler, schedule = INVOKE_SCHEDULERS[params["scheduler"]]
         found.update(sampler=sampler, **({"schedule": schedule} if schedule else {}))
     if is_number(params.get("guidance")):
@@ -132,14 +148,76 @@ def read_invoke_metadata(text: str) -> FoundSettings:
     strength = params.get("strength")
     if "img2img" in str(params.get("generation_mode", "")) and is_number(strength) and 0 < strength < 1:
         found["image_strength"] = round(1 - strength, 6)
-    loras = []
-    for entry in params.get("loras") or []:
+    loras, entries = [], params.get("loras")
+    for entry in entries if isinstance(entries, list) else []:
         model = entry.get("model") if isinstance(entry, dict) else None
         name = (model or {}).get("name") if isinstance(model, dict) else None
         weight = entry.get("weight") if isinstance(entry, dict) else None
         if isinstance(name, str) and name:
             weight = float(weight) if is_number(weight) else 1.0
             loras.append(LoraUse(file_stem(name), weight, weight))
+    return FoundSettings(found, loras)
+
+
+def is_draw_things_xmp(text: str) -> bool:
+    return DRAW_THINGS in text and "UserComment" in text
+
+
+def _xmp_property(description: ElementTree.Element, name: str) -> str | None:
+    """An XMP property of rdf:Description, written either as an attribute or as an element (its text, or its
+    rdf:Alt's first item's)."""
+    prefix, local = name.split(":")
+    qualified = f"{{{XMP_NAMESPACES[prefix]}}}{local}"
+    if qualified in description.attrib:
+        return description.attrib[qualified]
+    element = description.find(qualified)
+    return None if element is None else "".join(element.itertext()).strip()
+
+
+def read_draw_things_xmp(text: str) -> FoundSettings:
+    """Draw Things' settings: the JSON it writes into the XMP's exif:UserComment ("c" and "uc" the prompts, "scale"
+    its text guidance, "size" as "WxH", "strength" the denoising, LoRAs in "lora" or in the full config "v2").
+    FLUX.1's guidance is the text guidance while "speed up with guidance embed" is on (Draw Things' default); with it
+    off, the guidance embed is FLUX.1's guidance and the text guidance true CFG."""
+    if "<!DOCTYPE" in text.upper() or "<!ENTITY" in text.upper():  # XMP never has a DTD: no entities to expand
+        raise NotTheirSettings("its XMP declares a DTD")
+    try:
+        root = ElementTree.fromstring(text)
+    except ElementTree.ParseError:
+        raise NotTheirSettings("its XMP is not valid XML") from None
+    comments = [_xmp_property(description, "exif:UserComment")
+                for description in root.iter("{http://www.w3.org/1999/02/22-rdf-syntax-ns#}Description")]
+    comment = next((found for found in comments if found), None)
+    if comment is None:
+        raise NotTheirSettings("its XMP has no exif:UserComment")
+    params = json_object(comment)
+    config = params.get("v2") if isinstance(params.get("v2"), dict) else {}
+    size = re.fullmatch(r"(\d+)x(\d+)", params["size"], re.ASCII) if isinstance(params.get("size"), str) else None
+    sizes = {"width": int(size[1]), "height": int(size[2])} if size else \
+        {"width": config.get("width"), "height": config.get("height")}
+    found = _common({**params, **sizes}, {"prompt": "c", "negative_prompt": "uc", "seed": "seed", "steps": "steps",
+                                          "width": "width", "height": "height"})
+    scale = params.get("scale", config.get("guidanceScale"))
+    if config.get("speedUpWithGuidanceEmbed") is False:
+        found = _with_true_cfg(found, scale)
+        scale = config.get("guidanceEmbed")
+    else:
+        found.pop("negative_prompt", None)  # the speed-up runs without CFG, so the negative prompt had no effect
+    if is_number(scale):
+        found["guidance"] = float(scale)
+    if _name_in(params.get("sampler"), DRAW_THINGS_SAMPLERS):
+        sampler, schedule = DRAW_THINGS_SAMPLERS[params["sampler"]]
+        found.update(sampler=sampler, **({"schedule": schedule} if schedule else {}))
+    strength = params.get("strength")
+    if is_number(strength) and 0 < strength < 1:
+        found["image_strength"] = round(1 - strength, 6)
+    entries = params.get("lora") if isinstance(params.get("lora"), list) else config.get("loras")
+    loras = []
+    for entry in entries if isinstance(entries, list) else []:
+        name = (entry.get("file") or entry.get("model")) if isinstance(entry, dict) else None
+        if isinstance(name, str) and name:
+            weight = float(entry["weight"]) if is_number(entry.get("weight")) else 1.0
+            loras.append(LoraUse(DRAW_THINGS_LORA_SUFFIX.sub("", file_stem(name)), weight, weight))
     return FoundSettings(found, loras)
 
 

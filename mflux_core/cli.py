@@ -146,7 +146,7 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--output", default="image.png", help="output PNG; a {seed} placeholder is filled in")
     group.add_argument("--metadata", action="store_true", help="also write the settings as a JSON sidecar")
     group.add_argument("--config-from-metadata", help="start from the settings in a PNG or JSON made by us, or in an "
-                       "A1111/Forge, ComfyUI, SwarmUI or InvokeAI PNG")
+                       "A1111/Forge, ComfyUI, SwarmUI, InvokeAI or Draw Things image")
     group.add_argument("--stepwise-image-output-dir", help="save the decoded image after every step here")
     group.add_argument("--vae-tiling", action="store_true", help="decode and encode in tiles even when the whole "
                        "image fits the memory budget (beyond it they are tiled anyway)")

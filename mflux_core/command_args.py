@@ -98,8 +98,8 @@ def base_request(args: argparse.Namespace) -> GenerationRequest:
 
 
 def metadata_request(path: Path, models_dir: Path) -> GenerationRequest:
-    """The settings in a JSON or PNG of ours (exact, input images included), or in another app's PNG (A1111, ComfyUI,
-    SwarmUI, InvokeAI) as the page restores them: its LoRAs by library name, those not in the library left out with a
+    """The settings in a JSON or PNG of ours (exact, input images included), or in another app's image (A1111, ComfyUI,
+    SwarmUI, InvokeAI, Draw Things) as the page restores them: its LoRAs by library name, those not in the library left out with a
     note on stderr."""
     from mflux_core.errors import ModelLoadError
     from mflux_core.lora.library import resolve_lora_path

@@ -4,7 +4,7 @@ from its PNG info.
 
 As A1111's batch, the seed is drawn once for the whole batch (frames of a video stay alike), and a PNG's prompts
 are added after the job's. PNG info is read in every format the studio restores (ours, A1111's, ComfyUI's,
-SwarmUI's, InvokeAI's); an image that carries none runs with the job's settings. Every image is read and every
+SwarmUI's, InvokeAI's, Draw Things'); an image that carries none runs with the job's settings. Every image is read and every
 request validated before the first runs; a refusal names the image.
 """
 

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from PIL import Image
+from PIL import ExifTags, Image
 
 from mflux_core.app_metadata import (
-    INVOKE_KEY, FoundSettings, NotTheirSettings, is_swarm_parameters, read_invoke_metadata, read_swarm_parameters,
+    INVOKE_KEY, XMP_KEY, FoundSettings, NotTheirSettings, is_draw_things_xmp, is_swarm_parameters,
+    read_draw_things_xmp, read_invoke_metadata, read_swarm_parameters,
 )
 from mflux_core.comfy_workflow import PROMPT_KEY as COMFY_PROMPT_KEY, read_comfy_prompt
 from mflux_core.errors import InvalidRequest
@@ -554,14 +555,10 @@ def _tagged_loras(tagged: list[LoraUse]) -> dict:
 
 
 def settings_from_png(path: Path) -> dict:
-    """Settings stored in a PNG: ours (exact), an A1111 `parameters` chunk, a ComfyUI graph, SwarmUI's or InvokeAI's
-    JSON; PresetError when none."""
+    """Settings stored in an image: ours (exact), an A1111 `parameters` chunk (or a JPEG's or WebP's EXIF comment), a
+    ComfyUI graph, SwarmUI's or InvokeAI's JSON, Draw Things' XMP; PresetError when none."""
     path = Path(path)
-    try:
-        with Image.open(path) as image:
-            chunks = dict(image.info)
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise PresetError(f"{path.name} is not an image we can read ({error}).") from None
+    chunks = image_metadata(path)
     ours, theirs = chunks.get(JSON_KEY), chunks.get(A1111_KEY)
     if isinstance(ours, str) and len(ours) <= MAX_METADATA_CHARS:
         try:
@@ -576,5 +573,43 @@ def settings_from_png(path: Path) -> dict:
                             (INVOKE_KEY, read_invoke_metadata, "InvokeAI settings")):
         if isinstance(chunks.get(key), str) and len(chunks[key]) <= MAX_METADATA_CHARS:
             return found_settings(read, chunks[key], what)
+    xmp = _xmp_text(chunks)
+    if xmp is not None and is_draw_things_xmp(xmp):
+        return found_settings(read_draw_things_xmp, xmp, "Draw Things settings")
     raise PresetError(f"{path.name} carries no settings (not mflux-studio's, an A1111 'parameters' chunk, a "
-                      "ComfyUI workflow, SwarmUI's or InvokeAI's).")
+                      "ComfyUI workflow, SwarmUI's, InvokeAI's or Draw Things').")
+
+
+def image_metadata(path: Path) -> dict:
+    """An image's metadata as Pillow reads it (a PNG's text chunks among it), with a JPEG's or WebP's EXIF
+    UserComment under A1111's key: A1111 and Forge write their text there where a PNG has its chunk."""
+    try:
+        with Image.open(path) as image:
+            chunks = dict(image.info)
+            comment = _exif_user_comment(image) if A1111_KEY not in chunks else None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise PresetError(f"{Path(path).name} is not an image we can read ({error}).") from None
+    return chunks if comment is None else {**chunks, A1111_KEY: comment}
+
+
+def _exif_user_comment(image: Image.Image) -> str | None:
+    """The EXIF UserComment as text: its first 8 bytes name the encoding (EXIF 2.3, 4.6.5); "UNICODE" is UTF-16,
+    big-endian as A1111 writes it (piexif) unless the bytes show little-endian text."""
+    comment = image.getexif().get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.UserComment)
+    if not isinstance(comment, bytes) or len(comment) > 2 * MAX_METADATA_CHARS:
+        return None
+    prefix, body = comment[:8], comment[8:]
+    if prefix == b"UNICODE\0":
+        little_endian = body[1:2] == b"\0" and body[:1] != b"\0"
+        return body.decode("utf-16-le" if little_endian else "utf-16-be", errors="replace").rstrip("\0")
+    if prefix in (b"ASCII\0\0\0", b"\0" * 8):
+        return body.decode("utf-8", errors="replace").rstrip("\0")
+    return None
+
+
+def _xmp_text(chunks: dict) -> str | None:
+    """The image's XMP packet: a PNG's iTXt chunk, or what Pillow reads from a JPEG or WebP (bytes)."""
+    xmp = chunks.get(XMP_KEY, chunks.get("xmp"))
+    if isinstance(xmp, bytes):
+        xmp = xmp.decode("utf-8", errors="replace")
+    return xmp.strip() if isinstance(xmp, str) and len(xmp) <= MAX_METADATA_CHARS else None

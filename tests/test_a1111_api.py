@@ -23,7 +23,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from huggingface_hub import constants
-from PIL import Image, PngImagePlugin
+from PIL import ExifTags, Image, PngImagePlugin
 from safetensors.numpy import save_file
 
 from mflux_core.controlnet_units import MAX_UNITS
@@ -704,6 +704,12 @@ def test_png_info_reads_our_pngs_a1111s_and_comfyuis(studio):
         {"seed": 5, "steps": 20, "width": 1024, "guidance": 3.5}
     bare = answer(studio.http.post("/png-info", json={"image": b64(Image.new("RGB", (8, 8)))}))
     assert (bare["info"], bare["parameters"]) == ("", {})
+    exif = Image.Exif()  # a JPEG A1111 saved: its text in the EXIF UserComment, UTF-16 as piexif writes it
+    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = b"UNICODE\0" + text.encode("utf-16-be")
+    jpeg = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(jpeg, format="JPEG", exif=exif)
+    from_jpeg = answer(studio.http.post("/png-info", json={"image": base64.b64encode(jpeg.getvalue()).decode()}))
+    assert from_jpeg["info"] == text and from_jpeg["parameters"] == theirs["parameters"]
 
 
 def test_the_listings_clients_probe_answer(studio):

@@ -9,6 +9,7 @@ import json
 import os
 import string
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -270,7 +271,9 @@ def test_fuzz_a1111_parameters(prompt, items):
 app_keys = st.sampled_from(["class_type", "inputs", "seed", "noise_seed", "steps", "text", "guidance", "width",
                             "height", "lora_name", "strength_model", "model", "positive", "latent_image", "denoise",
                             "sampler_name", "scheduler", "prompt", "loras", "loraweights", "positive_prompt", "strength",
-                            "generation_mode", "cfg_scale", "cfgscale", "negativeprompt", "weight", "name", "value"])
+                            "generation_mode", "cfg_scale", "cfgscale", "negativeprompt", "weight", "name", "value",
+                            "sampler", "c", "uc", "size", "scale", "lora", "v2", "file", "loras",
+                            "guidanceEmbed", "speedUpWithGuidanceEmbed", "guidanceScale"])
 app_values = st.recursive(json_scalars | st.sampled_from(["KSampler", "SamplerCustomAdvanced", "FluxGuidance",
                                                           "CLIPTextEncode", "LoraLoader", "EmptyLatentImage",
                                                           "VAEEncode", "flux_img2img", "euler"])
@@ -284,6 +287,22 @@ app_graphs = st.dictionaries(st.sampled_from(["1", "2", "3", "sui_image_params"]
 @given(key=st.sampled_from(["prompt", "invokeai_metadata", "parameters"]), graph=app_graphs)
 def test_fuzz_other_apps_settings(tmp_path_factory, key, graph):
     path = png_with(tmp_path_factory.mktemp("apps", numbered=True) / "f.png", {key: json.dumps(graph)})
+    refused_or_parsed(lambda: settings_from_png(path))
+
+
+@fuzz(300)
+@given(key=st.sampled_from(["invokeai_metadata", "draw things"]),
+       params=st.dictionaries(app_keys, app_values, max_size=6))
+def test_fuzz_other_apps_top_level_settings(tmp_path_factory, key, params):
+    """InvokeAI's JSON and Draw Things' (inside its XMP) hold their settings at the top level."""
+    text = json.dumps(params)
+    if key == "draw things":
+        key, text = "XML:com.adobe.xmp", ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/'
+                                          '1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:xmp="http://ns.adobe.com/'
+                                          'xap/1.0/" xmlns:exif="http://ns.adobe.com/exif/1.0/" xmp:CreatorTool="Draw '
+                                          f'Things" exif:UserComment="{escape(text, {chr(34): "&quot;"})}"/>'
+                                          "</rdf:RDF></x:xmpmeta>")
+    path = png_with(tmp_path_factory.mktemp("apps", numbered=True) / "f.png", {key: text})
     refused_or_parsed(lambda: settings_from_png(path))
 
 

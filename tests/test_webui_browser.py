@@ -23,6 +23,7 @@ from mflux_core.tools.specs import TOOL_NAMES
 from tests.fixtures.tiny_controlnet import build_tiny_controlnet, load_transformer
 from tests.fixtures.tiny_depth import build_tiny_depth_anything
 from tests.fixtures.tiny_redux import build_tiny_redux
+from tests.test_app_metadata import draw_things, draw_things_xmp
 from tests.test_comfy_workflow import PROMPT as COMFY_PROMPT, flux_dev_example
 from webui.app import build_app, launch_kwargs
 from webui.gallery import save_result
@@ -669,6 +670,14 @@ def test_dropping_a_png_restores_its_settings(page, studio):
     assert value_of(page, "generate-model").startswith("tiny-dev")
     open_accordions(page, "generate-loras")
     assert page.is_checked("#generate-quantize input[value='4']")
+
+    draw_things_jpeg = studio.inputs / "draw-things.jpg"  # Draw Things' JSON in the XMP of a JPEG
+    Image.new("RGB", (8, 8)).save(draw_things_jpeg, xmp=draw_things_xmp(draw_things(
+        c="a lantern in fog", seed=31337, steps=9, size="640x896", scale=2.5, v2={})).encode())
+    page.set_input_files("#generate-restore-png input[type=file]", str(draw_things_jpeg))
+    page.wait_for_function("() => document.querySelector('#generate-seed input').value === '31337'")
+    assert [value_of(page, f"generate-{k}") for k in ("prompt", "steps", "width", "height", "guidance")] == [
+        "a lantern in fog", "9", "640", "896", "2.5"]
 
 
 def test_a_lora_added_after_the_page_was_built_is_found_by_rescan(page, studio):

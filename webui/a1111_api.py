@@ -39,7 +39,7 @@ from mflux_core.images.io import load_image
 from mflux_core.images.resize_modes import RESIZE_MODES, resize_to
 from mflux_core.lora.a1111 import tagged_prompt
 from mflux_core.metadata import A1111_KEY
-from mflux_core.presets import PresetError, a1111_sampling, settings_from_png
+from mflux_core.presets import PresetError, a1111_sampling, image_metadata, settings_from_png
 from mflux_core.registry import BUILT_IN
 from mflux_core.request import MAX_SEED, GenerationRequest, check_image_size, hires_size
 from mflux_core.settings_schema import (
@@ -510,10 +510,10 @@ def png_info(text: str) -> dict:
 
 
 def load_image_info(path: str) -> dict:
-    """The PNG's info (its text chunks among them), after load_image checked that it is an image we read."""
+    """The image's metadata (a PNG's text chunks, a JPEG's A1111 text), after load_image checked that it is an image
+    we read."""
     load_image(path, name="image")
-    with Image.open(path) as image:
-        return dict(image.info)
+    return image_metadata(Path(path))
 
 
 def lora_entry(name: str, path) -> dict:

@@ -75,7 +75,8 @@ def render_presets(studio, panel) -> None:
             exported = gr.File(label="Exported preset", interactive=False, elem_id=f"{prefix}-preset-exported")
             imported = gr.File(label="Import a preset (.json)", file_types=[".json"], type="filepath",
                                elem_id=f"{prefix}-preset-import")
-            png = gr.File(label="Drop a PNG to restore its settings", file_types=[".png"], type="filepath",
+            png = gr.File(label="Drop an image (PNG, JPEG, WebP) to restore its settings",
+                          file_types=[".png", ".jpg", ".jpeg", ".webp"], type="filepath",
                           elem_id=f"{prefix}-restore-png")
         message = gr.Markdown("", elem_id=f"{prefix}-preset-message")
 
