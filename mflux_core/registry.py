@@ -14,6 +14,7 @@ from mflux_core.downloads import cached_repo_folder  # complete downloads only: 
 from mflux_core.models.vae import FLUX_SIDE, native_side
 from mflux_core.weights.resolve import ALIASES, DEMO_MODELS, demo_models_dir, hf_cache_dir
 from mflux_core.weights.controlnet_files import is_controlnet_file
+from mflux_core.weights.gguf_file import is_gguf
 
 FLUX_PIPELINE_KINDS = {
     "FluxPipeline": "base", "FluxFillPipeline": "fill", "FluxControlPipeline": "depth",
@@ -66,7 +67,9 @@ def folder_kind(folder: Path) -> str | None:
 
 def file_kind(path: Path) -> str:
     """What a .safetensors file in the models folder holds, from its header's tensor names: a ControlNet
-    (weights/controlnet_files.py), else a single-file transformer."""
+    (weights/controlnet_files.py), else a single-file transformer (as a .gguf file always is)."""
+    if is_gguf(path):
+        return "single-file"
     try:
         with safe_open(path, framework="numpy") as weights:
             keys = weights.keys()
@@ -137,7 +140,7 @@ def list_models(models_dir: Path | None) -> list[ModelEntry]:
             entries.append(ModelEntry(name, kind, BUILT_IN, True, folder_native_side(demo_models_dir() / name)))
     if models_dir is not None and Path(models_dir).is_dir():
         for path in sorted(Path(models_dir).iterdir()):
-            if path.is_file() and path.suffix == ".safetensors":
+            if path.is_file() and (path.suffix == ".safetensors" or is_gguf(path)):
                 entries.append(ModelEntry(path.name, file_kind(path), "models folder", True))
             elif path.is_dir() and (kind := folder_kind(path)):
                 entries.append(ModelEntry(path.name, kind, "models folder", True, folder_native_side(path)))

@@ -1,18 +1,23 @@
-"""BFL single-file FLUX.1 transformer checkpoints (flux1-dev.safetensors and ComfyUI files).
+"""BFL single-file FLUX.1 transformer checkpoints (flux1-dev.safetensors, ComfyUI files, and GGUF files in BFL's
+names: weights/gguf_file.py).
 
 BFL's names differ from diffusers' and some tensors are fused: a double block's q, k, v are one
 `qkv` tensor per stream, a single block's `linear1` holds q, k, v and the MLP input projection,
 and the final modulation's halves are (shift, scale) where diffusers' norm_out has (scale, shift).
-There is no config.json: the dimensions are read from the tensor shapes.
+There is no config.json: the dimensions are read from the tensor shapes. A quantized weight (GGUF's Q8_0, Q4_0, Q4_1)
+comes with its `.scales` and `.biases`; all three are split and renamed alike, since every conversion here cuts or
+reorders rows, and a row's groups stay whole.
 """
 
 import re
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
 
 from mflux_core.errors import ModelLoadError
 from mflux_core.models.transformer import FluxTransformer, FluxTransformerConfig
+from mflux_core.weights.gguf_file import GROUP_SIZE, check_gguf_types, is_gguf, quantized_bits
 from mflux_core.weights.loading import cast_floats, load_weights_strict
 from mflux_core.weights.safetensors_io import load_safetensors
 
@@ -57,8 +62,8 @@ SINGLE_BLOCK_NAMES = {
 }
 SINGLE_BLOCK_FUSED_QKV_MLP = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
 
-BLOCK_KEY = re.compile(r"(double_blocks|single_blocks)\.(\d+)\.(.+)\.(weight|bias|scale)$")
-GLOBAL_KEY = re.compile(r"(.+)\.(weight|bias)$")
+BLOCK_KEY = re.compile(r"(double_blocks|single_blocks)\.(\d+)\.(.+)\.(weight|bias|scale|scales|biases)$")
+GLOBAL_KEY = re.compile(r"(.+)\.(weight|bias|scales|biases)$")
 
 
 def strip_comfy_prefix(weights: dict[str, mx.array]) -> dict[str, mx.array]:
@@ -81,7 +86,7 @@ def _swap_halves(value: mx.array) -> mx.array:
 def bfl_to_diffusers(weights: dict[str, mx.array]) -> dict[str, mx.array]:
     """BFL (or ComfyUI) transformer weights -> diffusers FluxTransformer2DModel names and layout."""
     weights = strip_comfy_prefix(weights)
-    hidden_size = required_tensor(weights, "img_in.weight").shape[0]
+    hidden_size = matrix_shape(weights, "img_in.weight")[0]
     converted: dict[str, mx.array] = {}
     for key, value in weights.items():
         block = BLOCK_KEY.match(key)
@@ -121,6 +126,13 @@ def required_tensor(weights: dict[str, mx.array], key: str) -> mx.array:
     return weights[key]
 
 
+def matrix_shape(weights: dict[str, mx.array], key: str) -> tuple[int, int]:
+    """A weight's (rows, columns), a quantized one's columns unpacked."""
+    weight = required_tensor(weights, key)
+    bits = quantized_bits(weights, key.removesuffix(".weight"))
+    return (weight.shape[0], weight.shape[1] * 32 // bits) if bits else tuple(weight.shape)
+
+
 def block_count(weights: dict[str, mx.array], kind: str) -> int:
     indices = {int(key.split(".")[1]) for key in weights if key.startswith(f"{kind}.")}
     if indices != set(range(len(indices))):
@@ -135,7 +147,7 @@ def infer_transformer_config(weights: dict[str, mx.array], axes_dims_rope: tuple
     any other head dim needs `axes_dims_rope` from the caller.
     """
     weights = strip_comfy_prefix(weights)
-    in_channels = required_tensor(weights, "img_in.weight").shape[1]
+    in_channels = matrix_shape(weights, "img_in.weight")[1]
     if block_count(weights, "double_blocks"):
         head_dim = required_tensor(weights, "double_blocks.0.img_attn.norm.query_norm.scale").shape[0]
     else:
@@ -147,32 +159,32 @@ def infer_transformer_config(weights: dict[str, mx.array], axes_dims_rope: tuple
                 "are unknown: pass axes_dims_rope."
             )
         axes_dims_rope = FLUX1_AXES_DIMS_ROPE
-    out_channels = required_tensor(weights, "final_layer.linear.weight").shape[0]
+    out_channels = matrix_shape(weights, "final_layer.linear.weight")[0]
     return {"patch_size": 1, "out_channels": None if out_channels == in_channels else out_channels,
             **trunk_config(weights, head_dim, axes_dims_rope)}
 
 
 def trunk_config(weights: dict[str, mx.array], head_dim: int, axes_dims_rope: tuple[int, ...]) -> dict:
     """shared_config from BFL-named tensors (a transformer's or an XLabs ControlNet's)."""
-    return shared_config(required_tensor(weights, "img_in.weight"), required_tensor(weights, "txt_in.weight"),
-                         required_tensor(weights, "vector_in.in_layer.weight"), head_dim, axes_dims_rope,
+    return shared_config(matrix_shape(weights, "img_in.weight"), matrix_shape(weights, "txt_in.weight"),
+                         matrix_shape(weights, "vector_in.in_layer.weight"), head_dim, axes_dims_rope,
                          layers=(block_count(weights, "double_blocks"), block_count(weights, "single_blocks")),
                          guidance_embeds="guidance_in.in_layer.weight" in weights)
 
 
-def shared_config(image_in: mx.array, text_in: mx.array, pooled_in: mx.array, head_dim: int,
+def shared_config(image_in: tuple[int, int], text_in: tuple[int, int], pooled_in: tuple[int, int], head_dim: int,
                   axes_dims_rope: tuple[int, ...], layers: tuple[int, int], guidance_embeds: bool) -> dict:
-    """The config.json keys a transformer and a ControlNet share, from the shapes of the image, text and pooled
-    input projections, whatever a file calls them."""
-    hidden_size, in_channels = image_in.shape
+    """The config.json keys a transformer and a ControlNet share, from the (rows, columns) of the image, text and
+    pooled input projections, whatever a file calls them."""
+    hidden_size, in_channels = image_in
     return {
         "in_channels": in_channels,
         "num_layers": layers[0],
         "num_single_layers": layers[1],
         "attention_head_dim": head_dim,
         "num_attention_heads": hidden_size // head_dim,
-        "joint_attention_dim": text_in.shape[1],
-        "pooled_projection_dim": pooled_in.shape[1],
+        "joint_attention_dim": text_in[1],
+        "pooled_projection_dim": pooled_in[1],
         "guidance_embeds": guidance_embeds,
         "axes_dims_rope": list(axes_dims_rope),
     }
@@ -181,14 +193,32 @@ def shared_config(image_in: mx.array, text_in: mx.array, pooled_in: mx.array, he
 def load_bfl_transformer(
     path: Path, dtype: mx.Dtype = mx.float32, axes_dims_rope: tuple[int, ...] | None = None, evaluated: bool = True
 ) -> FluxTransformer:
-    """Build and load a FluxTransformer from one BFL (or ComfyUI) .safetensors file (not `evaluated`: read as
-    used, see load_component)."""
-    weights = strip_comfy_prefix(load_safetensors(path))
+    """Build and load a FluxTransformer from one BFL (or ComfyUI) .safetensors or .gguf file (not `evaluated`: read
+    as used, see load_component). A GGUF file's quantized layers become QuantizedLinear at the file's bits."""
+    weights = strip_comfy_prefix(load_gguf(path) if is_gguf(path) else load_safetensors(path))
     if not is_bfl_checkpoint(weights):
         raise ModelLoadError(f"{path} is not a BFL FLUX.1 transformer checkpoint.")
     config = FluxTransformerConfig.from_dict(infer_transformer_config(weights, axes_dims_rope))
     model = FluxTransformer(config)
-    load_weights_strict(model, cast_floats(bfl_to_diffusers(weights), dtype), str(path))
+    converted = bfl_to_diffusers(weights)
+    nn.quantize(model, class_predicate=lambda module_path, _: _file_quantization(converted, module_path))
+    load_weights_strict(model, cast_floats(converted, dtype), str(path))
     if evaluated:
         mx.eval(model.parameters())
     return model
+
+
+def load_gguf(path: Path) -> dict[str, mx.array]:
+    """A GGUF file's tensors under their own names; a quantized one as `<name>.weight` (packed uint32),
+    `<name>.scales` and `<name>.biases`, as MLX's QuantizedLinear holds them."""
+    check_gguf_types(path)
+    try:
+        return mx.load(str(path), format="gguf")
+    except (RuntimeError, ValueError) as error:
+        raise ModelLoadError(f"{path} is not a readable GGUF file ({error}).") from None
+
+
+def _file_quantization(weights: dict[str, mx.array], module: str) -> dict | bool:
+    """to_quantized's settings for a layer the file stores quantized; False for the others."""
+    bits = quantized_bits(weights, module)
+    return {"group_size": GROUP_SIZE, "bits": bits} if bits else False

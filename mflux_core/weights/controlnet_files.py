@@ -65,8 +65,8 @@ def diffusers_config(weights: dict[str, mx.array], axes_dims_rope: tuple[int, ..
     hint = weights.get("input_hint_block.conv_out.weight")  # XLabs' -diffusers files: the pixels' hint block
     hint_config = {} if hint is None else {"conditioning_embedding_channels": hint.shape[0],
                                            "patch_size": math.isqrt(image_in.shape[1] // hint.shape[0])}
-    shared = shared_config(image_in, required_tensor(weights, "context_embedder.weight"),
-                           required_tensor(weights, "time_text_embed.text_embedder.linear_1.weight"), head_dim,
+    shared = shared_config(image_in.shape, required_tensor(weights, "context_embedder.weight").shape,
+                           required_tensor(weights, "time_text_embed.text_embedder.linear_1.weight").shape, head_dim,
                            axes_dims_rope, layers,
                            guidance_embeds="time_text_embed.guidance_embedder.linear_1.weight" in weights)
     return {"_class_name": CLASS_NAME, "patch_size": 1, **shared, "num_mode": None if modes is None else modes.shape[0],

@@ -27,6 +27,7 @@ from mflux_core import loader
 from mflux_core.errors import InvalidRequest
 from mflux_core.memory import gb_text
 from mflux_core.settings_schema import ADD_DIFFERENCE, MERGE_METHODS, WEIGHTED_SUM
+from mflux_core.weights.gguf_file import check_not_gguf
 from mflux_core.weights.quantize import quantized_bits
 from mflux_core.weights.resolve import ModelSource, resident_bytes_of, resolve_model, resolve_name
 from mflux_core.weights.safetensors_io import weight_files
@@ -57,6 +58,7 @@ def model_sources(names: list[str], models_dir: Path | None, base_model: str | N
     sources = []
     for index, name in enumerate(names):
         target = resolve_name(name, models_dir)
+        check_not_gguf(target, "a merge or a LoRA extraction")
         if target.is_file() and (index > 0 or not whole_first):  # only its transformer is read
             sources.append((name, ModelSource(folder=None, transformer_file=target)))
         elif target.is_file() and base_model is None:

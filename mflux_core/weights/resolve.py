@@ -9,6 +9,7 @@ from safetensors import SafetensorError, safe_open
 
 from mflux_core.downloads import DownloadCallback, fetch_repo, hf_cache_dir, is_offline  # noqa: F401 (re-exported)
 from mflux_core.errors import ModelLoadError, WordedTwice
+from mflux_core.weights.gguf_file import gguf_resident_bytes, is_gguf
 
 # The published repos behind the names users type (mflux's aliases plus the tool models).
 ALIASES = {
@@ -139,8 +140,8 @@ def resolve_model(
         raise ModelLoadError(f"The model path {target} does not exist.")
     base = resolve_name(base_model, models_dir, on_download) if base_model else None
     if target.is_file():
-        if target.suffix != ".safetensors":
-            raise ModelLoadError(f"{target} is not a model folder or a .safetensors checkpoint.")
+        if target.suffix != ".safetensors" and not is_gguf(target):
+            raise ModelLoadError(f"{target} is not a model folder, a .safetensors checkpoint or a .gguf file.")
         if base is None:
             raise ModelLoadError(
                 f"{target.name} is a single transformer file: pass --base-model dev or schnell to supply "
@@ -162,6 +163,9 @@ def resident_bytes_of(files: list[Path], float_bytes: int) -> int:
     copy) or without a readable header is a ModelLoadError naming it, found before anything loads."""
     total = 0
     for path in files:
+        if is_gguf(path):
+            total += gguf_resident_bytes(path, float_bytes)
+            continue
         for dtype, shape in _tensor_specs(Path(path)):
             own = SAFETENSORS_DTYPE_BYTES.get(dtype, 4)
             total += math.prod(shape) * (float_bytes if dtype.startswith(("F", "BF")) else own)

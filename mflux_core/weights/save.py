@@ -26,6 +26,7 @@ from mflux_core.lora.library import resolve_lora_path
 from mflux_core.models.clip import load_clip_text_model
 from mflux_core.models.t5 import load_t5_encoder
 from mflux_core.weights.quantize import CONFIG_KEY, GROUP_SIZE, quantization_config, quantize_lazily, quantized_bits
+from mflux_core.weights.gguf_file import check_not_gguf
 from mflux_core.weights.resolve import ModelSource, resident_bytes_of, stored_float_dtypes
 from mflux_core.weights.safetensors_io import read_json, weight_files
 
@@ -139,6 +140,7 @@ def save_model(
 
     Everything is written into a hidden folder beside `out` that is renamed to `out` at the end, so a stopped or
     failed save leaves no model folder behind (and removes its hidden one)."""
+    check_not_gguf(source.transformer_file, "saving a model folder")
     out = check_new_folder(out)
     on_progress = on_progress or (lambda done, total, what: None)
     if transformer is None:
