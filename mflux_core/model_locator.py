@@ -3,10 +3,13 @@ the tool's demo model), found as an alias, repo id, models-folder name or demo m
 
 from pathlib import Path
 
-from mflux_core.registry import ModelEntry, list_models
+from mflux_core.errors import WordedTwice
+from mflux_core.registry import ModelEntry, list_models, on_disk
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.specs import default_model_for
-from mflux_core.weights.resolve import DownloadCallback, ModelSource, resolve_model, resolve_name
+from mflux_core.weights.resolve import DownloadCallback, ModelSource, resolve_model, resolve_name, single_file_names
+
+GUIDANCE_KEY = "guidance_in.in_layer.weight"  # a BFL transformer with a guidance embedding: FLUX.1-dev's kind
 
 
 class ModelLocator:
@@ -18,8 +21,26 @@ class ModelLocator:
         return request if request.model else request.with_(model=default_model_for(request.tool, self.models_dir))
 
     def source(self, request: GenerationRequest, on_download: DownloadCallback | None = None) -> ModelSource:
-        return resolve_model(model=self.named(request).model, base_model=request.base_model,
+        model = self.named(request).model
+        return resolve_model(model=model, base_model=request.base_model or self.base_for(model),
                              models_dir=self.models_dir, on_download=on_download)
+
+    def base_for(self, model: str) -> str | None:
+        """The base of a single transformer file named without one (as the page and the APIs name it): FLUX.1-dev
+        for a file with a guidance embedding (dev and its finetunes), else FLUX.1-schnell, when it is on disk; its VAE,
+        text encoders and scheduler are the file's. None for a model that is not a single file."""
+        path = next((p for p in (Path(model).expanduser(), self.models_dir / model) if p.is_file()), None)
+        if path is None:
+            return None
+        alias = "dev" if any(name.endswith(GUIDANCE_KEY) for name in single_file_names(path)) else "schnell"
+        if on_disk(alias, self.models_dir):
+            return alias
+        raise WordedTwice(
+            f"{path.name} holds only a transformer: its VAE, text encoders and scheduler come from FLUX.1-{alias}, "
+            "which is not on disk: download it from the Models tab, or put its folder into the models folder as "
+            f"'{alias}'.",
+            f"{path.name} is a single transformer file: pass --base-model (FLUX.1-{alias}, which it needs, is not on "
+            "disk to take the VAE, text encoders and scheduler from).")
 
     def folder(self, name: str, on_download: DownloadCallback | None = None) -> Path:
         """The folder of a side model (depth estimator, ControlNet, Redux) by alias, repo id or path."""

@@ -33,6 +33,10 @@ def _header(path: Path) -> list[tuple[str, GGMLQuantizationType, int]]:
     return [(tensor.name, tensor.tensor_type, int(tensor.n_elements)) for tensor in reader.tensors]
 
 
+def gguf_tensor_names(path: Path) -> set[str]:
+    return {name for name, _, _ in _header(path)}
+
+
 def check_gguf_types(path: Path) -> None:
     """Refuse a file with tensors of a type MLX cannot read, naming the types."""
     unreadable = sorted({kind.name for _, kind, _ in _header(path) if kind not in QUANTIZED_BITS and

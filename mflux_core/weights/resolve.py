@@ -9,7 +9,7 @@ from safetensors import SafetensorError, safe_open
 
 from mflux_core.downloads import DownloadCallback, fetch_repo, hf_cache_dir, is_offline  # noqa: F401 (re-exported)
 from mflux_core.errors import ModelLoadError, WordedTwice
-from mflux_core.weights.gguf_file import gguf_resident_bytes, is_gguf
+from mflux_core.weights.gguf_file import gguf_resident_bytes, gguf_tensor_names, is_gguf
 
 # The published repos behind the names users type (mflux's aliases plus the tool models).
 ALIASES = {
@@ -170,6 +170,17 @@ def resident_bytes_of(files: list[Path], float_bytes: int) -> int:
             own = SAFETENSORS_DTYPE_BYTES.get(dtype, 4)
             total += math.prod(shape) * (float_bytes if dtype.startswith(("F", "BF")) else own)
     return total
+
+
+def single_file_names(path: Path) -> set[str]:
+    """The tensor names of a single-file checkpoint (.safetensors or .gguf), from its header."""
+    if is_gguf(path):
+        return gguf_tensor_names(path)
+    try:
+        with safe_open(path, framework="numpy") as weights:
+            return set(weights.keys())
+    except (OSError, SafetensorError):
+        return set()  # loading it says what is wrong
 
 
 def stored_float_dtypes(files: list[Path]) -> set[str]:
