@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import mlx.core as mx
+from safetensors import safe_open
 
 from mflux_core.errors import ModelLoadError
 
@@ -18,14 +19,28 @@ def read_json(path: Path) -> dict:
 
 
 def load_safetensors(path: Path) -> dict[str, mx.array]:
-    """Load one .safetensors file; a truncated or corrupt file raises ModelLoadError naming it."""
+    """Load one .safetensors file; a truncated or corrupt file raises ModelLoadError naming it. FP8 (E4M3) tensors,
+    as ComfyUI's flux1-dev-fp8 files store them, come back as float16, which holds every E4M3 value exactly."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"Missing weights file {path}.")
     try:
-        return mx.load(str(path), format="safetensors")
+        weights = mx.load(str(path), format="safetensors")
     except Exception as error:  # MLX raises plain RuntimeError/ValueError for bad files
+        if "F8_E5M2" in str(error):
+            raise ModelLoadError(f"{path.name} stores FP8 tensors as E5M2, which MLX cannot read: use its E4M3 "
+                                 "(fp8_e4m3fn), BF16 or F16 version.") from None
         raise ModelLoadError(f"{path} is not a readable safetensors file ({error}).") from None
+    if any(value.dtype == mx.uint8 for value in weights.values()):  # MLX hands E4M3 over as its raw bytes
+        fp8 = _fp8_names(path)
+        weights = {name: mx.from_fp8(value, dtype=mx.float16) if name in fp8 else value
+                   for name, value in weights.items()}
+    return weights
+
+
+def _fp8_names(path: Path) -> set[str]:
+    with safe_open(str(path), framework="numpy") as weights:
+        return {name for name in weights.keys() if weights.get_slice(name).get_dtype() == "F8_E4M3"}
 
 
 def weight_files(folder: Path) -> list[Path]:

@@ -1,7 +1,8 @@
-"""GGUF FLUX.1 transformers (city96's layout: BFL's names, ggml types) run with `--path file.gguf --base-model ...`:
-their Q8_0, Q4_0 and Q4_1 layers stay quantized as MLX holds them, and the image equals diffusers' on the weights
-llama.cpp's own `gguf` package dequantizes (float32, uint8 max |diff| <= 2). Files of types MLX cannot read are
-refused by name, before anything loads; the memory plan reads the file's header."""
+"""Quantized single-file FLUX.1 transformers. GGUF (city96's layout: BFL's names, ggml types) runs with `--path
+file.gguf --base-model ...`: its Q8_0, Q4_0 and Q4_1 layers stay quantized as MLX holds them, and the image equals
+diffusers' on the weights llama.cpp's own `gguf` package dequantizes (float32, uint8 max |diff| <= 2); files of types
+MLX cannot read are refused by name, before anything loads; the memory plan reads the file's header. ComfyUI's FP8
+files (E4M3) equal diffusers on the same weights rounded to FP8 by torch."""
 
 import numpy as np
 import pytest
@@ -202,3 +203,37 @@ def test_a_single_file_picked_by_name_takes_its_base_from_flux1_on_disk(tiny, gg
                        "--steps", 2, "--height", HEIGHT, "--width", WIDTH, "--guidance", 3.5,
                        "--output", tmp_path / "explicit.png")
     assert max_uint8_diff(picked.convert("RGB"), explicit) == 0
+
+
+def test_a_comfyui_fp8_single_file_makes_diffusers_image_from_its_fp8_weights(tiny, gguf_file, tmp_path):
+    """flux1-dev-fp8.safetensors as ComfyUI ships it: matrices in float8_e4m3fn, the rest in bfloat16 (MLX hands
+    E4M3 over as raw bytes; an FP8 file failed with a traceback before)."""
+    from safetensors.torch import save_file
+
+    _, state = gguf_file
+    rounded = {name: (value.to(torch.float8_e4m3fn) if value.ndim == 2 else value.to(torch.bfloat16)).float()
+               for name, value in state.items()}
+    path = tmp_path / "flux1-tiny-fp8.safetensors"
+    save_file({name: (value.to(torch.float8_e4m3fn) if value.ndim == 2 else value.to(torch.bfloat16))
+               for name, value in diffusers_to_bfl(state).items()}, path)
+    noise = make_noise(tmp_path, (1, 4, HEIGHT // 8, WIDTH // 8), seed=5)
+    ours = run_cli("generate", "--path", path, "--base-model", tiny, "--prompt", "a red house", "--steps", STEPS,
+                   "--height", HEIGHT, "--width", WIDTH, "--guidance", 3.5, "--init-noise", noise,
+                   "--output", tmp_path / "ours.png")
+    pipe = load_diffusers_pipeline(tiny)
+    pipe.transformer.load_state_dict(rounded)
+    expected = pipe("a red house", height=HEIGHT, width=WIDTH, num_inference_steps=STEPS, guidance_scale=3.5,
+                    latents=pack(np.load(noise)), output_type="pil").images[0]
+    assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
+
+
+def test_an_e5m2_file_is_refused_in_a_sentence(tmp_path):
+    from safetensors.torch import save_file
+
+    from mflux_core.errors import ModelLoadError
+    from mflux_core.weights.safetensors_io import load_safetensors
+
+    save_file({"img_in.weight": torch.randn(4, 64).to(torch.float8_e5m2)}, tmp_path / "flux1-dev-fp8-e5m2.safetensors")
+    with pytest.raises(ModelLoadError, match="^flux1-dev-fp8-e5m2.safetensors stores FP8 tensors as E5M2, which MLX "
+                                             "cannot read: use its E4M3"):
+        load_safetensors(tmp_path / "flux1-dev-fp8-e5m2.safetensors")
