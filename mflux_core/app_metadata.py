@@ -29,7 +29,8 @@ INVOKE_SCHEDULERS = {**{name: (ours, None) for name, ours in (("euler", "euler")
                                                                           ("unipc", "unipc"))}}
 XMP_KEY = "XML:com.adobe.xmp"  # the PNG text chunk of an image's XMP (Pillow also reads JPEG's and WebP's as "xmp")
 DRAW_THINGS = "Draw Things"  # its XMP names it as the CreatorTool
-XMP_NAMESPACES = {"exif": "http://ns.adobe.com/exif/1.0/", "xmp": "http://ns.adobe.com/xap/1.0/"}
+XMP_NAMESPACES = {"exif": "http://ns.adobe.com/exif/1.0/", "xmp": "http://ns.adobe.com/xap/1.0/",
+                  "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#"}
 # Draw Things' sampler names -> (our sampler, our schedule). "Trailing" spaces the steps as FLUX.1's schedule does;
 # DDIM without noise on a flow model takes Euler's step (both move along the predicted velocity)
 DRAW_THINGS_SAMPLERS = {"Euler Ancestral": ("euler_a", None), "Euler A Trailing": ("euler_a", None),
@@ -186,7 +187,7 @@ def read_draw_things_xmp(text: str) -> FoundSettings:
     except ElementTree.ParseError:
         raise NotTheirSettings("its XMP is not valid XML") from None
     comments = [_xmp_property(description, "exif:UserComment")
-                for description in root.iter("{http://www.w3.org/1999/02/22-rdf-syntax-ns#}Description")]
+                for description in root.iter(f"{{{XMP_NAMESPACES['rdf']}}}Description")]
     comment = next((found for found in comments if found), None)
     if comment is None:
         raise NotTheirSettings("its XMP has no exif:UserComment")
@@ -211,14 +212,19 @@ def read_draw_things_xmp(text: str) -> FoundSettings:
     strength = params.get("strength")
     if is_number(strength) and 0 < strength < 1:
         found["image_strength"] = round(1 - strength, 6)
-    entries = params.get("lora") if isinstance(params.get("lora"), list) else config.get("loras")
+    return FoundSettings(found, _draw_things_loras(params.get("lora") if isinstance(params.get("lora"), list)
+                                                   else config.get("loras")))
+
+
+def _draw_things_loras(entries) -> list[LoraUse]:
+    """Its LoRAs, {"file" (or "model"): "ink_lora_f16.ckpt", "weight": 0.8} each, by library name."""
     loras = []
     for entry in entries if isinstance(entries, list) else []:
         name = (entry.get("file") or entry.get("model")) if isinstance(entry, dict) else None
         if isinstance(name, str) and name:
             weight = float(entry["weight"]) if is_number(entry.get("weight")) else 1.0
             loras.append(LoraUse(DRAW_THINGS_LORA_SUFFIX.sub("", file_stem(name)), weight, weight))
-    return FoundSettings(found, loras)
+    return loras
 
 
 def file_stem(name: str) -> str:
