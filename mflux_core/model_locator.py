@@ -1,10 +1,11 @@
 """Which files a request runs on: the model it names, or its tool's default (the FLUX.1 model when on disk, else
 the tool's demo model), found as an alias, repo id, models-folder name or demo model, downloaded when missing."""
 
+import json
 from pathlib import Path
 
 from mflux_core.errors import WordedTwice
-from mflux_core.registry import ModelEntry, list_models, on_disk
+from mflux_core.registry import BUILT_IN, ModelEntry, list_models, on_disk
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.specs import default_model_for
 from mflux_core.weights.resolve import DownloadCallback, ModelSource, resolve_model, resolve_name, single_file_names
@@ -27,18 +28,24 @@ class ModelLocator:
 
     def base_for(self, model: str) -> str | None:
         """The base of a single transformer file named without one (as the page and the APIs name it): FLUX.1-dev
-        for a file with a guidance embedding (dev and its finetunes), else FLUX.1-schnell, when it is on disk; its VAE,
-        text encoders and scheduler are the file's. None for a model that is not a single file."""
+        for a file with a guidance embedding (dev and its finetunes), else FLUX.1-schnell, when it is on disk, or else
+        another FLUX.1 folder on disk of the same kind (krea-dev, a copy in the models folder); its VAE, text encoders
+        and scheduler are the file's. None for a model that is not a single file."""
         path = next((p for p in (Path(model).expanduser(), self.models_dir / model) if p.is_file()), None)
         if path is None:
             return None
-        alias = "dev" if any(name.endswith(GUIDANCE_KEY) for name in single_file_names(path)) else "schnell"
+        guided = any(name.endswith(GUIDANCE_KEY) for name in single_file_names(path))
+        alias = "dev" if guided else "schnell"
         if on_disk(alias, self.models_dir):
             return alias
+        for entry in self.list_models():
+            if entry.kind == "base" and entry.available and entry.where != BUILT_IN and \
+                    has_guidance_embedding(resolve_name(entry.name, self.models_dir)) == guided:
+                return entry.name
         raise WordedTwice(
             f"{path.name} holds only a transformer: its VAE, text encoders and scheduler come from FLUX.1-{alias}, "
-            "which is not on disk: download it from the Models tab, or put its folder into the models folder as "
-            f"'{alias}'.",
+            f"which is not on disk: download it from the Models tab, or put a FLUX.1-{alias} folder (diffusers layout) "
+            "into the models folder.",
             f"{path.name} is a single transformer file: pass --base-model (FLUX.1-{alias}, which it needs, is not on "
             "disk to take the VAE, text encoders and scheduler from).")
 
@@ -48,3 +55,11 @@ class ModelLocator:
 
     def list_models(self) -> list[ModelEntry]:
         return list_models(self.models_dir)
+
+
+def has_guidance_embedding(folder: Path) -> bool:
+    """Whether a diffusers FLUX.1 folder's transformer has a guidance embedding (dev's kind)."""
+    try:
+        return bool(json.loads((folder / "transformer" / "config.json").read_text()).get("guidance_embeds"))
+    except (OSError, ValueError):
+        return False

@@ -177,16 +177,21 @@ def test_saving_or_merging_a_gguf_file_is_refused_in_a_sentence(tiny, gguf_file,
            "extraction needs float weights" in capsys.readouterr().err
 
 
-def test_a_single_file_picked_by_name_takes_its_base_from_flux1_on_disk(tiny, gguf_file, tmp_path):
+@pytest.mark.parametrize("base_name", ["dev", "my-flux-dev"])
+def test_a_single_file_picked_by_name_takes_its_base_from_flux1_on_disk(tiny, gguf_file, tmp_path, base_name,
+                                                                        monkeypatch):
     """As the page and the APIs name a models-folder file (no base): a file with a guidance embedding runs on
-    FLUX.1-dev's VAE, text encoders and scheduler when dev is on disk, as `--base-model dev` does; without it, a
-    sentence says what to get, in the page's words."""
+    FLUX.1-dev's VAE, text encoders and scheduler when dev is on disk (or another FLUX.1 folder with a guidance
+    embedding), as `--base-model` does; without one, a sentence says what to get, in the page's words."""
     import shutil
+
+    from huggingface_hub import constants
 
     from mflux_core.errors import WordedTwice
     from mflux_core.manager import ModelManager
     from mflux_core.request import GenerationRequest
 
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # this machine's FLUX.1 downloads aside
     path, _ = gguf_file
     models = tmp_path / "models"
     models.mkdir()
@@ -195,9 +200,10 @@ def test_a_single_file_picked_by_name_takes_its_base_from_flux1_on_disk(tiny, gg
                                 guidance=3.5)
     with pytest.raises(WordedTwice, match=f"^{path.name} holds only a transformer: its VAE, text encoders and "
                                           "scheduler come from FLUX.1-dev, which is not on disk: download it from the "
-                                          "Models tab, or put its folder into the models folder as 'dev'.$"):
+                                          r"Models tab, or put a FLUX.1-dev folder \(diffusers layout\) into the "
+                                          "models folder.$"):
         ModelManager(models_dir=models).generate(request)
-    (models / "dev").symlink_to(tiny, target_is_directory=True)
+    (models / base_name).symlink_to(tiny, target_is_directory=True)
     picked = ModelManager(models_dir=models).generate(request).image
     explicit = run_cli("generate", "--path", path, "--base-model", tiny, "--prompt", "a red house", "--seed", 3,
                        "--steps", 2, "--height", HEIGHT, "--width", WIDTH, "--guidance", 3.5,
