@@ -215,7 +215,7 @@ def load_gguf(path: Path) -> dict[str, mx.array]:
     try:
         return mx.load(str(path), format="gguf")
     except (RuntimeError, ValueError) as error:
-        raise ModelLoadError(f"{path} is not a readable GGUF file ({error}).") from None
+        raise ModelLoadError(f"{Path(path).name} is not a readable GGUF file ({error}).") from None
 
 
 def _file_quantization(weights: dict[str, mx.array], module: str) -> dict | bool:

@@ -29,7 +29,7 @@ def _header(path: Path) -> list[tuple[str, GGMLQuantizationType, int]]:
     try:
         reader = GGUFReader(path)
     except (OSError, ValueError, KeyError, IndexError) as error:
-        raise ModelLoadError(f"{path} is not a readable GGUF file ({error}).") from None
+        raise ModelLoadError(f"{Path(path).name} is not a readable GGUF file ({error}).") from None
     return [(tensor.name, tensor.tensor_type, int(tensor.n_elements)) for tensor in reader.tensors]
 
 
@@ -45,7 +45,7 @@ def check_gguf_types(path: Path) -> None:
         raise ModelLoadError(
             f"{Path(path).name} has {', '.join(unreadable)} tensors, which MLX cannot read: the studio reads GGUF "
             "files of Q8_0, Q4_0 or Q4_1 (and F16, BF16, F32). Use one of those files, or the safetensors "
-            "original with -q 8 or -q 4.")
+            "original quantized to 8 or 4 bits (-q 8 or -q 4).")
 
 
 def gguf_resident_bytes(path: Path, float_bytes: float) -> int:
