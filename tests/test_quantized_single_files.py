@@ -4,13 +4,15 @@ diffusers' on the weights llama.cpp's own `gguf` package dequantizes (float32, u
 MLX cannot read are refused by name, before anything loads; the memory plan reads the file's header. ComfyUI's FP8
 files (E4M3) equal diffusers on the same weights rounded to FP8 by torch."""
 
+import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
 from gguf.quants import dequantize, quantize
 
 from mflux_core import cli
+from mflux_core.weights.loading import cast_floats
 from mflux_core.weights.resolve import resident_bytes_of
 from tests.fixtures.tiny_flux import TinyFluxSpec, build_tiny_flux, load_diffusers_pipeline
 from tests.parity import UINT8_TOLERANCE, make_noise, max_uint8_diff, pack, run_cli
@@ -18,8 +20,8 @@ from tests.test_transformer import (
     MEANINGFUL_CHANGE, RELATIVE_TOLERANCE, diffusers_to_bfl, random_inputs, relative_error, run_ours, run_reference,
 )
 
-Q8_0, Q4_0, Q4_1, F16, Q5_0 = (GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1,
-                               GGMLQuantizationType.F16, GGMLQuantizationType.Q5_0)
+Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, F16 = (GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1,
+                                     GGMLQuantizationType.Q5_0, GGMLQuantizationType.Q5_1, GGMLQuantizationType.F16)
 HEIGHT, WIDTH, STEPS = 48, 64, 3
 # FLUX.1's head dim (a single file's RoPE axes are FLUX.1's), one head: every matrix's input width is a multiple of
 # ggml's block of 32 but the image input's (16 channels) and the time embedding's (256)
@@ -149,15 +151,111 @@ def test_its_layers_stay_quantized_and_the_plan_reads_the_header(tiny, gguf_file
     assert resident_bytes_of([path], 4) == parameter_bytes(model)
 
 
-def test_a_gguf_file_of_types_mlx_cannot_read_is_refused_by_name(tiny, gguf_file, tmp_path, capsys):
-    _, state = gguf_file
-    path = tmp_path / "flux1-tiny-Q5_0.gguf"
-    write_gguf(path, diffusers_to_bfl(state), {"double_blocks": Q5_0})
-    code = cli.main(["generate", "--path", str(path), "--base-model", str(tiny), "--prompt", "x", "--steps", "1",
-                     "--height", "32", "--width", "32", "--output", str(tmp_path / "o.png")])
-    assert code == 1
-    assert ("flux1-tiny-Q5_0.gguf has Q5_0 tensors, which MLX cannot read: the studio reads GGUF files of Q8_0, "
-            "Q4_0 or Q4_1") in capsys.readouterr().err
+def random_blocks(kind: GGMLQuantizationType, rows: int, columns: int, generator: np.random.Generator) -> np.ndarray:
+    """Random bytes in `kind`'s block layout, (rows, the row's bytes), with finite float16 scales small enough that the
+    values stay near a model's (the other bytes are codes, sub-block scales and signs: any value is valid)."""
+    values, size = GGML_QUANT_SIZES[kind]
+    blocks = generator.integers(0, 256, size=(rows * columns // values, size), dtype=np.uint8)
+    magnitude = 2e-5 if values == 256 else 4e-3  # a K-quant's d multiplies a 6- or 8-bit sub-block scale
+    for offset in SCALE_OFFSETS[kind]:
+        scales = generator.uniform(0.2, 1.0, len(blocks)) * magnitude
+        blocks[:, offset:offset + 2] = np.frombuffer(scales.astype(np.float16).tobytes(), np.uint8).reshape(-1, 2)
+    return blocks.reshape(rows, -1)
+
+
+# where each block keeps its float16 d (and m or dmin); Q6_K keeps its d last
+SCALE_OFFSETS = {Q8_0: (0,), Q4_0: (0,), Q4_1: (0, 2), Q5_0: (0,), Q5_1: (0, 2), GGMLQuantizationType.Q4_K: (0, 2),
+                 GGMLQuantizationType.Q5_K: (0, 2), GGMLQuantizationType.Q6_K: (208,)}
+
+
+@pytest.mark.parametrize("kind", list(SCALE_OFFSETS))
+def test_each_ggml_type_reads_as_the_gguf_package_dequantizes_it(kind, tmp_path):
+    """Exactly for the types MLX holds in groups of 32; Q6_K (groups of 16) as float16."""
+    from mflux_core.weights.bfl import load_gguf
+    from mflux_core.weights.ggml_blocks import EXACT_BITS
+
+    blocks = random_blocks(kind, 3, 512, np.random.default_rng(1))
+    writer = GGUFWriter(str(tmp_path / "t.gguf"), arch="flux")
+    writer.add_tensor("layer.weight", blocks, raw_shape=blocks.shape, raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    expected = dequantize(blocks, kind).reshape(3, 512)
+    weights = load_gguf(tmp_path / "t.gguf")
+    if kind in EXACT_BITS:
+        ours = mx.dequantize(weights["layer.weight"], weights["layer.scales"], weights["layer.biases"],
+                             group_size=32, bits=EXACT_BITS[kind])
+        np.testing.assert_array_equal(np.array(ours), expected)
+    else:
+        np.testing.assert_array_equal(np.array(weights["layer.weight"]), expected.astype(np.float16))
+    assert resident_bytes_of([tmp_path / "t.gguf"], 4) == sum(value.nbytes for value in
+                                                               cast_floats(weights, mx.float32).values())
+
+
+K_SPEC = TinyFluxSpec(heads=2, head_dim=128, axes_dims_rope=(16, 56, 56), num_layers=1, num_single_layers=1, seed=6)
+K_TYPES = {"double_blocks": GGMLQuantizationType.Q4_K, "single_blocks": GGMLQuantizationType.Q5_K,
+           "vector_in": Q5_1, "final_layer": GGMLQuantizationType.Q6_K}
+
+
+def test_a_k_quant_file_makes_diffusers_image_from_the_dequantized_weights(tmp_path):
+    """city96's Q4_K_S / Q5_K_S kind of file (2 heads of 128: matrices 256 wide, a K-quant super-block): random
+    blocks in each type, the reference holding what the gguf package dequantizes them to (Q6_K as float16)."""
+    from diffusers import FluxTransformer2DModel
+
+    tiny = build_tiny_flux(tmp_path / "base", K_SPEC)
+    state = FluxTransformer2DModel.from_pretrained(tiny / "transformer").state_dict()
+    generator, raw, reference = np.random.default_rng(2), {}, {}
+    for name, value in state.items():
+        kind = ggml_type(bfl_prefix(name), value, K_TYPES)
+        if kind in (F16, GGMLQuantizationType.F32) or value.shape[1] % GGML_QUANT_SIZES[kind][0]:
+            raw[name], reference[name] = value, value
+            continue
+        blocks = random_blocks(kind, *value.shape, generator)
+        raw[name] = torch.from_numpy(blocks)  # rows of blocks concatenate into BFL's fused tensors as rows of values
+        values = dequantize(blocks, kind).reshape(value.shape)
+        reference[name] = torch.from_numpy(values.astype(np.float16).astype(np.float32)
+                                           if kind == GGMLQuantizationType.Q6_K else values)
+    path = tmp_path / "flux1-tiny-Q4_K_S.gguf"
+    writer = GGUFWriter(str(path), arch="flux")
+    for name, value in diffusers_to_bfl(raw).items():
+        if value.dtype == torch.uint8:
+            kind = next(kind for prefix, kind in K_TYPES.items() if name.startswith(prefix))
+            writer.add_tensor(name, value.numpy(), raw_shape=tuple(value.shape), raw_dtype=kind)
+        else:
+            writer.add_tensor(name, value.numpy().astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    noise = make_noise(tmp_path, (1, 4, HEIGHT // 8, WIDTH // 8), seed=7)
+    ours = run_cli("generate", "--path", path, "--base-model", tiny, "--prompt", "a red house", "--steps", STEPS,
+                   "--height", HEIGHT, "--width", WIDTH, "--guidance", 3.5, "--init-noise", noise,
+                   "--output", tmp_path / "ours.png")
+    pipe = load_diffusers_pipeline(tiny)
+
+    def image(weights):
+        pipe.transformer.load_state_dict(weights)
+        return pipe("a red house", height=HEIGHT, width=WIDTH, num_inference_steps=STEPS, guidance_scale=3.5,
+                    latents=pack(np.load(noise)), output_type="pil").images[0]
+
+    expected = image(reference)
+    assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
+    assert max_uint8_diff(expected, image(state)) > 3 * UINT8_TOLERANCE  # the file's blocks make this image
+
+
+def test_a_gguf_file_the_studio_cannot_read_is_refused_in_a_sentence(tiny, tmp_path, capsys):
+    writer = GGUFWriter(str(tmp_path / "flux1-q8_1.gguf"), arch="flux")
+    blocks = np.zeros((4, GGML_QUANT_SIZES[GGMLQuantizationType.Q8_1][1] * 8), np.uint8)
+    writer.add_tensor("img_in.weight", blocks, raw_shape=blocks.shape, raw_dtype=GGMLQuantizationType.Q8_1)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    code = cli.main(["generate", "--path", str(tmp_path / "flux1-q8_1.gguf"), "--base-model", str(tiny), "--prompt",
+                     "x", "--output", str(tmp_path / "o.png")])
+    assert code == 1 and "flux1-q8_1.gguf has Q8_1 tensors, which the studio cannot read yet" in \
+        capsys.readouterr().err
     (tmp_path / "broken.gguf").write_bytes(b"GGUF" + bytes(20))
     code = cli.main(["generate", "--path", str(tmp_path / "broken.gguf"), "--base-model", str(tiny), "--prompt", "x",
                      "--output", str(tmp_path / "o.png")])
@@ -168,12 +266,12 @@ def test_saving_or_merging_a_gguf_file_is_refused_in_a_sentence(tiny, gguf_file,
     path, _ = gguf_file
     code = cli.main(["save", "--model-path", str(path), "--base-model", str(tiny), "--path", str(tmp_path / "saved")])
     assert code == 1
-    assert f"{path.name} is a GGUF file, whose layers are quantized in ggml's groups of 32: saving a model folder " \
+    assert f"{path.name} is a GGUF file, whose layers are quantized in ggml's blocks: saving a model folder " \
            "needs float weights" in capsys.readouterr().err
     assert not (tmp_path / "saved").exists()
     code = cli.main(["merge", "--model-a", str(tiny), "--model-b", str(path), "--path", str(tmp_path / "merged")])
     assert code == 1
-    assert f"{path.name} is a GGUF file, whose layers are quantized in ggml's groups of 32: a merge or a LoRA " \
+    assert f"{path.name} is a GGUF file, whose layers are quantized in ggml's blocks: a merge or a LoRA " \
            "extraction needs float weights" in capsys.readouterr().err
 
 

@@ -1,70 +1,92 @@
-"""GGUF FLUX.1 transformers, as ComfyUI-GGUF and Forge users download them (city96's flux1-dev-Q8_0.gguf, ...): BFL's
-tensor names, each tensor in one of ggml's types.
+"""GGUF FLUX.1 transformers, as ComfyUI-GGUF and Forge users download them (city96's flux1-dev-Q8_0.gguf,
+flux1-dev-Q4_K_S.gguf, ...): BFL's tensor names, each tensor in one of ggml's types, read with the `gguf` package
+(llama.cpp's own reader).
 
-MLX reads GGUF itself and keeps Q8_0, Q4_0 and Q4_1 as its own affine quantization (groups of 32: a block's scale
-and its offset, -128 d, -8 d or m), so those layers stay quantized, bit for bit what the file holds; F32, F16 and
-BF16 tensors are read as floats. ggml's other types (Q5_0, Q5_1, the K-quants, the IQ types) MLX cannot read: such a
-file is refused, by name, before anything loads. The `gguf` package (llama.cpp's own reader) reads the header: the
-types and shapes, for that check and for the memory a file takes once loaded.
+Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q5_K layers become MLX's own affine quantization at 8, 4 or 5 bits in groups
+of 32, holding exactly the file's values (weights/ggml_blocks.py); F32, F16 and BF16 tensors are read as floats; the
+types that do not fit groups of 32 (Q6_K, Q3_K, Q2_K, the IQ types) are dequantized into float16 (each value rounded
+to float16's 11 bits: a file's worth of float32 would be twice a bfloat16 model). The memory a file takes once
+loaded is read from its header.
 """
 
 from pathlib import Path
 
+import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader
+from gguf.quants import dequantize
 
 from mflux_core.errors import ModelLoadError
+from mflux_core.weights.ggml_blocks import EXACT_BITS, GROUP_SIZE, affine_matrix
 
 GGUF_SUFFIX = ".gguf"
-GROUP_SIZE = 32  # ggml's block of the Q4_0, Q4_1 and Q8_0 types
-QUANTIZED_BITS = {GGMLQuantizationType.Q8_0: 8, GGMLQuantizationType.Q4_0: 4, GGMLQuantizationType.Q4_1: 4}
-FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
+FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16)  # kept as stored
 
 
 def is_gguf(path: Path) -> bool:
     return Path(path).suffix.lower() == GGUF_SUFFIX
 
 
-def _header(path: Path) -> list[tuple[str, GGMLQuantizationType, int]]:
-    """(name, type, element count) of each tensor; the data is mapped, not read."""
+def _reader(path: Path) -> GGUFReader:
     try:
-        reader = GGUFReader(path)
+        return GGUFReader(path)
     except (OSError, ValueError, KeyError, IndexError) as error:
         raise ModelLoadError(f"{Path(path).name} is not a readable GGUF file ({error}).") from None
-    return [(tensor.name, tensor.tensor_type, int(tensor.n_elements)) for tensor in reader.tensors]
+
+
+def _header(path: Path) -> list[tuple[str, GGMLQuantizationType, int]]:
+    """(name, type, element count) of each tensor; the data is mapped, not read."""
+    return [(tensor.name, tensor.tensor_type, int(tensor.n_elements)) for tensor in _reader(path).tensors]
 
 
 def gguf_tensor_names(path: Path) -> set[str]:
     return {name for name, _, _ in _header(path)}
 
 
-def check_gguf_types(path: Path) -> None:
-    """Refuse a file with tensors of a type MLX cannot read, naming the types."""
-    unreadable = sorted({kind.name for _, kind, _ in _header(path) if kind not in QUANTIZED_BITS and
-                         kind not in FLOAT_TYPES})
-    if unreadable:
-        raise ModelLoadError(
-            f"{Path(path).name} has {', '.join(unreadable)} tensors, which MLX cannot read: the studio reads GGUF "
-            "files of Q8_0, Q4_0 or Q4_1 (and F16, BF16, F32). Use one of those files, or the safetensors "
-            "original quantized to 8 or 4 bits (-q 8 or -q 4).")
-
-
 def gguf_resident_bytes(path: Path, float_bytes: float) -> int:
-    """Memory the file's tensors take once loaded: the quantized ones as MLX keeps them (the packed values, and a
-    scale and an offset per group of 32 in the compute dtype, at least float16's 2 bytes), the others cast to
+    """Memory the file's tensors take once loaded: the quantized ones MLX keeps as they are (the packed codes, and a
+    scale and an offset per group of 32 in the compute dtype, at least float16's 2 bytes), the others as floats of
     `float_bytes` each."""
     total = 0.0
     for _, kind, count in _header(path):
-        if kind in QUANTIZED_BITS:
-            total += count * QUANTIZED_BITS[kind] / 8 + count / GROUP_SIZE * 2 * max(float_bytes, 2)
-        else:
+        if kind in EXACT_BITS:
+            total += count * EXACT_BITS[kind] / 8 + count / GROUP_SIZE * 2 * max(float_bytes, 2)
+        elif kind == GGMLQuantizationType.F32:
             total += count * float_bytes
+        else:  # read as float16, then cast to the compute dtype
+            total += count * max(float_bytes, 2)
     return int(total)
+
+
+def read_gguf(path: Path) -> dict[str, np.ndarray]:
+    """The file's tensors under their own names, in their logical shapes; a `<name>.weight` of an affine block type
+    as MLX's QuantizedLinear holds it: the packed codes there, with `<name>.scales` and `<name>.biases`."""
+    tensors = {}
+    for tensor in _reader(path).tensors:
+        try:
+            tensors.update(_read_tensor(tensor))
+        except NotImplementedError:
+            raise ModelLoadError(f"{Path(path).name} has {tensor.tensor_type.name} tensors, which the studio cannot "
+                                 "read yet: use a file of another type (Q8_0, Q5_K, Q4_K, ...).") from None
+        except ValueError as error:
+            raise ModelLoadError(f"{Path(path).name} is not a readable GGUF file ({error}).") from None
+    return tensors
+
+
+def _read_tensor(tensor) -> dict[str, np.ndarray]:
+    shape = tuple(int(size) for size in reversed(tensor.shape))  # ggml lists the fastest-moving axis first
+    kind, name = tensor.tensor_type, tensor.name
+    if kind in EXACT_BITS and name.endswith(".weight") and len(shape) == 2:
+        stem = name.removesuffix(".weight")
+        return dict(zip((name, f"{stem}.scales", f"{stem}.biases"), affine_matrix(tensor.data, kind, shape)))
+    if kind in FLOAT_TYPES:
+        return {name: np.asarray(tensor.data).reshape(shape)}
+    return {name: dequantize(tensor.data, kind).reshape(shape).astype(np.float16)}
 
 
 def check_not_gguf(path: Path | None, what: str) -> None:
     """Refuse a GGUF file where float weights are needed (`what`: "a merge", ...)."""
     if path is not None and is_gguf(path):
-        raise ModelLoadError(f"{Path(path).name} is a GGUF file, whose layers are quantized in ggml's groups of 32: "
+        raise ModelLoadError(f"{Path(path).name} is a GGUF file, whose layers are quantized in ggml's blocks: "
                              f"{what} needs float weights; use its safetensors original.")
 
 
