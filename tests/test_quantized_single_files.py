@@ -12,6 +12,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
 from gguf.quants import dequantize, quantize
 
 from mflux_core import cli
+from mflux_core.weights.ggml_blocks import EXACT_BITS, affine_matrix
 from mflux_core.weights.loading import cast_floats
 from mflux_core.weights.resolve import resident_bytes_of
 from tests.fixtures.tiny_flux import TinyFluxSpec, build_tiny_flux, load_diffusers_pipeline
@@ -79,7 +80,10 @@ def dequantized_diffusers_state(state: dict[str, torch.Tensor], types) -> dict[s
 def bfl_prefix(diffusers_name: str) -> str:
     """The BFL name a diffusers tensor comes from, as far as TYPES tells kinds apart."""
     for theirs, bfl in (("transformer_blocks.", "double_blocks."), ("single_transformer_blocks.", "single_blocks."),
-                        ("context_embedder.", "txt_in."), ("time_text_embed.text_embedder.", "vector_in.")):
+                        ("context_embedder.", "txt_in."), ("time_text_embed.text_embedder.", "vector_in."),
+                        ("time_text_embed.timestep_embedder.", "time_in."),
+                        ("time_text_embed.guidance_embedder.", "guidance_in."), ("x_embedder.", "img_in."),
+                        ("proj_out.", "final_layer."), ("norm_out.", "final_layer.")):
         if diffusers_name.startswith(theirs):
             return bfl
     return diffusers_name
@@ -168,11 +172,20 @@ SCALE_OFFSETS = {Q8_0: (0,), Q4_0: (0,), Q4_1: (0, 2), Q5_0: (0,), Q5_1: (0, 2),
                  GGMLQuantizationType.Q5_K: (0, 2), GGMLQuantizationType.Q6_K: (208,)}
 
 
+@pytest.mark.parametrize("kind", list(EXACT_BITS))
+def test_ggml_blocks_decode_each_affine_type_as_the_gguf_package_dequantizes_it(kind):
+    """The studio's own decoder (which a file with any type but MLX's own three goes through), value for value."""
+    blocks = random_blocks(kind, 3, 512, np.random.default_rng(3))
+    packed, scales, biases = (mx.array(part) for part in affine_matrix(blocks, kind, (3, 512)))
+    ours = mx.dequantize(packed, scales, biases, group_size=32, bits=EXACT_BITS[kind])
+    np.testing.assert_array_equal(np.array(ours), dequantize(blocks, kind).reshape(3, 512))
+
+
 @pytest.mark.parametrize("kind", list(SCALE_OFFSETS))
 def test_each_ggml_type_reads_as_the_gguf_package_dequantizes_it(kind, tmp_path):
-    """Exactly for the types MLX holds in groups of 32; Q6_K (groups of 16) as float16."""
+    """A file of one type: exactly for the types MLX holds in groups of 32 (Q8_0, Q4_0 and Q4_1 through MLX's own
+    reader), Q6_K (groups of 16) as float16."""
     from mflux_core.weights.bfl import load_gguf
-    from mflux_core.weights.ggml_blocks import EXACT_BITS
 
     blocks = random_blocks(kind, 3, 512, np.random.default_rng(1))
     writer = GGUFWriter(str(tmp_path / "t.gguf"), arch="flux")
@@ -182,20 +195,20 @@ def test_each_ggml_type_reads_as_the_gguf_package_dequantizes_it(kind, tmp_path)
     writer.write_tensors_to_file()
     writer.close()
     expected = dequantize(blocks, kind).reshape(3, 512)
-    weights = load_gguf(tmp_path / "t.gguf")
+    weights = cast_floats(load_gguf(tmp_path / "t.gguf"), mx.float32)  # as the transformer's loader casts them
     if kind in EXACT_BITS:
         ours = mx.dequantize(weights["layer.weight"], weights["layer.scales"], weights["layer.biases"],
                              group_size=32, bits=EXACT_BITS[kind])
         np.testing.assert_array_equal(np.array(ours), expected)
     else:
         np.testing.assert_array_equal(np.array(weights["layer.weight"]), expected.astype(np.float16))
-    assert resident_bytes_of([tmp_path / "t.gguf"], 4) == sum(value.nbytes for value in
-                                                               cast_floats(weights, mx.float32).values())
+    assert resident_bytes_of([tmp_path / "t.gguf"], 4) == sum(value.nbytes for value in weights.values())
 
 
 K_SPEC = TinyFluxSpec(heads=2, head_dim=128, axes_dims_rope=(16, 56, 56), num_layers=1, num_single_layers=1, seed=6)
 K_TYPES = {"double_blocks": GGMLQuantizationType.Q4_K, "single_blocks": GGMLQuantizationType.Q5_K,
-           "vector_in": Q5_1, "final_layer": GGMLQuantizationType.Q6_K}
+           "vector_in": Q5_1, "final_layer": GGMLQuantizationType.Q6_K, "txt_in": Q8_0, "time_in": Q4_0,
+           "guidance_in": Q4_1}
 
 
 def test_a_k_quant_file_makes_diffusers_image_from_the_dequantized_weights(tmp_path):

@@ -43,7 +43,7 @@ def affine_groups(blocks: np.ndarray, kind: GGMLQuantizationType) -> tuple[np.nd
     if kind == T.Q8_0:
         d, values = _halves(blocks, 2)
         d = _float16(d)
-        return (values.view(np.int8).astype(np.int16) + 128).astype(np.uint8), d[:, 0], -128 * d[:, 0]
+        return values ^ np.uint8(0x80), d[:, 0], -128 * d[:, 0]  # int8 -> int8 + 128: the sign bit flipped
     if kind in (T.Q4_0, T.Q4_1):
         d, rest = _halves(blocks, 2)
         d = _float16(d)
@@ -77,10 +77,18 @@ def affine_groups(blocks: np.ndarray, kind: GGMLQuantizationType) -> tuple[np.nd
 
 
 def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
-    """(rows, columns) codes of `bits` each -> MLX's packing: a little-endian bit stream per row, in uint32 words."""
+    """(rows, columns) codes of `bits` each -> MLX's packing: a little-endian bit stream per row, in uint32 words:
+    8-bit codes are their bytes, 4-bit ones two to a byte, and for 5 bits every 8 codes fill exactly 5 bytes, so each
+    run of 8 is assembled in a uint64 and its low bytes kept."""
     rows, columns = codes.shape
-    planes = (codes[..., None] >> np.arange(bits, dtype=np.uint8)) & np.uint8(1)
-    return np.packbits(planes.reshape(rows, columns * bits), axis=1, bitorder="little").view("<u4")
+    if bits == 8:
+        return np.ascontiguousarray(codes).view("<u4")
+    if bits == 4:
+        return np.ascontiguousarray(codes[:, 0::2] | (codes[:, 1::2] << np.uint8(4))).view("<u4")
+    runs = codes.reshape(rows, columns // 8, 8).astype("<u8") << (np.arange(8, dtype="<u8") * np.uint64(bits))
+    words = np.bitwise_or.reduce(runs, axis=-1)
+    packed = words.view(np.uint8).reshape(rows, columns // 8, 8)[..., :bits]
+    return np.ascontiguousarray(packed).reshape(rows, -1).view("<u4")
 
 
 def affine_matrix(data: np.ndarray, kind: GGMLQuantizationType, shape: tuple[int, int]

@@ -3,7 +3,8 @@ flux1-dev-Q4_K_S.gguf, ...): BFL's tensor names, each tensor in one of ggml's ty
 (llama.cpp's own reader).
 
 Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q5_K layers become MLX's own affine quantization at 8, 4 or 5 bits in groups
-of 32, holding exactly the file's values (weights/ggml_blocks.py); F32, F16 and BF16 tensors are read as floats; the
+of 32, holding exactly the file's values (weights/ggml_blocks.py; a file of only MLX's own types goes through MLX's
+reader, which makes the same groups in C++); F32, F16 and BF16 tensors are read as floats; the
 types that do not fit groups of 32 (Q6_K, Q3_K, Q2_K, the IQ types) are dequantized into float16 (each value rounded
 to float16's 11 bits: a file's worth of float32 would be twice a bfloat16 model). The memory a file takes once
 loaded is read from its header.
@@ -20,6 +21,8 @@ from mflux_core.weights.ggml_blocks import EXACT_BITS, GROUP_SIZE, affine_matrix
 
 GGUF_SUFFIX = ".gguf"
 FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16)  # kept as stored
+# what MLX's own GGUF reader reads exactly (its quantized types as the same affine groups of 32 as ggml_blocks.py)
+MLX_READS = (*FLOAT_TYPES, GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1)
 
 
 def is_gguf(path: Path) -> bool:
@@ -36,6 +39,10 @@ def _reader(path: Path) -> GGUFReader:
 def _header(path: Path) -> list[tuple[str, GGMLQuantizationType, int]]:
     """(name, type, element count) of each tensor; the data is mapped, not read."""
     return [(tensor.name, tensor.tensor_type, int(tensor.n_elements)) for tensor in _reader(path).tensors]
+
+
+def mlx_reads_all(path: Path) -> bool:
+    return all(kind in MLX_READS for _, kind, _ in _header(path))
 
 
 def gguf_tensor_names(path: Path) -> set[str]:
