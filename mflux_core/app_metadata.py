@@ -36,7 +36,7 @@ XMP_NAMESPACES = {"exif": "http://ns.adobe.com/exif/1.0/", "xmp": "http://ns.ado
 DRAW_THINGS_SAMPLERS = {"Euler Ancestral": ("euler_a", None), "Euler A Trailing": ("euler_a", None),
                         "DPM++ 2M Karras": ("dpm++2m", "karras"), "DPM++ 2M Trailing": ("dpm++2m", None),
                         "UniPC Trailing": ("unipc", None), "DDIM Trailing": ("euler", None)}
-DRAW_THINGS_LORA_SUFFIX = re.compile(r"(_lora_(f16|q8p))?\.(ckpt|safetensors)$", re.IGNORECASE)  # its imported files
+DRAW_THINGS_LORA_SUFFIX = re.compile(r"(_lora_(f16|q8p))?(\.ckpt)?$", re.IGNORECASE)  # after file_stem: its imports
 
 
 class NotTheirSettings(ValueError):

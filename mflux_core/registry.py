@@ -65,6 +65,11 @@ def folder_kind(folder: Path) -> str | None:
     return None
 
 
+def is_single_file_checkpoint(path: Path) -> bool:
+    """A file in the models folder that holds a model by itself: a .safetensors or a .gguf file."""
+    return path.is_file() and (path.suffix == ".safetensors" or is_gguf(path))
+
+
 def file_kind(path: Path) -> str:
     """What a .safetensors file in the models folder holds, from its header's tensor names: a ControlNet
     (weights/controlnet_files.py), else a single-file transformer (as a .gguf file always is)."""
@@ -140,7 +145,7 @@ def list_models(models_dir: Path | None) -> list[ModelEntry]:
             entries.append(ModelEntry(name, kind, BUILT_IN, True, folder_native_side(demo_models_dir() / name)))
     if models_dir is not None and Path(models_dir).is_dir():
         for path in sorted(Path(models_dir).iterdir()):
-            if path.is_file() and (path.suffix == ".safetensors" or is_gguf(path)):
+            if is_single_file_checkpoint(path):
                 entries.append(ModelEntry(path.name, file_kind(path), "models folder", True))
             elif path.is_dir() and (kind := folder_kind(path)):
                 entries.append(ModelEntry(path.name, kind, "models folder", True, folder_native_side(path)))

@@ -4,9 +4,9 @@ names: weights/gguf_file.py).
 BFL's names differ from diffusers' and some tensors are fused: a double block's q, k, v are one
 `qkv` tensor per stream, a single block's `linear1` holds q, k, v and the MLP input projection,
 and the final modulation's halves are (shift, scale) where diffusers' norm_out has (scale, shift).
-There is no config.json: the dimensions are read from the tensor shapes. A quantized weight (GGUF's Q8_0, Q4_0, Q4_1)
-comes with its `.scales` and `.biases`; all three are split and renamed alike, since every conversion here cuts or
-reorders rows, and a row's groups stay whole.
+There is no config.json: the dimensions are read from the tensor shapes. A quantized weight (a GGUF file's affine
+types) comes with its `.scales` and `.biases`; all three are split and renamed alike, since every conversion here
+cuts or reorders rows, and a row's groups stay whole.
 """
 
 import re
