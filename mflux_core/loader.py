@@ -8,6 +8,7 @@ from mflux_core.models.transformer import FluxTransformer, load_transformer
 from mflux_core.models.vae import AutoencoderKL, load_vae
 from mflux_core.native_sizes import read_native_sizes
 from mflux_core.weights.bfl import load_bfl_transformer
+from mflux_core.weights.mflux_saved import is_mflux_folder, model_scheduler_config
 from mflux_core.weights.resolve import ModelSource
 from mflux_core.weights.safetensors_io import read_json
 
@@ -28,6 +29,10 @@ def load_source_text_encoders(source: ModelSource, dtype: mx.Dtype) -> TextEncod
 
 
 def load_scheduler_config(source: ModelSource) -> dict:
+    roots = [root for root in (source.folder, source.base_folder) if root is not None]
+    if not any((root / "scheduler").is_dir() for root in roots):
+        for root in filter(is_mflux_folder, roots):
+            return model_scheduler_config(root)  # mflux saves no scheduler/
     return read_json(source.component("scheduler") / "scheduler_config.json")
 
 

@@ -1,13 +1,13 @@
 """Which files a request runs on: the model it names, or its tool's default (the FLUX.1 model when on disk, else
 the tool's demo model), found as an alias, repo id, models-folder name or demo model, downloaded when missing."""
 
-import json
 from pathlib import Path
 
-from mflux_core.errors import WordedTwice
+from mflux_core.errors import ModelLoadError, WordedTwice
 from mflux_core.registry import BUILT_IN, ModelEntry, list_models, on_disk
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.specs import default_model_for
+from mflux_core.weights.component_folder import component_config
 from mflux_core.weights.resolve import DownloadCallback, ModelSource, resolve_model, resolve_name, single_file_names
 
 GUIDANCE_KEY = "guidance_in.in_layer.weight"  # a BFL transformer with a guidance embedding: FLUX.1-dev's kind
@@ -58,8 +58,8 @@ class ModelLocator:
 
 
 def has_guidance_embedding(folder: Path) -> bool:
-    """Whether a diffusers FLUX.1 folder's transformer has a guidance embedding (dev's kind)."""
+    """Whether a FLUX.1 folder's transformer has a guidance embedding (dev's kind)."""
     try:
-        return bool(json.loads((folder / "transformer" / "config.json").read_text()).get("guidance_embeds"))
-    except (OSError, ValueError):
+        return bool(component_config(folder / "transformer").get("guidance_embeds"))
+    except (ModelLoadError, AttributeError):
         return False

@@ -14,7 +14,7 @@ from mflux_core.sampling.latents import latent_grid
 from mflux_core.sampling.regional import attention_bias_bytes
 from mflux_core.tools.specs import TILE_SIZE
 from mflux_core.weights.resolve import ModelSource
-from mflux_core.weights.safetensors_io import read_json
+from mflux_core.weights.component_folder import component_config
 
 # Copies of the decoded float32 pixels beside MLX's while they become an 8-bit image: numpy's one
 # (pixels_to_pil works in place) and the 8-bit image, a quarter of one.
@@ -80,13 +80,13 @@ def plan_from_files(source: ModelSource, request: GenerationRequest, itemsize: i
     transformer is a single file."""
     if source.transformer_file is not None or (request.tool == "upscale" and not is_whole_upscale(request)):
         return None
-    vae = VAEConfig.from_dict(read_json(source.component("vae") / "config.json"))
+    vae = VAEConfig.from_dict(component_config(source.component("vae")))
     width, height = request.width, request.height
     if width is None or height is None:
         if request.tool != "generate" or request.image_path:
             return None
         width, height = width or vae.native_side, height or vae.native_side
-    transformer = FluxTransformerConfig.from_dict(read_json(source.folder / "transformer" / "config.json"))
+    transformer = FluxTransformerConfig.from_dict(component_config(source.folder / "transformer"))
     prompts = 1 + len(request.regions or ())  # each region's prompt is encoded on its own, after the base one
     text_tokens = prompts * min(MAX_SEQUENCE_LENGTH, request.max_sequence_length or MAX_SEQUENCE_LENGTH)
     return with_remedies(image_plan(

@@ -11,7 +11,9 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from mflux_core.downloads import cached_repo_folder  # complete downloads only: a partial one is not a model
+from mflux_core.errors import ModelLoadError
 from mflux_core.models.vae import FLUX_SIDE, native_side
+from mflux_core.weights.component_folder import component_config
 from mflux_core.weights.resolve import ALIASES, DEMO_MODELS, demo_models_dir, hf_cache_dir
 from mflux_core.weights.controlnet_files import is_controlnet_file
 from mflux_core.weights.gguf_file import is_gguf
@@ -84,10 +86,10 @@ def file_kind(path: Path) -> str:
 
 
 def folder_native_side(folder: Path) -> int:
-    """The native image side of a diffusers folder, from its VAE's config.json (FLUX.1's 1024 if none)."""
+    """The native image side of a model folder, from its VAE's config (FLUX.1's 1024 if none)."""
     try:
-        return native_side(json.loads((folder / "vae" / "config.json").read_text()))
-    except (OSError, ValueError):
+        return native_side(component_config(folder / "vae"))
+    except (ModelLoadError, AttributeError):
         return FLUX_SIDE
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from mflux_core.errors import ModelLoadError
 from mflux_core.models.transformer import FluxTransformerConfig, FluxTrunk
 from mflux_core.models.vae import BAND_BYTES, Rows, conv_in_bands, inference, settle
-from mflux_core.weights.bfl import FLUX1_AXES_DIMS_ROPE
+from mflux_core.weights.flux_config import FLUX1_AXES_DIMS_ROPE
 from mflux_core.weights.loading import cast_floats, load_component, load_weights_strict
 from mflux_core.weights.safetensors_io import load_safetensors, read_json
 from mflux_core.weights.controlnet_files import controlnet_from_file, is_controlnet_file

@@ -17,13 +17,13 @@ import mlx.nn as nn
 
 from mflux_core.errors import ModelLoadError
 from mflux_core.models.transformer import FluxTransformer, FluxTransformerConfig
+from mflux_core.weights.flux_config import FLUX1_AXES_DIMS_ROPE, shared_config
 from mflux_core.weights.ggml_blocks import GROUP_SIZE
 from mflux_core.weights.gguf_file import is_gguf, mlx_reads_all, quantized_bits, read_gguf
 from mflux_core.weights.loading import cast_floats, load_weights_strict
 from mflux_core.weights.safetensors_io import load_safetensors
 
 COMFY_PREFIX = "model.diffusion_model."
-FLUX1_AXES_DIMS_ROPE = (16, 56, 56)  # FLUX.1's head dim 128 split over (image index, row, column)
 
 GLOBAL_NAMES = {
     "img_in": "x_embedder",
@@ -171,24 +171,6 @@ def trunk_config(weights: dict[str, mx.array], head_dim: int, axes_dims_rope: tu
                          matrix_shape(weights, "vector_in.in_layer.weight"), head_dim, axes_dims_rope,
                          layers=(block_count(weights, "double_blocks"), block_count(weights, "single_blocks")),
                          guidance_embeds="guidance_in.in_layer.weight" in weights)
-
-
-def shared_config(image_in: tuple[int, int], text_in: tuple[int, int], pooled_in: tuple[int, int], head_dim: int,
-                  axes_dims_rope: tuple[int, ...], layers: tuple[int, int], guidance_embeds: bool) -> dict:
-    """The config.json keys a transformer and a ControlNet share, from the (rows, columns) of the image, text and
-    pooled input projections, whatever a file calls them."""
-    hidden_size, in_channels = image_in
-    return {
-        "in_channels": in_channels,
-        "num_layers": layers[0],
-        "num_single_layers": layers[1],
-        "attention_head_dim": head_dim,
-        "num_attention_heads": hidden_size // head_dim,
-        "joint_attention_dim": text_in[1],
-        "pooled_projection_dim": pooled_in[1],
-        "guidance_embeds": guidance_embeds,
-        "axes_dims_rope": list(axes_dims_rope),
-    }
 
 
 def load_bfl_transformer(

@@ -20,7 +20,8 @@ import re
 import mlx.core as mx
 
 from mflux_core.errors import ModelLoadError
-from mflux_core.weights.bfl import bfl_to_diffusers, block_count, required_tensor, shared_config, trunk_config
+from mflux_core.weights.bfl import bfl_to_diffusers, block_count, required_tensor, trunk_config
+from mflux_core.weights.flux_config import shared_config
 
 CLASS_NAME = "FluxControlNetModel"
 XLABS_MARKERS = ("pos_embed_input.weight", "input_hint_block.0.weight", "controlnet_blocks.0.weight")

@@ -1,4 +1,4 @@
-"""Build a model from a component folder (config.json + safetensors) with strict name checking."""
+"""Build a model from a component folder (config.json + safetensors, or mflux's save) with strict name checking."""
 
 from pathlib import Path
 from typing import Callable
@@ -9,7 +9,7 @@ from mlx.utils import tree_flatten
 
 from mflux_core.errors import ModelLoadError
 from mflux_core.weights.quantize import quantize_like_checkpoint
-from mflux_core.weights.safetensors_io import load_folder_weights, read_json
+from mflux_core.weights.component_folder import component_config, component_weights
 
 
 def load_weights_strict(model: nn.Module, weights: dict[str, mx.array], what: str) -> None:
@@ -48,9 +48,9 @@ def load_component(
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelLoadError(f"Missing model component folder {folder}.")
-    config = read_json(folder / "config.json")
+    config = component_config(folder)
     model = build(config)
-    weights = cast_floats(sanitize(load_folder_weights(folder)), dtype)
+    weights = cast_floats(sanitize(component_weights(folder)), dtype)
     quantize_like_checkpoint(model, config, weights)  # a model saved quantized (weights/save.py)
     load_weights_strict(model, weights, str(folder))
     if evaluated:

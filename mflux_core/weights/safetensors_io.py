@@ -54,7 +54,7 @@ def weight_files(folder: Path) -> list[Path]:
         except (KeyError, AttributeError):
             raise ModelLoadError(f"{indexes[0]} has no weight_map.") from None
         return [folder / name for name in names]
-    files = sorted(folder.glob("*.safetensors"))
+    files = sorted(path for path in folder.glob("*.safetensors") if not path.name.startswith("._"))  # macOS litter
     if not files:
         raise ModelLoadError(f"No .safetensors weights in {folder}.")
     return files

@@ -26,7 +26,9 @@ from mflux_core.lora.library import resolve_lora_path
 from mflux_core.models.clip import load_clip_text_model
 from mflux_core.models.t5 import load_t5_encoder
 from mflux_core.weights.quantize import CONFIG_KEY, GROUP_SIZE, quantization_config, quantize_lazily, quantized_bits
+from mflux_core.weights.component_folder import component_config
 from mflux_core.weights.gguf_file import check_not_gguf
+from mflux_core.weights.mflux_saved import is_mflux_folder
 from mflux_core.weights.resolve import ModelSource, resident_bytes_of, stored_float_dtypes
 from mflux_core.weights.safetensors_io import read_json, weight_files
 
@@ -36,6 +38,12 @@ TRANSFORMER_FILE = "diffusion_pytorch_model.safetensors"
 ENCODER_FILE = "model.safetensors"
 ENCODER_LABELS = {"text_encoder": "CLIP", "text_encoder_2": "T5"}
 CLIP_PREFIX = "text_model."  # before every name in the published CLIP files (models/clip.py reads both)
+FLUX_PIPELINE_INDEX = {
+    "_class_name": "FluxPipeline", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "T5EncoderModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "T5TokenizerFast"],
+    "transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"],
+}
 SAFETENSORS_NAMES = {mx.float32: "F32", mx.bfloat16: "BF16", mx.float16: "F16"}
 
 
@@ -113,10 +121,13 @@ def check_new_folder(out: Path) -> Path:
     return out
 
 
-def model_index(source: ModelSource) -> Path:
+def model_index(source: ModelSource) -> str:
+    """The source's model_index.json; diffusers' FluxPipeline one for a folder mflux saved (it writes none)."""
     for root in (source.folder, source.base_folder):
         if root is not None and (root / "model_index.json").is_file():
-            return root / "model_index.json"
+            return (root / "model_index.json").read_text()
+        if root is not None and is_mflux_folder(root):
+            return json.dumps(FLUX_PIPELINE_INDEX, indent=2)
     raise ModelLoadError("The model has no model_index.json to copy.")
 
 
@@ -142,6 +153,7 @@ def save_model(
     failed save leaves no model folder behind (and removes its hidden one)."""
     check_not_gguf(source.transformer_file, "saving a model folder")
     out = check_new_folder(out)
+    index = model_index(source)
     on_progress = on_progress or (lambda done, total, what: None)
     if transformer is None:
         on_progress(0, 0, "loading the transformer")
@@ -172,14 +184,19 @@ def save_model(
         wrote("transformer written")
         encoder_bytes = {}
         for name, module in encoders.items():
-            encoder_bytes[name] = write_component(module, read_json(source.component(name) / "config.json"),
+            encoder_bytes[name] = write_component(module, component_config(source.component(name)),
                                                   partial / name, ENCODER_FILE,
                                                   prefix=CLIP_PREFIX if name == "text_encoder" else "")
             wrote(f"{ENCODER_LABELS[name]} written")
         for name in copied:
-            shutil.copytree(source.component(name), partial / name)  # follows the HF cache's links
+            if name == "scheduler":  # written: a folder mflux saved has none
+                (partial / name).mkdir()
+                (partial / name / "scheduler_config.json").write_text(
+                    json.dumps(loader.load_scheduler_config(source), indent=2))
+            else:
+                shutil.copytree(source.component(name), partial / name)  # follows the HF cache's links
             wrote(f"{name} copied")
-        shutil.copyfile(model_index(source), partial / "model_index.json")
+        (partial / "model_index.json").write_text(index)
         wrote("model_index.json copied")
         if out.exists():
             out.rmdir()

@@ -1,0 +1,154 @@
+"""Model folders saved by mflux (`mflux-save`, quantized or not) load with `--path` or from the models folder.
+
+The names and shapes: the parameter trees of mflux 0.4.1's, 0.9.6's and 0.18's own FLUX.1 classes (built lazily at
+full size, quantized to 4 bits by nn.quantize as mflux-save does, their tree_flatten written to
+tests/fixtures/mflux_trees.json.gz) fit our models exactly, and the configs read from them are FLUX.1-dev's published
+ones. The numbers: a tiny FLUX.1 written in mflux's layout makes diffusers' image from the tensors the folder holds
+(bfloat16, 4-bit layers dequantized; uint8 max |diff| <= 2)."""
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from mflux_core.models import clip, t5, transformer, vae
+from mflux_core.registry import list_models
+from mflux_core.weights.loading import cast_floats
+from mflux_core.weights.mflux_saved import checkpoint_tensors, config_from_shapes
+from mflux_core.weights.quantize import quantize_like_checkpoint
+from tests.fixtures.mflux_folders import load_into, write_mflux_folder
+from tests.fixtures.tiny_flux import TinyFluxSpec, build_tiny_flux, load_diffusers_pipeline
+from tests.parity import UINT8_TOLERANCE, make_noise, max_uint8_diff, pack, run_cli
+
+TREES = json.loads(gzip.decompress((Path(__file__).parent / "fixtures" / "mflux_trees.json.gz").read_bytes()))
+BITS = 4  # the trees' quantization
+# FLUX.1-dev's published config.json values (black-forest-labs/FLUX.1-dev)
+FLUX1_DEV = {
+    "transformer": {"in_channels": 64, "num_layers": 19, "num_single_layers": 38, "attention_head_dim": 128,
+                    "num_attention_heads": 24, "joint_attention_dim": 4096, "pooled_projection_dim": 768,
+                    "guidance_embeds": True, "axes_dims_rope": [16, 56, 56], "out_channels": None},
+    "vae": {"in_channels": 3, "out_channels": 3, "latent_channels": 16, "block_out_channels": [128, 256, 512, 512],
+            "layers_per_block": 2, "norm_num_groups": 32, "scaling_factor": 0.3611, "shift_factor": 0.1159,
+            "use_quant_conv": False, "use_post_quant_conv": False},
+    "text_encoder_2": {"vocab_size": 32128, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24,
+                       "num_heads": 64, "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+                       "feed_forward_proj": "gated-gelu"},
+    "text_encoder": {"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                     "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu"},
+}
+MODELS = {
+    "transformer": (lambda config: transformer.FluxTransformer(transformer.FluxTransformerConfig.from_dict(config)),
+                    transformer.sanitize),
+    "vae": (lambda config: vae.AutoencoderKL(vae.VAEConfig.from_dict(config)), vae.sanitize),
+    "text_encoder_2": (lambda config: t5.T5Encoder(t5.T5Config.from_dict(config)), t5.sanitize),
+    "text_encoder": (lambda config: clip.CLIPTextModel(clip.CLIPTextConfig.from_dict(config)), clip.sanitize),
+}
+
+
+def packed_placeholders(shapes: dict[str, list[int]]) -> dict[str, mx.array]:
+    """Unevaluated tensors of the tree's shapes (a quantized weight's uint32): nothing is allocated."""
+    return {name: mx.zeros(shape, dtype=mx.uint32 if f"{name.removesuffix('.weight')}.scales" in shapes
+                           else mx.bfloat16) for name, shape in shapes.items()}
+
+
+@pytest.mark.parametrize("version", sorted(TREES))
+@pytest.mark.parametrize("component", list(MODELS))
+def test_every_mflux_versions_tree_fits_our_model_with_flux1s_config(version, component):
+    shapes = {name: tuple(shape) for name, shape in TREES[version][component].items()}
+    config = config_from_shapes(shapes, BITS)
+    assert {key: config[key] for key in FLUX1_DEV[component]} == FLUX1_DEV[component]
+    assert config["quantization"] == {"bits": BITS, "group_size": 64}
+    build, sanitize = MODELS[component]
+    model = build(config)
+    weights = cast_floats(sanitize(checkpoint_tensors(packed_placeholders(shapes), shapes, BITS)), mx.float32)
+    quantize_like_checkpoint(model, config, weights)
+    expected = {name: tuple(value.shape) for name, value in tree_flatten(model.parameters())}
+    assert {name: tuple(value.shape) for name, value in weights.items()} == expected
+
+
+SPEC = TinyFluxSpec(heads=1, head_dim=128, axes_dims_rope=(16, 56, 56), num_layers=1, num_single_layers=1,
+                    text_dim=64, pooled_dim=64, clip_heads=1, clip_intermediate=128, t5_heads=1, t5_d_kv=64,
+                    t5_d_ff=128, vae_blocks=(32, 64), vae_norm_groups=32, seed=5)
+HEIGHT, WIDTH, STEPS = 48, 64, 3
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_flux(tmp_path_factory.mktemp("mflux-base"), SPEC)
+
+
+@pytest.mark.parametrize("bits, version", [(4, "0.18.0"), (8, "0.9.6"), (None, "0.4.1")])
+def test_an_mflux_saved_folder_makes_diffusers_image_from_its_tensors(tiny, tmp_path, bits, version):
+    folder = tmp_path / "flux-mflux"
+    read_back = write_mflux_folder(tiny, folder, bits, version)
+    noise = make_noise(tmp_path, (1, 4, HEIGHT // 2, WIDTH // 2), seed=3)
+    ours = run_cli("generate", "--path", folder, "--prompt", "a red house", "--steps", STEPS, "--height", HEIGHT,
+                   "--width", WIDTH, "--guidance", 3.5, "--init-noise", noise, "--output", tmp_path / "ours.png")
+    pipe = load_diffusers_pipeline(tiny)
+
+    def image():
+        return pipe("a red house", height=HEIGHT, width=WIDTH, num_inference_steps=STEPS, guidance_scale=3.5,
+                    latents=pack(np.load(noise)), output_type="pil").images[0]
+
+    original = image()
+    load_into(pipe, read_back)
+    expected = image()
+    assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
+    if bits == 4:
+        assert max_uint8_diff(expected, original) > 3 * UINT8_TOLERANCE  # the folder's 4-bit values make this image
+
+
+def test_a_schnell_kind_folder_runs_schnells_schedule_and_the_models_folder_lists_it(tmp_path):
+    """No guidance embedding: schnell's unshifted schedule (the scheduler config mflux never saves)."""
+    spec = TinyFluxSpec(**{**SPEC.__dict__, "guidance_embeds": False, "dynamic_shift": False})
+    tiny = build_tiny_flux(tmp_path / "schnell", spec)
+    models = tmp_path / "models"
+    read_back = write_mflux_folder(tiny, models / "schnell-4bit", 4)
+    noise = make_noise(tmp_path, (1, 4, HEIGHT // 2, WIDTH // 2), seed=4)
+    ours = run_cli("generate", "--model", "schnell-4bit", "--models-dir", models, "--prompt", "a blue circle",
+                   "--steps", 2, "--height", HEIGHT, "--width", WIDTH, "--init-noise", noise,
+                   "--output", tmp_path / "ours.png")
+    pipe = load_diffusers_pipeline(tiny)
+    load_into(pipe, read_back)
+    expected = pipe("a blue circle", height=HEIGHT, width=WIDTH, num_inference_steps=2, guidance_scale=0.0,
+                    latents=pack(np.load(noise)), output_type="pil").images[0]
+    assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
+    entry = next(entry for entry in list_models(models) if entry.name == "schnell-4bit")
+    assert (entry.kind, entry.available) == ("base", True)
+
+
+def test_a_broken_mflux_folder_is_refused_in_a_sentence(tiny, tmp_path, capsys):
+    from mflux_core import cli
+
+    folder = tmp_path / "broken"
+    write_mflux_folder(tiny, folder, 4)
+    shutil.rmtree(folder / "vae")
+    args = ["generate", "--path", str(folder), "--prompt", "x", "--steps", "1", "--height", "48", "--width", "64",
+            "--output", str(tmp_path / "out.png")]
+    assert cli.main(args) == 1
+    assert "no vae/ folder" in capsys.readouterr().err
+    write_mflux_folder(tiny, tmp_path / "odd", 4)
+    odd = tmp_path / "odd" / "transformer" / "0.safetensors"
+    mx.save_safetensors(str(odd), mx.load(str(odd)), {"quantization_level": "four"})
+    assert cli.main([*args[:2], str(tmp_path / "odd"), *args[3:]]) == 1
+    assert "says it is quantized to 'four' bits" in capsys.readouterr().err
+
+
+def test_saving_an_mflux_folder_writes_a_studio_folder_that_makes_the_same_image(tiny, tmp_path):
+    """`save` gives the transformer diffusers' names and config, writes the scheduler and model_index.json mflux
+    never saved, and keeps the other components as they are (their mflux files load as before)."""
+    from mflux_core import cli
+
+    folder = tmp_path / "flux-mflux"
+    write_mflux_folder(tiny, folder, 4)
+    assert cli.main(["save", "--model-path", str(folder), "--path", str(tmp_path / "saved")]) == 0
+    assert json.loads((tmp_path / "saved" / "transformer" / "config.json").read_text())["quantization"]["bits"] == 4
+    assert json.loads((tmp_path / "saved" / "scheduler" / "scheduler_config.json").read_text())["use_dynamic_shifting"]
+    args = ["--prompt", "a red house", "--steps", 2, "--height", HEIGHT, "--width", WIDTH, "--seed", 1]
+    saved = run_cli("generate", "--path", tmp_path / "saved", *args, "--output", tmp_path / "saved.png")
+    assert max_uint8_diff(saved, run_cli("generate", "--path", folder, *args, "--output", tmp_path / "o.png")) == 0
