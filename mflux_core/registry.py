@@ -14,6 +14,7 @@ from mflux_core.downloads import cached_repo_folder  # complete downloads only: 
 from mflux_core.errors import ModelLoadError
 from mflux_core.models.vae import FLUX_SIDE, native_side
 from mflux_core.weights.component_folder import component_config
+from mflux_core.weights.mflux_saved import is_mflux_folder, model_kind as mflux_model_kind
 from mflux_core.weights.resolve import ALIASES, DEMO_MODELS, demo_models_dir, hf_cache_dir
 from mflux_core.weights.controlnet_files import is_controlnet_file
 from mflux_core.weights.gguf_file import is_gguf
@@ -52,6 +53,11 @@ def folder_kind(folder: Path) -> str | None:
         except (OSError, ValueError, AttributeError):
             return None
         return FLUX_PIPELINE_KINDS.get(class_name, "base" if (folder / "transformer").is_dir() else None)
+    if is_mflux_folder(folder):  # no model_index.json
+        try:
+            return mflux_model_kind(folder)
+        except ModelLoadError:
+            return "base"  # loading it says what is wrong
     config = folder / "config.json"
     if config.is_file():
         try:

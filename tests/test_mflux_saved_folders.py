@@ -23,7 +23,8 @@ from mflux_core.weights.mflux_saved import checkpoint_tensors, config_from_shape
 from mflux_core.weights.quantize import quantize_like_checkpoint
 from tests.fixtures.mflux_folders import load_into, write_mflux_folder
 from tests.fixtures.tiny_flux import TinyFluxSpec, build_tiny_flux, load_diffusers_pipeline
-from tests.parity import UINT8_TOLERANCE, make_noise, max_uint8_diff, pack, run_cli
+from tests.parity import UINT8_TOLERANCE, make_noise, max_uint8_diff, pack, random_image, run_cli, save
+from tests.test_inpaint_area import rectangle_mask
 
 TREES = json.loads(gzip.decompress((Path(__file__).parent / "fixtures" / "mflux_trees.json.gz").read_bytes()))
 BITS = 4  # the trees' quantization
@@ -152,3 +153,44 @@ def test_saving_an_mflux_folder_writes_a_studio_folder_that_makes_the_same_image
     args = ["--prompt", "a red house", "--steps", 2, "--height", HEIGHT, "--width", WIDTH, "--seed", 1]
     saved = run_cli("generate", "--path", tmp_path / "saved", *args, "--output", tmp_path / "saved.png")
     assert max_uint8_diff(saved, run_cli("generate", "--path", folder, *args, "--output", tmp_path / "o.png")) == 0
+
+
+def test_an_mflux_saved_fill_model_is_listed_as_fill_and_inpaints_as_its_diffusers_folder(tmp_path):
+    """mflux-save of FLUX.1-Fill (float32, mflux 0.9.6): the models folder lists it for Fill (by its transformer's input
+    channels: no model_index.json says so), and Fill makes the very image of the diffusers folder it came from."""
+    spec = TinyFluxSpec(**{**SPEC.__dict__, "in_channels": 2 * 16 + 4 * 2 * 2, "out_channels": 16})
+    tiny = build_tiny_flux(tmp_path / "fill", spec, "FluxFillPipeline")
+    models = tmp_path / "models"
+    write_mflux_folder(tiny, models / "fill-mflux", None, "0.9.6", dtype=mx.float32)  # 0.16+ drops a bias
+    assert next(entry for entry in list_models(models) if entry.name == "fill-mflux").kind == "fill"
+    image, mask = save(random_image(64, 48, seed=2), tmp_path / "i.png"), tmp_path / "m.png"
+    save(rectangle_mask((64, 48), (8, 8, 40, 32)), mask)
+    args = ["--prompt", "a red circle", "--image-path", image, "--masked-image-path", mask, "--steps", 2,
+            "--seed", 3, "--guidance", 30]
+    ours = run_cli("fill", "--path", models / "fill-mflux", *args, "--output", tmp_path / "a.png")
+    assert max_uint8_diff(ours, run_cli("fill", "--path", tiny, *args, "--output", tmp_path / "b.png")) == 0
+
+
+def test_a_gguf_file_picked_by_name_takes_an_mflux_folder_on_disk_as_its_base(tiny, tmp_path, monkeypatch):
+    """With no FLUX.1-dev download, an mflux-saved dev in the models folder supplies a single file's VAE, text
+    encoders and (written) scheduler, as `--base-model` naming it does."""
+    from diffusers import FluxTransformer2DModel
+    from huggingface_hub import constants
+
+    from mflux_core.manager import ModelManager
+    from mflux_core.request import GenerationRequest
+    from tests.test_quantized_single_files import Q8_0, write_gguf
+    from tests.test_transformer import diffusers_to_bfl
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # this machine's FLUX.1 downloads aside
+    models = tmp_path / "models"
+    write_mflux_folder(tiny, models / "dev-mflux-8bit", 8)
+    state = FluxTransformer2DModel.from_pretrained(tiny / "transformer").state_dict()
+    write_gguf(models / "flux1-tiny-Q8_0.gguf", diffusers_to_bfl(state), {"": Q8_0})
+    request = GenerationRequest(model="flux1-tiny-Q8_0.gguf", prompt="a red house", seed=3, steps=2, width=WIDTH,
+                                height=HEIGHT, guidance=3.5)
+    picked = ModelManager(models_dir=models).generate(request).image
+    explicit = run_cli("generate", "--path", models / "flux1-tiny-Q8_0.gguf", "--base-model", models / "dev-mflux-8bit",
+                       "--prompt", "a red house", "--seed", 3, "--steps", 2, "--height", HEIGHT, "--width", WIDTH,
+                       "--guidance", 3.5, "--output", tmp_path / "explicit.png")
+    assert max_uint8_diff(picked.convert("RGB"), explicit) == 0

@@ -84,6 +84,17 @@ def model_scheduler_config(folder: Path) -> dict:
     return scheduler_config(bool(component_config(Path(folder) / "transformer")["guidance_embeds"]))
 
 
+def model_kind(folder: Path) -> str:
+    """What an mflux-saved model folder is, from its transformer's input channels: "fill" (noisy and masked-image
+    latents and the packed mask), "depth" (noisy and control latents), else "base" (Kontext's are a base's too)."""
+    folder = Path(folder)
+    vae = component_config(folder / "vae")
+    packed = 4 * vae["latent_channels"]
+    scale = 2 ** (len(vae["block_out_channels"]) - 1)
+    channels = component_config(folder / "transformer")["in_channels"]
+    return {2 * packed: "depth", 2 * packed + 4 * scale**2: "fill"}.get(channels, "base")
+
+
 @lru_cache(maxsize=32)
 def _header(folder: Path, mtimes: tuple) -> tuple[dict[str, tuple[int, ...]], int | None]:
     shapes = {}
