@@ -19,7 +19,8 @@ from mlx.utils import tree_flatten
 from mflux_core.models import clip, t5, transformer, vae
 from mflux_core.registry import list_models
 from mflux_core.weights.loading import cast_floats
-from mflux_core.weights.mflux_saved import checkpoint_tensors, config_from_shapes
+from mflux_core.weights.flux_config import config_from_shapes
+from mflux_core.weights.mflux_saved import checkpoint_tensors, published_shapes
 from mflux_core.weights.quantize import quantize_like_checkpoint
 from tests.fixtures.mflux_folders import load_into, write_mflux_folder
 from tests.fixtures.tiny_flux import TinyFluxSpec, build_tiny_flux, load_diffusers_pipeline
@@ -60,13 +61,14 @@ def packed_placeholders(shapes: dict[str, list[int]]) -> dict[str, mx.array]:
 @pytest.mark.parametrize("version", sorted(TREES))
 @pytest.mark.parametrize("component", list(MODELS))
 def test_every_mflux_versions_tree_fits_our_model_with_flux1s_config(version, component):
-    shapes = {name: tuple(shape) for name, shape in TREES[version][component].items()}
+    stored = TREES[version][component]
+    shapes = published_shapes(stored)
     config = config_from_shapes(shapes, BITS)
     assert {key: config[key] for key in FLUX1_DEV[component]} == FLUX1_DEV[component]
     assert config["quantization"] == {"bits": BITS, "group_size": 64}
     build, sanitize = MODELS[component]
     model = build(config)
-    weights = cast_floats(sanitize(checkpoint_tensors(packed_placeholders(shapes), shapes, BITS)), mx.float32)
+    weights = cast_floats(sanitize(checkpoint_tensors(packed_placeholders(stored), shapes, BITS)), mx.float32)
     quantize_like_checkpoint(model, config, weights)
     expected = {name: tuple(value.shape) for name, value in tree_flatten(model.parameters())}
     assert {name: tuple(value.shape) for name, value in weights.items()} == expected
