@@ -55,7 +55,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", "-m", help="alias (schnell, dev, krea-dev, ...) or Hugging Face repo id")
     group.add_argument("--path", help="local model folder (diffusers layout) or single .safetensors file")
     group.add_argument("--base-model", help="schnell, dev or a base model folder: supplies what a derivative or a "
-                       "single-file checkpoint lacks (VAE, text encoders, scheduler)")
+                       "single-file checkpoint lacks (VAE, text encoders, scheduler); for a single file also a folder "
+                       "holding ComfyUI's ae, clip_l and t5xxl files")
     group.add_argument("--quantize", "-q", type=int, choices=(3, 4, 5, 6, 8), help="quantize weights to N bits")
     group.add_argument("--lora-paths", nargs="+",
                        help="LoRA files (or names in LORA_LIBRARY_PATH or <models-dir>/loras)")

@@ -3,13 +3,14 @@
 import mlx.core as mx
 
 from mflux_core.flux_model import FluxModel
-from mflux_core.models.text_encoders import TextEncoders
+from mflux_core.models.text_encoders import TEXT_COMPONENTS, TextEncoders
 from mflux_core.models.transformer import FluxTransformer, load_transformer
 from mflux_core.models.vae import AutoencoderKL, load_vae
 from mflux_core.native_sizes import read_native_sizes
 from mflux_core.weights.bfl import load_bfl_transformer
+from mflux_core.weights.flux_config import scheduler_config
 from mflux_core.weights.mflux_saved import is_mflux_folder, model_scheduler_config
-from mflux_core.weights.resolve import ModelSource
+from mflux_core.weights.resolve import ModelSource, single_file_has_guidance
 from mflux_core.weights.safetensors_io import read_json
 
 
@@ -25,7 +26,7 @@ def load_source_vae(source: ModelSource, dtype: mx.Dtype) -> AutoencoderKL:
 
 
 def load_source_text_encoders(source: ModelSource, dtype: mx.Dtype) -> TextEncoders:
-    return TextEncoders.from_folder(source.component("text_encoder").parent, dtype)
+    return TextEncoders.from_paths(*(source.component(name) for name in TEXT_COMPONENTS), dtype)
 
 
 def load_scheduler_config(source: ModelSource) -> dict:
@@ -33,6 +34,8 @@ def load_scheduler_config(source: ModelSource) -> dict:
     if not any((root / "scheduler").is_dir() for root in roots):
         for root in filter(is_mflux_folder, roots):
             return model_scheduler_config(root)  # mflux saves no scheduler/
+        if source.base_files:  # ComfyUI's separate files: the transformer file's kind tells
+            return scheduler_config(single_file_has_guidance(source.transformer_file))
     return read_json(source.component("scheduler") / "scheduler_config.json")
 
 

@@ -16,13 +16,13 @@ from mflux_core.downloads import cached_repo_folder, hf_cache_dir
 from mflux_core.errors import StudioError
 from mflux_core.hub_blobs import partial_files_bytes, repo_folder as cached_repo_path  # noqa: F401 (re-exported)
 from mflux_core.memory import gb_text
-from mflux_core.registry import ALIAS_KINDS, folder_kind, is_single_file_checkpoint
+from mflux_core.registry import ALIAS_KINDS, file_kind, folder_kind, is_single_file_checkpoint
 from mflux_core.resident import names_folder
 from mflux_core.weights.resolve import ALIASES, DEMO_MODELS, demo_models_dir
 
 KIND_LABELS = {"base": "base", "fill": "Fill", "depth": "Depth / Canny", "kontext": "Kontext",
                "controlnet": "ControlNet", "redux": "Redux", "depth-estimator": "estimator",
-               "single-file": "base (single file)", "lora": "LoRA"}
+               "single-file": "base (single file)", "vae": "VAE", "text-encoder": "text encoder", "lora": "LoRA"}
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def catalog(models_dir: Path | None, lora_folders: list[Path], resident: list[di
         for path in sorted(Path(models_dir).iterdir()):
             if path.name.startswith("."):  # hidden: e.g. a model being saved (weights.save's .NAME.partial)
                 continue
-            kind = "single-file" if is_single_file_checkpoint(path) else folder_kind(path)
+            kind = file_kind(path) if is_single_file_checkpoint(path) else folder_kind(path)
             if kind:
                 rows.append(CatalogRow(path.name, KIND_LABELS[kind], "models folder", folder_bytes(path), "complete",
                                        resident_quantization(path, resident), path=path))

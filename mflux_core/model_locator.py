@@ -8,9 +8,11 @@ from mflux_core.registry import BUILT_IN, ModelEntry, list_models, on_disk
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.specs import default_model_for
 from mflux_core.weights.component_folder import component_config
-from mflux_core.weights.resolve import DownloadCallback, ModelSource, resolve_model, resolve_name, single_file_names
+from mflux_core.weights.resolve import (
+    DownloadCallback, ModelSource, resolve_model, resolve_name, single_file_has_guidance,
+)
+from mflux_core.weights.split_base import has_split_files
 
-GUIDANCE_KEY = "guidance_in.in_layer.weight"  # a BFL transformer with a guidance embedding: FLUX.1-dev's kind
 
 
 class ModelLocator:
@@ -29,12 +31,13 @@ class ModelLocator:
     def base_for(self, model: str) -> str | None:
         """The base of a single transformer file named without one (as the page and the APIs name it): FLUX.1-dev
         for a file with a guidance embedding (dev and its finetunes), else FLUX.1-schnell, when it is on disk, or else
-        another FLUX.1 folder on disk of the same kind (krea-dev, a copy in the models folder); its VAE, text encoders
-        and scheduler are the file's. None for a model that is not a single file."""
+        another FLUX.1 folder on disk of the same kind (krea-dev, a copy in the models folder), or else ComfyUI's or
+        Forge's VAE and text encoder files in the models folder (weights/split_base.py); its VAE, text encoders and
+        scheduler are the file's. None for a model that is not a single file."""
         path = next((p for p in (Path(model).expanduser(), self.models_dir / model) if p.is_file()), None)
         if path is None:
             return None
-        guided = any(name.endswith(GUIDANCE_KEY) for name in single_file_names(path))
+        guided = single_file_has_guidance(path)
         alias = "dev" if guided else "schnell"
         if on_disk(alias, self.models_dir):
             return alias
@@ -42,12 +45,15 @@ class ModelLocator:
             if entry.kind == "base" and entry.available and entry.where != BUILT_IN and \
                     has_guidance_embedding(resolve_name(entry.name, self.models_dir)) == guided:
                 return entry.name
+        if has_split_files(self.models_dir):
+            return str(self.models_dir)
         raise WordedTwice(
             f"{path.name} holds only a transformer: its VAE, text encoders and scheduler come from FLUX.1-{alias}, "
             f"which is not on disk: download it from the Models tab, or put a FLUX.1-{alias} folder (diffusers layout) "
-            "into the models folder.",
+            "or ComfyUI's ae, clip_l and t5xxl files into the models folder.",
             f"{path.name} is a single transformer file: pass --base-model (FLUX.1-{alias}, which it needs, is not on "
-            "disk to take the VAE, text encoders and scheduler from).")
+            "disk to take the VAE, text encoders and scheduler from; a folder holding ComfyUI's ae, clip_l and t5xxl "
+            "files does too).")
 
     def folder(self, name: str, on_download: DownloadCallback | None = None) -> Path:
         """The folder of a side model (depth estimator, ControlNet, Redux) by alias, repo id or path."""

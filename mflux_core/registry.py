@@ -14,10 +14,11 @@ from mflux_core.downloads import cached_repo_folder  # complete downloads only: 
 from mflux_core.errors import ModelLoadError
 from mflux_core.models.vae import FLUX_SIDE, native_side
 from mflux_core.weights.component_folder import component_config
-from mflux_core.weights.mflux_saved import is_mflux_folder, model_kind as mflux_model_kind
-from mflux_core.weights.resolve import ALIASES, DEMO_MODELS, demo_models_dir, hf_cache_dir
 from mflux_core.weights.controlnet_files import is_controlnet_file
 from mflux_core.weights.gguf_file import is_gguf
+from mflux_core.weights.mflux_saved import is_mflux_folder, model_kind as mflux_model_kind
+from mflux_core.weights.resolve import ALIASES, DEMO_MODELS, demo_models_dir, hf_cache_dir
+from mflux_core.weights.split_files import split_file_kind
 
 FLUX_PIPELINE_KINDS = {
     "FluxPipeline": "base", "FluxFillPipeline": "fill", "FluxControlPipeline": "depth",
@@ -80,7 +81,8 @@ def is_single_file_checkpoint(path: Path) -> bool:
 
 def file_kind(path: Path) -> str:
     """What a .safetensors file in the models folder holds, from its header's tensor names: a ControlNet
-    (weights/controlnet_files.py), else a single-file transformer (as a .gguf file always is)."""
+    (weights/controlnet_files.py), a VAE or text encoder (ComfyUI's ae, clip_l, t5xxl: weights/split_files.py),
+    else a single-file transformer (as a .gguf file always is)."""
     if is_gguf(path):
         return "single-file"
     try:
@@ -88,7 +90,10 @@ def file_kind(path: Path) -> str:
             keys = weights.keys()
     except (OSError, SafetensorError):
         return "single-file"  # loading it says what is wrong
-    return "controlnet" if is_controlnet_file(keys) else "single-file"
+    if is_controlnet_file(keys):
+        return "controlnet"
+    return {"vae": "vae", "text_encoder": "text-encoder", "text_encoder_2": "text-encoder"}.get(
+        split_file_kind(path), "single-file")
 
 
 def folder_native_side(folder: Path) -> int:

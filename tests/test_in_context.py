@@ -18,7 +18,6 @@ from mflux_core.tools.in_context_lora import LORA_REPO, LORA_STYLES
 from mflux_core.tools.specs import IC_EDIT_TEMPLATE
 from mflux_core.manager import ModelManager
 from mflux_core.request import GenerationRequest
-from mflux_core.models.prompt_tokenizers import load_clip_tokenizer, load_t5_tokenizer
 from mflux_core.models.text_encoders import TextEncoders
 from mflux_core.tools.common import default_sequence_length
 from mflux_core.weights.resolve import demo_folder
@@ -104,7 +103,7 @@ def test_ic_edit_panel_is_512_wide_and_tool_loras_are_appended():
 
 
 def tokenizers_of(folder) -> TextEncoders:
-    return TextEncoders(folder, load_clip_tokenizer(folder / "tokenizer"), load_t5_tokenizer(folder / "tokenizer_2"))
+    return TextEncoders.tokenizers_of(folder)
 
 
 def test_ic_edits_template_takes_no_room_from_the_instruction(tiny_fill):

@@ -311,8 +311,8 @@ def test_a_single_file_picked_by_name_takes_its_base_from_flux1_on_disk(tiny, gg
                                 guidance=3.5)
     with pytest.raises(WordedTwice, match=f"^{path.name} holds only a transformer: its VAE, text encoders and "
                                           "scheduler come from FLUX.1-dev, which is not on disk: download it from the "
-                                          r"Models tab, or put a FLUX.1-dev folder \(diffusers layout\) into the "
-                                          "models folder.$"):
+                                          r"Models tab, or put a FLUX.1-dev folder \(diffusers layout\) or "
+                                          "ComfyUI's ae, clip_l and t5xxl files into the models folder.$"):
         ModelManager(models_dir=models).generate(request)
     (models / base_name).symlink_to(tiny, target_is_directory=True)
     picked = ModelManager(models_dir=models).generate(request).image

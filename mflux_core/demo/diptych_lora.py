@@ -29,7 +29,6 @@ from PIL import Image
 
 from mflux_core.demo import dataset
 from mflux_core.demo.shapes import caption
-from mflux_core.models.prompt_tokenizers import load_clip_tokenizer, load_t5_tokenizer
 from mflux_core.models.text_encoders import TextEncoders
 from mflux_core.tools.common import default_sequence_length
 from mflux_core.tools.in_context_lora import PROMPT_MARKERS
@@ -95,9 +94,7 @@ def sequence_length(kind: str) -> int:
     """The T5 length the tool resolves on demo-fill when a request sets none (IC-Edit: its template's tokens
     included; In-Context: room for both panels' captions)."""
     folder = demo_folder("demo-fill")
-    tokenizers = TextEncoders(folder, load_clip_tokenizer(folder / "tokenizer"),
-                              load_t5_tokenizer(folder / "tokenizer_2"))
-    return default_sequence_length(tokenizers, kind)
+    return default_sequence_length(TextEncoders.tokenizers_of(folder), kind)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,12 +21,16 @@ class PromptEmbeddings:
     pooled: mx.array  # (1, clip hidden size): the transformer's pooled text vector
 
 
+# a FLUX.1 folder's: CLIP's and T5's weights, their tokenizers
+TEXT_COMPONENTS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+
+
 class TextEncoders:
-    """Tokenizers and encoders of one FLUX.1 folder. `release()` frees the encoder weights;
+    """Tokenizers and encoders of one FLUX.1 model. `release()` frees the encoder weights;
     the next `encode` loads them again."""
 
-    def __init__(self, model_folder: Path, clip_tokenizer, t5_tokenizer, dtype: mx.Dtype = mx.float32):
-        self.model_folder = Path(model_folder)
+    def __init__(self, clip_path: Path, t5_path: Path, clip_tokenizer, t5_tokenizer, dtype: mx.Dtype = mx.float32):
+        self.clip_path, self.t5_path = Path(clip_path), Path(t5_path)  # a component folder or file each
         self.clip_tokenizer = clip_tokenizer
         self.t5_tokenizer = t5_tokenizer
         self.dtype = dtype
@@ -35,19 +39,28 @@ class TextEncoders:
         self.linear_shapes: dict[str, dict[str, tuple[int, int]]] = {}  # kept when the weights are released
 
     @classmethod
-    def from_folder(cls, model_folder: Path, dtype: mx.Dtype = mx.float32) -> "TextEncoders":
-        model_folder = Path(model_folder)
-        clip_tokenizer = load_clip_tokenizer(model_folder / "tokenizer")
-        encoders = cls(model_folder, clip_tokenizer, load_t5_tokenizer(model_folder / "tokenizer_2"), dtype)
+    def from_paths(cls, clip_path: Path, t5_path: Path, clip_tokenizer: Path, t5_tokenizer: Path,
+                   dtype: mx.Dtype = mx.float32) -> "TextEncoders":
+        encoders = cls(clip_path, t5_path, load_clip_tokenizer(clip_tokenizer), load_t5_tokenizer(t5_tokenizer), dtype)
         encoders.load()
         return encoders
+
+    @classmethod
+    def from_folder(cls, model_folder: Path, dtype: mx.Dtype = mx.float32) -> "TextEncoders":
+        return cls.from_paths(*(Path(model_folder) / name for name in TEXT_COMPONENTS), dtype)
+
+    @classmethod
+    def tokenizers_of(cls, model_folder: Path) -> "TextEncoders":
+        """A FLUX.1 folder's tokenizers alone (the encoders load when first used)."""
+        clip, t5, clip_tokenizer, t5_tokenizer = (Path(model_folder) / name for name in TEXT_COMPONENTS)
+        return cls(clip, t5, load_clip_tokenizer(clip_tokenizer), load_t5_tokenizer(t5_tokenizer))
 
     def load(self) -> None:
         """Load whichever encoder is not resident."""
         if self._clip is None:
-            self._clip = load_clip_text_model(self.model_folder / "text_encoder", self.dtype)
+            self._clip = load_clip_text_model(self.clip_path, self.dtype)
         if self._t5 is None:
-            self._t5 = load_t5_encoder(self.model_folder / "text_encoder_2", self.dtype)
+            self._t5 = load_t5_encoder(self.t5_path, self.dtype)
         if not self.linear_shapes:
             self.linear_shapes = {component: linear_shapes(root) for component, root in self.components().items()}
 

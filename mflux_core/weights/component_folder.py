@@ -1,21 +1,27 @@
-"""A model component's folder read as config + tensors: diffusers' and transformers' own (config.json and
-safetensors), or one mflux saved (weights/mflux_saved.py), which has no config.json."""
+"""A model component read as config + tensors, whatever holds it: a folder as diffusers and transformers write one
+(config.json and safetensors), a folder mflux saved (weights/mflux_saved.py), or one file as ComfyUI and Forge keep
+the VAE and text encoders (weights/split_files.py); the last two have no config.json."""
 
 from pathlib import Path
 
 import mlx.core as mx
 
-from mflux_core.weights import mflux_saved
+from mflux_core.weights import mflux_saved, split_files
 from mflux_core.weights.safetensors_io import load_folder_weights, read_json
 
 
-def component_config(folder: Path) -> dict:
-    folder = Path(folder)
-    return mflux_saved.component_config(folder) if mflux_saved.is_mflux_component(folder) \
-        else read_json(folder / "config.json")
+def component_config(path: Path) -> dict:
+    path = Path(path)
+    if path.is_file():
+        return split_files.file_config(path)
+    return mflux_saved.component_config(path) if mflux_saved.is_mflux_component(path) \
+        else read_json(path / "config.json")
 
 
-def component_weights(folder: Path) -> dict[str, mx.array]:
+def component_weights(path: Path) -> dict[str, mx.array]:
     """The tensors under the published checkpoints' names (what each model's `sanitize` reads)."""
-    return mflux_saved.component_weights(folder) if mflux_saved.is_mflux_component(folder) \
-        else load_folder_weights(folder)
+    path = Path(path)
+    if path.is_file():
+        return split_files.file_weights(path)
+    return mflux_saved.component_weights(path) if mflux_saved.is_mflux_component(path) \
+        else load_folder_weights(path)

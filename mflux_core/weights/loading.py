@@ -46,7 +46,7 @@ def load_component(
     """config.json -> build(config) -> sanitize(checkpoint weights) -> strict load, cast to dtype. Not `evaluated`,
     each weight is read from the file when first used (MLX loads lazily: a merge reads one tensor at a time)."""
     folder = Path(folder)
-    if not folder.is_dir():
+    if not folder.exists():
         raise ModelLoadError(f"Missing model component folder {folder}.")
     config = component_config(folder)
     model = build(config)

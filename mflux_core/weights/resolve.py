@@ -10,6 +10,7 @@ from safetensors import SafetensorError, safe_open
 from mflux_core.downloads import DownloadCallback, fetch_repo, hf_cache_dir, is_offline  # noqa: F401 (re-exported)
 from mflux_core.errors import ModelLoadError, WordedTwice
 from mflux_core.weights.gguf_file import gguf_resident_bytes, gguf_tensor_names, is_gguf
+from mflux_core.weights.split_base import has_split_files, split_base
 
 # The published repos behind the names users type (mflux's aliases plus the tool models).
 ALIASES = {
@@ -30,19 +31,24 @@ ALIASES = {
 # demo_models/ folder (alias = folder name). They resolve to those folders and never download.
 DEMO_MODELS = ("demo", "demo-fill", "demo-depth", "demo-kontext", "demo-canny", "demo-depth-estimator",
                "demo-upscaler", "demo-redux")
+GUIDANCE_KEY = "guidance_in.in_layer.weight"  # a BFL transformer with a guidance embedding: FLUX.1-dev's kind
 DEMO_MODELS_ENV = "MFLUX_STUDIO_DEMO_MODELS"  # another folder holding the demo folders (tests, wheel installs)
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A resolved model: a diffusers-layout folder, or a single transformer file plus a base folder."""
+    """A resolved model: a diffusers-layout folder, or a single transformer file plus a base folder or base files."""
 
     folder: Path | None
     transformer_file: Path | None = None
     base_folder: Path | None = None  # supplies VAE, text encoders and scheduler for a single file
+    base_files: tuple[tuple[str, Path], ...] = ()  # or (component, file or folder): weights/split_base.py
 
     def component(self, name: str) -> Path:
-        """Folder of a component, falling back to the base model for what a derivative lacks."""
+        """Folder (or file) of a component, falling back to the base model for what a derivative lacks."""
+        for component, path in self.base_files:
+            if component == name:
+                return path
         for root in (self.folder, self.base_folder):
             if root is not None and (root / name).is_dir():
                 return root / name
@@ -145,8 +151,10 @@ def resolve_model(
         if base is None:
             raise ModelLoadError(
                 f"{target.name} is a single transformer file: pass --base-model dev or schnell to supply "
-                "the VAE, text encoders and scheduler."
+                "the VAE, text encoders and scheduler (or a folder holding ComfyUI's ae, clip_l and t5xxl files)."
             )
+        if not (base / "transformer").is_dir() and has_split_files(base):
+            return ModelSource(folder=None, transformer_file=target, base_files=split_base(base, models_dir))
         check_flux_folder(base)
         return ModelSource(folder=None, transformer_file=target, base_folder=base)
     check_flux_folder(target)
@@ -181,6 +189,11 @@ def single_file_names(path: Path) -> set[str]:
             return set(weights.keys())
     except (OSError, SafetensorError):
         return set()  # loading it says what is wrong
+
+
+def single_file_has_guidance(path: Path) -> bool:
+    """Whether a single transformer file has a guidance embedding (FLUX.1-dev's kind), from its header."""
+    return any(name.endswith(GUIDANCE_KEY) for name in single_file_names(path))
 
 
 def stored_float_dtypes(files: list[Path]) -> set[str]:

@@ -44,8 +44,11 @@ def _fp8_names(path: Path) -> set[str]:
 
 
 def weight_files(folder: Path) -> list[Path]:
-    """The safetensors files of a component folder, following an index JSON when there is one."""
+    """The safetensors files of a component folder, following an index JSON when there is one (a component that is
+    one file: that file)."""
     folder = Path(folder)
+    if folder.is_file():
+        return [folder]
     indexes = sorted(folder.glob("*.safetensors.index.json"))
     if indexes:
         index = read_json(indexes[0])

@@ -26,7 +26,7 @@ from mflux_core.lora.library import resolve_lora_path
 from mflux_core.models.clip import load_clip_text_model
 from mflux_core.models.t5 import load_t5_encoder
 from mflux_core.weights.quantize import CONFIG_KEY, GROUP_SIZE, quantization_config, quantize_lazily, quantized_bits
-from mflux_core.weights.component_folder import component_config
+from mflux_core.weights.component_folder import component_config, component_weights
 from mflux_core.weights.gguf_file import check_not_gguf
 from mflux_core.weights.mflux_saved import is_mflux_folder
 from mflux_core.weights.resolve import ModelSource, resident_bytes_of, stored_float_dtypes
@@ -34,7 +34,7 @@ from mflux_core.weights.safetensors_io import read_json, weight_files
 
 # copied as they are unless the save changes them (a LoRA's text encoders; T5 quantized or cast to another dtype)
 COPIED_COMPONENTS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
-TRANSFORMER_FILE = "diffusion_pytorch_model.safetensors"
+DIFFUSERS_FILE = "diffusion_pytorch_model.safetensors"  # diffusers models: the transformer, the VAE
 ENCODER_FILE = "model.safetensors"
 ENCODER_LABELS = {"text_encoder": "CLIP", "text_encoder_2": "T5"}
 CLIP_PREFIX = "text_model."  # before every name in the published CLIP files (models/clip.py reads both)
@@ -128,7 +128,21 @@ def model_index(source: ModelSource) -> str:
             return (root / "model_index.json").read_text()
         if root is not None and is_mflux_folder(root):
             return json.dumps(FLUX_PIPELINE_INDEX, indent=2)
+    if source.base_files:  # ComfyUI's separate files
+        return json.dumps(FLUX_PIPELINE_INDEX, indent=2)
     raise ModelLoadError("The model has no model_index.json to copy.")
+
+
+def copy_component(path: Path, name: str, target: Path) -> None:
+    """A component's folder as it is (the HF cache's links followed); one file (ComfyUI's ae, clip_l, t5xxl) as
+    the diffusers folder it stands for: config.json and the tensors under the published names."""
+    if path.is_dir():
+        shutil.copytree(path, target)
+        return
+    target.mkdir()
+    (target / "config.json").write_text(json.dumps(component_config(path), indent=2))
+    filename = DIFFUSERS_FILE if name == "vae" else ENCODER_FILE
+    mx.save_safetensors(str(target / filename), component_weights(path), {"format": "pt"})
 
 
 # on_progress(done, total, what) after each tensor computed and each component written; what it raises (Cancelled
@@ -180,7 +194,7 @@ def save_model(
     partial.mkdir(parents=True)  # the models folder may not exist yet
     try:
         transformer_bytes = write_component(
-            transformer, transformer_config(source, transformer), partial / "transformer", TRANSFORMER_FILE)
+            transformer, transformer_config(source, transformer), partial / "transformer", DIFFUSERS_FILE)
         wrote("transformer written")
         encoder_bytes = {}
         for name, module in encoders.items():
@@ -194,7 +208,7 @@ def save_model(
                 (partial / name / "scheduler_config.json").write_text(
                     json.dumps(loader.load_scheduler_config(source), indent=2))
             else:
-                shutil.copytree(source.component(name), partial / name)  # follows the HF cache's links
+                copy_component(source.component(name), name, partial / name)
             wrote(f"{name} copied")
         (partial / "model_index.json").write_text(index)
         wrote("model_index.json copied")

@@ -1,0 +1,113 @@
+"""FLUX.1's VAE and text encoders as ComfyUI and Forge users keep them: one file each, beside a single transformer
+file, in place of a FLUX.1 folder's vae/, text_encoder/ and text_encoder_2/.
+
+- The VAE: BFL's `ae.safetensors` (the original autoencoder's names: encoder.down.0.block.0..., mid.attn_1...;
+  `vae.` or `first_stage_model.` before them in an all-in-one checkpoint), renamed to diffusers' as diffusers'
+  own single-file loader does (decoder.up.N is up_blocks[last - N]; the attention's 1x1 convolutions as linears).
+- CLIP-L: `clip_l.safetensors`, transformers' names (the `text_model.` prefix optional; the projection and logit
+  scale of the full CLIP model dropped).
+- T5-XXL: `t5xxl_fp16.safetensors` / `t5xxl_fp8_e4m3fn.safetensors`, transformers' names (FP8 read as float16).
+None has a config: weights/flux_config.py reads it from the shapes. The tokenizers are not in these files.
+"""
+
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import mlx.core as mx
+from safetensors import SafetensorError, safe_open
+
+from mflux_core.errors import ModelLoadError
+from mflux_core.weights.flux_config import component_kind, config_from_shapes
+from mflux_core.weights.safetensors_io import load_safetensors
+
+SPLIT_KINDS = ("vae", "text_encoder", "text_encoder_2")
+LABELS = {"vae": "VAE (ae.safetensors)", "text_encoder": "CLIP-L text encoder (clip_l.safetensors)",
+          "text_encoder_2": "T5-XXL text encoder (t5xxl_*.safetensors)"}
+VAE_PREFIXES = ("first_stage_model.", "vae.")
+CLIP_EXTRAS = ("text_projection.weight", "logit_scale", "text_model.embeddings.position_ids")
+BFL_VAE_NAMES = (
+    (r"^(encoder|decoder)\.norm_out\.", r"\1.conv_norm_out."),
+    (r"^(encoder|decoder)\.mid\.block_(\d)\.", lambda m: f"{m[1]}.mid_block.resnets.{int(m[2]) - 1}."),
+    (r"^(encoder|decoder)\.mid\.attn_1\.norm\.", r"\1.mid_block.attentions.0.group_norm."),
+    (r"^(encoder|decoder)\.mid\.attn_1\.(q|k|v)\.", r"\1.mid_block.attentions.0.to_\2."),
+    (r"^(encoder|decoder)\.mid\.attn_1\.proj_out\.", r"\1.mid_block.attentions.0.to_out.0."),
+    (r"^encoder\.down\.(\d+)\.block\.", r"encoder.down_blocks.\1.resnets."),
+    (r"^encoder\.down\.(\d+)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0."),
+    (r"\.nin_shortcut\.", ".conv_shortcut."),
+)
+BFL_UP_BLOCK = re.compile(r"^decoder\.up\.(\d+)\.(block|upsample)\.")
+
+
+def _header(path: Path) -> dict[str, tuple[int, ...]]:
+    try:
+        with safe_open(path, framework="numpy") as weights:
+            return {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}
+    except (OSError, SafetensorError) as error:
+        raise ModelLoadError(f"Cannot read the weights file {path} ({error}).") from None
+
+
+def _bfl_vae_names(names: list[str]) -> dict[str, str]:
+    """BFL autoencoder name -> diffusers'; the names of an all-in-one checkpoint's VAE keep only their own part."""
+    prefix = next((p for p in VAE_PREFIXES if any(name.startswith(p) for name in names)), "")
+    names = [name for name in names if name.startswith(prefix)]
+    up_blocks = {int(m[1]) for name in names if (m := BFL_UP_BLOCK.match(name[len(prefix):]))}
+    renamed = {}
+    for name in names:
+        new = name[len(prefix):]
+        for pattern, replacement in BFL_VAE_NAMES:
+            new = re.sub(pattern, replacement, new)
+        new = BFL_UP_BLOCK.sub(lambda m: f"decoder.up_blocks.{len(up_blocks) - 1 - int(m[1])}."
+                                         + ("resnets." if m[2] == "block" else "upsamplers.0."), new)
+        renamed[name] = new
+    return renamed
+
+
+def _published_names(names: list[str]) -> dict[str, str]:
+    """A split file's names -> the names a FLUX.1 folder's component publishes them under."""
+    if "decoder.conv_in.weight" in names or any(name.startswith(VAE_PREFIXES) for name in names):
+        return _bfl_vae_names(names)
+    if "embeddings.token_embedding.weight" in names:  # CLIP without the text_model. prefix
+        return {name: f"text_model.{name}" for name in names if name not in CLIP_EXTRAS}
+    if "encoder.embed_tokens.weight" in names and "shared.weight" not in names:  # T5 storing only the encoder's copy
+        return {name: "shared.weight" if name == "encoder.embed_tokens.weight" else name for name in names}
+    return {name: name for name in names if name not in CLIP_EXTRAS}
+
+
+@lru_cache(maxsize=16)
+def _shapes(path: Path, mtime_ns: int) -> dict[str, tuple[int, ...]]:
+    shapes = _header(path)
+    return {new: shapes[old] for old, new in _published_names(list(shapes)).items()}
+
+
+def file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The file's tensor shapes under the published names."""
+    path = Path(path)
+    return _shapes(path, path.stat().st_mtime_ns)
+
+
+def split_file_kind(path: Path) -> str | None:
+    """"vae", "text_encoder" (CLIP) or "text_encoder_2" (T5) for such a file, else None (a transformer, a LoRA...)."""
+    if Path(path).suffix != ".safetensors":
+        return None
+    try:
+        kind = component_kind(file_shapes(path))
+    except ModelLoadError:
+        return None
+    return kind if kind in SPLIT_KINDS else None
+
+
+def file_config(path: Path) -> dict:
+    return config_from_shapes(file_shapes(path))
+
+
+def file_weights(path: Path) -> dict[str, mx.array]:
+    """The file's tensors under the published names and shapes (what each model's `sanitize` reads)."""
+    weights = load_safetensors(path)
+    published = {}
+    for old, new in _published_names(list(weights)).items():
+        value = weights[old]
+        if ".attentions." in new and value.ndim == 4:  # BFL's 1x1 convolutions: diffusers' linear layers
+            value = value.reshape(value.shape[:2])
+        published[new] = value
+    return published

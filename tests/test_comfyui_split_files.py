@@ -1,0 +1,153 @@
+"""ComfyUI's and Forge's separate FLUX.1 files (ae.safetensors, clip_l.safetensors, t5xxl_*.safetensors) are a single
+transformer file's base: picked from the models folder by the page and the APIs, named as `--base-model FOLDER` on
+the CLI. The VAE's BFL names are converted as diffusers' own single-file loader converts them; the image equals the
+one made with the diffusers folder the files came from; FLUX.1's tokenizers, in none of the files, come from a FLUX.1
+folder on disk or are fetched alone (a fake hub here)."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from mflux_core import cli
+from mflux_core.errors import WordedTwice
+from mflux_core.manager import ModelManager
+from mflux_core.registry import list_models
+from mflux_core.request import GenerationRequest
+from mflux_core.weights import split_base
+from mflux_core.weights.split_files import file_weights
+from tests.fixtures.comfy_split_files import bfl_vae_state, write_split_files
+from tests.fixtures.fake_hub import hub  # noqa: F401 (a fixture)
+from tests.fixtures.tiny_flux import build_tiny_flux
+from tests.parity import max_uint8_diff, run_cli
+from tests.test_mflux_saved_folders import HEIGHT, SPEC, WIDTH
+from tests.test_quantized_single_files import Q8_0, write_gguf
+from tests.test_transformer import diffusers_to_bfl
+
+GGUF = "flux1-tiny-Q8_0.gguf"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_flux(tmp_path_factory.mktemp("comfy-base"), SPEC)
+
+
+@pytest.fixture
+def comfy_models(tiny, tmp_path, monkeypatch):
+    """A ComfyUI-like models folder: the transformer as GGUF, vae/ae, clip/clip_l and clip/t5xxl, no FLUX.1 folder
+    (this machine's downloads aside)."""
+    from diffusers import FluxTransformer2DModel
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    models = tmp_path / "models"
+    write_split_files(tiny, models)
+    state = FluxTransformer2DModel.from_pretrained(tiny / "transformer").state_dict()
+    write_gguf(models / GGUF, diffusers_to_bfl(state), {"": Q8_0})
+    return models
+
+
+def with_tokenizers(models, tiny):
+    for name in ("tokenizer", "tokenizer_2"):
+        shutil.copytree(tiny / name, models / "flux1-tokenizers" / name)
+    return models
+
+
+def test_the_vae_file_converts_as_diffusers_single_file_loader_converts_it(tiny, tmp_path):
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+    from safetensors.torch import load_file, save_file
+
+    original = load_file(tiny / "vae" / "diffusion_pytorch_model.safetensors")
+    bfl = bfl_vae_state(tiny / "vae")
+    reference = convert_ldm_vae_checkpoint(bfl, AutoencoderKL.load_config(tiny / "vae"))
+    assert set(reference) == set(original)
+    assert all(torch.equal(reference[name].reshape(original[name].shape), original[name]) for name in original)
+    save_file({f"vae.{name}": value for name, value in bfl.items()}, tmp_path / "all-in-one-vae.safetensors")
+    ours = file_weights(tmp_path / "all-in-one-vae.safetensors")  # an all-in-one checkpoint's VAE part
+    assert set(ours) == set(original)
+    assert all(np.array_equal(np.array(ours[name]).reshape(original[name].shape), original[name].numpy())
+               for name in original)
+
+
+def test_a_gguf_file_in_a_comfyui_models_folder_makes_the_image_of_its_diffusers_folder(tiny, comfy_models, tmp_path):
+    """The page's and the APIs' way (the file named alone) and the CLI's (`--base-model` the folder) equal the image
+    the same transformer file makes on the diffusers folder the VAE and text encoders came from."""
+    models = with_tokenizers(comfy_models, tiny)
+    request = GenerationRequest(model=GGUF, prompt="a red house", seed=3, steps=2, width=WIDTH, height=HEIGHT,
+                                guidance=3.5)
+    picked = ModelManager(models_dir=models).generate(request).image.convert("RGB")
+    args = ["--prompt", "a red house", "--seed", 3, "--steps", 2, "--height", HEIGHT, "--width", WIDTH,
+            "--guidance", 3.5]
+    named = run_cli("generate", "--path", models / GGUF, "--base-model", models, *args,
+                    "--output", tmp_path / "named.png")
+    folder = run_cli("generate", "--path", models / GGUF, "--base-model", tiny, *args, "--output", tmp_path / "f.png")
+    assert max_uint8_diff(picked, folder) == 0
+    assert max_uint8_diff(named, folder) == 0
+    kinds = {entry.name: entry.kind for entry in list_models(models)}
+    assert kinds[GGUF] == "single-file" and "ae.safetensors" not in kinds  # the VAE is no transformer to offer
+
+
+def test_the_vae_and_text_encoders_are_listed_by_kind_at_the_models_folders_top(comfy_models):
+    for path in (comfy_models / "vae").iterdir():
+        shutil.move(path, comfy_models / path.name)
+    shutil.move(comfy_models / "clip" / "clip_l.safetensors", comfy_models / "clip_l.safetensors")
+    kinds = {entry.name: entry.kind for entry in list_models(comfy_models)}
+    assert (kinds["ae.safetensors"], kinds["clip_l.safetensors"], kinds[GGUF]) == ("vae", "text-encoder",
+                                                                                     "single-file")
+
+
+def test_the_tokenizers_are_fetched_alone_when_no_flux1_folder_has_them(tiny, comfy_models, hub, source,  # noqa: F811
+                                                                        monkeypatch):
+    monkeypatch.setattr(split_base, "TOKENIZER_REPO", "acme/tiny-flux")
+    request = GenerationRequest(model=GGUF, prompt="a red house", seed=3, steps=2, width=WIDTH, height=HEIGHT,
+                                guidance=3.5)
+    ModelManager(models_dir=comfy_models).generate(request)
+    fetched = sorted(str(path.relative_to(comfy_models / "flux1-tokenizers"))
+                     for path in (comfy_models / "flux1-tokenizers").rglob("*") if path.is_file())
+    assert fetched and all(name.startswith(("tokenizer/", "tokenizer_2/")) for name in fetched)
+    assert not any("transformer" in path for _, path, _ in hub.seen if "/resolve/" in path)
+
+
+@pytest.fixture
+def source(tiny):
+    """What the fake hub serves: the tiny FLUX.1 folder (its tokenizers, and a transformer not to fetch)."""
+    return tiny
+
+
+def test_without_tokenizers_offline_or_a_missing_file_the_page_gets_a_sentence(comfy_models, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    request = GenerationRequest(model=GGUF, prompt="x", seed=1, steps=1, width=WIDTH, height=HEIGHT)
+    with pytest.raises(WordedTwice, match="^FLUX.1's tokenizers are not on disk .* download any FLUX.1 model from "
+                                          "the Models tab while online, or put a FLUX.1 folder into the models"):
+        ModelManager(models_dir=comfy_models).generate(request)
+    (comfy_models / "clip" / "t5xxl.safetensors").unlink()
+    code = cli.main(["generate", "--path", str(comfy_models / GGUF), "--base-model", str(comfy_models), "--prompt",
+                     "x", "--steps", "1", "--height", str(HEIGHT), "--width", str(WIDTH)])
+    assert code == 1
+    assert "missing: T5-XXL text encoder (t5xxl_*.safetensors)." in capsys.readouterr().err
+
+
+def test_saving_a_single_file_with_comfyui_files_writes_a_diffusers_folder(tiny, comfy_models, tmp_path):
+    """`save` writes the VAE and text encoders as diffusers folders (config.json, published names): diffusers loads
+    the VAE back equal to the one the file came from, and the saved folder makes the file's image."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from safetensors.torch import save_file
+
+    models = with_tokenizers(comfy_models, tiny)
+    state = FluxTransformer2DModel.from_pretrained(tiny / "transformer").state_dict()
+    save_file({name: value.contiguous() for name, value in diffusers_to_bfl(state).items()}, tmp_path / "flux1.sft")
+    (tmp_path / "flux1.sft").rename(tmp_path / "flux1.safetensors")
+    assert cli.main(["save", "--model-path", str(tmp_path / "flux1.safetensors"), "--base-model", str(models),
+                     "--path", str(tmp_path / "saved")]) == 0
+    saved_vae = AutoencoderKL.from_pretrained(tmp_path / "saved" / "vae").state_dict()
+    original_vae = AutoencoderKL.from_pretrained(tiny / "vae").state_dict()
+    assert all(torch.equal(saved_vae[name], original_vae[name]) for name in original_vae)
+    args = ["--prompt", "a red house", "--seed", 3, "--steps", 2, "--height", HEIGHT, "--width", WIDTH]
+    saved = run_cli("generate", "--path", tmp_path / "saved", *args, "--output", tmp_path / "saved.png")
+    folder = run_cli("generate", "--path", tmp_path / "flux1.safetensors", "--base-model", tiny, *args,
+                     "--output", tmp_path / "folder.png")
+    assert max_uint8_diff(saved, folder) == 0
