@@ -14,7 +14,6 @@ from mflux_core.weights.resolve import (
 from mflux_core.weights.split_base import has_split_files
 
 
-
 class ModelLocator:
     def __init__(self, models_dir: Path | None = None):
         self.models_dir = Path(models_dir) if models_dir else Path("models")

@@ -140,6 +140,9 @@ def test_a_broken_mflux_folder_is_refused_in_a_sentence(tiny, tmp_path, capsys):
     mx.save_safetensors(str(odd), mx.load(str(odd)), {"quantization_level": "four"})
     assert cli.main([*args[:2], str(tmp_path / "odd"), *args[3:]]) == 1
     assert "says it is quantized to 'four' bits" in capsys.readouterr().err
+    mx.save_safetensors(str(odd), mx.load(str(odd)), {"quantization_level": "7"})
+    assert cli.main([*args[:2], str(tmp_path / "odd"), *args[3:]]) == 1
+    assert "says it is quantized to 7 bits; MLX quantizes to 2, 3, 4, 5, 6, 8." in capsys.readouterr().err
 
 
 def test_saving_an_mflux_folder_writes_a_studio_folder_that_makes_the_same_image(tiny, tmp_path):

@@ -8,6 +8,7 @@ import re
 from mflux_core.errors import ModelLoadError
 
 FLUX1_AXES_DIMS_ROPE = (16, 56, 56)  # FLUX.1's head dim 128 split over (image index, row, column)
+MLX_GROUP_SIZES = (32, 64, 128)
 CLIP_HEAD_DIM = 64
 VAE_NORM_GROUPS = 32
 VAE_SCALING = {"scaling_factor": 0.3611, "shift_factor": 0.1159}
@@ -77,7 +78,11 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]], bits: int | None = No
     config = {"transformer": transformer_config, "vae": vae_config, "text_encoder_2": t5_config,
               "text_encoder": clip_config}[kind](shapes, bits)
     if bits and any(name.endswith(".scales") for name in shapes):
-        config["quantization"] = {"bits": bits, "group_size": group_size(shapes, bits)}
+        size = group_size(shapes, bits)
+        if size not in MLX_GROUP_SIZES:
+            raise ModelLoadError(f"The checkpoint's {bits}-bit layers come in groups of {size}, which MLX does not "
+                                 f"have ({', '.join(map(str, MLX_GROUP_SIZES))}): its bits or shapes are wrong.")
+        config["quantization"] = {"bits": bits, "group_size": size}
     return config
 
 

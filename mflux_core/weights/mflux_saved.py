@@ -23,6 +23,7 @@ from mflux_core.weights.safetensors_io import load_safetensors, weight_files
 
 MFLUX_METADATA = ("quantization_level", "mflux_version")
 UNQUANTIZED = ("None", "null", "")
+MLX_BITS = (2, 3, 4, 5, 6, 8)
 
 # mflux's module names -> the published checkpoints' names (which our models' `sanitize` reads)
 RENAMES = (
@@ -87,6 +88,9 @@ def _header(folder: Path, mtimes: tuple) -> tuple[dict[str, tuple[int, ...]], in
             bits = None if level in UNQUANTIZED else int(level)
         except ValueError:
             raise ModelLoadError(f"{path} says it is quantized to {level!r} bits, which is not a number.") from None
+        if bits is not None and bits not in MLX_BITS:
+            raise ModelLoadError(f"{path} says it is quantized to {bits} bits; MLX quantizes to "
+                                 f"{', '.join(map(str, MLX_BITS))}.")
         try:
             with safe_open(path, framework="numpy") as weights:
                 shapes.update({name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()})

@@ -31,7 +31,6 @@ ALIASES = {
 # demo_models/ folder (alias = folder name). They resolve to those folders and never download.
 DEMO_MODELS = ("demo", "demo-fill", "demo-depth", "demo-kontext", "demo-canny", "demo-depth-estimator",
                "demo-upscaler", "demo-redux")
-GUIDANCE_KEY = "guidance_in.in_layer.weight"  # a BFL transformer with a guidance embedding: FLUX.1-dev's kind
 DEMO_MODELS_ENV = "MFLUX_STUDIO_DEMO_MODELS"  # another folder holding the demo folders (tests, wheel installs)
 
 
@@ -189,6 +188,9 @@ def single_file_names(path: Path) -> set[str]:
             return set(weights.keys())
     except (OSError, SafetensorError):
         return set()  # loading it says what is wrong
+
+
+GUIDANCE_KEY = "guidance_in.in_layer.weight"  # a BFL transformer with a guidance embedding: FLUX.1-dev's kind
 
 
 def single_file_has_guidance(path: Path) -> bool:

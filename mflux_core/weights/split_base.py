@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mflux_core.downloads import hf_cache_dir, hub_error, is_offline
 from mflux_core.errors import ModelLoadError, WordedTwice
-from mflux_core.weights.split_files import LABELS, SPLIT_KINDS, split_file_kind
+from mflux_core.weights.split_files import LABELS, SPLIT_KINDS, is_readable, split_file_kind
 
 COMFY_FOLDERS = ("", "vae", "clip", "text_encoders")
 TOKENIZER_REPO = "black-forest-labs/FLUX.1-schnell"  # not gated; every FLUX.1 model has the same two tokenizers
@@ -38,8 +38,11 @@ def split_base(folder: Path, models_dir: Path | None) -> tuple[tuple[str, Path],
     found = split_files_in(folder)
     missing = [LABELS[kind] for kind in SPLIT_KINDS if kind not in found]
     if missing:
+        unreadable = [path.name for sub in COMFY_FOLDERS for path in sorted((Path(folder) / sub).glob("*.safetensors"))
+                      if not is_readable(path)]
         raise ModelLoadError(f"{folder} holds part of a FLUX.1 base for a single transformer file; missing: "
-                             f"{', '.join(missing)}.")
+                             f"{', '.join(missing)}" + (f" ({', '.join(unreadable)} there cannot be read)."
+                                                        if unreadable else "."))
     tokenizers = flux_tokenizers(models_dir, Path(folder))
     return (*((kind, found[kind]) for kind in SPLIT_KINDS), *((name, tokenizers / name) for name in TOKENIZERS))
 

@@ -86,6 +86,14 @@ def file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return _shapes(path, path.stat().st_mtime_ns)
 
 
+def is_readable(path: Path) -> bool:
+    try:
+        _header(Path(path))
+    except ModelLoadError:
+        return False
+    return True
+
+
 def split_file_kind(path: Path) -> str | None:
     """"vae", "text_encoder" (CLIP) or "text_encoder_2" (T5) for such a file, else None (a transformer, a LoRA...)."""
     if Path(path).suffix != ".safetensors":
