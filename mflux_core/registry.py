@@ -83,6 +83,9 @@ def file_kind(path: Path) -> str:
     """What a .safetensors file in the models folder holds, from its header's tensor names: a ControlNet
     (weights/controlnet_files.py), a VAE or text encoder (ComfyUI's ae, clip_l, t5xxl: weights/split_files.py),
     else a single-file transformer (as a .gguf file always is)."""
+    split = split_file_kind(path)
+    if split is not None:
+        return "vae" if split == "vae" else "text-encoder"
     if is_gguf(path):
         return "single-file"
     try:
@@ -90,10 +93,7 @@ def file_kind(path: Path) -> str:
             keys = weights.keys()
     except (OSError, SafetensorError):
         return "single-file"  # loading it says what is wrong
-    if is_controlnet_file(keys):
-        return "controlnet"
-    return {"vae": "vae", "text_encoder": "text-encoder", "text_encoder_2": "text-encoder"}.get(
-        split_file_kind(path), "single-file")
+    return "controlnet" if is_controlnet_file(keys) else "single-file"
 
 
 def folder_native_side(folder: Path) -> int:

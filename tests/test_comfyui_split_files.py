@@ -89,13 +89,19 @@ def test_a_gguf_file_in_a_comfyui_models_folder_makes_the_image_of_its_diffusers
     assert kinds[GGUF] == "single-file" and "ae.safetensors" not in kinds  # the VAE is no transformer to offer
 
 
-def test_the_vae_and_text_encoders_are_listed_by_kind_at_the_models_folders_top(comfy_models):
+def test_the_vae_and_text_encoders_are_listed_by_kind_at_the_models_folders_top(tiny, comfy_models):
+    """Not offered as transformers: a GGUF T5 included, which only its tensor names tell from a GGUF transformer."""
+    from gguf import GGMLQuantizationType
+
+    from tests.fixtures.comfy_split_files import write_gguf_t5
+
     for path in (comfy_models / "vae").iterdir():
         shutil.move(path, comfy_models / path.name)
     shutil.move(comfy_models / "clip" / "clip_l.safetensors", comfy_models / "clip_l.safetensors")
+    write_gguf_t5(tiny, comfy_models / "t5-v1_1-xxl-encoder-Q8_0.gguf", {"": GGMLQuantizationType.Q8_0})
     kinds = {entry.name: entry.kind for entry in list_models(comfy_models)}
-    assert (kinds["ae.safetensors"], kinds["clip_l.safetensors"], kinds[GGUF]) == ("vae", "text-encoder",
-                                                                                     "single-file")
+    assert (kinds["ae.safetensors"], kinds["clip_l.safetensors"], kinds["t5-v1_1-xxl-encoder-Q8_0.gguf"],
+            kinds[GGUF]) == ("vae", "text-encoder", "text-encoder", "single-file")
 
 
 def test_the_tokenizers_are_fetched_alone_when_no_flux1_folder_has_them(tiny, comfy_models, hub, source,  # noqa: F811
@@ -151,3 +157,50 @@ def test_saving_a_single_file_with_comfyui_files_writes_a_diffusers_folder(tiny,
     folder = run_cli("generate", "--path", tmp_path / "flux1.safetensors", "--base-model", tiny, *args,
                      "--output", tmp_path / "folder.png")
     assert max_uint8_diff(saved, folder) == 0
+
+
+@pytest.mark.parametrize("kinds", [{"": "Q8_0"}, {"token_embd": "Q8_0", "enc.blk.0.ffn": "Q5_0", "": "Q4_1"}])
+def test_a_gguf_t5_encoder_makes_diffusers_image_from_its_dequantized_weights(tiny, comfy_models, tmp_path, kinds):
+    """city96's T5 GGUF in place of t5xxl_fp16 (llama.cpp's names; its layers stay quantized, read by MLX's own
+    reader when all are Q8_0, by the studio's decoder for the others): the image equals diffusers' with the T5
+    weights the gguf package dequantizes from the file (uint8 max |diff| <= 2)."""
+    from gguf import GGMLQuantizationType
+
+    import mlx.nn as nn
+
+    from mflux_core.models.t5 import load_t5_encoder
+    from mflux_core.weights.split_files import file_config
+    from tests.fixtures.comfy_split_files import write_gguf_t5
+    from tests.fixtures.tiny_flux import load_diffusers_pipeline
+    from tests.parity import UINT8_TOLERANCE, make_noise, pack
+
+    models = with_tokenizers(comfy_models, tiny)
+    (models / "clip" / "t5xxl.safetensors").unlink()
+    read_back = write_gguf_t5(tiny, models / "text_encoders" / "t5-v1_1-xxl-encoder-Q8_0.gguf",
+                              {prefix: GGMLQuantizationType[kind] for prefix, kind in kinds.items()})
+    path = models / "text_encoders" / "t5-v1_1-xxl-encoder-Q8_0.gguf"
+    assert file_config(path)["quantization"] == {"group_size": 32}
+    layers = {name: module.bits for name, module in load_t5_encoder(path).named_modules()
+              if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding))}
+    bits = {"Q8_0": 8, "Q5_0": 5, "Q4_1": 4}
+    assert layers["shared"] == bits[kinds.get("token_embd", kinds[""])]
+    assert layers["encoder.block.0.layer.1.DenseReluDense.wo"] == bits[kinds.get("enc.blk.0.ffn", kinds[""])]
+    assert layers["encoder.block.0.layer.0.SelfAttention.q"] == bits[kinds[""]]
+    noise = make_noise(tmp_path, (1, 4, HEIGHT // 2, WIDTH // 2), seed=4)
+    ours = run_cli("generate", "--path", models / GGUF, "--base-model", models, "--prompt", "a red house", "--steps", 2,
+                   "--height", HEIGHT, "--width", WIDTH, "--guidance", 3.5, "--init-noise", noise,
+                   "--output", tmp_path / "ours.png")
+    pipe = load_diffusers_pipeline(tiny)
+
+    def image():
+        return pipe("a red house", height=HEIGHT, width=WIDTH, num_inference_steps=2, guidance_scale=3.5,
+                    latents=pack(np.load(noise)), output_type="pil").images[0]
+
+    from tests.test_quantized_single_files import dequantized_diffusers_state
+
+    pipe.transformer.load_state_dict(dequantized_diffusers_state(pipe.transformer.state_dict(), {"": Q8_0}))
+    float_t5 = image()
+    pipe.text_encoder_2.load_state_dict(read_back)
+    expected = image()
+    assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
+    assert max_uint8_diff(expected, float_t5) > 0

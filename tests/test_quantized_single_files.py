@@ -185,7 +185,7 @@ def test_ggml_blocks_decode_each_affine_type_as_the_gguf_package_dequantizes_it(
 def test_each_ggml_type_reads_as_the_gguf_package_dequantizes_it(kind, tmp_path):
     """A file of one type: exactly for the types MLX holds in groups of 32 (Q8_0, Q4_0 and Q4_1 through MLX's own
     reader), Q6_K (groups of 16) as float16."""
-    from mflux_core.weights.bfl import load_gguf
+    from mflux_core.weights.gguf_mlx import load_gguf
 
     blocks = random_blocks(kind, 3, 512, np.random.default_rng(1))
     writer = GGUFWriter(str(tmp_path / "t.gguf"), arch="flux")

@@ -19,7 +19,8 @@ from mflux_core.errors import ModelLoadError
 from mflux_core.models.transformer import FluxTransformer, FluxTransformerConfig
 from mflux_core.weights.flux_config import FLUX1_AXES_DIMS_ROPE, shared_config
 from mflux_core.weights.ggml_blocks import GROUP_SIZE
-from mflux_core.weights.gguf_file import is_gguf, mlx_reads_all, quantized_bits, read_gguf
+from mflux_core.weights.gguf_file import is_gguf, quantized_bits
+from mflux_core.weights.gguf_mlx import load_gguf
 from mflux_core.weights.loading import cast_floats, load_weights_strict
 from mflux_core.weights.safetensors_io import load_safetensors
 
@@ -189,18 +190,6 @@ def load_bfl_transformer(
     if evaluated:
         mx.eval(model.parameters())
     return model
-
-
-def load_gguf(path: Path) -> dict[str, mx.array]:
-    """A GGUF file's tensors under their own names; a quantized one as `<name>.weight` (packed uint32),
-    `<name>.scales` and `<name>.biases`, as MLX's QuantizedLinear holds them (weights/gguf_file.py). A file of only
-    the types MLX's own GGUF reader knows loads through it, in C++ (a 12 B Q8_0 file: seconds, not a minute)."""
-    if mlx_reads_all(path):
-        try:
-            return mx.load(str(path), format="gguf")
-        except (RuntimeError, ValueError) as error:
-            raise ModelLoadError(f"{Path(path).name} is not a readable GGUF file ({error}).") from None
-    return {name: mx.array(value) for name, value in read_gguf(path).items()}
 
 
 def _file_quantization(weights: dict[str, mx.array], module: str) -> dict | bool:

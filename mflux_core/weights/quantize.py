@@ -58,12 +58,22 @@ def quantization_config(bits: int) -> dict:
 
 
 def quantize_like_checkpoint(model: nn.Module, config_json: dict, weights: dict[str, mx.array]) -> None:
-    """Before loading a saved quantized checkpoint: turn the layers it stores quantized into QuantizedLinear."""
+    """Before loading a saved quantized checkpoint: turn the layers it stores quantized into QuantizedLinear (or
+    QuantizedEmbedding). Without "bits" in the settings (a GGUF file's mixed types), each layer's bits are its packed
+    width against its groups."""
     settings = config_json.get(CONFIG_KEY)
     if not settings:
         return
-    nn.quantize(model, group_size=settings["group_size"], bits=settings["bits"],
-                class_predicate=lambda path, module: f"{path}.scales" in weights)
+    group_size = settings["group_size"]
+
+    def layer_settings(path: str, _module: nn.Module) -> dict | bool:
+        if f"{path}.scales" not in weights:
+            return False
+        bits = settings.get("bits") or \
+            weights[f"{path}.weight"].shape[-1] * 32 // (weights[f"{path}.scales"].shape[-1] * group_size)
+        return {"group_size": group_size, "bits": bits}
+
+    nn.quantize(model, class_predicate=layer_settings)
 
 
 def parameter_bytes(module: nn.Module | None) -> int:

@@ -1,7 +1,7 @@
 """A single transformer file's base from ComfyUI's or Forge's separate files (weights/split_files.py) in a folder
-(their models folder: the files at the top or in vae/, clip/, text_encoders/), plus FLUX.1's two tokenizers, which
-no such file holds: taken from a FLUX.1 folder on disk, else fetched alone (a few MB, FLUX.1-schnell's) into the
-models folder once."""
+(their models folder: the files at the top or in vae/, clip/, text_encoders/; a GGUF T5 too), plus FLUX.1's two
+tokenizers, which no such file holds: taken from a FLUX.1 folder on disk, else fetched alone (a few MB,
+FLUX.1-schnell's) into the models folder once."""
 
 import shutil
 from pathlib import Path
@@ -22,7 +22,7 @@ def split_files_in(folder: Path) -> dict[str, Path]:
     kind, the largest (T5 in float16 before its FP8 copy)."""
     found: dict[str, Path] = {}
     for sub in COMFY_FOLDERS:
-        for path in sorted((Path(folder) / sub).glob("*.safetensors")):
+        for path in sorted((Path(folder) / sub).glob("*.*")):
             kind = split_file_kind(path)
             if kind is not None and (kind not in found or path.stat().st_size > found[kind].stat().st_size):
                 found[kind] = path

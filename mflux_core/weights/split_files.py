@@ -6,7 +6,9 @@ file, in place of a FLUX.1 folder's vae/, text_encoder/ and text_encoder_2/.
   own single-file loader does (decoder.up.N is up_blocks[last - N]; the attention's 1x1 convolutions as linears).
 - CLIP-L: `clip_l.safetensors`, transformers' names (the `text_model.` prefix optional; the projection and logit
   scale of the full CLIP model dropped).
-- T5-XXL: `t5xxl_fp16.safetensors` / `t5xxl_fp8_e4m3fn.safetensors`, transformers' names (FP8 read as float16).
+- T5-XXL: `t5xxl_fp16.safetensors` / `t5xxl_fp8_e4m3fn.safetensors`, transformers' names (FP8 read as float16),
+  or a GGUF encoder as ComfyUI-GGUF users keep it (city96's `t5-v1_1-xxl-encoder-Q8_0.gguf`: llama.cpp's names,
+  enc.blk.N.attn_q...; its Q8_0/Q5_K/Q4_K... layers stay quantized as MLX's groups of 32, weights/gguf_file.py).
 None has a config: weights/flux_config.py reads it from the shapes. The tokenizers are not in these files.
 """
 
@@ -19,6 +21,9 @@ from safetensors import SafetensorError, safe_open
 
 from mflux_core.errors import ModelLoadError
 from mflux_core.weights.flux_config import component_kind, config_from_shapes
+from mflux_core.weights.ggml_blocks import GROUP_SIZE as GGUF_GROUP_SIZE
+from mflux_core.weights.gguf_file import gguf_shapes, has_affine_layers, is_gguf
+from mflux_core.weights.gguf_mlx import load_gguf
 from mflux_core.weights.safetensors_io import load_safetensors
 
 SPLIT_KINDS = ("vae", "text_encoder", "text_encoder_2")
@@ -37,14 +42,33 @@ BFL_VAE_NAMES = (
     (r"\.nin_shortcut\.", ".conv_shortcut."),
 )
 BFL_UP_BLOCK = re.compile(r"^decoder\.up\.(\d+)\.(block|upsample)\.")
+# llama.cpp's T5 encoder names (gguf's TensorNameMap) -> transformers'
+GGUF_T5_NAMES = (
+    (r"^token_embd\.", "shared."), (r"^enc\.output_norm\.", "encoder.final_layer_norm."),
+    (r"^enc\.blk\.(\d+)\.attn_(q|k|v|o)\.", r"encoder.block.\1.layer.0.SelfAttention.\2."),
+    (r"^enc\.blk\.(\d+)\.attn_rel_b\.", r"encoder.block.\1.layer.0.SelfAttention.relative_attention_bias."),
+    (r"^enc\.blk\.(\d+)\.attn_norm\.", r"encoder.block.\1.layer.0.layer_norm."),
+    (r"^enc\.blk\.(\d+)\.ffn_gate\.", r"encoder.block.\1.layer.1.DenseReluDense.wi_0."),
+    (r"^enc\.blk\.(\d+)\.ffn_up\.", r"encoder.block.\1.layer.1.DenseReluDense.wi_1."),
+    (r"^enc\.blk\.(\d+)\.ffn_down\.", r"encoder.block.\1.layer.1.DenseReluDense.wo."),
+    (r"^enc\.blk\.(\d+)\.ffn_norm\.", r"encoder.block.\1.layer.1.layer_norm."),
+)
 
 
 def _header(path: Path) -> dict[str, tuple[int, ...]]:
+    if is_gguf(path):
+        return gguf_shapes(path)
     try:
         with safe_open(path, framework="numpy") as weights:
             return {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}
     except (OSError, SafetensorError) as error:
         raise ModelLoadError(f"Cannot read the weights file {path} ({error}).") from None
+
+
+def _renamed(name: str, table) -> str:
+    for pattern, replacement in table:
+        name = re.sub(pattern, replacement, name)
+    return name
 
 
 def _bfl_vae_names(names: list[str]) -> dict[str, str]:
@@ -54,11 +78,9 @@ def _bfl_vae_names(names: list[str]) -> dict[str, str]:
     up_blocks = {int(m[1]) for name in names if (m := BFL_UP_BLOCK.match(name[len(prefix):]))}
     renamed = {}
     for name in names:
-        new = name[len(prefix):]
-        for pattern, replacement in BFL_VAE_NAMES:
-            new = re.sub(pattern, replacement, new)
         new = BFL_UP_BLOCK.sub(lambda m: f"decoder.up_blocks.{len(up_blocks) - 1 - int(m[1])}."
-                                         + ("resnets." if m[2] == "block" else "upsamplers.0."), new)
+                                         + ("resnets." if m[2] == "block" else "upsamplers.0."),
+                               _renamed(name[len(prefix):], BFL_VAE_NAMES))
         renamed[name] = new
     return renamed
 
@@ -67,6 +89,8 @@ def _published_names(names: list[str]) -> dict[str, str]:
     """A split file's names -> the names a FLUX.1 folder's component publishes them under."""
     if "decoder.conv_in.weight" in names or any(name.startswith(VAE_PREFIXES) for name in names):
         return _bfl_vae_names(names)
+    if "token_embd.weight" in names:  # a GGUF T5 encoder: its names, and MLX's quantized triplets of them
+        return {name: _renamed(name, GGUF_T5_NAMES) for name in names}
     if "embeddings.token_embedding.weight" in names:  # CLIP without the text_model. prefix
         return {name: f"text_model.{name}" for name in names if name not in CLIP_EXTRAS}
     if "encoder.embed_tokens.weight" in names and "shared.weight" not in names:  # T5 storing only the encoder's copy
@@ -96,7 +120,7 @@ def is_readable(path: Path) -> bool:
 
 def split_file_kind(path: Path) -> str | None:
     """"vae", "text_encoder" (CLIP) or "text_encoder_2" (T5) for such a file, else None (a transformer, a LoRA...)."""
-    if Path(path).suffix != ".safetensors":
+    if Path(path).suffix != ".safetensors" and not is_gguf(path):
         return None
     try:
         kind = component_kind(file_shapes(path))
@@ -106,12 +130,15 @@ def split_file_kind(path: Path) -> str | None:
 
 
 def file_config(path: Path) -> dict:
-    return config_from_shapes(file_shapes(path))
+    config = config_from_shapes(file_shapes(path))
+    if is_gguf(path) and has_affine_layers(path):
+        config["quantization"] = {"group_size": GGUF_GROUP_SIZE}  # bits by layer: a file's types may differ
+    return config
 
 
 def file_weights(path: Path) -> dict[str, mx.array]:
     """The file's tensors under the published names and shapes (what each model's `sanitize` reads)."""
-    weights = load_safetensors(path)
+    weights = load_gguf(path) if is_gguf(path) else load_safetensors(path)
     published = {}
     for old, new in _published_names(list(weights)).items():
         value = weights[old]
