@@ -202,7 +202,8 @@ class ResidentModels:
             "vae", f"VAE {vae_folder}", lambda: loader.load_source_vae(source, dtype), vae_key))
         stop_if_cancelled(cancelled, "while loading the model (transformer and VAE are loaded)")
         encoders = self._text_encoders.get_or_create(text_key, lambda: self._timed_load(
-            "text_encoders", f"text encoders {text_folders[0].parent}",
+            "text_encoders", "text encoders " + (f"{text_folders[0]} + {text_folders[1]}" if text_folders[0].is_file()
+                                                 else str(text_folders[0].parent)),  # files: ComfyUI's
             lambda: quantize_text_encoders(loader.load_source_text_encoders(source, dtype), quantize), text_key))
         return FluxModel(
             transformer=transformer,
