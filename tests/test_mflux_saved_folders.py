@@ -22,6 +22,7 @@ from mflux_core.weights.loading import cast_floats
 from mflux_core.weights.flux_config import config_from_shapes
 from mflux_core.weights.mflux_saved import checkpoint_tensors, published_shapes
 from mflux_core.weights.quantize import quantize_like_checkpoint
+from tests.fixtures.fake_hub import hub  # noqa: F401 (a fixture)
 from tests.fixtures.mflux_folders import load_into, write_mflux_folder
 from tests.fixtures.tiny_flux import TinyFluxSpec, build_tiny_flux, load_diffusers_pipeline
 from tests.parity import UINT8_TOLERANCE, make_noise, max_uint8_diff, pack, random_image, run_cli, save
@@ -199,3 +200,27 @@ def test_a_gguf_file_picked_by_name_takes_an_mflux_folder_on_disk_as_its_base(ti
                        "--prompt", "a red house", "--seed", 3, "--steps", 2, "--height", HEIGHT, "--width", WIDTH,
                        "--guidance", 3.5, "--output", tmp_path / "explicit.png")
     assert max_uint8_diff(picked.convert("RGB"), explicit) == 0
+
+
+@pytest.fixture
+def source(tiny, tmp_path_factory):
+    """What the fake hub serves: a 4-bit mflux save of the tiny model, as the "…-mflux-4bit" repos hold them."""
+    folder = tmp_path_factory.mktemp("hub-repo") / "repo"
+    write_mflux_folder(tiny, folder, 4)
+    return folder
+
+
+def test_an_mflux_repo_named_by_its_id_downloads_and_runs(hub, source, tmp_path):  # noqa: F811
+    """As the Models tab or a request naming "owner/name" gets it: the snapshot is a base model and makes the image
+    the folder makes."""
+    from mflux_core.manager import ModelManager
+    from mflux_core.request import GenerationRequest
+    from tests.fixtures.fake_hub import REPO
+
+    models = tmp_path / "models"
+    request = GenerationRequest(model=REPO, prompt="a red house", seed=3, steps=2, width=WIDTH, height=HEIGHT)
+    downloaded = ModelManager(models_dir=models).generate(request).image.convert("RGB")
+    assert next(entry for entry in list_models(models) if entry.name == REPO).kind == "base"
+    local = run_cli("generate", "--path", source, "--prompt", "a red house", "--seed", 3, "--steps", 2, "--height",
+                    HEIGHT, "--width", WIDTH, "--output", tmp_path / "local.png")
+    assert max_uint8_diff(downloaded, local) == 0
