@@ -11,7 +11,8 @@ from mflux_core.weights.component_folder import component_config
 from mflux_core.weights.resolve import (
     DownloadCallback, ModelSource, resolve_model, resolve_name, single_file_has_guidance,
 )
-from mflux_core.weights.split_base import has_split_files
+from mflux_core.weights.split_base import split_files_in
+from mflux_core.weights.split_files import LABELS, SPLIT_KINDS
 
 
 class ModelLocator:
@@ -44,12 +45,16 @@ class ModelLocator:
             if entry.kind == "base" and entry.available and entry.where != BUILT_IN and \
                     has_guidance_embedding(resolve_name(entry.name, self.models_dir)) == guided:
                 return entry.name
-        if has_split_files(self.models_dir):
+        found = split_files_in(self.models_dir) if self.models_dir.is_dir() else {}
+        if len(found) == len(SPLIT_KINDS):
             return str(self.models_dir)
+        partly = "" if not found else (
+            f" (it holds {', '.join(path.name for path in found.values())} but no "
+            f"{' or '.join(LABELS[kind] for kind in SPLIT_KINDS if kind not in found)})")
         raise WordedTwice(
             f"{path.name} holds only a transformer: its VAE, text encoders and scheduler come from FLUX.1-{alias}, "
             f"which is not on disk: download it from the Models tab, or put a FLUX.1-{alias} folder (diffusers layout) "
-            "or ComfyUI's ae, clip_l and t5xxl files into the models folder.",
+            f"or ComfyUI's ae, clip_l and t5xxl files into the models folder{partly}.",
             f"{path.name} is a single transformer file: pass --base-model (FLUX.1-{alias}, which it needs, is not on "
             "disk to take the VAE, text encoders and scheduler from; a folder holding ComfyUI's ae, clip_l and t5xxl "
             "files does too).")

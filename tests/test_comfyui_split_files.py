@@ -131,6 +131,9 @@ def test_without_tokenizers_offline_or_a_missing_file_the_page_gets_a_sentence(c
                                           "the Models tab while online, or put a FLUX.1 folder into the models"):
         ModelManager(models_dir=comfy_models).generate(request)
     (comfy_models / "clip" / "t5xxl.safetensors").unlink()
+    with pytest.raises(WordedTwice, match=r"into the models folder \(it holds ae.safetensors, clip_l.safetensors but no "
+                                          r"T5-XXL text encoder \(t5xxl_\*.safetensors\)\).$"):
+        ModelManager(models_dir=comfy_models).generate(request)
     code = cli.main(["generate", "--path", str(comfy_models / GGUF), "--base-model", str(comfy_models), "--prompt",
                      "x", "--steps", "1", "--height", str(HEIGHT), "--width", str(WIDTH)])
     assert code == 1
