@@ -148,8 +148,8 @@ def test_saving_a_single_file_with_comfyui_files_writes_a_diffusers_folder(tiny,
 
     models = with_tokenizers(comfy_models, tiny)
     state = FluxTransformer2DModel.from_pretrained(tiny / "transformer").state_dict()
-    save_file({name: value.contiguous() for name, value in diffusers_to_bfl(state).items()}, tmp_path / "flux1.sft")
-    (tmp_path / "flux1.sft").rename(tmp_path / "flux1.safetensors")
+    save_file({name: value.contiguous() for name, value in diffusers_to_bfl(state).items()},
+              tmp_path / "flux1.safetensors")
     assert cli.main(["save", "--model-path", str(tmp_path / "flux1.safetensors"), "--base-model", str(models),
                      "--path", str(tmp_path / "saved")]) == 0
     saved_vae = AutoencoderKL.from_pretrained(tmp_path / "saved" / "vae").state_dict()
@@ -207,3 +207,30 @@ def test_a_gguf_t5_encoder_makes_diffusers_image_from_its_dequantized_weights(ti
     expected = image()
     assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
     assert max_uint8_diff(expected, float_t5) > 0
+
+
+def test_a_comfyui_all_in_one_checkpoint_stays_a_transformer(tiny, comfy_models, tmp_path):
+    """Comfy-Org's flux1-dev-fp8.safetensors kind of file bundles the VAE and both text encoders beside the
+    transformer (model.diffusion_model., vae., text_encoders.clip_l/t5xxl.transformer.): it is listed and run as a
+    transformer (its own parts are not used), not taken for a VAE."""
+    from diffusers import FluxTransformer2DModel
+    from safetensors.torch import load_file, save_file
+
+    state = FluxTransformer2DModel.from_pretrained(tiny / "transformer").state_dict()
+    bundle = {f"model.diffusion_model.{name}": value.contiguous() for name, value in diffusers_to_bfl(state).items()}
+    bundle.update({f"vae.{name}": value for name, value in load_file(comfy_models / "vae" / "ae.safetensors").items()})
+    for part, file in (("clip_l", "clip_l.safetensors"), ("t5xxl", "t5xxl.safetensors")):
+        bundle.update({f"text_encoders.{part}.transformer.{name}": value
+                       for name, value in load_file(comfy_models / "clip" / file).items()})
+    save_file(bundle, comfy_models / "flux1-tiny-all-in-one.safetensors")
+    kinds = {entry.name: entry.kind for entry in list_models(comfy_models)}
+    assert kinds["flux1-tiny-all-in-one.safetensors"] == "single-file"
+    assert split_base.split_files_in(comfy_models)["vae"].name == "ae.safetensors"
+    args = ["--prompt", "a red house", "--seed", 3, "--steps", 2, "--height", HEIGHT, "--width", WIDTH]
+    bundled = run_cli("generate", "--path", comfy_models / "flux1-tiny-all-in-one.safetensors", "--base-model", tiny,
+                      *args, "--output", tmp_path / "bundled.png")
+    save_file({name: value.contiguous() for name, value in diffusers_to_bfl(state).items()},
+              tmp_path / "plain.safetensors")
+    plain = run_cli("generate", "--path", tmp_path / "plain.safetensors", "--base-model", tiny, *args,
+                    "--output", tmp_path / "plain.png")
+    assert max_uint8_diff(bundled, plain) == 0

@@ -30,6 +30,7 @@ SPLIT_KINDS = ("vae", "text_encoder", "text_encoder_2")
 LABELS = {"vae": "VAE (ae.safetensors)", "text_encoder": "CLIP-L text encoder (clip_l.safetensors)",
           "text_encoder_2": "T5-XXL text encoder (t5xxl_*.safetensors)"}
 VAE_PREFIXES = ("first_stage_model.", "vae.")
+TRANSFORMER_PREFIXES = ("model.diffusion_model.", "double_blocks.", "single_blocks.", "transformer_blocks.")
 CLIP_EXTRAS = ("text_projection.weight", "logit_scale", "text_model.embeddings.position_ids")
 BFL_VAE_NAMES = (
     (r"^(encoder|decoder)\.norm_out\.", r"\1.conv_norm_out."),
@@ -101,6 +102,8 @@ def _published_names(names: list[str]) -> dict[str, str]:
 @lru_cache(maxsize=16)
 def _shapes(path: Path, mtime_ns: int) -> dict[str, tuple[int, ...]]:
     shapes = _header(path)
+    if any(name.startswith(TRANSFORMER_PREFIXES) for name in shapes):
+        return {}  # a transformer (a ComfyUI all-in-one checkpoint bundles a VAE and text encoders with it)
     return {new: shapes[old] for old, new in _published_names(list(shapes)).items()}
 
 
