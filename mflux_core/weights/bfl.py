@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 
 import mlx.core as mx
-import mlx.nn as nn
 
 from mflux_core.errors import ModelLoadError
 from mflux_core.models.transformer import FluxTransformer, FluxTransformerConfig
@@ -22,6 +21,7 @@ from mflux_core.weights.ggml_blocks import GROUP_SIZE
 from mflux_core.weights.gguf_file import is_gguf, quantized_bits
 from mflux_core.weights.gguf_mlx import load_gguf
 from mflux_core.weights.loading import cast_floats, load_weights_strict
+from mflux_core.weights.quantize import CONFIG_KEY, quantize_like_checkpoint
 from mflux_core.weights.safetensors_io import load_safetensors
 
 COMFY_PREFIX = "model.diffusion_model."
@@ -185,14 +185,9 @@ def load_bfl_transformer(
     config = FluxTransformerConfig.from_dict(infer_transformer_config(weights, axes_dims_rope))
     model = FluxTransformer(config)
     converted = bfl_to_diffusers(weights)
-    nn.quantize(model, class_predicate=lambda module_path, _: _file_quantization(converted, module_path))
+    quantize_like_checkpoint(model, {CONFIG_KEY: {"group_size": GROUP_SIZE}}, converted)  # each layer at its bits
     load_weights_strict(model, cast_floats(converted, dtype), str(path))
     if evaluated:
         mx.eval(model.parameters())
     return model
 
-
-def _file_quantization(weights: dict[str, mx.array], module: str) -> dict | bool:
-    """to_quantized's settings for a layer the file stores quantized; False for the others."""
-    bits = quantized_bits(weights, module)
-    return {"group_size": GROUP_SIZE, "bits": bits} if bits else False

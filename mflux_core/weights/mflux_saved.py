@@ -18,7 +18,7 @@ import mlx.core as mx
 from safetensors import SafetensorError, safe_open
 
 from mflux_core.errors import ModelLoadError
-from mflux_core.weights.flux_config import component_kind, config_from_shapes, matrix, scheduler_config
+from mflux_core.weights.flux_config import component_kind, config_from_shapes, group_size, matrix, scheduler_config
 from mflux_core.weights.safetensors_io import load_safetensors, weight_files
 
 MFLUX_METADATA = ("quantization_level", "mflux_version")
@@ -143,10 +143,9 @@ def checkpoint_tensors(stored: dict[str, mx.array], shapes: dict, bits: int | No
             tensors[name] = value.transpose(0, 3, 1, 2) if value.ndim == 4 else value  # channels-first, as published
     for module in READ_WHOLE:
         if f"{module}.scales" in tensors:
-            size = matrix(shapes, bits, module)[1] // tensors[f"{module}.scales"].shape[1]
             tensors[f"{module}.weight"] = mx.dequantize(
                 tensors.pop(f"{module}.weight"), tensors.pop(f"{module}.scales"), tensors.pop(f"{module}.biases"),
-                group_size=size, bits=bits)
+                group_size=group_size(shapes, bits), bits=bits)  # mflux quantizes a whole model in one group size
     if component_kind(shapes) == "transformer" and "norm_out.linear.bias" not in tensors:
         # mflux 0.16 and later build norm_out.linear without a bias, so their saves have none: zero is what they run
         tensors["norm_out.linear.bias"] = mx.zeros((matrix(shapes, bits, "norm_out.linear")[0],))
