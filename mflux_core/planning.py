@@ -80,7 +80,7 @@ def plan_from_files(source: ModelSource, request: GenerationRequest, itemsize: i
     transformer is a single file."""
     if source.transformer_file is not None or (request.tool == "upscale" and not is_whole_upscale(request)):
         return None
-    vae = VAEConfig.from_dict(component_config(source.component("vae")))
+    vae = VAEConfig.from_dict(component_config(source.component("vae"), "vae"))
     width, height = request.width, request.height
     if width is None or height is None:
         if request.tool != "generate" or request.image_path:

@@ -70,6 +70,13 @@ def weights_on_disk(*paths: Path) -> list[Path]:
     return [file for path in paths for file in ([path] if Path(path).is_file() else weight_files(path))]
 
 
+def encoders_label(clip: Path, t5: Path) -> str:
+    """Where the text encoders are: a FLUX.1 folder, ComfyUI's two files, or one all-in-one checkpoint."""
+    if not clip.is_file():
+        return str(clip.parent)
+    return f"in {clip}" if clip == t5 else f"{clip} + {t5}"
+
+
 def side_model_files(path: Path) -> list[Path]:
     """The safetensors files of a side model: a file, a component folder, or a folder of component folders
     (Redux: image_encoder/, image_embedder/)."""
@@ -83,9 +90,10 @@ def model_weight_bytes(source: ModelSource, dtype: mx.Dtype, quantize: int | Non
     """Memory a model's transformer, VAE and text encoders take once loaded, read from the file headers."""
     transformer = source.transformer_file or source.folder / "transformer"
     quantized = quantize / 8 if quantize else dtype.size
-    components = [source.component(name) for name in ("text_encoder", "text_encoder_2")]
-    return (resident_bytes_of(weights_on_disk(transformer, *components), quantized)
-            + resident_bytes_of(weights_on_disk(source.component("vae")), dtype.size))
+    encoders = sum(resident_bytes_of(weights_on_disk(source.component(name)), quantized, name)
+                   for name in ("text_encoder", "text_encoder_2"))
+    return (resident_bytes_of(weights_on_disk(transformer), quantized, "transformer") + encoders
+            + resident_bytes_of(weights_on_disk(source.component("vae")), dtype.size, "vae"))
 
 
 def stop_if_cancelled(cancelled: Callable[[], bool] | None, when: str) -> None:
@@ -192,18 +200,18 @@ class ResidentModels:
             if key not in cache:
                 resident_bytes_of(weights_on_disk(*paths), dtype.size)  # raises for an incomplete file
         if transformer_key not in self._transformers:
-            needed = resident_bytes_of(weights_on_disk(transformer_files), quantize / 8 if quantize else dtype.size)
+            needed = resident_bytes_of(weights_on_disk(transformer_files), quantize / 8 if quantize else dtype.size,
+                                       "transformer")
             label = f"transformer {transformer_files}" + (f" {quantize}-bit" if quantize else "")
             self._swap_transformer(transformer_key, label, needed,
-                                   lambda: quantize_model(loader.load_source_transformer(source, dtype), quantize))
+                                   lambda: quantize_model(loader.load_source_transformer(source, dtype, bits=quantize), quantize))
         transformer = self._transformers.get(transformer_key)
         stop_if_cancelled(cancelled, "while loading the model (the transformer is loaded)")
         vae = self._vaes.get_or_create(vae_key, lambda: self._timed_load(
             "vae", f"VAE {vae_folder}", lambda: loader.load_source_vae(source, dtype), vae_key))
         stop_if_cancelled(cancelled, "while loading the model (transformer and VAE are loaded)")
         encoders = self._text_encoders.get_or_create(text_key, lambda: self._timed_load(
-            "text_encoders", "text encoders " + (f"{text_folders[0]} + {text_folders[1]}" if text_folders[0].is_file()
-                                                 else str(text_folders[0].parent)),  # files: ComfyUI's
+            "text_encoders", "text encoders " + encoders_label(*text_folders[:2]),
             lambda: quantize_text_encoders(loader.load_source_text_encoders(source, dtype), quantize), text_key))
         return FluxModel(
             transformer=transformer,

@@ -104,6 +104,16 @@ def test_the_vae_and_text_encoders_are_listed_by_kind_at_the_models_folders_top(
             kinds[GGUF]) == ("vae", "text-encoder", "text-encoder", "single-file")
 
 
+def test_forges_folders_hold_them_too(comfy_models):
+    """Forge keeps the VAE in models/VAE/ and the text encoders in models/text_encoder/."""
+    (comfy_models / "vae").rename(comfy_models / "VAE")
+    (comfy_models / "clip").rename(comfy_models / "text_encoder")
+    found = split_base.split_files_in(comfy_models)
+    assert {kind: path.relative_to(comfy_models).as_posix() for kind, path in found.items()} == {
+        "vae": "VAE/ae.safetensors", "text_encoder": "text_encoder/clip_l.safetensors",
+        "text_encoder_2": "text_encoder/t5xxl.safetensors"}
+
+
 def test_the_tokenizers_are_fetched_alone_when_no_flux1_folder_has_them(tiny, comfy_models, hub, source,  # noqa: F811
                                                                         monkeypatch):
     monkeypatch.setattr(split_base, "TOKENIZER_REPO", "acme/tiny-flux")
@@ -172,7 +182,6 @@ def test_a_gguf_t5_encoder_makes_diffusers_image_from_its_dequantized_weights(ti
     import mlx.nn as nn
 
     from mflux_core.models.t5 import load_t5_encoder
-    from mflux_core.weights.split_files import file_config
     from tests.fixtures.comfy_split_files import write_gguf_t5
     from tests.fixtures.tiny_flux import load_diffusers_pipeline
     from tests.parity import UINT8_TOLERANCE, make_noise, pack
@@ -182,7 +191,6 @@ def test_a_gguf_t5_encoder_makes_diffusers_image_from_its_dequantized_weights(ti
     read_back = write_gguf_t5(tiny, models / "text_encoders" / "t5-v1_1-xxl-encoder-Q8_0.gguf",
                               {prefix: GGMLQuantizationType[kind] for prefix, kind in kinds.items()})
     path = models / "text_encoders" / "t5-v1_1-xxl-encoder-Q8_0.gguf"
-    assert file_config(path)["quantization"] == {"group_size": 32}
     layers = {name: module.bits for name, module in load_t5_encoder(path).named_modules()
               if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding))}
     bits = {"Q8_0": 8, "Q5_0": 5, "Q4_1": 4}

@@ -70,7 +70,7 @@ def test_every_mflux_versions_tree_fits_our_model_with_flux1s_config(version, co
     build, sanitize = MODELS[component]
     model = build(config)
     weights = cast_floats(sanitize(checkpoint_tensors(packed_placeholders(stored), shapes, BITS)), mx.float32)
-    quantize_like_checkpoint(model, config, weights)
+    quantize_like_checkpoint(model, weights)
     expected = {name: tuple(value.shape) for name, value in tree_flatten(model.parameters())}
     assert {name: tuple(value.shape) for name, value in weights.items()} == expected
 

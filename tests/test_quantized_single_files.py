@@ -107,20 +107,24 @@ def gguf_file(tiny, tmp_path_factory):
     return path, state
 
 
-def test_a_gguf_transformer_makes_diffusers_image_from_the_dequantized_weights(tiny, gguf_file, tmp_path):
-    path, state = gguf_file
-    noise = make_noise(tmp_path, (1, 4, HEIGHT // 8, WIDTH // 8), seed=2)
+def single_file_and_diffusers_images(tiny, path, weights: dict[str, torch.Tensor], tmp_path, seed: int, *options):
+    """The image of the transformer file `path` on `tiny`'s VAE and text encoders (CLI, `options` added), and
+    diffusers' with the transformer holding `weights`, from the same noise."""
+    noise = make_noise(tmp_path, (1, 4, HEIGHT // 8, WIDTH // 8), seed=seed)
     ours = run_cli("generate", "--path", path, "--base-model", tiny, "--prompt", "a red house", "--steps", STEPS,
-                   "--height", HEIGHT, "--width", WIDTH, "--guidance", 3.5, "--init-noise", noise,
+                   "--height", HEIGHT, "--width", WIDTH, "--guidance", 3.5, "--init-noise", noise, *options,
                    "--output", tmp_path / "ours.png")
     pipe = load_diffusers_pipeline(tiny)
+    pipe.transformer.load_state_dict(weights)
+    return ours, pipe("a red house", height=HEIGHT, width=WIDTH, num_inference_steps=STEPS, guidance_scale=3.5,
+                      latents=pack(np.load(noise)), output_type="pil").images[0]
 
-    def reference(weights: dict[str, torch.Tensor]):
-        pipe.transformer.load_state_dict(weights)
-        return pipe("a red house", height=HEIGHT, width=WIDTH, num_inference_steps=STEPS, guidance_scale=3.5,
-                    latents=pack(np.load(noise)), output_type="pil").images[0]
 
-    assert max_uint8_diff(ours, reference(dequantized_diffusers_state(state, TYPES))) <= UINT8_TOLERANCE
+def test_a_gguf_transformer_makes_diffusers_image_from_the_dequantized_weights(tiny, gguf_file, tmp_path):
+    path, state = gguf_file
+    ours, reference = single_file_and_diffusers_images(tiny, path, dequantized_diffusers_state(state, TYPES),
+                                                       tmp_path, 2)
+    assert max_uint8_diff(ours, reference) <= UINT8_TOLERANCE
 
 
 def test_the_transformer_computes_with_the_files_quantized_values(gguf_file):
@@ -333,14 +337,7 @@ def test_a_comfyui_fp8_single_file_makes_diffusers_image_from_its_fp8_weights(ti
     path = tmp_path / "flux1-tiny-fp8.safetensors"
     save_file({name: (value.to(torch.float8_e4m3fn) if value.ndim == 2 else value.to(torch.bfloat16))
                for name, value in diffusers_to_bfl(state).items()}, path)
-    noise = make_noise(tmp_path, (1, 4, HEIGHT // 8, WIDTH // 8), seed=5)
-    ours = run_cli("generate", "--path", path, "--base-model", tiny, "--prompt", "a red house", "--steps", STEPS,
-                   "--height", HEIGHT, "--width", WIDTH, "--guidance", 3.5, "--init-noise", noise,
-                   "--output", tmp_path / "ours.png")
-    pipe = load_diffusers_pipeline(tiny)
-    pipe.transformer.load_state_dict(rounded)
-    expected = pipe("a red house", height=HEIGHT, width=WIDTH, num_inference_steps=STEPS, guidance_scale=3.5,
-                    latents=pack(np.load(noise)), output_type="pil").images[0]
+    ours, expected = single_file_and_diffusers_images(tiny, path, rounded, tmp_path, 5)
     assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
 
 

@@ -106,4 +106,4 @@ def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
 
 def load_clip_text_model(folder: Path, dtype: mx.Dtype = mx.float32, evaluated: bool = True) -> CLIPTextModel:
     return load_component(folder, build=lambda cfg: CLIPTextModel(CLIPTextConfig.from_dict(cfg)),
-                          sanitize=sanitize, dtype=dtype, evaluated=evaluated)
+                          sanitize=sanitize, dtype=dtype, evaluated=evaluated, part="text_encoder")

@@ -206,4 +206,4 @@ def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
 
 def load_t5_encoder(folder: Path, dtype: mx.Dtype = mx.float32, evaluated: bool = True) -> T5Encoder:
     return load_component(folder, build=lambda cfg: T5Encoder(T5Config.from_dict(cfg)), sanitize=sanitize, dtype=dtype,
-                          evaluated=evaluated)
+                          evaluated=evaluated, part="text_encoder_2")

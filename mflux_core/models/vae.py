@@ -508,4 +508,4 @@ def load_vae(folder: Path, dtype: mx.Dtype = mx.float32) -> AutoencoderKL:
     def build(config_json: dict) -> AutoencoderKL:
         return AutoencoderKL(VAEConfig.from_dict(config_json))
 
-    return load_component(folder, build=build, sanitize=sanitize, dtype=dtype)
+    return load_component(folder, build=build, sanitize=sanitize, dtype=dtype, part="vae")

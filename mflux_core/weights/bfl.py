@@ -5,8 +5,8 @@ BFL's names differ from diffusers' and some tensors are fused: a double block's 
 `qkv` tensor per stream, a single block's `linear1` holds q, k, v and the MLP input projection,
 and the final modulation's halves are (shift, scale) where diffusers' norm_out has (scale, shift).
 There is no config.json: the dimensions are read from the tensor shapes. A quantized weight (a GGUF file's affine
-types) comes with its `.scales` and `.biases`; all three are split and renamed alike, since every conversion here
-cuts or reorders rows, and a row's groups stay whole.
+types, or a bitsandbytes NF4 layer requantized: weights/bnb_4bit.py) comes with its `.scales` and `.biases`; all
+three are split and renamed alike, since every conversion here cuts or reorders rows, and a row's groups stay whole.
 """
 
 import re
@@ -16,12 +16,12 @@ import mlx.core as mx
 
 from mflux_core.errors import ModelLoadError
 from mflux_core.models.transformer import FluxTransformer, FluxTransformerConfig
+from mflux_core.weights import bnb_4bit
 from mflux_core.weights.flux_config import FLUX1_AXES_DIMS_ROPE, shared_config
-from mflux_core.weights.ggml_blocks import GROUP_SIZE
 from mflux_core.weights.gguf_file import is_gguf, quantized_bits
 from mflux_core.weights.gguf_mlx import load_gguf
 from mflux_core.weights.loading import cast_floats, load_weights_strict
-from mflux_core.weights.quantize import CONFIG_KEY, quantize_like_checkpoint
+from mflux_core.weights.quantize import quantize_like_checkpoint
 from mflux_core.weights.safetensors_io import load_safetensors
 
 COMFY_PREFIX = "model.diffusion_model."
@@ -175,17 +175,21 @@ def trunk_config(weights: dict[str, mx.array], head_dim: int, axes_dims_rope: tu
 
 
 def load_bfl_transformer(
-    path: Path, dtype: mx.Dtype = mx.float32, axes_dims_rope: tuple[int, ...] | None = None, evaluated: bool = True
+    path: Path, dtype: mx.Dtype = mx.float32, axes_dims_rope: tuple[int, ...] | None = None, evaluated: bool = True,
+    bits: int | None = None,
 ) -> FluxTransformer:
-    """Build and load a FluxTransformer from one BFL (or ComfyUI) .safetensors or .gguf file (not `evaluated`: read
-    as used, see load_component). A GGUF file's quantized layers become QuantizedLinear at the file's bits."""
+    """Build and load a FluxTransformer from one BFL (or ComfyUI, or Forge) .safetensors or .gguf file (not
+    `evaluated`: read as used, see load_component). A GGUF file's quantized layers become QuantizedLinear at the
+    file's bits; a bitsandbytes NF4/FP4 file's at `bits` (default bnb_4bit.DEFAULT_BITS)."""
     weights = strip_comfy_prefix(load_gguf(path) if is_gguf(path) else load_safetensors(path))
+    if bnb_4bit.layer_states(weights):
+        weights = bnb_4bit.requantized(weights, bits or bnb_4bit.DEFAULT_BITS)
     if not is_bfl_checkpoint(weights):
         raise ModelLoadError(f"{path} is not a BFL FLUX.1 transformer checkpoint.")
     config = FluxTransformerConfig.from_dict(infer_transformer_config(weights, axes_dims_rope))
     model = FluxTransformer(config)
     converted = bfl_to_diffusers(weights)
-    quantize_like_checkpoint(model, {CONFIG_KEY: {"group_size": GROUP_SIZE}}, converted)  # each layer at its bits
+    quantize_like_checkpoint(model, converted)
     load_weights_strict(model, cast_floats(converted, dtype), str(path))
     if evaluated:
         mx.eval(model.parameters())

@@ -1,6 +1,7 @@
 """A model component read as config + tensors, whatever holds it: a folder as diffusers and transformers write one
 (config.json and safetensors), a folder mflux saved (weights/mflux_saved.py), or one file as ComfyUI and Forge keep
-the VAE and text encoders (weights/split_files.py); the last two have no config.json."""
+the VAE and text encoders, alone or bundled in an all-in-one checkpoint as its `part` (weights/split_files.py); the last
+two have no config.json."""
 
 from pathlib import Path
 
@@ -10,18 +11,18 @@ from mflux_core.weights import mflux_saved, split_files
 from mflux_core.weights.safetensors_io import load_folder_weights, read_json
 
 
-def component_config(path: Path) -> dict:
+def component_config(path: Path, part: str | None = None) -> dict:
     path = Path(path)
     if path.is_file():
-        return split_files.file_config(path)
+        return split_files.file_config(path, part)
     return mflux_saved.component_config(path) if mflux_saved.is_mflux_component(path) \
         else read_json(path / "config.json")
 
 
-def component_weights(path: Path) -> dict[str, mx.array]:
+def component_weights(path: Path, part: str | None = None) -> dict[str, mx.array]:
     """The tensors under the published checkpoints' names (what each model's `sanitize` reads)."""
     path = Path(path)
     if path.is_file():
-        return split_files.file_weights(path)
+        return split_files.file_weights(path, part)
     return mflux_saved.component_weights(path) if mflux_saved.is_mflux_component(path) \
         else load_folder_weights(path)

@@ -54,11 +54,6 @@ def gguf_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return {tensor.name: tuple(int(size) for size in reversed(tensor.shape)) for tensor in _reader(path).tensors}
 
 
-def has_affine_layers(path: Path) -> bool:
-    """Whether some tensors load as MLX's quantized (weight, scales, biases) in groups of 32."""
-    return any(kind in EXACT_BITS for _, kind, _ in _header(path))
-
-
 def gguf_resident_bytes(path: Path, float_bytes: float) -> int:
     """Memory the file's tensors take once loaded: the quantized ones MLX keeps as they are (the packed codes, and a
     scale and an offset per group of 32 in the compute dtype, at least float16's 2 bytes), the others as floats of

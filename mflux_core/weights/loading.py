@@ -42,16 +42,18 @@ def load_component(
     sanitize: Callable[[dict[str, mx.array]], dict[str, mx.array]],
     dtype: mx.Dtype = mx.float32,
     evaluated: bool = True,
+    part: str | None = None,
 ) -> nn.Module:
     """config.json -> build(config) -> sanitize(checkpoint weights) -> strict load, cast to dtype. Not `evaluated`,
-    each weight is read from the file when first used (MLX loads lazily: a merge reads one tensor at a time)."""
+    each weight is read from the file when first used (MLX loads lazily: a merge reads one tensor at a time). `part`:
+    which component of an all-in-one checkpoint `folder` is (weights/split_files.py)."""
     folder = Path(folder)
     if not folder.exists():
         raise ModelLoadError(f"Missing model component folder {folder}.")
-    config = component_config(folder)
+    config = component_config(folder, part)
     model = build(config)
-    weights = cast_floats(sanitize(component_weights(folder)), dtype)
-    quantize_like_checkpoint(model, config, weights)  # a model saved quantized (weights/save.py)
+    weights = cast_floats(sanitize(component_weights(folder, part)), dtype)
+    quantize_like_checkpoint(model, weights)  # a model saved quantized (weights/save.py), a GGUF T5, mflux's save
     load_weights_strict(model, weights, str(folder))
     if evaluated:
         mx.eval(model.parameters())

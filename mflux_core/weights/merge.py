@@ -72,7 +72,7 @@ def model_sources(names: list[str], models_dir: Path | None, base_model: str | N
 
 def transformer_bytes(source: ModelSource, dtype: mx.Dtype) -> int:
     files = [source.transformer_file] if source.transformer_file else weight_files(source.folder / "transformer")
-    return resident_bytes_of(files, dtype.size)
+    return resident_bytes_of(files, dtype.size, "transformer")
 
 
 def check_merge(method: str, multiplier: float, sources: list[tuple[str, ModelSource]], dtype: mx.Dtype,
@@ -88,7 +88,7 @@ def check_merge(method: str, multiplier: float, sources: list[tuple[str, ModelSo
                              else "A weighted sum takes two models, A and B (and no C): A x (1 - M) + B x M.")
     primary = sources[0][1]
     t5 = 0 if t5_copied_as_is(primary, dtype, bits) else resident_bytes_of(  # or written beside the transformer
-        weight_files(primary.component("text_encoder_2")), dtype.size)
+        weight_files(primary.component("text_encoder_2")), dtype.size, "text_encoder_2")
     needed = transformer_bytes(primary, dtype) + t5
     if needed > free_bytes:
         smaller = ", or merge in bfloat16" if dtype.size > 2 else ""

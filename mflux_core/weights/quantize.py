@@ -53,25 +53,28 @@ def quantize_lazily(model: nn.Module, bits: int | None) -> None:
     nn.quantize(model, group_size=GROUP_SIZE, bits=bits, class_predicate=quantizable)
 
 
-def quantization_config(bits: int) -> dict:
-    return {"bits": bits, "group_size": GROUP_SIZE}
+def quantized_group_size(model: nn.Module) -> int | None:
+    """The group size of the model's quantized layers (the smallest where they differ), or None if it has none."""
+    sizes = {m.group_size for _, m in model.named_modules() if isinstance(m, nn.QuantizedLinear)}
+    return min(sizes) if sizes else None
 
 
-def quantize_like_checkpoint(model: nn.Module, config_json: dict, weights: dict[str, mx.array]) -> None:
-    """Before loading a saved quantized checkpoint: turn the layers it stores quantized into QuantizedLinear (or
-    QuantizedEmbedding). Without "bits" in the settings (a GGUF file's mixed types), each layer's bits are its packed
-    width against its groups."""
-    settings = config_json.get(CONFIG_KEY)
-    if not settings:
-        return
-    group_size = settings["group_size"]
+def quantization_config(bits: int, group_size: int) -> dict:
+    """What a saved model's config.json records (loading reads each layer's settings from its tensors)."""
+    return {"bits": bits, "group_size": group_size}
 
-    def layer_settings(path: str, _module: nn.Module) -> dict | bool:
+
+def quantize_like_checkpoint(model: nn.Module, weights: dict[str, mx.array]) -> None:
+    """Before loading a quantized checkpoint: turn the layers it stores quantized (those with `.scales`) into
+    QuantizedLinear (or QuantizedEmbedding), each at its own bits and group size, read from its stored widths against
+    the layer's input width (a GGUF file's types differ by layer; a requantized NF4 file's groups differ from those
+    `-q` adds)."""
+    def layer_settings(path: str, module: nn.Module) -> dict | bool:
         if f"{path}.scales" not in weights:
             return False
-        bits = settings.get("bits") or \
-            weights[f"{path}.weight"].shape[-1] * 32 // (weights[f"{path}.scales"].shape[-1] * group_size)
-        return {"group_size": group_size, "bits": bits}
+        columns = module.weight.shape[-1]
+        return {"group_size": columns // weights[f"{path}.scales"].shape[-1],
+                "bits": weights[f"{path}.weight"].shape[-1] * 32 // columns}
 
     nn.quantize(model, class_predicate=layer_settings)
 

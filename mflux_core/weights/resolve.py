@@ -9,8 +9,10 @@ from safetensors import SafetensorError, safe_open
 
 from mflux_core.downloads import DownloadCallback, fetch_repo, hf_cache_dir, is_offline  # noqa: F401 (re-exported)
 from mflux_core.errors import ModelLoadError, WordedTwice
+from mflux_core.weights import bnb_4bit
 from mflux_core.weights.gguf_file import gguf_resident_bytes, gguf_tensor_names, is_gguf
-from mflux_core.weights.split_base import has_split_files, split_base
+from mflux_core.weights.split_base import bundled_base, bundles_its_base, has_split_files, split_base
+from mflux_core.weights.split_files import part_names
 
 # The published repos behind the names users type (mflux's aliases plus the tool models).
 ALIASES = {
@@ -147,6 +149,8 @@ def resolve_model(
     if target.is_file():
         if target.suffix != ".safetensors" and not is_gguf(target):
             raise ModelLoadError(f"{target} is not a model folder, a .safetensors checkpoint or a .gguf file.")
+        if base is None and bundles_its_base(target):  # an all-in-one checkpoint
+            return ModelSource(folder=None, transformer_file=target, base_files=bundled_base(target, models_dir))
         if base is None:
             raise ModelLoadError(
                 f"{target.name} is a single transformer file: pass --base-model dev or schnell to supply "
@@ -164,19 +168,36 @@ SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I
                            "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
-def resident_bytes_of(files: list[Path], float_bytes: int) -> int:
-    """Memory the tensors of safetensors files take once loaded with floats cast to `float_bytes` each,
-    read from the headers alone. A file shorter than its header says (an interrupted download or
-    copy) or without a readable header is a ModelLoadError naming it, found before anything loads."""
+def resident_bytes_of(files: list[Path], float_bytes: float, part: str | None = None) -> int:
+    """Memory the tensors of safetensors files take once loaded with floats cast to `float_bytes` each (under 2: a
+    quantization's width, which a bitsandbytes 4-bit layer is requantized to as well), read from the headers alone;
+    of an all-in-one checkpoint, its `part`'s ("transformer", "vae", ...). A file shorter than its header says (an
+    interrupted download or copy) or without a readable header is a ModelLoadError naming it, found before anything
+    loads."""
     total = 0
     for path in files:
         if is_gguf(path):
             total += gguf_resident_bytes(path, float_bytes)
             continue
-        for dtype, shape in _tensor_specs(Path(path)):
+        specs = _tensor_specs(Path(path))
+        specs = {name: specs[name] for name in part_names(specs, part)}
+        bnb_layers = bnb_4bit.layer_states(specs)
+        if bnb_layers:
+            bits = round(float_bytes * 8) if float_bytes < 2 else bnb_4bit.DEFAULT_BITS
+            total += bnb_4bit.resident_bytes(_bnb_shapes(Path(path), bnb_layers), bits, float_bytes)
+        for name, (dtype, shape) in specs.items():
+            if name in bnb_layers or bnb_4bit.is_bnb_name(name):
+                continue
             own = SAFETENSORS_DTYPE_BYTES.get(dtype, 4)
             total += math.prod(shape) * (float_bytes if dtype.startswith(("F", "BF")) else own)
-    return total
+    return int(total)
+
+
+def _bnb_shapes(path: Path, layers: dict[str, str]) -> dict[str, tuple[int, ...]]:
+    """weight -> logical shape of a file's bitsandbytes 4-bit layers, from their quantization states (bytes each)."""
+    with safe_open(path, framework="numpy") as weights:
+        return {weight: bnb_4bit.parse_state(weights.get_tensor(state).tobytes(), state)["shape"]
+                for weight, state in layers.items()}
 
 
 def single_file_names(path: Path) -> set[str]:
@@ -200,15 +221,15 @@ def single_file_has_guidance(path: Path) -> bool:
 
 def stored_float_dtypes(files: list[Path]) -> set[str]:
     """The safetensors dtype names ("BF16", "F32", ...) of the floating tensors in `files`, from their headers."""
-    return {dtype for path in files for dtype, _ in _tensor_specs(Path(path)) if dtype.startswith(("F", "BF"))}
+    return {dtype for path in files for dtype, _ in _tensor_specs(Path(path)).values() if dtype.startswith(("F", "BF"))}
 
 
-def _tensor_specs(path: Path) -> list[tuple[str, list[int]]]:
-    """(dtype, shape) of each tensor in a safetensors file, from its header; the data is not read."""
+def _tensor_specs(path: Path) -> dict[str, tuple[str, list[int]]]:
+    """name -> (dtype, shape) of each tensor in a safetensors file, from its header; the data is not read."""
     try:
         with safe_open(path, framework="numpy") as weights:
-            slices = [weights.get_slice(name) for name in weights.keys()]
-            return [(tensor.get_dtype(), tensor.get_shape()) for tensor in slices]
+            slices = {name: weights.get_slice(name) for name in weights.keys()}
+            return {name: (tensor.get_dtype(), tensor.get_shape()) for name, tensor in slices.items()}
     except OSError as error:
         raise ModelLoadError(f"Cannot read the weights file {path} ({error}).") from None
     except SafetensorError as error:

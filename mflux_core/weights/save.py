@@ -25,7 +25,9 @@ from mflux_core.lora.layers import input_channels, linear_shapes
 from mflux_core.lora.library import resolve_lora_path
 from mflux_core.models.clip import load_clip_text_model
 from mflux_core.models.t5 import load_t5_encoder
-from mflux_core.weights.quantize import CONFIG_KEY, GROUP_SIZE, quantization_config, quantize_lazily, quantized_bits
+from mflux_core.weights.quantize import (
+    CONFIG_KEY, quantization_config, quantize_lazily, quantized_bits, quantized_group_size,
+)
 from mflux_core.weights.component_folder import component_config, component_weights
 from mflux_core.weights.gguf_file import check_not_gguf
 from mflux_core.weights.mflux_saved import is_mflux_folder
@@ -64,8 +66,9 @@ def write_component(module: nn.Module, config: dict, folder: Path, filename: str
     config = {k: v for k, v in config.items() if k != CONFIG_KEY}
     metadata = {"format": "pt"}
     if bits is not None:
-        config[CONFIG_KEY] = quantization_config(bits)
-        metadata = {"format": "mlx", "quantization_bits": str(bits), "quantization_group_size": str(GROUP_SIZE)}
+        group_size = quantized_group_size(module)
+        config[CONFIG_KEY] = quantization_config(bits, group_size)
+        metadata = {"format": "mlx", "quantization_bits": str(bits), "quantization_group_size": str(group_size)}
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     arrays = {prefix + name: array for name, array in tree_flatten(module.parameters())}
     mx.save_safetensors(str(folder / filename), arrays, metadata=metadata)
@@ -134,15 +137,16 @@ def model_index(source: ModelSource) -> str:
 
 
 def copy_component(path: Path, name: str, target: Path) -> None:
-    """A component's folder as it is (the HF cache's links followed); one file (ComfyUI's ae, clip_l, t5xxl) as
-    the diffusers folder it stands for: config.json and the tensors under the published names."""
+    """A component's folder as it is (the HF cache's links followed); one file (ComfyUI's ae, clip_l, t5xxl, or that
+    part of an all-in-one checkpoint) as the diffusers folder it stands for: config.json and the tensors under the
+    published names."""
     if path.is_dir():
         shutil.copytree(path, target)
         return
     target.mkdir()
-    (target / "config.json").write_text(json.dumps(component_config(path), indent=2))
+    (target / "config.json").write_text(json.dumps(component_config(path, name), indent=2))
     filename = DIFFUSERS_FILE if name == "vae" else ENCODER_FILE
-    mx.save_safetensors(str(target / filename), component_weights(path), {"format": "pt"})
+    mx.save_safetensors(str(target / filename), component_weights(path, name), {"format": "pt"})
 
 
 # on_progress(done, total, what) after each tensor computed and each component written; what it raises (Cancelled
@@ -171,7 +175,7 @@ def save_model(
     on_progress = on_progress or (lambda done, total, what: None)
     if transformer is None:
         on_progress(0, 0, "loading the transformer")
-        transformer = loader.load_source_transformer(source, dtype)
+        transformer = loader.load_source_transformer(source, dtype, bits=bits)
     reports, encoders = bake_loras(transformer, source, dtype, loras, models_dir)
     if "text_encoder_2" not in encoders and not t5_copied_as_is(source, dtype, bits):
         encoders["text_encoder_2"] = load_t5_encoder(source.component("text_encoder_2"), dtype, evaluated=False)
@@ -198,7 +202,7 @@ def save_model(
         wrote("transformer written")
         encoder_bytes = {}
         for name, module in encoders.items():
-            encoder_bytes[name] = write_component(module, component_config(source.component(name)),
+            encoder_bytes[name] = write_component(module, component_config(source.component(name), name),
                                                   partial / name, ENCODER_FILE,
                                                   prefix=CLIP_PREFIX if name == "text_encoder" else "")
             wrote(f"{ENCODER_LABELS[name]} written")

@@ -1,16 +1,17 @@
 """A single transformer file's base from ComfyUI's or Forge's separate files (weights/split_files.py) in a folder
-(their models folder: the files at the top or in vae/, clip/, text_encoders/; a GGUF T5 too), plus FLUX.1's two
-tokenizers, which no such file holds: taken from a FLUX.1 folder on disk, else fetched alone (a few MB,
-FLUX.1-schnell's) into the models folder once."""
+(their models folder: the files at the top or in ComfyUI's vae/, clip/, text_encoders/ or Forge's VAE/,
+text_encoder/; a GGUF T5 too), or from an all-in-one checkpoint's own parts, plus FLUX.1's two tokenizers, which no
+such file holds: taken from a FLUX.1 folder on disk, else fetched alone (a few MB, FLUX.1-schnell's) into the models
+folder once."""
 
 import shutil
 from pathlib import Path
 
 from mflux_core.downloads import hf_cache_dir, hub_error, is_offline
 from mflux_core.errors import ModelLoadError, WordedTwice
-from mflux_core.weights.split_files import LABELS, SPLIT_KINDS, is_readable, split_file_kind
+from mflux_core.weights.split_files import LABELS, SPLIT_KINDS, file_parts, is_readable, split_file_kind
 
-COMFY_FOLDERS = ("", "vae", "clip", "text_encoders")
+COMFY_FOLDERS = ("", "vae", "clip", "text_encoders", "VAE", "text_encoder")  # ComfyUI's, then Forge's
 TOKENIZER_REPO = "black-forest-labs/FLUX.1-schnell"  # not gated; every FLUX.1 model has the same two tokenizers
 TOKENIZER_PATTERNS = ["tokenizer/*", "tokenizer_2/*"]
 TOKENIZERS_FOLDER = "flux1-tokenizers"  # in the models folder
@@ -45,6 +46,18 @@ def split_base(folder: Path, models_dir: Path | None) -> tuple[tuple[str, Path],
                                                         if unreadable else "."))
     tokenizers = flux_tokenizers(models_dir, Path(folder))
     return (*((kind, found[kind]) for kind in SPLIT_KINDS), *((name, tokenizers / name) for name in TOKENIZERS))
+
+
+def bundles_its_base(path: Path) -> bool:
+    """Whether a transformer file is an all-in-one checkpoint holding its VAE and both text encoders."""
+    return file_parts(path) == set(SPLIT_KINDS)
+
+
+def bundled_base(path: Path, models_dir: Path | None) -> tuple[tuple[str, Path], ...]:
+    """(component, path) of an all-in-one checkpoint's own VAE and text encoders (each the file itself, read as that
+    part of it), and the tokenizers."""
+    tokenizers = flux_tokenizers(models_dir, Path(path).parent)
+    return (*((kind, Path(path)) for kind in SPLIT_KINDS), *((name, tokenizers / name) for name in TOKENIZERS))
 
 
 def _has_tokenizers(folder: Path) -> bool:

@@ -9,6 +9,10 @@ file, in place of a FLUX.1 folder's vae/, text_encoder/ and text_encoder_2/.
 - T5-XXL: `t5xxl_fp16.safetensors` / `t5xxl_fp8_e4m3fn.safetensors`, transformers' names (FP8 read as float16),
   or a GGUF encoder as ComfyUI-GGUF users keep it (city96's `t5-v1_1-xxl-encoder-Q8_0.gguf`: llama.cpp's names,
   enc.blk.N.attn_q...; its Q8_0/Q5_K/Q4_K... layers stay quantized as MLX's groups of 32, weights/gguf_file.py).
+- The same three bundled with the transformer in one all-in-one checkpoint, as ComfyUI saves a checkpoint and as
+  Comfy-Org's flux1-dev-fp8 and Forge's flux1-dev-bnb-nf4 files are: the transformer under `model.diffusion_model.`,
+  the VAE under `vae.`, CLIP under `text_encoders.clip_l.transformer.`, T5 under `text_encoders.t5xxl.transformer.`;
+  each is read as its own `part` of the file.
 None has a config: weights/flux_config.py reads it from the shapes. The tokenizers are not in these files.
 """
 
@@ -21,8 +25,7 @@ from safetensors import SafetensorError, safe_open
 
 from mflux_core.errors import ModelLoadError
 from mflux_core.weights.flux_config import component_kind, config_from_shapes
-from mflux_core.weights.ggml_blocks import GROUP_SIZE as GGUF_GROUP_SIZE
-from mflux_core.weights.gguf_file import gguf_shapes, has_affine_layers, is_gguf
+from mflux_core.weights.gguf_file import gguf_shapes, is_gguf
 from mflux_core.weights.gguf_mlx import load_gguf
 from mflux_core.weights.safetensors_io import load_safetensors
 
@@ -31,6 +34,8 @@ LABELS = {"vae": "VAE (ae.safetensors)", "text_encoder": "CLIP-L text encoder (c
           "text_encoder_2": "T5-XXL text encoder (t5xxl_*.safetensors)"}
 VAE_PREFIXES = ("first_stage_model.", "vae.")
 TRANSFORMER_PREFIXES = ("model.diffusion_model.", "double_blocks.", "single_blocks.", "transformer_blocks.")
+BUNDLED_PREFIXES = {"vae": VAE_PREFIXES, "text_encoder": ("text_encoders.clip_l.transformer.",),
+                    "text_encoder_2": ("text_encoders.t5xxl.transformer.",)}
 CLIP_EXTRAS = ("text_projection.weight", "logit_scale", "text_model.embeddings.position_ids")
 BFL_VAE_NAMES = (
     (r"^(encoder|decoder)\.norm_out\.", r"\1.conv_norm_out."),
@@ -99,18 +104,57 @@ def _published_names(names: list[str]) -> dict[str, str]:
     return {name: name for name in names if name not in CLIP_EXTRAS}
 
 
+def bundled_parts(names) -> set[str]:
+    """The components an all-in-one checkpoint bundles with its transformer (none for any other file)."""
+    names = list(names)
+    if not any(name.startswith(TRANSFORMER_PREFIXES) for name in names):
+        return set()
+    return {part for part, prefixes in BUNDLED_PREFIXES.items() if any(name.startswith(prefixes) for name in names)}
+
+
+def _own_names(names: list[str], part: str | None) -> dict[str, str]:
+    """name in the file -> name in its component: each name of a file that holds one component; for an all-in-one
+    checkpoint, `part`'s names without their prefix (none when it lacks `part`: a transformer file)."""
+    if not any(name.startswith(TRANSFORMER_PREFIXES) for name in names):
+        return {name: name for name in names}
+    prefix = next((p for p in BUNDLED_PREFIXES.get(part, ()) if any(name.startswith(p) for name in names)), None)
+    return {} if prefix is None else {name: name[len(prefix):] for name in names if name.startswith(prefix)}
+
+
+def _published(names: list[str], part: str | None) -> dict[str, str]:
+    """name in the file -> the name a FLUX.1 folder's component publishes it under."""
+    own = _own_names(names, part)
+    published = _published_names(list(own.values()))
+    return {name: published[inner] for name, inner in own.items() if inner in published}
+
+
 @lru_cache(maxsize=16)
-def _shapes(path: Path, mtime_ns: int) -> dict[str, tuple[int, ...]]:
+def _shapes(path: Path, mtime_ns: int, part: str | None) -> dict[str, tuple[int, ...]]:
     shapes = _header(path)
-    if any(name.startswith(TRANSFORMER_PREFIXES) for name in shapes):
-        return {}  # a transformer (a ComfyUI all-in-one checkpoint bundles a VAE and text encoders with it)
-    return {new: shapes[old] for old, new in _published_names(list(shapes)).items()}
+    return {new: shapes[old] for old, new in _published(list(shapes), part).items()}
 
 
-def file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """The file's tensor shapes under the published names."""
+def file_shapes(path: Path, part: str | None = None) -> dict[str, tuple[int, ...]]:
+    """The file's tensor shapes (an all-in-one checkpoint's `part`'s) under the published names."""
     path = Path(path)
-    return _shapes(path, path.stat().st_mtime_ns)
+    return _shapes(path, path.stat().st_mtime_ns, part)
+
+
+def part_names(names, part: str | None) -> list[str]:
+    """The names of `part` ("transformer", or a component it bundles) in an all-in-one checkpoint; else all."""
+    names = list(names)
+    if part is None or not bundled_parts(names):
+        return names
+    prefixes = TRANSFORMER_PREFIXES[:1] if part == "transformer" else BUNDLED_PREFIXES[part]
+    return [name for name in names if name.startswith(prefixes)]
+
+
+def file_parts(path: Path) -> set[str]:
+    """The VAE and text encoders an all-in-one checkpoint holds, from its header."""
+    try:
+        return bundled_parts(_header(Path(path))) if Path(path).suffix == ".safetensors" else set()
+    except ModelLoadError:
+        return set()
 
 
 def is_readable(path: Path) -> bool:
@@ -132,18 +176,17 @@ def split_file_kind(path: Path) -> str | None:
     return kind if kind in SPLIT_KINDS else None
 
 
-def file_config(path: Path) -> dict:
-    config = config_from_shapes(file_shapes(path))
-    if is_gguf(path) and has_affine_layers(path):
-        config["quantization"] = {"group_size": GGUF_GROUP_SIZE}  # bits by layer: a file's types may differ
-    return config
+def file_config(path: Path, part: str | None = None) -> dict:
+    """The config.json its component would have (quantized layers, a GGUF T5's, are read from their tensors)."""
+    return config_from_shapes(file_shapes(path, part))
 
 
-def file_weights(path: Path) -> dict[str, mx.array]:
-    """The file's tensors under the published names and shapes (what each model's `sanitize` reads)."""
+def file_weights(path: Path, part: str | None = None) -> dict[str, mx.array]:
+    """The file's tensors (an all-in-one checkpoint's `part`'s) under the published names and shapes (what each
+    model's `sanitize` reads)."""
     weights = load_gguf(path) if is_gguf(path) else load_safetensors(path)
     published = {}
-    for old, new in _published_names(list(weights)).items():
+    for old, new in _published(list(weights), part).items():
         value = weights[old]
         if ".attentions." in new and value.ndim == 4:  # BFL's 1x1 convolutions: diffusers' linear layers
             value = value.reshape(value.shape[:2])

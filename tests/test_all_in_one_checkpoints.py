@@ -1,0 +1,97 @@
+"""All-in-one FLUX.1 checkpoints (Forge's flux1-dev-bnb-nf4, Comfy-Org's flux1-dev-fp8, any checkpoint ComfyUI
+saves: the transformer under `model.diffusion_model.`, the VAE under `vae.`, CLIP-L and T5 under
+`text_encoders.clip_l.transformer.` / `text_encoders.t5xxl.transformer.`) run on their own VAE and text encoders:
+picked from the models folder, or `--path file` alone. The image equals the same transformer's on the diffusers folder
+the bundled parts came from, pixel for pixel; the memory plan counts each part once."""
+
+import mlx.core as mx
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mflux_core import cli
+from mflux_core.manager import ModelManager
+from mflux_core.registry import list_models
+from mflux_core.request import GenerationRequest
+from mflux_core.weights.bfl import COMFY_PREFIX
+from tests.fixtures.comfy_split_files import bfl_vae_state
+from tests.fixtures.tiny_flux import build_tiny_flux
+from tests.parity import max_uint8_diff, run_cli
+from tests.test_bnb_nf4_files import is_linear_weight, nf4_state
+from tests.test_comfyui_split_files import with_tokenizers
+from tests.test_mflux_saved_folders import HEIGHT, SPEC, WIDTH
+from tests.test_transformer import diffusers_to_bfl
+
+CHECKPOINT = "flux1-tiny-bnb-nf4-v2.safetensors"
+ARGS = ["--prompt", "a red house", "--seed", 3, "--steps", 2, "--height", HEIGHT, "--width", WIDTH, "--guidance", 3.5]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_flux(tmp_path_factory.mktemp("all-in-one-base"), SPEC)
+
+
+def all_in_one_state(folder) -> dict[str, torch.Tensor]:
+    """The tiny FLUX.1 as Forge writes an NF4 checkpoint: the transformer's linear weights in NF4, the rest as is."""
+    from diffusers import FluxTransformer2DModel
+
+    state = {}
+    transformer = FluxTransformer2DModel.from_pretrained(folder / "transformer").state_dict()
+    for name, value in diffusers_to_bfl(transformer).items():
+        state.update(nf4_state(COMFY_PREFIX + name, value) if is_linear_weight(name, value)
+                     else {COMFY_PREFIX + name: value.contiguous()})
+    state.update({f"vae.{name}": value for name, value in bfl_vae_state(folder / "vae").items()})
+    clip = load_file(folder / "text_encoder" / "model.safetensors")
+    state.update({f"text_encoders.clip_l.transformer.{name}": value for name, value in clip.items()})
+    for path in sorted((folder / "text_encoder_2").glob("*.safetensors")):
+        state.update({f"text_encoders.t5xxl.transformer.{name}": value for name, value in load_file(path).items()})
+    return state
+
+
+@pytest.fixture
+def models(tiny, tmp_path, monkeypatch):
+    """A models folder holding the checkpoint and FLUX.1's tokenizers, nothing else (this machine's downloads aside)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    models = with_tokenizers(tmp_path / "models", tiny)
+    save_file(all_in_one_state(tiny), models / CHECKPOINT)
+    return models
+
+
+def test_the_checkpoint_runs_on_its_own_parts_as_on_the_folder_they_came_from(tiny, models, tmp_path):
+    request = GenerationRequest(model=CHECKPOINT, prompt="a red house", seed=3, steps=2, width=WIDTH, height=HEIGHT,
+                                guidance=3.5)
+    picked = ModelManager(models_dir=models).generate(request).image.convert("RGB")
+    alone = run_cli("generate", "--path", models / CHECKPOINT, *ARGS, "--output", tmp_path / "alone.png")
+    folder = run_cli("generate", "--path", models / CHECKPOINT, "--base-model", tiny, *ARGS,
+                     "--output", tmp_path / "folder.png")
+    assert max_uint8_diff(picked, folder) == 0
+    assert max_uint8_diff(alone, folder) == 0
+    kinds = {entry.name: entry.kind for entry in list_models(models)}
+    assert kinds[CHECKPOINT] == "single-file"
+
+
+def test_the_memory_plan_counts_each_part_once(models):
+    from mflux_core import loader
+    from mflux_core.resident import model_weight_bytes
+    from mflux_core.weights.quantize import parameter_bytes, text_encoder_bytes
+    from mflux_core.weights.resolve import resolve_model
+
+    source = resolve_model(path=str(models / CHECKPOINT), models_dir=models)
+    loaded = (parameter_bytes(loader.load_source_transformer(source, mx.float32))
+              + parameter_bytes(loader.load_source_vae(source, mx.float32))
+              + text_encoder_bytes(loader.load_source_text_encoders(source, mx.float32)))
+    assert model_weight_bytes(source, mx.float32, None) == loaded
+
+
+def test_saving_it_writes_a_diffusers_folder_with_its_vae(tiny, models, tmp_path):
+    from diffusers import AutoencoderKL
+
+    assert cli.main(["save", "--model-path", str(models / CHECKPOINT), "--path", str(tmp_path / "saved")]) == 0
+    saved_vae = AutoencoderKL.from_pretrained(tmp_path / "saved" / "vae").state_dict()
+    original_vae = AutoencoderKL.from_pretrained(tiny / "vae").state_dict()
+    assert all(torch.equal(saved_vae[name], original_vae[name]) for name in original_vae)
+    saved = run_cli("generate", "--path", tmp_path / "saved", *ARGS, "--output", tmp_path / "saved.png")
+    original = run_cli("generate", "--path", models / CHECKPOINT, *ARGS, "--output", tmp_path / "original.png")
+    assert max_uint8_diff(saved, original) == 0
