@@ -6,6 +6,7 @@ folder on disk or are fetched alone (a fake hub here)."""
 
 import shutil
 
+import mlx.core as mx
 import numpy as np
 import pytest
 import torch
@@ -242,3 +243,20 @@ def test_a_comfyui_all_in_one_checkpoint_stays_a_transformer(tiny, comfy_models,
     plain = run_cli("generate", "--path", tmp_path / "plain.safetensors", "--base-model", tiny, *args,
                     "--output", tmp_path / "plain.png")
     assert max_uint8_diff(bundled, plain) == 0
+
+
+def test_a_scaled_fp8_t5_file_reads_as_comfyui_computes_it(tiny, tmp_path):
+    """t5xxl_fp8_e4m3fn_scaled.safetensors: each matrix its stored FP8 values times its scale."""
+    from safetensors.torch import load_file, save_file
+
+    from tests.test_quantized_single_files import comfy_scaled_fp8
+
+    t5 = {}
+    for path in sorted((tiny / "text_encoder_2").glob("*.safetensors")):
+        t5.update(load_file(path))
+    stored, _, used = comfy_scaled_fp8(t5, "legacy")
+    path = tmp_path / "t5xxl_fp8_e4m3fn_scaled.safetensors"
+    save_file({name: value.contiguous() for name, value in stored.items()}, path)
+    ours = file_weights(path)
+    assert set(ours) == set(used)
+    assert all(np.array_equal(np.array(ours[name].astype(mx.float32)), used[name].float().numpy()) for name in used)

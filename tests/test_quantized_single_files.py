@@ -2,7 +2,10 @@
 file.gguf --base-model ...`: its Q8_0, Q4_0 and Q4_1 layers stay quantized as MLX holds them, and the image equals
 diffusers' on the weights llama.cpp's own `gguf` package dequantizes (float32, uint8 max |diff| <= 2); files of types
 MLX cannot read are refused by name, before anything loads; the memory plan reads the file's header. ComfyUI's FP8
-files (E4M3) equal diffusers on the same weights rounded to FP8 by torch."""
+files (E4M3) equal diffusers on the same weights rounded to FP8 by torch, and its scaled FP8 files (each matrix divided
+by a scale kept beside it, in its three layouts) on the stored values times the scales, as ComfyUI computes them."""
+
+import json
 
 import mlx.core as mx
 import numpy as np
@@ -339,6 +342,64 @@ def test_a_comfyui_fp8_single_file_makes_diffusers_image_from_its_fp8_weights(ti
                for name, value in diffusers_to_bfl(state).items()}, path)
     ours, expected = single_file_and_diffusers_images(tiny, path, rounded, tmp_path, 5)
     assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
+
+
+def comfy_scaled_fp8(state: dict[str, torch.Tensor], layout: str) -> tuple[dict, dict, dict]:
+    """`state`'s matrices as ComfyUI's scaled FP8 files store them (each divided by its scale, in E4M3, the scale
+    beside it): `layout` "legacy" (`scale_weight`, a `scaled_fp8` marker), "tensors" (`weight_scale`, the layer's
+    format in its `comfy_quant`) or "header" (`weight_scale`, the formats in the header's metadata). Returns the
+    tensors, the header's metadata, and what ComfyUI computes from them (stored values times scale)."""
+    legacy = layout == "legacy"
+    stored, used, formats = {}, {}, {}
+    for name, value in state.items():
+        if value.ndim != 2:
+            stored[name] = used[name] = value
+            continue
+        scale = value.abs().max().float() / 448  # E4M3's largest value
+        fp8 = (value / scale).to(torch.float8_e4m3fn)
+        layer = name.removesuffix(".weight")
+        stored.update({name: fp8, f"{layer}.{'scale_weight' if legacy else 'weight_scale'}": scale.reshape(()),
+                       f"{layer}.{'scale_input' if legacy else 'input_scale'}": torch.tensor(1.0)})
+        formats[layer] = {"format": "float8_e4m3fn"}
+        if layout == "tensors":
+            stored[f"{layer}.comfy_quant"] = torch.tensor(list(json.dumps(formats[layer]).encode()), dtype=torch.uint8)
+        used[name] = fp8.float() * scale
+    if legacy:
+        stored["scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
+    metadata = {"_quantization_metadata": json.dumps({"layers": formats})} if layout == "header" else None
+    return stored, metadata, used
+
+
+@pytest.mark.parametrize("layout", ["legacy", "tensors", "header"])
+def test_a_comfyui_scaled_fp8_file_makes_diffusers_image_from_its_scaled_weights(tiny, gguf_file, tmp_path, layout):
+    from safetensors.torch import save_file
+
+    from mflux_core.weights.bfl import bfl_to_diffusers
+
+    _, state = gguf_file
+    stored, metadata, used = comfy_scaled_fp8(diffusers_to_bfl(state), layout)
+    path = tmp_path / "flux1-tiny-fp8_scaled.safetensors"
+    save_file({name: value.contiguous() for name, value in stored.items()}, path, metadata=metadata)
+    # diffusers' names for the BFL tensors ComfyUI computes (a fused qkv has one scale for its three parts), by the
+    # renaming test_transformer checks against diffusers' own converter
+    renamed = bfl_to_diffusers({name: mx.array(value.numpy()) for name, value in used.items()})
+    ours, expected = single_file_and_diffusers_images(
+        tiny, path, {name: torch.from_numpy(np.array(value)) for name, value in renamed.items()}, tmp_path, 6)
+    assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
+
+
+def test_a_scaled_file_of_another_format_is_refused_in_a_sentence(tmp_path):
+    from safetensors.torch import save_file
+
+    from mflux_core.errors import ModelLoadError
+    from mflux_core.weights.safetensors_io import load_safetensors
+
+    save_file({"img_in.weight": torch.randn(4, 64).to(torch.float8_e4m3fn), "img_in.weight_scale": torch.tensor(1.0),
+               "img_in.comfy_quant": torch.tensor(list(b'{"format": "nvfp4"}'), dtype=torch.uint8)},
+              tmp_path / "flux1-dev-nvfp4.safetensors")
+    with pytest.raises(ModelLoadError, match="^flux1-dev-nvfp4.safetensors stores layers as nvfp4, which the studio "
+                                             "cannot read: use its FP8"):
+        load_safetensors(tmp_path / "flux1-dev-nvfp4.safetensors")
 
 
 def test_an_e5m2_file_is_refused_in_a_sentence(tmp_path):

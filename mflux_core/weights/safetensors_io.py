@@ -7,6 +7,7 @@ import mlx.core as mx
 from safetensors import safe_open
 
 from mflux_core.errors import ModelLoadError
+from mflux_core.weights import comfy_fp8
 
 
 def read_json(path: Path) -> dict:
@@ -20,12 +21,13 @@ def read_json(path: Path) -> dict:
 
 def load_safetensors(path: Path) -> dict[str, mx.array]:
     """Load one .safetensors file; a truncated or corrupt file raises ModelLoadError naming it. FP8 (E4M3) tensors,
-    as ComfyUI's flux1-dev-fp8 files store them, come back as float16, which holds every E4M3 value exactly."""
+    as ComfyUI's flux1-dev-fp8 files store them, come back as float16, which holds every E4M3 value exactly; those of
+    ComfyUI's scaled FP8 files come back times their scales (weights/comfy_fp8.py)."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"Missing weights file {path}.")
     try:
-        weights = mx.load(str(path), format="safetensors")
+        weights, metadata = mx.load(str(path), format="safetensors", return_metadata=True)
     except Exception as error:  # MLX raises plain RuntimeError/ValueError for bad files
         if "F8_E5M2" in str(error):
             raise ModelLoadError(f"{path.name} stores FP8 tensors as E5M2, which MLX cannot read: use its E4M3 "
@@ -35,6 +37,8 @@ def load_safetensors(path: Path) -> dict[str, mx.array]:
         fp8 = _fp8_names(path)
         weights = {name: mx.from_fp8(value, dtype=mx.float16) if name in fp8 else value
                    for name, value in weights.items()}
+        if comfy_fp8.is_scaled(weights, metadata):
+            weights = comfy_fp8.unscaled(weights, metadata, path.name)
     return weights
 
 
