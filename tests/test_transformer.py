@@ -302,7 +302,7 @@ def test_infer_transformer_config_from_shapes(models):
     inferred = infer_transformer_config(weights, axes_dims_rope=TINY_AXES)
     expected = {k: reference.config[k] for k in inferred}
     assert inferred == {**expected, "axes_dims_rope": list(TINY_AXES)}
-    with pytest.raises(ModelLoadError, match="axes_dims_rope"):
+    with pytest.raises(ModelLoadError, match="not FLUX.1's 128: it is not a FLUX.1 transformer the studio can read"):
         infer_transformer_config(weights)
 
 

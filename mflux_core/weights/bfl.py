@@ -157,8 +157,8 @@ def infer_transformer_config(weights: dict[str, mx.array], axes_dims_rope: tuple
     if axes_dims_rope is None:
         if head_dim != sum(FLUX1_AXES_DIMS_ROPE):
             raise ModelLoadError(
-                f"This BFL checkpoint has attention head dim {head_dim}, not FLUX.1's 128, so its RoPE axes "
-                "are unknown: pass axes_dims_rope."
+                f"This single-file checkpoint has attention head dim {head_dim}, not FLUX.1's 128: it is not a "
+                "FLUX.1 transformer the studio can read from one file (the file does not say its position axes)."
             )
         axes_dims_rope = FLUX1_AXES_DIMS_ROPE
     out_channels = matrix_shape(weights, "final_layer.linear.weight")[0]
