@@ -203,8 +203,8 @@ class ResidentModels:
             needed = resident_bytes_of(weights_on_disk(transformer_files), quantize / 8 if quantize else dtype.size,
                                        "transformer")
             label = f"transformer {transformer_files}" + (f" {quantize}-bit" if quantize else "")
-            self._swap_transformer(transformer_key, label, needed,
-                                   lambda: quantize_model(loader.load_source_transformer(source, dtype, bits=quantize), quantize))
+            self._swap_transformer(transformer_key, label, needed, lambda: quantize_model(
+                loader.load_source_transformer(source, dtype, bits=quantize), quantize))
         transformer = self._transformers.get(transformer_key)
         stop_if_cancelled(cancelled, "while loading the model (the transformer is loaded)")
         vae = self._vaes.get_or_create(vae_key, lambda: self._timed_load(

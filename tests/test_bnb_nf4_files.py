@@ -1,12 +1,13 @@
 """Forge's NF4 checkpoints (lllyasviel's flux1-dev-bnb-nf4: BFL's names under `model.diffusion_model.`, each linear
 weight a bitsandbytes Linear4bit state) run with `--path file --base-model ...`: the layers are decoded exactly as
 bitsandbytes decodes them (NF4 and FP4, with and without double quantization), then held as MLX's affine groups of 32.
+At `-q 8` the image equals diffusers' on the weights bitsandbytes dequantizes (float32, uint8 max |diff| <= 2); at the
+default 4 bits the transformer's output stays within 10% of that reference (measured 8%; NF4's own values move it by
+12% from the float weights'), and the memory plan reads the file's header.
 
 The reference decoder is bitsandbytes' own torch implementation (`_dequantize_4bit_compute`, which its CUDA kernel
-matches), not its AVX-512 CPU kernel: in bitsandbytes 0.50.2 that one decodes a layer narrower than a block (64) wrongly
-(a 64x32 NF4 weight comes back 0.19 off where NF4 is 0.04 off). At `-q 8` the image equals diffusers' on the weights bitsandbytes dequantizes (float32, uint8 max
-|diff| <= 2); at the default 4 bits the transformer's output stays within 10% of that reference (measured 8%; NF4's
-own values move it by 12% from the float weights'), and the memory plan reads the file's header."""
+matches), not its AVX-512 CPU kernel: in bitsandbytes 0.50.2 that one decodes a layer narrower than a block (64)
+wrongly (a 64x32 NF4 weight comes back 0.19 off where NF4 is 0.04 off)."""
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -85,7 +86,8 @@ def nf4_file(tiny, tmp_path_factory):
                       else {COMFY_PREFIX + name: value.contiguous()})
     path = tmp_path_factory.mktemp("nf4") / "flux1-tiny-bnb-nf4.safetensors"
     save_file(stored, str(path))
-    read_back = {name: nf4_roundtrip(value) if is_linear_weight(name, value) else value for name, value in state.items()}
+    read_back = {name: nf4_roundtrip(value) if is_linear_weight(name, value) else value
+                 for name, value in state.items()}
     return path, state, read_back
 
 
@@ -101,7 +103,8 @@ def test_by_default_the_layers_are_mlx_4_bit_near_the_files_values(nf4_file):
     path, state, read_back = nf4_file
     model = load_bfl_transformer(path)
     layers = dict(model.named_modules())
-    assert (layers["transformer_blocks.0.attn.to_q"].bits, layers["transformer_blocks.0.attn.to_q"].group_size) == (4, 32)
+    to_q = layers["transformer_blocks.0.attn.to_q"]
+    assert (to_q.bits, to_q.group_size) == (4, 32)
     assert isinstance(layers["single_transformer_blocks.0.proj_mlp"], nn.QuantizedLinear)
     assert type(layers["x_embedder"]) is nn.Linear  # 16 input channels: no groups of 32, kept as float
     assert resident_bytes_of([path], 4) == parameter_bytes(model)
