@@ -16,19 +16,19 @@ from mflux_core.weights.safetensors_io import read_json
 
 def load_source_transformer(source: ModelSource, dtype: mx.Dtype, evaluated: bool = True,
                             bits: int | None = None) -> FluxTransformer:
-    """The source's transformer; not `evaluated`, each weight is read from disk when first used. `bits`: what an NF4
-    file's layers become (weights/bnb_4bit.py); the caller quantizes the rest."""
+    """The source's transformer; not `evaluated`, each weight is read from disk when first used. `bits`: what NF4
+    layers become (weights/bnb_4bit.py); the caller quantizes the rest."""
     if source.transformer_file is not None:
         return load_bfl_transformer(source.transformer_file, dtype, evaluated=evaluated, bits=bits)
-    return load_transformer(source.folder / "transformer", dtype, evaluated=evaluated)
+    return load_transformer(source.folder / "transformer", dtype, evaluated=evaluated, bits=bits)
 
 
 def load_source_vae(source: ModelSource, dtype: mx.Dtype) -> AutoencoderKL:
     return load_vae(source.component("vae"), dtype)
 
 
-def load_source_text_encoders(source: ModelSource, dtype: mx.Dtype) -> TextEncoders:
-    return TextEncoders.from_paths(*(source.component(name) for name in TEXT_COMPONENTS), dtype)
+def load_source_text_encoders(source: ModelSource, dtype: mx.Dtype, bits: int | None = None) -> TextEncoders:
+    return TextEncoders.from_paths(*(source.component(name) for name in TEXT_COMPONENTS), dtype, bits)
 
 
 def load_scheduler_config(source: ModelSource) -> dict:

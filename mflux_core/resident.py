@@ -212,7 +212,8 @@ class ResidentModels:
         stop_if_cancelled(cancelled, "while loading the model (transformer and VAE are loaded)")
         encoders = self._text_encoders.get_or_create(text_key, lambda: self._timed_load(
             "text_encoders", "text encoders " + encoders_label(*text_folders[:2]),
-            lambda: quantize_text_encoders(loader.load_source_text_encoders(source, dtype), quantize), text_key))
+            lambda: quantize_text_encoders(loader.load_source_text_encoders(source, dtype, quantize), quantize),
+            text_key))
         return FluxModel(
             transformer=transformer,
             vae=vae,

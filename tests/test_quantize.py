@@ -189,8 +189,8 @@ def test_resident_models_are_keyed_by_quantization_and_saved_ones_refuse_other_b
     args = ["generate", "--path", str(saved), "--prompt", "x", "--steps", "1", "--height", "32", "--width", "32",
             "--output", str(tmp_path / "x.png"), "-q", "4"]
     assert cli_main(args) == 1
-    assert "quantized to 8 bits already (a saved quantized model, or a GGUF file); load it without quantizing" in \
-        capsys.readouterr().err
+    assert ("quantized to 8 bits already (a saved quantized model, a GGUF or bitsandbytes 4-bit file); load it "
+            "without quantizing") in capsys.readouterr().err
 
 
 def test_verbose_cli_reports_model_memory(wide, tmp_path, capsys):

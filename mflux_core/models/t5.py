@@ -204,6 +204,7 @@ def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
     return weights
 
 
-def load_t5_encoder(folder: Path, dtype: mx.Dtype = mx.float32, evaluated: bool = True) -> T5Encoder:
+def load_t5_encoder(folder: Path, dtype: mx.Dtype = mx.float32, evaluated: bool = True,
+                    bits: int | None = None) -> T5Encoder:
     return load_component(folder, build=lambda cfg: T5Encoder(T5Config.from_dict(cfg)), sanitize=sanitize, dtype=dtype,
-                          evaluated=evaluated, part="text_encoder_2")
+                          evaluated=evaluated, part="text_encoder_2", bits=bits)

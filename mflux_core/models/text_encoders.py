@@ -29,19 +29,22 @@ class TextEncoders:
     """Tokenizers and encoders of one FLUX.1 model. `release()` frees the encoder weights;
     the next `encode` loads them again."""
 
-    def __init__(self, clip_path: Path, t5_path: Path, clip_tokenizer, t5_tokenizer, dtype: mx.Dtype = mx.float32):
+    def __init__(self, clip_path: Path, t5_path: Path, clip_tokenizer, t5_tokenizer, dtype: mx.Dtype = mx.float32,
+                 bits: int | None = None):
         self.clip_path, self.t5_path = Path(clip_path), Path(t5_path)  # a component folder or file each
         self.clip_tokenizer = clip_tokenizer
         self.t5_tokenizer = t5_tokenizer
         self.dtype = dtype
+        self.bits = bits  # what a bitsandbytes 4-bit T5's layers become (weights/bnb_4bit.py)
         self._clip: CLIPTextModel | None = None
         self._t5: T5Encoder | None = None
         self.linear_shapes: dict[str, dict[str, tuple[int, int]]] = {}  # kept when the weights are released
 
     @classmethod
     def from_paths(cls, clip_path: Path, t5_path: Path, clip_tokenizer: Path, t5_tokenizer: Path,
-                   dtype: mx.Dtype = mx.float32) -> "TextEncoders":
-        encoders = cls(clip_path, t5_path, load_clip_tokenizer(clip_tokenizer), load_t5_tokenizer(t5_tokenizer), dtype)
+                   dtype: mx.Dtype = mx.float32, bits: int | None = None) -> "TextEncoders":
+        encoders = cls(clip_path, t5_path, load_clip_tokenizer(clip_tokenizer), load_t5_tokenizer(t5_tokenizer), dtype,
+                       bits)
         encoders.load()
         return encoders
 
@@ -60,7 +63,7 @@ class TextEncoders:
         if self._clip is None:
             self._clip = load_clip_text_model(self.clip_path, self.dtype)
         if self._t5 is None:
-            self._t5 = load_t5_encoder(self.t5_path, self.dtype)
+            self._t5 = load_t5_encoder(self.t5_path, self.dtype, bits=self.bits)
         if not self.linear_shapes:
             self.linear_shapes = {component: linear_shapes(root) for component, root in self.components().items()}
 

@@ -472,7 +472,8 @@ def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
     return weights
 
 
-def load_transformer(folder: Path, dtype: mx.Dtype = mx.float32, evaluated: bool = True) -> FluxTransformer:
+def load_transformer(folder: Path, dtype: mx.Dtype = mx.float32, evaluated: bool = True,
+                     bits: int | None = None) -> FluxTransformer:
     """Load a diffusers `transformer/` folder (config.json + sharded safetensors); see load_component."""
     return load_component(folder, build=lambda cfg: FluxTransformer(FluxTransformerConfig.from_dict(cfg)),
-                          sanitize=sanitize, dtype=dtype, evaluated=evaluated)
+                          sanitize=sanitize, dtype=dtype, evaluated=evaluated, bits=bits)

@@ -47,8 +47,9 @@ def quantize_lazily(model: nn.Module, bits: int | None) -> None:
     existing = quantized_bits(model)
     if existing is not None and existing != bits:
         raise ModelLoadError(
-            f"This model is quantized to {existing} bits already (a saved quantized model, or a GGUF file); load it "
-            f"without quantizing (no -q) or at {existing} bits: quantizing again would lose quality."
+            f"This model is quantized to {existing} bits already (a saved quantized model, a GGUF or bitsandbytes "
+            f"4-bit file); load it without quantizing (no -q) or at {existing} bits: quantizing again would lose "
+            "quality."
         )
     nn.quantize(model, group_size=GROUP_SIZE, bits=bits, class_predicate=quantizable)
 

@@ -77,11 +77,13 @@ def write_component(module: nn.Module, config: dict, folder: Path, filename: str
 
 def bake_loras(transformer: nn.Module, source: ModelSource, dtype: mx.Dtype,
                loras: Sequence[tuple[str, float, float]],
-               models_dir: Path | None) -> tuple[list[LoraReport], dict[str, nn.Module]]:
+               models_dir: Path | None, bits: int | None = None) -> tuple[list[LoraReport], dict[str, nn.Module]]:
     """Fuse the LoRAs ((name, scale, text-encoder scale) each) into the transformer and the text encoders: one report
-    per LoRA, and the text encoders a LoRA changed (by folder name; those read lazily, the others never read)."""
-    encoders = {name: load(source.component(name), dtype, evaluated=False)
-                for name, load in (("text_encoder", load_clip_text_model), ("text_encoder_2", load_t5_encoder))}
+    per LoRA, and the text encoders a LoRA changed (by folder name; those read lazily, the others never read). `bits`:
+    what a bitsandbytes 4-bit T5's layers become."""
+    encoders = {"text_encoder": load_clip_text_model(source.component("text_encoder"), dtype, evaluated=False),
+                "text_encoder_2": load_t5_encoder(source.component("text_encoder_2"), dtype, evaluated=False,
+                                                  bits=bits)}
     checked = []
     for index, (name, scale, encoder_scale) in enumerate(loras):
         shapes = {component: linear_shapes(root) for component, root in encoders.items()}
@@ -176,9 +178,10 @@ def save_model(
     if transformer is None:
         on_progress(0, 0, "loading the transformer")
         transformer = loader.load_source_transformer(source, dtype, bits=bits)
-    reports, encoders = bake_loras(transformer, source, dtype, loras, models_dir)
+    reports, encoders = bake_loras(transformer, source, dtype, loras, models_dir, bits)
     if "text_encoder_2" not in encoders and not t5_copied_as_is(source, dtype, bits):
-        encoders["text_encoder_2"] = load_t5_encoder(source.component("text_encoder_2"), dtype, evaluated=False)
+        encoders["text_encoder_2"] = load_t5_encoder(source.component("text_encoder_2"), dtype, evaluated=False,
+                                                     bits=bits)
     for module in (transformer, encoders.get("text_encoder_2")):
         quantize_lazily(module, bits)
     modules = {"transformer": transformer, **encoders}
