@@ -9,7 +9,7 @@ from mflux_core.request import GenerationRequest
 from mflux_core.tools.specs import default_model_for
 from mflux_core.weights.component_folder import component_config
 from mflux_core.weights.resolve import (
-    DownloadCallback, ModelSource, resolve_model, resolve_name, single_file_has_guidance,
+    DownloadCallback, ModelSource, check_weights_file, resolve_model, resolve_name, single_file_has_guidance,
 )
 from mflux_core.weights.split_base import bundles_its_base, split_files_in
 from mflux_core.weights.split_files import LABELS, SPLIT_KINDS
@@ -35,7 +35,10 @@ class ModelLocator:
         Forge's VAE and text encoder files in the models folder (weights/split_base.py); its VAE, text encoders and
         scheduler are the file's. None for a model that is not a single file."""
         path = next((p for p in (Path(model).expanduser(), self.models_dir / model) if p.is_file()), None)
-        if path is None or bundles_its_base(path):  # an all-in-one checkpoint runs on its own VAE and text encoders
+        if path is None:
+            return None
+        check_weights_file(path)
+        if bundles_its_base(path):  # an all-in-one checkpoint runs on its own VAE and text encoders
             return None
         guided = single_file_has_guidance(path)
         alias = "dev" if guided else "schnell"

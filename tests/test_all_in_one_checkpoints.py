@@ -95,3 +95,14 @@ def test_saving_it_writes_a_diffusers_folder_with_its_vae(tiny, models, tmp_path
     saved = run_cli("generate", "--path", tmp_path / "saved", *ARGS, "--output", tmp_path / "saved.png")
     original = run_cli("generate", "--path", models / CHECKPOINT, *ARGS, "--output", tmp_path / "original.png")
     assert max_uint8_diff(saved, original) == 0
+
+
+def test_a_truncated_checkpoint_says_so_rather_than_asking_for_a_base(models):
+    """Half a download: its header lists more than the file holds, and it could not even tell what it bundles."""
+    from mflux_core.errors import ModelLoadError
+
+    path = models / CHECKPOINT
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    request = GenerationRequest(model=CHECKPOINT, prompt="x", seed=1, steps=1, width=WIDTH, height=HEIGHT)
+    with pytest.raises(ModelLoadError, match=f"The weights file {path} is incomplete: .* fewer than its header lists"):
+        ModelManager(models_dir=models).generate(request)

@@ -149,6 +149,7 @@ def resolve_model(
     if target.is_file():
         if target.suffix != ".safetensors" and not is_gguf(target):
             raise ModelLoadError(f"{target} is not a model folder, a .safetensors checkpoint or a .gguf file.")
+        check_weights_file(target)
         if base is None and bundles_its_base(target):  # an all-in-one checkpoint
             return ModelSource(folder=None, transformer_file=target, base_files=bundled_base(target, models_dir))
         if base is None:
@@ -222,6 +223,13 @@ def single_file_has_guidance(path: Path) -> bool:
 def stored_float_dtypes(files: list[Path]) -> set[str]:
     """The safetensors dtype names ("BF16", "F32", ...) of the floating tensors in `files`, from their headers."""
     return {dtype for path in files for dtype, _ in _tensor_specs(Path(path)).values() if dtype.startswith(("F", "BF"))}
+
+
+def check_weights_file(path: Path) -> None:
+    """A ModelLoadError naming the problem when a .safetensors file cannot be read or is incomplete (its header
+    alone is read), before a sentence about what else it needs."""
+    if Path(path).suffix == ".safetensors":
+        _tensor_specs(Path(path))
 
 
 def _tensor_specs(path: Path) -> dict[str, tuple[str, list[int]]]:
