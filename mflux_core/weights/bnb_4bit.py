@@ -55,8 +55,8 @@ def _state(weights: dict[str, mx.array], state_name: str) -> dict:
 
 def _blockwise(values: mx.array, scales: mx.array, blocksize: int) -> mx.array:
     """values (flat) times their block's scale; the last block may be short."""
-    count = values.size
-    padded = mx.pad(values, (0, scales.size * blocksize - count)).reshape(scales.size, blocksize)
+    count, short = values.size, scales.size * blocksize - values.size
+    padded = (mx.pad(values, (0, short)) if short else values).reshape(scales.size, blocksize)
     return (padded * scales[:, None]).reshape(-1)[:count]
 
 
@@ -78,8 +78,9 @@ def dequantize(weights: dict[str, mx.array], weight: str, state_name: str) -> mx
     if packed.size != (count + 1) // 2:
         raise ModelLoadError(f"{weight} holds {packed.size} bytes of 4-bit codes; its shape {shape} needs "
                              f"{(count + 1) // 2}.")
-    codes = mx.stack([packed >> 4, packed & 15], axis=-1).reshape(-1)[:count]
-    values = weights[f"{weight}.quant_map"].astype(mx.float32)[codes.astype(mx.uint32)]
+    quant_map, byte = weights[f"{weight}.quant_map"].astype(mx.float32), mx.arange(256)
+    pairs = mx.stack([quant_map[byte >> 4], quant_map[byte & 15]], axis=-1)  # each byte's two values: one gather
+    values = pairs[packed.astype(mx.uint32)].reshape(-1)[:count]
     return _blockwise(values, _block_scales(weights, weight, state), blocksize).reshape(shape)
 
 
