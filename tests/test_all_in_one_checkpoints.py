@@ -17,7 +17,7 @@ from mflux_core.weights.bfl import COMFY_PREFIX
 from tests.fixtures.comfy_split_files import bfl_vae_state
 from tests.fixtures.tiny_flux import build_tiny_flux
 from tests.parity import max_uint8_diff, run_cli
-from tests.test_bnb_nf4_files import is_linear_weight, nf4_state
+from tests.test_bnb_files import is_linear_weight, nf4_state
 from tests.test_comfyui_split_files import with_tokenizers
 from tests.test_mflux_saved_folders import HEIGHT, SPEC, WIDTH
 from tests.test_transformer import diffusers_to_bfl

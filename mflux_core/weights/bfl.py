@@ -5,7 +5,7 @@ BFL's names differ from diffusers' and some tensors are fused: a double block's 
 `qkv` tensor per stream, a single block's `linear1` holds q, k, v and the MLP input projection,
 and the final modulation's halves are (shift, scale) where diffusers' norm_out has (scale, shift).
 There is no config.json: the dimensions are read from the tensor shapes. A quantized weight (a GGUF file's affine
-types, or a bitsandbytes NF4 layer requantized: weights/bnb_4bit.py) comes with its `.scales` and `.biases`; all
+types, or a bitsandbytes layer requantized: weights/bnb_layers.py) comes with its `.scales` and `.biases`; all
 three are split and renamed alike, since every conversion here cuts or reorders rows, and a row's groups stay whole.
 """
 
@@ -16,7 +16,7 @@ import mlx.core as mx
 
 from mflux_core.errors import ModelLoadError
 from mflux_core.models.transformer import FluxTransformer, FluxTransformerConfig
-from mflux_core.weights import bnb_4bit
+from mflux_core.weights import bnb_layers
 from mflux_core.weights.flux_config import FLUX1_AXES_DIMS_ROPE, shared_config
 from mflux_core.weights.gguf_file import is_gguf, quantized_bits
 from mflux_core.weights.gguf_mlx import load_gguf
@@ -180,10 +180,10 @@ def load_bfl_transformer(
 ) -> FluxTransformer:
     """Build and load a FluxTransformer from one BFL (or ComfyUI, or Forge) .safetensors or .gguf file (not
     `evaluated`: read as used, see load_component). A GGUF file's quantized layers become QuantizedLinear at the
-    file's bits; a bitsandbytes NF4/FP4 file's at `bits` (default bnb_4bit.DEFAULT_BITS)."""
+    file's bits; a bitsandbytes file's at `bits` (by default its own: bnb_layers.FILE_BITS)."""
     weights = strip_comfy_prefix(load_gguf(path) if is_gguf(path) else load_safetensors(path))
-    if bnb_4bit.layer_states(weights):
-        weights = bnb_4bit.requantized(weights, bits or bnb_4bit.DEFAULT_BITS)
+    if bnb_layers.has_bnb_layers(weights):
+        weights = bnb_layers.requantized(weights, bits)
     if not is_bfl_checkpoint(weights):
         raise ModelLoadError(f"{path} is not a BFL FLUX.1 transformer checkpoint.")
     config = FluxTransformerConfig.from_dict(infer_transformer_config(weights, axes_dims_rope))

@@ -8,7 +8,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from mflux_core.errors import ModelLoadError
-from mflux_core.weights import bnb_4bit
+from mflux_core.weights import bnb_layers
 from mflux_core.weights.quantize import quantize_like_checkpoint
 from mflux_core.weights.component_folder import component_config, component_weights
 
@@ -48,16 +48,16 @@ def load_component(
 ) -> nn.Module:
     """config.json -> build(config) -> sanitize(checkpoint weights) -> strict load, cast to dtype. Not `evaluated`,
     each weight is read from the file when first used (MLX loads lazily: a merge reads one tensor at a time). `part`:
-    which component of an all-in-one checkpoint `folder` is (weights/split_files.py); `bits`: what bitsandbytes 4-bit
-    layers (a diffusers or transformers bnb folder) become (weights/bnb_4bit.py)."""
+    which component of an all-in-one checkpoint `folder` is (weights/split_files.py); `bits`: what bitsandbytes layers
+    (a diffusers or transformers bnb folder) become (weights/bnb_layers.py)."""
     folder = Path(folder)
     if not folder.exists():
         raise ModelLoadError(f"Missing model component folder {folder}.")
     config = component_config(folder, part)
     model = build(config)
     weights = component_weights(folder, part)
-    if bnb_4bit.layer_states(weights):
-        weights = bnb_4bit.requantized(weights, bits or bnb_4bit.DEFAULT_BITS)
+    if bnb_layers.has_bnb_layers(weights):
+        weights = bnb_layers.requantized(weights, bits)
     weights = cast_floats(sanitize(weights), dtype)
     quantize_like_checkpoint(model, weights)  # a model saved quantized (weights/save.py), a GGUF T5, mflux's save
     load_weights_strict(model, weights, str(folder))

@@ -9,7 +9,7 @@ from safetensors import SafetensorError, safe_open
 
 from mflux_core.downloads import DownloadCallback, fetch_repo, hf_cache_dir, is_offline  # noqa: F401 (re-exported)
 from mflux_core.errors import ModelLoadError, WordedTwice
-from mflux_core.weights import bnb_4bit
+from mflux_core.weights import bnb_layers
 from mflux_core.weights.gguf_file import gguf_resident_bytes, gguf_tensor_names, is_gguf
 from mflux_core.weights.split_base import bundled_base, bundles_its_base, has_split_files, split_base
 from mflux_core.weights.split_files import part_names
@@ -171,7 +171,7 @@ SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I
 
 def resident_bytes_of(files: list[Path], float_bytes: float, part: str | None = None) -> int:
     """Memory the tensors of safetensors files take once loaded with floats cast to `float_bytes` each (under 2: a
-    quantization's width, which a bitsandbytes 4-bit layer is requantized to as well), read from the headers alone;
+    quantization's width, which a bitsandbytes layer is requantized to as well), read from the headers alone;
     of an all-in-one checkpoint, its `part`'s ("transformer", "vae", ...). A file shorter than its header says (an
     interrupted download or copy) or without a readable header is a ModelLoadError naming it, found before anything
     loads."""
@@ -182,23 +182,22 @@ def resident_bytes_of(files: list[Path], float_bytes: float, part: str | None = 
             continue
         specs = _tensor_specs(Path(path))
         specs = {name: specs[name] for name in part_names(specs, part)}
-        bnb_layers = bnb_4bit.layer_states(specs)
-        if bnb_layers:
-            bits = round(float_bytes * 8) if float_bytes < 2 else bnb_4bit.DEFAULT_BITS
-            total += bnb_4bit.resident_bytes(_bnb_shapes(Path(path), bnb_layers), bits, float_bytes)
+        quantized = bnb_layers.layer_shapes({name: shape for name, (_, shape) in specs.items()},
+                                            lambda state: _tensor_bytes(Path(path), state))
+        if quantized:
+            bits = round(float_bytes * 8) if float_bytes < 2 else None
+            total += bnb_layers.resident_bytes(quantized, bits, float_bytes)
         for name, (dtype, shape) in specs.items():
-            if name in bnb_layers or bnb_4bit.is_bnb_name(name):
+            if name in quantized or bnb_layers.is_bnb_name(name):
                 continue
             own = SAFETENSORS_DTYPE_BYTES.get(dtype, 4)
             total += math.prod(shape) * (float_bytes if dtype.startswith(("F", "BF")) else own)
     return int(total)
 
 
-def _bnb_shapes(path: Path, layers: dict[str, str]) -> dict[str, tuple[int, ...]]:
-    """weight -> logical shape of a file's bitsandbytes 4-bit layers, from their quantization states (bytes each)."""
+def _tensor_bytes(path: Path, name: str) -> bytes:
     with safe_open(path, framework="numpy") as weights:
-        return {weight: bnb_4bit.parse_state(weights.get_tensor(state).tobytes(), state)["shape"]
-                for weight, state in layers.items()}
+        return weights.get_tensor(name).tobytes()
 
 
 def single_file_names(path: Path) -> set[str]:

@@ -3,8 +3,9 @@ weight a bitsandbytes Linear4bit state) run with `--path file --base-model ...`:
 bitsandbytes decodes them (NF4 and FP4, with and without double quantization), then held as MLX's affine groups of 32.
 At `-q 8` the image equals diffusers' on the weights bitsandbytes dequantizes (float32, uint8 max |diff| <= 2); at the
 default 4 bits the transformer's output stays within 10% of that reference (measured 8%; NF4's own values move it by
-12% from the float weights'), and the memory plan reads the file's header. A diffusers folder saved with a bnb 4-bit
-config (transformer and T5 in NF4) does the same.
+12% from the float weights'), and the memory plan reads the file's header. A diffusers folder saved with a bnb config
+(transformer and T5 in NF4, or in LLM.int8, which decodes exactly as bitsandbytes' int8_vectorwise_dequant and stays
+at 8 bits) does the same.
 
 The reference decoder is bitsandbytes' own torch implementation (`_dequantize_4bit_compute`, which its CUDA kernel
 matches), not its AVX-512 CPU kernel: in bitsandbytes 0.50.2 that one decodes a layer narrower than a block (64)
@@ -19,7 +20,7 @@ import torch
 from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
 from safetensors.torch import save_file
 
-from mflux_core.weights import bnb_4bit
+from mflux_core.weights import bnb_layers
 from mflux_core.weights.bfl import COMFY_PREFIX, load_bfl_transformer
 from mflux_core.weights.quantize import parameter_bytes
 from mflux_core.weights.resolve import resident_bytes_of
@@ -65,8 +66,8 @@ def test_layers_decode_as_bitsandbytes_decodes_them(quant_type, nested, shape):
         {key.removeprefix("layer.weight."): tensor for key, tensor in stored.items() if key != "layer.weight"},
         device=torch.device("cpu"))).numpy()
     weights = {name: mx.array(tensor.numpy()) for name, tensor in stored.items()}
-    state_name = bnb_4bit.layer_states(weights)["layer.weight"]
-    assert np.array_equal(np.array(bnb_4bit.dequantize(weights, "layer.weight", state_name)), expected)
+    state_name = bnb_layers.layer_states(weights)["layer.weight"]
+    assert np.array_equal(np.array(bnb_layers.dequantize(weights, "layer.weight", state_name)), expected)
 
 
 @pytest.fixture(scope="module")
@@ -126,29 +127,57 @@ def test_an_unreadable_quantization_state_is_a_sentence(tmp_path):
     stored["img_in.weight.quant_state.bitsandbytes__nf4"] = torch.tensor(list(b"{not json"), dtype=torch.uint8)
     weights = {name: mx.array(tensor.numpy()) for name, tensor in stored.items()}
     with pytest.raises(ModelLoadError, match="not a readable bitsandbytes quantization state"):
-        bnb_4bit.requantized(weights, 4)
+        bnb_layers.requantized(weights, 4)
 
 
 T5_KEPT = ("shared.", "embed_tokens.", "relative_attention_bias.", ".wo.")  # embeddings, and transformers' fp32 `wo`
 
 
 def quantized_by_bitsandbytes(component: str, name: str, value: torch.Tensor) -> bool:
-    """What diffusers and transformers quantize when they save a bnb 4-bit model: the linear layers (T5's `wo` kept
-    in float32, as transformers keeps it)."""
+    """What diffusers and transformers quantize when they save a bnb model: the linear layers (T5's `wo` kept in
+    float32, as transformers keeps it)."""
     return is_linear_weight(name, value) and not (component == "text_encoder_2" and any(k in name for k in T5_KEPT))
 
 
-@pytest.fixture(scope="module")
-def bnb_folder(tiny, tmp_path_factory):
-    """The tiny FLUX.1 as diffusers saves one with a bnb 4-bit config (diffusers/FLUX.1-dev-bnb-4bit): transformer
-    and T5 in NF4 (double quantized), config.json with its quantization_config. Returns the folder and the transformer
-    and T5 states bitsandbytes reads back."""
+def int8_state(name: str, value: torch.Tensor) -> dict:
+    """One Linear8bitLt's tensors as bitsandbytes saves them: int8 rows, each row's scale, the row format (0)."""
+    codes, row_scales, _ = bnb.int8_vectorwise_quant(value.float())
+    layer = name.removesuffix(".weight")
+    return {name: codes, f"{layer}.SCB": row_scales, f"{layer}.weight_format": torch.tensor(0, dtype=torch.uint8)}
+
+
+def test_8_bit_layers_decode_as_bitsandbytes_decodes_them():
+    value = torch.randn(48, 96, generator=torch.Generator().manual_seed(1))
+    stored = int8_state("layer.weight", value)
+    expected = bnb.int8_vectorwise_dequant(stored["layer.weight"], stored["layer.SCB"]).numpy()
+    weights = {name: mx.array(tensor.numpy()) for name, tensor in stored.items()}
+    assert bnb_layers.int8_layers(weights) == ["layer.weight"]
+    assert np.array_equal(np.array(bnb_layers.dequantize_int8(weights, "layer.weight")), expected)
+
+
+def bnb_stored(kind: str, name: str, value: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    """A layer as a bnb save of `kind` stores it, and the weight bitsandbytes reads back from that."""
+    if kind == "int8":
+        stored = int8_state(name, value)
+        return stored, bnb.int8_vectorwise_dequant(stored[name], stored[name.removesuffix(".weight") + ".SCB"])
+    codes, quant_state = bnb.quantize_4bit(value.float(), blocksize=BLOCKSIZE, quant_type="nf4",
+                                           compress_statistics=True)
+    stored = {name: codes, **{f"{name}.{key}": tensor for key, tensor in quant_state.as_dict(packed=True).items()}}
+    return stored, bnb_dequantized(codes, quant_state)
+
+
+@pytest.fixture(scope="module", params=["nf4", "int8"])
+def bnb_folder(tiny, tmp_path_factory, request):
+    """The tiny FLUX.1 as diffusers saves one with a bnb config (diffusers/FLUX.1-dev-bnb-4bit, -8bit): transformer
+    and T5 in NF4 (double quantized) or LLM.int8, config.json with its quantization_config. Returns the kind, the
+    folder and the transformer and T5 states bitsandbytes reads back."""
     import json
     import shutil
 
     from safetensors.torch import load_file
 
-    folder = tmp_path_factory.mktemp("bnb") / "FLUX.1-tiny-bnb-4bit"
+    kind = request.param
+    folder = tmp_path_factory.mktemp("bnb") / f"FLUX.1-tiny-bnb-{kind}"
     shutil.copytree(tiny, folder)
     read_back = {}
     for component in ("transformer", "text_encoder_2"):
@@ -158,29 +187,32 @@ def bnb_folder(tiny, tmp_path_factory):
             path.unlink()
         stored, read_back[component] = {}, {}
         for name, value in state.items():
-            quantized = quantized_by_bitsandbytes(component, name, value)
-            stored.update(nf4_state(name, value, nested=True) if quantized else {name: value.contiguous()})
-            codes, quant_state = bnb.quantize_4bit(value.float(), blocksize=BLOCKSIZE, quant_type="nf4",
-                                                   compress_statistics=True) if quantized else (None, None)
-            read_back[component][name] = bnb_dequantized(codes, quant_state) if quantized else value
+            if quantized_by_bitsandbytes(component, name, value):
+                layer, read_back[component][name] = bnb_stored(kind, name, value)
+                stored.update(layer)
+            else:
+                stored[name] = read_back[component][name] = value.contiguous()
         save_file(stored, str(folder / component / "model.safetensors"))
         config = json.loads((folder / component / "config.json").read_text())
-        config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True,
-                                         "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}
+        config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": kind == "nf4",
+                                         "load_in_8bit": kind == "int8", "bnb_4bit_quant_type": "nf4",
+                                         "bnb_4bit_use_double_quant": True}
         (folder / component / "config.json").write_text(json.dumps(config))
-    return folder, read_back
+    return kind, folder, read_back
 
 
 def test_a_diffusers_bnb_folder_at_8_bits_makes_diffusers_image_from_the_dequantized_weights(tiny, bnb_folder,
                                                                                             tmp_path):
+    """NF4 asked for at 8 bits; LLM.int8 is 8 bits by default."""
     from tests.fixtures.tiny_flux import load_diffusers_pipeline
     from tests.parity import make_noise, pack, run_cli
     from tests.test_quantized_single_files import HEIGHT, STEPS, WIDTH
 
-    folder, read_back = bnb_folder
+    kind, folder, read_back = bnb_folder
     noise = make_noise(tmp_path, (1, 4, HEIGHT // 8, WIDTH // 8), seed=7)
     ours = run_cli("generate", "--path", folder, "--prompt", "a red house", "--steps", STEPS, "--height", HEIGHT,
-                   "--width", WIDTH, "--guidance", 3.5, "--init-noise", noise, "-q", 8, "--output", tmp_path / "o.png")
+                   "--width", WIDTH, "--guidance", 3.5, "--init-noise", noise, *(["-q", 8] if kind == "nf4" else []),
+                   "--output", tmp_path / "o.png")
     pipe = load_diffusers_pipeline(tiny)
     pipe.transformer.load_state_dict(read_back["transformer"])
     loaded = pipe.text_encoder_2.load_state_dict(read_back["text_encoder_2"], strict=False)
@@ -190,16 +222,18 @@ def test_a_diffusers_bnb_folder_at_8_bits_makes_diffusers_image_from_the_dequant
     assert max_uint8_diff(ours, reference) <= UINT8_TOLERANCE
 
 
-def test_a_diffusers_bnb_folder_loads_4_bit_by_default_and_the_plan_reads_its_headers(bnb_folder):
+def test_a_diffusers_bnb_folder_loads_at_its_own_bits_and_the_plan_reads_its_headers(bnb_folder):
     from mflux_core import loader
     from mflux_core.resident import model_weight_bytes
     from mflux_core.weights.quantize import quantized_bits, t5_encoder, text_encoder_bytes
     from mflux_core.weights.resolve import resolve_model
 
-    source = resolve_model(path=str(bnb_folder[0]))
+    kind, folder, _ = bnb_folder
+    source = resolve_model(path=str(folder))
     transformer = loader.load_source_transformer(source, mx.float32)
     encoders = loader.load_source_text_encoders(source, mx.float32)
-    assert quantized_bits(transformer) == 4 and quantized_bits(t5_encoder(encoders)) == 4
+    bits = {"nf4": 4, "int8": 8}[kind]
+    assert quantized_bits(transformer) == bits and quantized_bits(t5_encoder(encoders)) == bits
     loaded = (parameter_bytes(transformer) + parameter_bytes(loader.load_source_vae(source, mx.float32))
               + text_encoder_bytes(encoders))
     assert model_weight_bytes(source, mx.float32, None) == loaded
