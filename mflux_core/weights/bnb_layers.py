@@ -106,17 +106,26 @@ def dequantize_int8(weights: dict[str, mx.array], weight: str) -> mx.array:
     return weights[weight].astype(mx.float32) * row_scales[:, None] * INT8_STEP
 
 
+def _decoders(weights: dict[str, mx.array]) -> dict[str, tuple]:
+    """weight -> (its float32 weight, computed when called; its FILE_BITS; its companions' names) of each layer."""
+    decoders = {weight: (lambda w=weight, s=state: dequantize(weights, w, s), FILE_BITS["4-bit"],
+                         (state, *(weight + suffix for suffix in COMPANIONS)))
+                for weight, state in layer_states(weights).items()}
+    for weight in int8_layers(weights):
+        layer = weight.removesuffix(".weight")
+        decoders[weight] = (lambda w=weight: dequantize_int8(weights, w), FILE_BITS["8-bit"],
+                            (layer + INT8_ROW_SCALES, layer + INT8_FORMAT))
+    return decoders
+
+
 def requantized(weights: dict[str, mx.array], bits: int | None) -> dict[str, mx.array]:
     """`weights` with each bitsandbytes layer as MLX keeps a QuantizedLinear (`.weight` codes, `.scales`, `.biases`,
     groups of GROUP_SIZE at `bits`, by default the layer's own FILE_BITS; one whose width MLX cannot group stays
     float32) and its companions gone; `weights` itself is emptied as it goes, so that the file's codes are freed
     layer by layer."""
-    decoders = {**{weight: (lambda w, s=state: dequantize(weights, w, s), FILE_BITS["4-bit"])
-                   for weight, state in layer_states(weights).items()},
-                **{weight: (lambda w: dequantize_int8(weights, w), FILE_BITS["8-bit"]) for weight in int8_layers(weights)}}
     out = {}
-    for weight, (decode, file_bits) in decoders.items():
-        float_weight = decode(weight)
+    for weight, (decode, file_bits, companions) in _decoders(weights).items():
+        float_weight = decode()
         layer = {weight: float_weight}
         if requantizable(float_weight.shape):
             packed, scales, biases = mx.quantize(float_weight, group_size=GROUP_SIZE, bits=bits or file_bits)
@@ -124,9 +133,8 @@ def requantized(weights: dict[str, mx.array], bits: int | None) -> dict[str, mx.
             layer = {weight: packed, f"{name}.scales": scales, f"{name}.biases": biases}
         mx.eval(layer)
         out.update(layer)
-        weights.pop(weight)
-        for name in [name for name in weights if name.startswith(weight.removesuffix("weight")) and is_bnb_name(name)]:
-            weights.pop(name)
+        for name in (weight, *companions):
+            weights.pop(name, None)
     out.update({name: value for name, value in weights.items() if not is_bnb_name(name)})
     return out
 
