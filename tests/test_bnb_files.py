@@ -127,7 +127,7 @@ def test_an_unreadable_quantization_state_is_a_sentence(tmp_path):
     stored["img_in.weight.quant_state.bitsandbytes__nf4"] = torch.tensor(list(b"{not json"), dtype=torch.uint8)
     weights = {name: mx.array(tensor.numpy()) for name, tensor in stored.items()}
     with pytest.raises(ModelLoadError, match="not a readable bitsandbytes quantization state"):
-        bnb_layers.requantized(weights, 4)
+        bnb_layers.requantized(weights, 4, mx.float32)
 
 
 T5_KEPT = ("shared.", "embed_tokens.", "relative_attention_bias.", ".wo.")  # embeddings, and transformers' fp32 `wo`

@@ -183,7 +183,7 @@ def load_bfl_transformer(
     file's bits; a bitsandbytes file's at `bits` (by default its own: bnb_layers.FILE_BITS)."""
     weights = strip_comfy_prefix(load_gguf(path) if is_gguf(path) else load_safetensors(path))
     if bnb_layers.has_bnb_layers(weights):
-        weights = bnb_layers.requantized(weights, bits)
+        weights = bnb_layers.requantized(weights, bits, dtype)
     if not is_bfl_checkpoint(weights):
         raise ModelLoadError(f"{path} is not a BFL FLUX.1 transformer checkpoint.")
     config = FluxTransformerConfig.from_dict(infer_transformer_config(weights, axes_dims_rope))

@@ -118,19 +118,19 @@ def _decoders(weights: dict[str, mx.array]) -> dict[str, tuple]:
     return decoders
 
 
-def requantized(weights: dict[str, mx.array], bits: int | None) -> dict[str, mx.array]:
-    """`weights` with each bitsandbytes layer as MLX keeps a QuantizedLinear (`.weight` codes, `.scales`, `.biases`,
-    groups of GROUP_SIZE at `bits`, by default the layer's own FILE_BITS; one whose width MLX cannot group stays
-    float32) and its companions gone; `weights` itself is emptied as it goes, so that the file's codes are freed
-    layer by layer."""
+def requantized(weights: dict[str, mx.array], bits: int | None, dtype: mx.Dtype) -> dict[str, mx.array]:
+    """`weights` with each bitsandbytes layer as MLX keeps a QuantizedLinear (`.weight` codes, `.scales`, `.biases`
+    in `dtype`, groups of GROUP_SIZE at `bits`, by default the layer's own FILE_BITS; one whose width MLX cannot group
+    stays a float weight) and its companions gone; `weights` itself is emptied as it goes, so that the file's codes
+    are freed layer by layer."""
     out = {}
     for weight, (decode, file_bits, companions) in _decoders(weights).items():
         float_weight = decode()
-        layer = {weight: float_weight}
+        layer = {weight: float_weight.astype(dtype)}
         if requantizable(float_weight.shape):
             packed, scales, biases = mx.quantize(float_weight, group_size=GROUP_SIZE, bits=bits or file_bits)
             name = weight.removesuffix(".weight")
-            layer = {weight: packed, f"{name}.scales": scales, f"{name}.biases": biases}
+            layer = {weight: packed, f"{name}.scales": scales.astype(dtype), f"{name}.biases": biases.astype(dtype)}
         mx.eval(layer)
         out.update(layer)
         for name in (weight, *companions):

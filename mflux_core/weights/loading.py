@@ -57,7 +57,7 @@ def load_component(
     model = build(config)
     weights = component_weights(folder, part)
     if bnb_layers.has_bnb_layers(weights):
-        weights = bnb_layers.requantized(weights, bits)
+        weights = bnb_layers.requantized(weights, bits, dtype)
     weights = cast_floats(sanitize(weights), dtype)
     quantize_like_checkpoint(model, weights)  # a model saved quantized (weights/save.py), a GGUF T5, mflux's save
     load_weights_strict(model, weights, str(folder))
