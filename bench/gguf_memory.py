@@ -103,14 +103,20 @@ def diffusers_bytes(path: Path, config_folder: Path) -> int:
     return sum(tensor.untyped_storage().nbytes() for tensor in model.state_dict().values())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def state_from_command_line(description: str) -> tuple[argparse.Namespace, dict[str, torch.Tensor]]:
+    """`--blocks` from the command line, that transformer's BFL state, and a line saying its size."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--blocks", type=int, default=1, help="double and single blocks each (FLUX.1: 19 and 38)")
     args = parser.parse_args()
     state = bfl_state(args.blocks)
     values = sum(value.numel() for value in state.values())
     print(f"FLUX.1 width 3072, {args.blocks} + {args.blocks} blocks: {values / 1e6:.0f} M parameters, bfloat16 "
           f"{values * 2 / GIB:.3f} GiB")
+    return args, state
+
+
+def main() -> None:
+    args, state = state_from_command_line(__doc__.splitlines()[0])
     print("| type | file GiB | ours planned | ours loaded | ours peak while loading | diffusers | ours / diffusers |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as folder:

@@ -10,7 +10,6 @@ v2 files), the rest in bfloat16, under `model.diffusion_model.`. diffusers canno
 loading needs a GPU), so the peer is the file's tensor bytes, which bitsandbytes holds as they are.
 """
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import mlx.core as mx
 import torch
 from safetensors.torch import save_file
 
-from bench.gguf_memory import GIB, bfl_state
+from bench.gguf_memory import GIB, state_from_command_line
 from mflux_core.weights.bfl import COMFY_PREFIX, load_bfl_transformer
 from mflux_core.weights.quantize import parameter_bytes, quantize_model
 from mflux_core.weights.resolve import resident_bytes_of
@@ -43,13 +42,7 @@ def write_nf4(path: Path, state: dict[str, torch.Tensor]) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--blocks", type=int, default=1, help="double and single blocks each (FLUX.1: 19 and 38)")
-    args = parser.parse_args()
-    state = bfl_state(args.blocks)
-    values = sum(value.numel() for value in state.values())
-    print(f"FLUX.1 width 3072, {args.blocks} + {args.blocks} blocks: {values / 1e6:.0f} M parameters, bfloat16 "
-          f"{values * 2 / GIB:.3f} GiB")
+    _, state = state_from_command_line(__doc__.splitlines()[0])
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "flux1-bnb-nf4.safetensors"
         theirs = write_nf4(path, state)
