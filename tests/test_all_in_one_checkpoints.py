@@ -31,14 +31,15 @@ def tiny(tmp_path_factory):
     return build_tiny_flux(tmp_path_factory.mktemp("all-in-one-base"), SPEC)
 
 
-def all_in_one_state(folder) -> dict[str, torch.Tensor]:
-    """The tiny FLUX.1 as Forge writes an NF4 checkpoint: the transformer's linear weights in NF4, the rest as is."""
+def all_in_one_state(folder, nf4: bool = True) -> dict[str, torch.Tensor]:
+    """The tiny FLUX.1 as Forge writes an NF4 checkpoint (the transformer's linear weights in NF4, the rest as is), or
+    as ComfyUI saves a checkpoint (all as is)."""
     from diffusers import FluxTransformer2DModel
 
     state = {}
     transformer = FluxTransformer2DModel.from_pretrained(folder / "transformer").state_dict()
     for name, value in diffusers_to_bfl(transformer).items():
-        state.update(nf4_state(COMFY_PREFIX + name, value) if is_linear_weight(name, value)
+        state.update(nf4_state(COMFY_PREFIX + name, value) if nf4 and is_linear_weight(name, value)
                      else {COMFY_PREFIX + name: value.contiguous()})
     state.update({f"vae.{name}": value for name, value in bfl_vae_state(folder / "vae").items()})
     clip = load_file(folder / "text_encoder" / "model.safetensors")
@@ -106,3 +107,16 @@ def test_a_truncated_checkpoint_says_so_rather_than_asking_for_a_base(models):
     request = GenerationRequest(model=CHECKPOINT, prompt="x", seed=1, steps=1, width=WIDTH, height=HEIGHT)
     with pytest.raises(ModelLoadError, match=f"The weights file {path} is incomplete: .* fewer than its header lists"):
         ModelManager(models_dir=models).generate(request)
+
+
+def test_a_merge_takes_a_comfyui_checkpoint_as_model_a_and_refuses_an_nf4_one(tiny, models, tmp_path, capsys):
+    """A ComfyUI checkpoint brings its own VAE and text encoders as model A; NF4 layers are refused in a sentence
+    before minutes of decoding."""
+    save_file(all_in_one_state(tiny, nf4=False), models / "flux1-tiny-comfy.safetensors")
+    merge = ["merge", "--dtype", "float32", "--model-b", str(tiny), "--path"]
+    assert cli.main([*merge, str(tmp_path / "merged"), "--model-a", str(models / "flux1-tiny-comfy.safetensors")]) == 0
+    assert {path.name for path in (tmp_path / "merged").iterdir()} >= {"transformer", "vae", "text_encoder_2"}
+    assert cli.main([*merge, str(tmp_path / "never"), "--model-a", str(models / CHECKPOINT)]) == 1
+    assert f"{models / CHECKPOINT} holds bitsandbytes (NF4 or int8) layers: a merge or a LoRA extraction needs " \
+           "float weights" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()

@@ -27,9 +27,11 @@ from mflux_core import loader
 from mflux_core.errors import InvalidRequest
 from mflux_core.memory import gb_text
 from mflux_core.settings_schema import ADD_DIFFERENCE, MERGE_METHODS, WEIGHTED_SUM
+from mflux_core.weights.bnb_layers import has_bnb_layers
 from mflux_core.weights.gguf_file import check_not_gguf
 from mflux_core.weights.quantize import quantized_bits
-from mflux_core.weights.resolve import ModelSource, resident_bytes_of, resolve_model, resolve_name
+from mflux_core.weights.resolve import ModelSource, resident_bytes_of, resolve_model, resolve_name, single_file_names
+from mflux_core.weights.split_base import bundles_its_base
 from mflux_core.weights.safetensors_io import weight_files
 from mflux_core.weights.save import t5_copied_as_is
 
@@ -54,14 +56,18 @@ def model_sources(names: list[str], models_dir: Path | None, base_model: str | N
                   whole_first: bool = True) -> list[tuple[str, ModelSource]]:
     """(name, source) of the models a merge or an extraction reads: names in the models folder, aliases, repo ids,
     folders, or single transformer files (ComfyUI's finetunes). With `whole_first` the first model's other
-    components are written too (a merge's A), so a single file there takes them from `base_model`."""
+    components are written too (a merge's A), so a single file there takes them from `base_model` (an all-in-one
+    checkpoint from itself)."""
     sources = []
     for index, name in enumerate(names):
         target = resolve_name(name, models_dir)
         check_not_gguf(target, "a merge or a LoRA extraction")
+        if target.is_file() and has_bnb_layers(single_file_names(target)):  # refused before minutes of decoding
+            raise InvalidRequest(f"{name} holds bitsandbytes (NF4 or int8) layers: a merge or a LoRA extraction "
+                                 "needs float weights; use its safetensors original.")
         if target.is_file() and (index > 0 or not whole_first):  # only its transformer is read
             sources.append((name, ModelSource(folder=None, transformer_file=target)))
-        elif target.is_file() and base_model is None:
+        elif target.is_file() and base_model is None and not bundles_its_base(target):
             raise InvalidRequest(f"{name} is a single transformer file: model A needs a model folder (its VAE, text "
                                  "encoders and scheduler are the result's) or a base model beside it; it can be B "
                                  "or C as it is.")
