@@ -16,8 +16,8 @@ from mflux_core.weights.safetensors_io import read_json
 
 def load_source_transformer(source: ModelSource, dtype: mx.Dtype, evaluated: bool = True,
                             bits: int | None = None) -> FluxTransformer:
-    """The source's transformer; not `evaluated`, each weight is read from disk when first used. `bits`: what NF4
-    layers become (weights/bnb_layers.py); the caller quantizes the rest."""
+    """The source's transformer; not `evaluated`, each weight is read from disk when first used. `bits`: what
+    bitsandbytes layers become (weights/bnb_layers.py); the caller quantizes the rest."""
     if source.transformer_file is not None:
         return load_bfl_transformer(source.transformer_file, dtype, evaluated=evaluated, bits=bits)
     return load_transformer(source.folder / "transformer", dtype, evaluated=evaluated, bits=bits)

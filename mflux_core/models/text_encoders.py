@@ -35,7 +35,7 @@ class TextEncoders:
         self.clip_tokenizer = clip_tokenizer
         self.t5_tokenizer = t5_tokenizer
         self.dtype = dtype
-        self.bits = bits  # what a bitsandbytes 4-bit T5's layers become (weights/bnb_layers.py)
+        self.bits = bits  # what a bitsandbytes T5's layers become (weights/bnb_layers.py)
         self._clip: CLIPTextModel | None = None
         self._t5: T5Encoder | None = None
         self.linear_shapes: dict[str, dict[str, tuple[int, int]]] = {}  # kept when the weights are released
