@@ -182,8 +182,7 @@ def resident_bytes_of(files: list[Path], float_bytes: float, part: str | None = 
             continue
         specs = _tensor_specs(Path(path))
         specs = {name: specs[name] for name in part_names(specs, part)}
-        quantized = bnb_layers.layer_shapes({name: shape for name, (_, shape) in specs.items()},
-                                            lambda state: _tensor_bytes(Path(path), state))
+        quantized = _bnb_layer_shapes(Path(path), specs)
         if quantized:
             bits = round(float_bytes * 8) if float_bytes < 2 else None
             total += bnb_layers.resident_bytes(quantized, bits, float_bytes)
@@ -195,9 +194,13 @@ def resident_bytes_of(files: list[Path], float_bytes: float, part: str | None = 
     return int(total)
 
 
-def _tensor_bytes(path: Path, name: str) -> bytes:
+def _bnb_layer_shapes(path: Path, specs: dict) -> dict:
+    """bnb_layers.layer_shapes of a file's header, its quantization states read with the file opened once."""
+    shapes = {name: shape for name, (_, shape) in specs.items()}
+    if not bnb_layers.has_bnb_layers(shapes):
+        return {}
     with safe_open(path, framework="numpy") as weights:
-        return weights.get_tensor(name).tobytes()
+        return bnb_layers.layer_shapes(shapes, lambda state: weights.get_tensor(state).tobytes())
 
 
 def single_file_names(path: Path) -> set[str]:

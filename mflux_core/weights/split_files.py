@@ -149,12 +149,19 @@ def part_names(names, part: str | None) -> list[str]:
     return [name for name in names if name.startswith(prefixes)]
 
 
-def file_parts(path: Path) -> set[str]:
-    """The VAE and text encoders an all-in-one checkpoint holds, from its header."""
+@lru_cache(maxsize=16)
+def _parts(path: Path, mtime_ns: int) -> frozenset[str]:
     try:
-        return bundled_parts(_header(Path(path))) if Path(path).suffix == ".safetensors" else set()
+        return frozenset(bundled_parts(_header(path)))
     except ModelLoadError:
-        return set()
+        return frozenset()
+
+
+def file_parts(path: Path) -> set[str]:
+    """The VAE and text encoders an all-in-one checkpoint holds, from its header (read once per file version: every
+    request that names the file asks)."""
+    path = Path(path)
+    return set(_parts(path, path.stat().st_mtime_ns)) if path.suffix == ".safetensors" else set()
 
 
 def is_readable(path: Path) -> bool:
