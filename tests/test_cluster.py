@@ -63,6 +63,16 @@ def board(engine) -> dict[str, dict]:
     return {replica["replica"]: replica for replica in engine.status()["replicas"]}
 
 
+def every_replica_running(engine) -> bool:
+    from ray import serve
+
+    from mflux_core.cluster.engine import APP
+    from mflux_core.cluster.replica import StudioReplica
+
+    return serve.status().applications[APP].deployments[StudioReplica.name].replica_states == {
+        "RUNNING": engine.jobs_at_once}
+
+
 def wait_for(check, what: str):
     deadline = time.monotonic() + WAIT
     while not (found := check()):
@@ -174,6 +184,10 @@ def test_a_replica_killed_mid_job_is_retried_on_another_and_every_image_is_saved
     paths = [save_result(tmp_path, result) for result in results]
     assert sorted(p.name for p in tmp_path.rglob("*.png")) == sorted(p.name for p in paths)
     assert len(set(paths)) == 3
+    # Serve notices the death at a health check (seconds later) and starts a replacement, which joins the board; the
+    # tests after this one need both replicas (CI saw a job wait for the replacement while the other ran 500 steps).
+    wait_for(lambda: victim["replica"] not in (names := board(engine)) and len(names) == engine.jobs_at_once
+             and every_replica_running(engine), "replaced the killed replica")
 
 
 def test_the_page_shows_a_retry():
