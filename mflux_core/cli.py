@@ -57,6 +57,10 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--base-model", help="schnell, dev or a base model folder: supplies what a derivative or a "
                        "single-file checkpoint lacks (VAE, text encoders, scheduler); for a single file also a folder "
                        "holding ComfyUI's ae, clip_l and t5xxl files")
+    group.add_argument("--modules", nargs="+", metavar="FILE",
+                       help="VAE and text encoder files (ae, clip_l, t5xxl_fp16 or _fp8...: Forge's VAE / Text "
+                       "Encoder), each used instead of the model's own of its kind: names in the models folder "
+                       "(as its vae/, clip/, text_encoders/, VAE/, text_encoder/ folders hold them) or paths")
     group.add_argument("--quantize", "-q", type=int, choices=(3, 4, 5, 6, 8), help="quantize weights to N bits")
     group.add_argument("--lora-paths", nargs="+",
                        help="LoRA files (or names in LORA_LIBRARY_PATH or <models-dir>/loras)")

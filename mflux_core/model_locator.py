@@ -11,6 +11,7 @@ from mflux_core.weights.component_folder import component_config
 from mflux_core.weights.resolve import (
     DownloadCallback, ModelSource, check_weights_file, resolve_model, resolve_name, single_file_has_guidance,
 )
+from mflux_core.weights.module_files import with_modules
 from mflux_core.weights.split_base import bundles_its_base, split_files_in
 from mflux_core.weights.split_files import LABELS, SPLIT_KINDS
 
@@ -25,8 +26,9 @@ class ModelLocator:
 
     def source(self, request: GenerationRequest, on_download: DownloadCallback | None = None) -> ModelSource:
         model = self.named(request).model
-        return resolve_model(model=model, base_model=request.base_model or self.base_for(model),
-                             models_dir=self.models_dir, on_download=on_download)
+        source = resolve_model(model=model, base_model=request.base_model or self.base_for(model),
+                               models_dir=self.models_dir, on_download=on_download)
+        return with_modules(source, request.modules, self.models_dir)
 
     def base_for(self, model: str) -> str | None:
         """The base of a single transformer file named without one (as the page and the APIs name it): FLUX.1-dev

@@ -91,12 +91,19 @@ class Preset:
 # ----- validation ---------------------------------------------------------------------------
 
 MODEL_NAME = "a model name (alias, models-folder name or owner/repo), not a path"
+MODULE_NAME = "a VAE / text encoder file's name in the models folder, not a path"
 PADDING = "pixels or percentages such as 64 or 0,25%,0,25%"
 
 
 def _model_problem(value) -> str | None:
     if len(value) > 200 or not _MODEL_NAME.match(value) or ".." in value:
         return f"must be {MODEL_NAME}"
+
+
+def _module_name_problem(value) -> str | None:
+    """A module's name in the models folder: a file, or a file in one folder there (`text_encoders/t5xxl.sft`)."""
+    if value.startswith(("/", "~", ".")) or ".." in value or "\\" in value or value.count("/") > 1:
+        return f"must be {MODULE_NAME}"
 
 
 def _padding_problem(value) -> str | None:
@@ -159,6 +166,7 @@ PRESET_SETTINGS: dict[str, Setting] = {
     **{key: setting for key, setting in REQUEST_SETTINGS.items() if key not in INPUT_PATH_FIELDS},
     "model": _model_name("The model"),
     "base_model": _model_name("The base model"),
+    "modules": checked(text("VAE / text encoder file", 255), _module_name_problem, MODULE_NAME).listed(),
     "seed": SEED.optional(),
     "outpaint_padding": checked(text("The outpaint padding"), _padding_problem, PADDING).optional(),
     "lora_paths": checked(text("LoRA"), _lora_name_problem, "a LoRA library name").listed(),
@@ -339,6 +347,7 @@ def settings_from_request(request: GenerationRequest) -> dict:
         if settings[key] and _model_problem(settings[key]):
             name = Path(settings[key]).name
             settings[key] = None if _model_problem(name) else name
+    settings["modules"] = [Path(name).name if _module_name_problem(name) else name for name in settings["modules"]]
     return settings
 
 

@@ -28,6 +28,8 @@ class GenerationRequest:
     tool: str = "generate"
     model: str | None = None  # alias, repo id or local folder
     base_model: str | None = None  # for third-party derivatives: "schnell", "dev", another model or a folder
+    # Forge's VAE / Text Encoder: VAE, CLIP-L or T5 files used instead of the model's own (weights/module_files.py)
+    modules: tuple[str, ...] = ()
     prompt: str = ""
     seed: int = 0
     variation_seed: int | None = None  # A1111's variation seed: its noise blended into the seed's ...
@@ -231,6 +233,7 @@ REQUEST_SETTINGS: dict[str, Setting] = {
     "tool": choice("The tool", TOOLS),
     "model": text("The model").optional(),
     "base_model": text("The base model").optional(),
+    "modules": text("VAE / text encoder file", 255).listed(),
     "prompt": text("The prompt", MAX_PROMPT_CHARS),
     "seed": SEED,
     "variation_seed": VARIATION_SEED.optional(),
