@@ -71,10 +71,11 @@ def weights_on_disk(*paths: Path) -> list[Path]:
 
 
 def encoders_label(clip: Path, t5: Path) -> str:
-    """Where the text encoders are: a FLUX.1 folder, ComfyUI's two files, or one all-in-one checkpoint."""
-    if not clip.is_file():
-        return str(clip.parent)
-    return f"in {clip}" if clip == t5 else f"{clip} + {t5}"
+    """Where the text encoders are: a FLUX.1 folder, one all-in-one checkpoint, or two places (ComfyUI's two files,
+    a folder's CLIP and a chosen T5 file)."""
+    if clip == t5:
+        return f"in {clip}"
+    return str(clip.parent) if not clip.is_file() and t5 == clip.parent / "text_encoder_2" else f"{clip} + {t5}"
 
 
 def side_model_files(path: Path) -> list[Path]:

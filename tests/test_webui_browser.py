@@ -6,6 +6,7 @@ Screenshots of every panel go to test-artifacts/ (git-ignored).
 
 import json
 import re
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from mflux_core.tools.specs import TOOL_NAMES
 from tests.fixtures.tiny_controlnet import build_tiny_controlnet, load_transformer
 from tests.fixtures.tiny_depth import build_tiny_depth_anything
 from tests.fixtures.tiny_redux import build_tiny_redux
+from tests.parity import max_uint8_diff
 from tests.test_app_metadata import draw_things, draw_things_xmp
 from tests.test_comfy_workflow import PROMPT as COMFY_PROMPT, flux_dev_example
 from webui.app import build_app, launch_kwargs
@@ -861,3 +863,43 @@ def test_a_plot_runs_from_its_tab_and_shows_each_cell_and_the_labelled_grid(page
     width, height = Image.open(grid).size
     assert width >= 2 * 32 and height > 32  # the two cells side by side, under their seed labels
     screenshot(page, "xyz-plot")
+
+
+
+
+def test_a_t5_file_picked_in_the_accordion_makes_the_image_and_a_preset_names_it(page, studio):
+    """Forge's VAE / Text Encoder picker: a T5 file added after the page was built (rescan), picked, replaces the
+    model's own; the image's settings and a preset name it; the engine makes the same image from them."""
+    from safetensors.torch import load_file, save_file
+
+    from mflux_core.metadata import read_metadata_file, request_from_metadata
+    from tests.test_vae_text_encoder_modules import perturbed
+
+    own_t5 = studio.manager.locator.source(GenerationRequest(model="tiny-dev")).component("text_encoder_2")
+    state = {name: value for path in sorted(own_t5.glob("*.safetensors")) for name, value in load_file(path).items()}
+    (studio.models / "text_encoders").mkdir()
+    save_file(perturbed(state, 4), studio.models / "text_encoders" / "t5xxl_other.safetensors")
+    try:
+        before = result_pngs(studio)
+        choose(page, "generate-model", "tiny-dev")  # sets its native size: before the size
+        type_into(page, "generate-prompt", "a green hill")
+        type_size_and_steps(page, "generate", 32, 32, 2)
+        open_accordions(page, "generate-loras")
+        page.locator("#generate-modules button", has_text="rescan").click()
+        page.wait_for_timeout(500)
+        choose(page, "generate-modules", "text_encoders/t5xxl_other.safetensors")
+        run_and_wait(page, "generate")
+        [new] = result_pngs(studio) - before
+        assert request_in(new)["modules"] == ["text_encoders/t5xxl_other.safetensors"]
+        again = studio.manager.generate(request_from_metadata(read_metadata_file(new)))
+        own = studio.manager.generate(request_from_metadata(read_metadata_file(new)).with_(modules=()))
+        with Image.open(new) as made:
+            assert max_uint8_diff(again.image, made) == 0 and max_uint8_diff(own.image, made) > 0
+        strip = "() => /text encoders tiny-dev \\+ t5xxl_other/.test(document.querySelector('#status-strip').innerText)"
+        page.wait_for_function(strip)
+        screenshot(page, "vae-text-encoder-picker")
+        open_accordions(page, "generate-presets")
+        _, settings = export_preset(page, studio, "other t5", "other-t5.json")
+        assert settings["modules"] == ["text_encoders/t5xxl_other.safetensors"]
+    finally:
+        shutil.rmtree(studio.models / "text_encoders")  # the module's other tests run on the models' own T5s

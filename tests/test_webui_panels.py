@@ -32,7 +32,7 @@ PANELS = (generate, fill, depth, kontext, controlnet, redux)
 def shared(**overrides) -> dict:
     """Values as the shared widgets hand them to a handler."""
     values = {"model": "tiny", "prompt": "a fox", "seed": 5, "random_seed": False, "batch_count": 1, "steps": "",
-              "guidance": "", "width": 64, "height": 64, "quantize": "off", "vae_tiling": False, "sampler": "euler",
+              "guidance": "", "width": 64, "height": 64, "quantize": "off", "vae_tiling": False, "modules": [], "sampler": "euler",
               "schedule": "simple", "styles": [], "variation_seed": -1, "variation_strength": 0.0}
     for i in (1, 2, 3):
         values.update({f"lora_{i}": "", f"lora_scale_{i}": 1.0, f"lora_te_scale_{i}": ""})
@@ -198,7 +198,8 @@ PANEL_VALUES = {
 @pytest.mark.parametrize("panel", PANELS, ids=lambda m: m.TOOL)
 def test_settings_and_values_round_trip_for_every_panel(panel):
     values = shared(steps="7", guidance="2.5", lora_1="ink", lora_scale_1=0.25, quantize="8", batch_count=2,
-                    styles=["Bold"], variation_seed=77, variation_strength=0.25, **PANEL_VALUES[panel])
+                    styles=["Bold"], variation_seed=77, variation_strength=0.25,
+                    modules=["text_encoders/t5xxl_fp8_e4m3fn.safetensors"], **PANEL_VALUES[panel])
     settings = validate_settings(panel.settings_from_values(values))
     restored = panel.values_from_settings(settings)
     for name, value in restored.items():

@@ -10,6 +10,7 @@ import gradio as gr
 from mflux_core.presets import (
     Preset, PresetError, list_presets, read_preset_file, save_preset, delete_preset, settings_from_png,
 )
+from mflux_core.weights.module_files import listed_name
 from webui.jobs import safe_action, message_markdown
 from webui.widgets import MAX_LORAS, NO_LORA
 
@@ -49,6 +50,11 @@ def apply_settings(studio, panel, settings: dict) -> tuple[dict, list[str]]:
     elif model not in studio.model_names():
         notes.append(f"The model {model!r} is not known here, so the model was left unchanged.")
         del values["model"]
+    if values.get("modules"):
+        listed = [listed_name(name, studio.manager.models_dir) for name in values["modules"]]
+        notes += [f"The VAE / text encoder file {name!r} is not in the models folder; it was left out."
+                  for name, found in zip(values["modules"], listed) if found is None]
+        values["modules"] = [found for found in listed if found is not None]
     library = studio.lora_library()
     for i in range(1, MAX_LORAS + 1):
         name = values.get(f"lora_{i}")

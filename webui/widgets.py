@@ -20,6 +20,7 @@ from mflux_core.request import MAX_SEED, MAX_SIDE, QUANTIZE_BITS, check_finite
 from mflux_core.settings_schema import MAX_BATCH, MAX_LORA_SCALE, MAX_TRUE_CFG_SCALE, SAMPLER_LABELS, SCHEDULE_LABELS
 from mflux_core.styles import read_styles
 from mflux_core.tools.specs import TOOL_SPECS
+from mflux_core.weights.module_files import module_files
 
 ASPECT_RATIOS = {"1:1": (1, 1), "4:3": (4, 3), "3:4": (3, 4), "3:2": (3, 2), "2:3": (2, 3), "16:9": (16, 9),
                  "9:16": (9, 16), "21:9": (21, 9)}
@@ -142,6 +143,7 @@ def shared_settings(values: dict) -> dict:
         "lora_paths": [name for name, *_ in loras],
         "lora_scales": [scale for _, scale, _ in loras],
         **({"lora_text_encoder_scales": [encoder for *_, encoder in loras]} if differing else {}),
+        "modules": list(values.get("modules") or []),
         "quantize": None if quantize == QUANTIZE_OFF else int(quantize),
         "vae_tiling": bool(values.get("vae_tiling")),
         **true_cfg_settings(values),
@@ -206,6 +208,8 @@ def shared_values(settings: dict) -> dict:
         values["quantize"] = QUANTIZE_OFF if settings["quantize"] is None else str(settings["quantize"])
     if "vae_tiling" in settings:
         values["vae_tiling"] = settings["vae_tiling"]
+    if "modules" in settings:
+        values["modules"] = list(settings["modules"] or [])
     return values
 
 
@@ -345,6 +349,13 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
                                                             scale=1, info="empty: the scale",
                                                             elem_id=f"{prefix}-lora-te-{i}")
             lora_info_line(studio, controls[f"lora_{i}"], controls[f"lora_scale_{i}"], f"{prefix}-lora-info-{i}")
+        module_refresh = gr.Button("↻ rescan", elem_id=f"{prefix}-modules-refresh", size="sm", render=False)
+        controls["modules"] = gr.Dropdown(
+            module_choices(studio), value=[], multiselect=True, label="VAE / Text Encoder",
+            elem_id=f"{prefix}-modules", buttons=[module_refresh],
+            info="As Forge's: ae, clip_l or t5xxl files of the models folder, each used instead of the model's own of "
+                 "its kind (a T5 in FP8 takes half the memory of FP16). None: the model's own (for a lone transformer "
+                 "file, the largest of each kind in the models folder).")
         controls["quantize"] = gr.Radio(QUANTIZE_CHOICES, value=QUANTIZE_OFF, label="Quantize (bits)",
                                         elem_id=f"{prefix}-quantize")
         controls["vae_tiling"] = gr.Checkbox(False, label="VAE tiling", elem_id=f"{prefix}-vae-tiling",
@@ -363,9 +374,16 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
     pickers = [controls[f"lora_{i}"] for i in range(1, MAX_LORAS + 1)]
     lora_refresh.click(lambda: [gr.Dropdown(choices=lora_choices(studio))] * len(pickers), outputs=pickers,
                        queue=False, api_visibility="private")
+    module_refresh.click(lambda: gr.Dropdown(choices=module_choices(studio)), outputs=controls["modules"],
+                         queue=False, api_visibility="private")
     styles_refresh.click(lambda: gr.Dropdown(choices=style_names(studio)), outputs=styles, queue=False,
                          api_visibility="private")
     return SharedControls(controls=controls, model_refresh=model_refresh)
+
+
+def module_choices(studio) -> list[str]:
+    """The VAE and text encoder files of the models folder, by their place there."""
+    return list(module_files(studio.manager.models_dir))
 
 
 def style_names(studio) -> list[str]:

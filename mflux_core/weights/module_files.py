@@ -54,6 +54,21 @@ def module_file(name: str, models_dir: Path | None) -> Path:
                             "; put ae, clip_l or t5xxl files into it (or its vae/, clip/, text_encoders/ folders)."))
 
 
+def listed_name(name: str, models_dir: Path | None) -> str | None:
+    """The models-folder name of the listed file that a name from elsewhere stands for (a place, file name or stem
+    here; a path, Forge's, of a file of that name), or None."""
+    listed = module_files(models_dir)
+    for candidate in (name, Path(name).name):
+        try:
+            path = module_file(candidate, models_dir)
+        except InvalidRequest:
+            continue
+        found = next((key for key, file in listed.items() if file == path), None)
+        if found is not None:
+            return found
+    return None
+
+
 def chosen_modules(names: tuple[str, ...], models_dir: Path | None) -> dict[str, Path]:
     """kind -> file of the named modules, at most one of each kind."""
     chosen: dict[str, tuple[str, Path]] = {}
