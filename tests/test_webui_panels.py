@@ -32,8 +32,8 @@ PANELS = (generate, fill, depth, kontext, controlnet, redux)
 def shared(**overrides) -> dict:
     """Values as the shared widgets hand them to a handler."""
     values = {"model": "tiny", "prompt": "a fox", "seed": 5, "random_seed": False, "batch_count": 1, "steps": "",
-              "guidance": "", "width": 64, "height": 64, "quantize": "off", "vae_tiling": False, "modules": [], "sampler": "euler",
-              "schedule": "simple", "styles": [], "variation_seed": -1, "variation_strength": 0.0}
+              "guidance": "", "width": 64, "height": 64, "quantize": "off", "vae_tiling": False, "modules": [],
+              "sampler": "euler", "schedule": "simple", "styles": [], "variation_seed": -1, "variation_strength": 0.0}
     for i in (1, 2, 3):
         values.update({f"lora_{i}": "", f"lora_scale_{i}": 1.0, f"lora_te_scale_{i}": ""})
     return {**values, **overrides}
