@@ -48,6 +48,7 @@ def a1111_parameters(request: GenerationRequest, extras: dict | None = None) -> 
         *variation_parameters(request),
         ("Size", f"{request.width}x{request.height}"),
         ("Model", request.model),
+        *((f"Module {i}", Path(name).stem) for i, name in enumerate(request.modules, 1)),  # as Forge names them
         ("Denoising strength", denoising_strength(request)),
         *hires_parameters(request),
         *inpaint_area_parameters(request),

@@ -382,6 +382,9 @@ def settings_from_a1111(text: str) -> dict:
         settings["width"], settings["height"] = (_snapped_side(int(v)) for v in size.groups())
     if values.get("Tool") in TOOLS:
         settings["tool"] = values["Tool"]
+    modules = [values[f"Module {i}"] for i in range(1, 4) if values.get(f"Module {i}")]  # Forge's VAE / TE files
+    if modules and not any(map(_module_name_problem, modules)):
+        settings["modules"] = modules
     settings.update(a1111_sampling(values.get("Sampler", ""), values.get("Schedule type", "")))
     settings.update(_a1111_guidance(values, negative, tool_spec(settings.get("tool", "generate")).true_cfg))
     steered = controlnet_settings(values) if values.get("Tool") in (None, "controlnet") else {}

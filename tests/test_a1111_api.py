@@ -627,6 +627,51 @@ def test_options_post_switches_the_model_for_later_requests(studio):
         studio.http.post("/options", json={"sd_model_checkpoint": "demo"})
 
 
+def test_forges_modules_pick_a_t5_file_for_one_call_or_by_the_options(studio):
+    """forge_additional_modules as Forge's clients send it (the paths /sd-modules lists), for one call in
+    override_settings or for the calls after a POST to /options; Forge's "Module 1" in the infotext; a file the studio
+    does not have is a 400 in one sentence."""
+    from safetensors.numpy import load_file
+    from safetensors.torch import save_file as save_torch
+
+    from tests.fixtures.comfy_split_files import bfl_vae_state
+
+    models = studio.manager.models_dir
+    own_t5 = demo_folder("demo") / "text_encoder_2"
+    state = {name: value for path in sorted(own_t5.glob("*.safetensors")) for name, value in load_file(path).items()}
+    noise = np.random.default_rng(4)
+    (models / "text_encoders").mkdir()
+    save_file({name: (value + value.std() * noise.standard_normal(value.shape)).astype(value.dtype)
+               for name, value in state.items()}, str(models / "text_encoders" / "t5xxl_other.safetensors"))
+    (models / "VAE").mkdir()  # listed by /sd-vae; the demo's VAE, one norm group, runs from its folder only
+    save_torch(bfl_vae_state(demo_folder("demo") / "vae"), models / "VAE" / "ae_demo.safetensors")
+    call = {"prompt": CAPTION, "seed": 3, "steps": 2}
+    try:
+        listed = answer(studio.http.get("/sd-modules"))
+        assert sorted(m["model_name"] for m in listed) == ["ae_demo.safetensors", "t5xxl_other.safetensors"]
+        assert [m["model_name"] for m in answer(studio.http.get("/sd-vae"))] == ["ae_demo.safetensors"]
+        t5 = next(m["filename"] for m in listed if m["model_name"] == "t5xxl_other.safetensors")
+        own = made(studio.http.post("/txt2img", json=call))
+        chosen = made(studio.http.post("/txt2img", json={**call, "override_settings": {
+            "forge_additional_modules": [t5]}}))
+        assert "Module 1: t5xxl_other" in chosen["info"]["infotexts"][0] and not chosen["info"]["ignored"]
+        assert not np.array_equal(np.asarray(decoded(own["images"][0])), np.asarray(decoded(chosen["images"][0])))
+        assert studio.http.post("/options", json={"forge_additional_modules": [t5]}).status_code == 200
+        assert answer(studio.http.get("/options"))["forge_additional_modules"] == [t5]
+        later = made(studio.http.post("/txt2img", json=call))
+        assert np.array_equal(np.asarray(decoded(later["images"][0])), np.asarray(decoded(chosen["images"][0])))
+        png = answer(studio.http.post("/png-info", json={"image": chosen["images"][0]}))
+        assert "Module 1: t5xxl_other" in png["info"]
+        assert assert_a1111_error(studio.http.post("/txt2img", json={**call, "override_settings": {
+            "forge_additional_modules": ["/forge/models/text_encoder/t5xxl_fp16.safetensors"]}}), 400) == (
+            "The VAE / text encoder file '/forge/models/text_encoder/t5xxl_fp16.safetensors' is not in the studio: "
+            "GET /sdapi/v1/sd-modules lists them.")
+    finally:
+        studio.http.post("/options", json={"forge_additional_modules": []})
+        shutil.rmtree(models / "text_encoders")
+        shutil.rmtree(models / "VAE")
+
+
 # ----- progress and interrupt --------------------------------------------------------------------
 
 

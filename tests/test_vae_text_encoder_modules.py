@@ -11,9 +11,10 @@ from safetensors.torch import load_file, save_file
 from mflux_core import cli
 from mflux_core.errors import InvalidRequest
 from mflux_core.manager import ModelManager
-from mflux_core.presets import settings_from_request, validate_settings, PresetError
+from mflux_core.metadata import a1111_parameters
+from mflux_core.presets import PresetError, settings_from_a1111, settings_from_request, validate_settings
 from mflux_core.request import GenerationRequest
-from mflux_core.weights.module_files import module_files
+from mflux_core.weights.module_files import listed_name, module_files
 from tests.fixtures.comfy_split_files import bfl_vae_state
 from tests.parity import max_uint8_diff, run_cli
 from tests.test_comfyui_split_files import GGUF, comfy_models, tiny, with_tokenizers  # noqa: F401 (fixtures)
@@ -113,3 +114,13 @@ def test_a_preset_names_the_files_never_a_path(models):
     assert settings["modules"] == [OTHER_T5, "ae_other.safetensors"]
     with pytest.raises(PresetError, match="modules"):
         validate_settings({"modules": ["/etc/passwd"]})
+
+
+def test_forges_infotext_names_them_by_stem_and_the_models_folder_finds_them(models):
+    text = a1111_parameters(request(model=GGUF, modules=(OTHER_VAE, OTHER_T5)))
+    assert "Module 1: ae_other, Module 2: t5xxl_other_fp16" in text
+    settings = settings_from_a1111(text)
+    assert settings["modules"] == ["ae_other", "t5xxl_other_fp16"]
+    assert [listed_name(name, models) for name in settings["modules"]] == [OTHER_VAE, OTHER_T5]
+    assert listed_name("t5xxl_fp16", models) is None and listed_name("/elsewhere/ae_other.safetensors", models) == \
+        OTHER_VAE  # a Forge path: the file of that name here

@@ -4,13 +4,15 @@
     POST /sdapi/v1/txt2img, /img2img   A1111's JSON; img2img with a `mask` runs Fill, without one image-to-image;
                                        a ControlNet unit (alwayson_scripts) runs ControlNet, from the init image in
                                        img2img (a1111_controlnet.py, also the extension's /controlnet/* routes)
-    GET  /sdapi/v1/sd-models           the models these run on; GET/POST /sdapi/v1/options: sd_model_checkpoint
+    GET  /sdapi/v1/sd-models           the models these run on; GET/POST /sdapi/v1/options: sd_model_checkpoint,
+                                       and Forge's forge_additional_modules / sd_vae (a1111_modules.py)
+    GET  /sdapi/v1/sd-modules, sd-vae  the VAE and text encoder files of the models folder
     GET  /sdapi/v1/progress            the running API job: step, ETA and the step's preview
     POST /sdapi/v1/interrupt, /skip    stop the running API job after its current step
     POST /sdapi/v1/png-info            the settings in a PNG (ours or A1111's)
     img2img's script_name "SD upscale"  the Upscale tool in tiles (a1111_scripts.py); GET /sdapi/v1/scripts lists it
     POST /sdapi/v1/extra-single-image, /extra-batch-images: upscaling (a1111_extras.py)
-    GET  /sdapi/v1/samplers, schedulers, loras, upscalers, sd-vae, cmd-flags, memory: what the studio has
+    GET  /sdapi/v1/samplers, schedulers, loras, upscalers, cmd-flags, memory: what the studio has
     (`sampler_name` and `scheduler` pick ours by A1111's names: Euler, Euler a, Heun, DPM++ 2M, DPM++ 2M SDE,
     UniPC; Simple, Beta, Karras...)
 
@@ -52,6 +54,7 @@ from mflux_core.upscaler_models import upscale_with
 from webui.a1111_adetailer import SCRIPT as ADETAILER_SCRIPT, face_fix_extra
 from webui.a1111_controlnet import SCRIPT as CONTROLNET_SCRIPT, add_controlnet_routes, enabled_units, units_inputs
 from webui.a1111_extras import CONTROLNET_UPSCALER, UPSCALERS, add_extras_routes
+from webui.a1111_modules import MODULE_OPTIONS, chosen_options, module_listing, modules_from
 from webui.a1111_scripts import IMG2IMG_SCRIPTS, is_sd_upscale, sd_upscale_settings
 from webui.a1111_wire import SdApiError, as_file, b64_png, base64_data, decoded_image, parsed, without_hash
 from webui.api_server import MAX_WAITING, JobThreads, api_routes, json_object
@@ -123,7 +126,8 @@ class Img2ImgParams(Txt2ImgParams):
 def ignored_fields(params: BaseModel) -> list[str]:
     """The request's fields that the studio does not honour (those sent with a value that does something in A1111)."""
     ignored = sorted(k for k, v in (params.model_extra or {}).items() if v not in (None, False, "", [], {}, 0, -1))
-    return ignored + [f"override_settings.{k}" for k in params.override_settings if k != "sd_model_checkpoint"] + \
+    return ignored + [f"override_settings.{k}" for k in params.override_settings
+                      if k not in ("sd_model_checkpoint", *MODULE_OPTIONS)] + \
         [f"alwayson_scripts.{name}" for name in params.alwayson_scripts
          if name.lower() not in (CONTROLNET_SCRIPT, ADETAILER_SCRIPT)]
 
@@ -272,6 +276,7 @@ class SdApiState:
     def __init__(self):
         self.checkpoint: str | None = None  # None: each tool's default model
         self.options: dict = {}
+        self.module_options: dict = {}  # forge_additional_modules and sd_vae as POSTed (checked): a1111_modules.py
         self.job: ApiJob | None = None
 
 
@@ -462,6 +467,7 @@ def make_images(studio, state: SdApiState, fields: dict, img2img: bool) -> dict:
     tool, settings, inputs = (img2img_inputs if img2img else txt2img_inputs)(studio, params, ignored)
     settings = with_face_fix(tool, settings, params, ignored)
     model = model_for(studio, tool, params, state.checkpoint, ignored)
+    settings["modules"] = modules_from(studio, {**state.module_options, **chosen_options(params.override_settings)})
     requests = job_requests(studio, tool, model, params, ignored, settings, inputs)
     job = ApiJob("img2img" if img2img else "txt2img", len(requests))
     results = run_job(studio, state, job, requests, params.save_images)
@@ -550,13 +556,19 @@ def sdapi_router(studio, auth=None) -> APIRouter:
     async def get_options(request: Request):
         checkpoint = state.checkpoint or default_model_for("generate", studio.manager.models_dir)
         return JSONResponse({"control_net_unit_count": MAX_UNITS, **state.options, "sd_model_checkpoint": checkpoint,
-                             "samples_format": "png"})
+                             "samples_format": "png", "forge_additional_modules": [], "sd_vae": "Automatic",
+                             **state.module_options})
 
     @route("POST", "/sdapi/v1/options")
     async def set_options(request: Request):
         fields = await json_object(request, SdApiError)
         if "sd_model_checkpoint" in fields:
             state.checkpoint = checkpoint_name(studio, fields.pop("sd_model_checkpoint"))
+        if chosen_options(fields):
+            options = {**state.module_options, **chosen_options(fields)}
+            modules_from(studio, options)  # 400 for a file the studio does not have, before it is kept
+            state.module_options = options
+            fields = {key: value for key, value in fields.items() if key not in MODULE_OPTIONS}
         state.options.update(fields)  # kept and shown, not used
         return JSONResponse(None)
 
@@ -592,7 +604,9 @@ def sdapi_router(studio, auth=None) -> APIRouter:
                                    "negative_prompt": style.negative_prompt}
                                   for style in read_styles(studio.folders.styles).values()],
         "realesrgan-models": lambda: realesrgan_listing(studio.manager.models_dir),
-        **dict.fromkeys(("sd-vae", "sd-modules", "face-restorers", "hypernetworks", "latent-upscale-modes"), list),
+        "sd-modules": lambda: module_listing(studio),
+        "sd-vae": lambda: module_listing(studio, "vae"),
+        **dict.fromkeys(("face-restorers", "hypernetworks", "latent-upscale-modes"), list),
         "embeddings": lambda: {"loaded": {}, "skipped": {}},
         # ADetailer as A1111 lists an always-on script (clients such as webuiapi look for it there)
         "scripts": lambda: {"txt2img": [ADETAILER_SCRIPT], "img2img": [*IMG2IMG_SCRIPTS, ADETAILER_SCRIPT]},
