@@ -1,6 +1,7 @@
 """A text-to-image or image-to-image request as a ComfyUI graph (its API format, the "prompt" chunk ComfyUI's
 SaveImage writes), so that a studio PNG dropped onto ComfyUI opens as the workflow that makes it there: FLUX.1 as
-ComfyUI's own examples load it (UNETLoader, DualCLIPLoader, VAELoader under BFL's file names), the LoRAs as
+ComfyUI's own examples load it (UNETLoader, DualCLIPLoader, VAELoader under BFL's file names, or the VAE and text
+encoder files the request chose), the LoRAs as
 LoraLoader nodes, CLIPTextEncode with FluxGuidance, KSampler with the seed, steps, sampler and scheduler (CFG 1, or
 the true CFG scale with the negative prompt), an empty latent of the size or the input image brought to it (scaled
 and centre-cropped, or stretched) and encoded at the image strength, and a hires fix as a Lanczos upscale and a
@@ -32,6 +33,16 @@ def exportable(request: GenerationRequest) -> bool:
         and (request.image_path is None or request.resize_mode in COMFY_CROPS)
 
 
+def loader_files(modules: tuple[str, ...]) -> tuple[str, str, str]:
+    """The CLIP-L, T5 and VAE file names of the loaders: the request's chosen files (told apart by their names, as
+    people name them: clip_l..., t5xxl...; this module reads no file), else ComfyUI's examples' names."""
+    names = [PurePath(module).name for module in modules]
+    clip_l = next((name for name in names if "clip" in name.lower()), TEXT_ENCODER_FILES[0])
+    t5 = next((name for name in names if "t5" in name.lower()), TEXT_ENCODER_FILES[1])
+    vae = next((name for name in names if name not in (clip_l, t5)), VAE_FILE)
+    return clip_l, t5, vae
+
+
 def comfy_graph(request: GenerationRequest, steps: int, guidance: float | None) -> dict | None:
     """The request's graph in ComfyUI's API format, with the steps and guidance it ran (a request may leave them to
     the model); None when ComfyUI's core nodes cannot express it."""
@@ -39,9 +50,9 @@ def comfy_graph(request: GenerationRequest, steps: int, guidance: float | None) 
         return None
     graph = _Graph()
     model = graph.add("UNETLoader", unet_name=model_file(request.model), weight_dtype="default"), 0
-    clip = graph.add("DualCLIPLoader", clip_name1=TEXT_ENCODER_FILES[0], clip_name2=TEXT_ENCODER_FILES[1],
-                     type="flux"), 0
-    vae = graph.add("VAELoader", vae_name=VAE_FILE)
+    clip_l, t5, vae_file = loader_files(request.modules)
+    clip = graph.add("DualCLIPLoader", clip_name1=clip_l, clip_name2=t5, type="flux"), 0
+    vae = graph.add("VAELoader", vae_name=vae_file)
     scales = request.lora_scales or (1.0,) * len(request.lora_paths)
     for path, scale, te_scale in zip(request.lora_paths, scales, request.lora_text_encoder_scales or scales):
         lora = graph.add("LoraLoader", lora_name=safetensors_name(path), strength_model=scale,

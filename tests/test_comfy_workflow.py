@@ -189,7 +189,8 @@ def check_comfy_graph(graph: dict) -> None:
     dict(model="dev", prompt=PROMPT, seed=9, steps=20, width=1024, height=768, guidance=3.5),
     dict(model="my-finetune", prompt=PROMPT, seed=9, steps=8, width=512, height=512, guidance=2.0,
          lora_paths=("ink", "v2.style"), lora_scales=(0.7, 1.1), lora_text_encoder_scales=(0.5, 1.1),
-         sampler="dpm++2m", schedule="karras", negative_prompt="blurry", true_cfg_scale=2.5),
+         sampler="dpm++2m", schedule="karras", negative_prompt="blurry", true_cfg_scale=2.5,
+         modules=("text_encoders/t5xxl_fp8_e4m3fn.safetensors", "vae/flux_vae.safetensors")),
     dict(model="dev", prompt=PROMPT, seed=9, steps=20, width=1024, height=1024, guidance=3.5, hires_scale=1.5,
          hires_strength=0.4, hires_prompt="sharper"),
     dict(model="dev", prompt=PROMPT, seed=9, steps=20, width=512, height=512, guidance=3.5,
@@ -216,6 +217,10 @@ def test_our_text_to_image_pngs_carry_a_comfyui_graph_that_reads_back_as_their_s
     files = {node["class_type"]: node["inputs"] for node in graph.values()}
     assert files["UNETLoader"]["unet_name"] == ("flux1-dev.safetensors" if fields["model"] == "dev" else
                                                 "my-finetune.safetensors")
+    loaders = (files["DualCLIPLoader"]["clip_name1"], files["DualCLIPLoader"]["clip_name2"],
+               files["VAELoader"]["vae_name"])
+    assert loaders == (("clip_l.safetensors", "t5xxl_fp8_e4m3fn.safetensors", "flux_vae.safetensors")
+                       if "modules" in fields else ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"))
     if "image_path" in fields:
         assert files["LoadImage"]["image"] == "img2img-1.png"  # ComfyUI's input folder holds it by name
         assert {key: files["ImageScale"][key] for key in ("width", "height", "crop")} == {
