@@ -57,7 +57,8 @@ def face_fix_request(request: GenerationRequest) -> GenerationRequest:
     prompt; "Only masked" at the face fix's padding and strength; nothing of the first run's own tool."""
     prompt, strength, padding = face_fix_settings(request)
     return GenerationRequest(
-        tool="fill", model=request.model, base_model=request.base_model, prompt=prompt or request.prompt,
+        tool="fill", model=request.model, base_model=request.base_model, modules=request.modules,
+        prompt=prompt or request.prompt,
         seed=request.seed, steps=request.steps, guidance=request.guidance, lora_paths=request.lora_paths,
         lora_scales=request.lora_scales, lora_text_encoder_scales=request.lora_text_encoder_scales,
         quantize=request.quantize, dtype=request.dtype, max_sequence_length=request.max_sequence_length,
