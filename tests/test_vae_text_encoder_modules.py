@@ -124,3 +124,23 @@ def test_forges_infotext_names_them_by_stem_and_the_models_folder_finds_them(mod
     assert [listed_name(name, models) for name in settings["modules"]] == [OTHER_VAE, OTHER_T5]
     assert listed_name("t5xxl_fp16", models) is None and listed_name("/elsewhere/ae_other.safetensors", models) == \
         OTHER_VAE  # a Forge path: the file of that name here
+
+
+def test_a_gguf_t5_replaces_an_all_in_one_checkpoints_own(tiny, models, tmp_path):  # noqa: F811
+    """city96's GGUF T5 (listed beside the safetensors files) in place of the T5 an all-in-one checkpoint bundles:
+    the image the checkpoint makes with the diffusers folder as its base and the same GGUF T5 as that base's."""
+    from gguf import GGMLQuantizationType
+
+    from tests.fixtures.comfy_split_files import write_gguf_t5
+    from tests.test_all_in_one_checkpoints import all_in_one_state
+
+    checkpoint = models / "tiny-all-in-one.safetensors"
+    save_file(all_in_one_state(tiny, nf4=False), checkpoint)
+    (models / "text_encoders").mkdir()
+    write_gguf_t5(tiny, models / "text_encoders" / "t5-v1_1-xxl-encoder-Q8_0.gguf", {"": GGMLQuantizationType.Q8_0})
+    gguf_t5 = "text_encoders/t5-v1_1-xxl-encoder-Q8_0.gguf"
+    assert gguf_t5 in module_files(models)
+    chosen = image(models, model=checkpoint.name, modules=(gguf_t5,))
+    based = image(models, model=checkpoint.name, base_model=str(tiny), modules=("t5-v1_1-xxl-encoder-Q8_0",))
+    assert max_uint8_diff(chosen, based) == 0
+    assert max_uint8_diff(chosen, image(models, model=checkpoint.name)) > 0
