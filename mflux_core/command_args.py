@@ -15,8 +15,9 @@ from mflux_core.tools.specs import EXTRA, REQUEST, TOOL_SPECS
 # The shared flags whose value may come from --config-from-metadata when not given on the command line (the
 # tools' own flags are in their specs: mflux_core/tools/specs.py).
 REQUEST_FLAGS = {
-    "model": "model", "base_model": "base_model", "modules": "modules", "prompt": "prompt", "steps": "steps", "height": "height",
-    "width": "width", "guidance": "guidance", "negative_prompt": "negative_prompt", "true_cfg_scale": "true_cfg_scale",
+    "model": "model", "base_model": "base_model", "modules": "modules", "prompt": "prompt", "steps": "steps",
+    "height": "height", "width": "width", "guidance": "guidance", "negative_prompt": "negative_prompt",
+    "true_cfg_scale": "true_cfg_scale",
     "lora_paths": "lora_paths", "lora_scales": "lora_scales", "lora_text_encoder_scales": "lora_text_encoder_scales",
     "quantize": "quantize", "dtype": "dtype",
     "init_noise": "init_noise_path", "max_sequence_length": "max_sequence_length",
