@@ -5,7 +5,9 @@ number), a range with a step (`0.5-1.0 (+0.25)`) or with a count (`1-10 [4]`). "
 its first value in the prompt by each value in turn (the first cell keeps the prompt as it is). Sampler and
 schedule values are names or A1111's labels (`euler, dpm++2m` or `Euler, DPM++ 2M`; `karras, beta`). LoRA
 values are LoRA names (or files) and `none`: each cell has that LoRA in place of the first one, at its scale
-(a LoRA scale axis scales it, and leaves the `none` cells alone).
+(a LoRA scale axis scales it, and leaves the `none` cells alone). VAE / Text Encoder values are files of the
+models folder (`t5xxl_fp16, t5xxl_fp8_e4m3fn`; `clip_l_ft + t5xxl_fp8_e4m3fn` for two in one cell; `none`: the
+model's own): each cell has them in place of the request's own choice.
 A prompt matrix (A1111's script: `a cat|in red|at night`) is a plot whose X and Y axes say which of the
 optional parts the prompt gets.
 Every cell is a GenerationRequest validated before anything runs; the cells are ordered so that
@@ -139,6 +141,14 @@ def _field(name: str):
     return lambda request, value: request.with_(**{name: value})
 
 
+OWN_FILES = "none"  # a VAE / Text Encoder axis's value for the model's own
+
+
+def _modules(request: GenerationRequest, value: str) -> GenerationRequest:
+    """A cell's VAE / text encoder files in place of the request's (`none`: the model's own; `a + b`: two files)."""
+    return request.with_(modules=() if value == OWN_FILES else tuple(part.strip() for part in value.split("+")))
+
+
 AXIS_KINDS = {
     "seed": AxisKind("Seed", lambda text, what: _numbers(text, True, what), _field("seed")),
     "var-seed": AxisKind("Var. seed", lambda text, what: _numbers(text, True, what), _field("variation_seed")),
@@ -158,6 +168,7 @@ AXIS_KINDS = {
     "lora-scale": AxisKind("LoRA scale", lambda text, what: _numbers(text, False, what), _lora_scale),
     "lora": AxisKind("LoRA", _lora_names, _lora),
     "model": AxisKind("Model", _texts, _field("model")),
+    "modules": AxisKind("VAE / Text Encoder", _texts, _modules),
     "size": AxisKind("Size", _size, lambda request, size: request.with_(width=size[0], height=size[1])),
     "prompt-sr": AxisKind("Prompt S/R", _texts, None),  # applied with the axis's search term
     "sampler": AxisKind("Sampler", _named(SAMPLER_LABELS), _field("sampler"), SAMPLER_LABELS),
@@ -181,6 +192,8 @@ class Axis:
             return f"{value[0]}x{value[1]}"
         if self.kind == "lora":
             return Path(value).stem  # a library name is its file's name
+        if self.kind == "modules":
+            return " + ".join(Path(part.strip()).stem for part in value.split("+"))
         return f"{value:g}" if isinstance(value, float) else str(value)
 
     def apply(self, request: GenerationRequest, value) -> GenerationRequest:

@@ -5,6 +5,7 @@ of its kind in the folder, or the diffusers folder's component); a wrong choice 
 import shutil
 
 import pytest
+from PIL import Image
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -144,3 +145,14 @@ def test_a_gguf_t5_replaces_an_all_in_one_checkpoints_own(tiny, models, tmp_path
     based = image(models, model=checkpoint.name, base_model=str(tiny), modules=("t5-v1_1-xxl-encoder-Q8_0",))
     assert max_uint8_diff(chosen, based) == 0
     assert max_uint8_diff(chosen, image(models, model=checkpoint.name)) > 0
+
+
+def test_a_plot_compares_t5_files_cell_by_cell_on_the_cli(models, tmp_path):
+    """The X/Y/Z plot's VAE / Text Encoder axis: each cell is the image of a plain run with its files."""
+    assert cli.main(["generate", "--path", str(models / GGUF), "--base-model", str(models), "--models-dir",
+                     str(models), "--prompt", "a red house", "--seed", "3", "--steps", "2", "--height", str(HEIGHT),
+                     "--width", str(WIDTH), "--guidance", "3.5", "--x-axis", "modules=none, t5xxl_other_fp16",
+                     "--output", str(tmp_path / "plot.png")]) == 0
+    cells = [Image.open(tmp_path / f"plot_x{i}_y0_z0.png").convert("RGB") for i in (0, 1)]
+    assert max_uint8_diff(cells[0], image(models, model=GGUF)) == 0
+    assert max_uint8_diff(cells[1], image(models, model=GGUF, modules=(OTHER_T5,))) == 0

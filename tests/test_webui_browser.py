@@ -901,5 +901,10 @@ def test_a_t5_file_picked_in_the_accordion_makes_the_image_and_a_preset_names_it
         open_accordions(page, "generate-presets")
         _, settings = export_preset(page, studio, "other t5", "other-t5.json")
         assert settings["modules"] == ["text_encoders/t5xxl_other.safetensors"]
+        open_tab(page, "X/Y/Z plot")  # its VAE / Text Encoder axis offers the files
+        page.click("#plot-x-kind input")
+        page.get_by_role("option", name="VAE / Text Encoder", exact=True).click()
+        page.wait_for_function("() => document.querySelector('#plot-x-values textarea').value !== ''")
+        assert value_of(page, "plot-x-values") == "none, text_encoders/t5xxl_other.safetensors"
     finally:
         shutil.rmtree(studio.models / "text_encoders")  # the module's other tests run on the models' own T5s

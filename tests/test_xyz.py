@@ -21,6 +21,7 @@ from mflux_core.xyz import parse_axis, parse_axis_flag, plot_cells, plot_grids
     ("steps", "5-1 (-2)", (5, 3, 1)),
     ("size", "64x64, 128x96", ((64, 64), (128, 96))),
     ("model", "demo, demo-fill", ("demo", "demo-fill")),
+    ("modules", "none, t5xxl_fp16, clip_l_ft + t5xxl_fp8", ("none", "t5xxl_fp16", "clip_l_ft + t5xxl_fp8")),
 ])
 def test_values_are_read_as_a1111_writes_them(kind, text, values):
     assert parse_axis(kind, text).values == values
@@ -124,3 +125,13 @@ def test_the_cli_plots_every_cell_as_a_plain_run_would_and_saves_the_grid(tmp_pa
                  "--output", str(tmp_path / "plain.png")]) == 0
     plain = np.asarray(Image.open(tmp_path / "plain.png"))
     assert np.array_equal(np.asarray(Image.open(tmp_path / "plot_x1_y1_z0.png")), plain)
+
+
+def test_a_vae_text_encoder_axis_sets_each_cells_files_in_place_of_the_requests():
+    base = GenerationRequest(prompt="a cat", modules=("vae/ae_ft.safetensors",))
+    axis = parse_axis("modules", "none, text_encoders/t5xxl_fp8.safetensors, clip_l_ft + t5xxl_fp8")
+    cells = plot_cells(base, [axis])
+    assert [cell.request.modules for cell in cells] == [
+        (), ("text_encoders/t5xxl_fp8.safetensors",), ("clip_l_ft", "t5xxl_fp8")]
+    assert [axis.heading(value) for value in axis.values] == [
+        "VAE / Text Encoder: none", "VAE / Text Encoder: t5xxl_fp8", "VAE / Text Encoder: clip_l_ft + t5xxl_fp8"]

@@ -16,8 +16,9 @@ import gradio as gr
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.io import save_png_atomic
 from mflux_core.request import GenerationRequest
+from mflux_core.weights.module_files import module_files
 from mflux_core.xyz import (
-    AXIS_KINDS, MAX_CELLS, NO_LORA, Axis, parse_axis, plot_cells, plot_grids, prompt_matrix, resolve_loras,
+    AXIS_KINDS, MAX_CELLS, NO_LORA, OWN_FILES, Axis, parse_axis, plot_cells, plot_grids, prompt_matrix, resolve_loras,
 )
 from webui.gallery import save_result
 from webui.hires_ui import UPSCALER_NOTES, hires_controls, hires_settings, hires_values
@@ -113,11 +114,14 @@ def save_grids(outputs, axes: list[Axis], images: dict) -> list[tuple[str, str]]
 
 
 def library_values(studio):
-    """On choosing the LoRA axis: its values become 'none' and every LoRA in the library, to cut down."""
+    """On choosing the LoRA axis, its values become 'none' and every LoRA in the library; on choosing the VAE / Text
+    Encoder axis, 'none' and every such file of the models folder: to cut down."""
     def values(kind: str):
-        if kind != "lora":
-            return gr.update()
-        return ", ".join([NO_LORA, *sorted(studio.lora_library())])
+        if kind == "lora":
+            return ", ".join([NO_LORA, *sorted(studio.lora_library())])
+        if kind == "modules":
+            return ", ".join([OWN_FILES, *module_files(studio.manager.models_dir)])
+        return gr.update()
 
     return values
 
