@@ -1,11 +1,10 @@
 """The engine as Ray Serve replicas (`--cluster local --replicas 2`) on the shipped demo models, 64 px, 1-2 steps;
 the long jobs a test stops or kills run at 256 px on an any-size copy, so they outlast a short job on a slow machine.
 
-One local Ray cluster with two replicas serves the module (it takes a minute to start on a busy machine). Skipped
-only when the `cluster` extra (Ray Serve) is not installed.
+One local Ray cluster with two replicas serves the module (it takes a minute to start on a busy machine). The
+README's test command installs the `cluster` extra (Ray Serve) these tests need; nothing here is skipped without it.
 """
 
-import importlib.util
 import json
 import os
 import signal
@@ -31,14 +30,8 @@ WAIT = 120  # seconds a test waits for the cluster to report something before fa
 LONG_SIDE = 256  # a long job's size: ~25 ms a step here, so its 300-500 steps outlast a 2-step job's seconds of overhead
 
 
-def require_ray() -> None:
-    if importlib.util.find_spec("ray") is None:  # not importorskip: mflux_core.cluster must be first to import ray
-        pytest.skip("the cluster extra (Ray Serve) is not installed")
-
-
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory, any_size_demo_models):  # the replicas inherit its demo folder
-    require_ray()
     from mflux_core.cluster.engine import connect
 
     engine = connect("local", 2, tmp_path_factory.mktemp("models"))
@@ -254,7 +247,6 @@ def test_two_sessions_run_at_once_on_two_replicas_and_each_stops_on_its_own(engi
 
 @pytest.mark.parametrize("address", ["127.0.0.1:{free_port}", "no-such-studio-head.invalid:6379"])
 def test_an_unreachable_address_is_refused_at_once_in_one_sentence(address):
-    require_ray()
     from mflux_core.cluster.local import free_port
     from webui.app import engine as studio_engine, parse_args
 
