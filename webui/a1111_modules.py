@@ -6,7 +6,6 @@ folder are used (mflux_core/weights/module_files.py)."""
 from pathlib import Path
 
 from mflux_core.weights.module_files import listed_name, module_files
-from mflux_core.weights.split_files import split_file_kind
 from webui.a1111_wire import SdApiError
 
 MODULE_OPTIONS = ("forge_additional_modules", "sd_vae")
@@ -16,8 +15,8 @@ NO_VAE = ("", "Automatic", "None")  # A1111's sd_vae values that pick the model'
 def module_listing(studio, kind: str | None = None) -> list[dict]:
     """A1111's listing shape: file name and path of each file (of one kind: "vae" for /sd-vae)."""
     return [{"model_name": Path(name).name, "filename": str(path)}
-            for name, path in module_files(studio.manager.models_dir).items()
-            if kind is None or split_file_kind(path) == kind]
+            for name, (its_kind, path) in module_files(studio.manager.models_dir).items()
+            if kind is None or its_kind == kind]
 
 
 def api_module_name(studio, name) -> str:

@@ -13,41 +13,31 @@ from pathlib import Path
 from mflux_core.errors import InvalidRequest, ModelLoadError
 from mflux_core.weights.component_folder import component_config
 from mflux_core.weights.resolve import ModelSource
-from mflux_core.weights.split_base import COMFY_FOLDERS
+from mflux_core.weights.split_base import split_files_by_place
 from mflux_core.weights.split_files import split_file_kind
 
 KIND_NAMES = {"vae": "VAE", "text_encoder": "CLIP-L text encoder", "text_encoder_2": "T5 text encoder"}
 
 
-def module_files(models_dir: Path | None) -> dict[str, Path]:
-    """name -> file of every VAE and text encoder file at the models folder's top and in ComfyUI's and Forge's
-    folders for them; the name is its path in the models folder."""
-    models_dir = Path(models_dir) if models_dir is not None else None
-    if models_dir is None or not models_dir.is_dir():
-        return {}
-    found, seen = {}, set()
-    for sub in COMFY_FOLDERS:
-        for path in sorted((models_dir / sub).glob("*.*")):
-            if path.resolve() not in seen and split_file_kind(path) is not None:  # vae/ is VAE/ on a Mac's disk
-                seen.add(path.resolve())
-                found[path.relative_to(models_dir).as_posix()] = path
-    return found
+def module_files(models_dir: Path | None) -> dict[str, tuple[str, Path]]:
+    """name -> (kind, file) of every VAE and text encoder file of the models folder; the name is its place there."""
+    return split_files_by_place(models_dir) if models_dir is not None and Path(models_dir).is_dir() else {}
 
 
-def module_file(name: str, models_dir: Path | None) -> Path:
-    """The file a request's module name stands for."""
-    listed = module_files(models_dir)
+def _file_named(name: str, listed: dict[str, tuple[str, Path]], models_dir: Path | None) -> tuple[str, Path]:
+    """(kind, file) that a request's module name stands for, among the `listed` files (or a path's)."""
     if name in listed:
         return listed[name]
-    same = [path for key, path in listed.items() if name in (Path(key).name, Path(key).stem)]
+    same = [key for key in listed if name in (Path(key).name, Path(key).stem)]
     if len(same) == 1:
-        return same[0]
+        return listed[same[0]]
     candidate = Path(name).expanduser()
-    if not same and candidate.is_file() and split_file_kind(candidate) is not None:
-        return candidate
+    kind = split_file_kind(candidate) if not same and candidate.is_file() else None
+    if kind is not None:
+        return kind, candidate
     if same:
-        raise InvalidRequest(f"Several VAE / text encoder files are called {name}: "
-                             f"{', '.join(key for key, path in listed.items() if path in same)}; pick one of them.")
+        raise InvalidRequest(f"Several VAE / text encoder files are called {name}: {', '.join(same)}; pick one of "
+                             "them.")
     where = f"in the models folder ({models_dir})" if models_dir is not None else "there"
     raise InvalidRequest(f"The VAE / text encoder file {name} is not {where}"
                          + (f"; it has {', '.join(listed)}." if listed else
@@ -60,10 +50,10 @@ def listed_name(name: str, models_dir: Path | None) -> str | None:
     listed = module_files(models_dir)
     for candidate in (name, Path(name).name):
         try:
-            path = module_file(candidate, models_dir)
+            _, path = _file_named(candidate, listed, models_dir)
         except InvalidRequest:
             continue
-        found = next((key for key, file in listed.items() if file == path), None)
+        found = next((key for key, (_, file) in listed.items() if file == path), None)
         if found is not None:
             return found
     return None
@@ -71,10 +61,10 @@ def listed_name(name: str, models_dir: Path | None) -> str | None:
 
 def chosen_modules(names: tuple[str, ...], models_dir: Path | None) -> dict[str, Path]:
     """kind -> file of the named modules, at most one of each kind."""
+    listed = module_files(models_dir)
     chosen: dict[str, tuple[str, Path]] = {}
     for name in names:
-        path = module_file(name, models_dir)
-        kind = split_file_kind(path)
+        kind, path = _file_named(name, listed, models_dir)
         if kind in chosen:
             raise InvalidRequest(f"{chosen[kind][0]} and {name} are both a {KIND_NAMES[kind]}: pick one of each kind.")
         chosen[kind] = (name, path)

@@ -18,15 +18,26 @@ TOKENIZERS_FOLDER = "flux1-tokenizers"  # in the models folder
 TOKENIZERS = ("tokenizer", "tokenizer_2")
 
 
+def split_files_by_place(folder: Path) -> dict[str, tuple[str, Path]]:
+    """place (its path in `folder`) -> (kind, file) of every VAE and text encoder file at the folder's top and in
+    ComfyUI's and Forge's subfolders (one seen twice, vae/ and VAE/ on a Mac's disk, once)."""
+    folder, found, seen = Path(folder), {}, set()
+    for sub in COMFY_FOLDERS:
+        for path in sorted((folder / sub).glob("*.*")):
+            kind = None if path.resolve() in seen else split_file_kind(path)
+            if kind is not None:
+                seen.add(path.resolve())
+                found[path.relative_to(folder).as_posix()] = (kind, path)
+    return found
+
+
 def split_files_in(folder: Path) -> dict[str, Path]:
     """kind -> file of the VAE and text encoder files in `folder` and its ComfyUI subfolders; of several files of a
     kind, the largest (T5 in float16 before its FP8 copy)."""
     found: dict[str, Path] = {}
-    for sub in COMFY_FOLDERS:
-        for path in sorted((Path(folder) / sub).glob("*.*")):
-            kind = split_file_kind(path)
-            if kind is not None and (kind not in found or path.stat().st_size > found[kind].stat().st_size):
-                found[kind] = path
+    for kind, path in split_files_by_place(folder).values():
+        if kind not in found or path.stat().st_size > found[kind].stat().st_size:
+            found[kind] = path
     return found
 
 
