@@ -120,3 +120,27 @@ def test_a_merge_takes_a_comfyui_checkpoint_as_model_a_and_refuses_an_nf4_one(ti
     assert f"{models / CHECKPOINT} holds bitsandbytes (NF4 or int8) layers: a merge or a LoRA extraction needs " \
            "float weights" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("unlike, sentence", [
+    ({"vae_blocks": (16, 48), "vae_norm_groups": 16},
+     "This file's VAE is not shaped as FLUX.1's: its blocks of 16, 48 channels do not split into the 32 norm groups"),
+    ({"pooled_dim": 32, "clip_heads": 4},
+     "This file's CLIP text encoder is not shaped as FLUX.1's: its width 32 does not split into CLIP-L's 64-wide"),
+])
+def test_a_checkpoint_whose_parts_are_not_shaped_as_flux1s_is_refused_in_a_sentence(unlike, sentence, tmp_path,
+                                                                                     monkeypatch, capsys):
+    """Without a config.json, FLUX.1's VAE norm groups and CLIP-L's head width are assumed: parts they cannot fit
+    (norm groups or heads a file does not record) are refused before anything runs, rather than fail inside."""
+    from huggingface_hub import constants
+
+    from tests.fixtures.tiny_flux import TinyFluxSpec
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    tiny = build_tiny_flux(tmp_path / "unlike", TinyFluxSpec(**{**SPEC.__dict__, **unlike}))
+    models = with_tokenizers(tmp_path / "models", tiny)
+    save_file(all_in_one_state(tiny, nf4=False), models / "flux1-unlike.safetensors")
+    assert cli.main(["generate", "--path", str(models / "flux1-unlike.safetensors"), *map(str, ARGS),
+                     "--output", str(tmp_path / "never.png")]) == 1
+    assert sentence in capsys.readouterr().err
+    assert not (tmp_path / "never.png").exists()

@@ -142,6 +142,8 @@ def test_layers_and_steps_are_checked_and_defaults_clamped():
     assert heatmap_layers((1, 0, 1), 2) == (0, 1)
     with pytest.raises(InvalidRequest, match="numbered 0 to 1"):
         heatmap_layers((2,), 2)
+    with pytest.raises(InvalidRequest, match="has none"):  # a model of single-stream blocks only
+        heatmap_layers((), 0)
     assert heatmap_steps((), 4) == (0, 1, 2, 3)
     assert heatmap_steps((), 4, first=2) == (2, 3)
     with pytest.raises(InvalidRequest, match="steps 2 to 3"):

@@ -57,6 +57,9 @@ class ConceptResult:
 
 
 def heatmap_layers(requested: Sequence[int], depth: int) -> tuple[int, ...]:
+    if depth == 0:
+        raise InvalidRequest("Concept heatmaps are read from the attention of the double-stream blocks, and this model "
+                             "has none: use a FLUX.1 model with double-stream blocks.")
     if not requested:
         return tuple(sorted({min(i, depth - 1) for i in DEFAULT_LAYERS}))
     for layer in requested:

@@ -110,12 +110,15 @@ def transformer_config(shapes: dict, bits: int | None) -> dict:
 
 def vae_config(shapes: dict, bits: int | None) -> dict:
     blocks = count(shapes, "encoder.down_blocks")
+    channels = [_shape(shapes, f"encoder.down_blocks.{i}.resnets.0.conv2.weight")[0] for i in range(blocks)]
+    if any(width % VAE_NORM_GROUPS for width in channels):
+        raise _no_config("VAE", f"blocks of {', '.join(map(str, channels))} channels do not split into the "
+                                f"{VAE_NORM_GROUPS} norm groups of FLUX.1's VAE, so its groups")
     return {
         "in_channels": _shape(shapes, "encoder.conv_in.weight")[1],
         "out_channels": _shape(shapes, "decoder.conv_out.weight")[0],
         "latent_channels": _shape(shapes, "decoder.conv_in.weight")[1],
-        "block_out_channels": [_shape(shapes, f"encoder.down_blocks.{i}.resnets.0.conv2.weight")[0]
-                               for i in range(blocks)],
+        "block_out_channels": channels,
         "layers_per_block": count(shapes, "encoder.down_blocks.0.resnets"),
         "down_block_types": ["DownEncoderBlock2D"] * blocks,
         "up_block_types": ["UpDecoderBlock2D"] * blocks,
@@ -146,6 +149,9 @@ def t5_config(shapes: dict, bits: int | None) -> dict:
 
 def clip_config(shapes: dict, bits: int | None) -> dict:
     vocab, width = matrix(shapes, bits, "text_model.embeddings.token_embedding")
+    if width % CLIP_HEAD_DIM:
+        raise _no_config("CLIP text encoder", f"width {width} does not split into CLIP-L's {CLIP_HEAD_DIM}-wide "
+                                              "attention heads, so its heads")
     return {
         "vocab_size": vocab, "hidden_size": width, "num_attention_heads": width // CLIP_HEAD_DIM,
         "intermediate_size": matrix(shapes, bits, "text_model.encoder.layers.0.mlp.fc1")[0],
@@ -154,3 +160,9 @@ def clip_config(shapes: dict, bits: int | None) -> dict:
         "layer_norm_eps": 1e-5, "hidden_act": "quick_gelu",
         "eos_token_id": 2,  # FLUX.1's config: transformers then pools at the largest id, as mflux does
     }
+
+
+def _no_config(component: str, why: str) -> ModelLoadError:
+    """A component unlike FLUX.1's, stored without the config.json that would say what its shapes do not."""
+    return ModelLoadError(f"This file's {component} is not shaped as FLUX.1's: its {why} cannot be read from the file. "
+                          "Load it from a diffusers folder, whose config.json says (or name one with --base-model).")
