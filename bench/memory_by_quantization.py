@@ -7,8 +7,9 @@ Without --path the full-size FLUX.1 transformer (19 double + 38 single blocks, w
 T5-XXL encoder (24 blocks, width 4096) are measured block by block: a model with no blocks, one
 with one block of each kind, and the total is the first plus the block bytes times the block
 count (blocks of a kind have identical shapes). Every quantized row goes through the engine's
-own quantize_model, starting from bfloat16 weights as on Metal and CUDA. The last line gives each
-setting's total as a ratio to bfloat16, the peer measured in the same run.
+own quantize_model, starting from bfloat16 weights as on Metal and CUDA; the fp8 row is what an FP8 file (its
+linear weights in E4M3) holds once loaded: the bfloat16 weights rounded to E4M3, held by the engine's hold_float8.
+The last line gives each setting's total as a ratio to bfloat16, the peer measured in the same run.
 """
 
 import argparse
@@ -21,9 +22,10 @@ from mlx.utils import tree_flatten
 
 from mflux_core.models.t5 import T5Config, T5Encoder, load_t5_encoder
 from mflux_core.models.transformer import FluxTransformer, FluxTransformerConfig, load_transformer
+from mflux_core.weights.float8 import hold_float8
 from mflux_core.weights.quantize import BITS, parameter_bytes, quantize_model
 
-SETTINGS = ("float32", "bfloat16", *(f"{bits}-bit" for bits in sorted(BITS, reverse=True)))
+SETTINGS = ("float32", "bfloat16", "fp8", *(f"{bits}-bit" for bits in sorted(BITS, reverse=True)))
 FLUX1 = {"in_channels": 64, "num_layers": 19, "num_single_layers": 38, "attention_head_dim": 128,
          "num_attention_heads": 24, "joint_attention_dim": 4096, "pooled_projection_dim": 768,
          "guidance_embeds": True, "axes_dims_rope": [16, 56, 56]}
@@ -41,10 +43,19 @@ def bytes_per_setting(build) -> dict[str, int]:
     for setting in SETTINGS[1:]:
         model = build()
         model.load_weights(list(bf16.items()))
-        bits = None if setting == "bfloat16" else int(setting.split("-")[0])
-        sizes[setting] = parameter_bytes(quantize_model(model, bits))
+        sizes[setting] = parameter_bytes(in_setting(model, setting))
         del model
     return sizes
+
+
+def in_setting(model: nn.Module, setting: str) -> nn.Module:
+    """The model (loaded in bfloat16) as the setting holds it: as is, held in FP8 as an FP8 file's, or quantized."""
+    if setting == "fp8":
+        for _, layer in model.named_modules():
+            if type(layer) is nn.Linear:
+                layer.weight = mx.from_fp8(mx.to_fp8(layer.weight), dtype=layer.weight.dtype)
+        return hold_float8(model, stored_fp8=True)
+    return quantize_model(model, None if setting in ("float32", "bfloat16") else int(setting.split("-")[0]))
 
 
 def combine(base: dict[str, int], *blocks: tuple[dict[str, int], int]) -> dict[str, int]:
@@ -76,9 +87,8 @@ def from_folder(folder: Path) -> tuple[dict[str, int], dict[str, int]]:
     def measured(load) -> dict[str, int]:
         sizes = {}
         for setting in SETTINGS:
-            dtype = mx.float32 if setting == "float32" else mx.bfloat16
-            bits = None if setting in ("float32", "bfloat16") else int(setting.split("-")[0])
-            sizes[setting] = parameter_bytes(quantize_model(load(dtype), bits))
+            sizes[setting] = parameter_bytes(in_setting(load(mx.float32 if setting == "float32" else mx.bfloat16),
+                                                        setting))
         return sizes
 
     return (measured(lambda dtype: load_transformer(folder / "transformer", dtype)),

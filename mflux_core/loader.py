@@ -10,8 +10,18 @@ from mflux_core.native_sizes import read_native_sizes
 from mflux_core.weights.bfl import load_bfl_transformer
 from mflux_core.weights.flux_config import scheduler_config
 from mflux_core.weights.mflux_saved import is_mflux_folder, model_scheduler_config
-from mflux_core.weights.resolve import ModelSource, single_file_has_guidance
-from mflux_core.weights.safetensors_io import read_json
+from mflux_core.weights.float8 import hold_float8
+from mflux_core.weights.quantize import quantize_model
+from mflux_core.weights.resolve import ModelSource, single_file_has_guidance, stores_fp8
+from mflux_core.weights.safetensors_io import read_json, weight_files
+
+
+def load_running_transformer(source: ModelSource, dtype: mx.Dtype, bits: int | None = None) -> FluxTransformer:
+    """The source's transformer as the tools run it: quantized to `bits`, its FP8 layers held in FP8
+    (weights/float8.py; read lazily then, so its dense weights are never all in memory at once)."""
+    fp8 = stores_fp8(weight_files(source.transformer_file or source.folder / "transformer"), "transformer")
+    transformer = load_source_transformer(source, dtype, evaluated=not fp8, bits=bits)
+    return hold_float8(quantize_model(transformer, bits), fp8)
 
 
 def load_source_transformer(source: ModelSource, dtype: mx.Dtype, evaluated: bool = True,
@@ -43,7 +53,7 @@ def load_scheduler_config(source: ModelSource) -> dict:
 
 def load_flux_model(source: ModelSource, dtype: mx.Dtype = mx.float32, name: str = "") -> FluxModel:
     return FluxModel(
-        transformer=load_source_transformer(source, dtype),
+        transformer=load_running_transformer(source, dtype),
         vae=load_source_vae(source, dtype),
         text_encoders=load_source_text_encoders(source, dtype),
         scheduler_config=load_scheduler_config(source),

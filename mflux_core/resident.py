@@ -30,7 +30,7 @@ from mflux_core.process_memory import return_free_memory
 from mflux_core.prompt_cache import CachedTextEncoders
 from mflux_core.request import GenerationRequest
 from mflux_core.weights.fingerprint import fingerprint
-from mflux_core.weights.quantize import quantize_model, quantize_text_encoders, text_encoder_bytes
+from mflux_core.weights.quantize import quantize_text_encoders, text_encoder_bytes
 from mflux_core.weights.resolve import ModelSource, resident_bytes_of
 from mflux_core.weights.safetensors_io import weight_files
 
@@ -204,8 +204,8 @@ class ResidentModels:
             needed = resident_bytes_of(weights_on_disk(transformer_files), quantize / 8 if quantize else dtype.size,
                                        "transformer")
             label = f"transformer {transformer_files}" + (f" {quantize}-bit" if quantize else "")
-            self._swap_transformer(transformer_key, label, needed, lambda: quantize_model(
-                loader.load_source_transformer(source, dtype, bits=quantize), quantize))
+            self._swap_transformer(transformer_key, label, needed,
+                                   lambda: loader.load_running_transformer(source, dtype, quantize))
         transformer = self._transformers.get(transformer_key)
         stop_if_cancelled(cancelled, "while loading the model (the transformer is loaded)")
         vae = self._vaes.get_or_create(vae_key, lambda: self._timed_load(

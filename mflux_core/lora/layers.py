@@ -1,6 +1,6 @@
 """A linear layer with LoRA adapters added at run time, so they can be rescaled and removed.
 
-The base layer (nn.Linear or nn.QuantizedLinear) is never changed. All adapters of a layer are
+The base layer (nn.Linear, nn.QuantizedLinear or an FP8 Float8Linear) is never changed. All adapters of a layer are
 kept concatenated, with their scales folded into the up matrix, so one layer costs two small
 matmuls whatever the number of LoRAs: y = base(x) + (x @ downs) @ (scaled ups).
 
@@ -24,13 +24,14 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mflux_core.lora.formats import LoraWeights
+from mflux_core.weights.float8 import Float8Linear
 
-LINEAR_TYPES = (nn.Linear, nn.QuantizedLinear)
+LINEAR_TYPES = (nn.Linear, nn.QuantizedLinear, Float8Linear)
 NORM_EPSILON = 1.1920929e-07  # float32's machine epsilon, added to the norms as LyCORIS and PEFT do
 
 
 def linear_shape(layer: nn.Module) -> tuple[int, int]:
-    """(out features, in features) of a Linear or QuantizedLinear."""
+    """(out features, in features) of a Linear, QuantizedLinear or Float8Linear."""
     if isinstance(layer, nn.QuantizedLinear):
         return layer.weight.shape[0], layer.weight.shape[1] * 32 // layer.bits
     return tuple(layer.weight.shape)
@@ -42,11 +43,15 @@ def linear_shapes(root: nn.Module) -> dict[str, tuple[int, int]]:
 
 
 def compute_dtype(layer: nn.Module) -> mx.Dtype:
+    if isinstance(layer, Float8Linear):
+        return layer.compute_dtype
     return layer.scales.dtype if isinstance(layer, nn.QuantizedLinear) else layer.weight.dtype
 
 
 def dense_weight(layer: nn.Module) -> mx.array:
-    """The layer's (out, in) weight, dequantized where it is quantized, in its own dtype."""
+    """The layer's (out, in) weight, dequantized where it is quantized or held in FP8, in its compute dtype."""
+    if isinstance(layer, Float8Linear):
+        return layer.dense_weight()
     if isinstance(layer, nn.QuantizedLinear):
         return mx.dequantize(layer.weight, layer.scales, layer.biases, group_size=layer.group_size, bits=layer.bits)
     return layer.weight

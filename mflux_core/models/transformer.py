@@ -19,6 +19,7 @@ import numpy as np
 from mflux_core.errors import ModelLoadError
 from mflux_core.models.kernels import attention, gated_residual, gelu_tanh
 from mflux_core.models.rope import apply_rope, rope_tables
+from mflux_core.weights.float8 import Float8Linear
 from mflux_core.weights.loading import load_component
 
 NORM_EPS = 1e-6
@@ -70,9 +71,11 @@ class FluxTransformerConfig:
 
 
 def linear_dtype(layer: nn.Module) -> mx.Dtype:
-    """Compute dtype of a linear layer, also when quantized (its scales) or wrapped by a LoRA (its base)."""
+    """Compute dtype of a linear layer, also when quantized (its scales), held in FP8 or wrapped by a LoRA (its base)."""
     while "base" in layer:
         layer = layer["base"]
+    if isinstance(layer, Float8Linear):
+        return layer.compute_dtype
     return layer["scales"].dtype if "scales" in layer else layer["weight"].dtype
 
 

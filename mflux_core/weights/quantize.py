@@ -11,6 +11,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from mflux_core.errors import ModelLoadError
+from mflux_core.weights.float8 import Float8Linear
 
 GROUP_SIZE = 64
 BITS = (3, 4, 5, 6, 8)
@@ -18,7 +19,7 @@ CONFIG_KEY = "quantization"
 
 
 def quantizable(_path: str, module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) and module.weight.shape[1] % GROUP_SIZE == 0
+    return isinstance(module, (nn.Linear, Float8Linear)) and module.weight.shape[1] % GROUP_SIZE == 0
 
 
 def quantized_bits(model: nn.Module) -> int | None:

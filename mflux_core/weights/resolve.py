@@ -167,11 +167,22 @@ def resolve_model(
 
 SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U32": 4, "I16": 2,
                            "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+FP8 = "F8_E4M3"
+# matrices that are embeddings, not linear layers: an FP8 one is read into the compute dtype (weights/float8.py)
+EMBEDDING_SUFFIXES = ("shared.weight", "embed_tokens.weight", "token_embedding.weight", "position_embedding.weight",
+                      "relative_attention_bias.weight")
+
+
+def _float_bytes(name: str, dtype: str, shape: list[int], float_bytes: float) -> float:
+    """Bytes per value of a floating tensor once loaded: a linear layer's FP8 matrix stays FP8 (weights/float8.py)."""
+    held_fp8 = dtype == FP8 and len(shape) == 2 and name.endswith(".weight") and not name.endswith(EMBEDDING_SUFFIXES)
+    return min(float_bytes, 1) if held_fp8 else float_bytes
 
 
 def resident_bytes_of(files: list[Path], float_bytes: float, part: str | None = None) -> int:
     """Memory the tensors of safetensors files take once loaded with floats cast to `float_bytes` each (under 2: a
-    quantization's width, which a bitsandbytes layer is requantized to as well), read from the headers alone;
+    quantization's width, which a bitsandbytes layer is requantized to as well; a linear layer's FP8 matrix stays at
+    one: weights/float8.py), read from the headers alone;
     of an all-in-one checkpoint, its `part`'s ("transformer", "vae", ...). A file shorter than its header says (an
     interrupted download or copy) or without a readable header is a ModelLoadError naming it, found before anything
     loads."""
@@ -190,7 +201,8 @@ def resident_bytes_of(files: list[Path], float_bytes: float, part: str | None = 
             if name in quantized or bnb_layers.is_bnb_name(name):
                 continue
             own = SAFETENSORS_DTYPE_BYTES.get(dtype, 4)
-            total += math.prod(shape) * (float_bytes if dtype.startswith(("F", "BF")) else own)
+            total += math.prod(shape) * (_float_bytes(name, dtype, shape, float_bytes) if dtype.startswith(("F", "BF"))
+                                         else own)
     return int(total)
 
 
@@ -220,6 +232,12 @@ GUIDANCE_KEY = "guidance_in.in_layer.weight"  # a BFL transformer with a guidanc
 def single_file_has_guidance(path: Path) -> bool:
     """Whether a single transformer file has a guidance embedding (FLUX.1-dev's kind), from its header."""
     return any(name.endswith(GUIDANCE_KEY) for name in single_file_names(path))
+
+
+def stores_fp8(files: list[Path], part: str | None = None) -> bool:
+    """Whether `files` (of an all-in-one checkpoint, its `part`) hold FP8 (E4M3) tensors, from their headers."""
+    return any(specs[name][0] == FP8 for path in files if not is_gguf(path)
+               for specs in [_tensor_specs(Path(path))] for name in part_names(specs, part))
 
 
 def stored_float_dtypes(files: list[Path]) -> set[str]:
