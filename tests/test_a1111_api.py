@@ -583,6 +583,12 @@ def options_checkpoint(studio, name: str, fields: dict) -> dict:
         studio.http.post("/options", json={"sd_model_checkpoint": "demo"})
 
 
+def test_img2img_without_a_size_runs_at_the_init_images_rounded_down_to_16(studio):
+    response = studio.http.post("/img2img", json={"init_images": [b64(Image.new("RGB", (100, 70), "red"))],
+                                                  "prompt": "a red circle", "steps": 1, "seed": 2})
+    assert decoded(made(response)["images"][0]).size == (96, 64)
+
+
 def test_img2img_shapes_the_input_by_resize_mode(studio):
     """A 2:1 input (red | green | green | blue quarters) made square: stretched, cropped to its middle, or fitted
     with its edge rows repeated above and below."""
@@ -826,6 +832,10 @@ def test_samplers_and_schedulers_are_picked_by_a1111s_names(fields, settings, ig
     ("/img2img", {"init_images": [b64(Image.new("RGB", (16, 16)))], "mask": b64(Image.new("L", (16, 16)))}, 400,
      "marks nothing"),
     ("/options", {"sd_model_checkpoint": "nope"}, 400, "sd-models"),
+    ("/txt2img", {"cfg_scale": "nan"}, 422, "'cfg_scale' is invalid: Input should be a finite number"),
+    ("/txt2img", {"alwayson_scripts": {"controlnet": {"args": [{"enabled": True, "threshold_a": "-inf"}]}}}, 422,
+     "threshold_a"),
+    ("/txt2img", {"override_settings": {"sd_model_checkpoint": "dev"}}, 400, "not on this machine"),  # listed, absent
     ("/png-info", {}, 422, "'image'"),
 ])
 def test_bad_requests_get_a1111_errors(studio, path, body, status, words):
@@ -834,6 +844,9 @@ def test_bad_requests_get_a1111_errors(studio, path, body, status, words):
 
 def test_bad_bodies_get_a1111_errors_and_auth_is_the_pages(studio):
     assert "JSON" in assert_a1111_error(studio.http.post("/txt2img", content=b"prompt=x"), 400)
+    for number in (b"NaN", b"Infinity", b"-Infinity"):  # as Python's json writes them, which no setting takes
+        body = b'{"prompt": "x", "eta": ' + number + b'}'
+        assert number.decode() in assert_a1111_error(studio.http.post("/txt2img", content=body), 400)
     guarded = FastAPI(routes=sdapi_router(studio.studio, auth=("ann", "s3cret")).routes)
     with TestClient(guarded, base_url="http://127.0.0.1/sdapi/v1") as client:
         refused = client.get("/sd-models")

@@ -281,5 +281,7 @@ def test_bad_uploads_through_the_api_get_our_sentence_and_are_not_kept(server, i
         text = refusal(client, "/generate", **{**GENERATE, "init_image": upload, "width": 0, "height": 0})
         assert expected in text and name in text, (name, text)
         assert name in refusal(client, "/canny_preview", image=upload, low=100, high=200)
+        refusal(client, "/estimate_depth", photo=upload)  # an event that updates the map: Gradio rebuilds it
+        assert name in refusal(client, "/depth", depth_map=upload, prompt="a boat", steps="1", width=64, height=64)
         works(client)
     assert (set(inputs.iterdir()) if inputs.is_dir() else set()) == kept

@@ -432,6 +432,7 @@ def test_api_requests_past_the_waiting_limit_are_refused_with_429():
     ({"prompt": "x", "size": "8192x8192"}, 400, None, None, "out of range"),
     ({"prompt": "x", "response_format": "gif"}, 400, "response_format", None, "Invalid 'response_format'"),
     ({"prompt": "x", "seed": -1}, 400, "seed", None, "Invalid 'seed'"),
+    ({"prompt": "x", "model": "schnell"}, 400, None, None, "not on this machine"),  # listed, not downloaded
 ])
 def test_bad_generation_requests_get_openai_errors(studio, body, status, param, code, words):
     assert words in assert_openai_error(studio.http.post("/v1/images/generations", json=body), status, param, code)
@@ -441,6 +442,8 @@ def test_bad_bodies_and_uploads_get_openai_errors(studio):
     photo = png_bytes(Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), "white"))
     not_json = studio.http.post("/v1/images/generations", content=b"prompt=x")
     assert "JSON" in assert_openai_error(not_json, 400)
+    nan = studio.http.post("/v1/images/generations", content=b'{"prompt": "x", "seed": NaN}')
+    assert "NaN" in assert_openai_error(nan, 400)
     assert declared_too_large(studio).startswith(b"HTTP/1.1 413 ")
     as_json = studio.http.post("/v1/images/edits", json={"prompt": "x"})
     assert "multipart" in assert_openai_error(as_json, 400)

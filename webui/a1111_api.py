@@ -75,7 +75,7 @@ AUTOMATIC = "automatic"  # Forge's scheduler "Automatic": the sampler's own, whi
 class Txt2ImgParams(BaseModel):
     """The fields we use of A1111's StableDiffusionTxt2ImgProcessingAPI; the rest are accepted and ignored."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)  # NaN and infinities refused
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -390,7 +390,8 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
     if params.script_name:
         ignored.append(f"script_name {params.script_name!r} (the studio runs {', '.join(IMG2IMG_SCRIPTS)})")
     units = enabled_units(params.alwayson_scripts, ignored)
-    size = (params.width or image.width, params.height or image.height)
+    # unset: the image's own size, rounded down to 16 as the page and the engine round it (refused past the limits)
+    size = (params.width or max(16, image.width // 16 * 16), params.height or max(16, image.height // 16 * 16))
     check_image_size(*size, "The requested image")  # before resizing to it
     mode = RESIZE_MODES[params.resize_mode] if params.resize_mode in range(len(RESIZE_MODES)) else RESIZE_MODES[0]
     store = studio.request_context().inputs

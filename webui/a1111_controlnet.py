@@ -65,7 +65,7 @@ class ControlNetUnit(BaseModel):
     """The fields we use of the extension's unit; the rest are accepted (pixel_perfect, processor_res, low_vram:
     nothing to do here)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)  # NaN and infinities refused
 
     enabled: bool = True  # a unit sent with an image is meant to run unless it says otherwise
     module: str = NO_PREPROCESSOR

@@ -33,7 +33,7 @@ UpscaleRunner = Callable[[str, Image.Image, int, int], Image.Image]
 class ExtrasParams(BaseModel):
     """The fields we use of A1111's extras requests; the rest are accepted and ignored."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)  # NaN and infinities refused
 
     resize_mode: int = Field(0, ge=0, le=1)
     upscaling_resize: float = Field(2.0, gt=0, le=MAX_FACTOR)

@@ -5,6 +5,7 @@ error shape, so no input can end the server or answer with a traceback."""
 import asyncio
 import base64
 import binascii
+import json
 import secrets
 import threading
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from mflux_core.errors import Cancelled, InvalidRequest
+from mflux_core.errors import Cancelled, InvalidRequest, ModelLoadError
 from webui.jobs import error_text
 from webui.turns import QueueFull
 
@@ -127,10 +128,21 @@ class JobThreads:
         return emitted()
 
 
+class NotJsonNumber(ValueError):
+    """NaN or an infinity in a body: Python's json reads them (and its clients write them), JSON has no such numbers."""
+
+
+def _not_a_number(constant: str):
+    raise NotJsonNumber(constant)
+
+
 async def json_object(request: Request, refusal: type[ApiRefusal]) -> dict:
-    """The request's JSON body, which must be an object; a 400 refusal otherwise."""
+    """The request's JSON body, which must be an object of finite numbers; a 400 refusal otherwise."""
     try:
-        fields = await request.json()
+        fields = json.loads(await request.body(), parse_constant=_not_a_number)
+    except NotJsonNumber as error:
+        raise refusal.of(400, f"The body holds {error}, which is not a number a setting can take: send finite "
+                              "numbers.") from None
     except ValueError:
         raise refusal.of(400, "The body must be a JSON object (Content-Type: application/json).") from None
     if not isinstance(fields, dict):
@@ -144,7 +156,7 @@ def refusal_of(error: Exception, refusal: type[ApiRefusal]) -> ApiRefusal:
         return error
     if isinstance(error, QueueFull):
         return refusal.of(429, str(error))
-    if isinstance(error, InvalidRequest):
+    if isinstance(error, (InvalidRequest, ModelLoadError)):  # a model not on disk: the client's to change, not a bug
         return refusal.of(400, str(error))
     if isinstance(error, Cancelled):  # withdrawn from the engine's queue, or stopped there
         return refusal.of(409, str(error))

@@ -59,7 +59,7 @@ OPAQUE = 128  # a mask pixel at least this opaque is kept; below, it is edited (
 class ImageParams(BaseModel):
     """The fields we use of OpenAI's image requests; the rest are accepted and ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # NaN and infinities refused
 
     prompt: str
     model: str | None = None

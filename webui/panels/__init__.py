@@ -53,38 +53,49 @@ def result_column(prefix: str, compare: bool = False) -> tuple[JobView, gr.Butto
 
 # Gradio's Image and ImageEditor open every upload with Pillow before a handler runs: a file that is not an
 # image would end the event with Gradio's "Could not preprocess input component", and its limits are not ours.
-# Our inputs hand the handler the upload's path instead, for our own checked loader (webui.requests.read_upload).
-# The methods are replaced on the instances: a subclass of a Gradio component makes Gradio write a .pyi stub
-# beside its module each time it is imported.
+# Our inputs (marked with UPLOAD_AS_PATH) hand the handler the upload's path instead, for our own checked loader
+# (webui.requests.read_upload). The classes' methods are wrapped once, for marked instances only: a method replaced
+# on an instance is lost when an event updates the component (Gradio then keeps a new instance for the session,
+# built from its constructor arguments, the marker among them), and a subclass of a Gradio component makes Gradio
+# write a .pyi stub beside its module each time it is imported.
+UPLOAD_AS_PATH = "studio-upload-as-path"
 
 
-def _upload_paths(preprocess: Callable) -> Callable:
+def _marked(component) -> bool:
+    classes = component.elem_classes or []
+    return UPLOAD_AS_PATH in ([classes] if isinstance(classes, str) else classes)
+
+
+def _image_preprocess(preprocess: Callable) -> Callable:
     """gr.Image.preprocess that returns an uploaded file's path unopened (other payloads as Gradio does)."""
 
-    def path_of_upload(payload):
-        if payload is not None and payload.path is not None and not (payload.url or "").startswith("data:"):
+    def path_of_upload(image, payload):
+        if _marked(image) and payload is not None and payload.path is not None and \
+                not (payload.url or "").startswith("data:"):
             return payload.path
-        return preprocess(payload)
+        return preprocess(image, payload)
 
     return path_of_upload
 
 
-def _editor_upload_paths(convert: Callable) -> Callable:
+def _editor_convert(convert: Callable) -> Callable:
     """gr.ImageEditor.convert_and_format_image that returns the background's and layers' paths unopened."""
 
-    def path_of_upload(file, flatten_on_white: bool = False):
-        if isinstance(file, FileData) and file.path is not None:
+    def path_of_upload(editor, file, flatten_on_white: bool = False):
+        if _marked(editor) and isinstance(file, FileData) and file.path is not None:
             return file.path
-        return convert(file, flatten_on_white)
+        return convert(editor, file, flatten_on_white)
 
     return path_of_upload
+
+
+gr.Image.preprocess = _image_preprocess(gr.Image.preprocess)
+gr.ImageEditor.convert_and_format_image = _editor_convert(gr.ImageEditor.convert_and_format_image)
 
 
 def input_image(label: str, elem_id: str, **kwargs) -> gr.Image:
-    image = gr.Image(label=label, type="filepath", sources=["upload", "clipboard"], format="png", elem_id=elem_id,
-                     height=320, **kwargs)
-    image.preprocess = _upload_paths(image.preprocess)
-    return image
+    return gr.Image(label=label, type="filepath", sources=["upload", "clipboard"], format="png", elem_id=elem_id,
+                    height=320, elem_classes=[UPLOAD_AS_PATH], **kwargs)
 
 
 def mask_editor(label: str, elem_id: str, brush_size: int, colour: str = "#ffffff") -> gr.ImageEditor:
@@ -92,8 +103,7 @@ def mask_editor(label: str, elem_id: str, brush_size: int, colour: str = "#fffff
     editor = gr.ImageEditor(
         label=label, type="pil", image_mode="RGBA", format="png", sources=["upload", "clipboard"], transforms=(),
         layers=False, height=420, brush=gr.Brush(default_size=brush_size, colors=[colour], color_mode="fixed"),
-        eraser=gr.Eraser(default_size=brush_size), elem_id=elem_id)
-    editor.convert_and_format_image = _editor_upload_paths(editor.convert_and_format_image)
+        eraser=gr.Eraser(default_size=brush_size), elem_id=elem_id, elem_classes=[UPLOAD_AS_PATH])
     return editor
 
 
