@@ -832,6 +832,8 @@ def test_samplers_and_schedulers_are_picked_by_a1111s_names(fields, settings, ig
     ("/img2img", {"init_images": [b64(Image.new("RGB", (16, 16)))], "mask": b64(Image.new("L", (16, 16)))}, 400,
      "marks nothing"),
     ("/options", {"sd_model_checkpoint": "nope"}, 400, "sd-models"),
+    ("/img2img", {"init_images": [b64(Image.new("RGB", (16, 16)))], "denoising_strength": 0}, 400,
+     "denoising_strength 0 would change nothing"),
     ("/txt2img", {"cfg_scale": "nan"}, 422, "'cfg_scale' is invalid: Input should be a finite number"),
     ("/txt2img", {"alwayson_scripts": {"controlnet": {"args": [{"enabled": True, "threshold_a": "-inf"}]}}}, 422,
      "threshold_a"),

@@ -390,6 +390,9 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
     if params.script_name:
         ignored.append(f"script_name {params.script_name!r} (the studio runs {', '.join(IMG2IMG_SCRIPTS)})")
     units = enabled_units(params.alwayson_scripts, ignored)
+    if params.denoising_strength == 0:  # the studio's image strength would be 1, which it refuses under its own name
+        raise SdApiError(400, "denoising_strength 0 would change nothing: give a value above 0 (A1111's default is "
+                              "0.75).")
     # unset: the image's own size, rounded down to 16 as the page and the engine round it (refused past the limits)
     size = (params.width or max(16, image.width // 16 * 16), params.height or max(16, image.height // 16 * 16))
     check_image_size(*size, "The requested image")  # before resizing to it
