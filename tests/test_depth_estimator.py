@@ -151,3 +151,16 @@ def test_a_photo_past_the_size_limit_is_refused_before_estimating(estimator):
     """The map comes out at the photo's own size, so the photo is held to the limits of a full-size image."""
     with pytest.raises(InvalidRequest, match="4112x16 pixels, past the 4096-pixel limit a side"):
         estimator.estimate(Image.new("RGB", (4112, 16)))
+
+
+def test_a_folder_that_is_not_a_depth_estimator_is_named_so(tmp_path, capsys):
+    """A FLUX.1 model named as the estimator (`save-depth --depth-model demo`) is refused as what it is, rather than
+    as a missing config.json."""
+    from mflux_core import cli
+    from mflux_core.weights.resolve import demo_folder
+
+    photo = tmp_path / "photo.png"
+    random_photo(64, 48, seed=1).save(photo)
+    assert cli.main(["save-depth", "--depth-model", str(demo_folder("demo")), "--image-path", str(photo),
+                     "--output", str(tmp_path / "depth.png")]) == 1
+    assert "demo is not a depth estimator (a Depth Anything folder" in capsys.readouterr().err

@@ -273,6 +273,9 @@ class DepthEstimator:
     @classmethod
     def from_folder(cls, folder: Path, dtype: mx.Dtype = mx.float32) -> "DepthEstimator":
         folder = Path(folder)
+        if (folder / "model_index.json").is_file() or not (folder / "config.json").is_file():
+            raise ModelLoadError(f"{folder.name} is not a depth estimator (a Depth Anything folder, with config.json "
+                                 "and preprocessor_config.json): name one, or leave the choice to the studio.")
         config = DepthAnythingConfig.from_dict(read_json(folder / "config.json"))
         preprocess_config = DepthPreprocessConfig.from_dict(read_json(folder / "preprocessor_config.json"))
         model = load_component(
