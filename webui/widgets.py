@@ -355,7 +355,7 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
             elem_id=f"{prefix}-modules", buttons=[module_refresh],
             info="As Forge's: ae, clip_l or t5xxl files of the models folder, each used instead of the model's own of "
                  "its kind. None: the model's own (for a lone transformer file, the largest of each kind in the models "
-                 "folder). Loaded, an FP8 file takes the memory of FP16 ones: quantizing saves memory.")
+                 "folder). An FP8 file stays FP8 once loaded: half the memory of FP16.")
         controls["quantize"] = gr.Radio(QUANTIZE_CHOICES, value=QUANTIZE_OFF, label="Quantize (bits)",
                                         elem_id=f"{prefix}-quantize")
         controls["vae_tiling"] = gr.Checkbox(False, label="VAE tiling", elem_id=f"{prefix}-vae-tiling",
