@@ -71,7 +71,8 @@ class FluxTransformerConfig:
 
 
 def linear_dtype(layer: nn.Module) -> mx.Dtype:
-    """Compute dtype of a linear layer, also when quantized (its scales), held in FP8 or wrapped by a LoRA (its base)."""
+    """Compute dtype of a linear layer, also when quantized (its scales), held in FP8 or wrapped by a LoRA (its
+    base)."""
     while "base" in layer:
         layer = layer["base"]
     if isinstance(layer, Float8Linear):
