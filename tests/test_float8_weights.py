@@ -91,3 +91,18 @@ def test_the_cli_runs_an_fp8_model_as_its_dense_twin(folders, tmp_path):
     ours = run_cli("generate", "--path", fp8, *args, "--output", tmp_path / "fp8.png")
     twin = run_cli("generate", "--path", dense, *args, "--output", tmp_path / "dense.png")
     assert max_uint8_diff(ours, twin) == 0
+
+
+def test_a_lora_trains_on_an_fp8_base(folders, tmp_path):
+    """The base stays held in FP8 while its adapters learn (the codes are frozen weights, never trained)."""
+    import numpy as np
+
+    from mflux_core.training.lora_training import load_base_model, train_lora
+    from tests.test_lora_training import write_config
+
+    config = write_config(tmp_path, folders[0], training_loop={"steps": 3, "batch_size": 1})
+    assert type(load_base_model(config, tmp_path).transformer.transformer_blocks[0].ff.net[2]) is Float8Linear
+    outcome = train_lora(config)
+    assert all(np.isfinite(outcome.losses))
+    adapter = {name: np.array(value) for name, value in mx.load(str(outcome.adapter)).items()}
+    assert all(np.abs(value).max() > 0 for name, value in adapter.items() if name.endswith("lora_B.weight"))
