@@ -247,8 +247,8 @@ def render(studio) -> Panel:
                 mode = gr.Radio([CANNY, UPSCALE], value=CANNY, label="Mode", elem_id="controlnet-mode")
                 with gr.Row():
                     control_image = input_image("Control image", "controlnet-image")
-                    edges = gr.Image(label="Canny edges (what the ControlNet sees)", interactive=False,
-                                     elem_id="controlnet-edges", height=320)
+                    edges = gr.Image(label="Canny edges (a preview: a run takes them at the output size)",
+                                     interactive=False, elem_id="controlnet-edges", height=320)
                 with gr.Row() as canny_thresholds:
                     canny_low = gr.Slider(0, 1020, DEFAULTS["canny_low"], step=1, label="Canny low threshold",
                                           elem_id="controlnet-canny-low")
