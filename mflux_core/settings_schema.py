@@ -78,6 +78,7 @@ class Setting:
     limits: str = ""  # a number's range in words: "16 to 4096 pixels"
     out_of_range: str = OUT_OF_RANGE
     each: bool = False  # a list: the words describe one item
+    bounds: tuple[float, float] | None = None  # a number's (low, high), so a refusal names the range first
 
     def optional(self) -> "Setting":
         return replace(self, annotation=self.annotation | None)
@@ -99,7 +100,7 @@ def number(label: str, low: int, high: int, whole: bool = False, below: bool = F
     return Setting(label, annotation, accepts=f"{what} from {low} to {upper}",
                    kind=f"{'a whole number' if whole else 'a number'}{f' of {unit}' if unit else ''}",
                    limits=f"{low}{f' {low_note}' if low_note else ''} to {upper}{f' {unit}' if unit else ''}",
-                   out_of_range=out_of_range)
+                   out_of_range=out_of_range, bounds=(low, high))
 
 
 def choice(label: str, options) -> Setting:
@@ -188,7 +189,9 @@ def sentence(error: dict, settings: dict[str, Setting]) -> str:
     # an int too large for a float is a number, but not a finite one
     if kind == "finite_number" or (kind == "float_type" and isinstance(value, int) and not isinstance(value, bool)):
         return f"{label} must be a finite number, not {_shown(value)}."
-    if kind in ("greater_than_equal", "less_than_equal", "less_than"):
+    outside = setting.bounds is not None and isinstance(value, (int, float)) and \
+        not setting.bounds[0] <= value <= setting.bounds[1]
+    if kind in ("greater_than_equal", "less_than_equal", "less_than") or (kind == "multiple_of" and outside):
         return setting.out_of_range.format(label=setting.label, value=value, limits=setting.limits,
                                            accepts=setting.accepts)
     if kind == "multiple_of":

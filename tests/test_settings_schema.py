@@ -58,6 +58,8 @@ def test_a_lora_scale_out_of_range_is_refused_by_request_and_preset(scale):
 SHARED_REFUSALS = [
     ("seed", "Seed", -1, " must be a whole number from 0 to 4294967295, not -1.", "must be a whole number from 0 to"),
     ("width", "Width", 50, " 50 is not a multiple of 16; try 48.", "must be a multiple of 16 from 16 to 4096"),
+    ("width", "Width", 99999, " 99999 is out of range: use 16 to 4096 pixels.",  # the range first, not "try 100000"
+     "must be a multiple of 16 from 16 to 4096"),
     ("height", "Height", 8192, " 8192 is out of range: use 16 to 4096 pixels.", "must be a multiple of 16"),
     ("guidance", "Guidance", math.nan, " must be a finite number, not nan.", "must be a number from 0 to 100"),
     ("guidance", "Guidance", 101, " 101 is out of range: use 0 to 100.", "must be a number from 0 to 100"),
