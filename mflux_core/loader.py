@@ -20,17 +20,20 @@ def load_running_transformer(source: ModelSource, dtype: mx.Dtype, bits: int | N
     """The source's transformer as the tools run it: quantized to `bits`, its FP8 layers held in FP8
     (weights/float8.py; read lazily then, so its dense weights are never all in memory at once)."""
     fp8 = stores_fp8(weight_files(source.transformer_file or source.folder / "transformer"), "transformer")
-    transformer = load_source_transformer(source, dtype, evaluated=not fp8, bits=bits)
+    transformer = load_source_transformer(source, dtype, evaluated=not fp8, bits=bits, fp8_scales=True)
     return hold_float8(quantize_model(transformer, bits), fp8)
 
 
 def load_source_transformer(source: ModelSource, dtype: mx.Dtype, evaluated: bool = True,
-                            bits: int | None = None) -> FluxTransformer:
+                            bits: int | None = None, fp8_scales: bool = False) -> FluxTransformer:
     """The source's transformer; not `evaluated`, each weight is read from disk when first used. `bits`: what
-    bitsandbytes layers become (weights/bnb_layers.py); the caller quantizes the rest."""
+    bitsandbytes layers become (weights/bnb_layers.py); the caller quantizes the rest. `fp8_scales`: a scaled FP8
+    file's layers are held in FP8 (weights/float8.py)."""
     if source.transformer_file is not None:
-        return load_bfl_transformer(source.transformer_file, dtype, evaluated=evaluated, bits=bits)
-    return load_transformer(source.folder / "transformer", dtype, evaluated=evaluated, bits=bits)
+        return load_bfl_transformer(source.transformer_file, dtype, evaluated=evaluated, bits=bits,
+                                    fp8_scales=fp8_scales)
+    return load_transformer(source.folder / "transformer", dtype, evaluated=evaluated, bits=bits,
+                            fp8_scales=fp8_scales)
 
 
 def load_source_vae(source: ModelSource, dtype: mx.Dtype) -> AutoencoderKL:

@@ -106,3 +106,54 @@ def test_a_lora_trains_on_an_fp8_base(folders, tmp_path):
     assert all(np.isfinite(outcome.losses))
     adapter = {name: np.array(value) for name, value in mx.load(str(outcome.adapter)).items()}
     assert all(np.abs(value).max() > 0 for name, value in adapter.items() if name.endswith("lora_B.weight"))
+
+
+def scaled_fp8_files(tiny, folder) -> tuple:
+    """The tiny model's transformer and T5 as ComfyUI's scaled FP8 files (flux1-*_fp8_scaled, t5xxl_fp8_e4m3fn_scaled)."""
+    from tests.test_quantized_single_files import comfy_scaled_fp8
+    from tests.test_transformer import diffusers_to_bfl
+
+    folder.mkdir()
+    paths = []
+    for component, name, to_bfl in (("transformer", "flux1-tiny_fp8_scaled", diffusers_to_bfl),
+                                    ("text_encoder_2", "t5xxl_fp8_e4m3fn_scaled", dict)):
+        state = {}
+        for path in sorted((tiny / component).glob("*.safetensors")):
+            state.update(load_file(path))
+        stored, metadata, _ = comfy_scaled_fp8(to_bfl(state), "tensors")
+        save_file({key: value.contiguous() for key, value in stored.items()}, folder / f"{name}.safetensors", metadata)
+        paths.append(folder / f"{name}.safetensors")
+    return tuple(paths)
+
+
+def dense_weights_equal(held: nn.Module, dense: nn.Module) -> int:
+    """How many layers `held` keeps in FP8 with a scale, each checked to decode to `dense`'s weights exactly."""
+    from mflux_core.lora.layers import dense_weight
+
+    layers = dict(dense.named_modules())
+    scaled = 0
+    for path, layer in held.named_modules():
+        if isinstance(layer, Float8Linear):
+            assert "fp8_scale" in layer
+            assert mx.array_equal(dense_weight(layer), layers[path].weight).item(), path
+            scaled += 1
+    return scaled
+
+
+def test_scaled_fp8_files_are_held_in_fp8_with_their_scales_and_decode_to_comfyuis_weights(tmp_path):
+    """ComfyUI's scaled FP8 files: a byte per weight and a scale per row, the weights exactly what the file gave
+    before (its values times its scale in float32, then the compute dtype), for the transformer and T5."""
+    from mflux_core.loader import load_source_transformer
+    from mflux_core.models.t5 import load_t5_encoder
+
+    tiny = build_tiny_flux(tmp_path / "tiny", TinyFluxSpec(heads=1, head_dim=128, axes_dims_rope=(16, 56, 56),
+                                                         num_layers=1, num_single_layers=1, seed=8))  # FLUX.1's head
+    transformer_file, t5_file = scaled_fp8_files(tiny, tmp_path / "scaled")
+    source = ModelSource(folder=None, transformer_file=transformer_file, base_folder=tiny)
+    for dtype in (mx.float32, mx.bfloat16):
+        held, dense = load_running_transformer(source, dtype), load_source_transformer(source, dtype)
+        assert dense_weights_equal(held, dense) == sum(isinstance(m, nn.Linear) for _, m in dense.named_modules())
+        # a byte per weight and four per row for the scale (this tiny model's rows are short: 128 weights)
+        assert parameter_bytes(held) < parameter_bytes(dense) * (0.55 if dtype == mx.bfloat16 else 0.3)
+    encoders = TextEncoders.from_paths(tiny / "text_encoder", t5_file, tiny / "tokenizer", tiny / "tokenizer_2")
+    assert dense_weights_equal(t5_encoder(encoders), load_t5_encoder(t5_file)) > 0

@@ -205,6 +205,6 @@ def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
 
 
 def load_t5_encoder(folder: Path, dtype: mx.Dtype = mx.float32, evaluated: bool = True,
-                    bits: int | None = None) -> T5Encoder:
+                    bits: int | None = None, fp8_scales: bool = False) -> T5Encoder:
     return load_component(folder, build=lambda cfg: T5Encoder(T5Config.from_dict(cfg)), sanitize=sanitize, dtype=dtype,
-                          evaluated=evaluated, part="text_encoder_2", bits=bits)
+                          evaluated=evaluated, part="text_encoder_2", bits=bits, fp8_scales=fp8_scales)

@@ -66,8 +66,9 @@ class TextEncoders:
         if self._clip is None:
             self._clip = self._held_in_fp8(load_clip_text_model, self.clip_path, "text_encoder")
         if self._t5 is None:
-            self._t5 = self._held_in_fp8(lambda *args, **kwargs: load_t5_encoder(*args, **kwargs, bits=self.bits),
-                                         self.t5_path, "text_encoder_2")
+            self._t5 = self._held_in_fp8(
+                lambda *args, **kwargs: load_t5_encoder(*args, **kwargs, bits=self.bits, fp8_scales=True),
+                self.t5_path, "text_encoder_2")
         if not self.linear_shapes:
             self.linear_shapes = {component: linear_shapes(root) for component, root in self.components().items()}
 

@@ -477,7 +477,7 @@ def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
 
 
 def load_transformer(folder: Path, dtype: mx.Dtype = mx.float32, evaluated: bool = True,
-                     bits: int | None = None) -> FluxTransformer:
+                     bits: int | None = None, fp8_scales: bool = False) -> FluxTransformer:
     """Load a diffusers `transformer/` folder (config.json + sharded safetensors); see load_component."""
     return load_component(folder, build=lambda cfg: FluxTransformer(FluxTransformerConfig.from_dict(cfg)),
-                          sanitize=sanitize, dtype=dtype, evaluated=evaluated, bits=bits)
+                          sanitize=sanitize, dtype=dtype, evaluated=evaluated, bits=bits, fp8_scales=fp8_scales)

@@ -6,7 +6,8 @@ BFL's names differ from diffusers' and some tensors are fused: a double block's 
 and the final modulation's halves are (shift, scale) where diffusers' norm_out has (scale, shift).
 There is no config.json: the dimensions are read from the tensor shapes. A quantized weight (a GGUF file's affine
 types, or a bitsandbytes layer requantized: weights/bnb_layers.py) comes with its `.scales` and `.biases`; all
-three are split and renamed alike, since every conversion here cuts or reorders rows, and a row's groups stay whole.
+three are split and renamed alike, since every conversion here cuts or reorders rows, and a row's groups stay whole;
+so is a scaled FP8 matrix's scale per row (weights/float8.py).
 """
 
 import re
@@ -17,6 +18,7 @@ import mlx.core as mx
 from mflux_core.errors import ModelLoadError
 from mflux_core.models.transformer import FluxTransformer, FluxTransformerConfig
 from mflux_core.weights import bnb_layers
+from mflux_core.weights.float8 import float8_like_checkpoint
 from mflux_core.weights.flux_config import FLUX1_AXES_DIMS_ROPE, shared_config
 from mflux_core.weights.gguf_file import is_gguf, quantized_bits
 from mflux_core.weights.gguf_mlx import load_gguf
@@ -64,8 +66,8 @@ SINGLE_BLOCK_NAMES = {
 }
 SINGLE_BLOCK_FUSED_QKV_MLP = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
 
-BLOCK_KEY = re.compile(r"(double_blocks|single_blocks)\.(\d+)\.(.+)\.(weight|bias|scale|scales|biases)$")
-GLOBAL_KEY = re.compile(r"(.+)\.(weight|bias|scales|biases)$")
+BLOCK_KEY = re.compile(r"(double_blocks|single_blocks)\.(\d+)\.(.+)\.(weight|bias|scale|scales|biases|fp8_scale)$")
+GLOBAL_KEY = re.compile(r"(.+)\.(weight|bias|scales|biases|fp8_scale)$")
 
 
 def strip_comfy_prefix(weights: dict[str, mx.array]) -> dict[str, mx.array]:
@@ -176,21 +178,22 @@ def trunk_config(weights: dict[str, mx.array], head_dim: int, axes_dims_rope: tu
 
 def load_bfl_transformer(
     path: Path, dtype: mx.Dtype = mx.float32, axes_dims_rope: tuple[int, ...] | None = None, evaluated: bool = True,
-    bits: int | None = None,
+    bits: int | None = None, fp8_scales: bool = False,
 ) -> FluxTransformer:
     """Build and load a FluxTransformer from one BFL (or ComfyUI, or Forge) .safetensors or .gguf file (not
     `evaluated`: read as used, see load_component). A GGUF file's quantized layers become QuantizedLinear at the
-    file's bits; a bitsandbytes file's at `bits` (by default its own: bnb_layers.FILE_BITS)."""
-    weights = strip_comfy_prefix(load_gguf(path) if is_gguf(path) else load_safetensors(path))
+    file's bits; a bitsandbytes file's at `bits` (by default its own: bnb_layers.FILE_BITS); with `fp8_scales`, a
+    scaled FP8 file's layers are held in FP8 (weights/float8.py)."""
+    weights = strip_comfy_prefix(load_gguf(path) if is_gguf(path) else load_safetensors(path, fp8_scales))
     if bnb_layers.has_bnb_layers(weights):
         weights = bnb_layers.requantized(weights, bits, dtype)
     if not is_bfl_checkpoint(weights):
         raise ModelLoadError(f"{path} is not a BFL FLUX.1 transformer checkpoint.")
     config = FluxTransformerConfig.from_dict(infer_transformer_config(weights, axes_dims_rope))
     model = FluxTransformer(config)
-    converted = bfl_to_diffusers(weights)
+    converted = float8_like_checkpoint(model, cast_floats(bfl_to_diffusers(weights), dtype), dtype)
     quantize_like_checkpoint(model, converted)
-    load_weights_strict(model, cast_floats(converted, dtype), str(path))
+    load_weights_strict(model, converted, str(path))
     if evaluated:
         mx.eval(model.parameters())
     return model

@@ -18,6 +18,7 @@ FORMAT = ".comfy_quant"
 MARKER = "scaled_fp8"
 READABLE_FORMATS = ("float8_e4m3fn",)
 METADATA_KEY = "_quantization_metadata"
+FP8_SCALE = ".fp8_scale"  # a kept scale's name beside its layer's weight (weights/float8.py's Float8Linear)
 
 
 def is_scaled(weights: dict[str, mx.array], metadata: dict[str, str]) -> bool:
@@ -37,8 +38,11 @@ def _layer_formats(weights: dict[str, mx.array], metadata: dict[str, str]) -> di
     return formats
 
 
-def unscaled(weights: dict[str, mx.array], metadata: dict[str, str], file_name: str) -> dict[str, mx.array]:
-    """The weights as the model uses them: each scaled one times its scale, the scales and markers gone."""
+def unscaled(weights: dict[str, mx.array], metadata: dict[str, str], file_name: str,
+             keep_scales: bool = False) -> dict[str, mx.array]:
+    """The weights as the model uses them: each scaled one times its scale, the scales and markers gone. With
+    `keep_scales`, a scaled matrix stays its FP8 values with its scale beside it, one per row
+    (`<layer>.fp8_scale`: weights/float8.py holds such a layer in FP8), which renaming and row splits carry along."""
     formats = _layer_formats(weights, metadata)
     unreadable = sorted({kind for kind in formats.values() if kind not in READABLE_FORMATS})
     if unreadable:
@@ -50,5 +54,11 @@ def unscaled(weights: dict[str, mx.array], metadata: dict[str, str], file_name: 
             continue
         layer = name.removesuffix(".weight")
         scale = next((weights[layer + suffix] for suffix in WEIGHT_SCALES if layer + suffix in weights), None)
-        out[name] = value if scale is None or name == layer else value.astype(mx.float32) * scale.astype(mx.float32)
+        if scale is None or name == layer:
+            out[name] = value
+        elif keep_scales and value.ndim == 2 and scale.size == 1:
+            out[name] = value
+            out[layer + FP8_SCALE] = mx.full((value.shape[0], 1), scale.reshape(()).astype(mx.float32))
+        else:
+            out[name] = value.astype(mx.float32) * scale.astype(mx.float32)
     return out

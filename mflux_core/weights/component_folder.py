@@ -19,10 +19,11 @@ def component_config(path: Path, part: str | None = None) -> dict:
         else read_json(path / "config.json")
 
 
-def component_weights(path: Path, part: str | None = None) -> dict[str, mx.array]:
-    """The tensors under the published checkpoints' names (what each model's `sanitize` reads)."""
+def component_weights(path: Path, part: str | None = None, fp8_scales: bool = False) -> dict[str, mx.array]:
+    """The tensors under the published checkpoints' names (what each model's `sanitize` reads); a scaled FP8 file's
+    scales beside their matrices with `fp8_scales` (weights/comfy_fp8.py)."""
     path = Path(path)
     if path.is_file():
-        return split_files.file_weights(path, part)
+        return split_files.file_weights(path, part, fp8_scales)
     return mflux_saved.component_weights(path) if mflux_saved.is_mflux_component(path) \
-        else load_folder_weights(path)
+        else load_folder_weights(path, fp8_scales)

@@ -19,10 +19,11 @@ def read_json(path: Path) -> dict:
         raise ModelLoadError(f"{path} is not valid JSON ({error}).") from None
 
 
-def load_safetensors(path: Path) -> dict[str, mx.array]:
+def load_safetensors(path: Path, fp8_scales: bool = False) -> dict[str, mx.array]:
     """Load one .safetensors file; a truncated or corrupt file raises ModelLoadError naming it. FP8 (E4M3) tensors,
     as ComfyUI's flux1-dev-fp8 files store them, come back as float16, which holds every E4M3 value exactly; those of
-    ComfyUI's scaled FP8 files come back times their scales (weights/comfy_fp8.py)."""
+    ComfyUI's scaled FP8 files come back times their scales (weights/comfy_fp8.py), or with `fp8_scales` beside
+    them."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"Missing weights file {path}.")
@@ -38,7 +39,7 @@ def load_safetensors(path: Path) -> dict[str, mx.array]:
         weights = {name: mx.from_fp8(value, dtype=mx.float16) if name in fp8 else value
                    for name, value in weights.items()}
         if comfy_fp8.is_scaled(weights, metadata):
-            weights = comfy_fp8.unscaled(weights, metadata, path.name)
+            weights = comfy_fp8.unscaled(weights, metadata, path.name, fp8_scales)
     return weights
 
 
@@ -67,8 +68,8 @@ def weight_files(folder: Path) -> list[Path]:
     return files
 
 
-def load_folder_weights(folder: Path) -> dict[str, mx.array]:
+def load_folder_weights(folder: Path, fp8_scales: bool = False) -> dict[str, mx.array]:
     weights: dict[str, mx.array] = {}
     for path in weight_files(folder):
-        weights.update(load_safetensors(path))
+        weights.update(load_safetensors(path, fp8_scales))
     return weights

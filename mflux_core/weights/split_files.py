@@ -188,10 +188,10 @@ def file_config(path: Path, part: str | None = None) -> dict:
     return config_from_shapes(file_shapes(path, part))
 
 
-def file_weights(path: Path, part: str | None = None) -> dict[str, mx.array]:
+def file_weights(path: Path, part: str | None = None, fp8_scales: bool = False) -> dict[str, mx.array]:
     """The file's tensors (an all-in-one checkpoint's `part`'s) under the published names and shapes (what each
-    model's `sanitize` reads)."""
-    weights = load_gguf(path) if is_gguf(path) else load_safetensors(path)
+    model's `sanitize` reads); a scaled FP8 file's scales beside their matrices with `fp8_scales`."""
+    weights = load_gguf(path) if is_gguf(path) else load_safetensors(path, fp8_scales)
     published = {}
     for old, new in _published(list(weights), part).items():
         value = weights[old]
