@@ -54,7 +54,7 @@ def in_setting(model: nn.Module, setting: str) -> nn.Module:
         for _, layer in model.named_modules():
             if type(layer) is nn.Linear:
                 layer.weight = mx.from_fp8(mx.to_fp8(layer.weight), dtype=layer.weight.dtype)
-        return hold_float8(model, stored_fp8=True)
+        return hold_float8(model)
     return quantize_model(model, None if setting in ("float32", "bfloat16") else int(setting.split("-")[0]))
 
 

@@ -1,5 +1,7 @@
 """Load the parts of a FLUX.1 model from a resolved source. The manager caches what these return."""
 
+from functools import partial
+
 import mlx.core as mx
 
 from mflux_core.flux_model import FluxModel
@@ -10,18 +12,18 @@ from mflux_core.native_sizes import read_native_sizes
 from mflux_core.weights.bfl import load_bfl_transformer
 from mflux_core.weights.flux_config import scheduler_config
 from mflux_core.weights.mflux_saved import is_mflux_folder, model_scheduler_config
-from mflux_core.weights.float8 import hold_float8
+from mflux_core.weights.float8_loading import load_held_in_fp8
 from mflux_core.weights.quantize import quantize_model
-from mflux_core.weights.resolve import ModelSource, single_file_has_guidance, stores_fp8
-from mflux_core.weights.safetensors_io import read_json, weight_files
+from mflux_core.weights.resolve import ModelSource, single_file_has_guidance
+from mflux_core.weights.safetensors_io import read_json
 
 
 def load_running_transformer(source: ModelSource, dtype: mx.Dtype, bits: int | None = None) -> FluxTransformer:
-    """The source's transformer as the tools run it: quantized to `bits`, its FP8 layers held in FP8
-    (weights/float8.py; read lazily then, so its dense weights are never all in memory at once)."""
-    fp8 = stores_fp8(weight_files(source.transformer_file or source.folder / "transformer"), "transformer")
-    transformer = load_source_transformer(source, dtype, evaluated=not fp8, bits=bits, fp8_scales=True)
-    return hold_float8(quantize_model(transformer, bits), fp8)
+    """The source's transformer as the tools run it: its FP8 layers held in FP8 (weights/float8.py), quantized to
+    `bits`."""
+    load = partial(load_source_transformer, source, dtype, bits=bits, fp8_scales=True)
+    return quantize_model(load_held_in_fp8(load, source.transformer_file or source.folder / "transformer",
+                                           "transformer"), bits)
 
 
 def load_source_transformer(source: ModelSource, dtype: mx.Dtype, evaluated: bool = True,

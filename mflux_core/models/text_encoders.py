@@ -2,6 +2,7 @@
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import mlx.core as mx
@@ -13,9 +14,7 @@ from mflux_core.models.prompt_tokenizers import load_clip_tokenizer, load_t5_tok
 from mflux_core.models.t5 import T5Encoder, load_t5_encoder
 from mflux_core.prompt_weights import is_weighted, plain_text, weighted_chunks
 from mflux_core.request import MAX_SEQUENCE_LENGTH
-from mflux_core.weights.float8 import hold_float8
-from mflux_core.weights.resolve import stores_fp8
-from mflux_core.weights.safetensors_io import weight_files
+from mflux_core.weights.float8_loading import load_held_in_fp8
 
 
 @dataclass(frozen=True)
@@ -63,19 +62,14 @@ class TextEncoders:
 
     def load(self) -> None:
         """Load whichever encoder is not resident."""
-        if self._clip is None:
-            self._clip = self._held_in_fp8(load_clip_text_model, self.clip_path, "text_encoder")
+        if self._clip is None:  # FP8 files' layers held in FP8 (weights/float8.py)
+            self._clip = load_held_in_fp8(partial(load_clip_text_model, self.clip_path, self.dtype), self.clip_path,
+                                          "text_encoder")
         if self._t5 is None:
-            self._t5 = self._held_in_fp8(
-                lambda *args, **kwargs: load_t5_encoder(*args, **kwargs, bits=self.bits, fp8_scales=True),
-                self.t5_path, "text_encoder_2")
+            self._t5 = load_held_in_fp8(partial(load_t5_encoder, self.t5_path, self.dtype, bits=self.bits,
+                                                fp8_scales=True), self.t5_path, "text_encoder_2")
         if not self.linear_shapes:
             self.linear_shapes = {component: linear_shapes(root) for component, root in self.components().items()}
-
-    def _held_in_fp8(self, load, path: Path, part: str) -> nn.Module:
-        """An encoder loaded with its FP8 layers held in FP8 (weights/float8.py), read lazily then."""
-        fp8 = stores_fp8(weight_files(path), part)
-        return hold_float8(load(path, self.dtype, evaluated=not fp8), fp8)
 
     def components(self) -> dict[str, nn.Module]:
         """The loaded encoders by their folder's name in a FLUX.1 model (what LoRA files call them)."""

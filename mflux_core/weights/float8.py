@@ -67,16 +67,13 @@ def _as_float8(layer: nn.Linear) -> Float8Linear | None:
     return Float8Linear(codes, layer.bias if "bias" in layer else None, weight.dtype)
 
 
-def hold_float8(model: nn.Module, stored_fp8: bool) -> nn.Module:
-    """Hold the model's E4M3-valued linear layers as Float8Linear when its files store FP8 (`stored_fp8`, read from
-    their headers: other models are not scanned), and compute the rest; returns the model."""
-    if stored_fp8:
-        held = {}
-        for path, module in model.named_modules():
-            if type(module) is nn.Linear and (layer := _as_float8(module)) is not None:
-                held[path] = layer
-        if held:
-            model.update_modules(tree_unflatten(list(held.items())))
+def hold_float8(model: nn.Module) -> nn.Module:
+    """Hold the model's E4M3-valued linear layers as Float8Linear and compute the rest; returns the model."""
+    held = {}
+    for path, module in model.named_modules():
+        if type(module) is nn.Linear and (layer := _as_float8(module)) is not None:
+            held[path] = layer
+    model.update_modules(tree_unflatten(list(held.items())))
     for _, value in tree_flatten(model.parameters()):  # one at a time: a lazily read tensor's source is freed after it
         mx.eval(value)
     return model
