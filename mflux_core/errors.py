@@ -6,7 +6,12 @@ class StudioError(Exception):
 
 
 class InvalidRequest(StudioError):
-    """A setting or input a user gave cannot be used (size, steps, image, mask...)."""
+    """A setting or input a user gave cannot be used (size, steps, image, mask...); `setting`: the request field
+    the sentence is about, where one is (an API names its own parameter after it)."""
+
+    def __init__(self, message: str, setting: str | None = None):
+        super().__init__(message)
+        self.setting = setting
 
 
 class ModelLoadError(StudioError):

@@ -14,7 +14,7 @@ from mflux_core.regions import MAX_REGIONS, check_regions_fit, regions_problem
 from mflux_core.settings_schema import (  # the limits are imported from here too
     DTYPES, GUIDANCE, LORA_SCALE, LORA_TEXT_ENCODER_SCALE, MAX_INPUT_PIXELS, MAX_PIXELS, MAX_PROMPT_CHARS, MAX_SEED,
     MAX_SEQUENCE_LENGTH, MAX_SIDE, MAX_STEPS, QUANTIZE, QUANTIZE_BITS, SEED, SEQUENCE_LENGTH, STEPS, TRUE_CFG_SCALE,
-    VARIATION_SEED, Setting, checked, choice, number, problems, schema, side, switch, text,
+    VARIATION_SEED, Setting, checked, choice, number, parsed, schema, side, switch, text,
 )
 from mflux_core.settings_schema import SAMPLER, SCHEDULE
 from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_HIRES_SCALE, MAX_MASK_BLUR
@@ -80,16 +80,14 @@ class GenerationRequest:
 
     def validated(self) -> "GenerationRequest":
         """Return this request if every value is usable; otherwise raise InvalidRequest naming the value."""
-        refusals = problems(_SCHEMA, {name: getattr(self, name) for name in self.field_names()}, REQUEST_SETTINGS)
-        if refusals:
-            raise InvalidRequest(refusals[0])
+        parsed(_SCHEMA, {name: getattr(self, name) for name in self.field_names()}, REQUEST_SETTINGS)
         if (self.negative_prompt or self.true_cfg_scale != 1) and not tool_spec(self.tool).true_cfg:
             raise InvalidRequest(
                 f"The {self.tool} tool has no true CFG (nor has the diffusers pipeline it follows): leave the "
                 "negative prompt empty and the true CFG scale at 1."
             )
         if self.width is not None and self.height is not None:
-            check_image_size(self.width, self.height, "The requested image")
+            check_image_size(self.width, self.height, "The requested image", setting="width")
             check_regions_fit(self.regions, self.width, self.height)
         if self.regions and self.tool != "generate":
             raise InvalidRequest(f"Regional prompts are for the generate tool, not {self.tool}.")
@@ -167,16 +165,17 @@ class GenerationRequest:
         return tuple(f.name for f in fields(cls))
 
 
-def check_image_size(width: int, height: int, what: str, resized: bool = False) -> None:
+def check_image_size(width: int, height: int, what: str, resized: bool = False, setting: str | None = None) -> None:
     """Refuse, before any work starts, an image past the studio's limits: at most MAX_SIDE a side and MAX_PIXELS
-    in all for what the engine works on at full size; MAX_INPUT_PIXELS for an input it resizes first (`resized`)."""
+    in all for what the engine works on at full size; MAX_INPUT_PIXELS for an input it resizes first (`resized`);
+    `setting`: the request field the refusal names (the output's size: width, as the pair's first)."""
     if resized:
         if width * height > MAX_INPUT_PIXELS:
             raise InvalidRequest(f"{what} is too large ({width}x{height} pixels; the limit is {MAX_INPUT_PIXELS:,} "
-                                 "pixels).")
+                                 "pixels).", setting)
     elif max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
         raise InvalidRequest(f"{what} would be {width}x{height} pixels, past the {MAX_SIDE}-pixel limit a side "
-                             f"({MAX_PIXELS:,} pixels in all).")
+                             f"({MAX_PIXELS:,} pixels in all).", setting)
 
 
 def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:

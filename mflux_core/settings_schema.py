@@ -225,7 +225,8 @@ def parsed(model: type[BaseModel], values: dict, settings: dict[str, Setting]) -
     try:
         return dict(model.model_validate(values))
     except ValidationError as error:
-        raise InvalidRequest(sentence(error.errors(include_url=False)[0], settings)) from None
+        first = error.errors(include_url=False)[0]
+        raise InvalidRequest(sentence(first, settings), setting=str(first["loc"][0])) from None
 
 
 def problems(model: type[BaseModel], values: dict, settings: dict[str, Setting], words=sentence) -> list[str]:

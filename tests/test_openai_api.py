@@ -254,7 +254,7 @@ def test_several_images_without_a_mask_are_one_kontext_reference_side_by_side(st
     too_many = several([narrow] * 17)
     assert "Send at most 16 images; 17 were sent." == assert_openai_error(too_many, 400, "image")
     too_wide = several([Image.new("RGB", (16, 1024)), Image.new("RGB", (4096, 1024))])
-    assert "The images side by side would be 4112x1024 pixels" in assert_openai_error(too_wide, 400)
+    assert "The images side by side would be 4112x1024 pixels" in assert_openai_error(too_wide, 400, "image")
 
 
 # ----- variations ----------------------------------------------------------------------------------
@@ -428,8 +428,8 @@ def test_api_requests_past_the_waiting_limit_are_refused_with_429():
     ({"prompt": "x", "n": 0}, 400, "n", None, "Invalid 'n'"),
     ({"prompt": "x", "n": 17}, 400, "n", None, "Invalid 'n'"),
     ({"prompt": "x", "size": "large"}, 400, "size", None, "1024x1024"),
-    ({"prompt": "x", "size": "100x64"}, 400, None, None, "multiple of 16"),
-    ({"prompt": "x", "size": "8192x8192"}, 400, None, None, "out of range"),
+    ({"prompt": "x", "size": "100x64"}, 400, "size", None, "multiple of 16"),
+    ({"prompt": "x", "size": "8192x8192"}, 400, "size", None, "out of range"),
     ({"prompt": "x", "response_format": "gif"}, 400, "response_format", None, "Invalid 'response_format'"),
     ({"prompt": "x", "seed": -1}, 400, "seed", None, "Invalid 'seed'"),
     ({"prompt": "x", "model": "schnell"}, 400, None, None, "not on this machine"),  # listed, not downloaded
@@ -450,7 +450,9 @@ def test_bad_bodies_and_uploads_get_openai_errors(studio):
     no_image = studio.http.post("/v1/images/edits", data={"prompt": "x"}, files={"mask": ("m.png", photo)})
     assert "'image'" in assert_openai_error(no_image, 400, "image")
     broken = edit(studio, b"not a picture", {"prompt": "x", "model": "demo-kontext"})
-    assert "picture.png" in assert_openai_error(broken, 400)
+    assert "picture.png" in assert_openai_error(broken, 400, "image")
+    broken_mask = edit(studio, photo, {"prompt": "x", "model": "demo-fill"}, mask=b"not a mask")
+    assert "mask.png" in assert_openai_error(broken_mask, 400, "mask")
     opaque = edit(studio, photo, {"prompt": "x", "model": "demo-fill"}, mask=photo)
     assert "transparent" in assert_openai_error(opaque, 400, "mask")
     smaller = openai_mask(np.ones((16, 16), bool))

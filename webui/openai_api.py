@@ -24,7 +24,7 @@ import re
 import shutil
 import tempfile
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -36,6 +36,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
+from mflux_core.errors import InvalidRequest
 from mflux_core.images.io import load_image, load_rgba
 from mflux_core.images.stitch import stitched_side_by_side
 from mflux_core.request import MAX_SEED, GenerationRequest
@@ -54,6 +55,7 @@ SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 RESULT_NAME = re.compile(r"^[\w-]+\.png$")
 MAX_EDIT_IMAGES = 16  # OpenAI's limit for one edit
 OPAQUE = 128  # a mask pixel at least this opaque is kept; below, it is edited (OpenAI: transparent = edit)
+PARAMS = {"width": "size", "height": "size", "batch_count": "n", "seed": "seed", "prompt": "prompt"}  # ours -> OpenAI's
 
 
 class ImageParams(BaseModel):
@@ -164,12 +166,23 @@ def is_fill_model(studio, name: str | None) -> bool:
 # ----- requests and results -------------------------------------------------------------------
 
 
+@contextmanager
+def refused_as(param: str | None = None):
+    """Our refusals of what happens inside as OpenAI's errors, naming `param` (by default the OpenAI parameter
+    of the request setting the refusal is about, where there is one)."""
+    try:
+        yield
+    except InvalidRequest as error:
+        raise ApiError(400, str(error), param or PARAMS.get(error.setting)) from None
+
+
 def image_requests(studio, params: ImageParams, tool: str, model: str, **inputs) -> list[GenerationRequest]:
     """The validated requests of one API call (n consecutive seeds), exactly as the page builds its own."""
     width, height = image_size(params.size)
     settings = {"tool": tool, "model": model, "prompt": params.prompt, "seed": params.seed,
                 "batch_count": params.n or 1, "width": width, "height": height, "keep_unmasked": tool == "fill"}
-    return requests_from_settings(settings, studio.request_context(), **inputs)
+    with refused_as():
+        return requests_from_settings(settings, studio.request_context(), **inputs)
 
 
 def run_in_turn(studio, requests: list[GenerationRequest]) -> list[Path]:
@@ -195,25 +208,26 @@ def images_response(studio, paths: list[Path], params: ImageParams, base_url: st
 # ----- uploads ----------------------------------------------------------------------------------
 
 
-def uploaded(upload: UploadFile, loader: Callable) -> Image.Image:
-    """An uploaded file decoded by `loader` with its checks (size, format, damage), named by its file name."""
-    with tempfile.NamedTemporaryFile(suffix=Path(upload.filename or "").suffix) as copy:
+def uploaded(upload: UploadFile, loader: Callable, param: str = "image") -> Image.Image:
+    """An uploaded file decoded by `loader` with its checks (size, format, damage), named by its file name; a
+    refusal names the form field, `param`."""
+    with tempfile.NamedTemporaryFile(suffix=Path(upload.filename or "").suffix) as copy, refused_as(param):
         upload.file.seek(0)
         shutil.copyfileobj(upload.file, copy)
         copy.flush()
         return loader(copy.name, name=upload.filename or "uploaded")
 
 
-def edit_mask(upload: UploadFile, image: Image.Image) -> Image.Image:
-    """OpenAI's mask (transparent = edit) as ours ('L', white = regenerate)."""
-    alpha = np.asarray(uploaded(upload, load_rgba).getchannel("A"))
+def edit_mask(upload: UploadFile, image: Image.Image, param: str) -> Image.Image:
+    """OpenAI's mask (transparent = edit) as ours ('L', white = regenerate); `param`: the form field it came as."""
+    alpha = np.asarray(uploaded(upload, load_rgba, param).getchannel("A"))
     if alpha.shape != (image.height, image.width):
         raise ApiError(400, f"The mask is {alpha.shape[1]}x{alpha.shape[0]} pixels but the image is "
-                            f"{image.width}x{image.height}: they must be the same size.", "mask")
+                            f"{image.width}x{image.height}: they must be the same size.", param)
     edited = alpha < OPAQUE
     if not edited.any():
         raise ApiError(400, "The mask has no transparent pixels: its transparent (alpha 0) area is what gets "
-                            "edited.", "mask")
+                            "edited.", param)
     return Image.fromarray(np.where(edited, 255, 0).astype(np.uint8), "L")
 
 
@@ -250,22 +264,24 @@ def one_image(images: list[UploadFile], why: str) -> Image.Image:
 
 def edit_requests(studio, form) -> tuple[ImageParams, list[GenerationRequest]]:
     params, images = form_images(form, "edit")
-    masks = form_files(form, "mask")
+    masks, mask_param = form_files(form, "mask"), "mask"
     inputs = studio.request_context().inputs
     if not masks and is_fill_model(studio, params.model):
-        masks = form_files(form, "image")[:1]  # OpenAI's other way: an image alone, its transparent area edited
+        # OpenAI's other way: an image alone, its transparent area edited
+        masks, mask_param = form_files(form, "image")[:1], "image"
     if masks:
         model = model_for(studio, "fill", params.model, "An edit with a mask needs a Fill or base model:")
         image = one_image(images, "with a mask (Fill repaints one picture; several, without a mask, are combined "
                                   "by Kontext)")
-        mask = edit_mask(masks[0], image)
+        mask = edit_mask(masks[0], image, mask_param)
         requests = image_requests(studio, params, "fill", model, image_path=inputs.save(image, "api-image"),
                                   masked_image_path=inputs.save(mask, "api-mask"))
     else:
         model = model_for(studio, "kontext", params.model,
                           "An edit without a mask needs a Kontext model (or send a mask: transparent = edit):")
         # Kontext reads one reference: several images are one, side by side, decoded one at a time
-        reference = stitched_side_by_side(uploaded(image, load_image) for image in images)
+        with refused_as("image"):
+            reference = stitched_side_by_side(uploaded(image, load_image) for image in images)
         requests = image_requests(studio, params, "kontext", model, image_path=inputs.save(reference, "api-image"))
     return params, requests
 
