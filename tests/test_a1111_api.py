@@ -237,7 +237,8 @@ def test_a_controlnet_unit_steers_txt2img_by_the_control_pictures_edges(studio):
         {**unit, "module": "none", "image": b64(edges), "guidance_end": 1}]}}}))
     assert np.array_equal(np.asarray(decoded(as_edge_map["images"][0]).convert("RGB")), image)  # the same edges
 
-    assert answer(studio.http.get(f"{extension}/model_list"))["model_list"][:2] == ["demo-canny", "demo-upscaler"]
+    listed = answer(studio.http.get(f"{extension}/model_list"))["model_list"]
+    assert listed[:2] == ["demo-canny", "demo-upscaler"] and not {"canny", "upscaler"} & set(listed)  # offline here
     hashed = made(studio.http.post("/txt2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [
         {**unit, "model": "demo-canny [4c5e6a1b]"}]}}}))  # the extension titles its models "name [hash]"
     assert not [item for item in hashed["info"]["ignored"] if "not in the studio" in item]
@@ -620,6 +621,7 @@ def test_img2img_shapes_the_input_by_resize_mode(studio):
 def test_options_post_switches_the_model_for_later_requests(studio):
     models = {m["model_name"]: m for m in answer(studio.http.get("/sd-models"))}
     assert {"demo", "demo-fill", COPY} <= set(models) and "demo-canny" not in models
+    assert not {"schnell", "dev", "fill"} & set(models)  # downloads are off here: only models on disk are offered
     assert set(models["demo"]) == {"title", "model_name", "hash", "sha256", "filename", "config"}
     assert answer(studio.http.get("/options"))["sd_model_checkpoint"] == "demo"
     try:

@@ -163,6 +163,7 @@ def test_models_lists_what_the_api_runs_in_openais_shape(studio):
     assert listing["object"] == "list"
     ids = [model["id"] for model in listing["data"]]
     assert {"demo", "demo-fill", "demo-kontext"} <= set(ids) and "demo-canny" not in ids
+    assert not {"schnell", "dev", "fill"} & set(ids)  # downloads are off here: only models on disk are offered
     assert listing["data"][ids.index("demo")] == {"id": "demo", "object": "model", "created": 0,
                                                   "owned_by": "mflux-studio"}
     assert studio.http.get("/v1/models/demo-fill").json()["id"] == "demo-fill"

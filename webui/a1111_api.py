@@ -57,7 +57,7 @@ from webui.a1111_extras import CONTROLNET_UPSCALER, UPSCALERS, add_extras_routes
 from webui.a1111_modules import MODULE_OPTIONS, chosen_options, module_listing, modules_from
 from webui.a1111_scripts import IMG2IMG_SCRIPTS, is_sd_upscale, sd_upscale_settings
 from webui.a1111_wire import SdApiError, as_file, b64_png, base64_data, decoded_image, parsed, without_hash
-from webui.api_server import MAX_WAITING, JobThreads, api_routes, json_object
+from webui.api_server import MAX_WAITING, JobThreads, api_routes, json_object, listed
 from webui.gallery import save_result
 from webui.requests import requests_from_settings
 from webui.turns import job_about, request_about
@@ -554,7 +554,7 @@ def sdapi_router(studio, auth=None) -> APIRouter:
 
     @route("GET", "/sdapi/v1/sd-models")
     async def sd_models(request: Request):
-        return JSONResponse([sd_model(name) for name in api_models(studio)])
+        return JSONResponse([sd_model(name) for name in listed(studio, api_models(studio))])
 
     @route("GET", "/sdapi/v1/options")
     async def get_options(request: Request):

@@ -39,6 +39,7 @@ from mflux_core.images.resize_modes import CROP_AND_RESIZE, JUST_RESIZE, RESIZE_
 from mflux_core.request import check_image_size
 from mflux_core.settings_schema import MAX_SIDE
 from webui.a1111_wire import SdApiError, b64_png, decoded_image, parsed, without_hash
+from webui.api_server import listed
 from webui.widgets import model_choices
 
 SCRIPT = "controlnet"  # its key in alwayson_scripts (any case)
@@ -276,7 +277,7 @@ def add_controlnet_routes(route, studio, threads, json_object,
 
     @route("GET", "/controlnet/model_list")
     async def model_list(request: Request):
-        return JSONResponse({"model_list": controlnet_weights(studio)})
+        return JSONResponse({"model_list": listed(studio, controlnet_weights(studio))})
 
     @route("GET", "/controlnet/module_list")
     async def module_list(request: Request):
@@ -293,7 +294,7 @@ def add_controlnet_routes(route, studio, threads, json_object,
 
     @route("GET", "/controlnet/control_types")
     async def types(request: Request):
-        return JSONResponse(control_types(controlnet_weights(studio)))
+        return JSONResponse(control_types(listed(studio, controlnet_weights(studio))))
 
     @route("POST", "/controlnet/detect")
     async def detect_route(request: Request):

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from mflux_core.downloads import is_offline
 from mflux_core.errors import Cancelled, InvalidRequest, ModelLoadError
 from webui.jobs import error_text
 from webui.turns import QueueFull
@@ -66,6 +67,14 @@ def authorized(given: tuple[str, str] | None, auth) -> bool:
         return bool(auth(*given))
     pairs = [auth] if isinstance(auth, tuple) else list(auth)
     return any(secrets.compare_digest(f"{u}:{p}".encode(), ":".join(given).encode()) for u, p in pairs)
+
+
+def listed(studio, names: list[str]) -> list[str]:
+    """Of `names`, the models a request can run on now, which an API's model list offers: those on disk, and
+    aliases while downloads are on (clients pick from the list; with downloads off an alias would be refused)."""
+    offline = is_offline()
+    runnable = {e.name for e in studio.manager.list_models() if e.available or not offline}
+    return [name for name in names if name in runnable]
 
 
 class JobThreads:
