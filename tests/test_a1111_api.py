@@ -680,6 +680,27 @@ def test_forges_modules_pick_a_t5_file_for_one_call_or_by_the_options(studio):
         shutil.rmtree(models / "VAE")
 
 
+def test_forges_diffusion_in_low_bits_quantizes_the_model_for_one_call_or_by_the_options(studio):
+    """forge_unet_storage_dtype as Forge's clients send it: its NF4 / FP4 as the studio's 4-bit weights, float8 as
+    8-bit ones, Automatic as stored; a value Forge does not have is a 400 before it is kept."""
+    call = {"prompt": CAPTION, "steps": 2, "save_images": True}
+    try:
+        made(studio.http.post("/txt2img", json={**call, "seed": 51, "override_settings": {
+            "forge_unet_storage_dtype": "float8-e4m3fn"}}))
+        assert studio.http.post("/options", json={"forge_unet_storage_dtype": "bnb-nf4 (fp16 LoRA)"}).status_code == 200
+        assert answer(studio.http.get("/options"))["forge_unet_storage_dtype"] == "bnb-nf4 (fp16 LoRA)"
+        quantized = made(studio.http.post("/txt2img", json={**call, "seed": 52}))
+        assert not quantized["info"]["ignored"]
+        assert [r["quantize"] for r in saved_requests(studio, 51) + saved_requests(studio, 52)] == [8, 4]
+        refused = studio.http.post("/options", json={"forge_unet_storage_dtype": "int3"})
+        assert "not one of Forge's" in assert_a1111_error(refused, 400)
+        assert answer(studio.http.get("/options"))["forge_unet_storage_dtype"] == "bnb-nf4 (fp16 LoRA)"
+    finally:
+        studio.http.post("/options", json={"forge_unet_storage_dtype": "Automatic"})
+    made(studio.http.post("/txt2img", json={**call, "seed": 53}))
+    assert saved_requests(studio, 53)[0]["quantize"] is None
+
+
 # ----- progress and interrupt --------------------------------------------------------------------
 
 

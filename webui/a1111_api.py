@@ -54,7 +54,7 @@ from mflux_core.upscaler_models import upscale_with
 from webui.a1111_adetailer import SCRIPT as ADETAILER_SCRIPT, face_fix_extra
 from webui.a1111_controlnet import SCRIPT as CONTROLNET_SCRIPT, add_controlnet_routes, enabled_units, units_inputs
 from webui.a1111_extras import CONTROLNET_UPSCALER, UPSCALERS, add_extras_routes
-from webui.a1111_modules import MODULE_OPTIONS, chosen_options, module_listing, modules_from
+from webui.a1111_modules import MODULE_OPTIONS, chosen_options, module_listing, modules_from, quantize_from
 from webui.a1111_scripts import IMG2IMG_SCRIPTS, is_sd_upscale, sd_upscale_settings
 from webui.a1111_wire import SdApiError, as_file, b64_png, base64_data, decoded_image, parsed, without_hash
 from webui.api_server import MAX_WAITING, JobThreads, api_routes, json_object, listed
@@ -276,7 +276,7 @@ class SdApiState:
     def __init__(self):
         self.checkpoint: str | None = None  # None: each tool's default model
         self.options: dict = {}
-        self.module_options: dict = {}  # forge_additional_modules and sd_vae as POSTed (checked): a1111_modules.py
+        self.module_options: dict = {}  # Forge's module and storage options as POSTed (checked): a1111_modules.py
         self.job: ApiJob | None = None
 
 
@@ -471,7 +471,8 @@ def make_images(studio, state: SdApiState, fields: dict, img2img: bool) -> dict:
     tool, settings, inputs = (img2img_inputs if img2img else txt2img_inputs)(studio, params, ignored)
     settings = with_face_fix(tool, settings, params, ignored)
     model = model_for(studio, tool, params, state.checkpoint, ignored)
-    settings["modules"] = modules_from(studio, {**state.module_options, **chosen_options(params.override_settings)})
+    options = {**state.module_options, **chosen_options(params.override_settings)}
+    settings["modules"], settings["quantize"] = modules_from(studio, options), quantize_from(options)
     requests = job_requests(studio, tool, model, params, ignored, settings, inputs)
     job = ApiJob("img2img" if img2img else "txt2img", len(requests))
     results = run_job(studio, state, job, requests, params.save_images)
@@ -561,6 +562,7 @@ def sdapi_router(studio, auth=None) -> APIRouter:
         checkpoint = state.checkpoint or default_model_for("generate", studio.manager.models_dir)
         return JSONResponse({"control_net_unit_count": MAX_UNITS, **state.options, "sd_model_checkpoint": checkpoint,
                              "samples_format": "png", "forge_additional_modules": [], "sd_vae": "Automatic",
+                             "forge_unet_storage_dtype": "Automatic",
                              **state.module_options})
 
     @route("POST", "/sdapi/v1/options")
@@ -570,7 +572,7 @@ def sdapi_router(studio, auth=None) -> APIRouter:
             state.checkpoint = checkpoint_name(studio, fields.pop("sd_model_checkpoint"))
         if chosen_options(fields):
             options = {**state.module_options, **chosen_options(fields)}
-            modules_from(studio, options)  # 400 for a file the studio does not have, before it is kept
+            modules_from(studio, options), quantize_from(options)  # 400 for what the studio cannot use, before kept
             state.module_options = options
             fields = {key: value for key, value in fields.items() if key not in MODULE_OPTIONS}
         state.options.update(fields)  # kept and shown, not used
