@@ -153,6 +153,15 @@ def test_txt2img_follows_the_prompt_and_names_what_it_ignored(studio):
     assert "tiling" not in ignored and "hr_scale" not in ignored  # at its default, or off with enable_hr
     assert not any("DPM++ 2M" in item or "Karras" in item for item in ignored)
     assert saved_requests(studio, 41) == []  # save_images is off by default, as in A1111
+    assert info["notes"] == []
+
+
+def test_a_size_the_demo_model_does_not_make_is_named_in_the_info_notes(studio):
+    body = made(studio.http.post("/txt2img", json={"prompt": CAPTION, "seed": 5, "steps": 2, "width": 256,
+                                                   "height": 256}))
+    assert decoded(body["images"][0]).size == (128, 128) and (body["info"]["width"], body["info"]["height"]) == (128, 128)
+    assert body["info"]["notes"] == ["demo makes 48x48 to 128x128 images only, so this one is 128x128 instead of "
+                                     "256x256; other sizes need a FLUX.1 model."]
 
 
 def test_a_variation_seed_keeps_the_seed_and_counts_the_subseed_up_as_a1111(studio):

@@ -328,6 +328,7 @@ def images_answer(fields: dict, params: Txt2ImgParams, job: ApiJob, results: lis
         "infotexts": [result.text_chunks[A1111_KEY] for result in results],
         "job_timestamp": job_timestamp(job),
         "interrupted": job.interrupted, "ignored": ignored, "index_of_first_image": 0,
+        "notes": list(dict.fromkeys(note for result in results for note in result.notes)),  # the page's notes
     }
     images = [b64_png(result.image, result.text_chunks) for result in results] if params.send_images else []
     parameters = {**params.model_dump(exclude={"init_images", "mask"}), **fields}
