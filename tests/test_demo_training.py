@@ -11,17 +11,21 @@ from mlx.utils import tree_flatten
 from mflux_core.demo import export, train
 from mflux_core.demo.loss_weights import shape_weights, token_weights
 from mflux_core.demo.family import NATIVE_SIZE
-from mflux_core.demo.flow_stages import step_rows
-from mflux_core.demo.guidance_stages import train_guidance
+from mflux_core.demo.flow_stages import base_transformer, step_rows
+from mflux_core.demo.guidance_stages import distillation_loss, empty_caption, train_guidance
 from mflux_core.demo.recipe import STAGES, scaled
 from mflux_core.demo.restore import restore_run
 from mflux_core.demo.text_encoders import caption_tokens, prepare_shared, seeded_text_encoders, text_encoders
+from mflux_core.demo.token_reading import (SHIPPED_BASE, STAGE as TOKEN_READING, shows_redux_layout,
+                                          token_reading_batches)
 from mflux_core.demo.tokenizers import T5_MAX_LENGTH
 from mflux_core.demo.vae_stages import trained_vae, vae_sample
 from mflux_core.manager import ModelManager
 from mflux_core.models.controlnet import load_controlnet
+from mflux_core.models.transformer import load_transformer
+from mflux_core.native_sizes import read_native_sizes
 from mflux_core.request import GenerationRequest
-from mflux_core.training.loop import STATE_FILE
+from mflux_core.training.loop import MODEL_FILE, STATE_FILE
 from mflux_core.weights.resolve import demo_models_dir
 
 
@@ -156,8 +160,6 @@ def test_the_sizes_stages_tune_a_restored_family_and_its_export_makes_every_size
     """size_stages.py at toy scale on a run restored from demo_models/: each stage trains on pools of every size,
     and the export ships a tuned member with the sizes its stage lists as its native sizes, an untuned one at 64x64
     only."""
-    from mflux_core.native_sizes import read_native_sizes
-
     run = tmp_path / "run"
     restore_run(run, demo_models_dir())
     train.main([str(run), "--stages", "teacher-sizes,guidance-sizes,fill-sizes,canny-sizes", "--scale-steps",
@@ -202,3 +204,35 @@ def test_the_retuned_base_is_taught_its_anchors_own_velocity_at_the_native_size(
                        teacher_stage="guidance", checkpoint=checkpoint, anchor=anchor)
         first_losses[checkpoint] = json.loads((run / checkpoint / STATE_FILE).read_text())["losses"][0]
     assert first_losses["anchored"] < 1e-8 < first_losses["taught"]
+
+
+
+def test_the_token_reading_round_shows_captions_as_redux_tokens_and_ships_with_the_bases_sizes(tmp_path):
+    """token_reading.py at toy scale on a run restored from demo_models/: a step that shows the captions as prompts
+    is taught the shipped base's own velocity (nothing to learn at the start), a step that shows them as Redux shows
+    its tokens (after the empty prompt's T5 tokens, with its pooled vector) is taught that same velocity (something
+    to learn); the export ships the round's base with every size it trained at."""
+    run = tmp_path / "run"
+    restore_run(run, demo_models_dir())
+    train.main([str(run), "--stages", TOKEN_READING, "--scale-steps", "0.0005", "--batch", "2"])
+    settings = scaled(STAGES, 0.0005, batch=2)[TOKEN_READING]
+    vae, _ = trained_vae(run, vae_sample(run, STAGES["vae"], workers=1))
+    batches, shipped = token_reading_batches(run, settings, vae, workers=1), base_transformer(run, SHIPPED_BASE)
+    _, empty_pooled = empty_caption(run, settings.batch)
+    first_losses = {}
+    for step in range(20):
+        flow, target = batches(step)
+        as_redux = shows_redux_layout(settings, step)
+        assert flow.text.shape[1] == (2 if as_redux else 1) * T5_MAX_LENGTH
+        assert mx.array_equal(flow.pooled, empty_pooled) == as_redux
+        first_losses.setdefault(as_redux, distillation_loss(shipped, (flow, target)).item())
+    assert first_losses[False] < 1e-8 < 1e-4 < first_losses[True], first_losses
+
+    folders = {folder.name: folder for folder in export.export_run(run, tmp_path / "models")}
+    assert read_native_sizes(folders["demo"]) == settings.sizes == STAGES["guidance-sizes"].sizes
+    trained = dict(mx.load(str(run / TOKEN_READING / MODEL_FILE)))
+    exported = dict(tree_flatten(load_transformer(folders["demo"] / "transformer").parameters()))
+    assert all(mx.array_equal(exported[name], trained[name].astype(mx.float16).astype(exported[name].dtype))
+               for name in trained)
+    shipped_weights = dict(tree_flatten(shipped.parameters()))
+    assert not all(mx.array_equal(trained[name], shipped_weights[name]) for name in trained)

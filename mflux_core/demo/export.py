@@ -103,14 +103,17 @@ CONTROLNET_FOLDERS = {"canny": "demo-canny", "upscale": "demo-upscaler"}  # chec
 
 
 def _latest(run: Path, stage: str) -> tuple[Path | None, tuple[tuple[int, int], ...]]:
-    """The checkpoint to ship for a 64 px stage and the sizes it makes: its sizes stage's (size_stages.py) once
-    that one is done, else its own (None when there is none)."""
+    """The checkpoint to ship for a 64 px stage and the sizes it makes: the latest of its later rounds that is done
+    (the base's token-reading round, token_reading.py; then its sizes stage, size_stages.py), else its own (None
+    when there is none)."""
     from mflux_core.demo.size_stages import SUFFIX, finished_sizes
+    from mflux_core.demo.token_reading import STAGE as TOKEN_READING
     from mflux_core.training.loop import MODEL_FILE
 
-    sizes = finished_sizes(run, stage + SUFFIX)
-    if sizes:
-        return run / (stage + SUFFIX) / MODEL_FILE, sizes
+    for later in ((TOKEN_READING,) if stage == "guidance" else ()) + (stage + SUFFIX,):
+        sizes = finished_sizes(run, later)
+        if sizes:
+            return run / later / MODEL_FILE, sizes
     return (run / stage / MODEL_FILE if (run / stage / MODEL_FILE).is_file() else None), (NATIVE_SIZE,)
 
 

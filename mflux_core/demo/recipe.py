@@ -53,6 +53,8 @@ STAGES = {  # sized for a 2-core CPU: about three hours in all (README's demo se
     "kontext-sizes": StageSettings(steps=2400, batch=64, learning_rate=3e-4, pool=1000, seed=20, **BASE_SIZES),
     "canny-sizes": StageSettings(steps=1200, batch=64, learning_rate=3e-4, pool=1000, seed=18, **BASE_SIZES),
     "upscale-sizes": StageSettings(steps=600, batch=64, learning_rate=3e-4, pool=1000, seed=19, **TUNED_SIZES),
+    # token_reading.py: the shipped base taught to read captions from T5 tokens alone; pool: examples per size
+    "token-reading": StageSettings(steps=6000, batch=64, learning_rate=5e-4, pool=500, seed=21, **BASE_SIZES),
 }
 
 
