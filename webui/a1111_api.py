@@ -54,10 +54,10 @@ from mflux_core.upscaler_models import upscale_with
 from webui.a1111_adetailer import SCRIPT as ADETAILER_SCRIPT, face_fix_extra
 from webui.a1111_controlnet import SCRIPT as CONTROLNET_SCRIPT, add_controlnet_routes, enabled_units, units_inputs
 from webui.a1111_extras import CONTROLNET_UPSCALER, UPSCALERS, add_extras_routes
-from webui.a1111_modules import MODULE_OPTIONS, chosen_options, module_listing, modules_from, quantize_from
+from webui.a1111_modules import MODULE_DEFAULTS, MODULE_OPTIONS, chosen_options, model_settings, module_listing
 from webui.a1111_scripts import IMG2IMG_SCRIPTS, is_sd_upscale, sd_upscale_settings
 from webui.a1111_wire import SdApiError, as_file, b64_png, base64_data, decoded_image, parsed, without_hash
-from webui.api_server import MAX_WAITING, JobThreads, api_routes, json_object, listed
+from webui.api_server import MAX_WAITING, JobThreads, api_routes, json_object, offered
 from webui.gallery import save_result
 from webui.requests import requests_from_settings
 from webui.turns import job_about, request_about
@@ -175,10 +175,12 @@ def sampling_settings(params: Txt2ImgParams, ignored: list[str]) -> dict:
 # ----- models --------------------------------------------------------------------------------
 
 
-def api_models(studio) -> list[str]:
-    """The model picker's choices for the API's tools (text-to-image and Fill models), downloaded ones first."""
+def api_models(studio, only_offered: bool = False) -> list[str]:
+    """The model picker's choices for the API's tools (text-to-image and Fill models), downloaded ones first;
+    `only_offered`: those a listing offers (api_server.offered)."""
     kinds = tuple(kind for tool in API_TOOLS for kind in TOOL_SPECS[tool].model_kinds)
-    return [name for _, name in model_choices(studio.manager.list_models(), kinds=kinds)]
+    entries = [entry for entry in studio.manager.list_models() if offered(entry) or not only_offered]
+    return [name for _, name in model_choices(entries, kinds=kinds)]
 
 
 def model_kind(studio, name: str) -> str | None:
@@ -328,7 +330,7 @@ def images_answer(fields: dict, params: Txt2ImgParams, job: ApiJob, results: lis
         "infotexts": [result.text_chunks[A1111_KEY] for result in results],
         "job_timestamp": job_timestamp(job),
         "interrupted": job.interrupted, "ignored": ignored, "index_of_first_image": 0,
-        "notes": list(dict.fromkeys(note for result in results for note in result.notes)),  # the page's notes
+        "notes": list(dict.fromkeys(note for result in results for note in result.notes)),  # each note once
     }
     images = [b64_png(result.image, result.text_chunks) for result in results] if params.send_images else []
     parameters = {**params.model_dump(exclude={"init_images", "mask"}), **fields}
@@ -472,8 +474,7 @@ def make_images(studio, state: SdApiState, fields: dict, img2img: bool) -> dict:
     tool, settings, inputs = (img2img_inputs if img2img else txt2img_inputs)(studio, params, ignored)
     settings = with_face_fix(tool, settings, params, ignored)
     model = model_for(studio, tool, params, state.checkpoint, ignored)
-    options = {**state.module_options, **chosen_options(params.override_settings)}
-    settings["modules"], settings["quantize"] = modules_from(studio, options), quantize_from(options)
+    settings.update(model_settings(studio, {**state.module_options, **chosen_options(params.override_settings)}))
     requests = job_requests(studio, tool, model, params, ignored, settings, inputs)
     job = ApiJob("img2img" if img2img else "txt2img", len(requests))
     results = run_job(studio, state, job, requests, params.save_images)
@@ -556,15 +557,13 @@ def sdapi_router(studio, auth=None) -> APIRouter:
 
     @route("GET", "/sdapi/v1/sd-models")
     async def sd_models(request: Request):
-        return JSONResponse([sd_model(name) for name in listed(studio, api_models(studio))])
+        return JSONResponse([sd_model(name) for name in api_models(studio, only_offered=True)])
 
     @route("GET", "/sdapi/v1/options")
     async def get_options(request: Request):
         checkpoint = state.checkpoint or default_model_for("generate", studio.manager.models_dir)
         return JSONResponse({"control_net_unit_count": MAX_UNITS, **state.options, "sd_model_checkpoint": checkpoint,
-                             "samples_format": "png", "forge_additional_modules": [], "sd_vae": "Automatic",
-                             "forge_unet_storage_dtype": "Automatic",
-                             **state.module_options})
+                             "samples_format": "png", **MODULE_DEFAULTS, **state.module_options})
 
     @route("POST", "/sdapi/v1/options")
     async def set_options(request: Request):
@@ -573,7 +572,7 @@ def sdapi_router(studio, auth=None) -> APIRouter:
             state.checkpoint = checkpoint_name(studio, fields.pop("sd_model_checkpoint"))
         if chosen_options(fields):
             options = {**state.module_options, **chosen_options(fields)}
-            modules_from(studio, options), quantize_from(options)  # 400 for what the studio cannot use, before kept
+            model_settings(studio, options)  # 400 for what the studio cannot use, before it is kept
             state.module_options = options
             fields = {key: value for key, value in fields.items() if key not in MODULE_OPTIONS}
         state.options.update(fields)  # kept and shown, not used

@@ -39,7 +39,7 @@ from mflux_core.images.resize_modes import CROP_AND_RESIZE, JUST_RESIZE, RESIZE_
 from mflux_core.request import check_image_size
 from mflux_core.settings_schema import MAX_SIDE
 from webui.a1111_wire import SdApiError, b64_png, decoded_image, parsed, without_hash
-from webui.api_server import listed
+from webui.api_server import offered
 from webui.widgets import model_choices
 
 SCRIPT = "controlnet"  # its key in alwayson_scripts (any case)
@@ -145,9 +145,11 @@ def resize_mode(value: int | str) -> str:
                           "Resize and Fill (or 0, 1, 2).", kind="RequestValidationError")
 
 
-def controlnet_weights(studio) -> list[str]:
-    """The ControlNet weights the studio has, by name (what /controlnet/model_list answers)."""
-    return [name for _, name in model_choices(studio.manager.list_models(), kinds=("controlnet",))]
+def controlnet_weights(studio, only_offered: bool = False) -> list[str]:
+    """The ControlNet weights the studio has, by name; `only_offered`: those /controlnet/model_list offers
+    (api_server.offered)."""
+    entries = [entry for entry in studio.manager.list_models() if offered(entry) or not only_offered]
+    return [name for _, name in model_choices(entries, kinds=("controlnet",))]
 
 
 def unit_settings(studio, unit: ControlNetUnit, ignored: list[str], init_image=None,
@@ -277,7 +279,7 @@ def add_controlnet_routes(route, studio, threads, json_object,
 
     @route("GET", "/controlnet/model_list")
     async def model_list(request: Request):
-        return JSONResponse({"model_list": listed(studio, controlnet_weights(studio))})
+        return JSONResponse({"model_list": controlnet_weights(studio, only_offered=True)})
 
     @route("GET", "/controlnet/module_list")
     async def module_list(request: Request):
@@ -294,7 +296,7 @@ def add_controlnet_routes(route, studio, threads, json_object,
 
     @route("GET", "/controlnet/control_types")
     async def types(request: Request):
-        return JSONResponse(control_types(listed(studio, controlnet_weights(studio))))
+        return JSONResponse(control_types(controlnet_weights(studio, only_offered=True)))
 
     @route("POST", "/controlnet/detect")
     async def detect_route(request: Request):

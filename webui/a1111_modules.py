@@ -11,6 +11,7 @@ from webui.a1111_wire import SdApiError
 
 STORAGE_OPTION = "forge_unet_storage_dtype"
 MODULE_OPTIONS = ("forge_additional_modules", "sd_vae", STORAGE_OPTION)
+MODULE_DEFAULTS = {"forge_additional_modules": [], "sd_vae": "Automatic", STORAGE_OPTION: "Automatic"}  # /options
 NO_VAE = ("", "Automatic", "None")  # A1111's sd_vae values that pick the model's own
 # Forge's storage choices (less their " (fp16 LoRA)" twins: LoRAs run beside the weights here, as those do) as the
 # -q bits that do their job: NF4 and FP4 as 4-bit weights, float8 as 8-bit ones (as little memory; a scale per 64
@@ -44,6 +45,11 @@ def modules_from(studio, options: dict) -> list[str]:
                               "/sdapi/v1/sd-modules lists them).")
     vae = options.get("sd_vae")
     return [api_module_name(studio, name) for name in [*names, *([vae] if vae not in (None, *NO_VAE) else [])]]
+
+
+def model_settings(studio, options: dict) -> dict:
+    """The request settings the options ask for (`modules`, `quantize`); 400 for what the studio cannot use."""
+    return {"modules": modules_from(studio, options), "quantize": quantize_from(options)}
 
 
 def chosen_options(fields: dict) -> dict:

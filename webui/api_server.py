@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 
 from mflux_core.downloads import is_offline
 from mflux_core.errors import Cancelled, InvalidRequest, ModelLoadError
+from mflux_core.registry import ModelEntry
 from webui.jobs import error_text
 from webui.turns import QueueFull
 
@@ -69,12 +70,10 @@ def authorized(given: tuple[str, str] | None, auth) -> bool:
     return any(secrets.compare_digest(f"{u}:{p}".encode(), ":".join(given).encode()) for u, p in pairs)
 
 
-def listed(studio, names: list[str]) -> list[str]:
-    """Of `names`, the models a request can run on now, which an API's model list offers: those on disk, and
-    aliases while downloads are on (clients pick from the list; with downloads off an alias would be refused)."""
-    offline = is_offline()
-    runnable = {e.name for e in studio.manager.list_models() if e.available or not offline}
-    return [name for name in names if name in runnable]
+def offered(entry: ModelEntry) -> bool:
+    """Whether an API's model list offers the model: one a request can run on now, on disk, or an alias while
+    downloads are on (clients pick from the list; with downloads off an alias would be refused)."""
+    return entry.available or not is_offline()
 
 
 class JobThreads:

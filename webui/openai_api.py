@@ -42,7 +42,7 @@ from mflux_core.images.stitch import stitched_side_by_side
 from mflux_core.request import MAX_SEED, GenerationRequest
 from mflux_core.settings_schema import MAX_BATCH
 from mflux_core.tools.specs import TOOL_SPECS, default_model_for
-from webui.api_server import MAX_WAITING, ApiRefusal, JobThreads, api_routes, json_object, listed
+from webui.api_server import MAX_WAITING, ApiRefusal, JobThreads, api_routes, json_object, offered
 from webui.gallery import DATE_FOLDER, save_result
 from webui.openai_stream import OutputFormat, run_streamed, server_sent
 from webui.requests import requests_from_settings
@@ -338,8 +338,8 @@ def openai_router(studio, auth=None) -> APIRouter:
 
     @route("GET", "/v1/models")
     async def models(request: Request):
-        names = listed(studio, list(api_models(studio)))
-        return JSONResponse({"object": "list", "data": [model_object(name) for name in names]})
+        listing = [model_object(name) for name, entry in api_models(studio).items() if offered(entry)]
+        return JSONResponse({"object": "list", "data": listing})
 
     @route("GET", "/v1/models/{name:path}")
     async def model(request: Request):
