@@ -398,10 +398,11 @@ def test_extras_upscale_with_pillows_filters_and_the_controlnet_upscaler(studio)
     assert len(blended["images"]) == 2 and np.array_equal(np.asarray(decoded(blended["images"][0])),
                                                           np.asarray(covering)[8:40])  # A1111's centred crop
 
-    diffused = decoded(answer(studio.http.post("/extra-single-image", json={
-        "image": b64(small), "upscaler_1": "ControlNet upscaler", "upscaling_resize": 4}))["image"])
+    diffused, again = (decoded(answer(studio.http.post("/extra-single-image", json={
+        "image": b64(small), "upscaler_1": "ControlNet upscaler", "upscaling_resize": 4}))["image"]) for _ in range(2))
     reading = classify(np.asarray(diffused.convert("RGB")))
     assert diffused.size == (IMAGE_SIZE, IMAGE_SIZE)
+    assert np.array_equal(np.asarray(diffused), np.asarray(again))  # one picture for one input, as A1111's upscalers
     assert iou(reading.mask, shape_mask(example.scene.shapes[0], IMAGE_SIZE)) >= LAYOUT_IOU, reading
 
     assert "not in the studio" in assert_a1111_error(studio.http.post("/extra-single-image", json={

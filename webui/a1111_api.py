@@ -53,7 +53,7 @@ from mflux_core.upscaler_files import A1111_LABELS, upscaler_file, upscaler_file
 from mflux_core.upscaler_models import upscale_with
 from webui.a1111_adetailer import SCRIPT as ADETAILER_SCRIPT, face_fix_extra
 from webui.a1111_controlnet import SCRIPT as CONTROLNET_SCRIPT, add_controlnet_routes, enabled_units, units_inputs
-from webui.a1111_extras import CONTROLNET_UPSCALER, UPSCALERS, add_extras_routes
+from webui.a1111_extras import CONTROLNET_UPSCALER, EXTRAS_SEED, UPSCALERS, add_extras_routes
 from webui.a1111_modules import MODULE_DEFAULTS, MODULE_OPTIONS, chosen_options, model_settings, module_listing
 from webui.a1111_scripts import IMG2IMG_SCRIPTS, is_sd_upscale, sd_upscale_settings
 from webui.a1111_wire import SdApiError, as_file, b64_png, base64_data, decoded_image, parsed, without_hash
@@ -650,7 +650,8 @@ def sdapi_router(studio, auth=None) -> APIRouter:
                 return upscale_with(studio.manager.ready_upscaler(upscaler, image.size, (width, height)), image,
                                     (width, height))
         model = model_for(studio, "upscale", Txt2ImgParams(), state.checkpoint, [])
-        settings = {"tool": "upscale", "model": model, "prompt": "", "width": width, "height": height}
+        settings = {"tool": "upscale", "model": model, "prompt": "", "width": width, "height": height,
+                    "seed": EXTRAS_SEED}
         inputs = studio.request_context().inputs
         requests = requests_from_settings(settings, studio.request_context(),
                                           image_path=inputs.save(image, "api-extras"))

@@ -23,6 +23,7 @@ from webui.a1111_wire import SdApiError, b64_png, decoded_image, parsed
 NO_UPSCALER, LANCZOS, NEAREST = "None", "Lanczos", "Nearest"
 CONTROLNET_UPSCALER = HIRES_UPSCALERS[1]
 UPSCALERS = (NO_UPSCALER, LANCZOS, NEAREST, CONTROLNET_UPSCALER)
+EXTRAS_SEED = 0  # the ControlNet upscaler's: extras take no seed, and A1111's upscalers give one picture for one input
 FILTERS = {LANCZOS: Image.Resampling.LANCZOS, NEAREST: Image.Resampling.NEAREST}
 MAX_FACTOR = 8  # A1111's slider's end
 # run_upscale(upscaler, image, width, height) -> the image of that size by the ControlNet upscaler (the Upscale tool)
