@@ -9,11 +9,9 @@ import pytest
 from mlx.utils import tree_flatten
 
 from mflux_core.demo import export, train
-from mflux_core.demo.diptych_round import (DIPTYCH_T5_LENGTH, SHIPPED_FILL, STAGE as FILL_DIPTYCH, diptych_round_batches,
-                                          shows_diptych, training_diptych)
 from mflux_core.demo.loss_weights import shape_weights, token_weights
 from mflux_core.demo.family import NATIVE_SIZE
-from mflux_core.demo.flow_stages import base_transformer, step_rows, tool_transformer
+from mflux_core.demo.flow_stages import base_transformer, step_rows
 from mflux_core.demo.guidance_stages import distillation_loss, empty_caption, train_guidance
 from mflux_core.demo.recipe import STAGES, scaled
 from mflux_core.demo.restore import restore_run
@@ -230,49 +228,10 @@ def test_the_token_reading_round_shows_captions_as_redux_tokens_and_ships_with_t
         first_losses.setdefault(as_redux, distillation_loss(shipped, (flow, target)).item())
     assert first_losses[False] < 1e-8 < 1e-4 < first_losses[True], first_losses
 
-    assert_the_export_ships_the_round(run, TOKEN_READING, tmp_path / "models", "demo", shipped)
-    assert settings.sizes == STAGES["guidance-sizes"].sizes
-
-
-def test_the_diptych_round_shows_fill_diptychs_as_in_context_does_and_ships_with_fills_sizes(tmp_path):
-    """diptych_round.py at toy scale on a run restored from demo_models/: a diptych step masks the right panel as the
-    In-Context tool does, reads the In-Context T5 length and is taught the true picture (something to learn); a
-    step on Fill's own examples is taught the shipped Fill's velocity (nothing to learn at the start); every fourth
-    diptych is a copy; the export ships the round's Fill with every size it trained at."""
-    run = tmp_path / "run"
-    restore_run(run, demo_models_dir())
-    train.main([str(run), "--stages", FILL_DIPTYCH, "--scale-steps", "0.0005", "--batch", "2"])
-    settings = scaled(STAGES, 0.0005, batch=2)[FILL_DIPTYCH]
-    vae, _ = trained_vae(run, vae_sample(run, STAGES["vae"], workers=1))
-    batches, shipped = diptych_round_batches(run, settings, vae, workers=1), tool_transformer(run, "fill", SHIPPED_FILL)
-    first_losses = {}
-    for step in range(20):
-        flow, target = batches(step)
-        diptych = shows_diptych(settings, step)
-        assert flow.text.shape[1] == (DIPTYCH_T5_LENGTH if diptych else T5_MAX_LENGTH)
-        if diptych:
-            mask = np.array(flow.extra_channels[..., -4 * 8 * 8:]).reshape(2, 4, 8, -1)  # 64 px panels: 4 x 8 tokens
-            assert (mask[:, :, :4] == 0).all() and (mask[:, :, 4:] == 1).all()
-            assert mx.array_equal(target, flow.noise - flow.latents)
-        first_losses.setdefault(diptych, distillation_loss(shipped, (flow, target)).item())
-    assert first_losses[False] < 1e-8 < 1e-4 < first_losses[True], first_losses
-
-    copy, copy_prompt = training_diptych(settings.seed, 0)
-    edit, edit_prompt = training_diptych(settings.seed, 1)
-    assert np.array_equal(copy[:, :64], copy[:, 64:]) and not np.array_equal(edit[:, :64], edit[:, 64:])
-    assert copy_prompt.split(" ", 1)[1].split("; ")[0] == copy_prompt.split("; ", 1)[1].split(" ", 1)[1]
-
-    assert_the_export_ships_the_round(run, FILL_DIPTYCH, tmp_path / "models", "demo-fill", shipped)
-    assert settings.sizes == STAGES["fill-sizes"].sizes
-
-
-def assert_the_export_ships_the_round(run, stage: str, out, member: str, shipped) -> None:
-    """The export writes `member` from the round's weights (changed from `shipped`'s), with the sizes it trained at."""
-    folder = out / member
-    assert folder in export.export_run(run, out)
-    assert read_native_sizes(folder) == scaled(STAGES, 0.0005, batch=2)[stage].sizes
-    trained = dict(mx.load(str(run / stage / MODEL_FILE)))
-    exported = dict(tree_flatten(load_transformer(folder / "transformer").parameters()))
+    folders = {folder.name: folder for folder in export.export_run(run, tmp_path / "models")}
+    assert read_native_sizes(folders["demo"]) == settings.sizes == STAGES["guidance-sizes"].sizes
+    trained = dict(mx.load(str(run / TOKEN_READING / MODEL_FILE)))
+    exported = dict(tree_flatten(load_transformer(folders["demo"] / "transformer").parameters()))
     assert all(mx.array_equal(exported[name], trained[name].astype(mx.float16).astype(exported[name].dtype))
                for name in trained)
     shipped_weights = dict(tree_flatten(shipped.parameters()))

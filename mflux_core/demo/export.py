@@ -104,15 +104,13 @@ CONTROLNET_FOLDERS = {"canny": "demo-canny", "upscale": "demo-upscaler"}  # chec
 
 def _latest(run: Path, stage: str) -> tuple[Path | None, tuple[tuple[int, int], ...]]:
     """The checkpoint to ship for a 64 px stage and the sizes it makes: the latest of its later rounds that is done
-    (the base's token-reading round, token_reading.py, or Fill's diptych round, diptych_round.py; then its sizes
-    stage, size_stages.py), else its own (None when there is none)."""
-    from mflux_core.demo.diptych_round import STAGE as FILL_DIPTYCH
+    (the base's token-reading round, token_reading.py; then its sizes stage, size_stages.py), else its own (None
+    when there is none)."""
     from mflux_core.demo.size_stages import SUFFIX, finished_sizes
     from mflux_core.demo.token_reading import STAGE as TOKEN_READING
     from mflux_core.training.loop import MODEL_FILE
 
-    rounds = {"guidance": (TOKEN_READING,), "fill": (FILL_DIPTYCH,)}
-    for later in rounds.get(stage, ()) + (stage + SUFFIX,):
+    for later in ((TOKEN_READING,) if stage == "guidance" else ()) + (stage + SUFFIX,):
         sizes = finished_sizes(run, later)
         if sizes:
             return run / later / MODEL_FILE, sizes

@@ -55,9 +55,6 @@ STAGES = {  # sized for a 2-core CPU: about three hours in all (README's demo se
     "upscale-sizes": StageSettings(steps=600, batch=64, learning_rate=3e-4, pool=1000, seed=19, **TUNED_SIZES),
     # token_reading.py: the shipped base taught to read captions from T5 tokens alone; pool: examples per size
     "token-reading": StageSettings(steps=6000, batch=64, learning_rate=5e-4, pool=500, seed=21, **BASE_SIZES),
-    # diptych_round.py: the shipped Fill taught to carry a picture across a diptych; pool: Fill's examples per size
-    # (its diptychs: 16 times as many)
-    "fill-diptych": StageSettings(steps=3000, batch=64, learning_rate=3e-4, pool=500, seed=22, **BASE_SIZES),
 }
 
 

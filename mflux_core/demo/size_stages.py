@@ -19,8 +19,7 @@ from pathlib import Path
 from mflux_core.demo.controlnet_stage import train_controlnet
 from mflux_core.demo.flow_stages import train_flow_stage
 from mflux_core.demo.guidance_stages import train_guidance, train_teacher
-from mflux_core.demo.recipe import StageSettings, optimizer_for
-from mflux_core.training import train
+from mflux_core.demo.recipe import StageSettings
 
 SUFFIX = "-sizes"
 SIZES_FILE = "sizes.json"  # written beside a sizes stage's checkpoint when the stage has finished
@@ -73,24 +72,8 @@ def train_at_sizes(run: Path, stage: str, recipe: dict[str, StageSettings], vae,
     else:
         finished = train_flow_stage(run, plan.extends, settings, start=plan.start, checkpoint=stage, **common)
     if finished:
-        write_sizes(run, stage, listed_sizes(stage, settings))
+        (run / stage / SIZES_FILE).write_text(json.dumps([list(size) for size in listed_sizes(stage, settings)]))
     return finished
-
-
-def train_round(run: Path, stage: str, model, loss, batches, settings: StageSettings, max_seconds: float | None,
-                compile: bool) -> bool:
-    """A later round over a shipped member (token_reading.py, diptych_round.py): `model` trained into RUN/`stage`
-    on `batches` at every size of `settings`; True when it finished, and then its checkpoint folder lists those
-    sizes, which export.py ships it with."""
-    result = train(model, loss, batches, optimizer_for(settings), settings.steps, checkpoint_dir=run / stage,
-                   max_seconds=max_seconds, compile=compile)
-    if result.finished:
-        write_sizes(run, stage, settings.sizes)
-    return result.finished
-
-
-def write_sizes(run: Path, stage: str, sizes: tuple[tuple[int, int], ...]) -> None:
-    (run / stage / SIZES_FILE).write_text(json.dumps([list(size) for size in sizes]))
 
 
 def listed_sizes(stage: str, settings: StageSettings) -> tuple[tuple[int, int], ...]:

@@ -66,8 +66,8 @@ def text_encoders(run: Path) -> tuple[nn.Module, nn.Module]:
     return clip, t5
 
 
-def caption_tokens(run: Path, captions: np.ndarray, t5_length: int = T5_MAX_LENGTH) -> tuple[np.ndarray, np.ndarray]:
-    """(T5 ids (N, t5_length), CLIP ids (N, up to 77)) int32, tokenized as the pipelines tokenize.
+def caption_tokens(run: Path, captions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(T5 ids (N, T5_MAX_LENGTH), CLIP ids (N, up to 77)) int32, tokenized as the pipelines tokenize.
 
     CLIP is causal and FLUX.1 reads only its pooled output, taken at the highest id (the eos), so
     the padding after the longest caption's eos changes nothing it returns: the ids stop there,
@@ -77,17 +77,17 @@ def caption_tokens(run: Path, captions: np.ndarray, t5_length: int = T5_MAX_LENG
     clip_tokenizer = CLIPTokenizer.from_pretrained(shared_folder(run) / "tokenizer")
     t5_tokenizer = T5TokenizerFast.from_pretrained(shared_folder(run) / "tokenizer_2")
     texts = list(captions)
-    t5_ids = t5_tokenizer(texts, padding="max_length", max_length=t5_length, truncation=True, return_tensors="np")
+    t5_ids = t5_tokenizer(texts, padding="max_length", max_length=T5_MAX_LENGTH, truncation=True, return_tensors="np")
     clip_ids = clip_tokenizer(texts, padding="max_length", max_length=77, truncation=True,
                               return_tensors="np").input_ids.astype(np.int32)
     used = int(clip_ids.argmax(axis=1).max()) + 1
     return t5_ids.input_ids.astype(np.int32), clip_ids[:, :used]
 
 
-def encode_captions(run: Path, captions: np.ndarray, t5_length: int = T5_MAX_LENGTH) -> tuple[np.ndarray, np.ndarray]:
-    """(T5 states (N, t5_length, 64), CLIP pooled (N, 64)) through the run's current encoders."""
+def encode_captions(run: Path, captions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(T5 states (N, T5_MAX_LENGTH, 64), CLIP pooled (N, 64)) through the run's current encoders."""
     clip, t5 = text_encoders(run)
-    t5_ids, clip_ids = caption_tokens(run, captions, t5_length)
+    t5_ids, clip_ids = caption_tokens(run, captions)
     states, pooled = [], []
     for start in range(0, len(captions), 256):
         text, pool = embed(clip, t5, mx.array(t5_ids[start : start + 256]), mx.array(clip_ids[start : start + 256]))

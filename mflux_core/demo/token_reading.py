@@ -11,6 +11,7 @@ vector) and taught the velocity the shipped base gives for the caption itself; o
 caption as a prompt and taught that same velocity, so what it paints when prompted stays the shipped base's.
 """
 
+import json
 from pathlib import Path
 
 import mlx.core as mx
@@ -19,9 +20,10 @@ import numpy as np
 from mflux_core.demo import family
 from mflux_core.demo.flow_stages import base_transformer, flow_batches, stage_data
 from mflux_core.demo.guidance_stages import GUIDANCE_RANGE, distillation_loss, empty_caption
-from mflux_core.demo.recipe import StageSettings
-from mflux_core.demo.size_stages import train_round
+from mflux_core.demo.recipe import StageSettings, optimizer_for
+from mflux_core.demo.size_stages import SIZES_FILE
 from mflux_core.demo.tokenizers import T5_MAX_LENGTH
+from mflux_core.training import train
 from mflux_core.training.flow_matching import predicted_velocity
 
 STAGE = "token-reading"
@@ -60,6 +62,11 @@ def token_reading_batches(run: Path, settings: StageSettings, vae, workers: int)
 
 def train_token_reading(run: Path, settings: StageSettings, vae, workers: int, max_seconds: float | None,
                         compile: bool = False) -> bool:
-    """Tune the shipped base (restored into `run`) into RUN/token-reading (size_stages.train_round)."""
-    return train_round(run, STAGE, base_transformer(run, SHIPPED_BASE), distillation_loss,
-                       token_reading_batches(run, settings, vae, workers), settings, max_seconds, compile)
+    """Tune the shipped base (restored into `run`) into RUN/token-reading; True when it finished, and then its
+    checkpoint folder lists the sizes it trained at, which export.py ships it with."""
+    batches = token_reading_batches(run, settings, vae, workers)
+    result = train(base_transformer(run, SHIPPED_BASE), distillation_loss, batches, optimizer_for(settings),
+                   settings.steps, checkpoint_dir=run / STAGE, max_seconds=max_seconds, compile=compile)
+    if result.finished:
+        (run / STAGE / SIZES_FILE).write_text(json.dumps([list(size) for size in settings.sizes]))
+    return result.finished

@@ -8,8 +8,7 @@ T5 encoders, then Fill, Depth and Kontext fine-tuned from it (flow_stages.py) an
 ControlNet beside it (controlnet_stage.py; the upscaler ControlNet trains beside the distilled base, and
 can start from a run restored from the shipped family: restore.py); the shipped base is then guidance-distilled from it as
 FLUX.1-dev was (teacher and guidance stages; guidance_stages.py); later rounds tune the shipped family at
-more sizes (size_stages.py), teach its base to read captions from T5 tokens alone (token_reading.py) and its Fill
-to carry a picture across a diptych (diptych_round.py). After
+more sizes (size_stages.py) and teach its base to read captions from T5 tokens alone (token_reading.py). After
 the base stage the encoders are frozen (the family shares one VAE and one pair of text encoders, as FLUX.1's
 does), so every later stage encodes its captions once. The stages' order, steps, batches and seeds are in recipe.py.
 `python -m mflux_core.demo.export RUN_DIR demo_models` writes the model folders.
@@ -22,7 +21,6 @@ from pathlib import Path
 
 import mflux_core  # noqa: F401  (OpenBLAS before mlx.core)
 from mflux_core.demo.controlnet_stage import CONTROLNET_STAGES, train_controlnet
-from mflux_core.demo.diptych_round import STAGE as FILL_DIPTYCH, train_diptych_round
 from mflux_core.demo.flow_stages import train_base, train_flow_stage
 from mflux_core.demo.guidance_stages import train_guidance, train_teacher
 from mflux_core.demo.recipe import STAGES, StageSettings, scaled
@@ -59,8 +57,6 @@ def train_stage(run: Path, stage: str, recipe: dict[str, StageSettings], workers
         return train_at_sizes(run, stage, recipe, vae, workers, max_seconds, compile)
     if stage == TOKEN_READING:
         return train_token_reading(run, settings, vae, workers, max_seconds, compile)
-    if stage == FILL_DIPTYCH:
-        return train_diptych_round(run, settings, vae, workers, max_seconds, compile)
     if stage in CONTROLNET_STAGES:
         return train_controlnet(run, stage, settings, vae, workers, max_seconds, compile)
     return train_flow_stage(run, stage, settings, vae, workers, max_seconds, compile)
@@ -69,11 +65,10 @@ def train_stage(run: Path, stage: str, recipe: dict[str, StageSettings], workers
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="folder for pools, checkpoints and loss curves")
-    parser.add_argument("--stages", default=",".join(name for name in STAGES if name not in SIZES_STAGES
-                                                     and name not in (TOKEN_READING, FILL_DIPTYCH)),
-                        help="comma-separated; default: the 64 px recipe (the sizes stages, size_stages.py, "
-                             "token-reading, token_reading.py, and fill-diptych, diptych_round.py, follow it by "
-                             "name)")
+    parser.add_argument("--stages", default=",".join(name for name in STAGES
+                                                     if name not in SIZES_STAGES and name != TOKEN_READING),
+                        help="comma-separated; default: the 64 px recipe (the sizes stages, size_stages.py, and "
+                             "token-reading, token_reading.py, follow it by name)")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this long")
     parser.add_argument("--workers", type=int, default=2, help="processes that render the example pools")
     parser.add_argument("--scale-steps", type=float, default=1.0,
