@@ -44,7 +44,7 @@ from mflux_core.weights.resolve import ModelSource, demo_folder
 
 SIZE = 64  # the shapes world's pictures, seen unresized
 PATCH = 8
-SETTINGS = StageSettings(steps=12000, batch=16, learning_rate=1e-3, pool=4000, seed=12)
+SETTINGS = StageSettings(steps=24000, batch=16, learning_rate=1e-3, pool=4000, seed=12)
 CAPTION_KEPT = 0.2  # share of examples shown with their caption; the others get the empty prompt
 GUIDANCE_RANGE = (1.0, 4.0)  # the distilled demo's guidance values around the Redux tool's default 2.5
 
