@@ -137,8 +137,9 @@ def test_images_used_at_their_own_size_are_held_to_the_canvas_limits(manager, ti
     kontext = GenerationRequest(tool="kontext", model=str(tiny_kontext), image_path=str(images["too-wide.png"]),
                                 **{**FAST, "prompt": "make it red"})
     with pytest.raises(InvalidRequest, match=f"The reference image, which Kontext uses at its own size, would be "
-                                             f"4112x64 pixels, {CANVAS_REFUSAL}"):
+                                             f"4112x64 pixels, {CANVAS_REFUSAL}") as refused:
         manager.generate(kontext)
+    assert refused.value.setting == "image_path"  # an API names its own field for it (OpenAI: param "image")
     row = kontext.with_(image_path=str(images["photo64.png"]), reference_image_paths=(
         str(images["photo64.png"]),) * 63 + (str(images["too-wide.png"]),))
     with pytest.raises(InvalidRequest, match="The reference image paths must be a list of at most 8 items"):

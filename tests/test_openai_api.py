@@ -355,10 +355,12 @@ def test_partial_images_are_spread_over_the_steps_before_the_last():
     assert partial_steps(2, 3) == {1} and partial_steps(1, 3) == set() == partial_steps(14, 0)  # as many as fit
 
 
-def test_a_failure_after_the_stream_began_is_an_error_event_in_openais_shape():
+@pytest.mark.parametrize("setting, param", [(None, None), ("image_path", "image"), ("width", "size")])
+def test_a_failure_after_the_stream_began_is_an_error_event_in_openais_shape(setting, param):
+    """An engine refusal about a request field (InvalidRequest.setting) names OpenAI's parameter for it."""
     async def events():
         yield {"type": "image_generation.partial_image", "b64_json": ""}
-        raise InvalidRequest("The studio could not make this image.")
+        raise InvalidRequest("The studio could not make this image.", setting)
 
     async def read():
         return [chunk async for chunk in server_sent(events(), ApiError)]
@@ -367,7 +369,7 @@ def test_a_failure_after_the_stream_began_is_an_error_event_in_openais_shape():
     assert first.startswith("event: image_generation.partial_image\n")
     name, data = error.strip().split("\n")
     assert name == "event: error" and json.loads(data.removeprefix("data: ")) == {"error": {
-        "message": "The studio could not make this image.", "type": "invalid_request_error", "param": None,
+        "message": "The studio could not make this image.", "type": "invalid_request_error", "param": param,
         "code": None}}
 
 

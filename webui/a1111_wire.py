@@ -30,7 +30,7 @@ class SdApiError(ApiRefusal):
     kind: str = "HTTPException"
 
     @classmethod
-    def of(cls, status: int, message: str) -> "SdApiError":
+    def of(cls, status: int, message: str, setting: str | None = None) -> "SdApiError":
         return cls(status, message, kind="HTTPException" if status < 500 else "RuntimeError")
 
     def body(self) -> dict:

@@ -34,8 +34,9 @@ class ApiRefusal(Exception):
     message: str
 
     @classmethod
-    def of(cls, status: int, message: str) -> "ApiRefusal":
-        """The API's refusal for a status the shared code decides (401, 413, 429, a malformed body, 500)."""
+    def of(cls, status: int, message: str, setting: str | None = None) -> "ApiRefusal":
+        """The API's refusal for a status the shared code decides (401, 413, 429, a malformed body, 500, a refused
+        request); `setting`: the request field a refusal is about (InvalidRequest.setting), for an API that names it."""
         return cls(status, message)
 
     def body(self) -> dict:
@@ -164,7 +165,9 @@ def refusal_of(error: Exception, refusal: type[ApiRefusal]) -> ApiRefusal:
         return error
     if isinstance(error, QueueFull):
         return refusal.of(429, str(error))
-    if isinstance(error, (InvalidRequest, ModelLoadError)):  # a model not on disk: the client's to change, not a bug
+    if isinstance(error, InvalidRequest):
+        return refusal.of(400, str(error), error.setting)
+    if isinstance(error, ModelLoadError):  # a model not on disk: the client's to change, not a bug
         return refusal.of(400, str(error))
     if isinstance(error, Cancelled):  # withdrawn from the engine's queue, or stopped there
         return refusal.of(409, str(error))

@@ -55,7 +55,8 @@ SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 RESULT_NAME = re.compile(r"^[\w-]+\.png$")
 MAX_EDIT_IMAGES = 16  # OpenAI's limit for one edit
 OPAQUE = 128  # a mask pixel at least this opaque is kept; below, it is edited (OpenAI: transparent = edit)
-PARAMS = {"width": "size", "height": "size", "batch_count": "n", "seed": "seed", "prompt": "prompt"}  # ours -> OpenAI's
+PARAMS = {"width": "size", "height": "size", "batch_count": "n", "seed": "seed", "prompt": "prompt",  # ours -> OpenAI's
+          "image_path": "image", "masked_image_path": "mask", "redux_image_paths": "image"}
 
 
 class ImageParams(BaseModel):
@@ -88,11 +89,11 @@ class ApiError(ApiRefusal):
     kind: str = "invalid_request_error"
 
     @classmethod
-    def of(cls, status: int, message: str) -> "ApiError":
+    def of(cls, status: int, message: str, setting: str | None = None) -> "ApiError":
         codes = {401: ("invalid_api_key", "invalid_request_error"), 429: ("rate_limit_exceeded", "requests"),
                  500: (None, "server_error")}
         code, kind = codes.get(status, (None, "invalid_request_error"))
-        return cls(status, message, code=code, kind=kind)
+        return cls(status, message, PARAMS.get(setting), code=code, kind=kind)
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}

@@ -67,7 +67,8 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     else:
         auto_resize = request.extra.get(KONTEXT_AUTO_RESIZE)
         width, height = reference_size(reference, None if auto_resize is None else bool(auto_resize), multiple)
-        check_image_size(width, height, "The reference image, which Kontext uses at its own size,")
+        check_image_size(width, height, "The reference image, which Kontext uses at its own size,",
+                         setting="image_path")
         resized = (width, height) != reference_size(reference, False, multiple)
         notes = (auto_resize_note(reference.size, width, height),) if resized else ()
     if (width, height) != reference.size:
