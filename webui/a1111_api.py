@@ -57,7 +57,7 @@ from webui.a1111_extras import CONTROLNET_UPSCALER, EXTRAS_SEED, UPSCALERS, add_
 from webui.a1111_modules import MODULE_DEFAULTS, MODULE_OPTIONS, chosen_options, model_settings, module_listing
 from webui.a1111_scripts import IMG2IMG_SCRIPTS, is_sd_upscale, sd_upscale_settings
 from webui.a1111_wire import SdApiError, as_file, b64_png, base64_data, decoded_image, parsed, without_hash
-from webui.api_server import MAX_WAITING, JobThreads, api_routes, json_object, offered
+from webui.api_server import MAX_WAITING, JobThreads, api_routes, json_object, studio_models
 from webui.gallery import save_result
 from webui.requests import requests_from_settings
 from webui.turns import job_about, request_about
@@ -179,8 +179,7 @@ def api_models(studio, only_offered: bool = False) -> list[str]:
     """The model picker's choices for the API's tools (text-to-image and Fill models), downloaded ones first;
     `only_offered`: those a listing offers (api_server.offered)."""
     kinds = tuple(kind for tool in API_TOOLS for kind in TOOL_SPECS[tool].model_kinds)
-    entries = [entry for entry in studio.manager.list_models() if offered(entry) or not only_offered]
-    return [name for _, name in model_choices(entries, kinds=kinds)]
+    return [name for _, name in model_choices(studio_models(studio, only_offered), kinds=kinds)]
 
 
 def model_kind(studio, name: str) -> str | None:

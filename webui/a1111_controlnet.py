@@ -39,7 +39,7 @@ from mflux_core.images.resize_modes import CROP_AND_RESIZE, JUST_RESIZE, RESIZE_
 from mflux_core.request import check_image_size
 from mflux_core.settings_schema import MAX_SIDE
 from webui.a1111_wire import SdApiError, b64_png, decoded_image, parsed, without_hash
-from webui.api_server import offered
+from webui.api_server import studio_models
 from webui.widgets import model_choices
 
 SCRIPT = "controlnet"  # its key in alwayson_scripts (any case)
@@ -148,8 +148,7 @@ def resize_mode(value: int | str) -> str:
 def controlnet_weights(studio, only_offered: bool = False) -> list[str]:
     """The ControlNet weights the studio has, by name; `only_offered`: those /controlnet/model_list offers
     (api_server.offered)."""
-    entries = [entry for entry in studio.manager.list_models() if offered(entry) or not only_offered]
-    return [name for _, name in model_choices(entries, kinds=("controlnet",))]
+    return [name for _, name in model_choices(studio_models(studio, only_offered), kinds=("controlnet",))]
 
 
 def unit_settings(studio, unit: ControlNetUnit, ignored: list[str], init_image=None,

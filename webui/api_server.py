@@ -77,6 +77,11 @@ def offered(entry: ModelEntry) -> bool:
     return entry.available or not is_offline()
 
 
+def studio_models(studio, only_offered: bool = False) -> list[ModelEntry]:
+    """The studio's models; `only_offered`: those an API's model list offers (`offered`)."""
+    return [entry for entry in studio.manager.list_models() if not only_offered or offered(entry)]
+
+
 class JobThreads:
     """API jobs on a thread each, as the page's jobs run: waiting for their turn on the pool Gradio runs those on,
     a crowd of API requests could leave the running page job without a thread to finish on."""

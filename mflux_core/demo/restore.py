@@ -6,9 +6,9 @@ the shipped (guidance-distilled) transformer as the guidance stage (and as guida
 ControlNets' sizes stages to train beside; without its sizes.json that stage still counts as not finished), Fill,
 Depth and Kontext as their stages, the ControlNets as their stages beside the shipped base; plus the tokenizers.
 A stage that trains beside the shipped base (the upscaler ControlNet) or tunes the shipped members (the sizes
-stages, size_stages.py; the token-reading round, token_reading.py) then runs without retraining the family. The undistilled base is not shipped, so the
-encoder stage's checkpoint holds the text encoders only. The restored checkpoints carry no training state: the
-64 px stages that wrote them count as not run.
+stages, size_stages.py; the token-reading round, token_reading.py) then runs without retraining the family. The
+undistilled base is not shipped, so the encoder stage's checkpoint holds the text encoders only. The restored
+checkpoints carry no training state: the 64 px stages that wrote them count as not run.
 """
 
 import json
