@@ -355,22 +355,35 @@ NEGATIVE_PROMPT = "Negative prompt:"
 _A1111_ITEM = re.compile(r'\s*([A-Za-z][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 
 
+@dataclass(frozen=True)
+class Infotext:
+    prompt: str
+    negative: str
+    items: dict[str, str]  # the last line's "Key: value" items, a quoted value with its quotes
+
+
+def split_infotext(text: str) -> Infotext:
+    """An A1111 / Forge `parameters` text in its parts, as A1111 splits it: the last line is the items line when it
+    holds at least three items; the lines before it are the prompt, then the negative prompt from its label on."""
+    *lines, last = text.strip().split("\n")
+    if len(_A1111_ITEM.findall(last)) < 3:
+        lines, last = [*lines, last], ""
+    lines = [line.strip() for line in lines]
+    negative_from = next((i for i, line in enumerate(lines) if line.startswith(NEGATIVE_PROMPT)), len(lines))
+    negative = [lines[negative_from][len(NEGATIVE_PROMPT):].strip(), *lines[negative_from + 1:]] if (
+        negative_from < len(lines)) else []  # A1111 writes it after the prompt, over one or more lines
+    return Infotext("\n".join(lines[:negative_from]), "\n".join(negative),
+                    {key.strip(): value.strip() for key, value in _A1111_ITEM.findall(last)})
+
+
 def settings_from_a1111(text: str) -> dict:
     """Prompt, negative prompt, steps, seed, size, guidance, true CFG, sampler, schedule and the hires fix from an
     A1111 / Forge `parameters` text chunk, the prompt's `<lora:name:scale>` tags as LoRAs (by name), and the
     ControlNet extension's first unit as the ControlNet tool's settings."""
-    lines = text.strip().split("\n")
-    parameter_line = ""
-    if lines and re.match(r"^\s*Steps:", lines[-1]):
-        parameter_line = lines.pop()
-    prompt_lines, negative = [], ""
-    for index, line in enumerate(lines):
-        if line.startswith(NEGATIVE_PROMPT):  # A1111 writes it after the prompt, over one or more lines
-            negative = "\n".join([line[len(NEGATIVE_PROMPT):], *lines[index + 1:]]).strip()
-            break
-        prompt_lines.append(line)
-    values = {key.strip(): value.strip().strip('"') for key, value in _A1111_ITEM.findall(parameter_line)}
-    prompt, tagged = take_lora_tags("\n".join(prompt_lines))
+    infotext = split_infotext(text)
+    negative = infotext.negative
+    values = {key: value.strip('"') for key, value in infotext.items.items()}
+    prompt, tagged = take_lora_tags(infotext.prompt)
     settings: dict = {"prompt": prompt, **_tagged_loras(tagged)}
     if values.get("Steps", "").isdigit():
         settings["steps"] = max(1, min(MAX_STEPS, int(values["Steps"])))

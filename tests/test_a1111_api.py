@@ -767,33 +767,45 @@ def test_api_jobs_wait_for_the_engine_turn_that_page_jobs_take(studio):
 
 
 def test_png_info_reads_our_pngs_a1111s_and_comfyuis(studio):
-    body = made(studio.http.post("/txt2img", json={"prompt": CAPTION, "seed": 77, "steps": 2}))
+    body = made(studio.http.post("/txt2img", json={"prompt": CAPTION, "seed": 77, "steps": 2, "width": 64,
+                                                   "height": 48}))
     ours = answer(studio.http.post("/png-info", json={"image": body["images"][0]}))
     assert ours["info"] == body["info"]["infotexts"][0] and "mflux_studio" in ours["items"]
-    assert (ours["parameters"]["prompt"], ours["parameters"]["seed"], ours["parameters"]["steps"]) == (CAPTION, 77, 2)
+    assert "parameters" not in ours["items"]  # A1111 answers the text as `info` only
+    assert {k: ours["parameters"][k] for k in ("Prompt", "Negative prompt", "Steps", "Seed", "Size-1", "Size-2")} == \
+        {"Prompt": CAPTION, "Negative prompt": "", "Steps": "2", "Seed": "77", "Size-1": "64", "Size-2": "48"}
+    assert (ours["settings"]["prompt"], ours["settings"]["seed"], ours["settings"]["steps"]) == (CAPTION, 77, 2)
     comfy_nodes = json.loads(ours["items"]["prompt"])  # the graph ComfyUI opens the image as (test_comfy_workflow.py)
     assert {"UNETLoader", "KSampler", "SaveImage"} <= {node["class_type"] for node in comfy_nodes.values()}
     chunk = PngImagePlugin.PngInfo()
-    text = "a cat\nNegative prompt: a dog\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 512x768"
+    text = ("a cat,\n  on a mat\nNegative prompt: a dog\nblurry\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, "
+            'Size: 512x768, ADetailer prompt: "a face, smiling", Lora hashes: "cat: 0123"')
     chunk.add_text("parameters", text)
     theirs = answer(studio.http.post("/png-info", json={"image": b64(Image.new("RGB", (8, 8)), chunk)}))
     assert theirs["info"] == text
-    assert {k: theirs["parameters"][k] for k in ("prompt", "steps", "seed", "width", "height")} == \
-        {"prompt": "a cat", "steps": 20, "seed": 5, "width": 512, "height": 768}
+    assert theirs["parameters"] == {  # what A1111's parse_generation_parameters reads, less its page defaults
+        "Prompt": "a cat,\non a mat", "Negative prompt": "a dog\nblurry", "Steps": "20", "Sampler": "Euler a",
+        "CFG scale": "7", "Seed": "5", "Size-1": "512", "Size-2": "768", "ADetailer prompt": "a face, smiling",
+        "Lora hashes": "cat: 0123"}
+    assert {k: theirs["settings"][k] for k in ("prompt", "negative_prompt", "steps", "seed", "width", "height")} == \
+        {"prompt": "a cat,\non a mat", "negative_prompt": "a dog\nblurry", "steps": 20, "seed": 5, "width": 512,
+         "height": 768}
     comfy = PngImagePlugin.PngInfo()
     comfy.add_text("prompt", json.dumps(flux_dev_example(seed=5)))
     graph = answer(studio.http.post("/png-info", json={"image": b64(Image.new("RGB", (8, 8)), comfy)}))
     assert graph["info"] == "" and "prompt" in graph["items"]  # no A1111 text; the settings from ComfyUI's graph
-    assert {k: graph["parameters"][k] for k in ("seed", "steps", "width", "guidance")} == \
+    assert graph["parameters"] == {"Prompt": "", "Negative prompt": ""}
+    assert {k: graph["settings"][k] for k in ("seed", "steps", "width", "guidance")} == \
         {"seed": 5, "steps": 20, "width": 1024, "guidance": 3.5}
     bare = answer(studio.http.post("/png-info", json={"image": b64(Image.new("RGB", (8, 8)))}))
-    assert (bare["info"], bare["parameters"]) == ("", {})
+    assert (bare["info"], bare["parameters"], bare["settings"]) == ("", {"Prompt": "", "Negative prompt": ""}, {})
     exif = Image.Exif()  # a JPEG A1111 saved: its text in the EXIF UserComment, UTF-16 as piexif writes it
     exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = b"UNICODE\0" + text.encode("utf-16-be")
     jpeg = io.BytesIO()
     Image.new("RGB", (8, 8)).save(jpeg, format="JPEG", exif=exif)
     from_jpeg = answer(studio.http.post("/png-info", json={"image": base64.b64encode(jpeg.getvalue()).decode()}))
     assert from_jpeg["info"] == text and from_jpeg["parameters"] == theirs["parameters"]
+    assert from_jpeg["settings"] == theirs["settings"]
 
 
 def test_the_listings_clients_probe_answer(studio):

@@ -9,7 +9,7 @@
     GET  /sdapi/v1/sd-modules, sd-vae  the VAE and text encoder files of the models folder
     GET  /sdapi/v1/progress            the running API job: step, ETA and the step's preview
     POST /sdapi/v1/interrupt, /skip    stop the running API job after its current step
-    POST /sdapi/v1/png-info            the settings in a PNG (ours or A1111's)
+    POST /sdapi/v1/png-info            an image's A1111 text, read as A1111 reads it, and the settings in it
     img2img's script_name "SD upscale"  the Upscale tool in tiles (a1111_scripts.py); GET /sdapi/v1/scripts lists it
     POST /sdapi/v1/extra-single-image, /extra-batch-images: upscaling (a1111_extras.py)
     GET  /sdapi/v1/samplers, schedulers, loras, upscalers, cmd-flags, memory: what the studio has
@@ -23,6 +23,7 @@ ignored and named in the answer's `info` ("ignored"). Errors are A1111's shape: 
 """
 
 import json
+import re
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from mflux_core.images.io import load_image
 from mflux_core.images.resize_modes import RESIZE_MODES, resize_to
 from mflux_core.lora.a1111 import tagged_prompt
 from mflux_core.metadata import A1111_KEY
-from mflux_core.presets import PresetError, a1111_sampling, image_metadata, settings_from_png
+from mflux_core.presets import PresetError, a1111_sampling, image_metadata, settings_from_png, split_infotext
 from mflux_core.registry import BUILT_IN
 from mflux_core.request import MAX_SEED, GenerationRequest, check_image_size, hires_size
 from mflux_core.settings_schema import (
@@ -510,15 +511,36 @@ def progress_answer(job: ApiJob | None, skip_preview: bool) -> dict:
 
 
 def png_info(text: str) -> dict:
-    """A1111's /png-info: the `parameters` text, the PNG's text chunks, and the settings read from it (ours or
-    A1111's, as the page restores them; {} when it carries none)."""
+    """A1111's /png-info: the `parameters` text, the image's other text chunks, and the text's items as A1111 parses
+    them; `settings` adds what the page would restore from the image (ours, A1111's or another app's; {} when it
+    carries none)."""
     with as_file(base64_data(text, "image")) as path:
         chunks = {k: v for k, v in load_image_info(path).items() if isinstance(v, str)}
         try:
             settings = settings_from_png(path)
         except PresetError:
             settings = {}
-    return {"info": chunks.get(A1111_KEY, ""), "items": chunks, "parameters": settings}
+    info = chunks.pop(A1111_KEY, "")  # A1111 answers its text as `info`, not among the items
+    return {"info": info, "items": chunks, "parameters": infotext_parameters(info), "settings": settings}
+
+
+def infotext_parameters(text: str) -> dict:
+    """A1111's reading of a `parameters` text (its parse_generation_parameters, less the page defaults it adds): the
+    prompts under "Prompt" and "Negative prompt", each item as text, a quoted one unquoted, a size as "-1" and "-2"."""
+    infotext = split_infotext(text)
+    parameters = {"Prompt": infotext.prompt, "Negative prompt": infotext.negative}
+    for key, value in infotext.items.items():
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        size = re.fullmatch(r"(\d+)x(\d+)", value)
+        if size:
+            parameters[f"{key}-1"], parameters[f"{key}-2"] = size.groups()
+        else:
+            parameters[key] = value
+    return parameters
 
 
 def load_image_info(path: str) -> dict:
