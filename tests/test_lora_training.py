@@ -114,16 +114,26 @@ def test_an_interrupted_run_resumed_from_its_checkpoint_equals_an_uninterrupted_
         meta = json.loads(archive.read("checkpoint.json"))
     assert meta["step"] == 3 and meta["rng"] == {**meta["rng"], "seed": 7, "next_step": 3}
 
-    # Resume from the zip alone, through the CLI (the config inside it is used).
+    # A copy taken elsewhere, resumed from the zip alone: the run goes on beside the copy, the original is left as is.
+    run = tmp_path / "b" / "out"
+    adapter_before = (run / "adapter.safetensors").read_bytes()
+    branch = tmp_path / "branch" / "step3.zip"
+    branch.parent.mkdir()
+    branch.write_bytes(stopped.checkpoint.read_bytes())
+    assert cli_main(["train", "--train-checkpoint", str(branch)]) == 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["0000003_checkpoint.zip"]
+    assert (run / "adapter.safetensors").read_bytes() == adapter_before
+    # Resume from the zip alone in its run, through the CLI (the config inside it is used).
     assert cli_main(["train", "--train-checkpoint", str(stopped.checkpoint)]) == 0
-    resumed = tmp_path / "b" / "out" / "checkpoints" / "0000006_checkpoint.zip"
-    for member in ("adapter.safetensors", "loop/model.safetensors", "loop/optimizer.safetensors"):
-        expected, actual = zip_arrays(straight.checkpoint, member), zip_arrays(resumed, member)
-        assert expected.keys() == actual.keys()
-        for name in expected:
-            assert np.array_equal(expected[name], actual[name]), (member, name)
-    with zipfile.ZipFile(resumed) as archive:
-        assert json.loads(archive.read("loop/state.json"))["losses"] == straight.losses
+    for resumed in (run / "checkpoints" / "0000006_checkpoint.zip",
+                    tmp_path / "branch" / "checkpoints" / "0000006_checkpoint.zip"):
+        for member in ("adapter.safetensors", "loop/model.safetensors", "loop/optimizer.safetensors"):
+            expected, actual = zip_arrays(straight.checkpoint, member), zip_arrays(resumed, member)
+            assert expected.keys() == actual.keys()
+            for name in expected:
+                assert np.array_equal(expected[name], actual[name]), (member, name)
+        with zipfile.ZipFile(resumed) as archive:
+            assert json.loads(archive.read("loop/state.json"))["losses"] == straight.losses
     assert straight.losses[0] != straight.losses[-1]
 
 

@@ -30,6 +30,7 @@ CONFIG_FILE = "config.json"
 ADAPTER_FILE = "adapter.safetensors"
 LOSS_FILE = "loss.png"
 LOOP_FOLDER = "loop"
+CHECKPOINTS_FOLDER = "checkpoints"  # inside the run's output folder
 LOOP_FILES = (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE)
 RNG_SCHEME = ("numpy PCG64: step s draws its examples' noise and timesteps from default_rng([seed, s]); "
               "epoch e orders the examples with default_rng([seed, e, 1]); the adapter starts from MLX key(seed)")
@@ -48,6 +49,13 @@ class Checkpoint:
     @property
     def config_folder(self) -> Path:
         return Path(self.meta["config_folder"])
+
+    @property
+    def run_folder(self) -> Path:
+        """Where resuming from this checkpoint alone writes: the output folder whose checkpoints/ holds it, else the
+        folder it lies in, so that a copy taken elsewhere (a branch, a backup) leaves the original run as it was."""
+        folder = self.path.resolve().parent
+        return folder.parent if folder.name == CHECKPOINTS_FOLDER else folder
 
     def extract_loop_state(self, folder: Path) -> None:
         """Unpack the training loop's files where `train(checkpoint_dir=folder)` resumes from them."""

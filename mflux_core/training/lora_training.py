@@ -41,7 +41,7 @@ from mflux_core.tools.in_context import diptych_mask, in_context_inputs
 from mflux_core.training.flow_matching import FlowBatch, flow_matching_loss, shifted_sigmas
 from mflux_core.training.lora_adapters import attach_lora
 from mflux_core.training.lora_checkpoint import (
-    Checkpoint, checkpoint_name, differing_settings, read_checkpoint, write_checkpoint,
+    CHECKPOINTS_FOLDER, Checkpoint, checkpoint_name, differing_settings, read_checkpoint, write_checkpoint,
 )
 from mflux_core.training.lora_config import Example, TrainingConfig
 from mflux_core.training.loop import STATE_FILE, train
@@ -203,7 +203,8 @@ def load_base_model(config: TrainingConfig, models_dir: Path) -> FluxModel:
 
 
 def resolve_training_config(config: TrainingConfig | None, checkpoint: Checkpoint | None) -> TrainingConfig:
-    """The config to train with: the given one, the checkpoint's, or both when they agree."""
+    """The config to train with: the given one, the checkpoint's (writing to the checkpoint's run folder), or both
+    when they agree."""
     if checkpoint is None:
         if config is None:
             raise InvalidRequest("Give a training config (--train-config) or a checkpoint to resume "
@@ -211,7 +212,7 @@ def resolve_training_config(config: TrainingConfig | None, checkpoint: Checkpoin
         return config
     stored = TrainingConfig.from_dict(checkpoint.config, checkpoint.config_folder)
     if config is None:
-        return stored
+        return replace(stored, output_path=checkpoint.run_folder)
     differ = differing_settings(stored.identity(), config.identity())
     if differ:
         raise InvalidRequest(f"The checkpoint {checkpoint.path.name} was made with another training config: "
@@ -297,7 +298,7 @@ def train_lora(
             adapters.save(outcome.adapter)
             save_loss_curve(losses, outcome.loss_curve)
             outcome.checkpoint = write_checkpoint(
-                output / "checkpoints" / checkpoint_name(step), step=step, total_steps=total, seed=config.seed,
+                output / CHECKPOINTS_FOLDER / checkpoint_name(step), step=step, total_steps=total, seed=config.seed,
                 config_raw=config.raw, config_folder=config.folder, examples_fingerprint=examples.fingerprint,
                 adapter_file=outcome.adapter, loop_folder=staging, loss_curve=outcome.loss_curve)
             return outcome.checkpoint
