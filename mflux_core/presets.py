@@ -384,7 +384,7 @@ def settings_from_a1111(text: str) -> dict:
     negative = infotext.negative
     values = {key: value.strip('"') for key, value in infotext.items.items()}
     prompt, tagged = take_lora_tags(infotext.prompt)
-    settings: dict = {"prompt": prompt, **_tagged_loras(tagged)}
+    settings: dict = {"prompt": prompt[:MAX_PROMPT_CHARS], **_tagged_loras(tagged)}  # as found_settings cuts it
     if values.get("Steps", "").isdigit():
         settings["steps"] = max(1, min(MAX_STEPS, int(values["Steps"])))
     if values.get("Seed", "").isdigit() and int(values["Seed"]) <= MAX_SEED:

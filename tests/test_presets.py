@@ -14,6 +14,7 @@ from mflux_core.presets import (
     settings_from_request, validate_settings,
 )
 from mflux_core.request import TOOLS, GenerationRequest
+from mflux_core.settings_schema import MAX_PROMPT_CHARS
 
 SHIPPED = Path(__file__).resolve().parent.parent / "presets"
 
@@ -157,6 +158,10 @@ def test_a1111_parameters_give_prompt_steps_seed_size_guidance(tmp_path):
                                          "negative_prompt": "blurry, low quality", "true_cfg_scale": 1.0}
     sd = settings_from_a1111("a cat\nSteps: 30, CFG scale: 7, Seed: 5, Size: 500x500")
     assert sd == {"prompt": "a cat", "steps": 30, "seed": 5, "width": 496, "height": 496}  # SD's CFG is not FLUX's
+    long = settings_from_a1111("a cat " * 5000 + "\nSteps: 30, Seed: 5, Size: 512x512")  # 30,000 characters
+    assert (len(long["prompt"]), long["steps"]) == (MAX_PROMPT_CHARS, 30)  # cut as the page's prompt box is
+    no_items = settings_from_a1111("a cat\nNegative prompt: a dog\nSteps: 30")  # A1111: under three items is text
+    assert no_items == {"prompt": "a cat", "negative_prompt": "a dog\nSteps: 30"}
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", text)
     Image.new("RGB", (8, 8)).save(tmp_path / "a1111.png", pnginfo=info)
