@@ -16,8 +16,8 @@ from mflux_core.settings_schema import (
     DEFAULT_FACE_FIX_STRENGTH, HIRES_UPSCALERS, ONLY_MASKED_PADDING, SAMPLER_LABELS, SCHEDULE_LABELS,
 )
 from mflux_core.tools.specs import (
-    FACE_FIX, FACE_FIX_PADDING, FACE_FIX_PROMPT, FACE_FIX_STRENGTH, KONTEXT_AUTO_RESIZE, TILE_OVERLAP, TILE_SIZE,
-    UPSCALER, UPSCALER_ONLY,
+    FACE_FIX, FACE_FIX_PADDING, FACE_FIX_PROMPT, FACE_FIX_STRENGTH, KONTEXT_AUTO_RESIZE, TILE_HEIGHT, TILE_OVERLAP,
+    TILE_SIZE, UPSCALER, UPSCALER_ONLY,
 )
 
 JSON_KEY = "mflux_studio"
@@ -85,8 +85,9 @@ def tile_parameters(request: GenerationRequest) -> list[tuple[str, object]]:
     extra = request.extra
     if request.tool != "upscale" or extra.get(TILE_SIZE) is None:
         return []
+    tile = extra[TILE_SIZE] if extra.get(TILE_HEIGHT) is None else f"{extra[TILE_SIZE]}x{extra[TILE_HEIGHT]}"
     return [("SD upscale overlap", extra.get(TILE_OVERLAP)),
-            ("SD upscale upscaler", extra.get(UPSCALER, HIRES_UPSCALERS[1])), ("Tile size", extra[TILE_SIZE])]
+            ("SD upscale upscaler", extra.get(UPSCALER, HIRES_UPSCALERS[1])), ("Tile size", tile)]
 
 
 FACE_FIX_MODEL = "OpenCV frontal face"  # the face fix's detector, where ADetailer names its model

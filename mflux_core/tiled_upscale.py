@@ -24,7 +24,7 @@ from mflux_core.sampling.schedule import img2img_start_step
 from mflux_core.settings_schema import MAX_SIDE
 from mflux_core.tools.common import required_image, resolved_request
 from mflux_core.tools.controlnet_conditioning import extra_number
-from mflux_core.tools.specs import TILE_OVERLAP, TILE_SIZE  # a tile size of 0: the model's own side
+from mflux_core.tools.specs import TILE_HEIGHT, TILE_OVERLAP, TILE_SIZE  # a tile size of 0: the model's own side
 from mflux_core.tools.upscale import resampled as resampled_input, starts_from_image, upscale_inputs, upscaled_size
 
 if TYPE_CHECKING:
@@ -46,22 +46,27 @@ def whole_pixels(request: GenerationRequest, key: str, what: str) -> int | None:
 
 def check_tile_settings(request: GenerationRequest) -> None:
     """Refuse, before a model loads, a tile size or overlap that cannot make tiles."""
-    side = whole_pixels(request, TILE_SIZE, "The tile size")
-    if side and (side % 16 or not MIN_TILE <= side <= MAX_SIDE):
-        raise InvalidRequest(f"The tile size {side} must be a multiple of 16 from {MIN_TILE} to {MAX_SIDE} px (0: the "
-                             "model's own side).")
+    width = whole_pixels(request, TILE_SIZE, "The tile size")
+    height = whole_pixels(request, TILE_HEIGHT, "The tile height")
+    for side, what, zero in ((width, "size", "the model's own side"), (height, "height", "as wide as the tile")):
+        if side and (side % 16 or not MIN_TILE <= side <= MAX_SIDE):
+            raise InvalidRequest(f"The tile {what} {side} must be a multiple of 16 from {MIN_TILE} to {MAX_SIDE} px "
+                                 f"(0: {zero}).")
     overlap = whole_pixels(request, TILE_OVERLAP, "The tile overlap")
-    if side and overlap is not None and overlap > side // 2:
-        raise InvalidRequest(f"A tile overlap of {overlap} px is more than half the {side} px tile: use at most "
-                             f"{side // 2}.")
+    width, height = width or height, height or width
+    if width and overlap is not None and overlap > min(width, height) // 2:
+        tile = f"{width} px tile" if width == height else f"{width}x{height} px tile's shorter side"
+        raise InvalidRequest(f"A tile overlap of {overlap} px is more than half the {tile}: use at most "
+                             f"{min(width, height) // 2}.")
 
 
-def tile_side_and_overlap(model: FluxModel, request: GenerationRequest) -> tuple[int, int]:
-    """The tile's side (0: the model's native side, 1024 for FLUX.1) and the overlap (default an eighth of the tile,
-    A1111's 64 px on its 512 px tiles, at least 16 px)."""
-    side = whole_pixels(request, TILE_SIZE, "The tile size") or model.native_side
-    overlap = whole_pixels(request, TILE_OVERLAP, "The tile overlap")
-    return side, min(side // 2, max(16, side // 8) if overlap is None else overlap)
+def tile_shape_and_overlap(model: FluxModel, request: GenerationRequest) -> tuple[int, int, int]:
+    """The tile's width (0: the model's native side, 1024 for FLUX.1), its height (by default as wide) and the
+    overlap (default an eighth of the tile's shorter side, A1111's 64 px on its 512 px tiles, at least 16 px)."""
+    width = whole_pixels(request, TILE_SIZE, "The tile size") or model.native_side
+    height = whole_pixels(request, TILE_HEIGHT, "The tile height") or width
+    overlap, shorter = whole_pixels(request, TILE_OVERLAP, "The tile overlap"), min(width, height)
+    return width, height, min(shorter // 2, max(16, shorter // 8) if overlap is None else overlap)
 
 
 def previews_in_place(report: Report | None, canvas: Image.Image, tile: Tile) -> Report | None:
@@ -89,13 +94,14 @@ def generate_tiled(manager: "ModelManager", request: GenerationRequest, report: 
     image = required_image(request.image_path or request.controlnet_image_path, "an image to upscale", "--image-path")
     request = starts_from_image(upscaled_size(resolved_request(model, request), image))
     resampled, notes = resampled_input(manager, image, request)
-    side, overlap = tile_side_and_overlap(model, request)
-    tiles = tile_grid(request.width, request.height, side, side, overlap)
+    width, height, overlap = tile_shape_and_overlap(model, request)
+    tiles = tile_grid(request.width, request.height, width, height, overlap)
     tile_size = (tiles[0].width, tiles[0].height)
     if model.native_sizes and tile_size not in model.native_sizes:
         raise InvalidRequest(f"{request.model} makes {sizes_phrase(model.native_sizes)} images only, so it has no "
                              f"{tile_size[0]}x{tile_size[1]} tiles: give a tile size in that range, or 0 for its own.")
-    request = request.with_(extra={**request.extra, TILE_SIZE: side, TILE_OVERLAP: overlap})
+    shape = {TILE_SIZE: width, **({TILE_HEIGHT: height} if height != width else {}), TILE_OVERLAP: overlap}
+    request = request.with_(extra={**{k: v for k, v in request.extra.items() if k != TILE_HEIGHT}, **shape})
     tile_request = request.with_(width=tile_size[0], height=tile_size[1])
     first = upscale_inputs(model, tile_request, manager, resampled.crop(tiles[0].box), notes)
     blending = ("blending the tiles", blend_bytes(request.width, request.height))

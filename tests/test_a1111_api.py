@@ -463,12 +463,12 @@ def test_the_sd_upscale_script_runs_the_upscale_tool_in_tiles_as_a1111_clients_a
     shrunk = np.asarray(image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS), np.int16)
     assert np.abs(shrunk - example.image.astype(np.int16)).mean() < 12
 
-    steered = made(studio.http.post("/img2img", json={
-        "init_images": [b64(picture.resize((32, 32)))], "prompt": example.caption, "seed": 8, "steps": 2,
+    steered = made(studio.http.post("/img2img", json={  # A1111's tiles are its width x height
+        "init_images": [b64(picture.resize((48, 32)))], "prompt": example.caption, "seed": 8, "steps": 2,
         "width": 64, "height": 48, "script_name": "sd upscale", "script_args": [None, 16, 3, 2]}))
-    assert decoded(steered["images"][0]).size == (64, 64)
-    assert "SD upscale upscaler: ControlNet upscaler" in steered["info"]["infotexts"][0]
-    assert steered["info"]["ignored"] == ["height 48 (SD upscale's tiles are square here: 64 px)"]
+    assert decoded(steered["images"][0]).size == (96, 64)  # two tiles across, two down
+    assert "SD upscale upscaler: ControlNet upscaler, Tile size: 64x48" in steered["info"]["infotexts"][0]
+    assert steered["info"]["ignored"] == []
     other = made(studio.http.post("/img2img", json={"init_images": [b64(picture)], "prompt": "x", "steps": 1,
                                                     "script_name": "X/Y/Z plot", "script_args": [1, "2"]}))
     assert "script_name 'X/Y/Z plot' (the studio runs sd upscale)" in other["info"]["ignored"]

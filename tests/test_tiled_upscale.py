@@ -114,11 +114,36 @@ def test_the_tiles_replay_from_the_metadata_and_name_themselves_in_the_a1111_tex
     assert np.array_equal(np.asarray(replayed.image), np.asarray(result.image))
 
 
+def test_tiles_can_be_oblong_as_a1111s_width_x_height_and_replay(manager, small_image, tmp_path):
+    request = tiled(small_image, steps=2, extra={"tile_size": 96, "tile_height": 48, "upscaler": "Lanczos"})
+    result = manager.generate(request)
+    assert result.request.extra == {"tile_size": 96, "tile_height": 48, "tile_overlap": 16, "upscaler": "Lanczos"}
+    assert "SD upscale upscaler: Lanczos, Tile size: 96x48" in result.text_chunks["parameters"]
+    tiles = tile_grid(128, 96, 96, 48, 16)
+    assert [t.box for t in tiles] == [(x, y, x + 96, y + 48) for y in (0, 24, 48) for x in (0, 32)]
+    resampled = Image.open(small_image).convert("RGB").resize((128, 96), Image.Resampling.LANCZOS)
+    by_hand = []
+    for index, tile in enumerate(tiles):
+        part = save_png_atomic(resampled.crop(tile.box), tmp_path / f"part{index}.png")
+        by_hand.append(manager.generate(request.with_(width=96, height=48, image_path=str(part),
+                                                      extra={"upscaler": "Lanczos"}, image_strength=0.65)).image)
+    assert np.array_equal(np.asarray(result.image), np.asarray(blend_tiles(128, 96, tiles, by_hand)))
+    path = save_png_atomic(result.image, tmp_path / "oblong.png", result.text_chunks)
+    replayed = manager.generate(request_from_metadata(read_metadata_file(path)))
+    assert np.array_equal(np.asarray(replayed.image), np.asarray(result.image))
+    square = manager.generate(tiled(small_image, steps=1, extra={"tile_size": 64, "tile_height": 64}))
+    assert square.request.extra == {"tile_size": 64, "tile_overlap": 16}  # as wide: the square tile as before
+
+
 @pytest.mark.parametrize("extra, expected", [
     ({"tile_size": 40}, r"^The tile size 40 must be a multiple of 16 from 32 to 4096 px \(0: the model's own "
                         r"side\)\.$"),
     ({"tile_size": 64, "tile_overlap": 40}, r"^A tile overlap of 40 px is more than half the 64 px tile: use at most "
                                             r"32\.$"),
+    ({"tile_size": 96, "tile_height": 48, "tile_overlap": 32}, r"^A tile overlap of 32 px is more than half the "
+                                                               r"96x48 px tile's shorter side: use at most 24\.$"),
+    ({"tile_size": 64, "tile_height": 20}, r"^The tile height 20 must be a multiple of 16 from 32 to 4096 px \(0: as "
+                                           r"wide as the tile\)\.$"),
     ({"tile_size": 64.5}, r"^The tile size must be a whole number of pixels, 0 or more, not 64\.5\.$"),
     ({"tile_size": 256}, r"^demo makes 48x48 to 128x128 images only, so it has no 256x256 tiles: give a tile size in "
                          r"that range, or 0 for its own\.$"),
@@ -151,6 +176,10 @@ def test_the_cli_takes_the_tile_flags_and_the_model_s_own_tile_bare(small_image,
         assert image.size == (256, 192)  # past what the demo makes in one piece
         assert "Denoising strength: 0.3, SD upscale overlap: 24, SD upscale upscaler: Lanczos, Tile size: 64" in \
             image.info["parameters"]
+    assert cli.main(["upscale", "--model", "demo", "--prompt", PROMPT, "--image-path", str(small_image),
+                     "--tile-size", "96", "--tile-height", "48", "--steps", "1", "--output", str(output)]) == 0
+    with Image.open(output) as image:
+        assert image.size == (128, 96) and "Tile size: 96x48" in image.info["parameters"]
     assert cli.main(["upscale", "--model", "demo", "--prompt", PROMPT, "--image-path", str(small_image),
                      "--tile-size", "100", "--output", str(tmp_path / "no.png")]) == 1
     assert "The tile size 100 must be a multiple of 16" in capsys.readouterr().err

@@ -189,7 +189,8 @@ PANEL_VALUES = {
     kontext: {"kontext_auto_resize": "Always Kontext's size (as diffusers)"},
     controlnet: {"mode": controlnet.UPSCALE, "controlnet_strength": 0.7, "upscale_factor": 1.5,
                  "controlnet_weights": "my-upscaler", "controlnet_mode": "blur", "upscaler": "Lanczos",
-                 "upscaler_only": False, "upscale_strength": 0.7, "tiles": True, "tile_size": 512, "tile_overlap": 48},
+                 "upscaler_only": False, "upscale_strength": 0.7, "tiles": True, "tile_size": 512, "tile_height": 768,
+                 "tile_overlap": 48},
     redux: {"redux_strength_1": 0.3, "redux_strength_2": 0.9, "redux_strength_3": 1.0, "redux_strength_4": 0.5,
             "redux_weights": ""},
 }

@@ -4,10 +4,11 @@ API passes them: "SD upscale" (args: [info, overlap, upscaler_index, scale_facto
 As A1111's script: the init image upscaled scale_factor times by the upscaler `upscaler_index` points at in
 /sdapi/v1/upscalers (None and Lanczos resample with Lanczos; the ControlNet upscaler also steers every tile; an
 upscaler model, listed after them, upscales the image before the tiles),
-then regenerated in tiles of the request's width x height (square here: the width) that overlap by `overlap`,
+then regenerated in tiles of the request's width x height that overlap by `overlap`,
 at the request's denoising strength, every tile with the seed.
 """
 
+from mflux_core.tools.specs import TILE_HEIGHT, TILE_OVERLAP, TILE_SIZE
 from webui.a1111_extras import LANCZOS, NEAREST, NO_UPSCALER
 from webui.a1111_wire import SdApiError
 
@@ -40,15 +41,15 @@ def sd_upscale_settings(args: list, width: int | None, height: int | None, denoi
     overlap = script_arg(args, 1, "overlap", DEFAULT_OVERLAP, True, 0, 2048)
     upscaler = upscalers[script_arg(args, 2, "upscaler_index", 0, True, 0, len(upscalers) - 1)]
     factor = script_arg(args, 3, "scale_factor", DEFAULT_FACTOR, False, 1, MAX_FACTOR)
-    side = width or height or DEFAULT_TILE
-    if width and height and width != height:
-        ignored.append(f"height {height} (SD upscale's tiles are square here: {side} px)")
-    if side % 16:
-        ignored.append(f"width {side} as the tile (tiles are multiples of 16 px here: {side // 16 * 16})")
-        side = side // 16 * 16
+    tile = {TILE_SIZE: width or DEFAULT_TILE, TILE_HEIGHT: height or DEFAULT_TILE}  # A1111's img2img size defaults
+    for key, name in ((TILE_SIZE, "width"), (TILE_HEIGHT, "height")):
+        if tile[key] % 16:
+            ignored.append(f"{name} {tile[key]} as the tile's (tiles are multiples of 16 px here: "
+                           f"{tile[key] // 16 * 16})")
+            tile[key] = tile[key] // 16 * 16
     if upscaler == NEAREST:
         ignored.append(f"SD upscale's upscaler {NEAREST} ({LANCZOS} resampled)")
-    extra = {"upscale_factor": factor, "tile_size": side, "tile_overlap": overlap,
+    extra = {"upscale_factor": factor, **tile, TILE_OVERLAP: overlap,
              "upscaler": upscaler if upscaler not in (NO_UPSCALER, NEAREST) else LANCZOS}
     # the output is the init image's size times the factor, set by the tool
     return {"width": None, "height": None, "image_strength": round(1 - denoising_strength, 6), "extra": extra}

@@ -20,7 +20,8 @@ from mflux_core.images.resize_modes import RESIZE_MODES
 
 REQUEST, EXTRA, COMMAND = "request", "extra", "command"  # where a flag's value goes (Flag.into)
 KONTEXT_AUTO_RESIZE = "kontext_auto_resize"  # request.extra's key for --kontext-auto-resize
-TILE_SIZE, TILE_OVERLAP, UPSCALER = "tile_size", "tile_overlap", "upscaler"  # the upscale tool's request.extra keys
+# the upscale tool's request.extra keys: tiles tile_size px wide and tile_height (absent: as many) px high
+TILE_SIZE, TILE_HEIGHT, TILE_OVERLAP, UPSCALER = "tile_size", "tile_height", "tile_overlap", "upscaler"
 UPSCALER_ONLY = "upscaler_only"  # the upscale tool's: the upscaler's image alone (mflux_core/upscaler_only.py)
 MASKED_CONTENT = "masked_content"  # Fill's: what the masked area starts from with an image strength
 # the face fix after Generate and ControlNet (mflux_core/face_fix.py), request.extra keys
@@ -234,6 +235,8 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
                  Flag("--tile-size", "upscale in tiles of this many px a side (a multiple of 16; given bare: the "
                       "model's own, 1024 for FLUX.1), each regenerated on its own and blended: outputs past one "
                       "pass's memory, as A1111's SD upscale / Ultimate SD Upscale", into=EXTRA, kind="whole", bare=0),
+                 Flag("--tile-height", "with --tile-size, tiles this many px high (default: square; A1111's SD "
+                      "upscale tiles are its width x height)", into=EXTRA, kind="whole"),
                  Flag("--tile-overlap", "px the tiles share with their neighbours (default an eighth of the tile, at "
                       "least 16)", into=EXTRA, kind="whole"),
                  Flag("--upscaler-only", "the upscaler's image itself, no FLUX.1 pass and no model loaded (A1111's "

@@ -12,7 +12,7 @@ from mflux_core.hires import DEFAULT_UPSCALER
 from mflux_core.images.canny import DEFAULT_HIGH, DEFAULT_LOW, canny_edges
 from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_BATCH, UNION_CONTROL_TYPES
-from mflux_core.tools.specs import TILE_OVERLAP, TILE_SIZE, UPSCALER, UPSCALER_ONLY
+from mflux_core.tools.specs import TILE_HEIGHT, TILE_OVERLAP, TILE_SIZE, UPSCALER, UPSCALER_ONLY
 from webui.demo_examples import render_demo_examples
 from webui.face_fix_ui import face_fix_controls, face_fix_settings, face_fix_values
 from webui.hires_ui import hires_controls, hires_settings, hires_values, upscaler_picker
@@ -28,11 +28,12 @@ TOOL = "controlnet"
 CANNY, UPSCALE = "Canny edges", "Upscale"
 MODE_TOOLS = {CANNY: "controlnet", UPSCALE: "upscale"}
 DEFAULTS = {"controlnet_strength": 0.4, "canny_low": DEFAULT_LOW, "canny_high": DEFAULT_HIGH, "upscale_factor": 2.0,
-            "image_strength": 0.4, "upscale_strength": 0, "tile_size": 0, "tile_overlap": 0}
+            "image_strength": 0.4, "upscale_strength": 0, "tile_size": 0, "tile_height": 0,
+            "tile_overlap": 0}
 LABELS = {"controlnet_strength": "The ControlNet strength", "canny_low": "The Canny low threshold",
           "canny_high": "The Canny high threshold", "upscale_factor": "The upscale factor",
           "image_strength": "The image strength", "upscale_strength": "The image strength",
-          "tile_size": "The tile size", "tile_overlap": "The tile overlap"}
+          "tile_size": "The tile size", "tile_height": "The tile height", "tile_overlap": "The tile overlap"}
 CONTROLNET_UPSCALER = HIRES_UPSCALERS[1]
 MODE_STRENGTHS = {CANNY: 0.4, UPSCALE: 0.6}  # the engine's defaults for each ControlNet
 OWN_TYPE = ""  # the control type picker's value for "the mode's own" (canny for edges, tile for upscale)
@@ -85,8 +86,8 @@ def settings_from_values(values: dict) -> dict:
 
 
 def upscale_extra(values: dict) -> dict:
-    """The upscaler, when not the default, and with Tiles ticked the tile size (0: the model's own side) and the
-    overlap (left out at 0: the engine's default, an eighth of the tile)."""
+    """The upscaler, when not the default, and with Tiles ticked the tile size (0: the model's own side), its height
+    and the overlap (each left out at 0: the engine's default, a square tile and an eighth of the tile)."""
     extra = {}
     if values.get("upscaler", CONTROLNET_UPSCALER) != CONTROLNET_UPSCALER:
         extra[UPSCALER] = values["upscaler"]
@@ -94,8 +95,9 @@ def upscale_extra(values: dict) -> dict:
         extra[UPSCALER_ONLY] = True
     if values.get("tiles"):
         extra[TILE_SIZE] = int(setting(values, "tile_size"))
-        if setting(values, "tile_overlap"):
-            extra[TILE_OVERLAP] = int(setting(values, "tile_overlap"))
+        for key in (TILE_HEIGHT, TILE_OVERLAP):
+            if setting(values, key):
+                extra[key] = int(setting(values, key))
     return extra
 
 
@@ -133,7 +135,7 @@ def upscale_values(settings: dict, extra: dict) -> dict:
     return {"upscale_strength": settings.get("image_strength") or 0,
             "upscaler": extra.get(UPSCALER, CONTROLNET_UPSCALER), "upscaler_only": bool(extra.get(UPSCALER_ONLY)),
             "tiles": extra.get(TILE_SIZE) is not None, "tile_size": extra.get(TILE_SIZE) or 0,
-            "tile_overlap": extra.get(TILE_OVERLAP) or 0}
+            "tile_height": extra.get(TILE_HEIGHT) or 0, "tile_overlap": extra.get(TILE_OVERLAP) or 0}
 
 
 def build_requests(values: dict, context: RequestContext) -> list[GenerationRequest]:
@@ -233,10 +235,12 @@ def upscale_controls(models_dir) -> tuple[gr.Column, dict, gr.File]:
                                 "blend them: outputs larger than one pass fits in memory", elem_id="controlnet-tiles")
             tile_size = gr.Slider(0, 2048, DEFAULTS["tile_size"], step=16, label="Tile size (0: the model's own)",
                                   elem_id="controlnet-tile-size")
+            tile_height = gr.Slider(0, 2048, DEFAULTS["tile_height"], step=16, label="Tile height (0: as wide)",
+                                    elem_id="controlnet-tile-height")
             overlap = gr.Slider(0, 512, DEFAULTS["tile_overlap"], step=8, label="Tile overlap (0: an eighth of "
                                 "the tile)", elem_id="controlnet-tile-overlap")
     controls = {"upscale_factor": factor, "upscaler": upscaler, "upscaler_only": only, "upscale_strength": strength,
-                "tiles": tiles, "tile_size": tile_size, "tile_overlap": overlap}
+                "tiles": tiles, "tile_size": tile_size, "tile_height": tile_height, "tile_overlap": overlap}
     return column, controls, batch
 
 
