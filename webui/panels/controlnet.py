@@ -230,9 +230,9 @@ def upscale_controls(models_dir) -> tuple[gr.Column, dict, gr.File]:
         batch = gr.File(file_count="multiple", file_types=["image"], type="filepath",
                         label="Batch: more images to upscale with these settings (after the control image, if any)",
                         elem_id="controlnet-upscale-batch")
+        tiles = gr.Checkbox(False, label="Tiles (A1111's SD upscale)", info="regenerate a tile at a time and "
+                            "blend them: outputs larger than one pass fits in memory", elem_id="controlnet-tiles")
         with gr.Row():
-            tiles = gr.Checkbox(False, label="Tiles (A1111's SD upscale)", info="regenerate a tile at a time and "
-                                "blend them: outputs larger than one pass fits in memory", elem_id="controlnet-tiles")
             tile_size = gr.Slider(0, 2048, DEFAULTS["tile_size"], step=16, label="Tile size (0: the model's own)",
                                   elem_id="controlnet-tile-size")
             tile_height = gr.Slider(0, 2048, DEFAULTS["tile_height"], step=16, label="Tile height (0: as wide)",
