@@ -352,7 +352,7 @@ def settings_from_request(request: GenerationRequest) -> dict:
 
 
 NEGATIVE_PROMPT = "Negative prompt:"
-_A1111_ITEM = re.compile(r'\s*([A-Za-z][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+_A1111_ITEM = re.compile(r'(?:^|(?<=,))\s*([A-Za-z][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import re
 ROUND = 1.1
 MAX_WEIGHT = 100.0  # a weight is kept within +-this (hundreds of nested brackets would overflow float32)
 _TOKEN = re.compile(r"\\[()\[\]\\]|\\|\(|:([+-]?[.\d]+)\)|\)|[^\\():]+|:")
-_BREAK = re.compile(r"\s*\bBREAK\b\s*")
+_BREAK = re.compile(r"(?<!\s)\s*\bBREAK\b\s*")  # from a run's first space only: linear in long runs
 
 
 def weighted_chunks(prompt: str) -> list[tuple[str, float]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mflux_core.errors import InvalidRequest
 
-ALTERNATIVES = re.compile(r"\{([^{}]*\|[^{}]*)\}")  # an innermost {a|b|...}
+ALTERNATIVES = re.compile(r"\{([^{}|]*(?:\|[^{}|]*)+)\}")  # an innermost {a|b|...} (one way to split it: linear)
 WILDCARD = re.compile(r"__([\w\-/ *]+?)__")
 COUNT = re.compile(r"^\s*(\d*)\s*(-?)\s*(\d*)\s*$")  # a variant's "2", "1-3", "-2" or "2-" before its $$
 WEIGHT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)::(.*)$", re.S)  # an option's "0.5::" before its text

@@ -160,6 +160,8 @@ def test_a1111_parameters_give_prompt_steps_seed_size_guidance(tmp_path):
     assert sd == {"prompt": "a cat", "steps": 30, "seed": 5, "width": 496, "height": 496}  # SD's CFG is not FLUX's
     long = settings_from_a1111("a cat " * 5000 + "\nSteps: 30, Seed: 5, Size: 512x512")  # 30,000 characters
     assert (len(long["prompt"]), long["steps"]) == (MAX_PROMPT_CHARS, 30)  # cut as the page's prompt box is
+    one_line = "a cat " * 33_000  # 198,000 characters on the line read for items: read in one pass, not one per start
+    assert settings_from_a1111(one_line) == {"prompt": one_line.strip()[:MAX_PROMPT_CHARS]}
     no_items = settings_from_a1111("a cat\nNegative prompt: a dog\nSteps: 30")  # A1111: under three items is text
     assert no_items == {"prompt": "a cat", "negative_prompt": "a dog\nSteps: 30"}
     info = PngImagePlugin.PngInfo()

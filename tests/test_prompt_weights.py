@@ -96,6 +96,7 @@ def test_extreme_weights_and_nesting_stay_finite_and_quick(tiny_dev):
     deep = "(" * 800 + "red" + ")" * 800 + " circle"
     assert weighted_chunks(deep) == [("red", 100.0), (" circle", 1.0)]  # 1.1^800 kept within the bound
     assert len(prompt_schedule("[" * 5000 + "a:b:2" + "]" * 5000, 10)) == 2  # read, the brackets past 64 as text
+    assert weighted_chunks("a" + " " * 19_000 + "BREAK b") == [("a b", 1.0)]  # a long space run read once
     encoders = TextEncoders.from_folder(tiny_dev)
     for prompt in (deep, "(a red circle:0)", "[" * 3000 + "cat"):
         assert np.isfinite(np.asarray(encoders.encode(prompt, 32).t5)).all()

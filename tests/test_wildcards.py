@@ -40,6 +40,8 @@ def test_nested_alternatives_subfolders_and_wildcards_inside_lines(wildcards):
 
 def test_prompts_without_wildcards_are_untouched_even_with_braces():
     assert expand_prompt('a sign saying {"hello"} and snake_case', 1, None) == 'a sign saying {"hello"} and snake_case'
+    unclosed = "{" + "a|" * 9_000  # never closed: read in one pass, not once per way to split it
+    assert expand_prompt(unclosed, 1, None) == unclosed
 
 
 @pytest.mark.parametrize("prompt, sentence", [

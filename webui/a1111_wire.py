@@ -15,7 +15,8 @@ from mflux_core.images.io import load_image, png_bytes
 from webui.api_server import ApiRefusal
 
 DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
-TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]+\]$")  # A1111 titles a model file "name [shorthash]"
+TITLE_HASH = re.compile(r"(?<!\s)\s*\[[0-9a-fA-F]+\]$")  # A1111 titles a model file "name [shorthash]"; (?<!\s):
+# tried from a run's first space only, linear in a long run
 
 
 def without_hash(title: str) -> str:

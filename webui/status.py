@@ -7,7 +7,8 @@ from mflux_core.memory import gb_text
 
 KIND_LABELS = {"transformer": "transformer", "vae": "VAE", "text encoders": "text encoders", "auxiliary": "side model"}
 COMPONENT_FOLDERS = {"transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"}
-_PATH = re.compile(r"\(?([^\s()]*/[^\s()]+)\)?")  # absolute, or relative as the default models folder is
+_PATH = re.compile(r"(?<![^\s(])\(?([^\s()]*/[^\s()]+)\)?")  # absolute, or relative as the default models folder
+# is; tried from a word's start only, linear in a long word
 
 
 def size_text(count: int) -> str:
