@@ -56,7 +56,7 @@ def is_whole(value) -> bool:
 def json_object(text: str) -> dict:
     try:
         value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError: JSONDecodeError, or a number past 4,300 digits
         raise NotTheirSettings("it is not valid JSON") from None
     if not isinstance(value, dict):
         raise NotTheirSettings("it is not a JSON object")

@@ -11,6 +11,8 @@ What the studio names differently (the checkpoint file, ComfyUI-only samplers) i
 leaves A1111's out. Values are returned as found; presets.settings_from_comfy clamps and validates them.
 """
 
+import re
+
 from mflux_core.app_metadata import (
     COMFY_SAMPLERS, SCHEDULES, FoundSettings, NotTheirSettings, file_stem, is_number, is_whole, json_object,
 )
@@ -85,7 +87,7 @@ class Graph:
 
 
 def _node_order(key: str) -> tuple[int, str]:
-    return (int(key), "") if key.isdigit() else (1 << 62, key)
+    return (int(key), "") if re.fullmatch(r"[0-9]{1,18}", key) else (1 << 62, key)  # not isdigit(): '²' is one
 
 
 def read_comfy_prompt(text: str) -> FoundSettings:
@@ -119,9 +121,9 @@ def _sampling(graph: Graph, sampler: dict, settings: dict) -> None:
         settings["seed"] = found["seed"]
     if is_whole(found["steps"]):
         settings["steps"] = found["steps"]
-    if found["sampler_name"] in COMFY_SAMPLERS:
+    if isinstance(found["sampler_name"], str) and found["sampler_name"] in COMFY_SAMPLERS:
         settings["sampler"] = COMFY_SAMPLERS[found["sampler_name"]]
-    if found["scheduler"] in SCHEDULES:
+    if isinstance(found["scheduler"], str) and found["scheduler"] in SCHEDULES:
         settings["schedule"] = found["scheduler"]
     if is_number(found["denoise"]) and 0 < found["denoise"] < 1:
         settings["denoise"] = found["denoise"]

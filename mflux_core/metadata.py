@@ -172,7 +172,8 @@ def read_metadata_file(path: Path) -> dict:
         raise InvalidRequest(f"The settings in {path.name} are too large to be ours.")
     try:
         return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InvalidRequest(f"The settings in {path.name} are not valid JSON ({error.msg}).") from None
+    except ValueError as error:  # JSONDecodeError, or a number past the 4,300 digits Python reads
+        raise InvalidRequest(f"The settings in {path.name} are not valid JSON ({getattr(error, 'msg', error)}).") \
+            from None
     except RecursionError:
         raise InvalidRequest(f"The settings in {path.name} nest too deeply to be ours.") from None

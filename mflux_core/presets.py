@@ -243,7 +243,7 @@ def parse_preset(text: str, source: str = "user", path: Path | None = None) -> P
         raise PresetError(f"{where} nests deeper than {MAX_JSON_DEPTH} levels; it is not a preset.")
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as error:
+    except (ValueError, RecursionError) as error:  # ValueError: JSONDecodeError, or a number past 4,300 digits
         raise PresetError(f"{where} is not valid JSON ({getattr(error, 'msg', error)}).") from None
     if not isinstance(data, dict):
         raise PresetError(f"{where} must be a JSON object with 'name' and 'settings'.")
@@ -352,6 +352,7 @@ def settings_from_request(request: GenerationRequest) -> dict:
 
 
 NEGATIVE_PROMPT = "Negative prompt:"
+_WHOLE = re.compile(r"[0-9]{1,18}")
 _A1111_ITEM = re.compile(r'(?:^|(?<=,))\s*([A-Za-z][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 
 
@@ -385,12 +386,13 @@ def settings_from_a1111(text: str) -> dict:
     values = {key: value.strip('"') for key, value in infotext.items.items()}
     prompt, tagged = take_lora_tags(infotext.prompt)
     settings: dict = {"prompt": prompt[:MAX_PROMPT_CHARS], **_tagged_loras(tagged)}  # as found_settings cuts it
-    if values.get("Steps", "").isdigit():
-        settings["steps"] = max(1, min(MAX_STEPS, int(values["Steps"])))
-    if values.get("Seed", "").isdigit() and int(values["Seed"]) <= MAX_SEED:
-        settings["seed"] = int(values["Seed"])
+    steps, seed = _whole(values.get("Steps")), _whole(values.get("Seed"))
+    if steps is not None:
+        settings["steps"] = max(1, min(MAX_STEPS, steps))
+    if seed is not None and seed <= MAX_SEED:
+        settings["seed"] = seed
     settings.update(_a1111_variation(values))
-    size = re.match(r"^(\d+)x(\d+)$", values.get("Size", ""))
+    size = re.match(r"^([0-9]{1,18})x([0-9]{1,18})$", values.get("Size", ""))
     if size:
         settings["width"], settings["height"] = (_snapped_side(int(v)) for v in size.groups())
     if values.get("Tool") in TOOLS:
@@ -408,6 +410,12 @@ def settings_from_a1111(text: str) -> dict:
     if face_fix:
         settings["extra"] = {**settings.get("extra", {}), **face_fix}
     return validate_settings(settings)
+
+
+def _whole(text: str | None) -> int | None:
+    """An item's whole number: ASCII digits, at most 18 (no setting takes more; Python reads no int of thousands,
+    and str.isdigit() also passes digits such as '²' that int() refuses), else None."""
+    return int(text) if text is not None and _WHOLE.fullmatch(text) else None
 
 
 def _a1111_face_fix(values: dict) -> dict:
@@ -476,26 +484,24 @@ def found_settings(read: Callable[[str], FoundSettings], text: str, what: str) -
 
 def _a1111_variation(values: dict) -> dict:
     """The variation seed and its strength from A1111's items; nothing where either is missing or out of range."""
-    seed, strength = values.get("Variation seed", ""), values.get("Variation seed strength", "")
+    seed, strength = _whole(values.get("Variation seed")), values.get("Variation seed strength", "")
     try:
         strength = float(strength)
     except ValueError:
         return {}
-    if not (seed.isdigit() and int(seed) <= MAX_SEED and 0 < strength <= 1):
+    if not (seed is not None and seed <= MAX_SEED and 0 < strength <= 1):
         return {}
-    return {"variation_seed": int(seed), "variation_strength": strength}
+    return {"variation_seed": seed, "variation_strength": strength}
 
 
 def _a1111_inpaint_area(values: dict) -> dict:
     """Fill's mask blur, "Only masked" and its padding from A1111's inpaint items (its default padding where none is
     given)."""
-    blur = values.get("Mask blur", "")
-    settings = {"mask_blur": min(MAX_MASK_BLUR, int(blur))} if blur.isdigit() and int(blur) else {}
+    blur, padding = _whole(values.get("Mask blur")), _whole(values.get("Masked area padding"))
+    settings = {"mask_blur": min(MAX_MASK_BLUR, blur)} if blur else {}
     if values.get("Inpaint area") != "Only masked":
         return settings
-    padding = values.get("Masked area padding", "")
-    return {**settings,
-            "only_masked_padding": min(MAX_SIDE, int(padding)) if padding.isdigit() else ONLY_MASKED_PADDING}
+    return {**settings, "only_masked_padding": ONLY_MASKED_PADDING if padding is None else min(MAX_SIDE, padding)}
 
 
 def _a1111_hires(values: dict) -> dict:
@@ -508,8 +514,9 @@ def _a1111_hires(values: dict) -> dict:
     if not 1 <= scale <= MAX_HIRES_SCALE:
         return {}
     settings = {"hires_scale": scale, "hires_prompt": values.get("Hires prompt", "")}
-    if values.get("Hires steps", "").isdigit() and int(values["Hires steps"]) > 0:  # A1111's 0: the first pass's
-        settings["hires_steps"] = min(MAX_STEPS, int(values["Hires steps"]))
+    hires_steps = _whole(values.get("Hires steps"))
+    if hires_steps:  # A1111's 0: the first pass's
+        settings["hires_steps"] = min(MAX_STEPS, hires_steps)
     if 0 < strength <= 1:
         settings["hires_strength"] = strength
     upscaler = values.get("Hires upscaler", "")
@@ -587,9 +594,10 @@ def settings_from_png(path: Path) -> dict:
     ours, theirs = chunks.get(JSON_KEY), chunks.get(A1111_KEY)
     if isinstance(ours, str) and len(ours) <= MAX_METADATA_CHARS:
         try:
-            return validate_settings(settings_from_request(request_from_metadata(json.loads(ours))))
-        except (json.JSONDecodeError, RecursionError):
+            stored = json.loads(ours)
+        except (ValueError, RecursionError):  # ValueError: JSONDecodeError, or a number past 4,300 digits
             raise PresetError(f"The settings in {path.name} are not valid JSON.") from None
+        return validate_settings(settings_from_request(request_from_metadata(stored)))
     if isinstance(theirs, str) and len(theirs) <= MAX_METADATA_CHARS:
         if is_swarm_parameters(theirs):  # SwarmUI writes JSON where A1111 writes its text
             return found_settings(read_swarm_parameters, theirs, "SwarmUI settings")

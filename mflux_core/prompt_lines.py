@@ -70,6 +70,8 @@ def _from_json(line: str) -> dict:
         settings = json.loads(line)
     except json.JSONDecodeError as error:
         raise InvalidRequest(f"The line is not valid JSON ({error.msg} at character {error.pos + 1}).") from None
+    except ValueError:  # Python reads no integer of more than 4,300 digits
+        raise InvalidRequest("The line holds a number too long to read: no setting takes one that size.") from None
     if not isinstance(settings, dict):
         raise InvalidRequest("A JSON line must be an object of settings, like {\"prompt\": \"a cat\"}.")
     return settings

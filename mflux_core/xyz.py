@@ -28,6 +28,7 @@ from mflux_core.request import GenerationRequest, check_finite
 from mflux_core.settings_schema import SAMPLER_LABELS, SCHEDULE_LABELS
 
 MAX_CELLS = 100  # cells in one plot, unless the caller allows more
+MAX_AXIS_VALUES = 10_000  # values one range may spell out, whatever the cell limit
 RANGE = re.compile(r"^\s*(-?[\d.]+)\s*-\s*(-?[\d.]+)\s*(?:\(\s*([+-]?[\d.]+)\s*\)|\[\s*(\d+)\s*\])?\s*$")
 
 
@@ -42,15 +43,23 @@ def _number(text: str, whole: bool, what: str):
     return int(value) if whole else value
 
 
+def check_axis_length(count: int, text: str, what: str) -> None:
+    """Refuse a range of more values than an axis takes before making them (a typo's billion would fill memory)."""
+    if count > MAX_AXIS_VALUES:
+        raise InvalidRequest(f"{what}: the range {text.strip()[:40]!r} has {count:,} values, more than the "
+                             f"{MAX_AXIS_VALUES:,} an axis takes.")
+
+
 def _numbers(text: str, whole: bool, what: str) -> tuple:
     match = RANGE.match(text)
     if match is None:
         return tuple(_number(part, whole, what) for part in text.split(",") if part.strip())
     start, end = _number(match.group(1), whole, what), _number(match.group(2), whole, what)
     if match.group(4):  # [count]: evenly spaced, ends included
-        count = int(match.group(4))
+        count = _number(match.group(4), True, what)
         if count < 1:
             raise InvalidRequest(f"{what}: a range needs at least one value.")
+        check_axis_length(count, text, what)
         values = [start + (end - start) * i / max(count - 1, 1) for i in range(count)]
         return tuple(round(v) if whole else round(v, 6) for v in values)
     step = _number(match.group(3), whole, what) if match.group(3) else (1 if whole else None)
@@ -59,6 +68,7 @@ def _numbers(text: str, whole: bool, what: str) -> tuple:
     if step == 0 or (end - start) * step < 0:
         raise InvalidRequest(f"{what}: the step {step:g} does not lead from {start:g} to {end:g}.")
     count = int((end - start) / step + 1e-9) + 1
+    check_axis_length(count, text, what)
     return tuple(start + i * step if whole else round(start + i * step, 6) for i in range(count))
 
 

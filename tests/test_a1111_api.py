@@ -894,6 +894,8 @@ def test_bad_bodies_get_a1111_errors_and_auth_is_the_pages(studio):
     for number in (b"NaN", b"Infinity", b"-Infinity"):  # as Python's json writes them, which no setting takes
         body = b'{"prompt": "x", "eta": ' + number + b'}'
         assert number.decode() in assert_a1111_error(studio.http.post("/txt2img", content=body), 400)
+    digits = b'{"prompt": "x", "seed": ' + b"9" * 5000 + b'}'  # past the 4,300 digits Python reads
+    assert "number too long" in assert_a1111_error(studio.http.post("/txt2img", content=digits), 400)
     guarded = FastAPI(routes=sdapi_router(studio.studio, auth=("ann", "s3cret")).routes)
     with TestClient(guarded, base_url="http://127.0.0.1/sdapi/v1") as client:
         refused = client.get("/sd-models")

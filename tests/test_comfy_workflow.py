@@ -10,6 +10,7 @@ import json
 import pytest
 from PIL import Image, PngImagePlugin
 
+from mflux_core.comfy_workflow import read_comfy_prompt
 from mflux_core.presets import PresetError, settings_from_png
 
 PROMPT = "a red fox in the snow, photograph"
@@ -150,6 +151,16 @@ def test_links_that_loop_or_point_nowhere_end(tmp_path):
     assert settings["steps"] == 4 and settings["guidance"] == 2.0
     assert "seed" not in settings and "prompt" not in settings
     assert settings["lora_paths"] == ["a"]  # found once, not once per loop
+
+
+def test_odd_node_ids_and_values_are_read_past():
+    graph = flux_dev_example(seed=5)
+    graph["²"] = graph.pop(next(iter(graph)))  # an id str.isdigit() passes and int() refuses
+    graph["9" * 5000] = {"class_type": "Note", "inputs": {}}  # an id past the digits Python reads
+    sampler = next(node for node in graph.values() if node["class_type"] == "KSamplerSelect")
+    sampler["inputs"]["sampler_name"] = ["not", "a", "name"]
+    settings = read_comfy_prompt(json.dumps(graph)).settings
+    assert settings["seed"] == 5 and "sampler" not in settings
 
 
 # ----- the other way: our PNGs carry a graph ComfyUI opens ------------------------------------------

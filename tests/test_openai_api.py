@@ -433,6 +433,7 @@ def test_api_requests_past_the_waiting_limit_are_refused_with_429():
     ({"prompt": "x", "size": "large"}, 400, "size", None, "1024x1024"),
     ({"prompt": "x", "size": "100x64"}, 400, "size", None, "multiple of 16"),
     ({"prompt": "x", "size": "8192x8192"}, 400, "size", None, "out of range"),
+    ({"prompt": "x", "size": "9" * 5000 + "x64"}, 400, "size", None, "like 1024x1024"),
     ({"prompt": "x", "response_format": "gif"}, 400, "response_format", None, "Invalid 'response_format'"),
     ({"prompt": "x", "seed": -1}, 400, "seed", None, "Invalid 'seed'"),
     ({"prompt": "x", "model": "schnell"}, 400, None, None, "not on this machine"),  # listed, not downloaded

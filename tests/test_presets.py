@@ -160,6 +160,8 @@ def test_a1111_parameters_give_prompt_steps_seed_size_guidance(tmp_path):
     assert sd == {"prompt": "a cat", "steps": 30, "seed": 5, "width": 496, "height": 496}  # SD's CFG is not FLUX's
     long = settings_from_a1111("a cat " * 5000 + "\nSteps: 30, Seed: 5, Size: 512x512")  # 30,000 characters
     assert (len(long["prompt"]), long["steps"]) == (MAX_PROMPT_CHARS, 30)  # cut as the page's prompt box is
+    odd = settings_from_a1111("a cat\nSteps: ², Seed: " + "9" * 5000 + ", Size: 64x64, Hires steps: ³")
+    assert odd == {"prompt": "a cat", "width": 64, "height": 64}  # numbers int() cannot read are left out
     one_line = "a cat " * 33_000  # 198,000 characters on the line read for items: read in one pass, not one per start
     assert settings_from_a1111(one_line) == {"prompt": one_line.strip()[:MAX_PROMPT_CHARS]}
     no_items = settings_from_a1111("a cat\nNegative prompt: a dog\nSteps: 30")  # A1111: under three items is text
@@ -174,6 +176,11 @@ def test_pngs_without_settings_are_refused(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
     with pytest.raises(PresetError, match="carries no settings"):
         settings_from_png(tmp_path / "plain.png")
+    digits = PngImagePlugin.PngInfo()
+    digits.add_text("mflux_studio", '{"format": 2, "request": {"seed": ' + "9" * 5000 + "}}")
+    Image.new("RGB", (8, 8)).save(tmp_path / "digits.png", pnginfo=digits)
+    with pytest.raises(PresetError, match="not valid JSON"):  # a number past the 4,300 digits Python reads
+        settings_from_png(tmp_path / "digits.png")
     (tmp_path / "fake.png").write_text("not an image")
     with pytest.raises(PresetError, match="not an image"):
         settings_from_png(tmp_path / "fake.png")

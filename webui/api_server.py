@@ -157,8 +157,10 @@ async def json_object(request: Request, refusal: type[ApiRefusal]) -> dict:
     except NotJsonNumber as error:
         raise refusal.of(400, f"The body holds {error}, which is not a number a setting can take: send finite "
                               "numbers.") from None
-    except ValueError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise refusal.of(400, "The body must be a JSON object (Content-Type: application/json).") from None
+    except ValueError:  # Python reads no integer of more than 4,300 digits
+        raise refusal.of(400, "The body holds a number too long to read: no setting takes one that size.") from None
     if not isinstance(fields, dict):
         raise refusal.of(400, "The body must be a JSON object of the request's fields.")
     return fields

@@ -51,7 +51,7 @@ from webui.turns import request_about
 API_TOOLS = ("generate", "fill", "kontext", "redux")
 OPENAI_MODEL = re.compile(r"^(dall-e-\d|gpt-image-)")
 OPENAI_SOURCE = "OpenAI API"  # who submitted a job, as the queue shows it
-SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+SIZE = re.compile(r"^\s*([0-9]{1,9})\s*[xX×]\s*([0-9]{1,9})\s*$")
 RESULT_NAME = re.compile(r"^[\w-]+\.png$")
 MAX_EDIT_IMAGES = 16  # OpenAI's limit for one edit
 OPAQUE = 128  # a mask pixel at least this opaque is kept; below, it is edited (OpenAI: transparent = edit)
@@ -121,8 +121,8 @@ def image_size(size: str | None) -> tuple[int | None, int | None]:
         return None, None
     match = SIZE.match(size)
     if not match:
-        raise ApiError(400, f"Invalid 'size' {size!r}: give width x height in pixels, like 1024x1024, or 'auto'.",
-                       "size")
+        raise ApiError(400, f"Invalid 'size' {size[:40]!r}: give width x height in pixels, like 1024x1024, or "
+                            "'auto'.", "size")
     return int(match.group(1)), int(match.group(2))
 
 
