@@ -24,11 +24,13 @@ from PIL import Image
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.grid import labelled_grid
-from mflux_core.request import GenerationRequest, check_finite
+from mflux_core.request import GenerationRequest, check_finite, hires_size
 from mflux_core.settings_schema import SAMPLER_LABELS, SCHEDULE_LABELS
 
 MAX_CELLS = 100  # cells in one plot, unless the caller allows more
 MAX_AXIS_VALUES = 10_000  # values one range may spell out, whatever the cell limit
+MAX_GRID_PIXELS = 200 * 10**6  # A1111's img_max_size_mp default: a grid's size, and with it its cells' memory
+NATIVE_GUESS = 1024  # a cell size a request leaves to the model, taken as FLUX.1's for the grid's check
 RANGE = re.compile(r"^\s*(-?[\d.]+)\s*-\s*(-?[\d.]+)\s*(?:\(\s*([+-]?[\d.]+)\s*\)|\[\s*(\d+)\s*\])?\s*$")
 
 
@@ -314,7 +316,25 @@ def plot_cells(base: GenerationRequest, axes: list[Axis], max_cells: int = MAX_C
                 request = axes[axis_index].apply(request, value)
             no_lora = no_lora or (kind == "lora" and value == NO_LORA)
         cells.append(Cell(styled(request).validated(), tuple(position)))
+    check_grid_size(cells, [len(axis.values) for axis in axes])
     return cells
+
+
+def cell_size(request: GenerationRequest) -> tuple[int, int]:
+    """A cell's image size as far as its request tells (a side left to the model or the input: FLUX.1's 1024)."""
+    width, height = request.width or NATIVE_GUESS, request.height or NATIVE_GUESS
+    return hires_size(width, height, request.hires_scale) if request.hires_scale else (width, height)
+
+
+def check_grid_size(cells: list[Cell], lengths: list[int]) -> None:
+    """Refuse, before anything runs, a plot whose grid would be past A1111's grid limit (its img_max_size_mp)."""
+    sizes = [cell_size(cell.request) for cell in cells]
+    width, height = max(w for w, _ in sizes), max(h for _, h in sizes)
+    pixels = lengths[0] * width * lengths[1] * height
+    if pixels > MAX_GRID_PIXELS:
+        raise InvalidRequest(f"The plot's grid would be {pixels / 1e6:,.0f} megapixels ({lengths[0]} x {lengths[1]} "
+                             f"cells of up to {width}x{height}), more than the {MAX_GRID_PIXELS // 10**6} a grid may "
+                             "have (A1111's limit): use fewer values or a smaller size.")
 
 
 def _labels(axis: Axis) -> list[str]:

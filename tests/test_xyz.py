@@ -77,6 +77,13 @@ def test_a_plot_is_refused_before_anything_runs_when_a_cell_is_bad_or_there_are_
         plot_cells(GenerationRequest(prompt="a cat"), [parse_axis("steps", "0-2")])
     with pytest.raises(InvalidRequest, match="needs a LoRA"):
         plot_cells(GenerationRequest(prompt="a cat"), [parse_axis("lora-scale", "0.5, 1")])
+    with pytest.raises(InvalidRequest, match=r"grid would be 218 megapixels \(13 x 1 cells of up to 4096x4096\), more "
+                                             r"than the 200 a grid may have"):  # 2.6 GB of cells, and a grid as large
+        plot_cells(GenerationRequest(prompt="a cat", width=4096, height=4096), [parse_axis("seed", "1-13")])
+    with pytest.raises(InvalidRequest, match=r"13 x 1 cells of up to 4096x4096"):  # the hires fix's second pass
+        plot_cells(GenerationRequest(prompt="a cat", width=2048, height=2048, hires_scale=2),
+                   [parse_axis("seed", "1-13")])
+    assert len(plot_cells(GenerationRequest(prompt="a cat", width=4096, height=4096), [parse_axis("seed", "1-11")]))
 
 
 def test_lora_axes_keep_the_text_encoder_scales_aligned_with_the_loras():
@@ -100,6 +107,12 @@ def test_the_grid_places_each_image_under_its_labels_and_leaves_missing_cells_bl
     assert (grid[top + 24:, left + 48:] == (0, 0, 255)).all()
     assert (grid[top:top + 24, left + 48:] == 255).all()  # the missing cell
     assert (grid[:top, :] < 128).any() and (grid[:, :left] < 128).any()  # labels drawn
+
+
+def test_a_label_as_long_as_a_prompt_is_cut_short():
+    cell = Image.new("RGB", (64, 64), (255, 0, 0))
+    grid = labelled_grid([[cell, cell]], ["Prompt S/R: " + "a red cat " * 2000, "Prompt S/R: a cat"], [""])
+    assert grid.width < 2 * 1000  # 80 characters a label: a 20,000-character one would make cells 100,000 px wide
 
 
 def test_labels_wider_than_the_cells_widen_their_columns_and_the_cells_stay_centred():

@@ -3,6 +3,11 @@
 from PIL import Image, ImageDraw, ImageFont
 
 MARGIN = 8
+MAX_LABEL_CHARS = 80  # a longer label (a Prompt S/R value can be a whole prompt) is cut: it would widen every cell
+
+
+def _shown(label: str) -> str:
+    return label if len(label) <= MAX_LABEL_CHARS else label[:MAX_LABEL_CHARS - 1] + "…"
 
 
 def _font(height: int) -> ImageFont.FreeTypeFont:
@@ -12,6 +17,7 @@ def _font(height: int) -> ImageFont.FreeTypeFont:
 def labelled_grid(images: list[list[Image.Image | None]], column_labels: list[str], row_labels: list[str],
                   title: str = "") -> Image.Image:
     """`images[row][column]` (None: a cell that did not run, left blank) with its labels drawn on the grid."""
+    column_labels, row_labels, title = [_shown(x) for x in column_labels], [_shown(x) for x in row_labels], _shown(title)
     cell_w = max(image.width for row in images for image in row if image is not None)
     cell_h = max(image.height for row in images for image in row if image is not None)
     font = _font(cell_h)
