@@ -22,6 +22,7 @@ from mflux_core.settings_schema import MAX_BATCH
 from mflux_core.wildcards import expand_prompt
 
 MAX_TEXT_CHARS = 1_000_000
+MAX_IMAGES = 10_000  # images one prompt list may ask for (a 1,000,000-character list of 16-image lines: 8 million)
 # What a line may set: the request's field (or batch_count) and how its A1111 form's text is read
 LINE_SETTINGS = {"prompt": str, "negative_prompt": str, "seed": int, "steps": int, "width": int, "height": int,
                  "guidance": float, "true_cfg_scale": float, "sampler": str, "schedule": str, "model": str,
@@ -130,6 +131,11 @@ def line_requests(base: GenerationRequest, lines: list[PromptLine], seeds: list[
     or with a variation strength, as A1111, that seed with consecutive variation seeds; its prompt (else the
     base's), `styled` (the A1111 styles picked), has its wildcards drawn from each image's seed. A refusal starts
     with the line's `label`."""
+    total = sum(line.settings.get("batch_count", batch_count) * (1 if "seed" in line.settings else len(seeds))
+                for line in lines)
+    if total > MAX_IMAGES:
+        raise InvalidRequest(f"The prompt list asks for {total:,} images, more than the {MAX_IMAGES:,} one run makes: "
+                             "split it into several lists.")
     requests = []
     for line in lines:
         settings = dict(line.settings)

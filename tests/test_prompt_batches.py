@@ -104,6 +104,13 @@ def test_a_bad_line_is_refused_with_its_number(line, sentence):
         line_requests(GenerationRequest(), read_prompt_lines(f"a good line\n{line}\n"), [0])
 
 
+def test_a_list_of_more_images_than_one_run_makes_is_refused_before_any_is_planned():
+    lines = read_prompt_lines("a cat\n" * 700)
+    with pytest.raises(InvalidRequest, match=r"asks for 11,200 images, more than the 10,000 one run makes"):
+        line_requests(GenerationRequest(), lines, [0], batch_count=16)
+    assert len(line_requests(GenerationRequest(), lines, [0, 1], batch_count=7)) == 9_800
+
+
 def test_an_empty_list_or_a_file_that_is_not_text_is_refused(tmp_path):
     with pytest.raises(InvalidRequest, match="no lines to run"):
         read_prompt_lines("\n# only a comment\n")
