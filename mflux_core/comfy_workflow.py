@@ -11,10 +11,9 @@ What the studio names differently (the checkpoint file, ComfyUI-only samplers) i
 leaves A1111's out. Values are returned as found; presets.settings_from_comfy clamps and validates them.
 """
 
-import re
-
 from mflux_core.app_metadata import (
     COMFY_SAMPLERS, SCHEDULES, FoundSettings, NotTheirSettings, file_stem, is_number, is_whole, json_object,
+    whole_text,
 )
 from mflux_core.lora.a1111 import LoraUse
 
@@ -87,7 +86,8 @@ class Graph:
 
 
 def _node_order(key: str) -> tuple[int, str]:
-    return (int(key), "") if re.fullmatch(r"[0-9]{1,18}", key) else (1 << 62, key)  # not isdigit(): '²' is one
+    number = whole_text(key)
+    return (number, "") if number is not None else (1 << 62, key)
 
 
 def read_comfy_prompt(text: str) -> FoundSettings:

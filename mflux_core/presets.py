@@ -22,8 +22,8 @@ from typing import Callable
 from PIL import ExifTags, Image
 
 from mflux_core.app_metadata import (
-    INVOKE_KEY, XMP_KEY, FoundSettings, NotTheirSettings, is_draw_things_xmp, is_swarm_parameters,
-    read_draw_things_xmp, read_invoke_metadata, read_swarm_parameters,
+    INVOKE_KEY, SIZE_TEXT, XMP_KEY, FoundSettings, NotTheirSettings, is_draw_things_xmp, is_swarm_parameters,
+    read_draw_things_xmp, read_invoke_metadata, read_swarm_parameters, whole_text,
 )
 from mflux_core.comfy_workflow import PROMPT_KEY as COMFY_PROMPT_KEY, read_comfy_prompt
 from mflux_core.errors import InvalidRequest
@@ -352,7 +352,6 @@ def settings_from_request(request: GenerationRequest) -> dict:
 
 
 NEGATIVE_PROMPT = "Negative prompt:"
-_WHOLE = re.compile(r"[0-9]{1,18}")
 _A1111_ITEM = re.compile(r'(?:^|(?<=,))\s*([A-Za-z][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 
 
@@ -386,13 +385,13 @@ def settings_from_a1111(text: str) -> dict:
     values = {key: value.strip('"') for key, value in infotext.items.items()}
     prompt, tagged = take_lora_tags(infotext.prompt)
     settings: dict = {"prompt": prompt[:MAX_PROMPT_CHARS], **_tagged_loras(tagged)}  # as found_settings cuts it
-    steps, seed = _whole(values.get("Steps")), _whole(values.get("Seed"))
+    steps, seed = whole_text(values.get("Steps")), whole_text(values.get("Seed"))
     if steps is not None:
         settings["steps"] = max(1, min(MAX_STEPS, steps))
     if seed is not None and seed <= MAX_SEED:
         settings["seed"] = seed
     settings.update(_a1111_variation(values))
-    size = re.match(r"^([0-9]{1,18})x([0-9]{1,18})$", values.get("Size", ""))
+    size = SIZE_TEXT.fullmatch(values.get("Size", ""))
     if size:
         settings["width"], settings["height"] = (_snapped_side(int(v)) for v in size.groups())
     if values.get("Tool") in TOOLS:
@@ -410,12 +409,6 @@ def settings_from_a1111(text: str) -> dict:
     if face_fix:
         settings["extra"] = {**settings.get("extra", {}), **face_fix}
     return validate_settings(settings)
-
-
-def _whole(text: str | None) -> int | None:
-    """An item's whole number: ASCII digits, at most 18 (no setting takes more; Python reads no int of thousands,
-    and str.isdigit() also passes digits such as '²' that int() refuses), else None."""
-    return int(text) if text is not None and _WHOLE.fullmatch(text) else None
 
 
 def _a1111_face_fix(values: dict) -> dict:
@@ -484,7 +477,7 @@ def found_settings(read: Callable[[str], FoundSettings], text: str, what: str) -
 
 def _a1111_variation(values: dict) -> dict:
     """The variation seed and its strength from A1111's items; nothing where either is missing or out of range."""
-    seed, strength = _whole(values.get("Variation seed")), values.get("Variation seed strength", "")
+    seed, strength = whole_text(values.get("Variation seed")), values.get("Variation seed strength", "")
     try:
         strength = float(strength)
     except ValueError:
@@ -497,7 +490,7 @@ def _a1111_variation(values: dict) -> dict:
 def _a1111_inpaint_area(values: dict) -> dict:
     """Fill's mask blur, "Only masked" and its padding from A1111's inpaint items (its default padding where none is
     given)."""
-    blur, padding = _whole(values.get("Mask blur")), _whole(values.get("Masked area padding"))
+    blur, padding = whole_text(values.get("Mask blur")), whole_text(values.get("Masked area padding"))
     settings = {"mask_blur": min(MAX_MASK_BLUR, blur)} if blur else {}
     if values.get("Inpaint area") != "Only masked":
         return settings
@@ -514,7 +507,7 @@ def _a1111_hires(values: dict) -> dict:
     if not 1 <= scale <= MAX_HIRES_SCALE:
         return {}
     settings = {"hires_scale": scale, "hires_prompt": values.get("Hires prompt", "")}
-    hires_steps = _whole(values.get("Hires steps"))
+    hires_steps = whole_text(values.get("Hires steps"))
     if hires_steps:  # A1111's 0: the first pass's
         settings["hires_steps"] = min(MAX_STEPS, hires_steps)
     if 0 < strength <= 1:
