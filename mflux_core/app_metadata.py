@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from mflux_core.lora.a1111 import LoraUse
 from mflux_core.request import is_finite_number as is_number
 
-WHOLE_TEXT = re.compile(r"[0-9]{1,18}")  # whole_text's
-SIZE_TEXT = re.compile(r"([0-9]{1,18})x([0-9]{1,18})")  # "WxH", each side as whole_text reads it
+SIZE_TEXT = re.compile(r"([0-9]{1,18})x([0-9]{1,18})")  # "WxH", each side as request.whole_text reads it
 SWARM_KEY = "sui_image_params"  # inside the JSON SwarmUI writes into the "parameters" chunk
 INVOKE_KEY = "invokeai_metadata"  # the PNG text chunk InvokeAI writes
 # ComfyUI's sampler names (SwarmUI runs ComfyUI and keeps them) -> ours, where the method is the same
@@ -53,12 +52,6 @@ class FoundSettings:
 
 def is_whole(value) -> bool:
     return is_number(value) and float(value).is_integer() and value >= 0
-
-
-def whole_text(text) -> int | None:
-    """A whole number written as text: ASCII digits, at most 18 (no setting takes more; Python reads no int of
-    thousands of digits, and str.isdigit() also passes '²', which int() refuses), else None."""
-    return int(text) if isinstance(text, str) and WHOLE_TEXT.fullmatch(text) else None
 
 
 def json_object(text: str) -> dict:

@@ -13,9 +13,9 @@ leaves A1111's out. Values are returned as found; presets.settings_from_comfy cl
 
 from mflux_core.app_metadata import (
     COMFY_SAMPLERS, SCHEDULES, FoundSettings, NotTheirSettings, file_stem, is_number, is_whole, json_object,
-    whole_text,
 )
 from mflux_core.lora.a1111 import LoraUse
+from mflux_core.request import whole_text
 
 PROMPT_KEY = "prompt"  # the PNG text chunk ComfyUI's SaveImage writes the graph it ran into
 SAMPLERS = ("KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced")

@@ -23,7 +23,7 @@ from PIL import ExifTags, Image
 
 from mflux_core.app_metadata import (
     INVOKE_KEY, SIZE_TEXT, XMP_KEY, FoundSettings, NotTheirSettings, is_draw_things_xmp, is_swarm_parameters,
-    read_draw_things_xmp, read_invoke_metadata, read_swarm_parameters, whole_text,
+    read_draw_things_xmp, read_invoke_metadata, read_swarm_parameters,
 )
 from mflux_core.comfy_workflow import PROMPT_KEY as COMFY_PROMPT_KEY, read_comfy_prompt
 from mflux_core.errors import InvalidRequest
@@ -31,7 +31,7 @@ from mflux_core.images.outpaint import parse_padding
 from mflux_core.lora.a1111 import LoraUse, lora_library_name, take_lora_tags, with_loras_added
 from mflux_core.metadata import A1111_KEY, JSON_KEY, MAX_METADATA_CHARS, request_from_metadata
 from mflux_core.request import (
-    MAX_SEED, MAX_SIDE, MAX_STEPS, REQUEST_SETTINGS, TOOLS, GenerationRequest, is_finite_number,
+    MAX_SEED, MAX_SIDE, MAX_STEPS, REQUEST_SETTINGS, TOOLS, GenerationRequest, is_finite_number, whole_text,
 )
 from mflux_core.controlnet_infotext import controlnet_settings
 from mflux_core.controlnet_units import IMAGE_KEY

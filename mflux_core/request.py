@@ -1,6 +1,7 @@
 """GenerationRequest: every setting of one image, validated once, shared by the CLI, the UI and presets."""
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +23,7 @@ from mflux_core.images.resize_modes import DEFAULT_RESIZE_MODE
 from mflux_core.settings_schema import RESIZE_MODE
 from mflux_core.tools.specs import TOOL_NAMES as TOOLS, tool_spec
 
+WHOLE_TEXT = re.compile(r"[0-9]{1,18}")  # whole_text's
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -184,6 +186,12 @@ def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
     size = tuple(max(16, round(side * scale) // 16 * 16) for side in (width, height))
     check_image_size(*size, f"The hires fix's second pass ({width}x{height} upscaled {scale:g} times)")
     return size
+
+
+def whole_text(text) -> int | None:
+    """A whole number written as text: ASCII digits, at most 18 (no setting takes more; Python reads no int of
+    thousands of digits, and str.isdigit() also passes '²', which int() refuses), else None."""
+    return int(text) if isinstance(text, str) and WHOLE_TEXT.fullmatch(text) else None
 
 
 def is_finite_number(value) -> bool:

@@ -81,7 +81,7 @@ def _texts(text: str, what: str) -> tuple[str, ...]:
 def _size(text: str, what: str) -> tuple[tuple[int, int], ...]:
     sizes = []
     for part in _texts(text, what):
-        match = re.fullmatch(r"(\d+)\s*[xX]\s*(\d+)", part)
+        match = re.fullmatch(r"([0-9]{1,18})\s*[xX]\s*([0-9]{1,18})", part)  # past 18 digits: no size
         if match is None:
             raise InvalidRequest(f"{what}: {part[:40]!r} is not a size like 512x768.")
         sizes.append((int(match.group(1)), int(match.group(2))))

@@ -218,8 +218,9 @@ def test_the_concept_panel_parses_its_fields():
 
     assert parse_concepts(" dragon, red castle\nsky ,, ") == ("dragon", "red castle", "sky")
     assert parse_indices("15 16,17", "Layers") == (15, 16, 17) and parse_indices("", "Layers") == ()
-    with pytest.raises(InvalidRequest, match="Layers must be whole numbers"):
-        parse_indices("15, x", "Layers")
+    for text in ("15, x", "15 ²", "9" * 5000):  # '²' passes str.isdigit(); 5,000 digits are past what int() reads
+        with pytest.raises(InvalidRequest, match="Layers must be whole numbers"):
+            parse_indices(text, "Layers")
     with pytest.raises(InvalidRequest, match="at least one concept"):
         concept_settings({"concepts": " , "})
     with pytest.raises(InvalidRequest, match="Upload the image"):

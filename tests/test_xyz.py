@@ -36,6 +36,7 @@ def test_values_are_read_as_a1111_writes_them(kind, text, values):
     ("steps", "kind=values"),
     ("steps=", "has no values"),
     ("size=64by64", "not a size"),
+    ("size=" + "9" * 5000 + "x64", "not a size"),
     ("seed=1-10000000000 [10000000000]", r"has 10,000,000,000 values, more than the 10,000 an axis takes"),
     ("seed=1-1000000000000", r"has 1,000,000,000,000 values, more than the 10,000"),
     ("seed=1-2 [" + "9" * 5000 + "]", "must be a finite number"),

@@ -13,7 +13,7 @@ from mflux_core.concept.run import (
     ConceptSettings, concepts_from_image, generate_with_concepts, save_concept_result,
 )
 from mflux_core.errors import InvalidRequest
-from mflux_core.request import GenerationRequest
+from mflux_core.request import GenerationRequest, whole_text
 from webui.gallery import result_path
 from webui.jobs import follow, image_progress, page_job
 from webui.panels import Panel, input_image, result_column
@@ -33,9 +33,11 @@ def parse_concepts(text: str | None) -> tuple[str, ...]:
 def parse_indices(text: str | None, what: str) -> tuple[int, ...]:
     """'15 16, 17' -> (15, 16, 17); empty -> () (the default)."""
     parts = [part for part in re.split(r"[\s,]+", text or "") if part]
-    if not all(part.isdigit() for part in parts):
-        raise InvalidRequest(f"{what} must be whole numbers from 0 separated by spaces or commas, not {text!r}.")
-    return tuple(int(part) for part in parts)
+    indices = tuple(whole_text(part) for part in parts)
+    if None in indices:
+        raise InvalidRequest(f"{what} must be whole numbers from 0 separated by spaces or commas, not "
+                             f"{(text or '')[:80]!r}.")
+    return indices
 
 
 def concept_settings(values: dict) -> ConceptSettings:

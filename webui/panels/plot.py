@@ -62,8 +62,7 @@ def plot_axes(values: dict, base: GenerationRequest, context: RequestContext) ->
 
 
 def max_cells(values: dict) -> int:
-    value = values.get("max_cells")
-    return MAX_CELLS if value in (None, "") else max(1, int(value))
+    return max(1, int(number_value(values, "max_cells", MAX_CELLS, "The most cells")))
 
 
 def plot_requests(values: dict, context: RequestContext) -> tuple[list[Axis], list]:
