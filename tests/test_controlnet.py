@@ -312,6 +312,38 @@ def test_bad_inputs_fail_with_a_clear_message_and_no_output(tiny_dev, controlnet
         assert not output.exists()
 
 
+def test_an_fp8_controlnet_is_held_in_fp8_and_steers_as_its_dense_twin(tiny_dev, controlnet_for_dev, tmp_path):
+    """A ControlNet stored in FP8 (ComfyUI users' *-fp8 files) keeps a byte per matrix weight once loaded, as the
+    memory plan reads its headers, and makes the image its float32 twin (the same values) makes."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from mflux_core.manager import ModelManager
+    from mflux_core.request import GenerationRequest
+    from mflux_core.resident import side_model_files
+    from mflux_core.weights.resolve import resident_bytes_of
+
+    twins = {}
+    for name, to_fp8 in (("fp8", True), ("dense", False)):
+        folder = shutil.copytree(controlnet_for_dev, tmp_path / name)
+        for path in folder.glob("*.safetensors"):
+            state = {key: value.to(torch.float8_e4m3fn) if value.ndim == 2 else value
+                     for key, value in load_file(path).items()}
+            save_file(state if to_fp8 else {key: value.float() for key, value in state.items()}, path)
+        twins[name] = folder
+    control = save(random_image(64, 64, seed=11), tmp_path / "control.png")
+    images, held = {}, {}
+    for name, folder in twins.items():
+        manager = ModelManager()
+        images[name] = manager.generate(GenerationRequest(
+            tool="controlnet", model=str(tiny_dev), prompt=PROMPT, seed=3, steps=2, width=64, height=64,
+            controlnet_image_path=str(control), controlnet_strength=0.8, extra={"controlnet_path": str(folder)})).image
+        [held[name]] = [entry["bytes"] for entry in manager.status()["resident"] if entry["kind"] == "auxiliary"]
+    assert max_uint8_diff(images["fp8"], images["dense"]) == 0
+    assert held["fp8"] == resident_bytes_of(side_model_files(twins["fp8"]), 4) < 0.5 * held["dense"]
+
+
 def test_control_latents_are_encoded_once_per_image_and_vae(tiny_dev, controlnet_for_dev, tmp_path):
     from mflux_core.manager import ModelManager
     from mflux_core.request import GenerationRequest

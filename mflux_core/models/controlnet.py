@@ -217,24 +217,26 @@ def check_is_controlnet(folder: Path) -> None:
         )
 
 
-def load_controlnet(path: Path, dtype: mx.Dtype = mx.float32,
-                    axes_dims_rope: tuple[int, ...] = FLUX1_AXES_DIMS_ROPE) -> FluxControlNet:
+def load_controlnet(path: Path, dtype: mx.Dtype = mx.float32, axes_dims_rope: tuple[int, ...] = FLUX1_AXES_DIMS_ROPE,
+                    evaluated: bool = True) -> FluxControlNet:
     """Load a diffusers FLUX ControlNet folder (config.json + safetensors), e.g. InstantX's Canny, or a single file
-    as ComfyUI users keep one (weights/controlnet_files.py), whose RoPE axes are the base model's `axes_dims_rope`."""
+    as ComfyUI users keep one (weights/controlnet_files.py), whose RoPE axes are the base model's `axes_dims_rope`.
+    Not `evaluated`, each weight is read from the file when first used (weights/float8_loading.py)."""
     path = Path(path)
     if path.is_file():
-        return load_controlnet_file(path, dtype, axes_dims_rope)
+        return load_controlnet_file(path, dtype, axes_dims_rope, evaluated)
     if not path.is_dir():
         raise ModelLoadError(f"The ControlNet {path} is not a folder or a .safetensors file.")
     check_is_controlnet(path)
-    return load_component(path, build=built_controlnet, sanitize=sanitize, dtype=dtype)
+    return load_component(path, build=built_controlnet, sanitize=sanitize, dtype=dtype, evaluated=evaluated)
 
 
 def built_controlnet(config: dict) -> FluxControlNet:
     return FluxControlNet(read_controlnet_config(config), union_mode_count(config), read_hint_config(config))
 
 
-def load_controlnet_file(path: Path, dtype: mx.Dtype, axes_dims_rope: tuple[int, ...]) -> FluxControlNet:
+def load_controlnet_file(path: Path, dtype: mx.Dtype, axes_dims_rope: tuple[int, ...],
+                         evaluated: bool = True) -> FluxControlNet:
     if path.suffix != ".safetensors":
         raise ModelLoadError(f"The ControlNet {path} is not a folder or a .safetensors file.")
     weights = load_safetensors(path)
@@ -245,5 +247,6 @@ def load_controlnet_file(path: Path, dtype: mx.Dtype, axes_dims_rope: tuple[int,
     config, weights = controlnet_from_file(weights, axes_dims_rope)
     model = built_controlnet(config)
     load_weights_strict(model, cast_floats(sanitize(weights), dtype), str(path))
-    mx.eval(model.parameters())
+    if evaluated:
+        mx.eval(model.parameters())
     return model

@@ -9,6 +9,7 @@ also gets its control mode (diffusers' `control_mode`): the request's control ty
 """
 
 from dataclasses import dataclass
+from functools import partial
 
 import mlx.core as mx
 from PIL import Image
@@ -28,6 +29,7 @@ from mflux_core.settings_schema import UNION_CONTROL_TYPES
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.common import check_in_channels, packed_channels, prompt_conditioning
 from mflux_core.tools.specs import tool_spec
+from mflux_core.weights.float8_loading import load_held_in_fp8
 from mflux_core.weights.quantize import quantize_model
 from mflux_core.weights.resolve import ALIASES, is_demo_folder, side_model_for
 
@@ -93,8 +95,9 @@ def resident_controlnet(model: FluxModel, request: GenerationRequest, engine: To
                              "download them once online.")
     axes = tuple(model.config.axes_dims_rope)  # an XLabs single file's RoPE: its base model's
 
-    def load(path):
-        return quantize_model(load_controlnet(path, model.dtype, axes), request.quantize)
+    def load(path):  # an FP8 file's linear layers held in FP8, as the transformer's (and as the plan counts them)
+        return quantize_model(load_held_in_fp8(partial(load_controlnet, path, model.dtype, axes), path),
+                              request.quantize)
 
     controlnet = engine.auxiliary_model(name, load, variant=f"{model.dtype} {request.quantize}-bit {axes}",
                                         beside=model)
