@@ -23,6 +23,13 @@ MAX_DEPTH = 10  # nested expansions before a wildcard is taken to include itself
 MAX_FILE_BYTES = 1_000_000
 
 
+class PromptRefusal(InvalidRequest):
+    """A wildcard the prompt cannot use: a refusal about the prompt (an API names its prompt parameter)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, setting="prompt")
+
+
 def has_wildcards(prompt: str) -> bool:
     return bool(ALTERNATIVES.search(prompt) or WILDCARD.search(prompt))
 
@@ -31,13 +38,13 @@ def wildcard_lines(folder: Path | None, name: str) -> list[str]:
     """The choices of `__name__`: the non-empty lines of `<folder>/<name>.txt` that are not # comments (with `*`
     in the name: of every file it matches)."""
     if folder is None:
-        raise InvalidRequest(f"The prompt uses the wildcard __{name}__ but no wildcards folder is set.")
+        raise PromptRefusal(f"The prompt uses the wildcard __{name}__ but no wildcards folder is set.")
     root = Path(folder).resolve()
     if "*" not in name:
         return file_lines(root, name, (root / f"{name}.txt").resolve())
     paths = sorted(root.glob(f"{name}.txt"))
     if not paths:
-        raise InvalidRequest(f"The wildcard __{name}__ matches no file in the wildcards folder {root}.")
+        raise PromptRefusal(f"The wildcard __{name}__ matches no file in the wildcards folder {root}.")
     return [line for path in paths for line in file_lines(root, path.relative_to(root).with_suffix("").as_posix(),
                                                           path.resolve())]
 
@@ -45,19 +52,19 @@ def wildcard_lines(folder: Path | None, name: str) -> list[str]:
 def file_lines(root: Path, name: str, path: Path) -> list[str]:
     """The choices in one wildcard file, `path` (`name` as the prompt names it), refused outside `root`."""
     if not path.is_relative_to(root):
-        raise InvalidRequest(f"The wildcard __{name}__ names a file outside the wildcards folder.")
+        raise PromptRefusal(f"The wildcard __{name}__ names a file outside the wildcards folder.")
     if not path.is_file():
-        raise InvalidRequest(f"The wildcard __{name}__ has no file {name}.txt in the wildcards folder {root}.")
+        raise PromptRefusal(f"The wildcard __{name}__ has no file {name}.txt in the wildcards folder {root}.")
     if path.stat().st_size > MAX_FILE_BYTES:
-        raise InvalidRequest(f"The wildcard file {name}.txt is larger than {MAX_FILE_BYTES:,} bytes.")
+        raise PromptRefusal(f"The wildcard file {name}.txt is larger than {MAX_FILE_BYTES:,} bytes.")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        raise InvalidRequest(f"Cannot read the wildcard file {name}.txt ({error}).") from None
+        raise PromptRefusal(f"Cannot read the wildcard file {name}.txt ({error}).") from None
     lines = [line.strip() for line in text.splitlines()]
     choices = [line for line in lines if line and not line.startswith("#")]
     if not choices:
-        raise InvalidRequest(f"The wildcard file {name}.txt has no lines to choose from.")
+        raise PromptRefusal(f"The wildcard file {name}.txt has no lines to choose from.")
     return choices
 
 
@@ -71,7 +78,7 @@ def expand_prompt(prompt: str, seed: int, folder: Path | None = None) -> str:
             return prompt
         prompt = ALTERNATIVES.sub(lambda match: chosen_variants(match.group(1), rng), prompt)
         prompt = WILDCARD.sub(lambda match: rng.choice(wildcard_lines(folder, match.group(1).strip())), prompt)
-    raise InvalidRequest(f"The prompt's wildcards still expand after {MAX_DEPTH} rounds: does a wildcard file "
+    raise PromptRefusal(f"The prompt's wildcards still expand after {MAX_DEPTH} rounds: does a wildcard file "
                          "name itself?")
 
 

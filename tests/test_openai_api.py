@@ -436,7 +436,9 @@ def test_api_requests_past_the_waiting_limit_are_refused_with_429():
     ({"prompt": "x", "size": "9" * 5000 + "x64"}, 400, "size", None, "like 1024x1024"),
     ({"prompt": "x", "response_format": "gif"}, 400, "response_format", None, "Invalid 'response_format'"),
     ({"prompt": "x", "seed": -1}, 400, "seed", None, "Invalid 'seed'"),
-    ({"prompt": "x", "model": "schnell"}, 400, None, None, "not on this machine"),  # listed, not downloaded
+    ({"prompt": "x", "model": "schnell"}, 400, "model", None, "not on this machine"),  # listed, not downloaded
+    ({"prompt": "x <lora:nope:1>", "size": "64x64"}, 400, "prompt", None, "not in the LoRA library"),
+    ({"prompt": "a __nowhere__ cat", "size": "64x64"}, 400, "prompt", None, "__nowhere__"),
 ])
 def test_bad_generation_requests_get_openai_errors(studio, body, status, param, code, words):
     assert words in assert_openai_error(studio.http.post("/v1/images/generations", json=body), status, param, code)

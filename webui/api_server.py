@@ -175,7 +175,7 @@ def refusal_of(error: Exception, refusal: type[ApiRefusal]) -> ApiRefusal:
     if isinstance(error, InvalidRequest):
         return refusal.of(400, str(error), error.setting)
     if isinstance(error, ModelLoadError):  # a model not on disk: the client's to change, not a bug
-        return refusal.of(400, str(error))
+        return refusal.of(400, str(error), "model")
     if isinstance(error, Cancelled):  # withdrawn from the engine's queue, or stopped there
         return refusal.of(409, str(error))
     if isinstance(error, HTTPException):  # Starlette's refusal of a malformed body

@@ -56,7 +56,8 @@ RESULT_NAME = re.compile(r"^[\w-]+\.png$")
 MAX_EDIT_IMAGES = 16  # OpenAI's limit for one edit
 OPAQUE = 128  # a mask pixel at least this opaque is kept; below, it is edited (OpenAI: transparent = edit)
 PARAMS = {"width": "size", "height": "size", "batch_count": "n", "seed": "seed", "prompt": "prompt",  # ours -> OpenAI's
-          "image_path": "image", "masked_image_path": "mask", "redux_image_paths": "image"}
+          "image_path": "image", "masked_image_path": "mask", "redux_image_paths": "image",
+          "lora_paths": "prompt", "model": "model"}  # LoRAs come as the prompt's <lora:name:scale> tags
 
 
 class ImageParams(BaseModel):

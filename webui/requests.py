@@ -86,7 +86,7 @@ def lora_files(names: list[str], library: Mapping[str, Path]) -> tuple[str, ...]
     missing = [name for name in names if name not in library]
     if missing:
         raise InvalidRequest(f"The LoRA {missing[0]!r} is not in the LoRA library: check its name (was it moved or "
-                             "renamed?), or put its .safetensors file into a LoRA folder.")
+                             "renamed?), or put its .safetensors file into a LoRA folder.", setting="lora_paths")
     return tuple(str(library[name]) for name in names)
 
 
