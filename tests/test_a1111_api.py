@@ -738,6 +738,25 @@ def test_progress_shows_the_running_step_and_interrupt_stops_the_job(studio):
     assert answer(studio.http.get("/progress"))["state"]["job_count"] == 0
 
 
+def test_a_job_whose_client_went_away_stops_after_its_current_step(studio):
+    """A client that gives up (a timeout, then perhaps a retry) stops its job: no image is made for nobody."""
+    import socket
+
+    body = json.dumps({"prompt": CAPTION, "seed": 501, "steps": 400, "batch_size": 3, "save_images": True}).encode()
+    client = socket.create_connection((studio.http.base_url.host, studio.http.base_url.port))
+    client.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: studio\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    deadline = time.monotonic() + TIMEOUT_S
+    while answer(studio.http.get("/progress"))["state"]["sampling_step"] < 2:
+        assert time.monotonic() < deadline, "the job showed no step"
+        time.sleep(0.05)
+    client.close()  # gone, its answer unread
+    while answer(studio.http.get("/progress"))["state"]["job_count"]:
+        assert time.monotonic() < deadline, "the job went on without its client"
+        time.sleep(0.05)
+    assert saved_requests(studio, 501) == []  # stopped inside the first of its three 400-step images
+
+
 def test_api_jobs_wait_for_the_engine_turn_that_page_jobs_take(studio):
     turns, held, release, answers = studio.studio.turns, threading.Event(), threading.Event(), []
 

@@ -24,6 +24,7 @@ ignored and named in the answer's `info` ("ignored"). Errors are A1111's shape: 
 
 import json
 import re
+import threading
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -282,11 +283,12 @@ class SdApiState:
         self.job: ApiJob | None = None
 
 
-def run_job(studio, state: SdApiState, job: ApiJob, requests: list[GenerationRequest], save: bool) -> list:
+def run_job(studio, state: SdApiState, job: ApiJob, requests: list[GenerationRequest], save: bool,
+            gone: threading.Event) -> list:
     """The requests' results, run when the engine's turn comes (after the page's and the APIs' earlier jobs);
-    an interrupt keeps the images finished before it."""
+    an interrupt, or the client going away (`gone`), keeps the images finished before it."""
     results = []
-    with studio.turns.turn(**request_about(requests), source=A1111_SOURCE) as entry:
+    with studio.turns.turn(**request_about(requests), source=A1111_SOURCE, cancel=gone) as entry:
         cancel = studio.jobs.begin(API_SESSION, entry.cancel)  # /interrupt and the queue's Stop alike
         state.job = job
         try:
@@ -468,7 +470,7 @@ def txt2img_inputs(studio, params: Txt2ImgParams, ignored: list[str]) -> tuple[s
     return "controlnet", {**settings, **hires}, inputs
 
 
-def make_images(studio, state: SdApiState, fields: dict, img2img: bool) -> dict:
+def make_images(gone: threading.Event, studio, state: SdApiState, fields: dict, img2img: bool) -> dict:
     params = parsed(Img2ImgParams if img2img else Txt2ImgParams, fields)
     ignored = ignored_fields(params)
     tool, settings, inputs = (img2img_inputs if img2img else txt2img_inputs)(studio, params, ignored)
@@ -477,7 +479,7 @@ def make_images(studio, state: SdApiState, fields: dict, img2img: bool) -> dict:
     settings.update(model_settings(studio, {**state.module_options, **chosen_options(params.override_settings)}))
     requests = job_requests(studio, tool, model, params, ignored, settings, inputs)
     job = ApiJob("img2img" if img2img else "txt2img", len(requests))
-    results = run_job(studio, state, job, requests, params.save_images)
+    results = run_job(studio, state, job, requests, params.save_images, gone)
     return images_answer(fields, params, job, results, ignored)
 
 
@@ -569,12 +571,12 @@ def sdapi_router(studio, auth=None) -> APIRouter:
     @route("POST", "/sdapi/v1/txt2img")
     async def txt2img(request: Request):
         fields = await json_object(request, SdApiError)
-        return JSONResponse(await threads.run(make_images, studio, state, fields, False))
+        return JSONResponse(await threads.run_for(request, make_images, studio, state, fields, False))
 
     @route("POST", "/sdapi/v1/img2img")
     async def img2img(request: Request):
         fields = await json_object(request, SdApiError)
-        return JSONResponse(await threads.run(make_images, studio, state, fields, True))
+        return JSONResponse(await threads.run_for(request, make_images, studio, state, fields, True))
 
     @route("GET", "/sdapi/v1/sd-models")
     async def sd_models(request: Request):
@@ -676,7 +678,7 @@ def sdapi_router(studio, auth=None) -> APIRouter:
         inputs = studio.request_context().inputs
         requests = requests_from_settings(settings, studio.request_context(),
                                           image_path=inputs.save(image, "api-extras"))
-        results = run_job(studio, state, ApiJob("extras", 1), requests, save=False)
+        results = run_job(studio, state, ApiJob("extras", 1), requests, False, threading.Event())  # not watched
         if not results:
             raise SdApiError(409, "The upscale was interrupted before it finished.")
         return results[0].image

@@ -23,6 +23,7 @@ from webui.turns import QueueFull
 
 MAX_BODY_BYTES = 64 * 2**20  # the page's upload limit too
 MAX_WAITING = 16  # API requests running or waiting for their turn at once; more are refused (429)
+DISCONNECT_POLL_S = 0.25  # how often a job's request looks whether its client is still there
 UNAUTHORIZED = "This studio needs its user and password: HTTP basic auth, or 'user:password' as the API key."
 
 
@@ -110,6 +111,20 @@ class JobThreads:
             loop.call_soon_threadsafe(settle, outcome, value)
 
         threading.Thread(target=job, name="api-job", daemon=True).start()
+        return await answer
+
+    async def run_for(self, request: Request, work: Callable, *args):
+        """As `run`, for `work(gone, *args)`: `gone` (a threading.Event, to stop the job with) is set when the client
+        disconnects before its answer, as a client that timed out and retries does; A1111 and ComfyUI would make
+        every image nobody will read."""
+        gone = threading.Event()
+        answer = asyncio.ensure_future(self.run(work, gone, *args))
+        while not gone.is_set():
+            done, _ = await asyncio.wait({answer}, timeout=DISCONNECT_POLL_S)
+            if done:
+                break
+            if await request.is_disconnected():
+                gone.set()
         return await answer
 
     def stream(self, work: Callable, *args) -> AsyncIterator:

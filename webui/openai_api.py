@@ -23,6 +23,7 @@ OpenAI fields (quality, style, user, background...) are accepted and ignored. Ev
 import re
 import shutil
 import tempfile
+import threading
 import time
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -187,9 +188,10 @@ def image_requests(studio, params: ImageParams, tool: str, model: str, **inputs)
         return requests_from_settings(settings, studio.request_context(), **inputs)
 
 
-def run_in_turn(studio, requests: list[GenerationRequest]) -> list[Path]:
-    """Run the requests when the engine's turn comes (after the page's and the API's earlier jobs); save each."""
-    with studio.turns.turn(**request_about(requests), source=OPENAI_SOURCE) as entry:
+def run_in_turn(studio, requests: list[GenerationRequest], gone: threading.Event) -> list[Path]:
+    """Run the requests when the engine's turn comes (after the page's and the API's earlier jobs); save each. The
+    client going away (`gone`) stops them."""
+    with studio.turns.turn(**request_about(requests), source=OPENAI_SOURCE, cancel=gone) as entry:
         with closing(studio.manager.batch(requests, entry.cancel.is_set)) as runs:  # on a cluster: over the replicas
             return [save_result(studio.folders.outputs, run(None)) for run in runs]
 
@@ -297,8 +299,9 @@ def variation_requests(studio, form) -> tuple[ImageParams, list[GenerationReques
     return params, image_requests(studio, params, "redux", model, redux_image_paths=(path,))
 
 
-def images_made(studio, params: ImageParams, requests: list[GenerationRequest], base_url: str) -> dict:
-    return images_response(studio, run_in_turn(studio, requests), params, base_url)
+def images_made(gone: threading.Event, studio, params: ImageParams, requests: list[GenerationRequest],
+                base_url: str) -> dict:
+    return images_response(studio, run_in_turn(studio, requests, gone), params, base_url)
 
 
 def openai_router(studio, auth=None) -> APIRouter:
@@ -313,7 +316,8 @@ def openai_router(studio, auth=None) -> APIRouter:
             events = threads.stream(run_streamed, studio, requests, kind, params.partial_images or 0, params.output,
                                     OPENAI_SOURCE)
             return StreamingResponse(server_sent(events, ApiError), media_type="text/event-stream")
-        return JSONResponse(await threads.run(images_made, studio, params, requests, str(request.base_url)))
+        return JSONResponse(await threads.run_for(request, images_made, studio, params, requests,
+                                                  str(request.base_url)))
 
     @route("POST", "/v1/images/generations")
     async def generations(request: Request):

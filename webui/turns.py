@@ -111,6 +111,8 @@ class EngineTurns:
         try:
             for _ in self.places(entry):
                 pass
+            if entry.cancel.is_set():  # stopped while it waited (an API client that went away)
+                raise Cancelled(WITHDRAWN)
             yield entry
         finally:
             self.leave(entry)
