@@ -381,6 +381,12 @@ def test_upscale_batch_makes_one_request_per_image_and_refuses_a_bad_upload_befo
                                                                                                  "broken.png")]},
                                   context)
     assert set(context.inputs.folder.iterdir()) == before  # nothing of the refused batch was kept
+    Image.new("RGB", (3000, 2000)).save(tmp_path / "large.png")  # upscaled twice: past the 4096 px side limit
+    with pytest.raises(InvalidRequest, match=r"^large.png: The image upscaled from 3000x2000 would be 6000x4000"):
+        controlnet.build_requests({**upscale, "upscale_batch": [str(tmp_path / name) for name in ("new.png",
+                                                                                                 "large.png")]},
+                                  context)
+    assert set(context.inputs.folder.iterdir()) == before  # refused before the first image ran or was kept
 
 
 def test_controlnet_units_with_an_image_run_beside_unit_1_and_presets_keep_their_settings(context):

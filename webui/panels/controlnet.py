@@ -3,6 +3,8 @@ with the upscaler ControlNet (on FLUX.1-dev); a Union ControlNet also by its oth
 gray, ...). In Canny mode, further units run more ControlNets at once, each with its own image (e.g. edges and a
 depth map): mflux_core/controlnet_units.py."""
 
+from pathlib import Path
+
 import gradio as gr
 
 from mflux_core.controlnet_units import IMAGE_KEY, MAX_UNITS
@@ -13,6 +15,7 @@ from mflux_core.images.canny import DEFAULT_HIGH, DEFAULT_LOW, canny_edges
 from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_BATCH, UNION_CONTROL_TYPES
 from mflux_core.tools.specs import TILE_HEIGHT, TILE_OVERLAP, TILE_SIZE, UPSCALER, UPSCALER_ONLY
+from mflux_core.tools.upscale import upscaled_size
 from webui.demo_examples import render_demo_examples
 from webui.face_fix_ui import face_fix_controls, face_fix_settings, face_fix_values
 from webui.hires_ui import hires_controls, hires_settings, hires_values, upscaler_picker
@@ -165,6 +168,14 @@ def batch_requests(settings: dict, images: list, context: RequestContext) -> lis
         raise InvalidRequest(f"{count} upscales in one run are more than {MAX_BATCH}: send fewer images, or fewer "
                              "images each.")
     decoded = [read_upload(image) for image in images]
+    sized = requests_from_settings(settings, context)  # each image's output size, checked before any runs
+    for number, (image, upload) in enumerate(zip(decoded, images), start=1):
+        try:
+            for request in sized:
+                upscaled_size(request, image)
+        except InvalidRequest as error:
+            name = Path(upload).name if isinstance(upload, str) else f"Image {number}"
+            raise InvalidRequest(f"{name}: {error}") from None
     paths = [context.inputs.save(image, "upscale") for image in decoded]
     return [request for path in paths for request in requests_from_settings(settings, context, image_path=path)]
 
