@@ -409,6 +409,10 @@ def test_extras_upscale_with_pillows_filters_and_the_controlnet_upscaler(studio)
         "image": b64(small), "upscaler_1": "R-ESRGAN 4x+"}), 400)
     assert "past the 4096-pixel limit" in assert_a1111_error(studio.http.post("/extra-single-image", json={
         "image": b64(Image.new("RGB", (1024, 1024))), "upscaler_1": "Lanczos", "upscaling_resize": 8}), 400)
+    assert assert_a1111_error(studio.http.post("/extra-batch-images", json={  # every size checked before any runs
+        "imageList": [{"data": b64(small)}, {"data": b64(Image.new("RGB", (1024, 1024)))}],
+        "upscaler_1": "ControlNet upscaler", "upscaling_resize": 8}), 400).startswith(
+        "imageList[1]: The upscaled image would be 8192x8192 pixels")
 
 
 def test_upscaler_models_are_listed_and_run_in_extras_the_hires_fix_and_sd_upscale(studio):

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from mflux_core.errors import InvalidRequest
 from mflux_core.request import check_image_size
 from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_SIDE
 from webui.a1111_wire import SdApiError, b64_png, decoded_image, parsed
@@ -78,10 +79,16 @@ def upscale_factor(image: Image.Image, params: ExtrasParams) -> float:
     return params.upscaling_resize
 
 
-def upscaled_by(name: str, image: Image.Image, factor: float, run_upscale: UpscaleRunner) -> Image.Image:
+def upscaled_size(image: Image.Image, factor: float) -> tuple[int, int]:
+    """The image's size upscaled `factor` times, refused past the size limits."""
     # A1111 truncates; the 1e-6 keeps a float error (100 / 3 * 3) from losing the pixel a crop then needs
     size = (int(image.width * factor + 1e-6), int(image.height * factor + 1e-6))
     check_image_size(*size, "The upscaled image")
+    return size
+
+
+def upscaled_by(name: str, image: Image.Image, factor: float, run_upscale: UpscaleRunner) -> Image.Image:
+    size = upscaled_size(image, factor)
     if name in FILTERS:
         return image.resize(size, FILTERS[name])
     if name != CONTROLNET_UPSCALER:
@@ -127,6 +134,11 @@ def single_image(fields: dict, run_upscale: UpscaleRunner, is_model: Callable[[s
 def batch_images(fields: dict, run_upscale: UpscaleRunner, is_model: Callable[[str], bool]) -> dict:
     params = checked(BatchImages, fields, is_model)
     images = [decoded_image(item.data, f"imageList[{index}]") for index, item in enumerate(params.imageList)]
+    for index, image in enumerate(images if params.upscaler_1 != NO_UPSCALER else ()):  # all sizes before any runs
+        try:
+            upscaled_size(image, upscale_factor(image, params))
+        except InvalidRequest as error:
+            raise InvalidRequest(f"imageList[{index}]: {error}") from None
     return {"html_info": html_info(params),
             "images": [b64_png(upscaled(image, params, run_upscale)) for image in images]}
 
