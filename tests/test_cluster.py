@@ -245,7 +245,8 @@ def test_two_sessions_run_at_once_on_two_replicas_and_each_stops_on_its_own(engi
     assert studio.turns.entries() == []
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1:{free_port}", "no-such-studio-head.invalid:6379"])
+@pytest.mark.parametrize("address", ["127.0.0.1:{free_port}", "no-such-studio-head.invalid:6379", "127.0.0.1:99999",
+                                     "127.0.0.1:²"])
 def test_an_unreachable_address_is_refused_at_once_in_one_sentence(address):
     from mflux_core.cluster.local import free_port
     from webui.app import engine as studio_engine, parse_args
@@ -256,7 +257,9 @@ def test_an_unreachable_address_is_refused_at_once_in_one_sentence(address):
         studio_engine(parse_args(["--cluster", address]))
     message = str(refused.value)
     assert message.startswith(f"Could not use the Ray cluster '{address}': ") and message.count(". ") == 0, message
-    if host == "127.0.0.1":
+    if port in ("99999", "²"):  # no port (socket refused the first with OverflowError, int() the second)
+        assert f"'{address}' is not a Ray address" in message
+    elif host == "127.0.0.1":
         assert f"nothing answers at {address}" in message and f"`ray start --head --port={port}`" in message
     else:
         assert f"the name '{host}' in {address} does not resolve" in message

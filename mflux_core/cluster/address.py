@@ -4,6 +4,8 @@ no option to shorten that."""
 
 import socket
 
+from mflux_core.request import whole_text
+
 PROBE_TIMEOUT_S = 5  # a head on the local network answers in milliseconds
 
 
@@ -11,7 +13,7 @@ def check_head(address: str) -> None:
     """Raise ConnectionError with one sentence when `address` is not host:port or nothing listens there."""
     host, _, port = address.rpartition(":")
     host = host.strip("[]")  # an IPv6 address in brackets
-    if not host or not port.isdigit():
+    if not host or not 0 < (whole_text(port) or 0) < 65536:
         raise ConnectionError(f"'{address}' is not a Ray address: give the head's host:port as `ray start --head` "
                               "printed it (for example 192.168.1.10:6379), or `auto` on a machine that joined with "
                               "`ray start`.")

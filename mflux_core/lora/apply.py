@@ -16,6 +16,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mflux_core.errors import ModelLoadError
+from mflux_core.request import whole_text
 from mflux_core.lora.formats import TRANSFORMER, LoraFile, component_of
 from mflux_core.lora.info import family_from_keys
 from mflux_core.lora.layers import LINEAR_TYPES, LoRALinear, dense_weight, linear_shape
@@ -57,7 +58,8 @@ def get_module(root: nn.Module, path: str) -> nn.Module | None:
     module = root
     for part in path.split("."):
         if isinstance(module, list):
-            module = module[int(part)] if part.isdigit() and int(part) < len(module) else None
+            index = whole_text(part)
+            module = module[index] if index is not None and index < len(module) else None
         elif isinstance(module, nn.Module) and part in module:
             module = module[part]
         else:

@@ -49,6 +49,7 @@ import mlx.core as mx
 from mflux_core.errors import ModelLoadError
 from mflux_core.lora.info import read_lora_info, refusal
 from mflux_core.lora.lycoris import LYCORIS_PARTS, lycoris_pair
+from mflux_core.request import whole_text
 from mflux_core.models.transformer import MLP_RATIO
 from mflux_core.weights.bfl import (
     DOUBLE_BLOCK_FUSED, DOUBLE_BLOCK_NAMES, GLOBAL_NAMES, SINGLE_BLOCK_FUSED_QKV_MLP, SINGLE_BLOCK_NAMES,
@@ -210,7 +211,7 @@ def text_encoder_layer(module: str) -> tuple[str, str] | None:
         head = in_file.replace(".", separator) + separator
         index, _, layer = name[len(head):].partition(separator) if name.startswith(head) else ("", "", "")
         table = _underscored(layers) if separator == "_" else {layer_name: layer_name for layer_name in layers}
-        if index.isdigit() and layer in table:
+        if whole_text(index) is not None and layer in table:
             return fmt, f"{component}.{ours}.{index}.{table[layer]}"
         return None
     return None
