@@ -29,7 +29,7 @@ class QueueEntry:
     session: str = ""  # a page job's Gradio session hash: which tab submitted it
     submitted: float = field(default_factory=time.time)
     state: str = "waiting"  # "running" once it has a slot
-    cancel: threading.Event = field(default_factory=threading.Event)  # the running job's stop flag
+    cancel: threading.Event = field(default_factory=threading.Event)  # the job's stop flag (API jobs: client left too)
     withdrawn: bool = False
 
 

@@ -17,7 +17,8 @@ def _font(height: int) -> ImageFont.FreeTypeFont:
 def labelled_grid(images: list[list[Image.Image | None]], column_labels: list[str], row_labels: list[str],
                   title: str = "") -> Image.Image:
     """`images[row][column]` (None: a cell that did not run, left blank) with its labels drawn on the grid."""
-    column_labels, row_labels, title = [_shown(x) for x in column_labels], [_shown(x) for x in row_labels], _shown(title)
+    column_labels, row_labels = [_shown(label) for label in column_labels], [_shown(label) for label in row_labels]
+    title = _shown(title)
     cell_w = max(image.width for row in images for image in row if image is not None)
     cell_h = max(image.height for row in images for image in row if image is not None)
     font = _font(cell_h)
