@@ -23,7 +23,6 @@ ignored and named in the answer's `info` ("ignored"). Errors are A1111's shape: 
 """
 
 import json
-import re
 import threading
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors import safe_open
 
+from mflux_core.app_metadata import SIZE_TEXT
 from mflux_core.controlnet_units import MAX_UNITS
 from mflux_core.errors import Cancelled, StudioError
 from mflux_core.events import Step
@@ -537,7 +537,7 @@ def infotext_parameters(text: str) -> dict:
                 value = json.loads(value)
             except json.JSONDecodeError:
                 pass
-        size = re.fullmatch(r"(\d+)x(\d+)", value)
+        size = SIZE_TEXT.fullmatch(value)
         if size:
             parameters[f"{key}-1"], parameters[f"{key}-2"] = size.groups()
         else:

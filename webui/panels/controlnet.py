@@ -168,11 +168,10 @@ def batch_requests(settings: dict, images: list, context: RequestContext) -> lis
         raise InvalidRequest(f"{count} upscales in one run are more than {MAX_BATCH}: send fewer images, or fewer "
                              "images each.")
     decoded = [read_upload(image) for image in images]
-    sized = requests_from_settings(settings, context)  # each image's output size, checked before any runs
+    sizing = requests_from_settings(settings, context)[0]  # the output size, the same for each of an image's seeds
     for number, (image, upload) in enumerate(zip(decoded, images), start=1):
-        try:
-            for request in sized:
-                upscaled_size(request, image)
+        try:  # every image's, before any runs
+            upscaled_size(sizing, image)
         except InvalidRequest as error:
             name = Path(upload).name if isinstance(upload, str) else f"Image {number}"
             raise InvalidRequest(f"{name}: {error}") from None
