@@ -461,6 +461,8 @@ def test_bad_bodies_and_uploads_get_openai_errors(studio):
     assert "mask.png" in assert_openai_error(broken_mask, 400, "mask")
     opaque = edit(studio, photo, {"prompt": "x", "model": "demo-fill"}, mask=photo)
     assert "transparent" in assert_openai_error(opaque, 400, "mask")
+    opaque_alone = edit(studio, photo, {"prompt": "x", "model": "demo-fill"})  # its own alpha would be the mask
+    assert "No mask was sent and the image has no transparent" in assert_openai_error(opaque_alone, 400, "image")
     smaller = openai_mask(np.ones((16, 16), bool))
     assert "same size" in assert_openai_error(edit(studio, photo, {"prompt": "x"}, mask=smaller), 400, "mask")
     unmasked_base = edit(studio, photo, {"prompt": "x", "model": "demo"})

@@ -230,6 +230,9 @@ def edit_mask(upload: UploadFile, image: Image.Image, param: str) -> Image.Image
                             f"{image.width}x{image.height}: they must be the same size.", param)
     edited = alpha < OPAQUE
     if not edited.any():
+        if param == "image":  # no mask was sent: the image's own transparency was to be the mask
+            raise ApiError(400, "No mask was sent and the image has no transparent pixels: send a mask, or an image "
+                                "whose transparent (alpha 0) area is what gets edited.", param)
         raise ApiError(400, "The mask has no transparent pixels: its transparent (alpha 0) area is what gets "
                             "edited.", param)
     return Image.fromarray(np.where(edited, 255, 0).astype(np.uint8), "L")
