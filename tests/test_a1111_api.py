@@ -589,6 +589,26 @@ def test_img2img_with_a_mask_inpaints_on_a_base_checkpoint_as_a1111_does_with_th
     assert strengths == {1: 0.5, 2: None, 0: 0.5} and contents == {1: None, 2: None, 0: "fill"}
 
 
+@pytest.mark.parametrize("spelling", ["red strokes on a transparent sheet", "opaque gray levels"])
+def test_img2img_reads_an_rgba_mask_as_a1111_does(studio, spelling):
+    """A1111 reads an RGBA mask with any transparency from its alpha, whatever the strokes' colour (the mask was
+    composited over white: the whole picture was repainted), and one without transparency from its gray levels."""
+    example = studio.examples["fill"][0]
+    mask = pixels(example.images["mask"])[..., 0] > 127
+    strokes = np.zeros((*mask.shape, 4), np.uint8)
+    if spelling == "red strokes on a transparent sheet":
+        strokes[mask] = (200, 0, 0, 255)
+    else:
+        strokes[..., :3], strokes[..., 3] = np.where(mask, 255, 0)[..., None], 255
+    seed = 340 + len(spelling)
+    made(studio.http.post("/img2img", json={
+        "init_images": [b64(Image.open(example.images["image"]))], "prompt": example.prompt, "seed": seed,
+        "mask": b64(Image.fromarray(strokes, "RGBA")), "inpaint_full_res": False, "mask_blur": 0, "steps": 1,
+        "save_images": True}))
+    [recorded] = saved_requests(studio, seed)
+    assert np.array_equal(pixels(recorded["masked_image_path"])[..., 0] > 127, mask)
+
+
 def options_checkpoint(studio, name: str, fields: dict) -> dict:
     """An img2img answer with `name` set as the options' checkpoint (set back to the demo after)."""
     assert studio.http.post("/options", json={"sd_model_checkpoint": name}).status_code == 200

@@ -58,7 +58,8 @@ from webui.a1111_controlnet import SCRIPT as CONTROLNET_SCRIPT, add_controlnet_r
 from webui.a1111_extras import CONTROLNET_UPSCALER, EXTRAS_SEED, UPSCALERS, add_extras_routes
 from webui.a1111_modules import MODULE_DEFAULTS, MODULE_OPTIONS, chosen_options, model_settings, module_listing
 from webui.a1111_scripts import IMG2IMG_SCRIPTS, is_sd_upscale, sd_upscale_settings
-from webui.a1111_wire import SdApiError, as_file, b64_png, base64_data, decoded_image, parsed, without_hash
+from webui.a1111_wire import (SdApiError, as_file, b64_png, base64_data, decoded_image, decoded_mask, parsed,
+                              without_hash)
 from webui.api_server import MAX_WAITING, JobThreads, api_routes, json_object, studio_models
 from webui.gallery import save_result
 from webui.requests import requests_from_settings
@@ -415,7 +416,7 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
         return "generate", settings, inputs
     if units:
         ignored.append("alwayson_scripts.controlnet (not with an inpainting mask here)")
-    mask = decoded_image(params.mask, "mask").convert("L").resize(image.size)
+    mask = decoded_mask(params.mask).resize(image.size)
     if only_masked:  # the area around the mask is inpainted at width x height (unset: its shape at the model's size)
         settings.update(only_masked_padding=params.inpaint_full_res_padding, width=params.width, height=params.height)
     else:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
-from mflux_core.images.io import load_image, png_bytes
+from mflux_core.images.io import load_image, load_mask, load_rgba, png_bytes
 from webui.api_server import ApiRefusal
 
 DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
@@ -76,6 +76,20 @@ def decoded_image(text: str, what: str) -> Image.Image:
     """A base64 image decoded with load_image's checks (size, format, damage), named `what` in its refusals."""
     with as_file(base64_data(text, what)) as path:
         return load_image(path, name=what)
+
+
+def decoded_mask(text: str) -> Image.Image:
+    """An inpainting mask as A1111 reads one ('L', white = repaint): an RGBA image with any transparency is its
+    alpha (opaque = repaint, whatever the colour: strokes on a transparent sheet), any other its gray levels."""
+    with as_file(base64_data(text, "mask")) as path:
+        gray = load_mask(path, name="mask")  # read with the studio's checks
+        with Image.open(path) as opened:
+            if opened.mode != "RGBA":  # A1111 looks at the mode as decoded, before any conversion
+                return gray
+        alpha = load_rgba(path, name="mask").getchannel("A")
+        if alpha.getextrema() == (255, 255):
+            return gray
+        return alpha.point(lambda value: 255 if value > 128 else 0)  # A1111 rounds the alpha so
 
 
 def b64_png(image: Image.Image, text_chunks: dict | None = None) -> str:
