@@ -171,6 +171,8 @@ AXIS_KINDS = {
     "true-cfg": AxisKind("True CFG", lambda text, what: _numbers(text, False, what), _field("true_cfg_scale")),
     "strength": AxisKind("Image strength", lambda text, what: _numbers(text, False, what),
                          _field("image_strength")),
+    "denoising": AxisKind("Denoising", lambda text, what: _numbers(text, False, what),  # A1111's: 1 - strength
+                          lambda request, value: request.with_(image_strength=round(1 - value, 6))),
     "controlnet-strength": AxisKind("ControlNet strength", lambda text, what: _numbers(text, False, what),
                                     _field("controlnet_strength")),
     "hires-scale": AxisKind("Hires upscale", lambda text, what: _numbers(text, False, what), _field("hires_scale")),
@@ -296,9 +298,9 @@ def plot_cells(base: GenerationRequest, axes: list[Axis], max_cells: int = MAX_C
     Prompt S/R term must be in the user's own prompt)."""
     if not 1 <= len(axes) <= 3:
         raise InvalidRequest("A plot has one to three axes.")
-    if any(axis.kind == "strength" for axis in axes) and not base.image_path:
-        raise InvalidRequest("The image strength axis needs an input image to start from (image-to-image): give one, "
-                             "or choose another axis.")
+    if any(axis.kind in ("strength", "denoising") for axis in axes) and not base.image_path:
+        raise InvalidRequest("The image strength and denoising axes need an input image to start from "
+                             "(image-to-image): give one, or choose another axis.")
     axes = list(axes) + [Axis("seed", (None,))] * (3 - len(axes))  # a missing axis: one cell, nothing changed
     count = len(axes[0].values) * len(axes[1].values) * len(axes[2].values)
     if count > max_cells:

@@ -450,7 +450,8 @@ def test_the_sd_upscale_script_runs_the_upscale_tool_in_tiles_as_a1111_clients_a
     strength; what ran is recorded, replays to the same image, and keeps the picture."""
     example = upscale_example(EVALUATION_SEED, 0, IMAGE_SIZE, held_out=True)
     picture = Image.fromarray(example.image)
-    assert answer(studio.http.get("/scripts")) == {"txt2img": ["adetailer"], "img2img": ["sd upscale", "adetailer"]}
+    assert answer(studio.http.get("/scripts")) == {"txt2img": ["x/y/z plot", "adetailer"],
+                                                   "img2img": ["x/y/z plot", "sd upscale", "adetailer"]}
     body = made(studio.http.post("/img2img", json={
         "init_images": [b64(picture)], "prompt": example.caption, "seed": 71, "steps": 4, "width": 64, "height": 64,
         "denoising_strength": 0.35, "script_name": "SD upscale", "script_args": ["", 16, 1, 4], "save_images": True,
@@ -474,8 +475,64 @@ def test_the_sd_upscale_script_runs_the_upscale_tool_in_tiles_as_a1111_clients_a
     assert "SD upscale upscaler: ControlNet upscaler, Tile size: 64x48" in steered["info"]["infotexts"][0]
     assert steered["info"]["ignored"] == []
     other = made(studio.http.post("/img2img", json={"init_images": [b64(picture)], "prompt": "x", "steps": 1,
-                                                    "script_name": "X/Y/Z plot", "script_args": [1, "2"]}))
-    assert "script_name 'X/Y/Z plot' (the studio runs sd upscale)" in other["info"]["ignored"]
+                                                    "script_name": "Loopback", "script_args": [1, "2"]}))
+    assert "script_name 'Loopback' (the studio runs x/y/z plot, sd upscale)" in other["info"]["ignored"]
+
+
+def test_the_xyz_plot_script_answers_its_grid_then_the_cells_as_a1111_does(studio):
+    """txt2img with script_name "X/Y/Z plot" and A1111's script_args (types as indices into A1111's txt2img axis
+    list: 4 Steps, 1 Seed): the grid first, labelled, then each cell, which is the image txt2img makes with the
+    cell's settings; the grid's infotext names the script and its axes."""
+    fields = {"prompt": CAPTION, "width": IMAGE_SIZE, "height": IMAGE_SIZE}
+    body = made(studio.http.post("/txt2img", json={**fields, "seed": 3, "script_name": "X/Y/Z plot", "script_args": [
+        4, "1-2", [], 1, "", [80, 81], 0, "", [], True, True, False, False, False, False, False, 0, False]}))
+    grid, *cells = [decoded(image).convert("RGB") for image in body["images"]]
+    info = body["info"]
+    assert len(cells) == 4 and info["index_of_first_image"] == 1 and info["ignored"] == []
+    assert grid.width > 2 * IMAGE_SIZE and grid.height > 2 * IMAGE_SIZE  # two across, two down, with labels
+    assert info["all_seeds"] == [80, 80, 81, 81] and len(info["infotexts"]) == 5
+    assert info["infotexts"][0].endswith(
+        "Script: X/Y/Z plot, X Type: Steps, X Values: 1-2, Y Type: Seed, Y Values: \"80, 81\"")
+    for cell, (steps, seed) in zip(cells, [(1, 80), (2, 80), (1, 81), (2, 81)]):
+        alone = made(studio.http.post("/txt2img", json={**fields, "steps": steps, "seed": seed}))
+        assert np.array_equal(np.asarray(cell), np.asarray(decoded(alone["images"][0]).convert("RGB")))
+        assert f"Steps: {steps}," in info["infotexts"][1 + cells.index(cell)]
+
+    # A1111's older layout (no dropdowns), a Z axis: one grid per Z value side by side, each with include_sub_grids
+    older = made(studio.http.post("/txt2img", json={**fields, "seed": 3, "steps": 1, "script_name": "x/y/z plot",
+                                                     "script_args": ["Prompt S/R", "red, green", 0, "", 1, "5, 6",
+                                                                     True, False, True, False, 0]}))
+    main, *z_grids = [decoded(image) for image in older["images"]]
+    assert len(z_grids) == 2 and main.width == sum(g.width for g in z_grids) and main.height == z_grids[0].height
+    assert "Z Type: Seed" in older["info"]["infotexts"][0] and "Y Type" not in older["info"]["infotexts"][0]
+
+
+def test_the_xyz_plot_scripts_denoising_axis_is_the_image_to_image_strength(studio):
+    """img2img's Denoising (index 22 of A1111's img2img axis list): each cell at its denoising strength."""
+    picture = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (20, 90, 200))
+    body = made(studio.http.post("/img2img", json={
+        "init_images": [b64(picture)], "prompt": CAPTION, "seed": 4, "steps": 2, "script_name": "X/Y/Z plot",
+        "script_args": [22, "0.25, 1.0", [], 0, "", [], 0, "", [], True, True]}))
+    assert ["Denoising strength: 0.25," in text for text in body["info"]["infotexts"][1:]] == [True, False]
+    assert "Denoising strength: 1.0," in body["info"]["infotexts"][2]
+    change = [np.abs(np.asarray(decoded(image).convert("RGB"), int) - np.asarray(picture, int)).mean()
+              for image in body["images"][1:]]
+    assert change[0] < change[1]  # denoising 0.25 keeps more of the picture than 1.0
+
+
+@pytest.mark.parametrize("script_args, status, words", [
+    ([21, "0, 1"], 422, "The X/Y/Z plot's axis 'Eta' has no counterpart in FLUX.1 here"),
+    ([99, "1"], 422, "x_type '99' is neither an index into A1111's txt2img axis list (0 to 37)"),
+    ([0, "", [], 0, "", []], 422, "The X/Y/Z plot has no axis"),
+    ([23, "0.5, 0.7"], 422, "Denoising axis needs enable_hr in txt2img"),
+    ([11, "nowhere [abc]"], 400, "The checkpoint 'nowhere [abc]' is not in the studio"),
+    ([4, "1-500"], 400, "The plot has 500 cells, more than the limit of 100"),
+    ([4, "one, two"], 400, "The Steps axis: 'one' is not a number."),
+])
+def test_bad_xyz_plot_arguments_get_a1111_errors(studio, script_args, status, words):
+    response = studio.http.post("/txt2img", json={"prompt": "x", "steps": 1, "script_name": "X/Y/Z plot",
+                                                   "script_args": script_args})
+    assert words in assert_a1111_error(response, status)
 
 
 @pytest.mark.parametrize("changes, words", [

@@ -81,8 +81,12 @@ def test_an_image_strength_axis_plots_image_to_image_from_the_input_image(client
     assert "Done: 2 cells" in status
     cells = recorded([item for item in results if "cell" in (item.get("caption") or "")])
     assert [cell["image_strength"] for cell in cells] == [0.3, 0.8] and all(cell["image_path"] for cell in cells)
-    with pytest.raises(AppError, match="The image strength axis needs an input image"):
+    with pytest.raises(AppError, match="The image strength and denoising axes need an input image"):
         client.predict(prompt="a cat", x_kind="strength", x_values="0.3, 0.8", api_name="/plot")
+    status, _, results = client.predict(prompt="a blue square", x_kind="denoising", x_values="0.7, 0.2", seed=3,
+                                        init_image=handle_file(str(tmp_path / "start.png")), api_name="/plot")
+    cells = recorded([item for item in results if "cell" in (item.get("caption") or "")])
+    assert [cell["image_strength"] for cell in cells] == [0.3, 0.8]  # A1111's Denoising: 1 - the image strength
 
 
 def recorded(results) -> list[dict]:

@@ -10,7 +10,8 @@
     GET  /sdapi/v1/progress            the running API job: step, ETA and the step's preview
     POST /sdapi/v1/interrupt, /skip    stop the running API job after its current step
     POST /sdapi/v1/png-info            an image's A1111 text, read as A1111 reads it, and the settings in it
-    img2img's script_name "SD upscale"  the Upscale tool in tiles (a1111_scripts.py); GET /sdapi/v1/scripts lists it
+    script_name "X/Y/Z plot"           the studio's plot, script_args as A1111's (a1111_xyz.py); img2img's "SD
+                                       upscale": the Upscale tool in tiles (a1111_scripts.py); /sdapi/v1/scripts
     POST /sdapi/v1/extra-single-image, /extra-batch-images: upscaling (a1111_extras.py)
     GET  /sdapi/v1/samplers, schedulers, loras, upscalers, cmd-flags, memory: what the studio has
     (`sampler_name` and `scheduler` pick ours by A1111's names: Euler, Euler a, Heun, DPM++ 2M, DPM++ 2M SDE,
@@ -53,15 +54,17 @@ from mflux_core.styles import read_styles, styled_prompts
 from mflux_core.tools.specs import FACE_FIX_TOOLS, MASKED_CONTENT, TOOL_SPECS, default_model_for
 from mflux_core.upscaler_files import A1111_LABELS, upscaler_file, upscaler_files
 from mflux_core.upscaler_models import upscale_with
+from mflux_core.xyz import plot_cells
 from webui.a1111_adetailer import SCRIPT as ADETAILER_SCRIPT, face_fix_extra
 from webui.a1111_controlnet import SCRIPT as CONTROLNET_SCRIPT, add_controlnet_routes, enabled_units, units_inputs
 from webui.a1111_extras import CONTROLNET_UPSCALER, EXTRAS_SEED, UPSCALERS, add_extras_routes
 from webui.a1111_modules import MODULE_DEFAULTS, MODULE_OPTIONS, chosen_options, model_settings, module_listing
 from webui.a1111_scripts import IMG2IMG_SCRIPTS, is_sd_upscale, sd_upscale_settings
+from webui.a1111_xyz import XYZ_PLOT, in_a1111_order, is_xyz_plot, plot_axes, plot_pictures, script_layout
 from webui.a1111_wire import (SdApiError, as_file, b64_png, base64_data, decoded_image, decoded_mask, parsed,
                               without_hash)
 from webui.api_server import MAX_WAITING, JobThreads, api_routes, json_object, studio_models
-from webui.gallery import save_result
+from webui.gallery import save_grids, save_result
 from webui.requests import requests_from_settings
 from webui.turns import job_about, request_about
 from webui.widgets import model_choices
@@ -110,6 +113,8 @@ class Txt2ImgParams(BaseModel):
     hr_second_pass_steps: int = Field(0, ge=0)  # 0: the first pass's steps
     hr_prompt: str = ""  # empty: the first pass's prompt
     denoising_strength: float | None = Field(None, ge=0, le=1)  # the second pass's (None: the studio's default)
+    script_name: str | None = None  # an A1111 script the studio runs (X/Y/Z plot; img2img's SD upscale too)
+    script_args: list = Field(default_factory=list)
 
 
 class Img2ImgParams(Txt2ImgParams):
@@ -122,8 +127,6 @@ class Img2ImgParams(Txt2ImgParams):
     mask_blur: int = Field(4, ge=0, le=MAX_MASK_BLUR)  # A1111's default
     inpainting_fill: int = Field(0, ge=0, le=3)  # masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing
     resize_mode: int = Field(0, ge=0, le=3)  # 3: A1111's "just resize (latent upscale)", done here as 0
-    script_name: str | None = None  # an A1111 script the studio runs (a1111_scripts.py); others are ignored
-    script_args: list = Field(default_factory=list)
 
 
 def ignored_fields(params: BaseModel) -> list[str]:
@@ -311,8 +314,13 @@ def _subseed(request: GenerationRequest) -> int:
     return -1 if request.variation_seed is None else request.variation_seed
 
 
-def images_answer(fields: dict, params: Txt2ImgParams, job: ApiJob, results: list, ignored: list[str]) -> dict:
-    """A1111's answer: base64 PNGs (with their metadata), the request's parameters, and `info` as a JSON string."""
+def images_answer(fields: dict, params: Txt2ImgParams, job: ApiJob, results: list, ignored: list[str],
+                  pictures: list[tuple[Image.Image, dict]] | None = None, first_image: int = 0) -> dict:
+    """A1111's answer: base64 PNGs (with their metadata), the request's parameters, and `info` as a JSON string.
+    `pictures`: (image, PNG text chunks) to answer with in place of the results' (a plot's grid first: the results'
+    own from `first_image` on)."""
+    if pictures is None:
+        pictures = [(result.image, result.text_chunks) for result in results]
     requests = [result.request for result in results]
     first = results[0].metadata if results else {}
     info = {
@@ -330,12 +338,12 @@ def images_answer(fields: dict, params: Txt2ImgParams, job: ApiJob, results: lis
         "distilled_cfg_scale": first.get("guidance", params.distilled_cfg_scale),
         "batch_size": params.batch_size, "n_iter": params.n_iter,
         "sd_model_name": requests[0].model if requests else None,
-        "infotexts": [result.text_chunks[A1111_KEY] for result in results],
+        "infotexts": [chunks[A1111_KEY] for _, chunks in pictures],
         "job_timestamp": job_timestamp(job),
-        "interrupted": job.interrupted, "ignored": ignored, "index_of_first_image": 0,
+        "interrupted": job.interrupted, "ignored": ignored, "index_of_first_image": first_image,
         "notes": list(dict.fromkeys(note for result in results for note in result.notes)),  # each note once
     }
-    images = [b64_png(result.image, result.text_chunks) for result in results] if params.send_images else []
+    images = [b64_png(image, chunks) for image, chunks in pictures] if params.send_images else []
     parameters = {**params.model_dump(exclude={"init_images", "mask"}), **fields}
     return {"images": images, "parameters": parameters, "info": json.dumps(info)}
 
@@ -393,8 +401,7 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
         ignored.append("init_images after the first")
     if is_sd_upscale(params.script_name):
         return sd_upscale_inputs(studio, params, image, ignored)
-    if params.script_name:
-        ignored.append(f"script_name {params.script_name!r} (the studio runs {', '.join(IMG2IMG_SCRIPTS)})")
+    unknown_script(params, IMG2IMG_SCRIPTS, ignored)
     units = enabled_units(params.alwayson_scripts, ignored)
     if params.denoising_strength == 0:  # the studio's image strength would be 1, which it refuses under its own name
         raise SdApiError(400, "denoising_strength 0 would change nothing: give a value above 0 (A1111's default is "
@@ -459,6 +466,7 @@ def masked_content_strength(params: Img2ImgParams, image_strength: float, ignore
 def txt2img_inputs(studio, params: Txt2ImgParams, ignored: list[str]) -> tuple[str, dict, dict]:
     """(tool, settings, input paths) of a txt2img call: text-to-image, or the ControlNet tool when an enabled
     ControlNet unit comes with it; either with the hires fix when asked for (the units then steer both passes)."""
+    unknown_script(params, (), ignored)
     units = enabled_units(params.alwayson_scripts, ignored)
     hires = hires_settings(params, studio.manager.models_dir, ignored)
     if not units:
@@ -471,6 +479,12 @@ def txt2img_inputs(studio, params: Txt2ImgParams, ignored: list[str]) -> tuple[s
     return "controlnet", {**settings, **hires}, inputs
 
 
+def unknown_script(params: Txt2ImgParams, scripts: tuple[str, ...], ignored: list[str]) -> None:
+    """Name in `ignored` a script_name the studio does not run (besides the X/Y/Z plot, `scripts`)."""
+    if params.script_name and not is_xyz_plot(params.script_name) and params.script_name.lower() not in scripts:
+        ignored.append(f"script_name {params.script_name!r} (the studio runs {', '.join((XYZ_PLOT, *scripts))})")
+
+
 def make_images(gone: threading.Event, studio, state: SdApiState, fields: dict, img2img: bool) -> dict:
     params = parsed(Img2ImgParams if img2img else Txt2ImgParams, fields)
     ignored = ignored_fields(params)
@@ -479,9 +493,31 @@ def make_images(gone: threading.Event, studio, state: SdApiState, fields: dict, 
     model = model_for(studio, tool, params, state.checkpoint, ignored)
     settings.update(model_settings(studio, {**state.module_options, **chosen_options(params.override_settings)}))
     requests = job_requests(studio, tool, model, params, ignored, settings, inputs)
+    if is_xyz_plot(params.script_name):
+        return plot_answer(gone, studio, state, fields, params, requests, img2img, ignored)
     job = ApiJob("img2img" if img2img else "txt2img", len(requests))
     results = run_job(studio, state, job, requests, params.save_images, gone)
     return images_answer(fields, params, job, results, ignored)
+
+
+def plot_answer(gone: threading.Event, studio, state: SdApiState, fields: dict, params: Txt2ImgParams,
+                requests: list[GenerationRequest], img2img: bool, ignored: list[str]) -> dict:
+    """A1111's X/Y/Z plot script (a1111_xyz.py) over the call's first request: every cell checked before the first
+    runs, then the grid (and the cells or Z grids the script's arguments ask for) as the answer's images."""
+    named = script_layout(params.script_args)
+    axes, described = plot_axes(named, img2img, params.enable_hr, lambda title: checkpoint_name(studio, title))
+    if len(requests) > 1:
+        ignored.append("batch_size and n_iter (an X/Y/Z plot makes one image per cell here)")
+    if not named["draw_legend"]:
+        ignored.append("script_args draw_legend (the grid is labelled)")
+    cells = plot_cells(requests[0], axes)
+    job = ApiJob("img2img" if img2img else "txt2img", len(cells))
+    results = run_job(studio, state, job, [cell.request for cell in cells], params.save_images, gone)
+    cells, results = in_a1111_order(cells, results)
+    if params.save_images and results:
+        save_grids(studio.folders.outputs, axes, {cell.position: r.image for cell, r in zip(cells, results)})
+    pictures = plot_pictures(axes, cells, results, named, described)
+    return images_answer(fields, params, job, results, ignored, pictures, first_image=1)
 
 
 def with_face_fix(tool: str, settings: dict, params: Txt2ImgParams, ignored: list[str]) -> dict:
@@ -639,7 +675,8 @@ def sdapi_router(studio, auth=None) -> APIRouter:
         **dict.fromkeys(("face-restorers", "hypernetworks", "latent-upscale-modes"), list),
         "embeddings": lambda: {"loaded": {}, "skipped": {}},
         # ADetailer as A1111 lists an always-on script (clients such as webuiapi look for it there)
-        "scripts": lambda: {"txt2img": [ADETAILER_SCRIPT], "img2img": [*IMG2IMG_SCRIPTS, ADETAILER_SCRIPT]},
+        "scripts": lambda: {"txt2img": [XYZ_PLOT, ADETAILER_SCRIPT],
+                            "img2img": [XYZ_PLOT, *IMG2IMG_SCRIPTS, ADETAILER_SCRIPT]},
     }
     for name, listing in listings.items():
         async def answer(request: Request, listing=listing):

@@ -14,9 +14,11 @@ from mflux_core.images.io import save_png_atomic
 from mflux_core.metadata import A1111_KEY
 from mflux_core.presets import PresetError, settings_from_png
 from mflux_core.request import GenerationRequest
+from mflux_core.xyz import Axis, plot_grids
 
 DATE_FOLDER = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 HISTORY_LIMIT = 200
+GRIDS_FOLDER = "grids"  # plots' grids, beside the dated history folders
 CAPTION_CHARS = 80
 # What a result's settings mean the same in any tool's panel; its model, guidance and tool settings do not.
 CARRIED_ACROSS_TOOLS = ("prompt", "negative_prompt", "true_cfg_scale", "seed", "steps", "width", "height",
@@ -32,6 +34,15 @@ def result_path(outputs_dir: Path, request: GenerationRequest, when: float | Non
 def save_result(outputs_dir: Path, result) -> Path:
     """Write a GenerationResult's image with its metadata; never replaces an existing file."""
     return save_png_atomic(result.image, result_path(outputs_dir, result.request), result.text_chunks)
+
+
+def save_grids(outputs_dir: Path, axes: list[Axis], images: dict) -> list[tuple[str, str]]:
+    """A plot's labelled grids (one per Z value) of the cells' images by position, to `grids/<date>/` beside the
+    history: (path, "grid N") each."""
+    folder = outputs_dir / GRIDS_FOLDER / time.strftime("%Y-%m-%d")
+    stamp = time.strftime("%H%M%S")
+    return [(str(save_png_atomic(grid, folder / f"{stamp}-plot-{index}.png")), f"grid {index + 1}")
+            for index, grid in enumerate(plot_grids(axes, images))]
 
 
 def caption(path: Path) -> str:

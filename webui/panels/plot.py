@@ -8,19 +8,17 @@ grids the cells that finished. "Prompt matrix" makes the axes from the prompt in
 `a cat|in red|at night`, every combination of the parts after the first, one seed).
 """
 
-import time
 from contextlib import closing
 
 import gradio as gr
 
 from mflux_core.errors import InvalidRequest
-from mflux_core.images.io import save_png_atomic
 from mflux_core.request import GenerationRequest
 from mflux_core.weights.module_files import module_files
 from mflux_core.xyz import (
-    AXIS_KINDS, MAX_CELLS, NO_LORA, OWN_FILES, Axis, parse_axis, plot_cells, plot_grids, prompt_matrix, resolve_loras,
+    AXIS_KINDS, MAX_CELLS, NO_LORA, OWN_FILES, Axis, parse_axis, plot_cells, prompt_matrix, resolve_loras,
 )
-from webui.gallery import save_result
+from webui.gallery import save_grids, save_result
 from webui.hires_ui import UPSCALER_NOTES, hires_controls, hires_settings, hires_values
 from webui.jobs import follow, image_progress, page_job
 from webui.panels import Panel, input_image, result_column
@@ -32,7 +30,6 @@ TOOL = "plot"
 AXES = ("x", "y", "z")
 NO_AXIS = ""
 AXIS_CHOICES = [("none", NO_AXIS), *((kind.label, name) for name, kind in AXIS_KINDS.items())]
-GRIDS_FOLDER = "grids"
 
 
 def settings_from_values(values: dict) -> dict:
@@ -103,13 +100,6 @@ def run_plot(studio, view, values: dict, session: str):
 
     yield from page_job(studio, session, view.status, work, final=final,
                         stopped=lambda stop: f"{stop} The cells that finished are saved, with their grid.")
-
-
-def save_grids(outputs, axes: list[Axis], images: dict) -> list[tuple[str, str]]:
-    folder = outputs / GRIDS_FOLDER / time.strftime("%Y-%m-%d")
-    stamp = time.strftime("%H%M%S")
-    return [(str(save_png_atomic(grid, folder / f"{stamp}-plot-{index}.png")), f"grid {index + 1}")
-            for index, grid in enumerate(plot_grids(axes, images))]
 
 
 def library_values(studio):
