@@ -72,6 +72,20 @@ def test_cancelling_a_waiting_job_refuses_it_and_the_others_still_run():
     assert "not in the queue" in turns.cancel(dropped.id)
 
 
+def test_a_waiting_job_whose_stop_flag_is_set_leaves_the_queue_before_its_turn():
+    """An API job whose client went away sets its entry's stop flag from another thread: the job frees its place
+    while the running job still runs (the queue may be full of jobs nobody waits for)."""
+    turns, ran, outcome = EngineTurns(max_waiting=1), [], {}
+    with turns.turn(source="held"):
+        gone, gone_thread = waiter(turns, "gone", ran, outcome)
+        gone.cancel.set()  # no notify: as JobThreads.run_for sets it
+        gone_thread.join(TIMEOUT_S)
+        assert outcome == {"gone": WITHDRAWN} and [e.source for e in turns.entries()] == ["held"]
+        after, after_thread = waiter(turns, "after", ran, outcome)  # its place is free for another job
+    after_thread.join(TIMEOUT_S)
+    assert ran == ["after"]
+
+
 def test_a_tabs_stop_withdraws_only_its_own_waiting_jobs():
     turns, ran, outcome = EngineTurns(), [], {}
     with turns.turn(session="tab-a"):

@@ -17,6 +17,7 @@ from mflux_core.errors import Cancelled, StudioError
 
 WITHDRAWN = "Cancelled while waiting in the queue."
 PROMPT_CHARS = 60  # how much of a prompt the queue shows
+STOP_POLL_S = 0.25  # how often a waiting job looks at its stop flag
 
 
 @dataclass
@@ -79,16 +80,21 @@ class EngineTurns:
 
     def places(self, entry: QueueEntry) -> Generator[int, None, None]:
         """The entry's place among the waiting jobs (1: next) each time it changes; returns when its turn comes
-        (the entry is then running) and raises Cancelled when it was withdrawn."""
+        (the entry is then running) and raises Cancelled when it was withdrawn, or stopped while it waited (an API
+        client that went away: its place is free at once, not at its turn)."""
         place = None
         while True:
             with self._changed:
-                self._changed.wait_for(lambda: entry.withdrawn or self._place(entry) != place)
+                while not (entry.withdrawn or entry.cancel.is_set() or self._place(entry) != place):
+                    self._changed.wait(STOP_POLL_S)  # whoever sets `cancel` (an API's thread) does not notify
                 if entry.withdrawn:
                     raise Cancelled(WITHDRAWN)
                 place = self._place(entry)
                 if place == 0:
                     return
+                if entry.cancel.is_set():
+                    self._withdraw([entry])
+                    raise Cancelled(WITHDRAWN)
             yield place
 
     def _place(self, entry: QueueEntry) -> int:
