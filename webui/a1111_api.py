@@ -481,7 +481,8 @@ def txt2img_inputs(studio, params: Txt2ImgParams, ignored: list[str]) -> tuple[s
 
 def unknown_script(params: Txt2ImgParams, scripts: tuple[str, ...], ignored: list[str]) -> None:
     """Name in `ignored` a script_name the studio does not run (besides the X/Y/Z plot, `scripts`)."""
-    if params.script_name and not is_xyz_plot(params.script_name) and params.script_name.lower() not in scripts:
+    if params.script_name and not is_xyz_plot(params.script_name) and \
+            params.script_name.strip().lower() not in scripts:
         ignored.append(f"script_name {params.script_name!r} (the studio runs {', '.join((XYZ_PLOT, *scripts))})")
 
 
