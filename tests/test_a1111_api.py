@@ -450,8 +450,9 @@ def test_the_sd_upscale_script_runs_the_upscale_tool_in_tiles_as_a1111_clients_a
     strength; what ran is recorded, replays to the same image, and keeps the picture."""
     example = upscale_example(EVALUATION_SEED, 0, IMAGE_SIZE, held_out=True)
     picture = Image.fromarray(example.image)
-    assert answer(studio.http.get("/scripts")) == {"txt2img": ["x/y/z plot", "adetailer"],
-                                                   "img2img": ["x/y/z plot", "sd upscale", "adetailer"]}
+    listed = ["x/y/z plot", "prompts from file or textbox"]
+    assert answer(studio.http.get("/scripts")) == {"txt2img": [*listed, "adetailer"],
+                                                   "img2img": [*listed, "sd upscale", "adetailer"]}
     body = made(studio.http.post("/img2img", json={
         "init_images": [b64(picture)], "prompt": example.caption, "seed": 71, "steps": 4, "width": 64, "height": 64,
         "denoising_strength": 0.35, "script_name": "SD upscale", "script_args": ["", 16, 1, 4], "save_images": True,
@@ -476,7 +477,39 @@ def test_the_sd_upscale_script_runs_the_upscale_tool_in_tiles_as_a1111_clients_a
     assert steered["info"]["ignored"] == []
     other = made(studio.http.post("/img2img", json={"init_images": [b64(picture)], "prompt": "x", "steps": 1,
                                                     "script_name": "Loopback", "script_args": [1, "2"]}))
-    assert "script_name 'Loopback' (the studio runs x/y/z plot, sd upscale)" in other["info"]["ignored"]
+    assert "script_name 'Loopback' (the studio runs x/y/z plot, prompts from file or textbox, sd upscale)" in \
+        other["info"]["ignored"]
+
+
+def test_the_prompts_from_file_script_runs_each_line_as_a1111_does(studio):
+    """txt2img with script_name "Prompts from file or textbox" and A1111's script_args [iterate seed, same seed,
+    prompt_position, prompt_txt]: each line's prompt before the request's ("start"), a line's own settings kept, the
+    seed moved on by the request's images after each line; each image is the one txt2img makes with its settings."""
+    fields = {"prompt": "on a blue background", "seed": 40, "steps": 2, "width": IMAGE_SIZE, "height": IMAGE_SIZE}
+    lines = "a red circle in the top left\n\n# a comment\n--prompt \"a green square\" --steps 1\n"
+    body = made(studio.http.post("/txt2img", json={**fields, "batch_size": 2, "script_name": "Prompts from file or "
+                                                   "textbox", "script_args": [True, False, "start", lines]}))
+    info = body["info"]
+    assert info["all_prompts"] == ["a red circle in the top left on a blue background"] * 2 + \
+        ["a green square on a blue background"] * 2
+    assert info["all_seeds"] == [40, 41, 42, 43] and "Steps: 1," in info["infotexts"][3]
+    alone = made(studio.http.post("/txt2img", json={**fields, "seed": 42, "steps": 1,
+                                                    "prompt": "a green square on a blue background"}))
+    assert np.array_equal(np.asarray(decoded(body["images"][2])), np.asarray(decoded(alone["images"][0])))
+    older = made(studio.http.post("/txt2img", json={**fields, "prompt": "", "script_name": "prompts from file or "
+                                                    "textbox", "script_args": [False, False, "a cat\na dog"]}))
+    assert older["info"]["all_prompts"] == ["a cat", "a dog"] and older["info"]["all_seeds"] == [40, 40]
+    end = made(studio.http.post("/txt2img", json={**fields, "steps": 1, "script_name": "Prompts from file or textbox",
+                                                  "script_args": [False, False, "end", "a cat"]}))
+    assert end["info"]["all_prompts"] == ["on a blue background a cat"]
+    for script_args, words in (([False, False, "middle", "a cat"], "prompt_position (script_args[2]) is 'start' or "
+                                                                     "'end', not 'middle'."),
+                               ([False, False, "start", 5], "prompt_txt (script_args[3]) must be the lines"),
+                               ([False, False, "start", "--steps x"], "Line 1: Argument --steps: invalid int value")):
+        response = studio.http.post("/txt2img", json={**fields, "script_name": "Prompts from file or textbox",
+                                                      "script_args": script_args})
+        assert words in assert_a1111_error(response, response.status_code if response.status_code in (400, 422)
+                                           else 0)
 
 
 def test_the_xyz_plot_script_answers_its_grid_then_the_cells_as_a1111_does(studio):

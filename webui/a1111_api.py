@@ -10,7 +10,8 @@
     GET  /sdapi/v1/progress            the running API job: step, ETA and the step's preview
     POST /sdapi/v1/interrupt, /skip    stop the running API job after its current step
     POST /sdapi/v1/png-info            an image's A1111 text, read as A1111 reads it, and the settings in it
-    script_name "X/Y/Z plot"           the studio's plot, script_args as A1111's (a1111_xyz.py); img2img's "SD
+    script_name "X/Y/Z plot"           the studio's plot, script_args as A1111's (a1111_xyz.py); "Prompts from
+                                       file or textbox": its prompt list (a1111_prompt_list.py); img2img's "SD
                                        upscale": the Upscale tool in tiles (a1111_scripts.py); /sdapi/v1/scripts
     POST /sdapi/v1/extra-single-image, /extra-batch-images: upscaling (a1111_extras.py)
     GET  /sdapi/v1/samplers, schedulers, loras, upscalers, cmd-flags, memory: what the studio has
@@ -59,6 +60,7 @@ from webui.a1111_adetailer import SCRIPT as ADETAILER_SCRIPT, face_fix_extra
 from webui.a1111_controlnet import SCRIPT as CONTROLNET_SCRIPT, add_controlnet_routes, enabled_units, units_inputs
 from webui.a1111_extras import CONTROLNET_UPSCALER, EXTRAS_SEED, UPSCALERS, add_extras_routes
 from webui.a1111_modules import MODULE_DEFAULTS, MODULE_OPTIONS, chosen_options, model_settings, module_listing
+from webui.a1111_prompt_list import PROMPTS_FROM_FILE, is_prompts_from_file, prompt_list_requests
 from webui.a1111_scripts import IMG2IMG_SCRIPTS, is_sd_upscale, sd_upscale_settings
 from webui.a1111_xyz import XYZ_PLOT, in_a1111_order, is_xyz_plot, plot_axes, plot_pictures, script_layout
 from webui.a1111_wire import (SdApiError, as_file, b64_png, base64_data, decoded_image, decoded_mask, parsed,
@@ -76,6 +78,7 @@ A1111_SOURCE = "A1111 API"  # who submitted a job, as the queue shows it
 SAMPLER_ALIASES = {"euler": "k_euler", "euler_a": "k_euler_a", "heun": "k_heun", "dpm++2m": "k_dpmpp_2m",
                    "dpm++2m_sde": "k_dpmpp_2m_sde", "unipc": "unipc"}
 AUTOMATIC = "automatic"  # Forge's scheduler "Automatic": the sampler's own, which Simple is
+BOTH_TABS_SCRIPTS = (XYZ_PLOT, PROMPTS_FROM_FILE)  # the scripts txt2img and img2img run (img2img's own: a1111_scripts)
 
 
 class Txt2ImgParams(BaseModel):
@@ -480,10 +483,10 @@ def txt2img_inputs(studio, params: Txt2ImgParams, ignored: list[str]) -> tuple[s
 
 
 def unknown_script(params: Txt2ImgParams, scripts: tuple[str, ...], ignored: list[str]) -> None:
-    """Name in `ignored` a script_name the studio does not run (besides the X/Y/Z plot, `scripts`)."""
-    if params.script_name and not is_xyz_plot(params.script_name) and \
-            params.script_name.strip().lower() not in scripts:
-        ignored.append(f"script_name {params.script_name!r} (the studio runs {', '.join((XYZ_PLOT, *scripts))})")
+    """Name in `ignored` a script_name the studio does not run (besides those of both tabs, the tab's `scripts`)."""
+    known = (*BOTH_TABS_SCRIPTS, *scripts)
+    if params.script_name and params.script_name.strip().lower() not in known:
+        ignored.append(f"script_name {params.script_name!r} (the studio runs {', '.join(known)})")
 
 
 def make_images(gone: threading.Event, studio, state: SdApiState, fields: dict, img2img: bool) -> dict:
@@ -496,6 +499,9 @@ def make_images(gone: threading.Event, studio, state: SdApiState, fields: dict, 
     requests = job_requests(studio, tool, model, params, ignored, settings, inputs)
     if is_xyz_plot(params.script_name):
         return plot_answer(gone, studio, state, fields, params, requests, img2img, ignored)
+    if is_prompts_from_file(params.script_name):
+        requests = prompt_list_requests(requests[0], params.seed == -1, len(requests), params.script_args,
+                                        studio.request_context().wildcards)
     job = ApiJob("img2img" if img2img else "txt2img", len(requests))
     results = run_job(studio, state, job, requests, params.save_images, gone)
     return images_answer(fields, params, job, results, ignored)
@@ -676,8 +682,8 @@ def sdapi_router(studio, auth=None) -> APIRouter:
         **dict.fromkeys(("face-restorers", "hypernetworks", "latent-upscale-modes"), list),
         "embeddings": lambda: {"loaded": {}, "skipped": {}},
         # ADetailer as A1111 lists an always-on script (clients such as webuiapi look for it there)
-        "scripts": lambda: {"txt2img": [XYZ_PLOT, ADETAILER_SCRIPT],
-                            "img2img": [XYZ_PLOT, *IMG2IMG_SCRIPTS, ADETAILER_SCRIPT]},
+        "scripts": lambda: {"txt2img": [*BOTH_TABS_SCRIPTS, ADETAILER_SCRIPT],
+                            "img2img": [*BOTH_TABS_SCRIPTS, *IMG2IMG_SCRIPTS, ADETAILER_SCRIPT]},
     }
     for name, listing in listings.items():
         async def answer(request: Request, listing=listing):

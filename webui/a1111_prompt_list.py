@@ -1,0 +1,55 @@
+"""A1111's "Prompts from file or textbox" script through its API: txt2img and img2img with that `script_name` and
+its `script_args` [checkbox_iterate, checkbox_iterate_batch, prompt_position, prompt_txt] (before A1111 added
+prompt_position: the two boxes and prompt_txt), run as the studio's prompt list (mflux_core/prompt_lines.py): a line
+is a prompt, or its settings (--prompt "a cat" --steps 4, or a JSON object), every line checked before the first
+runs.
+
+As A1111 does: a line's prompt goes before the request's ("start", its default) or after it ("end"), and so does its
+negative prompt; "Iterate seed every line" moves the seed on by the request's images after each line, "Use same
+random seed for all lines" keeps one; with neither, a request with a random seed draws one per line.
+"""
+
+import random
+
+from mflux_core.prompt_lines import PromptLine, line_requests, read_prompt_lines
+from mflux_core.request import MAX_SEED, GenerationRequest
+from webui.a1111_wire import SdApiError
+
+PROMPTS_FROM_FILE = "prompts from file or textbox"  # as /sdapi/v1/scripts lists it
+POSITIONS = ("start", "end")
+
+
+def is_prompts_from_file(script_name: str | None) -> bool:
+    return (script_name or "").strip().lower() == PROMPTS_FROM_FILE
+
+
+def script_arguments(args: list) -> tuple[bool, bool, str, str]:
+    """(iterate the seed every line, one seed for all lines, where a line's prompt goes, the lines)."""
+    older = len(args) == 3  # no prompt_position yet
+    position = "start" if older or len(args) < 3 or args[2] is None else args[2]
+    text = args[2 if older else 3] if len(args) > (2 if older else 3) else None
+    if position not in POSITIONS:
+        raise SdApiError(422, f"Prompts from file's prompt_position (script_args[2]) is 'start' or 'end', not "
+                              f"{str(position)[:40]!r}.", kind="RequestValidationError")
+    if not isinstance(text, str):
+        raise SdApiError(422, f"Prompts from file's prompt_txt (script_args[{2 if older else 3}]) must be the lines "
+                              "as one text.", kind="RequestValidationError")
+    return bool(args[0]) if args else False, bool(args[1]) if len(args) > 1 else False, position, text
+
+
+def prompt_list_requests(base: GenerationRequest, random_seed: bool, images: int, args: list,
+                         wildcards) -> list[GenerationRequest]:
+    """Every line's validated requests over `base` (the call's first request, its prompts styled), `images` per
+    line unless the line says otherwise; `random_seed`: the call asked for seed -1."""
+    iterate, same_seed, position, text = script_arguments(args)
+    lines = []
+    for index, line in enumerate(read_prompt_lines(text)):
+        settings = dict(line.settings)
+        for key, own in (("prompt", base.prompt), ("negative_prompt", base.negative_prompt)):
+            if settings.get(key) and own:
+                settings[key] = f"{settings[key]} {own}" if position == "start" else f"{own} {settings[key]}"
+        if "seed" not in settings:
+            settings["seed"] = (base.seed + index * images) % (MAX_SEED + 1) if iterate else \
+                random.randrange(MAX_SEED + 1) if random_seed and not same_seed else base.seed
+        lines.append(PromptLine(line.number, settings))
+    return [request for _, request in line_requests(base, lines, [base.seed], images, wildcards)]
