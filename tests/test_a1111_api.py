@@ -450,7 +450,7 @@ def test_the_sd_upscale_script_runs_the_upscale_tool_in_tiles_as_a1111_clients_a
     strength; what ran is recorded, replays to the same image, and keeps the picture."""
     example = upscale_example(EVALUATION_SEED, 0, IMAGE_SIZE, held_out=True)
     picture = Image.fromarray(example.image)
-    listed = ["x/y/z plot", "prompts from file or textbox"]
+    listed = ["x/y/z plot", "prompt matrix", "prompts from file or textbox"]
     assert answer(studio.http.get("/scripts")) == {"txt2img": [*listed, "adetailer"],
                                                    "img2img": [*listed, "sd upscale", "adetailer"]}
     body = made(studio.http.post("/img2img", json={
@@ -477,8 +477,41 @@ def test_the_sd_upscale_script_runs_the_upscale_tool_in_tiles_as_a1111_clients_a
     assert steered["info"]["ignored"] == []
     other = made(studio.http.post("/img2img", json={"init_images": [b64(picture)], "prompt": "x", "steps": 1,
                                                     "script_name": "Loopback", "script_args": [1, "2"]}))
-    assert "script_name 'Loopback' (the studio runs x/y/z plot, prompts from file or textbox, sd upscale)" in \
-        other["info"]["ignored"]
+    assert "script_name 'Loopback' (the studio runs x/y/z plot, prompt matrix, prompts from file or textbox, sd " \
+           "upscale)" in other["info"]["ignored"]
+
+
+def test_the_prompt_matrix_script_answers_its_grid_then_every_combination_as_a1111_does(studio):
+    """txt2img with script_name "Prompt matrix" and A1111's script_args [put_at_start, different_seeds, prompt_type,
+    variations_delimiter, margin_size]: every combination of the parts after the first, in A1111's order (the first
+    part changing fastest), each the image txt2img makes with that prompt; the grid first."""
+    fields = {"prompt": "a red circle|in the top left|on a blue background", "seed": 30, "steps": 2,
+              "width": IMAGE_SIZE, "height": IMAGE_SIZE}
+    body = made(studio.http.post("/txt2img", json={**fields, "script_name": "Prompt matrix",
+                                                   "script_args": [False, True, "positive", "comma", 0]}))
+    info = body["info"]
+    assert info["all_prompts"] == ["a red circle", "a red circle, in the top left",
+                                   "a red circle, on a blue background",
+                                   "a red circle, in the top left, on a blue background"]
+    assert info["all_seeds"] == [30, 31, 32, 33] and info["index_of_first_image"] == 1 and len(body["images"]) == 5
+    grid = decoded(body["images"][0])
+    assert grid.width > 2 * IMAGE_SIZE and grid.height > 2 * IMAGE_SIZE  # two across, two down, with labels
+    alone = made(studio.http.post("/txt2img", json={**fields, "seed": 33, "prompt": info["all_prompts"][3]}))
+    assert np.array_equal(np.asarray(decoded(body["images"][4])), np.asarray(decoded(alone["images"][0])))
+    start = made(studio.http.post("/txt2img", json={**fields, "steps": 1, "script_name": "prompt matrix",
+                                                    "script_args": [True, False, "positive", "space"]}))
+    assert start["info"]["all_prompts"][3] == "in the top left on a blue background a red circle"
+    assert start["info"]["all_seeds"] == [30] * 4
+    negative = made(studio.http.post("/txt2img", json={
+        **fields, "steps": 1, "prompt": "a cat", "negative_prompt": "blurry|green", "cfg_scale": 2,
+        "script_name": "Prompt matrix", "script_args": [False, False, "negative"]}))
+    assert negative["info"]["all_negative_prompts"] == ["blurry", "blurry, green"]
+    for script_args, status, words in (([False, False, "sideways"], 422, "prompt_type (script_args[2]) is"),
+                                       ([False, False, "positive", "tab"], 422, "variations_delimiter"),
+                                       ([], 400, "A prompt matrix needs optional parts")):
+        response = studio.http.post("/txt2img", json={**fields, "prompt": "a cat", "script_name": "Prompt matrix",
+                                                      "script_args": script_args})
+        assert words in assert_a1111_error(response, status)
 
 
 def test_the_prompts_from_file_script_runs_each_line_as_a1111_does(studio):

@@ -10,9 +10,10 @@
     GET  /sdapi/v1/progress            the running API job: step, ETA and the step's preview
     POST /sdapi/v1/interrupt, /skip    stop the running API job after its current step
     POST /sdapi/v1/png-info            an image's A1111 text, read as A1111 reads it, and the settings in it
-    script_name "X/Y/Z plot"           the studio's plot, script_args as A1111's (a1111_xyz.py); "Prompts from
-                                       file or textbox": its prompt list (a1111_prompt_list.py); img2img's "SD
-                                       upscale": the Upscale tool in tiles (a1111_scripts.py); /sdapi/v1/scripts
+    script_name "X/Y/Z plot"           the studio's plot, script_args as A1111's (a1111_xyz.py); "Prompt matrix"
+                                       (a1111_prompt_matrix.py); "Prompts from file or textbox": its prompt list
+                                       (a1111_prompt_list.py); img2img's "SD upscale": the Upscale tool in tiles
+                                       (a1111_scripts.py); /sdapi/v1/scripts lists them
     POST /sdapi/v1/extra-single-image, /extra-batch-images: upscaling (a1111_extras.py)
     GET  /sdapi/v1/samplers, schedulers, loras, upscalers, cmd-flags, memory: what the studio has
     (`sampler_name` and `scheduler` pick ours by A1111's names: Euler, Euler a, Heun, DPM++ 2M, DPM++ 2M SDE,
@@ -28,6 +29,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psutil
@@ -61,6 +63,7 @@ from webui.a1111_controlnet import SCRIPT as CONTROLNET_SCRIPT, add_controlnet_r
 from webui.a1111_extras import CONTROLNET_UPSCALER, EXTRAS_SEED, UPSCALERS, add_extras_routes
 from webui.a1111_modules import MODULE_DEFAULTS, MODULE_OPTIONS, chosen_options, model_settings, module_listing
 from webui.a1111_prompt_list import PROMPTS_FROM_FILE, is_prompts_from_file, prompt_list_requests
+from webui.a1111_prompt_matrix import PROMPT_MATRIX, is_prompt_matrix, matrix_cells, matrix_pictures
 from webui.a1111_scripts import IMG2IMG_SCRIPTS, is_sd_upscale, sd_upscale_settings
 from webui.a1111_xyz import XYZ_PLOT, in_a1111_order, is_xyz_plot, plot_axes, plot_pictures, script_layout
 from webui.a1111_wire import (SdApiError, as_file, b64_png, base64_data, decoded_image, decoded_mask, parsed,
@@ -78,7 +81,7 @@ A1111_SOURCE = "A1111 API"  # who submitted a job, as the queue shows it
 SAMPLER_ALIASES = {"euler": "k_euler", "euler_a": "k_euler_a", "heun": "k_heun", "dpm++2m": "k_dpmpp_2m",
                    "dpm++2m_sde": "k_dpmpp_2m_sde", "unipc": "unipc"}
 AUTOMATIC = "automatic"  # Forge's scheduler "Automatic": the sampler's own, which Simple is
-BOTH_TABS_SCRIPTS = (XYZ_PLOT, PROMPTS_FROM_FILE)  # the scripts txt2img and img2img run (img2img's own: a1111_scripts)
+BOTH_TABS_SCRIPTS = (XYZ_PLOT, PROMPT_MATRIX, PROMPTS_FROM_FILE)  # the scripts txt2img and img2img run (img2img's own: a1111_scripts)
 
 
 class Txt2ImgParams(BaseModel):
@@ -499,6 +502,8 @@ def make_images(gone: threading.Event, studio, state: SdApiState, fields: dict, 
     requests = job_requests(studio, tool, model, params, ignored, settings, inputs)
     if is_xyz_plot(params.script_name):
         return plot_answer(gone, studio, state, fields, params, requests, img2img, ignored)
+    if is_prompt_matrix(params.script_name):
+        return matrix_answer(gone, studio, state, fields, params, requests, img2img, ignored)
     if is_prompts_from_file(params.script_name):
         requests = prompt_list_requests(requests[0], params.seed == -1, len(requests), params.script_args,
                                         studio.request_context().wildcards)
@@ -509,22 +514,39 @@ def make_images(gone: threading.Event, studio, state: SdApiState, fields: dict, 
 
 def plot_answer(gone: threading.Event, studio, state: SdApiState, fields: dict, params: Txt2ImgParams,
                 requests: list[GenerationRequest], img2img: bool, ignored: list[str]) -> dict:
-    """A1111's X/Y/Z plot script (a1111_xyz.py) over the call's first request: every cell checked before the first
-    runs, then the grid (and the cells or Z grids the script's arguments ask for) as the answer's images."""
+    """A1111's X/Y/Z plot script (a1111_xyz.py) over the call's first request: the grid (and the cells or Z grids
+    the script's arguments ask for) as the answer's images."""
     named = script_layout(params.script_args)
     axes, described = plot_axes(named, img2img, params.enable_hr, lambda title: checkpoint_name(studio, title))
-    if len(requests) > 1:
-        ignored.append("batch_size and n_iter (an X/Y/Z plot makes one image per cell here)")
     if not named["draw_legend"]:
         ignored.append("script_args draw_legend (the grid is labelled)")
-    cells = plot_cells(requests[0], axes)
+    return grid_answer(gone, studio, state, fields, params, img2img, requests, ignored, axes,
+                       plot_cells(requests[0], axes),
+                       lambda cells, results: plot_pictures(axes, cells, results, named, described))
+
+
+def matrix_answer(gone: threading.Event, studio, state: SdApiState, fields: dict, params: Txt2ImgParams,
+                  requests: list[GenerationRequest], img2img: bool, ignored: list[str]) -> dict:
+    """A1111's Prompt matrix script (a1111_prompt_matrix.py) over the call's first request: the labelled grid, then
+    every combination."""
+    axes, cells = matrix_cells(requests[0], params.script_args)
+    return grid_answer(gone, studio, state, fields, params, img2img, requests, ignored, axes, cells,
+                       lambda cells, results: matrix_pictures(axes, cells, results))
+
+
+def grid_answer(gone: threading.Event, studio, state: SdApiState, fields: dict, params: Txt2ImgParams, img2img: bool,
+                requests: list[GenerationRequest], ignored: list[str], axes: list, cells: list,
+                pictures: Callable[[list, list], list]) -> dict:
+    """A grid script's answer: its cells (each checked before the first runs) in the engine's turn, then
+    `pictures(cells, results)` (the grid first) in A1111's order; with save_images the grid goes to grids/."""
+    if len(requests) > 1:
+        ignored.append("batch_size and n_iter (a grid script makes one image per cell here)")
     job = ApiJob("img2img" if img2img else "txt2img", len(cells))
     results = run_job(studio, state, job, [cell.request for cell in cells], params.save_images, gone)
     cells, results = in_a1111_order(cells, results)
     if params.save_images and results:
         save_grids(studio.folders.outputs, axes, {cell.position: r.image for cell, r in zip(cells, results)})
-    pictures = plot_pictures(axes, cells, results, named, described)
-    return images_answer(fields, params, job, results, ignored, pictures, first_image=1)
+    return images_answer(fields, params, job, results, ignored, pictures(cells, results), first_image=1)
 
 
 def with_face_fix(tool: str, settings: dict, params: Txt2ImgParams, ignored: list[str]) -> dict:
