@@ -481,6 +481,21 @@ def test_the_sd_upscale_script_runs_the_upscale_tool_in_tiles_as_a1111_clients_a
            "upscale)" in other["info"]["ignored"]
 
 
+def test_script_info_lists_each_scripts_args_as_a1111s_ui_labels_them(studio):
+    """A client can build script_args by label: /script-info gives each script's args in order, the X/Y/Z plot's
+    types with the tab's axis labels (what an index points into)."""
+    listing = {(script["name"], script["is_img2img"]): script for script in answer(studio.http.get("/script-info"))}
+    xyz = listing[("x/y/z plot", False)]["args"]
+    assert [a["label"] for a in xyz[:4]] == ["X type", "X values", "X values", "Y type"]
+    assert xyz[0]["choices"][4] == "Steps" and xyz[0]["choices"][9] == "Sampler"
+    assert listing[("x/y/z plot", True)]["args"][0]["choices"][22] == "Denoising"
+    assert [a["label"] for a in listing[("prompts from file or textbox", True)]["args"]][2:] == [
+        "Insert prompts at the", "List of prompt inputs"]
+    assert listing[("sd upscale", True)]["args"][2]["choices"] == [u["name"] for u in answer(studio.http.get(
+        "/upscalers"))]
+    assert ("sd upscale", False) not in listing and listing[("controlnet", False)]["is_alwayson"]
+
+
 def test_the_prompt_matrix_script_answers_its_grid_then_every_combination_as_a1111_does(studio):
     """txt2img with script_name "Prompt matrix" and A1111's script_args [put_at_start, different_seeds, prompt_type,
     variations_delimiter, margin_size]: every combination of the parts after the first, in A1111's order (the first

@@ -13,7 +13,7 @@
     script_name "X/Y/Z plot"           the studio's plot, script_args as A1111's (a1111_xyz.py); "Prompt matrix"
                                        (a1111_prompt_matrix.py); "Prompts from file or textbox": its prompt list
                                        (a1111_prompt_list.py); img2img's "SD upscale": the Upscale tool in tiles
-                                       (a1111_scripts.py); /sdapi/v1/scripts lists them
+                                       (a1111_scripts.py); /sdapi/v1/scripts and script-info list them
     POST /sdapi/v1/extra-single-image, /extra-batch-images: upscaling (a1111_extras.py)
     GET  /sdapi/v1/samplers, schedulers, loras, upscalers, cmd-flags, memory: what the studio has
     (`sampler_name` and `scheduler` pick ours by A1111's names: Euler, Euler a, Heun, DPM++ 2M, DPM++ 2M SDE,
@@ -64,6 +64,7 @@ from webui.a1111_extras import CONTROLNET_UPSCALER, EXTRAS_SEED, UPSCALERS, add_
 from webui.a1111_modules import MODULE_DEFAULTS, MODULE_OPTIONS, chosen_options, model_settings, module_listing
 from webui.a1111_prompt_list import PROMPTS_FROM_FILE, is_prompts_from_file, prompt_list_requests
 from webui.a1111_prompt_matrix import PROMPT_MATRIX, is_prompt_matrix, matrix_cells, matrix_pictures
+from webui.a1111_script_info import script_info
 from webui.a1111_scripts import IMG2IMG_SCRIPTS, is_sd_upscale, sd_upscale_settings
 from webui.a1111_xyz import XYZ_PLOT, in_a1111_order, is_xyz_plot, plot_axes, plot_pictures, script_layout
 from webui.a1111_wire import (SdApiError, as_file, b64_png, base64_data, decoded_image, decoded_mask, parsed,
@@ -81,7 +82,7 @@ A1111_SOURCE = "A1111 API"  # who submitted a job, as the queue shows it
 SAMPLER_ALIASES = {"euler": "k_euler", "euler_a": "k_euler_a", "heun": "k_heun", "dpm++2m": "k_dpmpp_2m",
                    "dpm++2m_sde": "k_dpmpp_2m_sde", "unipc": "unipc"}
 AUTOMATIC = "automatic"  # Forge's scheduler "Automatic": the sampler's own, which Simple is
-BOTH_TABS_SCRIPTS = (XYZ_PLOT, PROMPT_MATRIX, PROMPTS_FROM_FILE)  # the scripts txt2img and img2img run (img2img's own: a1111_scripts)
+BOTH_TABS_SCRIPTS = (XYZ_PLOT, PROMPT_MATRIX, PROMPTS_FROM_FILE)  # txt2img's and img2img's (its own: a1111_scripts)
 
 
 class Txt2ImgParams(BaseModel):
@@ -339,7 +340,8 @@ def images_answer(fields: dict, params: Txt2ImgParams, job: ApiJob, results: lis
         "width": requests[0].width if requests else params.width,
         "height": requests[0].height if requests else params.height,
         "sampler_name": SAMPLER_LABELS[requests[0].sampler] if requests else None,
-        "scheduler": SCHEDULE_LABELS[requests[0].schedule] if requests else None, "steps": first.get("steps", params.steps),
+        "scheduler": SCHEDULE_LABELS[requests[0].schedule] if requests else None,
+        "steps": first.get("steps", params.steps),
         "cfg_scale": requests[0].true_cfg_scale if requests else params.cfg_scale,
         "distilled_cfg_scale": first.get("guidance", params.distilled_cfg_scale),
         "batch_size": params.batch_size, "n_iter": params.n_iter,
@@ -704,6 +706,7 @@ def sdapi_router(studio, auth=None) -> APIRouter:
         **dict.fromkeys(("face-restorers", "hypernetworks", "latent-upscale-modes"), list),
         "embeddings": lambda: {"loaded": {}, "skipped": {}},
         # ADetailer as A1111 lists an always-on script (clients such as webuiapi look for it there)
+        "script-info": lambda: script_info([entry["name"] for entry in upscaler_listing(studio.manager.models_dir)]),
         "scripts": lambda: {"txt2img": [*BOTH_TABS_SCRIPTS, ADETAILER_SCRIPT],
                             "img2img": [*BOTH_TABS_SCRIPTS, *IMG2IMG_SCRIPTS, ADETAILER_SCRIPT]},
     }
