@@ -22,11 +22,12 @@ from mflux_core.regions import region_from_box_flag, region_from_mask_flag
 from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import DTYPES, MERGE_METHODS, SAMPLER_LABELS as SAMPLERS, SCHEDULE_LABELS as SCHEDULES
 from mflux_core.settings_schema import PNG_INFO_FIELDS, WEIGHTED_SUM
+from mflux_core.styles import read_styles
 from mflux_core.tools.specs import PNG_INFO_FLAGS, TOOL_SPECS, UPSCALER_ONLY, ToolSpec, tool_spec
 from mflux_core.training.lora_command import add_train_parser, run_train
 from mflux_core.wildcards import expand_prompt
 from mflux_core.xyz import (
-    AXIS_KINDS, MAX_CELLS, Axis, parse_axis_flag, plot_cells, plot_grids, prompt_matrix, resolve_loras,
+    AXIS_KINDS, MAX_CELLS, Axis, parse_axis_flag, plot_cells, plot_grids, prompt_matrix, resolve_loras, resolve_styles,
 )
 
 def flag_type(parse):
@@ -499,6 +500,7 @@ def run_plot(args: argparse.Namespace, manager, request: GenerationRequest, axes
         cell = style(cell)
         return cell.with_(prompt=expand_prompt(cell.prompt, request.seed, wildcards))
 
+    axes = resolve_styles(axes, read_styles(Path(args.styles_dir)))
     cells = plot_cells(request.with_(prompt=prompt),
                        resolve_loras(axes, lambda name: str(resolve_lora_path(name, Path(args.models_dir)))),
                        args.max_cells, styled)

@@ -26,6 +26,7 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.images.grid import labelled_grid
 from mflux_core.request import GenerationRequest, check_finite, hires_size
 from mflux_core.settings_schema import SAMPLER_LABELS, SCHEDULE_LABELS
+from mflux_core.styles import Style, request_styler
 
 MAX_CELLS = 100  # cells in one plot, unless the caller allows more
 MAX_AXIS_VALUES = 10_000  # values one range may spell out, whatever the cell limit
@@ -117,6 +118,23 @@ def _lora_names(text: str, what: str) -> tuple[str, ...]:
     return tuple(NO_LORA if name.lower() == NO_LORA else name for name in _texts(text, what))
 
 
+NO_STYLE = "none"
+
+
+def _style_names(text: str, what: str) -> tuple[str, ...]:
+    return tuple(NO_STYLE if name.lower() == NO_STYLE else name for name in _texts(text, what))
+
+
+def _style(request: GenerationRequest, value) -> GenerationRequest:
+    """A1111's Styles axis: the cell's prompts with the style merged in (`none`: as they are); `value` a Style, as
+    resolve_styles makes the names."""
+    if value == NO_STYLE:
+        return request
+    if not isinstance(value, Style):
+        raise InvalidRequest(f"The Styles axis's {str(value)[:80]!r} was not looked up in the styles folder.")
+    return request_styler([value.name], {value.name: value})(request)
+
+
 def _prompt_replace(request: GenerationRequest, value: str, search: str) -> GenerationRequest:
     """A1111's Prompt S/R: the search term replaced in the prompt and in the negative prompt."""
     if search not in request.prompt and search not in request.negative_prompt:
@@ -185,6 +203,7 @@ AXIS_KINDS = {
     "modules": AxisKind("VAE / Text Encoder", _texts, _modules),
     "size": AxisKind("Size", _size, lambda request, size: request.with_(width=size[0], height=size[1])),
     "prompt-sr": AxisKind("Prompt S/R", _texts, None),  # applied with the axis's search term
+    "styles": AxisKind("Styles", _style_names, _style),  # names, made Styles by resolve_styles
     "sampler": AxisKind("Sampler", _named(SAMPLER_LABELS), _field("sampler"), SAMPLER_LABELS),
     "schedule": AxisKind("Schedule", _named(SCHEDULE_LABELS), _field("schedule"), SCHEDULE_LABELS),
 }
@@ -208,6 +227,8 @@ class Axis:
             return Path(value).stem  # a library name is its file's name
         if self.kind == "modules":
             return " + ".join(Path(part.strip()).stem for part in value.split("+"))
+        if isinstance(value, Style):
+            return value.name
         return f"{value:g}" if isinstance(value, float) else str(value)
 
     def apply(self, request: GenerationRequest, value) -> GenerationRequest:
@@ -266,6 +287,20 @@ def resolve_loras(axes: list[Axis], resolve: Callable[[str], str]) -> list[Axis]
             for a in axes]
 
 
+def resolve_styles(axes: list[Axis], styles: dict[str, Style]) -> list[Axis]:
+    """The axes with a Styles axis's names looked up in `styles` (the styles folder's), so a plot naming a style
+    there is none of is refused before anything runs."""
+    def looked_up(name: str):
+        if name == NO_STYLE:
+            return name
+        if name not in styles:
+            known = ", ".join(sorted(styles)[:8]) or "none: put A1111's styles.csv into the styles folder"
+            raise InvalidRequest(f"The Styles axis: there is no style named {name[:80]!r} (styles: {known}).")
+        return styles[name]
+
+    return [Axis(a.kind, tuple(looked_up(v) for v in a.values)) if a.kind == "styles" else a for a in axes]
+
+
 def parse_axis(kind: str, values: str) -> Axis:
     """An axis from its kind (a key of AXIS_KINDS) and its values as typed."""
     if kind not in AXIS_KINDS:
@@ -305,8 +340,9 @@ def plot_cells(base: GenerationRequest, axes: list[Axis], max_cells: int = MAX_C
     count = len(axes[0].values) * len(axes[1].values) * len(axes[2].values)
     if count > max_cells:
         raise InvalidRequest(f"The plot has {count} cells, more than the limit of {max_cells}: use fewer values.")
-    # a model axis runs outermost, then a LoRA axis (a LoRA scale axis then scales its LoRA, none in its none cells)
-    order = sorted(range(3), key=lambda i: {"model": 0, "lora": 1}.get(axes[i].kind, 2))
+    # a model axis runs outermost, then a LoRA axis (a LoRA scale axis then scales its LoRA, none in its none cells);
+    # a Styles axis merges its style after the others changed the prompts (A1111 merges styles after its scripts)
+    order = sorted(range(3), key=lambda i: {"model": 0, "lora": 1, "styles": 3}.get(axes[i].kind, 2))
     cells = []
     for indices in itertools.product(*(range(len(axes[i].values)) for i in order)):
         position = [0, 0, 0]

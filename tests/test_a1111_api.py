@@ -45,6 +45,7 @@ from tests.fixtures.upscaler_models import random_rrdb, real_esrgan_names, write
 from tests.test_comfy_workflow import flux_dev_example
 from tests.test_webui_browser import free_port, request_in
 from webui.a1111_api import Txt2ImgParams, sampling_settings, sdapi_router
+from webui.a1111_xyz import axis_labels
 from webui.app import build_app, launch_kwargs
 from webui.gallery import history
 from webui.studio import StudioFolders
@@ -586,6 +587,18 @@ def test_the_xyz_plot_script_answers_its_grid_then_the_cells_as_a1111_does(studi
     main, *z_grids = [decoded(image) for image in older["images"]]
     assert len(z_grids) == 2 and main.width == sum(g.width for g in z_grids) and main.height == z_grids[0].height
     assert "Z Type: Seed" in older["info"]["infotexts"][0] and "Y Type" not in older["info"]["infotexts"][0]
+
+
+def test_the_xyz_plot_scripts_styles_axis_merges_each_style_from_the_styles_folder(studio):
+    """A1111's Styles axis (by its index in the txt2img list, or its label): each cell with that style merged in."""
+    index = axis_labels(False).index("Styles")
+    body = made(studio.http.post("/txt2img", json={
+        "prompt": "a red circle", "seed": 5, "steps": 1, "width": IMAGE_SIZE, "height": IMAGE_SIZE,
+        "script_name": "X/Y/Z plot", "script_args": [index, "", ["Framed", "Bold"], 0, "", [], 0, "", []]}))
+    assert body["info"]["all_prompts"] == ["a photo of a red circle, framed", "a red circle, bold colours"]
+    unknown = studio.http.post("/txt2img", json={"prompt": "x", "steps": 1, "script_name": "X/Y/Z plot",
+                                                  "script_args": ["Styles", "Noir"]})
+    assert "The Styles axis: there is no style named 'Noir'" in assert_a1111_error(unknown, 400)
 
 
 def test_the_xyz_plot_scripts_denoising_axis_is_the_image_to_image_strength(studio):

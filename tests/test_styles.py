@@ -127,6 +127,34 @@ def test_plots_merge_styles_after_their_axes_as_a1111_does(styles_dir, tiny_dev,
     assert "neither the prompt nor the negative prompt contains 'sepia'" in capsys.readouterr().err
 
 
+def test_a_styles_axis_plots_each_style_after_the_other_axes_as_a1111_does(styles_dir, tiny_dev, tmp_path, capsys):
+    """A1111's Styles axis: each cell's prompts with that style merged in ('none': as they are), after the other axes
+    (a Prompt S/R term is not looked for in the style's text); a name the styles folder lacks is refused before
+    anything runs (the page and the CLI)."""
+    from webui.panels.plot import plot_requests
+    from webui.requests import InputStore
+
+    context = RequestContext(inputs=InputStore(tmp_path / "inputs"), styles=styles_dir, draw_seed=lambda: 0)
+    values = shared_values(validate_settings({"tool": "generate", "prompt": "a cat", "negative_prompt": "dogs",
+                                              "true_cfg_scale": 2.0, "seed": 3}))
+    axes, cells = plot_requests({**values, "x_kind": "styles", "x_values": "none, Cinematic, Old",
+                                 "y_kind": "prompt-sr", "y_values": "cat, fox"}, context)
+    assert [cell.request.prompt for cell in cells if cell.position[1] == 1] == [
+        "a fox", "cinematic still of a fox, film grain", "a fox, sepia tones"]
+    assert [cell.request.negative_prompt for cell in cells if cell.position[1] == 0] == [
+        "dogs", "dogs, cartoon, blurry", "dogs"]
+    assert [axes[0].heading(value) for value in axes[0].values] == ["Styles: none", "Styles: Cinematic", "Styles: Old"]
+    with pytest.raises(InvalidRequest, match="The Styles axis: there is no style named 'Noir'"):
+        plot_requests({**values, "x_kind": "styles", "x_values": "Cinematic, Noir"}, context)
+
+    args = ["generate", "--path", str(tiny_dev), "--prompt", "a cat", "--styles-dir", str(styles_dir), "--seed", "1",
+            "--steps", "1", "--width", "32", "--height", "32", "--metadata"]
+    assert cli_main([*args, "--x-axis", "styles=none, Old", "--output", str(tmp_path / "styled.png")]) == 0
+    assert json.loads((tmp_path / "styled_x1_y0_z0.json").read_text())["request"]["prompt"] == "a cat, sepia tones"
+    assert cli_main([*args, "--x-axis", "styles=Noir", "--output", str(tmp_path / "no.png")]) == 1
+    assert "there is no style named 'Noir'" in capsys.readouterr().err
+
+
 def test_a_plot_takes_the_hires_fix_and_its_axes(styles_dir, tmp_path):
     """A1111's X/Y/Z over hires settings: with the hires fix on, its denoising strength as an axis; without it, a
     hires axis is refused in a sentence."""

@@ -519,7 +519,8 @@ def plot_answer(gone: threading.Event, studio, state: SdApiState, fields: dict, 
     """A1111's X/Y/Z plot script (a1111_xyz.py) over the call's first request: the grid (and the cells or Z grids
     the script's arguments ask for) as the answer's images."""
     named = script_layout(params.script_args)
-    axes, described = plot_axes(named, img2img, params.enable_hr, lambda title: checkpoint_name(studio, title))
+    axes, described = plot_axes(named, img2img, params.enable_hr, lambda title: checkpoint_name(studio, title),
+                                read_styles(studio.folders.styles))
     if not named["draw_legend"]:
         ignored.append("script_args draw_legend (the grid is labelled)")
     return grid_answer(gone, studio, state, fields, params, img2img, requests, ignored, axes,

@@ -21,7 +21,8 @@ from PIL import Image
 
 from mflux_core.metadata import A1111_KEY
 from mflux_core.request import MAX_SEED
-from mflux_core.xyz import OWN_FILES, Axis, Cell, parse_axis, plot_grids
+from mflux_core.styles import Style
+from mflux_core.xyz import OWN_FILES, Axis, Cell, parse_axis, plot_grids, resolve_styles
 from webui.a1111_wire import SdApiError
 
 XYZ_PLOT = "x/y/z plot"  # as /sdapi/v1/scripts lists it
@@ -44,7 +45,7 @@ KINDS = {  # A1111's axis label (Forge's Distilled CFG Scale, by label) -> the s
     "Seed": "seed", "Var. seed": "var-seed", "Var. strength": "var-strength", "Steps": "steps",
     "Hires steps": "hires-steps", "CFG Scale": "true-cfg", "Distilled CFG Scale": "guidance",
     "Prompt S/R": "prompt-sr", "Sampler": "sampler", "Schedule type": "schedule", "Checkpoint name": "model",
-    "Denoising": "denoising", "VAE": "modules", "Size": "size",
+    "Denoising": "denoising", "VAE": "modules", "Styles": "styles", "Size": "size",
 }
 RANDOM_SEED = -1  # A1111's "random" in a Seed or Var. seed axis, fixed to one drawn seed per value
 OWN_VAE = ("none", "automatic")  # A1111's VAE choices for the checkpoint's own
@@ -93,10 +94,11 @@ def values_text(values, dropdown) -> str:
     return "" if values is None else str(values)
 
 
-def plot_axes(named: dict, img2img: bool, hires: bool, checkpoint) -> tuple[list[Axis], list[tuple[str, str, str]]]:
+def plot_axes(named: dict, img2img: bool, hires: bool, checkpoint,
+              styles: dict[str, Style]) -> tuple[list[Axis], list[tuple[str, str, str]]]:
     """The plot's X, Y and Z axes (Nothing: one cell that changes nothing) from the script's arguments by name and,
     for the grid's text, each set axis's (X/Y/Z, A1111 label, values as sent). `checkpoint(title)` names a
-    checkpoint as the studio does (a refusal for one it does not have)."""
+    checkpoint as the studio does (a refusal for one it does not have); `styles`: the styles folder's."""
     axes, described = [], []
     for name in ("x", "y", "z"):
         label = axis_label(named[f"{name}_type"], img2img, name)
@@ -109,7 +111,7 @@ def plot_axes(named: dict, img2img: bool, hires: bool, checkpoint) -> tuple[list
     if not described:
         raise SdApiError(422, "The X/Y/Z plot has no axis: give x_type (script_args[0]) an axis such as 1 (Seed).",
                          kind="RequestValidationError")
-    return axes, described
+    return resolve_styles(axes, styles), described
 
 
 def studio_axis(label: str, text: str, img2img: bool, hires: bool, checkpoint) -> Axis:

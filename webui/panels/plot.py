@@ -15,8 +15,10 @@ import gradio as gr
 from mflux_core.errors import InvalidRequest
 from mflux_core.request import GenerationRequest
 from mflux_core.weights.module_files import module_files
+from mflux_core.styles import read_styles
 from mflux_core.xyz import (
-    AXIS_KINDS, MAX_CELLS, NO_LORA, OWN_FILES, Axis, parse_axis, plot_cells, prompt_matrix, resolve_loras,
+    AXIS_KINDS, MAX_CELLS, NO_LORA, NO_STYLE, OWN_FILES, Axis, parse_axis, plot_cells, prompt_matrix, resolve_loras,
+    resolve_styles,
 )
 from webui.gallery import save_grids, save_result
 from webui.hires_ui import UPSCALER_NOTES, hires_controls, hires_settings, hires_values
@@ -55,6 +57,7 @@ def plot_axes(values: dict, base: GenerationRequest, context: RequestContext) ->
         return base.with_(prompt=prompt), axes
     if not axes:
         raise InvalidRequest("Choose at least one axis and type its values.")
+    axes = resolve_styles(axes, read_styles(context.styles))
     return base, resolve_loras(axes, lambda name: lora_files([name], context.loras)[0])
 
 
@@ -104,12 +107,15 @@ def run_plot(studio, view, values: dict, session: str):
 
 def library_values(studio):
     """On choosing the LoRA axis, its values become 'none' and every LoRA in the library; on choosing the VAE / Text
-    Encoder axis, 'none' and every such file of the models folder: to cut down."""
+    Encoder axis, 'none' and every such file of the models folder; on choosing the Styles axis, 'none' and every
+    style of the styles folder: to cut down."""
     def values(kind: str):
         if kind == "lora":
             return ", ".join([NO_LORA, *sorted(studio.lora_library())])
         if kind == "modules":
             return ", ".join([OWN_FILES, *module_files(studio.manager.models_dir)])
+        if kind == "styles":
+            return ", ".join([NO_STYLE, *read_styles(studio.folders.styles)])
         return gr.update()
 
     return values
