@@ -365,14 +365,17 @@ def cell_size(request: GenerationRequest) -> tuple[int, int]:
 
 
 def check_grid_size(cells: list[Cell], lengths: list[int]) -> None:
-    """Refuse, before anything runs, a plot whose grid would be past A1111's grid limit (its img_max_size_mp)."""
+    """Refuse, before anything runs, a plot whose grids would be past A1111's grid limit (its img_max_size_mp), which
+    counts every Z value's grid, as the cells all are held until they are gridded."""
     sizes = [cell_size(cell.request) for cell in cells]
     width, height = max(w for w, _ in sizes), max(h for _, h in sizes)
-    pixels = lengths[0] * width * lengths[1] * height
+    pixels = lengths[0] * lengths[1] * lengths[2] * width * height
     if pixels > MAX_GRID_PIXELS:
-        raise InvalidRequest(f"The plot's grid would be {pixels / 1e6:,.0f} megapixels ({lengths[0]} x {lengths[1]} "
-                             f"cells of up to {width}x{height}), more than the {MAX_GRID_PIXELS // 10**6} a grid may "
-                             "have (A1111's limit): use fewer values or a smaller size.")
+        used = 3 if lengths[2] > 1 else 2 if lengths[1] > 1 else 1  # X, X x Y or X x Y x Z
+        shape = " x ".join(str(length) for length in lengths[:used])
+        raise InvalidRequest(f"The plot's grids would be {pixels / 1e6:,.0f} megapixels ({shape} cells of up to "
+                             f"{width}x{height}), more than the {MAX_GRID_PIXELS // 10**6} a plot may have (A1111's "
+                             "limit): use fewer values or a smaller size.")
 
 
 def _labels(axis: Axis) -> list[str]:

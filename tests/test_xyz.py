@@ -78,12 +78,15 @@ def test_a_plot_is_refused_before_anything_runs_when_a_cell_is_bad_or_there_are_
         plot_cells(GenerationRequest(prompt="a cat"), [parse_axis("steps", "0-2")])
     with pytest.raises(InvalidRequest, match="needs a LoRA"):
         plot_cells(GenerationRequest(prompt="a cat"), [parse_axis("lora-scale", "0.5, 1")])
-    with pytest.raises(InvalidRequest, match=r"grid would be 218 megapixels \(13 x 1 cells of up to 4096x4096\), more "
-                                             r"than the 200 a grid may have"):  # 2.6 GB of cells, and a grid as large
+    with pytest.raises(InvalidRequest, match=r"grids would be 218 megapixels \(13 cells of up to 4096x4096\), more "
+                                             r"than the 200 a plot may have"):  # 2.6 GB of cells, and a grid as large
         plot_cells(GenerationRequest(prompt="a cat", width=4096, height=4096), [parse_axis("seed", "1-13")])
-    with pytest.raises(InvalidRequest, match=r"13 x 1 cells of up to 4096x4096"):  # the hires fix's second pass
+    with pytest.raises(InvalidRequest, match=r"\(13 cells of up to 4096x4096\)"):  # the hires fix's second pass
         plot_cells(GenerationRequest(prompt="a cat", width=2048, height=2048, hires_scale=2),
                    [parse_axis("seed", "1-13")])
+    with pytest.raises(InvalidRequest, match=r"\(4 x 1 x 4 cells of up to 4096x4096\)"):  # Z grids count, as A1111's
+        plot_cells(GenerationRequest(prompt="a cat", width=4096, height=4096),
+                   [parse_axis("seed", "1-4"), parse_axis("steps", "4"), parse_axis("guidance", "1, 2, 3, 4")])
     assert len(plot_cells(GenerationRequest(prompt="a cat", width=4096, height=4096), [parse_axis("seed", "1-11")]))
 
 
