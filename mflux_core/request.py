@@ -25,6 +25,7 @@ from mflux_core.tools.specs import TOOL_NAMES as TOOLS, tool_spec
 
 WHOLE_TEXT = re.compile(r"[0-9]{1,18}")  # whole_text's
 
+
 @dataclass(frozen=True)
 class GenerationRequest:
     tool: str = "generate"

@@ -63,12 +63,19 @@ def styled_prompts(prompt: str, negative_prompt: str, names, styles: dict[str, S
     if len(names) > MAX_STYLES_PER_REQUEST:
         raise InvalidRequest(f"Pick at most {MAX_STYLES_PER_REQUEST} styles, not {len(names)}.")
     for name in names:
-        style = styles.get(name)
-        if style is None:
-            known = ", ".join(sorted(styles)[:8]) or "none: put A1111's styles.csv into the styles folder"
-            raise InvalidRequest(f"There is no style named {str(name)[:80]!r} (styles: {known}).")
+        style = style_named(name, styles)
         prompt, negative_prompt = merged(style.prompt, prompt), merged(style.negative_prompt, negative_prompt)
     return prompt, negative_prompt
+
+
+def style_named(name, styles: dict[str, Style], what: str = "") -> Style:
+    """The style of that name; refused, naming some of the folder's, when there is none (`what` starts the
+    sentence: "The Styles axis: ")."""
+    if name not in styles:
+        known = ", ".join(sorted(styles)[:8]) or "none: put A1111's styles.csv into the styles folder"
+        raise InvalidRequest(f"{what}{'there' if what else 'There'} is no style named {str(name)[:80]!r} "
+                             f"(styles: {known}).")
+    return styles[name]
 
 
 def styled_negative_prompt(tool: str, negative_prompt: str, names, styles: dict[str, Style]) -> str:

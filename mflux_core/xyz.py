@@ -26,7 +26,7 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.images.grid import labelled_grid
 from mflux_core.request import GenerationRequest, check_finite, hires_size
 from mflux_core.settings_schema import SAMPLER_LABELS, SCHEDULE_LABELS
-from mflux_core.styles import Style, request_styler
+from mflux_core.styles import Style, request_styler, style_named
 
 MAX_CELLS = 100  # cells in one plot, unless the caller allows more
 MAX_AXIS_VALUES = 10_000  # values one range may spell out, whatever the cell limit
@@ -291,12 +291,7 @@ def resolve_styles(axes: list[Axis], styles: dict[str, Style]) -> list[Axis]:
     """The axes with a Styles axis's names looked up in `styles` (the styles folder's), so a plot naming a style
     there is none of is refused before anything runs."""
     def looked_up(name: str):
-        if name == NO_STYLE:
-            return name
-        if name not in styles:
-            known = ", ".join(sorted(styles)[:8]) or "none: put A1111's styles.csv into the styles folder"
-            raise InvalidRequest(f"The Styles axis: there is no style named {name[:80]!r} (styles: {known}).")
-        return styles[name]
+        return name if name == NO_STYLE else style_named(name, styles, "The Styles axis: ")
 
     return [Axis(a.kind, tuple(looked_up(v) for v in a.values)) if a.kind == "styles" else a for a in axes]
 

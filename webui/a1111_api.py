@@ -57,7 +57,7 @@ from mflux_core.styles import read_styles, styled_prompts
 from mflux_core.tools.specs import FACE_FIX_TOOLS, MASKED_CONTENT, TOOL_SPECS, default_model_for
 from mflux_core.upscaler_files import A1111_LABELS, upscaler_file, upscaler_files
 from mflux_core.upscaler_models import upscale_with
-from mflux_core.xyz import plot_cells
+from mflux_core.xyz import plot_cells, plot_grids
 from webui.a1111_adetailer import SCRIPT as ADETAILER_SCRIPT, face_fix_extra
 from webui.a1111_controlnet import SCRIPT as CONTROLNET_SCRIPT, add_controlnet_routes, enabled_units, units_inputs
 from webui.a1111_extras import CONTROLNET_UPSCALER, EXTRAS_SEED, UPSCALERS, add_extras_routes
@@ -525,7 +525,7 @@ def plot_answer(gone: threading.Event, studio, state: SdApiState, fields: dict, 
         ignored.append("script_args draw_legend (the grid is labelled)")
     return grid_answer(gone, studio, state, fields, params, img2img, requests, ignored, axes,
                        plot_cells(requests[0], axes),
-                       lambda cells, results: plot_pictures(axes, cells, results, named, described))
+                       lambda grids, results: plot_pictures(grids, results, named, described))
 
 
 def matrix_answer(gone: threading.Event, studio, state: SdApiState, fields: dict, params: Txt2ImgParams,
@@ -534,22 +534,24 @@ def matrix_answer(gone: threading.Event, studio, state: SdApiState, fields: dict
     every combination."""
     axes, cells = matrix_cells(requests[0], params.script_args)
     return grid_answer(gone, studio, state, fields, params, img2img, requests, ignored, axes, cells,
-                       lambda cells, results: matrix_pictures(axes, cells, results))
+                       lambda grids, results: matrix_pictures(grids, results))
 
 
 def grid_answer(gone: threading.Event, studio, state: SdApiState, fields: dict, params: Txt2ImgParams, img2img: bool,
                 requests: list[GenerationRequest], ignored: list[str], axes: list, cells: list,
                 pictures: Callable[[list, list], list]) -> dict:
-    """A grid script's answer: its cells (each checked before the first runs) in the engine's turn, then
-    `pictures(cells, results)` (the grid first) in A1111's order; with save_images the grid goes to grids/."""
+    """A grid script's answer: its cells (each checked before the first runs) in the engine's turn, their grids
+    drawn once, then `pictures(grids, results)` (the grid first) in A1111's order; with save_images the grids go to
+    grids/."""
     if len(requests) > 1:
         ignored.append("batch_size and n_iter (a grid script makes one image per cell here)")
     job = ApiJob("img2img" if img2img else "txt2img", len(cells))
     results = run_job(studio, state, job, [cell.request for cell in cells], params.save_images, gone)
     cells, results = in_a1111_order(cells, results)
-    if params.save_images and results:
-        save_grids(studio.folders.outputs, axes, {cell.position: r.image for cell, r in zip(cells, results)})
-    return images_answer(fields, params, job, results, ignored, pictures(cells, results), first_image=1)
+    grids = plot_grids(axes, {cell.position: result.image for cell, result in zip(cells, results)}) if results else []
+    if params.save_images:
+        save_grids(studio.folders.outputs, grids)
+    return images_answer(fields, params, job, results, ignored, pictures(grids, results), first_image=1)
 
 
 def with_face_fix(tool: str, settings: dict, params: Txt2ImgParams, ignored: list[str]) -> dict:

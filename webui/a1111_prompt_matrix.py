@@ -11,7 +11,7 @@ combination i the seed plus i. The answer is the labelled grid, then every combi
 from PIL import Image
 
 from mflux_core.request import MAX_SEED, GenerationRequest
-from mflux_core.xyz import Axis, Cell, plot_grids, prompt_matrix
+from mflux_core.xyz import Axis, Cell, prompt_matrix
 from webui.a1111_wire import SdApiError
 
 PROMPT_MATRIX = "prompt matrix"  # as /sdapi/v1/scripts lists it
@@ -56,10 +56,9 @@ def matrix_cells(base: GenerationRequest, args: list) -> tuple[list[Axis], list[
     return axes, cells
 
 
-def matrix_pictures(axes: list[Axis], cells: list[Cell], results: list) -> list[tuple[Image.Image, dict]]:
+def matrix_pictures(grids: list[Image.Image], results: list) -> list[tuple[Image.Image, dict]]:
     """(image, PNG text chunks) of the answer: the grid (with the first image's settings, as A1111 gives it), then
     every combination's image; none when no combination finished."""
     if not results:
         return []
-    grid = plot_grids(axes, {cell.position: result.image for cell, result in zip(cells, results)})[0]
-    return [(grid, results[0].text_chunks), *((result.image, result.text_chunks) for result in results)]
+    return [(grids[0], results[0].text_chunks), *((result.image, result.text_chunks) for result in results)]

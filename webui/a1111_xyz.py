@@ -22,7 +22,7 @@ from PIL import Image
 from mflux_core.metadata import A1111_KEY
 from mflux_core.request import MAX_SEED
 from mflux_core.styles import Style
-from mflux_core.xyz import OWN_FILES, Axis, Cell, parse_axis, plot_grids, resolve_styles
+from mflux_core.xyz import OWN_FILES, Axis, Cell, parse_axis, resolve_styles
 from webui.a1111_wire import SdApiError
 
 XYZ_PLOT = "x/y/z plot"  # as /sdapi/v1/scripts lists it
@@ -170,14 +170,13 @@ def side_by_side(grids: list[Image.Image]) -> Image.Image:
     return row
 
 
-def plot_pictures(axes: list[Axis], cells: list[Cell], results: list, named: dict,
+def plot_pictures(grids: list[Image.Image], results: list, named: dict,
                   described: list[tuple[str, str, str]]) -> list[tuple[Image.Image, dict]]:
-    """(image, PNG text chunks) of the answer in A1111's order: the main grid, the Z values' grids
-    (include_sub_grids), the cells (include_lone_images); a grid carries its first cell's settings with the script's
-    items. No cell finished: none."""
+    """(image, PNG text chunks) of the answer in A1111's order: the main grid (the Z values' `grids` side by side),
+    each Z value's grid (include_sub_grids), the cells' `results` (include_lone_images); a grid carries its first
+    cell's settings with the script's items. No cell finished: none."""
     if not results:
         return []
-    grids = plot_grids(axes, {cell.position: result.image for cell, result in zip(cells, results)})
     first = results[0].text_chunks
     chunks = {**first, A1111_KEY: grid_text(first[A1111_KEY], described)}
     pictures = [(side_by_side(grids), chunks)]

@@ -14,7 +14,6 @@ from mflux_core.images.io import save_png_atomic
 from mflux_core.metadata import A1111_KEY
 from mflux_core.presets import PresetError, settings_from_png
 from mflux_core.request import GenerationRequest
-from mflux_core.xyz import Axis, plot_grids
 
 DATE_FOLDER = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 HISTORY_LIMIT = 200
@@ -36,13 +35,12 @@ def save_result(outputs_dir: Path, result) -> Path:
     return save_png_atomic(result.image, result_path(outputs_dir, result.request), result.text_chunks)
 
 
-def save_grids(outputs_dir: Path, axes: list[Axis], images: dict) -> list[tuple[str, str]]:
-    """A plot's labelled grids (one per Z value) of the cells' images by position, to `grids/<date>/` beside the
-    history: (path, "grid N") each."""
+def save_grids(outputs_dir: Path, grids: list[Image.Image]) -> list[tuple[str, str]]:
+    """A plot's labelled grids (one per Z value) to `grids/<date>/` beside the history: (path, "grid N") each."""
     folder = outputs_dir / GRIDS_FOLDER / time.strftime("%Y-%m-%d")
     stamp = time.strftime("%H%M%S")
     return [(str(save_png_atomic(grid, folder / f"{stamp}-plot-{index}.png")), f"grid {index + 1}")
-            for index, grid in enumerate(plot_grids(axes, images))]
+            for index, grid in enumerate(grids)]
 
 
 def caption(path: Path) -> str:

@@ -17,8 +17,8 @@ from mflux_core.request import GenerationRequest
 from mflux_core.weights.module_files import module_files
 from mflux_core.styles import read_styles
 from mflux_core.xyz import (
-    AXIS_KINDS, MAX_CELLS, NO_LORA, NO_STYLE, OWN_FILES, Axis, parse_axis, plot_cells, prompt_matrix, resolve_loras,
-    resolve_styles,
+    AXIS_KINDS, MAX_CELLS, NO_LORA, NO_STYLE, OWN_FILES, Axis, parse_axis, plot_cells, plot_grids, prompt_matrix,
+    resolve_loras, resolve_styles,
 )
 from webui.gallery import save_grids, save_result
 from webui.hires_ui import UPSCALER_NOTES, hires_controls, hires_settings, hires_values
@@ -94,7 +94,7 @@ def run_plot(studio, view, values: dict, session: str):
                     saved.append((str(path), f"cell {index} of {len(cells)}"))
                     yield {view.preview: str(path)}
         finally:
-            saved[:0] = save_grids(studio.folders.outputs, axes, images)
+            saved[:0] = save_grids(studio.folders.outputs, plot_grids(axes, images))
         return f"Done: {len(cells)} cells and their grid saved to {studio.folders.outputs}."
 
     def final() -> dict:
