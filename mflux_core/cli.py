@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mflux_core.command_args import (
-    base_request, manager_from_args, output_path, plot_styler, read_prompt, seeds_to_run, with_styles,
+    base_request, manager_from_args, output_path, picked_styles, read_prompt, seeds_to_run, with_styles,
 )
 from mflux_core.concept.command import add_concept_parsers, run_concept
 from mflux_core.controlnet_units import unit_from_flag
@@ -162,7 +162,8 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     for name in ("x", "y", "z"):
         plot.add_argument(f"--{name}-axis", type=plot_axis, metavar="KIND=VALUES",
                           help=f"the {name.upper()} axis: {', '.join(AXIS_KINDS)}; values '2.5, 3.5', '1-5', "
-                          "'0.5-1.0 (+0.25)' or '1-10 [4]' (prompt-sr: the first value is replaced by each)")
+                          "'0.5-1.0 (+0.25)' or '1-10 [4]' (prompt-sr: the first value is replaced by each; "
+                          "prompt-order: the terms in every order)")
     plot.add_argument("--max-cells", type=at_least_one, default=MAX_CELLS,
                       help=f"refuse a plot (or prompt matrix) of more cells than this (default {MAX_CELLS})")
     plot.add_argument("--prompt-matrix", action="store_true", help="A1111's prompt matrix: 'a cat|in red|at night' "
@@ -494,16 +495,12 @@ def run_plot(args: argparse.Namespace, manager, request: GenerationRequest, axes
         if axes:
             raise StudioError("A prompt matrix makes its own axes: leave out --x-axis, --y-axis and --z-axis.")
         prompt, axes = prompt_matrix(prompt, args.max_cells)
-    style = plot_styler(args)
-
-    def styled(cell: GenerationRequest) -> GenerationRequest:  # a style's own wildcards drawn as the prompt's were
-        cell = style(cell)
-        return cell.with_(prompt=expand_prompt(cell.prompt, request.seed, wildcards))
-
     axes = resolve_styles(axes, read_styles(Path(args.styles_dir)))
     cells = plot_cells(request.with_(prompt=prompt),
                        resolve_loras(axes, lambda name: str(resolve_lora_path(name, Path(args.models_dir)))),
-                       args.max_cells, styled)
+                       args.max_cells, picked_styles(args),
+                       # a style's own wildcards drawn as the prompt's were
+                       lambda cell: cell.with_(prompt=expand_prompt(cell.prompt, request.seed, wildcards)))
     print(f"Plot: {len(cells)} cells ({' x '.join(f'{len(a.values)} {a.label}' for a in axes)})")
     base = Path(args.output.replace("{seed}", str(request.seed)))
     written, images = [], {}

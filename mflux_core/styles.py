@@ -96,6 +96,12 @@ def request_styler(names, styles: dict[str, Style]):
     return styled
 
 
+def styles_merged(request, styles):
+    """The request with `styles` (Style objects, in order) merged into its prompts, as request_styler merges them."""
+    return request_styler([style.name for style in styles], {style.name: style for style in styles})(request) \
+        if styles else request
+
+
 def prompt_styler(names, styles: dict[str, Style]):
     """A function merging the named styles into a prompt (a prompt list's lines, each image's re-read prompt)."""
     return lambda prompt: styled_prompts(prompt, "", names, styles)[0]

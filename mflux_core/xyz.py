@@ -2,7 +2,8 @@
 
 Values are written as A1111 writes them: a list (`2.5, 3.5`), an integer range (`1-5`, every whole
 number), a range with a step (`0.5-1.0 (+0.25)`) or with a count (`1-10 [4]`). "Prompt S/R" replaces
-its first value in the prompt by each value in turn (the first cell keeps the prompt as it is). Sampler and
+its first value in the prompt by each value in turn (the first cell keeps the prompt as it is); "Prompt order"
+puts its terms, found in the prompt, in every order in turn (`cat, hat, red`: six cells). Sampler and
 schedule values are names or A1111's labels (`euler, dpm++2m` or `Euler, DPM++ 2M`; `karras, beta`). LoRA
 values are LoRA names (or files) and `none`: each cell has that LoRA in place of the first one, at its scale
 (a LoRA scale axis scales it, and leaves the `none` cells alone). VAE / Text Encoder values are files of the
@@ -15,6 +16,7 @@ cells of one model run one after another, without a reload between them.
 """
 
 import itertools
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,7 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.images.grid import labelled_grid
 from mflux_core.request import GenerationRequest, check_finite, hires_size
 from mflux_core.settings_schema import SAMPLER_LABELS, SCHEDULE_LABELS
-from mflux_core.styles import Style, request_styler, style_named
+from mflux_core.styles import Style, style_named, styles_merged
 
 MAX_CELLS = 100  # cells in one plot, unless the caller allows more
 MAX_AXIS_VALUES = 10_000  # values one range may spell out, whatever the cell limit
@@ -125,16 +127,6 @@ def _style_names(text: str, what: str) -> tuple[str, ...]:
     return tuple(NO_STYLE if name.lower() == NO_STYLE else name for name in _texts(text, what))
 
 
-def _style(request: GenerationRequest, value) -> GenerationRequest:
-    """A1111's Styles axis: the cell's prompts with the style merged in (`none`: as they are); `value` a Style, as
-    resolve_styles makes the names."""
-    if value == NO_STYLE:
-        return request
-    if not isinstance(value, Style):
-        raise InvalidRequest(f"The Styles axis's {str(value)[:80]!r} was not looked up in the styles folder.")
-    return request_styler([value.name], {value.name: value})(request)
-
-
 def _prompt_replace(request: GenerationRequest, value: str, search: str) -> GenerationRequest:
     """A1111's Prompt S/R: the search term replaced in the prompt and in the negative prompt."""
     if search not in request.prompt and search not in request.negative_prompt:
@@ -142,6 +134,32 @@ def _prompt_replace(request: GenerationRequest, value: str, search: str) -> Gene
                              "first value.")
     return request.with_(prompt=request.prompt.replace(search, value),
                          negative_prompt=request.negative_prompt.replace(search, value))
+
+
+def _orders(text: str, what: str) -> tuple[tuple[str, ...], ...]:
+    """A1111's Prompt order values: every order of the terms (refused before making them when there are too many)."""
+    terms = _texts(text, what)
+    if math.factorial(min(len(terms), 20)) > MAX_AXIS_VALUES:  # min: 20 terms are past any limit already
+        raise InvalidRequest(f"{what}: {len(terms)} terms have more orders than the {MAX_AXIS_VALUES:,} values an axis "
+                             "takes: use fewer terms.")
+    return tuple(itertools.permutations(terms))
+
+
+def _prompt_order(request: GenerationRequest, order: tuple[str, ...]) -> GenerationRequest:
+    """A1111's Prompt order: the terms, where the prompt has them, swapped into `order` (the first place the prompt
+    has one of them gets order[0], and so on; the text between them stays)."""
+    places = sorted((request.prompt.find(term), term) for term in order)
+    missing = [term for place, term in places if place < 0]
+    if missing:
+        raise InvalidRequest(f"Prompt order: the prompt does not contain {missing[0][:80]!r}.")
+    between, rest = [], request.prompt
+    for _, term in places:
+        place = rest.find(term)
+        if place < 0:
+            raise InvalidRequest(f"Prompt order: {term[:80]!r} overlaps another of the axis's terms in the prompt.")
+        between.append(rest[:place])
+        rest = rest[place + len(term):]
+    return request.with_(prompt="".join(text + term for text, term in zip(between, order)) + rest)
 
 
 def _named(labels: dict[str, str]) -> Callable[[str, str], tuple[str, ...]]:
@@ -203,7 +221,8 @@ AXIS_KINDS = {
     "modules": AxisKind("VAE / Text Encoder", _texts, _modules),
     "size": AxisKind("Size", _size, lambda request, size: request.with_(width=size[0], height=size[1])),
     "prompt-sr": AxisKind("Prompt S/R", _texts, None),  # applied with the axis's search term
-    "styles": AxisKind("Styles", _style_names, _style),  # names, made Styles by resolve_styles
+    "prompt-order": AxisKind("Prompt order", _orders, _prompt_order),
+    "styles": AxisKind("Styles", _style_names, None),  # names, made Styles by resolve_styles; merged by plot_cells
     "sampler": AxisKind("Sampler", _named(SAMPLER_LABELS), _field("sampler"), SAMPLER_LABELS),
     "schedule": AxisKind("Schedule", _named(SCHEDULE_LABELS), _field("schedule"), SCHEDULE_LABELS),
 }
@@ -221,6 +240,8 @@ class Axis:
     def value_label(self, value) -> str:
         if AXIS_KINDS[self.kind].value_labels:
             return AXIS_KINDS[self.kind].value_labels[value]
+        if self.kind == "prompt-order":
+            return ", ".join(value)
         if isinstance(value, tuple):
             return f"{value[0]}x{value[1]}"
         if self.kind == "lora":
@@ -321,11 +342,12 @@ class Cell:
     position: tuple[int, int, int]  # (x, y, z) indices
 
 
-def plot_cells(base: GenerationRequest, axes: list[Axis], max_cells: int = MAX_CELLS,
-               styled: Callable[[GenerationRequest], GenerationRequest] = lambda request: request) -> list[Cell]:
+def plot_cells(base: GenerationRequest, axes: list[Axis], max_cells: int = MAX_CELLS, styles: tuple[Style, ...] = (),
+               finish: Callable[[GenerationRequest], GenerationRequest] = lambda request: request) -> list[Cell]:
     """Every cell's validated request, model changes outermost; refused over `max_cells` before anything runs.
-    `styled` finishes each cell's request after its axes (A1111's order: styles merge after the X/Y/Z script, so a
-    Prompt S/R term must be in the user's own prompt)."""
+    The request's own A1111 `styles`, then the cell's Styles-axis style, merge into each cell's prompts after its
+    other axes changed them (A1111 merges p.styles, the axis's appended, after its scripts: a Prompt S/R term must be
+    in the user's own prompt); `finish` then completes each cell (its prompt's wildcards, its `<lora:...>` tags)."""
     if not 1 <= len(axes) <= 3:
         raise InvalidRequest("A plot has one to three axes.")
     if any(axis.kind in ("strength", "denoising") for axis in axes) and not base.image_path:
@@ -335,22 +357,29 @@ def plot_cells(base: GenerationRequest, axes: list[Axis], max_cells: int = MAX_C
     count = len(axes[0].values) * len(axes[1].values) * len(axes[2].values)
     if count > max_cells:
         raise InvalidRequest(f"The plot has {count} cells, more than the limit of {max_cells}: use fewer values.")
-    # a model axis runs outermost, then a LoRA axis (a LoRA scale axis then scales its LoRA, none in its none cells);
-    # a Styles axis merges its style after the others changed the prompts (A1111 merges styles after its scripts)
-    order = sorted(range(3), key=lambda i: {"model": 0, "lora": 1, "styles": 3}.get(axes[i].kind, 2))
+    # a model axis runs outermost, then a LoRA axis (a LoRA scale axis then scales its LoRA, none in its none cells)
+    order = sorted(range(3), key=lambda i: {"model": 0, "lora": 1}.get(axes[i].kind, 2))
     cells = []
     for indices in itertools.product(*(range(len(axes[i].values)) for i in order)):
         position = [0, 0, 0]
-        request, no_lora = base, False
+        request, no_lora, cell_styles = base, False, styles
         for axis_index, value_index in zip(order, indices):
             position[axis_index] = value_index
             kind, value = axes[axis_index].kind, axes[axis_index].values[value_index]
-            if value is not None and not (no_lora and kind == "lora-scale"):  # a scale of the LoRA axis's LoRA
+            if kind == "styles":
+                cell_styles = cell_styles if value == NO_STYLE else (*cell_styles, _looked_up(value))
+            elif value is not None and not (no_lora and kind == "lora-scale"):  # a scale of the LoRA axis's LoRA
                 request = axes[axis_index].apply(request, value)
             no_lora = no_lora or (kind == "lora" and value == NO_LORA)
-        cells.append(Cell(styled(request).validated(), tuple(position)))
+        cells.append(Cell(finish(styles_merged(request, cell_styles)).validated(), tuple(position)))
     check_grid_size(cells, [len(axis.values) for axis in axes])
     return cells
+
+
+def _looked_up(value) -> Style:
+    if not isinstance(value, Style):
+        raise InvalidRequest(f"The Styles axis's {str(value)[:80]!r} was not looked up in the styles folder.")
+    return value
 
 
 def cell_size(request: GenerationRequest) -> tuple[int, int]:

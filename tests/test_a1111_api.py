@@ -601,6 +601,32 @@ def test_the_xyz_plot_scripts_styles_axis_merges_each_style_from_the_styles_fold
     assert "The Styles axis: there is no style named 'Noir'" in assert_a1111_error(unknown, 400)
 
 
+def test_a1111_scripts_merge_the_requests_styles_after_they_changed_the_prompts(studio):
+    """As A1111, which merges p.styles when the images are made, after a script set the prompts: a Prompt S/R or
+    Prompt order term is looked for in the user's own prompt (not a style's text), a Styles axis's style merges after
+    the request's own, a prompt file's line and a matrix's parts are styled together with the request's prompt."""
+    fields = {"prompt": "a red circle", "styles": ["Framed"], "seed": 5, "steps": 1, "width": IMAGE_SIZE,
+              "height": IMAGE_SIZE, "send_images": False}
+
+    def prompts(script_name: str, script_args: list, **changes) -> list[str]:
+        return made(studio.http.post("/txt2img", json={**fields, **changes, "script_name": script_name,
+                                                        "script_args": script_args}))["info"]["all_prompts"]
+
+    assert prompts("X/Y/Z plot", ["Prompt S/R", "red, blue"]) == ["a photo of a red circle, framed",
+                                                                  "a photo of a blue circle, framed"]
+    assert prompts("X/Y/Z plot", ["Styles", "none, Bold"]) == ["a photo of a red circle, framed",
+                                                               "a photo of a red circle, framed, bold colours"]
+    assert prompts("X/Y/Z plot", [axis_labels(False).index("Prompt order"), "red, circle"]) == [
+        "a photo of a red circle, framed", "a photo of a circle red, framed"]
+    assert prompts("Prompts from file or textbox", [False, False, "start", "a blue"]) == [
+        "a photo of a blue a red circle, framed"]
+    assert prompts("Prompt matrix", [False, False, "positive", "comma"], prompt="a red circle|on blue") == [
+        "a photo of a red circle, framed", "a photo of a red circle, on blue, framed"]
+    refused = studio.http.post("/txt2img", json={**fields, "script_name": "X/Y/Z plot",
+                                                  "script_args": ["Prompt S/R", "photo, drawing"]})
+    assert "neither the prompt nor the negative prompt contains 'photo'" in assert_a1111_error(refused, 400)
+
+
 def test_the_xyz_plot_scripts_denoising_axis_is_the_image_to_image_strength(studio):
     """img2img's Denoising (index 22 of A1111's img2img axis list): each cell at its denoising strength."""
     picture = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (20, 90, 200))

@@ -187,3 +187,30 @@ def test_the_cli_lora_axis_runs_each_lora_and_refuses_an_unknown_one_before_any_
     assert main(["generate", "-p", "a cat", "--x-axis", "lora=none, nowhere",
                  "--output", str(tmp_path / "bad" / "p.png")]) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_pages_prompt_list_and_image_batch_take_each_prompts_lora_tags_once(tmp_path):
+    """A line's (or a batch image's PNG info's) `<lora:name:scale>` tags are LoRAs of the library, as A1111 reads
+    them; the panel prompt's tags go with its prompt: one LoRA each on a line without a prompt of its own, none on
+    a line whose prompt replaces it (A1111's tags are the prompt's)."""
+    from mflux_core.presets import validate_settings
+    from webui.image_batch_ui import image_batch_requests
+    from webui.prompt_list_ui import prompt_list_requests
+    from webui.requests import InputStore, RequestContext, requests_from_settings
+
+    library = {"style": tmp_path / "style.safetensors", "ink": tmp_path / "ink.safetensors"}
+    context = RequestContext(inputs=InputStore(tmp_path / "inputs"), loras=library, draw_seed=lambda: 0)
+    settings = validate_settings({"tool": "generate", "prompt": "a fox <lora:style:0.7>", "seed": 3})
+    (base,) = requests_from_settings(settings, context)
+    lines = prompt_list_requests(base, settings, "a cat <lora:ink:0.5>\n--steps 2", context)
+    assert [(r.prompt, r.lora_paths, r.lora_scales) for r in lines] == [
+        ("a cat", (str(library["ink"]),), (0.5,)),
+        ("a fox", (str(library["style"]),), (0.7,))]
+    with pytest.raises(InvalidRequest, match="'nowhere' is not in the LoRA library"):
+        prompt_list_requests(base, settings, "a cat <lora:nowhere>", context)
+
+    picture = tmp_path / "picture.png"
+    Image.new("RGB", (64, 64)).save(picture)
+    (image,) = image_batch_requests(base, {**settings, "prompt": "a hen <lora:ink>"}, [str(picture)], [], context,
+                                    lambda upload: {"image_path": upload})
+    assert (image.prompt, image.lora_paths, image.lora_scales) == ("a hen", (str(library["ink"]),), (1.0,))

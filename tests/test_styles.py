@@ -146,6 +146,11 @@ def test_a_styles_axis_plots_each_style_after_the_other_axes_as_a1111_does(style
     assert [axes[0].heading(value) for value in axes[0].values] == ["Styles: none", "Styles: Cinematic", "Styles: Old"]
     with pytest.raises(InvalidRequest, match="The Styles axis: there is no style named 'Noir'"):
         plot_requests({**values, "x_kind": "styles", "x_values": "Cinematic, Noir"}, context)
+    # A1111 appends the axis's style to the request's own (p.styles), so the request's merge first
+    _, (old_only, both) = plot_requests({**values, "styles": ["Old"], "x_kind": "styles",
+                                         "x_values": "none, Cinematic"}, context)
+    assert (old_only.request.prompt, both.request.prompt) == ("a cat, sepia tones",
+                                                              "cinematic still of a cat, sepia tones, film grain")
 
     args = ["generate", "--path", str(tiny_dev), "--prompt", "a cat", "--styles-dir", str(styles_dir), "--seed", "1",
             "--steps", "1", "--width", "32", "--height", "32", "--metadata"]

@@ -41,6 +41,8 @@ def test_values_are_read_as_a1111_writes_them(kind, text, values):
     ("seed=1-1000000000000", r"has 1,000,000,000,000 values, more than the 10,000"),
     ("seed=1-2 [" + "9" * 5000 + "]", "must be a finite number"),
     ("guidance=0-1000 (+0.001)", r"has 1,000,001 values, more than the 10,000 an axis takes"),
+    ("prompt-order=" + ", ".join("abcdefgh"), "8 terms have more orders than the 10,000 values an axis takes"),
+    ("prompt-order=" + ", ".join(map(str, range(5000))), "5000 terms have more orders than the 10,000"),
 ])
 def test_bad_axes_are_refused_with_a_sentence(flag, sentence):
     with pytest.raises(InvalidRequest, match=sentence):
@@ -67,6 +69,24 @@ def test_prompt_sr_replaces_in_the_prompt_and_the_negative_prompt_as_a1111():
     only_negative = plot_cells(GenerationRequest(prompt="a cat", negative_prompt="grainy", true_cfg_scale=2),
                                [parse_axis("prompt-sr", "grainy, sharp")])
     assert {c.request.negative_prompt for c in only_negative} == {"grainy", "sharp"}
+
+
+def test_prompt_order_puts_the_terms_in_every_order_where_the_prompt_has_them_as_a1111():
+    """A1111's Prompt order: every permutation of the terms, the first place the prompt has one of them getting the
+    order's first term; the text between them stays, the negative prompt is not touched."""
+    base = GenerationRequest(prompt="a red circle, in the top left, on blue", negative_prompt="red", true_cfg_scale=2)
+    axis = parse_axis("prompt-order", "on blue, a red circle, in the top left")
+    cells = plot_cells(base, [axis])
+    assert [cell.request.prompt for cell in cells] == [
+        "on blue, a red circle, in the top left", "on blue, in the top left, a red circle",
+        "a red circle, on blue, in the top left", "a red circle, in the top left, on blue",
+        "in the top left, on blue, a red circle", "in the top left, a red circle, on blue"]
+    assert {cell.request.negative_prompt for cell in cells} == {"red"}
+    assert axis.heading(axis.values[1]) == "Prompt order: on blue, in the top left, a red circle"
+    with pytest.raises(InvalidRequest, match="Prompt order: the prompt does not contain 'green'"):
+        plot_cells(base, [parse_axis("prompt-order", "red, green")])
+    with pytest.raises(InvalidRequest, match="'red circle' overlaps another of the axis's terms"):
+        plot_cells(base, [parse_axis("prompt-order", "a red, red circle")])
 
 
 def test_a_plot_is_refused_before_anything_runs_when_a_cell_is_bad_or_there_are_too_many():

@@ -53,11 +53,11 @@ from mflux_core.request import MAX_SEED, GenerationRequest, check_image_size, hi
 from mflux_core.settings_schema import (
     HIRES_UPSCALERS, MAX_BATCH, MAX_MASK_BLUR, MAX_SIDE, SAMPLER_LABELS, SCHEDULE_LABELS,
 )
-from mflux_core.styles import read_styles, styled_prompts
+from mflux_core.styles import read_styles, styles_merged
 from mflux_core.tools.specs import FACE_FIX_TOOLS, MASKED_CONTENT, TOOL_SPECS, default_model_for
 from mflux_core.upscaler_files import A1111_LABELS, upscaler_file, upscaler_files
 from mflux_core.upscaler_models import upscale_with
-from mflux_core.xyz import plot_cells, plot_grids
+from mflux_core.xyz import MAX_CELLS, plot_cells, plot_grids
 from webui.a1111_adetailer import SCRIPT as ADETAILER_SCRIPT, face_fix_extra
 from webui.a1111_controlnet import SCRIPT as CONTROLNET_SCRIPT, add_controlnet_routes, enabled_units, units_inputs
 from webui.a1111_extras import CONTROLNET_UPSCALER, EXTRAS_SEED, UPSCALERS, add_extras_routes
@@ -71,7 +71,7 @@ from webui.a1111_wire import (SdApiError, as_file, b64_png, base64_data, decoded
                               without_hash)
 from webui.api_server import MAX_WAITING, JobThreads, api_routes, json_object, studio_models
 from webui.gallery import save_grids, save_result
-from webui.requests import requests_from_settings
+from webui.requests import cell_finisher, picked_styles, requests_from_settings
 from webui.turns import job_about, request_about
 from webui.widgets import model_choices
 
@@ -371,20 +371,10 @@ def guidance_settings(tool: str, params: Txt2ImgParams, ignored: list[str]) -> d
     return settings
 
 
-def with_styles(studio, params: Txt2ImgParams) -> Txt2ImgParams:
-    """The params with their styles merged into the prompt and negative prompt, as A1111 does before a run."""
-    if not params.styles:
-        return params
-    prompt, negative = styled_prompts(params.prompt, params.negative_prompt, params.styles,
-                                      read_styles(studio.folders.styles))
-    return params.model_copy(update={"prompt": prompt, "negative_prompt": negative, "styles": []})
-
-
 def job_requests(studio, tool: str, model: str, params: Txt2ImgParams, ignored: list[str], settings: dict,
                  inputs: dict) -> list[GenerationRequest]:
     """The validated requests of one call (batch_size x n_iter consecutive seeds), as the page builds its own;
     `settings` are the tool's own (img2img's), `inputs` its input paths."""
-    params = with_styles(studio, params)
     count = params.batch_size * params.n_iter
     if count > MAX_BATCH:
         raise SdApiError(400, f"batch_size x n_iter is {count} images; the studio makes at most {MAX_BATCH} per "
@@ -393,8 +383,8 @@ def job_requests(studio, tool: str, model: str, params: Txt2ImgParams, ignored: 
                 "seed": None if params.seed == -1 else params.seed, "width": params.width, "height": params.height,
                 "variation_seed": None if params.subseed == -1 else params.subseed,
                 "variation_strength": params.subseed_strength,
-                "batch_count": count, **guidance_settings(tool, params, ignored), **sampling_settings(params, ignored),
-                **settings}
+                "styles": params.styles, "batch_count": count, **guidance_settings(tool, params, ignored),
+                **sampling_settings(params, ignored), **settings}
     return requests_from_settings(settings, studio.request_context(), **inputs)
 
 
@@ -501,38 +491,46 @@ def make_images(gone: threading.Event, studio, state: SdApiState, fields: dict, 
     settings = with_face_fix(tool, settings, params, ignored)
     model = model_for(studio, tool, params, state.checkpoint, ignored)
     settings.update(model_settings(studio, {**state.module_options, **chosen_options(params.override_settings)}))
-    requests = job_requests(studio, tool, model, params, ignored, settings, inputs)
+    scripted = any(is_script(params.script_name) for is_script in (is_xyz_plot, is_prompt_matrix, is_prompts_from_file))
+    # A1111 merges the styles into the prompts after its scripts changed them: a script's cells get them one by one
+    requests = job_requests(studio, tool, model, params.model_copy(update={"styles": []}) if scripted else params,
+                            ignored, settings, inputs)
+    context = studio.request_context()
+    styles = picked_styles({"styles": params.styles}, context)
     if is_xyz_plot(params.script_name):
-        return plot_answer(gone, studio, state, fields, params, requests, img2img, ignored)
+        return plot_answer(gone, studio, state, fields, params, requests, img2img, ignored, styles)
     if is_prompt_matrix(params.script_name):
-        return matrix_answer(gone, studio, state, fields, params, requests, img2img, ignored)
+        return matrix_answer(gone, studio, state, fields, params, requests, img2img, ignored, styles)
     if is_prompts_from_file(params.script_name):
-        requests = prompt_list_requests(requests[0], params.seed == -1, len(requests), params.script_args,
-                                        studio.request_context().wildcards)
+        requests = [cell_finisher(context, line.seed)(styles_merged(line, styles)).validated()
+                    for line in prompt_list_requests(requests[0], params.seed == -1, len(requests),
+                                                     params.script_args, context.wildcards)]
     job = ApiJob("img2img" if img2img else "txt2img", len(requests))
     results = run_job(studio, state, job, requests, params.save_images, gone)
     return images_answer(fields, params, job, results, ignored)
 
 
 def plot_answer(gone: threading.Event, studio, state: SdApiState, fields: dict, params: Txt2ImgParams,
-                requests: list[GenerationRequest], img2img: bool, ignored: list[str]) -> dict:
-    """A1111's X/Y/Z plot script (a1111_xyz.py) over the call's first request: the grid (and the cells or Z grids
-    the script's arguments ask for) as the answer's images."""
+                requests: list[GenerationRequest], img2img: bool, ignored: list[str], styles: tuple) -> dict:
+    """A1111's X/Y/Z plot script (a1111_xyz.py) over the call's first request (its `styles` merged into each cell
+    after the axes): the grid (and the cells or Z grids the script's arguments ask for) as the answer's images."""
     named = script_layout(params.script_args)
     axes, described = plot_axes(named, img2img, params.enable_hr, lambda title: checkpoint_name(studio, title),
                                 read_styles(studio.folders.styles))
     if not named["draw_legend"]:
         ignored.append("script_args draw_legend (the grid is labelled)")
     return grid_answer(gone, studio, state, fields, params, img2img, requests, ignored, axes,
-                       plot_cells(requests[0], axes),
+                       plot_cells(requests[0], axes, MAX_CELLS, styles,
+                                  cell_finisher(studio.request_context(), requests[0].seed)),
                        lambda grids, results: plot_pictures(grids, results, named, described))
 
 
 def matrix_answer(gone: threading.Event, studio, state: SdApiState, fields: dict, params: Txt2ImgParams,
-                  requests: list[GenerationRequest], img2img: bool, ignored: list[str]) -> dict:
-    """A1111's Prompt matrix script (a1111_prompt_matrix.py) over the call's first request: the labelled grid, then
-    every combination."""
-    axes, cells = matrix_cells(requests[0], params.script_args)
+                  requests: list[GenerationRequest], img2img: bool, ignored: list[str], styles: tuple) -> dict:
+    """A1111's Prompt matrix script (a1111_prompt_matrix.py) over the call's first request (its `styles` merged into
+    each combination's prompts): the labelled grid, then every combination."""
+    finish = cell_finisher(studio.request_context(), requests[0].seed)
+    axes, cells = matrix_cells(requests[0], params.script_args, lambda request: finish(styles_merged(request, styles)))
     return grid_answer(gone, studio, state, fields, params, img2img, requests, ignored, axes, cells,
                        lambda grids, results: matrix_pictures(grids, results))
 

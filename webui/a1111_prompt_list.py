@@ -39,7 +39,7 @@ def script_arguments(args: list) -> tuple[bool, bool, str, str]:
 
 def prompt_list_requests(base: GenerationRequest, random_seed: bool, images: int, args: list,
                          wildcards) -> list[GenerationRequest]:
-    """Every line's validated requests over `base` (the call's first request, its prompts styled), `images` per
+    """Every line's validated requests over `base` (the call's first request, unstyled), `images` per
     line unless the line says otherwise; `random_seed`: the call asked for seed -1."""
     iterate, same_seed, position, text = script_arguments(args)
     lines = []

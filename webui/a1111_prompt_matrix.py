@@ -8,6 +8,8 @@ variations_delimiter "space"); prompt_type "negative" takes the matrix from the 
 combination i the seed plus i. The answer is the labelled grid, then every combination's image.
 """
 
+from typing import Callable
+
 from PIL import Image
 
 from mflux_core.request import MAX_SEED, GenerationRequest
@@ -39,9 +41,11 @@ def matrix_arguments(args: list) -> tuple[bool, bool, bool, str]:
             DELIMITERS[delimiter])
 
 
-def matrix_cells(base: GenerationRequest, args: list) -> tuple[list[Axis], list[Cell]]:
-    """The matrix's axes (for the grid's labels) and every combination's validated request, combination i at grid
-    position (its bits for the parts across, those for the parts down)."""
+def matrix_cells(base: GenerationRequest, args: list,
+                 finish: Callable[[GenerationRequest], GenerationRequest]) -> tuple[list[Axis], list[Cell]]:
+    """The matrix's axes (for the grid's labels) and every combination's validated request (`finish`ed: A1111's
+    styles merge after the script), combination i at grid position (its bits for the parts across, those for the
+    parts down)."""
     put_at_start, different_seeds, negative, delimiter = matrix_arguments(args)
     first, axes = prompt_matrix(base.negative_prompt if negative else base.prompt)
     across = axes[0].parts
@@ -51,7 +55,7 @@ def matrix_cells(base: GenerationRequest, args: list) -> tuple[list[Axis], list[
         chosen = [part for bit, part in enumerate(optional) if number >> bit & 1]
         text = delimiter.join([*chosen, first] if put_at_start else [first, *chosen])
         seed = (base.seed + number) % (MAX_SEED + 1) if different_seeds else base.seed
-        request = base.with_(**{"negative_prompt" if negative else "prompt": text}, seed=seed).validated()
+        request = finish(base.with_(**{"negative_prompt" if negative else "prompt": text}, seed=seed)).validated()
         cells.append(Cell(request, (number % 2 ** len(across), number >> len(across), 0)))
     return axes, cells
 

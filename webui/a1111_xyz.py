@@ -44,8 +44,8 @@ NOTHING = "Nothing"
 KINDS = {  # A1111's axis label (Forge's Distilled CFG Scale, by label) -> the studio's axis kind
     "Seed": "seed", "Var. seed": "var-seed", "Var. strength": "var-strength", "Steps": "steps",
     "Hires steps": "hires-steps", "CFG Scale": "true-cfg", "Distilled CFG Scale": "guidance",
-    "Prompt S/R": "prompt-sr", "Sampler": "sampler", "Schedule type": "schedule", "Checkpoint name": "model",
-    "Denoising": "denoising", "VAE": "modules", "Styles": "styles", "Size": "size",
+    "Prompt S/R": "prompt-sr", "Prompt order": "prompt-order", "Sampler": "sampler", "Schedule type": "schedule",
+    "Checkpoint name": "model", "Denoising": "denoising", "VAE": "modules", "Styles": "styles", "Size": "size",
 }
 RANDOM_SEED = -1  # A1111's "random" in a Seed or Var. seed axis, fixed to one drawn seed per value
 OWN_VAE = ("none", "automatic")  # A1111's VAE choices for the checkpoint's own

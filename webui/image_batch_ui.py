@@ -11,7 +11,7 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.image_batch import batch_requests
 from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import PNG_INFO_FIELDS
-from webui.requests import RequestContext, prompt_styler_of
+from webui.requests import RequestContext, prompt_styler_of, typed_base, with_tagged_loras
 
 PNG_INFO_HELP = ("The image's prompts are added after the prompts above; an image without PNG info (a photo, a "
                  "video frame) runs with the settings above.")
@@ -38,13 +38,14 @@ def image_batch_requests(base: GenerationRequest, settings: dict, uploads: list[
                          context: RequestContext, inputs_of: Callable[[str], dict]) -> list[GenerationRequest]:
     """Every image's requests over `base` (the panel's first request, its seed drawn once when random), in the
     order of the files' names; `inputs_of(upload)`: its request's input fields, each upload read, checked and kept
-    in the inputs folder before any runs."""
+    in the inputs folder before any runs; an image's `<lora:...>` tags (its prompt's, its PNG info's) are LoRAs of
+    the library."""
     uploads = sorted(uploads, key=lambda upload: Path(upload).name)
     images = [(Path(upload).name, Path(upload), inputs_of(upload)) for upload in uploads]
-    requests = batch_requests(base.with_(prompt=settings.get("prompt", "")), images, tuple(png_info or ()),
+    requests = batch_requests(typed_base(base, settings), images, tuple(png_info or ()),
                               [base.seed], settings.get("batch_count", 1), context.wildcards,
                               prompt_styler_of(settings, context))
-    return [request for _, request in requests]
+    return [with_tagged_loras(request, context).validated() for _, request in requests]
 
 
 def refuse_mixed_inputs(single: str | None, prompt_lines: str | None = None) -> None:

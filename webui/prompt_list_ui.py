@@ -8,7 +8,7 @@ import gradio as gr
 from mflux_core.prompt_lines import line_requests, read_prompt_file, read_prompt_lines
 from mflux_core.request import GenerationRequest
 from webui.jobs import message_markdown, safe_action
-from webui.requests import RequestContext, prompt_styler_of
+from webui.requests import RequestContext, prompt_styler_of, typed_base, with_tagged_loras
 
 LINES_HELP = ('One prompt per line, or its settings: --prompt "a cat" --seed 5 --steps 4, or {"prompt": "a cat", '
               '"seed": 5}. The settings above fill in what a line leaves out. Empty: the prompt above.')
@@ -35,7 +35,8 @@ def prompt_list_controls(prefix: str) -> gr.Textbox:
 def prompt_list_requests(base: GenerationRequest, settings: dict, text: str,
                          context: RequestContext) -> list[GenerationRequest]:
     """Every line's requests over `base` (the panel's first request, its seed drawn once when random), each validated
-    before any runs; a line without a seed runs the panel's, with as many images as the panel asks."""
-    requests = line_requests(base.with_(prompt=settings.get("prompt", "")), read_prompt_lines(text), [base.seed],
+    before any runs; a line without a seed runs the panel's, with as many images as the panel asks; a line's
+    `<lora:...>` tags are LoRAs of the library."""
+    requests = line_requests(typed_base(base, settings), read_prompt_lines(text), [base.seed],
                              settings.get("batch_count", 1), context.wildcards, prompt_styler_of(settings, context))
-    return [request for _, request in requests]
+    return [with_tagged_loras(request, context).validated() for _, request in requests]

@@ -18,7 +18,7 @@ from mflux_core.images.io import load_image, save_png_atomic
 from mflux_core.lora.a1111 import with_prompt_loras
 from mflux_core.presets import UI_FIELDS
 from mflux_core.request import MAX_SEED, GenerationRequest
-from mflux_core.styles import prompt_styler, read_styles, request_styler, styled_negative_prompt
+from mflux_core.styles import Style, prompt_styler, read_styles, style_named, styled_negative_prompt
 from mflux_core.wildcards import expand_prompt
 
 
@@ -96,22 +96,36 @@ def prompt_styler_of(settings: dict, context: RequestContext) -> Callable[[str],
     return prompt_styler(names, read_styles(context.styles)) if names else str
 
 
-def plot_styler(settings: dict, context: RequestContext, seed: int) -> Callable[[GenerationRequest], GenerationRequest]:
-    """For a plot's cells: the settings' A1111 styles merged into each cell's prompts after its axes changed them
-    (A1111's order), a style's wildcards drawn from the plot's `seed` and its `<lora:...>` tags added to the cell's
-    LoRAs."""
-    if not settings.get("styles"):
-        return lambda request: request
-    style = request_styler(settings["styles"], read_styles(context.styles))
+def picked_styles(settings: dict, context: RequestContext) -> tuple[Style, ...]:
+    """The settings' A1111 styles, looked up in the styles folder (an unknown name refused)."""
+    names = settings.get("styles") or ()
+    styles = read_styles(context.styles) if names else {}
+    return tuple(style_named(name, styles) for name in names)
 
-    def styled(request: GenerationRequest) -> GenerationRequest:
-        request = style(request)
-        resolved = request.lora_paths
-        request = with_prompt_loras(request.with_(prompt=expand_prompt(request.prompt, seed, context.wildcards)))
-        tagged = lora_files(list(request.lora_paths[len(resolved):]), context.loras)
-        return request.with_(lora_paths=(*resolved, *tagged))
 
-    return styled
+def with_tagged_loras(request: GenerationRequest, context: RequestContext) -> GenerationRequest:
+    """The request with its prompt's `<lora:...>` tags (from a style, a wildcard, a prompt list's line) taken out
+    and added to its LoRAs from the LoRA library."""
+    resolved = request.lora_paths
+    request = with_prompt_loras(request)
+    return request.with_(lora_paths=(*resolved, *lora_files(list(request.lora_paths[len(resolved):]), context.loras)))
+
+
+def typed_base(request: GenerationRequest, settings: dict) -> GenerationRequest:
+    """`request` (the settings' first, from requests_from_settings) with the prompt as typed and only the settings'
+    own LoRAs: the base of requests whose prompts (a prompt list's lines, a batch image's PNG info) are each
+    expanded and have their tags taken (with_tagged_loras) on their own."""
+    own = len(settings.get("lora_paths") or ())
+    return request.with_(prompt=settings.get("prompt", ""), lora_paths=request.lora_paths[:own],
+                         lora_scales=request.lora_scales[:own],
+                         lora_text_encoder_scales=request.lora_text_encoder_scales[:own])
+
+
+def cell_finisher(context: RequestContext, seed: int) -> Callable[[GenerationRequest], GenerationRequest]:
+    """For a plot's cells, after their axes and styles: the prompt's wildcards (a style's, an S/R value's) drawn from
+    the plot's `seed`, its `<lora:...>` tags added to the cell's LoRAs."""
+    return lambda request: with_tagged_loras(
+        request.with_(prompt=expand_prompt(request.prompt, seed, context.wildcards)), context)
 
 
 def requests_from_settings(settings: dict, context: RequestContext, **inputs) -> list[GenerationRequest]:
