@@ -98,8 +98,9 @@ def request_styler(names, styles: dict[str, Style]):
 
 def styles_merged(request, styles):
     """The request with `styles` (Style objects, in order) merged into its prompts, as request_styler merges them."""
-    return request_styler([style.name for style in styles], {style.name: style for style in styles})(request) \
-        if styles else request
+    if not styles:
+        return request
+    return request_styler([style.name for style in styles], {style.name: style for style in styles})(request)
 
 
 def prompt_styler(names, styles: dict[str, Style]):
