@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mflux_core.command_args import (
-    base_request, manager_from_args, output_path, picked_styles, read_prompt, seeds_to_run, with_styles,
+    base_request, manager_from_args, output_path, read_prompt, seeds_to_run, with_styles,
 )
 from mflux_core.concept.command import add_concept_parsers, run_concept
 from mflux_core.controlnet_units import unit_from_flag
@@ -22,7 +22,7 @@ from mflux_core.regions import region_from_box_flag, region_from_mask_flag
 from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import DTYPES, MERGE_METHODS, SAMPLER_LABELS as SAMPLERS, SCHEDULE_LABELS as SCHEDULES
 from mflux_core.settings_schema import PNG_INFO_FIELDS, WEIGHTED_SUM
-from mflux_core.styles import read_styles
+from mflux_core.styles import picked_styles, read_styles
 from mflux_core.tools.specs import PNG_INFO_FLAGS, TOOL_SPECS, UPSCALER_ONLY, ToolSpec, tool_spec
 from mflux_core.training.lora_command import add_train_parser, run_train
 from mflux_core.wildcards import expand_prompt
@@ -498,7 +498,7 @@ def run_plot(args: argparse.Namespace, manager, request: GenerationRequest, axes
     axes = resolve_styles(axes, read_styles(Path(args.styles_dir)))
     cells = plot_cells(request.with_(prompt=prompt),
                        resolve_loras(axes, lambda name: str(resolve_lora_path(name, Path(args.models_dir)))),
-                       args.max_cells, picked_styles(args),
+                       args.max_cells, picked_styles(args.styles, Path(args.styles_dir)),
                        # a style's own wildcards drawn as the prompt's were
                        lambda cell: cell.with_(prompt=expand_prompt(cell.prompt, request.seed, wildcards)))
     print(f"Plot: {len(cells)} cells ({' x '.join(f'{len(a.values)} {a.label}' for a in axes)})")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mflux_core.errors import StudioError
 from mflux_core.request import GenerationRequest
-from mflux_core.styles import Style, prompt_styler, read_styles, style_named, styled_negative_prompt
+from mflux_core.styles import prompt_styler, read_styles, styled_negative_prompt
 from mflux_core.tools.specs import EXTRA, REQUEST, TOOL_SPECS
 
 # The shared flags whose value may come from --config-from-metadata when not given on the command line (the
@@ -58,12 +58,6 @@ def with_styles(args: argparse.Namespace, request: GenerationRequest) -> tuple[G
     styles = read_styles(Path(args.styles_dir))
     negative = styled_negative_prompt(request.tool, request.negative_prompt, args.styles, styles)
     return request.with_(negative_prompt=negative), prompt_styler(args.styles, styles)
-
-
-def picked_styles(args: argparse.Namespace) -> tuple[Style, ...]:
-    """--styles, looked up in --styles-dir (an unknown name refused): a plot merges them into each cell."""
-    styles = read_styles(Path(args.styles_dir)) if args.styles else {}
-    return tuple(style_named(name, styles) for name in args.styles or ())
 
 
 def base_request(args: argparse.Namespace) -> GenerationRequest:

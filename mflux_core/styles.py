@@ -59,13 +59,28 @@ def merged(style_text: str, text: str) -> str:
 
 def styled_prompts(prompt: str, negative_prompt: str, names, styles: dict[str, Style]) -> tuple[str, str]:
     """The prompt and negative prompt with the named styles merged in, in order; an unknown name is refused."""
+    return _merged_in(prompt, negative_prompt, [style_named(name, styles) for name in _counted(names)])
+
+
+def _counted(names) -> list:
     names = list(names or ())
     if len(names) > MAX_STYLES_PER_REQUEST:
         raise InvalidRequest(f"Pick at most {MAX_STYLES_PER_REQUEST} styles, not {len(names)}.")
-    for name in names:
-        style = style_named(name, styles)
+    return names
+
+
+def _merged_in(prompt: str, negative_prompt: str, styles) -> tuple[str, str]:
+    for style in styles:
         prompt, negative_prompt = merged(style.prompt, prompt), merged(style.negative_prompt, negative_prompt)
     return prompt, negative_prompt
+
+
+def picked_styles(names, folder: Path | None) -> tuple[Style, ...]:
+    """The named styles of the styles folder, in order (an unknown name refused); the folder is not read when none
+    are named."""
+    names = _counted(names)
+    styles = read_styles(folder) if names else {}
+    return tuple(style_named(name, styles) for name in names)
 
 
 def style_named(name, styles: dict[str, Style], what: str = "") -> Style:
@@ -85,22 +100,12 @@ def styled_negative_prompt(tool: str, negative_prompt: str, names, styles: dict[
     return styled_prompts("", negative_prompt, names, styles)[1]
 
 
-def request_styler(names, styles: dict[str, Style]):
-    """A function merging the named styles into a request's prompt and, on a tool with true CFG, its negative prompt
-    (a plot's cells: A1111 merges styles after its scripts changed the prompts)."""
-    def styled(request):
-        prompt, negative = styled_prompts(request.prompt, request.negative_prompt, names, styles)
-        return request.with_(prompt=prompt,
-                             negative_prompt=negative if tool_spec(request.tool).true_cfg else request.negative_prompt)
-
-    return styled
-
-
 def styles_merged(request, styles):
-    """The request with `styles` (Style objects, in order) merged into its prompts, as request_styler merges them."""
-    if not styles:
-        return request
-    return request_styler([style.name for style in styles], {style.name: style for style in styles})(request)
+    """The request with `styles` (Style objects) merged into its prompt in order and, on a tool with true CFG, into
+    its negative prompt (a plot's cells: A1111 merges styles after its scripts changed the prompts)."""
+    prompt, negative = _merged_in(request.prompt, request.negative_prompt, styles)
+    return request.with_(prompt=prompt,
+                         negative_prompt=negative if tool_spec(request.tool).true_cfg else request.negative_prompt)
 
 
 def prompt_styler(names, styles: dict[str, Style]):

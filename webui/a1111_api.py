@@ -53,7 +53,7 @@ from mflux_core.request import MAX_SEED, GenerationRequest, check_image_size, hi
 from mflux_core.settings_schema import (
     HIRES_UPSCALERS, MAX_BATCH, MAX_MASK_BLUR, MAX_SIDE, SAMPLER_LABELS, SCHEDULE_LABELS,
 )
-from mflux_core.styles import read_styles, styles_merged
+from mflux_core.styles import picked_styles, read_styles, styles_merged
 from mflux_core.tools.specs import FACE_FIX_TOOLS, MASKED_CONTENT, TOOL_SPECS, default_model_for
 from mflux_core.upscaler_files import A1111_LABELS, upscaler_file, upscaler_files
 from mflux_core.upscaler_models import upscale_with
@@ -71,7 +71,7 @@ from webui.a1111_wire import (SdApiError, as_file, b64_png, base64_data, decoded
                               without_hash)
 from webui.api_server import MAX_WAITING, JobThreads, api_routes, json_object, studio_models
 from webui.gallery import save_grids, save_result
-from webui.requests import cell_finisher, picked_styles, requests_from_settings
+from webui.requests import cell_finisher, requests_from_settings
 from webui.turns import job_about, request_about
 from webui.widgets import model_choices
 
@@ -495,13 +495,15 @@ def make_images(gone: threading.Event, studio, state: SdApiState, fields: dict, 
     # A1111 merges the styles into the prompts after its scripts changed them: a script's cells get them one by one
     requests = job_requests(studio, tool, model, params.model_copy(update={"styles": []}) if scripted else params,
                             ignored, settings, inputs)
-    context = studio.request_context()
-    styles = picked_styles({"styles": params.styles}, context)
+    if scripted:
+        context = studio.request_context()
+        styles, finish = picked_styles(params.styles, context.styles), cell_finisher(context, requests[0].seed)
     if is_xyz_plot(params.script_name):
-        return plot_answer(gone, studio, state, fields, params, requests, img2img, ignored, styles)
+        return plot_answer(gone, studio, state, fields, params, requests, img2img, ignored, styles, finish)
     if is_prompt_matrix(params.script_name):
-        return matrix_answer(gone, studio, state, fields, params, requests, img2img, ignored, styles)
-    if is_prompts_from_file(params.script_name):
+        return matrix_answer(gone, studio, state, fields, params, requests, img2img, ignored,
+                             lambda request: finish(styles_merged(request, styles)))
+    if is_prompts_from_file(params.script_name):  # each line's style wildcards drawn from its own seed
         requests = [cell_finisher(context, line.seed)(styles_merged(line, styles)).validated()
                     for line in prompt_list_requests(requests[0], params.seed == -1, len(requests),
                                                      params.script_args, context.wildcards)]
@@ -511,26 +513,27 @@ def make_images(gone: threading.Event, studio, state: SdApiState, fields: dict, 
 
 
 def plot_answer(gone: threading.Event, studio, state: SdApiState, fields: dict, params: Txt2ImgParams,
-                requests: list[GenerationRequest], img2img: bool, ignored: list[str], styles: tuple) -> dict:
+                requests: list[GenerationRequest], img2img: bool, ignored: list[str], styles: tuple,
+                finish: Callable[[GenerationRequest], GenerationRequest]) -> dict:
     """A1111's X/Y/Z plot script (a1111_xyz.py) over the call's first request (its `styles` merged into each cell
-    after the axes): the grid (and the cells or Z grids the script's arguments ask for) as the answer's images."""
+    after the axes, then `finish`ed): the grid (and the cells or Z grids the script's arguments ask for) as the
+    answer's images."""
     named = script_layout(params.script_args)
     axes, described = plot_axes(named, img2img, params.enable_hr, lambda title: checkpoint_name(studio, title),
                                 read_styles(studio.folders.styles))
     if not named["draw_legend"]:
         ignored.append("script_args draw_legend (the grid is labelled)")
     return grid_answer(gone, studio, state, fields, params, img2img, requests, ignored, axes,
-                       plot_cells(requests[0], axes, MAX_CELLS, styles,
-                                  cell_finisher(studio.request_context(), requests[0].seed)),
+                       plot_cells(requests[0], axes, MAX_CELLS, styles, finish),
                        lambda grids, results: plot_pictures(grids, results, named, described))
 
 
 def matrix_answer(gone: threading.Event, studio, state: SdApiState, fields: dict, params: Txt2ImgParams,
-                  requests: list[GenerationRequest], img2img: bool, ignored: list[str], styles: tuple) -> dict:
-    """A1111's Prompt matrix script (a1111_prompt_matrix.py) over the call's first request (its `styles` merged into
-    each combination's prompts): the labelled grid, then every combination."""
-    finish = cell_finisher(studio.request_context(), requests[0].seed)
-    axes, cells = matrix_cells(requests[0], params.script_args, lambda request: finish(styles_merged(request, styles)))
+                  requests: list[GenerationRequest], img2img: bool, ignored: list[str],
+                  finish: Callable[[GenerationRequest], GenerationRequest]) -> dict:
+    """A1111's Prompt matrix script (a1111_prompt_matrix.py) over the call's first request, each combination
+    `finish`ed (the request's styles merged in): the labelled grid, then every combination."""
+    axes, cells = matrix_cells(requests[0], params.script_args, finish)
     return grid_answer(gone, studio, state, fields, params, img2img, requests, ignored, axes, cells,
                        lambda grids, results: matrix_pictures(grids, results))
 

@@ -18,7 +18,7 @@ from mflux_core.images.io import load_image, save_png_atomic
 from mflux_core.lora.a1111 import with_prompt_loras
 from mflux_core.presets import UI_FIELDS
 from mflux_core.request import MAX_SEED, GenerationRequest
-from mflux_core.styles import Style, prompt_styler, read_styles, style_named, styled_negative_prompt
+from mflux_core.styles import prompt_styler, read_styles, styled_negative_prompt
 from mflux_core.wildcards import expand_prompt
 
 
@@ -94,13 +94,6 @@ def prompt_styler_of(settings: dict, context: RequestContext) -> Callable[[str],
     """The settings' A1111 styles as a function of a prompt (the prompt as it is when none are picked)."""
     names = settings.get("styles")
     return prompt_styler(names, read_styles(context.styles)) if names else str
-
-
-def picked_styles(settings: dict, context: RequestContext) -> tuple[Style, ...]:
-    """The settings' A1111 styles, looked up in the styles folder (an unknown name refused)."""
-    names = settings.get("styles") or ()
-    styles = read_styles(context.styles) if names else {}
-    return tuple(style_named(name, styles) for name in names)
 
 
 def with_tagged_loras(request: GenerationRequest, context: RequestContext) -> GenerationRequest:

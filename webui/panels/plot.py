@@ -14,8 +14,8 @@ import gradio as gr
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.request import GenerationRequest
+from mflux_core.styles import picked_styles, read_styles
 from mflux_core.weights.module_files import module_files
-from mflux_core.styles import read_styles
 from mflux_core.xyz import (
     AXIS_KINDS, MAX_CELLS, NO_LORA, NO_STYLE, OWN_FILES, Axis, parse_axis, plot_cells, plot_grids, prompt_matrix,
     resolve_loras, resolve_styles,
@@ -25,7 +25,7 @@ from webui.hires_ui import UPSCALER_NOTES, hires_controls, hires_settings, hires
 from webui.jobs import follow, image_progress, page_job
 from webui.panels import Panel, input_image, result_column
 from webui.panels.generate import DEFAULT_IMAGE_STRENGTH
-from webui.requests import RequestContext, cell_finisher, lora_files, picked_styles, requests_from_settings
+from webui.requests import RequestContext, cell_finisher, lora_files, requests_from_settings
 from webui.widgets import build_shared_controls, number_value, shared_settings, shared_values
 
 TOOL = "plot"
@@ -75,7 +75,7 @@ def plot_requests(values: dict, context: RequestContext) -> tuple[list[Axis], li
     (base,) = requests_from_settings({**settings, "styles": [], "batch_count": 1}, context,
                                      image_path=context.inputs.save(image, "plot-init"))
     base, axes = plot_axes(values, base, context)
-    return axes, plot_cells(base, axes, max_cells(values), picked_styles(settings, context),
+    return axes, plot_cells(base, axes, max_cells(values), picked_styles(settings.get("styles"), context.styles),
                             cell_finisher(context, base.seed))
 
 
