@@ -157,6 +157,17 @@ def test_txt2img_follows_the_prompt_and_names_what_it_ignored(studio):
     assert info["notes"] == []
 
 
+def test_fields_sent_as_null_take_their_defaults_as_a1111s_optional_fields_do(studio):
+    # clients that send every field they know (JavaScript's null for what the user left unset)
+    nulls = dict.fromkeys(("negative_prompt", "seed", "subseed", "steps", "batch_size", "cfg_scale", "sampler_name",
+                           "scheduler", "styles", "override_settings", "alwayson_scripts", "script_name", "script_args",
+                           "hr_upscaler", "enable_hr", "denoising_strength", "refiner_checkpoint", "send_images"))
+    body = made(studio.http.post("/txt2img", json={"prompt": CAPTION, "width": IMAGE_SIZE, "height": IMAGE_SIZE,
+                                                   **nulls}))
+    assert len(body["images"]) == 1 and body["info"]["negative_prompt"] == "" and body["info"]["ignored"] == []
+    assert classify(np.asarray(decoded(body["images"][0]).convert("RGB"))).colour == "red"
+
+
 def test_a_size_the_demo_model_does_not_make_is_named_in_the_info_notes(studio):
     body = made(studio.http.post("/txt2img", json={"prompt": CAPTION, "seed": 5, "steps": 2, "width": 256,
                                                    "height": 256}))

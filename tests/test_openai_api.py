@@ -152,10 +152,20 @@ def test_a_url_result_is_the_saved_file_and_no_format_gives_both(studio):
     assert (request["tool"], request["model"], request["width"]) == ("generate", "demo", IMAGE_SIZE)  # native size
     url_only = studio.http.post("/v1/images/generations", json={"prompt": "x", "response_format": "url"}).json()
     assert set(url_only["data"][0]) == {"url"}
-    for openai_name in ("dall-e-3", "gpt-image-1"):  # apps that cannot change the model name get the default
+    # apps that cannot change the model name get the default; Open WebUI sends "" when its admin named none
+    for openai_name in ("dall-e-3", "gpt-image-1", ""):
         named = studio.http.post("/v1/images/generations", json={"prompt": "x", "model": openai_name,
                                                                  "response_format": "url"}).json()
         assert saved_request(studio, named["data"][0]["url"])["model"] == "demo"
+
+
+def test_parameters_sent_as_null_take_their_defaults_as_openais_nullable_ones_do(studio):
+    nulls = dict.fromkeys(("model", "n", "size", "quality", "style", "user", "seed", "stream", "partial_images",
+                           "output_format", "output_compression", "background", "moderation"))
+    response = studio.http.post("/v1/images/generations", json={"prompt": CAPTION, "response_format": "b64_json",
+                                                                **nulls})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["data"]) == 1 and classify(decoded(response.json()["data"][0])).colour == "red"
 
 
 def test_models_lists_what_the_api_runs_in_openais_shape(studio):
@@ -428,6 +438,7 @@ def test_api_requests_past_the_waiting_limit_are_refused_with_429():
     ({"prompt": "x", "model": "nope"}, 404, "model", "model_not_found", "GET /v1/models"),
     ({"prompt": "x", "model": "demo-fill"}, 400, "model", None, "text-to-image"),
     ({"model": "demo"}, 400, "prompt", None, "Missing required parameter: 'prompt'"),
+    ({"model": "demo", "prompt": None}, 400, "prompt", None, "Missing required parameter: 'prompt'"),
     ({"prompt": "x", "n": 0}, 400, "n", None, "Invalid 'n'"),
     ({"prompt": "x", "n": 17}, 400, "n", None, "Invalid 'n'"),
     ({"prompt": "x", "size": "large"}, 400, "size", None, "1024x1024"),

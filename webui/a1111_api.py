@@ -36,7 +36,7 @@ import psutil
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from safetensors import safe_open
 
 from mflux_core.app_metadata import SIZE_TEXT
@@ -69,7 +69,7 @@ from webui.a1111_scripts import IMG2IMG_SCRIPTS, is_sd_upscale, sd_upscale_setti
 from webui.a1111_xyz import XYZ_PLOT, in_a1111_order, is_xyz_plot, plot_axes, plot_pictures, script_layout
 from webui.a1111_wire import (SdApiError, as_file, b64_png, base64_data, decoded_image, decoded_mask, parsed,
                               without_hash)
-from webui.api_server import MAX_WAITING, JobThreads, api_routes, json_object, studio_models
+from webui.api_server import MAX_WAITING, ApiFields, JobThreads, api_routes, json_object, studio_models
 from webui.gallery import save_grids, save_result
 from webui.requests import cell_finisher, requests_from_settings
 from webui.turns import job_about, request_about
@@ -85,10 +85,8 @@ AUTOMATIC = "automatic"  # Forge's scheduler "Automatic": the sampler's own, whi
 BOTH_TABS_SCRIPTS = (XYZ_PLOT, PROMPT_MATRIX, PROMPTS_FROM_FILE)  # txt2img's and img2img's (its own: a1111_scripts)
 
 
-class Txt2ImgParams(BaseModel):
+class Txt2ImgParams(ApiFields):
     """The fields we use of A1111's StableDiffusionTxt2ImgProcessingAPI; the rest are accepted and ignored."""
-
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)  # NaN and infinities refused
 
     prompt: str = ""
     negative_prompt: str = ""

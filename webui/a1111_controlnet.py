@@ -31,7 +31,7 @@ import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from mflux_core.controlnet_units import IMAGE_KEY, MAX_UNITS, UNIT_EXTRA_KEYS
 from mflux_core.images.canny import canny_edges
@@ -39,7 +39,7 @@ from mflux_core.images.resize_modes import CROP_AND_RESIZE, JUST_RESIZE, RESIZE_
 from mflux_core.request import check_image_size
 from mflux_core.settings_schema import MAX_SIDE
 from webui.a1111_wire import SdApiError, b64_png, decoded_image, parsed, without_hash
-from webui.api_server import studio_models
+from webui.api_server import ApiFields, studio_models
 from webui.widgets import model_choices
 
 SCRIPT = "controlnet"  # its key in alwayson_scripts (any case)
@@ -62,11 +62,9 @@ CONTROL_TYPES = {"All": ([CANNY, LISTED_DEPTH_MODULE, NO_PREPROCESSOR], ("",)),
                  "Depth": ([LISTED_DEPTH_MODULE, NO_PREPROCESSOR], ("depth", "union"))}
 
 
-class ControlNetUnit(BaseModel):
+class ControlNetUnit(ApiFields):
     """The fields we use of the extension's unit; the rest are accepted (pixel_perfect, processor_res, low_vram:
     nothing to do here)."""
-
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)  # NaN and infinities refused
 
     enabled: bool = True  # a unit sent with an image is meant to run unless it says otherwise
     module: str = NO_PREPROCESSOR

@@ -14,12 +14,13 @@ from typing import Callable
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.request import check_image_size
 from mflux_core.settings_schema import HIRES_UPSCALERS, MAX_SIDE
 from webui.a1111_wire import SdApiError, b64_png, decoded_image, parsed
+from webui.api_server import ApiFields
 
 NO_UPSCALER, LANCZOS, NEAREST = "None", "Lanczos", "Nearest"
 CONTROLNET_UPSCALER = HIRES_UPSCALERS[1]
@@ -32,10 +33,8 @@ MAX_FACTOR = 8  # A1111's slider's end
 UpscaleRunner = Callable[[str, Image.Image, int, int], Image.Image]
 
 
-class ExtrasParams(BaseModel):
+class ExtrasParams(ApiFields):
     """The fields we use of A1111's extras requests; the rest are accepted and ignored."""
-
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)  # NaN and infinities refused
 
     resize_mode: int = Field(0, ge=0, le=1)
     upscaling_resize: float = Field(2.0, gt=0, le=MAX_FACTOR)
@@ -53,7 +52,7 @@ class SingleImage(ExtrasParams):
     image: str
 
 
-class BatchImage(BaseModel):
+class BatchImage(ApiFields):
     data: str
     name: str = ""
 

@@ -13,6 +13,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, model_validator
 from starlette.exceptions import HTTPException
 
 from mflux_core.downloads import is_offline
@@ -46,6 +47,20 @@ class ApiRefusal(Exception):
     def response(self) -> JSONResponse:
         headers = {"WWW-Authenticate": 'Basic realm="mflux-studio"'} if self.status == 401 else None
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+class ApiFields(BaseModel):
+    """A request body's fields: a field sent as null takes its default, as A1111's API (every field Optional) and
+    OpenAI's (nullable parameters) accept it from clients that send every field they know; a required one sent as
+    null is missing. Fields we do not use are accepted and ignored; NaN and infinities are refused."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_left_out(cls, fields):
+        return {key: value for key, value in fields.items() if value is not None} if isinstance(fields, dict) \
+            else fields
 
 
 def credentials(request: Request) -> tuple[str, str] | None:

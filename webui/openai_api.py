@@ -34,7 +34,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 from starlette.datastructures import UploadFile
 
 from mflux_core.errors import InvalidRequest
@@ -43,7 +43,7 @@ from mflux_core.images.stitch import stitched_side_by_side
 from mflux_core.request import MAX_SEED, GenerationRequest
 from mflux_core.settings_schema import MAX_BATCH
 from mflux_core.tools.specs import TOOL_SPECS, default_model_for
-from webui.api_server import MAX_WAITING, ApiRefusal, JobThreads, api_routes, json_object, offered
+from webui.api_server import MAX_WAITING, ApiFields, ApiRefusal, JobThreads, api_routes, json_object, offered
 from webui.gallery import DATE_FOLDER, save_result
 from webui.openai_stream import OutputFormat, run_streamed, server_sent
 from webui.requests import requests_from_settings
@@ -61,10 +61,8 @@ PARAMS = {"width": "size", "height": "size", "batch_count": "n", "seed": "seed",
           "lora_paths": "prompt", "model": "model"}  # LoRAs come as the prompt's <lora:name:scale> tags
 
 
-class ImageParams(BaseModel):
+class ImageParams(ApiFields):
     """The fields we use of OpenAI's image requests; the rest are accepted and ignored."""
-
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # NaN and infinities refused
 
     prompt: str
     model: str | None = None
@@ -148,8 +146,8 @@ def model_not_found(name: str) -> ApiError:
 
 def model_for(studio, tool: str, name: str | None, wrong_kind: str) -> str:
     """The model a request runs on: the one it names (which must suit the tool) or the tool's default (also for
-    OpenAI's own model names)."""
-    if name is None or OPENAI_MODEL.match(name):
+    OpenAI's own model names, and a blank one, which Open WebUI sends when its admin picked no model)."""
+    if name is None or not name.strip() or OPENAI_MODEL.match(name):
         return default_model_for(tool, studio.manager.models_dir)
     models = api_models(studio)
     if name not in models:
