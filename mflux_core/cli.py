@@ -10,14 +10,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mflux_core.command_args import (
-    base_request, manager_from_args, output_path, read_prompt, seeds_to_run, with_styles,
+    base_request, manager_from_args, output_path, read_prompt, seeds_to_run, styler,
 )
 from mflux_core.concept.command import add_concept_parsers, run_concept
 from mflux_core.controlnet_units import unit_from_flag
 from mflux_core.errors import StudioError
 from mflux_core.events import Downloading, Step
 from mflux_core.lora.library import resolve_lora_path
-from mflux_core.prompt_lines import line_requests, read_prompt_file, read_prompt_lines
+from mflux_core.prompt_lines import PROMPT_POSITIONS, line_requests, read_prompt_file, read_prompt_lines
 from mflux_core.regions import region_from_box_flag, region_from_mask_flag
 from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import DTYPES, MERGE_METHODS, SAMPLER_LABELS as SAMPLERS, SCHEDULE_LABELS as SCHEDULES
@@ -171,6 +171,9 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prompts-from", metavar="FILE", help="one job per line of FILE: a prompt, or its settings as "
                        "flags ('--prompt \"a cat\" --seed 5 --steps 4') or JSON ({\"prompt\": \"a cat\", "
                        "\"seed\": 5}); the other flags give what a line leaves out")
+    group.add_argument("--prompts-at", choices=PROMPT_POSITIONS, default=PROMPT_POSITIONS[0],
+                       help="where a --prompts-from line's prompt (and negative prompt) goes beside --prompt's, as "
+                       "A1111's 'Insert prompts at the': start (default) or end")
 
 
 def add_tool_parser(tools, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -413,9 +416,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     needs_no_prompt = tool_spec(args.tool).prompt_optional or args.prompts_from or request.extra.get(UPSCALER_ONLY) \
         or (image_dir and "prompt" in (args.png_info or ()))
     fallback = request.prompt if args.config_from_metadata else "" if needs_no_prompt else None
-    request = unstyled = request.with_(prompt=read_prompt(args, fallback))
-    request, styled = with_styles(args, request)
-    request.validated()
+    request = request.with_(prompt=read_prompt(args, fallback))
+    styled = styler(args)
+    styled(request).validated()
     stepwise = Path(args.stepwise_image_output_dir) if args.stepwise_image_output_dir else None
     manager = manager_from_args(args, max_resident_transformers=args.max_resident_transformers,
                                 full_preview_every=1 if stepwise else 0, step_previews=stepwise is not None)
@@ -436,11 +439,11 @@ def run(args: argparse.Namespace) -> list[Path]:
     if axes or args.prompt_matrix:
         if len(seeds) > 1:
             raise StudioError("A plot takes one seed; for several, make the seed an axis (--x-axis seed=1-4).")
-        return run_plot(args, manager, unstyled.with_(seed=seeds[0]), axes, stepwise)
+        return run_plot(args, manager, request.with_(seed=seeds[0]), axes, stepwise)
     written = []
     for seed in seeds:
-        prompt = expand_prompt(styled(read_prompt(args, request.prompt)), seed, Path(args.wildcards_dir))
-        seeded = request.with_(seed=seed, prompt=prompt).validated()
+        seeded = styled(request.with_(seed=seed, prompt=read_prompt(args, request.prompt)))
+        seeded = seeded.with_(prompt=expand_prompt(seeded.prompt, seed, Path(args.wildcards_dir))).validated()
         path, _ = generate_and_save(args, manager, seeded, output_path(args.output, seed, len(seeds) > 1), stepwise)
         written.append(path)
     return written
@@ -519,10 +522,11 @@ def run_plot(args: argparse.Namespace, manager, request: GenerationRequest, axes
 
 
 def run_prompt_lines(args: argparse.Namespace, manager, request: GenerationRequest, seeds: list[int],
-                     stepwise: Path | None, styled: Callable[[str], str]) -> list[Path]:
+                     stepwise: Path | None, styled: Callable[[GenerationRequest], GenerationRequest]) -> list[Path]:
     """Every line's images (every line validated before the first runs), each named by its line and seed."""
     lines = read_prompt_lines(read_prompt_file(Path(args.prompts_from)))
-    requests = line_requests(request, lines, seeds, wildcards=Path(args.wildcards_dir), styled=styled)
+    requests = line_requests(request, lines, seeds, wildcards=Path(args.wildcards_dir), styled=styled,
+                             position=args.prompts_at)
     print(f"Prompt list: {len(lines)} lines, {len(requests)} images")
     written = []
     for number, line_request in requests:
@@ -534,7 +538,7 @@ def run_prompt_lines(args: argparse.Namespace, manager, request: GenerationReque
 
 
 def run_image_batch(args: argparse.Namespace, manager, request: GenerationRequest, seeds: list[int],
-                    stepwise: Path | None, styled: Callable[[str], str]) -> list[Path]:
+                    stepwise: Path | None, styled: Callable[[GenerationRequest], GenerationRequest]) -> list[Path]:
     """The tool on every image in --image-dir (Fill: with its mask from --mask-dir; each file read and every request
     validated before the first runs), each saved as <output>_<image name>.png (and _seed_<seed> when an image has
     several)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mflux_core.errors import StudioError
 from mflux_core.request import GenerationRequest
-from mflux_core.styles import prompt_styler, read_styles, styled_negative_prompt
+from mflux_core.styles import request_styler
 from mflux_core.tools.specs import EXTRA, REQUEST, TOOL_SPECS
 
 # The shared flags whose value may come from --config-from-metadata when not given on the command line (the
@@ -50,14 +50,10 @@ def read_prompt(args: argparse.Namespace, fallback: str | None) -> str:
     raise StudioError("No prompt given: pass --prompt, --prompt-file or --config-from-metadata.")
 
 
-def with_styles(args: argparse.Namespace, request: GenerationRequest) -> tuple[GenerationRequest, Callable[[str], str]]:
-    """--styles: the request with the styles merged into its negative prompt (on tools with true CFG), and the
-    function that merges them into each image's prompt (a re-read prompt file's, a prompt list line's)."""
-    if not args.styles:
-        return request, str
-    styles = read_styles(Path(args.styles_dir))
-    negative = styled_negative_prompt(request.tool, request.negative_prompt, args.styles, styles)
-    return request.with_(negative_prompt=negative), prompt_styler(args.styles, styles)
+def styler(args: argparse.Namespace) -> Callable[[GenerationRequest], GenerationRequest]:
+    """--styles: the function merging them into a request's prompts (styles.request_styler), applied to each image's
+    request once its prompt is put together (a re-read prompt file's, a prompt list line's, a batch image's)."""
+    return request_styler(args.styles, Path(args.styles_dir))
 
 
 def base_request(args: argparse.Namespace) -> GenerationRequest:

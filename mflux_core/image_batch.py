@@ -19,7 +19,6 @@ from mflux_core.settings_schema import PNG_INFO_FIELDS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")  # what A1111's batch reads from a folder
 MAX_BATCH_IMAGES = 10_000
-APPENDED = ("prompt", "negative_prompt")  # added after the job's own, as A1111 does
 
 
 def images_in(folder: Path) -> list[Path]:
@@ -59,7 +58,8 @@ def masks_for(images: list[str | Path], masks: list[str | Path], where: str) -> 
 
 def batch_requests(base: GenerationRequest, images: list[tuple[str, Path, dict]], png_info: tuple[str, ...],
                    seeds: list[int], batch_count: int = 1, wildcards: Path | None = None,
-                   styled: Callable[[str], str] = str) -> list[tuple[str, GenerationRequest]]:
+                   styled: Callable[[GenerationRequest], GenerationRequest] = lambda request: request,
+                   ) -> list[tuple[str, GenerationRequest]]:
     """(image name, validated request) for every image of the batch, in order. `images`: (name, file to read its PNG
     info from, the request's input fields: image_path=..., masked_image_path=...); each image runs `seeds` (or the
     seed from its PNG info) as a prompt list's line does, its prompts after `base`'s when taken from its PNG info."""
@@ -73,9 +73,7 @@ def batch_requests(base: GenerationRequest, images: list[tuple[str, Path, dict]]
     lines = []
     for number, (_, info_file, inputs) in enumerate(images, start=1):
         settings = png_info_settings(info_file, png_info) if png_info else {}
-        for key in APPENDED:
-            if settings.get(key):
-                settings[key] = " ".join(part for part in (getattr(base, key), settings[key]) if part)
         lines.append(PromptLine(number, {**settings, **inputs}))
-    named = line_requests(base, lines, seeds, batch_count, wildcards, styled, label=lambda n: images[n - 1][0])
+    named = line_requests(base, lines, seeds, batch_count, wildcards, styled, label=lambda n: images[n - 1][0],
+                          position="end")  # A1111 adds a PNG info's prompts after the job's own
     return [(images[number - 1][0], request) for number, request in named]

@@ -3,9 +3,11 @@
 A line is a prompt, or its settings in either of two forms:
     --prompt "a red circle" --seed 5 --steps 4 --width 64      (A1111's form: a flag per setting)
     {"prompt": "a red circle", "seed": 5, "steps": 4}          (a JSON object)
-Settings a line leaves out come from the job's own (the page's or the command's); blank lines and lines
-starting with # are skipped. Every line's requests are validated before the first image runs, and a bad
-line is refused with its line number. Wildcards in a line's prompt are drawn from that image's seed.
+Settings a line leaves out come from the job's own (the page's or the command's); as in A1111's script, a line's
+prompt goes before the job's own ("start") or after it ("end") when both have one, and so does its negative prompt;
+the job's A1111 styles merge in after that. Blank lines and lines starting with # are skipped. Every line's requests
+are validated before the first image runs, and a bad line is refused with its line number. Wildcards in a line's
+prompt are drawn from that image's seed.
 """
 
 import argparse
@@ -21,6 +23,8 @@ from mflux_core.request import MAX_SEED, GenerationRequest
 from mflux_core.settings_schema import MAX_BATCH
 from mflux_core.wildcards import expand_prompt
 
+PROMPT_POSITIONS = ("start", "end")  # A1111's prompt_position: a line's prompt before the job's own, or after it
+PROMPT_FIELDS = ("prompt", "negative_prompt")
 MAX_TEXT_CHARS = 1_000_000
 MAX_IMAGES = 10_000  # images one prompt list may ask for (a 1,000,000-character list of 16-image lines: 8 million)
 # What a line may set: the request's field (or batch_count) and how its A1111 form's text is read
@@ -123,14 +127,30 @@ def read_prompt_file(path: Path) -> str:
         raise InvalidRequest(f"Cannot read the prompt list {path.name} ({error.strerror}).") from None
 
 
+def beside_job_prompts(settings: dict, base: GenerationRequest, position: str) -> dict:
+    """A line's settings with its prompt and negative prompt put before ("start") or after ("end") the job's own,
+    where both have one (A1111's script; a line's prompt alone replaces none, the job's alone is kept)."""
+    if position not in PROMPT_POSITIONS:
+        raise InvalidRequest(f"A line's prompt goes at the {' or '.join(PROMPT_POSITIONS)} of the job's own, not "
+                             f"{str(position)[:40]!r}.")
+    joined = dict(settings)
+    for key in PROMPT_FIELDS:
+        own = getattr(base, key)
+        if joined.get(key) and own:
+            joined[key] = f"{joined[key]} {own}" if position == "start" else f"{own} {joined[key]}"
+    return joined
+
+
 def line_requests(base: GenerationRequest, lines: list[PromptLine], seeds: list[int], batch_count: int = 1,
-                  wildcards: Path | None = None, styled: Callable[[str], str] = str,
-                  label: Callable[[int], str] = "Line {}".format) -> list[tuple[int, GenerationRequest]]:
+                  wildcards: Path | None = None,
+                  styled: Callable[[GenerationRequest], GenerationRequest] = lambda request: request,
+                  label: Callable[[int], str] = "Line {}".format,
+                  position: str = "start") -> list[tuple[int, GenerationRequest]]:
     """(line number, validated request) for every image of every line, in order. A line's images start at its own
     seed, else at each of `seeds`, and run `batch_count` consecutive seeds (the line's own count, else this one),
-    or with a variation strength, as A1111, that seed with consecutive variation seeds; its prompt (else the
-    base's), `styled` (the A1111 styles picked), has its wildcards drawn from each image's seed. A refusal starts
-    with the line's `label`."""
+    or with a variation strength, as A1111, that seed with consecutive variation seeds. Its prompts are put beside
+    `base`'s (beside_job_prompts, at `position`), then `styled` (the A1111 styles picked, merged into the prompts),
+    then the prompt's wildcards are drawn from each image's seed. A refusal starts with the line's `label`."""
     total = sum(line.settings.get("batch_count", batch_count) * (1 if "seed" in line.settings else len(seeds))
                 for line in lines)
     if total > MAX_IMAGES:
@@ -138,18 +158,17 @@ def line_requests(base: GenerationRequest, lines: list[PromptLine], seeds: list[
                              "split it into several lists.")
     requests = []
     for line in lines:
-        settings = dict(line.settings)
+        settings = beside_job_prompts(line.settings, base, position)
         count = settings.pop("batch_count", batch_count)
         starts = [settings.pop("seed")] if "seed" in settings else seeds
-        prompt = styled(settings.pop("prompt", base.prompt))
         try:
             for start in starts:
-                first = base.with_(**settings, seed=start, prompt=prompt).validated()  # before seeds are counted
+                first = styled(base.with_(**settings, seed=start)).validated()  # before seeds are counted
                 for i in range(count):
                     seeds_of_image = {"variation_seed": (first.variation_seed + i) % (MAX_SEED + 1)} \
                         if first.variation_strength else {"seed": (start + i) % (MAX_SEED + 1)}
                     image = first.with_(**seeds_of_image)
-                    expanded = expand_prompt(prompt, image.seed, wildcards)
+                    expanded = expand_prompt(first.prompt, image.seed, wildcards)
                     requests.append((line.number, image.with_(prompt=expanded).validated()))
         except InvalidRequest as error:
             raise InvalidRequest(f"{label(line.number)}: {error}") from None

@@ -108,6 +108,9 @@ def styles_merged(request, styles):
                          negative_prompt=negative if tool_spec(request.tool).true_cfg else request.negative_prompt)
 
 
-def prompt_styler(names, styles: dict[str, Style]):
-    """A function merging the named styles into a prompt (a prompt list's lines, each image's re-read prompt)."""
-    return lambda prompt: styled_prompts(prompt, "", names, styles)[0]
+def request_styler(names, folder: Path | None):
+    """A function merging the named styles of the styles folder into a request (styles_merged), for requests whose
+    prompts are put together first (a prompt list's line beside the job's prompt, a batch image's PNG info, a re-read
+    prompt file): A1111 merges the styles last. The folder is read, and an unknown name refused, once, now."""
+    styles = picked_styles(names, folder)
+    return lambda request: styles_merged(request, styles)

@@ -63,7 +63,7 @@ def test_a_batch_is_refused_whole_naming_what_is_wrong(tmp_path):
         images_in(tmp_path / "missing")
     with pytest.raises(InvalidRequest, match="^made.png: The prompt"):  # validated per image, before any runs
         batch_requests(GenerationRequest(), [("made.png", a1111_png(tmp_path / "made.png"), {})],
-                       ("Prompt",), [1], styled=lambda prompt: prompt + "x" * 20_000)
+                       ("Prompt",), [1], styled=lambda request: request.with_(prompt=request.prompt + "x" * 20_000))
 
 
 def test_the_cli_runs_every_image_in_the_folder_as_a_single_run_on_it_would(tmp_path):

@@ -127,13 +127,16 @@ def test_the_prompt_list_runs_every_line_in_one_job_and_refuses_a_bad_line_befor
     from gradio_client.exceptions import AppError
 
     client, outputs = client
-    status, preview, results = client.predict(prompt="unused", prompt_lines=PROMPT_LIST, steps="1", seed=3,
+    status, preview, results = client.predict(prompt="", prompt_lines=PROMPT_LIST, steps="1", seed=3,
                                               api_name="/generate")
     assert "Done: 4 images" in status
     made = [(r["prompt"], r["seed"], r["steps"], r["guidance"]) for r in recorded(results)]
     assert made[0][:3] == ("a red circle", 3, 1)  # the page's seed and steps, the model's guidance
     assert made[1:3] == [("a blue square", 5, 1, 2.5), ("a blue square", 6, 1, 2.5)]
     assert made[3][1:] == (7, 2, 4.5) and made[3][0] in ("a green dot", "a yellow dot")
+    status, _, results = client.predict(prompt="on grass", prompt_lines="a red circle", prompt_position="end",
+                                        steps="1", seed=3, api_name="/generate")
+    assert [r["prompt"] for r in recorded(results)] == ["on grass a red circle"]  # A1111's "Insert prompts at the"
     before = set(outputs.glob("????-??-??/*.png"))
     with pytest.raises(AppError, match="Line 2: Steps must be a whole number from 1 to 500, not 0"):
         client.predict(prompt_lines="a cat\n--prompt a dog --steps 0", api_name="/generate")

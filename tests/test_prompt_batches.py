@@ -80,11 +80,15 @@ PROMPT_LIST = """a red circle
 def test_lines_are_prompts_flags_or_json_with_a1111_names_and_fill_in_from_the_base():
     lines = read_prompt_lines(PROMPT_LIST)
     assert [line.number for line in lines] == [1, 4, 5]
-    requests = line_requests(GenerationRequest(prompt="unused", seed=3, steps=1), lines, [3, 40])
+    requests = line_requests(GenerationRequest(seed=3, steps=1), lines, [3, 40])
     summary = [(n, r.prompt, r.seed, r.steps, r.width, r.guidance) for n, r in requests]
     assert summary == [(1, "a red circle", 3, 1, None, None), (1, "a red circle", 40, 1, None, None),
                        (4, "a blue square", 5, 1, None, 2.5), (4, "a blue square", 6, 1, None, 2.5),
                        (5, expand_prompt("a {green|yellow} dot", 7, None), 7, 2, 32, 4.5)]
+    beside = line_requests(GenerationRequest(prompt="on grass", negative_prompt="dark", seed=3), lines[:2], [3],
+                           position="end")  # A1111's "Insert prompts at the": end
+    assert [r.prompt for _, r in beside] == ["on grass a red circle"] + ["on grass a blue square"] * 2
+    assert {r.negative_prompt for _, r in beside} == {"dark"}
 
 
 @pytest.mark.parametrize("line, sentence", [
@@ -131,6 +135,10 @@ def test_the_cli_runs_every_line_as_a_plain_run_would_and_refuses_a_bad_file_bef
     assert main(["generate", "-p", "a blue square", "--seed", "6", "--steps", "1", "--guidance", "2.5",
                  "--output", str(tmp_path / "plain.png")]) == 0
     assert np.array_equal(pixels(tmp_path / "out_seed_6_line4.png"), pixels(tmp_path / "plain.png"))
+    listing.write_text("a red circle\n")
+    assert main(["generate", "--prompts-from", str(listing), "-p", "on grass", "--prompts-at", "end", "--seed", "3",
+                 "--steps", "1", "--output", str(tmp_path / "beside.png")]) == 0
+    assert recorded_request(tmp_path / "beside_seed_3_line1.png")["prompt"] == "on grass a red circle"
 
     listing.write_text("a cat\n--prompt a dog --steps 0\n")
     assert main(["generate", "--prompts-from", str(listing), "--output", str(tmp_path / "bad" / "out.png")]) == 1
@@ -191,8 +199,8 @@ def test_the_cli_lora_axis_runs_each_lora_and_refuses_an_unknown_one_before_any_
 
 def test_the_pages_prompt_list_and_image_batch_take_each_prompts_lora_tags_once(tmp_path):
     """A line's (or a batch image's PNG info's) `<lora:name:scale>` tags are LoRAs of the library, as A1111 reads
-    them; the panel prompt's tags go with its prompt: one LoRA each on a line without a prompt of its own, none on
-    a line whose prompt replaces it (A1111's tags are the prompt's)."""
+    them; the panel prompt's tags go with its prompt, which a line's prompt goes beside (A1111's tags are the
+    prompt's)."""
     from mflux_core.presets import validate_settings
     from webui.image_batch_ui import image_batch_requests
     from webui.prompt_list_ui import prompt_list_requests
@@ -202,12 +210,12 @@ def test_the_pages_prompt_list_and_image_batch_take_each_prompts_lora_tags_once(
     context = RequestContext(inputs=InputStore(tmp_path / "inputs"), loras=library, draw_seed=lambda: 0)
     settings = validate_settings({"tool": "generate", "prompt": "a fox <lora:style:0.7>", "seed": 3})
     (base,) = requests_from_settings(settings, context)
-    lines = prompt_list_requests(base, settings, "a cat <lora:ink:0.5>\n--steps 2", context)
+    lines = prompt_list_requests(base, settings, "a cat <lora:ink:0.5>\n--steps 2", None, context)
     assert [(r.prompt, r.lora_paths, r.lora_scales) for r in lines] == [
-        ("a cat", (str(library["ink"]),), (0.5,)),
+        ("a cat a fox", (str(library["ink"]), str(library["style"])), (0.5, 0.7)),
         ("a fox", (str(library["style"]),), (0.7,))]
     with pytest.raises(InvalidRequest, match="'nowhere' is not in the LoRA library"):
-        prompt_list_requests(base, settings, "a cat <lora:nowhere>", context)
+        prompt_list_requests(base, settings, "a cat <lora:nowhere>", None, context)
 
     picture = tmp_path / "picture.png"
     Image.new("RGB", (64, 64)).save(picture)

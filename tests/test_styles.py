@@ -72,9 +72,20 @@ def test_the_page_merges_its_styles_into_every_request_and_its_presets_keep_thei
     fill = requests_from_settings({"tool": "fill", "prompt": "sea", "styles": ["Old"]}, context,
                                   image_path="i.png", masked_image_path="m.png")[0]
     assert (fill.prompt, fill.negative_prompt) == ("sea, sepia tones", "")  # Fill has no negative prompt
-    lines = prompt_list_requests(first, settings, "a dog\n--prompt 'a fox' --seed 9", context)
-    assert [r.prompt for r in lines] == ["cinematic still of a dog, film grain"] * 2 + [
-        "cinematic still of a fox, film grain"] * 2  # the panel's two images a line
+    # a prompt list, as A1111's script: a line's prompts go beside the panel's, then the styles merge in (a line's
+    # own negative prompt kept the style's out)
+    on_grass = {**settings, "prompt": "on grass"}
+    base = requests_from_settings(on_grass, context)[0]
+    lines = prompt_list_requests(base, on_grass, "a dog\n--prompt 'a fox' --seed 9 --negative_prompt cats", None,
+                                 context)
+    assert [(r.prompt, r.negative_prompt) for r in lines] == [
+        ("cinematic still of a dog on grass, film grain", "dogs, cartoon, blurry")] * 2 + [
+        ("cinematic still of a fox on grass, film grain", "cats dogs, cartoon, blurry")] * 2  # two images a line
+    (fox, _) = prompt_list_requests(base, on_grass, "--prompt 'a fox' --negative_prompt cats", "end", context)
+    assert (fox.prompt, fox.negative_prompt) == ("cinematic still of on grass a fox, film grain",
+                                                 "dogs cats, cartoon, blurry")
+    alone = prompt_list_requests(base, {**on_grass, "prompt": ""}, "a dog", None, context)
+    assert alone[0].prompt == "cinematic still of a dog, film grain"  # the panel's prompt cleared: the lines alone
     values = shared_values(settings)
     assert values["styles"] == ["Cinematic"] and shared_settings(values)["styles"] == ["Cinematic"]
     assert "styles" not in shared_settings(shared_values({"prompt": "x"}))

@@ -11,12 +11,11 @@ random seed for all lines" keeps one; with neither, a request with a random seed
 
 import random
 
-from mflux_core.prompt_lines import PromptLine, line_requests, read_prompt_lines
+from mflux_core.prompt_lines import PROMPT_POSITIONS, PromptLine, line_requests, read_prompt_lines
 from mflux_core.request import MAX_SEED, GenerationRequest
 from webui.a1111_wire import SdApiError
 
 PROMPTS_FROM_FILE = "prompts from file or textbox"  # as /sdapi/v1/scripts lists it
-POSITIONS = ("start", "end")
 
 
 def is_prompts_from_file(script_name: str | None) -> bool:
@@ -28,7 +27,7 @@ def script_arguments(args: list) -> tuple[bool, bool, str, str]:
     older = len(args) == 3  # no prompt_position yet
     position = "start" if older or len(args) < 3 or args[2] is None else args[2]
     text = args[2 if older else 3] if len(args) > (2 if older else 3) else None
-    if position not in POSITIONS:
+    if position not in PROMPT_POSITIONS:
         raise SdApiError(422, f"Prompts from file's prompt_position (script_args[2]) is 'start' or 'end', not "
                               f"{str(position)[:40]!r}.", kind="RequestValidationError")
     if not isinstance(text, str):
@@ -45,11 +44,8 @@ def prompt_list_requests(base: GenerationRequest, random_seed: bool, images: int
     lines = []
     for index, line in enumerate(read_prompt_lines(text)):
         settings = dict(line.settings)
-        for key, own in (("prompt", base.prompt), ("negative_prompt", base.negative_prompt)):
-            if settings.get(key) and own:
-                settings[key] = f"{settings[key]} {own}" if position == "start" else f"{own} {settings[key]}"
         if "seed" not in settings:
             settings["seed"] = (base.seed + index * images) % (MAX_SEED + 1) if iterate else \
                 random.randrange(MAX_SEED + 1) if random_seed and not same_seed else base.seed
         lines.append(PromptLine(line.number, settings))
-    return [request for _, request in line_requests(base, lines, [base.seed], images, wildcards)]
+    return [request for _, request in line_requests(base, lines, [base.seed], images, wildcards, position=position)]

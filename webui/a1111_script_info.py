@@ -1,9 +1,10 @@
 """A1111's GET /sdapi/v1/script-info: each script the studio runs, with its script_args in order as A1111's UI labels
 them (label, default value, choices, range), so a client can build script_args by label instead of by position."""
 
+from mflux_core.prompt_lines import PROMPT_POSITIONS
 from webui.a1111_adetailer import SCRIPT as ADETAILER
 from webui.a1111_controlnet import SCRIPT as CONTROLNET
-from webui.a1111_prompt_list import POSITIONS, PROMPTS_FROM_FILE
+from webui.a1111_prompt_list import PROMPTS_FROM_FILE
 from webui.a1111_prompt_matrix import DELIMITERS, PROMPT_MATRIX, PROMPT_TYPES
 from webui.a1111_scripts import DEFAULT_FACTOR, DEFAULT_OVERLAP, MAX_FACTOR, SD_UPSCALE
 from webui.a1111_xyz import XYZ_PLOT, axis_labels
@@ -32,7 +33,7 @@ def matrix_args() -> list[dict]:
 
 def prompt_list_args() -> list[dict]:
     return [arg("Iterate seed every line", False), arg("Use same random seed for all lines", False),
-            arg("Insert prompts at the", POSITIONS[0], list(POSITIONS)), arg("List of prompt inputs", "")]
+            arg("Insert prompts at the", PROMPT_POSITIONS[0], list(PROMPT_POSITIONS)), arg("List of prompt inputs", "")]
 
 
 def sd_upscale_args(upscalers: list[str]) -> list[dict]:

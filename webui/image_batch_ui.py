@@ -11,7 +11,8 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.image_batch import batch_requests
 from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import PNG_INFO_FIELDS
-from webui.requests import RequestContext, prompt_styler_of, typed_base, with_tagged_loras
+from mflux_core.styles import request_styler
+from webui.requests import RequestContext, typed_base, with_tagged_loras
 
 PNG_INFO_HELP = ("The image's prompts are added after the prompts above; an image without PNG info (a photo, a "
                  "video frame) runs with the settings above.")
@@ -44,7 +45,7 @@ def image_batch_requests(base: GenerationRequest, settings: dict, uploads: list[
     images = [(Path(upload).name, Path(upload), inputs_of(upload)) for upload in uploads]
     requests = batch_requests(typed_base(base, settings), images, tuple(png_info or ()),
                               [base.seed], settings.get("batch_count", 1), context.wildcards,
-                              prompt_styler_of(settings, context))
+                              request_styler(settings.get("styles"), context.styles))
     return [with_tagged_loras(request, context).validated() for _, request in requests]
 
 

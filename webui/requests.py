@@ -18,7 +18,7 @@ from mflux_core.images.io import load_image, save_png_atomic
 from mflux_core.lora.a1111 import with_prompt_loras
 from mflux_core.presets import UI_FIELDS
 from mflux_core.request import MAX_SEED, GenerationRequest
-from mflux_core.styles import prompt_styler, read_styles, styled_negative_prompt
+from mflux_core.styles import request_styler
 from mflux_core.wildcards import expand_prompt
 
 
@@ -90,12 +90,6 @@ def lora_files(names: list[str], library: Mapping[str, Path]) -> tuple[str, ...]
     return tuple(str(library[name]) for name in names)
 
 
-def prompt_styler_of(settings: dict, context: RequestContext) -> Callable[[str], str]:
-    """The settings' A1111 styles as a function of a prompt (the prompt as it is when none are picked)."""
-    names = settings.get("styles")
-    return prompt_styler(names, read_styles(context.styles)) if names else str
-
-
 def with_tagged_loras(request: GenerationRequest, context: RequestContext) -> GenerationRequest:
     """The request with its prompt's `<lora:...>` tags (from a style, a wildcard, a prompt list's line) taken out
     and added to its LoRAs from the LoRA library."""
@@ -105,11 +99,13 @@ def with_tagged_loras(request: GenerationRequest, context: RequestContext) -> Ge
 
 
 def typed_base(request: GenerationRequest, settings: dict) -> GenerationRequest:
-    """`request` (the settings' first, from requests_from_settings) with the prompt as typed and only the settings'
-    own LoRAs: the base of requests whose prompts (a prompt list's lines, a batch image's PNG info) are each
-    expanded and have their tags taken (with_tagged_loras) on their own."""
+    """`request` (the settings' first, from requests_from_settings) with the prompts as typed (no styles merged) and
+    only the settings' own LoRAs: the base of requests whose prompts (a prompt list's lines, a batch image's PNG
+    info) are each put together, styled (request_styler), expanded and have their tags taken (with_tagged_loras) on
+    their own."""
     own = len(settings.get("lora_paths") or ())
-    return request.with_(prompt=settings.get("prompt", ""), lora_paths=request.lora_paths[:own],
+    return request.with_(prompt=settings.get("prompt", ""), negative_prompt=settings.get("negative_prompt", ""),
+                         lora_paths=request.lora_paths[:own],
                          lora_scales=request.lora_scales[:own],
                          lora_text_encoder_scales=request.lora_text_encoder_scales[:own])
 
@@ -128,16 +124,10 @@ def requests_from_settings(settings: dict, context: RequestContext, **inputs) ->
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k not in UI_FIELDS}
     fields.update({k: tuple(v) if isinstance(v, list) else v for k, v in inputs.items()})
     seed_pairs = batch_seed_pairs(settings, context.draw_seed)
-    if settings.get("styles"):
-        styles = read_styles(context.styles)
-        fields["prompt"] = prompt_styler(settings["styles"], styles)(fields.get("prompt") or "")
-        fields["negative_prompt"] = styled_negative_prompt(fields.get("tool") or "generate",
-                                                           fields.get("negative_prompt") or "", settings["styles"],
-                                                           styles)
-    prompt = fields.get("prompt", "")
+    base = request_styler(settings.get("styles"), context.styles)(GenerationRequest(**fields))
     requests = []
     for seed, variation_seed in seed_pairs:
-        request = with_prompt_loras(GenerationRequest(**fields).with_(
-            seed=seed, variation_seed=variation_seed, prompt=expand_prompt(prompt, seed, context.wildcards)))
+        request = with_prompt_loras(base.with_(seed=seed, variation_seed=variation_seed,
+                                               prompt=expand_prompt(base.prompt, seed, context.wildcards)))
         requests.append(request.with_(lora_paths=lora_files(list(request.lora_paths), context.loras)).validated())
     return requests

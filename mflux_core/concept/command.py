@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from mflux_core.command_args import (
-    base_request, manager_from_args, output_path, read_prompt, seeds_to_run, with_styles,
+    base_request, manager_from_args, output_path, read_prompt, seeds_to_run, styler,
 )
 
 
@@ -39,8 +39,7 @@ def run_concept(args: argparse.Namespace) -> list[Path]:
 
     request = base_request(args).with_(tool="generate")
     request = request.with_(prompt=read_prompt(args, request.prompt if args.config_from_metadata else None))
-    request, styled = with_styles(args, request)
-    request = request.with_(prompt=styled(request.prompt))
+    request = styler(args)(request)
     settings = ConceptSettings(tuple(args.concept), tuple(args.heatmap_layer_indices or ()),
                                tuple(args.heatmap_timesteps or ()))
     manager = manager_from_args(args)

@@ -45,7 +45,8 @@ def build_requests(values: dict, context: RequestContext) -> list[GenerationRequ
         return image_batch_requests(requests[0], settings, batch, values.get("batch_png_info"), context,
                                     lambda upload: {"image_path": context.inputs.save(upload, "img2img")})
     if (values.get("prompt_lines") or "").strip():  # "Prompts from file or textbox": one job of every line
-        return prompt_list_requests(requests[0], settings, values["prompt_lines"], context)
+        return prompt_list_requests(requests[0], settings, values["prompt_lines"], values.get("prompt_position"),
+                                    context)
     return requests
 
 
@@ -63,7 +64,7 @@ def render(studio) -> Panel:
                 regions, region_masks = region_controls(TOOL)
                 _, hires = hires_controls(TOOL, UPSCALER_NOTES, studio.manager.models_dir)
                 _, face_fix = face_fix_controls(TOOL)
-                prompt_lines = prompt_list_controls(TOOL)
+                prompt_list = prompt_list_controls(TOOL)
                 render_demo_examples(studio, TOOL, shared.controls, {})
                 panel = Panel(TOOL, (TOOL,), {**shared.controls, "image_strength": image_strength, **regions, **hires,
                                               **face_fix},
@@ -72,7 +73,7 @@ def render(studio) -> Panel:
             with gr.Column(scale=4):
                 view, run, stop = result_column(TOOL, compare=True)
     panel.view, panel.run_handler = view, studio.job(view)(build_requests)
-    inputs = {**panel.controls, "init_image": init_image, **region_masks, "prompt_lines": prompt_lines, **batch}
+    inputs = {**panel.controls, "init_image": init_image, **region_masks, **prompt_list, **batch}
     studio.wire_run(run, panel.run_handler, inputs, view, api_name="generate")
     studio.wire_stop(stop, api_name="stop")
     return panel
