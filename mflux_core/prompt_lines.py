@@ -127,6 +127,21 @@ def read_prompt_file(path: Path) -> str:
         raise InvalidRequest(f"Cannot read the prompt list {path.name} ({error.strerror}).") from None
 
 
+def seeded_lines(lines: list[PromptLine], seed: int, images: int, iterate: bool = False, same_seed: bool = True,
+                 drawn: Callable[[], int] | None = None) -> list[PromptLine]:
+    """The lines with A1111's seed for each line without its own: the job's `seed` moved on by its `images` after each
+    line ("Iterate seed every line"), else one `drawn` per line when the job's seed was random (`drawn` given) and
+    "Use same random seed for all lines" is off, else the job's."""
+    seeded = []
+    for index, line in enumerate(lines):
+        settings = dict(line.settings)
+        if "seed" not in settings:
+            settings["seed"] = (seed + index * images) % (MAX_SEED + 1) if iterate else \
+                drawn() if drawn and not same_seed else seed
+        seeded.append(PromptLine(line.number, settings))
+    return seeded
+
+
 def beside_job_prompts(settings: dict, base: GenerationRequest, position: str) -> dict:
     """A line's settings with its prompt and negative prompt put before ("start") or after ("end") the job's own,
     where both have one (A1111's script; a line's prompt alone replaces none, the job's alone is kept)."""

@@ -197,6 +197,27 @@ def test_the_cli_lora_axis_runs_each_lora_and_refuses_an_unknown_one_before_any_
     assert not (tmp_path / "bad").exists()
 
 
+def test_the_pages_prompt_list_seeds_lines_as_a1111s_boxes_say(tmp_path):
+    from mflux_core.presets import validate_settings
+    from webui.prompt_list_ui import prompt_list_requests
+    from webui.requests import InputStore, RequestContext, requests_from_settings
+
+    drawn = iter(range(100, 200, 10))
+    context = RequestContext(inputs=InputStore(tmp_path / "inputs"), draw_seed=lambda: next(drawn))
+    text = "a cat\na dog\n--prompt a fox --seed 7"
+
+    def seeds(settings: dict, **boxes) -> list[int]:
+        base = requests_from_settings(settings, context)[0]
+        return [r.seed for r in prompt_list_requests(base, settings, {"prompt_lines": text, **boxes}, context)]
+
+    fixed = validate_settings({"tool": "generate", "prompt": "", "seed": 3, "batch_count": 2})
+    assert seeds(fixed) == [3, 4, 3, 4, 7, 8]  # every line at the panel's seed, a line's own kept
+    assert seeds(fixed, prompt_iterate_seed=True) == [3, 4, 5, 6, 7, 8]  # moved on by the panel's images
+    random = {**fixed, "seed": None}
+    assert seeds(random) == [110, 111, 120, 121, 7, 8]  # the panel's drawn (100) unused: one drawn per line
+    assert seeds(random, prompt_same_seed=True) == [130, 131, 130, 131, 7, 8]
+
+
 def test_the_pages_prompt_list_and_image_batch_take_each_prompts_lora_tags_once(tmp_path):
     """A line's (or a batch image's PNG info's) `<lora:name:scale>` tags are LoRAs of the library, as A1111 reads
     them; the panel prompt's tags go with its prompt, which a line's prompt goes beside (A1111's tags are the
@@ -210,12 +231,12 @@ def test_the_pages_prompt_list_and_image_batch_take_each_prompts_lora_tags_once(
     context = RequestContext(inputs=InputStore(tmp_path / "inputs"), loras=library, draw_seed=lambda: 0)
     settings = validate_settings({"tool": "generate", "prompt": "a fox <lora:style:0.7>", "seed": 3})
     (base,) = requests_from_settings(settings, context)
-    lines = prompt_list_requests(base, settings, "a cat <lora:ink:0.5>\n--steps 2", None, context)
+    lines = prompt_list_requests(base, settings, {"prompt_lines": "a cat <lora:ink:0.5>\n--steps 2"}, context)
     assert [(r.prompt, r.lora_paths, r.lora_scales) for r in lines] == [
         ("a cat a fox", (str(library["ink"]), str(library["style"])), (0.5, 0.7)),
         ("a fox", (str(library["style"]),), (0.7,))]
     with pytest.raises(InvalidRequest, match="'nowhere' is not in the LoRA library"):
-        prompt_list_requests(base, settings, "a cat <lora:nowhere>", None, context)
+        prompt_list_requests(base, settings, {"prompt_lines": "a cat <lora:nowhere>"}, context)
 
     picture = tmp_path / "picture.png"
     Image.new("RGB", (64, 64)).save(picture)

@@ -76,15 +76,16 @@ def test_the_page_merges_its_styles_into_every_request_and_its_presets_keep_thei
     # own negative prompt kept the style's out)
     on_grass = {**settings, "prompt": "on grass"}
     base = requests_from_settings(on_grass, context)[0]
-    lines = prompt_list_requests(base, on_grass, "a dog\n--prompt 'a fox' --seed 9 --negative_prompt cats", None,
-                                 context)
+    lines = prompt_list_requests(base, on_grass, {"prompt_lines": "a dog\n--prompt 'a fox' --seed 9 --negative_prompt "
+                                                                  "cats"}, context)
     assert [(r.prompt, r.negative_prompt) for r in lines] == [
         ("cinematic still of a dog on grass, film grain", "dogs, cartoon, blurry")] * 2 + [
         ("cinematic still of a fox on grass, film grain", "cats dogs, cartoon, blurry")] * 2  # two images a line
-    (fox, _) = prompt_list_requests(base, on_grass, "--prompt 'a fox' --negative_prompt cats", "end", context)
+    (fox, _) = prompt_list_requests(base, on_grass, {"prompt_lines": "--prompt 'a fox' --negative_prompt cats",
+                                                     "prompt_position": "end"}, context)
     assert (fox.prompt, fox.negative_prompt) == ("cinematic still of on grass a fox, film grain",
                                                  "dogs cats, cartoon, blurry")
-    alone = prompt_list_requests(base, {**on_grass, "prompt": ""}, "a dog", None, context)
+    alone = prompt_list_requests(base, {**on_grass, "prompt": ""}, {"prompt_lines": "a dog"}, context)
     assert alone[0].prompt == "cinematic still of a dog, film grain"  # the panel's prompt cleared: the lines alone
     values = shared_values(settings)
     assert values["styles"] == ["Cinematic"] and shared_settings(values)["styles"] == ["Cinematic"]

@@ -11,7 +11,7 @@ random seed for all lines" keeps one; with neither, a request with a random seed
 
 import random
 
-from mflux_core.prompt_lines import PROMPT_POSITIONS, PromptLine, line_requests, read_prompt_lines
+from mflux_core.prompt_lines import PROMPT_POSITIONS, line_requests, read_prompt_lines, seeded_lines
 from mflux_core.request import MAX_SEED, GenerationRequest
 from webui.a1111_wire import SdApiError
 
@@ -41,11 +41,6 @@ def prompt_list_requests(base: GenerationRequest, random_seed: bool, images: int
     """Every line's validated requests over `base` (the call's first request, unstyled), `images` per
     line unless the line says otherwise; `random_seed`: the call asked for seed -1."""
     iterate, same_seed, position, text = script_arguments(args)
-    lines = []
-    for index, line in enumerate(read_prompt_lines(text)):
-        settings = dict(line.settings)
-        if "seed" not in settings:
-            settings["seed"] = (base.seed + index * images) % (MAX_SEED + 1) if iterate else \
-                random.randrange(MAX_SEED + 1) if random_seed and not same_seed else base.seed
-        lines.append(PromptLine(line.number, settings))
+    drawn = (lambda: random.randrange(MAX_SEED + 1)) if random_seed else None
+    lines = seeded_lines(read_prompt_lines(text), base.seed, images, iterate, same_seed, drawn)
     return [request for _, request in line_requests(base, lines, [base.seed], images, wildcards, position=position)]

@@ -45,8 +45,7 @@ def build_requests(values: dict, context: RequestContext) -> list[GenerationRequ
         return image_batch_requests(requests[0], settings, batch, values.get("batch_png_info"), context,
                                     lambda upload: {"image_path": context.inputs.save(upload, "img2img")})
     if (values.get("prompt_lines") or "").strip():  # "Prompts from file or textbox": one job of every line
-        return prompt_list_requests(requests[0], settings, values["prompt_lines"], values.get("prompt_position"),
-                                    context)
+        return prompt_list_requests(requests[0], settings, values, context)
     return requests
 
 
