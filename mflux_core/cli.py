@@ -164,6 +164,8 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
                           help=f"the {name.upper()} axis: {', '.join(AXIS_KINDS)}; values '2.5, 3.5', '1-5', "
                           "'0.5-1.0 (+0.25)' or '1-10 [4]' (prompt-sr: the first value is replaced by each; "
                           "prompt-order: the terms in every order)")
+    plot.add_argument("--vary-seeds", nargs="+", choices=("x", "y", "z"), default=[], metavar="AXIS",
+                      help="A1111's 'Vary seeds for X/Y/Z': along each axis named (x, y, z) the cells' seeds count up")
     plot.add_argument("--max-cells", type=at_least_one, default=MAX_CELLS,
                       help=f"refuse a plot (or prompt matrix) of more cells than this (default {MAX_CELLS})")
     plot.add_argument("--prompt-matrix", action="store_true", help="A1111's prompt matrix: 'a cat|in red|at night' "
@@ -503,7 +505,8 @@ def run_plot(args: argparse.Namespace, manager, request: GenerationRequest, axes
                        resolve_loras(axes, lambda name: str(resolve_lora_path(name, Path(args.models_dir)))),
                        args.max_cells, picked_styles(args.styles, Path(args.styles_dir)),
                        # a style's own wildcards drawn as the prompt's were
-                       lambda cell: cell.with_(prompt=expand_prompt(cell.prompt, request.seed, wildcards)))
+                       lambda cell: cell.with_(prompt=expand_prompt(cell.prompt, request.seed, wildcards)),
+                       tuple(name in args.vary_seeds for name in "xyz"))
     print(f"Plot: {len(cells)} cells ({' x '.join(f'{len(a.values)} {a.label}' for a in axes)})")
     base = Path(args.output.replace("{seed}", str(request.seed)))
     written, images = [], {}

@@ -26,7 +26,7 @@ from PIL import Image
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.images.grid import labelled_grid
-from mflux_core.request import GenerationRequest, check_finite, hires_size
+from mflux_core.request import MAX_SEED, GenerationRequest, check_finite, hires_size
 from mflux_core.settings_schema import SAMPLER_LABELS, SCHEDULE_LABELS
 from mflux_core.styles import Style, style_named, styles_merged
 
@@ -343,11 +343,13 @@ class Cell:
 
 
 def plot_cells(base: GenerationRequest, axes: list[Axis], max_cells: int = MAX_CELLS, styles: tuple[Style, ...] = (),
-               finish: Callable[[GenerationRequest], GenerationRequest] = lambda request: request) -> list[Cell]:
+               finish: Callable[[GenerationRequest], GenerationRequest] = lambda request: request,
+               vary_seeds: tuple[bool, ...] = ()) -> list[Cell]:
     """Every cell's validated request, model changes outermost; refused over `max_cells` before anything runs.
     The request's own A1111 `styles`, then the cell's Styles-axis style, merge into each cell's prompts after its
     other axes changed them (A1111 merges p.styles, the axis's appended, after its scripts: a Prompt S/R term must be
-    in the user's own prompt); `finish` then completes each cell (its prompt's wildcards, its `<lora:...>` tags)."""
+    in the user's own prompt); `finish` then completes each cell (its prompt's wildcards, its `<lora:...>` tags).
+    `vary_seeds` (X, Y, Z): A1111's "Vary seeds for X/Y/Z", each cell's seed moved on by seed_offset."""
     if not 1 <= len(axes) <= 3:
         raise InvalidRequest("A plot has one to three axes.")
     if any(axis.kind in ("strength", "denoising") for axis in axes) and not base.image_path:
@@ -371,9 +373,22 @@ def plot_cells(base: GenerationRequest, axes: list[Axis], max_cells: int = MAX_C
             elif value is not None and not (no_lora and kind == "lora-scale"):  # a scale of the LoRA axis's LoRA
                 request = axes[axis_index].apply(request, value)
             no_lora = no_lora or (kind == "lora" and value == NO_LORA)
+        offset = seed_offset(position, [len(axis.values) for axis in axes], vary_seeds)
+        if offset and request.seed is not None:
+            request = request.with_(seed=(request.seed + offset) % (MAX_SEED + 1))
         cells.append(Cell(finish(styles_merged(request, cell_styles)).validated(), tuple(position)))
     check_grid_size(cells, [len(axis.values) for axis in axes])
     return cells
+
+
+def seed_offset(position, sizes, vary_seeds) -> int:
+    """How far A1111's "Vary seeds for X/Y/Z" moves a cell's seed (after its axes set it): by the cell's place along
+    each varied axis, counted in cells of the varied axes before it (X, then Y, then Z)."""
+    offset, stride = 0, 1
+    for index, size, varied in zip(position, sizes, vary_seeds):
+        if varied:
+            offset, stride = offset + index * stride, stride * size
+    return offset
 
 
 def _looked_up(value) -> Style:

@@ -499,6 +499,8 @@ def test_script_info_lists_each_scripts_args_as_a1111s_ui_labels_them(studio):
     listing = {(script["name"], script["is_img2img"]): script for script in answer(studio.http.get("/script-info"))}
     xyz = listing[("x/y/z plot", False)]["args"]
     assert [a["label"] for a in xyz[:4]] == ["X type", "X values", "X values", "Y type"]
+    assert [a["label"] for a in xyz[12:17]] == ["Keep -1 for seeds", "Vary seeds for X", "Vary seeds for Y",
+                                                "Vary seeds for Z", "Grid margins (px)"]  # A1111's positions
     assert xyz[0]["choices"][4] == "Steps" and xyz[0]["choices"][9] == "Sampler"
     assert listing[("x/y/z plot", True)]["args"][0]["choices"][22] == "Denoising"
     assert [a["label"] for a in listing[("prompts from file or textbox", True)]["args"]][2:] == [
@@ -590,6 +592,10 @@ def test_the_xyz_plot_script_answers_its_grid_then_the_cells_as_a1111_does(studi
         alone = made(studio.http.post("/txt2img", json={**fields, "steps": steps, "seed": seed}))
         assert np.array_equal(np.asarray(cell), np.asarray(decoded(alone["images"][0]).convert("RGB")))
         assert f"Steps: {steps}," in info["infotexts"][1 + cells.index(cell)]
+
+    varied = made(studio.http.post("/txt2img", json={**fields, "seed": 3, "script_name": "X/Y/Z plot", "script_args": [
+        4, "1-2", [], 0, "", [], 0, "", [], True, False, False, False, True, False, False]}))  # Vary seeds for X
+    assert varied["info"]["all_seeds"] == [3, 4]
 
     # A1111's older layout (no dropdowns), a Z axis: one grid per Z value side by side, each with include_sub_grids
     older = made(studio.http.post("/txt2img", json={**fields, "seed": 3, "steps": 1, "script_name": "x/y/z plot",

@@ -55,6 +55,9 @@ def test_a_plot_saves_every_cell_to_the_history_and_its_grid_beside_it(client):
     assert grid.width > 2 * 64 and grid.height > 2 * 64  # two columns, two rows and the labels
     cell_pixels = [np.asarray(Image.open(path)) for path in cells]
     assert len({pixels.tobytes() for pixels in cell_pixels}) == 4  # steps and prompt each change the image
+    status, _, results = client.predict(prompt="a red circle", x_kind="guidance", x_values="2, 3", seed=7,
+                                        random_seed=False, vary_seeds_x=True, api_name="/plot")
+    assert [cell["seed"] for cell in recorded(results[1:])] == [7, 8]  # the grid first; "Vary seeds for X"
 
 
 def test_too_many_cells_are_refused_before_anything_runs(client):

@@ -1,5 +1,7 @@
 """X/Y/Z plots: axis values as A1111 writes them, every cell's request, the labelled grid, and the CLI."""
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -59,6 +61,20 @@ def test_cells_cover_every_combination_with_the_model_axis_outermost():
         x, y, z = cell.position
         assert (cell.request.steps, cell.request.model, cell.request.guidance) == (
             (1, 2)[x], ("demo", "demo-kontext")[y], (1.0, 2.0, 3.0)[z])
+
+
+def test_vary_seeds_counts_each_cells_seed_up_along_the_varied_axes_as_a1111():
+    axes = [parse_axis("steps", "1-3"), parse_axis("guidance", "1, 2"), parse_axis("seed", "10, 20")]
+    seeds = {c.position: c.request.seed for c in plot_cells(GenerationRequest(prompt="a cat", seed=5), axes[:2],
+                                                              vary_seeds=(True, True))}
+    assert seeds == {(x, y, 0): 5 + x + 3 * y for x in range(3) for y in range(2)}  # X fastest, Y by X's cells
+    only_y = {c.position: c.request.seed for c in plot_cells(GenerationRequest(prompt="a cat", seed=5), axes[:2],
+                                                               vary_seeds=(False, True))}
+    assert only_y == {(x, y, 0): 5 + y for x in range(3) for y in range(2)}
+    on_a_seed_axis = {c.position: c.request.seed for c in plot_cells(GenerationRequest(prompt="a cat"), axes,
+                                                                       vary_seeds=(True, False, True))}
+    assert on_a_seed_axis[(2, 1, 1)] == 20 + 2 + 3 * 1  # added to the seed the axis set, as A1111 does
+    assert {c.request.seed for c in plot_cells(GenerationRequest(prompt="a cat", seed=5), axes[:2])} == {5}
 
 
 def test_prompt_sr_replaces_in_the_prompt_and_the_negative_prompt_as_a1111():
@@ -166,6 +182,9 @@ def test_the_cli_plots_every_cell_as_a_plain_run_would_and_saves_the_grid(tmp_pa
                  "--output", str(tmp_path / "plain.png")]) == 0
     plain = np.asarray(Image.open(tmp_path / "plain.png"))
     assert np.array_equal(np.asarray(Image.open(tmp_path / "plot_x1_y1_z0.png")), plain)
+    assert main(["generate", "-p", "a red circle", "--seed", "5", "--steps", "1", "--x-axis", "guidance=2, 3",
+                 "--vary-seeds", "x", "--metadata", "--output", str(tmp_path / "varied.png")]) == 0
+    assert [json.loads((tmp_path / f"varied_x{x}_y0_z0.json").read_text())["request"]["seed"] for x in (0, 1)] == [5, 6]
 
 
 def test_a_vae_text_encoder_axis_sets_each_cells_files_in_place_of_the_requests():

@@ -522,7 +522,8 @@ def plot_answer(gone: threading.Event, studio, state: SdApiState, fields: dict, 
     if not named["draw_legend"]:
         ignored.append("script_args draw_legend (the grid is labelled)")
     return grid_answer(gone, studio, state, fields, params, img2img, requests, ignored, axes,
-                       plot_cells(requests[0], axes, MAX_CELLS, styles, finish),
+                       plot_cells(requests[0], axes, MAX_CELLS, styles, finish,
+                                  tuple(bool(named.get(f"vary_seeds_{name}")) for name in "xyz")),
                        lambda grids, results: plot_pictures(grids, results, named, described))
 
 

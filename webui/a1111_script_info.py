@@ -20,7 +20,8 @@ def xyz_args(img2img: bool) -> list[dict]:
     for axis, default in (("X", 1), ("Y", 0), ("Z", 0)):  # A1111's: Seed across, nothing else
         axes += [arg(f"{axis} type", default, labels), arg(f"{axis} values", ""), arg(f"{axis} values", [])]
     return [*axes, arg("Draw legend", True), arg("Include Sub Images", False), arg("Include Sub Grids", False),
-            arg("Keep -1 for seeds", False), arg("Grid margins (px)", 0, minimum=0, maximum=500, step=2),
+            arg("Keep -1 for seeds", False), *(arg(f"Vary seeds for {axis}", False) for axis in "XYZ"),
+            arg("Grid margins (px)", 0, minimum=0, maximum=500, step=2),
             arg("Use text inputs instead of dropdowns", False)]
 
 

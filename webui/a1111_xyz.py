@@ -2,10 +2,12 @@
 `script_args` as A1111 takes them, run by the studio's own plot (mflux_core/xyz.py).
 
     script_args: [x_type, x_values, x_values_dropdown, y_type, y_values, y_values_dropdown, z_type, z_values,
-                  z_values_dropdown, draw_legend, include_lone_images, include_sub_grids, no_fixed_seeds, ...]
+                  z_values_dropdown, draw_legend, include_lone_images, include_sub_grids, no_fixed_seeds,
+                  vary_seeds_x, vary_seeds_y, vary_seeds_z, ...]
 
-(A1111 before its dropdowns: [x_type, x_values, y_type, y_values, z_type, z_values, draw_legend, ...]; the args
-after no_fixed_seeds, which change between versions, are margins and text modes.) A type is an index into A1111's
+(A1111 before its dropdowns: [x_type, x_values, y_type, y_values, z_type, z_values, draw_legend, ...]; after
+no_fixed_seeds come vary_seeds_x, vary_seeds_y, vary_seeds_z, then margins and text modes, which change between
+versions.) A type is an index into A1111's
 axis list for txt2img or img2img (A1111_AXES), or the axis's label; values are the text A1111 reads ("1-5",
 "0.5-1.0 (+0.25)", "1-10 [4]", "euler, DPM++ 2M"), or the dropdown's list when one is sent.
 
@@ -75,13 +77,14 @@ def axis_label(value, img2img: bool, name: str) -> str:
 
 
 def script_layout(args: list) -> dict:
-    """The script's arguments by name, in the layout with dropdowns or in A1111's older one without (where the third
-    argument is y_type, a number)."""
+    """The script's arguments by name, in the layout with dropdowns (and, since A1111 1.7, the Vary seeds boxes after
+    no_fixed_seeds) or in A1111's older one without (where the third argument is y_type, a number)."""
     third = args[2] if len(args) > 2 else None
     older = isinstance(third, int) and not isinstance(third, bool)
     names = (["x_type", "x_values", "y_type", "y_values", "z_type", "z_values"] if older else
              ["x_type", "x_values", "x_dropdown", "y_type", "y_values", "y_dropdown", "z_type", "z_values",
-              "z_dropdown"]) + ["draw_legend", "include_lone_images", "include_sub_grids", "no_fixed_seeds"]
+              "z_dropdown"]) + ["draw_legend", "include_lone_images", "include_sub_grids", "no_fixed_seeds"] + \
+        ([] if older else ["vary_seeds_x", "vary_seeds_y", "vary_seeds_z"])
     defaults = {"x_type": 1, "y_type": 0, "z_type": 0, "draw_legend": True}  # A1111's: Seed across, nothing else
     return {name: args[i] if i < len(args) and args[i] is not None else defaults.get(name)
             for i, name in enumerate(names)}

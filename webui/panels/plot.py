@@ -76,7 +76,8 @@ def plot_requests(values: dict, context: RequestContext) -> tuple[list[Axis], li
                                      image_path=context.inputs.save(image, "plot-init"))
     base, axes = plot_axes(values, base, context)
     return axes, plot_cells(base, axes, max_cells(values), picked_styles(settings.get("styles"), context.styles),
-                            cell_finisher(context, base.seed))
+                            cell_finisher(context, base.seed),
+                            tuple(bool(values.get(f"vary_seeds_{name}")) for name in AXES))
 
 
 def run_plot(studio, view, values: dict, session: str):
@@ -139,6 +140,10 @@ def render(studio) -> Panel:
                     axis_controls[f"{name}_kind"].change(library_values(studio), axis_controls[f"{name}_kind"],
                                                          axis_controls[f"{name}_values"], show_progress="hidden",
                                                          api_visibility="private")
+                with gr.Row():
+                    for name in AXES:
+                        axis_controls[f"vary_seeds_{name}"] = gr.Checkbox(
+                            False, label=f"Vary seeds for {name.upper()}", elem_id=f"plot-vary-seeds-{name}")
                 axis_controls["prompt_matrix"] = gr.Checkbox(
                     False, label="Prompt matrix instead of axes: 'a cat|in red|at night' makes every combination of "
                     "the parts after the first, at one seed", elem_id="plot-prompt-matrix")
