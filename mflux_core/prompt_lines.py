@@ -127,7 +127,7 @@ def read_prompt_file(path: Path) -> str:
         raise InvalidRequest(f"Cannot read the prompt list {path.name} ({error.strerror}).") from None
 
 
-def seeded_lines(lines: list[PromptLine], seed: int, images: int, iterate: bool = False, same_seed: bool = True,
+def seeded_lines(lines: list[PromptLine], seed: int, images: int, iterate: bool, same_seed: bool,
                  drawn: Callable[[], int] | None = None) -> list[PromptLine]:
     """The lines with A1111's seed for each line without its own: the job's `seed` moved on by its `images` after each
     line ("Iterate seed every line"), else one `drawn` per line when the job's seed was random (`drawn` given) and

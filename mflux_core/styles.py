@@ -57,11 +57,6 @@ def merged(style_text: str, text: str) -> str:
     return ", ".join(part for part in (text.strip(), style_text.strip()) if part)
 
 
-def styled_prompts(prompt: str, negative_prompt: str, names, styles: dict[str, Style]) -> tuple[str, str]:
-    """The prompt and negative prompt with the named styles merged in, in order; an unknown name is refused."""
-    return _merged_in(prompt, negative_prompt, [style_named(name, styles) for name in _counted(names)])
-
-
 def _counted(names) -> list:
     names = list(names or ())
     if len(names) > MAX_STYLES_PER_REQUEST:
@@ -91,13 +86,6 @@ def style_named(name, styles: dict[str, Style], what: str = "") -> Style:
         raise InvalidRequest(f"{what}{'there' if what else 'There'} is no style named {str(name)[:80]!r} "
                              f"(styles: {known}).")
     return styles[name]
-
-
-def styled_negative_prompt(tool: str, negative_prompt: str, names, styles: dict[str, Style]) -> str:
-    """The negative prompt with the named styles merged in, on a tool that has one (true CFG); else as it is."""
-    if not tool_spec(tool).true_cfg:
-        return negative_prompt
-    return styled_prompts("", negative_prompt, names, styles)[1]
 
 
 def styles_merged(request, styles):

@@ -9,7 +9,8 @@ from PIL import Image
 from mflux_core.cli import main as cli_main
 from mflux_core.errors import InvalidRequest
 from mflux_core.presets import validate_settings
-from mflux_core.styles import read_styles, styled_prompts
+from mflux_core.request import GenerationRequest
+from mflux_core.styles import read_styles, request_styler
 from webui.prompt_list_ui import prompt_list_requests
 from webui.requests import RequestContext, requests_from_settings
 from webui.widgets import shared_settings, shared_values
@@ -41,17 +42,21 @@ def test_a1111_styles_files_are_read_as_a1111_writes_them(styles_dir):
 
 
 def test_styles_merge_in_order_as_a1111_merges_them(styles_dir):
-    styles = read_styles(styles_dir)
-    assert styled_prompts("a cat", "", ["Cinematic"], styles) == ("cinematic still of a cat, film grain",
-                                                                   "cartoon, blurry")
-    assert styled_prompts(" a cat ", "dogs", ["Old", "Cinematic"], styles) == (
+    def styled(prompt: str, negative: str, names) -> tuple[str, str]:
+        request = request_styler(names, styles_dir)(GenerationRequest(prompt=prompt, negative_prompt=negative))
+        return request.prompt, request.negative_prompt
+
+    assert styled("a cat", "", ["Cinematic"]) == ("cinematic still of a cat, film grain", "cartoon, blurry")
+    assert styled(" a cat ", "dogs", ["Old", "Cinematic"]) == (
         "cinematic still of a cat, sepia tones, film grain", "dogs, cartoon, blurry")
-    assert styled_prompts("", "", ["Old"], styles) == ("sepia tones", "")
-    assert styled_prompts("a cat", "dogs", ["Empty"], styles) == ("a cat", "dogs")
+    assert styled("", "", ["Old"]) == ("sepia tones", "")
+    assert styled("a cat", "dogs", ["Empty"]) == ("a cat", "dogs")
+    fill = request_styler(["Cinematic"], styles_dir)(GenerationRequest(tool="fill", prompt="sea", negative_prompt=""))
+    assert fill.negative_prompt == ""  # Fill has no negative prompt to merge into
     with pytest.raises(InvalidRequest, match="There is no style named 'Noir' \\(styles: Cinematic, Empty, Old, "):
-        styled_prompts("a cat", "", ["Noir"], styles)
+        request_styler(["Noir"], styles_dir)
     with pytest.raises(InvalidRequest, match="Pick at most 8 styles, not 9"):
-        styled_prompts("a cat", "", ["Old"] * 9, styles)
+        request_styler(["Old"] * 9, styles_dir)
 
 
 def test_a_file_that_is_not_a_styles_file_is_named(tmp_path):
