@@ -474,7 +474,8 @@ def test_depth_kontext_controlnet_and_redux_panels_run(page, studio):
     run_and_wait(page, "controlnet")
     screenshot(page, "controlnet")
     choose(page, "controlnet-union-type", "gray")  # a Union ControlNet's mode; a plain one gets the image, noted
-    assert not page.is_visible("#controlnet-edges")  # gray: the ControlNet sees the photo made gray, not edges
+    # gray: the ControlNet sees the photo made gray, not edges (the preview hides once the change event is answered)
+    page.wait_for_selector("#controlnet-edges", state="hidden")
     choose(page, "controlnet-weights", "canny")
     page.click("#controlnet-run")
     text = wait_for_status(page, "controlnet", "no control modes")
