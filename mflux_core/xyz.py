@@ -356,7 +356,8 @@ def plot_cells(base: GenerationRequest, axes: list[Axis], max_cells: int = MAX_C
         raise InvalidRequest("The image strength and denoising axes need an input image to start from "
                              "(image-to-image): give one, or choose another axis.")
     axes = list(axes) + [Axis("seed", (None,))] * (3 - len(axes))  # a missing axis: one cell, nothing changed
-    count = len(axes[0].values) * len(axes[1].values) * len(axes[2].values)
+    sizes = [len(axis.values) for axis in axes]
+    count = sizes[0] * sizes[1] * sizes[2]
     if count > max_cells:
         raise InvalidRequest(f"The plot has {count} cells, more than the limit of {max_cells}: use fewer values.")
     # a model axis runs outermost, then a LoRA axis (a LoRA scale axis then scales its LoRA, none in its none cells)
@@ -373,11 +374,11 @@ def plot_cells(base: GenerationRequest, axes: list[Axis], max_cells: int = MAX_C
             elif value is not None and not (no_lora and kind == "lora-scale"):  # a scale of the LoRA axis's LoRA
                 request = axes[axis_index].apply(request, value)
             no_lora = no_lora or (kind == "lora" and value == NO_LORA)
-        offset = seed_offset(position, [len(axis.values) for axis in axes], vary_seeds)
+        offset = seed_offset(position, sizes, vary_seeds)
         if offset and request.seed is not None:
             request = request.with_(seed=(request.seed + offset) % (MAX_SEED + 1))
         cells.append(Cell(finish(styles_merged(request, cell_styles)).validated(), tuple(position)))
-    check_grid_size(cells, [len(axis.values) for axis in axes])
+    check_grid_size(cells, sizes)
     return cells
 
 

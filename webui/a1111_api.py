@@ -71,7 +71,7 @@ from webui.a1111_wire import (SdApiError, as_file, b64_png, base64_data, decoded
                               without_hash)
 from webui.api_server import MAX_WAITING, ApiFields, JobThreads, api_routes, json_object, studio_models
 from webui.gallery import save_grids, save_result
-from webui.requests import cell_finisher, requests_from_settings
+from webui.requests import cell_finisher, requests_from_settings, with_tagged_loras
 from webui.turns import job_about, request_about
 from webui.widgets import model_choices
 
@@ -501,10 +501,11 @@ def make_images(gone: threading.Event, studio, state: SdApiState, fields: dict, 
     if is_prompt_matrix(params.script_name):
         return matrix_answer(gone, studio, state, fields, params, requests, img2img, ignored,
                              lambda request: finish(styles_merged(request, styles)))
-    if is_prompts_from_file(params.script_name):  # each line's style wildcards drawn from its own seed
-        requests = [cell_finisher(context, line.seed)(styles_merged(line, styles)).validated()
+    if is_prompts_from_file(params.script_name):  # styled as the page's lines: before each one's wildcards
+        requests = [with_tagged_loras(line, context).validated()
                     for line in prompt_list_requests(requests[0], params.seed == -1, len(requests),
-                                                     params.script_args, context.wildcards)]
+                                                     params.script_args, context.wildcards,
+                                                     lambda request: styles_merged(request, styles))]
     job = ApiJob("img2img" if img2img else "txt2img", len(requests))
     results = run_job(studio, state, job, requests, params.save_images, gone)
     return images_answer(fields, params, job, results, ignored)

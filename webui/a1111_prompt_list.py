@@ -10,6 +10,7 @@ random seed for all lines" keeps one; with neither, a request with a random seed
 """
 
 import random
+from collections.abc import Callable
 
 from mflux_core.prompt_lines import PROMPT_POSITIONS, line_requests, read_prompt_lines, seeded_lines
 from mflux_core.request import MAX_SEED, GenerationRequest
@@ -36,11 +37,13 @@ def script_arguments(args: list) -> tuple[bool, bool, str, str]:
     return bool(args[0]) if args else False, bool(args[1]) if len(args) > 1 else False, position, text
 
 
-def prompt_list_requests(base: GenerationRequest, random_seed: bool, images: int, args: list,
-                         wildcards) -> list[GenerationRequest]:
+def prompt_list_requests(base: GenerationRequest, random_seed: bool, images: int, args: list, wildcards,
+                         styled: Callable[[GenerationRequest], GenerationRequest]) -> list[GenerationRequest]:
     """Every line's validated requests over `base` (the call's first request, unstyled), `images` per
-    line unless the line says otherwise; `random_seed`: the call asked for seed -1."""
+    line unless the line says otherwise, `styled` (the request's styles merged) once its prompts are put together;
+    `random_seed`: the call asked for seed -1."""
     iterate, same_seed, position, text = script_arguments(args)
     drawn = (lambda: random.randrange(MAX_SEED + 1)) if random_seed else None
     lines = seeded_lines(read_prompt_lines(text), base.seed, images, iterate, same_seed, drawn)
-    return [request for _, request in line_requests(base, lines, [base.seed], images, wildcards, position=position)]
+    return [request for _, request in line_requests(base, lines, [base.seed], images, wildcards, styled,
+                                                    position=position)]
