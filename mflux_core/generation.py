@@ -8,7 +8,7 @@ import mlx.core as mx
 import numpy as np
 from PIL import Image
 
-from mflux_core.errors import Cancelled, InvalidRequest
+from mflux_core.errors import Cancelled, InvalidRequest, StudioError
 from mflux_core.events import Step, StepClock
 from mflux_core.flux_model import FluxModel
 from mflux_core.images.io import pixels_to_pil
@@ -115,4 +115,9 @@ def decode_latents(model: FluxModel, packed: mx.array, grid: tuple[int, int], fo
     f = model.vae_scale_factor
     tile = model.vae_tile(grid[0] * f, grid[1] * f, "decode", forced_tiling)
     pixels = model.vae.decode(unpack_latents(packed, *grid), tiled=tile is not None, tile_size=tile or 0)
+    if not mx.all(mx.isfinite(pixels)).item():
+        precision = str(model.dtype).removeprefix("mlx.core.")
+        cause = "its weights hold NaN or overflow float32" if model.dtype == mx.float32 else \
+            f"its numbers overflowed in {precision}, or its weights hold NaN; try --dtype float32"
+        raise StudioError(f"The image came out as NaN (not a number): {cause}.")
     return pixels_to_pil(pixels.astype(mx.float32))

@@ -7,14 +7,17 @@ tests/test_reliability_server.py."""
 import errno
 import json
 import os
+import shutil
 import string
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
+from safetensors.numpy import load_file, save_file
 
 from mflux_core import cli
 from mflux_core.errors import StudioError
@@ -118,6 +121,30 @@ def test_bad_inputs_through_the_cli(files, tiny_schnell, tiny_fill, tmp_path, ca
             assert code == 1 and expected in err and err.startswith("Error: "), (name, err)
             assert not output.exists(), name
     assert not [p for p in out.iterdir() if p.suffix != ".png"]  # no temp files left
+
+
+def test_half_precision_makes_the_float32_image_and_a_nan_image_is_refused(tiny_schnell, tmp_path, capsys):
+    """float16 ran every image to NaN, saved black and reported as done (GroupNorm's sums and the SiLU's polynomial
+    overflowed half precision). Now it makes the float32 image to within half precision's rounding; an image that
+    still comes out NaN (here: a VAE whose weights hold NaN) is one sentence, and no file."""
+    request = GenerationRequest(model=str(tiny_schnell), **{**FAST, "width": 256, "height": 256})
+    images = {}
+    for dtype in ("float32", "float16"):
+        assert cli.main([*cli_args(request, tmp_path / f"{dtype}.png"), "--dtype", dtype]) == 0
+        images[dtype] = np.asarray(Image.open(tmp_path / f"{dtype}.png"), dtype=np.int16)
+    assert images["float16"].std() > 10 and np.abs(images["float16"] - images["float32"]).max() <= 8
+    broken = tmp_path / "nan-vae"
+    shutil.copytree(tiny_schnell, broken)
+    weights = load_file(broken / "vae" / "diffusion_pytorch_model.safetensors")
+    weights["decoder.conv_out.bias"] = np.full_like(weights["decoder.conv_out.bias"], np.nan)
+    save_file(weights, broken / "vae" / "diffusion_pytorch_model.safetensors")
+    output = tmp_path / "nan.png"
+    capsys.readouterr()
+    assert cli.main([*cli_args(request.with_(model=str(broken)), output), "--dtype", "float32"]) == 1
+    err = capsys.readouterr().err
+    assert err.endswith("\rError: The image came out as NaN (not a number): its weights hold NaN or overflow "
+                        "float32.\n")
+    assert not output.exists()
 
 
 def test_a_full_disk_is_a_clear_error_and_leaves_no_file(tiny_schnell, tmp_path, capsys, monkeypatch):

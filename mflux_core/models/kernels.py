@@ -76,8 +76,9 @@ def _rational_tanh(u: mx.array) -> mx.array:
 
 @fused
 def _tanh_gate(x: mx.array, u: mx.array) -> mx.array:
-    """0.5 x (1 + tanh(u)): the last pass of GELU and of the scaled SiLU."""
-    return (0.5 * x.astype(mx.float32) * (1 + _rational_tanh(u))).astype(x.dtype)
+    """0.5 x (1 + tanh(u)): the last pass of GELU and of the scaled SiLU. In float32: the polynomials' powers of u
+    (u^8 reaches 4e7) overflow float16, whose infinities made every half-precision image NaN."""
+    return (0.5 * x.astype(mx.float32) * (1 + _rational_tanh(u.astype(mx.float32)))).astype(x.dtype)
 
 
 def gelu_tanh(x: mx.array) -> mx.array:

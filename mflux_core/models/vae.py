@@ -202,24 +202,28 @@ class GroupNorm(nn.Module):
         return self._per_channel(groups.mean(axis=2, keepdims=True))
 
     def statistics(self, x: mx.array) -> tuple[mx.array, mx.array]:
-        """Per-channel (B, 1, 1, C) group mean and variance of `x`."""
-        mean = self._group_mean(x.mean(axis=(1, 2)))
-        return mean, self._group_mean(self._squared_deviations(x, mean) / (x.shape[1] * x.shape[2]))
+        """Per-channel (B, 1, 1, C) group mean and variance of `x`, in float32."""
+        count = x.shape[1] * x.shape[2]
+        mean = self._group_mean(self._band_sums(x) / count)
+        return mean, self._group_mean(self._band_sums(x, mean) / count)
 
     def channel_moments(self, x: mx.array) -> tuple[mx.array, mx.array]:
-        """Per-channel (B, C) mean and sum of squared deviations over height and width (tiling measures
-        these over the part of the image each tile owns, see vae_tiles)."""
-        mean = x.mean(axis=(1, 2))
-        return mean, self._squared_deviations(x, mean[:, None, None])
+        """Per-channel (B, C) mean and sum of squared deviations over height and width, in float32 (tiling
+        measures these over the part of the image each tile owns, see vae_tiles)."""
+        mean = self._band_sums(x) / (x.shape[1] * x.shape[2])
+        return mean, self._band_sums(x, mean[:, None, None])
 
-    def _squared_deviations(self, x: mx.array, centre: mx.array) -> mx.array:
-        """Per-channel (B, C) sums of (x - centre)^2, a band of rows at a time (no full-size temporary)."""
+    def _band_sums(self, x: mx.array, centre: mx.array | None = None) -> mx.array:
+        """Per-channel (B, C) sums over height and width of x, or of (x - centre)^2, a band of rows at a time (no
+        full-size temporary). In float32: MLX sums float16 into float16, which overflows past 65,504 (a 256 px
+        channel of values near 1 does), and the NaN it makes turns the whole image black."""
         batch, height, width, channels = x.shape
-        step = band_height(width, channels, x.itemsize)
-        squares = mx.zeros((batch, channels), dtype=x.dtype)
+        step = band_height(width, channels, mx.float32.size)
+        sums = mx.zeros((batch, channels), dtype=mx.float32)
         for first in range(0, height, step):
-            squares = settle(squares + mx.square(x[:, first : first + step] - centre).sum(axis=(1, 2)))
-        return squares
+            band = x[:, first : first + step].astype(mx.float32)
+            sums = settle(sums + (band if centre is None else mx.square(band - centre)).sum(axis=(1, 2)))
+        return sums
 
     def grouped(self, count: int, mean: mx.array, squares: mx.array) -> tuple[mx.array, mx.array]:
         """Per-channel moments over `count` pixels -> per-channel (B, 1, 1, C) group mean and variance."""
@@ -232,7 +236,7 @@ class GroupNorm(nn.Module):
         shared = shared_statistics.get()
         mean, group_var = self.statistics(x) if shared is None else shared.statistics(self, x)
         scale = mx.rsqrt(group_var + GROUP_NORM_EPS) * self.weight
-        return scale, self.bias - mean * scale
+        return scale.astype(x.dtype), (self.bias - mean * scale).astype(x.dtype)
 
     def __call__(self, x: mx.array) -> mx.array:
         scale, shift = self.scale_and_shift(x)
