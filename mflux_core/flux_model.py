@@ -46,6 +46,11 @@ class FluxModel:
         return self.vae.scale_factor
 
     @property
+    def token_side(self) -> int:
+        """Pixels along a side of one packed 2x2 latent token: sizes are whole tokens (16 px for FLUX.1's VAE)."""
+        return 2 * self.vae_scale_factor
+
+    @property
     def native_side(self) -> int:
         return self.vae.config.native_side
 

@@ -22,7 +22,7 @@ from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.regions import scaled_regions
 from mflux_core.registry import on_disk
-from mflux_core.native_sizes import sizes_phrase
+from mflux_core.native_sizes import makes_size, other_sizes_need, what_it_makes
 from mflux_core.prompt_schedule import for_the_second_pass
 from mflux_core.request import GenerationRequest, hires_size
 from mflux_core.sampling.schedule import img2img_start_step
@@ -120,10 +120,10 @@ def generate_hires(manager: "ModelManager", request: GenerationRequest, report: 
     request = with_hires_defaults(first.request, first_steps)
     second_request = second_pass_request(request, first_steps)
     passes = ((request.width, request.height), (second_request.width, second_request.height))
-    if model.native_sizes and not set(passes) <= set(model.native_sizes):  # a demo member: other sizes are noise
-        raise InvalidRequest(f"{request.model} makes {sizes_phrase(model.native_sizes)} images only, so it has no "
-                             f"hires fix from {passes[0][0]}x{passes[0][1]} to {passes[1][0]}x{passes[1][1]}: "
-                             "use a FLUX.1 model.")
+    if not all(makes_size(model.native_sizes, model.token_side, size) for size in passes):  # a demo member's: noise
+        raise InvalidRequest(f"{request.model} makes {what_it_makes(model.native_sizes, model.token_side)}, so it has "
+                             f"no hires fix from {passes[0][0]}x{passes[0][1]} to {passes[1][0]}x{passes[1][1]}: use "
+                             f"{other_sizes_need(model.native_sizes, model.token_side)}.")
     steps = second_request.steps
     start = img2img_start_step(steps, second_request.image_strength)
     manager.resident.plan_run(model, first)

@@ -30,7 +30,9 @@ from mflux_core.lru import LRU
 from mflux_core.memory import DEPTH_PHASE, UPSCALER_PHASE, MemoryBudget, MemoryPlan, gb_text
 from mflux_core.metadata import png_text_chunks, request_metadata
 from mflux_core.model_locator import ModelLocator
-from mflux_core.native_sizes import native_panel_for, native_size_for, size_note
+from mflux_core.native_sizes import (
+    makes_any_size, native_panel_for, native_size_for, size_note, tokens_note, whole_tokens_size,
+)
 from mflux_core.registry import ModelEntry
 from mflux_core.request import GenerationRequest
 from mflux_core.resident import ResidentModels, stop_if_cancelled
@@ -254,7 +256,7 @@ class ModelManager:
                   cancelled: Callable[[], bool] | None) -> GenerationResult:
         started = self.run_started()
         model = self._prepared_model(request, cancelled)
-        inputs, size_notes = self._inputs_at_native_size(model, request)
+        inputs, size_notes = self.sized_inputs(model, request)
         plan = self.resident.plan_run(model, inputs)
         with self.resident.budget.holding(plan):
             image = self.run_inputs(model, inputs, report, cancelled)
@@ -293,11 +295,11 @@ class ModelManager:
             notes=notes,
         )
 
-    def _inputs_at_native_size(self, model: FluxModel,
+    def sized_inputs(self, model: FluxModel,
                                request: GenerationRequest) -> tuple[ToolInputs, tuple[str, ...]]:
-        """The tool's inputs; built again at the model's native size when the asked (or input image's) size is not
-        one the model can make, with a note that says so."""
-        if not model.native_sizes:  # any size
+        """The tool's inputs; built again at a size the model makes when the asked (or input image's) size is not
+        one (a demo model's nearest native size; whole tokens of a VAE that scales by more than 8), with a note."""
+        if makes_any_size(model.native_sizes, model.token_side):
             return tool_inputs(model, request, self), ()
         try:
             with probing_size():  # the size first, not the inputs at a size the model cannot make
@@ -306,14 +308,17 @@ class ModelManager:
         except SizeDecided as decided:
             inputs, sized, canvas = None, decided.request, decided.canvas
         asked = (sized.width, sized.height)
-        if canvas is None:
-            native = native_size_for(model.native_sizes, *asked)
-        else:  # the model paints the canvas (an in-context diptych); the request names one panel
-            native = native_panel_for(model.native_sizes, asked, canvas)
-        if native is None:
+        if not model.native_sizes:  # a panel of whole tokens makes a canvas of whole tokens too
+            made = whole_tokens_size(model.token_side, *asked)
+            note = made and tokens_note(request.model, model.token_side, asked, made)
+        else:
+            # an in-context diptych's canvas is the model's to make; the request names one panel
+            made = native_size_for(model.native_sizes, *asked) if canvas is None else \
+                native_panel_for(model.native_sizes, asked, canvas)
+            note = made and size_note(request.model, model.native_sizes, asked, made)
+        if made is None:
             return inputs or tool_inputs(model, request, self), ()
-        inputs = tool_inputs(model, request.with_(width=native[0], height=native[1]), self)
-        return inputs, (size_note(request.model, model.native_sizes, asked, native),)
+        return tool_inputs(model, request.with_(width=made[0], height=made[1]), self), (note,)
 
     def step_preview(self, model: FluxModel) -> Preview | None:
         """Previews for the UI: the cheap linear one of what the step aims at, or a full VAE decode of the latents

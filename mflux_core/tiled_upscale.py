@@ -18,7 +18,7 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.events import Report, Step, passes_report
 from mflux_core.flux_model import FluxModel
 from mflux_core.images.tiles import Tile, blend_bytes, blend_tiles, tile_grid
-from mflux_core.native_sizes import sizes_phrase
+from mflux_core.native_sizes import makes_size, what_it_makes
 from mflux_core.request import GenerationRequest
 from mflux_core.sampling.schedule import img2img_start_step
 from mflux_core.settings_schema import MAX_SIDE
@@ -97,9 +97,9 @@ def generate_tiled(manager: "ModelManager", request: GenerationRequest, report: 
     width, height, overlap = tile_shape_and_overlap(model, request)
     tiles = tile_grid(request.width, request.height, width, height, overlap)
     tile_size = (tiles[0].width, tiles[0].height)
-    if model.native_sizes and tile_size not in model.native_sizes:
-        raise InvalidRequest(f"{request.model} makes {sizes_phrase(model.native_sizes)} images only, so it has no "
-                             f"{tile_size[0]}x{tile_size[1]} tiles: give a tile size in that range, or 0 for its own.")
+    if not makes_size(model.native_sizes, model.token_side, tile_size):
+        raise InvalidRequest(f"{request.model} makes {what_it_makes(model.native_sizes, model.token_side)}, so it has "
+                             f"no {tile_size[0]}x{tile_size[1]} tiles: give a tile size it makes, or 0 for its own.")
     shape = {TILE_SIZE: width, **({TILE_HEIGHT: height} if height != width else {}), TILE_OVERLAP: overlap}
     request = request.with_(extra={**{k: v for k, v in request.extra.items() if k != TILE_HEIGHT}, **shape})
     tile_request = request.with_(width=tile_size[0], height=tile_size[1])

@@ -145,8 +145,8 @@ def test_tiles_can_be_oblong_as_a1111s_width_x_height_and_replay(manager, small_
     ({"tile_size": 64, "tile_height": 20}, r"^The tile height 20 must be a multiple of 16 from 32 to 4096 px \(0: as "
                                            r"wide as the tile\)\.$"),
     ({"tile_size": 64.5}, r"^The tile size must be a whole number of pixels, 0 or more, not 64\.5\.$"),
-    ({"tile_size": 256}, r"^demo makes 48x48 to 128x128 images only, so it has no 256x256 tiles: give a tile size in "
-                         r"that range, or 0 for its own\.$"),
+    ({"tile_size": 256}, r"^demo makes 48x48 to 128x128 images only, so it has no 256x256 tiles: give a tile size it "
+                         r"makes, or 0 for its own\.$"),
     ({"tile_size": 64, "upscaler": "ESRGAN"}, r"^The upscaler 'ESRGAN' is not one the studio has: use Lanczos, "
                                               r"ControlNet upscaler, or an upscaler model in the models folder's "
                                               r"upscalers/\.$"),

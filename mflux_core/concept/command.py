@@ -1,6 +1,7 @@
 """`mflux-studio concept` and `mflux-studio concept-from-image` (mflux's flag names)."""
 
 import argparse
+import sys
 from pathlib import Path
 
 from mflux_core.command_args import (
@@ -52,6 +53,8 @@ def run_concept(args: argparse.Namespace) -> list[Path]:
             result = concepts_from_image(manager, seeded, settings)
         else:
             result = generate_with_concepts(manager, seeded, settings)
+        for note in result.notes:
+            print(f"Note: {note}", file=sys.stderr)
         paths = save_concept_result(result, output_path(args.output, seed, len(seeds) > 1))
         layers = " ".join(map(str, result.layers))
         steps = " ".join(map(str, result.timesteps))

@@ -23,13 +23,13 @@ from mflux_core.events import Report, Step, StepClock, result_of
 from mflux_core.generation import initial_noise, run_tool
 from mflux_core.images.io import save_png_atomic
 from mflux_core.metadata import png_text_chunks
+from mflux_core.native_sizes import check_whole_tokens
 from mflux_core.request import GenerationRequest, clean_prompt
 from mflux_core.sampling.latents import image_position_ids, latent_grid, pack_latents
 from mflux_core.sampling.loop import denoise
 from mflux_core.sampling.schedule import flux_sigmas, img2img_start_step
 from mflux_core.tools.common import (
-    check_in_channels, packed_channels, prompt_conditioning, required_image, resolved_request, tool_inputs,
-    with_size,
+    check_in_channels, packed_channels, prompt_conditioning, required_image, resolved_request, with_size,
 )
 
 DEFAULT_LAYERS = (15, 16, 17, 18)  # double-stream blocks of the 19 in FLUX.1, as mflux; clamped to smaller models
@@ -54,6 +54,7 @@ class ConceptResult:
     request: GenerationRequest
     text_chunks: dict[str, str]
     seconds: float
+    notes: tuple[str, ...] = ()  # what the run changed from the request (a size the model makes), as generate's
 
 
 def heatmap_layers(requested: Sequence[int], depth: int) -> tuple[int, ...]:
@@ -101,13 +102,13 @@ def concept_tokens(text_encoders, concepts: Sequence[str], max_sequence_length: 
     return ConceptTokens(mx.concatenate(states, axis=1), tuple(spans))
 
 
-def _result(image, settings, recorder, grid, request, text_chunks, started) -> ConceptResult:
+def _result(image, settings, recorder, grid, request, text_chunks, started, notes=()) -> ConceptResult:
     maps = concept_maps([recorder.scores[key] for key in sorted(recorder.scores)], grid)
     heatmaps = [heatmap_image(token_map, image.size) for token_map in maps]
     return ConceptResult(image=image, concepts=settings.concepts, maps=maps, heatmaps=heatmaps,
                          overlays=[overlay(image, heatmap) for heatmap in heatmaps], layers=recorder.layers,
                          timesteps=tuple(sorted(recorder.steps)), request=request, text_chunks=text_chunks,
-                         seconds=time.perf_counter() - started)
+                         seconds=time.perf_counter() - started, notes=notes)
 
 
 def concept_request(request: GenerationRequest) -> GenerationRequest:
@@ -128,7 +129,7 @@ def generate_with_concepts(manager, request: GenerationRequest, settings: Concep
     request = concept_request(request)
     started = time.perf_counter()
     with manager.session(request, cancelled, report) as model:
-        inputs = tool_inputs(model, request, manager)
+        inputs, notes = manager.sized_inputs(model, request)
         request = inputs.request
         steps = request.steps or model.default_steps
         first = 0 if inputs.start_image_latents is None else img2img_start_step(steps, inputs.image_strength or 0.0)
@@ -149,7 +150,7 @@ def generate_with_concepts(manager, request: GenerationRequest, settings: Concep
                   "concept_attention": {"concepts": list(settings.concepts), "layers": list(layers),
                                         "timesteps": list(timesteps)}}
         grid = latent_grid(request.height, request.width, model.vae_scale_factor)
-        return _result(image, settings, recorder, grid, request, png_text_chunks(request, extras), started)
+        return _result(image, settings, recorder, grid, request, png_text_chunks(request, extras), started, notes)
 
 
 def concepts_from_image(manager, request: GenerationRequest, settings: ConceptSettings,
@@ -163,6 +164,7 @@ def concepts_from_image(manager, request: GenerationRequest, settings: ConceptSe
     with manager.session(request, cancelled, report) as model:
         check_in_channels(model, packed_channels(model), "concept attention", "base (dev or schnell)")
         request = resolved_request(model, with_size(request, photo))
+        check_whole_tokens(model.token_side, (request.width, request.height), "The image's size")
         steps = request.steps or model.default_steps
         layers = heatmap_layers(settings.layers, model.config.num_layers)
         timesteps = heatmap_steps(settings.timesteps, steps)

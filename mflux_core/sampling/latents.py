@@ -9,8 +9,10 @@ from mflux_core.errors import InvalidRequest
 
 
 def latent_grid(height: int, width: int, vae_scale_factor: int) -> tuple[int, int]:
-    """Unpacked latent (h, w) for an image size; even so that 2x2 packing works (as diffusers)."""
-    return 2 * (height // (vae_scale_factor * 2)), 2 * (width // (vae_scale_factor * 2))
+    """Unpacked latent (h, w) for an image size: whole 2x2 tokens, rounded down as diffusers rounds, at least one (a
+    side smaller than a token runs at one token's size: native_sizes.whole_tokens_size)."""
+    token = vae_scale_factor * 2
+    return 2 * max(1, height // token), 2 * max(1, width // token)
 
 
 def pack_latents(latents: mx.array) -> mx.array:

@@ -31,6 +31,7 @@ from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs, run_tool
 from mflux_core.images.io import load_image, load_mask, pil_to_pixels, save_png_atomic
 from mflux_core.loader import load_flux_model
+from mflux_core.native_sizes import check_whole_tokens
 from mflux_core.request import GenerationRequest
 from mflux_core.sampling.latents import image_position_ids, latent_grid
 from mflux_core.tools.common import (
@@ -133,6 +134,7 @@ def examples_fingerprint(config: TrainingConfig) -> str:
 
 
 def encode_examples(model: FluxModel, config: TrainingConfig) -> EncodedExamples:
+    check_whole_tokens(model.token_side, (config.width, config.height), "The training size")
     images, notes = training_images(config)
     pixels = [pil_to_pixels(image, config.width, config.height) for image in images]
     prompts = [model.text_encoders.encode(e.prompt, config.max_sequence_length) for e in config.examples]

@@ -82,15 +82,17 @@ def run_concepts(studio, view, values: dict, session: str):
         from_image = values.get("mode") == FROM_IMAGE
         requests = build_requests(values, studio.request_context())
         run = concepts_from_image if from_image else generate_with_concepts
+        notes = []
         for index, request in enumerate(requests, start=1):
             result = yield from follow(lambda report: run(studio.manager, request, settings, report, cancel.is_set),
                                        cancel, image_progress(view, index, len(requests)))
+            notes.extend(note for note in result.notes if note not in notes)
             written = save_to_outputs(studio.folders.outputs, result, from_image)
             saved.extend(written)
             yield {view.preview: written[2][0], view.results: saved}  # the first concept's overlay
         layers = " ".join(map(str, result.layers))
-        return (f"Done: {', '.join(settings.concepts)} mapped over layers {layers}; "
-                f"{len(saved)} images saved to {studio.folders.outputs}.")
+        return " ".join([f"Done: {', '.join(settings.concepts)} mapped over layers {layers}; "
+                         f"{len(saved)} images saved to {studio.folders.outputs}.", *notes])
 
     yield from page_job(studio, session, view.status, work, final=lambda: {view.results: saved})
 
