@@ -32,10 +32,18 @@ def load_source_transformer(source: ModelSource, dtype: mx.Dtype, evaluated: boo
     bitsandbytes layers become (weights/bnb_layers.py); the caller quantizes the rest. `fp8_scales`: a scaled FP8
     file's layers are held in FP8 (weights/float8.py)."""
     if source.transformer_file is not None:
-        return load_bfl_transformer(source.transformer_file, dtype, evaluated=evaluated, bits=bits,
-                                    fp8_scales=fp8_scales)
+        return load_bfl_transformer(source.transformer_file, dtype, base_rope_axes(source), evaluated=evaluated,
+                                    bits=bits, fp8_scales=fp8_scales)
     return load_transformer(source.folder / "transformer", dtype, evaluated=evaluated, bits=bits,
                             fp8_scales=fp8_scales)
+
+
+def base_rope_axes(source: ModelSource) -> tuple[int, ...] | None:
+    """The position axes a single file's base folder names in transformer/config.json (a BFL file does not say
+    its own; without a base, FLUX.1's are assumed)."""
+    config = source.base_folder / "transformer" / "config.json" if source.base_folder else None
+    axes = read_json(config).get("axes_dims_rope") if config is not None and config.is_file() else None
+    return tuple(axes) if axes else None
 
 
 def load_source_vae(source: ModelSource, dtype: mx.Dtype) -> AutoencoderKL:

@@ -137,6 +137,26 @@ def test_t5_feed_forward_variants_match_transformers(tmp_path, feed_forward_proj
     assert_close(load_t5_encoder(tmp_path / "t5")(mx.array(ids)), expected, f"T5 with {feed_forward_proj}")
 
 
+def test_a_t5_config_naming_no_feed_forward_is_read_as_transformers_reads_it(tmp_path):
+    """T5 v1.0's configs name no feed_forward_proj: transformers reads relu (it was read as gated-gelu, and the
+    checkpoint refused for missing wi_0 / wi_1)."""
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(4)
+    T5EncoderModel(T5Config(vocab_size=99, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                            feed_forward_proj="relu", dropout_rate=0.0)).save_pretrained(tmp_path / "t5")
+    config_path = tmp_path / "t5" / "config.json"
+    config = json.loads(config_path.read_text())
+    for key in ("feed_forward_proj", "dense_act_fn", "is_gated_act"):
+        config.pop(key, None)
+    config_path.write_text(json.dumps(config))
+    reference = T5EncoderModel.from_pretrained(tmp_path / "t5").eval()
+    ids = np.random.default_rng(1).integers(0, 99, (1, 17)).astype(np.int32)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(ids).long()).last_hidden_state.numpy()
+    assert_close(load_t5_encoder(tmp_path / "t5")(mx.array(ids)), expected, "T5 whose config names no feed-forward")
+
+
 def test_relative_position_buckets_match_transformers():
     from transformers.models.t5.modeling_t5 import T5Attention
 

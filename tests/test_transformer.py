@@ -14,8 +14,10 @@ from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpo
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxPosEmbed
 from mlx.utils import tree_flatten
+from PIL import Image
 from safetensors.torch import save_file
 
+from mflux_core import cli
 from mflux_core.errors import ModelLoadError
 from mflux_core.models.rope import apply_rope, rope_tables
 from mflux_core.models.transformer import load_transformer
@@ -325,3 +327,17 @@ def test_bfl_file_loads_like_the_diffusers_folder(models, tmp_path, prefix):
     ours = run_ours(from_bfl, inputs)
     assert relative_error(ours, run_ours(from_folder, inputs)) <= 1e-6
     assert relative_error(ours, run_reference(reference, inputs)) <= RELATIVE_TOLERANCE
+
+
+def test_a_bfl_file_of_other_position_axes_takes_them_from_its_base_folder(tiny_dev, tmp_path):
+    """A BFL file does not say its RoPE axes: `--base-model FOLDER` names them in its transformer/config.json (as
+    diffusers' from_single_file(config=...) reads them), so a test-sized file runs as the folder it came from."""
+    reference = FluxTransformer2DModel.from_pretrained(tiny_dev / "transformer")
+    path = tmp_path / "flux1-tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in diffusers_to_bfl(reference.state_dict()).items()}, path)
+    args = ["--prompt", "a red house", "--seed", "3", "--steps", "2", "--width", "64", "--height", "64"]
+    assert cli.main(["generate", "--path", str(path), "--base-model", str(tiny_dev), *args,
+                     "--output", str(tmp_path / "file.png")]) == 0
+    assert cli.main(["generate", "--path", str(tiny_dev), *args, "--output", str(tmp_path / "folder.png")]) == 0
+    images = [np.asarray(Image.open(tmp_path / name)) for name in ("file.png", "folder.png")]
+    assert np.array_equal(*images) and images[0].std() > 10

@@ -38,8 +38,9 @@ class T5Config:
 
     @classmethod
     def from_dict(cls, config: dict) -> "T5Config":
-        feed_forward_proj = config.get("feed_forward_proj", "gated-gelu")
-        # transformers' T5Config reads "gated-ACT" or "ACT", and maps "gated-gelu" to the tanh GELU.
+        feed_forward_proj = config.get("feed_forward_proj", "relu")
+        # transformers' T5Config reads "gated-ACT" or "ACT" (T5 v1.0's configs name none: relu), and maps
+        # "gated-gelu" to the tanh GELU.
         is_gated = feed_forward_proj.startswith("gated-")
         default_act = "gelu_new" if feed_forward_proj == "gated-gelu" else feed_forward_proj.removeprefix("gated-")
         try:
