@@ -275,6 +275,7 @@ def main() -> None:
             if peer in per_block:
                 ratio_parts.append(f"{size} ours/{peer} {per_block['ours'] / per_block[peer]:.2f}")
         ratio_parts.append(f"{size} ours/floor {floor / per_block['ours'] * 100:.0f}%")
+        del contenders, calls  # or the next size's resident memory counts this size's model, and its peak reads low
     print()
     print(table(["size", "contender", "double s", "single s", "per block s", "of floor", "step s (57)", "cpu s/block", "peak GiB",
                  "spread"], rows))
