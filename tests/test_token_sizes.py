@@ -13,6 +13,7 @@ from mflux_core.events import Step
 from mflux_core.manager import ModelManager
 from mflux_core.native_sizes import check_whole_tokens
 from mflux_core.request import GenerationRequest
+from tests.fixtures import lora_files
 from tests.fixtures.tiny_flux import TinyFluxSpec, build_tiny_flux
 from tests.parity import random_image
 
@@ -67,6 +68,17 @@ def test_inpainting_and_outpainting_on_a_fill_model_make_whole_tokens(manager, m
     outpainted = manager.generate(request(models["fill"], tool="fill", image_path=str(photo),
                                           outpaint_padding="0,8,0,8"))  # a 64x80 canvas
     assert outpainted.image.size == (64, 64)
+
+
+def test_the_in_context_tools_make_panels_of_whole_tokens(manager, models, photo, tmp_path):
+    """IC-Edit decides its panel before In-Context's canvas is built (its 512 px wide panels, or the size asked)."""
+    dims = lora_files.Dims.of(models["fill"])
+    lora, _ = lora_files.write_diffusers_lora(tmp_path / "ic-edit.safetensors", dims, seed=7, layers=[
+        name for name in lora_files.diffusers_linears(dims) if "transformer_blocks." in name])
+    edited = manager.generate(request(models["fill"], tool="ic-edit", image_path=str(photo), prompt="make it red",
+                                      width=48, height=80, extra={"ic_edit_lora": str(lora)}))
+    assert edited.image.size == (32, 64)
+    assert manager.generate(request(models["fill"], tool="in-context", image_path=str(photo))).image.size == (32, 64)
 
 
 def test_a_hires_fix_past_whole_tokens_is_refused_before_a_step(manager, models):

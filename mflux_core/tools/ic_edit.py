@@ -39,10 +39,10 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     reference = required_image(request.image_path, "a reference image", "--reference-image")
     request = request.with_(prompt=edit_prompt(request))
     demo = demo_lora(model, DEMO_LORA_FILE)
-    if demo is not None:  # trained on the demo's own panel sizes: the reference's size, as In-Context takes it
-        request = with_size(request, reference, panels=2)
-    elif request.width is None or request.height is None:
+    if demo is None and (request.width is None or request.height is None):
         width, height = panel_size(*reference.size)
         request = request.with_(width=request.width or width, height=request.height or height)
+    # the demo LoRA was trained on the demo's own panel sizes: the reference's size, as In-Context takes it
+    request = with_size(request, reference, panels=2)
     apply_tool_lora(model, request, engine, str(request.extra.get("ic_edit_lora") or demo or LORA), LORA_SCALE)
     return in_context_inputs(model, request, reference, None, None, "IC-Edit")
