@@ -295,8 +295,7 @@ class ModelManager:
             notes=notes,
         )
 
-    def sized_inputs(self, model: FluxModel,
-                               request: GenerationRequest) -> tuple[ToolInputs, tuple[str, ...]]:
+    def sized_inputs(self, model: FluxModel, request: GenerationRequest) -> tuple[ToolInputs, tuple[str, ...]]:
         """The tool's inputs; built again at a size the model makes when the asked (or input image's) size is not
         one (a demo model's nearest native size; whole tokens of a VAE that scales by more than 8), with a note."""
         if makes_any_size(model.native_sizes, model.token_side):
@@ -310,14 +309,14 @@ class ModelManager:
         asked = (sized.width, sized.height)
         if not model.native_sizes:  # a panel of whole tokens makes a canvas of whole tokens too
             made = whole_tokens_size(model.token_side, *asked)
-            note = made and tokens_note(request.model, model.token_side, asked, made)
-        else:
-            # an in-context diptych's canvas is the model's to make; the request names one panel
-            made = native_size_for(model.native_sizes, *asked) if canvas is None else \
-                native_panel_for(model.native_sizes, asked, canvas)
-            note = made and size_note(request.model, model.native_sizes, asked, made)
+        elif canvas is None:
+            made = native_size_for(model.native_sizes, *asked)
+        else:  # the model paints the canvas (an in-context diptych); the request names one panel
+            made = native_panel_for(model.native_sizes, asked, canvas)
         if made is None:
             return inputs or tool_inputs(model, request, self), ()
+        note = size_note(request.model, model.native_sizes, asked, made) if model.native_sizes else \
+            tokens_note(request.model, model.token_side, asked, made)
         return tool_inputs(model, request.with_(width=made[0], height=made[1]), self), (note,)
 
     def step_preview(self, model: FluxModel) -> Preview | None:
