@@ -157,6 +157,26 @@ def test_a_t5_config_naming_no_feed_forward_is_read_as_transformers_reads_it(tmp
     assert_close(load_t5_encoder(tmp_path / "t5")(mx.array(ids)), expected, "T5 whose config names no feed-forward")
 
 
+def test_t5_in_float16_survives_activations_past_its_range(tmp_path):
+    """T5 v1.1 XXL's feed-forward outputs pass float16's 65,504 (transformers keeps `wo` in float32 for it); here
+    a small T5 whose `wo` is scaled up 30,000x does the same. Its float16 hidden states were NaN; they now run in
+    float32 from float16 weights: 1.3e-3 of the largest value off float32 (transformers' own float16: 1.8e-3)."""
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(5)
+    reference = T5EncoderModel(T5Config(vocab_size=99, d_model=32, d_kv=8, d_ff=64, num_layers=3, num_heads=4,
+                                        feed_forward_proj="gated-gelu", dropout_rate=0.0)).eval()
+    with torch.no_grad():
+        for block in reference.encoder.block:
+            block.layer[1].DenseReluDense.wo.weight.mul_(30_000.0)
+    reference.save_pretrained(tmp_path / "t5")
+    ids = np.random.default_rng(0).integers(0, 99, (1, 12)).astype(np.int32)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(ids).long()).last_hidden_state.numpy()
+    ours = np.array(load_t5_encoder(tmp_path / "t5", mx.float16)(mx.array(ids)).astype(mx.float32))
+    assert np.isfinite(ours).all() and np.abs(ours - expected).max() <= 5e-3 * np.abs(expected).max()
+
+
 def test_relative_position_buckets_match_transformers():
     from transformers.models.t5.modeling_t5 import T5Attention
 

@@ -193,7 +193,10 @@ class T5Encoder(nn.Module):
 
     def __call__(self, input_ids: mx.array) -> mx.array:
         """input_ids (B, L) -> hidden states (B, L, d_model)."""
-        return self.encoder(self.shared(input_ids))
+        x = self.shared(input_ids)
+        # T5 v1.1's feed-forward outputs pass float16's range (T5-XXL's reach 1e5; transformers keeps `wo` in float32
+        # for it): with float16 weights the activations run in float32, each layer's weight promoted as it is used
+        return self.encoder(x.astype(mx.float32) if x.dtype == mx.float16 else x)
 
 
 def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
