@@ -341,3 +341,22 @@ def test_a_bfl_file_of_other_position_axes_takes_them_from_its_base_folder(tiny_
     assert cli.main(["generate", "--path", str(tiny_dev), *args, "--output", str(tmp_path / "folder.png")]) == 0
     images = [np.asarray(Image.open(tmp_path / name)) for name in ("file.png", "folder.png")]
     assert np.array_equal(*images) and images[0].std() > 10
+
+
+def test_float16_clips_the_streams_as_diffusers_does(tiny_dev, tmp_path):
+    """FLUX.1's text stream outgrows float16; diffusers clips each block's text output (and the single blocks'
+    output) to +-65504. Here the text MLP's output layer is scaled up 300,000x so the text stream passes that range:
+    ours in float16 went to NaN; it now matches diffusers' float16 (measured 9e-4 of the largest value)."""
+    reference = FluxTransformer2DModel.from_pretrained(tiny_dev / "transformer").eval()
+    with torch.no_grad():
+        for block in reference.transformer_blocks:
+            block.ff_context.net[2].weight.mul_(3e5)
+    reference.save_pretrained(tmp_path / "transformer")
+    inputs = {k: v.astype(np.float16) if k not in ("img_ids", "txt_ids") else v
+              for k, v in random_inputs(reference, seed=2).items()}
+    with torch.no_grad():
+        text = reference.float().context_embedder(torch.from_numpy(inputs["encoder_hidden_states"]).float())
+    expected = run_reference(reference.half(), inputs).astype(np.float32)
+    ours = np.array(run_ours(load_transformer(tmp_path / "transformer", mx.float16), inputs)).astype(np.float32)
+    assert np.isfinite(expected).all() and float(text.abs().max()) < 65504  # the overflow is the blocks' own
+    assert np.isfinite(ours).all() and relative_error(ours, expected) <= 2e-2

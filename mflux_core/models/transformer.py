@@ -25,6 +25,7 @@ from mflux_core.weights.loading import load_component
 NORM_EPS = 1e-6
 TIMESTEP_CHANNELS = 256
 MLP_RATIO = 4
+HALF_MAX = 65504.0  # the largest finite float16
 
 
 @dataclass(frozen=True)
@@ -276,6 +277,12 @@ class FeedForward(nn.Module):
         return self.net[2](self.net[0](x))
 
 
+def within_half_range(x: mx.array) -> mx.array:
+    """x clipped to float16's finite range when it is float16 (diffusers clips there too): FLUX.1's text stream
+    outgrows float16, and an infinity there turns the next block's norms, and so the image, to NaN."""
+    return mx.clip(x, -HALF_MAX, HALF_MAX) if x.dtype == mx.float16 else x
+
+
 def residual_update(x: mx.array, attended: mx.array, attn_mod: Modulation, mlp_mod: Modulation, ff: FeedForward):
     """One stream of a double block after attention: gated attention residual, then the gated MLP."""
     x = gated_residual(x, attn_mod.gate, attended)
@@ -309,7 +316,7 @@ class DoubleStreamBlock(nn.Module):
 
     def text_update(self, text: mx.array, attended: mx.array, modulation: list[Modulation]) -> mx.array:
         """The text stream after attention, from its attention output (B, L, heads * head_dim)."""
-        return residual_update(text, self.attn.to_add_out(attended), *modulation, self.ff_context)
+        return within_half_range(residual_update(text, self.attn.to_add_out(attended), *modulation, self.ff_context))
 
     def __call__(self, image: mx.array, text: mx.array, temb: mx.array, rope: tuple[mx.array, mx.array],
                  hook: AttentionHook | None = None, index: int = 0, mask: mx.array | None = None):
@@ -342,7 +349,7 @@ class SingleStreamBlock(nn.Module):
         (mod,) = self.norm(temb)
         normed = modulated_layer_norm(x, mod.shift, mod.scale)
         mixed = mx.concatenate([self.attn(normed, rope, mask), gelu_tanh(self.proj_mlp(normed))], axis=-1)
-        return gated_residual(x, mod.gate, self.proj_out(mixed))
+        return within_half_range(gated_residual(x, mod.gate, self.proj_out(mixed)))
 
 
 class BlockTap(Protocol):
