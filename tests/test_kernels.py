@@ -60,3 +60,18 @@ def test_cpu_attention_matches_torch(magnitude, masked):
         attn_mask=None if mask is None else torch.tensor(mask, dtype=torch.float64), scale=head_dim**-0.5)
     reference = reference.transpose(1, 2).reshape(1, tokens, heads * head_dim).numpy()
     assert np.abs(np.asarray(ours) - reference).max() / np.abs(reference).max() <= 2e-5
+
+
+def test_cpu_attention_in_float16_past_its_range():
+    """The CPU attention normalises after the product with V: over 4,608 keys (1024 px) of flat attention and
+    values near 20, those sums pass float16's 65,504. It computes float16 in float32 now (it returned infinities)."""
+    rng = np.random.default_rng(3)
+    heads, tokens, head_dim = 2, 4608, 16
+    q, k = (rng.standard_normal((1, heads, tokens, head_dim)).astype(np.float32) * 0.1 for _ in range(2))
+    v = (20 + rng.standard_normal((1, heads, tokens, head_dim))).astype(np.float32)
+    ours = kernels.attention(*(mx.array(a).astype(mx.float16) for a in (q, k, v)), head_dim**-0.5)
+    reference = torch.nn.functional.scaled_dot_product_attention(
+        *(torch.tensor(a, dtype=torch.float16).double() for a in (q, k, v)), scale=head_dim**-0.5)
+    reference = reference.transpose(1, 2).reshape(1, tokens, heads * head_dim).numpy()
+    assert ours.dtype == mx.float16
+    assert np.abs(np.asarray(ours.astype(mx.float32)) - reference).max() / np.abs(reference).max() <= 1e-3

@@ -224,7 +224,14 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.arra
 
 def _chunks_for(q: mx.array, k: mx.array, gpu: bool) -> AttentionChunks:
     batch, heads, tokens, _ = q.shape
-    return AttentionChunks(batch, heads, tokens, k.shape[2], q.dtype.size, gpu=gpu)
+    itemsize = q.dtype.size if gpu else _cpu_compute_dtype(q.dtype).size
+    return AttentionChunks(batch, heads, tokens, k.shape[2], itemsize, gpu=gpu)
+
+
+def _cpu_compute_dtype(dtype: mx.Dtype) -> mx.Dtype:
+    """float32 for float16: the softmax is normalised after the product with V, whose sums over thousands of keys
+    pass float16's 65,504 (4,608 keys of values above 14 do at 1024 px)."""
+    return mx.float32 if dtype == mx.float16 else dtype
 
 
 def _fused_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None = None) -> mx.array:
@@ -246,16 +253,16 @@ def _cpu_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx
     elementwise work with the next chunk's matmuls, measured 7-10% slower at 1024 px once the exp was
     vectorised (two threads of BLAS and one of elementwise work on two cores)."""
     mx.set_cache_limit(cpu_buffer_cache_bytes())
-    head_dim = q.shape[-1]
-    values = mx.concatenate([v, mx.ones((*v.shape[:-1], 1), dtype=v.dtype)], axis=-1)
-    bias = None if mask is None else (mask / EXP_ROOT).astype(q.dtype)
+    head_dim, compute = q.shape[-1], _cpu_compute_dtype(q.dtype)
+    values = mx.concatenate([v, mx.ones((*v.shape[:-1], 1), dtype=v.dtype)], axis=-1).astype(compute)
+    bias = None if mask is None else (mask / EXP_ROOT).astype(compute)
 
     def chunk(head: slice, rows: slice) -> mx.array:
-        scores = (q[:, head, rows] * (scale / EXP_ROOT)) @ k[:, head].swapaxes(-1, -2)
+        scores = (q[:, head, rows].astype(compute) * (scale / EXP_ROOT)) @ k[:, head].astype(compute).swapaxes(-1, -2)
         if bias is not None:
             scores = scores + bias[rows]
         out = _token_major(_softmax_numerator(scores) @ values[:, head])
-        return out[..., :head_dim] / out[..., head_dim:]
+        return (out[..., :head_dim] / out[..., head_dim:]).astype(q.dtype)
 
     return _assemble([[chunk(*where) for where in row] for row in _chunks_for(q, k, gpu=False).grid()])
 
