@@ -170,7 +170,7 @@ def _named(labels: dict[str, str]) -> Callable[[str, str], tuple[str, ...]]:
         names = []
         for part in _texts(text, what):
             if part.lower().replace(" ", "") not in known:
-                raise InvalidRequest(f"{what}: {part[:40]!r} is not one of {', '.join(labels)}.")
+                raise InvalidRequest(f"{what}: {part[:40]!r} is not one of {', '.join(labels.values())}.")
             names.append(known[part.lower().replace(" ", "")])
         return tuple(names)
 

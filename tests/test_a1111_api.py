@@ -14,6 +14,7 @@ import json
 import shutil
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
@@ -463,8 +464,8 @@ def test_the_sd_upscale_script_runs_the_upscale_tool_in_tiles_as_a1111_clients_a
     example = upscale_example(EVALUATION_SEED, 0, IMAGE_SIZE, held_out=True)
     picture = Image.fromarray(example.image)
     listed = ["x/y/z plot", "prompt matrix", "prompts from file or textbox"]
-    assert answer(studio.http.get("/scripts")) == {"txt2img": [*listed, "adetailer"],
-                                                   "img2img": [*listed, "sd upscale", "adetailer"]}
+    assert answer(studio.http.get("/scripts")) == {"txt2img": [*listed, "controlnet", "adetailer"],
+                                                   "img2img": [*listed, "sd upscale", "controlnet", "adetailer"]}
     body = made(studio.http.post("/img2img", json={
         "init_images": [b64(picture)], "prompt": example.caption, "seed": 71, "steps": 4, "width": 64, "height": 64,
         "denoising_strength": 0.35, "script_name": "SD upscale", "script_args": ["", 16, 1, 4], "save_images": True,
@@ -861,6 +862,26 @@ def test_options_post_switches_the_model_for_later_requests(studio):
         assert body["info"]["sd_model_name"] == COPY and f"Model: {COPY}" in body["info"]["infotexts"][0]
     finally:
         studio.http.post("/options", json={"sd_model_checkpoint": "demo"})
+    studio.http.post("/options", json={"sd_model_checkpoint": COPY})
+    assert studio.http.post("/options", json={"sd_model_checkpoint": None}).status_code == 200  # the default again
+    assert answer(studio.http.get("/options"))["sd_model_checkpoint"] == "demo"
+
+
+def test_img2img_answers_leave_out_the_inputs_and_keep_none_unless_the_images_are_saved(studio):
+    """As A1111: the answer's parameters repeat the init images and mask only with include_init_images, and with
+    save_images off (its default) no input is kept on disk; a saved result keeps the input its metadata names."""
+    inputs = studio.folders.outputs / "inputs"
+    before = set(inputs.rglob("*")) if inputs.exists() else set()
+    picture = b64(Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (200, 30, 30)))
+    mask = b64(Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 255))
+    fields = {"init_images": [picture], "mask": mask, "prompt": CAPTION, "seed": 4242, "steps": 1}
+    body = made(studio.http.post("/img2img", json=fields))
+    assert (body["parameters"]["init_images"], body["parameters"]["mask"]) == (None, None)
+    assert (set(inputs.rglob("*")) if inputs.exists() else set()) == before
+    echoed = made(studio.http.post("/img2img", json={**fields, "include_init_images": True, "save_images": True}))
+    assert (echoed["parameters"]["init_images"], echoed["parameters"]["mask"]) == ([picture], mask)
+    (saved,) = saved_requests(studio, 4242)
+    assert Path(saved["image_path"]).is_file() and Path(saved["image_path"]).parent == inputs
 
 
 def test_forges_modules_pick_a_t5_file_for_one_call_or_by_the_options(studio):
@@ -1043,6 +1064,13 @@ def test_png_info_reads_our_pngs_a1111s_and_comfyuis(studio):
     from_jpeg = answer(studio.http.post("/png-info", json={"image": base64.b64encode(jpeg.getvalue()).decode()}))
     assert from_jpeg["info"] == text and from_jpeg["parameters"] == theirs["parameters"]
     assert from_jpeg["settings"] == theirs["settings"]
+    metadata = json.loads(decoded(body["images"][0]).text["mflux_studio"])
+    metadata["request"]["steps"] = 0  # a value the page would refuse to restore
+    damaged = PngImagePlugin.PngInfo()
+    damaged.add_text("parameters", ours["info"])
+    damaged.add_text("mflux_studio", json.dumps(metadata))
+    read = answer(studio.http.post("/png-info", json={"image": b64(Image.new("RGB", (8, 8)), damaged)}))
+    assert (read["info"], read["parameters"]["Seed"], read["settings"]) == (ours["info"], "77", {})
 
 
 def test_the_listings_clients_probe_answer(studio):
@@ -1121,6 +1149,10 @@ def test_samplers_and_schedulers_are_picked_by_a1111s_names(fields, settings, ig
      "threshold_a"),
     ("/txt2img", {"override_settings": {"sd_model_checkpoint": "dev"}}, 400, "not on this machine"),  # listed, absent
     ("/png-info", {}, 422, "'image'"),
+    ("/extra-single-image", {"image": b64(Image.new("RGB", (16, 16))), "upscaler_1": "Lanczos",
+                             "upscaling_resize": 0.01}, 422, "'upscaling_resize'"),  # A1111's range: 1 to 8
+    ("/txt2img", {"script_name": "Prompts from file or textbox", "script_args": [False, False, "start", "a\n" * 101]},
+     400, "101 images; one answer holds at most 100"),
 ])
 def test_bad_requests_get_a1111_errors(studio, path, body, status, words):
     assert words in assert_a1111_error(studio.http.post(path, json=body), status)
@@ -1133,6 +1165,9 @@ def test_bad_bodies_get_a1111_errors_and_auth_is_the_pages(studio):
         assert number.decode() in assert_a1111_error(studio.http.post("/txt2img", content=body), 400)
     digits = b'{"prompt": "x", "seed": ' + b"9" * 5000 + b'}'  # past the 4,300 digits Python reads
     assert "number too long" in assert_a1111_error(studio.http.post("/txt2img", content=digits), 400)
+    nested = b'{"prompt": "x", "a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert "too deeply" in assert_a1111_error(studio.http.post("/txt2img", content=nested), 400)
+    assert "/sdapi/v1/txt2img takes POST, not GET" in assert_a1111_error(studio.http.get("/txt2img"), 405)
     guarded = FastAPI(routes=sdapi_router(studio.studio, auth=("ann", "s3cret")).routes)
     with TestClient(guarded, base_url="http://127.0.0.1/sdapi/v1") as client:
         refused = client.get("/sd-models")

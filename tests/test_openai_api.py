@@ -33,6 +33,7 @@ from tests.fixtures.shape_classifier import classify
 from tests.test_webui_browser import free_port, request_in
 from webui.app import build_app, launch_kwargs
 from webui.gallery import history
+from webui import api_server
 from webui.api_server import JobThreads
 from webui.openai_api import ApiError
 from webui.openai_stream import partial_steps, server_sent
@@ -221,6 +222,21 @@ def test_an_image_alone_on_a_fill_model_is_filled_where_it_is_transparent(studio
     assert response.status_code == 200, response.text
     saved = saved_request(studio, response.json()["data"][0]["url"])
     assert saved["tool"] == "fill" and saved["keep_unmasked"]
+    assert np.array_equal(pixels(saved["masked_image_path"]) > 127, mask)
+
+
+@pytest.mark.parametrize("model", ["dall-e-2", None])
+def test_a_dall_e_2_edit_of_an_image_with_transparency_fills_that_area(studio, model):
+    """OpenAI's dall-e-2, also its default model for edits: with no mask, the image's transparent area is the
+    mask (on the default Fill model, the demo's here)."""
+    example = studio.examples["fill"][0]
+    source, mask = pixels(example.images["image"]), pixels(example.images["mask"]) > 127
+    holed = np.dstack([source, np.where(mask, 0, 255).astype(np.uint8)])
+    fields = {"prompt": example.prompt, "seed": 0, "response_format": "url", **({"model": model} if model else {})}
+    response = edit(studio, png_bytes(Image.fromarray(holed, "RGBA")), fields)
+    assert response.status_code == 200, response.text
+    saved = saved_request(studio, response.json()["data"][0]["url"])
+    assert (saved["tool"], saved["model"]) == ("fill", "demo-fill")
     assert np.array_equal(pixels(saved["masked_image_path"]) > 127, mask)
 
 
@@ -481,6 +497,38 @@ def test_bad_bodies_and_uploads_get_openai_errors(studio):
     masked_kontext = edit(studio, photo, {"prompt": "x", "model": "demo-kontext"}, mask=smaller)
     assert "Fill" in assert_openai_error(masked_kontext, 400, "model")
     assert "not_found" == studio.http.get("/v1/files/2026-01-01/none.png").json()["error"]["code"]
+    nested = studio.http.post("/v1/images/generations", content=b'{"prompt": "x", "a": ' + b"[" * 100_000 +
+                              b"]" * 100_000 + b"}")
+    assert "too deeply" in assert_openai_error(nested, 400)
+    many = studio.http.post("/v1/images/edits", data={"prompt": "x"},
+                            files=[("image[]", (f"{n}.png", photo)) for n in range(19)])
+    assert "at most 16 images; 19 were sent" in assert_openai_error(many, 400, "image")
+
+
+def test_a_chunked_body_past_the_limit_is_refused_as_it_is_read(studio, monkeypatch):
+    """A body sent in chunks states no length: it is counted as it arrives (the limit lowered here to 1 MB)."""
+    monkeypatch.setattr(api_server, "MAX_BODY_BYTES", 2**20)
+
+    def chunks():
+        yield b'{"prompt": "'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"}'
+
+    refused = studio.http.post("/v1/images/generations", content=chunks(), headers={"Content-Type": "application/json"})
+    assert "larger than 1 MB" in assert_openai_error(refused, 413)
+
+
+def test_openais_own_model_names_and_unknown_routes(studio):
+    """Apps that check a model before using it (GET /v1/models/{id}) may name any of OpenAI's image models, which
+    run the tool's default; a route the studio does not serve answers in OpenAI's error shape."""
+    for name in ("dall-e-3", "gpt-image-1", "chatgpt-image-latest"):
+        assert studio.http.get(f"/v1/models/{name}").json()["id"] == name
+    made = studio.http.post("/v1/images/generations", json={"prompt": CAPTION, "model": "chatgpt-image-latest",
+                                                            "size": "64x64", "response_format": "url"})
+    assert saved_request(studio, made.json()["data"][0]["url"])["model"] == "demo"
+    chat = studio.http.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": []})
+    assert "Invalid URL (POST /v1/chat/completions)" in assert_openai_error(chat, 404, code="unknown_url")
 
 
 def test_with_auth_every_route_asks_for_the_pages_credentials(studio):
@@ -498,5 +546,12 @@ def test_with_auth_every_route_asks_for_the_pages_credentials(studio):
                             code="invalid_api_key")
         assert httpx.get(url, auth=("ann", "s3cret")).json()["object"] == "list"  # HTTP basic
         assert httpx.get(url, headers={"Authorization": "Bearer ann:s3cret"}).status_code == 200  # as an api_key
+        made = httpx.post(url.replace("models", "images/generations"), auth=("ann", "s3cret"), timeout=TIMEOUT_S,
+                          json={"prompt": CAPTION, "size": "64x64", "response_format": "url"})
+        signed = made.json()["data"][0]["url"]  # as OpenAI's: it opens without the credentials, for an hour
+        assert httpx.get(signed).headers["content-type"] == "image/png"
+        assert_openai_error(httpx.get(signed.split("?")[0]), 401, code="invalid_api_key")
+        assert_openai_error(httpx.get(signed[:-1] + ("0" if signed[-1] != "0" else "1")), 401, code="invalid_api_key")
+        assert httpx.get(signed.split("?")[0], auth=("ann", "s3cret")).status_code == 200
     finally:
         app.close()

@@ -413,8 +413,8 @@ def test_plot_axes_take_names_or_a1111_labels():
     assert {(c.request.sampler, c.request.schedule) for c in cells} == {
         (a, b) for a in samplers.values for b in schedules.values}
     with pytest.raises(InvalidRequest,
-                       match="The Sampler axis: 'ddim' is not one of euler, euler_a, heun, dpm\\+\\+2m, "
-                             "dpm\\+\\+2m_sde, unipc."):
+                       match="The Sampler axis: 'ddim' is not one of Euler, Euler a, Heun, DPM\\+\\+ 2M, "
+                             "DPM\\+\\+ 2M SDE, UniPC."):
         parse_axis_flag("sampler=euler, ddim")
 
 

@@ -26,11 +26,13 @@ ignored and named in the answer's `info` ("ignored"). Errors are A1111's shape: 
 """
 
 import json
+import tempfile
 import threading
 import time
-from pathlib import Path
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 from fastapi import APIRouter, Request
@@ -41,7 +43,7 @@ from safetensors import safe_open
 
 from mflux_core.app_metadata import SIZE_TEXT
 from mflux_core.controlnet_units import MAX_UNITS
-from mflux_core.errors import Cancelled, StudioError
+from mflux_core.errors import Cancelled, InvalidRequest, StudioError
 from mflux_core.events import Step
 from mflux_core.images.io import load_image
 from mflux_core.images.resize_modes import RESIZE_MODES, resize_to
@@ -71,7 +73,7 @@ from webui.a1111_wire import (SdApiError, as_file, b64_png, base64_data, decoded
                               without_hash)
 from webui.api_server import MAX_WAITING, ApiFields, JobThreads, api_routes, json_object, studio_models
 from webui.gallery import save_grids, save_result
-from webui.requests import cell_finisher, requests_from_settings, with_tagged_loras
+from webui.requests import InputStore, cell_finisher, requests_from_settings, with_tagged_loras
 from webui.turns import job_about, request_about
 from webui.widgets import model_choices
 
@@ -132,6 +134,7 @@ class Img2ImgParams(Txt2ImgParams):
     mask_blur: int = Field(4, ge=0, le=MAX_MASK_BLUR)  # A1111's default
     inpainting_fill: int = Field(0, ge=0, le=3)  # masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing
     resize_mode: int = Field(0, ge=0, le=3)  # 3: A1111's "just resize (latent upscale)", done here as 0
+    include_init_images: bool = False  # the answer's parameters repeat the init images and mask
 
 
 def ignored_fields(params: BaseModel) -> list[str]:
@@ -351,6 +354,8 @@ def images_answer(fields: dict, params: Txt2ImgParams, job: ApiJob, results: lis
     }
     images = [b64_png(image, chunks) for image, chunks in pictures] if params.send_images else []
     parameters = {**params.model_dump(exclude={"init_images", "mask"}), **fields}
+    if isinstance(params, Img2ImgParams) and not params.include_init_images:
+        parameters.update(init_images=None, mask=None)  # as A1111: the inputs are not sent back
     return {"images": images, "parameters": parameters, "info": json.dumps(info)}
 
 
@@ -365,7 +370,7 @@ def guidance_settings(tool: str, params: Txt2ImgParams, ignored: list[str]) -> d
             return {**settings, "negative_prompt": params.negative_prompt, "true_cfg_scale": params.cfg_scale}
         ignored.append(f"cfg_scale and negative_prompt (the {tool} tool has no true CFG)")
     elif params.negative_prompt.strip():
-        ignored.append("negative_prompt (cfg_scale 1 turns true CFG off)")
+        ignored.append("negative_prompt (true CFG, which reads it, needs cfg_scale above 1)")
     return settings
 
 
@@ -386,7 +391,7 @@ def job_requests(studio, tool: str, model: str, params: Txt2ImgParams, ignored: 
     return requests_from_settings(settings, studio.request_context(), **inputs)
 
 
-def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[str, dict, dict]:
+def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str], store: InputStore) -> tuple[str, dict, dict]:
     """(tool, settings, input paths) of an img2img call: the init image (and mask) at the output size by `resize_mode`;
     a mask makes it Fill (white = repainted; inverted by inpainting_mask_invert), none image-to-image. With a mask
     and inpaint_full_res (A1111's default) only the area around the mask is inpainted and the image keeps its size."""
@@ -396,7 +401,7 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
     if len(params.init_images) > 1:
         ignored.append("init_images after the first")
     if is_sd_upscale(params.script_name):
-        return sd_upscale_inputs(studio, params, image, ignored)
+        return sd_upscale_inputs(studio, params, image, ignored, store)
     unknown_script(params, IMG2IMG_SCRIPTS, ignored)
     units = enabled_units(params.alwayson_scripts, ignored)
     if params.denoising_strength == 0:  # the studio's image strength would be 1, which it refuses under its own name
@@ -406,14 +411,13 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
     size = (params.width or max(16, image.width // 16 * 16), params.height or max(16, image.height // 16 * 16))
     check_image_size(*size, "The requested image")  # before resizing to it
     mode = RESIZE_MODES[params.resize_mode] if params.resize_mode in range(len(RESIZE_MODES)) else RESIZE_MODES[0]
-    store = studio.request_context().inputs
     settings = {"image_strength": round(1 - params.denoising_strength, 6), "width": size[0], "height": size[1]}
     only_masked = params.mask is not None and params.inpaint_full_res  # Fill keeps the image's size
     init = image if only_masked else resize_to(image, *size, mode)
     if params.mask is None:
         inputs = {"image_path": store.save(init, "api-image")}
     if params.mask is None and units:  # the ControlNets steering image-to-image
-        unit_fields, control_inputs = units_inputs(studio, units, ignored, init_image=image)
+        unit_fields, control_inputs = units_inputs(studio, units, ignored, store, init_image=image)
         return "controlnet", {**unit_fields, **settings}, {**inputs, **control_inputs}
     if params.mask is None:
         return "generate", settings, inputs
@@ -436,7 +440,8 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str]) -> tuple[s
                               "masked_image_path": store.save(mask, "api-mask")}
 
 
-def sd_upscale_inputs(studio, params: Img2ImgParams, image: Image.Image, ignored: list[str]) -> tuple[str, dict, dict]:
+def sd_upscale_inputs(studio, params: Img2ImgParams, image: Image.Image, ignored: list[str],
+                      store: InputStore) -> tuple[str, dict, dict]:
     """A1111's SD upscale script: the Upscale tool in tiles (a1111_scripts.py), from the init image as it is."""
     if params.mask is not None:
         ignored.append("mask (SD upscale regenerates the whole image)")
@@ -446,7 +451,7 @@ def sd_upscale_inputs(studio, params: Img2ImgParams, image: Image.Image, ignored
     upscalers = [entry["name"] for entry in upscaler_listing(studio.manager.models_dir)]
     settings = sd_upscale_settings(params.script_args, params.width, params.height, params.denoising_strength,
                                    upscalers, ignored)
-    return "upscale", settings, {"image_path": studio.request_context().inputs.save(image, "api-image")}
+    return "upscale", settings, {"image_path": store.save(image, "api-image")}
 
 
 def masked_content_strength(params: Img2ImgParams, image_strength: float, ignored: list[str]) -> float | None:
@@ -459,7 +464,7 @@ def masked_content_strength(params: Img2ImgParams, image_strength: float, ignore
     return None if params.inpainting_fill in (2, 3) else image_strength or None
 
 
-def txt2img_inputs(studio, params: Txt2ImgParams, ignored: list[str]) -> tuple[str, dict, dict]:
+def txt2img_inputs(studio, params: Txt2ImgParams, ignored: list[str], store: InputStore) -> tuple[str, dict, dict]:
     """(tool, settings, input paths) of a txt2img call: text-to-image, or the ControlNet tool when an enabled
     ControlNet unit comes with it; either with the hires fix when asked for (the units then steer both passes)."""
     unknown_script(params, (), ignored)
@@ -471,7 +476,7 @@ def txt2img_inputs(studio, params: Txt2ImgParams, ignored: list[str]) -> tuple[s
         del hires["hires_upscaler"]
         ignored.append(f"hr_upscaler {HIRES_UPSCALERS[1]!r} (with a ControlNet unit, its ControlNets steer the second "
                        f"pass: {HIRES_UPSCALERS[0]} ran)")
-    settings, inputs = units_inputs(studio, units, ignored)
+    settings, inputs = units_inputs(studio, units, ignored, store)
     return "controlnet", {**settings, **hires}, inputs
 
 
@@ -482,10 +487,30 @@ def unknown_script(params: Txt2ImgParams, scripts: tuple[str, ...], ignored: lis
         ignored.append(f"script_name {params.script_name!r} (the studio runs {', '.join(known)})")
 
 
+@contextmanager
+def call_inputs(studio, kept: bool):
+    """Where one call's input images go: `<outputs>/inputs/`, as the page's, where a saved result's metadata points
+    at them; when its results are not saved (save_images off, A1111's default) a folder of the call's own there,
+    removed after it, as A1111 keeps no input."""
+    store = studio.request_context().inputs
+    if kept:
+        yield store
+        return
+    store.folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".call-", dir=store.folder) as folder:
+        yield InputStore(Path(folder))
+
+
 def make_images(gone: threading.Event, studio, state: SdApiState, fields: dict, img2img: bool) -> dict:
     params = parsed(Img2ImgParams if img2img else Txt2ImgParams, fields)
+    with call_inputs(studio, params.save_images) as store:
+        return images_made(gone, studio, state, fields, params, img2img, store)
+
+
+def images_made(gone: threading.Event, studio, state: SdApiState, fields: dict, params: Txt2ImgParams, img2img: bool,
+                store: InputStore) -> dict:
     ignored = ignored_fields(params)
-    tool, settings, inputs = (img2img_inputs if img2img else txt2img_inputs)(studio, params, ignored)
+    tool, settings, inputs = (img2img_inputs if img2img else txt2img_inputs)(studio, params, ignored, store)
     settings = with_face_fix(tool, settings, params, ignored)
     model = model_for(studio, tool, params, state.checkpoint, ignored)
     settings.update(model_settings(studio, {**state.module_options, **chosen_options(params.override_settings)}))
@@ -592,7 +617,7 @@ def png_info(text: str) -> dict:
         chunks = {k: v for k, v in load_image_info(path).items() if isinstance(v, str)}
         try:
             settings = settings_from_png(path)
-        except PresetError:
+        except (PresetError, InvalidRequest):  # metadata the page could not restore: the texts are still answered
             settings = {}
     info = chunks.pop(A1111_KEY, "")  # A1111 answers its text as `info`, not among the items
     return {"info": info, "items": chunks, "parameters": infotext_parameters(info), "settings": settings}
@@ -620,7 +645,7 @@ def infotext_parameters(text: str) -> dict:
 def load_image_info(path: str) -> dict:
     """The image's metadata (a PNG's text chunks, a JPEG's A1111 text), after load_image checked that it is an image
     we read."""
-    load_image(path, name="image")
+    load_image(path, name="sent as image")
     return image_metadata(Path(path))
 
 
@@ -663,8 +688,9 @@ def sdapi_router(studio, auth=None) -> APIRouter:
     @route("POST", "/sdapi/v1/options")
     async def set_options(request: Request):
         fields = await json_object(request, SdApiError)
-        if "sd_model_checkpoint" in fields:
-            state.checkpoint = checkpoint_name(studio, fields.pop("sd_model_checkpoint"))
+        if "sd_model_checkpoint" in fields:  # null: back to each tool's default model
+            title = fields.pop("sd_model_checkpoint")
+            state.checkpoint = None if title is None else checkpoint_name(studio, title)
         if chosen_options(fields):
             options = {**state.module_options, **chosen_options(fields)}
             model_settings(studio, options)  # 400 for what the studio cannot use, before it is kept
@@ -711,8 +737,8 @@ def sdapi_router(studio, auth=None) -> APIRouter:
         "embeddings": lambda: {"loaded": {}, "skipped": {}},
         # ADetailer as A1111 lists an always-on script (clients such as webuiapi look for it there)
         "script-info": lambda: script_info([entry["name"] for entry in upscaler_listing(studio.manager.models_dir)]),
-        "scripts": lambda: {"txt2img": [*BOTH_TABS_SCRIPTS, ADETAILER_SCRIPT],
-                            "img2img": [*BOTH_TABS_SCRIPTS, *IMG2IMG_SCRIPTS, ADETAILER_SCRIPT]},
+        "scripts": lambda: {"txt2img": [*BOTH_TABS_SCRIPTS, CONTROLNET_SCRIPT, ADETAILER_SCRIPT],
+                            "img2img": [*BOTH_TABS_SCRIPTS, *IMG2IMG_SCRIPTS, CONTROLNET_SCRIPT, ADETAILER_SCRIPT]},
     }
     for name, listing in listings.items():
         async def answer(request: Request, listing=listing):
@@ -749,19 +775,27 @@ def sdapi_router(studio, auth=None) -> APIRouter:
         model = model_for(studio, "upscale", Txt2ImgParams(), state.checkpoint, [])
         settings = {"tool": "upscale", "model": model, "prompt": "", "width": width, "height": height,
                     "seed": EXTRAS_SEED}
-        inputs = studio.request_context().inputs
-        requests = requests_from_settings(settings, studio.request_context(),
-                                          image_path=inputs.save(image, "api-extras"))
-        results = run_job(studio, state, ApiJob("extras", 1), requests, False, threading.Event())  # not watched
+        with call_inputs(studio, kept=False) as inputs:  # extras save no result
+            requests = requests_from_settings(settings, studio.request_context(),
+                                              image_path=inputs.save(image, "api-extras"))
+            results = run_job(studio, state, ApiJob("extras", 1), requests, False, threading.Event())  # not watched
         if not results:
             raise SdApiError(409, "The upscale was interrupted before it finished.")
         return results[0].image
 
     add_extras_routes(route, threads, json_object, run_upscale,
                       lambda name: upscaler_file(studio.manager.models_dir, name) is not None)
+    async def not_here(request: Request):
+        path = request.url.path
+        methods = sorted({method for known in router.routes if getattr(known, "path", None) == path
+                          for method in known.methods})
+        if methods:  # as A1111 (FastAPI) answers a route asked with another method
+            raise SdApiError(405, f"{path} takes {' or '.join(methods)}, not {request.method}.")
+        raise SdApiError(404, f"The studio has no {request.method} {path}: it serves A1111's txt2img, img2img, extras "
+                              "upscaling, options, progress, interrupt, png-info and the model listings.")
+
     for method in ("GET", "POST"):
         route(method, "/sdapi/v1/{rest:path}")(not_here)
-
     return router
 
 
@@ -785,7 +819,3 @@ def realesrgan_listing(models_dir: Path | None) -> list[dict]:
 async def nothing_to_do(request: Request):
     return JSONResponse(None)
 
-
-async def not_here(request: Request):
-    raise SdApiError(404, f"The studio has no {request.method} {request.url.path}: it serves A1111's txt2img, "
-                          "img2img, extras upscaling, options, progress, interrupt, png-info and the model listings.")

@@ -40,6 +40,7 @@ from mflux_core.request import check_image_size
 from mflux_core.settings_schema import MAX_SIDE
 from webui.a1111_wire import SdApiError, b64_png, decoded_image, parsed, without_hash
 from webui.api_server import ApiFields, studio_models
+from webui.requests import InputStore
 from webui.widgets import model_choices
 
 SCRIPT = "controlnet"  # its key in alwayson_scripts (any case)
@@ -103,10 +104,10 @@ def enabled_units(scripts: dict, ignored: list[str]) -> list[ControlNetUnit]:
     return units[:MAX_UNITS]
 
 
-def units_inputs(studio, units: list[ControlNetUnit], ignored: list[str], init_image=None) -> tuple[dict, dict]:
-    """(the ControlNet tool's settings, its input paths) for the enabled units: the first as the request's own
-    ControlNet, the others as its further units (mflux_core/controlnet_units.py)."""
-    store = studio.request_context().inputs
+def units_inputs(studio, units: list[ControlNetUnit], ignored: list[str], store: InputStore,
+                 init_image=None) -> tuple[dict, dict]:
+    """(the ControlNet tool's settings, its input paths in `store`) for the enabled units: the first as the request's
+    own ControlNet, the others as its further units (mflux_core/controlnet_units.py)."""
     settings, image = unit_settings(studio, units[0], ignored, init_image)
     further = []
     for number, unit in enumerate(units[1:], 2):

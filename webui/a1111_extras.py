@@ -37,7 +37,7 @@ class ExtrasParams(ApiFields):
     """The fields we use of A1111's extras requests; the rest are accepted and ignored."""
 
     resize_mode: int = Field(0, ge=0, le=1)
-    upscaling_resize: float = Field(2.0, gt=0, le=MAX_FACTOR)
+    upscaling_resize: float = Field(2.0, ge=1, le=MAX_FACTOR)  # A1111's range
     upscaling_resize_w: int = Field(512, ge=1, le=MAX_SIDE)
     upscaling_resize_h: int = Field(512, ge=1, le=MAX_SIDE)
     upscaling_crop: bool = True

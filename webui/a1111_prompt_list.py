@@ -14,9 +14,11 @@ from collections.abc import Callable
 
 from mflux_core.prompt_lines import PROMPT_POSITIONS, line_requests, read_prompt_lines, seeded_lines
 from mflux_core.request import MAX_SEED, GenerationRequest
+from mflux_core.xyz import MAX_CELLS
 from webui.a1111_wire import SdApiError
 
 PROMPTS_FROM_FILE = "prompts from file or textbox"  # as /sdapi/v1/scripts lists it
+MAX_ANSWERED = MAX_CELLS  # images one answer holds, all in memory until it is sent: an X/Y/Z plot's limit
 
 
 def is_prompts_from_file(script_name: str | None) -> bool:
@@ -45,5 +47,9 @@ def prompt_list_requests(base: GenerationRequest, random_seed: bool, images: int
     iterate, same_seed, position, text = script_arguments(args)
     drawn = (lambda: random.randrange(MAX_SEED + 1)) if random_seed else None
     lines = seeded_lines(read_prompt_lines(text), base.seed, images, iterate, same_seed, drawn)
-    return [request for _, request in line_requests(base, lines, [base.seed], images, wildcards, styled,
-                                                    position=position)]
+    requests = [request for _, request in line_requests(base, lines, [base.seed], images, wildcards, styled,
+                                                        position=position)]
+    if len(requests) > MAX_ANSWERED:
+        raise SdApiError(400, f"The prompt list asks for {len(requests):,} images; one answer holds at most "
+                              f"{MAX_ANSWERED}: send its lines over several requests.")
+    return requests

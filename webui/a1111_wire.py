@@ -75,7 +75,7 @@ def as_file(data: bytes):
 def decoded_image(text: str, what: str) -> Image.Image:
     """A base64 image decoded with load_image's checks (size, format, damage), named `what` in its refusals."""
     with as_file(base64_data(text, what)) as path:
-        return load_image(path, name=what)
+        return load_image(path, name=f"sent as {what}")
 
 
 def decoded_mask(text: str) -> Image.Image:

@@ -191,6 +191,9 @@ async def json_object(request: Request, refusal: type[ApiRefusal]) -> dict:
         raise refusal.of(400, "The body must be a JSON object (Content-Type: application/json).") from None
     except ValueError:  # Python reads no integer of more than 4,300 digits
         raise refusal.of(400, "The body holds a number too long to read: no setting takes one that size.") from None
+    except RecursionError:
+        raise refusal.of(400, "The body nests its lists or objects too deeply to read: no setting takes that.") \
+            from None
     if not isinstance(fields, dict):
         raise refusal.of(400, "The body must be a JSON object of the request's fields.")
     return fields
@@ -213,6 +216,26 @@ def refusal_of(error: Exception, refusal: type[ApiRefusal]) -> ApiRefusal:
     return refusal.of(500, error_text(error))
 
 
+def body_capped(request: Request, refusal: type[ApiRefusal]) -> Request:
+    """The request, its body refused with 413 once past MAX_BODY_BYTES as it is read: a chunked body states no
+    length beforehand."""
+    read = 0
+
+    async def receive():
+        nonlocal read
+        message = await request.receive()
+        read += len(message.get("body", b""))
+        if read > MAX_BODY_BYTES:
+            raise too_large(refusal)
+        return message
+
+    return Request(request.scope, receive)
+
+
+def too_large(refusal: type[ApiRefusal]) -> ApiRefusal:
+    return refusal.of(413, f"The request is larger than {MAX_BODY_BYTES // 2**20} MB.")
+
+
 def api_routes(router: APIRouter, auth, refusal: type[ApiRefusal]):
     """A decorator factory, route(method, path), that adds an endpoint to `router`: with `auth` (Gradio's launch
     argument) it asks for those credentials; bodies past MAX_BODY_BYTES, refused input and bugs alike get a
@@ -225,8 +248,8 @@ def api_routes(router: APIRouter, auth, refusal: type[ApiRefusal]):
                     if auth is not None and not authorized(credentials(request), auth):
                         raise refusal.of(401, UNAUTHORIZED)
                     if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
-                        raise refusal.of(413, f"The request is larger than {MAX_BODY_BYTES // 2**20} MB.")
-                    return await answer(request)
+                        raise too_large(refusal)
+                    return await answer(body_capped(request, refusal))
                 except Exception as error:  # the server must survive anything a client sends
                     return refusal_of(error, refusal).response()
 

@@ -3,11 +3,13 @@ apps with an "OpenAI-compatible" setting) make images through the page's validat
 
     POST /v1/images/generations  JSON: prompt, model, n, size "WxH" or "auto", response_format, seed  -> Generate
     POST /v1/images/edits        multipart: image and mask (transparent = edit) -> Fill; image alone -> Kontext
-                                 (on a Fill model: the image's own transparent area is the mask); several images
+                                 (on a Fill model, and as dall-e-2 (OpenAI's default for edits) with an image that has
+                                 transparency: the image's own transparent area is the mask); several images
                                  (up to 16) -> Kontext on them side by side, as ComfyUI stitches them
     POST /v1/images/variations   multipart: image -> Redux (FLUX.1's own variations: the image, no prompt)
     GET  /v1/models              the models these take (OpenAI's list shape); GET /v1/models/{id} one of them
-    GET  /v1/files/{day}/{name}  a saved result: what response_format "url" points at
+    GET  /v1/files/{day}/{name}  a saved result: what response_format "url" points at (with --auth, the url is
+                                 signed for an hour, as OpenAI's are, so it opens without the credentials)
 
 `stream: true` on generations and edits answers with OpenAI's server-sent events: `partial_images` (0 to 3) of
 the steps' previews, then each finished image (openai_stream.py).
@@ -20,12 +22,16 @@ OpenAI fields (quality, style, user, background...) are accepted and ignored. Ev
 {"error": {"message", "type", "param", "code"}}.
 """
 
+import hashlib
+import hmac
 import re
+import secrets
 import shutil
 import tempfile
 import threading
 import time
 from contextlib import closing, contextmanager
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -43,18 +49,22 @@ from mflux_core.images.stitch import stitched_side_by_side
 from mflux_core.request import MAX_SEED, GenerationRequest
 from mflux_core.settings_schema import MAX_BATCH
 from mflux_core.tools.specs import TOOL_SPECS, default_model_for
-from webui.api_server import MAX_WAITING, ApiFields, ApiRefusal, JobThreads, api_routes, json_object, offered
+from webui.api_server import (MAX_WAITING, UNAUTHORIZED, ApiFields, ApiRefusal, JobThreads, api_routes, authorized,
+                              credentials, json_object, offered)
 from webui.gallery import DATE_FOLDER, save_result
 from webui.openai_stream import OutputFormat, run_streamed, server_sent
 from webui.requests import requests_from_settings
 from webui.turns import request_about
 
 API_TOOLS = ("generate", "fill", "kontext", "redux")
-OPENAI_MODEL = re.compile(r"^(dall-e-\d|gpt-image-)")
+DALL_E_2 = "dall-e-2"  # its edits take an image's transparent area as the mask
+OPENAI_MODEL = re.compile(r"^(dall-e-\d|gpt-image-|chatgpt-image-)")
 OPENAI_SOURCE = "OpenAI API"  # who submitted a job, as the queue shows it
 SIZE = re.compile(r"^\s*([0-9]{1,9})\s*[xX×]\s*([0-9]{1,9})\s*$")
 RESULT_NAME = re.compile(r"^[\w-]+\.png$")
+URL_LIFETIME_S = 3600  # OpenAI's result URLs last an hour
 MAX_EDIT_IMAGES = 16  # OpenAI's limit for one edit
+MAX_FORM_FILES = 64  # a form's files read, so that our own check names the images past MAX_EDIT_IMAGES
 OPAQUE = 128  # a mask pixel at least this opaque is kept; below, it is edited (OpenAI: transparent = edit)
 PARAMS = {"width": "size", "height": "size", "batch_count": "n", "seed": "seed", "prompt": "prompt",  # ours -> OpenAI's
           "image_path": "image", "masked_image_path": "mask", "redux_image_paths": "image",
@@ -164,6 +174,18 @@ def is_fill_model(studio, name: str | None) -> bool:
     return entry is not None and entry.kind in TOOL_SPECS["fill"].model_kinds
 
 
+def has_transparency(upload: UploadFile) -> bool:
+    return bool((np.asarray(uploaded(upload, load_rgba).getchannel("A")) < OPAQUE).any())
+
+
+def edits_by_transparency(studio, model: str | None, images: list[UploadFile]) -> bool:
+    """Whether an edit sent without a mask repaints its image's transparent area: on a Fill model, and as OpenAI's
+    dall-e-2 (also its default model for edits) does with one image that has transparency."""
+    if is_fill_model(studio, model):
+        return True
+    return model in (None, DALL_E_2) and len(images) == 1 and has_transparency(images[0])
+
+
 # ----- requests and results -------------------------------------------------------------------
 
 
@@ -194,7 +216,8 @@ def run_in_turn(studio, requests: list[GenerationRequest], gone: threading.Event
             return [save_result(studio.folders.outputs, run(None)) for run in runs]
 
 
-def images_response(studio, paths: list[Path], params: ImageParams, base_url: str) -> dict:
+def images_response(studio, paths: list[Path], params: ImageParams, link: Callable[[str, str], str]) -> dict:
+    """OpenAI's answer; `link(day, name)`: the URL of a saved result."""
     data = []
     for path in paths:
         item = {}
@@ -202,9 +225,34 @@ def images_response(studio, paths: list[Path], params: ImageParams, base_url: st
             item["b64_json"] = params.output.base64_of(path)
         if params.response_format in (None, "url"):
             day, name = path.relative_to(studio.folders.outputs).parts
-            item["url"] = f"{base_url.rstrip('/')}/v1/files/{day}/{name}"
+            item["url"] = link(day, name)
         data.append(item)
     return {"created": int(time.time()), "data": data, "output_format": params.output_format}
+
+
+class ResultLinks:
+    """The URLs of saved results. With credentials asked for, each carries its expiry and a signature of its path
+    and expiry under a key made at start, so it opens without them for an hour, as OpenAI's pre-signed URLs do
+    (apps put them in an <img> or download them plainly)."""
+
+    def __init__(self, signed: bool):
+        self._key = secrets.token_bytes(32) if signed else None
+
+    def _signature(self, path: str, expires: str) -> str:
+        return hmac.new(self._key, f"{path} {expires}".encode(), hashlib.sha256).hexdigest()
+
+    def url(self, base_url: str, day: str, name: str) -> str:
+        path = f"/v1/files/{day}/{name}"
+        if self._key is None:
+            return base_url.rstrip("/") + path
+        expires = str(int(time.time()) + URL_LIFETIME_S)
+        return f"{base_url.rstrip('/')}{path}?expires={expires}&signature={self._signature(path, expires)}"
+
+    def opens(self, request: Request) -> bool:
+        """Whether the request's URL is one of ours, signed and not expired."""
+        expires, signature = request.query_params.get("expires", ""), request.query_params.get("signature", "")
+        return (self._key is not None and expires.isdigit() and int(expires) >= time.time()
+                and hmac.compare_digest(signature, self._signature(request.url.path, expires)))
 
 
 # ----- uploads ----------------------------------------------------------------------------------
@@ -271,9 +319,8 @@ def edit_requests(studio, form) -> tuple[ImageParams, list[GenerationRequest]]:
     params, images = form_images(form, "edit")
     masks, mask_param = form_files(form, "mask"), "mask"
     inputs = studio.request_context().inputs
-    if not masks and is_fill_model(studio, params.model):
-        # OpenAI's other way: an image alone, its transparent area edited
-        masks, mask_param = form_files(form, "image")[:1], "image"
+    if not masks and edits_by_transparency(studio, params.model, images):
+        masks, mask_param = images[:1], "image"
     if masks:
         model = model_for(studio, "fill", params.model, "An edit with a mask needs a Fill or base model:")
         image = one_image(images, "with a mask (Fill repaints one picture; several, without a mask, are combined "
@@ -301,8 +348,8 @@ def variation_requests(studio, form) -> tuple[ImageParams, list[GenerationReques
 
 
 def images_made(gone: threading.Event, studio, params: ImageParams, requests: list[GenerationRequest],
-                base_url: str) -> dict:
-    return images_response(studio, run_in_turn(studio, requests, gone), params, base_url)
+                link: Callable[[str, str], str]) -> dict:
+    return images_response(studio, run_in_turn(studio, requests, gone), params, link)
 
 
 def openai_router(studio, auth=None) -> APIRouter:
@@ -310,6 +357,7 @@ def openai_router(studio, auth=None) -> APIRouter:
     router = APIRouter()
     threads = JobThreads(MAX_WAITING, ApiError)
     route = api_routes(router, auth, ApiError)
+    links = ResultLinks(signed=auth is not None)
 
     async def answer(request: Request, params: ImageParams, requests: list[GenerationRequest], kind: str | None):
         """The images as JSON, or as OpenAI's event stream when asked for one (`kind`: the events' prefix)."""
@@ -317,8 +365,8 @@ def openai_router(studio, auth=None) -> APIRouter:
             events = threads.stream(run_streamed, studio, requests, kind, params.partial_images or 0, params.output,
                                     OPENAI_SOURCE)
             return StreamingResponse(server_sent(events, ApiError), media_type="text/event-stream")
-        return JSONResponse(await threads.run_for(request, images_made, studio, params, requests,
-                                                  str(request.base_url)))
+        link = partial(links.url, str(request.base_url))
+        return JSONResponse(await threads.run_for(request, images_made, studio, params, requests, link))
 
     @route("POST", "/v1/images/generations")
     async def generations(request: Request):
@@ -330,8 +378,7 @@ def openai_router(studio, auth=None) -> APIRouter:
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise ApiError(400, f"Send {what} as multipart/form-data: the image (and mask) as files, the rest as "
                                 "fields.")
-        # one file over OpenAI's images and mask, so that our own check names the count
-        async with request.form(max_files=MAX_EDIT_IMAGES + 2, max_fields=64) as form:
+        async with request.form(max_files=MAX_FORM_FILES, max_fields=64) as form:
             params, requests = await threads.run(requests_of, studio, form)
         return await answer(request, params, requests, kind)
 
@@ -351,16 +398,24 @@ def openai_router(studio, auth=None) -> APIRouter:
     @route("GET", "/v1/models/{name:path}")
     async def model(request: Request):
         name = request.path_params["name"]
-        if name not in api_models(studio):
+        if name not in api_models(studio) and not OPENAI_MODEL.match(name):  # OpenAI's names run the default
             raise model_not_found(name)
         return JSONResponse(model_object(name))
 
-    @route("GET", "/v1/files/{day}/{name}")
+    @api_routes(router, None, ApiError)("GET", "/v1/files/{day}/{name}")  # its own credentials: a signed URL or auth
     async def result_file(request: Request):
+        if auth is not None and not (links.opens(request) or authorized(credentials(request), auth)):
+            raise ApiError.of(401, UNAUTHORIZED)
         day, name = request.path_params["day"], request.path_params["name"]
         path = studio.folders.outputs / day / name
         if not (DATE_FOLDER.match(day) and RESULT_NAME.match(name) and path.is_file()):
             raise ApiError(404, f"No result {day}/{name} in the studio's outputs.", code="not_found")
         return FileResponse(path, media_type="image/png")
 
+    async def not_here(request: Request):
+        raise ApiError(404, f"Invalid URL ({request.method} {request.url.path}): the studio serves OpenAI's images "
+                            "API (generations, edits, variations) and its models.", code="unknown_url")
+
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        route(method, "/v1/{rest:path}")(not_here)
     return router
