@@ -45,6 +45,7 @@ from tests.fixtures.shape_classifier import classify, iou
 from tests.fixtures.upscaler_models import random_rrdb, real_esrgan_names, write
 from tests.test_comfy_workflow import flux_dev_example
 from tests.test_webui_browser import free_port, request_in
+from webui.a1111_adetailer import face_fix_extra
 from webui.a1111_api import Txt2ImgParams, sampling_settings, sdapi_router
 from webui.a1111_xyz import axis_labels
 from webui.app import build_app, launch_kwargs
@@ -230,6 +231,15 @@ def test_adetailers_face_unit_turns_the_face_fix_on(studio):
     off = made(studio.http.post("/txt2img", json={"prompt": CAPTION, "seed": 341, "steps": 2, "save_images": True,
                                                   "alwayson_scripts": {"ADetailer": {"args": [False, False, *units]}}}))
     assert off["info"]["ignored"] == [] and saved_requests(studio, 341)[0]["extra"] == {}
+
+
+def test_adetailer_values_out_of_range_are_named_and_the_face_fixs_own_run():
+    ignored = []
+    unit = {"ad_model": "face_yolov8n.pt", "ad_denoising_strength": 7, "ad_inpaint_only_masked_padding": -1}
+    assert face_fix_extra({"ADetailer": {"args": [True, False, unit]}}, ignored) == {"face_fix": True}
+    assert ignored[1:] == [
+        "alwayson_scripts.ADetailer ad_denoising_strength '7' (not above 0 and at most 1: the face fix's own ran)",
+        "alwayson_scripts.ADetailer ad_inpaint_only_masked_padding '-1' (not 0 to 256: the face fix's own ran)"]
 
 
 def test_a_controlnet_unit_steers_txt2img_by_the_control_pictures_edges(studio):

@@ -45,8 +45,20 @@ def face_fix_extra(alwayson_scripts: dict, ignored: list[str]) -> dict:
                                                            "ad_inpaint_only_masked_padding"))
     if isinstance(prompt, str) and prompt.strip():
         extra[FACE_FIX_PROMPT] = prompt[:MAX_PROMPT_CHARS]
-    if isinstance(strength, (int, float)) and not isinstance(strength, bool) and 0 < strength <= 1:
+    if is_number(strength, 0, 1, low_included=False):
         extra[FACE_FIX_STRENGTH] = float(strength)
-    if isinstance(padding, (int, float)) and not isinstance(padding, bool) and 0 <= padding <= MAX_FACE_FIX_PADDING:
+    elif strength is not None:
+        ignored.append(f"alwayson_scripts.{name} ad_denoising_strength {str(strength)[:40]!r} (not above 0 and at "
+                       "most 1: the face fix's own ran)")
+    if is_number(padding, 0, MAX_FACE_FIX_PADDING):
         extra[FACE_FIX_PADDING] = int(padding)
+    elif padding is not None:
+        ignored.append(f"alwayson_scripts.{name} ad_inpaint_only_masked_padding {str(padding)[:40]!r} (not 0 to "
+                       f"{MAX_FACE_FIX_PADDING}: the face fix's own ran)")
     return extra
+
+
+def is_number(value, low: float, high: float, low_included: bool = True) -> bool:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    return (low <= value if low_included else low < value) and value <= high
