@@ -275,6 +275,11 @@ def test_a_controlnet_unit_steers_txt2img_by_the_control_pictures_edges(studio):
         {**unit, "model": "demo-canny [4c5e6a1b]"}]}}}))  # the extension titles its models "name [hash]"
     assert not [item for item in hashed["info"]["ignored"] if "not in the studio" in item]
     assert np.array_equal(np.asarray(decoded(hashed["images"][0]).convert("RGB")), image)  # demo-canny: the default
+    assert not [item for item in body["info"]["ignored"] if "processor_res" in item]  # pixel_perfect: what runs
+    at_512 = made(studio.http.post("/txt2img", json={**fields, "steps": 1, "alwayson_scripts": {"controlnet": {"args": [
+        {**unit, "pixel_perfect": False, "processor_res": 512}]}}}))  # webuiapi's unit defaults
+    assert "alwayson_scripts.controlnet processor_res 512 (the module runs at the output's size here, as with " \
+           "pixel_perfect)" in at_512["info"]["ignored"]
     refused = studio.http.post("/txt2img", json={**fields, "alwayson_scripts": {"controlnet": {"args": [
         {**unit, "module": "openpose"}]}}})
     assert "module 'openpose' is not in the studio" in assert_a1111_error(refused, 400)
@@ -367,18 +372,21 @@ def test_detect_works_at_the_processor_resolution_as_the_extension_does(studio):
                                                                       **fields}))
         return np.asarray(decoded(body["images"][0]).convert("RGB"))
 
-    def extension_canny(res: int) -> np.ndarray:
+    def extension_canny(res: int, low: float = 100, high: float = 200) -> np.ndarray:
         pixels = np.asarray(picture)
         scale = res / min(pixels.shape[:2])
         width, height = round(96 * scale), round(80 * scale)
         resized = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
         padded = np.pad(resized, [(0, -height % 64), (0, -width % 64), (0, 0)], mode="edge")
-        return cv2.Canny(padded, 100, 200)[:height, :width]
+        return cv2.Canny(padded, low, high)[:height, :width]
 
     for res, fields in ((512, {}), (512, {"controlnet_processor_res": -1}), (64, {"controlnet_processor_res": 64})):
         edges = detected(controlnet_module="canny", **fields)
         assert np.array_equal(edges[..., 0], extension_canny(res)), (res, fields)
     assert edges.shape[:2] == (64, 77)
+    as_text = detected(controlnet_module="canny", controlnet_processor_res="64", controlnet_threshold_a="50",
+                       controlnet_threshold_b="150")  # FastAPI reads the extension's numbers from text too
+    assert np.array_equal(as_text[..., 0], extension_canny(64, 50, 150))
     assert detected(controlnet_module="depth_anything_v2", controlnet_processor_res=128).shape[:2] == (128, 154)
     huge = studio.http.post(f"{extension}/detect", json={"controlnet_module": "canny", "controlnet_processor_res": 10**6,
                                                          "controlnet_input_images": [b64(picture)]})

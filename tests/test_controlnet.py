@@ -298,7 +298,7 @@ def test_bad_inputs_fail_with_a_clear_message_and_no_output(tiny_dev, controlnet
           tmp_path / "missing.png"], "does not exist"),
         (["upscale", *common, "--controlnet-path", controlnet_for_dev], "needs an image to upscale"),
         (["controlnet", *common, "--controlnet-path", controlnet_for_dev, "--controlnet-image-path", control,
-          "--canny-low", 300, "--canny-high", 100], "low threshold"),
+          "--canny-low", -1, "--canny-high", 100], "must not be negative"),
         (["upscale", "--path", tiny_dev, "--prompt", PROMPT, "--controlnet-path", controlnet_for_dev,
           "--image-path", control, "--upscale-factor", -1], "Upscale factor"),
         (["upscale", "--path", tiny_dev, "--prompt", PROMPT, "--controlnet-path", controlnet_for_dev,

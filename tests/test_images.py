@@ -199,17 +199,21 @@ def test_pil_input_is_converted_and_not_modified():
     assert np.array_equal(np.asarray(rgba), before)
 
 
-def test_load_mask_reads_alpha_when_the_colour_is_uniform(tmp_path):
+def test_load_mask_reads_alpha_when_it_varies_as_a1111_does(tmp_path):
     alpha = np.array([[0, 255], [255, 40]], dtype=np.uint8)
     sheet = np.zeros((2, 2, 4), dtype=np.uint8)
     sheet[..., 3] = alpha
     Image.fromarray(sheet, "RGBA").save(tmp_path / "alpha_mask.png")
     assert np.array_equal(np.asarray(load_mask(tmp_path / "alpha_mask.png")), alpha)
 
-    strokes = np.zeros((2, 2, 4), dtype=np.uint8)
-    strokes[0, 1] = [255, 255, 255, 255]  # a white stroke on a transparent black sheet
-    Image.fromarray(strokes, "RGBA").save(tmp_path / "strokes.png")
-    assert np.asarray(load_mask(tmp_path / "strokes.png")).tolist() == [[0, 255], [0, 0]]
+    for colour, sheet_colour in (((255, 255, 255), (0, 0, 0)), ((200, 0, 0), (0, 0, 0)), ((0, 0, 0), (255, 255, 255)),
+                                 ((0, 0, 255), (255, 255, 255))):  # strokes of any colour on a transparent sheet
+        strokes = np.zeros((2, 2, 4), dtype=np.uint8)
+        strokes[..., :3] = sheet_colour
+        strokes[0, 1] = [*colour, 255]
+        strokes[1, 0] = [*colour, 128]  # a soft brush's edge
+        Image.fromarray(strokes, "RGBA").save(tmp_path / "strokes.png")
+        assert np.asarray(load_mask(tmp_path / "strokes.png")).tolist() == [[0, 255], [128, 0]], colour
 
     plain = np.array([[0, 255], [128, 0]], dtype=np.uint8)
     Image.fromarray(np.stack([plain] * 3, -1)).save(tmp_path / "rgb_mask.png")
@@ -543,9 +547,13 @@ def test_canny_edges_of_other_modes_are_those_of_the_rgb_conversion(mode):
     assert np.array_equal(edge_map(image), reference == 255)
 
 
-def test_canny_rejects_thresholds_in_the_wrong_order():
-    with pytest.raises(InvalidRequest, match="low threshold"):
-        canny.canny_edges(Image.new("RGB", (8, 8)), low=200, high=100)
+def test_canny_thresholds_in_either_order_are_opencvs():
+    image = textured_photo(64, 48, seed=5)
+    swapped = edge_map(image, low=200, high=100)
+    assert np.array_equal(swapped, cv2.Canny(np.asarray(image.convert("RGB")), 200, 100) == 255)
+    assert np.array_equal(swapped, edge_map(image)) and swapped.any()
+    with pytest.raises(InvalidRequest, match="must not be negative"):
+        canny.canny_edges(image, low=-1, high=100)
 
 
 def test_a1111s_fill_paints_the_masked_area_from_its_surroundings_and_keeps_the_rest():

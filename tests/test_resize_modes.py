@@ -68,6 +68,22 @@ def test_resize_and_fill_fits_the_image_and_stretches_its_edges_into_the_rest():
     assert odd.size == (48, 48)
 
 
+def test_the_geometry_is_a1111s_to_the_pixel():
+    """A1111's resize_image, worked by hand. Crop, 451x300 to 64x64: scaled to 451*64//300 = 96 wide, columns
+    96//2 - 64//2 = 16 on kept. Fill, 100x68 to 64x64: scaled to 68*64//100 = 43 high (43.52 rounded down), placed at
+    row 64//2 - 43//2 = 11 (a centring would put it at 10), its edge rows stretched over the 11 rows above and the 10
+    below."""
+    photo = random_image(451, 300, seed=6)
+    cropped = resize_to(photo, 64, 64, "crop and resize")
+    assert np.array_equal(np.asarray(cropped), np.asarray(photo.resize((96, 64), Image.Resampling.LANCZOS))[:, 16:80])
+    photo = random_image(100, 68, seed=7)
+    filled = np.asarray(resize_to(photo, 64, 64, "resize and fill"))
+    assert np.array_equal(filled[11:54], np.asarray(photo.resize((64, 43), Image.Resampling.LANCZOS)))
+    assert all(np.array_equal(filled[row], filled[0]) for row in range(11))  # one row, stretched
+    assert all(np.array_equal(filled[row], filled[54]) for row in range(54, 64))
+    assert not np.array_equal(filled[0], filled[54])
+
+
 @pytest.mark.parametrize("mode", RESIZE_MODES)
 def test_a_mask_resized_by_the_same_mode_still_covers_the_same_pixels(mode):
     image = Image.new("RGB", (120, 60), GREEN)

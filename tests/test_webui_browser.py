@@ -725,6 +725,7 @@ def test_every_tool_is_reachable_from_gradio_client(studio):
                                      pad_top=0, pad_right=16, pad_bottom=0, pad_left=16, pad_unit="px",
                                      api_name="/outpaint_preview")
     assert Image.open(canvas).size == (96, 64) and Image.open(mask).size == (96, 64)
+    assert set(np.unique(np.asarray(Image.open(mask).convert("L")))) == {0, 255}  # a PNG: the mask exactly
     edges, _ = client.predict(image=photo, low=100, high=200, api_name="/canny_preview")
     assert Image.open(edges).size == (64, 64)
     depth_map, _ = client.predict(photo=photo, api_name="/estimate_depth")

@@ -19,7 +19,7 @@ from mflux_core.presets import settings_from_png, settings_from_request, validat
 from mflux_core.registry import ModelEntry
 from mflux_core.request import GenerationRequest
 from webui import gallery
-from webui.jobs import JobBoard, event_text
+from webui.jobs import JobBoard, event_text, safe_action
 from webui.panels import controlnet, depth, fill, generate, kontext, redux
 from webui.regions_ui import DEFAULT_BOXES
 from webui.requests import InputStore, RequestContext, batch_seeds
@@ -580,3 +580,18 @@ def test_the_controlnet_tab_has_the_hires_fix_in_canny_mode():
     upscale = controlnet.settings_from_values(shared(mode=controlnet.UPSCALE, **hires))
     assert "hires_scale" not in upscale  # Upscale mode makes no image from text
     assert controlnet.values_from_settings({**settings, "hires_scale": None})["hires"] is False
+
+
+def test_a_refused_preview_input_clears_the_preview_of_the_input_before():
+    """The ControlNet tab's edges, the Depth tab's map, Fill's canvas: a new upload that is refused must not leave
+    the last one's preview on screen as if it were the new one's."""
+    import gradio as gr
+
+    def refused(image):
+        raise InvalidRequest(f"The file {image} is empty.")
+
+    handler = safe_action("status", refused, clears=("edges",))("empty.png")
+    shown = next(handler)
+    assert shown["edges"] is None and "The file empty.png is empty." in shown["status"]
+    with pytest.raises(gr.Error, match="is empty"):  # then the event ends as an error, for gradio_client
+        next(handler)

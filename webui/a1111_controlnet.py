@@ -24,6 +24,7 @@ What FLUX.1's Canny ControlNet has no counterpart for (guidance_start / guidance
 units past four) is named in the answer's `info` as ignored; another module is refused with a sentence.
 """
 
+import math
 from typing import Callable
 
 import cv2
@@ -64,8 +65,9 @@ CONTROL_TYPES = {"All": ([CANNY, LISTED_DEPTH_MODULE, NO_PREPROCESSOR], ("",)),
 
 
 class ControlNetUnit(ApiFields):
-    """The fields we use of the extension's unit; the rest are accepted (pixel_perfect, processor_res, low_vram:
-    nothing to do here)."""
+    """The fields we use of the extension's unit; the rest are accepted (low_vram: nothing to do here;
+    processor_res: the module runs at the output's size, as with pixel_perfect, and a resolution asked for otherwise
+    is named in `ignored`)."""
 
     enabled: bool = True  # a unit sent with an image is meant to run unless it says otherwise
     module: str = NO_PREPROCESSOR
@@ -165,6 +167,11 @@ def unit_settings(studio, unit: ControlNetUnit, ignored: list[str], init_image=N
         ignored.append("alwayson_scripts.controlnet guidance_start/guidance_end (the ControlNet steers every step)")
     if str(unit.control_mode).strip().lower() not in BALANCED:
         ignored.append("alwayson_scripts.controlnet control_mode (balanced ran)")
+    asked_res = (unit.model_extra or {}).get("processor_res")
+    if "controlnet_skip_canny" not in extra and not (unit.model_extra or {}).get("pixel_perfect") \
+            and asked_res not in (None, -1):
+        ignored.append(f"alwayson_scripts.controlnet processor_res {str(asked_res)[:20]} (the module runs at the "
+                       "output's size here, as with pixel_perfect)")
     image, mask = image_and_mask(unit)
     if mask:
         ignored.append("alwayson_scripts.controlnet mask (the ControlNet sees the whole image)")
@@ -209,12 +216,24 @@ def control_types(weights: list[str]) -> dict:
     return {"control_types": types}
 
 
+def body_number(value):
+    """A number of /controlnet/detect's body as FastAPI reads the extension's float and int fields: numbers, and
+    text that spells one ("50"); anything else is returned as it is."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def processor_res(fields: dict) -> int:
     """/controlnet/detect's `controlnet_processor_res`: the shorter side the module works at (none or -1: 512)."""
-    value = fields.get("controlnet_processor_res", -1)
+    value = body_number(fields.get("controlnet_processor_res", -1))
     if value is None or value == -1:
         return DEFAULT_PROCESSOR_RES
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value != int(value) \
             or not PROCESSOR_PAD <= value <= MAX_SIDE:
         raise SdApiError(422, f"controlnet_processor_res must be a whole number of pixels from {PROCESSOR_PAD} to "
                               f"{MAX_SIDE} (or -1 for {DEFAULT_PROCESSOR_RES}), not {str(value)[:40]}.",
@@ -250,7 +269,7 @@ def detect(fields: dict, depth_map: Callable[[Image.Image], Image.Image]) -> dic
     if module == NO_PREPROCESSOR:
         return {"images": [b64_png(image) for image in pictures], "info": "Success"}
     if module == CANNY:
-        low, high = (fields.get(key, -1) for key in ("controlnet_threshold_a", "controlnet_threshold_b"))
+        low, high = (body_number(fields.get(key, -1)) for key in ("controlnet_threshold_a", "controlnet_threshold_b"))
         low, high = (float(value) if isinstance(value, (int, float)) and value >= 0 else default
                      for value, default in zip((low, high), CANNY_DEFAULTS))
 

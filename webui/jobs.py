@@ -264,15 +264,17 @@ def page_job(studio, session: str, status: gr.HTML, work: PageWork, *, preparing
     on_failure(failure, message)
 
 
-def safe_action(message_output, run: Callable, render: Callable[..., str] = progress_html) -> Callable:
-    """Wrap a small panel action (estimate depth, preview edges, presets) so errors land in `message_output`."""
+def safe_action(message_output, run: Callable, render: Callable[..., str] = progress_html,
+                clears: tuple = ()) -> Callable:
+    """Wrap a small panel action (estimate depth, preview edges, presets) so errors land in `message_output`;
+    `clears`: outputs emptied on an error (a preview of the input before, which no longer matches)."""
 
     def handler(*args, **kwargs):
         try:
             yield run(*args, **kwargs)
         except Exception as error:
             text = error_text(error)
-            yield {message_output: render(text, kind="error")}
+            yield {message_output: render(text, kind="error"), **dict.fromkeys(clears)}
             report_failure(error, text)
 
     handler.__name__ = getattr(run, "__name__", "action")

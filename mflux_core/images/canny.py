@@ -16,13 +16,12 @@ def canny_edges(image: Image.Image, low: float = DEFAULT_LOW, high: float = DEFA
 
     Exactly cv2.Canny(rgb, low, high) stacked to three channels, as InstantX's and mflux's examples
     make it: no blur first, 3x3 Sobel, L1 gradient magnitude (per pixel, of the colour channel that
-    changes most), so a sharp black-to-white step measures 1020.
+    changes most), so a sharp black-to-white step measures 1020. A low threshold above the high one is
+    swapped with it, as OpenCV does (and so A1111's ControlNet extension, whose sliders allow it).
     """
     low, high = check_finite(low, "The Canny low threshold"), check_finite(high, "The Canny high threshold")
     if low < 0 or high < 0:
         raise InvalidRequest(f"The Canny thresholds must not be negative (low {low}, high {high}).")
-    if low > high:
-        raise InvalidRequest(f"The Canny low threshold ({low}) must not exceed the high threshold ({high}).")
     check_image_size(*image.size, "The image to find Canny edges in")
     edges = cv2.Canny(np.asarray(image.convert("RGB")), low, high)
     return Image.fromarray(cv2.cvtColor(edges, cv2.COLOR_GRAY2RGB), "RGB")

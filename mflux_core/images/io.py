@@ -157,22 +157,19 @@ def load_rgba(source: ImageSource, name: str | None = None) -> Image.Image:
 def load_mask(source: ImageSource, name: str | None = None) -> Image.Image:
     """A mask file as 'L' (white = regenerate), checked as load_image checks (`name` as there).
 
-    A mask drawn in the alpha channel is read from there: when alpha varies and the colour is uniform,
-    alpha is the mask; when both vary (strokes on a transparent sheet), transparent counts as keep.
+    A mask with transparency is its alpha channel, opaque = regenerate whatever the colour (strokes of any colour
+    on a transparent sheet, as image editors export a layer), as A1111 reads one; with uniform alpha, its gray levels.
     """
     image = _decode(source, name)
     if image.mode in HIGH_DEPTH_MODES:
         return _high_depth_to_gray(image)
     if not _has_alpha(image):
         return _convert(image, "L")
-    rgba = np.asarray(_convert(image, "RGBA"))
-    alpha, rgb = rgba[..., 3], rgba[..., :3]
-    if alpha.min() == alpha.max():
-        return Image.fromarray(np.ascontiguousarray(rgb), "RGB").convert("L")
-    if np.all(rgb == rgb[0, 0]):
-        return Image.fromarray(np.ascontiguousarray(alpha), "L")
-    gray = np.asarray(Image.fromarray(np.ascontiguousarray(rgb), "RGB").convert("L"), dtype=np.float32)
-    return Image.fromarray(np.round(gray * (alpha / 255.0)).astype(np.uint8), "L")
+    rgba = _convert(image, "RGBA")
+    alpha = rgba.getchannel("A")
+    if alpha.getextrema()[0] == alpha.getextrema()[1]:
+        return rgba.convert("RGB").convert("L")
+    return alpha
 
 
 def pil_to_pixels(image: Image.Image, width: int, height: int) -> np.ndarray:

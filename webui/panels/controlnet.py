@@ -262,7 +262,7 @@ def render(studio) -> Panel:
                 with gr.Row():
                     control_image = input_image("Control image", "controlnet-image")
                     edges = gr.Image(label="Canny edges (a preview: a run takes them at the output size)",
-                                     interactive=False, elem_id="controlnet-edges", height=320)
+                                     interactive=False, elem_id="controlnet-edges", height=320, format="png")
                 with gr.Row() as canny_thresholds:
                     canny_low = gr.Slider(0, 1020, DEFAULTS["canny_low"], step=1, label="Canny low threshold",
                                           elem_id="controlnet-canny-low")
@@ -316,7 +316,7 @@ def render(studio) -> Panel:
     def show_edges(image, low, high):
         return {edges: edges_preview(image, low, high), view.status: ""}
 
-    preview = dict(fn=safe_action(view.status, show_edges),
+    preview = dict(fn=safe_action(view.status, show_edges, clears=(edges,)),
                    inputs_kwargs={"image": control_image, "low": canny_low, "high": canny_high},
                    outputs=[edges, view.status], show_progress="hidden", trigger_mode="always_last")
     control_image.change(**preview, api_name="canny_preview")

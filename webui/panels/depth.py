@@ -109,7 +109,7 @@ def render(studio) -> Panel:
         return {depth_map: studio.manager.estimate_depth(read_upload(photo)),
                 view.status: progress_html("Depth map estimated: nearer is brighter. Upload another to replace it.")}
 
-    estimated = dict(fn=safe_action(view.status, estimate_depth),
+    estimated = dict(fn=safe_action(view.status, estimate_depth, clears=(depth_map,)),
                      inputs_kwargs={"photo": photo, "canny_edges_wanted": canny, "low": canny_low, "high": canny_high},
                      outputs=[depth_map, view.status], concurrency_id=ENGINE_QUEUE, concurrency_limit=1)
     estimate.click(**estimated, api_name="estimate_depth")

@@ -245,8 +245,10 @@ def render(studio) -> Panel:
                         pad_unit = gr.Radio(list(UNITS), value="px", label="Unit", elem_id="fill-pad-unit")
                     preview_canvas = gr.Button("Preview canvas and mask", elem_id="fill-outpaint-preview")
                     with gr.Row():
-                        canvas_image = gr.Image(label="Canvas", interactive=False, elem_id="fill-canvas", height=200)
-                        mask_image = gr.Image(label="Mask", interactive=False, elem_id="fill-canvas-mask", height=200)
+                        canvas_image = gr.Image(label="Canvas", interactive=False, elem_id="fill-canvas", height=200,
+                                                format="png")
+                        mask_image = gr.Image(label="Mask", interactive=False, elem_id="fill-canvas-mask", height=200,
+                                              format="png")
                 shared = build_shared_controls(studio, TOOL, TOOL)
                 render_demo_examples(studio, TOOL, shared.controls, {editor: example_editor_value}, {
                     mode: INPAINT, keep_unmasked: True, mask_invert: False, mask_grow_px: 0, mask_blur_px: 0,
@@ -267,8 +269,8 @@ def render(studio) -> Panel:
         return {canvas_image: canvas, mask_image: mask, view.status: progress_html(
             f"Outpaint canvas {canvas.width}x{canvas.height}: white in the mask is generated.")}
 
-    preview_canvas.click(safe_action(view.status, show_canvas), inputs_kwargs={"editor": editor, "mode": mode, **pads,
-                                                                           "pad_unit": pad_unit},
+    preview_canvas.click(safe_action(view.status, show_canvas, clears=(canvas_image, mask_image)),
+                         inputs_kwargs={"editor": editor, "mode": mode, **pads, "pad_unit": pad_unit},
                          outputs=[canvas_image, mask_image, view.status], api_name="outpaint_preview")
     panel.view, panel.run_handler = view, studio.job(view)(build_requests)
     studio.wire_run(run, panel.run_handler, {**controls, "editor": editor, "mask_upload": mask_upload, **batch}, view,
