@@ -65,9 +65,11 @@ def test_inpainting_and_outpainting_on_a_fill_model_make_whole_tokens(manager, m
     inpainted = manager.generate(request(models["fill"], tool="fill", image_path=str(photo),
                                          masked_image_path=str(tmp_path / "mask.png")))
     assert inpainted.image.size == (32, 64)
-    outpainted = manager.generate(request(models["fill"], tool="fill", image_path=str(photo),
-                                          outpaint_padding="0,8,0,8"))  # a 64x80 canvas
-    assert outpainted.image.size == (64, 64)
+    outpainted = manager.generate(request(models["fill"], tool="fill", image_path=str(photo), keep_unmasked=True,
+                                          outpaint_padding="0,8,0,8"))  # 64x80, grown to whole tokens: 64x96
+    assert outpainted.image.size == (64, 96)  # nothing asked for cropped off again to make whole tokens
+    kept = outpainted.image.crop((24, 24, 40, 72))  # the photo at (8, 8), away from the seams repainted
+    assert kept.tobytes() == Image.open(photo).convert("RGB").crop((16, 16, 32, 64)).tobytes()
 
 
 def test_the_in_context_tools_make_panels_of_whole_tokens(manager, models, photo, tmp_path):

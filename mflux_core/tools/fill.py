@@ -62,11 +62,12 @@ def fill_conditioning(model: FluxModel, pixels: mx.array, mask: np.ndarray) -> m
     return mx.concatenate([masked_latents, packed_mask(mask, model.vae_scale_factor)], axis=-1)
 
 
-def fill_canvas(request: GenerationRequest) -> tuple[Image.Image, Image.Image]:
-    """The image and mask to fill: the user's pair, or an outpaint canvas built from the padding."""
+def fill_canvas(request: GenerationRequest, token_side: int) -> tuple[Image.Image, Image.Image]:
+    """The image and mask to fill: the user's pair, or an outpaint canvas built from the padding, grown to whole
+    tokens of `token_side` px (so that no padding is cropped off to make a size the model makes)."""
     image = required_image(request.image_path, "an image to fill", "--image-path")
     if request.outpaint_padding:
-        return outpaint_canvas(image, parse_padding(request.outpaint_padding, image.width, image.height))
+        return outpaint_canvas(image, parse_padding(request.outpaint_padding, image.width, image.height), token_side)
     if not request.masked_image_path:
         raise InvalidRequest("Fill needs a mask (white = regenerate): pass --masked-image-path or --outpaint-padding.")
     return image, load_mask(existing_file(request.masked_image_path, "mask image"))
@@ -120,7 +121,7 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     if not is_base_model(model):
         check_in_channels(model, fill_channels(model), "Fill", "FLUX.1-Fill (or a base model: dev, schnell)")
     masked_content(request)  # a bad one is refused before the images are read
-    image, mask_image = fill_canvas(request)
+    image, mask_image = fill_canvas(request, model.token_side)
     if request.mask_blur:  # A1111's mask blur: the model paints where the blurred mask is at least half
         mask_image = soft_mask(mask_image, request.mask_blur)
     if request.only_masked_padding is not None:
