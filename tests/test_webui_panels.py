@@ -20,7 +20,7 @@ from mflux_core.registry import ModelEntry
 from mflux_core.request import GenerationRequest
 from webui import gallery
 from webui.jobs import JobBoard, event_text, safe_action
-from webui.panels import controlnet, depth, fill, generate, kontext, redux
+from webui.panels import controlnet, depth, fill, generate, in_context, kontext, redux
 from webui.regions_ui import DEFAULT_BOXES
 from webui.requests import InputStore, RequestContext, batch_seeds
 from webui.status import status_markdown
@@ -595,3 +595,24 @@ def test_a_refused_preview_input_clears_the_preview_of_the_input_before():
     assert shown["edges"] is None and "The file empty.png is empty." in shown["status"]
     with pytest.raises(gr.Error, match="is empty"):  # then the event ends as an error, for gradio_client
         next(handler)
+
+
+def test_the_ic_edit_tab_picks_its_lora_from_the_library(tmp_path):
+    """As the CLI's --ic-edit-lora: a library LoRA in place of RiverZ's (by name; a result records its file, which
+    restores to the same pick); IC-Edit's own when none is picked; an unknown name refused in a sentence."""
+    lora = tmp_path / "my-ic-edit.safetensors"
+    lora.write_bytes(b"")
+    context = RequestContext(inputs=InputStore(tmp_path / "inputs"), loras={"my-ic-edit": lora})
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 48)).save(photo)
+    values = {"prompt": "", "instruction": "make it red", "reference": str(photo), "ic_edit_lora": "my-ic-edit"}
+    [request] = in_context.build_requests("ic-edit", values, context)
+    assert request.extra["ic_edit_lora"] == str(lora)
+    restored = in_context.values_from_settings("ic-edit", {"extra": dict(request.extra)})
+    [again] = in_context.build_requests("ic-edit", {**values, **restored}, context)
+    assert again.extra["ic_edit_lora"] == str(lora)
+    [own] = in_context.build_requests("ic-edit", {**values, "ic_edit_lora": in_context.OWN_IC_EDIT_LORA}, context)
+    assert "ic_edit_lora" not in own.extra
+    assert in_context.values_from_settings("ic-edit", {"extra": {}})["ic_edit_lora"] == in_context.OWN_IC_EDIT_LORA
+    with pytest.raises(InvalidRequest, match="The LoRA 'gone' is not in the LoRA library"):
+        in_context.build_requests("ic-edit", {**values, "ic_edit_lora": "gone"}, context)

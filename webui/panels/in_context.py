@@ -15,14 +15,15 @@ from webui.demo_examples import render_demo_examples
 from webui.panels import Panel, input_image, mask_editor, result_column
 from webui.panels.fill import BRUSH_SIZE, editor_image, editor_mask, example_editor_value
 from webui.presets_ui import render_presets
-from webui.requests import RequestContext, requests_from_settings
+from webui.requests import RequestContext, lora_files, requests_from_settings
 from webui.widgets import build_shared_controls, shared_settings, shared_values
 
 NO_STYLE = "none"
+OWN_IC_EDIT_LORA = "IC-Edit's own (RiverZ/normal-lora; the demo's on a demo model)"
 MARKERS_HELP = ("The left panel is the reference, the right one is generated. Describe both, marking each "
                 "panel with a pair: " + ", ".join(" / ".join(pair) for pair in PROMPT_MARKERS) + ".")
 EXTRA_KEYS = {"in-context": ("lora_style", "save_full_image"), "catvton": ("save_full_image",),
-              "ic-edit": ("instruction", "save_full_image")}
+              "ic-edit": ("instruction", "save_full_image", "ic_edit_lora")}
 
 
 def settings_from_values(tool: str, values: dict) -> dict:
@@ -31,6 +32,8 @@ def settings_from_values(tool: str, values: dict) -> dict:
         extra["lora_style"] = values["lora_style"]
     if tool == "ic-edit":
         extra["instruction"] = (values.get("instruction") or "").strip()
+        if values.get("ic_edit_lora") not in (None, "", OWN_IC_EDIT_LORA):
+            extra["ic_edit_lora"] = values["ic_edit_lora"]  # a library name, its file found when the job is built
     own = {"keep_unmasked": bool(values.get("keep_unmasked"))} if tool == "catvton" else {}
     return {"tool": tool, **shared_settings(values), **own, "extra": extra}
 
@@ -43,7 +46,14 @@ def values_from_settings(tool: str, settings: dict) -> dict:
     values.update({key: extra[key] for key in EXTRA_KEYS[tool] if key in extra})
     if tool == "in-context" and "lora_style" not in values and "extra" in settings:
         values["lora_style"] = NO_STYLE
+    if tool == "ic-edit" and "extra" in settings:
+        values.setdefault("ic_edit_lora", OWN_IC_EDIT_LORA)
     return values
+
+
+def library_name(lora: str, library: dict) -> str:
+    """A LoRA's library name, from its name or its file (as a result's settings record it)."""
+    return {str(path): name for name, path in library.items()}.get(lora, lora)
 
 
 def build_requests(tool: str, values: dict, context: RequestContext) -> list[GenerationRequest]:
@@ -58,6 +68,9 @@ def build_requests(tool: str, values: dict, context: RequestContext) -> list[Gen
                                       masked_image_path=context.inputs.save(editor_mask(editor), "catvton-mask"))
     if values.get("reference") is None:
         raise InvalidRequest("Upload the reference image.")
+    if "ic_edit_lora" in settings["extra"]:
+        name = library_name(settings["extra"]["ic_edit_lora"], context.loras)
+        settings["extra"]["ic_edit_lora"] = lora_files([name], context.loras)[0]
     return requests_from_settings(settings, context,
                                   image_path=context.inputs.save(values["reference"], f"{tool}-reference"))
 
@@ -83,6 +96,10 @@ def _render(studio, tool: str, title: str) -> Panel:
                 if tool == "ic-edit":
                     own["instruction"] = gr.Textbox(label="Instruction (e.g. 'make the sky pink')",
                                                     elem_id="ic-edit-instruction")
+                    own["ic_edit_lora"] = gr.Dropdown(
+                        [OWN_IC_EDIT_LORA, *sorted(studio.lora_library())], value=OWN_IC_EDIT_LORA,
+                        label="IC-Edit LoRA (another from the LoRA library: one trained for IC-Edit's diptychs)",
+                        allow_custom_value=True, elem_id="ic-edit-lora")
                 own["save_full_image"] = gr.Checkbox(False, label="Keep the whole diptych",
                                                      elem_id=f"{tool}-save-full")
                 prompt_label = {"catvton": "Prompt (empty: CatVTON's trained prompt)",
