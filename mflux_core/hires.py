@@ -139,4 +139,12 @@ def generate_hires(manager: "ModelManager", request: GenerationRequest, report: 
         image = manager.run_inputs(model, second, passes_report(report, first_steps - start, total,
                                                                 "hires fix pass 2 of 2"), cancelled)
     return manager.finished(image, request, model, first.conditioning.guidance, plan, started, before=before,
-                            notes=first.notes, recorded=first.recorded)
+                            notes=(*first.notes, *same_size_note(request, passes[1])), recorded=first.recorded)
+
+
+def same_size_note(request: GenerationRequest, second_size: tuple[int, int]) -> tuple[str, ...]:
+    """A note when a scale above 1 rounds back to the first pass's size (a second pass that only repaints)."""
+    if request.hires_scale <= 1 or second_size != (request.width, request.height):
+        return ()
+    return (f"The hires fix kept {request.width}x{request.height}: {request.hires_scale:g} times that, rounded down "
+            "to multiples of 16, is the same size, so the second pass only repainted it.",)

@@ -135,6 +135,13 @@ def test_the_settings_survive_metadata_a_preset_and_the_a1111_text(manager, tmp_
             theirs.get("hires_upscaler")) == (1.5, 0.7, None, None)
 
 
+def test_a_scale_that_rounds_back_to_the_first_size_says_the_second_pass_only_repainted():
+    result = ModelManager().generate(demo_request(width=48, height=48, steps=2, hires_scale=1.25, hires_steps=1))
+    assert result.image.size == (48, 48)
+    assert "The hires fix kept 48x48: 1.25 times that, rounded down to multiples of 16, is the same size, so the " \
+           "second pass only repainted it." in result.notes
+
+
 @pytest.mark.parametrize("changes, expected", [
     ({"width": 4096, "height": 64, "hires_scale": 2.0}, r"hires fix's second pass \(4096x64 upscaled 2 times\) "
                                                         r"would be 8192x128 pixels, past the 4096-pixel limit"),
