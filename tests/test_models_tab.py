@@ -303,3 +303,26 @@ def test_the_tab_extracts_a_lora_into_the_lora_library(tmp_path):
     assert "kontext-change" in library_names([tmp_path / "models" / "loras"])  # the models folder's library
     with pytest.raises(Exception, match="already has kontext-change.safetensors"):
         list(extract_and_save(studio, "demo-kontext", "demo", 8, "kontext-change", "s", "status"))
+
+
+def test_every_panels_model_list_is_read_again_on_page_load_and_after_the_models_tab_saves_one(tmp_path, monkeypatch):
+    """A model quantized, merged or downloaded on the Models tab (or copied into the models folder) is in every
+    tool's Model dropdown after the event or a page reload, not only after each dropdown's rescan."""
+    from webui.app import build_app
+    from webui.studio import StudioFolders
+    from webui.widgets import refresh_model_pickers
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "models").mkdir()
+    folders = StudioFolders.default(tmp_path / "outputs", models_dir=tmp_path / "models", loras=[])
+    studio = build_app(ModelManager(models_dir=tmp_path / "models"), folders).studio
+    tools = {tool for tool, _ in studio.model_pickers}
+    assert {"generate", "fill", "kontext", "controlnet", "redux", "ic-edit"} <= tools
+    shutil.copytree(demo_models_dir() / "demo", tmp_path / "models" / "demo-later")
+    handlers = []
+    refresh_model_pickers(studio, lambda handler, **wiring: handlers.append((handler, wiring)))
+    [(handler, wiring)] = handlers
+    assert wiring["outputs"] == [picker for _, picker in studio.model_pickers]
+    updates = handler()
+    generate_picker = next(picker for tool, picker in studio.model_pickers if tool == "generate")
+    assert "demo-later" in [value for _, value in updates[generate_picker].choices]

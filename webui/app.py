@@ -28,6 +28,7 @@ from webui.presets_ui import apply_settings  # noqa: E402
 from webui.panels.queue import render as render_queue  # noqa: E402
 from webui.studio import Studio, StudioFolders, StudioOutputs  # noqa: E402
 from webui.turns import EngineTurns  # noqa: E402
+from webui.widgets import refresh_model_pickers  # noqa: E402
 
 PANEL_MODULES = (generate, fill, depth, kontext, controlnet, redux, *in_context.PANELS, plot, concept, train)
 MAX_QUEUE_SIZE = 16
@@ -90,6 +91,7 @@ def build_app(manager, folders: StudioFolders | None = None, max_queue_size: int
         unload.click(studio.unload_models, outputs=studio.outputs.status_strip, api_name="unload_models")
         app.load(studio.after_job_updates, outputs=studio.after_job_updates_outputs(), api_name="history",
                  queue=False)
+        refresh_model_pickers(studio, app.load)
         app.queue(max_size=max_queue_size, default_concurrency_limit=2)
     app.studio, app.openai_api, app.a1111_api = studio, openai_api, a1111_api
     return app

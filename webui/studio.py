@@ -90,6 +90,7 @@ class Studio:
     tabs: gr.Tabs | None = None
     panels: dict = field(default_factory=dict)  # tab id -> webui.panels.Panel
     examples: dict = field(default_factory=dict)  # tool -> its mflux_core.demo.examples.DemoExample list
+    model_pickers: list = field(default_factory=list)  # (tool, its Model dropdown) of every panel (widgets.py)
 
     def lora_library(self) -> dict[str, Path]:
         return library_names(list(self.folders.loras))

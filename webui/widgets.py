@@ -272,6 +272,16 @@ class SharedControls:
     model_refresh: gr.Button
 
 
+def refresh_model_pickers(studio, event) -> None:
+    """After `event` (a page load, a model saved or deleted on the Models tab), every panel's Model dropdown lists
+    the models as they are on disk now (a panel's list is otherwise read when the page is built)."""
+    def updates() -> dict:
+        entries = studio.manager.list_models()
+        return {picker: gr.Dropdown(choices=model_choices(entries, tool)) for tool, picker in studio.model_pickers}
+
+    event(updates, outputs=[picker for _, picker in studio.model_pickers], queue=False, api_visibility="private")
+
+
 def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "Prompt",
                           offer_true_cfg: bool = True, offer_resize_mode: bool = True) -> SharedControls:
     """Render the shared controls (call inside a Blocks context) and wire their small helpers.
@@ -287,6 +297,7 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
     model = gr.Dropdown(model_choices(entries, tool), value=chosen, label="Model",
                         info="Aliases download on first use; models folder and HF cache entries are on disk.",
                         elem_id=f"{prefix}-model", buttons=[model_refresh])
+    studio.model_pickers.append((tool, model))
     prompt = gr.Textbox(label=prompt_label, lines=3, elem_id=f"{prefix}-prompt",
                         info="`{red|blue}` picks one per image, `__name__` a line of name.txt in the wildcards folder; "
                              "as in A1111, `(word:1.3)` weighs a word, `[cat:dog:0.5]` switches halfway through the "

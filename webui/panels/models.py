@@ -24,6 +24,7 @@ from mflux_core.settings_schema import MERGE_METHODS, WEIGHTED_SUM
 from mflux_core.weights.resolve import resolve_model
 from webui.jobs import ENGINE_QUEUE, error_text, follow, page_job, progress_html, safe_action
 from webui.status import size_text
+from webui.widgets import refresh_model_pickers
 
 HEADERS = ["Model", "Kind", "Where", "Size on disk", "State", "Resident", "Repository"]
 OFFLINE_NOTE = "Downloads are off: the studio runs offline (HF_HUB_OFFLINE=1), so this list shows what is on disk."
@@ -294,8 +295,8 @@ def render(studio) -> None:
         yield from follow_download(studio, value, status, table)
         yield listing()
 
-    download.click(download_handler, name, [status, table, *pickers], concurrency_limit=None,
-                   concurrency_id="studio-downloads", api_visibility="private")
+    downloaded = download.click(download_handler, name, [status, table, *pickers], concurrency_limit=None,
+                                concurrency_id="studio-downloads", api_visibility="private")
 
     def stop_download(value):
         try:
@@ -319,16 +320,16 @@ def render(studio) -> None:
         return {status: progress_html(message, kind="done"), confirm: gr.Button(visible=False),
                 pending_delete: None, **listing()}
 
-    confirm.click(safe_action(status, delete_confirmed), pending_delete,
-                  [status, confirm, pending_delete, table, *pickers], api_visibility="private")
+    deleted = confirm.click(safe_action(status, delete_confirmed), pending_delete,
+                            [status, confirm, pending_delete, table, *pickers], api_visibility="private")
 
     def quantize_handler(value, bits_value, new_value, request: gr.Request):
         yield from quantize_and_save(studio, value, bits_value, new_value, request.session_hash if request else "",
                                      status)
         yield listing()
 
-    quantize.click(quantize_handler, [name, bits, new_name], [status, table, *pickers], concurrency_id=ENGINE_QUEUE,
-                   concurrency_limit=1, api_visibility="private")
+    quantized = quantize.click(quantize_handler, [name, bits, new_name], [status, table, *pickers],
+                               concurrency_id=ENGINE_QUEUE, concurrency_limit=1, api_visibility="private")
 
     studio.wire_stop(stop_quantize)
 
@@ -337,8 +338,10 @@ def render(studio) -> None:
                                   request.session_hash if request else "", status)
         yield listing()
 
-    merge.click(merge_handler, [*merge_models, method, multiplier, merge_name], [status, table, *pickers],
-                concurrency_id=ENGINE_QUEUE, concurrency_limit=1, api_visibility="private")
+    merged = merge.click(merge_handler, [*merge_models, method, multiplier, merge_name], [status, table, *pickers],
+                         concurrency_id=ENGINE_QUEUE, concurrency_limit=1, api_visibility="private")
+    for event in (rescan.click, downloaded.then, deleted.then, quantized.then, merged.then):  # every tool's list too
+        refresh_model_pickers(studio, event)
     studio.wire_stop(stop_merge)
 
     def extract_handler(tuned_value, base_value, rank_value, name_value, request: gr.Request):
