@@ -337,6 +337,12 @@ def test_a_fill_batch_inpaints_each_image_inside_the_mask_of_its_name(page, stud
     assert masks["f0"][:32, :32].all() and not masks["f0"][32:, 32:].any()
     assert masks["f1"][32:, 32:].all() and not masks["f1"][:32, :32].any()
     screenshot(page, "fill-batch")
+    page.wait_for_selector("#fill-compare", state="visible")
+    type_into(page, "fill-prompt", "a blue circle <lora:nowhere:1>")  # refused: nothing of the last run stays up
+    page.click("#fill-run")
+    assert "nowhere" in wait_for_status(page, "fill", "nowhere")
+    page.wait_for_selector("#fill-compare", state="hidden")
+    page.wait_for_selector("#fill-preview img", state="detached")
 
 
 def test_unload_models_frees_the_memory_and_says_so(page, studio):

@@ -155,9 +155,11 @@ class Studio:
         run = trigger.click(handler, inputs_kwargs=inputs, outputs=self.job_outputs(view), api_name=api_name,
                             concurrency_limit=None, show_progress="minimal",
                             show_progress_on=[view.results])
-        if view.compare is not None:
-            run.then(show_comparison, inputs=[view.compared], outputs=[view.compare], queue=False,
-                     show_progress="hidden", api_visibility="private")
+        if view.compare is not None:  # a refused run hides the last run's before / after (its state is not kept)
+            run.success(show_comparison, inputs=[view.compared], outputs=[view.compare], queue=False,
+                        show_progress="hidden", api_visibility="private")
+            run.failure(lambda: show_comparison(None), outputs=[view.compare], queue=False, show_progress="hidden",
+                        api_visibility="private")
         return run.then(self.after_job_updates, outputs=self.after_job_updates_outputs(), queue=False,
                         show_progress="hidden", api_visibility="private")
 
