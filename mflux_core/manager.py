@@ -31,7 +31,7 @@ from mflux_core.memory import DEPTH_PHASE, UPSCALER_PHASE, MemoryBudget, MemoryP
 from mflux_core.metadata import png_text_chunks, request_metadata
 from mflux_core.model_locator import ModelLocator
 from mflux_core.native_sizes import (
-    makes_any_size, native_panel_for, native_size_for, size_note, tokens_note, whole_tokens_size,
+    MASKED_AREA_MADE, makes_any_size, native_panel_for, native_size_for, size_note, tokens_note, whole_tokens_size,
 )
 from mflux_core.registry import ModelEntry
 from mflux_core.request import GenerationRequest
@@ -315,8 +315,10 @@ class ModelManager:
             made = native_panel_for(model.native_sizes, asked, canvas)
         if made is None:
             return inputs or tool_inputs(model, request, self), ()
-        note = size_note(request.model, model.native_sizes, asked, made) if model.native_sizes else \
-            tokens_note(request.model, model.token_side, asked, made)
+        # inpaint area "Only masked" keeps the image's size: the size decided is the area's, as it is processed
+        area = {"made_what": MASKED_AREA_MADE} if request.only_masked_padding is not None else {}
+        note = size_note(request.model, model.native_sizes, asked, made, **area) if model.native_sizes else \
+            tokens_note(request.model, model.token_side, asked, made, **area)
         return tool_inputs(model, request.with_(width=made[0], height=made[1]), self), (note,)
 
     def step_preview(self, model: FluxModel) -> Preview | None:

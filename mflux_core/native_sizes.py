@@ -102,11 +102,15 @@ def sizes_phrase(native: tuple[Size, ...]) -> str:
     return f"{min(widths)}x{min(heights)} to {max(widths)}x{max(heights)}"
 
 
-def size_note(model: str, native: tuple[Size, ...], asked: Size, made: Size) -> str:
-    return (f"{model} makes {sizes_phrase(native)} images only, so this one is {made[0]}x{made[1]} instead of "
+MASKED_AREA_MADE = "the masked area is inpainted at"  # a note's subject for inpaint area "Only masked"
+
+
+def size_note(model: str, native: tuple[Size, ...], asked: Size, made: Size, made_what: str = "this one is") -> str:
+    """`made_what`: what has the size made ("this one is"; an inpainted area's "the masked area is inpainted at")."""
+    return (f"{model} makes {sizes_phrase(native)} images only, so {made_what} {made[0]}x{made[1]} instead of "
             f"{asked[0]}x{asked[1]}; other sizes need a FLUX.1 model.")
 
 
-def tokens_note(model: str, token_side: int, asked: Size, made: Size) -> str:
-    return (f"{model} makes {what_it_makes((), token_side)}, so this image is {made[0]}x{made[1]} instead of "
+def tokens_note(model: str, token_side: int, asked: Size, made: Size, made_what: str = "this image is") -> str:
+    return (f"{model} makes {what_it_makes((), token_side)}, so {made_what} {made[0]}x{made[1]} instead of "
             f"{asked[0]}x{asked[1]}.")

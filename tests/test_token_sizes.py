@@ -72,6 +72,17 @@ def test_inpainting_and_outpainting_on_a_fill_model_make_whole_tokens(manager, m
     assert kept.tobytes() == Image.open(photo).convert("RGB").crop((16, 16, 32, 64)).tobytes()
 
 
+def test_only_the_masked_area_is_processed_at_whole_tokens_and_the_note_says_so(manager, models, photo, tmp_path):
+    mask = Image.new("L", (48, 80), 0)
+    mask.paste(255, (8, 8, 40, 40))
+    mask.save(tmp_path / "mask.png")
+    result = manager.generate(request(models["fill"], tool="fill", image_path=str(photo), width=48, height=80,
+                                      masked_image_path=str(tmp_path / "mask.png"), only_masked_padding=0))
+    assert result.image.size == (48, 80)  # the image keeps its size; its masked area was processed at 32x64
+    assert any(note.endswith("makes sizes in steps of 32 px (its VAE scales by 16), so the masked area is inpainted "
+                             "at 32x64 instead of 48x80.") for note in result.notes), result.notes
+
+
 def test_the_in_context_tools_make_panels_of_whole_tokens(manager, models, photo, tmp_path):
     """IC-Edit decides its panel before In-Context's canvas is built (its 512 px wide panels, or the size asked)."""
     dims = lora_files.Dims.of(models["fill"])
