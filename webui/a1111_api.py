@@ -785,6 +785,7 @@ def sdapi_router(studio, auth=None) -> APIRouter:
 
     add_extras_routes(route, threads, json_object, run_upscale,
                       lambda name: upscaler_file(studio.manager.models_dir, name) is not None)
+
     async def not_here(request: Request):
         path = request.url.path
         methods = sorted({method for known in router.routes if getattr(known, "path", None) == path

@@ -31,8 +31,8 @@ import tempfile
 import threading
 import time
 from contextlib import closing, contextmanager
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -251,7 +251,7 @@ class ResultLinks:
     def opens(self, request: Request) -> bool:
         """Whether the request's URL is one of ours, signed and not expired."""
         expires, signature = request.query_params.get("expires", ""), request.query_params.get("signature", "")
-        return (self._key is not None and expires.isdigit() and int(expires) >= time.time()
+        return (self._key is not None and expires.isdigit() and len(expires) <= 12 and int(expires) >= time.time()
                 and hmac.compare_digest(signature, self._signature(request.url.path, expires)))
 
 
