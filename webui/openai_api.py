@@ -174,8 +174,9 @@ def is_fill_model(studio, name: str | None) -> bool:
     return entry is not None and entry.kind in TOOL_SPECS["fill"].model_kinds
 
 
-def has_transparency(upload: UploadFile) -> bool:
-    return bool((np.asarray(uploaded(upload, load_rgba).getchannel("A")) < OPAQUE).any())
+def transparent_area(upload: UploadFile, param: str = "image") -> np.ndarray:
+    """Where an uploaded image is transparent (OpenAI's edit area), as booleans."""
+    return np.asarray(uploaded(upload, load_rgba, param).getchannel("A")) < OPAQUE
 
 
 def edits_by_transparency(studio, model: str | None, images: list[UploadFile]) -> bool:
@@ -183,7 +184,7 @@ def edits_by_transparency(studio, model: str | None, images: list[UploadFile]) -
     dall-e-2 (also its default model for edits) does with one image that has transparency."""
     if is_fill_model(studio, model):
         return True
-    return model in (None, DALL_E_2) and len(images) == 1 and has_transparency(images[0])
+    return model in (None, DALL_E_2) and len(images) == 1 and bool(transparent_area(images[0]).any())
 
 
 # ----- requests and results -------------------------------------------------------------------
@@ -270,11 +271,10 @@ def uploaded(upload: UploadFile, loader: Callable, param: str = "image") -> Imag
 
 def edit_mask(upload: UploadFile, image: Image.Image, param: str) -> Image.Image:
     """OpenAI's mask (transparent = edit) as ours ('L', white = regenerate); `param`: the form field it came as."""
-    alpha = np.asarray(uploaded(upload, load_rgba, param).getchannel("A"))
-    if alpha.shape != (image.height, image.width):
-        raise ApiError(400, f"The mask is {alpha.shape[1]}x{alpha.shape[0]} pixels but the image is "
+    edited = transparent_area(upload, param)
+    if edited.shape != (image.height, image.width):
+        raise ApiError(400, f"The mask is {edited.shape[1]}x{edited.shape[0]} pixels but the image is "
                             f"{image.width}x{image.height}: they must be the same size.", param)
-    edited = alpha < OPAQUE
     if not edited.any():
         if param == "image":  # no mask was sent: the image's own transparency was to be the mask
             raise ApiError(400, "No mask was sent and the image has no transparent pixels: send a mask, or an image "

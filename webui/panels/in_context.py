@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from mflux_core.errors import InvalidRequest
+from mflux_core.lora.a1111 import lora_library_name
 from mflux_core.request import GenerationRequest
 from mflux_core.tools.in_context_lora import LORA_STYLES, PROMPT_MARKERS
 from webui.demo_examples import render_demo_examples
@@ -46,14 +47,9 @@ def values_from_settings(tool: str, settings: dict) -> dict:
     values.update({key: extra[key] for key in EXTRA_KEYS[tool] if key in extra})
     if tool == "in-context" and "lora_style" not in values and "extra" in settings:
         values["lora_style"] = NO_STYLE
-    if tool == "ic-edit" and "extra" in settings:
-        values.setdefault("ic_edit_lora", OWN_IC_EDIT_LORA)
+    if tool == "ic-edit" and "extra" in settings:  # a result records the file: the picker shows its library name
+        values["ic_edit_lora"] = lora_library_name(values.get("ic_edit_lora") or "") or OWN_IC_EDIT_LORA
     return values
-
-
-def library_name(lora: str, library: dict) -> str:
-    """A LoRA's library name, from its name or its file (as a result's settings record it)."""
-    return {str(path): name for name, path in library.items()}.get(lora, lora)
 
 
 def build_requests(tool: str, values: dict, context: RequestContext) -> list[GenerationRequest]:
@@ -69,7 +65,7 @@ def build_requests(tool: str, values: dict, context: RequestContext) -> list[Gen
     if values.get("reference") is None:
         raise InvalidRequest("Upload the reference image.")
     if "ic_edit_lora" in settings["extra"]:
-        name = library_name(settings["extra"]["ic_edit_lora"], context.loras)
+        name = lora_library_name(settings["extra"]["ic_edit_lora"])
         settings["extra"]["ic_edit_lora"] = lora_files([name], context.loras)[0]
     return requests_from_settings(settings, context,
                                   image_path=context.inputs.save(values["reference"], f"{tool}-reference"))
