@@ -182,8 +182,8 @@ def run_job(studio, view: JobView, build: RequestBuilder, values: dict, session:
         return " ".join([f"Done: {_images(len(saved))} saved to {studio.folders.outputs}.", *notes])
 
     # The results once, at the end: what a gradio_client call gets back, next to the status. A run that saved
-    # nothing (refused, failed, stopped before its first image) clears the last run's preview and before / after,
-    # which would look like its result.
+    # nothing (refused, failed, stopped before its first image) clears the last run's preview, which would look like
+    # its result (its before / after: Studio.wire_run).
     def final() -> dict:
         cleared = {} if saved else {view.preview: None}
         return {view.results: saved, **cleared, **({view.compared: compared} if view.compared else {})}
