@@ -14,6 +14,7 @@ from mflux_core.weights.resolve import (
 from mflux_core.weights.module_files import with_modules
 from mflux_core.weights.split_base import bundles_its_base, split_files_in
 from mflux_core.weights.split_files import LABELS, SPLIT_KINDS
+from mflux_core.weights.transformer_shape import TransformerShape, folder_shape, single_file_shape
 
 
 class ModelLocator:
@@ -33,9 +34,11 @@ class ModelLocator:
     def base_for(self, model: str) -> str | None:
         """The base of a single transformer file named without one (as the page and the APIs name it): FLUX.1-dev
         for a file with a guidance embedding (dev and its finetunes), else FLUX.1-schnell, when it is on disk, or else
-        another FLUX.1 folder on disk of the same kind (krea-dev, a copy in the models folder), or else ComfyUI's or
-        Forge's VAE and text encoder files in the models folder (weights/split_base.py); its VAE, text encoders and
-        scheduler are the file's. None for a model that is not a single file."""
+        another FLUX.1 folder on disk of the same kind (krea-dev, a copy in the models folder, a base model before a
+        Fill, Depth or Kontext one), or else ComfyUI's or Forge's VAE and text encoder files in the models folder
+        (weights/split_base.py); its VAE, text encoders and scheduler are the file's. Of those folders, one whose
+        transformer has the file's shape (weights/transformer_shape.py) is taken first. None for a model that is not
+        a single file."""
         path = next((p for p in (Path(model).expanduser(), self.models_dir / model) if p.is_file()), None)
         if path is None:
             return None
@@ -44,12 +47,18 @@ class ModelLocator:
             return None
         guided = single_file_has_guidance(path)
         alias = "dev" if guided else "schnell"
-        if on_disk(alias, self.models_dir):
+        shape = single_file_shape(path)
+        if on_disk(alias, self.models_dir) and fits(shape, resolve_name(alias, self.models_dir)):
             return alias
-        for entry in self.list_models():
-            if entry.kind == "base" and entry.available and entry.where != BUILT_IN and \
-                    has_guidance_embedding(resolve_name(entry.name, self.models_dir)) == guided:
-                return entry.name
+        entries = sorted((entry for entry in self.list_models() if entry.kind in FOLDER_KINDS and entry.available
+                          and entry.where != BUILT_IN), key=lambda entry: entry.kind != "base")
+        folders = [(entry.name, folder) for entry in entries if (folder := resolve_name(entry.name, self.models_dir))
+                   .is_dir() and has_guidance_embedding(folder) == guided]
+        fitting = [name for name, folder in folders if fits(shape, folder)]
+        if fitting:
+            return fitting[0]
+        if on_disk(alias, self.models_dir) or folders:  # loading then says what does not fit
+            return alias if on_disk(alias, self.models_dir) else folders[0][0]
         found = split_files_in(self.models_dir) if self.models_dir.is_dir() else {}
         if len(found) == len(SPLIT_KINDS):
             return str(self.models_dir)
@@ -70,6 +79,15 @@ class ModelLocator:
 
     def list_models(self) -> list[ModelEntry]:
         return list_models(self.models_dir)
+
+
+FOLDER_KINDS = ("base", "fill", "depth", "kontext")  # registry kinds of models that can have a VAE and text encoders
+
+
+def fits(shape: TransformerShape | None, folder: Path) -> bool:
+    """Whether `folder` supplies what a single file of `shape` needs (where either does not say, it is assumed)."""
+    other = folder_shape(folder)
+    return shape is None or other is None or shape.runs_with(other)
 
 
 def has_guidance_embedding(folder: Path) -> bool:

@@ -12,13 +12,14 @@ from safetensors import SafetensorError, safe_open
 
 from mflux_core.downloads import cached_repo_folder  # complete downloads only: a partial one is not a model
 from mflux_core.errors import ModelLoadError
-from mflux_core.models.vae import FLUX_SIDE, native_side
+from mflux_core.models.vae import FLUX_SIDE, native_side, scale_factor
 from mflux_core.weights.component_folder import component_config
 from mflux_core.weights.controlnet_files import is_controlnet_file
 from mflux_core.weights.gguf_file import is_gguf
 from mflux_core.weights.mflux_saved import is_mflux_folder, model_kind as mflux_model_kind
 from mflux_core.weights.resolve import ALIASES, DEMO_MODELS, demo_models_dir, hf_cache_dir
 from mflux_core.weights.split_files import split_file_kind
+from mflux_core.weights.transformer_shape import single_file_shape
 
 FLUX_PIPELINE_KINDS = {
     "FluxPipeline": "base", "FluxFillPipeline": "fill", "FluxControlPipeline": "depth",
@@ -30,6 +31,8 @@ ALIAS_KINDS = {"schnell": "base", "dev": "base", "krea-dev": "base", "fill": "fi
 
 
 BUILT_IN = "built-in"  # where a demo model is (ModelEntry.where)
+FLUX_VAE_BLOCKS = (128, 256, 512, 512)  # FLUX.1's VAE: 8x, a token 16 px a side
+FLUX_TOKEN_SIDE = 16
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class ModelEntry:
     where: str  # "alias", "built-in" (a demo model), "models folder" or "HF cache"
     available: bool  # files are on disk (no download needed)
     native_side: int = FLUX_SIDE  # the side a text-to-image request gets by default (64 for the demo models)
+    token_side: int = FLUX_TOKEN_SIDE  # px along a side of one latent token: sizes it makes are whole tokens
 
     @property
     def label(self) -> str:
@@ -80,28 +84,34 @@ def is_single_file_checkpoint(path: Path) -> bool:
 
 
 def file_kind(path: Path) -> str:
-    """What a .safetensors file in the models folder holds, from its header's tensor names: a ControlNet
+    """What a .safetensors file in the models folder holds, from its header: a ControlNet
     (weights/controlnet_files.py), a VAE or text encoder (ComfyUI's ae, clip_l, t5xxl: weights/split_files.py),
-    else a single-file transformer (as a .gguf file always is)."""
+    a Fill or a Depth / Canny transformer (BFL's flux1-fill-dev.safetensors, ...: its input channels), a Kontext one
+    (its shape is a base model's, so its name says it: flux1-kontext-dev.safetensors), else a base single-file
+    transformer."""
     split = split_file_kind(path)
     if split is not None:
         return "vae" if split == "vae" else "text-encoder"
-    if is_gguf(path):
-        return "single-file"
-    try:
-        with safe_open(path, framework="numpy") as weights:
-            keys = weights.keys()
-    except (OSError, SafetensorError):
-        return "single-file"  # loading it says what is wrong
-    return "controlnet" if is_controlnet_file(keys) else "single-file"
+    if not is_gguf(path):
+        try:
+            with safe_open(path, framework="numpy") as weights:
+                if is_controlnet_file(weights.keys()):
+                    return "controlnet"
+        except (OSError, SafetensorError):
+            return "single-file"  # loading it says what is wrong
+    shape = single_file_shape(path)
+    if shape is None or shape.kind == "base":
+        return "kontext" if "kontext" in path.name.lower() else "single-file"
+    return shape.kind
 
 
-def folder_native_side(folder: Path) -> int:
-    """The native image side of a model folder, from its VAE's config (FLUX.1's 1024 if none)."""
+def folder_sides(folder: Path) -> tuple[int, int]:
+    """(the native image side, the token side) of a model folder, from its VAE's config (FLUX.1's if none)."""
     try:
-        return native_side(component_config(folder / "vae"))
+        config = component_config(folder / "vae")
+        return native_side(config), 2 * scale_factor(config.get("block_out_channels") or FLUX_VAE_BLOCKS)
     except (ModelLoadError, AttributeError):
-        return FLUX_SIDE
+        return FLUX_SIDE, FLUX_TOKEN_SIDE
 
 
 def cached_repos() -> dict[str, Path]:
@@ -151,19 +161,19 @@ def list_models(models_dir: Path | None) -> list[ModelEntry]:
     cached = cached_repos()
     for alias, repo in ALIASES.items():
         available = repo in cached and folder_kind(cached[repo]) is not None and cached_repo_folder(repo) is not None
-        side = folder_native_side(cached[repo]) if available else FLUX_SIDE
-        entries.append(ModelEntry(alias, ALIAS_KINDS[alias], "alias", available, side))
+        sides = folder_sides(cached[repo]) if available else (FLUX_SIDE, FLUX_TOKEN_SIDE)
+        entries.append(ModelEntry(alias, ALIAS_KINDS[alias], "alias", available, *sides))
     for name in DEMO_MODELS:  # a missing demo folder is left out: there is nothing to download
         if kind := folder_kind(demo_models_dir() / name):
-            entries.append(ModelEntry(name, kind, BUILT_IN, True, folder_native_side(demo_models_dir() / name)))
+            entries.append(ModelEntry(name, kind, BUILT_IN, True, *folder_sides(demo_models_dir() / name)))
     if models_dir is not None and Path(models_dir).is_dir():
         for path in sorted(Path(models_dir).iterdir()):
             if is_single_file_checkpoint(path):
                 entries.append(ModelEntry(path.name, file_kind(path), "models folder", True))
             elif path.is_dir() and (kind := folder_kind(path)):
-                entries.append(ModelEntry(path.name, kind, "models folder", True, folder_native_side(path)))
+                entries.append(ModelEntry(path.name, kind, "models folder", True, *folder_sides(path)))
     known = set(ALIASES.values())
     for repo, snapshot in sorted(cached.items()):
         if repo not in known and (kind := folder_kind(snapshot)):
-            entries.append(ModelEntry(repo, kind, "HF cache", True, folder_native_side(snapshot)))
+            entries.append(ModelEntry(repo, kind, "HF cache", True, *folder_sides(snapshot)))
     return entries

@@ -163,6 +163,11 @@ def infer_transformer_config(weights: dict[str, mx.array], axes_dims_rope: tuple
                 "FLUX.1 transformer the studio can read from one file (the file does not say its position axes)."
             )
         axes_dims_rope = FLUX1_AXES_DIMS_ROPE
+    elif sum(axes_dims_rope) != head_dim:
+        raise ModelLoadError(
+            f"This single-file checkpoint's attention heads are {head_dim} wide, but the model folder it runs with "
+            f"(for its VAE, text encoders and position axes) has heads of {sum(axes_dims_rope)}: the file was made "
+            "for another base model; put that model's folder into the models folder.")
     out_channels = matrix_shape(weights, "final_layer.linear.weight")[0]
     return {"patch_size": 1, "out_channels": None if out_channels == in_channels else out_channels,
             **trunk_config(weights, head_dim, axes_dims_rope)}

@@ -252,6 +252,11 @@ def check_weights_file(path: Path) -> None:
         _tensor_specs(Path(path))
 
 
+def tensor_shapes(path: Path) -> dict[str, list[int]]:
+    """name -> shape of each tensor in a safetensors file, from its header."""
+    return {name: shape for name, (_, shape) in _tensor_specs(path).items()}
+
+
 def _tensor_specs(path: Path) -> dict[str, tuple[str, list[int]]]:
     """name -> (dtype, shape) of each tensor in a safetensors file, from its header; the data is not read."""
     try:
