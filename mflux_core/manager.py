@@ -104,12 +104,12 @@ class ModelManager:
     # ----- what tools ask for (ToolEngine) ---------------------------------------------------
 
     def auxiliary_model(self, name: str, load: Callable[[Path], object], variant: str = "",
-                        beside: FluxModel | None = None):
+                        beside: FluxModel | None = None, check: Callable[[object], None] | None = None):
         try:
             folder = self.locator.folder(name, self._on_download)
         finally:
             self.download = None
-        return self.resident.side_model(folder, name, load, variant, beside)
+        return self.resident.side_model(folder, name, load, variant, beside, check)
 
     def encoded_image(self, model: FluxModel, image: Image.Image, width: int, height: int) -> mx.array:
         key = (id(model.vae), hashlib.sha256(image.tobytes()).hexdigest(), image.mode, image.size, width, height)

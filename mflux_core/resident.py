@@ -242,18 +242,29 @@ class ResidentModels:
             self.last_swap = {"from": previous_label, "to": what, "seconds": round(time.perf_counter() - started, 3)}
 
     def side_model(self, folder: Path, label: str, load: Callable[[Path], object], variant: str = "",
-                   beside: FluxModel | None = None):
+                   beside: FluxModel | None = None, check: Callable[[object], None] | None = None):
         """A side model (depth estimator, ControlNet, Redux encoder) loaded from `folder` once, kept in a small LRU.
 
-        `variant` tells apart loads of the same files that differ (e.g. the dtype). With `beside` (the model it
-        will run with), its weights, read from the file headers in that model's dtype, are checked against the
-        budget before loading: other transformers are evicted if that makes them fit, else it is refused.
+        `variant` tells apart loads of the same files that differ (e.g. the dtype), and is shown with it. With
+        `beside` (the model it will run with), its weights, read from the file headers in that model's dtype, are
+        checked against the budget before loading: other transformers are evicted if that makes them fit, else it
+        is refused. `check` refuses it for this run (raising); one loaded for this run is then not kept.
         """
         key = (content_key(folder), variant)
-        if beside is not None and self.auxiliary.get(key) is None:
+        loaded_now = self.auxiliary.get(key) is None
+        if beside is not None and loaded_now:
             self._room_for_side_model(label, resident_bytes_of(side_model_files(folder), beside.dtype.size), beside)
-        return self.auxiliary.get_or_create(key, lambda: self._timed_load("auxiliary", f"{label} ({folder})",
-                                                                          lambda: load(folder), key))
+        what = f"{label} {variant} ({folder})" if variant else f"{label} ({folder})"
+        value = self.auxiliary.get_or_create(key, lambda: self._timed_load("auxiliary", what, lambda: load(folder),
+                                                                           key))
+        if check is not None:
+            try:
+                check(value)
+            except Exception:
+                if loaded_now:
+                    self.auxiliary.pop(key)
+                raise
+        return value
 
     def _room_for_side_model(self, label: str, needed_bytes: int, beside: FluxModel) -> None:
         for key, transformer in self._transformers.items():

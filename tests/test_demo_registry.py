@@ -102,7 +102,7 @@ def test_the_controlnet_tool_on_a_demo_base_uses_demo_canny(tmp_path):
     result = manager.generate(request)
     assert result.image.size == (64, 64)
     side_models = [r["name"] for r in manager.status()["resident"] if r["kind"] == "auxiliary"]
-    assert len(side_models) == 1 and side_models[0].startswith("demo-canny (")
+    assert len(side_models) == 1 and side_models[0].startswith("demo-canny float32 (")  # the dtype it was loaded in
     with pytest.raises(InvalidRequest, match="The ControlNet canny is made for FLUX.1-dev and cannot drive the demo"):
         manager.generate(request.with_(extra={"controlnet_path": "canny"}))
 
@@ -113,8 +113,10 @@ def test_demo_canny_on_a_flux_base_of_another_width_is_refused(tiny_dev, tmp_pat
                                 controlnet_image_path=control_picture(tmp_path / "edges.png"), **SMALL)
     demo = family.transformer_config()
     width = demo["num_attention_heads"] * demo["attention_head_dim"]
+    manager = ModelManager(models_dir=tmp_path)
     with pytest.raises(InvalidRequest, match=f"The ControlNet demo-canny was made for a transformer of width {width}"):
-        ModelManager(models_dir=tmp_path).generate(request)
+        manager.generate(request)
+    assert not [r for r in manager.status()["resident"] if r["kind"] == "auxiliary"]  # the refused one is not kept
 
 
 def test_a_missing_demo_folder_is_a_clear_error_and_never_a_download(tmp_path, monkeypatch):

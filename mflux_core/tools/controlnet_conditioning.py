@@ -99,8 +99,13 @@ def resident_controlnet(model: FluxModel, request: GenerationRequest, engine: To
         return quantize_model(load_held_in_fp8(partial(load_controlnet, path, model.dtype, axes), path),
                               request.quantize)
 
-    controlnet = engine.auxiliary_model(name, load, variant=f"{model.dtype} {request.quantize}-bit {axes}",
-                                        beside=model)
+    # a single file loads only with the axes its heads fit, so the dtype and bits alone tell its loads apart
+    variant = str(model.dtype).removeprefix("mlx.core.") + (f" {request.quantize}-bit" if request.quantize else "")
+    return engine.auxiliary_model(name, load, variant, beside=model, check=partial(check_steers, model, name))
+
+
+def check_steers(model: FluxModel, name: str, controlnet: FluxControlNet) -> None:
+    """Refuses a ControlNet made for another transformer's width, input channels or token size."""
     made_for = (controlnet.config.hidden_size, controlnet.config.in_channels)
     if made_for != (model.config.hidden_size, model.config.in_channels):
         raise InvalidRequest(
@@ -110,7 +115,6 @@ def resident_controlnet(model: FluxModel, request: GenerationRequest, engine: To
     if controlnet.takes_pixels and HINT_SCALE * controlnet.hint.patch != 2 * model.vae_scale_factor:
         raise InvalidRequest(f"The ControlNet {name} makes a token of each {HINT_SCALE * controlnet.hint.patch} px "
                              f"square; this model's tokens are {2 * model.vae_scale_factor} px squares.")
-    return controlnet
 
 
 def control_type(request: GenerationRequest, default: str) -> str:

@@ -13,10 +13,10 @@ from mflux_core.request import GenerationRequest
 
 class ToolEngine(Protocol):
     def auxiliary_model(self, name: str, load: Callable[[Path], object], variant: str = "",
-                        beside: FluxModel | None = None) -> object:
+                        beside: FluxModel | None = None, check: Callable[[object], None] | None = None) -> object:
         """A side model (ControlNet, Redux encoder, depth estimator) by alias, repo id or path, loaded once; with
         `beside` (the model it runs with), refused (InvalidRequest) before loading when its weights in that model's
-        dtype would not fit the memory budget."""
+        dtype would not fit the memory budget; `check` may refuse it for this run, and then it is not kept."""
 
     def encoded_image(self, model: FluxModel, image: Image.Image, width: int, height: int) -> mx.array:
         """Packed VAE latents of an input image at a size, reused while the same image comes back."""
