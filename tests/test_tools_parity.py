@@ -229,6 +229,23 @@ def test_kontext_with_several_references_matches_diffusers_on_them_side_by_side(
     assert max_uint8_diff(expected, reference(Image.new("RGB", (32, 64), (255, 255, 255)))) > CONDITIONING_EFFECT
 
 
+def test_kontext_sized_by_its_stitched_references_says_so(tiny_kontext, tmp_path):
+    from mflux_core.manager import ModelManager
+    from mflux_core.request import GenerationRequest
+
+    first, second = save(random_image(48, 32, seed=10), tmp_path / "a.png"), save(random_image(32, 64, seed=11),
+                                                                                   tmp_path / "b.png")
+    request = GenerationRequest(tool="kontext", model=str(tiny_kontext), prompt="x", steps=1, image_path=str(first),
+                                reference_image_paths=(str(second),))
+    manager = ModelManager(models_dir=tmp_path)
+    result = manager.generate(request)
+    assert result.image.size == (64, 32)
+    assert "The output is 64x32, the 2 reference images side by side; set a width and height for another size." \
+        in result.notes
+    asked = manager.generate(request.with_(width=48, height=32))
+    assert asked.image.size == (48, 32) and not any("side by side" in note for note in asked.notes)
+
+
 def test_tool_refuses_a_model_of_the_wrong_kind(tiny_fill, tiny_depth, tmp_path, capsys):
     from mflux_core.cli import main
 

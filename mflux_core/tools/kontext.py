@@ -8,7 +8,7 @@ size (floored to a multiple of 16). `--kontext-auto-resize` resizes every refere
 `--no-kontext-auto-resize` none. The output is the reference's size as read unless one is asked for. A model that
 makes only some sizes (a demo model, taught with references of its own sizes) reads it at the output's size.
 Several reference images are one, side by side at the first one's height (images/stitch.py): Kontext reads one
-picture.
+picture, and without a size asked for, the output is that picture's size, as in ComfyUI's Kontext template.
 """
 
 from PIL import Image
@@ -59,6 +59,7 @@ def reference_image(request: GenerationRequest) -> Image.Image:
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
     check_in_channels(model, packed_channels(model), "Kontext", "FLUX.1-Kontext")
     reference = reference_image(request)
+    sized_by_stitch = len(request.reference_paths) > 1 and request.width is None and request.height is None
     multiple = 2 * model.vae_scale_factor
     if model.native_sizes:  # a demo model was taught with references of its own sizes: the output's, by resize mode
         request = with_size(request, reference)
@@ -74,6 +75,9 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     if (width, height) != reference.size:
         reference = reference.resize((width, height), Image.Resampling.LANCZOS)
     request = with_size(request, reference)
+    if sized_by_stitch:  # as ComfyUI's Kontext template, whose latent is the stitched references'
+        notes += (f"The output is {request.width}x{request.height}, the {len(request.reference_paths)} reference "
+                  "images side by side; set a width and height for another size.",)
     conditioning = prompt_conditioning(model, request)
     conditioning.reference_tokens = encode_image(model, reference, width, height).astype(model.dtype)
     grid = (2 * (height // multiple), 2 * (width // multiple))
