@@ -149,12 +149,13 @@ def test_the_server_binds_only_this_machine(server):
 GENERIC_GRADIO_ERROR = "has not enabled verbose error reporting"
 
 
-def page_reply(client, values: dict) -> tuple[str, bool]:
-    """(the job's status line, False) or (Gradio's own refusal of a value, True)."""
+def page_reply(client, values: dict, api_name: str = "/generate") -> tuple[str, bool]:
+    """(the job's status line, False) or (the event's error: a refusal, ours or Gradio's, True)."""
     from gradio_client.exceptions import AppError
 
     try:
-        return client.predict(**values, api_name="/generate")[0], False
+        reply = client.predict(**values, api_name=api_name)
+        return (reply[0] if isinstance(reply, (list, tuple)) else reply), False
     except AppError as error:
         return str(error), True
 
@@ -270,8 +271,8 @@ def test_no_endpoint_takes_a_server_path_it_was_not_given(root, server):
     tried = 0
     for path in ("/etc/passwd", "../../etc/passwd", str(secret)):
         for values in ({"config_path": path, "checkpoint_path": ""}, {"config_path": "", "checkpoint_path": path}):
-            status = str(client.predict(**values, api_name="/train"))
-            assert "inside the studio" in status and "root" not in status.replace("root:", ""), status
+            status, refused = page_reply(client, values, "/train")
+            assert refused and "inside the studio" in status and "root" not in status.replace("root:", ""), status
             tried += 1
         text, _ = page_reply(client, {**FAST, "model": path})
         assert "Done" not in text, text
@@ -307,8 +308,8 @@ def test_model_files_disappearing_mid_session_is_a_clear_error_and_the_next_requ
     target = link.resolve()
     link.rename(hidden)
     try:
-        status, *_ = client.predict(**{**FAST, "seed": 77}, api_name="/generate")
-        assert "tiny-schnell" in status and "Traceback" not in status and "Done" not in status, status
+        status, failed = page_reply(client, {**FAST, "seed": 77})
+        assert failed and "tiny-schnell" in status and "Traceback" not in status, status
     finally:
         hidden.rename(link)
     assert link.resolve() == target
@@ -316,6 +317,8 @@ def test_model_files_disappearing_mid_session_is_a_clear_error_and_the_next_requ
 
 
 def test_a_full_disk_in_the_web_job_is_a_clear_error_and_the_next_job_works(tiny_schnell, tmp_path, monkeypatch):
+    import gradio as gr
+
     from mflux_core.images import io as image_io
     from webui.jobs import run_job
     from webui.panels import generate
@@ -331,10 +334,11 @@ def test_a_full_disk_in_the_web_job_is_a_clear_error_and_the_next_job_works(tiny
     def disk_full(descriptor):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    with monkeypatch.context() as patch:
+    updates = []
+    with monkeypatch.context() as patch, pytest.raises(gr.Error, match="No space left on device"):
         patch.setattr(image_io.os, "fsync", disk_full)
-        last = list(run_job(studio, view, generate.build_requests, values, "s"))[-1]
-    assert "No space left on device" in last["status"] and last["results"] == []
+        updates.extend(run_job(studio, view, generate.build_requests, values, "s"))  # the job ends as an error
+    assert "No space left on device" in updates[-1]["status"] and updates[-1]["results"] == []
     assert not [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()]
     last = list(run_job(studio, view, generate.build_requests, values, "s"))[-1]
     assert "Done: 1 image" in last["status"] and len(last["results"]) == 1

@@ -4,8 +4,8 @@ It puts the job in the studio's single queue, turns the panel's values into requ
 through the ModelManager on a worker thread (events.stream) while streaming step count, time per
 step and a live preview to the page, saves every image with its metadata, and turns every failure
 into a readable message in the page: a StudioError's own sentence, or a one-line summary of a bug
-(its traceback goes to the server log, never to the page). A refused input (InvalidRequest) also
-ends the event as an error, so a gradio_client call raises with the sentence. The concept and
+(its traceback goes to the server log, never to the page). A failure also ends the event as an
+error, so a gradio_client call raises with the sentence. The concept and
 training panels run their own jobs through the same `page_job` and `follow`.
 """
 
@@ -18,7 +18,7 @@ from typing import Callable, Generator
 
 import gradio as gr
 
-from mflux_core.errors import Cancelled, InvalidRequest, StudioError
+from mflux_core.errors import Cancelled, StudioError
 from mflux_core.events import Downloading, Failed, Finished, Loading, Progress, Report, Retrying, Step, Stopped, stream
 from mflux_core.request import GenerationRequest
 from webui.compare import before_and_after
@@ -225,12 +225,10 @@ def message_markdown(text: str, kind: str = "error") -> str:
 
 
 def report_failure(failure: Exception | None, message: str) -> None:
-    """After the page shows `message`: a refused input ends the event as an error (gradio_client raises with the
-    sentence, the page shows it); any other failure is a warning beside the status line."""
-    if isinstance(failure, InvalidRequest):
-        raise gr.Error(message, print_exception=False)
+    """After the page shows `message`: a failure (a refused input, a model that cannot load, ...) ends the event as an
+    error: gradio_client raises with the sentence, the page shows it in an "Error" toast."""
     if failure is not None:
-        gr.Warning(message)
+        raise gr.Error(message, print_exception=False)
 
 
 # work(cancel) yields changes for the page and returns the closing status line
@@ -239,7 +237,7 @@ PageWork = Callable[[threading.Event], Generator[dict, None, str]]
 
 def page_job(studio, session: str, status: gr.HTML, work: PageWork, *, preparing: str = "Preparing…",
              stopped: Callable[[Cancelled], str] = str, final: Callable[[], dict] = dict,
-             on_failure: Callable[[Exception | None, str], None] = report_failure, about: dict | None = None):
+             about: dict | None = None):
     """Run a panel's work as this session's job (Stop sets its cancel flag) when its turn in the engine's queue
     comes (its place shows while it waits; `about`: what the queue shows of it, webui.turns.job_about) and end it
     with one status line: the work's own, the stop's sentence, or the failure's. `final()` adds the job's results
@@ -264,7 +262,7 @@ def page_job(studio, session: str, status: gr.HTML, work: PageWork, *, preparing
         studio.turns.leave(entry)
         studio.jobs.end(session, cancel)
     yield {status: progress_html(message, kind=kind), **final()}
-    on_failure(failure, message)
+    report_failure(failure, message)
 
 
 def safe_action(message_output, run: Callable, render: Callable[..., str] = progress_html,

@@ -103,13 +103,7 @@ def run_training(studio, outputs: dict, values: dict, session: str):
                 f"{' '.join(outcome.notes)}")
 
     yield from page_job(studio, session, outputs["status"], work,
-                        preparing="Loading the model and encoding the examples…", on_failure=warn)
-
-
-def warn(failure: Exception | None, message: str) -> None:
-    """Training's failures are warnings beside the status line, refused inputs too (the status says why)."""
-    if failure is not None:
-        gr.Warning(message)
+                        preparing="Loading the model and encoding the examples…")
 
 
 def render(studio) -> Panel:
