@@ -277,8 +277,10 @@ def test_fill_outpaint_sends_padding_and_previews_the_engines_canvas(context):
                     pad_bottom=0, pad_left=8, pad_unit="px", keep_unmasked=True)
     [request] = fill.build_requests(values, context)
     assert request.outpaint_padding == "0px,16px,0px,8px" and request.masked_image_path is None
-    canvas, mask = fill.outpaint_preview(values)
+    canvas, mask = fill.outpaint_preview(values, 16)
     assert canvas.size == (96, 48) and mask.size == (96, 48)  # 64 + 16 + 8 = 88, padded to a multiple of 16
+    canvas, _ = fill.outpaint_preview(values, 32)  # a model whose VAE scales by 16: its tokens are 32 px
+    assert canvas.size == (96, 64)
     assert fill.padding_values("10%") == {"mode": fill.OUTPAINT, "pad_unit": "%", "pad_top": 10.0,
                                           "pad_right": 10.0, "pad_bottom": 10.0, "pad_left": 10.0}
     assert fill.padding_values(None) == {"mode": fill.INPAINT}

@@ -15,7 +15,7 @@ from mflux_core.errors import InvalidRequest
 from mflux_core.images.resize_modes import DEFAULT_RESIZE_MODE, RESIZE_MODES
 from mflux_core.lora.info import describe_lora_file, read_lora_info
 from mflux_core.models.vae import FLUX_SIDE
-from mflux_core.registry import BUILT_IN, ModelEntry
+from mflux_core.registry import BUILT_IN, FLUX_TOKEN_SIDE, ModelEntry
 from mflux_core.request import MAX_SEED, MAX_SIDE, QUANTIZE_BITS, check_finite
 from mflux_core.settings_schema import MAX_BATCH, MAX_LORA_SCALE, MAX_TRUE_CFG_SCALE, SAMPLER_LABELS, SCHEDULE_LABELS
 from mflux_core.styles import read_styles
@@ -87,6 +87,11 @@ def default_model(entries: list[ModelEntry], tool: str) -> str:
 def native_side_of(entries: list[ModelEntry], name: str) -> int:
     """The default image side for a model: its own (64 for the demo models), FLUX.1's 1024 if unknown."""
     return next((e.native_side for e in entries if e.name == name), FLUX_SIDE)
+
+
+def token_side_of(entries: list[ModelEntry], name: str) -> int:
+    """Pixels along a side of one of the model's latent tokens (16 for FLUX.1's VAE, or if unknown)."""
+    return next((e.token_side for e in entries if e.name == name), FLUX_TOKEN_SIDE)
 
 
 def side_model_choices(entries: list[ModelEntry], kind: str, default_label: str) -> list[tuple[str, str]]:

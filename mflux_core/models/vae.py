@@ -71,6 +71,11 @@ FLUX_SIDE = 1024
 LATENT_SIDE = 128  # diffusers' FluxPipeline.default_sample_size: its default size in latent pixels
 
 
+def scale_factor(block_out_channels) -> int:
+    """Image pixels per latent pixel along a side: each block after the first halves the size."""
+    return 2 ** (len(block_out_channels) - 1)
+
+
 def native_side(config_json: dict) -> int:
     """The config's sample_size (1024 in FLUX.1's VAE, 64 in the demo's); where it is missing or is the 32
     diffusers writes for a config that never set one, FluxPipeline's default: 128 latent pixels a side (FLUX.1's
@@ -444,7 +449,7 @@ class AutoencoderKL(nn.Module):
 
     @property
     def scale_factor(self) -> int:
-        return 2 ** (len(self.config.block_out_channels) - 1)
+        return scale_factor(self.config.block_out_channels)
 
     @property
     def dtype(self) -> mx.Dtype:

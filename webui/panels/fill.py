@@ -15,14 +15,14 @@ from mflux_core.image_batch import masks_for
 from mflux_core.images.outpaint import outpaint_canvas, parse_padding
 from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import MASKED_CONTENTS, MAX_MASK_BLUR, ONLY_MASKED_PADDING
-from mflux_core.tools.specs import MASKED_CONTENT
+from mflux_core.tools.specs import MASKED_CONTENT, default_model_for
 from webui.demo_examples import render_demo_examples
 from webui.image_batch_ui import image_batch_controls, image_batch_requests, refuse_mixed_inputs
 from webui.jobs import progress_html, safe_action
 from webui.panels import Panel, editor_layers, input_image, mask_editor, result_column
 from webui.presets_ui import render_presets
 from webui.requests import RequestContext, read_upload, requests_from_settings
-from webui.widgets import build_shared_controls, number_value, shared_settings, shared_values
+from webui.widgets import build_shared_controls, number_value, shared_settings, shared_values, token_side_of
 
 TOOL = "fill"
 INPAINT, OUTPAINT = "Inpaint", "Outpaint"
@@ -194,11 +194,11 @@ def example_editor_value(example) -> dict:
     return {"background": image, "layers": [strokes], "composite": Image.alpha_composite(image, strokes)}
 
 
-def outpaint_preview(values: dict) -> tuple[Image.Image, Image.Image]:
-    """The canvas and mask the engine will build for these padding values."""
+def outpaint_preview(values: dict, token_side: int) -> tuple[Image.Image, Image.Image]:
+    """The canvas and mask the engine will build for these padding values, on a model of `token_side` px tokens."""
     image = editor_image(values.get("editor"))
     text = padding_text({**values, "mode": OUTPAINT})
-    return outpaint_canvas(image, parse_padding(text, image.width, image.height))
+    return outpaint_canvas(image, parse_padding(text, image.width, image.height), token_side)
 
 
 # ----- the panel ------------------------------------------------------------------------------
@@ -265,12 +265,14 @@ def render(studio) -> Panel:
                 view, run, stop = result_column(TOOL, compare=True)
 
     def show_canvas(**values):
-        canvas, mask = outpaint_preview(values)
+        model = values.get("model") or default_model_for(TOOL, studio.manager.models_dir)
+        canvas, mask = outpaint_preview(values, token_side_of(studio.manager.list_models(), model))
         return {canvas_image: canvas, mask_image: mask, view.status: progress_html(
             f"Outpaint canvas {canvas.width}x{canvas.height}: white in the mask is generated.")}
 
     preview_canvas.click(safe_action(view.status, show_canvas, clears=(canvas_image, mask_image)),
-                         inputs_kwargs={"editor": editor, "mode": mode, **pads, "pad_unit": pad_unit},
+                         inputs_kwargs={"editor": editor, "mode": mode, **pads, "pad_unit": pad_unit,
+                                        "model": shared.controls["model"]},
                          outputs=[canvas_image, mask_image, view.status], api_name="outpaint_preview")
     panel.view, panel.run_handler = view, studio.job(view)(build_requests)
     studio.wire_run(run, panel.run_handler, {**controls, "editor": editor, "mask_upload": mask_upload, **batch}, view,
