@@ -367,13 +367,12 @@ def test_detect_works_at_the_processor_resolution_as_the_extension_does(studio):
     extension = str(studio.http.base_url).rstrip("/").replace("/sdapi/v1", "/controlnet")
     picture = Image.open(studio.examples["controlnet"][0].images["image"]).convert("RGB").resize((96, 80))
 
-    def detected(**fields):
-        body = answer(studio.http.post(f"{extension}/detect", json={"controlnet_input_images": [b64(picture)],
+    def detected(sent=picture, **fields):
+        body = answer(studio.http.post(f"{extension}/detect", json={"controlnet_input_images": [b64(sent)],
                                                                       **fields}))
         return np.asarray(decoded(body["images"][0]).convert("RGB"))
 
-    def extension_canny(res: int, low: float = 100, high: float = 200) -> np.ndarray:
-        pixels = np.asarray(picture)
+    def extension_canny(res: int, low: float = 100, high: float = 200, pixels=np.asarray(picture)) -> np.ndarray:
         scale = res / min(pixels.shape[:2])
         width, height = round(96 * scale), round(80 * scale)
         resized = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
@@ -388,6 +387,14 @@ def test_detect_works_at_the_processor_resolution_as_the_extension_does(studio):
                        controlnet_threshold_b="150")  # FastAPI reads the extension's numbers from text too
     assert np.array_equal(as_text[..., 0], extension_canny(64, 50, 150))
     assert detected(controlnet_module="depth_anything_v2", controlnet_processor_res=128).shape[:2] == (128, 154)
+    # semi-transparent: over white in float, truncated, as the extension's HWC3 (a rounding composite moves edges)
+    ramp = np.broadcast_to(np.linspace(0, 255, 96).astype(np.uint8)[None, :, None], (80, 96, 1))
+    faded = Image.fromarray(np.concatenate([np.asarray(picture), ramp], axis=2), "RGBA")
+    alpha = ramp.astype(np.float32) / 255.0
+    hwc3 = (np.asarray(picture, np.float32) * alpha + 255.0 * (1.0 - alpha)).clip(0, 255).astype(np.uint8)
+    assert np.array_equal(detected(faded, controlnet_module="none"), hwc3)
+    assert np.array_equal(detected(faded, controlnet_module="canny", controlnet_processor_res=64)[..., 0],
+                          extension_canny(64, pixels=hwc3))
     huge = studio.http.post(f"{extension}/detect", json={"controlnet_module": "canny", "controlnet_processor_res": 10**6,
                                                          "controlnet_input_images": [b64(picture)]})
     assert "controlnet_processor_res must be a whole number of pixels from 64 to 4096" in assert_a1111_error(huge, 422)

@@ -39,7 +39,8 @@ from mflux_core.images.canny import canny_edges
 from mflux_core.images.resize_modes import CROP_AND_RESIZE, JUST_RESIZE, RESIZE_AND_FILL, RESIZE_MODES
 from mflux_core.request import check_image_size
 from mflux_core.settings_schema import MAX_SIDE
-from webui.a1111_wire import SdApiError, b64_png, decoded_image, parsed, without_hash
+from mflux_core.images.io import load_rgba
+from webui.a1111_wire import SdApiError, as_file, b64_png, base64_data, decoded_image, parsed, without_hash
 from webui.api_server import ApiFields, studio_models
 from webui.requests import InputStore
 from webui.widgets import model_choices
@@ -182,7 +183,20 @@ def unit_settings(studio, unit: ControlNetUnit, ignored: list[str], init_image=N
         raise SdApiError(422, f"ControlNet unit {number} (of the enabled ones) has no image: send its control "
                               "picture as base64 in 'image'.",
                          kind="RequestValidationError")
-    return settings, decoded_image(image, "ControlNet image")
+    return settings, decoded_control_image(image, "ControlNet image")
+
+
+def decoded_control_image(text: str, what: str) -> Image.Image:
+    """A base64 control image as the extension reads one (annotator/util.py's HWC3): transparency over white in
+    float, truncated to whole levels. load_image's Pillow composite rounds instead: a level apart on every
+    semi-transparent pixel, which moves hundreds of Canny edge pixels."""
+    picture = decoded_image(text, what)  # with its checks (size, format, damage)
+    with as_file(base64_data(text, what)) as path:
+        rgba = np.asarray(load_rgba(path, name=f"sent as {what}"), dtype=np.float32)
+    if (rgba[..., 3] == 255).all():
+        return picture
+    alpha = rgba[..., 3:] / 255.0
+    return Image.fromarray((rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)).clip(0, 255).astype(np.uint8))
 
 
 def module_settings(unit: ControlNetUnit) -> dict:
@@ -265,7 +279,8 @@ def detect(fields: dict, depth_map: Callable[[Image.Image], Image.Image]) -> dic
     if not isinstance(images, list) or not images or not all(isinstance(image, str) for image in images):
         raise SdApiError(422, "controlnet_input_images must be a list of base64 images.",
                          kind="RequestValidationError")
-    pictures = [decoded_image(image, f"controlnet_input_images[{index}]") for index, image in enumerate(images)]
+    pictures = [decoded_control_image(image, f"controlnet_input_images[{index}]")
+                for index, image in enumerate(images)]
     if module == NO_PREPROCESSOR:
         return {"images": [b64_png(image) for image in pictures], "info": "Success"}
     if module == CANNY:
