@@ -1,6 +1,7 @@
 """The settings other FLUX.1 apps store in their images, beside A1111's text (presets.settings_from_a1111) and
 ComfyUI's graph (comfy_workflow.py): SwarmUI's JSON (its "parameters" chunk, {"sui_image_params": {...}}), InvokeAI's
-("invokeai_metadata") and Draw Things' (JSON inside the image's XMP). Each reader returns the settings as found, under
+("invokeai_metadata"), Draw Things' (JSON inside the image's XMP) and mflux's (JSON in the EXIF UserComment, and its
+--metadata file). Each reader returns the settings as found, under
 the studio's names; presets.py clamps and validates them (found_settings). What an app names differently from the
 studio (its model files, samplers the studio lacks) is left out.
 """
@@ -16,6 +17,7 @@ from mflux_core.request import is_finite_number as is_number
 SIZE_TEXT = re.compile(r"([0-9]{1,18})x([0-9]{1,18})")  # "WxH", each side as request.whole_text reads it
 SWARM_KEY = "sui_image_params"  # inside the JSON SwarmUI writes into the "parameters" chunk
 INVOKE_KEY = "invokeai_metadata"  # the PNG text chunk InvokeAI writes
+MFLUX_KEY = "mflux_version"  # in the JSON mflux writes beside an image and into its EXIF UserComment
 # ComfyUI's sampler names (SwarmUI runs ComfyUI and keeps them) -> ours, where the method is the same
 COMFY_SAMPLERS = {"euler": "euler", "euler_ancestral": "euler_a", "heun": "heun", "dpmpp_2m": "dpm++2m",
                   "dpmpp_2m_sde": "dpm++2m_sde", "uni_pc": "unipc"}
@@ -123,16 +125,20 @@ def read_swarm_parameters(text: str) -> FoundSettings:
     creativity = _number_of(params.get("initimagecreativity"))
     if creativity is not None and 0 < creativity < 1:
         found["image_strength"] = round(1 - creativity, 6)
-    names, weights = params.get("loras"), params.get("loraweights")
+    return FoundSettings(found, listed_loras(params.get("loras"), params.get("loraweights")))
+
+
+def listed_loras(names, weights) -> list[LoraUse]:
+    """LoRAs kept as two lists, files and weights (a weight as text too; a missing one is 1)."""
+    if not isinstance(names, list):
+        return []
+    weights = weights if isinstance(weights, list) else []
     loras = []
-    if isinstance(names, list):
-        weights = weights if isinstance(weights, list) else []
-        for index, name in enumerate(names):
-            weight = _number_of(weights[index]) if index < len(weights) else None
-            if isinstance(name, str) and name:
-                loras.append(LoraUse(file_stem(name), 1.0 if weight is None else weight,
-                                     1.0 if weight is None else weight))
-    return FoundSettings(found, loras)
+    for index, name in enumerate(names):
+        weight = _number_of(weights[index]) if index < len(weights) else None
+        if isinstance(name, str) and name:
+            loras.append(LoraUse(file_stem(name), 1.0 if weight is None else weight, 1.0 if weight is None else weight))
+    return loras
 
 
 def read_invoke_metadata(text: str) -> FoundSettings:
@@ -232,3 +238,23 @@ def file_stem(name: str) -> str:
     """A LoRA named by a file in the app's folder ("flux/ink.safetensors") as the studio's library names it."""
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
     return name[: -len(".safetensors")] if name.lower().endswith(".safetensors") else name
+
+
+def is_mflux_metadata(text: str) -> bool:
+    return text.lstrip().startswith("{") and f'"{MFLUX_KEY}"' in text
+
+
+def read_mflux_metadata(text: str) -> FoundSettings:
+    """mflux's metadata: the JSON its --metadata writes beside an image, and into the image's EXIF UserComment.
+    Its image strength is ours (the studio's flag is mflux's); its model, a repo id or a path, is left out as
+    other apps' model files are; its LoRAs are taken by file name."""
+    params = json_object(text)
+    if MFLUX_KEY not in params:
+        raise NotTheirSettings(f"it has no {MFLUX_KEY}")
+    found = _common(params, {"prompt": "prompt", "negative_prompt": "negative_prompt", "seed": "seed",
+                             "steps": "steps", "width": "width", "height": "height"})
+    if is_number(params.get("guidance")):
+        found["guidance"] = float(params["guidance"])
+    if is_number(params.get("image_strength")) and 0 < params["image_strength"] < 1:
+        found["image_strength"] = float(params["image_strength"])
+    return FoundSettings(found, listed_loras(params.get("lora_paths"), params.get("lora_scales")))

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ from mflux_core.command_args import (
 )
 from mflux_core.concept.command import add_concept_parsers, run_concept
 from mflux_core.controlnet_units import unit_from_flag
-from mflux_core.errors import StudioError
+from mflux_core.errors import Cancelled, StudioError
 from mflux_core.events import Downloading, Step
 from mflux_core.lora.library import resolve_lora_path
 from mflux_core.prompt_lines import PROMPT_POSITIONS, line_requests, read_prompt_file, read_prompt_lines
@@ -63,8 +64,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                        "Encoder), each used instead of the model's own of its kind: names in the models folder "
                        "(as its vae/, clip/, text_encoders/, VAE/, text_encoder/ folders hold them) or paths")
     group.add_argument("--quantize", "-q", type=int, choices=(3, 4, 5, 6, 8), help="quantize weights to N bits")
-    group.add_argument("--lora-paths", nargs="+",
-                       help="LoRA files (or names in LORA_LIBRARY_PATH or <models-dir>/loras)")
+    group.add_argument("--lora-paths", nargs="*",
+                       help="LoRA files (or names in LORA_LIBRARY_PATH or <models-dir>/loras); none: without the "
+                       "LoRAs --config-from-metadata would restore")
     group.add_argument("--lora-scales", nargs="+", type=float, help="one scale per LoRA")
     group.add_argument("--lora-text-encoder-scales", nargs="+", type=float,
                        help="one scale per LoRA for the part that adapts the text encoders (ComfyUI's strength_clip, "
@@ -98,6 +100,16 @@ def memory_budget_bytes(text: str) -> int:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def side_value(text: str) -> int | str:
+    """A --width / --height: pixels, or mflux's upscale sizes: a factor of the input's ("2x", "1.5x") or "auto"."""
+    if text.strip().lower() == "auto" or re.fullmatch(r"\s*[0-9]*\.?[0-9]+\s*[xX]\s*", text):
+        return text.strip().lower()
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of pixels") from None
+
+
 def plot_axis(text: str) -> Axis:
     try:
         return parse_axis_flag(text)
@@ -123,17 +135,20 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--styles-dir", default="styles", help="folder of A1111 styles files (styles.csv: name, "
                        "prompt, negative_prompt; default ./styles)")
     group.add_argument("--seed", type=int, nargs="+", help="one or more seeds (one image each)")
-    group.add_argument("--auto-seeds", type=int, help="make N images with random seeds")
+    group.add_argument("--auto-seeds", type=int, help="make N images with random seeds (without --seed; 0 or less: "
+                       "off)")
     group.add_argument("--variation-seed", type=int, help="A1111's variation seed: its noise is blended into the "
                        "seed's by --variation-strength, for a picture close to the seed's (default: a random one; a "
                        "plot's var-seed axis makes several)")
     group.add_argument("--variation-strength", type=float, help="how much of the variation seed's noise, 0 (the "
                        "seed's image, the default) to 1 (the variation seed's)")
     group.add_argument("--steps", type=int, help="denoising steps (default: 4 for schnell, 14 otherwise)")
-    group.add_argument("--height", type=int, help="image height in pixels, a multiple of 16 "
-                       "(default: the model's native size, 1024 for FLUX.1, 64 for the demo models)")
-    group.add_argument("--width", type=int, help="image width in pixels, a multiple of 16 "
-                       "(default: the model's native size, 1024 for FLUX.1, 64 for the demo models)")
+    group.add_argument("--height", type=side_value, help="image height in pixels, a multiple of 16, or rounded down "
+                       "to one (default: the model's native size, 1024 for FLUX.1, 64 for the demo models; upscale "
+                       "also takes mflux's 2x or auto)")
+    group.add_argument("--width", type=side_value, help="image width in pixels, a multiple of 16, or rounded down to "
+                       "one (default: the model's native size, 1024 for FLUX.1, 64 for the demo models; upscale also "
+                       "takes mflux's 2x or auto)")
     group.add_argument("--guidance", type=float, help="guidance scale of guidance-distilled models")
     with_true_cfg = ", ".join(name for name, spec in TOOL_SPECS.items() if spec.true_cfg)
     group.add_argument("--negative-prompt", help=f"true CFG: what to steer away from ({with_true_cfg}; needs "
@@ -151,8 +166,11 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--init-noise", help="initial latent noise (.npy, float32, shape (1, C, H/8, W/8))")
     group.add_argument("--output", default="image.png", help="output PNG; a {seed} placeholder is filled in")
     group.add_argument("--metadata", action="store_true", help="also write the settings as a JSON sidecar")
-    group.add_argument("--config-from-metadata", help="start from the settings in a PNG or JSON made by us, or in an "
-                       "A1111/Forge, ComfyUI, SwarmUI, InvokeAI or Draw Things image")
+    group.add_argument("--config-from-metadata", "-C", help="start from the settings in a PNG or JSON made by us or "
+                       "by mflux (its --metadata file), or in an A1111/Forge, ComfyUI, SwarmUI, InvokeAI or Draw "
+                       "Things image")
+    group.add_argument("--battery-percentage-stop-limit", "-B", type=int, metavar="PERCENT",
+                       help="stop when a laptop running on its battery is down to this percentage (as mflux's)")
     group.add_argument("--stepwise-image-output-dir", help="save the decoded image after every step here")
     group.add_argument("--vae-tiling", action="store_true", help="decode and encode in tiles even when the whole "
                        "image fits the memory budget (beyond it they are tiled anyway)")
@@ -189,7 +207,8 @@ def add_spec_flags(parser: argparse.ArgumentParser, spec: ToolSpec) -> None:
     for flag in spec.flags:
         options = {**FLAG_TYPES[flag.kind], **({"choices": flag.choices} if flag.choices else {}),
                    **({"nargs": "?", "const": flag.bare} if flag.bare is not None else {})}
-        parser.add_argument(flag.flag, dest=flag.name, help=argparse.SUPPRESS if flag.hidden else flag.help, **options)
+        parser.add_argument(flag.flag, *flag.aliases, dest=flag.name,
+                            help=argparse.SUPPRESS if flag.hidden else flag.help, **options)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -378,20 +397,36 @@ def print_saved(saved) -> None:
           f"T5 {saved.t5_bytes / 1e6:.1f} MB)")
 
 
+def stop_on_low_battery(limit: int | None) -> None:
+    """Cancelled when a limit is set and the machine runs on a battery at or below it (--battery-percentage-stop-limit,
+    as mflux's; psutil reads the battery where the system has one)."""
+    import psutil
+
+    battery = psutil.sensors_battery() if limit is not None else None
+    if battery is not None and not battery.power_plugged and battery.percent <= limit:
+        raise Cancelled(f"Stopped: the battery is at {battery.percent:.0f}%, at or below "
+                        f"--battery-percentage-stop-limit {limit}.")
+
+
 class ConsoleProgress:
     """The CLI's Report: a progress bar on stderr for the denoise steps (and one in bytes while a model
     downloads), and each step's image saved to `stepwise` when asked (--stepwise-image-output-dir)."""
 
-    def __init__(self, seed: int, stepwise: Path | None = None):
-        self.seed, self.stepwise = seed, stepwise
+    def __init__(self, seed: int, stepwise: Path | None = None, battery_limit: int | None = None):
+        self.seed, self.stepwise, self.battery_limit = seed, stepwise, battery_limit
         self.bar: tqdm | None = None
         if stepwise is not None:
-            stepwise.mkdir(parents=True, exist_ok=True)
+            try:
+                stepwise.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise StudioError(f"Cannot make the folder {stepwise} for the step images ({os_reason(error)}).") \
+                    from None
 
     def __call__(self, event) -> None:
         if isinstance(event, Downloading):
             self._advance(f"Downloading {event.model}", event.total_bytes, event.done_bytes, unit="B")
         elif isinstance(event, Step):
+            stop_on_low_battery(self.battery_limit)
             self._advance(f"seed {self.seed}{f', {event.stage}' if event.stage else ''}", event.total, event.step,
                           unit="step")
             if self.stepwise is not None and event.preview is not None:  # an upscaler model's tiles have none
@@ -460,16 +495,20 @@ def generate_and_save(args: argparse.Namespace, manager, request: GenerationRequ
     from mflux_core.memory import gb_text
 
     request = with_prompt_loras(request).validated()
-    progress = ConsoleProgress(request.seed, stepwise)
+    progress = ConsoleProgress(request.seed, stepwise, args.battery_percentage_stop_limit)
     try:
         result = manager.generate(request, report=progress)
     finally:
         progress.close()
     for note in result.notes:
         print(f"Note: {note}", file=sys.stderr)
-    path = save_png_atomic(result.image, output, result.text_chunks, overwrite=True)
+    path = save_png_atomic(result.image, output, result.text_chunks)  # as mflux: image_1.png beside image.png
     if args.metadata:
-        path.with_suffix(".json").write_text(json.dumps(result.metadata, indent=2))
+        sidecar = path.with_suffix(".json")
+        try:
+            sidecar.write_text(json.dumps(result.metadata, indent=2))
+        except OSError as error:  # the image is saved: say so, as mflux does
+            print(f"Warning: could not write the metadata to {sidecar} ({os_reason(error)}).", file=sys.stderr)
     if getattr(args, "controlnet_save_canny", False):
         for saved in save_control_images(result.request, path, manager):
             print(f"Saved {saved}")
@@ -639,7 +678,15 @@ def main(argv: list[str] | None = None) -> int:
     except StudioError as error:
         print(f"Error: {getattr(error, 'cli_text', error)}", file=sys.stderr)  # downloads word it for the CLI
         return 1
+    except OSError as error:  # a folder or file the command was pointed at that cannot be made, read or written
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"Error: {where}{os_reason(error)}.", file=sys.stderr)
+        return 1
     return 0
+
+
+def os_reason(error: OSError) -> str:
+    return error.strerror or str(error)
 
 
 if __name__ == "__main__":

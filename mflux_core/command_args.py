@@ -8,9 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mflux_core.errors import StudioError
+from mflux_core.native_sizes import REQUEST_SIZE_STEP
 from mflux_core.request import GenerationRequest
 from mflux_core.styles import request_styler
-from mflux_core.tools.specs import EXTRA, REQUEST, TOOL_SPECS
+from mflux_core.tools.specs import EXTRA, REQUEST, TOOL_SPECS, UPSCALE_FACTOR
 
 # The shared flags whose value may come from --config-from-metadata when not given on the command line (the
 # tools' own flags are in their specs: mflux_core/tools/specs.py).
@@ -42,7 +43,7 @@ def read_prompt(args: argparse.Namespace, fallback: str | None) -> str:
         except OSError as error:
             raise StudioError(f"Cannot read the prompt file {args.prompt_file} ({error.strerror}).") from None
     if args.prompt == "-":
-        return sys.stdin.read().strip()
+        args.prompt = sys.stdin.read().strip()  # read once: each seed's image asks for the prompt again
     if args.prompt is not None:
         return args.prompt
     if fallback is not None:
@@ -81,24 +82,61 @@ def base_request(args: argparse.Namespace) -> GenerationRequest:
         changes["extra"] = {**request.extra, **extra}
     if args.path:
         changes["model"] = args.path
+    factor = upscale_factor(args.tool, changes.get("width"), changes.get("height"))
+    if factor is not None:
+        changes = {key: value for key, value in changes.items() if key not in ("width", "height")}
+        changes["extra"] = {**changes.get("extra", request.extra), UPSCALE_FACTOR: factor}
+    for side in ("width", "height"):
+        changes.update(rounded_side(side, changes.get(side)))
     request = request.with_(**changes)
     if request.variation_strength and request.variation_seed is None:  # as A1111's -1: a random one, recorded
         request = request.with_(variation_seed=random.SystemRandom().randrange(2**32))
     return request
 
 
+def upscale_factor(tool: str, width, height) -> float | None:
+    """mflux's upscale sizes, a factor of the input's ("2x") or "auto" (its own size) for a side: the same for both
+    sides (or given for one), as the upscale tool's factor; None when the sides are in pixels."""
+    given = [value for value in (width, height) if value is not None]
+    if not any(isinstance(value, str) for value in given):
+        return None
+    if tool != "upscale":
+        raise StudioError("--width and --height take pixels here (a factor such as 2x, or auto, is for upscale).")
+    factors = {1.0 if value == "auto" else float(value.rstrip("x")) if isinstance(value, str) else None
+               for value in given}
+    if len(factors) != 1 or None in factors:
+        raise StudioError("Give --width and --height as the same factor of the input's size (2x, or auto for its own "
+                          "size), or both in pixels.")
+    return factors.pop()
+
+
+def rounded_side(side: str, value) -> dict:
+    """A --width or --height that is not a multiple of 16, rounded down to one with a note, as mflux does (its
+    README's sizes, and sizes computed from a photo's aspect, are often not)."""
+    if not isinstance(value, int) or value <= REQUEST_SIZE_STEP or value % REQUEST_SIZE_STEP == 0:
+        return {}
+    rounded = value // REQUEST_SIZE_STEP * REQUEST_SIZE_STEP
+    print(f"Note: --{side} {value} rounded down to {rounded}, a multiple of {REQUEST_SIZE_STEP}.", file=sys.stderr)
+    return {side: rounded}
+
+
 def metadata_request(path: Path, models_dir: Path) -> GenerationRequest:
-    """The settings in a JSON or PNG of ours (exact, input images included), or in another app's image (A1111, ComfyUI,
-    SwarmUI, InvokeAI, Draw Things) as the page restores them: its LoRAs by library name, those not in the library left out with a
-    note on stderr."""
+    """The settings in a JSON or PNG of ours (exact, input images included), in mflux's --metadata JSON, or in another
+    app's image (A1111, ComfyUI, SwarmUI, InvokeAI, Draw Things, mflux) as the page restores them: its LoRAs by
+    library name, those not in the library left out with a note on stderr."""
+    from mflux_core.app_metadata import is_mflux_metadata, read_mflux_metadata
     from mflux_core.errors import ModelLoadError
     from mflux_core.lora.library import resolve_lora_path
     from mflux_core.metadata import carries_our_settings, read_metadata_file, request_from_metadata
-    from mflux_core.presets import settings_from_png
+    from mflux_core.presets import found_settings, settings_from_png
 
-    if path.suffix.lower() == ".json" or carries_our_settings(path):
+    text = path.read_text(errors="replace") if path.suffix.lower() == ".json" else None
+    if text is not None and is_mflux_metadata(text):
+        settings = found_settings(read_mflux_metadata, text, "mflux settings")
+    elif text is not None or carries_our_settings(path):
         return request_from_metadata(read_metadata_file(path))
-    settings = settings_from_png(path)
+    else:
+        settings = settings_from_png(path)
     fields = {key: tuple(value) if isinstance(value, list) else value for key, value in settings.items()
               if key in GenerationRequest.field_names()}
     request = GenerationRequest(**fields)
@@ -115,11 +153,12 @@ def metadata_request(path: Path, models_dir: Path) -> GenerationRequest:
 
 
 def seeds_to_run(args: argparse.Namespace, metadata_seed: int) -> list[int]:
-    if args.auto_seeds:
-        rng = random.SystemRandom()
-        return [rng.randrange(2**32) for _ in range(args.auto_seeds)]
+    """--seed's seeds, else --auto-seeds random ones (0 or less: off, mflux's default -1), else the metadata's."""
     if args.seed:
         return list(args.seed)
+    if args.auto_seeds and args.auto_seeds > 0:
+        rng = random.SystemRandom()
+        return [rng.randrange(2**32) for _ in range(args.auto_seeds)]
     return [metadata_seed]
 
 

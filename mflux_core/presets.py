@@ -22,8 +22,8 @@ from typing import Callable
 from PIL import ExifTags, Image
 
 from mflux_core.app_metadata import (
-    INVOKE_KEY, SIZE_TEXT, XMP_KEY, FoundSettings, NotTheirSettings, is_draw_things_xmp, is_swarm_parameters,
-    read_draw_things_xmp, read_invoke_metadata, read_swarm_parameters,
+    INVOKE_KEY, SIZE_TEXT, XMP_KEY, FoundSettings, NotTheirSettings, is_draw_things_xmp, is_mflux_metadata,
+    is_swarm_parameters, read_draw_things_xmp, read_invoke_metadata, read_mflux_metadata, read_swarm_parameters,
 )
 from mflux_core.comfy_workflow import PROMPT_KEY as COMFY_PROMPT_KEY, read_comfy_prompt
 from mflux_core.errors import InvalidRequest
@@ -594,6 +594,8 @@ def settings_from_png(path: Path) -> dict:
     if isinstance(theirs, str) and len(theirs) <= MAX_METADATA_CHARS:
         if is_swarm_parameters(theirs):  # SwarmUI writes JSON where A1111 writes its text
             return found_settings(read_swarm_parameters, theirs, "SwarmUI settings")
+        if is_mflux_metadata(theirs):  # and so does mflux, into the EXIF UserComment
+            return found_settings(read_mflux_metadata, theirs, "mflux settings")
         return settings_from_a1111(theirs)
     for key, read, what in ((COMFY_PROMPT_KEY, read_comfy_prompt, "ComfyUI workflow"),
                             (INVOKE_KEY, read_invoke_metadata, "InvokeAI settings")):
@@ -603,7 +605,7 @@ def settings_from_png(path: Path) -> dict:
     if xmp is not None and is_draw_things_xmp(xmp):
         return found_settings(read_draw_things_xmp, xmp, "Draw Things settings")
     raise PresetError(f"{path.name} carries no settings (not mflux-studio's, an A1111 'parameters' chunk, a "
-                      "ComfyUI workflow, SwarmUI's, InvokeAI's or Draw Things').")
+                      "ComfyUI workflow, SwarmUI's, InvokeAI's, Draw Things' or mflux's).")
 
 
 def image_metadata(path: Path) -> dict:
@@ -630,6 +632,8 @@ def _exif_user_comment(image: Image.Image) -> str | None:
         return body.decode("utf-16-le" if little_endian else "utf-16-be", errors="replace").rstrip("\0")
     if prefix in (b"ASCII\0\0\0", b"\0" * 8):
         return body.decode("utf-8", errors="replace").rstrip("\0")
+    if comment.startswith(b"{"):  # mflux before 0.10 writes its JSON without the encoding's name
+        return comment.decode("utf-8", errors="replace").rstrip("\0")
     return None
 
 

@@ -17,7 +17,7 @@ from mflux_core.weights.component_folder import component_config
 from mflux_core.weights.controlnet_files import is_controlnet_file
 from mflux_core.weights.gguf_file import is_gguf
 from mflux_core.weights.mflux_saved import is_mflux_folder, model_kind as mflux_model_kind
-from mflux_core.weights.resolve import ALIASES, DEMO_MODELS, demo_models_dir, hf_cache_dir
+from mflux_core.weights.resolve import ALIASES, DEMO_MODELS, MFLUX_MODEL_NAMES, demo_models_dir, hf_cache_dir
 from mflux_core.weights.split_files import split_file_kind
 from mflux_core.weights.transformer_shape import single_file_shape
 
@@ -140,7 +140,7 @@ def on_disk(name: str, models_dir: Path | None = None) -> bool:
         return True
     if name in DEMO_MODELS:
         return (demo_models_dir() / name).is_dir()
-    repo = ALIASES.get(name, name)
+    repo = ALIASES.get(MFLUX_MODEL_NAMES.get(name, name), name)
     snapshot = cached_snapshot(repo)
     return snapshot is not None and folder_kind(snapshot) is not None and cached_repo_folder(repo) is not None
 

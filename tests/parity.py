@@ -43,6 +43,7 @@ def deterministic_diffusers(module, noise: np.ndarray | None = None):
 
 def run_cli(*args) -> Image.Image:
     output = Path(args[args.index("--output") + 1])
+    assert not output.exists(), f"{output} is there already: the CLI would write {output.stem}_1{output.suffix}"
     assert cli_main([str(a) for a in args]) == 0
     with Image.open(output) as image:
         return image.convert("RGB")

@@ -30,7 +30,8 @@ def add_concept_parsers(tools, add_tool_parser) -> None:
     from_image = add_tool_parser(tools, "concept-from-image",
                                  "heatmaps of where concepts are in a given image (ConceptAttention)")
     add_concept_flags(from_image)
-    from_image.add_argument("--image-path", required=True, help="the image to map the concepts in")
+    from_image.add_argument("--image-path", "--input-image-path", required=True,
+                            help="the image to map the concepts in")
 
 
 def run_concept(args: argparse.Namespace) -> list[Path]:

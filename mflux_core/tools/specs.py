@@ -22,6 +22,7 @@ REQUEST, EXTRA, COMMAND = "request", "extra", "command"  # where a flag's value 
 KONTEXT_AUTO_RESIZE = "kontext_auto_resize"  # request.extra's key for --kontext-auto-resize
 # the upscale tool's request.extra keys: tiles tile_size px wide and tile_height (absent: as many) px high
 TILE_SIZE, TILE_HEIGHT, TILE_OVERLAP, UPSCALER = "tile_size", "tile_height", "tile_overlap", "upscaler"
+UPSCALE_FACTOR = "upscale_factor"  # the upscale tool's: without a size, the output is the input's size times it
 UPSCALER_ONLY = "upscaler_only"  # the upscale tool's: the upscaler's image alone (mflux_core/upscaler_only.py)
 MASKED_CONTENT = "masked_content"  # Fill's: what the masked area starts from with an image strength
 # the face fix after Generate and ControlNet (mflux_core/face_fix.py), request.extra keys
@@ -45,6 +46,7 @@ class Flag:
     choices: tuple[str, ...] = ()
     bare: int | None = None  # the value of the flag given without one (a "whole" flag whose value is optional)
     hidden: bool = False  # accepted for mflux compatibility, not listed in --help
+    aliases: tuple[str, ...] = ()  # other spellings of the flag (mflux's newer names)
 
     @property
     def name(self) -> str:
@@ -251,7 +253,7 @@ TOOL_SPECS: dict[str, ToolSpec] = {spec.name: spec for spec in (
     ToolSpec("in-context", "In-Context LoRA: the reference on the left, a related image generated on the right "
              "(FLUX.1-Fill diptych)", "in_context_lora", "fill", FILL_KINDS, guidance=30.0, demo_model="demo-fill",
              sized_by_input=True, prompt_pictures=2,
-             flags=(Flag("--image-path", "the reference image (left panel)"),
+             flags=(Flag("--image-path", "the reference image (left panel)", aliases=("--reference-image",)),
                     Flag("--lora-style", "one of ali-vilab/In-Context-LoRA's LoRAs (from the Hugging Face cache or "
                          "downloaded)", into=EXTRA, choices=tuple(IN_CONTEXT_LORA_STYLES)),
                     FULL_DIPTYCH)),

@@ -20,7 +20,7 @@ from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs
 from mflux_core.request import GenerationRequest, check_image_size, snap_to_16
 from mflux_core.tools.engine import ToolEngine
-from mflux_core.tools.specs import TILE_SIZE, UPSCALER
+from mflux_core.tools.specs import TILE_SIZE, UPSCALE_FACTOR, UPSCALER
 from mflux_core.settings_schema import HIRES_UPSCALERS
 from mflux_core.tools.common import (
     check_in_channels, fit_input, packed_channels, prompt_conditioning, required_image, start_image_inputs, with_size,
@@ -46,7 +46,7 @@ def upscaled_size(request: GenerationRequest, image: Image.Image, snap: bool = T
     if request.width is not None or request.height is not None:
         factor = (request.width / image.width) if request.width is not None else (request.height / image.height)
     else:
-        factor = extra_number(request, "upscale_factor", DEFAULT_FACTOR)
+        factor = extra_number(request, UPSCALE_FACTOR, DEFAULT_FACTOR)
         if not 0 < factor <= MAX_FACTOR:
             raise InvalidRequest(f"Upscale factor {factor:g} is out of range: use more than 0 up to {MAX_FACTOR:g}.")
     width, height = round(image.width * factor), round(image.height * factor)

@@ -28,6 +28,13 @@ ALIASES = {
     "redux": "black-forest-labs/FLUX.1-Redux-dev",
     "depth-estimator": "depth-anything/Depth-Anything-V2-Small-hf",
 }
+# mflux's model names (its --model / --base-model choices) -> ours: a tool's side model (Redux's encoder, a ControlNet)
+# is a flag of its own here, so the names of mflux's tool configs are their base model
+MFLUX_MODEL_NAMES = {
+    "dev-fill": "fill", "dev-kontext": "kontext", "dev-depth": "depth", "dev-redux": "dev", "dev-krea": "krea-dev",
+    "dev-controlnet-canny": "dev", "schnell-controlnet-canny": "schnell", "dev-controlnet-upscaler": "dev",
+    "dev-fill-catvton": "fill",
+}
 
 # The demo family: tiny FLUX.1 models trained by mflux_core.demo and shipped in the repository's
 # demo_models/ folder (alias = folder name). They resolve to those folders and never download.
@@ -117,6 +124,7 @@ def resolve_name(name: str, models_dir: Path | None = None, on_download: Downloa
         return Path(models_dir) / name
     if name in DEMO_MODELS:
         return demo_folder(name)
+    name = MFLUX_MODEL_NAMES.get(name, name)
     if looks_like_path(name):
         raise ModelLoadError(f"The model folder or file {name} does not exist (was it moved or deleted?).")
     repo_id = ALIASES.get(name, name)
@@ -145,6 +153,8 @@ def resolve_model(
         target = resolve_name(model, models_dir, on_download)
     if not target.exists():
         raise ModelLoadError(f"The model path {target} does not exist.")
+    if target.is_dir() and holds_every_part(target):
+        base_model = None  # as mflux reads --base-model then: a label of what the folder already holds, no download
     base = resolve_name(base_model, models_dir, on_download) if base_model else None
     if target.is_file():
         if target.suffix != ".safetensors" and not is_gguf(target):
@@ -163,6 +173,16 @@ def resolve_model(
         return ModelSource(folder=None, transformer_file=target, base_folder=base)
     check_flux_folder(target)
     return ModelSource(folder=target, base_folder=base)
+
+
+def holds_every_part(folder: Path) -> bool:
+    """Whether a model folder has its own VAE, text encoders, tokenizers and scheduler (mflux saves none: its
+    folder's kind tells), so that a base model supplies nothing."""
+    from mflux_core.weights.mflux_saved import is_mflux_folder
+
+    parts = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+    return all((folder / part).is_dir() for part in parts) and (
+        (folder / "scheduler").is_dir() or is_mflux_folder(folder))
 
 
 SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U32": 4, "I16": 2,

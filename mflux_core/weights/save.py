@@ -119,10 +119,18 @@ def t5_copied_as_is(source: ModelSource, dtype: mx.Dtype, bits: int | None) -> b
 
 
 def check_new_folder(out: Path) -> Path:
-    """`out` (user's home expanded) when a model can be written there: it does not exist or is an empty folder."""
+    """`out` (user's home expanded) when a model can be written there: it does not exist or is an empty folder, and
+    its folder takes a new one (tried before the weights are read)."""
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ModelLoadError(f"{out} already exists and is not an empty folder; choose a new --path.")
+    probe = out.with_name(f".{out.name}.probe")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe.mkdir(exist_ok=True)
+        probe.rmdir()
+    except OSError as error:
+        raise ModelLoadError(f"Cannot write a model folder at {out} ({error.strerror or error}).") from None
     return out
 
 
