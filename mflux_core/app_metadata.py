@@ -258,3 +258,31 @@ def read_mflux_metadata(text: str) -> FoundSettings:
     if is_number(params.get("image_strength")) and 0 < params["image_strength"] < 1:
         found["image_strength"] = float(params["image_strength"])
     return FoundSettings(found, listed_loras(params.get("lora_paths"), params.get("lora_scales")))
+
+
+def mflux_command_fields(text: str) -> dict:
+    """What mflux's -C restores beside the settings the page takes: the model (ours where its repo or name is one of
+    ours, else its local path), the quantization, and the input images (paths on this machine) with their strengths."""
+    from mflux_core.weights.resolve import ALIASES, MFLUX_MODEL_NAMES
+
+    params = json_object(text)
+    fields = {}
+    repos = {repo: alias for alias, repo in ALIASES.items()}
+    model, path = params.get("model"), params.get("model_path")
+    if isinstance(path, str) and path:
+        fields["model"] = path
+    elif isinstance(model, str) and (model in repos or model in ALIASES or model in MFLUX_MODEL_NAMES):
+        fields["model"] = repos.get(model, model)
+    if params.get("quantize") in (3, 4, 5, 6, 8):
+        fields["quantize"] = params["quantize"]
+    for key in ("image_path", "masked_image_path", "depth_image_path", "controlnet_image_path"):
+        if isinstance(params.get(key), str) and params[key]:
+            fields[key] = params[key]
+    if is_number(params.get("controlnet_strength")):
+        fields["controlnet_strength"] = float(params["controlnet_strength"])
+    paths, strengths = params.get("redux_image_paths"), params.get("redux_image_strengths")
+    if isinstance(paths, list) and all(isinstance(path, str) for path in paths):
+        fields["redux_image_paths"] = tuple(paths)
+        if isinstance(strengths, list) and all(is_number(value) for value in strengths):
+            fields["redux_image_strengths"] = tuple(float(value) for value in strengths)
+    return fields

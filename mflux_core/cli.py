@@ -134,7 +134,8 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
                        "negative prompt, in order (a style's {prompt} takes the prompt; others are appended)")
     group.add_argument("--styles-dir", default="styles", help="folder of A1111 styles files (styles.csv: name, "
                        "prompt, negative_prompt; default ./styles)")
-    group.add_argument("--seed", type=int, nargs="+", help="one or more seeds (one image each)")
+    group.add_argument("--seed", type=int, nargs="+", help="one or more seeds (one image each; default: a random one, "
+                       "or --config-from-metadata's)")
     group.add_argument("--auto-seeds", type=int, help="make N images with random seeds (without --seed; 0 or less: "
                        "off)")
     group.add_argument("--variation-seed", type=int, help="A1111's variation seed: its noise is blended into the "

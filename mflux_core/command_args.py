@@ -124,21 +124,24 @@ def metadata_request(path: Path, models_dir: Path) -> GenerationRequest:
     """The settings in a JSON or PNG of ours (exact, input images included), in mflux's --metadata JSON, or in another
     app's image (A1111, ComfyUI, SwarmUI, InvokeAI, Draw Things, mflux) as the page restores them: its LoRAs by
     library name, those not in the library left out with a note on stderr."""
-    from mflux_core.app_metadata import is_mflux_metadata, read_mflux_metadata
+    from mflux_core.app_metadata import is_mflux_metadata, mflux_command_fields, read_mflux_metadata
     from mflux_core.errors import ModelLoadError
     from mflux_core.lora.library import resolve_lora_path
-    from mflux_core.metadata import carries_our_settings, read_metadata_file, request_from_metadata
-    from mflux_core.presets import found_settings, settings_from_png
+    from mflux_core.metadata import A1111_KEY, carries_our_settings, read_metadata_file, request_from_metadata
+    from mflux_core.presets import found_settings, image_metadata, settings_from_png
 
-    text = path.read_text(errors="replace") if path.suffix.lower() == ".json" else None
-    if text is not None and is_mflux_metadata(text):
-        settings = found_settings(read_mflux_metadata, text, "mflux settings")
-    elif text is not None or carries_our_settings(path):
+    is_json = path.suffix.lower() == ".json"
+    if not is_json and carries_our_settings(path):
         return request_from_metadata(read_metadata_file(path))
-    else:
-        settings = settings_from_png(path)
+    text = path.read_text(errors="replace") if is_json else image_metadata(path).get(A1111_KEY)
+    mflux = isinstance(text, str) and is_mflux_metadata(text)
+    if is_json and not mflux:
+        return request_from_metadata(read_metadata_file(path))
+    settings = found_settings(read_mflux_metadata, text, "mflux settings") if mflux else settings_from_png(path)
     fields = {key: tuple(value) if isinstance(value, list) else value for key, value in settings.items()
               if key in GenerationRequest.field_names()}
+    if mflux:  # as mflux's -C: its model and input images too
+        fields.update(mflux_command_fields(text))
     request = GenerationRequest(**fields)
     kept = []
     for index, name in enumerate(request.lora_paths):
@@ -153,13 +156,14 @@ def metadata_request(path: Path, models_dir: Path) -> GenerationRequest:
 
 
 def seeds_to_run(args: argparse.Namespace, metadata_seed: int) -> list[int]:
-    """--seed's seeds, else --auto-seeds random ones (0 or less: off, mflux's default -1), else the metadata's."""
+    """--seed's seeds, else --auto-seeds random ones (0 or less: off, mflux's default -1), else the metadata's with
+    --config-from-metadata, else a random one, as mflux draws a new picture each run (the image records it)."""
     if args.seed:
         return list(args.seed)
+    rng = random.SystemRandom()
     if args.auto_seeds and args.auto_seeds > 0:
-        rng = random.SystemRandom()
         return [rng.randrange(2**32) for _ in range(args.auto_seeds)]
-    return [metadata_seed]
+    return [metadata_seed] if args.config_from_metadata else [rng.randrange(2**32)]
 
 
 def output_path(template: str, seed: int, several: bool) -> Path:

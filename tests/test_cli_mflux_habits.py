@@ -51,6 +51,15 @@ def test_mflux_metadata_restores_from_its_json_and_its_images_exif(tiny_dev, tmp
         assert (request["prompt"], request["seed"], request["steps"], request["guidance"]) == (
             "a blue square", 4242, 3, 4.5), name
         assert Image.open(output).size == size, name
+    # as mflux's -C: its model, quantization and input image (a path on this machine) too
+    random_image(64, 64, seed=2).save(tmp_path / "photo.png")
+    (tmp_path / "i2i.json").write_text(json.dumps({**old, "model": "black-forest-labs/FLUX.1-dev", "quantize": 8,
+                                                   "image_path": str(tmp_path / "photo.png"), "image_strength": 0.5}))
+    from mflux_core.command_args import metadata_request
+
+    restored = metadata_request(tmp_path / "i2i.json", tmp_path)
+    assert (restored.model, restored.quantize, restored.image_path, restored.image_strength) == (
+        "dev", 8, str(tmp_path / "photo.png"), 0.5)
 
 
 def test_outputs_are_never_overwritten_as_mflux_numbers_them(tiny_dev, tmp_path, capsys):
@@ -162,3 +171,26 @@ def test_mflux_spellings_of_flags(tiny_dev, tmp_path, monkeypatch, capsys):
     assert Image.open(tmp_path / "twice.png").size == (64, 64)  # on the demo model, no FLUX.1 being on disk
     assert main([*upscale, "--height", "2x", "--width", "64", "--output", str(tmp_path / "mixed.png")]) == 1
     assert "Give --width and --height as the same factor of the input's size" in capsys.readouterr().err
+
+
+def test_a_small_image_strength_keeps_one_step_of_the_image(tiny_dev, tmp_path):
+    """0.2 at 4 steps: diffusers' rounding starts from step 0, pure noise, and drops the image; mflux and A1111 keep
+    a step of it, which is diffusers' run at strength 0.75 (its first step skipped)."""
+    import diffusers
+    import torch
+    from diffusers.pipelines.flux import pipeline_flux_img2img
+
+    from tests.parity import UINT8_TOLERANCE, deterministic_diffusers, make_noise, max_uint8_diff, run_cli, save
+
+    init = random_image(64, 64, seed=5)
+    noise = make_noise(tmp_path, (1, 4, 8, 8), seed=6)
+    common = ["--path", tiny_dev, "--prompt", "a hill", "--steps", 4, "--guidance", 4.0, "--init-noise", noise,
+              "--width", 64, "--height", 64]
+    ours = run_cli("generate", *common, "--image-path", save(init, tmp_path / "init.png"), "--image-strength", 0.2,
+                   "--output", tmp_path / "ours.png")
+    pipe = diffusers.FluxImg2ImgPipeline.from_pretrained(tiny_dev, torch_dtype=torch.float32, local_files_only=True)
+    with deterministic_diffusers(pipeline_flux_img2img, np.load(noise)):
+        expected = pipe("a hill", image=init, height=64, width=64, strength=0.75, num_inference_steps=4,
+                        guidance_scale=4.0, output_type="pil").images[0]
+    assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
+    assert max_uint8_diff(ours, run_cli("generate", *common, "--output", tmp_path / "text.png")) > UINT8_TOLERANCE
