@@ -165,7 +165,8 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-sequence-length", type=int,
                        help="T5 prompt tokens, 1 to 512 (default: the model's, its T5 tokenizer's limit: 512 for FLUX.1)")
     group.add_argument("--init-noise", help="initial latent noise (.npy, float32, shape (1, C, H/8, W/8))")
-    group.add_argument("--output", default="image.png", help="output PNG; a {seed} placeholder is filled in")
+    group.add_argument("--output", default="image.png", help="output image: PNG, or JPEG / WebP by its extension "
+                       "(.jpg, .webp: the A1111 text in its EXIF); a {seed} placeholder is filled in")
     group.add_argument("--metadata", action="store_true", help="also write the settings as a JSON sidecar")
     group.add_argument("--config-from-metadata", "-C", help="start from the settings in a PNG or JSON made by us or "
                        "by mflux (its --metadata file), or in an A1111/Forge, ComfyUI, SwarmUI, InvokeAI or Draw "
@@ -491,7 +492,7 @@ def generate_and_save(args: argparse.Namespace, manager, request: GenerationRequ
                       stepwise: Path | None):
     """One image: generated with a progress bar, saved with its metadata (and what the flags ask for); the
     prompt's `<lora:name:scale>` tags are LoRAs, as in A1111."""
-    from mflux_core.images.io import save_png_atomic
+    from mflux_core.images.io import save_image_atomic
     from mflux_core.lora.a1111 import with_prompt_loras
     from mflux_core.memory import gb_text
 
@@ -503,7 +504,7 @@ def generate_and_save(args: argparse.Namespace, manager, request: GenerationRequ
         progress.close()
     for note in result.notes:
         print(f"Note: {note}", file=sys.stderr)
-    path = save_png_atomic(result.image, output, result.text_chunks)  # as mflux: image_1.png beside image.png
+    path = save_image_atomic(result.image, output, result.text_chunks)  # as mflux: image_1.png beside image.png
     if args.metadata:
         sidecar = path.with_suffix(".json")
         try:

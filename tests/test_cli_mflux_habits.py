@@ -194,3 +194,15 @@ def test_a_small_image_strength_keeps_one_step_of_the_image(tiny_dev, tmp_path):
                         guidance_scale=4.0, output_type="pil").images[0]
     assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
     assert max_uint8_diff(ours, run_cli("generate", *common, "--output", tmp_path / "text.png")) > UINT8_TOLERANCE
+
+
+def test_an_output_named_jpg_or_webp_is_one_with_a1111s_text_in_its_exif(tiny_dev, tmp_path):
+    from mflux_core.presets import settings_from_png
+
+    for name, kind in (("photo.jpg", "JPEG"), ("photo.webp", "WEBP")):
+        assert main(["generate", "--path", str(tiny_dev), *COMMON, "--seed", "9", "--output", str(tmp_path / name)]) \
+            == 0
+        with Image.open(tmp_path / name) as written:
+            assert written.format == kind and written.size == (64, 64)
+        assert {key: settings_from_png(tmp_path / name)[key] for key in ("prompt", "seed", "steps")} == {
+            "prompt": "a red house", "seed": 9, "steps": 2}

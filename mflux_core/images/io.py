@@ -8,18 +8,21 @@ import secrets
 import stat
 import struct
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from mflux_core.errors import InvalidRequest, StudioError
+from mflux_core.metadata import A1111_KEY
 from mflux_core.request import MAX_INPUT_PIXELS, check_image_size
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 HIGH_DEPTH_MODES = (*SIXTEEN_BIT_MODES, "I", "F")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+LOSSY_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # save_image_atomic's, by extension
 
 ImageSource = str | os.PathLike | Image.Image
 
@@ -276,14 +279,32 @@ def save_png_atomic(
     a reader never sees a half-written PNG. Unless `overwrite`, an existing file is never replaced:
     the first free name among name_1.png, name_2.png, ... is taken. Failures raise ImageSaveError.
     """
-    path = Path(path)
     info = png_info(text_chunks)
+    return _save_atomic(lambda stream: image.save(stream, format="PNG", pnginfo=info), Path(path), overwrite)
+
+
+def save_image_atomic(image: Image.Image, path: Path, text_chunks: dict[str, str] | None = None,
+                      overwrite: bool = False) -> Path:
+    """As save_png_atomic, in the format the file's extension names: a .jpg, .jpeg or .webp (quality 95) carries the
+    A1111 text in its EXIF UserComment, as A1111 saves one (its JSON has no place there); any other is a PNG."""
+    kind = LOSSY_FORMATS.get(Path(path).suffix.lower())
+    if kind is None:
+        return save_png_atomic(image, path, text_chunks, overwrite)
+    exif = Image.Exif()
+    text = (text_chunks or {}).get(A1111_KEY)
+    if text:
+        exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = b"UNICODE\0" + text.encode("utf-16-be")
+    return _save_atomic(lambda stream: image.convert("RGB").save(stream, format=kind, quality=95,
+                                                                 exif=exif.tobytes()), Path(path), overwrite)
+
+
+def _save_atomic(write: Callable, path: Path, overwrite: bool) -> Path:
     temp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         descriptor, temp = _create_temp_file(path.parent, path.name)
         with os.fdopen(descriptor, "wb") as stream:
-            image.save(stream, format="PNG", pnginfo=info)
+            write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         if overwrite:
