@@ -64,6 +64,7 @@ NORM_MODULES = ("query_norm", "key_norm", "norm_q", "norm_k", "norm_added_q", "n
 MAGNITUDE_SUFFIXES = {".dora_scale": "lycoris", ".lora_magnitude_vector": "peft",
                       ".lora_magnitude_vector.weight": "peft"}  # -> whose DoRA (Dora.strength_inside)
 PEFT_METADATA_KEY = "lora_adapter_metadata"
+PEFT_MODEL_PREFIX, PEFT_CONFIG_FILE = "base_model.model.", "adapter_config.json"  # PEFT's save_pretrained's
 BFL_FINAL_MODULATION = "final_layer.adaLN_modulation.1"  # (shift, scale) rows; diffusers' norm_out: (scale, shift)
 
 TRANSFORMER = "transformer"
@@ -462,4 +463,19 @@ def load_lora_file(path: Path) -> LoraFile:
                    if mx.issubdtype(value.dtype, mx.floating) and not mx.all(mx.isfinite(value)).item()), None)
     if broken is not None:  # a NaN would silently turn every image black
         raise ModelLoadError(f"The LoRA {path} is damaged: its {broken} holds values that are not finite (NaN or inf).")
+    weights, metadata = as_saved_by_peft(weights, metadata, path.parent / PEFT_CONFIG_FILE)
     return read_lora(weights, metadata, name=path.name)
+
+
+def as_saved_by_peft(weights: dict[str, mx.array], metadata: dict, config: Path) -> tuple[dict, dict]:
+    """PEFT's save_pretrained writes the model's names under `base_model.model.` and its alpha into
+    adapter_config.json beside the file: the names as diffusers' and the config as the header's adapter metadata."""
+    if not any(key.startswith(PEFT_MODEL_PREFIX) for key in weights):
+        return weights, metadata
+    weights = {key.removeprefix(PEFT_MODEL_PREFIX): value for key, value in weights.items()}
+    if PEFT_METADATA_KEY not in (metadata or {}) and config.is_file():
+        try:
+            metadata = {**(metadata or {}), PEFT_METADATA_KEY: config.read_text()}
+        except OSError:
+            pass  # then alpha = rank, as for a file without its config
+    return weights, metadata

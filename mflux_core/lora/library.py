@@ -56,10 +56,16 @@ def find_in_hf_cache(name: str) -> Path | None:
         return None
     if filename:
         return folder / filename if (folder / filename).is_file() else None
+    return only_lora_file(folder, f"The repo {repo_id}", f"{repo_id}/FILE")
+
+
+def only_lora_file(folder: Path, what: str, how: str) -> Path | None:
+    """The one .safetensors file in a LoRA folder (a repo, or what diffusers' save_lora_weights and PEFT's
+    save_pretrained write); several are refused, naming them and `how` to pick one."""
     files = sorted(folder.rglob("*.safetensors"))
     if len(files) > 1:
         listed = ", ".join(str(f.relative_to(folder)) for f in files[:5])
-        raise ModelLoadError(f"The repo {repo_id} holds several LoRA files ({listed}); name one as {repo_id}/FILE.")
+        raise ModelLoadError(f"{what} holds several LoRA files ({listed}); name one as {how}.")
     return files[0] if files else None
 
 
@@ -85,6 +91,11 @@ def resolve_lora_path(name: str, models_dir: Path | None = None) -> Path:
     path = Path(name).expanduser()
     if path.is_file():
         return path.resolve()
+    if path.is_dir():
+        found = only_lora_file(path, f"The folder {path}", f"{path}/FILE")
+        if found is None:
+            raise ModelLoadError(f"The folder {path} holds no LoRA file (.safetensors).")
+        return found.resolve()
     folders = lora_folders(models_dir)
     found = find_in_library(name, folders) or find_in_hf_cache(name)
     if found is not None:
