@@ -34,10 +34,14 @@ def extract(*args) -> int:
     return cli_main(["extract-lora", "--dtype", "float32", *map(str, args)])
 
 
-def test_the_extracted_lora_makes_the_tuned_models_image_on_the_base(tiny_dev, tuned, tmp_path, capsys):
+@pytest.mark.parametrize("rank", [4, 32])  # 32: past x_embedder's 16 inputs and proj_out's 16 outputs
+def test_the_extracted_lora_makes_the_tuned_models_image_on_the_base(tiny_dev, tuned, tmp_path, capsys, rank):
     lora = tmp_path / "extracted.safetensors"
-    assert extract("--model-tuned", tuned, "--model-base", tiny_dev, "--rank", 4, "--output", lora) == 0
+    assert extract("--model-tuned", tuned, "--model-base", tiny_dev, "--rank", rank, "--output", lora) == 0
     assert "keeping 100.0% of the change" in capsys.readouterr().out
+    # one rank for every layer, narrower ones padded: diffusers reads per-layer alphas by short name, so a top-level
+    # proj_out of another rank would rescale every single block's proj_out
+    assert {value.shape[0] for key, value in load_file(str(lora)).items() if key.endswith("lora_A.weight")} == {rank}
     noise = make_noise(tmp_path, (1, 4, SIZE // 8, SIZE // 8), seed=4)
     tuned_image = image(tuned, tmp_path / "tuned.png", noise)
     assert max_uint8_diff(image(tiny_dev, tmp_path / "base.png", noise), tuned_image) > 20  # the tuning shows

@@ -1,7 +1,8 @@
 """Extract a LoRA from a tuned FLUX.1 transformer and its base (sd-scripts' flux_extract_lora.py, ComfyUI's
 "Extract and Save Lora"): each linear layer's weight change, tuned - base, cut to its best rank-r approximation
-and written as a diffusers / PEFT LoRA file (`transformer.<layer>.lora_A/B.weight`, each layer's `.alpha` its
-rank, so scale 1 whichever way a loader reads alphas) that the studio, diffusers and ComfyUI load. A finetune of
+and written as a diffusers / PEFT LoRA file (`transformer.<layer>.lora_A/B.weight`, every layer at the one rank,
+with its `.alpha` that rank, so scale 1 whichever way a loader reads alphas) that the studio, diffusers and ComfyUI
+load. A finetune of
 24 GB becomes a file of tens of MB that makes nearly the same images on the base.
 
 Layers whose weights are equal are left out; a change outside the linear layers (a bias, a norm) cannot be a LoRA
@@ -63,6 +64,14 @@ def low_rank(change: np.ndarray, rank: int, rng: np.random.Generator) -> tuple[n
     return u[:, :rank] * root, root[:, None] * vt[:rank], float(np.sum(s[:rank] ** 2))
 
 
+def at_rank(up: np.ndarray, down: np.ndarray, kept: float, rank: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """A layer narrower than the rank (FLUX.1's 64-wide x_embedder at rank 128) padded with zero rows to it: every
+    layer at one rank and alpha, which diffusers reads exactly (its per-layer alphas go by the module's short name,
+    so the top-level proj_out's would reach every single block's proj_out)."""
+    missing = rank - down.shape[0]
+    return np.pad(up, ((0, 0), (0, missing))), np.pad(down, ((0, missing), (0, 0))), kept
+
+
 def extract_lora(sources: list[tuple[str, ModelSource]], rank: int, dtype: mx.Dtype,
                  on_progress: Callable[[int, int, str], None] | None = None) -> tuple[dict, ExtractReport]:
     """(tensors, report) of the LoRA that takes the base (sources[1]) to the tuned model (sources[0]). Both are
@@ -90,7 +99,7 @@ def extract_lora(sources: list[tuple[str, ModelSource]], rank: int, dtype: mx.Dt
         if not change.any():
             unchanged += 1
             continue
-        up, down, layer_kept = low_rank(change, rank, rng)
+        up, down, layer_kept = at_rank(*low_rank(change, rank, rng), rank)
         tensors[f"transformer.{path}.lora_A.weight"] = mx.array(down).astype(dtype)
         tensors[f"transformer.{path}.lora_B.weight"] = mx.array(up).astype(dtype)
         tensors[f"transformer.{path}.alpha"] = mx.array(float(down.shape[0]))
