@@ -26,10 +26,11 @@ ignored and named in the answer's `info` ("ignored"). Errors are A1111's shape: 
 """
 
 import json
+import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ from mflux_core.errors import Cancelled, InvalidRequest, StudioError
 from mflux_core.events import Step
 from mflux_core.images.io import load_image
 from mflux_core.images.resize_modes import RESIZE_MODES, resize_to
-from mflux_core.lora.a1111 import tagged_prompt
+from mflux_core.lora.a1111 import LORA_TAG, tagged_prompt
 from mflux_core.metadata import A1111_KEY
 from mflux_core.presets import PresetError, a1111_sampling, image_metadata, settings_from_png, split_infotext
 from mflux_core.registry import BUILT_IN
@@ -382,13 +383,27 @@ def job_requests(studio, tool: str, model: str, params: Txt2ImgParams, ignored: 
     if count > MAX_BATCH:
         raise SdApiError(400, f"batch_size x n_iter is {count} images; the studio makes at most {MAX_BATCH} per "
                               "request.")
-    settings = {"tool": tool, "model": model, "prompt": params.prompt, "steps": params.steps,
+    context = studio.request_context()
+    settings = {"tool": tool, "model": model, "prompt": library_loras_only(params.prompt, context.loras, ignored),
+                "steps": params.steps,
                 "seed": None if params.seed == -1 else params.seed, "width": params.width, "height": params.height,
                 "variation_seed": None if params.subseed == -1 else params.subseed,
                 "variation_strength": params.subseed_strength,
                 "styles": params.styles, "batch_count": count, **guidance_settings(tool, params, ignored),
                 **sampling_settings(params, ignored), **settings}
-    return requests_from_settings(settings, studio.request_context(), **inputs)
+    return requests_from_settings(settings, context, **inputs)
+
+
+def library_loras_only(prompt: str, library: Mapping[str, Path], ignored: list[str]) -> str:
+    """The prompt without its `<lora:...>` tags of LoRAs not in the library, each named in `ignored`: A1111 warns
+    "Networks not found" and generates without them."""
+    def kept(tag: re.Match) -> str:
+        if tag.group(1).strip() in library:
+            return tag.group(0)
+        ignored.append(f"{tag.group(0)} (not in the LoRA library: the image was made without it)")
+        return ""
+
+    return LORA_TAG.sub(kept, prompt)
 
 
 def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str], store: InputStore) -> tuple[str, dict, dict]:
