@@ -306,6 +306,14 @@ def test_names_resolve_through_the_library_and_the_hf_cache(dims, tmp_path, monk
     with pytest.raises(ModelLoadError, match="not found in the LoRA folders") as missing:
         resolve_lora_path("nowhere")
     assert "LORA_LIBRARY_PATH" in missing.value.cli_text and "LORA_LIBRARY_PATH" not in str(missing.value)
+    mistyped = tmp_path / "lorsa" / "ink.safetensors"  # a path: never tried as a repo id, nothing downloaded
+    with pytest.raises(ModelLoadError, match=f"^The LoRA file {mistyped} does not exist"):
+        resolve_lora_path(str(mistyped))
+    (tmp_path / "peft").mkdir()  # a folder: its one file, as diffusers and PEFT save one
+    with pytest.raises(ModelLoadError, match=f"^The folder {tmp_path / 'peft'} holds no LoRA file"):
+        resolve_lora_path(str(tmp_path / "peft"))
+    lf.write_xlabs_lora(tmp_path / "peft" / "adapter_model.safetensors", dims)
+    assert resolve_lora_path(str(tmp_path / "peft")) == (tmp_path / "peft" / "adapter_model.safetensors").resolve()
 
 
 def test_the_models_folder_loras_are_part_of_the_library_and_offline_misses_say_where_to_put_the_file(

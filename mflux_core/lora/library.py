@@ -96,6 +96,8 @@ def resolve_lora_path(name: str, models_dir: Path | None = None) -> Path:
         if found is None:
             raise ModelLoadError(f"The folder {path} holds no LoRA file (.safetensors).")
         return found.resolve()
+    if name.startswith(("/", "~", ".")) or "\\" in name:  # a path, not a library name or a repo id
+        raise ModelLoadError(f"The LoRA file {name} does not exist (was it moved, or is the path mistyped?).")
     folders = lora_folders(models_dir)
     found = find_in_library(name, folders) or find_in_hf_cache(name)
     if found is not None:
