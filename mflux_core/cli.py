@@ -24,7 +24,7 @@ from mflux_core.request import GenerationRequest
 from mflux_core.settings_schema import DTYPES, MERGE_METHODS, SAMPLER_LABELS as SAMPLERS, SCHEDULE_LABELS as SCHEDULES
 from mflux_core.settings_schema import PNG_INFO_FIELDS, WEIGHTED_SUM
 from mflux_core.styles import picked_styles, read_styles
-from mflux_core.tools.specs import PNG_INFO_FLAGS, TOOL_SPECS, UPSCALER_ONLY, ToolSpec, tool_spec
+from mflux_core.tools.specs import FULL_DIPTYCH, PNG_INFO_FLAGS, TOOL_SPECS, UPSCALER_ONLY, ToolSpec, tool_spec
 from mflux_core.training.lora_command import add_train_parser, run_train
 from mflux_core.wildcards import expand_prompt
 from mflux_core.xyz import (
@@ -495,6 +495,7 @@ def generate_and_save(args: argparse.Namespace, manager, request: GenerationRequ
     from mflux_core.images.io import save_image_atomic
     from mflux_core.lora.a1111 import with_prompt_loras
     from mflux_core.memory import gb_text
+    from mflux_core.tools.in_context import right_half
 
     request = with_prompt_loras(request).validated()
     progress = ConsoleProgress(request.seed, stepwise, args.battery_percentage_stop_limit)
@@ -504,7 +505,11 @@ def generate_and_save(args: argparse.Namespace, manager, request: GenerationRequ
         progress.close()
     for note in result.notes:
         print(f"Note: {note}", file=sys.stderr)
-    path = save_image_atomic(result.image, output, result.text_chunks)  # as mflux: image_1.png beside image.png
+    whole = result.image if request.extra.get(FULL_DIPTYCH.name) else None
+    image = result.image if whole is None else right_half(whole)  # as mflux: the result, and the diptych beside it
+    path = save_image_atomic(image, output, result.text_chunks)  # as mflux: image_1.png beside image.png
+    if whole is not None:
+        print(f"Saved {save_image_atomic(whole, path.with_name(f'{path.stem}_full{path.suffix}'), result.text_chunks)}")
     if args.metadata:
         sidecar = path.with_suffix(".json")
         try:

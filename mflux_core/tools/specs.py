@@ -94,8 +94,9 @@ IN_CONTEXT_LORA_STYLES = {
 # IC-Edit's diptych prompt, as its LoRA was trained (River-Zhang/ICEdit; mflux's generate_in_context_edit.py).
 IC_EDIT_TEMPLATE = ("A diptych with two side-by-side images of the same scene. "
                     "On the right, the scene is exactly the same as on the left but {instruction}")
-FULL_DIPTYCH = Flag("--save-full-image", "keep the whole diptych (context left, result right) instead of only the "
-                    "right half", into=EXTRA, kind="switch")
+FULL_DIPTYCH = Flag("--save-full-image", "also write the whole diptych (context left, result right) as "
+                    "<output>_full.png, as mflux does (the page's 'Keep the whole diptych' shows it instead)",
+                    into=EXTRA, kind="switch")
 
 
 def controlnet_flags(default_name: str, default_strength: float, default_type: str) -> tuple[Flag, ...]:
