@@ -329,6 +329,24 @@ def test_config_mistakes_are_refused(tiny_dev, tmp_path, change, message):
         write_config(tmp_path, tiny_dev, **change)
 
 
+def test_mflux_train_json_keys_are_read_as_the_studios(tiny_dev, tmp_path):
+    """mflux's shipped example train.json: its top-level steps, instrumentation's generate_image_frequency and
+    plot_frequency, each block kind's lora_rank."""
+    layers = {kind: {"block_range": {"start": 0, "end": 1}, "layer_types": ["attn.to_q"], "lora_rank": 2}
+              for kind in ("transformer_blocks", "single_transformer_blocks")}
+    write_config(tmp_path, tiny_dev, steps=3, instrumentation={
+        "plot_frequency": 1, "generate_image_frequency": 20, "validation_prompt": "photo of sks dog"})
+    mflux_file = json.loads((tmp_path / "train.json").read_text())
+    (tmp_path / "train.json").write_text(json.dumps({**mflux_file, "lora_layers": layers}))  # no rank or alpha
+    config = TrainingConfig.from_file(tmp_path / "train.json")
+    assert (config.validation_steps, config.validation_frequency, config.rank, config.alpha) == (3, 20, 2, 2)
+    assert config.raw["steps"] == 3  # what the file says is kept (a checkpoint's identity)
+    layers["single_transformer_blocks"]["lora_rank"] = 8
+    (tmp_path / "train.json").write_text(json.dumps({**mflux_file, "lora_layers": layers}))
+    with pytest.raises(InvalidRequest, match=r"each block kind its own lora_rank .* set lora_layers\.rank"):
+        TrainingConfig.from_file(tmp_path / "train.json")
+
+
 def test_layers_the_model_lacks_are_refused(tiny_dev, tmp_path):
     wrong_type = write_config(tmp_path, tiny_dev, lora_layers={
         "transformer_blocks": {"blocks": [0], "layer_types": ["attn.to_qkv"]}})

@@ -9,8 +9,8 @@ def add_train_parser(tools, add_models_dir_flag) -> None:
     text = ("train a LoRA on your own images (DreamBooth); every checkpoint zip resumes the run exactly "
             "(--train-checkpoint alone uses the config inside it)")
     train = tools.add_parser("train", help=text, description=text)
-    train.add_argument("--train-config", help="the training config (JSON); paths in it are relative to it")
-    train.add_argument("--train-checkpoint", help="a checkpoint zip to resume from")
+    train.add_argument("--train-config", "--config", help="the training config (JSON); paths in it are relative to it")
+    train.add_argument("--train-checkpoint", "--resume", help="a checkpoint zip to resume from")
     add_models_dir_flag(train)
 
 

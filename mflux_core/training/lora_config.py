@@ -18,7 +18,8 @@
                    "images": [{"image": "dog1.jpg", "prompt": "photo of sks dog"}]}
     }
 
-Paths (model folder, output, examples) are relative to the config file. Every section refuses keys
+mflux's own keys are read too (with_mflux_keys). Paths (model folder, output, examples) are relative to the config
+file. Every section refuses keys
 it does not know, so a typo is an error, never a silently ignored setting. `block_range` ends are
 exclusive, as in mflux. `examples.resize`: true scales each image to cover the training size and
 crops the centre (and says which images it changed); false refuses images of another size.
@@ -107,6 +108,32 @@ EXAMPLES = Section("examples", {"path": text(""), "resize": switch(""), "in_cont
                                "images": LIST.optional()},
                    {"path": ".", "resize": True, "in_context": False, "images": None})
 PANEL_MULTIPLE = 16  # each half of an in-context diptych is a whole number of packed latent tokens
+
+
+def with_mflux_keys(raw) -> dict:
+    """mflux's train.json (its shipped example) read as ours: its top-level "steps" (the validation images' steps)
+    is instrumentation.validation_steps, generate_image_frequency is validation_frequency, each block kind's
+    lora_rank is lora_layers.rank (one for both); plot_frequency has no counterpart: the loss curve is drawn with
+    every checkpoint."""
+    if not isinstance(raw, dict):
+        return raw
+    raw = json.loads(json.dumps(raw))  # a copy: the config keeps what the file says
+    watch, lora = raw.get("instrumentation"), raw.get("lora_layers")
+    if isinstance(watch, dict):
+        watch.pop("plot_frequency", None)
+        if "generate_image_frequency" in watch:
+            watch.setdefault("validation_frequency", watch.pop("generate_image_frequency"))
+        if "steps" in raw:
+            watch.setdefault("validation_steps", raw.pop("steps"))
+    if isinstance(lora, dict):
+        ranks = {kind: lora[kind].pop("lora_rank") for kind in BLOCK_KINDS
+                 if isinstance(lora.get(kind), dict) and "lora_rank" in lora[kind]}
+        if len(set(ranks.values())) > 1:
+            raise InvalidRequest(f"The training config gives each block kind its own lora_rank ({ranks}); the studio "
+                                 "trains one rank: set lora_layers.rank.")
+        if ranks:
+            lora.setdefault("rank", next(iter(ranks.values())))
+    return raw
 
 
 @dataclass(frozen=True)
@@ -223,7 +250,7 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, raw: dict, folder: Path) -> "TrainingConfig":
-        top = TOP.read(raw)
+        top = TOP.read(with_mflux_keys(raw))
         if not top["model"]:
             raise InvalidRequest("The training config needs a model (an alias such as dev, a repo id or a folder).")
         loop = LOOP.read(top["training_loop"])
