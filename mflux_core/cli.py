@@ -126,8 +126,9 @@ def at_least_one(text: str) -> int:
 
 def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generation")
-    group.add_argument("--prompt", "-p", help="the prompt; '-' reads it from standard input")
-    group.add_argument("--prompt-file", help="read the prompt from this file, again before each image")
+    prompts = group.add_mutually_exclusive_group()
+    prompts.add_argument("--prompt", "-p", help="the prompt; '-' reads it from standard input")
+    prompts.add_argument("--prompt-file", help="read the prompt from this file, again before each image")
     group.add_argument("--wildcards-dir", default="wildcards", help="folder of wildcard files: __name__ in a prompt "
                        "picks a line of name.txt, {a|b} one alternative, drawn from the seed (default ./wildcards)")
     group.add_argument("--styles", nargs="+", metavar="NAME", help="A1111 styles to merge into the prompt and "
@@ -225,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     save_depth.add_argument("--depth-model", default=None,
                             help="depth estimator: alias, repo id or folder (Depth Anything format; default: "
                             "depth-estimator, else demo-depth-estimator when that one is not on disk)")
-    save_depth.add_argument("--output", default="depth.png", help="where to write the depth map")
+    save_depth.add_argument("--output", help="where to write the depth map (default: <photo>_depth.png beside the "
+                            "photo, as mflux writes it)")
     add_models_dir_flag(save_depth)
     add_save_parser(tools)
     add_merge_parser(tools)
@@ -458,6 +460,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     request = request.with_(prompt=read_prompt(args, fallback))
     styled = styler(args)
     styled(request).validated()
+    if args.negative_prompt and request.true_cfg_scale <= 1:
+        print("Note: --negative-prompt is not used: FLUX.1's guidance is distilled, so only true CFG reads it "
+              "(--true-cfg-scale above 1, twice the time per step).", file=sys.stderr)
     stepwise = Path(args.stepwise_image_output_dir) if args.stepwise_image_output_dir else None
     manager = manager_from_args(args, max_resident_transformers=args.max_resident_transformers,
                                 full_preview_every=1 if stepwise else 0, step_previews=stepwise is not None)
@@ -622,8 +627,9 @@ def save_depth(args: argparse.Namespace) -> Path:
     from mflux_core.images.io import load_image, save_png_atomic
 
     manager = manager_from_args(args)
-    depth = manager.estimate_depth(load_image(Path(args.image_path)), name=args.depth_model)
-    path = save_png_atomic(depth, Path(args.output), overwrite=True)
+    photo = Path(args.image_path)
+    depth = manager.estimate_depth(load_image(photo), name=args.depth_model)
+    path = save_png_atomic(depth, Path(args.output or photo.with_name(f"{photo.stem}_depth.png")))
     print(f"Saved {path}")
     return path
 
@@ -652,6 +658,9 @@ def list_loras(args: argparse.Namespace) -> None:
     from mflux_core.lora.info import describe_lora_file
     from mflux_core.lora.library import library_names, lora_folders
 
+    missing = [folder for folder in args.lora_dir or () if not folder.is_dir()]
+    if missing:
+        raise StudioError(f"--lora-dir {missing[0]} is not a folder.")
     names = library_names(args.lora_dir or lora_folders(Path(args.models_dir)))
     if not names:
         print("No LoRA files found (set LORA_LIBRARY_PATH, or put them in <models-dir>/loras).")
@@ -685,6 +694,9 @@ def main(argv: list[str] | None = None) -> int:
     except StudioError as error:
         print(f"Error: {getattr(error, 'cli_text', error)}", file=sys.stderr)  # downloads word it for the CLI
         return 1
+    except KeyboardInterrupt:
+        print("Stopped.", file=sys.stderr)
+        return 130  # as a shell reports Ctrl-C
     except OSError as error:  # a folder or file the command was pointed at that cannot be made, read or written
         where = f"{error.filename}: " if error.filename else ""
         print(f"Error: {where}{os_reason(error)}.", file=sys.stderr)

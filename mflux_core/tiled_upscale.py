@@ -22,10 +22,12 @@ from mflux_core.native_sizes import makes_size, what_it_makes
 from mflux_core.request import GenerationRequest
 from mflux_core.sampling.schedule import img2img_start_step
 from mflux_core.settings_schema import MAX_SIDE
-from mflux_core.tools.common import required_image, resolved_request
+from mflux_core.tools.common import resolved_request
 from mflux_core.tools.controlnet_conditioning import extra_number
 from mflux_core.tools.specs import TILE_HEIGHT, TILE_OVERLAP, TILE_SIZE  # a tile size of 0: the model's own side
-from mflux_core.tools.upscale import resampled as resampled_input, starts_from_image, upscale_inputs, upscaled_size
+from mflux_core.tools.upscale import (
+    image_to_upscale, resampled as resampled_input, starts_from_image, upscale_inputs, upscaled_size,
+)
 
 if TYPE_CHECKING:
     from mflux_core.manager import GenerationResult, ModelManager
@@ -91,7 +93,7 @@ def generate_tiled(manager: "ModelManager", request: GenerationRequest, report: 
     started = manager.run_started()
     check_tile_settings(request)
     model = manager._prepared_model(request, cancelled)
-    image = required_image(request.image_path or request.controlnet_image_path, "an image to upscale", "--image-path")
+    image = image_to_upscale(request)
     request = starts_from_image(upscaled_size(resolved_request(model, request), image))
     resampled, notes = resampled_input(manager, image, request)
     width, height, overlap = tile_shape_and_overlap(model, request)

@@ -206,3 +206,27 @@ def test_an_output_named_jpg_or_webp_is_one_with_a1111s_text_in_its_exif(tiny_de
             assert written.format == kind and written.size == (64, 64)
         assert {key: settings_from_png(tmp_path / name)[key] for key in ("prompt", "seed", "steps")} == {
             "prompt": "a red house", "seed": 9, "steps": 2}
+
+
+def test_conflicting_or_mistyped_inputs_are_one_sentence(tiny_dev, tmp_path, capsys):
+    """mflux refuses --prompt with --prompt-file; inputs one tool cannot use together are refused, not dropped."""
+    import pytest
+
+    random_image(64, 64, seed=1).save(tmp_path / "a.png")
+    random_image(64, 64, seed=2).save(tmp_path / "b.png")
+    with pytest.raises(SystemExit):
+        main(["generate", "--prompt", "x", "--prompt-file", str(tmp_path / "p.txt")])
+    assert "not allowed with argument" in capsys.readouterr().err
+    a, b = str(tmp_path / "a.png"), str(tmp_path / "b.png")
+    for command, sentence in (
+            (["fill", "--image-path", a, "--masked-image-path", b, "--outpaint-padding", "16"],
+             "Fill inpaints inside a mask or outpaints a padded canvas, not both"),
+            (["depth", "--image-path", a, "--depth-image-path", b], "Depth takes a control image"),
+            (["upscale", "--image-path", a, "--controlnet-image-path", b], "Upscale takes one image")):
+        assert main([*command, "--prompt", "x", "--steps", "1", "--output", str(tmp_path / "o.png")]) == 1
+        assert sentence in capsys.readouterr().err, command
+    assert main(["loras", "--lora-dir", str(tmp_path / "nope")]) == 1
+    assert f"--lora-dir {tmp_path / 'nope'} is not a folder." in capsys.readouterr().err
+    assert main(["generate", "--path", str(tiny_dev), *COMMON, "--seed", "1", "--negative-prompt", "blurry",
+                 "--output", str(tmp_path / "n.png")]) == 0
+    assert "Note: --negative-prompt is not used" in capsys.readouterr().err

@@ -22,6 +22,9 @@ GIVEN, DEPTH_OF_PHOTO, EDGES_OF_PHOTO = "given", "depth", "edges"
 def control_source(request: GenerationRequest) -> tuple[Image.Image, str]:
     """The control image as given (--depth-image-path: a depth map, or an edge map for Canny), or the photo
     (--image-path) and what to make of it: its depth map, or with canny_edges its Canny edges."""
+    if request.depth_image_path and request.image_path:
+        raise InvalidRequest("Depth takes a control image (--depth-image-path) or a photo to make one from "
+                             "(--image-path), not both.")
     if request.depth_image_path:
         return required_image(request.depth_image_path, "a control image", "--depth-image-path"), GIVEN
     if not request.image_path:

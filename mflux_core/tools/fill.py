@@ -66,6 +66,9 @@ def fill_canvas(request: GenerationRequest, token_side: int) -> tuple[Image.Imag
     """The image and mask to fill: the user's pair, or an outpaint canvas built from the padding, grown to whole
     tokens of `token_side` px (so that no padding is cropped off to make a size the model makes)."""
     image = required_image(request.image_path, "an image to fill", "--image-path")
+    if request.outpaint_padding and request.masked_image_path:
+        raise InvalidRequest("Fill inpaints inside a mask or outpaints a padded canvas, not both: give "
+                             "--masked-image-path or --outpaint-padding.")
     if request.outpaint_padding:
         return outpaint_canvas(image, parse_padding(request.outpaint_padding, image.width, image.height), token_side)
     if not request.masked_image_path:

@@ -87,9 +87,17 @@ def starts_from_image(request: GenerationRequest) -> GenerationRequest:
     return request.with_(image_strength=RESAMPLED_IMAGE_STRENGTH)
 
 
+def image_to_upscale(request: GenerationRequest) -> Image.Image:
+    """--image-path, or mflux's --controlnet-image-path: one image."""
+    given = {path for path in (request.image_path, request.controlnet_image_path) if path}
+    if len(given) > 1:
+        raise InvalidRequest("Upscale takes one image: give --image-path (or mflux's --controlnet-image-path), not "
+                             "two different ones.")
+    return required_image(next(iter(given), None), "an image to upscale", "--image-path")
+
+
 def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngine) -> ToolInputs:
-    path = request.image_path or request.controlnet_image_path  # mflux's upscaler takes --controlnet-image-path
-    image = required_image(path, "an image to upscale", "--image-path")
+    image = image_to_upscale(request)
     request = upscaled_size(request, image)
     image, notes = resampled(engine, image, request)
     return upscale_inputs(model, starts_from_image(request), engine, image, notes)
