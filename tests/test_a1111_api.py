@@ -421,6 +421,42 @@ def test_a_controlnet_unit_in_img2img_starts_from_the_init_image_and_takes_it_as
     assert not np.array_equal(np.asarray(decoded(from_text["images"][0]).convert("RGB")), image)  # it started there
 
 
+def test_a_refused_request_frees_the_image_it_read(studio):
+    """Cycles through a refusal's traceback (its future, its frames) kept each refused 60-megapixel init image until
+    a garbage collection: a few refusals took the server past its memory budget."""
+    import gc
+
+    wide = b64(Image.new("RGB", (6000, 1000), "red"))
+    gc.collect()
+    gc.disable()  # as between two of Python's own collections
+    try:
+        for _ in range(2):
+            assert "past the 4096-pixel limit" in assert_a1111_error(
+                studio.http.post("/img2img", json={"prompt": "x", "steps": 1, "init_images": [wide]}), 400)
+        kept = [thing for thing in gc.get_objects() if isinstance(thing, Image.Image) and thing.size == (6000, 1000)]
+    finally:
+        gc.enable()
+    assert not kept
+
+
+def test_an_extras_batch_whose_answer_would_not_fit_the_memory_budget_is_refused_first(tmp_path):
+    """Every upscaled image of a batch is held in its answer at once (as RGB, PNG, base64 and JSON): 40 images 8x
+    to 4096x4096 ask for gigabytes however small the request was."""
+    from mflux_core.errors import InvalidRequest
+    from webui.a1111_extras import batch_images
+
+    check_memory = ModelManager(models_dir=tmp_path, memory_budget_bytes=2 * 10**9).check_side_run
+    small = b64(Image.new("RGB", (512, 512), "red"))
+    fields = {"imageList": [{"data": small, "name": f"a{index}.png"} for index in range(40)],
+              "upscaling_resize": 8, "upscaler_1": "Lanczos"}
+    with pytest.raises(InvalidRequest, match="Holding the 40 upscaled images of the answer needs about .* more than "
+                                             "the memory budget of 2.0 GB"):
+        batch_images(fields, None, lambda name: False, check_memory)
+    answer = batch_images({**fields, "imageList": fields["imageList"][:2], "upscaling_resize": 2}, None,
+                          lambda name: False, check_memory)
+    assert [decoded(image).size for image in answer["images"]] == [(1024, 1024)] * 2
+
+
 def test_extras_upscale_with_pillows_filters_and_the_controlnet_upscaler(studio):
     example = upscale_example(EVALUATION_SEED, 0, IMAGE_SIZE, held_out=True)
     small = low_resolution(example.image, IMAGE_SIZE // 4).convert("RGB")  # 16x16

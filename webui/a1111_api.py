@@ -799,7 +799,8 @@ def sdapi_router(studio, auth=None) -> APIRouter:
         return results[0].image
 
     add_extras_routes(route, threads, json_object, run_upscale,
-                      lambda name: upscaler_file(studio.manager.models_dir, name) is not None)
+                      lambda name: upscaler_file(studio.manager.models_dir, name) is not None,
+                      studio.manager.check_side_run)
 
     async def not_here(request: Request):
         path = request.url.path

@@ -31,6 +31,12 @@ MAX_FACTOR = 8  # A1111's slider's end
 # run_upscale(upscaler, image, width, height) -> the image of that size by the ControlNet upscaler (the Upscale tool)
 # or an upscaler model, run in the engine's turn
 UpscaleRunner = Callable[[str, Image.Image, int, int], Image.Image]
+# check_memory(what, phase, peak bytes): refused (InvalidRequest) when it would not fit the memory budget
+MemoryCheck = Callable[[str, str, int], None]
+ANSWER_PHASE = "holding the answer"
+# a batch's answer holds every upscaled image at once: as RGB (3 bytes a pixel), as PNG (up to about 3 for noise), that
+# as base64 (4) and the JSON answer's copy of it (4)
+ANSWER_BYTES_PER_PIXEL = 14
 
 
 class ExtrasParams(ApiFields):
@@ -130,20 +136,26 @@ def single_image(fields: dict, run_upscale: UpscaleRunner, is_model: Callable[[s
     return {"html_info": html_info(params), "image": b64_png(image)}
 
 
-def batch_images(fields: dict, run_upscale: UpscaleRunner, is_model: Callable[[str], bool]) -> dict:
+def batch_images(fields: dict, run_upscale: UpscaleRunner, is_model: Callable[[str], bool],
+                 check_memory: MemoryCheck) -> dict:
     params = checked(BatchImages, fields, is_model)
     images = [decoded_image(item.data, f"imageList[{index}]") for index, item in enumerate(params.imageList)]
-    for index, image in enumerate(images if params.upscaler_1 != NO_UPSCALER else ()):  # all sizes before any runs
+    sizes = []
+    for index, image in enumerate(images):  # all sizes before any runs
         try:
-            upscaled_size(image, upscale_factor(image, params))
+            sizes.append(upscaled_size(image, upscale_factor(image, params)) if params.upscaler_1 != NO_UPSCALER
+                         else image.size)
         except InvalidRequest as error:
             raise InvalidRequest(f"imageList[{index}]: {error}") from None
+    pixels = sum(width * height for width, height in sizes)
+    check_memory(f"holding the {len(sizes)} upscaled images of the answer", ANSWER_PHASE,
+                 pixels * ANSWER_BYTES_PER_PIXEL)
     return {"html_info": html_info(params),
             "images": [b64_png(upscaled(image, params, run_upscale)) for image in images]}
 
 
 def add_extras_routes(route, threads, json_object, run_upscale: UpscaleRunner,
-                      is_model: Callable[[str], bool]) -> None:
+                      is_model: Callable[[str], bool], check_memory: MemoryCheck) -> None:
     """The extras routes on the A1111 router (`route` is its)."""
 
     @route("POST", "/sdapi/v1/extra-single-image")
@@ -154,4 +166,4 @@ def add_extras_routes(route, threads, json_object, run_upscale: UpscaleRunner,
     @route("POST", "/sdapi/v1/extra-batch-images")
     async def extra_batch_images(request: Request):
         fields = await json_object(request, SdApiError)
-        return JSONResponse(await threads.run(batch_images, fields, run_upscale, is_model))
+        return JSONResponse(await threads.run(batch_images, fields, run_upscale, is_model, check_memory))

@@ -3,6 +3,7 @@ a body-size limit, one thread per job, and a route decorator that turns every fa
 error shape, so no input can end the server or answer with a traceback."""
 
 import asyncio
+import gc
 import base64
 import binascii
 import json
@@ -251,7 +252,11 @@ def api_routes(router: APIRouter, auth, refusal: type[ApiRefusal]):
                         raise too_large(refusal)
                     return await answer(body_capped(request, refusal))
                 except Exception as error:  # the server must survive anything a client sends
-                    return refusal_of(error, refusal).response()
+                    answered = refusal_of(error, refusal).response()
+                # cycles through the error's traceback (its future, its frames) would keep what the request read,
+                # a refused 60-megapixel image, until the next collection: past the memory budget in a few refusals
+                gc.collect()
+                return answered
 
             endpoint.__name__ = answer.__name__
             router.add_api_route(path, endpoint, methods=[method], include_in_schema=False)
