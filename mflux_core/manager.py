@@ -125,8 +125,10 @@ class ModelManager:
         """The photo's depth map, from `name` (default: Depth-Anything-V2-Small, else the demo estimator);
         refused (InvalidRequest) when the estimator's peak would not fit the memory budget."""
         from mflux_core.models.depth import depth_to_image
+        from mflux_core.models.depth import check_photo_size
         from mflux_core.models.depth_memory import estimator_peak_bytes
 
+        check_photo_size(photo)  # before the estimator is loaded and its memory planned
         estimator = self._depth_estimator(name)
         self.resident.check_side_run(f"the depth map of a {photo.width}x{photo.height} photo", DEPTH_PHASE,
                                      estimator_peak_bytes(estimator, photo.size))
@@ -297,28 +299,33 @@ class ModelManager:
 
     def sized_inputs(self, model: FluxModel, request: GenerationRequest) -> tuple[ToolInputs, tuple[str, ...]]:
         """The tool's inputs; built again at a size the model makes when the asked (or input image's) size is not
-        one (a demo model's nearest native size; whole tokens of a VAE that scales by more than 8), with a note."""
-        if makes_any_size(model.native_sizes, model.token_side):
-            return tool_inputs(model, request, self), ()
+        one (a demo model's nearest native size; whole tokens of a VAE that scales by more than 8), with a note. The
+        size is decided first and checked against the memory budget before any input is read at it."""
         try:
-            with probing_size():  # the size first, not the inputs at a size the model cannot make
+            with probing_size():  # the size first, not the inputs at a size the model cannot make or the budget holds
                 inputs = tool_inputs(model, request, self)
             sized, canvas = inputs.request, inputs.canvas
         except SizeDecided as decided:
             inputs, sized, canvas = None, decided.request, decided.canvas
         asked = (sized.width, sized.height)
-        if not model.native_sizes:  # a panel of whole tokens makes a canvas of whole tokens too
+        if makes_any_size(model.native_sizes, model.token_side):
+            made = None
+        elif not model.native_sizes:  # a panel of whole tokens makes a canvas of whole tokens too
             made = whole_tokens_size(model.token_side, *asked)
         elif canvas is None:
             made = native_size_for(model.native_sizes, *asked)
         else:  # the model paints the canvas (an in-context diptych); the request names one panel
             made = native_panel_for(model.native_sizes, asked, canvas)
         if made is None:
+            if inputs is None:
+                self.resident.check_size(model, sized, canvas)
             return inputs or tool_inputs(model, request, self), ()
         # inpaint area "Only masked" keeps the image's size: the size decided is the area's, as it is processed
         area = {"made_what": MASKED_AREA_MADE} if request.only_masked_padding is not None else {}
         note = size_note(request.model, model.native_sizes, asked, made, **area) if model.native_sizes else \
             tokens_note(request.model, model.token_side, asked, made, **area)
+        canvas = canvas and (canvas[0] * made[0] // asked[0], canvas[1] * made[1] // asked[1])
+        self.resident.check_size(model, sized.with_(width=made[0], height=made[1]), canvas)
         return tool_inputs(model, request.with_(width=made[0], height=made[1]), self), (note,)
 
     def step_preview(self, model: FluxModel) -> Preview | None:

@@ -92,8 +92,17 @@ def budget_from_gb(text: str | float) -> int:
     return int(value * GB)
 
 
-def gb_text(count: int) -> str:
-    return f"{count / GB:,.1f} GB" if count >= GB // 10 else f"{count / 10**6:,.0f} MB"
+def gb_text(count: int, decimals: int = 1) -> str:
+    return f"{count / GB:,.{decimals}f} GB" if count >= GB // 10 else f"{count / 10**6:,.0f} MB"
+
+
+def apart_texts(larger: int, smaller: int) -> tuple[str, str]:
+    """Two amounts with as many decimals as it takes to show the first is the larger (1.04 GB, not 1.0 GB, against
+    a budget of 1.0 GB)."""
+    decimals = 1
+    while decimals < 3 and gb_text(larger, decimals) == gb_text(smaller, decimals):
+        decimals += 1
+    return gb_text(larger, decimals), gb_text(smaller, decimals)
 
 
 def transformer_step_bytes(config: FluxTransformerConfig, image_tokens: int, text_tokens: int, itemsize: int,
@@ -202,10 +211,11 @@ class MemoryPlan:
 
     def refusal(self, budget_bytes: int) -> str:
         phase, size = self.largest_phase
-        return (f"{self.what[0].upper()}{self.what[1:]} needs about {gb_text(self.needed_bytes)} of memory "
+        needed, budget = apart_texts(self.needed_bytes, budget_bytes)
+        return (f"{self.what[0].upper()}{self.what[1:]} needs about {needed} of memory "
                 f"(weights {gb_text(self.weights_bytes)}, {gb_text(int(ESTIMATE_MARGIN * size))} while {phase}, "
                 f"{gb_text(self.process_bytes)} for the rest of the process), more than the memory budget of "
-                f"{gb_text(budget_bytes)}: {self.remedies}.")
+                f"{budget}: {self.remedies}.")
 
 
 class MemoryBudget:

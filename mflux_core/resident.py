@@ -25,7 +25,7 @@ from mflux_core.lru import LRU
 from mflux_core.memory import MemoryBudget, MemoryPlan, gb_text
 from mflux_core.models.text_encoders import TextEncoders
 from mflux_core.native_sizes import read_native_sizes
-from mflux_core.planning import plan_from_files, plan_tool_run
+from mflux_core.planning import plan_from_files, plan_sized, plan_tool_run
 from mflux_core.process_memory import return_free_memory
 from mflux_core.prompt_cache import CachedTextEncoders
 from mflux_core.request import GenerationRequest
@@ -106,6 +106,9 @@ def names_folder(label: str, folder: Path) -> bool:
     """Whether a resident component's label (e.g. "transformer /m/dev/transformer 8-bit") names a file in
     `folder` or the folder itself (and not merely a folder whose name starts the same, /m/dev-8bit)."""
     return re.search(re.escape(str(folder)) + r"(?=$|[\s)/])", label) is not None
+
+
+SIDE_RUN_REMEDIES = "use a smaller image, unload the models, or close other tools"  # quantizing does not shrink it
 
 
 class ResidentModels:
@@ -293,24 +296,33 @@ class ResidentModels:
     def plan_run(self, model: FluxModel, inputs: ToolInputs) -> MemoryPlan:
         """The run's plan against the budget, after evicting the transformers this run does not use if
         that makes it fit; refuses (InvalidRequest) when even that is not enough."""
-        plan = self._run_plan(model, inputs)
+        return self._fitted(model, lambda resident, reserved: plan_tool_run(model, inputs, resident, reserved))
+
+    def check_size(self, model: FluxModel, request: GenerationRequest, canvas: tuple[int, int] | None) -> None:
+        """As plan_run, once the tool has decided the size and before it reads its inputs at it (planning.plan_sized):
+        an outpaint canvas past the budget is refused before it is encoded."""
+        self._fitted(model, lambda resident, reserved: plan_sized(model, request, canvas, resident, reserved))
+
+    def _fitted(self, model: FluxModel, plan_of: Callable[[int, int], MemoryPlan]) -> MemoryPlan:
+        plan = self._planned(plan_of)
         if not plan.fits(self.budget.bytes):
             for key, transformer in self._transformers.items():
                 if transformer is not model.transformer:
                     self._transformers.pop(key)
             model.memory_allowance = self.free_bytes()
-            plan = self._run_plan(model, inputs)
+            plan = self._planned(plan_of)
         return self.budget.check(plan)
 
-    def _run_plan(self, model: FluxModel, inputs: ToolInputs) -> MemoryPlan:
+    def _planned(self, plan_of: Callable[[int, int], MemoryPlan]) -> MemoryPlan:
         resident = self.resident_bytes()
-        return plan_tool_run(model, inputs, resident, self.budget.reserved_bytes(resident))
+        return plan_of(resident, self.budget.reserved_bytes(resident))
 
     def check_side_run(self, what: str, phase: str, peak_bytes: int) -> None:
         """Refuse (InvalidRequest) a side model's run (e.g. estimating a depth map) whose `peak_bytes` would not
         fit the budget beside what is resident."""
         resident = self.resident_bytes()
-        self.budget.check(MemoryPlan(what, resident, ((phase, peak_bytes),), self.budget.reserved_bytes(resident)))
+        self.budget.check(MemoryPlan(what, resident, ((phase, peak_bytes),), self.budget.reserved_bytes(resident),
+                                     remedies=SIDE_RUN_REMEDIES))
 
     def record_memory(self, plan: MemoryPlan, others: int) -> None:
         """The plan next to what MLX measured: its peak of active memory (weights and activations, not the

@@ -326,6 +326,18 @@ def test_a_depth_map_over_the_budget_is_refused_before_estimating():
     assert manager.estimate_depth(Image.new("RGB", (512, 512))).size == (512, 512)
 
 
+def test_an_outpaint_canvas_past_the_budget_is_refused_before_it_is_encoded(tmp_path):
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "small.png")
+    manager = ModelManager(models_dir=tmp_path, memory_budget_bytes=budget_leaving(150 * 10**6).bytes)
+    request = GenerationRequest(tool="fill", model="demo-fill", prompt="a wide field", steps=1, seed=2,
+                                image_path=str(tmp_path / "small.png"), outpaint_padding="2016")
+    mx.reset_peak_memory()
+    with pytest.raises(InvalidRequest, match=r"^A 4096x4096 image needs about .* more than the memory budget"):
+        manager.generate(request)
+    assert mx.get_peak_memory() < 4096 * 4096 * 3 * 4 / 2  # the canvas's float pixels never reached MLX
+    assert manager.generate(request.with_(outpaint_padding="16")).image.size == (96, 96)
+
+
 def test_a_request_over_the_budget_is_refused_before_loading_and_the_next_one_runs():
     manager = ModelManager(memory_budget_bytes=budget_leaving(500 * 10**6).bytes)  # the demo's step at 4096 px: 0.7 GB
     with pytest.raises(InvalidRequest, match=r"4096x4096 image needs about .* GB of memory \(weights .* while "

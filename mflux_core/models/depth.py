@@ -263,6 +263,11 @@ def preprocess(image: Image.Image, config: DepthPreprocessConfig) -> np.ndarray:
     return pixels[None]
 
 
+def check_photo_size(image: Image.Image) -> None:
+    """The size limits every image input has (request.check_image_size), for the photo a depth map is made from."""
+    check_image_size(*image.size, "The photo to estimate depth from")
+
+
 class DepthEstimator:
     """A Depth Anything folder (config.json, model.safetensors, preprocessor_config.json) ready to run."""
 
@@ -285,7 +290,7 @@ class DepthEstimator:
 
     def estimate(self, image: Image.Image) -> np.ndarray:
         """Relative inverse depth (larger = nearer), float32 (H, W) at the image's own size."""
-        check_image_size(*image.size, "The photo to estimate depth from")
+        check_photo_size(image)
         dtype = self.model.head.conv3.weight.dtype
         pixels = mx.array(preprocess(image, self.preprocess_config)).astype(dtype)
         with inference():  # each layer evaluated before the next: the peak depth_memory plans for

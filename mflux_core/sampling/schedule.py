@@ -72,10 +72,10 @@ def img2img_start_step(num_steps: int, image_strength: float) -> int:
 
     diffusers' img2img runs `strength = 1 - image_strength` of the schedule:
     init = min(N * strength, N); start = int(max(N - init, 0)). Any strength above 0 skips one step at least, as
-    mflux and A1111 count it: where diffusers' rounding gives 0 (0.2 at 4 steps), its first step starts from pure
-    noise, and the image would do nothing.
+    mflux and A1111 count it, where that leaves a step to run: where diffusers' rounding gives 0 (0.2 at 4 steps),
+    its first step starts from pure noise, and the image would do nothing.
     """
     strength = 1.0 - image_strength
     init_steps = min(num_steps * strength, num_steps)
     start = int(max(num_steps - init_steps, 0))
-    return max(start, 1) if image_strength > 0 else start
+    return 1 if start == 0 and image_strength > 0 and num_steps > 1 else start

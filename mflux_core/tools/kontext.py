@@ -21,7 +21,8 @@ from mflux_core.sampling.latents import image_position_ids
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.specs import KONTEXT_AUTO_RESIZE
 from mflux_core.tools.common import (
-    check_in_channels, fit_input, packed_channels, encode_image, prompt_conditioning, required_image, with_size,
+    check_in_channels, encode_image, encoding_phase, fit_input, packed_channels, prompt_conditioning, required_image,
+    with_size,
 )
 
 PREFERRED_RESOLUTIONS = [  # (width, height) Kontext was trained on
@@ -78,6 +79,7 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     if sized_by_stitch:  # as ComfyUI's Kontext template, whose latent is the stitched references'
         notes += (f"The output is {request.width}x{request.height}, the {len(request.reference_paths)} reference "
                   "images side by side; set a width and height for another size.",)
+    engine.check_side_run(f"encoding the {width}x{height} reference", *encoding_phase(model, (width, height)))
     conditioning = prompt_conditioning(model, request)
     conditioning.reference_tokens = encode_image(model, reference, width, height).astype(model.dtype)
     grid = (2 * (height // multiple), 2 * (width // multiple))
