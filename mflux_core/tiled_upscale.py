@@ -87,6 +87,11 @@ def previews_in_place(report: Report | None, canvas: Image.Image, tile: Tile) ->
     return relay
 
 
+# what the job holds at the whole output's size beside the blend: the resampled input, the preview canvas and the
+# tiles' images, 8-bit RGB each, and the PNG written of the result
+HELD_BYTES_PER_PIXEL = 4 * 3
+
+
 def generate_tiled(manager: "ModelManager", request: GenerationRequest, report: Report | None,
                    cancelled: Callable[[], bool] | None) -> "GenerationResult":
     """Every tile, with the manager's lock held by the caller."""
@@ -106,7 +111,8 @@ def generate_tiled(manager: "ModelManager", request: GenerationRequest, report: 
     request = request.with_(extra={**{k: v for k, v in request.extra.items() if k != TILE_HEIGHT}, **shape})
     tile_request = request.with_(width=tile_size[0], height=tile_size[1])
     first = upscale_inputs(model, tile_request, manager, resampled.crop(tiles[0].box), notes)
-    blending = ("blending the tiles", blend_bytes(request.width, request.height))
+    held = request.width * request.height * HELD_BYTES_PER_PIXEL
+    blending = ("blending the tiles", blend_bytes(request.width, request.height) + held)
     first = replace(first, estimated=(*first.estimated, blending))  # the plan holds the whole job
     steps = tile_request.steps or model.default_steps
     start = img2img_start_step(steps, first.image_strength) if first.image_strength is not None else 0

@@ -34,9 +34,9 @@ UpscaleRunner = Callable[[str, Image.Image, int, int], Image.Image]
 # check_memory(what, phase, peak bytes): refused (InvalidRequest) when it would not fit the memory budget
 MemoryCheck = Callable[[str, str, int], None]
 ANSWER_PHASE = "holding the answer"
-# a batch's answer holds every upscaled image at once: as RGB (3 bytes a pixel), as PNG (up to about 3 for noise), that
-# as base64 (4) and the JSON answer's copy of it (4)
-ANSWER_BYTES_PER_PIXEL = 14
+# a batch's answer holds every upscaled image at once: as PNG, that as base64 and the JSON answer's copy of it, beside
+# the one being made (measured: 40 noise images upscaled 8x to 4096x4096 peaked at 7.5 bytes a pixel of the answer)
+ANSWER_BYTES_PER_PIXEL = 8
 
 
 class ExtrasParams(ApiFields):
