@@ -124,8 +124,7 @@ class ModelManager:
     def estimate_depth(self, photo: Image.Image, name: str | None = None) -> Image.Image:
         """The photo's depth map, from `name` (default: Depth-Anything-V2-Small, else the demo estimator);
         refused (InvalidRequest) when the estimator's peak would not fit the memory budget."""
-        from mflux_core.models.depth import depth_to_image
-        from mflux_core.models.depth import check_photo_size
+        from mflux_core.models.depth import check_photo_size, depth_to_image
         from mflux_core.models.depth_memory import estimator_peak_bytes
 
         check_photo_size(photo)  # before the estimator is loaded and its memory planned
