@@ -277,6 +277,9 @@ def test_lora_for_another_architecture_is_refused(tiny_dev, tmp_path, capsys):
     assert main([str(a) for a in args]) == 1
     message = capsys.readouterr().err
     assert "The LoRA sdxl_style.safetensors was made for SDXL, not FLUX.1, so it cannot be applied here." in message
+    save_file({}, str(tmp_path / "empty.safetensors"))
+    assert main([str(a) for a in args[:-1]] + [str(tmp_path / "empty.safetensors")]) == 1
+    assert "The LoRA empty.safetensors holds no tensors" in capsys.readouterr().err
 
     transformer = load_transformer(tiny_dev / "transformer")
     wider = lf.Dims(**{**lf.Dims.of(tiny_dev).__dict__, "hidden": 64})

@@ -154,6 +154,8 @@ def check_lora(transformer: nn.Module, lora: LoraFile, scale: float = 1.0,
         fitting = {}
     matched = {key for path in fitting for key in lora.source_keys[path]}
     unused -= matched
+    if not lora.total_keys:
+        raise ModelLoadError(f"The LoRA {lora.name} holds no tensors: it is empty (an interrupted save or download?).")
     if not fitting:
         family = family_from_keys(unused)
         hint = f" It looks like a LoRA for {family}." if family else " It is probably for another model."
