@@ -139,7 +139,7 @@ def test_upscale_runs_on_the_demo_upscaler_from_a_small_picture(manager, tmp_pat
     assert result.notes == ("Input 32x32 resized to 64x64.",)  # no native-size note, no error
     assert result.request.controlnet_strength == 0.6  # the tool's default: the strength it was trained at
     side_models = [r["name"] for r in manager.status()["resident"] if r["kind"] == "auxiliary"]
-    assert len(side_models) == 1 and side_models[0].startswith("demo-upscaler ("), side_models
+    assert len(side_models) == 1 and side_models[0].startswith("demo-upscaler float32 ("), side_models
 
 
 def test_the_demo_upscaler_loads_in_diffusers_with_every_weight():

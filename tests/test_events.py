@@ -121,8 +121,9 @@ def test_the_cli_saves_each_steps_preview_from_the_reported_steps(tiny_schnell, 
     from tests.parity import run_cli
 
     final = run_cli("generate", "--path", tiny_schnell, "--prompt", "a fox", "--steps", 2, "--width", SIZE, "--height",
-                    SIZE, "--output", tmp_path / "fox.png", "--stepwise-image-output-dir", tmp_path / "steps")
+                    SIZE, "--seed", 5, "--output", tmp_path / "fox.png", "--stepwise-image-output-dir",
+                    tmp_path / "steps")
     saved = sorted(path.name for path in (tmp_path / "steps").iterdir())
-    assert saved == ["seed_0_step_1of2.png", "seed_0_step_2of2.png"]
+    assert saved == ["seed_5_step_1of2.png", "seed_5_step_2of2.png"]
     with Image.open(tmp_path / "steps" / saved[-1]) as last:  # a full decode every step: the last is the image
         assert np.array_equal(np.asarray(last.convert("RGB")), np.asarray(final))

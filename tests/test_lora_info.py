@@ -117,8 +117,11 @@ def test_the_loras_command_lists_the_library_with_each_files_line(kohya_flux, tm
     out = capsys.readouterr().out
     assert f"inkstyle  ({kohya_flux})\n    made for FLUX.1 (flux1) · trained on flux1-dev.safetensors" in out
     assert "broken  (" in out and "not a readable safetensors file" in out
+    (tmp_path / "empty").mkdir()
     assert cli.main(["loras", "--lora-dir", str(tmp_path / "empty")]) == 0
     assert "No LoRA files found" in capsys.readouterr().out
+    assert cli.main(["loras", "--lora-dir", str(tmp_path / "nowhere")]) == 1  # a mistyped folder is said
+    assert f"--lora-dir {tmp_path / 'nowhere'} is not a folder." in capsys.readouterr().err
 
 
 def test_the_page_shows_the_line_under_a_picked_lora(kohya_flux, tmp_path):
