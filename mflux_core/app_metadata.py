@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from mflux_core.lora.a1111 import LoraUse
 from mflux_core.request import is_finite_number as is_number
+from mflux_core.weights.resolve import ALIASES, MFLUX_MODEL_NAMES
 
 SIZE_TEXT = re.compile(r"([0-9]{1,18})x([0-9]{1,18})")  # "WxH", each side as request.whole_text reads it
 SWARM_KEY = "sui_image_params"  # inside the JSON SwarmUI writes into the "parameters" chunk
@@ -263,8 +264,6 @@ def read_mflux_metadata(text: str) -> FoundSettings:
 def mflux_command_fields(text: str) -> dict:
     """What mflux's -C restores beside the settings the page takes: the model (ours where its repo or name is one of
     ours, else its local path), the quantization, and the input images (paths on this machine) with their strengths."""
-    from mflux_core.weights.resolve import ALIASES, MFLUX_MODEL_NAMES
-
     params = json_object(text)
     fields = {}
     repos = {repo: alias for alias, repo in ALIASES.items()}

@@ -6,6 +6,7 @@ Listing only looks at folder names, small JSON files and safetensors headers; it
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
@@ -84,6 +85,16 @@ def is_single_file_checkpoint(path: Path) -> bool:
 
 
 def file_kind(path: Path) -> str:
+    """_file_kind of the file as it is now: its header is read once, not at every listing of the models."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return "single-file"  # gone or unreadable: loading it says what is wrong
+    return _file_kind(Path(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=256)
+def _file_kind(path: Path, mtime_ns: int, size: int) -> str:
     """What a .safetensors file in the models folder holds, from its header: a ControlNet
     (weights/controlnet_files.py), a VAE or text encoder (ComfyUI's ae, clip_l, t5xxl: weights/split_files.py),
     a Fill or a Depth / Canny transformer (BFL's flux1-fill-dev.safetensors, ...: its input channels), a Kontext one

@@ -3,7 +3,6 @@ a body-size limit, one thread per job, and a route decorator that turns every fa
 error shape, so no input can end the server or answer with a traceback."""
 
 import asyncio
-import gc
 import base64
 import binascii
 import json
@@ -217,6 +216,19 @@ def refusal_of(error: Exception, refusal: type[ApiRefusal]) -> ApiRefusal:
     return refusal.of(500, error_text(error))
 
 
+def without_tracebacks(error: BaseException) -> None:
+    """Drop the tracebacks of an answered error and of the errors it came from: their frames, and the future that
+    carried the error to the request, form reference cycles that would keep what the request read (a refused
+    60-megapixel image) until the next garbage collection, past the memory budget in a few refusals."""
+    waiting, seen = [error], set()
+    while waiting:
+        error = waiting.pop()
+        if error is not None and id(error) not in seen:
+            seen.add(id(error))
+            error.__traceback__ = None
+            waiting += [error.__cause__, error.__context__]
+
+
 def body_capped(request: Request, refusal: type[ApiRefusal]) -> Request:
     """The request, its body refused with 413 once past MAX_BODY_BYTES as it is read: a chunked body states no
     length beforehand."""
@@ -253,9 +265,7 @@ def api_routes(router: APIRouter, auth, refusal: type[ApiRefusal]):
                     return await answer(body_capped(request, refusal))
                 except Exception as error:  # the server must survive anything a client sends
                     answered = refusal_of(error, refusal).response()
-                # cycles through the error's traceback (its future, its frames) would keep what the request read,
-                # a refused 60-megapixel image, until the next collection: past the memory budget in a few refusals
-                gc.collect()
+                    without_tracebacks(error)
                 return answered
 
             endpoint.__name__ = answer.__name__

@@ -64,12 +64,12 @@ def low_rank(change: np.ndarray, rank: int, rng: np.random.Generator) -> tuple[n
     return u[:, :rank] * root, root[:, None] * vt[:rank], float(np.sum(s[:rank] ** 2))
 
 
-def at_rank(up: np.ndarray, down: np.ndarray, kept: float, rank: int) -> tuple[np.ndarray, np.ndarray, float]:
+def padded_to_rank(up: np.ndarray, down: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
     """A layer narrower than the rank (FLUX.1's 64-wide x_embedder at rank 128) padded with zero rows to it: every
     layer at one rank and alpha, which diffusers reads exactly (its per-layer alphas go by the module's short name,
     so the top-level proj_out's would reach every single block's proj_out)."""
     missing = rank - down.shape[0]
-    return np.pad(up, ((0, 0), (0, missing))), np.pad(down, ((0, missing), (0, 0))), kept
+    return np.pad(up, ((0, 0), (0, missing))), np.pad(down, ((0, missing), (0, 0)))
 
 
 def extract_lora(sources: list[tuple[str, ModelSource]], rank: int, dtype: mx.Dtype,
@@ -99,7 +99,8 @@ def extract_lora(sources: list[tuple[str, ModelSource]], rank: int, dtype: mx.Dt
         if not change.any():
             unchanged += 1
             continue
-        up, down, layer_kept = at_rank(*low_rank(change, rank, rng), rank)
+        up, down, layer_kept = low_rank(change, rank, rng)
+        up, down = padded_to_rank(up, down, rank)
         tensors[f"transformer.{path}.lora_A.weight"] = mx.array(down).astype(dtype)
         tensors[f"transformer.{path}.lora_B.weight"] = mx.array(up).astype(dtype)
         tensors[f"transformer.{path}.alpha"] = mx.array(float(down.shape[0]))
