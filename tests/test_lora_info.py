@@ -56,7 +56,7 @@ def test_kohya_metadata_gives_family_base_model_and_the_most_frequent_tags(kohya
     ({"modelspec.architecture": "flux-1-dev/lora", "modelspec.trigger_phrase": "ink, sketch"}, "FLUX.1"),
     ({"modelspec.architecture": "flux-2-dev/lora"}, "FLUX.2"),
     ({"modelspec.architecture": "qwen-image/lora"}, "qwen-image/lora"),
-    ({}, None),
+    ({}, "FLUX.1"),  # none: its keys name FLUX.1's double blocks
 ])
 def test_the_family_comes_from_the_metadata(metadata, family):
     info = lora_info(metadata, ["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"])
@@ -76,14 +76,19 @@ def test_the_family_comes_from_the_metadata(metadata, family):
     (["lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"], "a text encoder only"),
     # FLUX.1 LoRAs may train CLIP too (Kohya: lora_te1) and T5 (lora_te3): still FLUX.1's
     (["lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
-      "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"], None),
-    (["transformer.transformer_blocks.0.attn.to_q.lora_A.weight"], None),
+      "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"], "FLUX.1"),
+    (["diffusion_model.single_blocks.3.linear1.lora_A.weight"], "FLUX.1"),  # BFL's names
+    (["double_blocks.0.processor.qkv_lora1.down.weight"], "FLUX.1"),  # XLabs'
+    (["lora_transformer_single_transformer_blocks_0_attn_to_q.lora_down.weight"], "FLUX.1"),  # OneTrainer's
+    (["transformer.single_transformer_blocks.0.proj_out.lora_A.weight"], "FLUX.1"),  # diffusers'
+    (["transformer.transformer_blocks.0.attn.to_q.lora_A.weight"], None),  # diffusers' double blocks: SD3's names too
 ])
 def test_the_family_comes_from_the_key_names(keys, family):
     assert family_from_keys(keys) == family
-    flux = family is None or family == "a text encoder only"  # FLUX.1's metadata on text-encoder keys: its own
+    flux = family in (None, "FLUX.1", "a text encoder only")  # FLUX.1's metadata on text-encoder keys: its own
     assert lora_info({"ss_base_model_version": "flux1"}, keys).family == ("FLUX.1" if flux else family)
     assert lora_info({}, keys).family == family
+    assert ("family not stated" in lora_info({}, keys).summary()) == (family is None)
 
 
 def test_a_lora_for_another_family_is_refused_on_load_by_its_metadata(kohya_flux):

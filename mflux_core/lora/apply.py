@@ -18,7 +18,7 @@ import mlx.nn as nn
 from mflux_core.errors import ModelLoadError
 from mflux_core.request import whole_text
 from mflux_core.lora.formats import TRANSFORMER, LoraFile, component_of
-from mflux_core.lora.info import family_from_keys
+from mflux_core.lora.info import FLUX1, family_from_keys
 from mflux_core.lora.layers import LINEAR_TYPES, LoRALinear, dense_weight, linear_shape
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,8 @@ def check_lora(transformer: nn.Module, lora: LoraFile, scale: float = 1.0,
         raise ModelLoadError(f"The LoRA {lora.name} holds no tensors: it is empty (an interrupted save or download?).")
     if not fitting:
         family = family_from_keys(unused)
-        hint = f" It looks like a LoRA for {family}." if family else " It is probably for another model."
+        hint = (" Its layer names are FLUX.1's: it is probably for a FLUX.1 model of another width." if family == FLUX1
+                else f" It looks like a LoRA for {family}." if family else " It is probably for another model.")
         raise ModelLoadError(
             f"The LoRA {lora.name} matches none of this FLUX.1 transformer's layers (0/{lora.total_keys} keys; "
             f"first: {', '.join(sorted(unused)[:3])}).{hint}"

@@ -6,7 +6,8 @@ Trainers write it as metadata: Kohya's sd-scripts (and the Civitai trainer, buil
 `ss_tag_frequency`: per dataset folder, how often each caption tag occurred), and the ModelSpec keys
 (`modelspec.architecture` such as "flux-1-dev/lora" or "stable-diffusion-xl-v1-base/lora",
 `modelspec.trigger_phrase`). Without metadata the key names still tell the family: Stable Diffusion UNets have
-`down_blocks` / `input_blocks`, SD3 `joint_blocks`, FLUX.2 its fused `to_qkv_mlp_proj` and shared modulations.
+`down_blocks` / `input_blocks`, SD3 `joint_blocks`, FLUX.2 its fused `to_qkv_mlp_proj` and shared modulations, and
+FLUX.1 its double and single blocks (in BFL's, Kohya's, XLabs', OneTrainer's and diffusers' spellings).
 
 Users' own notes sit beside the file, as A1111 keeps them: `<name>.json` (its extra networks' "activation text" and
 "preferred weight"), or Civitai's model page as the Civitai Helper extension saves it, `<name>.civitai.info`
@@ -39,6 +40,9 @@ SDXL_KEYS = re.compile(r"lora_te2_|text_encoder_2\.text_model|transformer_blocks
 OTHER_TRANSFORMER_KEYS = (("joint_blocks", "SD3"),
                           ("to_qkv_mlp_proj", "FLUX.2"), ("double_stream_modulation", "FLUX.2"),
                           ("single_stream_modulation", "FLUX.2"), (".ff.linear_in", "FLUX.2"))
+# FLUX.1's own blocks (FLUX.2's share some names: its keys are looked for first); diffusers' double blocks are
+# `transformer_blocks`, as SD3's, so they tell nothing alone
+FLUX1_KEYS = ("double_blocks", "single_blocks", "single_transformer_blocks")
 TEXT_ENCODER_KEYS = ("lora_te", "text_model.", "text_encoder")
 TEXT_ENCODER_ONLY = "a text encoder only"  # the family of a file whose every key adapts a text encoder
 DORA_KEYS = ("dora_scale", "lora_magnitude_vector")  # Kohya / LyCORIS, and PEFT
@@ -112,7 +116,7 @@ def _family_from_metadata(value: str) -> str:
 
 
 def family_from_keys(keys) -> str | None:
-    """Another family's name when the key names are its (None: FLUX.1's names, or nothing known)."""
+    """The family whose names the keys are (FLUX1 for FLUX.1's blocks; None: nothing tells)."""
     keys = list(keys)
     if any(fragment in key for key in keys for fragment in UNET_KEYS):
         return "SDXL" if any(SDXL_KEYS.search(key) for key in keys) else "SD 1.5"
@@ -121,7 +125,7 @@ def family_from_keys(keys) -> str | None:
             return family
     if keys and all(any(fragment in key for fragment in TEXT_ENCODER_KEYS) for key in keys):
         return TEXT_ENCODER_ONLY
-    return None
+    return FLUX1 if any(fragment in key for key in keys for fragment in FLUX1_KEYS) else None
 
 
 def trigger_words(metadata: dict) -> tuple[str, ...]:
