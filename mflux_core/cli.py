@@ -18,6 +18,7 @@ from mflux_core.controlnet_units import unit_from_flag
 from mflux_core.errors import Cancelled, StudioError
 from mflux_core.events import Downloading, Step
 from mflux_core.lora.library import resolve_lora_path
+from mflux_core.mflux_spellings import add_mflux_flags, apply_mflux_flags
 from mflux_core.prompt_lines import PROMPT_POSITIONS, line_requests, read_prompt_file, read_prompt_lines
 from mflux_core.regions import region_from_box_flag, region_from_mask_flag
 from mflux_core.request import GenerationRequest
@@ -168,10 +169,13 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--init-noise", help="initial latent noise (.npy, float32, shape (1, C, H/8, W/8))")
     group.add_argument("--output", default="image.png", help="output image: PNG, or JPEG / WebP by its extension "
                        "(.jpg, .webp: the A1111 text in its EXIF); a {seed} placeholder is filled in")
-    group.add_argument("--metadata", action="store_true", help="also write the settings as a JSON sidecar")
-    group.add_argument("--config-from-metadata", "-C", help="start from the settings in a PNG or JSON made by us or "
-                       "by mflux (its --metadata file), or in an A1111/Forge, ComfyUI, SwarmUI, InvokeAI or Draw "
-                       "Things image")
+    group.add_argument("--metadata", "--make-conf", action="store_true",
+                       help="also write the settings as a JSON sidecar")
+    group.add_argument("--no-metadata", "--no-exif", action="store_true",
+                       help="write the image without its settings (no PNG text, no EXIF)")
+    group.add_argument("--config-from-metadata", "--config-from-conf", "-C",
+                       help="start from the settings in a PNG or JSON made by us or by mflux (its --metadata "
+                       "file), or in an A1111/Forge, ComfyUI, SwarmUI, InvokeAI or Draw Things image")
     group.add_argument("--battery-percentage-stop-limit", "-B", type=int, metavar="PERCENT",
                        help="stop when a laptop running on its battery is down to this percentage (as mflux's)")
     group.add_argument("--stepwise-image-output-dir", help="save the decoded image after every step here")
@@ -218,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mflux-studio", description="FLUX.1 on MLX: generate and edit images.")
     tools = parser.add_subparsers(dest="tool", required=True, metavar="TOOL")
     for spec in TOOL_SPECS.values():
-        add_spec_flags(add_tool_parser(tools, spec.name, spec.summary), spec)
+        tool = add_tool_parser(tools, spec.name, spec.summary)
+        add_spec_flags(tool, spec)
+        add_mflux_flags(tool)
     add_concept_parsers(tools, add_tool_parser)
 
     save_depth = tools.add_parser("save-depth", help="estimate a depth map from a photo and save it")
@@ -452,6 +458,7 @@ class ConsoleProgress:
 
 
 def run(args: argparse.Namespace) -> list[Path]:
+    apply_mflux_flags(args, image_strength_flag=hasattr(args, "image_strength"))
     request = base_request(args)
     image_dir = getattr(args, "image_dir", None)
     needs_no_prompt = tool_spec(args.tool).prompt_optional or args.prompts_from or request.extra.get(UPSCALER_ONLY) \
@@ -466,6 +473,10 @@ def run(args: argparse.Namespace) -> list[Path]:
     stepwise = Path(args.stepwise_image_output_dir) if args.stepwise_image_output_dir else None
     manager = manager_from_args(args, max_resident_transformers=args.max_resident_transformers,
                                 full_preview_every=1 if stepwise else 0, step_previews=stepwise is not None)
+    if args.mlx_cache_limit_gb is not None:
+        from mflux_core.memory import GB
+
+        manager.budget.limit_cache(int(args.mlx_cache_limit_gb * GB))
     seeds = seeds_to_run(args, request.seed)
     axes = [axis for axis in (args.x_axis, args.y_axis, args.z_axis) if axis is not None]
     for flag in ("png_info", "mask_dir"):
@@ -512,9 +523,10 @@ def generate_and_save(args: argparse.Namespace, manager, request: GenerationRequ
         print(f"Note: {note}", file=sys.stderr)
     whole = result.image if request.extra.get(FULL_DIPTYCH.name) else None
     image = result.image if whole is None else right_half(whole)  # as mflux: the result, and the diptych beside it
-    path = save_image_atomic(image, output, result.text_chunks)  # as mflux: image_1.png beside image.png
+    text_chunks = None if args.no_metadata else result.text_chunks
+    path = save_image_atomic(image, output, text_chunks)  # as mflux: image_1.png beside image.png
     if whole is not None:
-        print(f"Saved {save_image_atomic(whole, path.with_name(f'{path.stem}_full{path.suffix}'), result.text_chunks)}")
+        print(f"Saved {save_image_atomic(whole, path.with_name(f'{path.stem}_full{path.suffix}'), text_chunks)}")
     if args.metadata:
         sidecar = path.with_suffix(".json")
         try:

@@ -23,7 +23,7 @@ REQUEST_FLAGS = {
     "quantize": "quantize", "dtype": "dtype",
     "init_noise": "init_noise_path", "max_sequence_length": "max_sequence_length",
     "sampler": "sampler", "schedule": "schedule", "variation_seed": "variation_seed",
-    "variation_strength": "variation_strength",
+    "variation_strength": "variation_strength", "vae_tile_size": "vae_tile_size",
 }
 TOOL_FLAGS = {flag.name: flag for spec in TOOL_SPECS.values() for flag in spec.flags}  # every tool's, by dest
 

@@ -62,7 +62,8 @@ def face_fix_request(request: GenerationRequest) -> GenerationRequest:
         seed=request.seed, steps=request.steps, guidance=request.guidance, lora_paths=request.lora_paths,
         lora_scales=request.lora_scales, lora_text_encoder_scales=request.lora_text_encoder_scales,
         quantize=request.quantize, dtype=request.dtype, max_sequence_length=request.max_sequence_length,
-        vae_tiling=request.vae_tiling, sampler=request.sampler, schedule=request.schedule,
+        vae_tiling=request.vae_tiling, vae_tile_size=request.vae_tile_size, sampler=request.sampler,
+        schedule=request.schedule,
         image_strength=round(1 - strength, 6) or None, keep_unmasked=True, only_masked_padding=padding,
         mask_blur=MASK_BLUR,
     ).validated()

@@ -63,6 +63,7 @@ class FluxModel:
         """mflux's defaults: 4 for schnell-style (distilled, no guidance embedding), 14 otherwise."""
         return 14 if self.has_guidance else 4
 
-    def vae_tile(self, height: int, width: int, direction: str, forced: bool = False) -> int | None:
-        """The tile size in pixels for a VAE pass over a height x width image, or None to run it whole."""
+    def vae_tile(self, height: int, width: int, direction: str, forced: int = 0) -> int | None:
+        """The tile size in pixels for a VAE pass over a height x width image, or None to run it whole (`forced`:
+        the request's forced_vae_tile)."""
         return vae_tile(self.vae.config, height, width, self.vae.dtype.size, direction, self.memory_allowance, forced)

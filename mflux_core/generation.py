@@ -103,17 +103,17 @@ def run_tool(
             shown = preview(i + 1, latents, aim, (h, w))
         yield clock.step(i + 1, steps, shown)
         before = latents
-    image = decode_latents(model, latents, (h, w), forced_tiling=request.vae_tiling)
+    image = decode_latents(model, latents, (h, w), forced_tile=request.forced_vae_tile)
     return inputs.finish(image) if inputs.finish else image
 
 
-def decode_latents(model: FluxModel, packed: mx.array, grid: tuple[int, int], forced_tiling: bool = False) -> Image.Image:
+def decode_latents(model: FluxModel, packed: mx.array, grid: tuple[int, int], forced_tile: int = 0) -> Image.Image:
     """Packed latents -> image, decoded in tiles when the whole would not fit the model's memory allowance."""
     # MLX's buffer cache is full of the denoise step's buffers, of sizes the VAE never asks for; decoding
     # beside them took 95 s instead of 66 at 1024x1024 on the CPU (bench/RESULTS.md, 2026-12-03).
     mx.clear_cache()
     f = model.vae_scale_factor
-    tile = model.vae_tile(grid[0] * f, grid[1] * f, "decode", forced_tiling)
+    tile = model.vae_tile(grid[0] * f, grid[1] * f, "decode", forced_tile)
     pixels = model.vae.decode(unpack_latents(packed, *grid), tiled=tile is not None, tile_size=tile or 0)
     if not mx.all(mx.isfinite(pixels)).item():
         precision = str(model.dtype).removeprefix("mlx.core.")

@@ -42,7 +42,6 @@ PROCESS_GROWTH = 0.05
 # ...and what it may grow by with large buffers served from the heap instead (58 MB in that decode, 15%): a run
 # whose plan leaves this much of the budget free uses the heap, which is faster (process_memory.py)
 HEAP_GROWTH = 0.25
-DEFAULT_VAE_TILE = 512  # pixels, when tiling is asked for but the whole pass would fit
 UPSCALER_PHASE = "upscaling with an upscaler model"  # mflux_core/upscaler_models.py
 DEPTH_PHASE = "estimating the depth map"  # the plan's phase of the depth estimator (models/depth_memory.py)
 HINT_PHASE = "reading the control image"  # an XLabs ControlNet's hint block (models/controlnet.py)
@@ -231,6 +230,11 @@ class MemoryBudget:
                             else kernels.cpu_buffer_cache_bytes())
         mx.set_cache_limit(self.cache_bytes)
 
+    def limit_cache(self, limit_bytes: int) -> None:
+        """Keep MLX's cache of freed buffers within `limit_bytes` too (mflux's --mlx-cache-limit-gb)."""
+        self.cache_bytes = min(self.cache_bytes, limit_bytes)
+        mx.set_cache_limit(self.cache_bytes)
+
     def reserved_bytes(self, resident_bytes: int) -> int:
         """What the process holds beside the `resident_bytes` of model weights and a request's activations:
         the buffer cache MLX may keep, and everything else now (Python, libraries, the server, images, other
@@ -281,9 +285,11 @@ class MemoryBudget:
 
 
 def vae_tile(config: VAEConfig, height: int, width: int, itemsize: int, direction: str, allowance: int | None,
-             forced: bool = False) -> int | None:
+             forced: int = 0) -> int | None:
     """The tile size for a VAE pass (None: whole): tiles only when the whole pass would not fit
-    `allowance` bytes, or when `forced`."""
+    `allowance` bytes, or when a `forced` tile side is asked for (smaller tiles where the budget needs them)."""
     tile = None if allowance is None else choose_vae_tiling(config, height, width, itemsize, direction,
                                                             int(allowance / (ESTIMATE_MARGIN + PROCESS_GROWTH)))
-    return DEFAULT_VAE_TILE if tile is None and forced else tile
+    if not forced:
+        return tile
+    return forced if tile is None else min(tile, forced)

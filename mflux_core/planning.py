@@ -59,7 +59,7 @@ def plan_tool_run(model: FluxModel, inputs: ToolInputs, weights_bytes: int, rese
         model.config, model.vae.config, width, height,
         extra_tokens=0 if reference is None else reference.shape[1], text_tokens=conditioning.text.shape[1],
         itemsize=model.dtype.size, weights_bytes=weights_bytes, reserved_bytes=reserved_bytes,
-        decode_tile=model.vae_tile(h * f, w * f, "decode", request.vae_tiling), vae_itemsize=model.vae.dtype.size,
+        decode_tile=model.vae_tile(h * f, w * f, "decode", request.forced_vae_tile), vae_itemsize=model.vae.dtype.size,
         regional=conditioning.attention_mask is not None, controlnets=inputs.controlnets, estimated=inputs.estimated,
     )
     return with_remedies(plan, request)
@@ -73,7 +73,7 @@ def plan_sized(model: FluxModel, request: GenerationRequest, canvas: tuple[int, 
     width, height = canvas or (request.width, request.height)
     f = model.vae_scale_factor
     h, w = latent_grid(height, width, f)
-    tile = model.vae_tile(h * f, w * f, "encode", request.vae_tiling)
+    tile = model.vae_tile(h * f, w * f, "encode", request.forced_vae_tile)
     encoding = "encoding the input image" if tile is None else f"encoding the input image in {tile} px tiles"
     pixels = h * f * w * f * 3 * 4  # the input as float pixels, and Fill's masked copy of them, beside the encoder's
     encoded = ((encoding, 2 * pixels + vae_peak_bytes(model.vae.config, h * f, w * f, model.vae.dtype.size, "encode",
@@ -84,7 +84,7 @@ def plan_sized(model: FluxModel, request: GenerationRequest, canvas: tuple[int, 
     return with_remedies(image_plan(
         model.config, model.vae.config, width, height, extra_tokens=0, text_tokens=text_tokens,
         itemsize=model.dtype.size, weights_bytes=weights_bytes, reserved_bytes=reserved_bytes + held,
-        decode_tile=model.vae_tile(h * f, w * f, "decode", request.vae_tiling), vae_itemsize=model.vae.dtype.size,
+        decode_tile=model.vae_tile(h * f, w * f, "decode", request.forced_vae_tile), vae_itemsize=model.vae.dtype.size,
         estimated=encoded,
     ), request)
 
@@ -119,5 +119,5 @@ def plan_from_files(source: ModelSource, request: GenerationRequest, itemsize: i
     return with_remedies(image_plan(
         transformer, vae, width, height, extra_tokens=0, text_tokens=text_tokens, itemsize=itemsize,
         weights_bytes=weights_bytes, reserved_bytes=reserved_bytes, vae_itemsize=itemsize, regional=prompts > 1,
-        decode_tile=vae_tile(vae, height, width, itemsize, "decode", allowance, request.vae_tiling),
+        decode_tile=vae_tile(vae, height, width, itemsize, "decode", allowance, request.forced_vae_tile),
     ), request)

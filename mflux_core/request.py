@@ -23,6 +23,9 @@ from mflux_core.images.resize_modes import DEFAULT_RESIZE_MODE
 from mflux_core.settings_schema import RESIZE_MODE
 from mflux_core.tools.specs import TOOL_NAMES as TOOLS, tool_spec
 
+DEFAULT_VAE_TILE = 512  # pixels, when tiling is asked for without a size (mflux's)
+MIN_VAE_TILE = 128  # mflux's smallest --vae-tile-size
+
 WHOLE_TEXT = re.compile(r"[0-9]{1,18}")  # whole_text's
 
 
@@ -68,6 +71,7 @@ class GenerationRequest:
     init_noise_path: str | None = None
     max_sequence_length: int | None = None  # T5 tokens; None: the model's (its T5 tokenizer's limit, at most 512)
     vae_tiling: bool = False  # decode and encode in tiles even when the whole image fits the memory budget
+    vae_tile_size: int | None = None  # with vae_tiling, the tiles' side in pixels (None: DEFAULT_VAE_TILE)
     sampler: str = "euler"  # mflux_core.sampling.samplers: euler, euler_a, heun, dpm++2m, dpm++2m_sde, unipc
     schedule: str = "simple"  # mflux_core.sampling.schedule: simple, beta, karras, exponential
     resize_mode: str = DEFAULT_RESIZE_MODE  # how an input image of another size is brought to the output size
@@ -110,6 +114,8 @@ class GenerationRequest:
             )
         if self.controlnet_units:
             self._check_controlnet_units()
+        if self.vae_tile_size is not None and self.vae_tile_size % 16:
+            raise InvalidRequest(f"The VAE tile size must be a multiple of 16 pixels, not {self.vae_tile_size}.")
         if self.only_masked_padding is not None and self.tool != "fill":
             raise InvalidRequest(f"Inpainting only the masked area is for the fill tool, not {self.tool}.")
         if self.mask_blur and self.tool != "fill":
@@ -150,6 +156,11 @@ class GenerationRequest:
     def reference_paths(self) -> tuple[str, ...]:
         """Kontext's references in order: image_path, then reference_image_paths (the CLI may give only those)."""
         return ((self.image_path,) if self.image_path else ()) + self.reference_image_paths
+
+    @property
+    def forced_vae_tile(self) -> int:
+        """The VAE tile side asked for (0: none; the memory budget may still ask for smaller tiles)."""
+        return (self.vae_tile_size or DEFAULT_VAE_TILE) if self.vae_tiling else 0
 
     @property
     def uses_true_cfg(self) -> bool:
@@ -275,6 +286,7 @@ REQUEST_SETTINGS: dict[str, Setting] = {
     "init_noise_path": text("The initial noise path").optional(),
     "max_sequence_length": SEQUENCE_LENGTH.optional(),
     "vae_tiling": switch("The setting vae_tiling"),
+    "vae_tile_size": number("VAE tile size", MIN_VAE_TILE, MAX_SIDE, whole=True, unit="px").optional(),
     "sampler": SAMPLER,
     "schedule": SCHEDULE,
     "resize_mode": RESIZE_MODE,

@@ -173,6 +173,48 @@ def test_mflux_spellings_of_flags(tiny_dev, tmp_path, monkeypatch, capsys):
     assert "Give --width and --height as the same factor of the input's size" in capsys.readouterr().err
 
 
+def test_mflux_024_spellings_equal_the_flags_they_stand_for(tiny_dev, tmp_path, capsys):
+    """--lora PATH [SCALE], --image PATH [STRENGTH], --make-conf, --config-from-conf, --no-exif, --scheduler linear,
+    --mlx-cache-limit-gb and --vae-tile-size, as mflux 0.24 prefers them."""
+    from tests.fixtures import lora_files as lf
+
+    dims = lf.Dims.of(tiny_dev)
+    first, second = (lf.write_diffusers_lora(tmp_path / f"{name}.safetensors", dims, seed=seed)[0]
+                     for name, seed in (("a", 1), ("b", 2)))
+    command = ["generate", "--path", str(tiny_dev), *COMMON, "--seed", "3"]
+
+    def pixels(name):
+        return np.asarray(Image.open(tmp_path / name), dtype=np.int16)
+
+    assert main([*command, "--lora-paths", str(first), str(second), "--lora-scales", "0.7", "1",
+                 "--output", str(tmp_path / "old.png")]) == 0
+    assert main([*command, "--lora", str(first), "0.7", "--lora", str(second), "--make-conf", "--scheduler", "linear",
+                 "--output", str(tmp_path / "new.png")]) == 0
+    assert np.array_equal(pixels("old.png"), pixels("new.png"))
+    assert main(["generate", "--path", str(tiny_dev), "--config-from-conf", str(tmp_path / "new.json"), "--no-exif",
+                 "--mlx-cache-limit-gb", "0.5", "--output", str(tmp_path / "again.png")]) == 0
+    assert np.array_equal(pixels("again.png"), pixels("new.png"))
+    assert not {"parameters", "mflux_studio"} & set(Image.open(tmp_path / "again.png").info)
+    assert main([*command, "--image-path", str(tmp_path / "old.png"), "--image-strength", "0.6",
+                 "--output", str(tmp_path / "i2i_old.png")]) == 0
+    assert main([*command, "--image", str(tmp_path / "old.png"), "0.6", "--vae-tile-size", "256",
+                 "--output", str(tmp_path / "i2i_new.png")]) == 0
+    assert np.abs(pixels("i2i_old.png") - pixels("i2i_new.png")).max() <= 1  # tiled VAE passes, within a level
+    assert (saved_request(tmp_path / "i2i_new.png")["vae_tiling"], saved_request(tmp_path / "i2i_new.png")[
+        "vae_tile_size"]) == (True, 256)
+    capsys.readouterr()
+    assert main([*command, "--image", str(tmp_path / "old.png"), "0.6", "--vae-tile-size", "128", "-v",
+                 "--output", str(tmp_path / "small_tiles.png")]) == 0
+    assert "encoding the input image in 128 px tiles" in capsys.readouterr().out  # encoding too, at the size asked
+    for flags, message in ((["--scheduler", "karras"], "--scheduler karras is not one of the studio's"),
+                           (["--vae-tile-size", "100"], "VAE tile size 100 is out of range: use 128 to 4096 px."),
+                           (["--lora", str(first), "x"], f"The scale of --lora {first} must be a number"),
+                           (["--image", "p.png", "0.5", "1"], "--image takes a path and at most a strength"),
+                           (["--mlx-cache-limit-gb", "0"], "--mlx-cache-limit-gb must be a number of GB above 0")):
+        assert main([*command, *flags, "--output", str(tmp_path / "refused.png")]) == 1, flags
+        assert message in capsys.readouterr().err, flags
+
+
 def test_a_small_image_strength_keeps_one_step_of_the_image(tiny_dev, tmp_path):
     """0.2 at 4 steps: diffusers' rounding starts from step 0, pure noise, and drops the image; mflux and A1111 keep
     a step of it, which is diffusers' run at strength 0.75 (its first step skipped)."""

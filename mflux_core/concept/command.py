@@ -56,6 +56,8 @@ def run_concept(args: argparse.Namespace) -> list[Path]:
             result = generate_with_concepts(manager, seeded, settings)
         for note in result.notes:
             print(f"Note: {note}", file=sys.stderr)
+        if args.no_metadata:
+            result.text_chunks = {}
         paths = save_concept_result(result, output_path(args.output, seed, len(seeds) > 1))
         layers = " ".join(map(str, result.layers))
         steps = " ".join(map(str, result.timesteps))

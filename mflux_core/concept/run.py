@@ -172,7 +172,7 @@ def concepts_from_image(manager, request: GenerationRequest, settings: ConceptSe
                                                                      request.max_sequence_length), layers, timesteps)
         conditioning = prompt_conditioning(model, request)
         grid = latent_grid(request.height, request.width, model.vae_scale_factor)
-        clean = manager.encoded_image(model, photo, request.width, request.height)
+        clean = manager.encoded_image(model, photo, request.width, request.height, request.forced_vae_tile)
         noise = pack_latents(initial_noise(model, request, *grid))
         sigmas = flux_sigmas(steps, clean.shape[1], model.scheduler_config, request.schedule)
         image_ids = image_position_ids(*grid)

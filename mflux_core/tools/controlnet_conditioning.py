@@ -256,7 +256,8 @@ def add_controlnets(model: FluxModel, request: GenerationRequest, engine: ToolEn
                                                                            request.height)))
             mx.eval(control_tokens)
         else:
-            control_tokens = engine.encoded_image(model, unit.image, request.width, request.height)  # once per image
+            control_tokens = engine.encoded_image(model, unit.image, request.width, request.height,  # once per image
+                                                  request.forced_vae_tile)
         parts.append(controlnet_residuals(controlnet, control_tokens, conditioning.text.shape[1], image_ids,
                                           unit.strength, controlnet_guidance, unit.side.mode, model.config.num_layers))
     conditioning.control = all_residuals(parts, (model.config.num_layers, model.config.num_single_layers))

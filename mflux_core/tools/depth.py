@@ -46,5 +46,6 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     if source == EDGES_OF_PHOTO:
         control = requested_canny_edges(control, request)
     conditioning = prompt_conditioning(model, request)
-    conditioning.extra_channels = encode_image(model, control, request.width, request.height).astype(model.dtype)
+    conditioning.extra_channels = encode_image(model, control, request.width, request.height,
+                                               request.forced_vae_tile).astype(model.dtype)
     return ToolInputs(request, conditioning, notes=notes, estimated=estimated)

@@ -79,9 +79,11 @@ def build_inputs(model: FluxModel, request: GenerationRequest, engine: ToolEngin
     if sized_by_stitch:  # as ComfyUI's Kontext template, whose latent is the stitched references'
         notes += (f"The output is {request.width}x{request.height}, the {len(request.reference_paths)} reference "
                   "images side by side; set a width and height for another size.",)
-    engine.check_side_run(f"encoding the {width}x{height} reference", *encoding_phase(model, (width, height)))
+    engine.check_side_run(f"encoding the {width}x{height} reference",
+                          *encoding_phase(model, (width, height), request.forced_vae_tile))
     conditioning = prompt_conditioning(model, request)
-    conditioning.reference_tokens = encode_image(model, reference, width, height).astype(model.dtype)
+    conditioning.reference_tokens = encode_image(model, reference, width, height,
+                                                 request.forced_vae_tile).astype(model.dtype)
     grid = (2 * (height // multiple), 2 * (width // multiple))
     conditioning.reference_ids = image_position_ids(*grid, first=1.0)
     return ToolInputs(request, conditioning, notes=notes)
