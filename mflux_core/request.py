@@ -228,6 +228,13 @@ def snap_to_16(value: int) -> int:
     return max(16, min(MAX_SIDE, value // 16 * 16))
 
 
+def size_of_input(width: int, height: int) -> tuple[int, int]:
+    """An input image's size as the output's, when none is given: scaled down to MAX_SIDE a side with its aspect kept
+    (an 8192x4096 photo makes 4096x2048), each side rounded down to a multiple of 16."""
+    scale = min(1.0, MAX_SIDE / max(width, height))
+    return snap_to_16(int(width * scale)), snap_to_16(int(height * scale))
+
+
 def clean_prompt(prompt: str) -> str:
     """Drop control characters (except newlines and tabs) that tokenizers would choke on or hide."""
     return "".join(ch for ch in prompt if ch in "\n\t" or ch.isprintable())

@@ -421,6 +421,16 @@ def test_a_controlnet_unit_in_img2img_starts_from_the_init_image_and_takes_it_as
     assert not np.array_equal(np.asarray(decoded(from_text["images"][0]).convert("RGB")), image)  # it started there
 
 
+def test_an_init_image_past_the_size_limit_is_used_at_the_limit_with_its_aspect(studio):
+    """As the page and the CLI take it: no size given, a 6000x1000 init image makes a 4096x672 request (the demo
+    model then paints its nearest size), not a refusal; the output keeps the input's aspect."""
+    answer = studio.http.post("/img2img", json={"prompt": "x", "steps": 1, "seed": 3, "init_images": [
+        b64(Image.new("RGB", (6000, 1000), "red"))]})
+    assert answer.status_code == 200, answer.text
+    info = json.loads(answer.json()["info"])
+    assert info["width"] > 2 * info["height"], info  # the demo's widest size near 4096x672's aspect (128x48)
+
+
 def test_a_refused_request_frees_the_image_it_read(studio):
     """Cycles through a refusal's traceback (its future, its frames) kept each refused 60-megapixel init image until
     a garbage collection: a few refusals took the server past its memory budget."""
@@ -431,8 +441,8 @@ def test_a_refused_request_frees_the_image_it_read(studio):
     gc.disable()  # as between two of Python's own collections
     try:
         for _ in range(2):
-            assert "past the 4096-pixel limit" in assert_a1111_error(
-                studio.http.post("/img2img", json={"prompt": "x", "steps": 1, "init_images": [wide]}), 400)
+            assert "denoising_strength 0 would change nothing" in assert_a1111_error(studio.http.post(
+                "/img2img", json={"prompt": "x", "steps": 1, "init_images": [wide], "denoising_strength": 0}), 400)
         kept = [thing for thing in gc.get_objects() if isinstance(thing, Image.Image) and thing.size == (6000, 1000)]
     finally:
         gc.enable()

@@ -55,6 +55,17 @@ def images(tmp_path_factory):
 # ----- the two checking functions -------------------------------------------------------------
 
 
+def test_an_input_past_the_side_limit_sizes_the_output_at_the_limit_with_its_aspect():
+    from mflux_core.request import size_of_input
+    from mflux_core.tools.common import with_size
+
+    assert size_of_input(8192, 4096) == (4096, 2048)  # each side clamped alone made it 4096x4096
+    assert size_of_input(60_000, 1000) == (4096, 64)
+    assert size_of_input(1000, 1001) == (992, 992)
+    request = with_size(GenerationRequest(tool="generate"), Image.new("RGB", (5000, 2500)))
+    assert (request.width, request.height) == (4096, 2048)
+
+
 def test_check_image_size_holds_canvases_to_the_side_and_area_limits_and_inputs_to_the_input_limit():
     check_image_size(4096, 4096, "A canvas")
     check_image_size(30_000, 16, "An input", resized=True)

@@ -52,7 +52,7 @@ from mflux_core.lora.a1111 import LORA_TAG, tagged_prompt
 from mflux_core.metadata import A1111_KEY
 from mflux_core.presets import PresetError, a1111_sampling, image_metadata, settings_from_png, split_infotext
 from mflux_core.registry import BUILT_IN
-from mflux_core.request import MAX_SEED, GenerationRequest, check_image_size, hires_size
+from mflux_core.request import MAX_SEED, GenerationRequest, check_image_size, hires_size, size_of_input
 from mflux_core.settings_schema import (
     HIRES_UPSCALERS, MAX_BATCH, MAX_MASK_BLUR, MAX_SIDE, SAMPLER_LABELS, SCHEDULE_LABELS,
 )
@@ -422,8 +422,9 @@ def img2img_inputs(studio, params: Img2ImgParams, ignored: list[str], store: Inp
     if params.denoising_strength == 0:  # the studio's image strength would be 1, which it refuses under its own name
         raise SdApiError(400, "denoising_strength 0 would change nothing: give a value above 0 (A1111's default is "
                               "0.75).")
-    # unset: the image's own size, rounded down to 16 as the page and the engine round it (refused past the limits)
-    size = (params.width or max(16, image.width // 16 * 16), params.height or max(16, image.height // 16 * 16))
+    # unset: the image's own size, as the page and the engine take it (within the size limit, its aspect kept)
+    fitted = size_of_input(*image.size)
+    size = (params.width or fitted[0], params.height or fitted[1])
     check_image_size(*size, "The requested image")  # before resizing to it
     mode = RESIZE_MODES[params.resize_mode] if params.resize_mode in range(len(RESIZE_MODES)) else RESIZE_MODES[0]
     settings = {"image_strength": round(1 - params.denoising_strength, 6), "width": size[0], "height": size[1]}

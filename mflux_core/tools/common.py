@@ -14,7 +14,7 @@ from mflux_core.images.io import load_image, pil_to_pixels
 from mflux_core.images.resize_modes import resize_note, resize_to
 from mflux_core.models.vae import FLUX_SIDE
 from mflux_core.models.vae_memory import vae_peak_bytes
-from mflux_core.request import MAX_SEQUENCE_LENGTH, GenerationRequest, clean_prompt, existing_file, snap_to_16
+from mflux_core.request import MAX_SEQUENCE_LENGTH, GenerationRequest, clean_prompt, existing_file, size_of_input
 from mflux_core.prompt_schedule import prompt_schedule
 from mflux_core.sampling.conditioning import Conditioning, NegativePrompt, PromptChange
 from mflux_core.sampling.latents import pack_latents
@@ -50,11 +50,11 @@ def probing_size():
 
 def with_size(request: GenerationRequest, image: Image.Image | None = None, native_side: int = FLUX_SIDE,
               panels: int = 1) -> GenerationRequest:
-    """Fill in a missing width/height: the input image's size (snapped to 16), or else the model's
+    """Fill in a missing width/height: the input image's size (request.size_of_input), or else the model's
     native side (FluxModel.native_side: 1024 for FLUX.1, 64 for the demo models). `panels`: the tool paints
     that many of this size side by side (an in-context diptych: 2). Every tool decides its size here."""
     if request.width is None or request.height is None:
-        width, height = (snap_to_16(image.width), snap_to_16(image.height)) if image else (native_side, native_side)
+        width, height = size_of_input(*image.size) if image else (native_side, native_side)
         request = request.with_(width=request.width or width, height=request.height or height)
     if _probing_size.get():
         raise SizeDecided(request, (panels * request.width, request.height) if panels > 1 else None)
