@@ -39,7 +39,7 @@ from mflux_core.settings_schema import (
     MAX_BATCH, MAX_LIST_ITEMS, MAX_LORA_SCALE, MAX_PROMPT_CHARS, MAX_TRUE_CFG_SCALE, SEED, Setting, checked, fragment,
     number, problems, schema, text,
 )
-from mflux_core.settings_schema import SAMPLER_LABELS, SCHEDULE_LABELS
+from mflux_core.settings_schema import a1111_sampling
 from mflux_core.settings_schema import (
     A1111_OTHER_UPSCALERS, MAX_FACE_FIX_PADDING, MAX_HIRES_SCALE, MAX_MASK_BLUR, ONLY_MASKED_PADDING,
 )
@@ -516,19 +516,6 @@ def _a1111_hires(values: dict) -> dict:
     if upscaler and not upscaler.startswith("Latent") and upscaler not in A1111_OTHER_UPSCALERS:
         settings["hires_upscaler"] = upscaler
     return settings
-
-
-def a1111_sampling(sampler: str, schedule: str) -> dict:
-    """Our sampler and schedule from A1111's names ("DPM++ 2M" and "Karras"; older files write "DPM++ 2M Karras");
-    a sampler or schedule we do not have is left out."""
-    samplers = {label.lower(): name for name, label in SAMPLER_LABELS.items()}
-    schedules = {label.lower(): name for name, label in SCHEDULE_LABELS.items()}
-    sampler, schedule = sampler.strip().lower(), schedule.strip().lower()
-    head, _, tail = sampler.rpartition(" ")
-    if sampler not in samplers and head in samplers and tail in schedules and not schedule:
-        sampler, schedule = head, tail
-    found = {"sampler": samplers.get(sampler), "schedule": schedules.get(schedule)}
-    return {key: value for key, value in found.items() if value}
 
 
 def _a1111_guidance(values: dict, negative: str, has_true_cfg: bool) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.request import MAX_SEED, GenerationRequest
-from mflux_core.settings_schema import MAX_BATCH
+from mflux_core.settings_schema import MAX_BATCH, a1111_sampling
 from mflux_core.wildcards import expand_prompt
 
 PROMPT_POSITIONS = ("start", "end")  # A1111's prompt_position: a line's prompt before the job's own, or after it
@@ -90,6 +90,9 @@ def _named(settings: dict) -> dict:
         if name not in LINE_SETTINGS:
             raise InvalidRequest(f"Unknown setting {str(key)[:40]!r}; a line may set {', '.join(LINE_SETTINGS)}.")
         named[name] = value
+    sampling = {name: named[name] for name in ("sampler", "schedule") if isinstance(named.get(name), str)}
+    if sampling:  # A1111's labels ("Euler a", "DPM++ 2M Karras", "Karras") as the names they stand for
+        named.update(a1111_sampling(sampling.get("sampler", ""), sampling.get("schedule", "")))
     count = named.get("batch_count", 1)
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_BATCH:
         raise InvalidRequest(f"The image count (batch_count) must be a whole number from 1 to {MAX_BATCH}, "

@@ -58,6 +58,20 @@ SAMPLER_LABELS = {"euler": "Euler", "euler_a": "Euler a", "heun": "Heun", "dpm++
                   "dpm++2m_sde": "DPM++ 2M SDE", "unipc": "UniPC"}
 SCHEDULE_LABELS = {"simple": "Simple", "beta": "Beta", "karras": "Karras", "exponential": "Exponential"}
 
+
+def a1111_sampling(sampler: str, schedule: str) -> dict:
+    """Our sampler and schedule from A1111's names ("DPM++ 2M" and "Karras"; older files write "DPM++ 2M Karras");
+    a sampler or schedule we do not have is left out."""
+    samplers = {label.lower(): name for name, label in SAMPLER_LABELS.items()}
+    schedules = {label.lower(): name for name, label in SCHEDULE_LABELS.items()}
+    sampler, schedule = sampler.strip().lower(), schedule.strip().lower()
+    head, _, tail = sampler.rpartition(" ")
+    if sampler not in samplers and head in samplers and tail in schedules and not schedule:
+        sampler, schedule = head, tail
+    found = {"sampler": samplers.get(sampler), "schedule": schedules.get(schedule)}
+    return {key: value for key, value in found.items() if value}
+
+
 OUT_OF_RANGE = "{label} {value} is out of range: use {limits}."
 REFUSED = "refused"  # the type of our own errors: their message is the phrase after the setting's name
 

@@ -828,6 +828,18 @@ def test_img2img_with_a_mask_repaints_it_and_keeps_the_rest(studio, invert, only
     assert ("Inpaint area: Only masked, Masked area padding: 32" in body["info"]["infotexts"][0]) == only_masked
 
 
+def test_a_demo_checkpoint_chosen_for_a_masked_img2img_is_said_to_be_a_demo(studio):
+    example = studio.examples["fill"][0]
+    assert studio.http.post("/options", json={"sd_model_checkpoint": "demo"}).status_code == 200
+    try:
+        body = made(studio.http.post("/img2img", json={
+            "init_images": [b64(Image.open(example.images["image"]))], "steps": 1, "seed": 0, "prompt": "x",
+            "mask": b64(Image.open(example.images["mask"]).convert("L"))}))
+    finally:
+        studio.http.post("/options", json={"sd_model_checkpoint": None})
+    assert "sd_model_checkpoint 'demo' (a demo model: the fill tool ran its own, demo-fill)" in body["info"]["ignored"]
+
+
 def test_img2img_with_a_mask_inpaints_on_a_base_checkpoint_as_a1111_does_with_the_loaded_one(studio):
     """FLUX.1-Fill is not on disk (only the demo's), so a base checkpoint of the user's own inpaints, keeping the
     image's latents outside the mask at every step (diffusers' FluxInpaintPipeline)."""
@@ -1234,7 +1246,11 @@ def test_bad_bodies_get_a1111_errors_and_auth_is_the_pages(studio):
     assert "JSON" in assert_a1111_error(studio.http.post("/txt2img", content=b"prompt=x"), 400)
     for number in (b"NaN", b"Infinity", b"-Infinity"):  # as Python's json writes them, which no setting takes
         body = b'{"prompt": "x", "eta": ' + number + b'}'
-        assert number.decode() in assert_a1111_error(studio.http.post("/txt2img", content=body), 400)
+        assert f"eta must be a finite number, not {number.decode()}." in assert_a1111_error(
+            studio.http.post("/txt2img", content=body), 400)
+    deep = b'{"prompt": "x", "alwayson_scripts": {"controlnet": {"args": [{"weight": 1}, {"weight": NaN}]}}}'
+    assert "alwayson_scripts.controlnet.args[1].weight must be a finite number, not NaN." in assert_a1111_error(
+        studio.http.post("/txt2img", content=deep), 400)
     digits = b'{"prompt": "x", "seed": ' + b"9" * 5000 + b'}'  # past the 4,300 digits Python reads
     assert "number too long" in assert_a1111_error(studio.http.post("/txt2img", content=digits), 400)
     nested = b'{"prompt": "x", "a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"

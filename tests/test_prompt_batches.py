@@ -91,8 +91,18 @@ def test_lines_are_prompts_flags_or_json_with_a1111_names_and_fill_in_from_the_b
     assert {r.negative_prompt for _, r in beside} == {"dark"}
 
 
+def test_a_line_takes_a1111s_sampler_and_scheduler_labels_as_its_own_names():
+    lines = read_prompt_lines('{"prompt": "a", "sampler_name": "Euler a", "scheduler": "Karras"}\n'
+                              '--prompt b --sampler_name "DPM++ 2M Karras"\n'
+                              '{"prompt": "c", "sampler": "heun", "schedule": "beta"}\n')
+    requests = [request for _, request in line_requests(GenerationRequest(), lines, [1])]
+    assert [(r.sampler, r.schedule) for r in requests] == [("euler_a", "karras"), ("dpm++2m", "karras"),
+                                                           ("heun", "beta")]
+
+
 @pytest.mark.parametrize("line, sentence", [
     ("--prompt a cat --colour red", "Line 2: Unrecognized arguments: --colour red"),
+    ('{"prompt": "a cat", "sampler_name": "DDIM"}', "Line 2: The sampler must be one of euler, euler_a"),
     ("--prompt a cat --seed five", "Line 2: Argument --seed: invalid int value"),
     ('--prompt "a cat', "Line 2: The line cannot be split"),
     ('{"prompt": "a cat", "steps": "4"}', "Line 2: Steps must be a whole number"),

@@ -50,11 +50,11 @@ from mflux_core.images.io import load_image
 from mflux_core.images.resize_modes import RESIZE_MODES, resize_to
 from mflux_core.lora.a1111 import LORA_TAG, tagged_prompt
 from mflux_core.metadata import A1111_KEY
-from mflux_core.presets import PresetError, a1111_sampling, image_metadata, settings_from_png, split_infotext
+from mflux_core.presets import PresetError, image_metadata, settings_from_png, split_infotext
 from mflux_core.registry import BUILT_IN
 from mflux_core.request import MAX_SEED, GenerationRequest, check_image_size, hires_size, size_of_input
 from mflux_core.settings_schema import (
-    HIRES_UPSCALERS, MAX_BATCH, MAX_MASK_BLUR, MAX_SIDE, SAMPLER_LABELS, SCHEDULE_LABELS,
+    HIRES_UPSCALERS, MAX_BATCH, MAX_MASK_BLUR, MAX_SIDE, SAMPLER_LABELS, SCHEDULE_LABELS, a1111_sampling,
 )
 from mflux_core.styles import picked_styles, read_styles, styles_merged
 from mflux_core.tools.specs import FACE_FIX_TOOLS, MASKED_CONTENT, TOOL_SPECS, default_model_for
@@ -231,7 +231,9 @@ def model_for(studio, tool: str, params: Txt2ImgParams, chosen: str | None, note
     if chosen and model == spec.demo_model and model_kind(studio, chosen) in spec.also_kinds and \
             not is_demo_model(studio, chosen):
         return chosen
-    if chosen:
+    if chosen and is_demo_model(studio, chosen) and model_kind(studio, chosen) in kinds:
+        notes.append(f"sd_model_checkpoint {chosen!r} (a demo model: the {tool} tool ran its own, {model})")
+    elif chosen:
         notes.append(f"sd_model_checkpoint {chosen!r} (not a {'/'.join(kinds)} model: {model} ran)")
     return model
 

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import json
+import re
 import secrets
 import threading
 from dataclasses import dataclass
@@ -172,21 +173,28 @@ class JobThreads:
         return emitted()
 
 
-class NotJsonNumber(ValueError):
-    """NaN or an infinity in a body: Python's json reads them (and its clients write them), JSON has no such numbers."""
+class NotJsonNumber(str):
+    """NaN or an infinity in a body, as written: Python's json reads them (and its clients write them), JSON has no
+    such numbers. Read as this marker, so that the refusal can name the field that holds one."""
 
 
-def _not_a_number(constant: str):
-    raise NotJsonNumber(constant)
+def non_finite_field(fields) -> tuple[str, str] | None:
+    """(where, as written) of the first NaN or infinity in a parsed body: "seed", or "alwayson_scripts.x[0].y"."""
+    pending = [("", fields)]
+    while pending:  # a walk of its own: the body may nest as deep as json reads, past Python's recursion limit
+        where, value = pending.pop()
+        if isinstance(value, NotJsonNumber):
+            return where, str(value)
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        pending.extend(reversed([(f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}".lstrip("."), item)
+                                 for key, item in items]))
+    return None
 
 
 async def json_object(request: Request, refusal: type[ApiRefusal]) -> dict:
     """The request's JSON body, which must be an object of finite numbers; a 400 refusal otherwise."""
     try:
-        fields = json.loads(await request.body(), parse_constant=_not_a_number)
-    except NotJsonNumber as error:
-        raise refusal.of(400, f"The body holds {error}, which is not a number a setting can take: send finite "
-                              "numbers.") from None
+        fields = json.loads(await request.body(), parse_constant=NotJsonNumber)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise refusal.of(400, "The body must be a JSON object (Content-Type: application/json).") from None
     except ValueError:  # Python reads no integer of more than 4,300 digits
@@ -196,6 +204,10 @@ async def json_object(request: Request, refusal: type[ApiRefusal]) -> dict:
             from None
     if not isinstance(fields, dict):
         raise refusal.of(400, "The body must be a JSON object of the request's fields.")
+    found = non_finite_field(fields)
+    if found:
+        where, written = found
+        raise refusal.of(400, f"{where} must be a finite number, not {written}.", re.split(r"[.\[]", where)[0])
     return fields
 
 
