@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
+import numpy as np
 import psutil
 import pytest
 from PIL import Image
@@ -106,8 +107,10 @@ def killed(root):
     try:
         client = client_for(server)
         for seed in (1, 2):
-            status, *_ = client.predict(**{**FAST, "seed": seed}, api_name="/generate")
+            status, preview, images = client.predict(**{**FAST, "seed": seed}, api_name="/generate")
             assert "Done: 1 image" in status, status
+            # the preview is the last image, as the README's example reads it
+            assert np.array_equal(np.asarray(Image.open(preview)), np.asarray(Image.open(images[-1]["image"])))
         intact = {p: p.read_bytes() for p in result_files(root.outputs)}
         client.submit(**{**FAST, "seed": 3}, api_name="/generate")
         deadline = time.monotonic() + 60

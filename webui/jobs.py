@@ -181,12 +181,12 @@ def run_job(studio, view: JobView, build: RequestBuilder, values: dict, session:
                 yield {view.preview: str(path)}
         return " ".join([f"Done: {_images(len(saved))} saved to {studio.folders.outputs}.", *notes])
 
-    # The results once, at the end: what a gradio_client call gets back, next to the status. A run that saved
-    # nothing (refused, failed, stopped before its first image) clears the last run's preview, which would look like
-    # its result (its before / after: Studio.wire_run).
+    # The results once, at the end: what a gradio_client call gets back, next to the status, with the preview as the
+    # last image (the API's "preview"). A run that saved nothing (refused, failed, stopped before its first image)
+    # clears the last run's preview, which would look like its result (its before / after: Studio.wire_run).
     def final() -> dict:
-        cleared = {} if saved else {view.preview: None}
-        return {view.results: saved, **cleared, **({view.compared: compared} if view.compared else {})}
+        return {view.results: saved, view.preview: saved[-1][0] if saved else None,
+                **({view.compared: compared} if view.compared else {})}
 
     yield from page_job(studio, session, view.status, work, final=final,
                         stopped=lambda stop: f"{stop} {_images(len(saved))} saved.",
