@@ -286,9 +286,18 @@ def test_upscale_keeps_the_aspect_ratio_from_one_side(tiny_dev, controlnet_for_d
 
 
 def test_bad_inputs_fail_with_a_clear_message_and_no_output(tiny_dev, controlnet_for_dev, tmp_path, capsys):
+    from diffusers import FluxControlNetModel
+
     control = save(random_image(32, 32, seed=21), tmp_path / "c.png")
     common = ["--path", tiny_dev, "--prompt", PROMPT, "--steps", 1, "--height", 32, "--width", 32]
+    config = {key: value for key, value in json.loads((controlnet_for_dev / "config.json").read_text()).items()
+              if not key.startswith("_") and key != "out_channels"}
+    other_text = tmp_path / "other-text"  # as wide as the base, made for text encodings 8 wider
+    FluxControlNetModel(**{**config, "joint_attention_dim": config["joint_attention_dim"] + 8}).save_pretrained(
+        other_text)
     cases = [
+        (["controlnet", *common, "--controlnet-path", other_text, "--controlnet-image-path", control],
+         f"reads text encodings {config['joint_attention_dim'] + 8} wide"),
         (["controlnet", *common, "--controlnet-path", tiny_dev / "transformer", "--controlnet-image-path", control],
          "is not a FLUX ControlNet"),
         (["controlnet", *common, "--controlnet-path", tmp_path, "--controlnet-image-path", control],

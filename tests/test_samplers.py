@@ -193,6 +193,36 @@ def test_text_to_image_matches_flux_pipeline(request, tmp_path, variant, sampler
     check_parity(ours, reference, sampler, schedule)
 
 
+def test_a_model_whose_scheduler_config_asks_for_karras_sigmas_runs_them_as_diffusers_does(tiny_dev, tmp_path):
+    """A fine-tune may ship use_karras_sigmas in its scheduler_config.json: without --schedule it runs them (and
+    records them), as FluxPipeline does with that folder; an explicit --schedule still wins."""
+    import json
+
+    from PIL import Image
+
+    folder = tmp_path / "karras-dev"
+    folder.mkdir()
+    for part in tiny_dev.iterdir():
+        (folder / part.name).symlink_to(part)
+    (folder / "scheduler").unlink()
+    (folder / "scheduler").mkdir()
+    config = json.loads((tiny_dev / "scheduler" / "scheduler_config.json").read_text())
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({**config, "use_karras_sigmas": True}))
+    height, width, steps = 64, 48, 5
+    noise_path = make_noise(tmp_path, (1, 4, height // 8, width // 8), seed=steps)
+    common = ["--prompt", PROMPT, "--steps", steps, "--height", height, "--width", width, "--guidance", 4.0,
+              "--init-noise", noise_path, "--seed", 7]
+    ours = run_cli("generate", "--path", folder, *common, "--output", tmp_path / "o.png")
+    pipe = load_diffusers_pipeline(folder)
+    expected = pipe(PROMPT, height=height, width=width, num_inference_steps=steps, guidance_scale=4.0,
+                    latents=pack(np.load(noise_path)), output_type="pil").images[0]
+    assert max_uint8_diff(ours, expected) <= UINT8_TOLERANCE
+    with Image.open(tmp_path / "o.png") as saved:
+        assert json.loads(saved.info["mflux_studio"])["request"]["schedule"] == "karras"
+    beta = run_cli("generate", "--path", folder, *common, "--schedule", "beta", "--output", tmp_path / "b.png")
+    assert max_uint8_diff(beta, expected) > SAMPLER_EFFECT
+
+
 @pytest.mark.parametrize("sampler, schedule, steps",
                          [("heun", "karras", 4), ("dpm++2m", "beta", 5), ("unipc", "beta", 5)])
 def test_image_to_image_matches_flux_img2img_pipeline(tiny_dev, tmp_path, sampler, schedule, steps):

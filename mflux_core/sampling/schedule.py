@@ -17,6 +17,10 @@ import numpy as np
 from mflux_core.settings_schema import SCHEDULE_LABELS
 
 SCHEDULES = tuple(SCHEDULE_LABELS)
+# diffusers' FlowMatchEulerDiscreteScheduler flags a model's scheduler_config.json may set, and what they stand for
+CONFIG_SCHEDULES = (("use_karras_sigmas", "karras"), ("use_exponential_sigmas", "exponential"),
+                    ("use_beta_sigmas", "beta"))
+CONFIG_SAMPLERS = (("stochastic_sampling", "euler_a"),)
 KARRAS_RHO = 7.0  # Karras et al. (2022), as diffusers
 BETA_ALPHA = BETA_BETA = 0.6  # "Beta Sampling is All You Need" (2024), as diffusers
 
@@ -35,6 +39,14 @@ def respaced(first: float, last: float, num_steps: int, schedule: str) -> np.nda
         quantiles = beta.ppf(1 - np.linspace(0, 1, num_steps), BETA_ALPHA, BETA_BETA)
         return last + quantiles * (first - last)
     raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def configured_sampling(scheduler_config: dict) -> dict:
+    """The schedule and sampler a model's scheduler config asks for, where it sets diffusers' flags for them (a
+    fine-tune shipped with Karras sigmas), as diffusers' pipeline would run it."""
+    found = {"schedule": next((name for flag, name in CONFIG_SCHEDULES if scheduler_config.get(flag)), None),
+             "sampler": next((name for flag, name in CONFIG_SAMPLERS if scheduler_config.get(flag)), None)}
+    return {key: value for key, value in found.items() if value}
 
 
 def resolution_shift_mu(image_seq_len: int, scheduler_config: dict) -> float:

@@ -18,6 +18,7 @@ from mflux_core.request import MAX_SEQUENCE_LENGTH, GenerationRequest, clean_pro
 from mflux_core.prompt_schedule import prompt_schedule
 from mflux_core.sampling.conditioning import Conditioning, NegativePrompt, PromptChange
 from mflux_core.sampling.latents import pack_latents
+from mflux_core.sampling.schedule import configured_sampling
 from mflux_core.tools.engine import ToolEngine
 from mflux_core.tools.specs import tool_spec
 
@@ -62,15 +63,19 @@ def with_size(request: GenerationRequest, image: Image.Image | None = None, nati
 
 
 def resolved_request(model: FluxModel, request: GenerationRequest) -> GenerationRequest:
-    """The request with what the model and the tool decide before any input is read: the T5 token count and
-    the tool's default guidance (for models with a guidance embedding), recorded so the request replays."""
+    """The request with what the model and the tool decide before any input is read: the T5 token count, the
+    tool's default guidance (for models with a guidance embedding), and the schedule and sampler the model's scheduler
+    config asks for where the request keeps the defaults; recorded so the request replays."""
+    defaults = GenerationRequest()
+    sampling = {key: value for key, value in configured_sampling(model.scheduler_config).items()
+                if getattr(request, key) == getattr(defaults, key)}
     guidance = request.guidance
     if guidance is None and model.has_guidance:
         spec = tool_spec(request.tool)
         on_base = spec.base_guidance is not None and model.input_channels == packed_channels(model)
         guidance = spec.base_guidance if on_base else spec.guidance
     length = request.max_sequence_length or default_sequence_length(model.text_encoders, request.tool)
-    return request.with_(guidance=guidance, max_sequence_length=length)
+    return request.with_(guidance=guidance, max_sequence_length=length, **sampling)
 
 
 def default_sequence_length(encoders, tool: str) -> int:

@@ -105,12 +105,19 @@ def resident_controlnet(model: FluxModel, request: GenerationRequest, engine: To
 
 
 def check_steers(model: FluxModel, name: str, controlnet: FluxControlNet) -> None:
-    """Refuses a ControlNet made for another transformer's width, input channels or token size."""
+    """Refuses a ControlNet made for another transformer's width, input channels, text widths or token size."""
     made_for = (controlnet.config.hidden_size, controlnet.config.in_channels)
     if made_for != (model.config.hidden_size, model.config.in_channels):
         raise InvalidRequest(
             f"The ControlNet {name} was made for a transformer of width {made_for[0]} with {made_for[1]} input "
             f"channels; this model has width {model.config.hidden_size} and {model.config.in_channels} channels."
+        )
+    reads = (controlnet.config.joint_attention_dim, controlnet.config.pooled_projection_dim)
+    if reads != (model.config.joint_attention_dim, model.config.pooled_projection_dim):
+        raise InvalidRequest(
+            f"The ControlNet {name} reads text encodings {reads[0]} wide (pooled {reads[1]}); this model's text "
+            f"encoders give {model.config.joint_attention_dim} (pooled {model.config.pooled_projection_dim}), so it "
+            "was made for another model."
         )
     if controlnet.takes_pixels and HINT_SCALE * controlnet.hint.patch != 2 * model.vae_scale_factor:
         raise InvalidRequest(f"The ControlNet {name} makes a token of each {HINT_SCALE * controlnet.hint.patch} px "
