@@ -159,6 +159,8 @@ def seeds_to_run(args: argparse.Namespace, metadata_seed: int) -> list[int]:
     """--seed's seeds, else --auto-seeds random ones (0 or less: off, mflux's default -1), else the metadata's with
     --config-from-metadata, else a random one, as mflux draws a new picture each run (the image records it)."""
     if args.seed:
+        if args.auto_seeds and args.auto_seeds > 0:
+            print(f"Note: --auto-seeds {args.auto_seeds} is not used: --seed gives the seeds.", file=sys.stderr)
         return list(args.seed)
     rng = random.SystemRandom()
     if args.auto_seeds and args.auto_seeds > 0:

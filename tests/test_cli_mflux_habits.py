@@ -80,9 +80,10 @@ def test_the_prompt_from_standard_input_is_every_seeds(tiny_dev, tmp_path, monke
         assert saved_request(tmp_path / f"piped_seed_{seed}.png")["prompt"] == "a prompt from a pipe"
 
 
-def test_seed_wins_over_auto_seeds_which_are_off_at_zero_or_less(tiny_dev, tmp_path):
+def test_seed_wins_over_auto_seeds_which_are_off_at_zero_or_less(tiny_dev, tmp_path, capsys):
     assert main(["generate", "--path", str(tiny_dev), *COMMON, "--auto-seeds", "2", "--seed", "5",
                  "--output", str(tmp_path / "given.png")]) == 0
+    assert "Note: --auto-seeds 2 is not used: --seed gives the seeds." in capsys.readouterr().err
     assert [path.name for path in tmp_path.glob("given*.png")] == ["given.png"]
     assert saved_request(tmp_path / "given.png")["seed"] == 5
     assert main(["generate", "--path", str(tiny_dev), *COMMON, "--auto-seeds", "-1",

@@ -12,6 +12,7 @@ from mflux_core.cli import main as cli_main
 from mflux_core.errors import InvalidRequest
 from mflux_core.lora.apply import add_lora
 from mflux_core.lora.formats import load_lora_file
+from mflux_core.lora.info import read_lora_info
 from mflux_core.training.flow_matching import flow_matching_loss
 from mflux_core.training.lora_config import TrainingConfig
 from mflux_core.request import GenerationRequest
@@ -94,6 +95,7 @@ def test_training_lowers_the_loss_and_the_adapter_loads_through_the_lora_path(ti
     lora = load_lora_file(outcome.adapter)
     report = add_lora(model.transformer, lora, "trained")
     assert report.complete and report.format == "diffusers" and report.layers == 13
+    assert read_lora_info(outcome.adapter).family == "FLUX.1"  # as `mflux-studio loras` lists it
     after = mean_loss()
     print(f"held-out flow-matching loss: {before:.4f} before, {after:.4f} after 40 steps")
     assert after < 0.8 * before

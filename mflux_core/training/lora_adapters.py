@@ -76,8 +76,9 @@ class LoraAdapters(nn.Module):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.partial.safetensors")
-        mx.save_safetensors(str(partial), self.peft_weights(),
-                            metadata={"format": "pt", PEFT_METADATA_KEY: json.dumps(metadata)})
+        # Kohya's family key too, which LoRA listings (ours, A1111's, Civitai's) read
+        mx.save_safetensors(str(partial), self.peft_weights(), metadata={
+            "format": "pt", PEFT_METADATA_KEY: json.dumps(metadata), "ss_base_model_version": "flux1"})
         os.replace(partial, path)
         return path
 
