@@ -169,7 +169,7 @@ def train(
         step += 1
         losses.append(float(loss))
         smoothed = losses[-1] if smoothed is None else 0.95 * smoothed + 0.05 * losses[-1]
-        bar.set_postfix(loss=f"{smoothed:.4f}", refresh=False)
+        bar.set_postfix(smoothed_loss=f"{smoothed:.4f}", refresh=False)  # the summary gives raw losses
         bar.update()
         if step % checkpoint_every == 0:
             checkpoint()
