@@ -249,8 +249,7 @@ def test_generate_then_send_a_result_from_the_history(page, studio):
     page.click("#send-to-generate")
     page.wait_for_function("() => document.querySelector('#generate-prompt textarea').value === 'a red fox in the snow'")
     page.get_by_role("tab", name="Generate", exact=True).and_(page.locator("[aria-selected=true]")).wait_for()
-    open_accordions(page, "generate-img2img")
-    page.wait_for_selector("#generate-init-image img")
+    page.wait_for_selector("#generate-init-image img", state="visible")  # its accordion opened with it
 
 
 def test_the_face_fix_repaints_the_face_of_an_image_to_image_run(page, studio):

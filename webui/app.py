@@ -125,13 +125,15 @@ def render_history(studio, panels: dict) -> None:
             settings = settings_to_send(Path(path), panel.tools)
             updates, notes = apply_settings(studio, panel, settings)
             what = "with its prompt and settings" if settings else "(it holds no settings to carry)"
-            return {**updates, panel.send_target: path, studio.tabs: gr.Tabs(selected=panel.tab_id),
+            opened = {panel.send_opens: gr.Accordion(open=True)} if panel.send_opens else {}
+            return {**updates, **opened, panel.send_target: path, studio.tabs: gr.Tabs(selected=panel.tab_id),
                     message: " ".join([f"Sent {Path(path).name} to {panel.tab_id} {what}."] + notes)}
         return send
 
     for tool, button in send_buttons.items():
-        button.click(sender(tool), selected, [panels[tool].send_target, studio.tabs, message,
-                                              *panels[tool].controls.values()],
+        panel = panels[tool]
+        button.click(sender(tool), selected, [panel.send_target, studio.tabs, message, *panel.controls.values(),
+                                              *([panel.send_opens] if panel.send_opens else [])],
                      queue=False, api_visibility="private")
 
     all_controls = [c for panel in panels.values() for c in panel.controls.values()]

@@ -29,6 +29,7 @@ class Panel:
     settings_from_values: Callable[[dict], dict]
     values_from_settings: Callable[[dict], dict]
     send_target: gr.components.Component | None = None  # where "send to" puts an image
+    send_opens: gr.Accordion | None = None  # the closed accordion holding send_target, opened by "send to"
     view: JobView | None = None
     run_handler: Callable | None = None  # the wrapped build_requests, as wired to the Run button
 

@@ -54,7 +54,7 @@ def render(studio) -> Panel:
         with gr.Row():
             with gr.Column(scale=5):
                 shared = build_shared_controls(studio, TOOL, TOOL)
-                with gr.Accordion("Image to image", open=False, elem_id="generate-img2img"):
+                with gr.Accordion("Image to image", open=False, elem_id="generate-img2img") as img2img:
                     init_image = input_image("Input image (optional)", "generate-init-image")
                     image_strength = gr.Slider(0, 0.99, DEFAULT_IMAGE_STRENGTH, step=0.01,
                                                label="Image strength (how much of the input is kept)",
@@ -67,7 +67,7 @@ def render(studio) -> Panel:
                 render_demo_examples(studio, TOOL, shared.controls, {})
                 panel = Panel(TOOL, (TOOL,), {**shared.controls, "image_strength": image_strength, **regions, **hires,
                                               **face_fix},
-                              settings_from_values, values_from_settings, send_target=init_image)
+                              settings_from_values, values_from_settings, send_target=init_image, send_opens=img2img)
                 render_presets(studio, panel)
             with gr.Column(scale=4):
                 view, run, stop = result_column(TOOL, compare=True)
