@@ -1,5 +1,6 @@
 """Small helpers shared by the benchmarks: alternating timing, medians, tables, machine state, workers."""
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -7,6 +8,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 
@@ -73,10 +75,18 @@ def machine_line() -> str:
 
 
 def git_revision() -> str:
+    """This checkout's commit; the installed version outside a git checkout (a copy, an archive)."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                  cwd=Path(__file__).resolve().parent).stdout.strip()
     except OSError:
-        return "?"
+        revision = ""
+    if revision:
+        return revision
+    try:
+        return f"{importlib.metadata.version('mflux-studio')} (not a git checkout)"
+    except importlib.metadata.PackageNotFoundError:
+        return "(not a git checkout)"
 
 
 def run_worker(module: str, *args: str, env: dict | None = None) -> dict:
