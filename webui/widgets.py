@@ -303,11 +303,11 @@ def build_shared_controls(studio, tool: str, prefix: str, prompt_label: str = "P
                         info="Aliases download on first use; models folder and HF cache entries are on disk.",
                         elem_id=f"{prefix}-model", buttons=[model_refresh])
     studio.model_pickers.append((tool, model))
-    # Gradio's Markdown makes __name__ bold even in a code span: escaped, it shows as typed
+    # Gradio's info text makes __name__ bold even in a code span and takes no escapes: the syntax is said in words
     prompt = gr.Textbox(label=prompt_label, lines=3, elem_id=f"{prefix}-prompt",
-                        info="`{red|blue}` picks one per image, \\_\\_name\\_\\_ a line of name.txt in the wildcards "
-                             "folder; as in A1111, `(word:1.3)` weighs a word, `[cat:dog:0.5]` switches halfway "
-                             "through the steps, `[cat|dog]` alternates")
+                        info="`{red|blue}` picks one per image, a file's name between double underscores a line of "
+                             "that .txt file in the wildcards folder; as in A1111, `(word:1.3)` weighs a word, "
+                             "`[cat:dog:0.5]` switches halfway through the steps, `[cat|dog]` alternates")
     styles_refresh = gr.Button("↻ rescan", elem_id=f"{prefix}-styles-refresh", size="sm", render=False)
     styles = gr.Dropdown(style_names(studio), value=[], multiselect=True, label="Styles",
                          info="A1111 styles from the styles folder's .csv files, merged into the prompts in order",
