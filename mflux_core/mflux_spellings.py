@@ -1,7 +1,7 @@
 """mflux 0.24's preferred flag spellings, folded into the studio's own flags after parsing, so that a command line
 written for `mflux-generate` (0.24) runs unchanged: `--lora PATH [SCALE]`, `--image PATH [STRENGTH]`, `--scheduler`,
-`--mlx-cache-limit-gb` and `--vae-tile-size` (a request setting of its own). (Its aliases of existing flags, `--make-conf`, `--config-from-conf` and
-`--no-metadata`, are spelt where those flags are defined, in cli.py.)"""
+`--mlx-cache-limit-gb` and `--vae-tile-size` (a request setting of its own). Its aliases of existing flags
+(`--make-conf`, `--config-from-conf`, `--no-metadata`) are spelt where those flags are defined, in cli.py."""
 
 import argparse
 
