@@ -13,7 +13,8 @@ MFLUX_SCHEDULER = "linear"  # mflux's only built-in one: FLUX.1's shifted sigmas
 def add_mflux_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("mflux 0.24 spellings")
     group.add_argument("--lora", action="append", nargs="+", metavar=("PATH", "SCALE"),
-                       help="a LoRA and its scale (default 1), as mflux 0.24 spells it; repeatable, after --lora-paths'")
+                       help="a LoRA and its scale (default 1), as mflux 0.24 spells it; repeatable, after "
+                       "--lora-paths'")
     if any(action.dest == "image_path" for action in parser._actions):
         group.add_argument("--image", nargs="+", metavar=("PATH", "STRENGTH"),
                            help="the input image and, where the tool takes one, its strength, as mflux 0.24 spells "
