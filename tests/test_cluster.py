@@ -59,10 +59,9 @@ def board(engine) -> dict[str, dict]:
 def every_replica_running(engine) -> bool:
     from ray import serve
 
-    from mflux_core.cluster.engine import APP
     from mflux_core.cluster.replica import StudioReplica
 
-    return serve.status().applications[APP].deployments[StudioReplica.name].replica_states == {
+    return serve.status().applications[engine.app].deployments[StudioReplica.name].replica_states == {
         "RUNNING": engine.jobs_at_once}
 
 
@@ -110,6 +109,27 @@ def test_a_model_swap_on_one_replica_leaves_the_other_alone(engine):
     assert others and all("demo/transformer" in resident[name] for name in others), resident
 
 
+def test_a_batch_runs_on_every_free_replica_whatever_models_they_hold(engine):
+    """Routed by model, every image of a batch waited for the one replica holding it while the other sat idle."""
+    [run(None) for run in engine.batch([long_request(seed, 60) for seed in (88, 89)])]  # both hold the demo...
+    engine.generate(request(90, model="demo-kontext"))  # ...then one holds another model
+    results = [run(None) for run in engine.batch([long_request(seed, 60) for seed in range(91, 95)])]
+    assert [r.request.seed for r in results] == [91, 92, 93, 94]
+    assert len({r.metadata["replica"] for r in results}) == engine.jobs_at_once
+
+
+def test_an_a1111_request_for_several_images_runs_on_every_replica(engine, tmp_path):
+    """A1111's n_iter (and X/Y/Z cells) ran one image after another, each to the replica holding the model."""
+    from webui.a1111_api import ApiJob, SdApiState, run_job as a1111_job
+    from webui.studio import Studio, StudioFolders
+
+    studio = Studio(manager=engine, folders=StudioFolders.default(tmp_path / "outputs"))
+    requests = [long_request(seed, 60) for seed in range(100, 104)]
+    results = a1111_job(studio, SdApiState(), ApiJob("txt2img", len(requests)), requests, False, threading.Event())
+    assert [r.request.seed for r in results] == [100, 101, 102, 103]
+    assert len({r.metadata["replica"] for r in results}) == engine.jobs_at_once
+
+
 def long_job(engine, seed: int, steps: int, cancel: threading.Event | None = None):
     """Start a long job on a thread; returns (thread, outcome dict, the first Step seen, the events)."""
     outcome, first_step, events = {}, threading.Event(), []
@@ -139,6 +159,7 @@ def test_stop_reaches_the_replica_and_ends_its_job_within_a_step(engine):
     cancel = threading.Event()
     thread, outcome, events = long_job(engine, 30, 400, cancel)
     replica = wait_for(lambda: running(engine, 30), "said which replica runs the job")["replica"]
+    wait_for(lambda: board(engine)[replica].get("busy"), "said the replica is busy")  # its heartbeat, mid-job
     cancel.set()
     thread.join()
     seen = max(event.step for event in events if isinstance(event, Step))
@@ -181,6 +202,35 @@ def test_a_replica_killed_mid_job_is_retried_on_another_and_every_image_is_saved
     # tests after this one need both replicas (CI saw a job wait for the replacement while the other ran 500 steps).
     wait_for(lambda: victim["replica"] not in (names := board(engine)) and len(names) == engine.jobs_at_once
              and every_replica_running(engine), "replaced the killed replica")
+
+
+def test_unloading_reaches_every_replica(engine):
+    engine.generate(request(70))
+    assert any(status["resident"] for status in board(engine).values())
+    assert "Every replica unloads its models" in engine.unload_all()
+    wait_for(lambda: not any(status["resident"] for status in board(engine).values()), "unloaded its models")
+
+
+def test_a_second_studio_on_the_cluster_leaves_the_first_ones_replicas_alone(engine, tmp_path):
+    """Each front deploys an application and a board of its own: one joining the cluster (and leaving it) neither
+    replaces the first one's replicas nor shows up in its status strip."""
+    code = """
+import sys
+from mflux_core.cluster import engine
+from mflux_core.request import GenerationRequest
+engine.replica_options = lambda: {"num_cpus": 0}  # the first studio's replicas hold this cluster's logical CPUs
+second = engine.connect(sys.argv[1], 1, sys.argv[2])
+second.generate(GenerationRequest(prompt="a boat", model="demo", steps=1, width=64, height=64))
+print(second.app, len(second.status()["replicas"]))
+second.close()
+"""
+    before = set(board(engine))
+    second = subprocess.run([sys.executable, "-c", code, engine.head.address, str(tmp_path)], cwd=ROOT, text=True,
+                            capture_output=True, timeout=10 * WAIT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert second.returncode == 0, second.stderr[-2000:]
+    app, replicas = second.stdout.split()[-2:]
+    assert app != engine.app and replicas == "1"
+    assert set(board(engine)) == before and every_replica_running(engine)
 
 
 def test_the_page_shows_a_retry():
@@ -263,3 +313,22 @@ def test_an_unreachable_address_is_refused_at_once_in_one_sentence(address):
         assert f"nothing answers at {address}" in message and f"`ray start --head --port={port}`" in message
     else:
         assert f"the name '{host}' in {address} does not resolve" in message
+
+
+def test_a_web_server_at_the_address_is_refused_at_once_in_one_sentence():
+    """The studio's or the dashboard's port given by mistake: ray.init would retry it for minutes."""
+    from http.server import HTTPServer, SimpleHTTPRequestHandler
+
+    from webui.app import engine as studio_engine, parse_args
+
+    server = HTTPServer(("127.0.0.1", 0), SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(SystemExit) as refused:
+            studio_engine(parse_args(["--cluster", address]))
+    finally:
+        server.shutdown()
+    assert str(refused.value) == (f"Could not use the Ray cluster '{address}': a web server answers at {address}, "
+                                  "not a Ray head: give the port `ray start --head` printed (its GCS port, 6379 unless "
+                                  "you chose another).")

@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -307,11 +307,12 @@ def run_job(studio, state: SdApiState, job: ApiJob, requests: list[GenerationReq
         cancel = studio.jobs.begin(API_SESSION, entry.cancel)  # /interrupt and the queue's Stop alike
         state.job = job
         try:
-            for request in requests:
-                results.append(studio.manager.generate(request, job.report, cancel.is_set))
-                if save:
-                    save_result(studio.folders.outputs, results[-1])
-                job.done, job.step = job.done + 1, 0
+            with closing(studio.manager.batch(requests, cancel.is_set)) as runs:  # on a cluster: over the replicas
+                for run in runs:
+                    results.append(run(job.report))
+                    if save:
+                        save_result(studio.folders.outputs, results[-1])
+                    job.done, job.step = job.done + 1, 0
         except Cancelled:
             job.interrupted = True
         finally:

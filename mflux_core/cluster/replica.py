@@ -2,8 +2,10 @@
 
 A job streams its events back (`generate` is an async generator, so Serve streams it); closing the stream in the
 front (Stop, or the page went away) cancels the generator here, which sets the job's cancel flag: the manager stops
-after its current step. Each replica posts its status (resident models, memory, busy, last job) to a small board
-actor that the front reads for the status strip.
+after its current step. Each replica posts its status (resident models, memory, busy, the job it runs, the last
+one) to its front's board actor every HEARTBEAT_S and at each job's start and end; the front's status strip lists
+the replicas heard from lately, so a dead or replaced one drops off. The board also carries the front's requests to
+unload every model, which each replica carries out once it is idle.
 """
 
 import asyncio
@@ -11,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 import ray
@@ -24,24 +27,33 @@ from mflux_core.request import GenerationRequest
 log = logging.getLogger("mflux_studio.cluster")
 
 NAMESPACE = "mflux-studio"
-BOARD = "replica-board"
+HEARTBEAT_S = 2.0  # how often a replica posts its status
+SILENT_AFTER_S = 5 * HEARTBEAT_S  # a replica not heard from for this long is gone (killed, replaced, its machine lost)
 
 
 @ray.remote(num_cpus=0)
 class ReplicaBoard:
-    """What each replica last said about itself, keyed by replica id."""
+    """What each replica last said about itself, keyed by replica id, and the count of unload requests."""
 
     def __init__(self):
-        self._replicas: dict[str, dict] = {}
+        self._replicas: dict[str, tuple[float, dict]] = {}
+        self._unloads = 0
 
-    def put(self, replica: str, status: dict) -> None:
-        self._replicas[replica] = status
+    def put(self, replica: str, status: dict) -> int:
+        """Record a replica's status; returns the unload requests so far, for the replica to catch up with."""
+        self._replicas[replica] = (time.monotonic(), status)
+        return self._unloads
 
     def drop(self, replica: str) -> None:
         self._replicas.pop(replica, None)
 
     def all(self) -> dict[str, dict]:
-        return dict(self._replicas)
+        """The replicas heard from within SILENT_AFTER_S."""
+        now = time.monotonic()
+        return {name: status for name, (seen, status) in self._replicas.items() if now - seen < SILENT_AFTER_S}
+
+    def request_unload(self) -> None:
+        self._unloads += 1
 
 
 def outcome_text(outcome: Outcome) -> str:
@@ -55,16 +67,33 @@ def outcome_text(outcome: Outcome) -> str:
 # One job at a time per replica, as in-process; the front's requests queue in Serve until a replica is free.
 @serve.deployment(max_ongoing_requests=1)
 class StudioReplica:
-    def __init__(self, models_dir: str, low_ram: bool = False, memory_budget_bytes: int | None = None):
+    def __init__(self, board: str, models_dir: str, low_ram: bool = False, memory_budget_bytes: int | None = None):
         from mflux_core.manager import ModelManager  # after Ray set up the worker (and mflux_core its BLAS)
 
         self.manager = ModelManager(models_dir=Path(models_dir), low_ram=low_ram,
                                     memory_budget_bytes=memory_budget_bytes)
         self.name = serve.get_replica_context().replica_id.unique_id
-        self.board = ray.get_actor(BOARD, namespace=NAMESPACE)
+        self.board = ray.get_actor(board, namespace=NAMESPACE)
         self.running: int | None = None  # the seed of the job in progress
         self.last_job: str | None = None
-        self.post()
+        self.unloads = ray.get(self.post())  # unload requests from before this replica started are not its own
+        threading.Thread(target=self.heartbeat, name="studio-replica-heartbeat", daemon=True).start()
+
+    def heartbeat(self) -> None:
+        """Post the status every HEARTBEAT_S; unload every model when the front has asked since the last time (once
+        no job runs: the request waits for it)."""
+        while True:
+            time.sleep(HEARTBEAT_S)
+            try:
+                unloads = ray.get(self.post())
+            except ray.exceptions.RayError:  # the front and its board are gone; Serve takes this replica down
+                return
+            if unloads > self.unloads and self.running is None:
+                try:
+                    self.manager.unload_all()
+                    self.unloads = unloads
+                except StudioError:  # a job started meanwhile: the next beat tries again
+                    continue
 
     def post(self) -> ray.ObjectRef:
         """Tell the board how this replica is; ray.get() the answer to wait until it knows."""
@@ -85,7 +114,7 @@ class StudioReplica:
         ray.get(self.post())  # before the front hears the outcome, so its next look at the board sees it
 
     async def generate(self, request: GenerationRequest):
-        await self.resident_model(serve.get_multiplexed_model_id())
+        await self.resident_model(request.model)  # however the job was routed here, its model is now this replica's
         loop, events, cancel = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
 
         def run() -> None:  # on a thread of its own, so that it still records how the job ended after a cancel
