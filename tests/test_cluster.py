@@ -233,6 +233,32 @@ second.close()
     assert set(board(engine)) == before and every_replica_running(engine)
 
 
+def test_a_replica_on_other_code_than_the_fronts_refuses_its_jobs_in_a_sentence(engine, tmp_path):
+    """A replica Ray restarts after a `git pull`, or a machine with another checkout: as a front whose code differs
+    from its replicas' (its fingerprint changed here), its jobs get a sentence, not a failure on a pickled field."""
+    code = """
+import sys
+from mflux_core.cluster import engine
+from mflux_core.errors import StudioError
+from mflux_core.request import GenerationRequest
+engine.replica_options = lambda: {"num_cpus": 0}  # the first studio's replicas hold this cluster's logical CPUs
+engine.code_fingerprint = lambda: "0" * 12
+front = engine.connect(sys.argv[1], 1, sys.argv[2])
+try:
+    front.generate(GenerationRequest(prompt="a boat", model="demo", steps=1, width=64, height=64))
+except StudioError as error:
+    print("REFUSED", error)
+print("WARNING", front.status()["replicas"][0]["warning"])
+front.close()
+"""
+    other = subprocess.run([sys.executable, "-c", code, engine.head.address, str(tmp_path)], cwd=ROOT, text=True,
+                           capture_output=True, timeout=10 * WAIT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert other.returncode == 0, other.stderr[-2000:]
+    refused = next(line for line in other.stdout.splitlines() if line.startswith("REFUSED "))
+    assert "runs other code than the studio's front" in refused and "the front's 000000000000" in refused, refused
+    assert "restart the studio once every machine has the same checkout" in other.stdout
+
+
 def test_the_page_shows_a_retry():
     from webui.jobs import image_progress
 

@@ -67,5 +67,6 @@ def cluster_markdown(status: dict) -> str:
     if not replicas:
         return f"**Backend** {status.get('backend', '?')}: no replica has reported yet"
     lines = [f"**Replica {r['replica']}** on {r.get('host', '?')} · {status_markdown(r)}"
-             + (f" · **Last job** {r['last_job']}" if r.get("last_job") else "") for r in replicas]
+             + (f" · **Last job** {r['last_job']}" if r.get("last_job") else "")
+             + (f" · ⚠ {r['warning']}" if r.get("warning") else "") for r in replicas]
     return "\n\n".join(lines)

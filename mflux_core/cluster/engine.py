@@ -16,6 +16,7 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 from mflux_core.cluster.address import check_head, running_cluster_address
+from mflux_core.cluster.code_version import code_fingerprint
 from mflux_core.cluster.local import LocalCluster
 from mflux_core.cluster.replica import NAMESPACE, ReplicaBoard, StudioReplica
 from mflux_core.cluster.wire import Started, from_wire
@@ -155,7 +156,7 @@ def connect(address: str, replicas: int | None, models_dir: Path, low_ram: bool 
     replicas = replicas or default_replicas()
     deployment = StudioReplica.options(num_replicas=replicas, ray_actor_options=replica_options())
     models = str(Path(models_dir).resolve())  # the same path on every machine
-    handle = serve.run(deployment.bind(f"{app}-board", models, low_ram, memory_budget_bytes), name=app,
-                       route_prefix=None)
+    handle = serve.run(deployment.bind(f"{app}-board", code_fingerprint(), models, low_ram, memory_budget_bytes),
+                       name=app, route_prefix=None)
     return ClusterEngine(ModelManager(models_dir=models_dir, low_ram=low_ram, memory_budget_bytes=memory_budget_bytes),
                          app, handle, board, replicas, head)

@@ -19,6 +19,7 @@ from pathlib import Path
 import ray
 from ray import serve
 
+from mflux_core.cluster.code_version import code_fingerprint
 from mflux_core.cluster.wire import Started, to_wire
 from mflux_core.errors import StudioError
 from mflux_core.events import Failed, Finished, Outcome, Stopped, stream
@@ -67,13 +68,17 @@ def outcome_text(outcome: Outcome) -> str:
 # One job at a time per replica, as in-process; the front's requests queue in Serve until a replica is free.
 @serve.deployment(max_ongoing_requests=1)
 class StudioReplica:
-    def __init__(self, board: str, models_dir: str, low_ram: bool = False, memory_budget_bytes: int | None = None):
+    def __init__(self, board: str, front_code: str, models_dir: str, low_ram: bool = False,
+                 memory_budget_bytes: int | None = None):
         from mflux_core.manager import ModelManager  # after Ray set up the worker (and mflux_core its BLAS)
 
         self.manager = ModelManager(models_dir=Path(models_dir), low_ram=low_ram,
                                     memory_budget_bytes=memory_budget_bytes)
         self.name = serve.get_replica_context().replica_id.unique_id
         self.board = ray.get_actor(board, namespace=NAMESPACE)
+        self.other_code = None if front_code == code_fingerprint() else (
+            f"Replica {self.name} runs other code than the studio's front (version {code_fingerprint()}, the front's "
+            f"{front_code}): restart the studio once every machine has the same checkout.")
         self.running: int | None = None  # the seed of the job in progress
         self.last_job: str | None = None
         self.unloads = ray.get(self.post())  # unload requests from before this replica started are not its own
@@ -99,7 +104,7 @@ class StudioReplica:
         """Tell the board how this replica is; ray.get() the answer to wait until it knows."""
         return self.board.put.remote(self.name, {**self.manager.status(), "replica": self.name, "pid": os.getpid(),
                                                  "host": socket.gethostname(), "running": self.running,
-                                                 "last_job": self.last_job})
+                                                 "last_job": self.last_job, "warning": self.other_code})
 
     @serve.multiplexed(max_num_models_per_replica=1)
     async def resident_model(self, model: str) -> str:
@@ -114,6 +119,10 @@ class StudioReplica:
         ray.get(self.post())  # before the front hears the outcome, so its next look at the board sees it
 
     async def generate(self, request: GenerationRequest):
+        if self.other_code:
+            yield Started(self.name)
+            yield to_wire(Failed(StudioError(self.other_code)), self.name)
+            return
         await self.resident_model(request.model)  # however the job was routed here, its model is now this replica's
         loop, events, cancel = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
 
