@@ -211,31 +211,12 @@ def test_unloading_reaches_every_replica(engine):
     wait_for(lambda: not any(status["resident"] for status in board(engine).values()), "unloaded its models")
 
 
-def test_a_second_studio_on_the_cluster_leaves_the_first_ones_replicas_alone(engine, tmp_path):
+def test_a_second_studio_on_other_code_leaves_the_first_ones_replicas_alone_and_is_refused_in_a_sentence(
+        engine, tmp_path):
     """Each front deploys an application and a board of its own: one joining the cluster (and leaving it) neither
-    replaces the first one's replicas nor shows up in its status strip."""
-    code = """
-import sys
-from mflux_core.cluster import engine
-from mflux_core.request import GenerationRequest
-engine.replica_options = lambda: {"num_cpus": 0}  # the first studio's replicas hold this cluster's logical CPUs
-second = engine.connect(sys.argv[1], 1, sys.argv[2])
-second.generate(GenerationRequest(prompt="a boat", model="demo", steps=1, width=64, height=64))
-print(second.app, len(second.status()["replicas"]))
-second.close()
-"""
-    before = set(board(engine))
-    second = subprocess.run([sys.executable, "-c", code, engine.head.address, str(tmp_path)], cwd=ROOT, text=True,
-                            capture_output=True, timeout=10 * WAIT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert second.returncode == 0, second.stderr[-2000:]
-    app, replicas = second.stdout.split()[-2:]
-    assert app != engine.app and replicas == "1"
-    assert set(board(engine)) == before and every_replica_running(engine)
-
-
-def test_a_replica_on_other_code_than_the_fronts_refuses_its_jobs_in_a_sentence(engine, tmp_path):
-    """A replica Ray restarts after a `git pull`, or a machine with another checkout: as a front whose code differs
-    from its replicas' (its fingerprint changed here), its jobs get a sentence, not a failure on a pickled field."""
+    replaces the first one's replicas nor shows up in its status strip. Its code differs from its replica's here (its
+    fingerprint is changed, as after a `git pull` that a restarted replica picked up), so its job gets a sentence,
+    not a failure on a pickled field."""
     code = """
 import sys
 from mflux_core.cluster import engine
@@ -243,20 +224,27 @@ from mflux_core.errors import StudioError
 from mflux_core.request import GenerationRequest
 engine.replica_options = lambda: {"num_cpus": 0}  # the first studio's replicas hold this cluster's logical CPUs
 engine.code_fingerprint = lambda: "0" * 12
-front = engine.connect(sys.argv[1], 1, sys.argv[2])
+second = engine.connect(sys.argv[1], 1, sys.argv[2])
 try:
-    front.generate(GenerationRequest(prompt="a boat", model="demo", steps=1, width=64, height=64))
+    second.generate(GenerationRequest(prompt="a boat", model="demo", steps=1, width=64, height=64))
 except StudioError as error:
     print("REFUSED", error)
-print("WARNING", front.status()["replicas"][0]["warning"])
-front.close()
+replicas = second.status()["replicas"]
+print("WARNING", replicas[0]["warning"])
+print("APP", second.app, len(replicas))
+second.close()
 """
-    other = subprocess.run([sys.executable, "-c", code, engine.head.address, str(tmp_path)], cwd=ROOT, text=True,
-                           capture_output=True, timeout=10 * WAIT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert other.returncode == 0, other.stderr[-2000:]
-    refused = next(line for line in other.stdout.splitlines() if line.startswith("REFUSED "))
-    assert "runs other code than the studio's front" in refused and "the front's 000000000000" in refused, refused
-    assert "restart the studio once every machine has the same checkout" in other.stdout
+    before = set(board(engine))
+    second = subprocess.run([sys.executable, "-c", code, engine.head.address, str(tmp_path)], cwd=ROOT, text=True,
+                            capture_output=True, timeout=10 * WAIT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert second.returncode == 0, second.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in second.stdout.splitlines() if line.split(" ", 1)[0] in (
+        "REFUSED", "WARNING", "APP"))
+    assert "runs other code than the studio's front" in lines["REFUSED"], lines
+    assert "the front's 000000000000" in lines["REFUSED"] and lines["WARNING"] == lines["REFUSED"]
+    app, replicas = lines["APP"].split()
+    assert app != engine.app and replicas == "1"
+    assert set(board(engine)) == before and every_replica_running(engine)
 
 
 def test_the_page_shows_a_retry():

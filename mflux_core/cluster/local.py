@@ -6,6 +6,7 @@ start; then the head fails and is started again, a few times.
 
 import atexit
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 STARTED = "Ray runtime started."
 ATTEMPTS = 4
+STOP_GRACE_S = 5  # for the cluster's processes to end on SIGTERM before they are killed
 
 
 def free_port() -> int:
@@ -51,8 +53,8 @@ class LocalCluster:
         path = os.pathsep.join(filter(None, [str(SOURCE_ROOT), os.environ.get("PYTHONPATH")]))
         # No idle workers started with the head: they would compete with the agents the raylet is waiting for.
         env = {**os.environ, "PYTHONPATH": path, "RAY_enable_worker_prestart": "0", "RAY_prestart_worker_first_driver": "0"}
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   start_new_session=True)  # its Ray processes in a group of their own: stop()
         lines = []
         for line in process.stdout:  # until it says it runs (or ends, having failed)
             lines.append(line)
@@ -63,6 +65,20 @@ class LocalCluster:
         return None, "".join(lines[-5:])
 
     def stop(self) -> None:
+        """Every process of this cluster at once: `ray start --block` alone, terminated, took its Ray processes down
+        one after another in about 30 s."""
         if self.process.poll() is None:
-            self.process.terminate()  # `ray start --block` takes its Ray processes down with it
-            self.process.wait()
+            signal_group(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                pass
+        signal_group(self.process.pid, signal.SIGKILL)  # whatever of the group is left
+        self.process.wait()
+
+
+def signal_group(group: int, signum: int) -> None:
+    try:
+        os.killpg(group, signum)
+    except ProcessLookupError:  # the whole group has ended
+        pass
