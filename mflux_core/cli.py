@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     for spec in TOOL_SPECS.values():
         tool = add_tool_parser(tools, spec.name, spec.summary)
         add_spec_flags(tool, spec)
-        add_mflux_flags(tool)
+        add_mflux_flags(tool, takes_image=any(flag.name == "image_path" for flag in spec.flags))
     add_concept_parsers(tools, add_tool_parser)
 
     save_depth = tools.add_parser("save-depth", help="estimate a depth map from a photo and save it")
@@ -458,7 +458,7 @@ class ConsoleProgress:
 
 
 def run(args: argparse.Namespace) -> list[Path]:
-    apply_mflux_flags(args, image_strength_flag=hasattr(args, "image_strength"))
+    apply_mflux_flags(args)
     request = base_request(args)
     image_dir = getattr(args, "image_dir", None)
     needs_no_prompt = tool_spec(args.tool).prompt_optional or args.prompts_from or request.extra.get(UPSCALER_ONLY) \

@@ -112,13 +112,13 @@ class ModelManager:
         return self.resident.side_model(folder, name, load, variant, beside, check)
 
     def encoded_image(self, model: FluxModel, image: Image.Image, width: int, height: int,
-                      tile: int = 0) -> mx.array:
+                      forced_tile: int = 0) -> mx.array:
         key = (id(model.vae), hashlib.sha256(image.tobytes()).hexdigest(), image.mode, image.size, width, height,
-               tile)
+               forced_tile)
         cached = self._encoded_images.get(key)
         if cached is not None and cached[0]() is model.vae:  # the id alone could be a freed VAE's
             return cached[1]
-        latents = encode_image(model, image, width, height, tile)
+        latents = encode_image(model, image, width, height, forced_tile)
         mx.eval(latents)
         self._encoded_images.put(key, (weakref.ref(model.vae), latents))
         return latents

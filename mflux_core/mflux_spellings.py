@@ -10,12 +10,13 @@ from mflux_core.errors import StudioError
 MFLUX_SCHEDULER = "linear"  # mflux's only built-in one: FLUX.1's shifted sigmas stepped by Euler, the studio's default
 
 
-def add_mflux_flags(parser: argparse.ArgumentParser) -> None:
+def add_mflux_flags(parser: argparse.ArgumentParser, takes_image: bool) -> None:
+    """The 0.24 spellings on a tool's parser; `--image` where the tool takes an input image (--image-path)."""
     group = parser.add_argument_group("mflux 0.24 spellings")
     group.add_argument("--lora", action="append", nargs="+", metavar=("PATH", "SCALE"),
                        help="a LoRA and its scale (default 1), as mflux 0.24 spells it; repeatable, after "
                        "--lora-paths'")
-    if any(action.dest == "image_path" for action in parser._actions):
+    if takes_image:
         group.add_argument("--image", nargs="+", metavar=("PATH", "STRENGTH"),
                            help="the input image and, where the tool takes one, its strength, as mflux 0.24 spells "
                            "--image-path / --image-strength")
@@ -28,7 +29,7 @@ def add_mflux_flags(parser: argparse.ArgumentParser) -> None:
                        "need less memory): implies --vae-tiling")
 
 
-def apply_mflux_flags(args: argparse.Namespace, image_strength_flag: bool) -> None:
+def apply_mflux_flags(args: argparse.Namespace) -> None:
     """Fold the 0.24 spellings into the flags they stand for; a value the studio cannot honour is refused."""
     for entry in args.lora or ():
         path, scale = lora_entry(entry)
@@ -42,7 +43,7 @@ def apply_mflux_flags(args: argparse.Namespace, image_strength_flag: bool) -> No
             raise StudioError("--image and --image-path name two different images: give one.")
         args.image_path = image[0]
         if len(image) == 2:
-            if not image_strength_flag:
+            if not hasattr(args, "image_strength"):  # the tool has no --image-strength
                 raise StudioError(f"This tool takes no image strength: --image {image[0]} alone.")
             args.image_strength = number(image[1], "--image's strength")
     if args.scheduler is not None and args.scheduler.strip().lower() != MFLUX_SCHEDULER:

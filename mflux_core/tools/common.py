@@ -139,19 +139,19 @@ def required_image(path: str | None, what: str, flag: str) -> Image.Image:
     return load_image(existing_file(path, what.removeprefix("an ").removeprefix("a ")))  # "The input image ..."
 
 
-def encode_pixels(model: FluxModel, pixels, tile: int = 0) -> mx.array:
+def encode_pixels(model: FluxModel, pixels, forced_tile: int = 0) -> mx.array:
     """(1, H, W, 3) pixels in [-1, 1] -> packed latents (posterior mean, normalised), float32; encoded in
-    tiles of the side `tile` asks for (the request's forced_vae_tile), or smaller ones where the whole would not fit
-    the model's memory allowance."""
+    tiles of the side `forced_tile` asks for (the request's forced_vae_tile), or smaller ones where the whole would not
+    fit the model's memory allowance."""
     _, height, width, _ = pixels.shape
-    tile = model.vae_tile(height, width, "encode", tile)
+    tile = model.vae_tile(height, width, "encode", forced_tile)
     latents = model.vae.encode(mx.array(pixels), tiled=tile is not None, tile_size=tile or 0)
     return pack_latents(latents.astype(mx.float32))
 
 
-def encode_image(model: FluxModel, image: Image.Image, width: int, height: int, tile: int = 0) -> mx.array:
+def encode_image(model: FluxModel, image: Image.Image, width: int, height: int, forced_tile: int = 0) -> mx.array:
     """An RGB image resized like diffusers' VaeImageProcessor, VAE-encoded (as encode_pixels) and packed."""
-    return encode_pixels(model, pil_to_pixels(image, width, height), tile)
+    return encode_pixels(model, pil_to_pixels(image, width, height), forced_tile)
 
 
 def start_image_inputs(model: FluxModel, inputs: ToolInputs, image: Image.Image) -> ToolInputs:
@@ -167,10 +167,10 @@ def start_image_inputs(model: FluxModel, inputs: ToolInputs, image: Image.Image)
                    estimated=inputs.estimated + (encoding_phase(model, image.size, request.forced_vae_tile),))
 
 
-def encoding_phase(model: FluxModel, size: tuple[int, int], tile: int = 0) -> tuple[str, int]:
+def encoding_phase(model: FluxModel, size: tuple[int, int], forced_tile: int = 0) -> tuple[str, int]:
     """(phase, peak bytes above the weights) of encode_pixels on an image of `size`, for the run's memory plan."""
     width, height = size
-    tile = model.vae_tile(height, width, "encode", tile)
+    tile = model.vae_tile(height, width, "encode", forced_tile)
     phase = "encoding the input image" + (f" in {tile} px tiles" if tile else "")
     return phase, vae_peak_bytes(model.vae.config, height, width, model.vae.dtype.size, "encode", tile)
 

@@ -55,10 +55,10 @@ def packed_mask(mask: np.ndarray, scale: int) -> mx.array:
     return pack_latents(mx.array(blocks.reshape(1, scale * scale, h, w)))
 
 
-def fill_conditioning(model: FluxModel, pixels: mx.array, mask: np.ndarray, tile: int = 0) -> mx.array:
+def fill_conditioning(model: FluxModel, pixels: mx.array, mask: np.ndarray, forced_tile: int = 0) -> mx.array:
     """Fill's extra channels per token: the latents of the image with the masked area blanked, then the packed
     mask; `pixels` (1, H, W, 3) in [-1, 1], `mask` (H, W) bool, True where the model paints."""
-    masked_latents = encode_pixels(model, pixels * (1.0 - mask[None, :, :, None]), tile)
+    masked_latents = encode_pixels(model, pixels * (1.0 - mask[None, :, :, None]), forced_tile)
     return mx.concatenate([masked_latents, packed_mask(mask, model.vae_scale_factor)], axis=-1)
 
 
@@ -149,15 +149,15 @@ def fill_inputs(model: FluxModel, request: GenerationRequest, image: Image.Image
         blurred = mask_weights(mask_image, request.width, request.height, request.resize_mode) if request.mask_blur \
             else None
         finish = kept_outside_mask(image, mask, request.width, request.height, blurred)
-    tile = request.forced_vae_tile
-    encoding = (encoding_phase(model, (request.width, request.height), tile),)
+    forced_tile = request.forced_vae_tile
+    encoding = (encoding_phase(model, (request.width, request.height), forced_tile),)
     if is_base_model(model):  # the image's latents are kept outside the mask: from noise inside, unless a strength
-        return ToolInputs(request, conditioning, start_image_latents=encode_pixels(model, start, tile),
+        return ToolInputs(request, conditioning, start_image_latents=encode_pixels(model, start, forced_tile),
                           image_strength=request.image_strength, finish=finish, notes=notes,
                           estimated=encoding, repaint_mask=latent_mask(mask, model.vae_scale_factor,
                                                                        model.latent_channels))
-    conditioning.extra_channels = fill_conditioning(model, pixels, mask, tile).astype(model.dtype)
-    start_latents = None if request.image_strength is None else encode_pixels(model, start, tile)
+    conditioning.extra_channels = fill_conditioning(model, pixels, mask, forced_tile).astype(model.dtype)
+    start_latents = None if request.image_strength is None else encode_pixels(model, start, forced_tile)
     return ToolInputs(request, conditioning, start_image_latents=start_latents, image_strength=request.image_strength,
                       finish=finish, notes=notes, estimated=encoding)
 
