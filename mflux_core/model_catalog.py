@@ -16,13 +16,14 @@ from mflux_core.downloads import cached_repo_folder, hf_cache_dir
 from mflux_core.errors import StudioError
 from mflux_core.hub_blobs import partial_files_bytes, repo_folder as cached_repo_path  # noqa: F401 (re-exported)
 from mflux_core.memory import gb_text
-from mflux_core.registry import ALIAS_KINDS, file_kind, folder_kind, is_single_file_checkpoint
+from mflux_core.registry import UNREADABLE, ALIAS_KINDS, file_kind, folder_kind, is_single_file_checkpoint
 from mflux_core.resident import names_folder
 from mflux_core.weights.resolve import ALIASES, DEMO_MODELS, demo_models_dir
 
 KIND_LABELS = {"base": "base", "fill": "Fill", "depth": "Depth / Canny", "kontext": "Kontext",
                "controlnet": "ControlNet", "redux": "Redux", "depth-estimator": "estimator",
-               "single-file": "base (single file)", "vae": "VAE", "text-encoder": "text encoder", "lora": "LoRA"}
+               "single-file": "base (single file)", "vae": "VAE", "text-encoder": "text encoder", "lora": "LoRA",
+               UNREADABLE: "unreadable file"}
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class CatalogRow:
     kind: str  # a KIND_LABELS value, or "other" for a cached repo that is not a model we run
     where: str  # "Hugging Face cache", "Hugging Face" (not downloaded), "built-in", "models folder", "LoRA library"
     size_bytes: int  # on disk now (0 when not downloaded)
-    state: str  # "complete", "partial" (a download to continue) or "not downloaded"
+    state: str  # "complete", "partial" (a download to continue), "not downloaded", or a file's "incomplete or damaged"
     resident: str = ""  # "" or the quantization it is loaded at ("8-bit", "full precision")
     repo_id: str | None = None  # the Hugging Face repo behind it, when there is one
     path: Path | None = None  # the folder or file on disk
@@ -92,7 +93,8 @@ def catalog(models_dir: Path | None, lora_folders: list[Path], resident: list[di
                 continue
             kind = file_kind(path) if is_single_file_checkpoint(path) else folder_kind(path)
             if kind:
-                rows.append(CatalogRow(path.name, KIND_LABELS[kind], "models folder", folder_bytes(path), "complete",
+                state = "incomplete or damaged" if kind == UNREADABLE else "complete"
+                rows.append(CatalogRow(path.name, KIND_LABELS[kind], "models folder", folder_bytes(path), state,
                                        resident_quantization(path, resident), path=path))
     known = set(ALIASES.values())
     for repo in sorted(set(sizes) - known):

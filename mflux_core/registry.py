@@ -39,7 +39,7 @@ FLUX_TOKEN_SIDE = 16
 @dataclass(frozen=True)
 class ModelEntry:
     name: str  # what to put in GenerationRequest.model
-    kind: str  # base, fill, depth, kontext, controlnet, redux, depth-estimator, single-file
+    kind: str  # base, fill, depth, kontext, controlnet, redux, depth-estimator, single-file, unreadable
     where: str  # "alias", "built-in" (a demo model), "models folder" or "HF cache"
     available: bool  # files are on disk (no download needed)
     native_side: int = FLUX_SIDE  # the side a text-to-image request gets by default (64 for the demo models)
@@ -84,12 +84,15 @@ def is_single_file_checkpoint(path: Path) -> bool:
     return path.is_file() and (path.suffix == ".safetensors" or is_gguf(path))
 
 
+UNREADABLE = "unreadable"  # a file no tool is offered (it would be every tool's default): incomplete, not safetensors
+
+
 def file_kind(path: Path) -> str:
     """_file_kind of the file as it is now: its header is read once, not at every listing of the models."""
     try:
         stat = Path(path).stat()
     except OSError:
-        return "single-file"  # gone or unreadable: loading it says what is wrong
+        return UNREADABLE
     return _file_kind(Path(path), stat.st_mtime_ns, stat.st_size)
 
 
@@ -99,7 +102,7 @@ def _file_kind(path: Path, mtime_ns: int, size: int) -> str:
     (weights/controlnet_files.py), a VAE or text encoder (ComfyUI's ae, clip_l, t5xxl: weights/split_files.py),
     a Fill or a Depth / Canny transformer (BFL's flux1-fill-dev.safetensors, ...: its input channels), a Kontext one
     (its shape is a base model's, so its name says it: flux1-kontext-dev.safetensors), else a base single-file
-    transformer."""
+    transformer; UNREADABLE when its header cannot be read (a download still under way, a truncated copy)."""
     split = split_file_kind(path)
     if split is not None:
         return "vae" if split == "vae" else "text-encoder"
@@ -109,7 +112,7 @@ def _file_kind(path: Path, mtime_ns: int, size: int) -> str:
                 if is_controlnet_file(weights.keys()):
                     return "controlnet"
         except (OSError, SafetensorError):
-            return "single-file"  # loading it says what is wrong
+            return UNREADABLE
     shape = single_file_shape(path)
     if shape is None or shape.kind == "base":
         return "kontext" if "kontext" in path.name.lower() else "single-file"

@@ -470,7 +470,7 @@ def test_registry_lists_aliases_models_folder_and_cache_without_loading(tiny_dev
     assert entries["schnell"].available and not entries["dev"].available
     assert (entries["my-dev"].kind, entries["my-dev"].where) == ("base", "models folder")
     assert entries["my-fill"].kind == "fill"
-    assert entries["finetune.safetensors"].kind == "single-file"
+    assert entries["finetune.safetensors"].kind == "unreadable"  # offered to no tool; the Models tab says so
     assert "notes" not in entries
     assert (entries["someone/flux-finetune"].where, entries["someone/flux-finetune"].kind) == ("HF cache", "base")
     assert manager.resident.load_counts == {"transformer": 0, "vae": 0, "text_encoders": 0}

@@ -9,11 +9,13 @@ from safetensors.torch import load_file, save_file
 
 from mflux_core.errors import ModelLoadError
 from mflux_core.manager import ModelManager
+from mflux_core.model_catalog import catalog
 from mflux_core.registry import list_models
 from mflux_core.request import GenerationRequest
 from tests.fixtures.tiny_flux import TinyFluxSpec, build_tiny_flux
 from tests.parity import max_uint8_diff, run_cli
 from tests.test_transformer import diffusers_to_bfl
+from webui.widgets import default_model, model_choices
 
 
 def write_bfl_file(folder, path):
@@ -53,6 +55,18 @@ def test_single_files_are_listed_as_their_models_kind(models):
     assert kinds["flux1-depth-dev.safetensors"] == "depth"
     assert kinds["flux1-kontext-dev.safetensors"] == "kontext"  # a base model's shape: its name says Kontext
     assert kinds["finetune.safetensors"] == "single-file"
+
+
+def test_a_truncated_file_is_listed_as_unreadable_and_never_a_tools_default(models):
+    whole = (models / "finetune.safetensors").read_bytes()
+    (models / "finetune.safetensors").unlink()
+    (models / "a-download.safetensors").write_bytes(whole[: len(whole) // 2])  # a copy or download still under way
+    entries = list_models(models)
+    assert {e.name: e.kind for e in entries}["a-download.safetensors"] == "unreadable"
+    assert default_model(entries, "generate") == "a-other-heads"  # was the broken file, the first "base" by name
+    assert "a-download.safetensors" not in [name for _, name in model_choices(entries, "generate")]
+    row = next(row for row in catalog(models, [], []) if row.name == "a-download.safetensors")
+    assert (row.kind, row.state) == ("unreadable file", "incomplete or damaged")
 
 
 def test_a_fill_file_picked_by_name_runs_on_the_folder_with_its_shape(models, tiny_dev, tmp_path):
