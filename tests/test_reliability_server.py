@@ -149,6 +149,30 @@ def test_the_server_binds_only_this_machine(server):
     assert listening == {"127.0.0.1"}
 
 
+def test_a_foreign_web_page_or_host_name_cannot_use_the_studio(root, server):
+    """A page from another origin may send a browser's 'simple' POST (text/plain, a form) with no preflight: it would
+    run jobs, change options and upload files; a DNS-rebinding page (another name for 127.0.0.1) could read too."""
+    own = server.url.rstrip("/")
+    body = '{"prompt": "a boat", "steps": 1, "width": 32, "height": 32}'
+    foreign = {"Origin": "http://evil.test:8000", "Content-Type": "text/plain"}
+    before = set(result_files(root.outputs))
+    for path in ("sdapi/v1/txt2img", "sdapi/v1/options", "sdapi/v1/unload-checkpoint", "v1/images/generations"):
+        refused = httpx.post(server.url + path, content=body, headers=foreign, timeout=30)
+        assert refused.status_code == 403 and "A web page from http://evil.test:8000 may not use" in \
+            refused.json()["detail"], (path, refused.text)
+    upload = httpx.post(server.url + "gradio_api/upload", files={"files": ("a.png", b"x")},
+                        headers={"Origin": "null"})
+    assert upload.status_code == 403
+    rebound = httpx.get(server.url + "sdapi/v1/options", headers={"Host": f"rebind.evil.test:{server.port}"})
+    assert rebound.status_code == 403 and "served to this machine only" in rebound.json()["detail"]
+    assert set(result_files(root.outputs)) == before
+    for headers in ({}, {"Origin": own}, {"Origin": f"http://localhost:{server.port}",
+                                          "Host": f"localhost:{server.port}"}):
+        assert httpx.post(server.url + "sdapi/v1/options", json={"samples_format": "png"},
+                          headers=headers).status_code == 200, headers
+    assert httpx.get(server.url, headers={"Host": f"[::1]:{server.port}"}).status_code == 200
+
+
 GENERIC_GRADIO_ERROR = "has not enabled verbose error reporting"
 
 
@@ -293,8 +317,14 @@ def test_listen_and_auth_flags(monkeypatch, tmp_path):
     base = ["--models-dir", str(tmp_path / "models"), "--outputs-dir", str(tmp_path / "outputs")]
     app.main(base)
     app.main([*base, "--listen", "--auth", "me:secret"])
+    app.main([*base, "--host", "0.0.0.0", "--auth", "me:secret"])  # the password held only with --listen
+    app.main([*base, "--auth", "me:secret"])
     assert launched[0]["server_name"] == "127.0.0.1" and launched[0]["auth"] is None
     assert launched[1]["server_name"] == "0.0.0.0" and launched[1]["auth"] == ("me", "secret")
+    assert [(call["server_name"], call["auth"]) for call in launched[2:]] == [("0.0.0.0", ("me", "secret")),
+                                                                              ("127.0.0.1", ("me", "secret"))]
+    with pytest.raises(SystemExit):
+        app.parse_args(["--listen", "--host", "192.168.1.5"])
     allowed = launched[0]["allowed_paths"]
     assert str((tmp_path / "outputs").resolve()) in allowed and "/" not in allowed
     with pytest.raises(SystemExit):

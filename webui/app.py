@@ -10,6 +10,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import mflux_core  # noqa: E402,F401  (loads OpenBLAS before anything imports mlx.core)
 import gradio as gr  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 from mflux_core.cli import add_memory_budget_flag  # noqa: E402
 from mflux_core.demo.examples import write_examples  # noqa: E402
@@ -26,6 +27,7 @@ from webui.panels import concept, plot, train  # noqa: E402
 from webui.panels import models as models_tab  # noqa: E402
 from webui.gallery import settings_to_send  # noqa: E402
 from webui.presets_ui import apply_settings  # noqa: E402
+from webui.request_guard import RequestGuard, is_loopback  # noqa: E402
 from webui.panels.queue import render as render_queue  # noqa: E402
 from webui.studio import Studio, StudioFolders, StudioOutputs  # noqa: E402
 from webui.turns import EngineTurns  # noqa: E402
@@ -47,7 +49,8 @@ CSS = """
 class StudioBlocks(gr.Blocks):
     """The page; launching it serves OpenAI's images API and A1111's /sdapi/v1 on the same server too (unless
     `openai_api` / `a1111_api` is off), asking API clients for the page's `auth` credentials when it has them
-    (HTTP basic)."""
+    (HTTP basic); every route behind the request guard (webui.request_guard: no foreign web page, no foreign host
+    name on a studio bound to this machine)."""
 
     studio: Studio
     openai_api: bool = True
@@ -55,6 +58,9 @@ class StudioBlocks(gr.Blocks):
 
     def launch(self, *args, auth=None, app_kwargs: dict | None = None, **kwargs):
         app_kwargs = dict(app_kwargs or {})
+        server_name = kwargs.get("server_name") or os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
+        app_kwargs["middleware"] = [*app_kwargs.get("middleware", []),
+                                    Middleware(RequestGuard, loopback_only=is_loopback(server_name))]
         routers = [router for on, router in ((self.openai_api, openai_router), (self.a1111_api, sdapi_router)) if on]
         for router in routers:  # given to the FastAPI app Gradio builds, so they are there from the first request
             app_kwargs["routes"] = [*app_kwargs.get("routes", []), *router(self.studio, auth).routes]
@@ -176,9 +182,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--styles-dir", type=Path, default=Path("styles"),
                         help="folder of A1111 styles files (styles.csv: name, prompt, negative_prompt), picked by name "
                         "under the prompt (default ./styles)")
-    parser.add_argument("--listen", action="store_true", help="bind 0.0.0.0 so other machines can connect")
-    parser.add_argument("--auth", help="user:password required to open the page and use its APIs (only with "
-                                       "--listen)")
+    parser.add_argument("--listen", action="store_true", help="bind 0.0.0.0 so other machines can connect (as "
+                        "--host 0.0.0.0)")
+    parser.add_argument("--auth", help="user:password required to open the page and use its APIs")
     parser.add_argument("--no-openai-api", dest="openai_api", action="store_false",
                         help="do not serve OpenAI's images API (/v1/images/generations, /v1/images/edits, /v1/models)")
     parser.add_argument("--no-a1111-api", dest="a1111_api", action="store_false",
@@ -199,6 +205,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--replicas takes a positive count, with --cluster")
     if args.auth is not None and ":" not in args.auth:
         parser.error("--auth takes user:password")
+    if args.listen and args.host != parser.get_default("host"):
+        parser.error("--listen binds 0.0.0.0 (every interface); give it or --host, not both")
     if args.unload_after is not None and not 0 < args.unload_after <= 10_000:
         parser.error("--unload-after takes minutes, more than 0")
     if args.unload_after is not None and args.cluster:
@@ -233,15 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     app = build_app(manager, folders, max_queue_size=args.max_queue, openai_api=args.openai_api,
                     a1111_api=args.a1111_api)
     host = "0.0.0.0" if args.listen else args.host
-    auth = None
-    if args.auth and args.listen:
-        auth = tuple(args.auth.split(":", 1))
-    elif args.auth:
-        print("Note: --auth only applies with --listen; the page is served to this machine only.", file=sys.stderr)
-    elif args.listen:
-        print("Warning: --listen without --auth lets anyone on your network use the studio.", file=sys.stderr)
-    print(f"mflux-studio: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{args.port}"
-          f"{' (listening on all interfaces)' if args.listen else ''}"
+    auth = tuple(args.auth.split(":", 1)) if args.auth else None
+    if not auth and not is_loopback(host):
+        print(f"Warning: bound to {host} without --auth: anyone who can reach this machine can use the studio.",
+              file=sys.stderr)
+    everywhere = host in ("0.0.0.0", "::")
+    print(f"mflux-studio: http://{'127.0.0.1' if everywhere else host}:{args.port}"
+          f"{' (listening on all interfaces)' if everywhere else ''}"
           f"{'; OpenAI images API under /v1' if args.openai_api else ''}"
           f"{'; A1111 API under /sdapi/v1' if args.a1111_api else ''}", flush=True)
     # Our handlers turn every error into a status line (a refused input also ends its event with the sentence);
