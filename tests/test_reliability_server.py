@@ -305,6 +305,24 @@ def test_no_endpoint_takes_a_server_path_it_was_not_given(root, server):
         assert "Done" not in text, text
         tried += 1
     assert tried == 9
+    # a model named as text (a prompt-list line, a plot axis, A1111's prompt-list script): the studio's models only
+    elsewhere = root.path / "elsewhere-schnell"
+    elsewhere.symlink_to(root.models / "tiny-schnell", target_is_directory=True)
+    before = set(result_files(root.outputs))
+    for model in (str(elsewhere), "someone/any-flux-repo", "/" + "a" * 5000):
+        status, _ = page_reply(client, {**FAST, "prompt_lines": f'--prompt "a boat" --model {model}'})
+        assert "is not one of the studio's" in status and "Done" not in status, status
+        status, _ = page_reply(client, {"prompt": "a boat", "model": "tiny-schnell", "steps": "1", "width": 32,
+                                        "height": 32, "x_kind": "model", "x_values": f"tiny-schnell, {model}"},
+                               "/plot")
+        assert "is not one of the studio's" in status and "Done" not in status, status
+        answer = httpx.post(f"{server.url}sdapi/v1/txt2img", timeout=120, json={
+            "prompt": "a boat", "steps": 1, "width": 32, "height": 32, "script_name": "prompts from file or textbox",
+            "script_args": [False, False, "start", f'--prompt "a boat" --model "{model}"']})
+        assert answer.status_code == 400 and "is not one of the studio's" in answer.json()["detail"], answer.text
+    assert set(result_files(root.outputs)) == before
+    status, _ = page_reply(client, {**FAST, "prompt_lines": '--prompt "a boat" --model tiny-schnell'})
+    assert "Done: 1 image" in status, status
 
 
 def test_listen_and_auth_flags(monkeypatch, tmp_path):

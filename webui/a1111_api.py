@@ -307,7 +307,7 @@ def run_job(studio, state: SdApiState, job: ApiJob, requests: list[GenerationReq
         cancel = studio.jobs.begin(API_SESSION, entry.cancel)  # /interrupt and the queue's Stop alike
         state.job = job
         try:
-            with closing(studio.manager.batch(requests, cancel.is_set)) as runs:  # on a cluster: over the replicas
+            with closing(studio.batch(requests, cancel.is_set)) as runs:  # on a cluster: over the replicas
                 for run in runs:
                     results.append(run(job.report))
                     if save:

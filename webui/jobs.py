@@ -171,7 +171,7 @@ def run_job(studio, view: JobView, build: RequestBuilder, values: dict, session:
         for request in requests:
             if request.tool not in studio.available_tools():
                 raise StudioError(f"The {request.tool} tool is not available in this version of the studio yet.")
-        with closing(studio.manager.batch(requests, cancel.is_set)) as runs:
+        with closing(studio.batch(requests, cancel.is_set)) as runs:
             for index, run in enumerate(runs, start=1):
                 result = yield from follow(run, cancel, image_progress(view, index, len(requests)))
                 path = save_result(studio.folders.outputs, result)

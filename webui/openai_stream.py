@@ -65,7 +65,7 @@ def run_streamed(emit: Callable[[dict], None], gone, studio, requests: list[Gene
     """Run the requests in the engine's turn (stopped by the queue's Stop or the client leaving), emitting each
     image's chosen step previews and then the saved image."""
     with studio.turns.turn(**request_about(requests), source=source, cancel=gone) as entry:
-        with closing(studio.manager.batch(requests, entry.cancel.is_set)) as runs:
+        with closing(studio.batch(requests, entry.cancel.is_set)) as runs:
             for run in runs:
                 sent = []
 

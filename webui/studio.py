@@ -10,7 +10,7 @@ from pathlib import Path
 import gradio as gr
 
 from mflux_core.downloads import Downloads
-from mflux_core.errors import StudioError
+from mflux_core.errors import InvalidRequest, StudioError
 from mflux_core.lora.library import library_names, lora_folders
 from mflux_core.tools.specs import TOOL_NAMES
 from webui import gallery
@@ -104,6 +104,19 @@ class Studio:
 
     def model_names(self) -> set[str]:
         return {entry.name for entry in self.manager.list_models()}
+
+    def batch(self, requests: list, cancelled):
+        """The engine's batch (ModelManager.batch) for requests from the page and the APIs, whose models must be
+        ones the studio lists: a prompt-list line and a plot axis name theirs as text, and the engine takes any path
+        or repo id (for the CLI's --model), which would let a client read files anywhere or start any download."""
+        listed = self.model_names()
+        for request in requests:
+            if request.model is not None and request.model not in listed:
+                shown = request.model if len(request.model) <= 80 else request.model[:80] + "…"
+                raise InvalidRequest(f"The model {shown!r} is not one of the studio's (its model pickers, the Models "
+                                     "tab and GET /sdapi/v1/sd-models list them): a path or another repo goes in the "
+                                     "models folder first.", setting="model")
+        return self.manager.batch(requests, cancelled)
 
     def history(self) -> list[tuple[str, str]]:
         return gallery.history(self.folders.outputs)

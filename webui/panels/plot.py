@@ -88,7 +88,7 @@ def run_plot(studio, view, values: dict, session: str):
         axes, cells = plot_requests(values, studio.request_context())
         images = {}
         try:
-            with closing(studio.manager.batch([cell.request for cell in cells], cancel.is_set)) as runs:  # fan-out
+            with closing(studio.batch([cell.request for cell in cells], cancel.is_set)) as runs:  # fan-out
                 for index, (cell, run) in enumerate(zip(cells, runs), start=1):
                     result = yield from follow(run, cancel, image_progress(view, index, len(cells)))
                     path = save_result(studio.folders.outputs, result)
