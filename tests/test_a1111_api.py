@@ -951,6 +951,18 @@ def test_options_post_switches_the_model_for_later_requests(studio):
     assert answer(studio.http.get("/options"))["sd_model_checkpoint"] == "demo"
 
 
+def test_options_kept_for_show_are_held_to_what_can_be_kept_and_answered_back(studio):
+    """Each POST may be 64 MB and every unknown option was kept for good (~60 MB more memory a request); a value
+    nested ~960 deep was kept but made every later GET /options fail."""
+    deep = '{"deep": ' + "[" * 960 + "]" * 960 + f', "sd_model_checkpoint": "{COPY}"}}'  # json.dumps cannot
+    for fields in ({"a_long_one": "x" * 100_000}, deep, {f"option_{n}": n for n in range(3000)}):
+        body = fields if isinstance(fields, str) else json.dumps(fields | {"sd_model_checkpoint": COPY})
+        refused = studio.http.post("/options", content=body, headers={"Content-Type": "application/json"})
+        assert refused.status_code == 400 and "keep" in refused.json()["detail"], refused.text
+    options = answer(studio.http.get("/options"))
+    assert not {"a_long_one", "deep", "option_5"} & set(options) and options["sd_model_checkpoint"] == "demo"
+
+
 def test_img2img_answers_leave_out_the_inputs_and_keep_none_unless_the_images_are_saved(studio):
     """As A1111: the answer's parameters repeat the init images and mask only with include_init_images, and with
     save_images off (its default) no input is kept on disk; a saved result keeps the input its metadata names."""

@@ -252,6 +252,35 @@ def memory_answer(studio) -> dict:
                      "inactive": {"current": mlx["cache"], "peak": mlx["cache"]}, "events": {"retries": 0, "oom": 0}}}
 
 
+MAX_KEPT_OPTIONS, MAX_OPTION_CHARS, MAX_OPTION_NESTING = 2000, 10_000, 16  # A1111's ~500: names, numbers, lists
+
+
+def nesting(value) -> int:
+    """How deep lists and objects nest in a JSON value (counted without recursion: the value may be ~1000 deep)."""
+    deepest, pending = 0, [(value, 0)]
+    while pending:
+        value, depth = pending.pop()
+        deepest = max(deepest, depth)
+        if isinstance(value, (list, dict)):
+            pending.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
+def options_to_keep(kept: dict, fields: dict) -> dict:
+    """The options the studio does not use but shows back, as A1111 would; 400 for what would not fit in memory
+    for long (each POST may be 64 MB) or could not be answered back (JSON nested past the encoder's depth)."""
+    if len(kept.keys() | fields.keys()) > MAX_KEPT_OPTIONS:
+        raise SdApiError(400, f"The studio keeps at most {MAX_KEPT_OPTIONS:,} options; A1111 has about 500.")
+    for key, value in fields.items():
+        if nesting(value) > MAX_OPTION_NESTING:
+            raise SdApiError(400, f"The option {key[:80]!r} nests lists or objects too deeply to keep (over "
+                                  f"{MAX_OPTION_NESTING} levels): A1111's options are names, numbers and short lists.")
+        if len(key) + len(json.dumps(value)) > MAX_OPTION_CHARS:
+            raise SdApiError(400, f"The option {key[:80]!r} is too large to keep (over {MAX_OPTION_CHARS:,} "
+                                  "characters of JSON): A1111's options are names, numbers and short lists.")
+    return fields
+
+
 def sd_model(name: str) -> dict:
     return {"title": name, "model_name": name, "hash": None, "sha256": None, "filename": name, "config": None}
 
@@ -707,6 +736,8 @@ def sdapi_router(studio, auth=None) -> APIRouter:
     @route("POST", "/sdapi/v1/options")
     async def set_options(request: Request):
         fields = await json_object(request, SdApiError)
+        shown = options_to_keep(state.options, {key: value for key, value in fields.items()
+                                                if key != "sd_model_checkpoint" and key not in MODULE_OPTIONS})
         if "sd_model_checkpoint" in fields:  # null: back to each tool's default model
             title = fields.pop("sd_model_checkpoint")
             state.checkpoint = None if title is None else checkpoint_name(studio, title)
@@ -714,8 +745,7 @@ def sdapi_router(studio, auth=None) -> APIRouter:
             options = {**state.module_options, **chosen_options(fields)}
             model_settings(studio, options)  # 400 for what the studio cannot use, before it is kept
             state.module_options = options
-            fields = {key: value for key, value in fields.items() if key not in MODULE_OPTIONS}
-        state.options.update(fields)  # kept and shown, not used
+        state.options.update(shown)  # kept and shown, not used
         return JSONResponse(None)
 
     @route("GET", "/sdapi/v1/progress")
