@@ -303,11 +303,25 @@ def list_presets(folders: list[tuple[Path, str]]) -> tuple[list[Preset], list[st
     return sorted(by_name.values(), key=lambda p: (p.source != "user", p.name.lower())), problems
 
 
+def _named_file(folder: Path, name: str) -> Path:
+    """The file of the preset `name` in `folder`; refused when that file holds a preset of another name (names
+    that differ only in case or punctuation share a file name: "My Look" and "my look!" are my-look.json)."""
+    path = Path(folder) / preset_file_name(name)
+    try:
+        holder = read_preset_file(path).name if path.is_file() else name
+    except PresetError:  # a damaged file: replacing or deleting it loses nothing
+        holder = name
+    if holder != name:
+        raise PresetError(f"The preset {name!r} would go into {path.name}, which holds the preset {holder!r}: give "
+                          "it a name that differs in more than case or punctuation.")
+    return path
+
+
 def save_preset(folder: Path, preset: Preset) -> Path:
     """Write (or replace) the preset's file in `folder` atomically."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / preset_file_name(preset.name)
+    path = _named_file(folder, preset.name)
     temp = folder / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:
         temp.write_text(preset_json(preset), encoding="utf-8")
@@ -319,7 +333,7 @@ def save_preset(folder: Path, preset: Preset) -> Path:
 
 
 def delete_preset(folder: Path, name: str) -> None:
-    path = Path(folder) / preset_file_name(name)
+    path = _named_file(folder, name)
     if not path.is_file():
         raise PresetError(f"There is no user preset named {name!r} (shipped presets cannot be deleted).")
     path.unlink()

@@ -121,6 +121,12 @@ def test_save_list_and_delete_user_presets(tmp_path):
     assert len(problems) == 1 and "broken.json" in problems[0]
     save_preset(user, Preset("My Draft!", {"tool": "generate", "steps": 9}))  # saving again replaces it
     assert read_preset_file(path).settings["steps"] == 9
+    for action in (lambda: save_preset(user, Preset("my draft", {"tool": "fill", "steps": 2})),
+                   lambda: delete_preset(user, "MY-DRAFT")):  # the same file name, another preset's: it replaced it
+        with pytest.raises(PresetError, match=r"^The preset '(my draft|MY-DRAFT)' would go into my-draft.json, which "
+                                              r"holds the preset 'My Draft!'"):
+            action()
+    assert read_preset_file(path).settings["steps"] == 9
     delete_preset(user, "My Draft!")
     assert not path.exists()
     with pytest.raises(PresetError, match="no user preset"):
