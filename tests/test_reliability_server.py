@@ -286,6 +286,8 @@ def test_files_outside_the_allowed_folders_are_never_served(root, server):
                         root.models / "tiny-schnell" / "model_index.json", "%2e%2e/%2e%2e/etc/passwd"):
             response = httpx.get(f"{server.url}gradio_api/file={outside}")
             assert response.status_code in (403, 404) and b"root:" not in response.content, outside
+        history, _ = client_for(server).predict(api_name="/history")  # the link left out, the results shown
+        assert history and not any("link" in str(item) for item in history), history
     finally:
         (day / "link.png").unlink()
 

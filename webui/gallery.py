@@ -77,6 +77,6 @@ def history(outputs_dir: Path, limit: int = HISTORY_LIMIT) -> list[tuple[str, st
     if not root.is_dir():
         return []
     paths = [p for folder in root.iterdir() if folder.is_dir() and DATE_FOLDER.match(folder.name)
-             for p in folder.glob("*.png")]
+             for p in folder.glob("*.png") if not p.is_symlink()]  # never a result: Gradio refused the whole gallery
     paths.sort(key=lambda p: (p.stat().st_mtime, p.name), reverse=True)
     return [(str(p), caption(p)) for p in paths[:limit]]
