@@ -1,7 +1,7 @@
 """X/Y/Z plots: one to three axes, each a setting and its values, and the request of every cell.
 
-Values are written as A1111 writes them: a list (`2.5, 3.5`), an integer range (`1-5`, every whole
-number), a range with a step (`0.5-1.0 (+0.25)`) or with a count (`1-10 [4]`). "Prompt S/R" replaces
+Values are written as A1111 writes them: a list (`2.5, 3.5`; a quoted value keeps its commas), a range (`1-5`,
+steps of 1), a range with a step (`0.5-1.0 (+0.25)`) or with a count (`1-10 [4]`), or several (`1-3, 7`). "Prompt S/R" replaces
 its first value in the prompt by each value in turn (the first cell keeps the prompt as it is); "Prompt order"
 puts its terms, found in the prompt, in every order in turn (`cat, hat, red`: six cells). Sampler and
 schedule values are names or A1111's labels (`euler, dpm++2m` or `Euler, DPM++ 2M`; `karras, beta`). LoRA
@@ -15,6 +15,8 @@ Every cell is a GenerationRequest validated before anything runs; the cells are 
 cells of one model run one after another, without a reload between them.
 """
 
+import csv
+import io
 import itertools
 import math
 import re
@@ -55,30 +57,48 @@ def check_axis_length(count: int, text: str, what: str) -> None:
                              f"{MAX_AXIS_VALUES:,} an axis takes.")
 
 
-def _numbers(text: str, whole: bool, what: str) -> tuple:
-    match = RANGE.match(text)
+def _range(item: str, whole: bool, what: str) -> list | None:
+    """One item's values when it is a range, as A1111 spells them out (None when it is not one): every whole number
+    or a step of 1, or the step in brackets, ends included; `[count]` values spaced evenly, whole ones cut down as
+    A1111's int(x) cuts them (1-10 [5] is 1, 3, 5, 7, 10)."""
+    match = RANGE.match(item)
     if match is None:
-        return tuple(_number(part, whole, what) for part in text.split(",") if part.strip())
+        return None
     start, end = _number(match.group(1), whole, what), _number(match.group(2), whole, what)
-    if match.group(4):  # [count]: evenly spaced, ends included
+    if match.group(4):
         count = _number(match.group(4), True, what)
         if count < 1:
             raise InvalidRequest(f"{what}: a range needs at least one value.")
-        check_axis_length(count, text, what)
+        check_axis_length(count, item, what)
         values = [start + (end - start) * i / max(count - 1, 1) for i in range(count)]
-        return tuple(round(v) if whole else round(v, 6) for v in values)
-    step = _number(match.group(3), whole, what) if match.group(3) else (1 if whole else None)
-    if step is None:
-        raise InvalidRequest(f"{what}: a range of decimals needs a step, e.g. '0.5-1.0 (+0.25)'.")
+        return [int(v) if whole else round(v, 6) for v in values]
+    step = _number(match.group(3), whole, what) if match.group(3) else 1
     if step == 0 or (end - start) * step < 0:
         raise InvalidRequest(f"{what}: the step {step:g} does not lead from {start:g} to {end:g}.")
     count = int((end - start) / step + 1e-9) + 1
-    check_axis_length(count, text, what)
-    return tuple(start + i * step if whole else round(start + i * step, 6) for i in range(count))
+    check_axis_length(count, item, what)
+    return [start + i * step if whole else round(start + i * step, 6) for i in range(count)]
+
+
+def _numbers(text: str, whole: bool, what: str) -> tuple:
+    """A1111's numbers: items of numbers and ranges, one after another (`1-3, 7`: 1, 2, 3, 7)."""
+    values = []
+    for item in _texts(text, what):
+        spelled = _range(item, whole, what)
+        values.extend(spelled if spelled is not None else [_number(item, whole, what)])
+        check_axis_length(len(values), text, what)
+    return tuple(values)
 
 
 def _texts(text: str, what: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+    """The comma-separated items, read as A1111 reads them (CSV): a quoted item keeps its commas."""
+    rows = csv.reader(io.StringIO(text), skipinitialspace=True)
+    return tuple(item.strip() for row in rows for item in row if item.strip())
+
+
+def values_text(values) -> str:
+    """Values written back as an axis reads them: quoted where one holds a comma or a quote."""
+    return ", ".join('"' + v.replace('"', '""') + '"' if any(c in v for c in ',"') else v for v in map(str, values))
 
 
 def _size(text: str, what: str) -> tuple[tuple[int, int], ...]:

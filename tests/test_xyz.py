@@ -20,6 +20,12 @@ from mflux_core.xyz import parse_axis, parse_axis_flag, plot_cells, plot_grids
     ("guidance", "2.5, 3.5", (2.5, 3.5)),
     ("true-cfg", "1-4 (+1.5)", (1.0, 2.5, 4.0)),
     ("seed", "1-10 [4]", (1, 4, 7, 10)),
+    ("seed", "1-10 [5]", (1, 3, 5, 7, 10)),  # A1111's int() of numpy's linspace: cut down, not rounded
+    ("steps", "1-3, 7", (1, 2, 3, 7)),
+    ("guidance", "2.5, 3.5, 1-2 (+0.5)", (2.5, 3.5, 1.0, 1.5, 2.0)),
+    ("guidance", "3-5", (3.0, 4.0, 5.0)),  # a step of 1, as A1111's float ranges
+    ("prompt-sr", '"red circle", "blue, square", green', ("red circle", "blue, square", "green")),
+    ("styles", 'none, "Comma, style", Vivid', ("none", "Comma, style", "Vivid")),
     ("steps", "5-1 (-2)", (5, 3, 1)),
     ("size", "64x64, 128x96", ((64, 64), (128, 96))),
     ("model", "demo, demo-fill", ("demo", "demo-fill")),
@@ -31,7 +37,6 @@ def test_values_are_read_as_a1111_writes_them(kind, text, values):
 
 @pytest.mark.parametrize("flag, sentence", [
     ("steps=1.5, 2", "not a whole number"),
-    ("guidance=0.5-1.0", "needs a step"),
     ("guidance=1-2 (-0.5)", "does not lead from"),
     ("guidance=nan", "must be a finite number"),
     ("colour=red", "Unknown plot axis"),

@@ -18,7 +18,7 @@ from mflux_core.styles import picked_styles, read_styles
 from mflux_core.weights.module_files import module_files
 from mflux_core.xyz import (
     AXIS_KINDS, MAX_CELLS, NO_LORA, NO_STYLE, OWN_FILES, Axis, parse_axis, plot_cells, plot_grids, prompt_matrix,
-    resolve_loras, resolve_styles,
+    resolve_loras, resolve_styles, values_text,
 )
 from webui.gallery import save_grids, save_result
 from webui.hires_ui import UPSCALER_NOTES, hires_controls, hires_settings, hires_values
@@ -113,11 +113,11 @@ def library_values(studio):
     style of the styles folder: to cut down."""
     def values(kind: str):
         if kind == "lora":
-            return ", ".join([NO_LORA, *sorted(studio.lora_library())])
+            return values_text([NO_LORA, *sorted(studio.lora_library())])
         if kind == "modules":
-            return ", ".join([OWN_FILES, *module_files(studio.manager.models_dir)])
+            return values_text([OWN_FILES, *module_files(studio.manager.models_dir)])
         if kind == "styles":
-            return ", ".join([NO_STYLE, *read_styles(studio.folders.styles)])
+            return values_text([NO_STYLE, *read_styles(studio.folders.styles)])
         return gr.update()
 
     return values
