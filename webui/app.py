@@ -20,7 +20,7 @@ from mflux_core.presets import settings_from_png  # noqa: E402
 from webui.a1111_api import sdapi_router  # noqa: E402
 from webui.api_server import MAX_BODY_BYTES  # noqa: E402
 from webui.jobs import safe_action, message_markdown  # noqa: E402
-from webui.number_inputs import check_number_fields  # noqa: E402
+import webui.number_inputs  # noqa: E402,F401  (the page's number fields refuse bad values by name)
 from webui.openai_api import openai_router  # noqa: E402
 from webui.panels import controlnet, depth, fill, generate, in_context, kontext, redux  # noqa: E402
 from webui.panels import concept, plot, train  # noqa: E402
@@ -99,7 +99,6 @@ def build_app(manager, folders: StudioFolders | None = None, max_queue_size: int
         app.load(studio.after_job_updates, outputs=studio.after_job_updates_outputs(), api_name="history",
                  queue=False)
         refresh_model_pickers(studio, app.load)
-        check_number_fields(app)
         app.queue(max_size=max_queue_size, default_concurrency_limit=2)
     app.studio, app.openai_api, app.a1111_api = studio, openai_api, a1111_api
     return app

@@ -3,11 +3,13 @@
 Only a raw API call can send one (the page's own fields cannot): Gradio's answer to NaN in an integer field was
 "Could not preprocess input component at index 15 ... of the event handler (named "build_requests") with input
 components: [dropdown, ...]" and to 1e300 "Value 1e+300 is greater than maximum value 4.", with a traceback in the
-server log each time. The check wraps each built field's `preprocess`: a subclass of a Gradio component would make
-Gradio write a .pyi stub beside our source at every import.
+server log each time. The classes' `preprocess` is wrapped once, on import, as webui.panels wraps gr.Image's: a
+method replaced on an instance is lost when an event updates the component, and a subclass of a Gradio component
+makes Gradio write a .pyi stub beside its module.
 """
 
 import math
+from typing import Callable
 
 import gradio as gr
 
@@ -16,13 +18,11 @@ def _refused(message: str) -> gr.Error:
     return gr.Error(message, print_exception=False)
 
 
-def _checked_preprocess(field: gr.Number | gr.Slider):
-    preprocess = field.preprocess
-    name = (field.label or "This number").split(" (")[0]  # "Image strength (how much ... is kept)": its name
-
-    def checked(payload):
+def _checked(preprocess: Callable) -> Callable:
+    def checked(field, payload):
         if payload is None:
-            return preprocess(payload)
+            return preprocess(field, payload)
+        name = (field.label or "This number").split(" (")[0]  # "Image strength (how much ... is kept)": its name
         try:
             value = float(payload)
         except (TypeError, ValueError):
@@ -35,13 +35,9 @@ def _checked_preprocess(field: gr.Number | gr.Slider):
             raise _refused(f"{name} must be at least {field.minimum:g}, not {value:g}.")
         if field.maximum is not None and value > field.maximum:
             raise _refused(f"{name} must be at most {field.maximum:g}, not {value:g}.")
-        return preprocess(value)
+        return preprocess(field, value)
     return checked
 
 
-def check_number_fields(app: gr.Blocks) -> None:
-    """Every Number and Slider of the built page refuses NaN, infinities (in integer fields) and values out of its
-    range by its label."""
-    for block in app.blocks.values():
-        if isinstance(block, (gr.Number, gr.Slider)):
-            block.preprocess = _checked_preprocess(block)
+gr.Number.preprocess = _checked(gr.Number.preprocess)
+gr.Slider.preprocess = _checked(gr.Slider.preprocess)
