@@ -648,7 +648,7 @@ def test_preset_export_then_import_restores_every_control(browser, page, studio)
 
 def test_dropping_a_png_restores_its_settings(page, studio):
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", "a castle on a hill\nNegative prompt: blur\nSteps: 17, Sampler: Euler, "
+    info.add_text("parameters", "a castle on a hill\nNegative prompt: blur\nSteps: 17, Sampler: Euler, CFG scale: 6.5, "
                                 "Distilled CFG Scale: 4.5, Seed: 987, Size: 512x768, Model: flux1-dev")
     a1111 = studio.inputs / "a1111.png"
     Image.new("RGB", (8, 8)).save(a1111, pnginfo=info)
@@ -657,6 +657,7 @@ def test_dropping_a_png_restores_its_settings(page, studio):
     page.wait_for_function("() => /Restored/.test(document.querySelector('#generate-preset-message').innerText)")
     assert [value_of(page, f"generate-{k}") for k in ("prompt", "steps", "seed", "width", "height", "guidance")] == [
         "a castle on a hill", "17", "987", "512", "768", "4.5"]
+    assert (value_of(page, "generate-true-cfg"), value_of(page, "generate-negative-prompt")) == ("6.5", "blur")
 
     request = GenerationRequest(model="tiny-dev", prompt="ours", seed=77, steps=5, width=80, height=64,
                                 guidance=6.0, quantize=4)
@@ -670,6 +671,7 @@ def test_dropping_a_png_restores_its_settings(page, studio):
     page.wait_for_function("() => document.querySelector('#generate-seed input').value === '4321'")
     assert [value_of(page, f"generate-{k}") for k in ("prompt", "steps", "width", "height", "guidance")] == [
         COMFY_PROMPT, "20", "1024", "768", "3.5"]
+    assert value_of(page, "generate-true-cfg") == "1"  # not the A1111 image's: what an image does not state resets
 
     page.set_input_files("#generate-restore-png input[type=file]", str(ours))
     page.wait_for_function("() => document.querySelector('#generate-prompt textarea').value === 'ours'")

@@ -64,6 +64,16 @@ def apply_settings(studio, panel, settings: dict) -> tuple[dict, list[str]]:
     return {panel.controls[k]: v for k, v in values.items() if k in panel.controls}, notes
 
 
+KEPT_ON_RESTORE = ("model", "prompt", "seed")  # an image that does not state one leaves the panel's as it is
+
+
+def unstated_defaults(panel) -> dict:
+    """The panel's own defaults, for what an image's settings do not state: as A1111's paste, a restored image runs
+    without the negative prompt, true CFG, sampler, LoRAs... of the settings before it."""
+    initial = panel.settings_from_values({key: control.value for key, control in panel.controls.items()})
+    return {key: value for key, value in initial.items() if key not in KEPT_ON_RESTORE}
+
+
 def render_presets(studio, panel) -> None:
     """The presets accordion of a panel (call inside the panel's layout)."""
     prefix = panel.tab_id
@@ -128,7 +138,9 @@ def render_presets(studio, panel) -> None:
     def restore_png(path):
         if not path:
             return {}
-        return {**applied(settings_from_png(path), "Restored the settings stored in the image"), png: None}
+        stated = settings_from_png(path)
+        return {**applied({**unstated_defaults(panel), **stated}, "Restored the settings stored in the image"),
+                png: None}
 
     every = [chosen, message, exported, imported, png, *controls.values()]
     private = {"outputs": every, "api_visibility": "private", "show_progress": "hidden"}
