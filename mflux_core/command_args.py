@@ -123,12 +123,15 @@ def rounded_side(side: str, value) -> dict:
 def metadata_request(path: Path, models_dir: Path) -> GenerationRequest:
     """The settings in a JSON or PNG of ours (exact, input images included), in mflux's --metadata JSON, or in another
     app's image (A1111, ComfyUI, SwarmUI, InvokeAI, Draw Things, mflux) as the page restores them: its LoRAs by
-    library name, those not in the library left out with a note on stderr."""
+    library name, those not in the library left out with a note on stderr, as its VAE / text encoder files and its
+    hires upscaler when the models folder lacks them."""
     from mflux_core.app_metadata import is_mflux_metadata, mflux_command_fields, read_mflux_metadata
     from mflux_core.errors import ModelLoadError
     from mflux_core.lora.library import resolve_lora_path
     from mflux_core.metadata import A1111_KEY, carries_our_settings, read_metadata_file, request_from_metadata
     from mflux_core.presets import found_settings, image_metadata, settings_from_png
+    from mflux_core.upscaler_files import has_upscaler, missing_upscaler_note
+    from mflux_core.weights.module_files import listed_name
 
     is_json = path.suffix.lower() == ".json"
     if not is_json and carries_our_settings(path):
@@ -143,6 +146,14 @@ def metadata_request(path: Path, models_dir: Path) -> GenerationRequest:
     if mflux:  # as mflux's -C: its model and input images too
         fields.update(mflux_command_fields(text))
     request = GenerationRequest(**fields)
+    if request.hires_upscaler and not has_upscaler(request.hires_upscaler, models_dir):
+        print(missing_upscaler_note(request.hires_upscaler), file=sys.stderr)
+        request = request.with_(hires_upscaler=None)
+    for name in request.modules:
+        if listed_name(name, models_dir) is None:
+            print(f"The VAE / text encoder file {name!r} in {path.name} is not in the models folder; it was left out.",
+                  file=sys.stderr)
+    request = request.with_(modules=tuple(filter(None, (listed_name(name, models_dir) for name in request.modules))))
     kept = []
     for index, name in enumerate(request.lora_paths):
         try:

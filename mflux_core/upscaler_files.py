@@ -40,3 +40,16 @@ def unknown_upscaler(name: str, built_in: tuple[str, ...], models_dir: Path | No
     there = f" ({', '.join(models)})" if models else ""
     return InvalidRequest(f"The upscaler {name!r} is not one the studio has: use {', '.join(built_in)}, or an "
                           f"upscaler model in the models folder's upscalers/{there}.")
+
+
+def has_upscaler(name: str, models_dir: Path | None) -> bool:
+    """Whether the studio can run the upscaler `name` (built in, or a model of the models folder)."""
+    from mflux_core.settings_schema import HIRES_UPSCALERS
+
+    return name in HIRES_UPSCALERS or upscaler_file(models_dir, name) is not None
+
+
+def missing_upscaler_note(name: str) -> str:
+    """A restored image's upscaler the studio lacks is left out, as its missing LoRAs are (Lanczos runs)."""
+    return f"The upscaler {name!r} is not in the models folder's upscalers/; Lanczos takes its place."
+

@@ -266,3 +266,22 @@ def test_the_cli_starts_from_a_comfyui_png_and_leaves_out_loras_it_does_not_have
     assert (request["prompt"], request["seed"], request["guidance"], request["steps"]) == (PROMPT, 5, 3.5, 2)
     assert request["lora_paths"] == [] and request["model"] == "demo"  # the flags given win
     assert "The LoRA 'Ink Style' in comfy.png is not in the LoRA library; it was left out." in capsys.readouterr().err
+
+
+def test_the_cli_starts_from_a_forge_png_and_leaves_out_files_and_an_upscaler_it_does_not_have(tmp_path, capsys):
+    """Every Forge FLUX.1 infotext names its VAE and text encoder files; most hires ones an upscaler model: the
+    models folder lacking them refused the whole image (the page left them out)."""
+    from mflux_core.metadata import read_metadata_file
+    from tests.parity import run_cli
+
+    path = png_with(tmp_path, {"parameters": "a lighthouse\nSteps: 20, Sampler: Euler, Distilled CFG Scale: 3.5, "
+                                             "Seed: 12, Size: 64x64, Model: flux1-dev, Hires upscale: 2, Hires "
+                                             "upscaler: 4x-UltraSharp, Module 1: ae, Module 2: clip_l, Module 3: "
+                                             "t5xxl_fp16"})
+    run_cli("generate", "--config-from-metadata", path, "--model", "demo", "--steps", 1, "--output", tmp_path / "o.png",
+            "--models-dir", tmp_path / "models")
+    request = read_metadata_file(tmp_path / "o.png")["request"]
+    assert (request["seed"], request["hires_scale"], request["hires_upscaler"], request["modules"]) == (12, 2, "Lanczos", [])
+    err = capsys.readouterr().err
+    assert "The upscaler '4x-UltraSharp' is not in the models folder's upscalers/; Lanczos takes its place." in err
+    assert "The VAE / text encoder file 't5xxl_fp16' in comfy.png is not in the models folder; it was left out." in err

@@ -649,7 +649,8 @@ def test_preset_export_then_import_restores_every_control(browser, page, studio)
 def test_dropping_a_png_restores_its_settings(page, studio):
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", "a castle on a hill\nNegative prompt: blur\nSteps: 17, Sampler: Euler, CFG scale: 6.5, "
-                                "Distilled CFG Scale: 4.5, Seed: 987, Size: 512x768, Model: flux1-dev")
+                                "Distilled CFG Scale: 4.5, Seed: 987, Size: 512x768, Model: flux1-dev, "
+                                "Hires upscale: 2, Hires upscaler: 4x-UltraSharp")
     a1111 = studio.inputs / "a1111.png"
     Image.new("RGB", (8, 8)).save(a1111, pnginfo=info)
     open_accordions(page, "generate-presets")
@@ -658,6 +659,8 @@ def test_dropping_a_png_restores_its_settings(page, studio):
     assert [value_of(page, f"generate-{k}") for k in ("prompt", "steps", "seed", "width", "height", "guidance")] == [
         "a castle on a hill", "17", "987", "512", "768", "4.5"]
     assert (value_of(page, "generate-true-cfg"), value_of(page, "generate-negative-prompt")) == ("6.5", "blur")
+    assert "The upscaler '4x-UltraSharp' is not in the models folder's upscalers/; Lanczos takes its place." in \
+        page.inner_text("#generate-preset-message")
 
     request = GenerationRequest(model="tiny-dev", prompt="ours", seed=77, steps=5, width=80, height=64,
                                 guidance=6.0, quantize=4)

@@ -10,6 +10,8 @@ import gradio as gr
 from mflux_core.presets import (
     Preset, PresetError, list_presets, read_preset_file, save_preset, delete_preset, settings_from_png,
 )
+from mflux_core.settings_schema import HIRES_UPSCALERS
+from mflux_core.upscaler_files import has_upscaler, missing_upscaler_note
 from mflux_core.weights.module_files import listed_name
 from webui.jobs import safe_action, message_markdown
 from webui.widgets import MAX_LORAS, NO_LORA
@@ -55,6 +57,10 @@ def apply_settings(studio, panel, settings: dict) -> tuple[dict, list[str]]:
         notes += [f"The VAE / text encoder file {name!r} is not in the models folder; it was left out."
                   for name, found in zip(values["modules"], listed) if found is None]
         values["modules"] = [found for found in listed if found is not None]
+    upscaler = values.get("hires_upscaler")
+    if upscaler and not has_upscaler(upscaler, studio.manager.models_dir):
+        notes.append(missing_upscaler_note(upscaler))
+        values["hires_upscaler"] = HIRES_UPSCALERS[0]
     library = studio.lora_library()
     for i in range(1, MAX_LORAS + 1):
         name = values.get(f"lora_{i}")
