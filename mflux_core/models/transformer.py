@@ -10,7 +10,7 @@ scale (dev) and the pooled CLIP embedding.
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -409,6 +409,13 @@ class FluxTrunk(nn.Module):
     def dtype(self) -> mx.Dtype:
         return linear_dtype(self.x_embedder)
 
+    # Training sets this: a block's activations are then recomputed in the backward pass instead of kept from the
+    # forward (gradient checkpointing, as kohya and ai-toolkit train FLUX.1), so a step holds one block's at a time.
+    recompute_blocks = False
+
+    def _run(self, block: nn.Module, call: Callable, *inputs: mx.array):
+        return nn.utils.checkpoint(block, call)(*inputs) if self.recompute_blocks else call(*inputs)
+
     def rope_tables(self, img_ids, txt_ids) -> tuple[mx.array, mx.array]:
         """RoPE tables for the sequence [text; image]; compute once per resolution and pass as `rope`."""
         ids = np.concatenate([np.asarray(txt_ids, dtype=np.float64), np.asarray(img_ids, dtype=np.float64)])
@@ -426,14 +433,15 @@ class FluxTrunk(nn.Module):
         """Every double block, then every single block over [text; image] -> (that sequence, text token count).
         `mask`: the additive attention bias every block's attention gets (see rope_attention)."""
         for i, block in enumerate(self.transformer_blocks):
-            text, image = block(image, text, temb, rope, hook, i, mask)
+            text, image = self._run(block, lambda im, tx, tb, block=block, i=i: block(im, tx, tb, rope, hook, i, mask),
+                                    image, text, temb)
             if tap is not None:
                 image = tap.after_double(i, image)
 
         text_tokens = text.shape[1]
         x = mx.concatenate([text, image], axis=1)
         for i, block in enumerate(self.single_transformer_blocks):
-            x = block(x, temb, rope, mask)
+            x = self._run(block, lambda x, tb, block=block: block(x, tb, rope, mask), x, temb)
             if tap is not None:
                 x = tap.after_single(i, x, text_tokens)
         return x, text_tokens

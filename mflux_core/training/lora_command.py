@@ -26,11 +26,11 @@ def run_train(args: argparse.Namespace):
     from mflux_core.training.lora_config import TrainingConfig
     from mflux_core.training.lora_training import train_lora
 
-    MemoryBudget(args.memory_budget)
+    budget = MemoryBudget(args.memory_budget)
     config = TrainingConfig.from_file(Path(args.train_config)) if args.train_config else None
     checkpoint = Path(args.train_checkpoint) if args.train_checkpoint else None
     outcome = train_lora(config, checkpoint, report=print_progress, models_dir=Path(args.models_dir),
-                         progress_bar=True)
+                         progress_bar=True, budget=budget)
     first, last = (outcome.losses[0], outcome.losses[-1]) if outcome.losses else (float("nan"),) * 2
     print(f"{'Finished' if outcome.finished else 'Stopped'} at step {outcome.step} of {outcome.total} "
           f"(loss {first:.4f} at the first step, {last:.4f} at the last)")

@@ -31,8 +31,12 @@ from mflux_core.flux_model import FluxModel
 from mflux_core.generation import ToolInputs, run_tool
 from mflux_core.images.io import load_image, load_mask, pil_to_pixels, save_png_atomic
 from mflux_core.loader import load_flux_model
+from mflux_core.memory import MemoryBudget, MemoryPlan, training_step_bytes
+from mflux_core.models.vae_memory import vae_peak_bytes
+from mflux_core.models import kernels
 from mflux_core.native_sizes import check_whole_tokens
 from mflux_core.request import GenerationRequest
+from mflux_core.resident import parameter_bytes
 from mflux_core.sampling.latents import image_position_ids, latent_grid
 from mflux_core.tools.common import (
     check_in_channels, encode_pixels, packed_channels, resolved_request, tool_inputs,
@@ -260,6 +264,24 @@ class ProgressMeter:
                             per_step * (self.total - step) if per_step is not None else None, losses, **written)
 
 
+def training_plan(model: FluxModel, config: TrainingConfig, budget: MemoryBudget) -> MemoryPlan:
+    """What a step of this training needs: the transformer and VAE (the text encoders are freed once the prompts
+    are encoded) and the step's activations (memory.training_step_bytes)."""
+    image_tokens = (config.width // model.token_side) * (config.height // model.token_side)
+    step = training_step_bytes(model.transformer.config, image_tokens, config.max_sequence_length, model.dtype.size,
+                               config.batch_size)
+    pixels = config.width * config.height * 3 * 4  # every example's float pixels are held while each is encoded
+    tile = model.vae_tile(config.height, config.width, "encode", 0)
+    encoding = len(config.examples) * pixels + vae_peak_bytes(model.vae.config, config.height, config.width,
+                                                                model.vae.dtype.size, "encode", tile)
+    weights = parameter_bytes(model.transformer) + parameter_bytes(model.vae)
+    return MemoryPlan(f"training at {config.width}x{config.height}, {config.batch_size} image(s) a step", weights,
+                      (("encoding the examples", encoding), ("a training step", step)), budget.reserved_bytes(weights),
+                      remedies="train at a smaller width and height, with a smaller batch_size or max_sequence_length, "
+                               "or on a base model quantized to 8 or 4 bits (quantize); in the studio, unload its models "
+                               "first")
+
+
 def train_lora(
     config: TrainingConfig | None = None,
     checkpoint: Path | None = None,
@@ -267,20 +289,26 @@ def train_lora(
     cancelled: Callable[[], bool] | None = None,
     models_dir: Path = Path("models"),
     progress_bar: bool = False,
+    budget: MemoryBudget | None = None,
 ) -> TrainingOutcome:
     """Train (or resume) a LoRA, reporting a TrainingStep after each step; returns where the adapter, last
-    checkpoint and loss curve are."""
+    checkpoint and loss curve are. With a `budget`, a training that would not fit it is refused before its first
+    step, in one sentence."""
     resumed = read_checkpoint(checkpoint) if checkpoint is not None else None
     config = resolve_training_config(config, resumed)
     total = config.total_steps()
     model = load_base_model(config, models_dir)
+    if budget is not None:
+        budget.check(training_plan(model, config, budget))
     examples = encode_examples(model, config)
     if resumed is not None and resumed.meta.get("examples_fingerprint") != examples.fingerprint:
         raise InvalidRequest(f"The training images or prompts changed since the checkpoint {resumed.path.name} "
                              "was written; resuming would not continue the same run.")
     validation = validation_inputs(model, config)
     model.text_encoders.release()  # everything they are needed for is encoded
+    model.transformer.freeze()  # the checkpointed blocks then differentiate (and hand compile) their adapters only
     adapters = attach_lora(model.transformer, config.layers, config.rank, config.alpha, config.seed)
+    model.transformer.recompute_blocks = True  # one block's activations at a time, recomputed for the gradient
     # bias_correction: torch's AdamW (what diffusers, kohya and ai-toolkit train with); MLX's default
     # leaves it out, which stalls small models (the demo VAE stopped learning at 36 levels of error).
     optimizer = optim.AdamW(learning_rate=config.learning_rate, weight_decay=config.weight_decay,
@@ -306,7 +334,8 @@ def train_lora(
             return outcome.checkpoint
 
         def validate(step: int) -> Path:
-            image = result_of(run_tool(model, validation))
+            with kernels.attention_for_gradients(False):  # an image: no gradient, the chunks bound its memory
+                image = result_of(run_tool(model, validation))
             path = save_png_atomic(image, output / "validation" / f"{step:07d}.png", overwrite=True)
             outcome.validation_images.append(path)
             return path
@@ -324,10 +353,11 @@ def train_lora(
                 report(meter.measure(step, loss, losses, **written))
             return cancelled is not None and cancelled()
 
-        result = train(adapters, lambda _adapters, batch: flow_matching_loss(model.transformer, batch),
-                       batch_maker(model, config, examples), optimizer, total, checkpoint_dir=staging,
-                       checkpoint_every=config.checkpoint_frequency, progress=progress_bar, on_step=step_done,
-                       compile=True)
+        with kernels.attention_for_gradients():
+            result = train(adapters, lambda _adapters, batch: flow_matching_loss(model.transformer, batch),
+                           batch_maker(model, config, examples), optimizer, total, checkpoint_dir=staging,
+                           checkpoint_every=config.checkpoint_frequency, progress=progress_bar, on_step=step_done,
+                           compile=True)
         if outcome.checkpoint.name != checkpoint_name(result.step):
             save_checkpoint_zip(result.step)  # the loop wrote its final files after the last on_step
         if validation is not None and (not config.validation_frequency or result.step % config.validation_frequency):

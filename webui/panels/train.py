@@ -94,7 +94,8 @@ def run_training(studio, outputs: dict, values: dict, session: str):
             check_inside_studio_folders(studio, values.get(key))
         config, checkpoint = training_inputs(values.get("config_path"), values.get("checkpoint_path"))
         outcome = yield from follow(lambda report: train_lora(config, checkpoint, report, cancel.is_set,
-                                                              models_dir=studio.manager.models_dir),
+                                                              models_dir=studio.manager.models_dir,
+                                                              budget=studio.manager.budget),
                                     cancel, training_progress(outputs, folder))
         images = [(str(p), f"step {p.stem.lstrip('0') or '0'}") for p in outcome.validation_images]
         yield {outputs["curve"]: loss_curve_image(outcome.losses, folder), outputs["validation"]: images}
