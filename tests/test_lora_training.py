@@ -387,12 +387,24 @@ def test_the_train_panel_streams_loss_and_validation_and_stop_keeps_a_checkpoint
 
     with pytest.raises(InvalidRequest, match="path of a training config"):
         training_inputs(" ", "")
-    config = write_config(tmp_path, tiny_dev, training_loop={"steps": 50, "batch_size": 1},
-                          save={"checkpoint_frequency": 2},
-                          instrumentation={**VALIDATION, "validation_frequency": 2})
+    (tmp_path / "tiny-dev").symlink_to(tiny_dev, target_is_directory=True)  # a model of the models folder
     with gr.Blocks():
         outputs = {"status": gr.HTML(), "curve": gr.Image(type="pil"), "validation": gr.Gallery()}
     studio = Studio(manager=ModelManager(models_dir=tmp_path), folders=StudioFolders.default(tmp_path / "studio"))
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    draw_examples(outside)
+    for model, change, refused in (
+            (tiny_dev, {}, "A model the config names by path"),
+            ("tiny-dev", {"save": {"output_path": str(outside / "out")}}, "The config's save.output_path"),
+            ("tiny-dev", {"examples": {"path": str(outside), "images": [{"image": "example_0.png", "prompt": "x"}]}},
+             "The config's example images")):
+        write_config(tmp_path, model, **change)
+        with pytest.raises(gr.Error, match=f"{refused}.* must be inside the studio's"):
+            list(run_training(studio, outputs, {"config_path": str(tmp_path / "train.json")}, "session"))
+    assert not (outside / "out").exists()
+    config = write_config(tmp_path, "tiny-dev", training_loop={"steps": 50, "batch_size": 1},
+                          save={"checkpoint_frequency": 2},
+                          instrumentation={**VALIDATION, "validation_frequency": 2})
     updates = []
     for update in run_training(studio, outputs, {"config_path": str(tmp_path / "train.json")}, "session"):
         updates.append(update)

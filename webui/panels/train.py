@@ -14,7 +14,8 @@ from PIL import Image
 from mflux_core.errors import InvalidRequest
 from mflux_core.events import TrainingStep
 from mflux_core.training.lora_config import TrainingConfig
-from mflux_core.training.lora_training import train_lora
+from mflux_core.training.lora_checkpoint import read_checkpoint
+from mflux_core.training.lora_training import resolve_training_config, train_lora
 from mflux_core.training.plot import save_loss_curve
 from webui.jobs import ENGINE_QUEUE, follow, page_job, progress_html
 from webui.panels import Panel
@@ -32,16 +33,29 @@ def training_inputs(config_path: str | None, checkpoint_path: str | None) -> tup
     return config, Path(checkpoint_path).expanduser() if checkpoint_path else None
 
 
-def check_inside_studio_folders(studio, path: str | None) -> None:
-    """The page (possibly served to the network) may read only the folders the studio was started with."""
-    if not (path or "").strip():
+def check_inside_studio_folders(studio, path: str | Path | None, what: str = "Training files") -> None:
+    """The page (possibly served to the network) may read and write only the folders the studio was started with."""
+    if not str(path or "").strip():
         return
-    resolved = Path(path.strip()).expanduser().resolve()
+    resolved = Path(str(path).strip()).expanduser().resolve()
     roots = [studio.folders.outputs, studio.folders.user_presets, *studio.folders.loras]
     if studio.manager.models_dir is not None:
         roots.append(Path(studio.manager.models_dir).resolve())
-    if not any(resolved.is_relative_to(root) for root in roots):
-        raise InvalidRequest("Training files must be inside the studio's outputs, presets, models or LoRA folders.")
+    if not any(resolved.is_relative_to(Path(root).resolve()) for root in roots):
+        raise InvalidRequest(f"{what} must be inside the studio's outputs, presets, models or LoRA folders.")
+
+
+def check_config_paths(studio, config: TrainingConfig | None, checkpoint: Path | None) -> None:
+    """What the config names (its output folder, example images and masks, a model given as a path) is held to the
+    studio's folders too: a config there could otherwise read or write anywhere."""
+    config = resolve_training_config(config, read_checkpoint(checkpoint) if checkpoint is not None else None)
+    check_inside_studio_folders(studio, config.output_path, "The config's save.output_path")
+    for example in config.examples:
+        for path in (example.image, example.mask):
+            check_inside_studio_folders(studio, path, "The config's example images and masks")
+    for model in (config.model, config.base_model):
+        if model and model not in studio.model_names():
+            check_inside_studio_folders(studio, model, "A model the config names by path")
 
 
 def duration(seconds: float) -> str:
@@ -93,6 +107,7 @@ def run_training(studio, outputs: dict, values: dict, session: str):
         for key in ("config_path", "checkpoint_path"):
             check_inside_studio_folders(studio, values.get(key))
         config, checkpoint = training_inputs(values.get("config_path"), values.get("checkpoint_path"))
+        check_config_paths(studio, config, checkpoint)
         outcome = yield from follow(lambda report: train_lora(config, checkpoint, report, cancel.is_set,
                                                               models_dir=studio.manager.models_dir,
                                                               budget=studio.manager.budget),
