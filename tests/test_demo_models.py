@@ -32,11 +32,12 @@ def test_generate_follows_the_prompt_background_and_place(manager):
 @pytest.mark.parametrize("size", [(80, 48), (96, 96), (112, 112), (112, 64), (128, 128), (128, 64)])
 def test_generate_follows_the_prompt_at_other_sizes_the_demo_lists(manager, size):
     """The sizes stages' base, after the token-reading round (README, "Sizes stages"); colour / region / background
-    measured 0.70 / 0.94 / 1.00 at 80x48, 0.80 / 1.00 / 1.00 at 96x96, 0.82 / 0.98 / 1.00 at 112x112, 0.80 / 1.00 /
-    1.00 at 112x64, 0.66 / 0.80 / 1.00 at 128x128 and 0.66 / 0.92 / 1.00 at 128x64, so the colour floor sits below the
-    64x64 bar: it paints the asked colour less often there."""
+    measured on 50 captions 0.70 / 0.94 / 1.00 at 80x48, 0.80 / 1.00 / 1.00 at 96x96, 0.82 / 0.98 / 1.00 at 112x112,
+    0.80 / 1.00 / 1.00 at 112x64, 0.66 / 0.80 / 1.00 at 128x128 and 0.66 / 0.92 / 1.00 at 128x64, so the colour floor
+    sits below the 64x64 bar: it paints the asked colour less often there. The test paints the first 25 (the suite's
+    time): 0.68 / 0.96, 0.88 / 1.00, 0.92 / 1.00, 0.80 / 1.00, 0.72 / 0.84 and 0.80 / 0.96, backgrounds all 1.00."""
     assert size in read_native_sizes(demo_models_dir() / "demo")
-    scores = evaluate.prompt_following(manager, "demo", classify, count=50, size=size)
+    scores = evaluate.prompt_following(manager, "demo", classify, count=25, size=size)
     assert scores.background >= 0.9 and scores.region >= 0.8 and scores.colour >= 0.6, scores
 
 
