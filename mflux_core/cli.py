@@ -555,7 +555,7 @@ def run_plot(args: argparse.Namespace, manager, request: GenerationRequest, axes
              stepwise: Path | None) -> list[Path]:
     """Every cell of the plot (validated before the first runs), then its grids; an interrupted plot keeps
     the cells that finished and grids them."""
-    from mflux_core.images.io import save_png_atomic
+    from mflux_core.images.io import png_text_of, save_png_atomic
 
     wildcards = Path(args.wildcards_dir)
     prompt = expand_prompt(request.prompt, request.seed, wildcards)
@@ -580,9 +580,10 @@ def run_plot(args: argparse.Namespace, manager, request: GenerationRequest, axes
                 args, manager, cell.request, base.with_name(f"{base.stem}_x{x}_y{y}_z{z}.png"), stepwise)
             written.append(path)
     finally:
+        first = png_text_of(written[0]) if written and not args.no_metadata else None  # as A1111's grids
         for index, grid in enumerate(plot_grids(axes, images)):
             name = f"{base.stem}_grid{f'_z{index}' if len(axes) == 3 else ''}.png"
-            written.append(save_png_atomic(grid, base.with_name(name), overwrite=True))
+            written.append(save_png_atomic(grid, base.with_name(name), first, overwrite=True))
             print(f"Saved {written[-1]}")
     return written
 

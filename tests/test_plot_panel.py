@@ -53,6 +53,7 @@ def test_a_plot_saves_every_cell_to_the_history_and_its_grid_beside_it(client):
     assert len(grids) == 1 and len(results) == 5
     grid = Image.open(grids[0])
     assert grid.width > 2 * 64 and grid.height > 2 * 64  # two columns, two rows and the labels
+    assert "a red circle on a blue background\nSteps: 1," in grid.info["parameters"]  # its first cell's settings
     cell_pixels = [np.asarray(Image.open(path)) for path in cells]
     assert len({pixels.tobytes() for pixels in cell_pixels}) == 4  # steps and prompt each change the image
     status, _, results = client.predict(prompt="a red circle", x_kind="guidance", x_values="2, 3", seed=7,

@@ -183,6 +183,8 @@ def test_the_cli_plots_every_cell_as_a_plain_run_would_and_saves_the_grid(tmp_pa
                  "prompt-sr=red, blue", "--output", str(tmp_path / "plot.png")]) == 0
     cells = sorted(tmp_path.glob("plot_x*_y*_z0.png"))
     assert len(cells) == 4 and (tmp_path / "plot_grid.png").is_file()
+    first = Image.open(tmp_path / "plot_x0_y0_z0.png").info["parameters"]
+    assert Image.open(tmp_path / "plot_grid.png").info["parameters"] == first  # as A1111: its first cell's settings
     assert main(["generate", "-p", "a blue circle", "--seed", "5", "--steps", "2",
                  "--output", str(tmp_path / "plain.png")]) == 0
     plain = np.asarray(Image.open(tmp_path / "plain.png"))

@@ -623,9 +623,10 @@ def grid_answer(gone: threading.Event, studio, state: SdApiState, fields: dict, 
     results = run_job(studio, state, job, [cell.request for cell in cells], params.save_images, gone)
     cells, results = in_a1111_order(cells, results)
     grids = plot_grids(axes, {cell.position: result.image for cell, result in zip(cells, results)}) if results else []
+    answered = pictures(grids, results)
     if params.save_images:
-        save_grids(studio.folders.outputs, grids)
-    return images_answer(fields, params, job, results, ignored, pictures(grids, results), first_image=1)
+        save_grids(studio.folders.outputs, grids, answered[0][1] if answered else None)  # the answer's grid's text
+    return images_answer(fields, params, job, results, ignored, answered, first_image=1)
 
 
 def with_face_fix(tool: str, settings: dict, params: Txt2ImgParams, ignored: list[str]) -> dict:

@@ -35,11 +35,12 @@ def save_result(outputs_dir: Path, result) -> Path:
     return save_png_atomic(result.image, result_path(outputs_dir, result.request), result.text_chunks)
 
 
-def save_grids(outputs_dir: Path, grids: list[Image.Image]) -> list[tuple[str, str]]:
-    """A plot's labelled grids (one per Z value) to `grids/<date>/` beside the history: (path, "grid N") each."""
+def save_grids(outputs_dir: Path, grids: list[Image.Image], text_chunks: dict | None) -> list[tuple[str, str]]:
+    """A plot's labelled grids (one per Z value) to `grids/<date>/` beside the history, with `text_chunks` (as A1111:
+    its first cell's settings, which restore from the grid): (path, "grid N") each."""
     folder = outputs_dir / GRIDS_FOLDER / time.strftime("%Y-%m-%d")
     stamp = time.strftime("%H%M%S")
-    return [(str(save_png_atomic(grid, folder / f"{stamp}-plot-{index}.png")), f"grid {index + 1}")
+    return [(str(save_png_atomic(grid, folder / f"{stamp}-plot-{index}.png", text_chunks)), f"grid {index + 1}")
             for index, grid in enumerate(grids)]
 
 

@@ -256,6 +256,13 @@ def _sync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
+def png_text_of(path: Path) -> dict[str, str]:
+    """The text chunks of a PNG we saved (none for another format): what a plot's grid carries of its first cell."""
+    with Image.open(path) as image:
+        return {key: value for key, value in image.info.items() if isinstance(value, str)} \
+            if image.format == "PNG" else {}
+
+
 def png_info(text_chunks: dict[str, str] | None) -> PngImagePlugin.PngInfo:
     info = PngImagePlugin.PngInfo()
     for key, value in (text_chunks or {}).items():

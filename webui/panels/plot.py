@@ -86,17 +86,18 @@ def run_plot(studio, view, values: dict, session: str):
 
     def work(cancel):
         axes, cells = plot_requests(values, studio.request_context())
-        images = {}
+        images, first = {}, None
         try:
             with closing(studio.batch([cell.request for cell in cells], cancel.is_set)) as runs:  # fan-out
                 for index, (cell, run) in enumerate(zip(cells, runs), start=1):
                     result = yield from follow(run, cancel, image_progress(view, index, len(cells)))
                     path = save_result(studio.folders.outputs, result)
                     images[cell.position] = result.image
+                    first = first or result.text_chunks
                     saved.append((str(path), f"cell {index} of {len(cells)}"))
                     yield {view.preview: str(path)}
         finally:
-            saved[:0] = save_grids(studio.folders.outputs, plot_grids(axes, images))
+            saved[:0] = save_grids(studio.folders.outputs, plot_grids(axes, images), first)
         return f"Done: {len(cells)} cells and their grid saved to {studio.folders.outputs}."
 
     def final() -> dict:
