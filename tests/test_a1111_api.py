@@ -668,6 +668,11 @@ def test_the_xyz_plot_script_answers_its_grid_then_the_cells_as_a1111_does(studi
     varied = made(studio.http.post("/txt2img", json={**fields, "seed": 3, "script_name": "X/Y/Z plot", "script_args": [
         4, "1-2", [], 0, "", [], 0, "", [], True, False, False, False, True, False, False]}))  # Vary seeds for X
     assert varied["info"]["all_seeds"] == [3, 4]
+    own = made(studio.http.post("/txt2img", json={**fields, "seed": -1, "steps": 1, "script_name": "X/Y/Z plot",
+                                                  "script_args": [4, "1-3", [], 0, "", [], 0, "", [], True, False,
+                                                                  False, True, False, False, False, 20]}))
+    assert len(set(own["info"]["all_seeds"])) == 3  # "Keep -1 for seeds": a seed of each cell's own
+    assert own["info"]["ignored"] == ["script_args margin_size (the grid's cells touch)"]
 
     # A1111's older layout (no dropdowns), a Z axis: one grid per Z value side by side, each with include_sub_grids
     older = made(studio.http.post("/txt2img", json={**fields, "seed": 3, "steps": 1, "script_name": "x/y/z plot",

@@ -69,7 +69,8 @@ from webui.a1111_prompt_list import PROMPTS_FROM_FILE, is_prompts_from_file, pro
 from webui.a1111_prompt_matrix import PROMPT_MATRIX, is_prompt_matrix, matrix_cells, matrix_pictures
 from webui.a1111_script_info import script_info
 from webui.a1111_scripts import IMG2IMG_SCRIPTS, is_sd_upscale, sd_upscale_settings
-from webui.a1111_xyz import XYZ_PLOT, in_a1111_order, is_xyz_plot, plot_axes, plot_pictures, script_layout
+from webui.a1111_xyz import (XYZ_PLOT, in_a1111_order, is_xyz_plot, own_seeds, plot_axes, plot_pictures,
+                              script_layout)
 from webui.a1111_wire import (SdApiError, as_file, b64_png, base64_data, decoded_image, decoded_mask, parsed,
                               without_hash)
 from webui.api_server import MAX_WAITING, ApiFields, JobThreads, api_routes, json_object, studio_models
@@ -595,9 +596,13 @@ def plot_answer(gone: threading.Event, studio, state: SdApiState, fields: dict, 
                                 read_styles(studio.folders.styles))
     if not named["draw_legend"]:
         ignored.append("script_args draw_legend (the grid is labelled)")
-    return grid_answer(gone, studio, state, fields, params, img2img, requests, ignored, axes,
-                       plot_cells(requests[0], axes, MAX_CELLS, styles, finish,
-                                  tuple(bool(named.get(f"vary_seeds_{name}")) for name in "xyz")),
+    if named.get("margin_size"):
+        ignored.append("script_args margin_size (the grid's cells touch)")
+    cells = plot_cells(requests[0], axes, MAX_CELLS, styles, finish,
+                       tuple(bool(named.get(f"vary_seeds_{name}")) for name in "xyz"))
+    if named["no_fixed_seeds"] and params.seed == -1:
+        cells = own_seeds(cells, axes)
+    return grid_answer(gone, studio, state, fields, params, img2img, requests, ignored, axes, cells,
                        lambda grids, results: plot_pictures(grids, results, named, described))
 
 

@@ -25,6 +25,7 @@ from mflux_core.metadata import A1111_KEY
 from mflux_core.request import MAX_SEED
 from mflux_core.styles import Style
 from mflux_core.xyz import OWN_FILES, Axis, Cell, parse_axis, resolve_styles
+from mflux_core.xyz import values_text as xyz_values_text
 from webui.a1111_wire import SdApiError
 
 XYZ_PLOT = "x/y/z plot"  # as /sdapi/v1/scripts lists it
@@ -84,7 +85,7 @@ def script_layout(args: list) -> dict:
     names = (["x_type", "x_values", "y_type", "y_values", "z_type", "z_values"] if older else
              ["x_type", "x_values", "x_dropdown", "y_type", "y_values", "y_dropdown", "z_type", "z_values",
               "z_dropdown"]) + ["draw_legend", "include_lone_images", "include_sub_grids", "no_fixed_seeds"] + \
-        ([] if older else ["vary_seeds_x", "vary_seeds_y", "vary_seeds_z"])
+        ([] if older else ["vary_seeds_x", "vary_seeds_y", "vary_seeds_z", "margin_size"])
     defaults = {"x_type": 1, "y_type": 0, "z_type": 0, "draw_legend": True}  # A1111's: Seed across, nothing else
     return {name: args[i] if i < len(args) and args[i] is not None else defaults.get(name)
             for i, name in enumerate(names)}
@@ -93,7 +94,7 @@ def script_layout(args: list) -> dict:
 def values_text(values, dropdown) -> str:
     """An axis's values as text: the dropdown's list when one is sent, else the text box's."""
     if isinstance(dropdown, list) and dropdown:
-        return ", ".join(str(value) for value in dropdown)
+        return xyz_values_text(dropdown)  # quoted where a value holds a comma (a style's name)
     return "" if values is None else str(values)
 
 
@@ -138,6 +139,13 @@ def studio_axis(label: str, text: str, img2img: bool, hires: bool, checkpoint) -
     elif kind == "modules":
         values = tuple(OWN_FILES if value.lower() in OWN_VAE else value for value in values)
     return Axis(kind, values)
+
+
+def own_seeds(cells: list[Cell], axes: list[Axis]) -> list[Cell]:
+    """A1111's "Keep -1 for seeds" with a seed of -1: a random seed for each cell (unless an axis sets the seeds)."""
+    if any(axis.kind == "seed" and axis.values != (None,) for axis in axes):
+        return cells
+    return [Cell(cell.request.with_(seed=random.randrange(MAX_SEED + 1)), cell.position) for cell in cells]
 
 
 def in_a1111_order(cells: list[Cell], results: list) -> tuple[list[Cell], list]:
