@@ -673,6 +673,11 @@ def test_the_xyz_plot_script_answers_its_grid_then_the_cells_as_a1111_does(studi
                                                                   False, True, False, False, False, 20]}))
     assert len(set(own["info"]["all_seeds"])) == 3  # "Keep -1 for seeds": a seed of each cell's own
     assert own["info"]["ignored"] == ["script_args margin_size (the grid's cells touch)"]
+    forge = made(studio.http.post("/txt2img", json={**fields, "seed": 3, "steps": 1, "distilled_cfg_scale": 3.5,
+                                                    "script_name": "X/Y/Z plot", "script_args": [
+                                                        7, "2.5, 4.5", [], 8, "red, green", []]}))  # Forge's indices
+    assert "X Type: Distilled CFG Scale" in forge["info"]["infotexts"][0] and "Y Type: Prompt S/R" in \
+        forge["info"]["infotexts"][0] and "Distilled CFG Scale: 2.5," in forge["info"]["infotexts"][0]
 
     # A1111's older layout (no dropdowns), a Z axis: one grid per Z value side by side, each with include_sub_grids
     older = made(studio.http.post("/txt2img", json={**fields, "seed": 3, "steps": 1, "script_name": "x/y/z plot",

@@ -593,7 +593,8 @@ def plot_answer(gone: threading.Event, studio, state: SdApiState, fields: dict, 
     answer's images."""
     named = script_layout(params.script_args)
     axes, described = plot_axes(named, img2img, params.enable_hr, lambda title: checkpoint_name(studio, title),
-                                read_styles(studio.folders.styles))
+                                read_styles(studio.folders.styles),
+                                forge=params.distilled_cfg_scale is not None)  # a field only Forge's clients send
     if not named["draw_legend"]:
         ignored.append("script_args draw_legend (the grid is labelled)")
     if named.get("margin_size"):

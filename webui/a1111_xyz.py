@@ -43,6 +43,13 @@ A1111_AXES = (  # A1111's axis list (scripts/xyz_grid.py) in its order; a tab li
     ("Always discard next-to-last sigma", BOTH), ("SGM noise multiplier", BOTH), ("Refiner checkpoint", BOTH),
     ("Refiner switch at", BOTH), ("RNG source", BOTH),
 )
+# Forge's list (lllyasviel/stable-diffusion-webui-forge, scripts/xyz_grid.py): A1111's with Distilled CFG Scale after
+# CFG Scale and the beta schedule's alpha and beta after Schedule rho, so its indices from 7 on are others
+FORGE_AXES = tuple(
+    item for entry in A1111_AXES for item in (
+        (entry, ("Distilled CFG Scale", BOTH)) if entry == ("CFG Scale", BOTH) else
+        (entry, ("Beta schedule alpha", BOTH), ("Beta schedule beta", BOTH)) if entry == ("Schedule rho", BOTH) else
+        (entry,)))
 NOTHING = "Nothing"
 KINDS = {  # A1111's axis label (Forge's Distilled CFG Scale, by label) -> the studio's axis kind
     "Seed": "seed", "Var. seed": "var-seed", "Var. strength": "var-strength", "Steps": "steps",
@@ -58,14 +65,16 @@ def is_xyz_plot(script_name: str | None) -> bool:
     return (script_name or "").strip().lower() == XYZ_PLOT
 
 
-def axis_labels(img2img: bool) -> list[str]:
-    """The axis labels in the order A1111's txt2img or img2img tab lists them (what an x_type index points into)."""
-    return [label for label, tab in A1111_AXES if tab in (BOTH, IMG2IMG if img2img else TXT2IMG)]
+def axis_labels(img2img: bool, forge: bool = False) -> list[str]:
+    """The axis labels in the order A1111's (or Forge's) txt2img or img2img tab lists them (what an x_type index
+    points into)."""
+    return [label for label, tab in (FORGE_AXES if forge else A1111_AXES)
+            if tab in (BOTH, IMG2IMG if img2img else TXT2IMG)]
 
 
-def axis_label(value, img2img: bool, name: str) -> str:
-    """The A1111 label of an axis type: an index into the tab's list, or a label."""
-    labels = axis_labels(img2img)
+def axis_label(value, img2img: bool, name: str, forge: bool = False) -> str:
+    """The A1111 label of an axis type: an index into the tab's list (Forge's for a Forge client), or a label."""
+    labels = axis_labels(img2img, forge)
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(labels):
         return labels[value]
     if isinstance(value, str):
@@ -98,14 +107,15 @@ def values_text(values, dropdown) -> str:
     return "" if values is None else str(values)
 
 
-def plot_axes(named: dict, img2img: bool, hires: bool, checkpoint,
-              styles: dict[str, Style]) -> tuple[list[Axis], list[tuple[str, str, str]]]:
+def plot_axes(named: dict, img2img: bool, hires: bool, checkpoint, styles: dict[str, Style],
+              forge: bool = False) -> tuple[list[Axis], list[tuple[str, str, str]]]:
     """The plot's X, Y and Z axes (Nothing: one cell that changes nothing) from the script's arguments by name and,
     for the grid's text, each set axis's (X/Y/Z, A1111 label, values as sent). `checkpoint(title)` names a
-    checkpoint as the studio does (a refusal for one it does not have); `styles`: the styles folder's."""
+    checkpoint as the studio does (a refusal for one it does not have); `styles`: the styles folder's; `forge`: the
+    types index Forge's list."""
     axes, described = [], []
     for name in ("x", "y", "z"):
-        label = axis_label(named[f"{name}_type"], img2img, name)
+        label = axis_label(named[f"{name}_type"], img2img, name, forge)
         if label == NOTHING:
             axes.append(Axis("seed", (None,)))  # as mflux_core.xyz pads a missing axis
             continue
