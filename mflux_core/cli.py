@@ -592,6 +592,9 @@ def run_prompt_lines(args: argparse.Namespace, manager, request: GenerationReque
                      stepwise: Path | None, styled: Callable[[GenerationRequest], GenerationRequest]) -> list[Path]:
     """Every line's images (every line validated before the first runs), each named by its line and seed."""
     lines = read_prompt_lines(read_prompt_file(Path(args.prompts_from)))
+    for line in lines:
+        for item in line.ignored:
+            print(f"Note: line {line.number}: {item}", file=sys.stderr)
     requests = line_requests(request, lines, seeds, wildcards=Path(args.wildcards_dir), styled=styled,
                              position=args.prompts_at)
     print(f"Prompt list: {len(lines)} lines, {len(requests)} images")

@@ -15,12 +15,12 @@ import functools
 import json
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mflux_core.errors import InvalidRequest
 from mflux_core.request import MAX_SEED, GenerationRequest
-from mflux_core.settings_schema import MAX_BATCH, a1111_sampling
+from mflux_core.settings_schema import MAX_BATCH, SAMPLER_LABELS, SCHEDULE_LABELS, a1111_sampling
 from mflux_core.wildcards import expand_prompt
 
 PROMPT_POSITIONS = ("start", "end")  # A1111's prompt_position: a line's prompt before the job's own, or after it
@@ -33,14 +33,22 @@ LINE_SETTINGS = {"prompt": str, "negative_prompt": str, "seed": int, "steps": in
                  "variation_seed": int, "variation_strength": float, "batch_count": int}
 # A1111's names for the same settings, with FLUX's meanings as Forge gives them (webui/a1111_api.py)
 A1111_NAMES = {"n_iter": "batch_count", "cfg_scale": "true_cfg_scale", "distilled_cfg_scale": "guidance",
-               "sampler_name": "sampler", "scheduler": "schedule", "subseed": "variation_seed",
-               "subseed_strength": "variation_strength"}
+               "sampler_name": "sampler", "sampler_index": "sampler", "scheduler": "schedule", "sd_model": "model",
+               "subseed": "variation_seed", "subseed_strength": "variation_strength"}
+BATCH_SIZE = "batch_size"  # A1111's images a batch: a line makes batch_size x n_iter images here too
+# The rest of A1111's line options: taken, left out, and named in the line's `ignored` (A1111 runs such lines too)
+A1111_LEFT_OUT = {"styles": "the job's styles apply", "restore_faces": "no face restore on a line",
+                  "tiling": "no tiling", "seed_resize_from_h": "no seed resize", "seed_resize_from_w": "no seed resize",
+                  "outpath_samples": "results go to the outputs folder", "outpath_grids": "grids go to grids/",
+                  "prompt_for_display": "the prompt is shown", "do_not_save_samples": "the API saves as asked",
+                  "do_not_save_grid": "the API saves as asked"}
 
 
 @dataclass(frozen=True)
 class PromptLine:
     number: int  # 1 for the text's first line
     settings: dict  # LINE_SETTINGS keys -> values
+    ignored: tuple[str, ...] = ()  # what the line set that the studio left out, each with why
 
 
 class _LineParser(argparse.ArgumentParser):
@@ -53,7 +61,9 @@ class _LineParser(argparse.ArgumentParser):
 @functools.cache
 def _flags_parser() -> argparse.ArgumentParser:
     parser = _LineParser(prog="line", add_help=False, allow_abbrev=False)
-    for name, kind in {**LINE_SETTINGS, **{alias: LINE_SETTINGS[name] for alias, name in A1111_NAMES.items()}}.items():
+    kinds = {**LINE_SETTINGS, **{alias: LINE_SETTINGS[name] for alias, name in A1111_NAMES.items()}, BATCH_SIZE: int,
+             **dict.fromkeys(A1111_LEFT_OUT, str)}
+    for name, kind in kinds.items():
         flags = dict.fromkeys((f"--{name}", f"--{name.replace('_', '-')}"))  # --n_iter or --n-iter
         # text runs to the next flag, quoted or not, as in A1111's script
         parser.add_argument(*flags, dest=name, type=kind, nargs="+" if kind is str else None)
@@ -82,22 +92,36 @@ def _from_json(line: str) -> dict:
     return settings
 
 
-def _named(settings: dict) -> dict:
-    """The settings under the request's names; unknown ones refused, naming what a line may set."""
-    named = {}
+def _named(settings: dict) -> tuple[dict, tuple[str, ...]]:
+    """The settings under the request's names, and what of A1111's the studio leaves out (named, with why); unknown
+    ones refused, naming what a line may set."""
+    named, ignored = {}, []
     for key, value in settings.items():
         name = A1111_NAMES.get(key, key)
-        if name not in LINE_SETTINGS:
+        if key in A1111_LEFT_OUT:
+            ignored.append(f"--{key} ({A1111_LEFT_OUT[key]})")
+            continue
+        if name not in (*LINE_SETTINGS, BATCH_SIZE):
             raise InvalidRequest(f"Unknown setting {str(key)[:40]!r}; a line may set {', '.join(LINE_SETTINGS)}.")
         named[name] = value
     sampling = {name: named[name] for name in ("sampler", "schedule") if isinstance(named.get(name), str)}
     if sampling:  # A1111's labels ("Euler a", "DPM++ 2M Karras", "Karras") as the names they stand for
-        named.update(a1111_sampling(sampling.get("sampler", ""), sampling.get("schedule", "")))
+        known = a1111_sampling(sampling.get("sampler", ""), sampling.get("schedule", ""))
+        for name, label in sampling.items():
+            if name not in known and label.lower() not in (SAMPLER_LABELS if name == "sampler" else SCHEDULE_LABELS):
+                ignored.append(f"--{name} {label[:40]!r} (not in the studio: the default runs)")  # as A1111's API
+                del named[name]
+        named.update(known)
+    batch = named.pop(BATCH_SIZE, 1)
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+        raise InvalidRequest(f"The batch size must be a whole number from 1 to {MAX_BATCH}, not {str(batch)[:40]}.")
+    if batch > 1:
+        named["batch_count"] = named.get("batch_count", 1) * batch
     count = named.get("batch_count", 1)
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_BATCH:
         raise InvalidRequest(f"The image count (batch_count) must be a whole number from 1 to {MAX_BATCH}, "
                              f"not {str(count)[:40]}.")
-    return named
+    return named, tuple(ignored)
 
 
 def read_prompt_lines(text: str) -> list[PromptLine]:
@@ -111,7 +135,7 @@ def read_prompt_lines(text: str) -> list[PromptLine]:
             continue
         try:
             read = _from_json if line.startswith("{") else _from_flags if line.startswith("--") else None
-            lines.append(PromptLine(number, _named(read(line) if read else {"prompt": line})))
+            lines.append(PromptLine(number, *_named(read(line) if read else {"prompt": line})))
         except InvalidRequest as error:
             raise InvalidRequest(f"Line {number}: {error}") from None
     if not lines:
@@ -141,7 +165,7 @@ def seeded_lines(lines: list[PromptLine], seed: int, images: int, iterate: bool,
         if "seed" not in settings:
             settings["seed"] = (seed + index * images) % (MAX_SEED + 1) if iterate else \
                 drawn() if drawn and not same_seed else seed
-        seeded.append(PromptLine(line.number, settings))
+        seeded.append(replace(line, settings=settings))
     return seeded
 
 

@@ -636,6 +636,14 @@ def test_the_prompts_from_file_script_runs_each_line_as_a1111_does(studio):
     end = made(studio.http.post("/txt2img", json={**fields, "steps": 1, "script_name": "Prompts from file or textbox",
                                                   "script_args": [False, False, "end", "a cat"]}))
     assert end["info"]["all_prompts"] == ["on a blue background a cat"]
+    a1111_options = made(studio.http.post("/txt2img", json={  # the rest of A1111's line options run too
+        **fields, "steps": 1, "script_name": "Prompts from file or textbox", "script_args": [
+            False, False, "start", "--prompt \"a cat\" --batch_size 2 --sd_model demo --styles Vivid "
+                                   "--restore_faces true --sampler_name LMS"]}))
+    assert a1111_options["info"]["all_seeds"] == [40, 41] and a1111_options["info"]["ignored"] == [
+        "script_args line 1: --styles (the job's styles apply)",
+        "script_args line 1: --restore_faces (no face restore on a line)",
+        "script_args line 1: --sampler 'LMS' (not in the studio: the default runs)"]
     for script_args, words in (([False, False, "middle", "a cat"], "prompt_position (script_args[2]) is 'start' or "
                                                                      "'end', not 'middle'."),
                                ([False, False, "start", 5], "prompt_txt (script_args[3]) must be the lines"),

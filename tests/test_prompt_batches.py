@@ -102,7 +102,6 @@ def test_a_line_takes_a1111s_sampler_and_scheduler_labels_as_its_own_names():
 
 @pytest.mark.parametrize("line, sentence", [
     ("--prompt a cat --colour red", "Line 2: Unrecognized arguments: --colour red"),
-    ('{"prompt": "a cat", "sampler_name": "DDIM"}', "Line 2: The sampler must be one of euler, euler_a"),
     ("--prompt a cat --seed five", "Line 2: Argument --seed: invalid int value"),
     ('--prompt "a cat', "Line 2: The line cannot be split"),
     ('{"prompt": "a cat", "steps": "4"}', "Line 2: Steps must be a whole number"),
@@ -116,6 +115,15 @@ def test_a_line_takes_a1111s_sampler_and_scheduler_labels_as_its_own_names():
 def test_a_bad_line_is_refused_with_its_number(line, sentence):
     with pytest.raises(InvalidRequest, match=sentence):
         line_requests(GenerationRequest(), read_prompt_lines(f"a good line\n{line}\n"), [0])
+
+
+def test_a1111s_other_line_options_are_taken_and_what_the_studio_lacks_is_named():
+    """As A1111's script runs them (a sampler it lacks falls back, as its txt2img does)."""
+    [line] = read_prompt_lines('--prompt "a cat" --sampler_name DDIM --batch_size 2 --n_iter 2 --sd_model demo '
+                               '--tiling true --outpath_samples /tmp/x')
+    assert line.settings == {"prompt": "a cat", "batch_count": 4, "model": "demo"}
+    assert line.ignored == ("--tiling (no tiling)", "--outpath_samples (results go to the outputs folder)",
+                            "--sampler 'DDIM' (not in the studio: the default runs)")
 
 
 def test_a_list_of_more_images_than_one_run_makes_is_refused_before_any_is_planned():

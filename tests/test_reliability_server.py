@@ -381,7 +381,7 @@ def test_a_full_disk_in_the_web_job_is_a_clear_error_and_the_next_job_works(tiny
                     folders=StudioFolders.default(tmp_path / "outputs", loras=[]))
     studio.outputs = SimpleNamespace(history="history", history_paths="paths", status_strip="strip")
     view = SimpleNamespace(status="status", preview="preview", results="results", tool="generate", compared=None)
-    values = {**{k: v for k, v in FAST.items()}, "model": str(tiny_schnell), "quantize": "off", "guidance": "",
+    values = {**{k: v for k, v in FAST.items()}, "model": tiny_schnell.name, "quantize": "off", "guidance": "",
               **{f"lora_{i}": "" for i in (1, 2, 3)}, **{f"lora_scale_{i}": 1.0 for i in (1, 2, 3)}}
 
     def disk_full(descriptor):

@@ -579,7 +579,7 @@ def images_made(gone: threading.Event, studio, state: SdApiState, fields: dict, 
         requests = [with_tagged_loras(line, context).validated()
                     for line in prompt_list_requests(requests[0], params.seed == -1, len(requests),
                                                      params.script_args, context.wildcards,
-                                                     lambda request: styles_merged(request, styles))]
+                                                     lambda request: styles_merged(request, styles), ignored)]
     job = ApiJob("img2img" if img2img else "txt2img", len(requests))
     results = run_job(studio, state, job, requests, params.save_images, gone)
     return images_answer(fields, params, job, results, ignored)

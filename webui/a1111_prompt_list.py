@@ -40,13 +40,15 @@ def script_arguments(args: list) -> tuple[bool, bool, str, str]:
 
 
 def prompt_list_requests(base: GenerationRequest, random_seed: bool, images: int, args: list, wildcards,
-                         styled: Callable[[GenerationRequest], GenerationRequest]) -> list[GenerationRequest]:
+                         styled: Callable[[GenerationRequest], GenerationRequest],
+                         ignored: list[str]) -> list[GenerationRequest]:
     """Every line's validated requests over `base` (the call's first request, unstyled), `images` per
     line unless the line says otherwise, `styled` (the request's styles merged) once its prompts are put together;
-    `random_seed`: the call asked for seed -1."""
+    `random_seed`: the call asked for seed -1. What a line sets that the studio leaves out goes into `ignored`."""
     iterate, same_seed, position, text = script_arguments(args)
     drawn = (lambda: random.randrange(MAX_SEED + 1)) if random_seed else None
     lines = seeded_lines(read_prompt_lines(text), base.seed, images, iterate, same_seed, drawn)
+    ignored += [f"script_args line {line.number}: {item}" for line in lines for item in line.ignored]
     requests = [request for _, request in line_requests(base, lines, [base.seed], images, wildcards, styled,
                                                         position=position)]
     if len(requests) > MAX_ANSWERED:
