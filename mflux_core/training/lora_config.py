@@ -18,7 +18,8 @@
                    "images": [{"image": "dog1.jpg", "prompt": "photo of sks dog"}]}
     }
 
-mflux's own keys are read too (with_mflux_keys). Paths (model folder, output, examples) are relative to the config
+`max_sequence_length` left out: the T5 length the tool the adapter is for uses on the model (512 on FLUX.1, 32 on
+the demo models), so training sees the prompts as generating will. mflux's own keys are read too (with_mflux_keys). Paths (model folder, output, examples) are relative to the config
 file. Every section refuses keys
 it does not know, so a typo is an error, never a silently ignored setting. `block_range` ends are
 exclusive, as in mflux. `examples.resize`: true scales each image to cover the training size and
@@ -76,10 +77,10 @@ def _count(high: int) -> Setting:
 # Settings are labelled by the Section that holds them, so they are made here without a label ("").
 TOP = Section("", {
     "model": text("").optional(), "base_model": text("").optional(), "quantize": QUANTIZE.optional(), "seed": SEED,
-    "width": side(""), "height": side(""), "guidance": GUIDANCE, "max_sequence_length": SEQUENCE_LENGTH,
+    "width": side(""), "height": side(""), "guidance": GUIDANCE, "max_sequence_length": SEQUENCE_LENGTH.optional(),
     **dict.fromkeys(SECTIONS, OBJECT),
 }, {"model": None, "base_model": None, "quantize": None, "seed": 0, "width": 512, "height": 512, "guidance": 1.0,
-    "max_sequence_length": 512, **dict.fromkeys(SECTIONS, {})})
+    "max_sequence_length": None, **dict.fromkeys(SECTIONS, {})})  # None: what the tool uses on the model
 LOOP = Section("training_loop", {"steps": _count(10**7).optional(), "num_epochs": _count(10**6).optional(),
                                  "batch_size": _count(64)},
                {"steps": None, "num_epochs": None, "batch_size": 1})
@@ -191,7 +192,7 @@ class TrainingConfig:
     width: int
     height: int
     guidance: float
-    max_sequence_length: int
+    max_sequence_length: int | None  # None until the model is loaded: the length its generate / in-context uses
     steps: int | None  # exactly one of steps / num_epochs
     num_epochs: int | None
     batch_size: int
