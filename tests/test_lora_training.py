@@ -463,3 +463,10 @@ def test_a_config_without_a_t5_length_trains_at_the_one_generating_uses_on_its_m
         default_sequence_length(model.text_encoders, "generate") == 32
     assert with_sequence_length(config, model).max_sequence_length == 16  # as the config says
 
+
+def test_an_output_folder_that_cannot_be_made_is_refused_before_the_first_step(tiny_dev, tmp_path):
+    (tmp_path / "taken").write_text("a file where the output folder would go")
+    config = write_config(tmp_path, tiny_dev, save={"output_path": "taken"})
+    with pytest.raises(InvalidRequest, match=r"^The output folder .*taken cannot be made or written \(Not a dir"):
+        train_lora(config)
+

@@ -310,6 +310,11 @@ def train_lora(
     config = with_sequence_length(config, model)
     if budget is not None:
         budget.check(training_plan(model, config, budget))
+    try:  # before any step: the first checkpoint would find out only after them
+        (config.output_path / CHECKPOINTS_FOLDER).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InvalidRequest(f"The output folder {config.output_path} cannot be made or written "
+                             f"({error.strerror or error}): choose another save.output_path.") from None
     examples = encode_examples(model, config)
     if resumed is not None and resumed.meta.get("examples_fingerprint") != examples.fingerprint:
         raise InvalidRequest(f"The training images or prompts changed since the checkpoint {resumed.path.name} "
