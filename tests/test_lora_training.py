@@ -382,6 +382,7 @@ def test_the_train_panel_streams_loss_and_validation_and_stop_keeps_a_checkpoint
     import gradio as gr
 
     from mflux_core.manager import ModelManager
+    from webui.jobs import scoped
     from webui.panels.train import run_training, training_inputs
     from webui.studio import Studio, StudioFolders
 
@@ -408,8 +409,10 @@ def test_the_train_panel_streams_loss_and_validation_and_stop_keeps_a_checkpoint
     updates = []
     for update in run_training(studio, outputs, {"config_path": str(tmp_path / "train.json")}, "session"):
         updates.append(update)
+        if "step 2 of 50" in update.get(outputs["status"], ""):
+            assert not studio.jobs.cancel("session")  # another tab's Stop (it stopped the training)
         if "step 3 of 50" in update.get(outputs["status"], ""):
-            studio.jobs.cancel("session")  # Stop: the run ends after the step under way
+            studio.jobs.cancel(scoped("session", "train"))  # the tab's Stop: the run ends after the step under way
     statuses = [u[outputs["status"]] for u in updates if outputs["status"] in u]
     assert any("step 1 of 50 · loss " in s for s in statuses) and "s/step, about" in statuses[2]
     assert "Stopped at step " in statuses[-1] and "adapter.safetensors" in statuses[-1]

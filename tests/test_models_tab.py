@@ -15,7 +15,8 @@ from mflux_core.model_catalog import cache_bytes_freed, catalog, delete_from_cac
 from mflux_core.registry import on_disk
 from mflux_core.weights.resolve import DEMO_MODELS, demo_models_dir
 from tests.fixtures.fake_hub import BIG_FILE, REPO, digests, hub, source  # noqa: F401 (fixtures)
-from webui.panels.models import follow_download, table_rows
+from webui.jobs import scoped
+from webui.panels.models import MODELS_JOBS, follow_download, table_rows
 from webui.status import size_text
 
 
@@ -249,7 +250,8 @@ def test_quantize_and_save_reports_tensors_and_a_stop_leaves_no_folder(tmp_path)
     updates = quantize_and_save(studio, "demo", "8", "demo-stop", "session", "status")
     for update in updates:
         if "Preparing" in html.unescape(update["status"]):
-            assert studio.jobs.cancel("session")  # the tab's Stop, before the work starts
+            assert not studio.jobs.cancel("session")  # another tab's Stop leaves it running
+            assert studio.jobs.cancel(scoped("session", MODELS_JOBS))  # the tab's Stop, before the work starts
     assert "Stopped quantizing demo" in html.unescape(update["status"])
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["full"]
 
@@ -280,7 +282,7 @@ def test_the_tab_merges_models_into_the_models_folder_and_a_stop_leaves_none(tmp
     updates = merge_and_save(studio, ["demo", "demo"], "weighted-sum", 0.5, "never", "s", "status")
     for update in updates:
         if "Preparing" in html.unescape(update["status"]):
-            assert studio.jobs.cancel("s")
+            assert studio.jobs.cancel(scoped("s", MODELS_JOBS))
     assert "Stopped merging" in html.unescape(update["status"])
     assert not (tmp_path / "models" / "never").exists()
 

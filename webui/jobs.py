@@ -204,12 +204,17 @@ def _images(count: int) -> str:
     return f"{count} image{'s' if count != 1 else ''}"
 
 
-def stop_handler(studio):
-    """Stop this session's running jobs after their current step (each job reports how far it got), or else
-    withdraw its waiting ones from the engine's queue."""
+def scoped(session: str, scope: str | None) -> str:
+    """The key a job is stopped by: a tab with a job of its own (a training) keeps it from the other tabs' Stop."""
+    return f"{session}:{scope}" if scope else session
+
+
+def stop_handler(studio, scope: str | None = None):
+    """Stop this session's running jobs (of `scope`) after their current step (each job reports how far it got), or
+    else withdraw its waiting ones from the engine's queue."""
 
     def stop(request: gr.Request):
-        session = request.session_hash if request else ""
+        session = scoped(request.session_hash if request else "", scope)
         if studio.jobs.cancel(session):
             gr.Info("Stopping after the current step.")
         elif studio.turns.withdraw_waiting(session):
@@ -237,11 +242,12 @@ PageWork = Callable[[threading.Event], Generator[dict, None, str]]
 
 def page_job(studio, session: str, status: gr.HTML, work: PageWork, *, preparing: str = "Preparing…",
              stopped: Callable[[Cancelled], str] = str, final: Callable[[], dict] = dict,
-             about: dict | None = None):
-    """Run a panel's work as this session's job (Stop sets its cancel flag) when its turn in the engine's queue
-    comes (its place shows while it waits; `about`: what the queue shows of it, webui.turns.job_about) and end it
-    with one status line: the work's own, the stop's sentence, or the failure's. `final()` adds the job's results
-    to that last update."""
+             about: dict | None = None, scope: str | None = None):
+    """Run a panel's work as this session's job (Stop sets its cancel flag; with a `scope`, only the Stop wired with
+    it) when its turn in the engine's queue comes (its place shows while it waits; `about`: what the queue shows of
+    it, webui.turns.job_about) and end it with one status line: the work's own, the stop's sentence, or the
+    failure's. `final()` adds the job's results to that last update."""
+    session = scoped(session, scope)
     try:
         entry = studio.turns.join(**(about or {}), source="page", session=session)
     except QueueFull as full:

@@ -176,8 +176,9 @@ class Studio:
         return run.then(self.after_job_updates, outputs=self.after_job_updates_outputs(), queue=False,
                         show_progress="hidden", api_visibility="private")
 
-    def wire_stop(self, trigger: gr.Button, api_name: str | None = None):
-        """A Stop button; every panel's does the same (stops this session's job), so one is in the API."""
-        return trigger.click(stop_handler(self), api_name=api_name, concurrency_limit=None,
+    def wire_stop(self, trigger: gr.Button, api_name: str | None = None, scope: str | None = None):
+        """A Stop button; every panel's does the same (stops this session's job), so one is in the API; one with a
+        `scope` stops only the jobs page_job ran with it (a training, the Models tab's tasks)."""
+        return trigger.click(stop_handler(self, scope), api_name=api_name, concurrency_limit=None,
                              concurrency_id="studio-stop", show_progress="hidden",
                              api_visibility="public" if api_name else "private")

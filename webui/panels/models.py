@@ -29,6 +29,7 @@ from webui.widgets import refresh_model_pickers
 HEADERS = ["Model", "Kind", "Where", "Size on disk", "State", "Resident", "Repository"]
 OFFLINE_NOTE = "Downloads are off: the studio runs offline (HF_HUB_OFFLINE=1), so this list shows what is on disk."
 QUANTIZE_CHOICES = ["8", "4"]
+MODELS_JOBS = "models"  # the scope of this tab's jobs: only its own Stop buttons stop them
 
 
 MERGEABLE_KINDS = ("base", "Fill", "Depth / Canny", "Kontext", "base (single file)")  # KIND_LABELS of transformers
@@ -134,7 +135,7 @@ def quantize_and_save(studio, name: str, bits: str, new_name: str, session: str,
         return (f"Saved {model} as {target.name} in the models folder ({bits}-bit, transformer "
                 f"{gb_text(saved.transformer_bytes)}): pick it by that name in any tool.")
 
-    yield from page_job(studio, session, status, work)
+    yield from page_job(studio, session, status, work, scope=MODELS_JOBS)
 
 
 def merge_and_save(studio, names: list[str], method: str, multiplier: float, new_name: str, session: str, status):
@@ -161,7 +162,7 @@ def merge_and_save(studio, names: list[str], method: str, multiplier: float, new
         return (f"Merged {' and '.join(models)} ({MERGE_METHODS[method]}, M {float(multiplier):g}: "
                 f"{report.summary()}) as {target.name} in the models folder: pick it by that name in any tool.")
 
-    yield from page_job(studio, session, status, work)
+    yield from page_job(studio, session, status, work, scope=MODELS_JOBS)
 
 
 def extract_and_save(studio, tuned: str, base: str, rank: int, lora_name: str, session: str, status):
@@ -188,7 +189,7 @@ def extract_and_save(studio, tuned: str, base: str, rank: int, lora_name: str, s
         return (f"Saved {path.name} ({gb_text(path.stat().st_size)}) in the LoRA library: "
                 f"{report.summary(int(rank))}. Pick it in any tool's LoRAs.")
 
-    yield from page_job(studio, session, status, work)
+    yield from page_job(studio, session, status, work, scope=MODELS_JOBS)
 
 
 def ask_delete(studio, name: str):
@@ -331,7 +332,7 @@ def render(studio) -> None:
     quantized = quantize.click(quantize_handler, [name, bits, new_name], [status, table, *pickers],
                                concurrency_id=ENGINE_QUEUE, concurrency_limit=1, api_visibility="private")
 
-    studio.wire_stop(stop_quantize)
+    studio.wire_stop(stop_quantize, scope=MODELS_JOBS)
 
     def merge_handler(a, b, c, method_value, multiplier_value, new_value, request: gr.Request):
         yield from merge_and_save(studio, [a, b, c], method_value, multiplier_value, new_value,
@@ -342,7 +343,7 @@ def render(studio) -> None:
                          concurrency_id=ENGINE_QUEUE, concurrency_limit=1, api_visibility="private")
     for event in (rescan.click, downloaded.then, deleted.then, quantized.then, merged.then):  # every tool's list too
         refresh_model_pickers(studio, event)
-    studio.wire_stop(stop_merge)
+    studio.wire_stop(stop_merge, scope=MODELS_JOBS)
 
     def extract_handler(tuned_value, base_value, rank_value, name_value, request: gr.Request):
         yield from extract_and_save(studio, tuned_value, base_value, rank_value, name_value,
@@ -351,7 +352,7 @@ def render(studio) -> None:
 
     extract.click(extract_handler, [*extract_models, rank, lora_name], [status, table], concurrency_id=ENGINE_QUEUE,
                   concurrency_limit=1, api_visibility="private")
-    studio.wire_stop(stop_extract)
+    studio.wire_stop(stop_extract, scope=MODELS_JOBS)
 
     def store_token(value):
         try:

@@ -119,7 +119,7 @@ def run_training(studio, outputs: dict, values: dict, session: str):
                 f"{' '.join(outcome.notes)}")
 
     yield from page_job(studio, session, outputs["status"], work,
-                        preparing="Loading the model and encoding the examples…")
+                        preparing="Loading the model and encoding the examples…", scope=TOOL)
 
 
 def render(studio) -> Panel:
@@ -148,5 +148,5 @@ def render(studio) -> Panel:
     run.click(handler, inputs_kwargs={"config_path": config_path, "checkpoint_path": checkpoint_path},
               outputs=list(outputs.values()), api_name="train", concurrency_id=ENGINE_QUEUE, concurrency_limit=1,
               show_progress="minimal", show_progress_on=[validation])
-    studio.wire_stop(stop)
+    studio.wire_stop(stop, scope=TOOL)  # another tab's Stop leaves a training running
     return Panel(TOOL, (), {}, lambda values: {}, lambda settings: {})
