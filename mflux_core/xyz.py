@@ -19,6 +19,7 @@ import csv
 import io
 import itertools
 import math
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -375,6 +376,8 @@ def plot_cells(base: GenerationRequest, axes: list[Axis], max_cells: int = MAX_C
     if any(axis.kind in ("strength", "denoising") for axis in axes) and not base.image_path:
         raise InvalidRequest("The image strength and denoising axes need an input image to start from "
                              "(image-to-image): give one, or choose another axis.")
+    if any(axis.kind == "var-strength" for axis in axes) and base.variation_seed is None:
+        base = base.with_(variation_seed=random.randrange(MAX_SEED + 1))  # as A1111's subseed -1: one for the cells
     axes = list(axes) + [Axis("seed", (None,))] * (3 - len(axes))  # a missing axis: one cell, nothing changed
     sizes = [len(axis.values) for axis in axes]
     count = sizes[0] * sizes[1] * sizes[2]

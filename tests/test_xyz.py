@@ -202,3 +202,13 @@ def test_a_vae_text_encoder_axis_sets_each_cells_files_in_place_of_the_requests(
         (), ("text_encoders/t5xxl_fp8.safetensors",), ("clip_l_ft", "t5xxl_fp8")]
     assert [axis.heading(value) for value in axis.values] == [
         "VAE / Text Encoder: none", "VAE / Text Encoder: t5xxl_fp8", "VAE / Text Encoder: clip_l_ft + t5xxl_fp8"]
+
+
+def test_a_variation_strength_axis_without_a_variation_seed_draws_one_for_all_its_cells():
+    """As A1111's subseed -1; it was refused ("A variation strength needs a variation seed") on every surface."""
+    cells = plot_cells(GenerationRequest(prompt="a cat", seed=3, steps=1, width=64, height=64),
+                       [parse_axis("var-strength", "0, 0.5")])
+    assert [c.request.variation_strength for c in cells] == [0.0, 0.5]
+    assert len({c.request.variation_seed for c in cells}) == 1 and cells[0].request.variation_seed is not None
+    given = plot_cells(GenerationRequest(prompt="a cat", seed=3, variation_seed=7), [parse_axis("var-strength", "0.5")])
+    assert given[0].request.variation_seed == 7
