@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from mflux_core.lora.a1111 import LoraUse
 from mflux_core.request import is_finite_number as is_number
+from mflux_core.settings_schema import QUANTIZE_BITS
 from mflux_core.weights.resolve import ALIASES, MFLUX_MODEL_NAMES
 
 SIZE_TEXT = re.compile(r"([0-9]{1,18})x([0-9]{1,18})")  # "WxH", each side as request.whole_text reads it
@@ -258,12 +259,14 @@ def read_mflux_metadata(text: str) -> FoundSettings:
         found["guidance"] = float(params["guidance"])
     if is_number(params.get("image_strength")) and 0 < params["image_strength"] < 1:
         found["image_strength"] = float(params["image_strength"])
+    if params.get("quantize") in QUANTIZE_BITS:  # it changes the image: restored on the page too
+        found["quantize"] = params["quantize"]
     return FoundSettings(found, listed_loras(params.get("lora_paths"), params.get("lora_scales")))
 
 
 def mflux_command_fields(text: str) -> dict:
     """What mflux's -C restores beside the settings the page takes: the model (ours where its repo or name is one of
-    ours, else its local path), the quantization, and the input images (paths on this machine) with their strengths."""
+    ours, else its local path) and the input images (paths on this machine) with their strengths."""
     params = json_object(text)
     fields = {}
     repos = {repo: alias for alias, repo in ALIASES.items()}
@@ -272,8 +275,6 @@ def mflux_command_fields(text: str) -> dict:
         fields["model"] = path
     elif isinstance(model, str) and (model in repos or model in ALIASES or model in MFLUX_MODEL_NAMES):
         fields["model"] = repos.get(model, model)
-    if params.get("quantize") in (3, 4, 5, 6, 8):
-        fields["quantize"] = params["quantize"]
     for key in ("image_path", "masked_image_path", "depth_image_path", "controlnet_image_path"):
         if isinstance(params.get(key), str) and params[key]:
             fields[key] = params[key]

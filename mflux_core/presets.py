@@ -486,6 +486,8 @@ def found_settings(read: Callable[[str], FoundSettings], text: str, what: str) -
         settings["true_cfg_scale"] = min(float(MAX_TRUE_CFG_SCALE), float(raw["true_cfg_scale"]))
     if "image_strength" in raw:
         settings["image_strength"] = raw["image_strength"]
+    if "quantize" in raw:  # mflux's: its images are made at it
+        settings["quantize"] = raw["quantize"]
     return validate_settings({**settings, **_tagged_loras(found.loras)})
 
 

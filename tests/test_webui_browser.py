@@ -692,6 +692,16 @@ def test_dropping_a_png_restores_its_settings(page, studio):
     assert [value_of(page, f"generate-{k}") for k in ("prompt", "steps", "width", "height", "guidance")] == [
         "a lantern in fog", "9", "640", "896", "2.5"]
 
+    mflux_json = studio.inputs / "image.metadata.json"  # mflux 0.24's --metadata beside its image
+    mflux_json.write_text(json.dumps({"mflux_version": "0.24.0", "model": "black-forest-labs/FLUX.1-dev", "seed": 606,
+                                      "steps": 6, "guidance": 3.0, "quantize": 8, "prompt": "a paper boat",
+                                      "width": 96, "height": 64, "lora_paths": None, "lora_scales": None}))
+    page.set_input_files("#generate-preset-import input[type=file]", str(mflux_json))
+    page.wait_for_function("() => document.querySelector('#generate-seed input').value === '606'")
+    assert [value_of(page, f"generate-{k}") for k in ("prompt", "steps", "width", "height")] == [
+        "a paper boat", "6", "96", "64"]
+    assert page.is_checked("#generate-quantize input[value='8']")  # mflux made it at 8 bits
+
 
 def test_a_lora_added_after_the_page_was_built_is_found_by_rescan(page, studio):
     open_accordions(page, "generate-loras")

@@ -5,10 +5,14 @@ ones come from the project's `presets/` folder and cannot be deleted. Everything
 file is validated by mflux_core.presets before it reaches a control.
 """
 
+from pathlib import Path
+
 import gradio as gr
 
+from mflux_core.app_metadata import is_mflux_metadata, read_mflux_metadata
 from mflux_core.presets import (
-    Preset, PresetError, list_presets, read_preset_file, save_preset, delete_preset, settings_from_png,
+    MAX_PRESET_BYTES, Preset, PresetError, delete_preset, found_settings, list_presets, read_preset_file, save_preset,
+    settings_from_png,
 )
 from mflux_core.settings_schema import HIRES_UPSCALERS
 from mflux_core.upscaler_files import has_upscaler, missing_upscaler_note
@@ -135,6 +139,11 @@ def render_presets(studio, panel) -> None:
     def import_file(path):
         if not path:
             return {}
+        text = Path(path).read_text(encoding="utf-8", errors="replace")[:MAX_PRESET_BYTES]
+        if is_mflux_metadata(text):  # mflux's --metadata JSON: restored as its image would be
+            settings = found_settings(read_mflux_metadata, text, "mflux settings")
+            return {**applied({**unstated_defaults(panel), **settings}, "Restored the settings of mflux's metadata"),
+                    imported: None}
         preset = read_preset_file(path, USER)
         saved = save_preset(studio.folders.user_presets, preset)
         updates = applied(preset.settings, f"Imported and saved the preset {preset.name!r}")
