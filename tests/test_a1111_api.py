@@ -1097,7 +1097,7 @@ def test_a_job_whose_client_went_away_stops_after_its_current_step(studio):
 
     body = json.dumps({"prompt": CAPTION, "seed": 501, "steps": 400, "batch_size": 3, "save_images": True}).encode()
     client = socket.create_connection((studio.http.base_url.host, studio.http.base_url.port))
-    client.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: studio\r\nContent-Type: application/json\r\n"
+    client.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                    b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     deadline = time.monotonic() + TIMEOUT_S
     while answer(studio.http.get("/progress"))["state"]["sampling_step"] < 2:
