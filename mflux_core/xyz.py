@@ -84,14 +84,14 @@ def _range(item: str, whole: bool, what: str) -> list | None:
 def _numbers(text: str, whole: bool, what: str) -> tuple:
     """A1111's numbers: items of numbers and ranges, one after another (`1-3, 7`: 1, 2, 3, 7)."""
     values = []
-    for item in _texts(text, what):
+    for item in text_values(text, what):
         spelled = _range(item, whole, what)
         values.extend(spelled if spelled is not None else [_number(item, whole, what)])
         check_axis_length(len(values), text, what)
     return tuple(values)
 
 
-def _texts(text: str, what: str) -> tuple[str, ...]:
+def text_values(text: str, what: str = "") -> tuple[str, ...]:
     """The comma-separated items, read as A1111 reads them (CSV): a quoted item keeps its commas."""
     rows = csv.reader(io.StringIO(text), skipinitialspace=True)
     return tuple(item.strip() for row in rows for item in row if item.strip())
@@ -104,7 +104,7 @@ def values_text(values) -> str:
 
 def _size(text: str, what: str) -> tuple[tuple[int, int], ...]:
     sizes = []
-    for part in _texts(text, what):
+    for part in text_values(text, what):
         match = re.fullmatch(r"([0-9]{1,18})\s*[xX]\s*([0-9]{1,18})", part)  # past 18 digits: no size
         if match is None:
             raise InvalidRequest(f"{what}: {part[:40]!r} is not a size like 512x768.")
@@ -138,14 +138,14 @@ def _lora(request: GenerationRequest, value: str) -> GenerationRequest:
 
 
 def _lora_names(text: str, what: str) -> tuple[str, ...]:
-    return tuple(NO_LORA if name.lower() == NO_LORA else name for name in _texts(text, what))
+    return tuple(NO_LORA if name.lower() == NO_LORA else name for name in text_values(text, what))
 
 
 NO_STYLE = "none"
 
 
 def _style_names(text: str, what: str) -> tuple[str, ...]:
-    return tuple(NO_STYLE if name.lower() == NO_STYLE else name for name in _texts(text, what))
+    return tuple(NO_STYLE if name.lower() == NO_STYLE else name for name in text_values(text, what))
 
 
 def _prompt_replace(request: GenerationRequest, value: str, search: str) -> GenerationRequest:
@@ -159,7 +159,7 @@ def _prompt_replace(request: GenerationRequest, value: str, search: str) -> Gene
 
 def _orders(text: str, what: str) -> tuple[tuple[str, ...], ...]:
     """A1111's Prompt order values: every order of the terms (refused before making them when there are too many)."""
-    terms = _texts(text, what)
+    terms = text_values(text, what)
     if math.factorial(min(len(terms), 20)) > MAX_AXIS_VALUES:  # min: 20 terms are past any limit already
         raise InvalidRequest(f"{what}: {len(terms)} terms have more orders than the {MAX_AXIS_VALUES:,} values an axis "
                              "takes: use fewer terms.")
@@ -189,7 +189,7 @@ def _named(labels: dict[str, str]) -> Callable[[str, str], tuple[str, ...]]:
 
     def parse(text: str, what: str) -> tuple[str, ...]:
         names = []
-        for part in _texts(text, what):
+        for part in text_values(text, what):
             if part.lower().replace(" ", "") not in known:
                 raise InvalidRequest(f"{what}: {part[:40]!r} is not one of {', '.join(labels.values())}.")
             names.append(known[part.lower().replace(" ", "")])
@@ -238,10 +238,10 @@ AXIS_KINDS = {
                                _field("hires_strength")),
     "lora-scale": AxisKind("LoRA scale", lambda text, what: _numbers(text, False, what), _lora_scale),
     "lora": AxisKind("LoRA", _lora_names, _lora),
-    "model": AxisKind("Model", _texts, _field("model")),
-    "modules": AxisKind("VAE / Text Encoder", _texts, _modules),
+    "model": AxisKind("Model", text_values, _field("model")),
+    "modules": AxisKind("VAE / Text Encoder", text_values, _modules),
     "size": AxisKind("Size", _size, lambda request, size: request.with_(width=size[0], height=size[1])),
-    "prompt-sr": AxisKind("Prompt S/R", _texts, None),  # applied with the axis's search term
+    "prompt-sr": AxisKind("Prompt S/R", text_values, None),  # applied with the axis's search term
     "prompt-order": AxisKind("Prompt order", _orders, _prompt_order),
     "styles": AxisKind("Styles", _style_names, None),  # names, made Styles by resolve_styles; merged by plot_cells
     "sampler": AxisKind("Sampler", _named(SAMPLER_LABELS), _field("sampler"), SAMPLER_LABELS),

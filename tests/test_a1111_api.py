@@ -681,6 +681,9 @@ def test_the_xyz_plot_script_answers_its_grid_then_the_cells_as_a1111_does(studi
                                                                   False, True, False, False, False, 20]}))
     assert len(set(own["info"]["all_seeds"])) == 3  # "Keep -1 for seeds": a seed of each cell's own
     assert own["info"]["ignored"] == ["script_args margin_size (the grid's cells touch)"]
+    automatic = made(studio.http.post("/txt2img", json={**fields, "seed": 3, "steps": 1, "script_name": "X/Y/Z plot",
+                                                        "script_args": ["Schedule type", "Automatic, Karras", []]}))
+    assert "X Values: \"Automatic, Karras\"" in automatic["info"]["infotexts"][0]  # A1111's first schedule label
     forge = made(studio.http.post("/txt2img", json={**fields, "seed": 3, "steps": 1, "distilled_cfg_scale": 3.5,
                                                     "script_name": "X/Y/Z plot", "script_args": [
                                                         7, "2.5, 4.5", [], 8, "red, green", []]}))  # Forge's indices

@@ -5,8 +5,8 @@ cannot read the answer, but the job runs, options change, models unload. And a p
 127.0.0.1 (DNS rebinding) is same-origin with the studio and reads everything. So:
 - a request that changes something (any method but GET, HEAD, OPTIONS) that a browser marks with another origin
   than the studio's own is refused (clients outside a browser send no Origin and are unaffected);
-- a studio bound to this machine only answers only to this machine's names (localhost, 127.0.0.1, [::1]).
-Starlette's TrustedHostMiddleware would do the second but not the first, and answers in plain words nobody reads.
+- a studio bound to this machine answers only to this machine's names (localhost, 127.0.0.1, [::1]).
+Starlette's TrustedHostMiddleware does the second only, and answers in plain text where the APIs' clients read JSON.
 """
 
 from starlette.datastructures import Headers

@@ -98,7 +98,8 @@ def run_plot(studio, view, values: dict, session: str):
                     yield {view.preview: str(path)}
         finally:
             saved[:0] = save_grids(studio.folders.outputs, plot_grids(axes, images), first)
-        return f"Done: {len(cells)} cells and their grid saved to {studio.folders.outputs}."
+        cells_text = f"{len(cells)} cell{'s' if len(cells) != 1 else ''}"
+        return f"Done: {cells_text} and their grid saved to {studio.folders.outputs}."
 
     def final() -> dict:
         grids = [path for path, caption in saved if caption.startswith("grid")]
