@@ -31,6 +31,8 @@ def run_train(args: argparse.Namespace):
     checkpoint = Path(args.train_checkpoint) if args.train_checkpoint else None
     outcome = train_lora(config, checkpoint, report=print_progress, models_dir=Path(args.models_dir),
                          progress_bar=True, budget=budget)
+    for note in outcome.notes:
+        print(f"Note: {note}", file=sys.stderr)
     first, last = (outcome.losses[0], outcome.losses[-1]) if outcome.losses else (float("nan"),) * 2
     print(f"{'Finished' if outcome.finished else 'Stopped'} at step {outcome.step} of {outcome.total} "
           f"(loss {first:.4f} at the first step, {last:.4f} at the last)")

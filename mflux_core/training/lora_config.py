@@ -211,6 +211,7 @@ class TrainingConfig:
     in_context: bool  # diptychs for a Fill model, right half masked (examples.in_context)
     examples: tuple[Example, ...]
     raw: dict  # the JSON as read, for the checkpoint
+    notes: tuple[str, ...] = ()  # what was read otherwise than written, each said once
 
     def total_steps(self) -> int:
         if self.steps is not None:
@@ -267,6 +268,9 @@ class TrainingConfig:
             raise InvalidRequest("The training config's lora_layers must choose transformer_blocks and/or "
                                  "single_transformer_blocks to adapt.")
         examples, resize, in_context = cls._examples(top["examples"], folder)
+        batch = min(loop["batch_size"], len(examples))  # as kohya: a batch repeated its images, at their cost
+        notes = (f"batch_size {loop['batch_size']} is more than the {len(examples)} example(s): {batch} a step.",) \
+            if batch < loop["batch_size"] else ()
         if in_context and top["width"] % (2 * PANEL_MULTIPLE):
             raise InvalidRequest(f"The training config's width ({top['width']}) must be a multiple of "
                                  f"{2 * PANEL_MULTIPLE} with examples.in_context: it holds two panels side by side.")
@@ -274,14 +278,14 @@ class TrainingConfig:
             folder=folder, model=top["model"], base_model=top["base_model"], quantize=top["quantize"],
             seed=top["seed"], width=top["width"], height=top["height"], guidance=top["guidance"],
             max_sequence_length=top["max_sequence_length"], steps=loop["steps"], num_epochs=loop["num_epochs"],
-            batch_size=loop["batch_size"], learning_rate=optimizer["learning_rate"],
+            batch_size=batch, learning_rate=optimizer["learning_rate"],
             weight_decay=optimizer["weight_decay"],
             output_path=(folder / Path(save["output_path"]).expanduser()).resolve(),
             checkpoint_frequency=save["checkpoint_frequency"], validation_prompt=watch["validation_prompt"],
             validation_frequency=watch["validation_frequency"], validation_steps=watch["validation_steps"],
             validation_seed=watch["validation_seed"], rank=lora["rank"],
             alpha=lora["rank"] if lora["alpha"] is None else lora["alpha"], layers=layers, resize_images=resize,
-            in_context=in_context, examples=examples, raw=raw,
+            in_context=in_context, examples=examples, raw=raw, notes=notes,
         )
 
     @staticmethod

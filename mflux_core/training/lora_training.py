@@ -330,7 +330,7 @@ def train_lora(
                             bias_correction=True)
     output = config.output_path
     outcome = TrainingOutcome(step=0, total=total, finished=False, losses=[], adapter=output / ADAPTER_FILE,
-                              checkpoint=output, loss_curve=output / LOSS_CURVE_FILE, notes=list(examples.notes))
+                              checkpoint=output, loss_curve=output / LOSS_CURVE_FILE, notes=[*config.notes, *examples.notes])
 
     with tempfile.TemporaryDirectory(prefix="mflux-lora-") as staging:
         staging = Path(staging)
