@@ -1,10 +1,10 @@
 """X/Y/Z plots: one to three axes, each a setting and its values, and the request of every cell.
 
 Values are written as A1111 writes them: a list (`2.5, 3.5`; a quoted value keeps its commas), a range (`1-5`,
-steps of 1), a range with a step (`0.5-1.0 (+0.25)`) or with a count (`1-10 [4]`), or several (`1-3, 7`). "Prompt S/R" replaces
-its first value in the prompt by each value in turn (the first cell keeps the prompt as it is); "Prompt order"
-puts its terms, found in the prompt, in every order in turn (`cat, hat, red`: six cells). Sampler and
-schedule values are names or A1111's labels (`euler, dpm++2m` or `Euler, DPM++ 2M`; `karras, beta`). LoRA
+steps of 1), a range with a step (`0.5-1.0 (+0.25)`) or with a count (`1-10 [4]`), or several (`1-3, 7`).
+"Prompt S/R" replaces its first value in the prompt by each value in turn (the first cell keeps the prompt as it
+is); "Prompt order" puts its terms, found in the prompt, in every order in turn (`cat, hat, red`: six cells).
+Sampler and schedule values are names or A1111's labels (`euler, dpm++2m` or `Euler, DPM++ 2M`; `karras, beta`). LoRA
 values are LoRA names (or files) and `none`: each cell has that LoRA in place of the first one, at its scale
 (a LoRA scale axis scales it, and leaves the `none` cells alone). VAE / Text Encoder values are files of the
 models folder (`t5xxl_fp16, t5xxl_fp8_e4m3fn`; `clip_l_ft + t5xxl_fp8_e4m3fn` for two in one cell; `none`: the

@@ -281,7 +281,8 @@ def test_the_cli_starts_from_a_forge_png_and_leaves_out_files_and_an_upscaler_it
     run_cli("generate", "--config-from-metadata", path, "--model", "demo", "--steps", 1, "--output", tmp_path / "o.png",
             "--models-dir", tmp_path / "models")
     request = read_metadata_file(tmp_path / "o.png")["request"]
-    assert (request["seed"], request["hires_scale"], request["hires_upscaler"], request["modules"]) == (12, 2, "Lanczos", [])
+    assert (request["seed"], request["hires_scale"], request["hires_upscaler"], request["modules"]) == \
+        (12, 2, "Lanczos", [])
     err = capsys.readouterr().err
     assert "The upscaler '4x-UltraSharp' is not in the models folder's upscalers/; Lanczos takes its place." in err
     assert "The VAE / text encoder file 't5xxl_fp16' in comfy.png is not in the models folder; it was left out." in err

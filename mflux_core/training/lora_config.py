@@ -19,9 +19,9 @@
     }
 
 `max_sequence_length` left out: the T5 length the tool the adapter is for uses on the model (512 on FLUX.1, 32 on
-the demo models), so training sees the prompts as generating will. mflux's own keys are read too (with_mflux_keys). Paths (model folder, output, examples) are relative to the config
-file. Every section refuses keys
-it does not know, so a typo is an error, never a silently ignored setting. `block_range` ends are
+the demo models), so training sees the prompts as generating will. mflux's own keys are read too
+(with_mflux_keys). Paths (model folder, output, examples) are relative to the config file. Every section refuses
+keys it does not know, so a typo is an error, never a silently ignored setting. `block_range` ends are
 exclusive, as in mflux. `examples.resize`: true scales each image to cover the training size and
 crops the centre (and says which images it changed); false refuses images of another size.
 `examples.in_context`: true trains a FLUX.1-Fill model on diptychs, as IC-Edit and the In-Context LoRAs were

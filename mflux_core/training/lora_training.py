@@ -32,8 +32,8 @@ from mflux_core.generation import ToolInputs, run_tool
 from mflux_core.images.io import load_image, load_mask, pil_to_pixels, save_png_atomic
 from mflux_core.loader import load_flux_model
 from mflux_core.memory import MemoryBudget, MemoryPlan, training_step_bytes
-from mflux_core.models.vae_memory import vae_peak_bytes
 from mflux_core.models import kernels
+from mflux_core.models.vae_memory import vae_peak_bytes
 from mflux_core.native_sizes import check_whole_tokens
 from mflux_core.request import GenerationRequest
 from mflux_core.resident import parameter_bytes
@@ -286,9 +286,9 @@ def training_plan(model: FluxModel, config: TrainingConfig, budget: MemoryBudget
     weights = parameter_bytes(model.transformer) + parameter_bytes(model.vae)
     return MemoryPlan(f"training at {config.width}x{config.height}, {config.batch_size} image(s) a step", weights,
                       (("encoding the examples", encoding), ("a training step", step)), budget.reserved_bytes(weights),
-                      remedies="train at a smaller width and height, with a smaller batch_size or max_sequence_length, "
-                               "or on a base model quantized to 8 or 4 bits (quantize); in the studio, unload its models "
-                               "first")
+                      remedies="train at a smaller width and height, with a smaller batch_size or "
+                               "max_sequence_length, or on a base model quantized to 8 or 4 bits (quantize); in the "
+                               "studio, unload its models first")
 
 
 def train_lora(
@@ -330,7 +330,8 @@ def train_lora(
                             bias_correction=True)
     output = config.output_path
     outcome = TrainingOutcome(step=0, total=total, finished=False, losses=[], adapter=output / ADAPTER_FILE,
-                              checkpoint=output, loss_curve=output / LOSS_CURVE_FILE, notes=[*config.notes, *examples.notes])
+                              checkpoint=output, loss_curve=output / LOSS_CURVE_FILE,
+                              notes=[*config.notes, *examples.notes])
 
     with tempfile.TemporaryDirectory(prefix="mflux-lora-") as staging:
         staging = Path(staging)
