@@ -183,9 +183,10 @@ def _prompt_order(request: GenerationRequest, order: tuple[str, ...]) -> Generat
     return request.with_(prompt="".join(text + term for text, term in zip(between, order)) + rest)
 
 
-def _named(labels: dict[str, str]) -> Callable[[str, str], tuple[str, ...]]:
-    """A parser of names (`dpm++2m`) or their labels (`DPM++ 2M`), any case, into names."""
+def _named(labels: dict[str, str], aliases: dict[str, str] | None = None) -> Callable[[str, str], tuple[str, ...]]:
+    """A parser of names (`dpm++2m`), their labels (`DPM++ 2M`) or `aliases`, any case, into names."""
     known = {key.lower().replace(" ", ""): name for name, label in labels.items() for key in (name, label)}
+    known.update(aliases or {})
 
     def parse(text: str, what: str) -> tuple[str, ...]:
         names = []
@@ -245,7 +246,9 @@ AXIS_KINDS = {
     "prompt-order": AxisKind("Prompt order", _orders, _prompt_order),
     "styles": AxisKind("Styles", _style_names, None),  # names, made Styles by resolve_styles; merged by plot_cells
     "sampler": AxisKind("Sampler", _named(SAMPLER_LABELS), _field("sampler"), SAMPLER_LABELS),
-    "schedule": AxisKind("Schedule", _named(SCHEDULE_LABELS), _field("schedule"), SCHEDULE_LABELS),
+    # A1111's first schedule label, "Automatic" (the sampler's own), is Simple here as its txt2img takes it
+    "schedule": AxisKind("Schedule", _named(SCHEDULE_LABELS, {"automatic": "simple"}), _field("schedule"),
+                         SCHEDULE_LABELS),
 }
 
 

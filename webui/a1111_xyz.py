@@ -23,9 +23,8 @@ from PIL import Image
 
 from mflux_core.metadata import A1111_KEY
 from mflux_core.request import MAX_SEED
-from mflux_core.settings_schema import SCHEDULE_LABELS
 from mflux_core.styles import Style
-from mflux_core.xyz import OWN_FILES, Axis, Cell, parse_axis, resolve_styles, text_values
+from mflux_core.xyz import OWN_FILES, Axis, Cell, parse_axis, resolve_styles
 from mflux_core.xyz import values_text as xyz_values_text
 from webui.a1111_wire import SdApiError
 
@@ -141,9 +140,6 @@ def studio_axis(label: str, text: str, img2img: bool, hires: bool, checkpoint) -
         if not hires:
             raise SdApiError(422, "The X/Y/Z plot's Denoising axis needs enable_hr in txt2img (the hires fix's "
                                   "denoising), or img2img.", kind="RequestValidationError")
-    if kind == "schedule":  # A1111's first schedule label, the sampler's own: Simple here, as its txt2img takes it
-        text = xyz_values_text([SCHEDULE_LABELS["simple"] if value.lower() == "automatic" else value
-                                for value in text_values(text)])
     axis = parse_axis(kind, text)
     values = axis.values
     if kind in ("seed", "var-seed"):
